@@ -1,0 +1,48 @@
+"""chworkers: reliable, fast ingestion into ClickHouse."""
+
+from __future__ import annotations
+
+import logging
+
+from chworkers.errors import (
+    ChworkersError,
+    ClickHouseError,
+    ConfigError,
+    ConnectError,
+    ConnectionLostError,
+    EmbeddedError,
+    PoolClosedError,
+    PoolError,
+    PoolTimeoutError,
+    QueueFullError,
+    ResponseTimeoutError,
+    RetriesExhaustedError,
+    ServerError,
+    TaskError,
+    TransportError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Errors
+    "ChworkersError",
+    "ClickHouseError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionLostError",
+    "EmbeddedError",
+    "PoolClosedError",
+    "PoolError",
+    "PoolTimeoutError",
+    "QueueFullError",
+    "ResponseTimeoutError",
+    "RetriesExhaustedError",
+    "ServerError",
+    "TaskError",
+    "TransportError",
+    # Meta
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

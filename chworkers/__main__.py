@@ -1,0 +1,3 @@
+from chworkers.cli import main
+
+raise SystemExit(main())

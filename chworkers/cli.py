@@ -1,0 +1,77 @@
+"""The ``chworkers`` command line.
+
+Each subcommand lives next to the concept it drives and exposes
+``register(subparsers)``, which adds its parser and sets ``handler`` (a function taking
+the parsed namespace and returning an exit code). This module only assembles them,
+configures logging (the library never does) and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from chworkers import __version__
+from chworkers.errors import ChworkersError, ConfigError
+
+#: Modules that contribute a subcommand, in the order ``--help`` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
+
+#: Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chworkers",
+        description="Reliable, fast ingestion into ClickHouse.",
+    )
+    parser.add_argument("--version", action="version", version=f"chworkers {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level for messages on stderr (default: INFO)",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    configure_logging(args.log_level)
+    try:
+        code: int = handler(args)
+    except ConfigError as exc:
+        print(f"chworkers: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ChworkersError as exc:
+        print(f"chworkers: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code

@@ -1,0 +1,183 @@
+"""chworkers' one error tree.
+
+Everything chworkers raises derives from :class:`ChworkersError`. Driver and socket
+exceptions (clickhouse-connect, urllib3, OSError) are translated into this tree once,
+where ClickHouse is called, so retry logic and callers only ever see these types; the
+original exception is kept in ``__cause__``.
+
+Errors cross process boundaries (worker -> supervisor -> future), so every class is
+picklable: constructors take the message as their only positional argument and the
+context as keyword arguments, and :meth:`ChworkersError.__reduce__` rebuilds both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChworkersError(Exception):
+    """Root of every error chworkers raises."""
+
+    def __init__(self, message: str = "", **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for key, value in context.items():
+            setattr(self, key, value)
+
+    def _context(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "message" and not k.startswith("_")}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The __cause__ chain is not picklable in general; the context attributes
+        # carry what a receiver needs (code, endpoint, last_error, ...).
+        return (_rebuild, (type(self), self.message, self._context()))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[ChworkersError], message: str, context: dict[str, Any]) -> ChworkersError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.message = message
+    err.__dict__.update(context)
+    return err
+
+
+class ConfigError(ChworkersError, ValueError):
+    """A setting has a value chworkers cannot use.
+
+    Attributes: ``key`` (the setting's name), ``value`` (what was given), ``expected``
+    (what would have been accepted) and ``source`` (file, environment or flag).
+    """
+
+    key: str | None
+    value: Any
+    expected: str | None
+    source: str | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        value: Any = None,
+        expected: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message, key=key, value=value, expected=expected, source=source)
+
+
+class ClickHouseError(ChworkersError):
+    """Talking to ClickHouse failed.
+
+    Attributes: ``endpoint`` (``http://host:port``), ``query_id`` and ``query`` (first
+    characters of the statement) where known.
+    """
+
+    endpoint: str | None
+    query_id: str | None
+    query: str | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        query_id: str | None = None,
+        query: str | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, query_id=query_id, query=query, **context)
+
+
+class ServerError(ClickHouseError):
+    """ClickHouse answered with an exception.
+
+    Attributes: ``code`` (ClickHouse's numeric error code, e.g. 60), ``name`` (its
+    symbolic name, e.g. ``UNKNOWN_TABLE``) and ``http_status``.
+    """
+
+    code: int | None
+    name: str | None
+    http_status: int | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        name: str | None = None,
+        http_status: int | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, code=code, name=name, http_status=http_status, **context)
+
+
+class TransportError(ClickHouseError):
+    """The request did not complete at the network level.
+
+    ``sent`` tells whether the request may have reached the server: ``False`` means it
+    certainly was not applied (always safe to retry), ``True`` means it may have been
+    applied (retry an insert only when it carries a deduplication token).
+    """
+
+    sent: bool
+
+    def __init__(self, message: str, *, sent: bool = True, **context: Any) -> None:
+        super().__init__(message, sent=sent, **context)
+
+
+class ConnectError(TransportError):
+    """The connection could not be opened: the request was never sent."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        context["sent"] = False
+        super().__init__(message, **context)
+
+
+class ResponseTimeoutError(TransportError):
+    """No (complete) response within the timeout after the request was sent."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection was reset or closed after the request was sent."""
+
+
+class PoolError(ChworkersError):
+    """The connection pool cannot hand out a connection."""
+
+
+class PoolTimeoutError(PoolError):
+    """No connection became free within ``acquire_timeout``."""
+
+
+class PoolClosedError(PoolError):
+    """The pool was closed; no new connections are handed out."""
+
+
+class RetriesExhaustedError(ChworkersError):
+    """An operation failed on every attempt the retry policy allowed.
+
+    Attributes: ``attempts`` and ``last_error`` (also the ``__cause__``).
+    """
+
+    attempts: int
+    last_error: BaseException | None
+
+    def __init__(
+        self, message: str, *, attempts: int = 0, last_error: BaseException | None = None
+    ) -> None:
+        super().__init__(message, attempts=attempts, last_error=last_error)
+
+
+class EmbeddedError(ChworkersError):
+    """The embedded ClickHouse endpoint could not start or stopped unexpectedly."""
+
+
+class QueueFullError(ChworkersError):
+    """The task queue stayed full for the whole timeout."""
+
+
+class TaskError(ChworkersError):
+    """A task raised in a worker; ``error_type`` and ``traceback`` describe it."""
