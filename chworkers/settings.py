@@ -1,0 +1,384 @@
+"""Settings declared once.
+
+A settings section is a frozen dataclass whose fields are declared with :func:`setting`
+(default, help, unit, bounds, secrecy). Everything else is derived from that one
+declaration, as gunicorn does with its ``Setting`` classes: parsing and validation of
+TOML values and environment variables, the ``CHWORKERS_...`` variable names, the
+commented defaults printed by ``chworkers config --defaults`` and the reference table in
+the docs. A section never has to be described twice, so the three cannot drift.
+
+Types a field may have: ``bool``, ``int``, ``float``, ``str``, ``X | None``, a
+``Literal`` of strings (a choice), ``tuple[str, ...]`` (a list; comma-separated in the
+environment) and another settings dataclass (a subsection). ``unit="seconds"`` accepts
+``"250ms"``, ``"5s"``, ``"2m"``, ``"1h"``; ``unit="bytes"`` accepts ``"64MiB"``, ``"1GB"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from chworkers.errors import ConfigError
+
+T = TypeVar("T")
+
+ENV_PREFIX = "CHWORKERS_"
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4,
+}  # fmt: skip
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    unit: Literal["seconds", "bytes"] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """Declare one setting: its default, its help text and how to validate it.
+
+    ``secret`` settings are never printed, and may also be read from a file named by
+    the companion key ``<name>_file`` (or ``CHWORKERS_..._FILE``), so that passwords
+    never have to appear on a command line or in the main config file.
+    """
+    meta = {"help": help, "unit": unit, "minimum": minimum, "maximum": maximum, "secret": secret}
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        raise TypeError("settings take immutable defaults; use section() for a subsection")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(cls: type[Any], help: str) -> Any:
+    """Declare a subsection: a settings dataclass nested under this one."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    """One setting as derived from its declaration (for docs and ``--defaults``)."""
+
+    key: str
+    type_name: str
+    default: Any
+    help: str
+    env: str
+    secret: bool
+
+
+def env_name(key: str) -> str:
+    """``clickhouse.pool.max_connections`` -> ``CHWORKERS_CLICKHOUSE_POOL_MAX_CONNECTIONS``."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any, meta: Mapping[str, Any]) -> str:
+    if meta.get("unit") == "seconds":
+        return "duration"
+    if meta.get("unit") == "bytes":
+        return "size"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(inner[0], meta) + " (optional)"
+    if origin is tuple:
+        return "list of strings"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe(cls: type[Any], prefix: str = "") -> list[SettingInfo]:
+    """Every setting of ``cls`` and its subsections, depth first, in declaration order."""
+    out: list[SettingInfo] = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if _is_section(tp):
+            out.extend(describe(tp, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(
+            SettingInfo(
+                key=key,
+                type_name=_type_name(tp, f.metadata),
+                default=default,
+                help=f.metadata.get("help", ""),
+                env=env_name(key),
+                secret=bool(f.metadata.get("secret")),
+            )
+        )
+    return out
+
+
+def _fail(key: str, value: Any, expected: str, source: str) -> ConfigError:
+    return ConfigError(
+        f"{source}: {key} = {value!r} is invalid: expected {expected}",
+        key=key,
+        value=value,
+        expected=expected,
+        source=source,
+    )
+
+
+def parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: str) -> Any:
+    """Convert ``raw`` (a TOML value, or a string from the environment) to ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+            return None
+        return parse_value(args[0], meta, raw, key, source)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        value = raw.strip() if isinstance(raw, str) else raw
+        if value not in choices:
+            return _raise(key, raw, "one of " + ", ".join(repr(c) for c in choices), source)
+        return value
+    if origin is tuple:
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
+            return tuple(raw)
+        return _raise(key, raw, "a list of strings", source)
+    unit = meta.get("unit")
+    if tp is bool:
+        value = _parse_bool(raw)
+        if value is None:
+            return _raise(key, raw, "true or false", source)
+        return value
+    if tp in (int, float):
+        value = _parse_number(tp, unit, raw)
+        if value is None:
+            expected = {
+                "seconds": "a duration such as 30, 2.5, '250ms', '5s', '2m' or '1h'",
+                "bytes": "a size such as 1048576, '64MiB' or '1GB'",
+            }.get(unit or "", f"a{'n integer' if tp is int else ' number'}")
+            return _raise(key, raw, expected, source)
+        lo, hi = meta.get("minimum"), meta.get("maximum")
+        if lo is not None and value < lo:
+            return _raise(key, raw, f"a value >= {lo:g}", source)
+        if hi is not None and value > hi:
+            return _raise(key, raw, f"a value <= {hi:g}", source)
+        return value
+    if tp is str:
+        if not isinstance(raw, str):
+            return _raise(key, raw, "a string", source)
+        return raw
+    raise TypeError(f"unsupported setting type {tp!r} for {key}")
+
+
+def _raise(key: str, value: Any, expected: str, source: str) -> Any:
+    raise _fail(key, value, expected, source)
+
+
+def _parse_bool(raw: Any) -> bool | None:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    return None
+
+
+def _parse_number(tp: type, unit: str | None, raw: Any) -> float | int | None:
+    if isinstance(raw, bool):
+        return None
+    value: float
+    if isinstance(raw, (int, float)):
+        value = float(raw)
+    elif isinstance(raw, str):
+        pattern, units = (_SIZE, _SIZE_UNITS) if unit == "bytes" else (_DURATION, _DURATION_UNITS)
+        m = pattern.match(raw)
+        if m is None:
+            return None
+        suffix = m.group(2)
+        if unit is None and suffix:
+            return None
+        factor = units[suffix.lower() if suffix else ("" if unit == "bytes" else None)]  # type: ignore[index]
+        value = float(m.group(1)) * factor
+    else:
+        return None
+    if tp is int:
+        if value != int(value):
+            return None
+        return int(value)
+    return value
+
+
+def build(
+    cls: type[T],
+    data: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    prefix: str = "",
+    source: str = "config",
+    base_dir: Path | None = None,
+) -> T:
+    """Build the settings dataclass ``cls`` from TOML ``data`` and the environment.
+
+    Precedence: environment variable > file > default. Unknown keys are errors (with a
+    suggestion), so a typo never silently falls back to a default.
+    """
+    data = dict(data or {})
+    env = env or {}
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    secret_files = {f"{name}_file" for name, f in fields.items() if f.metadata.get("secret")}
+    for name in data:
+        if name not in fields and name not in secret_files:
+            close = difflib.get_close_matches(name, [*fields, *secret_files], n=1)
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key {prefix + name!r}{hint}",
+                key=prefix + name,
+                value=data[name],
+                expected="one of: " + ", ".join(prefix + k for k in fields),
+                source=source,
+            )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = prefix + name
+        tp = hints[name]
+        if _is_section(tp):
+            sub = data.get(name, {})
+            if not isinstance(sub, Mapping):
+                raise _fail(key, sub, "a table (section)", source)
+            values[name] = build(
+                tp, sub, env=env, prefix=key + ".", source=source, base_dir=base_dir
+            )
+            continue
+        raw, where = _lookup(name, key, f, data, env, source, base_dir)
+        if raw is _MISSING:
+            continue  # the dataclass default applies
+        values[name] = parse_value(tp, f.metadata, raw, key, where)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'settings'}: {exc}") from exc
+
+
+_MISSING: Any = object()
+
+
+def _lookup(
+    name: str,
+    key: str,
+    f: dataclasses.Field[Any],
+    data: Mapping[str, Any],
+    env: Mapping[str, str],
+    source: str,
+    base_dir: Path | None,
+) -> tuple[Any, str]:
+    var = env_name(key)
+    if var in env:
+        return env[var], f"environment variable {var}"
+    if f.metadata.get("secret"):
+        file_var = var + "_FILE"
+        path: Any = env.get(file_var)
+        where = f"environment variable {file_var}"
+        if path is None and f"{name}_file" in data:
+            path, where = data[f"{name}_file"], f"{source}: {key}_file"
+        if path is not None:
+            return _read_secret(Path(str(path)), base_dir, key, where), where
+    if name in data:
+        return data[name], source
+    return _MISSING, source
+
+
+def _read_secret(path: Path, base_dir: Path | None, key: str, where: str) -> str:
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: cannot read the secret for {key} from {str(path)!r}: {exc.strerror}",
+            key=key,
+            value=str(path),
+            expected="a readable file",
+            source=where,
+        ) from exc
+
+
+def render_defaults(cls: type[Any], prefix: str = "", *, header: str = "") -> str:
+    """A commented TOML file with every default, derived from the declarations."""
+    lines: list[str] = [header] if header else []
+    hints = _hints(cls)
+    plain = [f for f in dataclasses.fields(cls) if not _is_section(hints[f.name])]
+    if plain and prefix:
+        lines.append(f"[{prefix.rstrip('.')}]")
+    for f in plain:
+        key = prefix + f.name
+        lines.append(f"# {f.metadata.get('help', '')}")
+        lines.append(f"# env: {env_name(key)}")
+        default = f.default
+        if f.metadata.get("secret"):
+            lines.append(f'# {f.name} = ...   (or {f.name}_file = "/path/to/secret")')
+        elif default is None:
+            lines.append(f"# {f.name} =")
+        else:
+            lines.append(f"{f.name} = {_toml(default)}")
+        lines.append("")
+    for f in dataclasses.fields(cls):
+        if _is_section(hints[f.name]):
+            lines.append(render_defaults(hints[f.name], prefix + f.name + "."))
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_reference(cls: type[Any]) -> str:
+    """The Markdown reference table of every setting, derived from the declarations."""
+    rows = [
+        "| key | type | default | environment variable | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for info in describe(cls):
+        default = (
+            "(secret)" if info.secret else ("" if info.default is None else _toml(info.default))
+        )
+        help_text = info.help.replace("|", "\\|")
+        if info.secret:
+            help_text += f" Also `{info.key}_file` / `{info.env}_FILE`."
+        rows.append(
+            f"| `{info.key}` | {info.type_name} | `{default}` | `{info.env}` | {help_text} |"
+        )
+    return "\n".join(rows) + "\n"
