@@ -18,6 +18,9 @@ from chworkers.errors import (
     ResponseTimeoutError,
     RetriesExhaustedError,
     ServerError,
+    SpoolCorruptError,
+    SpoolError,
+    SpoolFullError,
     TaskError,
     TransportError,
 )
@@ -39,6 +42,9 @@ __all__ = [
     "ResponseTimeoutError",
     "RetriesExhaustedError",
     "ServerError",
+    "SpoolCorruptError",
+    "SpoolError",
+    "SpoolFullError",
     "TaskError",
     "TransportError",
     # Meta

@@ -181,3 +181,15 @@ class QueueFullError(ChworkersError):
 
 class TaskError(ChworkersError):
     """A task raised in a worker; ``error_type`` and ``traceback`` describe it."""
+
+
+class SpoolError(ChworkersError):
+    """The on-disk spool cannot take or give back a batch."""
+
+
+class SpoolFullError(SpoolError):
+    """The spool is at its size cap (``used`` and ``max_bytes`` say how full)."""
+
+
+class SpoolCorruptError(SpoolError):
+    """A spool file is truncated or fails its checksum (``path`` names it)."""

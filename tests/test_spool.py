@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from chworkers.errors import SpoolFullError
+from chworkers.metrics import Metrics
+from chworkers.spool import Spool, SpooledBatch, read_batch
+
+
+def put(spool: Spool, payload: bytes) -> SpooledBatch:
+    return spool.put("events", payload, format="JSONEachRow", rows=payload.count(b"\n"))
+
+
+def test_put_recover_remove_round_trip(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=True)
+    a = spool.put("events", b'{"x":1}\n', format="JSONEachRow", rows=1, settings={"s": 1})
+    b = spool.put("events", b'{"x":2}\n', format="JSONEachRow", rows=1)
+    assert a.token != b.token
+    assert a.seq < b.seq
+
+    again = Spool(tmp_path)
+    replay = again.recover()
+    assert [(x.seq, x.token, x.payload, x.settings) for x in replay] == [
+        (a.seq, a.token, a.payload, {"s": 1}),
+        (b.seq, b.token, b.payload, {}),
+    ]
+    assert again.spool_id == spool.spool_id  # tokens stay fixed across restarts
+    again.remove(replay[0])
+    assert [x.seq for x in Spool(tmp_path).recover()] == [b.seq]
+    # New batches continue the sequence instead of reusing numbers.
+    c = again.put("events", b"{}\n", format="JSONEachRow", rows=1)
+    assert c.seq > b.seq
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_corrupt_file_is_quarantined_and_rest_replayed(tmp_path: Path, damage: str) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    spool = Spool(tmp_path, metrics=metrics)
+    good = spool.put("t", b"1\n", format="CSV", rows=1)
+    bad = spool.put("t", b"2\n" * 100, format="CSV", rows=100)
+    assert bad.path is not None
+    data = bad.path.read_bytes()
+    damaged = {
+        "truncate": data[: len(data) // 2],
+        "flip": data[:60] + bytes([data[60] ^ 0xFF]) + data[61:],
+        "garbage": b"not a spool file at all",
+        "empty": b"",
+    }[damage]
+    bad.path.write_bytes(damaged)
+
+    again = Spool(tmp_path, metrics=metrics)
+    assert [x.seq for x in again.recover()] == [good.seq]
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 1
+    assert quarantined[0].read_bytes() == damaged  # kept for a human to look at
+    assert registry.get_sample_value("chworkers_spool_quarantined_total") == 1
+
+
+def test_reject_policy_raises_when_full(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=4096, policy="reject")
+    put(spool, b"x" * 1000 + b"\n")
+    put(spool, b"x" * 1000 + b"\n")
+    with pytest.raises(SpoolFullError, match="full"):
+        put(spool, b"x" * 2000 + b"\n")
+
+
+def test_drop_oldest_policy_counts_drops(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path, max_bytes=4096, policy="drop_oldest", metrics=Metrics(registry))
+    first = put(spool, b"a" * 1500 + b"\n")
+    put(spool, b"b" * 1500 + b"\n")
+    put(spool, b"c" * 1500 + b"\n")
+    remaining = [x.seq for x in Spool(tmp_path).recover()]
+    assert first.seq not in remaining
+    assert registry.get_sample_value("chworkers_spool_dropped_batches_total") == 1
+
+
+def test_block_policy_waits_for_space(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=4096, policy="block")
+    first = spool.put("t", b"x" * 3000, format="CSV", rows=1)
+    threading.Timer(0.2, spool.remove, args=(first,)).start()
+    started = time.monotonic()
+    spool.put("t", b"y" * 3000, format="CSV", rows=1, timeout=5)
+    assert time.monotonic() - started >= 0.15
+    with pytest.raises(SpoolFullError):
+        spool.put("t", b"z" * 3000, format="CSV", rows=1, timeout=0.1)
+
+
+def test_stats_and_metrics(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path, metrics=Metrics(registry))
+    batch = put(spool, b"{}\n" * 10)
+    assert spool.stats()["batches"] == 1
+    assert registry.get_sample_value("chworkers_spool_batches") == 1
+    assert registry.get_sample_value("chworkers_spool_bytes") == spool.stats()["bytes"] > 30
+    spool.remove(batch)
+    assert registry.get_sample_value("chworkers_spool_batches") == 0
+    assert "0 batches" in repr(spool)
+
+
+def test_kill_9_while_writing_leaves_only_whole_batches(tmp_path: Path) -> None:
+    """A writer killed at any moment leaves whole batches or temp files, never half ones."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from chworkers.spool import Spool
+        spool = Spool({str(tmp_path)!r})
+        i = 0
+        while True:
+            spool.put("t", (b"%d\\n" % i) * 20000, format="CSV", rows=20000)
+            i += 1
+            if i == 3:
+                print("ready", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    batches = Spool(tmp_path).recover()
+    assert len(batches) >= 3
+    for batch in batches:
+        assert batch.rows == 20000
+        assert batch.path is not None
+        assert read_batch(batch.path).payload == batch.payload
+    assert not (tmp_path / "quarantine").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
