@@ -24,6 +24,7 @@ from chworkers.errors import (
     TaskError,
     TransportError,
 )
+from chworkers.systemd import Notifier, Watchdog
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,9 @@ __all__ = [
     "SpoolFullError",
     "TaskError",
     "TransportError",
+    # systemd
+    "Notifier",
+    "Watchdog",
     # Meta
     "__version__",
 ]
