@@ -36,6 +36,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "EmbeddedError",
+    "Notifier",
     "PoolClosedError",
     "PoolError",
     "PoolTimeoutError",
@@ -48,8 +49,6 @@ __all__ = [
     "SpoolFullError",
     "TaskError",
     "TransportError",
-    # systemd
-    "Notifier",
     "Watchdog",
     # Meta
     "__version__",
