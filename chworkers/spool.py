@@ -57,6 +57,8 @@ class SpooledBatch:
     payload: bytes
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pipeline: str = ""
+    #: What the source needs to resume after this batch (e.g. a file offset).
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -152,6 +154,7 @@ class Spool:
         rows: int,
         settings: Mapping[str, Any] | None = None,
         pipeline: str = "",
+        meta: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> SpooledBatch:
         """Write a batch durably and return it (with its fixed token) for inserting.
@@ -160,7 +163,7 @@ class Spool:
         raises :class:`SpoolFullError` at once, ``drop_oldest`` deletes the oldest
         batches (counted in a metric; one already being inserted may still land).
         """
-        header_probe = 512 + len(table) + len(pipeline)
+        header_probe = 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
         size = len(payload) + header_probe
         seq = self._reserve(size, timeout)
         try:
@@ -174,6 +177,7 @@ class Spool:
                 payload=payload,
                 settings=dict(settings or {}),
                 pipeline=pipeline,
+                meta=dict(meta or {}),
             )
             path = self.directory / f"{seq:020d}.batch"
             self._write_durably(path, encode_batch(batch))
@@ -303,6 +307,7 @@ def encode_batch(batch: SpooledBatch) -> bytes:
             "created": batch.created,
             "settings": dict(batch.settings),
             "pipeline": batch.pipeline,
+            "meta": dict(batch.meta),
             "payload_len": len(batch.payload),
         },
         separators=(",", ":"),
@@ -349,6 +354,7 @@ def read_batch(path: Path) -> SpooledBatch:
         payload=payload,
         settings=dict(header.get("settings") or {}),
         pipeline=str(header.get("pipeline", "")),
+        meta=dict(header.get("meta") or {}),
         path=path,
     )
 

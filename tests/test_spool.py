@@ -138,3 +138,11 @@ def test_kill_9_while_writing_leaves_only_whole_batches(tmp_path: Path) -> None:
         assert read_batch(batch.path).payload == batch.payload
     assert not (tmp_path / "quarantine").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_batch_larger_than_cap_is_admitted_into_an_empty_spool(tmp_path: Path) -> None:
+    # Otherwise it could never be written at all; the cap bounds the backlog, not a batch.
+    spool = Spool(tmp_path, max_bytes=100, policy="reject")
+    put(spool, b"x" * 1000 + b"\n")
+    with pytest.raises(SpoolFullError):
+        put(spool, b"y\n")
