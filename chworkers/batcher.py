@@ -75,6 +75,10 @@ class _Buffer:
     size: int = 0
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     tickets: list[Ticket] = dataclasses.field(default_factory=list)
+    # Batches of one key are spooled in the order they were cut, so that a position
+    # carried by a later batch is never saved before an earlier batch is on disk.
+    after: threading.Event | None = None
+    spooled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 _Key = tuple[str, str, str, tuple[tuple[str, str], ...]]
@@ -98,6 +102,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._buffers: dict[_Key, _Buffer] = {}
+        self._last_cut: dict[_Key, threading.Event] = {}
         self._closed = False
         self._timer = threading.Thread(
             target=self._run_timer, name="chworkers-batcher", daemon=True
@@ -141,10 +146,10 @@ class Batcher:
             buf.size += len(records)
             buf.tickets.append(ticket)
             if meta:
-                buf.meta.update(meta)
+                _merge(buf.meta, meta)
             full = buf.rows >= buf.limits.max_rows or buf.size >= buf.limits.max_bytes
             if full:
-                del self._buffers[key]
+                self._take(key)
         if full:
             self._cut(buf)
         return ticket
@@ -152,8 +157,7 @@ class Batcher:
     def flush(self) -> None:
         """Cut and spool every open batch now."""
         with self._lock:
-            buffers = list(self._buffers.values())
-            self._buffers.clear()
+            buffers = [self._take(key) for key in list(self._buffers)]
         for buf in buffers:
             self._cut(buf)
 
@@ -184,7 +188,7 @@ class Batcher:
                 for key, buf in list(self._buffers.items()):
                     deadline = buf.started + buf.limits.max_delay
                     if deadline <= now:
-                        due.append(self._buffers.pop(key))
+                        due.append(self._take(key))
                     elif next_due is None or deadline < next_due:
                         next_due = deadline
                 if not due:
@@ -193,7 +197,22 @@ class Batcher:
             for buf in due:
                 self._cut(buf)
 
+    def _take(self, key: _Key) -> _Buffer:
+        """Remove a buffer for cutting (under the lock), chained after the previous cut."""
+        buf = self._buffers.pop(key)
+        buf.after = self._last_cut.get(key)
+        self._last_cut[key] = buf.spooled
+        return buf
+
     def _cut(self, buf: _Buffer) -> None:
+        if buf.after is not None:
+            buf.after.wait()
+        try:
+            self._spool(buf)
+        finally:
+            buf.spooled.set()
+
+    def _spool(self, buf: _Buffer) -> None:
         try:
             batch = self.spool.put(
                 buf.table,
@@ -217,3 +236,13 @@ class Batcher:
         except Exception:
             # The batch is safe in the spool and will be replayed on the next start.
             log.exception("handing batch %d on failed; it stays in the spool", batch.seq)
+
+
+def _merge(into: dict[str, Any], meta: Mapping[str, Any]) -> None:
+    """Later values win; nested mappings (e.g. per-file positions) merge key by key."""
+    for key, value in meta.items():
+        old = into.get(key)
+        if isinstance(old, dict) and isinstance(value, Mapping):
+            old.update(value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value

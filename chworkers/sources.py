@@ -1,0 +1,282 @@
+"""Sources that read records: standard input and files (with ``follow``).
+
+A source frames its input into whole records (:mod:`chworkers.framing`) and adds them
+to the :class:`~chworkers.batcher.Batcher`, one read (``read_size`` bytes) at a time;
+a batch is cut once it reaches its limits, so it may exceed them by one read. File sources attach their read position
+to every add; the position travels inside the spooled batch and is committed to the
+:class:`Checkpoints` store right after the batch is spooled, before it is inserted.
+After a crash, the newer of the saved checkpoint and the positions in the spooled
+batches wins, so no record is read into the spool twice.
+
+``follow`` mode tails growing files like ``tail -F``: it notices rotation (the path now
+names another inode: the old file is finished, the new one read from its start) and
+truncation (``copytruncate``: the file shrank below our offset: read again from 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from chworkers.batcher import Batcher
+from chworkers.framing import Framer, RecordTooLargeError
+from chworkers.spool import SpooledBatch
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+
+
+class Checkpoints:
+    """Where each pipeline's file sources are, saved atomically; offsets only grow."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._positions: dict[str, dict[str, dict[str, int]]] = {}
+
+    def _path(self, pipeline: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pipeline)
+        return self.directory / f"{safe}.json"
+
+    def load(self, pipeline: str) -> dict[str, dict[str, int]]:
+        """``{path: {"dev", "ino", "offset"}}`` for the pipeline (empty if none)."""
+        with self._lock:
+            if pipeline not in self._positions:
+                try:
+                    data = json.loads(self._path(pipeline).read_text())
+                    self._positions[pipeline] = {
+                        str(p): {k: int(v) for k, v in pos.items()} for p, pos in data.items()
+                    }
+                except FileNotFoundError:
+                    self._positions[pipeline] = {}
+                except (ValueError, AttributeError) as exc:
+                    log.error("checkpoint %s is unreadable (%s); starting over", pipeline, exc)
+                    self._positions[pipeline] = {}
+            return {p: dict(pos) for p, pos in self._positions[pipeline].items()}
+
+    def commit(self, pipeline: str, files: Mapping[str, Mapping[str, int]]) -> None:
+        """Merge positions (a later offset on the same inode wins) and save durably."""
+        self.load(pipeline)
+        with self._lock:
+            current = self._positions[pipeline]
+            changed = False
+            for path, pos in files.items():
+                old = current.get(path)
+                same_file = old is not None and (old["dev"], old["ino"]) == (pos["dev"], pos["ino"])
+                if old is None or not same_file or pos["offset"] > old["offset"]:
+                    current[path] = dict(pos)
+                    changed = True
+            if not changed:
+                return
+            data = json.dumps(current, sort_keys=True).encode()
+            target = self._path(pipeline)
+            tmp = target.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+
+    def commit_batch(self, batch: SpooledBatch) -> None:
+        """Record the file positions a spooled batch carries (no-op for other sources)."""
+        files = batch.meta.get("files")
+        if files:
+            self.commit(batch.pipeline, files)
+
+    def recover(self, batches: Iterable[SpooledBatch]) -> None:
+        """After a crash: positions in spooled batches may be newer than the saved ones."""
+        for batch in batches:
+            self.commit_batch(batch)
+
+
+@dataclasses.dataclass
+class _OpenFile:
+    path: str
+    fh: BinaryIO
+    dev: int
+    ino: int
+    offset: int
+    framer: Framer
+
+
+class _Source:
+    def __init__(
+        self,
+        *,
+        name: str,
+        table: str,
+        format: str,
+        batcher: Batcher,
+        settings: Mapping[str, Any] | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+        max_record_bytes: int = 16 * 1024 * 1024,
+        read_size: int = READ_SIZE,
+    ) -> None:
+        self.name = name
+        self.read_size = read_size
+        self.table = table
+        self.format = format
+        self.batcher = batcher
+        self.settings = dict(settings or {})
+        self.on_error = on_error
+        self.max_record_bytes = max_record_bytes
+        self.rows = 0
+        Framer(format)  # validate the format now, not at the first byte
+
+    def _add(self, records: bytes, rows: int, meta: Mapping[str, Any] | None = None) -> None:
+        if not rows:
+            return
+        self.batcher.add(
+            self.table,
+            records,
+            rows,
+            format=self.format,
+            pipeline=self.name,
+            settings=self.settings,
+            meta=meta,
+        )
+        self.rows += rows
+
+    def _error(self, message: str) -> None:
+        log.warning("source %s: %s", self.name, message)
+        if self.on_error is not None:
+            self.on_error(self.name, message)
+
+
+class StreamSource(_Source):
+    """Reads a binary stream (standard input) to its end."""
+
+    def __init__(self, stream: BinaryIO, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stream = stream
+
+    def run(self, stop: threading.Event) -> None:
+        framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+        read = getattr(self.stream, "read1", self.stream.read)
+        while not stop.is_set():
+            chunk = read(self.read_size)
+            if not chunk:
+                break
+            try:
+                self._add(*framer.feed(chunk))
+            except RecordTooLargeError as exc:
+                self._error(str(exc))
+        self._add(*framer.finish())
+
+
+class FileSource(_Source):
+    """Reads files matching glob patterns; with ``follow``, keeps tailing them."""
+
+    def __init__(
+        self,
+        paths: Iterable[str],
+        *,
+        checkpoints: Checkpoints,
+        follow: bool = False,
+        poll_interval: float = 0.25,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.patterns = tuple(paths)
+        self.checkpoints = checkpoints
+        self.follow = follow
+        self.poll_interval = poll_interval
+        self._open: dict[str, _OpenFile] = {}
+        self._finished: set[tuple[int, int]] = set()  # (dev, ino) read to the end
+
+    def run(self, stop: threading.Event) -> None:
+        saved = self.checkpoints.load(self.name)
+        while not stop.is_set():
+            self._discover(saved)
+            progressed = False
+            for path in list(self._open):
+                progressed |= self._read(self._open[path])
+            if not self.follow and not self._open:
+                return
+            if not progressed:
+                stop.wait(self.poll_interval)
+        for f in self._open.values():
+            f.fh.close()
+
+    def _discover(self, saved: Mapping[str, Mapping[str, int]]) -> None:
+        for pattern in self.patterns:
+            for path in sorted(glob.glob(pattern)):
+                if path in self._open:
+                    continue
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
+                except OSError as exc:
+                    self._error(f"cannot open {path}: {exc.strerror}")
+                    continue
+                st = os.fstat(fh.fileno())
+                if (st.st_dev, st.st_ino) in self._finished:
+                    fh.close()
+                    continue
+                pos = saved.get(path)
+                offset = 0
+                if pos and (pos["dev"], pos["ino"]) == (st.st_dev, st.st_ino):
+                    offset = pos["offset"] if pos["offset"] <= st.st_size else 0
+                fh.seek(offset)
+                self._open[path] = _OpenFile(
+                    path,
+                    fh,
+                    st.st_dev,
+                    st.st_ino,
+                    offset,
+                    Framer(self.format, max_record_bytes=self.max_record_bytes),
+                )
+                log.info("source %s: reading %s from offset %d", self.name, path, offset)
+
+    def _read(self, f: _OpenFile) -> bool:
+        """Read what is there; at the end, finish, rotate or wait. True if data came."""
+        progressed = False
+        while True:
+            chunk = f.fh.read(self.read_size)
+            if not chunk:
+                break
+            progressed = True
+            f.offset += len(chunk)
+            try:
+                records, rows = f.framer.feed(chunk)
+            except RecordTooLargeError as exc:
+                self._error(f"{f.path}: {exc}")
+                continue
+            self._add(records, rows, self._meta(f, f.offset - f.framer.pending_bytes))
+        if progressed and self.follow:
+            return True
+        if not self.follow:
+            self._close(f, finished=True)
+            return progressed
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            log.info("source %s: %s was rotated; finishing the old file", self.name, f.path)
+            self._close(f, finished=True)
+        elif st.st_size < f.offset:
+            log.info("source %s: %s was truncated; reading it from the start", self.name, f.path)
+            f.fh.seek(0)
+            f.offset = 0
+            f.framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+        return progressed
+
+    def _close(self, f: _OpenFile, *, finished: bool) -> None:
+        records, rows = f.framer.finish()
+        self._add(records, rows, self._meta(f, f.offset))
+        f.fh.close()
+        del self._open[f.path]
+        if finished:
+            self._finished.add((f.dev, f.ino))
+
+    def _meta(self, f: _OpenFile, offset: int) -> dict[str, Any]:
+        return {"files": {f.path: {"dev": f.dev, "ino": f.ino, "offset": offset}}}
