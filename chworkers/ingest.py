@@ -1,0 +1,307 @@
+"""The HTTP push source: ``POST /ingest/<table>``.
+
+A request is answered ``202 Accepted`` only once its records are durably in the spool,
+so an acknowledged row survives a crash of the daemon. Bad input is answered with a 4xx
+and the reason (which line, what is wrong) and nothing of that request is kept; a full
+spool is answered ``503`` with ``Retry-After``, so well-behaved clients back off.
+
+Bodies may be JSONEachRow (one JSON object per line), CSV or TSV, chosen by the
+``format`` query parameter or the Content-Type, and gzip-compressed
+(``Content-Encoding: gzip``). The body size is limited before and after decompression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import threading
+import zlib
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from chworkers.batcher import Batcher
+from chworkers.errors import SpoolFullError
+from chworkers.framing import FORMATS, Framer, RecordTooLargeError
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {
+    "application/json": "JSONEachRow",
+    "application/x-ndjson": "JSONEachRow",
+    "application/jsonl": "JSONEachRow",
+    "text/csv": "CSV",
+    "text/tab-separated-values": "TSV",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where ``POST /ingest/<table>`` sends its records."""
+
+    table: str
+    pipeline: str
+    format: str = "JSONEachRow"
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+class IngestServer:
+    """Serves the push endpoint in a background thread."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        batcher: Batcher,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        spool_timeout: float = 30.0,
+        validate_json: bool = True,
+        on_error: Any = None,
+    ) -> None:
+        self.routes = dict(routes)
+        self.batcher = batcher
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.spool_timeout = spool_timeout
+        self.validate_json = validate_json
+        self.on_error = on_error
+        handler = type("Handler", (_Handler,), {"ingest": self})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="chworkers-ingest",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("ingest endpoint listening on %s/ingest/<table>", self.url)
+
+    def stop(self) -> None:
+        """Stop accepting requests (requests in progress finish)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    # -- request handling (called from the handler thread) ------------------------
+
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        parts = urlsplit(path)
+        segments = [unquote(s) for s in parts.path.strip("/").split("/")]
+        if len(segments) != 2 or segments[0] != "ingest":
+            raise _BadRequest(HTTPStatus.NOT_FOUND, "use POST /ingest/<table>")
+        route = self.routes.get(segments[1])
+        if route is None:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise _BadRequest(
+                HTTPStatus.NOT_FOUND,
+                f"no pipeline ingests into table {segments[1]!r} (configured: {known})",
+            )
+        fmt = self._format(route, parse_qs(parts.query), headers.get("content-type", ""))
+        body = self._decode(body, headers.get("content-encoding", "").strip().lower())
+        records, rows = self._frame(body, fmt)
+        if rows == 0:
+            return {"rows": 0}
+        ticket = self.batcher.add(
+            route.table, records, rows, format=fmt, pipeline=route.pipeline, settings=route.settings
+        )
+        try:
+            ticket.wait(self.spool_timeout)
+        except (SpoolFullError, TimeoutError) as exc:
+            raise _BadRequest(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the spool cannot take more data right now: {exc}",
+                {"Retry-After": "5"},
+            ) from exc
+        return {"rows": rows, "batch": ticket.batch_seq}
+
+    def _format(self, route: Route, query: Mapping[str, list[str]], content_type: str) -> str:
+        if "format" in query:
+            fmt = query["format"][-1]
+        else:
+            fmt = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower(), route.format)
+        if fmt not in FORMATS:
+            raise _BadRequest(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"format {fmt!r} is not accepted; use one of {', '.join(FORMATS)}",
+            )
+        return fmt
+
+    def _decode(self, body: bytes, encoding: str) -> bytes:
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise _BadRequest(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Encoding {encoding!r} is not accepted; use gzip or deflate",
+            )
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, self.max_body_bytes + 1)
+            complete = inflater.eof
+        except zlib.error as exc:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"broken {encoding} body: {exc}") from exc
+        if len(out) > self.max_body_bytes:
+            raise _BadRequest(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the body inflates to more than {self.max_body_bytes} bytes",
+            )
+        if not complete:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"truncated {encoding} body")
+        return out
+
+    def _frame(self, body: bytes, fmt: str) -> tuple[bytes, int]:
+        framer = Framer(fmt, max_record_bytes=self.max_body_bytes)
+        try:
+            head, rows = framer.feed(body)
+            tail, more = framer.finish()
+        except RecordTooLargeError as exc:
+            raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)) from exc
+        records = head + tail
+        if fmt == "JSONEachRow" and self.validate_json:
+            _check_json_lines(records)
+        return records, rows + more
+
+
+def _check_json_lines(records: bytes) -> None:
+    for number, line in enumerate(records.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise _BadRequest(
+                HTTPStatus.BAD_REQUEST, f"line {number}: not valid JSON: {exc}"
+            ) from None
+        if not isinstance(value, dict):
+            raise _BadRequest(
+                HTTPStatus.BAD_REQUEST,
+                f"line {number}: expected a JSON object, got {type(value).__name__}",
+            )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    ingest: IngestServer
+    protocol_version = "HTTP/1.1"
+    server_version = "chworkers-ingest"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_POST(self) -> None:
+        try:
+            self._authorize()
+            body = self._read_body()
+            result = self.ingest.handle(
+                self.path, {k.lower(): v for k, v in self.headers.items()}, body
+            )
+        except _BadRequest as exc:
+            if self.ingest.on_error is not None and exc.status < 500:
+                self.ingest.on_error("http", str(exc))
+            self._reply(exc.status, {"error": str(exc)}, exc.headers)
+            return
+        except Exception:
+            log.exception("ingest request %s failed", self.path)
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the log"})
+            return
+        self._reply(HTTPStatus.ACCEPTED, result)
+
+    def do_GET(self) -> None:
+        self._reply(
+            HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST /ingest/<table>"}, {"Allow": "POST"}
+        )
+
+    def _authorize(self) -> None:
+        token = self.ingest.token
+        if token is None:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise _BadRequest(
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="chworkers"'},
+            )
+
+    def _read_body(self) -> bytes:
+        limit = self.ingest.max_body_bytes
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked(limit)
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            raise _BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length or chunked body needed")
+        try:
+            length = int(length_header)
+        except ValueError:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
+        if length > limit:
+            self.close_connection = True
+            raise _BadRequest(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {length} bytes is over the limit of {limit} bytes",
+            )
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "truncated body")
+        return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                self.close_connection = True
+                raise _BadRequest(HTTPStatus.BAD_REQUEST, "malformed chunked body") from None
+            if size == 0:
+                while self.rfile.readline(1024).strip():
+                    pass  # trailers
+                return b"".join(parts)
+            total += size
+            if total > limit:
+                self.close_connection = True
+                raise _BadRequest(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body is over the limit of {limit} bytes"
+                )
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(1024)
+
+    def _reply(
+        self,
+        status: HTTPStatus,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(payload).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
