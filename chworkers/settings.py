@@ -8,8 +8,9 @@ commented defaults printed by ``chworkers config --defaults`` and the reference 
 the docs. A section never has to be described twice, so the three cannot drift.
 
 Types a field may have: ``bool``, ``int``, ``float``, ``str``, ``X | None``, a
-``Literal`` of strings (a choice), ``tuple[str, ...]`` (a list; comma-separated in the
-environment) and another settings dataclass (a subsection). ``unit="seconds"`` accepts
+``Literal`` of strings (a choice), ``tuple[str, ...]`` or ``frozenset[int]`` (lists;
+comma-separated in the environment) and another settings dataclass (a subsection).
+Fields declared without :func:`setting` are internal state, not settings. ``unit="seconds"`` accepts
 ``"250ms"``, ``"5s"``, ``"2m"``, ``"1h"``; ``unit="bytes"`` accepts ``"64MiB"``, ``"1GB"``.
 """
 
@@ -91,6 +92,12 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _settings_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The fields declared with :func:`setting` or :func:`section`; other fields of the
+    dataclass (internal state such as a retry history) are not settings."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
 def _is_section(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
@@ -106,8 +113,8 @@ def _type_name(tp: Any, meta: Mapping[str, Any]) -> str:
     if origin in (types.UnionType, typing.Union):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return _type_name(inner[0], meta) + " (optional)"
-    if origin is tuple:
-        return "list of strings"
+    if origin in (tuple, frozenset):
+        return f"list of {_plural(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -115,7 +122,7 @@ def describe(cls: type[Any], prefix: str = "") -> list[SettingInfo]:
     """Every setting of ``cls`` and its subsections, depth first, in declaration order."""
     out: list[SettingInfo] = []
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in _settings_fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
         if _is_section(tp):
@@ -159,12 +166,23 @@ def parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: st
         if value not in choices:
             return _raise(key, raw, "one of " + ", ".join(repr(c) for c in choices), source)
         return value
-    if origin is tuple:
-        if isinstance(raw, str):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
-            return tuple(raw)
-        return _raise(key, raw, "a list of strings", source)
+    if origin in (tuple, frozenset):
+        item = typing.get_args(tp)[0]
+        items = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            return _raise(key, raw, f"a list of {_plural(item)}", source)
+        if item is int:
+            try:
+                parsed: list[Any] = [int(x) for x in items if not isinstance(x, bool)]
+            except (TypeError, ValueError):
+                return _raise(key, raw, "a list of integers", source)
+            if len(parsed) != len(items):
+                return _raise(key, raw, "a list of integers", source)
+        elif all(isinstance(x, str) for x in items):
+            parsed = list(items)
+        else:
+            return _raise(key, raw, f"a list of {_plural(item)}", source)
+        return origin(parsed)
     unit = meta.get("unit")
     if tp is bool:
         value = _parse_bool(raw)
@@ -190,6 +208,10 @@ def parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: st
             return _raise(key, raw, "a string", source)
         return raw
     raise TypeError(f"unsupported setting type {tp!r} for {key}")
+
+
+def _plural(item: Any) -> str:
+    return "integers" if item is int else "strings"
 
 
 def _raise(key: str, value: Any, expected: str, source: str) -> Any:
@@ -250,7 +272,7 @@ def build(
     data = dict(data or {})
     env = env or {}
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in _settings_fields(cls)}
     secret_files = {f"{name}_file" for name, f in fields.items() if f.metadata.get("secret")}
     for name in data:
         if name not in fields and name not in secret_files:
@@ -334,7 +356,7 @@ def render_defaults(cls: type[Any], prefix: str = "", *, header: str = "") -> st
     """A commented TOML file with every default, derived from the declarations."""
     lines: list[str] = [header] if header else []
     hints = _hints(cls)
-    plain = [f for f in dataclasses.fields(cls) if not _is_section(hints[f.name])]
+    plain = [f for f in _settings_fields(cls) if not _is_section(hints[f.name])]
     if plain and prefix:
         lines.append(f"[{prefix.rstrip('.')}]")
     for f in plain:
@@ -349,7 +371,7 @@ def render_defaults(cls: type[Any], prefix: str = "", *, header: str = "") -> st
         else:
             lines.append(f"{f.name} = {_toml(default)}")
         lines.append("")
-    for f in dataclasses.fields(cls):
+    for f in _settings_fields(cls):
         if _is_section(hints[f.name]):
             lines.append(render_defaults(hints[f.name], prefix + f.name + "."))
     return "\n".join(lines)
@@ -360,8 +382,9 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, (tuple, frozenset)):
+        items = sorted(value) if isinstance(value, frozenset) else value
+        return "[" + ", ".join(_toml(v) for v in items) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -26,6 +26,8 @@ class Outer:
     fsync: bool = setting(True, "fsync each batch.")
     hosts: tuple[str, ...] = setting((), "Hosts.")
     pool: Inner = section(Inner, "Pool.")
+    codes: frozenset[int] = setting(frozenset({3, 159}), "Retryable codes.")
+    history: tuple[int, ...] = dataclasses.field(default=(), compare=False)  # not a setting
 
 
 def test_defaults() -> None:
@@ -113,3 +115,14 @@ def test_reference_lists_every_setting() -> None:
     for info in describe(Outer):
         assert f"`{info.key}`" in ref
         assert info.env in ref
+
+
+def test_integer_lists_and_internal_fields() -> None:
+    cfg = build(Outer, {"codes": [1, 2]}, env={})
+    assert cfg.codes == frozenset({1, 2})
+    assert build(Outer, {}, env={"CHWORKERS_CODES": "7, 8"}).codes == frozenset({7, 8})
+    with pytest.raises(ConfigError, match="list of integers"):
+        build(Outer, {"codes": ["x"]})
+    with pytest.raises(ConfigError, match="unknown key 'history'"):
+        build(Outer, {"history": [1]})
+    assert "history" not in render_defaults(Outer)
