@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
     ChworkersError,
     ClickHouseError,
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLostError",
+    "EmbeddedClickHouse",  # the embedded ClickHouse endpoint (not an error)
     "EmbeddedError",
     "Notifier",
     "PoolClosedError",

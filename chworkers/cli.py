@@ -18,7 +18,7 @@ from chworkers import __version__
 from chworkers.errors import ChworkersError, ConfigError
 
 #: Modules that contribute a subcommand, in the order ``--help`` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("chworkers.embedded.cli",)
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0

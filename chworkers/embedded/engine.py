@@ -1,0 +1,235 @@
+"""chDB, the ClickHouse engine the endpoint hosts.
+
+One process opens the data directory once (the *primary* connection keeps the engine
+up for the endpoint's lifetime) and every request then opens its own cheap connection
+(about a millisecond): each connection is its own ClickHouse session context, so a
+request's ``SET``, ``USE`` and temporary tables never leak into another's, and queries
+on different connections run in parallel (chDB releases the GIL).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import re
+import time
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chworkers.embedded.exceptions import UNKNOWN_SETTING, clickhouse_error, from_chdb
+from chworkers.errors import EmbeddedError
+
+log = logging.getLogger(__name__)
+
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _chdb() -> Any:
+    from chdb import _chdb as native  # imported late: loading chDB costs ~100 MB
+
+    return native
+
+
+@dataclass
+class Stats:
+    """What ClickHouse reports in ``X-ClickHouse-Summary``."""
+
+    read_rows: int = 0
+    read_bytes: int = 0
+    written_rows: int = 0
+    written_bytes: int = 0
+    result_rows: int = 0
+    result_bytes: int = 0
+    started: float = 0.0
+
+    def add_result(self, res: Any) -> None:
+        self.read_rows += int(res.rows_read())
+        self.read_bytes += int(res.bytes_read())
+        self.written_rows += int(res.rows_written())
+        self.written_bytes += int(res.bytes_written())
+
+    def summary(self) -> str:
+        elapsed_ns = int((time.monotonic() - self.started) * 1e9) if self.started else 0
+        values = {
+            "read_rows": self.read_rows,
+            "read_bytes": self.read_bytes,
+            "written_rows": self.written_rows,
+            "written_bytes": self.written_bytes,
+            "total_rows_to_read": self.read_rows,
+            "result_rows": self.result_rows,
+            "result_bytes": self.result_bytes,
+            "elapsed_ns": elapsed_ns,
+        }
+        # ClickHouse writes every number as a JSON string.
+        return json.dumps({k: str(v) for k, v in values.items()}, separators=(",", ":"))
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Engine:
+    """The chDB engine on one data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        _check_not_locked(path)
+        try:
+            self._primary = _chdb().connect(str(path))
+        except RuntimeError as exc:
+            text = str(exc)
+            if "Cannot lock file" in text or "Another server instance" in text:
+                raise _in_use(path) from None
+            raise EmbeddedError(f"chDB could not open {path}: {text}", path=str(path)) from exc
+        row = self._primary.query("SELECT version(), timezone()", "TabSeparated").bytes()
+        version, timezone = row.decode().rstrip("\n").split("\t")
+        self.version: str = version
+        self.timezone: str = timezone
+
+    def connect(self) -> Any:
+        """A fresh connection (its own session context)."""
+        try:
+            return _chdb().connect(str(self.path))
+        except RuntimeError as exc:
+            raise from_chdb(exc) from None
+
+    def close(self) -> None:
+        self._primary.close()
+
+
+def _check_not_locked(path: Path) -> None:
+    """Fail clearly if another process holds the data directory.
+
+    ClickHouse flock()s ``<path>/status`` while it runs; chDB would only report a
+    generic initialisation error (after printing the real one to stderr itself).
+    """
+    status = path / "status"
+    if not status.exists():
+        return
+    with open(status, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _in_use(path) from None
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _in_use(path: Path) -> EmbeddedError:
+    return EmbeddedError(
+        f"the data directory {path} is in use by another process (an embedded endpoint "
+        f"or a chDB program holds its lock file {path / 'status'}); stop that process or "
+        "choose another --path",
+        path=str(path),
+    )
+
+
+def close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a broken connection must not hide the real error
+        log.debug("closing a chDB connection failed", exc_info=True)
+
+
+def run(
+    conn: Any, sql: str, fmt: str = "TabSeparated", params: Mapping[str, str] | None = None
+) -> Any:
+    """Run a statement and return chDB's whole result; raises ServerError."""
+    try:
+        return conn.query(sql, fmt, params=dict(params or {}))
+    except RuntimeError as exc:
+        raise from_chdb(exc) from None
+
+
+def apply_settings(conn: Any, settings: Mapping[str, str]) -> None:
+    """``SET`` each setting on the connection, as ClickHouse applies URL parameters."""
+    for name, value in settings.items():
+        if not _SETTING_NAME.match(name):
+            raise clickhouse_error(UNKNOWN_SETTING, f"Unknown setting '{name}'")
+        run(conn, f"SET {name} = {quote_literal(value)}")
+
+
+def current_settings(conn: Any, names: Iterable[str]) -> dict[str, str]:
+    """The connection's current values of ``names`` (to restore them afterwards)."""
+    wanted = [n for n in names if _SETTING_NAME.match(n)]
+    if not wanted:
+        return {}
+    listing = ", ".join(quote_literal(n) for n in wanted)
+    sql = f"SELECT name, value FROM system.settings WHERE name IN ({listing})"
+    res = run(conn, sql, "JSONEachRow")
+    rows = [json.loads(line) for line in res.bytes().decode().splitlines() if line]
+    return {str(r["name"]): str(r["value"]) for r in rows}
+
+
+def stream(
+    conn: Any, sql: str, fmt: str, params: Mapping[str, str], stats: Stats
+) -> Generator[bytes, None, None] | None:
+    """Start a streaming SELECT; None if chDB cannot stream this statement.
+
+    The iterator yields each block's bytes in ``fmt`` and raises ServerError on a
+    failure in the middle; closing it early cancels the query.
+    """
+    try:
+        handle = conn.send_query(sql, fmt, params=dict(params))
+    except RuntimeError as exc:
+        if "Streaming query is not supported" in str(exc):
+            return None
+        raise from_chdb(exc) from None
+    return _fetch(conn, handle, stats)
+
+
+def _fetch(conn: Any, handle: Any, stats: Stats) -> Generator[bytes, None, None]:
+    done = False
+    try:
+        while True:
+            try:
+                res = conn.streaming_fetch_result(handle)
+            except RuntimeError as exc:
+                done = True
+                raise from_chdb(exc) from None
+            if res is None or (res.rows_read() == 0 and not res.bytes()):
+                done = True
+                return
+            stats.add_result(res)
+            data = res.bytes()
+            stats.result_bytes += len(data)
+            if data:
+                yield data
+    finally:
+        if not done:
+            try:
+                conn.streaming_cancel_query(handle)
+            except RuntimeError:
+                log.debug("cancelling a streaming query failed", exc_info=True)
+
+
+def insert(conn: Any, statement: str, fmt: str, chunks: Iterable[bytes], stats: Stats) -> None:
+    """Stream ``chunks`` of ``fmt`` data into ``statement``; all or nothing.
+
+    If reading the chunks fails (a truncated or undecodable body) or chDB rejects the
+    data, the insert is cancelled and nothing of it is committed.
+    """
+    try:
+        handle = conn.send_insert(statement, fmt)
+    except RuntimeError as exc:
+        raise from_chdb(exc) from None
+    committed = False
+    try:
+        for chunk in chunks:
+            if chunk:
+                conn.insert_append(handle, chunk)
+        res = conn.insert_done(handle)
+        committed = True
+    except RuntimeError as exc:
+        raise from_chdb(exc) from None
+    finally:
+        if not committed:
+            try:
+                conn.insert_cancel(handle)
+            except RuntimeError:
+                log.debug("cancelling a streaming insert failed", exc_info=True)
+    stats.written_rows += int(res.rows_written())
+    stats.written_bytes += int(res.bytes_written())

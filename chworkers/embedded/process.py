@@ -1,0 +1,208 @@
+"""Run the endpoint in a child process and control it: start, stop, kill, restart.
+
+This is what tests and the daemon use::
+
+    with EmbeddedClickHouse("/tmp/data") as ch:
+        client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+
+The child is ``python -m chworkers embedded``. A restart reuses the data directory and
+the port the first start got, so clients configured with the URL keep working; a kill
+(SIGKILL) is how fault tests simulate a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from chworkers.embedded.cli import PASSWORD_ENV, READY_PREFIX
+from chworkers.errors import EmbeddedError
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedClickHouse:
+    """The embedded ClickHouse endpoint in a child process.
+
+    ``port=0`` picks a free port on the first start; later starts reuse it.
+    ``user``/``password`` make the endpoint require those credentials. The child's log
+    goes to ``log_path`` if given (else to a private temporary file; see :meth:`log`).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        user: str | None = None,
+        password: str | None = None,
+        startup_timeout: float = 60.0,
+        log_path: str | os.PathLike[str] | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        self.path = Path(path)
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.log_level = log_level
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.running else "stopped"
+        return f"<EmbeddedClickHouse {self.url} path={self.path} {state}>"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Self:
+        """Start the child and wait until it serves; raises EmbeddedError if it cannot."""
+        if self.running:
+            raise EmbeddedError(f"the endpoint is already running (pid {self.pid})")
+        if self._log is None:
+            if self.log_path is not None:
+                self._log = open(self.log_path, "ab")  # noqa: SIM115
+            else:
+                self._log = tempfile.TemporaryFile(prefix="chworkers-embedded-")  # noqa: SIM115
+        cmd = [
+            sys.executable,
+            "-m",
+            "chworkers",
+            "--log-level",
+            self.log_level,
+            "embedded",
+            "--path",
+            str(self.path),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        env = dict(os.environ)
+        env.pop(PASSWORD_ENV, None)
+        if self.user is not None:
+            cmd += ["--user", self.user]
+        if self.password is not None:
+            env[PASSWORD_ENV] = self.password
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=env
+        )
+        assert self._proc.stdout is not None
+        line = self._read_ready_line(self._proc.stdout)
+        self._proc.stdout.close()
+        if not line.startswith(READY_PREFIX):
+            code = self._proc.wait(timeout=10) if line == "" else None
+            self._proc = None
+            raise EmbeddedError(
+                f"the embedded endpoint did not start (exit code {code}): {self._tail()}",
+                path=str(self.path),
+            )
+        url = line[len(READY_PREFIX) :].split()[0]
+        self.port = int(url.rsplit(":", 1)[1])
+        log.debug("embedded endpoint %s started (pid %s)", url, self.pid)
+        return self
+
+    def _read_ready_line(self, stdout: IO[bytes]) -> str:
+        deadline = time.monotonic() + self.startup_timeout
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(stdout, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    raise EmbeddedError(
+                        f"the embedded endpoint did not start within {self.startup_timeout} s: "
+                        f"{self._tail()}"
+                    )
+                if not sel.select(timeout=left):
+                    continue
+                chunk = os.read(stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        return buf.decode("utf-8", "replace").split("\n", 1)[0]
+
+    def _tail(self, limit: int = 2000) -> str:
+        text = self.log()
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return "\n".join(lines[-10:])[-limit:] or "(no output)"
+
+    def log(self) -> str:
+        """What the child wrote to its log so far."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        with open(self._log.fileno(), "rb", closefd=False) as f:
+            f.seek(0)
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait for a clean exit (SIGKILL after ``timeout``); the exit code."""
+        if self._proc is None:
+            return None
+        proc, self._proc = self._proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded endpoint pid %s ignored SIGTERM; killing it", proc.pid)
+                proc.kill()
+        return proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is flushed or closed."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def restart(self, timeout: float = 30.0) -> Self:
+        """Stop (if running) and start again on the same data directory and port."""
+        self.stop(timeout)
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the child and release the log file."""
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

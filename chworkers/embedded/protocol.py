@@ -1,0 +1,249 @@
+"""HTTP/1.1 on a socket: request heads, bodies (length or chunked), responses.
+
+The standard library's ``http.server`` caps the request line at 64 KiB and hides the
+body framing; ClickHouse accepts URLs up to ``http_max_uri_size`` (1 MiB), and the
+endpoint must stream bodies of any size into chDB, so this small layer does its own
+framing. Responses are written either with a ``Content-Length`` or chunked.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from email.message import Message
+from http import HTTPStatus
+from http.client import HTTPException, parse_headers
+from typing import BinaryIO
+
+from chworkers.embedded.exceptions import (
+    BAD_ARGUMENTS,
+    CANNOT_READ_ALL_DATA,
+    QUERY_IS_TOO_LARGE,
+    clickhouse_error,
+)
+
+#: ClickHouse's default http_max_uri_size.
+MAX_URI_SIZE = 1 << 20
+MAX_HEADER_LINE = 1 << 16
+READ_CHUNK = 1 << 20
+
+
+class ClientGone(Exception):
+    """The peer closed the connection or stopped sending."""
+
+
+class BadRequest(Exception):
+    """The request is not valid HTTP: answer 400 and close."""
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: Message
+    body: Body
+    path: str = ""
+    query_string: str = ""
+    keep_alive: bool = True
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        value = self.headers.get(name)
+        return default if value is None else str(value)
+
+
+class Body:
+    """The request body, framed by Content-Length or chunked transfer encoding."""
+
+    def __init__(self, rfile: BinaryIO, length: int | None, chunked: bool) -> None:
+        self._rfile = rfile
+        self._remaining = length if length is not None else 0
+        self._chunked = chunked
+        self._chunk_left = 0
+        self.finished = not chunked and self._remaining == 0
+        self.bytes_read = 0
+
+    def read(self, n: int = READ_CHUNK) -> bytes:
+        """Up to ``n`` bytes; ``b''`` once the body is complete."""
+        if self.finished:
+            return b""
+        data = self._read_chunked(n) if self._chunked else self._read_plain(n)
+        self.bytes_read += len(data)
+        return data
+
+    def _read_plain(self, n: int) -> bytes:
+        data = self._rfile.read(min(n, self._remaining))
+        if not data:
+            raise clickhouse_error(
+                CANNOT_READ_ALL_DATA,
+                f"Cannot read all data from the request body: the client closed the "
+                f"connection with {self._remaining} of the announced bytes missing",
+            )
+        self._remaining -= len(data)
+        if self._remaining == 0:
+            self.finished = True
+        return data
+
+    def _read_chunked(self, n: int) -> bytes:
+        if self._chunk_left == 0:
+            line = self._rfile.readline(MAX_HEADER_LINE)
+            if not line.endswith(b"\n"):
+                raise self._truncated()
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise clickhouse_error(
+                    BAD_ARGUMENTS, f"Invalid chunk size line in chunked request body: {line!r}"
+                ) from None
+            if size == 0:
+                while True:  # trailers, then the empty line
+                    trailer = self._rfile.readline(MAX_HEADER_LINE)
+                    if not trailer:
+                        raise self._truncated()
+                    if trailer in (b"\r\n", b"\n"):
+                        break
+                self.finished = True
+                return b""
+            self._chunk_left = size
+        data = self._rfile.read(min(n, self._chunk_left))
+        if not data:
+            raise self._truncated()
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and self._rfile.readline(MAX_HEADER_LINE) not in (b"\r\n", b"\n"):
+            raise self._truncated()
+        return data
+
+    def _truncated(self) -> Exception:
+        return clickhouse_error(
+            CANNOT_READ_ALL_DATA,
+            "Cannot read all data from the chunked request body: it ended before its last chunk",
+        )
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole (rest of the) body, refusing more than ``limit`` bytes."""
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            data = self.read()
+            if not data:
+                return b"".join(parts)
+            total += len(data)
+            if total > limit:
+                raise clickhouse_error(
+                    QUERY_IS_TOO_LARGE,
+                    f"The request body is larger than {limit} bytes, the limit for a "
+                    "query that is not an INSERT with inline data",
+                )
+            parts.append(data)
+
+    def drain(self, limit: int) -> bool:
+        """Discard what is left; False if more than ``limit`` bytes remain or it fails."""
+        total = 0
+        try:
+            while not self.finished:
+                total += len(self.read())
+                if total > limit:
+                    return False
+        except Exception:
+            return False
+        return True
+
+
+def read_request(rfile: BinaryIO) -> Request | None:
+    """The next request head on a connection, or None if the peer closed it cleanly."""
+    try:
+        line = rfile.readline(MAX_URI_SIZE + 64)
+    except (ConnectionError, TimeoutError, OSError):
+        return None
+    if not line:
+        return None
+    if not line.endswith(b"\n"):
+        raise clickhouse_error(
+            BAD_ARGUMENTS,
+            f"The request URI is longer than http_max_uri_size ({MAX_URI_SIZE} bytes); "
+            "send long queries in the POST body instead",
+        )
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(f"malformed request line {line[:100]!r}")
+    method, target, version = parts
+    try:
+        headers = parse_headers(rfile)
+    except HTTPException as exc:
+        raise BadRequest(f"malformed request headers: {exc}") from exc
+    chunked = "chunked" in str(headers.get("Transfer-Encoding", "")).lower()
+    length: int | None = None
+    if not chunked and headers.get("Content-Length") is not None:
+        try:
+            length = int(str(headers["Content-Length"]))
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length {headers['Content-Length']!r}") from None
+    conn_hdr = str(headers.get("Connection", "")).lower()
+    keep = "close" not in conn_hdr if version == "HTTP/1.1" else "keep-alive" in conn_hdr
+    path, _, qs = target.partition("?")
+    return Request(
+        method=method.upper(),
+        target=target,
+        version=version,
+        headers=headers,
+        body=Body(rfile, length, chunked),
+        path=path,
+        query_string=qs,
+        keep_alive=keep,
+    )
+
+
+@dataclass
+class Response:
+    """Writes one response; headers go out with the first body bytes."""
+
+    sock: socket.socket
+    keep_alive: bool
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    chunked: bool = False
+    headers_sent: bool = False
+    bytes_sent: int = 0
+
+    def set_header(self, name: str, value: str) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
+        self.headers.append((name, value))
+
+    def _head(self, content_length: int | None) -> bytes:
+        reason = (
+            HTTPStatus(self.status).phrase if self.status in HTTPStatus._value2member_map_ else ""
+        )
+        lines = [f"HTTP/1.1 {self.status} {reason}"]
+        lines.extend(f"{k}: {v}" for k, v in self.headers)
+        if content_length is not None:
+            lines.append(f"Content-Length: {content_length}")
+        else:
+            lines.append("Transfer-Encoding: chunked")
+        lines.append("Connection: Keep-Alive" if self.keep_alive else "Connection: Close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ClientGone(str(exc)) from exc
+        self.bytes_sent += len(data)
+
+    def send_whole(self, body: bytes) -> None:
+        """Headers and a complete body with Content-Length."""
+        self.headers_sent = True
+        self._send(self._head(len(body)) + body)
+
+    def start_chunked(self) -> None:
+        self.headers_sent = True
+        self.chunked = True
+        self._send(self._head(None))
+
+    def write_chunk(self, data: bytes) -> None:
+        if data:
+            self._send(b"%x\r\n" % len(data) + data + b"\r\n")
+
+    def end_chunked(self) -> None:
+        self._send(b"0\r\n\r\n")

@@ -1,0 +1,177 @@
+"""The endpoint: a listening socket, one thread per client connection, chDB behind.
+
+:class:`EmbeddedServer` owns the engine (which locks the data directory), the listening
+socket and the session registry. :meth:`serve_forever` accepts connections until
+:meth:`request_stop` is called (from a signal handler, which only enqueues the
+request), then drains: idle keep-alive connections close at once, running requests get
+``grace`` seconds to finish, sessions and chDB are closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from pathlib import Path
+
+from chworkers.embedded.engine import Engine
+from chworkers.embedded.execute import Context
+from chworkers.embedded.handler import Connection, Credentials
+from chworkers.embedded.sessions import Sessions
+from chworkers.errors import EmbeddedError
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedServer:
+    """The ClickHouse HTTP interface over chDB, in this process."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 8123,
+        *,
+        credentials: Credentials | None = None,
+        idle_timeout: float = 10.0,
+        request_timeout: float = 300.0,
+        max_connections: int = 1024,
+    ) -> None:
+        self.path = Path(path).resolve()
+        self.host = host
+        self.port = port
+        self.credentials = credentials
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self._engine: Engine | None = None
+        self._sessions: Sessions | None = None
+        self._listener: socket.socket | None = None
+        self._connections: dict[Connection, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._stop_requested = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Open the data directory and listen; raises EmbeddedError with the reason."""
+        self._engine = Engine(self.path)
+        try:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(256)
+        except OSError as exc:
+            self._engine.close()
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise EmbeddedError(
+                f"cannot listen on {self.host}:{self.port}: {why}", host=self.host, port=self.port
+            ) from exc
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._sessions = Sessions(self._engine)
+        log.info(
+            "embedded ClickHouse (chDB %s) serving %s, data in %s",
+            self._engine.version,
+            self.url,
+            self.path,
+        )
+
+    @property
+    def wakeup_fd(self) -> int:
+        """For :func:`signal.set_wakeup_fd`: chDB's threads may receive a signal, and
+        this wakes the accept loop at once instead of at its next timeout."""
+        return self._wake_w
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to stop; safe from a signal handler."""
+        self._stop_requested = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def serve_forever(self, grace: float = 30.0) -> None:
+        assert self._listener is not None and self._engine is not None
+        assert self._sessions is not None
+        ctx = Context(self._engine, self._sessions, socket.gethostname())
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, "accept")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        next_expiry = time.monotonic() + 1.0
+        try:
+            while not self._stop_requested:
+                for key, _ in sel.select(timeout=1.0):
+                    if key.data == "accept":
+                        self._accept(ctx)
+                    else:
+                        os.read(self._wake_r, 64)
+                if time.monotonic() >= next_expiry:
+                    self._sessions.expire()
+                    next_expiry = time.monotonic() + 1.0
+        finally:
+            sel.close()
+            self._shutdown(grace)
+
+    def _accept(self, ctx: Context) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            if len(self._connections) >= self.max_connections:
+                log.warning("refusing a connection: %d already open", len(self._connections))
+                sock.close()
+                return
+            conn = Connection(ctx, self.credentials, sock, self.idle_timeout, self.request_timeout)
+            thread = threading.Thread(
+                target=self._run_connection, args=(conn,), name="chworkers-embedded-conn"
+            )
+            thread.daemon = True
+            self._connections[conn] = thread
+        thread.start()
+
+    def _run_connection(self, conn: Connection) -> None:
+        try:
+            conn.run()
+        finally:
+            with self._lock:
+                self._connections.pop(conn, None)
+
+    def _shutdown(self, grace: float) -> None:
+        log.info("stopping: closing idle connections, waiting for running requests")
+        if self._listener is not None:
+            self._listener.close()
+        deadline = time.monotonic() + grace
+        while True:
+            with self._lock:
+                pending = list(self._connections.items())
+            for conn, _ in pending:
+                conn.close_if_idle()
+            if not pending or time.monotonic() >= deadline:
+                break
+            pending[0][1].join(timeout=0.05)
+        if pending:
+            log.warning(
+                "%d requests still running after %.0f s; stopping anyway", len(pending), grace
+            )
+        if self._sessions is not None:
+            self._sessions.close()
+        if self._engine is not None:
+            self._engine.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("stopped")

@@ -1,0 +1,234 @@
+"""Just enough of ClickHouse's SQL lexer to route a request.
+
+The endpoint never parses SQL itself (chDB does); it only needs to know three things
+that ClickHouse's HTTP handler also decides before execution: whether a statement is an
+``INSERT`` whose data follows it in the request body (and in which format), where that
+data starts, and which output ``FORMAT`` a query asks for. All of this works on bytes,
+because the data after ``FORMAT Native`` is binary and must never be decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_IDENT_START = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_IDENT_CHARS = _IDENT_START | frozenset(b"0123456789$")
+_SPACE = frozenset(b" \t\n\r\f\v")
+
+
+class NeedMoreInput(Exception):
+    """The statement head is not complete in the bytes seen so far."""
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "word", "quoted", "string", "number", "punct"
+    start: int
+    end: int
+    text: bytes
+
+    @property
+    def upper(self) -> str:
+        return self.text.decode("utf-8", "replace").upper()
+
+
+def _skip_space_and_comments(buf: bytes, pos: int, complete: bool) -> int:
+    n = len(buf)
+    while pos < n:
+        c = buf[pos]
+        if c in _SPACE:
+            pos += 1
+        elif buf.startswith(b"--", pos) or c == ord("#"):
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if not complete:
+                    raise NeedMoreInput
+                return n
+            pos = end + 1
+        elif buf.startswith(b"/*", pos):
+            depth, pos = 1, pos + 2
+            while depth:
+                if pos >= n:
+                    if not complete:
+                        raise NeedMoreInput
+                    return n
+                if buf.startswith(b"/*", pos):
+                    depth, pos = depth + 1, pos + 2
+                elif buf.startswith(b"*/", pos):
+                    depth, pos = depth - 1, pos + 2
+                else:
+                    pos += 1
+        else:
+            return pos
+    if not complete and pos >= n:
+        raise NeedMoreInput
+    return pos
+
+
+def _next_token(buf: bytes, pos: int, complete: bool) -> Token | None:
+    """The token at ``pos`` (after whitespace and comments), or None at the end."""
+    pos = _skip_space_and_comments(buf, pos, complete)
+    n = len(buf)
+    if pos >= n:
+        return None
+    c = buf[pos]
+    if c in _IDENT_START:
+        end = pos + 1
+        while end < n and buf[end] in _IDENT_CHARS:
+            end += 1
+        if end >= n and not complete:
+            raise NeedMoreInput
+        return Token("word", pos, end, buf[pos:end])
+    if c in b"'`\"":
+        end = pos + 1
+        while True:
+            if end >= n:
+                if not complete:
+                    raise NeedMoreInput
+                return Token("string" if c == ord("'") else "quoted", pos, n, buf[pos:n])
+            d = buf[end]
+            if d == ord("\\"):
+                end += 2
+            elif d == c:
+                if end + 1 < n and buf[end + 1] == c:
+                    end += 2  # doubled quote
+                elif end + 1 >= n and not complete:
+                    raise NeedMoreInput
+                else:
+                    end += 1
+                    break
+            else:
+                end += 1
+        kind = "string" if c == ord("'") else "quoted"
+        return Token(kind, pos, end, buf[pos:end])
+    if c in b"0123456789":
+        end = pos + 1
+        while end < n and (buf[end] in _IDENT_CHARS or buf[end] == ord(".")):
+            end += 1
+        if end >= n and not complete:
+            raise NeedMoreInput
+        return Token("number", pos, end, buf[pos:end])
+    return Token("punct", pos, pos + 1, buf[pos : pos + 1])
+
+
+def _tokens(buf: bytes, complete: bool, start: int = 0) -> list[Token]:
+    """Every token of ``buf`` from ``start``; raises NeedMoreInput if it may be cut."""
+    out: list[Token] = []
+    pos = start
+    while True:
+        tok = _next_token(buf, pos, complete)
+        if tok is None:
+            return out
+        out.append(tok)
+        pos = tok.end
+
+
+@dataclass(frozen=True)
+class InsertHead:
+    """An ``INSERT`` whose data follows the statement.
+
+    ``statement`` is what chDB's streaming insert takes (``INSERT INTO t (a, b)``, with
+    any SETTINGS clause but without ``FORMAT``), ``fmt`` the input format and
+    ``data_offset`` where the data begins in the buffer that was analysed.
+    """
+
+    statement: str
+    fmt: str
+    data_offset: int
+
+
+def first_keyword(buf: bytes) -> str:
+    """The statement's first word, upper-cased ('' if there is none)."""
+    try:
+        tok = _next_token(buf, 0, True)
+    except NeedMoreInput:  # pragma: no cover - complete=True never raises
+        return ""
+    while tok is not None and tok.kind == "punct" and tok.text == b"(":
+        tok = _next_token(buf, tok.end, True)
+    return tok.upper if tok is not None and tok.kind == "word" else ""
+
+
+def _data_start(buf: bytes, pos: int, complete: bool) -> int:
+    """ClickHouse's rule: data starts after the first newline or after the blanks."""
+    n = len(buf)
+    while pos < n and buf[pos] in b" \t\f":
+        pos += 1
+    if pos < n and buf[pos] == ord("\r"):
+        pos += 1
+    if pos < n and buf[pos] == ord("\n"):
+        pos += 1
+    if pos >= n and not complete:
+        raise NeedMoreInput
+    return pos
+
+
+def parse_insert(buf: bytes, complete: bool) -> InsertHead | None:
+    """Find where an INSERT's inline data starts.
+
+    Returns None when ``buf`` is not an INSERT with inline data (a SELECT, an
+    ``INSERT ... SELECT``, DDL, ...). Raises :class:`NeedMoreInput` when ``complete`` is
+    false and the statement head may continue beyond ``buf``.
+    """
+    pos = 0
+    tok = _next_token(buf, pos, complete)
+    if tok is None or tok.upper != "INSERT":
+        return None
+    depth = 0
+    while True:
+        tok = _next_token(buf, tok.end, complete)
+        if tok is None:
+            return None
+        if tok.kind == "punct":
+            if tok.text == b"(":
+                depth += 1
+            elif tok.text == b")":
+                depth -= 1
+            elif tok.text == b";" and depth == 0:
+                return None
+            continue
+        if depth or tok.kind != "word":
+            continue
+        word = tok.upper
+        if word in ("SELECT", "WITH") or (word == "FROM" and _is_from_infile(buf, tok, complete)):
+            return None
+        if word == "VALUES":
+            statement = buf[: tok.start].decode("utf-8", "replace").strip()
+            return InsertHead(statement, "Values", tok.end)
+        if word == "FORMAT":
+            name = _next_token(buf, tok.end, complete)
+            if name is None or name.kind not in ("word", "quoted"):
+                return None
+            fmt = name.text.decode("utf-8", "replace").strip('`"')
+            statement = buf[: tok.start].decode("utf-8", "replace").strip()
+            return InsertHead(statement, fmt, _data_start(buf, name.end, complete))
+
+
+def _is_from_infile(buf: bytes, tok: Token, complete: bool) -> bool:
+    nxt = _next_token(buf, tok.end, complete)
+    return nxt is not None and nxt.upper == "INFILE"
+
+
+_FORMAT_AT_END = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def output_format(query: bytes) -> str | None:
+    """The format named by a top-level ``FORMAT x`` clause of a query, if any."""
+    try:
+        toks = _tokens(query, True)
+    except NeedMoreInput:  # pragma: no cover
+        return None
+    depth = 0
+    found: str | None = None
+    for i, tok in enumerate(toks):
+        if tok.kind == "punct":
+            if tok.text == b"(":
+                depth += 1
+            elif tok.text == b")":
+                depth -= 1
+            continue
+        if depth == 0 and tok.kind == "word" and tok.upper == "FORMAT" and i + 1 < len(toks):
+            name = toks[i + 1].text.decode("utf-8", "replace").strip('`"')
+            if _FORMAT_AT_END.match(name):
+                found = name
+    return found

@@ -1,0 +1,89 @@
+"""Shared fixtures: the embedded ClickHouse endpoint and clients for it.
+
+``endpoint`` is one embedded endpoint (a child process on a free port, data in a
+temporary directory) for the whole test session, always stopped at the end. Tests
+isolate themselves with ``database``, a fresh database per test, and talk to it with
+``ch_client``, a real clickhouse-connect HTTP client. Tests that kill or restart an
+endpoint start their own with :class:`chworkers.EmbeddedClickHouse` instead of
+touching the shared one.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from chworkers.embedded import EmbeddedClickHouse
+
+
+@pytest.fixture(scope="session")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClickHouse]:
+    """The session's embedded ClickHouse endpoint (``.url``, ``.host``, ``.port``)."""
+    ch = EmbeddedClickHouse(tmp_path_factory.mktemp("embedded") / "data")
+    ch.start()
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+def make_client(endpoint: EmbeddedClickHouse, **kwargs: Any) -> Client:
+    """A clickhouse-connect HTTP client for ``endpoint`` (keyword arguments as get_client)."""
+    kwargs.setdefault("host", endpoint.host)
+    kwargs.setdefault("port", endpoint.port)
+    return clickhouse_connect.get_client(**kwargs)
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A name no other test uses (for databases, tables, sessions)."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def database(endpoint: EmbeddedClickHouse, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:40]
+    name = unique_name(f"test_{base}")
+    admin = make_client(endpoint)
+    admin.command(f"CREATE DATABASE `{name}`")
+    try:
+        yield name
+    finally:
+        try:
+            admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+        finally:
+            admin.close()
+
+
+@pytest.fixture
+def ch_client(endpoint: EmbeddedClickHouse, database: str) -> Iterator[Client]:
+    """A clickhouse-connect client whose default database is the test's own."""
+    client = make_client(endpoint, database=database)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def client_factory(endpoint: EmbeddedClickHouse, database: str) -> Iterator[Any]:
+    """``client_factory(**kwargs)`` makes more clients (default database: the test's)."""
+    clients: list[Client] = []
+
+    def factory(**kwargs: Any) -> Client:
+        kwargs.setdefault("database", database)
+        client = make_client(endpoint, **kwargs)
+        clients.append(client)
+        return client
+
+    try:
+        yield factory
+    finally:
+        for client in clients:
+            client.close()
