@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chworkers import __version__
+from chworkers import __version__, logs
 from chworkers.errors import ChworkersError, ConfigError
 
 #: Modules that contribute a subcommand, in the order ``--help`` lists them.
@@ -42,18 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level for messages on stderr (default: INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines for people (text) or one JSON object a line (json)",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return EXIT_USAGE
-    configure_logging(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     try:
         code: int = handler(args)
     except ConfigError as exc:
