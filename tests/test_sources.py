@@ -158,3 +158,34 @@ def test_unreadable_file_is_reported_and_others_go_on(pipeline: Pipeline, tmp_pa
 def test_bad_format_is_refused_up_front(pipeline: Pipeline) -> None:
     with pytest.raises(ConfigError, match="XML"):
         StreamSource(io.BytesIO(), name="s", table="t", format="XML", batcher=pipeline.batcher)
+
+
+def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
+    import json
+
+    from chworkers.sources import GeneratorSource
+
+    payloads = []
+    for run in range(2):
+        p = Pipeline(tmp_path / str(run))
+        GeneratorSource(
+            count=2500, chunk_rows=1000, name="gen", table="events", batcher=p.batcher
+        ).run(threading.Event())
+        payloads.append(p.records())
+        p.batcher.close()
+    assert payloads[0] == payloads[1]
+    rows = [json.loads(line) for line in payloads[0].splitlines()]
+    assert len(rows) == 2500
+    assert set(rows[0]) == {"ts", "user_id", "event", "value", "url"}
+
+
+def test_generator_rate_is_respected(tmp_path: Path) -> None:
+    from chworkers.sources import GeneratorSource
+
+    p = Pipeline(tmp_path)
+    started = time.monotonic()
+    GeneratorSource(
+        count=300, rate=1000, chunk_rows=100, name="gen", table="events", batcher=p.batcher
+    ).run(threading.Event())
+    assert time.monotonic() - started >= 0.15
+    p.batcher.close()
