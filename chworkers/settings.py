@@ -53,14 +53,24 @@ def setting(
     minimum: float | None = None,
     maximum: float | None = None,
     secret: bool = False,
+    reload: bool = False,
 ) -> Any:
     """Declare one setting: its default, its help text and how to validate it.
+
+    ``reload`` marks a setting that a running daemon may change on SIGHUP.
 
     ``secret`` settings are never printed, and may also be read from a file named by
     the companion key ``<name>_file`` (or ``CHWORKERS_..._FILE``), so that passwords
     never have to appear on a command line or in the main config file.
     """
-    meta = {"help": help, "unit": unit, "minimum": minimum, "maximum": maximum, "secret": secret}
+    meta = {
+        "help": help,
+        "unit": unit,
+        "minimum": minimum,
+        "maximum": maximum,
+        "secret": secret,
+        "reload": reload,
+    }
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         raise TypeError("settings take immutable defaults; use section() for a subsection")
     return dataclasses.field(default=default, metadata=meta)
@@ -140,6 +150,31 @@ def describe(cls: type[Any], prefix: str = "") -> list[SettingInfo]:
             )
         )
     return out
+
+
+def validate(obj: Any, *, source: str | None = None) -> None:
+    """Check (and normalise) every setting of a settings dataclass instance.
+
+    Call it from ``__post_init__`` so that the Python API validates exactly as the
+    config file does: ``Options(timeout="5s")`` becomes 5.0, ``Options(workers=0)``
+    raises :class:`ConfigError` naming the setting.
+    """
+    cls = type(obj)
+    hints = _hints(cls)
+    where = source or cls.__name__
+    for f in _settings_fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            continue
+        value = getattr(obj, f.name)
+        parsed = parse_value(tp, f.metadata, value, f.name, where)
+        if parsed is not value:
+            object.__setattr__(obj, f.name, parsed)
+
+
+def reloadable(cls: type[Any]) -> frozenset[str]:
+    """Names of the settings of ``cls`` that may change at runtime."""
+    return frozenset(f.name for f in _settings_fields(cls) if f.metadata.get("reload"))
 
 
 def _fail(key: str, value: Any, expected: str, source: str) -> ConfigError:

@@ -8,7 +8,16 @@ from typing import Literal
 import pytest
 
 from chworkers.errors import ConfigError
-from chworkers.settings import build, describe, render_defaults, render_reference, section, setting
+from chworkers.settings import (
+    build,
+    describe,
+    reloadable,
+    render_defaults,
+    render_reference,
+    section,
+    setting,
+    validate,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +135,24 @@ def test_integer_lists_and_internal_fields() -> None:
     with pytest.raises(ConfigError, match="unknown key 'history'"):
         build(Outer, {"history": [1]})
     assert "history" not in render_defaults(Outer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Validated:
+    workers: int = setting(2, "Workers.", minimum=1, reload=True)
+    timeout: float = setting(5.0, "Timeout.", unit="seconds")
+    name: str | None = setting(None, "Name.")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def test_python_api_validates_like_the_config_file() -> None:
+    assert Validated(timeout="250ms").timeout == pytest.approx(0.25)  # type: ignore[arg-type]
+    assert Validated(timeout=3).timeout == 3.0
+    with pytest.raises(ConfigError, match=r"workers = 0 .*>= 1") as info:
+        Validated(workers=0)
+    assert info.value.key == "workers"
+    with pytest.raises(ConfigError, match="integer"):
+        Validated(workers=True)
+    assert reloadable(Validated) == {"workers"}
