@@ -16,6 +16,7 @@ from chworkers.errors import (
     PoolError,
     PoolTimeoutError,
     QueueFullError,
+    RequestError,
     ResponseTimeoutError,
     RetriesExhaustedError,
     ServerError,
@@ -25,6 +26,11 @@ from chworkers.errors import (
     TaskError,
     TransportError,
 )
+from chworkers.connection import Connection, ConnectionConfig, Host
+from chworkers.hooks import MetricsHooks, PoolHooks
+from chworkers.lease import LeaseBroker, LeaseClient, LeaseStats
+from chworkers.pool import ConnectionPool, PoolOptions, PoolStats
+from chworkers.retry import RetryPolicy
 from chworkers.systemd import Notifier, Watchdog
 
 __version__ = "0.1.0"
@@ -43,6 +49,7 @@ __all__ = [
     "PoolError",
     "PoolTimeoutError",
     "QueueFullError",
+    "RequestError",
     "ResponseTimeoutError",
     "RetriesExhaustedError",
     "ServerError",
@@ -52,6 +59,19 @@ __all__ = [
     "TaskError",
     "TransportError",
     "Watchdog",
+    # Connections, pool, retries, leases
+    "Connection",
+    "ConnectionConfig",
+    "ConnectionPool",
+    "Host",
+    "LeaseBroker",
+    "LeaseClient",
+    "LeaseStats",
+    "MetricsHooks",
+    "PoolHooks",
+    "PoolOptions",
+    "PoolStats",
+    "RetryPolicy",
     # Meta
     "__version__",
 ]

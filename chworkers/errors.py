@@ -144,6 +144,14 @@ class ConnectionLostError(TransportError):
     """The connection was reset or closed after the request was sent."""
 
 
+class RequestError(ClickHouseError):
+    """The driver refused a request before sending it, or could not decode its answer.
+
+    Typically data that does not fit the table (a string for an ``Int32`` column, a row
+    with too few values) or an unsupported argument. Retrying cannot help.
+    """
+
+
 class PoolError(ChworkersError):
     """The connection pool cannot hand out a connection."""
 

@@ -1,0 +1,169 @@
+"""Idempotent inserts: batch normalisation, deduplication tokens, the dedup-window check.
+
+Every insert through chworkers carries an ``insert_deduplication_token``: the caller's,
+else one derived from the target table and the batch's content, so that repeating an
+insert whose response was lost cannot duplicate rows.
+
+ClickHouse honours the token only on tables that deduplicate: Replicated*MergeTree (whose
+``replicated_deduplication_window`` is 1000 by default) and plain MergeTree tables created
+with ``SETTINGS non_replicated_deduplication_window = N`` (N > 0; the server default is
+0, which turns deduplication off). :func:`check_window` warns once per table and process
+when an insert goes to a MergeTree table whose window is 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import pickle
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chworkers.errors import RequestError
+
+if TYPE_CHECKING:
+    from chworkers.connection import Connection
+
+__all__ = ["Batch", "check_window", "derive_token", "normalize"]
+
+log = logging.getLogger(__name__)
+
+_WINDOW_RE = re.compile(r"non_replicated_deduplication_window\s*=\s*(\d+)")
+_checked: set[tuple[str, str, str]] = set()
+_checked_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """An insert's data in the shape clickhouse-connect takes, and what it is."""
+
+    kind: str  # rows, columns, pandas, arrow
+    data: Any
+    column_names: Sequence[str] | None
+    column_oriented: bool
+
+
+def normalize(data: Any, column_names: Sequence[str] | None, column_oriented: bool) -> Batch:
+    """Recognise ``data``'s shape; numpy arrays and dict rows become plain Python values."""
+    names = list(column_names) if column_names is not None else None
+    module = type(data).__module__.split(".")[0]
+    if module == "pandas" and type(data).__name__ == "DataFrame":
+        return Batch("pandas", data, names, False)
+    if module == "pyarrow" and type(data).__name__ == "Table":
+        return Batch("arrow", data, names, False)
+    if module == "numpy" and type(data).__name__ == "ndarray":
+        if data.dtype.names:  # structured array: one column per field
+            fields = list(data.dtype.names)
+            return Batch("columns", [data[f].tolist() for f in fields], names or fields, True)
+        if data.ndim != 2:
+            raise RequestError(
+                f"insert: a numpy array must be 2-D or structured, got {data.ndim}-D shape {data.shape}"
+            )
+        return Batch(
+            "columns" if column_oriented else "rows", data.tolist(), names, column_oriented
+        )
+    if isinstance(data, Mapping):
+        keys = list(data)
+        return Batch("columns", [list(data[k]) for k in keys], names or keys, True)
+    if isinstance(data, str | bytes) or not isinstance(data, Sequence | Iterable):
+        raise RequestError(
+            f"insert: cannot insert a {type(data).__name__}; expected rows, columns, a mapping "
+            "of columns, a numpy array, a pandas DataFrame or a pyarrow Table"
+        )
+    rows = data if isinstance(data, Sequence) else list(data)
+    if not column_oriented and rows and isinstance(rows[0], Mapping):
+        keys = names or list(rows[0])
+        try:
+            rows = [[row[k] for k in keys] for row in rows]
+        except KeyError as exc:
+            raise RequestError(f"insert: a row has no value for column {exc.args[0]!r}") from None
+        return Batch("rows", rows, keys, False)
+    return Batch("columns" if column_oriented else "rows", rows, names, column_oriented)
+
+
+def derive_token(database: str | None, table: str, batch: Batch) -> str:
+    """A token that is the same for the same table and batch content (and only then)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{database or ''}\0{table}\0{batch.kind}\0{batch.column_names}\0".encode())
+    if batch.kind == "pandas":
+        _hash_pandas(h, batch.data)
+    elif batch.kind == "arrow":
+        _hash_arrow(h, batch.data)
+    else:
+        try:
+            h.update(pickle.dumps(batch.data, protocol=4))
+        except Exception:
+            h.update(repr(batch.data).encode())
+    return f"chw-{h.hexdigest()}"
+
+
+def _hash_pandas(h: Any, df: Any) -> None:
+    pd: Any = importlib.import_module("pandas")
+    h.update(repr(list(zip(df.columns, map(str, df.dtypes), strict=True))).encode())
+    try:
+        h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    except TypeError:  # unhashable cells (lists, dicts)
+        h.update(pickle.dumps(df.to_dict("list"), protocol=4))
+
+
+def _hash_arrow(h: Any, table: Any) -> None:
+    h.update(str(table.schema).encode())
+    h.update(str(table.num_rows).encode())
+    for column in table.columns:
+        for chunk in column.chunks:
+            h.update(f"{chunk.offset}:{len(chunk)}".encode())
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+
+
+def check_window(conn: Connection, database: str | None, table: str) -> None:
+    """Warn (once per table and process) when ``table`` cannot deduplicate inserts.
+
+    Never raises: a failed check is logged at debug level and retried on the next insert.
+    """
+    db, _, name = table.rpartition(".")
+    db = database or db or conn.config.database or ""
+    key = (conn.endpoint, db, name)
+    with _checked_lock:
+        if key in _checked:
+            return
+    try:
+        db_expr = "{db:String}" if db else "currentDatabase()"
+        rows = conn.client.query(
+            f"SELECT engine, engine_full, database FROM system.tables WHERE database = {db_expr} AND name = {{t:String}}",
+            parameters={"db": db, "t": name},
+        ).result_rows
+        if not rows:
+            return  # the insert itself will report the unknown table
+        engine, engine_full, db = str(rows[0][0]), str(rows[0][1]), str(rows[0][2])
+        window = None
+        if "MergeTree" in engine and not engine.startswith(("Replicated", "Shared")):
+            match = _WINDOW_RE.search(engine_full)
+            if match:
+                window = int(match.group(1))
+            else:
+                default = conn.client.query(
+                    "SELECT value FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'"
+                ).result_rows
+                window = int(default[0][0]) if default else 0
+    except Exception:  # the check is advisory
+        log.debug("could not check the deduplication window of %s.%s", db, name, exc_info=True)
+        return
+    with _checked_lock:
+        if key in _checked:
+            return
+        _checked.add(key)
+    if window == 0:
+        log.warning(
+            "table %s.%s (%s) does not deduplicate inserts: non_replicated_deduplication_window "
+            "is 0, so an insert retried after a lost response may duplicate rows; create it "
+            "with SETTINGS non_replicated_deduplication_window = 1000 (or use a Replicated engine)",
+            db,
+            name,
+            engine,
+        )

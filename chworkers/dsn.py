@@ -1,0 +1,277 @@
+"""Where and how to connect to ClickHouse: :class:`ConnectionConfig`.
+
+A configuration is given as a URL (``http://user:pass@h1:8123,h2:8123/db?compress=lz4``),
+as a mapping of the field names, or as the value itself. Several hosts are replicas of
+the same data; the pool spreads connections over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote
+
+from chworkers.errors import ConfigError
+
+__all__ = ["ConnectionConfig", "Host"]
+
+_SCHEMES = {"http": False, "https": True, "clickhouse": False, "clickhouses": True}
+_BOOL = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+class Host(NamedTuple):
+    """One ClickHouse HTTP endpoint."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _fail(key: str, value: Any, expected: str, why: str = "") -> ConfigError:
+    shown = "***" if key == "password" else repr(value)
+    return ConfigError(
+        f"connection option {key}: {shown} is not {expected}{why}",
+        key=key,
+        value="***" if key == "password" else value,
+        expected=expected,
+    )
+
+
+def _parse_host(text: str, default_port: int) -> Host:
+    text = text.strip()
+    if not text:
+        raise _fail("host", text, "a host name or address")
+    if text.startswith("["):  # [::1]:8123
+        end = text.find("]")
+        if end < 0:
+            raise _fail("host", text, "a host name or address", " (unclosed '[')")
+        name, rest = text[1:end], text[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        name, port_text = text.split(":")
+    else:
+        name, port_text = text, ""
+    port = default_port
+    if port_text:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise _fail(
+                "port", port_text, "an integer between 1 and 65535", f" (in host {text!r})"
+            ) from None
+    if not 0 < port < 65536:
+        raise _fail("port", port, "an integer between 1 and 65535", f" (in host {text!r})")
+    return Host(name, port)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOL:
+        return _BOOL[value.lower()]
+    raise _fail(key, value, "a boolean (true/false)")
+
+
+def _seconds(key: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise _fail(key, value, "a number of seconds > 0") from None
+    if isinstance(value, bool) or not seconds > 0:
+        raise _fail(key, value, "a number of seconds > 0")
+    return seconds
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Connection settings shared by every connection of a pool.
+
+    ``compress`` is ``True`` (lz4, or zstd), ``False`` or a codec name (``lz4``, ``zstd``,
+    ``gzip``, ``br``). ``settings`` are ClickHouse settings sent with every request.
+    """
+
+    hosts: tuple[Host, ...] = (Host("localhost", 8123),)
+    username: str = "default"
+    password: str = field(default="", repr=False)
+    database: str | None = None
+    secure: bool = False
+    verify: bool = True
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    compress: bool | str = True
+    connect_timeout: float = 10.0
+    send_receive_timeout: float = 300.0
+    client_name: str = "chworkers"
+
+    def __post_init__(self) -> None:
+        hosts: Any = self.hosts
+        if isinstance(hosts, Host | str):
+            hosts = (hosts,)
+        if not hosts:
+            raise _fail("hosts", hosts, "at least one host")
+        default_port = 8443 if self.secure else 8123
+        norm = tuple(h if isinstance(h, Host) else _coerce_host(h, default_port) for h in hosts)
+        object.__setattr__(self, "hosts", norm)
+        object.__setattr__(self, "secure", _bool("secure", self.secure))
+        object.__setattr__(self, "verify", _bool("verify", self.verify))
+        object.__setattr__(
+            self, "connect_timeout", _seconds("connect_timeout", self.connect_timeout)
+        )
+        object.__setattr__(
+            self,
+            "send_receive_timeout",
+            _seconds("send_receive_timeout", self.send_receive_timeout),
+        )
+        if not isinstance(self.settings, Mapping):
+            raise _fail(
+                "settings", self.settings, "a mapping of ClickHouse setting names to values"
+            )
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        compress = self.compress
+        if isinstance(compress, str) and compress.lower() in _BOOL:
+            compress = _BOOL[compress.lower()]
+        if not isinstance(compress, bool) and compress not in ("lz4", "zstd", "gzip", "br"):
+            raise _fail("compress", compress, "true, false, lz4, zstd, gzip or br")
+        object.__setattr__(self, "compress", compress)
+        for key in ("username", "password", "client_name"):
+            if not isinstance(getattr(self, key), str):
+                raise _fail(key, getattr(self, key), "a string")
+        if self.database is not None and (not isinstance(self.database, str) or not self.database):
+            raise _fail("database", self.database, "a non-empty string or None")
+
+    @property
+    def url(self) -> str:
+        """The configuration as a URL, without the password."""
+        scheme = "https" if self.secure else "http"
+        hosts = ",".join(str(h) for h in self.hosts)
+        return f"{scheme}://{self.username}@{hosts}/{self.database or ''}"
+
+    @classmethod
+    def coerce(cls, value: ConnectionConfig | str | Mapping[str, Any]) -> ConnectionConfig:
+        """Accept a configuration, a URL/DSN string or a mapping of field names."""
+        if isinstance(value, ConnectionConfig):
+            return value
+        if isinstance(value, str):
+            return cls.from_url(value)
+        if isinstance(value, Mapping):
+            return cls.from_mapping(value)
+        raise ConfigError(
+            f"connection options: expected a URL, a mapping or a ConnectionConfig, got {type(value).__name__}",
+            key="connection",
+            value=value,
+            expected="a URL string, a mapping or a ConnectionConfig",
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> ConnectionConfig:
+        """Parse ``scheme://[user[:password]@]host[:port][,host[:port]...][/database][?options]``.
+
+        Query options named like fields (``compress``, ``connect_timeout``, ``verify``...)
+        set them; any other option is a ClickHouse setting.
+        """
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in _SCHEMES:
+            raise _fail(
+                "url",
+                url,
+                "a URL like http://user:pass@host:8123/db",
+                f" (scheme must be one of {', '.join(_SCHEMES)})",
+            )
+        fields: dict[str, Any] = {"secure": _SCHEMES[scheme.lower()]}
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        if "@" in netloc:
+            userinfo, _, netloc = netloc.rpartition("@")
+            user, has_pw, password = userinfo.partition(":")
+            if user:
+                fields["username"] = unquote(user)
+            if has_pw:
+                fields["password"] = unquote(password)
+        if path.strip("/"):
+            fields["database"] = unquote(path.strip("/"))
+        settings: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls)} - {"hosts", "settings"}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            if key in names:
+                fields[key] = value
+            else:
+                settings[key] = value
+        fields["settings"] = settings
+        fields["hosts"] = [h for h in netloc.split(",")]
+        return cls.from_mapping(fields)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> ConnectionConfig:
+        """Build from field names; also accepts ``host`` (one or a list), ``port``, ``user``,
+        ``url`` (the base, overridden by the other keys) and ``timeouts``
+        (``{"connect": s, "send_receive": s}``)."""
+        opts = dict(options)
+        base: dict[str, Any] = {}
+        if "url" in opts:
+            url_cfg = cls.from_url(str(opts.pop("url")))
+            base = {f.name: getattr(url_cfg, f.name) for f in dataclasses.fields(cls)}
+        if "user" in opts:
+            opts.setdefault("username", opts.pop("user"))
+        timeouts = opts.pop("timeouts", None)
+        if timeouts is not None:
+            if not isinstance(timeouts, Mapping) or set(timeouts) - {"connect", "send_receive"}:
+                raise _fail("timeouts", timeouts, "a mapping with keys connect and send_receive")
+            for key, seconds in timeouts.items():
+                opts.setdefault(f"{key}_timeout", seconds)
+        secure = _bool("secure", opts.get("secure", base.get("secure", False)))
+        default_port = 8443 if secure else 8123
+        port = opts.pop("port", None)
+        if port is not None:
+            try:
+                default_port = int(port)
+            except (TypeError, ValueError):
+                raise _fail("port", port, "an integer between 1 and 65535") from None
+        hosts = opts.pop("hosts", None)
+        host = opts.pop("host", None)
+        if hosts is not None and host is not None:
+            raise _fail("host", host, "given together with hosts", " (use one of them)")
+        given = hosts if hosts is not None else host
+        if given is not None:
+            items = given.split(",") if isinstance(given, str) else list(given)
+            base["hosts"] = tuple(_coerce_host(h, default_port) for h in items)
+        elif port is not None:
+            base["hosts"] = tuple(
+                Host(h.host, default_port) for h in base.get("hosts", (Host("localhost", 8123),))
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(opts) - names)
+        if unknown:
+            raise ConfigError(
+                f"connection option {unknown[0]}: unknown (expected one of {', '.join(sorted(names | {'host', 'port', 'url', 'user', 'timeouts'}))})",
+                key=unknown[0],
+                value=opts[unknown[0]],
+                expected="a known connection option",
+            )
+        base.update(opts)
+        return cls(**base)
+
+
+def _coerce_host(value: Any, default_port: int) -> Host:
+    if isinstance(value, Host):
+        return value
+    if isinstance(value, str):
+        return _parse_host(value, default_port)
+    if isinstance(value, Sequence) and len(value) == 2:
+        return _parse_host(
+            f"{value[0]}:{value[1]}" if ":" not in str(value[0]) else f"[{value[0]}]:{value[1]}",
+            default_port,
+        )
+    raise _fail("host", value, "a host name, 'host:port' or a (host, port) pair")

@@ -1,0 +1,317 @@
+"""Retry as a value: which errors to repeat, how often, and how long to wait.
+
+:class:`RetryPolicy` follows urllib3's ``Retry``: it is an immutable value, and
+:meth:`RetryPolicy.increment` returns the *next* state after a failure or raises when no
+attempt is left. The backoff is computed from that state (exponential, with full jitter,
+capped, and clipped to an overall deadline).
+
+Classification only looks at chworkers' own error tree (drivers' exceptions are translated
+in :mod:`chworkers.connection`):
+
+* :class:`~chworkers.errors.ConnectError` (the request was never sent) is always retried;
+* :class:`~chworkers.errors.ResponseTimeoutError` and
+  :class:`~chworkers.errors.ConnectionLostError` (the request *may* have been applied) are
+  retried only when the operation is idempotent: a read, or an insert that carries an
+  ``insert_deduplication_token`` (every insert through :class:`~chworkers.pool.ConnectionPool`
+  does);
+* :class:`~chworkers.errors.ServerError` is retried when its ClickHouse code is transient
+  (:data:`RETRYABLE_CODES`) or, lacking a code, when its HTTP status is (502, 503, 504, 429);
+  a server error on a non-idempotent write is treated as "maybe applied" as well;
+* everything else (syntax, unknown table or column, type and parse errors, authentication,
+  bad input, pool errors, the caller's own exceptions) fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chworkers.errors import (
+    ChworkersError,
+    ConfigError,
+    RetriesExhaustedError,
+    ServerError,
+    TransportError,
+)
+
+#: ClickHouse error codes worth another attempt, with their names. The first fifteen are the
+#: issue's list; the rest are additions, each a condition that goes away by itself:
+#: 32 (a truncated stream, like 3), 198 (DNS resolution failed), 225 and 999 (Keeper
+#: unavailable), 279 (no replica of a distributed query reachable yet), 373 (a session still
+#: busy with the previous query), 439 (the server's thread pool is full).
+RETRYABLE_CODES: Mapping[int, str] = {
+    3: "UNEXPECTED_END_OF_FILE",
+    107: "FILE_DOESNT_EXIST",
+    159: "TIMEOUT_EXCEEDED",
+    164: "READONLY",
+    202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    203: "NO_FREE_CONNECTION",
+    209: "SOCKET_TIMEOUT",
+    210: "NETWORK_ERROR",
+    241: "MEMORY_LIMIT_EXCEEDED",
+    242: "TABLE_IS_READ_ONLY",
+    252: "TOO_MANY_PARTS",
+    285: "TOO_FEW_LIVE_REPLICAS",
+    319: "UNKNOWN_STATUS_OF_INSERT",
+    425: "SYSTEM_ERROR",
+    999: "KEEPER_EXCEPTION",
+    # Additions (see above).
+    32: "ATTEMPT_TO_READ_AFTER_EOF",
+    198: "DNS_ERROR",
+    225: "NO_ZOOKEEPER",
+    279: "ALL_CONNECTION_TRIES_FAILED",
+    373: "SESSION_IS_LOCKED",
+    439: "CANNOT_SCHEDULE_TASK",
+}
+
+#: Codes that ClickHouse raises before it touches any data: a write failing with one of
+#: these was certainly not applied, so it may be retried even without a deduplication token.
+NOT_APPLIED_CODES = frozenset({164, 202, 203, 242, 252, 285, 373, 439})
+
+#: HTTP statuses retried when the answer carries no ClickHouse code: a proxy or load balancer
+#: in front of ClickHouse (502, 504), an overloaded or starting server (503) and rate
+#: limiting (429, which clickhouse-connect also treats as retryable).
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class Verdict(enum.Enum):
+    """How :meth:`RetryPolicy.classify` judges an error."""
+
+    RETRY = "retry"
+    #: The error is transient but the operation may have been applied and is not idempotent.
+    UNSAFE = "unsafe"
+    FATAL = "fatal"
+
+
+def error_kind(error: BaseException) -> str:
+    """A short, low-cardinality label for ``error`` (metrics label ``kind``)."""
+    from chworkers.errors import PoolError, ResponseTimeoutError
+
+    if isinstance(error, ResponseTimeoutError):
+        return "timeout"
+    if isinstance(error, TransportError):
+        return "transport"
+    if isinstance(error, ServerError):
+        return "server"
+    if isinstance(error, PoolError):
+        return "pool"
+    if isinstance(error, ChworkersError):
+        return "request"
+    return "task"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One failed attempt in a policy's history."""
+
+    error: BaseException
+    kind: str
+    code: int | None
+    at: float
+    backoff: float
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how to repeat a failed ClickHouse operation; an immutable value.
+
+    ``max_attempts`` counts every attempt, the first included (1 disables retries).
+    The n-th retry waits a random time in ``[0, min(max_backoff, initial_backoff *
+    multiplier ** (n - 1))]`` ("full jitter"), never past ``deadline`` seconds after
+    :meth:`new` started the operation's clock (or after the first failure; ``None``: no
+    deadline).
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 10.0
+    multiplier: float = 2.0
+    deadline: float | None = 60.0
+    retry_codes: frozenset[int] = frozenset(RETRYABLE_CODES)
+    retry_statuses: frozenset[int] = RETRYABLE_STATUSES
+    #: State: the failed attempts so far and when the first one started (monotonic).
+    history: tuple[Attempt, ...] = field(default=(), compare=False, repr=False)
+    started_at: float | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, Any, bool, str]] = [
+            ("max_attempts", self.max_attempts, _is_int(self.max_attempts, 1), "an integer >= 1"),
+            (
+                "initial_backoff",
+                self.initial_backoff,
+                _is_num(self.initial_backoff),
+                "a number >= 0",
+            ),
+            ("max_backoff", self.max_backoff, _is_num(self.max_backoff), "a number >= 0"),
+            ("multiplier", self.multiplier, _is_num(self.multiplier, 1.0), "a number >= 1"),
+            (
+                "deadline",
+                self.deadline,
+                self.deadline is None or (_is_num(self.deadline) and self.deadline > 0),
+                "a number of seconds > 0, or None",
+            ),
+        ]
+        for key, value, ok, expected in checks:
+            if not ok:
+                raise ConfigError(
+                    f"retry.{key}: {value!r} is not {expected}",
+                    key=f"retry.{key}",
+                    value=value,
+                    expected=expected,
+                )
+        # Accept any iterable of ints for the sets, but store frozensets (hashable value).
+        object.__setattr__(self, "retry_codes", frozenset(int(c) for c in self.retry_codes))
+        object.__setattr__(self, "retry_statuses", frozenset(int(s) for s in self.retry_statuses))
+
+    @classmethod
+    def coerce(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+        """Build a policy from a policy, a mapping of its field names, or ``None`` (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, RetryPolicy):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"retry: expected a RetryPolicy or a mapping, got {type(value).__name__}",
+                key="retry",
+                value=value,
+                expected="a RetryPolicy or a mapping of its fields",
+            )
+        names = {f.name for f in dataclasses.fields(cls) if f.name not in ("history", "started_at")}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ConfigError(
+                f"retry: unknown option(s) {', '.join(unknown)}",
+                key=f"retry.{unknown[0]}",
+                value=value[unknown[0]],
+                expected=f"one of {', '.join(sorted(names))}",
+            )
+        return cls(**dict(value))
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def attempts(self) -> int:
+        """Failed attempts recorded so far."""
+        return len(self.history)
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self.history[-1].error if self.history else None
+
+    def new(self, now: float | None = None) -> RetryPolicy:
+        """The same policy with an empty history, its deadline clock started at ``now``."""
+        started = time.monotonic() if now is None else now
+        return dataclasses.replace(self, history=(), started_at=started)
+
+    # -- classification ---------------------------------------------------------------
+
+    def classify(self, error: BaseException, *, idempotent: bool | None = None) -> Verdict:
+        """Judge ``error``; ``idempotent`` overrides what the error says about its operation.
+
+        Errors raised by :class:`~chworkers.connection.Connection` carry ``idempotent``
+        (reads, and inserts with a deduplication token, are idempotent).
+        """
+        if idempotent is None:
+            idempotent = bool(getattr(error, "idempotent", False))
+        if isinstance(error, TransportError):
+            if not error.sent or idempotent:
+                return Verdict.RETRY
+            return Verdict.UNSAFE
+        if isinstance(error, ServerError):
+            if error.code is not None:
+                transient = error.code in self.retry_codes
+            else:
+                transient = error.http_status in self.retry_statuses
+            if not transient:
+                return Verdict.FATAL
+            if idempotent or (error.code is not None and error.code in NOT_APPLIED_CODES):
+                return Verdict.RETRY
+            return Verdict.UNSAFE
+        return Verdict.FATAL
+
+    def is_retryable(self, error: BaseException, *, idempotent: bool | None = None) -> bool:
+        return self.classify(error, idempotent=idempotent) is Verdict.RETRY
+
+    # -- the step -----------------------------------------------------------------------
+
+    def increment(
+        self,
+        error: BaseException,
+        *,
+        idempotent: bool | None = None,
+        now: float | None = None,
+        rng: random.Random | None = None,
+    ) -> RetryPolicy:
+        """Record the failure ``error`` and return the next state.
+
+        Raises ``error`` itself when it is not retryable (it fails at once), and
+        :class:`~chworkers.errors.RetriesExhaustedError` (``last_error`` and ``__cause__``
+        set to ``error``) when no attempt or no time is left. The returned policy's
+        :meth:`sleep_time` is the wait before the next attempt.
+        """
+        now = time.monotonic() if now is None else now
+        started = self.started_at if self.started_at is not None else now
+        verdict = self.classify(error, idempotent=idempotent)
+        if verdict is not Verdict.RETRY:
+            raise error
+        attempts = self.attempts + 1
+        code = getattr(error, "code", None)
+        backoff = (rng or _RNG).uniform(0.0, self.backoff_ceiling(attempts))
+        if self.deadline is not None:
+            remaining = started + self.deadline - now
+            if remaining <= 0:
+                raise self._exhausted(error, attempts, f"deadline of {self.deadline:g} s passed")
+            backoff = min(backoff, remaining)
+        if attempts >= self.max_attempts:
+            raise self._exhausted(error, attempts, f"{attempts} attempt(s) failed")
+        attempt = Attempt(
+            error, error_kind(error), code if isinstance(code, int) else None, now, backoff
+        )
+        return dataclasses.replace(self, history=(*self.history, attempt), started_at=started)
+
+    def backoff_ceiling(self, retry_number: int) -> float:
+        """Upper bound of the jittered wait before retry number ``retry_number`` (from 1)."""
+        if retry_number <= 0:
+            return 0.0
+        try:
+            ceiling = self.initial_backoff * self.multiplier ** (retry_number - 1)
+        except OverflowError:
+            ceiling = self.max_backoff
+        return float(min(self.max_backoff, ceiling))
+
+    def sleep_time(self) -> float:
+        """Seconds to wait before the next attempt (0 before any failure)."""
+        return self.history[-1].backoff if self.history else 0.0
+
+    def remaining(self, now: float | None = None) -> float | None:
+        """Seconds left before the deadline (``None`` without one or before any failure)."""
+        if self.deadline is None or self.started_at is None:
+            return None
+        return self.started_at + self.deadline - (time.monotonic() if now is None else now)
+
+    def _exhausted(self, error: BaseException, attempts: int, why: str) -> RetriesExhaustedError:
+        detail = f"{type(error).__name__}: {error}"
+        exc = RetriesExhaustedError(
+            f"giving up after {attempts} attempt(s) ({why}); last error: {detail}",
+            attempts=attempts,
+            last_error=error,
+        )
+        exc.__cause__ = error
+        return exc
+
+
+_RNG = random.Random()
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_num(value: Any, minimum: float = 0.0) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= minimum
