@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from chworkers.connection import Connection, ConnectionConfig, Host
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
     ChworkersError,
@@ -26,7 +27,6 @@ from chworkers.errors import (
     TaskError,
     TransportError,
 )
-from chworkers.connection import Connection, ConnectionConfig, Host
 from chworkers.hooks import MetricsHooks, PoolHooks
 from chworkers.lease import LeaseBroker, LeaseClient, LeaseStats
 from chworkers.pool import ConnectionPool, PoolOptions, PoolStats
@@ -41,17 +41,29 @@ __all__ = [
     "ClickHouseError",
     "ConfigError",
     "ConnectError",
+    "Connection",
+    "ConnectionConfig",
     "ConnectionLostError",
+    "ConnectionPool",
     "EmbeddedClickHouse",  # the embedded ClickHouse endpoint (not an error)
     "EmbeddedError",
+    "Host",
+    "LeaseBroker",
+    "LeaseClient",
+    "LeaseStats",
+    "MetricsHooks",
     "Notifier",
     "PoolClosedError",
     "PoolError",
+    "PoolHooks",
+    "PoolOptions",
+    "PoolStats",
     "PoolTimeoutError",
     "QueueFullError",
     "RequestError",
     "ResponseTimeoutError",
     "RetriesExhaustedError",
+    "RetryPolicy",
     "ServerError",
     "SpoolCorruptError",
     "SpoolError",
@@ -59,19 +71,6 @@ __all__ = [
     "TaskError",
     "TransportError",
     "Watchdog",
-    # Connections, pool, retries, leases
-    "Connection",
-    "ConnectionConfig",
-    "ConnectionPool",
-    "Host",
-    "LeaseBroker",
-    "LeaseClient",
-    "LeaseStats",
-    "MetricsHooks",
-    "PoolHooks",
-    "PoolOptions",
-    "PoolStats",
-    "RetryPolicy",
     # Meta
     "__version__",
 ]
