@@ -169,6 +169,11 @@ class Metrics:
         self.spool_bytes = Gauge(
             "chworkers_spool_bytes", "Bytes of batches waiting in the on-disk spool.", registry=r
         )
+        self.spool_max_bytes = Gauge(
+            "chworkers_spool_max_bytes",
+            "Configured cap on the spool's size (0 when there is none).",
+            registry=r,
+        )
         self.spool_batches = Gauge(
             "chworkers_spool_batches", "Batches waiting in the on-disk spool.", registry=r
         )

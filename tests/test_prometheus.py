@@ -1,0 +1,371 @@
+"""grafana/'s Prometheus files, checked by Prometheus' own tools and a real server.
+
+promtool and the prometheus server come from Debian's ``prometheus`` package. The
+session-scoped fixture installs it when it is missing (a one-time apt-get), so a fresh
+machine needs nothing but the test command.
+
+The end-to-end tests start a real Prometheus on loopback that loads the shipped rules
+and scrapes a real HTTP exposition of a chworkers :class:`~chworkers.metrics.Metrics`
+registry, which a thread keeps changing the way a busy daemon would. (Once the
+supervisor's own exposition lands, it replaces this stand-in as the scrape target.)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+
+from chworkers import __version__
+from chworkers.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / "grafana" / "prometheus"
+RULES = PROMETHEUS_DIR / "chworkers.rules.yml"
+RULE_TESTS = PROMETHEUS_DIR / "chworkers.rules.test.yml"
+EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+DASHBOARD = ROOT / "grafana" / "chworkers-dashboard.json"
+
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def _install_prometheus() -> str | None:
+    """apt-get the prometheus package; returns why it failed, or None."""
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available"
+    steps = (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
+    )
+    for cmd in steps:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=APT_ENV)
+        if result.returncode != 0:
+            return f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> tuple[str, str]:
+    """Paths of promtool and prometheus, installed on first use."""
+    promtool, server = shutil.which("promtool"), shutil.which("prometheus")
+    if promtool is None or server is None:
+        failure = _install_prometheus()
+        promtool, server = shutil.which("promtool"), shutil.which("prometheus")
+        if promtool is None or server is None:
+            pytest.skip(f"promtool/prometheus are missing and could not be installed: {failure}")
+    return promtool, server
+
+
+def promtool(tools: tuple[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [tools[0], *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+# --- promtool ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(1500)  # the first test may install the package
+def test_promtool_check_rules(prometheus_tools: tuple[str, str]) -> None:
+    output = promtool(prometheus_tools, "check", "rules", RULES.name)
+    assert "SUCCESS" in output
+
+
+def test_promtool_check_example_config(prometheus_tools: tuple[str, str]) -> None:
+    output = promtool(prometheus_tools, "check", "config", EXAMPLE_CONFIG.name)
+    assert "is valid prometheus config file" in output
+
+
+def test_promtool_test_rules(prometheus_tools: tuple[str, str]) -> None:
+    output = promtool(prometheus_tools, "test", "rules", RULE_TESTS.name)
+    assert "SUCCESS" in output
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    alerts = {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    for case in tests:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert alerts, "no alerts found"
+    assert alerts - firing == set(), "alerts never shown to fire"
+    assert alerts - quiet == set(), "alerts never shown to stay quiet"
+    # Every firing expectation is for a subset of the instances in its case: the other
+    # instances of that case are the ones that must stay quiet.
+    for case in tests:
+        instances = {
+            m for s in case["input_series"] for m in re.findall(r'instance="([^"]+)"', s["series"])
+        }
+        for check in case.get("alert_rule_test", []):
+            fired = {a["exp_labels"]["instance"] for a in check.get("exp_alerts", [])}
+            assert fired <= instances, case["name"]
+
+
+# --- a real Prometheus scraping a real exposition ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class BusyDaemon:
+    """A chworkers Metrics registry served over HTTP, changing like a busy daemon's."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics(CollectorRegistry())
+        self.server, self._server_thread = start_http_server(
+            0, addr="127.0.0.1", registry=self.metrics.registry
+        )
+        self.port = self.server.server_port
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        m = self.metrics
+        m.build_info.info({"version": __version__})
+        m.pool_max.set(4)
+        m.queue_capacity.set(1000)
+        m.spool_max_bytes.set(2**31)
+        self.tick()
+        self._thread.start()
+
+    def tick(self) -> None:
+        m, rnd = self.metrics, random.Random()
+        for table in ("events", "clicks"):
+            rows = rnd.randint(500, 1500)
+            m.rows_inserted.labels(table).inc(rows)
+            m.bytes_inserted.labels(table).inc(rows * 80)
+            m.insert_duration.labels(table).observe(rnd.uniform(0.005, 0.2))
+            m.last_insert.labels(table).set(time.time())
+            m.dead_letter_rows.labels(table).inc(rnd.randint(0, 2))
+        m.tasks.labels("insert", "success").inc(2)
+        m.tasks.labels("insert", "failure").inc(rnd.randint(0, 1))
+        m.task_duration.labels("insert").observe(rnd.uniform(0.005, 0.3))
+        m.errors.labels("server", "241").inc()
+        m.errors.labels("transport", "").inc(rnd.randint(0, 1))
+        m.retries.labels("server").inc()
+        m.pool_in_use.set(rnd.randint(0, 4))
+        m.pool_idle.set(rnd.randint(0, 2))
+        m.pool_waiting.set(rnd.randint(0, 3))
+        m.pool_acquire_wait.observe(rnd.uniform(0.0001, 0.05))
+        m.pool_created.inc()
+        m.pool_closed.labels("idle").inc()
+        m.queue_depth.set(rnd.randint(0, 50))
+        m.workers.labels("busy").set(3)
+        m.workers.labels("idle").set(1)
+        m.worker_restarts.labels("crashed").inc(rnd.randint(0, 1))
+        m.spool_bytes.set(rnd.randint(0, 10**6))
+        m.spool_batches.set(rnd.randint(0, 10))
+        m.spool_oldest_age.set(rnd.uniform(0, 5))
+        m.spool_quarantined.inc(rnd.randint(0, 1))
+        m.spool_dropped.inc(rnd.randint(0, 1))
+        m.source_rows.labels("http").inc(1000)
+        m.source_errors.labels("http").inc(rnd.randint(0, 1))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.tick()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class PrometheusServer:
+    def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
+        # The shipped example config, pointed at the target and sped up for a test.
+        config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(RULES)]
+        (job,) = config["scrape_configs"]
+        job["scrape_interval"], job["scrape_timeout"] = "1s", "1s"
+        job["static_configs"][0]["targets"] = [f"127.0.0.1:{target_port}"]
+        config_file = workdir / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "prometheus.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_until(lambda: self._ready(), "Prometheus to become ready")
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_until(self, condition: Any, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                self.log.flush()
+                log = Path(self.log.name).read_text()
+                pytest.fail(f"prometheus exited with {self.process.returncode}:\\n{log}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[BusyDaemon]:
+    d = BusyDaemon()
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    prometheus_tools: tuple[str, str],
+    daemon: BusyDaemon,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(prometheus_tools[1], tmp_path_factory.mktemp("prom"), daemon.port)
+    try:
+        # Enough scrapes and rule evaluations for 1m rates and new-series alerts.
+        server.wait_until(
+            lambda: len(server.query("job_instance_table:chworkers_rows_inserted:rate1m > 0")) == 2,
+            "the recording rules to produce rates",
+        )
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_chworkers_series_comes_back_through_the_http_api(
+    prometheus: PrometheusServer, daemon: BusyDaemon
+) -> None:
+    (sample,) = prometheus.query('chworkers_queue_capacity{job="chworkers"}')
+    assert sample["metric"]["instance"] == f"127.0.0.1:{daemon.port}"
+    assert sample["metric"]["environment"] == "production"  # the example's target label
+    assert float(sample["value"][1]) == 1000
+    (info,) = prometheus.query("chworkers_build_info")
+    assert info["metric"]["version"] == __version__
+    (up,) = prometheus.query('up{job="chworkers"}')
+    assert up["value"][1] == "1"
+
+
+@pytest.mark.timeout(120)
+def test_recording_rules_produce_series(prometheus: PrometheusServer) -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
+    prometheus.wait_until(
+        lambda: all(prometheus.query(name) for name in records), "every recording rule"
+    )
+    rows = prometheus.query("job_instance_table:chworkers_rows_inserted:rate1m")
+    assert {s["metric"]["table"] for s in rows} == {"events", "clicks"}
+    assert all(float(s["value"][1]) > 0 for s in rows)
+
+
+@pytest.mark.timeout(120)
+def test_every_rule_evaluates_without_errors(prometheus: PrometheusServer) -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    expected = {r.get("alert") or r["record"] for g in groups for r in g["rules"]}
+
+    def evaluated() -> bool:
+        loaded = prometheus.api("rules")["groups"]
+        rules = [r for g in loaded for r in g["rules"]]
+        return {r["name"] for r in rules} == expected and all(
+            r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2") for r in rules
+        )
+
+    prometheus.wait_until(evaluated, "every rule to be evaluated")
+    for group in prometheus.api("rules")["groups"]:
+        for rule in group["rules"]:
+            assert rule["health"] == "ok", rule
+
+
+@pytest.mark.timeout(120)
+def test_dead_letters_fire_an_alert_end_to_end(prometheus: PrometheusServer) -> None:
+    def firing() -> set[str]:
+        return {
+            a["labels"].get("table", "")
+            for a in prometheus.api("alerts")["alerts"]
+            if a["labels"]["alertname"] == "ChworkersDeadLetters" and a["state"] == "firing"
+        }
+
+    prometheus.wait_until(lambda: firing() == {"events", "clicks"}, "ChworkersDeadLetters")
+
+
+@pytest.mark.timeout(120)
+def test_every_dashboard_query_returns_data(prometheus: PrometheusServer) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    substitutions = {
+        "$__rate_interval": "1m",
+        "$job": "chworkers",
+        "$instance": ".*",
+        "$table": ".*",
+    }
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in substitutions.items():
+                expr = expr.replace(var, value)
+            assert "$" not in expr, expr
+            queries.append((panel["title"], expr))
+    empty = []
+    for title, expr in queries:
+        if not prometheus.query(expr):
+            empty.append(f"{title}: {expr}")
+    assert not empty, "queries without data:\\n" + "\\n".join(empty)
