@@ -261,3 +261,39 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap() -> None:
 )
 def test_dashboard_shows(needle: str, what: str) -> None:
     assert any(needle in expr for _, expr in dashboard_exprs()), what
+
+
+# --- docs --------------------------------------------------------------------------------
+
+INSTALL = ROOT / "deploy" / "INSTALL.md"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_is_documented_where_its_runbook_points() -> None:
+    text = INSTALL.read_text()
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+    alerts = [rule for rule in rules() if "alert" in rule]
+    assert alerts
+    for rule in alerts:
+        runbook = rule["annotations"]["runbook"]
+        path, _, anchor = runbook.partition("#")
+        assert path == "deploy/INSTALL.md", rule["alert"]
+        assert anchor == rule["alert"].lower() and anchor in anchors, rule["alert"]
+        assert {"summary", "description"} <= rule["annotations"].keys(), rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+
+
+def test_install_guide_names_only_files_that_exist() -> None:
+    text = INSTALL.read_text()
+    paths = set(re.findall(r"(?<![\w/])((?:deploy|grafana)/[\w./@-]+\w)", text))
+    assert len(paths) >= 6
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing
+
+
+def test_readme_links_the_deployment_guide() -> None:
+    assert "(deploy/INSTALL.md)" in (ROOT / "README.md").read_text()
