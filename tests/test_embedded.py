@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import threading
+import time
+import urllib.parse
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.external import ExternalData
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -74,3 +81,147 @@ def test_each_compression(client_factory: Any, compress: Any) -> None:
     client.insert("c", rows, column_names=["n", "s"])
     result = client.query("SELECT n, s FROM c ORDER BY n")
     assert result.result_rows == [tuple(r) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("sql", "status", "code"),
+    [
+        ("SELECT * FROM no_such_table", 404, "60"),
+        ("SELEC 1", 400, "62"),
+        ("SELECT throwIf(1)", 500, "395"),
+    ],
+)
+def test_error_http_status_and_header(
+    endpoint: EmbeddedClickHouse, sql: str, status: int, code: str
+) -> None:
+    got_status, headers, body = _http(endpoint, "/", sql.encode())
+    assert got_status == status
+    assert headers["X-ClickHouse-Exception-Code"] == code
+    assert body.startswith(f"Code: {code}. DB::Exception: ".encode())
+    assert body.endswith(b")\n")
+
+
+def test_mid_stream_error_raises_in_client(ch_client: Client) -> None:
+    sql = "SELECT number, throwIf(number = 300000) FROM numbers(1000000)"
+    with pytest.raises(Exception) as info, ch_client.query_row_block_stream(sql) as stream:
+        for _ in stream:
+            pass
+    assert "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO" in str(info.value)
+    # Buffered queries (wait_end_of_query=1) get the error with a proper status.
+    with pytest.raises(DatabaseError) as info2:
+        ch_client.query(sql)
+    assert info2.value.code == 395
+
+
+def test_large_select_streams(ch_client: Client) -> None:
+    total = 0
+    rows = 0
+    with ch_client.query_column_block_stream("SELECT number FROM numbers(3000000)") as stream:
+        for block in stream:
+            rows += len(block[0])
+            total += sum(block[0])
+    assert rows == 3_000_000
+    assert total == 3_000_000 * 2_999_999 // 2
+
+
+def test_session_keeps_set_and_temporary_tables(client_factory: Any) -> None:
+    client = client_factory(session_id=f"s-{uuid.uuid4()}")
+    client.command("SET max_threads = 3")
+    client.command("CREATE TEMPORARY TABLE tmp (x UInt8)")
+    client.command("INSERT INTO tmp VALUES (1), (2)")
+    assert client.command("SELECT getSetting('max_threads')") == 3
+    assert client.command("SELECT sum(x) FROM tmp") == 3
+    # A URL setting applies to its query only, then the session's value is back.
+    assert client.command("SELECT getSetting('max_threads')", settings={"max_threads": 5}) == 5
+    assert client.command("SELECT getSetting('max_threads')") == 3
+    other = client_factory(session_id=f"s-{uuid.uuid4()}")
+    with pytest.raises(DatabaseError) as info:
+        other.command("SELECT sum(x) FROM tmp")
+    assert info.value.code == 60
+
+
+def test_without_session_nothing_leaks(client_factory: Any) -> None:
+    client = client_factory(autogenerate_session_id=False)
+    client.command("SET max_threads = 3")
+    assert client.command("SELECT getSetting('max_threads')") != 3
+
+
+def test_concurrent_use_of_a_session_is_locked(endpoint: EmbeddedClickHouse, database: str) -> None:
+    session = f"s-{uuid.uuid4()}"
+    params = urllib.parse.urlencode({"session_id": session, "database": database})
+    slow = threading.Thread(
+        target=_http,
+        args=(endpoint, f"/?{params}", b"SELECT sleep(1)"),
+    )
+    slow.start()
+    time.sleep(0.3)
+    status, headers, body = _http(endpoint, f"/?{params}", b"SELECT 1")
+    slow.join()
+    assert status == 500
+    assert headers["X-ClickHouse-Exception-Code"] == "373"
+    assert b"SESSION_IS_LOCKED" in body
+    assert _http(endpoint, f"/?{params}", b"SELECT 1")[2] == b"1\n"
+
+
+def test_session_check_and_bad_timeout(endpoint: EmbeddedClickHouse) -> None:
+    _, headers, _ = _http(endpoint, "/?session_id=nope&session_check=1", b"SELECT 1")
+    assert headers["X-ClickHouse-Exception-Code"] == "372"
+    _, headers, _ = _http(endpoint, "/?session_id=x&session_timeout=abc", b"SELECT 1")
+    assert headers["X-ClickHouse-Exception-Code"] == "374"
+
+
+def test_external_data(ch_client: Client) -> None:
+    data = ExternalData(
+        file_name="ext.csv", data=b"1,a\n2,b\n3,c\n", fmt="CSV", structure=["n UInt8", "s String"]
+    )
+    result = ch_client.query("SELECT sum(n), groupArray(s) FROM ext", external_data=data)
+    assert result.result_rows == [(6, ["a", "b", "c"])]
+    typed = ExternalData(file_name="t2", data=b"5\n7\n", fmt="TSV", types="UInt32")
+    assert ch_client.query("SELECT sum(_1) FROM t2", external_data=typed).result_rows == [(12,)]
+
+
+def test_form_encoded_query_params(client_factory: Any) -> None:
+    client = client_factory(form_encode_query_params=True)
+    result = client.query("SELECT {a:String} || {b:String}", parameters={"a": "x" * 10, "b": "y"})
+    assert result.result_rows == [("x" * 10 + "y",)]
+
+
+def test_response_headers(endpoint: EmbeddedClickHouse) -> None:
+    status, headers, body = _http(
+        endpoint, "/?query_id=my-query&default_format=JSONEachRow", b"SELECT 1 AS x"
+    )
+    assert status == 200
+    assert body == b'{"x":1}\n'
+    assert headers["X-ClickHouse-Query-Id"] == "my-query"
+    assert headers["X-ClickHouse-Format"] == "JSONEachRow"
+    assert headers["X-ClickHouse-Timezone"]
+    assert headers["X-ClickHouse-Server-Display-Name"]
+    summary = json.loads(headers["X-ClickHouse-Summary"])
+    assert set(summary) >= {"read_rows", "written_rows", "written_bytes", "elapsed_ns"}
+
+
+def test_insert_summary_header_counts_rows(endpoint: EmbeddedClickHouse, database: str) -> None:
+    q = urllib.parse.urlencode({"database": database})
+    _http(endpoint, f"/?{q}", b"CREATE TABLE t (a UInt32, s String) ENGINE = Memory")
+    body = b"INSERT INTO t FORMAT CSV\n" + b"".join(b"%d,x%d\n" % (i, i) for i in range(500))
+    status, headers, _ = _http(endpoint, f"/?{q}", body)
+    assert status == 200
+    summary = json.loads(headers["X-ClickHouse-Summary"])
+    assert summary["written_rows"] == "500"
+    assert int(summary["written_bytes"]) > 0
+
+
+def _http(
+    endpoint: EmbeddedClickHouse,
+    target: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+) -> tuple[int, Any, bytes]:
+    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()

@@ -153,15 +153,29 @@ def apply_settings(conn: Any, settings: Mapping[str, str]) -> None:
 
 
 def current_settings(conn: Any, names: Iterable[str]) -> dict[str, str]:
-    """The connection's current values of ``names`` (to restore them afterwards)."""
-    wanted = [n for n in names if _SETTING_NAME.match(n)]
+    """The connection's current values of ``names`` (to restore them afterwards).
+
+    Raises UNKNOWN_SETTING for a name ClickHouse does not know.
+    """
+    wanted = list(names)
+    for name in wanted:
+        if not _SETTING_NAME.match(name):
+            raise clickhouse_error(UNKNOWN_SETTING, f"Unknown setting '{name}'")
     if not wanted:
         return {}
-    listing = ", ".join(quote_literal(n) for n in wanted)
-    sql = f"SELECT name, value FROM system.settings WHERE name IN ({listing})"
-    res = run(conn, sql, "JSONEachRow")
-    rows = [json.loads(line) for line in res.bytes().decode().splitlines() if line]
-    return {str(r["name"]): str(r["value"]) for r in rows}
+    # getSetting() is ~5x cheaper than a system.settings lookup.
+    exprs = ", ".join(f"toString(getSetting({quote_literal(n)}))" for n in wanted)
+    res = run(conn, f"SELECT [{exprs}]", "JSONCompactEachRow")
+    values = json.loads(res.bytes())[0]
+    return {n: str(v) for n, v in zip(wanted, values, strict=True)}
+
+
+def current_database(conn: Any) -> str:
+    return str(run(conn, "SELECT currentDatabase()").bytes().decode().rstrip("\n"))
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 def stream(

@@ -108,25 +108,22 @@ def clickhouse_error(error: tuple[int, str], message: str) -> ServerError:
     return ServerError(text, code=code, name=name, http_status=http_status(name))
 
 
-_CHDB_ERROR = re.compile(r"Code: (\d+)\. DB::Exception: .*?\(([A-Z0-9_]+)\)", re.S)
-_CODE_ONLY = re.compile(r"Code: (\d+)\.")
+_CODE = re.compile(r"Code: (\d+)\. ")
+_NAME_AT_END = re.compile(r"\(([A-Z][A-Z0-9_]*)\)\s*$")
 
 
 def from_chdb(exc: BaseException) -> ServerError:
     """Translate an exception chDB raised (``RuntimeError('Code: 60. ...')``)."""
     text = str(exc).strip()
-    for prefix in ("Streaming query failed: ", "Streaming insert append failed: "):
-        text = text.removeprefix(prefix)
-    m = _CHDB_ERROR.search(text)
-    if m:
-        code, name = int(m.group(1)), m.group(2)
-        text = text[m.start() :]
-    else:
-        m2 = _CODE_ONLY.search(text)
-        code, name = (int(m2.group(1)), None) if m2 else UNKNOWN_ERROR
-        if not m2:
-            text = f"Code: {code}. DB::Exception: {text}. ({name})"
-    return ServerError(text, code=code, name=name, http_status=http_status(name))
+    m = _CODE.search(text)
+    if m is None:
+        code, name = UNKNOWN_ERROR
+        text = f"Code: {code}. DB::Exception: {text}. ({name})"
+        return ServerError(text, code=code, name=name, http_status=http_status(name))
+    text = text[m.start() :]
+    named = _NAME_AT_END.search(text)
+    name = named.group(1) if named else None
+    return ServerError(text, code=int(m.group(1)), name=name, http_status=http_status(name))
 
 
 def response_body(err: ServerError, version: str) -> bytes:

@@ -28,7 +28,7 @@ from chworkers.embedded.codecs import Encoder, choose_encoding, decoder_for, enc
 from chworkers.embedded.exceptions import QUERY_IS_TOO_LARGE, clickhouse_error, response_body
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
-from chworkers.embedded.sessions import Sessions, parse_timeout
+from chworkers.embedded.sessions import Session, Sessions, parse_timeout
 from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,6 @@ def content_type(fmt: str) -> str:
     return "application/octet-stream"
 
 
-def _quote_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
 def _body_chunks(req: Request) -> Iterator[bytes]:
     decoder = decoder_for(req.header("Content-Encoding"))
     while True:
@@ -84,39 +80,29 @@ def _body_chunks(req: Request) -> Iterator[bytes]:
 
 
 @contextmanager
-def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Any]:
-    """A chDB connection set up for the request: session or fresh, database, settings."""
+def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | Any]:
+    """The request's session, or a fresh chDB connection set up for it."""
     if qr.session_id:
         timeout = parse_timeout(qr.get("session_timeout"))
         check = qr.get("session_check", "0") not in ("0", "")
         with ctx.sessions.use(qr.session_id, timeout, check) as session:
-            conn = session.conn
-            saved = engine.current_settings(conn, qr.settings) if qr.settings else {}
-            saved_db = None
-            if qr.database:
-                saved_db = engine.run(conn, "SELECT currentDatabase()").bytes().decode().strip()
+            session.prepare(qr.database, qr.settings)
             try:
-                if qr.database:
-                    engine.run(conn, f"USE {_quote_ident(qr.database)}")
-                engine.apply_settings(conn, qr.settings)
-                yield conn
+                yield session
             finally:
-                # URL settings and database apply to one query, not to the session.
-                try:
-                    engine.apply_settings(conn, saved)
-                    if saved_db:
-                        engine.run(conn, f"USE {_quote_ident(saved_db)}")
-                    for table in qr.external:
+                for table in qr.external:  # external data lives for one query
+                    try:
                         engine.run(
-                            conn, f"DROP TEMPORARY TABLE IF EXISTS {_quote_ident(table.name)}"
+                            session.conn,
+                            f"DROP TEMPORARY TABLE IF EXISTS {engine.quote_ident(table.name)}",
                         )
-                except ServerError:
-                    log.debug("restoring session %s failed", qr.session_id, exc_info=True)
+                    except ServerError:
+                        log.debug("dropping external table %s failed", table.name)
         return
     conn = ctx.engine.connect()
     try:
         if qr.database:
-            engine.run(conn, f"USE {_quote_ident(qr.database)}")
+            engine.run(conn, f"USE {engine.quote_ident(qr.database)}")
         engine.apply_settings(conn, qr.settings)
         if qr.method == "GET" and "readonly" not in qr.settings:
             engine.run(conn, "SET readonly = 2")  # as ClickHouse: GET never writes
@@ -133,15 +119,21 @@ def execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> Non
     resp.set_header("X-ClickHouse-Timezone", ctx.engine.timezone)
     resp.set_header("X-ClickHouse-Server-Display-Name", ctx.display_name)
     chunks: Iterator[bytes] = _body_chunks(req) if qr.body_continues_query else iter(())
-    with _connection(ctx, qr) as conn:
+    with _connection(ctx, qr) as handle:
+        session = handle if isinstance(handle, Session) else None
+        conn = session.conn if session is not None else handle
         for table in qr.external:
             engine.run(
                 conn,
-                f"CREATE TEMPORARY TABLE {_quote_ident(table.name)} ({table.structure}) "
+                f"CREATE TEMPORARY TABLE {engine.quote_ident(table.name)} ({table.structure}) "
                 "ENGINE = Memory",
             )
             engine.insert(
-                conn, f"INSERT INTO {_quote_ident(table.name)}", table.fmt, [table.data], stats
+                conn,
+                f"INSERT INTO {engine.quote_ident(table.name)}",
+                table.fmt,
+                [table.data],
+                stats,
             )
             stats.written_rows = stats.written_bytes = 0
         head, insert, chunks = _statement_head(qr.query_prefix, chunks)
@@ -152,16 +144,21 @@ def execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> Non
             resp.set_header("Content-Type", "text/plain; charset=UTF-8")
             resp.send_whole(b"")
             return
-        text = head
+        buf = bytearray(head)
         for chunk in chunks:
-            text += chunk
-            if len(text) > MAX_QUERY_SIZE:
+            buf += chunk
+            if len(buf) > MAX_QUERY_SIZE:
                 raise clickhouse_error(
                     QUERY_IS_TOO_LARGE,
                     f"The query is longer than {MAX_QUERY_SIZE} bytes; send data for an "
                     "INSERT after its FORMAT clause so it streams",
                 )
-        _select(ctx, conn, req, qr, text, resp, stats)
+        text = bytes(buf)
+        try:
+            _select(ctx, conn, req, qr, text, resp, stats)
+        finally:
+            if session is not None:
+                session.statement_ran(sql.first_keyword(text))
 
 
 def _statement_head(

@@ -15,7 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from chworkers.embedded.engine import Engine, close_quietly
+from chworkers.embedded.engine import (
+    Engine,
+    apply_settings,
+    close_quietly,
+    current_database,
+    current_settings,
+    quote_ident,
+    run,
+)
 from chworkers.embedded.exceptions import (
     INVALID_SESSION_TIMEOUT,
     SESSION_IS_LOCKED,
@@ -31,11 +39,58 @@ MAX_TIMEOUT = 3600.0
 
 @dataclass
 class Session:
+    """One session's connection and what URL parameters changed on it.
+
+    ClickHouse applies URL settings and ``database`` to one query only, not to the
+    session. Restoring them after every request would cost a lookup each time, so the
+    session remembers which overrides are in effect and their original values, and a
+    request changes only what differs from the previous one.
+    """
+
     session_id: str
     conn: Any
     timeout: float
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
+    baseline: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
+    base_database: str | None = None
+    database_override: str | None = None
+
+    def prepare(self, database: str | None, settings: dict[str, str]) -> None:
+        """Put the request's database and settings in effect, undoing the last ones."""
+        conn = self.conn
+        if database and database != self.database_override:
+            if self.base_database is None:
+                self.base_database = current_database(conn)
+            run(conn, f"USE {quote_ident(database)}")
+            self.database_override = database
+        elif not database and self.database_override is not None:
+            run(conn, f"USE {quote_ident(self.base_database or 'default')}")
+            self.database_override = None
+        new = [n for n in settings if n not in self.baseline]
+        if new:
+            self.baseline.update(current_settings(conn, new))
+        changes = {n: v for n, v in self.baseline.items() if n in self.overrides}
+        changes = {n: v for n, v in changes.items() if n not in settings}
+        changes.update({n: v for n, v in settings.items() if self.overrides.get(n) != v})
+        try:
+            apply_settings(conn, changes)
+        except Exception:
+            # Unknown state: put every original value back before reporting the error.
+            apply_settings(conn, {n: self.baseline[n] for n in self.overrides})
+            self.overrides = {}
+            raise
+        self.overrides = dict(settings)
+
+    def statement_ran(self, keyword: str) -> None:
+        """After the session's own SET or USE, its state is the new baseline."""
+        if keyword == "SET":
+            self.baseline = {}
+            self.overrides = {}
+        elif keyword == "USE":
+            self.base_database = None
+            self.database_override = None
 
 
 def parse_timeout(value: str | None) -> float:
