@@ -117,9 +117,7 @@ def from_chdb(exc: BaseException) -> ServerError:
     text = str(exc).strip()
     m = _CODE.search(text)
     if m is None:
-        code, name = UNKNOWN_ERROR
-        text = f"Code: {code}. DB::Exception: {text}. ({name})"
-        return ServerError(text, code=code, name=name, http_status=http_status(name))
+        return clickhouse_error(UNKNOWN_ERROR, text)
     text = text[m.start() :]
     named = _NAME_AT_END.search(text)
     name = named.group(1) if named else None

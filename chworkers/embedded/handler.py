@@ -101,10 +101,12 @@ class Connection:
                     req = read_request(rfile)
                 except ServerError as err:  # e.g. a URI beyond http_max_uri_size
                     self._send_error(Response(self.sock, keep_alive=False), err)
+                    self._linger(rfile)
                     return
                 except BadRequest as exc:
                     log.debug("bad HTTP request: %s", exc)
                     self._send_plain(Response(self.sock, keep_alive=False), 400, f"{exc}\n")
+                    self._linger(rfile)
                     return
                 if req is None:
                     return
@@ -117,6 +119,8 @@ class Connection:
                     with self._lock:
                         self.busy = False
                 if not keep:
+                    if not req.body.finished:
+                        self._linger(rfile)
                     return
         except (ClientGone, OSError) as exc:
             log.debug("connection ended: %s", exc)
@@ -126,6 +130,24 @@ class Connection:
                 self.sock.close()
             except OSError:
                 pass
+
+    def _linger(self, rfile: BinaryIO, limit: int = 64 << 20, seconds: float = 2.0) -> None:
+        """Read and drop what the client still sends before closing.
+
+        Closing a socket with unread input makes the kernel send a reset, and a client
+        still sending would then lose the error response it has not read yet.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(seconds)
+            total = 0
+            while total < limit:
+                data = rfile.read1(READ_CHUNK)  # type: ignore[attr-defined]
+                if not data:
+                    break
+                total += len(data)
+        except OSError:
+            pass
 
     def handle(self, req: Request) -> bool:
         """Answer one request; returns whether the connection may serve another."""
