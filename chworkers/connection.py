@@ -340,6 +340,10 @@ class Connection:
         backend = getattr(client, "_backend", None)
         if backend is not None and hasattr(backend, "error_handler"):
             backend.error_handler = _keep_status(backend.error_handler)
+        if backend is not None and hasattr(backend, "request"):
+            # clickhouse-connect silently repeats any insert once on a reset connection, with
+            # or without a deduplication token; one retry layer (the policy's) decides instead.
+            backend.request = _no_driver_retry(backend.request)
         self._client, self._http, self._pid = client, http, os.getpid()
 
     def _ensure_process(self) -> None:
@@ -384,6 +388,14 @@ def _keep_status(handler: Any) -> Any:
             raise
 
     return error_handler
+
+
+def _no_driver_retry(request: Any) -> Any:
+    def no_retry(*args: Any, **kwargs: Any) -> Any:
+        kwargs["retryable"] = False
+        return request(*args, **kwargs)
+
+    return no_retry
 
 
 def _dict(settings: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -162,6 +162,7 @@ class ConnectionPool:
         self.lease = lease
         self.hooks = hooks if hooks is not None else PoolHooks()
         self._closed = False
+        self._single_host = len(self.config.hosts) == 1
         self._reset_state()
         _POOLS.add(self)
         self._top_up()
@@ -201,11 +202,15 @@ class ConnectionPool:
 
     def __repr__(self) -> str:
         with self._lock:
-            state = "closed, " if self._closed else ""
-            return (
-                f"<ConnectionPool {self.config.url}: {state}{len(self._in_use)} in use, "
-                f"{len(self._idle)} idle, {len(self._waiters)} waiting, max {self.options.max_connections}>"
-            )
+            return self._describe()
+
+    def _describe(self) -> str:
+        """The repr; call with the lock held."""
+        state = "closed, " if self._closed else ""
+        return (
+            f"<ConnectionPool {self.config.url}: {state}{len(self._in_use)} in use, "
+            f"{len(self._idle)} idle, {len(self._waiters)} waiting, max {self.options.max_connections}>"
+        )
 
     # -- the seed API -----------------------------------------------------------------------
 
@@ -252,7 +257,9 @@ class ConnectionPool:
         now = time.monotonic()
         with self._lock:
             if connection not in self._in_use:
-                raise PoolError(f"{connection!r} is not in use from {self!r} (released twice?)")
+                raise PoolError(
+                    f"{connection!r} is not in use from {self._describe()} (released twice?)"
+                )
             self._in_use.remove(connection)
             reason = "shutdown" if self._closed else self._expired(connection, now)
             if reason is None:
@@ -409,7 +416,9 @@ class ConnectionPool:
         to_close: list[tuple[Connection, str]] = []
         if not self._waiters:
             while self._idle:
-                conn = self._idle.pop()
+                # One host: reuse the most recently returned connection, so that surplus ones
+                # go idle and time out. Several: take them in turn, spreading requests.
+                conn = self._idle.pop() if self._single_host else self._idle.popleft()
                 reason = self._expired(conn, now)
                 if reason is None:
                     self._in_use.add(conn)
@@ -469,7 +478,7 @@ class ConnectionPool:
         while True:
             with self._lock:
                 if self._closed:
-                    raise PoolClosedError(f"{self!r} is closed")
+                    raise PoolClosedError(f"{self._describe()} is closed")
                 decision, to_close = self._decide(time.monotonic())
             for conn, reason in to_close:
                 self._close(conn, reason)

@@ -18,6 +18,7 @@ from typing import Any
 import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
+from faultproxy import FaultProxy
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -87,3 +88,16 @@ def client_factory(endpoint: EmbeddedClickHouse, database: str) -> Iterator[Any]
     finally:
         for client in clients:
             client.close()
+
+
+# -- Fault injection (tests/faultproxy.py) ---------------------------------------------------
+
+
+@pytest.fixture
+def fault_proxy(endpoint: EmbeddedClickHouse) -> Iterator[FaultProxy]:
+    """A loopback TCP proxy to ``endpoint`` that can delay, reset, drop or refuse."""
+    proxy = FaultProxy((endpoint.host, endpoint.port))
+    try:
+        yield proxy
+    finally:
+        proxy.close()
