@@ -276,6 +276,32 @@ class Connection:
                 **args,
             )
 
+    def raw_insert(
+        self,
+        table: str,
+        data: bytes,
+        *,
+        fmt: str,
+        column_names: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        deduplication_token: str,
+    ) -> Any:
+        """Insert bytes already in ClickHouse format ``fmt`` (JSONEachRow, CSV, Native...).
+
+        This is how the daemon inserts spooled batches: the bytes are sent as they are, so
+        a replay is byte-identical, and ``deduplication_token`` (required here) makes the
+        replay harmless. Returns clickhouse-connect's ``QuerySummary``.
+        """
+        opts = dict(settings or {})
+        opts["insert_deduplication_token"] = deduplication_token
+        opts.setdefault("insert_deduplicate", 1)
+        what = f"INSERT INTO {table} FORMAT {fmt} ({len(data)} bytes, token {deduplication_token})"
+        with self._call(what, idempotent=True):
+            dedup.check_window(self, None, table)
+            return self._client.raw_insert(
+                table, column_names=column_names, insert_block=data, settings=opts, fmt=fmt
+            )
+
     def ping(self, timeout: float | None = None) -> bool:
         """``True`` when the server answers within ``timeout`` (default: connect timeout)."""
         try:

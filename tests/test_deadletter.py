@@ -3,9 +3,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
-from chworkers.deadletter import DeadLetters, Rejected, is_row_error
+from chworkers import ConnectionPool
+from chworkers.deadletter import DeadLetters, Rejected, insert_splitting, is_row_error
+from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConnectError, ServerError
 from chworkers.metrics import Metrics
 
@@ -45,3 +49,57 @@ def test_dead_letters_are_json_lines_with_reason(tmp_path: Path) -> None:
         registry.get_sample_value("chworkers_dead_letter_rows_total", {"table": "db.events"}) == 2
     )
     assert letters.write("db.events", []) is None
+
+
+def test_split_inserts_good_rows_and_isolates_bad_ones_for_real(
+    endpoint: EmbeddedClickHouse, ch_client: Client, database: str
+) -> None:
+    ch_client.command(
+        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    lines = [b'{"n":%d,"s":"ok"}\n' % i for i in range(200)]
+    bad = {17: b'{"n":"seventeen","s":"x"}\n', 120: b'{"n":1,"s":"x"\n', 121: b"[1,2]\n"}
+    for index, line in bad.items():
+        lines[index] = line
+    payload = b"".join(lines)
+    pool = ConnectionPool(f"{endpoint.url}/{database}", {"max_connections": 1})
+
+    def insert(chunk: bytes, token: str) -> int:
+        with pool.connection() as conn:
+            summary = conn.raw_insert("ev", chunk, fmt="JSONEachRow", deduplication_token=token)
+            return int(summary.written_rows)
+
+    try:
+        first = insert_splitting(payload, "batch-1", insert)
+        assert first.rows_inserted == 197
+        assert sorted(r.record for r in first.rejected) == sorted(bad.values())
+        assert all(is_row_error(r.error) and r.error.code for r in first.rejected)
+        # A replay (after a crash) makes the same sub-batches; ClickHouse drops them all.
+        insert_splitting(payload, "batch-1", insert)
+        count, total = ch_client.query("SELECT count(), sum(n) FROM ev").result_rows[0]
+        assert count == 197
+        assert total == sum(range(200)) - 17 - 120 - 121
+    finally:
+        pool.close()
+
+
+def test_non_row_errors_propagate_without_splitting(
+    endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    pool = ConnectionPool(f"{endpoint.url}/{database}", {"max_connections": 1})
+    calls: list[str] = []
+
+    def insert(chunk: bytes, token: str) -> int:
+        calls.append(token)
+        with pool.connection() as conn:
+            conn.raw_insert("missing", chunk, fmt="JSONEachRow", deduplication_token=token)
+        return 1
+
+    try:
+        with pytest.raises(ServerError) as info:
+            insert_splitting(b'{"n":1}\n{"n":2}\n', "b", insert)
+        assert info.value.code == 60
+        assert calls == ["b:0-2"]
+    finally:
+        pool.close()
