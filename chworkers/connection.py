@@ -400,6 +400,10 @@ class Connection:
             self.last_error = err
             if isinstance(err, ConnectError | ConnectionLostError | ResponseTimeoutError):
                 self.broken = True
+            elif (
+                isinstance(err, ServerError) and err.code is None and (err.http_status or 0) >= 502
+            ):
+                self.broken = True  # a gateway error: let the pool try another host
             raise err from exc
 
 

@@ -110,6 +110,7 @@ class LeaseBroker:
         self._granted = 0
         self._timeouts = 0
         self._reclaimed = 0
+        self._auto_reclaimed: dict[str, int] = {}  # by holder, until reclaim() reports them
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -151,8 +152,10 @@ class LeaseBroker:
     def reclaim(self, holder: str) -> int:
         """Free every lease ``holder`` has (its process died); returns how many were freed.
 
-        Its pending requests are refused and its connections dropped, so call it only once
-        the holder's process is gone.
+        The count includes leases the broker already took back by itself since the last
+        call (it notices a dead holder's closed socket), so a supervisor can always report
+        what a crashed worker held. The holder's pending requests are refused and its
+        connections dropped: call it once the holder's process is gone.
         """
         freed = 0
         with self._lock:
@@ -163,6 +166,7 @@ class LeaseBroker:
                     peer.drop = True
             self._in_use -= freed
             self._reclaimed += freed
+            freed += self._auto_reclaimed.pop(holder, 0)
         if freed:
             log.warning("reclaimed %d lease(s) from holder %s", freed, holder)
         self._wake()
@@ -323,6 +327,9 @@ class LeaseBroker:
                     )
                     self._in_use -= peer.held
                     self._reclaimed += peer.held
+                    self._auto_reclaimed[peer.holder] = (
+                        self._auto_reclaimed.get(peer.holder, 0) + peer.held
+                    )
                     peer.held = 0
                 self._peers.remove(peer)
                 out.append((peer, ()))  # () = close this connection
@@ -501,7 +508,11 @@ class LeaseClient:
         raise PoolClosedError(f"the lease broker at {self.address} is closed", holder=self.holder)
 
     def release(self) -> None:
-        """Give one lease back."""
+        """Give one lease back (asynchronously: it does not wait for the broker).
+
+        Requests travel in order on the client's socket, so this process's next
+        ``acquire`` is always decided after this release.
+        """
         session = self._session
         if session is None or session.pid != os.getpid():
             log.warning("lease client %s released a lease it does not hold", self.holder)

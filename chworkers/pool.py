@@ -510,7 +510,8 @@ class ConnectionPool:
         try:
             conn = Connection(self.config, host)
         except Exception as exc:
-            self._hosts.report_failure(host, exc)
+            if _host_failure(exc):  # not e.g. a wrong password: the host itself is fine
+                self._hosts.report_failure(host, exc)
             with self._lock:
                 self._opening -= 1
                 if (
@@ -572,7 +573,10 @@ class ConnectionPool:
                 Connection(self.config, host).close()
                 self._hosts.report_success(host)
             except Exception as exc:
-                self._hosts.report_failure(host, exc)
+                if _host_failure(exc):
+                    self._hosts.report_failure(host, exc)
+                else:
+                    self._hosts.report_success(host)  # it answered, if only with an error
         if to_close:
             self._emit_state()
 
@@ -592,12 +596,8 @@ class ConnectionPool:
     # -- bookkeeping ----------------------------------------------------------------------
 
     def _note_host_failure(self, conn: Connection) -> None:
-        err = conn.last_error
-        gateway = (
-            isinstance(err, ServerError) and err.code is None and (err.http_status or 0) >= 502
-        )
-        if isinstance(err, ConnectError | ConnectionLostError) or gateway:
-            self._hosts.report_failure(conn.host, err)
+        if conn.last_error is not None and _host_failure(conn.last_error):
+            self._hosts.report_failure(conn.host, conn.last_error)
 
     def _note_error(self, exc: BaseException) -> None:
         kind = error_kind(exc)
@@ -640,6 +640,13 @@ class ConnectionPool:
                 self._reset_state()
                 self._top_up()
         return True
+
+
+def _host_failure(err: BaseException) -> bool:
+    """Whether ``err`` says the host is unhealthy: unreachable, reset, or a gateway 5xx."""
+    if isinstance(err, ConnectError | ConnectionLostError):
+        return True
+    return isinstance(err, ServerError) and err.code is None and (err.http_status or 0) >= 502
 
 
 def _housekeep(ref: weakref.ref[ConnectionPool], stop: threading.Event, tick: float) -> None:

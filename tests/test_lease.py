@@ -146,6 +146,8 @@ def test_sigkilled_holder_is_reclaimed_by_the_broker(method: str) -> None:
         stats = broker.stats()
         assert stats.reclaimed_total == 2
         assert stats.by_holder == {"survivor": 1}
+        assert broker.reclaim("doomed") == 2  # reports what the broker took back itself
+        assert broker.reclaim("doomed") == 0
     finally:
         broker.close()
 

@@ -219,8 +219,7 @@ def test_idle_connections_beyond_the_minimum_are_closed(url: str) -> None:
     for c in conns:
         pool.release_connection(c)
     assert pool.stats().idle == 3
-    wait_for(lambda: pool.stats().idle == 1)
-    assert pool.stats().closed == {"idle": 2}
+    wait_for(lambda: pool.stats().idle == 1 and pool.stats().closed == {"idle": 2})
     time.sleep(0.4)
     assert pool.stats().idle == 1  # never below the minimum
     pool.close()
@@ -513,4 +512,22 @@ def test_pool_used_after_fork_rebuilds_itself(url: str) -> None:
     for _ in range(4):
         assert pool.with_connection(lambda c: c.command("SELECT 1")) == 1
     assert pool.stats().created == 2
+    pool.close()
+
+
+def test_gateway_503_marks_the_host_down_and_fails_over(
+    fault_proxy: FaultProxy, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    pool = ConnectionPool(
+        f"http://127.0.0.1:{fault_proxy.port},{endpoint.host}:{endpoint.port}/{database}",
+        {"min_connections": 2, "max_connections": 2, "retry": {"initial_backoff": 0.01}},
+    )
+    fault_proxy.set("unavailable")
+    for _ in range(6):
+        assert pool.with_connection(lambda c: c.command("SELECT 1")) == 1
+    hosts = {h["host"]: h for h in pool.stats().hosts}
+    assert hosts[f"127.0.0.1:{fault_proxy.port}"]["failures"] >= 1
+    assert "503" in str(hosts[f"127.0.0.1:{fault_proxy.port}"]["last_error"])
+    assert fault_proxy.counts["unavailable"] >= 1
+    assert pool.stats().retries.get("server", 0) >= 1
     pool.close()
