@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chworkers.connection import Connection, ConnectionConfig
@@ -36,6 +36,7 @@ from chworkers.hooks import PoolHooks
 from chworkers.hosts import HostSelector
 from chworkers.lease import LeaseClient
 from chworkers.retry import RetryPolicy, error_kind
+from chworkers.settings import build, section, setting, validate
 
 __all__ = ["ConnectionPool", "PoolOptions", "PoolStats"]
 
@@ -49,45 +50,47 @@ _CLOSED = "closed"  # a waiter's grant: the pool was closed
 class PoolOptions:
     """Pool sizing and behaviour; times in seconds, ``None`` disables a limit."""
 
-    min_connections: int = 1
-    max_connections: int = 8
-    acquire_timeout: float = 10.0
-    idle_timeout: float | None = 300.0
-    max_lifetime: float | None = 3600.0
-    validate_on_acquire: bool = False
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    close_timeout: float = 10.0
-    host_cooldown: float = 2.0
-    max_host_cooldown: float = 60.0
+    min_connections: int = setting(1, "Connections opened at start and kept open.", minimum=0)
+    max_connections: int = setting(
+        8,
+        "Most connections out at once (across all workers, under a supervisor).",
+        minimum=1,
+        reload=True,
+    )
+    acquire_timeout: float = setting(
+        10.0, "Longest wait for a free connection.", unit="seconds", minimum=0
+    )
+    idle_timeout: float | None = setting(
+        300.0,
+        "Close connections beyond the minimum idle this long (none: never).",
+        unit="seconds",
+        minimum=0.001,
+    )
+    max_lifetime: float | None = setting(
+        3600.0, "Recycle connections this old (none: never).", unit="seconds", minimum=0.001
+    )
+    validate_on_acquire: bool = setting(False, "Ping a connection before handing it out.")
+    retry: RetryPolicy = section(RetryPolicy, "How failed operations are retried.")
+    close_timeout: float = setting(
+        10.0, "How long close() waits for connections in use.", unit="seconds", minimum=0
+    )
+    host_cooldown: float = setting(
+        2.0, "How long a failed host is avoided at first.", unit="seconds", minimum=0
+    )
+    max_host_cooldown: float = setting(
+        60.0, "Longest a failing host is avoided.", unit="seconds", minimum=0
+    )
 
     def __post_init__(self) -> None:
-        def bad(key: str, expected: str) -> ConfigError:
-            value = getattr(self, key)
-            return ConfigError(
-                f"pool option {key}: {value!r} is not {expected}",
-                key=key,
-                value=value,
-                expected=expected,
-            )
-
-        for key, low in (("min_connections", 0), ("max_connections", 1)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise bad(key, f"an integer >= {low}")
+        validate(self, source="pool")
         if self.min_connections > self.max_connections:
-            raise bad("min_connections", f"<= max_connections ({self.max_connections})")
-        for key in ("acquire_timeout", "close_timeout", "host_cooldown", "max_host_cooldown"):
-            value = getattr(self, key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise bad(key, "a number of seconds >= 0")
-        for key in ("idle_timeout", "max_lifetime"):
-            value = getattr(self, key)
-            if value is not None and (
-                not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
-            ):
-                raise bad(key, "a number of seconds > 0, or None")
-        if not isinstance(self.validate_on_acquire, bool):
-            raise bad("validate_on_acquire", "true or false")
+            raise ConfigError(
+                f"pool: min_connections = {self.min_connections} is invalid: expected "
+                f"<= max_connections ({self.max_connections})",
+                key="min_connections",
+                value=self.min_connections,
+                expected=f"<= max_connections ({self.max_connections})",
+            )
         object.__setattr__(self, "retry", RetryPolicy.coerce(self.retry))
 
     @classmethod
@@ -103,16 +106,11 @@ class PoolOptions:
                 value=value,
                 expected="a PoolOptions or a mapping of its fields",
             )
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ConfigError(
-                f"pool option {unknown[0]}: unknown (expected one of {', '.join(sorted(names))})",
-                key=unknown[0],
-                value=value[unknown[0]],
-                expected="a known pool option",
-            )
-        return cls(**dict(value))
+        if isinstance(value.get("retry"), RetryPolicy):
+            value = {**value, "retry": dataclasses.asdict(value["retry"])}
+            for internal in ("history", "started_at"):
+                value["retry"].pop(internal, None)
+        return build(cls, value, source="pool")
 
 
 @dataclass(frozen=True)

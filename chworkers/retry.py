@@ -38,6 +38,7 @@ from chworkers.errors import (
     ServerError,
     TransportError,
 )
+from chworkers.settings import build, setting, validate
 
 #: ClickHouse error codes worth another attempt, with their names. The first fifteen are the
 #: issue's list; the rest are additions, each a condition that goes away by itself:
@@ -127,46 +128,37 @@ class RetryPolicy:
     deadline).
     """
 
-    max_attempts: int = 5
-    initial_backoff: float = 0.1
-    max_backoff: float = 10.0
-    multiplier: float = 2.0
-    deadline: float | None = 60.0
-    retry_codes: frozenset[int] = frozenset(RETRYABLE_CODES)
-    retry_statuses: frozenset[int] = RETRYABLE_STATUSES
+    max_attempts: int = setting(
+        5, "Attempts in all, the first included (1: no retries).", minimum=1, reload=True
+    )
+    initial_backoff: float = setting(
+        0.1, "Longest wait before the first retry.", unit="seconds", minimum=0, reload=True
+    )
+    max_backoff: float = setting(
+        10.0, "Longest wait before any retry.", unit="seconds", minimum=0, reload=True
+    )
+    multiplier: float = setting(
+        2.0, "Growth of the backoff ceiling per retry.", minimum=1, reload=True
+    )
+    deadline: float | None = setting(
+        60.0,
+        "Give up this long after the operation started (none: no deadline).",
+        unit="seconds",
+        minimum=0.001,
+        reload=True,
+    )
+    retry_codes: frozenset[int] = setting(
+        frozenset(RETRYABLE_CODES), "ClickHouse error codes that are retried.", reload=True
+    )
+    retry_statuses: frozenset[int] = setting(
+        RETRYABLE_STATUSES, "HTTP statuses that are retried.", reload=True
+    )
     #: State: the failed attempts so far and when the first one started (monotonic).
     history: tuple[Attempt, ...] = field(default=(), compare=False, repr=False)
     started_at: float | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        checks: list[tuple[str, Any, bool, str]] = [
-            ("max_attempts", self.max_attempts, _is_int(self.max_attempts, 1), "an integer >= 1"),
-            (
-                "initial_backoff",
-                self.initial_backoff,
-                _is_num(self.initial_backoff),
-                "a number >= 0",
-            ),
-            ("max_backoff", self.max_backoff, _is_num(self.max_backoff), "a number >= 0"),
-            ("multiplier", self.multiplier, _is_num(self.multiplier, 1.0), "a number >= 1"),
-            (
-                "deadline",
-                self.deadline,
-                self.deadline is None or (_is_num(self.deadline) and self.deadline > 0),
-                "a number of seconds > 0, or None",
-            ),
-        ]
-        for key, value, ok, expected in checks:
-            if not ok:
-                raise ConfigError(
-                    f"retry.{key}: {value!r} is not {expected}",
-                    key=f"retry.{key}",
-                    value=value,
-                    expected=expected,
-                )
-        # Accept any iterable of ints for the sets, but store frozensets (hashable value).
-        object.__setattr__(self, "retry_codes", frozenset(int(c) for c in self.retry_codes))
-        object.__setattr__(self, "retry_statuses", frozenset(int(s) for s in self.retry_statuses))
+        validate(self, source="retry")
 
     @classmethod
     def coerce(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
@@ -182,16 +174,7 @@ class RetryPolicy:
                 value=value,
                 expected="a RetryPolicy or a mapping of its fields",
             )
-        names = {f.name for f in dataclasses.fields(cls) if f.name not in ("history", "started_at")}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ConfigError(
-                f"retry: unknown option(s) {', '.join(unknown)}",
-                key=f"retry.{unknown[0]}",
-                value=value[unknown[0]],
-                expected=f"one of {', '.join(sorted(names))}",
-            )
-        return cls(**dict(value))
+        return build(cls, value, prefix="retry.", source="retry")
 
     # -- state ------------------------------------------------------------------------
 

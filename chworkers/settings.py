@@ -98,14 +98,25 @@ def env_name(key: str) -> str:
     return ENV_PREFIX + key.upper().replace(".", "_")
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+_FIELDS: dict[type[Any], tuple[dataclasses.Field[Any], ...]] = {}
+
+
 def _hints(cls: type[Any]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    # Cached: validate() runs in every __post_init__, and get_type_hints is slow.
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
-def _settings_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+def _settings_fields(cls: type[Any]) -> tuple[dataclasses.Field[Any], ...]:
     """The fields declared with :func:`setting` or :func:`section`; other fields of the
     dataclass (internal state such as a retry history) are not settings."""
-    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = tuple(f for f in dataclasses.fields(cls) if "help" in f.metadata)
+    return fields
 
 
 def _is_section(tp: Any) -> bool:
@@ -204,6 +215,8 @@ def parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: st
     if origin in (tuple, frozenset):
         item = typing.get_args(tp)[0]
         items = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+        if isinstance(items, (set, frozenset)):
+            items = sorted(items)
         if not isinstance(items, (list, tuple)):
             return _raise(key, raw, f"a list of {_plural(item)}", source)
         if item is int:
