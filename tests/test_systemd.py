@@ -232,7 +232,9 @@ def test_socket_errors_are_logged_once_never_raised(
         assert not notifier.ready()  # nobody listens yet: ENOENT
         assert not notifier.watchdog()
         assert not notifier.watchdog()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [
+        r for r in caplog.records if r.name == "chworkers.systemd" and r.levelno == logging.WARNING
+    ]
     assert len(warnings) == 1, caplog.text
     assert "could not notify systemd" in warnings[0].getMessage()
 
