@@ -15,10 +15,14 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from chworkers.pipelines import build_pipelines
+from chworkers.spool import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -236,11 +240,17 @@ def test_example_config_has_the_documented_shape() -> None:
     assert "password" not in config["clickhouse"], "secrets belong in the EnvironmentFile"
     assert config["clickhouse"]["pool"]["max_connections"] >= 1
     assert config["supervisor"]["workers"] >= 1
-    assert config["spool"]["policy"] in {"block", "reject", "drop-oldest"}
-    assert config["spool"]["dir"].startswith("/var/lib/chworkers/")  # the StateDirectory
+    assert config["spool"]["policy"] in typing.get_args(Policy)
+    for section in ("spool", "dead_letters"):
+        assert config[section]["dir"].startswith("/var/lib/chworkers/")  # the StateDirectory
     host, _, port = config["metrics"]["listen"].rpartition(":")
     assert host == "127.0.0.1" and 0 < int(port) < 65536
-    for pipeline in config["pipelines"]:
-        assert pipeline["table"] and pipeline["source"]["type"] in {"stdin", "file", "http"}
-        batching = pipeline["batching"]
-        assert {"max_rows", "max_bytes", "max_delay"} <= batching.keys()
+
+
+def test_example_pipelines_pass_the_daemons_own_validation() -> None:
+    config = tomllib.loads((DEPLOY / "chworkers.toml").read_text())
+    pipelines = build_pipelines(config["pipelines"], env={}, source="deploy/chworkers.toml")
+    assert {p.source for p in pipelines} == {"http", "file"}
+    # The table the example creates deduplicates replayed batches.
+    (created,) = [p.create_statement() for p in pipelines if p.create]
+    assert created is not None and "non_replicated_deduplication_window" in created
