@@ -7,6 +7,7 @@ import logging
 from chworkers.connection import Connection, ConnectionConfig, Host
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
+    BatchError,
     ChworkersError,
     ClickHouseError,
     ConfigError,
@@ -20,23 +21,33 @@ from chworkers.errors import (
     RequestError,
     ResponseTimeoutError,
     RetriesExhaustedError,
+    SerializationError,
     ServerError,
     SpoolCorruptError,
     SpoolError,
     SpoolFullError,
+    SupervisorStoppedError,
     TaskError,
     TransportError,
+    WorkerBootError,
+    WorkerLostError,
 )
 from chworkers.hooks import MetricsHooks, PoolHooks
 from chworkers.lease import LeaseBroker, LeaseClient, LeaseStats
+from chworkers.middleware import DeadLetters, Middleware
+from chworkers.options import SupervisorOptions
 from chworkers.pool import ConnectionPool, PoolOptions, PoolStats
 from chworkers.retry import RetryPolicy
+from chworkers.supervisor import Supervisor, SupervisorStats
 from chworkers.systemd import Notifier, Watchdog
+from chworkers.tasks import DeadLetter
+from chworkers.worker import TaskInfo, WorkerContext
 
 __version__ = "0.1.0"
 
 __all__ = [
     # Errors
+    "BatchError",
     "ChworkersError",
     "ClickHouseError",
     "ConfigError",
@@ -45,6 +56,8 @@ __all__ = [
     "ConnectionConfig",
     "ConnectionLostError",
     "ConnectionPool",
+    "DeadLetter",
+    "DeadLetters",
     "EmbeddedClickHouse",  # the embedded ClickHouse endpoint (not an error)
     "EmbeddedError",
     "Host",
@@ -52,6 +65,7 @@ __all__ = [
     "LeaseClient",
     "LeaseStats",
     "MetricsHooks",
+    "Middleware",
     "Notifier",
     "PoolClosedError",
     "PoolError",
@@ -64,13 +78,22 @@ __all__ = [
     "ResponseTimeoutError",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "SerializationError",
     "ServerError",
     "SpoolCorruptError",
     "SpoolError",
     "SpoolFullError",
+    "Supervisor",
+    "SupervisorOptions",
+    "SupervisorStats",
+    "SupervisorStoppedError",
     "TaskError",
+    "TaskInfo",
     "TransportError",
     "Watchdog",
+    "WorkerBootError",
+    "WorkerContext",
+    "WorkerLostError",
     # Meta
     "__version__",
 ]

@@ -201,3 +201,39 @@ class SpoolFullError(SpoolError):
 
 class SpoolCorruptError(SpoolError):
     """A spool file is truncated or fails its checksum (``path`` names it)."""
+
+
+class SerializationError(ChworkersError):
+    """A task, its batch, arguments or result cannot cross the process boundary.
+
+    Attributes: ``what`` (``"batch"``, ``"task"``, ``"result"`` or ``"error"``) and
+    ``error_type`` (the pickler's exception type).
+    """
+
+
+class WorkerBootError(ChworkersError):
+    """Worker processes die while starting, so the supervisor stops instead of crash-looping.
+
+    Attributes: ``failures`` (consecutive boot failures) and ``last_error`` (what the last
+    worker reported, as text, when it could report anything).
+    """
+
+
+class WorkerLostError(ChworkersError):
+    """The worker running a task died or hung too often while running it.
+
+    Attributes: ``task_id``, ``attempts`` and ``reason`` (``"crashed"`` or ``"hung"``).
+    """
+
+
+class SupervisorStoppedError(ChworkersError):
+    """The supervisor is stopped (or stopping) and accepts no new tasks; also the error of
+    queued tasks that were not run before a stop."""
+
+
+class BatchError(ChworkersError, ValueError):
+    """A batch handed to ``insert`` is malformed; nothing of it was queued.
+
+    Attributes: ``table``, ``row`` (index of the offending row, when one is to blame) and
+    ``reason``.
+    """

@@ -1,0 +1,590 @@
+"""The Supervisor: the public face of the worker processes.
+
+Producers call :meth:`Supervisor.insert`, :meth:`~Supervisor.submit` or
+:meth:`~Supervisor.call` from any thread; each encodes its task to bytes in that thread,
+puts it on the bounded queue and gets a :class:`concurrent.futures.Future`. The
+supervisor's loop (:mod:`chworkers.arbiter`) dispatches tasks to the workers and
+resolves the futures; this module holds what happens around a task's outcome (metrics,
+dead letters, re-queueing) and the lifecycle: start, drain, stop, scale, reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import multiprocess
+from prometheus_client import CollectorRegistry
+
+from chworkers import tasks
+from chworkers.arbiter import Arbiter, WorkerHandle
+from chworkers.errors import (
+    BatchError,
+    ChworkersError,
+    ClickHouseError,
+    ConfigError,
+    PoolError,
+    SerializationError,
+    ServerError,
+    SupervisorStoppedError,
+    TaskError,
+    TransportError,
+    WorkerLostError,
+)
+from chworkers.exposition import MetricsEndpoint
+from chworkers.metrics import Metrics
+from chworkers.middleware import DeadLetters, MetricsDelta, Middleware, apply_delta
+from chworkers.options import SupervisorOptions
+from chworkers.signals import SignalInbox
+from chworkers.tasks import DeadLetter, Task
+from chworkers.worker import Connector
+
+log = logging.getLogger(__name__)
+
+#: Exit status of :meth:`Supervisor.run`.
+EXIT_OK = 0
+EXIT_WORKER_BOOT = 4
+
+
+@dataclass(frozen=True)
+class SupervisorStats:
+    """A snapshot of the supervisor (see :meth:`Supervisor.stats`)."""
+
+    state: str
+    workers: tuple[dict[str, Any], ...]
+    queued: int
+    queue_capacity: int
+    in_flight: int
+    outstanding: int
+    tasks: Mapping[str, int]
+    restarts: Mapping[str, int]
+    pool: Any = None
+
+
+class Supervisor:
+    """Runs tasks in worker processes that share one bounded ClickHouse connection budget.
+
+    ``clickhouse`` is the connection options (URL, ``ConnectionConfig`` or mapping) that
+    every worker's pool is built from after the worker starts; without it only
+    :meth:`call` tasks run. ``retry`` is the ``RetryPolicy`` workers apply; ``middleware``
+    adds hooks; ``dead_letter`` receives a :class:`DeadLetter` for every task that fails
+    for good; ``on_reload`` returns the settings to change on SIGHUP. Other keyword
+    arguments are :class:`SupervisorOptions` fields.
+    """
+
+    def __init__(
+        self,
+        clickhouse: Any = None,
+        *,
+        pool_options: Mapping[str, Any] | None = None,
+        retry: Any = None,
+        middleware: Iterable[Middleware] = (),
+        dead_letter: Callable[[DeadLetter], None] | None = None,
+        on_reload: Callable[[], Mapping[str, Any]] | None = None,
+        registry: CollectorRegistry | None = None,
+        options: SupervisorOptions | None = None,
+        **settings: Any,
+    ) -> None:
+        self.options = SupervisorOptions.build(settings, base=options)
+        self.clickhouse = clickhouse
+        self.pool_options = dict(pool_options or {})
+        self.retry = retry
+        self.middleware: list[Middleware] = list(middleware)
+        if dead_letter is not None:
+            self.middleware.append(DeadLetters(dead_letter))
+        self.on_reload = on_reload
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.metrics.queue_capacity.set(self.options.queue_size)
+        self.queue = _make_queue(self)
+        self.broker: Any = None
+        self.state = "new"
+        self.endpoint: MetricsEndpoint | None = None
+        self._arbiter: Arbiter | None = None
+        self._signals: SignalInbox | None = None
+        self._ids = itertools.count(1)
+        self._idle = threading.Condition()
+        self._outstanding = 0
+        self._counts: Counter[str] = Counter()
+        self._restarts: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        arb = self._arbiter
+        workers = len(arb.workers) if arb else 0
+        return (
+            f"<Supervisor {self.state}: {workers} workers, {len(self.queue)} queued, "
+            f"{self._outstanding} outstanding>"
+        )
+
+    # Lifecycle.
+
+    def start(self) -> Supervisor:
+        """Start the workers and the HTTP endpoint; returns once the workers are ready.
+
+        Raises :class:`WorkerBootError` when workers die while starting.
+        """
+        if self.state != "new":
+            raise SupervisorStoppedError(f"a supervisor starts once (this one is {self.state})")
+        opts = self.options
+        ctx = multiprocess.get_context(opts.start_method)
+        if opts.start_method == "forkserver":
+            ctx.set_forkserver_preload(["chworkers.worker"])
+        self.broker = self._make_broker(ctx)
+        self._arbiter = arbiter = Arbiter(self, ctx)
+        if opts.handle_signals:
+            self._signals = SignalInbox(partial(arbiter.command, "signal", reply=False))
+            self._signals.install()
+        if opts.metrics_port is not None:
+            self.endpoint = MetricsEndpoint(
+                self.registry,
+                host=opts.metrics_host,
+                port=opts.metrics_port,
+                refresh=self._refresh,
+                healthy=self._healthy,
+                ready=self._ready,
+            )
+        self.metrics.build_info.info({"version": _version()})
+        self.state = "running"
+        arbiter.thread.start()
+        try:
+            arbiter.wait_ready(opts.boot_timeout)
+        except BaseException:
+            self.stop(graceful=False)
+            raise
+        return self
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop(graceful=exc_type is None or issubclass(exc_type, Exception))
+
+    def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting tasks, let queued and running ones finish (graceful, within
+        ``timeout``, default ``graceful_timeout``), then stop the workers. Tasks left
+        unfinished fail with :class:`SupervisorStoppedError`."""
+        arbiter = self._arbiter
+        if arbiter is None:
+            self.state = "stopped"
+            return
+        if not arbiter.finished.is_set():
+            arbiter.command("stop", graceful, timeout, reply=False)
+        self.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the supervisor has stopped (by a signal, ``stop`` or a fatal
+        error); False on timeout."""
+        arbiter = self._arbiter
+        if arbiter is None:
+            return True
+        if not arbiter.finished.wait(timeout):
+            return False
+        arbiter.thread.join()
+        if self._signals is not None:
+            self._signals.restore()
+        return True
+
+    def run(self) -> int:
+        """Start (when needed) and serve until stopped; returns an exit status."""
+        if self.state == "new":
+            self.start()
+        self.wait()
+        return EXIT_WORKER_BOOT if self.error is not None else EXIT_OK
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the supervisor gave up, when it did (e.g. :class:`WorkerBootError`)."""
+        return self._arbiter.error if self._arbiter is not None else None
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every task submitted so far has finished; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def scale(self, workers: int) -> None:
+        """Change the number of worker processes; surplus ones finish their tasks first."""
+        self.reconfigure(workers=workers)
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Change reloadable settings at runtime (what SIGHUP applies): ``workers``,
+        ``max_connections``, ``retry``, ``queue_size``, timeouts, recycling."""
+        self._command("reconfigure", changes)
+
+    def stats(self) -> SupervisorStats:
+        if self._arbiter is not None and not self._arbiter.finished.is_set():
+            try:
+                return self._command("stats", timeout=5.0)  # type: ignore[no-any-return]
+            except (TimeoutError, SupervisorStoppedError):
+                pass
+        return self._stats(None)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"{self.endpoint.url}/metrics" if self.endpoint is not None else None
+
+    # Producing tasks.
+
+    def insert(
+        self,
+        table: str,
+        rows: Any,
+        column_names: Sequence[str] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        deduplication_token: str | None = None,
+        timeout: float | None = None,
+    ) -> Future[Any]:
+        """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
+        table) into ``table``. The deduplication token (derived from the content when not
+        given) is fixed now, so a re-run after a worker crash cannot duplicate rows.
+        Blocks while the queue is full, or raises :class:`QueueFullError` after
+        ``timeout`` seconds (default: the ``queue_timeout`` setting)."""
+        self._require_clickhouse("insert")
+        future: Future[Any] = Future()
+        task = tasks.encode_insert(
+            next(self._ids), future, table, rows, column_names, settings, deduplication_token
+        )
+        self._put(task, self.options.queue_timeout if timeout is None else timeout)
+        return future
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(conn, *args, **kwargs)`` in a worker with a leased connection, retried
+        per the retry policy. ``fn`` may be a lambda or a closure."""
+        self._require_clickhouse("submit")
+        future: Future[Any] = Future()
+        task = tasks.encode_call(next(self._ids), future, tasks.SUBMIT, fn, args, kwargs)
+        self._put(task, self.options.queue_timeout)
+        return future
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker, without a connection."""
+        future: Future[Any] = Future()
+        task = tasks.encode_call(next(self._ids), future, tasks.CALL, fn, args, kwargs)
+        self._put(task, self.options.queue_timeout)
+        return future
+
+    def _require_clickhouse(self, what: str) -> None:
+        if self.clickhouse is None:
+            raise ConfigError(
+                f"{what}() needs ClickHouse: give Supervisor(clickhouse=URL)",
+                key="clickhouse",
+                value=None,
+                expected="a ClickHouse URL",
+            )
+
+    def _put(self, task: Task, timeout: float | None) -> None:
+        if self.state != "running":
+            raise SupervisorStoppedError(
+                f"the supervisor is {self.state}: start() it (or use it in a with block) first"
+            )
+        with self._idle:
+            self._outstanding += 1
+        try:
+            self.queue.put(task, timeout)
+        except BaseException:
+            with self._idle:
+                self._outstanding -= 1
+            raise
+        self._counts["submitted"] += 1
+
+    # Outcomes (on the loop thread).
+
+    def _start(self, task: Task) -> bool:
+        if task.crashes or task.future.running():
+            return True
+        if task.future.set_running_or_notify_cancel():
+            return True
+        self._finish(task, None, None)
+        self._counts["cancelled"] += 1
+        return False
+
+    def _resolve(self, task: Task, ok: bool, data: bytes, duration: float) -> None:
+        error: BaseException | None = None
+        value: Any = None
+        try:
+            value = tasks.decode_result(data) if ok else None
+            if not ok:
+                error = tasks.decode_error(data)
+        except Exception as exc:
+            error = SerializationError(
+                f"cannot read the result of {task.description}: {exc}",
+                what="result",
+                error_type=type(exc).__name__,
+            )
+        m = self.metrics
+        m.task_duration.labels(task.kind).observe(duration)
+        if error is None:
+            m.tasks.labels(task.kind, "success").inc()
+            self._counts["succeeded"] += 1
+            if task.kind == tasks.INSERT and task.table is not None:
+                m.rows_inserted.labels(task.table).inc(task.rows)
+                m.bytes_inserted.labels(task.table).inc(task.nbytes)
+                m.last_insert.labels(task.table).set(time.time())
+        else:
+            if isinstance(error, TaskError | SerializationError):
+                m.errors.labels("task", "").inc()
+            self._fail(task, error, duration)
+            return
+        for middleware in self.middleware:
+            _safely(middleware.after_task_done, task, None, duration)
+        self._finish(task, value, None)
+
+    def _fail(
+        self, task: Task, error: BaseException, duration: float = 0.0, reason: str = "error"
+    ) -> None:
+        self.metrics.tasks.labels(task.kind, "failure").inc()
+        self._counts["failed"] += 1
+        for middleware in self.middleware:
+            _safely(middleware.after_task_done, task, error, duration)
+        if reason != "error" or is_permanent(error):
+            letter = DeadLetter(
+                task.id,
+                task.kind,
+                task.description,
+                error,
+                reason,
+                task.table,
+                task.rows,
+                task.token,
+                task.payload,
+                tuple(task.buffers),
+            )
+            for middleware in self.middleware:
+                _safely(middleware.after_dead_letter, letter)
+        self._finish(task, None, error)
+
+    def _finish(self, task: Task, value: Any, error: BaseException | None) -> None:
+        try:
+            if error is not None:
+                task.future.set_exception(error)
+            elif not task.future.cancelled():
+                task.future.set_result(value)
+        except InvalidStateError:
+            pass
+        with self._idle:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self._idle.notify_all()
+
+    def _requeue(self, held: list[Task], running: int | None, reason: str) -> None:
+        back = []
+        for task in held:
+            if task.id == running:
+                task.crashes += 1
+                if task.crashes >= self.options.max_task_crashes:
+                    error = WorkerLostError(
+                        f"{task.description}: its worker {reason} {task.crashes} times while "
+                        "running it; giving up",
+                        task_id=task.id,
+                        attempts=task.crashes,
+                        reason=reason,
+                    )
+                    self._fail(task, error, reason=reason)
+                    continue
+            back.append(task)
+            self.metrics.tasks.labels(task.kind, "requeued").inc()
+            self._counts["requeued"] += 1
+        self.queue.requeue(back)
+
+    def _apply_delta(self, delta: MetricsDelta) -> dict[str, float]:
+        return apply_delta(self.metrics, delta)
+
+    def _worker_exited(self, h: WorkerHandle, reason: str) -> None:
+        if (
+            reason in ("crashed", "hung", "recycled")
+            and self._arbiter is not None
+            and self._arbiter.mode is None
+        ):
+            self.metrics.worker_restarts.labels(reason).inc()
+            self._restarts[reason] += 1
+        for middleware in self.middleware:
+            _safely(middleware.after_worker_exit, h.name, h.pid, reason)
+
+    def _loop_exited(self) -> None:
+        self.state = "failed" if self.error is not None else "stopped"
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.broker is not None:
+            self.broker.close()
+
+    # Pieces the pool and the loop plug into.
+
+    def _make_broker(self, ctx: Any) -> Any:
+        return None  # replaced once the pool's LeaseBroker is wired in
+
+    def _connector(self, name: str) -> Connector | None:
+        return None
+
+    def _extra_fds(self) -> list[int]:
+        return [self.endpoint.fileno()] if self.endpoint is not None else []
+
+    def _command(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        arbiter = self._arbiter
+        if arbiter is None or arbiter.finished.is_set():
+            raise SupervisorStoppedError(f"the supervisor is {self.state}")
+        future = arbiter.command(name, *args)
+        assert future is not None
+        return future.result(timeout)
+
+    # Commands, run by the loop (see Arbiter._handle).
+
+    def _cmd_stop(self, arb: Arbiter, graceful: bool, timeout: float | None) -> None:
+        arb.begin_stop(graceful, timeout)
+
+    def _cmd_signal(self, arb: Arbiter, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.info("%s: reloading settings", name)
+            self._reload(arb)
+        elif arb.mode is None:
+            log.info("%s: draining within %s s, then stopping", name, self.options.graceful_timeout)
+            arb.begin_stop(True, None)
+        else:
+            log.info("%s again: stopping now", name)
+            arb.begin_stop(False, None)
+
+    def _reload(self, arb: Arbiter) -> None:
+        if self.on_reload is None:
+            log.info("no on_reload callback: nothing to reload")
+            return
+        try:
+            changes = dict(self.on_reload())
+            self._cmd_reconfigure(arb, changes)
+        except Exception:
+            log.exception("reload failed; keeping the current settings")
+
+    def _cmd_reconfigure(self, arb: Arbiter, changes: dict[str, Any]) -> None:
+        changes = dict(changes)
+        retry = changes.pop("retry", None)
+        fixed = set(changes) - SupervisorOptions.reloadable()
+        if fixed:
+            key = sorted(fixed)[0]
+            raise ConfigError(
+                f"setting {key!r} cannot change while running; restart instead",
+                key=key,
+                value=changes[key],
+                expected="one of " + ", ".join(sorted(SupervisorOptions.reloadable())),
+            )
+        self.options = arb.opts = SupervisorOptions.build(changes, base=self.options)
+        if retry is not None:
+            self.retry = arb.worker_settings["retry"] = retry
+            for h in list(arb.workers.values()):
+                if h.state == "ready":
+                    arb.send(h, "configure", {"retry": retry})
+        if "queue_size" in changes:
+            self.queue.resize(self.options.queue_size)
+            self.metrics.queue_capacity.set(self.options.queue_size)
+        if self.broker is not None and ("max_connections" in changes or "workers" in changes):
+            self.broker.resize(self.options.connections)
+        if "workers" in changes:
+            arb.scale(self.options.workers)
+        log.info("settings now: %s", {**changes, **({"retry": retry} if retry else {})})
+
+    def _cmd_stats(self, arb: Arbiter) -> SupervisorStats:
+        return self._stats(arb)
+
+    def _stats(self, arb: Arbiter | None) -> SupervisorStats:
+        return SupervisorStats(
+            state=self.state,
+            workers=tuple(arb.snapshot()) if arb else (),
+            queued=len(self.queue),
+            queue_capacity=self.queue.maxsize,
+            in_flight=arb.in_flight() if arb else 0,
+            outstanding=self._outstanding,
+            tasks=dict(self._counts),
+            restarts=dict(self._restarts),
+            pool=self.broker.stats() if self.broker is not None and arb else None,
+        )
+
+    def _cmd_refresh(self, arb: Arbiter) -> None:
+        m = self.metrics
+        m.queue_depth.set(len(self.queue))
+        states = Counter(h.public_state() for h in arb.workers.values())
+        for state in ("starting", "idle", "busy", "stopping"):
+            m.workers.labels(state).set(states[state])
+        if self.broker is not None:
+            st = self.broker.stats()
+            m.pool_in_use.set(st.in_use)
+            m.pool_max.set(st.capacity)
+            m.pool_waiting.set(st.waiting)
+            m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
+
+    # HTTP endpoint callbacks (on its threads).
+
+    def _refresh(self) -> None:
+        with contextlib.suppress(TimeoutError, SupervisorStoppedError):
+            self._command("refresh", timeout=2.0)
+
+    def _healthy(self) -> tuple[bool, dict[str, Any]]:
+        arb = self._arbiter
+        if arb is None or arb.finished.is_set():
+            return False, {"reason": f"supervisor {self.state}", "error": str(self.error or "")}
+        stalled = time.monotonic() - arb.loop_beat
+        if stalled > 10.0:
+            return False, {"reason": f"supervisor loop stalled for {stalled:.1f} s"}
+        return True, {"state": self.state}
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        arb = self._arbiter
+        if arb is None or arb.finished.is_set() or arb.mode is not None:
+            return False, {"reason": f"supervisor {arb.mode if arb and arb.mode else self.state}"}
+        ready = sum(1 for h in list(arb.workers.values()) if h.state == "ready")
+        if not ready:
+            return False, {"reason": "no worker ready"}
+        return True, {"workers_ready": ready, "queued": len(self.queue)}
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying ``error`` later cannot help (it goes to the dead-letter hook)."""
+    if isinstance(error, TaskError | SerializationError | BatchError | WorkerLostError):
+        return True
+    if isinstance(error, TransportError | PoolError | SupervisorStoppedError):
+        return False
+    if isinstance(error, ServerError):
+        return True  # the pool already retried the transient codes
+    return not isinstance(error, ClickHouseError | ChworkersError)
+
+
+def _safely(hook: Callable[..., None], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("middleware hook %s failed", getattr(hook, "__qualname__", hook))
+
+
+def _make_queue(sup: Supervisor) -> Any:
+    from chworkers.taskqueue import TaskQueue
+
+    return TaskQueue(
+        sup.options.queue_size,
+        sup.options.queue_max_bytes,
+        lambda: sup._arbiter.wake() if sup._arbiter is not None else None,
+    )
+
+
+def _version() -> str:
+    from chworkers import __version__
+
+    return __version__

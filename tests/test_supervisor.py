@@ -1,0 +1,308 @@
+"""The supervisor's process machinery, with tasks that need no ClickHouse (``call``).
+
+Real worker processes throughout; cross-process coordination goes through files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import wait
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chworkers import Supervisor
+from chworkers.errors import (
+    ConfigError,
+    QueueFullError,
+    SerializationError,
+    SupervisorStoppedError,
+    TaskError,
+    WorkerBootError,
+    WorkerLostError,
+)
+from chworkers.middleware import Middleware
+from chworkers.tasks import DeadLetter
+from chworkers.worker import WorkerContext
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def make_sup() -> Iterator[Any]:
+    started: list[Supervisor] = []
+
+    def make(**kw: Any) -> Supervisor:
+        kw.setdefault("workers", 2)
+        kw.setdefault("start_method", "fork")
+        sup = Supervisor(**kw)
+        started.append(sup)
+        return sup.start()
+
+    yield make
+    for sup in started:
+        sup.stop(graceful=False)
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+
+
+def block_until(path: str, started: str | None = None) -> int:
+    """A task that announces itself, then waits for ``path`` to exist."""
+    if started is not None:
+        Path(started).write_text(str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def crash_once(marker: str) -> int:
+    """Kill our own worker the first time; succeed when re-run."""
+    if not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+def hang_once(marker: str) -> int:
+    if not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(3600)
+    return os.getpid()
+
+
+def raise_value_error(msg: str) -> None:
+    raise ValueError(msg)
+
+
+# Booting and start methods.
+
+BOOTED_IN: int | None = None
+
+
+class RecordBoot(Middleware):
+    def after_worker_boot(self, worker: WorkerContext) -> None:
+        global BOOTED_IN
+        BOOTED_IN = os.getpid()
+
+
+def where_booted() -> tuple[int | None, int]:
+    return BOOTED_IN, os.getpid()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_each_start_method_runs_closures_after_post_start_init(make_sup: Any, method: str) -> None:
+    sup = make_sup(workers=1, start_method=method, middleware=[RecordBoot()])
+    factor = 3
+    assert sup.call(lambda x: x * factor, 14).result(20) == 42
+    booted, pid = sup.call(where_booted).result(20)
+    assert pid != os.getpid()
+    assert booted == pid  # init ran in the worker, after it started
+
+
+class FailBoot(Middleware):
+    def after_worker_boot(self, worker: WorkerContext) -> None:
+        raise RuntimeError("cannot reach the database at boot")
+
+
+def test_workers_dying_at_boot_stop_the_supervisor_instead_of_crash_looping() -> None:
+    sup = Supervisor(
+        workers=2,
+        start_method="fork",
+        middleware=[FailBoot()],
+        max_boot_failures=3,
+        restart_backoff=0.05,
+    )
+    started = time.monotonic()
+    with pytest.raises(WorkerBootError) as info:
+        sup.start()
+    assert time.monotonic() - started < 10
+    assert "cannot reach the database at boot" in str(info.value)
+    assert info.value.failures == 3
+    assert sup.state == "failed"
+    assert sup.run() == 4  # a daemon's exit status
+    with pytest.raises(SupervisorStoppedError):
+        sup.call(print)
+
+
+def test_bad_settings_are_refused_with_key_value_expected() -> None:
+    with pytest.raises(ConfigError) as info:
+        Supervisor(workers=0)
+    assert info.value.key == "workers" and info.value.value == 0
+    with pytest.raises(ConfigError, match="unknown supervisor setting 'wrokers'"):
+        Supervisor(wrokers=2)
+    with pytest.raises(ConfigError, match="start_method"):
+        Supervisor(start_method="thread")
+    with pytest.raises(ConfigError, match="needs ClickHouse"):
+        Supervisor().insert("t", [(1,)])
+    with pytest.raises(SupervisorStoppedError, match="start"):
+        Supervisor().call(print)
+
+
+# Results, errors, dead letters.
+
+
+def test_results_and_errors_resolve_their_futures_while_the_rest_go_on(make_sup: Any) -> None:
+    letters: list[DeadLetter] = []
+    sup = make_sup(dead_letter=letters.append)
+    futures = [sup.call(pow, i, 2) for i in range(50)]
+    bad = sup.call(raise_value_error, "no good")
+    unpicklable = sup.call(lambda: (i for i in range(3)))
+    more = [sup.call(pow, i, 3) for i in range(50)]
+    assert [f.result(20) for f in futures] == [i * i for i in range(50)]
+    assert [f.result(20) for f in more] == [i**3 for i in range(50)]
+    with pytest.raises(TaskError) as info:
+        bad.result(20)
+    assert info.value.error_type == "builtins.ValueError"
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(SerializationError):
+        unpicklable.result(20)
+    assert sup.drain(10)
+    kinds = sorted(type(letter.error).__name__ for letter in letters)
+    assert kinds == ["SerializationError", "TaskError"]
+    assert all(letter.reason == "error" for letter in letters)
+    stats = sup.stats()
+    assert stats.tasks["succeeded"] == 100 and stats.tasks["failed"] == 2
+
+
+def test_queue_is_bounded_and_full_raises_after_timeout(make_sup: Any, tmp_path: Path) -> None:
+    release = str(tmp_path / "release")
+    sup = make_sup(workers=1, queue_size=3, prefetch=1, queue_timeout=0.2)
+    held = [sup.call(block_until, release) for _ in range(2)]  # the worker holds 2 (prefetch min)
+    time.sleep(0.3)
+    queued = [sup.call(block_until, release) for _ in range(3)]
+    started = time.monotonic()
+    with pytest.raises(QueueFullError, match="queue full"):
+        sup.call(block_until, release)
+    assert 0.15 < time.monotonic() - started < 2
+    assert sup.stats().queued == 3 and sup.stats().outstanding == 5
+    Path(release).touch()
+    assert len({f.result(20) for f in held + queued}) == 1
+
+
+def test_cancelled_queued_tasks_do_not_run(make_sup: Any, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    sup = make_sup(workers=1)
+    first = [sup.call(block_until, str(release)) for _ in range(2)]
+    time.sleep(0.2)
+    later = sup.call(Path(tmp_path / "ran").touch)
+    assert later.cancel()
+    release.touch()
+    for f in first:
+        f.result(20)
+    assert sup.drain(10)
+    assert not (tmp_path / "ran").exists()
+
+
+# Supervision.
+
+
+def test_sigkill_mid_task_requeues_it_and_replaces_the_worker(
+    make_sup: Any, tmp_path: Path
+) -> None:
+    release, started = tmp_path / "release", tmp_path / "started"
+    sup = make_sup(workers=1)
+    fut = sup.call(block_until, str(release), str(started))
+    wait_for(started)
+    first_pid = int(started.read_text())
+    started.unlink()
+    os.kill(first_pid, signal.SIGKILL)
+    wait_for(started)  # re-run in the replacement worker
+    release.touch()
+    second_pid = fut.result(20)
+    assert second_pid != first_pid
+    stats = sup.stats()
+    assert stats.restarts == {"crashed": 1}
+    assert stats.tasks["requeued"] == 1 and stats.tasks["succeeded"] == 1
+
+
+def test_task_crashing_its_worker_once_is_retried(make_sup: Any, tmp_path: Path) -> None:
+    sup = make_sup(workers=2)
+    marker = tmp_path / "crashed"
+    fut = sup.call(crash_once, str(marker))
+    assert fut.result(20) != int(marker.read_text())
+
+
+def test_poison_task_fails_after_max_task_crashes_and_is_dead_lettered(make_sup: Any) -> None:
+    letters: list[DeadLetter] = []
+    sup = make_sup(workers=2, max_task_crashes=2, dead_letter=letters.append, restart_backoff=0.01)
+    poison = sup.call(os.kill, 0, 0)  # harmless placeholder to warm up
+    poison.result(20)
+    poison = sup.call(lambda: os.kill(os.getpid(), signal.SIGKILL))
+    fine = [sup.call(pow, 2, i) for i in range(20)]
+    with pytest.raises(WorkerLostError) as info:
+        poison.result(30)
+    assert info.value.attempts == 2 and info.value.reason == "crashed"
+    assert [f.result(20) for f in fine] == [2**i for i in range(20)]
+    assert [letter.reason for letter in letters] == ["crashed"]
+
+
+def test_hung_worker_is_killed_and_its_task_retried(make_sup: Any, tmp_path: Path) -> None:
+    sup = make_sup(workers=1, hung_timeout=0.5, heartbeat_interval=0.1)
+    marker = tmp_path / "hung"
+    fut = sup.call(hang_once, str(marker))
+    pid = fut.result(20)
+    assert pid != int(marker.read_text())
+    assert sup.stats().restarts == {"hung": 1}
+
+
+def test_max_tasks_per_worker_recycles_workers_with_jitter(make_sup: Any) -> None:
+    sup = make_sup(workers=2, max_tasks_per_worker=5, max_tasks_jitter=3)
+    pids = [f.result(20) for f in [sup.call(os.getpid) for _ in range(60)]]
+    per_pid = {pid: pids.count(pid) for pid in set(pids)}
+    assert len(per_pid) >= 60 // 8
+    assert max(per_pid.values()) <= 8
+    assert sup.stats().restarts["recycled"] >= len(per_pid) - 2
+
+
+def test_scale_up_and_down_at_runtime_without_losing_tasks(make_sup: Any) -> None:
+    sup = make_sup(workers=1)
+    futures = [sup.call(time.sleep, 0.01) for _ in range(30)]
+    sup.scale(3)
+    deadline = time.monotonic() + 20
+    while len([w for w in sup.stats().workers if w["state"] != "starting"]) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    futures += [sup.call(time.sleep, 0.01) for _ in range(30)]
+    sup.scale(1)
+    futures += [sup.call(os.getpid) for _ in range(30)]
+    done, _ = wait(futures, timeout=30)
+    assert len(done) == 90 and all(f.exception() is None for f in done)
+    deadline = time.monotonic() + 20
+    while len(sup.stats().workers) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(ConfigError):
+        sup.scale(0)
+
+
+# Stopping.
+
+
+def test_leaving_the_block_drains_the_queue(tmp_path: Path) -> None:
+    with Supervisor(workers=2, start_method="fork") as sup:
+        futures = [sup.call(time.sleep, 0.005) for _ in range(100)]
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert sup.state == "stopped"
+    with pytest.raises(SupervisorStoppedError):
+        sup.call(print)
+
+
+def test_graceful_timeout_then_terminate(make_sup: Any, tmp_path: Path) -> None:
+    sup = make_sup(workers=1)
+    stuck = sup.call(block_until, str(tmp_path / "never"))
+    queued = [sup.call(block_until, str(tmp_path / "never")) for _ in range(5)]
+    started = time.monotonic()
+    sup.stop(graceful=True, timeout=0.5)
+    assert time.monotonic() - started < 8
+    for f in [stuck, *queued]:
+        assert isinstance(f.exception(5), SupervisorStoppedError)
