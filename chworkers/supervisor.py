@@ -11,6 +11,7 @@ dead letters, re-queueing) and the lifecycle: start, drain, stop, scale, reload.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import signal
@@ -29,26 +30,27 @@ from prometheus_client import CollectorRegistry
 
 from chworkers import tasks
 from chworkers.arbiter import Arbiter, WorkerHandle
+from chworkers.connection import ConnectionConfig
 from chworkers.errors import (
     BatchError,
     ChworkersError,
-    ClickHouseError,
     ConfigError,
-    PoolError,
     SerializationError,
     ServerError,
     SupervisorStoppedError,
     TaskError,
-    TransportError,
     WorkerLostError,
 )
 from chworkers.exposition import MetricsEndpoint
+from chworkers.lease import LeaseBroker
 from chworkers.metrics import Metrics
 from chworkers.middleware import DeadLetters, MetricsDelta, Middleware, apply_delta
 from chworkers.options import SupervisorOptions
+from chworkers.pool import PoolOptions
+from chworkers.retry import RetryPolicy, Verdict
 from chworkers.signals import SignalInbox
 from chworkers.tasks import DeadLetter, Task
-from chworkers.worker import Connector
+from chworkers.worker import Connector, PoolConnector
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,10 @@ class Supervisor:
     ) -> None:
         self.options = SupervisorOptions.build(settings, base=options)
         self.clickhouse = clickhouse
-        self.pool_options = dict(pool_options or {})
-        self.retry = retry
+        self.pool_options = _worker_pool_options(pool_options, retry, self.options.connections)
+        self.retry = self.pool_options.retry
+        if clickhouse is not None:
+            ConnectionConfig.coerce(clickhouse)  # a bad URL fails here, not in every worker
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
             self.middleware.append(DeadLetters(dead_letter))
@@ -358,7 +362,7 @@ class Supervisor:
         self._counts["failed"] += 1
         for middleware in self.middleware:
             _safely(middleware.after_task_done, task, error, duration)
-        if reason != "error" or is_permanent(error):
+        if reason != "error" or is_permanent(error, self.retry):
             letter = DeadLetter(
                 task.id,
                 task.kind,
@@ -431,11 +435,17 @@ class Supervisor:
 
     # Pieces the pool and the loop plug into.
 
-    def _make_broker(self, ctx: Any) -> Any:
-        return None  # replaced once the pool's LeaseBroker is wired in
+    def _make_broker(self, ctx: Any) -> LeaseBroker | None:
+        if self.clickhouse is None:
+            return None
+        broker = LeaseBroker(self.options.connections, context=ctx)
+        broker.start()
+        return broker
 
     def _connector(self, name: str) -> Connector | None:
-        return None
+        if self.broker is None:
+            return None
+        return PoolConnector(self.clickhouse, self.pool_options, self.broker.client(name))
 
     def _extra_fds(self) -> list[int]:
         return [self.endpoint.fileno()] if self.endpoint is not None else []
@@ -478,6 +488,8 @@ class Supervisor:
     def _cmd_reconfigure(self, arb: Arbiter, changes: dict[str, Any]) -> None:
         changes = dict(changes)
         retry = changes.pop("retry", None)
+        if retry is not None:
+            retry = RetryPolicy.coerce(retry)
         fixed = set(changes) - SupervisorOptions.reloadable()
         if fixed:
             key = sorted(fixed)[0]
@@ -556,15 +568,46 @@ class Supervisor:
         return True, {"workers_ready": ready, "queued": len(self.queue)}
 
 
-def is_permanent(error: BaseException) -> bool:
-    """Whether retrying ``error`` later cannot help (it goes to the dead-letter hook)."""
+def is_permanent(error: BaseException, policy: RetryPolicy) -> bool:
+    """Whether retrying ``error`` later cannot help (it goes to the dead-letter hook).
+
+    Bad tasks and data, and ClickHouse errors the retry policy calls fatal (unknown table,
+    type or parse errors) are permanent; outages (transport, pool, exhausted retries of
+    transient errors) and stops are not: the same task may succeed later.
+    """
     if isinstance(error, TaskError | SerializationError | BatchError | WorkerLostError):
         return True
-    if isinstance(error, TransportError | PoolError | SupervisorStoppedError):
-        return False
     if isinstance(error, ServerError):
-        return True  # the pool already retried the transient codes
-    return not isinstance(error, ClickHouseError | ChworkersError)
+        return policy.classify(error) is Verdict.FATAL
+    return not isinstance(error, ChworkersError)
+
+
+def _worker_pool_options(
+    given: PoolOptions | Mapping[str, Any] | None, retry: Any, connections: int
+) -> PoolOptions:
+    """Each worker's pool: the supervisor's connection budget, the retry policy.
+
+    Worker pools open connections only when a task needs one, under a lease: a pool
+    minimum would open connections (a request each) at boot without one, and all
+    workers together must stay within ``max_connections`` requests in flight.
+    """
+    options = PoolOptions.coerce(given)
+    if isinstance(given, Mapping):
+        for key, why in (
+            ("max_connections", "is the supervisor's budget: give Supervisor(max_connections=N)"),
+            ("min_connections", "must be 0: workers open connections under a lease, on demand"),
+        ):
+            if given.get(key):
+                raise ConfigError(
+                    f"pool_options: {key} {why}",
+                    key=f"pool_options.{key}",
+                    value=given[key],
+                    expected="not set",
+                )
+    policy = RetryPolicy.coerce(retry) if retry is not None else options.retry
+    return dataclasses.replace(
+        options, max_connections=connections, min_connections=0, retry=policy
+    )
 
 
 def _safely(hook: Callable[..., None], *args: Any) -> None:

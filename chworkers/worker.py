@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chworkers import channel, tasks
+from chworkers.hooks import PoolHooks
 from chworkers.middleware import MetricsRecorder, Middleware
+from chworkers.pool import ConnectionPool, PoolOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ _BATCH_WAIT = 0.005
 class Connections(Protocol):
     """What a worker runs connection-bound tasks through (the ClickHouse pool)."""
 
-    def with_connection(self, fn: Callable[[Any], Any]) -> Any: ...
+    def with_connection(self, fn: Callable[[Any], Any], *, retry: Any = None) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -259,13 +261,14 @@ def execute(worker: WorkerContext, info: TaskInfo, payload: bytes, buffers: Sequ
     connections = worker.connections
     if connections is None:
         raise RuntimeError(f"a {info.kind} task needs a ClickHouse connection")
+    retry = worker.settings.get("retry")
     if info.kind == tasks.SUBMIT:
         fn, args, kwargs = tasks.decode_call(payload, buffers)
-        return connections.with_connection(lambda conn: fn(conn, *args, **kwargs))
+        return connections.with_connection(lambda conn: fn(conn, *args, **kwargs), retry=retry)
     if info.kind == tasks.INSERT:
         spec = tasks.decode_insert(payload, buffers)
         info.table, info.rows = spec.table, _row_count(spec)
-        return connections.with_connection(lambda conn: insert(conn, spec))
+        return connections.with_connection(lambda conn: insert(worker, conn, spec), retry=retry)
     raise ValueError(f"unknown task kind {info.kind!r}")
 
 
@@ -277,13 +280,64 @@ def _row_count(spec: tasks.InsertSpec) -> int:
     return len(spec.data)
 
 
-def insert(conn: Any, spec: tasks.InsertSpec) -> Any:
+def insert(worker: WorkerContext, conn: Any, spec: tasks.InsertSpec) -> None:
     """One insert attempt on a leased connection, with the task's deduplication token."""
-    settings = dict(spec.settings or {})
-    settings.setdefault("insert_deduplication_token", spec.token)
-    names = list(spec.column_names) if spec.column_names is not None else None
-    if spec.form == "columns":
-        return conn.insert(
-            spec.table, spec.data, column_names=names, settings=settings, column_oriented=True
+    started = time.monotonic()
+    worker.beat()
+    conn.insert(
+        spec.table,
+        spec.data,
+        list(spec.column_names) if spec.column_names is not None else None,
+        column_oriented=spec.form == "columns",
+        settings=spec.settings,
+        deduplication_token=spec.token,
+    )
+    worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
+
+
+class RecordingHooks(PoolHooks):
+    """Pool events of a worker, recorded as metric deltas for the supervisor."""
+
+    def __init__(self, worker: WorkerContext) -> None:
+        self.metrics = worker.metrics
+        self.worker = worker
+
+    def on_acquire(self, wait_seconds: float) -> None:
+        self.metrics.observe("pool_acquire_wait", wait_seconds)
+
+    def on_timeout(self, wait_seconds: float) -> None:
+        self.metrics.observe("pool_acquire_wait", wait_seconds)
+        self.metrics.inc("errors", "pool", "")
+
+    def on_connection_created(self, endpoint: str) -> None:
+        self.metrics.inc("pool_created")
+
+    def on_connection_closed(self, endpoint: str, reason: str) -> None:
+        self.metrics.inc("pool_closed", reason)
+
+    def on_error(self, kind: str, code: int | None) -> None:
+        self.metrics.inc("errors", kind, "" if code is None else str(code))
+
+    def on_retry(self, kind: str, attempt: int, backoff: float) -> None:
+        self.metrics.inc("retries", kind)
+        self.worker.beat()  # retrying is progress, not a hang
+
+    def on_state(self, in_use: int, idle: int, waiting: int, maximum: int) -> None:
+        self.metrics.set("pool_idle", idle)
+
+
+@dataclass
+class PoolConnector:
+    """Pre-fork recipe for a worker's ClickHouse pool; called in the worker after start."""
+
+    connection_options: Any
+    pool_options: PoolOptions
+    lease: Any  # LeaseClient
+
+    def __call__(self, worker: WorkerContext) -> Connections:
+        return ConnectionPool(
+            self.connection_options,
+            self.pool_options,
+            lease=self.lease,
+            hooks=RecordingHooks(worker),
         )
-    return conn.insert(spec.table, spec.data, column_names=names, settings=settings)
