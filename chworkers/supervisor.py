@@ -197,8 +197,12 @@ class Supervisor:
         arbiter = self._arbiter
         if arbiter is None:
             return True
-        if not arbiter.finished.wait(timeout):
-            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Wake up often: a signal delivered to another thread only runs its (Python)
+        # handler once the main thread is between bytecodes, not while blocked in a wait.
+        while not arbiter.finished.wait(0.1):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
         arbiter.thread.join()
         if self._signals is not None:
             self._signals.restore()
@@ -224,7 +228,7 @@ class Supervisor:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._idle.wait(remaining)
+                self._idle.wait(0.1 if remaining is None else min(remaining, 0.1))
         return True
 
     def scale(self, workers: int) -> None:
