@@ -265,7 +265,7 @@ class Supervisor:
         timeout: float | None = None,
     ) -> Future[Any]:
         """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
-        table) into ``table``. The deduplication token (derived from the content when not
+        table) into ``table``; the future's result is the number of rows written. The deduplication token (derived from the content when not
         given) is fixed now, so a re-run after a worker crash cannot duplicate rows.
         Blocks while the queue is full, or raises :class:`QueueFullError` after
         ``timeout`` seconds (default: the ``queue_timeout`` setting)."""
@@ -273,6 +273,37 @@ class Supervisor:
         future: Future[Any] = Future()
         task = tasks.encode_insert(
             next(self._ids), future, table, rows, column_names, settings, deduplication_token
+        )
+        self._put(task, self.options.queue_timeout if timeout is None else timeout)
+        return future
+
+    def insert_raw(
+        self,
+        table: str,
+        data: bytes,
+        fmt: str,
+        *,
+        rows: int | None = None,
+        column_names: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        deduplication_token: str | None = None,
+        timeout: float | None = None,
+    ) -> Future[Any]:
+        """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
+        (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
+        same token is byte-identical. ``rows`` (when known) feeds the rows metric."""
+        self._require_clickhouse("insert_raw")
+        future: Future[Any] = Future()
+        task = tasks.encode_insert(
+            next(self._ids),
+            future,
+            table,
+            data,
+            column_names,
+            settings,
+            deduplication_token,
+            fmt=fmt,
+            rows=rows,
         )
         self._put(task, self.options.queue_timeout if timeout is None else timeout)
         return future
@@ -347,8 +378,11 @@ class Supervisor:
             m.tasks.labels(task.kind, "success").inc()
             self._counts["succeeded"] += 1
             if task.kind == tasks.INSERT and task.table is not None:
-                m.rows_inserted.labels(task.table).inc(task.rows)
-                m.bytes_inserted.labels(task.table).inc(task.nbytes)
+                # ClickHouse's own count when it sent one (0 for a deduplicated repeat).
+                rows, nbytes = value if value is not None else (task.rows, task.nbytes)
+                value = rows
+                m.rows_inserted.labels(task.table).inc(rows)
+                m.bytes_inserted.labels(task.table).inc(nbytes)
                 m.last_insert.labels(task.table).set(time.time())
         else:
             if isinstance(error, TaskError | SerializationError):

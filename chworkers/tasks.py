@@ -49,8 +49,13 @@ def dumps(obj: Any, *, what: str) -> tuple[bytes, list[bytes]]:
                 what=what,
                 error_type=type(exc).__name__,
             ) from exc
-    # Copy the out-of-band buffers now: the caller may reuse its arrays once we return.
-    return data, [b.raw().tobytes() for b in buffers]
+    # Copy the out-of-band buffers now (the caller may reuse its arrays once we return),
+    # except bytes, which nobody can change.
+    return data, [_frozen(b.raw()) for b in buffers]
+
+
+def _frozen(view: memoryview) -> bytes:
+    return view.obj if type(view.obj) is bytes and view.nbytes == len(view.obj) else view.tobytes()
 
 
 def loads(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
@@ -86,11 +91,12 @@ class InsertSpec:
     """What a worker needs to run an insert; ``data`` is in the form the caller gave."""
 
     table: str
-    form: str  # "rows", "columns", "pandas" or "arrow"
+    form: str  # "rows", "columns", "pandas", "arrow" or "raw" (bytes in format ``fmt``)
     data: Any
     column_names: tuple[str, ...] | None
     settings: Mapping[str, Any] | None
     token: str
+    fmt: str | None = None
 
 
 def _batch_form(table: str, data: Any, column_names: Sequence[str] | None) -> tuple[str, int]:
@@ -139,11 +145,56 @@ def encode_insert(
     column_names: Sequence[str] | None,
     settings: Mapping[str, Any] | None,
     token: str | None,
+    *,
+    fmt: str | None = None,
+    rows: int | None = None,
 ) -> Task:
+    """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
+    ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows."""
     if not isinstance(table, str) or not table:
         raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
     if isinstance(column_names, str):
         column_names = [column_names]
+    if fmt is not None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise BatchError(
+                f"insert into {table!r} as {fmt}: data must be bytes, not {type(data).__name__}",
+                table=table,
+                reason="raw data not bytes",
+            )
+        data = bytes(data) if not isinstance(data, bytes) else data
+        count = rows or 0
+        payload, buffers = dumps(("raw", pickle.PickleBuffer(data)), what="batch")
+        names = tuple(column_names) if column_names is not None else None
+    else:
+        count, names, payload, buffers = _encode_batch(table, data, column_names)
+    if token is None:
+        digest = hashlib.blake2b(table.encode(), digest_size=16)
+        digest.update(repr((names, fmt)).encode())
+        digest.update(payload)
+        for buf in buffers:
+            digest.update(buf)
+        token = digest.hexdigest()
+    meta = (table, names, dict(settings) if settings else None, token, fmt)
+    header, extra = dumps(meta, what="batch")
+    body = pickle.dumps((header, payload, len(extra)), protocol=5)
+    return Task(
+        id=task_id,
+        kind=INSERT,
+        payload=body,
+        buffers=[*extra, *buffers],
+        future=future,
+        nbytes=len(body) + sum(len(b) for b in buffers),
+        table=table,
+        rows=count,
+        token=token,
+        description=f"insert of {count} {fmt + ' ' if fmt else ''}rows into {table}",
+    )
+
+
+def _encode_batch(
+    table: str, data: Any, column_names: Sequence[str] | None
+) -> tuple[int, tuple[str, ...] | None, bytes, list[bytes]]:
     iterable = not isinstance(data, Sequence | Mapping) and hasattr(data, "__iter__")
     if iterable and type(data).__module__.split(".")[0] not in ("pandas", "pyarrow"):
         data = list(data)  # generators and other iterables of rows
@@ -163,34 +214,14 @@ def encode_insert(
             )
         data = [data[name] for name in names]
     payload, buffers = dumps((form, data), what="batch")
-    if token is None:
-        digest = hashlib.blake2b(table.encode(), digest_size=16)
-        digest.update(repr(names).encode())
-        digest.update(payload)
-        for buf in buffers:
-            digest.update(buf)
-        token = digest.hexdigest()
-    header, extra = dumps((table, names, dict(settings) if settings else None, token), what="batch")
-    body = pickle.dumps((header, payload, len(extra)), protocol=5)
-    return Task(
-        id=task_id,
-        kind=INSERT,
-        payload=body,
-        buffers=[*extra, *buffers],
-        future=future,
-        nbytes=len(body) + sum(len(b) for b in buffers),
-        table=table,
-        rows=rows,
-        token=token,
-        description=f"insert of {rows} rows into {table}",
-    )
+    return rows, names, payload, buffers
 
 
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     header, data, split = pickle.loads(payload)
-    table, names, settings, token = loads(header, buffers[:split])
+    table, names, settings, token, fmt = loads(header, buffers[:split])
     form, rows = loads(data, buffers[split:])
-    return InsertSpec(table, form, rows, names, settings, token)
+    return InsertSpec(table, form, rows, names, settings, token, fmt)
 
 
 def encode_call(

@@ -273,6 +273,8 @@ def execute(worker: WorkerContext, info: TaskInfo, payload: bytes, buffers: Sequ
 
 
 def _row_count(spec: tasks.InsertSpec) -> int:
+    if spec.form == "raw":
+        return 0
     if spec.form == "arrow":
         return int(spec.data.num_rows)
     if spec.form == "columns":
@@ -280,19 +282,38 @@ def _row_count(spec: tasks.InsertSpec) -> int:
     return len(spec.data)
 
 
-def insert(worker: WorkerContext, conn: Any, spec: tasks.InsertSpec) -> None:
-    """One insert attempt on a leased connection, with the task's deduplication token."""
+def insert(worker: WorkerContext, conn: Any, spec: tasks.InsertSpec) -> tuple[int, int] | None:
+    """One insert attempt on a leased connection, with the task's deduplication token.
+
+    Returns ClickHouse's (written rows, written bytes) when its summary says (0 rows
+    when the insert was a deduplicated repeat).
+    """
     started = time.monotonic()
     worker.beat()
-    conn.insert(
-        spec.table,
-        spec.data,
-        list(spec.column_names) if spec.column_names is not None else None,
-        column_oriented=spec.form == "columns",
-        settings=spec.settings,
-        deduplication_token=spec.token,
-    )
+    names = list(spec.column_names) if spec.column_names is not None else None
+    if spec.form == "raw":
+        summary = conn.raw_insert(
+            spec.table,
+            spec.data,
+            fmt=spec.fmt,
+            column_names=names,
+            settings=spec.settings,
+            deduplication_token=spec.token,
+        )
+    else:
+        summary = conn.insert(
+            spec.table,
+            spec.data,
+            names,
+            column_oriented=spec.form == "columns",
+            settings=spec.settings,
+            deduplication_token=spec.token,
+        )
     worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
+    reported = getattr(summary, "summary", None)
+    if isinstance(reported, dict) and "written_rows" in reported:
+        return int(summary.written_rows), int(summary.written_bytes())
+    return None
 
 
 class RecordingHooks(PoolHooks):

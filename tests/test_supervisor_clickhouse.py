@@ -371,3 +371,19 @@ def test_reconfigure_pool_size_and_bad_pool_options(
         Supervisor(endpoint.url, retry={"max_attempts": 0})
     with pytest.raises(ConfigError):
         sup.reconfigure(start_method="spawn")
+
+
+def test_insert_raw_sends_formatted_bytes_once(
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    table: str,
+    ch_client: Client,
+    sups: list[Supervisor],
+) -> None:
+    sup = start(sups, endpoint.url, database, workers=1, metrics_port=0)
+    body = b"".join(b'{"id":%d,"user":"u","value":0.5}\n' % i for i in range(100))
+    assert sup.insert_raw(table, body, "JSONEachRow", rows=100).result(30) == 100
+    sup.insert_raw(table, body, "JSONEachRow", rows=100).result(30)  # same token: dropped
+    assert counts(ch_client, table) == (100, 100)
+    rows = scrape(sup.metrics_url or "")[("chworkers_rows_inserted_total", (("table", table),))]
+    assert rows >= 100  # what the endpoint reported as written

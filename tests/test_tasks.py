@@ -172,3 +172,15 @@ def test_dead_letter_decodes_its_batch() -> None:
     )
     assert letter.batch().data == [(1, "x")]
     assert pickle.loads(pickle.dumps(letter)).batch().table == "events"
+
+
+def test_raw_batches_travel_as_they_are() -> None:
+    data = b'{"a":1,"b":"x"}\n{"a":2,"b":"y"}\n'
+    task = tasks.encode_insert(
+        1, Future(), "events", data, None, None, None, fmt="JSONEachRow", rows=2
+    )
+    assert task.rows == 2 and data in task.buffers  # not copied, not pickled
+    spec = _roundtrip(task)
+    assert (spec.form, spec.fmt, spec.data) == ("raw", "JSONEachRow", data)
+    with pytest.raises(BatchError, match="must be bytes"):
+        tasks.encode_insert(1, Future(), "events", "text", None, None, None, fmt="CSV")
