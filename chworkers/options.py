@@ -86,6 +86,12 @@ class SupervisorOptions:
         "a number > 0 or None",
         reload=True,
     )
+    native_encoding: bool = _setting(
+        True,
+        "Encode rows to ClickHouse Native in the producer's thread (else pickle them).",
+        lambda v: isinstance(v, bool),
+        "true or false",
+    )
     prefetch: int = _setting(
         64,
         "Most tasks a worker holds at once (fewer when tasks are slow).",

@@ -28,7 +28,7 @@ from typing import Any
 import multiprocess
 from prometheus_client import CollectorRegistry
 
-from chworkers import tasks
+from chworkers import native, tasks
 from chworkers.arbiter import Arbiter, WorkerHandle
 from chworkers.connection import ConnectionConfig
 from chworkers.errors import (
@@ -118,6 +118,7 @@ class Supervisor:
         self._arbiter: Arbiter | None = None
         self._signals: SignalInbox | None = None
         self._ids = itertools.count(1)
+        self._schemas = native.SchemaCache()
         self._idle = threading.Condition()
         self._outstanding = 0
         self._counts: Counter[str] = Counter()
@@ -265,17 +266,52 @@ class Supervisor:
         timeout: float | None = None,
     ) -> Future[Any]:
         """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
-        table) into ``table``; the future's result is the number of rows written. The deduplication token (derived from the content when not
-        given) is fixed now, so a re-run after a worker crash cannot duplicate rows.
-        Blocks while the queue is full, or raises :class:`QueueFullError` after
-        ``timeout`` seconds (default: the ``queue_timeout`` setting)."""
+        table) into ``table``; the future's result is the number of rows written.
+
+        Rows and columns are encoded to ClickHouse Native here, in the caller's thread
+        (``native_encoding``; the first insert into a table looks its columns up). The
+        deduplication token (derived from the content when not given) is fixed now, so a
+        re-run after a worker crash cannot duplicate rows. Blocks while the queue is
+        full, or raises :class:`QueueFullError` after ``timeout`` seconds (default: the
+        ``queue_timeout`` setting). A malformed batch raises :class:`BatchError`."""
         self._require_clickhouse("insert")
         future: Future[Any] = Future()
+        encoder = partial(self._native, table) if self.options.native_encoding else None
         task = tasks.encode_insert(
-            next(self._ids), future, table, rows, column_names, settings, deduplication_token
+            next(self._ids),
+            future,
+            table,
+            rows,
+            column_names,
+            settings,
+            deduplication_token,
+            native=encoder,
         )
         self._put(task, self.options.queue_timeout if timeout is None else timeout)
         return future
+
+    def _native(
+        self, table: str, form: str, names: tuple[str, ...] | None, data: Any
+    ) -> tuple[bytes, Sequence[str]] | None:
+        schema = self._schemas.get(table, names)
+        arbiter = self._arbiter
+        if schema is None and arbiter is not None and threading.current_thread() is arbiter.thread:
+            return None  # called from a future's callback: waiting here would block the loop
+        if schema is None:
+            future: Future[Any] = Future()
+            lookup = tasks.encode_call(
+                next(self._ids), future, tasks.SUBMIT, native.describe, (table, names), {}
+            )
+            lookup.internal = True
+            try:
+                self._put(lookup, self.options.queue_timeout)
+                schema = future.result(self.options.boot_timeout)
+            except Exception as exc:  # e.g. no such table: the insert itself will say so
+                log.debug("no Native encoding for %s: %s", table, exc)
+                return None
+            self._schemas.put(table, names, schema)
+        body = native.encode(schema, data, column_oriented=form == "columns")
+        return None if body is None else (body, schema.column_names)
 
     def insert_raw(
         self,
@@ -400,7 +436,9 @@ class Supervisor:
         self._counts["failed"] += 1
         for middleware in self.middleware:
             _safely(middleware.after_task_done, task, error, duration)
-        if reason != "error" or is_permanent(error, self.retry):
+        if task.kind == tasks.INSERT and isinstance(error, ServerError) and task.table:
+            self._schemas.forget(task.table)  # the table may have changed under us
+        if not task.internal and (reason != "error" or is_permanent(error, self.retry)):
             letter = DeadLetter(
                 task.id,
                 task.kind,

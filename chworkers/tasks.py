@@ -80,6 +80,8 @@ class Task:
     token: str | None = None
     #: Times a worker died (or was killed as hung) while running this task.
     crashes: int = 0
+    #: Supervisor bookkeeping (a schema lookup): no dead letter when it fails.
+    internal: bool = False
     description: str = ""
 
     def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer]]:
@@ -148,13 +150,26 @@ def encode_insert(
     *,
     fmt: str | None = None,
     rows: int | None = None,
+    native: NativeEncoder | None = None,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
-    ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows."""
+    ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
+
+    ``native(form, names, data)`` may turn rows or columns into a Native block (returning
+    the block and its column names, or None to keep the pickled rows).
+    """
     if not isinstance(table, str) or not table:
         raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
     if isinstance(column_names, str):
         column_names = [column_names]
+    if fmt is None and native is not None:
+        form, count, names, data = prepare_batch(table, data, column_names)
+        encoded = native(form, names, data) if form in ("rows", "columns") else None
+        if encoded is None:
+            payload, buffers = dumps((form, data), what="batch")
+        else:
+            data, column_names = encoded[0], list(encoded[1])
+            fmt, rows = "Native", count
     if fmt is not None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BatchError(
@@ -166,8 +181,9 @@ def encode_insert(
         count = rows or 0
         payload, buffers = dumps(("raw", pickle.PickleBuffer(data)), what="batch")
         names = tuple(column_names) if column_names is not None else None
-    else:
-        count, names, payload, buffers = _encode_batch(table, data, column_names)
+    elif native is None:
+        form, count, names, data = prepare_batch(table, data, column_names)
+        payload, buffers = dumps((form, data), what="batch")
     if token is None:
         digest = hashlib.blake2b(table.encode(), digest_size=16)
         digest.update(repr((names, fmt)).encode())
@@ -192,9 +208,14 @@ def encode_insert(
     )
 
 
-def _encode_batch(
+#: ``native(form, names, data) -> (Native bytes, column names) | None``.
+NativeEncoder = Callable[[str, "tuple[str, ...] | None", Any], "tuple[bytes, Sequence[str]] | None"]
+
+
+def prepare_batch(
     table: str, data: Any, column_names: Sequence[str] | None
-) -> tuple[int, tuple[str, ...] | None, bytes, list[bytes]]:
+) -> tuple[str, int, tuple[str, ...] | None, Any]:
+    """Check a batch and bring it to one of its forms: (form, rows, names, data)."""
     iterable = not isinstance(data, Sequence | Mapping) and hasattr(data, "__iter__")
     if iterable and type(data).__module__.split(".")[0] not in ("pandas", "pyarrow"):
         data = list(data)  # generators and other iterables of rows
@@ -213,8 +234,7 @@ def _encode_batch(
                 reason="missing columns",
             )
         data = [data[name] for name in names]
-    payload, buffers = dumps((form, data), what="batch")
-    return rows, names, payload, buffers
+    return form, rows, names, data
 
 
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:

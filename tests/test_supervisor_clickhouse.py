@@ -387,3 +387,49 @@ def test_insert_raw_sends_formatted_bytes_once(
     assert counts(ch_client, table) == (100, 100)
     rows = scrape(sup.metrics_url or "")[("chworkers_rows_inserted_total", (("table", table),))]
     assert rows >= 100  # what the endpoint reported as written
+
+
+def test_native_encoding_in_the_producer_matches_a_plain_insert(
+    endpoint: EmbeddedClickHouse, database: str, ch_client: Client, sups: list[Supervisor]
+) -> None:
+    import datetime as dt
+
+    ddl = (
+        "CREATE TABLE {} (id UInt32, ts DateTime, name Nullable(String), "
+        "tags Array(String), kind LowCardinality(String)) ENGINE = MergeTree ORDER BY id"
+    )
+    ch_client.command(ddl.format("native"))
+    ch_client.command(ddl.format("pickled"))
+    rows = [
+        (
+            i,
+            dt.datetime(2024, 5, 1, 12, 0, i % 60),
+            None if i % 3 else f"n{i}",
+            [f"t{j}" for j in range(i % 4)],
+            "ab"[i % 2],
+        )
+        for i in range(500)
+    ]
+    names = ["id", "ts", "name", "tags", "kind"]
+    native_sup = start(sups, endpoint.url, database, workers=1)
+    pickled_sup = start(sups, endpoint.url, database, workers=1, native_encoding=False)
+    assert native_sup.insert("native", rows[:250], names).result(30) == 250
+    columns = {name: [r[k] for r in rows[250:]] for k, name in enumerate(names)}
+    assert native_sup.insert("native", columns).result(30) == 250  # a mapping of columns
+    pickled_sup.insert("pickled", rows, names).result(30)
+    assert native_sup._schemas.get("native", tuple(names)) is not None  # Native was used
+    query = "SELECT * FROM {} ORDER BY id"
+    assert (
+        ch_client.query(query.format("native")).result_rows
+        == ch_client.query(query.format("pickled")).result_rows
+    )
+
+    # A batch Native cannot encode goes as rows and fails like a plain insert would.
+    with pytest.raises(Exception, match=r"(?i)int|str|type"):
+        native_sup.insert("native", [("x", rows[0][1], None, [], "a")], names).result(30)
+    # A changed table is looked up again after the insert that found out.
+    ch_client.command("ALTER TABLE native DROP COLUMN kind")
+    with pytest.raises(ServerError):
+        native_sup.insert("native", [rows[0]], names).result(30)
+    assert native_sup._schemas.get("native", tuple(names)) is None
+    assert native_sup.insert("native", [(1000, rows[0][1], "x", [])], names[:4]).result(30) == 1
