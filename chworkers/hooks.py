@@ -35,7 +35,7 @@ class PoolHooks:
         """A connection to ``endpoint`` was opened."""
 
     def on_connection_closed(self, endpoint: str, reason: str) -> None:
-        """A connection was closed; ``reason`` is idle, lifetime, broken, host_down or shutdown."""
+        """A connection was closed; ``reason`` is idle, lifetime, broken, host_down, resize or shutdown."""
 
     def on_error(self, kind: str, code: int | None) -> None:
         """An operation failed (``kind`` as in :func:`chworkers.retry.error_kind`)."""

@@ -260,14 +260,14 @@ class ConnectionPool:
                 )
             self._in_use.remove(connection)
             reason = "shutdown" if self._closed else self._expired(connection, now)
+            if reason is None and self._total() >= self.options.max_connections:
+                reason = "resize"  # the pool was made smaller while this was out
             if reason is None:
                 self._give(connection)
                 to_close = None
             else:
                 to_close = connection
-                if self._waiters and not self._closed:
-                    self._opening += 1
-                    self._grant(_CREATE)
+                self._let_waiters_open()
             self._drained.notify_all()
         if to_close is not None:
             self._note_host_failure(to_close)
@@ -355,6 +355,29 @@ class ConnectionPool:
             self._close(conn, "shutdown")
         self._emit_state()
 
+    def resize(self, max_connections: int, min_connections: int | None = None) -> None:
+        """Change the pool's bounds at run time (e.g. on SIGHUP).
+
+        Growing lets waiters open connections at once; shrinking closes surplus idle
+        connections now and surplus busy ones as they come back.
+        """
+        self._check_fork()
+        lowest = self.options.min_connections if min_connections is None else min_connections
+        options = dataclasses.replace(
+            self.options,
+            max_connections=max_connections,
+            min_connections=min(lowest, max_connections),
+        )
+        with self._lock:
+            self.options = options
+            surplus = []
+            while self._idle and self._total() > options.max_connections:
+                surplus.append(self._idle.popleft())
+            self._let_waiters_open()
+        for conn in surplus:
+            self._close(conn, "resize")
+        self._emit_state()
+
     def __enter__(self) -> ConnectionPool:
         return self
 
@@ -437,6 +460,12 @@ class ConnectionPool:
         else:
             self._idle.append(conn)
 
+    def _let_waiters_open(self) -> None:
+        """Free capacity: the oldest waiters may open new connections."""
+        while self._waiters and not self._closed and self._total() < self.options.max_connections:
+            self._opening += 1
+            self._grant(_CREATE)
+
     def _grant(self, grant: Connection | str) -> None:
         waiter = self._waiters.popleft()
         waiter.grant = grant
@@ -512,13 +541,7 @@ class ConnectionPool:
                 self._hosts.report_failure(host, exc)
             with self._lock:
                 self._opening -= 1
-                if (
-                    self._waiters
-                    and not self._closed
-                    and self._total() < self.options.max_connections
-                ):
-                    self._opening += 1
-                    self._grant(_CREATE)  # let the next waiter try (maybe another host)
+                self._let_waiters_open()  # the next waiter may try (maybe another host)
                 self._drained.notify_all()
             raise
         conn._owner, conn._owner_pid = self, self._pid
@@ -543,9 +566,7 @@ class ConnectionPool:
     def _discard_in_use(self, conn: Connection) -> None:
         with self._lock:
             self._in_use.discard(conn)
-            if self._waiters and not self._closed:
-                self._opening += 1
-                self._grant(_CREATE)
+            self._let_waiters_open()
         self._note_host_failure(conn)
         self._close(conn, "broken")
 

@@ -290,11 +290,3 @@ class RetryPolicy:
 
 
 _RNG = random.Random()
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_num(value: Any, minimum: float = 0.0) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= minimum

@@ -531,3 +531,23 @@ def test_gateway_503_marks_the_host_down_and_fails_over(
     assert fault_proxy.counts["unavailable"] >= 1
     assert pool.stats().retries.get("server", 0) >= 1
     pool.close()
+
+
+def test_resize_at_run_time(url: str) -> None:
+    pool = ConnectionPool(url, {"min_connections": 0, "max_connections": 1, "acquire_timeout": 5})
+    first = pool.get_connection()
+    got: list[Connection] = []
+    t = threading.Thread(target=lambda: got.append(pool.get_connection()))
+    t.start()
+    wait_for(lambda: pool.stats().waiting == 1)
+    pool.resize(2)  # the waiter may open a second connection at once
+    t.join(5)
+    assert len(got) == 1 and pool.stats().in_use == 2
+    pool.resize(1)
+    pool.release_connection(got[0])  # over the new bound: closed, not kept
+    assert pool.stats().closed == {"resize": 1} and pool.stats().idle == 0
+    pool.release_connection(first)
+    assert pool.stats().idle == 1
+    with pytest.raises(ConfigError, match="max_connections"):
+        pool.resize(0)
+    pool.close()
