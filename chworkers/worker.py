@@ -189,7 +189,7 @@ class _Loop:
                     return True
             except (EOFError, OSError):
                 return False
-            if os.getppid() != spec.parent_pid:
+            if not _alive(spec.parent_pid):
                 log.warning("%s: supervisor is gone, exiting", self.worker.name)
                 return False
 
@@ -362,3 +362,15 @@ class PoolConnector:
             lease=self.lease,
             hooks=RecordingHooks(worker),
         )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists. Not ``os.getppid() == pid``: under forkserver a
+    worker's parent is the fork server, not the supervisor."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
