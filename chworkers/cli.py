@@ -18,7 +18,11 @@ from chworkers import __version__, logs
 from chworkers.errors import ChworkersError, ConfigError
 
 #: Modules that contribute a subcommand, in the order ``--help`` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("chworkers.embedded.cli", "chworkers.demo")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "chworkers.commands",
+    "chworkers.embedded.cli",
+    "chworkers.demo",
+)
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0

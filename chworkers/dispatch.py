@@ -153,16 +153,16 @@ class Dispatcher:
         except ChworkersError as exc:
             self._failed(batch, exc)
             return
-        future.add_done_callback(lambda f: self._completed(batch, f))
+        future.add_done_callback(lambda f: self._completed(batch, full, f))
 
-    def _completed(self, batch: SpooledBatch, future: Future[Any]) -> None:
+    def _completed(self, batch: SpooledBatch, full: SpooledBatch, future: Future[Any]) -> None:
         error = future.exception()
         if error is not None:
             self._failed(batch, error)
             return
         try:
             if self.on_done is not None:
-                self.on_done(batch, future.result())
+                self.on_done(full, future.result())
         except Exception as exc:
             log.exception("handling the result of batch %d failed", batch.seq)
             self._failed(batch, exc)

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from chworkers.batcher import Batcher
+from chworkers.batcher import Batcher, BatchLimits
 from chworkers.errors import SpoolFullError
 from chworkers.framing import FORMATS, Framer, RecordTooLargeError
 
@@ -47,6 +47,7 @@ class Route:
     pipeline: str
     format: str = "JSONEachRow"
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    limits: BatchLimits | None = None
 
 
 class _BadRequest(Exception):
@@ -124,7 +125,13 @@ class IngestServer:
         if rows == 0:
             return {"rows": 0}
         ticket = self.batcher.add(
-            route.table, records, rows, format=fmt, pipeline=route.pipeline, settings=route.settings
+            route.table,
+            records,
+            rows,
+            format=fmt,
+            pipeline=route.pipeline,
+            settings=route.settings,
+            limits=route.limits,
         )
         try:
             ticket.wait(self.spool_timeout)

@@ -21,7 +21,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -351,8 +351,13 @@ def build(
         values[name] = parse_value(tp, f.metadata, raw, key, where)
     try:
         return cls(**values)
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        if source in str(exc):
+            raise
+        key = prefix + exc.key if exc.key else prefix.rstrip(".")
+        raise ConfigError(
+            f"{source}: {exc}", key=key, value=exc.value, expected=exc.expected, source=source
+        ) from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'settings'}: {exc}") from exc
 
@@ -436,8 +441,11 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_reference(cls: type[Any]) -> str:
-    """The Markdown reference table of every setting, derived from the declarations."""
+def render_reference(cls: type[Any], env_for: Callable[[str], str] | None = None) -> str:
+    """The Markdown reference table of every setting, derived from the declarations.
+
+    ``env_for(key)`` names the environment variable when it is not the default one.
+    """
     rows = [
         "| key | type | default | environment variable | meaning |",
         "| --- | --- | --- | --- | --- |",
@@ -448,8 +456,8 @@ def render_reference(cls: type[Any]) -> str:
         )
         help_text = info.help.replace("|", "\\|")
         if info.secret:
-            help_text += f" Also `{info.key}_file` / `{info.env}_FILE`."
-        rows.append(
-            f"| `{info.key}` | {info.type_name} | `{default}` | `{info.env}` | {help_text} |"
-        )
+            env = env_for(info.key) if env_for is not None else info.env
+            help_text += f" Also `{info.key}_file` / `{env}_FILE`."
+        env = env_for(info.key) if env_for is not None else info.env
+        rows.append(f"| `{info.key}` | {info.type_name} | `{default}` | `{env}` | {help_text} |")
     return "\n".join(rows) + "\n"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from chworkers.batcher import Batcher
+from chworkers.batcher import Batcher, BatchLimits
 from chworkers.framing import Framer, RecordTooLargeError
 from chworkers.spool import SpooledBatch
 
@@ -120,8 +120,10 @@ class _Source:
         on_error: Callable[[str, str], None] | None = None,
         max_record_bytes: int = 16 * 1024 * 1024,
         read_size: int = READ_SIZE,
+        limits: BatchLimits | None = None,
     ) -> None:
         self.name = name
+        self.limits = limits
         self.read_size = read_size
         self.table = table
         self.format = format
@@ -143,6 +145,7 @@ class _Source:
             pipeline=self.name,
             settings=self.settings,
             meta=meta,
+            limits=self.limits,
         )
         self.rows += rows
 

@@ -89,7 +89,7 @@ class Supervisor:
         self,
         clickhouse: Any = None,
         *,
-        pool_options: Mapping[str, Any] | None = None,
+        pool_options: PoolOptions | Mapping[str, Any] | None = None,
         retry: Any = None,
         middleware: Iterable[Middleware] = (),
         dead_letter: Callable[[DeadLetter], None] | None = None,

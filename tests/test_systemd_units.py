@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 
 from chworkers.pipelines import build_pipelines
-from chworkers.pool import PoolOptions
-from chworkers.settings import build
 from chworkers.spool import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,13 +245,6 @@ def test_example_config_has_the_documented_shape() -> None:
         assert config[section]["dir"].startswith("/var/lib/chworkers/")  # the StateDirectory
     host, _, port = config["metrics"]["listen"].rpartition(":")
     assert host == "127.0.0.1" and 0 < int(port) < 65536
-
-
-def test_example_pool_and_retry_pass_their_declared_settings() -> None:
-    config = tomllib.loads((DEPLOY / "chworkers.toml").read_text())
-    pool = build(PoolOptions, config["clickhouse"]["pool"], env={}, source="chworkers.toml")
-    assert pool.max_connections == 4
-    assert pool.retry.max_attempts == 8 and pool.retry.initial_backoff == 0.5
 
 
 def test_example_pipelines_pass_the_daemons_own_validation() -> None:

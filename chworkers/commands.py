@@ -1,0 +1,181 @@
+"""The daemon's subcommands: ``run``, ``check`` and ``config``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from chworkers import config as config_module
+from chworkers.errors import ChworkersError
+
+DEMO_TABLE = "demo_events"
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run the ingestion daemon",
+        description="Run the ingestion daemon: sources -> batches -> spool -> ClickHouse. "
+        "Settings come from the config file and CHWORKERS_* environment variables.",
+    )
+    run.add_argument("-c", "--config", help="the TOML config file")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="run a demo pipeline: generated events into the embedded ClickHouse",
+    )
+    run.add_argument("--rows", type=int, default=200_000, help="rows the demo generates")
+    run.add_argument("--state-dir", help="override state_dir (spool, checkpoints, data)")
+    run.set_defaults(handler=_run)
+
+    check = subparsers.add_parser(
+        "check",
+        help="validate a config file and reach ClickHouse",
+        description="Validate the config (every key) and connect to ClickHouse.",
+    )
+    check.add_argument("-c", "--config", required=True, help="the TOML config file")
+    check.set_defaults(handler=_check)
+
+    cfg = subparsers.add_parser(
+        "config",
+        help="print the defaults, the reference, or an effective config",
+        description="Print configuration: every default (--defaults), the Markdown "
+        "reference (--reference), or a file's effective settings with secrets hidden.",
+    )
+    group = cfg.add_mutually_exclusive_group(required=True)
+    group.add_argument("--defaults", action="store_true", help="a TOML file of all defaults")
+    group.add_argument("--reference", action="store_true", help="the Markdown reference")
+    group.add_argument("-c", "--config", help="show this file's effective settings")
+    cfg.set_defaults(handler=_config)
+
+
+def demo_config(rows: int, state_dir: str | None) -> config_module.Config:
+    from chworkers.sources import GENERATOR_SCHEMA
+
+    return config_module.load(
+        data={
+            "state_dir": state_dir or "chworkers-demo",
+            "metrics": {"port": 0},
+            "spool": {"fsync": False},
+            "pipelines": [
+                {
+                    "name": "demo",
+                    "source": "generator",
+                    "generator_count": rows,
+                    "table": DEMO_TABLE,
+                    "create": GENERATOR_SCHEMA,
+                    "engine": "MergeTree ORDER BY (event, ts)",
+                    "max_rows": 50_000,
+                }
+            ],
+        }
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from chworkers.daemon import Daemon
+
+    if args.demo:
+        cfg = demo_config(args.rows, args.state_dir)
+    elif args.config:
+        cfg = config_module.load(args.config)
+        if args.state_dir:
+            cfg = dataclasses.replace(cfg, state_dir=Path(args.state_dir))
+    else:
+        raise ChworkersError(
+            "nothing to run: give a config file (-c FILE) or try --demo; "
+            "`chworkers config --defaults` prints a starting point"
+        )
+    if not cfg.pipelines:
+        raise ChworkersError(f"{cfg.source}: no [[pipelines]] configured; nothing to ingest")
+    progress = sys.stderr if sys.stderr.isatty() else None
+    daemon = Daemon(cfg, progress=progress)
+    if args.demo:
+        daemon.before_stop = _print_demo_result
+    code = daemon.run()
+    print(daemon.summary())
+    return code
+
+
+def _print_demo_result(daemon: Any) -> None:
+    from chworkers.pool import ConnectionPool
+
+    pool = ConnectionPool(daemon.clickhouse_url, {"min_connections": 0, "max_connections": 1})
+    try:
+        result = pool.with_connection(
+            lambda c: c.query(
+                f"SELECT event, count() AS rows, round(avg(value), 2) AS avg_value "
+                f"FROM {DEMO_TABLE} GROUP BY event ORDER BY event"
+            )
+        )
+        total = pool.with_connection(lambda c: c.command(f"SELECT count() FROM {DEMO_TABLE}"))
+    finally:
+        pool.close()
+    print(f"\n{DEMO_TABLE} now holds {int(total):,} rows (state in {daemon.state_dir}):")
+    print(f"  {'event':<10} {'rows':>10} {'avg(value)':>11}")
+    for event, rows, avg in result.result_rows:
+        print(f"  {event:<10} {rows:>10,} {avg:>11}")
+    print(f"metrics were served at {daemon.metrics_url}")
+    print()
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = config_module.load(args.config)
+    print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
+    ch = cfg.settings.clickhouse
+    if ch.url == config_module.EMBEDDED:
+        print("clickhouse: the embedded endpoint (started by `chworkers run`)")
+        return 0
+    from chworkers.pool import ConnectionPool
+
+    conn = ch.connection()
+    pool = ConnectionPool(conn, dataclasses.replace(ch.pool, min_connections=0))
+    try:
+        version = pool.with_connection(lambda c: c.command("SELECT version()"))
+        print(f"clickhouse: {conn.url} answers (version {version})")
+        missing = 0
+        for p in cfg.pipelines:
+            exists = pool.with_connection(
+                lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
+            )
+            if int(exists):
+                state = "exists"
+            elif p.create:
+                state = "missing; `run` creates it"
+            else:
+                state = "MISSING (create it, or declare `create` in the pipeline)"
+                missing += 1
+            print(f"pipeline {p.name}: table {p.table} {state}")
+    finally:
+        pool.close()
+    return 1 if missing else 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.defaults:
+        print(config_module.defaults_toml(), end="")
+    elif args.reference:
+        print(config_module.reference_markdown(), end="")
+    else:
+        cfg = config_module.load(args.config)
+        print(json.dumps(_redacted(cfg), indent=2, default=str))
+    return 0
+
+
+def _redacted(cfg: config_module.Config) -> dict[str, Any]:
+    data = dataclasses.asdict(cfg.settings)
+    for section, key in (("clickhouse", "password"), ("http", "token")):
+        if data[section].get(key):
+            data[section][key] = "***"
+    data["clickhouse"]["pool"]["retry"].pop("history", None)
+    data["clickhouse"]["pool"]["retry"].pop("started_at", None)
+    return {
+        "source": cfg.source,
+        "state_dir": str(cfg.state_dir),
+        "settings": data,
+        "pipelines": [dataclasses.asdict(p) for p in cfg.pipelines],
+    }

@@ -1,0 +1,484 @@
+"""``chworkers run``: sources -> batches -> spool -> workers -> ClickHouse, exactly once.
+
+The daemon wires the pieces together and owns the process's signals:
+
+* sources (:mod:`chworkers.sources`, :mod:`chworkers.ingest`) frame records and hand
+  them to the :class:`~chworkers.batcher.Batcher`;
+* a cut batch is written to the :class:`~chworkers.spool.Spool` (fsync'd) before anyone
+  is told it was accepted, and its source position is checkpointed right after;
+* the :class:`~chworkers.dispatch.Dispatcher` feeds spooled batches to the
+  :class:`~chworkers.supervisor.Supervisor`'s workers, which insert them with their
+  fixed deduplication tokens (rejected rows are bisected out to the dead-letter
+  directory); only a confirmed batch leaves the spool.
+
+SIGTERM/SIGINT: stop intake, flush batches to the spool, finish inserts within
+``graceful_timeout``; whatever is left stays in the spool for the next start. A second
+signal stops at once. SIGHUP re-reads the config and applies what can change at runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import IO, Any, BinaryIO
+
+from chworkers.batcher import Batcher
+from chworkers.config import EMBEDDED, Config
+from chworkers.deadletter import DeadLetters
+from chworkers.dispatch import Dispatcher
+from chworkers.errors import ChworkersError
+from chworkers.framing import FORMATS
+from chworkers.ingest import IngestServer, Route
+from chworkers.inserts import insert_batch
+from chworkers.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
+from chworkers.spool import Spool, SpooledBatch
+from chworkers.supervisor import Supervisor
+from chworkers.systemd import Notifier, Watchdog, format_status
+
+log = logging.getLogger(__name__)
+
+#: Exit codes of ``chworkers run`` (see the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_UNFINISHED = 4  # stopped with batches left in the spool (they are kept)
+
+
+@dataclass
+class Totals:
+    """What the daemon did, for the progress line and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    rows_read: int = 0
+    rows_inserted: int = 0
+    bytes_inserted: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    failures: int = 0
+
+    def rate(self) -> float:
+        return self.rows_inserted / max(1e-9, time.monotonic() - self.started)
+
+
+class Daemon:
+    """One ``chworkers run``. Build it from a :class:`Config`, then call :meth:`run`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stdin: BinaryIO | None = None,
+        progress: IO[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.stdin = stdin
+        self.progress = progress
+        self.totals = Totals()
+        self.state_dir = config.state_dir
+        self.metrics_url: str | None = None
+        self.ingest_url: str | None = None
+        self.clickhouse_url: str | None = None
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._stop_sources = threading.Event()
+        self._source_threads: list[threading.Thread] = []
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        #: Called with the daemon after the last batch is in, before ClickHouse (if
+        #: embedded) stops: the demo queries the result here.
+        self.before_stop: Callable[[Daemon], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until the sources are done (finite pipelines) or a signal says stop."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._state_lock())
+            notifier = Notifier.from_environ()
+            stack.callback(notifier.close)
+            url = self._start_clickhouse(stack)
+            self._start_supervisor(stack, url)
+            self._start_pipeline_machinery(stack)
+            self._create_tables()
+            self._replay()
+            self._start_sources(stack)
+            watchdog = Watchdog(notifier, self._healthy)
+            watchdog.start()
+            stack.callback(watchdog.stop)
+            self._install_signals(stack)
+            notifier.ready(self._status())
+            self._ready.set()
+            log.info(
+                "chworkers running: %d pipelines, ClickHouse %s, metrics %s%s",
+                len(self.config.pipelines),
+                self.clickhouse_url,
+                self.metrics_url or "off",
+                f", ingest {self.ingest_url}/ingest/<table>" if self.ingest_url else "",
+            )
+            code = self._loop(notifier)
+            notifier.stopping("stopping")
+            if self.before_stop is not None:
+                self.before_stop(self)
+        return code
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop as SIGTERM would (thread-safe)."""
+        self._signals.put(signal.SIGTERM)
+
+    # -- startup pieces ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "daemon.lock"
+        fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ChworkersError(
+                f"state directory {self.state_dir} is in use by {holder}; run one daemon per "
+                "state directory (set state_dir or CHWORKERS_STATE_DIR)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"chworkers pid {os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.close()
+
+    def _start_clickhouse(self, stack: contextlib.ExitStack) -> str | None:
+        ch = self.config.settings.clickhouse
+        if ch.url != EMBEDDED:
+            self.clickhouse_url = ch.connection().url
+            return None
+        from chworkers.embedded import EmbeddedClickHouse
+
+        endpoint = EmbeddedClickHouse(
+            self.state_dir / "clickhouse",
+            host=ch.embedded.host,
+            port=ch.embedded.port,
+            log_path=self.state_dir / "clickhouse.log",
+        )
+        endpoint.start()
+        stack.callback(endpoint.close)
+        self.clickhouse_url = endpoint.url
+        log.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
+        return endpoint.url
+
+    def _start_supervisor(self, stack: contextlib.ExitStack, url: str | None) -> None:
+        s = self.config.settings
+        self.supervisor = Supervisor(
+            s.clickhouse.connection(url),
+            pool_options=s.clickhouse.pool,
+            workers=s.workers.workers,
+            max_connections=s.clickhouse.pool.max_connections,
+            start_method=s.workers.start_method,
+            graceful_timeout=max(0.1, s.workers.graceful_timeout),
+            hung_timeout=s.workers.hung_timeout,
+            metrics_host=s.metrics.host,
+            metrics_port=s.metrics.port,
+            handle_signals=False,
+        )
+        self.supervisor.start()
+        stack.callback(self._stop_supervisor)
+        self.metrics = self.supervisor.metrics
+        self.metrics_url = self.supervisor.metrics_url
+
+    def _stop_supervisor(self) -> None:
+        self.supervisor.stop(graceful=True, timeout=5)
+
+    def _start_pipeline_machinery(self, stack: contextlib.ExitStack) -> None:
+        s = self.config.settings
+        self.spool = Spool(
+            self.state_dir / "spool",
+            max_bytes=s.spool.max_bytes,
+            policy=s.spool.policy,
+            fsync=s.spool.fsync,
+            metrics=self.metrics,
+        )
+        stack.callback(self.spool.close)
+        self.checkpoints = Checkpoints(self.state_dir / "positions")
+        self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
+        self.dispatcher = Dispatcher(
+            self.spool,
+            self._submit,
+            on_done=self._confirmed,
+            on_failure=self._failed,
+            max_in_flight=s.workers.max_in_flight or 2 * s.workers.workers,
+            max_backoff=s.workers.retry_backoff_max,
+        )
+        self.batcher = Batcher(self.spool, self._spooled, spool_timeout=None)
+
+    def _create_tables(self) -> None:
+        for p in self.config.pipelines:
+            statement = p.create_statement()
+            if statement is None:
+                continue
+            self.supervisor.submit(_create_table, statement).result(timeout=120)
+            log.info("pipeline %s: table %s is ready", p.name, p.table)
+
+    def _replay(self) -> None:
+        batches = self.spool.recover()
+        self.checkpoints.recover(batches)
+        for batch in batches:
+            self.dispatcher.add(batch)
+        self.dispatcher.start()
+        if batches:
+            log.info("replaying %d spooled batches from the last run", len(batches))
+
+    def _start_sources(self, stack: contextlib.ExitStack) -> None:
+        routes: dict[str, Route] = {}
+        for p in self.config.pipelines:
+            common: dict[str, Any] = {
+                "name": p.name,
+                "table": p.table,
+                "format": p.format,
+                "batcher": self.batcher,
+                "settings": p.settings,
+                "on_error": self._source_error,
+                "limits": p.limits,
+            }
+            source: Any
+            if p.source == "http":
+                routes[p.table] = Route(p.table, p.name, p.format, p.settings, p.limits)
+                continue
+            if p.source == "stdin":
+                source = StreamSource(self.stdin or sys.stdin.buffer, **common)
+            elif p.source == "file":
+                source = FileSource(
+                    p.paths,
+                    checkpoints=self.checkpoints,
+                    follow=p.follow,
+                    poll_interval=p.poll_interval,
+                    **common,
+                )
+            else:
+                source = GeneratorSource(count=p.generator_count, rate=p.generator_rate, **common)
+            thread = threading.Thread(
+                target=self._run_source, args=(source,), name=f"source-{p.name}", daemon=True
+            )
+            self._source_threads.append(thread)
+        if routes:
+            h = self.config.settings.http
+            self.ingest = IngestServer(
+                routes,
+                self.batcher,
+                host=h.host,
+                port=h.port,
+                token=h.token,
+                max_body_bytes=h.max_body_bytes,
+                spool_timeout=h.spool_timeout,
+                on_error=self._source_error,
+            )
+            self.ingest.start()
+            self.ingest_url = self.ingest.url
+            stack.callback(self.ingest.stop)
+        for thread in self._source_threads:
+            thread.start()
+
+    def _run_source(self, source: Any) -> None:
+        try:
+            source.run(self._stop_sources)
+        except Exception:
+            log.exception("source %s failed", source.name)
+        finally:
+            with self._lock:
+                self.totals.rows_read += source.rows
+
+    def _install_signals(self, stack: contextlib.ExitStack) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in a program that owns its signals: use request_stop()
+
+        def handler(signum: int, frame: object) -> None:
+            self._signals.put(signum)  # only enqueue; the loop acts
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous = signal.signal(signum, handler)
+            stack.callback(signal.signal, signum, previous)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _finite(self) -> bool:
+        return not self.ingest_url and not any(
+            (p.source == "file" and p.follow)
+            or (p.source == "generator" and p.generator_count == 0)
+            for p in self.config.pipelines
+        )
+
+    def _loop(self, notifier: Notifier) -> int:
+        last_status = 0.0
+        while True:
+            try:
+                signum = self._signals.get(timeout=0.5)
+            except queue.Empty:
+                signum = None
+            if signum == signal.SIGHUP:
+                notifier.reloading()
+                self._reload()
+                notifier.ready(self._status())
+            elif signum is not None:
+                log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
+                return self._shutdown()
+            elif self._finite() and not any(t.is_alive() for t in self._source_threads):
+                return self._shutdown(finished=True)
+            now = time.monotonic()
+            if now - last_status >= 1.0:
+                last_status = now
+                status = self._status()
+                notifier.status(status)
+                if self.progress is not None:
+                    self.progress.write("\r\x1b[2K" + status)
+                    self.progress.flush()
+
+    def _shutdown(self, *, finished: bool = False) -> int:
+        self._stop_sources.set()
+        if getattr(self, "ingest", None) is not None:
+            self.ingest.stop()
+        for thread in self._source_threads:
+            thread.join(timeout=10)
+        self.batcher.close()  # everything accepted is now in the spool
+        timeout = None if finished else self.config.settings.workers.graceful_timeout
+        done = self._drain(timeout)
+        self.dispatcher.stop()
+        if self.progress is not None:
+            self.progress.write("\r\x1b[2K")
+        left = self.spool.stats()["batches"]
+        if left:
+            log.warning(
+                "stopping with %d batches left in the spool; they go first next start", left
+            )
+            return EXIT_UNFINISHED if not done else EXIT_OK
+        return EXIT_OK
+
+    def _drain(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self.dispatcher.wait_idle(0.5 if remaining is None else min(0.5, remaining)):
+                return True
+            with contextlib.suppress(queue.Empty):
+                if self._signals.get_nowait() in (signal.SIGTERM, signal.SIGINT):
+                    log.warning("second signal: stopping now; unfinished batches stay spooled")
+                    return False
+
+    def _reload(self) -> None:
+        from chworkers import config as config_module
+
+        if self.config.source == "defaults":
+            log.info("SIGHUP: no config file to reload")
+            return
+        try:
+            new = config_module.load(self.config.source)
+        except ChworkersError as exc:
+            log.error("SIGHUP: keeping the running configuration: %s", exc)
+            return
+        s = new.settings
+        self.supervisor.reconfigure(
+            workers=s.workers.workers,
+            max_connections=s.clickhouse.pool.max_connections,
+            retry=s.clickhouse.pool.retry,
+            graceful_timeout=max(0.1, s.workers.graceful_timeout),
+            hung_timeout=s.workers.hung_timeout,
+        )
+        self.config = Config(
+            settings=s,
+            pipelines=self.config.pipelines,
+            state_dir=self.state_dir,
+            source=self.config.source,
+        )
+        log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.workers.workers)
+
+    # -- batches -----------------------------------------------------------------------
+
+    def _spooled(self, batch: SpooledBatch) -> None:
+        self.checkpoints.commit_batch(batch)
+        self.dispatcher.add(batch)
+
+    def _submit(self, batch: SpooledBatch) -> Future[Any]:
+        return self.supervisor.submit(
+            insert_batch,
+            batch.table,
+            batch.payload,
+            batch.format,
+            batch.token,
+            dict(batch.settings),
+            FORMATS.get(batch.format, False),
+        )
+
+    def _confirmed(self, batch: SpooledBatch, result: Any) -> None:
+        rows, rejected = result
+        if rejected:
+            self.dead_letters.write(
+                batch.table, rejected, pipeline=batch.pipeline, batch=batch.token
+            )
+        m = self.metrics
+        m.rows_inserted.labels(table=batch.table).inc(rows)
+        m.bytes_inserted.labels(table=batch.table).inc(batch.size)
+        m.last_insert.labels(table=batch.table).set_to_current_time()
+        with self._lock:
+            self.totals.rows_inserted += rows
+            self.totals.batches += 1
+            self.totals.dead_letters += len(rejected)
+
+    def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
+        with self._lock:
+            self.totals.failures += 1
+
+    def _source_error(self, source: str, message: str) -> None:
+        self.metrics.source_errors.labels(source=source).inc()
+
+    # -- health and status --------------------------------------------------------------
+
+    def _healthy(self) -> bool:
+        ok, _ = self.supervisor._healthy()
+        return bool(ok)
+
+    def _status(self) -> str:
+        spool = self.spool.stats() if hasattr(self, "spool") else {"batches": 0, "bytes": 0}
+        with self._lock:
+            t = self.totals
+            text = format_status(
+                t.rate(),
+                self.dispatcher.backlog() if hasattr(self, "dispatcher") else 0,
+                spool_batches=int(spool["batches"]),
+                spool_bytes=int(spool["bytes"]),
+            )
+            return (
+                f"{t.rows_inserted:,} rows inserted, {text}, "
+                f"{t.dead_letters} dead letters, {t.failures} failed attempts"
+            )
+
+    def summary(self) -> str:
+        t = self.totals
+        elapsed = time.monotonic() - t.started
+        lines = [
+            f"inserted {t.rows_inserted:,} rows in {t.batches:,} batches in {elapsed:.1f} s "
+            f"({t.rate():,.0f} rows/s)",
+            f"dead letters: {t.dead_letters:,}"
+            + (f" (in {self.state_dir / 'dead-letter'})" if t.dead_letters else ""),
+            f"failed attempts (retried): {t.failures:,}",
+            f"spool: {self.spool.stats()['batches']:.0f} batches left in {self.state_dir / 'spool'}",
+        ]
+        return "\n".join(lines)
+
+
+def _create_table(conn: Any, statement: str) -> None:
+    conn.command(statement, idempotent=True)

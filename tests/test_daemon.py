@@ -1,0 +1,293 @@
+"""The daemon end to end: real processes, a real endpoint, real faults."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from chworkers import ConnectionPool, config
+from chworkers.daemon import Daemon
+from chworkers.embedded import EmbeddedClickHouse
+from chworkers.spool import Spool
+
+SCHEMA = "n UInt64, s String"
+
+
+@pytest.fixture
+def own_endpoint(tmp_path: Path) -> Iterator[EmbeddedClickHouse]:
+    ch = EmbeddedClickHouse(tmp_path / "ch")
+    ch.start()
+    yield ch
+    ch.close()
+
+
+def query(url: str, sql: str) -> Any:
+    pool = ConnectionPool(url, {"min_connections": 0, "max_connections": 1})
+    try:
+        return pool.with_connection(lambda c: c.query(sql).result_rows)
+    finally:
+        pool.close()
+
+
+def make_config(tmp_path: Path, url: str, pipelines: list[dict[str, Any]], **extra: Any) -> Any:
+    data: dict[str, Any] = {
+        "state_dir": str(tmp_path / "state"),
+        "clickhouse": {
+            "url": url,
+            "pool": {"max_connections": 2, "retry": {"initial_backoff": 0.05, "max_backoff": 0.5}},
+        },
+        "workers": {"workers": 2, "retry_backoff_max": 1.0},
+        "metrics": {"port": 0},
+        "spool": {"fsync": False},
+        "http": {"port": 0},
+        "pipelines": pipelines,
+    }
+    data.update(extra)
+    return config.load(data=data, env={})
+
+
+def pipeline(**kw: Any) -> dict[str, Any]:
+    base = {
+        "name": "p",
+        "table": "ev",
+        "create": SCHEMA,
+        "engine": "MergeTree ORDER BY n",
+        "max_delay": "100ms",
+        "max_rows": 20_000,
+    }
+    base.update(kw)
+    return base
+
+
+class Running:
+    """A daemon running in a thread of the test process."""
+
+    def __init__(self, cfg: Any, **kw: Any) -> None:
+        self.daemon = Daemon(cfg, **kw)
+        self.code: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        assert self.daemon.wait_ready(120) or self.error is None, self.error
+
+    def _run(self) -> None:
+        try:
+            self.code = self.daemon.run()
+        except BaseException as exc:
+            self.error = exc
+            self.daemon._ready.set()
+
+    def stop(self, timeout: float = 120) -> int | None:
+        self.daemon.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.code
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def lines(start: int, stop: int) -> bytes:
+    return b"".join(b'{"n":%d,"s":"row %d"}\n' % (i, i) for i in range(start, stop))
+
+
+@pytest.mark.timeout(300)
+def test_million_lines_through_stdin_exact_count_and_checksum(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    data = tmp_path / "in.json"
+    data.write_bytes(lines(0, 1_000_000))
+    cfg = make_config(tmp_path, own_endpoint.url, [pipeline(source="stdin", max_rows=100_000)])
+    with open(data, "rb") as stdin:
+        daemon = Daemon(cfg, stdin=stdin)
+        assert daemon.run() == 0
+    assert daemon.totals.rows_inserted == 1_000_000
+    count, total, distinct = query(
+        own_endpoint.url, "SELECT count(), sum(n), uniqExact(n) FROM ev"
+    )[0]
+    assert (count, total, distinct) == (1_000_000, sum(range(1_000_000)), 1_000_000)
+    assert not list((tmp_path / "state" / "spool").glob("*.batch"))
+
+
+@pytest.mark.timeout(180)
+def test_http_push_from_eight_clients_exact_count(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    cfg = make_config(tmp_path, own_endpoint.url, [pipeline(source="http")])
+    running = Running(cfg)
+    port = urlsplit(running.daemon.ingest_url).port
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in range(20):
+            base = (c * 20 + i) * 50
+            body = gzip.compress(lines(base, base + 50))
+            conn.request("POST", "/ingest/ev", body=body, headers={"Content-Encoding": "gzip"})
+            resp = conn.getresponse()
+            assert resp.status == 202, resp.read()
+            resp.read()
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert running.stop() == 0
+    assert query(own_endpoint.url, "SELECT count(), uniqExact(n) FROM ev")[0] == (8000, 8000)
+
+
+@pytest.mark.timeout(180)
+def test_malformed_and_mistyped_rows_go_to_dead_letters(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    good = lines(0, 1000).splitlines(keepends=True)
+    bad = [b'{"n":"not a number","s":"x"}\n', b'{"n":5,"s":\n', b'{"n":-1,"s":"neg"}\n']
+    payload = b"".join(good[:500] + bad + good[500:])
+    (tmp_path / "in.json").write_bytes(payload)
+    cfg = make_config(
+        tmp_path,
+        own_endpoint.url,
+        [pipeline(source="file", paths=[str(tmp_path / "in.json")], max_rows=100_000)],
+    )
+    daemon = Daemon(cfg)
+    assert daemon.run() == 0
+    assert query(own_endpoint.url, "SELECT count() FROM ev")[0][0] == 1000
+    letters = [
+        json.loads(line)
+        for path in (tmp_path / "state" / "dead-letter" / "ev").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(e["record"].encode() + b"\n" for e in letters) == sorted(bad)
+    assert all(e["error"]["code"] and e["error"]["message"] for e in letters)
+    assert daemon.totals.dead_letters == 3
+
+
+@pytest.mark.timeout(240)
+def test_endpoint_down_mid_ingest_spools_and_recovers(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    cfg = make_config(tmp_path, own_endpoint.url, [pipeline(source="http", max_delay="50ms")])
+    running = Running(cfg)
+    port = urlsplit(running.daemon.ingest_url).port
+
+    def post(start: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/ingest/ev", body=lines(start, start + 100))
+        resp = conn.getresponse()
+        assert resp.status == 202
+        resp.read()
+        conn.close()
+
+    for i in range(10):
+        post(i * 100)
+    wait_for(lambda: running.daemon.totals.rows_inserted == 1000)
+    own_endpoint.kill()
+    outage_started = time.monotonic()
+    for i in range(10, 60):  # accepted while ClickHouse is down: spooled on disk
+        post(i * 100)
+        time.sleep(0.05)
+    wait_for(lambda: running.daemon.totals.failures >= 2)
+    assert running.daemon.spool.stats()["batches"] >= 1
+    time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
+    own_endpoint.start()
+    wait_for(lambda: running.daemon.totals.rows_inserted == 6000, timeout=90)
+    assert running.stop() == 0
+    assert query(own_endpoint.url, "SELECT count(), uniqExact(n) FROM ev")[0] == (6000, 6000)
+
+
+def test_corrupt_spool_file_is_quarantined_and_the_rest_replayed(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    spool = Spool(tmp_path / "state" / "spool", fsync=False)
+    ok = spool.put("ev", lines(0, 10), format="JSONEachRow", rows=10)
+    broken = spool.put("ev", lines(10, 20), format="JSONEachRow", rows=10)
+    assert broken.path is not None
+    broken.path.write_bytes(broken.path.read_bytes()[:-7])
+    (tmp_path / "empty.json").write_bytes(b"")
+    cfg = make_config(
+        tmp_path,
+        own_endpoint.url,
+        [pipeline(source="file", paths=[str(tmp_path / "empty.json")])],
+    )
+    daemon = Daemon(cfg)
+    assert daemon.run() == 0
+    assert query(own_endpoint.url, "SELECT count(), max(n) FROM ev")[0] == (10, 9)
+    quarantined = list((tmp_path / "state" / "spool" / "quarantine").iterdir())
+    assert [p.name.split(".batch")[0] for p in quarantined] == [f"{broken.seq:020d}"]
+    assert ok.seq != broken.seq
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_mid_ingest_then_restart_exact_count(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    n = 300_000
+    (tmp_path / "in.json").write_bytes(lines(0, n))
+    conf = tmp_path / "chworkers.toml"
+    conf.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[clickhouse]
+url = "{own_endpoint.url}"
+[workers]
+workers = 2
+[metrics]
+port = 0
+[spool]
+fsync = true
+[[pipelines]]
+name = "p"
+source = "file"
+paths = ["{tmp_path / "in.json"}"]
+table = "ev"
+create = "{SCHEMA}"
+engine = "MergeTree ORDER BY n"
+max_rows = 5000
+"""
+    )
+    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def inserted() -> int:
+        try:
+            return int(query(own_endpoint.url, "SELECT count() FROM ev")[0][0])
+        except Exception:
+            return 0
+
+    try:
+        wait_for(lambda: inserted() >= 20_000 or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Workers die with their supervisor; wait until nothing is inserting any more.
+    time.sleep(2)
+    assert inserted() < n
+    again = subprocess.run(cmd, capture_output=True, timeout=240)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert query(own_endpoint.url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
+        n,
+        n,
+        sum(range(n)),
+    )
