@@ -286,6 +286,11 @@ class LeaseBroker:
         except (EOFError, OSError):
             with self._lock:
                 peer.drop = True
+        except Exception:
+            # A garbled message must cost that one client its connection, not the broker.
+            log.exception("lease broker: bad message from holder %s; disconnecting it", peer.holder)
+            with self._lock:
+                peer.drop = True
 
     def _handle(self, peer: _Peer, msg: Any) -> None:
         kind = msg[0]

@@ -235,3 +235,20 @@ def test_bad_arguments_are_clear() -> None:
             broker.client("x").acquire(-1)
     finally:
         broker.close()
+
+
+def test_a_garbled_client_is_dropped_and_the_broker_keeps_serving(broker: LeaseBroker) -> None:
+    import socket as _socket
+
+    from multiprocess.connection import Connection as MPConnection
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.connect(broker.address)
+    rogue = MPConnection(sock.detach())
+    rogue.send(("hello", "rogue", os.getpid()))
+    rogue.send(("acquire",))  # malformed: no request id
+    with pytest.raises((EOFError, OSError)):
+        rogue.recv()  # the broker hung up on it
+    client = broker.client("good")
+    client.acquire(1)
+    assert broker.stats().by_holder == {"good": 1}

@@ -31,6 +31,7 @@ from chworkers.errors import (
     PoolClosedError,
     PoolError,
     PoolTimeoutError,
+    ResponseTimeoutError,
     RetriesExhaustedError,
     ServerError,
 )
@@ -550,4 +551,30 @@ def test_resize_at_run_time(url: str) -> None:
     assert pool.stats().idle == 1
     with pytest.raises(ConfigError, match="max_connections"):
         pool.resize(0)
+    pool.close()
+
+
+def test_maybe_applied_is_retried_only_with_a_token(fault_proxy: FaultProxy, database: str) -> None:
+    pool = ConnectionPool(
+        {"url": f"{fault_proxy.url}/{database}", "send_receive_timeout": 0.5},
+        {"min_connections": 1, "max_connections": 2, "retry": {"initial_backoff": 0.01}},
+    )
+    pool.with_connection(
+        lambda c: c.command(
+            "CREATE TABLE t (a Int32) ENGINE = MergeTree ORDER BY a "
+            "SETTINGS non_replicated_deduplication_window = 100"
+        )
+    )
+    # A plain INSERT statement has no token: after a timeout it may have been applied.
+    fault_proxy.set("delay", delay=1.0, times=1, match=b"INSERT")
+    with pytest.raises(ResponseTimeoutError):
+        pool.with_connection(lambda c: c.command("INSERT INTO t VALUES (1)"))
+    assert pool.stats().retries == {}
+    # insert() always carries a token: the same fault is retried, and not duplicated.
+    fault_proxy.set("delay", delay=1.0, times=1, match=b"INSERT")
+    pool.with_connection(lambda c: c.insert("t", [(2,)]))
+    assert pool.stats().retries == {"timeout": 1}
+    time.sleep(0.6)  # let the delayed answers drain
+    rows = pool.with_connection(lambda c: c.query("SELECT a FROM t ORDER BY a").result_rows)
+    assert rows == [(1,), (2,)]  # each applied once: the first by the server despite the timeout
     pool.close()
