@@ -190,11 +190,12 @@ def test_queue_is_bounded_and_full_raises_after_timeout(make_sup: Any, tmp_path:
 
 
 def test_cancelled_queued_tasks_do_not_run(make_sup: Any, tmp_path: Path) -> None:
-    release = tmp_path / "release"
-    sup = make_sup(workers=1)
-    first = [sup.call(block_until, str(release)) for _ in range(2)]
-    time.sleep(0.2)
+    release, started = tmp_path / "release", tmp_path / "started"
+    sup = make_sup(workers=1, prefetch=1)  # the worker holds 2 tasks at most
+    first = [sup.call(block_until, str(release), str(started)) for _ in range(2)]
+    wait_for(started)
     later = sup.call(Path(tmp_path / "ran").touch)
+    assert sup.stats().queued == 1
     assert later.cancel()
     release.touch()
     for f in first:
