@@ -225,3 +225,11 @@ def _http(
         return resp.status, resp.headers, resp.read()
     finally:
         conn.close()
+
+
+def test_sessions_expire(endpoint: EmbeddedClickHouse) -> None:
+    target = "/?session_id=" + str(uuid.uuid4()) + "&session_timeout=0.2"
+    assert _http(endpoint, target, b"CREATE TEMPORARY TABLE gone (x UInt8)")[0] == 200
+    assert _http(endpoint, target, b"EXISTS TEMPORARY TABLE gone")[2] == b"1\n"
+    time.sleep(1.6)  # the endpoint sweeps expired sessions every second
+    assert _http(endpoint, target, b"EXISTS TEMPORARY TABLE gone")[2] == b"0\n"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import json
 import socket
+import threading
+import time
 import urllib.parse
 import zlib
 from collections.abc import Iterator
@@ -328,3 +331,39 @@ class TestCredentials:
         assert "516" in str(info.value)
         # /ping needs no credentials, as in ClickHouse.
         assert call(secured, "/ping", None, method="GET")[2] == b"Ok.\n"
+
+
+def test_multi_statements_are_refused(endpoint: EmbeddedClickHouse) -> None:
+    status, headers, body = call(endpoint, "/", b"SELECT 1; SELECT 2")
+    assert status == 400
+    assert headers["X-ClickHouse-Exception-Code"] == "62"
+    assert b"Multi-statements are not allowed" in body
+    assert call(endpoint, "/", b"SELECT ';';")[2] == b";\n"
+
+
+def test_database_and_format_from_headers(endpoint: EmbeddedClickHouse, database: str) -> None:
+    headers = {"X-ClickHouse-Database": database, "X-ClickHouse-Format": "JSONEachRow"}
+    status, got, body = call(endpoint, "/", b"SELECT currentDatabase() AS db", headers)
+    assert status == 200
+    assert body == f'{{"db":"{database}"}}\n'.encode()
+    assert got["X-ClickHouse-Format"] == "JSONEachRow"
+
+
+def test_same_query_id_twice_at_once_is_refused(endpoint: EmbeddedClickHouse) -> None:
+    slow = threading.Thread(target=call, args=(endpoint, "/?query_id=dup", b"SELECT sleep(1)"))
+    slow.start()
+    time.sleep(0.3)
+    _status, headers, body = call(endpoint, "/?query_id=dup", b"SELECT 1")
+    slow.join()
+    assert headers["X-ClickHouse-Exception-Code"] == "216"
+    assert b"QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING" in body
+    assert call(endpoint, "/?query_id=dup", b"SELECT 1")[:3:2] == (200, b"1\n")
+
+
+def test_empty_insert_inserts_nothing(
+    endpoint: EmbeddedClickHouse, database: str, table: str
+) -> None:
+    status, headers, _ = call(endpoint, q(database, query="INSERT INTO t FORMAT CSV"), b"")
+    assert status == 200
+    assert json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "0"
+    assert count(endpoint, database) == 0

@@ -178,6 +178,14 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
+def statement_count(conn: Any, sql: str) -> int:
+    """How many statements ``sql`` holds (0 if it does not parse)."""
+    try:
+        return int(conn.classify_query(sql)["statement_count"])
+    except (RuntimeError, KeyError, TypeError):
+        return 1  # let the engine report what is wrong with it
+
+
 def stream(
     conn: Any, sql: str, fmt: str, params: Mapping[str, str], stats: Stats
 ) -> Generator[bytes, None, None] | None:

@@ -15,17 +15,24 @@ import logging
 import secrets
 import string
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
 from chworkers.embedded import engine, sql
 from chworkers.embedded.codecs import Encoder, choose_encoding, decoder_for, encoder_for
-from chworkers.embedded.exceptions import QUERY_IS_TOO_LARGE, clickhouse_error, response_body
+from chworkers.embedded.exceptions import (
+    QUERY_IS_TOO_LARGE,
+    QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,
+    SYNTAX_ERROR,
+    clickhouse_error,
+    response_body,
+)
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
 from chworkers.embedded.sessions import Session, Sessions, parse_timeout
@@ -50,6 +57,24 @@ class Context:
     engine: engine.Engine
     sessions: Sessions
     display_name: str
+    running: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def query_id(self, query_id: str) -> Iterator[None]:
+        """Refuse a query whose id is already running, as ClickHouse does."""
+        with self.lock:
+            if query_id in self.running:
+                raise clickhouse_error(
+                    QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,
+                    f"Query with id = {query_id} is already running",
+                )
+            self.running.add(query_id)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running.discard(query_id)
 
 
 def content_type(fmt: str) -> str:
@@ -119,7 +144,7 @@ def execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> Non
     resp.set_header("X-ClickHouse-Timezone", ctx.engine.timezone)
     resp.set_header("X-ClickHouse-Server-Display-Name", ctx.display_name)
     chunks: Iterator[bytes] = _body_chunks(req) if qr.body_continues_query else iter(())
-    with _connection(ctx, qr) as handle:
+    with ctx.query_id(query_id), _connection(ctx, qr) as handle:
         session = handle if isinstance(handle, Session) else None
         conn = session.conn if session is not None else handle
         for table in qr.external:
@@ -226,9 +251,11 @@ def _select(
     stats: engine.Stats,
 ) -> None:
     if not text.strip():
-        raise clickhouse_error((62, "SYNTAX_ERROR"), "Empty query")
+        raise clickhouse_error(SYNTAX_ERROR, "Empty query")
     fmt = sql.output_format(text) or qr.default_format
     query = text.decode("utf-8", "replace")
+    if engine.statement_count(conn, query) > 1:
+        raise clickhouse_error(SYNTAX_ERROR, "Syntax error: Multi-statements are not allowed")
     encoding = (
         choose_encoding(req.header("Accept-Encoding")) if qr.enable_http_compression else None
     )

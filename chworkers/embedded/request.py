@@ -151,6 +151,14 @@ def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
             qr.query_params[key[len("param_") :]] = value
         elif key not in RESERVED and key not in external_keys:
             qr.settings[key] = value
+    # ClickHouse also takes the database and the default format from headers.
+    for param, header in (
+        ("database", "X-ClickHouse-Database"),
+        ("default_format", "X-ClickHouse-Format"),
+    ):
+        from_header = req.header(header)
+        if from_header and not params.get(param):
+            params[param] = from_header
     query = params.get("query", "")
     qr.query_prefix = (query + "\n").encode() if query else b""
     qr.user, qr.password = _credentials(req, params)
