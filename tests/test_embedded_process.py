@@ -211,3 +211,47 @@ def test_big_results_stream_in_bounded_memory(tmp_path: Path) -> None:
         assert spooled > rows * 7
         growth = _peak_rss_mb(ch.pid) - before
         assert growth < 120, f"the endpoint's peak RSS grew by {growth:.0f} MB"
+
+
+@pytest.mark.timeout(60)
+def test_cli_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("from-file\n")
+    cmd = [sys.executable, "-m", "chworkers", "embedded", "--path", str(tmp_path / "d")]
+    cmd += ["--port", "0", "--user", "carol", "--password-file", str(secret)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[3].rsplit(":", 1)[1])
+        client = clickhouse_connect.get_client(
+            host="127.0.0.1", port=port, username="carol", password="from-file"
+        )
+        assert client.command("SELECT 5") == 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    missing = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 3
+    assert "cannot read the password file" in missing.stderr
+
+
+def test_expect_100_continue(endpoint: EmbeddedClickHouse) -> None:
+    import socket
+
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
+        body = b"SELECT 40 + 2"
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        response = b""
+        while not response.endswith(b"0\r\n\r\n"):  # the end of a chunked body
+            chunk = sock.recv(4096)
+            assert chunk
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        assert b"\r\n42\n\r\n" in response

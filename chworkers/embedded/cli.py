@@ -44,8 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--keep-alive-timeout",
         type=float,
-        default=10.0,
-        help="seconds an idle keep-alive connection stays open (default: 10)",
+        default=30.0,
+        help="seconds an idle keep-alive connection stays open (default: 30)",
     )
     p.set_defaults(handler=run)
 

@@ -152,6 +152,8 @@ class Connection:
     def handle(self, req: Request) -> bool:
         """Answer one request; returns whether the connection may serve another."""
         resp = Response(self.sock, keep_alive=req.keep_alive and not self.stopping.is_set())
+        if (req.header("Expect") or "").lower() == "100-continue" and not req.body.finished:
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s otherwise
         resp.set_header("Keep-Alive", f"timeout={int(self.idle_timeout)}")
         try:
             self._route(req, resp)

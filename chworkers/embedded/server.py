@@ -38,7 +38,7 @@ class EmbeddedServer:
         port: int = 8123,
         *,
         credentials: Credentials | None = None,
-        idle_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
         request_timeout: float = 300.0,
         max_connections: int = 1024,
     ) -> None:
