@@ -233,3 +233,23 @@ def test_sessions_expire(endpoint: EmbeddedClickHouse) -> None:
     assert _http(endpoint, target, b"EXISTS TEMPORARY TABLE gone")[2] == b"1\n"
     time.sleep(1.6)  # the endpoint sweeps expired sessions every second
     assert _http(endpoint, target, b"EXISTS TEMPORARY TABLE gone")[2] == b"0\n"
+
+
+def test_back_to_back_session_requests_never_find_the_session_locked(
+    endpoint: EmbeddedClickHouse,
+) -> None:
+    # The session is released before the response ends, so the client's next request
+    # (sent the moment it has read the response) always finds it free.
+    # Two keep-alive connections take turns, so a new request may be served by another
+    # thread while the previous one is still winding down.
+    target = f"/?session_id={uuid.uuid4()}"
+    conns = [http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30) for _ in "ab"]
+    try:
+        for i in range(200):
+            conn = conns[i % 2]
+            conn.request("POST", target, body=f"SELECT {i}".encode())
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, f"{i}\n".encode())
+    finally:
+        for conn in conns:
+            conn.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import string
 import tempfile
 import threading
 import time
@@ -47,7 +46,6 @@ MAX_INSERT_HEAD = 1 << 20
 #: Results up to this size are spooled in memory with wait_end_of_query=1, then disk.
 SPOOL_IN_MEMORY = 32 << 20
 _STREAMABLE = frozenset({"SELECT", "WITH"})
-_TAG_ALPHABET = string.ascii_letters + string.digits
 
 
 @dataclass
@@ -137,7 +135,21 @@ def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | Any]:
 
 
 def execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> None:
-    """Run the request's query and write the response (raises ServerError before it)."""
+    """Run the request's query and write the response (raises ServerError before it).
+
+    The response's last bytes go out only once the session and query id are free
+    again, so the client's next request can never find them still taken.
+    """
+    resp.hold_final()
+    try:
+        _execute(ctx, req, qr, resp)
+    except BaseException:
+        resp.release_final()
+        raise
+    resp.release_final()
+
+
+def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> None:
     stats = engine.Stats(started=time.monotonic())
     query_id = qr.get("query_id") or str(uuid.uuid4())
     resp.set_header("X-ClickHouse-Query-Id", query_id)
@@ -264,7 +276,7 @@ def _select(
     resp.set_header("Content-Type", content_type(fmt))
     if encoding:
         resp.set_header("Content-Encoding", encoding)
-    tag = "".join(secrets.choice(_TAG_ALPHABET) for _ in range(16))
+    tag = secrets.token_hex(8)  # 16 alphanumeric characters, as ClickHouse's
     resp.set_header("X-ClickHouse-Exception-Tag", tag)
     blocks: Generator[bytes, None, None] | None = None
     if sql.first_keyword(text) in _STREAMABLE:

@@ -206,6 +206,9 @@ class Response:
     chunked: bool = False
     headers_sent: bool = False
     bytes_sent: int = 0
+    _pending: bytes = b""
+    _holding: bool = False
+    _final: bytes = b""
 
     def set_header(self, name: str, value: str) -> None:
         self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
@@ -231,19 +234,44 @@ class Response:
             raise ClientGone(str(exc)) from exc
         self.bytes_sent += len(data)
 
+    def hold_final(self) -> None:
+        """Keep the response's last bytes until :meth:`release_final`.
+
+        A client sends its next request as soon as a response is complete, so whatever
+        the request holds (its session) must be released before the last byte goes.
+        """
+        self._holding = True
+
+    def release_final(self) -> None:
+        self._holding = False
+        final, self._final = self._final, b""
+        if final:
+            self._send(final)
+
+    def _send_final(self, data: bytes) -> None:
+        if self._holding:
+            self._final += data
+        else:
+            self._send(data)
+
     def send_whole(self, body: bytes) -> None:
         """Headers and a complete body with Content-Length."""
         self.headers_sent = True
-        self._send(self._head(len(body)) + body)
+        self._send_final(self._head(len(body)) + body)
 
     def start_chunked(self) -> None:
+        """Commit to a chunked body; the head goes out with the first chunk."""
         self.headers_sent = True
         self.chunked = True
-        self._send(self._head(None))
+        self._pending = self._head(None)
 
     def write_chunk(self, data: bytes) -> None:
         if data:
-            self._send(b"%x\r\n" % len(data) + data + b"\r\n")
+            self._send(self._take_pending() + b"%x\r\n" % len(data) + data + b"\r\n")
 
     def end_chunked(self) -> None:
-        self._send(b"0\r\n\r\n")
+        self._send_final(self._take_pending() + b"0\r\n\r\n")
+
+    def _take_pending(self) -> bytes:
+        pending, self._pending = self._pending, b""
+        return pending
