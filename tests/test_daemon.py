@@ -291,3 +291,48 @@ max_rows = 5000
         n,
         sum(range(n)),
     )
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_with_the_embedded_default_then_restart(tmp_path: Path) -> None:
+    """The embedded endpoint is the daemon's child: a kill -9 must not leave it running
+    with the data directory locked, and the restart must finish the file exactly once."""
+    n = 200_000
+    (tmp_path / "in.json").write_bytes(lines(0, n))
+    conf = tmp_path / "chworkers.toml"
+    conf.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[metrics]
+port = 0
+[[pipelines]]
+name = "p"
+source = "file"
+paths = ["{tmp_path / "in.json"}"]
+table = "ev"
+create = "{SCHEMA}"
+engine = "MergeTree ORDER BY n"
+max_rows = 5000
+"""
+    )
+    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    spool = tmp_path / "state" / "spool"
+    positions = tmp_path / "state" / "positions"
+    try:
+        wait_for(lambda: positions.exists() and any(positions.iterdir()), timeout=120)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    again = subprocess.run(cmd, capture_output=True, timeout=200)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert b"inserted" in again.stdout
+    with EmbeddedClickHouse(tmp_path / "state" / "clickhouse") as ch:
+        assert query(ch.url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
+            n,
+            n,
+            sum(range(n)),
+        )
+    assert not list(spool.glob("*.batch"))

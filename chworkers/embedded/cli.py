@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -18,6 +21,8 @@ from chworkers.errors import ConfigError
 PASSWORD_ENV = "CHWORKERS_EMBEDDED_PASSWORD"
 #: The line printed on stdout once the endpoint accepts connections.
 READY_PREFIX = "chworkers embedded: serving "
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -46,6 +51,13 @@ def register(subparsers: Any) -> None:
         type=float,
         default=30.0,
         help="seconds an idle keep-alive connection stays open (default: 30)",
+    )
+    p.add_argument(
+        "--exit-with-parent",
+        type=int,
+        metavar="PID",
+        help="stop cleanly when process PID is gone (for a program that runs the endpoint "
+        "as its child, so that a kill -9 of the program does not leave the data locked)",
     )
     p.set_defaults(handler=run)
 
@@ -95,7 +107,27 @@ def run(args: argparse.Namespace) -> int:
     signal.set_wakeup_fd(server.wakeup_fd)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.exit_with_parent:
+        threading.Thread(
+            target=_watch_parent,
+            args=(args.exit_with_parent, server),
+            name="parent-watch",
+            daemon=True,
+        ).start()
     print(f"{READY_PREFIX}{server.url} (data in {server.path})", flush=True)
     server.serve_forever()
     sys.stdout.flush()
     return 0
+
+
+def _watch_parent(pid: int, server: EmbeddedServer, interval: float = 0.5) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.warning("the parent process %d is gone; stopping", pid)
+            server.request_stop()
+            return
+        except PermissionError:
+            pass

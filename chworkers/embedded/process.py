@@ -34,7 +34,9 @@ class EmbeddedClickHouse:
     """The embedded ClickHouse endpoint in a child process.
 
     ``port=0`` picks a free port on the first start; later starts reuse it.
-    ``user``/``password`` make the endpoint require those credentials. The child's log
+    ``user``/``password`` make the endpoint require those credentials. With
+    ``exit_with_parent`` (the default) the child stops by itself when this process dies,
+    even by SIGKILL, so its data directory is not left locked. The child's log
     goes to ``log_path`` if given (else to a private temporary file; see :meth:`log`).
     """
 
@@ -49,6 +51,7 @@ class EmbeddedClickHouse:
         startup_timeout: float = 60.0,
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "INFO",
+        exit_with_parent: bool = True,
     ) -> None:
         self.path = Path(path)
         self.host = host
@@ -58,6 +61,7 @@ class EmbeddedClickHouse:
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self.log_level = log_level
+        self.exit_with_parent = exit_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -100,6 +104,8 @@ class EmbeddedClickHouse:
             "--port",
             str(self.port),
         ]
+        if self.exit_with_parent:
+            cmd += ["--exit-with-parent", str(os.getpid())]
         env = dict(os.environ)
         env.pop(PASSWORD_ENV, None)
         if self.user is not None:
