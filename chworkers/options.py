@@ -1,8 +1,10 @@
-"""The supervisor's settings, declared once.
+"""The supervisor's settings, declared once with :mod:`chworkers.settings`.
 
-Each field of :class:`SupervisorOptions` carries its help text and its check in the
-field's metadata; the constructor, validation, ``reloadable`` and documentation all read
-them from here (the daemon's configuration can too). Invalid values raise
+Each field of :class:`SupervisorOptions` is declared with its default, help text, unit
+and bounds; the Python API (``Supervisor(workers=4, ...)``), the daemon's configuration
+file and environment variables, ``chworkers config --defaults`` and the reference in the
+docs all derive from that declaration. Fields marked ``reload`` may change while the
+supervisor runs (:meth:`Supervisor.reconfigure`, SIGHUP). Invalid values raise
 :class:`ConfigError` naming the key, the value and what is expected.
 """
 
@@ -10,185 +12,117 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from chworkers.errors import ConfigError
+from chworkers.settings import reloadable, setting, validate
 
-START_METHODS = ("fork", "spawn", "forkserver")
-
-
-def _setting(
-    default: Any, help: str, check: Callable[[Any], bool], expected: str, *, reload: bool = False
-) -> Any:
-    meta = {"help": help, "check": check, "expected": expected, "reloadable": reload}
-    return field(default=default, metadata=meta)
-
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _optional_positive_int(v: Any) -> bool:
-    return v is None or _positive_int(v)
-
-
-def _non_negative_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _positive_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-
-
-def _port(v: Any) -> bool:
-    return v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535)
+StartMethod = Literal["fork", "spawn", "forkserver"]
 
 
 @dataclass(frozen=True)
 class SupervisorOptions:
-    """Supervisor settings; fields marked reloadable may change at runtime (SIGHUP)."""
+    """Supervisor settings."""
 
-    workers: int = _setting(
-        os.cpu_count() or 1, "Worker processes.", _positive_int, "an integer >= 1", reload=True
-    )
-    max_connections: int | None = _setting(
+    workers: int = setting(os.cpu_count() or 1, "Worker processes.", minimum=1, reload=True)
+    max_connections: int | None = setting(
         None,
-        "ClickHouse requests in flight across all workers (default: workers).",
-        _optional_positive_int,
-        "an integer >= 1 or None",
+        "ClickHouse requests in flight across all workers (none: as many as workers).",
+        minimum=1,
         reload=True,
     )
-    start_method: str = _setting(
-        "forkserver",
-        "How worker processes start: fork, spawn or forkserver.",
-        lambda v: v in START_METHODS,
-        "one of " + ", ".join(START_METHODS),
+    start_method: StartMethod = setting(
+        "forkserver", "How worker processes start: fork, spawn or forkserver."
     )
-    queue_size: int = _setting(
-        1000,
-        "Tasks the queue holds before producers block.",
-        _positive_int,
-        "an integer >= 1",
-        reload=True,
+    queue_size: int = setting(
+        1000, "Tasks the queue holds before producers block.", minimum=1, reload=True
     )
-    queue_max_bytes: int | None = _setting(
+    queue_max_bytes: int | None = setting(
         256 * 1024 * 1024,
-        "Bytes of encoded tasks the queue holds before producers block.",
-        _optional_positive_int,
-        "an integer >= 1 or None",
+        "Bytes of encoded tasks the queue holds before producers block (none: no limit).",
+        unit="bytes",
+        minimum=1,
     )
-    queue_timeout: float | None = _setting(
+    queue_timeout: float | None = setting(
         None,
-        "Seconds insert/submit/call wait on a full queue before QueueFullError (None: no limit).",
-        lambda v: v is None or _positive_number(v),
-        "a number > 0 or None",
+        "How long insert/submit/call wait on a full queue before QueueFullError (none: no limit).",
+        unit="seconds",
+        minimum=0.001,
         reload=True,
     )
-    native_encoding: bool = _setting(
-        True,
-        "Encode rows to ClickHouse Native in the producer's thread (else pickle them).",
-        lambda v: isinstance(v, bool),
-        "true or false",
+    native_encoding: bool = setting(
+        True, "Encode rows to ClickHouse Native in the producer's thread (else pickle them)."
     )
-    prefetch: int = _setting(
-        64,
-        "Most tasks a worker holds at once (fewer when tasks are slow).",
-        _positive_int,
-        "an integer >= 1",
+    prefetch: int = setting(
+        64, "Most tasks sent ahead to one worker (fewer when tasks are slow).", minimum=1
     )
-    prefetch_bytes: int = _setting(
-        16 * 1024 * 1024,
-        "Most bytes of tasks sent ahead to one worker.",
-        _positive_int,
-        "an integer >= 1",
+    prefetch_bytes: int = setting(
+        16 * 1024 * 1024, "Most bytes of tasks sent ahead to one worker.", unit="bytes", minimum=1
     )
-    graceful_timeout: float = _setting(
+    graceful_timeout: float = setting(
         30.0,
-        "Seconds a graceful stop waits for queued and running tasks.",
-        _positive_number,
-        "a number > 0",
+        "How long a graceful stop waits for queued and running tasks.",
+        unit="seconds",
+        minimum=0.001,
         reload=True,
     )
-    hung_timeout: float = _setting(
+    hung_timeout: float = setting(
         60.0,
-        "Seconds without a heartbeat, while running a task, before a worker is killed.",
-        _positive_number,
-        "a number > 0",
+        "A worker running a task without a heartbeat for this long is killed and replaced.",
+        unit="seconds",
+        minimum=0.001,
         reload=True,
     )
-    heartbeat_interval: float = _setting(
-        1.0, "Seconds between an idle worker's heartbeats.", _positive_number, "a number > 0"
+    heartbeat_interval: float = setting(
+        1.0, "How often an idle worker beats.", unit="seconds", minimum=0.001
     )
-    max_tasks_per_worker: int | None = _setting(
-        None,
-        "Tasks after which a worker is replaced (None: never).",
-        _optional_positive_int,
-        "an integer >= 1 or None",
-        reload=True,
+    max_tasks_per_worker: int | None = setting(
+        None, "Tasks after which a worker is replaced (none: never).", minimum=1, reload=True
     )
-    max_tasks_jitter: int = _setting(
+    max_tasks_jitter: int = setting(
         0,
-        "Random extra tasks (0..jitter) per worker, so workers do not recycle together.",
-        _non_negative_int,
-        "an integer >= 0",
+        "Random extra tasks (0..jitter) per worker, so that workers do not recycle together.",
+        minimum=0,
         reload=True,
     )
-    max_task_crashes: int = _setting(
+    max_task_crashes: int = setting(
         2,
         "Times a task may take its worker down (crash or hang) before it fails.",
-        _positive_int,
-        "an integer >= 1",
+        minimum=1,
         reload=True,
     )
-    restart_backoff: float = _setting(
+    restart_backoff: float = setting(
         0.1,
         "First delay before replacing a worker that died young; doubles each time.",
-        _positive_number,
-        "a number > 0",
+        unit="seconds",
+        minimum=0.001,
     )
-    restart_backoff_max: float = _setting(
-        10.0, "Longest delay before replacing a worker.", _positive_number, "a number > 0"
+    restart_backoff_max: float = setting(
+        10.0, "Longest delay before replacing a worker.", unit="seconds", minimum=0.001
     )
-    max_boot_failures: int = _setting(
-        5,
-        "Consecutive workers dying at boot before the supervisor gives up.",
-        _positive_int,
-        "an integer >= 1",
+    max_boot_failures: int = setting(
+        5, "Workers dying in a row at boot before the supervisor gives up.", minimum=1
     )
-    boot_timeout: float = _setting(
-        60.0, "Seconds start() waits for the first workers.", _positive_number, "a number > 0"
+    boot_timeout: float = setting(
+        60.0, "How long a worker may take to boot.", unit="seconds", minimum=0.001
     )
-    metrics_host: str = _setting(
-        "127.0.0.1",
-        "Address of the /metrics, /healthz and /readyz endpoint.",
-        lambda v: isinstance(v, str) and bool(v),
-        "a host name or address",
+    metrics_host: str = setting(
+        "127.0.0.1", "Address of the /metrics, /healthz and /readyz endpoint."
     )
-    metrics_port: int | None = _setting(
+    metrics_port: int | None = setting(
         None,
-        "Port of that endpoint (0: any free port, None: no endpoint).",
-        _port,
-        "a port number 0-65535 or None",
+        "Port of that endpoint (0: any free port, none: no endpoint).",
+        minimum=0,
+        maximum=65535,
     )
-    handle_signals: bool = _setting(
-        False,
-        "Own the process's signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads.",
-        lambda v: isinstance(v, bool),
-        "true or false",
+    handle_signals: bool = setting(
+        False, "Own the process's signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads."
     )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not f.metadata["check"](value):
-                raise ConfigError(
-                    f"supervisor setting {f.name}={value!r}: expected {f.metadata['expected']}",
-                    key=f.name,
-                    value=value,
-                    expected=f.metadata["expected"],
-                )
+        validate(self, source="supervisor")
 
     @property
     def connections(self) -> int:
@@ -196,7 +130,7 @@ class SupervisorOptions:
 
     @classmethod
     def reloadable(cls) -> frozenset[str]:
-        return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata["reloadable"])
+        return reloadable(cls)
 
     @classmethod
     def build(
