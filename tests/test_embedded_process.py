@@ -255,3 +255,58 @@ def test_expect_100_continue(endpoint: EmbeddedClickHouse) -> None:
             response += chunk
         assert response.startswith(b"HTTP/1.1 200 OK")
         assert b"\r\n42\n\r\n" in response
+
+
+@pytest.mark.timeout(60)
+def test_stats_count_requests_in_flight(endpoint: EmbeddedClickHouse, ch_client: Client) -> None:
+    ch_client.command("CREATE TABLE s (n UInt32) ENGINE = Memory")
+    before = endpoint.stats(reset=True)
+    for i in range(30):  # back to back: never more than one in flight
+        ch_client.command(f"SELECT {i}")
+    ch_client.insert("s", [[i] for i in range(123)], column_names=["n"])
+    after = endpoint.stats(reset=True)
+    assert after["max_requests_in_flight"] == 1
+    assert after["requests_total"] - before["requests_total"] >= 31
+    assert after["inserted_rows_total"] - before["inserted_rows_total"] == 123
+    assert after["requests_in_flight"] == 0
+    clients = [client_for(endpoint) for _ in range(3)]
+    threads = [threading.Thread(target=c.command, args=("SELECT sleep(0.5)",)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert endpoint.stats()["max_requests_in_flight"] == 3
+    for c in clients:
+        c.close()
+
+
+PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from chworkers import EmbeddedClickHouse
+    ch = EmbeddedClickHouse(sys.argv[1]).start()
+    print(ch.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_endpoint_exits_when_its_parent_dies(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "data")], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        status = (
+            Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+        )
+        if "State:\tZ" in status:  # exited, waiting to be reaped by init
+            break
+        time.sleep(0.1)
+    status = Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+    assert not status or "State:\tZ" in status, "the orphaned endpoint kept running"

@@ -35,6 +35,7 @@ from chworkers.embedded.exceptions import (
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
 from chworkers.embedded.sessions import Session, Sessions, parse_timeout
+from chworkers.embedded.stats import EndpointStats
 from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Context:
     engine: engine.Engine
     sessions: Sessions
     display_name: str
+    stats: EndpointStats = field(default_factory=EndpointStats)
     running: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -177,6 +179,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         if insert is not None:
             data = chain([head[insert.data_offset :]], chunks)
             engine.insert(conn, insert.statement, insert.fmt, data, stats)
+            ctx.stats.inserted(stats.written_rows, stats.written_bytes)
             resp.set_header("X-ClickHouse-Summary", stats.summary())
             resp.set_header("Content-Type", "text/plain; charset=UTF-8")
             resp.send_whole(b"")
@@ -322,6 +325,7 @@ def _select(
             + f"{len(message)} {tag}\r\n__exception__\r\n".encode()
         )
         writer.write(block)
+        resp.failed = True
     finally:
         blocks.close()
     writer.finish()

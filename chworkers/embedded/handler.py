@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from chworkers.embedded import request as request_mod
+from chworkers.embedded import stats as stats_mod
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     AUTHENTICATION_FAILED,
@@ -94,6 +95,7 @@ class Connection:
 
     def run(self) -> None:
         rfile = cast(BinaryIO, self.sock.makefile("rb", buffering=READ_CHUNK))
+        self.ctx.stats.connection_opened()
         try:
             while not self.stopping.is_set():
                 self.sock.settimeout(self.idle_timeout)
@@ -125,6 +127,7 @@ class Connection:
         except (ClientGone, OSError) as exc:
             log.debug("connection ended: %s", exc)
         finally:
+            self.ctx.stats.connection_closed()
             try:
                 rfile.close()
                 self.sock.close()
@@ -159,27 +162,46 @@ class Connection:
             self._route(req, resp)
         except ServerError as err:
             log.debug("%s %s failed: %s", req.method, req.path, err.message)
+            resp.failed = True
             if resp.headers_sent:
                 return False
             if not req.body.drain(DRAIN_LIMIT):
                 resp.keep_alive = False
             self._send_error(resp, err)
         except ClientGone:
+            resp.failed = True
             return False
         except Exception as exc:  # a bug in the endpoint: answer 500, keep serving
             log.exception("internal error while serving %s %s", req.method, req.path)
+            resp.failed = True
             if resp.headers_sent:
                 return False
             resp.keep_alive = False
             internal = clickhouse_error((1001, "STD_EXCEPTION"), f"Internal error: {exc!r}")
             self._send_error(resp, internal)
             return False
+        finally:
+            resp.fire_before_final()  # if nothing was sent (the client went away)
         return resp.keep_alive and req.body.finished
 
     def _route(self, req: Request, resp: Response) -> None:
         if req.path in ("/ping", "/replicas_status"):
             self._send_plain(resp, 200, "Ok.\n", head_only=req.method == "HEAD")
             return
+        if req.path == stats_mod.PATH:
+            reset = "reset=1" in req.query_string.split("&")
+            resp.set_header("Content-Type", "application/json")
+            resp.send_whole(self.ctx.stats.to_json(reset))
+            return
+        if req.path == "/":
+            # Counted out just before the last byte: a client's next request must never
+            # overlap its previous one in max_requests_in_flight.
+            stats = self.ctx.stats
+            stats.request_started()
+            resp.before_final = lambda: stats.request_ended(resp.failed or resp.status >= 400)
+        self._query(req, resp)
+
+    def _query(self, req: Request, resp: Response) -> None:
         if req.path != "/":
             resp.status = 404
             self._send_plain(resp, 404, _NO_HANDLER.format(path=req.path))

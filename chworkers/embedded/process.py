@@ -12,6 +12,7 @@ the port the first start got, so clients configured with the URL keep working; a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -112,8 +114,16 @@ class EmbeddedClickHouse:
             cmd += ["--user", self.user]
         if self.password is not None:
             env[PASSWORD_ENV] = self.password
+        # A session of its own: Ctrl-C in a terminal reaches the parent, which decides
+        # when to stop the endpoint (after draining into it); --exit-with-parent stops
+        # the child if the parent dies without doing so.
         self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=env
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         assert self._proc.stdout is not None
         line = self._read_ready_line(self._proc.stdout)
@@ -164,6 +174,14 @@ class EmbeddedClickHouse:
         with open(self._log.fileno(), "rb", closefd=False) as f:
             f.seek(0)
             return f.read().decode("utf-8", "replace")
+
+    def stats(self, reset: bool = False) -> dict[str, int]:
+        """The endpoint's counters (``GET /embedded/stats``), e.g. the most query requests
+        it ran at once, ``max_requests_in_flight``; ``reset`` restarts that maximum."""
+        url = f"{self.url}/embedded/stats" + ("?reset=1" if reset else "")
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            data: dict[str, int] = json.loads(resp.read())
+        return data
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait for a clean exit (SIGKILL after ``timeout``); the exit code."""

@@ -9,6 +9,7 @@ framing. Responses are written either with a ``Content-Length`` or chunked.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
@@ -206,6 +207,10 @@ class Response:
     chunked: bool = False
     headers_sent: bool = False
     bytes_sent: int = 0
+    #: Called once right before the response's last bytes are sent.
+    before_final: Callable[[], None] | None = None
+    #: Set when the request failed after a 200 status went out (a mid-stream error).
+    failed: bool = False
     _pending: bytes = b""
     _holding: bool = False
     _final: bytes = b""
@@ -246,13 +251,21 @@ class Response:
         self._holding = False
         final, self._final = self._final, b""
         if final:
+            self.fire_before_final()
             self._send(final)
 
     def _send_final(self, data: bytes) -> None:
         if self._holding:
             self._final += data
         else:
+            self.fire_before_final()
             self._send(data)
+
+    def fire_before_final(self) -> None:
+        """Run ``before_final`` once: just before the last byte, or when giving up."""
+        callback, self.before_final = self.before_final, None
+        if callback is not None:
+            callback()
 
     def send_whole(self, body: bytes) -> None:
         """Headers and a complete body with Content-Length."""

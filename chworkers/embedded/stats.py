@@ -1,0 +1,67 @@
+"""Counters the endpoint keeps about itself, served as JSON on ``GET /embedded/stats``.
+
+Not part of ClickHouse's interface: they let tests and operators see what clients do to
+the endpoint, above all how many query requests run at once (``max_requests_in_flight``
+since the last reset), which is how a test proves that workers never exceed their
+connection budget.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field, fields
+
+PATH = "/embedded/stats"
+
+
+@dataclass
+class EndpointStats:
+    """Thread-safe counters; every query request (``/``) counts, health checks do not."""
+
+    requests_total: int = 0
+    requests_in_flight: int = 0
+    max_requests_in_flight: int = 0
+    errors_total: int = 0
+    connections_open: int = 0
+    connections_total: int = 0
+    inserted_rows_total: int = 0
+    inserted_bytes_total: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request_started(self) -> None:
+        with self._lock:
+            self.requests_total += 1
+            self.requests_in_flight += 1
+            self.max_requests_in_flight = max(self.max_requests_in_flight, self.requests_in_flight)
+
+    def request_ended(self, failed: bool) -> None:
+        with self._lock:
+            self.requests_in_flight -= 1
+            if failed:
+                self.errors_total += 1
+
+    def connection_opened(self) -> None:
+        with self._lock:
+            self.connections_open += 1
+            self.connections_total += 1
+
+    def connection_closed(self) -> None:
+        with self._lock:
+            self.connections_open -= 1
+
+    def inserted(self, rows: int, nbytes: int) -> None:
+        with self._lock:
+            self.inserted_rows_total += rows
+            self.inserted_bytes_total += nbytes
+
+    def snapshot(self, reset: bool = False) -> dict[str, int]:
+        """The counters; ``reset`` restarts the in-flight maximum from now."""
+        with self._lock:
+            values = {f.name: getattr(self, f.name) for f in fields(self) if f.name[0] != "_"}
+            if reset:
+                self.max_requests_in_flight = self.requests_in_flight
+        return values
+
+    def to_json(self, reset: bool = False) -> bytes:
+        return json.dumps(self.snapshot(reset), sort_keys=True).encode() + b"\n"
