@@ -1,7 +1,7 @@
 """The connection pool: bounded, fair, fork-safe, retrying, spread over hosts.
 
 All pool state lives in a few containers guarded by one lock; the methods that decide
-(``_decide``, ``_settle``, ``_sweep``) run under it and return what to open or close, and
+(``_decide``, ``_give``, ``_sweep``) run under it and return what to open or close, and
 the opening and closing (network I/O) happen after the lock is released. Waiters queue in
 FIFO order: a returned connection (or the right to open one) is handed to the oldest
 waiter directly, so nobody can overtake a caller that is already waiting.
@@ -18,12 +18,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chworkers.connection import Connection, ConnectionConfig
 from chworkers.errors import (
-    ConfigError,
     ConnectError,
     ConnectionLostError,
     PoolClosedError,
@@ -35,8 +33,8 @@ from chworkers.errors import (
 from chworkers.hooks import PoolHooks
 from chworkers.hosts import HostSelector
 from chworkers.lease import LeaseClient
+from chworkers.pooloptions import PoolOptions, PoolStats
 from chworkers.retry import RetryPolicy, error_kind
-from chworkers.settings import build, section, setting, validate
 
 __all__ = ["ConnectionPool", "PoolOptions", "PoolStats"]
 
@@ -44,96 +42,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _CREATE = "create"  # a waiter's grant: you may open a new connection
 _CLOSED = "closed"  # a waiter's grant: the pool was closed
-
-
-@dataclass(frozen=True)
-class PoolOptions:
-    """Pool sizing and behaviour; times in seconds, ``None`` disables a limit."""
-
-    min_connections: int = setting(1, "Connections opened at start and kept open.", minimum=0)
-    max_connections: int = setting(
-        8,
-        "Most connections out at once (across all workers, under a supervisor).",
-        minimum=1,
-        reload=True,
-    )
-    acquire_timeout: float = setting(
-        10.0, "Longest wait for a free connection.", unit="seconds", minimum=0
-    )
-    idle_timeout: float | None = setting(
-        300.0,
-        "Close connections beyond the minimum idle this long (none: never).",
-        unit="seconds",
-        minimum=0.001,
-    )
-    max_lifetime: float | None = setting(
-        3600.0, "Recycle connections this old (none: never).", unit="seconds", minimum=0.001
-    )
-    validate_on_acquire: bool = setting(False, "Ping a connection before handing it out.")
-    retry: RetryPolicy = section(RetryPolicy, "How failed operations are retried.")
-    close_timeout: float = setting(
-        10.0, "How long close() waits for connections in use.", unit="seconds", minimum=0
-    )
-    host_cooldown: float = setting(
-        2.0, "How long a failed host is avoided at first.", unit="seconds", minimum=0
-    )
-    max_host_cooldown: float = setting(
-        60.0, "Longest a failing host is avoided.", unit="seconds", minimum=0
-    )
-
-    def __post_init__(self) -> None:
-        validate(self, source="pool")
-        if self.min_connections > self.max_connections:
-            raise ConfigError(
-                f"pool: min_connections = {self.min_connections} is invalid: expected "
-                f"<= max_connections ({self.max_connections})",
-                key="min_connections",
-                value=self.min_connections,
-                expected=f"<= max_connections ({self.max_connections})",
-            )
-        object.__setattr__(self, "retry", RetryPolicy.coerce(self.retry))
-
-    @classmethod
-    def coerce(cls, value: PoolOptions | Mapping[str, Any] | None) -> PoolOptions:
-        if value is None:
-            return cls()
-        if isinstance(value, PoolOptions):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                f"pool options: expected a PoolOptions or a mapping, got {type(value).__name__}",
-                key="pool",
-                value=value,
-                expected="a PoolOptions or a mapping of its fields",
-            )
-        if isinstance(value.get("retry"), RetryPolicy):
-            value = {**value, "retry": dataclasses.asdict(value["retry"])}
-            for internal in ("history", "started_at"):
-                value["retry"].pop(internal, None)
-        return build(cls, value, source="pool")
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of a pool (see :meth:`ConnectionPool.stats`)."""
-
-    in_use: int
-    idle: int
-    waiting: int
-    opening: int
-    max: int
-    min: int
-    created: int
-    closed: dict[str, int]
-    acquired: int
-    timeouts: int
-    acquire_wait_p50: float
-    acquire_wait_p99: float
-    acquire_wait_max: float
-    errors: dict[str, int]
-    retries: dict[str, int]
-    hosts: list[dict[str, object]]
-    lease_held: int | None
 
 
 class _Waiter:

@@ -372,16 +372,36 @@ def test_endpoint_killed_and_restarted_mid_run(
         },
     )
     pool.with_connection(
-        lambda c: c.command("CREATE TABLE t (a Int32) ENGINE = MergeTree ORDER BY a")
+        lambda c: c.command(
+            "CREATE TABLE t (a Int32) ENGINE = MergeTree ORDER BY a "
+            "SETTINGS non_replicated_deduplication_window = 1000"
+        )
     )
-    ch.kill()
-    restarter = threading.Timer(0.7, ch.start)
-    restarter.start()
-    try:
-        pool.with_connection(lambda c: c.insert("t", [(1,), (2,)]))  # fails until restarted
-        assert pool.with_connection(lambda c: c.command("SELECT count() FROM t")) == 2
-    finally:
-        restarter.join()
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:  # 40 distinct batches of 10 rows, one after the other
+        try:
+            for i in range(40):
+                batch = [(i * 10 + j,) for j in range(10)]
+                pool.with_connection(lambda c, b=batch: c.insert("t", b))
+                done.append(i)
+                time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    wait_for(lambda: len(done) >= 5)
+    ch.kill()  # mid-run: the writer's next inserts fail until the endpoint is back
+    time.sleep(0.5)
+    ch.start()
+    thread.join(40)
+    assert errors == [] and done == list(range(40))
+    count, distinct = pool.with_connection(
+        lambda c: c.query("SELECT count(), uniqExact(a) FROM t").result_rows[0]
+    )
+    assert (count, distinct) == (400, 400)  # nothing lost, nothing twice
     stats = pool.stats()
     assert stats.retries.get("transport", 0) >= 1
     assert stats.closed.get("broken", 0) + stats.closed.get("host_down", 0) >= 1
