@@ -409,14 +409,19 @@ class Arbiter:
         ]
         limit = max(2, min(self.opts.prefetch, int(_PIPELINE / max(self.task_time, 1e-6))))
         batches: dict[WorkerHandle, list[Task]] = {}
+        pending: deque[Task] = deque()
         while ready:
             best = min(ready, key=lambda h: len(h.assigned))
             if not self._credit(best, limit):
                 ready.remove(best)
                 continue
-            task = queue.take()
-            if task is None:
-                break
+            if not pending:
+                # Take what the free credit can absorb in one go (one lock, not one per task).
+                room = sum(max(1, limit - len(h.assigned)) for h in ready)
+                pending.extend(queue.take_many(room))
+                if not pending:
+                    break
+            task = pending.popleft()
             if not self.sup._start(task):
                 continue  # cancelled while queued
             best.assigned[task.id] = task
@@ -425,6 +430,8 @@ class Arbiter:
             if best.max_tasks is not None and best.dispatched >= best.max_tasks:
                 best.leaving = "recycled"  # its replacement starts now
             batches.setdefault(best, []).append(task)
+        if pending:
+            queue.requeue(pending)
         for h, batch in batches.items():
             h.outbox.put(channel.encode(channel.TASKS, [t.wire() for t in batch]))
             self._flush(h)

@@ -56,7 +56,7 @@ class SupervisorOptions:
         True, "Encode rows to ClickHouse Native in the producer's thread (else pickle them)."
     )
     prefetch: int = setting(
-        64, "Most tasks sent ahead to one worker (fewer when tasks are slow).", minimum=1
+        256, "Most tasks sent ahead to one worker (fewer when tasks are slow).", minimum=1
     )
     prefetch_bytes: int = setting(
         16 * 1024 * 1024, "Most bytes of tasks sent ahead to one worker.", unit="bytes", minimum=1
@@ -69,8 +69,10 @@ class SupervisorOptions:
         reload=True,
     )
     hung_timeout: float = setting(
-        60.0,
-        "A worker running a task without a heartbeat for this long is killed and replaced.",
+        120.0,
+        "A worker running a task without a heartbeat for this long is killed and replaced "
+        "(workers beat before each ClickHouse request; long tasks may call "
+        "chworkers.worker.beat()).",
         unit="seconds",
         minimum=0.001,
         reload=True,

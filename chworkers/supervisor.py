@@ -119,6 +119,7 @@ class Supervisor:
         self._signals: SignalInbox | None = None
         self._ids = itertools.count(1)
         self._schemas = native.SchemaCache()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._idle = threading.Condition()
         self._outstanding = 0
         self._counts: Counter[str] = Counter()
@@ -190,6 +191,8 @@ class Supervisor:
             return
         if not arbiter.finished.is_set():
             arbiter.command("stop", graceful, timeout, reply=False)
+        if threading.current_thread() is arbiter.thread:
+            return  # from a future's callback: the loop stops once this callback returns
         self.wait()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -223,6 +226,9 @@ class Supervisor:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every task submitted so far has finished; False on timeout."""
+        arbiter = self._arbiter
+        if arbiter is not None and threading.current_thread() is arbiter.thread:
+            raise RuntimeError("drain() from a future's callback would wait for itself")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
             while self._outstanding:
@@ -376,20 +382,22 @@ class Supervisor:
             )
         with self._idle:
             self._outstanding += 1
+            self._counts["submitted"] += 1
         try:
             self.queue.put(task, timeout)
         except BaseException:
             with self._idle:
                 self._outstanding -= 1
+                self._counts["submitted"] -= 1
             raise
-        self._counts["submitted"] += 1
 
     # Outcomes (on the loop thread).
 
     def _start(self, task: Task) -> bool:
-        if task.crashes or task.future.running():
+        if task.started:
             return True
         if task.future.set_running_or_notify_cancel():
+            task.started = True
             return True
         self._finish(task, None, None)
         self._counts["cancelled"] += 1
@@ -409,9 +417,9 @@ class Supervisor:
                 error_type=type(exc).__name__,
             )
         m = self.metrics
-        m.task_duration.labels(task.kind).observe(duration)
+        self._child(m.task_duration, task.kind).observe(duration)
         if error is None:
-            m.tasks.labels(task.kind, "success").inc()
+            self._child(m.tasks, task.kind, "success").inc()
             self._counts["succeeded"] += 1
             if task.kind == tasks.INSERT and task.table is not None:
                 # ClickHouse's own count when it sent one (0 for a deduplicated repeat).
@@ -429,10 +437,18 @@ class Supervisor:
             _safely(middleware.after_task_done, task, None, duration)
         self._finish(task, value, None)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: this runs for every task."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def _fail(
         self, task: Task, error: BaseException, duration: float = 0.0, reason: str = "error"
     ) -> None:
-        self.metrics.tasks.labels(task.kind, "failure").inc()
+        self._child(self.metrics.tasks, task.kind, "failure").inc()
         self._counts["failed"] += 1
         for middleware in self.middleware:
             _safely(middleware.after_task_done, task, error, duration)
@@ -459,10 +475,10 @@ class Supervisor:
         try:
             if error is not None:
                 task.future.set_exception(error)
-            elif not task.future.cancelled():
+            else:
                 task.future.set_result(value)
         except InvalidStateError:
-            pass
+            pass  # cancelled before it ran
         with self._idle:
             self._outstanding -= 1
             if not self._outstanding:
@@ -530,6 +546,8 @@ class Supervisor:
         arbiter = self._arbiter
         if arbiter is None or arbiter.finished.is_set():
             raise SupervisorStoppedError(f"the supervisor is {self.state}")
+        if threading.current_thread() is arbiter.thread:  # e.g. from a future's callback
+            return getattr(self, f"_cmd_{name}")(arbiter, *args)
         future = arbiter.command(name, *args)
         assert future is not None
         return future.result(timeout)

@@ -80,6 +80,16 @@ class TaskQueue:
             self._cond.notify()
             return task
 
+    def take_many(self, n: int) -> list[Task]:
+        """Up to ``n`` tasks from the front; only the supervisor's loop calls this."""
+        with self._cond:
+            items = self._items
+            taken = [items.popleft() for _ in range(min(n, len(items)))]
+            self.nbytes -= sum(task.nbytes for task in taken)
+            if taken:
+                self._cond.notify(len(taken))
+            return taken
+
     def close(self, reason: str) -> None:
         """Refuse new tasks from now on (queued ones stay)."""
         with self._cond:

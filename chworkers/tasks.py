@@ -26,6 +26,8 @@ import dill  # type: ignore[import-untyped]
 
 from chworkers.errors import BatchError, ChworkersError, SerializationError, TaskError
 
+_NONE: list[pickle.PickleBuffer] = []
+
 INSERT = "insert"  # a batch into a table, with a leased connection
 SUBMIT = "submit"  # fn(conn, *args, **kwargs) with a leased connection
 CALL = "call"  # fn(*args, **kwargs), no connection
@@ -82,10 +84,18 @@ class Task:
     crashes: int = 0
     #: Supervisor bookkeeping (a schema lookup): no dead letter when it fails.
     internal: bool = False
+    #: Its future was set running (it was dispatched once).
+    started: bool = False
     description: str = ""
 
     def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer]]:
-        return (self.id, self.kind, self.payload, [pickle.PickleBuffer(b) for b in self.buffers])
+        buffers = self.buffers
+        return (
+            self.id,
+            self.kind,
+            self.payload,
+            [pickle.PickleBuffer(b) for b in buffers] if buffers else _NONE,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,8 +105,19 @@ class WorkerContext:
         self._heartbeat[BEAT] = time.monotonic()
 
 
+_CURRENT: WorkerContext | None = None
+
+
+def beat() -> None:
+    """Tell the supervisor this worker is making progress (call it from long tasks, so
+    that they are not taken for hung); does nothing outside a worker."""
+    if _CURRENT is not None:
+        _CURRENT.beat()
+
+
 def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: Any) -> None:
     """Entry point of a worker process."""
+    global _CURRENT
     for fd in spec.close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -117,7 +128,7 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
     heartbeat[BEAT] = time.monotonic()
     heartbeat[STATE] = STARTING
     heartbeat[CURRENT] = -1
-    worker = WorkerContext(spec, heartbeat)
+    worker = _CURRENT = WorkerContext(spec, heartbeat)
     try:
         init_process(worker)
     except BaseException as exc:
@@ -325,6 +336,7 @@ class RecordingHooks(PoolHooks):
 
     def on_acquire(self, wait_seconds: float) -> None:
         self.metrics.observe("pool_acquire_wait", wait_seconds)
+        self.worker.beat()  # waiting for a lease is not hanging
 
     def on_timeout(self, wait_seconds: float) -> None:
         self.metrics.observe("pool_acquire_wait", wait_seconds)

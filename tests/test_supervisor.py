@@ -307,3 +307,30 @@ def test_graceful_timeout_then_terminate(make_sup: Any, tmp_path: Path) -> None:
     assert time.monotonic() - started < 8
     for f in [stuck, *queued]:
         assert isinstance(f.exception(5), SupervisorStoppedError)
+
+
+def long_task_that_beats(seconds: float) -> str:
+    from chworkers.worker import beat
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        beat()
+    return "done"
+
+
+def test_a_long_task_that_beats_is_not_taken_for_hung(make_sup: Any) -> None:
+    sup = make_sup(workers=1, hung_timeout=0.3, heartbeat_interval=0.1)
+    assert sup.call(long_task_that_beats, 1.5).result(20) == "done"
+    assert sup.stats().restarts == {}
+
+
+def test_callbacks_on_the_loop_thread_may_use_the_supervisor(make_sup: Any) -> None:
+    sup = make_sup(workers=1)
+    seen: list[Any] = []
+    done = sup.call(os.getpid)
+    done.add_done_callback(lambda f: seen.append(sup.stats().tasks["succeeded"]))
+    done.result(20)
+    sup.call(os.getpid).add_done_callback(lambda f: sup.stop())
+    assert sup.wait(20)
+    assert seen == [1] and sup.state == "stopped"
