@@ -194,7 +194,12 @@ def test_cancelled_queued_tasks_do_not_run(make_sup: Any, tmp_path: Path) -> Non
     sup = make_sup(workers=1, prefetch=1)  # the worker holds 2 tasks at most
     first = [sup.call(block_until, str(release), str(started)) for _ in range(2)]
     wait_for(started)
+    deadline = time.monotonic() + 20
+    while sup.stats().in_flight < 2:  # both sent to the worker: nothing else fits
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     later = sup.call(Path(tmp_path / "ran").touch)
+    time.sleep(0.1)
     assert sup.stats().queued == 1
     assert later.cancel()
     release.touch()
