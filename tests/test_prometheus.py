@@ -5,13 +5,16 @@ session-scoped fixture installs it when it is missing (a one-time apt-get), so a
 machine needs nothing but the test command.
 
 The end-to-end tests start a real Prometheus on loopback that loads the shipped rules
-and scrapes a real HTTP exposition of a chworkers :class:`~chworkers.metrics.Metrics`
-registry, which a thread keeps changing the way a busy daemon would. (Once the
-supervisor's own exposition lands, it replaces this stand-in as the scrape target.)
+and scrapes two targets in the example's ``chworkers`` job: a real :class:`Supervisor`
+inserting into the embedded ClickHouse endpoint (its own ``/metrics``), and a served
+:class:`~chworkers.metrics.Metrics` registry that a thread keeps changing the way a busy
+daemon would, for the daemon-level series (spool, dead letters, sources) a bare
+supervisor does not have, so that every dashboard query has data to return.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -23,15 +26,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+from test_grafana import BUILTIN_SERIES, dashboard_exprs, metric_names, recorded, rules
 
-from chworkers import __version__
+from chworkers import EmbeddedClickHouse, Supervisor, __version__
+from chworkers.errors import ServerError
 from chworkers.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,14 +209,14 @@ class BusyDaemon:
 
 
 class PrometheusServer:
-    def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
+    def __init__(self, binary: str, workdir: Path, targets: list[str]) -> None:
         # The shipped example config, pointed at the target and sped up for a test.
         config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(RULES)]
         (job,) = config["scrape_configs"]
         job["scrape_interval"], job["scrape_timeout"] = "1s", "1s"
-        job["static_configs"][0]["targets"] = [f"127.0.0.1:{target_port}"]
+        job["static_configs"][0]["targets"] = targets
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
         self.port = free_port()
@@ -278,13 +286,54 @@ def daemon() -> Iterator[BusyDaemon]:
     d.close()
 
 
+SUPERVISED_ROWS = 3 * 100
+
+
+@pytest.fixture(scope="module")
+def supervisor(endpoint: EmbeddedClickHouse) -> Iterator[Supervisor]:
+    """A real supervisor that inserted 300 rows and failed one insert (unknown table)."""
+    database = f"prometheus_e2e_{uuid.uuid4().hex[:8]}"
+    admin = clickhouse_connect.get_client(host=endpoint.host, port=endpoint.port)
+    admin.command(f"CREATE DATABASE {database}")
+    admin.command(
+        f"CREATE TABLE {database}.events (id UInt64, user String) ENGINE = MergeTree "
+        "ORDER BY id SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    sup = Supervisor(f"{endpoint.url}/{database}", workers=2, max_connections=2, metrics_port=0)
+    try:
+        sup.start()
+        futures = [
+            sup.insert("events", [(n * 100 + i, f"u{i % 7}") for i in range(100)], ["id", "user"])
+            for n in range(SUPERVISED_ROWS // 100)
+        ]
+        for future in futures:
+            future.result(60)
+        with pytest.raises(ServerError):
+            sup.insert("missing", [(1, "x")], ["id", "user"]).result(60)
+        yield sup
+    finally:
+        sup.stop(graceful=False)
+        admin.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+        admin.close()
+
+
+def target(url: str | None) -> str:
+    assert url is not None
+    return urllib.parse.urlsplit(url).netloc
+
+
 @pytest.fixture(scope="module")
 def prometheus(
     prometheus_tools: tuple[str, str],
+    supervisor: Supervisor,
     daemon: BusyDaemon,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(prometheus_tools[1], tmp_path_factory.mktemp("prom"), daemon.port)
+    server = PrometheusServer(
+        prometheus_tools[1],
+        tmp_path_factory.mktemp("prom"),
+        [target(supervisor.metrics_url), f"127.0.0.1:{daemon.port}"],
+    )
     try:
         # Enough scrapes and rule evaluations for 1m rates and new-series alerts.
         records = [r["record"] for g in rule_groups() for r in g["rules"] if "record" in r]
@@ -297,28 +346,109 @@ def prometheus(
         server.close()
 
 
+@pytest.mark.timeout(180)
+def test_a_running_supervisors_series_come_back_through_prometheus(
+    prometheus: PrometheusServer, supervisor: Supervisor
+) -> None:
+    instance = target(supervisor.metrics_url)
+    where = f'job="chworkers", instance="{instance}"'
+    prometheus.wait_until(
+        lambda: bool(prometheus.query(f"chworkers_rows_inserted_total{{{where}}}")),
+        "the supervisor's rows",
+    )
+    (rows,) = prometheus.query(f"chworkers_rows_inserted_total{{{where}}}")
+    assert rows["metric"]["table"] == "events"
+    assert float(rows["value"][1]) == SUPERVISED_ROWS
+    (errors,) = prometheus.query(f'chworkers_errors_total{{{where}, kind="server"}}')
+    assert errors["metric"]["code"] == "60"  # UNKNOWN_TABLE
+    assert float(errors["value"][1]) == 1
+    (pool_max,) = prometheus.query(f"chworkers_pool_connections_max{{{where}}}")
+    assert float(pool_max["value"][1]) == 2
+    (busy_or_idle,) = prometheus.query(f"sum(chworkers_workers{{{where}}})")
+    assert float(busy_or_idle["value"][1]) == 2
+    # The rules see it too: while it keeps inserting, the recording rules compute its
+    # throughput and p99 insert latency from its counters and histogram.
+    batches = itertools.count(SUPERVISED_ROWS // 100)
+
+    def inserting_and_recorded() -> bool:
+        n = next(batches)
+        rows = [(n * 100 + i, "late") for i in range(100)]
+        supervisor.insert("events", rows, ["id", "user"]).result(60)
+        return all(
+            prometheus.query(f"{name}{{{where}}} > 0")
+            for name in (
+                "job_instance_table:chworkers_rows_inserted:rate1m",
+                "job_instance:chworkers_insert_duration_seconds:p99_5m",
+                "job_instance:chworkers_tasks:rate5m",
+            )
+        )
+
+    prometheus.wait_until(inserting_and_recorded, "recording rules over the supervisor")
+
+
+def exported_names(metrics_text: str) -> set[str]:
+    """Sample names an exposition has or, for labelled metrics without children yet,
+    would have (from each family's type)."""
+    names = set()
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "info": ["_info"],
+        "summary": ["_sum", "_count", ""],
+    }
+    for family in text_string_to_metric_families(metrics_text):
+        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, [""])}
+    return names
+
+
+@pytest.mark.timeout(180)
+def test_every_metric_the_dashboard_and_rules_use_is_exported_by_a_running_supervisor(
+    supervisor: Supervisor,
+) -> None:
+    assert supervisor.metrics_url
+    with urllib.request.urlopen(supervisor.metrics_url, timeout=10) as response:
+        exported = exported_names(response.read().decode())
+    assert "chworkers_rows_inserted_total" in exported
+    used: set[str] = set()
+    for _, expr in dashboard_exprs():
+        used |= metric_names(expr)
+    for rule in rules():
+        used |= metric_names(rule["expr"])
+    used -= recorded() | BUILTIN_SERIES
+    # The supervisor registers the whole catalogue, the daemon's spool, dead-letter and
+    # source instruments included (they stay at zero without a daemon around it).
+    missing = used - exported
+    assert not missing, f"used by grafana/ but not exported by a running supervisor: {missing}"
+
+
 @pytest.mark.timeout(120)
 def test_a_chworkers_series_comes_back_through_the_http_api(
     prometheus: PrometheusServer, daemon: BusyDaemon
 ) -> None:
-    (sample,) = prometheus.query('chworkers_queue_capacity{job="chworkers"}')
-    assert sample["metric"]["instance"] == f"127.0.0.1:{daemon.port}"
+    instance = f"127.0.0.1:{daemon.port}"
+    (sample,) = prometheus.query(f'chworkers_queue_capacity{{instance="{instance}"}}')
+    assert sample["metric"]["job"] == "chworkers"
     assert sample["metric"]["environment"] == "production"  # the example's target label
     assert float(sample["value"][1]) == 1000
-    (info,) = prometheus.query("chworkers_build_info")
-    assert info["metric"]["version"] == __version__
-    (up,) = prometheus.query('up{job="chworkers"}')
-    assert up["value"][1] == "1"
+    for info in prometheus.query("chworkers_build_info"):
+        assert info["metric"]["version"] == __version__
+    ups = prometheus.query('up{job="chworkers"}')
+    assert [u["value"][1] for u in ups] == ["1", "1"]
 
 
 @pytest.mark.timeout(120)
-def test_recording_rules_produce_series(prometheus: PrometheusServer) -> None:
+def test_recording_rules_produce_series(prometheus: PrometheusServer, daemon: BusyDaemon) -> None:
     groups = rule_groups()
     records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
     prometheus.wait_until(
         lambda: all(prometheus.query(name) for name in records), "every recording rule"
     )
-    rows = prometheus.query("job_instance_table:chworkers_rows_inserted:rate1m")
+    instance = f"127.0.0.1:{daemon.port}"
+    rows = prometheus.query(
+        f'job_instance_table:chworkers_rows_inserted:rate1m{{instance="{instance}"}}'
+    )
     assert {s["metric"]["table"] for s in rows} == {"events", "clicks"}
     assert all(float(s["value"][1]) > 0 for s in rows)
 
