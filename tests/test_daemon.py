@@ -236,24 +236,16 @@ def test_corrupt_spool_file_is_quarantined_and_the_rest_replayed(
     assert ok.seq != broken.seq
 
 
-@pytest.mark.timeout(300)
-def test_kill_9_mid_ingest_then_restart_exact_count(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
-) -> None:
-    n = 300_000
+def file_pipeline_toml(tmp_path: Path, n: int, clickhouse: str = "") -> list[str]:
+    """Write n lines and a config file reading them; returns the `chworkers run` command."""
     (tmp_path / "in.json").write_bytes(lines(0, n))
     conf = tmp_path / "chworkers.toml"
     conf.write_text(
         f"""
 state_dir = "{tmp_path / "state"}"
-[clickhouse]
-url = "{own_endpoint.url}"
-[workers]
-workers = 2
+{clickhouse}
 [metrics]
 port = 0
-[spool]
-fsync = true
 [[pipelines]]
 name = "p"
 source = "file"
@@ -264,8 +256,34 @@ engine = "MergeTree ORDER BY n"
 max_rows = 5000
 """
     )
-    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
+    return [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
+
+
+def kill_9_when(cmd: list[str], ready: Callable[[], bool]) -> None:
+    """Start the daemon, SIGKILL it once ``ready()``, and make sure it is gone."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: ready() or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def rerun_to_completion(cmd: list[str]) -> None:
+    again = subprocess.run(cmd, capture_output=True, timeout=240)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert b"inserted" in again.stdout
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_mid_ingest_then_restart_exact_count(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    n = 300_000
+    cmd = file_pipeline_toml(tmp_path, n, f'[clickhouse]\nurl = "{own_endpoint.url}"')
 
     def inserted() -> int:
         try:
@@ -273,19 +291,10 @@ max_rows = 5000
         except Exception:
             return 0
 
-    try:
-        wait_for(lambda: inserted() >= 20_000 or proc.poll() is not None, timeout=120)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    # Workers die with their supervisor; wait until nothing is inserting any more.
-    time.sleep(2)
+    kill_9_when(cmd, lambda: inserted() >= 20_000)
+    time.sleep(2)  # workers notice their supervisor is gone and stop
     assert inserted() < n
-    again = subprocess.run(cmd, capture_output=True, timeout=240)
-    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    rerun_to_completion(cmd)
     assert query(own_endpoint.url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
         n,
         n,
@@ -298,41 +307,14 @@ def test_kill_9_with_the_embedded_default_then_restart(tmp_path: Path) -> None:
     """The embedded endpoint is the daemon's child: a kill -9 must not leave it running
     with the data directory locked, and the restart must finish the file exactly once."""
     n = 200_000
-    (tmp_path / "in.json").write_bytes(lines(0, n))
-    conf = tmp_path / "chworkers.toml"
-    conf.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-[metrics]
-port = 0
-[[pipelines]]
-name = "p"
-source = "file"
-paths = ["{tmp_path / "in.json"}"]
-table = "ev"
-create = "{SCHEMA}"
-engine = "MergeTree ORDER BY n"
-max_rows = 5000
-"""
-    )
-    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    spool = tmp_path / "state" / "spool"
+    cmd = file_pipeline_toml(tmp_path, n)
     positions = tmp_path / "state" / "positions"
-    try:
-        wait_for(lambda: positions.exists() and any(positions.iterdir()), timeout=120)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    again = subprocess.run(cmd, capture_output=True, timeout=200)
-    assert again.returncode == 0, again.stderr.decode()[-3000:]
-    assert b"inserted" in again.stdout
+    kill_9_when(cmd, lambda: positions.exists() and any(positions.iterdir()))
+    rerun_to_completion(cmd)
     with EmbeddedClickHouse(tmp_path / "state" / "clickhouse") as ch:
         assert query(ch.url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
             n,
             n,
             sum(range(n)),
         )
-    assert not list(spool.glob("*.batch"))
+    assert not list((tmp_path / "state" / "spool").glob("*.batch"))
