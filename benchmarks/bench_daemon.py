@@ -50,7 +50,7 @@ def daemon_run(ch: EmbeddedClickHouse, tmp: Path, path: Path, workers: int, name
         data={
             "state_dir": str(tmp / f"state-{name}"),
             "clickhouse": {"url": ch.url, "pool": {"max_connections": workers}},
-            "workers": {"workers": workers},
+            "supervisor": {"workers": workers},
             "metrics": {"port": 0},
             "pipelines": [
                 {
@@ -116,9 +116,9 @@ def soak(ch: EmbeddedClickHouse, tmp: Path, seconds: float) -> None:
         data={
             "state_dir": str(tmp / "state-soak"),
             "clickhouse": {"url": ch.url, "pool": {"max_connections": 2}},
-            "workers": {"workers": 2, "retry_backoff_max": 5},
+            "supervisor": {"workers": 2},
             "metrics": {"port": 0},
-            "spool": {"fsync": False},
+            "spool": {"fsync": False, "retry_backoff_max": 5},
             "pipelines": [
                 {
                     "name": "soak",

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from chworkers.dsn import ConnectionConfig
 from chworkers.errors import ConfigError
+from chworkers.options import SupervisorOptions
 from chworkers.pipelines import PipelineSettings, build_pipelines
 from chworkers.pool import PoolOptions
 from chworkers.settings import build, render_defaults, render_reference, section, setting
@@ -66,41 +67,6 @@ class ClickHouseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerSettings:
-    """The supervisor and its worker processes."""
-
-    workers: int = setting(2, "Worker processes inserting batches.", minimum=1, reload=True)
-    start_method: Literal["fork", "spawn", "forkserver"] = setting(
-        "forkserver", "How worker processes are started."
-    )
-    max_in_flight: int = setting(
-        0,
-        "Batches read back from the spool and queued at once (0: twice the workers).",
-        minimum=0,
-    )
-    graceful_timeout: float = setting(
-        30.0,
-        "On SIGTERM, how long to finish inserts before stopping (the rest stays spooled).",
-        unit="seconds",
-        minimum=0,
-        reload=True,
-    )
-    hung_timeout: float = setting(
-        120.0,
-        "A worker silent this long while inserting is killed and replaced.",
-        unit="seconds",
-        minimum=1,
-        reload=True,
-    )
-    retry_backoff_max: float = setting(
-        60.0,
-        "Longest wait before a failed batch is tried again (it is never dropped).",
-        unit="seconds",
-        minimum=0.1,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
 class MetricsSettings:
     """The Prometheus endpoint (/metrics, /healthz, /readyz)."""
 
@@ -123,6 +89,18 @@ class SpoolSettings:
         "When full: block producers, reject (HTTP 503), or drop the oldest batches (counted).",
     )
     fsync: bool = setting(True, "fsync every batch (turn off only for throwaway data).")
+    max_in_flight: int = setting(
+        0,
+        "Batches read back from the spool and queued for the workers at once "
+        "(0: twice the workers); the rest wait on disk.",
+        minimum=0,
+    )
+    retry_backoff_max: float = setting(
+        60.0,
+        "Longest wait before a failed batch is tried again (it is never dropped).",
+        unit="seconds",
+        minimum=0.1,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +139,13 @@ class DaemonSettings:
         "$STATE_DIRECTORY under systemd, else ./chworkers-state).",
     )
     clickhouse: ClickHouseSettings = section(ClickHouseSettings, "ClickHouse.")
-    workers: WorkerSettings = section(WorkerSettings, "Workers.")
+    supervisor: SupervisorOptions = section(
+        SupervisorOptions,
+        "The supervisor and its worker processes.",
+        # The daemon sets these itself: the connection budget is
+        # clickhouse.pool.max_connections, the endpoint is [metrics], and it owns signals.
+        exclude=frozenset({"max_connections", "metrics_host", "metrics_port", "handle_signals"}),
+    )
     metrics: MetricsSettings = section(MetricsSettings, "Metrics.")
     spool: SpoolSettings = section(SpoolSettings, "Spool.")
     http: HttpSettings = section(HttpSettings, "Push endpoint.")

@@ -40,6 +40,7 @@ from chworkers.errors import ChworkersError
 from chworkers.framing import FORMATS
 from chworkers.ingest import IngestServer, Route
 from chworkers.inserts import insert_batch
+from chworkers.options import SupervisorOptions
 from chworkers.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
 from chworkers.spool import Spool, SpooledBatch
 from chworkers.supervisor import Supervisor
@@ -186,14 +187,11 @@ class Daemon:
         self.supervisor = Supervisor(
             s.clickhouse.connection(url),
             pool_options=s.clickhouse.pool,
-            workers=s.workers.workers,
+            options=s.supervisor,
             max_connections=s.clickhouse.pool.max_connections,
-            start_method=s.workers.start_method,
-            graceful_timeout=max(0.1, s.workers.graceful_timeout),
-            hung_timeout=s.workers.hung_timeout,
             metrics_host=s.metrics.host,
             metrics_port=s.metrics.port,
-            handle_signals=False,
+            handle_signals=False,  # the daemon owns signals: it stops intake first
         )
         self.supervisor.start()
         stack.callback(self._stop_supervisor)
@@ -220,8 +218,8 @@ class Daemon:
             self._submit,
             on_done=self._confirmed,
             on_failure=self._failed,
-            max_in_flight=s.workers.max_in_flight or 2 * s.workers.workers,
-            max_backoff=s.workers.retry_backoff_max,
+            max_in_flight=s.spool.max_in_flight or 2 * s.supervisor.workers,
+            max_backoff=s.spool.retry_backoff_max,
         )
         self.batcher = Batcher(self.spool, self._spooled, spool_timeout=None)
 
@@ -353,7 +351,7 @@ class Daemon:
         for thread in self._source_threads:
             thread.join(timeout=10)
         self.batcher.close()  # everything accepted is now in the spool
-        timeout = None if finished else self.config.settings.workers.graceful_timeout
+        timeout = None if finished else self.config.settings.supervisor.graceful_timeout
         done = self._drain(timeout)
         self.dispatcher.stop()
         if self.progress is not None:
@@ -391,12 +389,14 @@ class Daemon:
             log.error("SIGHUP: keeping the running configuration: %s", exc)
             return
         s = new.settings
+        changes: dict[str, Any] = {
+            name: getattr(s.supervisor, name)
+            for name in SupervisorOptions.reloadable() - {"max_connections"}
+        }
         self.supervisor.reconfigure(
-            workers=s.workers.workers,
+            **changes,
             max_connections=s.clickhouse.pool.max_connections,
             retry=s.clickhouse.pool.retry,
-            graceful_timeout=max(0.1, s.workers.graceful_timeout),
-            hung_timeout=s.workers.hung_timeout,
         )
         self.config = Config(
             settings=s,
@@ -404,7 +404,7 @@ class Daemon:
             state_dir=self.state_dir,
             source=self.config.source,
         )
-        log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.workers.workers)
+        log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
 
     # -- batches -----------------------------------------------------------------------
 

@@ -26,7 +26,9 @@ StartMethod = Literal["fork", "spawn", "forkserver"]
 class SupervisorOptions:
     """Supervisor settings."""
 
-    workers: int = setting(os.cpu_count() or 1, "Worker processes.", minimum=1, reload=True)
+    workers: int = setting(
+        os.cpu_count() or 1, "Worker processes.", minimum=1, reload=True, shown="the CPU count"
+    )
     max_connections: int | None = setting(
         None,
         "ClickHouse requests in flight across all workers (none: as many as workers).",

@@ -54,10 +54,12 @@ def setting(
     maximum: float | None = None,
     secret: bool = False,
     reload: bool = False,
+    shown: str | None = None,
 ) -> Any:
     """Declare one setting: its default, its help text and how to validate it.
 
-    ``reload`` marks a setting that a running daemon may change on SIGHUP.
+    ``reload`` marks a setting that a running daemon may change on SIGHUP. ``shown``
+    describes a default computed on the machine (e.g. "the CPU count") for the docs.
 
     ``secret`` settings are never printed, and may also be read from a file named by
     the companion key ``<name>_file`` (or ``CHWORKERS_..._FILE``), so that passwords
@@ -70,15 +72,23 @@ def setting(
         "maximum": maximum,
         "secret": secret,
         "reload": reload,
+        "shown": shown,
     }
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         raise TypeError("settings take immutable defaults; use section() for a subsection")
     return dataclasses.field(default=default, metadata=meta)
 
 
-def section(cls: type[Any], help: str) -> Any:
-    """Declare a subsection: a settings dataclass nested under this one."""
-    return dataclasses.field(default_factory=cls, metadata={"help": help})
+def section(cls: type[Any], help: str, *, exclude: frozenset[str] = frozenset()) -> Any:
+    """Declare a subsection: a settings dataclass nested under this one.
+
+    ``exclude`` names settings of ``cls`` that this place does not offer (the owner
+    sets them itself): they are neither parsed nor documented here, and keep their
+    defaults in the built value.
+    """
+    return dataclasses.field(
+        default_factory=cls, metadata={"help": help, "exclude": frozenset(exclude)}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +101,7 @@ class SettingInfo:
     help: str
     env: str
     secret: bool
+    shown: str | None = None
 
 
 def env_name(key: str) -> str:
@@ -110,12 +121,16 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     return hints
 
 
-def _settings_fields(cls: type[Any]) -> tuple[dataclasses.Field[Any], ...]:
+def _settings_fields(
+    cls: type[Any], exclude: frozenset[str] = frozenset()
+) -> tuple[dataclasses.Field[Any], ...]:
     """The fields declared with :func:`setting` or :func:`section`; other fields of the
     dataclass (internal state such as a retry history) are not settings."""
     fields = _FIELDS.get(cls)
     if fields is None:
         fields = _FIELDS[cls] = tuple(f for f in dataclasses.fields(cls) if "help" in f.metadata)
+    if exclude:
+        return tuple(f for f in fields if f.name not in exclude)
     return fields
 
 
@@ -139,15 +154,17 @@ def _type_name(tp: Any, meta: Mapping[str, Any]) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def describe(cls: type[Any], prefix: str = "") -> list[SettingInfo]:
+def describe(
+    cls: type[Any], prefix: str = "", exclude: frozenset[str] = frozenset()
+) -> list[SettingInfo]:
     """Every setting of ``cls`` and its subsections, depth first, in declaration order."""
     out: list[SettingInfo] = []
     hints = _hints(cls)
-    for f in _settings_fields(cls):
+    for f in _settings_fields(cls, exclude):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
         if _is_section(tp):
-            out.extend(describe(tp, key + "."))
+            out.extend(describe(tp, key + ".", f.metadata.get("exclude", frozenset())))
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         out.append(
@@ -158,6 +175,7 @@ def describe(cls: type[Any], prefix: str = "") -> list[SettingInfo]:
                 help=f.metadata.get("help", ""),
                 env=env_name(key),
                 secret=bool(f.metadata.get("secret")),
+                shown=f.metadata.get("shown"),
             )
         )
     return out
@@ -311,6 +329,7 @@ def build(
     prefix: str = "",
     source: str = "config",
     base_dir: Path | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> T:
     """Build the settings dataclass ``cls`` from TOML ``data`` and the environment.
 
@@ -320,7 +339,7 @@ def build(
     data = dict(data or {})
     env = env or {}
     hints = _hints(cls)
-    fields = {f.name: f for f in _settings_fields(cls)}
+    fields = {f.name: f for f in _settings_fields(cls, exclude)}
     secret_files = {f"{name}_file" for name, f in fields.items() if f.metadata.get("secret")}
     for name in data:
         if name not in fields and name not in secret_files:
@@ -342,7 +361,13 @@ def build(
             if not isinstance(sub, Mapping):
                 raise _fail(key, sub, "a table (section)", source)
             values[name] = build(
-                tp, sub, env=env, prefix=key + ".", source=source, base_dir=base_dir
+                tp,
+                sub,
+                env=env,
+                prefix=key + ".",
+                source=source,
+                base_dir=base_dir,
+                exclude=f.metadata.get("exclude", frozenset()),
             )
             continue
         raw, where = _lookup(name, key, f, data, env, source, base_dir)
@@ -405,11 +430,13 @@ def _read_secret(path: Path, base_dir: Path | None, key: str, where: str) -> str
         ) from exc
 
 
-def render_defaults(cls: type[Any], prefix: str = "", *, header: str = "") -> str:
+def render_defaults(
+    cls: type[Any], prefix: str = "", *, header: str = "", exclude: frozenset[str] = frozenset()
+) -> str:
     """A commented TOML file with every default, derived from the declarations."""
     lines: list[str] = [header] if header else []
     hints = _hints(cls)
-    plain = [f for f in _settings_fields(cls) if not _is_section(hints[f.name])]
+    plain = [f for f in _settings_fields(cls, exclude) if not _is_section(hints[f.name])]
     if plain and prefix:
         lines.append(f"[{prefix.rstrip('.')}]")
     for f in plain:
@@ -419,14 +446,22 @@ def render_defaults(cls: type[Any], prefix: str = "", *, header: str = "") -> st
         default = f.default
         if f.metadata.get("secret"):
             lines.append(f'# {f.name} = ...   (or {f.name}_file = "/path/to/secret")')
+        elif f.metadata.get("shown"):
+            lines.append(f"# {f.name} = ...   (default: {f.metadata['shown']})")
         elif default is None:
             lines.append(f"# {f.name} =")
         else:
             lines.append(f"{f.name} = {_toml(default)}")
         lines.append("")
-    for f in _settings_fields(cls):
+    for f in _settings_fields(cls, exclude):
         if _is_section(hints[f.name]):
-            lines.append(render_defaults(hints[f.name], prefix + f.name + "."))
+            lines.append(
+                render_defaults(
+                    hints[f.name],
+                    prefix + f.name + ".",
+                    exclude=f.metadata.get("exclude", frozenset()),
+                )
+            )
     return "\n".join(lines)
 
 
@@ -451,13 +486,15 @@ def render_reference(cls: type[Any], env_for: Callable[[str], str] | None = None
         "| --- | --- | --- | --- | --- |",
     ]
     for info in describe(cls):
-        default = (
-            "(secret)" if info.secret else ("" if info.default is None else _toml(info.default))
-        )
+        if info.secret:
+            default = "(secret)"
+        elif info.shown:
+            default = info.shown
+        else:
+            default = "" if info.default is None else f"`{_toml(info.default)}`"
+        env = env_for(info.key) if env_for is not None else info.env
         help_text = info.help.replace("|", "\\|")
         if info.secret:
-            env = env_for(info.key) if env_for is not None else info.env
             help_text += f" Also `{info.key}_file` / `{env}_FILE`."
-        env = env_for(info.key) if env_for is not None else info.env
-        rows.append(f"| `{info.key}` | {info.type_name} | `{default}` | `{env}` | {help_text} |")
+        rows.append(f"| `{info.key}` | {info.type_name} | {default} | `{env}` | {help_text} |")
     return "\n".join(rows) + "\n"

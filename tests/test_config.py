@@ -39,13 +39,13 @@ def test_file_env_and_secret_file(tmp_path: Path) -> None:
         table = "events"
         """,
     )
-    cfg = config.load(path, env={"CHWORKERS_WORKERS_WORKERS": "6"})
+    cfg = config.load(path, env={"CHWORKERS_SUPERVISOR_WORKERS": "6"})
     s = cfg.settings
     assert s.clickhouse.pool.max_connections == 4
     assert s.clickhouse.pool.retry.max_attempts == 7
     assert s.clickhouse.pool.retry.initial_backoff == pytest.approx(0.05)
     assert s.spool.max_bytes == 2 * 1024**3
-    assert s.workers.workers == 6
+    assert s.supervisor.workers == 6
     conn = s.clickhouse.connection()
     assert conn.password == "hunter2" and conn.database == "db" and len(conn.hosts) == 2
     assert cfg.state_dir == Path("/var/lib/x")

@@ -48,9 +48,9 @@ def make_config(tmp_path: Path, url: str, pipelines: list[dict[str, Any]], **ext
             "url": url,
             "pool": {"max_connections": 2, "retry": {"initial_backoff": 0.05, "max_backoff": 0.5}},
         },
-        "workers": {"workers": 2, "retry_backoff_max": 1.0},
+        "supervisor": {"workers": 2},
         "metrics": {"port": 0},
-        "spool": {"fsync": False},
+        "spool": {"fsync": False, "retry_backoff_max": 1.0},
         "http": {"port": 0},
         "pipelines": pipelines,
     }
