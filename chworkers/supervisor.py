@@ -146,20 +146,21 @@ class Supervisor:
         ctx = multiprocess.get_context(opts.start_method)
         if opts.start_method == "forkserver":
             ctx.set_forkserver_preload(["chworkers.worker"])
-        self.broker = self._make_broker(ctx)
-        self._arbiter = arbiter = Arbiter(self, ctx)
-        if opts.handle_signals:
-            self._signals = SignalInbox(partial(arbiter.command, "signal", reply=False))
-            self._signals.install()
-        if opts.metrics_port is not None:
-            self.endpoint = MetricsEndpoint(
-                self.registry,
-                host=opts.metrics_host,
-                port=opts.metrics_port,
-                refresh=self._refresh,
-                healthy=self._healthy,
-                ready=self._ready,
-            )
+        try:
+            self.broker = self._make_broker(ctx)
+            self._arbiter = arbiter = Arbiter(self, ctx)
+            if opts.handle_signals:
+                self._signals = SignalInbox(partial(arbiter.command, "signal", reply=False))
+                self._signals.install()
+            if opts.metrics_port is not None:
+                self.endpoint = self._serve_metrics()
+        except BaseException:
+            if self._signals is not None:
+                self._signals.restore()
+            if self.broker is not None:
+                self.broker.close()
+            self.state = "failed"
+            raise
         self.metrics.build_info.info({"version": _version()})
         self.state = "running"
         arbiter.thread.start()
@@ -169,6 +170,25 @@ class Supervisor:
             self.stop(graceful=False)
             raise
         return self
+
+    def _serve_metrics(self) -> MetricsEndpoint:
+        opts = self.options
+        try:
+            return MetricsEndpoint(
+                self.registry,
+                host=opts.metrics_host,
+                port=opts.metrics_port or 0,
+                refresh=self._refresh,
+                healthy=self._healthy,
+                ready=self._ready,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {opts.metrics_host}:{opts.metrics_port}: {exc}",
+                key="metrics_port",
+                value=opts.metrics_port,
+                expected="a free port on metrics_host (0 picks one)",
+            ) from exc
 
     def __enter__(self) -> Supervisor:
         return self.start()

@@ -343,7 +343,9 @@ class DeadLetter:
     """A task that failed for good, handed to the dead-letter hook.
 
     ``reason`` is ``"error"`` (a non-retryable error), ``"crashed"`` or ``"hung"`` (it
-    took its worker down too often). ``batch()`` decodes an insert's data.
+    took its worker down too often). ``batch()`` decodes an insert's data: the rows,
+    columns, DataFrame or Arrow table as given, or (form ``"raw"``) the bytes in format
+    ``fmt``: what ``insert_raw`` was given, or the Native block ``insert`` encoded.
     """
 
     task_id: int

@@ -127,3 +127,21 @@ def test_endpoint_reports_unavailable_with_the_reason() -> None:
         assert scrape(endpoint.url + "/metrics")[("chworkers_demo_total", ())] == 3
     finally:
         endpoint.close()
+
+
+def test_a_taken_port_is_a_config_error_and_leaves_nothing_running() -> None:
+    import socket
+    import threading
+
+    from chworkers.errors import ConfigError
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    before = threading.active_count()
+    try:
+        sup = Supervisor(workers=1, metrics_port=taken.getsockname()[1])
+        with pytest.raises(ConfigError) as info:
+            sup.start()
+        assert info.value.key == "metrics_port"
+        assert sup.state == "failed" and threading.active_count() == before
+    finally:
+        taken.close()
