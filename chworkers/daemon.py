@@ -44,7 +44,7 @@ from chworkers.options import SupervisorOptions
 from chworkers.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
 from chworkers.spool import Spool, SpooledBatch
 from chworkers.supervisor import Supervisor
-from chworkers.systemd import Notifier, Watchdog, format_status
+from chworkers.systemd import Heartbeat, Notifier, Watchdog, format_status
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_UNFINISHED = 4  # stopped with batches left in the spool (they are kept)
+
+#: The daemon's loop turns every half second; silent this long, it counts as stuck.
+LOOP_STALE_AFTER = 10.0
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Daemon:
         self._source_threads: list[threading.Thread] = []
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._heartbeat = Heartbeat()
         #: Called with the daemon after the last batch is in, before ClickHouse (if
         #: embedded) stops: the demo queries the result here.
         self.before_stop: Callable[[Daemon], None] | None = None
@@ -322,6 +326,7 @@ class Daemon:
     def _loop(self, notifier: Notifier) -> int:
         last_status = 0.0
         while True:
+            self._heartbeat.beat()
             try:
                 signum = self._signals.get(timeout=0.5)
             except queue.Empty:
@@ -448,7 +453,10 @@ class Daemon:
     # -- health and status --------------------------------------------------------------
 
     def _healthy(self) -> bool:
-        ok, _ = self.supervisor._healthy()
+        """For systemd's watchdog: this loop turns, and the supervisor's workers are fine."""
+        if not self._heartbeat.fresh(LOOP_STALE_AFTER):
+            return False
+        ok, _ = self.supervisor.health()
         return bool(ok)
 
     def _status(self) -> str:

@@ -657,6 +657,13 @@ class Supervisor:
             m.pool_waiting.set(st.waiting)
             m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, details)`` as ``/healthz`` reports it: the supervisor's loop turns.
+
+        A program embedding the supervisor (the daemon's systemd watchdog) asks this.
+        """
+        return self._healthy()
+
     # HTTP endpoint callbacks (on its threads).
 
     def _refresh(self) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -318,3 +320,62 @@ def test_kill_9_with_the_embedded_default_then_restart(tmp_path: Path) -> None:
             sum(range(n)),
         )
     assert not list((tmp_path / "state" / "spool").glob("*.batch"))
+
+
+@pytest.mark.timeout(180)
+def test_systemd_notify_ready_status_watchdog_reload_stopping(tmp_path: Path) -> None:
+    """The daemon under a real NOTIFY_SOCKET, as systemd runs a Type=notify service."""
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(sock_path))
+    receiver.settimeout(1.0)
+    conf = tmp_path / "chworkers.toml"
+    conf.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[metrics]
+port = 0
+[http]
+port = 0
+[[pipelines]]
+name = "push"
+source = "http"
+table = "ev"
+create = "{SCHEMA}"
+"""
+    )
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chworkers", "run", "-c", str(conf)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    messages: list[str] = []
+
+    def collect_until(cond: Callable[[], bool], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, messages
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            with contextlib.suppress(TimeoutError):
+                messages.append(receiver.recv(4096).decode())
+
+    try:
+        collect_until(lambda: any("READY=1" in m for m in messages))
+        ready_at = len(messages)
+        collect_until(lambda: sum("WATCHDOG=1" in m for m in messages[ready_at:]) >= 3)
+        assert any(m.startswith("STATUS=") and "rows/s" in m for m in messages)
+        proc.send_signal(signal.SIGHUP)
+        collect_until(lambda: any("RELOADING=1" in m for m in messages))
+        reload_at = next(i for i, m in enumerate(messages) if "RELOADING=1" in m)
+        collect_until(lambda: any("READY=1" in m for m in messages[reload_at:]))
+        proc.send_signal(signal.SIGTERM)
+        collect_until(lambda: any("STOPPING=1" in m for m in messages))
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        receiver.close()
