@@ -367,3 +367,17 @@ def test_empty_insert_inserts_nothing(
     assert status == 200
     assert json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "0"
     assert count(endpoint, database) == 0
+
+
+def test_insert_after_a_long_comment_in_small_chunks(
+    endpoint: EmbeddedClickHouse, database: str, table: str
+) -> None:
+    body = b"/* " + b"x" * 5000 + b" */ -- note\nINSERT INTO t FORMAT CSV\n" + csv_rows(0, 100)
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
+    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
+    conn.request("POST", q(database), body=iter(pieces), encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    resp.read()
+    conn.close()
+    assert count(endpoint, database) == 100

@@ -221,10 +221,15 @@ def _statement_head(
         buf.extend(nxt)
         return True
 
-    while len(buf) < 64 and more():
-        pass
-    if sql.first_keyword(bytes(buf[:4096])) != "INSERT":
-        return bytes(buf), None, chunks
+    while True:  # is it an INSERT at all? (comments may come first)
+        try:
+            if sql.first_keyword(bytes(buf), complete=done) != "INSERT":
+                return bytes(buf), None, chunks
+            break
+        except sql.NeedMoreInput:
+            if len(buf) > MAX_INSERT_HEAD:
+                return bytes(buf), None, chunks  # the engine will say what is wrong
+            more()
     while True:
         try:
             head = sql.parse_insert(bytes(buf), complete=done)

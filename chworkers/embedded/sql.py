@@ -37,6 +37,8 @@ def _skip_space_and_comments(buf: bytes, pos: int, complete: bool) -> int:
     n = len(buf)
     while pos < n:
         c = buf[pos]
+        if not complete and pos == n - 1 and c in b"/-":
+            raise NeedMoreInput  # may be the start of a comment
         if c in _SPACE:
             pos += 1
         elif buf.startswith(b"--", pos) or c == ord("#"):
@@ -138,14 +140,14 @@ class InsertHead:
     data_offset: int
 
 
-def first_keyword(buf: bytes) -> str:
-    """The statement's first word, upper-cased ('' if there is none)."""
-    try:
-        tok = _next_token(buf, 0, True)
-    except NeedMoreInput:  # pragma: no cover - complete=True never raises
-        return ""
+def first_keyword(buf: bytes, complete: bool = True) -> str:
+    """The statement's first word, upper-cased ('' if there is none).
+
+    With ``complete=False`` raises :class:`NeedMoreInput` if ``buf`` may end inside it.
+    """
+    tok = _next_token(buf, 0, complete)
     while tok is not None and tok.kind == "punct" and tok.text == b"(":
-        tok = _next_token(buf, tok.end, True)
+        tok = _next_token(buf, tok.end, complete)
     return tok.upper if tok is not None and tok.kind == "word" else ""
 
 
