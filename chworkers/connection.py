@@ -162,6 +162,7 @@ class Connection:
         self.last_error: ChworkersError | None = None
         self._owner: object | None = None  # the pool that lends this connection, and
         self._owner_pid = -1  # the process that pool lived in when it opened it
+        self._retired = False  # set once by the pool when it closes this connection
         self._pid = -1
         self._client: Any = None
         self._http: PoolManager | None = None

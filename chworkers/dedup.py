@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chworkers.errors import RequestError
+from chworkers.errors import RequestError, TransportError
 
 if TYPE_CHECKING:
     from chworkers.connection import Connection
@@ -124,7 +124,8 @@ def _hash_arrow(h: Any, table: Any) -> None:
 def check_window(conn: Connection, database: str | None, table: str) -> None:
     """Warn (once per table and process) when ``table`` cannot deduplicate inserts.
 
-    Never raises: a failed check is logged at debug level and retried on the next insert.
+    Never raises: a check that fails (e.g. no access to ``system.tables``) is logged and
+    not repeated for that table.
     """
     db, _, name = table.rpartition(".")
     db = database or db or conn.config.database or ""
@@ -151,8 +152,15 @@ def check_window(conn: Connection, database: str | None, table: str) -> None:
                     "SELECT value FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'"
                 ).result_rows
                 window = int(default[0][0]) if default else 0
-    except Exception:  # the check is advisory
-        log.debug("could not check the deduplication window of %s.%s", db, name, exc_info=True)
+    except Exception as exc:  # the check is advisory
+        from chworkers.connection import translate_error
+
+        if isinstance(translate_error(exc), TransportError):
+            return  # the server is unreachable: check again on the next insert
+        # Refused (e.g. no access to system.tables): don't pay for it on every insert.
+        log.info("could not check the deduplication window of %s.%s: %s", db, name, exc)
+        with _checked_lock:
+            _checked.add(key)
         return
     with _checked_lock:
         if key in _checked:

@@ -479,11 +479,14 @@ class ConnectionPool:
         self._close(conn, "broken")
 
     def _close(self, conn: Connection, reason: str) -> None:
+        with self._lock:
+            if conn._retired:  # e.g. force-closed by close(), then released by its user
+                return
+            conn._retired = True
+            self._closed_by[reason] = self._closed_by.get(reason, 0) + 1
         if conn._pid == os.getpid():
             self._hosts.closed(conn.host)
         conn.close()
-        with self._lock:
-            self._closed_by[reason] = self._closed_by.get(reason, 0) + 1
         self._emit("on_connection_closed", conn.endpoint, reason)
 
     def _maintain(self) -> None:

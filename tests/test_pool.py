@@ -598,3 +598,13 @@ def test_maybe_applied_is_retried_only_with_a_token(fault_proxy: FaultProxy, dat
     rows = pool.with_connection(lambda c: c.query("SELECT a FROM t ORDER BY a").result_rows)
     assert rows == [(1,), (2,)]  # each applied once: the first by the server despite the timeout
     pool.close()
+
+
+def test_close_timeout_force_closes_and_a_late_release_is_harmless(url: str) -> None:
+    pool = ConnectionPool(url, {"min_connections": 1, "max_connections": 2})
+    conn = pool.get_connection()
+    start = time.monotonic()
+    pool.close(timeout=0.2)
+    assert 0.15 < time.monotonic() - start < 2 and conn.closed
+    pool.release_connection(conn)  # the user finishes late: no error, no double count
+    assert pool.stats().closed == {"shutdown": 1}
