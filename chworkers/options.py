@@ -121,6 +121,14 @@ class SupervisorOptions:
         minimum=0,
         maximum=65535,
     )
+    switch_interval: float | None = setting(
+        0.001,
+        "Python's thread switch interval while the supervisor runs (sys.setswitchinterval; "
+        "none: leave it). Shorter than the 5 ms default, so that the loop and lease threads "
+        "answer workers promptly while producer threads encode batches.",
+        unit="seconds",
+        minimum=0.0001,
+    )
     handle_signals: bool = setting(
         False, "Own the process's signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads."
     )

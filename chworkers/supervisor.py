@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -119,6 +120,7 @@ class Supervisor:
         self._signals: SignalInbox | None = None
         self._ids = itertools.count(1)
         self._schemas = native.SchemaCache()
+        self._switch_interval: float | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._idle = threading.Condition()
         self._outstanding = 0
@@ -161,6 +163,9 @@ class Supervisor:
                 self.broker.close()
             self.state = "failed"
             raise
+        if opts.switch_interval is not None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(opts.switch_interval)
         self.metrics.build_info.info({"version": _version()})
         self.state = "running"
         arbiter.thread.start()
@@ -540,6 +545,8 @@ class Supervisor:
 
     def _loop_exited(self) -> None:
         self.state = "failed" if self.error is not None else "stopped"
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
         if self.endpoint is not None:
             self.endpoint.close()
         if self.broker is not None:

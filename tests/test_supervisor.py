@@ -339,3 +339,13 @@ def test_callbacks_on_the_loop_thread_may_use_the_supervisor(make_sup: Any) -> N
     sup.call(os.getpid).add_done_callback(lambda f: sup.stop())
     assert sup.wait(20)
     assert seen == [1] and sup.state == "stopped"
+
+
+def test_switch_interval_is_set_while_running_and_restored(make_sup: Any) -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    sup = make_sup(workers=1, switch_interval=0.002)
+    assert sys.getswitchinterval() == pytest.approx(0.002)
+    sup.stop()
+    assert sys.getswitchinterval() == pytest.approx(before)
