@@ -293,9 +293,9 @@ class Arbiter:
                 h.assigned_bytes -= task.nbytes
                 h.done += 1
                 self.task_time += (duration - self.task_time) * 0.05
-                self.sup._resolve(task, ok, data, duration)
+                self.sup.outcomes.resolve(task, ok, data, duration)
             if delta is not None:
-                h.gauges.update(self.sup._apply_delta(delta))
+                h.gauges.update(self.sup.outcomes.apply_delta(delta))
         elif kind == channel.READY:
             h.state = "ready"
             h.ready_at = time.monotonic()
@@ -325,10 +325,12 @@ class Arbiter:
         running = int(h.heartbeat[CURRENT])
         held = list(h.assigned.values())
         if held and self.mode != "stopping":
-            self.sup._requeue(held, running if reason in ("crashed", "hung") else None, reason)
+            self.sup.outcomes.requeue(
+                held, running if reason in ("crashed", "hung") else None, reason
+            )
         elif held:
             for task in held:
-                self.sup._fail(
+                self.sup.outcomes.fail(
                     task,
                     SupervisorStoppedError(
                         f"{task.description} was running when the supervisor stopped"
@@ -422,7 +424,7 @@ class Arbiter:
                 if not pending:
                     break
             task = pending.popleft()
-            if not self.sup._start(task):
+            if not self.sup.outcomes.start(task):
                 continue  # cancelled while queued
             best.assigned[task.id] = task
             best.assigned_bytes += task.nbytes
@@ -485,7 +487,7 @@ class Arbiter:
     def _stop_workers(self, fast: bool) -> None:
         self.mode = "stopping"
         for task in self.sup.queue.clear():
-            self.sup._fail(
+            self.sup.outcomes.fail(
                 task,
                 SupervisorStoppedError(f"{task.description} was not run: the supervisor stopped"),
             )
@@ -523,10 +525,10 @@ class Arbiter:
 
     def _fail_all(self, error: BaseException) -> None:
         for task in self.sup.queue.clear():
-            self.sup._fail(task, error)
+            self.sup.outcomes.fail(task, error)
         for h in self.workers.values():
             for task in h.assigned.values():
-                self.sup._fail(task, error)
+                self.sup.outcomes.fail(task, error)
             h.assigned.clear()
             h.assigned_bytes = 0
 

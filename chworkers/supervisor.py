@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -33,23 +33,19 @@ from chworkers import native, tasks
 from chworkers.arbiter import Arbiter, WorkerHandle
 from chworkers.connection import ConnectionConfig
 from chworkers.errors import (
-    BatchError,
-    ChworkersError,
     ConfigError,
-    SerializationError,
-    ServerError,
     SupervisorStoppedError,
-    TaskError,
-    WorkerLostError,
 )
 from chworkers.exposition import MetricsEndpoint
 from chworkers.lease import LeaseBroker
 from chworkers.metrics import Metrics
-from chworkers.middleware import DeadLetters, MetricsDelta, Middleware, apply_delta
+from chworkers.middleware import DeadLetters, Middleware
 from chworkers.options import SupervisorOptions
+from chworkers.outcomes import Outcomes
 from chworkers.pool import PoolOptions
-from chworkers.retry import RetryPolicy, Verdict
+from chworkers.retry import RetryPolicy
 from chworkers.signals import SignalInbox
+from chworkers.taskqueue import TaskQueue
 from chworkers.tasks import DeadLetter, Task
 from chworkers.worker import Connector, PoolConnector
 
@@ -112,27 +108,24 @@ class Supervisor:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.metrics.queue_capacity.set(self.options.queue_size)
-        self.queue = _make_queue(self)
+        self.queue = TaskQueue(self.options.queue_size, self.options.queue_max_bytes, self._queued)
         self.broker: Any = None
         self.state = "new"
         self.endpoint: MetricsEndpoint | None = None
         self._arbiter: Arbiter | None = None
         self._signals: SignalInbox | None = None
         self._ids = itertools.count(1)
-        self._schemas = native.SchemaCache()
         self._switch_interval: float | None = None
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._idle = threading.Condition()
-        self._outstanding = 0
-        self._counts: Counter[str] = Counter()
-        self._restarts: Counter[str] = Counter()
+        self.outcomes = Outcomes(
+            self.metrics, self.middleware, self.queue, lambda: self.options, lambda: self.retry
+        )
 
     def __repr__(self) -> str:
         arb = self._arbiter
         workers = len(arb.workers) if arb else 0
         return (
             f"<Supervisor {self.state}: {workers} workers, {len(self.queue)} queued, "
-            f"{self._outstanding} outstanding>"
+            f"{self.outcomes.outstanding} outstanding>"
         )
 
     # Lifecycle.
@@ -175,6 +168,10 @@ class Supervisor:
             self.stop(graceful=False)
             raise
         return self
+
+    def _queued(self) -> None:
+        if self._arbiter is not None:
+            self._arbiter.wake()
 
     def _serve_metrics(self) -> MetricsEndpoint:
         opts = self.options
@@ -254,14 +251,7 @@ class Supervisor:
         arbiter = self._arbiter
         if arbiter is not None and threading.current_thread() is arbiter.thread:
             raise RuntimeError("drain() from a future's callback would wait for itself")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            while self._outstanding:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._idle.wait(0.1 if remaining is None else min(remaining, 0.1))
-        return True
+        return self.outcomes.wait_idle(timeout)
 
     def scale(self, workers: int) -> None:
         """Change the number of worker processes; surplus ones finish their tasks first."""
@@ -324,7 +314,7 @@ class Supervisor:
     def _native(
         self, table: str, form: str, names: tuple[str, ...] | None, data: Any
     ) -> tuple[bytes, Sequence[str]] | None:
-        schema = self._schemas.get(table, names)
+        schema = self.outcomes.schemas.get(table, names)
         arbiter = self._arbiter
         if schema is None and arbiter is not None and threading.current_thread() is arbiter.thread:
             return None  # called from a future's callback: waiting here would block the loop
@@ -340,7 +330,7 @@ class Supervisor:
             except Exception as exc:  # e.g. no such table: the insert itself will say so
                 log.debug("no Native encoding for %s: %s", table, exc)
                 return None
-            self._schemas.put(table, names, schema)
+            self.outcomes.schemas.put(table, names, schema)
         body = native.encode(schema, data, column_oriented=form == "columns")
         return None if body is None else (body, schema.column_names)
 
@@ -405,143 +395,16 @@ class Supervisor:
             raise SupervisorStoppedError(
                 f"the supervisor is {self.state}: start() it (or use it in a with block) first"
             )
-        with self._idle:
-            self._outstanding += 1
-            self._counts["submitted"] += 1
+        self.outcomes.admit()
         try:
             self.queue.put(task, timeout)
         except BaseException:
-            with self._idle:
-                self._outstanding -= 1
-                self._counts["submitted"] -= 1
+            self.outcomes.withdraw()
             raise
 
-    # Outcomes (on the loop thread).
-
-    def _start(self, task: Task) -> bool:
-        if task.started:
-            return True
-        if task.future.set_running_or_notify_cancel():
-            task.started = True
-            return True
-        self._finish(task, None, None)
-        self._counts["cancelled"] += 1
-        return False
-
-    def _resolve(self, task: Task, ok: bool, data: bytes, duration: float) -> None:
-        error: BaseException | None = None
-        value: Any = None
-        try:
-            value = tasks.decode_result(data) if ok else None
-            if not ok:
-                error = tasks.decode_error(data)
-        except Exception as exc:
-            error = SerializationError(
-                f"cannot read the result of {task.description}: {exc}",
-                what="result",
-                error_type=type(exc).__name__,
-            )
-        m = self.metrics
-        self._child(m.task_duration, task.kind).observe(duration)
-        if error is None:
-            self._child(m.tasks, task.kind, "success").inc()
-            self._counts["succeeded"] += 1
-            if task.kind == tasks.INSERT and task.table is not None:
-                # ClickHouse's own count when it sent one (0 for a deduplicated repeat).
-                rows, nbytes = value if value is not None else (task.rows, task.nbytes)
-                value = rows
-                m.rows_inserted.labels(task.table).inc(rows)
-                m.bytes_inserted.labels(task.table).inc(nbytes)
-                m.last_insert.labels(task.table).set(time.time())
-        else:
-            if isinstance(error, TaskError | SerializationError):
-                m.errors.labels("task", "").inc()
-            self._fail(task, error, duration)
-            return
-        for middleware in self.middleware:
-            _safely(middleware.after_task_done, task, None, duration)
-        self._finish(task, value, None)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached: this runs for every task."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
-    def _fail(
-        self, task: Task, error: BaseException, duration: float = 0.0, reason: str = "error"
-    ) -> None:
-        self._child(self.metrics.tasks, task.kind, "failure").inc()
-        self._counts["failed"] += 1
-        for middleware in self.middleware:
-            _safely(middleware.after_task_done, task, error, duration)
-        if task.kind == tasks.INSERT and isinstance(error, ServerError) and task.table:
-            self._schemas.forget(task.table)  # the table may have changed under us
-        if not task.internal and (reason != "error" or is_permanent(error, self.retry)):
-            letter = DeadLetter(
-                task.id,
-                task.kind,
-                task.description,
-                error,
-                reason,
-                task.table,
-                task.rows,
-                task.token,
-                task.payload,
-                tuple(task.buffers),
-            )
-            for middleware in self.middleware:
-                _safely(middleware.after_dead_letter, letter)
-        self._finish(task, None, error)
-
-    def _finish(self, task: Task, value: Any, error: BaseException | None) -> None:
-        try:
-            if error is not None:
-                task.future.set_exception(error)
-            else:
-                task.future.set_result(value)
-        except InvalidStateError:
-            pass  # cancelled before it ran
-        with self._idle:
-            self._outstanding -= 1
-            if not self._outstanding:
-                self._idle.notify_all()
-
-    def _requeue(self, held: list[Task], running: int | None, reason: str) -> None:
-        back = []
-        for task in held:
-            if task.id == running:
-                task.crashes += 1
-                if task.crashes >= self.options.max_task_crashes:
-                    error = WorkerLostError(
-                        f"{task.description}: its worker {reason} {task.crashes} times while "
-                        "running it; giving up",
-                        task_id=task.id,
-                        attempts=task.crashes,
-                        reason=reason,
-                    )
-                    self._fail(task, error, reason=reason)
-                    continue
-            back.append(task)
-            self.metrics.tasks.labels(task.kind, "requeued").inc()
-            self._counts["requeued"] += 1
-        self.queue.requeue(back)
-
-    def _apply_delta(self, delta: MetricsDelta) -> dict[str, float]:
-        return apply_delta(self.metrics, delta)
-
     def _worker_exited(self, h: WorkerHandle, reason: str) -> None:
-        if (
-            reason in ("crashed", "hung", "recycled")
-            and self._arbiter is not None
-            and self._arbiter.mode is None
-        ):
-            self.metrics.worker_restarts.labels(reason).inc()
-            self._restarts[reason] += 1
-        for middleware in self.middleware:
-            _safely(middleware.after_worker_exit, h.name, h.pid, reason)
+        replaced = self._arbiter is not None and self._arbiter.mode is None
+        self.outcomes.worker_exited(h.name, h.pid, reason, replaced=replaced)
 
     def _loop_exited(self) -> None:
         self.state = "failed" if self.error is not None else "stopped"
@@ -645,9 +508,9 @@ class Supervisor:
             queued=len(self.queue),
             queue_capacity=self.queue.maxsize,
             in_flight=arb.in_flight() if arb else 0,
-            outstanding=self._outstanding,
-            tasks=dict(self._counts),
-            restarts=dict(self._restarts),
+            outstanding=self.outcomes.outstanding,
+            tasks=dict(self.outcomes.counts),
+            restarts=dict(self.outcomes.restarts),
             pool=self.broker.stats() if self.broker is not None and arb else None,
         )
 
@@ -696,20 +559,6 @@ class Supervisor:
         return True, {"workers_ready": ready, "queued": len(self.queue)}
 
 
-def is_permanent(error: BaseException, policy: RetryPolicy) -> bool:
-    """Whether retrying ``error`` later cannot help (it goes to the dead-letter hook).
-
-    Bad tasks and data, and ClickHouse errors the retry policy calls fatal (unknown table,
-    type or parse errors) are permanent; outages (transport, pool, exhausted retries of
-    transient errors) and stops are not: the same task may succeed later.
-    """
-    if isinstance(error, TaskError | SerializationError | BatchError | WorkerLostError):
-        return True
-    if isinstance(error, ServerError):
-        return policy.classify(error) is Verdict.FATAL
-    return not isinstance(error, ChworkersError)
-
-
 def _worker_pool_options(
     given: PoolOptions | Mapping[str, Any] | None, retry: Any, connections: int
 ) -> PoolOptions:
@@ -735,23 +584,6 @@ def _worker_pool_options(
     policy = RetryPolicy.coerce(retry) if retry is not None else options.retry
     return dataclasses.replace(
         options, max_connections=connections, min_connections=0, retry=policy
-    )
-
-
-def _safely(hook: Callable[..., None], *args: Any) -> None:
-    try:
-        hook(*args)
-    except Exception:
-        log.exception("middleware hook %s failed", getattr(hook, "__qualname__", hook))
-
-
-def _make_queue(sup: Supervisor) -> Any:
-    from chworkers.taskqueue import TaskQueue
-
-    return TaskQueue(
-        sup.options.queue_size,
-        sup.options.queue_max_bytes,
-        lambda: sup._arbiter.wake() if sup._arbiter is not None else None,
     )
 
 

@@ -166,12 +166,19 @@ class _Loop:
         self.first_unsent = 0.0
         self.done = 0
         self.stopping = False
+        self._orphaned = False
+        self._next_parent_check = 0.0
 
     def run(self) -> None:
+        # A broken pipe means the supervisor is gone; what we held runs again elsewhere.
+        with contextlib.suppress(BrokenPipeError, EOFError):
+            self._run()
+
+    def _run(self) -> None:
         spec = self.worker.spec
         beat = self.beat
         beat[STATE] = IDLE
-        while True:
+        while not self.orphaned:
             if not self.local:
                 if self.stopping:
                     break
@@ -179,7 +186,7 @@ class _Loop:
                 if not self._wait():
                     break
             self._read_available()
-            if not self.local:
+            if not self.local or self.orphaned:
                 continue
             self._run_one(self.local.popleft())
             self.done += 1
@@ -188,7 +195,20 @@ class _Loop:
                 channel.send(self.results_out, channel.RETIRING, "recycled")
                 break
         beat[STATE] = STOPPING
-        self.flush()
+        if not self.orphaned:
+            self.flush()
+
+    @property
+    def orphaned(self) -> bool:
+        """The supervisor died: nobody would get our results, and the tasks we hold are
+        (or will be) run again by whoever replays them, so stop now."""
+        now = time.monotonic()
+        if not self._orphaned and now >= self._next_parent_check:
+            self._next_parent_check = now + 0.5
+            if not _alive(self.worker.spec.parent_pid):
+                log.warning("%s: the supervisor is gone; exiting", self.worker.name)
+                self._orphaned = True
+        return self._orphaned
 
     def _wait(self) -> bool:
         """Block until a message arrives; False when the supervisor is gone."""
@@ -215,7 +235,7 @@ class _Loop:
                 elif kind == channel.STOP:
                     self.stopping = True
         except (EOFError, OSError):
-            self.stopping = True  # the supervisor is gone: finish what we hold
+            self._orphaned = True  # the supervisor is gone
 
     def _run_one(self, wire: tuple[int, str, bytes, list[Any]]) -> None:
         task_id, kind, payload, buffers = wire

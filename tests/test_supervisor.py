@@ -349,3 +349,59 @@ def test_switch_interval_is_set_while_running_and_restored(make_sup: Any) -> Non
     assert sys.getswitchinterval() == pytest.approx(0.002)
     sup.stop()
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+ORPHAN_APP = r"""
+import os, sys, time
+from pathlib import Path
+from chworkers import Supervisor
+
+def work(i, out):
+    time.sleep(0.05)
+    with open(out, "a") as f:
+        f.write(f"{i}\n")
+
+if __name__ == "__main__":
+    sup = Supervisor(workers=1, start_method=sys.argv[2], prefetch=256).start()
+    futures = [sup.call(work, i, sys.argv[1]) for i in range(400)]
+    print(sup.stats().workers[0]["pid"], flush=True)
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_workers_stop_soon_after_their_supervisor_is_killed(tmp_path: Path, method: str) -> None:
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "app.py", tmp_path / "out"
+    script.write_text(ORPHAN_APP)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), method], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        worker = int(proc.stdout.readline())
+        wait_for(out)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while True:  # the worker exits within a task or two, not after all it holds
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the orphaned worker kept running"
+            time.sleep(0.05)
+        assert len(out.read_text().split()) < 100
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_idle_forkserver_workers_stay_up(make_sup: Any) -> None:
+    sup = make_sup(workers=1, start_method="forkserver", heartbeat_interval=0.05)
+    pid = sup.call(os.getpid).result(20)
+    time.sleep(0.5)  # many idle heartbeats; the worker's parent is the fork server
+    assert sup.call(os.getpid).result(20) == pid
+    assert sup.stats().restarts == {}
