@@ -14,15 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from chworkers.pipelines import build_pipelines
-from chworkers.spool import Policy
+from chworkers.config import Config, WorkerSettings, load
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -34,6 +31,7 @@ INSTANCES = {
 }
 
 pytestmark = pytest.mark.timeout(300)
+DEFAULT_DRAIN = WorkerSettings().graceful_timeout
 
 
 def _apt_install(package: str) -> str | None:
@@ -220,37 +218,53 @@ def test_template_differs_only_in_the_instance_parts() -> None:
     assert template["RuntimeDirectory"] == ["chworkers/%i"]
 
 
+def example_config() -> Config:
+    """deploy/chworkers.toml through the daemon's own loader, as systemd would run it."""
+    return load(DEPLOY / "chworkers.toml", env={"STATE_DIRECTORY": "/var/lib/chworkers"})
+
+
 @pytest.mark.parametrize("unit", UNITS)
 def test_timeouts_fit_the_drain_and_the_watchdog(systemd_analyze: str, unit: str) -> None:
     d = directives(unit)
-    config = tomllib.loads((DEPLOY / "chworkers.toml").read_text())
-    drain = float(config["supervisor"]["graceful_timeout"])
     stop = seconds(systemd_analyze, d["TimeoutStopSec"][0])
-    # The drain must finish, and the supervisor then stop its workers, before SIGKILL.
-    assert stop >= drain + 15, (stop, drain)
+    # The drain must finish, and the supervisor then stop its workers, before SIGKILL:
+    # with the example's graceful_timeout and with the default one.
+    for drain in (example_config().settings.workers.graceful_timeout, DEFAULT_DRAIN):
+        assert stop >= drain + 15, (stop, drain)
     watchdog = seconds(systemd_analyze, d["WatchdogSec"][0])
     assert 10 <= watchdog <= 120
     assert seconds(systemd_analyze, d["RestartSec"][0]) >= 1
 
 
-def test_example_config_has_the_documented_shape() -> None:
-    config = tomllib.loads((DEPLOY / "chworkers.toml").read_text())
-    assert {"clickhouse", "supervisor", "metrics", "spool", "pipelines"} <= config.keys()
-    assert config["clickhouse"]["url"]
-    assert "password" not in config["clickhouse"], "secrets belong in the EnvironmentFile"
-    assert config["clickhouse"]["pool"]["max_connections"] >= 1
-    assert config["supervisor"]["workers"] >= 1
-    assert config["spool"]["policy"] in typing.get_args(Policy)
-    for section in ("spool", "dead_letters"):
-        assert config[section]["dir"].startswith("/var/lib/chworkers/")  # the StateDirectory
-    host, _, port = config["metrics"]["listen"].rpartition(":")
-    assert host == "127.0.0.1" and 0 < int(port) < 65536
-
-
-def test_example_pipelines_pass_the_daemons_own_validation() -> None:
-    config = tomllib.loads((DEPLOY / "chworkers.toml").read_text())
-    pipelines = build_pipelines(config["pipelines"], env={}, source="deploy/chworkers.toml")
-    assert {p.source for p in pipelines} == {"http", "file"}
+def test_example_config_loads_with_the_daemons_own_validation() -> None:
+    config = example_config()
+    s = config.settings
+    assert config.state_dir == Path("/var/lib/chworkers")  # from systemd's StateDirectory=
+    assert s.clickhouse.password is None, "secrets belong in the EnvironmentFile"
+    assert s.clickhouse.pool.max_connections == 4
+    assert s.clickhouse.pool.retry.max_attempts == 8
+    assert s.clickhouse.pool.retry.initial_backoff == 0.5
+    assert s.workers.graceful_timeout == 60
+    assert s.spool.policy == "block" and s.spool.max_bytes == 2 * 1024**3
+    assert (s.metrics.host, s.metrics.port) == ("127.0.0.1", 9363)
+    assert {p.source for p in config.pipelines} == {"http", "file"}
     # The table the example creates deduplicates replayed batches.
-    (created,) = [p.create_statement() for p in pipelines if p.create]
+    (created,) = [p.create_statement() for p in config.pipelines if p.create]
     assert created is not None and "non_replicated_deduplication_window" in created
+
+
+def test_example_secrets_come_from_the_environment_file() -> None:
+    env = {
+        "STATE_DIRECTORY": "/var/lib/chworkers",
+        "CHWORKERS_CLICKHOUSE_PASSWORD": "s3cret",
+        "CHWORKERS_HTTP_TOKEN": "t0ken",
+    }
+    settings = load(DEPLOY / "chworkers.toml", env=env).settings
+    assert settings.clickhouse.password == "s3cret"
+    assert settings.http.token == "t0ken"
+
+
+def test_example_config_matches_the_prometheus_scrape_example() -> None:
+    s = example_config().settings
+    scrape = (ROOT / "grafana" / "prometheus" / "prometheus.yml").read_text()
+    assert f"{s.metrics.host}:{s.metrics.port}" in scrape
