@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from chworkers.config import Config, WorkerSettings, load
+from chworkers.config import Config, load
+from chworkers.options import SupervisorOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -31,7 +32,7 @@ INSTANCES = {
 }
 
 pytestmark = pytest.mark.timeout(300)
-DEFAULT_DRAIN = WorkerSettings().graceful_timeout
+DEFAULT_DRAIN = SupervisorOptions().graceful_timeout
 
 
 def _apt_install(package: str) -> str | None:
@@ -229,7 +230,7 @@ def test_timeouts_fit_the_drain_and_the_watchdog(systemd_analyze: str, unit: str
     stop = seconds(systemd_analyze, d["TimeoutStopSec"][0])
     # The drain must finish, and the supervisor then stop its workers, before SIGKILL:
     # with the example's graceful_timeout and with the default one.
-    for drain in (example_config().settings.workers.graceful_timeout, DEFAULT_DRAIN):
+    for drain in (example_config().settings.supervisor.graceful_timeout, DEFAULT_DRAIN):
         assert stop >= drain + 15, (stop, drain)
     watchdog = seconds(systemd_analyze, d["WatchdogSec"][0])
     assert 10 <= watchdog <= 120
@@ -244,7 +245,7 @@ def test_example_config_loads_with_the_daemons_own_validation() -> None:
     assert s.clickhouse.pool.max_connections == 4
     assert s.clickhouse.pool.retry.max_attempts == 8
     assert s.clickhouse.pool.retry.initial_backoff == 0.5
-    assert s.workers.graceful_timeout == 60
+    assert s.supervisor.graceful_timeout == 60
     assert s.spool.policy == "block" and s.spool.max_bytes == 2 * 1024**3
     assert (s.metrics.host, s.metrics.port) == ("127.0.0.1", 9363)
     assert {p.source for p in config.pipelines} == {"http", "file"}
