@@ -67,9 +67,8 @@ def _install_prometheus() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def prometheus_tools() -> tuple[str, str]:
-    """Paths of promtool and prometheus, installed on first use."""
+def find_prometheus() -> tuple[str, str]:
+    """Paths of promtool and prometheus, installed on first use (skips if impossible)."""
     promtool, server = shutil.which("promtool"), shutil.which("prometheus")
     if promtool is None or server is None:
         failure = _install_prometheus()
@@ -77,6 +76,11 @@ def prometheus_tools() -> tuple[str, str]:
         if promtool is None or server is None:
             pytest.skip(f"promtool/prometheus are missing and could not be installed: {failure}")
     return promtool, server
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> tuple[str, str]:
+    return find_prometheus()
 
 
 def rule_groups() -> list[dict[str, Any]]:
