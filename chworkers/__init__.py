@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from chworkers.connection import Connection, ConnectionConfig, Host
+from chworkers.control import SupervisorStats
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
     BatchError,
@@ -38,7 +39,7 @@ from chworkers.middleware import DeadLetters, Middleware
 from chworkers.options import SupervisorOptions
 from chworkers.pool import ConnectionPool, PoolOptions, PoolStats
 from chworkers.retry import RetryPolicy
-from chworkers.supervisor import Supervisor, SupervisorStats
+from chworkers.supervisor import Supervisor
 from chworkers.systemd import Notifier, Watchdog
 from chworkers.tasks import DeadLetter
 from chworkers.worker import TaskInfo, WorkerContext

@@ -10,18 +10,14 @@ dead letters, re-queueing) and the lifecycle: start, drain, stop, scale, reload.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
-import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -32,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from chworkers import native, tasks
 from chworkers.arbiter import Arbiter, WorkerHandle
 from chworkers.connection import ConnectionConfig
+from chworkers.control import SupervisorControl, SupervisorStats
 from chworkers.errors import (
     ConfigError,
     SupervisorStoppedError,
@@ -56,22 +53,7 @@ EXIT_OK = 0
 EXIT_WORKER_BOOT = 4
 
 
-@dataclass(frozen=True)
-class SupervisorStats:
-    """A snapshot of the supervisor (see :meth:`Supervisor.stats`)."""
-
-    state: str
-    workers: tuple[dict[str, Any], ...]
-    queued: int
-    queue_capacity: int
-    in_flight: int
-    outstanding: int
-    tasks: Mapping[str, int]
-    restarts: Mapping[str, int]
-    pool: Any = None
-
-
-class Supervisor:
+class Supervisor(SupervisorControl):
     """Runs tasks in worker processes that share one bounded ClickHouse connection budget.
 
     ``clickhouse`` is the connection options (URL, ``ConnectionConfig`` or mapping) that
@@ -240,11 +222,6 @@ class Supervisor:
             self.start()
         self.wait()
         return EXIT_WORKER_BOOT if self.error is not None else EXIT_OK
-
-    @property
-    def error(self) -> BaseException | None:
-        """Why the supervisor gave up, when it did (e.g. :class:`WorkerBootError`)."""
-        return self._arbiter.error if self._arbiter is not None else None
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every task submitted so far has finished; False on timeout."""
@@ -441,122 +418,6 @@ class Supervisor:
         future = arbiter.command(name, *args)
         assert future is not None
         return future.result(timeout)
-
-    # Commands, run by the loop (see Arbiter._handle).
-
-    def _cmd_stop(self, arb: Arbiter, graceful: bool, timeout: float | None) -> None:
-        arb.begin_stop(graceful, timeout)
-
-    def _cmd_signal(self, arb: Arbiter, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            log.info("%s: reloading settings", name)
-            self._reload(arb)
-        elif arb.mode is None:
-            log.info("%s: draining within %s s, then stopping", name, self.options.graceful_timeout)
-            arb.begin_stop(True, None)
-        else:
-            log.info("%s again: stopping now", name)
-            arb.begin_stop(False, None)
-
-    def _reload(self, arb: Arbiter) -> None:
-        if self.on_reload is None:
-            log.info("no on_reload callback: nothing to reload")
-            return
-        try:
-            changes = dict(self.on_reload())
-            self._cmd_reconfigure(arb, changes)
-        except Exception:
-            log.exception("reload failed; keeping the current settings")
-
-    def _cmd_reconfigure(self, arb: Arbiter, changes: dict[str, Any]) -> None:
-        changes = dict(changes)
-        retry = changes.pop("retry", None)
-        if retry is not None:
-            retry = RetryPolicy.coerce(retry)
-        fixed = set(changes) - SupervisorOptions.reloadable()
-        if fixed:
-            key = sorted(fixed)[0]
-            raise ConfigError(
-                f"setting {key!r} cannot change while running; restart instead",
-                key=key,
-                value=changes[key],
-                expected="one of " + ", ".join(sorted(SupervisorOptions.reloadable())),
-            )
-        self.options = arb.opts = SupervisorOptions.build(changes, base=self.options)
-        if retry is not None:
-            self.retry = arb.worker_settings["retry"] = retry
-            for h in list(arb.workers.values()):
-                if h.state == "ready":
-                    arb.send(h, "configure", {"retry": retry})
-        if "queue_size" in changes:
-            self.queue.resize(self.options.queue_size)
-            self.metrics.queue_capacity.set(self.options.queue_size)
-        if self.broker is not None and ("max_connections" in changes or "workers" in changes):
-            self.broker.resize(self.options.connections)
-        if "workers" in changes:
-            arb.scale(self.options.workers)
-        log.info("settings now: %s", {**changes, **({"retry": retry} if retry else {})})
-
-    def _cmd_stats(self, arb: Arbiter) -> SupervisorStats:
-        return self._stats(arb)
-
-    def _stats(self, arb: Arbiter | None) -> SupervisorStats:
-        return SupervisorStats(
-            state=self.state,
-            workers=tuple(arb.snapshot()) if arb else (),
-            queued=len(self.queue),
-            queue_capacity=self.queue.maxsize,
-            in_flight=arb.in_flight() if arb else 0,
-            outstanding=self.outcomes.outstanding,
-            tasks=dict(self.outcomes.counts),
-            restarts=dict(self.outcomes.restarts),
-            pool=self.broker.stats() if self.broker is not None and arb else None,
-        )
-
-    def _cmd_refresh(self, arb: Arbiter) -> None:
-        m = self.metrics
-        m.queue_depth.set(len(self.queue))
-        states = Counter(h.public_state() for h in arb.workers.values())
-        for state in ("starting", "idle", "busy", "stopping"):
-            m.workers.labels(state).set(states[state])
-        if self.broker is not None:
-            st = self.broker.stats()
-            m.pool_in_use.set(st.in_use)
-            m.pool_max.set(st.capacity)
-            m.pool_waiting.set(st.waiting)
-            m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, details)`` as ``/healthz`` reports it: the supervisor's loop turns.
-
-        A program embedding the supervisor (the daemon's systemd watchdog) asks this.
-        """
-        return self._healthy()
-
-    # HTTP endpoint callbacks (on its threads).
-
-    def _refresh(self) -> None:
-        with contextlib.suppress(TimeoutError, SupervisorStoppedError):
-            self._command("refresh", timeout=2.0)
-
-    def _healthy(self) -> tuple[bool, dict[str, Any]]:
-        arb = self._arbiter
-        if arb is None or arb.finished.is_set():
-            return False, {"reason": f"supervisor {self.state}", "error": str(self.error or "")}
-        stalled = time.monotonic() - arb.loop_beat
-        if stalled > 10.0:
-            return False, {"reason": f"supervisor loop stalled for {stalled:.1f} s"}
-        return True, {"state": self.state}
-
-    def _ready(self) -> tuple[bool, dict[str, Any]]:
-        arb = self._arbiter
-        if arb is None or arb.finished.is_set() or arb.mode is not None:
-            return False, {"reason": f"supervisor {arb.mode if arb and arb.mode else self.state}"}
-        ready = sum(1 for h in list(arb.workers.values()) if h.state == "ready")
-        if not ready:
-            return False, {"reason": "no worker ready"}
-        return True, {"workers_ready": ready, "queued": len(self.queue)}
 
 
 def _worker_pool_options(

@@ -405,3 +405,22 @@ def test_idle_forkserver_workers_stay_up(make_sup: Any) -> None:
     time.sleep(0.5)  # many idle heartbeats; the worker's parent is the fork server
     assert sup.call(os.getpid).result(20) == pid
     assert sup.stats().restarts == {}
+
+
+def worker_retry_attempts() -> int:
+    from chworkers import worker
+
+    assert worker._CURRENT is not None
+    return int(worker._CURRENT.settings["retry"].max_attempts)
+
+
+def test_reconfigured_retry_policy_reaches_running_and_new_workers(make_sup: Any) -> None:
+    sup = make_sup(workers=1)
+    assert sup.call(worker_retry_attempts).result(20) == 5  # RetryPolicy's default
+    sup.reconfigure(retry={"max_attempts": 2})
+    assert sup.call(worker_retry_attempts).result(20) == 2
+    sup.scale(2)
+    results = {sup.call(worker_retry_attempts).result(20) for _ in range(20)}
+    assert results == {2}
+    with pytest.raises(ConfigError):
+        sup.reconfigure(retry={"max_attempts": 0})

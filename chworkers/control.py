@@ -1,0 +1,185 @@
+"""The supervisor's control surface: commands its loop runs, stats, health, reload.
+
+:class:`SupervisorControl` holds what other threads ask of a running supervisor: they
+queue a command (``Arbiter.command``) and the loop runs the matching ``_cmd_*`` method
+here, so everything about the workers is still read and written on one thread. Signals
+arrive the same way. The HTTP endpoint's callbacks (``/metrics`` refresh, ``/healthz``,
+``/readyz``) live here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chworkers.errors import ConfigError, SupervisorStoppedError
+from chworkers.metrics import Metrics
+from chworkers.options import SupervisorOptions
+from chworkers.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from chworkers.arbiter import Arbiter
+    from chworkers.lease import LeaseBroker
+    from chworkers.outcomes import Outcomes
+    from chworkers.taskqueue import TaskQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SupervisorStats:
+    """A snapshot of the supervisor (see :meth:`Supervisor.stats`)."""
+
+    state: str
+    workers: tuple[dict[str, Any], ...]
+    queued: int
+    queue_capacity: int
+    in_flight: int
+    outstanding: int
+    tasks: Mapping[str, int]
+    restarts: Mapping[str, int]
+    pool: Any = None
+
+
+class SupervisorControl:
+    """Commands and checks of :class:`~chworkers.supervisor.Supervisor` (a mixin)."""
+
+    options: SupervisorOptions
+    retry: RetryPolicy
+    metrics: Metrics
+    queue: TaskQueue
+    outcomes: Outcomes
+    broker: LeaseBroker | None
+    state: str
+    on_reload: Callable[[], Mapping[str, Any]] | None
+    _arbiter: Arbiter | None
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the supervisor gave up, when it did (e.g. :class:`WorkerBootError`)."""
+        return self._arbiter.error if self._arbiter is not None else None
+
+    def _command(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    # Commands, run by the loop (see Arbiter._handle).
+
+    def _cmd_stop(self, arb: Arbiter, graceful: bool, timeout: float | None) -> None:
+        arb.begin_stop(graceful, timeout)
+
+    def _cmd_signal(self, arb: Arbiter, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.info("%s: reloading settings", name)
+            self._reload(arb)
+        elif arb.mode is None:
+            log.info("%s: draining within %s s, then stopping", name, self.options.graceful_timeout)
+            arb.begin_stop(True, None)
+        else:
+            log.info("%s again: stopping now", name)
+            arb.begin_stop(False, None)
+
+    def _reload(self, arb: Arbiter) -> None:
+        if self.on_reload is None:
+            log.info("no on_reload callback: nothing to reload")
+            return
+        try:
+            changes = dict(self.on_reload())
+            self._cmd_reconfigure(arb, changes)
+        except Exception:
+            log.exception("reload failed; keeping the current settings")
+
+    def _cmd_reconfigure(self, arb: Arbiter, changes: dict[str, Any]) -> None:
+        changes = dict(changes)
+        retry = changes.pop("retry", None)
+        if retry is not None:
+            retry = RetryPolicy.coerce(retry)
+        fixed = set(changes) - SupervisorOptions.reloadable()
+        if fixed:
+            key = sorted(fixed)[0]
+            raise ConfigError(
+                f"setting {key!r} cannot change while running; restart instead",
+                key=key,
+                value=changes[key],
+                expected="one of " + ", ".join(sorted(SupervisorOptions.reloadable())),
+            )
+        self.options = arb.opts = SupervisorOptions.build(changes, base=self.options)
+        if retry is not None:
+            self.retry = arb.worker_settings["retry"] = retry
+            for h in list(arb.workers.values()):
+                if h.state == "ready":
+                    arb.send(h, "configure", {"retry": retry})
+        if "queue_size" in changes:
+            self.queue.resize(self.options.queue_size)
+            self.metrics.queue_capacity.set(self.options.queue_size)
+        if self.broker is not None and ("max_connections" in changes or "workers" in changes):
+            self.broker.resize(self.options.connections)
+        if "workers" in changes:
+            arb.scale(self.options.workers)
+        log.info("settings now: %s", {**changes, **({"retry": retry} if retry else {})})
+
+    def _cmd_stats(self, arb: Arbiter) -> SupervisorStats:
+        return self._stats(arb)
+
+    def _stats(self, arb: Arbiter | None) -> SupervisorStats:
+        return SupervisorStats(
+            state=self.state,
+            workers=tuple(arb.snapshot()) if arb else (),
+            queued=len(self.queue),
+            queue_capacity=self.queue.maxsize,
+            in_flight=arb.in_flight() if arb else 0,
+            outstanding=self.outcomes.outstanding,
+            tasks=dict(self.outcomes.counts),
+            restarts=dict(self.outcomes.restarts),
+            pool=self.broker.stats() if self.broker is not None and arb else None,
+        )
+
+    def _cmd_refresh(self, arb: Arbiter) -> None:
+        m = self.metrics
+        m.queue_depth.set(len(self.queue))
+        states = Counter(h.public_state() for h in arb.workers.values())
+        for state in ("starting", "idle", "busy", "stopping"):
+            m.workers.labels(state).set(states[state])
+        if self.broker is not None:
+            st = self.broker.stats()
+            m.pool_in_use.set(st.in_use)
+            m.pool_max.set(st.capacity)
+            m.pool_waiting.set(st.waiting)
+            m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, details)`` as ``/healthz`` reports it: the supervisor's loop turns.
+
+        A program embedding the supervisor (the daemon's systemd watchdog) asks this.
+        """
+        return self._healthy()
+
+    # HTTP endpoint callbacks (on its threads).
+
+    def _refresh(self) -> None:
+        with contextlib.suppress(TimeoutError, SupervisorStoppedError):
+            self._command("refresh", timeout=2.0)
+
+    def _healthy(self) -> tuple[bool, dict[str, Any]]:
+        arb = self._arbiter
+        if arb is None or arb.finished.is_set():
+            return False, {"reason": f"supervisor {self.state}", "error": str(self.error or "")}
+        stalled = time.monotonic() - arb.loop_beat
+        if stalled > 10.0:
+            return False, {"reason": f"supervisor loop stalled for {stalled:.1f} s"}
+        return True, {"state": self.state}
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        arb = self._arbiter
+        if arb is None or arb.finished.is_set() or arb.mode is not None:
+            return False, {"reason": f"supervisor {arb.mode if arb and arb.mode else self.state}"}
+        ready = sum(1 for h in list(arb.workers.values()) if h.state == "ready")
+        if not ready:
+            return False, {"reason": "no worker ready"}
+        return True, {"workers_ready": ready, "queued": len(self.queue)}
