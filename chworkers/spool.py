@@ -43,6 +43,9 @@ _NAME = re.compile(r"^(\d{20})\.batch$")
 
 Policy = Literal["block", "reject", "drop_oldest"]
 
+#: Batch numbers are reserved (and the reservation persisted) this many at a time.
+SEQ_BLOCK = 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class SpooledBatch:
@@ -93,8 +96,27 @@ class Spool:
         self._closed = False
         self.directory.mkdir(parents=True, exist_ok=True)
         self.spool_id = self._load_id()
+        # Sequence numbers name files and make deduplication tokens, so they must never
+        # repeat, not even after every batch was confirmed and the directory is empty:
+        # a repeated token would make ClickHouse drop new data as a duplicate. The
+        # high-water mark is persisted in blocks (one small fsync'd write per block).
+        self._seq_file = self.directory / "seq"
+        self._seq_ceiling = self._load_seq_ceiling()
+        self._next_seq = self._seq_ceiling
 
     # -- startup -------------------------------------------------------------------
+
+    def _load_seq_ceiling(self) -> int:
+        try:
+            return max(1, int(self._seq_file.read_text().strip()))
+        except FileNotFoundError:
+            return 1
+        except ValueError as exc:
+            raise SpoolCorruptError(
+                f"{self._seq_file} is unreadable ({exc}); it must hold the next batch number. "
+                "Set it above the highest number ever used, or move the spool aside",
+                path=str(self._seq_file),
+            ) from exc
 
     def _load_id(self) -> str:
         path = self.directory / "spool-id"
@@ -213,6 +235,11 @@ class Spool:
                 self._space.wait(remaining)
             seq = self._next_seq
             self._next_seq += 1
+            if self._next_seq >= self._seq_ceiling:
+                # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers
+                # must be durable before they are handed out.
+                self._seq_ceiling = self._next_seq + SEQ_BLOCK
+                self._write_durably(self._seq_file, str(self._seq_ceiling).encode())
             self._reserved += size
         for victim in dropped:
             (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)

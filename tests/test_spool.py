@@ -146,3 +146,29 @@ def test_batch_larger_than_cap_is_admitted_into_an_empty_spool(tmp_path: Path) -
     put(spool, b"x" * 1000 + b"\n")
     with pytest.raises(SpoolFullError):
         put(spool, b"y\n")
+
+
+def test_numbers_and_tokens_never_repeat_even_after_the_spool_emptied(tmp_path: Path) -> None:
+    # A repeated token would make ClickHouse drop new data as a duplicate of old data.
+    spool = Spool(tmp_path)
+    first = [put(spool, b"%d\n" % i) for i in range(3)]
+    for batch in first:
+        spool.remove(batch)
+    again = Spool(tmp_path)
+    assert again.recover() == []
+    later = put(again, b"x\n")
+    assert later.seq > max(b.seq for b in first)
+    assert later.token not in {b.token for b in first}
+
+
+def test_sequence_reservations_survive_many_restarts(tmp_path: Path) -> None:
+    import chworkers.spool as spool_module
+
+    seen: set[int] = set()
+    for _ in range(3):
+        spool = Spool(tmp_path, fsync=False)
+        for _ in range(spool_module.SEQ_BLOCK + 5):  # cross a reservation block
+            batch = put(spool, b"1\n")
+            assert batch.seq not in seen
+            seen.add(batch.seq)
+            spool.remove(batch)
