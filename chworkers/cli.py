@@ -21,7 +21,6 @@ from chworkers.errors import ChworkersError, ConfigError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chworkers.commands",
     "chworkers.embedded.cli",
-    "chworkers.demo",
 )
 
 #: Exit codes (documented in the README).
