@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from chworkers import __version__, logs
-from chworkers.errors import ChworkersError, ConfigError
+from chworkers.errors import ChworkersError, ConfigError, WorkerBootError
 
 #: Modules that contribute a subcommand, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+EXIT_WORKER_BOOT = 4  # workers die at start: restarting will not help
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chworkers: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except WorkerBootError as exc:
+        print(f"chworkers: {exc}", file=sys.stderr)
+        return EXIT_WORKER_BOOT
     except ChworkersError as exc:
         print(f"chworkers: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 #: Exit codes of ``chworkers run`` (see the README).
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_UNFINISHED = 4  # stopped with batches left in the spool (they are kept)
 
 #: The daemon's loop turns every half second; silent this long, it counts as stuck.
 LOOP_STALE_AFTER = 10.0
@@ -357,7 +356,7 @@ class Daemon:
             thread.join(timeout=10)
         self.batcher.close()  # everything accepted is now in the spool
         timeout = None if finished else self.config.settings.supervisor.graceful_timeout
-        done = self._drain(timeout)
+        self._drain(timeout)
         self.dispatcher.stop()
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
@@ -366,7 +365,6 @@ class Daemon:
             log.warning(
                 "stopping with %d batches left in the spool; they go first next start", left
             )
-            return EXIT_UNFINISHED if not done else EXIT_OK
         return EXIT_OK
 
     def _drain(self, timeout: float | None) -> bool:
