@@ -321,7 +321,14 @@ class Arbiter:
         if self.sup.broker is not None:
             self.sup.broker.reclaim(h.name)
         booted = h.state != "starting"
-        reason = h.kill_reason or h.leaving or ("crashed" if booted else "boot")
+        if h.kill_reason is not None:
+            reason = h.kill_reason
+        elif not booted:
+            reason = "boot"
+        elif exitcode == 0 and h.leaving is not None:
+            reason = h.leaving  # recycled or stopped, as asked
+        else:
+            reason = "crashed"  # even if it was about to be recycled
         running = int(h.heartbeat[CURRENT])
         held = list(h.assigned.values())
         if held and self.mode != "stopping":
