@@ -254,10 +254,11 @@ class Daemon:
                 "settings": p.settings,
                 "on_error": self._source_error,
                 "limits": p.limits,
+                "transform": p.mapper,
             }
             source: Any
             if p.source == "http":
-                routes[p.table] = Route(p.table, p.name, p.format, p.settings, p.limits)
+                routes[p.table] = Route(p.table, p.name, p.format, p.settings, p.limits, p.mapper)
                 continue
             if p.source == "stdin":
                 source = StreamSource(self.stdin or sys.stdin.buffer, **common)

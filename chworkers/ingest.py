@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -48,6 +48,7 @@ class Route:
     format: str = "JSONEachRow"
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     limits: BatchLimits | None = None
+    transform: Callable[[bytes], bytes] | None = None
 
 
 class _BadRequest(Exception):
@@ -124,6 +125,8 @@ class IngestServer:
         records, rows = self._frame(body, fmt)
         if rows == 0:
             return {"rows": 0}
+        if route.transform is not None and fmt == "JSONEachRow":
+            records = route.transform(records)
         ticket = self.batcher.add(
             route.table,
             records,

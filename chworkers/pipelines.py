@@ -27,6 +27,7 @@ from typing import Any, Literal
 from chworkers.batcher import BatchLimits
 from chworkers.errors import ConfigError
 from chworkers.framing import FORMATS
+from chworkers.mapping import FieldMapper
 from chworkers.settings import build, setting, validate
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -72,6 +73,11 @@ class PipelineSettings:
         "Engine clause for a created table; plain MergeTree gets "
         "non_replicated_deduplication_window so replays deduplicate.",
     )
+    rename: tuple[str, ...] = setting(
+        (),
+        "JSONEachRow: rename fields to column names before batching, as "
+        "'source_field=column' items.",
+    )
     insert_settings: tuple[str, ...] = setting(
         (), "Extra ClickHouse settings for the inserts, as 'name=value' items."
     )
@@ -101,6 +107,14 @@ class PipelineSettings:
             raise ConfigError(
                 f"{where}: a file source needs paths", key="paths", expected="paths or globs"
             )
+        if self.rename and self.format != "JSONEachRow":
+            raise ConfigError(
+                f"{where}: rename works on JSONEachRow records, not {self.format}",
+                key="rename",
+                value=self.rename,
+                expected="format = 'JSONEachRow'",
+            )
+        FieldMapper.parse(self.rename, where=where)
         for item in self.insert_settings:
             if "=" not in item:
                 raise ConfigError(
@@ -109,6 +123,11 @@ class PipelineSettings:
                     value=item,
                     expected="'name=value'",
                 )
+
+    @property
+    def mapper(self) -> FieldMapper | None:
+        """The field mapping to apply to records, if ``rename`` asks for one."""
+        return FieldMapper.parse(self.rename, where=f"pipeline {self.name!r}")
 
     @property
     def limits(self) -> BatchLimits:

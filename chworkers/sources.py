@@ -121,8 +121,10 @@ class _Source:
         max_record_bytes: int = 16 * 1024 * 1024,
         read_size: int = READ_SIZE,
         limits: BatchLimits | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.name = name
+        self.transform = transform
         self.limits = limits
         self.read_size = read_size
         self.table = table
@@ -137,6 +139,8 @@ class _Source:
     def _add(self, records: bytes, rows: int, meta: Mapping[str, Any] | None = None) -> None:
         if not rows:
             return
+        if self.transform is not None:
+            records = self.transform(records)
         self.batcher.add(
             self.table,
             records,

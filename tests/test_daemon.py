@@ -379,3 +379,28 @@ create = "{SCHEMA}"
         if proc.poll() is None:
             proc.kill()
         receiver.close()
+
+
+def test_fields_are_renamed_to_columns_before_insert(
+    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+) -> None:
+    (tmp_path / "in.json").write_bytes(
+        b"".join(b'{"id":%d,"label":"row %d","extra":true}\n' % (i, i) for i in range(100))
+    )
+    cfg = make_config(
+        tmp_path,
+        own_endpoint.url,
+        [
+            pipeline(
+                source="file",
+                paths=[str(tmp_path / "in.json")],
+                rename=["id=n", "label=s"],
+            )
+        ],
+    )
+    assert Daemon(cfg).run() == 0
+    assert query(own_endpoint.url, "SELECT count(), sum(n), max(s) FROM ev")[0] == (
+        100,
+        sum(range(100)),
+        "row 99",
+    )
