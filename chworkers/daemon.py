@@ -119,6 +119,7 @@ class Daemon:
             stack.callback(watchdog.stop)
             self._install_signals(stack)
             notifier.ready(self._status())
+            self.totals.started = time.monotonic()  # rates count from here, not start-up
             self._ready.set()
             log.info(
                 "chworkers running: %d pipelines, ClickHouse %s, metrics %s%s",
