@@ -55,7 +55,7 @@ def test_cut_by_delay(tmp_path: Path) -> None:
     batcher = Batcher(Spool(tmp_path), got, limits=BatchLimits(max_delay=0.2))
     started = time.monotonic()
     batcher.add("t", b"1\n", 1, format="CSV").wait(5)
-    assert 0.15 <= time.monotonic() - started < 3
+    assert 0.15 <= time.monotonic() - started < 15  # generous: CI machines are busy
     assert got.batches[0].rows == 1
     batcher.close()
 

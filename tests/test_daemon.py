@@ -238,7 +238,9 @@ def test_corrupt_spool_file_is_quarantined_and_the_rest_replayed(
     assert ok.seq != broken.seq
 
 
-def file_pipeline_toml(tmp_path: Path, n: int, clickhouse: str = "") -> list[str]:
+def file_pipeline_toml(
+    tmp_path: Path, n: int, clickhouse: str = "", *, follow: bool = False
+) -> list[str]:
     """Write n lines and a config file reading them; returns the `chworkers run` command."""
     (tmp_path / "in.json").write_bytes(lines(0, n))
     conf = tmp_path / "chworkers.toml"
@@ -252,6 +254,8 @@ port = 0
 name = "p"
 source = "file"
 paths = ["{tmp_path / "in.json"}"]
+follow = {"true" if follow else "false"}
+poll_interval = "50ms"
 table = "ev"
 create = "{SCHEMA}"
 engine = "MergeTree ORDER BY n"
@@ -261,12 +265,15 @@ max_rows = 5000
     return [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
 
 
-def kill_9_when(cmd: list[str], ready: Callable[[], bool]) -> None:
-    """Start the daemon, SIGKILL it once ``ready()``, and make sure it is gone."""
+def kill_9_when(
+    cmd: list[str], ready: Callable[[], bool], then: Callable[[], None] = lambda: None
+) -> None:
+    """Start the daemon; once ``ready()``, run ``then()`` and SIGKILL it; make sure it is gone."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: ready() or proc.poll() is not None, timeout=120)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        then()
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -284,8 +291,12 @@ def rerun_to_completion(cmd: list[str]) -> None:
 def test_kill_9_mid_ingest_then_restart_exact_count(
     tmp_path: Path, own_endpoint: EmbeddedClickHouse
 ) -> None:
-    n = 300_000
-    cmd = file_pipeline_toml(tmp_path, n, f'[clickhouse]\nurl = "{own_endpoint.url}"')
+    """A followed log file keeps growing; the daemon is SIGKILLed while lines are being
+    appended and read; after a restart every line is in ClickHouse exactly once."""
+    n, first = 300_000, 100_000
+    cmd = file_pipeline_toml(
+        tmp_path, first, f'[clickhouse]\nurl = "{own_endpoint.url}"', follow=True
+    )
 
     def inserted() -> int:
         try:
@@ -293,10 +304,34 @@ def test_kill_9_mid_ingest_then_restart_exact_count(
         except Exception:
             return 0
 
-    kill_9_when(cmd, lambda: inserted() >= 20_000)
-    time.sleep(2)  # workers notice their supervisor is gone and stop
+    chunks = [(i, min(i + 10_000, n)) for i in range(first, n, 10_000)]
+
+    def append(parts: list[tuple[int, int]], pause: float) -> None:
+        with open(tmp_path / "in.json", "ab") as fh:
+            for a, b in parts:
+                fh.write(lines(a, b))
+                fh.flush()
+                time.sleep(pause)
+
+    writer = threading.Thread(target=append, args=(chunks[:10], 0.1))
+
+    def start_appending() -> None:
+        writer.start()
+        time.sleep(0.5)  # the daemon is reading what is being appended
+
+    kill_9_when(cmd, lambda: inserted() >= 20_000, then=start_appending)
+    writer.join()
     assert inserted() < n
-    rerun_to_completion(cmd)
+    append(chunks[10:], 0)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: inserted() >= n or proc.poll() is not None, timeout=180)
+        time.sleep(1)  # anything duplicated would show up now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert query(own_endpoint.url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
         n,
         n,
