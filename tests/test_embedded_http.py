@@ -381,3 +381,31 @@ def test_insert_after_a_long_comment_in_small_chunks(
     resp.read()
     conn.close()
     assert count(endpoint, database) == 100
+
+
+def test_big_bodies_fail_whole_and_the_connection_goes_on(
+    endpoint: EmbeddedClickHouse, database: str, table: str
+) -> None:
+    # Bodies over 1 MiB are read by a thread of their own while chDB parses.
+    target = q(database, query="INSERT INTO t FORMAT CSV")
+    big = csv_rows(0, 200_000)  # ~3 MB
+    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
+    try:
+        status, _, text = call(endpoint, target, big[:1000] + b"bad,row\n" + big, conn=conn)
+        assert status in (400, 500)
+        assert b"Code: " in text
+        gz = gzip.compress(big)
+        status, _, text = call(endpoint, target, gz[:-100], {"Content-Encoding": "gzip"}, conn=conn)
+        assert b"CANNOT_DECOMPRESS" in text
+        assert count(endpoint, database) == 0
+        status, _, text = call(endpoint, target, big, conn=conn)
+        assert status == 200, text
+    finally:
+        conn.close()
+    assert count(endpoint, database) == 200_000
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
+        head = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(big) + 10}\r\n\r\n"
+        sock.sendall(head.encode() + big)
+        sock.shutdown(socket.SHUT_WR)  # ten bytes short
+        sock.recv(65536)
+    assert count(endpoint, database) == 200_000

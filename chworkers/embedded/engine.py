@@ -12,9 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import queue
 import re
+import threading
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +228,51 @@ def _fetch(conn: Any, handle: Any, stats: Stats) -> Generator[bytes, None, None]
                 conn.streaming_cancel_query(handle)
             except RuntimeError:
                 log.debug("cancelling a streaming query failed", exc_info=True)
+
+
+def prefetch(chunks: Iterator[bytes], depth: int = 4) -> Generator[bytes, None, None]:
+    """Read ``chunks`` in a thread of its own, up to ``depth`` ahead.
+
+    An insert then receives the next piece of the body while chDB parses the last one
+    (chDB releases the GIL). Errors from reading are raised here, in order. Closing the
+    generator stops the reader and waits for it, so nobody reads the socket after.
+    """
+    pipe: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="chworkers-embedded-body", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = pipe.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def insert(conn: Any, statement: str, fmt: str, chunks: Iterable[bytes], stats: Stats) -> None:

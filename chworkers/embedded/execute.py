@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 MAX_QUERY_SIZE = 256 << 20
 #: Longest INSERT statement head before its data.
 MAX_INSERT_HEAD = 1 << 20
+#: Insert bodies larger than this (or chunked) are read by a thread of their own.
+PREFETCH_ABOVE = 1 << 20
 #: Results up to this size are spooled in memory with wait_end_of_query=1, then disk.
 SPOOL_IN_MEMORY = 32 << 20
 _STREAMABLE = frozenset({"SELECT", "WITH"})
@@ -177,8 +179,14 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             stats.written_rows = stats.written_bytes = 0
         head, insert, chunks = _statement_head(qr.query_prefix, chunks)
         if insert is not None:
-            data = chain([head[insert.data_offset :]], chunks)
-            engine.insert(conn, insert.statement, insert.fmt, data, stats)
+            data: Iterator[bytes] = chain([head[insert.data_offset :]], chunks)
+            if req.body.length is None or req.body.length > PREFETCH_ABOVE:
+                data = engine.prefetch(data)  # read the body while chDB parses
+            try:
+                engine.insert(conn, insert.statement, insert.fmt, data, stats)
+            finally:
+                if isinstance(data, Generator):
+                    data.close()  # the reader has stopped before anyone drains the body
             ctx.stats.inserted(stats.written_rows, stats.written_bytes)
             resp.set_header("X-ClickHouse-Summary", stats.summary())
             resp.set_header("Content-Type", "text/plain; charset=UTF-8")

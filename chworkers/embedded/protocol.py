@@ -58,6 +58,8 @@ class Body:
 
     def __init__(self, rfile: BinaryIO, length: int | None, chunked: bool) -> None:
         self._rfile = rfile
+        #: The announced Content-Length (None when chunked or absent).
+        self.length = None if chunked else length
         self._remaining = length if length is not None else 0
         self._chunked = chunked
         self._chunk_left = 0
