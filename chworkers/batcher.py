@@ -155,11 +155,15 @@ class Batcher:
         return ticket
 
     def flush(self) -> None:
-        """Cut and spool every open batch now."""
+        """Cut and spool every open batch now; returns once every record added before
+        the call is spooled (including batches the timer thread is cutting right now)."""
         with self._lock:
             buffers = [self._take(key) for key in list(self._buffers)]
+            pending = list(self._last_cut.values())
         for buf in buffers:
             self._cut(buf)
+        for spooled in pending:
+            spooled.wait()
 
     def close(self) -> None:
         """Flush what is buffered and stop the timer; later adds raise."""

@@ -107,3 +107,18 @@ def test_failing_consumer_leaves_batch_in_spool(tmp_path: Path) -> None:
     batcher.add("t", b"1\n", 1, format="CSV").wait(5)
     batcher.close()
     assert [b.payload for b in Spool(tmp_path).recover()] == [b"1\n"]
+
+
+def test_flush_waits_for_a_cut_the_timer_has_in_progress(tmp_path: Path) -> None:
+    class SlowSpool(Spool):
+        def put(self, *args: object, **kwargs: object) -> SpooledBatch:  # type: ignore[override]
+            time.sleep(0.3)  # the timer thread is busy spooling when flush() is called
+            return super().put(*args, **kwargs)  # type: ignore[arg-type]
+
+    got = Collector()
+    batcher = Batcher(SlowSpool(tmp_path), got, limits=BatchLimits(max_delay=0.01))
+    batcher.add("t", b"1\n", 1, format="CSV")
+    time.sleep(0.1)  # the timer has taken the buffer and is in put()
+    batcher.flush()
+    assert [b.payload for b in got.batches] == [b"1\n"]
+    batcher.close()
