@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chworkers.cli import EXIT_CONFIG, EXIT_USAGE, EXIT_WORKER_BOOT
 from chworkers.config import Config, load
 from chworkers.options import SupervisorOptions
 
@@ -195,6 +196,8 @@ def test_unit_has_the_required_settings(unit: str) -> None:
     }
     for key, values in expected.items():
         assert d.get(key) == values, key
+    # Exit codes that restarting cannot fix (chworkers.cli's, documented in the README).
+    assert d["RestartPreventExitStatus"] == [f"{EXIT_USAGE} {EXIT_CONFIG} {EXIT_WORKER_BOOT}"]
     for key in ("WatchdogSec", "EnvironmentFile", "StateDirectory", "RuntimeDirectory"):
         assert d.get(key), key
     assert d["ExecStart"][0].startswith("/opt/chworkers/bin/chworkers run -c /etc/chworkers/")
