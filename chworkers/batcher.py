@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chworkers.errors import ChworkersError
+from chworkers.metrics import Metrics
 from chworkers.spool import Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ class Batcher:
         *,
         limits: BatchLimits | None = None,
         spool_timeout: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.spool = spool
+        self.metrics = metrics
         self.on_batch = on_batch
         self.limits = limits or BatchLimits()
         self.spool_timeout = spool_timeout
@@ -150,6 +153,8 @@ class Batcher:
             full = buf.rows >= buf.limits.max_rows or buf.size >= buf.limits.max_bytes
             if full:
                 self._take(key)
+        if self.metrics is not None:
+            self.metrics.source_rows.labels(source=pipeline or table).inc(rows)
         if full:
             self._cut(buf)
         return ticket

@@ -129,7 +129,7 @@ class Daemon:
                 f", ingest {self.ingest_url}/ingest/<table>" if self.ingest_url else "",
             )
             code = self._loop(notifier)
-            notifier.stopping("stopping")
+            notifier.stopping("stopping")  # again after a finished run; harmless if repeated
             if self.before_stop is not None:
                 self.before_stop(self)
         return code
@@ -225,7 +225,11 @@ class Daemon:
             max_in_flight=s.spool.max_in_flight or 2 * s.supervisor.workers,
             max_backoff=s.spool.retry_backoff_max,
         )
-        self.batcher = Batcher(self.spool, self._spooled, spool_timeout=None)
+        self.batcher = Batcher(self.spool, self._spooled, metrics=self.metrics)
+        for p in self.config.pipelines:  # series exist at 0 before the first event
+            self.metrics.source_rows.labels(source=p.name)
+            self.metrics.source_errors.labels(source=p.name)
+            self.metrics.dead_letter_rows.labels(table=p.table)
 
     def _create_tables(self) -> None:
         for p in self.config.pipelines:
@@ -338,6 +342,7 @@ class Daemon:
                 notifier.ready(self._status())
             elif signum is not None:
                 log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
+                notifier.stopping("draining: intake stopped, finishing inserts")
                 return self._shutdown()
             elif self._finite() and not any(t.is_alive() for t in self._source_threads):
                 return self._shutdown(finished=True)

@@ -164,6 +164,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Known label values exist from the start, at 0, so that increase() sees the
+        # first restart instead of only the series appearing.
+        for reason in ("crashed", "hung", "recycled"):
+            self.worker_restarts.labels(reason=reason)
 
         # Daemon: spool, dead letters, sources.
         self.spool_bytes = Gauge(

@@ -314,6 +314,7 @@ class Spool:
         self._metrics.spool_batches.set(s["batches"])
         self._metrics.spool_bytes.set(s["bytes"])
         self._metrics.spool_oldest_age.set(s["oldest_age_seconds"])
+        self._metrics.spool_max_bytes.set(self.max_bytes)
 
     def __repr__(self) -> str:
         s = self.stats()

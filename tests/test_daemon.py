@@ -153,8 +153,30 @@ def test_http_push_from_eight_clients_exact_count(
         t.start()
     for t in threads:
         t.join()
+    wait_for(lambda: running.daemon.totals.rows_inserted == 8000)
+    metrics = scrape(running.daemon.metrics_url)
     assert running.stop() == 0
     assert query(own_endpoint.url, "SELECT count(), uniqExact(n) FROM ev")[0] == (8000, 8000)
+    assert metrics[("chworkers_source_rows_total", (("source", "p"),))] == 8000
+    assert metrics[("chworkers_rows_inserted_total", (("table", "ev"),))] == 8000
+    assert metrics[("chworkers_dead_letter_rows_total", (("table", "ev"),))] == 0
+    assert metrics[("chworkers_spool_max_bytes", ())] == 1024**3
+    assert metrics[("chworkers_spool_batches", ())] == 0
+
+
+def scrape(url: str | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` parsed by prometheus_client's own parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert url is not None
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.mark.timeout(180)
