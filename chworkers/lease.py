@@ -37,6 +37,7 @@ from multiprocess.connection import Connection as _MPConnection
 
 from chworkers.errors import ConfigError, PoolClosedError
 from chworkers.leaseclient import LeaseClient
+from chworkers.pids import alive
 
 __all__ = ["LeaseBroker", "LeaseClient", "LeaseStats"]
 
@@ -314,7 +315,7 @@ class LeaseBroker:
         with self._lock:
             peers = [p for p in self._peers if p.pid is not None and p.held]
         for peer in peers:
-            if peer.pid is not None and not _alive(peer.pid):
+            if peer.pid is not None and not alive(peer.pid):
                 with self._lock:
                     peer.drop = True
 
@@ -407,20 +408,6 @@ class LeaseBroker:
         self._waiters = deque()
         self._closed = True
         self._lock = threading.Lock()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 _BROKERS: weakref.WeakSet[LeaseBroker] = weakref.WeakSet()

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from chworkers import channel, tasks
 from chworkers.hooks import PoolHooks
 from chworkers.middleware import MetricsRecorder, Middleware
+from chworkers.pids import alive
 from chworkers.pool import ConnectionPool, PoolOptions
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class _Loop:
         now = time.monotonic()
         if not self._orphaned and now >= self._next_parent_check:
             self._next_parent_check = now + 0.5
-            if not _alive(self.worker.spec.parent_pid):
+            if not alive(self.worker.spec.parent_pid):
                 log.warning("%s: the supervisor is gone; exiting", self.worker.name)
                 self._orphaned = True
         return self._orphaned
@@ -220,7 +221,8 @@ class _Loop:
                     return True
             except (EOFError, OSError):
                 return False
-            if not _alive(spec.parent_pid):
+            # Not os.getppid(): under forkserver a worker's parent is the fork server.
+            if not alive(spec.parent_pid):
                 log.warning("%s: supervisor is gone, exiting", self.worker.name)
                 return False
 
@@ -394,15 +396,3 @@ class PoolConnector:
             lease=self.lease,
             hooks=RecordingHooks(worker),
         )
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists. Not ``os.getppid() == pid``: under forkserver a
-    worker's parent is the fork server, not the supervisor."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -16,6 +16,7 @@ from typing import Any
 from chworkers.embedded.handler import Credentials
 from chworkers.embedded.server import EmbeddedServer
 from chworkers.errors import ConfigError
+from chworkers.pids import alive
 
 #: Environment variable the password may come from (kept out of ``ps`` output).
 PASSWORD_ENV = "CHWORKERS_EMBEDDED_PASSWORD"
@@ -123,11 +124,7 @@ def run(args: argparse.Namespace) -> int:
 def _watch_parent(pid: int, server: EmbeddedServer, interval: float = 0.5) -> None:
     while True:
         time.sleep(interval)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             log.warning("the parent process %d is gone; stopping", pid)
             server.request_stop()
             return
-        except PermissionError:
-            pass
