@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import http.client
 import json
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import waiting
 
 from chworkers import ConnectionPool, config
 from chworkers.daemon import Daemon
@@ -100,11 +102,7 @@ class Running:
         return self.code
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
+wait_for = functools.partial(waiting.wait_for, timeout=60.0, interval=0.1)
 
 
 def lines(start: int, stop: int) -> bytes:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import waiting
 
 from chworkers import ConnectionPool
 from chworkers.dispatch import Dispatcher
@@ -74,11 +75,7 @@ def count(ch: EmbeddedClickHouse) -> int:
         pool.close()
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+wait_for = functools.partial(waiting.wait_for, timeout=30.0, interval=0.05)
 
 
 @pytest.mark.timeout(120)

@@ -7,11 +7,12 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import multiprocess
 import pytest
+from waiting import wait_for
 
 from chworkers.errors import ConfigError, PoolClosedError, PoolTimeoutError
 from chworkers.lease import LeaseBroker, LeaseClient
@@ -25,14 +26,6 @@ def broker() -> Iterator[LeaseBroker]:
     b.start()
     yield b
     b.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 # -- helpers run in child processes (module level so spawn can import them) -----------------

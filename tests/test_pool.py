@@ -15,6 +15,7 @@ import multiprocess
 import pytest
 from faultproxy import FaultProxy
 from prometheus_client import CollectorRegistry
+from waiting import wait_for
 
 from chworkers import (
     Connection,
@@ -106,14 +107,6 @@ def test_unreachable_server_fails_fast_and_returns_the_lease(
 
 
 # -- against the embedded endpoint ------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.errors import ConfigError
@@ -56,13 +57,6 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
 
 def lines(start: int, stop: int) -> bytes:
     return b"".join(b'{"n":%d}\n' % i for i in range(start, stop))
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_stream_source_reads_to_end(pipeline: Pipeline) -> None:
