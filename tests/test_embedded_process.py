@@ -310,3 +310,21 @@ def test_endpoint_exits_when_its_parent_dies(tmp_path: Path) -> None:
         time.sleep(0.1)
     status = Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
     assert not status or "State:\tZ" in status, "the orphaned endpoint kept running"
+
+
+@pytest.mark.timeout(60)
+def test_cli_password_flag_still_works_but_warns(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "chworkers", "embedded", "--path", str(tmp_path / "d")]
+    cmd += ["--port", "0", "--user", "dave", "--password", "in-argv"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[3].rsplit(":", 1)[1])
+        client = clickhouse_connect.get_client(
+            host="127.0.0.1", port=port, username="dave", password="in-argv"
+        )
+        assert client.command("SELECT 6") == 6
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "--password is deprecated" in err and "CHWORKERS_EMBEDDED_PASSWORD" in err

@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--user", help="require this user name (default: no authentication)")
     p.add_argument(
         "--password",
-        help=f"the user's password (or set {PASSWORD_ENV}, or use --password-file)",
+        help=f"deprecated: shows the password to every user in the process list; set "
+        f"{PASSWORD_ENV} or use --password-file instead",
     )
     p.add_argument("--password-file", type=Path, help="read the password from this file")
     p.add_argument(
@@ -65,6 +66,12 @@ def register(subparsers: Any) -> None:
 
 def credentials_from(args: argparse.Namespace) -> Credentials | None:
     password = args.password
+    if password is not None:
+        log.warning(
+            "--password is deprecated: any user can read it in the process list; set %s "
+            "or use --password-file",
+            PASSWORD_ENV,
+        )
     if args.password_file is not None:
         try:
             lines = args.password_file.read_text().splitlines()
