@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import glob
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from chworkers import config as config_module
+from chworkers.dsn import redact_url
 from chworkers.errors import ChworkersError
 
 DEMO_TABLE = "demo_events"
@@ -126,18 +132,49 @@ def _print_demo_result(daemon: Any) -> None:
 def _check(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config)
     print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
+    problems = _check_files(cfg)
     ch = cfg.settings.clickhouse
-    if ch.url == config_module.EMBEDDED:
-        print("clickhouse: the embedded endpoint (started by `chworkers run`)")
-        return 0
+    if ch.url != config_module.EMBEDDED:
+        return max(_check_clickhouse(cfg, ch.connection()), problems)
+    from chworkers.daemon import state_lock
+    from chworkers.errors import StateDirInUseError
+
+    with contextlib.ExitStack() as stack:
+        data = cfg.state_dir / "clickhouse"
+        if data.exists():
+            try:
+                stack.enter_context(state_lock(cfg.state_dir))
+            except StateDirInUseError as exc:
+                print(
+                    f"clickhouse: the embedded endpoint in {cfg.state_dir} belongs to the "
+                    f"running daemon ({exc.holder}); not started again"
+                )
+                return problems
+            log_dir = cfg.state_dir
+        else:  # nothing to look at yet: try a scratch one, leave no state behind
+            print(f"clickhouse: no embedded data in {cfg.state_dir} yet; trying a scratch one")
+            log_dir = data = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="chworkers-check-"))
+            )
+        # Started as `run` starts it (the same credentials), for as long as the check takes.
+        endpoint = ch.embedded_endpoint(data, port=0, log_path=log_dir / "clickhouse.log")
+        endpoint.start()
+        stack.callback(endpoint.close)
+        print(f"clickhouse: the embedded endpoint started (data in {data})")
+        return max(_check_clickhouse(cfg, ch.connection(endpoint.url)), problems)
+
+
+def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
+    """Reach ClickHouse and say which pipelines' tables exist; 1 when one is missing."""
     from chworkers.pool import ConnectionPool
 
-    conn = ch.connection()
-    pool = ConnectionPool(conn, dataclasses.replace(ch.pool, min_connections=0))
+    pool = ConnectionPool(
+        conn, dataclasses.replace(cfg.settings.clickhouse.pool, min_connections=0)
+    )
+    missing = 0
     try:
         version = pool.with_connection(lambda c: c.command("SELECT version()"))
         print(f"clickhouse: {conn.url} answers (version {version})")
-        missing = 0
         for p in cfg.pipelines:
             exists = pool.with_connection(
                 lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
@@ -155,6 +192,27 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def _check_files(cfg: config_module.Config) -> int:
+    """Say what each file pipeline's paths match; 1 when a one-shot pipeline has nothing
+    to read (a followed one may wait for its files to appear)."""
+    failed = 0
+    for p in cfg.pipelines:
+        if p.source != "file":
+            continue
+        matches = {m for pattern in p.paths for m in glob.glob(pattern) if os.path.isfile(m)}
+        patterns = ", ".join(p.paths)
+        if matches:
+            print(f"pipeline {p.name}: {len(matches)} file(s) match {patterns}")
+        elif p.follow:
+            print(
+                f"pipeline {p.name}: no file matches {patterns} yet (followed: read once they appear)"
+            )
+        else:
+            print(f"pipeline {p.name}: NO FILE matches {patterns}; nothing would be read")
+            failed = 1
+    return failed
+
+
 def _config(args: argparse.Namespace) -> int:
     if args.defaults:
         print(config_module.defaults_toml(), end="")
@@ -167,15 +225,43 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _redacted(cfg: config_module.Config) -> dict[str, Any]:
-    data = dataclasses.asdict(cfg.settings)
-    for section, key in (("clickhouse", "password"), ("http", "token")):
-        if data[section].get(key):
-            data[section][key] = "***"
-    data["clickhouse"]["pool"]["retry"].pop("history", None)
-    data["clickhouse"]["pool"]["retry"].pop("started_at", None)
     return {
         "source": cfg.source,
         "state_dir": str(cfg.state_dir),
-        "settings": data,
-        "pipelines": [dataclasses.asdict(p) for p in cfg.pipelines],
+        "settings": _shown(cfg.settings),
+        "pipelines": [_shown(p) for p in cfg.pipelines],
     }
+
+
+def _shown(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as JSON-ready data: secrets (and a password in a URL) as
+    ``***``, sets as sorted lists; internal state that is not a setting left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        if "help" not in f.metadata:
+            continue
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[f.name] = _shown(value)
+        elif f.metadata.get("secret") and value:
+            out[f.name] = "***"
+        elif f.name == "url" and isinstance(value, str):
+            out[f.name] = redact_url(value)
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:  # mixed types
+            return sorted(value, key=str)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict | MappingProxyType):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chworkers.dsn import ConnectionConfig
 from chworkers.errors import ConfigError
@@ -24,6 +24,9 @@ from chworkers.options import SupervisorOptions
 from chworkers.pipelines import PipelineSettings, build_pipelines
 from chworkers.pool import PoolOptions
 from chworkers.settings import build, render_defaults, render_reference, section, setting
+
+if TYPE_CHECKING:
+    from chworkers.embedded import EmbeddedClickHouse
 
 EMBEDDED = "embedded"
 
@@ -64,6 +67,24 @@ class ClickHouseSettings:
             if v is not None
         }
         return dataclasses.replace(cfg, **changes) if changes else cfg
+
+    def embedded_endpoint(
+        self, path: Path, *, port: int | None = None, log_path: Path | None = None
+    ) -> EmbeddedClickHouse:
+        """The embedded endpoint for ``url = "embedded"`` (not started), requiring the
+        configured user and password when one is set (passed in its environment, never
+        in its arguments)."""
+        from chworkers.embedded import EmbeddedClickHouse
+
+        secured = self.username is not None or self.password is not None
+        return EmbeddedClickHouse(
+            path,
+            host=self.embedded.host,
+            port=self.embedded.port if port is None else port,
+            user=(self.username or "default") if secured else None,
+            password=(self.password or "") if secured else None,
+            log_path=log_path,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,13 +30,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from chworkers.batcher import Batcher
 from chworkers.config import EMBEDDED, Config
 from chworkers.deadletter import DeadLetters
 from chworkers.dispatch import Dispatcher
-from chworkers.errors import ChworkersError
+from chworkers.errors import ChworkersError, StateDirInUseError
 from chworkers.framing import FORMATS
 from chworkers.ingest import IngestServer, Route
 from chworkers.inserts import insert_batch
@@ -143,42 +144,16 @@ class Daemon:
 
     # -- startup pieces ----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _state_lock(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / "daemon.lock"
-        fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise ChworkersError(
-                f"state directory {self.state_dir} is in use by {holder}; run one daemon per "
-                "state directory (set state_dir or CHWORKERS_STATE_DIR)"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"chworkers pid {os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.close()
+    def _state_lock(self) -> contextlib.AbstractContextManager[None]:
+        return state_lock(self.state_dir)
 
     def _start_clickhouse(self, stack: contextlib.ExitStack) -> str | None:
         ch = self.config.settings.clickhouse
         if ch.url != EMBEDDED:
             self.clickhouse_url = ch.connection().url
             return None
-        from chworkers.embedded import EmbeddedClickHouse
-
-        endpoint = EmbeddedClickHouse(
-            self.state_dir / "clickhouse",
-            host=ch.embedded.host,
-            port=ch.embedded.port,
-            log_path=self.state_dir / "clickhouse.log",
+        endpoint = ch.embedded_endpoint(
+            self.state_dir / "clickhouse", log_path=self.state_dir / "clickhouse.log"
         )
         endpoint.start()
         stack.callback(endpoint.close)
@@ -491,6 +466,33 @@ class Daemon:
             f"spool: {self.spool.stats()['batches']:.0f} batches left in {self.state_dir / 'spool'}",
         ]
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir`` for one process (a daemon, or ``check`` starting its endpoint)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "daemon.lock"
+    fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise StateDirInUseError(
+            f"state directory {state_dir} is in use by {holder}; run one daemon per "
+            "state directory (set state_dir or CHWORKERS_STATE_DIR)",
+            holder=holder,
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"chworkers pid {os.getpid()}\n")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()
 
 
 def _create_table(conn: Any, statement: str) -> None:

@@ -51,6 +51,25 @@ def _fail(key: str, value: Any, expected: str, why: str = "") -> ConfigError:
     )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user info or a ``password`` option) as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    rest, qsep, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, has_pw, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if has_pw else netloc
+    if query:
+        query = "&".join(
+            f"{part.partition('=')[0]}=***" if part.partition("=")[0] == "password" else part
+            for part in query.split("&")
+        )
+    return f"{scheme}{sep}{netloc}{slash}{path}{qsep}{query}"
+
+
 def _parse_host(text: str, default_port: int) -> Host:
     text = text.strip()
     if not text:

@@ -183,6 +183,12 @@ class EmbeddedError(ChworkersError):
     """The embedded ClickHouse endpoint could not start or stopped unexpectedly."""
 
 
+class StateDirInUseError(ChworkersError):
+    """Another process (``holder`` says which) holds the daemon's state directory."""
+
+    holder: str
+
+
 class QueueFullError(ChworkersError):
     """The task queue stayed full for the whole timeout."""
 

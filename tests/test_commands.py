@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
+from chworkers import config as config_module
+from chworkers.daemon import Daemon, state_lock
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.sources import GENERATOR_SCHEMA
 
 
 def chworkers(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -99,3 +106,116 @@ table = "nowhere"
     assert "created_on_run missing; `run` creates it" in result.stdout
     assert "nowhere MISSING" in result.stdout
     assert result.returncode == 1
+
+
+def test_config_hides_a_password_in_the_url_and_lists_sets(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        '[clickhouse]\nurl = "http://bob:s3cret@h1:8123,h2:8123/db?password=other&x=1"\n'
+    )
+    result = chworkers("config", "-c", str(conf))
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout and "other" not in result.stdout
+    assert "frozenset" not in result.stdout
+    shown = json.loads(result.stdout)
+    clickhouse = shown["settings"]["clickhouse"]
+    assert clickhouse["url"] == "http://bob:***@h1:8123,h2:8123/db?password=***&x=1"
+    retry = clickhouse["pool"]["retry"]
+    assert retry["retry_statuses"] == [429, 502, 503, 504]
+    assert retry["retry_codes"] == sorted(retry["retry_codes"]) and 159 in retry["retry_codes"]
+    assert "history" not in retry
+
+
+def embedded_config(tmp_path: Path, pipelines: str = "", extra: str = "") -> Path:
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'state_dir = "{tmp_path / "state"}"\n{extra}\n{pipelines}')
+    return conf
+
+
+@pytest.mark.timeout(120)
+def test_check_starts_the_embedded_endpoint_and_lists_its_tables(tmp_path: Path) -> None:
+    pipelines = '[[pipelines]]\nname = "p"\ntable = "ev"\nsource = "generator"\n'
+    conf = embedded_config(tmp_path, pipelines, '[clickhouse]\npassword = "pw"\n')
+    fresh = chworkers("check", "-c", str(conf))
+    assert "no embedded data" in fresh.stdout and "answers (version" in fresh.stdout
+    assert "table ev MISSING" in fresh.stdout and fresh.returncode == 1
+    assert not (tmp_path / "state").exists()  # a check leaves no state behind
+    with EmbeddedClickHouse(tmp_path / "state" / "clickhouse") as ch:
+        pool = ConnectionPool(ch.url, {"min_connections": 0, "max_connections": 1})
+        pool.with_connection(lambda c: c.command("CREATE TABLE ev (n UInt64) ENGINE Log"))
+        pool.close()
+    existing = chworkers("check", "-c", str(conf))
+    assert existing.returncode == 0, existing.stdout + existing.stderr
+    assert "pipeline p: table ev exists" in existing.stdout
+    with state_lock(tmp_path / "state"):  # a daemon runs on it: leave its endpoint alone
+        busy = chworkers("check", "-c", str(conf))
+    assert busy.returncode == 0, busy.stdout + busy.stderr
+    assert f"belongs to the running daemon (chworkers pid {os.getpid()})" in busy.stdout
+
+
+def test_check_says_when_a_file_glob_matches_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.log").write_text("{}\n")
+    files = "".join(
+        f'[[pipelines]]\nname = "{name}"\ntable = "ev"\nsource = "file"\n'
+        f'paths = ["{tmp_path}/{pattern}"]\nfollow = {follow}\n'
+        for name, pattern, follow in (
+            ("found", "*.log", "false"),
+            ("later", "*.json", "true"),
+            ("never", "*.csv", "false"),
+        )
+    )
+    conf = embedded_config(tmp_path, files, "[clickhouse.embedded]\nport = 0\n")
+    (tmp_path / "state" / "clickhouse").mkdir(parents=True)  # check may start it here
+    result = chworkers("check", "-c", str(conf))
+    assert f"pipeline found: 1 file(s) match {tmp_path}/*.log" in result.stdout
+    assert "pipeline later: no file matches" in result.stdout and "yet" in result.stdout
+    assert f"pipeline never: NO FILE matches {tmp_path}/*.csv" in result.stdout
+    assert result.returncode == 1
+
+
+@pytest.mark.timeout(120)
+def test_the_daemons_embedded_endpoint_requires_the_configured_password(
+    tmp_path: Path,
+) -> None:
+    cfg = config_module.load(
+        data={
+            "state_dir": str(tmp_path / "state"),
+            "clickhouse": {"password": "pw", "pool": {"retry": {"max_attempts": 1}}},
+            "supervisor": {"workers": 1},
+            "metrics": {"port": None},
+            "spool": {"fsync": False},
+            "pipelines": [
+                {
+                    "name": "g",
+                    "source": "generator",
+                    "generator_count": 100,
+                    "table": "ev",
+                    "create": GENERATOR_SCHEMA,
+                    "engine": "MergeTree ORDER BY ts",
+                }
+            ],
+        },
+        env={},
+    )
+    seen: dict[str, Any] = {}
+
+    def before_stop(daemon: Daemon) -> None:
+        url = daemon.clickhouse_url
+        assert url is not None
+        for name, password in (("without", ""), ("with", "pw")):
+            pool = ConnectionPool(
+                dataclasses.replace(ConnectionConfig.coerce(url), password=password),
+                {"min_connections": 0, "max_connections": 1, "retry": {"max_attempts": 1}},
+            )
+            try:
+                seen[name] = pool.with_connection(lambda c: c.command("SELECT count() FROM ev"))
+            except ChworkersError as exc:
+                seen[name] = exc
+            finally:
+                pool.close()
+
+    daemon = Daemon(cfg)
+    daemon.before_stop = before_stop
+    assert daemon.run() == 0
+    assert isinstance(seen["without"], ServerError) and seen["without"].code == 516
+    assert seen["with"] == 100
