@@ -180,12 +180,25 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def statement_count(conn: Any, sql: str) -> int:
-    """How many statements ``sql`` holds (0 if it does not parse)."""
+@dataclass(frozen=True)
+class Kind:
+    """What chDB's parser says about a query before it runs."""
+
+    #: How many statements the text holds (1 if it does not parse: the engine reports it).
+    statements: int
+    #: A SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN, CHECK ...: a statement with a result set.
+    reads: bool
+
+
+def classify(conn: Any, sql: str | bytes) -> Kind:
+    """How many statements ``sql`` holds and whether it is one that returns rows."""
     try:
-        return int(conn.classify_query(sql)["statement_count"])
-    except (RuntimeError, KeyError, TypeError):
-        return 1  # let the engine report what is wrong with it
+        info = conn.classify_query(sql)
+        count = int(info["statement_count"])
+        reads = int(info["query_class"]) == 0  # chdb query_class.READ_ONLY
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        return Kind(1, False)
+    return Kind(count or 1, reads)
 
 
 def stream(

@@ -112,6 +112,11 @@ def clickhouse_error(error: tuple[int, str], message: str) -> ServerError:
 
 _CODE = re.compile(r"Code: (\d+)\. ")
 _NAME_AT_END = re.compile(r"\(([A-Z][A-Z0-9_]*)\)\s*$")
+#: chDB's streaming paths wrap an error in its own prefix again ("Code: 27. DB::Exception:
+#: Code: 27. DB::Exception: ...") and some end it with the server version, which the
+#: response body adds once itself.
+_REPEATED_PREFIX = re.compile(r"^(Code: \d+\. DB::Exception: )(?:Code: \d+\. DB::Exception: )+")
+_VERSION_AT_END = re.compile(r"\s*\(version [^()]*(?:\([^()]*\))?[^()]*\)\.?\s*$")
 
 
 def from_chdb(exc: BaseException) -> ServerError:
@@ -120,7 +125,8 @@ def from_chdb(exc: BaseException) -> ServerError:
     m = _CODE.search(text)
     if m is None:
         return clickhouse_error(UNKNOWN_ERROR, text)
-    text = text[m.start() :]
+    text = _REPEATED_PREFIX.sub(r"\1", text[m.start() :])
+    text = _VERSION_AT_END.sub("", text)
     named = _NAME_AT_END.search(text)
     name = named.group(1) if named else None
     return ServerError(text, code=int(m.group(1)), name=name, http_status=http_status(name))

@@ -282,14 +282,17 @@ def _select(
         raise clickhouse_error(SYNTAX_ERROR, "Empty query")
     fmt = sql.output_format(text) or qr.default_format
     query = text.decode("utf-8", "replace")
-    if engine.statement_count(conn, query) > 1:
+    kind = engine.classify(conn, query)
+    if kind.statements > 1:
         raise clickhouse_error(SYNTAX_ERROR, "Syntax error: Multi-statements are not allowed")
     encoding = (
         choose_encoding(req.header("Accept-Encoding")) if qr.enable_http_compression else None
     )
     encoder = encoder_for(encoding, _level(qr)) if encoding else None
-    resp.set_header("X-ClickHouse-Format", fmt)
-    resp.set_header("Content-Type", content_type(fmt))
+    if kind.reads:
+        _result_headers(resp, fmt)
+    else:
+        resp.set_header("Content-Type", "text/plain; charset=UTF-8")
     if encoding:
         resp.set_header("Content-Encoding", encoding)
     tag = secrets.token_hex(8)  # 16 alphanumeric characters, as ClickHouse's
@@ -302,6 +305,8 @@ def _select(
         stats.add_result(res)
         data = res.bytes()
         stats.result_bytes = len(data)
+        if data and not kind.reads:  # e.g. KILL QUERY, which reports what it killed
+            _result_headers(resp, fmt)
         resp.set_header("X-ClickHouse-Summary", stats.summary())
         if encoder:
             data = encoder.encode(data) + encoder.finish()
@@ -342,6 +347,16 @@ def _select(
     finally:
         blocks.close()
     writer.finish()
+
+
+def _result_headers(resp: Response, fmt: str) -> None:
+    """Only a statement with a result set gets X-ClickHouse-Format, as in ClickHouse.
+
+    clickhouse-connect's ``command()`` reads the body as a value when the header is
+    there and returns a QuerySummary (with the query id) when it is not.
+    """
+    resp.set_header("X-ClickHouse-Format", fmt)
+    resp.set_header("Content-Type", content_type(fmt))
 
 
 def _level(qr: QueryRequest) -> int:

@@ -1,9 +1,9 @@
 """What a ClickHouse HTTP request asks for, gathered from its URL, headers and body.
 
 The query can come from the ``query`` URL parameter, the body, or both (the body then
-continues the URL's text after a newline). Form-encoded bodies carry the query and
-parameters themselves; ``multipart/form-data`` bodies add external data, temporary
-tables that live for one query. Every URL parameter that is not one of the HTTP
+continues the URL's text after a newline), whatever the body's Content-Type says, as in
+ClickHouse; only ``multipart/form-data`` bodies are forms, carrying parameters and
+external data (temporary tables that live for one query). Every URL parameter that is not one of the HTTP
 interface's own (``database``, ``session_id``, ``param_*``, ...) is a query setting.
 """
 
@@ -126,14 +126,9 @@ def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
     """Gather a request's parameters; ``form_body`` is the body of a form request."""
     params = dict(parse_qsl(req.query_string, keep_blank_values=True))
     qr = QueryRequest(method=req.method, params=params)
-    ctype = (req.header("Content-Type") or "").lower()
     if form_body is not None:
         qr.body_continues_query = False
-        if ctype.startswith("application/x-www-form-urlencoded"):
-            form = dict(parse_qsl(form_body.decode("utf-8", "replace"), keep_blank_values=True))
-            params.update(form)
-        else:
-            _parse_multipart(req, form_body, qr)
+        _parse_multipart(req, form_body, qr)
     if params.get("decompress", "0") not in ("0", "") or params.get("compress", "0") not in (
         "0",
         "",
@@ -166,11 +161,15 @@ def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
 
 
 def is_form(req: Request) -> bool:
+    """Whether the body is ``multipart/form-data`` (external data) rather than query text.
+
+    ClickHouse decides on the media type alone: only ``multipart/form-data`` is read as a
+    form (``DynamicQueryHandler::getQuery`` in ``src/Server/HTTPHandler.cpp``); any other
+    body, including curl's default ``application/x-www-form-urlencoded``, continues the
+    query text.
+    """
     ctype = (req.header("Content-Type") or "").lower()
-    return req.method == "POST" and (
-        ctype.startswith("application/x-www-form-urlencoded")
-        or ctype.startswith("multipart/form-data")
-    )
+    return req.method == "POST" and ctype.startswith("multipart/form-data")
 
 
 def _parse_multipart(req: Request, body: bytes, qr: QueryRequest) -> None:
