@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from chworkers.errors import ChworkersError, SpoolCorruptError
+from chworkers.retry import capped_backoff
 from chworkers.spool import Spool, SpooledBatch, read_batch
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class Dispatcher:
             self._in_flight.pop(batch.seq, None)
             failures = self._failures.get(batch.seq, 0) + 1
             self._failures[batch.seq] = failures
-            backoff = min(self.max_backoff, self.initial_backoff * 2 ** (failures - 1))
+            backoff = capped_backoff(self.initial_backoff, failures, self.max_backoff)
             heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, batch.seq, batch))
             self._wake.notify_all()
         log.warning(

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from chworkers.dsn import Host
+from chworkers.retry import capped_backoff
 
 __all__ = ["HostSelector", "HostState"]
 
@@ -88,7 +89,7 @@ class HostSelector:
         with self._lock:
             state = self._states[host]
             state.failures += 1
-            delay = min(self._max_cooldown, self._cooldown * 2 ** (state.failures - 1))
+            delay = capped_backoff(self._cooldown, state.failures, self._max_cooldown)
             state.down_until = self._clock() + delay
             state.last_error = None if error is None else f"{type(error).__name__}: {error}"
             failures = state.failures

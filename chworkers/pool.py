@@ -440,21 +440,32 @@ class ConnectionPool:
             return got
 
     def _open_reserved(self, *, deliver: bool) -> Connection:
-        """Open a connection for a slot reserved by ``_opening``; hand it out or pool it."""
-        host = self._hosts.choose()
+        """Open a connection for a slot reserved by ``_opening``; hand it out or pool it.
+
+        Whatever goes wrong before the connection is counted (the connect, the host
+        bookkeeping, even an interrupt) gives the reserved slot back: a slot lost here
+        is lost for good, and enough of them leave the pool unable to open anything.
+        """
+        conn: Connection | None = None
         try:
-            conn = Connection(self.config, host)
-        except Exception as exc:
-            if _host_failure(exc):  # not e.g. a wrong password: the host itself is fine
-                self._hosts.report_failure(host, exc)
+            host = self._hosts.choose()
+            try:
+                conn = Connection(self.config, host)
+            except Exception as exc:
+                if _host_failure(exc):  # not e.g. a wrong password: the host itself is fine
+                    self._hosts.report_failure(host, exc)
+                raise
+            conn._owner, conn._owner_pid = self, self._pid
+            self._hosts.report_success(host)
+            self._hosts.opened(host)
+        except BaseException:
             with self._lock:
                 self._opening -= 1
                 self._let_waiters_open()  # the next waiter may try (maybe another host)
                 self._drained.notify_all()
+            if conn is not None:
+                conn.close()
             raise
-        conn._owner, conn._owner_pid = self, self._pid
-        self._hosts.report_success(host)
-        self._hosts.opened(host)
         with self._lock:
             self._created += 1
             self._opening -= 1
@@ -516,11 +527,13 @@ class ConnectionPool:
         for opened in range(missing):
             try:
                 self._open_reserved(deliver=True)
-            except Exception as exc:
-                log.warning("could not open a ClickHouse connection for the pool minimum: %s", exc)
+            except BaseException as exc:
                 with self._lock:  # give the remaining reservations back
                     self._opening -= missing - opened - 1
                     self._drained.notify_all()
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("could not open a ClickHouse connection for the pool minimum: %s", exc)
                 break
 
     # -- bookkeeping ----------------------------------------------------------------------
