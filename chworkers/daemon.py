@@ -38,9 +38,8 @@ from chworkers.config import EMBEDDED, Config
 from chworkers.deadletter import DeadLetters
 from chworkers.dispatch import Dispatcher
 from chworkers.errors import ChworkersError, StateDirInUseError
-from chworkers.framing import FORMATS
 from chworkers.ingest import IngestServer, Route
-from chworkers.inserts import insert_batch
+from chworkers.inserts import InsertResult
 from chworkers.options import SupervisorOptions
 from chworkers.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
 from chworkers.spool import Spool, SpooledBatch
@@ -398,30 +397,28 @@ class Daemon:
         self.dispatcher.add(batch)
 
     def _submit(self, batch: SpooledBatch) -> Future[Any]:
-        return self.supervisor.submit(
-            insert_batch,
+        # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
+        # ClickHouse wrote them, insert_duration per request), rejected rows bisected
+        # out in the worker and returned with the result.
+        return self.supervisor.insert_raw(
             batch.table,
             batch.payload,
             batch.format,
-            batch.token,
-            dict(batch.settings),
-            FORMATS.get(batch.format, False),
+            rows=batch.rows,
+            settings=batch.settings,
+            deduplication_token=batch.token,
+            split_bad_rows=True,
         )
 
-    def _confirmed(self, batch: SpooledBatch, result: Any) -> None:
-        rows, rejected = result
-        if rejected:
+    def _confirmed(self, batch: SpooledBatch, result: InsertResult) -> None:
+        if result.rejected:
             self.dead_letters.write(
-                batch.table, rejected, pipeline=batch.pipeline, batch=batch.token
+                batch.table, result.rejected, pipeline=batch.pipeline, batch=batch.token
             )
-        m = self.metrics
-        m.rows_inserted.labels(table=batch.table).inc(rows)
-        m.bytes_inserted.labels(table=batch.table).inc(batch.size)
-        m.last_insert.labels(table=batch.table).set_to_current_time()
         with self._lock:
-            self.totals.rows_inserted += rows
+            self.totals.rows_inserted += result.rows or 0
             self.totals.batches += 1
-            self.totals.dead_letters += len(rejected)
+            self.totals.dead_letters += len(result.rejected)
 
     def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
         with self._lock:

@@ -1,8 +1,11 @@
 """Idempotent inserts: batch normalisation, deduplication tokens, the dedup-window check.
 
 Every insert through chworkers carries an ``insert_deduplication_token``: the caller's,
-else one derived from the target table and the batch's content, so that repeating an
-insert whose response was lost cannot duplicate rows.
+else one derived from the target table and the batch's content
+(:func:`content_token`), so that repeating an insert whose response was lost cannot
+duplicate rows. The daemon's spooled batches carry :func:`batch_token` (fixed when the
+batch is spooled), and the sub-batches of a bisection :func:`sub_batch_token`. Every
+token chworkers makes is made here.
 
 ClickHouse honours the token only on tables that deduplicate: Replicated*MergeTree (whose
 ``replicated_deduplication_window`` is 1000 by default) and plain MergeTree tables created
@@ -19,7 +22,7 @@ import logging
 import pickle
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +31,15 @@ from chworkers.errors import RequestError, TransportError
 if TYPE_CHECKING:
     from chworkers.connection import Connection
 
-__all__ = ["Batch", "check_window", "derive_token", "normalize"]
+__all__ = [
+    "Batch",
+    "batch_token",
+    "check_window",
+    "content_token",
+    "derive_token",
+    "normalize",
+    "sub_batch_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,38 +98,59 @@ def normalize(data: Any, column_names: Sequence[str] | None, column_oriented: bo
 
 def derive_token(database: str | None, table: str, batch: Batch) -> str:
     """A token that is the same for the same table and batch content (and only then)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{database or ''}\0{table}\0{batch.kind}\0{batch.column_names}\0".encode())
+    key = f"{database or ''}\0{table}"
+    context = f"{batch.kind}\0{batch.column_names}"
     if batch.kind == "pandas":
-        _hash_pandas(h, batch.data)
-    elif batch.kind == "arrow":
-        _hash_arrow(h, batch.data)
-    else:
-        try:
-            h.update(pickle.dumps(batch.data, protocol=4))
-        except Exception:
-            h.update(repr(batch.data).encode())
+        return content_token(key, context, _pandas_chunks(batch.data))
+    if batch.kind == "arrow":
+        return content_token(key, context, _arrow_chunks(batch.data))
+    try:
+        data = pickle.dumps(batch.data, protocol=4)
+    except Exception:
+        data = repr(batch.data).encode()
+    return content_token(key, context, (data,))
+
+
+def content_token(table: str, context: str, chunks: Iterable[bytes | memoryview]) -> str:
+    """The one content-derived token: a digest of the table, what the bytes are
+    (``context``: form, column names, format) and the bytes themselves."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{table}\0{context}\0".encode())
+    for chunk in chunks:
+        h.update(chunk)
     return f"chw-{h.hexdigest()}"
 
 
-def _hash_pandas(h: Any, df: Any) -> None:
+def batch_token(spool_id: str, seq: int) -> str:
+    """The token of spooled batch ``seq``: fixed when it is spooled, never repeated
+    (batch numbers never repeat in a spool, and spool ids are random)."""
+    return f"chw-{spool_id}-{seq}"
+
+
+def sub_batch_token(token: str, start: int, stop: int) -> str:
+    """The token of records ``start:stop`` of a batch whose token is ``token`` (the
+    bisection of rejected rows): the same cut of the same batch, the same token."""
+    return f"{token}:{start}-{stop}"
+
+
+def _pandas_chunks(df: Any) -> Iterator[bytes]:
     pd: Any = importlib.import_module("pandas")
-    h.update(repr(list(zip(df.columns, map(str, df.dtypes), strict=True))).encode())
+    yield repr(list(zip(df.columns, map(str, df.dtypes), strict=True))).encode()
     try:
-        h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+        yield pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
     except TypeError:  # unhashable cells (lists, dicts)
-        h.update(pickle.dumps(df.to_dict("list"), protocol=4))
+        yield pickle.dumps(df.to_dict("list"), protocol=4)
 
 
-def _hash_arrow(h: Any, table: Any) -> None:
-    h.update(str(table.schema).encode())
-    h.update(str(table.num_rows).encode())
+def _arrow_chunks(table: Any) -> Iterator[bytes | memoryview]:
+    yield str(table.schema).encode()
+    yield str(table.num_rows).encode()
     for column in table.columns:
         for chunk in column.chunks:
-            h.update(f"{chunk.offset}:{len(chunk)}".encode())
+            yield f"{chunk.offset}:{len(chunk)}".encode()
             for buf in chunk.buffers():
                 if buf is not None:
-                    h.update(memoryview(buf))
+                    yield memoryview(buf)
 
 
 def check_window(conn: Connection, database: str | None, table: str) -> None:

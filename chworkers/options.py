@@ -79,6 +79,21 @@ class SupervisorOptions:
         minimum=0.001,
         reload=True,
     )
+    split_max_requests: int = setting(
+        1000,
+        "Insert requests one batch may cost while rejected rows are bisected out of it "
+        "(insert_raw(split_bad_rows=True), the daemon's batches); once spent, the records "
+        "not yet isolated are returned rejected (dead letters, reason 'budget').",
+        minimum=1,
+        reload=True,
+    )
+    split_max_seconds: float = setting(
+        60.0,
+        "Seconds the bisection of one batch may take; once spent, as split_max_requests.",
+        unit="seconds",
+        minimum=0.001,
+        reload=True,
+    )
     heartbeat_interval: float = setting(
         1.0, "How often an idle worker beats.", unit="seconds", minimum=0.001
     )

@@ -10,6 +10,7 @@ outstanding that :meth:`Supervisor.drain` waits on. Everything here but
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from chworkers.errors import (
     TaskError,
     WorkerLostError,
 )
+from chworkers.inserts import InsertResult
 from chworkers.metrics import Metrics
 from chworkers.middleware import MetricsDelta, Middleware, apply_delta
 from chworkers.options import SupervisorOptions
@@ -109,12 +111,7 @@ class Outcomes:
             self._child(m.tasks, task.kind, "success").inc()
             self.counts["succeeded"] += 1
             if task.kind == tasks.INSERT and task.table is not None:
-                # ClickHouse's own count when it sent one (0 for a deduplicated repeat).
-                rows, nbytes = value if value is not None else (task.rows, task.nbytes)
-                value = rows
-                m.rows_inserted.labels(task.table).inc(rows)
-                m.bytes_inserted.labels(task.table).inc(nbytes)
-                m.last_insert.labels(task.table).set(time.time())
+                value = self._inserted(task, value)
         else:
             if isinstance(error, TaskError | SerializationError):
                 m.errors.labels("task", "").inc()
@@ -123,6 +120,21 @@ class Outcomes:
         for middleware in self.middleware:
             _safely(middleware.after_task_done, task, None, duration)
         self.finish(task, value, None)
+
+    def _inserted(self, task: Task, result: InsertResult) -> Any:
+        """Count a confirmed insert once, in ClickHouse's own terms (its summary's
+        written rows and bytes; 0 for a deduplicated repeat); what the future gets."""
+        m, table = self.metrics, task.table or ""
+        rows = result.rows
+        if rows is None:  # no summary from the server: the rows we sent that it took
+            rows = max(0, task.rows - len(result.rejected))
+        self._child(m.rows_inserted, table).inc(rows)
+        if result.bytes is not None:
+            self._child(m.bytes_inserted, table).inc(result.bytes)
+        self._child(m.last_insert, table).set(time.time())
+        if task.detailed:
+            return dataclasses.replace(result, rows=rows)
+        return rows
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: this runs for every task."""

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from chworkers.dedup import batch_token
 from chworkers.errors import SpoolCorruptError, SpoolFullError
 from chworkers.metrics import Metrics
 
@@ -194,7 +195,7 @@ class Spool:
                 table=table,
                 format=format,
                 rows=rows,
-                token=f"chw-{self.spool_id}-{seq}",
+                token=batch_token(self.spool_id, seq),
                 created=time.time(),
                 payload=payload,
                 settings=dict(settings or {}),

@@ -34,6 +34,7 @@ from chworkers.errors import (
     SupervisorStoppedError,
 )
 from chworkers.exposition import MetricsEndpoint
+from chworkers.inserts import SplitBudget
 from chworkers.lease import LeaseBroker
 from chworkers.metrics import Metrics
 from chworkers.middleware import DeadLetters, Middleware
@@ -322,12 +323,23 @@ class Supervisor(SupervisorControl):
         settings: Mapping[str, Any] | None = None,
         deduplication_token: str | None = None,
         timeout: float | None = None,
+        split_bad_rows: bool = False,
     ) -> Future[Any]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
-        same token is byte-identical. ``rows`` (when known) feeds the rows metric."""
+        same token is byte-identical. ``rows`` (when known) counts the rows when the
+        server reports none. The future's result is the number of rows written.
+
+        With ``split_bad_rows`` (line formats: JSONEachRow, CSV, TSV and their
+        ``*WithNames``), rows ClickHouse rejects for their data are bisected out in the
+        worker, within ``split_max_requests`` and ``split_max_seconds``, and the rest is
+        inserted; the future's result is then an :class:`~chworkers.inserts.InsertResult`
+        whose ``rejected`` holds the records left out and why."""
         self._require_clickhouse("insert_raw")
         future: Future[Any] = Future()
+        budget = None
+        if split_bad_rows:
+            budget = SplitBudget(self.options.split_max_requests, self.options.split_max_seconds)
         task = tasks.encode_insert(
             next(self._ids),
             future,
@@ -338,6 +350,7 @@ class Supervisor(SupervisorControl):
             deduplication_token,
             fmt=fmt,
             rows=rows,
+            split=budget,
         )
         self._put(task, self.options.queue_timeout if timeout is None else timeout)
         return future

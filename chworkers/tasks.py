@@ -14,7 +14,6 @@ closures.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,9 @@ from typing import Any
 
 import dill  # type: ignore[import-untyped]
 
+from chworkers import dedup
 from chworkers.errors import BatchError, ChworkersError, SerializationError, TaskError
+from chworkers.inserts import LINE_FORMATS, SplitBudget
 
 _NONE: list[pickle.PickleBuffer] = []
 
@@ -86,6 +87,9 @@ class Task:
     internal: bool = False
     #: Its future was set running (it was dispatched once).
     started: bool = False
+    #: An insert whose future resolves to the whole :class:`~chworkers.inserts.InsertResult`
+    #: (with its rejected records), not just the rows written.
+    detailed: bool = False
     description: str = ""
 
     def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer]]:
@@ -109,6 +113,8 @@ class InsertSpec:
     settings: Mapping[str, Any] | None
     token: str
     fmt: str | None = None
+    #: Bisect rows ClickHouse rejects, within this budget (line formats only).
+    split: SplitBudget | None = None
 
 
 def _batch_form(table: str, data: Any, column_names: Sequence[str] | None) -> tuple[str, int]:
@@ -161,15 +167,25 @@ def encode_insert(
     fmt: str | None = None,
     rows: int | None = None,
     native: NativeEncoder | None = None,
+    split: SplitBudget | None = None,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
 
     ``native(form, names, data)`` may turn rows or columns into a Native block (returning
-    the block and its column names, or None to keep the pickled rows).
+    the block and its column names, or None to keep the pickled rows). With ``split``
+    (bytes in a line format only), rows ClickHouse rejects are bisected out and the
+    future resolves to the :class:`~chworkers.inserts.InsertResult`.
     """
     if not isinstance(table, str) or not table:
         raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
+    if split is not None and fmt not in LINE_FORMATS:
+        raise BatchError(
+            f"insert into {table!r}: only line formats ({', '.join(LINE_FORMATS)}) can be "
+            f"split to isolate rejected rows, not {fmt!r}",
+            table=table,
+            reason="split of a format that is not line-delimited",
+        )
     if isinstance(column_names, str):
         column_names = [column_names]
     if fmt is None and native is not None:
@@ -195,13 +211,8 @@ def encode_insert(
         form, count, names, data = prepare_batch(table, data, column_names)
         payload, buffers = dumps((form, data), what="batch")
     if token is None:
-        digest = hashlib.blake2b(table.encode(), digest_size=16)
-        digest.update(repr((names, fmt)).encode())
-        digest.update(payload)
-        for buf in buffers:
-            digest.update(buf)
-        token = digest.hexdigest()
-    meta = (table, names, dict(settings) if settings else None, token, fmt)
+        token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
+    meta = (table, names, dict(settings) if settings else None, token, fmt, split)
     header, extra = dumps(meta, what="batch")
     body = pickle.dumps((header, payload, len(extra)), protocol=5)
     return Task(
@@ -215,6 +226,7 @@ def encode_insert(
         rows=count,
         token=token,
         description=f"insert of {count} {fmt + ' ' if fmt else ''}rows into {table}",
+        detailed=split is not None,
     )
 
 
@@ -249,9 +261,9 @@ def prepare_batch(
 
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     header, data, split = pickle.loads(payload)
-    table, names, settings, token, fmt = loads(header, buffers[:split])
+    table, names, settings, token, fmt, budget = loads(header, buffers[:split])
     form, rows = loads(data, buffers[split:])
-    return InsertSpec(table, form, rows, names, settings, token, fmt)
+    return InsertSpec(table, form, rows, names, settings, token, fmt, budget)
 
 
 def encode_call(

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from chworkers import channel, tasks
 from chworkers.hooks import PoolHooks
+from chworkers.inserts import InsertResult, run_insert
 from chworkers.middleware import MetricsRecorder, Middleware
 from chworkers.pids import alive
 from chworkers.pool import ConnectionPool, PoolOptions
@@ -301,7 +302,7 @@ def execute(worker: WorkerContext, info: TaskInfo, payload: bytes, buffers: Sequ
     if info.kind == tasks.INSERT:
         spec = tasks.decode_insert(payload, buffers)
         info.table, info.rows = spec.table, _row_count(spec)
-        return connections.with_connection(lambda conn: insert(worker, conn, spec), retry=retry)
+        return insert(worker, connections, spec, retry)
     raise ValueError(f"unknown task kind {info.kind!r}")
 
 
@@ -315,38 +316,51 @@ def _row_count(spec: tasks.InsertSpec) -> int:
     return len(spec.data)
 
 
-def insert(worker: WorkerContext, conn: Any, spec: tasks.InsertSpec) -> tuple[int, int] | None:
-    """One insert attempt on a leased connection, with the task's deduplication token.
+def insert(
+    worker: WorkerContext, connections: Connections, spec: tasks.InsertSpec, retry: Any = None
+) -> InsertResult:
+    """Run an insert task: one request, or (with ``spec.split``) a bisection of the rows
+    ClickHouse rejects (:func:`chworkers.inserts.run_insert`).
 
-    Returns ClickHouse's (written rows, written bytes) when its summary says (0 rows
-    when the insert was a deduplicated repeat).
+    Each request runs on a leased connection under the worker's retry policy, beats the
+    heartbeat first and is timed in ``insert_duration`` when it succeeds.
     """
-    started = time.monotonic()
-    worker.beat()
     names = list(spec.column_names) if spec.column_names is not None else None
-    if spec.form == "raw":
-        summary = conn.raw_insert(
+
+    def request(conn: Any, data: Any, token: str) -> Any:
+        if spec.form == "raw":
+            return conn.raw_insert(
+                spec.table,
+                data,
+                fmt=spec.fmt,
+                column_names=names,
+                settings=spec.settings,
+                deduplication_token=token,
+            )
+        return conn.insert(
             spec.table,
-            spec.data,
-            fmt=spec.fmt,
-            column_names=names,
-            settings=spec.settings,
-            deduplication_token=spec.token,
-        )
-    else:
-        summary = conn.insert(
-            spec.table,
-            spec.data,
+            data,
             names,
             column_oriented=spec.form == "columns",
             settings=spec.settings,
-            deduplication_token=spec.token,
+            deduplication_token=token,
         )
-    worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
-    reported = getattr(summary, "summary", None)
-    if isinstance(reported, dict) and "written_rows" in reported:
-        return int(summary.written_rows), int(summary.written_bytes())
-    return None
+
+    def send(data: Any, token: str) -> tuple[int, int] | None:
+        def attempt(conn: Any) -> Any:
+            worker.beat()
+            started = time.monotonic()
+            summary = request(conn, data, token)
+            worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
+            return summary
+
+        summary = connections.with_connection(attempt, retry=retry)
+        reported = getattr(summary, "summary", None)
+        if isinstance(reported, dict) and "written_rows" in reported:
+            return int(summary.written_rows), int(summary.written_bytes())
+        return None
+
+    return run_insert(spec.data, spec.token, send, fmt=spec.fmt, budget=spec.split)
 
 
 class RecordingHooks(PoolHooks):

@@ -8,7 +8,8 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
 from chworkers import ConnectionPool
-from chworkers.deadletter import DeadLetters, Rejected, insert_splitting, is_row_error
+from chworkers.deadletter import DeadLetters
+from chworkers.inserts import Rejected, SplitBudget, is_row_error, run_insert
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConnectError, ServerError
 from chworkers.metrics import Metrics
@@ -65,18 +66,20 @@ def test_split_inserts_good_rows_and_isolates_bad_ones_for_real(
     payload = b"".join(lines)
     pool = ConnectionPool(f"{endpoint.url}/{database}", {"max_connections": 1})
 
-    def insert(chunk: bytes, token: str) -> int:
+    def insert(chunk: bytes, token: str) -> tuple[int, int]:
         with pool.connection() as conn:
             summary = conn.raw_insert("ev", chunk, fmt="JSONEachRow", deduplication_token=token)
-            return int(summary.written_rows)
+            return int(summary.written_rows), int(summary.written_bytes())
 
+    budget = SplitBudget()
     try:
-        first = insert_splitting(payload, "batch-1", insert)
-        assert first.rows_inserted == 197
+        first = run_insert(payload, "batch-1", insert, fmt="JSONEachRow", budget=budget)
+        assert first.rows == 197
         assert sorted(r.record for r in first.rejected) == sorted(bad.values())
         assert all(is_row_error(r.error) and r.error.code for r in first.rejected)
         # A replay (after a crash) makes the same sub-batches; ClickHouse drops them all.
-        insert_splitting(payload, "batch-1", insert)
+        again = run_insert(payload, "batch-1", insert, fmt="JSONEachRow", budget=budget)
+        assert again.requests == first.requests
         count, total = ch_client.query("SELECT count(), sum(n) FROM ev").result_rows[0]
         assert count == 197
         assert total == sum(range(200)) - 17 - 120 - 121
@@ -90,16 +93,18 @@ def test_non_row_errors_propagate_without_splitting(
     pool = ConnectionPool(f"{endpoint.url}/{database}", {"max_connections": 1})
     calls: list[str] = []
 
-    def insert(chunk: bytes, token: str) -> int:
+    def insert(chunk: bytes, token: str) -> tuple[int, int]:
         calls.append(token)
         with pool.connection() as conn:
             conn.raw_insert("missing", chunk, fmt="JSONEachRow", deduplication_token=token)
-        return 1
+        return 1, 1
 
     try:
         with pytest.raises(ServerError) as info:
-            insert_splitting(b'{"n":1}\n{"n":2}\n', "b", insert)
+            run_insert(
+                b'{"n":1}\n{"n":2}\n', "b", insert, fmt="JSONEachRow", budget=SplitBudget()
+            )
         assert info.value.code == 60
-        assert calls == ["b:0-2"]
+        assert calls == ["b"]
     finally:
         pool.close()
