@@ -122,8 +122,8 @@ class InsertResult:
     """What an insert task did.
 
     ``rows`` and ``bytes`` are ClickHouse's own counts of what it wrote (its query
-    summary: ``written_rows``, ``written_bytes``), summed over the requests; both are 0
-    for a deduplicated repeat, and ``None`` when the server sent no summary.
+    summary: ``written_rows``, ``written_bytes``), summed over the requests; ``None``
+    when the server sent no summary.
     """
 
     rows: int | None

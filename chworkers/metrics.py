@@ -128,13 +128,13 @@ class Metrics:
         )
         self.rows_inserted = Counter(
             "chworkers_rows_inserted_total",
-            "Rows ClickHouse confirmed, by table.",
+            "Rows ClickHouse wrote (its summary's written_rows), by table.",
             ["table"],
             registry=r,
         )
         self.bytes_inserted = Counter(
             "chworkers_bytes_inserted_total",
-            "Payload bytes ClickHouse confirmed, by table.",
+            "Bytes ClickHouse wrote (its summary's written_bytes, uncompressed), by table.",
             ["table"],
             registry=r,
         )

@@ -123,7 +123,7 @@ class Outcomes:
 
     def _inserted(self, task: Task, result: InsertResult) -> Any:
         """Count a confirmed insert once, in ClickHouse's own terms (its summary's
-        written rows and bytes; 0 for a deduplicated repeat); what the future gets."""
+        written rows and bytes); returns what the future resolves to."""
         m, table = self.metrics, task.table or ""
         rows = result.rows
         if rows is None:  # no summary from the server: the rows we sent that it took
