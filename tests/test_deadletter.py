@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from chworkers import ConnectionPool
 from chworkers.deadletter import DeadLetters
-from chworkers.inserts import Rejected, SplitBudget, is_row_error, run_insert
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConnectError, ServerError
+from chworkers.inserts import Rejected, SplitBudget, is_row_error, run_insert
 from chworkers.metrics import Metrics
 
 
@@ -101,9 +101,7 @@ def test_non_row_errors_propagate_without_splitting(
 
     try:
         with pytest.raises(ServerError) as info:
-            run_insert(
-                b'{"n":1}\n{"n":2}\n', "b", insert, fmt="JSONEachRow", budget=SplitBudget()
-            )
+            run_insert(b'{"n":1}\n{"n":2}\n', "b", insert, fmt="JSONEachRow", budget=SplitBudget())
         assert info.value.code == 60
         assert calls == ["b"]
     finally:

@@ -61,9 +61,7 @@ def test_daemon_batches_are_insert_tasks_timed_and_counted_once(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, ch_client: Client
 ) -> None:
     rows = 3000
-    (tmp_path / "in.data").write_bytes(
-        b"".join(b'{"n":%d,"s":"row"}\n' % i for i in range(rows))
-    )
+    (tmp_path / "in.data").write_bytes(b"".join(b'{"n":%d,"s":"row"}\n' % i for i in range(rows)))
     daemon = Daemon(daemon_config(tmp_path, endpoint, database, max_rows=1000))
     assert daemon.run() == 0
     assert ch_client.query("SELECT count(), uniqExact(n) FROM ev").result_rows[0] == (rows, rows)
