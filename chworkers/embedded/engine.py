@@ -136,12 +136,24 @@ def close_quietly(conn: Any) -> None:
         log.debug("closing a chDB connection failed", exc_info=True)
 
 
+def sql_bytes(sql: str | bytes) -> bytes:
+    """Query text as chDB takes it: the bytes the client sent, never re-encoded.
+
+    Text that came from a URL is decoded with ``surrogateescape``, so bytes that are not
+    UTF-8 (``SELECT hex('\xff')``) go back to chDB as they arrived.
+    """
+    return sql if isinstance(sql, bytes) else sql.encode("utf-8", "surrogateescape")
+
+
 def run(
-    conn: Any, sql: str, fmt: str = "TabSeparated", params: Mapping[str, str] | None = None
+    conn: Any,
+    sql: str | bytes,
+    fmt: str = "TabSeparated",
+    params: Mapping[str, str] | None = None,
 ) -> Any:
     """Run a statement and return chDB's whole result; raises ServerError."""
     try:
-        return conn.query(sql, fmt, params=dict(params or {}))
+        return conn.query(sql_bytes(sql), fmt, params=dict(params or {}))
     except RuntimeError as exc:
         raise from_chdb(exc) from None
 
@@ -193,7 +205,7 @@ class Kind:
 def classify(conn: Any, sql: str | bytes) -> Kind:
     """How many statements ``sql`` holds and whether it is one that returns rows."""
     try:
-        info = conn.classify_query(sql)
+        info = conn.classify_query(sql_bytes(sql))
         count = int(info["statement_count"])
         reads = int(info["query_class"]) == 0  # chdb query_class.READ_ONLY
     except (RuntimeError, KeyError, TypeError, ValueError):
@@ -202,7 +214,7 @@ def classify(conn: Any, sql: str | bytes) -> Kind:
 
 
 def stream(
-    conn: Any, sql: str, fmt: str, params: Mapping[str, str], stats: Stats
+    conn: Any, sql: str | bytes, fmt: str, params: Mapping[str, str], stats: Stats
 ) -> Generator[bytes, None, None] | None:
     """Start a streaming SELECT; None if chDB cannot stream this statement.
 
@@ -210,7 +222,7 @@ def stream(
     failure in the middle; closing it early cancels the query.
     """
     try:
-        handle = conn.send_query(sql, fmt, params=dict(params))
+        handle = conn.send_query(sql_bytes(sql), fmt, params=dict(params))
     except RuntimeError as exc:
         if "Streaming query is not supported" in str(exc):
             return None
@@ -288,14 +300,16 @@ def prefetch(chunks: Iterator[bytes], depth: int = 4) -> Generator[bytes, None, 
         thread.join()
 
 
-def insert(conn: Any, statement: str, fmt: str, chunks: Iterable[bytes], stats: Stats) -> None:
+def insert(
+    conn: Any, statement: str | bytes, fmt: str, chunks: Iterable[bytes], stats: Stats
+) -> None:
     """Stream ``chunks`` of ``fmt`` data into ``statement``; all or nothing.
 
     If reading the chunks fails (a truncated or undecodable body) or chDB rejects the
     data, the insert is cancelled and nothing of it is committed.
     """
     try:
-        handle = conn.send_insert(statement, fmt)
+        handle = conn.send_insert(sql_bytes(statement), fmt)
     except RuntimeError as exc:
         raise from_chdb(exc) from None
     committed = False

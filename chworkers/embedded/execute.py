@@ -12,8 +12,6 @@ tagged ``__exception__`` block, so clients raise instead of returning a cut resu
 from __future__ import annotations
 
 import logging
-import secrets
-import tempfile
 import threading
 import time
 import uuid
@@ -23,14 +21,12 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from chworkers.embedded import engine, sql
-from chworkers.embedded.codecs import Encoder, choose_encoding, decoder_for, encoder_for
+from chworkers.embedded import engine, results, sql
+from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     QUERY_IS_TOO_LARGE,
     QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,
-    SYNTAX_ERROR,
     clickhouse_error,
-    response_body,
 )
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
@@ -46,9 +42,6 @@ MAX_QUERY_SIZE = 256 << 20
 MAX_INSERT_HEAD = 1 << 20
 #: Insert bodies larger than this (or chunked) are read by a thread of their own.
 PREFETCH_ABOVE = 1 << 20
-#: Results up to this size are spooled in memory with wait_end_of_query=1, then disk.
-SPOOL_IN_MEMORY = 32 << 20
-_STREAMABLE = frozenset({"SELECT", "WITH"})
 
 
 @dataclass
@@ -77,21 +70,6 @@ class Context:
         finally:
             with self.lock:
                 self.running.discard(query_id)
-
-
-def content_type(fmt: str) -> str:
-    f = fmt.lower()
-    if f.startswith(("tabseparated", "tsv")):
-        return "text/tab-separated-values; charset=UTF-8"
-    if f.startswith("csv"):
-        return "text/csv; charset=UTF-8; header=absent"
-    if f.startswith("json"):
-        return "application/json; charset=UTF-8"
-    if f.startswith(("pretty", "vertical", "markdown", "values", "template", "raw")):
-        return "text/plain; charset=UTF-8"
-    if f == "xml":
-        return "application/xml; charset=UTF-8"
-    return "application/octet-stream"
 
 
 def _body_chunks(req: Request) -> Iterator[bytes]:
@@ -203,7 +181,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 )
         text = bytes(buf)
         try:
-            _select(ctx, conn, req, qr, text, resp, stats)
+            results.answer(ctx.engine.version, conn, req, qr, text, resp, stats)
         finally:
             if session is not None:
                 session.statement_ran(sql.first_keyword(text))
@@ -251,116 +229,3 @@ def _statement_head(
             more()
             continue
         return bytes(buf), head, chunks
-
-
-class _Writer:
-    """Writes a chunked result body through the response's encoder."""
-
-    def __init__(self, resp: Response, encoder: Encoder | None) -> None:
-        self.resp = resp
-        self.encoder = encoder
-
-    def write(self, data: bytes) -> None:
-        self.resp.write_chunk(self.encoder.encode(data) if self.encoder else data)
-
-    def finish(self) -> None:
-        if self.encoder:
-            self.resp.write_chunk(self.encoder.finish())
-        self.resp.end_chunked()
-
-
-def _select(
-    ctx: Context,
-    conn: Any,
-    req: Request,
-    qr: QueryRequest,
-    text: bytes,
-    resp: Response,
-    stats: engine.Stats,
-) -> None:
-    if not text.strip():
-        raise clickhouse_error(SYNTAX_ERROR, "Empty query")
-    fmt = sql.output_format(text) or qr.default_format
-    query = text.decode("utf-8", "replace")
-    kind = engine.classify(conn, query)
-    if kind.statements > 1:
-        raise clickhouse_error(SYNTAX_ERROR, "Syntax error: Multi-statements are not allowed")
-    encoding = (
-        choose_encoding(req.header("Accept-Encoding")) if qr.enable_http_compression else None
-    )
-    encoder = encoder_for(encoding, _level(qr)) if encoding else None
-    if kind.reads:
-        _result_headers(resp, fmt)
-    else:
-        resp.set_header("Content-Type", "text/plain; charset=UTF-8")
-    if encoding:
-        resp.set_header("Content-Encoding", encoding)
-    tag = secrets.token_hex(8)  # 16 alphanumeric characters, as ClickHouse's
-    resp.set_header("X-ClickHouse-Exception-Tag", tag)
-    blocks: Generator[bytes, None, None] | None = None
-    if sql.first_keyword(text) in _STREAMABLE:
-        blocks = engine.stream(conn, query, fmt, qr.query_params, stats)
-    if blocks is None:
-        res = engine.run(conn, query, fmt, qr.query_params)
-        stats.add_result(res)
-        data = res.bytes()
-        stats.result_bytes = len(data)
-        if data and not kind.reads:  # e.g. KILL QUERY, which reports what it killed
-            _result_headers(resp, fmt)
-        resp.set_header("X-ClickHouse-Summary", stats.summary())
-        if encoder:
-            data = encoder.encode(data) + encoder.finish()
-        resp.send_whole(data)
-        return
-    if qr.wait_end_of_query:
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-            for block in blocks:  # a failure here still gets a proper status
-                spool.write(block)
-            spool.seek(0)
-            resp.set_header("X-ClickHouse-Summary", stats.summary())
-            resp.start_chunked()
-            writer = _Writer(resp, encoder)
-            while piece := spool.read(READ_CHUNK):
-                writer.write(piece)
-            writer.finish()
-        return
-    first = next(blocks, b"")  # errors before the first block get a proper status
-    resp.set_header("X-ClickHouse-Summary", stats.summary())
-    resp.start_chunked()
-    writer = _Writer(resp, encoder)
-    try:
-        writer.write(first)
-        for block in blocks:
-            writer.write(block)
-    except ServerError as err:
-        message = response_body(err, ctx.engine.version)
-        log.debug("query %s failed mid-stream: %s", qr.get("query_id"), err)
-        block = (
-            b"__exception__\r\n"
-            + tag.encode()
-            + b"\r\n"
-            + message
-            + f"{len(message)} {tag}\r\n__exception__\r\n".encode()
-        )
-        writer.write(block)
-        resp.failed = True
-    finally:
-        blocks.close()
-    writer.finish()
-
-
-def _result_headers(resp: Response, fmt: str) -> None:
-    """Only a statement with a result set gets X-ClickHouse-Format, as in ClickHouse.
-
-    clickhouse-connect's ``command()`` reads the body as a value when the header is
-    there and returns a QuerySummary (with the query id) when it is not.
-    """
-    resp.set_header("X-ClickHouse-Format", fmt)
-    resp.set_header("Content-Type", content_type(fmt))
-
-
-def _level(qr: QueryRequest) -> int:
-    try:
-        return max(1, min(int(qr.settings.get("http_zlib_compression_level", "3")), 9))
-    except ValueError:
-        return 3

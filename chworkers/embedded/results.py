@@ -1,0 +1,216 @@
+"""Answering a query that is not an INSERT with data: one result document per query.
+
+A SELECT in a format that streams (see :mod:`chworkers.embedded.formats`) goes out as
+chDB produces its blocks, joined into one document, in bounded memory. Any other format
+(JSON, Parquet, Pretty, ...) and any other statement is run by chDB as a whole and sent
+from chDB's own buffer in 1 MiB pieces. With ``wait_end_of_query=1`` a streamed result is
+first spooled (to disk beyond 32 MiB) so an error still gets a proper HTTP status. An
+error after the first bytes went out is written in ClickHouse's tagged
+``__exception__`` block, so clients raise instead of returning a cut result.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+from collections.abc import Generator
+from typing import Any
+
+from chworkers.embedded import engine, formats, sql
+from chworkers.embedded.codecs import Encoder, choose_encoding, encoder_for
+from chworkers.embedded.exceptions import SYNTAX_ERROR, clickhouse_error, response_body
+from chworkers.embedded.protocol import READ_CHUNK, Request, Response
+from chworkers.embedded.request import QueryRequest
+from chworkers.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+#: Results up to this size are spooled in memory with wait_end_of_query=1, then disk.
+SPOOL_IN_MEMORY = 32 << 20
+_STREAMABLE = frozenset({"SELECT", "WITH"})
+
+
+def content_type(fmt: str) -> str:
+    f = fmt.lower()
+    if f.startswith(("tabseparated", "tsv")):
+        return "text/tab-separated-values; charset=UTF-8"
+    if f.startswith("csv"):
+        return "text/csv; charset=UTF-8; header=absent"
+    if f.startswith("json"):
+        return "application/json; charset=UTF-8"
+    if f.startswith(("pretty", "vertical", "markdown", "values", "template", "raw")):
+        return "text/plain; charset=UTF-8"
+    if f == "xml":
+        return "application/xml; charset=UTF-8"
+    return "application/octet-stream"
+
+
+class _Writer:
+    """Writes a chunked result body through the response's encoder."""
+
+    def __init__(self, resp: Response, encoder: Encoder | None) -> None:
+        self.resp = resp
+        self.encoder = encoder
+
+    def write(self, data: bytes) -> None:
+        self.resp.write_chunk(self.encoder.encode(data) if self.encoder else data)
+
+    def finish(self) -> None:
+        if self.encoder:
+            self.resp.write_chunk(self.encoder.finish())
+        self.resp.end_chunked()
+
+
+def answer(
+    version: str,
+    conn: Any,
+    req: Request,
+    qr: QueryRequest,
+    text: bytes,
+    resp: Response,
+    stats: engine.Stats,
+) -> None:
+    """Run ``text`` (the whole query, as bytes) and write its result to ``resp``."""
+    if not text.strip():
+        raise clickhouse_error(SYNTAX_ERROR, "Empty query")
+    fmt_name = sql.output_format(text) or qr.default_format
+    fmt = formats.output_format(fmt_name)
+    kind = engine.classify(conn, text)
+    if kind.statements > 1:
+        raise clickhouse_error(SYNTAX_ERROR, "Syntax error: Multi-statements are not allowed")
+    encoding = (
+        choose_encoding(req.header("Accept-Encoding")) if qr.enable_http_compression else None
+    )
+    encoder = encoder_for(encoding, _level(qr)) if encoding else None
+    if kind.reads:
+        _result_headers(resp, fmt_name)
+    else:
+        resp.set_header("Content-Type", "text/plain; charset=UTF-8")
+    if encoding:
+        resp.set_header("Content-Encoding", encoding)
+    tag = secrets.token_hex(8)  # 16 alphanumeric characters, as ClickHouse's
+    resp.set_header("X-ClickHouse-Exception-Tag", tag)
+    blocks: Generator[bytes, None, None] | None = None
+    if fmt.streams and sql.first_keyword(text) in _STREAMABLE:
+        blocks = engine.stream(conn, text, fmt_name, qr.query_params, stats)
+    if blocks is None:
+        _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
+        return
+    pieces = _joined(blocks, formats.Joiner(fmt))
+    if qr.wait_end_of_query:
+        _spooled(pieces, resp, encoder, stats)
+        return
+    try:
+        first = next(pieces, b"")  # errors before the first block get a proper status
+    except BaseException:
+        pieces.close()
+        raise
+    resp.set_header("X-ClickHouse-Summary", stats.summary())
+    resp.start_chunked()
+    writer = _Writer(resp, encoder)
+    try:
+        writer.write(first)
+        for piece in pieces:
+            writer.write(piece)
+    except ServerError as err:
+        message = response_body(err, version)
+        log.debug("query %s failed mid-stream: %s", qr.get("query_id"), err)
+        block = (
+            b"__exception__\r\n"
+            + tag.encode()
+            + b"\r\n"
+            + message
+            + f"{len(message)} {tag}\r\n__exception__\r\n".encode()
+        )
+        writer.write(block)
+        resp.failed = True
+    finally:
+        pieces.close()
+    writer.finish()
+
+
+def _joined(
+    blocks: Generator[bytes, None, None], joiner: formats.Joiner
+) -> Generator[bytes, None, None]:
+    """chDB's per-block documents as the pieces of one document; closing cancels."""
+    try:
+        for block in blocks:
+            piece = joiner.feed(block)
+            if piece:
+                yield piece
+        tail = joiner.finish()
+        if tail:
+            yield tail
+    finally:
+        blocks.close()
+
+
+def _spooled(
+    pieces: Generator[bytes, None, None],
+    resp: Response,
+    encoder: Encoder | None,
+    stats: engine.Stats,
+) -> None:
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        try:
+            for piece in pieces:  # a failure here still gets a proper status
+                spool.write(piece)
+        finally:
+            pieces.close()
+        spool.seek(0)
+        resp.set_header("X-ClickHouse-Summary", stats.summary())
+        resp.start_chunked()
+        writer = _Writer(resp, encoder)
+        while piece := spool.read(READ_CHUNK):
+            writer.write(piece)
+        writer.finish()
+
+
+def _whole(
+    conn: Any,
+    qr: QueryRequest,
+    text: bytes,
+    fmt_name: str,
+    kind: engine.Kind,
+    resp: Response,
+    encoder: Encoder | None,
+    stats: engine.Stats,
+) -> None:
+    """Run the statement as one chDB query and send chDB's buffer without copying it."""
+    res = engine.run(conn, text, fmt_name, qr.query_params)
+    stats.add_result(res)
+    view = res.get_memview().view()  # chDB's buffer, alive as long as res
+    size = len(view)
+    stats.result_bytes = size
+    if size and not kind.reads:  # e.g. KILL QUERY, which reports what it killed
+        _result_headers(resp, fmt_name)
+    resp.set_header("X-ClickHouse-Summary", stats.summary())
+    if size <= READ_CHUNK:
+        data = bytes(view)
+        if encoder:
+            data = encoder.encode(data) + encoder.finish()
+        resp.send_whole(data)
+        return
+    resp.start_chunked()
+    writer = _Writer(resp, encoder)
+    for start in range(0, size, READ_CHUNK):
+        writer.write(bytes(view[start : start + READ_CHUNK]))
+    writer.finish()
+
+
+def _result_headers(resp: Response, fmt: str) -> None:
+    """Only a statement with a result set gets X-ClickHouse-Format, as in ClickHouse.
+
+    clickhouse-connect's ``command()`` reads the body as a value when the header is
+    there and returns a QuerySummary (with the query id) when it is not.
+    """
+    resp.set_header("X-ClickHouse-Format", fmt)
+    resp.set_header("Content-Type", content_type(fmt))
+
+
+def _level(qr: QueryRequest) -> int:
+    try:
+        return max(1, min(int(qr.settings.get("http_zlib_compression_level", "3")), 9))
+    except ValueError:
+        return 3
