@@ -117,7 +117,7 @@ class EmbeddedClickHouse:
         # A session of its own: Ctrl-C in a terminal reaches the parent, which decides
         # when to stop the endpoint (after draining into it); --exit-with-parent stops
         # the child if the parent dies without doing so.
-        self._proc = subprocess.Popen(
+        proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -125,41 +125,58 @@ class EmbeddedClickHouse:
             env=env,
             start_new_session=True,
         )
-        assert self._proc.stdout is not None
-        line = self._read_ready_line(self._proc.stdout)
-        self._proc.stdout.close()
-        if not line.startswith(READY_PREFIX):
-            code = self._proc.wait(timeout=10) if line == "" else None
-            self._proc = None
-            raise EmbeddedError(
-                f"the embedded endpoint did not start (exit code {code}): {self._tail()}",
-                path=str(self.path),
-            )
-        url = line[len(READY_PREFIX) :].split()[0]
-        self.port = int(url.rsplit(":", 1)[1])
-        log.debug("embedded endpoint %s started (pid %s)", url, self.pid)
+        # From here on, whatever goes wrong (no ready line, a timeout, an interrupt)
+        # takes the child down with it: a child left running would hold the data
+        # directory's lock and the port, and the next start would fail on them.
+        try:
+            url = self._wait_ready(proc)
+            port = int(url.rsplit(":", 1)[1])
+        except BaseException:
+            _reap(proc)
+            raise
+        self._proc = proc
+        self.port = port
+        log.debug("embedded endpoint %s started (pid %s)", url, proc.pid)
         return self
 
-    def _read_ready_line(self, stdout: IO[bytes]) -> str:
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> str:
+        """The URL from the child's ready line; EmbeddedError if it exits or times out."""
+        assert proc.stdout is not None
         deadline = time.monotonic() + self.startup_timeout
         buf = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(stdout, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.kill()
-                    raise EmbeddedError(
-                        f"the embedded endpoint did not start within {self.startup_timeout} s: "
-                        f"{self._tail()}"
-                    )
-                if not sel.select(timeout=left):
-                    continue
-                chunk = os.read(stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buf += chunk
-        return buf.decode("utf-8", "replace").split("\n", 1)[0]
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                while True:
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode("utf-8", "replace")
+                        if line.startswith(READY_PREFIX):
+                            return line[len(READY_PREFIX) :].split()[0]
+                        log.debug("embedded endpoint said before it was ready: %s", line)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise EmbeddedError(
+                            f"the embedded endpoint did not start within {self.startup_timeout} "
+                            f"s: {self._tail()}",
+                            path=str(self.path),
+                        )
+                    if not sel.select(timeout=left):
+                        continue
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        break
+                    buf = (buf + chunk)[-65536:]
+        finally:
+            proc.stdout.close()
+        try:
+            code: int | None = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        what = f"exit code {code}" if code is not None else "it closed its output"
+        raise EmbeddedError(
+            f"the embedded endpoint did not start ({what}): {self._tail()}", path=str(self.path)
+        )
 
     def _tail(self, limit: int = 2000) -> str:
         text = self.log()
@@ -230,3 +247,13 @@ class EmbeddedClickHouse:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a child that failed to start and wait for it: it must not outlive start()."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignored
+        log.error("embedded endpoint pid %s survived SIGKILL", proc.pid)
