@@ -156,7 +156,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             )
             stats.written_rows = stats.written_bytes = 0
         head, insert, chunks = _statement_head(qr.query_prefix, chunks)
-        if insert is not None:
+        if insert is not None and _streams(insert, head, qr):
             data: Iterator[bytes] = chain([head[insert.data_offset :]], chunks)
             if req.body.length is None or req.body.length > PREFETCH_ABOVE:
                 data = engine.prefetch(data)  # read the body while chDB parses
@@ -182,9 +182,23 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         text = bytes(buf)
         try:
             results.answer(ctx.engine.version, conn, req, qr, text, resp, stats)
+            if insert is not None:
+                ctx.stats.inserted(stats.written_rows, stats.written_bytes)
         finally:
             if session is not None:
                 session.statement_ran(sql.first_keyword(text))
+
+
+def _streams(insert: sql.InsertHead, head: bytes, qr: QueryRequest) -> bool:
+    """Whether an INSERT's data can go through chDB's streaming insert.
+
+    That takes no query parameters: an ``INSERT ... VALUES`` (whose rows may hold
+    ``{name:Type}``) or a statement with a placeholder, sent with ``param_*``, is run as
+    one query instead (its text limited to MAX_QUERY_SIZE), as ClickHouse substitutes them.
+    """
+    if not qr.query_params:
+        return True
+    return insert.fmt.lower() != "values" and b"{" not in head[: insert.data_offset]
 
 
 def _statement_head(

@@ -124,7 +124,9 @@ def _credentials(req: Request, params: dict[str, str]) -> tuple[str, str]:
 
 def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
     """Gather a request's parameters; ``form_body`` is the body of a form request."""
-    params = dict(parse_qsl(req.query_string, keep_blank_values=True))
+    # Bytes that are not UTF-8 (a binary literal in the query, a binary parameter) must
+    # reach chDB as they were sent: surrogateescape keeps them, "replace" would not.
+    params = dict(parse_qsl(req.query_string, keep_blank_values=True, errors="surrogateescape"))
     qr = QueryRequest(method=req.method, params=params)
     if form_body is not None:
         qr.body_continues_query = False
@@ -143,7 +145,7 @@ def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
     }
     for key, value in params.items():
         if key.startswith("param_"):
-            qr.query_params[key[len("param_") :]] = value
+            qr.query_params[key[len("param_") :]] = escape_binary(value)
         elif key not in RESERVED and key not in external_keys:
             qr.settings[key] = value
     # ClickHouse also takes the database and the default format from headers.
@@ -155,9 +157,21 @@ def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
         if from_header and not params.get(param):
             params[param] = from_header
     query = params.get("query", "")
-    qr.query_prefix = (query + "\n").encode() if query else b""
+    qr.query_prefix = (query + "\n").encode("utf-8", "surrogateescape") if query else b""
     qr.user, qr.password = _credentials(req, params)
     return qr
+
+
+def escape_binary(value: str) -> str:
+    """A query parameter's value with its non-UTF-8 bytes as ``\\xNN`` escapes.
+
+    chDB takes parameter values as text (UTF-8), but ClickHouse parses a parameter's
+    value in the escaped (TSV) format, where ``\\xFF`` is the byte 0xFF: the value
+    ClickHouse gets from ``param_b=%FF`` is the one chDB gets from ``\\xFF``.
+    """
+    if value.isascii():
+        return value
+    return "".join(f"\\x{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in value)
 
 
 def is_form(req: Request) -> bool:
@@ -189,7 +203,7 @@ def _parse_multipart(req: Request, body: bytes, qr: QueryRequest) -> None:
         if part.get_filename() is not None:
             files.append((name, data))
         else:
-            qr.params[name] = data.decode("utf-8", "replace")
+            qr.params[name] = data.decode("utf-8", "surrogateescape")
     for name, data in files:
         structure = qr.params.get(f"{name}_structure")
         types = qr.params.get(f"{name}_types")

@@ -195,14 +195,14 @@ def parse_insert(buf: bytes, complete: bool) -> InsertHead | None:
         if word in ("SELECT", "WITH") or (word == "FROM" and _is_from_infile(buf, tok, complete)):
             return None
         if word == "VALUES":
-            statement = buf[: tok.start].decode("utf-8", "replace").strip()
+            statement = buf[: tok.start].decode("utf-8", "surrogateescape").strip()
             return InsertHead(statement, "Values", tok.end)
         if word == "FORMAT":
             name = _next_token(buf, tok.end, complete)
             if name is None or name.kind not in ("word", "quoted"):
                 return None
             fmt = name.text.decode("utf-8", "replace").strip('`"')
-            statement = buf[: tok.start].decode("utf-8", "replace").strip()
+            statement = buf[: tok.start].decode("utf-8", "surrogateescape").strip()
             return InsertHead(statement, fmt, _data_start(buf, name.end, complete))
 
 
