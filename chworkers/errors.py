@@ -243,3 +243,20 @@ class BatchError(ChworkersError, ValueError):
     Attributes: ``table``, ``row`` (index of the offending row, when one is to blame) and
     ``reason``.
     """
+
+
+class HttpRequestError(ChworkersError):
+    """One of chworkers' HTTP endpoints cannot serve a request as it was sent.
+
+    Attributes: ``status`` (the HTTP status to answer: 400 for broken framing, 408 for a
+    client too slow, 413 for a body over the limit, 503 when busy) and ``headers`` (to
+    send with it, e.g. ``Retry-After``).
+    """
+
+    status: int
+    headers: dict[str, str]
+
+    def __init__(
+        self, message: str, *, status: int = 400, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, status=int(status), headers=dict(headers or {}))

@@ -1,0 +1,521 @@
+"""A bounded threading HTTP server: what the push, metrics and embedded endpoints share.
+
+The standard library's ``ThreadingHTTPServer`` starts a thread for every connection,
+keeps it for as long as the client likes, listens with a backlog of 5 and trusts the
+body framing it is sent. This module bounds each of those:
+
+- the listen backlog is sized (:attr:`HttpLimits.backlog`), so a burst of clients
+  waits in the kernel's queue instead of being reset;
+- at most :attr:`HttpLimits.max_connections` connections are served at once; beyond
+  that a client is answered ``503`` with ``Retry-After`` at once and the connection is
+  closed gracefully (:class:`Closer`), so it sees the answer and not a reset;
+- a connection waiting for its next request closes after ``idle_timeout``; a request
+  head must arrive whole within ``header_timeout`` and each MiB of a body within
+  ``body_timeout`` (:class:`Deadlines`), so a client sending one byte a second (slowloris) holds its
+  thread for seconds, not forever; a slow client is answered ``408``;
+- ``Content-Length`` and chunk sizes are parsed strictly (:mod:`chworkers.httpframing`): a negative, signed, non-decimal or conflicting size is a ``400``,
+  never a read until the client closes;
+- a declared body over the limit is answered ``413`` before the client sends it (and
+  ``Expect: 100-continue`` is only answered once the head has passed every check).
+
+The embedded endpoint serves connections its own way (it streams bodies into chDB) and
+uses the pieces: :class:`HttpLimits`, :class:`Deadlines`, :class:`Closer` and the
+framing parsers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, BinaryIO, cast
+
+from chworkers.errors import HttpRequestError
+from chworkers.httpframing import body_framing, http_error, plain_response, read_body, too_large
+from chworkers.settings import setting, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """How many clients an HTTP endpoint serves at once and how long it waits for them."""
+
+    backlog: int = setting(
+        1024,
+        "Connections the kernel queues before they are accepted (capped by net.core.somaxconn).",
+        minimum=1,
+    )
+    max_connections: int = setting(
+        256,
+        "Connections served at once (one thread each); beyond them a client is answered "
+        "503 with Retry-After.",
+        minimum=1,
+    )
+    idle_timeout: float = setting(
+        30.0,
+        "How long a keep-alive connection may wait for its next request.",
+        unit="seconds",
+        minimum=0.01,
+    )
+    header_timeout: float = setting(
+        10.0,
+        "How long a client may take to send a request's line and headers once it started "
+        "(a slower client is answered 408).",
+        unit="seconds",
+        minimum=0.01,
+    )
+    body_timeout: float = setting(
+        60.0,
+        "How long a client may take to send each MiB of a request body (a slower client is "
+        "answered 408).",
+        unit="seconds",
+        minimum=0.01,
+    )
+    retry_after: int = setting(
+        1, "Seconds a client is told to wait (Retry-After) when the endpoint is busy.", minimum=0
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# -- deadlines and graceful closing ----------------------------------------------------
+
+
+class Deadlines:
+    """Ends reads that take too long: past its deadline a socket's read side is shut
+    down, which wakes the thread blocked reading it (the recv returns end of file) while
+    the write side still works, so the thread can answer 408.
+
+    A per-recv socket timeout alone cannot do this: a client sending a byte every few
+    seconds never lets one expire.
+    """
+
+    def __init__(self, tick: float = 0.1) -> None:
+        self._tick = tick
+        self._armed: dict[socket.socket, float] = {}
+        self._expired: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return f"<Deadlines {len(self._armed)} armed, {len(self._expired)} expired>"
+
+    def arm(self, sock: socket.socket, seconds: float) -> None:
+        with self._lock:
+            if sock in self._expired:
+                return  # its read side is shut down already; disarm() resets it
+            self._armed[sock] = time.monotonic() + seconds
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="chworkers-http-deadlines", daemon=True
+                )
+                self._thread.start()
+
+    def disarm(self, sock: socket.socket) -> bool:
+        """Stop watching ``sock``; True if its deadline had passed."""
+        with self._lock:
+            self._armed.pop(sock, None)
+            expired = sock in self._expired
+            self._expired.discard(sock)
+            return expired
+
+    def expired(self, sock: socket.socket) -> bool:
+        with self._lock:
+            return sock in self._expired
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._tick)
+            now = time.monotonic()
+            with self._lock:
+                due = [s for s, t in self._armed.items() if t <= now]
+                for sock in due:
+                    del self._armed[sock]
+                    self._expired.add(sock)
+            for sock in due:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+
+
+class Closer:
+    """Closes answered connections gracefully, on one thread for the whole server.
+
+    Closing a socket whose client is still sending makes the kernel answer with a
+    reset, and the client then loses the response it has not read yet (a 413 or a 503).
+    So the write side is shut down first and what still arrives is read and dropped
+    for up to ``linger`` seconds. At most ``max_lingering`` sockets wait so; beyond that
+    they are closed at once.
+    """
+
+    def __init__(self, linger: float = 2.0, max_lingering: int = 1024) -> None:
+        self.linger = linger
+        self.max_lingering = max_lingering
+        self._pending: list[tuple[socket.socket, bytes]] = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._count = 0
+
+    def close(self, sock: socket.socket, answer: bytes = b"") -> None:
+        """Send ``answer`` (a small complete response, or nothing), then close ``sock``
+        gracefully. Never blocks."""
+        with self._lock:
+            if self._stopped or self._count >= self.max_lingering:
+                crowded = True
+            else:
+                crowded = False
+                self._count += 1
+                self._pending.append((sock, answer))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="chworkers-http-closer", daemon=True
+                    )
+                    self._thread.start()
+        if crowded:
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
+                if answer:
+                    sock.send(answer)
+                sock.close()
+            return
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def stop(self) -> None:
+        """Close what still lingers (at once) and end the thread."""
+        with self._lock:
+            self._stopped = True
+            running = self._thread is not None
+        if running:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+        else:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        deadlines: dict[socket.socket, float] = {}
+        try:
+            while True:
+                with self._lock:
+                    new, self._pending = self._pending, []
+                    stopped = self._stopped
+                for sock, answer in new:
+                    if self._start(sock, answer):
+                        deadlines[sock] = time.monotonic() + self.linger
+                        sel.register(sock, selectors.EVENT_READ, None)
+                    else:
+                        self._done(sock)
+                if stopped:
+                    break
+                timeout = (
+                    max(0.0, min(deadlines.values()) - time.monotonic()) if deadlines else None
+                )
+                for key, _ in sel.select(timeout):
+                    if key.fileobj is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                        continue
+                    peer = cast(socket.socket, key.fileobj)
+                    try:
+                        data = peer.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        deadlines[peer] = 0.0
+                now = time.monotonic()
+                for sock in [s for s, t in deadlines.items() if t <= now]:
+                    del deadlines[sock]
+                    sel.unregister(sock)
+                    self._done(sock)
+        finally:
+            for sock in deadlines:
+                self._done(sock)
+            sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _start(self, sock: socket.socket, answer: bytes) -> bool:
+        try:
+            sock.setblocking(False)
+            if answer:
+                sock.send(answer)  # small: fits the empty send buffer of a fresh socket
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
+    def _done(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.close()
+        with self._lock:
+            self._count -= 1
+
+
+# -- the server ------------------------------------------------------------------------
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` within :class:`HttpLimits`; handlers derive from
+    :class:`BoundedHandler`. ``busy_response`` is what a client beyond
+    ``max_connections`` is sent (a complete response; see :func:`plain_response`)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BoundedHandler],
+        limits: HttpLimits,
+        *,
+        busy_response: bytes | None = None,
+    ) -> None:
+        self.limits = limits
+        self.request_queue_size = limits.backlog
+        self.deadlines = Deadlines()
+        self.closer = Closer()
+        self.busy_response = busy_response or plain_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            b"too many connections; retry later\n",
+            headers={"Retry-After": str(limits.retry_after)},
+        )
+        self._active = 0
+        self._refused = 0
+        self._lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._active} of {self.limits.max_connections} "
+            f"connections, {self._refused} refused>"
+        )
+
+    @property
+    def active(self) -> int:
+        """Connections being served now."""
+        return self._active
+
+    @property
+    def refused(self) -> int:
+        """Connections answered 503 because ``max_connections`` were being served."""
+        return self._refused
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            admitted = self._active < self.limits.max_connections
+            if admitted:
+                self._active += 1
+            else:
+                self._refused += 1
+        if not admitted:
+            log.warning(
+                "refusing a connection from %s: %d connections open (max_connections)",
+                client_address[0],
+                self.limits.max_connections,
+            )
+            self.closer.close(request, self.busy_response)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._leave()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def shutdown_request(self, request: Any) -> None:
+        self.deadlines.disarm(request)
+        self.closer.close(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.deadlines.stop()
+        self.closer.stop()
+
+
+class BoundedHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps to its server's :class:`HttpLimits`.
+
+    Subclasses read a body with :meth:`read_body` (strictly framed, within
+    ``max_body_bytes`` and ``body_timeout``); a request whose declared body is over
+    ``max_body_bytes`` never reaches them: it is answered 413 from its head.
+    """
+
+    server: BoundedHTTPServer
+    protocol_version = "HTTP/1.1"
+    #: Largest request body a handler accepts.
+    max_body_bytes: int = 64 * 1024
+
+    _body: tuple[int | None, bool] = (None, False)
+    _expect_continue = False
+
+    def handle_one_request(self) -> None:
+        limits = self.server.limits
+        conn = self.connection
+        conn.settimeout(limits.idle_timeout)
+        try:
+            if not self.rfile.peek(1):  # type: ignore[attr-defined]
+                self.close_connection = True
+                return
+        except OSError:  # idle for too long, or the client went away
+            self.close_connection = True
+            return
+        conn.settimeout(limits.header_timeout)
+        self.server.deadlines.arm(conn, limits.header_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.deadlines.disarm(conn)
+
+    def handle_expect_100(self) -> bool:
+        # Answered in read_body, once the head has passed every check: a client
+        # waiting for it must not send a body that is refused anyway.
+        self._expect_continue = True
+        return True
+
+    def parse_request(self) -> bool:
+        self._expect_continue = False
+        if self.server.deadlines.expired(self.connection):
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "the request head took too long to arrive")
+            return False
+        if not super().parse_request():
+            return False
+        if self.server.deadlines.expired(self.connection):
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "the request head took too long to arrive")
+            return False
+        try:
+            self._body = body_framing(self.headers)
+            length = self._body[0]
+            if length is not None and length > self.max_body_bytes:
+                raise too_large(length, self.max_body_bytes, "body")
+        except HttpRequestError as exc:
+            self._refuse(exc.status, exc.message, exc.headers)
+            return False
+        self.connection.settimeout(self.server.limits.body_timeout)
+        return True
+
+    @property
+    def framing(self) -> tuple[int | None, bool]:
+        """``(content_length, chunked)`` of the body not read yet."""
+        return self._body
+
+    @property
+    def has_body(self) -> bool:
+        """Whether the request has a body that was not read (yet)."""
+        length, chunked = self._body
+        return chunked or bool(length)
+
+    def read_body(self) -> bytes:
+        """The request body, read within ``max_body_bytes`` and ``body_timeout``.
+
+        Raises :class:`HttpRequestError` (400, 408 or 413) and marks the connection
+        to be closed when the body is not usable.
+        """
+        length, chunked = self._body
+        if not chunked and not length:
+            return b""
+        if self._expect_continue:
+            self._expect_continue = False
+            self.send_response_only(HTTPStatus.CONTINUE)
+            self.end_headers()
+        deadlines = self.server.deadlines
+        conn, timeout = self.connection, self.server.limits.body_timeout
+        try:
+            return read_body(
+                cast(BinaryIO, self.rfile),
+                length,
+                chunked,
+                self.max_body_bytes,
+                progress=lambda: deadlines.arm(conn, timeout),
+            )
+        except HttpRequestError:
+            self.close_connection = True
+            if deadlines.expired(self.connection):
+                raise self._slow_body() from None
+            raise
+        except OSError as exc:
+            self.close_connection = True
+            if isinstance(exc, TimeoutError) or deadlines.expired(self.connection):
+                raise self._slow_body() from None
+            raise
+        finally:
+            self._body = (None, False)
+            deadlines.disarm(self.connection)
+
+    def _slow_body(self) -> HttpRequestError:
+        return http_error(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"the body arrived slower than 1 MiB in {self.server.limits.body_timeout:g} s",
+        )
+
+    def _refuse(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        """Answer an unusable request head and close the connection."""
+        self.close_connection = True
+        self.refuse(status, message, headers or {})
+
+    def refuse(self, status: int, message: str, headers: Mapping[str, str]) -> None:
+        """Send an error response (subclasses answer in their own format)."""
+        body = (message + "\n").encode("utf-8", "replace")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The base class's own errors (malformed request line, headers too long...):
+        # in the subclass's format, and the connection closes.
+        self.close_connection = True
+        text = message or HTTPStatus(code).phrase
+        if explain:
+            text = f"{text}: {explain}"
+        if not hasattr(self, "command"):
+            self.command = ""
+        self.refuse(code, text, {})
+
+
+__all__ = [
+    "BoundedHTTPServer",
+    "BoundedHandler",
+    "Closer",
+    "Deadlines",
+    "HttpLimits",
+]
