@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chworkers.dsn import ConnectionConfig
 from chworkers.errors import ConfigError
+from chworkers.httpserver import HttpLimits
 from chworkers.options import SupervisorOptions
 from chworkers.pipelines import PipelineSettings, build_pipelines
 from chworkers.pool import PoolOptions
@@ -98,6 +99,9 @@ class MetricsSettings:
         minimum=0,
         maximum=65535,
     )
+    limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of the metrics endpoint."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +146,9 @@ class HttpSettings:
         unit="seconds",
         minimum=0,
     )
+    limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of the push endpoint."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +172,9 @@ class DaemonSettings:
         "The supervisor and its worker processes.",
         # The daemon sets these itself: the connection budget is
         # clickhouse.pool.max_connections, the endpoint is [metrics], and it owns signals.
-        exclude=frozenset({"max_connections", "metrics_host", "metrics_port", "handle_signals"}),
+        exclude=frozenset(
+            {"max_connections", "metrics_host", "metrics_port", "metrics_limits", "handle_signals"}
+        ),
     )
     metrics: MetricsSettings = section(MetricsSettings, "Metrics.")
     spool: SpoolSettings = section(SpoolSettings, "Spool.")

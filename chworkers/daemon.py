@@ -169,6 +169,7 @@ class Daemon:
             max_connections=s.clickhouse.pool.max_connections,
             metrics_host=s.metrics.host,
             metrics_port=s.metrics.port,
+            metrics_limits=s.metrics.limits,
             handle_signals=False,  # the daemon owns signals: it stops intake first
         )
         self.supervisor.start()
@@ -266,6 +267,7 @@ class Daemon:
                 max_body_bytes=h.max_body_bytes,
                 spool_timeout=h.spool_timeout,
                 on_error=self._source_error,
+                limits=h.limits,
             )
             self.ingest.start()
             self.ingest_url = self.ingest.url

@@ -1,7 +1,8 @@
 """The supervisor's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
 
-Served by a small threaded HTTP server on its own thread, on 127.0.0.1 by default
-(port 0 picks a free port). ``/metrics`` renders the supervisor's registry in the format
+Served by a bounded threaded HTTP server (:mod:`chworkers.httpserver`: a sized backlog,
+at most ``limits.max_connections`` clients at once, idle and slow clients timed out) on
+its own thread, on 127.0.0.1 by default (port 0 picks a free port). ``/metrics`` renders the supervisor's registry in the format
 the scraper asks for (Prometheus text or OpenMetrics); gauges that describe the present
 (queue depth, workers by state, pool occupancy) are refreshed just before. The health
 endpoints answer 200 or 503 with a small JSON body saying why.
@@ -13,11 +14,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from chworkers.errors import HttpRequestError
+from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +28,27 @@ log = logging.getLogger(__name__)
 Check = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], endpoint: MetricsEndpoint) -> None:
-        super().__init__(address, _Handler)
+class _Server(BoundedHTTPServer):
+    def __init__(
+        self, address: tuple[str, int], endpoint: MetricsEndpoint, limits: HttpLimits
+    ) -> None:
+        super().__init__(address, _Handler, limits)
         self.endpoint = endpoint
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
+    #: Scrapes and probes send no body; a small one is read and ignored.
+    max_body_bytes = 64 * 1024
 
     def do_GET(self) -> None:
         endpoint = self.server.endpoint
         path = self.path.split("?", 1)[0]
+        try:
+            self.read_body()
+        except HttpRequestError as exc:
+            self.refuse(exc.status, exc.message, exc.headers)
+            return
         try:
             if path == "/metrics":
                 endpoint.refresh()
@@ -57,12 +65,17 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("error serving %s", path)
             self._reply(500, b"internal error\n", "text/plain")
 
+    do_HEAD = do_GET
+
     def _reply(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -80,12 +93,14 @@ class MetricsEndpoint:
         refresh: Callable[[], None] = lambda: None,
         healthy: Check = lambda: (True, {}),
         ready: Check = lambda: (True, {}),
+        limits: HttpLimits | None = None,
     ) -> None:
         self.registry = registry
         self.refresh = refresh
         self.healthy = healthy
         self.ready = ready
-        self._server = _Server((host, port), self)
+        self.limits = limits or HttpLimits()
+        self._server = _Server((host, port), self, self.limits)
         address = self._server.server_address
         self.host, self.port = str(address[0]), int(address[1])
         self._thread = threading.Thread(

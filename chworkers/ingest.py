@@ -20,13 +20,14 @@ import threading
 import zlib
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chworkers.batcher import Batcher, BatchLimits
-from chworkers.errors import SpoolFullError
+from chworkers.errors import HttpRequestError, SpoolFullError
 from chworkers.framing import FORMATS, Framer, RecordTooLargeError
+from chworkers.httpframing import plain_response
+from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class IngestServer:
         spool_timeout: float = 30.0,
         validate_json: bool = True,
         on_error: Any = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.routes = dict(routes)
         self.batcher = batcher
@@ -81,9 +83,20 @@ class IngestServer:
         self.spool_timeout = spool_timeout
         self.validate_json = validate_json
         self.on_error = on_error
-        handler = type("Handler", (_Handler,), {"ingest": self})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self.limits = limits or HttpLimits()
+        handler = type("Handler", (_Handler,), {"ingest": self, "max_body_bytes": max_body_bytes})
+        busy = json.dumps({"error": "too many connections; retry later"}).encode() + b"\n"
+        self._server = BoundedHTTPServer(
+            (host, port),
+            handler,
+            self.limits,
+            busy_response=plain_response(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                busy,
+                content_type="application/json",
+                headers={"Retry-After": str(self.limits.retry_after)},
+            ),
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -212,9 +225,8 @@ def _check_json_lines(records: bytes) -> None:
             )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     ingest: IngestServer
-    protocol_version = "HTTP/1.1"
     server_version = "chworkers-ingest"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -227,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
             result = self.ingest.handle(
                 self.path, {k.lower(): v for k, v in self.headers.items()}, body
             )
-        except _BadRequest as exc:
+        except (_BadRequest, HttpRequestError) as exc:
             if self.ingest.on_error is not None and exc.status < 500:
                 self.ingest.on_error("http", str(exc))
             self._reply(exc.status, {"error": str(exc)}, exc.headers)
@@ -256,62 +268,29 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     def _read_body(self) -> bytes:
-        limit = self.ingest.max_body_bytes
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            return self._read_chunked(limit)
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
+        length, chunked = self.framing
+        if length is None and not chunked:
             raise _BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length or chunked body needed")
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
-        if length > limit:
-            self.close_connection = True
-            raise _BadRequest(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"body of {length} bytes is over the limit of {limit} bytes",
-            )
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "truncated body")
-        return body
+        return self.read_body()
 
-    def _read_chunked(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise _BadRequest(HTTPStatus.BAD_REQUEST, "malformed chunked body") from None
-            if size == 0:
-                while self.rfile.readline(1024).strip():
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                self.close_connection = True
-                raise _BadRequest(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body is over the limit of {limit} bytes"
-                )
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)
+    def refuse(self, status: int, message: str, headers: Mapping[str, str]) -> None:
+        self._reply(status, {"error": message}, headers)
 
     def _reply(
         self,
-        status: HTTPStatus,
+        status: int,
         payload: Mapping[str, Any],
         headers: Mapping[str, str] | None = None,
     ) -> None:
         data = json.dumps(payload).encode() + b"\n"
+        if self.has_body:  # not read: the next bytes on the connection are no request
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)

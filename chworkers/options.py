@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from chworkers.errors import ConfigError
-from chworkers.settings import reloadable, setting, validate
+from chworkers.httpserver import HttpLimits
+from chworkers.settings import reloadable, section, setting, validate
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
 
@@ -135,6 +136,9 @@ class SupervisorOptions:
         "Port of that endpoint (0: any free port, none: no endpoint).",
         minimum=0,
         maximum=65535,
+    )
+    metrics_limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of that endpoint."
     )
     switch_interval: float | None = setting(
         0.001,

@@ -163,6 +163,7 @@ class Supervisor(SupervisorControl):
                 self.registry,
                 host=opts.metrics_host,
                 port=opts.metrics_port or 0,
+                limits=opts.metrics_limits,
                 refresh=self._refresh,
                 healthy=self._healthy,
                 ready=self._ready,

@@ -1,0 +1,293 @@
+"""Issue 9, item 7: no input bypasses the limits of chworkers' HTTP servers.
+
+Each server (the push endpoint, the metrics endpoint, the embedded ClickHouse endpoint)
+runs in a process of its own, and raw sockets send it what broke it: a negative
+Content-Length or chunk size (the server read until the client closed, 1 GiB sent ->
+1 GB of RSS), a huge declared body, 200 concurrent posts (a listen backlog of 5 reset
+most of them), 300 idle connections (300 threads, forever) and a slowloris client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+#: Small limits, so that the tests run quickly; the defaults are what users get.
+LIMITS = {
+    "backlog": 1024,
+    "max_connections": 64,
+    "idle_timeout": 1.0,
+    "header_timeout": 1.0,
+    "body_timeout": 1.0,
+    "retry_after": 1,
+}
+SERVERS = ["ingest", "metrics"]
+MiB = 1 << 20
+
+
+@dataclass
+class Served:
+    kind: str
+    host: str
+    port: int
+    pid: int
+
+    @property
+    def method_path(self) -> str:
+        return {
+            "ingest": "POST /ingest/events",
+            "metrics": "GET /metrics",
+            "embedded": "POST /",
+        }[self.kind]
+
+    def head(self, *headers: str) -> bytes:
+        lines = [f"{self.method_path} HTTP/1.1", f"Host: {self.host}", *headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def body(self) -> bytes:
+        return {"ingest": b'{"a": 1}\n', "metrics": b"", "embedded": b"SELECT 1"}[self.kind]
+
+    def valid_request(self) -> bytes:
+        body = self.body()
+        extra = [f"Content-Length: {len(body)}"] if body else []
+        return self.head(*extra) + body
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/task"))
+
+
+def _start_helper(kind: str, directory: Path) -> Iterator[Served]:
+    helper = Path(__file__).with_name("http_servers.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(helper), kind, str(directory), json.dumps(LIMITS)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        assert url.startswith("http://"), f"the {kind} server did not start"
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        yield Served(kind, host, int(port), proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    kind = request.param
+    yield from _start_helper(kind, tmp_path_factory.mktemp(kind))
+
+
+def read_head(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str]] | None:
+    """The status and headers of the next response (None if none came in time)."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in data:
+        if time.monotonic() >= deadline:
+            return None
+        try:
+            more = sock.recv(65536)
+        except TimeoutError:
+            return None
+        if not more:
+            break
+        data += more
+    if not data:
+        return None
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = {}
+    for line in head[1:]:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return status, headers
+
+
+class Sender(threading.Thread):
+    """Streams ``total`` bytes of junk on a socket until done, stopped or refused."""
+
+    def __init__(self, sock: socket.socket, total: int, pace: float = 0.0, piece: int = 64 << 10):
+        super().__init__(daemon=True)
+        self.sock, self.total, self.pace, self.piece = sock, total, pace, piece
+        self.sent = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        chunk = b"x" * self.piece
+        try:
+            while self.sent < self.total and not self.stopped.is_set():
+                self.sent += self.sock.send(chunk[: self.total - self.sent])
+                if self.pace:
+                    time.sleep(self.pace)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(10)
+
+
+def _refused_while_sending(served: Served, head: bytes, body_prefix: bytes = b"") -> int:
+    """Send ``head`` and then junk (up to 128 MiB); the status answered meanwhile."""
+    rss_before = served.rss()
+    with served.connect() as sock:
+        sock.sendall(head + body_prefix)
+        sender = Sender(sock, 128 * MiB)
+        sender.start()
+        answer = read_head(sock, timeout=20)
+        sender.stop()
+    assert answer is not None, "no answer: the server reads the body until the client closes"
+    # The server read (at most) what it needed: its memory did not grow with the junk.
+    assert served.rss() - rss_before < 48 * MiB
+    return answer[0]
+
+
+def test_negative_content_length_is_a_400(served: Served) -> None:
+    assert _refused_while_sending(served, served.head("Content-Length: -1")) == 400
+
+
+def test_negative_chunk_size_is_a_400(served: Served) -> None:
+    head = served.head("Transfer-Encoding: chunked")
+    assert _refused_while_sending(served, head, b"-1\r\n") == 400
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "Content-Length: +{n}",
+        "Content-Length: {n}_",
+        "Content-Length: {n}\r\nContent-Length: {m}",
+        "Content-Length: {n}\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: gzip, chunked",
+    ],
+)
+def test_ambiguous_framing_is_a_400(served: Served, framing: str) -> None:
+    # A lenient parser takes the first number (or ignores the rest) and serves the
+    # request; a proxy in front may have framed it otherwise (request smuggling).
+    body = served.body() or b"12345678"
+    header = framing.format(n=len(body), m=len(body) + 1)
+    with served.connect() as sock:
+        sock.sendall(served.head(header) + body)
+        answer = read_head(sock)
+    assert answer is not None and answer[0] == 400
+
+
+def test_huge_declared_body_is_a_413_before_it_is_sent(served: Served) -> None:
+    extra = ["Content-Type: application/x-www-form-urlencoded"] if served.kind == "embedded" else []
+    head = served.head(*extra, f"Content-Length: {10 << 30}", "Expect: 100-continue")
+    with served.connect() as sock:
+        sock.sendall(head)
+        answer = read_head(sock)
+    assert answer is not None, "no answer before the body"
+    assert answer[0] == 413, "the client was told to go on sending 10 GiB"
+
+
+def test_200_concurrent_posts_are_served_or_told_to_retry_never_reset(served: Served) -> None:
+    barrier = threading.Barrier(200)
+    outcomes: list[object] = []
+
+    def client() -> None:
+        barrier.wait(30)
+        for _ in range(60):
+            try:
+                with served.connect(timeout=30) as sock:
+                    sock.sendall(served.valid_request())
+                    answer = read_head(sock, timeout=30)
+            except OSError as exc:
+                outcomes.append(type(exc).__name__)
+                return
+            if answer is None:
+                outcomes.append("no answer")
+                return
+            status, headers = answer
+            if status != 503:
+                outcomes.append(status)
+                return
+            assert headers.get("retry-after") == "1"
+            time.sleep(0.2)
+        outcomes.append("still busy")
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    ok = 202 if served.kind == "ingest" else 200
+    assert outcomes == [ok] * 200, {o: outcomes.count(o) for o in set(map(str, outcomes))}
+
+
+def test_300_idle_connections_hold_bounded_threads_and_time_out(served: Served) -> None:
+    wait_for(lambda: served.threads() < 10, timeout=15)  # earlier tests' connections are gone
+    threads_before = served.threads()
+    socks = [served.connect() for _ in range(300)]
+    try:
+        peak = threads_before
+        end = time.monotonic() + 0.8
+        while time.monotonic() < end:
+            peak = max(peak, served.threads())
+            time.sleep(0.02)
+        assert peak - threads_before <= LIMITS["max_connections"] + 4
+        # idle_timeout is 1 s: every connection is closed by the server soon after.
+        for sock in socks:
+            sock.settimeout(15)
+            data = b""
+            try:
+                while more := sock.recv(65536):
+                    data += more
+            except ConnectionResetError:
+                pass
+            assert not data or data.startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: served.threads() <= threads_before, timeout=10)
+
+
+def test_slowloris_head_is_cut_off(served: Served) -> None:
+    with served.connect() as sock:
+        sock.sendall(f"{served.method_path} HTTP/1.1\r\n".encode())
+        started = time.monotonic()
+        sender = Sender(sock, 10_000, pace=0.1, piece=1)  # one byte of header every 0.1 s
+        sender.start()
+        answer = read_head(sock, timeout=10)
+        sender.stop()
+    # A 408 (or the connection closed), within header_timeout and a tick, not never.
+    assert answer is None or answer[0] == 408
+    assert time.monotonic() - started < 8
+    assert sender.sent < 80
+
+
+def test_slow_body_is_cut_off(served: Served) -> None:
+    with served.connect() as sock:
+        sock.sendall(served.head("Content-Length: 1000"))
+        sender = Sender(sock, 1000, pace=0.1, piece=1)
+        sender.start()
+        answer = read_head(sock, timeout=10)
+        sender.stop()
+    assert answer is not None, "the slow body held its thread"
+    assert answer[0] == 408
