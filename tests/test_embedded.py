@@ -9,6 +9,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -253,3 +254,33 @@ def test_back_to_back_session_requests_never_find_the_session_locked(
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_clickhouse_connect_falls_back_to_revision_zero(ch_client: Client) -> None:
+    assert ch_client.protocol_version == 0
+    ch_client.command(
+        "CREATE TABLE lc (k LowCardinality(String), t DateTime('Asia/Tokyo')) ENGINE = Memory"
+    )
+    ch_client.command("INSERT INTO lc VALUES ('a', 0), ('b', 86400)")
+    df = ch_client.query_df("SELECT k, t FROM lc ORDER BY k")
+    assert list(df["k"]) == ["a", "b"]
+    # Revision 0 Native has no time zone in DateTime type names (ClickHouse's too), so
+    # the instants are right but the column's zone is not reported.
+    got = ch_client.query("SELECT t FROM lc ORDER BY k").result_columns[0]
+    utc = [v if v.tzinfo else v.replace(tzinfo=UTC) for v in got]
+    assert [int(v.timestamp()) for v in utc] == [0, 86400]
+
+
+@pytest.mark.parametrize(
+    ("statement", "code"),
+    [
+        ("SELECT count() FROM system.query_log", 60),  # UNKNOWN_TABLE: no query_log
+        ("CREATE USER someone IDENTIFIED BY 'x'", 497),  # ACCESS_DENIED
+        ("SHOW USERS", 497),
+    ],
+)
+def test_what_chdb_lacks_fails_as_clickhouse_does(
+    ch_client: Client, statement: str, code: int
+) -> None:
+    with pytest.raises(DatabaseError, match=f"code: {code}"):
+        ch_client.command(statement)

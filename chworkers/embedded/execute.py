@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from chworkers.embedded import engine, results, sql
+from chworkers.embedded import engine, formats, results, sql
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     QUERY_IS_TOO_LARGE,
@@ -156,6 +156,8 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             )
             stats.written_rows = stats.written_bytes = 0
         head, insert, chunks = _statement_head(qr.query_prefix, chunks)
+        if insert is not None:
+            formats.check_protocol_version(insert.fmt, qr.client_protocol_version)
         if insert is not None and _streams(insert, head, qr):
             data: Iterator[bytes] = chain([head[insert.data_offset :]], chunks)
             if req.body.length is None or req.body.length > PREFETCH_ABOVE:

@@ -29,7 +29,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from chworkers.embedded.exceptions import LOGICAL_ERROR, clickhouse_error
+from chworkers.embedded.exceptions import LOGICAL_ERROR, NOT_IMPLEMENTED, clickhouse_error
 
 
 class Layout(enum.Enum):
@@ -99,6 +99,25 @@ def output_format(name: str) -> OutputFormat:
 def streamable_formats() -> list[str]:
     """The formats the endpoint streams, by their canonical names."""
     return sorted({f.name for f in _FORMATS.values()})
+
+
+def check_protocol_version(fmt_name: str, version: int) -> None:
+    """Refuse Native data for a client protocol revision chDB cannot write or read.
+
+    With ``client_protocol_version`` ClickHouse writes Native blocks as that TCP protocol
+    revision has them (block info, LowCardinality as dictionaries, the time zone in
+    DateTime type names); chDB only has the revision-0 layout. Answering with an error
+    rather than revision-0 bytes lets a client fall back (clickhouse-connect's probe
+    does) instead of misreading the data.
+    """
+    if version and fmt_name.lower() == "native":
+        raise clickhouse_error(
+            NOT_IMPLEMENTED,
+            f"client_protocol_version={version} is not supported by the embedded "
+            "ClickHouse endpoint: chDB reads and writes Native only as for protocol "
+            "version 0 (no block info, no time zone in DateTime type names); leave "
+            "client_protocol_version out or set it to 0",
+        )
 
 
 class Joiner:

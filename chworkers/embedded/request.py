@@ -16,7 +16,12 @@ import email.policy
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from chworkers.embedded.exceptions import BAD_ARGUMENTS, NOT_IMPLEMENTED, clickhouse_error
+from chworkers.embedded.exceptions import (
+    BAD_ARGUMENTS,
+    NOT_IMPLEMENTED,
+    UNKNOWN_ROLE,
+    clickhouse_error,
+)
 from chworkers.embedded.protocol import Request
 
 #: Parameters the HTTP interface interprets itself; they are not settings.
@@ -89,6 +94,16 @@ class QueryRequest:
         return self.params.get("wait_end_of_query", "0") not in ("0", "", "false")
 
     @property
+    def client_protocol_version(self) -> int:
+        value = self.params.get("client_protocol_version") or "0"
+        try:
+            return int(value)
+        except ValueError:
+            raise clickhouse_error(
+                BAD_ARGUMENTS, f"Invalid client_protocol_version '{value}': not a number"
+            ) from None
+
+    @property
     def enable_http_compression(self) -> bool:
         return self.params.get("enable_http_compression", "0") not in ("0", "", "false")
 
@@ -139,6 +154,11 @@ def parse(req: Request, form_body: bytes | None = None) -> QueryRequest:
             NOT_IMPLEMENTED,
             "ClickHouse's internal block compression (compress=1 / decompress=1) is not "
             "supported by the embedded endpoint; use Content-Encoding instead",
+        )
+    if params.get("role"):
+        # ClickHouse sets the role for the query; chDB has no user directories.
+        raise clickhouse_error(
+            UNKNOWN_ROLE, f"There is no role `{params['role']}` in user directories"
         )
     external_keys = {
         f"{t.name}_{suffix}" for t in qr.external for suffix in ("structure", "format", "types")

@@ -79,6 +79,8 @@ def answer(
     kind = engine.classify(conn, text)
     if kind.statements > 1:
         raise clickhouse_error(SYNTAX_ERROR, "Syntax error: Multi-statements are not allowed")
+    if kind.reads:
+        formats.check_protocol_version(fmt_name, qr.client_protocol_version)
     encoding = (
         choose_encoding(req.header("Accept-Encoding")) if qr.enable_http_compression else None
     )
