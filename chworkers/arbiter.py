@@ -18,13 +18,14 @@ import os
 import random
 import select
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from chworkers import channel
+from chworkers import channel, workerlogs
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.worker import BEAT, BUSY, CURRENT, HEARTBEAT_SLOTS, STATE, WorkerSpec, worker_main
 
@@ -239,6 +240,8 @@ class Arbiter:
             max_tasks=max_tasks,
             settings=dict(self.worker_settings),
             close_fds=[*self._own_fds(), tasks_w.fileno(), results_r.fileno()] if fork else (),
+            log_levels=workerlogs.levels(),
+            log_stderr=isinstance(sys.stderr, workerlogs.StderrToLog),
         )
         process = self.ctx.Process(
             target=worker_main, args=(spec, tasks_r, results_w, heartbeat), name=name, daemon=True
@@ -284,7 +287,12 @@ class Arbiter:
             self._unregister(conn.fileno())
 
     def _on_message(self, h: WorkerHandle, kind: str, body: Any) -> None:
-        if kind == channel.RESULTS:
+        if kind == channel.LOG:
+            try:
+                workerlogs.emit(body)
+            except Exception:  # a handler's failure must not stop supervision
+                log.exception("cannot log a record of %s", h.name)
+        elif kind == channel.RESULTS:
             results, delta = body
             for task_id, ok, data, duration in results:
                 task = h.assigned.pop(task_id, None)

@@ -34,6 +34,7 @@ READY = "ready"  # body: mapping (pid, start method, ...)
 BOOT_FAILED = "boot_failed"  # body: text describing why init_process failed
 RESULTS = "results"  # body: (list of results, metrics delta)
 RETIRING = "retiring"  # body: reason; the worker exits after this message
+LOG = "log"  # body: a log record as plain data (see chworkers.workerlogs)
 
 _COUNT = struct.Struct("!I")
 _SHORT = struct.Struct("!i")

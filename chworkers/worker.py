@@ -20,13 +20,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chworkers import channel, tasks
+from chworkers import channel, tasks, workerlogs
 from chworkers.hooks import PoolHooks
 from chworkers.inserts import InsertResult, run_insert
 from chworkers.middleware import MetricsRecorder, Middleware
@@ -78,6 +79,10 @@ class WorkerSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     #: Supervisor-side descriptors a forked child inherited and must close.
     close_fds: Sequence[int] = ()
+    #: Log levels of the supervisor's process (see :func:`workerlogs.levels`).
+    log_levels: dict[str, int] = field(default_factory=dict)
+    #: Turn stray stderr writes into log records (the supervisor logs JSON).
+    log_stderr: bool = False
 
 
 @dataclass(slots=True)
@@ -117,12 +122,30 @@ def beat() -> None:
         _CURRENT.beat()
 
 
+class _Sender:
+    """The worker's end of its result pipe, shared by the task loop and by log records
+    from any thread: one whole message at a time."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, kind: str, body: Any) -> None:
+        with self._lock:
+            channel.send(self.conn, kind, body)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.send(channel.LOG, record)
+
+
 def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: Any) -> None:
     """Entry point of a worker process."""
     global _CURRENT
     for fd in spec.close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+    results = _Sender(results_out)
+    workerlogs.install(results.log, spec.name, spec.log_levels, capture_stderr=spec.log_stderr)
     # The supervisor decides when workers stop: a Ctrl-C or a hangup sent to the whole
     # process group must not interrupt a task halfway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -134,11 +157,12 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
     try:
         init_process(worker)
     except BaseException as exc:
-        channel.send(results_out, channel.BOOT_FAILED, f"{type(exc).__name__}: {exc}")
+        log.error("%s: init_process failed", spec.name, exc_info=True)
+        results.send(channel.BOOT_FAILED, f"{type(exc).__name__}: {exc}")
         sys.exit(EXIT_BOOT_FAILED)
-    channel.send(results_out, channel.READY, {"pid": worker.pid, "name": worker.name})
+    results.send(channel.READY, {"pid": worker.pid, "name": worker.name})
     try:
-        _Loop(worker, tasks_in, results_out, heartbeat).run()
+        _Loop(worker, tasks_in, results, heartbeat).run()
     finally:
         for middleware in spec.middleware:
             try:
@@ -158,7 +182,9 @@ def init_process(worker: WorkerContext) -> None:
 
 
 class _Loop:
-    def __init__(self, worker: WorkerContext, tasks_in: Any, results_out: Any, beat: Any) -> None:
+    def __init__(
+        self, worker: WorkerContext, tasks_in: Any, results_out: _Sender, beat: Any
+    ) -> None:
         self.worker = worker
         self.tasks_in = tasks_in
         self.results_out = results_out
@@ -194,7 +220,7 @@ class _Loop:
             self.done += 1
             if spec.max_tasks is not None and self.done >= spec.max_tasks:
                 self.flush()
-                channel.send(self.results_out, channel.RETIRING, "recycled")
+                self.results_out.send(channel.RETIRING, "recycled")
                 break
         beat[STATE] = STOPPING
         if not self.orphaned:
@@ -283,7 +309,7 @@ class _Loop:
     def flush(self) -> None:
         delta = self.worker.metrics.drain()
         if self.results or delta is not None:
-            channel.send(self.results_out, channel.RESULTS, (self.results, delta))
+            self.results_out.send(channel.RESULTS, (self.results, delta))
             self.results = []
 
 
