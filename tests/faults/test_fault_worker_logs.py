@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
 import pytest
-from conftest import make_client
 
 from chworkers import Supervisor, logs
 from chworkers.embedded import EmbeddedClickHouse
@@ -94,7 +94,7 @@ def test_daemon_json_log_has_the_workers_dedup_warning_and_only_json(
 ) -> None:
     """The dedup-window warning (the only sign that exactly once does not hold) is logged
     in a worker; it must reach the daemon's log, and every line must be JSON."""
-    admin = make_client(endpoint, database=database)
+    admin = clickhouse_connect.get_client(host=endpoint.host, port=endpoint.port, database=database)
     admin.command("CREATE TABLE ev (n UInt64) ENGINE MergeTree ORDER BY n")  # window 0
     admin.close()
     conf = tmp_path / "c.toml"
