@@ -209,6 +209,13 @@ class SpoolCorruptError(SpoolError):
     """A spool file is truncated or fails its checksum (``path`` names it)."""
 
 
+class SpoolWriteError(SpoolError):
+    """Writing a batch to the spool failed (disk full, I/O error); nothing of it was kept.
+
+    Attributes: ``path`` (the file or directory) and ``errno`` (e.g. ``errno.ENOSPC``).
+    """
+
+
 class SerializationError(ChworkersError):
     """A task, its batch, arguments or result cannot cross the process boundary.
 

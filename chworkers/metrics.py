@@ -196,6 +196,15 @@ class Metrics:
             "Batches dropped by the drop-oldest spool policy.",
             registry=r,
         )
+        self.spool_write_failures = Counter(
+            "chworkers_spool_write_failures_total",
+            "Batches the spool could not take, by reason: full (its size cap) or io (the "
+            "disk: ENOSPC, EIO); file sources wait and retry, HTTP clients get a 503.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("full", "io"):
+            self.spool_write_failures.labels(reason=reason)
         self.dead_letter_rows = Counter(
             "chworkers_dead_letter_rows_total",
             "Rows ClickHouse rejected, written to the dead-letter directory, by table.",

@@ -17,6 +17,7 @@ daemon goes on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,12 +28,12 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from chworkers.dedup import batch_token
-from chworkers.errors import SpoolCorruptError, SpoolFullError
+from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
 from chworkers.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,19 @@ Policy = Literal["block", "reject", "drop_oldest"]
 
 #: Batch numbers are reserved (and the reservation persisted) this many at a time.
 SEQ_BLOCK = 1024
+
+#: How often a writer blocked on a full spool checks whether it should give up.
+_GIVE_UP_POLL = 0.2
+#: Writers waiting on a full spool are logged at most this often (seconds).
+_LOG_EVERY = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """Space and a batch number held for one batch until it is written or released."""
+
+    seq: int
+    size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +109,13 @@ class Spool:
         self._reserved = 0
         self._next_seq = 1
         self._closed = False
+        # What keeps batches out right now (full, or the disk failing), for problems().
+        self._trouble: str | None = None
+        self._trouble_since: float | None = None
+        self._trouble_count = 0
+        self._waiters = 0
+        self._waiting_since: float | None = None
+        self._waiting_logged = -_LOG_EVERY
         self.directory.mkdir(parents=True, exist_ok=True)
         self.spool_id = self._load_id()
         # Sequence numbers name files and make deduplication tokens, so they must never
@@ -184,11 +205,119 @@ class Spool:
 
         When the spool is full: ``block`` waits up to ``timeout`` for space, ``reject``
         raises :class:`SpoolFullError` at once, ``drop_oldest`` deletes the oldest
-        batches (counted in a metric; one already being inserted may still land).
+        batches (counted in a metric; one already being inserted may still land). A write
+        that fails (:class:`SpoolWriteError`, e.g. the disk is full) leaves nothing behind.
         """
-        header_probe = 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
-        size = len(payload) + header_probe
-        seq = self._reserve(size, timeout)
+        reservation = self.reserve(
+            len(payload) + batch_overhead(table, pipeline, meta), timeout=timeout
+        )
+        return self.write(
+            reservation,
+            table,
+            payload,
+            format=format,
+            rows=rows,
+            settings=settings,
+            pipeline=pipeline,
+            meta=meta,
+        )
+
+    def reserve(
+        self,
+        size: int,
+        *,
+        timeout: float | None = None,
+        give_up: Callable[[], bool] | None = None,
+    ) -> Reservation:
+        """Reserve ``size`` bytes and a batch number, waiting for space as the policy says.
+
+        A blocked wait ends with :class:`SpoolFullError` after ``timeout``, when the spool
+        is closed, or as soon as ``give_up()`` says so (checked a few times a second), so a
+        caller whose records were withdrawn meanwhile does not wait for nothing. The
+        reservation is :meth:`write` n or :meth:`release` d.
+        """
+        dropped: list[int] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            waiting = False
+            try:
+                while self._used() + size > self.max_bytes and self._sizes:
+                    if self.policy == "drop_oldest":
+                        victim = min(self._sizes)
+                        self._sizes.pop(victim)
+                        self._created.pop(victim, None)
+                        dropped.append(victim)
+                        continue
+                    if self.policy == "reject":
+                        raise self._refused(size)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if (
+                        (remaining is not None and remaining <= 0)
+                        or self._closed
+                        or (give_up is not None and give_up())
+                    ):
+                        raise self._refused(size)
+                    if not waiting:
+                        waiting = True
+                        self._waiters += 1
+                        if self._waiting_since is None:
+                            self._waiting_since = time.time()
+                        if time.monotonic() - self._waiting_logged >= _LOG_EVERY:
+                            self._waiting_logged = time.monotonic()
+                            log.warning(
+                                "spool %s is full (%d of %d bytes, policy block): writers "
+                                "wait for ClickHouse to take batches",
+                                self.directory,
+                                self._used(),
+                                self.max_bytes,
+                            )
+                    slice_ = _GIVE_UP_POLL if remaining is None else min(remaining, _GIVE_UP_POLL)
+                    self._space.wait(slice_)
+            finally:
+                if waiting:
+                    self._waiters -= 1
+                    if not self._waiters and self._waiting_since is not None:
+                        log.debug(
+                            "spool %s: writers waited %.1f s for space",
+                            self.directory,
+                            time.time() - self._waiting_since,
+                        )
+                        self._waiting_since = None
+            seq = self._next_seq
+            if seq + 1 >= self._seq_ceiling:
+                # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers
+                # must be durable before they are handed out. If the write fails, the
+                # number is not handed out (it is not covered by the file on disk).
+                ceiling = seq + 1 + SEQ_BLOCK
+                try:
+                    self._write_durably(self._seq_file, str(ceiling).encode())
+                except SpoolWriteError as exc:
+                    self._note_trouble("io", str(exc))
+                    raise
+                self._seq_ceiling = ceiling
+            self._next_seq = seq + 1
+            self._reserved += size
+        for victim in dropped:
+            (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
+            log.warning("spool full: dropped the oldest batch %d (policy drop_oldest)", victim)
+            if self._metrics is not None:
+                self._metrics.spool_dropped.inc()
+        return Reservation(seq, size)
+
+    def write(
+        self,
+        reservation: Reservation,
+        table: str,
+        payload: bytes,
+        *,
+        format: str,
+        rows: int,
+        settings: Mapping[str, Any] | None = None,
+        pipeline: str = "",
+        meta: Mapping[str, Any] | None = None,
+    ) -> SpooledBatch:
+        """Write a batch into a reservation (which it uses up, whatever happens)."""
+        seq = reservation.seq
         try:
             batch = SpooledBatch(
                 seq=seq,
@@ -203,81 +332,87 @@ class Spool:
                 meta=dict(meta or {}),
             )
             path = self.directory / f"{seq:020d}.batch"
-            self._write_durably(path, encode_batch(batch))
-        except BaseException:
+            self._write_durably(path, encode_batch(batch), undo=True)
+        except BaseException as exc:
             with self._lock:
-                self._reserved -= size
+                if isinstance(exc, SpoolWriteError):
+                    self._note_trouble("io", str(exc))
+                self._reserved -= reservation.size
                 self._space.notify_all()
             raise
         batch = dataclasses.replace(batch, path=path)
         with self._lock:
-            self._reserved -= size
+            self._reserved -= reservation.size
             self._sizes[seq] = _file_size(batch)
             self._created[seq] = batch.created
+            self._trouble = None
+            self._trouble_since = None
+            self._trouble_count = 0
         self._publish()
         return batch
 
-    def _reserve(self, size: int, timeout: float | None) -> int:
-        dropped: list[int] = []
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation that will not be written."""
         with self._lock:
-            while self._used() + size > self.max_bytes and self._sizes:
-                if self.policy == "drop_oldest":
-                    victim = min(self._sizes)
-                    self._sizes.pop(victim)
-                    self._created.pop(victim, None)
-                    dropped.append(victim)
-                    continue
-                if self.policy == "reject":
-                    raise self._full_error(size)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or self._closed:
-                    raise self._full_error(size)
-                self._space.wait(remaining)
-            seq = self._next_seq
-            self._next_seq += 1
-            if self._next_seq >= self._seq_ceiling:
-                # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers
-                # must be durable before they are handed out.
-                self._seq_ceiling = self._next_seq + SEQ_BLOCK
-                self._write_durably(self._seq_file, str(self._seq_ceiling).encode())
-            self._reserved += size
-        for victim in dropped:
-            (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
-            log.warning("spool full: dropped the oldest batch %d (policy drop_oldest)", victim)
-            if self._metrics is not None:
-                self._metrics.spool_dropped.inc()
-        return seq
+            self._reserved -= reservation.size
+            self._space.notify_all()
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; True when woken early because space was freed."""
+        with self._lock:
+            return self._space.wait(timeout)
 
     def _used(self) -> int:
         return sum(self._sizes.values()) + self._reserved
 
-    def _full_error(self, size: int) -> SpoolFullError:
-        return SpoolFullError(
+    def _refused(self, size: int) -> SpoolFullError:
+        """The error for a batch that does not fit, noted as the spool's trouble
+        (called under the lock)."""
+        message = (
             f"spool {self.directory} is full: {self._used()} of {self.max_bytes} bytes used, "
-            f"a batch of {size} bytes does not fit (policy {self.policy})",
-            used=self._used(),
-            max_bytes=self.max_bytes,
+            f"a batch of {size} bytes does not fit (policy {self.policy})"
         )
+        self._note_trouble("full", message)
+        return SpoolFullError(message, used=self._used(), max_bytes=self.max_bytes)
 
-    def _write_durably(self, path: Path, data: bytes) -> None:
+    def _note_trouble(self, reason: str, message: str) -> None:
+        self._trouble = message
+        self._trouble_count += 1
+        if self._trouble_since is None:
+            self._trouble_since = time.time()
+        if self._metrics is not None:
+            self._metrics.spool_write_failures.labels(reason=reason).inc()
+
+    def _write_durably(self, path: Path, data: bytes, *, undo: bool = False) -> None:
+        """Write ``data`` to ``path`` atomically and durably, or raise
+        :class:`SpoolWriteError`. A failure removes the temporary file; with ``undo``, also
+        the target when the failure came after the rename (a batch file must not stay
+        when its write is reported failed: a retry would spool its records twice)."""
         tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        renamed = False
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if self.fsync:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                os.fsync(dir_fd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
             finally:
-                os.close(dir_fd)
+                os.close(fd)
+            os.replace(tmp, path)
+            renamed = True
+            if self.fsync:
+                fsync_directory(self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if renamed and undo:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise SpoolWriteError(
+                f"cannot write {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
+            ) from exc
 
     # -- confirming ----------------------------------------------------------------
 
@@ -307,6 +442,24 @@ class Spool:
                 "oldest_age_seconds": 0.0 if oldest is None else max(0.0, time.time() - oldest),
                 "max_bytes": self.max_bytes,
             }
+
+    def problems(self) -> list[str]:
+        """Why the spool is not taking batches right now (empty when it is fine)."""
+        with self._lock:
+            now = time.time()
+            found: list[str] = []
+            if self._waiters:
+                since = self._waiting_since or now
+                found.append(
+                    f"spool {self.directory} is full ({self._used()} of {self.max_bytes} "
+                    f"bytes): {self._waiters} writers waiting for {now - since:.0f} s"
+                )
+            if self._trouble is not None and self._trouble_since is not None:
+                found.append(
+                    f"spool writes failing for {now - self._trouble_since:.0f} s "
+                    f"({self._trouble_count} failures): {self._trouble}"
+                )
+            return found
 
     def _publish(self) -> None:
         if self._metrics is None:
@@ -395,3 +548,17 @@ def _file_size(batch: SpooledBatch) -> int:
         except OSError:
             pass
     return len(batch.payload) + 256
+
+
+def batch_overhead(table: str, pipeline: str = "", meta: Mapping[str, Any] | None = None) -> int:
+    """An upper bound of the bytes a batch file needs beyond its payload."""
+    return 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename or a new file in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
