@@ -8,6 +8,7 @@ from chworkers.connection import Connection, ConnectionConfig, Host
 from chworkers.control import SupervisorStats
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
+    BatcherClosedError,
     BatchError,
     ChworkersError,
     ClickHouseError,
@@ -27,6 +28,7 @@ from chworkers.errors import (
     SpoolCorruptError,
     SpoolError,
     SpoolFullError,
+    SpoolTimeoutError,
     SpoolWriteError,
     StateDirInUseError,
     SupervisorStoppedError,
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     # Errors
     "BatchError",
+    "BatcherClosedError",
     "ChworkersError",
     "ClickHouseError",
     "ConfigError",
@@ -86,6 +89,7 @@ __all__ = [
     "SpoolCorruptError",
     "SpoolError",
     "SpoolFullError",
+    "SpoolTimeoutError",
     "SpoolWriteError",
     "StateDirInUseError",
     "Supervisor",

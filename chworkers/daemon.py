@@ -37,7 +37,7 @@ from chworkers.batcher import Batcher
 from chworkers.config import EMBEDDED, Config
 from chworkers.deadletter import DeadLetters
 from chworkers.dispatch import Dispatcher
-from chworkers.errors import ChworkersError, StateDirInUseError
+from chworkers.errors import BatcherClosedError, ChworkersError, StateDirInUseError
 from chworkers.ingest import IngestServer, Route
 from chworkers.inserts import InsertResult
 from chworkers.options import SupervisorOptions
@@ -278,6 +278,8 @@ class Daemon:
     def _run_source(self, source: Any) -> None:
         try:
             source.run(self._stop_sources)
+        except BatcherClosedError:
+            log.info("source %s stopped: the daemon is stopping", source.name)
         except Exception:
             log.exception("source %s failed", source.name)
         finally:
@@ -332,14 +334,23 @@ class Daemon:
                     self.progress.flush()
 
     def _shutdown(self, *, finished: bool = False) -> int:
+        # Bounded whatever the spool and ClickHouse do: sources, the batcher's flush and
+        # the drain share graceful_timeout. A source blocked on a full or failing spool
+        # is released when the batcher gives up; what was not spooled by then was never
+        # acknowledged (HTTP clients got no 202; files are read again from their
+        # checkpoint at the next start).
+        timeout = None if finished else self.config.settings.supervisor.graceful_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._stop_sources.set()
+        if deadline is not None:
+            self.batcher.give_up_at(deadline)
         if getattr(self, "ingest", None) is not None:
             self.ingest.stop()
         for thread in self._source_threads:
-            thread.join(timeout=10)
-        self.batcher.close()  # everything accepted is now in the spool
-        timeout = None if finished else self.config.settings.supervisor.graceful_timeout
-        self._drain(timeout)
+            thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        if not self.batcher.close(_remaining(deadline)):
+            log.warning("some records were not spooled before the stop (see above)")
+        self._drain(_remaining(deadline))
         self.dispatcher.stop()
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
@@ -395,7 +406,12 @@ class Daemon:
     # -- batches -----------------------------------------------------------------------
 
     def _spooled(self, batch: SpooledBatch) -> None:
-        self.checkpoints.commit_batch(batch)
+        try:
+            self.checkpoints.commit_batch(batch)
+        except OSError as exc:
+            # The position also rides in the spooled batch (recovered at start); the
+            # batch must be inserted all the same.
+            log.error("could not save the position of batch %d: %s", batch.seq, exc)
         self.dispatcher.add(batch)
 
     def _submit(self, batch: SpooledBatch) -> Future[Any]:
@@ -492,6 +508,10 @@ def state_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _create_table(conn: Any, statement: str) -> None:

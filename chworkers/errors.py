@@ -216,6 +216,16 @@ class SpoolWriteError(SpoolError):
     """
 
 
+class SpoolTimeoutError(SpoolError):
+    """Records were not spooled within the caller's time limit and were withdrawn: they
+    will never be spooled (an HTTP client is answered 503 and may send them again)."""
+
+
+class BatcherClosedError(ChworkersError):
+    """The batcher is closed (the daemon is stopping): records were not accepted, or were
+    not spooled before it gave up on a full or failing spool."""
+
+
 class SerializationError(ChworkersError):
     """A task, its batch, arguments or result cannot cross the process boundary.
 

@@ -1,9 +1,12 @@
 """The HTTP push source: ``POST /ingest/<table>``.
 
 A request is answered ``202 Accepted`` only once its records are durably in the spool,
-so an acknowledged row survives a crash of the daemon. Bad input is answered with a 4xx
-and the reason (which line, what is wrong) and nothing of that request is kept; a full
-spool is answered ``503`` with ``Retry-After``, so well-behaved clients back off.
+so an acknowledged row survives a crash of the daemon. A request is spooled whole or not
+at all: ``202`` means all of it, any other answer means none of it, ever (records not
+spooled within ``spool_timeout`` are withdrawn before the ``503``, so a client's retry
+cannot land them twice). Bad input is answered with a 4xx and the reason (which line,
+what is wrong); a spool that cannot take data (full, its disk full or failing, the daemon
+stopping) is answered ``503`` with ``Retry-After``, so well-behaved clients back off.
 
 Bodies may be JSONEachRow (one JSON object per line), CSV or TSV, chosen by the
 ``format`` query parameter or the Content-Type, and gzip-compressed
@@ -24,12 +27,15 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chworkers.batcher import Batcher, BatchLimits
-from chworkers.errors import HttpRequestError, SpoolFullError
+from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.framing import FORMATS, Framer, RecordTooLargeError
 from chworkers.httpframing import plain_response
 from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, HttpLimits
 
 log = logging.getLogger(__name__)
+
+#: Seconds a client is asked to wait (``Retry-After``) when the spool cannot take data.
+RETRY_AFTER = 5
 
 CONTENT_TYPES = {
     "application/json": "JSONEachRow",
@@ -140,24 +146,34 @@ class IngestServer:
             return {"rows": 0}
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
-        ticket = self.batcher.add(
-            route.table,
-            records,
-            rows,
-            format=fmt,
-            pipeline=route.pipeline,
-            settings=route.settings,
-            limits=route.limits,
-        )
+        # All or nothing: the request's records go into one batch together; if the spool
+        # has not taken them within spool_timeout they are withdrawn, so a request
+        # answered anything but 202 is never spooled later (its retry would double it).
         try:
-            ticket.wait(self.spool_timeout)
-        except (SpoolFullError, TimeoutError) as exc:
+            ticket = self.batcher.add(
+                route.table,
+                records,
+                rows,
+                format=fmt,
+                pipeline=route.pipeline,
+                settings=route.settings,
+                limits=route.limits,
+                timeout=self.spool_timeout,
+            )
+            batch = ticket.settle(self.spool_timeout)
+        except SpoolError as exc:
             raise _BadRequest(
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"the spool cannot take more data right now: {exc}",
-                {"Retry-After": "5"},
+                f"the spool cannot take these records right now; nothing of them was kept: {exc}",
+                {"Retry-After": str(RETRY_AFTER)},
             ) from exc
-        return {"rows": rows, "batch": ticket.batch_seq}
+        except BatcherClosedError as exc:
+            raise _BadRequest(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the daemon is stopping; nothing of the request was kept: {exc}",
+                {"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+            ) from exc
+        return {"rows": rows, "batch": batch}
 
     def _format(self, route: Route, query: Mapping[str, list[str]], content_type: str) -> str:
         if "format" in query:

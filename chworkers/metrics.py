@@ -205,6 +205,12 @@ class Metrics:
         )
         for reason in ("full", "io"):
             self.spool_write_failures.labels(reason=reason)
+        self.spool_waiting_rows = Gauge(
+            "chworkers_spool_waiting_rows",
+            "Rows cut into batches that the spool has not taken yet because it is full or "
+            "failing (their sources wait; 0 when the spool keeps up).",
+            registry=r,
+        )
         self.dead_letter_rows = Counter(
             "chworkers_dead_letter_rows_total",
             "Rows ClickHouse rejected, written to the dead-letter directory, by table.",

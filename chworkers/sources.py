@@ -6,7 +6,9 @@ a batch is cut once it reaches its limits, so it may exceed them by one read. Fi
 to every add; the position travels inside the spooled batch and is committed to the
 :class:`Checkpoints` store right after the batch is spooled, before it is inserted.
 After a crash, the newer of the saved checkpoint and the positions in the spooled
-batches wins, so no record is read into the spool twice.
+batches wins, so no record is read into the spool twice. When the spool cannot take a
+batch (full, disk full), the source waits until it does (the batcher retries): its
+position never passes records that are not in the spool.
 
 ``follow`` mode tails growing files like ``tail -F``: it notices rotation (the path now
 names another inode: the old file is finished, the new one read from its start) and
@@ -150,6 +152,7 @@ class _Source:
             settings=self.settings,
             meta=meta,
             limits=self.limits,
+            retry=True,  # a source cannot be told "no": it waits until the spool takes them
         )
         self.rows += rows
 
@@ -199,13 +202,17 @@ class FileSource(_Source):
         self.poll_interval = poll_interval
         self._open: dict[str, _OpenFile] = {}
         self._finished: set[tuple[int, int]] = set()  # (dev, ino) read to the end
+        self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         saved = self.checkpoints.load(self.name)
         while not stop.is_set():
             self._discover(saved)
             progressed = False
             for path in list(self._open):
+                if stop.is_set():
+                    break
                 progressed |= self._read(self._open[path])
             if not self.follow and not self._open:
                 return
@@ -246,7 +253,7 @@ class FileSource(_Source):
     def _read(self, f: _OpenFile) -> bool:
         """Read what is there; at the end, finish, rotate or wait. True if data came."""
         progressed = False
-        while True:
+        while not self._stop.is_set():
             chunk = f.fh.read(self.read_size)
             if not chunk:
                 break
@@ -258,8 +265,8 @@ class FileSource(_Source):
                 self._error(f"{f.path}: {exc}")
                 continue
             self._add(records, rows, self._meta(f, f.offset - f.framer.pending_bytes))
-        if progressed and self.follow:
-            return True
+        if self._stop.is_set() or (progressed and self.follow):
+            return progressed  # stopped mid-file: the unfinished record is not a record
         if not self.follow:
             self._close(f, finished=True)
             return progressed

@@ -3,13 +3,18 @@ number is handed out twice (issue 9, item 2)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemonthread import Running, count, daemon_config, lines
+from faultproxy import FaultProxy
 from prometheus_client import CollectorRegistry
 from smalldisk import disk_full, small_filesystem
+from waiting import wait_for
 
+from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import SpoolWriteError
 from chworkers.metrics import Metrics
 from chworkers.spool import Spool
@@ -62,3 +67,64 @@ def test_a_failed_sequence_write_hands_out_no_number(small_disk: tuple[Path, boo
     later = [again.put("t", b"%d\n" % i, format="CSV", rows=1) for i in range(3)]
     assert used.token not in {b.token for b in later}
     assert all(b.seq > used.seq for b in later)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("limit", ["small-filesystem", "size-cap"])
+def test_file_source_waits_for_a_full_spool_and_loses_nothing(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    fault_proxy: FaultProxy,
+    limit: str,
+) -> None:
+    """ClickHouse is down and the spool fills up (ENOSPC on a small filesystem, or its
+    size cap under policy reject): the file source waits with its position before the
+    rows the spool refused, and once ClickHouse is back every row lands exactly once."""
+    n = 500_000  # about 14 MiB of JSON: more than the 8 MiB filesystem or the 2 MiB cap
+    state = tmp_path / "state"
+    data = tmp_path / "in"
+    data.mkdir()
+    with small_filesystem(state / "spool") as tmpfs:
+        if limit == "small-filesystem" and not tmpfs:
+            pytest.skip("mounting a tmpfs is not permitted here; the size-cap case covers it")
+        spool = {"max_bytes": 2 * 1024 * 1024, "policy": "reject"} if limit == "size-cap" else {}
+        pipeline = {
+            "source": "file",
+            "paths": [str(data / "*.json")],
+            "follow": True,
+            "poll_interval": "50ms",
+        }
+        running = Running(daemon_config(state, f"{fault_proxy.url}/{database}", pipeline, **spool))
+        try:
+            fault_proxy.set("refuse")  # ClickHouse is down from here on
+            (data / "app.json").write_bytes(lines(0, n))
+            size = (data / "app.json").stat().st_size
+            metrics = running.daemon.metrics
+            reason = "io" if limit == "small-filesystem" else "full"
+            wait_for(
+                lambda: metrics.spool_write_failures.labels(reason=reason)._value.get() >= 3,
+                timeout=120,
+            )
+            # The source waits instead of reading on past what the spool refused, and its
+            # saved position stays before those rows.
+            assert metrics.source_rows.labels(source="p")._value.get() < n
+            positions = json.loads((state / "positions" / "p.json").read_text())
+            assert positions[str(data / "app.json")]["offset"] < size
+            problems = running.daemon.batcher.problems()
+            assert problems and "pipeline p" in problems[0], problems
+            assert running.daemon.spool.problems()
+            assert metrics.spool_waiting_rows._value.get() > 0
+
+            fault_proxy.set("pass")  # ClickHouse is back: the spool drains, the source goes on
+            wait_for(lambda: count(endpoint, database)[0] >= n, timeout=180, interval=0.5)
+            assert running.stop() == 0
+        finally:
+            if running.thread.is_alive():
+                running.stop()
+        assert count(endpoint, database) == (n, n)
+        positions = json.loads((state / "positions" / "p.json").read_text())
+        assert positions[str(data / "app.json")]["offset"] == size
+        assert running.daemon.batcher.problems() == []
+        assert not [p.name for p in (state / "spool").iterdir() if p.name.endswith(".batch")]
+        assert leftovers(state / "spool") == []
