@@ -23,17 +23,20 @@ import json
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.framing import Framer, RecordTooLargeError
-from chworkers.spool import SpooledBatch
+from chworkers.spool import SpooledBatch, fsync_directory
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+#: A file is fingerprinted by a checksum of its first bytes, up to this many.
+HEAD_BYTES = 256
 
 
 class Checkpoints:
@@ -73,8 +76,7 @@ class Checkpoints:
             changed = False
             for path, pos in files.items():
                 old = current.get(path)
-                same_file = old is not None and (old["dev"], old["ino"]) == (pos["dev"], pos["ino"])
-                if old is None or not same_file or pos["offset"] > old["offset"]:
+                if old is None or not _same_file(old, pos) or pos["offset"] > old["offset"]:
                     current[path] = dict(pos)
                     changed = True
             if not changed:
@@ -82,11 +84,16 @@ class Checkpoints:
             data = json.dumps(current, sort_keys=True).encode()
             target = self._path(pipeline)
             tmp = target.with_suffix(".tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+                fsync_directory(self.directory)  # the rename itself must survive a crash
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def commit_batch(self, batch: SpooledBatch) -> None:
         """Record the file positions a spooled batch carries (no-op for other sources)."""
@@ -100,6 +107,16 @@ class Checkpoints:
             self.commit_batch(batch)
 
 
+def _same_file(a: Mapping[str, int], b: Mapping[str, int]) -> bool:
+    """Do two saved positions name the same file? The same inode, and the same first
+    bytes where both fingerprinted as many (an inode number is reused after a delete)."""
+    if (a["dev"], a["ino"]) != (b["dev"], b["ino"]):
+        return False
+    if a.get("head_len") is not None and a.get("head_len") == b.get("head_len"):
+        return a.get("head") == b.get("head")
+    return True
+
+
 @dataclasses.dataclass
 class _OpenFile:
     path: str
@@ -108,6 +125,23 @@ class _OpenFile:
     ino: int
     offset: int
     framer: Framer
+    head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
+    head_len: int = 0
+
+
+def _head(fd: int, length: int = HEAD_BYTES) -> tuple[int, int]:
+    """(crc32, length) of a file's first ``length`` bytes (fewer if it is shorter)."""
+    data = os.pread(fd, length, 0)
+    return zlib.crc32(data), len(data)
+
+
+def _same_head(fd: int, head: int, head_len: int, size: int) -> bool:
+    """Does the open file start as the one fingerprinted did? An inode number can be
+    reused by a new file once the old one is deleted; its first bytes tell them apart."""
+    if head_len == 0:
+        return size == 0
+    crc, got = _head(fd, head_len)
+    return got == head_len and crc == head
 
 
 class _Source:
@@ -201,7 +235,8 @@ class FileSource(_Source):
         self.follow = follow
         self.poll_interval = poll_interval
         self._open: dict[str, _OpenFile] = {}
-        self._finished: set[tuple[int, int]] = set()  # (dev, ino) read to the end
+        # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
+        self._finished: dict[tuple[int, int], tuple[int, int]] = {}
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -222,6 +257,7 @@ class FileSource(_Source):
             f.fh.close()
 
     def _discover(self, saved: Mapping[str, Mapping[str, int]]) -> None:
+        seen: set[tuple[int, int]] = {(f.dev, f.ino) for f in self._open.values()}
         for pattern in self.patterns:
             for path in sorted(glob.glob(pattern)):
                 if path in self._open:
@@ -232,14 +268,30 @@ class FileSource(_Source):
                     self._error(f"cannot open {path}: {exc.strerror}")
                     continue
                 st = os.fstat(fh.fileno())
-                if (st.st_dev, st.st_ino) in self._finished:
-                    fh.close()
-                    continue
+                ident = (st.st_dev, st.st_ino)
+                seen.add(ident)
+                finished = self._finished.get(ident)
+                if finished is not None:
+                    if _same_head(fh.fileno(), *finished, st.st_size):
+                        fh.close()
+                        continue
+                    # A new file got the inode of one read before (deleted meanwhile).
+                    del self._finished[ident]
+                    saved = {p: pos for p, pos in saved.items() if p != path}
                 pos = saved.get(path)
                 offset = 0
-                if pos and (pos["dev"], pos["ino"]) == (st.st_dev, st.st_ino):
-                    offset = pos["offset"] if pos["offset"] <= st.st_size else 0
+                if (
+                    pos
+                    and (pos["dev"], pos["ino"]) == ident
+                    and pos["offset"] <= st.st_size
+                    and (
+                        "head_len" not in pos
+                        or _same_head(fh.fileno(), pos["head"], pos["head_len"], st.st_size)
+                    )
+                ):
+                    offset = pos["offset"]
                 fh.seek(offset)
+                head, head_len = _head(fh.fileno())
                 self._open[path] = _OpenFile(
                     path,
                     fh,
@@ -247,8 +299,12 @@ class FileSource(_Source):
                     st.st_ino,
                     offset,
                     Framer(self.format, max_record_bytes=self.max_record_bytes),
+                    head,
+                    head_len,
                 )
                 log.info("source %s: reading %s from offset %d", self.name, path, offset)
+        # Forget files that are gone: a file that reuses their inode later is new.
+        self._finished = {k: v for k, v in self._finished.items() if k in seen}
 
     def _read(self, f: _OpenFile) -> bool:
         """Read what is there; at the end, finish, rotate or wait. True if data came."""
@@ -282,18 +338,28 @@ class FileSource(_Source):
             f.fh.seek(0)
             f.offset = 0
             f.framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+            f.head, f.head_len = _head(f.fh.fileno())
         return progressed
 
     def _close(self, f: _OpenFile, *, finished: bool) -> None:
         records, rows = f.framer.finish()
         self._add(records, rows, self._meta(f, f.offset))
+        if finished:
+            self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
         f.fh.close()
         del self._open[f.path]
-        if finished:
-            self._finished.add((f.dev, f.ino))
 
     def _meta(self, f: _OpenFile, offset: int) -> dict[str, Any]:
-        return {"files": {f.path: {"dev": f.dev, "ino": f.ino, "offset": offset}}}
+        if f.head_len < HEAD_BYTES and offset > f.head_len:
+            f.head, f.head_len = _head(f.fh.fileno())  # the file grew: a longer fingerprint
+        position = {
+            "dev": f.dev,
+            "ino": f.ino,
+            "offset": offset,
+            "head": f.head,
+            "head_len": f.head_len,
+        }
+        return {"files": {f.path: position}}
 
 
 class GeneratorSource(_Source):
