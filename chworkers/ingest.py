@@ -144,6 +144,7 @@ class IngestServer:
         records, rows = self._frame(body, fmt)
         if rows == 0:
             return {"rows": 0}
+        _check_declared_format(records, fmt, route.format)
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
         # All or nothing: the request's records go into one batch together; if the spool
@@ -222,6 +223,35 @@ class IngestServer:
         if fmt == "JSONEachRow" and self.validate_json:
             _check_json_lines(records)
         return records, rows + more
+
+
+def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:
+    """A body whose records are JSON objects but that was declared CSV or TSV would be
+    accepted and then rejected by ClickHouse row by row: say so now instead.
+
+    CSV cannot hold a JSON object unquoted (its quotes would be malformed), so a CSV
+    declaration is always checked; a TSV line may be a JSON document for a single String
+    column, so TSV is checked only when the pipeline itself does not take TSV.
+    """
+    if fmt == "JSONEachRow" or (fmt.startswith("T") and configured.startswith("T")):
+        return
+    lines = (line for line in records.split(b"\n") if line.strip())
+    if fmt.endswith("WithNames"):
+        next(lines, None)  # the header
+    number, first = next(((n, line) for n, line in enumerate(lines, start=1)), (0, b""))
+    if not first.lstrip().startswith(b"{"):
+        return
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return
+    if isinstance(value, dict):
+        raise _BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            f"record {number} is a JSON object, but the body was declared {fmt} (by "
+            "Content-Type or ?format=); nothing was kept. Send JSON lines as "
+            "Content-Type: application/x-ndjson or with ?format=JSONEachRow",
+        )
 
 
 def _check_json_lines(records: bytes) -> None:

@@ -1,5 +1,5 @@
 """HTTP push under spool pressure: 202 means all of a request, anything else none of it,
-ever (issue 9, items 2 and 3)."""
+ever (issue 9, items 2, 3 and 18)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,32 @@ def test_a_full_disk_is_a_503_with_retry_after_not_a_500(tmp_path: Path) -> None
             assert push.spooled() == rows(100, 200)
         finally:
             push.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "status"),
+    [
+        ("/ingest/ev", "text/csv", 400),  # a JSON pipeline, the body declared CSV
+        ("/ingest/csv", "text/csv", 400),  # a CSV pipeline sent JSON: CSV cannot be that
+        ("/ingest/ev", "text/tab-separated-values", 400),
+        ("/ingest/ev", "application/x-ndjson", 202),
+    ],
+)
+def test_a_json_body_declared_csv_is_refused_with_the_reason(
+    tmp_path: Path, path: str, content_type: str, status: int
+) -> None:
+    push = Push(Spool(tmp_path / "spool", fsync=False), spool_timeout=5)
+    try:
+        got, payload, _ = post(push.port, rows(0, 10), {"Content-Type": content_type}, path)
+        assert got == status, payload
+        if status == 400:
+            assert "is a JSON object, but the body was declared" in payload["error"]
+            assert push.spooled() == b""
+        # Real CSV declared CSV is still fine, quotes and all.
+        ok = post(push.port, b'1,"{""a"":1}"\n2,x\n', {"Content-Type": "text/csv"}, "/ingest/csv")
+        assert ok[0] == 202
+    finally:
+        push.close()
 
 
 @pytest.mark.timeout(300)
