@@ -59,6 +59,7 @@ class SupervisorControl:
     state: str
     on_reload: Callable[[], Mapping[str, Any]] | None
     _arbiter: Arbiter | None
+    _refreshers: list[Callable[[], None]]
 
     @property
     def error(self) -> BaseException | None:
@@ -141,17 +142,17 @@ class SupervisorControl:
         )
 
     def _cmd_refresh(self, arb: Arbiter) -> None:
+        # The loop owns the workers' table: their states are read here, on its thread.
         m = self.metrics
-        m.queue_depth.set(len(self.queue))
         states = Counter(h.public_state() for h in arb.workers.values())
         for state in ("starting", "idle", "busy", "stopping"):
             m.workers.labels(state).set(states[state])
-        if self.broker is not None:
-            st = self.broker.stats()
-            m.pool_in_use.set(st.in_use)
-            m.pool_max.set(st.capacity)
-            m.pool_waiting.set(st.waiting)
-            m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
+        m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
+
+    def add_refresh(self, refresh: Callable[[], None]) -> None:
+        """Call ``refresh`` before every scrape of ``/metrics``, to set gauges that describe
+        the present (the daemon's spool size and age); it must be quick."""
+        self._refreshers.append(refresh)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``(healthy, details)`` as ``/healthz`` reports it: the supervisor's loop turns.
@@ -163,6 +164,20 @@ class SupervisorControl:
     # HTTP endpoint callbacks (on its threads).
 
     def _refresh(self) -> None:
+        """Gauges of state, read when scraped: a gauge set only when something happens
+        freezes while nothing happens (a spool's age during an outage with no new data)."""
+        m = self.metrics
+        m.queue_depth.set(len(self.queue))
+        if self.broker is not None:
+            st = self.broker.stats()
+            m.pool_in_use.set(st.in_use)
+            m.pool_max.set(st.capacity)
+            m.pool_waiting.set(st.waiting)
+        for refresh in list(self._refreshers):
+            try:
+                refresh()
+            except Exception:
+                log.exception("refreshing metrics failed in %r", refresh)
         with contextlib.suppress(TimeoutError, SupervisorStoppedError):
             self._command("refresh", timeout=2.0)
 

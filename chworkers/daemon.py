@@ -190,6 +190,7 @@ class Daemon:
             metrics=self.metrics,
         )
         stack.callback(self.spool.close)
+        self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
         self.checkpoints = Checkpoints(self.state_dir / "positions")
         self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
         self.dispatcher = Dispatcher(

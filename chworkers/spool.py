@@ -174,7 +174,7 @@ class Spool:
                 self._sizes[batch.seq] = _file_size(batch)
                 self._created[batch.seq] = batch.created
                 self._next_seq = max(self._next_seq, batch.seq + 1)
-        self._publish()
+        self.publish()
         if batches:
             log.info("spool %s: %d batches to replay", self.directory, len(batches))
         return batches
@@ -348,7 +348,7 @@ class Spool:
             self._trouble = None
             self._trouble_since = None
             self._trouble_count = 0
-        self._publish()
+        self.publish()
         return batch
 
     def release(self, reservation: Reservation) -> None:
@@ -423,7 +423,7 @@ class Spool:
             self._sizes.pop(batch.seq, None)
             self._created.pop(batch.seq, None)
             self._space.notify_all()
-        self._publish()
+        self.publish()
 
     def close(self) -> None:
         """Wake producers blocked on a full spool; they get :class:`SpoolFullError`."""
@@ -461,7 +461,8 @@ class Spool:
                 )
             return found
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
+        """Set the spool gauges (size, batches, age of the oldest) to what they are now."""
         if self._metrics is None:
             return
         s = self.stats()

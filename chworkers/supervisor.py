@@ -99,6 +99,7 @@ class Supervisor(SupervisorControl):
         self._signals: SignalInbox | None = None
         self._ids = itertools.count(1)
         self._switch_interval: float | None = None
+        self._refreshers: list[Callable[[], None]] = []
         self.outcomes = Outcomes(
             self.metrics, self.middleware, self.queue, lambda: self.options, lambda: self.retry
         )
