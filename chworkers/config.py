@@ -126,6 +126,14 @@ class SpoolSettings:
         unit="seconds",
         minimum=0.1,
     )
+    permanent_error_backoff: float = setting(
+        300.0,
+        "Wait before a batch that failed with a permanent error (unknown table, failed "
+        "authentication: errors the retry policy does not retry) is tried again; it stays "
+        "spooled, health reports it, and SIGHUP retries it at once.",
+        unit="seconds",
+        minimum=0.1,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

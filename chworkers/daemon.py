@@ -41,6 +41,7 @@ from chworkers.errors import BatcherClosedError, ChworkersError, StateDirInUseEr
 from chworkers.ingest import IngestServer, Route
 from chworkers.inserts import InsertResult
 from chworkers.options import SupervisorOptions
+from chworkers.outcomes import is_permanent
 from chworkers.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
 from chworkers.spool import Spool, SpooledBatch
 from chworkers.supervisor import Supervisor
@@ -200,6 +201,8 @@ class Daemon:
             on_failure=self._failed,
             max_in_flight=s.spool.max_in_flight or 2 * s.supervisor.workers,
             max_backoff=s.spool.retry_backoff_max,
+            is_permanent=lambda error: is_permanent(error, self.supervisor.retry),
+            permanent_backoff=s.spool.permanent_error_backoff,
         )
         self.batcher = Batcher(self.spool, self._spooled, metrics=self.metrics)
         for p in self.config.pipelines:  # series exist at 0 before the first event
@@ -378,6 +381,9 @@ class Daemon:
     def _reload(self) -> None:
         from chworkers import config as config_module
 
+        # Batches held back (a permanent error, an outage) get their next try now: the
+        # operator may have just fixed the table or the password.
+        self.dispatcher.retry_now()
         if self.config.source == "defaults":
             log.info("SIGHUP: no config file to reload")
             return

@@ -7,6 +7,20 @@ tried again after a backoff that grows per batch (1 s, 2 s, 4 s ... up to
 ``max_backoff``): nothing is ever dropped because ClickHouse was down or a table was
 missing. So during an outage the spool grows on disk while memory stays flat, and when
 ClickHouse is back the backlog drains in spool order.
+
+A batch that failed with a *permanent* error (``is_permanent``: the retry policy's
+classification, e.g. an unknown table or a failed authentication) is not retried hot:
+it stays spooled and waits ``permanent_backoff`` (or :meth:`Dispatcher.retry_now`, which
+the daemon calls on SIGHUP), and :meth:`Dispatcher.problems` reports it until a batch
+for that table is confirmed.
+
+The dispatcher is the outermost of the retry layers (see docs/daemon.md, "Retry
+layers"): it retries only whole tasks that the layers below gave up on.
+
+Completion (``on_done``: writing dead letters, fsync'd; then removing the batch from the
+spool) runs on the dispatcher's own completion thread, never in a future's callback:
+those run on the supervisor's loop thread, which must not wait on disks or locks. A
+batch leaves the spool only after ``on_done`` returned.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -21,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from chworkers.errors import ChworkersError, SpoolCorruptError
+from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
 from chworkers.retry import capped_backoff
 from chworkers.spool import Spool, SpooledBatch, read_batch
 
@@ -38,12 +53,22 @@ class _Retry:
     batch: SpooledBatch = dataclasses.field(compare=False)
 
 
+@dataclasses.dataclass
+class _Held:
+    """A batch held back by a permanent error."""
+
+    table: str
+    error: BaseException
+    since: float  # wall clock, for people
+
+
 class Dispatcher:
     """Feeds spooled batches to ``submit`` with bounded memory and per-batch backoff.
 
     ``on_done(batch, result)`` runs after a confirmed insert, before the batch leaves the
     spool (the daemon writes dead letters there); ``on_failure(batch, error)`` is told of
-    every failed attempt.
+    every failed attempt. ``is_permanent(error)`` says which failures retrying soon
+    cannot fix; those batches wait ``permanent_backoff`` seconds.
     """
 
     def __init__(
@@ -56,6 +81,8 @@ class Dispatcher:
         max_in_flight: int = 8,
         initial_backoff: float = 1.0,
         max_backoff: float = 60.0,
+        is_permanent: Callable[[BaseException], bool] | None = None,
+        permanent_backoff: float = 300.0,
     ) -> None:
         self.spool = spool
         self.submit = submit
@@ -64,6 +91,15 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
+        self.is_permanent = is_permanent
+        self.permanent_backoff = permanent_backoff
+        self._held: dict[int, _Held] = {}
+        self._completions: queue.SimpleQueue[
+            tuple[SpooledBatch, SpooledBatch, Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._completer = threading.Thread(
+            target=self._complete_loop, name="chworkers-complete", daemon=True
+        )
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[SpooledBatch] = deque()
@@ -75,6 +111,7 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="chworkers-dispatch", daemon=True)
 
     def start(self) -> None:
+        self._completer.start()
         self._thread.start()
 
     def add(self, batch: SpooledBatch) -> None:
@@ -87,6 +124,26 @@ class Dispatcher:
         """Batches not yet confirmed (pending, waiting to retry, or in flight)."""
         with self._lock:
             return len(self._pending) + len(self._retries) + len(self._in_flight)
+
+    def problems(self) -> list[str]:
+        """Why the dispatcher is degraded, one line per table and error (empty: fine).
+
+        E.g. ``table db.events: UNKNOWN_TABLE (60) since 14:31:02 UTC, 3 batches held``.
+        """
+        with self._lock:
+            held = list(self._held.values())
+        groups: dict[tuple[str, str], list[_Held]] = {}
+        for item in held:
+            groups.setdefault((item.table, _describe(item.error)), []).append(item)
+        lines = []
+        for (table, what), items in sorted(groups.items()):
+            since = time.strftime("%H:%M:%S", time.gmtime(min(i.since for i in items)))
+            n = len(items)
+            lines.append(
+                f"table {table}: {what} since {since} UTC, {n} batch{'es' if n > 1 else ''} "
+                f"held (retried every {self.permanent_backoff:g} s and on SIGHUP)"
+            )
+        return lines
 
     def retry_now(self) -> None:
         """Give batches waiting out a backoff their next attempt at once."""
@@ -114,6 +171,10 @@ class Dispatcher:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        # Completions already in hand still finish (a confirmed batch leaves the spool).
+        self._completions.put(None)
+        if self._completer.is_alive():
+            self._completer.join(timeout=30)
 
     def _run(self) -> None:
         while True:
@@ -154,12 +215,21 @@ class Dispatcher:
         except ChworkersError as exc:
             self._failed(batch, exc)
             return
-        future.add_done_callback(lambda f: self._completed(batch, full, f))
+        # Only a hand-over here: this callback runs on the supervisor's loop thread.
+        future.add_done_callback(lambda f: self._completions.put((batch, full, f)))
+
+    def _complete_loop(self) -> None:
+        while (item := self._completions.get()) is not None:
+            try:
+                self._completed(*item)
+            except Exception:  # never lose the thread; the batch stays spooled
+                log.exception("completing batch %d failed", item[0].seq)
 
     def _completed(self, batch: SpooledBatch, full: SpooledBatch, future: Future[Any]) -> None:
         error = future.exception()
         if error is not None:
-            self._failed(batch, error)
+            permanent = self.is_permanent is not None and self.is_permanent(error)
+            self._failed(batch, error, permanent=permanent)
             return
         try:
             if self.on_done is not None:
@@ -175,26 +245,56 @@ class Dispatcher:
         with self._lock:
             self._in_flight.pop(batch.seq, None)
             self._failures.pop(batch.seq, None)
+            if self._held.pop(batch.seq, None) is not None or self._held:
+                # The table takes inserts again: its other held batches go now too.
+                self._release_locked(batch.table)
             self.confirmed += 1
             self._wake.notify_all()
 
-    def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
+    def _release_locked(self, table: str) -> None:
+        for seq in [seq for seq, held in self._held.items() if held.table == table]:
+            del self._held[seq]
+        for item in self._retries:
+            if item.batch.table == table:
+                item.not_before = 0.0
+        heapq.heapify(self._retries)
+
+    def _failed(
+        self, batch: SpooledBatch, error: BaseException, *, permanent: bool = False
+    ) -> None:
         with self._lock:
             self._in_flight.pop(batch.seq, None)
             failures = self._failures.get(batch.seq, 0) + 1
             self._failures[batch.seq] = failures
-            backoff = capped_backoff(self.initial_backoff, failures, self.max_backoff)
+            if permanent:
+                backoff = self.permanent_backoff
+                held = self._held.get(batch.seq)
+                since = held.since if held is not None else time.time()
+                self._held[batch.seq] = _Held(batch.table, error, since)
+            else:
+                backoff = capped_backoff(self.initial_backoff, failures, self.max_backoff)
+                self._held.pop(batch.seq, None)
             heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, batch.seq, batch))
             self._wake.notify_all()
-        log.warning(
-            "batch %d (%d rows for %s) failed (attempt %d), kept in the spool, next try in "
-            "%.0f s: %s",
+        log.log(
+            logging.ERROR if permanent else logging.WARNING,
+            "batch %d (%d rows for %s) failed (attempt %d%s), kept in the spool, next try in "
+            "%.0f s%s: %s",
             batch.seq,
             batch.rows,
             batch.table,
             failures,
+            ", a permanent error" if permanent else "",
             backoff,
+            " or on SIGHUP" if permanent else "",
             error,
         )
         if self.on_failure is not None:
             self.on_failure(batch, error)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ServerError) and error.code is not None:
+        return f"{error.name or 'error'} ({error.code})"
+    first = str(error).splitlines()[0][:160] if str(error) else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

@@ -1,0 +1,73 @@
+"""A permanent error (an unknown table) is not retried hot: the batch stays spooled,
+the dispatcher reports why, and SIGHUP retries it at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from waiting import wait_for
+
+from chworkers import config
+from chworkers.daemon import Daemon
+from chworkers.embedded import EmbeddedClickHouse
+
+
+@pytest.mark.timeout(180)
+def test_unknown_table_is_held_reported_and_retried_on_sighup(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, ch_client: Client
+) -> None:
+    cfg = config.load(
+        data={
+            "state_dir": str(tmp_path / "state"),
+            "clickhouse": {
+                "url": f"{endpoint.url}/{database}",
+                "pool": {"max_connections": 2, "retry": {"initial_backoff": 0.05}},
+            },
+            "supervisor": {"workers": 1},
+            "spool": {"fsync": False, "retry_backoff_max": 0.5},
+            "pipelines": [
+                {"name": "p", "table": "missing", "source": "stdin", "max_delay": "50ms"}
+            ],
+        },
+        env={},
+    )
+    reader, writer = os.pipe()
+    stdin = open(reader, "rb")  # noqa: SIM115
+    daemon = Daemon(cfg, stdin=stdin)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
+    thread.start()
+    try:
+        assert daemon.wait_ready(60)
+        os.write(writer, b'{"n":1}\n{"n":2}\n')
+        wait_for(lambda: daemon.totals.failures >= 1, timeout=60)
+        problems = daemon.dispatcher.problems()
+        assert len(problems) == 1, problems
+        assert "table missing: UNKNOWN_TABLE (60)" in problems[0]
+        assert "1 batch held" in problems[0]
+        # Not retried hot: with retry_backoff_max = 0.5 s an outage would be retried
+        # about ten times in these 5 s; a permanent error waits permanent_error_backoff.
+        time.sleep(5)
+        assert daemon.totals.failures == 1
+        assert daemon.spool.stats()["batches"] == 1
+        # The operator creates the table and sends SIGHUP: the batch lands at once.
+        ch_client.command(
+            "CREATE TABLE missing (n UInt64) ENGINE = MergeTree ORDER BY n "
+            "SETTINGS non_replicated_deduplication_window = 1000"
+        )
+        daemon._signals.put(signal.SIGHUP)
+        wait_for(lambda: daemon.totals.rows_inserted == 2, timeout=30)
+        assert daemon.dispatcher.problems() == []
+        assert daemon.spool.stats()["batches"] == 0
+    finally:
+        os.close(writer)
+        thread.join(60)
+    assert result.get("code") == 0
+    assert ch_client.query("SELECT count() FROM missing").result_rows[0][0] == 2
