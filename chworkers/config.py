@@ -38,6 +38,9 @@ class EmbeddedSettings:
 
     host: str = setting("127.0.0.1", "Address the embedded endpoint listens on.")
     port: int = setting(0, "Its port (0: any free port).", minimum=0, maximum=65535)
+    limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of the embedded endpoint."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,7 @@ class ClickHouseSettings:
             user=(self.username or "default") if secured else None,
             password=(self.password or "") if secured else None,
             log_path=log_path,
+            limits=self.embedded.limits,
         )
 
 

@@ -25,6 +25,7 @@ framing parsers.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
@@ -85,6 +86,36 @@ class HttpLimits:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    # Command-line flags (``chworkers embedded``), derived from the declarations above.
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--backlog``, ``--max-connections``, ... with their defaults and help."""
+        for f in dataclasses.fields(cls):
+            flags = [f"--{f.name.replace('_', '-')}"]
+            if f.name == "idle_timeout":
+                flags.append("--keep-alive-timeout")  # ClickHouse's name for it
+            unit = f" ({f.metadata['unit']})" if f.metadata.get("unit") else ""
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                type=float if f.type in (float, "float") else int,
+                default=f.default,
+                metavar="N",
+                help=f"{f.metadata['help']}{unit} (default: {f.default:g})",
+            )
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> HttpLimits:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def arguments(self) -> list[str]:
+        """The flags that give these limits to a ``chworkers embedded`` child."""
+        out: list[str] = []
+        for f in dataclasses.fields(self):
+            out += [f"--{f.name.replace('_', '-')}", repr(getattr(self, f.name))]
+        return out
 
 
 # -- deadlines and graceful closing ----------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from chworkers.embedded.handler import Credentials
 from chworkers.embedded.server import EmbeddedServer
 from chworkers.errors import ConfigError
+from chworkers.httpserver import HttpLimits
 from chworkers.pids import alive
 
 #: Environment variable the password may come from (kept out of ``ps`` output).
@@ -48,12 +49,7 @@ def register(subparsers: Any) -> None:
         f"{PASSWORD_ENV} or use --password-file instead",
     )
     p.add_argument("--password-file", type=Path, help="read the password from this file")
-    p.add_argument(
-        "--keep-alive-timeout",
-        type=float,
-        default=30.0,
-        help="seconds an idle keep-alive connection stays open (default: 30)",
-    )
+    HttpLimits.add_arguments(p)
     p.add_argument(
         "--exit-with-parent",
         type=int,
@@ -105,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         credentials=credentials_from(args),
-        idle_timeout=args.keep_alive_timeout,
+        limits=HttpLimits.from_arguments(args),
     )
     server.start()
 

@@ -13,6 +13,8 @@ import hmac
 import logging
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
@@ -21,6 +23,7 @@ from chworkers.embedded import stats as stats_mod
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     AUTHENTICATION_FAILED,
+    SOCKET_TIMEOUT,
     UNSUPPORTED_METHOD,
     clickhouse_error,
     response_body,
@@ -35,6 +38,7 @@ from chworkers.embedded.protocol import (
     read_request,
 )
 from chworkers.errors import ServerError
+from chworkers.httpserver import Deadlines, HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +75,17 @@ class Connection:
         ctx: Context,
         credentials: Credentials | None,
         sock: socket.socket,
-        idle_timeout: float,
+        limits: HttpLimits,
         request_timeout: float,
+        deadlines: Deadlines,
     ) -> None:
         self.ctx = ctx
         self.credentials = credentials
         self.sock = sock
-        self.idle_timeout = idle_timeout
+        self.limits = limits
+        self.idle_timeout = limits.idle_timeout
         self.request_timeout = request_timeout
+        self.deadlines = deadlines
         self.busy = False
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -100,18 +107,41 @@ class Connection:
             while not self.stopping.is_set():
                 self.sock.settimeout(self.idle_timeout)
                 try:
+                    if not rfile.peek(1):  # type: ignore[attr-defined]
+                        return
+                except OSError:  # idle for keep_alive_timeout, or the client went away
+                    return
+                # From its first byte, a request head has header_timeout to arrive whole:
+                # a client sending it a byte at a time (slowloris) is cut off.
+                self.sock.settimeout(self.limits.header_timeout)
+                self.deadlines.arm(self.sock, self.limits.header_timeout)
+                error: Exception | None = None
+                try:
                     req = read_request(rfile)
-                except ServerError as err:  # e.g. a URI beyond http_max_uri_size
-                    self._send_error(Response(self.sock, keep_alive=False), err)
+                except (ServerError, BadRequest) as exc:
+                    req, error = None, exc
+                finally:
+                    too_slow = self.deadlines.disarm(self.sock)
+                if too_slow:
+                    log.debug(
+                        "closing a connection whose request head took over %g s",
+                        self.limits.header_timeout,
+                    )
+                    return
+                if isinstance(error, ServerError):  # e.g. a URI beyond http_max_uri_size
+                    self._send_error(Response(self.sock, keep_alive=False), error)
                     self._linger(rfile)
                     return
-                except BadRequest as exc:
-                    log.debug("bad HTTP request: %s", exc)
-                    self._send_plain(Response(self.sock, keep_alive=False), 400, f"{exc}\n")
+                if error is not None:
+                    log.debug("bad HTTP request: %s", error)
+                    self._send_plain(Response(self.sock, keep_alive=False), 400, f"{error}\n")
                     self._linger(rfile)
                     return
                 if req is None:
                     return
+                req.body.guard = self._body_deadline
+                if (req.header("Expect") or "").lower() == "100-continue":
+                    req.body.before_first_read = self._send_continue
                 with self._lock:
                     self.busy = True
                 self.sock.settimeout(self.request_timeout)
@@ -140,11 +170,15 @@ class Connection:
         Closing a socket with unread input makes the kernel send a reset, and a client
         still sending would then lose the error response it has not read yet.
         """
+        deadline = time.monotonic() + seconds
         try:
             self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(seconds)
             total = 0
             while total < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.sock.settimeout(left)
                 data = rfile.read1(READ_CHUNK)  # type: ignore[attr-defined]
                 if not data:
                     break
@@ -152,11 +186,45 @@ class Connection:
         except OSError:
             pass
 
+    def _send_continue(self) -> None:
+        try:
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except OSError as exc:
+            raise ClientGone(str(exc)) from exc
+
+    @contextlib.contextmanager
+    def _body_deadline(self) -> Iterator[None]:
+        """Each read of the body has ``body_timeout`` (a piece is at most 1 MiB), so a
+        client sending a byte at a time is answered SOCKET_TIMEOUT as ClickHouse does
+        when its receive timeout passes."""
+        timeout = self.limits.body_timeout
+        self.deadlines.arm(self.sock, timeout)
+        try:
+            yield
+        except (ServerError, OSError) as exc:
+            if self.deadlines.disarm(self.sock) or isinstance(exc, TimeoutError):
+                raise self._timed_out(timeout) from None
+            raise
+        if self.deadlines.disarm(self.sock):  # cut short: the read side is shut down
+            raise self._timed_out(timeout)
+
+    def _timed_out(self, timeout: float) -> ServerError:
+        return clickhouse_error(
+            SOCKET_TIMEOUT,
+            f"Timeout exceeded while reading from socket ({self._peer()}, "
+            f"{int(timeout * 1000)} ms)",
+        )
+
+    def _peer(self) -> str:
+        try:
+            host, port = self.sock.getpeername()[:2]
+        except OSError:
+            return "peer gone"
+        return f"peer: {host}:{port}"
+
     def handle(self, req: Request) -> bool:
         """Answer one request; returns whether the connection may serve another."""
         resp = Response(self.sock, keep_alive=req.keep_alive and not self.stopping.is_set())
-        if (req.header("Expect") or "").lower() == "100-continue" and not req.body.finished:
-            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s otherwise
         resp.set_header("Keep-Alive", f"timeout={int(self.idle_timeout)}")
         try:
             self._route(req, resp)

@@ -28,6 +28,7 @@ from typing import IO, Self
 
 from chworkers.embedded.cli import PASSWORD_ENV, READY_PREFIX
 from chworkers.errors import EmbeddedError
+from chworkers.httpserver import HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class EmbeddedClickHouse:
     ``exit_with_parent`` (the default) the child stops by itself when this process dies,
     even by SIGKILL, so its data directory is not left locked. The child's log
     goes to ``log_path`` if given (else to a private temporary file; see :meth:`log`).
+    ``limits`` bound its connections (backlog, max_connections, timeouts).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class EmbeddedClickHouse:
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "INFO",
         exit_with_parent: bool = True,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.path = Path(path)
         self.host = host
@@ -64,6 +67,7 @@ class EmbeddedClickHouse:
         self.log_path = Path(log_path) if log_path is not None else None
         self.log_level = log_level
         self.exit_with_parent = exit_with_parent
+        self.limits = limits or HttpLimits()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -108,6 +112,7 @@ class EmbeddedClickHouse:
         ]
         if self.exit_with_parent:
             cmd += ["--exit-with-parent", str(os.getpid())]
+        cmd += self.limits.arguments()
         env = dict(os.environ)
         env.pop(PASSWORD_ENV, None)
         if self.user is not None:

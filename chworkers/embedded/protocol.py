@@ -8,8 +8,10 @@ framing. Responses are written either with a ``Content-Length`` or chunked.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
@@ -18,10 +20,13 @@ from typing import BinaryIO
 
 from chworkers.embedded.exceptions import (
     BAD_ARGUMENTS,
+    BAD_REQUEST_PARAMETER,
     CANNOT_READ_ALL_DATA,
     QUERY_IS_TOO_LARGE,
     clickhouse_error,
 )
+from chworkers.errors import HttpRequestError
+from chworkers.httpframing import MAX_CHUNK_LINE, body_framing, chunk_size
 
 #: ClickHouse's default http_max_uri_size.
 MAX_URI_SIZE = 1 << 20
@@ -54,7 +59,14 @@ class Request:
 
 
 class Body:
-    """The request body, framed by Content-Length or chunked transfer encoding."""
+    """The request body, framed by Content-Length or chunked transfer encoding.
+
+    The connection sets two hooks: ``guard`` wraps every read from the socket (it gives
+    the read a deadline, so a client sending a byte at a time cannot hold the
+    connection), and ``before_first_read`` runs once before the first one (it answers
+    ``Expect: 100-continue``: a client is asked for its body only when the request is
+    read, never for a request refused from its head).
+    """
 
     def __init__(self, rfile: BinaryIO, length: int | None, chunked: bool) -> None:
         self._rfile = rfile
@@ -65,12 +77,25 @@ class Body:
         self._chunk_left = 0
         self.finished = not chunked and self._remaining == 0
         self.bytes_read = 0
+        self.guard: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+        self.before_first_read: Callable[[], None] | None = None
+        self._broken: Exception | None = None
 
     def read(self, n: int = READ_CHUNK) -> bytes:
         """Up to ``n`` bytes; ``b''`` once the body is complete."""
         if self.finished:
             return b""
-        data = self._read_chunked(n) if self._chunked else self._read_plain(n)
+        if self._broken is not None:
+            raise self._broken
+        if self.before_first_read is not None:
+            callback, self.before_first_read = self.before_first_read, None
+            callback()
+        try:
+            with self.guard():
+                data = self._read_chunked(n) if self._chunked else self._read_plain(n)
+        except Exception as exc:  # the framing is lost: nothing after this can be read
+            self._broken = exc
+            raise
         self.bytes_read += len(data)
         return data
 
@@ -89,15 +114,19 @@ class Body:
 
     def _read_chunked(self, n: int) -> bytes:
         if self._chunk_left == 0:
-            line = self._rfile.readline(MAX_HEADER_LINE)
-            if not line.endswith(b"\n"):
+            line = self._rfile.readline(MAX_CHUNK_LINE)
+            if not line.endswith(b"\n") and len(line) < MAX_CHUNK_LINE:
                 raise self._truncated()
             try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise clickhouse_error(
-                    BAD_ARGUMENTS, f"Invalid chunk size line in chunked request body: {line!r}"
-                ) from None
+                size = chunk_size(line)
+            except HttpRequestError as exc:
+                # ClickHouse: "Unexpected data instead of HTTP chunk header"; a 400 here
+                # (ClickHouse's 500 for this code would make clients retry it).
+                err = clickhouse_error(
+                    BAD_REQUEST_PARAMETER, f"Invalid chunked request body: {exc.message}"
+                )
+                err.http_status = 400
+                raise err from None
             if size == 0:
                 while True:  # trailers, then the empty line
                     trailer = self._rfile.readline(MAX_HEADER_LINE)
@@ -123,7 +152,10 @@ class Body:
         )
 
     def read_all(self, limit: int) -> bytes:
-        """The whole (rest of the) body, refusing more than ``limit`` bytes."""
+        """The whole (rest of the) body, refusing more than ``limit`` bytes (at once, from
+        the head, when the Content-Length announces more)."""
+        if self.length is not None and self.length - self.bytes_read > limit:
+            raise self._too_large(limit)
         parts: list[bytes] = []
         total = 0
         while True:
@@ -132,19 +164,32 @@ class Body:
                 return b"".join(parts)
             total += len(data)
             if total > limit:
-                raise clickhouse_error(
-                    QUERY_IS_TOO_LARGE,
-                    f"The request body is larger than {limit} bytes, the limit for a "
-                    "query that is not an INSERT with inline data",
-                )
+                raise self._too_large(limit)
             parts.append(data)
 
+    def _too_large(self, limit: int) -> Exception:
+        return clickhouse_error(
+            QUERY_IS_TOO_LARGE,
+            f"The request body is larger than {limit} bytes, the limit for a "
+            "query that is not an INSERT with inline data",
+        )
+
     def drain(self, limit: int) -> bool:
-        """Discard what is left; False if more than ``limit`` bytes remain or it fails."""
+        """Discard what is left; False if more than ``limit`` bytes remain or it fails.
+
+        A client still waiting for ``100 Continue`` has sent nothing: it is not asked
+        for a body only to have it dropped (False: the connection closes instead).
+        """
+        if self.finished:
+            return True
+        if self.before_first_read is not None or self._broken is not None:
+            return False
+        if self.length is not None and self._remaining > limit:
+            return False
         total = 0
         try:
-            while not self.finished:
-                total += len(self.read())
+            while data := self.read():
+                total += len(data)
                 if total > limit:
                     return False
         except Exception:
@@ -174,15 +219,10 @@ def read_request(rfile: BinaryIO) -> Request | None:
         headers = parse_headers(rfile)
     except HTTPException as exc:
         raise BadRequest(f"malformed request headers: {exc}") from exc
-    chunked = "chunked" in str(headers.get("Transfer-Encoding", "")).lower()
-    length: int | None = None
-    if not chunked and headers.get("Content-Length") is not None:
-        try:
-            length = int(str(headers["Content-Length"]))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            raise BadRequest(f"invalid Content-Length {headers['Content-Length']!r}") from None
+    try:
+        length, chunked = body_framing(headers)
+    except HttpRequestError as exc:
+        raise BadRequest(exc.message) from None
     conn_hdr = str(headers.get("Connection", "")).lower()
     keep = "close" not in conn_hdr if version == "HTTP/1.1" else "keep-alive" in conn_hdr
     path, _, qs = target.partition("?")

@@ -1,5 +1,11 @@
 """The endpoint: a listening socket, one thread per client connection, chDB behind.
 
+Within :class:`~chworkers.httpserver.HttpLimits`: a sized listen backlog, at most
+``max_connections`` connections (the next is answered 503 with ClickHouse's error body
+and ``Retry-After``), idle keep-alive connections closed after ``idle_timeout``, a
+request head within ``header_timeout`` of its first byte and each MiB of a body within
+``body_timeout`` (SOCKET_TIMEOUT, as ClickHouse answers when its receive timeout passes).
+
 :class:`EmbeddedServer` owns the engine (which locks the data directory), the listening
 socket and the session registry. :meth:`serve_forever` accepts connections until
 :meth:`request_stop` is called (from a signal handler, which only enqueues the
@@ -20,10 +26,17 @@ import time
 from pathlib import Path
 
 from chworkers.embedded.engine import Engine
+from chworkers.embedded.exceptions import (
+    TOO_MANY_SIMULTANEOUS_QUERIES,
+    clickhouse_error,
+    response_body,
+)
 from chworkers.embedded.execute import Context
 from chworkers.embedded.handler import Connection, Credentials
 from chworkers.embedded.sessions import Sessions
 from chworkers.errors import EmbeddedError
+from chworkers.httpframing import plain_response
+from chworkers.httpserver import Closer, Deadlines, HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +51,18 @@ class EmbeddedServer:
         port: int = 8123,
         *,
         credentials: Credentials | None = None,
-        idle_timeout: float = 30.0,
+        limits: HttpLimits | None = None,
         request_timeout: float = 300.0,
-        max_connections: int = 1024,
     ) -> None:
         self.path = Path(path).resolve()
         self.host = host
         self.port = port
         self.credentials = credentials
-        self.idle_timeout = idle_timeout
+        self.limits = limits or HttpLimits()
         self.request_timeout = request_timeout
-        self.max_connections = max_connections
+        self._deadlines = Deadlines()
+        self._closer = Closer()
+        self._busy_response = b""
         self._engine: Engine | None = None
         self._sessions: Sessions | None = None
         self._listener: socket.socket | None = None
@@ -71,7 +85,7 @@ class EmbeddedServer:
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((self.host, self.port))
-            listener.listen(256)
+            listener.listen(self.limits.backlog)
         except OSError as exc:
             self._engine.close()
             why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
@@ -82,6 +96,7 @@ class EmbeddedServer:
         self._listener = listener
         self.port = listener.getsockname()[1]
         self._sessions = Sessions(self._engine)
+        self._busy_response = self._busy(self._engine.version)
         log.info(
             "embedded ClickHouse (chDB %s) serving %s, data in %s",
             self._engine.version,
@@ -132,17 +147,40 @@ class EmbeddedServer:
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
-            if len(self._connections) >= self.max_connections:
-                log.warning("refusing a connection: %d already open", len(self._connections))
-                sock.close()
+            if len(self._connections) >= self.limits.max_connections:
+                log.warning(
+                    "refusing a connection: %d already open (max_connections)",
+                    len(self._connections),
+                )
+                self._closer.close(sock, self._busy_response)
                 return
-            conn = Connection(ctx, self.credentials, sock, self.idle_timeout, self.request_timeout)
+            conn = Connection(
+                ctx, self.credentials, sock, self.limits, self.request_timeout, self._deadlines
+            )
             thread = threading.Thread(
                 target=self._run_connection, args=(conn,), name="chworkers-embedded-conn"
             )
             thread.daemon = True
             self._connections[conn] = thread
         thread.start()
+
+    def _busy(self, version: str) -> bytes:
+        """What a client beyond max_connections is answered: ClickHouse's error for too
+        many queries, but with 503 and Retry-After (ClickHouse's 500 for it is not
+        retried by clients; a 503 is, by clickhouse-connect among others)."""
+        err = clickhouse_error(
+            TOO_MANY_SIMULTANEOUS_QUERIES,
+            f"Too many simultaneous connections. Maximum: {self.limits.max_connections}",
+        )
+        return plain_response(
+            503,
+            response_body(err, version),
+            content_type="text/plain; charset=UTF-8",
+            headers={
+                "X-ClickHouse-Exception-Code": str(err.code),
+                "Retry-After": str(self.limits.retry_after),
+            },
+        )
 
     def _run_connection(self, conn: Connection) -> None:
         try:
@@ -168,6 +206,8 @@ class EmbeddedServer:
             log.warning(
                 "%d requests still running after %.0f s; stopping anyway", len(pending), grace
             )
+        self._deadlines.stop()
+        self._closer.stop()
         if self._sessions is not None:
             self._sessions.close()
         if self._engine is not None:
