@@ -459,7 +459,8 @@ class DaemonUnderTest:
     # -- looking inside
 
     def metric(self, name: str, **labels: str) -> float | None:
-        """One sample from the daemon's ``/metrics`` (None if unreachable or absent)."""
+        """The sum of the samples of ``name`` from the daemon's ``/metrics`` that carry
+        ``labels`` (None if the endpoint does not answer or has no such sample)."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
@@ -471,13 +472,13 @@ class DaemonUnderTest:
             text = urllib.request.urlopen(url, timeout=10).read().decode()
         except OSError:
             return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return None
+        values = [
+            float(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(values) if values else None
 
     def spool_files(self) -> list[Path]:
         spool = self.state_dir / "spool"
@@ -492,6 +493,22 @@ class DaemonUnderTest:
             for p in self.spool_files()
             if p.name.endswith(".batch") or p.name.startswith(".tmp") or ".tmp" in p.name
         ]
+
+    def spooled_rows(self) -> int:
+        """Rows in the spool's batch files (read from their headers, as the daemon wrote
+        them; files being replaced or removed meanwhile are skipped)."""
+        rows = 0
+        for path in self.spool_files():
+            if not path.name.endswith(".batch"):
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(12)
+                    size = int.from_bytes(head[8:12], "little")
+                    rows += int(json.loads(fh.read(size))["rows"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return rows
 
     def quarantined(self) -> list[str]:
         q = self.state_dir / "spool" / "quarantine"
@@ -839,6 +856,15 @@ class Drill:
     def fail(self, message: str) -> DrillError:
         return DrillError(message + self.context())
 
+    def close(self) -> None:
+        """Stop the feeds and make sure nothing of the daemon keeps running."""
+        if self.push is not None:
+            self.push.stop()
+        if self.files is not None:
+            self.files.stop()
+        if self.daemon is not None:
+            self.daemon.close()
+
     # -- counting
 
     def expected_ids(self) -> list[range]:
@@ -858,6 +884,14 @@ class Drill:
     def wait_rows(self, at_least: int, timeout: float = PATIENCE) -> None:
         if not wait_until(lambda: self.count() >= at_least, timeout, "rows", interval=0.2):
             raise self.fail(f"fewer than {at_least} rows in ClickHouse after {timeout} s")
+
+    def wait_spooled(self, rows: int, timeout: float = 60.0) -> bool:
+        """Wait until ``rows`` rows are in ClickHouse or in the spool's files."""
+        assert self.daemon is not None
+        daemon = self.daemon
+        return wait_until(
+            lambda: self.count() + daemon.spooled_rows() >= rows, timeout, "spooled", 0.2
+        )
 
     def settle(self, timeout: float = PATIENCE) -> None:
         """Wait until every row sent is in ClickHouse and the spool is empty (or time out:
@@ -918,7 +952,6 @@ class Drill:
         if doubled and not dead_letter_duplicates_allowed:
             raise self.fail(f"dead letters written more than once: {list(doubled.items())[:5]}")
         self.note(f"verified: {sent} rows, {len(poison)} dead letters, {self.daemon.starts} starts")
-        print("\n".join(self.events))
         return {"rows": sent, "dead_letters": len(poison), "starts": self.daemon.starts}
 
 

@@ -1,0 +1,171 @@
+"""The fault matrix's scenarios, shared by the tests and ``benchmarks/bench_faults.py``.
+
+Each scenario takes a :class:`~harness.Drill` (a workdir, a ClickHouse target, a seeded
+random generator) and a ``scale`` (1.0: the size the test suite runs; the benchmark may
+run bigger), runs a daemon through its faults, and ends with :meth:`Drill.verify`: rows
+sent == rows in ClickHouse == distinct ids, nothing left in the spool, every poison line
+in the dead letters. A scenario raises :class:`~harness.DrillError` (an AssertionError)
+when that does not hold.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from harness import Drill, file_pipeline, push_pipeline
+
+#: A stopping daemon must be gone within graceful_timeout plus this.
+STOP_SLACK = 10.0
+GRACEFUL = 3.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    run: Callable[[Drill, float], None]
+    #: The daemon runs its own embedded ClickHouse (else: the shared one, proxied).
+    own_clickhouse: bool = False
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+Run = TypeVar("Run", bound=Callable[[Drill, float], None])
+
+
+def scenario(name: str, *, own_clickhouse: bool = False) -> Callable[[Run], Run]:
+    """Register a scenario under ``name`` (the benchmark's ``--scenario``)."""
+
+    def register(run: Run) -> Run:
+        SCENARIOS[name] = Scenario(name, run, own_clickhouse)
+        return run
+
+    return register
+
+
+def rows(n: int, scale: float) -> int:
+    return max(1000, int(n * scale))
+
+
+@scenario("kill-9")
+def kill_9_rounds(drill: Drill, scale: float = 1.0) -> None:
+    """kill -9 at random moments (while starting, replaying or ingesting), the main
+    process alone (its workers and children must notice and go) or its whole group."""
+    feed = drill.file_feed(rows(60_000, scale), chunk=500, pause=0.02, poison_every=9_973)
+    daemon = drill.make_daemon([file_pipeline(feed)])
+    daemon.start()
+    feed.start()
+    for round_ in range(max(2, round(4 * scale))):
+        group = drill.rng.random() < 0.5
+        time.sleep(drill.rng.uniform(0.2, 2.0))
+        drill.note(
+            f"round {round_}: {feed.progress():.0%} written, {drill.count()} rows in ClickHouse"
+        )
+        daemon.kill9(group=group)
+        daemon.start(wait_ready=drill.rng.random() < 0.7)
+    if not daemon.ready():
+        daemon.wait_ready()
+    feed.join()
+    drill.settle()
+    # A batch's dead letters are written before it leaves the spool: a kill -9 in
+    # between writes them again on replay (at least once, by design).
+    drill.verify(dead_letter_duplicates_allowed=True)
+    daemon.terminate(within=GRACEFUL + STOP_SLACK)
+    drill.verify(dead_letter_duplicates_allowed=True)
+
+
+@scenario("workers-killed")
+def workers_killed_while_busy(drill: Drill, scale: float = 1.0) -> None:
+    """Inserts are slowed down so the workers are mid-request, and one is SIGKILLed
+    every fraction of a second: the maybe-applied inserts are retried with their tokens."""
+    feed = drill.file_feed(rows(40_000, scale), chunk=1000, pause=0.02)
+    daemon = drill.make_daemon([file_pipeline(feed, max_rows=1000)])
+    daemon.start()
+    drill.proxy.slow(0.15)
+    drill.note("ClickHouse answers after 0.15 s")
+    feed.start()
+    killed, most = 0, max(6, round(12 * scale))
+    deadline = time.monotonic() + 90 * scale
+    while killed < most and (drill.count() < drill.expected_rows() or not feed.done()):
+        if time.monotonic() > deadline:
+            raise drill.fail("the inserts did not finish")
+        time.sleep(drill.rng.uniform(0.2, 0.6))
+        pid = daemon.kill_worker(drill.rng)
+        if pid is not None:
+            killed += 1
+            drill.note(f"killed worker {pid}; {drill.count()} rows in ClickHouse")
+    drill.proxy.up()
+    drill.settle()
+    drill.verify()
+    daemon.terminate(within=GRACEFUL + STOP_SLACK)
+    if killed < 5:
+        raise drill.fail(f"only {killed} workers were killed")
+
+
+@scenario("sigterm")
+def sigterm_at_every_stage(drill: Drill, scale: float = 1.0) -> None:
+    """SIGTERM while reading and pushing, while starting, with inserts in flight, with
+    ClickHouse down and a backlog spooled, and a second SIGTERM while draining: each time
+    the daemon exits within graceful_timeout (+ slack), every 202 stays true, and the
+    next start finishes the job."""
+    feed = drill.file_feed(rows(40_000, scale), chunk=250, pause=0.1)
+    daemon = drill.make_daemon(
+        [file_pipeline(feed), push_pipeline()],
+        {"supervisor": {"graceful_timeout": GRACEFUL}},
+    )
+    daemon.start()
+    feed.start()
+    push = drill.push_clients(
+        clients=3, requests=max(10, round(30 * scale)), rows=100, pause=0.05
+    ).start()
+    target = drill.proxy
+
+    def stop(stage: str, codes: tuple[int, ...] = (0,)) -> None:
+        drill.note(
+            f"SIGTERM {stage}: {feed.progress():.0%} written, {push.acked_rows} pushed "
+            f"rows acknowledged, {drill.count()} rows in ClickHouse"
+        )
+        took = daemon.terminate(within=GRACEFUL + STOP_SLACK, expect_codes=codes)
+        drill.note(f"stopped in {took:.1f} s")
+
+    time.sleep(drill.rng.uniform(0.3, 1.5))
+    stop("while reading and pushing")
+
+    daemon.start(wait_ready=False)
+    time.sleep(drill.rng.uniform(0.0, 1.0))
+    # Before its signal handlers are in place the default action ends the daemon.
+    stop("while starting", codes=(0, -signal.SIGTERM))
+
+    daemon.start()
+    target.slow(1.0)
+    time.sleep(drill.rng.uniform(0.5, 1.5))
+    stop("with inserts in flight (ClickHouse answering after 1 s)")
+    target.up()
+
+    daemon.start()
+    target.down()
+    time.sleep(drill.rng.uniform(1.0, 2.0))
+    stop("with ClickHouse down and a backlog in the spool")
+    target.up()  # (ClickHouse down at start is a scenario of its own)
+
+    daemon.start()
+    target.down()
+    time.sleep(drill.rng.uniform(0.5, 1.0))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    drill.note("SIGTERM with ClickHouse down")
+    time.sleep(drill.rng.uniform(0.1, 0.5))
+    stop("again while draining")
+    target.up()
+
+    daemon.start()
+    feed.join()
+    push.join()
+    drill.settle()
+    drill.verify()
+    stop("at the end")
+    drill.verify()
