@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from harness import Drill, file_pipeline, push_pipeline
+from harness import Drill, file_pipeline, push_pipeline, wait_until
 
 #: A stopping daemon must be gone within graceful_timeout plus this.
 STOP_SLACK = 10.0
 GRACEFUL = 3.0
+#: Failed operations a long outage makes (the cooldown overflowed at 1,025).
+OUTAGE_FAILURES = 1200
 
 
 @dataclass(frozen=True)
@@ -169,3 +171,50 @@ def sigterm_at_every_stage(drill: Drill, scale: float = 1.0) -> None:
     drill.verify()
     stop("at the end")
     drill.verify()
+
+
+@scenario("long-outage")
+def outage_longer_than_the_cooldown_growth(drill: Drill, scale: float = 1.0) -> None:
+    """ClickHouse down for well over 1,025 consecutive host failures (made quickly with
+    a tiny cooldown and one worker): the cooldown stops doubling at its cap instead of
+    overflowing, no connection slot leaks, and once ClickHouse is back everything lands."""
+    feed = drill.file_feed(rows(20_000, scale), chunk=500, pause=0.05)
+    daemon = drill.make_daemon(
+        [file_pipeline(feed)],
+        {
+            "supervisor": {"workers": 1},
+            "clickhouse": {
+                "pool": {
+                    "host_cooldown": 0.001,
+                    "max_host_cooldown": 0.005,
+                    "retry": {
+                        "max_attempts": 50,
+                        "initial_backoff": 0.001,
+                        "max_backoff": 0.002,
+                        "deadline": 5.0,
+                    },
+                }
+            },
+            "spool": {"retry_backoff_max": 0.1},
+        },
+    )
+    daemon.start()
+    feed.start()
+    drill.wait_rows(1000)
+    drill.proxy.down()
+    drill.note("ClickHouse down")
+
+    def failures() -> float:
+        return daemon.metric("chworkers_errors_total") or 0.0
+
+    # At the 1,025th failure the cooldown used to overflow and leak the pool's slots.
+    wait_until(lambda: failures() >= OUTAGE_FAILURES, 60, "failures")
+    seen = failures()
+    drill.note(f"{seen:.0f} failed ClickHouse operations; ClickHouse up")
+    drill.proxy.up()
+    feed.join()
+    drill.settle(timeout=60)
+    drill.verify()
+    daemon.terminate(within=GRACEFUL + STOP_SLACK)
+    if seen < OUTAGE_FAILURES:
+        raise drill.fail(f"the outage made only {seen:.0f} failures")

@@ -30,6 +30,10 @@ def test_sigterm_at_every_stage(drill: Drill) -> None:
     scenarios.sigterm_at_every_stage(drill)
 
 
+def test_outage_longer_than_the_host_cooldown_growth(drill: Drill) -> None:
+    scenarios.outage_longer_than_the_cooldown_growth(drill)
+
+
 def test_the_drill_catches_a_duplicate_a_loss_and_a_stray_dead_letter(drill: Drill) -> None:
     """The final check itself can fail: a row twice, a row missing, an unknown dead letter."""
     feed = drill.file_feed(10, poison_every=5).write_all_now()
