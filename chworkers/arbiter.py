@@ -270,7 +270,8 @@ class Arbiter:
 
     def _own_fds(self) -> list[int]:
         """Descriptors of the supervisor a forked worker must not keep open."""
-        fds = [self.wake_r, self.wake_w, *self.sup._extra_fds()]
+        # (Listening sockets and the daemon's lock close themselves: chworkers.forkguard.)
+        fds = [self.wake_r, self.wake_w]
         for h in self.workers.values():
             fds += [h.outbox.fileno(), h.results.fileno()]
         return fds

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from chworkers import forkguard
 from chworkers.batcher import Batcher
 from chworkers.config import EMBEDDED, Config
 from chworkers.deadletter import DeadLetters
@@ -511,6 +512,7 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     fh.truncate()
     fh.write(f"chworkers pid {os.getpid()}\n")
     fh.flush()
+    forkguard.close_in_child(fh)  # a forked worker outliving us must not hold it
     try:
         yield
     finally:

@@ -38,6 +38,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
 
+from chworkers import forkguard
 from chworkers.errors import HttpRequestError
 from chworkers.httpframing import body_framing, http_error, plain_response, read_body, too_large
 from chworkers.settings import setting, validate
@@ -340,6 +341,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+        forkguard.close_in_child(self.socket)  # a forked worker must not keep the port
 
     def __repr__(self) -> str:
         return (

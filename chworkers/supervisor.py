@@ -421,9 +421,6 @@ class Supervisor(SupervisorControl):
             return None
         return PoolConnector(self.clickhouse, self.pool_options, self.broker.client(name))
 
-    def _extra_fds(self) -> list[int]:
-        return [self.endpoint.fileno()] if self.endpoint is not None else []
-
     def _command(self, name: str, *args: Any, timeout: float | None = None) -> Any:
         arbiter = self._arbiter
         if arbiter is None or arbiter.finished.is_set():
