@@ -152,6 +152,14 @@ class HttpSettings:
     max_body_bytes: int = setting(
         64 * 1024 * 1024, "Largest request body, after decompression.", unit="bytes", minimum=1
     )
+    max_buffered_bytes: int = setting(
+        256 * 1024 * 1024,
+        "Most request body bytes (as received, and inflated) all push requests together "
+        "hold in memory; a request beyond it is answered 503 with Retry-After (one request "
+        "alone is always let in).",
+        unit="bytes",
+        minimum=1,
+    )
     spool_timeout: float = setting(
         30.0,
         "How long a request may wait for spool space before a 503.",

@@ -270,6 +270,7 @@ class Daemon:
                 port=h.port,
                 token=h.token,
                 max_body_bytes=h.max_body_bytes,
+                max_buffered_bytes=h.max_buffered_bytes,
                 spool_timeout=h.spool_timeout,
                 on_error=self._source_error,
                 limits=h.limits,

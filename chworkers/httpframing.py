@@ -104,13 +104,15 @@ def read_body(
     limit: int,
     *,
     progress: Callable[[], None] = lambda: None,
+    on_chunk: Callable[[int], None] = lambda size: None,
     what: str = "body",
 ) -> bytes:
     """Read a whole body framed by ``length`` or chunked; a 413 as soon as the sizes
     announced pass ``limit`` (before that data is read), a 400 if it is cut short.
 
     ``progress`` is called before each read of up to :data:`BODY_PIECE` bytes (to
-    give the client a deadline for each piece).
+    give the client a deadline for each piece), ``on_chunk`` with the size of each chunk
+    of a chunked body before it is read (to account for the memory it will take).
     """
     if not chunked:
         if not length:
@@ -129,6 +131,7 @@ def read_body(
         total += size
         if total > limit:
             raise too_large(total, limit, what, at_least=True)
+        on_chunk(size)
         parts.append(_read_exactly(rfile, size, progress))
         if rfile.readline(MAX_CHUNK_LINE) not in (b"\r\n", b"\n"):
             raise http_error(HTTPStatus.BAD_REQUEST, "a chunk does not end with CRLF")

@@ -306,6 +306,37 @@ class Closer:
             self._count -= 1
 
 
+class ByteBudget:
+    """Bytes that all requests together may hold in memory (request bodies).
+
+    A request is always let in when no other holds anything, so a single request up to
+    the body size limit is served whatever the budget.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ByteBudget {self._held} of {self.limit} bytes held>"
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self._held and self._held + size > self.limit:
+                return False
+            self._held += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
+
+
 # -- the server ------------------------------------------------------------------------
 
 
@@ -475,13 +506,19 @@ class BoundedHandler(BaseHTTPRequestHandler):
     def read_body(self) -> bytes:
         """The request body, read within ``max_body_bytes`` and ``body_timeout``.
 
-        Raises :class:`HttpRequestError` (400, 408 or 413) and marks the connection
-        to be closed when the body is not usable.
+        Raises :class:`HttpRequestError` (400, 408 or 413, or what :meth:`reserve_body`
+        raises) and marks the connection to be closed when the body is not usable.
         """
         length, chunked = self._body
         if not chunked and not length:
             return b""
-        if self._expect_continue:
+        try:
+            if length:
+                self.reserve_body(length)
+        except HttpRequestError:
+            self.close_connection = True
+            raise
+        if self._expect_continue:  # the client waited: now it may send
             self._expect_continue = False
             self.send_response_only(HTTPStatus.CONTINUE)
             self.end_headers()
@@ -494,6 +531,7 @@ class BoundedHandler(BaseHTTPRequestHandler):
                 chunked,
                 self.max_body_bytes,
                 progress=lambda: deadlines.arm(conn, timeout),
+                on_chunk=self.reserve_body,
             )
         except HttpRequestError:
             self.close_connection = True
@@ -508,6 +546,11 @@ class BoundedHandler(BaseHTTPRequestHandler):
         finally:
             self._body = (None, False)
             deadlines.disarm(self.connection)
+
+    def reserve_body(self, size: int) -> None:
+        """Called before ``size`` more bytes of the body are read (the whole declared
+        length, or each chunk): a subclass that bounds the memory held by all requests
+        raises an :class:`HttpRequestError` (a 503) when it cannot take them."""
 
     def _slow_body(self) -> HttpRequestError:
         return http_error(
@@ -548,6 +591,7 @@ class BoundedHandler(BaseHTTPRequestHandler):
 __all__ = [
     "BoundedHTTPServer",
     "BoundedHandler",
+    "ByteBudget",
     "Closer",
     "Deadlines",
     "HttpLimits",

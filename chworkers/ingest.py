@@ -29,8 +29,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.framing import FORMATS, Framer, RecordTooLargeError
-from chworkers.httpframing import plain_response
-from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, HttpLimits
+from chworkers.httpframing import http_error, plain_response
+from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, ByteBudget, HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class IngestServer:
         port: int = 0,
         token: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
         spool_timeout: float = 30.0,
         validate_json: bool = True,
         on_error: Any = None,
@@ -86,6 +87,7 @@ class IngestServer:
         self.batcher = batcher
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self.buffered = ByteBudget(max_buffered_bytes)
         self.spool_timeout = spool_timeout
         self.validate_json = validate_json
         self.on_error = on_error
@@ -127,7 +129,14 @@ class IngestServer:
 
     # -- request handling (called from the handler thread) ------------------------
 
-    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    def handle(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        reserve: Callable[[int], None] = lambda size: None,
+    ) -> dict[str, Any]:
+        """Spool one request's records; ``reserve`` accounts for an inflated body."""
         parts = urlsplit(path)
         segments = [unquote(s) for s in parts.path.strip("/").split("/")]
         if len(segments) != 2 or segments[0] != "ingest":
@@ -140,7 +149,10 @@ class IngestServer:
                 f"no pipeline ingests into table {segments[1]!r} (configured: {known})",
             )
         fmt = self._format(route, parse_qs(parts.query), headers.get("content-type", ""))
-        body = self._decode(body, headers.get("content-encoding", "").strip().lower())
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            body = self._decode(body, encoding)
+            reserve(len(body))
         records, rows = self._frame(body, fmt)
         if rows == 0:
             return {"rows": 0}
@@ -278,12 +290,17 @@ class _Handler(BoundedHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    _held = 0
+
     def do_POST(self) -> None:
         try:
             self._authorize()
             body = self._read_body()
             result = self.ingest.handle(
-                self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                body,
+                reserve=self.reserve_body,
             )
         except (_BadRequest, HttpRequestError) as exc:
             if self.ingest.on_error is not None and exc.status < 500:
@@ -294,7 +311,21 @@ class _Handler(BoundedHandler):
             log.exception("ingest request %s failed", self.path)
             self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the log"})
             return
+        finally:
+            self.ingest.buffered.release(self._held)
+            self._held = 0
         self._reply(HTTPStatus.ACCEPTED, result)
+
+    def reserve_body(self, size: int) -> None:
+        budget = self.ingest.buffered
+        if not budget.reserve(size):
+            raise http_error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the push endpoint holds {budget.held} bytes of request bodies, its limit "
+                f"is {budget.limit} (http.max_buffered_bytes); retry later",
+                headers={"Retry-After": str(self.ingest.limits.retry_after)},
+            )
+        self._held += size
 
     def do_GET(self) -> None:
         self._reply(

@@ -4,7 +4,7 @@
 
 Prints the server's URL on stdout once it listens, then serves until killed. The
 push endpoint spools into DIR (nothing reads the spool back: the tests look at the
-HTTP side only).
+HTTP side only). It takes bodies of up to 1 MiB, 2 MiB of them at once.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
             {"events": Route("events", "push")},
             batcher,
             max_body_bytes=1 << 20,
+            max_buffered_bytes=2 << 20,
             limits=limits,
         )
         server.start()

@@ -308,3 +308,40 @@ def test_slow_body_is_cut_off(served: Served) -> None:
         assert answer[1]["x-clickhouse-exception-code"] == "209"
     else:
         assert answer[0] == 408
+
+
+@pytest.fixture(scope="module")
+def push(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _start_helper("ingest", tmp_path_factory.mktemp("push"))
+
+
+def test_push_bodies_held_at_once_stay_within_max_buffered_bytes(push: Served) -> None:
+    # 64 clients each sending a body of max_body_bytes held 64 of them in memory; the
+    # push endpoint (max_buffered_bytes = 2 MiB here) lets two in and tells the third
+    # to come back, before it sends its body.
+    body = b'{"a":1}\n' * (MiB // 8)
+    head = push.head(f"Content-Length: {len(body)}", "Expect: 100-continue")
+    first, second, third = push.connect(), push.connect(), push.connect()
+    try:
+        for sock in (first, second):
+            sock.sendall(head)
+            answer = read_head(sock)
+            assert answer is not None and answer[0] == 100
+        third.sendall(head)
+        answer = read_head(third)
+        assert answer is not None
+        assert answer[0] == 503 and answer[1]["retry-after"] == "1"
+        for sock in (first, second):
+            sock.sendall(body)
+            answer = read_head(sock)
+            assert answer is not None and answer[0] == 202
+    finally:
+        for sock in (first, second, third):
+            sock.close()
+    with push.connect() as sock:  # the memory was given back
+        sock.sendall(head)
+        answer = read_head(sock)
+        assert answer is not None and answer[0] == 100
+        sock.sendall(body)
+        answer = read_head(sock)
+        assert answer is not None and answer[0] == 202
