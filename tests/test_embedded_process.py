@@ -199,7 +199,7 @@ def test_big_results_stream_in_bounded_memory(tmp_path: Path) -> None:
         for chunk in stream:
             received += len(chunk)
         assert received > rows * 8
-        # wait_end_of_query=1 spools the result (to disk past 32 MiB) before sending.
+        # wait_end_of_query=1 spools the result (to disk past buffer_size) before sending.
         conn = http.client.HTTPConnection(ch.host, ch.port, timeout=60)
         conn.request("POST", "/?wait_end_of_query=1", f"SELECT number FROM numbers({rows})")
         resp = conn.getresponse()

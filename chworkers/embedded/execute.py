@@ -1,12 +1,9 @@
-"""Running one query: routing an INSERT's data into chDB, streaming results out.
+"""Running one query: its connection or session, routing an INSERT's data into chDB.
 
 An ``INSERT ... FORMAT X`` (or ``VALUES``) streams the request body straight into a
 chDB streaming insert, so a body of any size passes through bounded memory, and a
 failure anywhere (bad data, broken compression, a truncated body) cancels the whole
-insert. A SELECT streams chDB's blocks out as they come; with ``wait_end_of_query=1``
-the result is first spooled (to disk beyond 32 MiB) so an error still gets a proper
-HTTP status. An error after the first bytes went out is written in ClickHouse's
-tagged ``__exception__`` block, so clients raise instead of returning a cut result.
+insert. Every other statement is answered by :mod:`chworkers.embedded.results`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 A SELECT in a format that streams (see :mod:`chworkers.embedded.formats`) goes out as
 chDB produces its blocks, joined into one document, in bounded memory. Any other format
 (JSON, Parquet, Pretty, ...) and any other statement is run by chDB as a whole and sent
-from chDB's own buffer in 1 MiB pieces. With ``wait_end_of_query=1`` a streamed result is
-first spooled (to disk beyond 32 MiB) so an error still gets a proper HTTP status. An
-error after the first bytes went out is written in ClickHouse's tagged
-``__exception__`` block, so clients raise instead of returning a cut result.
+from chDB's own buffer in 1 MiB pieces. As in ClickHouse, the first ``buffer_size``
+bytes (at least 1 MiB) of a streamed result are held before the response starts, so an
+error in them still gets a proper HTTP status; with ``wait_end_of_query=1`` all of it is
+(to a temporary file beyond ``buffer_size``). An error after the first bytes went out
+is written in ClickHouse's tagged ``__exception__`` block, so clients raise instead of
+returning a cut result.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ from typing import Any
 
 from chworkers.embedded import engine, formats, sql
 from chworkers.embedded.codecs import Encoder, choose_encoding, encoder_for
-from chworkers.embedded.exceptions import SYNTAX_ERROR, clickhouse_error, response_body
+from chworkers.embedded.exceptions import (
+    BAD_ARGUMENTS,
+    SYNTAX_ERROR,
+    clickhouse_error,
+    response_body,
+)
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
 from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
 
-#: Results up to this size are spooled in memory with wait_end_of_query=1, then disk.
-SPOOL_IN_MEMORY = 32 << 20
+#: ClickHouse's DBMS_DEFAULT_BUFFER_SIZE: the least of a result it holds before sending.
+DEFAULT_BUFFER_SIZE = 1 << 20
 _STREAMABLE = frozenset({"SELECT", "WITH"})
 
 
@@ -100,11 +107,18 @@ def answer(
         _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
         return
     pieces = _joined(blocks, formats.Joiner(fmt))
+    held = _buffer_size(qr)
     if qr.wait_end_of_query:
-        _spooled(pieces, resp, encoder, stats)
+        _spooled(pieces, resp, encoder, stats, held)
         return
+    first: list[bytes] = []  # an error within the first `held` bytes gets a proper status
     try:
-        first = next(pieces, b"")  # errors before the first block get a proper status
+        size = 0
+        for piece in pieces:
+            first.append(piece)
+            size += len(piece)
+            if size >= held:
+                break
     except BaseException:
         pieces.close()
         raise
@@ -112,7 +126,8 @@ def answer(
     resp.start_chunked()
     writer = _Writer(resp, encoder)
     try:
-        writer.write(first)
+        writer.write(b"".join(first))
+        first.clear()
         for piece in pieces:
             writer.write(piece)
     except ServerError as err:
@@ -153,8 +168,9 @@ def _spooled(
     resp: Response,
     encoder: Encoder | None,
     stats: engine.Stats,
+    in_memory: int,
 ) -> None:
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+    with tempfile.SpooledTemporaryFile(max_size=in_memory) as spool:
         try:
             for piece in pieces:  # a failure here still gets a proper status
                 spool.write(piece)
@@ -199,6 +215,22 @@ def _whole(
     for start in range(0, size, READ_CHUNK):
         writer.write(bytes(view[start : start + READ_CHUNK]))
     writer.finish()
+
+
+def _buffer_size(qr: QueryRequest) -> int:
+    """How much of a streamed result is held before the response starts.
+
+    ClickHouse's ``buffer_size`` URL parameter (HTTP interface, "Response buffering"):
+    at least its 1 MiB default; with ``wait_end_of_query=1`` what does not fit goes to a
+    temporary file.
+    """
+    value = qr.get("buffer_size") or str(DEFAULT_BUFFER_SIZE)
+    try:
+        return max(int(value), DEFAULT_BUFFER_SIZE)
+    except ValueError:
+        raise clickhouse_error(
+            BAD_ARGUMENTS, f"Invalid buffer_size '{value}': expected a number of bytes"
+        ) from None
 
 
 def _result_headers(resp: Response, fmt: str) -> None:
