@@ -9,6 +9,9 @@ accounts for (``system.metrics``: MemoryTracking and the caches' bytes) and how 
   dropped;
 - ``keep``: the same without the drop (databases pile up, as in a test run that never
   cleans up);
+- ``sessions``: ``SELECT 1`` in a new HTTP session each time (clickhouse-connect
+  clients make a session each unless told not to; each keeps a chDB connection until
+  ``session_timeout``, 60 s by default, after its last request);
 - ``select-after``: ``SELECT 1`` again, to see whether the memory is given back.
 
 Run: ``.venv/bin/python benchmarks/bench_embedded_memory.py [--requests N]``
@@ -79,7 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     n = args.requests
     with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(Path(tmp) / "data") as ch:
-        client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+        client = clickhouse_connect.get_client(
+            host=ch.host, port=ch.port, autogenerate_session_id=False
+        )
         report("start", ch, client, 0.0)
 
         def select(_: int) -> None:
@@ -102,6 +107,10 @@ def main() -> None:
         report("select", ch, client, phase(n, select))
         report("churn", ch, client, phase(n, database_step(True)))
         report("keep", ch, client, phase(n, database_step(False)))
+        def new_session(i: int) -> None:
+            client.command("SELECT 1", settings={"session_id": f"bench-{i}-{uuid.uuid4()}"})
+
+        report("sessions", ch, client, phase(n, new_session))
         report("select-after", ch, client, phase(n, select))
         client.close()
 
