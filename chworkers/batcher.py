@@ -310,7 +310,9 @@ class Batcher:
         with self._lock:
             return [
                 f"pipeline {s.pipeline or s.table}: a batch of {s.rows} rows has waited "
-                f"{now - s.since:.0f} s for the spool ({s.attempts} attempts): {s.error}"
+                f"{now - s.since:.0f} s for the spool"
+                + (f" ({s.attempts} failed attempts)" if s.attempts else "")
+                + f": {s.error}"
                 for s in self._stalls.values()
             ]
 
@@ -383,7 +385,6 @@ class Batcher:
     def _spool(self, buf: _Buffer) -> None:
         """Write the buffer's live records to the spool, retrying as their adds asked."""
         backoff = RETRY_INITIAL
-        stall: _Stall | None = None
         try:
             while True:
                 live = self._live(buf)
@@ -394,13 +395,15 @@ class Batcher:
                 except SpoolError as exc:
                     if not self._failed(buf, exc):
                         return
-                    stall = self._stalled(buf, stall, exc)
+                    self._stalled(buf, exc)
                     self._sleep(backoff)
                     backoff = min(RETRY_MAX, backoff * 2)
                     continue
                 if batch is None:
                     continue  # everything was withdrawn meanwhile; look again
-                if stall is not None:
+                with self._lock:
+                    stall = self._stalls.get(id(buf))
+                if stall is not None and stall.attempts:
                     log.info(
                         "pipeline %s: the spool took the batch of %d rows after %d failed "
                         "attempts in %.1f s",
@@ -416,9 +419,9 @@ class Batcher:
                     log.exception("handing batch %d on failed; it stays in the spool", batch.seq)
                 return
         finally:
-            if stall is not None:
-                with self._lock:
-                    self._stalls.pop(id(buf), None)
+            with self._lock:
+                stalled = self._stalls.pop(id(buf), None) is not None
+            if stalled:
                 self._publish_stalls()
 
     def _live(self, buf: _Buffer) -> list[Ticket]:
@@ -434,14 +437,18 @@ class Batcher:
                 buf.abandoned = buf.abandoned or any(t._retry for t in buf.tickets)
                 for ticket in buf.tickets:
                     ticket._resolve(None, error)
-                rows = sum(t._rows for t in buf.tickets)
+                # Records added without retry were refused to their sender (HTTP 503);
+                # the others were read from a source that is not told "no".
+                rows = sum(t._rows for t in buf.tickets if t._retry)
                 buf.tickets = []
-                log.error(
-                    "pipeline %s: %d rows were not spooled before the stop; a file source "
-                    "reads them again at the next start, other sources lose them",
-                    buf.pipeline or buf.table,
-                    rows,
-                )
+                if rows:
+                    log.error(
+                        "pipeline %s: %d rows were not spooled before the stop (a file source "
+                        "reads them again from its saved position at the next start; rows "
+                        "from stdin or the generator are lost)",
+                        buf.pipeline or buf.table,
+                        rows,
+                    )
             return list(buf.tickets)
 
     def _write(self, buf: _Buffer, live: list[Ticket]) -> SpooledBatch | None:
@@ -454,6 +461,7 @@ class Batcher:
         reservation = self.spool.reserve(
             size + batch_overhead(buf.table, buf.pipeline, meta),
             give_up=lambda: self._giving_up() or not self._worth_waiting(live, retrying),
+            on_wait=lambda: self._waiting(buf, live),
         )
         with self._lock:  # from here on the records cannot be withdrawn
             live = [t for t in live if t._state is _State.PENDING]
@@ -515,19 +523,31 @@ class Batcher:
             )
         return retry
 
-    def _stalled(self, buf: _Buffer, stall: _Stall | None, error: SpoolError) -> _Stall:
+    def _waiting(self, buf: _Buffer, live: list[Ticket]) -> None:
+        """The spool is full and its policy is to wait: the batch waits, producers with it
+        (called from inside the spool's wait, so it only notes the state)."""
+        with self._lock:
+            if id(buf) not in self._stalls:
+                rows = sum(t._rows for t in live)
+                stall = _Stall(buf.pipeline, buf.table, rows, time.monotonic())
+                stall.error = "the spool is full; waiting for ClickHouse to take batches"
+                self._stalls[id(buf)] = stall
+        self._publish_stalls()
+
+    def _stalled(self, buf: _Buffer, error: SpoolError) -> None:
         now = time.monotonic()
         with self._lock:
             rows = sum(t._rows for t in buf.tickets)
+            stall = self._stalls.get(id(buf))
             if stall is None:
-                stall = _Stall(buf.pipeline, buf.table, rows, now)
-                self._stalls[id(buf)] = stall
+                stall = self._stalls[id(buf)] = _Stall(buf.pipeline, buf.table, rows, now)
             stall.attempts += 1
             stall.rows = rows
             stall.error = str(error)
             log_now = now - stall.logged >= RETRY_LOG_EVERY
             if log_now:
                 stall.logged = now
+            attempts, since = stall.attempts, stall.since
         self._publish_stalls()
         if log_now:
             log.warning(
@@ -536,11 +556,10 @@ class Batcher:
                 "spool takes them",
                 buf.pipeline or buf.table,
                 rows,
-                stall.attempts,
-                now - stall.since,
+                attempts,
+                now - since,
                 error,
             )
-        return stall
 
     def _sleep(self, seconds: float) -> None:
         """Back off, waking early when a batch leaves the spool or the batcher gives up."""

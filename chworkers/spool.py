@@ -228,13 +228,15 @@ class Spool:
         *,
         timeout: float | None = None,
         give_up: Callable[[], bool] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> Reservation:
         """Reserve ``size`` bytes and a batch number, waiting for space as the policy says.
 
         A blocked wait ends with :class:`SpoolFullError` after ``timeout``, when the spool
         is closed, or as soon as ``give_up()`` says so (checked a few times a second), so a
-        caller whose records were withdrawn meanwhile does not wait for nothing. The
-        reservation is :meth:`write` n or :meth:`release` d.
+        caller whose records were withdrawn meanwhile does not wait for nothing;
+        ``on_wait()`` is called once when the wait begins (under the spool's lock: it
+        must not call the spool). The reservation is :meth:`write` n or :meth:`release` d.
         """
         dropped: list[int] = []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -260,6 +262,8 @@ class Spool:
                     if not waiting:
                         waiting = True
                         self._waiters += 1
+                        if on_wait is not None:
+                            on_wait()
                         if self._waiting_since is None:
                             self._waiting_since = time.time()
                         if time.monotonic() - self._waiting_logged >= _LOG_EVERY:

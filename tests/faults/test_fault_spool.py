@@ -4,6 +4,7 @@ number is handed out twice (issue 9, item 2)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from smalldisk import disk_full, small_filesystem
 from waiting import wait_for
 
+from chworkers.batcher import Batcher, BatchLimits
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import SpoolWriteError
 from chworkers.metrics import Metrics
@@ -128,3 +130,33 @@ def test_file_source_waits_for_a_full_spool_and_loses_nothing(
         assert running.daemon.batcher.problems() == []
         assert not [p.name for p in (state / "spool").iterdir() if p.name.endswith(".batch")]
         assert leftovers(state / "spool") == []
+
+
+def test_a_source_blocked_on_a_full_spool_is_visible(tmp_path: Path) -> None:
+    """Under policy block (the default) a full spool makes the source wait inside the
+    spool: that wait shows in the batcher's problems() and chworkers_spool_waiting_rows
+    as a refused write does, and clears once the spool has room."""
+    metrics = Metrics(CollectorRegistry())
+    spool = Spool(tmp_path / "spool", max_bytes=4096, policy="block", fsync=False)
+    filler = spool.put("t", b"x" * 8000 + b"\n", format="CSV", rows=1)  # fills the spool
+    batcher = Batcher(
+        spool, lambda b: None, limits=BatchLimits(max_rows=10, max_delay=60), metrics=metrics
+    )
+    source = threading.Thread(
+        target=lambda: batcher.add("t", b"1\n" * 10, 10, format="CSV", pipeline="p", retry=True)
+    )
+    source.start()  # cuts the batch in its own thread, and waits for room
+    try:
+        wait_for(lambda: bool(batcher.problems()), timeout=10)
+        assert "pipeline p: a batch of 10 rows has waited" in batcher.problems()[0]
+        assert "the spool is full" in batcher.problems()[0]
+        assert metrics.spool_waiting_rows._value.get() == 10
+        assert spool.problems() and "writers waiting" in spool.problems()[0]
+        spool.remove(filler)
+        source.join(10)
+        assert not source.is_alive()
+        assert batcher.problems() == [] and spool.problems() == []
+        assert metrics.spool_waiting_rows._value.get() == 0
+    finally:
+        batcher.close(timeout=5)
+        source.join(10)
