@@ -333,6 +333,7 @@ class Daemon:
             now = time.monotonic()
             if now - last_status >= 1.0:
                 last_status = now
+                self.checkpoints.save_unsaved()
                 status = self._status()
                 notifier.status(status)
                 if self.progress is not None:

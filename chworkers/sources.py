@@ -17,6 +17,7 @@ truncation (``copytruncate``: the file shrank below our offset: read again from 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -47,6 +48,7 @@ class Checkpoints:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._positions: dict[str, dict[str, dict[str, int]]] = {}
+        self._unsaved: dict[str, str] = {}  # pipeline -> why its last save failed
 
     def _path(self, pipeline: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pipeline)
@@ -79,8 +81,10 @@ class Checkpoints:
                 if old is None or not _same_file(old, pos) or pos["offset"] > old["offset"]:
                     current[path] = dict(pos)
                     changed = True
-            if not changed:
+            if not changed and pipeline not in self._unsaved:
                 return
+            # Saved even when nothing changed if the last save failed: the positions in
+            # memory are ahead of the file, and a restart would read those rows again.
             data = json.dumps(current, sort_keys=True).encode()
             target = self._path(pipeline)
             tmp = target.with_suffix(".tmp")
@@ -91,9 +95,30 @@ class Checkpoints:
                     os.fsync(fh.fileno())
                 os.replace(tmp, target)
                 fsync_directory(self.directory)  # the rename itself must survive a crash
-            except OSError:
-                tmp.unlink(missing_ok=True)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                self._unsaved[pipeline] = f"cannot save {target}: {exc.strerror or exc}"
                 raise
+            if self._unsaved.pop(pipeline, None) is not None:
+                log.info("positions of pipeline %s are saved again", pipeline)
+
+    def save_unsaved(self) -> None:
+        """Try again to save positions whose last save failed (the daemon's loop calls
+        this every second, so that a pipeline with no new batches is saved too)."""
+        with self._lock:
+            pipelines = list(self._unsaved)
+        for pipeline in pipelines:
+            with contextlib.suppress(OSError):  # still failing: problems() says so
+                self.commit(pipeline, {})
+
+    def problems(self) -> list[str]:
+        """Pipelines whose latest positions could not be saved (empty when all are)."""
+        with self._lock:
+            return [
+                f"positions of pipeline {pipeline} not saved: {why}"
+                for pipeline, why in sorted(self._unsaved.items())
+            ]
 
     def commit_batch(self, batch: SpooledBatch) -> None:
         """Record the file positions a spooled batch carries (no-op for other sources)."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from smalldisk import disk_full, small_filesystem
 from waiting import wait_for
 
 from chworkers.batcher import Batcher, BatchLimits
@@ -135,3 +136,21 @@ def test_a_position_is_saved_with_its_directory(
     assert (directory.st_dev, directory.st_ino) in synced
     assert checkpoints.load("p") == {"/var/log/a": {"dev": 1, "ino": 2, "offset": 3}}
     assert sorted(p.name for p in (tmp_path / "positions").iterdir()) == ["p.json"]
+
+
+def test_a_position_that_could_not_be_saved_is_saved_later(tmp_path: Path) -> None:
+    """A save that failed (disk full) left the position ahead in memory only; the next
+    save of the same position found nothing changed and skipped the file, so a restart
+    went back to the old position and read those rows again."""
+    with small_filesystem(tmp_path / "small") as tmpfs:
+        checkpoints = Checkpoints(tmp_path / "small" / "positions")
+        first = {"/var/log/a": {"dev": 1, "ino": 2, "offset": 10}}
+        later = {"/var/log/a": {"dev": 1, "ino": 2, "offset": 20}}
+        checkpoints.commit("p", first)
+        with disk_full(tmp_path / "small", tmpfs=tmpfs), pytest.raises(OSError):
+            checkpoints.commit("p", later)
+        assert checkpoints.problems() and "not saved" in checkpoints.problems()[0]
+        assert [p.name for p in (tmp_path / "small" / "positions").iterdir()] == ["p.json"]
+        checkpoints.save_unsaved()  # what the daemon's loop does every second
+        assert checkpoints.problems() == []
+        assert Checkpoints(tmp_path / "small" / "positions").load("p") == later
