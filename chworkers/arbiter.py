@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from chworkers import channel, workerlogs
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
+from chworkers.mainguard import EXIT_REIMPORTED, reimported_message
 from chworkers.worker import BEAT, BUSY, CURRENT, HEARTBEAT_SLOTS, STATE, WorkerSpec, worker_main
 
 if TYPE_CHECKING:
@@ -368,7 +369,16 @@ class Arbiter:
             self.young_deaths = self.young_deaths + 1 if uptime < _YOUNG or not booted else 0
             if self.young_deaths:
                 self.next_spawn = now + self._backoff()
-        if not booted and reason == "boot":
+        if not booted and exitcode == EXIT_REIMPORTED:
+            # The main module started a Supervisor in the worker: every worker would.
+            self._fatal(
+                WorkerBootError(
+                    reimported_message(self.opts.start_method),
+                    failures=1,
+                    last_error=f"exit code {exitcode}",
+                )
+            )
+        elif not booted and reason == "boot":
             self.boot_failures += 1
             self.last_boot_error = h.boot_error or f"exit code {exitcode}"
             if self.boot_failures >= self.opts.max_boot_failures:

@@ -25,7 +25,7 @@ from typing import Any
 import multiprocess
 from prometheus_client import CollectorRegistry
 
-from chworkers import native, tasks
+from chworkers import mainguard, native, tasks
 from chworkers.arbiter import Arbiter, WorkerHandle
 from chworkers.connection import ConnectionConfig
 from chworkers.control import SupervisorControl, SupervisorStats
@@ -122,6 +122,8 @@ class Supervisor(SupervisorControl):
         if self.state != "new":
             raise SupervisorStoppedError(f"a supervisor starts once (this one is {self.state})")
         opts = self.options
+        mainguard.refuse_in_bootstrapping_worker(opts.start_method)
+        mainguard.check_main_importable(opts.start_method)
         ctx = multiprocess.get_context(opts.start_method)
         if opts.start_method == "forkserver":
             ctx.set_forkserver_preload(["chworkers.worker"])
