@@ -140,7 +140,7 @@ class BatchLimits:
     max_delay: float = 1.0
 
 
-_Key = tuple[str, str, str, tuple[tuple[str, str], ...]]
+_Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes]
 
 
 @dataclasses.dataclass(eq=False)
@@ -152,6 +152,8 @@ class _Buffer:
     settings: Mapping[str, Any]
     limits: BatchLimits
     started: float
+    #: ``*WithNames``: the header record every batch of the key starts with.
+    header: bytes = b""
     tickets: list[Ticket] = dataclasses.field(default_factory=list)
     rows: int = 0
     size: int = 0
@@ -215,6 +217,7 @@ class Batcher:
         limits: BatchLimits | None = None,
         retry: bool = False,
         timeout: float | None = None,
+        header: bytes = b"",
     ) -> Ticket:
         """Add ``rows`` framed records, which go into one batch together.
 
@@ -222,6 +225,8 @@ class Batcher:
         wins. ``retry``: keep trying to spool them until the spool takes them (the
         caller may block meanwhile); else a refused write fails the ticket. ``timeout``
         (without ``retry``): give up waiting for spool space after this long.
+        ``header`` (``*WithNames`` formats): the header record the records go with;
+        every batch starts with it, and records with another header go to other batches.
         Raises :class:`~chworkers.errors.BatcherClosedError` once closed.
         """
         settings = dict(settings or {})
@@ -230,6 +235,7 @@ class Batcher:
             table,
             format,
             tuple(sorted((k, str(v)) for k, v in settings.items())),
+            header,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         ticket = Ticket(self, records, rows, meta, retry, deadline)
@@ -241,7 +247,14 @@ class Batcher:
             buf = self._buffers.get(key)
             if buf is None:
                 buf = _Buffer(
-                    key, pipeline, table, format, settings, limits or self.limits, time.monotonic()
+                    key,
+                    pipeline,
+                    table,
+                    format,
+                    settings,
+                    limits or self.limits,
+                    time.monotonic(),
+                    header,
                 )
                 self._buffers[key] = buf
                 self._wake.notify()
@@ -456,7 +469,7 @@ class Batcher:
         for ticket in live:
             if ticket._meta:
                 _merge(meta, ticket._meta)
-        size = sum(len(t._records) for t in live)
+        size = len(buf.header) + sum(len(t._records) for t in live)
         retrying = any(t._retry for t in live)
         reservation = self.spool.reserve(
             size + batch_overhead(buf.table, buf.pipeline, meta),
@@ -478,7 +491,7 @@ class Batcher:
             batch = self.spool.write(
                 reservation,
                 buf.table,
-                b"".join(t._records for t in live),
+                buf.header + b"".join(t._records for t in live),
                 format=buf.format,
                 rows=sum(t._rows for t in live),
                 settings=buf.settings,

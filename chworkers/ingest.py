@@ -153,7 +153,7 @@ class IngestServer:
         if encoding not in ("", "identity"):
             body = self._decode(body, encoding)
             reserve(len(body))
-        records, rows = self._frame(body, fmt)
+        records, rows, header = self._frame(body, fmt)
         if rows == 0:
             return {"rows": 0}
         _check_declared_format(records, fmt, route.format)
@@ -172,6 +172,7 @@ class IngestServer:
                 settings=route.settings,
                 limits=route.limits,
                 timeout=self.spool_timeout,
+                header=header,
             )
             batch = ticket.settle(self.spool_timeout)
         except SpoolError as exc:
@@ -224,7 +225,8 @@ class IngestServer:
             raise _BadRequest(HTTPStatus.BAD_REQUEST, f"truncated {encoding} body")
         return out
 
-    def _frame(self, body: bytes, fmt: str) -> tuple[bytes, int]:
+    def _frame(self, body: bytes, fmt: str) -> tuple[bytes, int, bytes]:
+        """The body's records, their count, and its ``*WithNames`` header (or b"")."""
         framer = Framer(fmt, max_record_bytes=self.max_body_bytes)
         try:
             head, rows = framer.feed(body)
@@ -234,7 +236,7 @@ class IngestServer:
         records = head + tail
         if fmt == "JSONEachRow" and self.validate_json:
             _check_json_lines(records)
-        return records, rows + more
+        return records, rows + more, framer.header
 
 
 def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:

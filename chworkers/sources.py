@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from chworkers.batcher import Batcher, BatchLimits
-from chworkers.framing import Framer, RecordTooLargeError
+from chworkers.framing import Framer, RecordTooLargeError, read_header
 from chworkers.spool import SpooledBatch, fsync_directory
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,14 @@ class _Source:
         self.rows = 0
         Framer(format)  # validate the format now, not at the first byte
 
-    def _add(self, records: bytes, rows: int, meta: Mapping[str, Any] | None = None) -> None:
+    def _add(
+        self,
+        records: bytes,
+        rows: int,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        header: bytes = b"",
+    ) -> None:
         if not rows:
             return
         if self.transform is not None:
@@ -212,6 +219,7 @@ class _Source:
             meta=meta,
             limits=self.limits,
             retry=True,  # a source cannot be told "no": it waits until the spool takes them
+            header=header,
         )
         self.rows += rows
 
@@ -236,10 +244,10 @@ class StreamSource(_Source):
             if not chunk:
                 break
             try:
-                self._add(*framer.feed(chunk))
+                self._add(*framer.feed(chunk), header=framer.header)
             except RecordTooLargeError as exc:
                 self._error(str(exc))
-        self._add(*framer.finish())
+        self._add(*framer.finish(), header=framer.header)
 
 
 class FileSource(_Source):
@@ -323,7 +331,12 @@ class FileSource(_Source):
                     st.st_dev,
                     st.st_ino,
                     offset,
-                    Framer(self.format, max_record_bytes=self.max_record_bytes),
+                    Framer(
+                        self.format,
+                        max_record_bytes=self.max_record_bytes,
+                        # Resuming past a *WithNames header: its batches still need it.
+                        header=read_header(fh, self.format) if offset else b"",
+                    ),
                     head,
                     head_len,
                 )
@@ -345,7 +358,12 @@ class FileSource(_Source):
             except RecordTooLargeError as exc:
                 self._error(f"{f.path}: {exc}")
                 continue
-            self._add(records, rows, self._meta(f, f.offset - f.framer.pending_bytes))
+            self._add(
+                records,
+                rows,
+                self._meta(f, f.offset - f.framer.pending_bytes),
+                header=f.framer.header,
+            )
         if self._stop.is_set() or (progressed and self.follow):
             return progressed  # stopped mid-file: the unfinished record is not a record
         if not self.follow:
@@ -368,7 +386,7 @@ class FileSource(_Source):
 
     def _close(self, f: _OpenFile, *, finished: bool) -> None:
         records, rows = f.framer.finish()
-        self._add(records, rows, self._meta(f, f.offset))
+        self._add(records, rows, self._meta(f, f.offset), header=f.framer.header)
         if finished:
             self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
         f.fh.close()

@@ -91,3 +91,22 @@ def test_oversized_record_is_refused_and_framing_goes_on() -> None:
 def test_unknown_format_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="Parquet"):
         Framer("Parquet")
+
+
+def test_with_names_header_is_kept_apart_and_not_counted() -> None:
+    from chworkers.framing import read_header
+
+    framer = Framer("CSVWithNames")
+    assert framer.feed(b'\n"a\nb",n\n') == (b"", 0)  # a quoted newline in the header
+    assert framer.header == b'"a\nb",n\n'
+    assert framer.feed(b"x,1\ny,") == (b"x,1\n", 1)
+    assert framer.finish() == (b"y,\n", 1)
+    assert framer.header == b'"a\nb",n\n'
+    only = Framer("TSVWithNames")
+    assert only.feed(b"a\tb") == (b"", 0)
+    assert only.finish() == (b"", 0) and only.header == b"a\tb\n"
+    assert Framer("CSV").feed(b"a,b\n") == (b"a,b\n", 1)
+    stream = io.BytesIO(b"s,n\nrow,1\nrow,2\n")
+    stream.seek(8)
+    assert read_header(stream, "CSVWithNames") == b"s,n\n" and stream.tell() == 8
+    assert read_header(stream, "CSV") == b""
