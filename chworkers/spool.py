@@ -52,6 +52,9 @@ SEQ_BLOCK = 1024
 _GIVE_UP_POLL = 0.2
 #: Writers waiting on a full spool are logged at most this often (seconds).
 _LOG_EVERY = 30.0
+#: A write failure is reported by problems() until a write succeeds, or until nobody has
+#: run into it for this long (seconds).
+TROUBLE_FORGOTTEN_AFTER = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +114,9 @@ class Spool:
         self._closed = False
         # What keeps batches out right now (full, or the disk failing), for problems().
         self._trouble: str | None = None
+        self._trouble_reason = ""
         self._trouble_since: float | None = None
+        self._trouble_last = 0.0
         self._trouble_count = 0
         self._waiters = 0
         self._waiting_since: float | None = None
@@ -349,9 +354,7 @@ class Spool:
             self._reserved -= reservation.size
             self._sizes[seq] = _file_size(batch)
             self._created[seq] = batch.created
-            self._trouble = None
-            self._trouble_since = None
-            self._trouble_count = 0
+            self._clear_trouble()
         self.publish()
         return batch
 
@@ -379,8 +382,16 @@ class Spool:
         self._note_trouble("full", message)
         return SpoolFullError(message, used=self._used(), max_bytes=self.max_bytes)
 
+    def _clear_trouble(self) -> None:
+        self._trouble = None
+        self._trouble_reason = ""
+        self._trouble_since = None
+        self._trouble_count = 0
+
     def _note_trouble(self, reason: str, message: str) -> None:
         self._trouble = message
+        self._trouble_reason = reason
+        self._trouble_last = time.time()
         self._trouble_count += 1
         if self._trouble_since is None:
             self._trouble_since = time.time()
@@ -426,6 +437,8 @@ class Spool:
         with self._lock:
             self._sizes.pop(batch.seq, None)
             self._created.pop(batch.seq, None)
+            if self._trouble_reason == "full":
+                self._clear_trouble()  # there is room now; the next refusal says so again
             self._space.notify_all()
         self.publish()
 
@@ -458,10 +471,14 @@ class Spool:
                     f"spool {self.directory} is full ({self._used()} of {self.max_bytes} "
                     f"bytes): {self._waiters} writers waiting for {now - since:.0f} s"
                 )
-            if self._trouble is not None and self._trouble_since is not None:
+            # A failure nobody has run into again for a while (no writer tried since) is
+            # history, not the spool's state.
+            recent = now - self._trouble_last < TROUBLE_FORGOTTEN_AFTER
+            if self._trouble is not None and self._trouble_since is not None and recent:
+                what = "refusing batches" if self._trouble_reason == "full" else "writes failing"
                 found.append(
-                    f"spool writes failing for {now - self._trouble_since:.0f} s "
-                    f"({self._trouble_count} failures): {self._trouble}"
+                    f"spool {what} for {now - self._trouble_since:.0f} s "
+                    f"({self._trouble_count} times): {self._trouble}"
                 )
             return found
 

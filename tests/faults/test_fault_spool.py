@@ -17,7 +17,7 @@ from waiting import wait_for
 
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.errors import SpoolWriteError
+from chworkers.errors import SpoolFullError, SpoolWriteError
 from chworkers.metrics import Metrics
 from chworkers.spool import Spool
 
@@ -160,3 +160,15 @@ def test_a_source_blocked_on_a_full_spool_is_visible(tmp_path: Path) -> None:
     finally:
         batcher.close(timeout=5)
         source.join(10)
+
+
+def test_a_refusal_is_not_reported_once_there_is_room_again(tmp_path: Path) -> None:
+    """Under policy reject a refused batch made problems() (and so health) report a full
+    spool until the next successful write, however long the spool had been empty."""
+    spool = Spool(tmp_path / "spool", max_bytes=4096, policy="reject", fsync=False)
+    filler = spool.put("t", b"x" * 8000 + b"\n", format="CSV", rows=1)
+    with pytest.raises(SpoolFullError):
+        spool.put("t", b"y\n", format="CSV", rows=1)
+    assert spool.problems() and "is full" in spool.problems()[0]
+    spool.remove(filler)  # ClickHouse took the batch: there is room
+    assert spool.problems() == []
