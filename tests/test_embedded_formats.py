@@ -162,6 +162,7 @@ def test_format_is_one_document_at_the_edges(
 @settings(
     max_examples=25,
     deadline=None,
+    database=None,  # no example database in the working tree
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
@@ -187,6 +188,9 @@ MILLION = 1_000_000
         ("JSONEachRow", None),
         ("ArrowStream", None),
         ("ArrowStream", 1000),
+        ("CSVWithNames", 1000),
+        ("RowBinaryWithNamesAndTypes", 1000),
+        ("Values", 1000),
         ("Parquet", None),
         ("JSON", None),
     ],
@@ -199,6 +203,18 @@ def test_a_million_rows(
         sql += f" SETTINGS max_block_size={bs}"
     expected = reference.query(sql, fmt)
     status, _, body = _post(endpoint, f"{sql} FORMAT {fmt}".encode())
+    assert status == 200
+    assert _comparable(fmt, body) == _comparable(fmt, expected)
+
+
+@pytest.mark.parametrize("fmt", ["ArrowStream", "TSVWithNamesAndTypes", "JSON"])
+def test_max_block_size_from_the_url(
+    endpoint: EmbeddedClickHouse, reference: Reference, fmt: str
+) -> None:
+    expected = reference.query(_query(fmt, 2500, 1000), fmt)
+    status, _, body = _post(
+        endpoint, f"{_query(fmt, 2500, None)} FORMAT {fmt}".encode(), "/?max_block_size=1000"
+    )
     assert status == 200
     assert _comparable(fmt, body) == _comparable(fmt, expected)
 
