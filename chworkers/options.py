@@ -72,10 +72,12 @@ class SupervisorOptions:
         reload=True,
     )
     hung_timeout: float = setting(
-        120.0,
-        "A worker running a task without a heartbeat for this long is killed and replaced "
-        "(workers beat before each ClickHouse request; long tasks may call "
-        "chworkers.worker.beat()).",
+        360.0,
+        "A worker running a task without a heartbeat for this long is killed and replaced. "
+        "Workers beat before each ClickHouse request (every insert, retry and split "
+        "sub-batch) and while waiting for a connection; long tasks may call "
+        "chworkers.worker.beat(). Keep it above connect_timeout + send_receive_timeout "
+        "(310 s by default), the longest one request may legitimately take.",
         unit="seconds",
         minimum=0.001,
         reload=True,

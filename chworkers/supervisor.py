@@ -83,7 +83,8 @@ class Supervisor(SupervisorControl):
         self.pool_options = _worker_pool_options(pool_options, retry, self.options.connections)
         self.retry = self.pool_options.retry
         if clickhouse is not None:
-            ConnectionConfig.coerce(clickhouse)  # a bad URL fails here, not in every worker
+            # A bad URL fails here, not in every worker.
+            _check_hung_timeout(ConnectionConfig.coerce(clickhouse), self.options)
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
             self.middleware.append(DeadLetters(dead_letter))
@@ -432,6 +433,20 @@ class Supervisor(SupervisorControl):
         future = arbiter.command(name, *args)
         assert future is not None
         return future.result(timeout)
+
+
+def _check_hung_timeout(config: ConnectionConfig, options: SupervisorOptions) -> None:
+    """Warn when one legitimate request may outlast ``hung_timeout``: the worker would
+    be killed as hung in the middle of a slow but healthy insert."""
+    longest = config.connect_timeout + config.send_receive_timeout
+    if options.hung_timeout <= longest:
+        log.warning(
+            "hung_timeout (%g s) is not above connect_timeout + send_receive_timeout "
+            "(%g s): a worker waiting on one slow request would be killed as hung; raise "
+            "hung_timeout or lower send_receive_timeout",
+            options.hung_timeout,
+            longest,
+        )
 
 
 def _worker_pool_options(
