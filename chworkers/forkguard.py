@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import weakref
 from typing import Protocol, TypeVar
@@ -40,8 +41,19 @@ def _after_fork_in_child() -> None:
     _LOCK = threading.Lock()
     for resource in list(_PRIVATE):
         with contextlib.suppress(Exception):
-            resource.close()
+            _close(resource)
     _PRIVATE.clear()
+
+
+def _close(resource: Closeable) -> None:
+    if isinstance(resource, socket.socket):
+        # close() waits for every makefile() object (a request handler's rfile and
+        # wfile) to be closed too, which never happens in the child: close the fd now.
+        fd = resource.detach()
+        if fd >= 0:
+            os.close(fd)
+    else:
+        resource.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

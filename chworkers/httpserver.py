@@ -405,6 +405,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             )
             self.closer.close(request, self.busy_response)
             return
+        forkguard.close_in_child(request)  # a forked worker must not keep a client waiting
         try:
             super().process_request(request, client_address)
         except BaseException:

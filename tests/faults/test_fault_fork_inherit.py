@@ -10,6 +10,7 @@ every INSERT for a minute, so the worker is still inside one when the daemon die
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,6 +113,9 @@ max_delay = "100ms"
     try:
         wait_for(lambda: started(first, first_log), 90, "the first daemon")
         assert first.poll() is None, first_log.read_text()[-3000:]
+        # A client in the middle of a request (its body never comes) when workers fork.
+        client = socket.create_connection(("127.0.0.1", ingest_port), timeout=30)
+        client.sendall(b"POST /ingest/ev HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
         assert post(ingest_port, b'{"n":%d}\n' % ROWS) == 202  # worker-1's one task
         wait_for(lambda: admin.command("SELECT count() FROM ev") == 1, 60, "the first row")
         fault_proxy.set("delay", delay=60.0, match=b"INSERT")
@@ -122,6 +126,10 @@ max_delay = "100ms"
         first.wait(30)
         busy = [pid for pid in workers if alive(pid)]
         assert busy, "no worker outlived the daemon: the drill tests nothing"
+        client.settimeout(10)  # its connection closes with the daemon, not with the worker
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+            assert client.recv(1024) == b""
+        client.close()
 
         second_log = tmp_path / "second.log"
         second = subprocess.Popen(cmd, stdout=second_log.open("wb"), stderr=subprocess.STDOUT)
