@@ -263,7 +263,8 @@ class Daemon:
             self._source_threads.append(thread)
         if routes:
             h = self.config.settings.http
-            self.ingest = IngestServer(
+            observer = self.metrics.http_endpoint("push")
+            self.ingest = ingest = IngestServer(
                 routes,
                 self.batcher,
                 host=h.host,
@@ -274,7 +275,10 @@ class Daemon:
                 spool_timeout=h.spool_timeout,
                 on_error=self._source_error,
                 limits=h.limits,
+                on_refusal=observer.on_refusal,
             )
+            observer.connections = lambda: ingest.connections
+            self.supervisor.add_refresh(observer.refresh)
             self.ingest.start()
             self.ingest_url = self.ingest.url
             stack.callback(self.ingest.stop)

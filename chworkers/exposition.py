@@ -30,9 +30,13 @@ Check = Callable[[], tuple[bool, dict[str, Any]]]
 
 class _Server(BoundedHTTPServer):
     def __init__(
-        self, address: tuple[str, int], endpoint: MetricsEndpoint, limits: HttpLimits
+        self,
+        address: tuple[str, int],
+        endpoint: MetricsEndpoint,
+        limits: HttpLimits,
+        on_refusal: Callable[[str], None] | None,
     ) -> None:
-        super().__init__(address, _Handler, limits)
+        super().__init__(address, _Handler, limits, on_refusal=on_refusal)
         self.endpoint = endpoint
 
 
@@ -94,13 +98,14 @@ class MetricsEndpoint:
         healthy: Check = lambda: (True, {}),
         ready: Check = lambda: (True, {}),
         limits: HttpLimits | None = None,
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.refresh = refresh
         self.healthy = healthy
         self.ready = ready
         self.limits = limits or HttpLimits()
-        self._server = _Server((host, port), self, self.limits)
+        self._server = _Server((host, port), self, self.limits, on_refusal)
         address = self._server.server_address
         self.host, self.port = str(address[0]), int(address[1])
         self._thread = threading.Thread(
@@ -112,6 +117,11 @@ class MetricsEndpoint:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in str(self.host) else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return self._server.active
 
     def fileno(self) -> int:
         return self._server.fileno()

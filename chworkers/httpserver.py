@@ -33,7 +33,8 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, cast
@@ -340,6 +341,11 @@ class ByteBudget:
 # -- the server ------------------------------------------------------------------------
 
 
+#: Why an endpoint refused a client, for logs and ``chworkers_http_refused_total``.
+REFUSAL_REASONS = ("busy", "memory", "slow", "too_large", "malformed")
+_REASON_BY_STATUS = {408: "slow", 413: "too_large"}
+
+
 class BoundedHTTPServer(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` within :class:`HttpLimits`; handlers derive from
     :class:`BoundedHandler`. ``busy_response`` is what a client beyond
@@ -356,8 +362,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         limits: HttpLimits,
         *,
         busy_response: bytes | None = None,
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.limits = limits
+        self.on_refusal = on_refusal
         self.request_queue_size = limits.backlog
         self.deadlines = Deadlines()
         self.closer = Closer()
@@ -367,7 +375,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             headers={"Retry-After": str(limits.retry_after)},
         )
         self._active = 0
-        self._refused = 0
+        self._refusals: Counter[str] = Counter()
         self._lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -377,7 +385,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} {self._active} of {self.limits.max_connections} "
-            f"connections, {self._refused} refused>"
+            f"connections, {sum(self._refusals.values())} refused>"
         )
 
     @property
@@ -386,18 +394,28 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         return self._active
 
     @property
-    def refused(self) -> int:
-        """Connections answered 503 because ``max_connections`` were being served."""
-        return self._refused
+    def refusals(self) -> dict[str, int]:
+        """Clients refused so far, by reason (see :data:`REFUSAL_REASONS`)."""
+        with self._lock:
+            return dict(self._refusals)
+
+    def refusal(self, reason: str) -> None:
+        """Count a client refused at one of the limits (and tell ``on_refusal``)."""
+        with self._lock:
+            self._refusals[reason] += 1
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(reason)
+            except Exception:
+                log.exception("on_refusal(%r) failed", reason)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:
             admitted = self._active < self.limits.max_connections
             if admitted:
                 self._active += 1
-            else:
-                self._refused += 1
         if not admitted:
+            self.refusal("busy")
             log.warning(
                 "refusing a connection from %s: %d connections open (max_connections)",
                 client_address[0],
@@ -534,14 +552,18 @@ class BoundedHandler(BaseHTTPRequestHandler):
                 progress=lambda: deadlines.arm(conn, timeout),
                 on_chunk=self.reserve_body,
             )
-        except HttpRequestError:
+        except HttpRequestError as exc:
             self.close_connection = True
             if deadlines.expired(self.connection):
+                self.server.refusal("slow")
                 raise self._slow_body() from None
+            if exc.status != HTTPStatus.SERVICE_UNAVAILABLE:  # reserve_body counts its own
+                self.server.refusal(_REASON_BY_STATUS.get(exc.status, "malformed"))
             raise
         except OSError as exc:
             self.close_connection = True
             if isinstance(exc, TimeoutError) or deadlines.expired(self.connection):
+                self.server.refusal("slow")
                 raise self._slow_body() from None
             raise
         finally:
@@ -562,6 +584,7 @@ class BoundedHandler(BaseHTTPRequestHandler):
     def _refuse(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         """Answer an unusable request head and close the connection."""
         self.close_connection = True
+        self.server.refusal(_REASON_BY_STATUS.get(status, "malformed"))
         self.refuse(status, message, headers or {})
 
     def refuse(self, status: int, message: str, headers: Mapping[str, str]) -> None:
@@ -586,10 +609,12 @@ class BoundedHandler(BaseHTTPRequestHandler):
             text = f"{text}: {explain}"
         if not hasattr(self, "command"):
             self.command = ""
+        self.server.refusal(_REASON_BY_STATUS.get(code, "malformed"))
         self.refuse(code, text, {})
 
 
 __all__ = [
+    "REFUSAL_REASONS",
     "BoundedHTTPServer",
     "BoundedHandler",
     "ByteBudget",

@@ -82,6 +82,7 @@ class IngestServer:
         validate_json: bool = True,
         on_error: Any = None,
         limits: HttpLimits | None = None,
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.routes = dict(routes)
         self.batcher = batcher
@@ -104,6 +105,7 @@ class IngestServer:
                 content_type="application/json",
                 headers={"Retry-After": str(self.limits.retry_after)},
             ),
+            on_refusal=on_refusal,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -116,6 +118,11 @@ class IngestServer:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return self._server.active
 
     def start(self) -> None:
         self._thread.start()
@@ -321,6 +328,7 @@ class _Handler(BoundedHandler):
     def reserve_body(self, size: int) -> None:
         budget = self.ingest.buffered
         if not budget.reserve(size):
+            self.server.refusal("memory")
             raise http_error(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"the push endpoint holds {budget.held} bytes of request bodies, its limit "

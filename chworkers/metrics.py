@@ -9,7 +9,11 @@ counters) and are the contract the Grafana dashboard and the alert rules in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from chworkers.httpserver import REFUSAL_REASONS
 
 #: Buckets for request and task latencies, in seconds (1 ms .. 2 min).
 LATENCY_BUCKETS = (
@@ -229,3 +233,42 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.http_connections = Gauge(
+            "chworkers_http_connections",
+            "Connections an HTTP endpoint serves now (one thread each), by endpoint: push "
+            "(POST /ingest/<table>) or metrics; at most its limits.max_connections.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.http_refused = Counter(
+            "chworkers_http_refused_total",
+            "Clients an HTTP endpoint refused at one of its limits, by endpoint and reason: "
+            "busy (max_connections, 503), memory (max_buffered_bytes, 503), slow (408), "
+            "too_large (413), malformed (400: bad framing or request line).",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+
+    def http_endpoint(self, endpoint: str) -> HttpObserver:
+        """Series for one HTTP endpoint (zero-valued until something happens)."""
+        for reason in REFUSAL_REASONS:
+            self.http_refused.labels(endpoint=endpoint, reason=reason)
+        self.http_connections.labels(endpoint=endpoint)
+        return HttpObserver(self, endpoint)
+
+
+class HttpObserver:
+    """Counts an HTTP endpoint's refusals (``on_refusal``, its server's hook) and
+    publishes its open connections (``connections``, set once the server exists) when
+    scraped (``refresh``)."""
+
+    def __init__(self, metrics: Metrics, endpoint: str) -> None:
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self.connections: Callable[[], int] = lambda: 0
+
+    def on_refusal(self, reason: str) -> None:
+        self._metrics.http_refused.labels(endpoint=self._endpoint, reason=reason).inc()
+
+    def refresh(self) -> None:
+        self._metrics.http_connections.labels(endpoint=self._endpoint).set(self.connections())

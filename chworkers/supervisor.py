@@ -162,8 +162,9 @@ class Supervisor(SupervisorControl):
 
     def _serve_metrics(self) -> MetricsEndpoint:
         opts = self.options
+        observer = self.metrics.http_endpoint("metrics")
         try:
-            return MetricsEndpoint(
+            endpoint = MetricsEndpoint(
                 self.registry,
                 host=opts.metrics_host,
                 port=opts.metrics_port or 0,
@@ -171,6 +172,7 @@ class Supervisor(SupervisorControl):
                 refresh=self._refresh,
                 healthy=self._healthy,
                 ready=self._ready,
+                on_refusal=observer.on_refusal,
             )
         except OSError as exc:
             raise ConfigError(
@@ -179,6 +181,9 @@ class Supervisor(SupervisorControl):
                 value=opts.metrics_port,
                 expected="a free port on metrics_host (0 picks one)",
             ) from exc
+        observer.connections = lambda: endpoint.connections
+        self.add_refresh(observer.refresh)
+        return endpoint
 
     def __enter__(self) -> Supervisor:
         return self.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -14,9 +15,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 from chworkers import Supervisor
 from chworkers.exposition import MetricsEndpoint
+from chworkers.httpserver import HttpLimits
+from chworkers.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,3 +149,39 @@ def test_a_taken_port_is_a_config_error_and_leaves_nothing_running() -> None:
         assert sup.state == "failed" and threading.active_count() == before
     finally:
         taken.close()
+
+
+def test_refusals_and_connections_are_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    observer = metrics.http_endpoint("metrics")
+    endpoint = MetricsEndpoint(
+        registry, limits=HttpLimits(max_connections=1), on_refusal=observer.on_refusal
+    )
+    observer.connections = lambda: endpoint.connections
+    endpoint.refresh = observer.refresh
+
+    def refused(reason: str) -> float | None:
+        labels = {"endpoint": "metrics", "reason": reason}
+        return registry.get_sample_value("chworkers_http_refused_total", labels)
+
+    try:
+        assert refused("busy") == 0.0  # the series exist before anything happens
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+        wait_for(lambda: refused("malformed") == 1.0 and endpoint.connections == 0)
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as held:
+            held.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held.recv(100).startswith(b"HTTP/1.1 200 ")  # kept alive: 1 of 1
+            with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as extra:
+                answer = extra.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer
+            assert refused("busy") == 1.0
+            held.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            page = b""
+            while b"chworkers_http_connections{" not in page:
+                page += held.recv(65536)
+            assert b'chworkers_http_connections{endpoint="metrics"} 1.0' in page
+    finally:
+        endpoint.close()
