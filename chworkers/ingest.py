@@ -163,7 +163,7 @@ class IngestServer:
         records, rows, header = self._frame(body, fmt)
         if rows == 0:
             return {"rows": 0}
-        _check_declared_format(records, fmt, route.format)
+        _check_declared_format(header + records, fmt, route.format)
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
         # All or nothing: the request's records go into one batch together; if the spool
@@ -256,9 +256,8 @@ def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:
     """
     if fmt == "JSONEachRow" or (fmt.startswith("T") and configured.startswith("T")):
         return
+    # A *WithNames header is checked as well: a JSON object is no list of names either.
     lines = (line for line in records.split(b"\n") if line.strip())
-    if fmt.endswith("WithNames"):
-        next(lines, None)  # the header
     number, first = next(((n, line) for n, line in enumerate(lines, start=1)), (0, b""))
     if not first.lstrip().startswith(b"{"):
         return

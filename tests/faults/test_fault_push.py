@@ -147,6 +147,7 @@ def test_a_full_disk_is_a_503_with_retry_after_not_a_500(tmp_path: Path) -> None
         ("/ingest/ev", "text/csv", 400),  # a JSON pipeline, the body declared CSV
         ("/ingest/csv", "text/csv", 400),  # a CSV pipeline sent JSON: CSV cannot be that
         ("/ingest/ev", "text/tab-separated-values", 400),
+        ("/ingest/ev?format=CSVWithNames", "", 400),  # two records: the header is one
         ("/ingest/ev", "application/x-ndjson", 202),
     ],
 )
@@ -155,7 +156,7 @@ def test_a_json_body_declared_csv_is_refused_with_the_reason(
 ) -> None:
     push = Push(Spool(tmp_path / "spool", fsync=False), spool_timeout=5)
     try:
-        got, payload, _ = post(push.port, rows(0, 10), {"Content-Type": content_type}, path)
+        got, payload, _ = post(push.port, rows(0, 2), {"Content-Type": content_type}, path)
         assert got == status, payload
         if status == 400:
             assert "is a JSON object, but the body was declared" in payload["error"]
