@@ -58,6 +58,18 @@ class ClickHouseSettings:
     pool: PoolOptions = section(PoolOptions, "The connection pool shared by all workers.")
     embedded: EmbeddedSettings = section(EmbeddedSettings, "The embedded endpoint.")
 
+    def __post_init__(self) -> None:
+        if self.url != EMBEDDED:  # a bad URL fails when the file is read, not at first use
+            try:
+                self.connection()
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"clickhouse.url: {exc}",
+                    key=f"clickhouse.{exc.key}",
+                    value=exc.value,
+                    expected=exc.expected,
+                ) from None
+
     def connection(self, url: str | None = None) -> ConnectionConfig:
         """The connection options for ``url`` (the embedded endpoint's, when running it)."""
         cfg = ConnectionConfig.coerce(url or self.url)

@@ -42,11 +42,15 @@ class Host(NamedTuple):
 
 
 def _fail(key: str, value: Any, expected: str, why: str = "") -> ConfigError:
-    shown = "***" if key == "password" else repr(value)
+    if key == "password":
+        value = "***"
+    elif key == "url" and isinstance(value, str):
+        value = redact_url(value)  # an error message is printed and logged
+    shown = value if key == "password" else repr(value)
     return ConfigError(
         f"connection option {key}: {shown} is not {expected}{why}",
         key=key,
-        value="***" if key == "password" else value,
+        value=value,
         expected=expected,
     )
 

@@ -219,3 +219,13 @@ def test_the_daemons_embedded_endpoint_requires_the_configured_password(
     assert daemon.run() == 0
     assert isinstance(seen["without"], ServerError) and seen["without"].code == 516
     assert seen["with"] == 100
+
+
+def test_a_bad_url_is_refused_when_read_without_showing_its_password(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('[clickhouse]\nurl = "htp://bob:s3cret@h:8123/db"\n')
+    for command in ("config", "check"):
+        result = chworkers(command, "-c", str(conf))
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "clickhouse.url: connection option url: 'htp://bob:***@h:8123/db'" in result.stderr
+        assert "s3cret" not in result.stdout + result.stderr
