@@ -55,10 +55,13 @@ import clickhouse_connect
 from faultproxy import FaultProxy
 
 from chworkers import config as config_module
+from chworkers.sources import GENERATOR_SCHEMA
 
 #: The table every drill fills; ``id`` is unique per row sent.
 SCHEMA = "id UInt64, src LowCardinality(String), s String"
 TABLE = "ev"
+#: The generator pipeline's table (its rows have no id; whole rows are distinct).
+GEN_TABLE = "gen"
 POISON_PREFIX = "poison-"
 
 #: How long a drill waits for anything (start-up, a count, a drain) on a loaded machine.
@@ -811,6 +814,8 @@ class Drill:
     files: FileFeed | None = None
     push: PushClients | None = None
     events: list[str] = field(default_factory=list)
+    #: Rows the generator pipeline (if any) makes; see :meth:`generator_pipeline`.
+    generated: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -835,6 +840,22 @@ class Drill:
         daemon = self.daemon
         self.push = PushClients(lambda: daemon.ingest_url, start=10_000_000, **kw)
         return self.push
+
+    def generator_pipeline(self, count: int) -> dict[str, Any]:
+        """A generator pipeline of ``count`` rows into :data:`GEN_TABLE`. Its rows carry no
+        id and it cannot resume after a restart: for drills that never restart the daemon;
+        the whole rows must then be distinct."""
+        self.generated = count
+        return {
+            "name": "gen",
+            "source": "generator",
+            "generator_count": count,
+            "table": GEN_TABLE,
+            "create": GENERATOR_SCHEMA,
+            "engine": "MergeTree ORDER BY (ts, user_id)",
+            "max_rows": 2000,
+            "max_delay": 0.2,
+        }
 
     def make_daemon(
         self, pipelines: list[dict[str, Any]], settings: Mapping[str, Any] | None = None
@@ -873,11 +894,11 @@ class Drill:
     def expected_rows(self) -> int:
         return sum(len(r) for r in self.expected_ids())
 
-    def count(self) -> int:
+    def count(self, table: str = TABLE) -> int:
         assert self.daemon is not None
         client = self.target.client(self.daemon)
         try:
-            return int(client.command(f"SELECT count() FROM {TABLE}"))
+            return int(client.command(f"SELECT count() FROM {table}"))
         finally:
             client.close()
 
@@ -899,7 +920,11 @@ class Drill:
         assert self.daemon is not None
         daemon, expected = self.daemon, self.expected_rows()
         wait_until(
-            lambda: self.count() >= expected and not daemon.spool_leftovers(),
+            lambda: (
+                self.count() >= expected
+                and (not self.generated or self.count(GEN_TABLE) >= self.generated)
+                and not daemon.spool_leftovers()
+            ),
             timeout,
             "settled",
             interval=0.2,
@@ -932,6 +957,14 @@ class Drill:
                     f"duplicated (first {duplicated[:10]}), {len(unexpected)} never sent "
                     f"(first {unexpected[:10]})"
                 )
+            if self.generated:
+                made, distinct = client.query(
+                    f"SELECT count(), uniqExact(ts, user_id, event, value, url) FROM {GEN_TABLE}"
+                ).result_rows[0]
+                if (made, distinct) != (self.generated, self.generated):
+                    raise self.fail(
+                        f"generated rows {self.generated}, in ClickHouse {made}, distinct {distinct}"
+                    )
         finally:
             client.close()
         leftovers = self.daemon.spool_leftovers()

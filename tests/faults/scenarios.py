@@ -85,7 +85,8 @@ def workers_killed_while_busy(drill: Drill, scale: float = 1.0) -> None:
     """Inserts are slowed down so the workers are mid-request, and one is SIGKILLed
     every fraction of a second: the maybe-applied inserts are retried with their tokens."""
     feed = drill.file_feed(rows(40_000, scale), chunk=1000, pause=0.02)
-    daemon = drill.make_daemon([file_pipeline(feed, max_rows=1000)])
+    generator = drill.generator_pipeline(rows(20_000, scale))
+    daemon = drill.make_daemon([file_pipeline(feed, max_rows=1000), generator])
     daemon.start()
     drill.proxy.slow(0.15)
     drill.note("ClickHouse answers after 0.15 s")
