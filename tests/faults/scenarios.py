@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from harness import Drill, file_pipeline, push_pipeline, wait_until
+from harness import Drill, file_pipeline, push_pipeline, tmpfs, wait_until
 
 #: A stopping daemon must be gone within graceful_timeout plus this.
 STOP_SLACK = 10.0
@@ -219,3 +219,72 @@ def outage_longer_than_the_cooldown_growth(drill: Drill, scale: float = 1.0) -> 
     daemon.terminate(within=GRACEFUL + STOP_SLACK)
     if seen < OUTAGE_FAILURES:
         raise drill.fail(f"the outage made only {seen:.0f} failures")
+
+
+@scenario("small-spool")
+def small_spool_filesystem_with_clickhouse_down(drill: Drill, scale: float = 1.0) -> None:
+    """The spool lives on a 1 MiB filesystem (a tmpfs when mounting is permitted, else a
+    1 MiB cap with policy "reject") and ClickHouse is down while three times that much
+    comes in from files and pushes: the file source waits at its position instead of
+    skipping what the spool refused, pushes get 503 and are retried, nothing is left
+    half-written, and once ClickHouse is back everything lands exactly once."""
+    feed = drill.file_feed(rows(40_000, scale), chunk=1000, pause=0.02)
+    with tmpfs(drill.workdir / "state" / "spool", "1m") as mounted:
+        drill.note("spool on a 1 MiB tmpfs" if mounted else "spool capped at 1 MiB")
+        spool = {} if mounted else {"max_bytes": "1MiB", "policy": "reject"}
+        daemon = drill.make_daemon(
+            [file_pipeline(feed, max_rows=500), push_pipeline(max_rows=500)],
+            {"spool": spool, "http": {"spool_timeout": 0.5}},
+        )
+        daemon.start()
+        drill.proxy.down()
+        drill.note("ClickHouse down")
+        feed.start()
+        feed.join()
+        time.sleep(1.0)  # three times the spool was written: it is full, the source waits
+        push = drill.push_clients(clients=2, requests=max(5, round(15 * scale)), rows=200)
+        push.start()
+        time.sleep(drill.rng.uniform(1.0, 3.0))
+        drill.note(
+            f"{feed.ids.sent} lines written, {push.acked_rows} pushed rows acknowledged, "
+            f"{daemon.spooled_rows()} rows spooled, answers {dict(push.statuses)}; "
+            "ClickHouse up"
+        )
+        drill.proxy.up()
+        push.join()
+        drill.settle()
+        drill.verify()
+        daemon.terminate(within=GRACEFUL + STOP_SLACK)
+        if not push.statuses["503"]:
+            raise drill.fail(f"a full spool answered no 503: {dict(push.statuses)}")
+
+
+@scenario("push-pressure")
+def push_clients_under_spool_pressure(drill: Drill, scale: float = 1.0) -> None:
+    """A small spool (policy "block", 0.3 s spool_timeout) and a ClickHouse that is slow,
+    then down, then back: pushes that waited too long are answered 503 and retried by
+    their clients; a 503 must mean none of the request was kept, so every id lands once."""
+    daemon = drill.make_daemon(
+        [push_pipeline(max_rows=400)],
+        {"spool": {"max_bytes": "256KiB", "policy": "block"}, "http": {"spool_timeout": 0.3}},
+    )
+    daemon.start()
+    drill.proxy.slow(0.3)
+    drill.note("ClickHouse answers after 0.3 s")
+    push = drill.push_clients(
+        clients=6, requests=max(4, round(12 * scale)), rows=200, pause=0.0, retry_pause=0.05
+    )
+    push.start()
+    time.sleep(drill.rng.uniform(1.0, 2.0))
+    drill.proxy.down()
+    drill.note(f"ClickHouse down; answers so far {dict(push.statuses)}")
+    time.sleep(drill.rng.uniform(1.0, 3.0))
+    drill.proxy.up()
+    drill.note(f"ClickHouse up; answers so far {dict(push.statuses)}")
+    push.join()
+    drill.note(f"all pushes acknowledged; answers {dict(push.statuses)}")
+    drill.settle(timeout=60)
+    drill.verify()
+    daemon.terminate(within=GRACEFUL + STOP_SLACK)
+    if not push.statuses["503"]:
+        raise drill.fail(f"the spool never pushed back: {dict(push.statuses)}")

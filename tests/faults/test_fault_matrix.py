@@ -34,6 +34,14 @@ def test_outage_longer_than_the_host_cooldown_growth(drill: Drill) -> None:
     scenarios.outage_longer_than_the_cooldown_growth(drill)
 
 
+def test_small_spool_filesystem_with_clickhouse_down(drill: Drill) -> None:
+    scenarios.small_spool_filesystem_with_clickhouse_down(drill)
+
+
+def test_push_clients_retrying_every_non_202_under_spool_pressure(drill: Drill) -> None:
+    scenarios.push_clients_under_spool_pressure(drill)
+
+
 def test_the_drill_catches_a_duplicate_a_loss_and_a_stray_dead_letter(drill: Drill) -> None:
     """The final check itself can fail: a row twice, a row missing, an unknown dead letter."""
     feed = drill.file_feed(10, poison_every=5).write_all_now()
