@@ -427,6 +427,12 @@ class DaemonUnderTest:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def sighup(self) -> None:
+        """SIGHUP: reload, and retry at once the batches held back by a permanent error."""
+        assert self.proc is not None
+        self.note("SIGHUP")
+        self.proc.send_signal(signal.SIGHUP)
+
     def terminate(self, *, within: float, expect_codes: Iterable[int] = (0,)) -> float:
         """SIGTERM; the daemon must exit within ``within`` seconds with one of
         ``expect_codes``. Returns how long stopping took."""

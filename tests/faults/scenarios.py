@@ -102,6 +102,12 @@ def workers_killed_while_busy(drill: Drill, scale: float = 1.0) -> None:
             killed += 1
             drill.note(f"killed worker {pid}; {drill.count()} rows in ClickHouse")
     drill.proxy.up()
+    time.sleep(1.0)  # the last kill is noticed and its task's fate decided
+    if "a permanent error" in daemon.log():
+        # A batch whose worker died under it max_task_crashes times is held as poison
+        # for spool.permanent_error_backoff (300 s) or until SIGHUP, as an operator would.
+        drill.note("a batch is held after its workers were killed under it: SIGHUP")
+        daemon.sighup()
     drill.settle()
     drill.verify()
     daemon.terminate(within=GRACEFUL + STOP_SLACK)
