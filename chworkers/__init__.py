@@ -6,6 +6,7 @@ import logging
 
 from chworkers.connection import Connection, ConnectionConfig, Host
 from chworkers.control import SupervisorStats
+from chworkers.deadletter import DeadLetters
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
     BatcherClosedError,
@@ -39,7 +40,7 @@ from chworkers.errors import (
 )
 from chworkers.hooks import MetricsHooks, PoolHooks
 from chworkers.lease import LeaseBroker, LeaseClient, LeaseStats
-from chworkers.middleware import DeadLetters, Middleware
+from chworkers.middleware import Middleware
 from chworkers.options import SupervisorOptions
 from chworkers.pool import ConnectionPool, PoolOptions, PoolStats
 from chworkers.retry import RetryPolicy

@@ -125,8 +125,9 @@ def apply_delta(metrics: Metrics, delta: MetricsDelta) -> dict[str, float]:
     return {k: v for k, v in gauges.items() if k in MetricsRecorder.GAUGES}
 
 
-class DeadLetters(Middleware):
-    """Hands tasks that failed for good to ``callback`` (the daemon persists them).
+class DeadLetterCallback(Middleware):
+    """Hands tasks that failed for good to ``callback`` (``Supervisor(dead_letter=...)``);
+    :class:`chworkers.deadletter.DeadLetters` writes them to a directory instead.
 
     A callback that raises is logged and otherwise ignored: losing the hook must not take
     the supervisor down.

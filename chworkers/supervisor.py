@@ -37,7 +37,7 @@ from chworkers.exposition import MetricsEndpoint
 from chworkers.inserts import SplitBudget
 from chworkers.lease import LeaseBroker
 from chworkers.metrics import Metrics
-from chworkers.middleware import DeadLetters, Middleware
+from chworkers.middleware import DeadLetterCallback, Middleware
 from chworkers.options import SupervisorOptions
 from chworkers.outcomes import Outcomes
 from chworkers.pool import PoolOptions
@@ -87,7 +87,7 @@ class Supervisor(SupervisorControl):
             _check_hung_timeout(ConnectionConfig.coerce(clickhouse), self.options)
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
-            self.middleware.append(DeadLetters(dead_letter))
+            self.middleware.append(DeadLetterCallback(dead_letter))
         self.on_reload = on_reload
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)

@@ -106,3 +106,31 @@ def test_non_row_errors_propagate_without_splitting(
         assert calls == ["b"]
     finally:
         pool.close()
+
+
+def test_dead_letters_as_supervisor_middleware_keep_failed_tasks_rows(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    from chworkers import DeadLetters as PublicDeadLetters
+    from chworkers import Supervisor
+
+    assert PublicDeadLetters is DeadLetters  # one DeadLetters, for the daemon and the API
+    registry = CollectorRegistry()
+    letters = DeadLetters(tmp_path, metrics=Metrics(registry))
+    with Supervisor(
+        f"{endpoint.url}/{database}", workers=1, middleware=[letters], native_encoding=False
+    ) as sup:
+        with pytest.raises(ServerError):
+            sup.insert("missing", [(1, "a"), (2, "b")], ["n", "s"]).result(60)
+        with pytest.raises(ServerError):
+            sup.insert_raw("gone", b'{"n":1}\n{"n":2}\n{"n":3}\n', "JSONEachRow").result(60)
+        sup.drain(30)
+    letters.close()
+    rows = [json.loads(line) for line in (tmp_path / "missing").glob("*.jsonl").__next__().open()]
+    assert [json.loads(r["record"]) for r in rows] == [[1, "a"], [2, "b"]]
+    assert {r["error"]["code"] for r in rows} == {60} and {r["reason"] for r in rows} == {"error"}
+    raw = [json.loads(line) for line in (tmp_path / "gone").glob("*.jsonl").__next__().open()]
+    assert [r["record"] for r in raw] == ['{"n":1}', '{"n":2}', '{"n":3}']
+    count = registry.get_sample_value
+    assert count("chworkers_dead_letter_rows_total", {"table": "missing"}) == 2
+    assert count("chworkers_dead_letter_rows_total", {"table": "gone"}) == 3
