@@ -252,7 +252,7 @@ class Connection:
         table and the batch's content), so repeating it after a lost response is harmless
         on tables that deduplicate (see :mod:`chworkers.dedup`).
         """
-        batch = dedup.normalize(data, column_names, column_oriented)
+        batch = dedup.normalize(data, column_names, column_oriented, table=table)
         opts = dict(settings or {})
         token = deduplication_token or opts.get("insert_deduplication_token")
         if not token:

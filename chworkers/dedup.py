@@ -23,10 +23,10 @@ import pickle
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chworkers.errors import RequestError, TransportError
+from chworkers.errors import BatchError, TransportError
 
 if TYPE_CHECKING:
     from chworkers.connection import Connection
@@ -56,44 +56,120 @@ class Batch:
     data: Any
     column_names: Sequence[str] | None
     column_oriented: bool
+    rows: int = field(default=0, compare=False)
 
 
-def normalize(data: Any, column_names: Sequence[str] | None, column_oriented: bool) -> Batch:
-    """Recognise ``data``'s shape; numpy arrays and dict rows become plain Python values."""
-    names = list(column_names) if column_names is not None else None
+def normalize(
+    data: Any,
+    column_names: Sequence[str] | None,
+    column_oriented: bool = False,
+    *,
+    table: str = "",
+) -> Batch:
+    """The one batch normaliser (``Connection.insert`` and ``Supervisor.insert``): check
+    ``data`` and bring it to one of the shapes clickhouse-connect takes.
+
+    Rows (tuples, lists or dicts; any iterable of them), columns (``column_oriented``, or a
+    mapping of column name to values), a numpy array (2-D or structured), a pandas
+    DataFrame or a pyarrow Table or RecordBatch. Dict rows and numpy arrays become plain
+    Python values. A malformed batch raises :class:`~chworkers.errors.BatchError` with
+    the ``reason`` (and the ``row`` to blame, when there is one).
+    """
+    where = f"insert into {table!r}" if table else "insert"
+    names: list[str] | None = None
+    if column_names is not None:
+        names = [column_names] if isinstance(column_names, str) else list(column_names)
     module = type(data).__module__.split(".")[0]
-    if module == "pandas" and type(data).__name__ == "DataFrame":
-        return Batch("pandas", data, names, False)
-    if module == "pyarrow" and type(data).__name__ == "Table":
-        return Batch("arrow", data, names, False)
-    if module == "numpy" and type(data).__name__ == "ndarray":
+    kind = type(data).__name__
+    if module == "pandas" and kind == "DataFrame":
+        return Batch("pandas", data, names, False, len(data))
+    if module == "pyarrow" and kind in ("Table", "RecordBatch"):
+        return Batch("arrow", data, names, False, int(data.num_rows))
+    if module == "numpy" and kind == "ndarray":
         if data.dtype.names:  # structured array: one column per field
             fields = list(data.dtype.names)
-            return Batch("columns", [data[f].tolist() for f in fields], names or fields, True)
+            columns = [data[f].tolist() for f in fields]
+            return Batch("columns", columns, names or fields, True, len(data))
         if data.ndim != 2:
-            raise RequestError(
-                f"insert: a numpy array must be 2-D or structured, got {data.ndim}-D shape {data.shape}"
+            raise BatchError(
+                f"{where}: a numpy array must be 2-D or structured, got {data.ndim}-D shape "
+                f"{data.shape}",
+                table=table,
+                reason="unsupported batch type",
             )
-        return Batch(
-            "columns" if column_oriented else "rows", data.tolist(), names, column_oriented
-        )
+        data = data.tolist()
     if isinstance(data, Mapping):
-        keys = list(data)
-        return Batch("columns", [list(data[k]) for k in keys], names or keys, True)
+        return _columns(where, table, data, names)
     if isinstance(data, str | bytes) or not isinstance(data, Sequence | Iterable):
-        raise RequestError(
-            f"insert: cannot insert a {type(data).__name__}; expected rows, columns, a mapping "
-            "of columns, a numpy array, a pandas DataFrame or a pyarrow Table"
+        raise BatchError(
+            f"{where}: cannot insert a {type(data).__name__}; rows must be a list of rows, a "
+            "mapping of columns, a numpy array, a pandas DataFrame or a pyarrow Table",
+            table=table,
+            reason="unsupported batch type",
         )
     rows = data if isinstance(data, Sequence) else list(data)
-    if not column_oriented and rows and isinstance(rows[0], Mapping):
+    if column_oriented:
+        lengths = {len(column) for column in rows}
+        if len(lengths) > 1:
+            raise _ragged(where, table, lengths)
+        return Batch("columns", rows, names, True, lengths.pop() if lengths else 0)
+    if rows and isinstance(rows[0], Mapping):
         keys = names or list(rows[0])
         try:
             rows = [[row[k] for k in keys] for row in rows]
         except KeyError as exc:
-            raise RequestError(f"insert: a row has no value for column {exc.args[0]!r}") from None
-        return Batch("rows", rows, keys, False)
-    return Batch("columns" if column_oriented else "rows", rows, names, column_oriented)
+            raise BatchError(
+                f"{where}: a row has no value for column {exc.args[0]!r}",
+                table=table,
+                reason="missing value",
+            ) from None
+        except TypeError:  # a row that is not a mapping among mappings
+            pass
+        else:
+            return Batch("rows", rows, keys, False, len(rows))
+    if names is not None:
+        width = len(names)
+        for index, row in enumerate(rows):
+            if isinstance(row, str | bytes) or not isinstance(row, Sequence) or len(row) != width:
+                got = len(row) if isinstance(row, Sequence) else type(row).__name__
+                raise BatchError(
+                    f"{where}: row {index} has {got} values, expected {width} ({', '.join(names)})",
+                    table=table,
+                    row=index,
+                    reason="row width",
+                )
+    return Batch("rows", rows, names, False, len(rows))
+
+
+def _columns(where: str, table: str, data: Mapping[Any, Any], names: list[str] | None) -> Batch:
+    lengths = {len(column) for column in data.values()}
+    if len(lengths) > 1:
+        raise _ragged(where, table, lengths)
+    if names is None:
+        names = list(data)
+    else:
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise BatchError(
+                f"{where}: column_names {missing} are not among the columns given "
+                f"({', '.join(map(str, data))})",
+                table=table,
+                reason="missing columns",
+            )
+    # Lists and arrays (numpy, pandas) as they are; other sequences as lists.
+    columns = [
+        c if isinstance(c, list) or hasattr(c, "dtype") else list(c)
+        for c in (data[name] for name in names)
+    ]
+    return Batch("columns", columns, names, True, lengths.pop() if lengths else 0)
+
+
+def _ragged(where: str, table: str, lengths: set[int]) -> BatchError:
+    return BatchError(
+        f"{where}: columns have different lengths {sorted(lengths)}",
+        table=table,
+        reason="ragged columns",
+    )
 
 
 def derive_token(database: str | None, table: str, batch: Batch) -> str:

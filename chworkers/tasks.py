@@ -117,44 +117,6 @@ class InsertSpec:
     split: SplitBudget | None = None
 
 
-def _batch_form(table: str, data: Any, column_names: Sequence[str] | None) -> tuple[str, int]:
-    module = type(data).__module__.split(".")[0]
-    name = type(data).__name__
-    if module == "pandas" and name == "DataFrame":
-        return "pandas", len(data)
-    if module == "pyarrow" and name in ("Table", "RecordBatch"):
-        return "arrow", int(data.num_rows)
-    if isinstance(data, Mapping):
-        lengths = {len(col) for col in data.values()}
-        if len(lengths) > 1:
-            raise BatchError(
-                f"insert into {table!r}: columns have different lengths {sorted(lengths)}",
-                table=table,
-                reason="ragged columns",
-            )
-        return "columns", lengths.pop() if lengths else 0
-    if isinstance(data, str | bytes) or not isinstance(data, Sequence):
-        raise BatchError(
-            f"insert into {table!r}: rows must be a list of rows, a mapping of columns, a "
-            f"pandas DataFrame or an Arrow table, not {type(data).__name__}",
-            table=table,
-            reason="unsupported batch type",
-        )
-    if column_names is not None:
-        width = len(column_names)
-        for index, row in enumerate(data):
-            if isinstance(row, str | bytes) or not isinstance(row, Sequence) or len(row) != width:
-                got = len(row) if isinstance(row, Sequence) else type(row).__name__
-                raise BatchError(
-                    f"insert into {table!r}: row {index} has {got} values, expected {width} "
-                    f"({', '.join(column_names)})",
-                    table=table,
-                    row=index,
-                    reason="row width",
-                )
-    return "rows", len(data)
-
-
 def encode_insert(
     task_id: int,
     future: Future[Any],
@@ -237,26 +199,11 @@ NativeEncoder = Callable[[str, "tuple[str, ...] | None", Any], "tuple[bytes, Seq
 def prepare_batch(
     table: str, data: Any, column_names: Sequence[str] | None
 ) -> tuple[str, int, tuple[str, ...] | None, Any]:
-    """Check a batch and bring it to one of its forms: (form, rows, names, data)."""
-    iterable = not isinstance(data, Sequence | Mapping) and hasattr(data, "__iter__")
-    if iterable and type(data).__module__.split(".")[0] not in ("pandas", "pyarrow"):
-        data = list(data)  # generators and other iterables of rows
-    form, rows = _batch_form(table, data, column_names)
-    names = tuple(column_names) if column_names is not None else None
-    if form == "columns" and names is None:
-        names = tuple(data)
-        data = list(data.values())
-    elif form == "columns" and names is not None:
-        missing = [name for name in names if name not in data]
-        if missing:
-            raise BatchError(
-                f"insert into {table!r}: column_names {missing} are not among the columns "
-                f"given ({', '.join(map(str, data))})",
-                table=table,
-                reason="missing columns",
-            )
-        data = [data[name] for name in names]
-    return form, rows, names, data
+    """Check a batch and bring it to one of its forms: (form, rows, names, data), by the
+    one normaliser (:func:`chworkers.dedup.normalize`)."""
+    batch = dedup.normalize(data, column_names, table=table)
+    names = tuple(batch.column_names) if batch.column_names is not None else None
+    return batch.kind, batch.rows, names, batch.data
 
 
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:

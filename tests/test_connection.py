@@ -15,6 +15,7 @@ from faultproxy import FaultProxy
 from chworkers import Connection, ConnectionConfig, EmbeddedClickHouse, Host
 from chworkers.dedup import Batch, derive_token, normalize
 from chworkers.errors import (
+    BatchError,
     ConfigError,
     ConnectError,
     ConnectionLostError,
@@ -104,11 +105,11 @@ def test_normalize_shapes() -> None:
     assert normalize(structured, None, False) == Batch("columns", [[1], [2.5]], ["a", "b"], True)
     assert normalize({"a": (1, 2)}, None, False) == Batch("columns", [[1, 2]], ["a"], True)
     assert normalize([{"a": 1, "b": 2}], None, False) == Batch("rows", [[1, 2]], ["a", "b"], False)
-    with pytest.raises(RequestError, match="2-D"):
+    with pytest.raises(BatchError, match="2-D"):
         normalize(np.arange(3), None, False)
-    with pytest.raises(RequestError, match="cannot insert a int"):
+    with pytest.raises(BatchError, match="cannot insert a int"):
         normalize(5, None, False)
-    with pytest.raises(RequestError, match="no value for column 'b'"):
+    with pytest.raises(BatchError, match="no value for column 'b'"):
         normalize([{"a": 1, "b": 2}, {"a": 3}], None, False)
 
 
