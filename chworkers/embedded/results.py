@@ -39,11 +39,13 @@ _STREAMABLE = frozenset({"SELECT", "WITH"})
 
 
 def content_type(fmt: str) -> str:
+    """The Content-Type ClickHouse's output format reports (``getContentType()``)."""
     f = fmt.lower()
-    if f.startswith(("tabseparated", "tsv")):
+    if f.startswith(("tabseparated", "tsv")) or f == "raw":
         return "text/tab-separated-values; charset=UTF-8"
     if f.startswith("csv"):
-        return "text/csv; charset=UTF-8; header=absent"
+        header = "present" if "withnames" in f else "absent"
+        return f"text/csv; charset=UTF-8; header={header}"
     if f.startswith("json"):
         return "application/json; charset=UTF-8"
     if f.startswith(("pretty", "vertical", "markdown", "values", "template", "raw")):
