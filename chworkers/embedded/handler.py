@@ -123,6 +123,7 @@ class Connection:
                 finally:
                     too_slow = self.deadlines.disarm(self.sock)
                 if too_slow:
+                    self.ctx.stats.timed_out()
                     log.debug(
                         "closing a connection whose request head took over %g s",
                         self.limits.header_timeout,
@@ -209,6 +210,7 @@ class Connection:
             raise self._timed_out(timeout)
 
     def _timed_out(self, timeout: float) -> ServerError:
+        self.ctx.stats.timed_out()
         return clickhouse_error(
             SOCKET_TIMEOUT,
             f"Timeout exceeded while reading from socket ({self._peer()}, "

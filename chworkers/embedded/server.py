@@ -153,6 +153,7 @@ class EmbeddedServer:
                     len(self._connections),
                 )
                 self._closer.close(sock, self._busy_response)
+                ctx.stats.connection_refused()
                 return
             conn = Connection(
                 ctx, self.credentials, sock, self.limits, self.request_timeout, self._deadlines

@@ -27,6 +27,8 @@ class EndpointStats:
     connections_total: int = 0
     inserted_rows_total: int = 0
     inserted_bytes_total: int = 0
+    connections_refused_total: int = 0
+    timeouts_total: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def request_started(self) -> None:
@@ -49,6 +51,16 @@ class EndpointStats:
     def connection_closed(self) -> None:
         with self._lock:
             self.connections_open -= 1
+
+    def connection_refused(self) -> None:
+        """A connection beyond max_connections, answered 503."""
+        with self._lock:
+            self.connections_refused_total += 1
+
+    def timed_out(self) -> None:
+        """A client cut off for sending its request head or body too slowly."""
+        with self._lock:
+            self.timeouts_total += 1
 
     def inserted(self, rows: int, nbytes: int) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,12 @@ def served(
         yield from _start_embedded(tmp_path_factory.mktemp(kind))
     else:
         yield from _start_helper(kind, tmp_path_factory.mktemp(kind))
+
+
+def embedded_stats(served: Served) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://{served.host}:{served.port}/embedded/stats") as r:
+        stats: dict[str, int] = json.loads(r.read())
+    return stats
 
 
 def read_head(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str]] | None:
@@ -279,6 +286,9 @@ def test_300_idle_connections_hold_bounded_threads_and_time_out(served: Served) 
         for sock in socks:
             sock.close()
     wait_for(lambda: served.threads() <= threads_before + 2, timeout=10)
+    if served.kind == "embedded":
+        refused = embedded_stats(served)["connections_refused_total"]
+        assert refused >= 300 - LIMITS["max_connections"]
 
 
 def test_slowloris_head_is_cut_off(served: Served) -> None:
@@ -306,6 +316,7 @@ def test_slow_body_is_cut_off(served: Served) -> None:
     if served.kind == "embedded":  # as ClickHouse answers when its receive timeout passes
         assert answer[0] == 503
         assert answer[1]["x-clickhouse-exception-code"] == "209"
+        assert embedded_stats(served)["timeouts_total"] >= 1
     else:
         assert answer[0] == 408
 
