@@ -177,13 +177,13 @@ class Deadlines:
             self._wake.wait(self._tick)
             now = time.monotonic()
             with self._lock:
-                due = [s for s, t in self._armed.items() if t <= now]
-                for sock in due:
+                # Under the lock: whoever disarms a socket before closing it knows that
+                # no shutdown is under way (its descriptor may be reused once closed).
+                for sock in [s for s, t in self._armed.items() if t <= now]:
                     del self._armed[sock]
                     self._expired.add(sock)
-            for sock in due:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RD)
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RD)
 
 
 class Closer:

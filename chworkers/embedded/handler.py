@@ -159,6 +159,7 @@ class Connection:
             log.debug("connection ended: %s", exc)
         finally:
             self.ctx.stats.connection_closed()
+            self.deadlines.disarm(self.sock)  # before the descriptor can be reused
             try:
                 rfile.close()
                 self.sock.close()
