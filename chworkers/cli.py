@@ -42,15 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chworkers {__version__}")
     parser.add_argument(
         "--log-level",
-        default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level for messages on stderr (default: INFO)",
+        help="log level for messages on stderr (default: the config's log.level, else INFO)",
     )
     parser.add_argument(
         "--log-format",
-        default="text",
         choices=["text", "json"],
-        help="log lines for people (text) or one JSON object a line (json)",
+        help="log lines for people (text) or one JSON object a line (json); default: the "
+        "config's log.format, else text",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -65,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return EXIT_USAGE
-    logs.configure(args.log_level, args.log_format)
+    # Until a command has read its config (log.level, log.format), the flags or defaults.
+    logs.configure(args.log_level or "INFO", args.log_format or "text")
     try:
         code: int = handler(args)
     except ConfigError as exc:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from chworkers import config as config_module
+from chworkers import logs
 from chworkers.dsn import redact_url
 from chworkers.errors import ChworkersError
 
@@ -98,6 +99,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not cfg.pipelines:
         raise ChworkersError(f"{cfg.source}: no [[pipelines]] configured; nothing to ingest")
+    if args.log_level is None or args.log_format is None:  # flags win over the file
+        logs.configure(
+            args.log_level or cfg.settings.log.level, args.log_format or cfg.settings.log.format
+        )
     progress = sys.stderr if sys.stderr.isatty() else None
     daemon = Daemon(cfg, progress=progress)
     if args.demo:

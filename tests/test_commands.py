@@ -229,3 +229,48 @@ def test_a_bad_url_is_refused_when_read_without_showing_its_password(tmp_path: P
         assert result.returncode == 3, result.stdout + result.stderr
         assert "clickhouse.url: connection option url: 'htp://bob:***@h:8123/db'" in result.stderr
         assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_run_logs_as_the_configs_log_section_says_unless_a_flag_overrides(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[clickhouse]
+url = "{endpoint.url}/{database}"
+[supervisor]
+workers = 1
+[metrics]
+port = 0
+[log]
+format = "json"
+level = "DEBUG"
+[[pipelines]]
+name = "in"
+source = "stdin"
+table = "ev"
+create = "n UInt64"
+"""
+    )
+
+    def run(*flags: str) -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "chworkers", *flags, "run", "-c", str(conf)],
+            input='{"n":1}\n',
+            capture_output=True,
+            text=True,
+            timeout=100,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr.splitlines()
+
+    from_file = run()
+    records = [json.loads(line) for line in from_file]
+    assert any(r["level"] == "debug" for r in records)
+    assert any(r["message"].startswith("chworkers running") for r in records)
+    overridden = run("--log-format", "text", "--log-level", "INFO")
+    assert any(" INFO chworkers.daemon[" in line for line in overridden)
+    assert not any(line.startswith("{") or " DEBUG " in line for line in overridden)
