@@ -6,6 +6,12 @@ future, counts the outcome in the Prometheus instruments, hands failures that re
 cannot fix to the middleware's dead-letter hook, and keeps the count of tasks still
 outstanding that :meth:`Supervisor.drain` waits on. Everything here but
 :meth:`Outcomes.admit` and :meth:`Outcomes.withdraw` runs on the loop thread.
+
+Of the retry layers (docs/daemon.md, "Retry layers") this is the requeue: it repeats a
+task only when its worker died or hung under it (:meth:`Outcomes.requeue`, at most
+``max_task_crashes`` times), never because of the task's own error, which the worker's
+retry policy already judged; :func:`is_permanent` reads that judgement for the layers
+above.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ in :mod:`chworkers.connection`):
   a server error on a non-idempotent write is treated as "maybe applied" as well;
 * everything else (syntax, unknown table or column, type and parse errors, authentication,
   bad input, pool errors, the caller's own exceptions) fails at once.
+
+This is the innermost retry layer (docs/daemon.md, "Retry layers"), applied per request
+in the worker, and the only place an error is classified: the bisection of row errors
+(:mod:`chworkers.inserts`), the supervisor's requeue of tasks whose worker died
+(:mod:`chworkers.outcomes`) and the daemon's per-batch backoff
+(:mod:`chworkers.dispatch`) act on what it gave up on, each on its own kind of failure.
 """
 
 from __future__ import annotations
