@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
+#: At a stop, push requests settled by the batcher get this long to be answered.
+ANSWER_WAIT = 5.0
+
 #: The daemon's loop turns every half second; silent this long, it counts as stuck.
 LOOP_STALE_AFTER = 10.0
 
@@ -361,6 +364,8 @@ class Daemon:
             thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
         if not self.batcher.close(_remaining(deadline)):
             log.warning("some records were not spooled before the stop (see above)")
+        if getattr(self, "ingest", None) is not None:
+            self.ingest.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
         self._drain(_remaining(deadline))
         self.dispatcher.stop()
         if self.progress is not None:

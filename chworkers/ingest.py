@@ -93,6 +93,8 @@ class IngestServer:
         self.validate_json = validate_json
         self.on_error = on_error
         self.limits = limits or HttpLimits()
+        self._answering = 0  # POSTs between their first byte read and their answer
+        self._answered = threading.Condition()
         handler = type("Handler", (_Handler,), {"ingest": self, "max_body_bytes": max_body_bytes})
         busy = json.dumps({"error": "too many connections; retry later"}).encode() + b"\n"
         self._server = BoundedHTTPServer(
@@ -133,6 +135,24 @@ class IngestServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Until every request in progress has been answered (True), at most ``timeout``.
+
+        For a stop: once the batcher has settled what it holds, each request waiting for
+        it gets its answer (202 or 503) before the process exits; a 202 lost in an exit
+        would make its client send the rows again."""
+        with self._answered:
+            return self._answered.wait_for(lambda: self._answering == 0, timeout)
+
+    def _begin(self) -> None:
+        with self._answered:
+            self._answering += 1
+
+    def _end(self) -> None:
+        with self._answered:
+            self._answering -= 1
+            self._answered.notify_all()
 
     # -- request handling (called from the handler thread) ------------------------
 
@@ -301,6 +321,13 @@ class _Handler(BoundedHandler):
     _held = 0
 
     def do_POST(self) -> None:
+        self.ingest._begin()
+        try:
+            self._post()
+        finally:
+            self.ingest._end()
+
+    def _post(self) -> None:
         try:
             self._authorize()
             body = self._read_body()
