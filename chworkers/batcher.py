@@ -140,7 +140,7 @@ class BatchLimits:
     max_delay: float = 1.0
 
 
-_Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes]
+_Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes, str]
 
 
 @dataclasses.dataclass(eq=False)
@@ -154,6 +154,8 @@ class _Buffer:
     started: float
     #: ``*WithNames``: the header record every batch of the key starts with.
     header: bytes = b""
+    #: A deduplication token of the caller's (the batch is the one add that has it).
+    token: str = ""
     tickets: list[Ticket] = dataclasses.field(default_factory=list)
     rows: int = 0
     size: int = 0
@@ -218,6 +220,7 @@ class Batcher:
         retry: bool = False,
         timeout: float | None = None,
         header: bytes = b"",
+        token: str | None = None,
     ) -> Ticket:
         """Add ``rows`` framed records, which go into one batch together.
 
@@ -227,6 +230,8 @@ class Batcher:
         (without ``retry``): give up waiting for spool space after this long.
         ``header`` (``*WithNames`` formats): the header record the records go with;
         every batch starts with it, and records with another header go to other batches.
+        ``token``: the records are a batch of their own, with this deduplication token,
+        cut at once (a pushed request with an ``Idempotency-Key``).
         Raises :class:`~chworkers.errors.BatcherClosedError` once closed.
         """
         settings = dict(settings or {})
@@ -236,6 +241,7 @@ class Batcher:
             format,
             tuple(sorted((k, str(v)) for k, v in settings.items())),
             header,
+            token or "",
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         ticket = Ticket(self, records, rows, meta, retry, deadline)
@@ -255,13 +261,15 @@ class Batcher:
                     limits or self.limits,
                     time.monotonic(),
                     header,
+                    token or "",
                 )
                 self._buffers[key] = buf
                 self._wake.notify()
             buf.tickets.append(ticket)
             buf.rows += rows
             buf.size += len(records)
-            full = buf.rows >= buf.limits.max_rows or buf.size >= buf.limits.max_bytes
+            full = bool(buf.token) or buf.rows >= buf.limits.max_rows
+            full = full or buf.size >= buf.limits.max_bytes
             if full:
                 self._take(key)
         if self.metrics is not None:
@@ -394,6 +402,11 @@ class Batcher:
             self._spool(buf)
         finally:
             buf.finished.set()
+            with self._lock:
+                # The last cut of a key is kept only while a later one may chain after
+                # it (or to tell it was abandoned): keys can be many (tokens, headers).
+                if self._last_cut.get(buf.key) is buf and not buf.abandoned:
+                    del self._last_cut[buf.key]
 
     def _spool(self, buf: _Buffer) -> None:
         """Write the buffer's live records to the spool, retrying as their adds asked."""
@@ -497,6 +510,7 @@ class Batcher:
                 settings=buf.settings,
                 pipeline=buf.pipeline,
                 meta=meta,
+                token=buf.token or None,
             )
         except BaseException:
             with self._lock:

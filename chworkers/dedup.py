@@ -38,6 +38,7 @@ __all__ = [
     "content_token",
     "derive_token",
     "normalize",
+    "request_token",
     "sub_batch_token",
 ]
 
@@ -201,6 +202,14 @@ def batch_token(spool_id: str, seq: int) -> str:
     """The token of spooled batch ``seq``: fixed when it is spooled, never repeated
     (batch numbers never repeat in a spool, and spool ids are random)."""
     return f"chw-{spool_id}-{seq}"
+
+
+def request_token(table: str, key: str) -> str:
+    """The token of a pushed request that carries an ``Idempotency-Key``: the client's key
+    (hashed: any text, a fixed length) for the table, whichever daemon or spool takes it,
+    so that a request sent again after a lost answer is dropped by ClickHouse."""
+    digest = hashlib.sha256(f"{table}\0{key}".encode()).hexdigest()[:32]
+    return f"chw-key-{digest}"
 
 
 def sub_batch_token(token: str, start: int, stop: int) -> str:

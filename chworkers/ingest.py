@@ -8,6 +8,9 @@ cannot land them twice). Bad input is answered with a 4xx and the reason (which 
 what is wrong); a spool that cannot take data (full, its disk full or failing, the daemon
 stopping) is answered ``503`` with ``Retry-After``, so well-behaved clients back off.
 
+A request with an ``Idempotency-Key`` header is a batch of its own whose deduplication
+token is made from the key: sent again after a lost answer, it is dropped by ClickHouse.
+
 Bodies may be JSONEachRow (one JSON object per line), CSV or TSV, chosen by the
 ``format`` query parameter or the Content-Type, and gzip-compressed
 (``Content-Encoding: gzip``). The body size is limited before and after decompression.
@@ -27,12 +30,16 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chworkers.batcher import Batcher, BatchLimits
+from chworkers.dedup import request_token
 from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.framing import FORMATS, Framer, RecordTooLargeError
 from chworkers.httpframing import http_error, plain_response
 from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, ByteBudget, HttpLimits
 
 log = logging.getLogger(__name__)
+
+#: Longest ``Idempotency-Key`` accepted (characters).
+MAX_IDEMPOTENCY_KEY = 256
 
 #: Seconds a client is asked to wait (``Retry-After``) when the spool cannot take data.
 RETRY_AFTER = 5
@@ -176,6 +183,7 @@ class IngestServer:
                 f"no pipeline ingests into table {segments[1]!r} (configured: {known})",
             )
         fmt = self._format(route, parse_qs(parts.query), headers.get("content-type", ""))
+        token = _idempotency_token(route.table, headers.get("idempotency-key"))
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             body = self._decode(body, encoding)
@@ -200,6 +208,7 @@ class IngestServer:
                 limits=route.limits,
                 timeout=self.spool_timeout,
                 header=header,
+                token=token,
             )
             batch = ticket.settle(self.spool_timeout)
         except SpoolError as exc:
@@ -264,6 +273,25 @@ class IngestServer:
         if fmt == "JSONEachRow" and self.validate_json:
             _check_json_lines(records)
         return records, rows + more, framer.header
+
+
+def _idempotency_key_ok(key: str) -> bool:
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= c <= "~" for c in key)
+
+
+def _idempotency_token(table: str, key: str | None) -> str | None:
+    """The deduplication token of a request that carries an ``Idempotency-Key``: such a
+    request is a batch of its own, and sent again (its answer lost) it is dropped by
+    ClickHouse instead of landing twice."""
+    if key is None:
+        return None
+    key = key.strip()
+    if not _idempotency_key_ok(key):
+        raise _BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+        )
+    return request_token(table, key)
 
 
 def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:

@@ -205,6 +205,7 @@ class Spool:
         pipeline: str = "",
         meta: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        token: str | None = None,
     ) -> SpooledBatch:
         """Write a batch durably and return it (with its fixed token) for inserting.
 
@@ -225,6 +226,7 @@ class Spool:
             settings=settings,
             pipeline=pipeline,
             meta=meta,
+            token=token,
         )
 
     def reserve(
@@ -324,8 +326,12 @@ class Spool:
         settings: Mapping[str, Any] | None = None,
         pipeline: str = "",
         meta: Mapping[str, Any] | None = None,
+        token: str | None = None,
     ) -> SpooledBatch:
-        """Write a batch into a reservation (which it uses up, whatever happens)."""
+        """Write a batch into a reservation (which it uses up, whatever happens).
+
+        ``token``: the batch's deduplication token when the caller has one (a pushed
+        request's ``Idempotency-Key``); by default one made from the batch number."""
         seq = reservation.seq
         try:
             batch = SpooledBatch(
@@ -333,7 +339,7 @@ class Spool:
                 table=table,
                 format=format,
                 rows=rows,
-                token=batch_token(self.spool_id, seq),
+                token=token or batch_token(self.spool_id, seq),
                 created=time.time(),
                 payload=payload,
                 settings=dict(settings or {}),

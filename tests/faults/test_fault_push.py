@@ -234,3 +234,49 @@ def test_clients_that_retry_every_non_202_under_spool_pressure_land_each_row_onc
     finally:
         if running.thread.is_alive():
             running.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_request_sent_again_with_its_idempotency_key_lands_once(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """A client that did not hear its 202 (the daemon killed after spooling, a timeout, a
+    reset) cannot know whether the rows were kept, and sends them again. With an
+    Idempotency-Key the copy carries the same deduplication token and ClickHouse drops
+    it; every id lands once."""
+    running = Running(
+        daemon_config(
+            tmp_path / "state", f"{endpoint.url}/{database}", {"source": "http", "max_rows": 50}
+        )
+    )
+    port = urlsplit(running.daemon.ingest_url or "").port
+    assert port is not None
+    try:
+        bodies = {
+            f"req-{r}": b"".join(
+                b'{"n":%d,"s":"r%d"}\n' % (i, r) for i in range(r * 200, r * 200 + 200)
+            )
+            for r in range(5)
+        }
+        for _ in range(3):  # every request sent three times: two answers "lost"
+            for key, body in bodies.items():
+                status, payload, _ = post(port, body, {"Idempotency-Key": key})
+                assert status == 202, payload
+        ch = clickhouse_connect.get_client(host=endpoint.host, port=endpoint.port)
+        try:
+
+            def landed() -> tuple[int, int]:
+                row = ch.query(f"SELECT count(), uniqExact(n) FROM `{database}`.ev").result_rows
+                return int(row[0][0]), int(row[0][1])
+
+            wait_for(lambda: running.daemon.dispatcher.backlog() == 0, timeout=120, interval=0.2)
+            time.sleep(0.5)
+            assert landed() == (1000, 1000)
+        finally:
+            ch.close()
+        bad = post(port, bodies["req-0"], {"Idempotency-Key": "x" * 300})
+        assert bad[0] == 400 and "Idempotency-Key" in bad[1]["error"]
+        assert running.stop() == 0
+    finally:
+        if running.thread.is_alive():
+            running.stop()
