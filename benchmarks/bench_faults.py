@@ -112,7 +112,8 @@ def main() -> int:
     kept: list[Path] = []
     try:
         n = 0
-        while time.monotonic() < deadline or (args.seed_round is not None and n == 0):
+        one = args.seed_round is not None
+        while (n == 0) if one else time.monotonic() < deadline:
             n += 1
             name = rng.choice(names)
             round_seed = args.seed_round if args.seed_round is not None else rng.randrange(1, 2**31)
