@@ -260,21 +260,3 @@ def test_format_names_are_case_insensitive(endpoint: EmbeddedClickHouse) -> None
 
     assert output_format("ARROWSTREAM").layout is Layout.ARROW_STREAM
     assert output_format("Parquet").layout is Layout.WHOLE
-
-
-@pytest.mark.parametrize(
-    ("fmt", "content_type"),
-    [
-        ("CSV", "text/csv; charset=UTF-8; header=absent"),
-        ("CSVWithNames", "text/csv; charset=UTF-8; header=present"),
-        ("TSVWithNames", "text/tab-separated-values; charset=UTF-8"),
-        ("JSON", "application/json; charset=UTF-8"),
-        ("Parquet", "application/octet-stream"),
-        ("PrettyCompact", "text/plain; charset=UTF-8"),
-    ],
-)
-def test_content_type_is_the_formats(
-    endpoint: EmbeddedClickHouse, fmt: str, content_type: str
-) -> None:
-    status, headers, _ = _post(endpoint, f"SELECT 1 AS x FORMAT {fmt}".encode())
-    assert (status, headers["Content-Type"]) == (200, content_type)

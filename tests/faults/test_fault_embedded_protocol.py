@@ -4,7 +4,7 @@ Each test here failed before its fix (issue 10): statements without a result got
 ``X-ClickHouse-Format`` (so clickhouse-connect's ``command()`` returned ``''`` instead of a
 QuerySummary), curl's default ``application/x-www-form-urlencoded`` body was parsed as a
 form instead of query text, and errors from streamed inserts carried ``(version ...)``
-twice.
+twice; CSVWithNames said header=absent.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import http.client
 import subprocess
 import urllib.parse
 
+import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.summary import QuerySummary
 
@@ -102,3 +103,21 @@ def test_streamed_insert_error_names_the_version_once(
     assert text.count("DB::Exception: ") == 1, text
     assert text.count("(version ") == 1, text
     assert text.rstrip("\n").endswith(")"), text
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [
+        ("CSV", "text/csv; charset=UTF-8; header=absent"),
+        ("CSVWithNames", "text/csv; charset=UTF-8; header=present"),
+        ("TSVWithNames", "text/tab-separated-values; charset=UTF-8"),
+        ("JSON", "application/json; charset=UTF-8"),
+        ("Parquet", "application/octet-stream"),
+        ("PrettyCompact", "text/plain; charset=UTF-8"),
+    ],
+)
+def test_content_type_is_the_formats(
+    endpoint: EmbeddedClickHouse, fmt: str, content_type: str
+) -> None:
+    status, headers, _ = _post(endpoint, "/", f"SELECT 1 AS x FORMAT {fmt}".encode())
+    assert (status, headers["Content-Type"]) == (200, content_type)
