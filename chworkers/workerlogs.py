@@ -21,6 +21,9 @@ from typing import Any, TextIO
 #: Record attributes that are the standard ones (everything else is an ``extra``).
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
+#: Longest message (and traceback) a worker sends; the rest is cut, and says so.
+MAX_TEXT = 64 * 1024
+
 #: Where a worker's stray ``sys.stderr`` writes are logged (see :class:`StderrToLog`).
 STDERR_LOGGER = "chworkers.stderr"
 
@@ -46,12 +49,21 @@ def to_wire(record: logging.LogRecord, worker: str) -> dict[str, Any]:
             data[key] = value
         else:
             data[key] = repr(value)
-    data["msg"] = record.getMessage()
+    data["msg"] = _capped(record.getMessage())
     data["args"] = None
     if record.exc_info and not record.exc_text:
         data["exc_text"] = logging.Formatter().formatException(record.exc_info)
+    if data.get("exc_text"):
+        data["exc_text"] = _capped(data["exc_text"])
     data["worker"] = worker
     return data
+
+
+def _capped(text: str) -> str:
+    """A message as long as a log line should be (a batch's repr is not)."""
+    if len(text) <= MAX_TEXT:
+        return text
+    return f"{text[:MAX_TEXT]}... [{len(text) - MAX_TEXT} more characters cut]"
 
 
 def emit(data: Mapping[str, Any]) -> None:

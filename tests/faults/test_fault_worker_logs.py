@@ -50,6 +50,7 @@ def chatty_task(n: int) -> int:
     except ValueError:
         logging.getLogger("chworkers.pool").exception("a failure")
     print("a stray line on stderr", file=sys.stderr, flush=True)
+    logging.getLogger("chworkers.dedup").warning("huge %s", "x" * 1_000_000)
     return os.getpid()
 
 
@@ -74,6 +75,8 @@ def test_worker_records_are_emitted_by_the_supervisors_handlers(
     assert "ValueError: boom 7" in by_message["a failure"]["exception"]
     assert by_message["a stray line on stderr"]["logger"] == "chworkers.stderr"
     assert "below the level: never sent" not in out.getvalue()
+    huge = next(r for r in mine if r["message"].startswith("huge x"))
+    assert len(huge["message"]) < 70_000 and huge["message"].endswith("more characters cut]")
 
 
 @pytest.mark.timeout(120)
