@@ -197,6 +197,10 @@ class IngestServer:
         # All or nothing: the request's records go into one batch together; if the spool
         # has not taken them within spool_timeout they are withdrawn, so a request
         # answered anything but 202 is never spooled later (its retry would double it).
+        # The batch is cut up to max_delay after the request: that wait is the batcher's,
+        # not the spool's, and does not count against spool_timeout.
+        limits = route.limits or self.batcher.limits
+        wait = self.spool_timeout + (0.0 if token else limits.max_delay)
         try:
             ticket = self.batcher.add(
                 route.table,
@@ -206,11 +210,11 @@ class IngestServer:
                 pipeline=route.pipeline,
                 settings=route.settings,
                 limits=route.limits,
-                timeout=self.spool_timeout,
+                timeout=wait,
                 header=header,
                 token=token,
             )
-            batch = ticket.settle(self.spool_timeout)
+            batch = ticket.settle(wait)
         except SpoolError as exc:
             raise _BadRequest(
                 HTTPStatus.SERVICE_UNAVAILABLE,

@@ -44,10 +44,12 @@ def rows(start: int, stop: int) -> bytes:
 class Push:
     """The push endpoint over a real batcher and spool; batches are collected."""
 
-    def __init__(self, spool: Spool, *, spool_timeout: float, max_rows: int = 1000) -> None:
+    def __init__(
+        self, spool: Spool, *, spool_timeout: float, max_rows: int = 1000, max_delay: float = 0.05
+    ) -> None:
         self.spool = spool
         self.batches: list[SpooledBatch] = []
-        limits = BatchLimits(max_rows=max_rows, max_delay=0.05)
+        limits = BatchLimits(max_rows=max_rows, max_delay=max_delay)
         self.batcher = Batcher(spool, self.batches.append, limits=limits)
         routes = {"ev": Route("ev", "push"), "csv": Route("csv", "push-csv", "CSV")}
         self.server = IngestServer(routes, self.batcher, spool_timeout=spool_timeout)
@@ -87,6 +89,20 @@ def test_a_request_answered_503_is_never_spooled_later(
         assert post(push.port, rows(size, size + 10))[0] == 202
         assert push.spooled() == rows(size, size + 10)
         assert headers["Retry-After"] and "nothing of them was kept" in payload["error"]
+    finally:
+        push.close()
+
+
+def test_the_batching_delay_does_not_count_against_spool_timeout(tmp_path: Path) -> None:
+    """A batch is cut up to max_delay after a request: with a spool_timeout shorter than
+    that, every request was answered 503 although the spool was empty."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    push = Push(spool, spool_timeout=0.2, max_delay=1.0)
+    try:
+        for i in range(3):
+            status, payload, _ = post(push.port, rows(i * 10, i * 10 + 10))
+            assert status == 202, payload
+        assert push.spooled() == rows(0, 30)
     finally:
         push.close()
 
