@@ -184,6 +184,18 @@ class HttpSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class HealthSettings:
+    """How the daemon judges its health (/healthz, the systemd watchdog, STATUS=)."""
+
+    stall: float = setting(
+        120.0,
+        "No insert confirmed for this long while batches wait turns health 'degraded'.",
+        unit="seconds",
+        minimum=0.1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "Log level.")
     format: Literal["text", "json"] = setting("text", "Log lines for people, or JSON lines.")
@@ -211,6 +223,7 @@ class DaemonSettings:
     metrics: MetricsSettings = section(MetricsSettings, "Metrics.")
     spool: SpoolSettings = section(SpoolSettings, "Spool.")
     http: HttpSettings = section(HttpSettings, "Push endpoint.")
+    health: HealthSettings = section(HealthSettings, "Health.")
     log: LogSettings = section(LogSettings, "Logging.")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chworkers.errors import ConfigError, SupervisorStoppedError
+from chworkers.health import Health, Report
 from chworkers.metrics import Metrics
 from chworkers.options import SupervisorOptions
 from chworkers.retry import RetryPolicy
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from chworkers.taskqueue import TaskQueue
 
 log = logging.getLogger(__name__)
+
+#: The supervisor's loop turns several times a second; silent this long, it is stuck.
+LOOP_STALE_AFTER = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class SupervisorControl:
     broker: LeaseBroker | None
     state: str
     on_reload: Callable[[], Mapping[str, Any]] | None
+    health_checks: Health
     _arbiter: Arbiter | None
     _refreshers: list[Callable[[], None]]
 
@@ -154,12 +159,30 @@ class SupervisorControl:
         the present (the daemon's spool size and age); it must be quick."""
         self._refreshers.append(refresh)
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, details)`` as ``/healthz`` reports it: the supervisor's loop turns.
+    def health(self) -> Report:
+        """The health report ``/healthz`` serves: the supervisor's own problems (its loop,
+        the lease broker) and those of whatever else was added to :attr:`health`.
 
-        A program embedding the supervisor (the daemon's systemd watchdog) asks this.
+        A program embedding the supervisor (the daemon, for its systemd watchdog and
+        ``STATUS=``) asks this, and adds its own components with ``health.add``.
         """
-        return self._healthy()
+        return self.health_checks.check()
+
+    def problems(self) -> list[str]:
+        """The supervisor's own problems; each means a restart is needed (failing)."""
+        arb = self._arbiter
+        if arb is None:
+            return []  # not started yet: nothing can be wrong with it
+        if arb.finished.is_set():
+            error = self.error
+            return [f"the supervisor is {self.state}" + (f": {error}" if error else "")]
+        out = []
+        stalled = time.monotonic() - arb.loop_beat
+        if stalled > LOOP_STALE_AFTER:
+            out.append(f"the supervisor's loop has not turned for {stalled:.0f} s")
+        if self.broker is not None and self.state == "running":
+            out.extend(self.broker.problems())
+        return out
 
     # HTTP endpoint callbacks (on its threads).
 
@@ -180,20 +203,19 @@ class SupervisorControl:
                 log.exception("refreshing metrics failed in %r", refresh)
         with contextlib.suppress(TimeoutError, SupervisorStoppedError):
             self._command("refresh", timeout=2.0)
+        self.health_checks.check()  # the health gauges, as of this scrape
 
     def _healthy(self) -> tuple[bool, dict[str, Any]]:
-        arb = self._arbiter
-        if arb is None or arb.finished.is_set():
-            return False, {"reason": f"supervisor {self.state}", "error": str(self.error or "")}
-        stalled = time.monotonic() - arb.loop_beat
-        if stalled > 10.0:
-            return False, {"reason": f"supervisor loop stalled for {stalled:.1f} s"}
-        return True, {"state": self.state}
+        report = self.health_checks.check()
+        return report.alive, {**report.as_dict(), "state": self.state}
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:
         arb = self._arbiter
         if arb is None or arb.finished.is_set() or arb.mode is not None:
             return False, {"reason": f"supervisor {arb.mode if arb and arb.mode else self.state}"}
+        report = self.health_checks.check()
+        if not report.alive:
+            return False, {"reason": report.summary(), **report.as_dict()}
         ready = sum(1 for h in list(arb.workers.values()) if h.state == "ready")
         if not ready:
             return False, {"reason": "no worker ready"}

@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from chworkers import forkguard
 from chworkers.batcher import Batcher
@@ -39,6 +40,7 @@ from chworkers.config import EMBEDDED, Config
 from chworkers.deadletter import DeadLetters
 from chworkers.dispatch import Dispatcher
 from chworkers.errors import BatcherClosedError, ChworkersError, StateDirInUseError
+from chworkers.health import Level, Report, Stall
 from chworkers.ingest import IngestServer, Route
 from chworkers.inserts import InsertResult
 from chworkers.options import SupervisorOptions
@@ -47,6 +49,10 @@ from chworkers.sources import Checkpoints, FileSource, GeneratorSource, StreamSo
 from chworkers.spool import Spool, SpooledBatch
 from chworkers.supervisor import Supervisor
 from chworkers.systemd import Heartbeat, Notifier, Watchdog, format_status
+from chworkers.tables import Tables
+
+if TYPE_CHECKING:
+    from chworkers.embedded.keeper import Keeper
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ ANSWER_WAIT = 5.0
 
 #: The daemon's loop turns every half second; silent this long, it counts as stuck.
 LOOP_STALE_AFTER = 10.0
+#: The dispatcher hands a batch to the workers in moments; this long in one, it is stuck.
+DISPATCH_STUCK_AFTER = 60.0
 
 
 @dataclass
@@ -98,6 +106,10 @@ class Daemon:
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stop_sources = threading.Event()
         self._source_threads: list[threading.Thread] = []
+        self._source_failures: dict[str, str] = {}
+        self._report = Report(Level.OK)
+        self._stall = Stall(config.settings.health.stall, self._backlog)
+        self.embedded: Keeper | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._heartbeat = Heartbeat()
@@ -113,16 +125,21 @@ class Daemon:
             stack.enter_context(self._state_lock())
             notifier = Notifier.from_environ()
             stack.callback(notifier.close)
+            # Nothing here waits for ClickHouse: the spool and the intake open at once,
+            # the embedded child and the tables come up in the background (batches for a
+            # table wait for it in the spool), and an outage at start costs no data.
             url = self._start_clickhouse(stack)
             self._start_supervisor(stack, url)
             self._start_pipeline_machinery(stack)
-            self._create_tables()
+            self._start_tables(stack)
             self._replay()
             self._start_sources(stack)
+            self._watch_health()
             watchdog = Watchdog(notifier, self._healthy)
             watchdog.start()
             stack.callback(watchdog.stop)
             self._install_signals(stack)
+            self._report = self.supervisor.health_checks.watch()
             notifier.ready(self._status())
             self.totals.started = time.monotonic()  # rates count from here, not start-up
             self._ready.set()
@@ -156,11 +173,18 @@ class Daemon:
         if ch.url != EMBEDDED:
             self.clickhouse_url = ch.connection().url
             return None
+        from chworkers.embedded.keeper import Keeper
+
+        # The port is fixed before the child starts, so the workers' URL is known now
+        # and stays valid across restarts of the child (the keeper restarts it there).
         endpoint = ch.embedded_endpoint(
-            self.state_dir / "clickhouse", log_path=self.state_dir / "clickhouse.log"
+            self.state_dir / "clickhouse",
+            port=ch.embedded.port or _free_port(ch.embedded.host),
+            log_path=self.state_dir / "clickhouse.log",
         )
-        endpoint.start()
-        stack.callback(endpoint.close)
+        self.embedded = Keeper(endpoint)
+        self.embedded.start()
+        stack.callback(self.embedded.stop)
         self.clickhouse_url = endpoint.url
         log.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
         return endpoint.url
@@ -181,6 +205,8 @@ class Daemon:
         stack.callback(self._stop_supervisor)
         self.metrics = self.supervisor.metrics
         self.metrics_url = self.supervisor.metrics_url
+        if self.embedded is not None:
+            self.embedded.attach_metrics(self.metrics)
 
     def _stop_supervisor(self) -> None:
         self.supervisor.stop(graceful=True, timeout=5)
@@ -214,19 +240,25 @@ class Daemon:
             self.metrics.source_errors.labels(source=p.name)
             self.metrics.dead_letter_rows.labels(table=p.table)
 
-    def _create_tables(self) -> None:
-        for p in self.config.pipelines:
-            statement = p.create_statement()
-            if statement is None:
-                continue
-            self.supervisor.submit(_create_table, statement).result(timeout=120)
-            log.info("pipeline %s: table %s is ready", p.name, p.table)
+    def _start_tables(self, stack: contextlib.ExitStack) -> None:
+        statements = {
+            p.table: statement
+            for p in self.config.pipelines
+            if (statement := p.create_statement()) is not None
+        }
+        self.tables = Tables(
+            statements,
+            lambda statement: self.supervisor.submit(_create_table, statement),
+            self.dispatcher.add,
+        )
+        self.tables.start()
+        stack.callback(self.tables.stop)
 
     def _replay(self) -> None:
         batches = self.spool.recover()
         self.checkpoints.recover(batches)
         for batch in batches:
-            self.dispatcher.add(batch)
+            self.tables.offer(batch)
         self.dispatcher.start()
         if batches:
             log.info("replaying %d spooled batches from the last run", len(batches))
@@ -264,6 +296,7 @@ class Daemon:
                 target=self._run_source, args=(source,), name=f"source-{p.name}", daemon=True
             )
             self._source_threads.append(thread)
+            self.supervisor.health_checks.add(f"source {p.name}", source)  # its problems()
         if routes:
             h = self.config.settings.http
             observer = self.metrics.http_endpoint("push")
@@ -293,8 +326,10 @@ class Daemon:
             source.run(self._stop_sources)
         except BatcherClosedError:
             log.info("source %s stopped: the daemon is stopping", source.name)
-        except Exception:
+        except Exception as exc:
             log.exception("source %s failed", source.name)
+            with self._lock:
+                self._source_failures[source.name] = f"{type(exc).__name__}: {exc}"
         finally:
             with self._lock:
                 self.totals.rows_read += source.rows
@@ -341,6 +376,7 @@ class Daemon:
             if now - last_status >= 1.0:
                 last_status = now
                 self.checkpoints.save_unsaved()
+                self._report = self.supervisor.health_checks.watch()
                 status = self._status()
                 notifier.status(status)
                 if self.progress is not None:
@@ -383,7 +419,13 @@ class Daemon:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            if self.dispatcher.wait_idle(0.5 if remaining is None else min(0.5, remaining)):
+            self._heartbeat.beat()  # draining is this loop's work, not a hang
+            step = 0.5 if remaining is None else min(0.5, remaining)
+            # Held batches first: no batch is spooled any more, so once none is held
+            # they are all with the dispatcher, and its being idle means they are in.
+            if self.tables.held():
+                self.tables.wait(step)
+            elif self.dispatcher.wait_idle(step):
                 return True
             with contextlib.suppress(queue.Empty):
                 if self._signals.get_nowait() in (signal.SIGTERM, signal.SIGINT):
@@ -431,7 +473,7 @@ class Daemon:
             # The position also rides in the spooled batch (recovered at start); the
             # batch must be inserted all the same.
             log.error("could not save the position of batch %d: %s", batch.seq, exc)
-        self.dispatcher.add(batch)
+        self.tables.offer(batch)
 
     def _submit(self, batch: SpooledBatch) -> Future[Any]:
         # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
@@ -456,8 +498,10 @@ class Daemon:
             self.totals.rows_inserted += result.rows or 0
             self.totals.batches += 1
             self.totals.dead_letters += len(result.rejected)
+        self._stall.progressed()
 
     def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
+        self._stall.failed(error)
         with self._lock:
             self.totals.failures += 1
 
@@ -466,27 +510,60 @@ class Daemon:
 
     # -- health and status --------------------------------------------------------------
 
-    def _healthy(self) -> bool:
-        """For systemd's watchdog: this loop turns, and the supervisor's workers are fine."""
+    def _watch_health(self) -> None:
+        """Register the daemon's components with the supervisor's health (see
+        :mod:`chworkers.health` for what the levels mean)."""
+        health = self.supervisor.health_checks
+        health.add("daemon", self._own_problems, Level.FAILING)
+        health.add("dispatcher", self.dispatcher)  # e.g. permanent insert errors
+        health.add("spool", self.spool)
+        health.add("batcher", self.batcher)
+        health.add("inserts", self._stall)
+        health.add("tables", self.tables)
+        if self.embedded is not None:
+            health.add("embedded ClickHouse", self.embedded)
+
+    def _own_problems(self) -> list[str]:
+        """What a restart fixes: this loop stuck, a source or the dispatcher dead or hung."""
+        out = []
         if not self._heartbeat.fresh(LOOP_STALE_AFTER):
-            return False
-        ok, _ = self.supervisor.health()
-        return bool(ok)
+            out.append(f"the daemon's loop has not turned for {self._heartbeat.age():.0f} s")
+        with self._lock:
+            failed = dict(self._source_failures)
+        out.extend(f"source {name} stopped: {error}" for name, error in sorted(failed.items()))
+        out.extend(self.dispatcher.thread_problems(DISPATCH_STUCK_AFTER))
+        return out
+
+    def _backlog(self) -> int:
+        """Batches not confirmed yet: with the dispatcher, or waiting for their table."""
+        return self.dispatcher.backlog() + self.tables.held()
+
+    def health(self) -> Report:
+        """The daemon's health now (what ``/healthz`` serves)."""
+        return self.supervisor.health()
+
+    def _healthy(self) -> bool:
+        """For systemd's watchdog: ping unless the daemon is failing. A ClickHouse outage
+        is only 'degraded' (restarting would not help), so the pings go on."""
+        return self.supervisor.health().alive
 
     def _status(self) -> str:
         spool = self.spool.stats() if hasattr(self, "spool") else {"batches": 0, "bytes": 0}
+        backlog = self._backlog() if hasattr(self, "tables") else 0
+        report = self._report
         with self._lock:
             t = self.totals
             text = format_status(
                 t.rate(),
-                self.dispatcher.backlog() if hasattr(self, "dispatcher") else 0,
+                backlog,
                 spool_batches=int(spool["batches"]),
                 spool_bytes=int(spool["bytes"]),
             )
-            return (
+            status = (
                 f"{t.rows_inserted:,} rows inserted, {text}, "
                 f"{t.dead_letters} dead letters, {t.failures} failed attempts"
             )
+        return status if report.level is Level.OK else f"{report.summary()} | {status}"
 
     def summary(self) -> str:
         t = self.totals
@@ -536,3 +613,10 @@ def _remaining(deadline: float | None) -> float | None:
 
 def _create_table(conn: Any, statement: str) -> None:
     conn.command(statement, idempotent=True)
+
+
+def _free_port(host: str) -> int:
+    """A port nobody listens on now, for the embedded child's first start."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -107,6 +107,7 @@ class Dispatcher:
         self._failures: dict[int, int] = {}
         self._in_flight: dict[int, SpooledBatch] = {}
         self._stopped = False
+        self._sending_since: float | None = None  # while the thread hands a batch over
         self.confirmed = 0
         self._thread = threading.Thread(target=self._run, name="chworkers-dispatch", daemon=True)
 
@@ -164,6 +165,22 @@ class Dispatcher:
                 self._wake.wait(remaining if remaining is None else min(remaining, 0.5))
         return True
 
+    def thread_problems(self, stuck_after: float = 60.0) -> list[str]:
+        """Whether the dispatching thread died, or hangs handing one batch over (for the
+        daemon's health: either way spooled batches are no longer sent)."""
+        with self._lock:
+            stopped, since = self._stopped, self._sending_since
+        if stopped or self._thread.ident is None:
+            return []
+        if not self._thread.is_alive():
+            return ["the dispatcher thread died: spooled batches are no longer sent"]
+        if since is not None and time.monotonic() - since > stuck_after:
+            return [
+                f"the dispatcher has been stuck handing one batch to the workers for "
+                f"{time.monotonic() - since:.0f} s"
+            ]
+        return []
+
     def stop(self) -> None:
         """Stop submitting; batches not confirmed stay in the spool for the next start."""
         with self._lock:
@@ -186,7 +203,12 @@ class Dispatcher:
                     self._wake.wait(self._sleep_locked())
                     batch = self._next_locked()
                 self._in_flight[batch.seq] = batch
-            self._send(batch)
+                self._sending_since = time.monotonic()
+            try:
+                self._send(batch)
+            finally:
+                with self._lock:
+                    self._sending_since = None
 
     def _next_locked(self) -> SpooledBatch | None:
         if self._stopped or len(self._in_flight) >= self.max_in_flight:

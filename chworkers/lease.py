@@ -113,6 +113,7 @@ class LeaseBroker:
         self._reclaimed = 0
         self._auto_reclaimed: dict[str, int] = {}  # by holder, until reclaim() reports them
         self._closed = False
+        self._crash: str | None = None
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         _BROKERS.add(self)
@@ -183,6 +184,22 @@ class LeaseBroker:
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    def problems(self) -> list[str]:
+        """Why the broker cannot grant leases, for health checks (empty while serving).
+
+        Without the broker no worker can take a connection: nothing is inserted again
+        until the supervisor (the daemon) restarts.
+        """
+        with self._lock:
+            thread, closed, crash = self._thread, self._closed, self._crash
+        if crash is not None:
+            return [f"the lease broker crashed ({crash}); no worker can get a connection"]
+        if closed:
+            return ["the lease broker is closed; no worker can get a connection"]
+        if thread is not None and not thread.is_alive():
+            return ["the lease broker's thread is gone; no worker can get a connection"]
+        return []
 
     def stats(self) -> LeaseStats:
         with self._lock:
@@ -255,10 +272,11 @@ class LeaseBroker:
                     self._check_liveness()
                     next_liveness = now + LIVENESS_INTERVAL
                 self._flush(sel, self._dispatch(now))
-        except Exception:  # pragma: no cover - a bug; leave a trace instead of a silent hang
+        except Exception as exc:  # a bug; leave a trace (and a health problem), not a hang
             log.exception("lease broker crashed")
             with self._lock:
                 self._closed = True
+                self._crash = f"{type(exc).__name__}: {exc}"
         finally:
             sel.close()
             self._shutdown()

@@ -249,6 +249,29 @@ class Metrics:
             registry=r,
         )
 
+        # Health (chworkers.health) and the embedded ClickHouse child.
+        self.health_level = Gauge(
+            "chworkers_health_level",
+            "Health: 0 ok, 1 degraded (data safe, not flowing), 2 failing (restart needed).",
+            registry=r,
+        )
+        self.health_problems = Gauge(
+            "chworkers_health_problems",
+            "Problems a component reports now, by component.",
+            ["component"],
+            registry=r,
+        )
+        self.embedded_up = Gauge(
+            "chworkers_embedded_up",
+            "Whether the daemon's embedded ClickHouse child is serving (1) or not (0).",
+            registry=r,
+        )
+        self.embedded_restarts = Counter(
+            "chworkers_embedded_restarts_total",
+            "Times the embedded ClickHouse child died and was started again.",
+            registry=r,
+        )
+
     def http_endpoint(self, endpoint: str) -> HttpObserver:
         """Series for one HTTP endpoint (zero-valued until something happens)."""
         for reason in REFUSAL_REASONS:

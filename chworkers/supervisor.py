@@ -34,6 +34,7 @@ from chworkers.errors import (
     SupervisorStoppedError,
 )
 from chworkers.exposition import MetricsEndpoint
+from chworkers.health import Health, Level
 from chworkers.inserts import SplitBudget
 from chworkers.lease import LeaseBroker
 from chworkers.metrics import Metrics
@@ -92,6 +93,8 @@ class Supervisor(SupervisorControl):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.metrics.queue_capacity.set(self.options.queue_size)
+        self.health_checks = Health(self.metrics)
+        self.health_checks.add("supervisor", self, Level.FAILING)
         self.queue = TaskQueue(self.options.queue_size, self.options.queue_max_bytes, self._queued)
         self.broker: Any = None
         self.state = "new"

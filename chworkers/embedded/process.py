@@ -87,6 +87,20 @@ class EmbeddedClickHouse:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def exit_status(self) -> str | None:
+        """How the last child ended ("exit code 1", "killed by SIGKILL"); None while it
+        runs or before it started."""
+        code = None if self._proc is None else self._proc.poll()
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
     def start(self) -> Self:
         """Start the child and wait until it serves; raises EmbeddedError if it cannot."""
         if self.running:
@@ -183,6 +197,10 @@ class EmbeddedClickHouse:
             f"the embedded endpoint did not start ({what}): {self._tail()}", path=str(self.path)
         )
 
+    def tail(self, limit: int = 2000) -> str:
+        """The last lines of the child's log (at most ``limit`` characters)."""
+        return self._tail(limit)
+
     def _tail(self, limit: int = 2000) -> str:
         text = self.log()
         lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -193,6 +211,9 @@ class EmbeddedClickHouse:
         if self._log is None:
             return ""
         self._log.flush()
+        if self.log_path is not None:  # opened for appending, which cannot be read back
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
         with open(self._log.fileno(), "rb", closefd=False) as f:
             f.seek(0)
             return f.read().decode("utf-8", "replace")

@@ -1,0 +1,65 @@
+"""ClickHouse down when the daemon starts (issue 9, defect 5).
+
+The daemon used to create its tables before opening its intake: with ClickHouse down it
+took no data at all, gave up after its retries and exited, and systemd restarted it in
+a loop. Now the spool and the intake open at once, the tables are created in the
+background once ClickHouse answers, batches for a table wait for it in the spool, and
+everything taken in lands exactly once when ClickHouse comes up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from harness import Drill, file_pipeline, push_pipeline
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def healthz(url: str | None) -> tuple[int, dict[str, Any]]:
+    assert url is not None
+    try:
+        with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: Drill) -> None:
+    drill.proxy.down()  # before the daemon starts
+    feed = drill.file_feed(20_000, chunk=1000, pause=0.02)
+    daemon = drill.make_daemon(
+        [file_pipeline(feed), push_pipeline(table="ev")],
+        {"health": {"stall": 1.0}},
+    )
+    daemon.start()  # READY=1 with ClickHouse down: the intake is open
+    push = drill.push_clients(clients=2, requests=10, rows=100).start()
+    feed.start()
+    feed.join()
+    push.join()  # every push answered 202 while ClickHouse is still down
+    client = drill.target.client(daemon)
+    try:  # nothing reached ClickHouse: not even the table
+        assert client.command("EXISTS TABLE ev") == 0
+    finally:
+        client.close()
+    status, body = healthz(daemon.metrics_url)
+    components = {p["component"] for p in body["problems"]}
+    assert status == 200 and body["status"] == "degraded", body
+    assert "tables" in components and "inserts" in components, body
+    assert daemon.running() and daemon.starts == 1
+    time.sleep(2)  # a few more rounds of failing CREATEs: the daemon stays up
+    assert daemon.running()
+    drill.proxy.up()
+    drill.settle()
+    drill.verify()
+    assert drill.count() == 20_000 + 2_000
+    assert healthz(daemon.metrics_url) == (
+        200,
+        {"status": "ok", "problems": [], "state": "running"},
+    )
+    assert "table ev is ready; " in daemon.log()
+    daemon.terminate(within=20)

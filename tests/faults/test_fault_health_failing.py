@@ -1,0 +1,109 @@
+"""Health tells the truth when a part of the daemon dies (issue 9, defect 15).
+
+A dead source thread or a dead lease broker used to leave ``/healthz`` at 200 and the
+systemd watchdog pinging: the daemon looked fine while a source took nothing in, or
+while no worker could get a connection again. Both are "failing" now: ``/healthz`` and
+``/readyz`` answer 503 with the reason, and the watchdog check fails, so systemd
+restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import waiting
+
+from chworkers import Supervisor, config
+from chworkers.daemon import Daemon
+from chworkers.embedded import EmbeddedClickHouse
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.timeout(180)
+def test_a_source_thread_that_dies_makes_the_daemon_failing(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """Standard input is a TCP connection the peer resets: reading it raises
+    ConnectionResetError, which kills the source's thread."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    cfg = config.load(
+        data={
+            "state_dir": str(tmp_path / "state"),
+            "clickhouse": {"url": f"{endpoint.url}/{database}"},
+            "supervisor": {"workers": 1},
+            "metrics": {"port": 0},
+            "http": {"port": 0},
+            "spool": {"fsync": False},
+            "pipelines": [
+                {"name": "in", "source": "stdin", "table": "ev", "create": "n UInt64"},
+                {"name": "push", "source": "http", "table": "ev2", "create": "n UInt64"},
+            ],
+        },
+        env={},
+    )
+    stdin = conn.makefile("rb")
+    daemon = Daemon(cfg, stdin=stdin)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        assert daemon.wait_ready(120)
+        base = str(daemon.metrics_url).removesuffix("/metrics")
+        waiting.wait_for(lambda: get(base + "/healthz")[1]["status"] == "ok", timeout=60)
+        assert daemon._healthy()
+        peer.sendall(b'{"n": 1}\n')
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST: the daemon's read of its stdin fails
+        waiting.wait_for(lambda: get(base + "/healthz")[0] == 503, timeout=30)
+        _, body = get(base + "/healthz")
+        assert body["status"] == "failing"
+        (problem,) = [p for p in body["problems"] if p["level"] == "failing"]
+        assert problem["component"] == "daemon"
+        assert problem["reason"].startswith("source in stopped: ConnectionResetError")
+        assert get(base + "/readyz")[0] == 503
+        assert not daemon._healthy()  # the systemd watchdog pings stop
+    finally:
+        daemon.request_stop()
+        thread.join(120)
+        stdin.close()
+        conn.close()
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(120)
+def test_a_closed_lease_broker_makes_the_supervisor_failing(
+    endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """Without its lease broker no worker can take a connection again."""
+    with Supervisor(f"{endpoint.url}/{database}", workers=1, metrics_port=0) as sup:
+        base = str(sup.metrics_url).removesuffix("/metrics")
+        status, body = get(base + "/healthz")
+        assert status == 200 and body["status"] == "ok", body
+        sup.broker.close()
+        status, body = get(base + "/healthz")
+        assert status == 503 and body["status"] == "failing", body
+        assert body["problems"] == [
+            {
+                "component": "supervisor",
+                "level": "failing",
+                "reason": "the lease broker is closed; no worker can get a connection",
+            }
+        ]
+        assert not sup.health().alive
