@@ -67,6 +67,9 @@ ANSWER_WAIT = 5.0
 LOOP_STALE_AFTER = 10.0
 #: The dispatcher hands a batch to the workers in moments; this long in one, it is stuck.
 DISPATCH_STUCK_AFTER = 60.0
+#: READY=1 waits this long for the tables when ClickHouse answers slowly (the intake is
+#: open meanwhile); past it the daemon is ready anyway and the tables come later.
+TABLES_GRACE = 15.0
 
 
 @dataclass
@@ -139,6 +142,12 @@ class Daemon:
             watchdog.start()
             stack.callback(watchdog.stop)
             self._install_signals(stack)
+            if not self.tables.wait(TABLES_GRACE):
+                log.warning(
+                    "ClickHouse is not reachable yet: taking data in and spooling it; tables "
+                    "%s are created once it is (batches for them wait in the spool)",
+                    ", ".join(self.tables.pending()),
+                )
             self._report = self.supervisor.health_checks.watch()
             notifier.ready(self._status())
             self.totals.started = time.monotonic()  # rates count from here, not start-up

@@ -43,7 +43,7 @@ class Tables:
         release: Callable[[SpooledBatch], None],
         *,
         initial_backoff: float = 1.0,
-        max_backoff: float = 30.0,
+        max_backoff: float = 10.0,
         attempt_timeout: float = 120.0,
     ) -> None:
         self._create = create
