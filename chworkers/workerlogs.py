@@ -12,6 +12,7 @@ starts, so that records nobody would see are not sent at all.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import threading
@@ -97,7 +98,21 @@ class ForwardingHandler(logging.Handler):
             self._local.busy = False
 
 
-class StderrToLog:
+class _Bytes:
+    """``sys.stderr.buffer`` for code that writes bytes: decoded, then as text."""
+
+    def __init__(self, text: StderrToLog) -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        self._text.write(bytes(data).decode("utf-8", "backslashreplace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+
+class StderrToLog(io.TextIOBase):
     """A ``sys.stderr`` that turns what is written to it into log records (one a line; a
     ``Traceback`` block as one record with the traceback as its exception text), so
     that JSON logs stay JSON whatever prints to stderr."""
@@ -112,6 +127,7 @@ class StderrToLog:
         self._traceback: list[str] = []
         self._lock = threading.RLock()
         self._busy = False
+        self.buffer = _Bytes(self)
 
     def write(self, text: str) -> int:
         with self._lock:

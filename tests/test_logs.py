@@ -60,6 +60,8 @@ def test_json_turns_stray_stderr_and_uncaught_exceptions_into_records() -> None:
     sys.stderr.write("Traceback (most recent call last):\n")
     sys.stderr.write('  File "x.py", line 1, in handle\n    boom()\n')
     sys.stderr.write("RuntimeError: the handler broke\n")
+    sys.stderr.buffer.write(b"bytes too\n")
+    sys.stderr.writelines(["two ", "parts\n"])
 
     def die() -> None:
         raise KeyError("gone")
@@ -70,6 +72,7 @@ def test_json_turns_stray_stderr_and_uncaught_exceptions_into_records() -> None:
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     messages = [r["message"] for r in records]
     assert "Exception occurred during processing of request" in messages
+    assert "bytes too" in messages and "two parts" in messages
     broke = next(r for r in records if r["message"] == "RuntimeError: the handler broke")
     assert broke["level"] == "error" and 'File "x.py", line 1' in broke["exception"]
     died = next(r for r in records if r["message"] == "thread source-x failed")
