@@ -188,10 +188,12 @@ class Dispatcher:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        # Completions already in hand still finish (a confirmed batch leaves the spool).
+        # Completions already in hand still finish (a confirmed batch leaves the spool);
+        # bounded, so that a stop stays bounded: one not finished stays spooled and is
+        # replayed, harmlessly, at the next start.
         self._completions.put(None)
         if self._completer.is_alive():
-            self._completer.join(timeout=30)
+            self._completer.join(timeout=5)
 
     def _run(self) -> None:
         while True:
