@@ -411,6 +411,7 @@ class Daemon:
             log.warning("some records were not spooled before the stop (see above)")
         if getattr(self, "ingest", None) is not None:
             self.ingest.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
+        self.checkpoints.save_unsaved()  # a last try for positions whose save failed
         self._drain(_remaining(deadline))
         self.dispatcher.stop()
         if self.progress is not None:
