@@ -38,7 +38,8 @@ from chworkers.embedded.protocol import (
     read_request,
 )
 from chworkers.errors import ServerError
-from chworkers.httpserver import Deadlines, HttpLimits
+from chworkers.httpserver import HttpLimits
+from chworkers.httpwatch import Deadlines
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from chworkers.embedded.handler import Connection, Credentials
 from chworkers.embedded.sessions import Sessions
 from chworkers.errors import EmbeddedError
 from chworkers.httpframing import plain_response
-from chworkers.httpserver import Closer, Deadlines, HttpLimits
+from chworkers.httpserver import HttpLimits
+from chworkers.httpwatch import Closer, Deadlines
 
 log = logging.getLogger(__name__)
 
