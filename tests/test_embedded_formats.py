@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.embedded.formats import Layout, output_format
 
 DEFAULT_BLOCK = 65409
 #: Formats of every kind the endpoint writes: streamed (concatenated, header once,
@@ -176,6 +177,18 @@ def test_format_is_one_document_for_any_size(
     _check(endpoint, reference, fmt, rows, bs)
 
 
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if output_format(f).streams])
+def test_totals_and_extremes(endpoint: EmbeddedClickHouse, reference: Reference, fmt: str) -> None:
+    for sql in (
+        "SELECT number % 3 AS k, count() AS c FROM numbers(5000) GROUP BY k WITH TOTALS "
+        "ORDER BY k SETTINGS max_block_size=1",
+        "SELECT number AS n FROM numbers(3000) SETTINGS max_block_size=1000, extremes=1",
+    ):
+        expected = reference.query(sql, fmt)
+        status, _, body = _post(endpoint, f"{sql} FORMAT {fmt}".encode())
+        assert (status, body) == (200, expected), sql
+
+
 MILLION = 1_000_000
 
 
@@ -256,7 +269,5 @@ def test_joined_results_spooled_and_compressed(
 def test_format_names_are_case_insensitive(endpoint: EmbeddedClickHouse) -> None:
     sql = b"SELECT number FROM numbers(3) SETTINGS max_block_size=1 FORMAT csvwithnames"
     assert _post(endpoint, sql)[2] == b'"number"\n0\n1\n2\n'
-    from chworkers.embedded.formats import Layout, output_format
-
     assert output_format("ARROWSTREAM").layout is Layout.ARROW_STREAM
     assert output_format("Parquet").layout is Layout.WHOLE

@@ -14,6 +14,7 @@ returning a cut result.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import tempfile
 from collections.abc import Generator
@@ -36,6 +37,20 @@ log = logging.getLogger(__name__)
 #: ClickHouse's DBMS_DEFAULT_BUFFER_SIZE: the least of a result it holds before sending.
 DEFAULT_BUFFER_SIZE = 1 << 20
 _STREAMABLE = frozenset({"SELECT", "WITH"})
+#: Settings under which chDB's per-block documents are more than their rows: extremes
+#: come as extra blocks, and the others wrap every block's document in a prefix and a
+#: suffix ([...] for JSONEachRow, the custom result delimiters for CustomSeparated).
+_WRAPPING = (
+    "extremes",
+    "output_format_json_array_of_rows",
+    "format_custom_result_before_delimiter",
+    "format_custom_result_after_delimiter",
+)
+#: The same in the query text, and WITH TOTALS (whose block chDB's streaming writes out
+#: of place, or fails on for ArrowStream).
+_WRAPPING_TEXT = re.compile(
+    rb"(?i)\b(?:totals|" + b"|".join(w.encode() for w in _WRAPPING) + rb")\b"
+)
 
 
 def content_type(fmt: str) -> str:
@@ -103,7 +118,7 @@ def answer(
     tag = secrets.token_hex(8)  # 16 alphanumeric characters, as ClickHouse's
     resp.set_header("X-ClickHouse-Exception-Tag", tag)
     blocks: Generator[bytes, None, None] | None = None
-    if fmt.streams and sql.first_keyword(text) in _STREAMABLE:
+    if _streams(conn, qr, text, fmt):
         blocks = engine.stream(conn, text, fmt_name, qr.query_params, stats)
     if blocks is None:
         _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
@@ -147,6 +162,22 @@ def answer(
     finally:
         pieces.close()
     writer.finish()
+
+
+def _streams(conn: Any, qr: QueryRequest, text: bytes, fmt: formats.OutputFormat) -> bool:
+    """Whether the result can be joined from chDB's per-block documents.
+
+    Not when totals, extremes or a setting that wraps each block's document may be in
+    effect: from the query text, the URL, or (in a session) an earlier SET.
+    """
+    if not fmt.streams or sql.first_keyword(text) not in _STREAMABLE:
+        return False
+    if _WRAPPING_TEXT.search(text) or any(name in qr.settings for name in _WRAPPING):
+        return False
+    if qr.session_id:
+        values = engine.current_settings(conn, _WRAPPING).values()
+        return all(value in ("", "0", "false") for value in values)
+    return True
 
 
 def _joined(

@@ -1,0 +1,70 @@
+"""Regression tests: totals, extremes and wrapping settings over results of many blocks.
+
+Before the fix (issue 10, item 1) a streamed result was joined from chDB's per-block
+documents even when those are more than their rows: with
+``output_format_json_array_of_rows=1`` JSONEachRow came back as one array per block,
+CustomSeparated repeated its result delimiters per block, CSVWithNames put the WITH
+TOTALS row before a repeated header, and ArrowStream with ``extremes=1`` failed with
+a LOGICAL_ERROR from chDB's streaming. Such results are now produced whole.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import uuid
+
+import pyarrow as pa
+import pyarrow.ipc
+
+from chworkers.embedded import EmbeddedClickHouse
+
+BLOCKS = "SETTINGS max_block_size=2"
+
+
+def _post(endpoint: EmbeddedClickHouse, body: str, target: str = "/") -> bytes:
+    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=60)
+    try:
+        conn.request("POST", target, body=body.encode())
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200, data
+        return data
+    finally:
+        conn.close()
+
+
+def test_json_array_of_rows_from_the_url(endpoint: EmbeddedClickHouse) -> None:
+    body = _post(
+        endpoint,
+        f"SELECT number AS n FROM numbers(5) {BLOCKS} FORMAT JSONEachRow",
+        "/?output_format_json_array_of_rows=1",
+    )
+    assert body == b'[\n{"n":0},\n{"n":1},\n{"n":2},\n{"n":3},\n{"n":4}\n]\n'
+
+
+def test_custom_result_delimiters_set_in_a_session(endpoint: EmbeddedClickHouse) -> None:
+    target = f"/?session_id={uuid.uuid4()}"
+    _post(endpoint, "SET format_custom_result_before_delimiter = '<'", target)
+    _post(endpoint, "SET format_custom_result_after_delimiter = '>'", target)
+    body = _post(endpoint, f"SELECT number FROM numbers(5) {BLOCKS} FORMAT CustomSeparated", target)
+    assert body == b"<0\n1\n2\n3\n4\n>"
+
+
+def test_totals_after_the_rows_and_the_header_once(endpoint: EmbeddedClickHouse) -> None:
+    body = _post(
+        endpoint,
+        "SELECT number % 3 AS k, count() AS c FROM numbers(5000) GROUP BY k WITH TOTALS "
+        "ORDER BY k SETTINGS max_block_size=1 FORMAT CSVWithNames",
+    )
+    assert body == b'"k","c"\n0,1667\n1,1667\n2,1666\n\n0,5000\n'
+
+
+def test_arrow_stream_with_extremes(endpoint: EmbeddedClickHouse) -> None:
+    body = _post(
+        endpoint,
+        "SELECT number FROM numbers(3000) SETTINGS max_block_size=1000, extremes=1 FORMAT ArrowStream",
+    )
+    table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
+    assert table.num_rows >= 3000
+    assert table.column("number").to_pylist()[:3000] == list(range(3000))
