@@ -39,6 +39,7 @@ from chworkers.errors import (
     WorkerLostError,
 )
 from chworkers.hooks import MetricsHooks, PoolHooks
+from chworkers.inserts import InsertResult, Rejected
 from chworkers.lease import LeaseBroker, LeaseClient, LeaseStats
 from chworkers.middleware import Middleware
 from chworkers.options import SupervisorOptions
@@ -68,6 +69,7 @@ __all__ = [
     "EmbeddedClickHouse",  # the embedded ClickHouse endpoint (not an error)
     "EmbeddedError",
     "Host",
+    "InsertResult",
     "LeaseBroker",
     "LeaseClient",
     "LeaseStats",
@@ -81,6 +83,7 @@ __all__ = [
     "PoolStats",
     "PoolTimeoutError",
     "QueueFullError",
+    "Rejected",
     "RequestError",
     "ResponseTimeoutError",
     "RetriesExhaustedError",

@@ -134,3 +134,29 @@ def test_dead_letters_as_supervisor_middleware_keep_failed_tasks_rows(
     count = registry.get_sample_value
     assert count("chworkers_dead_letter_rows_total", {"table": "missing"}) == 2
     assert count("chworkers_dead_letter_rows_total", {"table": "gone"}) == 3
+
+
+def test_insert_raw_splits_bad_rows_in_the_worker_and_returns_them(
+    endpoint: EmbeddedClickHouse, ch_client: Client, database: str
+) -> None:
+    from chworkers import BatchError, InsertResult, Supervisor
+
+    ch_client.command(
+        "CREATE TABLE ev (n UInt64) ENGINE = MergeTree ORDER BY n "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    body = b"n\n1\n2\nx\n4\n"
+    with Supervisor(f"{endpoint.url}/{database}", workers=1, split_max_requests=50) as sup:
+        result = sup.insert_raw("ev", body, "CSVWithNames", split_bad_rows=True).result(60)
+        with pytest.raises(BatchError, match="line formats"):
+            sup.insert_raw("ev", b"", "Native", split_bad_rows=True)
+        assert sup.insert_raw("ev", b"5\n", "CSV").result(60) == 1  # plain: the row count
+    assert isinstance(result, InsertResult)
+    assert result.rows == 3 and result.requests > 1
+    assert [(r.record, r.reason, r.error.code) for r in result.rejected] == [
+        (b"x\n", "rejected", result.rejected[0].error.code)
+    ]
+    assert is_row_error(result.rejected[0].error)
+    assert ch_client.query("SELECT groupArray(n) FROM (SELECT n FROM ev ORDER BY n)").result_rows[
+        0
+    ][0] == [1, 2, 4, 5]
