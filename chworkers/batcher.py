@@ -300,20 +300,20 @@ class Batcher:
         with self._lock:
             self._closed = True
             if timeout is not None:
-                self.give_up_at(time.monotonic() + timeout, locked=True)
+                self._give_up_locked(time.monotonic() + timeout)
             self._wake.notify_all()
         self.flush()
         self._timer.join(timeout=5)
         with self._lock:
             return not any(b.abandoned for b in self._last_cut.values())
 
-    def give_up_at(self, deadline: float, *, locked: bool = False) -> None:
+    def give_up_at(self, deadline: float) -> None:
         """From ``deadline`` (``time.monotonic()``) on, stop waiting for the spool:
         pending cuts fail their tickets and nothing more is spooled."""
-        if not locked:
-            with self._lock:
-                self.give_up_at(deadline, locked=True)
-            return
+        with self._lock:
+            self._give_up_locked(deadline)
+
+    def _give_up_locked(self, deadline: float) -> None:
         if self._give_up_at is None or deadline < self._give_up_at:
             self._give_up_at = deadline
 
@@ -384,7 +384,10 @@ class Batcher:
                     self._wake.wait(None if next_due is None else next_due - now)
                     continue
             for buf in due:
-                self._cut(buf)
+                try:
+                    self._cut(buf)
+                except Exception:  # the timer must live on: every timed cut depends on it
+                    log.exception("the batcher's timer could not cut a batch")
 
     def _take(self, key: _Key) -> _Buffer:
         """Remove a buffer for cutting (under the lock), chained after the previous cut."""
@@ -418,7 +421,12 @@ class Batcher:
                     return
                 try:
                     batch = self._write(buf, live)
-                except SpoolError as exc:
+                except Exception as exc:
+                    if not isinstance(exc, SpoolError):
+                        # A bug, not the disk: still no record is dropped (a source's
+                        # position must not pass them), and it is loud.
+                        log.exception("pipeline %s: spooling a batch failed", buf.pipeline)
+                        exc = SpoolError(f"spooling failed: {type(exc).__name__}: {exc}")
                     if not self._failed(buf, exc):
                         return
                     self._stalled(buf, exc)

@@ -17,7 +17,7 @@ from waiting import wait_for
 
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.errors import SpoolFullError, SpoolWriteError
+from chworkers.errors import SpoolError, SpoolFullError, SpoolWriteError
 from chworkers.metrics import Metrics
 from chworkers.spool import Spool
 
@@ -172,3 +172,17 @@ def test_a_refusal_is_not_reported_once_there_is_room_again(tmp_path: Path) -> N
     assert spool.problems() and "is full" in spool.problems()[0]
     spool.remove(filler)  # ClickHouse took the batch: there is room
     assert spool.problems() == []
+
+
+def test_a_batch_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
+    """An error other than the spool's (here: meta that JSON cannot encode) fails the
+    records it concerns; the timer thread lives on and cuts the other batches."""
+    batcher = Batcher(Spool(tmp_path / "spool", fsync=False), lambda b: None)
+    try:
+        broken = batcher.add("t", b"1\n", 1, format="CSV", meta={"x": object()})
+        with pytest.raises(SpoolError, match="TypeError"):
+            broken.wait(10)
+        fine = batcher.add("u", b"2\n", 1, format="CSV")  # a timed cut, a second later
+        assert fine.wait(10) > 0
+    finally:
+        batcher.close(timeout=5)
