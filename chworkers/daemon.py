@@ -67,8 +67,9 @@ ANSWER_WAIT = 5.0
 LOOP_STALE_AFTER = 10.0
 #: The dispatcher hands a batch to the workers in moments; this long in one, it is stuck.
 DISPATCH_STUCK_AFTER = 60.0
-#: READY=1 waits this long for the tables when ClickHouse answers slowly (the intake is
-#: open meanwhile); past it the daemon is ready anyway and the tables come later.
+#: READY=1 waits this long for the tables (and the embedded child) when ClickHouse
+#: answers slowly (the intake is open meanwhile); past it the daemon is ready anyway and
+#: the tables come later.
 TABLES_GRACE = 15.0
 
 
@@ -142,7 +143,10 @@ class Daemon:
             watchdog.start()
             stack.callback(watchdog.stop)
             self._install_signals(stack)
-            if not self.tables.wait(TABLES_GRACE):
+            grace = time.monotonic() + TABLES_GRACE
+            if self.embedded is not None:
+                self.embedded.wait_up(TABLES_GRACE)
+            if not self.tables.wait(max(0.0, grace - time.monotonic())):
                 log.warning(
                     "ClickHouse is not reachable yet: taking data in and spooling it; tables "
                     "%s are created once it is (batches for them wait in the spool)",
@@ -448,6 +452,7 @@ class Daemon:
         # Batches held back (a permanent error, an outage) get their next try now: the
         # operator may have just fixed the table or the password.
         self.dispatcher.retry_now()
+        self.tables.retry_now()
         if self.config.source == "defaults":
             log.info("SIGHUP: no config file to reload")
             return

@@ -57,6 +57,7 @@ class Tables:
         self._held: dict[str, list[SpooledBatch]] = {}
         self._failures: dict[str, tuple[int, float, str]] = {}  # attempts, since, last error
         self._stop = threading.Event()
+        self._again = threading.Event()  # cut the current backoff short
         self._thread = threading.Thread(target=self._run, name="chworkers-tables", daemon=True)
 
     def __repr__(self) -> str:
@@ -72,8 +73,13 @@ class Tables:
     def stop(self) -> None:
         """Stop trying; held batches stay in the spool for the next start."""
         self._stop.set()
+        self._again.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.attempt_timeout + 5)
+
+    def retry_now(self) -> None:
+        """Try the tables not created yet at once (SIGHUP: the cause may be fixed)."""
+        self._again.set()
 
     def offer(self, batch: SpooledBatch) -> None:
         """A spooled batch: on to the dispatcher now, or once its table exists."""
@@ -131,7 +137,9 @@ class Tables:
                 if not self._pending:
                     return
             rounds += 1
-            self._stop.wait(capped_backoff(self.initial_backoff, rounds, self.max_backoff))
+            if self._again.wait(capped_backoff(self.initial_backoff, rounds, self.max_backoff)):
+                self._again.clear()
+                rounds = 0
 
     def _attempt(self, table: str, statement: str) -> None:
         try:

@@ -92,8 +92,8 @@ class Keeper:
         """The child is not serving: since when and why (for health)."""
         with self._lock:
             since, why = self._down_since, self._why
-        if since is None or self._stop.is_set():
-            return []
+        if since is None or self._stop.is_set() or why == "starting":
+            return []  # up, stopped, or its first start still going on (no failure yet)
         return [
             f"the embedded ClickHouse is down for {time.monotonic() - since:.0f} s ({why}); "
             f"batches wait in the spool ({self.restarts} restarts so far)"

@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from harness import Drill, file_pipeline, push_pipeline
+from harness import Drill, file_pipeline, push_pipeline, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,6 +51,11 @@ def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: 
     assert status == 200 and body["status"] == "degraded", body
     assert "tables" in components and "inserts" in components, body
     assert daemon.running() and daemon.starts == 1
+    assert wait_until(  # systemctl status says it too
+        lambda: any(m.startswith("STATUS=degraded: ") for m in list(daemon.notify.messages)),
+        10,
+        "STATUS=",
+    )
     time.sleep(2)  # a few more rounds of failing CREATEs: the daemon stays up
     assert daemon.running()
     drill.proxy.up()
