@@ -20,6 +20,8 @@ from chworkers.dsn import redact_url
 from chworkers.errors import ChworkersError
 
 DEMO_TABLE = "demo_events"
+#: Tables ``check`` names before it only counts the rest.
+_LISTED = 20
 
 
 def register(subparsers: Any) -> None:
@@ -180,6 +182,13 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     try:
         version = pool.with_connection(lambda c: c.command("SELECT version()"))
         print(f"clickhouse: {conn.url} answers (version {version})")
+        tables = pool.with_connection(
+            lambda c: [row[0] for row in c.query("SHOW TABLES").result_rows]
+        )
+        shown = ", ".join(tables[:_LISTED]) + (
+            f" and {len(tables) - _LISTED} more" if len(tables) > _LISTED else ""
+        )
+        print(f"clickhouse: {len(tables)} table(s) in {conn.database or 'default'}: {shown or '-'}")
         for p in cfg.pipelines:
             exists = pool.with_connection(
                 lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]

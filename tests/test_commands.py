@@ -146,6 +146,7 @@ def test_check_starts_the_embedded_endpoint_and_lists_its_tables(tmp_path: Path)
         pool.close()
     existing = chworkers("check", "-c", str(conf))
     assert existing.returncode == 0, existing.stdout + existing.stderr
+    assert "clickhouse: 1 table(s) in default: ev" in existing.stdout
     assert "pipeline p: table ev exists" in existing.stdout
     with state_lock(tmp_path / "state"):  # a daemon runs on it: leave its endpoint alone
         busy = chworkers("check", "-c", str(conf))
