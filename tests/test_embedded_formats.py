@@ -178,11 +178,15 @@ def test_format_is_one_document_for_any_size(
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if output_format(f).streams])
-def test_totals_and_extremes(endpoint: EmbeddedClickHouse, reference: Reference, fmt: str) -> None:
+def test_totals_extremes_and_arrow_dictionaries(
+    endpoint: EmbeddedClickHouse, reference: Reference, fmt: str
+) -> None:
     for sql in (
         "SELECT number % 3 AS k, count() AS c FROM numbers(5000) GROUP BY k WITH TOTALS "
         "ORDER BY k SETTINGS max_block_size=1",
         "SELECT number AS n FROM numbers(3000) SETTINGS max_block_size=1000, extremes=1",
+        "SELECT toLowCardinality(toString(number % 7)) AS lc FROM numbers(5000) "
+        "SETTINGS max_block_size=1000, output_format_arrow_low_cardinality_as_dictionary=1",
     ):
         expected = reference.query(sql, fmt)
         status, _, body = _post(endpoint, f"{sql} FORMAT {fmt}".encode())

@@ -38,13 +38,15 @@ log = logging.getLogger(__name__)
 DEFAULT_BUFFER_SIZE = 1 << 20
 _STREAMABLE = frozenset({"SELECT", "WITH"})
 #: Settings under which chDB's per-block documents are more than their rows: extremes
-#: come as extra blocks, and the others wrap every block's document in a prefix and a
-#: suffix ([...] for JSONEachRow, the custom result delimiters for CustomSeparated).
+#: come as extra blocks, two wrap every block's document in a prefix and a suffix ([...]
+#: for JSONEachRow, the custom result delimiters for CustomSeparated), and Arrow
+#: dictionaries for LowCardinality are written across blocks as one writer's state.
 _WRAPPING = (
     "extremes",
     "output_format_json_array_of_rows",
     "format_custom_result_before_delimiter",
     "format_custom_result_after_delimiter",
+    "output_format_arrow_low_cardinality_as_dictionary",
 )
 #: The same in the query text, and WITH TOTALS (whose block chDB's streaming writes out
 #: of place, or fails on for ArrowStream).
