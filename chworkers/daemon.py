@@ -533,6 +533,7 @@ class Daemon:
         health.add("dispatcher", self.dispatcher)  # e.g. permanent insert errors
         health.add("spool", self.spool)
         health.add("batcher", self.batcher)
+        health.add("positions", self.checkpoints)  # file positions that could not be saved
         health.add("inserts", self._stall)
         health.add("tables", self.tables)
         if self.embedded is not None:

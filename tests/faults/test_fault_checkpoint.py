@@ -3,16 +3,20 @@ read (issue 9, items 13 and 15)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from smalldisk import disk_full, small_filesystem
+from daemonthread import Running, count, daemon_config
+from smalldisk import disk_full, fill, small_filesystem
 from waiting import wait_for
 
 from chworkers.batcher import Batcher, BatchLimits
+from chworkers.embedded import EmbeddedClickHouse
+from chworkers.health import Level
 from chworkers.sources import Checkpoints, FileSource
 from chworkers.spool import Spool, SpooledBatch
 
@@ -154,3 +158,41 @@ def test_a_position_that_could_not_be_saved_is_saved_later(tmp_path: Path) -> No
         checkpoints.save_unsaved()  # what the daemon's loop does every second
         assert checkpoints.problems() == []
         assert Checkpoints(tmp_path / "small" / "positions").load("p") == later
+
+
+@pytest.mark.timeout(180)
+def test_health_says_when_positions_cannot_be_saved(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """The positions' disk is full: the batches are spooled and inserted, health says
+    the positions are not saved (degraded), and once there is room they are saved."""
+    state = tmp_path / "state"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with small_filesystem(state / "positions") as tmpfs:
+        if not tmpfs:
+            pytest.skip("mounting a tmpfs is not permitted here (the unit test above covers it)")
+        pipeline = {"source": "file", "paths": [str(logs / "*.json")], "follow": True}
+        running = Running(
+            daemon_config(state, f"{endpoint.url}/{database}", {**pipeline, "poll_interval": 0.05})
+        )
+        try:
+            filler = fill(state / "positions")
+            (logs / "a.json").write_bytes(lines(0, 1000))
+            wait_for(lambda: count(endpoint, database)[0] == 1000, timeout=60, interval=0.2)
+
+            def positions_problem() -> list[str]:
+                report = running.daemon.health()
+                return [p.reason for p in report.problems if p.component == "positions"]
+
+            wait_for(lambda: bool(positions_problem()), timeout=30, interval=0.1)
+            assert "not saved" in positions_problem()[0]
+            assert running.daemon.health().level == Level.DEGRADED
+            filler.unlink()  # room again: saved within a second or so
+            wait_for(lambda: not positions_problem(), timeout=30, interval=0.1)
+            saved = json.loads((state / "positions" / "p.json").read_text())
+            assert saved[str(logs / "a.json")]["offset"] == (logs / "a.json").stat().st_size
+            assert running.stop() == 0
+        finally:
+            if running.thread.is_alive():
+                running.stop()
