@@ -14,7 +14,7 @@ allows it and asks chDB for the whole document (a non-streaming query) where it 
 - ``Values``: the blocks are joined with a comma, as rows are;
 - ``ArrowStream``: one IPC stream with one schema: the schema message of every block
   after the first and the end-of-stream marker of every block but the last are dropped
-  (the record and dictionary batches in between are what ClickHouse writes too);
+  (the record batches in between, one per block, are what ClickHouse writes too);
 - everything else (JSON, JSONCompact, XML, Parquet, Arrow, ORC, Avro, Pretty*,
   Markdown, Vertical, Template, ...) has a prefix, a suffix, statistics or a footer that
   covers the whole result, and is produced whole by chDB.
