@@ -263,7 +263,8 @@ class Metrics:
         )
         self.embedded_up = Gauge(
             "chworkers_embedded_up",
-            "Whether the daemon's embedded ClickHouse child is serving (1) or not (0).",
+            "Whether the daemon's embedded ClickHouse child is serving (1) or not (0; also "
+            "when the daemon uses another ClickHouse).",
             registry=r,
         )
         self.embedded_restarts = Counter(

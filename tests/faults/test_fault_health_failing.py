@@ -107,3 +107,37 @@ def test_a_closed_lease_broker_makes_the_supervisor_failing(
             }
         ]
         assert not sup.health().alive
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_stuck_or_dead_dispatcher_thread_is_reported(tmp_path: Path) -> None:
+    """The dispatcher hands each batch to the workers in moments; one hand-over that
+    does not return (here: the workers' queue never takes it) stalls every batch behind
+    it, and a hand-over that raises something unexpected ends the thread."""
+    from chworkers.dispatch import Dispatcher
+    from chworkers.spool import Spool
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    release = threading.Event()
+
+    def stuck_submit(batch: Any) -> Any:
+        release.wait(30)
+        raise TypeError("cannot pickle the batch")  # not a ChworkersError: the thread ends
+
+    dispatcher = Dispatcher(spool, stuck_submit)
+    try:
+        assert dispatcher.thread_problems(0.2) == []  # not started: nothing to say
+        dispatcher.start()
+        dispatcher.add(spool.put("ev", b'{"n":1}\n', format="JSONEachRow", rows=1))
+        waiting.wait_for(lambda: bool(dispatcher.thread_problems(0.2)), timeout=10)
+        (stuck,) = dispatcher.thread_problems(0.2)
+        assert stuck.startswith("the dispatcher has been stuck handing one batch to the workers")
+        release.set()
+        waiting.wait_for(lambda: not dispatcher._thread.is_alive(), timeout=10)
+        assert dispatcher.thread_problems(0.2) == [
+            "the dispatcher thread died: spooled batches are no longer sent"
+        ]
+    finally:
+        release.set()
+        dispatcher.stop()
+        spool.close()
