@@ -117,6 +117,9 @@ def test_file_source_waits_for_a_full_spool_and_loses_nothing(
             assert problems and "pipeline p" in problems[0], problems
             assert running.daemon.spool.problems()
             assert metrics.spool_waiting_rows._value.get() > 0
+            report = running.daemon.health()  # what /healthz and STATUS= say
+            assert {"spool", "batcher"} <= {p.component for p in report.problems}, report
+            assert report.alive  # degraded: a restart would not help
 
             fault_proxy.set("pass")  # ClickHouse is back: the spool drains, the source goes on
             wait_for(lambda: count(endpoint, database)[0] >= n, timeout=180, interval=0.5)
