@@ -178,7 +178,7 @@ def test_format_is_one_document_for_any_size(
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if output_format(f).streams])
-def test_totals_extremes_and_arrow_dictionaries(
+def test_totals_extremes_and_settings_that_change_documents(
     endpoint: EmbeddedClickHouse, reference: Reference, fmt: str
 ) -> None:
     for sql in (
@@ -187,6 +187,8 @@ def test_totals_extremes_and_arrow_dictionaries(
         "SELECT number AS n FROM numbers(3000) SETTINGS max_block_size=1000, extremes=1",
         "SELECT toLowCardinality(toString(number % 7)) AS lc FROM numbers(5000) "
         "SETTINGS max_block_size=1000, output_format_arrow_low_cardinality_as_dictionary=1",
+        "SELECT number, toString(number) AS s FROM numbers(5000) SETTINGS max_block_size=1000, "
+        "output_format_binary_encode_types_in_binary_format=1",
     ):
         expected = reference.query(sql, fmt)
         status, _, body = _post(endpoint, f"{sql} FORMAT {fmt}".encode())

@@ -39,14 +39,17 @@ DEFAULT_BUFFER_SIZE = 1 << 20
 _STREAMABLE = frozenset({"SELECT", "WITH"})
 #: Settings under which chDB's per-block documents are more than their rows: extremes
 #: come as extra blocks, two wrap every block's document in a prefix and a suffix ([...]
-#: for JSONEachRow, the custom result delimiters for CustomSeparated), and Arrow
-#: dictionaries for LowCardinality are written across blocks as one writer's state.
+#: for JSONEachRow, the custom result delimiters for CustomSeparated), Arrow
+#: dictionaries for LowCardinality are written across blocks as one writer's state, and
+#: binary-encoded types make RowBinaryWithNamesAndTypes' header one the joiner cannot
+#: find.
 _WRAPPING = (
     "extremes",
     "output_format_json_array_of_rows",
     "format_custom_result_before_delimiter",
     "format_custom_result_after_delimiter",
     "output_format_arrow_low_cardinality_as_dictionary",
+    "output_format_binary_encode_types_in_binary_format",
 )
 #: The same in the query text, and WITH TOTALS (whose block chDB's streaming writes out
 #: of place, or fails on for ArrowStream).

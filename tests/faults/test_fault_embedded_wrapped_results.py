@@ -5,7 +5,9 @@ documents even when those are more than their rows: with
 ``output_format_json_array_of_rows=1`` JSONEachRow came back as one array per block,
 CustomSeparated repeated its result delimiters per block, CSVWithNames put the WITH
 TOTALS row before a repeated header, and ArrowStream with ``extremes=1`` failed with
-a LOGICAL_ERROR from chDB's streaming. Such results are now produced whole.
+a LOGICAL_ERROR from chDB's streaming, and RowBinaryWithNamesAndTypes with types
+encoded in binary failed (its header is not the strings the joiner strips). Such
+results are now produced whole.
 """
 
 from __future__ import annotations
@@ -68,3 +70,15 @@ def test_arrow_stream_with_extremes(endpoint: EmbeddedClickHouse) -> None:
     table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
     assert table.num_rows >= 3000
     assert table.column("number").to_pylist()[:3000] == list(range(3000))
+
+
+def test_row_binary_with_types_encoded_in_binary(endpoint: EmbeddedClickHouse) -> None:
+    body = _post(
+        endpoint,
+        "SELECT number FROM numbers(5000) SETTINGS max_block_size=1000, "
+        "output_format_binary_encode_types_in_binary_format=1 FORMAT RowBinaryWithNamesAndTypes",
+    )
+    # One column "number" of type UInt64 (binary type code 0x04), then 5000 UInt64s.
+    assert body[:9] == b"\x01\x06number\x04"
+    assert len(body) == 9 + 5000 * 8
+    assert int.from_bytes(body[-8:], "little") == 4999
