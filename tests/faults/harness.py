@@ -194,6 +194,7 @@ class ProxiedClickHouse:
         self.endpoint = endpoint
         self.database = database
         self.proxy = proxy
+        self.faults = 0
 
     @property
     def daemon_url(self) -> str:
@@ -206,9 +207,11 @@ class ProxiedClickHouse:
 
     def down(self) -> None:
         """ClickHouse is unreachable: connections refused, open ones cut."""
+        self.faults += 1
         self.proxy.set("refuse")
 
     def slow(self, delay: float) -> None:
+        self.faults += 1
         self.proxy.set("delay", delay=delay)
 
     def up(self) -> None:
@@ -286,6 +289,7 @@ class DaemonUnderTest:
         self.log_path = workdir / "daemon-0.log"
         self._ready_seen = 0
         self.known: set[int] = set()  # every pid this daemon ever had below it
+        self.faults = 0  # kills and signals sent to it
         self.note: Callable[[str], None] = lambda event: None
         self._started_at = 0.0
 
@@ -393,6 +397,7 @@ class DaemonUnderTest:
         assert self.proc is not None
         self._remember()
         self.note(f"kill -9 {'the process group' if group else 'the main process'} {self.pid}")
+        self.faults += 1
         if group:
             os.killpg(self.pid, signal.SIGKILL)
         else:
@@ -416,6 +421,7 @@ class DaemonUnderTest:
         if not workers:
             return None
         pid = rng.choice(sorted(workers))
+        self.faults += 1
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         return pid
@@ -424,6 +430,7 @@ class DaemonUnderTest:
         pid = self.embedded_child()
         if pid is None:
             raise DrillError(f"the daemon has no embedded ClickHouse child\n{self.tail()}")
+        self.faults += 1
         os.kill(pid, signal.SIGKILL)
         return pid
 
@@ -439,6 +446,7 @@ class DaemonUnderTest:
         assert self.proc is not None
         self._remember()
         started = time.monotonic()
+        self.faults += 1
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(within)
@@ -896,6 +904,12 @@ class Drill:
 
     def expected_ids(self) -> list[range]:
         return [f.ids.ids() for f in (self.files, self.push) if f is not None]
+
+    def faults(self) -> int:
+        """Faults injected: kills, signals, ClickHouse cut or slowed."""
+        daemon = self.daemon.faults if self.daemon is not None else 0
+        target = self.target.faults if isinstance(self.target, ProxiedClickHouse) else 0
+        return daemon + target
 
     def expected_rows(self) -> int:
         return sum(len(r) for r in self.expected_ids())
