@@ -905,6 +905,15 @@ class Drill:
     def expected_ids(self) -> list[range]:
         return [f.ids.ids() for f in (self.files, self.push) if f is not None]
 
+    def wait_pushed(self, timeout: float = PATIENCE) -> None:
+        """Wait until every push was answered 202 (failing with the drill's context)."""
+        assert self.push is not None
+        try:
+            self.push.join(timeout)
+        except DrillError as exc:
+            state = "running" if self.daemon and self.daemon.running() else "not running"
+            raise self.fail(f"{exc} (the daemon is {state})") from None
+
     def faults(self) -> int:
         """Faults injected: kills, signals, ClickHouse cut or slowed."""
         daemon = self.daemon.faults if self.daemon is not None else 0
@@ -915,9 +924,12 @@ class Drill:
         return sum(len(r) for r in self.expected_ids())
 
     def count(self, table: str = TABLE) -> int:
+        """Rows in ``table`` now (0 while the daemon has not created it yet)."""
         assert self.daemon is not None
         client = self.target.client(self.daemon)
         try:
+            if not int(client.command(f"EXISTS TABLE {table}")):
+                return 0
             return int(client.command(f"SELECT count() FROM {table}"))
         finally:
             client.close()

@@ -173,7 +173,7 @@ def sigterm_at_every_stage(drill: Drill, scale: float = 1.0) -> None:
 
     daemon.start()
     feed.join()
-    push.join()
+    drill.wait_pushed()
     drill.settle()
     drill.verify()
     stop("at the end")
@@ -257,7 +257,7 @@ def small_spool_filesystem_with_clickhouse_down(drill: Drill, scale: float = 1.0
             "ClickHouse up"
         )
         drill.proxy.up()
-        push.join()
+        drill.wait_pushed()
         drill.settle()
         drill.verify()
         daemon.terminate(within=GRACEFUL + STOP_SLACK)
@@ -287,10 +287,67 @@ def push_clients_under_spool_pressure(drill: Drill, scale: float = 1.0) -> None:
     time.sleep(drill.rng.uniform(1.0, 3.0))
     drill.proxy.up()
     drill.note(f"ClickHouse up; answers so far {dict(push.statuses)}")
-    push.join()
+    drill.wait_pushed()
     drill.note(f"all pushes acknowledged; answers {dict(push.statuses)}")
     drill.settle(timeout=60)
     drill.verify()
     daemon.terminate(within=GRACEFUL + STOP_SLACK)
     if not push.statuses["503"]:
         raise drill.fail(f"the spool never pushed back: {dict(push.statuses)}")
+
+
+@scenario("down-at-start")
+def clickhouse_down_at_start(drill: Drill, scale: float = 1.0) -> None:
+    """ClickHouse is unreachable when the daemon starts: intake and spooling start at
+    once (every push answered 202, the files read into the spool, all while ClickHouse is
+    still down), the tables are created once it comes, and then everything lands."""
+    feed = drill.file_feed(rows(20_000, scale), chunk=1000, pause=0.05)
+    daemon = drill.make_daemon([file_pipeline(feed), push_pipeline()])
+    drill.proxy.down()
+    drill.note("ClickHouse down")
+    daemon.start(wait_ready=False)
+    feed.start()
+    push = drill.push_clients(clients=2, requests=max(4, round(10 * scale)), rows=100).start()
+    drill.wait_pushed(timeout=60)
+    feed.join()
+    if not drill.wait_spooled(feed.ids.sent + push.acked_rows):
+        raise drill.fail("the daemon did not spool what it was given while ClickHouse was down")
+    drill.note(f"{daemon.spooled_rows()} rows spooled with ClickHouse down")
+    time.sleep(drill.rng.uniform(0.5, 3.0))
+    drill.proxy.up()
+    drill.note("ClickHouse up")
+    daemon.wait_ready()
+    drill.settle()
+    drill.verify()
+    daemon.terminate(within=GRACEFUL + STOP_SLACK)
+
+
+@scenario("embedded-killed", own_clickhouse=True)
+def embedded_child_killed(drill: Drill, scale: float = 1.0) -> None:
+    """The daemon's own embedded ClickHouse is SIGKILLed twice while rows come in: the
+    daemon restarts it (same data, same port) and goes on. Then the daemon itself is
+    killed -9 (the main process alone, or its group): its orphaned ClickHouse child must
+    exit by itself, so that the next start can take the data directory and finish."""
+    feed = drill.file_feed(rows(30_000, scale), chunk=500, pause=0.05)
+    daemon = drill.make_daemon([file_pipeline(feed)])
+    daemon.start()
+    feed.start()
+    for n in range(2):
+        drill.wait_rows(2000 * (n + 1))
+        time.sleep(drill.rng.uniform(0.0, 1.0))
+        pid = daemon.kill_embedded_child()
+        drill.note(f"killed the embedded ClickHouse (pid {pid})")
+
+        def restarted(killed: int = pid) -> bool:
+            return daemon.embedded_child() not in (None, killed)
+
+        if not wait_until(restarted, 60, "embedded restarted"):
+            raise drill.fail("the daemon did not restart its embedded ClickHouse within 60 s")
+        drill.note(f"embedded ClickHouse back as pid {daemon.embedded_child()}")
+    time.sleep(drill.rng.uniform(0.0, 1.0))
+    daemon.kill9(group=drill.rng.random() < 0.5)
+    daemon.start()
+    feed.join()
+    drill.settle(timeout=60)
+    drill.verify()
+    daemon.terminate(within=GRACEFUL + STOP_SLACK)

@@ -42,6 +42,14 @@ def test_push_clients_retrying_every_non_202_under_spool_pressure(drill: Drill) 
     scenarios.push_clients_under_spool_pressure(drill)
 
 
+def test_clickhouse_down_at_start(drill: Drill) -> None:
+    scenarios.clickhouse_down_at_start(drill)
+
+
+def test_the_embedded_child_killed(own_drill: Drill) -> None:
+    scenarios.embedded_child_killed(own_drill)
+
+
 def test_the_drill_catches_a_duplicate_a_loss_and_a_stray_dead_letter(drill: Drill) -> None:
     """The final check itself can fail: a row twice, a row missing, an unknown dead letter."""
     feed = drill.file_feed(10, poison_every=5).write_all_now()
