@@ -82,7 +82,7 @@ class Keeper:
 
     def stop(self) -> None:
         """Stop watching, then stop the child (after a start in progress has finished)."""
-        self._stop.set()
+        self._stop.set()  # also cancels a start in progress
         if self._thread.is_alive():
             self._thread.join(self.endpoint.startup_timeout + 10)
         self.endpoint.close()
@@ -122,8 +122,10 @@ class Keeper:
                 if self._stop.wait(delay):
                     return
             try:
-                self.endpoint.start()
+                self.endpoint.start(cancel=self._stop)
             except Exception as exc:
+                if self._stop.is_set():
+                    return
                 failures += 1
                 self._set_up(False, f"start {failures} failed: {exc}")
                 log.error(

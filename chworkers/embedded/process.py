@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -101,8 +102,12 @@ class EmbeddedClickHouse:
                 return f"killed by signal {-code}"
         return f"exit code {code}"
 
-    def start(self) -> Self:
-        """Start the child and wait until it serves; raises EmbeddedError if it cannot."""
+    def start(self, *, cancel: threading.Event | None = None) -> Self:
+        """Start the child and wait until it serves; raises EmbeddedError if it cannot.
+
+        Setting ``cancel`` (from another thread) gives up on a start in progress: the
+        child is killed and EmbeddedError raised within a fraction of a second.
+        """
         if self.running:
             raise EmbeddedError(f"the endpoint is already running (pid {self.pid})")
         if self._log is None:
@@ -148,7 +153,7 @@ class EmbeddedClickHouse:
         # takes the child down with it: a child left running would hold the data
         # directory's lock and the port, and the next start would fail on them.
         try:
-            url = self._wait_ready(proc)
+            url = self._wait_ready(proc, cancel)
             port = int(url.rsplit(":", 1)[1])
         except BaseException:
             _reap(proc)
@@ -158,7 +163,7 @@ class EmbeddedClickHouse:
         log.debug("embedded endpoint %s started (pid %s)", url, proc.pid)
         return self
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> str:
+    def _wait_ready(self, proc: subprocess.Popen[bytes], cancel: threading.Event | None) -> str:
         """The URL from the child's ready line; EmbeddedError if it exits or times out."""
         assert proc.stdout is not None
         deadline = time.monotonic() + self.startup_timeout
@@ -180,7 +185,11 @@ class EmbeddedClickHouse:
                             f"s: {self._tail()}",
                             path=str(self.path),
                         )
-                    if not sel.select(timeout=left):
+                    if cancel is not None and cancel.is_set():
+                        raise EmbeddedError(
+                            "the embedded endpoint's start was cancelled", path=str(self.path)
+                        )
+                    if not sel.select(timeout=min(left, 0.2)):
                         continue
                     chunk = os.read(proc.stdout.fileno(), 4096)
                     if not chunk:
