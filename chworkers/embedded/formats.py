@@ -133,6 +133,9 @@ class Joiner:
         self.fmt = fmt
         self._prefix: bytes | None = None  # the first block's header or schema
         self._blocks = 0
+        #: Set when a block's header or schema was not the first one's: the result
+        #: cannot be joined (a setting this module does not know changed the layout).
+        self.mismatched = False
 
     def feed(self, block: bytes) -> bytes:
         self._blocks += 1
@@ -153,7 +156,7 @@ class Joiner:
             self._prefix = header
             return block
         if header != self._prefix:
-            raise _mismatch(self.fmt, "header")
+            raise self._mismatch("header")
         return block[end:]
 
     def finish(self) -> bytes:
@@ -173,7 +176,7 @@ class Joiner:
         # An IPC stream: messages framed as 0xFFFFFFFF, int32 metadata length, metadata,
         # body; the first is the schema (no body), the last the end-of-stream marker.
         if len(block) < 16 or not block.endswith(_ARROW_EOS) or block[:4] != _CONTINUATION:
-            raise _mismatch(self.fmt, "IPC stream framing")
+            raise self._mismatch("IPC stream framing")
         (meta_len,) = struct.unpack_from("<i", block, 4)
         schema_end = 8 + meta_len
         schema = block[:schema_end]
@@ -181,20 +184,20 @@ class Joiner:
             self._prefix = schema
             return block[: -len(_ARROW_EOS)]
         if schema != self._prefix:
-            raise _mismatch(self.fmt, "schema")
+            raise self._mismatch("schema")
         return block[schema_end : -len(_ARROW_EOS)]
+
+    def _mismatch(self, what: str) -> Exception:
+        self.mismatched = True
+        return clickhouse_error(
+            LOGICAL_ERROR,
+            f"The {self.fmt.name} result changed its {what} between blocks; the endpoint "
+            "cannot join the blocks into one document",
+        )
 
 
 _CONTINUATION = b"\xff\xff\xff\xff"
 _ARROW_EOS = _CONTINUATION + b"\x00\x00\x00\x00"
-
-
-def _mismatch(fmt: OutputFormat, what: str) -> Exception:
-    return clickhouse_error(
-        LOGICAL_ERROR,
-        f"The {fmt.name} result changed its {what} between blocks; the endpoint cannot "
-        "join the blocks into one document",
-    )
 
 
 def _lines_end(block: bytes, rows: int) -> int:

@@ -128,19 +128,30 @@ def answer(
     if blocks is None:
         _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
         return
-    pieces = _joined(blocks, formats.Joiner(fmt))
+    joiner = formats.Joiner(fmt)
+    pieces = _joined(blocks, joiner)
     held = _buffer_size(qr)
-    if qr.wait_end_of_query:
-        _spooled(pieces, resp, encoder, stats, held)
-        return
     first: list[bytes] = []  # an error within the first `held` bytes gets a proper status
     try:
+        if qr.wait_end_of_query:
+            _spooled(pieces, resp, encoder, stats, held)
+            return
         size = 0
         for piece in pieces:
             first.append(piece)
             size += len(piece)
             if size >= held:
                 break
+    except ServerError:
+        pieces.close()
+        if not joiner.mismatched or resp.headers_sent:
+            raise
+        # Nothing went out yet: chDB's blocks were laid out in a way the joiner does not
+        # know (a setting it does not list), so let chDB produce the document whole.
+        log.debug("query %s: %s; running it whole", qr.get("query_id"), fmt_name)
+        stats.read_rows = stats.read_bytes = stats.result_bytes = 0
+        _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
+        return
     except BaseException:
         pieces.close()
         raise
