@@ -121,7 +121,7 @@ def sigterm_at_every_stage(drill: Drill, scale: float = 1.0) -> None:
     ClickHouse down and a backlog spooled, and a second SIGTERM while draining: each time
     the daemon exits within graceful_timeout (+ slack), every 202 stays true, and the
     next start finishes the job."""
-    feed = drill.file_feed(rows(40_000, scale), chunk=250, pause=0.1)
+    feed = drill.file_feed(rows(40_000, scale), chunk=500, pause=0.1)
     daemon = drill.make_daemon(
         [file_pipeline(feed), push_pipeline()],
         {"supervisor": {"graceful_timeout": GRACEFUL}},
