@@ -100,6 +100,7 @@ class Dispatcher:
         self._completer = threading.Thread(
             target=self._complete_loop, name="chworkers-complete", daemon=True
         )
+        self._completing_since: float | None = None  # time.monotonic()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[SpooledBatch] = deque()
@@ -179,6 +180,14 @@ class Dispatcher:
                 f"the dispatcher has been stuck handing one batch to the workers for "
                 f"{time.monotonic() - since:.0f} s"
             ]
+        if self._completer.ident is not None and not self._completer.is_alive():
+            return ["the completion thread died: inserted batches no longer leave the spool"]
+        completing = self._completing_since
+        if completing is not None and time.monotonic() - completing > stuck_after:
+            return [
+                f"completing one inserted batch (dead letters, then leaving the spool) has "
+                f"taken {time.monotonic() - completing:.0f} s"
+            ]
         return []
 
     def stop(self) -> None:
@@ -244,10 +253,13 @@ class Dispatcher:
 
     def _complete_loop(self) -> None:
         while (item := self._completions.get()) is not None:
+            self._completing_since = time.monotonic()
             try:
                 self._completed(*item)
             except Exception:  # never lose the thread; the batch stays spooled
                 log.exception("completing batch %d failed", item[0].seq)
+            finally:
+                self._completing_since = None
 
     def _completed(self, batch: SpooledBatch, full: SpooledBatch, future: Future[Any]) -> None:
         error = future.exception()

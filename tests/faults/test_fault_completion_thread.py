@@ -4,6 +4,7 @@ loop thread: a slow completion must not stall supervision."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ def test_a_blocked_completion_does_not_stall_the_supervisor(
             # task runs and its future resolves.
             assert sup.call(sum, [1, 2, 3]).result(timeout=30) == 6
             assert sup.stats() is not None
+            # And a completion that hangs shows in health.
+            time.sleep(1.2)
+            problems = dispatcher.thread_problems(stuck_after=1.0)
+            assert len(problems) == 1 and problems[0].startswith("completing one inserted batch")
             # Exactly once: the batch leaves the spool only after its completion.
             assert spool.stats()["batches"] == 1
             release.set()
