@@ -197,7 +197,9 @@ class HealthSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LogSettings:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "Log level.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "INFO", "Log level (SIGHUP applies a change, unless --log-level set it).", reload=True
+    )
     format: Literal["text", "json"] = setting("text", "Log lines for people, or JSON lines.")
 
 

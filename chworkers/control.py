@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chworkers import workerlogs
 from chworkers.errors import ConfigError, SupervisorStoppedError
 from chworkers.health import Health, Report
 from chworkers.metrics import Metrics
@@ -153,6 +154,17 @@ class SupervisorControl:
         for state in ("starting", "idle", "busy", "stopping"):
             m.workers.labels(state).set(states[state])
         m.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in arb.workers.values()))
+
+    def _cmd_log_levels(self, arb: Arbiter) -> None:
+        levels = workerlogs.levels()
+        for h in list(arb.workers.values()):
+            if h.state == "ready":
+                arb.send(h, "configure", {"log_levels": levels})
+
+    def sync_log_levels(self) -> None:
+        """Copy this process's log levels into the running workers, after changing them
+        (the daemon does on SIGHUP); workers started later copy them when they start."""
+        self._command("log_levels")
 
     def add_refresh(self, refresh: Callable[[], None]) -> None:
         """Call ``refresh`` before every scrape of ``/metrics``, to set gauges that describe

@@ -471,6 +471,7 @@ class Daemon:
             max_connections=s.clickhouse.pool.max_connections,
             retry=s.clickhouse.pool.retry,
         )
+        self._reload_log_level(s.log.level)
         self.config = Config(
             settings=s,
             pipelines=self.config.pipelines,
@@ -478,6 +479,20 @@ class Daemon:
             source=self.config.source,
         )
         log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
+
+    def _reload_log_level(self, level: str) -> None:
+        old = self.config.settings.log.level
+        root = logging.getLogger()
+        if level == old:
+            return
+        if root.level != logging.getLevelName(old):
+            log.info(
+                "SIGHUP: log level stays %s (set by --log-level)", logging.getLevelName(root.level)
+            )
+            return
+        root.setLevel(level)
+        self.supervisor.sync_log_levels()
+        log.info("SIGHUP: log level now %s", level)
 
     # -- batches -----------------------------------------------------------------------
 

@@ -260,6 +260,9 @@ class _Loop:
                 if kind == channel.TASKS:
                     self.local.extend(body)
                 elif kind == channel.CONFIGURE:
+                    levels = body.pop("log_levels", None)
+                    if levels is not None:
+                        workerlogs.apply_levels(levels)
                     self.worker.settings.update(body)
                 elif kind == channel.STOP:
                     self.stopping = True

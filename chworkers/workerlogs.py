@@ -176,6 +176,12 @@ class StderrToLog(io.TextIOBase):
         return True
 
 
+def apply_levels(levels: Mapping[str, int]) -> None:
+    """Set the levels :func:`levels` read in another process."""
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
 def install(
     send: Callable[[dict[str, Any]], None],
     worker: str,
@@ -188,7 +194,6 @@ def install(
     for handler in list(root.handlers):  # inherited across a fork: not ours to write to
         root.removeHandler(handler)
     root.addHandler(ForwardingHandler(send, worker))
-    for name, level in levels.items():
-        logging.getLogger(name or None).setLevel(level)
+    apply_levels(levels)
     if capture_stderr:
         sys.stderr = StderrToLog()

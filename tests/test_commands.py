@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,86 @@ create = "n UInt64"
     overridden = run("--log-format", "text", "--log-level", "INFO")
     assert any(" INFO chworkers.daemon[" in line for line in overridden)
     assert not any(line.startswith("{") or " DEBUG " in line for line in overridden)
+
+
+@pytest.mark.timeout(180)
+def test_sighup_applies_a_new_log_level_to_the_daemon_and_its_workers(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    port = _free_port()
+    conf = tmp_path / "c.toml"
+    text = f"""
+state_dir = "{tmp_path / "state"}"
+[clickhouse]
+url = "{endpoint.url}/{database}"
+[supervisor]
+workers = 1
+[metrics]
+port = 0
+[http]
+port = {port}
+[log]
+level = "INFO"
+[[pipelines]]
+name = "push"
+source = "http"
+table = "ev"
+create = "n UInt64"
+max_delay = "100ms"
+"""
+    conf.write_text(text)
+    log_file = tmp_path / "daemon.log"
+    with log_file.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chworkers", "run", "-c", str(conf)], stderr=out
+        )
+    try:
+        _wait(lambda: b"chworkers running" in log_file.read_bytes(), "the daemon")
+        _push(port, b'{"n":1}\n')
+        client = ConnectionPool(f"{endpoint.url}/{database}", {"min_connections": 0})
+        _wait(
+            lambda: client.with_connection(lambda c: c.command("SELECT count() FROM ev")) == 1,
+            "row 1",
+        )
+        client.close()
+        assert b" DEBUG " not in log_file.read_bytes()
+        conf.write_text(text.replace('level = "INFO"', 'level = "DEBUG"'))
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: b"SIGHUP: log level now DEBUG" in log_file.read_bytes(), "the reload")
+        _push(port, b'{"n":2}\n')
+        # clickhouse-connect logs each insert's response at DEBUG, in the worker.
+        _wait(
+            lambda: any(
+                " DEBUG clickhouse_connect." in line and " worker-" in line
+                for line in log_file.read_text().splitlines()
+            ),
+            "a worker's DEBUG record",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _push(port: int, body: bytes) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/ingest/ev", data=body)
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 202
+
+
+def _wait(predicate: Any, what: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
