@@ -143,10 +143,13 @@ class Proc:
     pid: int
     ppid: int
     cmdline: str
+    #: Start time in clock ticks since boot: with the pid, who the process is (pids are
+    #: reused, and quickly where pid_max is 32768).
+    started: int
 
 
 def process_table() -> dict[int, Proc]:
-    """Every process visible in /proc: pid -> (ppid, command line)."""
+    """Every live process visible in /proc, by pid."""
     table: dict[int, Proc] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -160,7 +163,9 @@ def process_table() -> dict[int, Proc]:
         fields = stat[stat.rfind(")") + 2 :].split()
         if fields[0] == "Z":
             continue  # a zombie is dead; only its parent has not reaped it yet
-        table[int(entry)] = Proc(int(entry), int(fields[1]), cmdline.decode(errors="replace"))
+        table[int(entry)] = Proc(
+            int(entry), int(fields[1]), cmdline.decode(errors="replace"), int(fields[19])
+        )
     return table
 
 
@@ -179,8 +184,10 @@ def descendants(pid: int) -> list[Proc]:
     return out
 
 
-def alive(pid: int) -> bool:
-    return pid in process_table()
+def still_running(procs: Iterable[Proc]) -> list[Proc]:
+    """Those of ``procs`` that still run (the same processes, not others with their pids)."""
+    table = process_table()
+    return [p for p in procs if (now := table.get(p.pid)) is not None and now.started == p.started]
 
 
 # -- ClickHouse targets -------------------------------------------------------------------
@@ -288,7 +295,7 @@ class DaemonUnderTest:
         self.starts = 0
         self.log_path = workdir / "daemon-0.log"
         self._ready_seen = 0
-        self.known: set[int] = set()  # every pid this daemon ever had below it
+        self.known: set[Proc] = set()  # every process this daemon ever had below it
         self.faults = 0  # kills and signals sent to it
         self.note: Callable[[str], None] = lambda event: None
         self._started_at = 0.0
@@ -372,7 +379,7 @@ class DaemonUnderTest:
 
     def _remember(self) -> list[Proc]:
         below = descendants(self.pid) if self.running() else []
-        self.known.update(p.pid for p in below)
+        self.known.update(below)
         return below
 
     def workers(self) -> list[int]:
@@ -407,8 +414,8 @@ class DaemonUnderTest:
 
     def wait_orphans_gone(self, timeout: float = 30.0) -> None:
         """Everything the daemon started must go away by itself once it is dead."""
-        if not wait_until(lambda: not [p for p in self.known if alive(p)], timeout, "orphans"):
-            left = [p for p in process_table().values() if p.pid in self.known]
+        if not wait_until(lambda: not still_running(self.known), timeout, "orphans"):
+            left = still_running(self.known)
             raise DrillError(
                 f"processes of the dead daemon still run after {timeout} s: "
                 + "; ".join(f"{p.pid}: {p.cmdline[:120]}" for p in left)
@@ -467,10 +474,9 @@ class DaemonUnderTest:
                 os.killpg(self.pid, signal.SIGKILL)
             assert self.proc is not None
             self.proc.wait(30)
-        for pid in list(self.known):
+        for proc in still_running(self.known):
             with contextlib.suppress(ProcessLookupError):
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                os.kill(proc.pid, signal.SIGKILL)
         self.notify.close()
 
     # -- looking inside
