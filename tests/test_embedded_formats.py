@@ -7,8 +7,8 @@ empty result, one row, both sides of a block boundary and 1M rows; ``max_block_s
 1, 1000 and the default (65409).
 
 Run time: the explicit cases take a few seconds; hypothesis adds a small number of
-random (format, rows, block size) examples. 1M rows run only for the formats whose
-joining differs (concatenated, header once, one Arrow stream) and two whole ones: every
+random (format, rows, block size) examples. 1M rows run for the formats the issue
+names (and Values) at the default block size, and for the joined kinds at 1000: every
 other format goes through the same code as one of those, and a million-row result with
 ``max_block_size=1`` would take chDB itself over a minute (a million blocks).
 """
@@ -202,6 +202,8 @@ MILLION = 1_000_000
     ("fmt", "bs"),
     [
         ("Native", None),
+        ("TSV", None),
+        ("TSVWithNames", None),
         ("RowBinaryWithNamesAndTypes", None),
         ("CSVWithNames", None),
         ("JSONEachRow", None),
@@ -211,7 +213,9 @@ MILLION = 1_000_000
         ("RowBinaryWithNamesAndTypes", 1000),
         ("Values", 1000),
         ("Parquet", None),
+        ("Arrow", None),
         ("JSON", None),
+        ("JSONCompact", None),
     ],
 )
 def test_a_million_rows(
