@@ -115,6 +115,8 @@ class InsertSpec:
     fmt: str | None = None
     #: Bisect rows ClickHouse rejects, within this budget (line formats only).
     split: SplitBudget | None = None
+    #: Rows in the batch (for raw bytes: as the caller said; 0 when it did not).
+    rows: int = 0
 
 
 def encode_insert(
@@ -174,7 +176,7 @@ def encode_insert(
         payload, buffers = dumps((form, data), what="batch")
     if token is None:
         token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
-    meta = (table, names, dict(settings) if settings else None, token, fmt, split)
+    meta = (table, names, dict(settings) if settings else None, token, fmt, split, count)
     header, extra = dumps(meta, what="batch")
     body = pickle.dumps((header, payload, len(extra)), protocol=5)
     return Task(
@@ -208,9 +210,9 @@ def prepare_batch(
 
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     header, data, split = pickle.loads(payload)
-    table, names, settings, token, fmt, budget = loads(header, buffers[:split])
-    form, rows = loads(data, buffers[split:])
-    return InsertSpec(table, form, rows, names, settings, token, fmt, budget)
+    table, names, settings, token, fmt, budget, count = loads(header, buffers[:split])
+    form, data = loads(data, buffers[split:])
+    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count)
 
 
 def encode_call(

@@ -330,19 +330,9 @@ def execute(worker: WorkerContext, info: TaskInfo, payload: bytes, buffers: Sequ
         return connections.with_connection(lambda conn: fn(conn, *args, **kwargs), retry=retry)
     if info.kind == tasks.INSERT:
         spec = tasks.decode_insert(payload, buffers)
-        info.table, info.rows = spec.table, _row_count(spec)
+        info.table, info.rows = spec.table, spec.rows
         return insert(worker, connections, spec, retry)
     raise ValueError(f"unknown task kind {info.kind!r}")
-
-
-def _row_count(spec: tasks.InsertSpec) -> int:
-    if spec.form == "raw":
-        return 0
-    if spec.form == "arrow":
-        return int(spec.data.num_rows)
-    if spec.form == "columns":
-        return len(spec.data[0]) if spec.data else 0
-    return len(spec.data)
 
 
 def insert(

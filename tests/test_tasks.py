@@ -184,3 +184,24 @@ def test_raw_batches_travel_as_they_are() -> None:
     assert (spec.form, spec.fmt, spec.data) == ("raw", "JSONEachRow", data)
     with pytest.raises(BatchError, match="must be bytes"):
         tasks.encode_insert(1, Future(), "events", "text", None, None, None, fmt="CSV")
+
+
+def test_raw_inserts_carry_their_row_count_and_split_budget_to_the_worker() -> None:
+    from chworkers.inserts import SplitBudget
+
+    budget = SplitBudget(max_requests=7, max_seconds=1.5)
+    task = tasks.encode_insert(
+        1,
+        Future(),
+        "events",
+        b'{"n":1}\n{"n":2}\n',
+        None,
+        None,
+        "tok",
+        fmt="JSONEachRow",
+        rows=2,
+        split=budget,
+    )
+    spec = _roundtrip(task)
+    assert (spec.form, spec.rows, spec.split, spec.token) == ("raw", 2, budget, "tok")
+    assert task.detailed and task.rows == 2
