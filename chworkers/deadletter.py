@@ -84,6 +84,9 @@ class DeadLetters(Middleware):
                 self._writer.start()
         self._letters.put(letter)
 
+    def after_supervisor_stop(self) -> None:
+        self.close()
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is queued, then stop the writer thread."""
         with self._lock:

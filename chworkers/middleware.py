@@ -70,6 +70,10 @@ class Middleware:
     def after_worker_exit(self, name: str, pid: int | None, reason: str) -> None:
         """A worker process was reaped (reason: crashed, hung, recycled, stopped, boot)."""
 
+    def after_supervisor_stop(self) -> None:
+        """The supervisor's loop ended (every task is resolved); ``stop()`` returns after
+        this, so finish what was handed over (e.g. write queued dead letters)."""
+
 
 class MetricsRecorder:
     """Metric deltas recorded in a worker, shipped to the supervisor with its results."""

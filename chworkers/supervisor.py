@@ -417,6 +417,11 @@ class Supervisor(SupervisorControl):
             self.endpoint.close()
         if self.broker is not None:
             self.broker.close()
+        for middleware in self.middleware:
+            try:
+                middleware.after_supervisor_stop()
+            except Exception:
+                log.exception("middleware %r: after_supervisor_stop failed", middleware)
 
     # Pieces the pool and the loop plug into.
 
