@@ -39,7 +39,12 @@ from chworkers.batcher import Batcher
 from chworkers.config import EMBEDDED, Config
 from chworkers.deadletter import DeadLetters
 from chworkers.dispatch import Dispatcher
-from chworkers.errors import BatcherClosedError, ChworkersError, StateDirInUseError
+from chworkers.errors import (
+    BatcherClosedError,
+    ChworkersError,
+    StateDirInUseError,
+    WorkerLostError,
+)
 from chworkers.health import Level, Report, Stall
 from chworkers.ingest import IngestServer, Route
 from chworkers.inserts import InsertResult
@@ -244,7 +249,7 @@ class Daemon:
             on_failure=self._failed,
             max_in_flight=s.spool.max_in_flight or 2 * s.supervisor.workers,
             max_backoff=s.spool.retry_backoff_max,
-            is_permanent=lambda error: is_permanent(error, self.supervisor.retry),
+            is_permanent=self._is_permanent,
             permanent_backoff=s.spool.permanent_error_backoff,
         )
         self.batcher = Batcher(self.spool, self._spooled, metrics=self.metrics)
@@ -529,6 +534,14 @@ class Daemon:
             self.totals.batches += 1
             self.totals.dead_letters += len(result.rejected)
         self._stall.progressed()
+
+    def _is_permanent(self, error: BaseException) -> bool:
+        """Whether a batch's failure is one only a fix (or SIGHUP) can end: the retry
+        policy's verdict. A worker lost under the batch is not: the daemon's workers only
+        send bytes, so it was killed (by OOM, by an operator), not by the batch."""
+        if isinstance(error, WorkerLostError):
+            return False
+        return is_permanent(error, self.supervisor.retry)
 
     def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
         self._stall.failed(error)

@@ -71,3 +71,18 @@ def test_unknown_table_is_held_reported_and_retried_on_sighup(
         thread.join(60)
     assert result.get("code") == 0
     assert ch_client.query("SELECT count() FROM missing").result_rows[0][0] == 2
+
+
+def test_only_the_retry_policys_fatal_errors_hold_a_batch(tmp_path: Path) -> None:
+    from chworkers.errors import RetriesExhaustedError, ServerError, WorkerLostError
+    from chworkers.supervisor import Supervisor
+
+    cfg = config.load(data={"state_dir": str(tmp_path / "state")}, env={})
+    daemon = Daemon(cfg)
+    daemon.supervisor = Supervisor("http://127.0.0.1:9/")  # its retry policy, not started
+    assert daemon._is_permanent(ServerError("no table", code=60, name="UNKNOWN_TABLE"))
+    assert daemon._is_permanent(ServerError("denied", code=516, name="AUTHENTICATION_FAILED"))
+    assert not daemon._is_permanent(ServerError("parts", code=252, name="TOO_MANY_PARTS"))
+    assert not daemon._is_permanent(RetriesExhaustedError("down", attempts=5))
+    # A worker killed under the batch (OOM, an operator) says nothing about the batch.
+    assert not daemon._is_permanent(WorkerLostError("killed", task_id=1, attempts=2))
