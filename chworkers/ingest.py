@@ -66,13 +66,6 @@ class Route:
     transform: Callable[[bytes], bytes] | None = None
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = dict(headers or {})
-
-
 class IngestServer:
     """Serves the push endpoint in a background thread."""
 
@@ -175,11 +168,11 @@ class IngestServer:
         parts = urlsplit(path)
         segments = [unquote(s) for s in parts.path.strip("/").split("/")]
         if len(segments) != 2 or segments[0] != "ingest":
-            raise _BadRequest(HTTPStatus.NOT_FOUND, "use POST /ingest/<table>")
+            raise http_error(HTTPStatus.NOT_FOUND, "use POST /ingest/<table>")
         route = self.routes.get(segments[1])
         if route is None:
             known = ", ".join(sorted(self.routes)) or "none"
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.NOT_FOUND,
                 f"no pipeline ingests into table {segments[1]!r} (configured: {known})",
             )
@@ -217,16 +210,16 @@ class IngestServer:
             )
             batch = ticket.settle(wait)
         except SpoolError as exc:
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"the spool cannot take these records right now; nothing of them was kept: {exc}",
-                {"Retry-After": str(RETRY_AFTER)},
+                headers={"Retry-After": str(RETRY_AFTER)},
             ) from exc
         except BatcherClosedError as exc:
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"the daemon is stopping; nothing of the request was kept: {exc}",
-                {"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+                headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
             ) from exc
         return {"rows": rows, "batch": batch}
 
@@ -236,7 +229,7 @@ class IngestServer:
         else:
             fmt = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower(), route.format)
         if fmt not in FORMATS:
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                 f"format {fmt!r} is not accepted; use one of {', '.join(FORMATS)}",
             )
@@ -246,7 +239,7 @@ class IngestServer:
         if encoding in ("", "identity"):
             return body
         if encoding not in ("gzip", "x-gzip", "deflate"):
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                 f"Content-Encoding {encoding!r} is not accepted; use gzip or deflate",
             )
@@ -256,14 +249,14 @@ class IngestServer:
             out = inflater.decompress(body, self.max_body_bytes + 1)
             complete = inflater.eof
         except zlib.error as exc:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"broken {encoding} body: {exc}") from exc
+            raise http_error(HTTPStatus.BAD_REQUEST, f"broken {encoding} body: {exc}") from exc
         if len(out) > self.max_body_bytes:
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"the body inflates to more than {self.max_body_bytes} bytes",
             )
         if not complete:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"truncated {encoding} body")
+            raise http_error(HTTPStatus.BAD_REQUEST, f"truncated {encoding} body")
         return out
 
     def _frame(self, body: bytes, fmt: str) -> tuple[bytes, int, bytes]:
@@ -273,7 +266,7 @@ class IngestServer:
             head, rows = framer.feed(body)
             tail, more = framer.finish()
         except RecordTooLargeError as exc:
-            raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)) from exc
+            raise http_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)) from exc
         records = head + tail
         if fmt == "JSONEachRow" and self.validate_json:
             _check_json_lines(records)
@@ -292,7 +285,7 @@ def _idempotency_token(table: str, key: str | None) -> str | None:
         return None
     key = key.strip()
     if not _idempotency_key_ok(key):
-        raise _BadRequest(
+        raise http_error(
             HTTPStatus.BAD_REQUEST,
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
         )
@@ -319,7 +312,7 @@ def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:
     except ValueError:
         return
     if isinstance(value, dict):
-        raise _BadRequest(
+        raise http_error(
             HTTPStatus.BAD_REQUEST,
             f"record {number} is a JSON object, but the body was declared {fmt} (by "
             "Content-Type or ?format=); nothing was kept. Send JSON lines as "
@@ -334,11 +327,11 @@ def _check_json_lines(records: bytes) -> None:
         try:
             value = json.loads(line)
         except ValueError as exc:
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.BAD_REQUEST, f"line {number}: not valid JSON: {exc}"
             ) from None
         if not isinstance(value, dict):
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.BAD_REQUEST,
                 f"line {number}: expected a JSON object, got {type(value).__name__}",
             )
@@ -370,7 +363,7 @@ class _Handler(BoundedHandler):
                 body,
                 reserve=self.reserve_body,
             )
-        except (_BadRequest, HttpRequestError) as exc:
+        except HttpRequestError as exc:
             if self.ingest.on_error is not None and exc.status < 500:
                 self.ingest.on_error("http", str(exc))
             self._reply(exc.status, {"error": str(exc)}, exc.headers)
@@ -407,16 +400,16 @@ class _Handler(BoundedHandler):
             return
         given = self.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise _BadRequest(
+            raise http_error(
                 HTTPStatus.UNAUTHORIZED,
                 "missing or wrong bearer token",
-                {"WWW-Authenticate": 'Bearer realm="chworkers"'},
+                headers={"WWW-Authenticate": 'Bearer realm="chworkers"'},
             )
 
     def _read_body(self) -> bytes:
         length, chunked = self.framing
         if length is None and not chunked:
-            raise _BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length or chunked body needed")
+            raise http_error(HTTPStatus.LENGTH_REQUIRED, "Content-Length or chunked body needed")
         return self.read_body()
 
     def refuse(self, status: int, message: str, headers: Mapping[str, str]) -> None:
