@@ -17,9 +17,7 @@ import time
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
-from chworkers.workerlogs import StderrToLog
-
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+from chworkers.workerlogs import STANDARD_ATTRIBUTES, StderrToLog
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
         }
         for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
+            if key not in STANDARD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

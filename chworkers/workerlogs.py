@@ -20,7 +20,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 #: Record attributes that are the standard ones (everything else is an ``extra``).
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
 
 #: Longest message (and traceback) a worker sends; the rest is cut, and says so.
 MAX_TEXT = 64 * 1024
@@ -46,7 +49,7 @@ def to_wire(record: logging.LogRecord, worker: str) -> dict[str, Any]:
     for key, value in vars(record).items():
         if key in ("args", "exc_info", "msg", "message"):
             continue
-        if key in _STANDARD or isinstance(value, str | int | float | bool | type(None)):
+        if key in STANDARD_ATTRIBUTES or isinstance(value, str | int | float | bool | type(None)):
             data[key] = value
         else:
             data[key] = repr(value)
