@@ -10,7 +10,10 @@ touching the shared one.
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +35,20 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClick
         yield ch
     finally:
         ch.close()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what ``chworkers.logs.configure`` changes in this process: the root logger's
+    handlers and level, ``sys.stderr``, the exception hooks, captured warnings."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    saved = sys.stderr, sys.excepthook, threading.excepthook
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    sys.stderr, sys.excepthook, threading.excepthook = saved
+    logging.captureWarnings(False)
 
 
 def make_client(endpoint: EmbeddedClickHouse, **kwargs: Any) -> Client:

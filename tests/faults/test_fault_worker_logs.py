@@ -16,8 +16,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +24,6 @@ import pytest
 
 from chworkers import Supervisor, logs
 from chworkers.embedded import EmbeddedClickHouse
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    saved = sys.stderr, sys.excepthook, threading.excepthook
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    sys.stderr, sys.excepthook, threading.excepthook = saved
-    logging.captureWarnings(False)
 
 
 def chatty_task(n: int) -> int:
