@@ -148,10 +148,7 @@ class Daemon:
             watchdog.start()
             stack.callback(watchdog.stop)
             self._install_signals(stack)
-            grace = time.monotonic() + TABLES_GRACE
-            if self.embedded is not None:
-                self.embedded.wait_up(TABLES_GRACE)
-            if not self.tables.wait(max(0.0, grace - time.monotonic())):
+            if not self._wait_for_tables(TABLES_GRACE):
                 log.warning(
                     "ClickHouse is not reachable yet: taking data in and spooling it; tables "
                     "%s are created once it is (batches for them wait in the spool)",
@@ -173,6 +170,18 @@ class Daemon:
             if self.before_stop is not None:
                 self.before_stop(self)
         return code
+
+    def _wait_for_tables(self, timeout: float) -> bool:
+        """Up to ``timeout`` for the embedded child and the tables; a signal (queued for
+        the loop) cuts it short, so a stop during start-up is not delayed."""
+        deadline = time.monotonic() + timeout
+        while self._signals.empty() and time.monotonic() < deadline:
+            up = self.embedded is None or self.embedded.wait_up(0)
+            if up and self.tables.wait(0.2):
+                return True
+            if not up:
+                time.sleep(0.2)
+        return not self.tables.pending()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)

@@ -68,3 +68,22 @@ def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: 
     )
     assert "table ev is ready; " in daemon.log()
     daemon.terminate(within=20)
+
+
+def test_sigterm_while_waiting_for_clickhouse_at_start_stops_at_once(drill: Drill) -> None:
+    """Start-up waits up to 15 s for the tables before READY=1; a SIGTERM meanwhile
+    must not wait that out, and what was taken in stays spooled for the next start."""
+    drill.proxy.down()
+    feed = drill.file_feed(5_000, chunk=1000, pause=0)
+    feed.write_all_now()
+    daemon = drill.make_daemon([file_pipeline(feed)], {"supervisor": {"graceful_timeout": 2.0}})
+    daemon.start(wait_ready=False)
+    assert wait_until(lambda: "cannot be created yet" in daemon.log(), 60, "first CREATE failed")
+    assert not daemon.ready()
+    took = daemon.terminate(within=10)
+    drill.note(f"stopped {took:.1f} s after SIGTERM, before READY")
+    drill.proxy.up()
+    daemon.start()
+    drill.settle()
+    drill.verify()
+    daemon.terminate(within=20)
