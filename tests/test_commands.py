@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
 from chworkers import config as config_module
@@ -310,26 +311,40 @@ max_delay = "100ms"
             [sys.executable, "-m", "chworkers", "run", "-c", str(conf)], stderr=out
         )
     try:
-        _wait(lambda: b"chworkers running" in log_file.read_bytes(), "the daemon")
+        wait_for(
+            lambda: b"chworkers running" in log_file.read_bytes(),
+            60,
+            interval=0.1,
+            what="the daemon",
+        )
         _push(port, b'{"n":1}\n')
         client = ConnectionPool(f"{endpoint.url}/{database}", {"min_connections": 0})
-        _wait(
+        wait_for(
             lambda: client.with_connection(lambda c: c.command("SELECT count() FROM ev")) == 1,
-            "row 1",
+            60,
+            interval=0.1,
+            what="row 1",
         )
         client.close()
         assert b" DEBUG " not in log_file.read_bytes()
         conf.write_text(text.replace('level = "INFO"', 'level = "DEBUG"'))
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: b"SIGHUP: log level now DEBUG" in log_file.read_bytes(), "the reload")
+        wait_for(
+            lambda: b"SIGHUP: log level now DEBUG" in log_file.read_bytes(),
+            60,
+            interval=0.1,
+            what="the reload",
+        )
         _push(port, b'{"n":2}\n')
         # clickhouse-connect logs each insert's response at DEBUG, in the worker.
-        _wait(
+        wait_for(
             lambda: any(
                 " DEBUG clickhouse_connect." in line and " worker-" in line
                 for line in log_file.read_text().splitlines()
             ),
-            "a worker's DEBUG record",
+            60,
+            interval=0.1,
+            what="a worker's DEBUG record",
         )
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -350,12 +365,3 @@ def _push(port: int, body: bytes) -> None:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/ingest/ev", data=body)
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert resp.status == 202
-
-
-def _wait(predicate: Any, what: str, timeout: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)

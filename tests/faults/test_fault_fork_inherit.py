@@ -16,13 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import clickhouse_connect
 import pytest
 from faultproxy import FaultProxy
+from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.pids import alive
@@ -47,13 +47,6 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
-
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def post(port: int, body: bytes) -> int:
@@ -111,16 +104,26 @@ max_delay = "100ms"
     second: subprocess.Popen[bytes] | None = None
     workers: list[int] = []
     try:
-        wait_for(lambda: started(first, first_log), 90, "the first daemon")
+        wait_for(lambda: started(first, first_log), 90, interval=0.1, what="the first daemon")
         assert first.poll() is None, first_log.read_text()[-3000:]
         # A client in the middle of a request (its body never comes) when workers fork.
         client = socket.create_connection(("127.0.0.1", ingest_port), timeout=30)
         client.sendall(b"POST /ingest/ev HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
         assert post(ingest_port, b'{"n":%d}\n' % ROWS) == 202  # worker-1's one task
-        wait_for(lambda: admin.command("SELECT count() FROM ev") == 1, 60, "the first row")
+        wait_for(
+            lambda: admin.command("SELECT count() FROM ev") == 1,
+            60,
+            interval=0.1,
+            what="the first row",
+        )
         fault_proxy.set("delay", delay=60.0, match=b"INSERT")
         assert post(ingest_port, b"".join(b'{"n":%d}\n' % i for i in range(ROWS))) == 202
-        wait_for(lambda: fault_proxy.counts["delayed"] >= 1, 60, "a worker inside an insert")
+        wait_for(
+            lambda: fault_proxy.counts["delayed"] >= 1,
+            60,
+            interval=0.1,
+            what="a worker inside an insert",
+        )
         workers = children(first.pid)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
@@ -133,12 +136,14 @@ max_delay = "100ms"
 
         second_log = tmp_path / "second.log"
         second = subprocess.Popen(cmd, stdout=second_log.open("wb"), stderr=subprocess.STDOUT)
-        wait_for(lambda: started(second, second_log), 90, "the restarted daemon")
+        wait_for(lambda: started(second, second_log), 90, interval=0.1, what="the restarted daemon")
         assert second.poll() is None, second_log.read_text()[-3000:]
         assert any(alive(pid) for pid in busy), "the old worker exited before the restart"
         fault_proxy.set("pass")
         wait_for(
-            lambda: admin.command("SELECT count() FROM ev") >= ROWS + 1, 120, "the replayed batch"
+            lambda: admin.command("SELECT count() FROM ev") >= ROWS + 1,
+            120,
+            what="the replayed batch",
         )
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0, second_log.read_text()[-3000:]
