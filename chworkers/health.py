@@ -117,7 +117,9 @@ class Health:
         problems: list[Problem] = []
         counts: dict[str, int] = {}
         for name, component, level in components:
-            probe = component if callable(component) else getattr(component, "problems", None)
+            probe = getattr(component, "problems", None)
+            if probe is None and callable(component):
+                probe = component  # a function returning reasons
             if probe is None:
                 continue  # a component that does not report problems (yet)
             try:
