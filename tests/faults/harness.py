@@ -16,10 +16,10 @@ rows sent == rows in ClickHouse == distinct ids (:meth:`Drill.verify`):
   can always re-read it;
 * :class:`PushClients` POST id ranges to ``/ingest/<table>`` from several threads and
   retry every request that is not answered 202 (a refused connection, a reset, a 503, a
-  500) until it is; a row counts as sent once its request is answered 202. HTTP push is
-  exactly once only when every request gets an answer: a ``kill -9`` between spooling
-  and answering makes the client's retry a legitimate duplicate, so drills with
-  ``kill -9`` feed files only;
+  500) until it is; a row counts as sent once its request is answered 202. Without an
+  ``Idempotency-Key`` HTTP push is exactly once only when every request gets an answer
+  (a ``kill -9`` between spooling and answering makes the retry a legitimate duplicate),
+  so drills with ``kill -9`` push with keys;
 * poison lines (``"id": "poison-N"``) ClickHouse cannot parse must come out in the
   dead-letter directory, each one, and nowhere else.
 
@@ -658,6 +658,8 @@ class PushClients:
     202 (connection refused or reset, 503, 500...) until it gets a 202.
 
     ``url`` is asked before every attempt (the daemon's port may change on a restart).
+    With ``idempotency_keys`` every request carries an ``Idempotency-Key`` (made from its
+    ids), so a request sent again after its answer was lost lands once.
     ``statuses`` counts every answer (``"error"`` for no answer at all).
     """
 
@@ -672,8 +674,10 @@ class PushClients:
         pause: float = 0.01,
         retry_pause: float = 0.2,
         deadline: float = 300.0,
+        idempotency_keys: bool = False,
     ) -> None:
         self.url = url
+        self.idempotency_keys = idempotency_keys
         self.ids = IdRange(start, 0)
         self.clients = clients
         self.requests = requests
@@ -728,15 +732,18 @@ class PushClients:
         for r in range(self.requests):
             first = self.ids.start + (c * self.requests + r) * self.rows
             body = b"".join(line(i, "push") for i in range(first, first + self.rows))
-            if not self._post_until_accepted(body):
+            headers = {"Content-Type": "application/json"}
+            if self.idempotency_keys:
+                headers["Idempotency-Key"] = f"drill-{first}-{first + self.rows}"
+            if not self._post_until_accepted(body, headers):
                 return
             if self.pause:
                 self._stop.wait(self.pause)
 
-    def _post_until_accepted(self, body: bytes) -> bool:
+    def _post_until_accepted(self, body: bytes, headers: dict[str, str]) -> bool:
         give_up = time.monotonic() + self.deadline
         while not self._stop.is_set() and time.monotonic() < give_up:
-            status = self._post(body)
+            status = self._post(body, headers)
             with self._lock:
                 self.statuses[status] += 1
                 if status == "202":
@@ -745,16 +752,14 @@ class PushClients:
             self._stop.wait(self.retry_pause)
         return False
 
-    def _post(self, body: bytes) -> str:
+    def _post(self, body: bytes, headers: dict[str, str]) -> str:
         url = self.url()
         if url is None:
             return "error"
         host, port = url.removeprefix("http://").rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         try:
-            conn.request(
-                "POST", f"/ingest/{TABLE}", body=body, headers={"Content-Type": "application/json"}
-            )
+            conn.request("POST", f"/ingest/{TABLE}", body=body, headers=headers)
             resp = conn.getresponse()
             text = resp.read()
             if resp.status != 202:

@@ -55,12 +55,18 @@ def rows(n: int, scale: float) -> int:
 
 @scenario("kill-9")
 def kill_9_rounds(drill: Drill, scale: float = 1.0) -> None:
-    """kill -9 at random moments (while starting, replaying or ingesting), the main
-    process alone (its workers and children must notice and go) or its whole group."""
+    """kill -9 at random moments (while starting, replaying, reading a growing file and
+    taking pushes with idempotency keys), the main process alone (its workers must notice
+    and go) or its whole group."""
     feed = drill.file_feed(rows(60_000, scale), chunk=500, pause=0.02, poison_every=9_973)
-    daemon = drill.make_daemon([file_pipeline(feed)])
+    daemon = drill.make_daemon([file_pipeline(feed), push_pipeline()])
     daemon.start()
     feed.start()
+    # Each request a batch of its own with a token from its key: a retry after an answer
+    # lost to the kill lands once.
+    push = drill.push_clients(
+        clients=2, requests=max(5, round(20 * scale)), rows=250, pause=0.1, idempotency_keys=True
+    ).start()
     for round_ in range(max(2, round(4 * scale))):
         group = drill.rng.random() < 0.5
         time.sleep(drill.rng.uniform(0.2, 2.0))
@@ -72,6 +78,8 @@ def kill_9_rounds(drill: Drill, scale: float = 1.0) -> None:
     if not daemon.ready():
         daemon.wait_ready()
     feed.join()
+    drill.wait_pushed()
+    drill.note(f"pushes answered {dict(push.statuses)}")
     drill.settle()
     # A batch's dead letters are written before it leaves the spool: a kill -9 in
     # between writes them again on replay (at least once, by design).
