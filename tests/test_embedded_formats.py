@@ -28,6 +28,7 @@ import pyarrow.ipc
 import pytest
 from chdb_reference import Reference
 from clickhouse_connect.driver.client import Client
+from httpcall import call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -106,13 +107,7 @@ def _post(
     target: str = "/",
     headers: dict[str, str] | None = None,
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=300)
-    try:
-        conn.request("POST", target, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
+    return call(endpoint, target, body, headers, timeout=300)
 
 
 def _comparable(fmt: str, body: bytes) -> object:

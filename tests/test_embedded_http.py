@@ -20,6 +20,7 @@ import lz4.frame
 import pytest
 import zstandard
 from clickhouse_connect.driver.exceptions import DatabaseError
+from httpcall import call
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -37,25 +38,6 @@ DECOMPRESS = {
     "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b),
     "lz4": lz4.frame.decompress,
 }
-
-
-def call(
-    endpoint: EmbeddedClickHouse,
-    target: str,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-    conn: http.client.HTTPConnection | None = None,
-) -> tuple[int, Any, bytes]:
-    own = conn is None
-    c = conn or http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
-    try:
-        c.request(method, target, body=body, headers=headers or {}, encode_chunked=False)
-        resp = c.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        if own:
-            c.close()
 
 
 def q(database: str, **params: str) -> str:

@@ -9,7 +9,7 @@ the error's own status; ``buffer_size`` was ignored; ``wait_end_of_query=1`` hel
 
 from __future__ import annotations
 
-import http.client
+from httpcall import call
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -19,13 +19,8 @@ FAIL_AT = "SELECT throwIf(number = {n}, 'stop here') AS x, repeat('y', 100) AS p
 def _post(
     endpoint: EmbeddedClickHouse, target: str, body: str
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=60)
-    try:
-        conn.request("POST", target, body=body.encode())
-        resp = conn.getresponse()
-        return resp.status, dict(resp.headers), resp.read()
-    finally:
-        conn.close()
+    status, headers, data = call(endpoint, target, body.encode(), timeout=60)
+    return status, dict(headers), data
 
 
 def test_error_within_the_first_mebibyte_gets_its_status(endpoint: EmbeddedClickHouse) -> None:

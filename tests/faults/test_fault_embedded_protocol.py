@@ -9,29 +9,17 @@ twice; CSVWithNames said header=absent.
 
 from __future__ import annotations
 
-import http.client
 import subprocess
 import urllib.parse
 
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.summary import QuerySummary
+from httpcall import call
 
 from chworkers.embedded import EmbeddedClickHouse
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-def _post(
-    endpoint: EmbeddedClickHouse, target: str, body: bytes, headers: dict[str, str] | None = None
-) -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
-    try:
-        conn.request("POST", target, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
 
 
 def test_command_without_result_returns_a_summary(ch_client: Client) -> None:
@@ -49,12 +37,12 @@ def test_command_without_result_returns_a_summary(ch_client: Client) -> None:
 
 
 def test_no_format_header_without_a_result(endpoint: EmbeddedClickHouse, database: str) -> None:
-    status, headers, body = _post(
+    status, headers, body = call(
         endpoint, f"/?database={database}", b"CREATE TABLE h (a UInt8) ENGINE = Memory"
     )
     assert (status, body) == (200, b"")
     assert headers.get("X-ClickHouse-Format") is None
-    status, headers, body = _post(endpoint, f"/?database={database}", b"SELECT a FROM h")
+    status, headers, body = call(endpoint, f"/?database={database}", b"SELECT a FROM h")
     assert (status, body) == (200, b"")  # no rows, but a result set: the header is there
     assert headers["X-ClickHouse-Format"] == "TabSeparated"
 
@@ -63,18 +51,18 @@ def test_curl_default_content_type_is_query_text(
     endpoint: EmbeddedClickHouse, database: str
 ) -> None:
     # echo 'SELECT 1' | curl 'http://localhost:8123/' --data-binary @-
-    assert _post(endpoint, "/", b"SELECT 1", FORM)[::2] == (200, b"1\n")
+    assert call(endpoint, "/", b"SELECT 1", FORM)[::2] == (200, b"1\n")
     # A body that happens to look like a form is still SQL (which fails), as in ClickHouse.
-    status, headers, _ = _post(endpoint, "/", b"query=SELECT+1", FORM)
+    status, headers, _ = call(endpoint, "/", b"query=SELECT+1", FORM)
     assert status >= 400 and headers["X-ClickHouse-Exception-Code"]
     create = urllib.parse.quote("CREATE TABLE v (a UInt8, s String) ENGINE = Memory")
-    assert _post(endpoint, f"/?database={database}&query={create}", b"", FORM)[0] == 200
+    assert call(endpoint, f"/?database={database}&query={create}", b"", FORM)[0] == 200
     insert = urllib.parse.quote("INSERT INTO v VALUES")
-    status, _, body = _post(
+    status, _, body = call(
         endpoint, f"/?database={database}&query={insert}", b"(1,'a'),(2,'b')", FORM
     )
     assert (status, body) == (200, b"")
-    status, _, body = _post(endpoint, f"/?database={database}", b"SELECT * FROM v ORDER BY a", FORM)
+    status, _, body = call(endpoint, f"/?database={database}", b"SELECT * FROM v ORDER BY a", FORM)
     assert body == b"1\ta\n2\tb\n"
 
 
@@ -93,9 +81,9 @@ def test_streamed_insert_error_names_the_version_once(
     endpoint: EmbeddedClickHouse, database: str
 ) -> None:
     create = urllib.parse.quote("CREATE TABLE e (a UInt8) ENGINE = Memory")
-    assert _post(endpoint, f"/?database={database}&query={create}", b"")[0] == 200
+    assert call(endpoint, f"/?database={database}&query={create}", b"")[0] == 200
     insert = urllib.parse.quote("INSERT INTO e FORMAT CSV")
-    status, headers, body = _post(endpoint, f"/?database={database}&query={insert}", b"x,y\n")
+    status, headers, body = call(endpoint, f"/?database={database}&query={insert}", b"x,y\n")
     assert status == 400
     code = headers["X-ClickHouse-Exception-Code"]
     text = body.decode()
@@ -119,5 +107,5 @@ def test_streamed_insert_error_names_the_version_once(
 def test_content_type_is_the_formats(
     endpoint: EmbeddedClickHouse, fmt: str, content_type: str
 ) -> None:
-    status, headers, _ = _post(endpoint, "/", f"SELECT 1 AS x FORMAT {fmt}".encode())
+    status, headers, _ = call(endpoint, "/", f"SELECT 1 AS x FORMAT {fmt}".encode())
     assert (status, headers["Content-Type"]) == (200, content_type)

@@ -9,10 +9,10 @@ insert takes no parameters.
 
 from __future__ import annotations
 
-import http.client
 import urllib.parse
 
 from clickhouse_connect.driver.client import Client
+from httpcall import call
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -20,13 +20,8 @@ from chworkers.embedded import EmbeddedClickHouse
 def _request(
     endpoint: EmbeddedClickHouse, target: str, body: bytes | None = None, method: str = "POST"
 ) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
-    try:
-        conn.request(method, target, body=body)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    status, _, data = call(endpoint, target, body, method=method)
+    return status, data
 
 
 def test_binary_bytes_in_the_body_are_not_replaced(endpoint: EmbeddedClickHouse) -> None:

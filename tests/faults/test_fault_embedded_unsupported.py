@@ -7,19 +7,14 @@ bytes, and a query asking for a role ran without it.
 
 from __future__ import annotations
 
-import http.client
+from httpcall import call
 
 from chworkers.embedded import EmbeddedClickHouse
 
 
 def _post(endpoint: EmbeddedClickHouse, target: str, body: bytes) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
-    try:
-        conn.request("POST", target, body=body)
-        resp = conn.getresponse()
-        return resp.status, resp.headers.get("X-ClickHouse-Exception-Code", ""), resp.read()
-    finally:
-        conn.close()
+    status, headers, data = call(endpoint, target, body)
+    return status, headers.get("X-ClickHouse-Exception-Code", ""), data
 
 
 def test_native_for_a_protocol_revision_is_refused(endpoint: EmbeddedClickHouse) -> None:

@@ -12,12 +12,12 @@ results are now produced whole.
 
 from __future__ import annotations
 
-import http.client
 import io
 import uuid
 
 import pyarrow as pa
 import pyarrow.ipc
+from httpcall import call
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -25,15 +25,9 @@ BLOCKS = "SETTINGS max_block_size=2"
 
 
 def _post(endpoint: EmbeddedClickHouse, body: str, target: str = "/") -> bytes:
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=60)
-    try:
-        conn.request("POST", target, body=body.encode())
-        resp = conn.getresponse()
-        data = resp.read()
-        assert resp.status == 200, data
-        return data
-    finally:
-        conn.close()
+    status, _, data = call(endpoint, target, body.encode(), timeout=60)
+    assert status == 200, data
+    return data
 
 
 def test_json_array_of_rows_from_the_url(endpoint: EmbeddedClickHouse) -> None:
