@@ -13,7 +13,6 @@ import hmac
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, cast
@@ -39,7 +38,7 @@ from chworkers.embedded.protocol import (
 )
 from chworkers.errors import ServerError
 from chworkers.httpserver import HttpLimits
-from chworkers.httpwatch import Deadlines
+from chworkers.httpwatch import Closer, Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,7 @@ class Connection:
         limits: HttpLimits,
         request_timeout: float,
         deadlines: Deadlines,
+        closer: Closer,
     ) -> None:
         self.ctx = ctx
         self.credentials = credentials
@@ -87,6 +87,7 @@ class Connection:
         self.idle_timeout = limits.idle_timeout
         self.request_timeout = request_timeout
         self.deadlines = deadlines
+        self.closer = closer
         self.busy = False
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -104,6 +105,9 @@ class Connection:
     def run(self) -> None:
         rfile = cast(BinaryIO, self.sock.makefile("rb", buffering=READ_CHUNK))
         self.ctx.stats.connection_opened()
+        # A client may still be sending what was refused: closing now would reset the
+        # connection and lose the answer, so the closer drains it (off this thread).
+        linger = False
         try:
             while not self.stopping.is_set():
                 self.sock.settimeout(self.idle_timeout)
@@ -132,12 +136,12 @@ class Connection:
                     return
                 if isinstance(error, ServerError):  # e.g. a URI beyond http_max_uri_size
                     self._send_error(Response(self.sock, keep_alive=False), error)
-                    self._linger(rfile)
+                    linger = True
                     return
                 if error is not None:
                     log.debug("bad HTTP request: %s", error)
                     self._send_plain(Response(self.sock, keep_alive=False), 400, f"{error}\n")
-                    self._linger(rfile)
+                    linger = True
                     return
                 if req is None:
                     return
@@ -153,41 +157,20 @@ class Connection:
                     with self._lock:
                         self.busy = False
                 if not keep:
-                    if not req.body.finished:
-                        self._linger(rfile)
+                    linger = not req.body.finished
                     return
         except (ClientGone, OSError) as exc:
             log.debug("connection ended: %s", exc)
         finally:
             self.ctx.stats.connection_closed()
             self.deadlines.disarm(self.sock)  # before the descriptor can be reused
-            try:
+            with contextlib.suppress(OSError):
                 rfile.close()
-                self.sock.close()
-            except OSError:
-                pass
-
-    def _linger(self, rfile: BinaryIO, limit: int = 64 << 20, seconds: float = 2.0) -> None:
-        """Read and drop what the client still sends before closing.
-
-        Closing a socket with unread input makes the kernel send a reset, and a client
-        still sending would then lose the error response it has not read yet.
-        """
-        deadline = time.monotonic() + seconds
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            total = 0
-            while total < limit:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.sock.settimeout(left)
-                data = rfile.read1(READ_CHUNK)  # type: ignore[attr-defined]
-                if not data:
-                    break
-                total += len(data)
-        except OSError:
-            pass
+            if linger:
+                self.closer.close(self.sock)
+            else:
+                with contextlib.suppress(OSError):
+                    self.sock.close()
 
     def _send_continue(self) -> None:
         try:

@@ -157,7 +157,13 @@ class EmbeddedServer:
                 ctx.stats.connection_refused()
                 return
             conn = Connection(
-                ctx, self.credentials, sock, self.limits, self.request_timeout, self._deadlines
+                ctx,
+                self.credentials,
+                sock,
+                self.limits,
+                self.request_timeout,
+                self._deadlines,
+                self._closer,
             )
             thread = threading.Thread(
                 target=self._run_connection, args=(conn,), name="chworkers-embedded-conn"
