@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chworkers.dsn import ConnectionConfig
 from chworkers.errors import ConfigError
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 from chworkers.options import SupervisorOptions
 from chworkers.pipelines import PipelineSettings, build_pipelines
 from chworkers.pool import PoolOptions

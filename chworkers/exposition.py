@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from chworkers.errors import HttpRequestError
-from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, HttpLimits
+from chworkers.httplimits import HttpLimits
+from chworkers.httpserver import BoundedHandler, BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from chworkers.dedup import request_token
 from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.framing import FORMATS, Framer, RecordTooLargeError
 from chworkers.httpframing import http_error, plain_response
-from chworkers.httpserver import BoundedHandler, BoundedHTTPServer, HttpLimits
+from chworkers.httplimits import HttpLimits
+from chworkers.httpserver import BoundedHandler, BoundedHTTPServer
 from chworkers.httpwatch import ByteBudget
 
 log = logging.getLogger(__name__)

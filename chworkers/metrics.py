@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from chworkers.httpserver import REFUSAL_REASONS
+from chworkers.httplimits import REFUSAL_REASONS
 
 #: Buckets for request and task latencies, in seconds (1 ms .. 2 min).
 LATENCY_BUCKETS = (

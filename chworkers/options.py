@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from chworkers.errors import ConfigError
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 from chworkers.settings import reloadable, section, setting, validate
 
 StartMethod = Literal["fork", "spawn", "forkserver"]

@@ -19,7 +19,7 @@ from waiting import wait_for
 
 from chworkers import Supervisor
 from chworkers.exposition import MetricsEndpoint
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 from chworkers.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(60)

@@ -37,7 +37,7 @@ from chworkers.embedded.protocol import (
     read_request,
 )
 from chworkers.errors import ServerError
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 from chworkers.httpwatch import Closer, Deadlines
 
 log = logging.getLogger(__name__)

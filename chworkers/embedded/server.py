@@ -1,6 +1,6 @@
 """The endpoint: a listening socket, one thread per client connection, chDB behind.
 
-Within :class:`~chworkers.httpserver.HttpLimits`: a sized listen backlog, at most
+Within :class:`~chworkers.httplimits.HttpLimits`: a sized listen backlog, at most
 ``max_connections`` connections (the next is answered 503 with ClickHouse's error body
 and ``Retry-After``), idle keep-alive connections closed after ``idle_timeout``, a
 request head within ``header_timeout`` of its first byte and each MiB of a body within
@@ -36,7 +36,7 @@ from chworkers.embedded.handler import Connection, Credentials
 from chworkers.embedded.sessions import Sessions
 from chworkers.errors import EmbeddedError
 from chworkers.httpframing import plain_response
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 from chworkers.httpwatch import Closer, Deadlines
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.exposition import MetricsEndpoint
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 from chworkers.ingest import IngestServer, Route
 from chworkers.spool import Spool
 

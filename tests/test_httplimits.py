@@ -7,7 +7,7 @@ import pytest
 
 from chworkers import config
 from chworkers.errors import ConfigError
-from chworkers.httpserver import HttpLimits
+from chworkers.httplimits import HttpLimits
 
 
 def test_limits_round_trip_through_the_embedded_command_line() -> None:
