@@ -58,29 +58,19 @@ class _Handler(BoundedHandler):
             if path == "/metrics":
                 endpoint.refresh()
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._reply(200, encoder(endpoint.registry), content_type)
+                self.reply(200, encoder(endpoint.registry), content_type)
             elif path in ("/healthz", "/readyz"):
                 check = endpoint.healthy if path == "/healthz" else endpoint.ready
                 ok, details = check()
                 body = json.dumps({"status": "ok" if ok else "unavailable", **details}).encode()
-                self._reply(200 if ok else 503, body, "application/json")
+                self.reply(200 if ok else 503, body, "application/json")
             else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+                self.reply(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
         except Exception:
             log.exception("error serving %s", path)
-            self._reply(500, b"internal error\n", "text/plain")
+            self.reply(500, b"internal error\n", "text/plain")
 
     do_HEAD = do_GET
-
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)

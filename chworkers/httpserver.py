@@ -293,12 +293,28 @@ class BoundedHandler(BaseHTTPRequestHandler):
     def refuse(self, status: int, message: str, headers: Mapping[str, str]) -> None:
         """Send an error response (subclasses answer in their own format)."""
         body = (message + "\n").encode("utf-8", "replace")
+        self.reply(status, body, "text/plain; charset=utf-8", headers)
+
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send a whole answer. A request body left unread closes the connection (the
+        next bytes on it are no request), and a connection that closes says so, once
+        (``headers`` may say it already)."""
+        headers = headers or {}
+        if self.has_body:
+            self.close_connection = True
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Connection", "close")
+            self.send_header(key, value)  # a "Connection: close" sets close_connection
+        if self.close_connection and not any(k.lower() == "connection" for k in headers):
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

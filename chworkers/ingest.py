@@ -423,14 +423,4 @@ class _Handler(BoundedHandler):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         data = json.dumps(payload).encode() + b"\n"
-        if self.has_body:  # not read: the next bytes on the connection are no request
-            self.close_connection = True
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(status, data, "application/json", headers)
