@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any
 
-from chworkers.settings import setting, validate
+from chworkers.errors import ConfigError
+from chworkers.settings import parse_value, setting, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,7 @@ class HttpLimits:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """``--backlog``, ``--max-connections``, ... with their defaults and help."""
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             flags = [f"--{f.name.replace('_', '-')}"]
             if f.name == "idle_timeout":
@@ -69,7 +74,7 @@ class HttpLimits:
             parser.add_argument(
                 *flags,
                 dest=f.name,
-                type=float if f.type in (float, "float") else int,
+                type=_flag_parser(hints[f.name], f, flags[0]),
                 default=f.default,
                 metavar="N",
                 help=f"{f.metadata['help']}{unit} (default: {f.default:g})",
@@ -85,6 +90,20 @@ class HttpLimits:
         for f in dataclasses.fields(self):
             out += [f"--{f.name.replace('_', '-')}", repr(getattr(self, f.name))]
         return out
+
+
+def _flag_parser(tp: Any, f: dataclasses.Field[Any], flag: str) -> Callable[[str], Any]:
+    """A flag's value parsed as the setting's is in a config file ("90s", "250ms")."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return parse_value(tp, f.metadata, raw, f.name, flag)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{raw!r} is invalid: expected {exc.expected}"
+            ) from None
+
+    return parse
 
 
 #: Why an endpoint refused a client, for logs and ``chworkers_http_refused_total``.
