@@ -22,6 +22,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import re
 import threading
 import zlib
 from collections.abc import Callable, Mapping
@@ -186,7 +187,7 @@ class IngestServer:
         records, rows, header = self._frame(body, fmt)
         if rows == 0:
             return {"rows": 0}
-        _check_declared_format(header + records, fmt, route.format)
+        _check_declared_format(header, records, fmt, route.format)
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
         # All or nothing: the request's records go into one batch together; if the spool
@@ -293,7 +294,19 @@ def _idempotency_token(table: str, key: str | None) -> str | None:
     return request_token(table, key)
 
 
-def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:
+_NOT_BLANK = re.compile(rb"\S")
+
+
+def _first_line(data: bytes) -> bytes:
+    """The first line of ``data`` that is not blank, from its first byte that is not."""
+    found = _NOT_BLANK.search(data)
+    if found is None:
+        return b""
+    end = data.find(b"\n", found.start())
+    return data[found.start() : end if end >= 0 else len(data)]
+
+
+def _check_declared_format(header: bytes, records: bytes, fmt: str, configured: str) -> None:
     """A body whose records are JSON objects but that was declared CSV or TSV would be
     accepted and then rejected by ClickHouse row by row: say so now instead.
 
@@ -303,10 +316,11 @@ def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:
     """
     if fmt == "JSONEachRow" or (fmt.startswith("T") and configured.startswith("T")):
         return
-    # A *WithNames header is checked as well: a JSON object is no list of names either.
-    lines = (line for line in records.split(b"\n") if line.strip())
-    number, first = next(((n, line) for n, line in enumerate(lines, start=1)), (0, b""))
-    if not first.lstrip().startswith(b"{"):
+    # Only the first line that is not blank is looked at (never a copy or a split of the
+    # whole body); a *WithNames header is checked as well: a JSON object is no list of
+    # names either.
+    first = _first_line(header) or _first_line(records)
+    if not first.startswith(b"{"):
         return
     try:
         value = json.loads(first)
@@ -315,7 +329,7 @@ def _check_declared_format(records: bytes, fmt: str, configured: str) -> None:
     if isinstance(value, dict):
         raise http_error(
             HTTPStatus.BAD_REQUEST,
-            f"record {number} is a JSON object, but the body was declared {fmt} (by "
+            f"record 1 is a JSON object, but the body was declared {fmt} (by "
             "Content-Type or ?format=); nothing was kept. Send JSON lines as "
             "Content-Type: application/x-ndjson or with ?format=JSONEachRow",
         )
