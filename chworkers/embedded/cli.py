@@ -118,10 +118,28 @@ def run(args: argparse.Namespace) -> int:
             name="parent-watch",
             daemon=True,
         ).start()
-    print(f"{READY_PREFIX}{server.url} (data in {server.path})", flush=True)
+    try:
+        print(f"{READY_PREFIX}{server.url} (data in {server.path})", flush=True)
+    except OSError:
+        # Nobody reads the ready line: the parent died while we started. Stop in order
+        # (serve_forever returns at once and shuts the engine down), and send what is
+        # still buffered for stdout nowhere, so that the exit's flush cannot fail too.
+        log.warning("the parent is gone before the endpoint was ready; stopping")
+        _discard_stdout()
+        server.request_stop()
+        server.serve_forever()
+        return 1
     server.serve_forever()
     sys.stdout.flush()
     return 0
+
+
+def _discard_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _watch_parent(pid: int, server: EmbeddedServer, interval: float = 0.5) -> None:
