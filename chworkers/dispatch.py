@@ -248,6 +248,10 @@ class Dispatcher:
         except ChworkersError as exc:
             self._failed(batch, exc)
             return
+        except Exception as exc:  # a bug must cost the batch an attempt, not this thread
+            log.exception("submitting batch %d failed unexpectedly", batch.seq)
+            self._failed(batch, exc)
+            return
         # Only a hand-over here: this callback runs on the supervisor's loop thread.
         future.add_done_callback(lambda f: self._completions.put((batch, full, f)))
 
