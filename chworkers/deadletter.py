@@ -19,6 +19,7 @@ directory a new file or folder was created in), and counted in
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from chworkers.inserts import LINE_FORMATS, Rejected, split_records
 from chworkers.metrics import Metrics
 from chworkers.middleware import Middleware
+from chworkers.spool import fsync_directory
 
 if TYPE_CHECKING:
     from chworkers.tasks import DeadLetter
@@ -138,12 +140,9 @@ class DeadLetters(Middleware):
         with self._lock:
             _make_dirs_durably(folder)
             created = not path.exists()
-            with open(path, "ab") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _append_whole(path, data)
             if created:  # the new name must survive a power cut as well as the data
-                _fsync_dir(folder)
+                fsync_directory(folder)
         log.warning(
             "%d rows for %s rejected (first: %s); written to %s",
             len(entries),
@@ -213,12 +212,24 @@ def _make_dirs_durably(folder: Path) -> None:
         current = current.parent
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
-        _fsync_dir(directory.parent)
+        fsync_directory(directory.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` and fsync it, or raise leaving the file as it was: a
+    write that fails halfway (the disk full) is cut off again, so that the retry (the
+    batch stays spooled) does not append after a torn line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
