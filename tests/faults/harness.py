@@ -412,7 +412,7 @@ class DaemonUnderTest:
         self.proc.wait(30)
         self.wait_orphans_gone()
 
-    def wait_orphans_gone(self, timeout: float = 30.0) -> None:
+    def wait_orphans_gone(self, timeout: float = 60.0) -> None:
         """Everything the daemon started must go away by itself once it is dead."""
         if not wait_until(lambda: not still_running(self.known), timeout, "orphans"):
             left = still_running(self.known)

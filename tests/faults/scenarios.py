@@ -352,11 +352,9 @@ def embedded_child_killed(drill: Drill, scale: float = 1.0) -> None:
         if not wait_until(restarted, 60, "embedded restarted"):
             raise drill.fail("the daemon did not restart its embedded ClickHouse within 60 s")
         drill.note(f"embedded ClickHouse back as pid {daemon.embedded_child()}")
-    # Once it answers again (a kill -9 while the child starts can leave it running: a
-    # known defect, reported in coord/NOTE-faults-embedded-orphan.md), kill -9 the daemon.
-    if not wait_until(lambda: drill.count() >= 0, 60, "serving"):
-        raise drill.fail("the restarted embedded ClickHouse does not answer")
-    time.sleep(drill.rng.uniform(0.0, 1.0))
+    # Maybe while the restarted child is still starting (it used to outlive the daemon
+    # then, holding the data directory: 12e3442).
+    time.sleep(drill.rng.uniform(0.0, 1.5))
     daemon.kill9(group=drill.rng.random() < 0.5)
     daemon.start()
     feed.join()
