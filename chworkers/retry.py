@@ -266,13 +266,7 @@ class RetryPolicy:
 
     def backoff_ceiling(self, retry_number: int) -> float:
         """Upper bound of the jittered wait before retry number ``retry_number`` (from 1)."""
-        if retry_number <= 0:
-            return 0.0
-        try:
-            ceiling = self.initial_backoff * self.multiplier ** (retry_number - 1)
-        except OverflowError:
-            ceiling = self.max_backoff
-        return float(min(self.max_backoff, ceiling))
+        return capped_backoff(self.initial_backoff, retry_number, self.max_backoff, self.multiplier)
 
     def sleep_time(self) -> float:
         """Seconds to wait before the next attempt (0 before any failure)."""
