@@ -278,15 +278,32 @@ class Daemon:
             lambda statement: self.supervisor.submit(_create_table, statement),
             self.dispatcher.add,
         )
-        self.tables.start()
+        self._once_clickhouse_serves(self.tables.start)
         stack.callback(self.tables.stop)
+
+    def _once_clickhouse_serves(self, start: Callable[[], None]) -> None:
+        """``start()`` now, or (embedded) once the child serves: the workers then do not
+        knock, and log about it, on a port that nobody listens on yet. An external
+        ClickHouse that is down is another matter: that is an outage, and it shows."""
+        keeper = self.embedded
+        if keeper is None or keeper.wait_up(0):
+            start()
+            return
+
+        def when_up() -> None:
+            while not keeper.wait_up(0.5):
+                if keeper.stopping:
+                    return  # what waits stays in the spool for the next start
+            start()
+
+        threading.Thread(target=when_up, name="chworkers-await-clickhouse", daemon=True).start()
 
     def _replay(self) -> None:
         batches = self.spool.recover()
         self.checkpoints.recover(batches)
         for batch in batches:
             self.tables.offer(batch)
-        self.dispatcher.start()
+        self._once_clickhouse_serves(self.dispatcher.start)
         if batches:
             log.info("replaying %d spooled batches from the last run", len(batches))
 

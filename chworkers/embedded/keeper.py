@@ -80,6 +80,11 @@ class Keeper:
         """Until the child serves (True) or ``timeout`` passes (False)."""
         return self._up.wait(timeout)
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called: the child will not serve again."""
+        return self._stop.is_set()
+
     def stop(self) -> None:
         """Stop watching, then stop the child (after a start in progress has finished)."""
         self._stop.set()  # also cancels a start in progress
