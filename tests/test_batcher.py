@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from chworkers.batcher import Batcher, BatchLimits
 from chworkers.errors import ChworkersError, SpoolFullError
@@ -56,6 +57,8 @@ def test_cut_by_delay(tmp_path: Path) -> None:
     started = time.monotonic()
     batcher.add("t", b"1\n", 1, format="CSV").wait(5)
     assert 0.15 <= time.monotonic() - started < 15  # generous: CI machines are busy
+    # The ticket settles once the batch is spooled, just before on_batch is called.
+    wait_for(lambda: len(got.batches) == 1, timeout=15, what="on_batch called")
     assert got.batches[0].rows == 1
     batcher.close()
 
