@@ -107,6 +107,7 @@ def main() -> None:
         report("select", ch, client, phase(n, select))
         report("churn", ch, client, phase(n, database_step(True)))
         report("keep", ch, client, phase(n, database_step(False)))
+
         def new_session(i: int) -> None:
             client.command("SELECT 1", settings={"session_id": f"bench-{i}-{uuid.uuid4()}"})
 

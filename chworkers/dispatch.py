@@ -319,7 +319,7 @@ class Dispatcher:
         log.log(
             logging.ERROR if permanent else logging.WARNING,
             "batch %d (%d rows for %s) failed (attempt %d%s), kept in the spool, next try in "
-            "%.0f s%s: %s",
+            "%.3g s%s: %s",
             batch.seq,
             batch.rows,
             batch.table,

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What ruff checks: the package, its tests and the benchmarks the docs quote.
+TREES = ("chworkers", "tests", "benchmarks")
 
 
 def test_mypy_strict() -> None:
@@ -23,7 +25,7 @@ def test_mypy_strict() -> None:
 
 def test_ruff() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    for args in (["check", "chworkers", "tests"], ["format", "--check", "chworkers", "tests"]):
+    for args in (["check", *TREES], ["format", "--check", *TREES]):
         result = subprocess.run(
             [ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
         )
