@@ -20,7 +20,9 @@ layers"): it retries only whole tasks that the layers below gave up on.
 Completion (``on_done``: writing dead letters, fsync'd; then removing the batch from the
 spool) runs on the dispatcher's own completion thread, never in a future's callback:
 those run on the supervisor's loop thread, which must not wait on disks or locks. A
-batch leaves the spool only after ``on_done`` returned.
+batch leaves the spool only after ``on_done`` returned; when ``on_done`` or the removal fails, that is a
+failed attempt: the batch is tried again (ClickHouse drops what it already has by the
+batch's token) until it leaves the spool.
 """
 
 from __future__ import annotations
@@ -274,11 +276,13 @@ class Dispatcher:
         try:
             if self.on_done is not None:
                 self.on_done(full, future.result())
+            # A file that cannot be removed is a failed attempt too: tried again soon
+            # (ClickHouse drops it by its token), not left "in flight" for good.
+            self.spool.remove(batch)
         except Exception as exc:
-            log.exception("handling the result of batch %d failed", batch.seq)
+            log.exception("completing inserted batch %d failed", batch.seq)
             self._failed(batch, exc)
             return
-        self.spool.remove(batch)
         self._finish(batch)
 
     def _finish(self, batch: SpooledBatch) -> None:
