@@ -242,6 +242,11 @@ class Dispatcher:
             assert batch.path is not None
             full = read_batch(batch.path)
         except (SpoolCorruptError, AssertionError) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                # The read failed (EIO, EMFILE...), not the batch: try it again later.
+                self._failed(batch, exc)
+                return
             log.error("batch %d cannot be read back from the spool: %s", batch.seq, exc)
             self._finish(batch)
             return
