@@ -99,7 +99,7 @@ class SplitBudget:
 
     #: Insert requests for the whole task, the first (whole-batch) one included.
     max_requests: int = 1000
-    #: Seconds from the task's first request.
+    #: Seconds the bisection may take, counted from the rejection of the whole batch.
     max_seconds: float = 60.0
 
 
