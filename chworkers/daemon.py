@@ -85,7 +85,6 @@ class Totals:
     started: float = field(default_factory=time.monotonic)
     rows_read: int = 0
     rows_inserted: int = 0
-    bytes_inserted: int = 0
     batches: int = 0
     dead_letters: int = 0
     failures: int = 0
