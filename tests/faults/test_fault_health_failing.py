@@ -113,7 +113,9 @@ def test_a_closed_lease_broker_makes_the_supervisor_failing(
 def test_a_stuck_or_dead_dispatcher_thread_is_reported(tmp_path: Path) -> None:
     """The dispatcher hands each batch to the workers in moments; one hand-over that
     does not return (here: the workers' queue never takes it) stalls every batch behind
-    it, and a hand-over that raises something unexpected ends the thread."""
+    it. A hand-over that raises something unexpected costs the batch an attempt (see
+    test_fault_dispatcher_survives.py); what still ends the thread (here: an on_failure
+    callback that raises) is reported."""
     from chworkers.dispatch import Dispatcher
     from chworkers.spool import Spool
 
@@ -122,9 +124,12 @@ def test_a_stuck_or_dead_dispatcher_thread_is_reported(tmp_path: Path) -> None:
 
     def stuck_submit(batch: Any) -> Any:
         release.wait(30)
-        raise TypeError("cannot pickle the batch")  # not a ChworkersError: the thread ends
+        raise TypeError("cannot pickle the batch")  # not a ChworkersError
 
-    dispatcher = Dispatcher(spool, stuck_submit)
+    def on_failure(batch: Any, error: BaseException) -> None:
+        raise RuntimeError("a failing callback")  # this one ends the thread
+
+    dispatcher = Dispatcher(spool, stuck_submit, on_failure=on_failure)
     try:
         assert dispatcher.thread_problems(0.2) == []  # not started: nothing to say
         dispatcher.start()
