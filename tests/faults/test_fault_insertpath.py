@@ -21,6 +21,7 @@ def daemon_config(
     source = tmp_path / "in.data"
     data: dict[str, Any] = {
         "state_dir": str(tmp_path / "state"),
+        "metrics": {"port": 0},  # never the default 9363: it may be taken
         "clickhouse": {
             "url": f"{endpoint.url}/{database}",
             "pool": {"max_connections": 2, "retry": {"initial_backoff": 0.05, "max_backoff": 0.5}},

@@ -26,6 +26,7 @@ def test_unknown_table_is_held_reported_and_retried_on_sighup(
     cfg = config.load(
         data={
             "state_dir": str(tmp_path / "state"),
+            "metrics": {"port": 0},  # never the default 9363: it may be taken
             "clickhouse": {
                 "url": f"{endpoint.url}/{database}",
                 "pool": {"max_connections": 2, "retry": {"initial_backoff": 0.05}},

@@ -35,6 +35,7 @@ def make_config(tmp_path: Path, url: str, fmt: str, **extra: Any) -> Any:
     return config.load(
         data={
             "state_dir": str(tmp_path / "state"),
+            "metrics": {"port": 0},  # never the default 9363: it may be taken
             "clickhouse": {"url": url, "pool": {"retry": {"initial_backoff": 0.05}}},
             "supervisor": {"workers": 2, "graceful_timeout": 2.0},
             "spool": {"fsync": False, "retry_backoff_max": 0.5},
