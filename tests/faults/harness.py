@@ -349,13 +349,6 @@ class DaemonUnderTest:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def all_logs(self) -> str:
-        return "".join(
-            self.workdir.joinpath(f"daemon-{n}.log").read_text(errors="replace")
-            for n in range(1, self.starts + 1)
-            if self.workdir.joinpath(f"daemon-{n}.log").exists()
-        )
-
     def tail(self, lines: int = 40) -> str:
         return "--- daemon log (last lines) ---\n" + "\n".join(self.log().splitlines()[-lines:])
 
@@ -440,12 +433,6 @@ class DaemonUnderTest:
         self.faults += 1
         os.kill(pid, signal.SIGKILL)
         return pid
-
-    def sighup(self) -> None:
-        """SIGHUP: reload, and retry at once the batches held back by a permanent error."""
-        assert self.proc is not None
-        self.note("SIGHUP")
-        self.proc.send_signal(signal.SIGHUP)
 
     def terminate(self, *, within: float, expect_codes: Iterable[int] = (0,)) -> float:
         """SIGTERM; the daemon must exit within ``within`` seconds with one of
