@@ -130,6 +130,9 @@ class Daemon:
     def run(self) -> int:
         """Run until the sources are done (finite pipelines) or a signal says stop."""
         with contextlib.ExitStack() as stack:
+            # First: a SIGTERM while starting (systemd's stop, a deploy) is queued for the
+            # loop, which then drains, instead of killing the daemon halfway up.
+            self._install_signals(stack)
             stack.enter_context(self._state_lock())
             notifier = Notifier.from_environ()
             stack.callback(notifier.close)
@@ -146,7 +149,6 @@ class Daemon:
             watchdog = Watchdog(notifier, self._healthy)
             watchdog.start()
             stack.callback(watchdog.stop)
-            self._install_signals(stack)
             if not self._wait_for_tables(TABLES_GRACE):
                 log.warning(
                     "ClickHouse is not reachable yet: taking data in and spooling it; tables "

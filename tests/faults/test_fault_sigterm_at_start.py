@@ -1,0 +1,63 @@
+"""SIGTERM while the daemon starts is a stop, not a death by signal.
+
+The daemon installed its signal handlers only once everything was up, so a SIGTERM
+during start-up (systemd stopping a unit that is still starting, a deploy) killed it
+with -15 halfway: nothing was lost, but the exit said "killed", not "stopped".
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_sigterm_during_start_up_drains_and_exits_0(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(100)))
+    (tmp_path / "c.toml").write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[clickhouse]
+url = "embedded"
+[metrics]
+port = 0
+[supervisor]
+workers = 1
+[[pipelines]]
+name = "p"
+source = "file"
+paths = ["{tmp_path / "in.jsonl"}"]
+follow = true
+table = "ev"
+create = "id UInt64"
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chworkers", "run", "-c", str(tmp_path / "c.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        lock = tmp_path / "state" / "daemon.lock"
+        # The lock names the daemon once it holds the state directory: it is starting.
+        wait_for(
+            lambda: lock.exists() and f"pid {proc.pid}" in lock.read_text(),
+            timeout=60,
+            what="the daemon to take its state directory",
+        )
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    assert time.monotonic() - started < 60
