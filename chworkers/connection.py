@@ -44,6 +44,18 @@ __all__ = ["Connection", "ConnectionConfig", "Host", "translate_error"]
 
 log = logging.getLogger(__name__)
 
+
+class _DriverDuplicates(logging.Filter):
+    """clickhouse-connect warns "Unexpected Http Driver Exception" (no reason given) just
+    before it raises the error that :func:`translate_error` turns into ours, which the
+    pool and the host selector log with its reason: one line per failed request, twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Unexpected Http Driver Exception"
+
+
+logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
+
 _IDS = itertools.count(1)
 _CODE_RE = re.compile(r"\bCode:\s*(\d+)")
 _NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]{2,})\)")
