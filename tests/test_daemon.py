@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import waiting
+from daemonthread import Running, lines
 
 from chworkers import ConnectionPool, config
 from chworkers.daemon import Daemon
@@ -75,38 +76,7 @@ def pipeline(**kw: Any) -> dict[str, Any]:
     return base
 
 
-class Running:
-    """A daemon running in a thread of the test process."""
-
-    def __init__(self, cfg: Any, **kw: Any) -> None:
-        self.daemon = Daemon(cfg, **kw)
-        self.code: int | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-        assert self.daemon.wait_ready(120) or self.error is None, self.error
-
-    def _run(self) -> None:
-        try:
-            self.code = self.daemon.run()
-        except BaseException as exc:
-            self.error = exc
-            self.daemon._ready.set()
-
-    def stop(self, timeout: float = 120) -> int | None:
-        self.daemon.request_stop()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
-        return self.code
-
-
 wait_for = functools.partial(waiting.wait_for, timeout=60.0, interval=0.1)
-
-
-def lines(start: int, stop: int) -> bytes:
-    return b"".join(b'{"n":%d,"s":"row %d"}\n' % (i, i) for i in range(start, stop))
 
 
 @pytest.mark.timeout(300)

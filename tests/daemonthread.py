@@ -1,7 +1,7 @@
-"""A daemon running in a thread of the test process, for faults around it.
+"""A daemon running in a thread of the test process, for tests that look inside it.
 
 (tests/faults/harness.py runs ``chworkers run`` as a subprocess; this one is for tests
-that look inside the daemon: its batcher, spool and metrics.)
+that look inside the daemon: its batcher, spool, totals and metrics.)
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from chworkers.embedded import EmbeddedClickHouse
 class Running:
     """A daemon in a thread of the test process (stopped as SIGTERM would)."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.daemon = Daemon(config.load(data=data, env={}))
+    def __init__(self, cfg: config.Config | dict[str, Any], **kw: Any) -> None:
+        """``cfg`` is a loaded configuration or the data of one; ``kw`` goes to Daemon."""
+        if isinstance(cfg, dict):
+            cfg = config.load(data=cfg, env={})
+        self.daemon = Daemon(cfg, **kw)
         self.code: int | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run)
