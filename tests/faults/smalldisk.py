@@ -68,10 +68,16 @@ def fill(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def disk_full(path: Path, *, tmpfs: bool) -> Iterator[None]:
-    """Writes under ``path`` fail inside the block (ENOSPC on a tmpfs, else EFBIG)."""
+def disk_full(
+    path: Path, *, tmpfs: bool, room: int = 0, file: Path | None = None
+) -> Iterator[None]:
+    """Writes under ``path`` fail inside the block once ``room`` more bytes are written:
+    on a tmpfs all but ``room`` is filled (ENOSPC); else a file size limit (EFBIG) of
+    ``room`` bytes past ``file``'s end (or past 0)."""
     if tmpfs:
         filler = fill(path)
+        if room:
+            os.truncate(filler, max(0, filler.stat().st_size - room))
         try:
             yield
         finally:
@@ -79,7 +85,8 @@ def disk_full(path: Path, *, tmpfs: bool) -> Iterator[None]:
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+    start = file.stat().st_size if file is not None else 0
+    resource.setrlimit(resource.RLIMIT_FSIZE, (start + room, hard))
     try:
         yield
     finally:

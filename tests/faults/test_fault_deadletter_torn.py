@@ -9,43 +9,16 @@ append after a torn half line: one record mangled, the records before the cut tw
 from __future__ import annotations
 
 import json
-import os
-import resource
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from smalldisk import fill, small_filesystem
+from smalldisk import disk_full, small_filesystem
 
 from chworkers.deadletter import DeadLetters
 from chworkers.errors import ServerError
 from chworkers.inserts import Rejected
 
 ROOM = 64 * 1024  # what the disk has left when the big write starts
-
-
-@contextmanager
-def room_for(path: Path, file: Path, *, tmpfs: bool) -> Iterator[None]:
-    """Only ``ROOM`` more bytes fit: on a tmpfs, all but ROOM filled (ENOSPC); else a
-    file size limit (RLIMIT_FSIZE, EFBIG) just past ``file``'s end."""
-    if tmpfs:
-        filler = fill(path)
-        os.truncate(filler, max(0, filler.stat().st_size - ROOM))
-        try:
-            yield
-        finally:
-            filler.unlink()
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (file.stat().st_size + ROOM, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
 
 
 def rejected(count: int, prefix: str) -> list[Rejected]:
@@ -66,7 +39,7 @@ def test_a_dead_letter_write_that_fails_halfway_leaves_the_file_as_it_was(
         assert first is not None
         before = first.read_bytes()
         big = rejected(2000, "r")  # ~0.5 MB: far more than the room left
-        with room_for(disk, first, tmpfs=tmpfs), pytest.raises(OSError):
+        with disk_full(disk, tmpfs=tmpfs, room=ROOM, file=first), pytest.raises(OSError):
             letters.write("db.ev", big, batch="b2")
         assert first.read_bytes() == before, "the failed write left bytes behind"
 
