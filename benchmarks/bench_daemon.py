@@ -22,8 +22,8 @@ from typing import Any
 
 import clickhouse_connect
 
-from chworkers import config
-from chworkers.daemon import Daemon
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
 
 SCHEMA = "ts DateTime, user_id UInt64, event LowCardinality(String), value Float64, url String"

@@ -38,9 +38,9 @@ import sys, threading
 from pathlib import Path
 kind, directory = sys.argv[1], Path(sys.argv[2])
 if kind == "ingest":
-    from chworkers.batcher import Batcher, BatchLimits
-    from chworkers.ingest import IngestServer, Route
-    from chworkers.spool import Spool
+    from chworkers.daemon.batcher import Batcher, BatchLimits
+    from chworkers.daemon.ingest import IngestServer, Route
+    from chworkers.daemon.spool import Spool
     spool = Spool(directory / "spool", fsync=False, policy="reject")
     batcher = Batcher(spool, lambda batch: None, limits=BatchLimits(max_delay=0.01))
     server = IngestServer({"events": Route("events", "push")}, batcher)
@@ -48,7 +48,7 @@ if kind == "ingest":
     print(server.url, flush=True)
 else:
     from prometheus_client import CollectorRegistry
-    from chworkers.exposition import MetricsEndpoint
+    from chworkers.ops.exposition import MetricsEndpoint
     print(MetricsEndpoint(CollectorRegistry()).url, flush=True)
 threading.Event().wait()
 """

@@ -17,7 +17,7 @@ import inspect
 import time
 import tracemalloc
 
-from chworkers import ingest
+from chworkers.daemon import ingest
 
 
 def main() -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from chworkers.connection import Connection, ConnectionConfig, Host
-from chworkers.control import SupervisorStats
-from chworkers.deadletter import DeadLetters
+from chworkers.clickhouse.connection import Connection, ConnectionConfig, Host
+from chworkers.clickhouse.hooks import MetricsHooks, PoolHooks
+from chworkers.clickhouse.inserts import InsertResult, Rejected
+from chworkers.clickhouse.lease import LeaseBroker, LeaseClient, LeaseStats
+from chworkers.clickhouse.pool import ConnectionPool, PoolOptions, PoolStats
+from chworkers.clickhouse.retry import RetryPolicy
+from chworkers.daemon.deadletter import DeadLetters
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import (
     BatcherClosedError,
@@ -38,17 +42,13 @@ from chworkers.errors import (
     WorkerBootError,
     WorkerLostError,
 )
-from chworkers.hooks import MetricsHooks, PoolHooks
-from chworkers.inserts import InsertResult, Rejected
-from chworkers.lease import LeaseBroker, LeaseClient, LeaseStats
-from chworkers.middleware import Middleware
-from chworkers.options import SupervisorOptions
-from chworkers.pool import ConnectionPool, PoolOptions, PoolStats
-from chworkers.retry import RetryPolicy
-from chworkers.supervisor import Supervisor
-from chworkers.systemd import Notifier, Watchdog
-from chworkers.tasks import DeadLetter
-from chworkers.worker import TaskInfo, WorkerContext
+from chworkers.ops.systemd import Notifier, Watchdog
+from chworkers.workers.control import SupervisorStats
+from chworkers.workers.middleware import Middleware
+from chworkers.workers.options import SupervisorOptions
+from chworkers.workers.supervisor import Supervisor
+from chworkers.workers.tasks import DeadLetter
+from chworkers.workers.worker import TaskInfo, WorkerContext
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from chworkers.cli import main
+from chworkers.cli.main import main
 
 raise SystemExit(main())

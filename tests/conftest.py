@@ -39,7 +39,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClick
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """Undo what ``chworkers.logs.configure`` changes in this process: the root logger's
+    """Undo what ``chworkers.ops.logs.configure`` changes in this process: the root logger's
     handlers and level, ``sys.stderr``, the exception hooks, captured warnings."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

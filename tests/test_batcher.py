@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from waiting import wait_for
 
-from chworkers.batcher import Batcher, BatchLimits
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ChworkersError, SpoolFullError
-from chworkers.spool import Spool, SpooledBatch
 
 
 class Collector:

@@ -15,10 +15,10 @@ import pytest
 from waiting import wait_for
 
 from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
-from chworkers import config as config_module
-from chworkers.daemon import Daemon, state_lock
+from chworkers.daemon import config as config_module
+from chworkers.daemon.service import Daemon, state_lock
+from chworkers.daemon.sources import GENERATOR_SCHEMA
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.sources import GENERATOR_SCHEMA
 
 
 def chworkers(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -275,7 +275,7 @@ create = "n UInt64"
     assert any(r["level"] == "debug" for r in records)
     assert any(r["message"].startswith("chworkers running") for r in records)
     overridden = run("--log-format", "text", "--log-level", "INFO")
-    assert any(" INFO chworkers.daemon[" in line for line in overridden)
+    assert any(" INFO chworkers.daemon.service[" in line for line in overridden)
     assert not any(line.startswith("{") or " DEBUG " in line for line in overridden)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from chworkers import config
+from chworkers.daemon import config
 from chworkers.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ import pytest
 from faultproxy import FaultProxy
 
 from chworkers import Connection, ConnectionConfig, EmbeddedClickHouse, Host
-from chworkers.dedup import Batch, derive_token, normalize
+from chworkers.clickhouse.dedup import Batch, derive_token, normalize
+from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.errors import (
     BatchError,
     ConfigError,
@@ -23,7 +24,6 @@ from chworkers.errors import (
     ResponseTimeoutError,
     ServerError,
 )
-from chworkers.retry import RetryPolicy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -155,7 +155,7 @@ def test_derived_tokens_deduplicate_with_a_window_and_warn_without(
         "SETTINGS non_replicated_deduplication_window = 100"
     )
     conn.command("CREATE TABLE plain (a Int32) ENGINE = MergeTree ORDER BY a")
-    with caplog.at_level(logging.WARNING, logger="chworkers.dedup"):
+    with caplog.at_level(logging.WARNING, logger="chworkers.clickhouse.dedup"):
         for table in ("dedup", "plain"):
             for _ in range(3):
                 conn.insert(table, [(1,), (2,)])

@@ -22,10 +22,11 @@ import pytest
 import waiting
 from daemonthread import Running, lines
 
-from chworkers import ConnectionPool, config
-from chworkers.daemon import Daemon
+from chworkers import ConnectionPool
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
+from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.spool import Spool
 
 SCHEMA = "n UInt64, s String"
 

@@ -8,11 +8,11 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
 from chworkers import ConnectionPool
-from chworkers.deadletter import DeadLetters
+from chworkers.clickhouse.inserts import Rejected, SplitBudget, is_row_error, run_insert
+from chworkers.daemon.deadletter import DeadLetters
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConnectError, ServerError
-from chworkers.inserts import Rejected, SplitBudget, is_row_error, run_insert
-from chworkers.metrics import Metrics
+from chworkers.ops.metrics import Metrics
 
 
 def test_row_errors_are_data_errors_only() -> None:

@@ -13,9 +13,9 @@ import pytest
 import waiting
 
 from chworkers import ConnectionPool
-from chworkers.dispatch import Dispatcher
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.spool import Spool, SpooledBatch
 
 
 class Inserter:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.embedded.keeper import Keeper
-from chworkers.metrics import Metrics
+from chworkers.ops.metrics import Metrics
 
 
 @pytest.mark.timeout(120)

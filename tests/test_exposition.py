@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
 from chworkers import Supervisor
-from chworkers.exposition import MetricsEndpoint
-from chworkers.httplimits import HttpLimits
-from chworkers.metrics import Metrics
+from chworkers.http.limits import HttpLimits
+from chworkers.ops.exposition import MetricsEndpoint
+from chworkers.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chworkers.daemon.framing import Framer, RecordTooLargeError
 from chworkers.errors import ConfigError
-from chworkers.framing import Framer, RecordTooLargeError
 
 
 def frame_all(framer: Framer, chunks: list[bytes]) -> tuple[bytes, int]:
@@ -94,7 +94,7 @@ def test_unknown_format_is_a_config_error() -> None:
 
 
 def test_with_names_header_is_kept_apart_and_not_counted() -> None:
-    from chworkers.framing import read_header
+    from chworkers.daemon.framing import read_header
 
     framer = Framer("CSVWithNames")
     assert framer.feed(b'\n"a\nb",n\n') == (b"", 0)  # a quoted newline in the header

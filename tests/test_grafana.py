@@ -1,6 +1,6 @@
 """grafana/: the dashboard and the Prometheus rules use only metrics chworkers exports.
 
-The names in chworkers/metrics.py are the contract. Here they are taken from what
+The names in chworkers/ops/metrics.py are the contract. Here they are taken from what
 prometheus_client actually exposes for a fully populated :class:`Metrics` registry
 (``_total``, ``_bucket``, ``_info`` suffixes included), and every metric name in every
 dashboard query and rule expression must be one of them, or a recording rule the rules
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from chworkers.metrics import Metrics
+from chworkers.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "chworkers-dashboard.json"

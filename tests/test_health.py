@@ -1,4 +1,4 @@
-"""chworkers.health: levels, the aggregate report, components that lack problems() or
+"""chworkers.ops.health: levels, the aggregate report, components that lack problems() or
 raise, and the stall check."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from chworkers.health import Health, Level, Report, Stall
-from chworkers.metrics import Metrics
+from chworkers.ops.health import Health, Level, Report, Stall
+from chworkers.ops.metrics import Metrics
 
 
 class Component:
@@ -62,7 +62,7 @@ def test_watch_logs_changes_of_level_and_components_not_of_numbers(
     health = Health()
     c = Component()
     health.add("inserts", c)
-    caplog.set_level(logging.INFO, "chworkers.health")
+    caplog.set_level(logging.INFO, "chworkers.ops.health")
     health.watch()
     for seconds in (120, 121, 122):
         c.reasons = [f"no insert confirmed for {seconds} s"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chworkers.dsn import Host
-from chworkers.hosts import HostSelector
+from chworkers.clickhouse.dsn import Host
+from chworkers.clickhouse.hosts import HostSelector
 
 A, B, C = Host("a", 1), Host("b", 1), Host("c", 1)
 

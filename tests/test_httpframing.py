@@ -6,7 +6,7 @@ from email.message import Message
 import pytest
 
 from chworkers.errors import HttpRequestError
-from chworkers.httpframing import body_framing, chunk_size, content_length, read_body
+from chworkers.http.framing import body_framing, chunk_size, content_length, read_body
 
 
 def headers(*pairs: tuple[str, str]) -> Message:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from chworkers import config
+from chworkers.daemon import config
 from chworkers.errors import ConfigError
-from chworkers.httplimits import HttpLimits
+from chworkers.http.limits import HttpLimits
 
 
 def test_limits_round_trip_through_the_embedded_command_line() -> None:

@@ -6,7 +6,7 @@ import time
 
 from waiting import wait_for
 
-from chworkers.httpwatch import ByteBudget, Closer, Deadlines
+from chworkers.http.watch import ByteBudget, Closer, Deadlines
 
 
 def test_byte_budget_lets_one_request_in_whatever_its_size() -> None:

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from chworkers.batcher import Batcher, BatchLimits
-from chworkers.ingest import IngestServer, Route
-from chworkers.spool import Spool, SpooledBatch
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.spool import Spool, SpooledBatch
 
 
 class Harness:

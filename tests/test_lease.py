@@ -14,8 +14,8 @@ import multiprocess
 import pytest
 from waiting import wait_for
 
+from chworkers.clickhouse.lease import LeaseBroker, LeaseClient
 from chworkers.errors import ConfigError, PoolClosedError, PoolTimeoutError
-from chworkers.lease import LeaseBroker, LeaseClient
 
 pytestmark = pytest.mark.timeout(60)
 

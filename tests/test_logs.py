@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from chworkers import logs
+from chworkers.ops import logs
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from chworkers.daemon.mapping import FieldMapper
+from chworkers.daemon.pipelines import build_pipelines
 from chworkers.errors import ConfigError
-from chworkers.mapping import FieldMapper
-from chworkers.pipelines import build_pipelines
 
 
 def test_renames_fields_and_keeps_the_rest() -> None:

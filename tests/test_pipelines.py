@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError
-from chworkers.pipelines import PipelineSettings, build_pipelines
 
 
 def test_pipeline_from_toml_table() -> None:

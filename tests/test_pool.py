@@ -36,7 +36,7 @@ from chworkers.errors import (
     RetriesExhaustedError,
     ServerError,
 )
-from chworkers.metrics import Metrics
+from chworkers.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ machine needs nothing but the test command.
 The end-to-end tests start a real Prometheus on loopback that loads the shipped rules
 and scrapes two targets in the example's ``chworkers`` job: a real :class:`Supervisor`
 inserting into the embedded ClickHouse endpoint (its own ``/metrics``), and a served
-:class:`~chworkers.metrics.Metrics` registry that a thread keeps changing the way a busy
+:class:`~chworkers.ops.metrics.Metrics` registry that a thread keeps changing the way a busy
 daemon would, for the daemon-level series (spool, dead letters, sources) a bare
 supervisor does not have, so that every dashboard query has data to return.
 """
@@ -40,7 +40,7 @@ from test_grafana import BUILTIN_SERIES, dashboard_exprs, metric_names, recorded
 
 from chworkers import EmbeddedClickHouse, Supervisor, __version__
 from chworkers.errors import ServerError
-from chworkers.metrics import Metrics
+from chworkers.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "grafana" / "prometheus"

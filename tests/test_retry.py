@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from chworkers.clickhouse.retry import RETRYABLE_CODES, RetryPolicy, Verdict, error_kind
 from chworkers.errors import (
     ConfigError,
     ConnectError,
@@ -18,7 +19,6 @@ from chworkers.errors import (
     RetriesExhaustedError,
     ServerError,
 )
-from chworkers.retry import RETRYABLE_CODES, RetryPolicy, Verdict, error_kind
 
 
 def server(code: int | None, status: int | None = 500, **ctx: object) -> ServerError:

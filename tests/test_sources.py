@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from waiting import wait_for
 
-from chworkers.batcher import Batcher, BatchLimits
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.sources import Checkpoints, FileSource, StreamSource
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConfigError
-from chworkers.sources import Checkpoints, FileSource, StreamSource
-from chworkers.spool import Spool, SpooledBatch
 
 
 class Pipeline:
@@ -157,7 +157,7 @@ def test_bad_format_is_refused_up_front(pipeline: Pipeline) -> None:
 def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
     import json
 
-    from chworkers.sources import GeneratorSource
+    from chworkers.daemon.sources import GeneratorSource
 
     payloads = []
     for run in range(2):
@@ -174,7 +174,7 @@ def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
 
 
 def test_generator_rate_is_respected(tmp_path: Path) -> None:
-    from chworkers.sources import GeneratorSource
+    from chworkers.daemon.sources import GeneratorSource
 
     p = Pipeline(tmp_path)
     started = time.monotonic()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.errors import SpoolFullError
-from chworkers.metrics import Metrics
-from chworkers.spool import Spool, SpooledBatch, read_batch
+from chworkers.ops.metrics import Metrics
 
 
 def put(spool: Spool, payload: bytes) -> SpooledBatch:
@@ -114,7 +114,7 @@ def test_kill_9_while_writing_leaves_only_whole_batches(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        from chworkers.spool import Spool
+        from chworkers.daemon.spool import Spool
         spool = Spool({str(tmp_path)!r})
         i = 0
         while True:
@@ -162,7 +162,7 @@ def test_numbers_and_tokens_never_repeat_even_after_the_spool_emptied(tmp_path: 
 
 
 def test_sequence_reservations_survive_many_restarts(tmp_path: Path) -> None:
-    import chworkers.spool as spool_module
+    import chworkers.daemon.spool as spool_module
 
     seen: set[int] = set()
     for _ in range(3):

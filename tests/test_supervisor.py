@@ -25,9 +25,9 @@ from chworkers.errors import (
     WorkerBootError,
     WorkerLostError,
 )
-from chworkers.middleware import Middleware
-from chworkers.tasks import DeadLetter
-from chworkers.worker import WorkerContext
+from chworkers.workers.middleware import Middleware
+from chworkers.workers.tasks import DeadLetter
+from chworkers.workers.worker import WorkerContext
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -315,7 +315,7 @@ def test_graceful_timeout_then_terminate(make_sup: Any, tmp_path: Path) -> None:
 
 
 def long_task_that_beats(seconds: float) -> str:
-    from chworkers.worker import beat
+    from chworkers.workers.worker import beat
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -408,7 +408,7 @@ def test_idle_forkserver_workers_stay_up(make_sup: Any) -> None:
 
 
 def worker_retry_attempts() -> int:
-    from chworkers import worker
+    from chworkers.workers import worker
 
     assert worker._CURRENT is not None
     return int(worker._CURRENT.settings["retry"].max_attempts)

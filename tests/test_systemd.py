@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from chworkers import systemd
-from chworkers.systemd import Heartbeat, Notifier, Watchdog, format_status
+from chworkers.ops import systemd
+from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog, format_status
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -216,7 +216,7 @@ def test_watchdog_settings(
 
 
 def test_relative_address_disables_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="chworkers.systemd"):
+    with caplog.at_level(logging.WARNING, logger="chworkers.ops.systemd"):
         notifier = Notifier("relative/path.sock")
     assert not notifier.enabled
     assert not notifier.ready()
@@ -228,12 +228,14 @@ def test_socket_errors_are_logged_once_never_raised(
 ) -> None:
     path = tmp_path / "later.sock"
     notifier = Notifier(str(path))
-    with caplog.at_level(logging.DEBUG, logger="chworkers.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="chworkers.ops.systemd"):
         assert not notifier.ready()  # nobody listens yet: ENOENT
         assert not notifier.watchdog()
         assert not notifier.watchdog()
     warnings = [
-        r for r in caplog.records if r.name == "chworkers.systemd" and r.levelno == logging.WARNING
+        r
+        for r in caplog.records
+        if r.name == "chworkers.ops.systemd" and r.levelno == logging.WARNING
     ]
     assert len(warnings) == 1, caplog.text
     assert "could not notify systemd" in warnings[0].getMessage()
@@ -241,7 +243,7 @@ def test_socket_errors_are_logged_once_never_raised(
     caplog.clear()
     late = Receiver(str(path))  # systemd came back
     try:
-        with caplog.at_level(logging.INFO, logger="chworkers.systemd"):
+        with caplog.at_level(logging.INFO, logger="chworkers.ops.systemd"):
             assert notifier.watchdog()
         assert late.recv() == b"WATCHDOG=1"
         assert "works again" in caplog.text
@@ -380,7 +382,7 @@ def test_a_raising_health_check_counts_as_unhealthy(
         return True
 
     watchdog = Watchdog(notifier, check, interval=60)
-    with caplog.at_level(logging.INFO, logger="chworkers.systemd"):
+    with caplog.at_level(logging.INFO, logger="chworkers.ops.systemd"):
         assert not watchdog.ping_if_healthy()
         assert not watchdog.ping_if_healthy()
         assert watchdog.ping_if_healthy()

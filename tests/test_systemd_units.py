@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from chworkers.cli import EXIT_CONFIG, EXIT_USAGE, EXIT_WORKER_BOOT
-from chworkers.config import Config, load
-from chworkers.options import SupervisorOptions
+from chworkers.cli.main import EXIT_CONFIG, EXIT_USAGE, EXIT_WORKER_BOOT
+from chworkers.daemon.config import Config, load
+from chworkers.workers.options import SupervisorOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -196,7 +196,7 @@ def test_unit_has_the_required_settings(unit: str) -> None:
     }
     for key, values in expected.items():
         assert d.get(key) == values, key
-    # Exit codes that restarting cannot fix (chworkers.cli's, documented in the README).
+    # Exit codes that restarting cannot fix (chworkers.cli.main's, documented in the README).
     assert d["RestartPreventExitStatus"] == [f"{EXIT_USAGE} {EXIT_CONFIG} {EXIT_WORKER_BOOT}"]
     for key in ("WatchdogSec", "EnvironmentFile", "StateDirectory", "RuntimeDirectory"):
         assert d.get(key), key

@@ -1,4 +1,4 @@
-"""chworkers.tables: tables created in the background against a real endpoint (through
+"""chworkers.daemon.tables: tables created in the background against a real endpoint (through
 the fault proxy, down at first), batches held until then and released in spool order."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
 
 from chworkers import ConnectionPool
-from chworkers.spool import Spool, SpooledBatch
-from chworkers.tables import Tables
+from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.tables import Tables
 
 
 @pytest.mark.timeout(120)

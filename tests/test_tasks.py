@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from chworkers import channel, tasks
 from chworkers.errors import BatchError, SerializationError, ServerError, TaskError
+from chworkers.workers import channel, tasks
 
 
 def _insert(data: Any, column_names: Any = ("a", "b"), token: str | None = None) -> tasks.Task:
@@ -187,7 +187,7 @@ def test_raw_batches_travel_as_they_are() -> None:
 
 
 def test_raw_inserts_carry_their_row_count_and_split_budget_to_the_worker() -> None:
-    from chworkers.inserts import SplitBudget
+    from chworkers.clickhouse.inserts import SplitBudget
 
     budget = SplitBudget(max_requests=7, max_seconds=1.5)
     task = tasks.encode_insert(

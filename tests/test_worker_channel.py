@@ -8,7 +8,7 @@ import threading
 
 import multiprocess
 
-from chworkers import channel
+from chworkers.workers import channel
 
 
 def test_outbox_never_blocks_and_resumes_partial_writes() -> None:

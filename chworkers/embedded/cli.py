@@ -16,7 +16,7 @@ from typing import Any
 from chworkers.embedded.handler import Credentials
 from chworkers.embedded.server import EmbeddedServer
 from chworkers.errors import ConfigError
-from chworkers.httplimits import HttpLimits
+from chworkers.http.limits import HttpLimits
 from chworkers.pids import alive
 
 #: Environment variable the password may come from (kept out of ``ps`` output).

@@ -37,8 +37,8 @@ from chworkers.embedded.protocol import (
     read_request,
 )
 from chworkers.errors import ServerError
-from chworkers.httplimits import HttpLimits
-from chworkers.httpwatch import Closer, Deadlines
+from chworkers.http.limits import HttpLimits
+from chworkers.http.watch import Closer, Deadlines
 
 log = logging.getLogger(__name__)
 

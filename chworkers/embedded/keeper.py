@@ -19,9 +19,9 @@ import logging
 import threading
 import time
 
+from chworkers.clickhouse.retry import capped_backoff
 from chworkers.embedded.process import EmbeddedClickHouse
-from chworkers.metrics import Metrics
-from chworkers.retry import capped_backoff
+from chworkers.ops.metrics import Metrics
 
 __all__ = ["Keeper"]
 

@@ -29,7 +29,7 @@ from typing import IO, Self
 
 from chworkers.embedded.cli import PASSWORD_ENV, READY_PREFIX
 from chworkers.errors import EmbeddedError
-from chworkers.httplimits import HttpLimits
+from chworkers.http.limits import HttpLimits
 
 log = logging.getLogger(__name__)
 

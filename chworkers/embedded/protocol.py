@@ -26,7 +26,7 @@ from chworkers.embedded.exceptions import (
     clickhouse_error,
 )
 from chworkers.errors import HttpRequestError
-from chworkers.httpframing import MAX_CHUNK_LINE, body_framing, chunk_size
+from chworkers.http.framing import MAX_CHUNK_LINE, body_framing, chunk_size
 
 #: ClickHouse's default http_max_uri_size.
 MAX_URI_SIZE = 1 << 20

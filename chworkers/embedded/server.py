@@ -1,6 +1,6 @@
 """The endpoint: a listening socket, one thread per client connection, chDB behind.
 
-Within :class:`~chworkers.httplimits.HttpLimits`: a sized listen backlog, at most
+Within :class:`~chworkers.http.limits.HttpLimits`: a sized listen backlog, at most
 ``max_connections`` connections (the next is answered 503 with ClickHouse's error body
 and ``Retry-After``), idle keep-alive connections closed after ``idle_timeout``, a
 request head within ``header_timeout`` of its first byte and each MiB of a body within
@@ -35,9 +35,9 @@ from chworkers.embedded.execute import Context
 from chworkers.embedded.handler import Connection, Credentials
 from chworkers.embedded.sessions import Sessions
 from chworkers.errors import EmbeddedError
-from chworkers.httpframing import plain_response
-from chworkers.httplimits import HttpLimits
-from chworkers.httpwatch import Closer, Deadlines
+from chworkers.http.framing import plain_response
+from chworkers.http.limits import HttpLimits
+from chworkers.http.watch import Closer, Deadlines
 
 log = logging.getLogger(__name__)
 

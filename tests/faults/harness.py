@@ -54,8 +54,8 @@ from typing import Any
 import clickhouse_connect
 from faultproxy import FaultProxy
 
-from chworkers import config as config_module
-from chworkers.sources import GENERATOR_SCHEMA
+from chworkers.daemon import config as config_module
+from chworkers.daemon.sources import GENERATOR_SCHEMA
 
 #: The table every drill fills; ``id`` is unique per row sent.
 SCHEMA = "id UInt64, src LowCardinality(String), s String"

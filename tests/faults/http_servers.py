@@ -16,11 +16,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from chworkers.batcher import Batcher, BatchLimits
-from chworkers.exposition import MetricsEndpoint
-from chworkers.httplimits import HttpLimits
-from chworkers.ingest import IngestServer, Route
-from chworkers.spool import Spool
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.spool import Spool
+from chworkers.http.limits import HttpLimits
+from chworkers.ops.exposition import MetricsEndpoint
 
 
 def main() -> None:

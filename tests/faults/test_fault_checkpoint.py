@@ -14,11 +14,11 @@ from daemonthread import Running, count, daemon_config
 from smalldisk import disk_full, fill, small_filesystem
 from waiting import wait_for
 
-from chworkers.batcher import Batcher, BatchLimits
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.sources import Checkpoints, FileSource
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.health import Level
-from chworkers.sources import Checkpoints, FileSource
-from chworkers.spool import Spool, SpooledBatch
+from chworkers.ops.health import Level
 
 
 class Pipeline:

@@ -11,10 +11,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from chworkers.dispatch import Dispatcher
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.spool import Spool, SpooledBatch
-from chworkers.supervisor import Supervisor
+from chworkers.workers.supervisor import Supervisor
 
 
 def test_a_blocked_completion_does_not_stall_the_supervisor(

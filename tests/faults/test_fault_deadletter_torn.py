@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from smalldisk import disk_full, small_filesystem
 
-from chworkers.deadletter import DeadLetters
+from chworkers.clickhouse.inserts import Rejected
+from chworkers.daemon.deadletter import DeadLetters
 from chworkers.errors import ServerError
-from chworkers.inserts import Rejected
 
 ROOM = 64 * 1024  # what the disk has left when the big write starts
 

@@ -11,8 +11,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from chworkers.dispatch import Dispatcher
-from chworkers.spool import Spool, SpooledBatch
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.spool import Spool, SpooledBatch
 
 
 def test_an_unexpected_error_from_submit_is_a_failed_attempt(tmp_path: Path) -> None:

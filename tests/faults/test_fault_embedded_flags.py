@@ -13,7 +13,7 @@ import argparse
 
 import pytest
 
-from chworkers.httplimits import HttpLimits
+from chworkers.http.limits import HttpLimits
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import waiting
 
-from chworkers import Supervisor, config
-from chworkers.daemon import Daemon
+from chworkers import Supervisor
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
 
 
@@ -116,8 +117,8 @@ def test_a_stuck_or_dead_dispatcher_thread_is_reported(tmp_path: Path) -> None:
     it. A hand-over that raises something unexpected costs the batch an attempt (see
     test_fault_dispatcher_survives.py); what still ends the thread (here: an on_failure
     callback that raises) is reported."""
-    from chworkers.dispatch import Dispatcher
-    from chworkers.spool import Spool
+    from chworkers.daemon.dispatch import Dispatcher
+    from chworkers.daemon.spool import Spool
 
     spool = Spool(tmp_path / "spool", fsync=False)
     release = threading.Event()

@@ -25,7 +25,7 @@ import pytest
 from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.httplimits import HttpLimits
+from chworkers.http.limits import HttpLimits
 
 #: Small limits, so that the tests run quickly; the defaults are what users get.
 LIMITS = {

@@ -11,9 +11,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from chworkers.batcher import Batcher, BatchLimits
-from chworkers.ingest import IngestServer, Route
-from chworkers.spool import Spool
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.spool import Spool
 
 
 def _answer_head(port: int, request: bytes) -> list[str]:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from chworkers import config
-from chworkers.daemon import Daemon
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
 
 

@@ -21,12 +21,12 @@ from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
 
 from chworkers import ConnectionPool
-from chworkers.dispatch import Dispatcher
-from chworkers.dsn import Host
+from chworkers.clickhouse.dsn import Host
+from chworkers.clickhouse.hosts import HostSelector
+from chworkers.clickhouse.retry import capped_backoff
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConnectError
-from chworkers.hosts import HostSelector
-from chworkers.retry import capped_backoff
-from chworkers.spool import Spool, SpooledBatch
 
 FAILURES = 1_100  # past 1,025, where 2.0 * 2 ** 1024 overflows a float
 

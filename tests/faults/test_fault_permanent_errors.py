@@ -14,8 +14,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from waiting import wait_for
 
-from chworkers import config
-from chworkers.daemon import Daemon
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
 
 
@@ -76,7 +76,7 @@ def test_unknown_table_is_held_reported_and_retried_on_sighup(
 
 def test_only_the_retry_policys_fatal_errors_hold_a_batch(tmp_path: Path) -> None:
     from chworkers.errors import RetriesExhaustedError, ServerError, WorkerLostError
-    from chworkers.supervisor import Supervisor
+    from chworkers.workers.supervisor import Supervisor
 
     cfg = config.load(data={"state_dir": str(tmp_path / "state")}, env={})
     daemon = Daemon(cfg)

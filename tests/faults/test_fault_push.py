@@ -19,10 +19,10 @@ from faultproxy import FaultProxy
 from smalldisk import disk_full, small_filesystem
 from waiting import wait_for
 
-from chworkers.batcher import Batcher, BatchLimits
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.ingest import IngestServer, Route
-from chworkers.spool import Spool, SpooledBatch
 
 
 def post(

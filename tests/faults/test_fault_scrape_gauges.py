@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chworkers import config
-from chworkers.daemon import Daemon
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chworkers.framing import Framer
-from chworkers.inserts import LINE_FORMATS, split_records
+from chworkers.clickhouse.inserts import LINE_FORMATS, split_records
+from chworkers.daemon.framing import Framer
 
 
 def test_a_bare_carriage_return_is_data() -> None:

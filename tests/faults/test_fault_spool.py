@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from smalldisk import disk_full, small_filesystem
 from waiting import wait_for
 
-from chworkers.batcher import Batcher, BatchLimits
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import SpoolError, SpoolFullError, SpoolWriteError
-from chworkers.metrics import Metrics
-from chworkers.spool import Spool
+from chworkers.ops.metrics import Metrics
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from clickhouse_connect.driver.client import Client
 from smalldisk import small_filesystem
 
 from chworkers import ConnectionPool
-from chworkers.dispatch import Dispatcher
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.spool import Spool, SpooledBatch
 
 
 def remount(path: Path, mode: str) -> None:

@@ -17,9 +17,9 @@ from clickhouse_connect.driver.client import Client
 from waiting import wait_for
 
 from chworkers import ConnectionPool
-from chworkers.dispatch import Dispatcher
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.spool import Spool, SpooledBatch
 
 
 @pytest.mark.timeout(120)

@@ -15,8 +15,8 @@ from daemonthread import count, lines
 from faultproxy import FaultProxy
 from waiting import wait_for
 
+from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.spool import Spool
 
 GRACEFUL = 2.0
 #: The bound checked is generous (a loaded 2-core machine); before the fix the daemon

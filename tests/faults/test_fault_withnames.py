@@ -12,8 +12,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from waiting import wait_for
 
-from chworkers import config
-from chworkers.daemon import Daemon
+from chworkers.daemon import config
+from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
 
 # The header names the columns in the opposite order to the table's: a batch that lost

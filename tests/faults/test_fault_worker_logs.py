@@ -22,21 +22,22 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from chworkers import Supervisor, logs
+from chworkers import Supervisor
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.ops import logs
 
 
 def chatty_task(n: int) -> int:
     """Runs in a worker: logs as library code and third-party code do, and prints."""
-    logging.getLogger("chworkers.dedup").warning("table t%d does not deduplicate", n)
+    logging.getLogger("chworkers.clickhouse.dedup").warning("table t%d does not deduplicate", n)
     logging.getLogger("clickhouse_connect.driver").warning("a driver warning")
-    logging.getLogger("chworkers.dedup").info("below the level: never sent")
+    logging.getLogger("chworkers.clickhouse.dedup").info("below the level: never sent")
     try:
         raise ValueError(f"boom {n}")
     except ValueError:
-        logging.getLogger("chworkers.pool").exception("a failure")
+        logging.getLogger("chworkers.clickhouse.pool").exception("a failure")
     print("a stray line on stderr", file=sys.stderr, flush=True)
-    logging.getLogger("chworkers.dedup").warning("huge %s", "x" * 1_000_000)
+    logging.getLogger("chworkers.clickhouse.dedup").warning("huge %s", "x" * 1_000_000)
     return os.getpid()
 
 
@@ -56,7 +57,7 @@ def test_worker_records_are_emitted_by_the_supervisors_handlers(
     assert {r.get("worker") for r in mine} == {"worker-1"}
     by_message = {r["message"]: r for r in mine}
     warning = by_message["table t7 does not deduplicate"]
-    assert warning["logger"] == "chworkers.dedup" and warning["level"] == "warning"
+    assert warning["logger"] == "chworkers.clickhouse.dedup" and warning["level"] == "warning"
     assert by_message["a driver warning"]["logger"] == "clickhouse_connect.driver"
     assert "ValueError: boom 7" in by_message["a failure"]["exception"]
     assert by_message["a stray line on stderr"]["logger"] == "chworkers.stderr"
@@ -72,7 +73,9 @@ def test_text_format_names_the_worker(restore_logging: None) -> None:
     with Supervisor(workers=1) as sup:
         pid = sup.call(chatty_task, 8).result(60)
     text = out.getvalue()
-    assert f"WARNING chworkers.dedup[{pid} worker-1]: table t8 does not deduplicate" in text
+    assert (
+        f"WARNING chworkers.clickhouse.dedup[{pid} worker-1]: table t8 does not deduplicate" in text
+    )
     assert "below the level: never sent" in text  # INFO is on here
     assert "ValueError: boom 8" in text
 
@@ -120,8 +123,8 @@ format = "JSONEachRow"
             records.append(json.loads(line))
         except ValueError:
             pytest.fail(f"not a JSON line in the daemon's log: {line!r}")
-    dedup = [r for r in records if r["logger"] == "chworkers.dedup"]
+    dedup = [r for r in records if r["logger"] == "chworkers.clickhouse.dedup"]
     assert dedup, [r["message"] for r in records]
     assert dedup[0]["level"] == "warning" and "does not deduplicate" in dedup[0]["message"]
-    daemon_pid = next(r["pid"] for r in records if r["logger"] == "chworkers.daemon")
+    daemon_pid = next(r["pid"] for r in records if r["logger"] == "chworkers.daemon.service")
     assert dedup[0]["worker"].startswith("worker-") and dedup[0]["pid"] != daemon_pid

@@ -1,0 +1,1 @@
+"""The ``chworkers`` command line: ``main`` assembles the subcommands."""

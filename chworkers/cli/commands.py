@@ -1,0 +1,281 @@
+"""The daemon's subcommands: ``run``, ``check`` and ``config``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from chworkers.clickhouse.dsn import redact_url
+from chworkers.daemon import config as config_module
+from chworkers.errors import ChworkersError
+from chworkers.ops import logs
+
+DEMO_TABLE = "demo_events"
+#: Tables ``check`` names before it only counts the rest.
+_LISTED = 20
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run the ingestion daemon",
+        description="Run the ingestion daemon: sources -> batches -> spool -> ClickHouse. "
+        "Settings come from the config file and CHWORKERS_* environment variables.",
+    )
+    run.add_argument("-c", "--config", help="the TOML config file")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="run a demo pipeline: generated events into the embedded ClickHouse",
+    )
+    run.add_argument("--rows", type=int, default=200_000, help="rows the demo generates")
+    run.add_argument("--state-dir", help="override state_dir (spool, checkpoints, data)")
+    run.set_defaults(handler=_run)
+
+    check = subparsers.add_parser(
+        "check",
+        help="validate a config file and reach ClickHouse",
+        description="Validate the config (every key) and connect to ClickHouse.",
+    )
+    check.add_argument("-c", "--config", required=True, help="the TOML config file")
+    check.set_defaults(handler=_check)
+
+    cfg = subparsers.add_parser(
+        "config",
+        help="print the defaults, the reference, or an effective config",
+        description="Print configuration: every default (--defaults), the Markdown "
+        "reference (--reference), or a file's effective settings with secrets hidden.",
+    )
+    group = cfg.add_mutually_exclusive_group(required=True)
+    group.add_argument("--defaults", action="store_true", help="a TOML file of all defaults")
+    group.add_argument("--reference", action="store_true", help="the Markdown reference")
+    group.add_argument("-c", "--config", help="show this file's effective settings")
+    cfg.set_defaults(handler=_config)
+
+
+def demo_config(rows: int, state_dir: str | None) -> config_module.Config:
+    from chworkers.daemon.sources import GENERATOR_SCHEMA
+
+    return config_module.load(
+        data={
+            "state_dir": state_dir or "chworkers-demo",
+            "metrics": {"port": 0},
+            "spool": {"fsync": False},
+            "pipelines": [
+                {
+                    "name": "demo",
+                    "source": "generator",
+                    "generator_count": rows,
+                    "table": DEMO_TABLE,
+                    "create": GENERATOR_SCHEMA,
+                    "engine": "MergeTree ORDER BY (event, ts)",
+                    "max_rows": 50_000,
+                }
+            ],
+        }
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from chworkers.daemon.service import Daemon
+
+    if args.demo:
+        cfg = demo_config(args.rows, args.state_dir)
+    elif args.config:
+        cfg = config_module.load(args.config)
+        if args.state_dir:
+            cfg = dataclasses.replace(cfg, state_dir=Path(args.state_dir))
+    else:
+        raise ChworkersError(
+            "nothing to run: give a config file (-c FILE) or try --demo; "
+            "`chworkers config --defaults` prints a starting point"
+        )
+    if not cfg.pipelines:
+        raise ChworkersError(f"{cfg.source}: no [[pipelines]] configured; nothing to ingest")
+    if args.log_level is None or args.log_format is None:  # flags win over the file
+        logs.configure(
+            args.log_level or cfg.settings.log.level, args.log_format or cfg.settings.log.format
+        )
+    progress = sys.stderr if sys.stderr.isatty() else None
+    daemon = Daemon(cfg, progress=progress)
+    if args.demo:
+        daemon.before_stop = _print_demo_result
+    code = daemon.run()
+    print(daemon.summary())
+    return code
+
+
+def _print_demo_result(daemon: Any) -> None:
+    from chworkers.clickhouse.pool import ConnectionPool
+
+    pool = ConnectionPool(daemon.clickhouse_url, {"min_connections": 0, "max_connections": 1})
+    try:
+        result = pool.with_connection(
+            lambda c: c.query(
+                f"SELECT event, count() AS rows, round(avg(value), 2) AS avg_value "
+                f"FROM {DEMO_TABLE} GROUP BY event ORDER BY event"
+            )
+        )
+        total = pool.with_connection(lambda c: c.command(f"SELECT count() FROM {DEMO_TABLE}"))
+    finally:
+        pool.close()
+    print(f"\n{DEMO_TABLE} now holds {int(total):,} rows (state in {daemon.state_dir}):")
+    print(f"  {'event':<10} {'rows':>10} {'avg(value)':>11}")
+    for event, rows, avg in result.result_rows:
+        print(f"  {event:<10} {rows:>10,} {avg:>11}")
+    print(f"metrics were served at {daemon.metrics_url}")
+    print()
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = config_module.load(args.config)
+    print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
+    problems = _check_files(cfg)
+    ch = cfg.settings.clickhouse
+    if ch.url != config_module.EMBEDDED:
+        return max(_check_clickhouse(cfg, ch.connection()), problems)
+    from chworkers.daemon.service import state_lock
+    from chworkers.errors import StateDirInUseError
+
+    with contextlib.ExitStack() as stack:
+        data = cfg.state_dir / "clickhouse"
+        if data.exists():
+            try:
+                stack.enter_context(state_lock(cfg.state_dir))
+            except StateDirInUseError as exc:
+                print(
+                    f"clickhouse: the embedded endpoint in {cfg.state_dir} belongs to the "
+                    f"running daemon ({exc.holder}); not started again"
+                )
+                return problems
+            log_dir = cfg.state_dir
+        else:  # nothing to look at yet: try a scratch one, leave no state behind
+            print(f"clickhouse: no embedded data in {cfg.state_dir} yet; trying a scratch one")
+            log_dir = data = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="chworkers-check-"))
+            )
+        # Started as `run` starts it (the same credentials), for as long as the check takes.
+        endpoint = ch.embedded_endpoint(data, port=0, log_path=log_dir / "clickhouse.log")
+        endpoint.start()
+        stack.callback(endpoint.close)
+        print(f"clickhouse: the embedded endpoint started (data in {data})")
+        return max(_check_clickhouse(cfg, ch.connection(endpoint.url)), problems)
+
+
+def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
+    """Reach ClickHouse and say which pipelines' tables exist; 1 when one is missing."""
+    from chworkers.clickhouse.pool import ConnectionPool
+
+    pool = ConnectionPool(
+        conn, dataclasses.replace(cfg.settings.clickhouse.pool, min_connections=0)
+    )
+    missing = 0
+    try:
+        version = pool.with_connection(lambda c: c.command("SELECT version()"))
+        print(f"clickhouse: {conn.url} answers (version {version})")
+        tables = pool.with_connection(
+            lambda c: [row[0] for row in c.query("SHOW TABLES").result_rows]
+        )
+        shown = ", ".join(tables[:_LISTED]) + (
+            f" and {len(tables) - _LISTED} more" if len(tables) > _LISTED else ""
+        )
+        print(f"clickhouse: {len(tables)} table(s) in {conn.database or 'default'}: {shown or '-'}")
+        for p in cfg.pipelines:
+            exists = pool.with_connection(
+                lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
+            )
+            if int(exists):
+                state = "exists"
+            elif p.create:
+                state = "missing; `run` creates it"
+            else:
+                state = "MISSING (create it, or declare `create` in the pipeline)"
+                missing += 1
+            print(f"pipeline {p.name}: table {p.table} {state}")
+    finally:
+        pool.close()
+    return 1 if missing else 0
+
+
+def _check_files(cfg: config_module.Config) -> int:
+    """Say what each file pipeline's paths match; 1 when a one-shot pipeline has nothing
+    to read (a followed one may wait for its files to appear)."""
+    failed = 0
+    for p in cfg.pipelines:
+        if p.source != "file":
+            continue
+        matches = {m for pattern in p.paths for m in glob.glob(pattern) if os.path.isfile(m)}
+        patterns = ", ".join(p.paths)
+        if matches:
+            print(f"pipeline {p.name}: {len(matches)} file(s) match {patterns}")
+        elif p.follow:
+            print(
+                f"pipeline {p.name}: no file matches {patterns} yet (followed: read once they appear)"
+            )
+        else:
+            print(f"pipeline {p.name}: NO FILE matches {patterns}; nothing would be read")
+            failed = 1
+    return failed
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.defaults:
+        print(config_module.defaults_toml(), end="")
+    elif args.reference:
+        print(config_module.reference_markdown(), end="")
+    else:
+        cfg = config_module.load(args.config)
+        print(json.dumps(_redacted(cfg), indent=2, default=str))
+    return 0
+
+
+def _redacted(cfg: config_module.Config) -> dict[str, Any]:
+    return {
+        "source": cfg.source,
+        "state_dir": str(cfg.state_dir),
+        "settings": _shown(cfg.settings),
+        "pipelines": [_shown(p) for p in cfg.pipelines],
+    }
+
+
+def _shown(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as JSON-ready data: secrets (and a password in a URL) as
+    ``***``, sets as sorted lists; internal state that is not a setting left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        if "help" not in f.metadata:
+            continue
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[f.name] = _shown(value)
+        elif f.metadata.get("secret") and value:
+            out[f.name] = "***"
+        elif f.name == "url" and isinstance(value, str):
+            out[f.name] = redact_url(value)
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:  # mixed types
+            return sorted(value, key=str)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict | MappingProxyType):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -1,0 +1,83 @@
+"""The ``chworkers`` command line.
+
+Each subcommand lives next to the concept it drives and exposes
+``register(subparsers)``, which adds its parser and sets ``handler`` (a function taking
+the parsed namespace and returning an exit code). This module only assembles them,
+configures logging (the library never does) and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from chworkers import __version__
+from chworkers.errors import ChworkersError, ConfigError, WorkerBootError
+from chworkers.ops import logs
+
+#: Modules that contribute a subcommand, in the order ``--help`` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "chworkers.cli.commands",
+    "chworkers.embedded.cli",
+)
+
+#: Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_WORKER_BOOT = 4  # workers die at start: restarting will not help
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chworkers",
+        description="Reliable, fast ingestion into ClickHouse.",
+    )
+    parser.add_argument("--version", action="version", version=f"chworkers {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level for messages on stderr (default: the config's log.level, else INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines for people (text) or one JSON object a line (json); default: the "
+        "config's log.format, else text",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    # Until a command has read its config (log.level, log.format), the flags or defaults.
+    logs.configure(args.log_level or "INFO", args.log_format or "text")
+    try:
+        code: int = handler(args)
+    except ConfigError as exc:
+        print(f"chworkers: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except WorkerBootError as exc:
+        print(f"chworkers: {exc}", file=sys.stderr)
+        return EXIT_WORKER_BOOT
+    except ChworkersError as exc:
+        print(f"chworkers: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code

@@ -1,0 +1,8 @@
+"""The client side: talking to ClickHouse, and nothing about workers or pipelines.
+
+Connections and their options (``connection``, ``dsn``), host failover (``hosts``), the
+retry policy (``retry``), the connection pool and the cross-process leases that share
+its capacity (``pool``, ``pooloptions``, ``lease``, ``leaseclient``, ``hooks``), and one
+insert with its deduplication tokens and Native encoding (``inserts``, ``dedup``,
+``native``). It imports only ``chworkers.errors``, ``chworkers.settings`` and ``ops``.
+"""

@@ -1,0 +1,445 @@
+"""One ClickHouse connection, and where driver exceptions become chworkers errors.
+
+:class:`ConnectionConfig` says where and how to connect (a URL, a mapping or the value
+itself; several hosts for replicas). :class:`Connection` wraps one clickhouse-connect HTTP
+client with a private urllib3 pool of size 1, opened in the process that uses it: a
+connection carried across ``fork`` reopens its client instead of sharing the parent's
+socket. Every clickhouse-connect, urllib3 or socket exception raised inside a
+:class:`Connection` method is translated once, by :func:`translate_error`, into
+:mod:`chworkers.errors`; the original stays in ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver import exceptions as ch_exc
+from clickhouse_connect.driver.httputil import get_pool_manager_options
+from urllib3 import PoolManager, Timeout
+from urllib3 import exceptions as u3_exc
+
+from chworkers.clickhouse import dedup
+from chworkers.clickhouse.dsn import ConnectionConfig, Host
+from chworkers.clickhouse.retry import RETRYABLE_CODES
+from chworkers.errors import (
+    ChworkersError,
+    ConnectError,
+    ConnectionLostError,
+    RequestError,
+    ResponseTimeoutError,
+    ServerError,
+)
+
+__all__ = ["Connection", "ConnectionConfig", "Host", "translate_error"]
+
+log = logging.getLogger(__name__)
+
+
+class _DriverDuplicates(logging.Filter):
+    """clickhouse-connect warns "Unexpected Http Driver Exception" (no reason given) just
+    before it raises the error that :func:`translate_error` turns into ours, which the
+    pool and the host selector log with its reason: one line per failed request, twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Unexpected Http Driver Exception"
+
+
+logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
+
+_IDS = itertools.count(1)
+_CODE_RE = re.compile(r"\bCode:\s*(\d+)")
+_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]{2,})\)")
+_STATUS_RE = re.compile(r"HTTP status (\d{3})")
+_READ_ONLY_RE = re.compile(r"^\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b", re.I)
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    u3_exc.NewConnectionError,
+    u3_exc.ConnectTimeoutError,
+    u3_exc.NameResolutionError,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (u3_exc.ReadTimeoutError, TimeoutError)
+_LOST_ERRORS: tuple[type[BaseException], ...] = (
+    u3_exc.ProtocolError,
+    u3_exc.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,
+    ch_exc.StreamFailureError,
+    OSError,
+)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen or len(seen) > 16:
+            continue
+        seen.add(id(e))
+        yield e
+        reason = getattr(e, "reason", None)
+        todo += [e.__cause__, e.__context__, reason if isinstance(reason, BaseException) else None]
+
+
+def translate_error(
+    exc: BaseException,
+    *,
+    endpoint: str | None = None,
+    query: str | None = None,
+    query_id: str | None = None,
+    idempotent: bool = False,
+) -> ChworkersError:
+    """Map a driver, urllib3 or socket exception onto chworkers' error tree.
+
+    The result carries ``endpoint``, ``query`` (its first 200 characters), ``query_id`` and
+    ``idempotent`` (whether repeating the operation is harmless), which the retry policy
+    reads. Its ``__cause__`` is ``exc``.
+    """
+    if isinstance(exc, ChworkersError):
+        return exc
+    ctx: dict[str, Any] = {
+        "endpoint": endpoint,
+        "query": query[:200] if query else query,
+        "query_id": query_id,
+        "idempotent": idempotent,
+    }
+    message = str(exc) or type(exc).__name__
+    err: ChworkersError | None = None
+    if isinstance(exc, ch_exc.Error) and not isinstance(exc, ch_exc.StreamFailureError):
+        code = getattr(exc, "code", None)
+        if code is None and (m := _CODE_RE.search(message)):
+            code = int(m.group(1))
+        status = getattr(exc, "_chworkers_http_status", None)
+        if status is None and (m := _STATUS_RE.search(message)):
+            status = int(m.group(1))
+        if code is not None or status is not None:
+            name = getattr(exc, "name", None)
+            if name is None and (m := _NAME_RE.search(message)):
+                name = m.group(1)
+            if name is None and code is not None:
+                name = RETRYABLE_CODES.get(code)
+            err = ServerError(message, code=code, name=name, http_status=status, **ctx)
+    if err is None:
+        chain = list(_chain(exc))
+        if any(isinstance(e, _CONNECT_ERRORS) for e in chain):
+            err = ConnectError(f"cannot connect to {endpoint}: {_root(chain)}", **ctx)
+        elif any(isinstance(e, _TIMEOUT_ERRORS) for e in chain):
+            err = ResponseTimeoutError(
+                f"no response from {endpoint} in time: {_root(chain)}", **ctx
+            )
+        elif any(isinstance(e, _LOST_ERRORS) for e in chain):
+            err = ConnectionLostError(f"connection to {endpoint} lost: {_root(chain)}", **ctx)
+        else:
+            # Refused by the driver before sending (bad data or arguments): never applied.
+            err = RequestError(f"{type(exc).__name__}: {message}", **ctx)
+    err.__cause__ = exc
+    return err
+
+
+def _root(chain: list[BaseException]) -> str:
+    last = chain[-1]
+    return f"{type(last).__name__}: {last}"
+
+
+class Connection:
+    """One clickhouse-connect HTTP client to one host; use from one thread at a time.
+
+    Raises only :mod:`chworkers.errors` types. ``broken`` is set after a transport error
+    (the pool then discards the connection).
+    """
+
+    def __init__(
+        self, config: ConnectionConfig | str | Mapping[str, Any], host: Host | None = None
+    ) -> None:
+        self.config = ConnectionConfig.coerce(config)
+        self.host = host if host is not None else self.config.hosts[0]
+        scheme = "https" if self.config.secure else "http"
+        self.endpoint = f"{scheme}://{self.host.host}:{self.host.port}"
+        self.id = next(_IDS)
+        self.created_at = time.monotonic()
+        self.last_used_at = self.created_at
+        self.broken = False
+        self.closed = False
+        self.last_error: ChworkersError | None = None
+        self._owner: object | None = None  # the pool that lends this connection, and
+        self._owner_pid = -1  # the process that pool lived in when it opened it
+        self._retired = False  # set once by the pool when it closes this connection
+        self._pid = -1
+        self._client: Any = None
+        self._http: PoolManager | None = None
+        self._open()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "broken" if self.broken else "open"
+        return f"<Connection #{self.id} {state} to {self.endpoint}>"
+
+    @property
+    def client(self) -> Any:
+        """The underlying clickhouse-connect client (its exceptions are NOT translated)."""
+        self._ensure_process()
+        return self._client
+
+    def age(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.created_at
+
+    def idle_for(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.last_used_at
+
+    # -- operations -----------------------------------------------------------------------
+
+    def query(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run a query; returns clickhouse-connect's ``QueryResult``. Reads are idempotent."""
+        with self._call(sql, idempotent=True):
+            return self._client.query(
+                sql, parameters=parameters, settings=_dict(settings), **kwargs
+            )
+
+    def query_df(
+        self, sql: str, parameters: Any = None, settings: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Run a query and return a pandas DataFrame."""
+        with self._call(sql, idempotent=True):
+            return self._client.query_df(sql, parameters=parameters, settings=_dict(settings))
+
+    def query_arrow(
+        self, sql: str, parameters: Any = None, settings: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Run a query and return a pyarrow Table."""
+        with self._call(sql, idempotent=True):
+            return self._client.query_arrow(sql, parameters=parameters, settings=_dict(settings))
+
+    def command(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Run a statement (DDL, ``INSERT ... SELECT``, ``SELECT`` of one value).
+
+        ``idempotent`` (default: whether the statement only reads) lets the retry policy
+        repeat it after a "maybe applied" failure; pass ``True`` for statements such as
+        ``CREATE TABLE IF NOT EXISTS``.
+        """
+        if idempotent is None:
+            idempotent = bool(_READ_ONLY_RE.match(sql))
+        with self._call(sql, idempotent=idempotent):
+            return self._client.command(sql, parameters=parameters, settings=_dict(settings))
+
+    def insert(
+        self,
+        table: str,
+        data: Any,
+        column_names: Sequence[str] | None = None,
+        *,
+        database: str | None = None,
+        column_oriented: bool = False,
+        settings: Mapping[str, Any] | None = None,
+        deduplication_token: str | None = None,
+    ) -> Any:
+        """Insert a batch; returns clickhouse-connect's ``QuerySummary``.
+
+        ``data`` is a sequence of rows (tuples or dicts), of columns (``column_oriented``),
+        a mapping of column name to values, a numpy array (2-D or structured), a pandas
+        DataFrame or a pyarrow Table. The insert always carries an
+        ``insert_deduplication_token`` (``deduplication_token``, else one derived from the
+        table and the batch's content), so repeating it after a lost response is harmless
+        on tables that deduplicate (see :mod:`chworkers.clickhouse.dedup`).
+        """
+        batch = dedup.normalize(data, column_names, column_oriented, table=table)
+        opts = dict(settings or {})
+        token = deduplication_token or opts.get("insert_deduplication_token")
+        if not token:
+            token = dedup.derive_token(database or self.config.database, table, batch)
+        opts["insert_deduplication_token"] = token
+        opts.setdefault("insert_deduplicate", 1)
+        what = f"INSERT INTO {table} ({batch.kind}, token {token})"
+        with self._call(what, idempotent=True):
+            dedup.check_window(self, database, table)
+            args: dict[str, Any] = {"database": database, "settings": opts}
+            if batch.kind == "pandas":
+                return self._client.insert_df(
+                    table, batch.data, column_names=batch.column_names, **args
+                )
+            if batch.kind == "arrow":
+                return self._client.insert_arrow(table, batch.data, **args)
+            return self._client.insert(
+                table,
+                batch.data,
+                column_names=batch.column_names or "*",
+                column_oriented=batch.column_oriented,
+                **args,
+            )
+
+    def raw_insert(
+        self,
+        table: str,
+        data: bytes,
+        *,
+        fmt: str,
+        column_names: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        deduplication_token: str,
+    ) -> Any:
+        """Insert bytes already in ClickHouse format ``fmt`` (JSONEachRow, CSV, Native...).
+
+        This is how the daemon inserts spooled batches: the bytes are sent as they are, so
+        a replay is byte-identical, and ``deduplication_token`` (required here) makes the
+        replay harmless. Returns clickhouse-connect's ``QuerySummary``.
+        """
+        opts = dict(settings or {})
+        opts["insert_deduplication_token"] = deduplication_token
+        opts.setdefault("insert_deduplicate", 1)
+        what = f"INSERT INTO {table} FORMAT {fmt} ({len(data)} bytes, token {deduplication_token})"
+        with self._call(what, idempotent=True):
+            dedup.check_window(self, None, table)
+            return self._client.raw_insert(
+                table, column_names=column_names, insert_block=data, settings=opts, fmt=fmt
+            )
+
+    def ping(self, timeout: float | None = None) -> bool:
+        """``True`` when the server answers within ``timeout`` (default: connect timeout)."""
+        try:
+            self._ensure_process()
+            ok = bool(self._client.ping(timeout or self.config.connect_timeout))
+        except Exception:
+            ok = False
+        if not ok:
+            self.broken = True
+        return ok
+
+    def close(self) -> None:
+        """Close the client and its sockets (only in the process that opened them)."""
+        if self.closed:
+            return
+        self.closed = True
+        http, self._http = self._http, None
+        if http is not None and self._pid == os.getpid():
+            try:
+                http.clear()
+            except Exception:  # closing must never raise into a pool's bookkeeping
+                log.debug("error closing %r", self, exc_info=True)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        cfg = self.config
+        options = get_pool_manager_options(verify=cfg.verify, maxsize=1, num_pools=1)
+        http = PoolManager(**options)
+        try:
+            with self._translating("connect", idempotent=True):
+                client: Any = clickhouse_connect.get_client(
+                    host=self.host.host,
+                    port=self.host.port,
+                    username=cfg.username,
+                    password=cfg.password,
+                    database=cfg.database,
+                    secure=cfg.secure,
+                    verify=cfg.verify,
+                    compress=cfg.compress,
+                    settings=dict(cfg.settings),
+                    client_name=cfg.client_name,
+                    connect_timeout=max(1, int(cfg.connect_timeout)),
+                    send_receive_timeout=max(1, int(cfg.send_receive_timeout)),
+                    query_retries=0,
+                    pool_mgr=http,
+                    autogenerate_session_id=False,
+                )
+        except BaseException:
+            http.clear()
+            raise
+        # clickhouse-connect truncates timeouts to whole seconds; restore the exact values,
+        # and leave retrying to chworkers' policy.
+        client.timeout = Timeout(connect=cfg.connect_timeout, read=cfg.send_receive_timeout)
+        client.http_retries = 0
+        backend = getattr(client, "_backend", None)
+        if backend is not None and hasattr(backend, "error_handler"):
+            backend.error_handler = _keep_status(backend.error_handler)
+        if backend is not None and hasattr(backend, "request"):
+            # clickhouse-connect silently repeats any insert once on a reset connection, with
+            # or without a deduplication token; one retry layer (the policy's) decides instead.
+            backend.request = _no_driver_retry(backend.request)
+        self._client, self._http, self._pid = client, http, os.getpid()
+
+    def _ensure_process(self) -> None:
+        if self.closed:
+            raise ConnectionLostError(f"{self!r} is closed", endpoint=self.endpoint, sent=False)
+        if self._pid != os.getpid():
+            # Opened in another process (we were forked): never share its sockets.
+            self._http = None
+            self._open()
+
+    @contextmanager
+    def _call(self, sql: str, *, idempotent: bool) -> Iterator[None]:
+        self._ensure_process()
+        try:
+            with self._translating(sql, idempotent=idempotent):
+                yield
+        finally:
+            self.last_used_at = time.monotonic()
+
+    @contextmanager
+    def _translating(self, sql: str, *, idempotent: bool) -> Iterator[None]:
+        try:
+            yield
+        except ChworkersError:
+            raise
+        except Exception as exc:
+            err = translate_error(exc, endpoint=self.endpoint, query=sql, idempotent=idempotent)
+            self.last_error = err
+            if isinstance(err, ConnectError | ConnectionLostError | ResponseTimeoutError):
+                self.broken = True
+            elif (
+                isinstance(err, ServerError) and err.code is None and (err.http_status or 0) >= 502
+            ):
+                self.broken = True  # a gateway error: let the pool try another host
+            raise err from exc
+
+
+def _keep_status(handler: Any) -> Any:
+    """Wrap clickhouse-connect's HTTP error handler to remember the response's status."""
+
+    def error_handler(response: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            handler(response, *args, **kwargs)
+        except Exception as exc:
+            exc._chworkers_http_status = getattr(response, "status", None)  # type: ignore[attr-defined]
+            raise
+
+    return error_handler
+
+
+def _no_driver_retry(request: Any) -> Any:
+    def no_retry(*args: Any, **kwargs: Any) -> Any:
+        kwargs["retryable"] = False
+        return request(*args, **kwargs)
+
+    return no_retry
+
+
+def _dict(settings: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(settings) if settings else None

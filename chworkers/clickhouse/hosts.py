@@ -1,0 +1,133 @@
+"""Choosing among several ClickHouse hosts (replicas): spread, cool down, re-probe.
+
+New connections go to the healthy host with the fewest live connections (ties broken in
+turn), which spreads load. A host that fails with a connection error or a gateway 5xx is
+marked down for a cooldown that doubles with each consecutive failure (up to a maximum);
+once its cooldown has passed it is eligible again, and the next connection to it is the
+probe: success makes it healthy, failure sends it back down for longer. When every host is
+down, the one due back soonest is returned, and the caller's retry policy decides what to
+do with the failure that follows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from chworkers.clickhouse.dsn import Host
+from chworkers.clickhouse.retry import capped_backoff
+
+__all__ = ["HostSelector", "HostState"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostState:
+    host: Host
+    connections: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+    last_error: str | None = None
+
+    def down(self, now: float) -> bool:
+        return now < self.down_until
+
+
+class HostSelector:
+    """Thread-safe bookkeeping of the hosts' health and load."""
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        *,
+        cooldown: float = 5.0,
+        max_cooldown: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._states = {h: HostState(h) for h in hosts}
+        self._order = list(self._states)
+        self._turn = itertools.count()
+        self._cooldown = cooldown
+        self._max_cooldown = max(cooldown, max_cooldown)
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def choose(self) -> Host:
+        """The host for the next new connection."""
+        now = self._clock()
+        with self._lock:
+            states = [self._states[h] for h in self._order]
+            up = [s for s in states if not s.down(now)]
+            if not up:
+                return min(states, key=lambda s: s.down_until).host
+            turn = next(self._turn)
+            n = len(self._order)
+            best = min(up, key=lambda s: (s.connections, (self._order.index(s.host) - turn) % n))
+            return best.host
+
+    def is_down(self, host: Host) -> bool:
+        with self._lock:
+            state = self._states.get(host)
+            return state is not None and state.down(self._clock())
+
+    def opened(self, host: Host) -> None:
+        with self._lock:
+            self._states[host].connections += 1
+
+    def closed(self, host: Host) -> None:
+        with self._lock:
+            state = self._states[host]
+            state.connections = max(0, state.connections - 1)
+
+    def report_failure(self, host: Host, error: BaseException | None = None) -> None:
+        """Mark ``host`` down for its (growing) cooldown."""
+        with self._lock:
+            state = self._states[host]
+            state.failures += 1
+            delay = capped_backoff(self._cooldown, state.failures, self._max_cooldown)
+            state.down_until = self._clock() + delay
+            state.last_error = None if error is None else f"{type(error).__name__}: {error}"
+            failures = state.failures
+        log.warning(
+            "ClickHouse host %s marked down for %.1f s after %d failure(s): %s",
+            host,
+            delay,
+            failures,
+            error,
+        )
+
+    def report_success(self, host: Host) -> None:
+        with self._lock:
+            state = self._states[host]
+            was_down = state.failures > 0
+            state.failures = 0
+            state.down_until = 0.0
+            state.last_error = None
+        if was_down:
+            log.info("ClickHouse host %s is back", host)
+
+    def due_for_probe(self) -> list[Host]:
+        """Hosts that failed and whose cooldown has passed (to re-probe now)."""
+        now = self._clock()
+        with self._lock:
+            return [s.host for s in self._states.values() if s.failures and not s.down(now)]
+
+    def snapshot(self) -> list[dict[str, object]]:
+        now = self._clock()
+        with self._lock:
+            return [
+                {
+                    "host": str(s.host),
+                    "up": not s.down(now),
+                    "connections": s.connections,
+                    "failures": s.failures,
+                    "down_for": max(0.0, s.down_until - now),
+                    "last_error": s.last_error,
+                }
+                for s in self._states.values()
+            ]

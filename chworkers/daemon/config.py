@@ -1,0 +1,311 @@
+"""The daemon's configuration: one TOML file, overridable by ``CHWORKERS_*`` variables.
+
+Every key is declared once, in the settings dataclasses below and in the ones they
+nest (:class:`~chworkers.clickhouse.pool.PoolOptions`, :class:`~chworkers.clickhouse.retry.RetryPolicy`,
+:class:`~chworkers.daemon.pipelines.PipelineSettings`); parsing, validation, the
+environment variable names, ``chworkers config --defaults`` and
+``docs/configuration.md`` all come from those declarations. Secrets (the ClickHouse
+password, the ingest token) come from the environment or from a file
+(``password_file``), never from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from chworkers.clickhouse.dsn import ConnectionConfig
+from chworkers.clickhouse.pool import PoolOptions
+from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
+from chworkers.errors import ConfigError
+from chworkers.http.limits import HttpLimits
+from chworkers.settings import build, render_defaults, render_reference, section, setting
+from chworkers.workers.options import SupervisorOptions
+
+if TYPE_CHECKING:
+    from chworkers.embedded import EmbeddedClickHouse
+
+EMBEDDED = "embedded"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedSettings:
+    """The embedded ClickHouse endpoint the daemon starts when ``url = "embedded"``."""
+
+    host: str = setting("127.0.0.1", "Address the embedded endpoint listens on.")
+    port: int = setting(0, "Its port (0: any free port).", minimum=0, maximum=65535)
+    limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of the embedded endpoint."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClickHouseSettings:
+    """Where the data goes."""
+
+    url: str = setting(
+        EMBEDDED,
+        "ClickHouse HTTP URL(s): 'http://host:8123/db', replicas as 'http://h1:8123,h2:8123/db', "
+        "or 'embedded' to run chworkers' embedded ClickHouse under the state directory.",
+    )
+    username: str | None = setting(None, "User name (overrides one in the URL).")
+    password: str | None = setting(None, "Password (overrides one in the URL).", secret=True)
+    database: str | None = setting(None, "Database (overrides one in the URL).")
+    pool: PoolOptions = section(PoolOptions, "The connection pool shared by all workers.")
+    embedded: EmbeddedSettings = section(EmbeddedSettings, "The embedded endpoint.")
+
+    def __post_init__(self) -> None:
+        if self.url != EMBEDDED:  # a bad URL fails when the file is read, not at first use
+            try:
+                self.connection()
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"clickhouse.url: {exc}",
+                    key=f"clickhouse.{exc.key}",
+                    value=exc.value,
+                    expected=exc.expected,
+                ) from None
+
+    def connection(self, url: str | None = None) -> ConnectionConfig:
+        """The connection options for ``url`` (the embedded endpoint's, when running it)."""
+        cfg = ConnectionConfig.coerce(url or self.url)
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("username", self.username),
+                ("password", self.password),
+                ("database", self.database),
+            )
+            if v is not None
+        }
+        return dataclasses.replace(cfg, **changes) if changes else cfg
+
+    def embedded_endpoint(
+        self, path: Path, *, port: int | None = None, log_path: Path | None = None
+    ) -> EmbeddedClickHouse:
+        """The embedded endpoint for ``url = "embedded"`` (not started), requiring the
+        configured user and password when one is set (passed in its environment, never
+        in its arguments)."""
+        from chworkers.embedded import EmbeddedClickHouse
+
+        secured = self.username is not None or self.password is not None
+        return EmbeddedClickHouse(
+            path,
+            host=self.embedded.host,
+            port=self.embedded.port if port is None else port,
+            user=(self.username or "default") if secured else None,
+            password=(self.password or "") if secured else None,
+            log_path=log_path,
+            limits=self.embedded.limits,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint (/metrics, /healthz, /readyz)."""
+
+    host: str = setting("127.0.0.1", "Address of the metrics endpoint.")
+    port: int | None = setting(
+        9363,
+        "Port of the metrics endpoint (0: any free port; none: no endpoint).",
+        minimum=0,
+        maximum=65535,
+    )
+    limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of the metrics endpoint."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolSettings:
+    """The on-disk spool every accepted batch is written to before it is acknowledged."""
+
+    max_bytes: int = setting(1024**3, "Most bytes the spool may hold.", unit="bytes", minimum=1024)
+    policy: Literal["block", "reject", "drop_oldest"] = setting(
+        "block",
+        "When full: block producers, reject (HTTP 503), or drop the oldest batches (counted).",
+    )
+    fsync: bool = setting(True, "fsync every batch (turn off only for throwaway data).")
+    max_in_flight: int = setting(
+        0,
+        "Batches read back from the spool and queued for the workers at once "
+        "(0: twice the workers); the rest wait on disk.",
+        minimum=0,
+    )
+    retry_backoff_max: float = setting(
+        60.0,
+        "Longest wait before a failed batch is tried again (it is never dropped).",
+        unit="seconds",
+        minimum=0.1,
+    )
+    permanent_error_backoff: float = setting(
+        300.0,
+        "Wait before a batch that failed with a permanent error (unknown table, failed "
+        "authentication: errors the retry policy does not retry) is tried again; it stays "
+        "spooled, health reports it, and SIGHUP retries it at once.",
+        unit="seconds",
+        minimum=0.1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSettings:
+    """The push endpoint, POST /ingest/<table>, for pipelines with source = "http"."""
+
+    host: str = setting("127.0.0.1", "Address the push endpoint listens on.")
+    port: int = setting(8124, "Its port (0: any free port).", minimum=0, maximum=65535)
+    token: str | None = setting(
+        None, "Bearer token clients must send (none: no authentication).", secret=True
+    )
+    max_body_bytes: int = setting(
+        64 * 1024 * 1024, "Largest request body, after decompression.", unit="bytes", minimum=1
+    )
+    max_buffered_bytes: int = setting(
+        256 * 1024 * 1024,
+        "Most request body bytes (as received, and inflated) all push requests together "
+        "hold in memory; a request beyond it is answered 503 with Retry-After (one request "
+        "alone is always let in).",
+        unit="bytes",
+        minimum=1,
+    )
+    spool_timeout: float = setting(
+        30.0,
+        "How long a request may wait for spool space before a 503.",
+        unit="seconds",
+        minimum=0,
+    )
+    limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of the push endpoint."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthSettings:
+    """How the daemon judges its health (/healthz, the systemd watchdog, STATUS=)."""
+
+    stall: float = setting(
+        120.0,
+        "No insert confirmed for this long while batches wait turns health 'degraded'.",
+        unit="seconds",
+        minimum=0.1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "INFO", "Log level (SIGHUP applies a change, unless --log-level set it).", reload=True
+    )
+    format: Literal["text", "json"] = setting("text", "Log lines for people, or JSON lines.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonSettings:
+    """Everything but the pipelines (which are a list: ``[[pipelines]]``)."""
+
+    state_dir: str = setting(
+        "",
+        "Spool, dead letters, checkpoints and embedded data live here (default: "
+        "$STATE_DIRECTORY under systemd, else ./chworkers-state).",
+    )
+    clickhouse: ClickHouseSettings = section(ClickHouseSettings, "ClickHouse.")
+    supervisor: SupervisorOptions = section(
+        SupervisorOptions,
+        "The supervisor and its worker processes.",
+        # The daemon sets these itself: the connection budget is
+        # clickhouse.pool.max_connections, the endpoint is [metrics], and it owns signals.
+        exclude=frozenset(
+            {"max_connections", "metrics_host", "metrics_port", "metrics_limits", "handle_signals"}
+        ),
+    )
+    metrics: MetricsSettings = section(MetricsSettings, "Metrics.")
+    spool: SpoolSettings = section(SpoolSettings, "Spool.")
+    http: HttpSettings = section(HttpSettings, "Push endpoint.")
+    health: HealthSettings = section(HealthSettings, "Health.")
+    log: LogSettings = section(LogSettings, "Logging.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A loaded configuration: the settings and the pipelines."""
+
+    settings: DaemonSettings
+    pipelines: tuple[PipelineSettings, ...]
+    state_dir: Path
+    source: str = "defaults"
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load ``path`` (TOML) or ``data``, apply ``CHWORKERS_*`` variables, validate all."""
+    env = dict(os.environ if env is None else env)
+    source = "defaults"
+    base_dir = None
+    if path is not None:
+        source = str(path)
+        base_dir = Path(path).resolve().parent
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {source} does not exist", key="config", value=source
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}", source=source) from exc
+    data = dict(data or {})
+    raw_pipelines = data.pop("pipelines", [])
+    settings = build(DaemonSettings, data, env=env, source=source, base_dir=base_dir)
+    pipelines = build_pipelines(raw_pipelines, env=env, source=source)
+    # systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several).
+    state_dir = Path(
+        settings.state_dir or env.get("STATE_DIRECTORY", "").split(":")[0] or "chworkers-state"
+    )
+    return Config(settings=settings, pipelines=pipelines, state_dir=state_dir, source=source)
+
+
+HEADER = """\
+# chworkers configuration: every setting with its default.
+# Each key can be overridden by the environment variable named under it.
+# Pipelines are [[pipelines]] tables; see docs/configuration.md.
+"""
+
+PIPELINE_EXAMPLE = """\
+# [[pipelines]]
+# name = "events"
+# source = "http"          # stdin | file | http | generator
+# table = "events"
+# format = "JSONEachRow"
+"""
+
+
+def defaults_toml() -> str:
+    """What ``chworkers config --defaults`` prints."""
+    return render_defaults(DaemonSettings, header=HEADER) + "\n" + PIPELINE_EXAMPLE
+
+
+def reference_markdown() -> str:
+    """The configuration reference in ``docs/configuration.md`` (checked by a test)."""
+    return (
+        "# Configuration reference\n\n"
+        "Generated from the settings declarations by `chworkers config --reference`; "
+        "do not edit by hand.\n\n"
+        "Every key below can be set in the TOML file given to `chworkers run -c FILE` and "
+        "overridden by its environment variable. Secrets can also be read from a file "
+        "(`<key>_file`).\n\n"
+        "## Daemon\n\n" + render_reference(DaemonSettings) + "\n"
+        "## Pipelines (`[[pipelines]]`)\n\n"
+        "Environment variables address a pipeline by its name: "
+        "`CHWORKERS_PIPELINE_<NAME>_<KEY>` (name upper-cased, other characters as `_`).\n\n"
+        + render_reference(
+            PipelineSettings, env_for=lambda key: f"CHWORKERS_PIPELINE_<NAME>_{key.upper()}"
+        )
+    )

@@ -1,0 +1,349 @@
+"""The dispatcher: the spool is the queue, memory holds only what is being inserted.
+
+Spooled batches wait on disk. The dispatcher keeps at most ``max_in_flight`` of them in
+memory, submitted to the workers; when one is confirmed it is removed from the spool
+and the next is read from disk. A batch whose insert failed stays in the spool and is
+tried again after a backoff that grows per batch (1 s, 2 s, 4 s ... up to
+``max_backoff``): nothing is ever dropped because ClickHouse was down or a table was
+missing. So during an outage the spool grows on disk while memory stays flat, and when
+ClickHouse is back the backlog drains in spool order.
+
+A batch that failed with a *permanent* error (``is_permanent``: the retry policy's
+classification, e.g. an unknown table or a failed authentication) is not retried hot:
+it stays spooled and waits ``permanent_backoff`` (or :meth:`Dispatcher.retry_now`, which
+the daemon calls on SIGHUP), and :meth:`Dispatcher.problems` reports it until a batch
+for that table is confirmed.
+
+The dispatcher is the outermost of the retry layers (see docs/daemon.md, "Retry
+layers"): it retries only whole tasks that the layers below gave up on.
+
+Completion (``on_done``: writing dead letters, fsync'd; then removing the batch from the
+spool) runs on the dispatcher's own completion thread, never in a future's callback:
+those run on the supervisor's loop thread, which must not wait on disks or locks. A
+batch leaves the spool only after ``on_done`` returned; when ``on_done`` or the removal fails, that is a
+failed attempt: the batch is tried again (ClickHouse drops what it already has by the
+batch's token) until it leaves the spool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from chworkers.clickhouse.retry import capped_backoff
+from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
+from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[SpooledBatch], "Future[Any]"]
+Done = Callable[[SpooledBatch, Any], None]
+
+
+@dataclasses.dataclass(order=True)
+class _Retry:
+    not_before: float
+    seq: int
+    batch: SpooledBatch = dataclasses.field(compare=False)
+
+
+@dataclasses.dataclass
+class _Held:
+    """A batch held back by a permanent error."""
+
+    table: str
+    error: BaseException
+    since: float  # wall clock, for people
+
+
+class Dispatcher:
+    """Feeds spooled batches to ``submit`` with bounded memory and per-batch backoff.
+
+    ``on_done(batch, result)`` runs after a confirmed insert, before the batch leaves the
+    spool (the daemon writes dead letters there); ``on_failure(batch, error)`` is told of
+    every failed attempt. ``is_permanent(error)`` says which failures retrying soon
+    cannot fix; those batches wait ``permanent_backoff`` seconds.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        submit: Submit,
+        *,
+        on_done: Done | None = None,
+        on_failure: Callable[[SpooledBatch, BaseException], None] | None = None,
+        max_in_flight: int = 8,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        is_permanent: Callable[[BaseException], bool] | None = None,
+        permanent_backoff: float = 300.0,
+    ) -> None:
+        self.spool = spool
+        self.submit = submit
+        self.on_done = on_done
+        self.on_failure = on_failure
+        self.max_in_flight = max_in_flight
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.is_permanent = is_permanent
+        self.permanent_backoff = permanent_backoff
+        self._held: dict[int, _Held] = {}
+        self._completions: queue.SimpleQueue[
+            tuple[SpooledBatch, SpooledBatch, Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._completer = threading.Thread(
+            target=self._complete_loop, name="chworkers-complete", daemon=True
+        )
+        self._completing_since: float | None = None  # time.monotonic()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: deque[SpooledBatch] = deque()
+        self._retries: list[_Retry] = []
+        self._failures: dict[int, int] = {}
+        self._in_flight: dict[int, SpooledBatch] = {}
+        self._stopped = False
+        self._sending_since: float | None = None  # while the thread hands a batch over
+        self.confirmed = 0
+        self._thread = threading.Thread(target=self._run, name="chworkers-dispatch", daemon=True)
+
+    def start(self) -> None:
+        self._completer.start()
+        self._thread.start()
+
+    def add(self, batch: SpooledBatch) -> None:
+        """Queue a spooled batch; only its description stays in memory."""
+        with self._lock:
+            self._pending.append(dataclasses.replace(batch, payload=b""))
+            self._wake.notify()
+
+    def backlog(self) -> int:
+        """Batches not yet confirmed (pending, waiting to retry, or in flight)."""
+        with self._lock:
+            return len(self._pending) + len(self._retries) + len(self._in_flight)
+
+    def problems(self) -> list[str]:
+        """Why the dispatcher is degraded, one line per table and error (empty: fine).
+
+        E.g. ``table db.events: UNKNOWN_TABLE (60) since 14:31:02 UTC, 3 batches held``.
+        """
+        with self._lock:
+            held = list(self._held.values())
+        groups: dict[tuple[str, str], list[_Held]] = {}
+        for item in held:
+            groups.setdefault((item.table, _describe(item.error)), []).append(item)
+        lines = []
+        for (table, what), items in sorted(groups.items()):
+            since = time.strftime("%H:%M:%S", time.gmtime(min(i.since for i in items)))
+            n = len(items)
+            lines.append(
+                f"table {table}: {what} since {since} UTC, {n} batch{'es' if n > 1 else ''} "
+                f"held (retried every {self.permanent_backoff:g} s and on SIGHUP)"
+            )
+        return lines
+
+    def retry_now(self) -> None:
+        """Give batches waiting out a backoff their next attempt at once."""
+        with self._lock:
+            for item in self._retries:
+                item.not_before = 0.0
+            heapq.heapify(self._retries)
+            self._wake.notify()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Until every batch is confirmed (True) or ``timeout`` passes (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._retries or self._in_flight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.wait(remaining if remaining is None else min(remaining, 0.5))
+        return True
+
+    def thread_problems(self, stuck_after: float = 60.0) -> list[str]:
+        """Whether the dispatching thread died, or hangs handing one batch over (for the
+        daemon's health: either way spooled batches are no longer sent)."""
+        with self._lock:
+            stopped, since = self._stopped, self._sending_since
+        if stopped or self._thread.ident is None:
+            return []
+        if not self._thread.is_alive():
+            return ["the dispatcher thread died: spooled batches are no longer sent"]
+        if since is not None and time.monotonic() - since > stuck_after:
+            return [
+                f"the dispatcher has been stuck handing one batch to the workers for "
+                f"{time.monotonic() - since:.0f} s"
+            ]
+        if self._completer.ident is not None and not self._completer.is_alive():
+            return ["the completion thread died: inserted batches no longer leave the spool"]
+        completing = self._completing_since
+        if completing is not None and time.monotonic() - completing > stuck_after:
+            return [
+                f"completing one inserted batch (dead letters, then leaving the spool) has "
+                f"taken {time.monotonic() - completing:.0f} s"
+            ]
+        return []
+
+    def stop(self) -> None:
+        """Stop submitting; batches not confirmed stay in the spool for the next start."""
+        with self._lock:
+            self._stopped = True
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        # Completions already in hand still finish (a confirmed batch leaves the spool);
+        # bounded, so that a stop stays bounded: one not finished stays spooled and is
+        # replayed, harmlessly, at the next start.
+        self._completions.put(None)
+        if self._completer.is_alive():
+            self._completer.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._next_locked()
+                while batch is None:
+                    if self._stopped:
+                        return
+                    self._wake.wait(self._sleep_locked())
+                    batch = self._next_locked()
+                self._in_flight[batch.seq] = batch
+                self._sending_since = time.monotonic()
+            try:
+                self._send(batch)
+            finally:
+                with self._lock:
+                    self._sending_since = None
+
+    def _next_locked(self) -> SpooledBatch | None:
+        if self._stopped or len(self._in_flight) >= self.max_in_flight:
+            return None
+        if self._retries and self._retries[0].not_before <= time.monotonic():
+            return heapq.heappop(self._retries).batch
+        if self._pending:
+            return self._pending.popleft()
+        return None
+
+    def _sleep_locked(self) -> float | None:
+        if self._retries and len(self._in_flight) < self.max_in_flight:
+            return max(0.01, self._retries[0].not_before - time.monotonic())
+        return None
+
+    def _send(self, batch: SpooledBatch) -> None:
+        try:
+            assert batch.path is not None
+            full = read_batch(batch.path)
+        except (SpoolCorruptError, AssertionError) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                # The read failed (EIO, EMFILE...), not the batch: try it again later.
+                self._failed(batch, exc)
+                return
+            log.error("batch %d cannot be read back from the spool: %s", batch.seq, exc)
+            self._finish(batch)
+            return
+        try:
+            future = self.submit(full)
+        except ChworkersError as exc:
+            self._failed(batch, exc)
+            return
+        except Exception as exc:  # a bug must cost the batch an attempt, not this thread
+            log.exception("submitting batch %d failed unexpectedly", batch.seq)
+            self._failed(batch, exc)
+            return
+        # Only a hand-over here: this callback runs on the supervisor's loop thread.
+        future.add_done_callback(lambda f: self._completions.put((batch, full, f)))
+
+    def _complete_loop(self) -> None:
+        while (item := self._completions.get()) is not None:
+            self._completing_since = time.monotonic()
+            try:
+                self._completed(*item)
+            except Exception:  # never lose the thread; the batch stays spooled
+                log.exception("completing batch %d failed", item[0].seq)
+            finally:
+                self._completing_since = None
+
+    def _completed(self, batch: SpooledBatch, full: SpooledBatch, future: Future[Any]) -> None:
+        error = future.exception()
+        if error is not None:
+            permanent = self.is_permanent is not None and self.is_permanent(error)
+            self._failed(batch, error, permanent=permanent)
+            return
+        try:
+            if self.on_done is not None:
+                self.on_done(full, future.result())
+            # A file that cannot be removed is a failed attempt too: tried again soon
+            # (ClickHouse drops it by its token), not left "in flight" for good.
+            self.spool.remove(batch)
+        except Exception as exc:
+            log.exception("completing inserted batch %d failed", batch.seq)
+            self._failed(batch, exc)
+            return
+        self._finish(batch)
+
+    def _finish(self, batch: SpooledBatch) -> None:
+        with self._lock:
+            self._in_flight.pop(batch.seq, None)
+            self._failures.pop(batch.seq, None)
+            if self._held.pop(batch.seq, None) is not None or self._held:
+                # The table takes inserts again: its other held batches go now too.
+                self._release_locked(batch.table)
+            self.confirmed += 1
+            self._wake.notify_all()
+
+    def _release_locked(self, table: str) -> None:
+        for seq in [seq for seq, held in self._held.items() if held.table == table]:
+            del self._held[seq]
+        for item in self._retries:
+            if item.batch.table == table:
+                item.not_before = 0.0
+        heapq.heapify(self._retries)
+
+    def _failed(
+        self, batch: SpooledBatch, error: BaseException, *, permanent: bool = False
+    ) -> None:
+        with self._lock:
+            self._in_flight.pop(batch.seq, None)
+            failures = self._failures.get(batch.seq, 0) + 1
+            self._failures[batch.seq] = failures
+            if permanent:
+                backoff = self.permanent_backoff
+                held = self._held.get(batch.seq)
+                since = held.since if held is not None else time.time()
+                self._held[batch.seq] = _Held(batch.table, error, since)
+            else:
+                backoff = capped_backoff(self.initial_backoff, failures, self.max_backoff)
+                self._held.pop(batch.seq, None)
+            heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, batch.seq, batch))
+            self._wake.notify_all()
+        log.log(
+            logging.ERROR if permanent else logging.WARNING,
+            "batch %d (%d rows for %s) failed (attempt %d%s), kept in the spool, next try in "
+            "%.3g s%s: %s",
+            batch.seq,
+            batch.rows,
+            batch.table,
+            failures,
+            ", a permanent error" if permanent else "",
+            backoff,
+            " or on SIGHUP" if permanent else "",
+            error,
+        )
+        if self.on_failure is not None:
+            self.on_failure(batch, error)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ServerError) and error.code is not None:
+        return f"{error.name or 'error'} ({error.code})"
+    first = str(error).splitlines()[0][:160] if str(error) else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

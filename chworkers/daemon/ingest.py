@@ -1,0 +1,440 @@
+"""The HTTP push source: ``POST /ingest/<table>``.
+
+A request is answered ``202 Accepted`` only once its records are durably in the spool,
+so an acknowledged row survives a crash of the daemon. A request is spooled whole or not
+at all: ``202`` means all of it, any other answer means none of it, ever (records not
+spooled within ``spool_timeout`` are withdrawn before the ``503``, so a client's retry
+cannot land them twice). Bad input is answered with a 4xx and the reason (which line,
+what is wrong); a spool that cannot take data (full, its disk full or failing, the daemon
+stopping) is answered ``503`` with ``Retry-After``, so well-behaved clients back off.
+
+A request with an ``Idempotency-Key`` header is a batch of its own whose deduplication
+token is made from the key: sent again after a lost answer, it is dropped by ClickHouse.
+
+Bodies may be JSONEachRow (one JSON object per line), CSV or TSV, chosen by the
+``format`` query parameter or the Content-Type, and gzip-compressed
+(``Content-Encoding: gzip``). The body size is limited before and after decompression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import re
+import threading
+import zlib
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from chworkers.clickhouse.dedup import request_token
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.framing import FORMATS, Framer, RecordTooLargeError
+from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
+from chworkers.http.framing import http_error, plain_response
+from chworkers.http.limits import HttpLimits
+from chworkers.http.server import BoundedHandler, BoundedHTTPServer
+from chworkers.http.watch import ByteBudget
+
+log = logging.getLogger(__name__)
+
+#: Longest ``Idempotency-Key`` accepted (characters).
+MAX_IDEMPOTENCY_KEY = 256
+
+#: Seconds a client is asked to wait (``Retry-After``) when the spool cannot take data.
+RETRY_AFTER = 5
+
+CONTENT_TYPES = {
+    "application/json": "JSONEachRow",
+    "application/x-ndjson": "JSONEachRow",
+    "application/jsonl": "JSONEachRow",
+    "text/csv": "CSV",
+    "text/tab-separated-values": "TSV",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where ``POST /ingest/<table>`` sends its records."""
+
+    table: str
+    pipeline: str
+    format: str = "JSONEachRow"
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    limits: BatchLimits | None = None
+    transform: Callable[[bytes], bytes] | None = None
+
+
+class IngestServer:
+    """Serves the push endpoint in a background thread."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        batcher: Batcher,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
+        spool_timeout: float = 30.0,
+        validate_json: bool = True,
+        on_error: Any = None,
+        limits: HttpLimits | None = None,
+        on_refusal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.routes = dict(routes)
+        self.batcher = batcher
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.buffered = ByteBudget(max_buffered_bytes)
+        self.spool_timeout = spool_timeout
+        self.validate_json = validate_json
+        self.on_error = on_error
+        self.limits = limits or HttpLimits()
+        self._answering = 0  # POSTs between their first byte read and their answer
+        self._answered = threading.Condition()
+        handler = type("Handler", (_Handler,), {"ingest": self, "max_body_bytes": max_body_bytes})
+        busy = json.dumps({"error": "too many connections; retry later"}).encode() + b"\n"
+        self._server = BoundedHTTPServer(
+            (host, port),
+            handler,
+            self.limits,
+            busy_response=plain_response(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                busy,
+                content_type="application/json",
+                headers={"Retry-After": str(self.limits.retry_after)},
+            ),
+            on_refusal=on_refusal,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="chworkers-ingest",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return self._server.active
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("ingest endpoint listening on %s/ingest/<table>", self.url)
+
+    def stop(self) -> None:
+        """Stop accepting requests (requests in progress finish)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Until every request in progress has been answered (True), at most ``timeout``.
+
+        For a stop: once the batcher has settled what it holds, each request waiting for
+        it gets its answer (202 or 503) before the process exits; a 202 lost in an exit
+        would make its client send the rows again."""
+        with self._answered:
+            return self._answered.wait_for(lambda: self._answering == 0, timeout)
+
+    def _begin(self) -> None:
+        with self._answered:
+            self._answering += 1
+
+    def _end(self) -> None:
+        with self._answered:
+            self._answering -= 1
+            self._answered.notify_all()
+
+    # -- request handling (called from the handler thread) ------------------------
+
+    def handle(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        reserve: Callable[[int], None] = lambda size: None,
+    ) -> dict[str, Any]:
+        """Spool one request's records; ``reserve`` accounts for an inflated body."""
+        parts = urlsplit(path)
+        segments = [unquote(s) for s in parts.path.strip("/").split("/")]
+        if len(segments) != 2 or segments[0] != "ingest":
+            raise http_error(HTTPStatus.NOT_FOUND, "use POST /ingest/<table>")
+        route = self.routes.get(segments[1])
+        if route is None:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise http_error(
+                HTTPStatus.NOT_FOUND,
+                f"no pipeline ingests into table {segments[1]!r} (configured: {known})",
+            )
+        fmt = self._format(route, parse_qs(parts.query), headers.get("content-type", ""))
+        token = _idempotency_token(route.table, headers.get("idempotency-key"))
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            body = self._decode(body, encoding)
+            reserve(len(body))
+        records, rows, header = self._frame(body, fmt)
+        if rows == 0:
+            return {"rows": 0}
+        _check_declared_format(header, records, fmt, route.format)
+        if route.transform is not None and fmt == "JSONEachRow":
+            records = route.transform(records)
+        # All or nothing: the request's records go into one batch together; if the spool
+        # has not taken them within spool_timeout they are withdrawn, so a request
+        # answered anything but 202 is never spooled later (its retry would double it).
+        # The batch is cut up to max_delay after the request: that wait is the batcher's,
+        # not the spool's, and does not count against spool_timeout.
+        limits = route.limits or self.batcher.limits
+        wait = self.spool_timeout + (0.0 if token else limits.max_delay)
+        try:
+            ticket = self.batcher.add(
+                route.table,
+                records,
+                rows,
+                format=fmt,
+                pipeline=route.pipeline,
+                settings=route.settings,
+                limits=route.limits,
+                timeout=wait,
+                header=header,
+                token=token,
+            )
+            batch = ticket.settle(wait)
+        except SpoolError as exc:
+            raise http_error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the spool cannot take these records right now; nothing of them was kept: {exc}",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            ) from exc
+        except BatcherClosedError as exc:
+            raise http_error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the daemon is stopping; nothing of the request was kept: {exc}",
+                headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+            ) from exc
+        return {"rows": rows, "batch": batch}
+
+    def _format(self, route: Route, query: Mapping[str, list[str]], content_type: str) -> str:
+        if "format" in query:
+            fmt = query["format"][-1]
+        else:
+            fmt = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower(), route.format)
+        if fmt not in FORMATS:
+            raise http_error(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"format {fmt!r} is not accepted; use one of {', '.join(FORMATS)}",
+            )
+        return fmt
+
+    def _decode(self, body: bytes, encoding: str) -> bytes:
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise http_error(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Encoding {encoding!r} is not accepted; use gzip or deflate",
+            )
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, self.max_body_bytes + 1)
+            complete = inflater.eof
+        except zlib.error as exc:
+            raise http_error(HTTPStatus.BAD_REQUEST, f"broken {encoding} body: {exc}") from exc
+        if len(out) > self.max_body_bytes:
+            raise http_error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the body inflates to more than {self.max_body_bytes} bytes",
+            )
+        if not complete:
+            raise http_error(HTTPStatus.BAD_REQUEST, f"truncated {encoding} body")
+        return out
+
+    def _frame(self, body: bytes, fmt: str) -> tuple[bytes, int, bytes]:
+        """The body's records, their count, and its ``*WithNames`` header (or b"")."""
+        framer = Framer(fmt, max_record_bytes=self.max_body_bytes)
+        try:
+            head, rows = framer.feed(body)
+            tail, more = framer.finish()
+        except RecordTooLargeError as exc:
+            raise http_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)) from exc
+        records = head + tail
+        if fmt == "JSONEachRow" and self.validate_json:
+            _check_json_lines(records)
+        return records, rows + more, framer.header
+
+
+def _idempotency_key_ok(key: str) -> bool:
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= c <= "~" for c in key)
+
+
+def _idempotency_token(table: str, key: str | None) -> str | None:
+    """The deduplication token of a request that carries an ``Idempotency-Key``: such a
+    request is a batch of its own, and sent again (its answer lost) it is dropped by
+    ClickHouse instead of landing twice."""
+    if key is None:
+        return None
+    key = key.strip()
+    if not _idempotency_key_ok(key):
+        raise http_error(
+            HTTPStatus.BAD_REQUEST,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+        )
+    return request_token(table, key)
+
+
+_NOT_BLANK = re.compile(rb"\S")
+
+
+def _first_line(data: bytes) -> bytes:
+    """The first line of ``data`` that is not blank, from its first byte that is not."""
+    found = _NOT_BLANK.search(data)
+    if found is None:
+        return b""
+    end = data.find(b"\n", found.start())
+    return data[found.start() : end if end >= 0 else len(data)]
+
+
+def _check_declared_format(header: bytes, records: bytes, fmt: str, configured: str) -> None:
+    """A body whose records are JSON objects but that was declared CSV or TSV would be
+    accepted and then rejected by ClickHouse row by row: say so now instead.
+
+    CSV cannot hold a JSON object unquoted (its quotes would be malformed), so a CSV
+    declaration is always checked; a TSV line may be a JSON document for a single String
+    column, so TSV is checked only when the pipeline itself does not take TSV.
+    """
+    if fmt == "JSONEachRow" or (fmt.startswith("T") and configured.startswith("T")):
+        return
+    # Only the first line that is not blank is looked at (never a copy or a split of the
+    # whole body); a *WithNames header is checked as well: a JSON object is no list of
+    # names either.
+    first = _first_line(header) or _first_line(records)
+    if not first.startswith(b"{"):
+        return
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return
+    if isinstance(value, dict):
+        raise http_error(
+            HTTPStatus.BAD_REQUEST,
+            f"record 1 is a JSON object, but the body was declared {fmt} (by "
+            "Content-Type or ?format=); nothing was kept. Send JSON lines as "
+            "Content-Type: application/x-ndjson or with ?format=JSONEachRow",
+        )
+
+
+def _check_json_lines(records: bytes) -> None:
+    for number, line in enumerate(records.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise http_error(
+                HTTPStatus.BAD_REQUEST, f"line {number}: not valid JSON: {exc}"
+            ) from None
+        if not isinstance(value, dict):
+            raise http_error(
+                HTTPStatus.BAD_REQUEST,
+                f"line {number}: expected a JSON object, got {type(value).__name__}",
+            )
+
+
+class _Handler(BoundedHandler):
+    ingest: IngestServer
+    server_version = "chworkers-ingest"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    _held = 0
+
+    def do_POST(self) -> None:
+        self.ingest._begin()
+        try:
+            self._post()
+        finally:
+            self.ingest._end()
+
+    def _post(self) -> None:
+        try:
+            self._authorize()
+            body = self._read_body()
+            result = self.ingest.handle(
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                body,
+                reserve=self.reserve_body,
+            )
+        except HttpRequestError as exc:
+            if self.ingest.on_error is not None and exc.status < 500:
+                self.ingest.on_error("http", str(exc))
+            self._reply(exc.status, {"error": str(exc)}, exc.headers)
+            return
+        except Exception:
+            log.exception("ingest request %s failed", self.path)
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the log"})
+            return
+        finally:
+            self.ingest.buffered.release(self._held)
+            self._held = 0
+        self._reply(HTTPStatus.ACCEPTED, result)
+
+    def reserve_body(self, size: int) -> None:
+        budget = self.ingest.buffered
+        if not budget.reserve(size):
+            self.server.refusal("memory")
+            raise http_error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the push endpoint holds {budget.held} bytes of request bodies, its limit "
+                f"is {budget.limit} (http.max_buffered_bytes); retry later",
+                headers={"Retry-After": str(self.ingest.limits.retry_after)},
+            )
+        self._held += size
+
+    def do_GET(self) -> None:
+        self._reply(
+            HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST /ingest/<table>"}, {"Allow": "POST"}
+        )
+
+    def _authorize(self) -> None:
+        token = self.ingest.token
+        if token is None:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise http_error(
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="chworkers"'},
+            )
+
+    def _read_body(self) -> bytes:
+        length, chunked = self.framing
+        if length is None and not chunked:
+            raise http_error(HTTPStatus.LENGTH_REQUIRED, "Content-Length or chunked body needed")
+        return self.read_body()
+
+    def refuse(self, status: int, message: str, headers: Mapping[str, str]) -> None:
+        self._reply(status, {"error": message}, headers)
+
+    def _reply(
+        self,
+        status: int,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(payload).encode() + b"\n"
+        self.reply(status, data, "application/json", headers)

@@ -1,0 +1,196 @@
+"""Pipeline settings: where records come from and which table they go to.
+
+A daemon runs one or more pipelines, each ``[[pipelines]]`` in the config file::
+
+    [[pipelines]]
+    name = "app-logs"
+    source = "file"                  # stdin | file | http | generator
+    paths = ["/var/log/app/*.json"]
+    follow = true
+    table = "events"
+    format = "JSONEachRow"
+    max_rows = 100000
+    max_delay = "1s"
+    create = "ts DateTime, user_id UInt64, event String"   # optional
+
+Declared with :mod:`chworkers.settings`, so every key is validated, documented and
+listed by ``chworkers config --defaults`` from this one declaration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.framing import FORMATS
+from chworkers.daemon.mapping import FieldMapper
+from chworkers.errors import ConfigError
+from chworkers.settings import build, setting, validate
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """One pipeline: a source, batching limits and a target table."""
+
+    name: str = setting("", "Unique name; checkpoints and metrics use it.")
+    source: Literal["stdin", "file", "http", "generator"] = setting(
+        "stdin", "Where records come from."
+    )
+    table: str = setting("", "Target table, 'table' or 'database.table'.")
+    format: str = setting(
+        "JSONEachRow", "Input format: JSONEachRow, CSV, CSVWithNames, TSV or TSVWithNames."
+    )
+    paths: tuple[str, ...] = setting((), "file source: paths or glob patterns to read.")
+    follow: bool = setting(False, "file source: keep tailing files (handles rotation).")
+    poll_interval: float = setting(
+        0.25, "file source: how often to look for new data.", unit="seconds", minimum=0.01
+    )
+    generator_count: int = setting(
+        100_000, "generator source: rows to make (0: until stopped).", minimum=0
+    )
+    generator_rate: float = setting(
+        0.0, "generator source: rows per second (0: as fast as possible).", minimum=0
+    )
+    max_rows: int = setting(100_000, "Cut a batch at this many rows.", minimum=1)
+    max_bytes: int = setting(16 * 1024 * 1024, "Cut a batch at this size.", unit="bytes", minimum=1)
+    max_delay: float = setting(
+        1.0, "Cut a batch when its first record is this old.", unit="seconds", minimum=0.001
+    )
+    unknown_fields: Literal["ignore", "reject"] = setting(
+        "ignore", "Fields the table lacks: ignore them, or reject the row (dead letter)."
+    )
+    create: str | None = setting(
+        None,
+        "Create the table if missing, with these columns ('ts DateTime, user String').",
+    )
+    engine: str = setting(
+        "MergeTree ORDER BY tuple()",
+        "Engine clause for a created table; plain MergeTree gets "
+        "non_replicated_deduplication_window so replays deduplicate.",
+    )
+    rename: tuple[str, ...] = setting(
+        (),
+        "JSONEachRow: rename fields to column names before batching, as "
+        "'source_field=column' items.",
+    )
+    insert_settings: tuple[str, ...] = setting(
+        (), "Extra ClickHouse settings for the inserts, as 'name=value' items."
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source=f"pipeline {self.name or '?'}")
+        where = f"pipeline {self.name!r}"
+        if not self.name:
+            raise ConfigError(f"{where}: name is required", key="name", expected="a name")
+        if not _IDENT.match(self.table):
+            raise ConfigError(
+                f"{where}: table = {self.table!r} is invalid: expected a table name "
+                "('events' or 'db.events')",
+                key="table",
+                value=self.table,
+                expected="a table name",
+            )
+        if self.format not in FORMATS:
+            raise ConfigError(
+                f"{where}: format = {self.format!r} is invalid: expected one of "
+                + ", ".join(FORMATS),
+                key="format",
+                value=self.format,
+                expected="one of " + ", ".join(FORMATS),
+            )
+        if self.source == "file" and not self.paths:
+            raise ConfigError(
+                f"{where}: a file source needs paths", key="paths", expected="paths or globs"
+            )
+        if self.rename and self.format != "JSONEachRow":
+            raise ConfigError(
+                f"{where}: rename works on JSONEachRow records, not {self.format}",
+                key="rename",
+                value=self.rename,
+                expected="format = 'JSONEachRow'",
+            )
+        FieldMapper.parse(self.rename, where=where)
+        for item in self.insert_settings:
+            if "=" not in item:
+                raise ConfigError(
+                    f"{where}: insert_settings item {item!r} is not 'name=value'",
+                    key="insert_settings",
+                    value=item,
+                    expected="'name=value'",
+                )
+
+    @property
+    def mapper(self) -> FieldMapper | None:
+        """The field mapping to apply to records, if ``rename`` asks for one."""
+        return FieldMapper.parse(self.rename, where=f"pipeline {self.name!r}")
+
+    @property
+    def limits(self) -> BatchLimits:
+        return BatchLimits(self.max_rows, self.max_bytes, self.max_delay)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """ClickHouse settings every insert of this pipeline carries."""
+        out: dict[str, Any] = {
+            "input_format_skip_unknown_fields": 1 if self.unknown_fields == "ignore" else 0
+        }
+        for item in self.insert_settings:
+            key, _, value = item.partition("=")
+            out[key.strip()] = value.strip()
+        return out
+
+    def create_statement(self) -> str | None:
+        """``CREATE TABLE IF NOT EXISTS`` for a declared schema, dedup window included."""
+        if not self.create:
+            return None
+        engine = self.engine.strip()
+        if engine.split("(")[0].split()[0] == "MergeTree" and "deduplication_window" not in engine:
+            joiner = ", " if " SETTINGS " in f" {engine.upper()} " else " SETTINGS "
+            engine += f"{joiner}non_replicated_deduplication_window = 1000"
+        return f"CREATE TABLE IF NOT EXISTS {self.table} ({self.create}) ENGINE = {engine}"
+
+
+def build_pipelines(
+    items: Sequence[Mapping[str, Any]], *, env: Mapping[str, str], source: str
+) -> tuple[PipelineSettings, ...]:
+    """``[[pipelines]]`` tables to settings; names must be unique."""
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(
+            f"{source}: pipelines must be an array of tables ([[pipelines]])",
+            key="pipelines",
+            value=items,
+            expected="[[pipelines]] tables",
+        )
+    out: list[PipelineSettings] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ConfigError(
+                f"{source}: pipelines[{index}] is not a table",
+                key=f"pipelines[{index}]",
+                value=item,
+                expected="a table",
+            )
+        # Environment variables address pipelines by name: CHWORKERS_PIPELINE_<NAME>_<KEY>.
+        name = str(item.get("name", ""))
+        prefix = "CHWORKERS_PIPELINE_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_"
+        scoped = {
+            "CHWORKERS_" + k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)
+        }
+        out.append(
+            build(PipelineSettings, item, env=scoped, source=f"{source}: pipelines[{index}]")
+        )
+    names = [p.name for p in out]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(
+                f"{source}: pipeline name {name!r} is used twice; names must be unique",
+                key="pipelines.name",
+                value=name,
+                expected="unique names",
+            )
+    return tuple(out)

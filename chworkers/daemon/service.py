@@ -1,0 +1,693 @@
+"""``chworkers run``: sources -> batches -> spool -> workers -> ClickHouse, exactly once.
+
+The daemon wires the pieces together and owns the process's signals:
+
+* sources (:mod:`chworkers.daemon.sources`, :mod:`chworkers.daemon.ingest`) frame records and hand
+  them to the :class:`~chworkers.daemon.batcher.Batcher`;
+* a cut batch is written to the :class:`~chworkers.daemon.spool.Spool` (fsync'd) before anyone
+  is told it was accepted, and its source position is checkpointed right after;
+* the :class:`~chworkers.daemon.dispatch.Dispatcher` feeds spooled batches to the
+  :class:`~chworkers.workers.supervisor.Supervisor`'s workers, which insert them with their
+  fixed deduplication tokens (rejected rows are bisected out to the dead-letter
+  directory); only a confirmed batch leaves the spool.
+
+SIGTERM/SIGINT: stop intake, flush batches to the spool, finish inserts within
+``graceful_timeout``; whatever is left stays in the spool for the next start. A second
+signal stops at once. SIGHUP re-reads the config and applies what can change at runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+from chworkers import forkguard
+from chworkers.clickhouse.inserts import InsertResult
+from chworkers.daemon.batcher import Batcher
+from chworkers.daemon.config import EMBEDDED, Config
+from chworkers.daemon.deadletter import DeadLetters
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
+from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.tables import Tables
+from chworkers.errors import (
+    BatcherClosedError,
+    ChworkersError,
+    StateDirInUseError,
+    WorkerLostError,
+)
+from chworkers.ops.health import Level, Report, Stall
+from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog, format_status
+from chworkers.workers.options import SupervisorOptions
+from chworkers.workers.outcomes import is_permanent
+from chworkers.workers.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from chworkers.embedded.keeper import Keeper
+
+log = logging.getLogger(__name__)
+
+#: Exit codes of ``chworkers run`` (see the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+#: At a stop, push requests settled by the batcher get this long to be answered.
+ANSWER_WAIT = 5.0
+
+#: The daemon's loop turns every half second; silent this long, it counts as stuck.
+LOOP_STALE_AFTER = 10.0
+#: The dispatcher hands a batch to the workers in moments; this long in one, it is stuck.
+DISPATCH_STUCK_AFTER = 60.0
+#: READY=1 waits this long for the tables (and the embedded child) when ClickHouse
+#: answers slowly (the intake is open meanwhile); past it the daemon is ready anyway and
+#: the tables come later.
+TABLES_GRACE = 15.0
+
+
+@dataclass
+class Totals:
+    """What the daemon did, for the progress line and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    rows_read: int = 0
+    rows_inserted: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    failures: int = 0
+
+    def rate(self) -> float:
+        return self.rows_inserted / max(1e-9, time.monotonic() - self.started)
+
+
+class Daemon:
+    """One ``chworkers run``. Build it from a :class:`Config`, then call :meth:`run`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stdin: BinaryIO | None = None,
+        progress: IO[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.stdin = stdin
+        self.progress = progress
+        self.totals = Totals()
+        self.state_dir = config.state_dir
+        self.metrics_url: str | None = None
+        self.ingest_url: str | None = None
+        self.clickhouse_url: str | None = None
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._stop_sources = threading.Event()
+        self._source_threads: list[threading.Thread] = []
+        self._source_failures: dict[str, str] = {}
+        self._report = Report(Level.OK)
+        self._stall = Stall(config.settings.health.stall, self._backlog)
+        self.embedded: Keeper | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._heartbeat = Heartbeat()
+        #: Called with the daemon after the last batch is in, before ClickHouse (if
+        #: embedded) stops: the demo queries the result here.
+        self.before_stop: Callable[[Daemon], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until the sources are done (finite pipelines) or a signal says stop."""
+        with contextlib.ExitStack() as stack:
+            # First: a SIGTERM while starting (systemd's stop, a deploy) is queued for the
+            # loop, which then drains, instead of killing the daemon halfway up.
+            self._install_signals(stack)
+            stack.enter_context(self._state_lock())
+            notifier = Notifier.from_environ()
+            stack.callback(notifier.close)
+            # Nothing here waits for ClickHouse: the spool and the intake open at once,
+            # the embedded child and the tables come up in the background (batches for a
+            # table wait for it in the spool), and an outage at start costs no data.
+            url = self._start_clickhouse(stack)
+            self._start_supervisor(stack, url)
+            self._start_pipeline_machinery(stack)
+            self._start_tables(stack)
+            self._replay()
+            self._start_sources(stack)
+            self._watch_health()
+            watchdog = Watchdog(notifier, self._healthy)
+            watchdog.start()
+            stack.callback(watchdog.stop)
+            if not self._wait_for_tables(TABLES_GRACE):
+                log.warning(
+                    "ClickHouse is not reachable yet: taking data in and spooling it; tables "
+                    "%s are created once it is (batches for them wait in the spool)",
+                    ", ".join(self.tables.pending()),
+                )
+            self._report = self.supervisor.health_checks.watch()
+            notifier.ready(self._status())
+            self.totals.started = time.monotonic()  # rates count from here, not start-up
+            self._ready.set()
+            log.info(
+                "chworkers running: %d pipelines, ClickHouse %s, metrics %s%s",
+                len(self.config.pipelines),
+                self.clickhouse_url,
+                self.metrics_url or "off",
+                f", ingest {self.ingest_url}/ingest/<table>" if self.ingest_url else "",
+            )
+            code = self._loop(notifier)
+            notifier.stopping("stopping")  # again after a finished run; harmless if repeated
+            if self.before_stop is not None:
+                self.before_stop(self)
+        return code
+
+    def _wait_for_tables(self, timeout: float) -> bool:
+        """Up to ``timeout`` for the embedded child and the tables; a signal (queued for
+        the loop) cuts it short, so a stop during start-up is not delayed."""
+        deadline = time.monotonic() + timeout
+        while self._signals.empty() and time.monotonic() < deadline:
+            up = self.embedded is None or self.embedded.wait_up(0)
+            if up and self.tables.wait(0.2):
+                return True
+            if not up:
+                time.sleep(0.2)
+        return not self.tables.pending()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop as SIGTERM would (thread-safe)."""
+        self._signals.put(signal.SIGTERM)
+
+    # -- startup pieces ----------------------------------------------------------------
+
+    def _state_lock(self) -> contextlib.AbstractContextManager[None]:
+        return state_lock(self.state_dir)
+
+    def _start_clickhouse(self, stack: contextlib.ExitStack) -> str | None:
+        ch = self.config.settings.clickhouse
+        if ch.url != EMBEDDED:
+            self.clickhouse_url = ch.connection().url
+            return None
+        from chworkers.embedded.keeper import Keeper
+
+        # The port is fixed before the child starts, so the workers' URL is known now
+        # and stays valid across restarts of the child (the keeper restarts it there).
+        endpoint = ch.embedded_endpoint(
+            self.state_dir / "clickhouse",
+            port=ch.embedded.port or _free_port(ch.embedded.host),
+            log_path=self.state_dir / "clickhouse.log",
+        )
+        self.embedded = Keeper(endpoint)
+        self.embedded.start()
+        stack.callback(self.embedded.stop)
+        self.clickhouse_url = endpoint.url
+        log.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
+        return endpoint.url
+
+    def _start_supervisor(self, stack: contextlib.ExitStack, url: str | None) -> None:
+        s = self.config.settings
+        self.supervisor = Supervisor(
+            s.clickhouse.connection(url),
+            pool_options=s.clickhouse.pool,
+            options=s.supervisor,
+            max_connections=s.clickhouse.pool.max_connections,
+            metrics_host=s.metrics.host,
+            metrics_port=s.metrics.port,
+            metrics_limits=s.metrics.limits,
+            handle_signals=False,  # the daemon owns signals: it stops intake first
+        )
+        self.supervisor.start()
+        stack.callback(self._stop_supervisor)
+        self.metrics = self.supervisor.metrics
+        self.metrics_url = self.supervisor.metrics_url
+        if self.embedded is not None:
+            self.embedded.attach_metrics(self.metrics)
+
+    def _stop_supervisor(self) -> None:
+        self.supervisor.stop(graceful=True, timeout=5)
+
+    def _start_pipeline_machinery(self, stack: contextlib.ExitStack) -> None:
+        s = self.config.settings
+        self.spool = Spool(
+            self.state_dir / "spool",
+            max_bytes=s.spool.max_bytes,
+            policy=s.spool.policy,
+            fsync=s.spool.fsync,
+            metrics=self.metrics,
+        )
+        stack.callback(self.spool.close)
+        self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
+        self.checkpoints = Checkpoints(self.state_dir / "positions")
+        self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
+        self.dispatcher = Dispatcher(
+            self.spool,
+            self._submit,
+            on_done=self._confirmed,
+            on_failure=self._failed,
+            max_in_flight=s.spool.max_in_flight or 2 * s.supervisor.workers,
+            max_backoff=s.spool.retry_backoff_max,
+            is_permanent=self._is_permanent,
+            permanent_backoff=s.spool.permanent_error_backoff,
+        )
+        self.batcher = Batcher(self.spool, self._spooled, metrics=self.metrics)
+        for p in self.config.pipelines:  # series exist at 0 before the first event
+            self.metrics.source_rows.labels(source=p.name)
+            self.metrics.source_errors.labels(source=p.name)
+            self.metrics.dead_letter_rows.labels(table=p.table)
+
+    def _start_tables(self, stack: contextlib.ExitStack) -> None:
+        statements = {
+            p.table: statement
+            for p in self.config.pipelines
+            if (statement := p.create_statement()) is not None
+        }
+        self.tables = Tables(
+            statements,
+            lambda statement: self.supervisor.submit(_create_table, statement),
+            self.dispatcher.add,
+        )
+        self._once_clickhouse_serves(self.tables.start)
+        stack.callback(self.tables.stop)
+
+    def _once_clickhouse_serves(self, start: Callable[[], None]) -> None:
+        """``start()`` now, or (embedded) once the child serves: the workers then do not
+        knock, and log about it, on a port that nobody listens on yet. An external
+        ClickHouse that is down is another matter: that is an outage, and it shows."""
+        keeper = self.embedded
+        if keeper is None or keeper.wait_up(0):
+            start()
+            return
+
+        def when_up() -> None:
+            while not keeper.wait_up(0.5):
+                if keeper.stopping:
+                    return  # what waits stays in the spool for the next start
+            start()
+
+        threading.Thread(target=when_up, name="chworkers-await-clickhouse", daemon=True).start()
+
+    def _replay(self) -> None:
+        batches = self.spool.recover()
+        self.checkpoints.recover(batches)
+        for batch in batches:
+            self.tables.offer(batch)
+        self._once_clickhouse_serves(self.dispatcher.start)
+        if batches:
+            log.info("replaying %d spooled batches from the last run", len(batches))
+
+    def _start_sources(self, stack: contextlib.ExitStack) -> None:
+        routes: dict[str, Route] = {}
+        for p in self.config.pipelines:
+            common: dict[str, Any] = {
+                "name": p.name,
+                "table": p.table,
+                "format": p.format,
+                "batcher": self.batcher,
+                "settings": p.settings,
+                "on_error": self._source_error,
+                "limits": p.limits,
+                "transform": p.mapper,
+            }
+            source: Any
+            if p.source == "http":
+                routes[p.table] = Route(p.table, p.name, p.format, p.settings, p.limits, p.mapper)
+                continue
+            if p.source == "stdin":
+                source = StreamSource(self.stdin or sys.stdin.buffer, **common)
+            elif p.source == "file":
+                source = FileSource(
+                    p.paths,
+                    checkpoints=self.checkpoints,
+                    follow=p.follow,
+                    poll_interval=p.poll_interval,
+                    **common,
+                )
+            else:
+                source = GeneratorSource(count=p.generator_count, rate=p.generator_rate, **common)
+            thread = threading.Thread(
+                target=self._run_source, args=(source,), name=f"source-{p.name}", daemon=True
+            )
+            self._source_threads.append(thread)
+            self.supervisor.health_checks.add(f"source {p.name}", source)  # its problems()
+        if routes:
+            h = self.config.settings.http
+            observer = self.metrics.http_endpoint("push")
+            self.ingest = ingest = IngestServer(
+                routes,
+                self.batcher,
+                host=h.host,
+                port=h.port,
+                token=h.token,
+                max_body_bytes=h.max_body_bytes,
+                max_buffered_bytes=h.max_buffered_bytes,
+                spool_timeout=h.spool_timeout,
+                on_error=self._source_error,
+                limits=h.limits,
+                on_refusal=observer.on_refusal,
+            )
+            observer.connections = lambda: ingest.connections
+            self.supervisor.add_refresh(observer.refresh)
+            self.ingest.start()
+            self.ingest_url = self.ingest.url
+            stack.callback(self.ingest.stop)
+        for thread in self._source_threads:
+            thread.start()
+
+    def _run_source(self, source: Any) -> None:
+        try:
+            source.run(self._stop_sources)
+        except BatcherClosedError:
+            log.info("source %s stopped: the daemon is stopping", source.name)
+        except Exception as exc:
+            log.exception("source %s failed", source.name)
+            with self._lock:
+                self._source_failures[source.name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self.totals.rows_read += source.rows
+
+    def _install_signals(self, stack: contextlib.ExitStack) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in a program that owns its signals: use request_stop()
+
+        def handler(signum: int, frame: object) -> None:
+            self._signals.put(signum)  # only enqueue; the loop acts
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous = signal.signal(signum, handler)
+            stack.callback(signal.signal, signum, previous)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _finite(self) -> bool:
+        return not self.ingest_url and not any(
+            (p.source == "file" and p.follow)
+            or (p.source == "generator" and p.generator_count == 0)
+            for p in self.config.pipelines
+        )
+
+    def _loop(self, notifier: Notifier) -> int:
+        last_status = 0.0
+        while True:
+            self._heartbeat.beat()
+            try:
+                signum = self._signals.get(timeout=0.5)
+            except queue.Empty:
+                signum = None
+            if signum == signal.SIGHUP:
+                notifier.reloading()
+                self._reload()
+                notifier.ready(self._status())
+            elif signum is not None:
+                log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
+                notifier.stopping("draining: intake stopped, finishing inserts")
+                return self._shutdown()
+            elif self._finite() and not any(t.is_alive() for t in self._source_threads):
+                return self._shutdown(finished=True)
+            now = time.monotonic()
+            if now - last_status >= 1.0:
+                last_status = now
+                self.checkpoints.save_unsaved()
+                self._report = self.supervisor.health_checks.watch()
+                status = self._status()
+                notifier.status(status)
+                if self.progress is not None:
+                    self.progress.write("\r\x1b[2K" + status)
+                    self.progress.flush()
+
+    def _shutdown(self, *, finished: bool = False) -> int:
+        # Bounded whatever the spool and ClickHouse do: sources, the batcher's flush and
+        # the drain share graceful_timeout. A source blocked on a full or failing spool
+        # is released when the batcher gives up; what was not spooled by then was never
+        # acknowledged (HTTP clients got no 202; files are read again from their
+        # checkpoint at the next start).
+        timeout = None if finished else self.config.settings.supervisor.graceful_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stop_sources.set()
+        if deadline is not None:
+            self.batcher.give_up_at(deadline)
+        if getattr(self, "ingest", None) is not None:
+            self.ingest.stop()
+        for thread in self._source_threads:
+            thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        if not self.batcher.close(_remaining(deadline)):
+            log.warning("some records were not spooled before the stop (see above)")
+        if getattr(self, "ingest", None) is not None:
+            self.ingest.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
+        self.checkpoints.save_unsaved()  # a last try for positions whose save failed
+        self._drain(_remaining(deadline))
+        self.dispatcher.stop()
+        if self.progress is not None:
+            self.progress.write("\r\x1b[2K")
+        left = self.spool.stats()["batches"]
+        if left:
+            log.warning(
+                "stopping with %d batches left in the spool; they go first next start", left
+            )
+        return EXIT_OK
+
+    def _drain(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._heartbeat.beat()  # draining is this loop's work, not a hang
+            step = 0.5 if remaining is None else min(0.5, remaining)
+            # Held batches first: no batch is spooled any more, so once none is held
+            # they are all with the dispatcher, and its being idle means they are in.
+            if self.tables.held():
+                self.tables.wait(step)
+            elif self.dispatcher.wait_idle(step):
+                return True
+            with contextlib.suppress(queue.Empty):
+                if self._signals.get_nowait() in (signal.SIGTERM, signal.SIGINT):
+                    log.warning("second signal: stopping now; unfinished batches stay spooled")
+                    return False
+
+    def _reload(self) -> None:
+        from chworkers.daemon import config as config_module
+
+        # Batches held back (a permanent error, an outage) get their next try now: the
+        # operator may have just fixed the table or the password.
+        self.dispatcher.retry_now()
+        self.tables.retry_now()
+        if self.config.source == "defaults":
+            log.info("SIGHUP: no config file to reload")
+            return
+        try:
+            new = config_module.load(self.config.source)
+        except ChworkersError as exc:
+            log.error("SIGHUP: keeping the running configuration: %s", exc)
+            return
+        s = new.settings
+        changes: dict[str, Any] = {
+            name: getattr(s.supervisor, name)
+            for name in SupervisorOptions.reloadable() - {"max_connections"}
+        }
+        self.supervisor.reconfigure(
+            **changes,
+            max_connections=s.clickhouse.pool.max_connections,
+            retry=s.clickhouse.pool.retry,
+        )
+        self._reload_log_level(s.log.level)
+        self.config = Config(
+            settings=s,
+            pipelines=self.config.pipelines,
+            state_dir=self.state_dir,
+            source=self.config.source,
+        )
+        log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
+
+    def _reload_log_level(self, level: str) -> None:
+        old = self.config.settings.log.level
+        root = logging.getLogger()
+        if level == old:
+            return
+        if root.level != logging.getLevelName(old):
+            log.info(
+                "SIGHUP: log level stays %s (set by --log-level)", logging.getLevelName(root.level)
+            )
+            return
+        root.setLevel(level)
+        self.supervisor.sync_log_levels()
+        log.info("SIGHUP: log level now %s", level)
+
+    # -- batches -----------------------------------------------------------------------
+
+    def _spooled(self, batch: SpooledBatch) -> None:
+        try:
+            self.checkpoints.commit_batch(batch)
+        except OSError as exc:
+            # The position also rides in the spooled batch (recovered at start); the
+            # batch must be inserted all the same.
+            log.error("could not save the position of batch %d: %s", batch.seq, exc)
+        self.tables.offer(batch)
+
+    def _submit(self, batch: SpooledBatch) -> Future[Any]:
+        # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
+        # ClickHouse wrote them, insert_duration per request), rejected rows bisected
+        # out in the worker and returned with the result.
+        return self.supervisor.insert_raw(
+            batch.table,
+            batch.payload,
+            batch.format,
+            rows=batch.rows,
+            settings=batch.settings,
+            deduplication_token=batch.token,
+            split_bad_rows=True,
+        )
+
+    def _confirmed(self, batch: SpooledBatch, result: InsertResult) -> None:
+        if result.rejected:
+            self.dead_letters.write(
+                batch.table, result.rejected, pipeline=batch.pipeline, batch=batch.token
+            )
+        with self._lock:
+            self.totals.rows_inserted += result.rows or 0
+            self.totals.batches += 1
+            self.totals.dead_letters += len(result.rejected)
+        self._stall.progressed()
+
+    def _is_permanent(self, error: BaseException) -> bool:
+        """Whether a batch's failure is one only a fix (or SIGHUP) can end: the retry
+        policy's verdict. A worker lost under the batch is not: the daemon's workers only
+        send bytes, so it was killed (by OOM, by an operator), not by the batch."""
+        if isinstance(error, WorkerLostError):
+            return False
+        return is_permanent(error, self.supervisor.retry)
+
+    def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
+        self._stall.failed(error)
+        with self._lock:
+            self.totals.failures += 1
+
+    def _source_error(self, source: str, message: str) -> None:
+        self.metrics.source_errors.labels(source=source).inc()
+
+    # -- health and status --------------------------------------------------------------
+
+    def _watch_health(self) -> None:
+        """Register the daemon's components with the supervisor's health (see
+        :mod:`chworkers.ops.health` for what the levels mean)."""
+        health = self.supervisor.health_checks
+        health.add("daemon", self._own_problems, Level.FAILING)
+        health.add("dispatcher", self.dispatcher)  # e.g. permanent insert errors
+        health.add("spool", self.spool)
+        health.add("batcher", self.batcher)
+        health.add("positions", self.checkpoints)  # file positions that could not be saved
+        health.add("inserts", self._stall)
+        health.add("tables", self.tables)
+        if self.embedded is not None:
+            health.add("embedded ClickHouse", self.embedded)
+
+    def _own_problems(self) -> list[str]:
+        """What a restart fixes: this loop stuck, a source or the dispatcher dead or hung."""
+        out = []
+        if not self._heartbeat.fresh(LOOP_STALE_AFTER):
+            out.append(f"the daemon's loop has not turned for {self._heartbeat.age():.0f} s")
+        with self._lock:
+            failed = dict(self._source_failures)
+        out.extend(f"source {name} stopped: {error}" for name, error in sorted(failed.items()))
+        out.extend(self.dispatcher.thread_problems(DISPATCH_STUCK_AFTER))
+        return out
+
+    def _backlog(self) -> int:
+        """Batches not confirmed yet: with the dispatcher, or waiting for their table."""
+        return self.dispatcher.backlog() + self.tables.held()
+
+    def health(self) -> Report:
+        """The daemon's health now (what ``/healthz`` serves)."""
+        return self.supervisor.health()
+
+    def _healthy(self) -> bool:
+        """For systemd's watchdog: ping unless the daemon is failing. A ClickHouse outage
+        is only 'degraded' (restarting would not help), so the pings go on."""
+        return self.supervisor.health().alive
+
+    def _status(self) -> str:
+        spool = self.spool.stats() if hasattr(self, "spool") else {"batches": 0, "bytes": 0}
+        backlog = self._backlog() if hasattr(self, "tables") else 0
+        report = self._report
+        with self._lock:
+            t = self.totals
+            text = format_status(
+                t.rate(),
+                backlog,
+                spool_batches=int(spool["batches"]),
+                spool_bytes=int(spool["bytes"]),
+            )
+            status = (
+                f"{t.rows_inserted:,} rows inserted, {text}, "
+                f"{t.dead_letters} dead letters, {t.failures} failed attempts"
+            )
+        return status if report.level is Level.OK else f"{report.summary()} | {status}"
+
+    def summary(self) -> str:
+        t = self.totals
+        elapsed = time.monotonic() - t.started
+        lines = [
+            f"inserted {t.rows_inserted:,} rows in {t.batches:,} batches in {elapsed:.1f} s "
+            f"({t.rate():,.0f} rows/s)",
+            f"dead letters: {t.dead_letters:,}"
+            + (f" (in {self.state_dir / 'dead-letter'})" if t.dead_letters else ""),
+            f"failed attempts (retried): {t.failures:,}",
+            f"spool: {self.spool.stats()['batches']:.0f} batches left in {self.state_dir / 'spool'}",
+        ]
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir`` for one process (a daemon, or ``check`` starting its endpoint)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "daemon.lock"
+    fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise StateDirInUseError(
+            f"state directory {state_dir} is in use by {holder}; run one daemon per "
+            "state directory (set state_dir or CHWORKERS_STATE_DIR)",
+            holder=holder,
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"chworkers pid {os.getpid()}\n")
+    fh.flush()
+    forkguard.close_in_child(fh)  # a forked worker outliving us must not hold it
+    try:
+        yield
+    finally:
+        fh.close()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _create_table(conn: Any, statement: str) -> None:
+    conn.command(statement, idempotent=True)
+
+
+def _free_port(host: str) -> int:
+    """A port nobody listens on now, for the embedded child's first start."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,464 @@
+"""Sources that read records: standard input and files (with ``follow``).
+
+A source frames its input into whole records (:mod:`chworkers.daemon.framing`) and adds them
+to the :class:`~chworkers.daemon.batcher.Batcher`, one read (``read_size`` bytes) at a time;
+a batch is cut once it reaches its limits, so it may exceed them by one read. File sources attach their read position
+to every add; the position travels inside the spooled batch and is committed to the
+:class:`Checkpoints` store right after the batch is spooled, before it is inserted.
+After a crash, the newer of the saved checkpoint and the positions in the spooled
+batches wins, so no record is read into the spool twice. When the spool cannot take a
+batch (full, disk full), the source waits until it does (the batcher retries): its
+position never passes records that are not in the spool.
+
+``follow`` mode tails growing files like ``tail -F``: it notices rotation (the path now
+names another inode: the old file is finished, the new one read from its start) and
+truncation (``copytruncate``: the file shrank below our offset: read again from 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.framing import Framer, RecordTooLargeError, read_header
+from chworkers.daemon.spool import SpooledBatch, fsync_directory
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+#: A file is fingerprinted by a checksum of its first bytes, up to this many.
+HEAD_BYTES = 256
+
+
+class Checkpoints:
+    """Where each pipeline's file sources are, saved atomically; offsets only grow."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._positions: dict[str, dict[str, dict[str, int]]] = {}
+        self._unsaved: dict[str, str] = {}  # pipeline -> why its last save failed
+
+    def _path(self, pipeline: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pipeline)
+        return self.directory / f"{safe}.json"
+
+    def load(self, pipeline: str) -> dict[str, dict[str, int]]:
+        """``{path: {"dev", "ino", "offset"}}`` for the pipeline (empty if none)."""
+        with self._lock:
+            if pipeline not in self._positions:
+                try:
+                    data = json.loads(self._path(pipeline).read_text())
+                    self._positions[pipeline] = {
+                        str(p): {k: int(v) for k, v in pos.items()} for p, pos in data.items()
+                    }
+                except FileNotFoundError:
+                    self._positions[pipeline] = {}
+                except (ValueError, AttributeError) as exc:
+                    log.error("checkpoint %s is unreadable (%s); starting over", pipeline, exc)
+                    self._positions[pipeline] = {}
+            return {p: dict(pos) for p, pos in self._positions[pipeline].items()}
+
+    def commit(self, pipeline: str, files: Mapping[str, Mapping[str, int]]) -> None:
+        """Merge positions (a later offset on the same inode wins) and save durably."""
+        self.load(pipeline)
+        with self._lock:
+            current = self._positions[pipeline]
+            changed = False
+            for path, pos in files.items():
+                old = current.get(path)
+                if old is None or not _same_file(old, pos) or pos["offset"] > old["offset"]:
+                    current[path] = dict(pos)
+                    changed = True
+            if not changed and pipeline not in self._unsaved:
+                return
+            # Saved even when nothing changed if the last save failed: the positions in
+            # memory are ahead of the file, and a restart would read those rows again.
+            data = json.dumps(current, sort_keys=True).encode()
+            target = self._path(pipeline)
+            tmp = target.with_suffix(".tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+                fsync_directory(self.directory)  # the rename itself must survive a crash
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                self._unsaved[pipeline] = f"cannot save {target}: {exc.strerror or exc}"
+                raise
+            if self._unsaved.pop(pipeline, None) is not None:
+                log.info("positions of pipeline %s are saved again", pipeline)
+
+    def save_unsaved(self) -> None:
+        """Try again to save positions whose last save failed (the daemon's loop calls
+        this every second, so that a pipeline with no new batches is saved too)."""
+        with self._lock:
+            pipelines = list(self._unsaved)
+        for pipeline in pipelines:
+            with contextlib.suppress(OSError):  # still failing: problems() says so
+                self.commit(pipeline, {})
+
+    def problems(self) -> list[str]:
+        """Pipelines whose latest positions could not be saved (empty when all are)."""
+        with self._lock:
+            return [
+                f"positions of pipeline {pipeline} not saved: {why}"
+                for pipeline, why in sorted(self._unsaved.items())
+            ]
+
+    def commit_batch(self, batch: SpooledBatch) -> None:
+        """Record the file positions a spooled batch carries (no-op for other sources)."""
+        files = batch.meta.get("files")
+        if files:
+            self.commit(batch.pipeline, files)
+
+    def recover(self, batches: Iterable[SpooledBatch]) -> None:
+        """After a crash: positions in spooled batches may be newer than the saved ones."""
+        for batch in batches:
+            self.commit_batch(batch)
+
+
+def _same_file(a: Mapping[str, int], b: Mapping[str, int]) -> bool:
+    """Do two saved positions name the same file? The same inode, and the same first
+    bytes where both fingerprinted as many (an inode number is reused after a delete)."""
+    if (a["dev"], a["ino"]) != (b["dev"], b["ino"]):
+        return False
+    if a.get("head_len") is not None and a.get("head_len") == b.get("head_len"):
+        return a.get("head") == b.get("head")
+    return True
+
+
+@dataclasses.dataclass
+class _OpenFile:
+    path: str
+    fh: BinaryIO
+    dev: int
+    ino: int
+    offset: int
+    framer: Framer
+    head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
+    head_len: int = 0
+
+
+def _head(fd: int, length: int = HEAD_BYTES) -> tuple[int, int]:
+    """(crc32, length) of a file's first ``length`` bytes (fewer if it is shorter)."""
+    data = os.pread(fd, length, 0)
+    return zlib.crc32(data), len(data)
+
+
+def _same_head(fd: int, head: int, head_len: int, size: int) -> bool:
+    """Does the open file start as the one fingerprinted did? An inode number can be
+    reused by a new file once the old one is deleted; its first bytes tell them apart."""
+    if head_len == 0:
+        return size == 0
+    crc, got = _head(fd, head_len)
+    return got == head_len and crc == head
+
+
+class _Source:
+    def __init__(
+        self,
+        *,
+        name: str,
+        table: str,
+        format: str,
+        batcher: Batcher,
+        settings: Mapping[str, Any] | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+        max_record_bytes: int = 16 * 1024 * 1024,
+        read_size: int = READ_SIZE,
+        limits: BatchLimits | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.transform = transform
+        self.limits = limits
+        self.read_size = read_size
+        self.table = table
+        self.format = format
+        self.batcher = batcher
+        self.settings = dict(settings or {})
+        self.on_error = on_error
+        self.max_record_bytes = max_record_bytes
+        self.rows = 0
+        Framer(format)  # validate the format now, not at the first byte
+
+    def _add(
+        self,
+        records: bytes,
+        rows: int,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        header: bytes = b"",
+    ) -> None:
+        if not rows:
+            return
+        if self.transform is not None:
+            records = self.transform(records)
+        self.batcher.add(
+            self.table,
+            records,
+            rows,
+            format=self.format,
+            pipeline=self.name,
+            settings=self.settings,
+            meta=meta,
+            limits=self.limits,
+            retry=True,  # a source cannot be told "no": it waits until the spool takes them
+            header=header,
+        )
+        self.rows += rows
+
+    def _error(self, message: str) -> None:
+        log.warning("source %s: %s", self.name, message)
+        if self.on_error is not None:
+            self.on_error(self.name, message)
+
+
+class StreamSource(_Source):
+    """Reads a binary stream (standard input) to its end."""
+
+    def __init__(self, stream: BinaryIO, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stream = stream
+
+    def run(self, stop: threading.Event) -> None:
+        framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+        read = getattr(self.stream, "read1", self.stream.read)
+        while not stop.is_set():
+            chunk = read(self.read_size)
+            if not chunk:
+                break
+            try:
+                self._add(*framer.feed(chunk), header=framer.header)
+            except RecordTooLargeError as exc:
+                self._error(str(exc))
+        self._add(*framer.finish(), header=framer.header)
+
+
+class FileSource(_Source):
+    """Reads files matching glob patterns; with ``follow``, keeps tailing them."""
+
+    def __init__(
+        self,
+        paths: Iterable[str],
+        *,
+        checkpoints: Checkpoints,
+        follow: bool = False,
+        poll_interval: float = 0.25,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.patterns = tuple(paths)
+        self.checkpoints = checkpoints
+        self.follow = follow
+        self.poll_interval = poll_interval
+        self._open: dict[str, _OpenFile] = {}
+        # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
+        self._finished: dict[tuple[int, int], tuple[int, int]] = {}
+        self._stop = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        saved = self.checkpoints.load(self.name)
+        while not stop.is_set():
+            self._discover(saved)
+            progressed = False
+            for path in list(self._open):
+                if stop.is_set():
+                    break
+                progressed |= self._read(self._open[path])
+            if not self.follow and not self._open:
+                return
+            if not progressed:
+                stop.wait(self.poll_interval)
+        for f in self._open.values():
+            f.fh.close()
+
+    def _discover(self, saved: Mapping[str, Mapping[str, int]]) -> None:
+        seen: set[tuple[int, int]] = {(f.dev, f.ino) for f in self._open.values()}
+        for pattern in self.patterns:
+            for path in sorted(glob.glob(pattern)):
+                if path in self._open:
+                    continue
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
+                except OSError as exc:
+                    self._error(f"cannot open {path}: {exc.strerror}")
+                    continue
+                st = os.fstat(fh.fileno())
+                ident = (st.st_dev, st.st_ino)
+                seen.add(ident)
+                finished = self._finished.get(ident)
+                if finished is not None:
+                    if _same_head(fh.fileno(), *finished, st.st_size):
+                        fh.close()
+                        continue
+                    # A new file got the inode of one read before (deleted meanwhile).
+                    del self._finished[ident]
+                    saved = {p: pos for p, pos in saved.items() if p != path}
+                pos = saved.get(path)
+                offset = 0
+                if (
+                    pos
+                    and (pos["dev"], pos["ino"]) == ident
+                    and pos["offset"] <= st.st_size
+                    and (
+                        "head_len" not in pos
+                        or _same_head(fh.fileno(), pos["head"], pos["head_len"], st.st_size)
+                    )
+                ):
+                    offset = pos["offset"]
+                fh.seek(offset)
+                head, head_len = _head(fh.fileno())
+                self._open[path] = _OpenFile(
+                    path,
+                    fh,
+                    st.st_dev,
+                    st.st_ino,
+                    offset,
+                    Framer(
+                        self.format,
+                        max_record_bytes=self.max_record_bytes,
+                        # Resuming past a *WithNames header: its batches still need it.
+                        header=read_header(fh, self.format) if offset else b"",
+                    ),
+                    head,
+                    head_len,
+                )
+                log.info("source %s: reading %s from offset %d", self.name, path, offset)
+        # Forget files that are gone: a file that reuses their inode later is new.
+        self._finished = {k: v for k, v in self._finished.items() if k in seen}
+
+    def _read(self, f: _OpenFile) -> bool:
+        """Read what is there; at the end, finish, rotate or wait. True if data came."""
+        progressed = False
+        while not self._stop.is_set():
+            chunk = f.fh.read(self.read_size)
+            if not chunk:
+                break
+            progressed = True
+            f.offset += len(chunk)
+            try:
+                records, rows = f.framer.feed(chunk)
+            except RecordTooLargeError as exc:
+                self._error(f"{f.path}: {exc}")
+                continue
+            self._add(
+                records,
+                rows,
+                self._meta(f, f.offset - f.framer.pending_bytes),
+                header=f.framer.header,
+            )
+        if self._stop.is_set() or (progressed and self.follow):
+            return progressed  # stopped mid-file: the unfinished record is not a record
+        if not self.follow:
+            self._close(f, finished=True)
+            return progressed
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            log.info("source %s: %s was rotated; finishing the old file", self.name, f.path)
+            self._close(f, finished=True)
+        elif st.st_size < f.offset:
+            log.info("source %s: %s was truncated; reading it from the start", self.name, f.path)
+            f.fh.seek(0)
+            f.offset = 0
+            f.framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+            f.head, f.head_len = _head(f.fh.fileno())
+        return progressed
+
+    def _close(self, f: _OpenFile, *, finished: bool) -> None:
+        records, rows = f.framer.finish()
+        self._add(records, rows, self._meta(f, f.offset), header=f.framer.header)
+        if finished:
+            self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
+        f.fh.close()
+        del self._open[f.path]
+
+    def _meta(self, f: _OpenFile, offset: int) -> dict[str, Any]:
+        if f.head_len < HEAD_BYTES and offset > f.head_len:
+            f.head, f.head_len = _head(f.fh.fileno())  # the file grew: a longer fingerprint
+        position = {
+            "dev": f.dev,
+            "ino": f.ino,
+            "offset": offset,
+            "head": f.head,
+            "head_len": f.head_len,
+        }
+        return {"files": {f.path: position}}
+
+
+class GeneratorSource(_Source):
+    """Synthetic JSONEachRow events, for demos and benchmarks.
+
+    Rows look like ``{"ts": ..., "user_id": ..., "event": ..., "value": ..., "url": ...}``
+    (see :data:`GENERATOR_SCHEMA`); ``count`` rows in all (0: until stopped) at about
+    ``rate`` rows a second (0: as fast as possible). The same ``seed`` gives the same rows.
+    """
+
+    EVENTS = ("view", "click", "purchase", "signup", "logout")
+
+    def __init__(
+        self,
+        *,
+        count: int = 100_000,
+        rate: float = 0.0,
+        seed: int = 1,
+        chunk_rows: int = 5000,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("format", "JSONEachRow")
+        super().__init__(**kwargs)
+        self.count = count
+        self.rate = rate
+        self.seed = seed
+        self.chunk_rows = chunk_rows
+
+    def run(self, stop: threading.Event) -> None:
+        import random
+        import time
+
+        rng = random.Random(self.seed)
+        started = time.monotonic()
+        base = int(time.time()) - 3600
+        made = 0
+        while not stop.is_set() and (self.count == 0 or made < self.count):
+            n = self.chunk_rows if self.count == 0 else min(self.chunk_rows, self.count - made)
+            lines = []
+            for i in range(made, made + n):
+                ts = base + i // 1000
+                user, event = rng.randrange(100_000), rng.choice(self.EVENTS)
+                value, page = rng.random() * 100, rng.randrange(1000)
+                lines.append(
+                    f'{{"ts":{ts},"user_id":{user},"event":"{event}",'
+                    f'"value":{value:.3f},"url":"/p/{page}"}}\n'
+                )
+            self._add("".join(lines).encode(), n)
+            made += n
+            if self.rate > 0:
+                ahead = made / self.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    stop.wait(ahead)
+
+
+#: The table the generator's rows fit (used by the demo pipeline).
+GENERATOR_SCHEMA = (
+    "ts DateTime, user_id UInt64, event LowCardinality(String), value Float64, url String"
+)

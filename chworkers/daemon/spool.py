@@ -1,0 +1,592 @@
+"""The durable on-disk spool: every accepted batch is safe before it is acknowledged.
+
+One file per batch, written to a temporary name, fsync'd, renamed into place and the
+directory fsync'd, so a batch is either wholly in the spool or not at all. A batch is
+removed only after ClickHouse confirmed its insert. Its deduplication token is fixed
+when it is spooled, so a replay after a crash sends byte-identical data with the same
+token and ClickHouse drops what it already has.
+
+File layout (little-endian)::
+
+    b"CHWSPL01" | header length (u32) | header (JSON) | payload | b"CHWEND" | crc32 (u32)
+
+The CRC covers header and payload. A file that is truncated, has a bad CRC or an
+unreadable header is moved to ``quarantine/`` with a log line and a metric, and the
+daemon goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from chworkers.clickhouse.dedup import batch_token
+from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
+from chworkers.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CHWSPL01"
+TRAILER = b"CHWEND"
+_LEN = struct.Struct("<I")
+_NAME = re.compile(r"^(\d{20})\.batch$")
+
+Policy = Literal["block", "reject", "drop_oldest"]
+
+#: Batch numbers are reserved (and the reservation persisted) this many at a time.
+SEQ_BLOCK = 1024
+
+#: How often a writer blocked on a full spool checks whether it should give up.
+_GIVE_UP_POLL = 0.2
+#: Writers waiting on a full spool are logged at most this often (seconds).
+_LOG_EVERY = 30.0
+#: A write failure is reported by problems() until a write succeeds, or until nobody has
+#: run into it for this long (seconds).
+TROUBLE_FORGOTTEN_AFTER = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """Space and a batch number held for one batch until it is written or released."""
+
+    seq: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpooledBatch:
+    """A batch as stored in the spool; ``payload`` is the exact bytes to insert."""
+
+    seq: int
+    table: str
+    format: str
+    rows: int
+    token: str
+    created: float
+    payload: bytes
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pipeline: str = ""
+    #: What the source needs to resume after this batch (e.g. a file offset).
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+class Spool:
+    """A directory of batch files with a size cap and a full-spool policy."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int = 1 << 30,
+        policy: Policy = "block",
+        fsync: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.quarantine_dir = self.directory / "quarantine"
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self.fsync = fsync
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._sizes: dict[int, int] = {}  # seq -> file size, for every batch on disk
+        self._created: dict[int, float] = {}
+        self._reserved = 0
+        self._next_seq = 1
+        self._closed = False
+        # What keeps batches out right now (full, or the disk failing), for problems().
+        self._trouble: str | None = None
+        self._trouble_reason = ""
+        self._trouble_since: float | None = None
+        self._trouble_last = 0.0
+        self._trouble_count = 0
+        self._waiters = 0
+        self._waiting_since: float | None = None
+        self._waiting_logged = -_LOG_EVERY
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.spool_id = self._load_id()
+        # Sequence numbers name files and make deduplication tokens, so they must never
+        # repeat, not even after every batch was confirmed and the directory is empty:
+        # a repeated token would make ClickHouse drop new data as a duplicate. The
+        # high-water mark is persisted in blocks (one small fsync'd write per block).
+        self._seq_file = self.directory / "seq"
+        self._seq_ceiling = self._load_seq_ceiling()
+        self._next_seq = self._seq_ceiling
+
+    # -- startup -------------------------------------------------------------------
+
+    def _load_seq_ceiling(self) -> int:
+        try:
+            return max(1, int(self._seq_file.read_text().strip()))
+        except FileNotFoundError:
+            return 1
+        except ValueError as exc:
+            raise SpoolCorruptError(
+                f"{self._seq_file} is unreadable ({exc}); it must hold the next batch number. "
+                "Set it above the highest number ever used, or move the spool aside",
+                path=str(self._seq_file),
+            ) from exc
+
+    def _load_id(self) -> str:
+        path = self.directory / "spool-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            spool_id = uuid.uuid4().hex[:16]
+            self._write_durably(path, spool_id.encode())
+            return spool_id
+
+    def recover(self) -> list[SpooledBatch]:
+        """Scan the directory, quarantine bad files, and return the batches to replay.
+
+        Temporary files are leftovers of writes that never completed (and so were never
+        acknowledged): they are deleted.
+        """
+        batches: list[SpooledBatch] = []
+        for entry in sorted(self.directory.iterdir()):
+            if entry.name.startswith(".tmp-"):
+                entry.unlink(missing_ok=True)
+                continue
+            m = _NAME.match(entry.name)
+            if m is None:
+                continue
+            try:
+                batch = read_batch(entry)
+            except SpoolCorruptError as exc:
+                self._quarantine(entry, str(exc))
+                continue
+            batches.append(batch)
+        with self._lock:
+            for batch in batches:
+                self._sizes[batch.seq] = _file_size(batch)
+                self._created[batch.seq] = batch.created
+                self._next_seq = max(self._next_seq, batch.seq + 1)
+        self.publish()
+        if batches:
+            log.info("spool %s: %d batches to replay", self.directory, len(batches))
+        return batches
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / f"{path.name}.{int(time.time())}"
+        os.replace(path, target)
+        log.error("spool: quarantined %s: %s (moved to %s)", path.name, reason, target)
+        if self._metrics is not None:
+            self._metrics.spool_quarantined.inc()
+
+    # -- writing -------------------------------------------------------------------
+
+    def put(
+        self,
+        table: str,
+        payload: bytes,
+        *,
+        format: str,
+        rows: int,
+        settings: Mapping[str, Any] | None = None,
+        pipeline: str = "",
+        meta: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+    ) -> SpooledBatch:
+        """Write a batch durably and return it (with its fixed token) for inserting.
+
+        When the spool is full: ``block`` waits up to ``timeout`` for space, ``reject``
+        raises :class:`SpoolFullError` at once, ``drop_oldest`` deletes the oldest
+        batches (counted in a metric; one already being inserted may still land). A write
+        that fails (:class:`SpoolWriteError`, e.g. the disk is full) leaves nothing behind.
+        """
+        reservation = self.reserve(
+            len(payload) + batch_overhead(table, pipeline, meta), timeout=timeout
+        )
+        return self.write(
+            reservation,
+            table,
+            payload,
+            format=format,
+            rows=rows,
+            settings=settings,
+            pipeline=pipeline,
+            meta=meta,
+            token=token,
+        )
+
+    def reserve(
+        self,
+        size: int,
+        *,
+        timeout: float | None = None,
+        give_up: Callable[[], bool] | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Reservation:
+        """Reserve ``size`` bytes and a batch number, waiting for space as the policy says.
+
+        A blocked wait ends with :class:`SpoolFullError` after ``timeout``, when the spool
+        is closed, or as soon as ``give_up()`` says so (checked a few times a second), so a
+        caller whose records were withdrawn meanwhile does not wait for nothing;
+        ``on_wait()`` is called once when the wait begins (under the spool's lock: it
+        must not call the spool). The reservation is :meth:`write` n or :meth:`release` d.
+        """
+        dropped: list[int] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            waiting = False
+            try:
+                while self._used() + size > self.max_bytes and self._sizes:
+                    if self.policy == "drop_oldest":
+                        victim = min(self._sizes)
+                        self._sizes.pop(victim)
+                        self._created.pop(victim, None)
+                        dropped.append(victim)
+                        continue
+                    if self.policy == "reject":
+                        raise self._refused(size)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if (
+                        (remaining is not None and remaining <= 0)
+                        or self._closed
+                        or (give_up is not None and give_up())
+                    ):
+                        raise self._refused(size)
+                    if not waiting:
+                        waiting = True
+                        self._waiters += 1
+                        if on_wait is not None:
+                            on_wait()
+                        if self._waiting_since is None:
+                            self._waiting_since = time.time()
+                        if time.monotonic() - self._waiting_logged >= _LOG_EVERY:
+                            self._waiting_logged = time.monotonic()
+                            log.warning(
+                                "spool %s is full (%d of %d bytes, policy block): writers "
+                                "wait for ClickHouse to take batches",
+                                self.directory,
+                                self._used(),
+                                self.max_bytes,
+                            )
+                    slice_ = _GIVE_UP_POLL if remaining is None else min(remaining, _GIVE_UP_POLL)
+                    self._space.wait(slice_)
+            finally:
+                if waiting:
+                    self._waiters -= 1
+                    if not self._waiters and self._waiting_since is not None:
+                        log.debug(
+                            "spool %s: writers waited %.1f s for space",
+                            self.directory,
+                            time.time() - self._waiting_since,
+                        )
+                        self._waiting_since = None
+            seq = self._next_seq
+            if seq + 1 >= self._seq_ceiling:
+                # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers
+                # must be durable before they are handed out. If the write fails, the
+                # number is not handed out (it is not covered by the file on disk).
+                ceiling = seq + 1 + SEQ_BLOCK
+                try:
+                    self._write_durably(self._seq_file, str(ceiling).encode())
+                except SpoolWriteError as exc:
+                    self._note_trouble("io", str(exc))
+                    raise
+                self._seq_ceiling = ceiling
+            self._next_seq = seq + 1
+            self._reserved += size
+        for victim in dropped:
+            (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
+            log.warning("spool full: dropped the oldest batch %d (policy drop_oldest)", victim)
+            if self._metrics is not None:
+                self._metrics.spool_dropped.inc()
+        return Reservation(seq, size)
+
+    def write(
+        self,
+        reservation: Reservation,
+        table: str,
+        payload: bytes,
+        *,
+        format: str,
+        rows: int,
+        settings: Mapping[str, Any] | None = None,
+        pipeline: str = "",
+        meta: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> SpooledBatch:
+        """Write a batch into a reservation (which it uses up, whatever happens).
+
+        ``token``: the batch's deduplication token when the caller has one (a pushed
+        request's ``Idempotency-Key``); by default one made from the batch number."""
+        seq = reservation.seq
+        try:
+            batch = SpooledBatch(
+                seq=seq,
+                table=table,
+                format=format,
+                rows=rows,
+                token=token or batch_token(self.spool_id, seq),
+                created=time.time(),
+                payload=payload,
+                settings=dict(settings or {}),
+                pipeline=pipeline,
+                meta=dict(meta or {}),
+            )
+            path = self.directory / f"{seq:020d}.batch"
+            self._write_durably(path, encode_batch(batch), undo=True)
+        except BaseException as exc:
+            with self._lock:
+                if isinstance(exc, SpoolWriteError):
+                    self._note_trouble("io", str(exc))
+                self._reserved -= reservation.size
+                self._space.notify_all()
+            raise
+        batch = dataclasses.replace(batch, path=path)
+        with self._lock:
+            self._reserved -= reservation.size
+            self._sizes[seq] = _file_size(batch)
+            self._created[seq] = batch.created
+            self._clear_trouble()
+        self.publish()
+        return batch
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation that will not be written."""
+        with self._lock:
+            self._reserved -= reservation.size
+            self._space.notify_all()
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; True when woken early because space was freed."""
+        with self._lock:
+            return self._space.wait(timeout)
+
+    def _used(self) -> int:
+        return sum(self._sizes.values()) + self._reserved
+
+    def _refused(self, size: int) -> SpoolFullError:
+        """The error for a batch that does not fit, noted as the spool's trouble
+        (called under the lock)."""
+        message = (
+            f"spool {self.directory} is full: {self._used()} of {self.max_bytes} bytes used, "
+            f"a batch of {size} bytes does not fit (policy {self.policy})"
+        )
+        self._note_trouble("full", message)
+        return SpoolFullError(message, used=self._used(), max_bytes=self.max_bytes)
+
+    def _clear_trouble(self) -> None:
+        self._trouble = None
+        self._trouble_reason = ""
+        self._trouble_since = None
+        self._trouble_count = 0
+
+    def _note_trouble(self, reason: str, message: str) -> None:
+        self._trouble = message
+        self._trouble_reason = reason
+        self._trouble_last = time.time()
+        self._trouble_count += 1
+        if self._trouble_since is None:
+            self._trouble_since = time.time()
+        if self._metrics is not None:
+            self._metrics.spool_write_failures.labels(reason=reason).inc()
+
+    def _write_durably(self, path: Path, data: bytes, *, undo: bool = False) -> None:
+        """Write ``data`` to ``path`` atomically and durably, or raise
+        :class:`SpoolWriteError`. A failure removes the temporary file; with ``undo``, also
+        the target when the failure came after the rename (a batch file must not stay
+        when its write is reported failed: a retry would spool its records twice)."""
+        tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+        renamed = False
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            renamed = True
+            if self.fsync:
+                fsync_directory(self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if renamed and undo:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise SpoolWriteError(
+                f"cannot write {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
+            ) from exc
+
+    # -- confirming ----------------------------------------------------------------
+
+    def remove(self, batch: SpooledBatch) -> None:
+        """Forget a batch once ClickHouse confirmed it."""
+        (self.directory / f"{batch.seq:020d}.batch").unlink(missing_ok=True)
+        with self._lock:
+            self._sizes.pop(batch.seq, None)
+            self._created.pop(batch.seq, None)
+            if self._trouble_reason == "full":
+                self._clear_trouble()  # there is room now; the next refusal says so again
+            self._space.notify_all()
+        self.publish()
+
+    def close(self) -> None:
+        """Wake producers blocked on a full spool; they get :class:`SpoolFullError`."""
+        with self._lock:
+            self._closed = True
+            self._space.notify_all()
+
+    # -- observing -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            oldest = min(self._created.values(), default=None)
+            return {
+                "batches": len(self._sizes),
+                "bytes": sum(self._sizes.values()),
+                "oldest_age_seconds": 0.0 if oldest is None else max(0.0, time.time() - oldest),
+                "max_bytes": self.max_bytes,
+            }
+
+    def problems(self) -> list[str]:
+        """Why the spool is not taking batches right now (empty when it is fine)."""
+        with self._lock:
+            now = time.time()
+            found: list[str] = []
+            if self._waiters:
+                since = self._waiting_since or now
+                found.append(
+                    f"spool {self.directory} is full ({self._used()} of {self.max_bytes} "
+                    f"bytes): {self._waiters} writers waiting for {now - since:.0f} s"
+                )
+            # A failure nobody has run into again for a while (no writer tried since) is
+            # history, not the spool's state.
+            recent = now - self._trouble_last < TROUBLE_FORGOTTEN_AFTER
+            if self._trouble is not None and self._trouble_since is not None and recent:
+                what = "refusing batches" if self._trouble_reason == "full" else "writes failing"
+                found.append(
+                    f"spool {what} for {now - self._trouble_since:.0f} s "
+                    f"({self._trouble_count} times): {self._trouble}"
+                )
+            return found
+
+    def publish(self) -> None:
+        """Set the spool gauges (size, batches, age of the oldest) to what they are now."""
+        if self._metrics is None:
+            return
+        s = self.stats()
+        self._metrics.spool_batches.set(s["batches"])
+        self._metrics.spool_bytes.set(s["bytes"])
+        self._metrics.spool_oldest_age.set(s["oldest_age_seconds"])
+        self._metrics.spool_max_bytes.set(self.max_bytes)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (
+            f"<Spool {self.directory}: {s['batches']:.0f} batches, {s['bytes']:.0f} of "
+            f"{self.max_bytes} bytes, policy {self.policy}>"
+        )
+
+
+def encode_batch(batch: SpooledBatch) -> bytes:
+    header = json.dumps(
+        {
+            "seq": batch.seq,
+            "table": batch.table,
+            "format": batch.format,
+            "rows": batch.rows,
+            "token": batch.token,
+            "created": batch.created,
+            "settings": dict(batch.settings),
+            "pipeline": batch.pipeline,
+            "meta": dict(batch.meta),
+            "payload_len": len(batch.payload),
+        },
+        separators=(",", ":"),
+    ).encode()
+    crc = zlib.crc32(batch.payload, zlib.crc32(header))
+    return b"".join((MAGIC, _LEN.pack(len(header)), header, batch.payload, TRAILER, _LEN.pack(crc)))
+
+
+def read_batch(path: Path) -> SpooledBatch:
+    """Read and verify one spool file; :class:`SpoolCorruptError` says what is wrong."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpoolCorruptError(f"cannot read: {exc.strerror}", path=str(path)) from exc
+    fixed = len(MAGIC) + _LEN.size
+    if len(data) < fixed or not data.startswith(MAGIC):
+        raise SpoolCorruptError("not a spool file (bad magic or truncated)", path=str(path))
+    (header_len,) = _LEN.unpack_from(data, len(MAGIC))
+    header_end = fixed + header_len
+    try:
+        header = json.loads(data[fixed:header_end])
+        payload_len = int(header["payload_len"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpoolCorruptError(f"unreadable header: {exc}", path=str(path)) from exc
+    payload_end = header_end + payload_len
+    if len(data) != payload_end + len(TRAILER) + _LEN.size:
+        raise SpoolCorruptError(
+            f"truncated: {len(data)} bytes, expected {payload_end + len(TRAILER) + _LEN.size}",
+            path=str(path),
+        )
+    if data[payload_end : payload_end + len(TRAILER)] != TRAILER:
+        raise SpoolCorruptError("bad trailer", path=str(path))
+    (crc,) = _LEN.unpack_from(data, payload_end + len(TRAILER))
+    payload = data[header_end:payload_end]
+    if zlib.crc32(payload, zlib.crc32(data[fixed:header_end])) != crc:
+        raise SpoolCorruptError("checksum mismatch", path=str(path))
+    return SpooledBatch(
+        seq=int(header["seq"]),
+        table=str(header["table"]),
+        format=str(header["format"]),
+        rows=int(header["rows"]),
+        token=str(header["token"]),
+        created=float(header["created"]),
+        payload=payload,
+        settings=dict(header.get("settings") or {}),
+        pipeline=str(header.get("pipeline", "")),
+        meta=dict(header.get("meta") or {}),
+        path=path,
+    )
+
+
+def _file_size(batch: SpooledBatch) -> int:
+    if batch.path is not None:
+        try:
+            return batch.path.stat().st_size
+        except OSError:
+            pass
+    return len(batch.payload) + 256
+
+
+def batch_overhead(table: str, pipeline: str = "", meta: Mapping[str, Any] | None = None) -> int:
+    """An upper bound of the bytes a batch file needs beyond its payload."""
+    return 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename or a new file in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,171 @@
+"""The pipelines' tables, created in the background once ClickHouse answers.
+
+The daemon takes data in (and spools it) from the moment it starts, whether or not
+ClickHouse is reachable: a daemon that waited for ClickHouse before opening its intake
+would exit after its retries and be restarted in a loop by systemd, losing what its
+sources offered meanwhile. So the ``CREATE TABLE IF NOT EXISTS`` of each pipeline with a
+declared schema runs here, on a thread of its own, again and again with a growing
+backoff until it succeeds; spooled batches for a table that is not created yet are held
+(on disk, in the spool; only their descriptions in memory) and handed to the dispatcher
+in spool order once it is. Tables without a declared schema are expected to exist and
+are never held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from chworkers.clickhouse.retry import capped_backoff
+from chworkers.daemon.spool import SpooledBatch
+
+__all__ = ["Tables"]
+
+log = logging.getLogger(__name__)
+
+
+class Tables:
+    """Creates tables with retries and holds the batches that wait for them.
+
+    ``statements`` maps a table to its ``CREATE`` statement; ``create(statement)``
+    submits it (to the workers) and returns a future; ``release(batch)`` hands a batch
+    on (to the dispatcher). One attempt may take ``attempt_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        statements: Mapping[str, str],
+        create: Callable[[str], Future[Any]],
+        release: Callable[[SpooledBatch], None],
+        *,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 10.0,
+        attempt_timeout: float = 120.0,
+    ) -> None:
+        self._create = create
+        self._release = release
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.attempt_timeout = attempt_timeout
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._pending = dict(statements)  # table -> statement, not created yet
+        self._held: dict[str, list[SpooledBatch]] = {}
+        self._failures: dict[str, tuple[int, float, str]] = {}  # attempts, since, last error
+        self._stop = threading.Event()
+        self._again = threading.Event()  # cut the current backoff short
+        self._thread = threading.Thread(target=self._run, name="chworkers-tables", daemon=True)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return (
+                f"<Tables: {len(self._pending)} not created yet, "
+                f"{sum(map(len, self._held.values()))} batches held>"
+            )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop trying; held batches stay in the spool for the next start."""
+        self._stop.set()
+        self._again.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.attempt_timeout + 5)
+
+    def retry_now(self) -> None:
+        """Try the tables not created yet at once (SIGHUP: the cause may be fixed)."""
+        self._again.set()
+
+    def offer(self, batch: SpooledBatch) -> None:
+        """A spooled batch: on to the dispatcher now, or once its table exists."""
+        with self._lock:
+            if batch.table in self._pending:
+                self._held.setdefault(batch.table, []).append(batch)
+                return
+            # Under the lock, so that a table's held batches go before any newer one.
+            self._release(batch)
+
+    def held(self) -> int:
+        """Batches waiting for their table to be created."""
+        with self._lock:
+            return sum(len(batches) for batches in self._held.values())
+
+    def pending(self) -> list[str]:
+        """Tables not created yet."""
+        with self._lock:
+            return sorted(self._pending)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until every table is created (True) or ``timeout`` passes (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._done.wait(left)
+        return True
+
+    def problems(self) -> list[str]:
+        """Tables whose creation failed so far, with the last error (for health)."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                f"table {table} is not created yet ({attempts} attempts in {now - since:.0f} s, "
+                f"{len(self._held.get(table, ()))} batches wait for it): {error}"
+                for table, (attempts, since, error) in sorted(self._failures.items())
+                if table in self._pending
+            ]
+
+    def _run(self) -> None:
+        rounds = 0
+        while not self._stop.is_set():
+            with self._lock:
+                todo = list(self._pending.items())
+            if not todo:
+                return
+            for table, statement in todo:
+                if self._stop.is_set():
+                    return
+                self._attempt(table, statement)
+            with self._lock:
+                if not self._pending:
+                    return
+            rounds += 1
+            if self._again.wait(capped_backoff(self.initial_backoff, rounds, self.max_backoff)):
+                self._again.clear()
+                rounds = 0
+
+    def _attempt(self, table: str, statement: str) -> None:
+        try:
+            self._create(statement).result(timeout=self.attempt_timeout)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                attempts, since, _ = self._failures.get(table, (0, time.monotonic(), ""))
+                self._failures[table] = (attempts + 1, since, error)
+                held = len(self._held.get(table, ()))
+            log.warning(
+                "table %s cannot be created yet (attempt %d; %d batches wait for it, kept in "
+                "the spool); trying again: %s",
+                table,
+                attempts + 1,
+                held,
+                error,
+            )
+            return
+        with self._lock:
+            self._pending.pop(table, None)
+            self._failures.pop(table, None)
+            batches = self._held.pop(table, [])
+            for batch in batches:
+                self._release(batch)
+            self._done.notify_all()
+        log.info(
+            "table %s is ready%s", table, f"; {len(batches)} held batches go" if batches else ""
+        )

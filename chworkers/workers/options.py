@@ -1,0 +1,183 @@
+"""The supervisor's settings, declared once with :mod:`chworkers.settings`.
+
+Each field of :class:`SupervisorOptions` is declared with its default, help text, unit
+and bounds; the Python API (``Supervisor(workers=4, ...)``), the daemon's configuration
+file and environment variables, ``chworkers config --defaults`` and the reference in the
+docs all derive from that declaration. Fields marked ``reload`` may change while the
+supervisor runs (:meth:`Supervisor.reconfigure`, SIGHUP). Invalid values raise
+:class:`ConfigError` naming the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from chworkers.errors import ConfigError
+from chworkers.http.limits import HttpLimits
+from chworkers.settings import reloadable, section, setting, validate
+
+StartMethod = Literal["fork", "spawn", "forkserver"]
+
+
+@dataclass(frozen=True)
+class SupervisorOptions:
+    """Supervisor settings."""
+
+    workers: int = setting(
+        os.cpu_count() or 1, "Worker processes.", minimum=1, reload=True, shown="the CPU count"
+    )
+    max_connections: int | None = setting(
+        None,
+        "ClickHouse requests in flight across all workers (none: as many as workers).",
+        minimum=1,
+        reload=True,
+    )
+    start_method: StartMethod = setting(
+        "forkserver", "How worker processes start: fork, spawn or forkserver."
+    )
+    queue_size: int = setting(
+        1000, "Tasks the queue holds before producers block.", minimum=1, reload=True
+    )
+    queue_max_bytes: int | None = setting(
+        256 * 1024 * 1024,
+        "Bytes of encoded tasks the queue holds before producers block (none: no limit).",
+        unit="bytes",
+        minimum=1,
+    )
+    queue_timeout: float | None = setting(
+        None,
+        "How long insert/submit/call wait on a full queue before QueueFullError (none: no limit).",
+        unit="seconds",
+        minimum=0.001,
+        reload=True,
+    )
+    native_encoding: bool = setting(
+        True, "Encode rows to ClickHouse Native in the producer's thread (else pickle them)."
+    )
+    prefetch: int = setting(
+        256, "Most tasks sent ahead to one worker (fewer when tasks are slow).", minimum=1
+    )
+    prefetch_bytes: int = setting(
+        16 * 1024 * 1024, "Most bytes of tasks sent ahead to one worker.", unit="bytes", minimum=1
+    )
+    graceful_timeout: float = setting(
+        30.0,
+        "How long a graceful stop waits for queued and running tasks.",
+        unit="seconds",
+        minimum=0.001,
+        reload=True,
+    )
+    hung_timeout: float = setting(
+        360.0,
+        "A worker running a task without a heartbeat for this long is killed and replaced. "
+        "Workers beat before each ClickHouse request (every insert, retry and split "
+        "sub-batch) and while waiting for a connection; long tasks may call "
+        "chworkers.workers.worker.beat(). Keep it above connect_timeout + send_receive_timeout "
+        "(310 s by default), the longest one request may legitimately take.",
+        unit="seconds",
+        minimum=0.001,
+        reload=True,
+    )
+    split_max_requests: int = setting(
+        1000,
+        "Insert requests one batch may cost while rejected rows are bisected out of it "
+        "(insert_raw(split_bad_rows=True), the daemon's batches); once spent, the records "
+        "not yet isolated are returned rejected (dead letters, reason 'budget').",
+        minimum=1,
+        reload=True,
+    )
+    split_max_seconds: float = setting(
+        60.0,
+        "Seconds the bisection of one batch may take; once spent, as split_max_requests.",
+        unit="seconds",
+        minimum=0.001,
+        reload=True,
+    )
+    heartbeat_interval: float = setting(
+        1.0, "How often an idle worker beats.", unit="seconds", minimum=0.001
+    )
+    max_tasks_per_worker: int | None = setting(
+        None, "Tasks after which a worker is replaced (none: never).", minimum=1, reload=True
+    )
+    max_tasks_jitter: int = setting(
+        0,
+        "Random extra tasks (0..jitter) per worker, so that workers do not recycle together.",
+        minimum=0,
+        reload=True,
+    )
+    max_task_crashes: int = setting(
+        2,
+        "Times a task may take its worker down (crash or hang) before it fails.",
+        minimum=1,
+        reload=True,
+    )
+    restart_backoff: float = setting(
+        0.1,
+        "First delay before replacing a worker that died young; doubles each time.",
+        unit="seconds",
+        minimum=0.001,
+    )
+    restart_backoff_max: float = setting(
+        10.0, "Longest delay before replacing a worker.", unit="seconds", minimum=0.001
+    )
+    max_boot_failures: int = setting(
+        5, "Workers dying in a row at boot before the supervisor gives up.", minimum=1
+    )
+    boot_timeout: float = setting(
+        60.0, "How long a worker may take to boot.", unit="seconds", minimum=0.001
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", "Address of the /metrics, /healthz and /readyz endpoint."
+    )
+    metrics_port: int | None = setting(
+        None,
+        "Port of that endpoint (0: any free port, none: no endpoint).",
+        minimum=0,
+        maximum=65535,
+    )
+    metrics_limits: HttpLimits = section(
+        HttpLimits, "Connections, timeouts and the listen backlog of that endpoint."
+    )
+    switch_interval: float | None = setting(
+        0.001,
+        "Python's thread switch interval while the supervisor runs (sys.setswitchinterval; "
+        "none: leave it). Shorter than the 5 ms default, so that the loop and lease threads "
+        "answer workers promptly while producer threads encode batches.",
+        unit="seconds",
+        minimum=0.0001,
+    )
+    handle_signals: bool = setting(
+        False, "Own the process's signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads."
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="supervisor")
+
+    @property
+    def connections(self) -> int:
+        return self.max_connections if self.max_connections is not None else self.workers
+
+    @classmethod
+    def reloadable(cls) -> frozenset[str]:
+        return reloadable(cls)
+
+    @classmethod
+    def build(
+        cls, values: Mapping[str, Any], base: SupervisorOptions | None = None
+    ) -> SupervisorOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown supervisor setting {key!r}",
+                    key=key,
+                    value=values[key],
+                    expected="one of " + ", ".join(sorted(known)),
+                )
+        if base is None:
+            return cls(**values)
+        return dataclasses.replace(base, **values)

@@ -1,0 +1,326 @@
+"""Tasks as bytes: what a producer hands the supervisor and a worker runs.
+
+A task is encoded once, in the producer's thread, and travels as bytes: the supervisor
+queues, re-queues and dispatches it without looking inside. Batches of rows are pickled
+with protocol 5 (the stdlib C pickler); columnar batches (numpy arrays, pandas, Arrow)
+keep their buffers out of band so they cross the pipe without being copied into the
+pickle. ``benchmarks/bench_supervisor.py`` measures this against Arrow IPC, ClickHouse
+Native and dill: dill is ~15x slower than pickle for rows and only functions need it.
+
+Functions are pickled by reference when they can be (module-level functions); lambdas
+and closures fall back to dill, which pickles them by value, which is why tasks may be
+closures.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import dill  # type: ignore[import-untyped]
+
+from chworkers.clickhouse import dedup
+from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
+from chworkers.errors import BatchError, ChworkersError, SerializationError, TaskError
+
+_NONE: list[pickle.PickleBuffer] = []
+
+INSERT = "insert"  # a batch into a table, with a leased connection
+SUBMIT = "submit"  # fn(conn, *args, **kwargs) with a leased connection
+CALL = "call"  # fn(*args, **kwargs), no connection
+
+_PICKLE = 0
+_DILL = 1
+
+
+def dumps(obj: Any, *, what: str) -> tuple[bytes, list[bytes]]:
+    """Pickle ``obj`` (protocol 5, buffers out of band), falling back to dill."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = bytes([_PICKLE]) + pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        buffers.clear()
+        try:
+            data = bytes([_DILL]) + dill.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialize the {what} for a worker process: {type(exc).__name__}: {exc}",
+                what=what,
+                error_type=type(exc).__name__,
+            ) from exc
+    # Copy the out-of-band buffers now (the caller may reuse its arrays once we return),
+    # except bytes, which nobody can change.
+    return data, [_frozen(b.raw()) for b in buffers]
+
+
+def _frozen(view: memoryview) -> bytes:
+    return view.obj if type(view.obj) is bytes and view.nbytes == len(view.obj) else view.tobytes()
+
+
+def loads(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    view = memoryview(data)
+    if view[0] == _DILL:
+        return dill.loads(view[1:], buffers=buffers)
+    return pickle.loads(view[1:], buffers=buffers)
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """A task in the supervisor: its bytes, its future and its bookkeeping."""
+
+    id: int
+    kind: str
+    payload: bytes
+    buffers: list[bytes]
+    future: Future[Any]
+    nbytes: int
+    table: str | None = None
+    rows: int = 0
+    token: str | None = None
+    #: Times a worker died (or was killed as hung) while running this task.
+    crashes: int = 0
+    #: Supervisor bookkeeping (a schema lookup): no dead letter when it fails.
+    internal: bool = False
+    #: Its future was set running (it was dispatched once).
+    started: bool = False
+    #: An insert whose future resolves to the whole :class:`~chworkers.clickhouse.inserts.InsertResult`
+    #: (with its rejected records), not just the rows written.
+    detailed: bool = False
+    description: str = ""
+
+    def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer]]:
+        buffers = self.buffers
+        return (
+            self.id,
+            self.kind,
+            self.payload,
+            [pickle.PickleBuffer(b) for b in buffers] if buffers else _NONE,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InsertSpec:
+    """What a worker needs to run an insert; ``data`` is in the form the caller gave."""
+
+    table: str
+    form: str  # "rows", "columns", "pandas", "arrow" or "raw" (bytes in format ``fmt``)
+    data: Any
+    column_names: tuple[str, ...] | None
+    settings: Mapping[str, Any] | None
+    token: str
+    fmt: str | None = None
+    #: Bisect rows ClickHouse rejects, within this budget (line formats only).
+    split: SplitBudget | None = None
+    #: Rows in the batch (for raw bytes: as the caller said; 0 when it did not).
+    rows: int = 0
+
+
+def encode_insert(
+    task_id: int,
+    future: Future[Any],
+    table: str,
+    data: Any,
+    column_names: Sequence[str] | None,
+    settings: Mapping[str, Any] | None,
+    token: str | None,
+    *,
+    fmt: str | None = None,
+    rows: int | None = None,
+    native: NativeEncoder | None = None,
+    split: SplitBudget | None = None,
+) -> Task:
+    """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
+    ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
+
+    ``native(form, names, data)`` may turn rows or columns into a Native block (returning
+    the block and its column names, or None to keep the pickled rows). With ``split``
+    (bytes in a line format only), rows ClickHouse rejects are bisected out and the
+    future resolves to the :class:`~chworkers.clickhouse.inserts.InsertResult`.
+    """
+    if not isinstance(table, str) or not table:
+        raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
+    if split is not None and fmt not in LINE_FORMATS:
+        raise BatchError(
+            f"insert into {table!r}: only line formats ({', '.join(LINE_FORMATS)}) can be "
+            f"split to isolate rejected rows, not {fmt!r}",
+            table=table,
+            reason="split of a format that is not line-delimited",
+        )
+    if isinstance(column_names, str):
+        column_names = [column_names]
+    if fmt is None and native is not None:
+        form, count, names, data = prepare_batch(table, data, column_names)
+        encoded = native(form, names, data) if form in ("rows", "columns") else None
+        if encoded is None:
+            payload, buffers = dumps((form, data), what="batch")
+        else:
+            data, column_names = encoded[0], list(encoded[1])
+            fmt, rows = "Native", count
+    if fmt is not None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise BatchError(
+                f"insert into {table!r} as {fmt}: data must be bytes, not {type(data).__name__}",
+                table=table,
+                reason="raw data not bytes",
+            )
+        data = bytes(data) if not isinstance(data, bytes) else data
+        count = rows or 0
+        payload, buffers = dumps(("raw", pickle.PickleBuffer(data)), what="batch")
+        names = tuple(column_names) if column_names is not None else None
+    elif native is None:
+        form, count, names, data = prepare_batch(table, data, column_names)
+        payload, buffers = dumps((form, data), what="batch")
+    if token is None:
+        token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
+    meta = (table, names, dict(settings) if settings else None, token, fmt, split, count)
+    header, extra = dumps(meta, what="batch")
+    body = pickle.dumps((header, payload, len(extra)), protocol=5)
+    return Task(
+        id=task_id,
+        kind=INSERT,
+        payload=body,
+        buffers=[*extra, *buffers],
+        future=future,
+        nbytes=len(body) + sum(len(b) for b in buffers),
+        table=table,
+        rows=count,
+        token=token,
+        description=f"insert of {count} {fmt + ' ' if fmt else ''}rows into {table}",
+        detailed=split is not None,
+    )
+
+
+#: ``native(form, names, data) -> (Native bytes, column names) | None``.
+NativeEncoder = Callable[[str, "tuple[str, ...] | None", Any], "tuple[bytes, Sequence[str]] | None"]
+
+
+def prepare_batch(
+    table: str, data: Any, column_names: Sequence[str] | None
+) -> tuple[str, int, tuple[str, ...] | None, Any]:
+    """Check a batch and bring it to one of its forms: (form, rows, names, data), by the
+    one normaliser (:func:`chworkers.clickhouse.dedup.normalize`)."""
+    batch = dedup.normalize(data, column_names, table=table)
+    names = tuple(batch.column_names) if batch.column_names is not None else None
+    return batch.kind, batch.rows, names, batch.data
+
+
+def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
+    header, data, split = pickle.loads(payload)
+    table, names, settings, token, fmt, budget, count = loads(header, buffers[:split])
+    form, data = loads(data, buffers[split:])
+    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count)
+
+
+def encode_call(
+    task_id: int,
+    future: Future[Any],
+    kind: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+) -> Task:
+    if not callable(fn):
+        raise TypeError(f"{kind}: {fn!r} is not callable")
+    payload, buffers = dumps((fn, args, dict(kwargs)), what="task")
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    return Task(
+        id=task_id,
+        kind=kind,
+        payload=payload,
+        buffers=buffers,
+        future=future,
+        nbytes=len(payload) + sum(len(b) for b in buffers),
+        description=f"{kind} of {name}",
+    )
+
+
+def decode_call(
+    payload: bytes, buffers: Sequence[Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    fn, args, kwargs = loads(payload, buffers)
+    return fn, args, kwargs
+
+
+# Results and errors, worker -> supervisor.
+
+
+def encode_result(value: Any) -> bytes:
+    if value is None:
+        return b""
+    try:
+        data, buffers = dumps(value, what="result")
+    except SerializationError as exc:
+        return encode_error(exc)
+    if buffers:  # results are small; keep them in band
+        data = bytes([_PICKLE]) + pickle.dumps(value, protocol=5)
+    return data
+
+
+def decode_result(data: bytes) -> Any:
+    return loads(data) if data else None
+
+
+def as_task_error(exc: BaseException) -> ChworkersError:
+    """What a future resolves to when a task raised ``exc`` in a worker."""
+    if isinstance(exc, ChworkersError):
+        return exc
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    err = TaskError(
+        f"{type(exc).__name__}: {exc}",
+        error_type=kind,
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    err.__cause__ = exc
+    return err
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """Pickle the error a task raised; the original rides along as ``__cause__`` when it can."""
+    err = as_task_error(exc)
+    cause = err.__cause__ if err is not exc else None
+    try:
+        return pickle.dumps((err, cause), protocol=5)
+    except Exception:
+        try:
+            return pickle.dumps((err, None), protocol=5)
+        except Exception as inner:  # an error whose context attributes do not pickle
+            plain = TaskError(str(err), error_type=type(err).__name__, traceback=repr(inner))
+            return pickle.dumps((plain, None), protocol=5)
+
+
+def decode_error(data: bytes) -> BaseException:
+    err, cause = pickle.loads(data)
+    if cause is not None:
+        err.__cause__ = cause
+    return err  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task that failed for good, handed to the dead-letter hook.
+
+    ``reason`` is ``"error"`` (a non-retryable error), ``"crashed"`` or ``"hung"`` (it
+    took its worker down too often). ``batch()`` decodes an insert's data: the rows,
+    columns, DataFrame or Arrow table as given, or (form ``"raw"``) the bytes in format
+    ``fmt``: what ``insert_raw`` was given, or the Native block ``insert`` encoded.
+    """
+
+    task_id: int
+    kind: str
+    description: str
+    error: BaseException
+    reason: str
+    table: str | None = None
+    rows: int = 0
+    token: str | None = None
+    payload: bytes = field(default=b"", repr=False)
+    buffers: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def batch(self) -> InsertSpec:
+        if self.kind != INSERT:
+            raise TypeError(f"dead letter {self.task_id} is a {self.kind} task, not an insert")
+        return decode_insert(self.payload, self.buffers)
