@@ -43,7 +43,7 @@ if kind == "ingest":
     from chworkers.daemon.spool import Spool
     spool = Spool(directory / "spool", fsync=False, policy="reject")
     batcher = Batcher(spool, lambda batch: None, limits=BatchLimits(max_delay=0.01))
-    server = IngestServer({"events": Route("events", "push")}, batcher)
+    server = IngestServer({"events": Route("events", "push")}, batcher, port=0)
     server.start()
     print(server.url, flush=True)
 else:

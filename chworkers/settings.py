@@ -79,6 +79,16 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def same_as(cls: type[Any], name: str) -> Any:
+    """Declare again, in another section, the setting ``name`` of ``cls``: the same
+    default, help, unit and bounds (a pipeline's batch limits are :class:`BatchLimits`'),
+    so that the two places cannot drift apart."""
+    for f in _settings_fields(cls):
+        if f.name == name:
+            return dataclasses.field(default=f.default, metadata=f.metadata)
+    raise TypeError(f"{cls.__name__} declares no setting {name!r}")
+
+
 def section(cls: type[Any], help: str, *, exclude: frozenset[str] = frozenset()) -> Any:
     """Declare a subsection: a settings dataclass nested under this one.
 

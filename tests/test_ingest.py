@@ -23,7 +23,7 @@ class Harness:
         self.batches: list[SpooledBatch] = []
         self.batcher = Batcher(self.spool, self.batches.append, limits=BatchLimits(max_delay=0.02))
         routes = {"events": Route("events", "push"), "metrics": Route("metrics", "push", "CSV")}
-        self.server = IngestServer(routes, self.batcher, **kw)  # type: ignore[arg-type]
+        self.server = IngestServer(routes, self.batcher, port=0, **kw)  # type: ignore[arg-type]
         self.server.start()
         self.port = urlsplit(self.server.url).port
 

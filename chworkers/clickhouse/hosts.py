@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from chworkers.clickhouse.dsn import Host
+from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.clickhouse.retry import capped_backoff
 
 __all__ = ["HostSelector", "HostState"]
@@ -45,8 +46,8 @@ class HostSelector:
         self,
         hosts: Sequence[Host],
         *,
-        cooldown: float = 5.0,
-        max_cooldown: float = 60.0,
+        cooldown: float = PoolOptions.host_cooldown,
+        max_cooldown: float = PoolOptions.max_host_cooldown,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._states = {h: HostState(h) for h in hosts}

@@ -39,6 +39,7 @@ from typing import Any
 from chworkers.daemon.spool import Spool, SpooledBatch, batch_overhead
 from chworkers.errors import BatcherClosedError, SpoolError, SpoolTimeoutError
 from chworkers.ops.metrics import Metrics
+from chworkers.settings import setting, validate
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,17 @@ class Ticket:
 
 @dataclasses.dataclass(frozen=True)
 class BatchLimits:
-    """When to cut a batch: whichever limit is reached first."""
+    """When to cut a batch: whichever limit is reached first (a pipeline's
+    ``max_rows``, ``max_bytes`` and ``max_delay`` are these declarations)."""
 
-    max_rows: int = 100_000
-    max_bytes: int = 16 * 1024 * 1024
-    max_delay: float = 1.0
+    max_rows: int = setting(100_000, "Cut a batch at this many rows.", minimum=1)
+    max_bytes: int = setting(16 * 1024 * 1024, "Cut a batch at this size.", unit="bytes", minimum=1)
+    max_delay: float = setting(
+        1.0, "Cut a batch when its first record is this old.", unit="seconds", minimum=0.001
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="batch limits")
 
 
 _Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes, str]

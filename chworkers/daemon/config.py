@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pool import PoolOptions
+from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
@@ -117,69 +118,6 @@ class MetricsSettings:
     )
     limits: HttpLimits = section(
         HttpLimits, "Connections, timeouts and the listen backlog of the metrics endpoint."
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class SpoolSettings:
-    """The on-disk spool every accepted batch is written to before it is acknowledged."""
-
-    max_bytes: int = setting(1024**3, "Most bytes the spool may hold.", unit="bytes", minimum=1024)
-    policy: Literal["block", "reject", "drop_oldest"] = setting(
-        "block",
-        "When full: block producers, reject (HTTP 503), or drop the oldest batches (counted).",
-    )
-    fsync: bool = setting(True, "fsync every batch (turn off only for throwaway data).")
-    max_in_flight: int = setting(
-        0,
-        "Batches read back from the spool and queued for the workers at once "
-        "(0: twice the workers); the rest wait on disk.",
-        minimum=0,
-    )
-    retry_backoff_max: float = setting(
-        60.0,
-        "Longest wait before a failed batch is tried again (it is never dropped).",
-        unit="seconds",
-        minimum=0.1,
-    )
-    permanent_error_backoff: float = setting(
-        300.0,
-        "Wait before a batch that failed with a permanent error (unknown table, failed "
-        "authentication: errors the retry policy does not retry) is tried again; it stays "
-        "spooled, health reports it, and SIGHUP retries it at once.",
-        unit="seconds",
-        minimum=0.1,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class HttpSettings:
-    """The push endpoint, POST /ingest/<table>, for pipelines with source = "http"."""
-
-    host: str = setting("127.0.0.1", "Address the push endpoint listens on.")
-    port: int = setting(8124, "Its port (0: any free port).", minimum=0, maximum=65535)
-    token: str | None = setting(
-        None, "Bearer token clients must send (none: no authentication).", secret=True
-    )
-    max_body_bytes: int = setting(
-        64 * 1024 * 1024, "Largest request body, after decompression.", unit="bytes", minimum=1
-    )
-    max_buffered_bytes: int = setting(
-        256 * 1024 * 1024,
-        "Most request body bytes (as received, and inflated) all push requests together "
-        "hold in memory; a request beyond it is answered 503 with Retry-After (one request "
-        "alone is always let in).",
-        unit="bytes",
-        minimum=1,
-    )
-    spool_timeout: float = setting(
-        30.0,
-        "How long a request may wait for spool space before a 503.",
-        unit="seconds",
-        minimum=0,
-    )
-    limits: HttpLimits = section(
-        HttpLimits, "Connections, timeouts and the listen backlog of the push endpoint."
     )
 
 

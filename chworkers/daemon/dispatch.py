@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from chworkers.clickhouse.retry import capped_backoff
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
 
@@ -82,9 +83,9 @@ class Dispatcher:
         on_failure: Callable[[SpooledBatch, BaseException], None] | None = None,
         max_in_flight: int = 8,
         initial_backoff: float = 1.0,
-        max_backoff: float = 60.0,
+        max_backoff: float = SpoolSettings.retry_backoff_max,
         is_permanent: Callable[[BaseException], bool] | None = None,
-        permanent_backoff: float = 300.0,
+        permanent_backoff: float = SpoolSettings.permanent_error_backoff,
     ) -> None:
         self.spool = spool
         self.submit = submit

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from chworkers.clickhouse.dedup import request_token
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.framing import FORMATS, Framer, RecordTooLargeError
+from chworkers.daemon.options import HttpSettings
 from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.http.framing import http_error, plain_response
 from chworkers.http.limits import HttpLimits
@@ -76,12 +77,12 @@ class IngestServer:
         routes: Mapping[str, Route],
         batcher: Batcher,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        token: str | None = None,
-        max_body_bytes: int = 64 * 1024 * 1024,
-        max_buffered_bytes: int = 256 * 1024 * 1024,
-        spool_timeout: float = 30.0,
+        host: str = HttpSettings.host,
+        port: int = HttpSettings.port,
+        token: str | None = HttpSettings.token,
+        max_body_bytes: int = HttpSettings.max_body_bytes,
+        max_buffered_bytes: int = HttpSettings.max_buffered_bytes,
+        spool_timeout: float = HttpSettings.spool_timeout,
         validate_json: bool = True,
         on_error: Any = None,
         limits: HttpLimits | None = None,

@@ -28,7 +28,7 @@ from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.framing import FORMATS
 from chworkers.daemon.mapping import FieldMapper
 from chworkers.errors import ConfigError
-from chworkers.settings import build, setting, validate
+from chworkers.settings import build, same_as, setting, validate
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -56,11 +56,9 @@ class PipelineSettings:
     generator_rate: float = setting(
         0.0, "generator source: rows per second (0: as fast as possible).", minimum=0
     )
-    max_rows: int = setting(100_000, "Cut a batch at this many rows.", minimum=1)
-    max_bytes: int = setting(16 * 1024 * 1024, "Cut a batch at this size.", unit="bytes", minimum=1)
-    max_delay: float = setting(
-        1.0, "Cut a batch when its first record is this old.", unit="seconds", minimum=0.001
-    )
+    max_rows: int = same_as(BatchLimits, "max_rows")
+    max_bytes: int = same_as(BatchLimits, "max_bytes")
+    max_delay: float = same_as(BatchLimits, "max_delay")
     unknown_fields: Literal["ignore", "reject"] = setting(
         "ignore", "Fields the table lacks: ignore them, or reject the row (dead letter)."
     )

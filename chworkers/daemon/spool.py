@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chworkers.clickhouse.dedup import batch_token
+from chworkers.daemon.options import SpoolSettings
 from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
 from chworkers.ops.metrics import Metrics
 
@@ -94,9 +95,9 @@ class Spool:
         self,
         directory: str | os.PathLike[str],
         *,
-        max_bytes: int = 1 << 30,
-        policy: Policy = "block",
-        fsync: bool = True,
+        max_bytes: int = SpoolSettings.max_bytes,
+        policy: Policy = SpoolSettings.policy,
+        fsync: bool = SpoolSettings.fsync,
         metrics: Metrics | None = None,
     ) -> None:
         self.directory = Path(directory)

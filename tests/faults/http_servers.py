@@ -32,6 +32,7 @@ def main() -> None:
         server = IngestServer(
             {"events": Route("events", "push")},
             batcher,
+            port=0,
             max_body_bytes=1 << 20,
             max_buffered_bytes=2 << 20,
             limits=limits,

@@ -52,7 +52,7 @@ class Push:
         limits = BatchLimits(max_rows=max_rows, max_delay=max_delay)
         self.batcher = Batcher(spool, self.batches.append, limits=limits)
         routes = {"ev": Route("ev", "push"), "csv": Route("csv", "push-csv", "CSV")}
-        self.server = IngestServer(routes, self.batcher, spool_timeout=spool_timeout)
+        self.server = IngestServer(routes, self.batcher, port=0, spool_timeout=spool_timeout)
         self.server.start()
         port = urlsplit(self.server.url).port
         assert port is not None

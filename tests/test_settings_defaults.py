@@ -1,0 +1,82 @@
+"""Constructors whose parameters are settings take their defaults from the declaration.
+
+A default written twice drifts (``HostSelector(cooldown=5.0)`` while the setting said
+2.0): each constructor below is paired with the settings it mirrors, and every parameter
+that is a setting must default to the declared value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from chworkers.clickhouse.hosts import HostSelector
+from chworkers.clickhouse.pooloptions import PoolOptions
+from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.ingest import IngestServer
+from chworkers.daemon.options import HttpSettings, SpoolSettings
+from chworkers.daemon.pipelines import PipelineSettings
+from chworkers.daemon.spool import Spool
+
+#: (constructor, the settings it mirrors, parameter -> setting where the names differ,
+#: parameters that share a setting's name but are not that setting, and why).
+MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str]]] = [
+    (
+        HostSelector,
+        PoolOptions,
+        {"cooldown": "host_cooldown", "max_cooldown": "max_host_cooldown"},
+        {},
+    ),
+    (
+        Dispatcher,
+        SpoolSettings,
+        {"max_backoff": "retry_backoff_max", "permanent_backoff": "permanent_error_backoff"},
+        {"max_in_flight": "the setting's 0 means twice the workers; the daemon resolves it"},
+    ),
+    (Spool, SpoolSettings, {}, {}),
+    (IngestServer, HttpSettings, {}, {}),
+]
+
+
+def _declared(cls: type[Any]) -> dict[str, Any]:
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(cls)
+        if "help" in f.metadata and f.default is not dataclasses.MISSING
+    }
+
+
+@pytest.mark.parametrize(
+    "ctor, settings, renamed, exempt", MIRRORS, ids=[m[0].__name__ for m in MIRRORS]
+)
+def test_constructor_defaults_are_the_declared_ones(
+    ctor: Callable[..., Any], settings: type[Any], renamed: dict[str, str], exempt: dict[str, str]
+) -> None:
+    declared = _declared(settings)
+    checked = []
+    for name, param in inspect.signature(ctor).parameters.items():
+        key = renamed.get(name, name)
+        if key not in declared or name in exempt or param.default is inspect.Parameter.empty:
+            continue
+        assert param.default == declared[key], (
+            f"{ctor.__name__}({name}={param.default!r}) but {settings.__name__}.{key} "
+            f"is declared with {declared[key]!r}"
+        )
+        checked.append(name)
+    # The pairing is real: every renamed parameter exists and was compared.
+    assert set(renamed) <= set(checked), f"{ctor.__name__}: {set(renamed) - set(checked)} unchecked"
+    assert checked, f"{ctor.__name__} shares no setting with {settings.__name__}"
+
+
+def test_a_pipelines_batch_limits_are_batch_limits_declarations() -> None:
+    pipeline = {f.name: f for f in dataclasses.fields(PipelineSettings)}
+    for f in dataclasses.fields(BatchLimits):
+        assert pipeline[f.name].default == f.default
+        assert pipeline[f.name].metadata == f.metadata
+    p = PipelineSettings(name="p", table="t", max_rows=7, max_delay="250ms")  # type: ignore[arg-type]
+    assert p.limits == BatchLimits(max_rows=7, max_delay=0.25)
