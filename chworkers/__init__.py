@@ -43,12 +43,12 @@ from chworkers.errors import (
     WorkerLostError,
 )
 from chworkers.ops.systemd import Notifier, Watchdog
+from chworkers.workers.context import TaskInfo, WorkerContext
 from chworkers.workers.control import SupervisorStats
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.supervisor import Supervisor
 from chworkers.workers.tasks import DeadLetter
-from chworkers.workers.worker import TaskInfo, WorkerContext
 
 __version__ = "0.1.0"
 

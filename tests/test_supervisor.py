@@ -25,9 +25,9 @@ from chworkers.errors import (
     WorkerBootError,
     WorkerLostError,
 )
+from chworkers.workers.context import WorkerContext
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.tasks import DeadLetter
-from chworkers.workers.worker import WorkerContext
 
 pytestmark = pytest.mark.timeout(60)
 

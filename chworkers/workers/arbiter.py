@@ -28,16 +28,9 @@ from typing import TYPE_CHECKING, Any
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.workers import channel
+from chworkers.workers.context import BEAT, BUSY, CURRENT, HEARTBEAT_SLOTS, STATE
 from chworkers.workers.mainguard import EXIT_REIMPORTED, reimported_message
-from chworkers.workers.worker import (
-    BEAT,
-    BUSY,
-    CURRENT,
-    HEARTBEAT_SLOTS,
-    STATE,
-    WorkerSpec,
-    worker_main,
-)
+from chworkers.workers.worker import WorkerSpec, worker_main
 
 if TYPE_CHECKING:
     from chworkers.workers.supervisor import Supervisor

@@ -38,8 +38,9 @@ from chworkers.errors import (
 )
 from chworkers.ops.metrics import Metrics
 from chworkers.workers import tasks
-from chworkers.workers.middleware import MetricsDelta, Middleware, apply_delta
+from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
+from chworkers.workers.recorder import MetricsDelta, apply_delta
 from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import DeadLetter, Task
 

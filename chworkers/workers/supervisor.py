@@ -40,6 +40,7 @@ from chworkers.ops.health import Health, Level
 from chworkers.ops.metrics import Metrics
 from chworkers.workers import mainguard, tasks
 from chworkers.workers.arbiter import Arbiter, WorkerHandle
+from chworkers.workers.context import Connector
 from chworkers.workers.control import SupervisorControl, SupervisorStats
 from chworkers.workers.middleware import DeadLetterCallback, Middleware
 from chworkers.workers.options import SupervisorOptions
@@ -47,7 +48,7 @@ from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import DeadLetter, Task
-from chworkers.workers.worker import Connector, PoolConnector
+from chworkers.workers.worker import PoolConnector
 
 log = logging.getLogger(__name__)
 

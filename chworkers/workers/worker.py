@@ -23,9 +23,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from chworkers.clickhouse.hooks import PoolHooks
 from chworkers.clickhouse.inserts import InsertResult, run_insert
@@ -33,14 +33,23 @@ from chworkers.clickhouse.pool import ConnectionPool, PoolOptions
 from chworkers.ops import workerlogs
 from chworkers.pids import alive
 from chworkers.workers import channel, tasks
-from chworkers.workers.middleware import MetricsRecorder, Middleware
+from chworkers.workers.context import (
+    BEAT,
+    BUSY,
+    CURRENT,
+    IDLE,
+    STARTED,
+    STARTING,
+    STATE,
+    STOPPING,
+    Connections,
+    Connector,
+    TaskInfo,
+    WorkerContext,
+)
+from chworkers.workers.middleware import Middleware
 
 log = logging.getLogger(__name__)
-
-# Heartbeat slots in the worker's shared array.
-BEAT, STATE, CURRENT, STARTED = range(4)
-HEARTBEAT_SLOTS = 4
-STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 
 #: Exit status of a worker whose ``init_process`` failed (gunicorn's WORKER_BOOT_ERROR).
 EXIT_BOOT_FAILED = 3
@@ -51,18 +60,6 @@ EXIT_OK = 0
 _BATCH_BELOW = 0.001
 _BATCH_MAX = 256
 _BATCH_WAIT = 0.005
-
-
-class Connections(Protocol):
-    """What a worker runs connection-bound tasks through (the ClickHouse pool)."""
-
-    def with_connection(self, fn: Callable[[Any], Any], *, retry: Any = None) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-#: Builds the worker's connections after it started: ``connect(worker) -> Connections``.
-Connector = Callable[["WorkerContext"], Connections]
 
 
 @dataclass
@@ -84,33 +81,6 @@ class WorkerSpec:
     log_levels: dict[str, int] = field(default_factory=dict)
     #: Turn stray stderr writes into log records (the supervisor logs JSON).
     log_stderr: bool = False
-
-
-@dataclass(slots=True)
-class TaskInfo:
-    """What middleware sees of a task in the worker."""
-
-    id: int
-    kind: str
-    table: str | None = None
-    rows: int = 0
-
-
-class WorkerContext:
-    """The running worker, as middleware and connectors see it."""
-
-    def __init__(self, spec: WorkerSpec, heartbeat: Any) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.pid = os.getpid()
-        self.settings = dict(spec.settings)
-        self.metrics = MetricsRecorder()
-        self.connections: Connections | None = None
-        self._heartbeat = heartbeat
-
-    def beat(self) -> None:
-        """Mark progress; long tasks may call it to show they are not hung."""
-        self._heartbeat[BEAT] = time.monotonic()
 
 
 _CURRENT: WorkerContext | None = None
@@ -154,16 +124,16 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
     heartbeat[BEAT] = time.monotonic()
     heartbeat[STATE] = STARTING
     heartbeat[CURRENT] = -1
-    worker = _CURRENT = WorkerContext(spec, heartbeat)
+    worker = _CURRENT = WorkerContext(spec.name, spec.settings, heartbeat)
     try:
-        init_process(worker)
+        init_process(worker, spec)
     except BaseException as exc:
         log.error("%s: init_process failed", spec.name, exc_info=True)
         results.send(channel.BOOT_FAILED, f"{type(exc).__name__}: {exc}")
         sys.exit(EXIT_BOOT_FAILED)
     results.send(channel.READY, {"pid": worker.pid, "name": worker.name})
     try:
-        _Loop(worker, tasks_in, results, heartbeat).run()
+        _Loop(worker, spec, tasks_in, results, heartbeat).run()
     finally:
         for middleware in spec.middleware:
             try:
@@ -174,19 +144,25 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
             worker.connections.close()
 
 
-def init_process(worker: WorkerContext) -> None:
+def init_process(worker: WorkerContext, spec: WorkerSpec) -> None:
     """Post-start setup: connections, metrics and middleware, created in this process."""
-    if worker.spec.connect is not None:
-        worker.connections = worker.spec.connect(worker)
-    for middleware in worker.spec.middleware:
+    if spec.connect is not None:
+        worker.connections = spec.connect(worker)
+    for middleware in spec.middleware:
         middleware.after_worker_boot(worker)
 
 
 class _Loop:
     def __init__(
-        self, worker: WorkerContext, tasks_in: Any, results_out: _Sender, beat: Any
+        self,
+        worker: WorkerContext,
+        spec: WorkerSpec,
+        tasks_in: Any,
+        results_out: _Sender,
+        beat: Any,
     ) -> None:
         self.worker = worker
+        self.spec = spec
         self.tasks_in = tasks_in
         self.results_out = results_out
         self.beat = beat
@@ -204,7 +180,7 @@ class _Loop:
             self._run()
 
     def _run(self) -> None:
-        spec = self.worker.spec
+        spec = self.spec
         beat = self.beat
         beat[STATE] = IDLE
         while not self.orphaned:
@@ -234,14 +210,14 @@ class _Loop:
         now = time.monotonic()
         if not self._orphaned and now >= self._next_parent_check:
             self._next_parent_check = now + 0.5
-            if not alive(self.worker.spec.parent_pid):
+            if not alive(self.spec.parent_pid):
                 log.warning("%s: the supervisor is gone; exiting", self.worker.name)
                 self._orphaned = True
         return self._orphaned
 
     def _wait(self) -> bool:
         """Block until a message arrives; False when the supervisor is gone."""
-        spec = self.worker.spec
+        spec = self.spec
         while True:
             self.beat[BEAT] = time.monotonic()
             try:
@@ -282,13 +258,13 @@ class _Loop:
         result: Any = None
         error: BaseException | None = None
         try:
-            for middleware in worker.spec.middleware:
+            for middleware in self.spec.middleware:
                 middleware.before_task(worker, info)
             result = execute(worker, info, payload, buffers)
         except Exception as exc:
             error = exc
         duration = time.monotonic() - started
-        for middleware in worker.spec.middleware:
+        for middleware in self.spec.middleware:
             try:
                 middleware.after_task(worker, info, result, error, duration)
             except Exception:
