@@ -76,16 +76,27 @@ def setting(
     }
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         raise TypeError("settings take immutable defaults; use section() for a subsection")
-    return dataclasses.field(default=default, metadata=meta)
+    # A secret stays out of repr(), hence out of logs and tracebacks.
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
-def same_as(cls: type[Any], name: str) -> Any:
+def same_as(cls: type[Any], name: str, *, unless: str | None = None) -> Any:
     """Declare again, in another section, the setting ``name`` of ``cls``: the same
     default, help, unit and bounds (a pipeline's batch limits are :class:`BatchLimits`'),
-    so that the two places cannot drift apart."""
+    so that the two places cannot drift apart.
+
+    ``unless`` makes it optional: its default is None, which means "what ``unless``
+    says, else the declared default" (``[clickhouse] connect_timeout``: the URL's).
+    """
     for f in _settings_fields(cls):
-        if f.name == name:
-            return dataclasses.field(default=f.default, metadata=f.metadata)
+        if f.name != name:
+            continue
+        if unless is None:
+            return dataclasses.field(default=f.default, metadata=f.metadata, repr=f.repr)
+        meta = dict(f.metadata)
+        shown = f"{f.default:g} s" if meta.get("unit") == "seconds" else repr(f.default)
+        meta["help"] = f"{meta['help'].rstrip('.')} (none: {unless}, else {shown})."
+        return dataclasses.field(default=None, metadata=meta, repr=f.repr)
     raise TypeError(f"{cls.__name__} declares no setting {name!r}")
 
 
@@ -228,6 +239,15 @@ def _fail(key: str, value: Any, expected: str, source: str) -> ConfigError:
 
 def parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: str) -> Any:
     """Convert ``raw`` (a TOML value, or a string from the environment) to ``tp``."""
+    if meta.get("secret"):
+        try:
+            return _parse_value(tp, meta, raw, key, source)
+        except ConfigError as exc:  # an error message is printed and logged
+            raise _fail(key, "***", exc.expected or "a string", source) from None
+    return _parse_value(tp, meta, raw, key, source)
+
+
+def _parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 from chworkers.errors import ConfigError
+from chworkers.settings import setting, validate
 
 __all__ = ["ConnectionConfig", "Host"]
 
@@ -109,16 +110,6 @@ def _bool(key: str, value: Any) -> bool:
     raise _fail(key, value, "a boolean (true/false)")
 
 
-def _seconds(key: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise _fail(key, value, "a number of seconds > 0") from None
-    if isinstance(value, bool) or not seconds > 0:
-        raise _fail(key, value, "a number of seconds > 0")
-    return seconds
-
-
 @dataclass(frozen=True)
 class ConnectionConfig:
     """Connection settings shared by every connection of a pool.
@@ -127,19 +118,29 @@ class ConnectionConfig:
     ``gzip``, ``br``). ``settings`` are ClickHouse settings sent with every request.
     """
 
+    # hosts, settings and compress are parsed here; the other fields are declared as
+    # settings, so they parse and fail exactly as they do in the config file ("5s").
     hosts: tuple[Host, ...] = (Host("localhost", 8123),)
-    username: str = "default"
-    password: str = field(default="", repr=False)
-    database: str | None = None
-    secure: bool = False
-    verify: bool = True
+    username: str = setting("default", "User name.")
+    password: str = setting("", "Password.", secret=True)
+    database: str | None = setting(None, "Database (none: the user's default database).")
+    secure: bool = setting(False, "Connect with HTTPS.")
+    verify: bool = setting(True, "Verify the server's TLS certificate (HTTPS).")
     settings: Mapping[str, Any] = field(default_factory=dict)
     compress: bool | str = True
-    connect_timeout: float = 10.0
-    send_receive_timeout: float = 300.0
-    client_name: str = "chworkers"
+    connect_timeout: float = setting(
+        10.0, "How long to wait for a connection to ClickHouse.", unit="seconds", minimum=0.001
+    )
+    send_receive_timeout: float = setting(
+        300.0,
+        "How long to wait for ClickHouse to take a request or send an answer.",
+        unit="seconds",
+        minimum=0.001,
+    )
+    client_name: str = setting("chworkers", "The client name ClickHouse logs in query_log.")
 
     def __post_init__(self) -> None:
+        validate(self, source="connection")
         hosts: Any = self.hosts
         if isinstance(hosts, Host | str):
             hosts = (hosts,)
@@ -148,16 +149,6 @@ class ConnectionConfig:
         default_port = 8443 if self.secure else 8123
         norm = tuple(h if isinstance(h, Host) else _coerce_host(h, default_port) for h in hosts)
         object.__setattr__(self, "hosts", norm)
-        object.__setattr__(self, "secure", _bool("secure", self.secure))
-        object.__setattr__(self, "verify", _bool("verify", self.verify))
-        object.__setattr__(
-            self, "connect_timeout", _seconds("connect_timeout", self.connect_timeout)
-        )
-        object.__setattr__(
-            self,
-            "send_receive_timeout",
-            _seconds("send_receive_timeout", self.send_receive_timeout),
-        )
         if not isinstance(self.settings, Mapping):
             raise _fail(
                 "settings", self.settings, "a mapping of ClickHouse setting names to values"
@@ -169,11 +160,6 @@ class ConnectionConfig:
         if not isinstance(compress, bool) and compress not in ("lz4", "zstd", "gzip", "br"):
             raise _fail("compress", compress, "true, false, lz4, zstd, gzip or br")
         object.__setattr__(self, "compress", compress)
-        for key in ("username", "password", "client_name"):
-            if not isinstance(getattr(self, key), str):
-                raise _fail(key, getattr(self, key), "a string")
-        if self.database is not None and (not isinstance(self.database, str) or not self.database):
-            raise _fail("database", self.database, "a non-empty string or None")
 
     @property
     def url(self) -> str:

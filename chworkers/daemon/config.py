@@ -24,7 +24,14 @@ from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
-from chworkers.settings import build, render_defaults, render_reference, section, setting
+from chworkers.settings import (
+    build,
+    render_defaults,
+    render_reference,
+    same_as,
+    section,
+    setting,
+)
 from chworkers.workers.options import SupervisorOptions
 
 if TYPE_CHECKING:
@@ -56,6 +63,12 @@ class ClickHouseSettings:
     username: str | None = setting(None, "User name (overrides one in the URL).")
     password: str | None = setting(None, "Password (overrides one in the URL).", secret=True)
     database: str | None = setting(None, "Database (overrides one in the URL).")
+    connect_timeout: float | None = same_as(
+        ConnectionConfig, "connect_timeout", unless="the URL's connect_timeout"
+    )
+    send_receive_timeout: float | None = same_as(
+        ConnectionConfig, "send_receive_timeout", unless="the URL's send_receive_timeout"
+    )
     pool: PoolOptions = section(PoolOptions, "The connection pool shared by all workers.")
     embedded: EmbeddedSettings = section(EmbeddedSettings, "The embedded endpoint.")
 
@@ -64,9 +77,9 @@ class ClickHouseSettings:
             try:
                 self.connection()
             except ConfigError as exc:
-                raise ConfigError(
+                raise ConfigError(  # build() prefixes the key with the section's
                     f"clickhouse.url: {exc}",
-                    key=f"clickhouse.{exc.key}",
+                    key="url",
                     value=exc.value,
                     expected=exc.expected,
                 ) from None
@@ -80,6 +93,8 @@ class ClickHouseSettings:
                 ("username", self.username),
                 ("password", self.password),
                 ("database", self.database),
+                ("connect_timeout", self.connect_timeout),
+                ("send_receive_timeout", self.send_receive_timeout),
             )
             if v is not None
         }
