@@ -48,7 +48,7 @@ def test_a_bad_timeout_fails_as_in_the_config_file(tmp_path: Path) -> None:
     assert from_url.value.key == "connect_timeout"
     assert f"connect_timeout = '5x' is invalid: {DURATION}" in str(from_url.value)
     path.write_text('[clickhouse]\nurl = "http://h:8123/db?connect_timeout=-1"\n')
-    with pytest.raises(ConfigError, match="clickhouse.url: .*connect_timeout = '-1'") as bad:
+    with pytest.raises(ConfigError, match=r"clickhouse\.url: .*connect_timeout = '-1'") as bad:
         config.load(path, env={})
     assert bad.value.key == "clickhouse.url"
 
