@@ -4,5 +4,6 @@ Connections and their options (``connection``, ``dsn``), host failover (``hosts`
 retry policy (``retry``), the connection pool and the cross-process leases that share
 its capacity (``pool``, ``pooloptions``, ``lease``, ``leaseclient``, ``hooks``), and one
 insert with its deduplication tokens and Native encoding (``inserts``, ``dedup``,
-``native``). It imports only ``chworkers.errors``, ``chworkers.settings`` and ``ops``.
+``native``). It imports only the base modules (``chworkers.errors``, ``chworkers.settings``,
+``chworkers.backoff``) and ``ops``.
 """

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from chworkers.backoff import capped_backoff
 from chworkers.clickhouse.dsn import Host
 from chworkers.clickhouse.pooloptions import PoolOptions
-from chworkers.clickhouse.retry import capped_backoff
 
 __all__ = ["HostSelector", "HostState"]
 

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chworkers.backoff import capped_backoff
 from chworkers.errors import (
     ChworkersError,
     ConfigError,
@@ -290,23 +291,3 @@ class RetryPolicy:
 
 
 _RNG = random.Random()
-
-
-def capped_backoff(initial: float, attempt: int, cap: float, multiplier: float = 2.0) -> float:
-    """``min(cap, initial * multiplier ** (attempt - 1))``, for any ``attempt`` count.
-
-    Computed by growing the value until it reaches ``cap``, so the arithmetic never
-    overflows (``2.0 * 2 ** 1024`` raises OverflowError, and an integer ``2 ** n`` for a
-    huge ``n`` costs memory and time) however long a host, a batch or an outage keeps
-    failing. ``attempt`` counts from 1; 0 or less gives 0.
-    """
-    if attempt < 1:
-        return 0.0
-    value = max(0.0, initial)
-    if value == 0.0 or multiplier <= 1.0:
-        return min(cap, value)
-    for _ in range(attempt - 1):
-        if value >= cap:
-            break
-        value *= multiplier
-    return min(cap, value)

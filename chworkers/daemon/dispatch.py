@@ -38,7 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from chworkers.clickhouse.retry import capped_backoff
+from chworkers.backoff import capped_backoff
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError

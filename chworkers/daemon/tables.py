@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from chworkers.clickhouse.retry import capped_backoff
+from chworkers.backoff import capped_backoff
 from chworkers.daemon.spool import SpooledBatch
 
 __all__ = ["Tables"]

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from chworkers.clickhouse.retry import capped_backoff
+from chworkers.backoff import capped_backoff
 from chworkers.embedded.process import EmbeddedClickHouse
 from chworkers.ops.metrics import Metrics
 

@@ -21,9 +21,9 @@ from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
 
 from chworkers import ConnectionPool
+from chworkers.backoff import capped_backoff
 from chworkers.clickhouse.dsn import Host
 from chworkers.clickhouse.hosts import HostSelector
-from chworkers.clickhouse.retry import capped_backoff
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConnectError
