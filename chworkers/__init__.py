@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from chworkers._version import __version__
 from chworkers.clickhouse.connection import Connection, ConnectionConfig, Host
 from chworkers.clickhouse.hooks import MetricsHooks, PoolHooks
 from chworkers.clickhouse.inserts import InsertResult, Rejected
@@ -49,8 +50,6 @@ from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.supervisor import Supervisor
 from chworkers.workers.tasks import DeadLetter
-
-__version__ = "0.1.0"
 
 __all__ = [
     # Errors

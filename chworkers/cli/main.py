@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chworkers import __version__
+from chworkers._version import __version__
 from chworkers.errors import ChworkersError, ConfigError, WorkerBootError
 from chworkers.ops import logs
 

@@ -493,6 +493,6 @@ def _worker_pool_options(
 
 
 def _version() -> str:
-    from chworkers import __version__
+    from chworkers._version import __version__
 
     return __version__
