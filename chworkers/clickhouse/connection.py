@@ -1,41 +1,37 @@
-"""One ClickHouse connection, and where driver exceptions become chworkers errors.
+"""One ClickHouse connection: a clickhouse-connect client to one host, used by one thread.
 
 :class:`ConnectionConfig` says where and how to connect (a URL, a mapping or the value
 itself; several hosts for replicas). :class:`Connection` wraps one clickhouse-connect HTTP
 client with a private urllib3 pool of size 1, opened in the process that uses it: a
 connection carried across ``fork`` reopens its client instead of sharing the parent's
 socket. Every clickhouse-connect, urllib3 or socket exception raised inside a
-:class:`Connection` method is translated once, by :func:`translate_error`, into
-:mod:`chworkers.errors`; the original stays in ``__cause__``.
+:class:`Connection` method is translated once, by
+:func:`~chworkers.clickhouse.translate.translate_error`, into :mod:`chworkers.errors`;
+the original stays in ``__cause__``.
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import clickhouse_connect
-from clickhouse_connect.driver import exceptions as ch_exc
 from clickhouse_connect.driver.httputil import get_pool_manager_options
 from urllib3 import PoolManager, Timeout
-from urllib3 import exceptions as u3_exc
 
 from chworkers.clickhouse import dedup
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
-from chworkers.clickhouse.retry import RETRYABLE_CODES
+from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
     ChworkersError,
     ConnectError,
     ConnectionLostError,
-    RequestError,
     ResponseTimeoutError,
     ServerError,
 )
@@ -57,99 +53,7 @@ class _DriverDuplicates(logging.Filter):
 logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
 
 _IDS = itertools.count(1)
-_CODE_RE = re.compile(r"\bCode:\s*(\d+)")
-_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]{2,})\)")
-_STATUS_RE = re.compile(r"HTTP status (\d{3})")
 _READ_ONLY_RE = re.compile(r"^\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b", re.I)
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    u3_exc.NewConnectionError,
-    u3_exc.ConnectTimeoutError,
-    u3_exc.NameResolutionError,
-    ConnectionRefusedError,
-    socket.gaierror,
-)
-_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (u3_exc.ReadTimeoutError, TimeoutError)
-_LOST_ERRORS: tuple[type[BaseException], ...] = (
-    u3_exc.ProtocolError,
-    u3_exc.HTTPError,
-    http.client.HTTPException,
-    ConnectionError,
-    ch_exc.StreamFailureError,
-    OSError,
-)
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen or len(seen) > 16:
-            continue
-        seen.add(id(e))
-        yield e
-        reason = getattr(e, "reason", None)
-        todo += [e.__cause__, e.__context__, reason if isinstance(reason, BaseException) else None]
-
-
-def translate_error(
-    exc: BaseException,
-    *,
-    endpoint: str | None = None,
-    query: str | None = None,
-    query_id: str | None = None,
-    idempotent: bool = False,
-) -> ChworkersError:
-    """Map a driver, urllib3 or socket exception onto chworkers' error tree.
-
-    The result carries ``endpoint``, ``query`` (its first 200 characters), ``query_id`` and
-    ``idempotent`` (whether repeating the operation is harmless), which the retry policy
-    reads. Its ``__cause__`` is ``exc``.
-    """
-    if isinstance(exc, ChworkersError):
-        return exc
-    ctx: dict[str, Any] = {
-        "endpoint": endpoint,
-        "query": query[:200] if query else query,
-        "query_id": query_id,
-        "idempotent": idempotent,
-    }
-    message = str(exc) or type(exc).__name__
-    err: ChworkersError | None = None
-    if isinstance(exc, ch_exc.Error) and not isinstance(exc, ch_exc.StreamFailureError):
-        code = getattr(exc, "code", None)
-        if code is None and (m := _CODE_RE.search(message)):
-            code = int(m.group(1))
-        status = getattr(exc, "_chworkers_http_status", None)
-        if status is None and (m := _STATUS_RE.search(message)):
-            status = int(m.group(1))
-        if code is not None or status is not None:
-            name = getattr(exc, "name", None)
-            if name is None and (m := _NAME_RE.search(message)):
-                name = m.group(1)
-            if name is None and code is not None:
-                name = RETRYABLE_CODES.get(code)
-            err = ServerError(message, code=code, name=name, http_status=status, **ctx)
-    if err is None:
-        chain = list(_chain(exc))
-        if any(isinstance(e, _CONNECT_ERRORS) for e in chain):
-            err = ConnectError(f"cannot connect to {endpoint}: {_root(chain)}", **ctx)
-        elif any(isinstance(e, _TIMEOUT_ERRORS) for e in chain):
-            err = ResponseTimeoutError(
-                f"no response from {endpoint} in time: {_root(chain)}", **ctx
-            )
-        elif any(isinstance(e, _LOST_ERRORS) for e in chain):
-            err = ConnectionLostError(f"connection to {endpoint} lost: {_root(chain)}", **ctx)
-        else:
-            # Refused by the driver before sending (bad data or arguments): never applied.
-            err = RequestError(f"{type(exc).__name__}: {message}", **ctx)
-    err.__cause__ = exc
-    return err
-
-
-def _root(chain: list[BaseException]) -> str:
-    last = chain[-1]
-    return f"{type(last).__name__}: {last}"
 
 
 class Connection:

@@ -24,12 +24,11 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from chworkers.clickhouse.dsn import ConnectionConfig
+from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import BatchError, TransportError
-
-if TYPE_CHECKING:
-    from chworkers.clickhouse.connection import Connection
 
 __all__ = [
     "Batch",
@@ -238,7 +237,21 @@ def _arrow_chunks(table: Any) -> Iterator[bytes | memoryview]:
                     yield memoryview(buf)
 
 
-def check_window(conn: Connection, database: str | None, table: str) -> None:
+class _Queries(Protocol):
+    """What :func:`check_window` needs of a connection
+    (:class:`~chworkers.clickhouse.connection.Connection`, which calls it)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def config(self) -> ConnectionConfig: ...
+
+    @property
+    def client(self) -> Any: ...
+
+
+def check_window(conn: _Queries, database: str | None, table: str) -> None:
     """Warn (once per table and process) when ``table`` cannot deduplicate inserts.
 
     Never raises: a check that fails (e.g. no access to ``system.tables``) is logged and
@@ -270,8 +283,6 @@ def check_window(conn: Connection, database: str | None, table: str) -> None:
                 ).result_rows
                 window = int(default[0][0]) if default else 0
     except Exception as exc:  # the check is advisory
-        from chworkers.clickhouse.connection import translate_error
-
         if isinstance(translate_error(exc), TransportError):
             return  # the server is unreachable: check again on the next insert
         # Refused (e.g. no access to system.tables): don't pay for it on every insert.

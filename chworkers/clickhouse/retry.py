@@ -6,7 +6,7 @@ attempt is left. The backoff is computed from that state (exponential, with full
 capped, and clipped to an overall deadline).
 
 Classification only looks at chworkers' own error tree (drivers' exceptions are translated
-in :mod:`chworkers.clickhouse.connection`):
+in :mod:`chworkers.clickhouse.translate`):
 
 * :class:`~chworkers.errors.ConnectError` (the request was never sent) is always retried;
 * :class:`~chworkers.errors.ResponseTimeoutError` and
