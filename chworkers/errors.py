@@ -277,3 +277,8 @@ class HttpRequestError(ChworkersError):
         self, message: str, *, status: int = 400, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(message, status=int(status), headers=dict(headers or {}))
+
+
+class BenchError(ChworkersError):
+    """``chworkers bench`` cannot measure a comparison: a path failed, gave a wrong count,
+    or the server's database is not the benchmark's to use."""

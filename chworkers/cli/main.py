@@ -22,6 +22,7 @@ from chworkers.ops import logs
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chworkers.cli.commands",
     "chworkers.embedded.cli",
+    "chworkers.bench.cli",
 )
 
 #: Exit codes (documented in the README).

@@ -1,0 +1,198 @@
+"""``chworkers run`` on a file of JSON lines against raw POSTs of the same file in
+batch-sized pieces (the ceiling for that request shape).
+
+The daemon runs as users run it: ``python -m chworkers run -c FILE`` in a process of its
+own (the URL in its environment, not in the file), with its defaults (fsync'd spool,
+dedup tokens), until the file is in. Reported: the rate from the command's start to its
+exit, the rate once it is ready (``/readyz`` answers 200) and the start-up time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from chworkers.bench import data
+from chworkers.bench.runner import Case, Group, Metric
+from chworkers.errors import BenchError
+
+RATE = Metric("rate", "rows/s")  # from the command's start to its exit
+STEADY = Metric("steady", "rows/s")  # from ready to exit (raw POSTs: = rate)
+READY = Metric("ready", "s", "lower")
+_POLL = 0.005
+
+
+def write_lines(path: Path, count: int) -> None:
+    """``count`` JSON lines of the benchmark's rows (``ts`` as Unix seconds)."""
+    with open(path, "w") as fh:
+        for start in range(0, count, 10_000):
+            fh.write(
+                "".join(
+                    f'{{"id":{i},"user":"user-{i % 1000:04d}","ts":{1_767_225_600 + i % 86_400},'
+                    f'"value":{i * 0.25}}}\n'
+                    for i in range(start, min(count, start + 10_000))
+                )
+            )
+
+
+def pieces(path: Path, lines: int) -> list[bytes]:
+    """The file cut into pieces of ``lines`` lines (the daemon's ``max_rows``)."""
+    out: list[bytes] = []
+    with open(path, "rb") as fh:
+        while chunk := list(itertools.islice(fh, lines)):
+            out.append(b"".join(chunk))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def config_text(
+    state_dir: Path, source: Path, table: str, workers: int, connections: int, batch: int, port: int
+) -> str:
+    return f"""state_dir = "{state_dir}"
+
+[clickhouse.pool]
+max_connections = {connections}
+
+[supervisor]
+workers = {workers}
+
+[metrics]
+port = {port}
+
+[[pipelines]]
+name = "bench"
+source = "file"
+paths = ["{source}"]
+table = "{table}"
+max_rows = {batch}
+max_bytes = {1 << 30}
+"""
+
+
+def ready(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/readyz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def run_daemon(
+    env: data.Env, workers: int, table: str, source: Path, lines: int
+) -> Mapping[str, float]:
+    """One ``chworkers run`` over ``source``; its rates and start-up time."""
+    work = env.workdir / f"daemon-{workers}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    port = free_port()
+    cfg = work / "chworkers.toml"
+    connections = env.sizes.connections or workers
+    cfg.write_text(
+        config_text(work / "state", source, table, workers, connections, env.sizes.batch, port)
+    )
+    # Only the URL from the environment: a CHWORKERS_* setting of the caller's would
+    # change what is measured.
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("CHWORKERS_")}
+    child_env["CHWORKERS_CLICKHOUSE_URL"] = env.target.url
+    log_path = work / "daemon.log"
+    with open(log_path, "wb") as log:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chworkers", "--log-level", "WARNING", "run", "-c", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+        )
+        try:
+            up: float | None = None
+            while proc.poll() is None:
+                if up is None and ready(port):
+                    up = time.monotonic()
+                    proc.wait()
+                    break
+                time.sleep(_POLL)
+            end = time.monotonic()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise BenchError(f"chworkers run exited with code {proc.returncode}:\n{tail}")
+    up = end if up is None else up  # done before /readyz was seen: too small to tell
+    return {
+        "rate": lines / (end - start),
+        "steady": lines / max(end - up, 1e-9),
+        "ready": up - start,
+    }
+
+
+def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
+    lines = env.sizes.daemon_lines
+    batch = env.sizes.batch
+    source = env.workdir / "lines.json"
+    write_lines(source, lines)
+    stack.callback(source.unlink, missing_ok=True)
+    bodies = pieces(source, batch)
+    client = env.target.client()
+    stack.callback(client.close)
+    http_raw = env.target.http()
+    stack.callback(http_raw.close)
+
+    def posted() -> Mapping[str, float]:
+        start = time.perf_counter()
+        for body in bodies:
+            http_raw.post("INSERT INTO d_post FORMAT JSONEachRow", body)
+        rate = lines / (time.perf_counter() - start)
+        return {"rate": rate, "steady": rate}
+
+    def daemon_case(workers: int) -> Case:
+        table = f"d_run{workers}"
+        connections = env.sizes.connections
+        name = f"chworkers run, workers={workers}" + (
+            f", max_connections={connections}" if connections else ""
+        )
+        return Case(
+            name,
+            lambda: run_daemon(env, workers, table, source, lines),
+            before=lambda: env.table(client, table),
+            after=lambda: data.expect(client, table, lines, name),
+            target={"steady": 0.8},
+            extra=(READY,),
+        )
+
+    return [
+        Group(
+            f"daemon: {lines:,} JSON lines in batches of {batch:,}",
+            [
+                Case(
+                    f"raw POSTs of {batch:,}-line pieces",
+                    posted,
+                    before=lambda: env.table(client, "d_post"),
+                    after=lambda: data.expect(client, "d_post", lines, "raw POSTs"),
+                ),
+                *(daemon_case(w) for w in env.sizes.workers),
+            ],
+            metrics=(RATE, STEADY),
+            note="issue 11's daemon targets: ready within 0.5 s of start; steady >= 0.8x the "
+            "raw POSTs (the target column applies to steady)",
+        )
+    ]
