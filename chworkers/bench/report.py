@@ -119,7 +119,7 @@ def document(
     load_before: Sequence[float],
 ) -> dict[str, Any]:
     """The JSON document ``--json`` writes."""
-    from chworkers import __version__
+    from chworkers._version import __version__
 
     return {
         "format": JSON_FORMAT,
