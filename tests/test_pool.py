@@ -513,7 +513,7 @@ def _use_after_fork(pool: ConnectionPool, parent_ids: list[int], out: Any) -> No
 def test_pool_used_after_fork_rebuilds_itself(url: str) -> None:
     ctx = multiprocess.get_context("fork")
     pool = ConnectionPool(url, {"min_connections": 2, "max_connections": 2})
-    parent_ids = [c.id for c in pool._idle]
+    parent_ids = [c.id for c in pool._state.idle]
     out = ctx.Queue()
     p = ctx.Process(target=_use_after_fork, args=(pool, parent_ids, out))
     p.start()

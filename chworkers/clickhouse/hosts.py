@@ -21,10 +21,19 @@ from dataclasses import dataclass
 from chworkers.backoff import capped_backoff
 from chworkers.clickhouse.dsn import Host
 from chworkers.clickhouse.pooloptions import PoolOptions
+from chworkers.errors import ConnectError, ConnectionLostError, ServerError
 
-__all__ = ["HostSelector", "HostState"]
+__all__ = ["HostSelector", "HostState", "is_host_failure"]
 
 log = logging.getLogger(__name__)
+
+
+def is_host_failure(err: BaseException) -> bool:
+    """Whether ``err`` says the host is unhealthy: unreachable, reset, or a gateway 5xx
+    (not, e.g., a wrong password or a bad query: the host itself is fine then)."""
+    if isinstance(err, ConnectError | ConnectionLostError):
+        return True
+    return isinstance(err, ServerError) and err.code is None and (err.http_status or 0) >= 502
 
 
 @dataclass
@@ -117,6 +126,20 @@ class HostSelector:
         now = self._clock()
         with self._lock:
             return [s.host for s in self._states.values() if s.failures and not s.down(now)]
+
+    def probe(self, connect: Callable[[Host], object], stopped: Callable[[], bool]) -> None:
+        """Re-probe the hosts :meth:`due_for_probe` with ``connect(host)``, until
+        ``stopped()``: a host that answers (if only with an error) is back."""
+        for host in self.due_for_probe():
+            if stopped():
+                return
+            try:
+                connect(host)
+            except Exception as exc:
+                if is_host_failure(exc):
+                    self.report_failure(host, exc)
+                    continue
+            self.report_success(host)
 
     def snapshot(self) -> list[dict[str, object]]:
         now = self._clock()

@@ -1,10 +1,10 @@
 """The connection pool: bounded, fair, fork-safe, retrying, spread over hosts.
 
-All pool state lives in a few containers guarded by one lock; the methods that decide
-(``_decide``, ``_give``, ``_sweep``) run under it and return what to open or close, and
-the opening and closing (network I/O) happen after the lock is released. Waiters queue in
-FIFO order: a returned connection (or the right to open one) is handed to the oldest
-waiter directly, so nobody can overtake a caller that is already waiting.
+All pool state lives in one :class:`~chworkers.clickhouse.poolstate.PoolState` guarded
+by one lock; its methods decide under the lock and return what to open or close, and
+the opening and closing (network I/O) happen here, after the lock is released. Waiters
+queue in FIFO order: a returned connection (or the right to open one) is handed to the
+oldest waiter directly, so nobody can overtake a caller that is already waiting.
 """
 
 from __future__ import annotations
@@ -16,44 +16,31 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from chworkers.clickhouse.connection import Connection, ConnectionConfig
 from chworkers.clickhouse.hooks import PoolHooks
-from chworkers.clickhouse.hosts import HostSelector
+from chworkers.clickhouse.hosts import HostSelector, is_host_failure
 from chworkers.clickhouse.lease import LeaseClient
 from chworkers.clickhouse.pooloptions import PoolOptions, PoolStats
+from chworkers.clickhouse.poolstate import CLOSED, CREATE, PoolState, Waiter
 from chworkers.clickhouse.retry import RetryPolicy, error_kind
 from chworkers.errors import (
-    ConnectError,
-    ConnectionLostError,
     PoolClosedError,
     PoolError,
     PoolTimeoutError,
     RetriesExhaustedError,
-    ServerError,
 )
 
 __all__ = ["ConnectionPool", "PoolOptions", "PoolStats"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_CREATE = "create"  # a waiter's grant: you may open a new connection
-_CLOSED = "closed"  # a waiter's grant: the pool was closed
-
-
-class _Waiter:
-    __slots__ = ("event", "grant")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.grant: Connection | str | None = None
 
 
 class ConnectionPool:
-    """A pool of ClickHouse connections (see the README's "Connection pool" section)."""
+    """A pool of ClickHouse connections (docs/pool.md)."""
 
     def __init__(
         self,
@@ -64,36 +51,32 @@ class ConnectionPool:
         hooks: PoolHooks | None = None,
     ) -> None:
         self.config = ConnectionConfig.coerce(connection_options)
-        self.options = PoolOptions.coerce(pool_options)
         self.lease = lease
         self.hooks = hooks if hooks is not None else PoolHooks()
-        self._closed = False
-        self._single_host = len(self.config.hosts) == 1
-        self._reset_state()
+        self._reset_state(PoolOptions.coerce(pool_options), closed=False)
         _POOLS.add(self)
         self._top_up()
 
-    def _reset_state(self) -> None:
+    def _reset_state(self, options: PoolOptions, *, closed: bool) -> None:
+        """This process's state: at construction, and again in a forked child."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._idle: deque[Connection] = deque()  # right end = most recently returned
-        self._in_use: set[Connection] = set()
-        self._opening = 0
-        self._waiters: deque[_Waiter] = deque()
         self._drained = threading.Condition(self._lock)
         self._hosts = HostSelector(
             self.config.hosts,
-            cooldown=self.options.host_cooldown,
-            max_cooldown=self.options.max_host_cooldown,
+            cooldown=options.host_cooldown,
+            max_cooldown=options.max_host_cooldown,
         )
-        self._created = self._acquired = self._timeouts = 0
-        self._closed_by: dict[str, int] = {}
-        self._errors: dict[str, int] = {}
-        self._retries: dict[str, int] = {}
-        self._waits: deque[float] = deque(maxlen=4096)
+        self._state = PoolState(
+            options,
+            self._hosts,
+            single_host=len(self.config.hosts) == 1,
+            pid=self._pid,
+            closed=closed,
+        )
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
-        if not self._closed:
+        if not closed:
             self._keeper = threading.Thread(
                 target=_housekeep,
                 args=(weakref.ref(self), self._stop, self._tick()),
@@ -102,21 +85,22 @@ class ConnectionPool:
             )
             self._keeper.start()
 
+    @property
+    def options(self) -> PoolOptions:
+        """How the pool is sized and behaves (:meth:`resize` changes the bounds)."""
+        return self._state.options
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
     def _tick(self) -> float:
         limits = [x / 4 for x in (self.options.idle_timeout, self.options.max_lifetime) if x]
         return max(0.05, min([1.0, *limits]))
 
     def __repr__(self) -> str:
         with self._lock:
-            return self._describe()
-
-    def _describe(self) -> str:
-        """The repr; call with the lock held."""
-        state = "closed, " if self._closed else ""
-        return (
-            f"<ConnectionPool {self.config.url}: {state}{len(self._in_use)} in use, "
-            f"{len(self._idle)} idle, {len(self._waiters)} waiting, max {self.options.max_connections}>"
-        )
+            return self._state.describe(self.config.url)
 
     # -- the seed API -----------------------------------------------------------------------
 
@@ -132,7 +116,7 @@ class ConnectionPool:
         start = time.monotonic()
         deadline = start + timeout
         if self.lease is not None:
-            if self._closed:
+            if self._state.closed:
                 raise PoolClosedError(f"{self!r} is closed")
             try:
                 self.lease.acquire(timeout)
@@ -147,8 +131,8 @@ class ConnectionPool:
             raise
         wait = time.monotonic() - start
         with self._lock:
-            self._acquired += 1
-            self._waits.append(wait)
+            self._state.acquired += 1
+            self._state.waits.append(wait)
         self._emit("on_acquire", wait)
         self._emit_state()
         return conn
@@ -162,20 +146,22 @@ class ConnectionPool:
             return  # lent before a fork: it belongs to the parent's incarnation of the pool
         now = time.monotonic()
         with self._lock:
-            if connection not in self._in_use:
+            state = self._state
+            if connection not in state.in_use:
                 raise PoolError(
-                    f"{connection!r} is not in use from {self._describe()} (released twice?)"
+                    f"{connection!r} is not in use from {state.describe(self.config.url)} "
+                    "(released twice?)"
                 )
-            self._in_use.remove(connection)
-            reason = "shutdown" if self._closed else self._expired(connection, now)
-            if reason is None and self._total() >= self.options.max_connections:
+            state.in_use.remove(connection)
+            reason = "shutdown" if state.closed else state.expired(connection, now)
+            if reason is None and state.total() >= state.options.max_connections:
                 reason = "resize"  # the pool was made smaller while this was out
             if reason is None:
-                self._give(connection)
+                state.give(connection)
                 to_close = None
             else:
                 to_close = connection
-                self._let_waiters_open()
+                state.let_waiters_open()
             self._drained.notify_all()
         if to_close is not None:
             self._note_host_failure(to_close)
@@ -214,12 +200,12 @@ class ConnectionPool:
                     raise
                 kind, backoff = error_kind(exc), policy.sleep_time()
                 with self._lock:
-                    self._retries[kind] = self._retries.get(kind, 0) + 1
+                    self._state.count(self._state.retries, kind)
                 self._emit("on_retry", kind, policy.attempts, backoff)
                 log.info(
                     "retrying in %.3f s after attempt %d failed: %s", backoff, policy.attempts, exc
                 )
-                if self._stop.wait(backoff) and self._closed:
+                if self._stop.wait(backoff) and self._state.closed:
                     raise PoolClosedError(f"{self!r} was closed while retrying") from exc
                 continue
             except BaseException:
@@ -246,18 +232,20 @@ class ConnectionPool:
         self._check_fork()
         timeout = self.options.close_timeout if timeout is None else timeout
         with self._lock:
-            self._closed = True
-            while self._waiters:
-                self._grant(_CLOSED)
-            idle, self._idle = list(self._idle), deque()
+            state = self._state
+            state.closed = True
+            while state.waiters:
+                state.grant(CLOSED)
+            idle = list(state.idle)
+            state.idle.clear()
         self._stop.set()
         for conn in idle:
             self._close(conn, "shutdown")
         end = time.monotonic() + timeout
         with self._lock:
-            while (self._in_use or self._opening) and time.monotonic() < end:
+            while (state.in_use or state.opening) and time.monotonic() < end:
                 self._drained.wait(end - time.monotonic())
-            stragglers = list(self._in_use)
+            stragglers = list(state.in_use)
         for conn in stragglers:
             log.warning("closing %r still in use %.1f s after close()", conn, timeout)
             self._close(conn, "shutdown")
@@ -277,11 +265,9 @@ class ConnectionPool:
             min_connections=min(lowest, max_connections),
         )
         with self._lock:
-            self.options = options
-            surplus = []
-            while self._idle and self._total() > options.max_connections:
-                surplus.append(self._idle.popleft())
-            self._let_waiters_open()
+            self._state.options = options
+            surplus = self._state.surplus_idle()
+            self._state.let_waiters_open()
         for conn in surplus:
             self._close(conn, "resize")
         self._emit_state()
@@ -292,145 +278,35 @@ class ConnectionPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def stats(self) -> PoolStats:
         self._check_fork()
         with self._lock:
-            waits = sorted(self._waits)
-
-            def pct(q: float) -> float:
-                return waits[min(len(waits) - 1, int(q * len(waits)))] if waits else 0.0
-
-            return PoolStats(
-                in_use=len(self._in_use),
-                idle=len(self._idle),
-                waiting=len(self._waiters),
-                opening=self._opening,
-                max=self.options.max_connections,
-                min=self.options.min_connections,
-                created=self._created,
-                closed=dict(self._closed_by),
-                acquired=self._acquired,
-                timeouts=self._timeouts,
-                acquire_wait_p50=pct(0.50),
-                acquire_wait_p99=pct(0.99),
-                acquire_wait_max=waits[-1] if waits else 0.0,
-                errors=dict(self._errors),
-                retries=dict(self._retries),
-                hosts=self._hosts.snapshot(),
-                lease_held=None if self.lease is None else self.lease.held,
-            )
-
-    # -- decisions (under the lock) ---------------------------------------------------------
-
-    def _total(self) -> int:
-        return len(self._idle) + len(self._in_use) + self._opening
-
-    def _expired(self, conn: Connection, now: float) -> str | None:
-        if conn.broken or conn.closed or conn._pid != self._pid:
-            return "broken"
-        if self.options.max_lifetime is not None and conn.age(now) >= self.options.max_lifetime:
-            return "lifetime"
-        if self._hosts.is_down(conn.host):
-            return "host_down"
-        return None
-
-    def _decide(
-        self, now: float
-    ) -> tuple[Connection | _Waiter | None, list[tuple[Connection, str]]]:
-        """Reuse an idle connection, reserve a slot to open one (None), or queue a waiter."""
-        to_close: list[tuple[Connection, str]] = []
-        if not self._waiters:
-            while self._idle:
-                # One host: reuse the most recently returned connection, so that surplus ones
-                # go idle and time out. Several: take them in turn, spreading requests.
-                conn = self._idle.pop() if self._single_host else self._idle.popleft()
-                reason = self._expired(conn, now)
-                if reason is None:
-                    self._in_use.add(conn)
-                    return conn, to_close
-                to_close.append((conn, reason))
-            if self._total() < self.options.max_connections:
-                self._opening += 1
-                return None, to_close
-        waiter = _Waiter()
-        self._waiters.append(waiter)
-        return waiter, to_close
-
-    def _give(self, conn: Connection) -> None:
-        """A usable connection is free: to the oldest waiter, else to the idle list."""
-        if self._waiters:
-            self._in_use.add(conn)
-            self._grant(conn)
-        else:
-            self._idle.append(conn)
-
-    def _let_waiters_open(self) -> None:
-        """Free capacity: the oldest waiters may open new connections."""
-        while self._waiters and not self._closed and self._total() < self.options.max_connections:
-            self._opening += 1
-            self._grant(_CREATE)
-
-    def _grant(self, grant: Connection | str) -> None:
-        waiter = self._waiters.popleft()
-        waiter.grant = grant
-        waiter.event.set()
-
-    def _sweep(self, now: float) -> list[tuple[Connection, str]]:
-        """Idle connections to close: broken, expired, or idle too long beyond the minimum."""
-        to_close: list[tuple[Connection, str]] = []
-        keep: deque[Connection] = deque()
-        total = self._total()
-        for conn in self._idle:  # oldest first
-            reason = self._expired(conn, now)
-            if (
-                reason is None
-                and self.options.idle_timeout is not None
-                and conn.idle_for(now) >= self.options.idle_timeout
-                and total > self.options.min_connections
-            ):
-                reason = "idle"
-            if reason is None:
-                keep.append(conn)
-            else:
-                to_close.append((conn, reason))
-                total -= 1
-        self._idle = keep
-        return to_close
-
-    def _reserve_missing(self) -> int:
-        """Reserve slots to bring the pool back to ``min_connections``."""
-        missing = 0 if self._closed else max(0, self.options.min_connections - self._total())
-        self._opening += missing
-        return missing
+            return self._state.stats(None if self.lease is None else self.lease.held)
 
     # -- I/O (outside the lock) -------------------------------------------------------------
 
     def _acquire(self, deadline: float, timeout: float, start: float) -> Connection:
         while True:
             with self._lock:
-                if self._closed:
-                    raise PoolClosedError(f"{self._describe()} is closed")
-                decision, to_close = self._decide(time.monotonic())
+                if self._state.closed:
+                    raise PoolClosedError(f"{self._state.describe(self.config.url)} is closed")
+                decision, to_close = self._state.decide(time.monotonic())
             for conn, reason in to_close:
                 self._close(conn, reason)
-            got: Connection | str | None = decision if isinstance(decision, Connection) else _CREATE
-            if isinstance(decision, _Waiter):
+            got: Connection | str | None = decision if isinstance(decision, Connection) else CREATE
+            if isinstance(decision, Waiter):
                 decision.event.wait(max(0.0, deadline - time.monotonic()))
                 with self._lock:
                     got = decision.grant
                     if got is None:
-                        self._waiters.remove(decision)
+                        self._state.waiters.remove(decision)
                 if got is None:
                     self._note_timeout(start)
                     raise PoolTimeoutError(
                         f"no connection within {timeout:g} s from {self!r}",
                         waited=time.monotonic() - start,
                     )
-                if got == _CLOSED:
+                if got == CLOSED:
                     raise PoolClosedError(f"{self!r} was closed while waiting")
             if not isinstance(got, Connection):
                 return self._open_reserved(deliver=False)
@@ -440,7 +316,7 @@ class ConnectionPool:
             return got
 
     def _open_reserved(self, *, deliver: bool) -> Connection:
-        """Open a connection for a slot reserved by ``_opening``; hand it out or pool it.
+        """Open a connection for a slot reserved in ``opening``; hand it out or pool it.
 
         Whatever goes wrong before the connection is counted (the connect, the host
         bookkeeping, even an interrupt) gives the reserved slot back: a slot lost here
@@ -452,7 +328,7 @@ class ConnectionPool:
             try:
                 conn = Connection(self.config, host)
             except Exception as exc:
-                if _host_failure(exc):  # not e.g. a wrong password: the host itself is fine
+                if is_host_failure(exc):
                     self._hosts.report_failure(host, exc)
                 raise
             conn._owner, conn._owner_pid = self, self._pid
@@ -460,21 +336,22 @@ class ConnectionPool:
             self._hosts.opened(host)
         except BaseException:
             with self._lock:
-                self._opening -= 1
-                self._let_waiters_open()  # the next waiter may try (maybe another host)
+                self._state.opening -= 1
+                self._state.let_waiters_open()  # the next waiter may try (maybe another host)
                 self._drained.notify_all()
             if conn is not None:
                 conn.close()
             raise
         with self._lock:
-            self._created += 1
-            self._opening -= 1
-            closed = self._closed
+            state = self._state
+            state.created += 1
+            state.opening -= 1
+            closed = state.closed
             if not closed:
                 if deliver:
-                    self._give(conn)
+                    state.give(conn)
                 else:
-                    self._in_use.add(conn)
+                    state.in_use.add(conn)
             self._drained.notify_all()
         self._emit("on_connection_created", conn.endpoint)
         if closed:
@@ -484,8 +361,8 @@ class ConnectionPool:
 
     def _discard_in_use(self, conn: Connection) -> None:
         with self._lock:
-            self._in_use.discard(conn)
-            self._let_waiters_open()
+            self._state.in_use.discard(conn)
+            self._state.let_waiters_open()
         self._note_host_failure(conn)
         self._close(conn, "broken")
 
@@ -494,7 +371,7 @@ class ConnectionPool:
             if conn._retired:  # e.g. force-closed by close(), then released by its user
                 return
             conn._retired = True
-            self._closed_by[reason] = self._closed_by.get(reason, 0) + 1
+            self._state.count(self._state.closed_by, reason)
         if conn._pid == os.getpid():
             self._hosts.closed(conn.host)
         conn.close()
@@ -503,33 +380,23 @@ class ConnectionPool:
     def _maintain(self) -> None:
         """One housekeeping round: close stale idle connections, top up, re-probe hosts."""
         with self._lock:
-            to_close = self._sweep(time.monotonic())
+            to_close = self._state.sweep(time.monotonic())
         for conn, reason in to_close:
             self._close(conn, reason)
         self._top_up()
-        for host in self._hosts.due_for_probe():
-            if self._closed:
-                return
-            try:
-                Connection(self.config, host).close()
-                self._hosts.report_success(host)
-            except Exception as exc:
-                if _host_failure(exc):
-                    self._hosts.report_failure(host, exc)
-                else:
-                    self._hosts.report_success(host)  # it answered, if only with an error
+        self._hosts.probe(lambda host: Connection(self.config, host).close(), lambda: self.closed)
         if to_close:
             self._emit_state()
 
     def _top_up(self) -> None:
         with self._lock:
-            missing = self._reserve_missing()
+            missing = self._state.reserve_missing()
         for opened in range(missing):
             try:
                 self._open_reserved(deliver=True)
             except BaseException as exc:
                 with self._lock:  # give the remaining reservations back
-                    self._opening -= missing - opened - 1
+                    self._state.opening -= missing - opened - 1
                     self._drained.notify_all()
                 if not isinstance(exc, Exception):
                     raise
@@ -539,7 +406,7 @@ class ConnectionPool:
     # -- bookkeeping ----------------------------------------------------------------------
 
     def _note_host_failure(self, conn: Connection) -> None:
-        if conn.last_error is not None and _host_failure(conn.last_error):
+        if conn.last_error is not None and is_host_failure(conn.last_error):
             self._hosts.report_failure(conn.host, conn.last_error)
 
     def _note_error(self, exc: BaseException) -> None:
@@ -547,12 +414,12 @@ class ConnectionPool:
         code = getattr(exc, "code", None)
         key = kind if code is None else f"{kind}:{code}"
         with self._lock:
-            self._errors[key] = self._errors.get(key, 0) + 1
+            self._state.count(self._state.errors, key)
         self._emit("on_error", kind, code if isinstance(code, int) else None)
 
     def _note_timeout(self, start: float) -> None:
         with self._lock:
-            self._timeouts += 1
+            self._state.timeouts += 1
         self._emit("on_timeout", time.monotonic() - start)
 
     def _emit(self, event: str, *args: Any) -> None:
@@ -565,13 +432,14 @@ class ConnectionPool:
         if type(self.hooks).on_state is PoolHooks.on_state:
             return
         with self._lock:
-            state = (
-                len(self._in_use),
-                len(self._idle),
-                len(self._waiters),
-                self.options.max_connections,
+            state = self._state
+            counts = (
+                len(state.in_use),
+                len(state.idle),
+                len(state.waiters),
+                state.options.max_connections,
             )
-        self._emit("on_state", *state)
+        self._emit("on_state", *counts)
 
     def _check_fork(self) -> bool:
         """Rebuild the pool in a forked child (never share the parent's sockets)."""
@@ -580,22 +448,15 @@ class ConnectionPool:
         with _FORK_LOCK:
             if self._pid != os.getpid():
                 log.debug("pool used after fork in pid %d: rebuilding", os.getpid())
-                self._reset_state()
+                self._reset_state(self.options, closed=self.closed)
                 self._top_up()
         return True
-
-
-def _host_failure(err: BaseException) -> bool:
-    """Whether ``err`` says the host is unhealthy: unreachable, reset, or a gateway 5xx."""
-    if isinstance(err, ConnectError | ConnectionLostError):
-        return True
-    return isinstance(err, ServerError) and err.code is None and (err.http_status or 0) >= 502
 
 
 def _housekeep(ref: weakref.ref[ConnectionPool], stop: threading.Event, tick: float) -> None:
     while not stop.wait(tick):
         pool = ref()
-        if pool is None or pool._closed:
+        if pool is None or pool.closed:
             return
         try:
             pool._maintain()
