@@ -8,15 +8,17 @@ import pytest
 from chworkers.daemon import config
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
+from chworkers.settings import flags
 
 
 def test_limits_round_trip_through_the_embedded_command_line() -> None:
     limits = HttpLimits(max_connections=7, idle_timeout=2.5, body_timeout="90s")  # type: ignore[arg-type]
     parser = argparse.ArgumentParser()
-    HttpLimits.add_arguments(parser)
-    assert HttpLimits.from_arguments(parser.parse_args(limits.arguments())) == limits
-    assert HttpLimits.from_arguments(parser.parse_args([])) == HttpLimits()
-    assert parser.parse_args(["--keep-alive-timeout", "3"]).idle_timeout == 3.0
+    flags.add_flags(parser, HttpLimits)
+    assert flags.from_flags(HttpLimits, parser.parse_args(flags.arguments(limits))) == limits
+    assert flags.from_flags(HttpLimits, parser.parse_args([])) == HttpLimits()
+    given = flags.given(parser.parse_args(["--keep-alive-timeout", "3"]))
+    assert given == {"idle_timeout": 3.0}
 
 
 def test_limits_are_validated() -> None:

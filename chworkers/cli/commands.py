@@ -1,4 +1,8 @@
-"""The daemon's subcommands: ``run``, ``check`` and ``config``."""
+"""The daemon's subcommands: ``run``, ``check`` and ``config``.
+
+Their settings flags (``--state-dir``, ``--log-level``, ...) are derived from
+:class:`~chworkers.daemon.config.DaemonSettings`' declarations and win over the file.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,17 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
+from chworkers.daemon.config import DaemonSettings
 from chworkers.errors import ChworkersError
 from chworkers.ops import logs
+from chworkers.settings import flags
 
 DEMO_TABLE = "demo_events"
 #: Tables ``check`` names before it only counts the rest.
@@ -38,7 +45,7 @@ def register(subparsers: Any) -> None:
         help="run a demo pipeline: generated events into the embedded ClickHouse",
     )
     run.add_argument("--rows", type=int, default=200_000, help="rows the demo generates")
-    run.add_argument("--state-dir", help="override state_dir (spool, checkpoints, data)")
+    flags.add_flags(run, DaemonSettings, config_file=True)
     run.set_defaults(handler=_run)
 
     check = subparsers.add_parser(
@@ -47,6 +54,7 @@ def register(subparsers: Any) -> None:
         description="Validate the config (every key) and connect to ClickHouse.",
     )
     check.add_argument("-c", "--config", required=True, help="the TOML config file")
+    flags.add_flags(check, DaemonSettings, config_file=True)
     check.set_defaults(handler=_check)
 
     cfg = subparsers.add_parser(
@@ -59,15 +67,17 @@ def register(subparsers: Any) -> None:
     group.add_argument("--defaults", action="store_true", help="a TOML file of all defaults")
     group.add_argument("--reference", action="store_true", help="the Markdown reference")
     group.add_argument("-c", "--config", help="show this file's effective settings")
+    flags.add_flags(cfg, DaemonSettings, config_file=True)
     cfg.set_defaults(handler=_config)
 
 
-def demo_config(rows: int, state_dir: str | None) -> config_module.Config:
+def demo_config(rows: int, overrides: Mapping[str, Any] | None = None) -> config_module.Config:
     from chworkers.daemon.sources import GENERATOR_SCHEMA
 
     return config_module.load(
+        overrides=overrides,
         data={
-            "state_dir": state_dir or "chworkers-demo",
+            "state_dir": "chworkers-demo",
             "metrics": {"port": 0},
             "spool": {"fsync": False},
             "pipelines": [
@@ -81,7 +91,7 @@ def demo_config(rows: int, state_dir: str | None) -> config_module.Config:
                     "max_rows": 50_000,
                 }
             ],
-        }
+        },
     )
 
 
@@ -89,11 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     from chworkers.daemon.service import Daemon
 
     if args.demo:
-        cfg = demo_config(args.rows, args.state_dir)
+        cfg = demo_config(args.rows, flags.given(args))
     elif args.config:
-        cfg = config_module.load(args.config)
-        if args.state_dir:
-            cfg = dataclasses.replace(cfg, state_dir=Path(args.state_dir))
+        cfg = config_module.load(args.config, overrides=flags.given(args))
     else:
         raise ChworkersError(
             "nothing to run: give a config file (-c FILE) or try --demo; "
@@ -101,10 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not cfg.pipelines:
         raise ChworkersError(f"{cfg.source}: no [[pipelines]] configured; nothing to ingest")
-    if args.log_level is None or args.log_format is None:  # flags win over the file
-        logs.configure(
-            args.log_level or cfg.settings.log.level, args.log_format or cfg.settings.log.format
-        )
+    logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # flags win: overrides
     progress = sys.stderr if sys.stderr.isatty() else None
     daemon = Daemon(cfg, progress=progress)
     if args.demo:
@@ -137,7 +142,7 @@ def _print_demo_result(daemon: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    cfg = config_module.load(args.config)
+    cfg = config_module.load(args.config, overrides=flags.given(args))
     print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
     problems = _check_files(cfg)
     ch = cfg.settings.clickhouse
@@ -233,7 +238,7 @@ def _config(args: argparse.Namespace) -> int:
     elif args.reference:
         print(config_module.reference_markdown(), end="")
     else:
-        cfg = config_module.load(args.config)
+        cfg = config_module.load(args.config, overrides=flags.given(args))
         print(json.dumps(_redacted(cfg), indent=2, default=str))
     return 0
 

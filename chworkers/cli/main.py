@@ -2,7 +2,9 @@
 
 Each subcommand lives next to the concept it drives and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` (a function taking
-the parsed namespace and returning an exit code). This module only assembles them,
+the parsed namespace and returning an exit code). Flags that set a setting are derived
+from its declaration (:mod:`chworkers.settings.flags`); ``--log-level`` and
+``--log-format`` here are :class:`~chworkers.ops.logs.LogSettings`'. This module only assembles them,
 configures logging (the library never does) and maps errors to exit codes.
 """
 
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 from chworkers._version import __version__
 from chworkers.errors import ChworkersError, ConfigError, WorkerBootError
 from chworkers.ops import logs
+from chworkers.ops.logs import LogSettings
+from chworkers.settings import flags
 
 #: Modules that contribute a subcommand, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -42,17 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reliable, fast ingestion into ClickHouse.",
     )
     parser.add_argument("--version", action="version", version=f"chworkers {__version__}")
-    parser.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level for messages on stderr (default: the config's log.level, else INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        help="log lines for people (text) or one JSON object a line (json); default: the "
-        "config's log.format, else text",
-    )
+    flags.add_flags(parser, LogSettings, prefix="log.", config_file=True)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -67,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     # Until a command has read its config (log.level, log.format), the flags or defaults.
-    logs.configure(args.log_level or "INFO", args.log_format or "text")
+    given = flags.given(args)
+    logs.configure(
+        given.get("log.level", LogSettings.level), given.get("log.format", LogSettings.format)
+    )
     try:
         code: int = handler(args)
     except ConfigError as exc:

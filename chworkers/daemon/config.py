@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pool import PoolOptions
@@ -24,8 +24,10 @@ from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
+from chworkers.ops.logs import LogSettings
 from chworkers.settings import (
     build,
+    flags,
     render_defaults,
     render_reference,
     same_as,
@@ -149,14 +151,6 @@ class HealthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class LogSettings:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
-        "INFO", "Log level (SIGHUP applies a change, unless --log-level set it).", reload=True
-    )
-    format: Literal["text", "json"] = setting("text", "Log lines for people, or JSON lines.")
-
-
-@dataclasses.dataclass(frozen=True)
 class DaemonSettings:
     """Everything but the pipelines (which are a list: ``[[pipelines]]``)."""
 
@@ -164,6 +158,8 @@ class DaemonSettings:
         "",
         "Spool, dead letters, checkpoints and embedded data live here (default: "
         "$STATE_DIRECTORY under systemd, else ./chworkers-state).",
+        flag="--state-dir",
+        metavar="DIR",
     )
     clickhouse: ClickHouseSettings = section(ClickHouseSettings, "ClickHouse.")
     supervisor: SupervisorOptions = section(
@@ -179,7 +175,7 @@ class DaemonSettings:
     spool: SpoolSettings = section(SpoolSettings, "Spool.")
     http: HttpSettings = section(HttpSettings, "Push endpoint.")
     health: HealthSettings = section(HealthSettings, "Health.")
-    log: LogSettings = section(LogSettings, "Logging.")
+    log: LogSettings = section(LogSettings, "Logging.", flags=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +186,9 @@ class Config:
     pipelines: tuple[PipelineSettings, ...]
     state_dir: Path
     source: str = "defaults"
+    #: Settings the command line gave (``{"log.level": "DEBUG"}``): they win over the
+    #: file and the environment, also when SIGHUP loads the file again.
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def load(
@@ -197,8 +196,10 @@ def load(
     *,
     env: Mapping[str, str] | None = None,
     data: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Load ``path`` (TOML) or ``data``, apply ``CHWORKERS_*`` variables, validate all."""
+    """Load ``path`` (TOML) or ``data``, apply ``CHWORKERS_*`` variables and then the
+    command line's ``overrides`` (by key: ``{"state_dir": "/srv/x"}``), validate all."""
     env = dict(os.environ if env is None else env)
     source = "defaults"
     base_dir = None
@@ -216,13 +217,22 @@ def load(
             raise ConfigError(f"{source}: not valid TOML: {exc}", source=source) from exc
     data = dict(data or {})
     raw_pipelines = data.pop("pipelines", [])
-    settings = build(DaemonSettings, data, env=env, source=source, base_dir=base_dir)
+    overrides = dict(overrides or {})
+    settings = build(
+        DaemonSettings, data, env=env, source=source, base_dir=base_dir, overrides=overrides
+    )
     pipelines = build_pipelines(raw_pipelines, env=env, source=source)
     # systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several).
     state_dir = Path(
         settings.state_dir or env.get("STATE_DIRECTORY", "").split(":")[0] or "chworkers-state"
     )
-    return Config(settings=settings, pipelines=pipelines, state_dir=state_dir, source=source)
+    return Config(
+        settings=settings,
+        pipelines=pipelines,
+        state_dir=state_dir,
+        source=source,
+        overrides=overrides,
+    )
 
 
 HEADER = """\
@@ -255,6 +265,12 @@ def reference_markdown() -> str:
         "overridden by its environment variable. Secrets can also be read from a file "
         "(`<key>_file`).\n\n"
         "## Daemon\n\n" + render_reference(DaemonSettings) + "\n"
+        "## Command-line flags\n\n"
+        "`chworkers run`, `check` and `config` take these flags (`--log-level` and "
+        "`--log-format` also before the command, for every command). A flag wins over the "
+        "file and the environment, also when SIGHUP reads the file again.\n\n"
+        + flags.render_flags(DaemonSettings, config_file=True)
+        + "\n"
         "## Pipelines (`[[pipelines]]`)\n\n"
         "Environment variables address a pipeline by its name: "
         "`CHWORKERS_PIPELINE_<NAME>_<KEY>` (name upper-cased, other characters as `_`).\n\n"

@@ -191,6 +191,10 @@ class Daemon:
         """Ask the loop to stop as SIGTERM would (thread-safe)."""
         self._signals.put(signal.SIGTERM)
 
+    def request_reload(self) -> None:
+        """Ask the loop to read the config file again as SIGHUP would (thread-safe)."""
+        self._signals.put(signal.SIGHUP)
+
     # -- startup pieces ----------------------------------------------------------------
 
     def _state_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -489,7 +493,7 @@ class Daemon:
             log.info("SIGHUP: no config file to reload")
             return
         try:
-            new = config_module.load(self.config.source)
+            new = config_module.load(self.config.source, overrides=self.config.overrides)
         except ChworkersError as exc:
             log.error("SIGHUP: keeping the running configuration: %s", exc)
             return
@@ -509,20 +513,17 @@ class Daemon:
             pipelines=self.config.pipelines,
             state_dir=self.state_dir,
             source=self.config.source,
+            overrides=self.config.overrides,
         )
         log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
 
     def _reload_log_level(self, level: str) -> None:
-        old = self.config.settings.log.level
-        root = logging.getLogger()
-        if level == old:
+        if "log.level" in self.config.overrides:  # the command line wins over the file
+            log.info("SIGHUP: log level stays %s (set by --log-level)", level)
             return
-        if root.level != logging.getLevelName(old):
-            log.info(
-                "SIGHUP: log level stays %s (set by --log-level)", logging.getLevelName(root.level)
-            )
+        if level == self.config.settings.log.level:
             return
-        root.setLevel(level)
+        logging.getLogger().setLevel(level)
         self.supervisor.sync_log_levels()
         log.info("SIGHUP: log level now %s", level)
 

@@ -1,4 +1,7 @@
-"""``chworkers embedded``: serve the ClickHouse HTTP interface over chDB."""
+"""``chworkers embedded``: serve the ClickHouse HTTP interface over chDB.
+
+Its flags are derived from :class:`~chworkers.embedded.options.EmbeddedOptions`.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +17,12 @@ from types import FrameType
 from typing import Any
 
 from chworkers.embedded.handler import Credentials
+from chworkers.embedded.options import PASSWORD_ENV, EmbeddedOptions
 from chworkers.embedded.server import EmbeddedServer
 from chworkers.errors import ConfigError
-from chworkers.http.limits import HttpLimits
 from chworkers.pids import alive
+from chworkers.settings import flags
 
-#: Environment variable the password may come from (kept out of ``ps`` output).
-PASSWORD_ENV = "CHWORKERS_EMBEDDED_PASSWORD"
 #: The line printed on stdout once the endpoint accepts connections.
 READY_PREFIX = "chworkers embedded: serving "
 
@@ -37,71 +39,48 @@ def register(subparsers: Any) -> None:
             "or Ctrl-C stops it cleanly."
         ),
     )
-    p.add_argument("--path", required=True, type=Path, metavar="DIR", help="data directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument(
-        "--port", default=8123, type=int, help="port (default: 8123; 0 picks a free one)"
-    )
-    p.add_argument("--user", help="require this user name (default: no authentication)")
-    p.add_argument(
-        "--password",
-        help=f"deprecated: shows the password to every user in the process list; set "
-        f"{PASSWORD_ENV} or use --password-file instead",
-    )
-    p.add_argument("--password-file", type=Path, help="read the password from this file")
-    HttpLimits.add_arguments(p)
-    p.add_argument(
-        "--exit-with-parent",
-        type=int,
-        metavar="PID",
-        help="stop cleanly when process PID is gone (for a program that runs the endpoint "
-        "as its child, so that a kill -9 of the program does not leave the data locked)",
-    )
+    flags.add_flags(p, EmbeddedOptions)
     p.set_defaults(handler=run)
 
 
-def credentials_from(args: argparse.Namespace) -> Credentials | None:
-    password = args.password
+def credentials_from(options: EmbeddedOptions) -> Credentials | None:
+    """The credentials the endpoint requires: ``--user`` and the password from
+    ``--password`` (deprecated), ``--password-file`` or :data:`PASSWORD_ENV`."""
+    password = options.password
     if password is not None:
         log.warning(
             "--password is deprecated: any user can read it in the process list; set %s "
             "or use --password-file",
             PASSWORD_ENV,
         )
-    if args.password_file is not None:
+    if options.password_file is not None:
         try:
-            lines = args.password_file.read_text().splitlines()
+            lines = Path(options.password_file).read_text().splitlines()
             password = lines[0] if lines else ""
         except OSError as exc:
             raise ConfigError(
-                f"cannot read the password file {args.password_file}: {exc.strerror}",
+                f"cannot read the password file {options.password_file}: {exc.strerror}",
                 key="password_file",
-                value=str(args.password_file),
+                value=options.password_file,
                 expected="a readable file whose first line is the password",
                 source="flag",
             ) from None
     if password is None:
         password = os.environ.get(PASSWORD_ENV)
-    if args.user is None and password is None:
+    if options.user is None and password is None:
         return None
-    return Credentials(args.user or "default", password or "")
+    return Credentials(options.user or "default", password or "")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(
-            f"--port {args.port} is not a TCP port",
-            key="port",
-            value=args.port,
-            expected="an integer from 0 to 65535",
-            source="flag",
-        )
+    options = flags.from_flags(EmbeddedOptions, args)
+    assert options.path is not None  # required: validated
     server = EmbeddedServer(
-        args.path,
-        args.host,
-        args.port,
-        credentials=credentials_from(args),
-        limits=HttpLimits.from_arguments(args),
+        Path(options.path),
+        options.host,
+        options.port,
+        credentials=credentials_from(options),
+        limits=options.limits,
     )
     server.start()
 
@@ -111,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
     signal.set_wakeup_fd(server.wakeup_fd)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if args.exit_with_parent:
+    if options.exit_with_parent:
         threading.Thread(
             target=_watch_parent,
-            args=(args.exit_with_parent, server),
+            args=(options.exit_with_parent, server),
             name="parent-watch",
             daemon=True,
         ).start()

@@ -27,9 +27,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from chworkers.embedded.cli import PASSWORD_ENV, READY_PREFIX
+from chworkers.embedded.cli import READY_PREFIX
+from chworkers.embedded.options import PASSWORD_ENV, EmbeddedOptions
 from chworkers.errors import EmbeddedError
 from chworkers.http.limits import HttpLimits
+from chworkers.settings import flags
 
 log = logging.getLogger(__name__)
 
@@ -115,27 +117,18 @@ class EmbeddedClickHouse:
                 self._log = open(self.log_path, "ab")  # noqa: SIM115
             else:
                 self._log = tempfile.TemporaryFile(prefix="chworkers-embedded-")  # noqa: SIM115
-        cmd = [
-            sys.executable,
-            "-m",
-            "chworkers",
-            "--log-level",
-            self.log_level,
-            "embedded",
-            "--path",
-            str(self.path),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-        ]
-        if self.exit_with_parent:
-            cmd += ["--exit-with-parent", str(os.getpid())]
-        cmd += self.limits.arguments()
+        options = EmbeddedOptions(
+            path=str(self.path),
+            host=self.host,
+            port=self.port,
+            user=self.user,  # the password goes in the environment, never in argv
+            exit_with_parent=os.getpid() if self.exit_with_parent else None,
+            limits=self.limits,
+        )
+        cmd = [sys.executable, "-m", "chworkers", "--log-level", self.log_level, "embedded"]
+        cmd += flags.arguments(options)
         env = dict(os.environ)
         env.pop(PASSWORD_ENV, None)
-        if self.user is not None:
-            cmd += ["--user", self.user]
         if self.password is not None:
             env[PASSWORD_ENV] = self.password
         # A session of its own: Ctrl-C in a terminal reaches the parent, which decides

@@ -9,6 +9,7 @@ traceback, a warning) and uncaught exceptions are turned into records as well.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Any, Literal, TextIO
 
 from chworkers.ops.workerlogs import STANDARD_ATTRIBUTES, StderrToLog
+from chworkers.settings import setting, validate
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,9 +58,34 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Format = Literal["text", "json"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    """How the command line logs (``[log]``; ``--log-level`` and ``--log-format``, which
+    win over the config file, also when SIGHUP reads it again)."""
+
+    level: Level = setting(
+        "INFO",
+        "Log level of the messages on stderr (a change in the file applies on SIGHUP).",
+        reload=True,
+        flag="--log-level",
+    )
+    format: Format = setting(
+        "text",
+        "Log lines for people (text), or one JSON object a line (json).",
+        flag="--log-format",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="log")
+
+
 def configure(
-    level: str = "INFO",
-    format: Literal["text", "json"] = "text",
+    level: str = LogSettings.level,
+    format: Format = LogSettings.format,
     stream: TextIO | None = None,
 ) -> None:
     """Send chworkers' (and everyone's) log records to ``stream`` (stderr)."""

@@ -14,17 +14,18 @@ import argparse
 import pytest
 
 from chworkers.http.limits import HttpLimits
+from chworkers.settings import flags
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chworkers embedded")
-    HttpLimits.add_arguments(parser)
+    flags.add_flags(parser, HttpLimits)
     return parser
 
 
 def test_limit_flags_take_durations_as_the_config_does() -> None:
     args = _parser().parse_args(["--body-timeout", "90s", "--keep-alive-timeout", "250ms"])
-    limits = HttpLimits.from_arguments(args)
+    limits = flags.from_flags(HttpLimits, args)
     assert limits.body_timeout == 90.0 and limits.idle_timeout == 0.25
 
 
