@@ -127,7 +127,7 @@ def normalize(
             pass
         else:
             return Batch("rows", rows, keys, False, len(rows))
-    if names is not None:
+    if names is not None and not _all_rows_of_width(rows, len(names)):
         width = len(names)
         for index, row in enumerate(rows):
             if isinstance(row, str | bytes) or not isinstance(row, Sequence) or len(row) != width:
@@ -139,6 +139,13 @@ def normalize(
                     reason="row width",
                 )
     return Batch("rows", rows, names, False, len(rows))
+
+
+def _all_rows_of_width(rows: Sequence[Any], width: int) -> bool:
+    """True when every row is a tuple or a list of ``width`` values: two C-level passes
+    instead of a Python loop, which cost a fifth of an insert. False says only that the
+    row-by-row check must look (and name the row to blame)."""
+    return set(map(type, rows)) <= {tuple, list} and set(map(len, rows)) <= {width}
 
 
 def _columns(where: str, table: str, data: Mapping[Any, Any], names: list[str] | None) -> Batch:
