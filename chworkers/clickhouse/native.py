@@ -51,9 +51,12 @@ def describe(conn: Any, table: str, column_names: Sequence[str] | None) -> Table
     )
 
 
-def encode(schema: TableSchema, data: Any, column_oriented: bool) -> bytes | None:
+def encode(
+    schema: TableSchema, data: Any, column_oriented: bool, *, widths_checked: bool = False
+) -> bytes | None:
     """``data`` as a Native block (:mod:`chworkers.clickhouse.nativecols`), or None when it
-    cannot be encoded (a value the serializer rejects, rows of the wrong width)."""
+    cannot be encoded (a value the serializer rejects, rows of the wrong width; with
+    ``widths_checked`` the caller has checked every row against the schema's columns)."""
     try:
         return nativecols.encode_columns(
             schema.table,
@@ -61,6 +64,7 @@ def encode(schema: TableSchema, data: Any, column_oriented: bool) -> bytes | Non
             data,
             column_oriented,
             schema.server_tz,
+            widths_checked=widths_checked,
         )
     except Exception as exc:
         log.debug("Native encoding of a batch for %s failed: %s", schema.table, exc)

@@ -288,11 +288,14 @@ def encode_columns(
     data: Sequence[Any],
     column_oriented: bool,
     server_tz: tzinfo,
+    *,
+    widths_checked: bool = False,
 ) -> bytes | None:
     """``data`` (rows, or columns with ``column_oriented``) as Native blocks, cut where
     clickhouse-connect cuts them; None when there is nothing to encode or the rows are not
     all as wide as ``columns`` (the caller then takes the plain insert path, which reports
-    it). A value clickhouse-connect's serializer rejects raises its error."""
+    it; ``widths_checked`` says the caller has made sure they are). A value
+    clickhouse-connect's serializer rejects raises its error."""
     names = [c.name for c in columns]
     ctx = InsertContext(
         table,
@@ -308,7 +311,7 @@ def encode_columns(
     if column_oriented:
         if {len(column) for column in data} != {total}:
             return None
-    elif _widths(data) != {len(columns)}:
+    elif not widths_checked and _widths(data) != {len(columns)}:
         return None
     step = ctx.block_row_count
     out = bytearray()

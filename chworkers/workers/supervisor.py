@@ -324,7 +324,8 @@ class Supervisor(SupervisorControl):
                 log.debug("no Native encoding for %s: %s", table, exc)
                 return None
             self.outcomes.schemas.put(table, names, schema)
-        body = native.encode(schema, data, column_oriented=form == "columns")
+        # Named columns: normalize has checked every row's width against them.
+        body = native.encode(schema, data, form == "columns", widths_checked=names is not None)
         return None if body is None else (body, schema.column_names)
 
     def insert_raw(
