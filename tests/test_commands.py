@@ -110,6 +110,23 @@ table = "nowhere"
     assert result.returncode == 1
 
 
+def test_check_logs_as_the_log_section_says_unless_a_flag_overrides(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f'[clickhouse]\nurl = "{endpoint.url}/{database}"\n[log]\nlevel = "DEBUG"\n'
+        'format = "json"\n'
+    )
+    result = chworkers("check", "-c", str(conf))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any(r["level"] == "debug" for r in records)  # clickhouse-connect's requests
+    result = chworkers("--log-level", "INFO", "check", "-c", str(conf), "--log-format", "text")
+    assert result.returncode == 0, result.stderr
+    assert not any(line.startswith("{") or " DEBUG " in line for line in result.stderr.splitlines())
+
+
 def test_config_hides_a_password_in_the_url_and_lists_sets(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text(

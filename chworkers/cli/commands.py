@@ -143,6 +143,7 @@ def _print_demo_result(daemon: Any) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config, overrides=flags.given(args))
+    logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
     print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
     problems = _check_files(cfg)
     ch = cfg.settings.clickhouse
