@@ -17,11 +17,15 @@ import pytest
 from chworkers.clickhouse.hosts import HostSelector
 from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.config import EmbeddedSettings
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.spool import Spool
+from chworkers.embedded import EmbeddedClickHouse
+from chworkers.ops import logs
+from chworkers.ops.logs import LogSettings
 
 #: (constructor, the settings it mirrors, parameter -> setting where the names differ,
 #: parameters that share a setting's name but are not that setting, and why).
@@ -40,6 +44,8 @@ MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str
     ),
     (Spool, SpoolSettings, {}, {}),
     (IngestServer, HttpSettings, {}, {}),
+    (EmbeddedClickHouse, EmbeddedSettings, {}, {}),
+    (logs.configure, LogSettings, {}, {}),
 ]
 
 
