@@ -113,6 +113,11 @@ def test_a_flag_wins_over_the_environment_and_the_file() -> None:
     assert cfg.settings.log.level == "ERROR"  # no flag: the environment's
 
 
+def test_an_unknown_override_is_an_error_not_ignored() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'stat_dir'"):
+        config.load(data={}, env={}, overrides={"stat_dir": "x"})
+
+
 def test_every_daemon_flag_is_on_run_check_and_config() -> None:
     parser = build_parser()
     subcommands = next(

@@ -27,6 +27,7 @@ from chworkers.http.limits import HttpLimits
 from chworkers.ops.logs import LogSettings
 from chworkers.settings import (
     build,
+    describe,
     flags,
     render_defaults,
     render_reference,
@@ -218,6 +219,15 @@ def load(
     data = dict(data or {})
     raw_pipelines = data.pop("pipelines", [])
     overrides = dict(overrides or {})
+    known = {info.key for info in describe(DaemonSettings)}
+    for key in overrides.keys() - known:
+        raise ConfigError(
+            f"the command line: unknown setting {key!r}",
+            key=key,
+            value=overrides[key],
+            expected="one of: " + ", ".join(sorted(known)),
+            source="the command line",
+        )
     settings = build(
         DaemonSettings, data, env=env, source=source, base_dir=base_dir, overrides=overrides
     )
