@@ -52,7 +52,7 @@ class ConfigError(ChworkersError, ValueError):
     """
 
     key: str | None
-    value: Any
+    value: object
     expected: str | None
     source: str | None
 
@@ -61,7 +61,7 @@ class ConfigError(ChworkersError, ValueError):
         message: str,
         *,
         key: str | None = None,
-        value: Any = None,
+        value: object = None,
         expected: str | None = None,
         source: str | None = None,
     ) -> None:

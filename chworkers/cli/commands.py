@@ -130,10 +130,12 @@ def _print_demo_result(daemon: Any) -> None:
                 f"FROM {DEMO_TABLE} GROUP BY event ORDER BY event"
             )
         )
-        total = pool.with_connection(lambda c: c.command(f"SELECT count() FROM {DEMO_TABLE}"))
+        total = pool.with_connection(
+            lambda c: int(c.query(f"SELECT count() FROM {DEMO_TABLE}").result_rows[0][0])
+        )
     finally:
         pool.close()
-    print(f"\n{DEMO_TABLE} now holds {int(total):,} rows (state in {daemon.state_dir}):")
+    print(f"\n{DEMO_TABLE} now holds {total:,} rows (state in {daemon.state_dir}):")
     print(f"  {'event':<10} {'rows':>10} {'avg(value)':>11}")
     for event, rows, avg in result.result_rows:
         print(f"  {event:<10} {rows:>10,} {avg:>11}")

@@ -19,10 +19,13 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
+from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.httputil import get_pool_manager_options
+from clickhouse_connect.driver.query import QueryResult
+from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager, Timeout
 
 from chworkers.clickhouse import dedup
@@ -36,7 +39,14 @@ from chworkers.errors import (
     ServerError,
 )
 
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
 __all__ = ["Connection", "ConnectionConfig", "Host", "translate_error"]
+
+#: Query parameters: by name (``{name:Type}`` placeholders) or by position.
+Parameters = Mapping[str, object] | Sequence[object] | None
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +74,7 @@ class Connection:
     """
 
     def __init__(
-        self, config: ConnectionConfig | str | Mapping[str, Any], host: Host | None = None
+        self, config: ConnectionConfig | str | Mapping[str, object], host: Host | None = None
     ) -> None:
         self.config = ConnectionConfig.coerce(config)
         self.host = host if host is not None else self.config.hosts[0]
@@ -80,7 +90,7 @@ class Connection:
         self._owner_pid = -1  # the process that pool lived in when it opened it
         self._retired = False  # set once by the pool when it closes this connection
         self._pid = -1
-        self._client: Any = None
+        self._client: Any = None  # clickhouse-connect's client, with its hooks replaced
         self._http: PoolManager | None = None
         self._open()
 
@@ -89,10 +99,11 @@ class Connection:
         return f"<Connection #{self.id} {state} to {self.endpoint}>"
 
     @property
-    def client(self) -> Any:
+    def client(self) -> Client:
         """The underlying clickhouse-connect client (its exceptions are NOT translated)."""
         self._ensure_process()
-        return self._client
+        client: Client = self._client
+        return client
 
     def age(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.created_at
@@ -105,38 +116,45 @@ class Connection:
     def query(
         self,
         sql: str,
-        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Any:
+        parameters: Parameters = None,
+        settings: Mapping[str, object] | None = None,
+        **kwargs: object,
+    ) -> QueryResult:
         """Run a query; returns clickhouse-connect's ``QueryResult``. Reads are idempotent."""
         with self._call(sql, idempotent=True):
-            return self._client.query(
+            result: QueryResult = self._client.query(
                 sql, parameters=parameters, settings=_dict(settings), **kwargs
             )
+        return result
 
     def query_df(
-        self, sql: str, parameters: Any = None, settings: Mapping[str, Any] | None = None
-    ) -> Any:
+        self, sql: str, parameters: Parameters = None, settings: Mapping[str, object] | None = None
+    ) -> pandas.DataFrame:
         """Run a query and return a pandas DataFrame."""
         with self._call(sql, idempotent=True):
-            return self._client.query_df(sql, parameters=parameters, settings=_dict(settings))
+            frame: pandas.DataFrame = self._client.query_df(
+                sql, parameters=parameters, settings=_dict(settings)
+            )
+        return frame
 
     def query_arrow(
-        self, sql: str, parameters: Any = None, settings: Mapping[str, Any] | None = None
-    ) -> Any:
+        self, sql: str, parameters: Parameters = None, settings: Mapping[str, object] | None = None
+    ) -> pyarrow.Table:
         """Run a query and return a pyarrow Table."""
         with self._call(sql, idempotent=True):
-            return self._client.query_arrow(sql, parameters=parameters, settings=_dict(settings))
+            table: pyarrow.Table = self._client.query_arrow(
+                sql, parameters=parameters, settings=_dict(settings)
+            )
+        return table
 
     def command(
         self,
         sql: str,
-        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        parameters: Parameters = None,
+        settings: Mapping[str, object] | None = None,
         *,
         idempotent: bool | None = None,
-    ) -> Any:
+    ) -> str | int | Sequence[str] | QuerySummary:
         """Run a statement (DDL, ``INSERT ... SELECT``, ``SELECT`` of one value).
 
         ``idempotent`` (default: whether the statement only reads) lets the retry policy
@@ -146,19 +164,22 @@ class Connection:
         if idempotent is None:
             idempotent = bool(_READ_ONLY_RE.match(sql))
         with self._call(sql, idempotent=idempotent):
-            return self._client.command(sql, parameters=parameters, settings=_dict(settings))
+            result: str | int | Sequence[str] | QuerySummary = self._client.command(
+                sql, parameters=parameters, settings=_dict(settings)
+            )
+        return result
 
     def insert(
         self,
         table: str,
-        data: Any,
+        data: object,
         column_names: Sequence[str] | None = None,
         *,
         database: str | None = None,
         column_oriented: bool = False,
-        settings: Mapping[str, Any] | None = None,
+        settings: Mapping[str, object] | None = None,
         deduplication_token: str | None = None,
-    ) -> Any:
+    ) -> QuerySummary:
         """Insert a batch; returns clickhouse-connect's ``QuerySummary``.
 
         ``data`` is a sequence of rows (tuples or dicts), of columns (``column_oriented``),
@@ -179,19 +200,22 @@ class Connection:
         with self._call(what, idempotent=True):
             dedup.check_window(self, database, table)
             args: dict[str, Any] = {"database": database, "settings": opts}
+            summary: QuerySummary
             if batch.kind == "pandas":
-                return self._client.insert_df(
+                summary = self._client.insert_df(
                     table, batch.data, column_names=batch.column_names, **args
                 )
-            if batch.kind == "arrow":
-                return self._client.insert_arrow(table, batch.data, **args)
-            return self._client.insert(
-                table,
-                batch.data,
-                column_names=batch.column_names or "*",
-                column_oriented=batch.column_oriented,
-                **args,
-            )
+            elif batch.kind == "arrow":
+                summary = self._client.insert_arrow(table, batch.data, **args)
+            else:
+                summary = self._client.insert(
+                    table,
+                    batch.data,
+                    column_names=batch.column_names or "*",
+                    column_oriented=batch.column_oriented,
+                    **args,
+                )
+        return summary
 
     def raw_insert(
         self,
@@ -200,9 +224,9 @@ class Connection:
         *,
         fmt: str,
         column_names: Sequence[str] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        settings: Mapping[str, object] | None = None,
         deduplication_token: str,
-    ) -> Any:
+    ) -> QuerySummary:
         """Insert bytes already in ClickHouse format ``fmt`` (JSONEachRow, CSV, Native...).
 
         This is how the daemon inserts spooled batches: the bytes are sent as they are, so
@@ -215,9 +239,10 @@ class Connection:
         what = f"INSERT INTO {table} FORMAT {fmt} ({len(data)} bytes, token {deduplication_token})"
         with self._call(what, idempotent=True):
             dedup.check_window(self, None, table)
-            return self._client.raw_insert(
+            summary: QuerySummary = self._client.raw_insert(
                 table, column_names=column_names, insert_block=data, settings=opts, fmt=fmt
             )
+        return summary
 
     def ping(self, timeout: float | None = None) -> bool:
         """``True`` when the server answers within ``timeout`` (default: connect timeout)."""
@@ -345,5 +370,5 @@ def _no_driver_retry(request: Any) -> Any:
     return no_retry
 
 
-def _dict(settings: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _dict(settings: Mapping[str, object] | None) -> dict[str, Any] | None:
     return dict(settings) if settings else None

@@ -126,7 +126,7 @@ class ConnectionConfig:
     database: str | None = setting(None, "Database (none: the user's default database).")
     secure: bool = setting(False, "Connect with HTTPS.")
     verify: bool = setting(True, "Verify the server's TLS certificate (HTTPS).")
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, object] = field(default_factory=dict)
     compress: bool | str = True
     connect_timeout: float = setting(
         10.0, "How long to wait for a connection to ClickHouse.", unit="seconds", minimum=0.001
@@ -169,7 +169,7 @@ class ConnectionConfig:
         return f"{scheme}://{self.username}@{hosts}/{self.database or ''}"
 
     @classmethod
-    def coerce(cls, value: ConnectionConfig | str | Mapping[str, Any]) -> ConnectionConfig:
+    def coerce(cls, value: ConnectionConfig | str | Mapping[str, object]) -> ConnectionConfig:
         """Accept a configuration, a URL/DSN string or a mapping of field names."""
         if isinstance(value, ConnectionConfig):
             return value
@@ -223,11 +223,11 @@ class ConnectionConfig:
         return cls.from_mapping(fields)
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> ConnectionConfig:
+    def from_mapping(cls, options: Mapping[str, object]) -> ConnectionConfig:
         """Build from field names; also accepts ``host`` (one or a list), ``port``, ``user``,
         ``url`` (the base, overridden by the other keys) and ``timeouts``
         (``{"connect": s, "send_receive": s}``)."""
-        opts = dict(options)
+        opts: dict[str, Any] = dict(options)
         base: dict[str, Any] = {}
         if "url" in opts:
             url_cfg = cls.from_url(str(opts.pop("url")))

@@ -34,6 +34,7 @@ from typing import Any
 
 import multiprocess
 from multiprocess.connection import Connection as _MPConnection
+from multiprocess.context import BaseContext
 
 from chworkers.clickhouse.leaseclient import LeaseClient
 from chworkers.errors import ConfigError, PoolClosedError
@@ -92,7 +93,7 @@ def _check_capacity(capacity: Any) -> int:
 class LeaseBroker:
     """Holds ``capacity`` leases and grants them, first come first served, to clients."""
 
-    def __init__(self, capacity: int, *, context: Any = None) -> None:
+    def __init__(self, capacity: int, *, context: BaseContext | None = None) -> None:
         self._capacity = _check_capacity(capacity)
         self.context = context if context is not None else multiprocess.get_context()
         self._dir = tempfile.mkdtemp(prefix="chworkers-lease-")

@@ -44,8 +44,8 @@ class ConnectionPool:
 
     def __init__(
         self,
-        connection_options: ConnectionConfig | str | Mapping[str, Any],
-        pool_options: PoolOptions | Mapping[str, Any] | None = None,
+        connection_options: ConnectionConfig | str | Mapping[str, object],
+        pool_options: PoolOptions | Mapping[str, object] | None = None,
         *,
         lease: LeaseClient | None = None,
         hooks: PoolHooks | None = None,

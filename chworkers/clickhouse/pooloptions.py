@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.errors import ConfigError
@@ -67,7 +66,7 @@ class PoolOptions:
         object.__setattr__(self, "retry", RetryPolicy.coerce(self.retry))
 
     @classmethod
-    def coerce(cls, value: PoolOptions | Mapping[str, Any] | None) -> PoolOptions:
+    def coerce(cls, value: PoolOptions | Mapping[str, object] | None) -> PoolOptions:
         if value is None:
             return cls()
         if isinstance(value, PoolOptions):
@@ -79,10 +78,12 @@ class PoolOptions:
                 value=value,
                 expected="a PoolOptions or a mapping of its fields",
             )
-        if isinstance(value.get("retry"), RetryPolicy):
-            value = {**value, "retry": dataclasses.asdict(value["retry"])}
+        retry = value.get("retry")
+        if isinstance(retry, RetryPolicy):
+            fields = dataclasses.asdict(retry)
             for internal in ("history", "started_at"):
-                value["retry"].pop(internal, None)
+                fields.pop(internal, None)
+            value = {**value, "retry": fields}
         return build(cls, value, source="pool")
 
 

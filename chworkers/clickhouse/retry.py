@@ -35,7 +35,6 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from chworkers.backoff import capped_backoff
 from chworkers.errors import (
@@ -168,7 +167,7 @@ class RetryPolicy:
         validate(self, source="retry")
 
     @classmethod
-    def coerce(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+    def coerce(cls, value: RetryPolicy | Mapping[str, object] | None) -> RetryPolicy:
         """Build a policy from a policy, a mapping of its field names, or ``None`` (defaults)."""
         if value is None:
             return cls()
