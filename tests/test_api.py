@@ -1,21 +1,161 @@
-"""The package root exports exactly its public API."""
+"""The package root's public surface: ``__all__`` is exactly what is public, grouped by
+concept; every name the docs use is there; every name that worked before still does; and
+the public signatures say what they take and return (no ``Any``)."""
 
 from __future__ import annotations
 
+import inspect
+import re
+from pathlib import Path
+
 import chworkers
+from chworkers import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Every name ``from chworkers import X`` gave before the package was cut into layers
+#: (issue 12); they must keep working.
+BEFORE = {
+    "BatchError", "BatcherClosedError", "ChworkersError", "ClickHouseError", "ConfigError",
+    "ConnectError", "Connection", "ConnectionConfig", "ConnectionLostError",
+    "ConnectionPool", "DeadLetter", "DeadLetters", "EmbeddedClickHouse", "EmbeddedError",
+    "Host", "InsertResult", "LeaseBroker", "LeaseClient", "LeaseStats", "MetricsHooks",
+    "Middleware", "Notifier", "PoolClosedError", "PoolError", "PoolHooks", "PoolOptions",
+    "PoolStats", "PoolTimeoutError", "QueueFullError", "Rejected", "RequestError",
+    "ResponseTimeoutError", "RetriesExhaustedError", "RetryPolicy", "SerializationError",
+    "ServerError", "SpoolCorruptError", "SpoolError", "SpoolFullError", "SpoolTimeoutError",
+    "SpoolWriteError", "StateDirInUseError", "Supervisor", "SupervisorOptions",
+    "SupervisorStats", "SupervisorStoppedError", "TaskError", "TaskInfo", "TransportError",
+    "Watchdog", "WorkerBootError", "WorkerContext", "WorkerLostError", "__version__",
+}  # fmt: skip
+
+#: Classes the docs name that are mechanism, not API: nobody builds or receives one.
+DOCUMENTED_INTERNALS = {
+    "WorkerSpec": "a worker's configuration, built by the supervisor before the fork",
+}
+
+#: Packages whose public signatures are still being typed in this session (issue 12:
+#: the supervisor's state in one place); allowed until that work lands.
+ANY_ALLOWED_IN = ("chworkers.workers.",)
 
 
-def test_all_matches_public_names() -> None:
-    public = {
+def public_names() -> set[str]:
+    return {
         name
         for name, value in vars(chworkers).items()
         if not name.startswith("_")
-        and not getattr(value, "__name__", "").startswith("chworkers.")  # submodules
+        and not inspect.ismodule(value)  # subpackages and modules, e.g. chworkers.errors
         and name not in {"annotations", "logging"}
     }
-    assert public == set(chworkers.__all__) - {"__version__"}
+
+
+def test_all_matches_public_names() -> None:
+    assert len(chworkers.__all__) == len(set(chworkers.__all__)), "a name listed twice"
+    assert public_names() == set(chworkers.__all__) - {"__version__"}
+
+
+def test_all_is_grouped_by_concept() -> None:
+    source = (ROOT / "chworkers" / "__init__.py").read_text()
+    listing = source[source.index("__all__ = [") : source.index("]\n", source.index("__all__"))]
+    groups = re.findall(r"^    # (.+)$", listing, re.M)
+    assert len(groups) >= 6, groups
+    assert groups[-1] == "Meta"
 
 
 def test_all_names_resolve() -> None:
     for name in chworkers.__all__:
         assert hasattr(chworkers, name), name
+        value = getattr(chworkers, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            # Exported from where it is defined, not from a module that merely imports it.
+            module = __import__(value.__module__, fromlist=[name])
+            assert getattr(module, name) is value, name
+
+
+def test_names_that_worked_before_still_import() -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from chworkers import {', '.join(sorted(BEFORE))}", namespace)
+    assert set(namespace) >= BEFORE
+    assert set(chworkers.__all__) >= BEFORE
+
+
+def test_the_whole_error_tree_is_exported() -> None:
+    tree = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value)
+        and issubclass(value, errors.ChworkersError)
+        and value.__module__ == errors.__name__
+    }
+    assert tree - set(chworkers.__all__) == set()
+
+
+def _classes_in_the_package() -> dict[str, str]:
+    """Public class names defined anywhere in chworkers, to the module defining them."""
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "chworkers").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for name in re.findall(r"^class ([A-Z]\w*)", path.read_text(), re.M):
+            found.setdefault(name, module)
+    return found
+
+
+def test_names_the_docs_use_are_exported() -> None:
+    classes = _classes_in_the_package()
+    missing: list[str] = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        imported = {
+            name.strip()
+            for line in re.findall(r"from chworkers import ([\w, ]+)", text)
+            for name in line.split(",")
+        }
+        code = re.findall(r"```.*?```|`[^`\n]+`", text, re.S)
+        named = {
+            n for span in code for n in re.findall(r"(?<![\w-])[A-Z]\w+(?![\w-])", span)
+        } & set(classes)
+        for name in sorted(imported | named):
+            if name not in chworkers.__all__ and name not in DOCUMENTED_INTERNALS:
+                missing.append(f"{doc.relative_to(ROOT)}: {name} (from {classes.get(name)})")
+    assert not missing, "used in the docs but not exported:\n" + "\n".join(missing)
+
+
+def _signatures(obj: object) -> list[tuple[str, dict[str, object]]]:
+    """(qualified name, annotations) of a function, or of a class's constructor, public
+    methods and properties."""
+    if inspect.isfunction(obj):
+        return [(obj.__qualname__, obj.__annotations__)]
+    out = []
+    assert inspect.isclass(obj)
+    for klass in obj.__mro__:
+        if not klass.__module__.startswith("chworkers") or klass.__module__.startswith(
+            ANY_ALLOWED_IN
+        ):
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("_") and name != "__init__":
+                continue
+            if isinstance(member, classmethod | staticmethod):
+                member = member.__func__
+            if isinstance(member, property):
+                member = member.fget
+            if inspect.isfunction(member):
+                out.append((f"{klass.__qualname__}.{name}", member.__annotations__))
+    return out
+
+
+def test_no_any_in_public_signatures() -> None:
+    found = []
+    for name in chworkers.__all__:
+        value = getattr(chworkers, name)
+        if not (inspect.isclass(value) or inspect.isfunction(value)):
+            continue
+        if value.__module__.startswith(ANY_ALLOWED_IN):
+            continue
+        if inspect.isclass(value) and issubclass(value, BaseException):
+            continue  # the error tree forwards its context keywords as they come
+        for qualname, hints in _signatures(value):
+            for param, annotation in hints.items():
+                if re.search(r"\bAny\b", str(annotation)):
+                    found.append(f"{value.__module__}.{qualname}: {param}: {annotation}")
+    assert not found, "Any in public signatures:\n" + "\n".join(sorted(set(found)))
