@@ -6,14 +6,21 @@ its :class:`~chworkers.clickhouse.pool.ConnectionPool` (``lease=``): every conne
 worker's pool first takes a lease, and returns it when the connection comes back, so all
 workers together never have more than ``capacity`` connections out.
 
-Transport: the broker listens on a Unix socket in a private (0700) temporary directory and
-serves every client connection from one thread, which alone decides grants (FIFO across all
-processes) and timeouts. A client is a picklable ``(address, holder)`` pair that connects
-lazily from the process using it, so it works with fork, spawn and forkserver alike, and
-only that process holds the socket: when it dies, even by SIGKILL, the kernel closes the
-socket, the broker reads end-of-file and takes back that connection's leases. A broker
-also checks every second that the processes holding leases are alive, and
-:meth:`LeaseBroker.reclaim` frees a holder's leases explicitly.
+A lease is a slot of a file the broker creates in a private (0700) directory, locked by
+its holder (:mod:`~chworkers.clickhouse.leaseslots`): the kernel keeps the count exact
+and frees a dead holder's slots, even after SIGKILL. Taking a free slot and giving it
+back are local to the holder (a few microseconds), so the broker is not on the path of
+every task. It is there for what needs one owner:
+
+- the queue: a request that finds no free slot (or finds others already waiting) joins
+  the broker's FIFO queue, across all processes, and the broker tells the requests at
+  its head when to take a slot that was freed;
+- the capacity (:meth:`LeaseBroker.resize`), closing, and :meth:`LeaseBroker.stats`:
+  who holds what, from the rows of counters each client keeps in the shared table.
+
+Every client connects once to the broker's Unix socket (lazily, from the process using
+it, so clients work with fork, spawn and forkserver); when its process dies the broker
+reads end-of-file and forgets it, and :meth:`LeaseBroker.reclaim` reports what it held.
 """
 
 from __future__ import annotations
@@ -36,7 +43,19 @@ import multiprocess
 from multiprocess.connection import Connection as _MPConnection
 from multiprocess.context import BaseContext
 
-from chworkers.clickhouse.leaseclient import LeaseClient
+from chworkers.clickhouse.leaseclient import LeaseClient, recv, send
+from chworkers.clickhouse.leaseslots import (
+    CAPACITY,
+    CLOSED,
+    GRANTED,
+    HELD,
+    HIGH,
+    MAX_SESSIONS,
+    MAX_SLOTS,
+    TIMEOUTS,
+    WAITING,
+    SlotTable,
+)
 from chworkers.errors import ConfigError, PoolClosedError
 from chworkers.pids import alive
 
@@ -44,8 +63,11 @@ __all__ = ["LeaseBroker", "LeaseClient", "LeaseStats"]
 
 log = logging.getLogger(__name__)
 
-#: How often the broker checks that processes holding leases are still alive.
+#: How often the broker checks that its clients' processes are still alive.
 LIVENESS_INTERVAL = 1.0
+#: While requests wait and none has been told to go, how often the broker looks for a
+#: free slot by itself (a holder that died frees its slots without saying so).
+RECHECK_INTERVAL = 0.02
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,7 @@ class _Peer:
     conn: Any
     holder: str = "?"
     pid: int | None = None
-    held: int = 0
+    row: int | None = None
     drop: bool = False
 
 
@@ -76,16 +98,20 @@ class _Peer:
 class _Request:
     peer: _Peer
     rid: int
-    deadline: float | None
+    told: bool = False  # told to take a slot; its answer is on the way
 
 
 def _check_capacity(capacity: Any) -> int:
-    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+    if (
+        not isinstance(capacity, int)
+        or isinstance(capacity, bool)
+        or not 1 <= capacity <= MAX_SLOTS
+    ):
         raise ConfigError(
-            f"lease capacity: {capacity!r} is not an integer >= 1",
+            f"lease capacity: {capacity!r} is not an integer from 1 to {MAX_SLOTS}",
             key="capacity",
             value=capacity,
-            expected="an integer >= 1",
+            expected=f"an integer from 1 to {MAX_SLOTS}",
         )
     return capacity
 
@@ -98,6 +124,9 @@ class LeaseBroker:
         self.context = context if context is not None else multiprocess.get_context()
         self._dir = tempfile.mkdtemp(prefix="chworkers-lease-")
         self.address = os.path.join(self._dir, "broker.sock")
+        self.slots_path = os.path.join(self._dir, "slots")
+        self._table = SlotTable(self.slots_path, create=True)
+        self._table.words[CAPACITY] = self._table.words[HIGH] = self._capacity
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.address)
         self._server.listen(128)
@@ -107,9 +136,9 @@ class LeaseBroker:
         os.set_blocking(self._wake_w, False)
         self._lock = threading.Lock()
         self._peers: list[_Peer] = []
+        self._rows = deque(range(MAX_SESSIONS))  # free rows of the shared table
         self._waiters: deque[_Request] = deque()
-        self._in_use = 0
-        self._granted = 0
+        self._granted = 0  # counters of clients that went away
         self._timeouts = 0
         self._reclaimed = 0
         self._auto_reclaimed: dict[str, int] = {}  # by holder, until reclaim() reports them
@@ -123,8 +152,9 @@ class LeaseBroker:
         with self._lock:
             state = "closed" if self._closed else "serving" if self._thread else "not started"
             return (
-                f"<LeaseBroker {state}: {self._in_use} in use, {len(self._waiters)} waiting, "
-                f"capacity {self._capacity}, {len(self._peers)} clients>"
+                f"<LeaseBroker {state}: {self._in_use_locked()} in use, "
+                f"{len(self._waiters)} waiting, capacity {self._capacity}, "
+                f"{len(self._peers)} clients>"
             )
 
     # -- public API (called from the owning process) ------------------------------------
@@ -153,21 +183,20 @@ class LeaseBroker:
         return LeaseClient(self.address, holder)
 
     def reclaim(self, holder: str) -> int:
-        """Free every lease ``holder`` has (its process died); returns how many were freed.
+        """Forget ``holder`` once its process is gone; returns how many leases it held.
 
-        The count includes leases the broker already took back by itself since the last
-        call (it notices a dead holder's closed socket), so a supervisor can always report
-        what a crashed worker held. The holder's pending requests are refused and its
-        connections dropped: call it once the holder's process is gone.
+        The kernel already freed them when the process died (the lease file's locks die
+        with their holder), so this only disconnects what is left of the holder and
+        reports what it held, including what the broker noticed by itself since the last
+        call. A live process's leases cannot be taken from it: they come back when it
+        releases them or exits.
         """
         freed = 0
         with self._lock:
             for peer in self._peers:
-                if peer.holder == holder:
-                    freed += peer.held
-                    peer.held = 0
+                if peer.holder == holder and not peer.drop:
+                    freed += self._forget_locked(peer)
                     peer.drop = True
-            self._in_use -= freed
             self._reclaimed += freed
             freed += self._auto_reclaimed.pop(holder, 0)
         if freed:
@@ -176,10 +205,14 @@ class LeaseBroker:
         return freed
 
     def resize(self, capacity: int) -> None:
-        """Change the capacity; leases already out above a smaller capacity are not revoked."""
+        """Change the capacity; leases already out above a smaller capacity are not
+        revoked, and no more are granted until fewer than the new capacity are out."""
         capacity = _check_capacity(capacity)
         with self._lock:
             self._capacity = capacity
+            words = self._table.words
+            words[HIGH] = max(words[HIGH], capacity)
+            words[CAPACITY] = capacity
         self._wake()
 
     @property
@@ -204,21 +237,29 @@ class LeaseBroker:
 
     def stats(self) -> LeaseStats:
         with self._lock:
+            self._drop_dead_locked()
+            table = self._table
             by_holder: dict[str, int] = {}
+            granted, timeouts = self._granted, self._timeouts
             for peer in self._peers:
-                if peer.held:
-                    by_holder[peer.holder] = by_holder.get(peer.holder, 0) + peer.held
+                if peer.row is None or peer.drop:
+                    continue
+                held = table.row(peer.row, HELD)
+                if held > 0:
+                    by_holder[peer.holder] = by_holder.get(peer.holder, 0) + held
+                granted += table.row(peer.row, GRANTED)
+                timeouts += table.row(peer.row, TIMEOUTS)
             waiting: dict[str, int] = {}
             for req in self._waiters:
                 waiting[req.peer.holder] = waiting.get(req.peer.holder, 0) + 1
             return LeaseStats(
                 capacity=self._capacity,
-                in_use=self._in_use,
+                in_use=self._in_use_locked(),
                 waiting=len(self._waiters),
                 by_holder=by_holder,
                 waiting_by_holder=waiting,
-                granted_total=self._granted,
-                timeouts_total=self._timeouts,
+                granted_total=granted,
+                timeouts_total=timeouts,
                 reclaimed_total=self._reclaimed,
                 clients=len(self._peers),
             )
@@ -229,6 +270,7 @@ class LeaseBroker:
             if self._closed:
                 return
             self._closed = True
+            self._table.words[CLOSED] = 1
             thread = self._thread
         self._wake()
         if thread is not None and thread is not threading.current_thread():
@@ -242,6 +284,47 @@ class LeaseBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- bookkeeping (under the lock) -----------------------------------------------------
+
+    def _in_use_locked(self) -> int:
+        """Slots held now, as the kernel sees them (the broker itself holds none)."""
+        if self._table.fd < 0:
+            return 0
+        return self._table.count_locked(max(self._capacity, self._table.high))
+
+    def _forget_locked(self, peer: _Peer) -> int:
+        """Fold a departing client's row into the totals; returns the leases it held."""
+        if peer.row is None:
+            return 0
+        table, row = self._table, peer.row
+        held = max(0, table.row(row, HELD))
+        self._granted += table.row(row, GRANTED)
+        self._timeouts += table.row(row, TIMEOUTS)
+        table.clear_owner(row + 1)
+        table.reset_row(row)
+        self._rows.append(row)
+        peer.row = None
+        return held
+
+    def _drop_dead_locked(self) -> None:
+        """Clients whose process died and whose end-of-file the thread has not read yet."""
+        for peer in self._peers:
+            if peer.pid is not None and not peer.drop and not alive(peer.pid):
+                peer.drop = True
+                self._note_departure_locked(peer)
+
+    def _note_departure_locked(self, peer: _Peer) -> None:
+        held = self._forget_locked(peer)
+        if held:
+            log.warning(
+                "holder %s (pid %s) went away holding %d lease(s); they are free again",
+                peer.holder,
+                peer.pid,
+                held,
+            )
+            self._reclaimed += held
+            self._auto_reclaimed[peer.holder] = self._auto_reclaimed.get(peer.holder, 0) + held
 
     # -- the serving thread ---------------------------------------------------------------
 
@@ -259,7 +342,9 @@ class LeaseBroker:
                 with self._lock:
                     if self._closed:
                         break
-                    timeout = self._next_timeout_locked(next_liveness)
+                    untold = any(not r.told for r in self._waiters)
+                until = next_liveness - time.monotonic()
+                timeout = max(0.0, min(until, RECHECK_INTERVAL) if untold else until)
                 for key, _ in sel.select(timeout):
                     if key.data == "server":
                         self._accept(sel)
@@ -272,20 +357,16 @@ class LeaseBroker:
                 if now >= next_liveness:
                     self._check_liveness()
                     next_liveness = now + LIVENESS_INTERVAL
-                self._flush(sel, self._dispatch(now))
+                self._flush(sel, self._dispatch())
         except Exception as exc:  # a bug; leave a trace (and a health problem), not a hang
             log.exception("lease broker crashed")
             with self._lock:
                 self._closed = True
+                self._table.words[CLOSED] = 1
                 self._crash = f"{type(exc).__name__}: {exc}"
         finally:
             sel.close()
             self._shutdown()
-
-    def _next_timeout_locked(self, next_liveness: float) -> float:
-        deadlines = [r.deadline for r in self._waiters if r.deadline is not None]
-        until = min([next_liveness, *deadlines])
-        return max(0.0, until - time.monotonic())
 
     def _accept(self, sel: selectors.BaseSelector) -> None:
         while True:
@@ -302,7 +383,7 @@ class LeaseBroker:
     def _read(self, peer: _Peer) -> None:
         try:
             while peer.conn.poll(0):
-                self._handle(peer, peer.conn.recv())
+                self._handle(peer, recv(peer.conn))
         except (EOFError, OSError):
             with self._lock:
                 peer.drop = True
@@ -312,71 +393,72 @@ class LeaseBroker:
             with self._lock:
                 peer.drop = True
 
-    def _handle(self, peer: _Peer, msg: Any) -> None:
+    def _handle(self, peer: _Peer, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
+        if kind == "hello" and peer.row is None and not peer.drop:
+            holder, pid = str(msg[1]), int(msg[2])
+            with self._lock:
+                row = self._rows.popleft() if self._rows and not self._closed else None
+                if row is not None:
+                    self._table.reset_row(row, pid)
+                    peer.holder, peer.pid, peer.row = holder, pid, row
+            if row is None:
+                why = "closed" if self._closed else f"more than {MAX_SESSIONS} clients"
+                send(peer.conn, ("refused", why))
+                raise OSError(f"refused {holder}: {why}")
+            send(peer.conn, ("welcome", self.slots_path, row))
+            return
+        if peer.row is None:
+            raise ValueError(f"{kind!r} before hello")
         with self._lock:
-            if kind == "hello":
-                peer.holder, peer.pid = str(msg[1]), int(msg[2])
-            elif kind == "acquire":
-                timeout = msg[2]
-                deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-                self._waiters.append(_Request(peer, int(msg[1]), deadline))
-            elif kind == "release":
-                if peer.held > 0:
-                    peer.held -= 1
-                    self._in_use -= 1
-                else:
-                    log.warning("holder %s released a lease it does not hold", peer.holder)
-            else:
-                log.warning("lease broker ignored an unknown message %r", kind)
+            if kind == "acquire":
+                self._waiters.append(_Request(peer, int(msg[1])))
+            elif kind in ("got", "missed", "cancel"):
+                rid = int(msg[1])
+                for req in self._waiters:
+                    if req.peer is peer and req.rid == rid:
+                        if kind == "missed":
+                            req.told = False  # still first in line; try again when one frees
+                        else:
+                            self._waiters.remove(req)
+                        break
+            elif kind != "freed":  # "freed": a holder gave one back while others wait
+                raise ValueError(f"unknown message {kind!r}")
 
     def _check_liveness(self) -> None:
         with self._lock:
-            peers = [p for p in self._peers if p.pid is not None and p.held]
-        for peer in peers:
-            if peer.pid is not None and not alive(peer.pid):
-                with self._lock:
-                    peer.drop = True
+            self._drop_dead_locked()
+            words = self._table.words
+            if words[HIGH] > self._capacity and not self._table.any_locked(
+                self._capacity, words[HIGH]
+            ):
+                words[HIGH] = self._capacity  # the slots above a shrunk capacity are back
 
-    def _dispatch(self, now: float) -> list[tuple[_Peer, tuple[Any, ...]]]:
-        """Decide, under the lock, which requests are granted, expired or refused."""
+    def _dispatch(self) -> list[tuple[_Peer, tuple[Any, ...]]]:
+        """Decide, under the lock, who is dropped, refused or told to take a slot."""
         out: list[tuple[_Peer, tuple[Any, ...]]] = []
         with self._lock:
             for peer in [p for p in self._peers if p.drop]:
-                if peer.held:
-                    log.warning(
-                        "holder %s (pid %s) went away holding %d lease(s); reclaimed",
-                        peer.holder,
-                        peer.pid,
-                        peer.held,
-                    )
-                    self._in_use -= peer.held
-                    self._reclaimed += peer.held
-                    self._auto_reclaimed[peer.holder] = (
-                        self._auto_reclaimed.get(peer.holder, 0) + peer.held
-                    )
-                    peer.held = 0
+                self._note_departure_locked(peer)
                 self._peers.remove(peer)
                 out.append((peer, ()))  # () = close this connection
-            alive = set(map(id, self._peers))
-            kept: deque[_Request] = deque()
-            for req in self._waiters:
-                if id(req.peer) not in alive:
-                    continue
-                if self._closed:
-                    out.append((req.peer, ("closed", req.rid, None)))
-                elif self._in_use < self._capacity and not kept:
-                    self._in_use += 1
-                    self._granted += 1
-                    req.peer.held += 1
-                    out.append((req.peer, ("granted", req.rid, None)))
-                elif req.deadline is not None and req.deadline <= now:
-                    self._timeouts += 1
-                    info = (self._capacity, self._in_use, len(self._waiters))
-                    out.append((req.peer, ("timeout", req.rid, info)))
-                else:
-                    kept.append(req)
-            self._waiters = kept
+            present = {id(p) for p in self._peers}
+            self._waiters = deque(r for r in self._waiters if id(r.peer) in present)
+            if self._closed:
+                out += [(r.peer, ("closed", r.rid)) for r in self._waiters]
+                self._waiters.clear()
+            elif any(not r.told for r in self._waiters):
+                # As many requests as slots are free, in order, take one each.
+                told = sum(1 for r in self._waiters if r.told)
+                free = self._capacity - self._in_use_locked() - told
+                for req in self._waiters:
+                    if free <= 0:
+                        break
+                    if not req.told:
+                        req.told = True
+                        free -= 1
+                        out.append((req.peer, ("go", req.rid)))
+            self._table.words[WAITING] = len(self._waiters)
         return out
 
     def _flush(self, sel: selectors.BaseSelector, out: list[tuple[_Peer, tuple[Any, ...]]]) -> None:
@@ -388,21 +470,19 @@ class LeaseBroker:
                     peer.conn.close()
                 continue
             try:
-                peer.conn.send(msg)
+                send(peer.conn, msg)
             except OSError:
                 with self._lock:
                     peer.drop = True
-                if msg[0] == "granted":
-                    # The grant never arrived; the next _dispatch reclaims it with the peer.
-                    pass
 
     def _shutdown(self) -> None:
         with self._lock:
             peers, self._peers = self._peers, []
             waiters, self._waiters = self._waiters, deque()
+            self._table.words[CLOSED] = 1
         for req in waiters:
             with contextlib.suppress(OSError):
-                req.peer.conn.send(("closed", req.rid, None))
+                send(req.peer.conn, ("closed", req.rid))
         for peer in peers:
             with contextlib.suppress(OSError):
                 peer.conn.close()
@@ -416,7 +496,7 @@ class LeaseBroker:
 
     def _forget_after_fork(self) -> None:
         # A forked child must not keep the broker's sockets open (clients would never see
-        # the owner die) nor remove the owner's socket file.
+        # the owner die) nor remove the owner's files.
         self._pid = -1
         for peer in self._peers:
             with contextlib.suppress(OSError):
