@@ -28,7 +28,7 @@ from clickhouse_connect.driver.query import QueryResult
 from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager, Timeout
 
-from chworkers.clickhouse import dedup
+from chworkers.clickhouse import dedup, native
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
@@ -192,6 +192,28 @@ class Connection:
         batch = dedup.normalize(data, column_names, column_oriented, table=table)
         opts = dict(settings or {})
         token = deduplication_token or opts.get("insert_deduplication_token")
+        if database is None and batch.kind in ("rows", "columns"):
+            # Native first: one encoding serves as the request body and as the content
+            # the token is derived from (hashing bytes is ~100x cheaper than pickling rows).
+            block = native.block(self, table, batch.data, batch.column_names, batch.column_oriented)
+            if block is not None:
+                body, names = block
+                if not token:
+                    token = dedup.content_token(
+                        f"{self.config.database or ''}\0{table}", f"Native\0{names}", (body,)
+                    )
+                try:
+                    return self.raw_insert(
+                        table,
+                        body,
+                        fmt="Native",
+                        column_names=names,
+                        settings=opts,
+                        deduplication_token=str(token),
+                    )
+                except ServerError:
+                    native.forget(self, table)  # the table may have changed under us
+                    raise
         if not token:
             token = dedup.derive_token(database or self.config.database, table, batch)
         opts["insert_deduplication_token"] = token

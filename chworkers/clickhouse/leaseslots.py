@@ -147,10 +147,9 @@ class SlotTable:
         """Whether another description holds a slot in ``start..stop-1``."""
         if stop <= start:
             return False
-        got = fcntl.fcntl(
-            self.fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, start, stop - start)
-        )
-        return struct.unpack(_FLOCK, got)[0] != fcntl.F_UNLCK
+        got = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, start, stop - start))
+        kind: int = struct.unpack(_FLOCK, got)[0]
+        return kind != fcntl.F_UNLCK
 
     def count_locked(self, stop: int) -> int:
         """How many of slots ``0..stop-1`` other descriptions hold (one call per slot)."""

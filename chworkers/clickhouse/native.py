@@ -97,3 +97,35 @@ class SchemaCache:
         with self._lock:
             for key in [k for k in self._schemas if k[0] == table]:
                 del self._schemas[key]
+
+
+#: Schemas a process looked up for :func:`block`, by server, database and table.
+_CONNECTION_SCHEMAS = SchemaCache()
+
+
+def _schema_key(conn: Any, table: str) -> str:
+    return f"{conn.endpoint}\0{conn.config.database or ''}\0{table}"
+
+
+def block(
+    conn: Any, table: str, data: Any, names: Sequence[str] | None, column_oriented: bool
+) -> tuple[bytes, tuple[str, ...]] | None:
+    """``data`` (rows or columns) as a Native block for ``table`` on ``conn``'s server, with
+    the column names it covers; None when it cannot be (the caller inserts it the usual
+    way, which reports why). The columns are looked up once per process and table."""
+    key, wanted = _schema_key(conn, table), tuple(names) if names is not None else None
+    schema = _CONNECTION_SCHEMAS.get(key, wanted)
+    if schema is None:
+        try:
+            schema = describe(conn, table, wanted)
+        except Exception as exc:  # e.g. no such table: the usual insert says so
+            log.debug("no Native encoding for %s: %s", table, exc)
+            return None
+        _CONNECTION_SCHEMAS.put(key, wanted, schema)
+    body = encode(schema, data, column_oriented)
+    return None if body is None else (body, schema.column_names)
+
+
+def forget(conn: Any, table: str) -> None:
+    """Look ``table``'s columns up again next time (an insert into it failed)."""
+    _CONNECTION_SCHEMAS.forget(_schema_key(conn, table))
