@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -61,6 +62,22 @@ def _take_and_report(client: LeaseClient, name: str, order: Any, hold: float) ->
 def _take_and_sleep(client: LeaseClient, n: int) -> None:
     for _ in range(n):
         client.acquire(5)
+    time.sleep(60)
+
+
+def _take_fork_and_sleep(client: LeaseClient, pids: Any) -> None:
+    client.acquire(5)
+    pid = os.fork()
+    if pid == 0:  # a grandchild: it shares the process's descriptors, not its leases
+        time.sleep(30)
+        os._exit(0)
+    pids.put(pid)
+    time.sleep(60)
+
+
+def _wait_and_report(client: LeaseClient, name: str, order: Any) -> None:
+    client.acquire(10)
+    order.put(name)
     time.sleep(60)
 
 
@@ -248,3 +265,91 @@ def test_a_garbled_client_is_dropped_and_the_broker_keeps_serving(broker: LeaseB
     client = broker.client("good")
     client.acquire(1)
     assert broker.stats().by_holder == {"good": 1}
+
+
+def test_a_request_waiting_at_the_broker_is_not_overtaken(broker: LeaseBroker) -> None:
+    ctx = multiprocess.get_context("fork")
+    main = broker.client("main")
+    main.acquire(1)
+    main.acquire(1)
+    order = ctx.Queue()
+    p = ctx.Process(target=_wait_and_report, args=(broker.client("first"), "first", order))
+    p.start()
+    try:
+        wait_for(lambda: broker.stats().waiting == 1)
+        main.release()
+        with pytest.raises(PoolTimeoutError):
+            main.acquire(0)  # the lease just freed is the waiting request's
+        assert order.get(timeout=10) == "first"
+        assert broker.stats().by_holder == {"main": 1, "first": 1}
+    finally:
+        p.kill()
+        p.join()
+
+
+def test_a_shrunk_capacity_grants_nothing_until_below_it(broker: LeaseBroker) -> None:
+    broker.resize(3)
+    main, other = broker.client("main"), broker.client("other")
+    for _ in range(3):
+        main.acquire(1)
+    broker.resize(1)
+    main.release()  # 2 out, capacity 1
+    with pytest.raises(PoolTimeoutError, match="2 of 1 out"):
+        other.acquire(0.1)
+    main.release()  # 1 out
+    with pytest.raises(PoolTimeoutError):
+        other.acquire(0.1)
+    main.release()  # 0 out
+    other.acquire(5)
+    with pytest.raises(PoolTimeoutError):
+        main.acquire(0.1)
+    assert broker.stats().in_use == 1
+
+
+def test_a_fork_of_a_holder_does_not_keep_its_leases() -> None:
+    """Forked children share their parent's descriptors; the lease file's must not keep
+    the parent's slots locked once the parent is gone."""
+    ctx = multiprocess.get_context("fork")
+    broker = LeaseBroker(1, context=ctx)
+    broker.start()
+    pids = ctx.Queue()
+    p = ctx.Process(target=_take_fork_and_sleep, args=(broker.client("parent"), pids))
+    p.start()
+    grandchild = pids.get(timeout=10)
+    try:
+        assert broker.stats().in_use == 1
+        os.kill(p.pid or 0, signal.SIGKILL)
+        p.join(5)
+        broker.client("next").acquire(5)  # free while the grandchild still runs
+        assert broker.stats().by_holder == {"next": 1}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+        broker.close()
+
+
+def test_many_threads_of_one_process_share_its_slots_exactly(broker: LeaseBroker) -> None:
+    client = broker.client("main")
+    active, peak = 0, 0
+    lock = threading.Lock()
+
+    def loop() -> None:
+        nonlocal active, peak
+        for _ in range(200):
+            client.acquire(10)
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.0002)
+            with lock:
+                active -= 1
+            client.release()
+
+    threads = [threading.Thread(target=loop) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 2
+    stats = broker.stats()
+    assert (stats.in_use, stats.granted_total, client.held) == (0, 1200, 0)
