@@ -73,6 +73,32 @@ def test_settings_apply_and_unknown_setting_fails(ch_client: Client) -> None:
     assert "UNKNOWN_SETTING" in str(info.value)
 
 
+def test_several_url_settings_apply_together(endpoint: EmbeddedClickHouse) -> None:
+    # All of a request's URL settings go to chDB as one SET; an unknown one among them
+    # fails the request and, in a session, leaves none of them behind.
+    names = ("max_threads", "max_block_size", "insert_deduplicate")
+    sql = b"SELECT " + b", ".join(b"getSetting('%s')" % n.encode() for n in names)
+    sql += b" FORMAT TSV"
+    params = {"max_threads": "3", "max_block_size": "1234", "insert_deduplicate": "0"}
+    session = {"session_id": str(uuid.uuid4())}
+    for extra in ({}, session):
+        target = "/?" + urllib.parse.urlencode({**params, **extra})
+        status, _, body = _http(endpoint, target, sql)
+        assert (status, body) == (200, b"3\t1234\tfalse\n")
+    before = _http(endpoint, "/?" + urllib.parse.urlencode(session), sql)[2]
+    bad = {**session, "max_threads": "5", "no_such_setting_xyz": "1", "max_block_size": "99"}
+    status, headers, body = _http(endpoint, "/?" + urllib.parse.urlencode(bad), sql)
+    assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "115", body
+    assert b"no_such_setting_xyz" in body
+    assert _http(endpoint, "/?" + urllib.parse.urlencode(session), sql)[2] == before
+    readonly = _http(
+        endpoint,
+        "/?" + urllib.parse.urlencode({**params, "query": "SELECT getSetting('readonly')"}),
+        method="GET",
+    )
+    assert readonly[2] == b"2\n"
+
+
 @pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", "br", False])
 def test_each_compression(client_factory: Any, compress: Any) -> None:
     client = client_factory(compress=compress)

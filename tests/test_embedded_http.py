@@ -219,6 +219,63 @@ def test_malformed_http_gets_400_and_endpoint_keeps_serving(endpoint: EmbeddedCl
     assert call(endpoint, "/", b"SELECT 1")[2] == b"1\n"
 
 
+def _raw(endpoint: EmbeddedClickHouse, request: bytes) -> bytes:
+    """The response to one request sent as these bytes (the connection then closes)."""
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while data := sock.recv(65536):
+            out += data
+        return out
+
+
+def test_request_headers_as_clickhouse_reads_them(endpoint: EmbeddedClickHouse) -> None:
+    head = "POST /?query=SELECT%20currentDatabase() HTTP/1.1\r\nHost: x\r\n"
+    # Case-insensitive names, blanks around values, an obsolete folded line.
+    ok = _raw(
+        endpoint,
+        (
+            head + "x-clickhouse-database:   system  \r\nX-Note: one\r\n two\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ).encode(),
+    )
+    assert ok.startswith(b"HTTP/1.1 200") and b"\r\nsystem\n\r\n" in ok, ok
+    for bad in (
+        head + "No colon here\r\n\r\n",
+        head + "Bad Name: x\r\n\r\n",
+        head + ": no name\r\n\r\n",
+        head + "".join(f"X-H{i}: {i}\r\n" for i in range(101)) + "\r\n",
+        head + "X-Long: " + "x" * 70_000 + "\r\n\r\n",
+    ):
+        answer = _raw(endpoint, bad.encode())
+        assert answer.startswith(b"HTTP/1.1 400"), (bad[:80], answer[:200])
+    assert call(endpoint, "/", b"SELECT 1")[2] == b"1\n"
+
+
+def test_chunked_insert_beyond_the_read_ahead_threshold(
+    endpoint: EmbeddedClickHouse, database: str, table: str
+) -> None:
+    # A chunked body is read in the request's thread until it passes 1 MiB, then ahead
+    # by a thread of its own: both halves arrive whole, and a failure after the switch
+    # still inserts nothing.
+    rows = csv_rows(0, 150_000)  # ~2.2 MB
+
+    def pieces(data: bytes) -> Iterator[bytes]:
+        yield b"INSERT INTO t FORMAT CSV\n"
+        for i in range(0, len(data), 100_000):
+            yield data[i : i + 100_000]
+
+    for body, ok in ((rows[:2_000_000] + b"bad,row\n" + rows, False), (rows, True)):
+        conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
+        conn.request("POST", q(database), body=pieces(body), encode_chunked=True)
+        resp = conn.getresponse()
+        text = resp.read()
+        conn.close()
+        assert (resp.status == 200) is ok, text
+        assert count(endpoint, database) == (150_000 if ok else 0)
+
+
 def test_multipart_external_data_by_hand(endpoint: EmbeddedClickHouse) -> None:
     boundary = "XyZ"
     parts = [

@@ -159,11 +159,17 @@ def run(
 
 
 def apply_settings(conn: Any, settings: Mapping[str, str]) -> None:
-    """``SET`` each setting on the connection, as ClickHouse applies URL parameters."""
-    for name, value in settings.items():
+    """Put ``settings`` in effect on the connection, as ClickHouse applies URL parameters.
+
+    One ``SET a = ..., b = ...`` for all of them: each chDB query costs about 0.2 ms of
+    CPU, and clickhouse-connect sends five or six settings with every request.
+    ClickHouse checks every name before applying any, so an unknown one changes nothing.
+    """
+    for name in settings:
         if not _SETTING_NAME.match(name):
             raise clickhouse_error(UNKNOWN_SETTING, f"Unknown setting '{name}'")
-        run(conn, f"SET {name} = {quote_literal(value)}")
+    if settings:
+        run(conn, "SET " + ", ".join(f"{n} = {quote_literal(v)}" for n, v in settings.items()))
 
 
 def current_settings(conn: Any, names: Iterable[str]) -> dict[str, str]:
@@ -255,13 +261,24 @@ def _fetch(conn: Any, handle: Any, stats: Stats) -> Generator[bytes, None, None]
                 log.debug("cancelling a streaming query failed", exc_info=True)
 
 
-def prefetch(chunks: Iterator[bytes], depth: int = 4) -> Generator[bytes, None, None]:
+def prefetch(
+    chunks: Iterator[bytes], depth: int = 4, after: int = 0
+) -> Generator[bytes, None, None]:
     """Read ``chunks`` in a thread of its own, up to ``depth`` ahead.
 
     An insert then receives the next piece of the body while chDB parses the last one
     (chDB releases the GIL). Errors from reading are raised here, in order. Closing the
     generator stops the reader and waits for it, so nobody reads the socket after.
+    The first ``after`` bytes are read in the caller's thread: a body of unknown length
+    (chunked) that turns out small never pays for a thread and its hand-offs.
     """
+    seen = 0
+    while after and seen <= after:
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        seen += len(chunk)
+        yield chunk
     pipe: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()

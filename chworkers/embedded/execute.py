@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 MAX_QUERY_SIZE = 256 << 20
 #: Longest INSERT statement head before its data.
 MAX_INSERT_HEAD = 1 << 20
-#: Insert bodies larger than this (or chunked) are read by a thread of their own.
+#: Insert bodies larger than this (announced, or chunked and seen) are read by a thread
+#: of their own.
 PREFETCH_ABOVE = 1 << 20
 
 
@@ -105,9 +106,10 @@ def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | Any]:
     try:
         if qr.database:
             engine.run(conn, f"USE {engine.quote_ident(qr.database)}")
-        engine.apply_settings(conn, qr.settings)
-        if qr.method == "GET" and "readonly" not in qr.settings:
-            engine.run(conn, "SET readonly = 2")  # as ClickHouse: GET never writes
+        settings = qr.settings
+        if qr.method == "GET" and "readonly" not in settings:
+            settings = {**settings, "readonly": "2"}  # as ClickHouse: GET never writes
+        engine.apply_settings(conn, settings)
         yield conn
     finally:
         engine.close_quietly(conn)
@@ -158,7 +160,9 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         if insert is not None and _streams(insert, head, qr):
             data: Iterator[bytes] = chain([head[insert.data_offset :]], chunks)
             if req.body.length is None or req.body.length > PREFETCH_ABOVE:
-                data = engine.prefetch(data)  # read the body while chDB parses
+                # Read the body while chDB parses; a chunked one only once it is large.
+                after = PREFETCH_ABOVE if req.body.length is None else 0
+                data = engine.prefetch(data, after=after)
             try:
                 engine.insert(conn, insert.statement, insert.fmt, data, stats)
             finally:

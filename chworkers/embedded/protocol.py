@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
-from http.client import HTTPException, parse_headers
 from typing import BinaryIO
 
 from chworkers.embedded.exceptions import (
@@ -31,6 +30,8 @@ from chworkers.http.framing import MAX_CHUNK_LINE, body_framing, chunk_size
 #: ClickHouse's default http_max_uri_size.
 MAX_URI_SIZE = 1 << 20
 MAX_HEADER_LINE = 1 << 16
+#: As the standard library's http.client (and Poco's default for ClickHouse).
+MAX_HEADERS = 100
 READ_CHUNK = 1 << 20
 
 
@@ -215,10 +216,7 @@ def read_request(rfile: BinaryIO) -> Request | None:
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise BadRequest(f"malformed request line {line[:100]!r}")
     method, target, version = parts
-    try:
-        headers = parse_headers(rfile)
-    except HTTPException as exc:
-        raise BadRequest(f"malformed request headers: {exc}") from exc
+    headers = _read_headers(rfile)
     try:
         length, chunked = body_framing(headers)
     except HttpRequestError as exc:
@@ -236,6 +234,37 @@ def read_request(rfile: BinaryIO) -> Request | None:
         query_string=qs,
         keep_alive=keep,
     )
+
+
+def _read_headers(rfile: BinaryIO) -> Message:
+    """The header fields up to the blank line, folded lines joined.
+
+    Read line by line instead of by http.client's ``parse_headers``, which runs the
+    e-mail parser over them: that took a third of the endpoint's own CPU for a small
+    insert. A line that is no ``Name: value`` is a 400, as it is for ClickHouse (Poco).
+    """
+    fields: list[tuple[str, str]] = []
+    while True:
+        line = rfile.readline(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE:
+            raise BadRequest(f"a request header line is longer than {MAX_HEADER_LINE} bytes")
+        if line in (b"\r\n", b"\n", b""):
+            break
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t") and fields:  # obsolete line folding: one more line
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value} {text.strip()}")
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not name or name != name.strip() or " " in name:
+            raise BadRequest(f"malformed request header line {line[:100]!r}")
+        if len(fields) >= MAX_HEADERS:
+            raise BadRequest(f"more than {MAX_HEADERS} request headers")
+        fields.append((name, value.strip()))
+    headers = Message()
+    for name, value in fields:
+        headers[name] = value
+    return headers
 
 
 @dataclass
