@@ -14,12 +14,11 @@ import logging
 import re
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import clickhouse_connect
 import pytest
+from chclients import make_client, unique_name
 from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
 
@@ -49,18 +48,6 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
     sys.stderr, sys.excepthook, threading.excepthook = saved
     logging.captureWarnings(False)
-
-
-def make_client(endpoint: EmbeddedClickHouse, **kwargs: Any) -> Client:
-    """A clickhouse-connect HTTP client for ``endpoint`` (keyword arguments as get_client)."""
-    kwargs.setdefault("host", endpoint.host)
-    kwargs.setdefault("port", endpoint.port)
-    return clickhouse_connect.get_client(**kwargs)
-
-
-def unique_name(prefix: str = "t") -> str:
-    """A name no other test uses (for databases, tables, sessions)."""
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

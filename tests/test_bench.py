@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_client, unique_name
+from chclients import make_client, unique_name
 
 from chworkers.bench import report
 from chworkers.bench.runner import Case, Group, Metric, measure, summarize, timed
