@@ -1,5 +1,7 @@
 """``chworkers run`` on a file of JSON lines against raw POSTs of the same file in
-batch-sized pieces (the ceiling for that request shape).
+batch-sized pieces (the ceiling for that request shape), and against what one would
+write without chworkers: ``json.loads`` each line and insert the rows with
+clickhouse-connect.
 
 The daemon runs as users run it: ``python -m chworkers run -c FILE`` in a process of its
 own (the URL in its environment, not in the file), with its defaults (fsync'd spool,
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -164,6 +167,16 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
         rate = lines / (time.perf_counter() - start)
         return {"rate": rate, "steady": rate}
 
+    def parsed() -> Mapping[str, float]:
+        start = time.perf_counter()
+        names = list(data.COLUMNS)
+        with open(source, "rb") as fh:
+            while chunk := list(itertools.islice(fh, batch)):
+                rows = [[record[c] for c in names] for record in map(json.loads, chunk)]
+                client.insert("d_parsed", rows, column_names=names)
+        rate = lines / (time.perf_counter() - start)
+        return {"rate": rate, "steady": rate}
+
     def daemon_case(workers: int) -> Case:
         table = f"d_run{workers}"
         connections = env.sizes.connections
@@ -188,6 +201,12 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
                     posted,
                     before=lambda: env.table(client, "d_post"),
                     after=lambda: data.expect(client, "d_post", lines, "raw POSTs"),
+                ),
+                Case(
+                    "clickhouse-connect, json.loads + insert",
+                    parsed,
+                    before=lambda: env.table(client, "d_parsed"),
+                    after=lambda: data.expect(client, "d_parsed", lines, "parsed rows"),
                 ),
                 *(daemon_case(w) for w in env.sizes.workers),
             ],
