@@ -136,7 +136,7 @@ def test_bench_against_a_url_writes_json_and_drops_its_database(
     out = tmp_path / "bench.json"
     families = ["rows", "columnar", "raw", "tasks", "lease"]
     args = ["bench", "--url", endpoint.url, "--database", db, "--json", str(out), *TINY]
-    args += ["--tasks", "50", "--lease-trips", "50"]
+    args += ["--tasks", "50", "--lease-trips", "50", "--workers", "2"]  # one supervisor each
     assert main(args + [a for f in families for a in ("--only", f)]) == 0
     assert db not in databases(endpoint)
 
@@ -157,6 +157,9 @@ def test_bench_against_a_url_writes_json_and_drops_its_database(
     sup2 = next(r for r in doc["results"] if r["path"] == "Supervisor(workers=2).insert(rows)")
     assert sup2["versus"] == "plain clickhouse-connect loop" and sup2["target"] == 1.2
     assert sup2["meets_target"] == (sup2["ratio"] >= 1.2)
+    spread = [r for r in doc["results"] if r["metric"] == "spread"]
+    assert {r["path"] for r in spread} >= {"Supervisor(workers=2).insert(rows)"}
+    assert all(r["min"] >= 1.0 and r["ratio"] is None for r in spread)  # most / fewest
 
     printed = capsys.readouterr().out
     for r in doc["results"]:

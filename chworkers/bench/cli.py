@@ -161,7 +161,7 @@ def _available(name: str) -> str | None:
 
 def _bench(args: argparse.Namespace) -> int:
     sizes = sizes_from(args)
-    names = list(dict.fromkeys(args.only or FAMILIES))
+    names = [name for name in FAMILIES if name in (args.only or FAMILIES)]
     skipped: dict[str, str] = {}
     for name in names:
         why = _available(name)

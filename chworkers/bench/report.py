@@ -19,7 +19,9 @@ JSON_FORMAT = 1
 
 
 def number(value: float, unit: str) -> str:
-    """``value`` the way the table shows it: 712k rows/s, 5.31M rows/s, 243 us."""
+    """``value`` the way the table shows it: 712k rows/s, 5.31M rows/s, 243 us, 1.25x."""
+    if unit == "x":
+        return f"{value:.2f}"
     if unit.endswith("/s"):
         if value >= 1e6:
             return f"{value / 1e6:.2f}M"

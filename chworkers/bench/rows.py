@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import multiprocess
 
 from chworkers.bench import data
-from chworkers.bench.runner import Case, Group, timed
+from chworkers.bench.runner import Case, Group, Metric, timed
 from chworkers.workers.supervisor import Supervisor
 
 # The fork-inherited Pool's state: set before the fork, read in its workers.
@@ -60,6 +60,7 @@ def client_kwargs(env: data.Env) -> dict[str, Any]:
     }
 
 
+SPREAD = Metric("spread", "x", "lower")  # most tasks on one worker / fewest
 #: Issue 11's targets for ``Supervisor(workers=N).insert(rows)`` against the plain loop.
 TARGETS = {1: 0.95, 2: 1.2}
 POOL2 = "multiprocess.Pool(2), fork-inherited rows"
@@ -71,6 +72,27 @@ def supervisor(env: data.Env, stack: contextlib.ExitStack, workers: int) -> Supe
     connections = env.sizes.connections or workers
     sup = Supervisor(env.target.url, workers=workers, max_connections=connections)
     return stack.enter_context(sup)
+
+
+def done_by_worker(sup: Supervisor) -> dict[str, int]:
+    return {w["name"]: int(w["done"]) for w in sup.stats().workers}
+
+
+def spread(
+    sup: Supervisor, run: Callable[[], Mapping[str, float]]
+) -> Callable[[], Mapping[str, float]]:
+    """``run``, also reporting how evenly the round's tasks went over the workers: the
+    most tasks one worker ran over the fewest (1.0: even), counted outside the timing."""
+
+    def measured() -> Mapping[str, float]:
+        before = done_by_worker(sup)
+        result = dict(run())
+        after = done_by_worker(sup)
+        per = [after[name] - before.get(name, 0) for name in after]
+        result["spread"] = max(per) / max(1, min(per))
+        return result
+
+    return measured
 
 
 def label(env: data.Env, workers: int) -> str:
@@ -126,21 +148,28 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
         ]
         return sum(int(f.result()) for f in futures)
 
-    cases: list[tuple[str, str, Callable[[], int], str | None, float | None]] = [
-        ("plain clickhouse-connect loop", "plain", plain, None, None),
-        (POOL2, "pool2", pooled, None, None),
+    def case(
+        name: str,
+        table: str,
+        run: Callable[[], int],
+        versus: str | None = None,
+        target: float | None = None,
+        sup: Supervisor | None = None,
+    ) -> Case:
+        measured = timed(run)
+        extra: tuple[Metric, ...] = ()
+        if sup is not None and sup.options.workers > 1:
+            measured, extra = spread(sup, measured), (SPREAD,)
+        return Case(name, measured, fresh(table), check(table, name), versus, target, extra)
+
+    cases = [
+        case("plain clickhouse-connect loop", "plain", plain),
+        case(POOL2, "pool2", pooled),
     ]
     for w, sup in sups.items():
         name = f"{label(env, w)}.insert(rows)"
-        cases.append((name, f"sup{w}", inserted(sup, f"sup{w}"), None, TARGETS.get(w)))
+        cases.append(case(name, f"sup{w}", inserted(sup, f"sup{w}"), None, TARGETS.get(w), sup))
     name = f"{label(env, producer)}.submit(make+insert)"
-    cases.append((name, "made", produced, POOL2, 1.0 if producer == 2 else None))
-    return [
-        Group(
-            f"rows: {total:,} in {sizes.batch:,}-row batches",
-            [
-                Case(name, timed(run), fresh(table), check(table, name), versus, target)
-                for name, table, run, versus, target in cases
-            ],
-        )
-    ]
+    target = 1.0 if producer == 2 else None
+    cases.append(case(name, "made", produced, POOL2, target, sups[producer]))
+    return [Group(f"rows: {total:,} in {sizes.batch:,}-row batches", cases)]

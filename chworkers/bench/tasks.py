@@ -10,7 +10,7 @@ from typing import Any
 import multiprocess
 
 from chworkers.bench import data
-from chworkers.bench.rows import label, quiet_pool_worker, supervisor
+from chworkers.bench.rows import SPREAD, label, quiet_pool_worker, spread, supervisor
 from chworkers.bench.runner import TASKS_PER_S, Case, Group, timed
 
 
@@ -49,10 +49,15 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
                 Case("multiprocess.Pool(2).apply_async", timed(applied)),
                 Case(
                     f"{label(env, 2)}.submit (leased connection)",
-                    timed(through(sup.submit, nothing_with)),
+                    spread(sup, timed(through(sup.submit, nothing_with))),
                     target=1.0,
+                    extra=(SPREAD,),
                 ),
-                Case(f"{label(env, 2)}.call (no connection)", timed(through(sup.call, nothing))),
+                Case(
+                    f"{label(env, 2)}.call (no connection)",
+                    spread(sup, timed(through(sup.call, nothing))),
+                    extra=(SPREAD,),
+                ),
             ],
             metrics=(TASKS_PER_S,),
         )
