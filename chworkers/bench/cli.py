@@ -21,6 +21,7 @@ from chworkers.bench.data import QUICK, Env, Sizes, make_workdir
 from chworkers.bench.runner import Result, measure
 from chworkers.bench.target import DEFAULT_DATABASE, open_target
 from chworkers.errors import BenchError
+from chworkers.settings import flags
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def _bench(args: argparse.Namespace) -> int:
     started, clock, load_before = dt.datetime.now(dt.UTC), time.monotonic(), os.getloadavg()
     results: list[Result] = []
     notes: list[str] = []
-    if args.log_level is None:  # the supervisors' start/stop lines would drown the table
+    if "log.level" not in flags.given(args):  # supervisors' start/stop lines would drown it
         for noisy in ("chworkers.workers", "chworkers.embedded"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     with contextlib.ExitStack() as outer:
