@@ -71,3 +71,18 @@ def test_first_keyword() -> None:
     assert sql.first_keyword(b"  /* c */ ((SELECT 1))") == "SELECT"
     assert sql.first_keyword(b"with x as (select 1) select * from x") == "WITH"
     assert sql.first_keyword(b"") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        (b"SET a = 1, b = 'x,y'", {"a", "b"}),
+        (b"set max_threads=3", {"max_threads"}),
+        (b"/* note */ SET a = (1, 2), `c` = [1, 2]", {"a", "c"}),
+        (b"SET flag", {"flag"}),
+        (b"SELECT 1", set()),
+        (b"SET ROLE NONE", set()),
+    ],
+)
+def test_assigned_settings(text: bytes, names: set[str]) -> None:
+    assert sql.assigned_settings(text) == names

@@ -183,13 +183,17 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                     "INSERT after its FORMAT clause so it streams",
                 )
         text = bytes(buf)
+        ran = True
         try:
-            results.answer(ctx.engine.version, conn, req, qr, text, resp, stats)
+            results.answer(ctx.engine.version, conn, req, qr, text, resp, stats, session)
             if insert is not None:
                 ctx.stats.inserted(stats.written_rows, stats.written_bytes)
+        except ServerError:
+            ran = False  # chDB refused the statement: the session is as it was
+            raise
         finally:
-            if session is not None:
-                session.statement_ran(sql.first_keyword(text))
+            if session is not None and ran:  # even if the client is gone by now
+                session.statement_ran(text)
 
 
 def _streams(insert: sql.InsertHead, head: bytes, qr: QueryRequest) -> bool:

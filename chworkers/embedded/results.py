@@ -30,6 +30,7 @@ from chworkers.embedded.exceptions import (
 )
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
+from chworkers.embedded.sessions import Session
 from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,12 @@ def answer(
     text: bytes,
     resp: Response,
     stats: engine.Stats,
+    session: Session | None = None,
 ) -> None:
-    """Run ``text`` (the whole query, as bytes) and write its result to ``resp``."""
+    """Run ``text`` (the whole query, as bytes) and write its result to ``resp``.
+
+    ``session`` is the request's session, if it has one (its ``SET`` may be in effect).
+    """
     if not text.strip():
         raise clickhouse_error(SYNTAX_ERROR, "Empty query")
     fmt_name = sql.output_format(text) or qr.default_format
@@ -123,7 +128,7 @@ def answer(
     tag = secrets.token_hex(8)  # 16 alphanumeric characters, as ClickHouse's
     resp.set_header("X-ClickHouse-Exception-Tag", tag)
     blocks: Generator[bytes, None, None] | None = None
-    if _streams(conn, qr, text, fmt):
+    if _streams(session, qr, text, fmt):
         blocks = engine.stream(conn, text, fmt_name, qr.query_params, stats)
     if blocks is None:
         _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
@@ -180,7 +185,9 @@ def answer(
     writer.finish()
 
 
-def _streams(conn: Any, qr: QueryRequest, text: bytes, fmt: formats.OutputFormat) -> bool:
+def _streams(
+    session: Session | None, qr: QueryRequest, text: bytes, fmt: formats.OutputFormat
+) -> bool:
     """Whether the result can be joined from chDB's per-block documents.
 
     Not when totals, extremes or a setting that wraps each block's document may be in
@@ -190,8 +197,8 @@ def _streams(conn: Any, qr: QueryRequest, text: bytes, fmt: formats.OutputFormat
         return False
     if _WRAPPING_TEXT.search(text) or any(name in qr.settings for name in _WRAPPING):
         return False
-    if qr.session_id:
-        values = engine.current_settings(conn, _WRAPPING).values()
+    if session is not None:
+        values = session.own_settings(_WRAPPING).values()
         return all(value in ("", "0", "false") for value in values)
     return True
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ from chworkers.embedded.exceptions import (
     SESSION_NOT_FOUND,
     clickhouse_error,
 )
+from chworkers.embedded.sql import assigned_settings, first_keyword
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class Session:
     ClickHouse applies URL settings and ``database`` to one query only, not to the
     session. Restoring them after every request would cost a lookup each time, so the
     session remembers which overrides are in effect and their original values, and a
-    request changes only what differs from the previous one.
+    request changes only what differs from the previous one. ``baseline`` holds the
+    session's own values of the settings read so far, until its next ``SET``.
     """
 
     session_id: str
@@ -83,11 +85,32 @@ class Session:
             raise
         self.overrides = dict(settings)
 
-    def statement_ran(self, keyword: str) -> None:
-        """After the session's own SET or USE, its state is the new baseline."""
+    def own_settings(self, names: Iterable[str]) -> dict[str, str]:
+        """The session's own values of ``names``, without this request's URL settings.
+
+        Read from chDB once and kept until the session's next ``SET``: a streamed
+        SELECT asks for them every time. The caller must not have overridden any of
+        ``names`` in this request (their values would be the override's).
+        """
+        wanted = list(names)
+        new = [n for n in wanted if n not in self.baseline]
+        if new:
+            self.baseline.update(current_settings(self.conn, new))
+        return {n: self.baseline[n] for n in wanted}
+
+    def statement_ran(self, text: bytes) -> None:
+        """After the session's own SET or USE (that chDB ran), its state is the new baseline.
+
+        This request's URL settings end with it, as in ClickHouse: those the SET did not
+        assign itself go back to their values before the request.
+        """
+        keyword = first_keyword(text)
         if keyword == "SET":
+            assigned = assigned_settings(text)
+            back = {n: self.baseline[n] for n in self.overrides if n not in assigned}
             self.baseline = {}
             self.overrides = {}
+            apply_settings(self.conn, back)
         elif keyword == "USE":
             self.base_database = None
             self.database_override = None

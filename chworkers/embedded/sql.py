@@ -211,6 +211,33 @@ def _is_from_infile(buf: bytes, tok: Token, complete: bool) -> bool:
     return nxt is not None and nxt.upper == "INFILE"
 
 
+def assigned_settings(buf: bytes) -> set[str]:
+    """The names a ``SET a = 1, b = 'x'`` statement assigns (empty for anything else)."""
+    try:
+        toks = _tokens(buf, True)
+    except NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return set()
+    if not toks or toks[0].upper != "SET":
+        return set()
+    names: set[str] = set()
+    depth = 0
+    expect_name = True  # after SET and after each top-level comma
+    for i, tok in enumerate(toks[1:], start=1):
+        if tok.kind == "punct" and tok.text in (b"(", b"["):
+            depth += 1
+        elif tok.kind == "punct" and tok.text in (b")", b"]"):
+            depth -= 1
+        elif depth == 0 and tok.kind == "punct" and tok.text == b",":
+            expect_name = True
+            continue
+        if expect_name and tok.kind in ("word", "quoted"):
+            nxt = toks[i + 1] if i + 1 < len(toks) else None
+            if nxt is None or (nxt.kind == "punct" and nxt.text in (b"=", b",")):
+                names.add(tok.text.decode("utf-8", "replace").strip('`"'))
+        expect_name = False
+    return names
+
+
 _FORMAT_AT_END = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
