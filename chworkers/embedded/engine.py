@@ -55,14 +55,19 @@ class Stats:
 
     def summary(self) -> str:
         elapsed_ns = int((time.monotonic() - self.started) * 1e9) if self.started else 0
+        result_rows, result_bytes = self.result_rows, self.result_bytes
+        if self.written_rows and not result_rows:
+            # An INSERT's result is what it wrote (query_log's result_rows, and the
+            # summary ClickHouse sends for it).
+            result_rows, result_bytes = self.written_rows, self.written_bytes
         values = {
             "read_rows": self.read_rows,
             "read_bytes": self.read_bytes,
             "written_rows": self.written_rows,
             "written_bytes": self.written_bytes,
             "total_rows_to_read": self.read_rows,
-            "result_rows": self.result_rows,
-            "result_bytes": self.result_bytes,
+            "result_rows": result_rows,
+            "result_bytes": result_bytes,
             "elapsed_ns": elapsed_ns,
         }
         # ClickHouse writes every number as a JSON string.
