@@ -29,6 +29,7 @@ from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager, Timeout
 
 from chworkers.clickhouse import dedup, native
+from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
@@ -229,6 +230,16 @@ class Connection:
                 )
             elif batch.kind == "arrow":
                 summary = self._client.insert_arrow(table, batch.data, **args)
+            elif batch.column_oriented and any(map(_is_datetime64, batch.data)):
+                # clickhouse-connect cannot write datetime64 arrays: convert them by the
+                # column types (the query clickhouse-connect's insert would make anyway).
+                ctx = self._client.create_insert_context(
+                    table, batch.column_names or "*", column_oriented=True, **args
+                )
+                columns, formats = numpy_columns(ctx.column_names, ctx.column_types, batch.data)
+                ctx.column_formats.update(formats)
+                ctx.data = columns
+                summary = self._client.data_insert(ctx)
             else:
                 summary = self._client.insert(
                     table,
@@ -390,6 +401,10 @@ def _no_driver_retry(request: Any) -> Any:
         return request(*args, **kwargs)
 
     return no_retry
+
+
+def _is_datetime64(column: Any) -> bool:
+    return getattr(getattr(column, "dtype", None), "kind", None) == "M"
 
 
 def _dict(settings: Mapping[str, object] | None) -> dict[str, Any] | None:

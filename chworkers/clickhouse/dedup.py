@@ -82,13 +82,17 @@ def normalize(
     module = type(data).__module__.split(".")[0]
     kind = type(data).__name__
     if module == "pandas" and kind == "DataFrame":
+        # The DataFrame's own columns unless told otherwise, as insert_df does.
+        names = names if names is not None else [str(c) for c in data.columns]
         return Batch("pandas", data, names, False, len(data))
     if module == "pyarrow" and kind in ("Table", "RecordBatch"):
         return Batch("arrow", data, names, False, int(data.num_rows))
     if module == "numpy" and kind == "ndarray":
         if data.dtype.names:  # structured array: one column per field
             fields = list(data.dtype.names)
-            columns = [data[f].tolist() for f in fields]
+            # datetime64 fields stay arrays: their conversion needs the column types
+            # (columnar.numpy_columns); tolist() would make naive (local time) datetimes.
+            columns = [data[f] if data[f].dtype.kind == "M" else data[f].tolist() for f in fields]
             return Batch("columns", columns, names or fields, True, len(data))
         if data.ndim != 2:
             raise BatchError(

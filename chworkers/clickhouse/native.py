@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
+from clickhouse_connect.driver.binding import quote_identifier
+from clickhouse_connect.driver.insert import InsertContext
+from clickhouse_connect.driver.transform import NativeTransform
+
 from chworkers.clickhouse import nativecols
+from chworkers.clickhouse.columnar import numpy_columns
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +59,20 @@ def describe(conn: Any, table: str, column_names: Sequence[str] | None) -> Table
 def encode(
     schema: TableSchema, data: Any, column_oriented: bool, *, widths_checked: bool = False
 ) -> bytes | None:
-    """``data`` as a Native block (:mod:`chworkers.clickhouse.nativecols`), or None when it
-    cannot be encoded (a value the serializer rejects, rows of the wrong width; with
+    """``data`` as a Native block (:mod:`chworkers.clickhouse.nativecols`; a pandas
+    DataFrame by clickhouse-connect's serializer, as ``insert_df`` encodes it; numpy
+    ``datetime64`` columns by :func:`~chworkers.clickhouse.columnar.numpy_columns`), or
+    None when it cannot be encoded (a value the serializer rejects, rows of the wrong width; with
     ``widths_checked`` the caller has checked every row against the schema's columns)."""
     try:
+        encoders = _encoders(schema.column_names, schema.type_names)
+        if _is_dataframe(data):
+            return _dataframe(schema, encoders, data)
+        if column_oriented:
+            data, _ = numpy_columns(schema.column_names, [e.ctype for e in encoders], data)
         return nativecols.encode_columns(
             schema.table,
-            _encoders(schema.column_names, schema.type_names),
+            encoders,
             data,
             column_oriented,
             schema.server_tz,
@@ -69,6 +81,34 @@ def encode(
     except Exception as exc:
         log.debug("Native encoding of a batch for %s failed: %s", schema.table, exc)
         return None
+
+
+def _is_dataframe(data: Any) -> bool:
+    kind = type(data)
+    return kind.__name__ == "DataFrame" and kind.__module__.split(".")[0] == "pandas"
+
+
+def _dataframe(
+    schema: TableSchema, encoders: Sequence[nativecols.ColumnEncoder], df: Any
+) -> bytes | None:
+    """A DataFrame by clickhouse-connect's own serializer: the bytes ``insert_df`` sends."""
+    if len(df.columns) != len(schema.column_names):
+        return None
+    ctx = InsertContext(
+        schema.table,
+        list(schema.column_names),
+        [e.ctype for e in encoders],
+        df,
+        server_tz=schema.server_tz,
+    )
+    body = b"".join(NativeTransform.build_insert(ctx))
+    if ctx.insert_exception is not None:
+        return None
+    cols = ", ".join(quote_identifier(name) for name in schema.column_names)
+    prefix = f"INSERT INTO {schema.table} ({cols}) FORMAT Native\n".encode()
+    if not body.startswith(prefix):  # not the layout this module was written against
+        return None
+    return body[len(prefix) :]
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,7 +23,7 @@ from typing import Any
 
 import dill  # type: ignore[import-untyped]
 
-from chworkers.clickhouse import dedup
+from chworkers.clickhouse import columnar, dedup
 from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
 from chworkers.errors import BatchError, ChworkersError, SerializationError, TaskError
 
@@ -136,8 +136,10 @@ def encode_insert(
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
 
-    ``native(form, names, data)`` may turn rows or columns into a Native block (returning
-    the block and its column names, or None to keep the pickled rows). With ``split``
+    An Arrow table or record batch is sent as an Arrow IPC stream (``ArrowStream``).
+    ``native(form, names, data)`` may turn rows, columns or a DataFrame into a Native
+    block (returning the block and its column names, or None to keep the pickled
+    batch, which the worker then inserts with clickhouse-connect). With ``split``
     (bytes in a line format only), rows ClickHouse rejects are bisected out and the
     future resolves to the :class:`~chworkers.clickhouse.inserts.InsertResult`.
     """
@@ -152,14 +154,20 @@ def encode_insert(
         )
     if isinstance(column_names, str):
         column_names = [column_names]
-    if fmt is None and native is not None:
+    if fmt is None:
         form, count, names, data = prepare_batch(table, data, column_names)
-        encoded = native(form, names, data) if form in ("rows", "columns") else None
+        encoded = None
+        if form == "arrow":  # as Arrow, with only its own rows' buffers
+            stream, arrow_names = columnar.arrow_stream(data, names, table=table)
+            encoded = memoryview(stream), arrow_names, columnar.ARROW_FORMAT
+        elif native is not None and form in ("rows", "columns", "pandas"):
+            block = native(form, names, data)
+            encoded = None if block is None else (block[0], block[1], "Native")
         if encoded is None:
             payload, buffers = dumps((form, data), what="batch")
         else:
-            data, column_names = encoded[0], list(encoded[1])
-            fmt, rows = "Native", count
+            data, column_names, fmt = encoded[0], list(encoded[1]), encoded[2]
+            rows = count
     if fmt is not None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BatchError(
@@ -171,9 +179,6 @@ def encode_insert(
         count = rows or 0
         payload, buffers = dumps(("raw", pickle.PickleBuffer(data)), what="batch")
         names = tuple(column_names) if column_names is not None else None
-    elif native is None:
-        form, count, names, data = prepare_batch(table, data, column_names)
-        payload, buffers = dumps((form, data), what="batch")
     if token is None:
         token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
     meta = (table, names, dict(settings) if settings else None, token, fmt, split, count)
@@ -305,8 +310,9 @@ class DeadLetter:
 
     ``reason`` is ``"error"`` (a non-retryable error), ``"crashed"`` or ``"hung"`` (it
     took its worker down too often). ``batch()`` decodes an insert's data: the rows,
-    columns, DataFrame or Arrow table as given, or (form ``"raw"``) the bytes in format
-    ``fmt``: what ``insert_raw`` was given, or the Native block ``insert`` encoded.
+    columns or DataFrame as given, or (form ``"raw"``) the bytes in format ``fmt``: what
+    ``insert_raw`` was given, the Native block ``insert`` encoded, or the ``ArrowStream``
+    an Arrow batch became (``pyarrow.ipc.open_stream(spec.data).read_all()`` reads it).
     """
 
     task_id: int
