@@ -75,7 +75,14 @@ def test_pandas_and_arrow_batches() -> None:
     assert _roundtrip(task).data.equals(df)
     table = pa.table({"a": [1, 2], "b": ["x", "y"]})
     task = _insert(table, column_names=None)
-    assert task.rows == 2 and _roundtrip(task).data.equals(table)
+    spec = _roundtrip(task)  # Arrow travels as an Arrow IPC stream
+    assert (task.rows, spec.form, spec.fmt, spec.column_names) == (
+        2,
+        "raw",
+        "ArrowStream",
+        ("a", "b"),
+    )
+    assert pa.ipc.open_stream(spec.data).read_all().equals(table)
 
 
 @pytest.mark.parametrize(

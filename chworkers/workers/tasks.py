@@ -156,7 +156,7 @@ def encode_insert(
         column_names = [column_names]
     if fmt is None:
         form, count, names, data = prepare_batch(table, data, column_names)
-        encoded = None
+        encoded: tuple[bytes | memoryview, Sequence[str], str] | None = None
         if form == "arrow":  # as Arrow, with only its own rows' buffers
             stream, arrow_names = columnar.arrow_stream(data, names, table=table)
             encoded = memoryview(stream), arrow_names, columnar.ARROW_FORMAT
