@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from chclients import make_client, unique_name
 from clickhouse_connect.driver.client import Client
-from conftest import make_client, unique_name
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
