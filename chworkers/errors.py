@@ -189,6 +189,14 @@ class StateDirInUseError(ChworkersError):
     holder: str
 
 
+class WaitTimeoutError(ChworkersError, TimeoutError):
+    """A wait with a time limit ran out (``timeout`` says how long it was) before what it
+    waited for happened; that may still happen later. Also a builtin
+    :class:`TimeoutError`, so ``except TimeoutError`` catches it."""
+
+    timeout: float | None
+
+
 class QueueFullError(ChworkersError):
     """The task queue stayed full for the whole timeout."""
 

@@ -37,7 +37,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chworkers.daemon.spool import Spool, SpooledBatch, batch_overhead
-from chworkers.errors import BatcherClosedError, SpoolError, SpoolTimeoutError
+from chworkers.errors import (
+    BatcherClosedError,
+    SpoolError,
+    SpoolTimeoutError,
+    WaitTimeoutError,
+)
 from chworkers.ops.metrics import Metrics
 from chworkers.settings import setting, validate
 
@@ -107,10 +112,11 @@ class Ticket:
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until resolved; return the batch number or re-raise the spool's error
-        (e.g. :class:`~chworkers.errors.SpoolFullError`). :class:`TimeoutError` means
-        the records are still pending (they may yet be spooled)."""
+        (e.g. :class:`~chworkers.errors.SpoolFullError`). ``timeout=None`` waits without
+        a limit; :class:`~chworkers.errors.WaitTimeoutError` (a :class:`TimeoutError`)
+        means the records are still pending (they may yet be spooled)."""
         if not self._done.wait(timeout):
-            raise TimeoutError(f"records not spooled within {timeout} s")
+            raise WaitTimeoutError(f"records not spooled within {timeout} s", timeout=timeout)
         if self._error is not None:
             raise self._error
         assert self.batch_seq is not None
