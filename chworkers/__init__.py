@@ -48,8 +48,8 @@ from chworkers.errors import (
 from chworkers.http.limits import HttpLimits
 from chworkers.ops.metrics import Metrics
 from chworkers.ops.systemd import Notifier, Watchdog
+from chworkers.workers.commands import SupervisorStats
 from chworkers.workers.context import TaskInfo, WorkerContext
-from chworkers.workers.control import SupervisorStats
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.supervisor import Supervisor

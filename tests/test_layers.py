@@ -21,17 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Cycles being removed in this session (issue 12: the supervisor's state in one place),
-#: allowed until that work lands; a component not within one of these fails the test.
-KNOWN_CYCLES: tuple[frozenset[str], ...] = (
-    frozenset(
-        {
-            "chworkers.workers.arbiter",
-            "chworkers.workers.control",
-            "chworkers.workers.supervisor",
-        }
-    ),
-)
+#: Cycles allowed while work that removes them is in progress (none now); a component
+#: not within one of these fails the test.
+KNOWN_CYCLES: tuple[frozenset[str], ...] = ()
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from chworkers.clickhouse.pooloptions import PoolOptions
+from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
 from chworkers.settings import reloadable, section, setting, validate
@@ -165,6 +167,26 @@ class SupervisorOptions:
     def reloadable(cls) -> frozenset[str]:
         return reloadable(cls)
 
+    def reconfigured(
+        self, changes: Mapping[str, Any]
+    ) -> tuple[SupervisorOptions, RetryPolicy | None]:
+        """These options with ``changes`` applied while running (``retry``, a policy or a
+        mapping of its fields, comes back apart); a setting that cannot change while
+        running is a :class:`ConfigError`."""
+        changes = dict(changes)
+        retry = changes.pop("retry", None)
+        policy = RetryPolicy.coerce(retry) if retry is not None else None
+        fixed = set(changes) - self.reloadable()
+        if fixed:
+            key = sorted(fixed)[0]
+            raise ConfigError(
+                f"setting {key!r} cannot change while running; restart instead",
+                key=key,
+                value=changes[key],
+                expected="one of " + ", ".join(sorted(self.reloadable())),
+            )
+        return self.build(changes, base=self), policy
+
     @classmethod
     def build(
         cls, values: Mapping[str, Any], base: SupervisorOptions | None = None
@@ -181,3 +203,33 @@ class SupervisorOptions:
         if base is None:
             return cls(**values)
         return dataclasses.replace(base, **values)
+
+
+def worker_pool_options(
+    given: PoolOptions | Mapping[str, object] | None,
+    retry: RetryPolicy | Mapping[str, object] | None,
+    connections: int,
+) -> PoolOptions:
+    """Each worker's pool: the supervisor's connection budget, the retry policy.
+
+    Worker pools open connections only when a task needs one, under a lease: a pool
+    minimum would open connections (a request each) at boot without one, and all
+    workers together must stay within ``max_connections`` requests in flight.
+    """
+    options = PoolOptions.coerce(given)
+    if isinstance(given, Mapping):
+        for key, why in (
+            ("max_connections", "is the supervisor's budget: give Supervisor(max_connections=N)"),
+            ("min_connections", "must be 0: workers open connections under a lease, on demand"),
+        ):
+            if given.get(key):
+                raise ConfigError(
+                    f"pool_options: {key} {why}",
+                    key=f"pool_options.{key}",
+                    value=given[key],
+                    expected="not set",
+                )
+    policy = RetryPolicy.coerce(retry) if retry is not None else options.retry
+    return dataclasses.replace(
+        options, max_connections=connections, min_connections=0, retry=policy
+    )

@@ -10,41 +10,46 @@ dead letters, re-queueing) and the lifecycle: start, drain, stop, scale, reload.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import multiprocess
 from prometheus_client import CollectorRegistry
 
+from chworkers import timeouts
+from chworkers._version import __version__
 from chworkers.clickhouse import native
 from chworkers.clickhouse.connection import ConnectionConfig
-from chworkers.clickhouse.inserts import SplitBudget
+from chworkers.clickhouse.inserts import InsertResult, SplitBudget
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
-from chworkers.errors import (
-    ConfigError,
-    SupervisorStoppedError,
-)
+from chworkers.errors import ConfigError, SupervisorStoppedError
 from chworkers.ops.exposition import MetricsEndpoint
-from chworkers.ops.health import Health, Level
+from chworkers.ops.health import Health, Level, Report
 from chworkers.ops.metrics import Metrics
+from chworkers.timeouts import DEFAULT, Timeout
 from chworkers.workers import mainguard, tasks
-from chworkers.workers.arbiter import Arbiter, WorkerHandle
+from chworkers.workers.arbiter import Arbiter
+from chworkers.workers.commands import (
+    Reconfigure,
+    Signal,
+    Stats,
+    Stop,
+    SupervisorStats,
+    SyncLogLevels,
+)
 from chworkers.workers.context import Connector
-from chworkers.workers.control import SupervisorControl, SupervisorStats
 from chworkers.workers.middleware import DeadLetterCallback, Middleware
-from chworkers.workers.options import SupervisorOptions
+from chworkers.workers.options import SupervisorOptions, worker_pool_options
 from chworkers.workers.outcomes import Outcomes
+from chworkers.workers.probes import Probes
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import DeadLetter, Task
@@ -56,67 +61,110 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_WORKER_BOOT = 4
 
+#: Where workers' ClickHouse is: a URL, a ConnectionConfig or a mapping of its fields.
+ClickHouseTarget = str | ConnectionConfig | Mapping[str, object]
 
-class Supervisor(SupervisorControl):
+R = TypeVar("R")
+
+
+class Supervisor:
     """Runs tasks in worker processes that share one bounded ClickHouse connection budget.
 
     ``clickhouse`` is the connection options (URL, ``ConnectionConfig`` or mapping) that
     every worker's pool is built from after the worker starts; without it only
-    :meth:`call` tasks run. ``retry`` is the ``RetryPolicy`` workers apply; ``middleware``
-    adds hooks; ``dead_letter`` receives a :class:`DeadLetter` for every task that fails
-    for good; ``on_reload`` returns the settings to change on SIGHUP. Other keyword
-    arguments are :class:`SupervisorOptions` fields.
+    :meth:`call` tasks run. ``retry`` is the ``RetryPolicy`` (or a mapping of its fields)
+    workers apply; ``middleware`` adds hooks; ``dead_letter`` receives a
+    :class:`DeadLetter` for every task that fails for good; ``on_reload`` returns the
+    settings to change on SIGHUP. Other keyword arguments are :class:`SupervisorOptions`
+    fields.
+
+    The supervisor's state (settings, queue, workers, outcomes) belongs to its
+    :class:`~chworkers.workers.arbiter.Arbiter`, whose loop thread alone changes it; the
+    methods here put tasks on the queue or send the loop a command.
     """
 
     def __init__(
         self,
-        clickhouse: Any = None,
+        clickhouse: ClickHouseTarget | None = None,
         *,
-        pool_options: PoolOptions | Mapping[str, Any] | None = None,
-        retry: Any = None,
+        pool_options: PoolOptions | Mapping[str, object] | None = None,
+        retry: RetryPolicy | Mapping[str, object] | None = None,
         middleware: Iterable[Middleware] = (),
         dead_letter: Callable[[DeadLetter], None] | None = None,
-        on_reload: Callable[[], Mapping[str, Any]] | None = None,
+        on_reload: Callable[[], Mapping[str, object]] | None = None,
         registry: CollectorRegistry | None = None,
         options: SupervisorOptions | None = None,
-        **settings: Any,
+        **settings: object,
     ) -> None:
-        self.options = SupervisorOptions.build(settings, base=options)
+        opts = SupervisorOptions.build(settings, base=options)
         self.clickhouse = clickhouse
-        self.pool_options = _worker_pool_options(pool_options, retry, self.options.connections)
-        self.retry = self.pool_options.retry
+        self.pool_options = worker_pool_options(pool_options, retry, opts.connections)
         if clickhouse is not None:
             # A bad URL fails here, not in every worker.
-            _check_hung_timeout(ConnectionConfig.coerce(clickhouse), self.options)
+            _check_hung_timeout(ConnectionConfig.coerce(clickhouse), opts)
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
             self.middleware.append(DeadLetterCallback(dead_letter))
-        self.on_reload = on_reload
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.metrics.queue_capacity.set(self.options.queue_size)
+        self.metrics.queue_capacity.set(opts.queue_size)
         self.health_checks = Health(self.metrics)
-        self.health_checks.add("supervisor", self, Level.FAILING)
-        self.queue = TaskQueue(self.options.queue_size, self.options.queue_max_bytes, self._queued)
-        self.broker: Any = None
-        self.state = "new"
         self.endpoint: MetricsEndpoint | None = None
-        self._arbiter: Arbiter | None = None
+        self._owner = Arbiter(
+            opts,
+            self.pool_options.retry,
+            self.metrics,
+            self.middleware,
+            connector=self._connector,
+            on_reload=on_reload,
+            on_exit=self._loop_exited,
+        )
+        self._probes = Probes(self._owner, self.metrics, self.health_checks)
+        self.health_checks.add("supervisor", self._probes, Level.FAILING)
         self._signals: SignalInbox | None = None
         self._ids = itertools.count(1)
         self._switch_interval: float | None = None
-        self._refreshers: list[Callable[[], None]] = []
-        self.outcomes = Outcomes(
-            self.metrics, self.middleware, self.queue, lambda: self.options, lambda: self.retry
-        )
 
     def __repr__(self) -> str:
-        arb = self._arbiter
-        workers = len(arb.workers) if arb else 0
         return (
-            f"<Supervisor {self.state}: {workers} workers, {len(self.queue)} queued, "
-            f"{self.outcomes.outstanding} outstanding>"
+            f"<Supervisor {self.state}: {self._owner.worker_count()} workers, "
+            f"{len(self.queue)} queued, {self.outcomes.outstanding} outstanding>"
         )
+
+    # What the owner publishes.
+
+    @property
+    def options(self) -> SupervisorOptions:
+        """The settings in force (:meth:`reconfigure` replaces them)."""
+        return self._owner.options
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy workers apply now."""
+        return self._owner.retry
+
+    @property
+    def state(self) -> str:
+        """new, running, stopped or failed."""
+        return self._owner.state
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the supervisor gave up, when it did (e.g. :class:`WorkerBootError`)."""
+        return self._owner.error
+
+    @property
+    def queue(self) -> TaskQueue:
+        return self._owner.queue
+
+    @property
+    def outcomes(self) -> Outcomes:
+        return self._owner.outcomes
+
+    @property
+    def broker(self) -> LeaseBroker | None:
+        """The lease broker of the ClickHouse connection budget (once started)."""
+        return self._owner.broker
 
     # Lifecycle.
 
@@ -133,37 +181,33 @@ class Supervisor(SupervisorControl):
         ctx = multiprocess.get_context(opts.start_method)
         if opts.start_method == "forkserver":
             ctx.set_forkserver_preload(["chworkers.workers.worker"])
+        broker = None
         try:
-            self.broker = self._make_broker(ctx)
-            self._arbiter = arbiter = Arbiter(self, ctx)
+            broker = self._make_broker(ctx)
             if opts.handle_signals:
-                self._signals = SignalInbox(partial(arbiter.command, "signal", reply=False))
+                owner = self._owner
+                self._signals = SignalInbox(lambda signum: owner.tell(Signal(signum)))
                 self._signals.install()
             if opts.metrics_port is not None:
                 self.endpoint = self._serve_metrics()
         except BaseException:
             if self._signals is not None:
                 self._signals.restore()
-            if self.broker is not None:
-                self.broker.close()
-            self.state = "failed"
+            if broker is not None:
+                broker.close()
+            self._owner.abandon("failed")
             raise
         if opts.switch_interval is not None:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(opts.switch_interval)
-        self.metrics.build_info.info({"version": _version()})
-        self.state = "running"
-        arbiter.thread.start()
+        self.metrics.build_info.info({"version": __version__})
+        self._owner.start(ctx, broker)
         try:
-            arbiter.wait_ready(opts.boot_timeout)
+            self._owner.wait_ready(opts.boot_timeout)
         except BaseException:
             self.stop(graceful=False)
             raise
         return self
-
-    def _queued(self) -> None:
-        if self._arbiter is not None:
-            self._arbiter.wake()
 
     def _serve_metrics(self) -> MetricsEndpoint:
         opts = self.options
@@ -174,9 +218,9 @@ class Supervisor(SupervisorControl):
                 host=opts.metrics_host,
                 port=opts.metrics_port or 0,
                 limits=opts.metrics_limits,
-                refresh=self._refresh,
-                healthy=self._healthy,
-                ready=self._ready,
+                refresh=self._probes.refresh,
+                healthy=self._probes.healthy,
+                ready=self._probes.ready,
                 on_refusal=observer.on_refusal,
             )
         except OSError as exc:
@@ -201,33 +245,30 @@ class Supervisor(SupervisorControl):
     ) -> None:
         self.stop(graceful=exc_type is None or issubclass(exc_type, Exception))
 
-    def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
+    def stop(self, graceful: bool = True, timeout: Timeout = DEFAULT) -> None:
         """Stop accepting tasks, let queued and running ones finish (graceful, within
-        ``timeout``, default ``graceful_timeout``), then stop the workers. Tasks left
-        unfinished fail with :class:`SupervisorStoppedError`."""
-        arbiter = self._arbiter
-        if arbiter is None:
-            self.state = "stopped"
+        ``timeout``: by default ``graceful_timeout``, None for no limit), then stop the
+        workers. Tasks left unfinished fail with :class:`SupervisorStoppedError`."""
+        owner = self._owner
+        if not owner.started:  # never started, or starting failed: nothing runs
+            if owner.state == "new":
+                owner.abandon("stopped")
             return
-        if not arbiter.finished.is_set():
-            arbiter.command("stop", graceful, timeout, reply=False)
-        if threading.current_thread() is arbiter.thread:
+        drain = timeouts.resolve(timeout, owner.options.graceful_timeout)
+        if not owner.finished.is_set():
+            owner.tell(Stop(graceful, drain))
+        if owner.in_loop():
             return  # from a future's callback: the loop stops once this callback returns
         self.wait()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the supervisor has stopped (by a signal, ``stop`` or a fatal
-        error); False on timeout."""
-        arbiter = self._arbiter
-        if arbiter is None:
+        error); False on timeout (None: no limit)."""
+        owner = self._owner
+        if not owner.started:
             return True
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Wake up often: a signal delivered to another thread only runs its (Python)
-        # handler once the main thread is between bytecodes, not while blocked in a wait.
-        while not arbiter.finished.wait(0.1):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        arbiter.thread.join()
+        if not owner.join(timeouts.resolve(timeout, None)):
+            return False
         if self._signals is not None:
             self._signals.restore()
         return True
@@ -240,28 +281,55 @@ class Supervisor(SupervisorControl):
         return EXIT_WORKER_BOOT if self.error is not None else EXIT_OK
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every task submitted so far has finished; False on timeout."""
-        arbiter = self._arbiter
-        if arbiter is not None and threading.current_thread() is arbiter.thread:
+        """Wait until every task submitted so far has finished; False on timeout (None:
+        no limit)."""
+        if self._owner.in_loop():
             raise RuntimeError("drain() from a future's callback would wait for itself")
-        return self.outcomes.wait_idle(timeout)
+        return self.outcomes.wait_idle(timeouts.resolve(timeout, None))
 
     def scale(self, workers: int) -> None:
         """Change the number of worker processes; surplus ones finish their tasks first."""
         self.reconfigure(workers=workers)
 
-    def reconfigure(self, **changes: Any) -> None:
+    def reconfigure(self, **changes: object) -> None:
         """Change reloadable settings at runtime (what SIGHUP applies): ``workers``,
-        ``max_connections``, ``retry``, ``queue_size``, timeouts, recycling."""
-        self._command("reconfigure", changes)
+        ``max_connections``, ``retry``, ``queue_size``, timeouts, recycling. Raises
+        :class:`ConfigError` for a setting that cannot change while running."""
+        self._owner.ask(Reconfigure(changes))
 
     def stats(self) -> SupervisorStats:
-        if self._arbiter is not None and not self._arbiter.finished.is_set():
+        """A snapshot: workers (pid, state, tasks done), queue, in flight, outcomes,
+        restarts and leases."""
+        owner = self._owner
+        if owner.started and not owner.finished.is_set():
             try:
-                return self._command("stats", timeout=5.0)  # type: ignore[no-any-return]
+                return owner.ask(Stats(), timeout=5.0)
             except (TimeoutError, SupervisorStoppedError):
                 pass
-        return self._stats(None)
+        return owner.stats()
+
+    def sync_log_levels(self) -> None:
+        """Copy this process's log levels into the running workers, after changing them
+        (the daemon does on SIGHUP); workers started later copy them when they start."""
+        self._owner.ask(SyncLogLevels())
+
+    def add_refresh(self, refresh: Callable[[], None]) -> None:
+        """Call ``refresh`` before every scrape of ``/metrics``, to set gauges that describe
+        the present (the daemon's spool size and age); it must be quick."""
+        self._probes.refreshers.append(refresh)
+
+    def health(self) -> Report:
+        """The health report ``/healthz`` serves: the supervisor's own problems (its loop,
+        the lease broker) and those of whatever else was added to :attr:`health_checks`.
+
+        A program embedding the supervisor (the daemon, for its systemd watchdog and
+        ``STATUS=``) asks this, and adds its own components with ``health_checks.add``.
+        """
+        return self.health_checks.check()
+
+    def problems(self) -> list[str]:
+        """The supervisor's own problems; each means a restart is needed (failing)."""
+        return self._probes.problems()
 
     @property
     def metrics_url(self) -> str | None:
@@ -272,13 +340,13 @@ class Supervisor(SupervisorControl):
     def insert(
         self,
         table: str,
-        rows: Any,
+        rows: object,
         column_names: Sequence[str] | None = None,
         *,
-        settings: Mapping[str, Any] | None = None,
+        settings: Mapping[str, object] | None = None,
         deduplication_token: str | None = None,
-        timeout: float | None = None,
-    ) -> Future[Any]:
+        timeout: Timeout = DEFAULT,
+    ) -> Future[int]:
         """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
         table) into ``table``; the future's result is the number of rows written.
 
@@ -286,8 +354,8 @@ class Supervisor(SupervisorControl):
         (``native_encoding``; the first insert into a table looks its columns up). The
         deduplication token (derived from the content when not given) is fixed now, so a
         re-run after a worker crash cannot duplicate rows. Blocks while the queue is
-        full, or raises :class:`QueueFullError` after ``timeout`` seconds (default: the
-        ``queue_timeout`` setting). A malformed batch raises :class:`BatchError`."""
+        full, or raises :class:`QueueFullError` after ``timeout`` seconds (by default the
+        ``queue_timeout`` setting; None: no limit). A malformed batch raises :class:`BatchError`."""
         self._require_clickhouse("insert")
         future: Future[Any] = Future()
         encoder = partial(self._native, table) if self.options.native_encoding else None
@@ -301,15 +369,14 @@ class Supervisor(SupervisorControl):
             deduplication_token,
             native=encoder,
         )
-        self._put(task, self.options.queue_timeout if timeout is None else timeout)
+        self._put(task, timeouts.resolve(timeout, self.options.queue_timeout))
         return future
 
     def _native(
         self, table: str, form: str, names: tuple[str, ...] | None, data: Any
     ) -> tuple[bytes, Sequence[str]] | None:
         schema = self.outcomes.schemas.get(table, names)
-        arbiter = self._arbiter
-        if schema is None and arbiter is not None and threading.current_thread() is arbiter.thread:
+        if schema is None and self._owner.in_loop():
             return None  # called from a future's callback: waiting here would block the loop
         if schema is None:
             future: Future[Any] = Future()
@@ -328,6 +395,7 @@ class Supervisor(SupervisorControl):
         body = native.encode(schema, data, form == "columns", widths_checked=names is not None)
         return None if body is None else (body, schema.column_names)
 
+    @overload
     def insert_raw(
         self,
         table: str,
@@ -336,11 +404,40 @@ class Supervisor(SupervisorControl):
         *,
         rows: int | None = None,
         column_names: Sequence[str] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        settings: Mapping[str, object] | None = None,
         deduplication_token: str | None = None,
-        timeout: float | None = None,
+        timeout: Timeout = DEFAULT,
+        split_bad_rows: Literal[False] = False,
+    ) -> Future[int]: ...
+
+    @overload
+    def insert_raw(
+        self,
+        table: str,
+        data: bytes,
+        fmt: str,
+        *,
+        rows: int | None = None,
+        column_names: Sequence[str] | None = None,
+        settings: Mapping[str, object] | None = None,
+        deduplication_token: str | None = None,
+        timeout: Timeout = DEFAULT,
+        split_bad_rows: Literal[True],
+    ) -> Future[InsertResult]: ...
+
+    def insert_raw(
+        self,
+        table: str,
+        data: bytes,
+        fmt: str,
+        *,
+        rows: int | None = None,
+        column_names: Sequence[str] | None = None,
+        settings: Mapping[str, object] | None = None,
+        deduplication_token: str | None = None,
+        timeout: Timeout = DEFAULT,
         split_bad_rows: bool = False,
-    ) -> Future[Any]:
+    ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
         same token is byte-identical. ``rows`` (when known) counts the rows when the
@@ -368,10 +465,10 @@ class Supervisor(SupervisorControl):
             rows=rows,
             split=budget,
         )
-        self._put(task, self.options.queue_timeout if timeout is None else timeout)
+        self._put(task, timeouts.resolve(timeout, self.options.queue_timeout))
         return future
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
         """Run ``fn(conn, *args, **kwargs)`` in a worker with a leased connection, retried
         per the retry policy. ``fn`` may be a lambda or a closure."""
         self._require_clickhouse("submit")
@@ -380,7 +477,7 @@ class Supervisor(SupervisorControl):
         self._put(task, self.options.queue_timeout)
         return future
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def call(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` in a worker, without a connection."""
         future: Future[Any] = Future()
         task = tasks.encode_call(next(self._ids), future, tasks.CALL, fn, args, kwargs)
@@ -408,23 +505,12 @@ class Supervisor(SupervisorControl):
             self.outcomes.withdraw()
             raise
 
-    def _worker_exited(self, h: WorkerHandle, reason: str) -> None:
-        replaced = self._arbiter is not None and self._arbiter.mode is None
-        self.outcomes.worker_exited(h.name, h.pid, reason, replaced=replaced)
-
     def _loop_exited(self) -> None:
-        self.state = "failed" if self.error is not None else "stopped"
+        """On the loop thread, once it ended."""
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
         if self.endpoint is not None:
             self.endpoint.close()
-        if self.broker is not None:
-            self.broker.close()
-        for middleware in self.middleware:
-            try:
-                middleware.after_supervisor_stop()
-            except Exception:
-                log.exception("middleware %r: after_supervisor_stop failed", middleware)
 
     # Pieces the pool and the loop plug into.
 
@@ -436,19 +522,10 @@ class Supervisor(SupervisorControl):
         return broker
 
     def _connector(self, name: str) -> Connector | None:
-        if self.broker is None:
+        broker = self.broker
+        if broker is None:
             return None
-        return PoolConnector(self.clickhouse, self.pool_options, self.broker.client(name))
-
-    def _command(self, name: str, *args: Any, timeout: float | None = None) -> Any:
-        arbiter = self._arbiter
-        if arbiter is None or arbiter.finished.is_set():
-            raise SupervisorStoppedError(f"the supervisor is {self.state}")
-        if threading.current_thread() is arbiter.thread:  # e.g. from a future's callback
-            return getattr(self, f"_cmd_{name}")(arbiter, *args)
-        future = arbiter.command(name, *args)
-        assert future is not None
-        return future.result(timeout)
+        return PoolConnector(self.clickhouse, self.pool_options, broker.client(name))
 
 
 def _check_hung_timeout(config: ConnectionConfig, options: SupervisorOptions) -> None:
@@ -463,37 +540,3 @@ def _check_hung_timeout(config: ConnectionConfig, options: SupervisorOptions) ->
             options.hung_timeout,
             longest,
         )
-
-
-def _worker_pool_options(
-    given: PoolOptions | Mapping[str, Any] | None, retry: Any, connections: int
-) -> PoolOptions:
-    """Each worker's pool: the supervisor's connection budget, the retry policy.
-
-    Worker pools open connections only when a task needs one, under a lease: a pool
-    minimum would open connections (a request each) at boot without one, and all
-    workers together must stay within ``max_connections`` requests in flight.
-    """
-    options = PoolOptions.coerce(given)
-    if isinstance(given, Mapping):
-        for key, why in (
-            ("max_connections", "is the supervisor's budget: give Supervisor(max_connections=N)"),
-            ("min_connections", "must be 0: workers open connections under a lease, on demand"),
-        ):
-            if given.get(key):
-                raise ConfigError(
-                    f"pool_options: {key} {why}",
-                    key=f"pool_options.{key}",
-                    value=given[key],
-                    expected="not set",
-                )
-    policy = RetryPolicy.coerce(retry) if retry is not None else options.retry
-    return dataclasses.replace(
-        options, max_connections=connections, min_connections=0, retry=policy
-    )
-
-
-def _version() -> str:
-    from chworkers._version import __version__
-
-    return __version__

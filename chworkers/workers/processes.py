@@ -1,0 +1,220 @@
+"""The worker processes of one supervisor: start them, talk to them, kill and reap them.
+
+:class:`WorkerHandle` is the supervisor's view of one worker; :class:`Processes` is the
+table of them with the descriptors the loop polls (result pipes, process sentinels,
+task pipes waiting to drain, a wake-up pipe). It holds the mechanics; the owner of the
+supervisor's state (:class:`~chworkers.workers.arbiter.Arbiter`) decides which workers
+to start, retire or kill and what a death means, and calls every method here from its
+loop thread, except :meth:`Processes.wake`, which any thread may call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from chworkers.workers import channel
+from chworkers.workers.context import BEAT, HEARTBEAT_SLOTS
+from chworkers.workers.tasks import Task
+from chworkers.workers.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+_READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+STOP_GRACE = 5.0  # s a stopping worker gets before SIGKILL
+
+#: Builds a worker's configuration from its name and the descriptors a forked child
+#: must close.
+SpecFactory = Callable[[str, Sequence[int]], WorkerSpec]
+
+
+class WorkerHandle:
+    """The supervisor's view of one worker process."""
+
+    def __init__(
+        self,
+        name: str,
+        process: Any,
+        outbox: channel.Outbox,
+        results: Any,
+        heartbeat: Any,
+        max_tasks: int | None,
+    ) -> None:
+        self.name = name
+        self.process = process
+        self.pid: int | None = process.pid
+        self.outbox = outbox
+        self.results = results
+        self.heartbeat = heartbeat
+        self.max_tasks = max_tasks
+        self.state = "starting"  # -> ready -> (gone)
+        self.leaving: str | None = None  # why it will exit: recycled, stopped
+        self.kill_reason: str | None = None
+        self.assigned: dict[int, Task] = {}
+        self.assigned_bytes = 0
+        self.dispatched = 0
+        self.done = 0
+        self.spawned_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.stop_deadline: float | None = None
+        self.boot_error: str | None = None
+        self.gauges: dict[str, float] = {}
+
+    def public_state(self) -> str:
+        if self.state == "starting":
+            return "starting"
+        if self.leaving is not None or self.kill_reason is not None:
+            return "stopping"
+        return "busy" if self.assigned else "idle"
+
+    def accepts_tasks(self) -> bool:
+        return self.state == "ready" and self.leaving is None and self.kill_reason is None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "state": self.public_state(),
+            "done": self.done,
+            "in_flight": len(self.assigned),
+            "max_tasks": self.max_tasks,
+        }
+
+
+class Processes:
+    """The table of worker processes and the descriptors the loop polls."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.table: dict[str, WorkerHandle] = {}
+        self._seq = 0
+        self._poller = select.poll()
+        self._fds: dict[int, tuple[str, WorkerHandle | None]] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self._register(self._wake_r, "wake", None, _READ)
+
+    def wake(self) -> None:
+        """Interrupt :meth:`poll` (from any thread)."""
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    def poll(self, timeout: float) -> list[tuple[str, WorkerHandle]]:
+        """Wait up to ``timeout`` seconds; returns what happened: ("results" | "sentinel"
+        | "outbox", worker)."""
+        events = self._poller.poll(timeout * 1000)
+        out = []
+        for fd, _ in events:
+            kind, h = self._fds.get(fd, ("", None))
+            if kind == "wake":
+                self._woken = False
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            elif h is not None:
+                out.append((kind, h))
+        return out
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _register(self, fd: int, kind: str, h: WorkerHandle | None, events: int) -> None:
+        self._fds[fd] = (kind, h)
+        self._poller.register(fd, events)
+
+    def _unregister(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
+    def start(self, make_spec: SpecFactory, fork: bool) -> WorkerHandle:
+        """Start a worker process; raises what starting it raised (e.g. middleware that
+        cannot be pickled)."""
+        self._seq += 1
+        name = f"worker-{self._seq}"
+        tasks_r, tasks_w = self.ctx.Pipe(duplex=False)
+        results_r, results_w = self.ctx.Pipe(duplex=False)
+        heartbeat = self.ctx.RawArray("d", HEARTBEAT_SLOTS)
+        heartbeat[BEAT] = time.monotonic()
+        close_fds = [*self._own_fds(), tasks_w.fileno(), results_r.fileno()] if fork else ()
+        spec = make_spec(name, close_fds)
+        process = self.ctx.Process(
+            target=worker_main, args=(spec, tasks_r, results_w, heartbeat), name=name, daemon=True
+        )
+        try:
+            process.start()
+        except Exception:
+            tasks_r.close(), tasks_w.close(), results_r.close(), results_w.close()
+            raise
+        tasks_r.close()
+        results_w.close()
+        outbox = channel.Outbox(os.dup(tasks_w.fileno()))
+        tasks_w.close()
+        h = WorkerHandle(name, process, outbox, results_r, heartbeat, spec.max_tasks)
+        self.table[name] = h
+        self._register(results_r.fileno(), "results", h, _READ)
+        self._register(process.sentinel, "sentinel", h, _READ)
+        log.debug("started %s (pid %s)", name, process.pid)
+        return h
+
+    def _own_fds(self) -> list[int]:
+        """Descriptors of the supervisor a forked worker must not keep open."""
+        # (Listening sockets and the daemon's lock close themselves: chworkers.forkguard.)
+        fds = [self._wake_r, self._wake_w]
+        for h in self.table.values():
+            fds += [h.outbox.fileno(), h.results.fileno()]
+        return fds
+
+    def messages(self, h: WorkerHandle) -> Iterator[tuple[str, Any]]:
+        """The messages the worker has sent so far (a bounded number per call)."""
+        conn = h.results
+        try:
+            for _ in range(64):
+                if not conn.poll(0):
+                    break
+                yield channel.receive(conn)
+        except (EOFError, OSError):
+            self._unregister(conn.fileno())
+
+    def remove(self, h: WorkerHandle) -> int | None:
+        """Forget a worker that exited (or is about to); returns its exit code."""
+        h.process.join(0.5)
+        self._unregister(h.results.fileno())
+        self._unregister(h.process.sentinel)
+        self._unregister(h.outbox.fileno())
+        h.results.close()
+        os.close(h.outbox.fileno())
+        del self.table[h.name]
+        exitcode: int | None = h.process.exitcode
+        return exitcode
+
+    def kill(self, h: WorkerHandle, reason: str, signum: int = signal.SIGTERM) -> None:
+        h.kill_reason = h.kill_reason or reason
+        h.stop_deadline = h.stop_deadline or time.monotonic() + STOP_GRACE
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(h.pid or 0, signum)
+
+    def send(self, h: WorkerHandle, kind: str, body: Any) -> None:
+        h.outbox.put(channel.encode(kind, body))
+        self.flush(h)
+
+    def flush(self, h: WorkerHandle) -> None:
+        """Write what the worker's pipe takes without blocking; the rest when it drains."""
+        fd = h.outbox.fileno()
+        try:
+            done = h.outbox.flush()
+        except OSError:
+            done = True  # the worker is gone; its sentinel will say so
+        if done:
+            self._unregister(fd)
+        elif fd not in self._fds:
+            self._register(fd, "outbox", h, select.POLLOUT)
