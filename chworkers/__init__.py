@@ -42,6 +42,7 @@ from chworkers.errors import (
     SupervisorStoppedError,
     TaskError,
     TransportError,
+    WaitTimeoutError,
     WorkerBootError,
     WorkerLostError,
 )
@@ -106,6 +107,7 @@ __all__ = [  # noqa: RUF022 (grouped by concept, not sorted)
     "BatchError",
     "SerializationError",
     "QueueFullError",
+    "WaitTimeoutError",
     "TaskError",
     "WorkerBootError",
     "WorkerLostError",

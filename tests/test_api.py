@@ -34,9 +34,8 @@ DOCUMENTED_INTERNALS = {
     "WorkerSpec": "a worker's configuration, built by the supervisor before the fork",
 }
 
-#: Packages whose public signatures are still being typed in this session (issue 12:
-#: the supervisor's state in one place); allowed until that work lands.
-ANY_ALLOWED_IN = ("chworkers.workers.",)
+#: Packages whose public signatures may still say ``Any`` (none now).
+ANY_ALLOWED_IN: tuple[str, ...] = ()
 
 
 def public_names() -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +21,14 @@ from chworkers.workers.recorder import MetricsRecorder
 BEAT, STATE, CURRENT, STARTED = range(4)
 HEARTBEAT_SLOTS = 4
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
+
+
+class Heartbeat(Protocol):
+    """The worker's heartbeat slots in shared memory (a ``RawArray`` of doubles)."""
+
+    def __getitem__(self, slot: int, /) -> float: ...
+
+    def __setitem__(self, slot: int, value: float, /) -> None: ...
 
 
 class Connections(Protocol):
@@ -46,10 +54,10 @@ class WorkerContext:
     ``pid``, the ``settings`` the supervisor may change (``retry``), its ``metrics``
     recorder and, once connected, its ``connections``."""
 
-    def __init__(self, name: str, settings: dict[str, Any], heartbeat: Any) -> None:
+    def __init__(self, name: str, settings: Mapping[str, object], heartbeat: Heartbeat) -> None:
         self.name = name
         self.pid = os.getpid()
-        self.settings = dict(settings)
+        self.settings: dict[str, Any] = dict(settings)
         self.metrics = MetricsRecorder()
         self.connections: Connections | None = None
         self._heartbeat = heartbeat

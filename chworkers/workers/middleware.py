@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from chworkers.workers.context import TaskInfo, WorkerContext
 from chworkers.workers.tasks import DeadLetter, Task
@@ -40,7 +39,7 @@ class Middleware:
         self,
         worker: WorkerContext,
         task: TaskInfo,
-        result: Any,
+        result: object,
         error: BaseException | None,
         duration: float,
     ) -> None:

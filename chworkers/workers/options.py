@@ -14,7 +14,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
@@ -168,14 +168,14 @@ class SupervisorOptions:
         return reloadable(cls)
 
     def reconfigured(
-        self, changes: Mapping[str, Any]
+        self, changes: Mapping[str, object]
     ) -> tuple[SupervisorOptions, RetryPolicy | None]:
         """These options with ``changes`` applied while running (``retry``, a policy or a
         mapping of its fields, comes back apart); a setting that cannot change while
         running is a :class:`ConfigError`."""
         changes = dict(changes)
         retry = changes.pop("retry", None)
-        policy = RetryPolicy.coerce(retry) if retry is not None else None
+        policy = RetryPolicy.coerce(cast(Any, retry)) if retry is not None else None
         fixed = set(changes) - self.reloadable()
         if fixed:
             key = sorted(fixed)[0]
@@ -189,8 +189,10 @@ class SupervisorOptions:
 
     @classmethod
     def build(
-        cls, values: Mapping[str, Any], base: SupervisorOptions | None = None
+        cls, values: Mapping[str, object], base: SupervisorOptions | None = None
     ) -> SupervisorOptions:
+        """Options from ``values`` (field names; on top of ``base`` when given), each
+        checked; an unknown name is a :class:`ConfigError`."""
         known = {f.name for f in dataclasses.fields(cls)}
         for key in values:
             if key not in known:
@@ -200,9 +202,10 @@ class SupervisorOptions:
                     value=values[key],
                     expected="one of " + ", ".join(sorted(known)),
                 )
+        fields: dict[str, Any] = dict(values)  # each one is validated in __post_init__
         if base is None:
-            return cls(**values)
-        return dataclasses.replace(base, **values)
+            return cls(**fields)
+        return dataclasses.replace(base, **fields)
 
 
 def worker_pool_options(
