@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypedDict, TypeVar
 
 from chworkers.clickhouse.lease import LeaseStats
 
@@ -62,12 +62,23 @@ class SyncLogLevels(Command[None]):
     """Copy this process's log levels into the running workers."""
 
 
+class WorkerSnapshot(TypedDict):
+    """One worker in :attr:`SupervisorStats.workers`."""
+
+    name: str
+    pid: int | None
+    state: str  # starting, idle, busy, stopping
+    done: int
+    in_flight: int
+    max_tasks: int | None
+
+
 @dataclass(frozen=True)
 class SupervisorStats:
     """A snapshot of the supervisor (see :meth:`Supervisor.stats`)."""
 
     state: str
-    workers: tuple[dict[str, object], ...]
+    workers: tuple[WorkerSnapshot, ...]
     queued: int
     queue_capacity: int
     in_flight: int

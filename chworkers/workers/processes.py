@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from chworkers.workers import channel
+from chworkers.workers.commands import WorkerSnapshot
 from chworkers.workers.context import BEAT, HEARTBEAT_SLOTS
 from chworkers.workers.tasks import Task
 from chworkers.workers.worker import WorkerSpec, worker_main
@@ -76,7 +77,7 @@ class WorkerHandle:
     def accepts_tasks(self) -> bool:
         return self.state == "ready" and self.leaving is None and self.kill_reason is None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> WorkerSnapshot:
         return {
             "name": self.name,
             "pid": self.pid,
