@@ -20,10 +20,11 @@ from chworkers.bench import report
 from chworkers.bench.data import QUICK, Env, Sizes, make_workdir
 from chworkers.bench.runner import Result, measure
 from chworkers.bench.target import DEFAULT_DATABASE, open_target
-from chworkers.errors import BenchError
+from chworkers.errors import BenchError, ChworkersError
 from chworkers.settings import flags
 
 log = logging.getLogger(__name__)
+EXIT_INTERRUPTED = 130  # as the CLI's (chworkers.cli.main is above this layer's reach)
 
 #: The comparison families (module ``chworkers.bench.NAME`` each), in the order they
 #: run; ``--only`` takes their names. Imported only when they run: ``chworkers run``
@@ -174,6 +175,7 @@ def _bench(args: argparse.Namespace) -> int:
     started, clock, load_before = dt.datetime.now(dt.UTC), time.monotonic(), os.getloadavg()
     results: list[Result] = []
     notes: list[str] = []
+    failed: dict[str, str] = {}
     if "log.level" not in flags.given(args):  # supervisors' start/stop lines would drown it
         for noisy in ("chworkers.workers", "chworkers.embedded"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -193,13 +195,16 @@ def _bench(args: argparse.Namespace) -> int:
             if name in skipped:
                 log.warning("%s: skipped: %s", name, skipped[name])
                 continue
-            family_started = time.monotonic()
-            with contextlib.ExitStack() as stack:
-                for group in _module(name).groups(env, stack):
-                    results.extend(measure(group, sizes.rounds, progress))
-                    if group.note:
-                        notes.append(f"{group.title}: {group.note}")
-            log.info("%s: measured in %.0f s", name, time.monotonic() - family_started)
+            try:
+                family_started = time.monotonic()
+                results.extend(_family(name, env, notes))
+                log.info("%s: measured in %.0f s", name, time.monotonic() - family_started)
+            except KeyboardInterrupt:
+                failed[name] = "interrupted"
+                break
+            except Exception as exc:  # one family's failure is no reason to lose the others
+                log.error("%s: %s", name, exc, exc_info=not isinstance(exc, ChworkersError))
+                failed[name] = f"{type(exc).__name__}: {exc}"
         server = {
             "url": "embedded" if target.embedded else target.shown_url,
             "version": target.version,
@@ -216,14 +221,29 @@ def _bench(args: argparse.Namespace) -> int:
         print(note)
     for name, why in skipped.items():
         print(f"{name}: skipped: {why}")
+    for name, why in failed.items():
+        print(f"{name}: FAILED: {why}")
     if args.json is not None:
         doc = report.document(
             results,
             server=server,
-            options={**asdict(sizes), "only": names, "skipped": skipped},
+            options={**asdict(sizes), "only": names, "skipped": skipped, "failed": failed},
             started=started,
             seconds=seconds,
             load_before=load_before,
         )
         report.write_json(args.json, doc)
-    return 0
+    if "interrupted" in failed.values():
+        return EXIT_INTERRUPTED
+    return 1 if failed else 0
+
+
+def _family(name: str, env: Env, notes: list[str]) -> list[Result]:
+    """Family ``name``'s results; its resources (supervisors, pools) are gone on return."""
+    results: list[Result] = []
+    with contextlib.ExitStack() as stack:
+        for group in _module(name).groups(env, stack):
+            results.extend(measure(group, env.sizes.rounds, env.progress))
+            if group.note:
+                notes.append(f"{group.title}: {group.note}")
+    return results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import re
 import ssl
 import tempfile
@@ -28,6 +29,7 @@ from chworkers.errors import BenchError, ConfigError
 #: ever dropped (a run killed half-way leaves one, and the next run takes it over).
 MARK = "created by chworkers bench; dropped when it ends"
 DEFAULT_DATABASE = "chworkers_bench"
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: What every benchmark table is created with: chworkers' recommended engine for
 #: inserts retried by deduplication token, so that every path pays the same dedup check.
@@ -159,7 +161,7 @@ def open_target(url: str | None, database: str = DEFAULT_DATABASE) -> Iterator[T
         stack.callback(admin.close)
         version = str(admin.command("SELECT version()"))
         _claim(admin, database, config)
-        stack.callback(_drop, admin, database)
+        stack.callback(_drop_at_exit, admin, database, embedded)
         yield Target(replace(config, database=database), embedded, version)
 
 
@@ -200,3 +202,17 @@ def _drop(admin: Any, database: str) -> None:
     ).result_rows
     if rows and rows[0][0] == MARK:
         admin.command(f"DROP DATABASE {database} SYNC")
+
+
+def _drop_at_exit(admin: Any, database: str, embedded: bool) -> None:
+    """Drop the benchmark's database at the end; a failure (the server gone, e.g. the
+    embedded one stopped by the same Ctrl-C) is said, not raised over the results."""
+    try:
+        _drop(admin, database)
+    except Exception as exc:
+        if not embedded:  # the embedded one's data goes with its temporary directory
+            log.warning(
+                "could not drop database %s (%s): drop it yourself, or the next run takes it over",
+                database,
+                exc,
+            )
