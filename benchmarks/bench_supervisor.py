@@ -6,9 +6,9 @@ ClickHouse). Sections (``--only NAME`` to run one):
 transport  How a batch of rows can cross the process boundary: pickle protocol 5, dill,
            Arrow IPC and ClickHouse Native encoded by the producer. Encode and decode
            time, size, and what the worker still has to do before sending.
-insert     Same data, same batch size, same endpoint: a plain single-process
-           clickhouse-connect loop against chworkers with 1, 2 and 4 workers
-           (target: 1 worker >= 0.9x the loop), plus Native encoded by the producer.
+insert     ``chworkers bench --only rows`` (docs/bench.md) with this script's sizes and
+           1, 2 and 4 workers: a plain clickhouse-connect loop, a fork-inherited
+           Pool(2) and chworkers, interleaved, with medians and ratios.
 dispatch   Empty tasks through 2 workers (target: >= 20,000 tasks/s).
 rss        The supervisor's RSS over a saturated insert run (target: flat within 10%;
            the issue asks for 5 minutes, ``--rss-seconds`` sets it).
@@ -22,6 +22,8 @@ import io
 import os
 import pickle
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -122,83 +124,15 @@ def fresh_table(client: Any, name: str) -> str:
     return name
 
 
-def count(client: Any, table: str) -> int:
-    return int(client.query(f"SELECT count() FROM {table}").result_rows[0][0])
-
-
-def bench_insert(ch: EmbeddedClickHouse, batches: int, size: int, method: str) -> None:
-    client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
-    data = [rows_for(b, size) for b in range(batches)]
-    total = batches * size
-    print(f"\n== insert: {batches} batches x {size} rows = {total} rows, start method {method}")
-    results: dict[str, float] = {}
-
-    table = fresh_table(client, "plain")
-    t0 = time.perf_counter()
-    for rows in data:
-        client.insert(table, rows, column_names=COLUMNS)
-    plain = time.perf_counter() - t0
-    assert count(client, table) == total
-    results["plain clickhouse-connect loop"] = total / plain
-
-    for workers in (1, 2, 4):
-        table = fresh_table(client, f"w{workers}")
-        with Supervisor(
-            ch.url, workers=workers, max_connections=workers, start_method=method, queue_size=64
-        ) as sup:
-            t0 = time.perf_counter()
-            futures = [sup.insert(table, rows, COLUMNS) for rows in data]
-            for f in futures:
-                f.result(600)
-            elapsed = time.perf_counter() - t0
-            m = sup.metrics
-            insert_s = sum(
-                s.value
-                for metric in m.insert_duration.collect()
-                for s in metric.samples
-                if s.name.endswith("_sum")
-            )
-            wait_s = sum(
-                s.value
-                for metric in m.pool_acquire_wait.collect()
-                for s in metric.samples
-                if s.name.endswith("_sum")
-            )
-        assert count(client, table) == total
-        results[f"chworkers, {workers} worker(s)"] = total / elapsed
-        print(
-            f"   {workers} worker(s): {elapsed:.2f} s wall; in workers: {insert_s:.2f} s in insert "
-            f"requests (serialize + HTTP + server), {wait_s:.2f} s waiting for a lease"
-        )
-
-    table = fresh_table(client, "pickled1")
-    with Supervisor(
-        ch.url, workers=1, start_method=method, queue_size=64, native_encoding=False
-    ) as sup:
-        t0 = time.perf_counter()
-        futures = [sup.insert(table, rows, COLUMNS) for rows in data]
-        for f in futures:
-            f.result(600)
-        elapsed = time.perf_counter() - t0
-    assert count(client, table) == total
-    results["chworkers, 1 worker, pickled rows"] = total / elapsed
-
-    t_ser = sum(timed(lambda r=rows: native(r), 1)[0] for rows in data)  # type: ignore[misc]
-    t_pickle = sum(timed(lambda r=rows: pickle.dumps(r, 5), 1)[0] for rows in data)  # type: ignore[misc]
-    print(
-        f"{'':3}where a plain loop's time goes: {t_ser:.2f} s of {plain:.2f} s is "
-        f"clickhouse-connect serializing rows; the rest is HTTP and the server"
+def bench_insert(batches: int, size: int) -> None:
+    """The insert comparison is ``chworkers bench --only rows`` (interleaved rounds,
+    medians, ratios; docs/bench.md), run here with this script's sizes."""
+    print(f"\n== insert: chworkers bench --only rows, {batches} batches x {size} rows")
+    sizes = ["--rows", str(batches * size), "--batch", str(size), "--workers", "1,2,4"]
+    subprocess.run(
+        [sys.executable, "-m", "chworkers", "bench", "--only", "rows", *sizes],
+        check=True,
     )
-    print(
-        f"{'':3}chworkers moves that serialization into the producer's thread (Native), in "
-        "parallel with the worker's HTTP request; pickling the rows instead would cost "
-        f"{t_pickle / batches * 1e3:.2f} ms per batch on top, plus unpickling and serializing "
-        "in the worker"
-    )
-    for name, rate in results.items():
-        ratio = rate / results["plain clickhouse-connect loop"]
-        print(f"{name:<42}{rate:>12,.0f} rows/s {ratio:>6.2f}x")
-    client.close()
 
 
 def noop() -> None:
@@ -297,12 +231,11 @@ def main() -> None:
         bench_transport(args.batch_size)
     if only in (None, "dispatch"):
         bench_dispatch(args.tasks, args.start_method)
-    if only in (None, "insert", "rss"):
+    if only in (None, "insert"):
+        bench_insert(args.batches, args.batch_size)
+    if only in (None, "rss"):
         with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(f"{tmp}/data") as ch:
-            if only in (None, "insert"):
-                bench_insert(ch, args.batches, args.batch_size, args.start_method)
-            if only in (None, "rss"):
-                bench_rss(ch, args.rss_seconds, args.start_method)
+            bench_rss(ch, args.rss_seconds, args.start_method)
 
 
 if __name__ == "__main__":
