@@ -147,6 +147,24 @@ def test_exhaustion_then_timeout(url: str) -> None:
     pool.close(timeout=0.1)
 
 
+def test_timeout_none_waits_past_acquire_timeout(url: str) -> None:
+    # None is "no limit" (as everywhere in chworkers), not the acquire_timeout setting.
+    pool = ConnectionPool(url, {"min_connections": 0, "max_connections": 1, "acquire_timeout": 0.1})
+    held = pool.get_connection()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.get_connection(timeout=None)))
+    waiter.start()
+    waiter.join(0.6)  # six acquire_timeouts
+    assert waiter.is_alive() and not got
+    pool.release_connection(held)
+    waiter.join(10)
+    assert got and not waiter.is_alive()
+    pool.release_connection(got[0])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        pool.get_connection(timeout=-1)
+    pool.close(timeout=None)
+
+
 def test_waiters_are_served_in_fifo_order(url: str) -> None:
     pool = ConnectionPool(url, {"min_connections": 1, "max_connections": 1})
     first = pool.get_connection()

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from chworkers import timeouts
 from chworkers.clickhouse.connection import Connection, ConnectionConfig
 from chworkers.clickhouse.hooks import PoolHooks
 from chworkers.clickhouse.hosts import HostSelector, is_host_failure
@@ -32,6 +33,7 @@ from chworkers.errors import (
     PoolTimeoutError,
     RetriesExhaustedError,
 )
+from chworkers.timeouts import DEFAULT, Timeout
 
 __all__ = ["ConnectionPool", "PoolOptions", "PoolStats"]
 
@@ -104,27 +106,28 @@ class ConnectionPool:
 
     # -- the seed API -----------------------------------------------------------------------
 
-    def get_connection(self, timeout: float | None = None) -> Connection:
-        """Take a connection, waiting (FIFO) up to ``timeout`` (default ``acquire_timeout``).
+    def get_connection(self, timeout: Timeout = DEFAULT) -> Connection:
+        """Take a connection, waiting (FIFO) up to ``timeout`` seconds (by default the
+        ``acquire_timeout`` setting; None: without a limit).
 
         Raises :class:`~chworkers.errors.PoolTimeoutError`,
         :class:`~chworkers.errors.PoolClosedError`, or the error opening a connection failed
         with (e.g. :class:`~chworkers.errors.ConnectError`).
         """
         self._check_fork()
-        timeout = self.options.acquire_timeout if timeout is None else timeout
+        limit = timeouts.resolve(timeout, self.options.acquire_timeout)
         start = time.monotonic()
-        deadline = start + timeout
+        deadline = None if limit is None else start + limit
         if self.lease is not None:
             if self._state.closed:
                 raise PoolClosedError(f"{self!r} is closed")
             try:
-                self.lease.acquire(timeout)
+                self.lease.acquire(limit)
             except PoolTimeoutError:
                 self._note_timeout(start)
                 raise
         try:
-            conn = self._acquire(deadline, timeout, start)
+            conn = self._acquire(deadline, limit, start)
         except BaseException:
             if self.lease is not None:
                 self.lease.release()
@@ -216,7 +219,7 @@ class ConnectionPool:
             return result
 
     @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
+    def connection(self, timeout: Timeout = DEFAULT) -> Iterator[Connection]:
         """``with pool.connection() as conn:`` takes a connection and always gives it back."""
         conn = self.get_connection(timeout)
         try:
@@ -224,13 +227,14 @@ class ConnectionPool:
         finally:
             self.release_connection(conn)
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: Timeout = DEFAULT) -> None:
         """Refuse new acquires; close idle connections now and busy ones as they come back.
 
-        Connections still out after ``timeout`` (default ``close_timeout``) are closed anyway.
+        Connections still out after ``timeout`` seconds (by default the ``close_timeout``
+        setting; None: no limit) are closed anyway.
         """
         self._check_fork()
-        timeout = self.options.close_timeout if timeout is None else timeout
+        limit = timeouts.resolve(timeout, self.options.close_timeout)
         with self._lock:
             state = self._state
             state.closed = True
@@ -241,13 +245,13 @@ class ConnectionPool:
         self._stop.set()
         for conn in idle:
             self._close(conn, "shutdown")
-        end = time.monotonic() + timeout
+        end = None if limit is None else time.monotonic() + limit
         with self._lock:
-            while (state.in_use or state.opening) and time.monotonic() < end:
-                self._drained.wait(end - time.monotonic())
+            while (state.in_use or state.opening) and (end is None or time.monotonic() < end):
+                self._drained.wait(None if end is None else end - time.monotonic())
             stragglers = list(state.in_use)
         for conn in stragglers:
-            log.warning("closing %r still in use %.1f s after close()", conn, timeout)
+            log.warning("closing %r still in use %.1f s after close()", conn, limit)
             self._close(conn, "shutdown")
         self._emit_state()
 
@@ -285,7 +289,7 @@ class ConnectionPool:
 
     # -- I/O (outside the lock) -------------------------------------------------------------
 
-    def _acquire(self, deadline: float, timeout: float, start: float) -> Connection:
+    def _acquire(self, deadline: float | None, limit: float | None, start: float) -> Connection:
         while True:
             with self._lock:
                 if self._state.closed:
@@ -295,7 +299,9 @@ class ConnectionPool:
                 self._close(conn, reason)
             got: Connection | str | None = decision if isinstance(decision, Connection) else CREATE
             if isinstance(decision, Waiter):
-                decision.event.wait(max(0.0, deadline - time.monotonic()))
+                decision.event.wait(
+                    None if deadline is None else max(0.0, deadline - time.monotonic())
+                )
                 with self._lock:
                     got = decision.grant
                     if got is None:
@@ -303,7 +309,7 @@ class ConnectionPool:
                 if got is None:
                     self._note_timeout(start)
                     raise PoolTimeoutError(
-                        f"no connection within {timeout:g} s from {self!r}",
+                        f"no connection within {limit:g} s from {self!r}",
                         waited=time.monotonic() - start,
                     )
                 if got == CLOSED:
