@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         options.port,
         credentials=credentials_from(options),
         limits=options.limits,
+        max_sessions=options.max_sessions,
     )
     server.start()
 

@@ -11,6 +11,8 @@ import dataclasses
 from chworkers.http.limits import HttpLimits
 from chworkers.settings import section, setting, validate
 
+#: How many sessions the endpoint keeps at once unless told otherwise.
+DEFAULT_MAX_SESSIONS = 1000
 #: Environment variable the password may come from (kept out of ``ps`` output).
 PASSWORD_ENV = "CHWORKERS_EMBEDDED_PASSWORD"
 
@@ -47,6 +49,15 @@ class EmbeddedOptions:
         flag="--exit-with-parent",
         metavar="PID",
     )
+    max_sessions: int = setting(
+        DEFAULT_MAX_SESSIONS,
+        "Sessions (session_id) kept at once; a request that would open one more is "
+        "refused with USER_SESSION_LIMIT_EXCEEDED. Each holds about 1 MB of chDB's memory "
+        "until session_timeout after its last request.",
+        minimum=1,
+        flag="--max-sessions",
+        metavar="N",
+    )
     limits: HttpLimits = section(
         HttpLimits, "Connections, timeouts and the listen backlog.", flags=True
     )
@@ -55,4 +66,4 @@ class EmbeddedOptions:
         validate(self, source="chworkers embedded")
 
 
-__all__ = ["PASSWORD_ENV", "EmbeddedOptions"]
+__all__ = ["DEFAULT_MAX_SESSIONS", "PASSWORD_ENV", "EmbeddedOptions"]

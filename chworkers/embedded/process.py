@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from chworkers.embedded.cli import READY_PREFIX
-from chworkers.embedded.options import PASSWORD_ENV, EmbeddedOptions
+from chworkers.embedded.options import DEFAULT_MAX_SESSIONS, PASSWORD_ENV, EmbeddedOptions
 from chworkers.errors import EmbeddedError
 from chworkers.http.limits import HttpLimits
 from chworkers.settings import flags
@@ -44,7 +44,8 @@ class EmbeddedClickHouse:
     ``exit_with_parent`` (the default) the child stops by itself when this process dies,
     even by SIGKILL, so its data directory is not left locked. The child's log
     goes to ``log_path`` if given (else to a private temporary file; see :meth:`log`).
-    ``limits`` bound its connections (backlog, max_connections, timeouts).
+    ``limits`` bound its connections (backlog, max_connections, timeouts),
+    ``max_sessions`` the HTTP sessions it keeps at once.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class EmbeddedClickHouse:
         log_level: str = "INFO",
         exit_with_parent: bool = True,
         limits: HttpLimits | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         self.path = Path(path)
         self.host = host
@@ -71,6 +73,7 @@ class EmbeddedClickHouse:
         self.log_level = log_level
         self.exit_with_parent = exit_with_parent
         self.limits = limits or HttpLimits()
+        self.max_sessions = max_sessions
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -124,6 +127,7 @@ class EmbeddedClickHouse:
             user=self.user,  # the password goes in the environment, never in argv
             exit_with_parent=os.getpid() if self.exit_with_parent else None,
             limits=self.limits,
+            max_sessions=self.max_sessions,
         )
         cmd = [sys.executable, "-m", "chworkers", "--log-level", self.log_level, "embedded"]
         cmd += flags.arguments(options)

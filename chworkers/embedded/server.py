@@ -33,6 +33,7 @@ from chworkers.embedded.exceptions import (
 )
 from chworkers.embedded.execute import Context
 from chworkers.embedded.handler import Connection, Credentials
+from chworkers.embedded.options import DEFAULT_MAX_SESSIONS
 from chworkers.embedded.sessions import Sessions
 from chworkers.errors import EmbeddedError
 from chworkers.http.framing import plain_response
@@ -54,6 +55,7 @@ class EmbeddedServer:
         credentials: Credentials | None = None,
         limits: HttpLimits | None = None,
         request_timeout: float = 300.0,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         self.path = Path(path).resolve()
         self.host = host
@@ -61,6 +63,7 @@ class EmbeddedServer:
         self.credentials = credentials
         self.limits = limits or HttpLimits()
         self.request_timeout = request_timeout
+        self.max_sessions = max_sessions
         self._deadlines = Deadlines()
         self._closer = Closer()
         self._busy_response = b""
@@ -96,7 +99,7 @@ class EmbeddedServer:
         listener.setblocking(False)
         self._listener = listener
         self.port = listener.getsockname()[1]
-        self._sessions = Sessions(self._engine)
+        self._sessions = Sessions(self._engine, self.max_sessions)
         self._busy_response = self._busy(self._engine.version)
         log.info(
             "embedded ClickHouse (chDB %s) serving %s, data in %s",

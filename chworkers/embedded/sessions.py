@@ -28,8 +28,10 @@ from chworkers.embedded.exceptions import (
     INVALID_SESSION_TIMEOUT,
     SESSION_IS_LOCKED,
     SESSION_NOT_FOUND,
+    USER_SESSION_LIMIT_EXCEEDED,
     clickhouse_error,
 )
+from chworkers.embedded.options import DEFAULT_MAX_SESSIONS
 from chworkers.embedded.sql import assigned_settings, first_keyword
 
 log = logging.getLogger(__name__)
@@ -135,12 +137,15 @@ def parse_timeout(value: str | None) -> float:
 
 
 class Sessions:
-    """The endpoint's live sessions; decisions under one lock, chDB I/O outside it."""
+    """The endpoint's live sessions, at most ``limit``; decisions under one lock, chDB
+    I/O outside it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, limit: int = DEFAULT_MAX_SESSIONS) -> None:
         self._engine = engine
+        self.limit = limit
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
+        self._opening = 0  # sessions whose connection is being opened (slots taken)
         self._closed = False
 
     def __len__(self) -> int:
@@ -174,7 +179,25 @@ class Sessions:
                 raise clickhouse_error(
                     SESSION_NOT_FOUND, f"Session {session_id} not found (session_check=1)"
                 )
-        conn = self._engine.connect()  # I/O outside the lock
+            gone = []
+            if len(self._sessions) + self._opening >= self.limit:
+                gone = self._take_expired(time.monotonic())  # the sweep may be behind
+            full = len(self._sessions) + self._opening >= self.limit
+            if not full:
+                self._opening += 1
+        self._close(gone)
+        if full:
+            raise clickhouse_error(
+                USER_SESSION_LIMIT_EXCEEDED,
+                f"Too many sessions: {self.limit} are open (--max-sessions); reuse a "
+                "session_id, give sessions a shorter session_timeout, or send queries "
+                "without one",
+            )
+        try:
+            conn = self._engine.connect()  # I/O outside the lock
+        finally:
+            with self._lock:
+                self._opening -= 1
         with self._lock:
             if self._closed or session_id in self._sessions:
                 close_quietly(conn)
@@ -191,15 +214,21 @@ class Sessions:
         """Close sessions idle for longer than their timeout; returns how many."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            gone = [
-                s for s in self._sessions.values() if not s.busy and now - s.last_used > s.timeout
-            ]
-            for s in gone:
-                del self._sessions[s.session_id]
+            gone = self._take_expired(now)
+        self._close(gone)
+        return len(gone)
+
+    def _take_expired(self, now: float) -> list[Session]:
+        """Remove the expired sessions from the table (under the lock); close them after."""
+        gone = [s for s in self._sessions.values() if not s.busy and now - s.last_used > s.timeout]
+        for s in gone:
+            del self._sessions[s.session_id]
+        return gone
+
+    def _close(self, gone: list[Session]) -> None:
         for s in gone:
             log.debug("session %s expired", s.session_id)
             close_quietly(s.conn)
-        return len(gone)
 
     def close(self) -> None:
         with self._lock:
