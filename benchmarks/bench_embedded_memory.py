@@ -14,19 +14,32 @@ accounts for (``system.metrics``: MemoryTracking and the caches' bytes) and how 
   ``session_timeout``, 60 s by default, after its last request);
 - ``select-after``: ``SELECT 1`` again, to see whether the memory is given back.
 
+With ``--saturate SECONDS`` it instead keeps the endpoint busy for that long from
+``--clients`` threads, each on its own keep-alive connection, taking turns at: one-row
+inserts, 20,000-row lz4-compressed Native inserts, streamed and whole SELECTs, and
+requests in short-lived sessions (a new one every few requests, ``session_timeout=5``).
+It prints the endpoint's RSS and chDB's MemoryTracking every ``--every`` seconds, then
+the growth per minute after the first two minutes (a least-squares slope): flat is
+what the endpoint should be.
+
 Run: ``.venv/bin/python benchmarks/bench_embedded_memory.py [--requests N]``
+     ``.venv/bin/python benchmarks/bench_embedded_memory.py --saturate 600``
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import clickhouse_connect
+import lz4.frame
 from clickhouse_connect.driver.client import Client
 
 from chworkers.embedded import EmbeddedClickHouse
@@ -76,10 +89,118 @@ def phase(n: int, step: Callable[[int], None]) -> float:
     return time.perf_counter() - started
 
 
+SATURATE_TABLE = (
+    "CREATE TABLE {name} (id UInt64, s String, v Float64) ENGINE = MergeTree ORDER BY id"
+)
+
+
+def _post(conn: http.client.HTTPConnection, target: str, body: bytes, **headers: str) -> bytes:
+    conn.request("POST", target, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise SystemExit(f"{target[:80]} failed: {resp.status} {data[:300]!r}")
+    return data
+
+
+def saturate(ch: EmbeddedClickHouse, seconds: float, clients: int, every: float) -> None:
+    """Keep the endpoint busy for ``seconds``; print its memory as it goes."""
+    assert ch.pid is not None
+    admin = clickhouse_connect.get_client(host=ch.host, port=ch.port, autogenerate_session_id=False)
+    for i in range(clients):
+        admin.command(SATURATE_TABLE.format(name=f"sat{i}"))
+    native = admin.raw_query(
+        "SELECT number AS id, toString(number) AS s, number / 3 AS v FROM numbers(20000)",
+        fmt="Native",
+    )
+    payload = lz4.frame.compress(native)
+    stop = threading.Event()
+    counts = [0] * clients
+    failures: list[BaseException] = []
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection(ch.host, ch.port, timeout=120)
+        table = f"sat{i}"
+        insert = "/?query=" + quote(f"INSERT INTO {table} FORMAT Native")
+        one = "/?query=" + quote(f"INSERT INTO {table} FORMAT TSV")
+        session = ""
+        try:
+            step = 0
+            while not stop.is_set():
+                kind = step % 5
+                if kind == 0:
+                    _post(conn, one, b"%d\tone\t1.5\n" % step)
+                elif kind == 1:
+                    _post(conn, insert, payload, **{"Content-Encoding": "lz4"})
+                elif kind == 2:
+                    sql = (
+                        f"SELECT id, s FROM {table} ORDER BY id DESC LIMIT 20000 FORMAT JSONEachRow"
+                    )
+                    _post(conn, "/", sql.encode())
+                elif kind == 3:
+                    sql = f"SELECT count(), sum(v), uniq(s) FROM {table} FORMAT JSON"
+                    _post(conn, "/", sql.encode())
+                else:
+                    if step % 50 == 4:
+                        session = f"session_id=sat-{i}-{uuid.uuid4()}&session_timeout=5"
+                    _post(conn, f"/?{session}", b"SET max_block_size = 5000")
+                    _post(conn, f"/?{session}&max_threads=1", b"SELECT count() FROM system.one")
+                step += 1
+                counts[i] = step
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+            stop.set()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    samples: list[tuple[float, float]] = []
+    print(f"{'s':>6} {'RSS MB':>8} {'tracked MB':>11} {'requests':>9}")
+    try:
+        while not stop.is_set() and time.monotonic() - started < seconds:
+            stop.wait(every)
+            at = time.monotonic() - started
+            rss = rss_mb(ch.pid)
+            tracked = admin.command(
+                "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'"
+            )
+            samples.append((at, rss))
+            print(f"{at:6.0f} {rss:8.1f} {int(tracked) / 1e6:11.1f} {sum(counts):9d}", flush=True)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if failures:
+        raise SystemExit(f"a client failed: {failures[0]!r}")
+    steady = [(t, r) for t, r in samples if t >= 120] or samples
+    n = len(steady)
+    mean_t = sum(t for t, _ in steady) / n
+    mean_r = sum(r for _, r in steady) / n
+    var = sum((t - mean_t) ** 2 for t, _ in steady)
+    slope = sum((t - mean_t) * (r - mean_r) for t, r in steady) / var * 60 if var else 0.0
+    rss = [r for _, r in samples]
+    print(
+        f"{sum(counts)} requests in {seconds:.0f} s from {clients} clients; RSS {rss[0]:.0f} MB "
+        f"at first, {min(rss):.0f}-{max(rss):.0f} MB, {rss[-1]:.0f} MB at the end; "
+        f"after 2 minutes {slope:+.2f} MB/min"
+    )
+    admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="steps per phase")
+    parser.add_argument("--saturate", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--clients", type=int, default=4, help="with --saturate")
+    parser.add_argument("--every", type=float, default=10.0, help="with --saturate: seconds")
     args = parser.parse_args()
+    if args.saturate:
+        with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(Path(tmp) / "data") as ch:
+            saturate(ch, args.saturate, args.clients, args.every)
+        return
     n = args.requests
     with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(Path(tmp) / "data") as ch:
         client = clickhouse_connect.get_client(
