@@ -16,8 +16,9 @@ from waiting import wait_for
 
 from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
 from chworkers.daemon import config as config_module
-from chworkers.daemon.service import Daemon, state_lock
+from chworkers.daemon.service import Daemon
 from chworkers.daemon.sources import GENERATOR_SCHEMA
+from chworkers.daemon.statelock import state_lock
 from chworkers.embedded import EmbeddedClickHouse
 
 

@@ -151,7 +151,7 @@ def _check(args: argparse.Namespace) -> int:
     ch = cfg.settings.clickhouse
     if ch.url != config_module.EMBEDDED:
         return max(_check_clickhouse(cfg, ch.connection()), problems)
-    from chworkers.daemon.service import state_lock
+    from chworkers.daemon.statelock import state_lock
     from chworkers.errors import StateDirInUseError
 
     with contextlib.ExitStack() as stack:

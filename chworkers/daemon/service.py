@@ -2,8 +2,8 @@
 
 The daemon wires the pieces together and owns the process's signals:
 
-* sources (:mod:`chworkers.daemon.sources`, :mod:`chworkers.daemon.ingest`) frame records and hand
-  them to the :class:`~chworkers.daemon.batcher.Batcher`;
+* the intake (:mod:`chworkers.daemon.intake`: sources and the push endpoint) frames
+  records and hands them to the :class:`~chworkers.daemon.batcher.Batcher`;
 * a cut batch is written to the :class:`~chworkers.daemon.spool.Spool` (fsync'd) before anyone
   is told it was accepted, and its source position is checkpointed right after;
 * the :class:`~chworkers.daemon.dispatch.Dispatcher` feeds spooled batches to the
@@ -19,39 +19,31 @@ signal stops at once. SIGHUP re-reads the config and applies what can change at 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import queue
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from chworkers import forkguard
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.batcher import Batcher
 from chworkers.daemon.config import EMBEDDED, Config
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.dispatch import Dispatcher
-from chworkers.daemon.ingest import IngestServer, Route
-from chworkers.daemon.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
+from chworkers.daemon.ingest import IngestServer
+from chworkers.daemon.intake import Intake
+from chworkers.daemon.sources import Checkpoints
 from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.tables import Tables
-from chworkers.errors import (
-    BatcherClosedError,
-    ChworkersError,
-    StateDirInUseError,
-    WorkerLostError,
-)
+from chworkers.daemon.totals import Totals
+from chworkers.errors import ChworkersError, WorkerLostError
 from chworkers.ops.health import Level, Report, Stall
-from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog, format_status
+from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.outcomes import is_permanent
 from chworkers.workers.supervisor import Supervisor
@@ -78,21 +70,6 @@ DISPATCH_STUCK_AFTER = 60.0
 TABLES_GRACE = 15.0
 
 
-@dataclass
-class Totals:
-    """What the daemon did, for the progress line and the summary."""
-
-    started: float = field(default_factory=time.monotonic)
-    rows_read: int = 0
-    rows_inserted: int = 0
-    batches: int = 0
-    dead_letters: int = 0
-    failures: int = 0
-
-    def rate(self) -> float:
-        return self.rows_inserted / max(1e-9, time.monotonic() - self.started)
-
-
 class Daemon:
     """One ``chworkers run``. Build it from a :class:`Config`, then call :meth:`run`."""
 
@@ -112,9 +89,7 @@ class Daemon:
         self.ingest_url: str | None = None
         self.clickhouse_url: str | None = None
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._stop_sources = threading.Event()
-        self._source_threads: list[threading.Thread] = []
-        self._source_failures: dict[str, str] = {}
+        self.ingest: IngestServer | None = None
         self._report = Report(Level.OK)
         self._stall = Stall(config.settings.health.stall, self._backlog)
         self.embedded: Keeper | None = None
@@ -144,7 +119,7 @@ class Daemon:
             self._start_pipeline_machinery(stack)
             self._start_tables(stack)
             self._replay()
-            self._start_sources(stack)
+            self._start_intake(stack)
             self._watch_health()
             watchdog = Watchdog(notifier, self._healthy)
             watchdog.start()
@@ -312,76 +287,28 @@ class Daemon:
         if batches:
             log.info("replaying %d spooled batches from the last run", len(batches))
 
-    def _start_sources(self, stack: contextlib.ExitStack) -> None:
-        routes: dict[str, Route] = {}
-        for p in self.config.pipelines:
-            common: dict[str, Any] = {
-                "name": p.name,
-                "table": p.table,
-                "format": p.format,
-                "batcher": self.batcher,
-                "settings": p.settings,
-                "on_error": self._source_error,
-                "limits": p.limits,
-                "transform": p.mapper,
-            }
-            source: Any
-            if p.source == "http":
-                routes[p.table] = Route(p.table, p.name, p.format, p.settings, p.limits, p.mapper)
-                continue
-            if p.source == "stdin":
-                source = StreamSource(self.stdin or sys.stdin.buffer, **common)
-            elif p.source == "file":
-                source = FileSource(
-                    p.paths,
-                    checkpoints=self.checkpoints,
-                    follow=p.follow,
-                    poll_interval=p.poll_interval,
-                    **common,
-                )
-            else:
-                source = GeneratorSource(count=p.generator_count, rate=p.generator_rate, **common)
-            thread = threading.Thread(
-                target=self._run_source, args=(source,), name=f"source-{p.name}", daemon=True
-            )
-            self._source_threads.append(thread)
-            self.supervisor.health_checks.add(f"source {p.name}", source)  # its problems()
-        if routes:
-            h = self.config.settings.http
-            observer = self.metrics.http_endpoint("push")
-            self.ingest = ingest = IngestServer(
-                routes,
-                self.batcher,
-                host=h.host,
-                port=h.port,
-                token=h.token,
-                max_body_bytes=h.max_body_bytes,
-                max_buffered_bytes=h.max_buffered_bytes,
-                spool_timeout=h.spool_timeout,
-                on_error=self._source_error,
-                limits=h.limits,
-                on_refusal=observer.on_refusal,
-            )
-            observer.connections = lambda: ingest.connections
-            self.supervisor.add_refresh(observer.refresh)
-            self.ingest.start()
+    def _start_intake(self, stack: contextlib.ExitStack) -> None:
+        self.intake = Intake(
+            self.config.pipelines,
+            self.batcher,
+            self.checkpoints,
+            http=self.config.settings.http,
+            metrics=self.metrics,
+            stdin=self.stdin,
+            on_rows=self._read,
+        )
+        for source in self.intake.sources:
+            self.supervisor.health_checks.add(f"source {source.name}", source)  # its problems()
+        self.supervisor.add_refresh(self.intake.refresh)
+        self.intake.start()
+        if self.intake.ingest is not None:
+            self.ingest = self.intake.ingest
             self.ingest_url = self.ingest.url
             stack.callback(self.ingest.stop)
-        for thread in self._source_threads:
-            thread.start()
 
-    def _run_source(self, source: Any) -> None:
-        try:
-            source.run(self._stop_sources)
-        except BatcherClosedError:
-            log.info("source %s stopped: the daemon is stopping", source.name)
-        except Exception as exc:
-            log.exception("source %s failed", source.name)
-            with self._lock:
-                self._source_failures[source.name] = f"{type(exc).__name__}: {exc}"
-        finally:
-            with self._lock:
-                self.totals.rows_read += source.rows
+    def _read(self, rows: int) -> None:
+        with self._lock:
+            self.totals.rows_read += rows
 
     def _install_signals(self, stack: contextlib.ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -395,13 +322,6 @@ class Daemon:
             stack.callback(signal.signal, signum, previous)
 
     # -- the loop --------------------------------------------------------------------
-
-    def _finite(self) -> bool:
-        return not self.ingest_url and not any(
-            (p.source == "file" and p.follow)
-            or (p.source == "generator" and p.generator_count == 0)
-            for p in self.config.pipelines
-        )
 
     def _loop(self, notifier: Notifier) -> int:
         last_status = 0.0
@@ -419,7 +339,7 @@ class Daemon:
                 log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
                 notifier.stopping("draining: intake stopped, finishing inserts")
                 return self._shutdown()
-            elif self._finite() and not any(t.is_alive() for t in self._source_threads):
+            elif self.intake.finite and not self.intake.reading():
                 return self._shutdown(finished=True)
             now = time.monotonic()
             if now - last_status >= 1.0:
@@ -440,17 +360,12 @@ class Daemon:
         # checkpoint at the next start).
         timeout = None if finished else self.config.settings.supervisor.graceful_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._stop_sources.set()
         if deadline is not None:
             self.batcher.give_up_at(deadline)
-        if getattr(self, "ingest", None) is not None:
-            self.ingest.stop()
-        for thread in self._source_threads:
-            thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        self.intake.stop(deadline)
         if not self.batcher.close(_remaining(deadline)):
             log.warning("some records were not spooled before the stop (see above)")
-        if getattr(self, "ingest", None) is not None:
-            self.ingest.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
+        self.intake.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
         self.checkpoints.save_unsaved()  # a last try for positions whose save failed
         self._drain(_remaining(deadline))
         self.dispatcher.stop()
@@ -576,9 +491,6 @@ class Daemon:
         with self._lock:
             self.totals.failures += 1
 
-    def _source_error(self, source: str, message: str) -> None:
-        self.metrics.source_errors.labels(source=source).inc()
-
     # -- health and status --------------------------------------------------------------
 
     def _watch_health(self) -> None:
@@ -600,9 +512,7 @@ class Daemon:
         out = []
         if not self._heartbeat.fresh(LOOP_STALE_AFTER):
             out.append(f"the daemon's loop has not turned for {self._heartbeat.age():.0f} s")
-        with self._lock:
-            failed = dict(self._source_failures)
-        out.extend(f"source {name} stopped: {error}" for name, error in sorted(failed.items()))
+        out.extend(self.intake.problems())
         out.extend(self.dispatcher.thread_problems(DISPATCH_STUCK_AFTER))
         return out
 
@@ -624,59 +534,13 @@ class Daemon:
         backlog = self._backlog() if hasattr(self, "tables") else 0
         report = self._report
         with self._lock:
-            t = self.totals
-            text = format_status(
-                t.rate(),
-                backlog,
-                spool_batches=int(spool["batches"]),
-                spool_bytes=int(spool["bytes"]),
-            )
-            status = (
-                f"{t.rows_inserted:,} rows inserted, {text}, "
-                f"{t.dead_letters} dead letters, {t.failures} failed attempts"
+            status = self.totals.status(
+                backlog, spool_batches=int(spool["batches"]), spool_bytes=int(spool["bytes"])
             )
         return status if report.level is Level.OK else f"{report.summary()} | {status}"
 
     def summary(self) -> str:
-        t = self.totals
-        elapsed = time.monotonic() - t.started
-        lines = [
-            f"inserted {t.rows_inserted:,} rows in {t.batches:,} batches in {elapsed:.1f} s "
-            f"({t.rate():,.0f} rows/s)",
-            f"dead letters: {t.dead_letters:,}"
-            + (f" (in {self.state_dir / 'dead-letter'})" if t.dead_letters else ""),
-            f"failed attempts (retried): {t.failures:,}",
-            f"spool: {self.spool.stats()['batches']:.0f} batches left in {self.state_dir / 'spool'}",
-        ]
-        return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
-    """Hold ``state_dir`` for one process (a daemon, or ``check`` starting its endpoint)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "daemon.lock"
-    fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise StateDirInUseError(
-            f"state directory {state_dir} is in use by {holder}; run one daemon per "
-            "state directory (set state_dir or CHWORKERS_STATE_DIR)",
-            holder=holder,
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"chworkers pid {os.getpid()}\n")
-    fh.flush()
-    forkguard.close_in_child(fh)  # a forked worker outliving us must not hold it
-    try:
-        yield
-    finally:
-        fh.close()
+        return self.totals.summary(self.state_dir, int(self.spool.stats()["batches"]))
 
 
 def _remaining(deadline: float | None) -> float | None:

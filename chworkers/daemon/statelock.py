@@ -1,0 +1,48 @@
+"""The state directory's lock: one process at a time on a daemon's state.
+
+Two daemons on one state directory would replay each other's spool and overwrite each
+other's positions, so ``chworkers run`` (and ``chworkers check``, when it starts the
+embedded ClickHouse on that directory) holds ``daemon.lock`` there for as long as it
+runs. The lock is ``flock``: the kernel drops it when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from chworkers import forkguard
+from chworkers.errors import StateDirInUseError
+
+__all__ = ["state_lock"]
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir`` for one process (a daemon, or ``check`` starting its endpoint)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "daemon.lock"
+    fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise StateDirInUseError(
+            f"state directory {state_dir} is in use by {holder}; run one daemon per "
+            "state directory (set state_dir or CHWORKERS_STATE_DIR)",
+            holder=holder,
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"chworkers pid {os.getpid()}\n")
+    fh.flush()
+    forkguard.close_in_child(fh)  # a forked worker outliving us must not hold it
+    try:
+        yield
+    finally:
+        fh.close()

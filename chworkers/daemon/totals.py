@@ -1,0 +1,53 @@
+"""What a daemon did: rows read and inserted, batches, dead letters, failed attempts.
+
+The status line (systemd's ``STATUS=``, the terminal's progress line) and the summary
+``chworkers run`` prints at the end are written from these counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chworkers.ops.systemd import format_status
+
+__all__ = ["Totals"]
+
+
+@dataclass
+class Totals:
+    """What the daemon did, for the progress line and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    rows_read: int = 0
+    rows_inserted: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    failures: int = 0
+
+    def rate(self) -> float:
+        return self.rows_inserted / max(1e-9, time.monotonic() - self.started)
+
+    def status(self, backlog: int, *, spool_batches: int, spool_bytes: int) -> str:
+        """One line: rows inserted, the rate, the backlog and the spool, the trouble."""
+        text = format_status(
+            self.rate(), backlog, spool_batches=spool_batches, spool_bytes=spool_bytes
+        )
+        return (
+            f"{self.rows_inserted:,} rows inserted, {text}, "
+            f"{self.dead_letters} dead letters, {self.failures} failed attempts"
+        )
+
+    def summary(self, state_dir: Path, spool_batches: int) -> str:
+        """What ``chworkers run`` prints when it ends."""
+        elapsed = time.monotonic() - self.started
+        lines = [
+            f"inserted {self.rows_inserted:,} rows in {self.batches:,} batches in "
+            f"{elapsed:.1f} s ({self.rate():,.0f} rows/s)",
+            f"dead letters: {self.dead_letters:,}"
+            + (f" (in {state_dir / 'dead-letter'})" if self.dead_letters else ""),
+            f"failed attempts (retried): {self.failures:,}",
+            f"spool: {spool_batches} batches left in {state_dir / 'spool'}",
+        ]
+        return "\n".join(lines)
