@@ -36,7 +36,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chworkers.daemon.spool import Spool, SpooledBatch, batch_overhead
+from chworkers.daemon.batchfile import SpooledBatch, batch_overhead
+from chworkers.daemon.spool import Spool
 from chworkers.errors import (
     BatcherClosedError,
     SpoolError,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, Rejected, split_records
-from chworkers.daemon.spool import fsync_directory
+from chworkers.daemon.batchfile import fsync_directory
 from chworkers.ops.metrics import Metrics
 from chworkers.workers.middleware import Middleware
 

@@ -39,8 +39,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from chworkers.backoff import capped_backoff
+from chworkers.daemon.batchfile import SpooledBatch, read_batch
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
+from chworkers.daemon.spool import Spool
 from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
 from chworkers.daemon.framing import Framer, RecordTooLargeError, read_header
-from chworkers.daemon.spool import SpooledBatch, fsync_directory
 
 log = logging.getLogger(__name__)
 

@@ -1,47 +1,45 @@
 """The durable on-disk spool: every accepted batch is safe before it is acknowledged.
 
-One file per batch, written to a temporary name, fsync'd, renamed into place and the
-directory fsync'd, so a batch is either wholly in the spool or not at all. A batch is
-removed only after ClickHouse confirmed its insert. Its deduplication token is fixed
-when it is spooled, so a replay after a crash sends byte-identical data with the same
-token and ClickHouse drops what it already has.
+A directory of batch files (:mod:`chworkers.daemon.batchfile`: one file per batch,
+written so that it is either wholly in the spool or not at all), with a size cap and a
+policy for when it is full. A batch is removed only after ClickHouse confirmed its
+insert. Its deduplication token is fixed when it is spooled, so a replay after a crash
+sends byte-identical data with the same token and ClickHouse drops what it already has.
 
-File layout (little-endian)::
-
-    b"CHWSPL01" | header length (u32) | header (JSON) | payload | b"CHWEND" | crc32 (u32)
-
-The CRC covers header and payload. A file that is truncated, has a bad CRC or an
-unreadable header is moved to ``quarantine/`` with a log line and a metric, and the
-daemon goes on.
+A file that is truncated, has a bad CRC or an unreadable header is moved to
+``quarantine/`` with a log line and a metric, and the daemon goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from chworkers.clickhouse.dedup import batch_token
+from chworkers.daemon.batchfile import (
+    SpooledBatch,
+    batch_overhead,
+    encode_batch,
+    file_size,
+    read_batch,
+    write_durably,
+)
 from chworkers.daemon.options import SpoolSettings
 from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
 from chworkers.ops.metrics import Metrics
 
+__all__ = ["Policy", "Reservation", "Spool", "SpooledBatch", "read_batch"]
+
 log = logging.getLogger(__name__)
 
-MAGIC = b"CHWSPL01"
-TRAILER = b"CHWEND"
-_LEN = struct.Struct("<I")
 _NAME = re.compile(r"^(\d{20})\.batch$")
 
 Policy = Literal["block", "reject", "drop_oldest"]
@@ -64,28 +62,6 @@ class Reservation:
 
     seq: int
     size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class SpooledBatch:
-    """A batch as stored in the spool; ``payload`` is the exact bytes to insert."""
-
-    seq: int
-    table: str
-    format: str
-    rows: int
-    token: str
-    created: float
-    payload: bytes
-    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    pipeline: str = ""
-    #: What the source needs to resume after this batch (e.g. a file offset).
-    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.payload)
 
 
 class Spool:
@@ -152,7 +128,7 @@ class Spool:
             return path.read_text().strip()
         except FileNotFoundError:
             spool_id = uuid.uuid4().hex[:16]
-            self._write_durably(path, spool_id.encode())
+            write_durably(path, spool_id.encode(), fsync=self.fsync)
             return spool_id
 
     def recover(self) -> list[SpooledBatch]:
@@ -177,7 +153,7 @@ class Spool:
             batches.append(batch)
         with self._lock:
             for batch in batches:
-                self._sizes[batch.seq] = _file_size(batch)
+                self._sizes[batch.seq] = file_size(batch)
                 self._created[batch.seq] = batch.created
                 self._next_seq = max(self._next_seq, batch.seq + 1)
         self.publish()
@@ -302,7 +278,7 @@ class Spool:
                 # number is not handed out (it is not covered by the file on disk).
                 ceiling = seq + 1 + SEQ_BLOCK
                 try:
-                    self._write_durably(self._seq_file, str(ceiling).encode())
+                    write_durably(self._seq_file, str(ceiling).encode(), fsync=self.fsync)
                 except SpoolWriteError as exc:
                     self._note_trouble("io", str(exc))
                     raise
@@ -348,7 +324,7 @@ class Spool:
                 meta=dict(meta or {}),
             )
             path = self.directory / f"{seq:020d}.batch"
-            self._write_durably(path, encode_batch(batch), undo=True)
+            write_durably(path, encode_batch(batch), fsync=self.fsync, undo=True)
         except BaseException as exc:
             with self._lock:
                 if isinstance(exc, SpoolWriteError):
@@ -359,7 +335,7 @@ class Spool:
         batch = dataclasses.replace(batch, path=path)
         with self._lock:
             self._reserved -= reservation.size
-            self._sizes[seq] = _file_size(batch)
+            self._sizes[seq] = file_size(batch)
             self._created[seq] = batch.created
             self._clear_trouble()
         self.publish()
@@ -404,37 +380,6 @@ class Spool:
             self._trouble_since = time.time()
         if self._metrics is not None:
             self._metrics.spool_write_failures.labels(reason=reason).inc()
-
-    def _write_durably(self, path: Path, data: bytes, *, undo: bool = False) -> None:
-        """Write ``data`` to ``path`` atomically and durably, or raise
-        :class:`SpoolWriteError`. A failure removes the temporary file; with ``undo``, also
-        the target when the failure came after the rename (a batch file must not stay
-        when its write is reported failed: a retry would spool its records twice)."""
-        tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-        renamed = False
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            renamed = True
-            if self.fsync:
-                fsync_directory(self.directory)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            if renamed and undo:
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
-            raise SpoolWriteError(
-                f"cannot write {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
-            ) from exc
 
     # -- confirming ----------------------------------------------------------------
 
@@ -505,89 +450,3 @@ class Spool:
             f"<Spool {self.directory}: {s['batches']:.0f} batches, {s['bytes']:.0f} of "
             f"{self.max_bytes} bytes, policy {self.policy}>"
         )
-
-
-def encode_batch(batch: SpooledBatch) -> bytes:
-    header = json.dumps(
-        {
-            "seq": batch.seq,
-            "table": batch.table,
-            "format": batch.format,
-            "rows": batch.rows,
-            "token": batch.token,
-            "created": batch.created,
-            "settings": dict(batch.settings),
-            "pipeline": batch.pipeline,
-            "meta": dict(batch.meta),
-            "payload_len": len(batch.payload),
-        },
-        separators=(",", ":"),
-    ).encode()
-    crc = zlib.crc32(batch.payload, zlib.crc32(header))
-    return b"".join((MAGIC, _LEN.pack(len(header)), header, batch.payload, TRAILER, _LEN.pack(crc)))
-
-
-def read_batch(path: Path) -> SpooledBatch:
-    """Read and verify one spool file; :class:`SpoolCorruptError` says what is wrong."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SpoolCorruptError(f"cannot read: {exc.strerror}", path=str(path)) from exc
-    fixed = len(MAGIC) + _LEN.size
-    if len(data) < fixed or not data.startswith(MAGIC):
-        raise SpoolCorruptError("not a spool file (bad magic or truncated)", path=str(path))
-    (header_len,) = _LEN.unpack_from(data, len(MAGIC))
-    header_end = fixed + header_len
-    try:
-        header = json.loads(data[fixed:header_end])
-        payload_len = int(header["payload_len"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SpoolCorruptError(f"unreadable header: {exc}", path=str(path)) from exc
-    payload_end = header_end + payload_len
-    if len(data) != payload_end + len(TRAILER) + _LEN.size:
-        raise SpoolCorruptError(
-            f"truncated: {len(data)} bytes, expected {payload_end + len(TRAILER) + _LEN.size}",
-            path=str(path),
-        )
-    if data[payload_end : payload_end + len(TRAILER)] != TRAILER:
-        raise SpoolCorruptError("bad trailer", path=str(path))
-    (crc,) = _LEN.unpack_from(data, payload_end + len(TRAILER))
-    payload = data[header_end:payload_end]
-    if zlib.crc32(payload, zlib.crc32(data[fixed:header_end])) != crc:
-        raise SpoolCorruptError("checksum mismatch", path=str(path))
-    return SpooledBatch(
-        seq=int(header["seq"]),
-        table=str(header["table"]),
-        format=str(header["format"]),
-        rows=int(header["rows"]),
-        token=str(header["token"]),
-        created=float(header["created"]),
-        payload=payload,
-        settings=dict(header.get("settings") or {}),
-        pipeline=str(header.get("pipeline", "")),
-        meta=dict(header.get("meta") or {}),
-        path=path,
-    )
-
-
-def _file_size(batch: SpooledBatch) -> int:
-    if batch.path is not None:
-        try:
-            return batch.path.stat().st_size
-        except OSError:
-            pass
-    return len(batch.payload) + 256
-
-
-def batch_overhead(table: str, pipeline: str = "", meta: Mapping[str, Any] | None = None) -> int:
-    """An upper bound of the bytes a batch file needs beyond its payload."""
-    return 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Make a rename or a new file in ``directory`` durable."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
