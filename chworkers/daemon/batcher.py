@@ -29,7 +29,6 @@ give up, their tickets fail, and nothing more is written.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import threading
 import time
@@ -38,14 +37,12 @@ from typing import Any
 
 from chworkers.daemon.batchfile import SpooledBatch, batch_overhead
 from chworkers.daemon.spool import Spool
-from chworkers.errors import (
-    BatcherClosedError,
-    SpoolError,
-    SpoolTimeoutError,
-    WaitTimeoutError,
-)
+from chworkers.daemon.ticket import Ticket, TicketState
+from chworkers.errors import BatcherClosedError, SpoolError, SpoolTimeoutError
 from chworkers.ops.metrics import Metrics
 from chworkers.settings import setting, validate
+
+__all__ = ["BatchLimits", "Batcher", "Ticket"]
 
 log = logging.getLogger(__name__)
 
@@ -54,89 +51,6 @@ RETRY_INITIAL = 0.1
 RETRY_MAX = 2.0
 #: A stalled batch is logged again at most this often.
 RETRY_LOG_EVERY = 30.0
-
-
-class _State(enum.Enum):
-    PENDING = "pending"  # buffered, or cut and waiting for the spool
-    WRITING = "writing"  # being written: can no longer be withdrawn
-    SPOOLED = "spooled"
-    FAILED = "failed"  # never spooled, and never will be (includes withdrawn)
-
-
-class Ticket:
-    """One :meth:`Batcher.add`: resolved when its records are durably spooled, or when
-    it is certain they never will be."""
-
-    __slots__ = (
-        "_batcher",
-        "_deadline",
-        "_done",
-        "_error",
-        "_meta",
-        "_records",
-        "_retry",
-        "_rows",
-        "_state",
-        "batch_seq",
-    )
-
-    def __init__(
-        self,
-        batcher: Batcher,
-        records: bytes,
-        rows: int,
-        meta: Mapping[str, Any] | None,
-        retry: bool,
-        deadline: float | None,
-    ) -> None:
-        self._batcher = batcher
-        self._records = records
-        self._rows = rows
-        self._meta = meta
-        self._retry = retry
-        self._deadline = deadline
-        self._state = _State.PENDING
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-        self.batch_seq: int | None = None
-
-    def _resolve(self, seq: int | None, error: BaseException | None) -> None:
-        """Under the batcher's lock."""
-        self._state = _State.FAILED if error is not None else _State.SPOOLED
-        self.batch_seq = seq
-        self._error = error
-        self._records = b""
-        self._done.set()
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until resolved; return the batch number or re-raise the spool's error
-        (e.g. :class:`~chworkers.errors.SpoolFullError`). ``timeout=None`` waits without
-        a limit; :class:`~chworkers.errors.WaitTimeoutError` (a :class:`TimeoutError`)
-        means the records are still pending (they may yet be spooled)."""
-        if not self._done.wait(timeout):
-            raise WaitTimeoutError(f"records not spooled within {timeout} s", timeout=timeout)
-        if self._error is not None:
-            raise self._error
-        assert self.batch_seq is not None
-        return self.batch_seq
-
-    def withdraw(self) -> bool:
-        """Make sure the records are never spooled, if that is still possible.
-
-        True: they are not in the spool and never will be. False: they are spooled, or
-        being written right now (:meth:`wait` tells the outcome)."""
-        return self._batcher._withdraw(self)
-
-    def settle(self, timeout: float | None) -> int:
-        """All or nothing: the batch number once spooled within ``timeout``; otherwise
-        the records are withdrawn and :class:`~chworkers.errors.SpoolTimeoutError` (or
-        the spool's error) is raised, and they are never spooled later."""
-        if not self._done.wait(timeout) and self.withdraw():
-            pass  # resolved as failed by the withdrawal
-        return self.wait()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +172,7 @@ class Batcher:
             token or "",
         )
         deadline = None if timeout is None else time.monotonic() + timeout
-        ticket = Ticket(self, records, rows, meta, retry, deadline)
+        ticket = Ticket(self._withdraw, records, rows, meta, retry, deadline)
         with self._lock:
             if self._closed:
                 raise BatcherClosedError(
@@ -358,12 +272,12 @@ class Batcher:
 
     def _withdraw(self, ticket: Ticket) -> bool:
         with self._lock:
-            if ticket._state is _State.FAILED:
+            if ticket.state is TicketState.FAILED:
                 return True
-            if ticket._state is not _State.PENDING:
+            if ticket.state is not TicketState.PENDING:
                 return False
-            size = len(ticket._records)
-            ticket._resolve(
+            size = len(ticket.records)
+            ticket.resolve(
                 None,
                 SpoolTimeoutError(
                     "the spool did not take the records in time; they were withdrawn and "
@@ -373,7 +287,7 @@ class Batcher:
             for key, buf in self._buffers.items():
                 if ticket in buf.tickets:  # still buffered: forget it now
                     buf.tickets.remove(ticket)
-                    buf.rows -= ticket._rows
+                    buf.rows -= ticket.rows
                     buf.size -= size
                     if not buf.tickets:
                         del self._buffers[key]
@@ -476,18 +390,18 @@ class Batcher:
         """The buffer's tickets still to be written; fails those that may not wait any
         longer (the batcher gave up, or an earlier cut of the key was abandoned)."""
         with self._lock:
-            buf.tickets = [t for t in buf.tickets if t._state is _State.PENDING]
+            buf.tickets = [t for t in buf.tickets if t.state is TicketState.PENDING]
             if buf.tickets and (self._giving_up() or buf.abandoned):
                 error = BatcherClosedError(
                     "the batcher stopped before the spool took these records"
                     + ("" if self._giving_up() else " (an earlier batch was not spooled)")
                 )
-                buf.abandoned = buf.abandoned or any(t._retry for t in buf.tickets)
+                buf.abandoned = buf.abandoned or any(t.retry for t in buf.tickets)
                 for ticket in buf.tickets:
-                    ticket._resolve(None, error)
+                    ticket.resolve(None, error)
                 # Records added without retry were refused to their sender (HTTP 503);
                 # the others were read from a source that is not told "no".
-                rows = sum(t._rows for t in buf.tickets if t._retry)
+                rows = sum(t.rows for t in buf.tickets if t.retry)
                 buf.tickets = []
                 if rows:
                     log.error(
@@ -502,33 +416,33 @@ class Batcher:
     def _write(self, buf: _Buffer, live: list[Ticket]) -> SpooledBatch | None:
         meta: dict[str, Any] = {}
         for ticket in live:
-            if ticket._meta:
-                _merge(meta, ticket._meta)
-        size = len(buf.header) + sum(len(t._records) for t in live)
-        retrying = any(t._retry for t in live)
+            if ticket.meta:
+                _merge(meta, ticket.meta)
+        size = len(buf.header) + sum(len(t.records) for t in live)
+        retrying = any(t.retry for t in live)
         reservation = self.spool.reserve(
             size + batch_overhead(buf.table, buf.pipeline, meta),
             give_up=lambda: self._giving_up() or not self._worth_waiting(live, retrying),
             on_wait=lambda: self._waiting(buf, live),
         )
         with self._lock:  # from here on the records cannot be withdrawn
-            live = [t for t in live if t._state is _State.PENDING]
+            live = [t for t in live if t.state is TicketState.PENDING]
             for ticket in live:
-                ticket._state = _State.WRITING
+                ticket.state = TicketState.WRITING
         if not live:
             self.spool.release(reservation)
             return None
         meta = {}  # again: only the records that are written
         for ticket in live:
-            if ticket._meta:
-                _merge(meta, ticket._meta)
+            if ticket.meta:
+                _merge(meta, ticket.meta)
         try:
             batch = self.spool.write(
                 reservation,
                 buf.table,
-                buf.header + b"".join(t._records for t in live),
+                buf.header + b"".join(t.records for t in live),
                 format=buf.format,
-                rows=sum(t._rows for t in live),
+                rows=sum(t.rows for t in live),
                 settings=buf.settings,
                 pipeline=buf.pipeline,
                 meta=meta,
@@ -537,11 +451,11 @@ class Batcher:
         except BaseException:
             with self._lock:
                 for ticket in live:
-                    ticket._state = _State.PENDING
+                    ticket.state = TicketState.PENDING
             raise
         with self._lock:
             for ticket in live:
-                ticket._resolve(batch.seq, None)
+                ticket.resolve(batch.seq, None)
         return batch
 
     @staticmethod
@@ -550,23 +464,24 @@ class Batcher:
             return True
         now = time.monotonic()
         return any(
-            t._state is _State.PENDING and (t._deadline is None or now < t._deadline) for t in live
+            t.state is TicketState.PENDING and (t.deadline is None or now < t.deadline)
+            for t in live
         )
 
     def _failed(self, buf: _Buffer, error: SpoolError) -> bool:
         """The spool refused the buffer's live records: fail those that may not wait;
         True if some remain to be retried."""
         with self._lock:
-            gone = [t for t in buf.tickets if t._state is _State.PENDING and not t._retry]
+            gone = [t for t in buf.tickets if t.state is TicketState.PENDING and not t.retry]
             for ticket in gone:
-                ticket._resolve(None, error)
-            buf.tickets = [t for t in buf.tickets if t._state is _State.PENDING]
+                ticket.resolve(None, error)
+            buf.tickets = [t for t in buf.tickets if t.state is TicketState.PENDING]
             retry = bool(buf.tickets)
         if gone:
             log.warning(
                 "pipeline %s: could not spool %d rows for %s; their senders are told: %s",
                 buf.pipeline or buf.table,
-                sum(t._rows for t in gone),
+                sum(t.rows for t in gone),
                 buf.table,
                 error,
             )
@@ -577,7 +492,7 @@ class Batcher:
         (called from inside the spool's wait, so it only notes the state)."""
         with self._lock:
             if id(buf) not in self._stalls:
-                rows = sum(t._rows for t in live)
+                rows = sum(t.rows for t in live)
                 stall = _Stall(buf.pipeline, buf.table, rows, time.monotonic())
                 stall.error = "the spool is full; waiting for ClickHouse to take batches"
                 self._stalls[id(buf)] = stall
@@ -586,7 +501,7 @@ class Batcher:
     def _stalled(self, buf: _Buffer, error: SpoolError) -> None:
         now = time.monotonic()
         with self._lock:
-            rows = sum(t._rows for t in buf.tickets)
+            rows = sum(t.rows for t in buf.tickets)
             stall = self._stalls.get(id(buf))
             if stall is None:
                 stall = self._stalls[id(buf)] = _Stall(buf.pipeline, buf.table, rows, now)
