@@ -2,10 +2,11 @@
 
 Producers call :meth:`Supervisor.insert`, :meth:`~Supervisor.submit` or
 :meth:`~Supervisor.call` from any thread; each encodes its task to bytes in that thread,
-puts it on the bounded queue and gets a :class:`concurrent.futures.Future`. The
-supervisor's loop (:mod:`chworkers.workers.arbiter`) dispatches tasks to the workers and
-resolves the futures; this module holds what happens around a task's outcome (metrics,
-dead letters, re-queueing) and the lifecycle: start, drain, stop, scale, reload.
+puts it on the bounded queue and gets a :class:`concurrent.futures.Future`. Everything
+else the supervisor has (settings, queue, workers, outcomes) belongs to its owner, the
+:class:`~chworkers.workers.arbiter.Arbiter`, whose loop dispatches tasks and resolves
+the futures; the lifecycle methods here (start, stop, drain, scale, reconfigure, stats)
+send it typed commands (:mod:`chworkers.workers.commands`) or wait for it.
 """
 
 from __future__ import annotations
