@@ -20,19 +20,17 @@ import math
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar, cast
 
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.retry import RetryPolicy
-from chworkers.errors import SupervisorStoppedError, WaitTimeoutError, WorkerBootError
+from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
 from chworkers.workers.commands import (
     Command,
+    Mailbox,
     Reconfigure,
     RefreshGauges,
     Signal,
@@ -94,7 +92,7 @@ class Arbiter:
         self._connector = connector
         self._on_reload = on_reload
         self._on_exit = on_exit
-        self._commands: deque[tuple[Command[Any], Future[Any] | None]] = deque()
+        self._mailbox = Mailbox(self.wake, self.finished)
         self._ready = threading.Condition()
         self._crew: Crew | None = None
         self._procs: Processes | None = None
@@ -211,8 +209,7 @@ class Arbiter:
 
     def tell(self, command: Command[Any]) -> None:
         """Queue a command for the loop; its answer or error is only logged."""
-        self._commands.append((command, None))
-        self.wake()
+        self._mailbox.tell(command)
 
     def ask(self, command: Command[R], timeout: float | None = None) -> R:
         """Run a command on the loop and return its answer (``timeout=None``: no limit).
@@ -223,24 +220,7 @@ class Arbiter:
             raise SupervisorStoppedError(f"the supervisor is {self._state}")
         if self.in_loop():  # e.g. from a future's callback: run it now
             return cast(R, self._handle(command))
-        future: Future[Any] = Future()
-        self._commands.append((command, future))
-        self.wake()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.monotonic()))
-            try:
-                return cast(R, future.result(wait))
-            except FutureTimeout:
-                pass
-            if self.finished.is_set() and not future.done():
-                # The loop ended after the command was queued: nobody will answer it.
-                raise SupervisorStoppedError(f"the supervisor is {self._state}")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"the supervisor's loop did not answer {command!r} within {timeout} s",
-                    timeout=timeout,
-                )
+        return self._mailbox.ask(command, timeout)
 
     # The loop.
 
@@ -256,7 +236,7 @@ class Arbiter:
             crew.kill_all()
         finally:
             self._fail_all(self._error or SupervisorStoppedError("the supervisor stopped"))
-            self._refuse_commands()
+            self._mailbox.refuse()
             self.finished.set()
             self._notify_ready()
             if self._procs is not None:
@@ -274,9 +254,8 @@ class Arbiter:
                 crew.reap(h)
             elif kind == "outbox":
                 self._procs.flush(h)
-        while self._commands:
-            command, future = self._commands.popleft()
-            self._answer(command, future)
+        if self._mailbox:
+            self._mailbox.deliver(self._handle)
         if now >= self._next_check:
             self._next_check = now + _CHECK_EVERY
             crew.check(now)
@@ -311,18 +290,6 @@ class Arbiter:
 
     # Commands, dispatched by type.
 
-    def _answer(self, command: Command[Any], future: Future[Any] | None) -> None:
-        try:
-            result = self._handle(command)
-        except BaseException as exc:
-            if future is None:
-                log.exception("supervisor command %r failed", command)
-            else:
-                future.set_exception(exc)
-        else:
-            if future is not None:
-                future.set_result(result)
-
     def _handle(self, command: Command[Any]) -> object:
         match command:
             case Stop(graceful=graceful, timeout=timeout):
@@ -342,13 +309,6 @@ class Arbiter:
             case _:
                 raise TypeError(f"not a supervisor command: {command!r}")
         return None
-
-    def _refuse_commands(self) -> None:
-        """Commands that arrived too late: their senders must not wait forever."""
-        while self._commands:
-            _, future = self._commands.popleft()
-            if future is not None:
-                future.set_exception(SupervisorStoppedError("the supervisor stopped"))
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name

@@ -2,17 +2,27 @@
 
 The loop (:class:`~chworkers.workers.arbiter.Arbiter`) owns the supervisor's state; a
 producer, a signal handler or the HTTP endpoint never changes it, they send one of these
-commands and the loop dispatches it by type (one ``match``). ``Command[R]`` says what
-the loop answers: :class:`Stats` answers a :class:`SupervisorStats`, the others nothing.
+commands through the loop's :class:`Mailbox` and the loop dispatches it by type (one
+``match``). ``Command[R]`` says what the loop answers: :class:`Stats` answers a
+:class:`SupervisorStats`, the others nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Generic, TypedDict, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, cast
 
 from chworkers.clickhouse.lease import LeaseStats
+from chworkers.errors import SupervisorStoppedError, WaitTimeoutError
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
@@ -86,3 +96,68 @@ class SupervisorStats:
     tasks: Mapping[str, int]
     restarts: Mapping[str, int]
     pool: LeaseStats | None = None
+
+
+class Mailbox:
+    """Commands on their way to the loop, from any thread; answers come back through
+    futures. ``wake`` interrupts the loop's wait; ``finished`` is set when it ended."""
+
+    def __init__(self, wake: Callable[[], None], finished: threading.Event) -> None:
+        self._wake = wake
+        self._finished = finished
+        self._pending: deque[tuple[Command[Any], Future[Any] | None]] = deque()
+
+    def tell(self, command: Command[Any]) -> None:
+        """Queue a command; its answer or error is only logged."""
+        self._pending.append((command, None))
+        self._wake()
+
+    def ask(self, command: Command[R], timeout: float | None) -> R:
+        """Queue a command and wait for the loop's answer (``timeout=None``: no limit).
+
+        Raises what the command raised, :class:`SupervisorStoppedError` when the loop
+        ended without answering and :class:`WaitTimeoutError` when it did not answer in
+        time."""
+        future: Future[Any] = Future()
+        self._pending.append((command, future))
+        self._wake()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.monotonic()))
+            try:
+                return cast(R, future.result(wait))
+            except FutureTimeout:
+                pass
+            if self._finished.is_set() and not future.done():
+                # The loop ended after the command was queued: nobody will answer it.
+                raise SupervisorStoppedError("the supervisor stopped")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"the supervisor's loop did not answer {command!r} within {timeout} s",
+                    timeout=timeout,
+                )
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def deliver(self, handle: Callable[[Command[Any]], object]) -> None:
+        """On the loop: run ``handle`` on each queued command and answer its sender."""
+        while self._pending:
+            command, future = self._pending.popleft()
+            try:
+                result = handle(command)
+            except BaseException as exc:
+                if future is None:
+                    log.exception("supervisor command %r failed", command)
+                else:
+                    future.set_exception(exc)
+            else:
+                if future is not None:
+                    future.set_result(result)
+
+    def refuse(self) -> None:
+        """Once the loop ended: fail what is still queued, so no sender waits for ever."""
+        while self._pending:
+            _, future = self._pending.popleft()
+            if future is not None:
+                future.set_exception(SupervisorStoppedError("the supervisor stopped"))
