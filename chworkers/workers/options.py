@@ -11,16 +11,20 @@ supervisor runs (:meth:`Supervisor.reconfigure`, SIGHUP). Invalid values raise
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
 from chworkers.settings import reloadable, section, setting, validate
+
+log = logging.getLogger(__name__)
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
 
@@ -236,3 +240,17 @@ def worker_pool_options(
     return dataclasses.replace(
         options, max_connections=connections, min_connections=0, retry=policy
     )
+
+
+def check_hung_timeout(config: ConnectionConfig, options: SupervisorOptions) -> None:
+    """Warn when one legitimate request may outlast ``hung_timeout``: the worker would
+    be killed as hung in the middle of a slow but healthy insert."""
+    longest = config.connect_timeout + config.send_receive_timeout
+    if options.hung_timeout <= longest:
+        log.warning(
+            "hung_timeout (%g s) is not above connect_timeout + send_receive_timeout "
+            "(%g s): a worker waiting on one slow request would be killed as hung; raise "
+            "hung_timeout or lower send_receive_timeout",
+            options.hung_timeout,
+            longest,
+        )

@@ -11,12 +11,10 @@ send it typed commands (:mod:`chworkers.workers.commands`) or wait for it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -25,9 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from chworkers import timeouts
 from chworkers._version import __version__
-from chworkers.clickhouse import native
 from chworkers.clickhouse.connection import ConnectionConfig
-from chworkers.clickhouse.inserts import InsertResult, SplitBudget
+from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
@@ -48,12 +45,17 @@ from chworkers.workers.commands import (
 )
 from chworkers.workers.context import Connector
 from chworkers.workers.middleware import DeadLetterCallback, Middleware
-from chworkers.workers.options import SupervisorOptions, worker_pool_options
+from chworkers.workers.options import (
+    SupervisorOptions,
+    check_hung_timeout,
+    worker_pool_options,
+)
 from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.probes import Probes
+from chworkers.workers.producer import Producer
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.taskqueue import TaskQueue
-from chworkers.workers.tasks import DeadLetter, Task
+from chworkers.workers.tasks import DeadLetter
 from chworkers.workers.worker import PoolConnector
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class Supervisor:
         self.pool_options = worker_pool_options(pool_options, retry, opts.connections)
         if clickhouse is not None:
             # A bad URL fails here, not in every worker.
-            _check_hung_timeout(ConnectionConfig.coerce(clickhouse), opts)
+            check_hung_timeout(ConnectionConfig.coerce(clickhouse), opts)
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
             self.middleware.append(DeadLetterCallback(dead_letter))
@@ -122,8 +124,8 @@ class Supervisor:
         )
         self._probes = Probes(self._owner, self.metrics, self.health_checks)
         self.health_checks.add("supervisor", self._probes, Level.FAILING)
+        self._producer = Producer(self._owner, clickhouse=clickhouse is not None)
         self._signals: SignalInbox | None = None
-        self._ids = itertools.count(1)
         self._switch_interval: float | None = None
 
     def __repr__(self) -> str:
@@ -357,44 +359,9 @@ class Supervisor:
         re-run after a worker crash cannot duplicate rows. Blocks while the queue is
         full, or raises :class:`QueueFullError` after ``timeout`` seconds (by default the
         ``queue_timeout`` setting; None: no limit). A malformed batch raises :class:`BatchError`."""
-        self._require_clickhouse("insert")
-        future: Future[Any] = Future()
-        encoder = partial(self._native, table) if self.options.native_encoding else None
-        task = tasks.encode_insert(
-            next(self._ids),
-            future,
-            table,
-            rows,
-            column_names,
-            settings,
-            deduplication_token,
-            native=encoder,
+        return self._producer.insert(
+            table, rows, column_names, settings, deduplication_token, timeout
         )
-        self._put(task, timeouts.resolve(timeout, self.options.queue_timeout))
-        return future
-
-    def _native(
-        self, table: str, form: str, names: tuple[str, ...] | None, data: Any
-    ) -> tuple[bytes, Sequence[str]] | None:
-        schema = self.outcomes.schemas.get(table, names)
-        if schema is None and self._owner.in_loop():
-            return None  # called from a future's callback: waiting here would block the loop
-        if schema is None:
-            future: Future[Any] = Future()
-            lookup = tasks.encode_call(
-                next(self._ids), future, tasks.SUBMIT, native.describe, (table, names), {}
-            )
-            lookup.internal = True
-            try:
-                self._put(lookup, self.options.queue_timeout)
-                schema = future.result(self.options.boot_timeout)
-            except Exception as exc:  # e.g. no such table: the insert itself will say so
-                log.debug("no Native encoding for %s: %s", table, exc)
-                return None
-            self.outcomes.schemas.put(table, names, schema)
-        # Named columns: normalize has checked every row's width against them.
-        body = native.encode(schema, data, form == "columns", widths_checked=names is not None)
-        return None if body is None else (body, schema.column_names)
 
     @overload
     def insert_raw(
@@ -449,62 +416,26 @@ class Supervisor:
         worker, within ``split_max_requests`` and ``split_max_seconds``, and the rest is
         inserted; the future's result is then an :class:`~chworkers.clickhouse.inserts.InsertResult`
         whose ``rejected`` holds the records left out and why."""
-        self._require_clickhouse("insert_raw")
-        future: Future[Any] = Future()
-        budget = None
-        if split_bad_rows:
-            budget = SplitBudget(self.options.split_max_requests, self.options.split_max_seconds)
-        task = tasks.encode_insert(
-            next(self._ids),
-            future,
+        return self._producer.insert_raw(
             table,
             data,
+            fmt,
+            rows,
             column_names,
             settings,
             deduplication_token,
-            fmt=fmt,
-            rows=rows,
-            split=budget,
+            timeout,
+            split_bad_rows,
         )
-        self._put(task, timeouts.resolve(timeout, self.options.queue_timeout))
-        return future
 
     def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
         """Run ``fn(conn, *args, **kwargs)`` in a worker with a leased connection, retried
         per the retry policy. ``fn`` may be a lambda or a closure."""
-        self._require_clickhouse("submit")
-        future: Future[Any] = Future()
-        task = tasks.encode_call(next(self._ids), future, tasks.SUBMIT, fn, args, kwargs)
-        self._put(task, self.options.queue_timeout)
-        return future
+        return self._producer.call(tasks.SUBMIT, fn, args, kwargs)
 
     def call(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` in a worker, without a connection."""
-        future: Future[Any] = Future()
-        task = tasks.encode_call(next(self._ids), future, tasks.CALL, fn, args, kwargs)
-        self._put(task, self.options.queue_timeout)
-        return future
-
-    def _require_clickhouse(self, what: str) -> None:
-        if self.clickhouse is None:
-            raise ConfigError(
-                f"{what}() needs ClickHouse: give Supervisor(clickhouse=URL)",
-                key="clickhouse",
-                value=None,
-                expected="a ClickHouse URL",
-            )
-
-    def _put(self, task: Task, timeout: float | None) -> None:
-        if self.state != "running":
-            raise SupervisorStoppedError(
-                f"the supervisor is {self.state}: start() it (or use it in a with block) first"
-            )
-        self.outcomes.admit()
-        try:
-            self.queue.put(task, timeout)
-        except BaseException:
-            self.outcomes.withdraw()
-            raise
+        return self._producer.call(tasks.CALL, fn, args, kwargs)
 
     def _loop_exited(self) -> None:
         """On the loop thread, once it ended."""
@@ -527,17 +458,3 @@ class Supervisor:
         if broker is None:
             return None
         return PoolConnector(self.clickhouse, self.pool_options, broker.client(name))
-
-
-def _check_hung_timeout(config: ConnectionConfig, options: SupervisorOptions) -> None:
-    """Warn when one legitimate request may outlast ``hung_timeout``: the worker would
-    be killed as hung in the middle of a slow but healthy insert."""
-    longest = config.connect_timeout + config.send_receive_timeout
-    if options.hung_timeout <= longest:
-        log.warning(
-            "hung_timeout (%g s) is not above connect_timeout + send_receive_timeout "
-            "(%g s): a worker waiting on one slow request would be killed as hung; raise "
-            "hung_timeout or lower send_receive_timeout",
-            options.hung_timeout,
-            longest,
-        )

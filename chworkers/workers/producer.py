@@ -1,0 +1,157 @@
+"""The producer side of the supervisor: calls turned into queued tasks, in the caller's
+thread.
+
+:class:`Producer` encodes each task to bytes where it is submitted (rows to ClickHouse
+Native, looking a table's columns up once through a worker; functions and arguments
+with pickle or dill), numbers it, admits it to the outcomes' count and puts it on the
+owner's bounded queue, blocking while that is full. What happens next is the loop's
+(:class:`~chworkers.workers.arbiter.Arbiter`). :class:`~chworkers.workers.supervisor.Supervisor`
+documents each call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+from chworkers import timeouts
+from chworkers.clickhouse import native
+from chworkers.clickhouse.inserts import SplitBudget
+from chworkers.errors import ConfigError, SupervisorStoppedError
+from chworkers.timeouts import Timeout
+from chworkers.workers import tasks
+from chworkers.workers.arbiter import Arbiter
+from chworkers.workers.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+class Producer:
+    def __init__(self, owner: Arbiter, *, clickhouse: bool) -> None:
+        self.owner = owner
+        self.clickhouse = clickhouse
+        self._ids = itertools.count(1)
+
+    def insert(
+        self,
+        table: str,
+        rows: object,
+        column_names: Sequence[str] | None,
+        settings: Mapping[str, object] | None,
+        deduplication_token: str | None,
+        timeout: Timeout,
+    ) -> Future[Any]:
+        self._require_clickhouse("insert")
+        opts = self.owner.options
+        future: Future[Any] = Future()
+        encoder = partial(self._native, table) if opts.native_encoding else None
+        task = tasks.encode_insert(
+            next(self._ids),
+            future,
+            table,
+            rows,
+            column_names,
+            settings,
+            deduplication_token,
+            native=encoder,
+        )
+        self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
+        return future
+
+    def _native(
+        self, table: str, form: str, names: tuple[str, ...] | None, data: Any
+    ) -> tuple[bytes, Sequence[str]] | None:
+        owner = self.owner
+        schema = owner.outcomes.schemas.get(table, names)
+        if schema is None and owner.in_loop():
+            return None  # called from a future's callback: waiting here would block the loop
+        if schema is None:
+            future: Future[Any] = Future()
+            lookup = tasks.encode_call(
+                next(self._ids), future, tasks.SUBMIT, native.describe, (table, names), {}
+            )
+            lookup.internal = True
+            try:
+                self._put(lookup, owner.options.queue_timeout)
+                schema = future.result(owner.options.boot_timeout)
+            except Exception as exc:  # e.g. no such table: the insert itself will say so
+                log.debug("no Native encoding for %s: %s", table, exc)
+                return None
+            owner.outcomes.schemas.put(table, names, schema)
+        # Named columns: normalize has checked every row's width against them.
+        body = native.encode(schema, data, form == "columns", widths_checked=names is not None)
+        return None if body is None else (body, schema.column_names)
+
+    def insert_raw(
+        self,
+        table: str,
+        data: bytes,
+        fmt: str,
+        rows: int | None,
+        column_names: Sequence[str] | None,
+        settings: Mapping[str, object] | None,
+        deduplication_token: str | None,
+        timeout: Timeout,
+        split_bad_rows: bool,
+    ) -> Future[Any]:
+        self._require_clickhouse("insert_raw")
+        opts = self.owner.options
+        future: Future[Any] = Future()
+        budget = None
+        if split_bad_rows:
+            budget = SplitBudget(opts.split_max_requests, opts.split_max_seconds)
+        task = tasks.encode_insert(
+            next(self._ids),
+            future,
+            table,
+            data,
+            column_names,
+            settings,
+            deduplication_token,
+            fmt=fmt,
+            rows=rows,
+            split=budget,
+        )
+        self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
+        return future
+
+    def call(
+        self,
+        kind: str,
+        fn: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> Future[Any]:
+        """A ``tasks.SUBMIT`` (``fn(conn, ...)`` with a leased connection) or ``tasks.CALL``."""
+        if kind == tasks.SUBMIT:
+            self._require_clickhouse("submit")
+        future: Future[Any] = Future()
+        task = tasks.encode_call(next(self._ids), future, kind, fn, args, kwargs)
+        self._put(task, self.owner.options.queue_timeout)
+        return future
+
+    def _require_clickhouse(self, what: str) -> None:
+        if not self.clickhouse:
+            raise ConfigError(
+                f"{what}() needs ClickHouse: give Supervisor(clickhouse=URL)",
+                key="clickhouse",
+                value=None,
+                expected="a ClickHouse URL",
+            )
+
+    def _put(self, task: Task, timeout: float | None) -> None:
+        owner = self.owner
+        if owner.state != "running":
+            raise SupervisorStoppedError(
+                f"the supervisor is {owner.state}: start() it (or use it in a with block) first"
+            )
+        owner.outcomes.admit()
+        try:
+            owner.queue.put(task, timeout)
+        except BaseException:
+            owner.outcomes.withdraw()
+            raise
