@@ -31,6 +31,10 @@ from chworkers.errors import BenchError
 RATE = Metric("rate", "rows/s")  # from the command's start to its exit
 STEADY = Metric("steady", "rows/s")  # from ready to exit (raw POSTs: = rate)
 READY = Metric("ready", "s", "lower")
+#: CPU the daemon and its children (fork server, workers) spent until ready: what the
+#: start-up costs on an idle machine, where a busy one's wall-clock time says little.
+READY_CPU = Metric("ready_cpu", "s", "lower")
+_PROC = Path("/proc")
 _POLL = 0.005
 
 
@@ -98,6 +102,29 @@ def ready(port: int) -> bool:
         conn.close()
 
 
+def _cpu_and_parent(pid: int) -> tuple[float, int]:
+    try:
+        fields = (_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return 0.0, -1
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1])
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of process ``root`` and its live descendants."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit():
+            cpu[int(entry.name)], parents[int(entry.name)] = _cpu_and_parent(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
 def run_daemon(
     env: data.Env, workers: int, table: str, source: Path, lines: int
 ) -> Mapping[str, float]:
@@ -126,9 +153,11 @@ def run_daemon(
         )
         try:
             up: float | None = None
+            up_cpu = 0.0
             while proc.poll() is None:
                 if up is None and ready(port):
                     up = time.monotonic()
+                    up_cpu = tree_cpu(proc.pid) if _PROC.is_dir() else 0.0
                     proc.wait()
                     break
                 time.sleep(_POLL)
@@ -145,6 +174,7 @@ def run_daemon(
         "rate": lines / (end - start),
         "steady": lines / max(end - up, 1e-9),
         "ready": up - start,
+        "ready_cpu": up_cpu,
     }
 
 
@@ -189,7 +219,7 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
             before=lambda: env.table(client, table),
             after=lambda: data.expect(client, table, lines, name),
             target={"steady": 0.8},
-            extra=(READY,),
+            extra=(READY, READY_CPU) if _PROC.is_dir() else (READY,),
         )
 
     return [

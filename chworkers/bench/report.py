@@ -20,7 +20,7 @@ JSON_FORMAT = 1
 
 def number(value: float, unit: str) -> str:
     """``value`` the way the table shows it: 712k rows/s, 5.31M rows/s, 243 us, 1.25x."""
-    if unit == "x":
+    if unit in ("x", "s"):
         return f"{value:.2f}"
     if unit.endswith("/s"):
         if value >= 1e6:
