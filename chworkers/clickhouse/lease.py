@@ -35,8 +35,6 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import multiprocess
@@ -44,20 +42,18 @@ from multiprocess.connection import Connection as _MPConnection
 from multiprocess.context import BaseContext
 
 from chworkers.clickhouse.leaseclient import LeaseClient, recv, send
+from chworkers.clickhouse.leaseledger import LeaseLedger, LeaseStats, Peer
+from chworkers.clickhouse.leasequeue import LeaseQueue
 from chworkers.clickhouse.leaseslots import (
     CAPACITY,
     CLOSED,
-    GRANTED,
-    HELD,
     HIGH,
     MAX_SESSIONS,
     MAX_SLOTS,
-    TIMEOUTS,
     WAITING,
     SlotTable,
 )
 from chworkers.errors import ConfigError, PoolClosedError
-from chworkers.pids import alive
 
 __all__ = ["LeaseBroker", "LeaseClient", "LeaseStats"]
 
@@ -68,37 +64,6 @@ LIVENESS_INTERVAL = 1.0
 #: While requests wait and none has been told to go, how often the broker looks for a
 #: free slot by itself (a holder that died frees its slots without saying so).
 RECHECK_INTERVAL = 0.02
-
-
-@dataclass(frozen=True)
-class LeaseStats:
-    """A snapshot of a broker's state."""
-
-    capacity: int
-    in_use: int
-    waiting: int
-    by_holder: dict[str, int] = field(default_factory=dict)
-    waiting_by_holder: dict[str, int] = field(default_factory=dict)
-    granted_total: int = 0
-    timeouts_total: int = 0
-    reclaimed_total: int = 0
-    clients: int = 0
-
-
-@dataclass(eq=False)
-class _Peer:
-    conn: Any
-    holder: str = "?"
-    pid: int | None = None
-    row: int | None = None
-    drop: bool = False
-
-
-@dataclass(eq=False)
-class _Request:
-    peer: _Peer
-    rid: int
-    told: bool = False  # told to take a slot; its answer is on the way
 
 
 def _check_capacity(capacity: Any) -> int:
@@ -135,13 +100,9 @@ class LeaseBroker:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._lock = threading.Lock()
-        self._peers: list[_Peer] = []
-        self._rows = deque(range(MAX_SESSIONS))  # free rows of the shared table
-        self._waiters: deque[_Request] = deque()
-        self._granted = 0  # counters of clients that went away
-        self._timeouts = 0
-        self._reclaimed = 0
-        self._auto_reclaimed: dict[str, int] = {}  # by holder, until reclaim() reports them
+        self._ledger = LeaseLedger(self._table)
+        self._peers = self._ledger.peers
+        self._waiters = LeaseQueue()
         self._closed = False
         self._crash: str | None = None
         self._thread: threading.Thread | None = None
@@ -191,14 +152,8 @@ class LeaseBroker:
         call. A live process's leases cannot be taken from it: they come back when it
         releases them or exits.
         """
-        freed = 0
         with self._lock:
-            for peer in self._peers:
-                if peer.holder == holder and not peer.drop:
-                    freed += self._forget_locked(peer)
-                    peer.drop = True
-            self._reclaimed += freed
-            freed += self._auto_reclaimed.pop(holder, 0)
+            freed = self._ledger.reclaim(holder)
         if freed:
             log.warning("reclaimed %d lease(s) from holder %s", freed, holder)
         self._wake()
@@ -237,30 +192,17 @@ class LeaseBroker:
 
     def stats(self) -> LeaseStats:
         with self._lock:
-            self._drop_dead_locked()
-            table = self._table
-            by_holder: dict[str, int] = {}
-            granted, timeouts = self._granted, self._timeouts
-            for peer in self._peers:
-                if peer.row is None or peer.drop:
-                    continue
-                held = table.row(peer.row, HELD)
-                if held > 0:
-                    by_holder[peer.holder] = by_holder.get(peer.holder, 0) + held
-                granted += table.row(peer.row, GRANTED)
-                timeouts += table.row(peer.row, TIMEOUTS)
-            waiting: dict[str, int] = {}
-            for req in self._waiters:
-                waiting[req.peer.holder] = waiting.get(req.peer.holder, 0) + 1
+            self._ledger.drop_dead()
+            by_holder, granted, timeouts = self._ledger.totals()
             return LeaseStats(
                 capacity=self._capacity,
                 in_use=self._in_use_locked(),
                 waiting=len(self._waiters),
                 by_holder=by_holder,
-                waiting_by_holder=waiting,
+                waiting_by_holder=self._waiters.by_holder(),
                 granted_total=granted,
                 timeouts_total=timeouts,
-                reclaimed_total=self._reclaimed,
+                reclaimed_total=self._ledger.reclaimed,
                 clients=len(self._peers),
             )
 
@@ -285,46 +227,11 @@ class LeaseBroker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- bookkeeping (under the lock) -----------------------------------------------------
-
     def _in_use_locked(self) -> int:
         """Slots held now, as the kernel sees them (the broker itself holds none)."""
         if self._table.fd < 0:
             return 0
         return self._table.count_locked(max(self._capacity, self._table.high))
-
-    def _forget_locked(self, peer: _Peer) -> int:
-        """Fold a departing client's row into the totals; returns the leases it held."""
-        if peer.row is None:
-            return 0
-        table, row = self._table, peer.row
-        held = max(0, table.row(row, HELD))
-        self._granted += table.row(row, GRANTED)
-        self._timeouts += table.row(row, TIMEOUTS)
-        table.clear_owner(row + 1)
-        table.reset_row(row)
-        self._rows.append(row)
-        peer.row = None
-        return held
-
-    def _drop_dead_locked(self) -> None:
-        """Clients whose process died and whose end-of-file the thread has not read yet."""
-        for peer in self._peers:
-            if peer.pid is not None and not peer.drop and not alive(peer.pid):
-                peer.drop = True
-                self._note_departure_locked(peer)
-
-    def _note_departure_locked(self, peer: _Peer) -> None:
-        held = self._forget_locked(peer)
-        if held:
-            log.warning(
-                "holder %s (pid %s) went away holding %d lease(s); they are free again",
-                peer.holder,
-                peer.pid,
-                held,
-            )
-            self._reclaimed += held
-            self._auto_reclaimed[peer.holder] = self._auto_reclaimed.get(peer.holder, 0) + held
 
     # -- the serving thread ---------------------------------------------------------------
 
@@ -342,7 +249,7 @@ class LeaseBroker:
                 with self._lock:
                     if self._closed:
                         break
-                    untold = any(not r.told for r in self._waiters)
+                    untold = self._waiters.untold
                 until = next_liveness - time.monotonic()
                 timeout = max(0.0, min(until, RECHECK_INTERVAL) if untold else until)
                 for key, _ in sel.select(timeout):
@@ -375,12 +282,12 @@ class LeaseBroker:
             except (BlockingIOError, InterruptedError):
                 return
             sock.setblocking(True)
-            peer = _Peer(conn=_MPConnection(sock.detach()))
+            peer = Peer(conn=_MPConnection(sock.detach()))
             with self._lock:
                 self._peers.append(peer)
             sel.register(peer.conn, selectors.EVENT_READ, peer)
 
-    def _read(self, peer: _Peer) -> None:
+    def _read(self, peer: Peer) -> None:
         try:
             while peer.conn.poll(0):
                 self._handle(peer, recv(peer.conn))
@@ -393,15 +300,12 @@ class LeaseBroker:
             with self._lock:
                 peer.drop = True
 
-    def _handle(self, peer: _Peer, msg: tuple[Any, ...]) -> None:
+    def _handle(self, peer: Peer, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "hello" and peer.row is None and not peer.drop:
             holder, pid = str(msg[1]), int(msg[2])
             with self._lock:
-                row = self._rows.popleft() if self._rows and not self._closed else None
-                if row is not None:
-                    self._table.reset_row(row, pid)
-                    peer.holder, peer.pid, peer.row = holder, pid, row
+                row = None if self._closed else self._ledger.join(peer, holder, pid)
             if row is None:
                 why = "closed" if self._closed else f"more than {MAX_SESSIONS} clients"
                 send(peer.conn, ("refused", why))
@@ -412,56 +316,39 @@ class LeaseBroker:
             raise ValueError(f"{kind!r} before hello")
         with self._lock:
             if kind == "acquire":
-                self._waiters.append(_Request(peer, int(msg[1])))
+                self._waiters.add(peer, int(msg[1]))
             elif kind in ("got", "missed", "cancel"):
-                rid = int(msg[1])
-                for req in self._waiters:
-                    if req.peer is peer and req.rid == rid:
-                        if kind == "missed":
-                            req.told = False  # still first in line; try again when one frees
-                        else:
-                            self._waiters.remove(req)
-                        break
+                self._waiters.answer(peer, int(msg[1]), kind)
             elif kind != "freed":  # "freed": a holder gave one back while others wait
                 raise ValueError(f"unknown message {kind!r}")
 
     def _check_liveness(self) -> None:
         with self._lock:
-            self._drop_dead_locked()
+            self._ledger.drop_dead()
             words = self._table.words
             if words[HIGH] > self._capacity and not self._table.any_locked(
                 self._capacity, words[HIGH]
             ):
                 words[HIGH] = self._capacity  # the slots above a shrunk capacity are back
 
-    def _dispatch(self) -> list[tuple[_Peer, tuple[Any, ...]]]:
+    def _dispatch(self) -> list[tuple[Peer, tuple[Any, ...]]]:
         """Decide, under the lock, who is dropped, refused or told to take a slot."""
-        out: list[tuple[_Peer, tuple[Any, ...]]] = []
+        out: list[tuple[Peer, tuple[Any, ...]]] = []
         with self._lock:
             for peer in [p for p in self._peers if p.drop]:
-                self._note_departure_locked(peer)
+                self._ledger.leave(peer)
                 self._peers.remove(peer)
                 out.append((peer, ()))  # () = close this connection
-            present = {id(p) for p in self._peers}
-            self._waiters = deque(r for r in self._waiters if id(r.peer) in present)
+            self._waiters.keep_only(self._peers)
             if self._closed:
-                out += [(r.peer, ("closed", r.rid)) for r in self._waiters]
-                self._waiters.clear()
-            elif any(not r.told for r in self._waiters):
-                # As many requests as slots are free, in order, take one each.
-                told = sum(1 for r in self._waiters if r.told)
-                free = self._capacity - self._in_use_locked() - told
-                for req in self._waiters:
-                    if free <= 0:
-                        break
-                    if not req.told:
-                        req.told = True
-                        free -= 1
-                        out.append((req.peer, ("go", req.rid)))
+                out += [(r.peer, ("closed", r.rid)) for r in self._waiters.clear()]
+            elif self._waiters.untold:
+                free = self._capacity - self._in_use_locked()
+                out += [(r.peer, ("go", r.rid)) for r in self._waiters.decide(free)]
             self._table.words[WAITING] = len(self._waiters)
         return out
 
-    def _flush(self, sel: selectors.BaseSelector, out: list[tuple[_Peer, tuple[Any, ...]]]) -> None:
+    def _flush(self, sel: selectors.BaseSelector, out: list[tuple[Peer, tuple[Any, ...]]]) -> None:
         for peer, msg in out:
             if not msg:
                 with contextlib.suppress(KeyError, ValueError, OSError):
@@ -477,8 +364,9 @@ class LeaseBroker:
 
     def _shutdown(self) -> None:
         with self._lock:
-            peers, self._peers = self._peers, []
-            waiters, self._waiters = self._waiters, deque()
+            peers = list(self._peers)
+            self._peers.clear()
+            waiters = self._waiters.clear()
             self._table.words[CLOSED] = 1
         for req in waiters:
             with contextlib.suppress(OSError):
@@ -503,8 +391,8 @@ class LeaseBroker:
                 peer.conn.close()
         with contextlib.suppress(OSError):
             self._server.close()
-        self._peers = []
-        self._waiters = deque()
+        self._peers.clear()
+        self._waiters = LeaseQueue()
         self._closed = True
         self._lock = threading.Lock()
 
