@@ -87,23 +87,38 @@ def trivial() -> None:
     return None
 
 
-def submit_round(sup: Supervisor, n: int) -> tuple[float, list[int]]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes ``pids`` so far."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def submit_round(sup: Supervisor, n: int) -> tuple[float, float, list[int]]:
+    """Tasks/s, CPU microseconds per task (all processes) and tasks done per worker."""
     before = {w["name"]: w["done"] for w in sup.stats().workers}
-    t0 = time.perf_counter()
+    pids = [os.getpid(), *(w["pid"] for w in sup.stats().workers)]
+    c0, t0 = cpu_seconds(pids), time.perf_counter()
     futures = [sup.submit(trivial_conn) for _ in range(n)]
     for f in futures:
         f.result(300)
     rate = n / (time.perf_counter() - t0)
+    cpu = (cpu_seconds(pids) - c0) / n * 1e6
     after = {w["name"]: w["done"] for w in sup.stats().workers}
-    return rate, sorted((after[k] - before.get(k, 0) for k in after), reverse=True)
+    return rate, cpu, sorted((after[k] - before.get(k, 0) for k in after), reverse=True)
 
 
-def pool_round(pool: Any, n: int) -> float:
-    t0 = time.perf_counter()
+def pool_round(pool: Any, n: int) -> tuple[float, float]:
+    pids = [os.getpid(), *(p.pid for p in pool._pool)]
+    c0, t0 = cpu_seconds(pids), time.perf_counter()
     results = [pool.apply_async(trivial) for _ in range(n)]
     for r in results:
         r.get(300)
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    return rate, (cpu_seconds(pids) - c0) / n * 1e6
 
 
 # -- rows produced in the workers ---------------------------------------------------------
@@ -193,17 +208,22 @@ def main() -> None:
                 if only in (None, "submit"):
                     submit_round(sup, 1000)  # warm up both
                     pool_round(pool, 1000)
-                    sub, apl, shares = [], [], []
+                    sub, apl, sub_cpu, apl_cpu, shares = [], [], [], [], []
                     for _ in range(args.rounds):
-                        rate, done = submit_round(sup, args.tasks)
+                        rate, cpu, done = submit_round(sup, args.tasks)
                         sub.append(rate)
+                        sub_cpu.append(cpu)
                         shares.append(done)
-                        apl.append(pool_round(pool, args.tasks))
+                        rate, cpu = pool_round(pool, args.tasks)
+                        apl.append(rate)
+                        apl_cpu.append(cpu)
                     ratio = [s / a for s, a in zip(sub, apl, strict=True)]
                     print(f"submit(trivial), 2 workers, {args.tasks} x {args.rounds}:")
                     print(f"   sup.submit          {spread(sub)} tasks/s")
                     print(f"   Pool.apply_async    {spread(apl)} tasks/s")
                     print(f"   ratio               {spread(ratio)}x")
+                    print(f"   CPU per task, all processes: sup.submit {spread(sub_cpu)} us")
+                    print(f"                                apply_async {spread(apl_cpu)} us")
                     print(f"   tasks per worker, by round: {shares}")
                 if only in (None, "rows"):
                     parts, size = args.parts, args.part_rows

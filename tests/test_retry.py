@@ -113,6 +113,22 @@ def test_increment_returns_a_new_value_and_never_mutates() -> None:
     assert pickle.loads(pickle.dumps(info.value)).attempts == 3
 
 
+def test_states_share_the_checked_settings_without_checking_them_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``new`` runs for every pooled operation: its settings were checked when the
+    policy was built, and checking them again cost more than the operation's lease."""
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.2)
+    calls: list[object] = []
+    monkeypatch.setattr("chworkers.clickhouse.retry.validate", lambda *a, **k: calls.append(a))
+    fresh = policy.new(now=5.0)
+    later = fresh.increment(ConnectError("refused"), now=6.0)
+    assert calls == []
+    assert (fresh.started_at, fresh.attempts, later.started_at, later.attempts) == (5.0, 0, 5.0, 1)
+    assert later.initial_backoff == 0.2 and later == policy  # the settings, equal
+    assert policy.attempts == 0 and policy.started_at is None  # the original untouched
+
+
 def test_backoff_is_exponential_capped_and_fully_jittered() -> None:
     policy = RetryPolicy(initial_backoff=0.1, multiplier=2.0, max_backoff=1.0, max_attempts=50)
     assert [policy.backoff_ceiling(n) for n in (1, 2, 3, 4, 5, 9)] == [
