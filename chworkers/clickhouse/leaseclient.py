@@ -25,8 +25,9 @@ from typing import Any
 
 from multiprocess.connection import Connection as _MPConnection
 
+from chworkers import timeouts
 from chworkers.clickhouse.leaseslots import GRANTED, HELD, TIMEOUTS, SlotTable
-from chworkers.errors import ConfigError, PoolClosedError, PoolError, PoolTimeoutError
+from chworkers.errors import PoolClosedError, PoolError, PoolTimeoutError
 
 __all__ = ["LeaseClient", "recv", "send"]
 
@@ -134,21 +135,14 @@ class LeaseClient:
         return len(session.mine) if session is not None and session.pid == os.getpid() else 0
 
     def acquire(self, timeout: float | None = None) -> None:
-        """Take one lease, waiting up to ``timeout`` seconds (``None``: for ever).
+        """Take one lease, waiting up to ``timeout`` seconds (``None``: no limit, as
+        everywhere in chworkers' API; see :mod:`chworkers.timeouts`).
 
         Raises :class:`~chworkers.errors.PoolTimeoutError` when none was free in time,
         :class:`~chworkers.errors.PoolClosedError` when the broker is closed or gone and
         :class:`~chworkers.errors.ConfigError` for a ``timeout`` that is not a number >= 0.
         """
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout >= 0
-        ):
-            raise ConfigError(
-                f"lease timeout: {timeout!r} is not a number >= 0 or None",
-                key="timeout",
-                value=timeout,
-                expected="a number >= 0 or None",
-            )
+        timeout = timeouts.resolve(timeout, None, name="lease timeout")
         session = self._connect()
         with session.lock:
             self._check_open(session)

@@ -291,7 +291,9 @@ class Crew:
         batches: dict[WorkerHandle, list[Task]] = {}
         pending: deque[Task] = deque()
         while ready:
-            best = min(ready, key=lambda h: len(h.assigned))
+            # The least busy; between equals, the one given least so far: a trickle of
+            # tasks that each find every worker idle is spread, not all sent to the first.
+            best = min(ready, key=lambda h: (len(h.assigned), h.dispatched))
             if not self._credit(best, limit):
                 ready.remove(best)
                 continue

@@ -31,5 +31,5 @@ def test_bad_lease_timeouts_are_config_errors(full_broker: LeaseBroker, bad: obj
     client = full_broker.client("caller")
     with pytest.raises(ConfigError, match="lease timeout") as info:
         client.acquire(bad)  # type: ignore[arg-type]
-    assert info.value.key == "timeout"
+    assert info.value.key == "lease timeout"
     assert full_broker.stats().waiting == 0  # nothing was queued at the broker
