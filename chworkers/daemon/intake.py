@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher
+from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
 from chworkers.daemon.pipelines import PipelineSettings
-from chworkers.daemon.sources import Checkpoints, FileSource, GeneratorSource, StreamSource
+from chworkers.daemon.sources import FileSource, GeneratorSource, StreamSource
 from chworkers.errors import BatcherClosedError
 from chworkers.ops.metrics import Metrics
 

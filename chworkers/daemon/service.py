@@ -31,12 +31,12 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.batcher import Batcher
+from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.config import EMBEDDED, Config
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
-from chworkers.daemon.sources import Checkpoints
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.tables import Tables
