@@ -17,7 +17,7 @@ import inspect
 import time
 import tracemalloc
 
-from chworkers.daemon import ingest
+from chworkers.daemon import pushbody
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     row = b"1234567,event-1234567,2026-12-01 15:00:00\n"
     body = row * (args.mib * 2**20 // len(row))
-    check = ingest._check_declared_format
+    check = pushbody.check_declared_format
     # Older code took the header and the records joined: (records, fmt, configured).
     joined = len(inspect.signature(check).parameters) == 3
 

@@ -14,6 +14,7 @@ token is made from the key: sent again after a lost answer, it is dropped by Cli
 Bodies may be JSONEachRow (one JSON object per line), CSV or TSV, chosen by the
 ``format`` query parameter or the Content-Type, and gzip-compressed
 (``Content-Encoding: gzip``). The body size is limited before and after decompression.
+What a body must be, and how it becomes records, is :mod:`chworkers.daemon.pushbody`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ import dataclasses
 import hmac
 import json
 import logging
-import re
 import threading
-import zlib
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from chworkers.clickhouse.dedup import request_token
+from chworkers.daemon import pushbody
 from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.framing import FORMATS, Framer, RecordTooLargeError
 from chworkers.daemon.options import HttpSettings
 from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.http.framing import http_error, plain_response
@@ -42,19 +40,8 @@ from chworkers.http.watch import ByteBudget
 
 log = logging.getLogger(__name__)
 
-#: Longest ``Idempotency-Key`` accepted (characters).
-MAX_IDEMPOTENCY_KEY = 256
-
 #: Seconds a client is asked to wait (``Retry-After``) when the spool cannot take data.
 RETRY_AFTER = 5
-
-CONTENT_TYPES = {
-    "application/json": "JSONEachRow",
-    "application/x-ndjson": "JSONEachRow",
-    "application/jsonl": "JSONEachRow",
-    "text/csv": "CSV",
-    "text/tab-separated-values": "TSV",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,16 +166,20 @@ class IngestServer:
                 HTTPStatus.NOT_FOUND,
                 f"no pipeline ingests into table {segments[1]!r} (configured: {known})",
             )
-        fmt = self._format(route, parse_qs(parts.query), headers.get("content-type", ""))
-        token = _idempotency_token(route.table, headers.get("idempotency-key"))
+        fmt = pushbody.body_format(
+            route.format, parse_qs(parts.query), headers.get("content-type", "")
+        )
+        token = pushbody.idempotency_token(route.table, headers.get("idempotency-key"))
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
-            body = self._decode(body, encoding)
+            body = pushbody.decode(body, encoding, self.max_body_bytes)
             reserve(len(body))
-        records, rows, header = self._frame(body, fmt)
+        records, rows, header = pushbody.frame(
+            body, fmt, max_record_bytes=self.max_body_bytes, validate_json=self.validate_json
+        )
         if rows == 0:
             return {"rows": 0}
-        _check_declared_format(header, records, fmt, route.format)
+        pushbody.check_declared_format(header, records, fmt, route.format)
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
         # All or nothing: the request's records go into one batch together; if the spool
@@ -225,132 +216,6 @@ class IngestServer:
                 headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
             ) from exc
         return {"rows": rows, "batch": batch}
-
-    def _format(self, route: Route, query: Mapping[str, list[str]], content_type: str) -> str:
-        if "format" in query:
-            fmt = query["format"][-1]
-        else:
-            fmt = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower(), route.format)
-        if fmt not in FORMATS:
-            raise http_error(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                f"format {fmt!r} is not accepted; use one of {', '.join(FORMATS)}",
-            )
-        return fmt
-
-    def _decode(self, body: bytes, encoding: str) -> bytes:
-        if encoding in ("", "identity"):
-            return body
-        if encoding not in ("gzip", "x-gzip", "deflate"):
-            raise http_error(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                f"Content-Encoding {encoding!r} is not accepted; use gzip or deflate",
-            )
-        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
-        inflater = zlib.decompressobj(wbits)
-        try:
-            out = inflater.decompress(body, self.max_body_bytes + 1)
-            complete = inflater.eof
-        except zlib.error as exc:
-            raise http_error(HTTPStatus.BAD_REQUEST, f"broken {encoding} body: {exc}") from exc
-        if len(out) > self.max_body_bytes:
-            raise http_error(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"the body inflates to more than {self.max_body_bytes} bytes",
-            )
-        if not complete:
-            raise http_error(HTTPStatus.BAD_REQUEST, f"truncated {encoding} body")
-        return out
-
-    def _frame(self, body: bytes, fmt: str) -> tuple[bytes, int, bytes]:
-        """The body's records, their count, and its ``*WithNames`` header (or b"")."""
-        framer = Framer(fmt, max_record_bytes=self.max_body_bytes)
-        try:
-            head, rows = framer.feed(body)
-            tail, more = framer.finish()
-        except RecordTooLargeError as exc:
-            raise http_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)) from exc
-        records = head + tail
-        if fmt == "JSONEachRow" and self.validate_json:
-            _check_json_lines(records)
-        return records, rows + more, framer.header
-
-
-def _idempotency_key_ok(key: str) -> bool:
-    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= c <= "~" for c in key)
-
-
-def _idempotency_token(table: str, key: str | None) -> str | None:
-    """The deduplication token of a request that carries an ``Idempotency-Key``: such a
-    request is a batch of its own, and sent again (its answer lost) it is dropped by
-    ClickHouse instead of landing twice."""
-    if key is None:
-        return None
-    key = key.strip()
-    if not _idempotency_key_ok(key):
-        raise http_error(
-            HTTPStatus.BAD_REQUEST,
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-        )
-    return request_token(table, key)
-
-
-_NOT_BLANK = re.compile(rb"\S")
-
-
-def _first_line(data: bytes) -> bytes:
-    """The first line of ``data`` that is not blank, from its first byte that is not."""
-    found = _NOT_BLANK.search(data)
-    if found is None:
-        return b""
-    end = data.find(b"\n", found.start())
-    return data[found.start() : end if end >= 0 else len(data)]
-
-
-def _check_declared_format(header: bytes, records: bytes, fmt: str, configured: str) -> None:
-    """A body whose records are JSON objects but that was declared CSV or TSV would be
-    accepted and then rejected by ClickHouse row by row: say so now instead.
-
-    CSV cannot hold a JSON object unquoted (its quotes would be malformed), so a CSV
-    declaration is always checked; a TSV line may be a JSON document for a single String
-    column, so TSV is checked only when the pipeline itself does not take TSV.
-    """
-    if fmt == "JSONEachRow" or (fmt.startswith("T") and configured.startswith("T")):
-        return
-    # Only the first line that is not blank is looked at (never a copy or a split of the
-    # whole body); a *WithNames header is checked as well: a JSON object is no list of
-    # names either.
-    first = _first_line(header) or _first_line(records)
-    if not first.startswith(b"{"):
-        return
-    try:
-        value = json.loads(first)
-    except ValueError:
-        return
-    if isinstance(value, dict):
-        raise http_error(
-            HTTPStatus.BAD_REQUEST,
-            f"record 1 is a JSON object, but the body was declared {fmt} (by "
-            "Content-Type or ?format=); nothing was kept. Send JSON lines as "
-            "Content-Type: application/x-ndjson or with ?format=JSONEachRow",
-        )
-
-
-def _check_json_lines(records: bytes) -> None:
-    for number, line in enumerate(records.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            raise http_error(
-                HTTPStatus.BAD_REQUEST, f"line {number}: not valid JSON: {exc}"
-            ) from None
-        if not isinstance(value, dict):
-            raise http_error(
-                HTTPStatus.BAD_REQUEST,
-                f"line {number}: expected a JSON object, got {type(value).__name__}",
-            )
 
 
 class _Handler(BoundedHandler):
