@@ -234,6 +234,17 @@ class BatcherClosedError(ChworkersError):
     not spooled before it gave up on a full or failing spool."""
 
 
+class BrokerError(ChworkersError):
+    """A message broker (Redis, NATS) did not answer or refused a request; ``broker``
+    names it (its URL without credentials) and ``__cause__`` is the client's error."""
+
+
+class PoisonMessageError(ChworkersError):
+    """A broker message that can never be inserted (no payload field, a record too
+    large, an unfinished record, delivered too often); it is dead-lettered with this
+    error and acknowledged."""
+
+
 class SerializationError(ChworkersError):
     """A task, its batch, arguments or result cannot cross the process boundary.
 

@@ -33,6 +33,7 @@ from chworkers.errors import BatchError, TransportError
 __all__ = [
     "Batch",
     "batch_token",
+    "broker_token",
     "check_window",
     "content_token",
     "derive_token",
@@ -220,6 +221,14 @@ def request_token(table: str, key: str) -> str:
     so that a request sent again after a lost answer is dropped by ClickHouse."""
     digest = hashlib.sha256(f"{table}\0{key}".encode()).hexdigest()[:32]
     return f"chw-key-{digest}"
+
+
+def broker_token(broker: str, stream: str, group: str, ids: Sequence[str]) -> str:
+    """The token of a broker batch: made from the stream, the consumer group and the
+    batch's message ids in order, so that any daemon that rebuilds the batch from its
+    manifest inserts it with the same token."""
+    digest = hashlib.sha256("\0".join((broker, stream, group, *ids)).encode()).hexdigest()
+    return f"chw-{broker}-{digest[:32]}"
 
 
 def sub_batch_token(token: str, start: int, stop: int) -> str:

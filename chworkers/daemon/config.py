@@ -285,6 +285,7 @@ def reference_markdown() -> str:
         "Environment variables address a pipeline by its name: "
         "`CHWORKERS_PIPELINE_<NAME>_<KEY>` (name upper-cased, other characters as `_`).\n\n"
         + render_reference(
-            PipelineSettings, env_for=lambda key: f"CHWORKERS_PIPELINE_<NAME>_{key.upper()}"
+            PipelineSettings,
+            env_for=lambda key: "CHWORKERS_PIPELINE_<NAME>_" + key.upper().replace(".", "_"),
         )
     )

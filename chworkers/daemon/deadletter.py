@@ -74,6 +74,20 @@ class DeadLetters(Middleware):
         entries = [_Entry(r.record, r.error, r.reason) for r in rejected]
         return self._append(table, entries, pipeline=pipeline, batch=batch)
 
+    def write_errors(
+        self,
+        table: str,
+        records: Sequence[tuple[bytes, BaseException]],
+        *,
+        reason: str,
+        pipeline: str = "",
+        batch: str = "",
+    ) -> Path | None:
+        """Append input that never reached ClickHouse (a broker's poison message), each
+        with the error that stopped it, durably."""
+        entries = [_Entry(r, e, reason, not _is_text(r)) for r, e in records]
+        return self._append(table, entries, pipeline=pipeline, batch=batch)
+
     # -- as supervisor middleware --------------------------------------------------------
 
     def after_dead_letter(self, letter: DeadLetter) -> None:
@@ -197,6 +211,14 @@ def _records(form: str, fmt: str | None, data: Any) -> tuple[list[bytes], bool]:
     else:
         rows = data
     return [json.dumps(row, default=str, ensure_ascii=False).encode() for row in rows], False
+
+
+def _is_text(record: bytes) -> bool:
+    try:
+        record.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _safe(name: str) -> str:

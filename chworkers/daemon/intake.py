@@ -20,19 +20,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher
+from chworkers.daemon.brokers import BROKER_SOURCES
+from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.sources import FileSource, GeneratorSource, StreamSource
-from chworkers.errors import BatcherClosedError
+from chworkers.errors import BatcherClosedError, ConfigError
 from chworkers.ops.metrics import Metrics
 
 __all__ = ["Intake", "Source"]
 
 log = logging.getLogger(__name__)
 
-Source = StreamSource | FileSource | GeneratorSource
+Source = StreamSource | FileSource | GeneratorSource | RedisSource
 
 
 class Intake:
@@ -49,6 +51,7 @@ class Intake:
         metrics: Metrics,
         stdin: BinaryIO | None = None,
         on_rows: Callable[[int], None] = lambda rows: None,
+        make_broker: Callable[[PipelineSettings, dict[str, Any]], RedisSource] | None = None,
     ) -> None:
         self.batcher = batcher
         self.metrics = metrics
@@ -57,6 +60,8 @@ class Intake:
         self.ingest: IngestServer | None = None
         self._observer: Callable[[], None] | None = None
         self.sources: list[Source] = []
+        #: Broker sources by pipeline name: the daemon asks them about their batches.
+        self.brokers: dict[str, RedisSource] = {}
         self._routes: dict[str, Route] = {}
         self._endless = False
         self._stop = threading.Event()
@@ -64,8 +69,10 @@ class Intake:
         self._failures: dict[str, str] = {}
         self._lock = threading.Lock()
         for p in pipelines:
-            self._endless |= (p.source == "file" and p.follow) or (
-                p.source == "generator" and p.generator_count == 0
+            self._endless |= (
+                (p.source == "file" and p.follow)
+                or (p.source == "generator" and p.generator_count == 0)
+                or p.source in BROKER_SOURCES
             )
             if p.source == "http":
                 self._routes[p.table] = Route(
@@ -85,6 +92,15 @@ class Intake:
             source: Source
             if p.source == "stdin":
                 source = StreamSource(stdin or sys.stdin.buffer, **common)
+            elif p.source in BROKER_SOURCES:
+                if make_broker is None:
+                    raise ConfigError(
+                        f"pipeline {p.name!r}: source = {p.source!r} is not available here",
+                        key="source",
+                        value=p.source,
+                        expected="stdin, file, http or generator",
+                    )
+                source = self.brokers[p.name] = make_broker(p, common)
             elif p.source == "file":
                 source = FileSource(
                     p.paths,

@@ -25,10 +25,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.framing import FORMATS
 from chworkers.daemon.mapping import FieldMapper
 from chworkers.errors import ConfigError
-from chworkers.settings import build, same_as, setting, validate
+from chworkers.settings import build, same_as, section, setting, validate
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -38,7 +39,7 @@ class PipelineSettings:
     """One pipeline: a source, batching limits and a target table."""
 
     name: str = setting("", "Unique name; checkpoints and metrics use it.")
-    source: Literal["stdin", "file", "http", "generator"] = setting(
+    source: Literal["stdin", "file", "http", "generator", "redis"] = setting(
         "stdin", "Where records come from."
     )
     table: str = setting("", "Target table, 'table' or 'database.table'.")
@@ -55,6 +56,10 @@ class PipelineSettings:
     )
     generator_rate: float = setting(
         0.0, "generator source: rows per second (0: as fast as possible).", minimum=0
+    )
+    redis: RedisSourceSettings = section(
+        RedisSourceSettings,
+        "redis source: the stream, its consumer group and the connection (docs/brokers.md).",
     )
     max_rows: int = same_as(BatchLimits, "max_rows")
     max_bytes: int = same_as(BatchLimits, "max_bytes")
@@ -105,6 +110,8 @@ class PipelineSettings:
             raise ConfigError(
                 f"{where}: a file source needs paths", key="paths", expected="paths or globs"
             )
+        if self.source == "redis":
+            self._check_broker(where)
         if self.rename and self.format != "JSONEachRow":
             raise ConfigError(
                 f"{where}: rename works on JSONEachRow records, not {self.format}",
@@ -121,6 +128,22 @@ class PipelineSettings:
                     value=item,
                     expected="'name=value'",
                 )
+
+    def _check_broker(self, where: str) -> None:
+        if not self.redis.stream:
+            raise ConfigError(
+                f"{where}: a redis source needs redis.stream",
+                key="redis.stream",
+                expected="the stream's key",
+            )
+        if self.format.endswith("WithNames"):
+            raise ConfigError(
+                f"{where}: format = {self.format!r} is not supported by broker sources "
+                "(each entry would need its own header); use JSONEachRow, CSV or TSV",
+                key="format",
+                value=self.format,
+                expected="JSONEachRow, CSV or TSV",
+            )
 
     @property
     def mapper(self) -> FieldMapper | None:

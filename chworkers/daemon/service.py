@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.batcher import Batcher
+from chworkers.daemon.brokers.wiring import broker_of, broker_source, skipped
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.config import EMBEDDED, Config
 from chworkers.daemon.deadletter import DeadLetters
@@ -292,6 +293,13 @@ class Daemon:
             self.config.pipelines,
             self.batcher,
             self.checkpoints,
+            make_broker=lambda p, common: broker_source(
+                p,
+                common,
+                state_dir=self.state_dir,
+                dead_letters=self.dead_letters,
+                metrics=self.metrics,
+            ),
             http=self.config.settings.http,
             metrics=self.metrics,
             stdin=self.stdin,
@@ -457,6 +465,10 @@ class Daemon:
         # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
         # ClickHouse wrote them, insert_duration per request), rejected rows bisected
         # out in the worker and returned with the result.
+        broker = broker_of(self.intake.brokers, batch)
+        if broker is not None and not broker.still_open(batch):
+            log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
+            return skipped(batch)
         return self.supervisor.insert_raw(
             batch.table,
             batch.payload,
@@ -472,6 +484,9 @@ class Daemon:
             self.dead_letters.write(
                 batch.table, result.rejected, pipeline=batch.pipeline, batch=batch.token
             )
+        broker = broker_of(self.intake.brokers, batch)
+        if broker is not None:
+            broker.complete(batch)  # acknowledged once inserted; failing: tried again
         with self._lock:
             self.totals.rows_inserted += result.rows or 0
             self.totals.batches += 1

@@ -233,6 +233,33 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        # Broker sources (Redis Streams), by pipeline.
+        self.broker_lag = Gauge(
+            "chworkers_broker_lag_entries",
+            "Entries in the stream not yet delivered to the consumer group, by pipeline.",
+            ["pipeline"],
+            registry=r,
+        )
+        self.broker_pending = Gauge(
+            "chworkers_broker_pending_entries",
+            "Entries delivered to the group and not acknowledged yet (all its consumers), "
+            "by pipeline.",
+            ["pipeline"],
+            registry=r,
+        )
+        self.broker_redeliveries = Counter(
+            "chworkers_broker_redeliveries_total",
+            "Entries taken over from a dead or stuck consumer, or re-read after a restart, "
+            "by pipeline.",
+            ["pipeline"],
+            registry=r,
+        )
+        self.broker_acked = Counter(
+            "chworkers_broker_acked_total",
+            "Entries acknowledged after their batch was confirmed (or dead-lettered), by pipeline.",
+            ["pipeline"],
+            registry=r,
+        )
         self.http_connections = Gauge(
             "chworkers_http_connections",
             "Connections an HTTP endpoint serves now (one thread each), by endpoint: push "

@@ -1,0 +1,129 @@
+"""Broker messages to batches, the same way whoever builds them (docs/brokers.md).
+
+A broker batch is a list of message ids and the records their payloads hold, framed in
+the pipeline's format and mapped (``rename``) exactly as other sources' records are. The
+bytes depend only on the payloads and their order, so a batch rebuilt from its manifest
+by another daemon is the batch the first daemon built, and its token is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.framing import Framer, RecordTooLargeError
+from chworkers.errors import PoisonMessageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One message as the broker delivered it; ``payload`` is None when the message has
+    no field with records."""
+
+    id: str
+    payload: bytes | None
+    deliveries: int = 1
+
+
+@dataclasses.dataclass
+class Poison:
+    message: Message
+    error: PoisonMessageError
+
+
+@dataclasses.dataclass
+class Assembly:
+    """A batch being put together: the ids (in order) and their framed records."""
+
+    ids: list[str] = dataclasses.field(default_factory=list)
+    chunks: list[bytes] = dataclasses.field(default_factory=list)
+    rows: int = 0
+    size: int = 0
+    started: float = 0.0  # time.monotonic() of the first message
+
+    def full(self, limits: BatchLimits) -> bool:
+        return self.rows >= limits.max_rows or self.size >= limits.max_bytes
+
+    def due(self, limits: BatchLimits, now: float | None = None) -> bool:
+        """Full, or its first message is ``max_delay`` old."""
+        if not self.ids:
+            return False
+        now = time.monotonic() if now is None else now
+        return self.full(limits) or now - self.started >= limits.max_delay
+
+    def payload(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Assembler:
+    """Frames messages' payloads into records (one :class:`Framer` check per message:
+    a message holds whole records, the last newline optional)."""
+
+    def __init__(
+        self,
+        format: str,
+        *,
+        max_record_bytes: int = 16 * 1024 * 1024,
+        transform: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self.format = format
+        self.max_record_bytes = max_record_bytes
+        self.transform = transform
+        Framer(format)  # validate the format now
+
+    def frame(self, message: Message) -> tuple[bytes, int]:
+        """The message's records and their count; raises :class:`PoisonMessageError`."""
+        payload = message.payload
+        if payload is None:
+            raise PoisonMessageError(f"message {message.id} has no payload field")
+        if not payload:
+            return b"", 0
+        if not payload.endswith(b"\n"):
+            payload += b"\n"
+        framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+        try:
+            records, rows = framer.feed(payload)
+        except RecordTooLargeError as exc:
+            raise PoisonMessageError(f"message {message.id}: {exc}") from exc
+        if framer.pending_bytes:
+            raise PoisonMessageError(
+                f"message {message.id} ends inside a record (an unclosed quote?)"
+            )
+        if rows and self.transform is not None:
+            records = self.transform(records)
+        return records, rows
+
+    def add(self, batch: Assembly, message: Message) -> Poison | None:
+        """Add a message's records to ``batch``; a poison message is returned instead."""
+        try:
+            records, rows = self.frame(message)
+        except PoisonMessageError as exc:
+            return Poison(message, exc)
+        if not batch.ids:
+            batch.started = time.monotonic()
+        batch.ids.append(message.id)
+        if rows:
+            batch.chunks.append(records)
+            batch.rows += rows
+            batch.size += len(records)
+        return None
+
+    def rebuild(
+        self, ids: list[str], messages: dict[str, Message]
+    ) -> tuple[Assembly, list[Poison]]:
+        """The batch of a manifest: its ids in order, those the stream still has."""
+        batch = Assembly()
+        poison: list[Poison] = []
+        for message_id in ids:
+            message = messages.get(message_id)
+            if message is None:
+                continue
+            bad = self.add(batch, message)
+            if bad is not None:
+                poison.append(bad)
+        return batch, poison
+
+
+__all__ = ["Assembler", "Assembly", "Message", "Poison"]

@@ -1,0 +1,96 @@
+"""The settings of the broker sources, declared once (a pipeline's ``[pipelines.redis]``).
+
+See docs/brokers.md for what each does to the delivery guarantee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from chworkers.errors import ConfigError
+from chworkers.settings import setting, validate
+
+DAY = 24 * 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisSourceSettings:
+    """``source = "redis"``: a Redis Stream read through a consumer group."""
+
+    url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "The Redis server: redis://host:port/db, or rediss:// for TLS.",
+    )
+    stream: str = setting("", "The stream's key.")
+    group: str = setting("chworkers", "The consumer group the daemons share.")
+    consumer: str = setting(
+        "",
+        "This daemon's consumer name; keep it across restarts so that a restarted daemon "
+        "finishes its own pending entries (empty: the host name and the state directory).",
+    )
+    start_id: str = setting(
+        "0",
+        "Where a newly created group starts: '0' (the whole stream) or '$' (new entries).",
+    )
+    field: str = setting("data", "The entry field that holds the records.")
+    username: str | None = setting(None, "Redis user (ACL), when the URL has none.")
+    password: str | None = setting(
+        None, "Redis password (or password_file, or the URL's).", secret=True
+    )
+    password_file: str | None = setting(
+        None, "Read the Redis password from the first line of this file."
+    )
+    ssl_ca_certs: str | None = setting(None, "TLS: the CA bundle that signed the server.")
+    ssl_certfile: str | None = setting(None, "TLS: this client's certificate.")
+    ssl_keyfile: str | None = setting(None, "TLS: this client's private key.")
+    ssl_cert_reqs: Literal["required", "optional", "none"] = setting(
+        "required", "TLS: whether the server's certificate must verify."
+    )
+    fetch_count: int = setting(1000, "Entries asked for per XREADGROUP.", minimum=1)
+    claim_idle: float = setting(
+        30.0,
+        "Entries pending this long with another consumer (it died or hangs) are claimed "
+        "(XAUTOCLAIM); a live daemon refreshes its own in-flight entries meanwhile.",
+        unit="seconds",
+        minimum=0.01,
+    )
+    claim_interval: float = setting(
+        5.0, "How often to look for entries to claim.", unit="seconds", minimum=0.01
+    )
+    max_deliver: int = setting(
+        10,
+        "An entry delivered more often than this (daemons keep dying on its batch) is "
+        "dead-lettered and acknowledged when claimed (0: never).",
+        minimum=0,
+    )
+    manifest_ttl: float = setting(
+        7 * DAY,
+        "How long a batch's manifest is kept in Redis if its batch is never acknowledged; "
+        "after it, its entries are batched anew (at least once).",
+        unit="seconds",
+        minimum=1,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="redis")
+
+    def secret(self, where: str) -> str | None:
+        """The password: the setting, else the first line of ``password_file``."""
+        if self.password is not None or self.password_file is None:
+            return self.password
+        try:
+            lines = Path(self.password_file).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot read the Redis password file {self.password_file}: "
+                f"{exc.strerror}",
+                key="redis.password_file",
+                value=self.password_file,
+                expected="a readable file",
+            ) from exc
+        return lines[0] if lines else ""
+
+
+__all__ = ["RedisSourceSettings"]

@@ -1,0 +1,58 @@
+"""How the daemon makes a broker source for a pipeline, and asks it about its batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from chworkers.clickhouse.inserts import InsertResult
+from chworkers.daemon.brokers.redisstream import RedisSource, default_consumer
+from chworkers.daemon.deadletter import DeadLetters
+from chworkers.daemon.pipelines import PipelineSettings
+from chworkers.daemon.spool import SpooledBatch
+from chworkers.ops.metrics import Metrics
+
+
+def broker_source(
+    pipeline: PipelineSettings,
+    common: dict[str, Any],
+    *,
+    state_dir: Path,
+    dead_letters: DeadLetters,
+    metrics: Metrics,
+) -> RedisSource:
+    """The source of a pipeline whose ``source`` is in ``BROKER_SOURCES``."""
+
+    def dead_letter(records: Sequence[tuple[bytes, BaseException]], token: str) -> None:
+        dead_letters.write_errors(
+            pipeline.table, records, reason="poison", pipeline=pipeline.name, batch=token
+        )
+
+    for name in ("lag", "pending", "redeliveries", "acked"):  # series exist at 0
+        getattr(metrics, f"broker_{name}").labels(pipeline=pipeline.name)
+    return RedisSource(
+        options=pipeline.redis,
+        consumer=default_consumer(str(Path(state_dir).resolve())),
+        dead_letter=dead_letter,
+        metrics=metrics,
+        **common,
+    )
+
+
+def skipped(batch: SpooledBatch) -> Future[Any]:
+    """The outcome of a broker batch whose manifest is gone: nothing inserted, done."""
+    future: Future[Any] = Future()
+    future.set_result(InsertResult(rows=0, bytes=0, requests=0))
+    return future
+
+
+def broker_of(sources: dict[str, RedisSource], batch: SpooledBatch) -> RedisSource | None:
+    """The broker source a spooled batch came from (None for other sources' batches)."""
+    if "broker" not in batch.meta:
+        return None
+    return sources.get(batch.pipeline)
+
+
+__all__ = ["broker_of", "broker_source", "skipped"]
