@@ -120,7 +120,7 @@ def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
     for key, items in arrays:
         for item in items:
             out.append(f"\n[[{prefix}{key}]]")
-            out.append(to_toml(item).strip("\n"))
+            out.append(to_toml(item, f"{prefix}{key}.").strip("\n"))
     return "\n".join(line for line in out if line != "") + "\n"
 
 

@@ -1,0 +1,104 @@
+"""A daemon reading a Redis Stream killed with ``kill -9`` mid-batch (issue 13).
+
+Its manifests are written, its inserts hang on a slow ClickHouse, its entries are
+pending under its consumer name. Another daemon on the same stream must claim them
+after ``claim_idle``, rebuild each batch from its manifest with the same token, and
+land everything exactly once: rows sent == rows in ClickHouse == distinct ids, nothing
+pending, no manifest left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
+from redisserver import RedisServer, RedisUnavailable
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def produce(server: RedisServer, start: int, stop: int, per_entry: int = 50) -> None:
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for first in range(start, stop, per_entry):
+        rows = range(first, min(stop, first + per_entry))
+        pipe.xadd("ev", {"data": "".join(f'{{"id":{i},"src":"redis","s":"x"}}\n' for i in rows)})
+    pipe.execute()
+    client.close()
+
+
+def pipeline(server: RedisServer) -> dict[str, Any]:
+    return {
+        "name": "redis",
+        "source": "redis",
+        "table": TABLE,
+        "create": SCHEMA,
+        "engine": "MergeTree ORDER BY id",
+        "max_rows": 2000,
+        "max_delay": 0.2,
+        "redis": {"url": server.url, "stream": "ev", "claim_idle": 2.0, "claim_interval": 0.3},
+    }
+
+
+def test_a_killed_daemons_batches_are_claimed_and_land_once(
+    tmp_path: Path, endpoint: Any, database: str, fault_proxy: Any, redis_server: RedisServer
+) -> None:
+    target = ProxiedClickHouse(endpoint, database, fault_proxy)
+
+    def make(name: str) -> DaemonUnderTest:
+        (tmp_path / name).mkdir()
+        config = base_config(tmp_path / name / "state", target.daemon_url, [pipeline(redis_server)])
+        return DaemonUnderTest(tmp_path / name, config, target)
+
+    a, b = make("a"), make("b")
+    redis = redis_server.client()
+    try:
+        a.start()
+        wait_until(lambda: redis.exists("ev") == 1, 60, "the group")
+        target.slow(3.0)  # inserts hang: manifests written, batches in flight
+        produce(redis_server, 0, 20_000)
+        wait_until(
+            lambda: len(redis.keys("ev:chworkers:chworkers:manifest:*")) >= 3, 60, "manifests"
+        )
+        a.kill9(group=True)
+        pending = redis.xpending("ev", "chworkers")["pending"]
+        assert pending > 0, "the killed daemon held no entries"
+        target.up()
+        b.start()
+        produce(redis_server, 20_000, 30_000)
+
+        def settled() -> bool:
+            group = redis.xinfo_groups("ev")[0]
+            return group["pending"] == 0 and group["lag"] == 0 and not redis.keys("ev:chworkers:*")
+
+        assert wait_until(settled, 120, "every entry acknowledged"), b.tail()
+        client = target.client()
+        try:
+            rows, distinct = client.query(
+                f"SELECT count(), uniqExact(id) FROM {TABLE}"
+            ).result_rows[0]
+        finally:
+            client.close()
+        assert (rows, distinct) == (30_000, 30_000), b.tail()
+        assert "claimed" in b.log() and "rebuilding batch" in b.log(), b.tail()
+        b.terminate(within=40)
+    finally:
+        redis.close()
+        a.close()
+        b.close()

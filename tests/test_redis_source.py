@@ -1,0 +1,192 @@
+"""``source = "redis"`` against a real redis-server (tests/redisserver.py) and the
+embedded ClickHouse: exact counts with two daemons on one stream, poison entries
+dead-lettered and acknowledged, and the manifests' rules (docs/brokers.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chclients import make_client
+from daemonthread import Running, count, daemon_config
+from redisserver import RedisServer, RedisUnavailable
+from waiting import wait_for
+
+from chworkers.clickhouse.dedup import broker_token
+from chworkers.daemon import config
+from chworkers.daemon.brokers.assembly import Assembler, Message
+from chworkers.daemon.brokers.redisstream import display_url
+from chworkers.embedded import EmbeddedClickHouse
+from chworkers.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def produce(server: RedisServer, stream: str, start: int, stop: int, per_entry: int) -> None:
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for first in range(start, stop, per_entry):
+        last = min(stop, first + per_entry)
+        pipe.xadd(
+            stream, {"data": "".join(f'{{"n":{i},"s":"r{i}"}}\n' for i in range(first, last))}
+        )
+    pipe.execute()
+    client.close()
+
+
+def redis_pipeline(server: RedisServer, **redis: Any) -> dict[str, Any]:
+    options = {"url": server.url, "stream": "ev", "claim_idle": 1.0, "claim_interval": 0.2}
+    return {"source": "redis", "max_rows": 2000, "redis": {**options, **redis}}
+
+
+def settled(server: RedisServer, stream: str = "ev") -> bool:
+    """Nothing pending in the group, no manifest left beside the stream."""
+    client = server.client()
+    try:
+        groups = client.xinfo_groups(stream)
+        manifests = client.keys(f"{stream}:chworkers:*")
+    finally:
+        client.close()
+    return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not manifests
+
+
+def test_two_daemons_share_a_stream_exactly_once(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
+) -> None:
+    url = f"{endpoint.url}/{database}"
+    produce(redis_server, "ev", 0, 10_000, per_entry=25)
+    daemons = [
+        Running(daemon_config(tmp_path / name, url, redis_pipeline(redis_server)))
+        for name in ("a", "b")
+    ]
+    try:
+        produce(redis_server, "ev", 10_000, 20_000, per_entry=25)
+        wait_for(lambda: count(endpoint, database)[0] >= 20_000, 120, interval=0.2, what="rows")
+        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+    finally:
+        for d in daemons:
+            d.stop()
+    assert count(endpoint, database) == (20_000, 20_000)
+    consumers = redis_server.client().xinfo_consumers("ev", "chworkers")
+    assert len(consumers) == 2  # both daemons took part (each its own consumer name)
+
+
+def test_poison_entries_are_dead_lettered_and_acked(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
+) -> None:
+    client = redis_server.client()
+    produce(redis_server, "ev", 0, 100, per_entry=10)
+    client.xadd("ev", {"other": "no data field"})
+    client.xadd("ev", {"data": '{"n":"not a number","s":"bad"}'})  # ClickHouse rejects it
+    client.xadd("ev", {"data": '{"n":100,"s":"unterminated'})  # a record ClickHouse rejects
+    client.xadd("ev", {"data": ""})  # nothing at all: acked with its batch
+    produce(redis_server, "ev", 101, 200, per_entry=10)
+    state = tmp_path / "state"
+    daemon = Running(
+        daemon_config(state, f"{endpoint.url}/{database}", redis_pipeline(redis_server))
+    )
+    try:
+        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (199, 199)
+    letters = [
+        json.loads(line)
+        for path in (state / "dead-letter").rglob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    reasons = sorted((letter["reason"], letter["record"]) for letter in letters)
+    assert reasons == [
+        ("poison", ""),  # the entry without a data field
+        ("rejected", '{"n":"not a number","s":"bad"}'),
+        ("rejected", '{"n":100,"s":"unterminated'),
+    ], letters
+    assert (
+        "no payload field"
+        in next(x for x in letters if x["reason"] == "poison")["error"]["message"]
+    )
+
+
+def test_a_claimed_manifest_is_rebuilt_with_its_token(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
+) -> None:
+    """A consumer that wrote a manifest and vanished: the daemon claims its entries and
+    inserts exactly that batch, with that token (ClickHouse drops it if it landed)."""
+    client = redis_server.client()
+    client.xgroup_create("ev", "chworkers", "0", mkstream=True)
+    produce(redis_server, "ev", 0, 300, per_entry=100)
+    entries = client.xreadgroup("chworkers", "dead", {"ev": ">"}, count=3)[0][1]
+    ids = [e[0].decode() for e in entries[:2]]  # the dead consumer's batch: two entries
+    token = broker_token("redis", "ev", "chworkers", ids)
+    prefix = "ev:chworkers:chworkers"
+    client.set(f"{prefix}:manifest:{token}", json.dumps({"token": token, "ids": ids}))
+    client.hset(f"{prefix}:index", mapping=dict.fromkeys(ids, token))
+    # Its batch had landed already: the rebuilt one must be dropped by its token.
+    ch = make_client(endpoint, database=database)
+    try:
+        ch.command(
+            "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
+            "SETTINGS non_replicated_deduplication_window = 1000"
+        )
+        payload = b"".join(e[1][b"data"] + b"\n" for e in entries[:2])
+        ch.raw_insert(
+            "ev",
+            insert_block=payload,
+            fmt="JSONEachRow",
+            settings={"insert_deduplication_token": token},
+        )
+        assert ch.command("SELECT count() FROM ev") == 200
+    finally:
+        ch.close()
+    url = f"{endpoint.url}/{database}"
+    daemon = Running(daemon_config(tmp_path / "state", url, redis_pipeline(redis_server)))
+    try:
+        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (300, 300)
+
+
+def test_a_message_is_framed_alike_wherever_it_is_built() -> None:
+    assembler = Assembler("JSONEachRow")
+    assert assembler.frame(Message("1-0", b'{"a":1}\n{"a":2}')) == (b'{"a":1}\n{"a":2}\n', 2)
+    assert assembler.frame(Message("1-1", b"")) == (b"", 0)
+    csv = Assembler("CSV")
+    with pytest.raises(Exception, match="ends inside a record"):
+        csv.frame(Message("1-2", b'1,"open quote\n'))
+    assert broker_token("redis", "s", "g", ["1-0", "1-1"]) == broker_token(
+        "redis", "s", "g", ["1-0", "1-1"]
+    )
+    assert broker_token("redis", "s", "g", ["1-0"]) != broker_token("redis", "s", "h", ["1-0"])
+
+
+def test_settings_are_checked() -> None:
+    def load(redis: dict[str, Any], **pipeline: Any) -> Any:
+        item = {"name": "r", "table": "ev", "source": "redis", "redis": redis, **pipeline}
+        return config.load(data={"pipelines": [item]}, env={})
+
+    with pytest.raises(ConfigError, match=r"needs redis\.stream"):
+        load({})
+    with pytest.raises(ConfigError, match="not supported by broker sources"):
+        load({"stream": "ev"}, format="CSVWithNames")
+    with pytest.raises(ConfigError, match="claim_idle"):
+        load({"stream": "ev", "claim_idle": 0})
+    loaded = load({"stream": "ev", "claim_idle": "2s", "password": "secret"})
+    assert loaded.pipelines[0].redis.claim_idle == 2.0
+    assert display_url("redis://user:pw@host:1/0") == "redis://host:1/0"
