@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -155,6 +156,13 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "Bool": of(st.booleans(), 0, 1, 2),
     "Int": of(st.integers(-(2**64), 2**64), True, 1.5, float("nan"), "7"),
     "Float": of(st.floats(), 1, 2**70, True, "1.5"),
+    "Enum": of(st.sampled_from(["a", "b", "é", "", "zz"]), 1, -2, 0, 1.5),
+    "Decimal": of(
+        st.one_of(st.decimals(places=4), st.integers(-(10**12), 10**12), st.decimals()),
+        "1.5",
+        1.25,
+        Decimal("-0"),
+    ),
 }
 
 CASES = [
@@ -170,6 +178,8 @@ CASES = [
     ("Bool", ["Bool"]),
     ("Int", [f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)]),
     ("Float", ["Float32", "Float64"]),
+    ("Enum", ["Enum8('a' = 1, 'b' = -2, 'é' = 127)", "Enum16('a' = -32768, 'b' = 32767, '' = 0)"]),
+    ("Decimal", ["Decimal(9, 2)", "Decimal(18, 4)", "Decimal32(0)", "Decimal(38, 10)"]),
 ]
 TYPES = [(kind, t) for kind, names in CASES for t in names] + [
     ("String", "LowCardinality(Nullable(String))"),
@@ -255,6 +265,11 @@ def test_extremes_and_edges() -> None:
         ([dt.date(2149, 6, 7)], "Date"),
         ([dt.date(1900, 1, 1)], "Date32"),
         ([uuid.UUID(int=2**128 - 1), uuid.UUID(int=1)], "UUID"),
+        # More digits than the precision: rounded in its context, not truncated.
+        ([Decimal("1234567.895"), Decimal("-1234567.885"), 10**7], "Decimal(9, 2)"),
+        ([Decimal("12345678901234.56785"), Decimal("0.00005")], "Decimal(18, 4)"),
+        ([Decimal("NaN")], "Decimal(9, 2)"),
+        ([Decimal("Infinity")], "Nullable(Decimal(9, 2))"),
     ]:
         same(["c"], [t], [(v,) for v in column])
 
@@ -317,6 +332,10 @@ def test_the_common_types_take_our_writers(monkeypatch: pytest.MonkeyPatch) -> N
         "Nullable(Int64)": [None, -(2**63)],
         "Nullable(UInt8)": [255, 0],
         "Nullable(Float64)": [None, 1.5],
+        "Enum8('a' = 1, 'b' = 2)": ["a", "b"],
+        "Nullable(Enum16('a' = 1000))": [None, "a"],
+        "Decimal(18, 4)": [Decimal("1.2345"), 7],
+        "Nullable(Decimal(9, 2))": [None, Decimal("-3.5")],
         "Nullable(String)": [None, "x"],
         "LowCardinality(String)": [f"k{i % 300}" for i in range(2)],
         "LowCardinality(Nullable(String))": [None, "x"],

@@ -10,7 +10,8 @@ the columns below with C-level passes (``map`` over builtins, ``array``, ``bytes
   values, with the same conversion clickhouse-connect applies (the process's local time
   for naive values, or the column's or server's zone with its ``naive_datetime_insert =
   'server'`` setting);
-* ``UUID`` of ``uuid.UUID`` values, ``FixedString(n)`` of ``str``, ``Bool`` of ``bool``;
+* ``UUID`` of ``uuid.UUID`` values, ``FixedString(n)`` of ``str``, ``Bool`` of ``bool``,
+  ``Enum8``/``Enum16`` of names, ``Decimal(p, s)`` up to 18 digits of ``Decimal``/``int``;
 * ``LowCardinality(String)`` and ``LowCardinality(Nullable(String))`` of ``str``;
 * ``Nullable(T)`` of any plain T: the null map here, the values by the writers above or,
   for integers, ``Float64``, ``String`` and the rest, by clickhouse-connect's own.
@@ -31,6 +32,7 @@ import uuid
 from array import array
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal, localcontext
 from itertools import repeat
 from operator import add, attrgetter, floordiv, is_, itemgetter, mul
 from typing import Any
@@ -165,6 +167,26 @@ def _bool(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | Non
     return None if values is None else bytes(values)
 
 
+def _enum(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | None:
+    types = _types(column)
+    if str not in types or not types <= ({str, NoneType} if ctype.nullable else {str}):
+        return None  # codes (or all None) take clickhouse-connect's other path
+    code = _code(ctype.byte_size, True)
+    return _packed(code, map(ctype._name_map.get, column, repeat(0)))  # unknown names: 0
+
+
+def _decimal(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | None:
+    if ctype.byte_size > 8 or not _types(column) <= {Decimal, int, NoneType}:
+        return None  # Decimal128/256 are written value by value either way
+    if ctype.nullable:
+        column = list(map(_ZERO_FOR_NONE.get, column, column))
+    # clickhouse-connect's int(Decimal(str(x)) * 10**scale), in a context of the precision.
+    with localcontext() as context:
+        context.prec = ctype.prec
+        scaled = map(int, map(mul, map(Decimal, map(str, column)), repeat(ctype._mult)))
+        return _packed(_code(ctype.byte_size, True), list(scaled))
+
+
 def _int(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | None:
     # Only Nullable columns gain: clickhouse-connect replaces None in a Python loop.
     if not ctype.nullable:
@@ -211,6 +233,9 @@ _WRITERS: dict[str, Writer] = {
     "FixedString": _fixed_string,
     "Bool": _bool,
     "Boolean": _bool,
+    "Enum8": _enum,
+    "Enum16": _enum,
+    "Decimal": _decimal,
     **{f"{sign}Int{bits}": _int for sign in ("", "U") for bits in (8, 16, 32, 64)},
 }
 
@@ -253,7 +278,7 @@ class ColumnEncoder:
         if self.writer is not None and ctype.write_format(ctx) == "native" and len(column):
             try:
                 body = self.writer(ctype, column, ctx)
-            except (TypeError, ValueError, OverflowError, AttributeError):
+            except (TypeError, ValueError, ArithmeticError, AttributeError):
                 body = None
             if body is not None:
                 if ctype.nullable and not ctype.low_card and self.writer is not _nullable_only:
