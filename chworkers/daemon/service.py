@@ -22,7 +22,6 @@ import contextlib
 import logging
 import queue
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.config import EMBEDDED, Config
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.embeddedchild import once_serving, start_embedded
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
 from chworkers.daemon.spool import Spool, SpooledBatch
@@ -181,21 +181,10 @@ class Daemon:
         if ch.url != EMBEDDED:
             self.clickhouse_url = ch.connection().url
             return None
-        from chworkers.embedded.keeper import Keeper
-
-        # The port is fixed before the child starts, so the workers' URL is known now
-        # and stays valid across restarts of the child (the keeper restarts it there).
-        endpoint = ch.embedded_endpoint(
-            self.state_dir / "clickhouse",
-            port=ch.embedded.port or _free_port(ch.embedded.host),
-            log_path=self.state_dir / "clickhouse.log",
-        )
-        self.embedded = Keeper(endpoint)
-        self.embedded.start()
+        self.embedded = start_embedded(ch, self.state_dir)
         stack.callback(self.embedded.stop)
-        self.clickhouse_url = endpoint.url
-        log.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
-        return endpoint.url
+        self.clickhouse_url = self.embedded.endpoint.url
+        return self.clickhouse_url
 
     def _start_supervisor(self, stack: contextlib.ExitStack, url: str | None) -> None:
         s = self.config.settings
@@ -259,32 +248,15 @@ class Daemon:
             lambda statement: self.supervisor.submit(_create_table, statement),
             self.dispatcher.add,
         )
-        self._once_clickhouse_serves(self.tables.start)
+        once_serving(self.embedded, self.tables.start)
         stack.callback(self.tables.stop)
-
-    def _once_clickhouse_serves(self, start: Callable[[], None]) -> None:
-        """``start()`` now, or (embedded) once the child serves: the workers then do not
-        knock, and log about it, on a port that nobody listens on yet. An external
-        ClickHouse that is down is another matter: that is an outage, and it shows."""
-        keeper = self.embedded
-        if keeper is None or keeper.wait_up(0):
-            start()
-            return
-
-        def when_up() -> None:
-            while not keeper.wait_up(0.5):
-                if keeper.stopping:
-                    return  # what waits stays in the spool for the next start
-            start()
-
-        threading.Thread(target=when_up, name="chworkers-await-clickhouse", daemon=True).start()
 
     def _replay(self) -> None:
         batches = self.spool.recover()
         self.checkpoints.recover(batches)
         for batch in batches:
             self.tables.offer(batch)
-        self._once_clickhouse_serves(self.dispatcher.start)
+        once_serving(self.embedded, self.dispatcher.start)
         if batches:
             log.info("replaying %d spooled batches from the last run", len(batches))
 
@@ -564,10 +536,3 @@ def _remaining(deadline: float | None) -> float | None:
 
 def _create_table(conn: Any, statement: str) -> None:
     conn.command(statement, idempotent=True)
-
-
-def _free_port(host: str) -> int:
-    """A port nobody listens on now, for the embedded child's first start."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -1,0 +1,66 @@
+"""The daemon's own ClickHouse when ``url = "embedded"``: a child process, kept alive.
+
+:func:`start_embedded` starts the embedded endpoint (:mod:`chworkers.embedded`) as a
+child on the state directory, watched and restarted by its
+:class:`~chworkers.embedded.keeper.Keeper`. Its port is fixed before the first start
+(:func:`free_port` when none is configured), so the workers' URL is known at once and
+stays valid across restarts of the child. :func:`once_serving` runs what would only
+knock on a closed port (the dispatcher, the table creator) once the child serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chworkers.daemon.config import ClickHouseSettings
+
+if TYPE_CHECKING:
+    from chworkers.embedded.keeper import Keeper
+
+__all__ = ["free_port", "once_serving", "start_embedded"]
+
+log = logging.getLogger(__name__)
+
+
+def start_embedded(ch: ClickHouseSettings, state_dir: Path) -> Keeper:
+    """Start the embedded ClickHouse child (in the background) and its keeper."""
+    from chworkers.embedded.keeper import Keeper  # only a daemon that embeds loads chDB
+
+    endpoint = ch.embedded_endpoint(
+        state_dir / "clickhouse",
+        port=ch.embedded.port or free_port(ch.embedded.host),
+        log_path=state_dir / "clickhouse.log",
+    )
+    keeper = Keeper(endpoint)
+    keeper.start()
+    log.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
+    return keeper
+
+
+def once_serving(keeper: Keeper | None, start: Callable[[], None]) -> None:
+    """``start()`` now, or (embedded) once the child serves: the workers then do not
+    knock, and log about it, on a port that nobody listens on yet. An external
+    ClickHouse that is down is another matter: that is an outage, and it shows."""
+    if keeper is None or keeper.wait_up(0):
+        start()
+        return
+
+    def when_up() -> None:
+        while not keeper.wait_up(0.5):
+            if keeper.stopping:
+                return  # what waits stays in the spool for the next start
+        start()
+
+    threading.Thread(target=when_up, name="chworkers-await-clickhouse", daemon=True).start()
+
+
+def free_port(host: str) -> int:
+    """A port nobody listens on now, for the embedded child's first start."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
