@@ -136,7 +136,7 @@ def test_a_claimed_manifest_is_rebuilt_with_its_token(
     token = broker_token("redis", "ev", "chworkers", ids)
     prefix = "ev:chworkers:chworkers"
     client.set(f"{prefix}:manifest:{token}", json.dumps({"token": token, "ids": ids}))
-    client.hset(f"{prefix}:index", mapping=dict.fromkeys(ids, token))
+    client.sadd(f"{prefix}:manifests", token)
     # Its batch had landed already: the rebuilt one must be dropped by its token.
     ch = make_client(endpoint, database=database)
     try:

@@ -140,6 +140,12 @@ class Framer:
         return len(self._tail) + end, count
 
 
+def count_lines(records: bytes) -> int:
+    """How many records whole newline-ended records of a format without quoted newlines
+    (JSONEachRow, TSV) hold, counted as :meth:`Framer.feed` counts them."""
+    return records.count(b"\n") - _blank_lines(records)
+
+
 def _blank_lines(records: bytes) -> int:
     return records.count(b"\n\n") + (1 if records.startswith(b"\n") else 0)
 

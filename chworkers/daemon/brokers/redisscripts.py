@@ -1,70 +1,60 @@
 """The Lua scripts that keep a Redis Stream source's manifests consistent.
 
 Each runs atomically in Redis, so no other consumer acts between its checks and its
-writes (docs/brokers.md, "A batch's life"). Keys: the stream, the index (a hash: entry id
--> the token of the manifest that holds it) and one manifest (a string key, the batch's
-token and ids as JSON, with a TTL). Argument lists are chunked by 1,000 because Redis's
-Lua cannot ``unpack`` arbitrarily many values.
+writes (docs/brokers.md, "A batch's life"). Keys: the stream, the set of live manifests'
+tokens, and one manifest (a string key, the batch's token and ids as JSON, with a TTL).
+Argument lists are chunked by 1,000 because Redis's Lua cannot ``unpack`` arbitrarily
+many values.
 """
 
 from __future__ import annotations
 
-#: KEYS: stream, index, manifest. ARGV: group, consumer, token, body, ttl_ms,
-#: manifest key prefix, ids... Refuses ({"taken", id, token}) when an id belongs to
-#: another live manifest, and ({"gone", id}) when an id is no longer pending for this
-#: consumer (claimed by another, or acknowledged); else writes the manifest and its
-#: index entries and returns {"ok"}.
+#: KEYS: stream, manifests (a set of the live manifests' tokens), manifest.
+#: ARGV: group, consumer, token, body, ttl_ms, lowest id, highest id, ids...
+#: Refuses ({"gone", id}) when an id is no longer pending for this consumer (claimed by
+#: another, or acknowledged): only the consumer that holds every entry of a batch may
+#: write its manifest, and a claimer looks manifests up only after its claim, so no
+#: entry is ever in two manifests. Else writes the manifest and returns {"ok"}.
 WRITE_MANIFEST = """
-local n = #ARGV
-for i = 7, n do
+local n = #ARGV - 7
+local limit = n * 2 + 1000
+local reply = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[6], ARGV[7], limit, ARGV[2])
+local mine = {}
+for _, entry in ipairs(reply) do
+  mine[entry[1]] = true
+end
+for i = 8, #ARGV do
   local id = ARGV[i]
-  local owner = redis.call('HGET', KEYS[2], id)
-  if owner and owner ~= ARGV[3] and redis.call('EXISTS', ARGV[6] .. owner) == 1 then
-    return {'taken', id, owner}
-  end
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
-  if #p == 0 then
-    return {'gone', id}
+  if not mine[id] then
+    if #reply < limit or #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then
+      return {'gone', id}
+    end
   end
 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[3])
+return {'ok'}
+"""
+
+#: KEYS: stream, manifests, manifest (or "" for none). ARGV: group, token, ids...
+#: Acknowledges the ids and removes the manifest, all at once; returns how many entries
+#: were still pending (0 when another daemon acknowledged them first).
+COMPLETE = """
+local acked = 0
 local chunk = {}
-for i = 7, n do
+for i = 3, #ARGV do
   chunk[#chunk + 1] = ARGV[i]
-  chunk[#chunk + 1] = ARGV[3]
   if #chunk >= 1000 then
-    redis.call('HSET', KEYS[2], unpack(chunk))
+    acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
     chunk = {}
   end
 end
 if #chunk > 0 then
-  redis.call('HSET', KEYS[2], unpack(chunk))
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
 end
-return {'ok'}
-"""
-
-#: KEYS: stream, index, manifest (or "" for none). ARGV: group, ids... Acknowledges the
-#: ids, forgets their index entries and removes the manifest, all at once; returns how
-#: many entries were still pending (0 when another daemon acknowledged them first).
-COMPLETE = """
-local acked = 0
-local chunk = {}
-local function flush()
-  if #chunk > 0 then
-    acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
-    redis.call('HDEL', KEYS[2], unpack(chunk))
-    chunk = {}
-  end
-end
-for i = 2, #ARGV do
-  chunk[#chunk + 1] = ARGV[i]
-  if #chunk >= 1000 then
-    flush()
-  end
-end
-flush()
 if KEYS[3] ~= '' then
   redis.call('DEL', KEYS[3])
+  redis.call('SREM', KEYS[2], ARGV[2])
 end
 return acked
 """

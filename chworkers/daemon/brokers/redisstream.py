@@ -129,7 +129,7 @@ class RedisSource:
         self.client = connect(options, self.where)
         self.stream, self.group = options.stream, options.group
         prefix = f"{self.stream}:chworkers:{self.group}"
-        self.index_key, self.manifest_prefix = f"{prefix}:index", f"{prefix}:manifest:"
+        self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
         self._complete = self.client.register_script(redisscripts.COMPLETE)
         self._touch = self.client.register_script(redisscripts.TOUCH)
@@ -285,23 +285,20 @@ class RedisSource:
         if self.metrics is not None:
             self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(len(messages))
         messages = self._with_deliveries(messages)
-        owners = self._call(self.client.hmget, self.index_key, [m.id for m in messages])
+        owners = self._live_manifests()
         fresh: list[Message] = []
         manifests: dict[str, list[Message]] = {}
-        for message, owner in zip(messages, owners, strict=True):
+        for message in messages:
+            owner = owners.get(message.id)
             if owner is None:
                 fresh.append(message)
             else:
-                manifests.setdefault(_text(owner), []).append(message)
+                manifests.setdefault(owner[0], []).append(message)
         for token, claimed in manifests.items():
             with self._lock:
                 if token in self._inflight:
                     continue  # ours already (our own entries, idle while in flight)
-            body = self._call(self.client.get, self.manifest_prefix + token)
-            if body is None:  # expired: its entries are batched anew
-                fresh.extend(claimed)
-                continue
-            self._rebuild(token, json.loads(body), claimed)
+            self._rebuild(token, owners[claimed[0].id][1], claimed)
         fresh.sort(key=lambda m: _order(m.id))
         for message in fresh:
             if self._too_often(message):
@@ -310,8 +307,27 @@ class RedisSource:
             if self._assembly.full(self.limits):
                 self._cut()
 
-    def _rebuild(self, token: str, manifest: Mapping[str, Any], claimed: list[Message]) -> None:
-        ids = [str(i) for i in manifest["ids"]]
+    def _live_manifests(self) -> dict[str, tuple[str, list[str]]]:
+        """Entry id -> (token, ids) of every manifest beside the stream (few: one per
+        batch in flight in any daemon); forgets tokens whose manifest expired."""
+        tokens = [_text(t) for t in self._call(self.client.smembers, self.manifests_key)]
+        if not tokens:
+            return {}
+        bodies = self._call(self.client.mget, [self.manifest_prefix + t for t in tokens])
+        owners: dict[str, tuple[str, list[str]]] = {}
+        expired = []
+        for token, body in zip(tokens, bodies, strict=True):
+            if body is None:
+                expired.append(token)
+                continue
+            ids = [str(i) for i in json.loads(body)["ids"]]
+            for entry_id in ids:
+                owners[entry_id] = (token, ids)
+        if expired:
+            self._call(self.client.srem, self.manifests_key, *expired)
+        return owners
+
+    def _rebuild(self, token: str, ids: list[str], claimed: list[Message]) -> None:
         stored = self._read_entries(ids)
         given_up = {m.id for m in claimed if self._too_often(m, ack=False)}
         batch, poison = self.assembler.rebuild(
@@ -351,28 +367,26 @@ class RedisSource:
             )
             reply = self._call(
                 self._write_manifest,
-                keys=[self.stream, self.index_key, self.manifest_prefix + token],
+                keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
                 args=[
                     self.group,
                     self.consumer,
                     token,
                     body,
                     int(self.options.manifest_ttl * 1000),
-                    self.manifest_prefix,
+                    min(ids, key=_order),
+                    max(ids, key=_order),
                     *ids,
                 ],
             )
             verdict = [_text(part) for part in reply]
             if verdict[0] != "ok":
                 log.warning(
-                    "source %s: batch of %d entries dropped before insert: entry %s %s; "
-                    "its entries are handled by whoever holds them now",
+                    "source %s: a batch of %d entries is not inserted: entry %s is not pending "
+                    "for this consumer any more (claimed by another daemon, which inserts it)",
                     self.name,
                     len(ids),
                     verdict[1],
-                    "belongs to batch " + verdict[2]
-                    if verdict[0] == "taken"
-                    else "is not ours any more",
                 )
                 return
         with self._lock:
@@ -425,7 +439,9 @@ class RedisSource:
     def _ack(self, ids: list[str], token: str) -> None:
         manifest = self.manifest_prefix + token if token else ""
         acked = self._call(
-            self._complete, keys=[self.stream, self.index_key, manifest], args=[self.group, *ids]
+            self._complete,
+            keys=[self.stream, self.manifests_key, manifest],
+            args=[self.group, token, *ids],
         )
         with self._lock:
             self._inflight.pop(token, None)
