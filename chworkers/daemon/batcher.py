@@ -37,6 +37,7 @@ from typing import Any
 
 from chworkers.daemon.batchfile import SpooledBatch, batch_overhead
 from chworkers.daemon.spool import Spool
+from chworkers.daemon.stalls import Stalls
 from chworkers.daemon.ticket import Ticket, TicketState
 from chworkers.errors import BatcherClosedError, SpoolError, SpoolTimeoutError
 from chworkers.ops.metrics import Metrics
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 #: Backoff between attempts to spool a batch the spool refused (seconds).
 RETRY_INITIAL = 0.1
 RETRY_MAX = 2.0
-#: A stalled batch is logged again at most this often.
-RETRY_LOG_EVERY = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +95,6 @@ class _Buffer:
     abandoned: bool = False
 
 
-@dataclasses.dataclass
-class _Stall:
-    pipeline: str
-    table: str
-    rows: int
-    since: float
-    attempts: int = 0
-    error: str = ""
-    logged: float = 0.0
-
-
 class Batcher:
     """Groups records into batches, spools them, and hands each to ``on_batch``."""
 
@@ -126,7 +114,7 @@ class Batcher:
         self._wake = threading.Condition(self._lock)
         self._buffers: dict[_Key, _Buffer] = {}
         self._last_cut: dict[_Key, _Buffer] = {}
-        self._stalls: dict[int, _Stall] = {}
+        self._stalls = Stalls(metrics)
         self._closed = False
         self._give_up_at: float | None = None  # time.monotonic(); None: never
         self._timer = threading.Thread(
@@ -255,15 +243,7 @@ class Batcher:
 
     def problems(self) -> list[str]:
         """Batches the spool has not taken yet, and why (empty when it keeps up)."""
-        now = time.monotonic()
-        with self._lock:
-            return [
-                f"pipeline {s.pipeline or s.table}: a batch of {s.rows} rows has waited "
-                f"{now - s.since:.0f} s for the spool"
-                + (f" ({s.attempts} failed attempts)" if s.attempts else "")
-                + f": {s.error}"
-                for s in self._stalls.values()
-            ]
+        return self._stalls.problems()
 
     # -- internals ---------------------------------------------------------------------
 
@@ -357,23 +337,15 @@ class Batcher:
                         exc = SpoolError(f"spooling failed: {type(exc).__name__}: {exc}")
                     if not self._failed(buf, exc):
                         return
-                    self._stalled(buf, exc)
+                    with self._lock:
+                        rows = sum(t.rows for t in buf.tickets)
+                    self._stalls.refused(id(buf), buf.pipeline, buf.table, rows, exc)
                     self._sleep(backoff)
                     backoff = min(RETRY_MAX, backoff * 2)
                     continue
                 if batch is None:
                     continue  # everything was withdrawn meanwhile; look again
-                with self._lock:
-                    stall = self._stalls.get(id(buf))
-                if stall is not None and stall.attempts:
-                    log.info(
-                        "pipeline %s: the spool took the batch of %d rows after %d failed "
-                        "attempts in %.1f s",
-                        buf.pipeline or buf.table,
-                        batch.rows,
-                        stall.attempts,
-                        time.monotonic() - stall.since,
-                    )
+                self._stalls.taken(id(buf), batch.rows)
                 try:
                     self.on_batch(batch)
                 except Exception:
@@ -381,10 +353,7 @@ class Batcher:
                     log.exception("handing batch %d on failed; it stays in the spool", batch.seq)
                 return
         finally:
-            with self._lock:
-                stalled = self._stalls.pop(id(buf), None) is not None
-            if stalled:
-                self._publish_stalls()
+            self._stalls.clear(id(buf))
 
     def _live(self, buf: _Buffer) -> list[Ticket]:
         """The buffer's tickets still to be written; fails those that may not wait any
@@ -490,40 +459,7 @@ class Batcher:
     def _waiting(self, buf: _Buffer, live: list[Ticket]) -> None:
         """The spool is full and its policy is to wait: the batch waits, producers with it
         (called from inside the spool's wait, so it only notes the state)."""
-        with self._lock:
-            if id(buf) not in self._stalls:
-                rows = sum(t.rows for t in live)
-                stall = _Stall(buf.pipeline, buf.table, rows, time.monotonic())
-                stall.error = "the spool is full; waiting for ClickHouse to take batches"
-                self._stalls[id(buf)] = stall
-        self._publish_stalls()
-
-    def _stalled(self, buf: _Buffer, error: SpoolError) -> None:
-        now = time.monotonic()
-        with self._lock:
-            rows = sum(t.rows for t in buf.tickets)
-            stall = self._stalls.get(id(buf))
-            if stall is None:
-                stall = self._stalls[id(buf)] = _Stall(buf.pipeline, buf.table, rows, now)
-            stall.attempts += 1
-            stall.rows = rows
-            stall.error = str(error)
-            log_now = now - stall.logged >= RETRY_LOG_EVERY
-            if log_now:
-                stall.logged = now
-            attempts, since = stall.attempts, stall.since
-        self._publish_stalls()
-        if log_now:
-            log.warning(
-                "pipeline %s: the spool refused a batch of %d rows (attempt %d, for %.0f s): "
-                "%s; the source waits and its position stays before these rows until the "
-                "spool takes them",
-                buf.pipeline or buf.table,
-                rows,
-                attempts,
-                now - since,
-                error,
-            )
+        self._stalls.waiting(id(buf), buf.pipeline, buf.table, sum(t.rows for t in live))
 
     def _sleep(self, seconds: float) -> None:
         """Back off, waking early when a batch leaves the spool or the batcher gives up."""
@@ -532,13 +468,6 @@ class Batcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.spool.wait_for_room(min(remaining, 0.2)):
                 return
-
-    def _publish_stalls(self) -> None:
-        if self.metrics is None:
-            return
-        with self._lock:
-            rows = sum(s.rows for s in self._stalls.values())
-        self.metrics.spool_waiting_rows.set(rows)
 
 
 def _merge(into: dict[str, Any], meta: Mapping[str, Any]) -> None:
