@@ -162,7 +162,8 @@ def block(
             log.debug("no Native encoding for %s: %s", table, exc)
             return None
         _CONNECTION_SCHEMAS.put(key, wanted, schema)
-    body = encode(schema, data, column_oriented)
+    # Named columns: normalize has checked every row's width against them.
+    body = encode(schema, data, column_oriented, widths_checked=names is not None)
     return None if body is None else (body, schema.column_names)
 
 
