@@ -177,7 +177,7 @@ def _admin_client(config: ConnectionConfig) -> Any:
             verify=config.verify,
         )
     except Exception as exc:
-        raise BenchError(f"cannot reach ClickHouse at {host}: {exc}") from exc
+        raise BenchError(f"cannot use ClickHouse at {host}: {exc}") from exc
 
 
 def _claim(admin: Any, database: str, config: ConnectionConfig) -> None:
