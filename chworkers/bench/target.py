@@ -14,6 +14,7 @@ import logging
 import re
 import ssl
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: What every benchmark table is created with: chworkers' recommended engine for
 #: inserts retried by deduplication token, so that every path pays the same dedup check.
+#: A kept-alive connection idle this long is replaced before use: servers close idle
+#: ones (ClickHouse after keep_alive_timeout, the embedded endpoint after 30 s).
+_STALE = 2.0
 ENGINE = "MergeTree ORDER BY id SETTINGS non_replicated_deduplication_window = 1000"
 
 
@@ -105,6 +109,7 @@ class RawHttp:
             )
         else:
             self._conn = http.client.HTTPConnection(host.host, host.port, timeout=600)
+        self._last_used = time.monotonic()
 
     def post(self, query: str, body: bytes) -> None:
         """``query`` with ``body`` as its data; raises :class:`BenchError` unless 200."""
@@ -114,8 +119,18 @@ class RawHttp:
             "X-ClickHouse-User": self.config.username,
             "X-ClickHouse-Key": self.config.password,
         }
-        self._conn.request("POST", "/?" + urllib.parse.urlencode(params), body, headers)
+        target = "/?" + urllib.parse.urlencode(params)
+        if time.monotonic() - self._last_used > _STALE:
+            self._conn.close()  # the server may have closed it meanwhile: a fresh one
+        try:
+            self._conn.request("POST", target, body, headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # Closed by the server while sending: it took no complete request, and
+            # sending it again on a new connection is safe.
+            self._conn.close()
+            self._conn.request("POST", target, body, headers)
         response = self._conn.getresponse()
+        self._last_used = time.monotonic()
         text = response.read()
         if response.status != 200:
             raise BenchError(

@@ -1,4 +1,5 @@
-"""``chworkers bench`` keeps what it measured when one comparison fails.
+"""``chworkers bench`` keeps what it measured when one comparison fails, and its raw-POST
+baseline outlives a kept-alive connection the server closed.
 
 A full run takes many minutes; one family failing (a path that raises, workers that
 cannot boot because the code changed under a long run) used to end the command with
@@ -10,7 +11,9 @@ the exit code is 1.
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 import types
 import uuid
 from pathlib import Path
@@ -18,12 +21,17 @@ from typing import Any
 
 import clickhouse_connect
 import pytest
+from waiting import wait_for
 
 from chworkers.bench import cli as bench_cli
+from chworkers.bench import target
 from chworkers.bench.runner import Group
+from chworkers.bench.target import RawHttp
 from chworkers.cli.main import main
+from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import BenchError
+from chworkers.http.limits import HttpLimits
 
 
 def test_a_failing_family_loses_none_of_the_others(
@@ -58,4 +66,34 @@ def test_a_failing_family_loses_none_of_the_others(
     try:
         assert admin.command(f"EXISTS DATABASE {db}") == 0
     finally:
+        admin.close()
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # open, nothing to read
+        return False
+
+
+def test_raw_posts_survive_a_kept_alive_connection_the_server_closed(tmp_path: Path) -> None:
+    """The raw-POST baseline keeps one connection alive between rounds; the server closed
+    it meanwhile (the embedded endpoint after ``idle_timeout``, while other paths ran) and
+    the next POST ended the whole comparison with BrokenPipeError. A connection idle for
+    longer than a server may keep it is replaced before use."""
+    limits = HttpLimits(idle_timeout=0.2)
+    with EmbeddedClickHouse(tmp_path / "data", limits=limits) as ch:
+        admin = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+        admin.command("CREATE TABLE t (x UInt8) ENGINE = Memory")
+        raw = RawHttp(ConnectionConfig.from_url(ch.url))
+        try:
+            raw.post("INSERT INTO t FORMAT TSV", b"1\n")
+            sock = raw._conn.sock
+            assert sock is not None
+            wait_for(lambda: closed_by_peer(sock), timeout=30, what="the server's close")
+            time.sleep(target._STALE)  # and idle for longer than a server keeps it
+            raw.post("INSERT INTO t FORMAT TSV", b"2\n")
+        finally:
+            raw.close()
+        assert admin.query("SELECT x FROM t ORDER BY x").result_rows == [(1,), (2,)]
         admin.close()
