@@ -3,10 +3,12 @@ writer that never blocks the supervisor."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 
 import multiprocess
+import pytest
 
 from chworkers.workers import channel
 
@@ -47,3 +49,24 @@ def test_blocking_send_and_receive() -> None:
 def test_frame_header_for_huge_frames() -> None:
     assert channel.frame_header(10) == (10).to_bytes(4, "big")
     assert channel.frame_header(2**31) == b"\xff\xff\xff\xff" + (2**31).to_bytes(8, "big")
+
+
+def test_receive_reads_long_headers_and_says_eof_mid_frame() -> None:
+    reader, writer = multiprocess.Pipe(duplex=False)
+    frames = channel.encode(channel.TASKS, [pickle.PickleBuffer(b"abc" * 30_000)])
+    fd = writer.fileno()
+    # The long form of the header, as for frames of 2 GiB and more; written by a thread
+    # (the buffer is more than the pipe holds).
+    wire = b"".join(
+        b"\xff\xff\xff\xff" + len(data).to_bytes(8, "big") + data
+        for data in (bytes(memoryview(frame)) for frame in frames)
+    )
+    thread = threading.Thread(target=os.write, args=(fd, wire))
+    thread.start()
+    kind, body = channel.receive(reader)
+    assert kind == channel.TASKS and bytes(body[0]) == b"abc" * 30_000
+    thread.join(10)
+    os.write(fd, (100).to_bytes(4, "big") + b"short")
+    writer.close()
+    with pytest.raises(EOFError):
+        channel.receive(reader)

@@ -253,7 +253,7 @@ class Connection:
     def raw_insert(
         self,
         table: str,
-        data: bytes,
+        data: bytes | memoryview,
         *,
         fmt: str,
         column_names: Sequence[str] | None = None,
@@ -269,11 +269,15 @@ class Connection:
         opts = dict(settings or {})
         opts["insert_deduplication_token"] = deduplication_token
         opts.setdefault("insert_deduplicate", 1)
-        what = f"INSERT INTO {table} FORMAT {fmt} ({len(data)} bytes, token {deduplication_token})"
+        size = memoryview(data).nbytes
+        what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
+        # clickhouse-connect puts the statement in front of bytes (a copy of the whole
+        # body); a large body goes as it is, the statement in the URL.
+        block = memoryview(data) if size >= _BODY_AS_IS else data
         with self._call(what, idempotent=True):
             dedup.check_window(self, None, table)
             summary: QuerySummary = self._client.raw_insert(
-                table, column_names=column_names, insert_block=data, settings=opts, fmt=fmt
+                table, column_names=column_names, insert_block=block, settings=opts, fmt=fmt
             )
         return summary
 
@@ -401,6 +405,10 @@ def _no_driver_retry(request: Any) -> Any:
         return request(*args, **kwargs)
 
     return no_retry
+
+
+#: Raw insert bodies from this size on are sent without a copy (see ``raw_insert``).
+_BODY_AS_IS = 1 << 20
 
 
 def _is_datetime64(column: Any) -> bool:

@@ -356,7 +356,10 @@ def insert(
             return int(summary.written_rows), int(summary.written_bytes())
         return None
 
-    return run_insert(spec.data, spec.token, send, fmt=spec.fmt, budget=spec.split)
+    data = spec.data
+    if spec.split is not None and not isinstance(data, bytes):
+        data = bytes(data)  # cut into records by bytes methods
+    return run_insert(data, spec.token, send, fmt=spec.fmt, budget=spec.split)
 
 
 class RecordingHooks(PoolHooks):
