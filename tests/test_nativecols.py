@@ -344,3 +344,32 @@ def test_the_common_types_take_our_writers(monkeypatch: pytest.MonkeyPatch) -> N
         encoder = nativecols.ColumnEncoder("c", type_name)
         body = nativecols.encode_columns("t", [encoder], [(v,) for v in column], False, UTC)
         assert body is not None, type_name
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+@pytest.mark.parametrize("mode", ["local", "server"])
+def test_repeated_datetimes_are_converted_once_each_with_the_same_bytes(
+    zone: str, mode: str
+) -> None:
+    # 5,000 rows from a few values: the encoder converts each distinct value once. Equal
+    # but not identical values among them: the same instant in two zones, and the two
+    # 01:30 of the night New York's clocks go back (fold=1 differs in local time).
+    new_york = ZoneInfo("America/New_York")
+    night = dt.datetime(2024, 11, 3, 1, 30, 15, 250_000)
+    pool = [
+        dt.datetime(2024, 5, 1, 12, 0, 0),
+        dt.datetime(2024, 5, 1, 12, 0, 0, 999_999),
+        dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        dt.datetime(2024, 5, 1, 8, 0, tzinfo=new_york),  # the same instant as the last
+        night,
+        night.replace(tzinfo=new_york),
+        None,
+    ]
+    types = ["Nullable(DateTime)", "Nullable(DateTime64(6))", "Nullable(DateTime('Asia/Tokyo'))"]
+    rows = [(v, v, v) for v in (pool[i % len(pool)] for i in range(5000))]
+    with local_zone(zone), naive_insert(mode):
+        same(["a", "b", "c"], types, rows)
+        folded = [*rows, *[(v, v, v) for v in [night.replace(fold=1)] * 3]]
+        same(["a", "b", "c"], types, folded)
+        folded = [(night.replace(fold=i % 2),) * 3 for i in range(5000)]
+        same(["a", "b", "c"], types, folded)

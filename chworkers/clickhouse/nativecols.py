@@ -53,6 +53,7 @@ _ZERO_FOR_NONE: dict[Any, Any] = {None: 0}
 _DATETIME_FOR_NONE: dict[Any, Any] = {None: _EPOCH_UTC}
 _DATE_FOR_NONE: dict[Any, Any] = {None: _EPOCH_DATE}
 _UUID_FOR_NONE: dict[Any, Any] = {None: _NULL_UUID}
+_DISTINCT_MIN_ROWS, _DISTINCT_SAMPLE = 4096, 1024
 _STRUCT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}  # what clickhouse-connect packs with "<"
 
 #: ``writer(ctype, column, ctx) -> bytes`` or None to leave the column to clickhouse-connect.
@@ -96,7 +97,7 @@ def _with(column: Sequence[Any], nullable: bool, kind: type, for_none: dict[Any,
 def _timestamps(ctype: Any, column: Sequence[Any], ctx: InsertContext) -> Any:
     """``x.timestamp()`` of every value, as clickhouse-connect computes it for a column."""
     if cc_common.get_setting("naive_datetime_insert") != "server":
-        return map(datetime.timestamp, column)
+        return _per_distinct(datetime.timestamp, column)
     zone: tzinfo = ctype.tzinfo or ctx.server_tz
 
     def localized(value: datetime) -> float:
@@ -104,7 +105,24 @@ def _timestamps(ctype: Any, column: Sequence[Any], ctx: InsertContext) -> Any:
             value = value.replace(tzinfo=zone)
         return value.timestamp()
 
-    return map(localized, column)
+    return _per_distinct(localized, column)
+
+
+def _per_distinct(convert: Callable[[datetime], float], values: Sequence[Any]) -> Any:
+    """``map(convert, values)``, converting each distinct value once when values repeat
+    (timestamps of many rows per second). Values that are equal convert alike, except the
+    two readings of a wall-clock time the clocks went back over (``fold``): when one of the
+    distinct values is such a time, every value is converted."""
+    if len(values) >= _DISTINCT_MIN_ROWS:
+        head = values[:_DISTINCT_SAMPLE]
+        if len(set(head)) * 4 <= len(head):
+            distinct = list(dict.fromkeys(values))
+            if len(distinct) * 2 <= len(values):
+                converted = list(map(convert, distinct))
+                twins = (value.replace(fold=1 - value.fold) for value in distinct)
+                if list(map(convert, twins)) == converted:
+                    return map(dict(zip(distinct, converted, strict=True)).__getitem__, values)
+    return map(convert, values)
 
 
 def _datetime(ctype: Any, column: Sequence[Any], ctx: InsertContext) -> bytes | None:
