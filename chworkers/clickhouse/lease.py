@@ -53,7 +53,7 @@ from chworkers.clickhouse.leaseslots import (
     WAITING,
     SlotTable,
 )
-from chworkers.errors import ConfigError, PoolClosedError
+from chworkers.errors import ConfigError, PoolClosedError, PoolError
 
 __all__ = ["LeaseBroker", "LeaseClient", "LeaseStats"]
 
@@ -90,7 +90,11 @@ class LeaseBroker:
         self._dir = tempfile.mkdtemp(prefix="chworkers-lease-")
         self.address = os.path.join(self._dir, "broker.sock")
         self.slots_path = os.path.join(self._dir, "slots")
-        self._table = SlotTable(self.slots_path, create=True)
+        try:
+            self._table = SlotTable(self.slots_path, create=True)
+        except OSError as exc:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise PoolError(f"cannot create the lease file {self.slots_path}: {exc}") from exc
         self._table.words[CAPACITY] = self._table.words[HIGH] = self._capacity
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.address)

@@ -124,6 +124,6 @@ class LeaseLedger:
         self._timeouts += table.row(row, TIMEOUTS)
         table.clear_owner(row + 1)
         table.reset_row(row)
-        self._rows.append(row)
+        self._rows.appendleft(row)  # reused first: the table's pages in use stay few
         peer.row = None
         return held

@@ -32,7 +32,7 @@ __all__ = ["MAX_SESSIONS", "MAX_SLOTS", "SlotTable"]
 
 #: The largest capacity a broker takes, and the most client processes at once.
 MAX_SLOTS = 65536
-MAX_SESSIONS = 65536
+MAX_SESSIONS = 16384
 
 # Header words.
 MAGIC, CAPACITY, CLOSED, WAITING, HIGH = range(5)
@@ -71,7 +71,9 @@ class SlotTable:
         self.fd = os.open(path, flags, 0o600)
         try:
             if create:
-                os.ftruncate(self.fd, _WORDS * 8)
+                # Every page now: a page first written later, on a full filesystem, would
+                # kill the writer with SIGBUS; this fails here instead, with a clear error.
+                os.posix_fallocate(self.fd, 0, _WORDS * 8)
             self._map = mmap.mmap(self.fd, _WORDS * 8)
         except BaseException:
             os.close(self.fd)
