@@ -368,6 +368,7 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the servers too
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -17,7 +17,8 @@ from waiting import wait_for
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon import config
-from chworkers.daemon.brokers.assembly import Assembler, Message
+from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
+from chworkers.daemon.mapping import FieldMapper
 from chworkers.daemon.brokers.redisstream import display_url
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError
@@ -167,6 +168,12 @@ def test_a_message_is_framed_alike_wherever_it_is_built() -> None:
     assembler = Assembler("JSONEachRow")
     assert assembler.frame(Message("1-0", b'{"a":1}\n{"a":2}')) == (b'{"a":1}\n{"a":2}\n', 2)
     assert assembler.frame(Message("1-1", b"")) == (b"", 0)
+    mapped = Assembler("JSONEachRow", transform=FieldMapper.parse(("a=b",), where="test"))
+    batch = Assembly()
+    assert mapped.add(batch, Message("1-3", b'{"a":1}')) is None
+    assert mapped.add(batch, Message("1-4", b"\n{\"a\":2}\n\n")) is None
+    assert (batch.rows, mapped.payload(batch)) == (2, b'{"b":1}\n\n{"b":2}\n\n')
+    assert mapped.add(batch, Message("1-5", None)) is not None  # poison: no payload field
     csv = Assembler("CSV")
     with pytest.raises(Exception, match="ends inside a record"):
         csv.frame(Message("1-2", b'1,"open quote\n'))

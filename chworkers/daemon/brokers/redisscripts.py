@@ -3,28 +3,29 @@
 Each runs atomically in Redis, so no other consumer acts between its checks and its
 writes (docs/brokers.md, "A batch's life"). Keys: the stream, the set of live manifests'
 tokens, and one manifest (a string key, the batch's token and ids as JSON, with a TTL).
-Argument lists are chunked by 1,000 because Redis's Lua cannot ``unpack`` arbitrarily
-many values.
+Ids travel as JSON (one argument: packing 100,000 arguments costs the client more than
+the script), and are passed on in chunks of 1,000 because Redis's Lua cannot ``unpack``
+arbitrarily many values.
 """
 
 from __future__ import annotations
 
 #: KEYS: stream, manifests (a set of the live manifests' tokens), manifest.
-#: ARGV: group, consumer, token, body, ttl_ms, lowest id, highest id, ids...
+#: ARGV: group, consumer, token, body (JSON with the ids), ttl_ms, lowest id, highest id.
 #: Refuses ({"gone", id}) when an id is no longer pending for this consumer (claimed by
 #: another, or acknowledged): only the consumer that holds every entry of a batch may
 #: write its manifest, and a claimer looks manifests up only after its claim, so no
 #: entry is ever in two manifests. Else writes the manifest and returns {"ok"}.
 WRITE_MANIFEST = """
-local n = #ARGV - 7
+local ids = cjson.decode(ARGV[4])['ids']
+local n = #ids
 local limit = n * 2 + 1000
 local reply = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[6], ARGV[7], limit, ARGV[2])
 local mine = {}
 for _, entry in ipairs(reply) do
   mine[entry[1]] = true
 end
-for i = 8, #ARGV do
-  local id = ARGV[i]
+for _, id in ipairs(ids) do
   if not mine[id] then
     if #reply < limit or #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then
       return {'gone', id}
@@ -36,14 +37,14 @@ redis.call('SADD', KEYS[2], ARGV[3])
 return {'ok'}
 """
 
-#: KEYS: stream, manifests, manifest (or "" for none). ARGV: group, token, ids...
+#: KEYS: stream, manifests, manifest (or "" for none). ARGV: group, token, ids (JSON).
 #: Acknowledges the ids and removes the manifest, all at once; returns how many entries
 #: were still pending (0 when another daemon acknowledged them first).
 COMPLETE = """
 local acked = 0
 local chunk = {}
-for i = 3, #ARGV do
-  chunk[#chunk + 1] = ARGV[i]
+for _, id in ipairs(cjson.decode(ARGV[3])) do
+  chunk[#chunk + 1] = id
   if #chunk >= 1000 then
     acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
     chunk = {}

@@ -376,7 +376,6 @@ class RedisSource:
                     int(self.options.manifest_ttl * 1000),
                     min(ids, key=_order),
                     max(ids, key=_order),
-                    *ids,
                 ],
             )
             verdict = [_text(part) for part in reply]
@@ -397,7 +396,7 @@ class RedisSource:
         meta = {"broker": {"kind": "redis", "token": token, "ids": ids}}
         self.batcher.add(
             self.table,
-            batch.payload(),
+            self.assembler.payload(batch),
             batch.rows,
             format=self.format,
             pipeline=self.name,
@@ -441,7 +440,7 @@ class RedisSource:
         acked = self._call(
             self._complete,
             keys=[self.stream, self.manifests_key, manifest],
-            args=[self.group, token, *ids],
+            args=[self.group, token, json.dumps(ids)],
         )
         with self._lock:
             self._inflight.pop(token, None)
