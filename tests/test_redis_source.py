@@ -18,8 +18,8 @@ from waiting import wait_for
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon import config
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
-from chworkers.daemon.mapping import FieldMapper
 from chworkers.daemon.brokers.redisstream import display_url
+from chworkers.daemon.mapping import FieldMapper
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError
 
@@ -171,7 +171,7 @@ def test_a_message_is_framed_alike_wherever_it_is_built() -> None:
     mapped = Assembler("JSONEachRow", transform=FieldMapper.parse(("a=b",), where="test"))
     batch = Assembly()
     assert mapped.add(batch, Message("1-3", b'{"a":1}')) is None
-    assert mapped.add(batch, Message("1-4", b"\n{\"a\":2}\n\n")) is None
+    assert mapped.add(batch, Message("1-4", b'\n{"a":2}\n\n')) is None
     assert (batch.rows, mapped.payload(batch)) == (2, b'{"b":1}\n\n{"b":2}\n\n')
     assert mapped.add(batch, Message("1-5", None)) is not None  # poison: no payload field
     csv = Assembler("CSV")

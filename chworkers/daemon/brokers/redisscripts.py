@@ -60,15 +60,15 @@ end
 return acked
 """
 
-#: KEYS: stream. ARGV: group, consumer, ids... Resets the idle time of the ids still
+#: KEYS: stream. ARGV: group, consumer, ids (JSON). Resets the idle time of the ids still
 #: pending for this consumer (XCLAIM JUSTID to itself: not counted as a delivery), so
 #: that a live daemon's in-flight entries are not claimed; returns how many it touched.
 TOUCH = """
 local touched = 0
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+for _, id in ipairs(cjson.decode(ARGV[3])) do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
   if #p > 0 then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
     touched = touched + 1
   end
 end

@@ -167,7 +167,13 @@ class RedisSource:
     def run(self, stop: threading.Event) -> None:
         backoff = RETRY_INITIAL
         started = False
-        next_claim = next_touch = next_gauges = 0.0
+        next_claim = next_gauges = 0.0
+        # In a thread of its own: the reading thread may wait long in the batcher (the
+        # spool full during an outage), and its entries must not look abandoned meanwhile.
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(stop,), name=f"source-{self.name}-heartbeat", daemon=True
+        )
+        heartbeat.start()
         while not stop.is_set():
             try:
                 if not started:
@@ -178,9 +184,6 @@ class RedisSource:
                 if now >= next_claim:
                     self._claim()
                     next_claim = now + self.options.claim_interval
-                if now >= next_touch:
-                    self._refresh_inflight()
-                    next_touch = now + self.options.claim_idle / 3
                 if now >= next_gauges:
                     self._publish_gauges()
                     next_gauges = now + GAUGES_EVERY
@@ -447,6 +450,14 @@ class RedisSource:
         if self.metrics is not None:
             self.metrics.broker_acked.labels(pipeline=self.name).inc(int(acked))
 
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Refresh the in-flight entries' idle time every ``claim_idle / 4``."""
+        while not stop.wait(self.options.claim_idle / 4):
+            try:
+                self._refresh_inflight()
+            except BrokerError as exc:
+                log.debug("source %s: refreshing in-flight entries failed: %s", self.name, exc)
+
     def _refresh_inflight(self) -> None:
         with self._lock:
             ids = [i for batch in self._inflight.values() for i in batch]
@@ -454,7 +465,7 @@ class RedisSource:
             self._call(
                 self._touch,
                 keys=[self.stream],
-                args=[self.group, self.consumer, *ids[start : start + 10_000]],
+                args=[self.group, self.consumer, json.dumps(ids[start : start + 10_000])],
             )
 
     # -- Redis ---------------------------------------------------------------------------
