@@ -72,7 +72,7 @@ def test_a_live_daemon_keeps_its_entries_while_clickhouse_is_down(
     client = redis_server.client()
     try:
         fault_proxy.set("refuse")
-        client.xadd("ev", {"data": "".join(f'{{"n":{i},"s":"r{i}"}}\\n' for i in range(1000))})
+        client.xadd("ev", {"data": "".join(f'{{"n":{i},"s":"r{i}"}}\n' for i in range(1000))})
         wait_for(lambda: client.keys("ev:chworkers:chworkers:manifest:*"), 30, what="a manifest")
         for _ in range(12):  # 3 s: three times claim_idle
             entries = client.xpending_range("ev", "chworkers", "-", "+", count=1000)
