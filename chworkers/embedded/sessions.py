@@ -1,7 +1,8 @@
 """HTTP sessions: ``session_id`` keeps SET, USE and temporary tables between requests.
 
-A session owns one chDB connection. Only one request may use it at a time; a second
-one is refused with SESSION_IS_LOCKED, as ClickHouse does. Sessions expire
+A session owns one chDB connection (a :class:`TrackedConnection`, which undoes each
+request's URL settings). Only one request may use it at a time; a second one is refused
+with SESSION_IS_LOCKED, as ClickHouse does. Sessions expire
 ``session_timeout`` seconds after their last request ends.
 """
 
@@ -10,20 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
-from chworkers.embedded.engine import (
-    Engine,
-    apply_settings,
-    close_quietly,
-    current_database,
-    current_settings,
-    quote_ident,
-    run,
-)
+from chworkers.embedded.engine import Engine, close_quietly
 from chworkers.embedded.exceptions import (
     INVALID_SESSION_TIMEOUT,
     SESSION_IS_LOCKED,
@@ -32,7 +24,7 @@ from chworkers.embedded.exceptions import (
     clickhouse_error,
 )
 from chworkers.embedded.options import DEFAULT_MAX_SESSIONS
-from chworkers.embedded.sql import assigned_settings, first_keyword
+from chworkers.embedded.tracked import TrackedConnection
 
 log = logging.getLogger(__name__)
 
@@ -40,82 +32,15 @@ DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
 
 
-@dataclass
-class Session:
-    """One session's connection and what URL parameters changed on it.
-
-    ClickHouse applies URL settings and ``database`` to one query only, not to the
-    session. Restoring them after every request would cost a lookup each time, so the
-    session remembers which overrides are in effect and their original values, and a
-    request changes only what differs from the previous one. ``baseline`` holds the
-    session's own values of the settings read so far, until its next ``SET``.
-    """
+@dataclass(kw_only=True)
+class Session(TrackedConnection):
+    """One session's connection (with what URL parameters changed on it), locked by the
+    request that uses it."""
 
     session_id: str
-    conn: Any
     timeout: float
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
-    baseline: dict[str, str] = field(default_factory=dict)
-    overrides: dict[str, str] = field(default_factory=dict)
-    base_database: str | None = None
-    database_override: str | None = None
-
-    def prepare(self, database: str | None, settings: dict[str, str]) -> None:
-        """Put the request's database and settings in effect, undoing the last ones."""
-        conn = self.conn
-        if database and database != self.database_override:
-            if self.base_database is None:
-                self.base_database = current_database(conn)
-            run(conn, f"USE {quote_ident(database)}")
-            self.database_override = database
-        elif not database and self.database_override is not None:
-            run(conn, f"USE {quote_ident(self.base_database or 'default')}")
-            self.database_override = None
-        new = [n for n in settings if n not in self.baseline]
-        if new:
-            self.baseline.update(current_settings(conn, new))
-        changes = {n: v for n, v in self.baseline.items() if n in self.overrides}
-        changes = {n: v for n, v in changes.items() if n not in settings}
-        changes.update({n: v for n, v in settings.items() if self.overrides.get(n) != v})
-        try:
-            apply_settings(conn, changes)
-        except Exception:
-            # Unknown state: put every original value back before reporting the error.
-            apply_settings(conn, {n: self.baseline[n] for n in self.overrides})
-            self.overrides = {}
-            raise
-        self.overrides = dict(settings)
-
-    def own_settings(self, names: Iterable[str]) -> dict[str, str]:
-        """The session's own values of ``names``, without this request's URL settings.
-
-        Read from chDB once and kept until the session's next ``SET``: a streamed
-        SELECT asks for them every time. The caller must not have overridden any of
-        ``names`` in this request (their values would be the override's).
-        """
-        wanted = list(names)
-        new = [n for n in wanted if n not in self.baseline]
-        if new:
-            self.baseline.update(current_settings(self.conn, new))
-        return {n: self.baseline[n] for n in wanted}
-
-    def statement_ran(self, text: bytes) -> None:
-        """After the session's own SET or USE (that chDB ran), its state is the new baseline.
-
-        This request's URL settings end with it, as in ClickHouse: those the SET did not
-        assign itself go back to their values before the request.
-        """
-        keyword = first_keyword(text)
-        if keyword == "SET":
-            assigned = assigned_settings(text)
-            back = {n: self.baseline[n] for n in self.overrides if n not in assigned}
-            self.baseline = {}
-            self.overrides = {}
-            apply_settings(self.conn, back)
-        elif keyword == "USE":
-            self.base_database = None
-            self.database_override = None
 
 
 def parse_timeout(value: str | None) -> float:
@@ -206,7 +131,7 @@ class Sessions:
                 raise clickhouse_error(
                     SESSION_IS_LOCKED, f"Session {session_id} is locked by a concurrent client"
                 )
-            session = Session(session_id, conn, timeout, busy=True)
+            session = Session(session_id=session_id, conn=conn, timeout=timeout, busy=True)
             self._sessions[session_id] = session
             return session
 
