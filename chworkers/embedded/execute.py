@@ -16,7 +16,6 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
 
 from chworkers.embedded import engine, formats, results, sql
 from chworkers.embedded.codecs import decoder_for
@@ -25,6 +24,7 @@ from chworkers.embedded.exceptions import (
     QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,
     clickhouse_error,
 )
+from chworkers.embedded.pool import ConnectionPool, PooledConnection
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
 from chworkers.embedded.request import QueryRequest
 from chworkers.embedded.sessions import Session, Sessions, parse_timeout
@@ -48,6 +48,7 @@ class Context:
 
     engine: engine.Engine
     sessions: Sessions
+    pool: ConnectionPool
     display_name: str
     stats: EndpointStats = field(default_factory=EndpointStats)
     running: set[str] = field(default_factory=set)
@@ -83,8 +84,11 @@ def _body_chunks(req: Request) -> Iterator[bytes]:
 
 
 @contextmanager
-def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | Any]:
-    """The request's session, or a fresh chDB connection set up for it."""
+def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | PooledConnection]:
+    """The request's session, or a connection of its own (from the pool) set up for it.
+
+    A pooled connection goes back to the pool only if the request marked it reusable.
+    """
     if qr.session_id:
         timeout = parse_timeout(qr.get("session_timeout"))
         check = qr.get("session_check", "0") not in ("0", "")
@@ -102,17 +106,15 @@ def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | Any]:
                     except ServerError:
                         log.debug("dropping external table %s failed", table.name)
         return
-    conn = ctx.engine.connect()
+    pooled = ctx.pool.take()
     try:
-        if qr.database:
-            engine.run(conn, f"USE {engine.quote_ident(qr.database)}")
         settings = qr.settings
         if qr.method == "GET" and "readonly" not in settings:
             settings = {**settings, "readonly": "2"}  # as ClickHouse: GET never writes
-        engine.apply_settings(conn, settings)
-        yield conn
+        pooled.prepare(qr.database, settings)
+        yield pooled
     finally:
-        engine.close_quietly(conn)
+        ctx.pool.give_back(pooled)
 
 
 def execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> None:
@@ -139,7 +141,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
     chunks: Iterator[bytes] = _body_chunks(req) if qr.body_continues_query else iter(())
     with ctx.query_id(query_id), _connection(ctx, qr) as handle:
         session = handle if isinstance(handle, Session) else None
-        conn = session.conn if session is not None else handle
+        conn = handle.conn
         for table in qr.external:
             engine.run(
                 conn,
@@ -172,6 +174,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             resp.set_header("X-ClickHouse-Summary", stats.summary())
             resp.set_header("Content-Type", "text/plain; charset=UTF-8")
             resp.send_whole(b"")
+            _done_with(handle, qr, b"INSERT")
             return
         buf = bytearray(head)
         for chunk in chunks:
@@ -188,12 +191,50 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             results.answer(ctx.engine.version, conn, req, qr, text, resp, stats, session)
             if insert is not None:
                 ctx.stats.inserted(stats.written_rows, stats.written_bytes)
+            _done_with(handle, qr, text)
         except ServerError:
             ran = False  # chDB refused the statement: the session is as it was
             raise
         finally:
             if session is not None and ran:  # even if the client is gone by now
                 session.statement_ran(text)
+
+
+#: Statements that change nothing on their chDB connection a later request could see
+#: (CREATE is one unless it makes a temporary table).
+_LEAVES_NOTHING = frozenset(
+    [
+        "SELECT",
+        "WITH",
+        "INSERT",
+        "DESCRIBE",
+        "DESC",
+        "SHOW",
+        "EXISTS",
+        "EXPLAIN",
+        "CHECK",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "TRUNCATE",
+        "OPTIMIZE",
+        "RENAME",
+    ]
+)
+
+
+def _done_with(handle: Session | PooledConnection, qr: QueryRequest, text: bytes) -> None:
+    """A request without a session succeeded: may its connection serve the next one?
+
+    Not after a SET, USE, a temporary table (external data makes some) or anything not
+    known to leave the connection as it was.
+    """
+    if not isinstance(handle, PooledConnection) or qr.external:
+        return
+    keyword = sql.first_keyword(text)
+    if keyword == "CREATE" and b"TEMPORARY" in text.upper():
+        return
+    handle.reusable = keyword in _LEAVES_NOTHING
 
 
 def _streams(insert: sql.InsertHead, head: bytes, qr: QueryRequest) -> bool:

@@ -34,6 +34,7 @@ from chworkers.embedded.exceptions import (
 from chworkers.embedded.execute import Context
 from chworkers.embedded.handler import Connection, Credentials
 from chworkers.embedded.options import DEFAULT_MAX_SESSIONS
+from chworkers.embedded.pool import ConnectionPool
 from chworkers.embedded.sessions import Sessions
 from chworkers.errors import EmbeddedError
 from chworkers.http.framing import plain_response
@@ -69,6 +70,7 @@ class EmbeddedServer:
         self._busy_response = b""
         self._engine: Engine | None = None
         self._sessions: Sessions | None = None
+        self._pool: ConnectionPool | None = None
         self._listener: socket.socket | None = None
         self._connections: dict[Connection, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -100,6 +102,7 @@ class EmbeddedServer:
         self._listener = listener
         self.port = listener.getsockname()[1]
         self._sessions = Sessions(self._engine, self.max_sessions)
+        self._pool = ConnectionPool(self._engine)
         self._busy_response = self._busy(self._engine.version)
         log.info(
             "embedded ClickHouse (chDB %s) serving %s, data in %s",
@@ -123,7 +126,8 @@ class EmbeddedServer:
     def serve_forever(self, grace: float = 30.0) -> None:
         assert self._listener is not None and self._engine is not None
         assert self._sessions is not None
-        ctx = Context(self._engine, self._sessions, socket.gethostname())
+        assert self._pool is not None
+        ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname())
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -221,6 +225,8 @@ class EmbeddedServer:
         self._closer.stop()
         if self._sessions is not None:
             self._sessions.close()
+        if self._pool is not None:
+            self._pool.close()
         if self._engine is not None:
             self._engine.close()
         os.close(self._wake_r)
