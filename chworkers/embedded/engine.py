@@ -1,10 +1,11 @@
 """chDB, the ClickHouse engine the endpoint hosts.
 
 One process opens the data directory once (the *primary* connection keeps the engine
-up for the endpoint's lifetime) and every request then opens its own cheap connection
-(about a millisecond): each connection is its own ClickHouse session context, so a
-request's ``SET``, ``USE`` and temporary tables never leak into another's, and queries
-on different connections run in parallel (chDB releases the GIL).
+up for the endpoint's lifetime) and every request then has a connection of its own
+(a session's, or one from :mod:`chworkers.embedded.pool`): each connection is its own
+ClickHouse session context, so a request's ``SET``, ``USE`` and temporary tables never
+leak into another's, and queries on different connections run in parallel (chDB
+releases the GIL while it runs a query; it holds it while it opens a connection).
 """
 
 from __future__ import annotations
