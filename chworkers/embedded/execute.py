@@ -174,7 +174,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             resp.set_header("X-ClickHouse-Summary", stats.summary())
             resp.set_header("Content-Type", "text/plain; charset=UTF-8")
             resp.send_whole(b"")
-            _done_with(handle, qr, b"INSERT")
+            _done_with(handle, qr, b"INSERT", resp)
             return
         buf = bytearray(head)
         for chunk in chunks:
@@ -191,7 +191,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             results.answer(ctx.engine.version, conn, req, qr, text, resp, stats, session)
             if insert is not None:
                 ctx.stats.inserted(stats.written_rows, stats.written_bytes)
-            _done_with(handle, qr, text)
+            _done_with(handle, qr, text, resp)
         except ServerError:
             ran = False  # chDB refused the statement: the session is as it was
             raise
@@ -223,13 +223,15 @@ _LEAVES_NOTHING = frozenset(
 )
 
 
-def _done_with(handle: Session | PooledConnection, qr: QueryRequest, text: bytes) -> None:
+def _done_with(
+    handle: Session | PooledConnection, qr: QueryRequest, text: bytes, resp: Response
+) -> None:
     """A request without a session succeeded: may its connection serve the next one?
 
-    Not after a SET, USE, a temporary table (external data makes some) or anything not
-    known to leave the connection as it was.
+    Not after a SET, USE, a temporary table (external data makes some), a result cut
+    off by an error, or anything not known to leave the connection as it was.
     """
-    if not isinstance(handle, PooledConnection) or qr.external:
+    if not isinstance(handle, PooledConnection) or qr.external or resp.failed:
         return
     keyword = sql.first_keyword(text)
     if keyword == "CREATE" and b"TEMPORARY" in text.upper():
