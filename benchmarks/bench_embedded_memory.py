@@ -4,7 +4,8 @@ Runs phases of N requests each against one endpoint, the way a client's test sui
 does, and prints the endpoint's RSS after each phase together with what chDB itself
 accounts for (``system.metrics``: MemoryTracking and the caches' bytes) and how many databases and tables exist:
 
-- ``select``: ``SELECT 1`` (each request opens and closes its own chDB connection);
+- ``select``: ``SELECT 1`` (each request on a chDB connection of its own, reused from
+  the endpoint's pool);
 - ``churn``: a database and a table created, a row inserted and read, the database
   dropped;
 - ``keep``: the same without the drop (databases pile up, as in a test run that never
