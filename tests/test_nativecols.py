@@ -315,8 +315,6 @@ def test_the_common_types_take_our_writers(monkeypatch: pytest.MonkeyPatch) -> N
     def refuse(*_: Any) -> None:
         raise AssertionError("clickhouse-connect's column writer was called")
 
-    monkeypatch.setattr(ClickHouseType, "write_column", refuse)
-    monkeypatch.setattr(ClickHouseType, "_write_column_low_card", refuse)
     day = dt.datetime(2024, 5, 1, 12, 30, 15, 123_456)
     columns = {
         "DateTime('Asia/Tokyo')": [day, day],
@@ -340,8 +338,12 @@ def test_the_common_types_take_our_writers(monkeypatch: pytest.MonkeyPatch) -> N
         "LowCardinality(String)": [f"k{i % 300}" for i in range(2)],
         "LowCardinality(Nullable(String))": [None, "x"],
     }
+    # Made first: making one checks its writer against clickhouse-connect's.
+    encoders = {t: nativecols.ColumnEncoder("c", t) for t in columns}
+    monkeypatch.setattr(ClickHouseType, "write_column", refuse)
+    monkeypatch.setattr(ClickHouseType, "_write_column_low_card", refuse)
     for type_name, column in columns.items():
-        encoder = nativecols.ColumnEncoder("c", type_name)
+        encoder = encoders[type_name]
         body = nativecols.encode_columns("t", [encoder], [(v,) for v in column], False, UTC)
         assert body is not None, type_name
 
@@ -373,3 +375,26 @@ def test_repeated_datetimes_are_converted_once_each_with_the_same_bytes(
         same(["a", "b", "c"], types, folded)
         folded = [(night.replace(fold=i % 2),) * 3 for i in range(5000)]
         same(["a", "b", "c"], types, folded)
+
+
+def test_a_writer_that_disagrees_with_this_clickhouse_connect_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another clickhouse-connect version may convert values differently: each writer is
+    checked against it on a few values when a column's encoder is made."""
+    covered = [
+        *("DateTime", "DateTime64(3)", "Date", "Date32", "UUID", "FixedString(2)", "Bool"),
+        *("Enum8('a' = 1)", "Decimal(9, 2)", "LowCardinality(String)", "Nullable(Int32)"),
+        *("Nullable(String)", "LowCardinality(Nullable(String))", "Nullable(DateTime)"),
+    ]
+    assert all(nativecols.ColumnEncoder("c", t).writer is not None for t in covered)
+
+    def off_by_one(*_: Any) -> bytes:
+        return b"\x01\x00\x00\x00" * 3
+
+    monkeypatch.setitem(nativecols._WRITERS, "DateTime", off_by_one)
+    with caplog.at_level(logging.WARNING, logger="chworkers.clickhouse.nativecols"):
+        encoder = nativecols.ColumnEncoder("c", "DateTime")
+    assert encoder.writer is None
+    assert "DateTime" in caplog.text
+    same(["c"], ["DateTime"], [(dt.datetime(2024, 1, 1),)])
