@@ -28,7 +28,7 @@ from clickhouse_connect.driver.transform import NativeTransform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chworkers.clickhouse import nativecols
+from chworkers.clickhouse import nativecols, nativewriters
 from chworkers.clickhouse.dedup import normalize
 from chworkers.errors import BatchError
 
@@ -392,7 +392,7 @@ def test_a_writer_that_disagrees_with_this_clickhouse_connect_is_not_used(
     def off_by_one(*_: Any) -> bytes:
         return b"\x01\x00\x00\x00" * 3
 
-    monkeypatch.setitem(nativecols._WRITERS, "DateTime", off_by_one)
+    monkeypatch.setitem(nativewriters.WRITERS, "DateTime", off_by_one)
     with caplog.at_level(logging.WARNING, logger="chworkers.clickhouse.nativecols"):
         encoder = nativecols.ColumnEncoder("c", "DateTime")
     assert encoder.writer is None
