@@ -26,6 +26,7 @@ import dill  # type: ignore[import-untyped]
 from chworkers.clickhouse import columnar, dedup
 from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
 from chworkers.errors import BatchError, ChworkersError, SerializationError, TaskError
+from chworkers.workers import sharedbuf
 
 _NONE: list[pickle.PickleBuffer] = []
 
@@ -91,15 +92,20 @@ class Task:
     #: (with its rejected records), not just the rows written.
     detailed: bool = False
     description: str = ""
+    #: Shared-memory copies of the large buffers (:mod:`chworkers.workers.sharedbuf`).
+    shared: list[sharedbuf.SharedBuffer | None] | None = None
 
-    def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer]]:
-        buffers = self.buffers
-        return (
-            self.id,
-            self.kind,
-            self.payload,
-            [pickle.PickleBuffer(b) for b in buffers] if buffers else _NONE,
-        )
+    def wire(self) -> tuple[int, str, bytes, list[Any]]:
+        buffers, shared = self.buffers, self.shared
+        if not buffers:
+            return self.id, self.kind, self.payload, _NONE
+        if shared is None:
+            return self.id, self.kind, self.payload, [pickle.PickleBuffer(b) for b in buffers]
+        wired = [
+            pickle.PickleBuffer(b) if s is None else s.ref
+            for b, s in zip(buffers, shared, strict=True)
+        ]
+        return self.id, self.kind, self.payload, wired
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,7 @@ def encode_insert(
         token=token,
         description=f"insert of {count} {fmt + ' ' if fmt else ''}rows into {table}",
         detailed=split is not None,
+        shared=_shared(extra, buffers),
     )
 
 
@@ -213,7 +220,13 @@ def prepare_batch(
     return batch.kind, batch.rows, names, batch.data
 
 
+def _shared(extra: list[bytes], buffers: list[bytes]) -> list[sharedbuf.SharedBuffer | None] | None:
+    shared = sharedbuf.share(buffers)
+    return None if shared is None else [*(None for _ in extra), *shared]
+
+
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
+    buffers = sharedbuf.resolve(buffers)
     header, data, split = pickle.loads(payload)
     table, names, settings, token, fmt, budget, count = loads(header, buffers[:split])
     form, data = loads(data, buffers[split:])
@@ -240,13 +253,14 @@ def encode_call(
         future=future,
         nbytes=len(payload) + sum(len(b) for b in buffers),
         description=f"{kind} of {name}",
+        shared=sharedbuf.share(buffers),
     )
 
 
 def decode_call(
     payload: bytes, buffers: Sequence[Any]
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    fn, args, kwargs = loads(payload, buffers)
+    fn, args, kwargs = loads(payload, sharedbuf.resolve(buffers))
     return fn, args, kwargs
 
 

@@ -1,0 +1,96 @@
+"""Large task buffers through shared memory (chworkers.workers.sharedbuf)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future
+from typing import Any
+
+import multiprocess
+import numpy as np
+import pytest
+
+from chworkers.errors import SerializationError
+from chworkers.workers import channel, sharedbuf, tasks
+
+pytestmark = pytest.mark.skipif(not sharedbuf.usable(), reason="no shared memory files here")
+
+
+def _read_in_child(ref: sharedbuf.SharedRef, out: Any) -> None:
+    out.send_bytes(bytes(ref.open()))
+
+
+def test_only_large_buffers_are_shared_and_a_child_maps_them() -> None:
+    big = os.urandom(sharedbuf.THRESHOLD + 5)
+    assert sharedbuf.share([b"small"]) is None
+    shared = sharedbuf.share([b"small", big])
+    assert shared is not None and shared[0] is None and shared[1] is not None
+    ref = shared[1].ref
+    reader, writer = multiprocess.get_context("spawn").Pipe(duplex=False)
+    child = multiprocess.get_context("spawn").Process(target=_read_in_child, args=(ref, writer))
+    child.start()
+    assert reader.recv_bytes() == big
+    child.join(30)
+    shared[1].close()
+    with pytest.raises(SerializationError, match="cannot open"):
+        ref.open()
+
+
+def test_a_reused_descriptor_is_not_taken_for_the_buffer() -> None:
+    first = sharedbuf.SharedBuffer(b"a" * 100)
+    ref = first.ref
+    first.close()
+    second = sharedbuf.SharedBuffer(b"b" * 100)  # most likely the same descriptor number
+    try:
+        with pytest.raises(SerializationError):
+            ref.open()
+        assert bytes(second.ref.open()) == b"b" * 100
+    finally:
+        second.close()
+
+
+def test_a_forked_child_does_not_keep_the_files() -> None:
+    buf = sharedbuf.SharedBuffer(b"x" * 10)
+    pid = os.fork()
+    if pid == 0:  # the child: the inherited descriptor is closed
+        os._exit(0 if not os.path.exists(f"/proc/self/fd/{buf.ref.fd}") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert bytes(buf.ref.open()) == b"x" * 10  # the parent still has it
+    buf.close()
+
+
+def test_tasks_carry_references_to_large_buffers_and_workers_decode_them() -> None:
+    body = os.urandom(3 * sharedbuf.THRESHOLD)
+    task = tasks.encode_insert(1, Future(), "t", body, None, None, None, fmt="Native", rows=5)
+    frames = channel.encode(channel.TASKS, [task.wire()])
+    assert sum(memoryview(f).nbytes for f in frames) < 4096  # no copy of the body in the pipe
+    _, [(_, _, payload, buffers)] = channel.decode(frames[0], frames[1:])
+    spec = tasks.decode_insert(payload, buffers)
+    assert bytes(spec.data) == body and spec.rows == 5
+    column = np.arange(sharedbuf.THRESHOLD // 4, dtype=np.int64)
+    call = tasks.encode_call(2, Future(), tasks.CALL, np.sum, (column,), {})
+    assert call.shared is not None
+    _, [(_, _, payload, buffers)] = channel.decode(
+        *_split(channel.encode(channel.TASKS, [call.wire()]))
+    )
+    fn, args, _ = tasks.decode_call(payload, buffers)
+    assert int(fn(*args)) == int(column.sum())
+
+
+def _split(frames: list[Any]) -> tuple[Any, list[Any]]:
+    return frames[0], frames[1:]
+
+
+def test_large_inserts_through_the_supervisor(endpoint: Any, database: str, ch_client: Any) -> None:
+    from chworkers import Supervisor
+
+    ch_client.command("CREATE TABLE t (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+    body = b"".join(b'{"id":%d,"s":"%s"}\n' % (i, b"x" * 40) for i in range(40_000))
+    assert len(body) > sharedbuf.THRESHOLD
+    with Supervisor(f"{endpoint.url}/{database}", workers=1, start_method="fork") as sup:
+        assert sup.insert_raw("t", body, "JSONEachRow", rows=40_000).result(60) == 40_000
+        ids = np.arange(40_000, 200_000, dtype=np.uint64)
+        columns = {"id": ids, "s": np.array(["y"] * len(ids), dtype=object)}
+        assert sup.insert("t", columns).result(60) == len(ids)
+    assert ch_client.command("SELECT count(), uniqExact(id) FROM t") == ["200000", "200000"]
