@@ -353,3 +353,26 @@ def test_many_threads_of_one_process_share_its_slots_exactly(broker: LeaseBroker
     assert peak == 2
     stats = broker.stats()
     assert (stats.in_use, stats.granted_total, client.held) == (0, 1200, 0)
+
+
+def test_a_waiter_killed_in_the_queue_does_not_hold_up_the_next(broker: LeaseBroker) -> None:
+    ctx = multiprocess.get_context("fork")
+    main = broker.client("main")
+    main.acquire(1)
+    main.acquire(1)
+    order = ctx.Queue()
+    doomed = ctx.Process(target=_wait_and_report, args=(broker.client("doomed"), "doomed", order))
+    doomed.start()
+    wait_for(lambda: broker.stats().waiting == 1)
+    nxt = ctx.Process(target=_wait_and_report, args=(broker.client("next"), "next", order))
+    nxt.start()
+    try:
+        wait_for(lambda: broker.stats().waiting == 2)
+        os.kill(doomed.pid or 0, signal.SIGKILL)
+        doomed.join(5)
+        main.release()
+        assert order.get(timeout=10) == "next"
+        assert broker.stats().by_holder == {"main": 1, "next": 1}
+    finally:
+        nxt.kill()
+        nxt.join()
