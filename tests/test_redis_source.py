@@ -17,6 +17,7 @@ from waiting import wait_for
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon import config
+from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
 from chworkers.daemon.brokers.redisstream import display_url
 from chworkers.daemon.mapping import FieldMapper
@@ -174,6 +175,14 @@ def test_a_message_is_framed_alike_wherever_it_is_built() -> None:
     assert mapped.add(batch, Message("1-4", b'\n{"a":2}\n\n')) is None
     assert (batch.rows, mapped.payload(batch)) == (2, b'{"b":1}\n\n{"b":2}\n\n')
     assert mapped.add(batch, Message("1-5", None)) is not None  # poison: no payload field
+    messages = [Message(f"2-{i}", b'{"a":1}') for i in range(5)]
+    messages[2] = Message("2-2", None)
+    first, second = Assembly(), Assembly()
+    plain = Assembler("JSONEachRow")
+    assert plain.extend(first, messages, 0, BatchLimits(max_rows=2)) == (2, [])
+    stop, poison = plain.extend(second, messages, 2, BatchLimits(max_rows=2))
+    assert (stop, [p.message.id for p in poison]) == (5, ["2-2"])
+    assert (first.ids, second.ids, second.rows) == (["2-0", "2-1"], ["2-3", "2-4"], 2)
     csv = Assembler("CSV")
     with pytest.raises(Exception, match="ends inside a record"):
         csv.frame(Message("1-2", b'1,"open quote\n'))

@@ -42,6 +42,9 @@ class Assembly:
     rows: int = 0
     size: int = 0
     started: float = 0.0  # time.monotonic() of the first message
+    #: Ids not in stream order (claimed entries among new ones): the manifest's check
+    #: must find the lowest and highest itself.
+    mixed: bool = False
 
     def full(self, limits: BatchLimits) -> bool:
         return self.rows >= limits.max_rows or self.size >= limits.max_bytes
@@ -126,6 +129,46 @@ class Assembler:
             batch.rows += rows
             batch.size += len(records)
         return None
+
+    def extend(
+        self, batch: Assembly, messages: list[Message], start: int, limits: BatchLimits
+    ) -> tuple[int, list[Poison]]:
+        """Add ``messages[start:]`` until ``batch`` is full; returns where it stopped and
+        the poison met on the way (the hot loop of a source: :meth:`add` inlined)."""
+        poison: list[Poison] = []
+        ids, chunks = batch.ids, batch.chunks
+        rows, size = batch.rows, batch.size
+        max_rows, max_bytes = limits.max_rows, limits.max_bytes
+        plain = not self._quoted
+        limit = self.max_record_bytes
+        if not ids and start < len(messages):
+            batch.started = time.monotonic()
+        index = start
+        for index in range(start, len(messages)):
+            if rows >= max_rows or size >= max_bytes:
+                break
+            message = messages[index]
+            payload = message.payload
+            if plain and payload and len(payload) < limit:
+                records = payload if payload[-1] == 10 else payload + b"\n"
+                count = records.count(b"\n")
+                if b"\n\n" in records or records[0] == 10:
+                    count = count_lines(records)
+            else:
+                try:
+                    records, count = self.frame(message)
+                except PoisonMessageError as exc:
+                    poison.append(Poison(message, exc))
+                    continue
+            ids.append(message.id)
+            if count:
+                chunks.append(records)
+                rows += count
+                size += len(records)
+        else:
+            index = len(messages)
+        batch.rows, batch.size = rows, size
+        return index, poison
 
     def rebuild(
         self, ids: list[str], messages: dict[str, Message]

@@ -62,7 +62,12 @@ def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
             value="redis",
             expected="redis-py installed",
         ) from exc
-    kwargs: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
+    # RESP2 (redis-py 8 defaults to RESP3): the same reply shapes with every redis-py.
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": 30.0,
+        "protocol": 2,
+    }
     if options.username is not None:
         kwargs["username"] = options.username
     password = options.secret(where)
@@ -127,6 +132,9 @@ class RedisSource:
         self.where = f"pipeline {name!r}"
         self.url = display_url(options.url)
         self.client = connect(options, self.where)
+        # Entries as the parser gives them: redis-py's per-entry dicts cost more than
+        # everything else the source does per entry (see _messages).
+        self.client.set_response_callback("XREADGROUP", _raw)
         self.stream, self.group = options.stream, options.group
         prefix = f"{self.stream}:chworkers:{self.group}"
         self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
@@ -137,7 +145,6 @@ class RedisSource:
         self._lock = threading.Lock()
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
         self._assembly = Assembly()
-        self._assembled: set[str] = set()
         self._trouble: tuple[float, str] | None = None  # since (wall clock), why
         self._claim_cursor = "0-0"
 
@@ -247,19 +254,25 @@ class RedisSource:
             count=count,
             block=max(1, int(min(wait, 1.0) * 1000)),
         )
-        for message in self._messages(reply):
-            self._take(message)
+        messages = self._messages(reply)
+        start = 0
+        while start < len(messages):
+            start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
+            if poison:
+                self._poison(poison)
             if self._assembly.full(self.limits):
                 self._cut()
 
-    def _take(self, message: Message) -> None:
-        if message.id in self._assembled:
+    def _take(self, message: Message, present: set[str]) -> None:
+        """One claimed entry without a manifest: batched anew (unless it is in the batch
+        being put together already: a claim can take back our own idle entries)."""
+        if message.id in present:
             return
+        present.add(message.id)
+        self._assembly.mixed = True
         poison = self.assembler.add(self._assembly, message)
         if poison is not None:
             self._poison([poison])
-        else:
-            self._assembled.add(message.id)
 
     def _claim(self) -> None:
         """Take over entries other consumers left pending for ``claim_idle``."""
@@ -276,7 +289,7 @@ class RedisSource:
         messages = [
             message
             for message in self._messages([[self.stream, reply[1]]])
-            if message.id not in self._assembled
+            if message.id not in set(self._assembly.ids)
         ]
         if messages:
             log.info("source %s: claimed %d idle entries", self.name, len(messages))
@@ -303,12 +316,14 @@ class RedisSource:
                     continue  # ours already (our own entries, idle while in flight)
             self._rebuild(token, owners[claimed[0].id][1], claimed)
         fresh.sort(key=lambda m: _order(m.id))
+        present = set(self._assembly.ids)
         for message in fresh:
             if self._too_often(message):
                 continue
-            self._take(message)
+            self._take(message, present)
             if self._assembly.full(self.limits):
                 self._cut()
+                present = set()
 
     def _live_manifests(self) -> dict[str, tuple[str, list[str]]]:
         """Entry id -> (token, ids) of every manifest beside the stream (few: one per
@@ -357,7 +372,6 @@ class RedisSource:
 
     def _cut(self) -> None:
         batch, self._assembly = self._assembly, Assembly()
-        self._assembled.clear()
         token = broker_token("redis", self.stream, self.group, batch.ids)
         self._hand_on(token, batch.ids, batch, write_manifest=True)
 
@@ -377,8 +391,8 @@ class RedisSource:
                     token,
                     body,
                     int(self.options.manifest_ttl * 1000),
-                    min(ids, key=_order),
-                    max(ids, key=_order),
+                    min(ids, key=_order) if batch.mixed else ids[0],
+                    max(ids, key=_order) if batch.mixed else ids[-1],
                 ],
             )
             verdict = [_text(part) for part in reply]
@@ -493,12 +507,21 @@ class RedisSource:
         return out
 
     def _messages(self, reply: Any) -> list[Message]:
+        """Entries of a reply: ``[[stream, [[id, fields], ...]]]`` where ``fields`` is
+        a flat list (raw XREADGROUP), a dict (other commands) or None (deleted)."""
         field = self.options.field.encode()
         out: list[Message] = []
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
-                payload = None if fields is None else fields.get(field)
-                out.append(Message(_text(entry_id), payload))
+                if not fields:
+                    payload = None
+                elif isinstance(fields, dict):
+                    payload = fields.get(field)
+                elif fields[0] == field:
+                    payload = fields[1]
+                else:
+                    payload = dict(zip(fields[::2], fields[1::2], strict=True)).get(field)
+                out.append(Message(entry_id.decode(), payload))
         return out
 
     def _publish_gauges(self) -> None:
@@ -534,6 +557,10 @@ class RedisSource:
                 self._trouble = (time.time(), why)
         if first:
             log.warning("source %s: %s; retrying", self.name, why)
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _text(value: Any) -> str:
