@@ -16,6 +16,7 @@ from chworkers.settings import (
     render_reference,
     section,
     setting,
+    unbounded,
     validate,
 )
 
@@ -156,3 +157,16 @@ def test_python_api_validates_like_the_config_file() -> None:
     with pytest.raises(ConfigError, match="integer"):
         Validated(workers=True)
     assert reloadable(Validated) == {"workers"}
+
+
+def test_unbounded_skips_only_the_bounds_and_only_the_values_it_is_given() -> None:
+    base = Validated(workers=3)
+    low = unbounded(base, workers=0, timeout="2ms")
+    assert (low.workers, low.timeout, low.name) == (0, pytest.approx(0.002), None)
+    assert base.workers == 3  # a copy: the original is untouched
+    with pytest.raises(ConfigError, match="integer"):
+        unbounded(base, workers="many")  # types and units are still checked
+    with pytest.raises(TypeError, match="no setting 'wokers'"):
+        unbounded(base, wokers=0)
+    with pytest.raises(ConfigError, match=">= 1"):
+        dataclasses.replace(low, name="x")  # anything built again is validated again

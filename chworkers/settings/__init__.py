@@ -32,6 +32,7 @@ from chworkers.settings.declare import (
     same_as,
     section,
     setting,
+    unbounded,
     validate,
 )
 from chworkers.settings.loading import build
@@ -51,5 +52,6 @@ __all__ = [
     "same_as",
     "section",
     "setting",
+    "unbounded",
     "validate",
 ]

@@ -7,16 +7,19 @@ validates an instance against them (:func:`validate`, from ``__post_init__``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from chworkers.errors import ConfigError
 from chworkers.settings.values import parse_value, plural
 
 ENV_PREFIX = "CHWORKERS_"
+
+_S = TypeVar("_S")
 
 
 def setting(
@@ -221,6 +224,28 @@ def validate(obj: Any, *, source: str | None = None) -> None:
         parsed = parse_value(tp, f.metadata, value, f.name, where)
         if parsed is not value:
             object.__setattr__(obj, f.name, parsed)
+
+
+def unbounded(settings: _S, **changes: Any) -> _S:
+    """A copy of ``settings`` with ``changes`` parsed and type-checked as usual but not
+    held to their declared minimum and maximum (nor to checks across settings).
+
+    For tests and benchmarks whose point is a value no configuration should ask for: a
+    retry backoff of a millisecond so that a thousand failures take a second, a spool of
+    a few bytes. The call site says so explicitly; every other value of ``settings`` was
+    validated when it was built. ``unbounded(SpoolSettings(), retry_backoff_max=0.001)``.
+    """
+    cls = type(settings)
+    declared = {f.name: f for f in settings_fields(cls)}
+    hints = hints_of(cls)
+    out = copy.copy(settings)  # not dataclasses.replace: that would validate again
+    for name, value in changes.items():
+        field = declared.get(name)
+        if field is None or is_section(hints[name]):
+            raise TypeError(f"{cls.__name__} declares no setting {name!r}")
+        meta = {**field.metadata, "minimum": None, "maximum": None}
+        object.__setattr__(out, name, parse_value(hints[name], meta, value, name, cls.__name__))
+    return out
 
 
 def reloadable(cls: type[Any]) -> frozenset[str]:
