@@ -8,6 +8,7 @@ import pytest
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ChworkersError, SpoolFullError
 
@@ -79,7 +80,7 @@ def test_tables_and_settings_are_separate_batches(tmp_path: Path) -> None:
 
 def test_full_spool_fails_the_ticket_not_the_batcher(tmp_path: Path) -> None:
     got = Collector()
-    spool = Spool(tmp_path, max_bytes=2000, policy="reject")
+    spool = Spool(tmp_path, SpoolSettings(max_bytes=2000, policy="reject"))
     batcher = Batcher(spool, got, limits=BatchLimits(max_rows=1, max_delay=60))
     batcher.add("t", b"first\n", 1, format="CSV").wait(5)
     with pytest.raises(SpoolFullError):

@@ -24,6 +24,7 @@ from daemonthread import Running, lines
 
 from chworkers import ConnectionPool
 from chworkers.daemon import config
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.service import Daemon
 from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
@@ -210,7 +211,7 @@ def test_endpoint_down_mid_ingest_spools_and_recovers(
 def test_corrupt_spool_file_is_quarantined_and_the_rest_replayed(
     tmp_path: Path, own_endpoint: EmbeddedClickHouse
 ) -> None:
-    spool = Spool(tmp_path / "state" / "spool", fsync=False)
+    spool = Spool(tmp_path / "state" / "spool", SpoolSettings(fsync=False))
     ok = spool.put("ev", lines(0, 10), format="JSONEachRow", rows=10)
     broken = spool.put("ev", lines(10, 20), format="JSONEachRow", rows=10)
     assert broken.path is not None

@@ -14,6 +14,7 @@ import waiting
 
 from chworkers import ConnectionPool
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -92,7 +93,7 @@ def test_outage_spools_then_drains_exactly_once(
         )
     )
     pool.close()
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     inserter = Inserter(ch.url)
     failures: list[BaseException] = []
     results: list[int] = []
@@ -136,7 +137,7 @@ def test_outage_spools_then_drains_exactly_once(
 
 
 def test_stop_leaves_unconfirmed_batches_in_the_spool(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     never: Future[Any] = Future()
     dispatcher = Dispatcher(spool, lambda batch: never, max_in_flight=1)
     dispatcher.start()

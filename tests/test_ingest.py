@@ -12,13 +12,15 @@ import pytest
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 
 
 class Harness:
     def __init__(self, root: Path, **kw: object) -> None:
         self.spool = Spool(
-            root, fsync=False, max_bytes=kw.pop("max_bytes", 1 << 30), policy="reject"
+            root,
+            SpoolSettings(fsync=False, max_bytes=kw.pop("max_bytes", 1 << 30), policy="reject"),
         )  # type: ignore[arg-type]
         self.batches: list[SpooledBatch] = []
         self.batcher = Batcher(self.spool, self.batches.append, limits=BatchLimits(max_delay=0.02))

@@ -1,14 +1,18 @@
-"""Constructors whose parameters are settings take their defaults from the declaration.
+"""Constructors take their settings objects, or their defaults from the declarations.
 
 A default written twice drifts (``HostSelector(cooldown=5.0)`` while the setting said
-2.0): each constructor below is paired with the settings it mirrors, and every parameter
-that is a setting must default to the declared value.
+2.0), and a setting copied field by field into a constructor has to be copied again for
+every new one. So the daemon's components take their settings object whole
+(``Spool(directory, SpoolSettings(...))``) and have no parameter of their own for a
+setting; the constructors that still mirror settings as separate parameters must
+default each one to the declared value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -42,11 +46,29 @@ MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str
         {"max_backoff": "retry_backoff_max", "permanent_backoff": "permanent_error_backoff"},
         {"max_in_flight": "the setting's 0 means twice the workers; the daemon resolves it"},
     ),
-    (Spool, SpoolSettings, {}, {}),
     (IngestServer, HttpSettings, {}, {}),
     (EmbeddedClickHouse, EmbeddedSettings, {}, {}),
     (logs.configure, LogSettings, {}, {}),
 ]
+
+
+#: (constructor, the settings object it takes, parameters it had for them before).
+TAKES: list[tuple[Callable[..., Any], type[Any], frozenset[str]]] = [
+    (Spool, SpoolSettings, frozenset()),
+]
+
+
+@pytest.mark.parametrize("ctor, settings, former", TAKES, ids=[t[0].__name__ for t in TAKES])
+def test_constructors_take_their_settings_object_whole(
+    ctor: Callable[..., Any], settings: type[Any], former: frozenset[str]
+) -> None:
+    hints = typing.get_type_hints(ctor.__init__ if isinstance(ctor, type) else ctor)
+    takes = [
+        name for name, tp in hints.items() if tp is settings or settings in typing.get_args(tp)
+    ]
+    assert len(takes) == 1, f"{ctor.__name__} takes no {settings.__name__}"
+    copied = set(inspect.signature(ctor).parameters) & (set(_declared(settings)) | former)
+    assert not copied, f"{ctor.__name__} takes {sorted(copied)} apart from its {settings.__name__}"
 
 
 def _declared(cls: type[Any]) -> dict[str, Any]:

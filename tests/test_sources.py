@@ -11,6 +11,7 @@ import pytest
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.sources import Checkpoints, FileSource, StreamSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConfigError
@@ -20,7 +21,7 @@ class Pipeline:
     """A real spool, batcher and checkpoint store; batches are collected, not inserted."""
 
     def __init__(self, root: Path, max_delay: float = 0.05) -> None:
-        self.spool = Spool(root / "spool", fsync=False)
+        self.spool = Spool(root / "spool", SpoolSettings(fsync=False))
         self.checkpoints = Checkpoints(root / "positions")
         self.batches: list[SpooledBatch] = []
         self.batcher = Batcher(

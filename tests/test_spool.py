@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.errors import SpoolFullError
 from chworkers.ops.metrics import Metrics
@@ -22,7 +23,7 @@ def put(spool: Spool, payload: bytes) -> SpooledBatch:
 
 
 def test_put_recover_remove_round_trip(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, fsync=True)
+    spool = Spool(tmp_path, SpoolSettings(fsync=True))
     a = spool.put("events", b'{"x":1}\n', format="JSONEachRow", rows=1, settings={"s": 1})
     b = spool.put("events", b'{"x":2}\n', format="JSONEachRow", rows=1)
     assert a.token != b.token
@@ -68,7 +69,7 @@ def test_corrupt_file_is_quarantined_and_rest_replayed(tmp_path: Path, damage: s
 
 
 def test_reject_policy_raises_when_full(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=4096, policy="reject")
+    spool = Spool(tmp_path, SpoolSettings(max_bytes=4096, policy="reject"))
     put(spool, b"x" * 1000 + b"\n")
     put(spool, b"x" * 1000 + b"\n")
     with pytest.raises(SpoolFullError, match="full"):
@@ -77,7 +78,9 @@ def test_reject_policy_raises_when_full(tmp_path: Path) -> None:
 
 def test_drop_oldest_policy_counts_drops(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    spool = Spool(tmp_path, max_bytes=4096, policy="drop_oldest", metrics=Metrics(registry))
+    spool = Spool(
+        tmp_path, SpoolSettings(max_bytes=4096, policy="drop_oldest"), metrics=Metrics(registry)
+    )
     first = put(spool, b"a" * 1500 + b"\n")
     put(spool, b"b" * 1500 + b"\n")
     put(spool, b"c" * 1500 + b"\n")
@@ -87,7 +90,7 @@ def test_drop_oldest_policy_counts_drops(tmp_path: Path) -> None:
 
 
 def test_block_policy_waits_for_space(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=4096, policy="block")
+    spool = Spool(tmp_path, SpoolSettings(max_bytes=4096, policy="block"))
     first = spool.put("t", b"x" * 3000, format="CSV", rows=1)
     threading.Timer(0.2, spool.remove, args=(first,)).start()
     started = time.monotonic()
@@ -142,8 +145,8 @@ def test_kill_9_while_writing_leaves_only_whole_batches(tmp_path: Path) -> None:
 
 def test_batch_larger_than_cap_is_admitted_into_an_empty_spool(tmp_path: Path) -> None:
     # Otherwise it could never be written at all; the cap bounds the backlog, not a batch.
-    spool = Spool(tmp_path, max_bytes=100, policy="reject")
-    put(spool, b"x" * 1000 + b"\n")
+    spool = Spool(tmp_path, SpoolSettings(max_bytes=1024, policy="reject"))
+    put(spool, b"x" * 2000 + b"\n")
     with pytest.raises(SpoolFullError):
         put(spool, b"y\n")
 
@@ -166,7 +169,7 @@ def test_sequence_reservations_survive_many_restarts(tmp_path: Path) -> None:
 
     seen: set[int] = set()
     for _ in range(3):
-        spool = Spool(tmp_path, fsync=False)
+        spool = Spool(tmp_path, SpoolSettings(fsync=False))
         for _ in range(spool_module.SEQ_BLOCK + 5):  # cross a reservation block
             batch = put(spool, b"1\n")
             assert batch.seq not in seen

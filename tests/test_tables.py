@@ -13,6 +13,7 @@ from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
 
 from chworkers import ConnectionPool
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.tables import Tables
 
@@ -38,7 +39,7 @@ def test_batches_wait_for_their_table_and_go_in_spool_order(
         initial_backoff=60.0,  # long: retry_now() (SIGHUP) must cut it short
         max_backoff=60.0,
     )
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     try:
         fault_proxy.set("refuse")
         tables.start()

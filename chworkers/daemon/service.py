@@ -210,13 +210,7 @@ class Daemon:
 
     def _start_pipeline_machinery(self, stack: contextlib.ExitStack) -> None:
         s = self.config.settings
-        self.spool = Spool(
-            self.state_dir / "spool",
-            max_bytes=s.spool.max_bytes,
-            policy=s.spool.policy,
-            fsync=s.spool.fsync,
-            metrics=self.metrics,
-        )
+        self.spool = Spool(self.state_dir / "spool", s.spool, metrics=self.metrics)
         stack.callback(self.spool.close)
         self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
         self.checkpoints = Checkpoints(self.state_dir / "positions")

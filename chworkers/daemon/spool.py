@@ -65,22 +65,25 @@ class Reservation:
 
 
 class Spool:
-    """A directory of batch files with a size cap and a full-spool policy."""
+    """A directory of batch files with a size cap and a full-spool policy.
+
+    ``settings`` are the daemon's ``[spool]`` (its cap, policy and fsync; the defaults
+    when not given); the dispatcher reads the rest of them.
+    """
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
+        settings: SpoolSettings | None = None,
         *,
-        max_bytes: int = SpoolSettings.max_bytes,
-        policy: Policy = SpoolSettings.policy,
-        fsync: bool = SpoolSettings.fsync,
         metrics: Metrics | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.quarantine_dir = self.directory / "quarantine"
-        self.max_bytes = max_bytes
-        self.policy = policy
-        self.fsync = fsync
+        self.settings = settings = settings or SpoolSettings()
+        self.max_bytes = settings.max_bytes
+        self.policy: Policy = settings.policy
+        self.fsync = settings.fsync
         self._metrics = metrics
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.http.limits import HttpLimits
 from chworkers.ops.exposition import MetricsEndpoint
@@ -27,7 +28,7 @@ def main() -> None:
     kind, directory, limits_json = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     limits = HttpLimits(**json.loads(limits_json))
     if kind == "ingest":
-        spool = Spool(directory / "spool", fsync=False, policy="reject")
+        spool = Spool(directory / "spool", SpoolSettings(fsync=False, policy="reject"))
         batcher = Batcher(spool, lambda batch: None, limits=BatchLimits(max_delay=0.01))
         server = IngestServer(
             {"events": Route("events", "push")},

@@ -15,6 +15,7 @@ from smalldisk import disk_full, fill, small_filesystem
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.sources import Checkpoints, FileSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
@@ -25,7 +26,7 @@ class Pipeline:
     """A real spool, batcher and checkpoint store; batches are collected, not inserted."""
 
     def __init__(self, root: Path) -> None:
-        self.spool = Spool(root / "spool", fsync=False)
+        self.spool = Spool(root / "spool", SpoolSettings(fsync=False))
         self.checkpoints = Checkpoints(root / "positions")
         self.batches: list[SpooledBatch] = []
         limits = BatchLimits(max_rows=1000, max_delay=0.02)

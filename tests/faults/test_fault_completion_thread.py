@@ -12,6 +12,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.workers.supervisor import Supervisor
@@ -24,7 +25,7 @@ def test_a_blocked_completion_does_not_stall_the_supervisor(
         "CREATE TABLE ev (n UInt64) ENGINE = MergeTree ORDER BY n "
         "SETTINGS non_replicated_deduplication_window = 1000"
     )
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     release = threading.Event()
     entered = threading.Event()
     threads: list[str] = []

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 
 
 def test_an_unexpected_error_from_submit_is_a_failed_attempt(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     calls: list[int] = []
 
     def submit(batch: SpooledBatch) -> Future[Any]:

@@ -23,6 +23,7 @@ import waiting
 
 from chworkers import Supervisor
 from chworkers.daemon import config
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -120,7 +121,7 @@ def test_a_stuck_or_dead_dispatcher_thread_is_reported(tmp_path: Path) -> None:
     from chworkers.daemon.dispatch import Dispatcher
     from chworkers.daemon.spool import Spool
 
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     release = threading.Event()
 
     def stuck_submit(batch: Any) -> Any:

@@ -25,6 +25,7 @@ from chworkers.backoff import capped_backoff
 from chworkers.clickhouse.dsn import Host
 from chworkers.clickhouse.hosts import HostSelector
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConnectError
 
@@ -147,7 +148,7 @@ def test_a_batch_failing_1100_times_is_still_retried_and_lands_once(
             )
         )
 
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     failures: list[BaseException] = []
     dispatcher = Dispatcher(
         spool,

@@ -21,6 +21,7 @@ from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -70,7 +71,9 @@ class Push:
 @pytest.fixture
 def blocked_spool(tmp_path: Path) -> Iterator[tuple[Spool, SpooledBatch]]:
     """A spool (policy block) that one batch fills; remove it to make room."""
-    spool = Spool(tmp_path / "spool", max_bytes=64 * 1024, policy="block", fsync=False)
+    spool = Spool(
+        tmp_path / "spool", SpoolSettings(max_bytes=64 * 1024, policy="block", fsync=False)
+    )
     # An empty spool takes any batch, even one over the cap: this one fills it.
     filler = spool.put("ev", b'{"n":-1}\n' * 8000, format="JSONEachRow", rows=8000)
     yield spool, filler
@@ -96,7 +99,7 @@ def test_a_request_answered_503_is_never_spooled_later(
 def test_the_batching_delay_does_not_count_against_spool_timeout(tmp_path: Path) -> None:
     """A batch is cut up to max_delay after a request: with a spool_timeout shorter than
     that, every request was answered 503 although the spool was empty."""
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     push = Push(spool, spool_timeout=0.2, max_delay=1.0)
     try:
         for i in range(3):
@@ -141,7 +144,7 @@ def test_concurrent_requests_each_whole_or_not_at_all(
 
 def test_a_full_disk_is_a_503_with_retry_after_not_a_500(tmp_path: Path) -> None:
     with small_filesystem(tmp_path / "small") as tmpfs:
-        spool = Spool(tmp_path / "small" / "spool", fsync=True)
+        spool = Spool(tmp_path / "small" / "spool", SpoolSettings(fsync=True))
         spool.put("ev", b"{}\n", format="JSONEachRow", rows=1)  # numbers reserved
         push = Push(spool, spool_timeout=5)
         try:
@@ -170,7 +173,7 @@ def test_a_full_disk_is_a_503_with_retry_after_not_a_500(tmp_path: Path) -> None
 def test_a_json_body_declared_csv_is_refused_with_the_reason(
     tmp_path: Path, path: str, content_type: str, status: int
 ) -> None:
-    push = Push(Spool(tmp_path / "spool", fsync=False), spool_timeout=5)
+    push = Push(Spool(tmp_path / "spool", SpoolSettings(fsync=False)), spool_timeout=5)
     try:
         got, payload, _ = post(push.port, rows(0, 2), {"Content-Type": content_type}, path)
         assert got == status, payload

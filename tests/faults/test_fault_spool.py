@@ -16,6 +16,7 @@ from smalldisk import disk_full, small_filesystem
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import SpoolError, SpoolFullError, SpoolWriteError
@@ -39,7 +40,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_says_why(
 ) -> None:
     path, tmpfs = small_disk
     metrics = Metrics(CollectorRegistry())
-    spool = Spool(path / "spool", fsync=True, metrics=metrics)
+    spool = Spool(path / "spool", SpoolSettings(fsync=True), metrics=metrics)
     spool.put("t", b"first\n", format="CSV", rows=1)  # numbers reserved: the next put only
     with disk_full(path, tmpfs=tmpfs):  # writes its batch file
         with pytest.raises(SpoolWriteError) as failed:
@@ -59,12 +60,12 @@ def test_a_failed_sequence_write_hands_out_no_number(small_disk: tuple[Path, boo
     """The batch number is the deduplication token: one handed out without being made
     durable comes back after a restart, and ClickHouse drops the new batch as a duplicate."""
     path, tmpfs = small_disk
-    spool = Spool(path / "spool", fsync=True)
+    spool = Spool(path / "spool", SpoolSettings(fsync=True))
     with disk_full(path, tmpfs=tmpfs), pytest.raises((SpoolWriteError, OSError)):
         spool.put("t", b"1\n", format="CSV", rows=1)  # the first put persists the numbers
     used = spool.put("t", b"2\n", format="CSV", rows=1)
     spool.remove(used)  # confirmed by ClickHouse, gone from the spool
-    again = Spool(path / "spool", fsync=True)
+    again = Spool(path / "spool", SpoolSettings(fsync=True))
     again.recover()
     later = [again.put("t", b"%d\n" % i, format="CSV", rows=1) for i in range(3)]
     assert used.token not in {b.token for b in later}
@@ -140,7 +141,7 @@ def test_a_source_blocked_on_a_full_spool_is_visible(tmp_path: Path) -> None:
     spool: that wait shows in the batcher's problems() and chworkers_spool_waiting_rows
     as a refused write does, and clears once the spool has room."""
     metrics = Metrics(CollectorRegistry())
-    spool = Spool(tmp_path / "spool", max_bytes=4096, policy="block", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(max_bytes=4096, policy="block", fsync=False))
     filler = spool.put("t", b"x" * 8000 + b"\n", format="CSV", rows=1)  # fills the spool
     batcher = Batcher(
         spool, lambda b: None, limits=BatchLimits(max_rows=10, max_delay=60), metrics=metrics
@@ -168,7 +169,7 @@ def test_a_source_blocked_on_a_full_spool_is_visible(tmp_path: Path) -> None:
 def test_a_refusal_is_not_reported_once_there_is_room_again(tmp_path: Path) -> None:
     """Under policy reject a refused batch made problems() (and so health) report a full
     spool until the next successful write, however long the spool had been empty."""
-    spool = Spool(tmp_path / "spool", max_bytes=4096, policy="reject", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(max_bytes=4096, policy="reject", fsync=False))
     filler = spool.put("t", b"x" * 8000 + b"\n", format="CSV", rows=1)
     with pytest.raises(SpoolFullError):
         spool.put("t", b"y\n", format="CSV", rows=1)
@@ -180,7 +181,7 @@ def test_a_refusal_is_not_reported_once_there_is_room_again(tmp_path: Path) -> N
 def test_a_batch_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
     """An error other than the spool's (here: meta that JSON cannot encode) fails the
     records it concerns; the timer thread lives on and cuts the other batches."""
-    batcher = Batcher(Spool(tmp_path / "spool", fsync=False), lambda b: None)
+    batcher = Batcher(Spool(tmp_path / "spool", SpoolSettings(fsync=False)), lambda b: None)
     try:
         broken = batcher.add("t", b"1\n", 1, format="CSV", meta={"x": object()})
         with pytest.raises(SpoolError, match="TypeError"):

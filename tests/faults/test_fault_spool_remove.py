@@ -21,6 +21,7 @@ from smalldisk import small_filesystem
 
 from chworkers import ConnectionPool
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -43,7 +44,7 @@ def test_a_batch_whose_file_cannot_be_removed_is_retried_until_it_is(
             pytest.skip("needs a tmpfs to turn read-only (root)")
         pool = ConnectionPool(f"{endpoint.url}/{database}", {"max_connections": 1})
         executor = ThreadPoolExecutor(1)
-        spool = Spool(disk / "spool", fsync=False)
+        spool = Spool(disk / "spool", SpoolSettings(fsync=False))
         done = threading.Event()
         completions = 0
 

@@ -18,6 +18,7 @@ from waiting import wait_for
 
 from chworkers import ConnectionPool
 from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -32,7 +33,7 @@ def test_a_batch_that_cannot_be_read_back_for_a_moment_is_retried(
     )
     pool = ConnectionPool(f"{endpoint.url}/{database}", {"max_connections": 1})
     executor = ThreadPoolExecutor(1)
-    spool = Spool(tmp_path / "spool", fsync=False)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     failures: list[BaseException] = []
 
     def submit(batch: SpooledBatch) -> Future[Any]:
