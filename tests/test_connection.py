@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 from collections.abc import Iterator
@@ -145,6 +146,27 @@ def test_insert_every_shape(conn: Connection) -> None:
     conn.command("CREATE TABLE m (a Int64, b Int64) ENGINE = MergeTree ORDER BY a")
     conn.insert("m", np.array([[1, 2], [3, 4]]))
     assert conn.query("SELECT a, b FROM m ORDER BY a").result_rows == [(1, 2), (3, 4)]
+
+
+@pytest.mark.parametrize(("compress", "codec"), [("lz4", "lz4"), ("zstd", "zstd"), ("false", None)])
+def test_rows_go_as_native_compressed_as_configured(
+    endpoint: EmbeddedClickHouse, database: str, compress: str, codec: str | None
+) -> None:
+    with Connection(f"{endpoint.url}/{database}?compress={compress}") as c:
+        c.command("CREATE TABLE c (a Int32, b String, t DateTime) ENGINE = MergeTree ORDER BY a")
+        sent: list[object] = []
+        raw_insert = c.client.raw_insert
+
+        def spy(*args: object, **kwargs: object) -> object:
+            sent.append(kwargs.get("compression"))
+            return raw_insert(*args, **kwargs)
+
+        c.client.raw_insert = spy
+        when = dt.datetime(2024, 5, 6, 7, 8, 9)
+        rows = [(i, f"r{i}" * (i % 7), when + dt.timedelta(seconds=i)) for i in range(5000)]
+        assert c.insert("c", rows, ["a", "b", "t"]).written_rows == 5000
+        assert sent == [codec]  # as Native, compressed as the connection says
+        assert c.query("SELECT a, b, t FROM c ORDER BY a").result_rows == rows
 
 
 def test_derived_tokens_deduplicate_with_a_window_and_warn_without(

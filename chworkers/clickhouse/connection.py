@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.compression import get_compressor
 from clickhouse_connect.driver.httputil import get_pool_manager_options
 from clickhouse_connect.driver.query import QueryResult
 from clickhouse_connect.driver.summary import QuerySummary
@@ -211,6 +212,7 @@ class Connection:
                         column_names=names,
                         settings=opts,
                         deduplication_token=str(token),
+                        compress=True,
                     )
                 except ServerError:
                     native.forget(self, table)  # the table may have changed under us
@@ -259,12 +261,15 @@ class Connection:
         column_names: Sequence[str] | None = None,
         settings: Mapping[str, object] | None = None,
         deduplication_token: str,
+        compress: bool = False,
     ) -> QuerySummary:
         """Insert bytes already in ClickHouse format ``fmt`` (JSONEachRow, CSV, Native...).
 
         This is how the daemon inserts spooled batches: the bytes are sent as they are, so
         a replay is byte-identical, and ``deduplication_token`` (required here) makes the
-        replay harmless. Returns clickhouse-connect's ``QuerySummary``.
+        replay harmless. With ``compress`` they travel compressed by the connection's
+        codec (its ``compress`` option, lz4 or zstd), as ``insert`` sends rows. Returns
+        clickhouse-connect's ``QuerySummary``.
         """
         opts = dict(settings or {})
         opts["insert_deduplication_token"] = deduplication_token
@@ -273,11 +278,21 @@ class Connection:
         what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
         # clickhouse-connect puts the statement in front of bytes (a copy of the whole
         # body); a large body goes as it is, the statement in the URL.
-        block = memoryview(data) if size >= _BODY_AS_IS else data
+        block: bytes | bytearray | memoryview = memoryview(data) if size >= _BODY_AS_IS else data
         with self._call(what, idempotent=True):
             dedup.check_window(self, None, table)
+            codec = getattr(self._client, "write_compression", None) if compress else None
+            if codec in ("lz4", "zstd"):
+                block = get_compressor(codec).compress_block(block)
+            else:
+                codec = None
             summary: QuerySummary = self._client.raw_insert(
-                table, column_names=column_names, insert_block=block, settings=opts, fmt=fmt
+                table,
+                column_names=column_names,
+                insert_block=block,
+                settings=opts,
+                fmt=fmt,
+                compression=codec,
             )
         return summary
 
