@@ -219,40 +219,6 @@ def test_malformed_http_gets_400_and_endpoint_keeps_serving(endpoint: EmbeddedCl
     assert call(endpoint, "/", b"SELECT 1")[2] == b"1\n"
 
 
-def _raw(endpoint: EmbeddedClickHouse, request: bytes) -> bytes:
-    """The response to one request sent as these bytes (the connection then closes)."""
-    with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        out = b""
-        while data := sock.recv(65536):
-            out += data
-        return out
-
-
-def test_request_headers_as_clickhouse_reads_them(endpoint: EmbeddedClickHouse) -> None:
-    head = "POST /?query=SELECT%20currentDatabase() HTTP/1.1\r\nHost: x\r\n"
-    # Case-insensitive names, blanks around values, an obsolete folded line.
-    ok = _raw(
-        endpoint,
-        (
-            head + "x-clickhouse-database:   system  \r\nX-Note: one\r\n two\r\n"
-            "Content-Length: 0\r\nConnection: close\r\n\r\n"
-        ).encode(),
-    )
-    assert ok.startswith(b"HTTP/1.1 200") and b"\r\nsystem\n\r\n" in ok, ok
-    for bad in (
-        head + "No colon here\r\n\r\n",
-        head + "Bad Name: x\r\n\r\n",
-        head + ": no name\r\n\r\n",
-        head + "".join(f"X-H{i}: {i}\r\n" for i in range(101)) + "\r\n",
-        head + "X-Long: " + "x" * 70_000 + "\r\n\r\n",
-    ):
-        answer = _raw(endpoint, bad.encode())
-        assert answer.startswith(b"HTTP/1.1 400"), (bad[:80], answer[:200])
-    assert call(endpoint, "/", b"SELECT 1")[2] == b"1\n"
-
-
 def test_chunked_insert_beyond_the_read_ahead_threshold(
     endpoint: EmbeddedClickHouse, database: str, table: str
 ) -> None:
