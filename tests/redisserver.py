@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+from debpackages import install
 
 
 class RedisUnavailable(RuntimeError):
@@ -24,22 +24,10 @@ class RedisUnavailable(RuntimeError):
 
 def find_redis_server() -> str:
     """The path of redis-server, apt-get installing Debian's package if it is missing."""
-    path = shutil.which("redis-server")
-    if path is not None:
-        return path
-    if shutil.which("apt-get") is None:
-        raise RedisUnavailable("redis-server is missing and apt-get is not available")
-    steps = (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"],
-    )
-    for cmd in steps:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=APT_ENV)
-        if result.returncode != 0:
-            raise RedisUnavailable(f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}")
+    failure = install("redis-server", "redis-server")
     path = shutil.which("redis-server")
     if path is None:
-        raise RedisUnavailable("redis-server is still missing after apt-get install")
+        raise RedisUnavailable(f"redis-server is missing and could not be installed: {failure}")
     return path
 
 

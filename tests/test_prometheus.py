@@ -34,6 +34,7 @@ from typing import Any
 import clickhouse_connect
 import pytest
 import yaml
+from debpackages import install
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from test_grafana import BUILTIN_SERIES, dashboard_exprs, metric_names, recorded, rules
@@ -49,29 +50,12 @@ RULE_TESTS = PROMETHEUS_DIR / "chworkers.rules.test.yml"
 EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "grafana" / "chworkers-dashboard.json"
 
-APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-
-
-def _install_prometheus() -> str | None:
-    """apt-get the prometheus package; returns why it failed, or None."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    steps = (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-    )
-    for cmd in steps:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=APT_ENV)
-        if result.returncode != 0:
-            return f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}"
-    return None
-
 
 def find_prometheus() -> tuple[str, str]:
     """Paths of promtool and prometheus, installed on first use (skips if impossible)."""
     promtool, server = shutil.which("promtool"), shutil.which("prometheus")
     if promtool is None or server is None:
-        failure = _install_prometheus()
+        failure = install("prometheus", "promtool", "prometheus")
         promtool, server = shutil.which("promtool"), shutil.which("prometheus")
         if promtool is None or server is None:
             pytest.skip(f"promtool/prometheus are missing and could not be installed: {failure}")
