@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from debpackages import install
 
 from chworkers.cli.main import EXIT_CONFIG, EXIT_USAGE, EXIT_WORKER_BOOT
 from chworkers.daemon.config import Config, load
@@ -36,28 +37,11 @@ pytestmark = pytest.mark.timeout(300)
 DEFAULT_DRAIN = SupervisorOptions().graceful_timeout
 
 
-def _apt_install(package: str) -> str | None:
-    """Install a Debian package; returns why it failed, or None."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", package]):
-        result = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        if result.returncode != 0:
-            return f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        failure = _apt_install("systemd")
+        failure = install("systemd", "systemd-analyze")
         tool = shutil.which("systemd-analyze")
         if tool is None:
             pytest.skip(f"systemd-analyze is missing and could not be installed: {failure}")
