@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from chworkers.errors import BatchError, SerializationError, ServerError, TaskError
+from chworkers.errors import BatchError, ConfigError, SerializationError, ServerError, TaskError
 from chworkers.workers import channel, tasks
 
 
@@ -125,7 +125,7 @@ def test_unserializable_task_raises_serialization_error() -> None:
     with pytest.raises(SerializationError) as info:
         tasks.encode_call(1, Future(), tasks.CALL, print, (gen,), {})
     assert info.value.what == "task"
-    with pytest.raises(TypeError, match="not callable"):
+    with pytest.raises(ConfigError, match="not callable"):
         tasks.encode_call(1, Future(), tasks.CALL, 42, (), {})  # type: ignore[arg-type]
 
 

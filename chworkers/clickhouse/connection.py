@@ -29,12 +29,14 @@ from clickhouse_connect.driver.query import QueryResult
 from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager, Timeout
 
+from chworkers import timeouts
 from chworkers.clickhouse import dedup, native
 from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
     ChworkersError,
+    ConfigError,
     ConnectError,
     ConnectionLostError,
     ResponseTimeoutError,
@@ -296,11 +298,24 @@ class Connection:
             )
         return summary
 
-    def ping(self, timeout: float | None = None) -> bool:
-        """``True`` when the server answers within ``timeout`` (default: connect timeout)."""
+    def ping(self, timeout: timeouts.Timeout = timeouts.DEFAULT) -> bool:
+        """``True`` when the server answers within ``timeout`` seconds (by default the
+        ``connect_timeout``; ``None``: no limit of its own, only the connection's
+        ``send_receive_timeout``, as for a query). False marks the connection broken. A
+        timeout that is not a number > 0 is a :class:`~chworkers.errors.ConfigError`."""
+        seconds = timeouts.resolve(timeout, self.config.connect_timeout, name="ping timeout")
+        if seconds is None:
+            seconds = max(self.config.connect_timeout, self.config.send_receive_timeout)
+        if seconds == 0:
+            raise ConfigError(
+                "ping timeout must be more than 0: a ping cannot be answered without waiting",
+                key="ping timeout",
+                value=timeout,
+                expected="seconds > 0, or None for the connection's own timeouts",
+            )
         try:
             self._ensure_process()
-            ok = bool(self._client.ping(timeout or self.config.connect_timeout))
+            ok = bool(self._client.ping(seconds))
         except Exception:
             ok = False
         if not ok:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from chworkers import timeouts
 from chworkers.errors import WaitTimeoutError
 
 __all__ = ["Ticket", "TicketState"]
@@ -82,8 +83,9 @@ class Ticket:
         (e.g. :class:`~chworkers.errors.SpoolFullError`). ``timeout=None`` waits without
         a limit; :class:`~chworkers.errors.WaitTimeoutError` (a :class:`TimeoutError`)
         means the records are still pending (they may yet be spooled)."""
-        if not self._done.wait(timeout):
-            raise WaitTimeoutError(f"records not spooled within {timeout} s", timeout=timeout)
+        limit = timeouts.resolve(timeout, None)
+        if not self._done.wait(limit):
+            raise WaitTimeoutError(f"records not spooled within {limit:g} s", timeout=limit)
         if self._error is not None:
             raise self._error
         assert self.batch_seq is not None
@@ -100,6 +102,6 @@ class Ticket:
         """All or nothing: the batch number once spooled within ``timeout``; otherwise
         the records are withdrawn and :class:`~chworkers.errors.SpoolTimeoutError` (or
         the spool's error) is raised, and they are never spooled later."""
-        if not self._done.wait(timeout) and self.withdraw():
+        if not self._done.wait(timeouts.resolve(timeout, None)) and self.withdraw():
             pass  # resolved as failed by the withdrawal
         return self.wait()

@@ -22,6 +22,7 @@ such a health check.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -29,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from types import TracebackType
+
+from chworkers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,12 @@ class Notifier:
         lines = []
         for key, value in fields.items():
             if not _KEY.match(key):
-                raise ValueError(f"not a systemd notification key: {key!r}")
+                raise ConfigError(
+                    f"not a systemd notification key: {key!r}",
+                    key="notify",
+                    value=key,
+                    expected="upper case letters, digits and _ (READY, STATUS, ...)",
+                )
             text = str(value).replace("\r", " ").replace("\n", " ")
             lines.append(f"{key}={text}")
         return self._send("\n".join(lines).encode("utf-8", "replace"))
@@ -265,8 +273,13 @@ class Watchdog:
         *,
         interval: float | None = None,
     ) -> None:
-        if interval is not None and interval <= 0:
-            raise ValueError(f"watchdog interval must be positive, got {interval!r}")
+        if interval is not None and not (interval > 0 and math.isfinite(interval)):
+            raise ConfigError(
+                f"watchdog interval must be positive and finite, got {interval!r}",
+                key="interval",
+                value=interval,
+                expected="seconds > 0, or None for half of WatchdogSec",
+            )
         self.notifier = notifier
         self.health_check = health_check
         self.interval = interval if interval is not None else notifier.watchdog_interval

@@ -25,7 +25,13 @@ import dill  # type: ignore[import-untyped]
 
 from chworkers.clickhouse import columnar, dedup
 from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
-from chworkers.errors import BatchError, ChworkersError, SerializationError, TaskError
+from chworkers.errors import (
+    BatchError,
+    ChworkersError,
+    ConfigError,
+    SerializationError,
+    TaskError,
+)
 from chworkers.workers import sharedbuf
 
 _NONE: list[pickle.PickleBuffer] = []
@@ -242,7 +248,12 @@ def encode_call(
     kwargs: Mapping[str, Any],
 ) -> Task:
     if not callable(fn):
-        raise TypeError(f"{kind}: {fn!r} is not callable")
+        raise ConfigError(
+            f"{kind}: {fn!r} is not callable",
+            key="fn",
+            value=fn,
+            expected="a function, or any callable that pickles",
+        )
     payload, buffers = dumps((fn, args, dict(kwargs)), what="task")
     name = getattr(fn, "__qualname__", type(fn).__name__)
     return Task(
@@ -341,6 +352,13 @@ class DeadLetter:
     buffers: tuple[bytes, ...] = field(default=(), repr=False)
 
     def batch(self) -> InsertSpec:
+        """The insert's data, decoded; a :class:`~chworkers.errors.ConfigError` for the
+        letter of a task that was not an insert (``kind`` says which)."""
         if self.kind != INSERT:
-            raise TypeError(f"dead letter {self.task_id} is a {self.kind} task, not an insert")
+            raise ConfigError(
+                f"dead letter {self.task_id} is a {self.kind} task, not an insert: it has no batch",
+                key="kind",
+                value=self.kind,
+                expected=INSERT,
+            )
         return decode_insert(self.payload, self.buffers)

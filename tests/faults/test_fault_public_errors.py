@@ -1,0 +1,93 @@
+"""Public calls given a bad argument raise a ConfigError, and ``timeout`` means one thing.
+
+The issue-12 review found calls outside the rule "errors that escape are from the
+ChworkersError tree; a bad argument is a ConfigError": ``Notifier.notify`` with a key
+systemd does not know and ``Watchdog(interval=...)`` raised the builtin ValueError (and a
+NaN interval was taken); a task whose function is not callable raised TypeError, and so
+did ``DeadLetter.batch()`` on a call's letter. ``Connection.ping(timeout=None)`` meant
+"the connect timeout" where None means "no limit" everywhere else, a timeout of 0 was
+replaced by the default, and a negative one turned a healthy connection into a broken one
+(clickhouse-connect refused it, the refusal read as a failed ping). ``Ticket.wait`` and
+``settle`` took a negative or NaN timeout as "time is up" instead of refusing it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from chworkers import ChworkersError, ConfigError, Connection, EmbeddedClickHouse
+from chworkers.daemon.ticket import Ticket
+from chworkers.ops.systemd import Notifier, Watchdog
+from chworkers.workers import tasks
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_notification_key_systemd_does_not_know_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a systemd notification key") as info:
+        Notifier(None).notify(ready="1")
+    assert isinstance(info.value, ChworkersError)
+    assert info.value.value == "ready"
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf])
+def test_a_watchdog_interval_that_is_not_positive_is_a_config_error(bad: float) -> None:
+    with pytest.raises(ConfigError, match="watchdog interval"):
+        Watchdog(Notifier(None), lambda: True, interval=bad)
+
+
+def test_a_task_function_that_is_not_callable_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not callable") as info:
+        tasks.encode_call(1, Future(), tasks.CALL, 42, (), {})  # type: ignore[arg-type]
+    assert info.value.key == "fn"
+
+
+def test_the_batch_of_a_call_letter_is_a_config_error() -> None:
+    letter = tasks.DeadLetter(
+        task_id=7, kind=tasks.CALL, description="f()", error=ValueError("x"), reason="error"
+    )
+    with pytest.raises(ConfigError, match="not an insert") as info:
+        letter.batch()
+    assert info.value.key == "kind"
+
+
+@pytest.fixture
+def conn(endpoint: EmbeddedClickHouse, database: str) -> Iterator[Connection]:
+    c = Connection({"url": endpoint.url, "database": database})
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, 0, "1"])
+def test_a_bad_ping_timeout_is_refused_and_the_connection_stays_usable(
+    conn: Connection, bad: object
+) -> None:
+    with pytest.raises(ConfigError, match="ping timeout"):
+        conn.ping(bad)  # type: ignore[arg-type]
+    assert not conn.broken
+    assert conn.command("SELECT 1") == 1
+
+
+def test_ping_none_is_no_limit_of_its_own(conn: Connection) -> None:
+    assert conn.ping(None) is True
+    assert conn.ping() is True
+    assert conn.ping(0.5) is True
+    assert not conn.broken
+
+
+def _pending_ticket() -> Ticket:
+    return Ticket(lambda ticket: True, b"{}\n", 1, None, retry=False, deadline=None)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan])
+def test_a_bad_ticket_timeout_is_a_config_error(bad: float) -> None:
+    ticket = _pending_ticket()
+    with pytest.raises(ConfigError):
+        ticket.wait(bad)
+    with pytest.raises(ConfigError):
+        ticket.settle(bad)
+    assert not ticket.done()  # refused before anything: the records are still pending
