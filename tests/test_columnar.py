@@ -248,3 +248,14 @@ def test_structured_arrays_fill_columns_by_field_name(
         (2, "", dt.datetime(1970, 1, 1), 1.5),
         (2, "b", dt.datetime(1970, 1, 1), 1.5),
     ]
+
+
+def test_numpy_columns_that_do_not_fit_the_table_are_refused(
+    client: Client, endpoint: EmbeddedClickHouse, db: str
+) -> None:
+    table = fresh(client, "id Int32, ts DateTime")
+    with (
+        Connection(f"{endpoint.url}/{db}") as conn,
+        pytest.raises(BatchError, match="1 columns for 2"),
+    ):
+        conn.insert(table, [DATETIME64], column_oriented=True)

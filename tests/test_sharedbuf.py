@@ -68,6 +68,9 @@ def test_tasks_carry_references_to_large_buffers_and_workers_decode_them() -> No
     _, [(_, _, payload, buffers)] = channel.decode(frames[0], frames[1:])
     spec = tasks.decode_insert(payload, buffers)
     assert bytes(spec.data) == body and spec.rows == 5
+    task.release()  # the task is done: its memory file goes at once
+    with pytest.raises(SerializationError):
+        tasks.decode_insert(payload, buffers)
     column = np.arange(sharedbuf.THRESHOLD // 4, dtype=np.int64)
     call = tasks.encode_call(2, Future(), tasks.CALL, np.sum, (column,), {})
     assert call.shared is not None

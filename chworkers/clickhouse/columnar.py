@@ -56,7 +56,11 @@ def arrow_stream(
 
 
 def numpy_columns(
-    column_names: Sequence[str], column_types: Sequence[Any], columns: Sequence[Any]
+    column_names: Sequence[str],
+    column_types: Sequence[Any],
+    columns: Sequence[Any],
+    *,
+    table: str = "",
 ) -> tuple[list[Any], dict[str, str]]:
     """``columns`` ready for clickhouse-connect's Native serializer: ``datetime64`` arrays
     of date and time columns become whole units of the column's precision, with the
@@ -66,6 +70,13 @@ def numpy_columns(
 
     Other columns are returned as they are.
     """
+    if len(columns) != len(column_names):
+        raise BatchError(
+            f"insert into {table!r}: {len(columns)} columns for {len(column_names)} insert "
+            f"columns ({', '.join(column_names)})",
+            table=table,
+            reason="column count",
+        )
     out = list(columns)
     formats: dict[str, str] = {}
     for index, (name, ch_type, column) in enumerate(

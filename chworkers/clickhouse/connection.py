@@ -240,7 +240,9 @@ class Connection:
                 ctx = self._client.create_insert_context(
                     table, batch.column_names or "*", column_oriented=True, **args
                 )
-                columns, formats = numpy_columns(ctx.column_names, ctx.column_types, batch.data)
+                columns, formats = numpy_columns(
+                    ctx.column_names, ctx.column_types, batch.data, table=table
+                )
                 ctx.column_formats.update(formats)
                 ctx.data = columns
                 summary = self._client.data_insert(ctx)

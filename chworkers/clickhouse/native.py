@@ -69,7 +69,9 @@ def encode(
         if _is_dataframe(data):
             return _dataframe(schema, encoders, data)
         if column_oriented:
-            data, _ = numpy_columns(schema.column_names, [e.ctype for e in encoders], data)
+            data, _ = numpy_columns(
+                schema.column_names, [e.ctype for e in encoders], data, table=schema.table
+            )
         return nativecols.encode_columns(
             schema.table,
             encoders,

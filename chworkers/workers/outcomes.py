@@ -179,6 +179,7 @@ class Outcomes:
         self.finish(task, None, error)
 
     def finish(self, task: Task, value: Any, error: BaseException | None) -> None:
+        task.release()
         try:
             if error is not None:
                 task.future.set_exception(error)

@@ -101,6 +101,12 @@ class Task:
     #: Shared-memory copies of the large buffers (:mod:`chworkers.workers.sharedbuf`).
     shared: list[sharedbuf.SharedBuffer | None] | None = None
 
+    def release(self) -> None:
+        """Free the shared-memory copies now that the task is done (else with the task)."""
+        for shared in self.shared or ():
+            if shared is not None:
+                shared.close()
+
     def wire(self) -> tuple[int, str, bytes, list[Any]]:
         buffers, shared = self.buffers, self.shared
         if not buffers:
