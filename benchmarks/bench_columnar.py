@@ -62,8 +62,14 @@ class Raw:
 
     def insert(self, table: str, body: bytes, fmt: str) -> None:
         query = urllib.parse.quote(f"INSERT INTO {table} FORMAT {fmt}")
-        self.conn.request("POST", f"/?query={query}", body=body)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request("POST", f"/?query={query}", body=body)
+            resp = self.conn.getresponse()
+        except (ConnectionError, http.client.HTTPException):
+            # The server closed the kept-alive connection: once more on a new one.
+            self.conn.close()
+            self.conn.request("POST", f"/?query={query}", body=body)
+            resp = self.conn.getresponse()
         text = resp.read()
         if resp.status != 200:
             raise SystemExit(f"raw insert failed: {resp.status} {text[:300]!r}")
