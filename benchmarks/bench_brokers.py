@@ -11,7 +11,8 @@ subprocesses. Each message holds ``--rows-per-message`` JSONEachRow rows with a 
   last (start-up left out), medians of interleaved ``--rounds``.
 * ``scale``: ``--daemons`` daemons on one stream, ``--kill-every`` seconds one of them
   killed -9 and restarted at once (same state directory, so the same consumer name),
-  ``--redis-restart`` kills redis-server once mid-ingest; rows sent, rows in ClickHouse,
+  ``--redis-restart`` kills redis-server once mid-ingest, ``--clickhouse-outage S``
+  stops ClickHouse for S seconds past half-way; rows sent, rows in ClickHouse,
   distinct ids, and how long each killed daemon's pending entries took to be acknowledged.
 
 Run: ``.venv/bin/python benchmarks/bench_brokers.py throughput --messages 1000000``
@@ -314,6 +315,7 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
         )
         next_kill = started + args.kill_every if args.kill_every else float("inf")
         redis_restarted = not args.redis_restart
+        outage_done = not args.clickhouse_outage
         while True:
             now = time.monotonic()
             inserted = counts(ch, db, "ev")[0]
@@ -329,6 +331,13 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
                     server.start()
                     redis = server.client()
                     redis_restarted = True
+                if not outage_done and inserted > total // 2:
+                    print(f"ClickHouse down for {args.clickhouse_outage:g} s")
+                    ch.kill()
+                    time.sleep(args.clickhouse_outage)
+                    ch.start()
+                    outage_done = True
+                    continue
                 if now >= next_kill and inserted < total * 0.9:
                     victim = daemons[rng.randrange(len(daemons))]
                     consumer = default_consumer(str((victim.workdir / "state").resolve()))
@@ -358,7 +367,8 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
         print(
             f"\n{args.daemons} daemons, {args.messages:,} messages ({total:,} rows), "
             f"{kills} kill -9 (every {args.kill_every:g} s), "
-            f"redis-server killed and restarted: {'yes' if args.redis_restart else 'no'}"
+            f"redis-server killed and restarted: {'yes' if args.redis_restart else 'no'}, "
+            f"ClickHouse down for {args.clickhouse_outage:g} s"
         )
         verdict = "EXACT" if n == distinct == total else "MISMATCH"
         print(f"rows sent {total:,}, in ClickHouse {n:,}, distinct ids {distinct:,}: {verdict}")
@@ -390,6 +400,7 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=0.0)
     parser.add_argument("--claim-idle", type=float, default=5.0)
     parser.add_argument("--redis-restart", action="store_true")
+    parser.add_argument("--clickhouse-outage", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--url", default="")
     args = parser.parse_args()
