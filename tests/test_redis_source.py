@@ -206,3 +206,31 @@ def test_settings_are_checked() -> None:
     loaded = load({"stream": "ev", "claim_idle": "2s", "password": "secret"})
     assert loaded.pipelines[0].redis.claim_idle == 2.0
     assert display_url("redis://user:pw@host:1/0") == "redis://host:1/0"
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_and_acked(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
+) -> None:
+    client = redis_server.client()
+    client.xgroup_create("ev", "chworkers", "0", mkstream=True)
+    produce(redis_server, "ev", 0, 30, per_entry=10)
+    entries = client.xreadgroup("chworkers", "crashing", {"ev": ">"}, count=1)[0][1]
+    doomed = entries[0][0]
+    # As if daemons had died on it 20 times: delivered 20 times, idle for a minute.
+    client.xclaim("ev", "chworkers", "crashing", 0, [doomed], idle=60_000, retrycount=20)
+    state = tmp_path / "state"
+    pipeline = redis_pipeline(redis_server, max_deliver=10)
+    daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", pipeline))
+    try:
+        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (20, 20)  # the other two entries
+    letters = [
+        json.loads(line)
+        for path in (state / "dead-letter").rglob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert len(letters) == 1 and letters[0]["reason"] == "poison", letters  # the entry, whole
+    assert letters[0]["record"].count("\n") == 9  # its ten records
+    assert "delivered 21 times (max_deliver = 10)" in letters[0]["error"]["message"]
