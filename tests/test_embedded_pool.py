@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
+import uuid
 
 import pytest
 from httpcall import call
@@ -92,3 +93,18 @@ def test_concurrent_requests_each_get_their_own_connection(
     for w in workers:
         w.join()
     assert errors == []
+
+
+def test_connections_are_reused_only_when_nothing_was_left(endpoint: EmbeddedClickHouse) -> None:
+    def opened() -> int:
+        return int(endpoint.stats()["chdb_connections_opened_total"])
+
+    call(endpoint, "/?max_threads=2", b"SELECT 1")  # one idle connection at least
+    before = opened()
+    for i in range(20):
+        settings = f"/?max_threads={1 + i % 3}&insert_deduplicate={i % 2}"
+        assert call(endpoint, settings, b"SELECT %d" % i)[2] == b"%d\n" % i
+    assert opened() == before  # served by idle connections
+    assert call(endpoint, "/", b"SET max_threads = 1")[0] == 200  # that one is closed
+    assert call(endpoint, f"/?session_id={uuid.uuid4()}", b"SELECT 1")[0] == 200
+    assert opened() == before + 1  # the session's own

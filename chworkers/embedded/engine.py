@@ -17,7 +17,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,18 @@ class Engine:
         version, timezone = row.decode().rstrip("\n").split("\t")
         self.version: str = version
         self.timezone: str = timezone
+        #: Called for every connection opened (the endpoint counts them).
+        self.on_connect: Callable[[], None] | None = None
 
     def connect(self) -> Any:
         """A fresh connection (its own session context)."""
         try:
-            return _chdb().connect(str(self.path))
+            conn = _chdb().connect(str(self.path))
         except RuntimeError as exc:
             raise from_chdb(exc) from None
+        if self.on_connect is not None:
+            self.on_connect()
+        return conn
 
     def close(self) -> None:
         self._primary.close()

@@ -36,6 +36,7 @@ from chworkers.embedded.handler import Connection, Credentials
 from chworkers.embedded.options import DEFAULT_MAX_SESSIONS
 from chworkers.embedded.pool import ConnectionPool
 from chworkers.embedded.sessions import Sessions
+from chworkers.embedded.stats import EndpointStats
 from chworkers.errors import EmbeddedError
 from chworkers.http.framing import plain_response
 from chworkers.http.limits import HttpLimits
@@ -127,7 +128,9 @@ class EmbeddedServer:
         assert self._listener is not None and self._engine is not None
         assert self._sessions is not None
         assert self._pool is not None
-        ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname())
+        stats = EndpointStats()
+        self._engine.on_connect = stats.chdb_connection_opened
+        ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname(), stats)
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")

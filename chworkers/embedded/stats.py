@@ -29,6 +29,7 @@ class EndpointStats:
     inserted_bytes_total: int = 0
     connections_refused_total: int = 0
     timeouts_total: int = 0
+    chdb_connections_opened_total: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def request_started(self) -> None:
@@ -61,6 +62,11 @@ class EndpointStats:
         """A client cut off for sending its request head or body too slowly."""
         with self._lock:
             self.timeouts_total += 1
+
+    def chdb_connection_opened(self) -> None:
+        """A chDB connection opened (for a session, or the pool had none idle)."""
+        with self._lock:
+            self.chdb_connections_opened_total += 1
 
     def inserted(self, rows: int, nbytes: int) -> None:
         with self._lock:
