@@ -92,9 +92,11 @@ class LeaseBroker:
         self.slots_path = os.path.join(self._dir, "slots")
         try:
             self._table = SlotTable(self.slots_path, create=True)
-        except OSError as exc:
+        except BaseException as exc:
             shutil.rmtree(self._dir, ignore_errors=True)
-            raise PoolError(f"cannot create the lease file {self.slots_path}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise PoolError(f"cannot create the lease file {self.slots_path}: {exc}") from exc
+            raise
         self._table.words[CAPACITY] = self._table.words[HIGH] = self._capacity
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.address)

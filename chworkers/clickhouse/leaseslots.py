@@ -50,9 +50,6 @@ LOCK_BASE = 1 << 40
 _FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid
 _BUSY = (errno.EAGAIN, errno.EACCES)
 
-if not hasattr(fcntl, "F_OFD_SETLK"):  # pragma: no cover - Linux has them since 3.15
-    raise ImportError("chworkers' leases need open file description locks (Linux >= 3.15)")
-
 
 def _flock(kind: int, start: int, length: int = 1) -> bytes:
     return struct.pack(_FLOCK, kind, os.SEEK_SET, LOCK_BASE + start, length, 0)
@@ -66,6 +63,8 @@ class SlotTable:
     """
 
     def __init__(self, path: str, *, create: bool = False) -> None:
+        if not hasattr(fcntl, "F_OFD_SETLK"):  # pragma: no cover - Linux has them since 3.15
+            raise PoolError("leases need open file description locks (Linux 3.15 or later)")
         self.path = path
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
         self.fd = os.open(path, flags, 0o600)
