@@ -376,3 +376,22 @@ def test_a_waiter_killed_in_the_queue_does_not_hold_up_the_next(broker: LeaseBro
     finally:
         nxt.kill()
         nxt.join()
+
+
+def test_a_closed_broker_leaves_no_descriptor_or_file_behind() -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    LeaseBroker(1).close()  # imports and first-use allocations out of the count
+    before = open_fds()
+    for _ in range(20):
+        broker = LeaseBroker(2)
+        broker.start()
+        client = broker.client("main")
+        client.acquire(1)
+        broker.close()
+        client.close()
+        assert not os.path.exists(broker.slots_path)
+        stats = broker.stats()  # still answers, from what it folded at closing
+        assert (stats.in_use, stats.granted_total, stats.clients) == (0, 1, 0)
+    assert open_fds() <= before + 2  # a stray one from a lazily started thread, at most

@@ -171,9 +171,10 @@ class LeaseBroker:
         capacity = _check_capacity(capacity)
         with self._lock:
             self._capacity = capacity
-            words = self._table.words
-            words[HIGH] = max(words[HIGH], capacity)
-            words[CAPACITY] = capacity
+            if self._table.fd >= 0:
+                words = self._table.words
+                words[HIGH] = max(words[HIGH], capacity)
+                words[CAPACITY] = capacity
         self._wake()
 
     @property
@@ -371,9 +372,11 @@ class LeaseBroker:
     def _shutdown(self) -> None:
         with self._lock:
             peers = list(self._peers)
-            self._peers.clear()
             waiters = self._waiters.clear()
-            self._table.words[CLOSED] = 1
+            if self._table.fd >= 0:
+                self._table.words[CLOSED] = 1
+                self._ledger.close()
+                self._table.close()  # clients keep their own mapping of the file
         for req in waiters:
             with contextlib.suppress(OSError):
                 send(req.peer.conn, ("closed", req.rid))
@@ -400,6 +403,7 @@ class LeaseBroker:
         self._peers.clear()
         self._waiters = LeaseQueue()
         self._closed = True
+        self._table.forget()  # the broker holds no slot: nothing of the owner's is lost
         self._lock = threading.Lock()
 
 

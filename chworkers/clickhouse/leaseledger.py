@@ -92,6 +92,12 @@ class LeaseLedger:
         self.reclaimed += freed
         return freed + self._unreported.pop(holder, 0)
 
+    def close(self) -> None:
+        """The broker is closing: fold every row into the totals and forget the clients."""
+        for peer in self.peers:
+            self._forget(peer)
+        self.peers.clear()
+
     def drop_dead(self) -> None:
         """Clients whose process died, before the broker's thread reads their end of file."""
         for peer in self.peers:
