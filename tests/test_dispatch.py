@@ -100,11 +100,10 @@ def test_outage_spools_then_drains_exactly_once(
     dispatcher = Dispatcher(
         spool,
         inserter.submit,
+        SpoolSettings(max_in_flight=3, retry_backoff_max=0.5),
         on_done=lambda b, rows: results.append(rows),
         on_failure=lambda b, e: failures.append(e),
-        max_in_flight=3,
         initial_backoff=0.1,
-        max_backoff=0.5,
     )
     dispatcher.start()
 
@@ -139,7 +138,7 @@ def test_outage_spools_then_drains_exactly_once(
 def test_stop_leaves_unconfirmed_batches_in_the_spool(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     never: Future[Any] = Future()
-    dispatcher = Dispatcher(spool, lambda batch: never, max_in_flight=1)
+    dispatcher = Dispatcher(spool, lambda batch: never, SpoolSettings(max_in_flight=1))
     dispatcher.start()
     for i in range(3):
         dispatcher.add(spool.put("t", b"%d\n" % i, format="CSV", rows=1))

@@ -40,12 +40,6 @@ MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str
         {"cooldown": "host_cooldown", "max_cooldown": "max_host_cooldown"},
         {},
     ),
-    (
-        Dispatcher,
-        SpoolSettings,
-        {"max_backoff": "retry_backoff_max", "permanent_backoff": "permanent_error_backoff"},
-        {"max_in_flight": "the setting's 0 means twice the workers; the daemon resolves it"},
-    ),
     (IngestServer, HttpSettings, {}, {}),
     (EmbeddedClickHouse, EmbeddedSettings, {}, {}),
     (logs.configure, LogSettings, {}, {}),
@@ -55,6 +49,7 @@ MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str
 #: (constructor, the settings object it takes, parameters it had for them before).
 TAKES: list[tuple[Callable[..., Any], type[Any], frozenset[str]]] = [
     (Spool, SpoolSettings, frozenset()),
+    (Dispatcher, SpoolSettings, frozenset({"max_backoff", "permanent_backoff"})),
 ]
 
 

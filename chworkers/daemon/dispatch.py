@@ -4,13 +4,13 @@ Spooled batches wait on disk. The dispatcher keeps at most ``max_in_flight`` of 
 memory, submitted to the workers; when one is confirmed it is removed from the spool
 and the next is read from disk. A batch whose insert failed stays in the spool and is
 tried again after a backoff that grows per batch (1 s, 2 s, 4 s ... up to
-``max_backoff``): nothing is ever dropped because ClickHouse was down or a table was
+``retry_backoff_max``): nothing is ever dropped because ClickHouse was down or a table was
 missing. So during an outage the spool grows on disk while memory stays flat, and when
 ClickHouse is back the backlog drains in spool order.
 
 A batch that failed with a *permanent* error (``is_permanent``: the retry policy's
 classification, e.g. an unknown table or a failed authentication) is not retried hot:
-it stays spooled and waits ``permanent_backoff`` (or :meth:`Dispatcher.retry_now`, which
+it stays spooled and waits ``permanent_error_backoff`` (or :meth:`Dispatcher.retry_now`, which
 the daemon calls on SIGHUP), and :meth:`Dispatcher.problems` reports it until a batch
 for that table is confirmed.
 
@@ -43,6 +43,7 @@ from chworkers.daemon.batchfile import SpooledBatch, read_batch
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
+from chworkers.workers.options import SupervisorOptions
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +73,36 @@ class Dispatcher:
     ``on_done(batch, result)`` runs after a confirmed insert, before the batch leaves the
     spool (the daemon writes dead letters there); ``on_failure(batch, error)`` is told of
     every failed attempt. ``is_permanent(error)`` says which failures retrying soon
-    cannot fix; those batches wait ``permanent_backoff`` seconds.
+    cannot fix; those batches wait ``permanent_error_backoff`` seconds.
+
+    ``settings`` (the spool's when not given) say how many batches may be in flight
+    (``max_in_flight``; 0: twice ``workers``, the processes ``submit`` feeds) and how long
+    failed batches wait (``retry_backoff_max``, ``permanent_error_backoff``). The backoff
+    starts at ``initial_backoff`` seconds.
     """
 
     def __init__(
         self,
         spool: Spool,
         submit: Submit,
+        settings: SpoolSettings | None = None,
         *,
+        workers: int = SupervisorOptions.workers,
         on_done: Done | None = None,
         on_failure: Callable[[SpooledBatch, BaseException], None] | None = None,
-        max_in_flight: int = 8,
-        initial_backoff: float = 1.0,
-        max_backoff: float = SpoolSettings.retry_backoff_max,
         is_permanent: Callable[[BaseException], bool] | None = None,
-        permanent_backoff: float = SpoolSettings.permanent_error_backoff,
+        initial_backoff: float = 1.0,
     ) -> None:
         self.spool = spool
         self.submit = submit
+        self.settings = settings = settings or spool.settings
         self.on_done = on_done
         self.on_failure = on_failure
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = settings.max_in_flight or 2 * workers
         self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
+        self.max_backoff = settings.retry_backoff_max
         self.is_permanent = is_permanent
-        self.permanent_backoff = permanent_backoff
+        self.permanent_backoff = settings.permanent_error_backoff
         self._held: dict[int, _Held] = {}
         self._completions: queue.SimpleQueue[
             tuple[SpooledBatch, SpooledBatch, Future[Any]] | None

@@ -218,12 +218,11 @@ class Daemon:
         self.dispatcher = Dispatcher(
             self.spool,
             self._submit,
+            s.spool,
+            workers=s.supervisor.workers,
             on_done=self._confirmed,
             on_failure=self._failed,
-            max_in_flight=s.spool.max_in_flight or 2 * s.supervisor.workers,
-            max_backoff=s.spool.retry_backoff_max,
             is_permanent=self._is_permanent,
-            permanent_backoff=s.spool.permanent_error_backoff,
         )
         self.batcher = Batcher(self.spool, self._spooled, metrics=self.metrics)
         for p in self.config.pipelines:  # series exist at 0 before the first event

@@ -28,7 +28,9 @@ def test_an_unexpected_error_from_submit_is_a_failed_attempt(tmp_path: Path) -> 
         done.set_result(None)
         return done
 
-    dispatcher = Dispatcher(spool, submit, initial_backoff=0.05, max_backoff=0.05)
+    dispatcher = Dispatcher(
+        spool, submit, SpoolSettings(retry_backoff_max=0.1), initial_backoff=0.05
+    )
     dispatcher.start()
     try:
         first = spool.put("t", b"1\n", format="CSV", rows=1)

@@ -28,6 +28,7 @@ from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConnectError
+from chworkers.settings import unbounded
 
 FAILURES = 1_100  # past 1,025, where 2.0 * 2 ** 1024 overflows a float
 
@@ -153,9 +154,10 @@ def test_a_batch_failing_1100_times_is_still_retried_and_lands_once(
     dispatcher = Dispatcher(
         spool,
         lambda batch: executor.submit(insert, batch),
+        # A backoff far below the declared minimum: a thousand refused inserts in seconds.
+        unbounded(SpoolSettings(), retry_backoff_max=0.0005),
         on_failure=lambda batch, error: failures.append(error),
         initial_backoff=0.0001,
-        max_backoff=0.0005,
     )
     try:
         fault_proxy.set("refuse")

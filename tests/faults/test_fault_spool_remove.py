@@ -64,7 +64,11 @@ def test_a_batch_whose_file_cannot_be_removed_is_retried_until_it_is(
                 done.set()
 
         dispatcher = Dispatcher(
-            spool, submit, on_done=on_done, initial_backoff=0.2, max_backoff=0.5
+            spool,
+            submit,
+            SpoolSettings(retry_backoff_max=0.5),
+            on_done=on_done,
+            initial_backoff=0.2,
         )
         dispatcher.start()
         try:

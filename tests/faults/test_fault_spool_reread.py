@@ -47,9 +47,9 @@ def test_a_batch_that_cannot_be_read_back_for_a_moment_is_retried(
     dispatcher = Dispatcher(
         spool,
         submit,
+        SpoolSettings(retry_backoff_max=0.5),
         on_failure=lambda batch, error: failures.append(error),
         initial_backoff=0.2,
-        max_backoff=0.5,
     )
     batch = spool.put("ev", b'{"n":1}\n{"n":2}\n', format="JSONEachRow", rows=2)
     assert batch.path is not None
