@@ -40,11 +40,11 @@ kind, directory = sys.argv[1], Path(sys.argv[2])
 if kind == "ingest":
     from chworkers.daemon.batcher import Batcher, BatchLimits
     from chworkers.daemon.ingest import IngestServer, Route
-    from chworkers.daemon.options import SpoolSettings
+    from chworkers.daemon.options import HttpSettings, SpoolSettings
     from chworkers.daemon.spool import Spool
     spool = Spool(directory / "spool", SpoolSettings(fsync=False, policy="reject"))
     batcher = Batcher(spool, lambda batch: None, limits=BatchLimits(max_delay=0.01))
-    server = IngestServer({"events": Route("events", "push")}, batcher, port=0)
+    server = IngestServer({"events": Route("events", "push")}, batcher, HttpSettings(port=0))
     server.start()
     print(server.url, flush=True)
 else:

@@ -6,26 +6,24 @@ import json
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
-from chworkers.daemon.options import SpoolSettings
+from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 
 
 class Harness:
-    def __init__(self, root: Path, **kw: object) -> None:
-        self.spool = Spool(
-            root,
-            SpoolSettings(fsync=False, max_bytes=kw.pop("max_bytes", 1 << 30), policy="reject"),
-        )  # type: ignore[arg-type]
+    def __init__(self, root: Path, *, max_bytes: int = 1 << 30, **http_settings: Any) -> None:
+        self.spool = Spool(root, SpoolSettings(fsync=False, max_bytes=max_bytes, policy="reject"))
         self.batches: list[SpooledBatch] = []
         self.batcher = Batcher(self.spool, self.batches.append, limits=BatchLimits(max_delay=0.02))
         routes = {"events": Route("events", "push"), "metrics": Route("metrics", "push", "CSV")}
-        self.server = IngestServer(routes, self.batcher, port=0, **kw)  # type: ignore[arg-type]
+        self.server = IngestServer(routes, self.batcher, HttpSettings(port=0, **http_settings))
         self.server.start()
         self.port = urlsplit(self.server.url).port
 

@@ -40,7 +40,6 @@ MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str
         {"cooldown": "host_cooldown", "max_cooldown": "max_host_cooldown"},
         {},
     ),
-    (IngestServer, HttpSettings, {}, {}),
     (EmbeddedClickHouse, EmbeddedSettings, {}, {}),
     (logs.configure, LogSettings, {}, {}),
 ]
@@ -50,6 +49,7 @@ MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str
 TAKES: list[tuple[Callable[..., Any], type[Any], frozenset[str]]] = [
     (Spool, SpoolSettings, frozenset()),
     (Dispatcher, SpoolSettings, frozenset({"max_backoff", "permanent_backoff"})),
+    (IngestServer, HttpSettings, frozenset()),
 ]
 
 

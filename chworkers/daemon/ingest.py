@@ -34,7 +34,6 @@ from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.options import HttpSettings
 from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
 from chworkers.http.framing import http_error, plain_response
-from chworkers.http.limits import HttpLimits
 from chworkers.http.server import BoundedHandler, BoundedHTTPServer
 from chworkers.http.watch import ByteBudget
 
@@ -57,39 +56,40 @@ class Route:
 
 
 class IngestServer:
-    """Serves the push endpoint in a background thread."""
+    """Serves the push endpoint in a background thread.
+
+    ``http`` is the daemon's ``[http]`` (address, token, body and buffer limits, how long
+    a request waits for the spool, connection limits; the defaults when not given).
+    """
 
     def __init__(
         self,
         routes: Mapping[str, Route],
         batcher: Batcher,
+        http: HttpSettings | None = None,
         *,
-        host: str = HttpSettings.host,
-        port: int = HttpSettings.port,
-        token: str | None = HttpSettings.token,
-        max_body_bytes: int = HttpSettings.max_body_bytes,
-        max_buffered_bytes: int = HttpSettings.max_buffered_bytes,
-        spool_timeout: float = HttpSettings.spool_timeout,
         validate_json: bool = True,
         on_error: Any = None,
-        limits: HttpLimits | None = None,
         on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.routes = dict(routes)
         self.batcher = batcher
-        self.token = token
-        self.max_body_bytes = max_body_bytes
-        self.buffered = ByteBudget(max_buffered_bytes)
-        self.spool_timeout = spool_timeout
+        self.settings = http = http or HttpSettings()
+        self.token = http.token
+        self.max_body_bytes = http.max_body_bytes
+        self.buffered = ByteBudget(http.max_buffered_bytes)
+        self.spool_timeout = http.spool_timeout
         self.validate_json = validate_json
         self.on_error = on_error
-        self.limits = limits or HttpLimits()
+        self.limits = http.limits
         self._answering = 0  # POSTs between their first byte read and their answer
         self._answered = threading.Condition()
-        handler = type("Handler", (_Handler,), {"ingest": self, "max_body_bytes": max_body_bytes})
+        handler = type(
+            "Handler", (_Handler,), {"ingest": self, "max_body_bytes": http.max_body_bytes}
+        )
         busy = json.dumps({"error": "too many connections; retry later"}).encode() + b"\n"
         self._server = BoundedHTTPServer(
-            (host, port),
+            (http.host, http.port),
             handler,
             self.limits,
             busy_response=plain_response(

@@ -127,19 +127,12 @@ class Intake:
     def start(self) -> None:
         """Open the push endpoint (when a pipeline pushes) and start the reading threads."""
         if self._routes:
-            h = self.http
             observer = self.metrics.http_endpoint("push")
             self.ingest = ingest = IngestServer(
                 self._routes,
                 self.batcher,
-                host=h.host,
-                port=h.port,
-                token=h.token,
-                max_body_bytes=h.max_body_bytes,
-                max_buffered_bytes=h.max_buffered_bytes,
-                spool_timeout=h.spool_timeout,
+                self.http,
                 on_error=self.source_error,
-                limits=h.limits,
                 on_refusal=observer.on_refusal,
             )
             observer.connections = lambda: ingest.connections

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
-from chworkers.daemon.options import SpoolSettings
+from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.http.limits import HttpLimits
 from chworkers.ops.exposition import MetricsEndpoint
@@ -33,10 +33,7 @@ def main() -> None:
         server = IngestServer(
             {"events": Route("events", "push")},
             batcher,
-            port=0,
-            max_body_bytes=1 << 20,
-            max_buffered_bytes=2 << 20,
-            limits=limits,
+            HttpSettings(port=0, max_body_bytes=1 << 20, max_buffered_bytes=2 << 20, limits=limits),
         )
         server.start()
         url = server.url

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
-from chworkers.daemon.options import SpoolSettings
+from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.spool import Spool
 
 
@@ -32,7 +32,7 @@ def _answer_head(port: int, request: bytes) -> list[str]:
 def test_a_stopping_daemons_503_says_connection_close_once(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False, policy="reject"))
     batcher = Batcher(spool, lambda batch: None, limits=BatchLimits(max_delay=0.01))
-    server = IngestServer({"events": Route("events", "push")}, batcher, port=0)
+    server = IngestServer({"events": Route("events", "push")}, batcher, HttpSettings(port=0))
     server.start()
     try:
         batcher.close()  # what a stopping daemon does before the endpoint goes

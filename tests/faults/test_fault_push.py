@@ -21,7 +21,7 @@ from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.ingest import IngestServer, Route
-from chworkers.daemon.options import SpoolSettings
+from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -53,7 +53,9 @@ class Push:
         limits = BatchLimits(max_rows=max_rows, max_delay=max_delay)
         self.batcher = Batcher(spool, self.batches.append, limits=limits)
         routes = {"ev": Route("ev", "push"), "csv": Route("csv", "push-csv", "CSV")}
-        self.server = IngestServer(routes, self.batcher, port=0, spool_timeout=spool_timeout)
+        self.server = IngestServer(
+            routes, self.batcher, HttpSettings(port=0, spool_timeout=spool_timeout)
+        )
         self.server.start()
         port = urlsplit(self.server.url).port
         assert port is not None
