@@ -234,3 +234,41 @@ def test_an_entry_delivered_too_often_is_dead_lettered_and_acked(
     assert len(letters) == 1 and letters[0]["reason"] == "poison", letters  # the entry, whole
     assert letters[0]["record"].count("\n") == 9  # its ten records
     assert "delivered 21 times (max_deliver = 10)" in letters[0]["error"]["message"]
+
+
+def test_a_spooled_batch_completed_elsewhere_is_not_inserted_again(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    fault_proxy: Any,
+    redis_server: RedisServer,
+) -> None:
+    """A daemon stopped with a broker batch in its spool, restarted after another daemon
+    completed that batch (possibly beyond the deduplication window): its manifest is
+    gone, so the replayed batch leaves the spool without an insert."""
+    state = tmp_path / "state"
+    cfg = daemon_config(state, f"{fault_proxy.url}/{database}", redis_pipeline(redis_server))
+    cfg["supervisor"]["graceful_timeout"] = 1.0
+    client = redis_server.client()
+    daemon = Running(cfg)
+    try:
+        fault_proxy.set("refuse")
+        produce(redis_server, "ev", 0, 100, per_entry=10)
+        wait_for(lambda: daemon.daemon.spool.stats()["batches"] >= 1, 30, what="a spooled batch")
+    finally:
+        daemon.stop()
+    prefix = "ev:chworkers:chworkers"
+    tokens = [t.decode() for t in client.smembers(f"{prefix}:manifests")]
+    assert len(tokens) == 1
+    # Another daemon completed it: acknowledged the entries, removed the manifest.
+    ids = [e["message_id"] for e in client.xpending_range("ev", "chworkers", "-", "+", 100)]
+    client.xack("ev", "chworkers", *ids)
+    client.delete(f"{prefix}:manifest:{tokens[0]}")
+    client.srem(f"{prefix}:manifests", tokens[0])
+    fault_proxy.set("pass")
+    daemon = Running(cfg)
+    try:
+        wait_for(lambda: daemon.daemon.spool.stats()["batches"] == 0, 60, what="an empty spool")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (0, 0)
