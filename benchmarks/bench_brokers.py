@@ -272,7 +272,7 @@ def _still_pending(redis: Any, ids: set[bytes]) -> set[bytes]:
 
 
 def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
-    from chworkers.daemon.brokers.redisstream import default_consumer
+    from chworkers.daemon.brokers.redisclient import default_consumer
 
     total = args.messages * args.rows_per_message
     server = RedisServer(tmp / "redis")

@@ -19,7 +19,7 @@ from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon import config
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
-from chworkers.daemon.brokers.redisstream import display_url
+from chworkers.daemon.brokers.redisclient import display_url
 from chworkers.daemon.mapping import FieldMapper
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.batcher import Batcher
+from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.brokers.wiring import broker_of, broker_source, skipped
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.config import EMBEDDED, Config
@@ -430,7 +431,7 @@ class Daemon:
         # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
         # ClickHouse wrote them, insert_duration per request), rejected rows bisected
         # out in the worker and returned with the result.
-        broker = broker_of(self.intake.brokers, batch)
+        broker = broker_of(self._broker_sources(), batch)
         if broker is not None and not broker.still_open(batch):
             log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
             return skipped(batch)
@@ -444,12 +445,16 @@ class Daemon:
             split_bad_rows=True,
         )
 
+    def _broker_sources(self) -> dict[str, RedisSource] | None:
+        intake: Intake | None = getattr(self, "intake", None)  # made after the replay
+        return None if intake is None else intake.brokers
+
     def _confirmed(self, batch: SpooledBatch, result: InsertResult) -> None:
         if result.rejected:
             self.dead_letters.write(
                 batch.table, result.rejected, pipeline=batch.pipeline, batch=batch.token
             )
-        broker = broker_of(self.intake.brokers, batch)
+        broker = broker_of(self._broker_sources(), batch)
         if broker is not None:
             broker.complete(batch)  # acknowledged once inserted; failing: tried again
         with self._lock:

@@ -11,13 +11,10 @@ are acknowledged and the manifest removed, atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +23,13 @@ from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.brokers import redisscripts
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
 from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisclient import connect, display_url, entry_order, raw, text
 from chworkers.daemon.spool import SpooledBatch
-from chworkers.errors import BrokerError, ConfigError, PoisonMessageError
+from chworkers.errors import BrokerError, PoisonMessageError
 from chworkers.ops.metrics import Metrics
 
 if TYPE_CHECKING:
-    import redis
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -42,59 +40,6 @@ DeadLetter = Callable[[Sequence[tuple[bytes, BaseException]], str], None]
 RETRY_INITIAL, RETRY_MAX = 0.1, 5.0
 #: How often the lag and pending gauges are refreshed (seconds).
 GAUGES_EVERY = 2.0
-
-
-def default_consumer(state_dir: str) -> str:
-    """A consumer name that stays the same across restarts of one daemon: the host name
-    and a digest of its state directory."""
-    digest = hashlib.sha256(state_dir.encode()).hexdigest()[:8]
-    return f"{socket.gethostname()}-{digest}"
-
-
-def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
-    """A redis-py client for the settings (TLS and credentials passed through)."""
-    try:
-        import redis
-    except ImportError as exc:  # an optional extra
-        raise ConfigError(
-            f"{where}: source = 'redis' needs redis-py: pip install 'chworkers[redis]'",
-            key="source",
-            value="redis",
-            expected="redis-py installed",
-        ) from exc
-    # RESP2 (redis-py 8 defaults to RESP3): the same reply shapes with every redis-py.
-    kwargs: dict[str, Any] = {
-        "socket_connect_timeout": 5.0,
-        "socket_timeout": 30.0,
-        "protocol": 2,
-    }
-    if options.username is not None:
-        kwargs["username"] = options.username
-    password = options.secret(where)
-    if password is not None:
-        kwargs["password"] = password
-    if options.url.startswith("rediss://"):
-        kwargs["ssl_cert_reqs"] = options.ssl_cert_reqs
-        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            if getattr(options, key) is not None:
-                kwargs[key] = getattr(options, key)
-    try:
-        return redis.Redis.from_url(options.url, **kwargs)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{where}: redis.url = {display_url(options.url)!r} is invalid: {exc}",
-            key="redis.url",
-            value=display_url(options.url),
-            expected="redis://host:port/db or rediss://...",
-        ) from exc
-
-
-def display_url(url: str) -> str:
-    """The URL without its credentials, for logs and errors."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class RedisSource:
@@ -134,7 +79,7 @@ class RedisSource:
         self.client = connect(options, self.where)
         # Entries as the parser gives them: redis-py's per-entry dicts cost more than
         # everything else the source does per entry (see _messages).
-        self.client.set_response_callback("XREADGROUP", _raw)
+        self.client.set_response_callback("XREADGROUP", raw)
         self.stream, self.group = options.stream, options.group
         prefix = f"{self.stream}:chworkers:{self.group}"
         self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
@@ -285,7 +230,7 @@ class RedisSource:
             start_id=self._claim_cursor,
             count=self.options.fetch_count,
         )
-        self._claim_cursor = _text(reply[0])
+        self._claim_cursor = text(reply[0])
         messages = [
             message
             for message in self._messages([[self.stream, reply[1]]])
@@ -315,7 +260,7 @@ class RedisSource:
                 if token in self._inflight:
                     continue  # ours already (our own entries, idle while in flight)
             self._rebuild(token, owners[claimed[0].id][1], claimed)
-        fresh.sort(key=lambda m: _order(m.id))
+        fresh.sort(key=lambda m: entry_order(m.id))
         present = set(self._assembly.ids)
         for message in fresh:
             if self._too_often(message):
@@ -328,7 +273,7 @@ class RedisSource:
     def _live_manifests(self) -> dict[str, tuple[str, list[str]]]:
         """Entry id -> (token, ids) of every manifest beside the stream (few: one per
         batch in flight in any daemon); forgets tokens whose manifest expired."""
-        tokens = [_text(t) for t in self._call(self.client.smembers, self.manifests_key)]
+        tokens = [text(t) for t in self._call(self.client.smembers, self.manifests_key)]
         if not tokens:
             return {}
         bodies = self._call(self.client.mget, [self.manifest_prefix + t for t in tokens])
@@ -391,11 +336,11 @@ class RedisSource:
                     token,
                     body,
                     int(self.options.manifest_ttl * 1000),
-                    min(ids, key=_order) if batch.mixed else ids[0],
-                    max(ids, key=_order) if batch.mixed else ids[-1],
+                    min(ids, key=entry_order) if batch.mixed else ids[0],
+                    max(ids, key=entry_order) if batch.mixed else ids[-1],
                 ],
             )
-            verdict = [_text(part) for part in reply]
+            verdict = [text(part) for part in reply]
             if verdict[0] != "ok":
                 log.warning(
                     "source %s: a batch of %d entries is not inserted: entry %s is not pending "
@@ -528,7 +473,7 @@ class RedisSource:
         if self.metrics is None:
             return
         for group in self._call(self.client.xinfo_groups, self.stream):
-            if _text(group.get("name", b"")) == self.group:
+            if text(group.get("name", b"")) == self.group:
                 self.metrics.broker_pending.labels(pipeline=self.name).set(group.get("pending", 0))
                 if group.get("lag") is not None:
                     self.metrics.broker_lag.labels(pipeline=self.name).set(group["lag"])
@@ -559,17 +504,4 @@ class RedisSource:
             log.warning("source %s: %s; retrying", self.name, why)
 
 
-def _raw(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-__all__ = ["RedisSource", "connect", "default_consumer", "display_url"]
+__all__ = ["RedisSource"]

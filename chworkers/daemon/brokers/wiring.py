@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.clickhouse.inserts import InsertResult
-from chworkers.daemon.brokers.redisstream import RedisSource, default_consumer
+from chworkers.daemon.brokers.redisclient import default_consumer
+from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.spool import SpooledBatch
+from chworkers.errors import BrokerError
 from chworkers.ops.metrics import Metrics
 
 
@@ -48,10 +50,16 @@ def skipped(batch: SpooledBatch) -> Future[Any]:
     return future
 
 
-def broker_of(sources: dict[str, RedisSource], batch: SpooledBatch) -> RedisSource | None:
-    """The broker source a spooled batch came from (None for other sources' batches)."""
+def broker_of(sources: dict[str, RedisSource] | None, batch: SpooledBatch) -> RedisSource | None:
+    """The broker source a spooled batch came from (None for other sources' batches).
+
+    ``sources`` is None while the sources are not made yet (the spool is replayed first):
+    a broker batch then waits (:class:`BrokerError`, a failed attempt tried again), it is
+    not inserted unchecked, since its manifest may be gone."""
     if "broker" not in batch.meta:
         return None
+    if sources is None:
+        raise BrokerError(f"batch {batch.seq} waits for its source {batch.pipeline!r} to start")
     return sources.get(batch.pipeline)
 
 

@@ -1,0 +1,87 @@
+"""The Redis client of the Redis Stream source: a connection from the settings (TLS and
+credentials passed through), and the small conversions of its replies."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis
+
+
+def default_consumer(state_dir: str) -> str:
+    """A consumer name that stays the same across restarts of one daemon: the host name
+    and a digest of its state directory."""
+    digest = hashlib.sha256(state_dir.encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
+    """A redis-py client for the settings (TLS and credentials passed through)."""
+    try:
+        import redis
+    except ImportError as exc:  # an optional extra
+        raise ConfigError(
+            f"{where}: source = 'redis' needs redis-py: pip install 'chworkers[redis]'",
+            key="source",
+            value="redis",
+            expected="redis-py installed",
+        ) from exc
+    # RESP2 (redis-py 8 defaults to RESP3): the same reply shapes with every redis-py.
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": 30.0,
+        "protocol": 2,
+    }
+    if options.username is not None:
+        kwargs["username"] = options.username
+    password = options.secret(where)
+    if password is not None:
+        kwargs["password"] = password
+    if options.url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = options.ssl_cert_reqs
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if getattr(options, key) is not None:
+                kwargs[key] = getattr(options, key)
+    try:
+        return redis.Redis.from_url(options.url, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: redis.url = {display_url(options.url)!r} is invalid: {exc}",
+            key="redis.url",
+            value=display_url(options.url),
+            expected="redis://host:port/db or rediss://...",
+        ) from exc
+
+
+def display_url(url: str) -> str:
+    """The URL without its credentials, for logs and errors."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def raw(response: Any, **options: Any) -> Any:
+    """A reply as the parser gave it (a response callback that does nothing)."""
+    return response
+
+
+def text(value: Any) -> str:
+    """bytes or str as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sort key (ids do not sort as text)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+__all__ = ["connect", "default_consumer", "display_url", "entry_order", "raw", "text"]
