@@ -97,3 +97,20 @@ def test_large_inserts_through_the_supervisor(endpoint: Any, database: str, ch_c
         columns = {"id": ids, "s": np.array(["y"] * len(ids), dtype=object)}
         assert sup.insert("t", columns).result(60) == len(ids)
     assert ch_client.command("SELECT count(), uniqExact(id) FROM t") == ["200000", "200000"]
+
+
+def _sum_once_crashing(marker: str, column: Any) -> int:
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(9)  # the worker dies holding the task: it runs again on another
+    return int(column.sum())
+
+
+def test_a_task_rerun_after_its_worker_died_maps_its_buffer_again(tmp_path: Any) -> None:
+    from chworkers import Supervisor
+
+    column = np.arange(sharedbuf.THRESHOLD // 2, dtype=np.int64)
+    with Supervisor(workers=1, start_method="fork") as sup:
+        future = sup.call(_sum_once_crashing, str(tmp_path / "crashed"), column)
+        assert future.result(60) == int(column.sum())
+    assert (tmp_path / "crashed").exists()
