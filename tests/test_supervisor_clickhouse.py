@@ -417,7 +417,7 @@ def test_native_encoding_in_the_producer_matches_a_plain_insert(
     columns = {name: [r[k] for r in rows[250:]] for k, name in enumerate(names)}
     assert native_sup.insert("native", columns).result(30) == 250  # a mapping of columns
     pickled_sup.insert("pickled", rows, names).result(30)
-    assert native_sup.outcomes.schemas.get("native", tuple(names)) is not None  # Native was used
+    assert native_sup._owner.outcomes.schemas.get("native", tuple(names)) is not None  # Native was used
     query = "SELECT * FROM {} ORDER BY id"
     assert (
         ch_client.query(query.format("native")).result_rows
@@ -431,5 +431,5 @@ def test_native_encoding_in_the_producer_matches_a_plain_insert(
     ch_client.command("ALTER TABLE native DROP COLUMN kind")
     with pytest.raises(ServerError):
         native_sup.insert("native", [rows[0]], names).result(30)
-    assert native_sup.outcomes.schemas.get("native", tuple(names)) is None
+    assert native_sup._owner.outcomes.schemas.get("native", tuple(names)) is None
     assert native_sup.insert("native", [(1000, rows[0][1], "x", [])], names[:4]).result(30) == 1

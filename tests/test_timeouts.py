@@ -36,7 +36,7 @@ def test_supervisor_refuses_a_negative_timeout_before_queueing() -> None:
         sup.insert("t", [(1,)], timeout=-1)
     with pytest.raises(ConfigError):
         sup.drain(timeout=-1)
-    assert sup.outcomes.outstanding == 0  # nothing was admitted
+    assert sup.stats().outstanding == 0  # nothing was admitted
 
 
 def test_stop_with_timeout_none_drains_without_a_limit() -> None:

@@ -81,7 +81,7 @@ class Report:
         """Whether the process should be left running (``/healthz`` 200, watchdog pings)."""
         return self.level < Level.FAILING
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str | list[dict[str, str]]]:
         """The JSON body of ``/healthz``."""
         return {"status": self.level.label, "problems": [p.as_dict() for p in self.problems]}
 

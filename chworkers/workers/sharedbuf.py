@@ -109,7 +109,7 @@ class SharedBuffer:
 
     __slots__ = ("__weakref__", "_finalizer", "ref")
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         name = f"chworkers-{os.getpid()}-{next(_ids)}-{secrets.token_hex(4)}"
         fd = os.memfd_create(name, os.MFD_CLOEXEC)

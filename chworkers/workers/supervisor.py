@@ -50,11 +50,9 @@ from chworkers.workers.options import (
     check_hung_timeout,
     worker_pool_options,
 )
-from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.probes import Probes
 from chworkers.workers.producer import Producer
 from chworkers.workers.signals import SignalInbox
-from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import DeadLetter
 from chworkers.workers.worker import PoolConnector
 
@@ -131,7 +129,7 @@ class Supervisor:
     def __repr__(self) -> str:
         return (
             f"<Supervisor {self.state}: {self._owner.worker_count()} workers, "
-            f"{len(self.queue)} queued, {self.outcomes.outstanding} outstanding>"
+            f"{len(self._owner.queue)} queued, {self._owner.outcomes.outstanding} outstanding>"
         )
 
     # What the owner publishes.
@@ -155,14 +153,6 @@ class Supervisor:
     def error(self) -> BaseException | None:
         """Why the supervisor gave up, when it did (e.g. :class:`WorkerBootError`)."""
         return self._owner.error
-
-    @property
-    def queue(self) -> TaskQueue:
-        return self._owner.queue
-
-    @property
-    def outcomes(self) -> Outcomes:
-        return self._owner.outcomes
 
     @property
     def broker(self) -> LeaseBroker | None:
@@ -288,7 +278,7 @@ class Supervisor:
         no limit)."""
         if self._owner.in_loop():
             raise RuntimeError("drain() from a future's callback would wait for itself")
-        return self.outcomes.wait_idle(timeouts.resolve(timeout, None))
+        return self._owner.outcomes.wait_idle(timeouts.resolve(timeout, None))
 
     def scale(self, workers: int) -> None:
         """Change the number of worker processes; surplus ones finish their tasks first."""

@@ -34,7 +34,7 @@ from chworkers.errors import (
 )
 from chworkers.workers import sharedbuf
 
-_NONE: list[pickle.PickleBuffer] = []
+_NONE: list[pickle.PickleBuffer | sharedbuf.SharedRef] = []
 
 INSERT = "insert"  # a batch into a table, with a leased connection
 SUBMIT = "submit"  # fn(conn, *args, **kwargs) with a leased connection
@@ -83,7 +83,7 @@ class Task:
     kind: str
     payload: bytes
     buffers: list[bytes]
-    future: Future[Any]
+    future: Future[object]
     nbytes: int
     table: str | None = None
     rows: int = 0
@@ -107,7 +107,7 @@ class Task:
             if shared is not None:
                 shared.close()
 
-    def wire(self) -> tuple[int, str, bytes, list[Any]]:
+    def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer | sharedbuf.SharedRef]]:
         buffers, shared = self.buffers, self.shared
         if not buffers:
             return self.id, self.kind, self.payload, _NONE
@@ -126,9 +126,9 @@ class InsertSpec:
 
     table: str
     form: str  # "rows", "columns", "pandas", "arrow" or "raw" (bytes in format ``fmt``)
-    data: Any
+    data: object
     column_names: tuple[str, ...] | None
-    settings: Mapping[str, Any] | None
+    settings: Mapping[str, object] | None
     token: str
     fmt: str | None = None
     #: Bisect rows ClickHouse rejects, within this budget (line formats only).

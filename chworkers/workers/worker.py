@@ -356,7 +356,7 @@ def insert(
             return int(summary.written_rows), int(summary.written_bytes())
         return None
 
-    data = spec.data
+    data: Any = spec.data  # split: bytes, or a view of them (a memory file's)
     if spec.split is not None and not isinstance(data, bytes):
         data = bytes(data)  # cut into records by bytes methods
     return run_insert(data, spec.token, send, fmt=spec.fmt, budget=spec.split)
