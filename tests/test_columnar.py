@@ -161,7 +161,9 @@ def test_a_dataframe_lands_as_insert_df_lands_it(sup: Supervisor, client: Client
         }
     )
     assert sup.insert(ours, df).result(60) == 50
-    assert sup._owner.outcomes.schemas.get(ours, tuple(df.columns)) is not None  # encoded in the producer
+    assert (
+        sup._owner.outcomes.schemas.get(ours, tuple(df.columns)) is not None
+    )  # encoded in the producer
     client.insert_df(theirs, df)
     assert rows(client, ours) == rows(client, theirs)
 

@@ -417,7 +417,9 @@ def test_native_encoding_in_the_producer_matches_a_plain_insert(
     columns = {name: [r[k] for r in rows[250:]] for k, name in enumerate(names)}
     assert native_sup.insert("native", columns).result(30) == 250  # a mapping of columns
     pickled_sup.insert("pickled", rows, names).result(30)
-    assert native_sup._owner.outcomes.schemas.get("native", tuple(names)) is not None  # Native was used
+    assert (
+        native_sup._owner.outcomes.schemas.get("native", tuple(names)) is not None
+    )  # Native was used
     query = "SELECT * FROM {} ORDER BY id"
     assert (
         ch_client.query(query.format("native")).result_rows
