@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chworkers.clickhouse.dsn import Host
 from chworkers.clickhouse.hosts import HostSelector
+from chworkers.clickhouse.pooloptions import PoolOptions
 
 A, B, C = Host("a", 1), Host("b", 1), Host("c", 1)
 
@@ -30,7 +31,7 @@ def test_new_connections_go_to_the_least_loaded_host_in_turn() -> None:
 
 def test_cooldown_doubles_caps_and_clears_on_success() -> None:
     clock = Clock()
-    sel = HostSelector([A, B], cooldown=1.0, max_cooldown=3.0, clock=clock)
+    sel = HostSelector([A, B], PoolOptions(host_cooldown=1.0, max_host_cooldown=3.0), clock=clock)
     sel.report_failure(A, ConnectionError("refused"))
     assert sel.is_down(A) and sel.choose() == B
     clock.now += 1.01
@@ -49,7 +50,7 @@ def test_cooldown_doubles_caps_and_clears_on_success() -> None:
 
 def test_when_every_host_is_down_the_soonest_back_is_tried() -> None:
     clock = Clock()
-    sel = HostSelector([A, B], cooldown=1.0, clock=clock)
+    sel = HostSelector([A, B], PoolOptions(host_cooldown=1.0), clock=clock)
     sel.report_failure(A)
     clock.now += 0.5
     sel.report_failure(B)

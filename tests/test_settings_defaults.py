@@ -34,12 +34,6 @@ from chworkers.ops.logs import LogSettings
 #: (constructor, the settings it mirrors, parameter -> setting where the names differ,
 #: parameters that share a setting's name but are not that setting, and why).
 MIRRORS: list[tuple[Callable[..., Any], type[Any], dict[str, str], dict[str, str]]] = [
-    (
-        HostSelector,
-        PoolOptions,
-        {"cooldown": "host_cooldown", "max_cooldown": "max_host_cooldown"},
-        {},
-    ),
     (EmbeddedClickHouse, EmbeddedSettings, {}, {}),
     (logs.configure, LogSettings, {}, {}),
 ]
@@ -50,6 +44,7 @@ TAKES: list[tuple[Callable[..., Any], type[Any], frozenset[str]]] = [
     (Spool, SpoolSettings, frozenset()),
     (Dispatcher, SpoolSettings, frozenset({"max_backoff", "permanent_backoff"})),
     (IngestServer, HttpSettings, frozenset()),
+    (HostSelector, PoolOptions, frozenset({"cooldown", "max_cooldown"})),
 ]
 
 

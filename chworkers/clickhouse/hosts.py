@@ -49,21 +49,25 @@ class HostState:
 
 
 class HostSelector:
-    """Thread-safe bookkeeping of the hosts' health and load."""
+    """Thread-safe bookkeeping of the hosts' health and load.
+
+    Of the pool's ``options`` (the defaults when not given) it reads ``host_cooldown``
+    and ``max_host_cooldown``.
+    """
 
     def __init__(
         self,
         hosts: Sequence[Host],
+        options: PoolOptions | None = None,
         *,
-        cooldown: float = PoolOptions.host_cooldown,
-        max_cooldown: float = PoolOptions.max_host_cooldown,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        options = options or PoolOptions()
         self._states = {h: HostState(h) for h in hosts}
         self._order = list(self._states)
         self._turn = itertools.count()
-        self._cooldown = cooldown
-        self._max_cooldown = max(cooldown, max_cooldown)
+        self._cooldown = options.host_cooldown
+        self._max_cooldown = max(options.host_cooldown, options.max_host_cooldown)
         self._clock = clock
         self._lock = threading.Lock()
 

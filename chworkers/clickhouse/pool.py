@@ -64,11 +64,7 @@ class ConnectionPool:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._hosts = HostSelector(
-            self.config.hosts,
-            cooldown=options.host_cooldown,
-            max_cooldown=options.max_host_cooldown,
-        )
+        self._hosts = HostSelector(self.config.hosts, options)
         self._state = PoolState(
             options,
             self._hosts,

@@ -24,6 +24,7 @@ from chworkers import ConnectionPool
 from chworkers.backoff import capped_backoff
 from chworkers.clickhouse.dsn import Host
 from chworkers.clickhouse.hosts import HostSelector
+from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
@@ -41,7 +42,9 @@ def test_cooldown_arithmetic_cannot_overflow_for_any_failure_count() -> None:
     assert capped_backoff(1e-300, 10**9, 5.0) == 5.0  # no huge integer either
     assert capped_backoff(0.0, 10**9, 5.0) == 0.0
     host = Host("127.0.0.1", 1)
-    hosts = HostSelector([host], cooldown=2.0, max_cooldown=60.0, clock=lambda: 0.0)
+    hosts = HostSelector(
+        [host], PoolOptions(host_cooldown=2.0, max_host_cooldown=60.0), clock=lambda: 0.0
+    )
     for _ in range(FAILURES):
         hosts.report_failure(host, ConnectionError("refused"))
     (snap,) = hosts.snapshot()
