@@ -20,7 +20,7 @@ import pytest
 
 from chworkers.clickhouse.hosts import HostSelector
 from chworkers.clickhouse.pooloptions import PoolOptions
-from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.config import EmbeddedSettings
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.ingest import IngestServer
@@ -45,6 +45,7 @@ TAKES: list[tuple[Callable[..., Any], type[Any], frozenset[str]]] = [
     (Dispatcher, SpoolSettings, frozenset({"max_backoff", "permanent_backoff"})),
     (IngestServer, HttpSettings, frozenset()),
     (HostSelector, PoolOptions, frozenset({"cooldown", "max_cooldown"})),
+    (Batcher, BatchLimits, frozenset()),
 ]
 
 

@@ -152,7 +152,11 @@ class PipelineSettings:
 
     @property
     def limits(self) -> BatchLimits:
-        return BatchLimits(self.max_rows, self.max_bytes, self.max_delay)
+        """The pipeline's batch limits: its settings that are :class:`BatchLimits`' (a new
+        one is declared there and here with :func:`same_as`, and arrives by itself)."""
+        return BatchLimits(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(BatchLimits)}
+        )
 
     @property
     def settings(self) -> dict[str, Any]:
