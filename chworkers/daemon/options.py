@@ -1,9 +1,10 @@
 """The settings of the daemon's spool and push endpoint, declared once.
 
-:class:`~chworkers.daemon.spool.Spool`, :class:`~chworkers.daemon.dispatch.Dispatcher` and
-:class:`~chworkers.daemon.ingest.IngestServer` take their defaults from these
-declarations, and the daemon's configuration (``[spool]``, ``[http]``) nests them, so a
-constructor and the config file cannot disagree on a default.
+:class:`~chworkers.daemon.spool.Spool` and :class:`~chworkers.daemon.dispatch.Dispatcher`
+take a :class:`SpoolSettings`, :class:`~chworkers.daemon.ingest.IngestServer` an
+:class:`HttpSettings`, and the daemon's configuration (``[spool]``, ``[http]``) nests them:
+a constructor and the config file cannot disagree on a default, and a new setting reaches
+its component without the daemon copying it.
 """
 
 from __future__ import annotations
