@@ -114,3 +114,19 @@ def test_a_task_rerun_after_its_worker_died_maps_its_buffer_again(tmp_path: Any)
         future = sup.call(_sum_once_crashing, str(tmp_path / "crashed"), column)
         assert future.result(60) == int(column.sum())
     assert (tmp_path / "crashed").exists()
+
+
+def test_without_memory_files_large_buffers_take_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(name: str, flags: int = 0) -> int:
+        raise PermissionError(1, "Operation not permitted")  # as under a seccomp filter
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    monkeypatch.setitem(sharedbuf._usable, os.getpid(), True)
+    big = b"z" * sharedbuf.THRESHOLD
+    assert sharedbuf.share([big]) is None
+    assert sharedbuf._usable[os.getpid()] is False  # not tried again for every batch
+    task = tasks.encode_insert(1, Future(), "t", big, None, None, None, fmt="Native")
+    assert task.shared is None
+    frames = channel.encode(channel.TASKS, [task.wire()])
+    _, [(_, _, payload, buffers)] = channel.decode(frames[0], frames[1:])
+    assert bytes(tasks.decode_insert(payload, buffers).data) == big

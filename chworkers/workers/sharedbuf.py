@@ -19,6 +19,7 @@ Linux, no ``/proc``, a process that other processes of its user may not inspect)
 from __future__ import annotations
 
 import ctypes
+import errno
 import itertools
 import logging
 import mmap
@@ -139,10 +140,12 @@ def share(buffers: Sequence[Any]) -> list[SharedBuffer | None] | None:
         return None
     try:
         return [SharedBuffer(b) if memoryview(b).nbytes >= THRESHOLD else None for b in buffers]
-    except OSError as exc:  # e.g. out of memory for the file: the pipe still works
-        log.warning(
-            "cannot put a large batch in shared memory (%s): sending it through the pipe", exc
-        )
+    except OSError as exc:  # the pipe still works
+        if exc.errno in (errno.EPERM, errno.ENOSYS, errno.EACCES):  # e.g. a seccomp filter
+            _usable[os.getpid()] = False
+            log.warning("no memory files here (%s): large batches go through pipes", exc)
+        else:  # e.g. out of memory for this file
+            log.warning("cannot put a batch in shared memory (%s): it goes through the pipe", exc)
         return None
 
 
