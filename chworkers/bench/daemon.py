@@ -6,7 +6,8 @@ clickhouse-connect.
 The daemon runs as users run it: ``python -m chworkers run -c FILE`` in a process of its
 own (the URL in its environment, not in the file), with its defaults (fsync'd spool,
 dedup tokens), until the file is in. Reported: the rate from the command's start to its
-exit, the rate once it is ready (``/readyz`` answers 200) and the start-up time.
+exit, the steady rate (from ready, ``/readyz`` answering 200, until every line is in
+ClickHouse), the start-up time and CPU, and the stop (from the last line in to the exit).
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from chworkers.bench import data
 from chworkers.bench.runner import Case, Group, Metric
 from chworkers.errors import BenchError
 
 RATE = Metric("rate", "rows/s")  # from the command's start to its exit
-STEADY = Metric("steady", "rows/s")  # from ready to exit (raw POSTs: = rate)
+STEADY = Metric("steady", "rows/s")  # from ready to the last line in ClickHouse
 READY = Metric("ready", "s", "lower")
+STOP = Metric("stop", "s", "lower")  # from the last line in ClickHouse to the exit
 #: CPU the daemon and its children (fork server, workers) spent until ready: what the
 #: start-up costs on an idle machine, where a busy one's wall-clock time says little.
 READY_CPU = Metric("ready_cpu", "s", "lower")
 _PROC = Path("/proc")
 _POLL = 0.005
+_COUNT_POLL = 0.02
 
 
 def write_lines(path: Path, count: int) -> None:
@@ -126,9 +130,11 @@ def tree_cpu(root: int) -> float:
 
 
 def run_daemon(
-    env: data.Env, workers: int, table: str, source: Path, lines: int
+    env: data.Env, client: Any, workers: int, table: str, source: Path, lines: int
 ) -> Mapping[str, float]:
-    """One ``chworkers run`` over ``source``; its rates and start-up time."""
+    """One ``chworkers run`` over ``source``: its rates, start-up and stop times. The
+    steady rate counts from ready until ``client`` sees every line in ``table``, so that
+    the stop (draining, workers exiting, the interpreter's exit) is apart."""
     work = env.workdir / f"daemon-{workers}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -153,14 +159,17 @@ def run_daemon(
         )
         try:
             up: float | None = None
+            landed: float | None = None
             up_cpu = 0.0
             while proc.poll() is None:
                 if up is None and ready(port):
                     up = time.monotonic()
                     up_cpu = tree_cpu(proc.pid) if _PROC.is_dir() else 0.0
+                if up is not None and data.count(client, table) >= lines:
+                    landed = time.monotonic()
                     proc.wait()
                     break
-                time.sleep(_POLL)
+                time.sleep(_POLL if up is None else _COUNT_POLL)
             end = time.monotonic()
         finally:
             if proc.poll() is None:
@@ -170,9 +179,11 @@ def run_daemon(
         tail = log_path.read_text(errors="replace")[-2000:]
         raise BenchError(f"chworkers run exited with code {proc.returncode}:\n{tail}")
     up = end if up is None else up  # done before /readyz was seen: too small to tell
+    landed = end if landed is None else landed
     return {
         "rate": lines / (end - start),
-        "steady": lines / max(end - up, 1e-9),
+        "steady": lines / max(landed - up, 1e-9),
+        "stop": end - landed,
         "ready": up - start,
         "ready_cpu": up_cpu,
     }
@@ -215,11 +226,11 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
         )
         return Case(
             name,
-            lambda: run_daemon(env, workers, table, source, lines),
+            lambda: run_daemon(env, client, workers, table, source, lines),
             before=lambda: env.table(client, table),
             after=lambda: data.expect(client, table, lines, name),
             target={"steady": 0.8},
-            extra=(READY, READY_CPU) if _PROC.is_dir() else (READY,),
+            extra=(READY, READY_CPU, STOP) if _PROC.is_dir() else (READY, STOP),
         )
 
     return [
