@@ -272,3 +272,27 @@ def test_a_spooled_batch_completed_elsewhere_is_not_inserted_again(
     finally:
         daemon.stop()
     assert count(endpoint, database) == (0, 0)
+
+
+def test_redis_restarted_mid_ingest_degrades_health_and_loses_nothing(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
+) -> None:
+    url = f"{endpoint.url}/{database}"
+    daemon = Running(daemon_config(tmp_path / "state", url, redis_pipeline(redis_server)))
+
+    def redis_problems() -> list[str]:
+        report = daemon.daemon.health()
+        return [p.reason for p in report.problems if p.component == "source p"]
+
+    try:
+        produce(redis_server, "ev", 0, 5000, per_entry=50)
+        redis_server.kill()  # SIGKILL: Redis keeps what it fsync'd (appendfsync always)
+        wait_for(lambda: bool(redis_problems()), 30, interval=0.2, what="a degraded source")
+        assert "redis redis://127.0.0.1" in redis_problems()[0]
+        redis_server.start()
+        produce(redis_server, "ev", 5000, 10_000, per_entry=50)
+        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+        wait_for(lambda: not redis_problems(), 30, interval=0.2, what="the source healthy")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (10_000, 10_000)
