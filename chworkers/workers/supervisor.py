@@ -243,11 +243,11 @@ class Supervisor:
         ``timeout``: by default ``graceful_timeout``, None for no limit), then stop the
         workers. Tasks left unfinished fail with :class:`SupervisorStoppedError`."""
         owner = self._owner
+        drain = timeouts.resolve(timeout, owner.options.graceful_timeout)
         if not owner.started:  # never started, or starting failed: nothing runs
             if owner.state == "new":
                 owner.abandon("stopped")
             return
-        drain = timeouts.resolve(timeout, owner.options.graceful_timeout)
         if not owner.finished.is_set():
             owner.tell(Stop(graceful, drain))
         if owner.in_loop():
@@ -275,10 +275,17 @@ class Supervisor:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every task submitted so far has finished; False on timeout (None:
-        no limit)."""
+        no limit). From a future's callback (the supervisor's loop, which would wait for
+        itself) it is a :class:`ConfigError`."""
+        limit = timeouts.resolve(timeout, None)
         if self._owner.in_loop():
-            raise RuntimeError("drain() from a future's callback would wait for itself")
-        return self._owner.outcomes.wait_idle(timeouts.resolve(timeout, None))
+            raise ConfigError(
+                "drain() from a future's callback would wait for itself: call it from "
+                "another thread (the callback runs on the supervisor's loop)",
+                key="drain",
+                expected="a call from outside the supervisor's loop",
+            )
+        return self._owner.outcomes.wait_idle(limit)
 
     def scale(self, workers: int) -> None:
         """Change the number of worker processes; surplus ones finish their tasks first."""

@@ -14,12 +14,14 @@ replaced by the default, and a negative one turned a healthy connection into a b
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
 import pytest
 
-from chworkers import ChworkersError, ConfigError, Connection, EmbeddedClickHouse
+from chworkers import ChworkersError, ConfigError, Connection, EmbeddedClickHouse, Supervisor
 from chworkers.daemon.ticket import Ticket
 from chworkers.ops.systemd import Notifier, Watchdog
 from chworkers.workers import tasks
@@ -91,3 +93,37 @@ def test_a_bad_ticket_timeout_is_a_config_error(bad: float) -> None:
     with pytest.raises(ConfigError):
         ticket.settle(bad)
     assert not ticket.done()  # refused before anything: the records are still pending
+
+
+def test_stop_checks_its_timeout_also_before_the_start() -> None:
+    """A never-started supervisor's stop returned before looking at ``timeout``."""
+    sup = Supervisor(workers=1)
+    with pytest.raises(ConfigError, match="timeout"):
+        sup.stop(timeout="soon")  # type: ignore[arg-type]
+    sup.stop()
+
+
+def test_drain_from_a_future_callback_is_a_config_error() -> None:
+    """drain() on the supervisor's loop (a future's callback) would wait for itself; it
+    raised the builtin RuntimeError."""
+    raised: list[BaseException] = []
+    on_the_loop = threading.Event()
+
+    def drain_from_the_loop(_: Future[object]) -> None:
+        if threading.current_thread() is threading.main_thread():
+            return  # the task was done before the callback was added: not on the loop
+        try:
+            sup.drain(5)
+        except BaseException as exc:
+            raised.append(exc)
+        on_the_loop.set()
+
+    with Supervisor(workers=1) as sup:
+        for _ in range(5):
+            sup.call(time.sleep, 0.2).add_done_callback(drain_from_the_loop)
+            if on_the_loop.wait(60):
+                break
+    assert on_the_loop.is_set()
+    assert len(raised) == 1
+    assert isinstance(raised[0], ConfigError), raised
+    assert "wait for itself" in str(raised[0])
