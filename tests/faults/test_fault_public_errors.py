@@ -9,6 +9,8 @@ did ``DeadLetter.batch()`` on a call's letter. ``Connection.ping(timeout=None)``
 replaced by the default, and a negative one turned a healthy connection into a broken one
 (clickhouse-connect refused it, the refusal read as a failed ping). ``Ticket.wait`` and
 ``settle`` took a negative or NaN timeout as "time is up" instead of refusing it.
+``Supervisor.drain()`` from a future's callback raised the builtin RuntimeError, and a
+never-started supervisor's ``stop()`` did not look at its timeout.
 """
 
 from __future__ import annotations
