@@ -128,6 +128,47 @@ def test_no_import_cycle() -> None:
     assert not cycles, "\n\n".join(cycles)
 
 
+def root_importers(graph: grimp.ImportGraph) -> list[str]:
+    """Modules of the package that import its root (``from chworkers import X`` for a
+    re-exported name), each with the importing lines. The layers contract sees such an
+    import only where the root's own imports lead to a higher layer; a daemon module
+    importing the root breaks no layer, and is still a module reaching around the layers
+    through the public surface."""
+    found = []
+    for importer in sorted(graph.find_modules_that_directly_import("chworkers")):
+        details = graph.get_import_details(importer=importer, imported="chworkers")
+        where = "; ".join(f"l.{d['line_number']}: {d['line_contents']}" for d in details)
+        found.append(f"{importer} imports the package root ({where})")
+    return found
+
+
+def test_no_module_imports_the_package_root() -> None:
+    graph = grimp.build_graph("chworkers", cache_dir=None)
+    found = root_importers(graph)
+    assert not found, "\n".join(found)
+
+
+def test_an_import_of_the_root_is_reported_with_its_line() -> None:
+    graph = grimp.ImportGraph()
+    graph.add_module("chworkers")
+    graph.add_import(
+        importer="chworkers.daemon.sources",
+        imported="chworkers",
+        line_number=12,
+        line_contents="from chworkers import ConfigError",
+    )
+    graph.add_import(
+        importer="chworkers.daemon.spool",
+        imported="chworkers.timeouts",
+        line_number=3,
+        line_contents="from chworkers import timeouts",
+    )
+    assert root_importers(graph) == [
+        "chworkers.daemon.sources imports the package root "
+        "(l.12: from chworkers import ConfigError)"
+    ]
+
+
 def copy_of_the_package(tmp_path: Path) -> Path:
     shutil.copytree(
         ROOT / "chworkers", tmp_path / "chworkers", ignore=shutil.ignore_patterns("__pycache__")
