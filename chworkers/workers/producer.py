@@ -21,7 +21,7 @@ from typing import Any
 from chworkers import timeouts
 from chworkers.clickhouse import native
 from chworkers.clickhouse.inserts import SplitBudget
-from chworkers.errors import ConfigError, SupervisorStoppedError
+from chworkers.errors import ConfigError, QueueFullError, SupervisorStoppedError
 from chworkers.timeouts import Timeout
 from chworkers.workers import tasks
 from chworkers.workers.arbiter import Arbiter
@@ -149,9 +149,23 @@ class Producer:
             raise SupervisorStoppedError(
                 f"the supervisor is {owner.state}: start() it (or use it in a with block) first"
             )
+        # A future's callback runs on the loop, which is what empties the queue: there a
+        # full queue is answered at once, since waiting for room would wait for itself.
+        in_loop = owner.in_loop()
         owner.outcomes.admit()
         try:
-            owner.queue.put(task, timeout)
+            owner.queue.put(task, 0.0 if in_loop else timeout)
+        except QueueFullError as exc:
+            owner.outcomes.withdraw()
+            if not in_loop:
+                raise
+            raise QueueFullError(
+                f"{exc}: a future's callback runs on the supervisor's loop, which empties "
+                "the queue, so it cannot wait for room",
+                size=getattr(exc, "size", None),
+                nbytes=getattr(exc, "nbytes", None),
+                timeout=0.0,
+            ) from exc
         except BaseException:
             owner.outcomes.withdraw()
             raise
