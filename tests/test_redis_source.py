@@ -5,6 +5,8 @@ dead-lettered and acknowledged, and the manifests' rules (docs/brokers.md)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +298,31 @@ def test_redis_restarted_mid_ingest_degrades_health_and_loses_nothing(
     finally:
         daemon.stop()
     assert count(endpoint, database) == (10_000, 10_000)
+
+
+def test_check_reaches_redis_and_describes_the_stream(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
+) -> None:
+    def check(url: str) -> subprocess.CompletedProcess[str]:
+        conf = tmp_path / "c.toml"
+        conf.write_text(
+            f'[clickhouse]\nurl = "{endpoint.url}/{database}"\n[[pipelines]]\nname = "r"\n'
+            f'source = "redis"\ntable = "ev"\ncreate = "n UInt64"\n[pipelines.redis]\n'
+            f'url = "{url}"\nstream = "ev"\n'
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "chworkers", "check", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    result = check(redis_server.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pipeline r: stream ev does not exist yet" in result.stdout
+    produce(redis_server, "ev", 0, 10, per_entry=5)
+    result = check(redis_server.url)
+    assert "pipeline r: stream ev: 2 entries; group chworkers not created yet" in result.stdout
+    result = check("redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert "pipeline r: REDIS FAILS: redis redis://127.0.0.1:1/0: ConnectionError" in result.stdout

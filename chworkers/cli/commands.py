@@ -147,7 +147,7 @@ def _check(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config, overrides=flags.given(args))
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
     print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
-    problems = _check_files(cfg)
+    problems = max(_check_files(cfg), _check_brokers(cfg))
     ch = cfg.settings.clickhouse
     if ch.url != config_module.EMBEDDED:
         return max(_check_clickhouse(cfg, ch.connection()), problems)
@@ -231,6 +231,23 @@ def _check_files(cfg: config_module.Config) -> int:
             )
         else:
             print(f"pipeline {p.name}: NO FILE matches {patterns}; nothing would be read")
+            failed = 1
+    return failed
+
+
+def _check_brokers(cfg: config_module.Config) -> int:
+    """Reach each broker pipeline's Redis and describe its stream; 1 when one fails."""
+    from chworkers.daemon.brokers.redisclient import describe
+    from chworkers.errors import BrokerError
+
+    failed = 0
+    for p in cfg.pipelines:
+        if p.source != "redis":
+            continue
+        try:
+            print(f"pipeline {p.name}: {describe(p.redis, f'pipeline {p.name!r}')}")
+        except BrokerError as exc:
+            print(f"pipeline {p.name}: REDIS FAILS: {exc}")
             failed = 1
     return failed
 

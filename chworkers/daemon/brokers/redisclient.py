@@ -9,7 +9,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.errors import ConfigError
+from chworkers.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:
     import redis
@@ -84,4 +84,33 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-__all__ = ["connect", "default_consumer", "display_url", "entry_order", "raw", "text"]
+def describe(options: RedisSourceSettings, where: str) -> str:
+    """One line on the stream and its consumer group, for ``chworkers check``; raises
+    :class:`BrokerError` when Redis does not answer or refuses."""
+    import redis
+
+    client = connect(options, where)
+    stream, group = options.stream, options.group
+    try:
+        client.ping()
+        if not client.exists(stream):
+            return f"stream {stream} does not exist yet (`run` creates it with the group)"
+        length = client.xlen(stream)
+        groups = {text(g["name"]): g for g in client.xinfo_groups(stream)}
+        found = groups.get(group)
+        if found is None:
+            return (
+                f"stream {stream}: {length} entries; group {group} not created yet "
+                f"(`run` creates it, from {options.start_id!r})"
+            )
+        return (
+            f"stream {stream}: {length} entries; group {group}: {found['consumers']} "
+            f"consumers, {found['pending']} pending, lag {found.get('lag')}"
+        )
+    except redis.RedisError as exc:
+        raise BrokerError(f"redis {display_url(options.url)}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        client.close()
+
+
+__all__ = ["connect", "default_consumer", "describe", "display_url", "entry_order", "raw", "text"]
