@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from chworkers import timeouts
 from chworkers.embedded.cli import READY_PREFIX
 from chworkers.embedded.options import DEFAULT_MAX_SESSIONS, PASSWORD_ENV, EmbeddedOptions
 from chworkers.errors import EmbeddedError
@@ -232,15 +233,17 @@ class EmbeddedClickHouse:
             data: dict[str, int] = json.loads(resp.read())
         return data
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait for a clean exit (SIGKILL after ``timeout``); the exit code."""
+    def stop(self, timeout: float | None = 30.0) -> int | None:
+        """SIGTERM and wait for a clean exit (SIGKILL after ``timeout`` seconds; None: no
+        limit); the exit code."""
+        limit = timeouts.resolve(timeout, None)
         if self._proc is None:
             return None
         proc, self._proc = self._proc, None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                return proc.wait(timeout=timeout)
+                return proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 log.warning("embedded endpoint pid %s ignored SIGTERM; killing it", proc.pid)
                 proc.kill()
@@ -255,7 +258,7 @@ class EmbeddedClickHouse:
             proc.kill()
         proc.wait()
 
-    def restart(self, timeout: float = 30.0) -> Self:
+    def restart(self, timeout: float | None = 30.0) -> Self:
         """Stop (if running) and start again on the same data directory and port."""
         self.stop(timeout)
         return self.start()

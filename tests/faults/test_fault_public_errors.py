@@ -10,7 +10,8 @@ replaced by the default, and a negative one turned a healthy connection into a b
 (clickhouse-connect refused it, the refusal read as a failed ping). ``Ticket.wait`` and
 ``settle`` took a negative or NaN timeout as "time is up" instead of refusing it.
 ``Supervisor.drain()`` from a future's callback raised the builtin RuntimeError, and a
-never-started supervisor's ``stop()`` did not look at its timeout.
+never-started supervisor's ``stop()`` did not look at its timeout, nor did
+``EmbeddedClickHouse.stop()`` (typed as seconds only, None worked by chance).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,13 @@ def test_drain_from_a_future_callback_is_a_config_error() -> None:
     assert len(raised) == 1
     assert isinstance(raised[0], ConfigError), raised
     assert "wait for itself" in str(raised[0])
+
+
+def test_the_embedded_endpoints_stop_takes_timeouts_as_everywhere(tmp_path: Path) -> None:
+    """``EmbeddedClickHouse.stop(timeout)`` was typed as seconds only and took anything."""
+    ch = EmbeddedClickHouse(tmp_path / "data")
+    with pytest.raises(ConfigError, match="timeout"):
+        ch.stop(-1)
+    with pytest.raises(ConfigError, match="timeout"):
+        ch.restart(math.nan)
+    assert ch.stop(None) is None  # not running: nothing to wait for
