@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
         help=f"run only this family (repeatable): {', '.join(FAMILIES)}",
     )
     bench.add_argument(
-        "--quick", action="store_true", help="small sizes and 3 rounds: about a minute"
+        "--quick", action="store_true", help="small sizes and 3 rounds: about two minutes"
     )
     bench.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     sizes = bench.add_argument_group("sizes (defaults: the full run; --quick makes them small)")
