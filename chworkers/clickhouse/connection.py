@@ -21,16 +21,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.compression import get_compressor
-from clickhouse_connect.driver.httputil import get_pool_manager_options
 from clickhouse_connect.driver.query import QueryResult
 from clickhouse_connect.driver.summary import QuerySummary
-from urllib3 import PoolManager, Timeout
+from urllib3 import PoolManager
 
 from chworkers import timeouts
-from chworkers.clickhouse import dedup, native
+from chworkers.clickhouse import dedup, driver, native
 from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 from chworkers.clickhouse.translate import translate_error
@@ -54,17 +52,6 @@ Parameters = Mapping[str, object] | Sequence[object] | None
 
 log = logging.getLogger(__name__)
 
-
-class _DriverDuplicates(logging.Filter):
-    """clickhouse-connect warns "Unexpected Http Driver Exception" (no reason given) just
-    before it raises the error that :func:`translate_error` turns into ours, which the
-    pool and the host selector log with its reason: one line per failed request, twice."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "Unexpected Http Driver Exception"
-
-
-logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
 
 _IDS = itertools.count(1)
 _READ_ONLY_RE = re.compile(r"^\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b", re.I)
@@ -345,43 +332,9 @@ class Connection:
     # -- internals ------------------------------------------------------------------------
 
     def _open(self) -> None:
-        cfg = self.config
-        options = get_pool_manager_options(verify=cfg.verify, maxsize=1, num_pools=1)
-        http = PoolManager(**options)
-        try:
-            with self._translating("connect", idempotent=True):
-                client: Any = clickhouse_connect.get_client(
-                    host=self.host.host,
-                    port=self.host.port,
-                    username=cfg.username,
-                    password=cfg.password,
-                    database=cfg.database,
-                    secure=cfg.secure,
-                    verify=cfg.verify,
-                    compress=cfg.compress,
-                    settings=dict(cfg.settings),
-                    client_name=cfg.client_name,
-                    connect_timeout=max(1, int(cfg.connect_timeout)),
-                    send_receive_timeout=max(1, int(cfg.send_receive_timeout)),
-                    query_retries=0,
-                    pool_mgr=http,
-                    autogenerate_session_id=False,
-                )
-        except BaseException:
-            http.clear()
-            raise
-        # clickhouse-connect truncates timeouts to whole seconds; restore the exact values,
-        # and leave retrying to chworkers' policy.
-        client.timeout = Timeout(connect=cfg.connect_timeout, read=cfg.send_receive_timeout)
-        client.http_retries = 0
-        backend = getattr(client, "_backend", None)
-        if backend is not None and hasattr(backend, "error_handler"):
-            backend.error_handler = _keep_status(backend.error_handler)
-        if backend is not None and hasattr(backend, "request"):
-            # clickhouse-connect silently repeats any insert once on a reset connection, with
-            # or without a deduplication token; one retry layer (the policy's) decides instead.
-            backend.request = _no_driver_retry(backend.request)
-        self._client, self._http, self._pid = client, http, os.getpid()
+        with self._translating("connect", idempotent=True):
+            self._client, self._http = driver.open_client(self.host, self.config)
+        self._pid = os.getpid()
 
     def _ensure_process(self) -> None:
         if self.closed:
@@ -416,27 +369,6 @@ class Connection:
             ):
                 self.broken = True  # a gateway error: let the pool try another host
             raise err from exc
-
-
-def _keep_status(handler: Any) -> Any:
-    """Wrap clickhouse-connect's HTTP error handler to remember the response's status."""
-
-    def error_handler(response: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            handler(response, *args, **kwargs)
-        except Exception as exc:
-            exc._chworkers_http_status = getattr(response, "status", None)  # type: ignore[attr-defined]
-            raise
-
-    return error_handler
-
-
-def _no_driver_retry(request: Any) -> Any:
-    def no_retry(*args: Any, **kwargs: Any) -> Any:
-        kwargs["retryable"] = False
-        return request(*args, **kwargs)
-
-    return no_retry
 
 
 #: Raw insert bodies from this size on are sent without a copy (see ``raw_insert``).

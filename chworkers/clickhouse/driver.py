@@ -1,0 +1,96 @@
+"""clickhouse-connect as a :class:`~chworkers.clickhouse.connection.Connection` uses it.
+
+One client per connection, on an HTTP pool of its own (one socket, so a connection is one
+TCP connection the pool can count), with the exact timeouts (clickhouse-connect rounds
+them down to whole seconds), no retries of its own (the retry policy is the one retry
+layer: the driver would repeat an insert on a reset connection, token or not), and the
+HTTP status of an error response kept on the exception for
+:func:`~chworkers.clickhouse.translate.translate_error`. Its "Unexpected Http Driver
+Exception" warning, which says less than the error chworkers logs right after, is filtered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.httputil import get_pool_manager_options
+from urllib3 import PoolManager, Timeout
+
+from chworkers.clickhouse.dsn import ConnectionConfig, Host
+
+
+class _DriverDuplicates(logging.Filter):
+    """clickhouse-connect warns "Unexpected Http Driver Exception" (no reason given) just
+    before it raises the error that :func:`translate_error` turns into ours, which the
+    pool and the host selector log with its reason: one line per failed request, twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Unexpected Http Driver Exception"
+
+
+logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
+
+
+def open_client(host: Host, cfg: ConnectionConfig) -> tuple[Client, PoolManager]:
+    """A client of ``host`` on a pool manager of its own; the driver's errors as raised
+    (the caller translates them)."""
+    options = get_pool_manager_options(verify=cfg.verify, maxsize=1, num_pools=1)
+    http = PoolManager(**options)
+    try:
+        client: Any = clickhouse_connect.get_client(
+            host=host.host,
+            port=host.port,
+            username=cfg.username,
+            password=cfg.password,
+            database=cfg.database,
+            secure=cfg.secure,
+            verify=cfg.verify,
+            compress=cfg.compress,
+            settings=dict(cfg.settings),
+            client_name=cfg.client_name,
+            connect_timeout=max(1, int(cfg.connect_timeout)),
+            send_receive_timeout=max(1, int(cfg.send_receive_timeout)),
+            query_retries=0,
+            pool_mgr=http,
+            autogenerate_session_id=False,
+        )
+    except BaseException:
+        http.clear()
+        raise
+    # clickhouse-connect truncates timeouts to whole seconds; restore the exact values,
+    # and leave retrying to chworkers' policy.
+    client.timeout = Timeout(connect=cfg.connect_timeout, read=cfg.send_receive_timeout)
+    client.http_retries = 0
+    backend = getattr(client, "_backend", None)
+    if backend is not None and hasattr(backend, "error_handler"):
+        backend.error_handler = _keep_status(backend.error_handler)
+    if backend is not None and hasattr(backend, "request"):
+        # clickhouse-connect silently repeats any insert once on a reset connection, with
+        # or without a deduplication token; one retry layer (the policy's) decides instead.
+        backend.request = _no_driver_retry(backend.request)
+    return client, http
+
+
+def _keep_status(handler: Callable[..., None]) -> Callable[..., None]:
+    """Wrap clickhouse-connect's HTTP error handler to remember the response's status."""
+
+    def error_handler(response: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            handler(response, *args, **kwargs)
+        except Exception as exc:
+            exc._chworkers_http_status = getattr(response, "status", None)  # type: ignore[attr-defined]
+            raise
+
+    return error_handler
+
+
+def _no_driver_retry(request: Callable[..., Any]) -> Callable[..., Any]:
+    def no_retry(*args: Any, **kwargs: Any) -> Any:
+        kwargs["retryable"] = False
+        return request(*args, **kwargs)
+
+    return no_retry
