@@ -1,8 +1,8 @@
 """The package's layers hold: no module imports a higher layer, and no import cycle.
 
 The layers are import-linter's contract in pyproject.toml (``[tool.importlinter]``,
-docs/architecture.md): cli > daemon > workers > clickhouse | embedded > ops > http > the
-base modules. Cycles are found here, on grimp's import graph (the one import-linter
+docs/architecture.md): cli > bench > daemon > workers > clickhouse | embedded > ops >
+http > the base modules. Cycles are found here, on grimp's import graph (the one import-linter
 builds), as strongly connected components; imports under ``TYPE_CHECKING`` count, since
 a cycle of types is a cycle of concepts all the same.
 """
@@ -10,6 +10,7 @@ a cycle of types is a cycle of concepts all the same.
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import subprocess
 import sys
@@ -166,6 +167,45 @@ def test_an_import_of_the_root_is_reported_with_its_line() -> None:
     assert root_importers(graph) == [
         "chworkers.daemon.sources imports the package root "
         "(l.12: from chworkers import ConfigError)"
+    ]
+
+
+#: ``importlib.import_module("chworkers.x...")`` (and ``__import__``) with a literal name.
+_IMPORT_BY_NAME = re.compile(r"""(?:import_module|__import__)\(\s*f?["']chworkers\.(\w+)""")
+
+
+def imports_by_name(package: Path) -> list[str]:
+    """Imports of another subpackage of chworkers by a string: the contract cannot see
+    them, so a dependency between layers hidden that way goes unchecked (the command
+    line once imported ``chworkers.bench.cli`` so, beside bench in the layers)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        own = parts[0] if len(parts) > 1 else None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in _IMPORT_BY_NAME.finditer(line):
+                if match.group(1) != own:
+                    found.append(f"{path.relative_to(package.parent)}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_subpackage_is_imported_by_a_string() -> None:
+    found = imports_by_name(ROOT / "chworkers")
+    assert not found, "imports the layers contract cannot see:\n" + "\n".join(found)
+
+
+def test_an_import_by_a_string_is_reported(tmp_path: Path) -> None:
+    package = tmp_path / "chworkers"
+    (package / "cli").mkdir(parents=True)
+    (package / "bench").mkdir()
+    (package / "cli" / "main.py").write_text(
+        'import importlib\nbench = importlib.import_module("chworkers.bench.cli")\n'
+    )
+    (package / "bench" / "cli.py").write_text(
+        'import importlib\npart = importlib.import_module(f"chworkers.bench.{name}")\n'
+    )
+    assert imports_by_name(package) == [
+        'chworkers/cli/main.py:2: bench = importlib.import_module("chworkers.bench.cli")'
     ]
 
 

@@ -11,23 +11,22 @@ configures logging (the library never does) and maps errors to exit codes.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from chworkers._version import __version__
+from chworkers.bench import cli as bench_cli
+from chworkers.cli import commands
+from chworkers.embedded import cli as embedded_cli
 from chworkers.errors import ChworkersError, ConfigError, WorkerBootError
 from chworkers.ops import logs
 from chworkers.ops.logs import LogSettings
 from chworkers.settings import flags
 
-#: Modules that contribute a subcommand, in the order ``--help`` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "chworkers.cli.commands",
-    "chworkers.embedded.cli",
-    "chworkers.bench.cli",
-)
+#: Modules that contribute a subcommand, in the order ``--help`` lists them (imported
+#: as any module is, so that the layers contract sees them).
+SUBCOMMAND_MODULES = (commands, embedded_cli, bench_cli)
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0
@@ -48,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chworkers {__version__}")
     flags.add_flags(parser, LogSettings, prefix="log.", config_file=True)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in SUBCOMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 
