@@ -126,6 +126,11 @@ class _Source:
         )
         self.rows += rows
 
+    def problems(self) -> list[str]:
+        """What the health checks ask a source: these have nothing of their own to tell
+        (a source thread that dies is the intake's to report)."""
+        return []
+
     def _error(self, message: str) -> None:
         log.warning("source %s: %s", self.name, message)
         if self.on_error is not None:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from chworkers.ops.metrics import Metrics
 
@@ -42,8 +42,14 @@ __all__ = ["Health", "Level", "Problem", "Report", "Stall"]
 
 log = logging.getLogger(__name__)
 
+class Reporter(Protocol):
+    """A component that tells its problems: each reason is one line."""
+
+    def problems(self) -> Iterable[str]: ...
+
+
 #: What can be registered: an object with ``problems()``, or the function itself.
-Component = Callable[[], Iterable[str]] | Any
+Component = Reporter | Callable[[], Iterable[str]]
 
 
 class Level(enum.IntEnum):
