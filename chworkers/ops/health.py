@@ -42,6 +42,7 @@ __all__ = ["Health", "Level", "Problem", "Report", "Stall"]
 
 log = logging.getLogger(__name__)
 
+
 class Reporter(Protocol):
     """A component that tells its problems: each reason is one line."""
 
