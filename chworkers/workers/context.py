@@ -41,7 +41,8 @@ class Connections(Protocol):
 
 @dataclass(slots=True)
 class TaskInfo:
-    """What middleware sees of a task in the worker."""
+    """What middleware sees of a task: in the worker (``before_task``, ``after_task``)
+    and in the supervisor (``after_task_done``)."""
 
     id: int
     kind: str

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from chworkers.workers.context import TaskInfo, WorkerContext
-from chworkers.workers.tasks import DeadLetter, Task
+from chworkers.workers.tasks import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Middleware:
         """After a task ran in the worker, whatever its outcome."""
 
     # Supervisor side (on the supervisor's loop thread).
-    def after_task_done(self, task: Task, error: BaseException | None, duration: float) -> None:
+    def after_task_done(self, task: TaskInfo, error: BaseException | None, duration: float) -> None:
         """A task's future is about to resolve (``error`` is None on success)."""
 
     def after_dead_letter(self, letter: DeadLetter) -> None:

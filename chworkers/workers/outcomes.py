@@ -38,6 +38,7 @@ from chworkers.errors import (
 )
 from chworkers.ops.metrics import Metrics
 from chworkers.workers import tasks
+from chworkers.workers.context import TaskInfo
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.recorder import MetricsDelta, apply_delta
@@ -125,8 +126,7 @@ class Outcomes:
                 m.errors.labels("task", "").inc()
             self.fail(task, error, duration)
             return
-        for middleware in self.middleware:
-            _safely(middleware.after_task_done, task, None, duration)
+        self._after_task_done(task, None, duration)
         self.finish(task, value, None)
 
     def _inserted(self, task: Task, result: InsertResult) -> Any:
@@ -144,6 +144,12 @@ class Outcomes:
             return dataclasses.replace(result, rows=rows)
         return rows
 
+    def _after_task_done(self, task: Task, error: BaseException | None, duration: float) -> None:
+        if self.middleware:
+            info = TaskInfo(task.id, task.kind, task.table, task.rows)
+            for middleware in self.middleware:
+                _safely(middleware.after_task_done, info, error, duration)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: this runs for every task."""
         key = (id(metric), labels)
@@ -157,8 +163,7 @@ class Outcomes:
     ) -> None:
         self._child(self.metrics.tasks, task.kind, "failure").inc()
         self.counts["failed"] += 1
-        for middleware in self.middleware:
-            _safely(middleware.after_task_done, task, error, duration)
+        self._after_task_done(task, error, duration)
         if task.kind == tasks.INSERT and isinstance(error, ServerError) and task.table:
             self.schemas.forget(task.table)  # the table may have changed under us
         if not task.internal and (reason != "error" or is_permanent(error, self.policy())):

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from chworkers import ChworkersError, ConfigError, Connection, EmbeddedClickHouse, Supervisor
+from chworkers import (
+    ChworkersError,
+    ConfigError,
+    Connection,
+    EmbeddedClickHouse,
+    Middleware,
+    Supervisor,
+    TaskInfo,
+)
 from chworkers.daemon.ticket import Ticket
 from chworkers.ops.systemd import Notifier, Watchdog
 from chworkers.workers import tasks
@@ -141,3 +149,25 @@ def test_the_embedded_endpoints_stop_takes_timeouts_as_everywhere(tmp_path: Path
     with pytest.raises(ConfigError, match="timeout"):
         ch.restart(math.nan)
     assert ch.stop(None) is None  # not running: nothing to wait for
+
+
+class _Seen(Middleware):
+    worker_side = False
+
+    def __init__(self) -> None:
+        self.tasks: list[object] = []
+
+    def after_task_done(self, task: TaskInfo, error: BaseException | None, duration: float) -> None:
+        self.tasks.append(task)
+
+
+def test_after_task_done_is_given_what_middleware_sees_of_a_task() -> None:
+    """The supervisor-side hook was handed the supervisor's own Task (its bytes, its
+    future, its bookkeeping) where the worker-side hooks get a TaskInfo."""
+    seen = _Seen()
+    with Supervisor(workers=1, middleware=[seen]) as sup:
+        assert sup.call(time.sleep, 0).result(60) is None
+    assert len(seen.tasks) == 1
+    info = seen.tasks[0]
+    assert isinstance(info, TaskInfo)
+    assert info.kind == "call" and info.table is None and info.rows == 0
