@@ -81,25 +81,41 @@ def _check_capacity(capacity: Any) -> int:
     return capacity
 
 
+#: Longest Unix socket path (sun_path less its terminating NUL, on Linux).
+MAX_SOCKET_PATH = 107
+
+
+def _private_dir() -> str:
+    """A new 0700 directory for the socket and the slot file: in the temporary directory
+    ($TMPDIR), or in /tmp when the socket's path there would be too long to bind."""
+    path = tempfile.mkdtemp(prefix="chworkers-lease-")
+    if len(os.fsencode(os.path.join(path, "broker.sock"))) <= MAX_SOCKET_PATH:
+        return path
+    os.rmdir(path)
+    log.debug("lease socket: %s is too long a path, using /tmp", path)
+    return tempfile.mkdtemp(prefix="chworkers-lease-", dir="/tmp")
+
+
 class LeaseBroker:
     """Holds ``capacity`` leases and grants them, first come first served, to clients."""
 
     def __init__(self, capacity: int, *, context: BaseContext | None = None) -> None:
         self._capacity = _check_capacity(capacity)
         self.context = context if context is not None else multiprocess.get_context()
-        self._dir = tempfile.mkdtemp(prefix="chworkers-lease-")
+        self._dir = _private_dir()
         self.address = os.path.join(self._dir, "broker.sock")
         self.slots_path = os.path.join(self._dir, "slots")
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            self._server.bind(self.address)
             self._table = SlotTable(self.slots_path, create=True)
         except BaseException as exc:
+            self._server.close()
             shutil.rmtree(self._dir, ignore_errors=True)
             if isinstance(exc, OSError):
-                raise PoolError(f"cannot create the lease file {self.slots_path}: {exc}") from exc
+                raise PoolError(f"cannot create the lease files in {self._dir}: {exc}") from exc
             raise
         self._table.words[CAPACITY] = self._table.words[HIGH] = self._capacity
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(self.address)
         self._server.listen(128)
         self._server.setblocking(False)
         self._wake_r, self._wake_w = os.pipe()
