@@ -105,17 +105,22 @@ class LeaseBroker:
         self._dir = _private_dir()
         self.address = os.path.join(self._dir, "broker.sock")
         self.slots_path = os.path.join(self._dir, "slots")
+        try:
+            self._table = SlotTable(self.slots_path, create=True)
+        except BaseException as exc:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise PoolError(f"cannot create the lease file {self.slots_path}: {exc}") from exc
+            raise
+        self._table.words[CAPACITY] = self._table.words[HIGH] = self._capacity
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._server.bind(self.address)
-            self._table = SlotTable(self.slots_path, create=True)
-        except BaseException as exc:
+        except OSError as exc:
             self._server.close()
+            self._table.close()
             shutil.rmtree(self._dir, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise PoolError(f"cannot create the lease files in {self._dir}: {exc}") from exc
-            raise
-        self._table.words[CAPACITY] = self._table.words[HIGH] = self._capacity
+            raise PoolError(f"cannot bind the lease socket {self.address}: {exc}") from exc
         self._server.listen(128)
         self._server.setblocking(False)
         self._wake_r, self._wake_w = os.pipe()

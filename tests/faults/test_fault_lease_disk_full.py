@@ -11,8 +11,10 @@ full filesystem is a clear PoolError at start, and nothing dies later.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,17 @@ broker.close()
 """
 
 
-def test_a_full_filesystem_is_a_clear_error_at_start(tmp_path: Path) -> None:
-    fs = tmp_path / "fs"
+def test_a_full_filesystem_is_a_clear_error_at_start() -> None:
+    # A short path: under a long one (pytest-xdist's) the broker would rightly put its
+    # socket and lease file in /tmp, away from the full filesystem.
+    fs = Path(tempfile.mkdtemp(prefix="lease-fs-", dir="/tmp"))
+    try:
+        _run_on_a_full_filesystem(fs)
+    finally:
+        shutil.rmtree(fs, ignore_errors=True)
+
+
+def _run_on_a_full_filesystem(fs: Path) -> None:
     with small_filesystem(fs) as tmpfs:
         if not tmpfs:
             pytest.skip("needs a tmpfs to fill (a file size limit would fail the same either way)")
