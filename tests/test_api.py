@@ -4,8 +4,11 @@ the public signatures say what they take and return (no ``Any``)."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,10 +46,10 @@ ANY_ALLOWED_IN: tuple[str, ...] = ()
 def public_names() -> set[str]:
     return {
         name
-        for name, value in vars(chworkers).items()
+        for name in dir(chworkers)
         if not name.startswith("_")
-        and not inspect.ismodule(value)  # subpackages and modules, e.g. chworkers.errors
-        and name not in {"annotations", "logging"}
+        and not inspect.ismodule(getattr(chworkers, name))  # e.g. chworkers.errors
+        and name not in {"annotations", "importlib", "logging", "TYPE_CHECKING"}
     }
 
 
@@ -57,7 +60,8 @@ def test_all_matches_public_names() -> None:
 
 def test_all_is_grouped_by_concept() -> None:
     source = (ROOT / "chworkers" / "__init__.py").read_text()
-    listing = source[source.index("__all__ = [") : source.index("]\n", source.index("__all__"))]
+    start = source.index("_EXPORTS: dict[str, str] = {")
+    listing = source[start : source.index("}\n", start)]
     groups = re.findall(r"^    # (.+)$", listing, re.M)
     assert len(groups) >= 6, groups
     assert groups[-1] == "Meta"
@@ -71,6 +75,68 @@ def test_all_names_resolve() -> None:
             # Exported from where it is defined, not from a module that merely imports it.
             module = __import__(value.__module__, fromlist=[name])
             assert getattr(module, name) is value, name
+
+
+def _type_checking_imports() -> dict[str, str]:
+    """What the root imports under ``if TYPE_CHECKING:``, name -> module."""
+    tree = ast.parse((ROOT / "chworkers" / "__init__.py").read_text())
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    found: dict[str, str] = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.module, ast.unparse(node)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name}: re-export it as itself"
+            found[alias.name] = node.module
+    return found
+
+
+def test_type_checkers_see_what_the_root_resolves() -> None:
+    """The imports type checkers and IDEs read name the same modules as ``_EXPORTS``."""
+    assert _type_checking_imports() == chworkers._EXPORTS
+
+
+def _fresh_python(code: str) -> None:
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_importing_the_root_imports_no_layer() -> None:
+    """``import chworkers`` loads nothing until a name is used, then only what that name
+    needs: the daemon's command line and the worker's fork server do not pay for every
+    layer (issue 11's start-up target)."""
+    _fresh_python(
+        "import sys, chworkers\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('chworkers.'))\n"
+        "assert loaded == [], loaded\n"
+        "from chworkers import ChworkersError, RetryPolicy\n"
+        "assert 'chworkers.workers.supervisor' not in sys.modules\n"
+        "assert 'chworkers.daemon.service' not in sys.modules\n"
+        "assert 'chworkers.embedded' not in sys.modules\n"
+        "from chworkers import Supervisor\n"
+        "assert 'chworkers.workers.supervisor' in sys.modules\n"
+    )
+
+
+def test_unknown_names_are_attribute_errors_and_submodules_still_import() -> None:
+    try:
+        chworkers.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as error:
+        assert "NoSuchThing" in str(error)
+    else:
+        raise AssertionError("chworkers.NoSuchThing resolved")
+    assert not hasattr(chworkers, "__wrapped__")
+    _fresh_python("from chworkers import timeouts, forkguard\nimport chworkers.errors")
+
+
+def test_dir_lists_every_public_name_before_use() -> None:
+    _fresh_python(
+        "import chworkers\n"
+        "assert set(chworkers.__all__) <= set(dir(chworkers))\n"
+        "assert 'Supervisor' not in vars(chworkers)\n"
+    )
 
 
 def test_names_that_worked_before_still_import() -> None:
