@@ -2,11 +2,42 @@
 
 :class:`EmbeddedClickHouse` runs it in a child process (tests, the daemon's default);
 :class:`EmbeddedServer` is the endpoint itself, in the calling process.
+
+Both are imported on first use (PEP 562), as the package root's names are: the command
+line imports :mod:`chworkers.embedded.cli` to register its subcommand, and that must not
+load the endpoint's machinery into ``chworkers run`` (issue 11's start-up target).
 """
 
 from __future__ import annotations
 
-from chworkers.embedded.process import EmbeddedClickHouse
-from chworkers.embedded.server import EmbeddedServer
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["EmbeddedClickHouse", "EmbeddedServer"]
+if TYPE_CHECKING:
+    from chworkers.embedded.process import EmbeddedClickHouse as EmbeddedClickHouse
+    from chworkers.embedded.server import EmbeddedServer as EmbeddedServer
+
+_EXPORTS: dict[str, str] = {
+    "EmbeddedClickHouse": "chworkers.embedded.process",
+    "EmbeddedServer": "chworkers.embedded.server",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def _getattr(name: str) -> object:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value: object = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:
+    __getattr__ = _getattr

@@ -14,14 +14,18 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chworkers.embedded.handler import Credentials
 from chworkers.embedded.options import PASSWORD_ENV, EmbeddedOptions
-from chworkers.embedded.server import EmbeddedServer
 from chworkers.errors import ConfigError
 from chworkers.pids import alive
 from chworkers.settings import flags
+
+if TYPE_CHECKING:
+    # The endpoint's machinery is imported when the subcommand runs, not when the
+    # command line registers it (``chworkers run`` never needs it).
+    from chworkers.embedded.handler import Credentials
+    from chworkers.embedded.server import EmbeddedServer
 
 #: The line printed on stdout once the endpoint accepts connections.
 READY_PREFIX = "chworkers embedded: serving "
@@ -69,10 +73,14 @@ def credentials_from(options: EmbeddedOptions) -> Credentials | None:
         password = os.environ.get(PASSWORD_ENV)
     if options.user is None and password is None:
         return None
+    from chworkers.embedded.handler import Credentials
+
     return Credentials(options.user or "default", password or "")
 
 
 def run(args: argparse.Namespace) -> int:
+    from chworkers.embedded.server import EmbeddedServer
+
     options = flags.from_flags(EmbeddedOptions, args)
     assert options.path is not None  # required: validated
     server = EmbeddedServer(
