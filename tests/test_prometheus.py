@@ -184,6 +184,10 @@ class BusyDaemon:
         m.spool_dropped.inc(rnd.randint(0, 1))
         m.source_rows.labels("http").inc(1000)
         m.source_errors.labels("http").inc(rnd.randint(0, 1))
+        m.broker_lag.labels("orders").set(rnd.randint(0, 500))
+        m.broker_pending.labels("orders").set(rnd.randint(0, 50))
+        m.broker_acked.labels("orders").inc(rnd.randint(50, 100))
+        m.broker_redeliveries.labels("orders").inc(rnd.randint(0, 1))
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
