@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chworkers.embedded import deduplog
 from chworkers.embedded.exceptions import UNKNOWN_SETTING, clickhouse_error, from_chdb
 from chworkers.errors import EmbeddedError
 
@@ -86,6 +87,7 @@ class Engine:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         _check_not_locked(path)
+        deduplog.repair(path)
         try:
             self._primary = _chdb().connect(str(path))
         except RuntimeError as exc:
