@@ -15,12 +15,14 @@ import re
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from chclients import make_client, unique_name
 from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
+from redisserver import RedisServer, RedisUnavailable
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -105,3 +107,18 @@ def fault_proxy(endpoint: EmbeddedClickHouse) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server (Debian's, installed on first use) on a free loopback port with
+    its own data directory; the test is skipped when it cannot be had."""
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chclients import make_client
 from daemonthread import Running, count, daemon_config
-from redisserver import RedisServer, RedisUnavailable
+from redisserver import RedisServer
 from waiting import wait_for
 
 from chworkers.clickhouse.dedup import broker_token
@@ -27,19 +26,6 @@ from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(tmp_path / "redis")
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def produce(server: RedisServer, stream: str, start: int, stop: int, per_entry: int) -> None:

@@ -9,28 +9,14 @@ pending, no manifest left.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
-from redisserver import RedisServer, RedisUnavailable
+from redisserver import RedisServer
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(tmp_path / "redis")
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def produce(server: RedisServer, start: int, stop: int, per_entry: int = 50) -> None:

@@ -11,31 +11,17 @@ every ``claim_idle / 4``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemonthread import Running, count, daemon_config
-from redisserver import RedisServer, RedisUnavailable
+from redisserver import RedisServer
 from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(tmp_path / "redis")
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def settled(server: RedisServer) -> bool:
