@@ -31,7 +31,6 @@ import os
 import selectors
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -42,6 +41,7 @@ from multiprocess.connection import Connection as _MPConnection
 from multiprocess.context import BaseContext
 
 from chworkers.clickhouse.leaseclient import LeaseClient, recv, send
+from chworkers.clickhouse.leasedirs import SOCKET_NAME, private_dir
 from chworkers.clickhouse.leaseledger import LeaseLedger, LeaseStats, Peer
 from chworkers.clickhouse.leasequeue import LeaseQueue
 from chworkers.clickhouse.leaseslots import (
@@ -81,29 +81,14 @@ def _check_capacity(capacity: Any) -> int:
     return capacity
 
 
-#: Longest Unix socket path (sun_path less its terminating NUL, on Linux).
-MAX_SOCKET_PATH = 107
-
-
-def _private_dir() -> str:
-    """A new 0700 directory for the socket and the slot file: in the temporary directory
-    ($TMPDIR), or in /tmp when the socket's path there would be too long to bind."""
-    path = tempfile.mkdtemp(prefix="chworkers-lease-")
-    if len(os.fsencode(os.path.join(path, "broker.sock"))) <= MAX_SOCKET_PATH:
-        return path
-    os.rmdir(path)
-    log.debug("lease socket: %s is too long a path, using /tmp", path)
-    return tempfile.mkdtemp(prefix="chworkers-lease-", dir="/tmp")
-
-
 class LeaseBroker:
     """Holds ``capacity`` leases and grants them, first come first served, to clients."""
 
     def __init__(self, capacity: int, *, context: BaseContext | None = None) -> None:
         self._capacity = _check_capacity(capacity)
         self.context = context if context is not None else multiprocess.get_context()
-        self._dir = _private_dir()
-        self.address = os.path.join(self._dir, "broker.sock")
+        self._dir = private_dir()
+        self.address = os.path.join(self._dir, SOCKET_NAME)
         self.slots_path = os.path.join(self._dir, "slots")
         try:
             self._table = SlotTable(self.slots_path, create=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from chworkers.clickhouse.lease import MAX_SOCKET_PATH, LeaseBroker
+from chworkers.clickhouse.lease import LeaseBroker
+from chworkers.clickhouse.leasedirs import MAX_SOCKET_PATH
 
 
 def test_a_long_tmpdir_still_gives_a_working_broker_and_leaves_nothing(
