@@ -257,6 +257,8 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap() -> None:
         ("chworkers_dead_letter_rows_total", "dead letters"),
         ("sum by (state) (chworkers_workers", "workers by state"),
         ("chworkers_worker_restarts_total", "restarts"),
+        ("chworkers_worker_memory_bytes", "worker memory"),
+        ("chworkers_worker_memory_limit_bytes", "the memory limit workers are recycled at"),
     ],
 )
 def test_dashboard_shows(needle: str, what: str) -> None:

@@ -164,14 +164,27 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             "chworkers_worker_restarts_total",
-            "Workers replaced, by reason (crashed, hung, recycled).",
+            "Workers replaced, by reason (crashed, hung, recycled after max_tasks_per_worker, "
+            "memory over max_worker_memory, rolling restart).",
             ["reason"],
             registry=r,
         )
         # Known label values exist from the start, at 0, so that increase() sees the
         # first restart instead of only the series appearing.
-        for reason in ("crashed", "hung", "recycled"):
+        for reason in ("crashed", "hung", "recycled", "memory", "rolling"):
             self.worker_restarts.labels(reason=reason)
+        self.worker_memory = Gauge(
+            "chworkers_worker_memory_bytes",
+            "Resident memory (RSS) of the worker processes: the largest (stat=max) and "
+            "all of them together (stat=sum), as each last read it.",
+            ["stat"],
+            registry=r,
+        )
+        self.worker_memory_limit = Gauge(
+            "chworkers_worker_memory_limit_bytes",
+            "max_worker_memory: the RSS over which a worker is replaced (0: none).",
+            registry=r,
+        )
 
         # Daemon: spool, dead letters, sources.
         self.spool_bytes = Gauge(

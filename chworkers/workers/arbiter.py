@@ -339,6 +339,8 @@ class Arbiter:
             self._retry = retry
             if self._crew is not None:
                 self._crew.configure({"retry": retry})
+        if "max_worker_memory" in changes and self._crew is not None:
+            self._crew.configure({"max_worker_memory": self._options.max_worker_memory})
         if "queue_size" in changes:
             self.queue.resize(self._options.queue_size)
             self.metrics.queue_capacity.set(self._options.queue_size)

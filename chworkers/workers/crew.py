@@ -104,6 +104,10 @@ class Crew:
         for state in ("starting", "idle", "busy", "stopping"):
             metrics.workers.labels(state).set(states[state])
         metrics.pool_idle.set(sum(h.gauges.get("pool_idle", 0.0) for h in self.workers.values()))
+        rss = [h.gauges.get("memory", 0.0) for h in self.workers.values()]
+        metrics.worker_memory.labels("max").set(max(rss, default=0.0))
+        metrics.worker_memory.labels("sum").set(sum(rss))
+        metrics.worker_memory_limit.set(self.owner.options.max_worker_memory or 0)
 
     # Starting.
 
@@ -151,7 +155,7 @@ class Crew:
             middleware=[m for m in self.middleware if m.worker_side],
             heartbeat_interval=opts.heartbeat_interval,
             max_tasks=max_tasks,
-            settings={"retry": self.owner.retry},
+            settings={"retry": self.owner.retry, "max_worker_memory": opts.max_worker_memory},
             close_fds=close_fds,
             log_levels=workerlogs.levels(),
             log_stderr=isinstance(sys.stderr, workerlogs.StderrToLog),

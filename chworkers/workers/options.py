@@ -115,6 +115,15 @@ class SupervisorOptions:
         minimum=0,
         reload=True,
     )
+    max_worker_memory: int | None = setting(
+        None,
+        "A worker whose resident memory (RSS) is over this many bytes after a task is "
+        "replaced: it finishes that task, the tasks it was sent but had not started go to "
+        "other workers, and a fresh worker takes its place (none: never).",
+        unit="bytes",
+        minimum=1024 * 1024,
+        reload=True,
+    )
     max_task_crashes: int = setting(
         2,
         "Times a task may take its worker down (crash or hang) before it fails.",

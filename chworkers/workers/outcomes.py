@@ -48,6 +48,12 @@ from chworkers.workers.tasks import DeadLetter, Task
 log = logging.getLogger(__name__)
 
 
+#: Why a worker was replaced (``chworkers_worker_restarts_total``'s reason): it died,
+#: hung, ran ``max_tasks_per_worker`` tasks, went over ``max_worker_memory``, or was
+#: replaced by a rolling restart.
+RESTART_REASONS = ("crashed", "hung", "recycled", "memory", "rolling")
+
+
 class Outcomes:
     def __init__(
         self,
@@ -221,7 +227,7 @@ class Outcomes:
         return apply_delta(self.metrics, delta)
 
     def worker_exited(self, name: str, pid: int | None, reason: str, *, replaced: bool) -> None:
-        if replaced and reason in ("crashed", "hung", "recycled"):
+        if replaced and reason in RESTART_REASONS:
             self.metrics.worker_restarts.labels(reason).inc()
             self.restarts[reason] += 1
         for middleware in self.middleware:

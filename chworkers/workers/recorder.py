@@ -34,7 +34,7 @@ class MetricsRecorder:
     #: Instruments a worker may record into (attribute names of :class:`Metrics`).
     COUNTERS = frozenset({"errors", "retries", "pool_created", "pool_closed"})
     HISTOGRAMS = frozenset({"pool_acquire_wait", "insert_duration"})
-    GAUGES = frozenset({"pool_idle"})
+    GAUGES = frozenset({"pool_idle", "memory"})
 
     def __init__(self) -> None:
         self.counters: defaultdict[tuple[str, Labels], float] = defaultdict(float)

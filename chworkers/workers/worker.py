@@ -48,6 +48,7 @@ from chworkers.workers.context import (
     WorkerContext,
 )
 from chworkers.workers.middleware import Middleware
+from chworkers.workers.recycle import MemoryWatch
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,15 @@ class _Loop:
         self.stopping = False
         self._orphaned = False
         self._next_parent_check = 0.0
+        self.memory = MemoryWatch(worker.name, lambda rss: worker.metrics.set("memory", float(rss)))
 
     def run(self) -> None:
         # A broken pipe means the supervisor is gone; what we held runs again elsewhere.
-        with contextlib.suppress(BrokenPipeError, EOFError):
-            self._run()
+        try:
+            with contextlib.suppress(BrokenPipeError, EOFError):
+                self._run()
+        finally:
+            self.memory.close()
 
     def _run(self) -> None:
         spec = self.spec
@@ -193,15 +198,31 @@ class _Loop:
             self._read_available()
             if not self.local or self.orphaned:
                 continue
-            self._run_one(self.local.popleft())
+            duration = self._run_one(self.local.popleft())
             self.done += 1
             if spec.max_tasks is not None and self.done >= spec.max_tasks:
-                self.flush()
-                self.results_out.send(channel.RETIRING, "recycled")
+                self._retire("recycled")
+                break
+            why = self.memory.over(self.worker.settings.get("max_worker_memory"), duration)
+            if why is not None:
+                # The tasks it holds but has not started go to other workers.
+                log.warning(
+                    "%s: %s after %d tasks: replacing it (%d task(s) handed back)",
+                    self.worker.name,
+                    why,
+                    self.done,
+                    len(self.local),
+                )
+                self._retire("memory")
                 break
         beat[STATE] = STOPPING
         if not self.orphaned:
             self.flush()
+
+    def _retire(self, reason: str) -> None:
+        """Exit after this task, to be replaced (its results first)."""
+        self.flush()
+        self.results_out.send(channel.RETIRING, reason)
 
     @property
     def orphaned(self) -> bool:
@@ -246,7 +267,8 @@ class _Loop:
         except (EOFError, OSError):
             self._orphaned = True  # the supervisor is gone
 
-    def _run_one(self, wire: tuple[int, str, bytes, list[Any]]) -> None:
+    def _run_one(self, wire: tuple[int, str, bytes, list[Any]]) -> float:
+        """Run one task; returns how long it took."""
         task_id, kind, payload, buffers = wire
         worker, beat = self.worker, self.beat
         started = time.monotonic()
@@ -285,6 +307,7 @@ class _Loop:
             or time.monotonic() - self.first_unsent >= _BATCH_WAIT
         ):
             self.flush()
+        return duration
 
     def flush(self) -> None:
         delta = self.worker.metrics.drain()

@@ -1,0 +1,118 @@
+"""Recycling workers by memory (``max_worker_memory``), with real worker processes and a
+task that leaks on purpose."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import waiting
+
+from chworkers import Supervisor
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 2**20
+_LEAKED: list[bytes] = []
+
+
+def rss() -> int:
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def leak(n: int, log_path: str, mib: int) -> tuple[int, int, int]:
+    """Record that task ``n`` ran (once per run, in a shared file), then keep ``mib``
+    MiB for good; returns (task, pid, RSS before it leaked)."""
+    before = rss()
+    with open(log_path, "a") as fh:
+        fh.write(f"{n} {os.getpid()}\n")
+    _LEAKED.append(b"\x01" * (mib * MiB))  # pages written, so resident
+    time.sleep(0.005)
+    return n, os.getpid(), before
+
+
+@pytest.fixture
+def make_sup() -> Iterator[Any]:
+    started: list[Supervisor] = []
+
+    def make(**kw: Any) -> Supervisor:
+        kw.setdefault("start_method", "fork")
+        sup = Supervisor(**kw)
+        started.append(sup)
+        return sup.start()
+
+    yield make
+    for sup in started:
+        sup.stop(graceful=False)
+
+
+def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(
+    make_sup: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = make_sup(workers=2)
+    # A fresh worker's RSS (forked from this test process), then room for ~3 leaks.
+    fresh = max(sup.call(rss).result(20) for _ in range(4))
+    limit = fresh + 28 * MiB
+    sup.reconfigure(max_worker_memory=limit)
+    runs = tmp_path / "runs"
+    with caplog.at_level(logging.WARNING):
+        futures = [sup.call(leak, n, str(runs), 10) for n in range(24)]
+        results = [f.result(30) for f in futures]
+        waiting.wait_for(
+            lambda: sup.stats().restarts.get("memory", 0) >= 4,
+            timeout=20,
+            what="the workers over the limit reaped",
+        )
+    # Every task ran exactly once, none lost and none twice (the tasks a worker held but
+    # had not started when it went over were run by others).
+    ran = [int(line.split()[0]) for line in runs.read_text().splitlines()]
+    assert sorted(ran) == list(range(24))
+    # No task started in a worker already over the limit: it left after the task that
+    # took it over.
+    assert all(before <= limit for _, _, before in results), [r[2] - limit for r in results]
+    pids = {pid for _, pid, _ in results}
+    assert len(pids) >= 5  # 240 MiB of leaks through workers that hold ~30 each
+    text = caplog.text
+    assert "over max_worker_memory" in text and "MiB" in text
+    assert sup.stats().restarts.keys() == {"memory"}
+    assert (
+        sup.registry.get_sample_value("chworkers_worker_restarts_total", {"reason": "memory"})
+        == sup.stats().restarts["memory"]
+    )
+    assert sup.registry.get_sample_value("chworkers_worker_memory_limit_bytes") is not None
+
+
+def test_a_limit_below_a_fresh_worker_is_refused_not_obeyed(
+    make_sup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every worker is over 1 MiB before it runs anything: obeying would replace workers
+    # after every task. It is said once per worker instead.
+    with caplog.at_level(logging.ERROR):
+        sup = make_sup(workers=1, max_worker_memory="1MiB")
+        pids = {f.result(20) for f in [sup.call(os.getpid) for _ in range(200)]}
+        waiting.wait_for(
+            lambda: "below the RSS of a worker that has run nothing" in caplog.text,
+            timeout=10,
+            what="the refusal logged",
+        )
+    assert len(pids) == 1
+    assert sup.stats().restarts == {}
+
+
+def test_the_memory_gauge_follows_the_workers(make_sup: Any) -> None:
+    sup = make_sup(workers=1, max_worker_memory="4GiB")
+    sup.call(os.getpid).result(20)
+    sample = sup.registry.get_sample_value
+
+    def scraped() -> bool:
+        sup._probes.refresh()  # what a scrape of /metrics does first
+        return (sample("chworkers_worker_memory_bytes", {"stat": "max"}) or 0) > MiB
+
+    waiting.wait_for(lambda: sup.call(os.getpid).result(20) > 0 and scraped(), timeout=10)
+    assert sample("chworkers_worker_memory_limit_bytes") == 4 * 2**30
