@@ -6,30 +6,28 @@ left pending (``XAUTOCLAIM``), cuts batches with the pipeline's limits, writes e
 batch's manifest beside the stream, and hands the batch to the batcher with the
 manifest's token. The daemon asks :meth:`RedisSource.still_open` before each insert
 attempt and calls :meth:`RedisSource.complete` once ClickHouse confirmed it: the entries
-are acknowledged and the manifest removed, atomically.
+are acknowledged and the manifest removed, atomically. The commands themselves are
+:class:`~chworkers.daemon.brokers.redisgroup.StreamGroup` 's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers import redisscripts
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisclient import connect, display_url, entry_order, raw, text
+from chworkers.daemon.brokers.redisclient import entry_order
+from chworkers.daemon.brokers.redisgroup import StreamGroup
+from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError, PoisonMessageError
 from chworkers.ops.metrics import Metrics
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +72,12 @@ class RedisSource:
         self.metrics = metrics
         self.on_error = on_error
         self.assembler = Assembler(format, max_record_bytes=max_record_bytes, transform=transform)
-        self.where = f"pipeline {name!r}"
-        self.url = display_url(options.url)
-        self.client = connect(options, self.where)
-        # Entries as the parser gives them: redis-py's per-entry dicts cost more than
-        # everything else the source does per entry (see _messages).
-        self.client.set_response_callback("XREADGROUP", raw)
-        self.stream, self.group = options.stream, options.group
-        prefix = f"{self.stream}:chworkers:{self.group}"
-        self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
-        self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
-        self._complete = self.client.register_script(redisscripts.COMPLETE)
-        self._touch = self.client.register_script(redisscripts.TOUCH)
+        self.redis = StreamGroup(options, self.consumer, f"pipeline {name!r}")
+        self.trouble = Trouble(name, f"redis {self.redis.url}")
         self.rows = 0
         self._lock = threading.Lock()
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
         self._assembly = Assembly()
-        self._trouble: tuple[float, str] | None = None  # since (wall clock), why
         self._claim_cursor = "0-0"
 
     # -- the daemon's side ----------------------------------------------------------------
@@ -98,8 +85,7 @@ class RedisSource:
     def still_open(self, batch: SpooledBatch) -> bool:
         """Whether the batch's manifest is still there (else another daemon completed it,
         or it expired): a batch replayed from the spool is inserted only if it is."""
-        token = str(batch.meta["broker"]["token"])
-        return bool(self._call(self.client.exists, self.manifest_prefix + token))
+        return self.redis.has_manifest(str(batch.meta["broker"]["token"]))
 
     def complete(self, batch: SpooledBatch) -> None:
         """ClickHouse confirmed the batch: acknowledge its entries, remove its manifest."""
@@ -107,12 +93,7 @@ class RedisSource:
         self._ack(list(broker["ids"]), str(broker["token"]))
 
     def problems(self) -> list[str]:
-        with self._lock:
-            trouble = self._trouble
-        if trouble is None:
-            return []
-        since, why = trouble
-        return [f"redis {self.url}: failing for {time.time() - since:.0f} s: {why}"]
+        return self.trouble.problems()
 
     # -- the source's thread ----------------------------------------------------------------
 
@@ -142,10 +123,10 @@ class RedisSource:
                 self._fetch()
                 if self._assembly.due(self.limits):
                     self._cut()
-                self._ok()
+                self.trouble.ok()
                 backoff = RETRY_INITIAL
             except BrokerError as exc:
-                self._failing(str(exc))
+                self.trouble.failing(str(exc))
                 stop.wait(backoff)
                 backoff = min(RETRY_MAX, backoff * 2)
         try:
@@ -155,31 +136,19 @@ class RedisSource:
             log.warning("source %s: the last batch stays pending in Redis: %s", self.name, exc)
 
     def _create_group(self) -> None:
-        import redis
-
-        try:
-            self.client.xgroup_create(self.stream, self.group, self.options.start_id, mkstream=True)
+        if self.redis.create():
             log.info(
-                "source %s: created consumer group %s on %s", self.name, self.group, self.stream
+                "source %s: created consumer group %s on %s",
+                self.name,
+                self.redis.group,
+                self.redis.stream,
             )
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise BrokerError(f"redis {self.url}: cannot create the group: {exc}") from exc
-        except redis.RedisError as exc:
-            raise self._error(exc) from exc
 
     def _read_own_pending(self) -> None:
         """Entries this consumer had before a restart: rebuilt like claimed ones."""
         last = "0"
         while True:
-            reply = self._call(
-                self.client.xreadgroup,
-                self.group,
-                self.consumer,
-                {self.stream: last},
-                count=self.options.fetch_count,
-            )
-            messages = self._messages(reply)
+            messages = self.redis.read(last, self.options.fetch_count)
             if not messages:
                 return
             log.info("source %s: %d entries pending from before, rebuilt", self.name, len(messages))
@@ -191,15 +160,7 @@ class RedisSource:
         if self._assembly.ids:
             wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
         count = max(1, min(self.options.fetch_count, self.limits.max_rows - self._assembly.rows))
-        reply = self._call(
-            self.client.xreadgroup,
-            self.group,
-            self.consumer,
-            {self.stream: ">"},
-            count=count,
-            block=max(1, int(min(wait, 1.0) * 1000)),
-        )
-        messages = self._messages(reply)
+        messages = self.redis.read(">", count, block_ms=max(1, int(min(wait, 1.0) * 1000)))
         start = 0
         while start < len(messages):
             start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
@@ -221,21 +182,9 @@ class RedisSource:
 
     def _claim(self) -> None:
         """Take over entries other consumers left pending for ``claim_idle``."""
-        reply = self._call(
-            self.client.xautoclaim,
-            self.stream,
-            self.group,
-            self.consumer,
-            int(self.options.claim_idle * 1000),
-            start_id=self._claim_cursor,
-            count=self.options.fetch_count,
-        )
-        self._claim_cursor = text(reply[0])
-        messages = [
-            message
-            for message in self._messages([[self.stream, reply[1]]])
-            if message.id not in set(self._assembly.ids)
-        ]
+        self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
+        present = set(self._assembly.ids)
+        messages = [message for message in claimed if message.id not in present]
         if messages:
             log.info("source %s: claimed %d idle entries", self.name, len(messages))
             self._redelivered(messages)
@@ -245,8 +194,8 @@ class RedisSource:
         the others are batched anew."""
         if self.metrics is not None:
             self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(len(messages))
-        messages = self._with_deliveries(messages)
-        owners = self._live_manifests()
+        messages = self.redis.with_deliveries(messages)
+        owners = self.redis.live_manifests()
         fresh: list[Message] = []
         manifests: dict[str, list[Message]] = {}
         for message in messages:
@@ -270,28 +219,8 @@ class RedisSource:
                 self._cut()
                 present = set()
 
-    def _live_manifests(self) -> dict[str, tuple[str, list[str]]]:
-        """Entry id -> (token, ids) of every manifest beside the stream (few: one per
-        batch in flight in any daemon); forgets tokens whose manifest expired."""
-        tokens = [text(t) for t in self._call(self.client.smembers, self.manifests_key)]
-        if not tokens:
-            return {}
-        bodies = self._call(self.client.mget, [self.manifest_prefix + t for t in tokens])
-        owners: dict[str, tuple[str, list[str]]] = {}
-        expired = []
-        for token, body in zip(tokens, bodies, strict=True):
-            if body is None:
-                expired.append(token)
-                continue
-            ids = [str(i) for i in json.loads(body)["ids"]]
-            for entry_id in ids:
-                owners[entry_id] = (token, ids)
-        if expired:
-            self._call(self.client.srem, self.manifests_key, *expired)
-        return owners
-
     def _rebuild(self, token: str, ids: list[str], claimed: list[Message]) -> None:
-        stored = self._read_entries(ids)
+        stored = self.redis.entries(ids)
         given_up = {m.id for m in claimed if self._too_often(m, ack=False)}
         batch, poison = self.assembler.rebuild(
             ids, {i: m for i, m in stored.items() if i not in given_up}
@@ -317,37 +246,21 @@ class RedisSource:
 
     def _cut(self) -> None:
         batch, self._assembly = self._assembly, Assembly()
-        token = broker_token("redis", self.stream, self.group, batch.ids)
+        token = broker_token("redis", self.redis.stream, self.redis.group, batch.ids)
         self._hand_on(token, batch.ids, batch, write_manifest=True)
 
     def _hand_on(
         self, token: str, ids: list[str], batch: Assembly, *, write_manifest: bool
     ) -> None:
         if write_manifest:
-            body = json.dumps(
-                {"token": token, "ids": ids, "consumer": self.consumer, "created": time.time()}
-            )
-            reply = self._call(
-                self._write_manifest,
-                keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
-                args=[
-                    self.group,
-                    self.consumer,
-                    token,
-                    body,
-                    int(self.options.manifest_ttl * 1000),
-                    min(ids, key=entry_order) if batch.mixed else ids[0],
-                    max(ids, key=entry_order) if batch.mixed else ids[-1],
-                ],
-            )
-            verdict = [text(part) for part in reply]
-            if verdict[0] != "ok":
+            gone = self.redis.write_manifest(token, ids, ordered=not batch.mixed)
+            if gone is not None:
                 log.warning(
                     "source %s: a batch of %d entries is not inserted: entry %s is not pending "
                     "for this consumer any more (claimed by another daemon, which inserts it)",
                     self.name,
                     len(ids),
-                    verdict[1],
+                    gone,
                 )
                 return
         with self._lock:
@@ -398,16 +311,11 @@ class RedisSource:
         self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
 
     def _ack(self, ids: list[str], token: str) -> None:
-        manifest = self.manifest_prefix + token if token else ""
-        acked = self._call(
-            self._complete,
-            keys=[self.stream, self.manifests_key, manifest],
-            args=[self.group, token, json.dumps(ids)],
-        )
+        acked = self.redis.complete(ids, token)
         with self._lock:
             self._inflight.pop(token, None)
         if self.metrics is not None:
-            self.metrics.broker_acked.labels(pipeline=self.name).inc(int(acked))
+            self.metrics.broker_acked.labels(pipeline=self.name).inc(acked)
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Refresh the in-flight entries' idle time every ``claim_idle / 4``."""
@@ -420,88 +328,19 @@ class RedisSource:
     def _refresh_inflight(self) -> None:
         with self._lock:
             ids = [i for batch in self._inflight.values() for i in batch]
-        for start in range(0, len(ids), 10_000):
-            self._call(
-                self._touch,
-                keys=[self.stream],
-                args=[self.group, self.consumer, json.dumps(ids[start : start + 10_000])],
-            )
-
-    # -- Redis ---------------------------------------------------------------------------
-
-    def _with_deliveries(self, messages: list[Message]) -> list[Message]:
-        pipe = self.client.pipeline(transaction=False)
-        for m in messages:
-            pipe.xpending_range(self.stream, self.group, min=m.id, max=m.id, count=1)
-        replies = self._call(pipe.execute)
-        out = []
-        for message, reply in zip(messages, replies, strict=True):
-            count = int(reply[0]["times_delivered"]) if reply else message.deliveries
-            out.append(Message(message.id, message.payload, count))
-        return out
-
-    def _read_entries(self, ids: Iterable[str]) -> dict[str, Message]:
-        pipe = self.client.pipeline(transaction=False)
-        wanted = list(ids)
-        for i in wanted:
-            pipe.xrange(self.stream, min=i, max=i, count=1)
-        out: dict[str, Message] = {}
-        for reply in self._call(pipe.execute):
-            for message in self._messages([[self.stream, reply]]):
-                out[message.id] = message
-        return out
-
-    def _messages(self, reply: Any) -> list[Message]:
-        """Entries of a reply: ``[[stream, [[id, fields], ...]]]`` where ``fields`` is
-        a flat list (raw XREADGROUP), a dict (other commands) or None (deleted)."""
-        field = self.options.field.encode()
-        out: list[Message] = []
-        for _stream, entries in reply or ():
-            for entry_id, fields in entries:
-                if not fields:
-                    payload = None
-                elif isinstance(fields, dict):
-                    payload = fields.get(field)
-                elif fields[0] == field:
-                    payload = fields[1]
-                else:
-                    payload = dict(zip(fields[::2], fields[1::2], strict=True)).get(field)
-                out.append(Message(entry_id.decode(), payload))
-        return out
+        if ids:
+            self.redis.touch(ids)
 
     def _publish_gauges(self) -> None:
         if self.metrics is None:
             return
-        for group in self._call(self.client.xinfo_groups, self.stream):
-            if text(group.get("name", b"")) == self.group:
-                self.metrics.broker_pending.labels(pipeline=self.name).set(group.get("pending", 0))
-                if group.get("lag") is not None:
-                    self.metrics.broker_lag.labels(pipeline=self.name).set(group["lag"])
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        import redis
-
-        try:
-            return fn(*args, **kwargs)
-        except redis.RedisError as exc:
-            raise self._error(exc) from exc
-
-    def _error(self, exc: Exception) -> BrokerError:
-        return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
-
-    def _ok(self) -> None:
-        with self._lock:
-            trouble, self._trouble = self._trouble, None
-        if trouble is not None:
-            log.info("source %s: redis %s answers again", self.name, self.url)
-
-    def _failing(self, why: str) -> None:
-        with self._lock:
-            first = self._trouble is None
-            if first:
-                self._trouble = (time.time(), why)
-        if first:
-            log.warning("source %s: %s; retrying", self.name, why)
+        state = self.redis.state()
+        if state is None:
+            return
+        pending, lag = state
+        self.metrics.broker_pending.labels(pipeline=self.name).set(pending)
+        if lag is not None:
+            self.metrics.broker_lag.labels(pipeline=self.name).set(lag)
 
 
 __all__ = ["RedisSource"]

@@ -1,0 +1,227 @@
+"""One Redis Stream's consumer group as the Redis source uses it: every command it sends,
+its replies turned into :class:`~chworkers.daemon.brokers.assembly.Message` s, and every
+redis-py failure into a :class:`~chworkers.errors.BrokerError`.
+
+The keys beside the stream (docs/brokers.md, "A batch's life"):
+``<stream>:chworkers:<group>:manifest:<token>`` holds one batch's manifest (its token and
+ids as JSON, with a TTL) and ``<stream>:chworkers:<group>:manifests`` the set of the live
+manifests' tokens. The scripts that keep them consistent are in
+:mod:`~chworkers.daemon.brokers.redisscripts`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from chworkers.daemon.brokers import redisscripts
+from chworkers.daemon.brokers.assembly import Message
+from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisclient import connect, display_url, entry_order, raw, text
+from chworkers.errors import BrokerError
+
+#: Ids per call of the touch script (its reply and its time in Redis stay small).
+TOUCH_CHUNK = 10_000
+
+
+class StreamGroup:
+    """The stream ``options.stream`` read by ``consumer`` in ``options.group``."""
+
+    def __init__(self, options: RedisSourceSettings, consumer: str, where: str) -> None:
+        self.options = options
+        self.consumer = consumer
+        self.url = display_url(options.url)
+        self.client = connect(options, where)
+        # Entries as the parser gives them: redis-py's per-entry dicts cost more than
+        # everything else the source does per entry (see messages()).
+        self.client.set_response_callback("XREADGROUP", raw)
+        self.stream, self.group = options.stream, options.group
+        prefix = f"{self.stream}:chworkers:{self.group}"
+        self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
+        self._field = options.field.encode()
+        self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
+        self._complete = self.client.register_script(redisscripts.COMPLETE)
+        self._touch = self.client.register_script(redisscripts.TOUCH)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def create(self) -> bool:
+        """Create the group (and the stream) unless it exists; True if it was created."""
+        import redis
+
+        try:
+            self.client.xgroup_create(self.stream, self.group, self.options.start_id, mkstream=True)
+            return True
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise BrokerError(f"redis {self.url}: cannot create the group: {exc}") from exc
+            return False
+        except redis.RedisError as exc:
+            raise self.error(exc) from exc
+
+    def read(self, after: str, count: int, block_ms: int | None = None) -> list[Message]:
+        """``XREADGROUP``: new entries (``after = ">"``), or this consumer's own pending
+        ones after the id ``after``."""
+        reply = self.call(
+            self.client.xreadgroup,
+            self.group,
+            self.consumer,
+            {self.stream: after},
+            count=count,
+            block=block_ms,
+        )
+        return self.messages(reply)
+
+    def claim(self, cursor: str, count: int) -> tuple[str, list[Message]]:
+        """``XAUTOCLAIM``: entries idle for ``claim_idle`` in any consumer, now this
+        one's; returns the cursor to go on from and the entries."""
+        reply = self.call(
+            self.client.xautoclaim,
+            self.stream,
+            self.group,
+            self.consumer,
+            int(self.options.claim_idle * 1000),
+            start_id=cursor,
+            count=count,
+        )
+        return text(reply[0]), self.messages([[self.stream, reply[1]]])
+
+    def with_deliveries(self, messages: list[Message]) -> list[Message]:
+        """The messages with how often each was delivered (``XPENDING``)."""
+        pipe = self.client.pipeline(transaction=False)
+        for m in messages:
+            pipe.xpending_range(self.stream, self.group, min=m.id, max=m.id, count=1)
+        replies = self.call(pipe.execute)
+        out = []
+        for message, reply in zip(messages, replies, strict=True):
+            count = int(reply[0]["times_delivered"]) if reply else message.deliveries
+            out.append(Message(message.id, message.payload, count))
+        return out
+
+    def entries(self, ids: Iterable[str]) -> dict[str, Message]:
+        """The entries the stream still has among ``ids`` (``XRANGE``), by id."""
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.xrange(self.stream, min=i, max=i, count=1)
+        out: dict[str, Message] = {}
+        for reply in self.call(pipe.execute):
+            for message in self.messages([[self.stream, reply]]):
+                out[message.id] = message
+        return out
+
+    def messages(self, reply: Any) -> list[Message]:
+        """Entries of a reply: ``[[stream, [[id, fields], ...]]]`` where ``fields`` is
+        a flat list (raw XREADGROUP), a dict (other commands) or None (deleted)."""
+        field = self._field
+        out: list[Message] = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                if not fields:
+                    payload = None
+                elif isinstance(fields, dict):
+                    payload = fields.get(field)
+                elif fields[0] == field:
+                    payload = fields[1]
+                else:
+                    payload = dict(zip(fields[::2], fields[1::2], strict=True)).get(field)
+                out.append(Message(entry_id.decode(), payload))
+        return out
+
+    # -- manifests -------------------------------------------------------------------
+
+    def live_manifests(self) -> dict[str, tuple[str, list[str]]]:
+        """Entry id -> (token, ids) of every manifest beside the stream (few: one per
+        batch in flight in any daemon); forgets tokens whose manifest expired."""
+        tokens = [text(t) for t in self.call(self.client.smembers, self.manifests_key)]
+        if not tokens:
+            return {}
+        bodies = self.call(self.client.mget, [self.manifest_prefix + t for t in tokens])
+        owners: dict[str, tuple[str, list[str]]] = {}
+        expired = []
+        for token, body in zip(tokens, bodies, strict=True):
+            if body is None:
+                expired.append(token)
+                continue
+            ids = [str(i) for i in json.loads(body)["ids"]]
+            for entry_id in ids:
+                owners[entry_id] = (token, ids)
+        if expired:
+            self.call(self.client.srem, self.manifests_key, *expired)
+        return owners
+
+    def write_manifest(self, token: str, ids: list[str], *, ordered: bool) -> str | None:
+        """Write a batch's manifest if every id is still pending for this consumer; else
+        the first id that is not (claimed by another consumer, or acknowledged).
+        ``ordered``: the ids are in stream order (the lowest first, the highest last)."""
+        body = json.dumps(
+            {"token": token, "ids": ids, "consumer": self.consumer, "created": time.time()}
+        )
+        reply = self.call(
+            self._write_manifest,
+            keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
+            args=[
+                self.group,
+                self.consumer,
+                token,
+                body,
+                int(self.options.manifest_ttl * 1000),
+                ids[0] if ordered else min(ids, key=entry_order),
+                ids[-1] if ordered else max(ids, key=entry_order),
+            ],
+        )
+        verdict = [text(part) for part in reply]
+        return None if verdict[0] == "ok" else verdict[1]
+
+    def has_manifest(self, token: str) -> bool:
+        return bool(self.call(self.client.exists, self.manifest_prefix + token))
+
+    def complete(self, ids: list[str], token: str) -> int:
+        """Acknowledge ``ids`` and remove the manifest of ``token`` (none when empty), at
+        once; returns how many entries were still pending."""
+        manifest = self.manifest_prefix + token if token else ""
+        return int(
+            self.call(
+                self._complete,
+                keys=[self.stream, self.manifests_key, manifest],
+                args=[self.group, token, json.dumps(ids)],
+            )
+        )
+
+    def touch(self, ids: list[str]) -> None:
+        """Reset the idle time of those of ``ids`` still pending for this consumer."""
+        for start in range(0, len(ids), TOUCH_CHUNK):
+            self.call(
+                self._touch,
+                keys=[self.stream],
+                args=[self.group, self.consumer, json.dumps(ids[start : start + TOUCH_CHUNK])],
+            )
+
+    # -- observing -------------------------------------------------------------------
+
+    def state(self) -> tuple[int, int | None] | None:
+        """The group's pending entries and lag (None: Redis does not know it), or None
+        when the group is not there."""
+        for group in self.call(self.client.xinfo_groups, self.stream):
+            if text(group.get("name", b"")) == self.group:
+                lag = group.get("lag")
+                return int(group.get("pending", 0)), None if lag is None else int(lag)
+        return None
+
+    # -- errors ----------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with redis-py's errors as :class:`BrokerError`."""
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise self.error(exc) from exc
+
+    def error(self, exc: Exception) -> BrokerError:
+        return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
+
+
+__all__ = ["StreamGroup"]
