@@ -1,0 +1,127 @@
+"""ClickHouse's hash functions for sharding keys, column-wise over numpy arrays.
+
+Each function computes, for a whole batch at once, exactly the UInt64 that ClickHouse's
+function of the same name returns (tests/test_sharding.py compares them key by key with
+the embedded engine's own evaluation):
+
+- ``sipHash64``: SipHash-2-4 with a zero key over the value's bytes (a string's UTF-8
+  bytes; an integer's little-endian bytes at its type's width). Several arguments are
+  combined as ClickHouse does: ``h = sipHash64(h_1 || h_i)`` over the two little-endian
+  UInt64s.
+- ``intHash64``: ClickHouse's 64-bit integer mixer (MurmurHash3's finalizer) of the
+  value as a UInt64 (signed values sign-extended) xor a constant salt.
+
+numpy computes modulo 2**64 here, which is what the C++ does on UInt64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["U64", "combine_siphash", "int_hash64", "siphash64_bytes", "siphash64_ints"]
+
+U64 = npt.NDArray[np.uint64]
+
+_V0 = np.uint64(0x736F6D6570736575)
+_V1 = np.uint64(0x646F72616E646F6D)
+_V2 = np.uint64(0x6C7967656E657261)
+_V3 = np.uint64(0x7465646279746573)
+_FF = np.uint64(0xFF)
+_SHIFTS = {b: (np.uint64(b), np.uint64(64 - b)) for b in (13, 16, 17, 21, 32)}
+
+
+def _rotl(x: U64, b: int) -> U64:
+    left, right = _SHIFTS[b]
+    return (x << left) | (x >> right)
+
+
+def _sipround(v: list[U64]) -> None:
+    v0, v1, v2, v3 = v
+    v0 += v1
+    v1 = _rotl(v1, 13)
+    v1 ^= v0
+    v0 = _rotl(v0, 32)
+    v2 += v3
+    v3 = _rotl(v3, 16)
+    v3 ^= v2
+    v0 += v3
+    v3 = _rotl(v3, 21)
+    v3 ^= v0
+    v2 += v1
+    v1 = _rotl(v1, 17)
+    v1 ^= v2
+    v2 = _rotl(v2, 32)
+    v[:] = [v0, v1, v2, v3]
+
+
+def _siphash_blocks(blocks: U64) -> U64:
+    """SipHash-2-4 (zero key) of messages already padded into 64-bit words: ``blocks``
+    is ``(n, words)``, the last word holding the length byte, as SipHash pads."""
+    n = blocks.shape[0]
+    v = [np.full(n, c, dtype=np.uint64) for c in (_V0, _V1, _V2, _V3)]
+    for j in range(blocks.shape[1]):
+        m = blocks[:, j]
+        v[3] ^= m
+        _sipround(v)
+        _sipround(v)
+        v[0] ^= m
+    v[2] ^= _FF
+    for _ in range(4):
+        _sipround(v)
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def siphash64_bytes(values: Sequence[bytes]) -> U64:
+    """``sipHash64`` of each byte string (a String or FixedString value)."""
+    out = np.empty(len(values), dtype=np.uint64)
+    groups: dict[int, list[int]] = {}
+    for i, value in enumerate(values):
+        groups.setdefault(len(value) // 8 + 1, []).append(i)
+    for words, positions in groups.items():
+        size = words * 8
+        padded = b"".join(
+            values[i] + bytes(size - 1 - len(values[i])) + bytes((len(values[i]) & 0xFF,))
+            for i in positions
+        )
+        blocks = np.frombuffer(padded, dtype="<u8").astype(np.uint64).reshape(-1, words)
+        out[np.asarray(positions, dtype=np.intp)] = _siphash_blocks(blocks)
+    return out
+
+
+def siphash64_ints(values: U64, width: int) -> U64:
+    """``sipHash64`` of integers of a ``width``-byte type (1, 2, 4 or 8), given as their
+    two's complement bits in a UInt64 array (the value truncated to ``width`` bytes)."""
+    length = np.uint64(width) << np.uint64(56)
+    if width == 8:
+        blocks = np.stack([values, np.full(len(values), length, dtype=np.uint64)], axis=1)
+    else:
+        mask = np.uint64((1 << (8 * width)) - 1)
+        blocks = ((values & mask) | length).reshape(-1, 1)
+    return _siphash_blocks(blocks)
+
+
+def combine_siphash(first: U64, second: U64) -> U64:
+    """ClickHouse's ``combineHashes`` for sipHash64: the hash of the 16 bytes ``first``,
+    ``second`` (little-endian)."""
+    length = np.full(len(first), np.uint64(16) << np.uint64(56), dtype=np.uint64)
+    return _siphash_blocks(np.stack([first, second, length], axis=1))
+
+
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+_INT_HASH_SALT = np.uint64(0x4CF2D2BAAE6DA887)
+
+
+def int_hash64(values: U64) -> U64:
+    """``intHash64`` of each value (given as a UInt64: signed values sign-extended)."""
+    x = values ^ _INT_HASH_SALT
+    x ^= x >> _S33
+    x *= _M1
+    x ^= x >> _S33
+    x *= _M2
+    x ^= x >> _S33
+    return x
