@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from chworkers._version import __version__ as __version__
+    from chworkers.clickhouse.cluster import Cluster as Cluster
+    from chworkers.clickhouse.cluster import Shard as Shard
     from chworkers.clickhouse.connection import (
         Connection as Connection,
     )
@@ -56,6 +58,10 @@ if TYPE_CHECKING:
         PoolStats as PoolStats,
     )
     from chworkers.clickhouse.retry import RetryPolicy as RetryPolicy
+    from chworkers.clickhouse.sharding import BoundShardingKey as BoundShardingKey
+    from chworkers.clickhouse.sharding import ShardingKey as ShardingKey
+    from chworkers.clickhouse.sharding import ShardRouter as ShardRouter
+    from chworkers.clickhouse.sharding import shard_indexes as shard_indexes
     from chworkers.daemon.deadletter import DeadLetters as DeadLetters
     from chworkers.embedded import EmbeddedClickHouse as EmbeddedClickHouse
     from chworkers.errors import (
@@ -195,6 +201,13 @@ _EXPORTS: dict[str, str] = {
     "LeaseBroker": "chworkers.clickhouse.lease",
     "LeaseClient": "chworkers.clickhouse.lease",
     "LeaseStats": "chworkers.clickhouse.lease",
+    # Sharded clusters: shards of replicas, rows routed by key as Distributed does
+    "Cluster": "chworkers.clickhouse.cluster",
+    "Shard": "chworkers.clickhouse.cluster",
+    "ShardingKey": "chworkers.clickhouse.sharding",
+    "BoundShardingKey": "chworkers.clickhouse.sharding",
+    "ShardRouter": "chworkers.clickhouse.sharding",
+    "shard_indexes": "chworkers.clickhouse.sharding",
     # Worker processes
     "Supervisor": "chworkers.workers.supervisor",
     "SupervisorOptions": "chworkers.workers.options",

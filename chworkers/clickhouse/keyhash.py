@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 __all__ = ["U64", "combine_siphash", "int_hash64", "siphash64_bytes", "siphash64_ints"]
 
-U64 = npt.NDArray[np.uint64]
+#: A one-dimensional array of UInt64 (keys, hashes).
+U64 = np.ndarray[tuple[int], np.dtype[np.uint64]]
+_Blocks = np.ndarray[tuple[int, int], np.dtype[np.uint64]]
 
 _V0 = np.uint64(0x736F6D6570736575)
 _V1 = np.uint64(0x646F72616E646F6D)
@@ -57,7 +58,7 @@ def _sipround(v: list[U64]) -> None:
     v[:] = [v0, v1, v2, v3]
 
 
-def _siphash_blocks(blocks: U64) -> U64:
+def _siphash_blocks(blocks: _Blocks) -> U64:
     """SipHash-2-4 (zero key) of messages already padded into 64-bit words: ``blocks``
     is ``(n, words)``, the last word holding the length byte, as SipHash pads."""
     n = blocks.shape[0]

@@ -44,6 +44,9 @@ from chworkers.clickhouse.keyhash import (
 )
 from chworkers.errors import BatchError, ConfigError
 
+#: A one-dimensional array of shard indexes or row positions.
+Indexes = np.ndarray[tuple[int], np.dtype[np.intp]]
+
 __all__ = ["BoundShardingKey", "ShardRouter", "ShardingKey", "shard_indexes"]
 
 #: Integer types: name -> (width in bytes, signed).
@@ -224,14 +227,18 @@ class BoundShardingKey:
         assert hashes is not None
         return hashes
 
-    def evaluate_rows(self, rows: Sequence[Any], column_names: Sequence[str] | None = None) -> U64:
+    def evaluate_rows(
+        self,
+        rows: Sequence[Mapping[str, object]] | Sequence[Sequence[object]],
+        column_names: Sequence[str] | None = None,
+    ) -> U64:
         """:meth:`evaluate` for rows: mappings of field names, or sequences whose values
         are in ``column_names`` order."""
         columns: list[list[object]] = []
         for field in self.fields:
             if column_names is None:
                 try:
-                    columns.append([row[field] for row in rows])
+                    columns.append([row[field] for row in rows])  # type: ignore[call-overload]
                 except (KeyError, TypeError):
                     bad = next(i for i, r in enumerate(rows) if not _has(r, field))
                     raise BatchError(
@@ -247,7 +254,7 @@ class BoundShardingKey:
                         reason="missing sharding key field",
                     )
                 at = list(column_names).index(field)
-                columns.append([row[at] for row in rows])
+                columns.append([row[at] for row in rows])  # type: ignore[index]
         return self.evaluate(columns)
 
 
@@ -331,16 +338,16 @@ class ShardRouter:
     def __repr__(self) -> str:
         return f"ShardRouter(weights={list(self.weights)})"
 
-    def route(self, keys: U64 | Sequence[int]) -> npt.NDArray[np.intp]:
+    def route(self, keys: U64 | Sequence[int]) -> Indexes:
         """The shard index of each key (an array)."""
         arr = np.asarray(keys, dtype=np.uint64)
         return self.slots[arr % np.uint64(self.total_weight)]  # type: ignore[no-any-return]
 
     def indexes(self, keys: U64 | Sequence[int]) -> list[int]:
         """The shard index of each key."""
-        return self.route(keys).tolist()  # type: ignore[no-any-return]
+        return self.route(keys).tolist()
 
-    def split(self, keys: U64 | Sequence[int]) -> list[npt.NDArray[np.intp]]:
+    def split(self, keys: U64 | Sequence[int]) -> list[Indexes]:
         """For each shard, the positions (ascending) of the keys that go to it."""
         shards = self.route(keys)
         order = np.argsort(shards, kind="stable")
