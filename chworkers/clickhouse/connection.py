@@ -28,9 +28,10 @@ from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager
 
 from chworkers import timeouts
-from chworkers.clickhouse import dedup, driver, native
+from chworkers.clickhouse import dedup, driver, native, views
 from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
+from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
     ChworkersError,
@@ -208,11 +209,11 @@ class Connection:
                     raise
         if not token:
             token = dedup.derive_token(database or self.config.database, table, batch)
-        opts["insert_deduplication_token"] = token
-        opts.setdefault("insert_deduplicate", 1)
+        opts = insert_settings(opts, token=str(token), known=self.knows_setting, table=table)
         what = f"INSERT INTO {table} ({batch.kind}, token {token})"
         with self._call(what, idempotent=True):
             dedup.check_window(self, database, table)
+            views.check(self, database, table)
             args: dict[str, Any] = {"database": database, "settings": opts}
             summary: QuerySummary
             if batch.kind == "pandas":
@@ -262,9 +263,9 @@ class Connection:
         codec (its ``compress`` option, lz4 or zstd), as ``insert`` sends rows. Returns
         clickhouse-connect's ``QuerySummary``.
         """
-        opts = dict(settings or {})
-        opts["insert_deduplication_token"] = deduplication_token
-        opts.setdefault("insert_deduplicate", 1)
+        opts = insert_settings(
+            settings, token=deduplication_token, known=self.knows_setting, table=table
+        )
         size = memoryview(data).nbytes
         what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
         # clickhouse-connect puts the statement in front of bytes (a copy of the whole
@@ -272,6 +273,7 @@ class Connection:
         block: bytes | bytearray | memoryview = memoryview(data) if size >= _BODY_AS_IS else data
         with self._call(what, idempotent=True):
             dedup.check_window(self, None, table)
+            views.check(self, None, table)
             codec = getattr(self._client, "write_compression", None) if compress else None
             if codec in ("lz4", "zstd"):
                 block = get_compressor(codec).compress_block(block)
@@ -286,6 +288,13 @@ class Connection:
                 compression=codec,
             )
         return summary
+
+    def knows_setting(self, name: str) -> bool:
+        """Whether the server has setting ``name`` (from the ``system.settings`` the
+        client read when it connected; True when it could not tell)."""
+        self._ensure_process()
+        known = getattr(self._client, "server_settings", None)
+        return not known or name in known
 
     def ping(self, timeout: timeouts.Timeout = timeouts.DEFAULT) -> bool:
         """``True`` when the server answers within ``timeout`` seconds (by default the

@@ -38,6 +38,7 @@ __all__ = [
     "broker_token",
     "check_window",
     "content_token",
+    "dedup_window",
     "derive_token",
     "normalize",
     "request_token",
@@ -263,7 +264,7 @@ def _arrow_chunks(table: Any) -> Iterator[bytes | memoryview]:
                     yield memoryview(buf)
 
 
-class _Queries(Protocol):
+class Queries(Protocol):
     """What :func:`check_window` needs of a connection
     (:class:`~chworkers.clickhouse.connection.Connection`, which calls it)."""
 
@@ -277,7 +278,22 @@ class _Queries(Protocol):
     def client(self) -> Any: ...
 
 
-def check_window(conn: _Queries, database: str | None, table: str) -> None:
+def dedup_window(conn: Queries, engine: str, engine_full: str) -> int | None:
+    """The ``non_replicated_deduplication_window`` of a plain MergeTree table (its own, else
+    the server's default); None for engines that deduplicate otherwise or not at all
+    (Replicated and Shared tables keep their block ids in Keeper)."""
+    if "MergeTree" not in engine or engine.startswith(("Replicated", "Shared")):
+        return None
+    match = _WINDOW_RE.search(engine_full)
+    if match:
+        return int(match.group(1))
+    default = conn.client.query(
+        "SELECT value FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'"
+    ).result_rows
+    return int(default[0][0]) if default else 0
+
+
+def check_window(conn: Queries, database: str | None, table: str) -> None:
     """Warn (once per table and process) when ``table`` cannot deduplicate inserts.
 
     Never raises: a check that fails (e.g. no access to ``system.tables``) is logged and
@@ -298,16 +314,7 @@ def check_window(conn: _Queries, database: str | None, table: str) -> None:
         if not rows:
             return  # the insert itself will report the unknown table
         engine, engine_full, db = str(rows[0][0]), str(rows[0][1]), str(rows[0][2])
-        window = None
-        if "MergeTree" in engine and not engine.startswith(("Replicated", "Shared")):
-            match = _WINDOW_RE.search(engine_full)
-            if match:
-                window = int(match.group(1))
-            else:
-                default = conn.client.query(
-                    "SELECT value FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'"
-                ).result_rows
-                window = int(default[0][0]) if default else 0
+        window = dedup_window(conn, engine, engine_full)
     except Exception as exc:  # the check is advisory
         if isinstance(translate_error(exc), TransportError):
             return  # the server is unreachable: check again on the next insert
