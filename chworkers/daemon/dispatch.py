@@ -122,6 +122,13 @@ class Dispatcher:
         self.confirmed = 0
         self._thread = threading.Thread(target=self._run, name="chworkers-dispatch", daemon=True)
 
+    def resize(self, workers: int) -> None:
+        """The worker count changed (SIGHUP, autoscaling): with ``max_in_flight = 0`` the
+        batches handed to the workers at once follow it (twice the workers)."""
+        with self._lock:
+            self.max_in_flight = self.settings.max_in_flight or 2 * workers
+            self._wake.notify_all()
+
     def start(self) -> None:
         self._completer.start()
         self._thread.start()

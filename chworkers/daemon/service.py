@@ -14,6 +14,7 @@ The daemon wires the pieces together and owns the process's signals:
 SIGTERM/SIGINT: stop intake, flush batches to the spool, finish inserts within
 ``graceful_timeout``; whatever is left stays in the spool for the next start. A second
 signal stops at once. SIGHUP re-reads the config and applies what can change at runtime.
+SIGUSR2 replaces the workers one at a time while ingest goes on (a rolling restart).
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ class Daemon:
         """Ask the loop to read the config file again as SIGHUP would (thread-safe)."""
         self._signals.put(signal.SIGHUP)
 
+    def request_restart_workers(self) -> None:
+        """Ask the loop to replace the workers one at a time as SIGUSR2 would
+        (thread-safe)."""
+        self._signals.put(signal.SIGUSR2)
+
     # -- startup pieces ----------------------------------------------------------------
 
     def _state_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -291,7 +297,7 @@ class Daemon:
         def handler(signum: int, frame: object) -> None:
             self._signals.put(signum)  # only enqueue; the loop acts
 
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             previous = signal.signal(signum, handler)
             stack.callback(signal.signal, signum, previous)
 
@@ -309,6 +315,8 @@ class Daemon:
                 notifier.reloading()
                 self._reload()
                 notifier.ready(self._status())
+            elif signum == signal.SIGUSR2:
+                self._restart_workers()
             elif signum is not None:
                 log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
                 notifier.stopping("draining: intake stopped, finishing inserts")
@@ -396,6 +404,7 @@ class Daemon:
             max_connections=s.clickhouse.pool.max_connections,
             retry=s.clickhouse.pool.retry,
         )
+        self.dispatcher.resize(s.supervisor.workers)
         self._reload_log_level(s.log.level)
         self.config = Config(
             settings=s,
@@ -405,6 +414,15 @@ class Daemon:
             overrides=self.config.overrides,
         )
         log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
+
+    def _restart_workers(self) -> None:
+        # Intake and the spool go on; the supervisor replaces one worker at a time.
+        try:
+            self.supervisor.restart_workers(wait=False)
+        except ChworkersError as exc:
+            log.error("SIGUSR2: no rolling restart: %s", exc)
+        else:
+            log.info("SIGUSR2: replacing the workers one at a time")
 
     def _reload_log_level(self, level: str) -> None:
         if "log.level" in self.config.overrides:  # the command line wins over the file

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 from chworkers.clickhouse.lease import LeaseBroker
@@ -33,6 +34,7 @@ from chworkers.workers.commands import (
     Mailbox,
     Reconfigure,
     RefreshGauges,
+    RestartWorkers,
     Signal,
     Stats,
     Stop,
@@ -236,6 +238,7 @@ class Arbiter:
             crew.kill_all()
         finally:
             self._fail_all(self._error or SupervisorStoppedError("the supervisor stopped"))
+            crew.rollout.abandon("the supervisor stopped")
             self._mailbox.refuse()
             self.finished.set()
             self._notify_ready()
@@ -260,6 +263,7 @@ class Arbiter:
             self._next_check = now + _CHECK_EVERY
             crew.check(now)
         crew.spawn_missing(now)
+        crew.rollout.step(now)
         crew.dispatch()
         self._progress_stop(now)
 
@@ -298,6 +302,8 @@ class Arbiter:
                 self._on_signal(signum)
             case Reconfigure(changes=changes):
                 self._reconfigure(changes)
+            case RestartWorkers():
+                return self._restart_workers()
             case Stats():
                 return self._stats(self._crew)
             case RefreshGauges():
@@ -315,6 +321,9 @@ class Arbiter:
         if signum == signal.SIGHUP:
             log.info("%s: reloading settings", name)
             self._reload()
+        elif signum == signal.SIGUSR2:
+            log.info("%s: restarting the workers one at a time", name)
+            self._restart_workers()
         elif self._mode is None:
             log.info(
                 "%s: draining within %s s, then stopping", name, self._options.graceful_timeout
@@ -323,6 +332,11 @@ class Arbiter:
         else:
             log.info("%s again: stopping now", name)
             self._begin_stop(False, None)
+
+    def _restart_workers(self) -> Future[int]:
+        if self._crew is None or self._mode is not None:
+            raise SupervisorStoppedError("the supervisor is stopping: no rolling restart")
+        return self._crew.rollout.request()
 
     def _reload(self) -> None:
         if self._on_reload is None:

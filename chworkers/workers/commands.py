@@ -58,6 +58,12 @@ class Reconfigure(Command[None]):
 
 
 @dataclass(frozen=True)
+class RestartWorkers(Command["Future[int]"]):
+    """Replace every worker, one at a time, each new one ready before the old one stops;
+    answers a future of the number replaced, resolved when the rolling restart is done."""
+
+
+@dataclass(frozen=True)
 class Stats(Command["SupervisorStats"]):
     """A snapshot of the supervisor."""
 

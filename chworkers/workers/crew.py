@@ -33,6 +33,7 @@ from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.processes import STOP_GRACE, Processes, WorkerHandle
+from chworkers.workers.rollout import Rollout
 from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import Task
 from chworkers.workers.worker import WorkerSpec
@@ -87,6 +88,7 @@ class Crew:
         self.young_deaths = 0
         self.next_spawn = 0.0
         self.task_time = 0.001  # moving average of task run time, sizes prefetch
+        self.rollout = Rollout(self)
 
     @property
     def workers(self) -> dict[str, WorkerHandle]:
@@ -116,9 +118,10 @@ class Crew:
             return
         if now < self.next_spawn:
             return
-        active = sum(1 for h in self.workers.values() if h.leaving is None)
+        extra = self.rollout.extra()  # started beside an old worker it will replace
+        active = sum(1 for h in self.workers.values() if h.leaving is None and h.name != extra)
         while active < self.target:
-            self._spawn()
+            self.spawn()
             active += 1
             if self.young_deaths:  # backing off: one at a time
                 self.next_spawn = now + self._backoff()
@@ -130,10 +133,11 @@ class Crew:
         delay = opts.restart_backoff * 2 ** max(0, self.young_deaths - 1)
         return float(min(opts.restart_backoff_max, delay))
 
-    def _spawn(self) -> None:
+    def spawn(self) -> WorkerHandle | None:
+        """Start one worker (None when it cannot start: the supervisor gives up)."""
         opts = self.owner.options
         try:
-            self.procs.start(self._spec, fork=opts.start_method == "fork")
+            return self.procs.start(self._spec, fork=opts.start_method == "fork")
         except Exception as exc:  # e.g. middleware that cannot be pickled: no point retrying
             self.owner.fatal(
                 WorkerBootError(
@@ -142,6 +146,7 @@ class Crew:
                     last_error=str(exc),
                 )
             )
+            return None
 
     def _spec(self, name: str, close_fds: Sequence[int]) -> WorkerSpec:
         opts = self.owner.options
@@ -330,7 +335,12 @@ class Crew:
 
     def scale(self, n: int) -> None:
         self.target = n
-        active = [h for h in self.workers.values() if h.leaving is None and h.kill_reason is None]
+        extra = self.rollout.extra()
+        active = [
+            h
+            for h in self.workers.values()
+            if h.leaving is None and h.kill_reason is None and h.name != extra
+        ]
         surplus = len(active) - n
         for h in sorted(active, key=lambda h: (h.state == "ready", len(h.assigned)))[
             : max(0, surplus)
@@ -347,6 +357,7 @@ class Crew:
             h.stop_deadline = time.monotonic() + self.owner.options.graceful_timeout + STOP_GRACE
 
     def stop(self, fast: bool) -> None:
+        self.rollout.abandon("the supervisor is stopping")
         for h in list(self.workers.values()):
             if fast or h.state == "starting":
                 self.procs.kill(h, "stopped")

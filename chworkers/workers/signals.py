@@ -19,8 +19,9 @@ from chworkers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The signals a supervisor that owns its process handles.
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: The signals a supervisor that owns its process handles: SIGTERM and SIGINT stop,
+#: SIGHUP reloads, SIGUSR2 restarts the workers one at a time.
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 class SignalInbox:

@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -28,7 +29,7 @@ from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
-from chworkers.errors import ConfigError, SupervisorStoppedError
+from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
 from chworkers.ops.exposition import MetricsEndpoint
 from chworkers.ops.health import Health, Level, Report
 from chworkers.ops.metrics import Metrics
@@ -37,6 +38,7 @@ from chworkers.workers import mainguard, tasks
 from chworkers.workers.arbiter import Arbiter
 from chworkers.workers.commands import (
     Reconfigure,
+    RestartWorkers,
     Signal,
     Stats,
     Stop,
@@ -296,6 +298,24 @@ class Supervisor:
         ``max_connections``, ``retry``, ``queue_size``, timeouts, recycling. Raises
         :class:`ConfigError` for a setting that cannot change while running."""
         self._owner.ask(Reconfigure(changes))
+
+    def restart_workers(self, timeout: float | None = None, *, wait: bool = True) -> int:
+        """Replace every worker, one at a time: a fresh worker starts and reports ready
+        before the old one finishes what it was sent and stops, so capacity does not drop
+        and no task is lost (what SIGUSR2 does). Returns how many were replaced, once all
+        were (``wait``; within ``timeout`` seconds, None: no limit, else
+        :class:`WaitTimeoutError`), or 0 at once without ``wait``. Asked again while one
+        runs, it also replaces the workers started since."""
+        future = self._owner.ask(RestartWorkers())
+        if not wait:
+            return 0
+        try:
+            return future.result(timeouts.resolve(timeout, None))
+        except FutureTimeout:
+            raise WaitTimeoutError(
+                f"the rolling restart did not finish within {timeout} s; it goes on",
+                timeout=timeout,
+            ) from None
 
     def stats(self) -> SupervisorStats:
         """A snapshot: workers (pid, state, tasks done), queue, in flight, outcomes,

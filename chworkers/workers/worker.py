@@ -122,6 +122,7 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
     # process group must not interrupt a task halfway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a rolling restart is the supervisor's
     heartbeat[BEAT] = time.monotonic()
     heartbeat[STATE] = STARTING
     heartbeat[CURRENT] = -1

@@ -1,0 +1,178 @@
+"""Rolling restarts: replace every worker, one at a time, the new one ready first.
+
+:meth:`Supervisor.restart_workers` (and SIGUSR2) replaces the workers that run when it
+is asked, after a deploy or a change to what workers import, without a pause in
+capacity: for each old worker a fresh one is started beside it (one more process than
+``workers`` for a while); once the fresh one has reported ready, the old one is told to
+stop, finishes what it was sent (nothing is lost, nothing runs twice) and exits; only
+then does the next step begin. Ready workers therefore never drop below the count
+there was (below it only if a worker crashes meanwhile, as at any time), and there are
+never more than ``workers + 1`` processes plus the one draining.
+
+It belongs to the :class:`~chworkers.workers.crew.Crew` and runs on the supervisor's
+loop: :meth:`Rollout.step` is called on every turn. A worker that dies or is recycled
+while it waits its turn is simply not replaced again (its replacement is already new);
+a fresh worker that dies at boot is started again, counted towards
+``max_boot_failures`` as any other. Stopping the supervisor abandons the rollout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future
+from typing import Protocol
+
+from chworkers.errors import SupervisorStoppedError
+from chworkers.workers.processes import WorkerHandle
+
+log = logging.getLogger(__name__)
+
+
+class Workers(Protocol):
+    """What a rollout needs of the crew."""
+
+    @property
+    def workers(self) -> dict[str, WorkerHandle]: ...
+
+    @property
+    def target(self) -> int: ...
+
+    @property
+    def next_spawn(self) -> float: ...
+
+    def spawn(self) -> WorkerHandle | None: ...
+
+    def retire(self, h: WorkerHandle, reason: str) -> None: ...
+
+    def scale(self, n: int) -> None: ...
+
+
+class Rollout:
+    """One rolling restart at a time; asking again while it runs adds the workers that
+    run by then (a second deploy during the first) and answers when all are done."""
+
+    def __init__(self, crew: Workers) -> None:
+        self.crew = crew
+        self.pending: deque[str] = deque()  # old workers still to replace, in order
+        self.fresh: str | None = None  # the worker started for the current step
+        self.old: str | None = None  # the old worker it replaces
+        self.draining: str | None = None  # the old worker told to stop, until gone
+        self.replaced = 0
+        self.started_at = 0.0
+        self.waiters: list[Future[int]] = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self.waiters)
+
+    def extra(self) -> str | None:
+        """The fresh worker started beside the old ones: not part of ``workers`` yet."""
+        h = self.crew.workers.get(self.fresh or "")
+        return h.name if h is not None and h.leaving is None and h.kill_reason is None else None
+
+    def request(self) -> Future[int]:
+        """Replace the workers that run now; the future's result is how many were
+        replaced (when all are)."""
+        future: Future[int] = Future()
+        known = set(self.pending) | {self.old, self.fresh}
+        names = [name for name, h in self.crew.workers.items() if _active(h) and name not in known]
+        if not self.running:
+            self.replaced = 0
+            self.started_at = time.monotonic()
+        self.pending.extend(names)
+        self.waiters.append(future)
+        log.info(
+            "rolling restart: replacing %d worker(s) one at a time (%s)",
+            len(self.pending) + (self.old is not None),
+            ", ".join(self.pending),
+        )
+        return future
+
+    def step(self, now: float) -> None:
+        """On the loop: take the rollout one step further when it can."""
+        if not self.running:
+            return
+        crew = self.crew
+        table = crew.workers
+        if self.draining is not None:
+            if self.draining in table:
+                return  # one old worker leaves at a time
+            self.draining = None
+        if self.fresh is not None:
+            h = table.get(self.fresh)
+            if h is None or not _active(h):
+                self.fresh = None  # died while booting: start another (boot failures count)
+            elif h.state != "ready":
+                return
+            else:
+                self._swap(h)
+                return
+        self.old = self._next_old(table)
+        if self.old is None:
+            self._finish()
+            return
+        if now < crew.next_spawn:
+            return  # workers died young: the crew's backoff applies to us too
+        fresh = crew.spawn()
+        if fresh is not None:
+            self.fresh = fresh.name
+
+    def _next_old(self, table: dict[str, WorkerHandle]) -> str | None:
+        if self.old is not None and self.old in table and _active(table[self.old]):
+            return self.old
+        while self.pending:
+            name = self.pending.popleft()
+            h = table.get(name)
+            if h is not None and _active(h):
+                return name
+        return None
+
+    def _swap(self, fresh: WorkerHandle) -> None:
+        table = self.crew.workers
+        old = table.get(self.old or "")
+        self.fresh = None
+        if old is None or not _active(old):
+            # The old one left meanwhile (crashed, recycled, scaled down) and the crew
+            # replaced it: the fresh one is one too many.
+            self.old = None
+            self.crew.scale(self.crew.target)
+            return
+        log.info(
+            "rolling restart: %s (pid %s) is ready; %s (pid %s) finishes its %d task(s) and stops",
+            fresh.name,
+            fresh.pid,
+            old.name,
+            old.pid,
+            len(old.assigned),
+        )
+        self.crew.retire(old, "rolling")
+        self.draining = old.name
+        self.old = None
+        self.replaced += 1
+
+    def _finish(self) -> None:
+        log.info(
+            "rolling restart done: %d worker(s) replaced in %.1f s",
+            self.replaced,
+            time.monotonic() - self.started_at,
+        )
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            future.set_result(self.replaced)
+
+    def abandon(self, why: str) -> None:
+        """The supervisor stops: the rollout ends where it is."""
+        if not self.running:
+            return
+        log.warning("rolling restart abandoned after %d worker(s): %s", self.replaced, why)
+        self.pending.clear()
+        self.fresh = self.old = self.draining = None
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            future.set_exception(SupervisorStoppedError(f"rolling restart abandoned: {why}"))
+
+
+def _active(h: WorkerHandle) -> bool:
+    return h.leaving is None and h.kill_reason is None

@@ -1,0 +1,70 @@
+"""The daemon's worker pool: rolling restarts (SIGUSR2) with ingest going on, exact
+counts."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import waiting
+from chclients import make_client
+from daemonthread import Running, daemon_config, lines
+
+from chworkers.embedded import EmbeddedClickHouse
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def push(port: int, start: int, stop: int, step: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        for base in range(start, stop, step):
+            conn.request("POST", "/ingest/ev", body=lines(base, base + step))
+            resp = conn.getresponse()
+            assert resp.status == 202, resp.read()
+            resp.read()
+            time.sleep(0.01)
+    finally:
+        conn.close()
+
+
+def counts(endpoint: EmbeddedClickHouse, database: str) -> tuple[int, int]:
+    client = make_client(endpoint, database=database)
+    try:
+        count, distinct = client.query("SELECT count(), uniqExact(n) FROM ev").result_rows[0]
+        return int(count), int(distinct)
+    finally:
+        client.close()
+
+
+def test_sigusr2_replaces_the_workers_while_ingest_goes_on_exact_counts(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    cfg: dict[str, Any] = daemon_config(
+        tmp_path / "state", f"{endpoint.url}/{database}", {"source": "http", "max_delay": "50ms"}
+    )
+    running = Running(cfg)
+    daemon = running.daemon
+    port = urlsplit(daemon.ingest_url).port
+    assert port is not None
+    old = {w["pid"] for w in daemon.supervisor.stats().workers}
+    pusher = threading.Thread(target=push, args=(port, 0, 20_000, 200))
+    pusher.start()
+    time.sleep(0.3)
+    daemon.request_restart_workers()  # what SIGUSR2 does
+    pusher.join(60)
+    waiting.wait_for(
+        lambda: daemon.supervisor.stats().restarts.get("rolling", 0) == 2,
+        timeout=60,
+        what="both workers replaced",
+    )
+    waiting.wait_for(lambda: daemon.totals.rows_inserted == 20_000, timeout=60)
+    new = {w["pid"] for w in daemon.supervisor.stats().workers}
+    assert running.stop() == 0
+    assert len(new) == 2 and not new & old
+    assert counts(endpoint, database) == (20_000, 20_000)
