@@ -116,6 +116,9 @@ if TYPE_CHECKING:
         RequestError as RequestError,
     )
     from chworkers.errors import (
+        RecordKeyError as RecordKeyError,
+    )
+    from chworkers.errors import (
         ResponseTimeoutError as ResponseTimeoutError,
     )
     from chworkers.errors import (
@@ -257,6 +260,7 @@ _EXPORTS: dict[str, str] = {
     "HttpRequestError": "chworkers.errors",
     "BrokerError": "chworkers.errors",
     "PoisonMessageError": "chworkers.errors",
+    "RecordKeyError": "chworkers.errors",
     "EmbeddedError": "chworkers.errors",
     "BenchError": "chworkers.errors",
     # Meta

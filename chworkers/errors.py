@@ -281,6 +281,12 @@ class BatchError(ChworkersError, ValueError):
     """
 
 
+class RecordKeyError(ChworkersError, ValueError):
+    """A record whose sharding-key fields cannot be read as ClickHouse would store them
+    (not a number, NULL, malformed); the daemon dead-letters it instead of guessing its
+    shard. Attribute: ``field`` (the key field at fault, "" when the record is)."""
+
+
 class HttpRequestError(ChworkersError):
     """One of chworkers' HTTP endpoints cannot serve a request as it was sent.
 

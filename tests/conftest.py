@@ -38,6 +38,44 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClick
         ch.close()
 
 
+@pytest.fixture(scope="session")
+def shard_endpoints(
+    endpoint: EmbeddedClickHouse, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EmbeddedClickHouse, ...]]:
+    """Three embedded endpoints to use as the three shards of a cluster: the session's
+    ``endpoint`` and two more, started on first use and stopped at the end."""
+    others: list[EmbeddedClickHouse] = []
+    try:
+        for index in (1, 2):
+            ch = EmbeddedClickHouse(tmp_path_factory.mktemp(f"shard{index}") / "data")
+            others.append(ch)
+            ch.start()
+        yield (endpoint, *others)
+    finally:
+        for ch in others:
+            ch.close()
+
+
+@pytest.fixture
+def shard_database(
+    shard_endpoints: tuple[EmbeddedClickHouse, ...], request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh, empty database of the same name on each of ``shard_endpoints``."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:40]
+    name = unique_name(f"test_{base}")
+    admins = [make_client(ch) for ch in shard_endpoints]
+    try:
+        for admin in admins:
+            admin.command(f"CREATE DATABASE `{name}`")
+        yield name
+    finally:
+        for admin in admins:
+            try:
+                admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+            finally:
+                admin.close()
+
+
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """Undo what ``chworkers.ops.logs.configure`` changes in this process: the root logger's

@@ -93,3 +93,52 @@ def test_docs_reference_is_generated_from_the_declarations() -> None:
     assert committed == config.reference_markdown(), (
         "docs/configuration.md is stale: run `chworkers config --reference > docs/configuration.md`"
     )
+
+
+SHARDED = """
+[clickhouse]
+shards = [["http://a1:8123", "http://a2:8123"], ["http://b1:8123"]]
+shard_weights = [2, 1]
+
+[[pipelines]]
+name = "events"
+table = "events"
+sharding_key = "sipHash64(user_id)"
+"""
+
+
+def test_a_sharded_cluster_and_its_weights(tmp_path: Path) -> None:
+    loaded = config.load(write(tmp_path, SHARDED), env={})
+    ch = loaded.settings.clickhouse
+    assert ch.shards == (("http://a1:8123", "http://a2:8123"), ("http://b1:8123",))
+    assert ch.shard_weights == (2, 1)
+    assert loaded.pipelines[0].sharding_key == "sipHash64(user_id)"
+    # The environment: shards by ';', replicas by ','.
+    env = {"CHWORKERS_CLICKHOUSE_SHARDS": "http://x:8123,http://y:8123;http://z:8123"}
+    ch = config.load(write(tmp_path, SHARDED), env=env).settings.clickhouse
+    assert ch.shards == (("http://x:8123", "http://y:8123"), ("http://z:8123",))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (SHARDED.replace("[clickhouse]", "[clickhouse]\nurl = 'http://c:8123'"), "exclusive"),
+        (SHARDED.replace("[clickhouse]", "[clickhouse]\nurl = 'embedded'"), "exclusive"),
+        (SHARDED.replace("[2, 1]", "[2, 1, 1]"), "3 weights for 2 shard"),
+        (SHARDED.replace("http://b1:8123", "http://b1:0"), r"shards\[1\]: replica 'http://b1:0'"),
+        (SHARDED.replace("[[", "[[ ]]  # ", 1), "non-empty list"),
+        (SHARDED.replace('sharding_key = "sipHash64(user_id)"', ""), "has no sharding_key"),
+        (SHARDED.replace('"sipHash64(user_id)"', '" "'), "has no sharding_key"),
+        ("[clickhouse]\nshard_weights = [1]\n", "clickhouse.shards is not"),
+    ],
+)
+def test_sharding_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text), env={})
+
+
+def test_one_shard_needs_no_sharding_key(tmp_path: Path) -> None:
+    text = SHARDED.replace(', ["http://b1:8123"]', "").replace("[2, 1]", "[1]")
+    loaded = config.load(write(tmp_path, text.replace('sharding_key = "sipHash64(user_id)"', "")))
+    assert len(loaded.settings.clickhouse.shards) == 1
+    assert loaded.pipelines[0].sharding_key is None

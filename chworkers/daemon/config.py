@@ -63,6 +63,18 @@ class ClickHouseSettings:
         "ClickHouse HTTP URL(s): 'http://host:8123/db', replicas as 'http://h1:8123,h2:8123/db', "
         "or 'embedded' to run chworkers' embedded ClickHouse under the state directory.",
     )
+    shards: tuple[tuple[str, ...], ...] = setting(
+        (),
+        "A sharded cluster instead of url: one list of replica URLs per shard "
+        "([['http://a1:8123', 'http://a2:8123'], ['http://b1:8123']]; in the environment "
+        "'a1:8123,a2:8123;b1:8123'). A shard's replicas fail over as url's hosts do; each "
+        "pipeline routes its rows by its sharding_key (docs/sharding.md).",
+    )
+    shard_weights: tuple[int, ...] = setting(
+        (),
+        "Each shard's weight, as <weight> in ClickHouse's remote_servers (none: 1 each): "
+        "a shard gets weight/total of the rows, in the slots a Distributed table gives it.",
+    )
     username: str | None = setting(None, "User name (overrides one in the URL).")
     password: str | None = setting(None, "Password (overrides one in the URL).", secret=True)
     database: str | None = setting(None, "Database (overrides one in the URL).")
@@ -76,6 +88,16 @@ class ClickHouseSettings:
     embedded: EmbeddedSettings = section(EmbeddedSettings, "The embedded endpoint.")
 
     def __post_init__(self) -> None:
+        if self.shards:
+            self._check_shards()
+        elif self.shard_weights:
+            raise ConfigError(
+                "clickhouse.shard_weights is set but clickhouse.shards is not: weights are "
+                "given per shard of a sharded cluster",
+                key="shard_weights",
+                value=self.shard_weights,
+                expected="clickhouse.shards too, or no weights",
+            )
         if self.url != EMBEDDED:  # a bad URL fails when the file is read, not at first use
             try:
                 self.connection()
@@ -86,6 +108,36 @@ class ClickHouseSettings:
                     value=exc.value,
                     expected=exc.expected,
                 ) from None
+
+    def _check_shards(self) -> None:
+        if self.url != EMBEDDED:
+            raise ConfigError(
+                f"clickhouse: url = {self.url!r} and shards are both set; they are "
+                "exclusive: url is one ClickHouse (its hosts replicas of one another), "
+                "shards a sharded cluster (each shard's replicas in its own list)",
+                key="shards",
+                value=self.shards,
+                expected="url or shards, not both",
+            )
+        if self.shard_weights and len(self.shard_weights) != len(self.shards):
+            raise ConfigError(
+                f"clickhouse.shard_weights = {list(self.shard_weights)} has "
+                f"{len(self.shard_weights)} weights for {len(self.shards)} shard(s)",
+                key="shard_weights",
+                value=self.shard_weights,
+                expected=f"{len(self.shards)} weights, one per shard",
+            )
+        for index, replicas in enumerate(self.shards):
+            for replica in replicas:
+                try:
+                    self.connection(replica)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"clickhouse.shards[{index}]: replica {replica!r}: {exc}",
+                        key=f"shards[{index}]",
+                        value=exc.value,
+                        expected=exc.expected,
+                    ) from None
 
     def connection(self, url: str | None = None) -> ConnectionConfig:
         """The connection options for ``url`` (the embedded endpoint's, when running it)."""
@@ -232,6 +284,7 @@ def load(
         DaemonSettings, data, env=env, source=source, base_dir=base_dir, overrides=overrides
     )
     pipelines = build_pipelines(raw_pipelines, env=env, source=source)
+    _check_sharding(settings.clickhouse, pipelines, data.get("clickhouse"), source)
     # systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several).
     state_dir = Path(
         settings.state_dir or env.get("STATE_DIRECTORY", "").split(":")[0] or "chworkers-state"
@@ -243,6 +296,36 @@ def load(
         source=source,
         overrides=overrides,
     )
+
+
+def _check_sharding(
+    ch: ClickHouseSettings,
+    pipelines: tuple[PipelineSettings, ...],
+    raw: Any,
+    source: str,
+) -> None:
+    """Across sections: a sharded cluster needs every pipeline to say how it routes rows."""
+    if isinstance(raw, Mapping) and "url" in raw and raw.get("shards"):
+        raise ConfigError(
+            f"{source}: clickhouse.url and clickhouse.shards are both set; they are "
+            "exclusive (url: one ClickHouse; shards: a sharded cluster)",
+            key="clickhouse.shards",
+            value=raw["shards"],
+            expected="url or shards, not both",
+            source=source,
+        )
+    if len(ch.shards) < 2:
+        return  # one shard (or one url): every row goes there, whatever the key says
+    for p in pipelines:
+        if p.sharding_key is None:
+            raise ConfigError(
+                f"{source}: pipeline {p.name!r} has no sharding_key, and clickhouse.shards "
+                f"has {len(ch.shards)} shards: set sharding_key to an expression over the "
+                "record's fields ('sipHash64(user_id)', 'user_id') or to 'random'",
+                key=f"pipelines.{p.name}.sharding_key",
+                expected="an expression or 'random'",
+                source=source,
+            )
 
 
 HEADER = """\

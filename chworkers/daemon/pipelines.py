@@ -84,6 +84,13 @@ class PipelineSettings:
     insert_settings: tuple[str, ...] = setting(
         (), "Extra ClickHouse settings for the inserts, as 'name=value' items."
     )
+    sharding_key: str | None = setting(
+        None,
+        "A sharded cluster ([clickhouse] shards): the expression over the record's fields "
+        "that picks each row's shard exactly as a Distributed table with this sharding key "
+        "would ('sipHash64(user_id)', 'user_id'), or 'random' (each batch whole to one "
+        "shard, by weight). Required with more than one shard (docs/sharding.md).",
+    )
 
     def __post_init__(self) -> None:
         validate(self, source=f"pipeline {self.name or '?'}")

@@ -44,7 +44,7 @@ from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.tables import Tables
 from chworkers.daemon.totals import Totals
-from chworkers.errors import ChworkersError, WorkerLostError
+from chworkers.errors import ChworkersError, ConfigError, WorkerLostError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
 from chworkers.workers.options import SupervisorOptions
@@ -185,6 +185,14 @@ class Daemon:
 
     def _start_clickhouse(self, stack: contextlib.ExitStack) -> str | None:
         ch = self.config.settings.clickhouse
+        if ch.shards:  # the routing lands in steps (issue 14); until then say so, never guess
+            raise ConfigError(
+                "clickhouse.shards: this build of `chworkers run` does not route to a "
+                "sharded cluster yet; use url",
+                key="clickhouse.shards",
+                value=ch.shards,
+                expected="url",
+            )
         if ch.url != EMBEDDED:
             self.clickhouse_url = ch.connection().url
             return None

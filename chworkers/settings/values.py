@@ -67,6 +67,8 @@ def _parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: s
         return value
     if origin in (tuple, frozenset):
         item = typing.get_args(tp)[0]
+        if typing.get_origin(item) is tuple:
+            return _parse_nested(item, meta, raw, key, source)
         items = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
         if isinstance(items, (set, frozenset)):
             items = sorted(items)
@@ -113,7 +115,28 @@ def _parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: s
 
 def plural(item: Any) -> str:
     """How a list's items are named in messages and docs."""
+    if typing.get_origin(item) is tuple:
+        return f"lists of {plural(typing.get_args(item)[0])}"
     return "integers" if item is int else "strings"
+
+
+def _parse_nested(item: Any, meta: Mapping[str, Any], raw: Any, key: str, source: str) -> Any:
+    """A list of lists (``[["a1", "a2"], ["b1"]]``); from the environment, the inner
+    lists separated by ``;`` and their items by ``,`` (``"a1,a2;b1"``)."""
+    groups = [g for g in raw.split(";") if g.strip()] if isinstance(raw, str) else raw
+    if not isinstance(groups, (list, tuple)):
+        return _raise(key, raw, f"a list of {plural(item)}", source)
+    out = []
+    for index, group in enumerate(groups):
+        if isinstance(group, (list, tuple)) and not group:
+            return _raise(
+                f"{key}[{index}]",
+                group,
+                f"a non-empty list of {plural(typing.get_args(item)[0])}",
+                source,
+            )
+        out.append(_parse_value(item, meta, group, f"{key}[{index}]", source))
+    return tuple(out)
 
 
 def _raise(key: str, value: Any, expected: str, source: str) -> Any:
