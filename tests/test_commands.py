@@ -383,3 +383,47 @@ def _push(port: int, body: bytes) -> None:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/ingest/ev", data=body)
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert resp.status == 202
+
+
+def test_check_reports_every_shard_and_replica(
+    tmp_path: Path,
+    shard_endpoints: tuple[EmbeddedClickHouse, ...],
+    shard_database: str,
+) -> None:
+    a, b, c = shard_endpoints
+    for ch in (a, c):  # shard 1 lacks the table
+        pool = ConnectionPool(f"{ch.url}/{shard_database}", {"max_connections": 1})
+        try:
+            pool.with_connection(
+                lambda conn: conn.command("CREATE TABLE ev (n UInt64) ENGINE = Memory")
+            )
+        finally:
+            pool.close()
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on: a replica that is down
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f"""
+[clickhouse]
+shards = [["{a.url}"], ["{b.url}"], ["{c.url}", "{down}"]]
+shard_weights = [1, 2, 1]
+database = "{shard_database}"
+[[pipelines]]
+name = "p"
+table = "ev"
+sharding_key = "n"
+"""
+    )
+    result = chworkers("check", "-c", str(conf))
+    out = result.stdout
+    assert "shard 0 (weight 1): 1 replica(s)" in out
+    assert "shard 1 (weight 2): 1 replica(s)" in out
+    assert "shard 2 (weight 1): 2 replica(s)" in out
+    assert f"shard 0 replica {a.url}: answers (version" in out
+    assert "ev exists" in out
+    assert f"shard 1 replica {b.url}: answers" in out and "ev MISSING" in out
+    assert f"shard 2 replica {down}: DOES NOT ANSWER" in out
+    assert result.returncode == 1

@@ -149,6 +149,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
     problems = max(_check_files(cfg), _check_brokers(cfg))
     ch = cfg.settings.clickhouse
+    if ch.shards:
+        return max(_check_shards(cfg), problems)
     if ch.url != config_module.EMBEDDED:
         return max(_check_clickhouse(cfg, ch.connection()), problems)
     from chworkers.daemon.statelock import state_lock
@@ -212,6 +214,48 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     finally:
         pool.close()
     return 1 if missing else 0
+
+
+def _check_shards(cfg: config_module.Config) -> int:
+    """Reach every replica of every shard and say which pipelines' tables each has; 1
+    when a replica does not answer or lacks a table that `run` would not create."""
+    from chworkers.clickhouse.pool import ConnectionPool
+
+    ch = cfg.settings.clickhouse
+    options = dataclasses.replace(
+        ch.pool,
+        min_connections=0,
+        retry=dataclasses.replace(ch.pool.retry, max_attempts=1),  # say it, do not wait
+    )
+    weights = ch.shard_weights or (1,) * len(ch.shards)
+    failed = 0
+    for index, (replicas, weight) in enumerate(zip(ch.shards, weights, strict=True)):
+        print(f"shard {index} (weight {weight}): {len(replicas)} replica(s)")
+        for url in replicas:
+            conn = ch.connection(url)
+            pool = ConnectionPool(conn, options)
+            where = f"  shard {index} replica {redact_url(url)}"
+            try:
+                version = pool.with_connection(lambda c: c.command("SELECT version()"))
+                states = []
+                for p in cfg.pipelines:
+                    exists = pool.with_connection(
+                        lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
+                    )
+                    if int(exists):
+                        states.append(f"{p.table} exists")
+                    elif p.create:
+                        states.append(f"{p.table} missing (`run` creates it)")
+                    else:
+                        states.append(f"{p.table} MISSING")
+                        failed = 1
+                print(f"{where}: answers (version {version}); " + (", ".join(states) or "-"))
+            except ChworkersError as exc:
+                print(f"{where}: DOES NOT ANSWER: {str(exc).splitlines()[0][:200]}")
+                failed = 1
+            finally:
+                pool.close()
+    return failed
 
 
 def _check_files(cfg: config_module.Config) -> int:
