@@ -113,10 +113,10 @@ if TYPE_CHECKING:
         QueueFullError as QueueFullError,
     )
     from chworkers.errors import (
-        RequestError as RequestError,
+        RecordKeyError as RecordKeyError,
     )
     from chworkers.errors import (
-        RecordKeyError as RecordKeyError,
+        RequestError as RequestError,
     )
     from chworkers.errors import (
         ResponseTimeoutError as ResponseTimeoutError,

@@ -124,12 +124,16 @@ def test_a_sharded_cluster_and_its_weights(tmp_path: Path) -> None:
     [
         (SHARDED.replace("[clickhouse]", "[clickhouse]\nurl = 'http://c:8123'"), "exclusive"),
         (SHARDED.replace("[clickhouse]", "[clickhouse]\nurl = 'embedded'"), "exclusive"),
-        (SHARDED.replace("[2, 1]", "[2, 1, 1]"), "3 weights for 2 shard"),
-        (SHARDED.replace("http://b1:8123", "http://b1:0"), r"shards\[1\]: replica 'http://b1:0'"),
+        (SHARDED.replace("[2, 1]", "[2, 1, 1]"), "shard_weights: .* 3 weight"),
+        (SHARDED.replace("[2, 1]", "[2, 0]"), r"shard_weights\[1\]: weight 0 is not a positive"),
+        (SHARDED.replace("http://b1:8123", "http://b1:0"), r"shards\[1\]\[0\]: 'http://b1:0'"),
+        (SHARDED.replace("http://b1:8123", "http://b1:8123/db"), "database and options"),
         (SHARDED.replace("[[", "[[ ]]  # ", 1), "non-empty list"),
         (SHARDED.replace('sharding_key = "sipHash64(user_id)"', ""), "has no sharding_key"),
         (SHARDED.replace('"sipHash64(user_id)"', '" "'), "has no sharding_key"),
         ("[clickhouse]\nshard_weights = [1]\n", "clickhouse.shards is not"),
+        (SHARDED.replace("sipHash64(user_id)", "cityHash64(user_id)"), "cityHash64 is not supported"),
+        (SHARDED.replace("sipHash64(user_id)", "siphash64(user_id)"), "ClickHouse spells it"),
     ],
 )
 def test_sharding_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

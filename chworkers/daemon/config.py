@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chworkers.clickhouse.cluster import Cluster, Shard
 from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.daemon.options import HttpSettings, SpoolSettings
@@ -119,25 +120,27 @@ class ClickHouseSettings:
                 value=self.shards,
                 expected="url or shards, not both",
             )
-        if self.shard_weights and len(self.shard_weights) != len(self.shards):
-            raise ConfigError(
-                f"clickhouse.shard_weights = {list(self.shard_weights)} has "
-                f"{len(self.shard_weights)} weights for {len(self.shards)} shard(s)",
-                key="shard_weights",
-                value=self.shard_weights,
-                expected=f"{len(self.shards)} weights, one per shard",
-            )
-        for index, replicas in enumerate(self.shards):
-            for replica in replicas:
-                try:
-                    self.connection(replica)
-                except ConfigError as exc:
-                    raise ConfigError(
-                        f"clickhouse.shards[{index}]: replica {replica!r}: {exc}",
-                        key=f"shards[{index}]",
-                        value=exc.value,
-                        expected=exc.expected,
-                    ) from None
+        try:
+            self.cluster()
+        except ConfigError as exc:
+            message = str(exc)  # the cluster's "weights" are this section's shard_weights
+            for given in ("shard weights", "weights"):
+                if message.startswith(given):
+                    message = "shard_weights" + message[len(given) :]
+                    break
+            raise ConfigError(  # build() prefixes the key with the section's
+                f"clickhouse.{message}",
+                key=message.partition(":")[0].partition("[")[0],
+                value=exc.value,
+                expected=exc.expected,
+            ) from None
+
+    def cluster(self, url: str | None = None) -> Cluster:
+        """The cluster ``shards`` and ``shard_weights`` describe; without shards, ``url``
+        (or the given one: the embedded endpoint's) as one shard of its hosts."""
+        if not self.shards:
+            return Cluster((Shard(tuple(self.connection(url).hosts)),))
+        return Cluster.parse(self.shards, weights=self.shard_weights or None)
 
     def connection(self, url: str | None = None) -> ConnectionConfig:
         """The connection options for ``url`` (the embedded endpoint's, when running it)."""

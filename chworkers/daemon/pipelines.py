@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.framing import FORMATS
@@ -127,6 +128,8 @@ class PipelineSettings:
                 expected="format = 'JSONEachRow'",
             )
         FieldMapper.parse(self.rename, where=where)
+        if self.sharding_key is not None:
+            self._check_sharding_key(where)
         for item in self.insert_settings:
             if "=" not in item:
                 raise ConfigError(
@@ -135,6 +138,20 @@ class PipelineSettings:
                     value=item,
                     expected="'name=value'",
                 )
+
+    def _check_sharding_key(self, where: str) -> None:
+        try:
+            key = ShardingKey.parse(self.sharding_key or "")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{where}: {exc}", key="sharding_key", value=exc.value, expected=exc.expected
+            ) from None
+        del key  # parsed again where it is used: a frozen setting holds the text
+
+    @property
+    def key(self) -> ShardingKey | None:
+        """The parsed ``sharding_key`` (None when the pipeline has none)."""
+        return None if self.sharding_key is None else ShardingKey.parse(self.sharding_key)
 
     def _check_broker(self, where: str) -> None:
         if not self.redis.stream:
