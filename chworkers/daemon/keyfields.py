@@ -159,7 +159,7 @@ class KeyReader:
         if not self._json:
             if LINE_FORMATS[format].header:
                 names = [self._text(raw, None) for raw in self._split(header.rstrip(b"\r\n"))]
-                order = [n.decode("utf-8", "replace") for n in names]
+                order = [(n or b"").decode("utf-8", "replace") for n in names]
             else:
                 order = [c.name for c in columns if c.default_kind not in _NOT_INSERTED]
             absent = [f for f in self.fields if f not in order]
