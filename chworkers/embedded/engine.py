@@ -10,6 +10,7 @@ releases the GIL while it runs a query; it holds it while it opens a connection)
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 
 from chworkers.embedded import deduplog
 from chworkers.embedded.exceptions import UNKNOWN_SETTING, clickhouse_error, from_chdb
-from chworkers.errors import EmbeddedError
+from chworkers.errors import EmbeddedError, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,7 @@ def insert(
     If reading the chunks fails (a truncated or undecodable body) or chDB rejects the
     data, the insert is cancelled and nothing of it is committed.
     """
+    since, before = int(time.time()), _swallowed.before()  # system.errors: whole seconds
     try:
         handle = conn.send_insert(sql_bytes(statement), fmt)
     except RuntimeError as exc:
@@ -357,5 +359,62 @@ def insert(
                 conn.insert_cancel(handle)
             except RuntimeError:
                 log.debug("cancelling a streaming insert failed", exc_info=True)
+    swallowed = _swallowed.after(conn, before, since)
+    if swallowed is not None:
+        raise swallowed
     stats.written_rows += int(res.rows_written())
     stats.written_bytes += int(res.bytes_written())
+
+
+#: Errors chDB's streaming insert does not raise: the table's sink throws them when the
+#: insert commits, ``insert_done`` returns as if it succeeded (sometimes even with the
+#: rows counted as written) and nothing is in the table. TOO_MANY_PARTS covers both
+#: "Too many parts" (``parts_to_throw_insert``) and "Too many partitions for single
+#: INSERT block" (``max_partitions_per_insert_block``).
+SWALLOWED_CODES = (252,)
+
+
+class _ErrorCounts:
+    """The server's count of :data:`SWALLOWED_CODES` errors as last seen by any insert.
+
+    An insert notes it before it starts (no query: the latest count any insert saw) and
+    compares it with ``system.errors`` after: its own failure always shows as a higher
+    count with a ``last_error_time`` no older than its start. Errors are server-wide
+    and timed in whole seconds, so another insert's failure while this one ran is taken
+    for this one's too; that errs on the safe side (the client retries an insert that
+    landed, and its deduplication token drops it), while a lost insert answered 200
+    cannot happen.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: int | None = None
+
+    def before(self) -> int | None:
+        with self._lock:
+            return self._seen
+
+    def after(self, conn: Any, before: int | None, since: int) -> ServerError | None:
+        codes = ", ".join(str(code) for code in SWALLOWED_CODES)
+        res = run(
+            conn,
+            # Numbers and base64 in TabSeparated: the request's own output settings are on
+            # this connection, and none of them changes how these are written.
+            "SELECT sum(value), argMax(code, last_error_time), "
+            "base64Encode(argMax(name, last_error_time)), "
+            "base64Encode(argMax(last_error_message, last_error_time)), "
+            "toUnixTimestamp(max(last_error_time)) FROM system.errors "
+            f"WHERE code IN ({codes}) AND remote = 0",
+        )
+        fields = res.bytes().decode().rstrip("\n").split("\t")
+        total, code, at = int(fields[0]), int(fields[1]), int(fields[4])
+        name, message = (base64.b64decode(f).decode("utf-8", "replace") for f in fields[2:4])
+        with self._lock:
+            if self._seen is None or total > self._seen:
+                self._seen = total
+        if not total or at < since or (before is not None and total <= before):
+            return None
+        return from_chdb(RuntimeError(f"Code: {code}. DB::Exception: {message}. ({name})"))
+
+
+_swallowed = _ErrorCounts()
