@@ -183,6 +183,7 @@ if TYPE_CHECKING:
     )
     from chworkers.workers.middleware import Middleware as Middleware
     from chworkers.workers.options import SupervisorOptions as SupervisorOptions
+    from chworkers.workers.options import TableLimit as TableLimit
     from chworkers.workers.supervisor import Supervisor as Supervisor
     from chworkers.workers.tasks import DeadLetter as DeadLetter
 
@@ -214,6 +215,7 @@ _EXPORTS: dict[str, str] = {
     # Worker processes
     "Supervisor": "chworkers.workers.supervisor",
     "SupervisorOptions": "chworkers.workers.options",
+    "TableLimit": "chworkers.workers.options",
     "SupervisorStats": "chworkers.workers.commands",
     "Middleware": "chworkers.workers.middleware",
     "WorkerContext": "chworkers.workers.context",

@@ -1,5 +1,5 @@
-"""The daemon's worker pool: rolling restarts (SIGUSR2) with ingest going on, exact
-counts."""
+"""The daemon's worker pool: rolling restarts (SIGUSR2) with ingest going on and the
+pipeline's insert limits applied, exact counts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import waiting
 from chclients import make_client
 from daemonthread import Running, daemon_config, lines
 
+from chworkers import TableLimit
+from chworkers.daemon.pipelines import PipelineSettings, table_limits
 from chworkers.embedded import EmbeddedClickHouse
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,7 +48,14 @@ def test_sigusr2_replaces_the_workers_while_ingest_goes_on_exact_counts(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
 ) -> None:
     cfg: dict[str, Any] = daemon_config(
-        tmp_path / "state", f"{endpoint.url}/{database}", {"source": "http", "max_delay": "50ms"}
+        tmp_path / "state",
+        f"{endpoint.url}/{database}",
+        {
+            "source": "http",
+            "max_delay": "50ms",
+            "max_concurrent_inserts": 1,
+            "max_inserts_per_second": 100,
+        },
     )
     running = Running(cfg)
     daemon = running.daemon
@@ -68,3 +77,13 @@ def test_sigusr2_replaces_the_workers_while_ingest_goes_on_exact_counts(
     assert running.stop() == 0
     assert len(new) == 2 and not new & old
     assert counts(endpoint, database) == (20_000, 20_000)
+    sample = daemon.supervisor.registry.get_sample_value
+    assert (sample("chworkers_table_limit_wait_seconds_count", {"table": "ev"}) or 0) > 0
+
+
+def test_pipelines_into_one_table_share_the_tighter_limits() -> None:
+    base = {"source": "http", "table": "ev"}
+    a = PipelineSettings(name="a", max_concurrent_inserts=2, **base)
+    b = PipelineSettings(name="b", max_concurrent_inserts=4, max_inserts_per_second=1, **base)
+    c = PipelineSettings(name="c", source="http", table="other")
+    assert table_limits([a, b, c]) == {"ev": TableLimit(2, 1.0)}

@@ -259,6 +259,8 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap() -> None:
         ("chworkers_worker_restarts_total", "restarts"),
         ("chworkers_worker_memory_bytes", "worker memory"),
         ("chworkers_worker_memory_limit_bytes", "the memory limit workers are recycled at"),
+        ("chworkers_table_limit_wait_seconds_bucket", "waits for per-table insert limits"),
+        ("chworkers_table_limit_waiting", "inserts waiting for their table's limits"),
     ],
 )
 def test_dashboard_shows(needle: str, what: str) -> None:

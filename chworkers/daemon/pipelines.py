@@ -31,6 +31,7 @@ from chworkers.daemon.framing import FORMATS
 from chworkers.daemon.mapping import FieldMapper
 from chworkers.errors import ConfigError
 from chworkers.settings import build, same_as, section, setting, validate
+from chworkers.workers.options import TableLimit
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -92,6 +93,8 @@ class PipelineSettings:
         "would ('sipHash64(user_id)', 'user_id'), or 'random' (each batch whole to one "
         "shard, by weight). Required with more than one shard (docs/sharding.md).",
     )
+    max_concurrent_inserts: int | None = same_as(TableLimit, "max_concurrent_inserts")
+    max_inserts_per_second: float | None = same_as(TableLimit, "max_inserts_per_second")
 
     def __post_init__(self) -> None:
         validate(self, source=f"pipeline {self.name or '?'}")
@@ -243,3 +246,14 @@ def build_pipelines(
                 expected="unique names",
             )
     return tuple(out)
+
+
+def table_limits(pipelines: Sequence[PipelineSettings]) -> dict[str, TableLimit]:
+    """Each table's insert limits from its pipelines' (two pipelines into one table: the
+    tighter of each)."""
+    limits: dict[str, TableLimit] = {}
+    for p in pipelines:
+        limit = TableLimit(p.max_concurrent_inserts, p.max_inserts_per_second)
+        if limit.limited:
+            limits[p.table] = limits[p.table].stricter(limit) if p.table in limits else limit
+    return limits

@@ -40,6 +40,7 @@ from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
+from chworkers.daemon.pipelines import table_limits
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.tables import Tables
@@ -212,6 +213,7 @@ class Daemon:
             metrics_port=s.metrics.port,
             metrics_limits=s.metrics.limits,
             handle_signals=False,  # the daemon owns signals: it stops intake first
+            table_limits=table_limits(self.config.pipelines),
         )
         self.supervisor.start()
         stack.callback(self._stop_supervisor)

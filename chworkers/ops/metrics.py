@@ -173,6 +173,20 @@ class Metrics:
         # first restart instead of only the series appearing.
         for reason in ("crashed", "hung", "recycled", "memory", "rolling"):
             self.worker_restarts.labels(reason=reason)
+        self.table_limit_wait = Histogram(
+            "chworkers_table_limit_wait_seconds",
+            "Time an insert into a table with limits (max_concurrent_inserts, "
+            "max_inserts_per_second) waited for them before it was handed to a worker.",
+            ["table"],
+            buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.table_limit_waiting = Gauge(
+            "chworkers_table_limit_waiting",
+            "Inserts waiting now for their table's limits, by table.",
+            ["table"],
+            registry=r,
+        )
         self.worker_memory = Gauge(
             "chworkers_worker_memory_bytes",
             "Resident memory (RSS) of the worker processes: the largest (stat=max) and "

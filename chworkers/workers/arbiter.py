@@ -35,6 +35,7 @@ from chworkers.workers.commands import (
     Reconfigure,
     RefreshGauges,
     RestartWorkers,
+    SetTableLimits,
     Signal,
     Stats,
     Stop,
@@ -44,9 +45,10 @@ from chworkers.workers.commands import (
 from chworkers.workers.context import Connector
 from chworkers.workers.crew import Crew
 from chworkers.workers.middleware import Middleware
-from chworkers.workers.options import SupervisorOptions
+from chworkers.workers.options import SupervisorOptions, TableLimit
 from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.processes import Processes
+from chworkers.workers.tablelimits import TableLimits
 from chworkers.workers.taskqueue import TaskQueue
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class Arbiter:
         connector: Callable[[str], Connector | None],
         on_reload: Callable[[], Mapping[str, Any]] | None = None,
         on_exit: Callable[[], None] | None = None,
+        table_limits: Mapping[str, TableLimit] | None = None,
     ) -> None:
         self._options = options
         self._retry = retry
@@ -88,6 +91,7 @@ class Arbiter:
             metrics, middleware, self.queue, lambda: self._options, lambda: self._retry
         )
         self.broker: LeaseBroker | None = None
+        self.limits = TableLimits(table_limits or {}, metrics)
         self.finished = threading.Event()
         #: When the loop last turned (monotonic): a stale value means it is stuck.
         self.loop_beat = time.monotonic()
@@ -158,6 +162,7 @@ class Arbiter:
             self._connector,
             self.middleware,
             self._notify_ready,
+            self.limits,
         )
         self._state = "running"
         self._thread = threading.Thread(target=self._run, name="chworkers-supervisor", daemon=True)
@@ -271,6 +276,10 @@ class Arbiter:
         timeout = _CHECK_EVERY
         if crew.next_spawn > 0:
             timeout = min(timeout, max(0.0, crew.next_spawn - time.monotonic()))
+        if self.limits and self.queue.parked:
+            wake = self.limits.next_wakeup(self.queue.parked_tables())
+            if wake is not None:
+                timeout = min(timeout, max(0.0, wake - time.monotonic()))
         return timeout
 
     def _exited(self) -> None:
@@ -302,6 +311,9 @@ class Arbiter:
                 self._on_signal(signum)
             case Reconfigure(changes=changes):
                 self._reconfigure(changes)
+            case SetTableLimits(limits=limits):
+                self.limits.set(limits)
+                log.info("table limits now: %s", dict(limits) or "none")
             case RestartWorkers():
                 return self._restart_workers()
             case Stats():

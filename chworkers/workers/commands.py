@@ -21,6 +21,7 @@ from typing import Any, Generic, TypedDict, TypeVar, cast
 
 from chworkers.clickhouse.lease import LeaseStats
 from chworkers.errors import SupervisorStoppedError, WaitTimeoutError
+from chworkers.workers.options import TableLimit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ class Reconfigure(Command[None]):
     """Change reloadable settings (and ``retry``) while running."""
 
     changes: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SetTableLimits(Command[None]):
+    """Replace the per-table insert limits (tables not named have none)."""
+
+    limits: Mapping[str, TableLimit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

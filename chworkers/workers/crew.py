@@ -34,6 +34,7 @@ from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.processes import STOP_GRACE, Processes, WorkerHandle
 from chworkers.workers.rollout import Rollout
+from chworkers.workers.tablelimits import TableLimits
 from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import Task
 from chworkers.workers.worker import WorkerSpec
@@ -73,8 +74,10 @@ class Crew:
         connector: Callable[[str], Connector | None],
         middleware: Sequence[Middleware],
         on_ready: Callable[[], None],
+        limits: TableLimits,
     ) -> None:
         self.owner = owner
+        self.limits = limits
         self.procs = procs
         self.queue = queue
         self.outcomes = outcomes
@@ -110,6 +113,8 @@ class Crew:
         metrics.worker_memory.labels("max").set(max(rss, default=0.0))
         metrics.worker_memory.labels("sum").set(sum(rss))
         metrics.worker_memory_limit.set(self.owner.options.max_worker_memory or 0)
+        if self.limits:
+            self.limits.publish(self.queue.parked_by_table())
 
     # Starting.
 
@@ -184,6 +189,7 @@ class Crew:
                 task = h.assigned.pop(task_id, None)
                 if task is None:
                     continue
+                self.limits.release(task)
                 h.assigned_bytes -= task.nbytes
                 h.done += 1
                 self.task_time += (duration - self.task_time) * 0.05
@@ -213,6 +219,8 @@ class Crew:
         mode = self.owner.mode
         running = int(h.heartbeat[CURRENT])
         held = list(h.assigned.values())
+        for task in held:
+            self.limits.release(task)  # a dead worker's slots come back
         if held and mode != "stopping":
             self.outcomes.requeue(held, running if reason in ("crashed", "hung") else None, reason)
         elif held:
@@ -299,6 +307,12 @@ class Crew:
         limit = max(2, min(self.owner.options.prefetch, int(_PIPELINE / max(self.task_time, 1e-6))))
         batches: dict[WorkerHandle, list[Task]] = {}
         pending: deque[Task] = deque()
+        limits = self.limits
+        now = time.monotonic()
+        if limits and queue.parked:
+            # Held back by their table's limit: the oldest go first once it lets them.
+            for table in queue.parked_tables():
+                pending.extend(queue.unpark(table, limits.room(table, now)))
         while ready:
             # The least busy; between equals, the one given least so far: a trickle of
             # tasks that each find every worker idle is spread, not all sent to the first.
@@ -313,7 +327,10 @@ class Crew:
                 if not pending:
                     break
             task = pending.popleft()
+            if limits and not self._admit(task, best, now):
+                continue  # parked until its table's limit lets it start
             if not self.outcomes.start(task):
+                limits.release(task)
                 continue  # cancelled while queued
             best.assigned[task.id] = task
             best.assigned_bytes += task.nbytes
@@ -325,6 +342,19 @@ class Crew:
             queue.requeue(pending)
         for h, batch in batches.items():
             self.procs.send(h, channel.TASKS, [t.wire() for t in batch])
+
+    def _admit(self, task: Task, best: WorkerHandle, now: float) -> bool:
+        """Whether ``task`` may start now on ``best`` (the least busy worker) as its
+        table's limits go; if not, it waits parked."""
+        limits = self.limits
+        if limits.needs_idle_worker(task) and best.assigned:
+            # Rate-limited: started when dispatched, so only on a worker with nothing
+            # else to do (the least busy one is not).
+            limits.refuse(task, now)
+        elif limits.admit(task, now):
+            return True
+        self.queue.park(task)
+        return False
 
     def configure(self, settings: dict[str, Any]) -> None:
         """Send changed settings to the workers that run (new ones start with them)."""
@@ -368,6 +398,7 @@ class Crew:
     def fail_held(self, error: BaseException) -> None:
         for h in self.workers.values():
             for task in h.assigned.values():
+                self.limits.release(task)
                 self.outcomes.fail(task, error)
             h.assigned.clear()
             h.assigned_bytes = 0

@@ -30,6 +30,67 @@ StartMethod = Literal["fork", "spawn", "forkserver"]
 
 
 @dataclass(frozen=True)
+class TableLimit:
+    """Limits on the inserts into one table, across all workers (``table_limits=``, a
+    pipeline's settings under the daemon)."""
+
+    max_concurrent_inserts: int | None = setting(
+        None,
+        "Inserts into the table that may run at once, across all workers (none: no "
+        "limit); the rest wait in the supervisor while other tables' inserts go on.",
+        minimum=1,
+    )
+    max_inserts_per_second: float | None = setting(
+        None,
+        "Inserts into the table handed to workers per second, across all workers: "
+        "consecutive ones start at least 1/this apart (none: no limit; ClickHouse advises "
+        "about 1 per table).",
+        minimum=0.001,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="table limit")
+
+    @property
+    def limited(self) -> bool:
+        return self.max_concurrent_inserts is not None or self.max_inserts_per_second is not None
+
+    def stricter(self, other: TableLimit) -> TableLimit:
+        """The tighter of both limits, each on its own (two pipelines into one table)."""
+
+        def least(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else min(a, b)
+
+        return TableLimit(
+            least(self.max_concurrent_inserts, other.max_concurrent_inserts),
+            least(self.max_inserts_per_second, other.max_inserts_per_second),
+        )
+
+    @classmethod
+    def coerce(cls, value: TableLimit | Mapping[str, object], table: str) -> TableLimit:
+        if isinstance(value, TableLimit):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"table_limits[{table!r}]: a TableLimit or a mapping of its fields, not "
+                f"{type(value).__name__}",
+                key=f"table_limits.{table}",
+                value=value,
+                expected="TableLimit(max_concurrent_inserts=..., max_inserts_per_second=...)",
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in value:
+            if key not in known:
+                raise ConfigError(
+                    f"table_limits[{table!r}]: unknown setting {key!r}",
+                    key=f"table_limits.{table}.{key}",
+                    value=value[key],
+                    expected="one of " + ", ".join(sorted(known)),
+                )
+        return cls(**cast(Any, dict(value)))
+
+
+@dataclass(frozen=True)
 class SupervisorOptions:
     """Supervisor settings."""
 

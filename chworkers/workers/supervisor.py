@@ -39,6 +39,7 @@ from chworkers.workers.arbiter import Arbiter
 from chworkers.workers.commands import (
     Reconfigure,
     RestartWorkers,
+    SetTableLimits,
     Signal,
     Stats,
     Stop,
@@ -49,6 +50,7 @@ from chworkers.workers.context import Connector
 from chworkers.workers.middleware import DeadLetterCallback, Middleware
 from chworkers.workers.options import (
     SupervisorOptions,
+    TableLimit,
     check_hung_timeout,
     worker_pool_options,
 )
@@ -75,7 +77,9 @@ class Supervisor:
 
     ``clickhouse`` is the connection options (URL, ``ConnectionConfig`` or mapping) that
     every worker's pool is built from after the worker starts; without it only
-    :meth:`call` tasks run. ``retry`` is the ``RetryPolicy`` (or a mapping of its fields)
+    :meth:`call` tasks run. ``table_limits`` maps a table (as given to :meth:`insert`)
+    to its :class:`TableLimit` (or a mapping of its fields), applied across all
+    workers. ``retry`` is the ``RetryPolicy`` (or a mapping of its fields)
     workers apply; ``middleware`` adds hooks; ``dead_letter`` receives a
     :class:`DeadLetter` for every task that fails for good; ``on_reload`` returns the
     settings to change on SIGHUP. Other keyword arguments are :class:`SupervisorOptions`
@@ -97,9 +101,11 @@ class Supervisor:
         on_reload: Callable[[], Mapping[str, object]] | None = None,
         registry: CollectorRegistry | None = None,
         options: SupervisorOptions | None = None,
+        table_limits: Mapping[str, TableLimit | Mapping[str, object]] | None = None,
         **settings: object,
     ) -> None:
         opts = SupervisorOptions.build(settings, base=options)
+        limits = _table_limits(table_limits)
         self.clickhouse = clickhouse
         self.pool_options = worker_pool_options(pool_options, retry, opts.connections)
         if clickhouse is not None:
@@ -121,6 +127,7 @@ class Supervisor:
             connector=self._connector,
             on_reload=on_reload,
             on_exit=self._loop_exited,
+            table_limits=limits,
         )
         self._probes = Probes(self._owner, self.metrics, self.health_checks)
         self.health_checks.add("supervisor", self._probes, Level.FAILING)
@@ -299,6 +306,13 @@ class Supervisor:
         :class:`ConfigError` for a setting that cannot change while running."""
         self._owner.ask(Reconfigure(changes))
 
+    def set_table_limits(
+        self, limits: Mapping[str, TableLimit | Mapping[str, object]] | None
+    ) -> None:
+        """Replace the per-table insert limits while running (tables not named have
+        none; inserts running keep their slots)."""
+        self._owner.ask(SetTableLimits(_table_limits(limits)))
+
     def restart_workers(self, timeout: float | None = None, *, wait: bool = True) -> int:
         """Replace every worker, one at a time: a fresh worker starts and reports ready
         before the old one finishes what it was sent and stops, so capacity does not drop
@@ -475,3 +489,18 @@ class Supervisor:
         if broker is None:
             return None
         return PoolConnector(self.clickhouse, self.pool_options, broker.client(name))
+
+
+def _table_limits(
+    given: Mapping[str, TableLimit | Mapping[str, object]] | None,
+) -> dict[str, TableLimit]:
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"table_limits: a mapping of table to TableLimit, not {type(given).__name__}",
+            key="table_limits",
+            value=given,
+            expected="{'table': TableLimit(...) or {'max_concurrent_inserts': 2, ...}}",
+        )
+    return {str(table): TableLimit.coerce(limit, str(table)) for table, limit in given.items()}

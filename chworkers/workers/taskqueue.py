@@ -5,6 +5,11 @@ loop takes them to dispatch to workers. The bound is both a count and a byte siz
 memory stays bounded however fast producers are: ``put`` blocks while the queue is full,
 or raises :class:`QueueFullError` when its timeout runs out. Tasks a dead worker held
 go back to the front, past the bound: they were admitted once already.
+
+Inserts into a table held back by its limits (:mod:`chworkers.workers.tablelimits`) wait
+apart, *parked* by table, so that they never stand in front of other tables' tasks nor
+fill the queue the others share: a table has up to ``maxsize`` tasks parked, beyond
+which only its own producers block. They still count as queued (``len``, draining).
 """
 
 from __future__ import annotations
@@ -27,14 +32,23 @@ class TaskQueue:
         self._on_put = on_put
         self._closed: str | None = None
         self.nbytes = 0
+        self._parked: dict[str, deque[Task]] = {}
+        self.parked = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + self.parked
 
     def __repr__(self) -> str:
-        return f"<TaskQueue {len(self._items)}/{self.maxsize} tasks, {self.nbytes} bytes>"
+        return (
+            f"<TaskQueue {len(self._items)}/{self.maxsize} tasks, {self.nbytes} bytes, "
+            f"{self.parked} parked>"
+        )
 
     def _full(self, task: Task) -> bool:
+        if task.table is not None and self._parked:
+            parked = self._parked.get(task.table)
+            if parked is not None and len(parked) >= self.maxsize:
+                return True  # its table waits on its limit: only its producers wait
         if not self._items:
             return False  # a batch larger than max_bytes still gets through, alone
         if len(self._items) >= self.maxsize:
@@ -90,6 +104,37 @@ class TaskQueue:
                 self._cond.notify(len(taken))
             return taken
 
+    def park(self, task: Task) -> None:
+        """Hold back a task its table's limit does not let start yet (the loop only)."""
+        assert task.table is not None
+        with self._cond:
+            parked = self._parked.setdefault(task.table, deque())
+            if parked and task.id < parked[0].id:
+                parked.appendleft(task)  # taken out to start, then held back again
+            else:
+                parked.append(task)
+            self.parked += 1
+
+    def parked_tables(self) -> list[str]:
+        return list(self._parked)
+
+    def unpark(self, table: str, n: int) -> list[Task]:
+        """Up to ``n`` of ``table``'s parked tasks, oldest first (the loop only)."""
+        with self._cond:
+            parked = self._parked.get(table)
+            if not parked:
+                return []
+            taken = [parked.popleft() for _ in range(min(n, len(parked)))]
+            if not parked:
+                del self._parked[table]
+            self.parked -= len(taken)
+            self._cond.notify_all()  # a producer of that table may be waiting
+            return taken
+
+    def parked_by_table(self) -> dict[str, int]:
+        with self._cond:
+            return {table: len(tasks) for table, tasks in self._parked.items()}
+
     def close(self, reason: str) -> None:
         """Refuse new tasks from now on (queued ones stay)."""
         with self._cond:
@@ -108,7 +153,11 @@ class TaskQueue:
     def clear(self) -> list[Task]:
         with self._cond:
             items = list(self._items)
+            for parked in self._parked.values():
+                items.extend(parked)
             self._items.clear()
+            self._parked.clear()
+            self.parked = 0
             self.nbytes = 0
             self._cond.notify_all()
             return items

@@ -1,0 +1,145 @@
+"""Per-table insert limits, applied by the supervisor across all its workers.
+
+ClickHouse advises about one insert per second per table, and concurrent inserts into
+one table multiply its parts. ``table_limits={"events": TableLimit(max_concurrent_inserts=2,
+max_inserts_per_second=1)}`` (a pipeline's settings under the daemon) holds every insert
+into ``events``, whichever worker runs it, to both.
+
+The supervisor's loop is the one place that hands tasks to workers, so it is where the
+limits are kept, in :class:`TableLimits`, a ledger only the loop touches: an insert is
+let start (dispatched) only while its table has a free slot and its next start time has
+come; it holds its slot from then until its result comes back or its worker is reaped,
+so a worker killed mid-insert gives its slots back with it and a concurrency limit can
+never be exceeded, even counting inserts queued in a worker behind others. Inserts held
+back wait *parked* apart from the queue (:meth:`TaskQueue.park`): other tables' tasks go
+past them to free workers, so a hot table cannot starve the others. An insert limited
+by rate is only handed to a worker with nothing else to do, so it starts when it is
+dispatched (a task queued behind another in a worker would start later, then closer
+to the next). What is limited is insert tasks: retries of one request within the
+worker's retry policy, and the requests of ``split_bad_rows`` bisection, run within its
+slot. Time spent waiting is observed in ``chworkers_table_limit_wait_seconds{table}``;
+``chworkers_table_limit_waiting{table}`` counts inserts waiting now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from chworkers.ops.metrics import Metrics
+from chworkers.workers.options import TableLimit
+from chworkers.workers.tasks import INSERT, Task
+
+log = logging.getLogger(__name__)
+
+
+class _Table:
+    __slots__ = ("limit", "next_start", "peak", "running")
+
+    def __init__(self, limit: TableLimit) -> None:
+        self.limit = limit
+        self.running = 0
+        self.next_start = 0.0
+        self.peak = 0  # most inserts running at once so far (stats, tests)
+
+
+class TableLimits:
+    """The ledger of per-table limits: slots in use and the next start allowed."""
+
+    def __init__(self, limits: Mapping[str, TableLimit], metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.tables: dict[str, _Table] = {}
+        self._parked_at: dict[int, float] = {}  # task id -> when it was first held back
+        self._holding: dict[int, str] = {}  # task id -> the table whose slot it holds
+        self.set(limits)
+
+    def __bool__(self) -> bool:
+        return bool(self.tables)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(
+            f"{name}: {t.running} running, max {t.limit.max_concurrent_inserts}"
+            for name, t in self.tables.items()
+        )
+        return f"<TableLimits {inner}>"
+
+    def set(self, limits: Mapping[str, TableLimit]) -> None:
+        """Replace the limits (inserts running keep their slots)."""
+        old = self.tables
+        self.tables = {}
+        for table, limit in limits.items():
+            if not limit.limited:
+                continue
+            entry = old.get(table) or _Table(limit)
+            entry.limit = limit
+            self.tables[table] = entry
+            self.metrics.table_limit_waiting.labels(table).set(0)
+
+    def limited(self, task: Task) -> _Table | None:
+        if task.kind != INSERT or task.table is None:
+            return None
+        return self.tables.get(task.table)
+
+    def needs_idle_worker(self, task: Task) -> bool:
+        entry = self.limited(task)
+        return entry is not None and entry.limit.max_inserts_per_second is not None
+
+    def room(self, table: str, now: float) -> int:
+        """How many of ``table``'s inserts may start now."""
+        entry = self.tables.get(table)
+        if entry is None:
+            return 1 << 30  # its limit was lifted: all of them
+        limit = entry.limit
+        n = 1 << 30
+        if limit.max_concurrent_inserts is not None:
+            n = max(0, limit.max_concurrent_inserts - entry.running)
+        if limit.max_inserts_per_second is not None:
+            n = min(n, 1 if now >= entry.next_start else 0)
+        return n
+
+    def admit(self, task: Task, now: float) -> bool:
+        """Let ``task`` start now (taking its slot) or say it must wait."""
+        entry = self.limited(task)
+        if entry is None:
+            return True
+        if not self.room(task.table or "", now):
+            self._parked_at.setdefault(task.id, now)
+            return False
+        entry.running += 1
+        self._holding[task.id] = task.table or ""
+        entry.peak = max(entry.peak, entry.running)
+        rate = entry.limit.max_inserts_per_second
+        if rate is not None:
+            entry.next_start = max(now, entry.next_start) + 1.0 / rate
+        waited = now - self._parked_at.pop(task.id, now)
+        self.metrics.table_limit_wait.labels(task.table).observe(waited)
+        return True
+
+    def refuse(self, task: Task, now: float) -> None:
+        """``task`` was not admitted (no idle worker for it): it waits."""
+        self._parked_at.setdefault(task.id, now)
+
+    def release(self, task: Task) -> None:
+        """``task``'s insert ended (its result, or its worker's death): its slot is free."""
+        table = self._holding.pop(task.id, None)
+        if table is None:
+            return
+        entry = self.tables.get(table)
+        if entry is not None and entry.running > 0:
+            entry.running -= 1
+
+    def next_wakeup(self, parked: list[str]) -> float | None:
+        """When the earliest of the ``parked`` tables (held back by rate) may start one."""
+        times = [
+            self.tables[t].next_start
+            for t in parked
+            if t in self.tables and self.tables[t].limit.max_inserts_per_second is not None
+        ]
+        return min(times) if times else None
+
+    def publish(self, parked: Mapping[str, int]) -> None:
+        for table in self.tables:
+            self.metrics.table_limit_waiting.labels(table).set(parked.get(table, 0))
+
+    def peaks(self) -> dict[str, int]:
+        return {table: entry.peak for table, entry in self.tables.items()}
