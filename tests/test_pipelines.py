@@ -25,7 +25,11 @@ def test_pipeline_from_toml_table() -> None:
     )
     assert p.limits.max_delay == pytest.approx(0.25)
     assert p.limits.max_bytes == 1024 * 1024
-    assert p.settings == {"input_format_skip_unknown_fields": 0, "async_insert": "0"}
+    assert p.settings == {
+        "input_format_skip_unknown_fields": 0,
+        "date_time_input_format": "best_effort",
+        "async_insert": "0",
+    }
 
 
 def test_env_overrides_address_pipelines_by_name() -> None:

@@ -28,7 +28,7 @@ from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager
 
 from chworkers import timeouts
-from chworkers.clickhouse import dedup, driver, native, views
+from chworkers.clickhouse import dedup, driver, epochs, native, views
 from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 from chworkers.clickhouse.insertmode import insert_settings
@@ -266,6 +266,7 @@ class Connection:
         opts = insert_settings(
             settings, token=deduplication_token, known=self.knows_setting, table=table
         )
+        data = epochs.prepare(self, table, bytes(data), fmt, opts) if fmt == "JSONEachRow" else data
         size = memoryview(data).nbytes
         what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
         # clickhouse-connect puts the statement in front of bytes (a copy of the whole
@@ -279,14 +280,18 @@ class Connection:
                 block = get_compressor(codec).compress_block(block)
             else:
                 codec = None
-            summary: QuerySummary = self._client.raw_insert(
-                table,
-                column_names=column_names,
-                insert_block=block,
-                settings=opts,
-                fmt=fmt,
-                compression=codec,
-            )
+            try:
+                summary: QuerySummary = self._client.raw_insert(
+                    table,
+                    column_names=column_names,
+                    insert_block=block,
+                    settings=opts,
+                    fmt=fmt,
+                    compression=codec,
+                )
+            except Exception:
+                epochs.forget(self, table)  # the table may have changed under us
+                raise
         return summary
 
     def knows_setting(self, name: str) -> bool:

@@ -69,6 +69,12 @@ class PipelineSettings:
     unknown_fields: Literal["ignore", "reject"] = setting(
         "ignore", "Fields the table lacks: ignore them, or reject the row (dead letter)."
     )
+    timestamps: Literal["best_effort", "as_sent"] = setting(
+        "best_effort",
+        "DateTime/DateTime64 columns: read ISO 8601 with a zone and epoch seconds, "
+        "milliseconds, microseconds or nanoseconds (date_time_input_format = best_effort; "
+        "JSON numbers by their magnitude), or as_sent: the server's own settings decide.",
+    )
     create: str | None = setting(
         None,
         "Create the table if missing, with these columns ('ts DateTime, user String').",
@@ -191,6 +197,9 @@ class PipelineSettings:
         out: dict[str, Any] = {
             "input_format_skip_unknown_fields": 1 if self.unknown_fields == "ignore" else 0
         }
+        if self.timestamps == "best_effort":
+            # Servers before 26.5 default to 'basic', which takes neither a zone nor a 'T'.
+            out["date_time_input_format"] = "best_effort"
         for item in self.insert_settings:
             key, _, value = item.partition("=")
             out[key.strip()] = value.strip()

@@ -1,0 +1,205 @@
+"""Epoch numbers in JSONEachRow records, read as the people who send them mean them.
+
+With ``date_time_input_format = best_effort`` ClickHouse reads a timestamp *string* the
+way people write it: ISO 8601 with a zone (``"2026-12-01T10:00:00Z"``, ``+02:00``,
+fractions), or epoch digits told apart by their length (10 digits: seconds, 13:
+milliseconds, 16: microseconds, 19: nanoseconds). A JSON *number* takes another path:
+it is read as whole seconds, so epoch milliseconds saturate a ``DateTime`` column at
+2106-02-07 06:28:15 without an error and overflow a ``DateTime64`` one
+(DECIMAL_OVERFLOW), and servers before 26.x (``input_format_read_datetime_number_as_raw_value``)
+read a number in a ``DateTime64(p)`` column as ticks of 10^-p s, so epoch seconds land
+in January 1970.
+
+:func:`rewrite` turns the numbers of a table's timestamp columns (top-level fields of
+type ``DateTime``/``DateTime64``, ``Nullable`` or not) into ISO 8601 UTC strings before
+the records are sent. Its unit is told by the number's magnitude, as best_effort tells
+digits by their count: below 10^11 seconds (up to the year 5138), then milliseconds,
+microseconds below 10^17, nanoseconds beyond; fractions are kept to the nanosecond
+(exact decimal arithmetic, no float rounding). Records without such a number go as they
+are, byte for byte; a batch without any is not even split into lines. A number out of
+the range of a date (years 1 to 9999) is left alone, for ClickHouse to reject.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+
+from chworkers.clickhouse.dedup import Queries
+
+__all__ = ["forget", "is_timestamp_type", "prepare", "rewrite", "timestamp_columns", "to_iso"]
+
+_TIMESTAMP = re.compile(r"^(?:Nullable\()?(?:LowCardinality\()?DateTime(?:64)?\b")
+_EPOCH = _dt.datetime(1970, 1, 1)
+_UNITS = ((Decimal(10) ** 11, 0), (Decimal(10) ** 14, 3), (Decimal(10) ** 17, 6))
+
+
+def is_timestamp_type(type_name: str) -> bool:
+    """Whether a column of this ClickHouse type takes a timestamp (DateTime, DateTime64,
+    their Nullable forms)."""
+    return bool(_TIMESTAMP.match(type_name))
+
+
+def to_iso(number: str) -> str | None:
+    """An epoch number (its JSON text) as an ISO 8601 UTC string, its unit told by its
+    magnitude; None when it is no number or out of the range of a date."""
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        return None
+    if not value.is_finite():
+        return None
+    digits = next((d for limit, d in _UNITS if abs(value) < limit), 9)
+    nanos = int((value * 10 ** (9 - digits)).to_integral_value(rounding="ROUND_FLOOR"))
+    seconds, fraction = divmod(nanos, 10**9)
+    try:
+        moment = _EPOCH + _dt.timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+    return (
+        f"{moment:%Y-%m-%dT%H:%M:%S}.{fraction:09d}Z"
+        if fraction
+        else f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+    )
+
+
+def _number_pattern(columns: Sequence[str]) -> re.Pattern[bytes]:
+    names = b"|".join(re.escape(json.dumps(c).encode()) for c in columns)
+    return re.compile(rb"(?:" + names + rb")\s*:\s*-?[0-9]")
+
+
+def rewrite(data: bytes, columns: Sequence[str]) -> bytes:
+    """``data`` (JSONEachRow records) with the epoch numbers of ``columns`` as ISO strings.
+
+    Only top-level fields change (a nested field of the same name is data, not a
+    timestamp column); a line that is not a JSON object goes as it is, for ClickHouse to
+    reject with its own reason.
+    """
+    if not columns:
+        return data
+    pattern = _number_pattern(columns)
+    if pattern.search(data) is None:
+        return data
+    wanted = set(columns)
+    out: list[bytes] = []
+    for line in data.splitlines(keepends=True):
+        out.append(_line(line, wanted) if pattern.search(line) else line)
+    return b"".join(out)
+
+
+def _line(line: bytes, columns: set[str]) -> bytes:
+    try:
+        text = line.decode()
+        spans = [
+            (start, stop)
+            for key, start, stop in _top_level(text)
+            if key in columns and text[start] in _NUMBER_START
+        ]
+    except (UnicodeDecodeError, ValueError, IndexError):
+        return line  # not a JSON object: ClickHouse says why
+    pieces: list[str] = []
+    done = 0
+    for start, stop in spans:
+        iso = to_iso(text[start:stop])
+        if iso is not None:
+            pieces += (text[done:start], '"', iso, '"')
+            done = stop
+    if not done:
+        return line
+    pieces.append(text[done:])
+    return "".join(pieces).encode()
+
+
+_NUMBER_START = frozenset("-0123456789")
+_SPACE = " \t\n\r"
+_DECODER = json.JSONDecoder()
+
+
+def _top_level(text: str) -> Iterator[tuple[str, int, int]]:
+    """``(key, start, stop)`` of each top-level field of the JSON object ``text``: the
+    exact span of its value, so that everything else is kept byte for byte. Raises
+    ValueError (or IndexError) when ``text`` is not one."""
+    i = _skip(text, 0)
+    if text[i] != "{":
+        raise ValueError("not an object")
+    i = _skip(text, i + 1)
+    if text[i] == "}":
+        return
+    while True:
+        if text[i] != '"':
+            raise ValueError("expected a key")
+        key, i = _DECODER.raw_decode(text, i)
+        i = _skip(text, i)
+        if text[i] != ":":
+            raise ValueError("expected ':'")
+        start = _skip(text, i + 1)
+        _, stop = _DECODER.raw_decode(text, start)
+        yield key, start, stop
+        i = _skip(text, stop)
+        if text[i] == "}":
+            return
+        if text[i] != ",":
+            raise ValueError("expected ',' or '}'")
+        i = _skip(text, i + 1)
+
+
+def _skip(text: str, i: int) -> int:
+    while text[i] in _SPACE:
+        i += 1
+    return i
+
+
+_columns: dict[tuple[str, str, str], tuple[str, ...]] = {}
+_columns_lock = threading.Lock()
+
+
+def prepare(
+    conn: Queries, table: str, data: bytes, fmt: str, settings: Mapping[str, object]
+) -> bytes:
+    """What ``Connection.raw_insert`` sends: JSONEachRow records of an insert whose settings
+    say ``date_time_input_format = best_effort`` get :func:`rewrite` for the table's
+    timestamp columns (looked up once per table and process); anything else goes as it
+    is (a server whose own default is best_effort reads the numbers its own way)."""
+    if fmt != "JSONEachRow" or not _best_effort(settings):
+        return data
+    columns = timestamp_columns(conn, table)
+    return rewrite(data, columns) if columns else data
+
+
+def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:
+    """The names of ``table``'s DateTime/DateTime64 columns (none when it cannot tell)."""
+    db, _, name = table.rpartition(".")
+    key = (conn.endpoint, db or conn.config.database or "", name)
+    with _columns_lock:
+        found = _columns.get(key)
+    if found is not None:
+        return found
+    db_expr = "{db:String}" if db else "currentDatabase()"
+    try:
+        rows = conn.client.query(
+            f"SELECT name, type FROM system.columns WHERE database = {db_expr} AND table = {{t:String}}",
+            parameters={"db": db, "t": name},
+        ).result_rows
+    except Exception:  # the insert itself reports what is wrong
+        return ()
+    found = tuple(str(n) for n, t in rows if is_timestamp_type(str(t)))
+    if rows:
+        with _columns_lock:
+            _columns[key] = found
+    return found
+
+
+def forget(conn: Queries, table: str) -> None:
+    """Look ``table``'s columns up again next time (an insert into it failed)."""
+    db, _, name = table.rpartition(".")
+    with _columns_lock:
+        _columns.pop((conn.endpoint, db or conn.config.database or "", name), None)
+
+
+def _best_effort(settings: Mapping[str, object]) -> bool:
+    value = settings.get("date_time_input_format")
+    return str(value).strip().lower() == "best_effort"

@@ -1,0 +1,61 @@
+"""Epoch numbers in JSON records (chworkers/clickhouse/epochs.py), without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from chworkers.clickhouse.epochs import is_timestamp_type, rewrite, to_iso
+
+
+@pytest.mark.parametrize(
+    ("number", "iso"),
+    [
+        ("1796119200", "2026-12-01T10:00:00Z"),
+        ("1796119200123", "2026-12-01T10:00:00.123000000Z"),
+        ("1796119200123456", "2026-12-01T10:00:00.123456000Z"),
+        ("1796119200123456789", "2026-12-01T10:00:00.123456789Z"),
+        ("1796119200.000000001", "2026-12-01T10:00:00.000000001Z"),  # no float rounding
+        ("1.7961192e9", "2026-12-01T10:00:00Z"),
+        ("0", "1970-01-01T00:00:00Z"),
+        ("-1.5", "1969-12-31T23:59:58.500000000Z"),
+        ("99999999999", "5138-11-16T09:46:39Z"),  # below 10^11: seconds
+        ("100000000000", "1973-03-03T09:46:40Z"),  # 10^11 and up: milliseconds
+        ("1e30", None),  # beyond the year 9999
+    ],
+)
+def test_magnitude_tells_the_unit(number: str, iso: str | None) -> None:
+    assert to_iso(number) == iso
+
+
+def test_only_top_level_numbers_of_timestamp_columns_change() -> None:
+    data = (
+        b'{"ts": 1796119200123 , "n": 5, "o": {"ts": 7}, "s": "\\u00e9"}\n'
+        b'{"ts":"2026-12-01T10:00:00Z","n":1796119200}\n'
+        b'not json {"ts":1}\n'
+        b'{"other":1,"ts":null}'
+    )
+    assert rewrite(data, ["ts"]) == (
+        b'{"ts": "2026-12-01T10:00:00.123000000Z" , "n": 5, "o": {"ts": 7}, "s": "\\u00e9"}\n'
+        + data.split(b"\n", 1)[1]
+    )
+
+
+def test_a_batch_without_numbers_is_the_same_object() -> None:
+    data = b'{"ts":"2026-12-01T10:00:00Z"}\n' * 3
+    assert rewrite(data, ["ts"]) is data
+
+
+@pytest.mark.parametrize(
+    ("type_name", "yes"),
+    [
+        ("DateTime", True),
+        ("DateTime('UTC')", True),
+        ("DateTime64(3, 'Asia/Tokyo')", True),
+        ("Nullable(DateTime64(9))", True),
+        ("Date", False),
+        ("Array(DateTime)", False),
+        ("String", False),
+    ],
+)
+def test_timestamp_types(type_name: str, yes: bool) -> None:
+    assert is_timestamp_type(type_name) is yes
