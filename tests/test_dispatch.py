@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 import waiting
+from faultproxy import FaultProxy
 
 from chworkers import ConnectionPool
-from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.dispatch import Dispatcher, shard_of
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
@@ -145,3 +146,90 @@ def test_stop_leaves_unconfirmed_batches_in_the_spool(tmp_path: Path) -> None:
     assert not dispatcher.wait_idle(0.2)
     dispatcher.stop()
     assert [b.payload for b in Spool(tmp_path / "spool").recover()] == [b"0\n", b"1\n", b"2\n"]
+
+
+class ShardInserter:
+    """Inserts each spooled part into its shard's endpoint, from a thread pool."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.inserters = [Inserter(url) for url in urls]
+        self.live = [0] * len(urls)
+        self.peak = [0] * len(urls)
+        self._lock = threading.Lock()
+
+    def submit(self, batch: SpooledBatch) -> Future[Any]:
+        shard = shard_of(batch)
+        with self._lock:
+            self.live[shard] += 1
+            self.peak[shard] = max(self.peak[shard], self.live[shard])
+        future = self.inserters[shard].submit(batch)
+        future.add_done_callback(lambda f: self._done(shard))
+        return future
+
+    def _done(self, shard: int) -> None:
+        with self._lock:
+            self.live[shard] -= 1
+
+    def close(self) -> None:
+        for inserter in self.inserters:
+            inserter.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_that_is_down_holds_back_only_its_own_batches(
+    shard_endpoints: tuple[EmbeddedClickHouse, ...], shard_database: str, tmp_path: Path
+) -> None:
+    urls = [f"{ch.url}/{shard_database}" for ch in shard_endpoints]
+    for url in urls:
+        pool = ConnectionPool(url, {"max_connections": 1})
+        pool.with_connection(
+            lambda c: c.command(
+                "CREATE TABLE ev (n UInt64) ENGINE = MergeTree ORDER BY n "
+                "SETTINGS non_replicated_deduplication_window = 1000"
+            )
+        )
+        pool.close()
+    b = shard_endpoints[1]
+    proxy = FaultProxy((b.host, b.port))
+    urls[1] = f"{proxy.url}/{shard_database}"
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
+    inserter = ShardInserter(urls)
+    failed: list[int] = []
+    dispatcher = Dispatcher(
+        spool,
+        inserter.submit,
+        SpoolSettings(max_in_flight=6, retry_backoff_max=0.5),
+        shards=3,
+        on_failure=lambda batch, error: failed.append(shard_of(batch)),
+        initial_backoff=0.1,
+    )
+    dispatcher.start()
+
+    def counts() -> list[int]:
+        out = []
+        for ch in shard_endpoints:
+            pool = ConnectionPool(f"{ch.url}/{shard_database}", {"max_connections": 1})
+            out.append(int(pool.with_connection(lambda c: c.command("SELECT count() FROM ev"))))
+            pool.close()
+        return out
+
+    try:
+        proxy.set("refuse")  # shard 1 is down from the start
+        for i in range(30):
+            payload = b"".join(b'{"n":%d}\n' % (i * 10 + j) for j in range(10))
+            batch = spool.put("ev", payload, format="JSONEachRow", rows=10, meta={"shard": i % 3})
+            dispatcher.add(batch)
+        # The other shards take all of theirs while shard 1 is down.
+        wait_for(lambda: dispatcher.shard_backlog()[0] == dispatcher.shard_backlog()[2] == 0)
+        assert counts() == [100, 0, 100]
+        assert dispatcher.shard_backlog()[1] == 10
+        assert set(failed) == {1}
+        assert inserter.peak[1] <= 2  # one probe at a time (once the first failed)
+        proxy.set("pass")
+        assert dispatcher.wait_idle(60)
+        assert counts() == [100, 100, 100]
+        assert spool.stats()["batches"] == 0
+    finally:
+        dispatcher.stop()
+        inserter.close()
+        proxy.close()

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
+from chworkers.daemon.spool import PartSpec, Spool, SpooledBatch, read_batch
 from chworkers.errors import SpoolFullError
 from chworkers.ops.metrics import Metrics
 
@@ -175,3 +175,38 @@ def test_sequence_reservations_survive_many_restarts(tmp_path: Path) -> None:
             assert batch.seq not in seen
             seen.add(batch.seq)
             spool.remove(batch)
+
+
+def test_a_batch_replaced_by_its_parts_commits_when_the_whole_is_gone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, SpoolSettings(fsync=True))
+    whole = spool.put(
+        "events", b"a\nb\nc\n", format="TSV", rows=3, pipeline="p", meta={"files": {"f": 1}}
+    )
+    parts = spool.replace(
+        whole,
+        [
+            PartSpec(b"a\nc\n", 2, f"{whole.token}@shard0", {"shard": 0}),
+            PartSpec(b"b\n", 1, f"{whole.token}@shard2", {"shard": 2}),
+        ],
+    )
+    assert [(p.payload, p.rows, p.meta["shard"], p.meta["group"]) for p in parts] == [
+        (b"a\nc\n", 2, 0, whole.seq),
+        (b"b\n", 1, 2, whole.seq),
+    ]
+    assert all(p.meta["files"] == {"f": 1} and p.pipeline == "p" for p in parts)
+    replay = Spool(tmp_path).recover()
+    assert [(b.seq, b.token) for b in replay] == [(p.seq, p.token) for p in parts]
+    assert spool.stats()["batches"] == 2
+
+
+def test_parts_of_a_split_cut_short_are_removed_and_the_whole_is_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, SpoolSettings(fsync=True))
+    whole = spool.put("events", b"a\nb\n", format="TSV", rows=2)
+    other = spool.put("events", b"z\n", format="TSV", rows=1)
+    # A crash after the parts were written, before the whole's removal (the commit):
+    # as if replace() stopped there.
+    part = spool.put("events", b"a\n", format="TSV", rows=1, meta={"shard": 1, "group": whole.seq})
+    replay = Spool(tmp_path).recover()
+    assert [b.seq for b in replay] == [whole.seq, other.seq]
+    assert not (part.path and part.path.exists())
+    assert read_batch(whole.path).payload == b"a\nb\n"  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ Every insert through chworkers carries an ``insert_deduplication_token``: the ca
 else one derived from the target table and the batch's content
 (:func:`content_token`), so that repeating an insert whose response was lost cannot
 duplicate rows. The daemon's spooled batches carry :func:`batch_token` (fixed when the
-batch is spooled), and the sub-batches of a bisection :func:`sub_batch_token`. Every
+batch is spooled), each shard's part of a batch :func:`shard_token`, and the
+sub-batches of a bisection :func:`sub_batch_token`. Every
 token chworkers makes is made here.
 
 ClickHouse honours the token only on tables that deduplicate: Replicated*MergeTree (whose
@@ -42,6 +43,7 @@ __all__ = [
     "derive_token",
     "normalize",
     "request_token",
+    "shard_token",
     "sub_batch_token",
 ]
 
@@ -236,6 +238,12 @@ def broker_token(broker: str, stream: str, group: str, ids: Sequence[str]) -> st
     manifest inserts it with the same token."""
     digest = hashlib.sha256("\0".join((broker, stream, group, *ids)).encode()).hexdigest()
     return f"chw-{broker}-{digest[:32]}"
+
+
+def shard_token(token: str, shard: int) -> str:
+    """The token of the part of a batch (token ``token``) that goes to shard ``shard``
+    of a cluster: the same batch split the same way, the same tokens, shard by shard."""
+    return f"{token}@shard{shard}"
 
 
 def sub_batch_token(token: str, start: int, stop: int) -> str:

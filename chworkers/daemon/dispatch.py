@@ -14,6 +14,12 @@ it stays spooled and waits ``permanent_error_backoff`` (or :meth:`Dispatcher.ret
 the daemon calls on SIGHUP), and :meth:`Dispatcher.problems` reports it until a batch
 for that table is confirmed.
 
+With a sharded cluster (``shards``: each batch a part for one shard, its meta's
+``shard``), each shard has its own queue and a fair share of ``max_in_flight``, taken in
+turn, and a shard whose last attempt failed gets one batch at a time (its probe) until
+one lands, when its waiting batches go at once: a shard that is down or hangs holds back
+only its own batches, never the slots (nor the workers) of the others.
+
 The dispatcher is the outermost of the retry layers (see docs/daemon.md, "Retry
 layers"): it retries only whole tasks that the layers below gave up on.
 
@@ -65,6 +71,13 @@ class _Held:
     table: str
     error: BaseException
     since: float  # wall clock, for people
+    shard: int = 0
+
+
+def shard_of(batch: SpooledBatch) -> int:
+    """The shard of a cluster a spooled batch goes to (its part's; 0 for a batch that
+    was not split: a ClickHouse that is not sharded is one shard)."""
+    return int(batch.meta.get("shard", 0))
 
 
 class Dispatcher:
@@ -88,6 +101,7 @@ class Dispatcher:
         settings: SpoolSettings | None = None,
         *,
         workers: int = SupervisorOptions.workers,
+        shards: int = 1,
         on_done: Done | None = None,
         on_failure: Callable[[SpooledBatch, BaseException], None] | None = None,
         is_permanent: Callable[[BaseException], bool] | None = None,
@@ -113,8 +127,13 @@ class Dispatcher:
         self._completing_since: float | None = None  # time.monotonic()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending: deque[SpooledBatch] = deque()
-        self._retries: list[_Retry] = []
+        # Per shard: a shard that is down or slow holds back only its own batches.
+        self.shards = max(1, shards)
+        self._pending: dict[int, deque[SpooledBatch]] = {i: deque() for i in range(self.shards)}
+        self._retries: dict[int, list[_Retry]] = {i: [] for i in range(self.shards)}
+        self._shard_flight = [0] * self.shards
+        self._failing: set[int] = set()  # shards whose last attempt failed
+        self._turn = 0
         self._failures: dict[int, int] = {}
         self._in_flight: dict[int, SpooledBatch] = {}
         self._stopped = False
@@ -136,13 +155,40 @@ class Dispatcher:
     def add(self, batch: SpooledBatch) -> None:
         """Queue a spooled batch; only its description stays in memory."""
         with self._lock:
-            self._pending.append(dataclasses.replace(batch, payload=b""))
+            self._queue(batch).append(dataclasses.replace(batch, payload=b""))
             self._wake.notify()
+
+    def _queue(self, batch: SpooledBatch) -> deque[SpooledBatch]:
+        shard = shard_of(batch)
+        if not 0 <= shard < self.shards:
+            # Spooled for a shard the configuration no longer has: kept in the spool,
+            # never sent elsewhere (another shard would not deduplicate it).
+            log.error(
+                "batch %d is for shard %d, but the cluster has %d shards: it stays in the "
+                "spool until the shard is configured again",
+                batch.seq,
+                shard,
+                self.shards,
+            )
+            return deque()
+        return self._pending[shard]
 
     def backlog(self) -> int:
         """Batches not yet confirmed (pending, waiting to retry, or in flight)."""
         with self._lock:
-            return len(self._pending) + len(self._retries) + len(self._in_flight)
+            return (
+                sum(map(len, self._pending.values()))
+                + sum(map(len, self._retries.values()))
+                + len(self._in_flight)
+            )
+
+    def shard_backlog(self) -> list[int]:
+        """Per shard, its batches not yet confirmed (pending, waiting, in flight)."""
+        with self._lock:
+            return [
+                len(self._pending[i]) + len(self._retries[i]) + self._shard_flight[i]
+                for i in range(self.shards)
+            ]
 
     def problems(self) -> list[str]:
         """Why the dispatcher is degraded, one line per table and error (empty: fine).
@@ -167,16 +213,17 @@ class Dispatcher:
     def retry_now(self) -> None:
         """Give batches waiting out a backoff their next attempt at once."""
         with self._lock:
-            for item in self._retries:
-                item.not_before = 0.0
-            heapq.heapify(self._retries)
+            for retries in self._retries.values():
+                for item in retries:
+                    item.not_before = 0.0
+                heapq.heapify(retries)
             self._wake.notify()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Until every batch is confirmed (True) or ``timeout`` passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._pending or self._retries or self._in_flight:
+            while self._in_flight or any(self._pending.values()) or any(self._retries.values()):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -231,6 +278,7 @@ class Dispatcher:
                     self._wake.wait(self._sleep_locked())
                     batch = self._next_locked()
                 self._in_flight[batch.seq] = batch
+                self._shard_flight[shard_of(batch)] += 1
                 self._sending_since = time.monotonic()
             try:
                 self._send(batch)
@@ -238,19 +286,44 @@ class Dispatcher:
                 with self._lock:
                     self._sending_since = None
 
+    def _shard_room_locked(self, shard: int) -> bool:
+        """Whether ``shard`` may have one more batch in flight: a fair share of
+        ``max_in_flight`` each (all of it with one shard), and one while its last
+        attempt failed (a probe), so a shard that is down or hangs cannot take the
+        slots, nor the workers, of the others."""
+        cap = 1 if shard in self._failing else -(-self.max_in_flight // self.shards)
+        return self._shard_flight[shard] < cap
+
     def _next_locked(self) -> SpooledBatch | None:
         if self._stopped or len(self._in_flight) >= self.max_in_flight:
             return None
-        if self._retries and self._retries[0].not_before <= time.monotonic():
-            return heapq.heappop(self._retries).batch
-        if self._pending:
-            return self._pending.popleft()
+        now = time.monotonic()
+        for step in range(self.shards):  # in turn, so that every shard gets its share
+            shard = (self._turn + step) % self.shards
+            if not self._shard_room_locked(shard):
+                continue
+            retries, pending = self._retries[shard], self._pending[shard]
+            if retries and retries[0].not_before <= now:
+                batch = heapq.heappop(retries).batch
+            elif pending and (shard not in self._failing or not retries):
+                # A shard that is failing gets new batches only as its probe: its failed
+                # ones wait out their backoff, and so do the rest.
+                batch = pending.popleft()
+            else:
+                continue
+            self._turn = (shard + 1) % self.shards
+            return batch
         return None
 
     def _sleep_locked(self) -> float | None:
-        if self._retries and len(self._in_flight) < self.max_in_flight:
-            return max(0.01, self._retries[0].not_before - time.monotonic())
-        return None
+        if len(self._in_flight) >= self.max_in_flight:
+            return None
+        due = [
+            retries[0].not_before
+            for shard, retries in self._retries.items()
+            if retries and self._shard_room_locked(shard)
+        ]
+        return max(0.01, min(due) - time.monotonic()) if due else None
 
     def _send(self, batch: SpooledBatch) -> None:
         try:
@@ -307,38 +380,60 @@ class Dispatcher:
 
     def _finish(self, batch: SpooledBatch) -> None:
         with self._lock:
-            self._in_flight.pop(batch.seq, None)
+            self._landed_locked(batch)
             self._failures.pop(batch.seq, None)
+            if shard_of(batch) in self._failing:  # the shard is back: its backlog goes now
+                self._failing.discard(shard_of(batch))
+                self._retry_shard_locked(shard_of(batch))
             if self._held.pop(batch.seq, None) is not None or self._held:
                 # The table takes inserts again: its other held batches go now too.
-                self._release_locked(batch.table)
+                self._release_locked(batch.table, shard_of(batch))
             self.confirmed += 1
             self._wake.notify_all()
 
-    def _release_locked(self, table: str) -> None:
-        for seq in [seq for seq, held in self._held.items() if held.table == table]:
+    def _retry_shard_locked(self, shard: int) -> None:
+        retries = self._retries[shard]
+        for item in retries:
+            if item.batch.seq not in self._held:
+                item.not_before = 0.0
+        heapq.heapify(retries)
+
+    def _landed_locked(self, batch: SpooledBatch) -> None:
+        """A batch is no longer in flight (under the lock)."""
+        if self._in_flight.pop(batch.seq, None) is not None:
+            self._shard_flight[shard_of(batch)] -= 1
+
+    def _release_locked(self, table: str, shard: int) -> None:
+        held = self._held.items()
+        for seq in [seq for seq, h in held if h.table == table and h.shard == shard]:
             del self._held[seq]
-        for item in self._retries:
+        retries = self._retries[shard]
+        for item in retries:
             if item.batch.table == table:
                 item.not_before = 0.0
-        heapq.heapify(self._retries)
+        heapq.heapify(retries)
 
     def _failed(
         self, batch: SpooledBatch, error: BaseException, *, permanent: bool = False
     ) -> None:
+        shard = shard_of(batch)
         with self._lock:
-            self._in_flight.pop(batch.seq, None)
+            self._landed_locked(batch)
+            if not permanent and self.shards > 1:  # a permanent error is the table's
+                self._failing.add(shard)
             failures = self._failures.get(batch.seq, 0) + 1
             self._failures[batch.seq] = failures
             if permanent:
                 backoff = self.permanent_backoff
                 held = self._held.get(batch.seq)
                 since = held.since if held is not None else time.time()
-                self._held[batch.seq] = _Held(batch.table, error, since)
+                self._held[batch.seq] = _Held(batch.table, error, since, shard)
             else:
                 backoff = capped_backoff(self.initial_backoff, failures, self.max_backoff)
                 self._held.pop(batch.seq, None)
-            heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, batch.seq, batch))
+            heapq.heappush(
+                self._retries[shard], _Retry(time.monotonic() + backoff, batch.seq, batch)
+            )
             self._wake.notify_all()
         log.log(
             logging.ERROR if permanent else logging.WARNING,

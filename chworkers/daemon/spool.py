@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from chworkers.daemon.batchfile import (
     batch_overhead,
     encode_batch,
     file_size,
+    fsync_directory,
     read_batch,
     write_durably,
 )
@@ -36,7 +37,7 @@ from chworkers.daemon.options import SpoolSettings
 from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
 from chworkers.ops.metrics import Metrics
 
-__all__ = ["Policy", "Reservation", "Spool", "SpooledBatch", "read_batch"]
+__all__ = ["PartSpec", "Policy", "Reservation", "Spool", "SpooledBatch", "read_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,17 @@ class Reservation:
 
     seq: int
     size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PartSpec:
+    """One part a spooled batch is split into (:meth:`Spool.replace`): its records, their
+    count, its deduplication token and what its meta adds (its shard)."""
+
+    payload: bytes
+    rows: int
+    token: str
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Spool:
@@ -154,6 +166,19 @@ class Spool:
                 self._quarantine(entry, str(exc))
                 continue
             batches.append(batch)
+        present = {batch.seq for batch in batches}
+        uncommitted = [b for b in batches if b.meta.get("group") in present]
+        for batch in uncommitted:  # a split cut short: its whole is split again
+            assert batch.path is not None
+            batch.path.unlink(missing_ok=True)
+        if uncommitted:
+            log.info(
+                "spool %s: removed %d parts of batches whose split was cut short (they are "
+                "split again)",
+                self.directory,
+                len(uncommitted),
+            )
+            batches = [b for b in batches if b.meta.get("group") not in present]
         with self._lock:
             for batch in batches:
                 self._sizes[batch.seq] = file_size(batch)
@@ -274,19 +299,7 @@ class Spool:
                             time.time() - self._waiting_since,
                         )
                         self._waiting_since = None
-            seq = self._next_seq
-            if seq + 1 >= self._seq_ceiling:
-                # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers
-                # must be durable before they are handed out. If the write fails, the
-                # number is not handed out (it is not covered by the file on disk).
-                ceiling = seq + 1 + SEQ_BLOCK
-                try:
-                    write_durably(self._seq_file, str(ceiling).encode(), fsync=self.fsync)
-                except SpoolWriteError as exc:
-                    self._note_trouble("io", str(exc))
-                    raise
-                self._seq_ceiling = ceiling
-            self._next_seq = seq + 1
+            seq = self._take_seq_locked()
             self._reserved += size
         for victim in dropped:
             (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
@@ -294,6 +307,23 @@ class Spool:
             if self._metrics is not None:
                 self._metrics.spool_dropped.inc()
         return Reservation(seq, size)
+
+    def _take_seq_locked(self) -> int:
+        """The next batch number (under the lock)."""
+        seq = self._next_seq
+        if seq + 1 >= self._seq_ceiling:
+            # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers must
+            # be durable before they are handed out. If the write fails, the number is
+            # not handed out (it is not covered by the file on disk).
+            ceiling = seq + 1 + SEQ_BLOCK
+            try:
+                write_durably(self._seq_file, str(ceiling).encode(), fsync=self.fsync)
+            except SpoolWriteError as exc:
+                self._note_trouble("io", str(exc))
+                raise
+            self._seq_ceiling = ceiling
+        self._next_seq = seq + 1
+        return seq
 
     def write(
         self,
@@ -343,6 +373,65 @@ class Spool:
             self._clear_trouble()
         self.publish()
         return batch
+
+    def replace(self, whole: SpooledBatch, parts: Sequence[PartSpec]) -> list[SpooledBatch]:
+        """Replace a spooled batch by its parts (one per shard of a cluster), durably.
+
+        Each part is written (fsync'd) under a batch number of its own, with ``group``
+        (the whole's number) in its meta; then the whole's file is removed, and that
+        removal is the commit: a start that finds the whole still there removes its
+        parts (:meth:`recover`) and the whole is split again, the same way. The parts
+        take the whole's place, not more of the cap (they may pass it for a moment)."""
+        written: list[SpooledBatch] = []
+        try:
+            for part in parts:
+                with self._lock:
+                    seq = self._take_seq_locked()
+                batch = SpooledBatch(
+                    seq=seq,
+                    table=whole.table,
+                    format=whole.format,
+                    rows=part.rows,
+                    token=part.token,
+                    created=whole.created,
+                    payload=part.payload,
+                    settings=dict(whole.settings),
+                    pipeline=whole.pipeline,
+                    meta={**whole.meta, **part.meta, "group": whole.seq},
+                )
+                path = self.directory / f"{seq:020d}.batch"
+                write_durably(path, encode_batch(batch), fsync=self.fsync, undo=True)
+                written.append(dataclasses.replace(batch, path=path))
+            self._unlink_durably(whole.seq)
+        except BaseException as exc:
+            for batch in written:  # not committed: the whole stays, to be split again
+                if batch.path is not None:
+                    batch.path.unlink(missing_ok=True)
+            if isinstance(exc, SpoolWriteError):
+                with self._lock:
+                    self._note_trouble("io", str(exc))
+            raise
+        with self._lock:
+            self._sizes.pop(whole.seq, None)
+            self._created.pop(whole.seq, None)
+            for batch in written:
+                self._sizes[batch.seq] = file_size(batch)
+                self._created[batch.seq] = batch.created
+            self._space.notify_all()
+        self.publish()
+        return written
+
+    def _unlink_durably(self, seq: int) -> None:
+        try:
+            (self.directory / f"{seq:020d}.batch").unlink(missing_ok=True)
+            if self.fsync:
+                fsync_directory(self.directory)
+        except OSError as exc:
+            raise SpoolWriteError(
+                f"cannot remove batch {seq} from {self.directory}: {exc.strerror or exc}",
+                path=str(self.directory),
+                errno=exc.errno,
+            ) from exc
 
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation that will not be written."""
