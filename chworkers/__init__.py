@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from chworkers.clickhouse.sharding import ShardingKey as ShardingKey
     from chworkers.clickhouse.sharding import ShardRouter as ShardRouter
     from chworkers.clickhouse.sharding import shard_indexes as shard_indexes
+    from chworkers.clickhouse.shardleases import ShardLeaseBrokers as ShardLeaseBrokers
     from chworkers.daemon.deadletter import DeadLetters as DeadLetters
     from chworkers.embedded import EmbeddedClickHouse as EmbeddedClickHouse
     from chworkers.errors import (
@@ -205,6 +206,7 @@ _EXPORTS: dict[str, str] = {
     "LeaseBroker": "chworkers.clickhouse.lease",
     "LeaseClient": "chworkers.clickhouse.lease",
     "LeaseStats": "chworkers.clickhouse.lease",
+    "ShardLeaseBrokers": "chworkers.clickhouse.shardleases",
     # Sharded clusters: shards of replicas, rows routed by key as Distributed does
     "Cluster": "chworkers.clickhouse.cluster",
     "Shard": "chworkers.clickhouse.cluster",

@@ -77,7 +77,7 @@ def test_tasks_carry_references_to_large_buffers_and_workers_decode_them() -> No
     _, [(_, _, payload, buffers)] = channel.decode(
         *_split(channel.encode(channel.TASKS, [call.wire()]))
     )
-    fn, args, _ = tasks.decode_call(payload, buffers)
+    fn, args, _, _ = tasks.decode_call(payload, buffers)
     assert int(fn(*args)) == int(column.sum())
 
 

@@ -116,7 +116,7 @@ def test_calls_pickle_by_reference_or_fall_back_to_dill() -> None:
     base = 10
     task = tasks.encode_call(2, Future(), tasks.CALL, lambda x: x + base, (5,), {})
     assert task.payload[0] == 1  # dill, by value
-    fn, args, kwargs = tasks.decode_call(task.payload, task.buffers)
+    fn, args, kwargs, _ = tasks.decode_call(task.payload, task.buffers)
     assert fn(*args, **kwargs) == 15
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from chworkers.clickhouse.dsn import Host, _parse_host
+from chworkers.clickhouse.hostaddr import Host, parse_host
 from chworkers.errors import ConfigError
 
 __all__ = ["Cluster", "Shard"]
@@ -258,7 +258,7 @@ def _replica(where: str, value: object) -> tuple[Host, bool | None]:
             "options are the connection's and apply to every shard)",
         )
     try:
-        host = _parse_host(text, 8443 if secure else 8123)
+        host = parse_host(text, 8443 if secure else 8123)
     except ConfigError as exc:
         raise _fail(where, value, "a replica URL like http://host:8123", f" ({exc})") from None
     return host, secure

@@ -11,9 +11,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from chworkers.clickhouse.cluster import Cluster
+from chworkers.clickhouse.hostaddr import Host, parse_host
 from chworkers.errors import ConfigError
 from chworkers.settings import setting, validate
 
@@ -30,16 +32,6 @@ _BOOL = {
     "no": False,
     "off": False,
 }
-
-
-class Host(NamedTuple):
-    """One ClickHouse HTTP endpoint."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def _fail(key: str, value: Any, expected: str, why: str = "") -> ConfigError:
@@ -73,33 +65,6 @@ def redact_url(url: str) -> str:
             for part in query.split("&")
         )
     return f"{scheme}{sep}{netloc}{slash}{path}{qsep}{query}"
-
-
-def _parse_host(text: str, default_port: int) -> Host:
-    text = text.strip()
-    if not text:
-        raise _fail("host", text, "a host name or address")
-    if text.startswith("["):  # [::1]:8123
-        end = text.find("]")
-        if end < 0:
-            raise _fail("host", text, "a host name or address", " (unclosed '[')")
-        name, rest = text[1:end], text[end + 1 :]
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        name, port_text = text.split(":")
-    else:
-        name, port_text = text, ""
-    port = default_port
-    if port_text:
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise _fail(
-                "port", port_text, "an integer between 1 and 65535", f" (in host {text!r})"
-            ) from None
-    if not 0 < port < 65536:
-        raise _fail("port", port, "an integer between 1 and 65535", f" (in host {text!r})")
-    return Host(name, port)
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -138,6 +103,8 @@ class ConnectionConfig:
         minimum=0.001,
     )
     client_name: str = setting("chworkers", "The client name ClickHouse logs in query_log.")
+    #: A sharded cluster (docs/sharding.md): then ``hosts`` is every replica, in shard order.
+    shards: Cluster | None = None
 
     def __post_init__(self) -> None:
         validate(self, source="connection")
@@ -148,6 +115,17 @@ class ConnectionConfig:
             raise _fail("hosts", hosts, "at least one host")
         default_port = 8443 if self.secure else 8123
         norm = tuple(h if isinstance(h, Host) else _coerce_host(h, default_port) for h in hosts)
+        if self.shards is not None:
+            cluster = Cluster.parse(self.shards)
+            if cluster.secure is not None and cluster.secure != self.secure:
+                raise _fail(
+                    "secure",
+                    self.secure,
+                    "what the shards' URLs say",
+                    f" (they use {'https' if cluster.secure else 'http'})",
+                )
+            object.__setattr__(self, "shards", cluster)
+            norm = tuple(r for shard in cluster.shards for r in shard.replicas)
         object.__setattr__(self, "hosts", norm)
         if not isinstance(self.settings, Mapping):
             raise _fail(
@@ -212,7 +190,7 @@ class ConnectionConfig:
         if path.strip("/"):
             fields["database"] = unquote(path.strip("/"))
         settings: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(cls)} - {"hosts", "settings"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"hosts", "settings", "shards"}
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key in names:
                 fields[key] = value
@@ -252,6 +230,21 @@ class ConnectionConfig:
         host = opts.pop("host", None)
         if hosts is not None and host is not None:
             raise _fail("host", host, "given together with hosts", " (use one of them)")
+        shards, weights = opts.pop("shards", None), opts.pop("shard_weights", None)
+        if shards is not None:
+            if hosts is not None or host is not None:
+                raise _fail(
+                    "shards",
+                    shards,
+                    "given together with hosts",
+                    " (a cluster's hosts are its replicas)",
+                )
+            cluster = Cluster.parse(shards, weights)
+            opts["shards"] = cluster
+            if cluster.secure is not None and "secure" not in opts:
+                opts["secure"] = cluster.secure
+        elif weights is not None:
+            raise _fail("shard_weights", weights, "given with shards")
         given = hosts if hosts is not None else host
         if given is not None:
             items = given.split(",") if isinstance(given, str) else list(given)
@@ -264,7 +257,7 @@ class ConnectionConfig:
         unknown = sorted(set(opts) - names)
         if unknown:
             raise ConfigError(
-                f"connection option {unknown[0]}: unknown (expected one of {', '.join(sorted(names | {'host', 'port', 'url', 'user', 'timeouts'}))})",
+                f"connection option {unknown[0]}: unknown (expected one of {', '.join(sorted(names | {'host', 'port', 'url', 'user', 'timeouts', 'shard_weights'}))})",
                 key=unknown[0],
                 value=opts[unknown[0]],
                 expected="a known connection option",
@@ -277,9 +270,9 @@ def _coerce_host(value: Any, default_port: int) -> Host:
     if isinstance(value, Host):
         return value
     if isinstance(value, str):
-        return _parse_host(value, default_port)
+        return parse_host(value, default_port)
     if isinstance(value, Sequence) and len(value) == 2:
-        return _parse_host(
+        return parse_host(
             f"{value[0]}:{value[1]}" if ":" not in str(value[0]) else f"[{value[0]}]:{value[1]}",
             default_port,
         )

@@ -16,10 +16,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from chworkers import timeouts
+from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.connection import Connection, ConnectionConfig
 from chworkers.clickhouse.hooks import PoolHooks
 from chworkers.clickhouse.hosts import HostSelector, is_host_failure
@@ -27,6 +28,7 @@ from chworkers.clickhouse.lease import LeaseClient
 from chworkers.clickhouse.pooloptions import PoolOptions, PoolStats
 from chworkers.clickhouse.poolstate import CLOSED, CREATE, PoolState, Waiter
 from chworkers.clickhouse.retry import RetryPolicy, error_kind
+from chworkers.clickhouse.shardpools import check_shard, merge_stats, per_shard, shard_configs
 from chworkers.errors import (
     PoolClosedError,
     PoolError,
@@ -42,22 +44,58 @@ T = TypeVar("T")
 
 
 class ConnectionPool:
-    """A pool of ClickHouse connections (docs/pool.md)."""
+    """A pool of ClickHouse connections (docs/pool.md).
+
+    Over a sharded cluster (``shards=``, or ``shards`` in the connection options; see
+    docs/sharding.md) it is one pool per shard, each over that shard's replicas with its
+    own ``max_connections`` and its own ``lease`` (give one lease client per shard): every
+    call names its ``shard``, and a shard that is down cannot hold the others' connections.
+    """
 
     def __init__(
         self,
         connection_options: ConnectionConfig | str | Mapping[str, object],
         pool_options: PoolOptions | Mapping[str, object] | None = None,
         *,
-        lease: LeaseClient | None = None,
-        hooks: PoolHooks | None = None,
+        lease: LeaseClient | Sequence[LeaseClient] | None = None,
+        hooks: PoolHooks | Sequence[PoolHooks] | None = None,
+        shards: Cluster | Sequence[object] | Mapping[str, object] | None = None,
     ) -> None:
-        self.config = ConnectionConfig.coerce(connection_options)
-        self.lease = lease
-        self.hooks = hooks if hooks is not None else PoolHooks()
+        config = ConnectionConfig.coerce(connection_options)
+        if shards is not None:
+            config = dataclasses.replace(config, shards=Cluster.parse(shards))
+        self.config = config
+        self.lease: LeaseClient | None = None
+        self.hooks: PoolHooks = PoolHooks()
+        #: The shards' own pools, in shard order (None: the pool is not sharded).
+        self.shards: list[ConnectionPool] | None = None
+        if config.shards is not None:
+            n = len(config.shards)
+            leases, all_hooks = per_shard(lease, n, "lease"), per_shard(hooks, n, "hooks")
+            options = PoolOptions.coerce(pool_options)
+            self.shards = []
+            try:
+                for i, shard_config in enumerate(shard_configs(config, config.shards)):
+                    self.shards.append(
+                        ConnectionPool(shard_config, options, lease=leases[i], hooks=all_hooks[i])
+                    )
+            except BaseException:
+                for pool in self.shards:
+                    pool.close(0)
+                raise
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            return
+        self.lease = per_shard(lease, 1, "lease")[0]
+        self.hooks = per_shard(hooks, 1, "hooks")[0] or PoolHooks()
         self._reset_state(PoolOptions.coerce(pool_options), closed=False)
         _POOLS.add(self)
         self._top_up()
+
+    def _shard(self, shard: int | None, where: str) -> ConnectionPool:
+        """The pool to serve a call for ``shard``: this one, or that shard's."""
+        index = check_shard(shard, None if self.shards is None else len(self.shards), where)
+        return self if self.shards is None or index is None else self.shards[index]
 
     def _reset_state(self, options: PoolOptions, *, closed: bool) -> None:
         """This process's state: at construction, and again in a forked child."""
@@ -85,11 +123,16 @@ class ConnectionPool:
 
     @property
     def options(self) -> PoolOptions:
-        """How the pool is sized and behaves (:meth:`resize` changes the bounds)."""
+        """How the pool is sized and behaves (:meth:`resize` changes the bounds; for a
+        sharded pool, ``max_connections`` is each shard's)."""
+        if self.shards is not None:
+            return self.shards[0].options
         return self._state.options
 
     @property
     def closed(self) -> bool:
+        if self.shards is not None:
+            return all(pool.closed for pool in self.shards)
         return self._state.closed
 
     def _tick(self) -> float:
@@ -97,19 +140,27 @@ class ConnectionPool:
         return max(0.05, min([1.0, *limits]))
 
     def __repr__(self) -> str:
+        if self.shards is not None:
+            parts = "; ".join(f"shard {i}: {pool!r}" for i, pool in enumerate(self.shards))
+            return f"<ConnectionPool of {len(self.shards)} shards: {parts}>"
         with self._lock:
             return self._state.describe(self.config.url)
 
     # -- the seed API -----------------------------------------------------------------------
 
-    def get_connection(self, timeout: Timeout = DEFAULT) -> Connection:
-        """Take a connection, waiting (FIFO) up to ``timeout`` seconds (by default the
-        ``acquire_timeout`` setting; None: without a limit).
+    def get_connection(self, timeout: Timeout = DEFAULT, *, shard: int | None = None) -> Connection:
+        """Take a connection (to ``shard``, of a sharded pool), waiting (FIFO) up to
+        ``timeout`` seconds (by default the ``acquire_timeout`` setting; None: without a
+        limit).
 
         Raises :class:`~chworkers.errors.PoolTimeoutError`,
         :class:`~chworkers.errors.PoolClosedError`, or the error opening a connection failed
-        with (e.g. :class:`~chworkers.errors.ConnectError`).
+        with (e.g. :class:`~chworkers.errors.ConnectError`); a :class:`ConfigError` for a
+        ``shard`` the pool does not have (or none, of a sharded pool).
         """
+        pool = self._shard(shard, "get_connection")
+        if pool is not self:
+            return pool.get_connection(timeout)
         self._check_fork()
         limit = timeouts.resolve(timeout, self.options.acquire_timeout)
         start = time.monotonic()
@@ -138,6 +189,9 @@ class ConnectionPool:
 
     def release_connection(self, connection: Connection) -> None:
         """Give ``connection`` back; broken or expired connections are closed and replaced."""
+        if self.shards is not None and connection._owner in self.shards:
+            connection._owner.release_connection(connection)
+            return
         self._check_fork()
         if connection._owner is not self:
             raise PoolError(f"{connection!r} does not belong to {self!r}")
@@ -176,12 +230,17 @@ class ConnectionPool:
         *,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
+        shard: int | None = None,
     ) -> T:
-        """Run ``fn(connection)``, retried per the retry policy, and return its result.
+        """Run ``fn(connection)`` (on ``shard``, of a sharded pool), retried per the retry
+        policy, and return its result.
 
         ``idempotent`` overrides what failures say about their operation (reads and
         inserts are idempotent; see :class:`~chworkers.clickhouse.retry.RetryPolicy`).
         """
+        pool = self._shard(shard, "with_connection")
+        if pool is not self:
+            return pool.with_connection(fn, idempotent=idempotent, retry=retry)
         policy = (retry or self.options.retry).new()
         while True:
             conn: Connection | None = None
@@ -215,9 +274,11 @@ class ConnectionPool:
             return result
 
     @contextlib.contextmanager
-    def connection(self, timeout: Timeout = DEFAULT) -> Iterator[Connection]:
+    def connection(
+        self, timeout: Timeout = DEFAULT, *, shard: int | None = None
+    ) -> Iterator[Connection]:
         """``with pool.connection() as conn:`` takes a connection and always gives it back."""
-        conn = self.get_connection(timeout)
+        conn = self.get_connection(timeout, shard=shard)
         try:
             yield conn
         finally:
@@ -229,6 +290,10 @@ class ConnectionPool:
         Connections still out after ``timeout`` seconds (by default the ``close_timeout``
         setting; None: no limit) are closed anyway.
         """
+        if self.shards is not None:
+            for pool in self.shards:  # each waits for its own stragglers within the limit
+                pool.close(timeout)
+            return
         self._check_fork()
         limit = timeouts.resolve(timeout, self.options.close_timeout)
         with self._lock:
@@ -255,8 +320,13 @@ class ConnectionPool:
         """Change the pool's bounds at run time (e.g. on SIGHUP).
 
         Growing lets waiters open connections at once; shrinking closes surplus idle
-        connections now and surplus busy ones as they come back.
+        connections now and surplus busy ones as they come back. A sharded pool applies
+        the bounds to each shard.
         """
+        if self.shards is not None:
+            for pool in self.shards:
+                pool.resize(max_connections, min_connections)
+            return
         self._check_fork()
         lowest = self.options.min_connections if min_connections is None else min_connections
         options = dataclasses.replace(
@@ -278,7 +348,14 @@ class ConnectionPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stats(self) -> PoolStats:
+    def stats(self, shard: int | None = None) -> PoolStats:
+        """A snapshot of the pool; of a sharded pool, of one ``shard``, or (None) the
+        shards' summed (see :func:`~chworkers.clickhouse.shardpools.merge_stats`)."""
+        if self.shards is not None:
+            if shard is None:
+                return merge_stats([pool.stats() for pool in self.shards])
+            return self._shard(shard, "stats").stats()
+        check_shard(shard, None, "stats")
         self._check_fork()
         with self._lock:
             return self._state.stats(None if self.lease is None else self.lease.held)

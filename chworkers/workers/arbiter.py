@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.retry import RetryPolicy
+from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
@@ -90,7 +91,7 @@ class Arbiter:
         self.outcomes = Outcomes(
             metrics, middleware, self.queue, lambda: self._options, lambda: self._retry
         )
-        self.broker: LeaseBroker | None = None
+        self.broker: LeaseBroker | ShardLeaseBrokers | None = None
         self.limits = TableLimits(table_limits or {}, metrics)
         self.finished = threading.Event()
         #: When the loop last turned (monotonic): a stale value means it is stuck.
@@ -149,7 +150,7 @@ class Arbiter:
 
     # Starting.
 
-    def start(self, ctx: Any, broker: LeaseBroker | None) -> None:
+    def start(self, ctx: Any, broker: LeaseBroker | ShardLeaseBrokers | None) -> None:
         """Start the loop thread (the supervisor started the broker)."""
         self.broker = broker
         self._procs = Processes(ctx)

@@ -34,7 +34,9 @@ class Heartbeat(Protocol):
 class Connections(Protocol):
     """What a worker runs connection-bound tasks through (the ClickHouse pool)."""
 
-    def with_connection(self, fn: Callable[[Any], Any], *, retry: Any = None) -> Any: ...
+    def with_connection(
+        self, fn: Callable[[Any], Any], *, retry: Any = None, shard: int | None = None
+    ) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -48,6 +50,8 @@ class TaskInfo:
     kind: str
     table: str | None = None
     rows: int = 0
+    #: The shard it runs on, of a sharded cluster (None: not sharded).
+    shard: int | None = None
 
 
 class WorkerContext:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.retry import RetryPolicy
+from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
@@ -70,7 +71,7 @@ class Crew:
         procs: Processes,
         queue: TaskQueue,
         outcomes: Outcomes,
-        broker: LeaseBroker | None,
+        broker: LeaseBroker | ShardLeaseBrokers | None,
         connector: Callable[[str], Connector | None],
         middleware: Sequence[Middleware],
         on_ready: Callable[[], None],

@@ -152,7 +152,7 @@ class Outcomes:
 
     def _after_task_done(self, task: Task, error: BaseException | None, duration: float) -> None:
         if self.middleware:
-            info = TaskInfo(task.id, task.kind, task.table, task.rows)
+            info = TaskInfo(task.id, task.kind, task.table, task.rows, task.shard)
             for middleware in self.middleware:
                 _safely(middleware.after_task_done, info, error, duration)
 

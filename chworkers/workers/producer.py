@@ -21,6 +21,7 @@ from typing import Any
 from chworkers import timeouts
 from chworkers.clickhouse import native
 from chworkers.clickhouse.inserts import SplitBudget
+from chworkers.clickhouse.shardpools import check_shard
 from chworkers.errors import ConfigError, QueueFullError, SupervisorStoppedError
 from chworkers.timeouts import Timeout
 from chworkers.workers import tasks
@@ -31,9 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class Producer:
-    def __init__(self, owner: Arbiter, *, clickhouse: bool) -> None:
+    def __init__(self, owner: Arbiter, *, clickhouse: bool, shards: int | None = None) -> None:
         self.owner = owner
         self.clickhouse = clickhouse
+        #: How many shards ClickHouse has (None: not sharded).
+        self.shards = shards
         self._ids = itertools.count(1)
 
     def insert(
@@ -44,11 +47,13 @@ class Producer:
         settings: Mapping[str, object] | None,
         deduplication_token: str | None,
         timeout: Timeout,
+        shard: int | None = None,
     ) -> Future[Any]:
         self._require_clickhouse("insert")
+        check_shard(shard, self.shards, f"insert into {table!r}")
         opts = self.owner.options
         future: Future[Any] = Future()
-        encoder = partial(self._native, table) if opts.native_encoding else None
+        encoder = partial(self._native, table, shard) if opts.native_encoding else None
         task = tasks.encode_insert(
             next(self._ids),
             future,
@@ -58,13 +63,17 @@ class Producer:
             settings,
             deduplication_token,
             native=encoder,
+            shard=shard,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future
 
-    def _native(
-        self, table: str, form: str, names: tuple[str, ...] | None, data: Any
-    ) -> tuple[bytes, Sequence[str]] | None:
+    def schema(
+        self, table: str, names: tuple[str, ...] | None, shard: int | None
+    ) -> native.TableSchema | None:
+        """``table``'s insert columns and types, looked up once through a worker (on
+        ``shard``, of a sharded cluster: every shard's table is alike); None when they
+        cannot be had now (from a future's callback, or the lookup failed)."""
         owner = self.owner
         schema = owner.outcomes.schemas.get(table, names)
         if schema is None and owner.in_loop():
@@ -72,16 +81,30 @@ class Producer:
         if schema is None:
             future: Future[Any] = Future()
             lookup = tasks.encode_call(
-                next(self._ids), future, tasks.SUBMIT, native.describe, (table, names), {}
+                next(self._ids),
+                future,
+                tasks.SUBMIT,
+                native.describe,
+                (table, names),
+                {},
+                shard=shard,
             )
             lookup.internal = True
             try:
                 self._put(lookup, owner.options.queue_timeout)
                 schema = future.result(owner.options.boot_timeout)
             except Exception as exc:  # e.g. no such table: the insert itself will say so
-                log.debug("no Native encoding for %s: %s", table, exc)
+                log.debug("no schema of %s: %s", table, exc)
                 return None
             owner.outcomes.schemas.put(table, names, schema)
+        return schema
+
+    def _native(
+        self, table: str, shard: int | None, form: str, names: tuple[str, ...] | None, data: Any
+    ) -> tuple[bytes, Sequence[str]] | None:
+        schema = self.schema(table, names, shard)
+        if schema is None:
+            return None
         # Named columns: normalize has checked every row's width against them.
         body = native.encode(schema, data, form == "columns", widths_checked=names is not None)
         return None if body is None else (body, schema.column_names)
@@ -97,8 +120,10 @@ class Producer:
         deduplication_token: str | None,
         timeout: Timeout,
         split_bad_rows: bool,
+        shard: int | None = None,
     ) -> Future[Any]:
         self._require_clickhouse("insert_raw")
+        check_shard(shard, self.shards, f"insert_raw into {table!r}")
         opts = self.owner.options
         future: Future[Any] = Future()
         budget = None
@@ -115,6 +140,7 @@ class Producer:
             fmt=fmt,
             rows=rows,
             split=budget,
+            shard=shard,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future
@@ -125,12 +151,15 @@ class Producer:
         fn: Callable[..., object],
         args: tuple[object, ...],
         kwargs: dict[str, object],
+        shard: int | None = None,
     ) -> Future[Any]:
-        """A ``tasks.SUBMIT`` (``fn(conn, ...)`` with a leased connection) or ``tasks.CALL``."""
+        """A ``tasks.SUBMIT`` (``fn(conn, ...)`` with a leased connection, on ``shard``) or
+        ``tasks.CALL``."""
         if kind == tasks.SUBMIT:
             self._require_clickhouse("submit")
+            check_shard(shard, self.shards, "submit")
         future: Future[Any] = Future()
-        task = tasks.encode_call(next(self._ids), future, kind, fn, args, kwargs)
+        task = tasks.encode_call(next(self._ids), future, kind, fn, args, kwargs, shard=shard)
         self._put(task, self.owner.options.queue_timeout)
         return future
 

@@ -11,6 +11,7 @@ send it typed commands (:mod:`chworkers.workers.commands`) or wait for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,11 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from chworkers import timeouts
 from chworkers._version import __version__
+from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.connection import ConnectionConfig
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
+from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
 from chworkers.ops.exposition import MetricsEndpoint
 from chworkers.ops.health import Health, Level, Report
@@ -85,6 +88,10 @@ class Supervisor:
     settings to change on SIGHUP. Other keyword arguments are :class:`SupervisorOptions`
     fields.
 
+    Over a sharded cluster (``shards=``, or ``shards`` in the connection options;
+    docs/sharding.md) every insert and submit names its ``shard``, and each shard has its
+    own connection budget of ``max_connections``, lent by its own lease broker.
+
     The supervisor's state (settings, queue, workers, outcomes) belongs to its
     :class:`~chworkers.workers.arbiter.Arbiter`, whose loop thread alone changes it; the
     methods here put tasks on the queue or send the loop a command.
@@ -102,15 +109,23 @@ class Supervisor:
         registry: CollectorRegistry | None = None,
         options: SupervisorOptions | None = None,
         table_limits: Mapping[str, TableLimit | Mapping[str, object]] | None = None,
+        shards: Cluster | Sequence[object] | Mapping[str, object] | None = None,
         **settings: object,
     ) -> None:
         opts = SupervisorOptions.build(settings, base=options)
         limits = _table_limits(table_limits)
+        if shards is not None:
+            base = ConnectionConfig.coerce(clickhouse if clickhouse is not None else {})
+            clickhouse = dataclasses.replace(base, shards=Cluster.parse(shards))
         self.clickhouse = clickhouse
+        #: The sharded cluster ClickHouse is (None: not sharded).
+        self.cluster: Cluster | None = None
         self.pool_options = worker_pool_options(pool_options, retry, opts.connections)
         if clickhouse is not None:
             # A bad URL fails here, not in every worker.
-            check_hung_timeout(ConnectionConfig.coerce(clickhouse), opts)
+            config = ConnectionConfig.coerce(clickhouse)
+            check_hung_timeout(config, opts)
+            self.cluster = config.shards
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
             self.middleware.append(DeadLetterCallback(dead_letter))
@@ -131,7 +146,11 @@ class Supervisor:
         )
         self._probes = Probes(self._owner, self.metrics, self.health_checks)
         self.health_checks.add("supervisor", self._probes, Level.FAILING)
-        self._producer = Producer(self._owner, clickhouse=clickhouse is not None)
+        self._producer = Producer(
+            self._owner,
+            clickhouse=clickhouse is not None,
+            shards=None if self.cluster is None else len(self.cluster),
+        )
         self._signals: SignalInbox | None = None
         self._switch_interval: float | None = None
 
@@ -164,8 +183,9 @@ class Supervisor:
         return self._owner.error
 
     @property
-    def broker(self) -> LeaseBroker | None:
-        """The lease broker of the ClickHouse connection budget (once started)."""
+    def broker(self) -> LeaseBroker | ShardLeaseBrokers | None:
+        """The lease broker of the ClickHouse connection budget (once started); of a
+        sharded cluster, one per shard."""
         return self._owner.broker
 
     # Lifecycle.
@@ -380,9 +400,11 @@ class Supervisor:
         settings: Mapping[str, object] | None = None,
         deduplication_token: str | None = None,
         timeout: Timeout = DEFAULT,
+        shard: int | None = None,
     ) -> Future[int]:
         """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
-        table) into ``table``; the future's result is the number of rows written.
+        table) into ``table`` (on ``shard``, of a sharded cluster); the future's result is
+        the number of rows written.
 
         Rows and columns are encoded to ClickHouse Native here, in the caller's thread
         (``native_encoding``; the first insert into a table looks its columns up). The
@@ -391,7 +413,7 @@ class Supervisor:
         full, or raises :class:`QueueFullError` after ``timeout`` seconds (by default the
         ``queue_timeout`` setting; None: no limit). A malformed batch raises :class:`BatchError`."""
         return self._producer.insert(
-            table, rows, column_names, settings, deduplication_token, timeout
+            table, rows, column_names, settings, deduplication_token, timeout, shard
         )
 
     @overload
@@ -407,6 +429,7 @@ class Supervisor:
         deduplication_token: str | None = None,
         timeout: Timeout = DEFAULT,
         split_bad_rows: Literal[False] = False,
+        shard: int | None = None,
     ) -> Future[int]: ...
 
     @overload
@@ -422,6 +445,7 @@ class Supervisor:
         deduplication_token: str | None = None,
         timeout: Timeout = DEFAULT,
         split_bad_rows: Literal[True],
+        shard: int | None = None,
     ) -> Future[InsertResult]: ...
 
     def insert_raw(
@@ -436,11 +460,13 @@ class Supervisor:
         deduplication_token: str | None = None,
         timeout: Timeout = DEFAULT,
         split_bad_rows: bool = False,
+        shard: int | None = None,
     ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
         same token is byte-identical. ``rows`` (when known) counts the rows when the
-        server reports none. The future's result is the number of rows written.
+        server reports none. The future's result is the number of rows written. Of a
+        sharded cluster, ``shard`` says which shard the data goes to.
 
         With ``split_bad_rows`` (line formats: JSONEachRow, CSV, TSV and their
         ``*WithNames``), rows ClickHouse rejects for their data are bisected out in the
@@ -457,12 +483,20 @@ class Supervisor:
             deduplication_token,
             timeout,
             split_bad_rows,
+            shard,
         )
 
     def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
         """Run ``fn(conn, *args, **kwargs)`` in a worker with a leased connection, retried
         per the retry policy. ``fn`` may be a lambda or a closure."""
         return self._producer.call(tasks.SUBMIT, fn, args, kwargs)
+
+    def submit_to(
+        self, shard: int, fn: Callable[..., R], /, *args: object, **kwargs: object
+    ) -> Future[R]:
+        """:meth:`submit` on one ``shard`` of a sharded cluster: ``fn(conn, ...)`` with a
+        connection to one of that shard's replicas."""
+        return self._producer.call(tasks.SUBMIT, fn, args, kwargs, shard)
 
     def call(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` in a worker, without a connection."""
@@ -477,10 +511,14 @@ class Supervisor:
 
     # Pieces the pool and the loop plug into.
 
-    def _make_broker(self, ctx: Any) -> LeaseBroker | None:
+    def _make_broker(self, ctx: Any) -> LeaseBroker | ShardLeaseBrokers | None:
         if self.clickhouse is None:
             return None
-        broker = LeaseBroker(self.options.connections, context=ctx)
+        broker: LeaseBroker | ShardLeaseBrokers
+        if self.cluster is not None:
+            broker = ShardLeaseBrokers(self.options.connections, len(self.cluster), context=ctx)
+        else:
+            broker = LeaseBroker(self.options.connections, context=ctx)
         broker.start()
         return broker
 

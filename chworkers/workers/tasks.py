@@ -100,6 +100,8 @@ class Task:
     description: str = ""
     #: Shared-memory copies of the large buffers (:mod:`chworkers.workers.sharedbuf`).
     shared: list[sharedbuf.SharedBuffer | None] | None = None
+    #: The shard it runs on, of a sharded cluster (None: not sharded).
+    shard: int | None = None
 
     def release(self) -> None:
         """Free the shared-memory copies now that the task is done (else with the task)."""
@@ -135,6 +137,8 @@ class InsertSpec:
     split: SplitBudget | None = None
     #: Rows in the batch (for raw bytes: as the caller said; 0 when it did not).
     rows: int = 0
+    #: The shard to insert into, of a sharded cluster (None: not sharded).
+    shard: int | None = None
 
 
 def encode_insert(
@@ -150,6 +154,7 @@ def encode_insert(
     rows: int | None = None,
     native: NativeEncoder | None = None,
     split: SplitBudget | None = None,
+    shard: int | None = None,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
@@ -199,7 +204,7 @@ def encode_insert(
         names = tuple(column_names) if column_names is not None else None
     if token is None:
         token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
-    meta = (table, names, dict(settings) if settings else None, token, fmt, split, count)
+    meta = (table, names, dict(settings) if settings else None, token, fmt, split, count, shard)
     header, extra = dumps(meta, what="batch")
     body = pickle.dumps((header, payload, len(extra)), protocol=5)
     return Task(
@@ -212,9 +217,11 @@ def encode_insert(
         table=table,
         rows=count,
         token=token,
-        description=f"insert of {count} {fmt + ' ' if fmt else ''}rows into {table}",
+        description=f"insert of {count} {fmt + ' ' if fmt else ''}rows into {table}"
+        + ("" if shard is None else f" on shard {shard}"),
         detailed=split is not None,
         shared=_shared(extra, buffers),
+        shard=shard,
     )
 
 
@@ -240,9 +247,9 @@ def _shared(extra: list[bytes], buffers: list[bytes]) -> list[sharedbuf.SharedBu
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     buffers = sharedbuf.resolve(buffers)
     header, data, split = pickle.loads(payload)
-    table, names, settings, token, fmt, budget, count = loads(header, buffers[:split])
+    table, names, settings, token, fmt, budget, count, shard = loads(header, buffers[:split])
     form, data = loads(data, buffers[split:])
-    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count)
+    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count, shard)
 
 
 def encode_call(
@@ -252,6 +259,8 @@ def encode_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
+    *,
+    shard: int | None = None,
 ) -> Task:
     if not callable(fn):
         raise ConfigError(
@@ -260,7 +269,7 @@ def encode_call(
             value=fn,
             expected="a function, or any callable that pickles",
         )
-    payload, buffers = dumps((fn, args, dict(kwargs)), what="task")
+    payload, buffers = dumps((fn, args, dict(kwargs), shard), what="task")
     name = getattr(fn, "__qualname__", type(fn).__name__)
     return Task(
         id=task_id,
@@ -269,16 +278,18 @@ def encode_call(
         buffers=buffers,
         future=future,
         nbytes=len(payload) + sum(len(b) for b in buffers),
-        description=f"{kind} of {name}",
+        description=f"{kind} of {name}" + ("" if shard is None else f" on shard {shard}"),
         shared=sharedbuf.share(buffers),
+        shard=shard,
     )
 
 
 def decode_call(
     payload: bytes, buffers: Sequence[Any]
-) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    fn, args, kwargs = loads(payload, sharedbuf.resolve(buffers))
-    return fn, args, kwargs
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], int | None]:
+    """The function, its arguments and the shard it runs on (None: not sharded)."""
+    fn, args, kwargs, shard = loads(payload, sharedbuf.resolve(buffers))
+    return fn, args, kwargs, shard
 
 
 # Results and errors, worker -> supervisor.

@@ -320,18 +320,21 @@ class _Loop:
 def execute(worker: WorkerContext, info: TaskInfo, payload: bytes, buffers: Sequence[Any]) -> Any:
     """Run one task's payload in this worker."""
     if info.kind == tasks.CALL:
-        fn, args, kwargs = tasks.decode_call(payload, buffers)
+        fn, args, kwargs, _ = tasks.decode_call(payload, buffers)
         return fn(*args, **kwargs)
     connections = worker.connections
     if connections is None:
         raise RuntimeError(f"a {info.kind} task needs a ClickHouse connection")
     retry = worker.settings.get("retry")
     if info.kind == tasks.SUBMIT:
-        fn, args, kwargs = tasks.decode_call(payload, buffers)
-        return connections.with_connection(lambda conn: fn(conn, *args, **kwargs), retry=retry)
+        fn, args, kwargs, shard = tasks.decode_call(payload, buffers)
+        info.shard = shard
+        return connections.with_connection(
+            lambda conn: fn(conn, *args, **kwargs), retry=retry, shard=shard
+        )
     if info.kind == tasks.INSERT:
         spec = tasks.decode_insert(payload, buffers)
-        info.table, info.rows = spec.table, spec.rows
+        info.table, info.rows, info.shard = spec.table, spec.rows, spec.shard
         return insert(worker, connections, spec, retry)
     raise ValueError(f"unknown task kind {info.kind!r}")
 
@@ -374,7 +377,7 @@ def insert(
             worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
             return summary
 
-        summary = connections.with_connection(attempt, retry=retry)
+        summary = connections.with_connection(attempt, retry=retry, shard=spec.shard)
         reported = getattr(summary, "summary", None)
         if isinstance(reported, dict) and "written_rows" in reported:
             return int(summary.written_rows), int(summary.written_bytes())
