@@ -22,6 +22,7 @@ import pytest
 from chclients import make_client, unique_name
 from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
+from natsserver import NatsServer, NatsUnavailable
 from redisserver import RedisServer, RedisUnavailable
 
 from chworkers.embedded import EmbeddedClickHouse
@@ -154,6 +155,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     try:
         server = RedisServer(tmp_path / "redis")
     except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream (Debian's, installed on first use) on a free
+    loopback port with its own store directory; the test is skipped when it cannot be had."""
+    try:
+        server = NatsServer(tmp_path / "nats")
+    except NatsUnavailable as exc:
         pytest.skip(str(exc))
     server.start()
     try:

@@ -1,0 +1,183 @@
+"""A real nats-server with JetStream for tests: Debian's package, installed on first use
+when missing, started on a free loopback port with its own store directory, always
+stopped.
+
+Used by tests/test_nats_source.py, tests/faults/ and benchmarks/bench_brokers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from debpackages import install
+
+T = TypeVar("T")
+
+
+class NatsUnavailable(RuntimeError):
+    """nats-server is missing and could not be installed."""
+
+
+def find_nats_server() -> str:
+    """The path of nats-server, apt-get installing Debian's package if it is missing."""
+    failure = install("nats-server", "nats-server")
+    path = shutil.which("nats-server")
+    if path is None:
+        raise NatsUnavailable(f"nats-server is missing and could not be installed: {failure}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """One nats-server process, JetStream on, its store in ``directory``; optionally with
+    a user and password (``auth``)."""
+
+    def __init__(
+        self, directory: Path, *, port: int = 0, auth: tuple[str, str] | None = None
+    ) -> None:
+        self.binary = find_nats_server()
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.auth = auth
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        command = [
+            self.binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.directory / "store"),
+        ]
+        if self.auth is not None:
+            command += ["--user", self.auth[0], "--pass", self.auth[1]]
+        log = open(self.directory / "nats.log", "ab")  # noqa: SIM115 (the child keeps it)
+        self._log_from = log.tell()
+        self.proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "nats-server did not start: "
+                    + (self.directory / "nats.log").read_text()[-2000:]
+                )
+            time.sleep(0.05)
+
+    def run(self, work: Callable[[Any], Awaitable[T]], **connect: Any) -> T:
+        """``work(client)`` with a nats-py client of its own (``connect``: its options)."""
+        import nats
+
+        if self.auth is not None:
+            connect = {"user": self.auth[0], "password": self.auth[1], **connect}
+
+        async def main() -> T:
+            client = await nats.connect(self.url, **connect)
+            try:
+                return await work(client)
+            finally:
+                await client.close()
+
+        return asyncio.run(main())
+
+    def make_stream(self, stream: str = "ev") -> None:
+        """A stream on ``<stream>.>`` (file storage)."""
+
+        async def work(client: Any) -> None:
+            await client.jetstream().add_stream(name=stream, subjects=[f"{stream}.>"])
+
+        self.run(work)
+
+    def publish(self, bodies: list[bytes], subject: str = "ev.data") -> None:
+        """Publish each body to JetStream (acknowledged by the stream)."""
+
+        async def work(client: Any) -> None:
+            js = client.jetstream()
+            for start in range(0, len(bodies), 500):
+                acks = [js.publish(subject, body) for body in bodies[start : start + 500]]
+                await asyncio.gather(*acks)
+
+        self.run(work)
+
+    def consumer_state(
+        self, stream: str = "ev", consumer: str = "chworkers", bucket: str = "chworkers"
+    ) -> tuple[int, int, int]:
+        """(messages not delivered yet, delivered and not acknowledged, manifests of
+        batches whose messages are not all acknowledged)."""
+        import json
+
+        import nats.js.errors
+
+        async def work(client: Any) -> tuple[int, int, int]:
+            js = client.jetstream()
+            info = await js.consumer_info(stream, consumer)
+            floor = info.ack_floor.stream_seq
+            try:
+                entry = await (await js.key_value(bucket)).get(f"{stream}.{consumer}")
+                batches = json.loads(entry.value)["batches"].values()
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+                batches = []
+            live = [b for b in batches if b["seqs"][-1][1] > floor]
+            return info.num_pending, info.num_ack_pending, len(live)
+
+        return self.run(work)
+
+    def settled(self, stream: str = "ev") -> bool:
+        """Everything delivered and acknowledged, no manifest of a batch pending."""
+        try:
+            return self.consumer_state(stream) == (0, 0, 0)
+        except Exception:
+            return False
+
+    def _ready(self) -> bool:
+        """The server accepts connections and says JetStream is ready in its log."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                if not s.recv(4096).startswith(b"INFO"):
+                    return False
+        except OSError:
+            return False
+        with open(self.directory / "nats.log", "rb") as log:
+            log.seek(self._log_from)
+            return b"Server is ready" in log.read()
+
+    def kill(self) -> None:
+        """SIGKILL (what survives is what JetStream had written)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
