@@ -280,18 +280,24 @@ def _check_files(cfg: config_module.Config) -> int:
 
 
 def _check_brokers(cfg: config_module.Config) -> int:
-    """Reach each broker pipeline's Redis and describe its stream; 1 when one fails."""
-    from chworkers.daemon.brokers.redisclient import describe
+    """Reach each broker pipeline's Redis or NATS and describe its stream; 1 when one
+    fails."""
     from chworkers.errors import BrokerError
 
     failed = 0
     for p in cfg.pipelines:
-        if p.source != "redis":
-            continue
+        where = f"pipeline {p.name!r}"
         try:
-            print(f"pipeline {p.name}: {describe(p.redis, f'pipeline {p.name!r}')}")
+            if p.source == "redis":
+                from chworkers.daemon.brokers import redisclient
+
+                print(f"pipeline {p.name}: {redisclient.describe(p.redis, where)}")
+            elif p.source == "nats":
+                from chworkers.daemon.brokers import natsclient
+
+                print(f"pipeline {p.name}: {natsclient.describe(p.nats, where)}")
         except BrokerError as exc:
-            print(f"pipeline {p.name}: REDIS FAILS: {exc}")
+            print(f"pipeline {p.name}: {p.source.upper()} FAILS: {exc}")
             failed = 1
     return failed
 

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher
 from chworkers.daemon.brokers import BROKER_SOURCES
-from chworkers.daemon.brokers.redisstream import RedisSource
+from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
@@ -34,7 +34,7 @@ __all__ = ["Intake", "Source"]
 
 log = logging.getLogger(__name__)
 
-Source = StreamSource | FileSource | GeneratorSource | RedisSource
+Source = StreamSource | FileSource | GeneratorSource | BrokerSource
 
 
 class Intake:
@@ -51,7 +51,7 @@ class Intake:
         metrics: Metrics,
         stdin: BinaryIO | None = None,
         on_rows: Callable[[int], None] = lambda rows: None,
-        make_broker: Callable[[PipelineSettings, dict[str, Any]], RedisSource] | None = None,
+        make_broker: Callable[[PipelineSettings, dict[str, Any]], BrokerSource] | None = None,
     ) -> None:
         self.batcher = batcher
         self.metrics = metrics
@@ -61,7 +61,7 @@ class Intake:
         self._observer: Callable[[], None] | None = None
         self.sources: list[Source] = []
         #: Broker sources by pipeline name: the daemon asks them about their batches.
-        self.brokers: dict[str, RedisSource] = {}
+        self.brokers: dict[str, BrokerSource] = {}
         self._routes: dict[str, Route] = {}
         self._endless = False
         self._stop = threading.Event()
@@ -158,6 +158,14 @@ class Intake:
             self.ingest.stop()
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """The daemon is done with its batches: broker sources that hold a connection
+        (and threads that keep it) close it."""
+        for broker in self.brokers.values():
+            close = getattr(broker, "close", None)  # not every broker client needs closing
+            if close is not None:
+                close()
 
     def wait_answered(self, timeout: float) -> None:
         """Up to ``timeout`` for every push request taken in to hear its answer."""

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.daemon.batcher import BatchLimits
-from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.options import NatsSourceSettings, RedisSourceSettings
 from chworkers.daemon.framing import FORMATS
 from chworkers.daemon.mapping import FieldMapper
 from chworkers.errors import ConfigError
@@ -41,7 +41,7 @@ class PipelineSettings:
     """One pipeline: a source, batching limits and a target table."""
 
     name: str = setting("", "Unique name; checkpoints and metrics use it.")
-    source: Literal["stdin", "file", "http", "generator", "redis"] = setting(
+    source: Literal["stdin", "file", "http", "generator", "redis", "nats"] = setting(
         "stdin", "Where records come from."
     )
     table: str = setting("", "Target table, 'table' or 'database.table'.")
@@ -62,6 +62,11 @@ class PipelineSettings:
     redis: RedisSourceSettings = section(
         RedisSourceSettings,
         "redis source: the stream, its consumer group and the connection (docs/brokers.md).",
+    )
+    nats: NatsSourceSettings = section(
+        NatsSourceSettings,
+        "nats source: the JetStream stream, its durable consumer and the connection "
+        "(docs/brokers.md).",
     )
     max_rows: int = same_as(BatchLimits, "max_rows")
     max_bytes: int = same_as(BatchLimits, "max_bytes")
@@ -127,7 +132,7 @@ class PipelineSettings:
             raise ConfigError(
                 f"{where}: a file source needs paths", key="paths", expected="paths or globs"
             )
-        if self.source == "redis":
+        if self.source in ("redis", "nats"):
             self._check_broker(where)
         if self.rename and self.format != "JSONEachRow":
             raise ConfigError(
@@ -163,11 +168,22 @@ class PipelineSettings:
         return None if self.sharding_key is None else ShardingKey.parse(self.sharding_key)
 
     def _check_broker(self, where: str) -> None:
-        if not self.redis.stream:
+        stream = self.redis.stream if self.source == "redis" else self.nats.stream
+        if not stream:
             raise ConfigError(
-                f"{where}: a redis source needs redis.stream",
-                key="redis.stream",
-                expected="the stream's key",
+                f"{where}: a {self.source} source needs {self.source}.stream",
+                key=f"{self.source}.stream",
+                expected="the stream's name",
+            )
+        if self.source == "nats" and self.max_delay * 2 > self.nats.ack_wait:
+            # A batch's manifest must be written while its messages are surely still this
+            # daemon's (docs/brokers.md, NATS JetStream).
+            raise ConfigError(
+                f"{where}: max_delay = {self.max_delay} s must be under half of "
+                f"nats.ack_wait = {self.nats.ack_wait} s",
+                key="max_delay",
+                value=self.max_delay,
+                expected=f"at most {self.nats.ack_wait / 2} s",
             )
         if self.format.endswith("WithNames"):
             raise ConfigError(

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.batcher import Batcher
-from chworkers.daemon.brokers.redisstream import RedisSource
+from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.brokers.wiring import broker_of, broker_source, skipped
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.config import EMBEDDED, Config
@@ -287,6 +287,8 @@ class Daemon:
             stdin=self.stdin,
             on_rows=self._read,
         )
+        # Unwound after the dispatcher stopped: no broker batch completes any more.
+        stack.callback(self.intake.close)
         for source in self.intake.sources:
             self.supervisor.health_checks.add(f"source {source.name}", source)  # its problems()
         self.supervisor.add_refresh(self.intake.refresh)
@@ -473,7 +475,7 @@ class Daemon:
             split_bad_rows=True,
         )
 
-    def _broker_sources(self) -> dict[str, RedisSource] | None:
+    def _broker_sources(self) -> dict[str, BrokerSource] | None:
         intake: Intake | None = getattr(self, "intake", None)  # made after the replay
         return None if intake is None else intake.brokers
 

@@ -1,4 +1,5 @@
-"""The settings of the broker sources, declared once (a pipeline's ``[pipelines.redis]``).
+"""The settings of the broker sources, declared once (a pipeline's ``[pipelines.redis]``
+and ``[pipelines.nats]``).
 
 See docs/brokers.md for what each does to the delivery guarantee.
 """
@@ -6,6 +7,7 @@ See docs/brokers.md for what each does to the delivery guarantee.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -93,4 +95,89 @@ class RedisSourceSettings:
         return lines[0] if lines else ""
 
 
-__all__ = ["RedisSourceSettings"]
+#: Stream and consumer names the manifests' key can carry (a KV key's alphabet).
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class NatsSourceSettings:
+    """``source = "nats"``: a JetStream stream read through a durable pull consumer."""
+
+    url: str = setting(
+        "nats://127.0.0.1:4222",
+        "The NATS servers: nats://host:port, or tls://host:port; several separated by commas.",
+    )
+    stream: str = setting("", "The JetStream stream.")
+    subjects: tuple[str, ...] = setting(
+        (),
+        "When the stream does not exist, `run` creates it with these subjects (file storage); "
+        "empty: the stream must exist.",
+    )
+    consumer: str = setting(
+        "chworkers", "The durable pull consumer that every daemon of the pipeline shares."
+    )
+    filter_subject: str = setting(
+        "", "Only the stream's messages on this subject (wildcards allowed; empty: all)."
+    )
+    deliver_policy: Literal["all", "new"] = setting(
+        "all", "Where a newly created consumer starts: the whole stream, or new messages."
+    )
+    ack_wait: float = setting(
+        30.0,
+        "A message not acknowledged for this long is redelivered (its daemon died or hangs); "
+        "a live daemon keeps its in-flight messages with in-progress acks.",
+        unit="seconds",
+        minimum=0.1,
+    )
+    max_deliver: int = setting(
+        10,
+        "A message delivered more often than this (daemons keep dying on its batch) is "
+        "dead-lettered and terminated (0: never).",
+        minimum=0,
+    )
+    max_ack_pending: int = setting(
+        1_000_000,
+        "The consumer's bound on messages delivered and not acknowledged, over all daemons: "
+        "above what every daemon's spool and batch in the making hold.",
+        minimum=1,
+    )
+    fetch_count: int = setting(1000, "Messages asked for per pull (fetch batch size).", minimum=1)
+    bucket: str = setting(
+        "chworkers",
+        "The key-value bucket of the manifests (`run` creates it when missing, one replica, "
+        "reads from the leader).",
+    )
+    manifest_ttl: float = setting(
+        7 * DAY,
+        "How long a batch's manifest is kept if its batch is never acknowledged; after it, "
+        "its messages are batched anew (at least once).",
+        unit="seconds",
+        minimum=1,
+    )
+    user: str | None = setting(None, "NATS user, when the URL has none.")
+    password: str | None = setting(None, "NATS password (or password_file).", secret=True)
+    token: str | None = setting(None, "NATS authentication token (or token_file).", secret=True)
+    creds_file: str | None = setting(
+        None, "A NATS credentials file (JWT and NKey seed, as `nsc` writes them)."
+    )
+    tls_ca_file: str | None = setting(None, "TLS: the CA bundle that signed the server.")
+    tls_cert_file: str | None = setting(None, "TLS: this client's certificate.")
+    tls_key_file: str | None = setting(None, "TLS: this client's private key.")
+    tls_hostname: str | None = setting(
+        None, "TLS: the name to verify the server's certificate against (default: the URL's)."
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="nats")
+        for key in ("stream", "consumer", "bucket"):
+            value = getattr(self, key)
+            if value and not _NAME.match(value):
+                raise ConfigError(
+                    f"nats.{key} = {value!r} is invalid: letters, digits, '-' and '_' only",
+                    key=f"nats.{key}",
+                    value=value,
+                    expected="a name of letters, digits, '-' and '_'",
+                )
+
+
+__all__ = ["NatsSourceSettings", "RedisSourceSettings"]

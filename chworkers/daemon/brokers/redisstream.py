@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
+from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisclient import entry_order
 from chworkers.daemon.brokers.redisgroup import StreamGroup
@@ -30,14 +31,6 @@ from chworkers.errors import BrokerError, PoisonMessageError
 from chworkers.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-#: What a source does with poison: ``(records with their errors, batch token)``.
-DeadLetter = Callable[[Sequence[tuple[bytes, BaseException]], str], None]
-
-#: Waits between attempts while Redis does not answer (seconds).
-RETRY_INITIAL, RETRY_MAX = 0.1, 5.0
-#: How often the lag and pending gauges are refreshed (seconds).
-GAUGES_EVERY = 2.0
 
 
 class RedisSource:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.clickhouse.inserts import InsertResult
+from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.brokers.redisclient import default_consumer
-from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.spool import SpooledBatch
@@ -24,8 +24,9 @@ def broker_source(
     state_dir: Path,
     dead_letters: DeadLetters,
     metrics: Metrics,
-) -> RedisSource:
-    """The source of a pipeline whose ``source`` is in ``BROKER_SOURCES``."""
+) -> BrokerSource:
+    """The source of a pipeline whose ``source`` is in ``BROKER_SOURCES`` (the broker's
+    client is imported only by daemons that read from that broker)."""
 
     def dead_letter(records: Sequence[tuple[bytes, BaseException]], token: str) -> None:
         dead_letters.write_errors(
@@ -34,9 +35,22 @@ def broker_source(
 
     for name in ("lag", "pending", "redeliveries", "acked"):  # series exist at 0
         getattr(metrics, f"broker_{name}").labels(pipeline=pipeline.name)
+    consumer = default_consumer(str(Path(state_dir).resolve()))
+    if pipeline.source == "nats":
+        from chworkers.daemon.brokers.natsstream import NatsSource
+
+        return NatsSource(
+            options=pipeline.nats,
+            consumer=consumer,
+            dead_letter=dead_letter,
+            metrics=metrics,
+            **common,
+        )
+    from chworkers.daemon.brokers.redisstream import RedisSource
+
     return RedisSource(
         options=pipeline.redis,
-        consumer=default_consumer(str(Path(state_dir).resolve())),
+        consumer=consumer,
         dead_letter=dead_letter,
         metrics=metrics,
         **common,
@@ -50,7 +64,7 @@ def skipped(batch: SpooledBatch) -> Future[Any]:
     return future
 
 
-def broker_of(sources: dict[str, RedisSource] | None, batch: SpooledBatch) -> RedisSource | None:
+def broker_of(sources: dict[str, BrokerSource] | None, batch: SpooledBatch) -> BrokerSource | None:
     """The broker source a spooled batch came from (None for other sources' batches).
 
     ``sources`` is None while the sources are not made yet (the spool is replayed first):

@@ -1,0 +1,300 @@
+"""The NATS client of the JetStream source: nats-py on an event loop of its own thread
+(the daemon is threaded, nats-py is asyncio), a connection from the settings
+(credentials and TLS passed through), and the stream, consumer and bucket made ready."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from chworkers.daemon.brokers.options import NatsSourceSettings
+from chworkers.errors import BrokerError, ConfigError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long a call into nats-py may take before the source calls the broker failing.
+CALL_TIMEOUT = 30.0
+
+
+def nats_module(where: str) -> Any:
+    """nats-py, or a :class:`ConfigError` saying how to install it (an optional extra)."""
+    try:
+        import nats
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where}: source = 'nats' needs nats-py: pip install 'chworkers[nats]'",
+            key="source",
+            value="nats",
+            expected="nats-py installed",
+        ) from exc
+    return nats
+
+
+class Loop:
+    """An asyncio event loop in a daemon thread, for synchronous code to run nats-py's
+    coroutines on (:meth:`call`); one per source, so a connection never crosses loops."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], *, where: str, timeout: float = CALL_TIMEOUT) -> T:
+        """Run ``coro`` on the loop and wait for it; nats-py's and the socket's errors (and
+        a call that takes longer than ``timeout``) become :class:`BrokerError`."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise BrokerError(f"{where}: no answer within {timeout:.0f} s") from exc
+        except BrokerError:
+            raise
+        except Exception as exc:
+            if is_nats_error(exc):
+                raise BrokerError(f"{where}: {describe_error(exc)}") from exc
+            raise
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def is_nats_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is NATS or the network failing (not a bug of ours)."""
+    import nats.errors
+
+    return isinstance(exc, (nats.errors.Error, asyncio.TimeoutError, OSError))
+
+
+def describe_error(exc: BaseException) -> str:
+    description = getattr(exc, "description", None) or str(exc) or "no details"
+    return f"{type(exc).__name__}: {description}"
+
+
+def display_url(url: str) -> str:
+    """The servers without their credentials, for logs and errors."""
+    out = []
+    for server in url.split(","):
+        parts = urllib.parse.urlsplit(server.strip())
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        out.append(urllib.parse.urlunsplit((parts.scheme, netloc, "", "", "")))
+    return ",".join(out)
+
+
+def tls_context(options: NatsSourceSettings, where: str) -> ssl.SSLContext | None:
+    """The TLS context for the settings (None: plain, unless the URL says tls://)."""
+    wants = options.url.startswith("tls://") or options.tls_ca_file or options.tls_cert_file
+    if not wants:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=options.tls_ca_file)
+        if options.tls_cert_file:
+            context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{where}: the NATS TLS files cannot be loaded: {exc}",
+            key="nats.tls_ca_file",
+            value=options.tls_ca_file,
+            expected="readable PEM files",
+        ) from exc
+    return context
+
+
+async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Client:
+    """A connection; once made, it reconnects by itself for ever (the source reports the
+    outage meanwhile). Not reaching a server at first raises :class:`BrokerError` with
+    why (the caller tries again with a backoff)."""
+    nats = nats_module(where)
+    failures: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        failures.append(exc)
+        log.debug("%s: nats: %s", where, describe_error(exc))
+
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": 5,
+        "reconnect_time_wait": 0.5,
+        # At first: one more try per server, then the error; once connected: for ever.
+        "max_reconnect_attempts": 1,
+        "allow_reconnect": True,
+        "error_cb": on_error,
+        # Acknowledgements and in-progress notes of a whole batch go out at once.
+        "pending_size": 64 * 1024 * 1024,
+    }
+    servers = [s.strip() for s in options.url.split(",") if s.strip()]
+    if options.user is not None:
+        kwargs["user"] = options.user
+    if options.password is not None:
+        kwargs["password"] = options.password
+    if options.token is not None:
+        kwargs["token"] = options.token
+    context = tls_context(options, where)
+    if context is not None:
+        kwargs["tls"] = context
+        if options.tls_hostname:
+            kwargs["tls_hostname"] = options.tls_hostname
+    try:
+        client: Client = await nats.connect(servers, **kwargs)
+    except Exception as exc:
+        if not is_nats_error(exc):
+            raise
+        cause = failures[-1] if failures else exc
+        raise BrokerError(f"{where}: cannot connect: {describe_error(cause)}") from cause
+    client.options["max_reconnect_attempts"] = -1
+    return client
+
+
+async def stream_ready(js: JetStreamContext, options: NatsSourceSettings, where: str) -> None:
+    """The stream exists (created with ``subjects`` when missing and asked to)."""
+    import nats.js.api
+    import nats.js.errors
+
+    try:
+        await js.stream_info(options.stream)
+        return
+    except nats.js.errors.NotFoundError:
+        if not options.subjects:
+            raise BrokerError(
+                f"{where}: stream {options.stream} does not exist: create it "
+                "(nats stream add), or set nats.subjects for `run` to"
+            ) from None
+    config = nats.js.api.StreamConfig(
+        name=options.stream,
+        subjects=list(options.subjects),
+        storage=nats.js.api.StorageType.FILE,
+    )
+    try:
+        await js.add_stream(config)
+        log.info("%s: created stream %s on %s", where, options.stream, ", ".join(options.subjects))
+    except nats.js.errors.BadRequestError:
+        await js.stream_info(options.stream)  # another daemon created it first
+
+
+async def consumer_ready(js: JetStreamContext, options: NatsSourceSettings, where: str) -> None:
+    """The durable pull consumer exists with the settings (created, or updated)."""
+    import nats.js.api
+    import nats.js.errors
+
+    api = nats.js.api
+    config = api.ConsumerConfig(
+        durable_name=options.consumer,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=options.ack_wait,
+        # The daemon dead-letters and terminates a message delivered too often itself
+        # (with its reason in the dead letters): the server never gives up silently.
+        max_deliver=-1,
+        max_ack_pending=options.max_ack_pending,
+        deliver_policy=api.DeliverPolicy.ALL
+        if options.deliver_policy == "all"
+        else api.DeliverPolicy.NEW,
+        filter_subject=options.filter_subject or None,
+    )
+    try:
+        await js.add_consumer(options.stream, config)
+    except nats.js.errors.BadRequestError as exc:
+        raise BrokerError(
+            f"{where}: cannot create or update consumer {options.consumer} on stream "
+            f"{options.stream}: {describe_error(exc)}"
+        ) from exc
+
+
+async def bucket(js: JetStreamContext, options: NatsSourceSettings) -> KeyValue:
+    """The manifests' bucket, created when missing (one history entry; reads go to the
+    stream's leader, not a replica that may lag)."""
+    import nats.js.api
+    import nats.js.errors
+
+    try:
+        kv: KeyValue = await js.key_value(options.bucket)
+        return kv
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    config = nats.js.api.KeyValueConfig(
+        bucket=options.bucket,
+        history=1,
+        ttl=options.manifest_ttl,
+        direct=False,
+        description="chworkers: manifests of the batches in flight (docs/brokers.md)",
+    )
+    try:
+        kv = await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        kv = await js.key_value(options.bucket)  # another daemon created it first
+    return kv
+
+
+def describe(options: NatsSourceSettings, where: str) -> str:
+    """One line on the stream, its consumer and the manifests, for ``chworkers check``;
+    raises :class:`BrokerError` when NATS does not answer or refuses."""
+    from chworkers.daemon.brokers.natsmanifests import ManifestStore
+
+    async def look() -> str:
+        import nats.js.errors
+
+        client = await connect(options, where, name="chworkers check")
+        try:
+            js = client.jetstream()
+            try:
+                info = await js.stream_info(options.stream)
+            except nats.js.errors.NotFoundError:
+                create = (
+                    f"`run` creates it on {', '.join(options.subjects)}"
+                    if options.subjects
+                    else "create it, or set nats.subjects"
+                )
+                return f"stream {options.stream} does not exist ({create})"
+            line = f"stream {options.stream}: {info.state.messages} messages"
+            try:
+                consumer = await js.consumer_info(options.stream, options.consumer)
+            except nats.js.errors.NotFoundError:
+                return f"{line}; consumer {options.consumer} not created yet (`run` creates it)"
+            line += (
+                f"; consumer {options.consumer}: {consumer.num_ack_pending} pending, "
+                f"lag {consumer.num_pending}, {consumer.num_redelivered} redelivered"
+            )
+            try:
+                kv = await js.key_value(options.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                return f"{line}; bucket {options.bucket} not created yet (`run` creates it)"
+            store = ManifestStore(
+                kv, f"{options.stream}.{options.consumer}", ttl=options.manifest_ttl, where=where
+            )
+            registry = await store.load()
+            return f"{line}; {len(registry.manifests)} manifests in bucket {options.bucket}"
+        finally:
+            await client.close()
+
+    loop = Loop("chworkers-check-nats")
+    try:
+        return loop.call(look(), where=f"nats {display_url(options.url)}")
+    finally:
+        loop.close()
+
+
+__all__ = [
+    "Loop",
+    "bucket",
+    "connect",
+    "consumer_ready",
+    "describe",
+    "display_url",
+    "is_nats_error",
+    "nats_module",
+    "stream_ready",
+]

@@ -1,0 +1,192 @@
+"""The manifests of a JetStream source's batches: one key of a key-value bucket, changed
+only by compare-and-set (docs/brokers.md, "NATS JetStream").
+
+Every daemon of a pipeline writes its batches' manifests into the same key
+(``<stream>.<consumer>``) of the bucket: a JSON map from each batch's token to the stream
+sequences it holds (as ranges). A change reads the key and its revision, checks, and
+writes it back with that revision expected; a daemon that changed it in between makes the
+write fail, and the change is made again on what that daemon wrote. That is what makes
+the check of :meth:`ManifestStore.register` and its write one step, as the Redis
+source's Lua script does: no sequence is ever in two manifests.
+
+A manifest is removed once the consumer's acknowledgement floor (every message up to it
+acknowledged) passes its last sequence, or when older than ``manifest_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from chworkers.errors import BrokerError
+
+if TYPE_CHECKING:
+    from nats.js.kv import KeyValue
+
+#: Attempts of one change while other daemons keep changing the key first.
+CHANGE_ATTEMPTS = 200
+
+
+def to_ranges(seqs: Iterable[int]) -> list[list[int]]:
+    """Sequences as sorted, inclusive ``[first, last]`` ranges of consecutive numbers."""
+    out: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if out and out[-1][1] == seq - 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out
+
+
+@dataclasses.dataclass
+class Manifest:
+    """One batch: its token, its stream sequences, when it was written and by whom, and
+    whether a daemon that rebuilt it saw its insert confirmed (``done``: its messages may
+    be acknowledged by whoever receives them)."""
+
+    token: str
+    ranges: list[list[int]]
+    created: float = 0.0
+    by: str = ""
+    done: bool = False
+
+    def seqs(self) -> list[int]:
+        return [seq for first, last in self.ranges for seq in range(first, last + 1)]
+
+    @property
+    def last(self) -> int:
+        return self.ranges[-1][1] if self.ranges else 0
+
+    def body(self) -> dict[str, Any]:
+        return {"seqs": self.ranges, "created": self.created, "by": self.by, "done": self.done}
+
+
+@dataclasses.dataclass
+class Registry:
+    """The key's value as read (``revision`` 0: the key does not exist)."""
+
+    manifests: dict[str, Manifest] = dataclasses.field(default_factory=dict)
+    revision: int = 0
+
+    @classmethod
+    def decode(cls, value: bytes, revision: int) -> Registry:
+        data = json.loads(value) if value else {}
+        manifests = {
+            token: Manifest(
+                token,
+                [list(r) for r in body["seqs"]],
+                float(body.get("created", 0)),
+                str(body.get("by", "")),
+                bool(body.get("done", False)),
+            )
+            for token, body in data.get("batches", {}).items()
+        }
+        return cls(manifests, revision)
+
+    def encode(self) -> bytes:
+        batches = {token: m.body() for token, m in self.manifests.items()}
+        return json.dumps({"v": 1, "batches": batches}, separators=(",", ":")).encode()
+
+    def owners(self, seqs: Iterable[int]) -> dict[int, Manifest]:
+        """The manifest of each of ``seqs`` that is in one."""
+        spans = sorted(
+            (first, last, m) for m in self.manifests.values() for first, last in m.ranges
+        )
+        starts = [first for first, _, _ in spans]
+        out: dict[int, Manifest] = {}
+        for seq in seqs:
+            at = bisect.bisect_right(starts, seq) - 1
+            if at >= 0 and spans[at][1] >= seq:
+                out[seq] = spans[at][2]
+        return out
+
+    def prune(self, floor: int, now: float, ttl: float) -> list[str]:
+        """Forget manifests whose messages are all acknowledged (their last sequence at or
+        under ``floor``) or that are older than ``ttl``; returns their tokens."""
+        gone = [
+            token for token, m in self.manifests.items() if m.last <= floor or now - m.created > ttl
+        ]
+        for token in gone:
+            del self.manifests[token]
+        return gone
+
+
+class ManifestStore:
+    """The manifests' key in a bucket (coroutines: they run on the source's event loop)."""
+
+    def __init__(self, kv: KeyValue, key: str, *, ttl: float, where: str) -> None:
+        self.kv = kv
+        self.key = key
+        self.ttl = ttl
+        self.where = where
+
+    async def load(self) -> Registry:
+        import nats.js.errors
+
+        try:
+            entry = await self.kv.get(self.key)
+        except nats.js.errors.KeyNotFoundError:
+            return Registry()
+        return Registry.decode(entry.value or b"", int(entry.revision or 0))
+
+    async def register(self, manifest: Manifest, floor: int) -> dict[int, Manifest]:
+        """Write ``manifest`` unless one of its sequences is in another manifest; returns
+        those sequences with their manifests (empty: written)."""
+        conflicts: dict[int, Manifest] = {}
+
+        def add(registry: Registry) -> bool:
+            conflicts.clear()
+            owners = registry.owners(manifest.seqs())
+            conflicts.update({s: m for s, m in owners.items() if m.token != manifest.token})
+            if conflicts or manifest.token in registry.manifests:
+                return False  # refused, or rebuilt: it is there already
+            registry.manifests[manifest.token] = manifest
+            return True
+
+        await self._change(add, floor)
+        return conflicts
+
+    async def mark_done(self, token: str, floor: int) -> None:
+        """A rebuilt batch's insert was confirmed: its other messages, wherever they are
+        redelivered, are acknowledged without another insert."""
+
+        def done(registry: Registry) -> bool:
+            manifest = registry.manifests.get(token)
+            if manifest is None or manifest.done:
+                return False
+            manifest.done = True
+            return True
+
+        await self._change(done, floor)
+
+    async def _change(self, change: Callable[[Registry], bool], floor: int) -> Registry:
+        import nats.js.errors
+
+        for _ in range(CHANGE_ATTEMPTS):
+            registry = await self.load()
+            registry.prune(floor, time.time(), self.ttl)
+            if not change(registry):
+                return registry
+            value = registry.encode()
+            try:
+                if registry.revision == 0:
+                    await self.kv.create(self.key, value)
+                else:
+                    await self.kv.update(self.key, value, last=registry.revision)
+                return registry
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Another daemon changed it first: read what it wrote and try again.
+                await asyncio.sleep(random.uniform(0, 0.005))
+        raise BrokerError(
+            f"{self.where}: the manifests key {self.key} kept changing under "
+            f"{CHANGE_ATTEMPTS} attempts to change it"
+        )
+
+
+__all__ = ["Manifest", "ManifestStore", "Registry", "to_ranges"]

@@ -1,0 +1,542 @@
+"""``source = "nats"``: a JetStream stream through a durable pull consumer, exactly once
+across daemons (docs/brokers.md has the design and the failure table).
+
+The source pulls messages (``fetch``), cuts batches with the pipeline's limits, writes
+each batch's manifest into the bucket (:mod:`~chworkers.daemon.brokers.natsmanifests`,
+refused when another manifest holds one of its messages), and hands the batch to the
+batcher with the manifest's token. A redelivered message (its daemon died, or hung past
+``ack_wait``) whose manifest exists makes the source rebuild exactly that batch from the
+stream, with its token. The daemon asks :meth:`NatsSource.still_open` before each insert
+attempt and calls :meth:`NatsSource.complete` once ClickHouse confirmed it: the messages
+are acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from chworkers.clickhouse.dedup import broker_token
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.brokers import natsclient
+from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
+from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
+from chworkers.daemon.brokers.natsmanifests import Manifest, ManifestStore, to_ranges
+from chworkers.daemon.brokers.options import NatsSourceSettings
+from chworkers.daemon.brokers.trouble import Trouble
+from chworkers.daemon.spool import SpooledBatch
+from chworkers.errors import BrokerError, PoisonMessageError
+from chworkers.ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+log = logging.getLogger(__name__)
+
+#: Acknowledgement payloads (JetStream's protocol).
+ACK, PROGRESS, TERM = b"+ACK", b"+WPI", b"+TERM"
+#: Stream reads in flight at once while a batch is rebuilt from its manifest.
+READS_AT_ONCE = 64
+
+
+def delivery(reply: str) -> tuple[int, int]:
+    """``(stream sequence, times delivered)`` from a message's reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``; with a domain and an
+    account hash in the newer form, two tokens later)."""
+    tokens = reply.split(".")
+    at = 4 if len(tokens) == 9 else 6
+    return int(tokens[at + 1]), int(tokens[at])
+
+
+class Held:
+    """Messages taken for the batch being put together, until its manifest is written:
+    their acknowledgement subjects, and by when the manifest must be written."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, Message] = {}
+        self.replies: dict[str, str] = {}
+        #: time.monotonic() before which no message here can have been redelivered: the
+        #: pull that brought the first was sent ``ack_wait`` before it.
+        self.deadline = float("inf")
+
+
+class NatsSource:
+    """Reads one stream for one pipeline; see the module's docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        table: str,
+        format: str,
+        batcher: Batcher,
+        options: NatsSourceSettings,
+        consumer: str,
+        dead_letter: DeadLetter,
+        settings: Mapping[str, Any] | None = None,
+        limits: BatchLimits | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
+        metrics: Metrics | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+        max_record_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        natsclient.nats_module(f"pipeline {name!r}")  # installed, or a clear error now
+        self.name = name
+        self.table = table
+        self.format = format
+        self.batcher = batcher
+        self.options = options
+        self.label = consumer  # this daemon, in the manifests it writes
+        self.dead_letter = dead_letter
+        self.settings = dict(settings or {})
+        self.limits = limits or BatchLimits()
+        self.metrics = metrics
+        self.on_error = on_error
+        self.assembler = Assembler(format, max_record_bytes=max_record_bytes, transform=transform)
+        self.url = natsclient.display_url(options.url)
+        self.where = f"nats {self.url}"
+        self.trouble = Trouble(name, self.where)
+        self.stream, self.consumer = options.stream, options.consumer
+        self.rows = 0
+        self.loop = natsclient.Loop(f"source-{name}-nats")
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._pull: Any = None  # nats-py's pull subscription
+        self._store: ManifestStore | None = None
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        #: token -> acknowledgement subjects of its messages this daemon holds, until
+        #: the batch is acknowledged.
+        self._inflight: dict[str, list[str]] = {}
+        self._assembly = Assembly()
+        self._held = Held()
+        self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
+        self._rows_per_message = 1.0
+        threading.Thread(
+            target=self._heartbeat, name=f"source-{name}-heartbeat", daemon=True
+        ).start()
+
+    # -- the daemon's side ----------------------------------------------------------------
+
+    def still_open(self, batch: SpooledBatch) -> bool:
+        """Whether the batch's manifest is still there (else all its messages were
+        acknowledged, or it expired): a batch replayed from the spool is inserted only if
+        it is."""
+        token = str(batch.meta["broker"]["token"])
+        registry = self._call(self._manifests().load())
+        registry.prune(self._floor, time.time(), self.options.manifest_ttl)
+        return token in registry.manifests
+
+    def complete(self, batch: SpooledBatch) -> None:
+        """ClickHouse confirmed the batch: acknowledge the messages this daemon holds; a
+        rebuilt batch's manifest is marked done, so its other messages are acknowledged by
+        whoever receives them."""
+        broker = batch.meta["broker"]
+        token = str(broker["token"])
+        with self._lock:
+            replies = list(self._inflight.get(token, ()))
+        if replies:
+            self._call(self._send(replies, ACK))
+        if broker.get("rebuilt"):
+            self._call(self._manifests().mark_done(token, self._floor))
+        with self._lock:
+            # Replies added meanwhile (redelivered to us while it was in flight) too.
+            late = self._inflight.pop(token, [])[len(replies) :]
+        if late:
+            self._call(self._send(late, ACK))
+        self._acked(len(replies) + len(late))
+
+    def problems(self) -> list[str]:
+        return self.trouble.problems()
+
+    # -- the source's thread ----------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = RETRY_INITIAL
+        next_gauges = 0.0
+        while not stop.is_set():
+            try:
+                if self._client is None:
+                    self._connect()
+                now = time.monotonic()
+                if now >= next_gauges:
+                    self._publish_gauges()
+                    next_gauges = now + GAUGES_EVERY
+                self._fetch()
+                if self._assembly.due(self.limits):
+                    self._submit_all([self._cut()])
+                self.trouble.ok()
+                backoff = RETRY_INITIAL
+            except BrokerError as exc:
+                self.trouble.failing(str(exc))
+                stop.wait(backoff)
+                backoff = min(RETRY_MAX, backoff * 2)
+        try:
+            if self._assembly.ids:
+                self._submit_all([self._cut()])  # what was read goes in
+        except BrokerError as exc:
+            log.warning("source %s: the last batch is redelivered later: %s", self.name, exc)
+
+    def _connect(self) -> None:
+        async def connect() -> None:
+            client = await natsclient.connect(
+                self.options, self.where, name=f"chworkers {self.label} {self.name}"
+            )
+            try:
+                js = client.jetstream()
+                await natsclient.stream_ready(js, self.options, self.where)
+                await natsclient.consumer_ready(js, self.options, self.where)
+                kv = await natsclient.bucket(js, self.options)
+                pull = await js.pull_subscribe_bind(
+                    self.consumer, self.stream, pending_msgs_limit=-1, pending_bytes_limit=-1
+                )
+            except BaseException:
+                await client.close()
+                raise
+            self._client, self._js, self._pull = client, js, pull
+            self._store = ManifestStore(
+                kv,
+                f"{self.stream}.{self.consumer}",
+                ttl=self.options.manifest_ttl,
+                where=f"source {self.name}",
+            )
+
+        self._call(connect())
+        self._ready.set()
+        log.info(
+            "source %s: reading stream %s through consumer %s on %s",
+            self.name,
+            self.stream,
+            self.consumer,
+            self.url,
+        )
+
+    def _fetch(self) -> None:
+        wait = 1.0
+        if self._assembly.ids:
+            wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
+        room = (self.limits.max_rows - self._assembly.rows) / self._rows_per_message
+        count = max(1, min(self.options.fetch_count, int(room)))
+        # A message's ack_wait runs from its delivery, which is after the pull was sent
+        # (the deadline below): at most this wait after it, when the pull waits for new
+        # messages. Short waits keep that loss small.
+        wait = min(wait, 1.0, self.options.ack_wait / 8)
+        sent = time.monotonic()
+        pulled = self._call(self._pull_messages(count, max(0.01, wait)))
+        if not pulled:
+            return
+        deadline = sent + self.options.ack_wait
+        fresh: list[Message] = []
+        again: list[Message] = []
+        replies: dict[str, str] = {}
+        for reply, data in pulled:
+            seq, times = delivery(reply)
+            message = Message(str(seq), data, times)
+            replies[message.id] = reply
+            (fresh if times == 1 else again).append(message)
+        ready: list[tuple[str, Assembly, list[str], bool]] = []
+        if again:
+            ready += self._redelivered(again, replies, deadline)
+        ready += self._take(fresh, replies, deadline)
+        if ready and self._assembly.ids:
+            # Nothing unwritten is held while the batcher may block (the manifest must be
+            # written before ack_wait runs out): the batch in the making goes now too.
+            ready.append(self._cut())
+        self._submit_all(ready)
+
+    def _take(
+        self, messages: list[Message], replies: dict[str, str], deadline: float
+    ) -> list[tuple[str, Assembly, list[str], bool]]:
+        """Add messages to the batch in the making; returns the batches cut meanwhile."""
+        ready: list[tuple[str, Assembly, list[str], bool]] = []
+        start = 0
+        held = self._held
+        while start < len(messages):
+            if not self._assembly.ids:
+                held.deadline = deadline
+            before = len(self._assembly.ids)
+            start_at = start
+            start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
+            if poison:
+                self._poison(poison, replies)
+            held.deadline = min(held.deadline, deadline)
+            bad = {p.message.id for p in poison}
+            for message in messages[start_at:start]:
+                if message.id not in bad:
+                    held.messages[message.id] = message
+                    held.replies[message.id] = replies[message.id]
+            if len(self._assembly.ids) > before and self._assembly.rows:
+                self._rows_per_message = max(1.0, self._assembly.rows / len(self._assembly.ids))
+            if self._assembly.full(self.limits):
+                ready.append(self._cut())
+                held = self._held
+        return ready
+
+    def _cut(self) -> tuple[str, Assembly, list[str], bool]:
+        """The batch in the making, its manifest written: ``(token, batch, replies,
+        rebuilt)``; an empty token when it is not to be inserted."""
+        batch, self._assembly = self._assembly, Assembly()
+        held, self._held = self._held, Held()
+        return self._write_manifest(batch, held)
+
+    def _write_manifest(self, batch: Assembly, held: Held) -> tuple[str, Assembly, list[str], bool]:
+        replies = [held.replies[i] for i in batch.ids]
+        if not batch.ids:
+            return "", batch, [], False
+        if not batch.rows:
+            self._call(self._send(replies, ACK))  # nothing to insert: empty messages
+            self._acked(len(replies))
+            return "", batch, [], False
+        # Room for the manifest's write (compare-and-set, maybe retried) before the deadline.
+        margin = self.options.ack_wait / 8
+        if time.monotonic() > held.deadline - margin:
+            log.warning(
+                "source %s: a batch of %d messages was ready too late to be this daemon's "
+                "(ack_wait = %s s ran out): not inserted, JetStream redelivers its messages",
+                self.name,
+                len(batch.ids),
+                self.options.ack_wait,
+            )
+            return "", batch, [], False
+        seqs = sorted(int(i) for i in batch.ids)
+        token = broker_token("nats", self.stream, self.consumer, [str(s) for s in seqs])
+        manifest = Manifest(token, to_ranges(seqs), time.time(), self.label)
+        conflicts = self._call(self._manifests().register(manifest, self._floor))
+        if conflicts:
+            # Some of these messages are in another daemon's manifest (it held them
+            # before us and wrote late): they go with that batch, the rest in a new one.
+            log.warning(
+                "source %s: %d messages of a batch are in another batch's manifest already; "
+                "they go with it",
+                self.name,
+                len(conflicts),
+            )
+            taken = [held.messages[str(s)] for s in sorted(conflicts)]
+            ready = self._redelivered(taken, held.replies, held.deadline, count=False)
+            rest = [i for i in batch.ids if int(i) not in conflicts]
+            again, poison = self.assembler.rebuild(rest, held.messages)
+            assert not poison  # framed once already
+            result = self._write_manifest(again, held)
+            self._submit_all(ready)
+            return result
+        if time.monotonic() > held.deadline:
+            log.warning(
+                "source %s: the manifest of batch %s was written after ack_wait ran out: "
+                "if another daemon inserted some of its messages meanwhile, they are in "
+                "ClickHouse twice (docs/brokers.md)",
+                self.name,
+                token,
+            )
+        return token, batch, replies, False
+
+    def _submit_all(self, ready: list[tuple[str, Assembly, list[str], bool]]) -> None:
+        for token, batch, replies, rebuilt in ready:
+            if token:
+                self._submit(token, batch, replies, rebuilt=rebuilt)
+
+    def _submit(self, token: str, batch: Assembly, replies: list[str], *, rebuilt: bool) -> None:
+        with self._lock:
+            self._inflight.setdefault(token, []).extend(replies)
+        meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}}
+        self.batcher.add(
+            self.table,
+            self.assembler.payload(batch),
+            batch.rows,
+            format=self.format,
+            pipeline=self.name,
+            settings=self.settings,
+            meta=meta,
+            limits=self.limits,
+            retry=True,  # waits until the spool takes it
+            token=token,
+        )
+        self.rows += batch.rows
+
+    # -- redeliveries ---------------------------------------------------------------------
+
+    def _redelivered(
+        self,
+        messages: list[Message],
+        replies: dict[str, str],
+        deadline: float,
+        *,
+        count: bool = True,
+    ) -> list[tuple[str, Assembly, list[str], bool]]:
+        """Messages delivered before (to a daemon that died or hung): those of a manifest
+        go with exactly its batch (rebuilt from the stream, or acknowledged when it is
+        done); the others are batched anew. Returns the batches to submit."""
+        if count and self.metrics is not None:
+            self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(len(messages))
+        keep = [m for m in messages if not self._too_often(m, replies)]
+        registry = self._call(self._manifests().load())
+        owners = registry.owners(int(m.id) for m in keep)
+        fresh: list[Message] = []
+        groups: dict[str, tuple[Manifest, list[Message]]] = {}
+        for message in keep:
+            owner = owners.get(int(message.id))
+            if owner is None:
+                fresh.append(message)
+            else:
+                groups.setdefault(owner.token, (owner, []))[1].append(message)
+        ready: list[tuple[str, Assembly, list[str], bool]] = []
+        for token, (manifest, held) in groups.items():
+            mine = [replies[m.id] for m in held]
+            if manifest.done:
+                self._call(self._send(mine, ACK))  # inserted already: nothing to rebuild
+                self._acked(len(mine))
+                continue
+            with self._lock:
+                if token in self._inflight:  # ours, in flight: acknowledged with it
+                    self._inflight[token].extend(mine)
+                    continue
+            ready.append(self._rebuild(manifest, {m.id for m in messages} - {m.id for m in keep}))
+            with self._lock:
+                self._inflight.setdefault(token, []).extend(mine)
+        if fresh:
+            self._assembly.mixed = True
+            ready += self._take(fresh, replies, deadline)
+        return ready
+
+    def _rebuild(
+        self, manifest: Manifest, given_up: set[str]
+    ) -> tuple[str, Assembly, list[str], bool]:
+        seqs = manifest.seqs()
+        stored = self._call(self._read(seqs))
+        ids = [str(s) for s in seqs]
+        batch, poison = self.assembler.rebuild(
+            ids, {i: m for i, m in stored.items() if i not in given_up}
+        )
+        missing = len(ids) - len(stored)
+        if missing:
+            log.warning(
+                "source %s: %d messages of batch %s are no longer in the stream (its "
+                "retention?); the batch is rebuilt without them",
+                self.name,
+                missing,
+                manifest.token,
+            )
+        if poison:
+            self._dead_letter(poison, manifest.token)
+        log.info(
+            "source %s: rebuilding batch %s (%d messages) from its manifest",
+            self.name,
+            manifest.token,
+            len(ids),
+        )
+        return manifest.token, batch, [], True
+
+    def _too_often(self, message: Message, replies: dict[str, str]) -> bool:
+        limit = self.options.max_deliver
+        if not limit or message.deliveries <= limit:
+            return False
+        error = PoisonMessageError(
+            f"message {message.id} was delivered {message.deliveries} times (max_deliver = {limit})"
+        )
+        self._poison([Poison(message, error)], replies)
+        return True
+
+    # -- poison, acknowledgements ----------------------------------------------------------
+
+    def _poison(self, poison: list[Poison], replies: dict[str, str]) -> None:
+        """Dead-letter poison messages, then terminate them: never redelivered."""
+        self._dead_letter(poison, "")
+        self._call(self._send([replies[p.message.id] for p in poison], TERM))
+        self._acked(len(poison))
+
+    def _dead_letter(self, poison: list[Poison], token: str) -> None:
+        for p in poison:
+            log.warning("source %s: %s", self.name, p.error)
+            if self.on_error is not None:
+                self.on_error(self.name, str(p.error))
+        self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
+
+    def _acked(self, count: int) -> None:
+        if self.metrics is not None and count:
+            self.metrics.broker_acked.labels(pipeline=self.name).inc(count)
+
+    def _heartbeat(self) -> None:
+        """Every ``ack_wait / 4``, tell JetStream that the in-flight messages are still
+        being worked on, so that a live daemon waiting for ClickHouse keeps them (also
+        after the source stopped reading, until :meth:`close`)."""
+        while not self._closed.wait(self.options.ack_wait / 4):
+            with self._lock:
+                replies = [r for batch in self._inflight.values() for r in batch]
+            if replies and self._ready.is_set():
+                try:
+                    self._call(self._send(replies, PROGRESS))
+                except BrokerError as exc:
+                    log.debug("source %s: in-progress notes failed: %s", self.name, exc)
+
+    def close(self) -> None:
+        """The daemon stopped: no more in-progress notes, the connection closed (batches
+        still in flight are redelivered after ack_wait, or replayed from the spool)."""
+        self._closed.set()
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                self.loop.call(client.close(), where=self.where, timeout=10)
+            except BrokerError as exc:
+                log.debug("source %s: closing the connection: %s", self.name, exc)
+        self.loop.close()
+
+    # -- NATS ------------------------------------------------------------------------------
+
+    def _manifests(self) -> ManifestStore:
+        if not self._ready.wait(30) or self._store is None:
+            raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
+        return self._store
+
+    async def _pull_messages(self, count: int, wait: float) -> list[tuple[str, bytes]]:
+        import nats.errors
+
+        try:
+            messages = await self._pull.fetch(count, timeout=wait)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        return [(m.reply, m.data) for m in messages]
+
+    async def _send(self, replies: list[str], what: bytes) -> None:
+        assert self._client is not None
+        for reply in replies:
+            await self._client.publish(reply, what)
+        await self._client.flush(timeout=10)
+
+    async def _read(self, seqs: list[int]) -> dict[str, Message]:
+        """The messages of a manifest, read from the stream (those it still has)."""
+        import nats.js.errors
+
+        assert self._js is not None
+        js = self._js
+        out: dict[str, Message] = {}
+        for start in range(0, len(seqs), READS_AT_ONCE):
+            chunk = seqs[start : start + READS_AT_ONCE]
+            got = await asyncio.gather(
+                *(js.get_msg(self.stream, seq) for seq in chunk), return_exceptions=True
+            )
+            for seq, message in zip(chunk, got, strict=True):
+                if isinstance(message, nats.js.errors.NotFoundError):
+                    continue
+                if isinstance(message, BaseException):
+                    raise message
+                out[str(seq)] = Message(str(seq), message.data or b"")
+        return out
+
+    def _publish_gauges(self) -> None:
+        assert self._js is not None
+        info = self._call(self._js.consumer_info(self.stream, self.consumer))
+        self._floor = max(self._floor, int(info.ack_floor.stream_seq or 0))
+        if self.metrics is not None:
+            self.metrics.broker_pending.labels(pipeline=self.name).set(info.num_ack_pending or 0)
+            self.metrics.broker_lag.labels(pipeline=self.name).set(info.num_pending or 0)
+
+    def _call(self, coro: Any) -> Any:
+        return self.loop.call(coro, where=self.where)
+
+
+__all__ = ["NatsSource", "delivery"]

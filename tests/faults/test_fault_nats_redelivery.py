@@ -1,0 +1,84 @@
+"""A daemon reading a JetStream stream killed with ``kill -9`` mid-batch (issue 13).
+
+Its manifests are written, its inserts hang on a slow ClickHouse, its messages are
+delivered and not acknowledged. JetStream redelivers them to another daemon on the same
+consumer after ``ack_wait``, which must rebuild each batch from its manifest with the
+same token and land everything exactly once: rows sent == rows in ClickHouse == distinct
+ids, nothing pending, no manifest of a pending batch left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
+from natsserver import NatsServer
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def produce(server: NatsServer, start: int, stop: int, per_message: int = 50) -> None:
+    server.publish(
+        [
+            "".join(
+                f'{{"id":{i},"src":"nats","s":"x"}}\n'
+                for i in range(first, min(stop, first + per_message))
+            ).encode()
+            for first in range(start, stop, per_message)
+        ]
+    )
+
+
+def pipeline(server: NatsServer) -> dict[str, Any]:
+    return {
+        "name": "nats",
+        "source": "nats",
+        "table": TABLE,
+        "create": SCHEMA,
+        "engine": "MergeTree ORDER BY id",
+        "max_rows": 2000,
+        "max_delay": 0.2,
+        "nats": {"url": server.url, "stream": "ev", "ack_wait": 2.0},
+    }
+
+
+def test_a_killed_daemons_batches_are_redelivered_and_land_once(
+    tmp_path: Path, endpoint: Any, database: str, fault_proxy: Any, nats_server: NatsServer
+) -> None:
+    target = ProxiedClickHouse(endpoint, database, fault_proxy)
+    nats_server.make_stream()
+
+    def make(name: str) -> DaemonUnderTest:
+        (tmp_path / name).mkdir()
+        config = base_config(tmp_path / name / "state", target.daemon_url, [pipeline(nats_server)])
+        return DaemonUnderTest(tmp_path / name, config, target)
+
+    a, b = make("a"), make("b")
+    try:
+        a.start()
+        target.slow(3.0)  # inserts hang: manifests written, batches in flight
+        produce(nats_server, 0, 20_000)
+        assert wait_until(lambda: nats_server.consumer_state()[2] >= 3, 60, "manifests written"), (
+            a.tail()
+        )
+        a.kill9(group=True)
+        assert nats_server.consumer_state()[1] > 0, "the killed daemon held no messages"
+        target.up()
+        b.start()
+        produce(nats_server, 20_000, 30_000)
+        assert wait_until(nats_server.settled, 120, "every message acknowledged"), b.tail()
+        client = target.client()
+        try:
+            rows, distinct = client.query(
+                f"SELECT count(), uniqExact(id) FROM {TABLE}"
+            ).result_rows[0]
+        finally:
+            client.close()
+        assert (rows, distinct) == (30_000, 30_000), b.tail()
+        assert "rebuilding batch" in b.log(), b.tail()
+        b.terminate(within=40)
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,322 @@
+"""``source = "nats"`` against a real nats-server with JetStream (tests/natsserver.py)
+and the embedded ClickHouse: exact counts with two daemons on one stream, poison
+dead-lettered and terminated, the manifests' rules (docs/brokers.md), credentials and
+``chworkers check``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chclients import make_client
+from daemonthread import Running, count, daemon_config
+from natsserver import NatsServer
+from waiting import wait_for
+
+from chworkers.clickhouse.dedup import broker_token
+from chworkers.daemon import config
+from chworkers.daemon.brokers.natsclient import display_url
+from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, to_ranges
+from chworkers.daemon.brokers.natsstream import delivery
+from chworkers.embedded import EmbeddedClickHouse
+from chworkers.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def rows(start: int, stop: int, per_message: int) -> list[bytes]:
+    return [
+        "".join(
+            f'{{"n":{i},"s":"r{i}"}}\n' for i in range(first, min(stop, first + per_message))
+        ).encode()
+        for first in range(start, stop, per_message)
+    ]
+
+
+def nats_pipeline(server: NatsServer, **nats: Any) -> dict[str, Any]:
+    options = {"url": server.url, "stream": "ev", "ack_wait": 2.0}
+    return {"source": "nats", "max_rows": 2000, "max_delay": 0.2, "nats": {**options, **nats}}
+
+
+def dead_letters(state: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in (state / "dead-letter").rglob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_two_daemons_share_a_stream_exactly_once(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    url = f"{endpoint.url}/{database}"
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 10_000, 25))
+    daemons = [
+        Running(daemon_config(tmp_path / name, url, nats_pipeline(nats_server)))
+        for name in ("a", "b")
+    ]
+    try:
+        nats_server.publish(rows(10_000, 20_000, 25))
+        wait_for(lambda: count(endpoint, database)[0] >= 20_000, 120, interval=0.2, what="rows")
+        wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
+        taken = [d.daemon.intake.brokers["p"].rows for d in daemons]
+    finally:
+        for d in daemons:
+            d.stop()
+    assert count(endpoint, database) == (20_000, 20_000)
+    assert all(taken), taken  # both daemons took part
+
+
+def test_poison_is_dead_lettered_and_terminated(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 100, 10))
+    nats_server.publish(
+        [
+            b'{"n":"not a number","s":"bad"}',  # ClickHouse rejects it
+            b"",  # nothing at all: acknowledged with its batch
+        ]
+    )
+    nats_server.publish(rows(101, 200, 10))
+    state = tmp_path / "state"
+    daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", nats_pipeline(nats_server)))
+    try:
+        wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (199, 199)
+    reasons = sorted((x["reason"], x["record"]) for x in dead_letters(state))
+    assert reasons == [("rejected", '{"n":"not a number","s":"bad"}')], reasons
+
+
+def test_a_record_over_the_limit_is_poison_terminated_at_once(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    nats_server.make_stream()
+    nats_server.publish([b'1,"an unclosed quote\n', b"2,fine\n"])
+    state = tmp_path / "state"
+    pipeline = nats_pipeline(nats_server)
+    pipeline.update(format="CSV", create="n UInt64, s String", table="csvt")
+    daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", pipeline))
+    try:
+        wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
+        redelivered = daemon.daemon.metrics.broker_redeliveries.labels(pipeline="p")._value.get()
+    finally:
+        daemon.stop()
+    letters = dead_letters(state)
+    assert [x["reason"] for x in letters] == ["poison"], letters
+    assert "ends inside a record" in letters[0]["error"]["message"]
+    assert redelivered == 0  # terminated: JetStream never offered it again
+
+
+def test_a_manifest_left_by_a_dead_daemon_is_rebuilt_with_its_token(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    """A daemon pulled messages, wrote their manifest, inserted, and died before its
+    acknowledgements: the messages are redelivered to the next daemon, which inserts
+    exactly that batch with that token (ClickHouse drops it) and acknowledges them."""
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 300, 100))
+
+    async def dead_daemon(client: Any) -> list[tuple[int, bytes]]:
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        js = client.jetstream()
+        await js.add_consumer(
+            "ev",
+            ConsumerConfig(durable_name="chworkers", ack_policy=AckPolicy.EXPLICIT, ack_wait=1.0),
+        )
+        pull = await js.pull_subscribe_bind("chworkers", "ev")
+        messages = (await pull.fetch(2, timeout=5))[:2]
+        taken = [(delivery(m.reply)[0], m.data) for m in messages]
+        seqs = [seq for seq, _ in taken]
+        token = broker_token("nats", "ev", "chworkers", [str(s) for s in seqs])
+        registry = Registry(
+            {token: Manifest(token, to_ranges(seqs), created=1e10, by="dead")}, revision=0
+        )
+        kv = await js.create_key_value(bucket="chworkers", history=1)
+        await kv.create("ev.chworkers", registry.encode())
+        return taken
+
+    taken = nats_server.run(dead_daemon)
+    seqs = [seq for seq, _ in taken]
+    token = broker_token("nats", "ev", "chworkers", [str(s) for s in seqs])
+    ch = make_client(endpoint, database=database)
+    try:
+        ch.command(
+            "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
+            "SETTINGS non_replicated_deduplication_window = 1000"
+        )
+        ch.raw_insert(
+            "ev",
+            insert_block=b"".join(data for _, data in taken),
+            fmt="JSONEachRow",
+            settings={"insert_deduplication_token": token},
+        )
+        assert ch.command("SELECT count() FROM ev") == 200
+    finally:
+        ch.close()
+    url = f"{endpoint.url}/{database}"
+    daemon = Running(daemon_config(tmp_path / "state", url, nats_pipeline(nats_server)))
+    try:
+        wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (300, 300)
+
+
+def test_nats_restarted_mid_ingest_degrades_health_and_loses_nothing(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    nats_server.make_stream()
+    url = f"{endpoint.url}/{database}"
+    daemon = Running(daemon_config(tmp_path / "state", url, nats_pipeline(nats_server)))
+
+    def nats_problems() -> list[str]:
+        report = daemon.daemon.health()
+        return [p.reason for p in report.problems if p.component == "source p"]
+
+    try:
+        nats_server.publish(rows(0, 5000, 50))
+        nats_server.kill()  # SIGKILL mid-ingest: JetStream keeps what it had written
+        wait_for(lambda: bool(nats_problems()), 30, interval=0.2, what="a degraded source")
+        assert "nats nats://127.0.0.1" in nats_problems()[0]
+        nats_server.start()
+        nats_server.publish(rows(5000, 10_000, 50))
+        wait_for(nats_server.settled, 90, interval=0.2, what="all messages acked")
+        wait_for(lambda: not nats_problems(), 30, interval=0.2, what="the source healthy")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (10_000, 10_000)
+
+
+def test_a_live_daemon_keeps_its_messages_while_clickhouse_is_down(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    fault_proxy: Any,
+    nats_server: NatsServer,
+) -> None:
+    """In-progress notes every ack_wait / 4: JetStream redelivers nothing of a daemon that
+    waits for ClickHouse, however long (no delivery counted towards max_deliver)."""
+    nats_server.make_stream()
+    url = f"{fault_proxy.url}/{database}"
+    daemon = Running(
+        daemon_config(tmp_path / "state", url, nats_pipeline(nats_server, ack_wait=1.0))
+    )
+    try:
+        fault_proxy.set("refuse")
+        nats_server.publish(rows(0, 1000, 10))
+        wait_for(lambda: nats_server.consumer_state()[:2] == (0, 100), 30, what="all in flight")
+        time.sleep(4)  # four times ack_wait
+        redelivered = daemon.daemon.metrics.broker_redeliveries.labels(pipeline="p")._value.get()
+        fault_proxy.set("pass")
+        wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
+    finally:
+        daemon.stop()
+    assert redelivered == 0
+    assert count(endpoint, database) == (1000, 1000)
+
+
+def test_the_manifests_registry_refuses_a_message_in_two_batches() -> None:
+    assert to_ranges([5, 1, 2, 3, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
+    registry = Registry()
+    registry.manifests["a"] = Manifest("a", [[1, 3], [7, 8]], created=100.0)
+    registry.manifests["b"] = Manifest("b", [[10, 20]], created=100.0)
+    owners = registry.owners([0, 2, 4, 8, 15, 21])
+    assert {seq: m.token for seq, m in owners.items()} == {2: "a", 8: "a", 15: "b"}
+    again = Registry.decode(registry.encode(), 7)
+    assert again.revision == 7 and again.manifests["a"].seqs() == [1, 2, 3, 7, 8]
+    assert again.prune(floor=8, now=150.0, ttl=100.0) == ["a"]  # all acknowledged
+    assert again.prune(floor=8, now=250.0, ttl=100.0) == ["b"]  # too old
+    assert delivery("$JS.ACK.ev.c.3.41.57.1796154889291426936.9") == (41, 3)
+    assert delivery("$JS.ACK.dom.acchash.ev.c.2.41.57.1796154889291426936.9.rand") == (41, 2)
+
+
+def test_settings_are_checked() -> None:
+    def load(nats: dict[str, Any], **pipeline: Any) -> Any:
+        item = {"name": "q", "table": "ev", "source": "nats", "nats": nats, **pipeline}
+        return config.load(data={"pipelines": [item]}, env={})
+
+    with pytest.raises(ConfigError, match=r"needs nats\.stream"):
+        load({})
+    with pytest.raises(ConfigError, match="not supported by broker sources"):
+        load({"stream": "ev"}, format="CSVWithNames")
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load({"stream": "ev.x"})
+    with pytest.raises(ConfigError, match=r"under half of nats\.ack_wait"):
+        load({"stream": "ev", "ack_wait": "1s"}, max_delay="2s")
+    loaded = load({"stream": "ev", "ack_wait": "2m", "password": "secret"})
+    assert loaded.pipelines[0].nats.ack_wait == 120.0
+    assert "secret" not in repr(loaded.pipelines[0].nats)
+    assert display_url("nats://u:pw@a:1,tls://b:2") == "nats://a:1,tls://b:2"
+
+
+def test_credentials_from_the_environment_and_a_file(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    server = NatsServer(tmp_path / "nats", auth=("ingest", "s3cret"))
+    server.start()
+    try:
+        server.make_stream()
+        server.publish(rows(0, 100, 10))
+        url = f"{endpoint.url}/{database}"
+        pipeline = nats_pipeline(server, user="ingest")
+        pipeline["name"] = "events"
+        env = {"CHWORKERS_PIPELINE_EVENTS_NATS_PASSWORD": "s3cret"}
+        cfg = config.load(data=daemon_config(tmp_path / "a", url, pipeline), env=env)
+        daemon = Running(cfg)
+        try:
+            wait_for(lambda: count(endpoint, database)[0] >= 100, 60, what="rows")
+        finally:
+            daemon.stop()
+        secret = tmp_path / "nats-password"
+        secret.write_text("s3cret\n")
+        os.chmod(secret, 0o600)
+        pipeline["nats"]["password_file"] = str(secret)
+        server.publish(rows(100, 200, 10))
+        daemon = Running(daemon_config(tmp_path / "b", url, pipeline))
+        try:
+            wait_for(server.settled, 60, interval=0.2, what="all acked")
+        finally:
+            daemon.stop()
+        assert count(endpoint, database) == (200, 200)
+    finally:
+        server.stop()
+
+
+def test_check_reaches_nats_and_describes_the_stream(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    def check(url: str) -> subprocess.CompletedProcess[str]:
+        conf = tmp_path / "c.toml"
+        conf.write_text(
+            f'[clickhouse]\nurl = "{endpoint.url}/{database}"\n[[pipelines]]\nname = "q"\n'
+            f'source = "nats"\ntable = "ev"\ncreate = "n UInt64"\n[pipelines.nats]\n'
+            f'url = "{url}"\nstream = "ev"\n'
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "chworkers", "check", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    result = check(nats_server.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pipeline q: stream ev does not exist (create it" in result.stdout
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 10, 5))
+    result = check(nats_server.url)
+    assert "pipeline q: stream ev: 2 messages; consumer chworkers not created yet" in result.stdout
+    result = check("nats://127.0.0.1:1")
+    assert result.returncode == 1
+    assert "pipeline q: NATS FAILS: " in result.stdout and "cannot connect" in result.stdout
