@@ -261,6 +261,8 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap() -> None:
         ("chworkers_worker_memory_limit_bytes", "the memory limit workers are recycled at"),
         ("chworkers_table_limit_wait_seconds_bucket", "waits for per-table insert limits"),
         ("chworkers_table_limit_waiting", "inserts waiting for their table's limits"),
+        ("chworkers_workers_target", "the worker count aimed at"),
+        ("chworkers_worker_scaling_total", "autoscaling's changes"),
     ],
 )
 def test_dashboard_shows(needle: str, what: str) -> None:

@@ -29,7 +29,7 @@ class SpoolSettings:
     max_in_flight: int = setting(
         0,
         "Batches read back from the spool and queued for the workers at once "
-        "(0: twice the workers); the rest wait on disk.",
+        "(0: twice the workers, or max_workers when autoscaling); the rest wait on disk.",
         minimum=0,
     )
     retry_backoff_max: float = setting(

@@ -236,7 +236,7 @@ class Daemon:
             self.spool,
             self._submit,
             s.spool,
-            workers=s.supervisor.workers,
+            workers=s.supervisor.worker_bounds[1],  # the most it may autoscale to
             on_done=self._confirmed,
             on_failure=self._failed,
             is_permanent=self._is_permanent,
@@ -416,7 +416,7 @@ class Daemon:
             max_connections=s.clickhouse.pool.max_connections,
             retry=s.clickhouse.pool.retry,
         )
-        self.dispatcher.resize(s.supervisor.workers)
+        self.dispatcher.resize(s.supervisor.worker_bounds[1])
         self._reload_log_level(s.log.level)
         self.config = Config(
             settings=s,

@@ -187,6 +187,19 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.workers_target = Gauge(
+            "chworkers_workers_target",
+            "Worker processes the supervisor aims for (workers, or the autoscaled count).",
+            registry=r,
+        )
+        self.worker_scaling = Counter(
+            "chworkers_worker_scaling_total",
+            "Changes of the worker count by autoscaling, by direction (up, down).",
+            ["direction"],
+            registry=r,
+        )
+        for direction in ("up", "down"):
+            self.worker_scaling.labels(direction=direction)
         self.worker_memory = Gauge(
             "chworkers_worker_memory_bytes",
             "Resident memory (RSS) of the worker processes: the largest (stat=max) and "

@@ -268,6 +268,8 @@ class Arbiter:
         if now >= self._next_check:
             self._next_check = now + _CHECK_EVERY
             crew.check(now)
+            if self._mode is None:
+                crew.autoscaler.look(now, self._options)
         crew.spawn_missing(now)
         crew.rollout.step(now)
         crew.dispatch()
@@ -361,6 +363,7 @@ class Arbiter:
             log.exception("reload failed; keeping the current settings")
 
     def _reconfigure(self, changes: Mapping[str, Any]) -> None:
+        before = self._options
         self._options, retry = self._options.reconfigured(changes)
         if retry is not None:
             self._retry = retry
@@ -371,10 +374,12 @@ class Arbiter:
         if "queue_size" in changes:
             self.queue.resize(self._options.queue_size)
             self.metrics.queue_capacity.set(self._options.queue_size)
-        if self.broker is not None and ("max_connections" in changes or "workers" in changes):
+        if self.broker is not None and self._options.connections != before.connections:
             self.broker.resize(self._options.connections)
-        if "workers" in changes and self._crew is not None:
-            self._crew.scale(self._options.workers)
+        if self._options.workers != before.workers and self._crew is not None:
+            # (An unchanged count, as a reload passes, leaves the autoscaled one alone;
+            # new autoscaling bounds apply at its next look.)
+            self._crew.scale(self._options.initial_workers)
         log.info("settings now: %s", {**changes, **({"retry": retry} if retry else {})})
 
     def stats(self) -> SupervisorStats:

@@ -28,6 +28,7 @@ from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
 from chworkers.workers import channel
+from chworkers.workers.autoscale import Autoscaler
 from chworkers.workers.context import BEAT, BUSY, CURRENT, STATE, Connector
 from chworkers.workers.mainguard import EXIT_REIMPORTED, reimported_message
 from chworkers.workers.middleware import Middleware
@@ -86,13 +87,14 @@ class Crew:
         self.connector = connector
         self.middleware = middleware
         self.on_ready = on_ready
-        self.target = owner.options.workers
+        self.target = owner.options.initial_workers
         self.boot_failures = 0
         self.last_boot_error: str | None = None
         self.young_deaths = 0
         self.next_spawn = 0.0
         self.task_time = 0.001  # moving average of task run time, sizes prefetch
         self.rollout = Rollout(self)
+        self.autoscaler = Autoscaler(self, queue, outcomes.metrics)
 
     @property
     def workers(self) -> dict[str, WorkerHandle]:
@@ -114,6 +116,7 @@ class Crew:
         metrics.worker_memory.labels("max").set(max(rss, default=0.0))
         metrics.worker_memory.labels("sum").set(sum(rss))
         metrics.worker_memory_limit.set(self.owner.options.max_worker_memory or 0)
+        metrics.workers_target.set(self.target)
         if self.limits:
             self.limits.publish(self.queue.parked_by_table())
 

@@ -97,6 +97,40 @@ class SupervisorOptions:
     workers: int = setting(
         os.cpu_count() or 1, "Worker processes.", minimum=1, reload=True, shown="the CPU count"
     )
+    min_workers: int | None = setting(
+        None,
+        "Autoscaling: the fewest worker processes (none: workers). Autoscaling is on when "
+        "max_workers is above it; workers is then the count it starts with.",
+        minimum=1,
+        reload=True,
+    )
+    max_workers: int | None = setting(
+        None, "Autoscaling: the most worker processes (none: workers).", minimum=1, reload=True
+    )
+    scale_up_after: float = setting(
+        1.0,
+        "Autoscaling: add a worker when the oldest queued task has waited this long (the "
+        "workers do not keep up), at most one per this interval and none while one boots.",
+        unit="seconds",
+        minimum=0.01,
+        reload=True,
+    )
+    scale_down_after: float = setting(
+        30.0,
+        "Autoscaling: retire a worker after this long with a worker idle and nothing "
+        "queued at every look, and this long after the last change.",
+        unit="seconds",
+        minimum=0.1,
+        reload=True,
+    )
+    scale_up_min_idle_cpu: float = setting(
+        0.1,
+        "Autoscaling: add a worker only while at least this fraction of the machine's CPU "
+        "time was idle over the last look (0: whatever the CPU).",
+        minimum=0,
+        maximum=1,
+        reload=True,
+    )
     max_connections: int | None = setting(
         None,
         "ClickHouse requests in flight across all workers (none: as many as workers).",
@@ -232,10 +266,42 @@ class SupervisorOptions:
 
     def __post_init__(self) -> None:
         validate(self, source="supervisor")
+        low, high = self.worker_bounds
+        if low > high:
+            raise ConfigError(
+                f"supervisor: min_workers ({low}) is above max_workers ({high})",
+                key="min_workers",
+                value=low,
+                expected=f"at most max_workers ({high})",
+            )
+
+    @property
+    def worker_bounds(self) -> tuple[int, int]:
+        """(fewest, most) workers: both ``workers`` without autoscaling."""
+        low = self.min_workers if self.min_workers is not None else self.workers
+        high = self.max_workers if self.max_workers is not None else self.workers
+        if self.min_workers is None and high < low:
+            low = high  # max_workers alone, below workers: it bounds the start count
+        if self.max_workers is None and high < low:
+            high = low
+        return low, high
+
+    @property
+    def autoscaling(self) -> bool:
+        low, high = self.worker_bounds
+        return high > low
+
+    @property
+    def initial_workers(self) -> int:
+        """The count it starts with: ``workers``, within the autoscaling bounds."""
+        low, high = self.worker_bounds
+        return min(max(self.workers, low), high)
 
     @property
     def connections(self) -> int:
-        return self.max_connections if self.max_connections is not None else self.workers
+        if self.max_connections is not None:
+            return self.max_connections
+        return self.worker_bounds[1]  # as many as workers, autoscaled ones included
 
     @classmethod
     def reloadable(cls) -> frozenset[str]:

@@ -73,6 +73,7 @@ class TaskQueue:
                         timeout=timeout,
                     )
                 self._cond.wait(remaining)
+            task.queued_at = time.monotonic()
             self._items.append(task)
             self.nbytes += task.nbytes
         self._on_put()
@@ -103,6 +104,12 @@ class TaskQueue:
             if taken:
                 self._cond.notify(len(taken))
             return taken
+
+    def oldest_wait(self, now: float) -> float:
+        """How long the task at the front has waited (0: none queued); parked tasks
+        wait on their table's limit, not on workers, and do not count."""
+        with self._cond:
+            return now - self._items[0].queued_at if self._items else 0.0
 
     def park(self, task: Task) -> None:
         """Hold back a task its table's limit does not let start yet (the loop only)."""

@@ -102,6 +102,8 @@ class Task:
     shared: list[sharedbuf.SharedBuffer | None] | None = None
     #: The shard it runs on, of a sharded cluster (None: not sharded).
     shard: int | None = None
+    #: When it was put on the queue (monotonic; autoscaling reads the oldest's age).
+    queued_at: float = 0.0
 
     def release(self) -> None:
         """Free the shared-memory copies now that the task is done (else with the task)."""

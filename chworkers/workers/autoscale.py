@@ -1,0 +1,163 @@
+"""Autoscaling: as many workers as the work needs, within ``min_workers``..``max_workers``.
+
+The supervisor's loop asks :class:`Autoscaler` a few times a second whether to change
+the worker count, and it answers from what the loop knows:
+
+* **up** by one when the oldest task in the queue has waited ``scale_up_after`` (the
+  workers do not keep up: tasks are handed to workers ahead of need, so a task that
+  waits in the queue waits because every worker is full), no worker is booting, the
+  last change is ``scale_up_after`` old, and the machine had CPU to spare over the last
+  look (at least ``scale_up_min_idle_cpu`` of its CPU time idle, from ``/proc/stat``: a
+  worker more on a saturated machine only adds contention);
+* **down** by one after ``scale_down_after`` during which, at every look, nothing was
+  queued and some worker had nothing to do, counted from the last change as well.
+
+The two conditions exclude each other (a queued task against an empty queue), the
+down one must hold for a long while (30 s by default) after any change, and each step
+is one worker: the count moves towards the load and does not flap. Every change is
+logged with its reason and counted in ``chworkers_worker_scaling_total{direction}``;
+``chworkers_workers_target`` is the count aimed at. Tasks in tables held back by their
+limits (:mod:`chworkers.workers.tablelimits`) do not count as backlog: more workers
+would not start them sooner.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from chworkers.ops.metrics import Metrics
+from chworkers.workers.options import SupervisorOptions
+from chworkers.workers.processes import WorkerHandle
+from chworkers.workers.taskqueue import TaskQueue
+
+log = logging.getLogger(__name__)
+
+#: How often the autoscaler looks (s).
+LOOK_EVERY = 0.25
+
+
+class Pool(Protocol):
+    """What the autoscaler needs of the crew."""
+
+    @property
+    def workers(self) -> dict[str, WorkerHandle]: ...
+
+    @property
+    def target(self) -> int: ...
+
+    def scale(self, n: int) -> None: ...
+
+
+class CpuIdle:
+    """The fraction of the machine's CPU time that was idle between two reads of
+    ``/proc/stat`` (None without it)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, int] | None = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", "rb") as fh:
+                fields = [int(x) for x in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])  # guest time is already in user
+
+    def sample(self) -> float | None:
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None or now[1] <= last[1]:
+            return None
+        return (now[0] - last[0]) / (now[1] - last[1])
+
+
+class Autoscaler:
+    """Decides, on the supervisor's loop, when to add or retire a worker."""
+
+    def __init__(self, pool: Pool, queue: TaskQueue, metrics: Metrics) -> None:
+        self.pool = pool
+        self.queue = queue
+        self.metrics = metrics
+        self.cpu = CpuIdle()
+        self.next_look = 0.0
+        self.last_change = 0.0
+        self.slack_since: float | None = None
+        self.idle_cpu: float | None = None
+
+    def look(self, now: float, options: SupervisorOptions) -> None:
+        """Every few turns of the loop: change the count by one when it should."""
+        if now < self.next_look:
+            return
+        self.next_look = now + LOOK_EVERY
+        self.idle_cpu = self.cpu.sample()
+        if not options.autoscaling:
+            self.slack_since = None
+            return
+        low, high = options.worker_bounds
+        pool = self.pool
+        target = pool.target
+        if target < low or target > high:  # the bounds changed (SIGHUP)
+            self._change(min(max(target, low), high), f"bounds now {low}..{high}", now)
+            return
+        workers = [h for h in pool.workers.values() if h.leaving is None and h.kill_reason is None]
+        waited = self.queue.oldest_wait(now)
+        if waited > 0.0:
+            self.slack_since = None
+        elif any(h.state == "ready" and not h.assigned for h in workers):
+            if self.slack_since is None:
+                self.slack_since = now
+        else:
+            self.slack_since = None
+        if waited >= options.scale_up_after and target < high:
+            self._maybe_up(now, options, workers, waited, target)
+        elif (
+            self.slack_since is not None
+            and target > low
+            and now - max(self.slack_since, self.last_change) >= options.scale_down_after
+        ):
+            self._change(
+                target - 1,
+                f"a worker idle and nothing queued for {now - self.slack_since:.0f} s",
+                now,
+            )
+            self.slack_since = now
+
+    def _maybe_up(
+        self,
+        now: float,
+        options: SupervisorOptions,
+        workers: list[WorkerHandle],
+        waited: float,
+        target: int,
+    ) -> None:
+        if any(h.state == "starting" for h in workers):
+            return  # the last one added is not serving yet
+        if now - self.last_change < options.scale_up_after:
+            return
+        idle = self.idle_cpu
+        if (
+            options.scale_up_min_idle_cpu > 0
+            and idle is not None
+            and (idle < options.scale_up_min_idle_cpu)
+        ):
+            log.debug("autoscale: backlog, but the CPU is %.0f%% idle", idle * 100)
+            return
+        cpu = f", CPU {idle:.0%} idle" if idle is not None else ""
+        self._change(
+            target + 1,
+            f"the oldest queued task waited {waited:.1f} s ({len(self.queue)} queued{cpu})",
+            now,
+        )
+
+    def _change(self, n: int, why: str, now: float) -> None:
+        before = self.pool.target
+        if n == before:
+            return
+        log.info("autoscale: %d -> %d workers: %s", before, n, why)
+        self.metrics.worker_scaling.labels("up" if n > before else "down").inc()
+        self.last_change = now
+        self.pool.scale(n)
+        self.metrics.workers_target.set(n)
