@@ -213,6 +213,10 @@ class PipelineSettings:
         out: dict[str, Any] = {
             "input_format_skip_unknown_fields": 1 if self.unknown_fields == "ignore" else 0
         }
+        if self.format == "JSONEachRow":
+            # {"n": {"x": [..], "y": [..]}} fills Nested n.x and n.y; without it the field
+            # is unknown and, with unknown_fields = "ignore", silently dropped.
+            out["input_format_import_nested_json"] = 1
         if self.timestamps == "best_effort":
             # Servers before 26.5 default to 'basic', which takes neither a zone nor a 'T'.
             out["date_time_input_format"] = "best_effort"

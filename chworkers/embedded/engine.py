@@ -370,51 +370,63 @@ def insert(
 #: insert commits, ``insert_done`` returns as if it succeeded (sometimes even with the
 #: rows counted as written) and nothing is in the table. TOO_MANY_PARTS covers both
 #: "Too many parts" (``parts_to_throw_insert``) and "Too many partitions for single
-#: INSERT block" (``max_partitions_per_insert_block``).
-SWALLOWED_CODES = (252,)
+#: INSERT block" (``max_partitions_per_insert_block``); SIZES_OF_ARRAYS_DONT_MATCH (190:
+#: the arrays of a ``Nested`` column's rows of different lengths) and VIOLATED_CONSTRAINT
+#: (469: a ``CONSTRAINT ... CHECK``) are raised by the same sink, rows counted as written.
+SWALLOWED_CODES = (190, 252, 469)
 
 
 class _ErrorCounts:
-    """The server's count of :data:`SWALLOWED_CODES` errors as last seen by any insert.
+    """The server's counts of :data:`SWALLOWED_CODES` errors as last seen by any insert.
 
-    An insert notes it before it starts (no query: the latest count any insert saw) and
-    compares it with ``system.errors`` after: its own failure always shows as a higher
-    count with a ``last_error_time`` no older than its start. Errors are server-wide
-    and timed in whole seconds, so another insert's failure while this one ran is taken
-    for this one's too; that errs on the safe side (the client retries an insert that
-    landed, and its deduplication token drops it), while a lost insert answered 200
-    cannot happen.
+    An insert notes them before it starts (no query: the latest counts any insert saw)
+    and compares them with ``system.errors`` after: its own failure always shows as a
+    higher count of its code with a ``last_error_time`` no older than its start. Errors
+    are server-wide and timed in whole seconds, so another insert's failure while this
+    one ran is taken for this one's too; that errs on the safe side (the client retries
+    an insert that landed, and its deduplication token drops it), while a lost insert
+    answered 200 cannot happen. Counts are kept per code, so an insert is answered with
+    the code whose count it raised, not with another code's error of the same second.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: int | None = None
+        self._seen: dict[int, int] | None = None
 
-    def before(self) -> int | None:
+    def before(self) -> dict[int, int] | None:
         with self._lock:
-            return self._seen
+            return None if self._seen is None else dict(self._seen)
 
-    def after(self, conn: Any, before: int | None, since: int) -> ServerError | None:
+    def after(self, conn: Any, before: dict[int, int] | None, since: int) -> ServerError | None:
         codes = ", ".join(str(code) for code in SWALLOWED_CODES)
         res = run(
             conn,
             # Numbers and base64 in TabSeparated: the request's own output settings are on
             # this connection, and none of them changes how these are written.
-            "SELECT sum(value), argMax(code, last_error_time), "
-            "base64Encode(argMax(name, last_error_time)), "
-            "base64Encode(argMax(last_error_message, last_error_time)), "
-            "toUnixTimestamp(max(last_error_time)) FROM system.errors "
-            f"WHERE code IN ({codes}) AND remote = 0",
+            "SELECT code, value, base64Encode(name), base64Encode(last_error_message), "
+            "toUnixTimestamp(last_error_time) FROM system.errors "
+            f"WHERE code IN ({codes}) AND remote = 0 ORDER BY last_error_time DESC, code",
         )
-        fields = res.bytes().decode().rstrip("\n").split("\t")
-        total, code, at = int(fields[0]), int(fields[1]), int(fields[4])
-        name, message = (base64.b64decode(f).decode("utf-8", "replace") for f in fields[2:4])
+        raised: ServerError | None = None
+        counts: dict[int, int] = {}
+        for line in res.bytes().decode().splitlines():
+            fields = line.split("\t")
+            code, total, at = int(fields[0]), int(fields[1]), int(fields[4])
+            counts[code] = total
+            rose = before is None or total > before.get(code, 0)
+            if raised is None and rose and at >= since:
+                name, message = (
+                    base64.b64decode(f).decode("utf-8", "replace") for f in fields[2:4]
+                )
+                raised = from_chdb(
+                    RuntimeError(f"Code: {code}. DB::Exception: {message}. ({name})")
+                )
         with self._lock:
-            if self._seen is None or total > self._seen:
-                self._seen = total
-        if not total or at < since or (before is not None and total <= before):
-            return None
-        return from_chdb(RuntimeError(f"Code: {code}. DB::Exception: {message}. ({name})"))
+            seen = self._seen if self._seen is not None else {}
+            for code, total in counts.items():
+                seen[code] = max(total, seen.get(code, 0))
+            self._seen = seen
+        return raised
 
 
 _swallowed = _ErrorCounts()
