@@ -27,6 +27,7 @@ def test_pipeline_from_toml_table() -> None:
     assert p.limits.max_bytes == 1024 * 1024
     assert p.settings == {
         "input_format_skip_unknown_fields": 0,
+        "input_format_import_nested_json": 1,
         "date_time_input_format": "best_effort",
         "async_insert": "0",
     }
