@@ -209,7 +209,12 @@ class Connection:
                     raise
         if not token:
             token = dedup.derive_token(database or self.config.database, table, batch)
-        opts = insert_settings(opts, token=str(token), known=self.knows_setting, table=table)
+        opts = insert_settings(
+            {**self.config.settings, **opts},
+            token=str(token),
+            known=self.knows_setting,
+            table=table,
+        )
         what = f"INSERT INTO {table} ({batch.kind}, token {token})"
         with self._call(what, idempotent=True):
             dedup.check_window(self, database, table)
@@ -263,8 +268,13 @@ class Connection:
         codec (its ``compress`` option, lz4 or zstd), as ``insert`` sends rows. Returns
         clickhouse-connect's ``QuerySummary``.
         """
+        # The connection's own settings count as the caller's (async_insert=1 in the DSN
+        # makes its inserts asynchronous, not overridden by the synchronous default).
         opts = insert_settings(
-            settings, token=deduplication_token, known=self.knows_setting, table=table
+            {**self.config.settings, **(settings or {})},
+            token=deduplication_token,
+            known=self.knows_setting,
+            table=table,
         )
         data = epochs.prepare(self, table, bytes(data), fmt, opts) if fmt == "JSONEachRow" else data
         size = memoryview(data).nbytes

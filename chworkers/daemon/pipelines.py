@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.options import NatsSourceSettings, RedisSourceSettings
@@ -97,6 +98,12 @@ class PipelineSettings:
     insert_settings: tuple[str, ...] = setting(
         (), "Extra ClickHouse settings for the inserts, as 'name=value' items."
     )
+    async_insert: bool = setting(
+        False,
+        "Send batches as asynchronous inserts (async_insert=1, wait_for_async_insert=1, "
+        "async_insert_deduplicate=1): ClickHouse batches them with other clients' before "
+        "writing a part; for many daemons or pipelines sending small batches to one table.",
+    )
     sharding_key: str | None = setting(
         None,
         "A sharded cluster ([clickhouse] shards): the expression over the record's fields "
@@ -152,6 +159,12 @@ class PipelineSettings:
                     value=item,
                     expected="'name=value'",
                 )
+        try:  # what every insert will carry: refused now rather than at each batch
+            insert_settings(self.settings, token="", table=self.table)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{where}: {exc}", key="insert_settings", value=exc.value, expected=exc.expected
+            ) from None
 
     def _check_sharding_key(self, where: str) -> None:
         try:
@@ -217,6 +230,8 @@ class PipelineSettings:
             # {"n": {"x": [..], "y": [..]}} fills Nested n.x and n.y; without it the field
             # is unknown and, with unknown_fields = "ignore", silently dropped.
             out["input_format_import_nested_json"] = 1
+        if self.async_insert:
+            out["async_insert"] = 1  # and the rest of its mode: clickhouse/insertmode.py
         if self.timestamps == "best_effort":
             # Servers before 26.5 default to 'basic', which takes neither a zone nor a 'T'.
             out["date_time_input_format"] = "best_effort"
