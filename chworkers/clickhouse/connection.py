@@ -305,11 +305,16 @@ class Connection:
         return summary
 
     def knows_setting(self, name: str) -> bool:
-        """Whether the server has setting ``name`` (from the ``system.settings`` the
-        client read when it connected; True when it could not tell)."""
+        """Whether setting ``name`` may be sent: the server has it and this user may change
+        it (from the ``system.settings`` the client read when it connected; True when it
+        could not tell). A setting a profile constraint fixes is ``readonly`` there, and
+        clickhouse-connect refuses to send it ("Setting ... is readonly")."""
         self._ensure_process()
         known = getattr(self._client, "server_settings", None)
-        return not known or name in known
+        if not known:
+            return True
+        found = known.get(name)
+        return found is not None and not getattr(found, "readonly", 0)
 
     def ping(self, timeout: timeouts.Timeout = timeouts.DEFAULT) -> bool:
         """``True`` when the server answers within ``timeout`` seconds (by default the

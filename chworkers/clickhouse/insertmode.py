@@ -23,8 +23,10 @@ Every insert chworkers sends (:meth:`Connection.insert <chworkers.clickhouse.con
   (``throw_if_deduplication_in_dependent_materialized_views_enabled_with_async_insert``).
 
 The caller's own settings win over these defaults. A default the server does not know
-(an older server, e.g. one from before ``async_insert``, 21.11) is left out instead of
-failing every insert with UNKNOWN_SETTING; the caller's own settings are sent as given.
+(an older server, e.g. one from before ``async_insert``, 21.11), or that the user may not
+change (a settings profile's constraint makes it ``readonly`` in ``system.settings``), is
+left out instead of failing every insert (UNKNOWN_SETTING; clickhouse-connect's "Setting
+... is readonly"); the caller's own settings are sent as given.
 """
 
 from __future__ import annotations

@@ -118,3 +118,23 @@ def test_async_inserts_must_wait(
     finally:
         conn.close()
     assert counts(viewed)["src"] == 0
+
+
+def test_defaults_a_profile_fixes_are_not_sent(
+    endpoint: EmbeddedClickHouse, database: str, viewed: Client
+) -> None:
+    """A settings profile that fixes ``async_insert`` (a constraint: ``readonly`` in
+    ``system.settings``) must not make every insert fail: clickhouse-connect refuses to
+    send a readonly setting with another value ("Setting async_insert is readonly"), so
+    chworkers leaves that default out. The engine has no profiles; the client's view of
+    ``system.settings`` says what such a server says."""
+    from clickhouse_connect.driver.models import SettingDef
+
+    conn = Connection(f"{endpoint.url}/{database}")
+    try:
+        conn.client.server_settings["async_insert"] = SettingDef("async_insert", "1", 1)
+        conn.raw_insert("src", ROWS, fmt="JSONEachRow", deduplication_token="p")
+        conn.insert("src", [(500, "x")], ["k", "v"], deduplication_token="q")
+    finally:
+        conn.close()
+    assert counts(viewed)["src"] == 101
