@@ -132,6 +132,9 @@ if TYPE_CHECKING:
         ServerError as ServerError,
     )
     from chworkers.errors import (
+        ShardInsertError as ShardInsertError,
+    )
+    from chworkers.errors import (
         SpoolCorruptError as SpoolCorruptError,
     )
     from chworkers.errors import (
@@ -185,6 +188,7 @@ if TYPE_CHECKING:
     from chworkers.workers.middleware import Middleware as Middleware
     from chworkers.workers.options import SupervisorOptions as SupervisorOptions
     from chworkers.workers.options import TableLimit as TableLimit
+    from chworkers.workers.shardinsert import ShardedFuture as ShardedFuture
     from chworkers.workers.supervisor import Supervisor as Supervisor
     from chworkers.workers.tasks import DeadLetter as DeadLetter
 
@@ -223,6 +227,7 @@ _EXPORTS: dict[str, str] = {
     "WorkerContext": "chworkers.workers.context",
     "TaskInfo": "chworkers.workers.context",
     "DeadLetter": "chworkers.workers.tasks",
+    "ShardedFuture": "chworkers.workers.shardinsert",
     # The daemon's dead-letter directory
     "DeadLetters": "chworkers.daemon.deadletter",
     # The embedded ClickHouse endpoint
@@ -248,6 +253,7 @@ _EXPORTS: dict[str, str] = {
     "RetriesExhaustedError": "chworkers.errors",
     "BatchError": "chworkers.errors",
     "SerializationError": "chworkers.errors",
+    "ShardInsertError": "chworkers.errors",
     "QueueFullError": "chworkers.errors",
     "WaitTimeoutError": "chworkers.errors",
     "TaskError": "chworkers.errors",

@@ -268,6 +268,18 @@ class WorkerLostError(ChworkersError):
     """
 
 
+class ShardInsertError(ChworkersError):
+    """An insert routed by a sharding key failed on one or more shards; the other shards'
+    parts were inserted (each part is confirmed by its own shard).
+
+    Attributes: ``table``, ``failed`` (the indexes of the shards whose part failed),
+    ``written`` (rows the other shards confirmed) and ``errors`` (each failed shard's
+    error, as text); the first failed shard's error is the ``__cause__``. Inserting the
+    same batch again (same rows, or the same token) inserts only what is missing: each
+    part's token is derived from the batch's, with its shard in it.
+    """
+
+
 class SupervisorStoppedError(ChworkersError):
     """The supervisor is stopped (or stopping) and accepts no new tasks; also the error of
     queued tasks that were not run before a stop."""

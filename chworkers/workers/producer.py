@@ -68,36 +68,44 @@ class Producer:
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future
 
+    def lookup_schema(
+        self, table: str, names: tuple[str, ...] | None, shard: int | None
+    ) -> native.TableSchema:
+        """``table``'s insert columns and types, looked up once through a worker (on
+        ``shard``, of a sharded cluster: every shard's table is alike); raises what the
+        lookup failed with, or a :class:`ConfigError` from a future's callback (the
+        supervisor's loop, which cannot wait for a worker)."""
+        owner = self.owner
+        schema = owner.outcomes.schemas.get(table, names)
+        if schema is not None:
+            return schema
+        if owner.in_loop():
+            raise ConfigError(
+                f"the columns of {table!r} are not known yet, and a future's callback cannot "
+                "wait for a worker to look them up",
+                key="table",
+                value=table,
+                expected="a first insert into the table from outside a callback",
+            )
+        future: Future[Any] = Future()
+        lookup = tasks.encode_call(
+            next(self._ids), future, tasks.SUBMIT, native.describe, (table, names), {}, shard=shard
+        )
+        lookup.internal = True
+        self._put(lookup, owner.options.queue_timeout)
+        found: native.TableSchema = future.result(owner.options.boot_timeout)
+        owner.outcomes.schemas.put(table, names, found)
+        return found
+
     def schema(
         self, table: str, names: tuple[str, ...] | None, shard: int | None
     ) -> native.TableSchema | None:
-        """``table``'s insert columns and types, looked up once through a worker (on
-        ``shard``, of a sharded cluster: every shard's table is alike); None when they
-        cannot be had now (from a future's callback, or the lookup failed)."""
-        owner = self.owner
-        schema = owner.outcomes.schemas.get(table, names)
-        if schema is None and owner.in_loop():
-            return None  # called from a future's callback: waiting here would block the loop
-        if schema is None:
-            future: Future[Any] = Future()
-            lookup = tasks.encode_call(
-                next(self._ids),
-                future,
-                tasks.SUBMIT,
-                native.describe,
-                (table, names),
-                {},
-                shard=shard,
-            )
-            lookup.internal = True
-            try:
-                self._put(lookup, owner.options.queue_timeout)
-                schema = future.result(owner.options.boot_timeout)
-            except Exception as exc:  # e.g. no such table: the insert itself will say so
-                log.debug("no schema of %s: %s", table, exc)
-                return None
-            owner.outcomes.schemas.put(table, names, schema)
-        return schema
+        """:meth:`lookup_schema`, or None when the schema cannot be had now."""
+        try:
+            return self.lookup_schema(table, names, shard)
+        except Exception as exc:  # e.g. no such table: the insert itself will say so
+            log.debug("no schema of %s: %s", table, exc)
+            return None
 
     def _native(
         self, table: str, shard: int | None, form: str, names: tuple[str, ...] | None, data: Any

@@ -31,6 +31,7 @@ from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
+from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
 from chworkers.ops.exposition import MetricsEndpoint
@@ -59,6 +60,7 @@ from chworkers.workers.options import (
 )
 from chworkers.workers.probes import Probes
 from chworkers.workers.producer import Producer
+from chworkers.workers.shardinsert import ShardedInserts
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.tasks import DeadLetter
 from chworkers.workers.worker import PoolConnector
@@ -151,6 +153,7 @@ class Supervisor:
             clickhouse=clickhouse is not None,
             shards=None if self.cluster is None else len(self.cluster),
         )
+        self._shard_inserts: ShardedInserts | None = None
         self._signals: SignalInbox | None = None
         self._switch_interval: float | None = None
 
@@ -401,10 +404,19 @@ class Supervisor:
         deduplication_token: str | None = None,
         timeout: Timeout = DEFAULT,
         shard: int | None = None,
+        sharding_key: str | ShardingKey | None = None,
     ) -> Future[int]:
         """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
         table) into ``table`` (on ``shard``, of a sharded cluster); the future's result is
         the number of rows written.
+
+        Of a sharded cluster, ``sharding_key`` (``"sipHash64(user_id)"``, a plain integer
+        column, ``"rand()"``; docs/sharding.md) routes each row to the shard a
+        ``Distributed`` table with that key would pick: the batch is cut into one part per
+        shard, each queued as its own task with a token derived from the batch's (its shard
+        in it) and confirmed by its shard alone. The future (a :class:`~chworkers.workers.shardinsert.ShardedFuture`, whose
+        ``parts`` are the shards' own futures) resolves to all rows written, or to a
+        :class:`~chworkers.errors.ShardInsertError` naming the shards that failed.
 
         Rows and columns are encoded to ClickHouse Native here, in the caller's thread
         (``native_encoding``; the first insert into a table looks its columns up). The
@@ -412,9 +424,36 @@ class Supervisor:
         re-run after a worker crash cannot duplicate rows. Blocks while the queue is
         full, or raises :class:`QueueFullError` after ``timeout`` seconds (by default the
         ``queue_timeout`` setting; None: no limit). A malformed batch raises :class:`BatchError`."""
+        if sharding_key is not None:
+            return self._sharded(shard, "insert").insert(
+                table, rows, column_names, settings, deduplication_token, timeout, sharding_key
+            )
         return self._producer.insert(
             table, rows, column_names, settings, deduplication_token, timeout, shard
         )
+
+    def _sharded(self, shard: int | None, where: str) -> ShardedInserts:
+        if self.cluster is None:
+            raise ConfigError(
+                f"{where} by sharding_key needs a sharded cluster: give Supervisor(shards=...)",
+                key="sharding_key",
+                expected="a supervisor over a sharded cluster",
+            )
+        if shard is not None:
+            raise ConfigError(
+                f"{where}: give shard or sharding_key, not both",
+                key="shard",
+                value=shard,
+                expected="None with a sharding_key",
+            )
+        if self._shard_inserts is None:
+            producer = self._producer
+            self._shard_inserts = ShardedInserts(
+                self.cluster,
+                producer.insert,
+                lambda table, shard: producer.lookup_schema(table, None, shard),
+            )
+        return self._shard_inserts
 
     @overload
     def insert_raw(
