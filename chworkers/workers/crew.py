@@ -189,11 +189,12 @@ class Crew:
                 log.exception("cannot log a record of %s", h.name)
         elif kind == channel.RESULTS:
             results, delta = body
+            now = time.monotonic()
             for task_id, ok, data, duration in results:
                 task = h.assigned.pop(task_id, None)
                 if task is None:
                     continue
-                self.limits.release(task)
+                self.limits.release(task, now)
                 h.assigned_bytes -= task.nbytes
                 h.done += 1
                 self.task_time += (duration - self.task_time) * 0.05
@@ -224,7 +225,7 @@ class Crew:
         running = int(h.heartbeat[CURRENT])
         held = list(h.assigned.values())
         for task in held:
-            self.limits.release(task)  # a dead worker's slots come back
+            self.limits.release(task, now)  # a dead worker's slots come back
         if held and mode != "stopping":
             self.outcomes.requeue(held, running if reason in ("crashed", "hung") else None, reason)
         elif held:
@@ -334,7 +335,7 @@ class Crew:
             if limits and not self._admit(task, best, now):
                 continue  # parked until its table's limit lets it start
             if not self.outcomes.start(task):
-                limits.release(task)
+                limits.release(task, now)
                 continue  # cancelled while queued
             best.assigned[task.id] = task
             best.assigned_bytes += task.nbytes
@@ -350,12 +351,7 @@ class Crew:
     def _admit(self, task: Task, best: WorkerHandle, now: float) -> bool:
         """Whether ``task`` may start now on ``best`` (the least busy worker) as its
         table's limits go; if not, it waits parked."""
-        limits = self.limits
-        if limits.needs_idle_worker(task) and best.assigned:
-            # Rate-limited: started when dispatched, so only on a worker with nothing
-            # else to do (the least busy one is not).
-            limits.refuse(task, now)
-        elif limits.admit(task, now):
+        if self.limits.admit(task, now, idle=not best.assigned):
             return True
         self.queue.park(task)
         return False
@@ -400,9 +396,10 @@ class Crew:
                 h.stop_deadline = time.monotonic() + STOP_GRACE
 
     def fail_held(self, error: BaseException) -> None:
+        now = time.monotonic()
         for h in self.workers.values():
             for task in h.assigned.values():
-                self.limits.release(task)
+                self.limits.release(task, now)
                 self.outcomes.fail(task, error)
             h.assigned.clear()
             h.assigned_bytes = 0

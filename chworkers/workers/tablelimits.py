@@ -13,9 +13,11 @@ so a worker killed mid-insert gives its slots back with it and a concurrency lim
 never be exceeded, even counting inserts queued in a worker behind others. Inserts held
 back wait *parked* apart from the queue (:meth:`TaskQueue.park`): other tables' tasks go
 past them to free workers, so a hot table cannot starve the others. An insert limited
-by rate is only handed to a worker with nothing else to do, so it starts when it is
-dispatched (a task queued behind another in a worker would start later, then closer
-to the next). What is limited is insert tasks: retries of one request within the
+by rate goes to a worker with nothing else to do when there is one, and then starts
+when it is handed out; when every worker is busy it goes to the least busy one, where
+it may start later, so the table's next insert waits for its result and then
+``1/max_inserts_per_second`` more: the spacing holds either way, and a table limited by
+rate is not starved by others keeping every worker busy. What is limited is insert tasks: retries of one request within the
 worker's retry policy, and the requests of ``split_bad_rows`` bisection, run within its
 slot. Time spent waiting is observed in ``chworkers_table_limit_wait_seconds{table}``;
 ``chworkers_table_limit_waiting{table}`` counts inserts waiting now.
@@ -34,13 +36,16 @@ log = logging.getLogger(__name__)
 
 
 class _Table:
-    __slots__ = ("limit", "next_start", "peak", "running")
+    __slots__ = ("awaiting", "limit", "next_start", "peak", "running")
 
     def __init__(self, limit: TableLimit) -> None:
         self.limit = limit
         self.running = 0
         self.next_start = 0.0
         self.peak = 0  # most inserts running at once so far (stats, tests)
+        #: A rate-limited insert sent to a busy worker: when it starts is unknown, so
+        #: the next one waits for its result (then 1/rate more).
+        self.awaiting: int | None = None
 
 
 class TableLimits:
@@ -67,6 +72,8 @@ class TableLimits:
         """Replace the limits (inserts running keep their slots)."""
         old = self.tables
         self.tables = {}
+        for table in old.keys() - limits.keys():
+            self.metrics.table_limit_waiting.labels(table).set(0)
         for table, limit in limits.items():
             if not limit.limited:
                 continue
@@ -80,10 +87,6 @@ class TableLimits:
             return None
         return self.tables.get(task.table)
 
-    def needs_idle_worker(self, task: Task) -> bool:
-        entry = self.limited(task)
-        return entry is not None and entry.limit.max_inserts_per_second is not None
-
     def room(self, table: str, now: float) -> int:
         """How many of ``table``'s inserts may start now."""
         entry = self.tables.get(table)
@@ -94,11 +97,12 @@ class TableLimits:
         if limit.max_concurrent_inserts is not None:
             n = max(0, limit.max_concurrent_inserts - entry.running)
         if limit.max_inserts_per_second is not None:
-            n = min(n, 1 if now >= entry.next_start else 0)
+            n = min(n, 1 if now >= entry.next_start and entry.awaiting is None else 0)
         return n
 
-    def admit(self, task: Task, now: float) -> bool:
-        """Let ``task`` start now (taking its slot) or say it must wait."""
+    def admit(self, task: Task, now: float, *, idle: bool = True) -> bool:
+        """Let ``task`` start now (taking its slot) or say it must wait; ``idle``: the
+        worker it would go to has nothing else to do (so it starts at once)."""
         entry = self.limited(task)
         if entry is None:
             return True
@@ -111,22 +115,26 @@ class TableLimits:
         rate = entry.limit.max_inserts_per_second
         if rate is not None:
             entry.next_start = max(now, entry.next_start) + 1.0 / rate
+            if not idle:
+                entry.awaiting = task.id
         waited = now - self._parked_at.pop(task.id, now)
         self.metrics.table_limit_wait.labels(task.table).observe(waited)
         return True
 
-    def refuse(self, task: Task, now: float) -> None:
-        """``task`` was not admitted (no idle worker for it): it waits."""
-        self._parked_at.setdefault(task.id, now)
-
-    def release(self, task: Task) -> None:
+    def release(self, task: Task, now: float) -> None:
         """``task``'s insert ended (its result, or its worker's death): its slot is free."""
         table = self._holding.pop(task.id, None)
         if table is None:
             return
         entry = self.tables.get(table)
-        if entry is not None and entry.running > 0:
-            entry.running -= 1
+        if entry is None:
+            return
+        entry.running = max(0, entry.running - 1)
+        if entry.awaiting == task.id:
+            entry.awaiting = None
+            rate = entry.limit.max_inserts_per_second
+            if rate is not None:  # it started before now: the next one 1/rate after
+                entry.next_start = max(entry.next_start, now + 1.0 / rate)
 
     def next_wakeup(self, parked: list[str]) -> float | None:
         """When the earliest of the ``parked`` tables (held back by rate) may start one."""
