@@ -1,0 +1,58 @@
+"""Where and when each insert ran, recorded in the worker processes themselves: for
+tests of per-table insert limits (overlaps and spacing measured where inserts happen)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from faultproxy import FaultProxy
+
+from chworkers.workers.context import TaskInfo, WorkerContext
+from chworkers.workers.middleware import Middleware
+
+
+class Windows(Middleware):
+    """Appends ``table start end`` (monotonic, shared by all processes) per insert."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def after_task(
+        self,
+        worker: WorkerContext,
+        task: TaskInfo,
+        result: object,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        end = time.monotonic()
+        with open(self.path, "a") as fh:
+            fh.write(f"{task.table} {end - duration!r} {end!r}\n")
+
+
+def windows(path: Path) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = {}
+    for line in path.read_text().splitlines():
+        table, start, end = line.split()
+        out.setdefault(table, []).append((float(start), float(end)))
+    return {table: sorted(w) for table, w in out.items()}
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def slow_tables(fault_proxy: FaultProxy, ch_client: Any, database: str) -> str:
+    """Tables hot and cold, and a URL through ``fault_proxy`` whose every answer comes
+    0.15 s late (so inserts last long enough to overlap)."""
+    for table in ("hot", "cold"):
+        ch_client.command(f"CREATE TABLE {table} (n UInt64) ENGINE = MergeTree ORDER BY n")
+    fault_proxy.set("delay", delay=0.15)
+    return f"http://127.0.0.1:{fault_proxy.port}/{database}"
