@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 LOOK_EVERY = 0.25
 
 
-class Pool(Protocol):
+class _Crew(Protocol):
     """What the autoscaler needs of the crew."""
 
     @property
@@ -77,7 +77,7 @@ class CpuIdle:
 class Autoscaler:
     """Decides, on the supervisor's loop, when to add or retire a worker."""
 
-    def __init__(self, pool: Pool, queue: TaskQueue, metrics: Metrics) -> None:
+    def __init__(self, pool: _Crew, queue: TaskQueue, metrics: Metrics) -> None:
         self.pool = pool
         self.queue = queue
         self.metrics = metrics

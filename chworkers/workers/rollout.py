@@ -30,7 +30,7 @@ from chworkers.workers.processes import WorkerHandle
 log = logging.getLogger(__name__)
 
 
-class Workers(Protocol):
+class _Crew(Protocol):
     """What a rollout needs of the crew."""
 
     @property
@@ -53,7 +53,7 @@ class Rollout:
     """One rolling restart at a time; asking again while it runs adds the workers that
     run by then (a second deploy during the first) and answers when all are done."""
 
-    def __init__(self, crew: Workers) -> None:
+    def __init__(self, crew: _Crew) -> None:
         self.crew = crew
         self.pending: deque[str] = deque()  # old workers still to replace, in order
         self.fresh: str | None = None  # the worker started for the current step
