@@ -13,18 +13,18 @@ are acknowledged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.brokers import natsclient
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
 from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
+from chworkers.daemon.brokers.natsconsumer import Consumer
 from chworkers.daemon.brokers.natsmanifests import Manifest, ManifestStore, to_ranges
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
@@ -32,16 +32,10 @@ from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError, PoisonMessageError
 from chworkers.ops.metrics import Metrics
 
-if TYPE_CHECKING:
-    from nats.aio.client import Client
-    from nats.js import JetStreamContext
-
 log = logging.getLogger(__name__)
 
 #: Acknowledgement payloads (JetStream's protocol).
 ACK, PROGRESS, TERM = b"+ACK", b"+WPI", b"+TERM"
-#: Stream reads in flight at once while a batch is rebuilt from its manifest.
-READS_AT_ONCE = 64
 
 
 def delivery(reply: str) -> tuple[int, int]:
@@ -104,9 +98,7 @@ class NatsSource:
         self.stream, self.consumer = options.stream, options.consumer
         self.rows = 0
         self.loop = natsclient.Loop(f"source-{name}-nats")
-        self._client: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._pull: Any = None  # nats-py's pull subscription
+        self._consumer: Consumer | None = None
         self._store: ManifestStore | None = None
         self._ready = threading.Event()
         self._closed = threading.Event()
@@ -142,14 +134,14 @@ class NatsSource:
         with self._lock:
             replies = list(self._inflight.get(token, ()))
         if replies:
-            self._call(self._send(replies, ACK))
+            self._call(self._wire().send(replies, ACK))
         if broker.get("rebuilt"):
             self._call(self._manifests().mark_done(token, self._floor))
         with self._lock:
             # Replies added meanwhile (redelivered to us while it was in flight) too.
             late = self._inflight.pop(token, [])[len(replies) :]
         if late:
-            self._call(self._send(late, ACK))
+            self._call(self._wire().send(late, ACK))
         self._acked(len(replies) + len(late))
 
     def problems(self) -> list[str]:
@@ -162,7 +154,7 @@ class NatsSource:
         next_gauges = 0.0
         while not stop.is_set():
             try:
-                if self._client is None:
+                if self._consumer is None:
                     self._connect()
                 now = time.monotonic()
                 if now >= next_gauges:
@@ -193,13 +185,12 @@ class NatsSource:
                 await natsclient.stream_ready(js, self.options, self.where)
                 await natsclient.consumer_ready(js, self.options, self.where)
                 kv = await natsclient.bucket(js, self.options)
-                pull = await js.pull_subscribe_bind(
-                    self.consumer, self.stream, pending_msgs_limit=-1, pending_bytes_limit=-1
-                )
+                consumer = Consumer(client, js, self.stream, self.consumer, self.options.ack_wait)
+                await consumer.start()
             except BaseException:
                 await client.close()
                 raise
-            self._client, self._js, self._pull = client, js, pull
+            self._consumer = consumer
             self._store = ManifestStore(
                 kv,
                 f"{self.stream}.{self.consumer}",
@@ -227,15 +218,14 @@ class NatsSource:
         # (the deadline below): at most this wait after it, when the pull waits for new
         # messages. Short waits keep that loss small.
         wait = min(wait, 1.0, self.options.ack_wait / 8)
-        sent = time.monotonic()
-        pulled = self._call(self._pull_messages(count, max(0.01, wait)))
+        pulled = self._call(self._wire().pull(count, max(0.01, wait)))
         if not pulled:
             return
-        deadline = sent + self.options.ack_wait
+        deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
         fresh: list[Message] = []
         again: list[Message] = []
         replies: dict[str, str] = {}
-        for reply, data in pulled:
+        for reply, data, _sent in pulled:
             seq, times = delivery(reply)
             message = Message(str(seq), data, times)
             replies[message.id] = reply
@@ -290,7 +280,7 @@ class NatsSource:
         if not batch.ids:
             return "", batch, [], False
         if not batch.rows:
-            self._call(self._send(replies, ACK))  # nothing to insert: empty messages
+            self._call(self._wire().send(replies, ACK))  # nothing to insert: empty messages
             self._acked(len(replies))
             return "", batch, [], False
         # Room for the manifest's write (compare-and-set, maybe retried) before the deadline.
@@ -343,6 +333,13 @@ class NatsSource:
     def _submit(self, token: str, batch: Assembly, replies: list[str], *, rebuilt: bool) -> None:
         with self._lock:
             self._inflight.setdefault(token, []).extend(replies)
+        if not batch.rows:  # a rebuilt batch whose messages the stream no longer has
+            with self._lock:
+                held = self._inflight.pop(token, [])
+            self._call(self._wire().send(held, ACK))
+            self._call(self._manifests().mark_done(token, self._floor))
+            self._acked(len(held))
+            return
         meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}}
         self.batcher.add(
             self.table,
@@ -388,7 +385,7 @@ class NatsSource:
         for token, (manifest, held) in groups.items():
             mine = [replies[m.id] for m in held]
             if manifest.done:
-                self._call(self._send(mine, ACK))  # inserted already: nothing to rebuild
+                self._call(self._wire().send(mine, ACK))  # inserted already: nothing to rebuild
                 self._acked(len(mine))
                 continue
             with self._lock:
@@ -407,7 +404,7 @@ class NatsSource:
         self, manifest: Manifest, given_up: set[str]
     ) -> tuple[str, Assembly, list[str], bool]:
         seqs = manifest.seqs()
-        stored = self._call(self._read(seqs))
+        stored = self._call(self._wire().read(seqs))
         ids = [str(s) for s in seqs]
         batch, poison = self.assembler.rebuild(
             ids, {i: m for i, m in stored.items() if i not in given_up}
@@ -446,7 +443,7 @@ class NatsSource:
     def _poison(self, poison: list[Poison], replies: dict[str, str]) -> None:
         """Dead-letter poison messages, then terminate them: never redelivered."""
         self._dead_letter(poison, "")
-        self._call(self._send([replies[p.message.id] for p in poison], TERM))
+        self._call(self._wire().send([replies[p.message.id] for p in poison], TERM))
         self._acked(len(poison))
 
     def _dead_letter(self, poison: list[Poison], token: str) -> None:
@@ -469,7 +466,7 @@ class NatsSource:
                 replies = [r for batch in self._inflight.values() for r in batch]
             if replies and self._ready.is_set():
                 try:
-                    self._call(self._send(replies, PROGRESS))
+                    self._call(self._wire().send(replies, PROGRESS))
                 except BrokerError as exc:
                     log.debug("source %s: in-progress notes failed: %s", self.name, exc)
 
@@ -477,10 +474,10 @@ class NatsSource:
         """The daemon stopped: no more in-progress notes, the connection closed (batches
         still in flight are redelivered after ack_wait, or replayed from the spool)."""
         self._closed.set()
-        client, self._client = self._client, None
-        if client is not None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
             try:
-                self.loop.call(client.close(), where=self.where, timeout=10)
+                self.loop.call(consumer.close(), where=self.where, timeout=10)
             except BrokerError as exc:
                 log.debug("source %s: closing the connection: %s", self.name, exc)
         self.loop.close()
@@ -492,48 +489,17 @@ class NatsSource:
             raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
         return self._store
 
-    async def _pull_messages(self, count: int, wait: float) -> list[tuple[str, bytes]]:
-        import nats.errors
-
-        try:
-            messages = await self._pull.fetch(count, timeout=wait)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        return [(m.reply, m.data) for m in messages]
-
-    async def _send(self, replies: list[str], what: bytes) -> None:
-        assert self._client is not None
-        for reply in replies:
-            await self._client.publish(reply, what)
-        await self._client.flush(timeout=10)
-
-    async def _read(self, seqs: list[int]) -> dict[str, Message]:
-        """The messages of a manifest, read from the stream (those it still has)."""
-        import nats.js.errors
-
-        assert self._js is not None
-        js = self._js
-        out: dict[str, Message] = {}
-        for start in range(0, len(seqs), READS_AT_ONCE):
-            chunk = seqs[start : start + READS_AT_ONCE]
-            got = await asyncio.gather(
-                *(js.get_msg(self.stream, seq) for seq in chunk), return_exceptions=True
-            )
-            for seq, message in zip(chunk, got, strict=True):
-                if isinstance(message, nats.js.errors.NotFoundError):
-                    continue
-                if isinstance(message, BaseException):
-                    raise message
-                out[str(seq)] = Message(str(seq), message.data or b"")
-        return out
+    def _wire(self) -> Consumer:
+        if not self._ready.wait(30) or self._consumer is None:
+            raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
+        return self._consumer
 
     def _publish_gauges(self) -> None:
-        assert self._js is not None
-        info = self._call(self._js.consumer_info(self.stream, self.consumer))
-        self._floor = max(self._floor, int(info.ack_floor.stream_seq or 0))
+        lag, pending, floor = self._call(self._wire().state())
+        self._floor = max(self._floor, floor)
         if self.metrics is not None:
-            self.metrics.broker_pending.labels(pipeline=self.name).set(info.num_ack_pending or 0)
-            self.metrics.broker_lag.labels(pipeline=self.name).set(info.num_pending or 0)
+            self.metrics.broker_pending.labels(pipeline=self.name).set(pending)
+            self.metrics.broker_lag.labels(pipeline=self.name).set(lag)
 
     def _call(self, coro: Any) -> Any:
         return self.loop.call(coro, where=self.where)
