@@ -1,5 +1,6 @@
 """The Redis source measured (issue 13): throughput against the file source and a plain
 consumer loop, and exact counts with several daemons, ``kill -9`` and a Redis restart.
+``--broker nats`` measures the NATS source the same way (benchmarks/natsbench.py).
 
 Everything runs on this machine: a redis-server of its own (tests/redisserver.py, with
 ``appendfsync always``), one embedded ClickHouse, and ``chworkers run`` daemons as
@@ -17,11 +18,13 @@ subprocesses. Each message holds ``--rows-per-message`` JSONEachRow rows with a 
 
 Run: ``.venv/bin/python benchmarks/bench_brokers.py throughput --messages 1000000``
      ``.venv/bin/python benchmarks/bench_brokers.py scale --messages 1000000 --daemons 3 --kill-every 5``
+     ``.venv/bin/python benchmarks/bench_brokers.py scale --broker nats --messages 1000000 --kill-every 5``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -393,6 +396,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", choices=["throughput", "scale", "produce"])
+    parser.add_argument("--broker", choices=["redis", "nats"], default="redis")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--rows-per-message", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
@@ -400,10 +404,27 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=0.0)
     parser.add_argument("--claim-idle", type=float, default=5.0)
     parser.add_argument("--redis-restart", action="store_true")
+    parser.add_argument(
+        "--broker-restart", action="store_true", help="--broker nats: kill -9 nats-server once"
+    )
+    parser.add_argument("--ack-wait", type=float, default=5.0, help="--broker nats: ack_wait")
     parser.add_argument("--clickhouse-outage", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--url", default="")
     args = parser.parse_args()
+    if args.broker == "nats":
+        import natsbench
+
+        if args.mode == "produce":
+            asyncio.run(natsbench.publish(args.url, args.messages, args.rows_per_message))
+            return
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmpdir:
+            tmp = Path(tmpdir)
+            with EmbeddedClickHouse(tmp / "ch") as ch:
+                (natsbench.throughput if args.mode == "throughput" else natsbench.scale)(
+                    args, ch, tmp
+                )
+        return
     if args.mode == "produce":  # the scale run's producer, in a process of its own
         import redis as redis_py
 
