@@ -17,9 +17,11 @@ import pytest
 from chclients import make_client, unique_name
 
 from chworkers.bench import report
+from chworkers.bench.daemon import daemon_environ
 from chworkers.bench.runner import Case, Group, Metric, measure, summarize, timed
 from chworkers.bench.target import MARK
 from chworkers.cli.main import main
+from chworkers.daemon import config as daemon_config
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import BenchError
 
@@ -236,3 +238,26 @@ def test_bench_on_its_own_embedded_endpoint_leaves_nothing(tmp_path: Path) -> No
     assert "(embedded)" in out
     assert _session_processes(proc.pid) == []
     assert list(tmp.iterdir()) == []
+
+
+def test_the_daemon_runs_with_compiled_bytecode_and_only_the_url_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployed daemon reads its modules' bytecode; one started under
+    PYTHONDONTWRITEBYTECODE with no cache would compile them all at every start. The
+    daemon's environment keeps a bytecode cache in the benchmark's directory, and the
+    caller's CHWORKERS_* settings out of what is measured; a real start fills the cache."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("CHWORKERS_SUPERVISOR_WORKERS", "7")
+    env = daemon_environ("http://127.0.0.1:1", tmp_path / "pycache")
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert env["PYTHONPYCACHEPREFIX"] == str(tmp_path / "pycache")
+    assert {k: v for k, v in env.items() if k.startswith("CHWORKERS_")} == {
+        "CHWORKERS_CLICKHOUSE_URL": "http://127.0.0.1:1"
+    }
+    subprocess.run(
+        [sys.executable, "-c", "import chworkers.daemon.config"], env=env, check=True, timeout=60
+    )
+    source = Path(daemon_config.__file__).resolve()
+    mirror = tmp_path / "pycache" / source.parent.relative_to(source.anchor)
+    assert list(mirror.glob("config.*.pyc")), "no bytecode cached for chworkers.daemon.config"

@@ -21,8 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
-
 from chworkers.clickhouse.dsn import ConnectionConfig, redact_url
 from chworkers.errors import BenchError, ConfigError
 
@@ -71,6 +69,8 @@ class Target:
     def client(self, **kwargs: Any) -> Any:
         """A plain clickhouse-connect client on the benchmark's database (the baseline
         paths use these, exactly as a user without chworkers would)."""
+        import clickhouse_connect  # here: ``chworkers run`` builds this command's parser
+
         cfg = self.config
         host = cfg.hosts[0]
         return clickhouse_connect.get_client(
@@ -181,6 +181,8 @@ def open_target(url: str | None, database: str = DEFAULT_DATABASE) -> Iterator[T
 
 
 def _admin_client(config: ConnectionConfig) -> Any:
+    import clickhouse_connect
+
     host = config.hosts[0]
     try:
         return clickhouse_connect.get_client(

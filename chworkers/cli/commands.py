@@ -25,6 +25,7 @@ from chworkers.daemon.config import DaemonSettings
 from chworkers.errors import ChworkersError
 from chworkers.ops import logs
 from chworkers.settings import flags
+from chworkers.workers import forkserver
 
 DEMO_TABLE = "demo_events"
 #: Tables ``check`` names before it only counts the rest.
@@ -96,8 +97,6 @@ def demo_config(rows: int, overrides: Mapping[str, Any] | None = None) -> config
 
 
 def _run(args: argparse.Namespace) -> int:
-    from chworkers.daemon.service import Daemon
-
     if args.demo:
         cfg = demo_config(args.rows, flags.given(args))
     elif args.config:
@@ -110,6 +109,11 @@ def _run(args: argparse.Namespace) -> int:
     if not cfg.pipelines:
         raise ChworkersError(f"{cfg.source}: no [[pipelines]] configured; nothing to ingest")
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # flags win: overrides
+    # The workers' fork server imports what they need on another core while this process
+    # imports the daemon and opens its spool and sources (docs/daemon.md, "Start-up").
+    forkserver.start_early(cfg.settings.supervisor.start_method)
+    from chworkers.daemon.service import Daemon
+
     progress = sys.stderr if sys.stderr.isatty() else None
     daemon = Daemon(cfg, progress=progress)
     if args.demo:

@@ -30,7 +30,6 @@ from typing import Any, Protocol
 import blake3
 
 from chworkers.clickhouse.dsn import ConnectionConfig
-from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import BatchError, TransportError
 
 __all__ = [
@@ -324,6 +323,10 @@ def check_window(conn: Queries, database: str | None, table: str) -> None:
         engine, engine_full, db = str(rows[0][0]), str(rows[0][1]), str(rows[0][2])
         window = dedup_window(conn, engine, engine_full)
     except Exception as exc:  # the check is advisory
+        # Imported here, in the worker that asks: the daemon's process computes tokens
+        # (batch_token) and must not load clickhouse-connect for it.
+        from chworkers.clickhouse.translate import translate_error
+
         if isinstance(translate_error(exc), TransportError):
             return  # the server is unreachable: check again on the next insert
         # Refused (e.g. no access to system.tables): don't pay for it on every insert.

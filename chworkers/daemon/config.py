@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.cluster import Cluster, Shard
 from chworkers.clickhouse.dsn import ConnectionConfig
-from chworkers.clickhouse.pool import PoolOptions
+from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.daemon.options import HttpSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError

@@ -38,7 +38,7 @@ from chworkers.ops.exposition import MetricsEndpoint
 from chworkers.ops.health import Health, Level, Report
 from chworkers.ops.metrics import Metrics
 from chworkers.timeouts import DEFAULT, Timeout
-from chworkers.workers import mainguard, tasks
+from chworkers.workers import forkserver, mainguard, tasks
 from chworkers.workers.arbiter import Arbiter
 from chworkers.workers.commands import (
     Reconfigure,
@@ -205,7 +205,7 @@ class Supervisor:
         mainguard.check_main_importable(opts.start_method)
         ctx = multiprocess.get_context(opts.start_method)
         if opts.start_method == "forkserver":
-            ctx.set_forkserver_preload(["chworkers.workers.worker"])
+            forkserver.preload(ctx)
         broker = None
         try:
             broker = self._make_broker(ctx)
