@@ -59,3 +59,25 @@ def test_a_batch_without_numbers_is_the_same_object() -> None:
 )
 def test_timestamp_types(type_name: str, yes: bool) -> None:
     assert is_timestamp_type(type_name) is yes
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # after a nested value: the top level is walked
+        (b'{"o":{"ts":1},"ts":2}\n', b'{"o":{"ts":1},"ts":"1970-01-01T00:00:02Z"}\n'),
+        (b'{"a":[1],"ts":2}', b'{"a":[1],"ts":"1970-01-01T00:00:02Z"}'),
+        # only a nested one is a number
+        (b'{"ts":"x","o":{"ts":1}}', b'{"ts":"x","o":{"ts":1}}'),
+        (b'{"o":{"ts":1}}', b'{"o":{"ts":1}}'),
+        # the key's text inside a string is no key
+        (b'{"m":"\\"ts\\": 5","ts":3}', b'{"m":"\\"ts\\": 5","ts":"1970-01-01T00:00:03Z"}'),
+        # a key name written with escapes is not looked for (no producer writes one)
+        (b'{"t\\u0073":4}', b'{"t\\u0073":4}'),
+        # twice at the top level: each one
+        (b'{"ts":1,"ts":2}', b'{"ts":"1970-01-01T00:00:01Z","ts":"1970-01-01T00:00:02Z"}'),
+        (b'  {"ts": 5e0 }\r\n', b'  {"ts": "1970-01-01T00:00:05Z" }\r\n'),
+    ],
+)
+def test_top_level_is_told_apart(line: bytes, expected: bytes) -> None:
+    assert rewrite(line, ["ts"]) == expected
