@@ -251,6 +251,12 @@ def sub_batch_token(token: str, start: int, stop: int) -> str:
     return f"{token}:{start}-{stop}"
 
 
+def partition_token(token: str, index: int) -> str:
+    """The token of the ``index``-th group of whole partitions of a batch whose token is
+    ``token`` (:mod:`chworkers.clickhouse.partitions`): the same batch, the same groups."""
+    return f"{token}:p{index}"
+
+
 def _pandas_chunks(df: Any) -> Iterator[bytes]:
     pd: Any = importlib.import_module("pandas")
     yield repr(list(zip(df.columns, map(str, df.dtypes), strict=True))).encode()

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 
 from chworkers.clickhouse import dedup
+from chworkers.clickhouse.partitions import group_by_partition, is_too_many_partitions
 from chworkers.errors import ServerError
 
 #: ClickHouse error codes that blame the data of an insert rather than the request or
@@ -137,6 +138,9 @@ class InsertResult:
 #: ``send(records, dedup_token) -> (written rows, written bytes) | None``; raises on failure.
 Send = Callable[[bytes, str], "tuple[int, int] | None"]
 
+#: ``partitions(records) -> (each row's partition, max_partitions_per_insert_block)``.
+Partitions = Callable[[bytes], "tuple[list[str], int]"]
+
 
 def run_insert(
     data: bytes,
@@ -145,14 +149,19 @@ def run_insert(
     *,
     fmt: str | None = None,
     budget: SplitBudget | None = None,
+    partitions: Partitions | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> InsertResult:
     """Insert ``data`` through ``send``; with ``budget``, bisect row errors out.
 
     ``send`` makes one request (the worker wraps it in its retry policy and beats its
     heartbeat before it). Without a budget, any error propagates. With one, ``fmt``
-    must be one of :data:`LINE_FORMATS`.
+    must be one of :data:`LINE_FORMATS`. With ``partitions`` (a line format too), a
+    request refused for spanning too many partitions is sent again as groups of whole
+    partitions (:mod:`chworkers.clickhouse.partitions`).
     """
+    if partitions is not None and fmt in LINE_FORMATS:
+        send = _by_partition(send, partitions, LINE_FORMATS[fmt])
     counts = _Counts()
     try:
         counts.add(send(data, token))
@@ -203,6 +212,36 @@ def run_insert(
         stack.append((mid, stop, None, error))
         stack.append((start, mid, None, error))
     return counts.result(tuple(rejected))
+
+
+def _by_partition(send: Send, partitions: Partitions, line_format: LineFormat) -> Send:
+    """``send``, but a request refused for too many partitions is sent again in groups
+    of at most ``max_partitions_per_insert_block`` partitions, each with its own token."""
+
+    def sender(data: bytes, token: str) -> tuple[int, int] | None:
+        try:
+            return send(data, token)
+        except ServerError as exc:
+            if not is_too_many_partitions(exc):
+                raise
+            refused = exc
+        keys, limit = partitions(data)  # a row error here is the batch's: bisected
+        records = split_records(data, quoted_newlines=line_format.quoted_newlines)
+        header = b""
+        if line_format.header and records:
+            header, records = records[0], records[1:]
+        records = [r for r in records if r.strip()]
+        if len(keys) != len(records) or limit < 1:
+            raise refused
+        groups = group_by_partition(records, keys, limit)
+        if len(groups) < 2:
+            raise refused  # it would be refused again as it is
+        counts = _Counts()
+        for index, group in enumerate(groups):
+            counts.add(send(header + b"".join(group), dedup.partition_token(token, index)))
+        return None if counts.rows is None or counts.bytes is None else (counts.rows, counts.bytes)
+
+    return sender
 
 
 @dataclasses.dataclass

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from chworkers.backoff import capped_backoff
+from chworkers.clickhouse.partitions import is_too_many_partitions
 from chworkers.errors import (
     ChworkersError,
     ConfigError,
@@ -213,6 +214,8 @@ class RetryPolicy:
                 return Verdict.RETRY
             return Verdict.UNSAFE
         if isinstance(error, ServerError):
+            if is_too_many_partitions(error):
+                return Verdict.FATAL  # TOO_MANY_PARTS's other meaning: the block, not the load
             if error.code is not None:
                 transient = error.code in self.retry_codes
             else:

@@ -29,6 +29,7 @@ from typing import Any
 
 from chworkers.clickhouse.hooks import PoolHooks
 from chworkers.clickhouse.inserts import InsertResult, run_insert
+from chworkers.clickhouse.partitions import partition_keys
 from chworkers.clickhouse.pool import ConnectionPool, PoolOptions
 from chworkers.ops import workerlogs
 from chworkers.pids import alive
@@ -383,10 +384,23 @@ def insert(
             return int(summary.written_rows), int(summary.written_bytes())
         return None
 
+    def partitions(data: bytes) -> tuple[list[str], int]:
+        fmt = spec.fmt or ""
+        return connections.with_connection(  # type: ignore[no-any-return]
+            lambda conn: partition_keys(conn, spec.table, fmt, data, spec.settings), retry=retry
+        )
+
     data: Any = spec.data  # split: bytes, or a view of them (a memory file's)
     if spec.split is not None and not isinstance(data, bytes):
         data = bytes(data)  # cut into records by bytes methods
-    return run_insert(data, spec.token, send, fmt=spec.fmt, budget=spec.split)
+    return run_insert(
+        data,
+        spec.token,
+        send,
+        fmt=spec.fmt,
+        budget=spec.split,
+        partitions=partitions if spec.split is not None else None,
+    )
 
 
 class RecordingHooks(PoolHooks):
