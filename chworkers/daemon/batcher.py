@@ -105,11 +105,15 @@ class Batcher:
         *,
         limits: BatchLimits | None = None,
         metrics: Metrics | None = None,
+        adjust: Callable[[str, BatchLimits], BatchLimits] | None = None,
     ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.on_batch = on_batch
         self.limits = limits or BatchLimits()
+        #: ``adjust(table, limits)``: the limits a new batch of ``table`` gets now (the
+        #: daemon grows them while the table's merges fall behind).
+        self.adjust = adjust
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._buffers: dict[_Key, _Buffer] = {}
@@ -168,13 +172,16 @@ class Batcher:
                 )
             buf = self._buffers.get(key)
             if buf is None:
+                limits = limits or self.limits
+                if self.adjust is not None:
+                    limits = self.adjust(table, limits)
                 buf = _Buffer(
                     key,
                     pipeline,
                     table,
                     format,
                     settings,
-                    limits or self.limits,
+                    limits,
                     time.monotonic(),
                     header,
                     token or "",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from chworkers.clickhouse.cluster import Cluster, Shard
 from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pooloptions import PoolOptions
-from chworkers.daemon.options import HttpSettings, SpoolSettings
+from chworkers.daemon.options import HttpSettings, PartsSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
@@ -231,6 +231,9 @@ class DaemonSettings:
     spool: SpoolSettings = section(SpoolSettings, "Spool.")
     http: HttpSettings = section(HttpSettings, "Push endpoint.")
     health: HealthSettings = section(HealthSettings, "Health.")
+    parts: PartsSettings = section(
+        PartsSettings, "Too many parts: slowing down and growing batches for a table."
+    )
     log: LogSettings = section(LogSettings, "Logging.", flags=True)
 
 

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
 
 from chworkers.backoff import capped_backoff
 from chworkers.daemon.batchfile import SpooledBatch, read_batch
@@ -55,6 +55,20 @@ log = logging.getLogger(__name__)
 
 Submit = Callable[[SpooledBatch], "Future[Any]"]
 Done = Callable[[SpooledBatch, Any], None]
+
+
+class Throttle(Protocol):
+    """Whether a table's batches may go now (the daemon's
+    :class:`~chworkers.daemon.partspressure.PartsPressure`)."""
+
+    def delay(self, table: str, in_flight: int) -> float:
+        """Seconds before a batch of ``table`` may go (0: now), ``in_flight`` of its
+        batches being inserted."""
+        ...
+
+    def sent(self, table: str) -> None:
+        """A batch of ``table`` went."""
+        ...
 
 
 @dataclasses.dataclass(order=True)
@@ -106,6 +120,7 @@ class Dispatcher:
         on_failure: Callable[[SpooledBatch, BaseException], None] | None = None,
         is_permanent: Callable[[BaseException], bool] | None = None,
         initial_backoff: float = 1.0,
+        throttle: Throttle | None = None,
     ) -> None:
         self.spool = spool
         self.submit = submit
@@ -116,6 +131,7 @@ class Dispatcher:
         self.initial_backoff = initial_backoff
         self.max_backoff = settings.retry_backoff_max
         self.is_permanent = is_permanent
+        self.throttle = throttle
         self.permanent_backoff = settings.permanent_error_backoff
         self._held: dict[int, _Held] = {}
         self._completions: queue.SimpleQueue[
@@ -295,6 +311,22 @@ class Dispatcher:
         return self._shard_flight[shard] < cap
 
     def _next_locked(self) -> SpooledBatch | None:
+        while True:
+            batch = self._candidate_locked()
+            if batch is None or self.throttle is None:
+                return batch
+            in_flight = sum(1 for b in self._in_flight.values() if b.table == batch.table)
+            wait = self.throttle.delay(batch.table, in_flight)
+            if wait <= 0:
+                self.throttle.sent(batch.table)
+                return batch
+            # Its table is slowed down: the batch waits its turn (not a failed attempt),
+            # and batches of other tables go meanwhile.
+            heapq.heappush(
+                self._retries[shard_of(batch)], _Retry(time.monotonic() + wait, batch.seq, batch)
+            )
+
+    def _candidate_locked(self) -> SpooledBatch | None:
         if self._stopped or len(self._in_flight) >= self.max_in_flight:
             return None
         now = time.monotonic()

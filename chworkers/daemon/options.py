@@ -2,7 +2,9 @@
 
 :class:`~chworkers.daemon.spool.Spool` and :class:`~chworkers.daemon.dispatch.Dispatcher`
 take a :class:`SpoolSettings`, :class:`~chworkers.daemon.ingest.IngestServer` an
-:class:`HttpSettings`, and the daemon's configuration (``[spool]``, ``[http]``) nests them:
+:class:`HttpSettings`, :class:`~chworkers.daemon.partspressure.PartsPressure` a
+:class:`PartsSettings`, and the daemon's configuration (``[spool]``, ``[http]``,
+``[parts]``) nests them:
 a constructor and the config file cannot disagree on a default, and a new setting reaches
 its component without the daemon copying it.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
 from chworkers.settings import section, setting, validate
 
@@ -85,4 +88,63 @@ class HttpSettings:
         validate(self, source="http")
 
 
-__all__ = ["HttpSettings", "SpoolSettings"]
+@dataclasses.dataclass(frozen=True)
+class PartsSettings:
+    """``[parts]``: how the daemon reacts when a table's merges fall behind its inserts."""
+
+    check_interval: float = setting(
+        5.0,
+        "How often each table's active parts per partition are read from system.parts "
+        "(0: never; refused inserts still slow the table down).",
+        unit="seconds",
+        minimum=0,
+    )
+    slow_down_at: float = setting(
+        0.5,
+        "Slow down (and grow batches) when a partition's active parts reach this fraction "
+        "of the table's parts_to_delay_insert.",
+        minimum=0.01,
+        maximum=1.0,
+    )
+    recover_at: float = setting(
+        0.25,
+        "Step back towards normal once the parts stay below this fraction of "
+        "parts_to_delay_insert for the cooldown (below slow_down_at: hysteresis).",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    cooldown: float = setting(
+        30.0,
+        "How long the parts must stay below recover_at, with no TOO_MANY_PARTS, before each "
+        "step back.",
+        unit="seconds",
+        minimum=0,
+    )
+    max_factor: int = setting(
+        8,
+        "Most a slowed table's batches grow: max_rows and max_delay times this, doubling "
+        "at each sign of pressure (1: never grow or slow down).",
+        minimum=1,
+        maximum=1024,
+    )
+    min_interval: float = setting(
+        1.0,
+        "While slowed, a table's inserts go one at a time and at least factor / 2 times "
+        "this apart.",
+        unit="seconds",
+        minimum=0,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, source="parts")
+        if self.recover_at >= self.slow_down_at:
+            raise ConfigError(
+                f"parts: recover_at = {self.recover_at} must be below slow_down_at = "
+                f"{self.slow_down_at} (hysteresis)",
+                key="recover_at",
+                value=self.recover_at,
+                expected=f"a value below slow_down_at ({self.slow_down_at})",
+            )
+
+
+__all__ = ["HttpSettings", "PartsSettings", "SpoolSettings"]

@@ -20,6 +20,7 @@ SIGUSR2 replaces the workers one at a time while ingest goes on (a rolling resta
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import signal
@@ -40,6 +41,7 @@ from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
+from chworkers.daemon.partspressure import PartsPressure, parts_state
 from chworkers.daemon.pipelines import table_limits
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
@@ -232,6 +234,7 @@ class Daemon:
         self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
         self.checkpoints = Checkpoints(self.state_dir / "positions")
         self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
+        self.parts = PartsPressure(s.parts, metrics=self.metrics)
         self.dispatcher = Dispatcher(
             self.spool,
             self._submit,
@@ -240,12 +243,16 @@ class Daemon:
             on_done=self._confirmed,
             on_failure=self._failed,
             is_permanent=self._is_permanent,
+            throttle=self.parts,
         )
-        self.batcher = Batcher(self.spool, self._spooled, metrics=self.metrics)
+        self.batcher = Batcher(
+            self.spool, self._spooled, metrics=self.metrics, adjust=self.parts.limits
+        )
         for p in self.config.pipelines:  # series exist at 0 before the first event
             self.metrics.source_rows.labels(source=p.name)
             self.metrics.source_errors.labels(source=p.name)
             self.metrics.dead_letter_rows.labels(table=p.table)
+            self.parts.watch(p.table)
 
     def _start_tables(self, stack: contextlib.ExitStack) -> None:
         statements = {
@@ -339,6 +346,7 @@ class Daemon:
             if now - last_status >= 1.0:
                 last_status = now
                 self.checkpoints.save_unsaved()
+                self._check_parts()
                 self._report = self.supervisor.health_checks.watch()
                 status = self._status()
                 notifier.status(status)
@@ -502,9 +510,27 @@ class Daemon:
         return is_permanent(error, self.supervisor.retry)
 
     def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
+        self.parts.failed(batch.table, error)  # TOO_MANY_PARTS: slow the table down
         self._stall.failed(error)
         with self._lock:
             self.totals.failures += 1
+
+    def _check_parts(self) -> None:
+        """Read the parts of the tables due for it, in a worker (never on this loop)."""
+        for table in self.parts.due():
+            try:
+                future = self.supervisor.submit(parts_state, table)
+            except ChworkersError as exc:
+                log.debug("cannot check the parts of %s now: %s", table, exc)
+                self.parts.checked(table, None)
+                continue
+            future.add_done_callback(functools.partial(self._parts_checked, table))
+
+    def _parts_checked(self, table: str, future: Future[Any]) -> None:
+        error = future.exception()
+        if error is not None:
+            log.debug("checking the parts of %s failed: %s", table, error)
+        self.parts.checked(table, None if error is not None else future.result())
 
     # -- health and status --------------------------------------------------------------
 

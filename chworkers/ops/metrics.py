@@ -261,6 +261,39 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        # Too many parts (chworkers.daemon.partspressure), by table.
+        self.too_many_parts = Counter(
+            "chworkers_too_many_parts_total",
+            "Inserts ClickHouse refused with TOO_MANY_PARTS after the retries, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.parts_slowdowns = Counter(
+            "chworkers_parts_slowdowns_total",
+            "Times a table was slowed down (larger batches, one insert at a time) because "
+            "its merges fell behind, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.parts_factor = Gauge(
+            "chworkers_parts_batch_factor",
+            "How many times larger a table's batches are cut now (1: normal; more while its "
+            "parts are near parts_to_delay_insert), by table.",
+            ["table"],
+            registry=r,
+        )
+        self.table_parts = Gauge(
+            "chworkers_table_active_parts",
+            "Most active parts in one partition of a pipeline's table, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.table_parts_delay_at = Gauge(
+            "chworkers_table_parts_to_delay_insert",
+            "The table's parts_to_delay_insert (ClickHouse delays inserts from there), by table.",
+            ["table"],
+            registry=r,
+        )
         self.source_rows = Counter(
             "chworkers_source_rows_total",
             "Rows read from a source, by source name.",
