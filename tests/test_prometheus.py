@@ -162,6 +162,8 @@ class BusyDaemon:
             m.insert_duration.labels(table).observe(rnd.uniform(0.005, 0.2))
             m.last_insert.labels(table).set(time.time())
             m.dead_letter_rows.labels(table).inc(rnd.randint(0, 2))
+            m.table_limit_wait.labels(table).observe(rnd.uniform(0, 0.5))
+            m.table_limit_waiting.labels(table).set(rnd.randint(0, 3))
             m.table_parts.labels(table).set(rnd.randint(1, 600))
             m.table_parts_delay_at.labels(table).set(1000)
             m.parts_factor.labels(table).set(rnd.choice((1, 2, 4)))
