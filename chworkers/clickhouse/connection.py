@@ -32,7 +32,7 @@ from chworkers.clickhouse import dedup, driver, epochs, native, views
 from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 from chworkers.clickhouse.insertmode import insert_settings
-from chworkers.clickhouse.translate import translate_error
+from chworkers.clickhouse.translate import bad_value, translate_error
 from chworkers.errors import (
     ChworkersError,
     ConfigError,
@@ -240,13 +240,20 @@ class Connection:
                 ctx.data = columns
                 summary = self._client.data_insert(ctx)
             else:
-                summary = self._client.insert(
+                ctx = self._client.create_insert_context(
                     table,
-                    batch.data,
-                    column_names=batch.column_names or "*",
+                    batch.column_names or "*",
                     column_oriented=batch.column_oriented,
+                    data=batch.data,
                     **args,
                 )
+                try:
+                    summary = self._client.data_insert(ctx)
+                except Exception as exc:
+                    error = bad_value(table, ctx, exc)
+                    if error is None:
+                        raise
+                    raise error from exc
         return summary
 
     def raw_insert(

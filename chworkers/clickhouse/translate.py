@@ -24,6 +24,7 @@ from urllib3 import exceptions as u3_exc
 
 from chworkers.clickhouse.retry import RETRYABLE_CODES
 from chworkers.errors import (
+    BatchError,
     ChworkersError,
     ConnectError,
     ConnectionLostError,
@@ -32,9 +33,10 @@ from chworkers.errors import (
     ServerError,
 )
 
-__all__ = ["translate_error"]
+__all__ = ["bad_value", "translate_error"]
 
 _CODE_RE = re.compile(r"\bCode:\s*(\d+)")
+_TIMESTAMP = re.compile(r"^(?:Nullable\()?DateTime")
 _NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]{2,})\)")
 _STATUS_RE = re.compile(r"HTTP status (\d{3})")
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -126,3 +128,31 @@ def translate_error(
 def _root(chain: list[BaseException]) -> str:
     last = chain[-1]
     return f"{type(last).__name__}: {last}"
+
+
+def bad_value(table: str, ctx: Any, exc: BaseException) -> BatchError | None:
+    """A :class:`~chworkers.errors.BatchError` naming the column when clickhouse-connect
+    could not write a batch's values (``ctx``: its insert context, which knows the column
+    it was writing), else None: a server's or the network's error is
+    :func:`translate_error`'s."""
+    if isinstance(exc, ChworkersError | ch_exc.DatabaseError | ch_exc.OperationalError):
+        return None
+    if isinstance(exc, OSError | u3_exc.HTTPError | http.client.HTTPException):
+        return None
+    column = getattr(ctx, "column_name", None)
+    if column is None:
+        return None
+    types = dict(zip(ctx.column_names, (t.name for t in ctx.column_types), strict=False))
+    kind = types.get(column, "?")
+    hint = ""
+    if _TIMESTAMP.match(kind):
+        hint = (
+            "; it takes datetime values (or epoch seconds as int): send text as JSONEachRow "
+            "with insert_raw and settings date_time_input_format = best_effort"
+        )
+    return BatchError(
+        f"insert into {table}: column {column!r} ({kind}) cannot take these values: "
+        f"{type(exc).__name__}: {exc}{hint}",
+        table=table,
+        reason="bad value",
+    )
