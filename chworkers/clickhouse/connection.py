@@ -250,7 +250,7 @@ class Connection:
                 try:
                     summary = self._client.data_insert(ctx)
                 except Exception as exc:
-                    error = bad_value(table, ctx, exc)
+                    error = bad_value(table, ctx, exc, endpoint=self.endpoint)
                     if error is None:
                         raise
                     raise error from exc

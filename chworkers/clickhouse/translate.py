@@ -24,7 +24,6 @@ from urllib3 import exceptions as u3_exc
 
 from chworkers.clickhouse.retry import RETRYABLE_CODES
 from chworkers.errors import (
-    BatchError,
     ChworkersError,
     ConnectError,
     ConnectionLostError,
@@ -130,11 +129,11 @@ def _root(chain: list[BaseException]) -> str:
     return f"{type(last).__name__}: {last}"
 
 
-def bad_value(table: str, ctx: Any, exc: BaseException) -> BatchError | None:
-    """A :class:`~chworkers.errors.BatchError` naming the column when clickhouse-connect
-    could not write a batch's values (``ctx``: its insert context, which knows the column
-    it was writing), else None: a server's or the network's error is
-    :func:`translate_error`'s."""
+def bad_value(table: str, ctx: Any, exc: BaseException, *, endpoint: str) -> RequestError | None:
+    """A :class:`~chworkers.errors.RequestError` that names the column when
+    clickhouse-connect could not write a batch's values (``ctx``: its insert context,
+    which knows the column it was writing), else None: a server's or the network's error
+    is :func:`translate_error`'s."""
     if isinstance(exc, ChworkersError | ch_exc.DatabaseError | ch_exc.OperationalError):
         return None
     if isinstance(exc, OSError | u3_exc.HTTPError | http.client.HTTPException):
@@ -150,9 +149,11 @@ def bad_value(table: str, ctx: Any, exc: BaseException) -> BatchError | None:
             "; it takes datetime values (or epoch seconds as int): send text as JSONEachRow "
             "with insert_raw and settings date_time_input_format = best_effort"
         )
-    return BatchError(
+    return RequestError(
         f"insert into {table}: column {column!r} ({kind}) cannot take these values: "
         f"{type(exc).__name__}: {exc}{hint}",
-        table=table,
-        reason="bad value",
+        endpoint=endpoint,
+        query=f"INSERT INTO {table}",
+        column=column,
+        column_type=kind,
     )
