@@ -261,6 +261,16 @@ class Crew:
                     last_error=f"exit code {exitcode}",
                 )
             )
+        elif (
+            not booted
+            and reason == "boot"
+            and self.rollout.boot_failed(
+                h.name,
+                h.boot_error or f"exit code {exitcode}",
+                self.owner.options.max_boot_failures,
+            )
+        ):
+            pass  # a rolling restart's fresh worker: the old ones go on serving
         elif not booted and reason == "boot":
             self.boot_failures += 1
             self.last_boot_error = h.boot_error or f"exit code {exitcode}"

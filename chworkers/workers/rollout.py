@@ -12,8 +12,11 @@ never more than ``workers + 1`` processes plus the one draining.
 It belongs to the :class:`~chworkers.workers.crew.Crew` and runs on the supervisor's
 loop: :meth:`Rollout.step` is called on every turn. A worker that dies or is recycled
 while it waits its turn is simply not replaced again (its replacement is already new);
-a fresh worker that dies at boot is started again, counted towards
-``max_boot_failures`` as any other. Stopping the supervisor abandons the rollout.
+a fresh worker that dies at boot is started again (after the crew's restart backoff),
+and after ``max_boot_failures`` of them in a row the rollout is abandoned with a
+:class:`WorkerBootError` while the old workers go on serving: a deploy that breaks
+what workers import does not take the pool down. Stopping the supervisor abandons the
+rollout.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Protocol
 
-from chworkers.errors import SupervisorStoppedError
+from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.workers.processes import WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Rollout:
         self.old: str | None = None  # the old worker it replaces
         self.draining: str | None = None  # the old worker told to stop, until gone
         self.replaced = 0
+        self.failures = 0  # fresh workers in a row that died while booting
         self.started_at = 0.0
         self.waiters: list[Future[int]] = []
 
@@ -79,7 +83,7 @@ class Rollout:
         known = set(self.pending) | {self.old, self.fresh}
         names = [name for name, h in self.crew.workers.items() if _active(h) and name not in known]
         if not self.running:
-            self.replaced = 0
+            self.replaced = self.failures = 0
             self.started_at = time.monotonic()
         self.pending.extend(names)
         self.waiters.append(future)
@@ -129,10 +133,37 @@ class Rollout:
                 return name
         return None
 
+    def boot_failed(self, name: str, error: str, limit: int) -> bool:
+        """A worker died while booting: whether it was this rollout's fresh one (then
+        its failure is the rollout's, not the pool's)."""
+        if not self.running or name != self.fresh:
+            return False
+        self.fresh = None
+        self.failures += 1
+        log.warning(
+            "rolling restart: fresh worker %s died while booting (%d in a row): %s",
+            name,
+            self.failures,
+            error,
+        )
+        if self.failures >= limit:
+            self.abandon(
+                f"{self.failures} fresh workers in a row died while booting; the old "
+                f"workers keep serving; last: {error}",
+                WorkerBootError(
+                    f"rolling restart abandoned: {self.failures} fresh workers in a row "
+                    f"died while booting; last: {error}",
+                    failures=self.failures,
+                    last_error=error,
+                ),
+            )
+        return True
+
     def _swap(self, fresh: WorkerHandle) -> None:
         table = self.crew.workers
         old = table.get(self.old or "")
         self.fresh = None
+        self.failures = 0
         if old is None or not _active(old):
             # The old one left meanwhile (crashed, recycled, scaled down) and the crew
             # replaced it: the fresh one is one too many.
@@ -162,8 +193,9 @@ class Rollout:
         for future in waiters:
             future.set_result(self.replaced)
 
-    def abandon(self, why: str) -> None:
-        """The supervisor stops: the rollout ends where it is."""
+    def abandon(self, why: str, error: BaseException | None = None) -> None:
+        """The rollout ends where it is (the supervisor stops, or fresh workers cannot
+        boot); its callers get ``error`` (by default a :class:`SupervisorStoppedError`)."""
         if not self.running:
             return
         log.warning("rolling restart abandoned after %d worker(s): %s", self.replaced, why)
@@ -171,7 +203,9 @@ class Rollout:
         self.fresh = self.old = self.draining = None
         waiters, self.waiters = self.waiters, []
         for future in waiters:
-            future.set_exception(SupervisorStoppedError(f"rolling restart abandoned: {why}"))
+            future.set_exception(
+                error or SupervisorStoppedError(f"rolling restart abandoned: {why}")
+            )
 
 
 def _active(h: WorkerHandle) -> bool:
