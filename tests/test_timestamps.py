@@ -160,3 +160,29 @@ def test_as_sent_leaves_the_server_to_decide(
             deduplication_token="r",
         )
     assert ch_client.command("SELECT toString(dt, 'UTC') FROM raw") == "2106-02-07 06:28:15"
+
+
+def test_a_timestamp_column_added_later_is_seen(
+    endpoint: EmbeddedClickHouse, database: str, ch_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chworkers.clickhouse import epochs
+
+    ch_client.command("CREATE TABLE grows (k UInt32) ENGINE = Memory")
+    settings = PipelineSettings(name="p", table="grows").settings
+    with Connection(f"{endpoint.url}/{database}") as conn:
+        conn.raw_insert(
+            "grows", b'{"k":1}\n', fmt="JSONEachRow", settings=settings, deduplication_token="1"
+        )
+        ch_client.command("ALTER TABLE grows ADD COLUMN ts DateTime64(3)")
+        monkeypatch.setattr(epochs, "COLUMNS_TTL", 0.0)  # instead of waiting a minute
+        conn.raw_insert(
+            "grows",
+            b'{"k":2,"ts":1796119200123}\n',
+            fmt="JSONEachRow",
+            settings=settings,
+            deduplication_token="2",
+        )
+    assert (
+        ch_client.command("SELECT toUnixTimestamp64Milli(ts) FROM grows WHERE k = 2")
+        == 1796119200123
+    )

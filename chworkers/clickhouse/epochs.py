@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 
@@ -202,7 +203,11 @@ def _skip(text: str, i: int) -> int:
     return i
 
 
-_columns: dict[tuple[str, str, str], tuple[str, ...]] = {}
+#: A table's timestamp columns are looked up again after this long (a column added by
+#: ``ALTER TABLE`` while the daemon runs is seen within it).
+COLUMNS_TTL = 60.0
+
+_columns: dict[tuple[str, str, str], tuple[float, tuple[str, ...]]] = {}
 _columns_lock = threading.Lock()
 
 
@@ -211,7 +216,8 @@ def prepare(
 ) -> bytes:
     """What ``Connection.raw_insert`` sends: JSONEachRow records of an insert whose settings
     say ``date_time_input_format = best_effort`` get :func:`rewrite` for the table's
-    timestamp columns (looked up once per table and process); anything else goes as it
+    timestamp columns (looked up per table and process every :data:`COLUMNS_TTL` s, and
+    after a failed insert); anything else goes as it
     is (a server whose own default is best_effort reads the numbers its own way)."""
     if fmt != "JSONEachRow" or not _best_effort(settings):
         return data
@@ -224,9 +230,9 @@ def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:
     db, _, name = table.rpartition(".")
     key = (conn.endpoint, db or conn.config.database or "", name)
     with _columns_lock:
-        found = _columns.get(key)
-    if found is not None:
-        return found
+        cached = _columns.get(key)
+    if cached is not None and time.monotonic() - cached[0] < COLUMNS_TTL:
+        return cached[1]
     db_expr = "{db:String}" if db else "currentDatabase()"
     try:
         rows = conn.client.query(
@@ -238,7 +244,7 @@ def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:
     found = tuple(str(n) for n, t in rows if is_timestamp_type(str(t)))
     if rows:
         with _columns_lock:
-            _columns[key] = found
+            _columns[key] = (time.monotonic(), found)
     return found
 
 
