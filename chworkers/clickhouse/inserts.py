@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from chworkers.clickhouse import dedup
 from chworkers.clickhouse.partitions import group_by_partition, is_too_many_partitions
+from chworkers.clickhouse.schema import is_unknown_field
 from chworkers.errors import ServerError
 
 #: ClickHouse error codes that blame the data of an insert rather than the request or
@@ -150,6 +151,7 @@ def run_insert(
     fmt: str | None = None,
     budget: SplitBudget | None = None,
     partitions: Partitions | None = None,
+    evolve: Callable[[bytes], int] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> InsertResult:
     """Insert ``data`` through ``send``; with ``budget``, bisect row errors out.
@@ -158,8 +160,12 @@ def run_insert(
     heartbeat before it). Without a budget, any error propagates. With one, ``fmt``
     must be one of :data:`LINE_FORMATS`. With ``partitions`` (a line format too), a
     request refused for spanning too many partitions is sent again as groups of whole
-    partitions (:mod:`chworkers.clickhouse.partitions`).
+    partitions (:mod:`chworkers.clickhouse.partitions`). With ``evolve`` (JSONEachRow), a
+    request refused for a field the table lacks is sent again once ``evolve(records)``
+    added columns (:mod:`chworkers.clickhouse.schema`).
     """
+    if evolve is not None:
+        send = _evolving(send, evolve)
     if partitions is not None and fmt in LINE_FORMATS:
         send = _by_partition(send, partitions, LINE_FORMATS[fmt])
     counts = _Counts()
@@ -212,6 +218,28 @@ def run_insert(
         stack.append((mid, stop, None, error))
         stack.append((start, mid, None, error))
     return counts.result(tuple(rejected))
+
+
+#: Rounds of adding columns for one request: another daemon may add a column with
+#: another name in between, which the next round sees.
+EVOLVE_ROUNDS = 3
+
+
+def _evolving(send: Send, evolve: Callable[[bytes], int]) -> Send:
+    """``send``, but a request refused for an unknown field is sent again once
+    ``evolve`` added the columns it lacks (none added: the refusal stands, and the
+    bisection isolates the records that carry the field)."""
+
+    def sender(data: bytes, token: str) -> tuple[int, int] | None:
+        for _ in range(EVOLVE_ROUNDS):
+            try:
+                return send(data, token)
+            except ServerError as exc:
+                if not is_unknown_field(exc) or not evolve(data):
+                    raise
+        return send(data, token)
+
+    return sender
 
 
 def _by_partition(send: Send, partitions: Partitions, line_format: LineFormat) -> Send:

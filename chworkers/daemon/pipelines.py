@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from chworkers.clickhouse.insertmode import insert_settings
+from chworkers.clickhouse.schema import Evolve
 from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.options import NatsSourceSettings, RedisSourceSettings
@@ -73,7 +74,20 @@ class PipelineSettings:
     max_bytes: int = same_as(BatchLimits, "max_bytes")
     max_delay: float = same_as(BatchLimits, "max_delay")
     unknown_fields: Literal["ignore", "reject"] = setting(
-        "ignore", "Fields the table lacks: ignore them, or reject the row (dead letter)."
+        "ignore",
+        "Fields the table lacks: ignore them, or reject the row (dead letter); with "
+        "schema = 'evolve', they are added as columns instead.",
+    )
+    schema: Literal["fixed", "evolve"] = setting(
+        "fixed",
+        "JSONEachRow: 'evolve' adds a field the table lacks as a column (ALTER TABLE ... "
+        "ADD COLUMN IF NOT EXISTS, its type inferred by ClickHouse from the records that "
+        "carry it) and inserts the rows; 'fixed' leaves the table as it is.",
+    )
+    evolve_nullable: bool = setting(
+        True,
+        "schema = 'evolve': make added columns Nullable (rows without the field hold NULL; "
+        "false: the type's default).",
     )
     timestamps: Literal["best_effort", "as_sent"] = setting(
         "best_effort",
@@ -149,6 +163,13 @@ class PipelineSettings:
                 expected="format = 'JSONEachRow'",
             )
         FieldMapper.parse(self.rename, where=where)
+        if self.schema == "evolve" and self.format != "JSONEachRow":
+            raise ConfigError(
+                f"{where}: schema = 'evolve' works on JSONEachRow records, not {self.format}",
+                key="schema",
+                value=self.schema,
+                expected="format = 'JSONEachRow' (or schema = 'fixed')",
+            )
         if self.sharding_key is not None:
             self._check_sharding_key(where)
         for item in self.insert_settings:
@@ -208,6 +229,11 @@ class PipelineSettings:
             )
 
     @property
+    def evolve(self) -> Evolve | None:
+        """How to add the columns the table lacks (None: ``schema = "fixed"``)."""
+        return Evolve(nullable=self.evolve_nullable) if self.schema == "evolve" else None
+
+    @property
     def mapper(self) -> FieldMapper | None:
         """The field mapping to apply to records, if ``rename`` asks for one."""
         return FieldMapper.parse(self.rename, where=f"pipeline {self.name!r}")
@@ -224,7 +250,10 @@ class PipelineSettings:
     def settings(self) -> dict[str, Any]:
         """ClickHouse settings every insert of this pipeline carries."""
         out: dict[str, Any] = {
-            "input_format_skip_unknown_fields": 1 if self.unknown_fields == "ignore" else 0
+            # Evolving, ClickHouse must name the fields the table lacks.
+            "input_format_skip_unknown_fields": (
+                1 if self.unknown_fields == "ignore" and self.schema != "evolve" else 0
+            )
         }
         if self.format == "JSONEachRow":
             # {"n": {"x": [..], "y": [..]}} fills Nested n.x and n.y; without it the field

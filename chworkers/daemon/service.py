@@ -101,6 +101,8 @@ class Daemon:
         self.embedded: Keeper | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        #: Pipelines with schema = "evolve", by name: their batches add missing columns.
+        self._evolve = {p.name: p.evolve for p in config.pipelines if p.evolve is not None}
         self._heartbeat = Heartbeat()
         #: Called with the daemon after the last batch is in, before ClickHouse (if
         #: embedded) stops: the demo queries the result here.
@@ -481,6 +483,7 @@ class Daemon:
             settings=batch.settings,
             deduplication_token=batch.token,
             split_bad_rows=True,
+            evolve_schema=self._evolve.get(batch.pipeline),
         )
 
     def _broker_sources(self) -> dict[str, BrokerSource] | None:

@@ -21,6 +21,7 @@ from typing import Any
 from chworkers import timeouts
 from chworkers.clickhouse import native
 from chworkers.clickhouse.inserts import SplitBudget
+from chworkers.clickhouse.schema import Evolve
 from chworkers.clickhouse.shardpools import check_shard
 from chworkers.errors import ConfigError, QueueFullError, SupervisorStoppedError
 from chworkers.timeouts import Timeout
@@ -129,6 +130,7 @@ class Producer:
         timeout: Timeout,
         split_bad_rows: bool,
         shard: int | None = None,
+        evolve: Evolve | None = None,
     ) -> Future[Any]:
         self._require_clickhouse("insert_raw")
         check_shard(shard, self.shards, f"insert_raw into {table!r}")
@@ -149,6 +151,7 @@ class Producer:
             rows=rows,
             split=budget,
             shard=shard,
+            evolve=evolve,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future

@@ -31,6 +31,7 @@ from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
+from chworkers.clickhouse.schema import Evolve
 from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
@@ -469,6 +470,7 @@ class Supervisor:
         timeout: Timeout = DEFAULT,
         split_bad_rows: Literal[False] = False,
         shard: int | None = None,
+        evolve_schema: Evolve | None = None,
     ) -> Future[int]: ...
 
     @overload
@@ -485,6 +487,7 @@ class Supervisor:
         timeout: Timeout = DEFAULT,
         split_bad_rows: Literal[True],
         shard: int | None = None,
+        evolve_schema: Evolve | None = None,
     ) -> Future[InsertResult]: ...
 
     def insert_raw(
@@ -500,6 +503,7 @@ class Supervisor:
         timeout: Timeout = DEFAULT,
         split_bad_rows: bool = False,
         shard: int | None = None,
+        evolve_schema: Evolve | None = None,
     ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
@@ -511,7 +515,11 @@ class Supervisor:
         ``*WithNames``), rows ClickHouse rejects for their data are bisected out in the
         worker, within ``split_max_requests`` and ``split_max_seconds``, and the rest is
         inserted; the future's result is then an :class:`~chworkers.clickhouse.inserts.InsertResult`
-        whose ``rejected`` holds the records left out and why."""
+        whose ``rejected`` holds the records left out and why.
+
+        With ``evolve_schema`` (JSONEachRow sent without ``input_format_skip_unknown_fields``),
+        fields the table lacks are added as columns and the insert is sent again
+        (:mod:`chworkers.clickhouse.schema`)."""
         return self._producer.insert_raw(
             table,
             data,
@@ -523,6 +531,7 @@ class Supervisor:
             timeout,
             split_bad_rows,
             shard,
+            evolve_schema,
         )
 
     def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:

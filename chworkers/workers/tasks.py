@@ -25,6 +25,7 @@ import dill  # type: ignore[import-untyped]
 
 from chworkers.clickhouse import columnar, dedup
 from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
+from chworkers.clickhouse.schema import Evolve
 from chworkers.errors import (
     BatchError,
     ChworkersError,
@@ -141,6 +142,8 @@ class InsertSpec:
     rows: int = 0
     #: The shard to insert into, of a sharded cluster (None: not sharded).
     shard: int | None = None
+    #: Add the columns the table lacks for the batch's fields (JSONEachRow only).
+    evolve: Evolve | None = None
 
 
 def encode_insert(
@@ -157,6 +160,7 @@ def encode_insert(
     native: NativeEncoder | None = None,
     split: SplitBudget | None = None,
     shard: int | None = None,
+    evolve: Evolve | None = None,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
@@ -206,7 +210,14 @@ def encode_insert(
         names = tuple(column_names) if column_names is not None else None
     if token is None:
         token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
-    meta = (table, names, dict(settings) if settings else None, token, fmt, split, count, shard)
+    if evolve is not None and fmt != "JSONEachRow":
+        raise BatchError(
+            f"insert into {table!r}: schema evolution takes JSONEachRow, not {fmt!r}",
+            table=table,
+            reason="schema evolution of a format other than JSONEachRow",
+        )
+    settings = dict(settings) if settings else None
+    meta = (table, names, settings, token, fmt, split, count, shard, evolve)
     header, extra = dumps(meta, what="batch")
     body = pickle.dumps((header, payload, len(extra)), protocol=5)
     return Task(
@@ -249,9 +260,10 @@ def _shared(extra: list[bytes], buffers: list[bytes]) -> list[sharedbuf.SharedBu
 def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     buffers = sharedbuf.resolve(buffers)
     header, data, split = pickle.loads(payload)
-    table, names, settings, token, fmt, budget, count, shard = loads(header, buffers[:split])
+    meta = loads(header, buffers[:split])
+    table, names, settings, token, fmt, budget, count, shard, evolve = meta
     form, data = loads(data, buffers[split:])
-    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count, shard)
+    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count, shard, evolve)
 
 
 def encode_call(

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chworkers.clickhouse import schema
 from chworkers.clickhouse.hooks import PoolHooks
 from chworkers.clickhouse.inserts import InsertResult, run_insert
 from chworkers.clickhouse.partitions import partition_keys
@@ -387,12 +388,25 @@ def insert(
     def partitions(data: bytes) -> tuple[list[str], int]:
         fmt = spec.fmt or ""
         return connections.with_connection(  # type: ignore[no-any-return]
-            lambda conn: partition_keys(conn, spec.table, fmt, data, spec.settings), retry=retry
+            lambda conn: partition_keys(conn, spec.table, fmt, data, spec.settings),
+            retry=retry,
+            shard=spec.shard,
         )
+
+    def evolve(data: bytes) -> int:
+        policy = spec.evolve
+        assert policy is not None
+        added = connections.with_connection(
+            lambda conn: schema.evolve(conn, spec.table, data, policy),
+            retry=retry,
+            shard=spec.shard,
+        )
+        return len(added)
 
     data: Any = spec.data  # split: bytes, or a view of them (a memory file's)
     if spec.split is not None and not isinstance(data, bytes):
         data = bytes(data)  # cut into records by bytes methods
+
     return run_insert(
         data,
         spec.token,
@@ -400,6 +414,7 @@ def insert(
         fmt=spec.fmt,
         budget=spec.split,
         partitions=partitions if spec.split is not None else None,
+        evolve=evolve if spec.evolve is not None else None,
     )
 
 
