@@ -241,6 +241,47 @@ def test_the_manifests_registry_refuses_a_message_in_two_batches() -> None:
     assert delivery("$JS.ACK.dom.acchash.ev.c.2.41.57.1796154889291426936.9.rand") == (41, 2)
 
 
+def test_manifests_are_written_by_compare_and_set(nats_server: NatsServer) -> None:
+    """Daemons writing manifests at once into the one key: none holds a sequence another
+    holds (a refused write says which manifest has it), a rebuilt batch's manifest is
+    there already, done is kept, and acknowledged batches are removed by the next write."""
+    import asyncio
+
+    from chworkers.daemon.brokers.natsmanifests import ManifestStore
+
+    async def work(client: Any) -> None:
+        js = client.jetstream()
+        kv = await js.create_key_value(bucket="chworkers", history=1)
+        stores = [ManifestStore(kv, "ev.c", ttl=3600, where="test") for _ in range(8)]
+
+        def manifest(token: str, first: int, last: int) -> Manifest:
+            return Manifest(token, to_ranges(range(first, last + 1)), created=time.time())
+
+        assert await stores[0].register(manifest("a", 1, 10), floor=0) == {}
+        refused = await stores[1].register(manifest("b", 8, 12), floor=0)
+        assert {seq: m.token for seq, m in refused.items()} == {8: "a", 9: "a", 10: "a"}
+        assert await stores[2].register(manifest("a", 1, 10), floor=0) == {}  # rebuilt
+        # Eight daemons at once, overlapping batches: each sequence in one manifest at most.
+        results = await asyncio.gather(
+            *(
+                store.register(manifest(f"t{i}", 100 + 5 * i, 110 + 5 * i), floor=0)
+                for i, store in enumerate(stores)
+            )
+        )
+        registry = await stores[0].load()
+        held = [seq for m in registry.manifests.values() for seq in m.seqs()]
+        assert len(held) == len(set(held))
+        written = {f"t{i}" for i, refused in enumerate(results) if not refused}
+        assert written and written <= set(registry.manifests)
+        await stores[3].mark_done("a", floor=0)
+        assert (await stores[0].load()).manifests["a"].done
+        # The acknowledgement floor passed "a": the next write removes it.
+        assert await stores[4].register(manifest("z", 500, 501), floor=10) == {}
+        assert "a" not in (await stores[0].load()).manifests
+
+    nats_server.run(work)
+
+
 def test_settings_are_checked() -> None:
     def load(nats: dict[str, Any], **pipeline: Any) -> Any:
         item = {"name": "q", "table": "ev", "source": "nats", "nats": nats, **pipeline}

@@ -485,12 +485,12 @@ class NatsSource:
     # -- NATS ------------------------------------------------------------------------------
 
     def _manifests(self) -> ManifestStore:
-        if not self._ready.wait(30) or self._store is None:
+        if not self._ready.wait(5) or self._store is None:
             raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
         return self._store
 
     def _wire(self) -> Consumer:
-        if not self._ready.wait(30) or self._consumer is None:
+        if not self._ready.wait(5) or self._consumer is None:
             raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
         return self._consumer
 
