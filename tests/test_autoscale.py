@@ -71,6 +71,7 @@ def test_the_worker_count_follows_the_load_up_and_down(make_sup: Any, tmp_path: 
     # Load: 1 worker runs 12 tasks/s; 100 tasks of 0.08 s keep 3 workers busy for 2-3 s.
     futures = [sup.call(record, n, str(runs), 0.08) for n in range(100)]
     waiting.wait_for(lambda: serving(sup) == 3, timeout=30, what="scaled up to 3")
+    assert sup.stats().target == 3
     pids = {f.result(60) for f in futures}
     # Idle: back down to 1, one worker at a time.
     waiting.wait_for(lambda: serving(sup) == 1, timeout=30, what="scaled down to 1")

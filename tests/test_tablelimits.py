@@ -51,6 +51,16 @@ def test_a_hot_table_held_to_one_insert_does_not_delay_the_others(
         waiting = sup.registry.get_sample_value(
             "chworkers_table_limit_wait_seconds_count", {"table": "hot"}
         )
+        stats = sup.stats().table_limits
+    assert stats == {
+        "hot": {
+            "max_concurrent_inserts": 1,
+            "max_inserts_per_second": None,
+            "running": 0,
+            "waiting": 0,
+            "peak": 1,
+        }
+    }
     spans = windows(record)
     # The limit held: one insert into hot at a time, in every worker together.
     assert most_at_once(spans["hot"]) == 1

@@ -397,6 +397,8 @@ class Arbiter:
             tasks=dict(self.outcomes.counts),
             restarts=dict(self.outcomes.restarts),
             pool=self.broker.stats() if self.broker is not None and crew else None,
+            target=crew.target if crew else self._options.initial_workers,
+            table_limits=self.limits.snapshot(self.queue.parked_by_table()),
         )
 
     # Stopping.

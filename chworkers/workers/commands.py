@@ -97,6 +97,16 @@ class WorkerSnapshot(TypedDict):
     max_tasks: int | None
 
 
+class TableLimitSnapshot(TypedDict):
+    """One table in :attr:`SupervisorStats.table_limits`."""
+
+    max_concurrent_inserts: int | None
+    max_inserts_per_second: float | None
+    running: int  # inserts holding a slot now
+    waiting: int  # inserts held back now
+    peak: int  # most inserts running at once so far
+
+
 @dataclass(frozen=True)
 class SupervisorStats:
     """A snapshot of the supervisor (see :meth:`Supervisor.stats`)."""
@@ -110,6 +120,10 @@ class SupervisorStats:
     tasks: Mapping[str, int]
     restarts: Mapping[str, int]
     pool: LeaseStats | None = None
+    #: Workers aimed at: ``workers``, or the count autoscaling chose.
+    target: int = 0
+    #: Tables with insert limits, by table.
+    table_limits: Mapping[str, TableLimitSnapshot] = field(default_factory=dict)
 
 
 class Mailbox:

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Mapping
 
 from chworkers.ops.metrics import Metrics
+from chworkers.workers.commands import TableLimitSnapshot
 from chworkers.workers.options import TableLimit
 from chworkers.workers.tasks import INSERT, Task
 
@@ -149,5 +150,14 @@ class TableLimits:
         for table in self.tables:
             self.metrics.table_limit_waiting.labels(table).set(parked.get(table, 0))
 
-    def peaks(self) -> dict[str, int]:
-        return {table: entry.peak for table, entry in self.tables.items()}
+    def snapshot(self, parked: Mapping[str, int]) -> dict[str, TableLimitSnapshot]:
+        return {
+            table: {
+                "max_concurrent_inserts": entry.limit.max_concurrent_inserts,
+                "max_inserts_per_second": entry.limit.max_inserts_per_second,
+                "running": entry.running,
+                "waiting": parked.get(table, 0),
+                "peak": entry.peak,
+            }
+            for table, entry in self.tables.items()
+        }
