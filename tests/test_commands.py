@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chclients import make_client
 from waiting import wait_for
 
 from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
@@ -103,8 +104,21 @@ name = "missing"
 table = "nowhere"
 """
     )
+    admin = make_client(endpoint, database=database)
+    try:  # an existing table with a view whose target does not deduplicate
+        admin.command("CREATE TABLE ev (n UInt64) ENGINE = MergeTree ORDER BY n")
+        admin.command("CREATE TABLE raw (n UInt64) ENGINE = MergeTree ORDER BY n")
+        admin.command("CREATE MATERIALIZED VIEW mv TO raw AS SELECT n FROM ev")
+    finally:
+        admin.close()
+    with conf.open("a") as f:
+        f.write('[[pipelines]]\nname = "viewed"\ntable = "ev"\n')
     result = chworkers("check", "-c", str(conf))
-    assert "configuration is valid (2 pipelines)" in result.stdout
+    assert (
+        f"pipeline viewed: materialized view {database}.mv writes to {database}.raw "
+        "(MergeTree), which does not deduplicate" in result.stdout
+    )
+    assert "configuration is valid (3 pipelines)" in result.stdout
     assert "answers (version" in result.stdout
     assert "created_on_run missing; `run` creates it" in result.stdout
     assert "nowhere MISSING" in result.stdout

@@ -209,6 +209,15 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
             )
             if int(exists):
                 state = "exists"
+                for view, target, engine in pool.with_connection(
+                    lambda c, t=p.table: _doubling_views(c, t)  # type: ignore[misc]
+                ):
+                    print(
+                        f"pipeline {p.name}: materialized view {view} writes to {target} "
+                        f"({engine}), which does not deduplicate: a replayed batch adds its "
+                        "rows there again (create it with SETTINGS "
+                        "non_replicated_deduplication_window = 1000)"
+                    )
             elif p.create:
                 state = "missing; `run` creates it"
             else:
@@ -218,6 +227,18 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     finally:
         pool.close()
     return 1 if missing else 0
+
+
+def _doubling_views(conn: Any, table: str) -> list[tuple[str, str, str]]:
+    """The materialized views fed by ``table`` whose targets do not deduplicate."""
+    from chworkers.clickhouse.views import undeduplicated_views
+
+    database, _, name = table.rpartition(".")
+    database = database or str(conn.command("SELECT currentDatabase()"))
+    try:
+        return list(undeduplicated_views(conn, database, name))
+    except Exception:  # advisory (an older server lacks system.tables.target_table)
+        return []
 
 
 def _check_shards(cfg: config_module.Config) -> int:
