@@ -298,8 +298,10 @@ def _int_bits(
 def _byte_values(
     field: str, type_name: str, values: Sequence[object], kind: tuple[str, int, bool]
 ) -> list[bytes]:
-    out: list[bytes] = []
     size = kind[1]
+    if kind[0] == "string" and set(map(type, values)) <= {str}:  # the common case, in C
+        return [v.encode("utf-8") for v in values]  # type: ignore[attr-defined]
+    out: list[bytes] = []
     for i, v in enumerate(values):
         if isinstance(v, str):
             b = v.encode("utf-8")

@@ -7,7 +7,9 @@ batch's key columns, routes every row with the cluster's
 table would pick), cuts the batch into one part per shard in the form it came in (rows,
 columns, DataFrame, Arrow), and queues each part as an insert task of its own on its
 shard, with the token :func:`~chworkers.clickhouse.dedup.shard_token` derives from the
-batch's. Each shard confirms its part independently; the :class:`ShardedFuture` resolves
+batch's (when the caller gives one; else each part's content token, as any insert's: the
+same batch splits into the same parts, so either way a batch sent again inserts nothing
+twice). Each shard confirms its part independently; the :class:`ShardedFuture` resolves
 to the rows written once every part is done, or to a
 :class:`~chworkers.errors.ShardInsertError` naming the shards that failed.
 """
@@ -32,7 +34,7 @@ __all__ = ["ShardedFuture", "ShardedInserts", "cut", "key_columns"]
 
 #: ``insert(table, part, names, settings, token, timeout, shard) -> Future[int]``.
 InsertPart = Callable[
-    [str, Any, "Sequence[str] | None", "Mapping[str, object] | None", str, Any, int],
+    [str, Any, "Sequence[str] | None", "Mapping[str, object] | None", "str | None", Any, int],
     "Future[int]",
 ]
 #: ``lookup(table, shard) -> TableSchema`` (raises when the lookup fails).
@@ -127,12 +129,12 @@ class ShardedInserts:
     ) -> ShardedFuture:
         key = self._parse(sharding_key)
         batch = dedup.normalize(data, column_names, table=table)
-        token = token if token is not None else dedup.derive_token(None, table, batch)
         future = ShardedFuture(table)
         if batch.rows == 0:
             future._track({})
             return future
-        if key.is_random:  # the whole batch to one shard, the same one for the same token
+        if key.is_random:  # the whole batch to one shard, the same one for the same batch
+            token = token if token is not None else dedup.derive_token(None, table, batch)
             digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
             slot = int.from_bytes(digest, "little") % self.router.total_weight
             shard = int(self.router.slots[slot])
@@ -160,7 +162,8 @@ class ShardedInserts:
                         cut(batch.kind, batch.data, batch.column_names, rows),
                         batch.column_names,
                         settings,
-                        dedup.shard_token(token, shard),
+                        # No token given: each part's own content token, as any insert's.
+                        None if token is None else dedup.shard_token(token, shard),
                         timeout,
                         shard,
                     )

@@ -414,9 +414,10 @@ class Supervisor:
         Of a sharded cluster, ``sharding_key`` (``"sipHash64(user_id)"``, a plain integer
         column, ``"rand()"``; docs/sharding.md) routes each row to the shard a
         ``Distributed`` table with that key would pick: the batch is cut into one part per
-        shard, each queued as its own task with a token derived from the batch's (its shard
-        in it) and confirmed by its shard alone. The future (a :class:`~chworkers.workers.shardinsert.ShardedFuture`, whose
-        ``parts`` are the shards' own futures) resolves to all rows written, or to a
+        shard, each queued as its own task (with a token derived from the given one, its
+        shard in it; else its content's) and confirmed by its shard alone. The future (a
+        :class:`~chworkers.workers.shardinsert.ShardedFuture`, whose ``parts`` are the
+        shards' own futures) resolves to all rows written, or to a
         :class:`~chworkers.errors.ShardInsertError` naming the shards that failed.
 
         Rows and columns are encoded to ClickHouse Native here, in the caller's thread
