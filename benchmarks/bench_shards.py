@@ -14,7 +14,9 @@ Cases, interleaved round by round (medians reported):
   same key, evaluated for the batch by the same key code, so the routing is the same and
   the naive path is not charged for hashing), each part inserted in turn from the calling
   thread, as a script without chworkers would;
-- ``naive, a thread per shard``: the same with the three inserts of a batch in parallel.
+- ``naive, a thread per shard``: the same with the three inserts of a batch in parallel;
+- ``naive, 1 shard``: one client, every row to one endpoint: what the endpoints cost
+  apart from the client (three chDB servers on the same cores take more than one).
 
 After every case the three tables hold exactly the rows sent (checked), then they are
 emptied. The endpoints share the machine's cores with the workers and the producer: the
@@ -111,6 +113,11 @@ def main() -> None:
             lambda: run_supervisor(three, batches, True),
             args.rows,
             3,
+        ),
+        "naive, 1 shard: one client, every row": (
+            lambda: run_naive(clients[:1], batches, False),
+            args.rows,
+            1,
         ),
         "naive: a client per shard, rows split in Python": (
             lambda: run_naive(clients, batches, False),

@@ -69,11 +69,13 @@ def _edge_rows(n: int) -> list[dict[str, Any]]:
 ROWS = _edge_rows(200)
 EXPRESSIONS = [
     *[name for name, t in COLUMNS.items() if "Int" in t],
-    *[f"sipHash64({name})" for name in COLUMNS],
+    *[f"{fn}({name})" for fn in ("sipHash64", "cityHash64", "xxHash64") for name in COLUMNS],
     *[f"intHash64({name})" for name, t in COLUMNS.items() if "Int" in t],
     "sipHash64(s, u64)",
     "sipHash64(i8, fs, lc)",
     "sipHash64(`u32`, i64)",
+    "cityHash64(s, i8, u64)",
+    "xxHash64(fs, i16, lc)",
 ]
 
 
@@ -114,6 +116,8 @@ def test_keys_equal_clickhouses_own_evaluation(ch_client: Client, typed_table: s
         ("sipHash64(s)", [1, 2, 3]),
         ("sipHash64(u32, s)", [2, 1, 1, 5]),
         ("intHash64(i32)", [1, 1, 1]),
+        ("cityHash64(s, i8)", [1, 2, 4]),
+        ("xxHash64(lc, u16)", [2, 3]),
     ],
 )
 def test_rows_go_where_a_distributed_table_sends_them(key: str, weights: list[int]) -> None:
@@ -151,8 +155,9 @@ def test_random_key_spreads_whole_batches_by_weight() -> None:
 @pytest.mark.parametrize(
     ("expression", "says"),
     [
-        ("cityHash64(a)", "function cityHash64 is not supported"),
+        ("murmurHash3_64(a)", "function murmurHash3_64 is not supported"),
         ("siphash64(a)", "ClickHouse spells it sipHash64"),
+        ("cityhash64(a)", "ClickHouse spells it cityHash64"),
         ("a + b", "not a column name or a function call"),
         ("sipHash64(lower(a))", "arguments must be column names"),
         ("intHash64(a, b)", "intHash64 takes one argument"),

@@ -10,6 +10,12 @@ the embedded engine's own evaluation):
   UInt64s.
 - ``intHash64``: ClickHouse's 64-bit integer mixer (MurmurHash3's finalizer) of the
   value as a UInt64 (signed values sign-extended) xor a constant salt.
+- ``xxHash64``: XXH64 (seed 0) of the value's bytes, as sipHash64 reads them (the
+  ``xxhash`` package); several arguments combined with CityHash's ``Hash128to64``.
+- ``cityHash64``: CityHash64 v1.0.2 of a string's bytes (``clickhouse-cityhash``,
+  ClickHouse's own version of CityHash), ``intHash64`` of an integer's bits
+  zero-extended (ClickHouse hashes numbers so); several arguments combined with
+  ``Hash128to64``.
 
 numpy computes modulo 2**64 here, which is what the C++ does on UInt64.
 """
@@ -20,7 +26,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["U64", "combine_siphash", "int_hash64", "siphash64_bytes", "siphash64_ints"]
+__all__ = [
+    "U64",
+    "cityhash64_bytes",
+    "combine_siphash",
+    "hash128_to_64",
+    "int_hash64",
+    "siphash64_bytes",
+    "siphash64_ints",
+    "xxhash64_bytes",
+    "xxhash64_ints",
+]
 
 #: A one-dimensional array of UInt64 (keys, hashes).
 U64 = np.ndarray[tuple[int], np.dtype[np.uint64]]
@@ -154,3 +170,38 @@ def int_hash64(values: U64) -> U64:
     x *= _M2
     x ^= x >> _S33
     return x
+
+
+def xxhash64_bytes(values: Sequence[bytes]) -> U64:
+    """``xxHash64`` of each byte string."""
+    from xxhash import xxh64_intdigest  # imported late: only xxHash64 keys need it
+
+    return np.fromiter(map(xxh64_intdigest, values), dtype=np.uint64, count=len(values))
+
+
+def xxhash64_ints(values: U64, width: int) -> U64:
+    """``xxHash64`` of integers of a ``width``-byte type (their little-endian bytes)."""
+    raw = values.astype(f"<u{width}").tobytes()
+    return xxhash64_bytes([raw[i : i + width] for i in range(0, len(raw), width)])
+
+
+def cityhash64_bytes(values: Sequence[bytes]) -> U64:
+    """``cityHash64`` of each byte string (CityHash64 v1.0.2)."""
+    # Imported late: only cityHash64 keys need it.
+    from clickhouse_cityhash.cityhash import CityHash64  # type: ignore[import-untyped]
+
+    return np.fromiter(map(CityHash64, values), dtype=np.uint64, count=len(values))
+
+
+_KMUL = np.uint64(0x9DDFEA08EB382D69)
+_S47 = np.uint64(47)
+
+
+def hash128_to_64(low: U64, high: U64) -> U64:
+    """CityHash's ``Hash128to64`` of (``low``, ``high``): how ClickHouse combines the
+    hashes of several arguments of cityHash64 and xxHash64."""
+    a = (low ^ high) * _KMUL
+    a ^= a >> _S47
+    b = (high ^ a) * _KMUL
+    b ^= b >> _S47
+    return b * _KMUL

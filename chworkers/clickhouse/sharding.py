@@ -14,7 +14,8 @@ Supported, each matched exactly (tests/test_sharding.py proves it against ClickH
 own evaluation and a real ``Distributed`` table in chDB):
 
 - a plain integer column: Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64;
-- ``sipHash64(a, ...)`` over those integers, String and FixedString(N) columns;
+- ``sipHash64(a, ...)``, ``cityHash64(a, ...)`` and ``xxHash64(a, ...)`` over those
+  integers, String and FixedString(N) columns (:mod:`chworkers.clickhouse.keyhash`);
 - ``intHash64(a)`` over an integer column;
 - ``rand()`` (or ``random``): whole batches to a random shard, in proportion to the
   weights (a Distributed table picks per row; any shard is right for such a table).
@@ -37,10 +38,14 @@ import numpy.typing as npt
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.keyhash import (
     U64,
+    cityhash64_bytes,
     combine_siphash,
+    hash128_to_64,
     int_hash64,
     siphash64_bytes,
     siphash64_ints,
+    xxhash64_bytes,
+    xxhash64_ints,
 )
 from chworkers.errors import BatchError, ConfigError
 
@@ -55,11 +60,12 @@ INTEGER_TYPES = {
     for width in (1, 2, 4, 8)
     for signed in (True, False)
 }
-_FUNCTIONS = {"sipHash64": "any", "intHash64": "integer"}
+_FUNCTIONS = {"sipHash64": "any", "xxHash64": "any", "cityHash64": "any", "intHash64": "integer"}
 _RANDOM = ("rand()", "random", "rand")
 SUPPORTED = (
-    "a plain integer column (Int8..Int64, UInt8..UInt64), sipHash64(col, ...) over integer, "
-    "String and FixedString(N) columns, intHash64(col) over an integer column, or rand()"
+    "a plain integer column (Int8..Int64, UInt8..UInt64); sipHash64(col, ...), "
+    "cityHash64(col, ...) or xxHash64(col, ...) over integer, String and FixedString(N) "
+    "columns; intHash64(col) over an integer column; or rand()"
 )
 _IDENT = r"(?:[A-Za-z_][A-Za-z0-9_]*|`(?:[^`\\]|\\.)+`)"
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*(.*?)\s*\)\s*$", re.S)
@@ -142,7 +148,7 @@ class ShardingKey:
             if kind is None or (self.function in (None, "intHash64") and kind[0] != "int"):
                 want = (
                     "an integer type"
-                    if self.function != "sipHash64"
+                    if self.function in (None, "intHash64")
                     else "an integer, String or FixedString(N) type"
                 )
                 raise _refuse(
@@ -220,10 +226,27 @@ class BoundShardingKey:
                     return bits & np.uint64((1 << (8 * kind[1])) - 1)
                 if self.key.function == "intHash64":
                     return int_hash64(bits)
-                h = siphash64_ints(bits, kind[1])
+                if self.key.function == "cityHash64":  # numbers: intHash64, zero-extended
+                    h = int_hash64(bits & np.uint64((1 << (8 * kind[1])) - 1))
+                elif self.key.function == "xxHash64":
+                    h = xxhash64_ints(bits, kind[1])
+                else:
+                    h = siphash64_ints(bits, kind[1])
             else:
-                h = siphash64_bytes(_byte_values(field, type_name, values, kind))
-            hashes = h if hashes is None else combine_siphash(hashes, h)
+                raw = _byte_values(field, type_name, values, kind)
+                h = (
+                    cityhash64_bytes(raw)
+                    if self.key.function == "cityHash64"
+                    else xxhash64_bytes(raw)
+                    if self.key.function == "xxHash64"
+                    else siphash64_bytes(raw)
+                )
+            if hashes is None:
+                hashes = h
+            elif self.key.function == "sipHash64":
+                hashes = combine_siphash(hashes, h)
+            else:
+                hashes = hash128_to_64(hashes, h)
         assert hashes is not None
         return hashes
 
