@@ -280,9 +280,10 @@ class Arbiter:
         if crew.next_spawn > 0:
             timeout = min(timeout, max(0.0, crew.next_spawn - time.monotonic()))
         if self.limits and self.queue.parked:
-            wake = self.limits.next_wakeup(self.queue.parked_tables())
+            now = time.monotonic()
+            wake = self.limits.next_wakeup(self.queue.parked_tables(), now)
             if wake is not None:
-                timeout = min(timeout, max(0.0, wake - time.monotonic()))
+                timeout = min(timeout, max(0.0, wake - now))
         return timeout
 
     def _exited(self) -> None:

@@ -106,6 +106,8 @@ class TableLimits:
         worker it would go to has nothing else to do (so it starts at once)."""
         entry = self.limited(task)
         if entry is None:
+            if self._parked_at:  # held back, then its limit was lifted
+                self._parked_at.pop(task.id, None)
             return True
         if not self.room(task.table or "", now):
             self._parked_at.setdefault(task.id, now)
@@ -137,13 +139,21 @@ class TableLimits:
             if rate is not None:  # it started before now: the next one 1/rate after
                 entry.next_start = max(entry.next_start, now + 1.0 / rate)
 
-    def next_wakeup(self, parked: list[str]) -> float | None:
-        """When the earliest of the ``parked`` tables (held back by rate) may start one."""
-        times = [
-            self.tables[t].next_start
-            for t in parked
-            if t in self.tables and self.tables[t].limit.max_inserts_per_second is not None
-        ]
+    def next_wakeup(self, parked: list[str], now: float) -> float | None:
+        """When the loop must look again for a ``parked`` table that waits on time
+        alone (its next start); tables waiting on a slot or on an insert's result are
+        woken by that result, and must not make the loop spin until it comes."""
+        times = []
+        for table in parked:
+            entry = self.tables.get(table)
+            if entry is None or entry.limit.max_inserts_per_second is None:
+                continue
+            if entry.awaiting is not None or entry.next_start <= now:
+                continue
+            most = entry.limit.max_concurrent_inserts
+            if most is not None and entry.running >= most:
+                continue
+            times.append(entry.next_start)
         return min(times) if times else None
 
     def publish(self, parked: Mapping[str, int]) -> None:
