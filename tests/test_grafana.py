@@ -266,6 +266,10 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap() -> None:
         ("chworkers_table_limit_waiting", "inserts waiting for their table's limits"),
         ("chworkers_workers_target", "the worker count aimed at"),
         ("chworkers_worker_scaling_total", "autoscaling's changes"),
+        ("sum by (shard) (rate(chworkers_shard_rows_total", "rows per shard"),
+        ("chworkers_shard_backlog_batches", "each shard's parts waiting"),
+        ("chworkers_shard_errors_total", "each shard's failed attempts"),
+        ("chworkers_shard_replicas_up", "each shard's replicas that answer"),
     ],
 )
 def test_dashboard_shows(needle: str, what: str) -> None:

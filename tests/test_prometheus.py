@@ -204,6 +204,13 @@ class BusyDaemon:
         m.broker_pending.labels("orders").set(rnd.randint(0, 50))
         m.broker_acked.labels("orders").inc(rnd.randint(50, 100))
         m.broker_redeliveries.labels("orders").inc(rnd.randint(0, 1))
+        for shard in ("0", "1", "2"):  # a sharded cluster
+            m.shard_rows.labels(shard).inc(rnd.randint(100, 500))
+            m.shard_errors.labels(shard).inc(rnd.randint(0, 1))
+            m.shard_backlog.labels(shard).set(rnd.randint(0, 5))
+            m.shard_replicas.labels(shard).set(2)
+            m.shard_replicas_up.labels(shard).set(rnd.randint(1, 2))
+        m.shard_split_waiting.set(rnd.randint(0, 3))
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):

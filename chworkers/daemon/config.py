@@ -144,7 +144,9 @@ class ClickHouseSettings:
 
     def connection(self, url: str | None = None) -> ConnectionConfig:
         """The connection options for ``url`` (the embedded endpoint's, when running it)."""
-        cfg = ConnectionConfig.coerce(url or self.url)
+        # Of a sharded cluster, the options every shard's connections share (the
+        # cluster gives the hosts, shard by shard).
+        cfg = ConnectionConfig.coerce(url or (self.shards[0][0] if self.shards else self.url))
         changes: dict[str, Any] = {
             k: v
             for k, v in (

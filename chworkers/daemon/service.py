@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
+from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.batcher import Batcher
 from chworkers.daemon.brokers.common import BrokerSource
@@ -37,17 +38,20 @@ from chworkers.daemon.brokers.wiring import broker_of, broker_source, skipped
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.config import EMBEDDED, Config
 from chworkers.daemon.deadletter import DeadLetters
-from chworkers.daemon.dispatch import Dispatcher
+from chworkers.daemon.dispatch import Dispatcher, shard_of
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
 from chworkers.daemon.partspressure import PartsPressure, parts_state
 from chworkers.daemon.pipelines import table_limits
+from chworkers.daemon.shardstats import ShardStats
+from chworkers.daemon.shardtarget import columns_reader, create_table, shard_tables
+from chworkers.daemon.splitter import Splitter
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
-from chworkers.daemon.tables import Tables
+from chworkers.daemon.tables import ShardTables, Tables
 from chworkers.daemon.totals import Totals
-from chworkers.errors import ChworkersError, ConfigError, WorkerLostError
+from chworkers.errors import ChworkersError, WorkerLostError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
 from chworkers.workers.options import SupervisorOptions
@@ -94,6 +98,11 @@ class Daemon:
         self.metrics_url: str | None = None
         self.ingest_url: str | None = None
         self.clickhouse_url: str | None = None
+        ch = config.settings.clickhouse
+        #: The sharded cluster ClickHouse is (None: one ClickHouse, maybe with replicas).
+        self.cluster: Cluster | None = ch.cluster() if ch.shards else None
+        self.splitter: Splitter | None = None
+        self.shard_stats: ShardStats | None = None
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.ingest: IngestServer | None = None
         self._report = Report(Level.OK)
@@ -190,14 +199,9 @@ class Daemon:
 
     def _start_clickhouse(self, stack: contextlib.ExitStack) -> str | None:
         ch = self.config.settings.clickhouse
-        if ch.shards:  # the routing lands in steps (issue 14); until then say so, never guess
-            raise ConfigError(
-                "clickhouse.shards: this build of `chworkers run` does not route to a "
-                "sharded cluster yet; use url",
-                key="clickhouse.shards",
-                value=ch.shards,
-                expected="url",
-            )
+        if self.cluster is not None:
+            self.clickhouse_url = str(self.cluster)
+            return None
         if ch.url != EMBEDDED:
             self.clickhouse_url = ch.connection().url
             return None
@@ -210,6 +214,7 @@ class Daemon:
         s = self.config.settings
         self.supervisor = Supervisor(
             s.clickhouse.connection(url),
+            shards=self.cluster,
             pool_options=s.clickhouse.pool,
             options=s.supervisor,
             max_connections=s.clickhouse.pool.max_connections,
@@ -242,6 +247,7 @@ class Daemon:
             self._submit,
             s.spool,
             workers=s.supervisor.worker_bounds[1],  # the most it may autoscale to
+            shards=1 if self.cluster is None else len(self.cluster),
             on_done=self._confirmed,
             on_failure=self._failed,
             is_permanent=self._is_permanent,
@@ -262,19 +268,45 @@ class Daemon:
             for p in self.config.pipelines
             if (statement := p.create_statement()) is not None
         }
-        self.tables = Tables(
-            statements,
-            lambda statement: self.supervisor.submit(_create_table, statement),
-            self.dispatcher.add,
-        )
+        self.tables: Tables | ShardTables
+        if self.cluster is None:
+            self.tables = Tables(
+                statements,
+                lambda statement: self.supervisor.submit(create_table, statement),
+                self.dispatcher.add,
+            )
+        else:
+            self.tables = shard_tables(
+                statements, self.supervisor, len(self.cluster), self.dispatcher.add
+            )
         once_serving(self.embedded, self.tables.start)
         stack.callback(self.tables.stop)
+        if self.cluster is not None:
+            self.splitter = Splitter(
+                self.config.pipelines,
+                self.cluster,
+                self.spool,
+                self.tables.offer,
+                columns_reader(self.supervisor, len(self.cluster)),
+                dead_letters=self.dead_letters,
+            )
+            self.splitter.start()
+            stack.callback(self.splitter.stop)
+            self.shard_stats = ShardStats(
+                self.cluster,
+                self.dispatcher.shard_backlog,
+                scheme="https" if self.cluster.secure else "http",
+                metrics=self.metrics,
+            )
+            self.shard_stats.start()
+            stack.callback(self.shard_stats.stop)
+            self.supervisor.add_refresh(self._publish_shards)
 
     def _replay(self) -> None:
         batches = self.spool.recover()
         self.checkpoints.recover(batches)
         for batch in batches:
-            self.tables.offer(batch)
+            self._offer(batch)
         once_serving(self.embedded, self.dispatcher.start)
         if batches:
             log.info("replaying %d spooled batches from the last run", len(batches))
@@ -408,6 +440,8 @@ class Daemon:
         # operator may have just fixed the table or the password.
         self.dispatcher.retry_now()
         self.tables.retry_now()
+        if self.splitter is not None:
+            self.splitter.retry_now()
         if self.config.source == "defaults":
             log.info("SIGHUP: no config file to reload")
             return
@@ -465,7 +499,15 @@ class Daemon:
             # The position also rides in the spooled batch (recovered at start); the
             # batch must be inserted all the same.
             log.error("could not save the position of batch %d: %s", batch.seq, exc)
-        self.tables.offer(batch)
+        self._offer(batch)
+
+    def _offer(self, batch: SpooledBatch) -> None:
+        """A spooled batch on its way: split by shard first (a keyed pipeline of a
+        sharded cluster), then to its table (created yet?), then to the dispatcher."""
+        if self.splitter is not None:
+            self.splitter.offer(batch)
+        else:
+            self.tables.offer(batch)
 
     def _submit(self, batch: SpooledBatch) -> Future[Any]:
         # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
@@ -484,6 +526,7 @@ class Daemon:
             deduplication_token=batch.token,
             split_bad_rows=True,
             evolve_schema=self._evolve.get(batch.pipeline),
+            shard=None if self.cluster is None else shard_of(batch),
         )
 
     def _broker_sources(self) -> dict[str, BrokerSource] | None:
@@ -503,6 +546,8 @@ class Daemon:
             self.totals.batches += 1
             self.totals.dead_letters += len(result.rejected)
         self._stall.progressed()
+        if self.shard_stats is not None:
+            self.shard_stats.confirmed(shard_of(batch), result.rows or 0)
 
     def _is_permanent(self, error: BaseException) -> bool:
         """Whether a batch's failure is one only a fix (or SIGHUP) can end: the retry
@@ -515,6 +560,8 @@ class Daemon:
     def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
         self.parts.failed(batch.table, error)  # TOO_MANY_PARTS: slow the table down
         self._stall.failed(error)
+        if self.shard_stats is not None:
+            self.shard_stats.failed(shard_of(batch), error)
         with self._lock:
             self.totals.failures += 1
 
@@ -548,6 +595,9 @@ class Daemon:
         health.add("positions", self.checkpoints)  # file positions that could not be saved
         health.add("inserts", self._stall)
         health.add("tables", self.tables)
+        if self.splitter is not None and self.shard_stats is not None:
+            health.add("shards", self.shard_stats)  # a shard holding its parts back
+            health.add("split", self.splitter)  # batches waiting for their columns
         if self.embedded is not None:
             health.add("embedded ClickHouse", self.embedded)
 
@@ -562,7 +612,13 @@ class Daemon:
 
     def _backlog(self) -> int:
         """Batches not confirmed yet: with the dispatcher, or waiting for their table."""
-        return self.dispatcher.backlog() + self.tables.held()
+        waiting = 0 if self.splitter is None else self.splitter.waiting()
+        return self.dispatcher.backlog() + self.tables.held() + waiting
+
+    def _publish_shards(self) -> None:
+        if self.shard_stats is not None and self.splitter is not None:
+            self.shard_stats.publish()
+            self.metrics.shard_split_waiting.set(self.splitter.waiting())
 
     def health(self) -> Report:
         """The daemon's health now (what ``/healthz`` serves)."""
@@ -589,7 +645,3 @@ class Daemon:
 
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _create_table(conn: Any, statement: str) -> None:
-    conn.command(statement, idempotent=True)

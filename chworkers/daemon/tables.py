@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from chworkers.backoff import capped_backoff
 from chworkers.daemon.spool import SpooledBatch
 
-__all__ = ["Tables"]
+__all__ = ["ShardTables", "Tables"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ class Tables:
         initial_backoff: float = 1.0,
         max_backoff: float = 10.0,
         attempt_timeout: float = 120.0,
+        where: str = "",
     ) -> None:
+        #: What the tables are on, for messages ("shard 1: "), "" for one ClickHouse.
+        self.where = where
         self._create = create
         self._release = release
         self.initial_backoff = initial_backoff
@@ -116,7 +119,7 @@ class Tables:
         now = time.monotonic()
         with self._lock:
             return [
-                f"table {table} is not created yet ({attempts} attempts in {now - since:.0f} s, "
+                f"{self.where}table {table} is not created yet ({attempts} attempts in {now - since:.0f} s, "
                 f"{len(self._held.get(table, ()))} batches wait for it): {error}"
                 for table, (attempts, since, error) in sorted(self._failures.items())
                 if table in self._pending
@@ -151,8 +154,9 @@ class Tables:
                 self._failures[table] = (attempts + 1, since, error)
                 held = len(self._held.get(table, ()))
             log.warning(
-                "table %s cannot be created yet (attempt %d; %d batches wait for it, kept in "
+                "%stable %s cannot be created yet (attempt %d; %d batches wait for it, kept in "
                 "the spool); trying again: %s",
+                self.where,
                 table,
                 attempts + 1,
                 held,
@@ -167,5 +171,53 @@ class Tables:
                 self._release(batch)
             self._done.notify_all()
         log.info(
-            "table %s is ready%s", table, f"; {len(batches)} held batches go" if batches else ""
+            "%stable %s is ready%s",
+            self.where,
+            table,
+            f"; {len(batches)} held batches go" if batches else "",
         )
+
+
+class ShardTables:
+    """One :class:`Tables` per shard of a cluster: a table is created on each shard on
+    its own, and a batch (a shard's part) waits only for its own shard's table, so a
+    shard that is down at start holds back only its own parts."""
+
+    def __init__(self, shards: Sequence[Tables], shard_of: Callable[[SpooledBatch], int]) -> None:
+        self.shards = tuple(shards)
+        self._shard_of = shard_of
+
+    def __repr__(self) -> str:
+        return f"<ShardTables: {', '.join(map(repr, self.shards))}>"
+
+    def start(self) -> None:
+        for tables in self.shards:
+            tables.start()
+
+    def stop(self) -> None:
+        for tables in self.shards:
+            tables.stop()
+
+    def retry_now(self) -> None:
+        for tables in self.shards:
+            tables.retry_now()
+
+    def offer(self, batch: SpooledBatch) -> None:
+        self.shards[self._shard_of(batch) % len(self.shards)].offer(batch)
+
+    def held(self) -> int:
+        return sum(tables.held() for tables in self.shards)
+
+    def pending(self) -> list[str]:
+        return sorted({table for tables in self.shards for table in tables.pending()})
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for tables in self.shards:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not tables.wait(left):
+                return False
+        return True
+
+    def problems(self) -> list[str]:
+        return [line for tables in self.shards for line in tables.problems()]

@@ -306,6 +306,47 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        # A sharded cluster ([clickhouse] shards): the daemon's parts, by shard index.
+        self.shard_rows = Counter(
+            "chworkers_shard_rows_total",
+            "Rows ClickHouse wrote into each shard of the cluster (the daemon's per-shard "
+            "parts), by shard index (0 is the first of [clickhouse] shards).",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_errors = Counter(
+            "chworkers_shard_errors_total",
+            "Attempts to insert a part into a shard that failed (it stays spooled and is "
+            "tried again), by shard index.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_backlog = Gauge(
+            "chworkers_shard_backlog_batches",
+            "Parts spooled for a shard and not confirmed yet, by shard index: a shard that "
+            "is down holds back only its own.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_replicas = Gauge(
+            "chworkers_shard_replicas",
+            "Replicas configured for each shard, by shard index.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_replicas_up = Gauge(
+            "chworkers_shard_replicas_up",
+            "Replicas of each shard that answered the daemon's last /ping, by shard index.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_split_waiting = Gauge(
+            "chworkers_shard_split_waiting_batches",
+            "Spooled batches of keyed pipelines not split by shard yet (their table's "
+            "columns are not known yet: ClickHouse unreachable, the table missing).",
+            registry=r,
+        )
+
         # Broker sources (Redis Streams), by pipeline.
         self.broker_lag = Gauge(
             "chworkers_broker_lag_entries",
