@@ -134,3 +134,14 @@ def test_bad_limits_are_config_errors() -> None:
         Supervisor(table_limits={"t": {"max_inserts": 1}})
     with pytest.raises(ConfigError, match="TableLimit"):
         Supervisor(table_limits={"t": 3})  # type: ignore[dict-item]
+
+
+def test_limits_change_while_running() -> None:
+    with Supervisor(workers=1, start_method="fork") as sup:
+        assert sup.stats().table_limits == {}
+        sup.set_table_limits({"events": {"max_inserts_per_second": 2}})
+        assert sup.stats().table_limits["events"]["max_inserts_per_second"] == 2.0
+        sup.set_table_limits(None)
+        assert sup.stats().table_limits == {}
+        with pytest.raises(ConfigError, match="max_inserts_per_second"):
+            sup.set_table_limits({"events": {"max_inserts_per_second": -1}})

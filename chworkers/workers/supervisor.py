@@ -63,6 +63,7 @@ from chworkers.workers.probes import Probes
 from chworkers.workers.producer import Producer
 from chworkers.workers.shardinsert import ShardedInserts
 from chworkers.workers.signals import SignalInbox
+from chworkers.workers.tablelimits import coerce_limits
 from chworkers.workers.tasks import DeadLetter
 from chworkers.workers.worker import PoolConnector
 
@@ -116,7 +117,7 @@ class Supervisor:
         **settings: object,
     ) -> None:
         opts = SupervisorOptions.build(settings, base=options)
-        limits = _table_limits(table_limits)
+        limits = coerce_limits(table_limits)
         if shards is not None:
             base = ConnectionConfig.coerce(clickhouse if clickhouse is not None else {})
             clickhouse = dataclasses.replace(base, shards=Cluster.parse(shards))
@@ -335,7 +336,7 @@ class Supervisor:
     ) -> None:
         """Replace the per-table insert limits while running (tables not named have
         none; inserts running keep their slots)."""
-        self._owner.ask(SetTableLimits(_table_limits(limits)))
+        self._owner.ask(SetTableLimits(coerce_limits(limits)))
 
     def restart_workers(self, timeout: float | None = None, *, wait: bool = True) -> int:
         """Replace every worker, one at a time: a fresh worker starts and reports ready
@@ -576,18 +577,3 @@ class Supervisor:
         if broker is None:
             return None
         return PoolConnector(self.clickhouse, self.pool_options, broker.client(name))
-
-
-def _table_limits(
-    given: Mapping[str, TableLimit | Mapping[str, object]] | None,
-) -> dict[str, TableLimit]:
-    if given is None:
-        return {}
-    if not isinstance(given, Mapping):
-        raise ConfigError(
-            f"table_limits: a mapping of table to TableLimit, not {type(given).__name__}",
-            key="table_limits",
-            value=given,
-            expected="{'table': TableLimit(...) or {'max_concurrent_inserts': 2, ...}}",
-        )
-    return {str(table): TableLimit.coerce(limit, str(table)) for table, limit in given.items()}

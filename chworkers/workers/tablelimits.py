@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from chworkers.errors import ConfigError
 from chworkers.ops.metrics import Metrics
 from chworkers.workers.commands import TableLimitSnapshot
 from chworkers.workers.options import TableLimit
@@ -171,3 +172,19 @@ class TableLimits:
             }
             for table, entry in self.tables.items()
         }
+
+
+def coerce_limits(
+    given: Mapping[str, TableLimit | Mapping[str, object]] | None,
+) -> dict[str, TableLimit]:
+    """``table_limits=`` as given (limits or mappings of their fields, by table), checked."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"table_limits: a mapping of table to TableLimit, not {type(given).__name__}",
+            key="table_limits",
+            value=given,
+            expected="{'table': TableLimit(...) or {'max_concurrent_inserts': 2, ...}}",
+        )
+    return {str(table): TableLimit.coerce(limit, str(table)) for table, limit in given.items()}
