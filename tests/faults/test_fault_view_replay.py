@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from daemonthread import Running
 
 from chworkers import Supervisor
 from chworkers.clickhouse import views
@@ -138,3 +141,41 @@ def test_defaults_a_profile_fixes_are_not_sent(
     finally:
         conn.close()
     assert counts(viewed)["src"] == 101
+
+
+def test_a_daemon_batch_whose_answer_is_lost_reaches_the_views_once(
+    fault_proxy: Any, database: str, viewed: Client, tmp_path: Path
+) -> None:
+    """The daemon end to end: ClickHouse inserts each batch, the proxy throws the first
+    answer of each of the first batches away (the "maybe applied" case), the worker
+    sends it again with its token: the table and its views hold each row once."""
+    fault_proxy.set("drop", times=3, match=b"INSERT")
+    (tmp_path / "in.json").write_bytes(ROWS)
+    running = Running(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "clickhouse": {
+                "url": f"{fault_proxy.url}/{database}?compatibility=25.8",
+                "pool": {"retry": {"initial_backoff": 0.05, "max_backoff": 0.2}},
+            },
+            "supervisor": {"workers": 1},
+            "metrics": {"port": 0},
+            "spool": {"fsync": False, "retry_backoff_max": 0.5},
+            "pipelines": [
+                {
+                    "name": "p",
+                    "source": "file",
+                    "paths": [str(tmp_path / "in.json")],
+                    "table": "src",
+                    "max_delay": "50ms",
+                }
+            ],
+        }
+    )
+    running.thread.join(60)
+    assert running.code == 0 and running.error is None
+    assert fault_proxy.counts["dropped"] >= 1
+    assert counts(viewed)["src"] == 100
+    # One row per batch in the views, each counting its batch's rows once.
+    assert viewed.query("SELECT sum(n), sum(s) FROM sums").result_rows == [(100, sum(range(100)))]
+    assert viewed.command("SELECT sum(n) FROM sums2") == 100
