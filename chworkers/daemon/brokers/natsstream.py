@@ -21,11 +21,10 @@ from typing import Any
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers import natsclient
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
 from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
-from chworkers.daemon.brokers.natsconsumer import Consumer
-from chworkers.daemon.brokers.natsmanifests import Manifest, ManifestStore, to_ranges
+from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
+from chworkers.daemon.brokers.natsmanifests import Manifest, to_ranges
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
@@ -33,9 +32,6 @@ from chworkers.errors import BrokerError, PoisonMessageError
 from chworkers.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-#: Acknowledgement payloads (JetStream's protocol).
-ACK, PROGRESS, TERM = b"+ACK", b"+WPI", b"+TERM"
 
 
 def delivery(reply: str) -> tuple[int, int]:
@@ -79,7 +75,6 @@ class NatsSource:
         on_error: Callable[[str, str], None] | None = None,
         max_record_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        natsclient.nats_module(f"pipeline {name!r}")  # installed, or a clear error now
         self.name = name
         self.table = table
         self.format = format
@@ -92,16 +87,10 @@ class NatsSource:
         self.metrics = metrics
         self.on_error = on_error
         self.assembler = Assembler(format, max_record_bytes=max_record_bytes, transform=transform)
-        self.url = natsclient.display_url(options.url)
-        self.where = f"nats {self.url}"
-        self.trouble = Trouble(name, self.where)
+        self.link = NatsLink(options, name, consumer)
+        self.trouble = Trouble(name, self.link.where)
         self.stream, self.consumer = options.stream, options.consumer
         self.rows = 0
-        self.loop = natsclient.Loop(f"source-{name}-nats")
-        self._consumer: Consumer | None = None
-        self._store: ManifestStore | None = None
-        self._ready = threading.Event()
-        self._closed = threading.Event()
         self._lock = threading.Lock()
         #: token -> acknowledgement subjects of its messages this daemon holds, until
         #: the batch is acknowledged.
@@ -110,9 +99,7 @@ class NatsSource:
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
         self._rows_per_message = 1.0
-        threading.Thread(
-            target=self._heartbeat, name=f"source-{name}-heartbeat", daemon=True
-        ).start()
+        self.link.keep_alive(self._inflight_replies)
 
     # -- the daemon's side ----------------------------------------------------------------
 
@@ -121,7 +108,7 @@ class NatsSource:
         acknowledged, or it expired): a batch replayed from the spool is inserted only if
         it is."""
         token = str(batch.meta["broker"]["token"])
-        registry = self._call(self._manifests().load())
+        registry = self.link.call(self.link.manifests().load())
         registry.prune(self._floor, time.time(), self.options.manifest_ttl)
         return token in registry.manifests
 
@@ -134,14 +121,14 @@ class NatsSource:
         with self._lock:
             replies = list(self._inflight.get(token, ()))
         if replies:
-            self._call(self._wire().send(replies, ACK))
+            self.link.send(replies, ACK)
         if broker.get("rebuilt"):
-            self._call(self._manifests().mark_done(token, self._floor))
+            self.link.call(self.link.manifests().mark_done(token, self._floor))
         with self._lock:
             # Replies added meanwhile (redelivered to us while it was in flight) too.
             late = self._inflight.pop(token, [])[len(replies) :]
         if late:
-            self._call(self._wire().send(late, ACK))
+            self.link.send(late, ACK)
         self._acked(len(replies) + len(late))
 
     def problems(self) -> list[str]:
@@ -154,8 +141,8 @@ class NatsSource:
         next_gauges = 0.0
         while not stop.is_set():
             try:
-                if self._consumer is None:
-                    self._connect()
+                if not self.link.connected:
+                    self.link.connect()
                 now = time.monotonic()
                 if now >= next_gauges:
                     self._publish_gauges()
@@ -175,39 +162,6 @@ class NatsSource:
         except BrokerError as exc:
             log.warning("source %s: the last batch is redelivered later: %s", self.name, exc)
 
-    def _connect(self) -> None:
-        async def connect() -> None:
-            client = await natsclient.connect(
-                self.options, self.where, name=f"chworkers {self.label} {self.name}"
-            )
-            try:
-                js = client.jetstream()
-                await natsclient.stream_ready(js, self.options, self.where)
-                await natsclient.consumer_ready(js, self.options, self.where)
-                kv = await natsclient.bucket(js, self.options)
-                consumer = Consumer(client, js, self.stream, self.consumer, self.options.ack_wait)
-                await consumer.start()
-            except BaseException:
-                await client.close()
-                raise
-            self._consumer = consumer
-            self._store = ManifestStore(
-                kv,
-                f"{self.stream}.{self.consumer}",
-                ttl=self.options.manifest_ttl,
-                where=f"source {self.name}",
-            )
-
-        self._call(connect())
-        self._ready.set()
-        log.info(
-            "source %s: reading stream %s through consumer %s on %s",
-            self.name,
-            self.stream,
-            self.consumer,
-            self.url,
-        )
-
     def _fetch(self) -> None:
         wait = 1.0
         if self._assembly.ids:
@@ -218,7 +172,7 @@ class NatsSource:
         # (the deadline below): at most this wait after it, when the pull waits for new
         # messages. Short waits keep that loss small.
         wait = min(wait, 1.0, self.options.ack_wait / 8)
-        pulled = self._call(self._wire().pull(count, max(0.01, wait)))
+        pulled = self.link.call(self.link.wire().pull(count, max(0.01, wait)))
         if not pulled:
             return
         deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
@@ -280,7 +234,7 @@ class NatsSource:
         if not batch.ids:
             return "", batch, [], False
         if not batch.rows:
-            self._call(self._wire().send(replies, ACK))  # nothing to insert: empty messages
+            self.link.send(replies, ACK)  # nothing to insert: empty messages
             self._acked(len(replies))
             return "", batch, [], False
         # Room for the manifest's write (compare-and-set, maybe retried) before the deadline.
@@ -297,7 +251,7 @@ class NatsSource:
         seqs = sorted(int(i) for i in batch.ids)
         token = broker_token("nats", self.stream, self.consumer, [str(s) for s in seqs])
         manifest = Manifest(token, to_ranges(seqs), time.time(), self.label)
-        conflicts = self._call(self._manifests().register(manifest, self._floor))
+        conflicts = self.link.call(self.link.manifests().register(manifest, self._floor))
         if conflicts:
             # Some of these messages are in another daemon's manifest (it held them
             # before us and wrote late): they go with that batch, the rest in a new one.
@@ -336,8 +290,8 @@ class NatsSource:
         if not batch.rows:  # a rebuilt batch whose messages the stream no longer has
             with self._lock:
                 held = self._inflight.pop(token, [])
-            self._call(self._wire().send(held, ACK))
-            self._call(self._manifests().mark_done(token, self._floor))
+            self.link.send(held, ACK)
+            self.link.call(self.link.manifests().mark_done(token, self._floor))
             self._acked(len(held))
             return
         meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}}
@@ -371,7 +325,7 @@ class NatsSource:
         if count and self.metrics is not None:
             self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(len(messages))
         keep = [m for m in messages if not self._too_often(m, replies)]
-        registry = self._call(self._manifests().load())
+        registry = self.link.call(self.link.manifests().load())
         owners = registry.owners(int(m.id) for m in keep)
         fresh: list[Message] = []
         groups: dict[str, tuple[Manifest, list[Message]]] = {}
@@ -385,7 +339,7 @@ class NatsSource:
         for token, (manifest, held) in groups.items():
             mine = [replies[m.id] for m in held]
             if manifest.done:
-                self._call(self._wire().send(mine, ACK))  # inserted already: nothing to rebuild
+                self.link.send(mine, ACK)  # inserted already: nothing to rebuild
                 self._acked(len(mine))
                 continue
             with self._lock:
@@ -404,7 +358,7 @@ class NatsSource:
         self, manifest: Manifest, given_up: set[str]
     ) -> tuple[str, Assembly, list[str], bool]:
         seqs = manifest.seqs()
-        stored = self._call(self._wire().read(seqs))
+        stored = self.link.call(self.link.wire().read(seqs))
         ids = [str(s) for s in seqs]
         batch, poison = self.assembler.rebuild(
             ids, {i: m for i, m in stored.items() if i not in given_up}
@@ -443,7 +397,7 @@ class NatsSource:
     def _poison(self, poison: list[Poison], replies: dict[str, str]) -> None:
         """Dead-letter poison messages, then terminate them: never redelivered."""
         self._dead_letter(poison, "")
-        self._call(self._wire().send([replies[p.message.id] for p in poison], TERM))
+        self.link.send([replies[p.message.id] for p in poison], TERM)
         self._acked(len(poison))
 
     def _dead_letter(self, poison: list[Poison], token: str) -> None:
@@ -457,52 +411,21 @@ class NatsSource:
         if self.metrics is not None and count:
             self.metrics.broker_acked.labels(pipeline=self.name).inc(count)
 
-    def _heartbeat(self) -> None:
-        """Every ``ack_wait / 4``, tell JetStream that the in-flight messages are still
-        being worked on, so that a live daemon waiting for ClickHouse keeps them (also
-        after the source stopped reading, until :meth:`close`)."""
-        while not self._closed.wait(self.options.ack_wait / 4):
-            with self._lock:
-                replies = [r for batch in self._inflight.values() for r in batch]
-            if replies and self._ready.is_set():
-                try:
-                    self._call(self._wire().send(replies, PROGRESS))
-                except BrokerError as exc:
-                    log.debug("source %s: in-progress notes failed: %s", self.name, exc)
+    def _inflight_replies(self) -> list[str]:
+        with self._lock:
+            return [r for batch in self._inflight.values() for r in batch]
 
     def close(self) -> None:
         """The daemon stopped: no more in-progress notes, the connection closed (batches
         still in flight are redelivered after ack_wait, or replayed from the spool)."""
-        self._closed.set()
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                self.loop.call(consumer.close(), where=self.where, timeout=10)
-            except BrokerError as exc:
-                log.debug("source %s: closing the connection: %s", self.name, exc)
-        self.loop.close()
-
-    # -- NATS ------------------------------------------------------------------------------
-
-    def _manifests(self) -> ManifestStore:
-        if not self._ready.wait(5) or self._store is None:
-            raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
-        return self._store
-
-    def _wire(self) -> Consumer:
-        if not self._ready.wait(5) or self._consumer is None:
-            raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
-        return self._consumer
+        self.link.close()
 
     def _publish_gauges(self) -> None:
-        lag, pending, floor = self._call(self._wire().state())
+        lag, pending, floor = self.link.call(self.link.wire().state())
         self._floor = max(self._floor, floor)
         if self.metrics is not None:
             self.metrics.broker_pending.labels(pipeline=self.name).set(pending)
             self.metrics.broker_lag.labels(pipeline=self.name).set(lag)
-
-    def _call(self, coro: Any) -> Any:
-        return self.loop.call(coro, where=self.where)
 
 
 __all__ = ["NatsSource", "delivery"]
