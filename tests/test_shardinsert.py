@@ -185,3 +185,38 @@ def test_what_a_sharded_insert_refuses(
         pytest.raises(ConfigError, match="needs a sharded cluster"),
     ):
         plain.insert("events", [{"n": 1}], sharding_key="n")
+
+
+def test_a_shards_replicas_fail_over_under_the_supervisor(
+    shard_endpoints: tuple[EmbeddedClickHouse, ...], shard_database: str, shards: list[Any]
+) -> None:
+    """Shard 1 has two replicas: a proxy that resets every request, and the endpoint
+    itself (one chDB data directory cannot be two servers; the proxy stands in for the
+    second). Its rows all land through the replica that answers."""
+    proxy = FaultProxy((shard_endpoints[1].host, shard_endpoints[1].port))
+    proxy.set("reset")
+    try:
+        replicas = [
+            [shard_endpoints[0].url],
+            [proxy.url, shard_endpoints[1].url],
+            [shard_endpoints[2].url],
+        ]
+        rows = _rows(600, seed=5)
+        with Supervisor(
+            f"{shard_endpoints[0].url}/{shard_database}",
+            shards={"shards": replicas, "weights": WEIGHTS},
+            workers=2,
+            start_method="fork",
+            retry={"max_attempts": 4, "initial_backoff": 0.01},
+        ) as sup:
+            for i in range(0, 600, 100):
+                assert (
+                    sup.insert(
+                        "events", rows[i : i + 100], sharding_key="xxHash64(user_id, n)"
+                    ).result(60)
+                    == 100
+                )
+        assert proxy.counts["reset"] >= 1  # the broken replica was tried, and failed over
+    finally:
+        proxy.close()
+    _check_placement(shards, "xxHash64(user_id, n)", 600)
