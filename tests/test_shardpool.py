@@ -20,7 +20,7 @@ from chworkers import (
     Supervisor,
 )
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
-from chworkers.errors import ConfigError, ConnectError, PoolTimeoutError
+from chworkers.errors import ConfigError, ConnectError, PoolError, PoolTimeoutError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -68,6 +68,11 @@ def test_a_connection_is_for_one_shard(
         assert pool.stats(shard=1).acquired == 2
         assert {h["shard"] for h in pool.stats().hosts} == {0, 1}
         assert "shard 1: <ConnectionPool" in repr(pool)
+        with ConnectionPool(endpoint.url, FAST) as other:
+            stranger = other.get_connection()
+            with pytest.raises(PoolError, match="does not belong to any shard"):
+                pool.release_connection(stranger)
+            other.release_connection(stranger)
     finally:
         pool.close()
     assert pool.closed

@@ -83,8 +83,6 @@ class ConnectionPool:
                 for pool in self.shards:
                     pool.close(0)
                 raise
-            self._pid = os.getpid()
-            self._lock = threading.Lock()
             return
         self.lease = per_shard(lease, 1, "lease")[0]
         self.hooks = per_shard(hooks, 1, "hooks")[0] or PoolHooks()
@@ -189,7 +187,9 @@ class ConnectionPool:
 
     def release_connection(self, connection: Connection) -> None:
         """Give ``connection`` back; broken or expired connections are closed and replaced."""
-        if self.shards is not None and connection._owner in self.shards:
+        if self.shards is not None:
+            if connection._owner not in self.shards:
+                raise PoolError(f"{connection!r} does not belong to any shard of {self!r}")
             connection._owner.release_connection(connection)
             return
         self._check_fork()
