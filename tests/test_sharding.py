@@ -207,3 +207,19 @@ def test_bad_values_name_the_row_and_field() -> None:
     signed = ShardingKey.parse("i").bind({"i": "Int64"})
     with pytest.raises(BatchError, match="out of range"):
         signed.evaluate([[2**63]])
+
+
+def test_ascii_and_unicode_batches_hash_alike(ch_client: Client) -> None:
+    """sipHash64 encodes an all-ASCII batch as a whole, others value by value: both
+    equal ClickHouse's, across the 8-byte word boundaries and past a chunk of rows."""
+    rng = random.Random(5)
+    ascii_values = ["", "a", "1234567", "12345678", "123456789", "x" * 300] + [
+        "".join(chr(rng.randint(32, 126)) for _ in range(rng.randint(0, 40))) for _ in range(20000)
+    ]
+    ch_client.command("CREATE TABLE strs (i UInt32, s String) ENGINE = MergeTree ORDER BY i")
+    ch_client.insert("strs", list(enumerate(ascii_values)), column_names=["i", "s"])
+    theirs = [r[0] for r in ch_client.query("SELECT sipHash64(s) FROM strs ORDER BY i").result_rows]
+    key = ShardingKey.parse("sipHash64(s)").bind({"s": "String"})
+    assert key.evaluate([ascii_values]).tolist() == theirs
+    mixed = [*ascii_values[:-1], "ü"]  # one non-ASCII value: the batch goes value by value
+    assert key.evaluate([mixed]).tolist()[:-1] == theirs[:-1]

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "U64",
@@ -34,6 +35,8 @@ __all__ = [
     "int_hash64",
     "siphash64_bytes",
     "siphash64_ints",
+    "siphash64_packed",
+    "siphash64_strings",
     "xxhash64_bytes",
     "xxhash64_ints",
 ]
@@ -92,30 +95,47 @@ def _siphash_blocks(blocks: _Blocks) -> U64:
 
 
 def siphash64_bytes(values: Sequence[bytes]) -> U64:
-    """``sipHash64`` of each byte string (a String or FixedString value).
+    """``sipHash64`` of each byte string (a String or FixedString value)."""
+    lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return siphash64_packed(b"".join(values), lens)
 
-    The strings are padded into 64-bit words by numpy, grouped by their number of words:
-    no per-string Python work but ``len`` and one ``join``; in chunks, so that numpy's
-    temporaries stay in the CPU's caches.
+
+def siphash64_strings(values: Sequence[str]) -> U64:
+    """``sipHash64`` of each string's UTF-8 bytes; an ASCII batch (the common case) is
+    encoded once as a whole instead of string by string."""
+    joined = "".join(values)
+    if not joined.isascii():
+        return siphash64_bytes([v.encode("utf-8") for v in values])
+    lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return siphash64_packed(joined.encode("ascii"), lens)
+
+
+def siphash64_packed(data: bytes, lens: npt.NDArray[np.int64]) -> U64:
+    """``sipHash64`` of byte strings given end to end in ``data``, ``lens[i]`` bytes each.
+
+    The strings are padded into 64-bit words by numpy, grouped by their number of words,
+    in chunks of rows so that numpy's temporaries stay in the CPU's caches.
     """
-    n = len(values)
-    if n > _CHUNK:
-        return np.concatenate(
-            [_siphash64_chunk(values[i : i + _CHUNK]) for i in range(0, n, _CHUNK)]
-        )
-    return _siphash64_chunk(values)
+    n = len(lens)
+    out = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return out
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=starts[1:])
+    for first in range(0, n, _CHUNK):
+        last = min(n, first + _CHUNK)
+        chunk = buffer[starts[first] : starts[last]]
+        out[first:last] = _siphash64_chunk(chunk, lens[first:last])
+    return out
 
 
 _CHUNK = 16384
 
 
-def _siphash64_chunk(values: Sequence[bytes]) -> U64:
-    n = len(values)
+def _siphash64_chunk(data: npt.NDArray[np.uint8], lens: npt.NDArray[np.int64]) -> U64:
+    n = len(lens)
     out = np.empty(n, dtype=np.uint64)
-    if n == 0:
-        return out
-    lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
-    data = np.frombuffer(b"".join(values), dtype=np.uint8)
     starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
     words = lens // 8 + 1

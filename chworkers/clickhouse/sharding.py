@@ -44,6 +44,7 @@ from chworkers.clickhouse.keyhash import (
     int_hash64,
     siphash64_bytes,
     siphash64_ints,
+    siphash64_strings,
     xxhash64_bytes,
     xxhash64_ints,
 )
@@ -232,6 +233,12 @@ class BoundShardingKey:
                     h = xxhash64_ints(bits, kind[1])
                 else:
                     h = siphash64_ints(bits, kind[1])
+            elif (
+                self.key.function == "sipHash64"
+                and kind[0] == "string"
+                and set(map(type, values)) <= {str}
+            ):  # the common case, with no per-string Python work
+                h = siphash64_strings(values)  # type: ignore[arg-type]
             else:
                 raw = _byte_values(field, type_name, values, kind)
                 h = (
