@@ -117,6 +117,41 @@ def test_a_record_over_the_limit_is_poison_terminated_at_once(
     assert redelivered == 0  # terminated: JetStream never offered it again
 
 
+def test_a_message_delivered_too_often_is_dead_lettered_and_terminated(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+) -> None:
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 10, 10))  # the doomed message, alone in the stream for now
+
+    async def crashing(client: Any) -> None:
+        """As if daemons had died on the first message 20 times."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        js = client.jetstream()
+        config = ConsumerConfig(durable_name="chworkers", ack_policy=AckPolicy.EXPLICIT)
+        await js.add_consumer("ev", config)
+        pull = await js.pull_subscribe_bind("chworkers", "ev")
+        for _ in range(20):
+            message = (await pull.fetch(1, timeout=5))[0]
+            assert delivery(message.reply)[0] == 1
+            await message.nak()
+
+    nats_server.run(crashing)
+    nats_server.publish(rows(10, 30, 10))
+    state = tmp_path / "state"
+    pipeline = nats_pipeline(nats_server, max_deliver=10)
+    daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", pipeline))
+    try:
+        wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
+    finally:
+        daemon.stop()
+    assert count(endpoint, database) == (20, 20)  # the other two messages
+    letters = dead_letters(state)
+    assert len(letters) == 1 and letters[0]["reason"] == "poison", letters  # the message, whole
+    assert letters[0]["record"].count("\n") == 9  # its ten records
+    assert "delivered 21 times (max_deliver = 10)" in letters[0]["error"]["message"]
+
+
 def test_a_manifest_left_by_a_dead_daemon_is_rebuilt_with_its_token(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
 ) -> None:
