@@ -14,6 +14,7 @@ import pytest
 import waiting
 
 from chworkers import Supervisor, SupervisorOptions
+from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(90)
@@ -109,3 +110,26 @@ def test_bounds() -> None:
     assert not SupervisorOptions(workers=2).autoscaling
     with pytest.raises(ConfigError, match="min_workers"):
         SupervisorOptions(min_workers=5, max_workers=3)
+
+
+def hold_connection(conn: Any, seconds: float) -> int:
+    time.sleep(seconds)  # a slow request, as far as the connection budget goes
+    return os.getpid()
+
+
+def test_no_scaling_up_past_the_connection_budget(
+    make_sup: Any, endpoint: EmbeddedClickHouse
+) -> None:
+    # One connection for all: a second worker already waits for it; a third would too.
+    sup = make_sup(
+        clickhouse=endpoint.url,
+        workers=1,
+        max_workers=3,
+        max_connections=1,
+        scale_up_after=0.2,
+        scale_up_min_idle_cpu=0,
+    )
+    futures = [sup.submit(hold_connection, 0.05) for _ in range(60)]
+    assert len({f.result(60) for f in futures}) == 2
+    sample = sup.registry.get_sample_value
+    assert sample("chworkers_worker_scaling_total", {"direction": "up"}) == 1

@@ -8,7 +8,9 @@ the worker count, and it answers from what the loop knows:
   waits in the queue waits because every worker is full), no worker is booting, the
   last change is ``scale_up_after`` old, and the machine had CPU to spare over the last
   look (at least ``scale_up_min_idle_cpu`` of its CPU time idle, from ``/proc/stat``: a
-  worker more on a saturated machine only adds contention);
+  worker more on a saturated machine only adds contention), and no look over that
+  while (at least a second) saw workers wait for a ClickHouse connection (the
+  ``max_connections`` budget is the limit then: a worker more would wait too);
 * **down** by one after ``scale_down_after`` during which, at every look, nothing was
   queued and some worker had nothing to do, counted from the last change as well.
 
@@ -24,6 +26,7 @@ would not start them sooner.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from chworkers.ops.metrics import Metrics
@@ -77,8 +80,15 @@ class CpuIdle:
 class Autoscaler:
     """Decides, on the supervisor's loop, when to add or retire a worker."""
 
-    def __init__(self, pool: _Crew, queue: TaskQueue, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pool: _Crew,
+        queue: TaskQueue,
+        metrics: Metrics,
+        waiting_for_connections: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.pool = pool
+        self.waiting_for_connections = waiting_for_connections
         self.queue = queue
         self.metrics = metrics
         self.cpu = CpuIdle()
@@ -86,6 +96,7 @@ class Autoscaler:
         self.last_change = 0.0
         self.slack_since: float | None = None
         self.idle_cpu: float | None = None
+        self.connection_wait_seen = -1e9  # when a look last saw workers wait for one
 
     def look(self, now: float, options: SupervisorOptions) -> None:
         """Every few turns of the loop: change the count by one when it should."""
@@ -96,6 +107,8 @@ class Autoscaler:
         if not options.autoscaling:
             self.slack_since = None
             return
+        if self.waiting_for_connections():
+            self.connection_wait_seen = now
         low, high = options.worker_bounds
         pool = self.pool
         target = pool.target
@@ -144,6 +157,9 @@ class Autoscaler:
             and (idle < options.scale_up_min_idle_cpu)
         ):
             log.debug("autoscale: backlog, but the CPU is %.0f%% idle", idle * 100)
+            return
+        if now - self.connection_wait_seen < max(options.scale_up_after, 4 * LOOK_EVERY):
+            log.debug("autoscale: backlog, but workers wait for a connection")
             return
         cpu = f", CPU {idle:.0%} idle" if idle is not None else ""
         self._change(

@@ -94,7 +94,10 @@ class Crew:
         self.next_spawn = 0.0
         self.task_time = 0.001  # moving average of task run time, sizes prefetch
         self.rollout = Rollout(self)
-        self.autoscaler = Autoscaler(self, queue, outcomes.metrics)
+        self.autoscaler = Autoscaler(self, queue, outcomes.metrics, self._waiting_for_connections)
+
+    def _waiting_for_connections(self) -> int:
+        return self.broker.stats().waiting if self.broker is not None else 0
 
     @property
     def workers(self) -> dict[str, WorkerHandle]:
