@@ -17,7 +17,12 @@ from waiting import wait_for
 from chworkers.daemon import config
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.options import PartsSettings, SpoolSettings
-from chworkers.daemon.partspressure import PartsPressure, PartsState, is_too_many_parts
+from chworkers.daemon.partspressure import (
+    PartsPressure,
+    PartsState,
+    is_too_many_parts,
+    worst_of,
+)
 from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError, RetriesExhaustedError, ServerError
@@ -215,3 +220,19 @@ def test_daemon_adapts_to_too_many_parts_and_loses_nothing(
         running.stop()
     assert ch_client.query("SELECT count(), uniqExact(n) FROM ev").result_rows[0] == (rows, rows)
     assert not list((tmp_path / "state" / "spool").glob("*.batch"))
+
+
+def test_the_most_crowded_shard_counts() -> None:
+    from concurrent.futures import Future
+
+    futures: list[Future[PartsState]] = [Future() for _ in range(3)]
+    worst = worst_of(futures)
+    futures[0].set_result(PartsState(parts=500, delay_at=1000, throw_at=3000))
+    futures[1].set_exception(ServerError("down", code=210, name="NETWORK_ERROR"))
+    assert not worst.done()
+    futures[2].set_result(PartsState(parts=30, delay_at=50, throw_at=100))
+    assert worst.result() == PartsState(parts=30, delay_at=50, throw_at=100)
+    failed: list[Future[PartsState]] = [Future()]
+    all_down = worst_of(failed)
+    failed[0].set_exception(ServerError("down", code=210, name="NETWORK_ERROR"))
+    assert isinstance(all_down.exception(), ServerError)

@@ -33,6 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from chworkers.daemon.batcher import BatchLimits
@@ -40,7 +41,7 @@ from chworkers.daemon.options import PartsSettings
 from chworkers.errors import ServerError
 from chworkers.ops.metrics import Metrics
 
-__all__ = ["PartsPressure", "PartsSettings", "PartsState", "parts_state"]
+__all__ = ["PartsPressure", "PartsSettings", "PartsState", "parts_state", "worst_of"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,31 @@ def parts_state(conn: Any, table: str) -> PartsState:
         _table_setting(str(engine or ""), "parts_to_delay_insert", int(delay_default)),
         _table_setting(str(engine or ""), "parts_to_throw_insert", int(throw_default)),
     )
+
+
+def worst_of(futures: list[Future[PartsState]]) -> Future[PartsState]:
+    """One future for the checks of a table's shards: the state of the shard nearest its
+    ``parts_to_delay_insert`` (the shards that answered; an error only if none did)."""
+    out: Future[PartsState] = Future()
+    lock = threading.Lock()
+    left = [len(futures)]
+
+    def done(_: Future[PartsState]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        states = [f.result() for f in futures if f.exception() is None]
+        if not states:
+            error = futures[0].exception()
+            assert error is not None
+            out.set_exception(error)
+            return
+        out.set_result(max(states, key=lambda s: s.parts / s.delay_at if s.delay_at else 0.0))
+
+    for future in futures:
+        future.add_done_callback(done)
+    return out
 
 
 def _table_setting(engine_full: str, name: str, default: int) -> int:

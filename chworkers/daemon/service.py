@@ -42,7 +42,7 @@ from chworkers.daemon.dispatch import Dispatcher, shard_of
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
-from chworkers.daemon.partspressure import PartsPressure, parts_state
+from chworkers.daemon.partspressure import PartsPressure, parts_state, worst_of
 from chworkers.daemon.pipelines import table_limits
 from chworkers.daemon.shardstats import ShardStats
 from chworkers.daemon.shardtarget import columns_reader, create_table, shard_tables
@@ -566,10 +566,19 @@ class Daemon:
             self.totals.failures += 1
 
     def _check_parts(self) -> None:
-        """Read the parts of the tables due for it, in a worker (never on this loop)."""
+        """Read the parts of the tables due for it, in a worker (never on this loop); on
+        a sharded cluster on every shard, the most crowded one counting."""
         for table in self.parts.due():
             try:
-                future = self.supervisor.submit(parts_state, table)
+                if self.cluster is None:
+                    future = self.supervisor.submit(parts_state, table)
+                else:
+                    future = worst_of(
+                        [
+                            self.supervisor.submit_to(shard, parts_state, table)
+                            for shard in range(len(self.cluster))
+                        ]
+                    )
             except ChworkersError as exc:
                 log.debug("cannot check the parts of %s now: %s", table, exc)
                 self.parts.checked(table, None)
