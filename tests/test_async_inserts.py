@@ -12,8 +12,12 @@ and its deduplication are ClickHouse's and are not exercised here.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 from clickhouse_connect.driver.client import Client
+from daemonthread import Running
 
 from chworkers import Supervisor
 from chworkers.daemon import config
@@ -103,3 +107,31 @@ def test_fire_and_forget_is_refused_when_the_config_is_read() -> None:
             env={},
         )
     assert "pipeline 'a'" in str(caught.value)
+
+
+def test_the_embedded_engine_says_it_inserts_synchronously(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "in.json").write_bytes(b'{"k":1}\n')
+    with caplog.at_level(logging.WARNING, logger="chworkers.daemon.service"):
+        running = Running(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "supervisor": {"workers": 1},
+                "metrics": {"port": 0},
+                "spool": {"fsync": False},
+                "pipelines": [
+                    {
+                        "name": "a",
+                        "source": "file",
+                        "paths": [str(tmp_path / "in.json")],
+                        "table": "ev",
+                        "create": "k UInt64",
+                        "async_insert": True,
+                    }
+                ],
+            }
+        )
+        running.thread.join(120)
+    assert running.code == 0 and running.error is None
+    assert any("no asynchronous insert queue" in r.getMessage() for r in caplog.records)
