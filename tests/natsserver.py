@@ -47,19 +47,25 @@ class NatsServer:
     a user and password (``auth``)."""
 
     def __init__(
-        self, directory: Path, *, port: int = 0, auth: tuple[str, str] | None = None
+        self,
+        directory: Path,
+        *,
+        port: int = 0,
+        auth: tuple[str, str] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.binary = find_nats_server()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.auth = auth
+        self.tls = tls  # (CA, certificate, key): clients must speak TLS
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_from = 0
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
@@ -75,6 +81,8 @@ class NatsServer:
         ]
         if self.auth is not None:
             command += ["--user", self.auth[0], "--pass", self.auth[1]]
+        if self.tls is not None:
+            command += ["--tls", "--tlscert", str(self.tls[1]), "--tlskey", str(self.tls[2])]
         log = open(self.directory / "nats.log", "ab")  # noqa: SIM115 (the child keeps it)
         self._log_from = log.tell()
         self.proc = subprocess.Popen(
@@ -96,6 +104,10 @@ class NatsServer:
 
         if self.auth is not None:
             connect = {"user": self.auth[0], "password": self.auth[1], **connect}
+        if self.tls is not None:
+            import ssl
+
+            connect = {"tls": ssl.create_default_context(cafile=str(self.tls[0])), **connect}
 
         async def main() -> T:
             client = await nats.connect(self.url, **connect)
@@ -156,7 +168,8 @@ class NatsServer:
             return False
 
     def _ready(self) -> bool:
-        """The server accepts connections and says JetStream is ready in its log."""
+        """The server accepts connections and says JetStream is ready in its log (its
+        INFO line comes before any TLS)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 if not s.recv(4096).startswith(b"INFO"):
@@ -181,3 +194,25 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate it signed for 127.0.0.1, with openssl: (CA, cert, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise NatsUnavailable("openssl is missing: no certificates for the TLS test")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    cert, key, csr = directory / "server.pem", directory / "server-key.pem", directory / "s.csr"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    new_key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    sign = ["-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-extfile", str(ext)]
+    steps = [
+        ["req", "-x509", *new_key, "-subj", "/CN=test ca", "-keyout", str(ca_key), "-out", str(ca)],
+        ["req", *new_key, "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), *sign, "-days", "2", "-out", str(cert)],
+    ]
+    for step in steps:
+        subprocess.run([openssl, *step], check=True, capture_output=True, timeout=60)
+    return ca, cert, key

@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 from chclients import make_client
 from daemonthread import Running, count, daemon_config
-from natsserver import NatsServer
+from natsserver import NatsServer, NatsUnavailable, make_certificates
 from waiting import wait_for
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon import config
-from chworkers.daemon.brokers.natsclient import display_url
+from chworkers.daemon.brokers.natsclient import describe, display_url
 from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, to_ranges
 from chworkers.daemon.brokers.natsstream import delivery
+from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.errors import ConfigError
+from chworkers.errors import BrokerError, ConfigError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -365,6 +366,33 @@ def test_credentials_from_the_environment_and_a_file(
         finally:
             daemon.stop()
         assert count(endpoint, database) == (200, 200)
+    finally:
+        server.stop()
+
+
+def test_tls_with_the_servers_ca(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    try:
+        ca, cert, key = make_certificates(tmp_path / "certs")
+    except NatsUnavailable as exc:
+        pytest.skip(str(exc))
+    server = NatsServer(tmp_path / "nats", tls=(ca, cert, key))
+    server.start()
+    try:
+        server.make_stream()
+        server.publish(rows(0, 100, 10))
+        pipeline = nats_pipeline(server, tls_ca_file=str(ca))
+        assert pipeline["nats"]["url"].startswith("tls://")
+        daemon = Running(daemon_config(tmp_path / "a", f"{endpoint.url}/{database}", pipeline))
+        try:
+            wait_for(server.settled, 60, interval=0.2, what="all acked")
+        finally:
+            daemon.stop()
+        assert count(endpoint, database) == (100, 100)
+        untrusted = NatsSourceSettings(url=server.url, stream="ev")  # the system's CAs only
+        with pytest.raises(BrokerError, match="CERTIFICATE_VERIFY_FAILED"):
+            describe(untrusted, "pipeline 'q'")
     finally:
         server.stop()
 

@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 #: How long a call into nats-py may take before the source calls the broker failing.
 CALL_TIMEOUT = 30.0
+#: How long the first connection may take (two tries per server, TLS included).
+CONNECT_TIMEOUT = 12.0
 
 
 def nats_module(where: str) -> Any:
@@ -121,9 +123,12 @@ async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Clie
     why (the caller tries again with a backoff)."""
     nats = nats_module(where)
     failures: list[BaseException] = []
+    hopeless = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         failures.append(exc)
+        if isinstance(exc, ssl.SSLError):
+            hopeless.set()  # a certificate that does not verify will not verify next time
         log.debug("%s: nats: %s", where, describe_error(exc))
 
     kwargs: dict[str, Any] = {
@@ -149,13 +154,22 @@ async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Clie
         kwargs["tls"] = context
         if options.tls_hostname:
             kwargs["tls_hostname"] = options.tls_hostname
-    try:
-        client: Client = await nats.connect(servers, **kwargs)
-    except Exception as exc:
-        if not is_nats_error(exc):
-            raise
-        cause = failures[-1] if failures else exc
-        raise BrokerError(f"{where}: cannot connect: {describe_error(cause)}") from cause
+    # Bounded here: after some failures (TLS) nats-py keeps trying without end.
+    connecting = asyncio.ensure_future(nats.connect(servers, **kwargs))
+    given_up = asyncio.ensure_future(hopeless.wait())
+    await asyncio.wait(
+        {connecting, given_up}, timeout=CONNECT_TIMEOUT, return_when="FIRST_COMPLETED"
+    )
+    given_up.cancel()
+    if not connecting.done() or connecting.exception() is not None:
+        failure = connecting.exception() if connecting.done() else None
+        connecting.cancel()
+        if failure is not None and not is_nats_error(failure):
+            raise failure
+        cause = failures[-1] if failures else failure
+        why = describe_error(cause) if cause is not None else f"no answer in {CONNECT_TIMEOUT} s"
+        raise BrokerError(f"{where}: cannot connect: {why}") from cause
+    client: Client = connecting.result()
     client.options["max_reconnect_attempts"] = -1
     return client
 
