@@ -67,7 +67,7 @@ class BatchLimits:
         validate(self, source="batch limits")
 
 
-_Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes, str]
+_Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes, str, bool]
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,6 +83,8 @@ class _Buffer:
     header: bytes = b""
     #: A deduplication token of the caller's (the batch is the one add that has it).
     token: str = ""
+    #: Kept in the spool's memory tier, not written to disk (a broker's batch).
+    memory: bool = False
     tickets: list[Ticket] = dataclasses.field(default_factory=list)
     rows: int = 0
     size: int = 0
@@ -141,6 +143,7 @@ class Batcher:
         timeout: float | None = None,
         header: bytes = b"",
         token: str | None = None,
+        memory: bool = False,
     ) -> Ticket:
         """Add ``rows`` framed records, which go into one batch together.
 
@@ -152,6 +155,8 @@ class Batcher:
         every batch starts with it, and records with another header go to other batches.
         ``token``: the records are a batch of their own, with this deduplication token,
         cut at once (a pushed request with an ``Idempotency-Key``).
+        ``memory``: the batch goes to the spool's memory tier, not to disk (a broker's
+        batch, which the broker holds durably: :mod:`chworkers.daemon.memorytier`).
         Raises :class:`~chworkers.errors.BatcherClosedError` once closed.
         """
         settings = dict(settings or {})
@@ -162,6 +167,7 @@ class Batcher:
             tuple(sorted((k, str(v)) for k, v in settings.items())),
             header,
             token or "",
+            memory,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         ticket = Ticket(self._withdraw, records, rows, meta, retry, deadline)
@@ -185,6 +191,7 @@ class Batcher:
                     time.monotonic(),
                     header,
                     token or "",
+                    memory,
                 )
                 self._buffers[key] = buf
                 self._wake.notify()
@@ -400,6 +407,7 @@ class Batcher:
             size + batch_overhead(buf.table, buf.pipeline, meta),
             give_up=lambda: self._giving_up() or not self._worth_waiting(live, retrying),
             on_wait=lambda: self._waiting(buf, live),
+            memory=buf.memory,
         )
         with self._lock:  # from here on the records cannot be withdrawn
             live = [t for t in live if t.state is TicketState.PENDING]

@@ -6,7 +6,8 @@ and the next is read from disk. A batch whose insert failed stays in the spool a
 tried again after a backoff that grows per batch (1 s, 2 s, 4 s ... up to
 ``retry_backoff_max``): nothing is ever dropped because ClickHouse was down or a table was
 missing. So during an outage the spool grows on disk while memory stays flat, and when
-ClickHouse is back the backlog drains in spool order.
+ClickHouse is back the backlog drains in spool order. (Broker pipelines' batches wait in
+the spool's memory tier instead, bounded by its own cap: :mod:`chworkers.daemon.memorytier`.)
 
 A batch that failed with a *permanent* error (``is_permanent``: the retry policy's
 classification, e.g. an unknown table or a failed authentication) is not retried hot:
@@ -45,7 +46,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from chworkers.backoff import capped_backoff
-from chworkers.daemon.batchfile import SpooledBatch, read_batch
+from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
@@ -359,9 +360,8 @@ class Dispatcher:
 
     def _send(self, batch: SpooledBatch) -> None:
         try:
-            assert batch.path is not None
-            full = read_batch(batch.path)
-        except (SpoolCorruptError, AssertionError) as exc:
+            full = self.spool.load(batch)
+        except SpoolCorruptError as exc:
             cause = exc.__cause__
             if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
                 # The read failed (EIO, EMFILE...), not the batch: try it again later.

@@ -21,7 +21,8 @@ from chworkers.settings import section, setting, validate
 
 @dataclasses.dataclass(frozen=True)
 class SpoolSettings:
-    """The on-disk spool every accepted batch is written to before it is acknowledged."""
+    """The on-disk spool every accepted batch is written to before it is acknowledged
+    (broker pipelines' batches are kept in memory instead: docs/brokers.md)."""
 
     max_bytes: int = setting(1024**3, "Most bytes the spool may hold.", unit="bytes", minimum=1024)
     policy: Literal["block", "reject", "drop_oldest"] = setting(
@@ -29,6 +30,14 @@ class SpoolSettings:
         "When full: block producers, reject (HTTP 503), or drop the oldest batches (counted).",
     )
     fsync: bool = setting(True, "fsync every batch (turn off only for throwaway data).")
+    memory_max_bytes: int = setting(
+        256 * 1024**2,
+        "Most bytes of broker pipelines' batches (source = 'redis') kept in memory instead "
+        "of on disk (the broker holds them durably); beyond it such a source stops fetching "
+        "until ClickHouse takes batches.",
+        unit="bytes",
+        minimum=1024,
+    )
     max_in_flight: int = setting(
         0,
         "Batches read back from the spool and queued for the workers at once "

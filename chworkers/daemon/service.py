@@ -415,10 +415,18 @@ class Daemon:
         self.dispatcher.stop()
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
-        left = self.spool.stats()["batches"]
+        stats = self.spool.stats()
+        left, in_memory = int(stats["batches"] - stats["memory_batches"]), stats["memory_batches"]
         if left:
             log.warning(
                 "stopping with %d batches left in the spool; they go first next start", left
+            )
+        if in_memory:
+            log.warning(
+                "stopping with %d broker batches not inserted: their entries stay pending in "
+                "the broker, and are rebuilt from their manifests at the next start (or by "
+                "another daemon after claim_idle)",
+                in_memory,
             )
         return EXIT_OK
 

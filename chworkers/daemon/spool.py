@@ -33,6 +33,7 @@ from chworkers.daemon.batchfile import (
     read_batch,
     write_durably,
 )
+from chworkers.daemon.memorytier import MemoryTier
 from chworkers.daemon.options import SpoolSettings
 from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
 from chworkers.ops.metrics import Metrics
@@ -63,6 +64,8 @@ class Reservation:
 
     seq: int
     size: int
+    #: For the memory tier (a broker's batch, :mod:`~chworkers.daemon.memorytier`).
+    memory: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Spool:
         self._sizes: dict[int, int] = {}  # seq -> file size, for every batch on disk
         self._created: dict[int, float] = {}
         self._reserved = 0
+        self.memory = MemoryTier(settings.memory_max_bytes)
         self._next_seq = 1
         self._closed = False
         # What keeps batches out right now (full, or the disk failing), for problems().
@@ -111,6 +115,7 @@ class Spool:
         self._trouble_last = 0.0
         self._trouble_count = 0
         self._waiters = 0
+        self._memory_waiters = 0  # of those, waiting for the memory tier
         self._waiting_since: float | None = None
         self._waiting_logged = -_LOG_EVERY
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -211,8 +216,10 @@ class Spool:
         meta: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         token: str | None = None,
+        memory: bool = False,
     ) -> SpooledBatch:
-        """Write a batch durably and return it (with its fixed token) for inserting.
+        """Write a batch durably and return it (with its fixed token) for inserting
+        (``memory``: keep it in the memory tier instead).
 
         When the spool is full: ``block`` waits up to ``timeout`` for space, ``reject``
         raises :class:`SpoolFullError` at once, ``drop_oldest`` deletes the oldest
@@ -220,7 +227,7 @@ class Spool:
         that fails (:class:`SpoolWriteError`, e.g. the disk is full) leaves nothing behind.
         """
         reservation = self.reserve(
-            len(payload) + batch_overhead(table, pipeline, meta), timeout=timeout
+            len(payload) + batch_overhead(table, pipeline, meta), timeout=timeout, memory=memory
         )
         return self.write(
             reservation,
@@ -241,6 +248,7 @@ class Spool:
         timeout: float | None = None,
         give_up: Callable[[], bool] | None = None,
         on_wait: Callable[[], None] | None = None,
+        memory: bool = False,
     ) -> Reservation:
         """Reserve ``size`` bytes and a batch number, waiting for space as the policy says.
 
@@ -249,20 +257,23 @@ class Spool:
         caller whose records were withdrawn meanwhile does not wait for nothing;
         ``on_wait()`` is called once when the wait begins (under the spool's lock: it
         must not call the spool). The reservation is :meth:`write` n or :meth:`release` d.
+        ``memory``: for the memory tier, which only ever waits (whatever the policy).
         """
         dropped: list[int] = []
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             waiting = False
             try:
-                while self._used() + size > self.max_bytes and self._sizes:
-                    if self.policy == "drop_oldest":
+                while self._must_wait(size, memory):
+                    if memory:
+                        pass  # a broker's batch waits: its entries wait in the broker
+                    elif self.policy == "drop_oldest":
                         victim = min(self._sizes)
                         self._sizes.pop(victim)
                         self._created.pop(victim, None)
                         dropped.append(victim)
                         continue
-                    if self.policy == "reject":
+                    elif self.policy == "reject":
                         raise self._refused(size)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if (
@@ -270,10 +281,11 @@ class Spool:
                         or self._closed
                         or (give_up is not None and give_up())
                     ):
-                        raise self._refused(size)
+                        raise self._refused(size, memory)
                     if not waiting:
                         waiting = True
                         self._waiters += 1
+                        self._memory_waiters += memory
                         if on_wait is not None:
                             on_wait()
                         if self._waiting_since is None:
@@ -281,17 +293,15 @@ class Spool:
                         if time.monotonic() - self._waiting_logged >= _LOG_EVERY:
                             self._waiting_logged = time.monotonic()
                             log.warning(
-                                "spool %s is full (%d of %d bytes, policy block): writers "
-                                "wait for ClickHouse to take batches",
-                                self.directory,
-                                self._used(),
-                                self.max_bytes,
+                                "%s: writers wait for ClickHouse to take batches",
+                                self._fullness(memory),
                             )
                     slice_ = _GIVE_UP_POLL if remaining is None else min(remaining, _GIVE_UP_POLL)
                     self._space.wait(slice_)
             finally:
                 if waiting:
                     self._waiters -= 1
+                    self._memory_waiters -= memory
                     if not self._waiters and self._waiting_since is not None:
                         log.debug(
                             "spool %s: writers waited %.1f s for space",
@@ -300,13 +310,16 @@ class Spool:
                         )
                         self._waiting_since = None
             seq = self._take_seq_locked()
-            self._reserved += size
+            if memory:
+                self.memory.reserve(size)
+            else:
+                self._reserved += size
         for victim in dropped:
             (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
             log.warning("spool full: dropped the oldest batch %d (policy drop_oldest)", victim)
             if self._metrics is not None:
                 self._metrics.spool_dropped.inc()
-        return Reservation(seq, size)
+        return Reservation(seq, size, memory)
 
     def _take_seq_locked(self) -> int:
         """The next batch number (under the lock)."""
@@ -341,7 +354,8 @@ class Spool:
         """Write a batch into a reservation (which it uses up, whatever happens).
 
         ``token``: the batch's deduplication token when the caller has one (a pushed
-        request's ``Idempotency-Key``); by default one made from the batch number."""
+        request's ``Idempotency-Key``); by default one made from the batch number.
+        A memory reservation's batch is kept in memory, not written."""
         seq = reservation.seq
         try:
             batch = SpooledBatch(
@@ -356,6 +370,8 @@ class Spool:
                 pipeline=pipeline,
                 meta=dict(meta or {}),
             )
+            if reservation.memory:
+                return self._keep(reservation, batch)
             path = self.directory / f"{seq:020d}.batch"
             write_durably(path, encode_batch(batch), fsync=self.fsync, undo=True)
         except BaseException as exc:
@@ -433,11 +449,34 @@ class Spool:
                 errno=exc.errno,
             ) from exc
 
+    def _keep(self, reservation: Reservation, batch: SpooledBatch) -> SpooledBatch:
+        with self._lock:
+            self.memory.put(batch, reservation.size)
+        self.publish()
+        return batch
+
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation that will not be written."""
         with self._lock:
-            self._reserved -= reservation.size
+            if reservation.memory:
+                self.memory.unreserve(reservation.size)
+            else:
+                self._reserved -= reservation.size
             self._space.notify_all()
+
+    def load(self, batch: SpooledBatch) -> SpooledBatch:
+        """The whole batch (its payload too) of a batch's description: from memory, or
+        read back from its file (:class:`SpoolCorruptError` when that fails)."""
+        with self._lock:
+            kept = self.memory.get(batch.seq)
+        if kept is not None:
+            return kept
+        if batch.path is None:
+            raise SpoolCorruptError(
+                f"batch {batch.seq} is neither on disk nor in memory any more",
+                path=str(self.directory),
+            )
+        return read_batch(batch.path)
 
     def wait_for_room(self, timeout: float) -> bool:
         """Sleep up to ``timeout``; True when woken early because space was freed."""
@@ -447,14 +486,28 @@ class Spool:
     def _used(self) -> int:
         return sum(self._sizes.values()) + self._reserved
 
-    def _refused(self, size: int) -> SpoolFullError:
+    def _must_wait(self, size: int, memory: bool) -> bool:
+        if memory:
+            return self.memory.over(size)
+        return self._used() + size > self.max_bytes and bool(self._sizes)
+
+    def _fullness(self, memory: bool) -> str:
+        if memory:
+            return (
+                f"spool {self.directory}: the memory for broker batches is full "
+                f"({self.memory.used()} of {self.memory.max_bytes} bytes)"
+            )
+        return f"spool {self.directory} is full ({self._used()} of {self.max_bytes} bytes)"
+
+    def _refused(self, size: int, memory: bool = False) -> SpoolFullError:
         """The error for a batch that does not fit, noted as the spool's trouble
         (called under the lock)."""
-        message = (
-            f"spool {self.directory} is full: {self._used()} of {self.max_bytes} bytes used, "
-            f"a batch of {size} bytes does not fit (policy {self.policy})"
+        message = f"{self._fullness(memory)}: a batch of {size} bytes does not fit" + (
+            "" if memory else f" (policy {self.policy})"
         )
         self._note_trouble("full", message)
+        if memory:
+            return SpoolFullError(message, used=self.memory.used(), max_bytes=self.memory.max_bytes)
         return SpoolFullError(message, used=self._used(), max_bytes=self.max_bytes)
 
     def _clear_trouble(self) -> None:
@@ -477,7 +530,10 @@ class Spool:
 
     def remove(self, batch: SpooledBatch) -> None:
         """Forget a batch once ClickHouse confirmed it."""
-        (self.directory / f"{batch.seq:020d}.batch").unlink(missing_ok=True)
+        with self._lock:
+            in_memory = self.memory.pop(batch.seq)
+        if not in_memory:
+            (self.directory / f"{batch.seq:020d}.batch").unlink(missing_ok=True)
         with self._lock:
             self._sizes.pop(batch.seq, None)
             self._created.pop(batch.seq, None)
@@ -495,13 +551,22 @@ class Spool:
     # -- observing -----------------------------------------------------------------
 
     def stats(self) -> dict[str, float]:
+        """Batches and bytes waiting, on disk and in memory (``memory_*``: those in
+        memory only), the age of the oldest, and the caps."""
         with self._lock:
             oldest = min(self._created.values(), default=None)
+            kept = self.memory.oldest()
+            if kept is not None:
+                oldest = kept if oldest is None else min(oldest, kept)
+            memory_batches, memory_bytes = self.memory.batches(), self.memory.bytes()
             return {
-                "batches": len(self._sizes),
-                "bytes": sum(self._sizes.values()),
+                "batches": len(self._sizes) + memory_batches,
+                "bytes": sum(self._sizes.values()) + memory_bytes,
                 "oldest_age_seconds": 0.0 if oldest is None else max(0.0, time.time() - oldest),
                 "max_bytes": self.max_bytes,
+                "memory_batches": memory_batches,
+                "memory_bytes": memory_bytes,
+                "memory_max_bytes": self.memory.max_bytes,
             }
 
     def problems(self) -> list[str]:
@@ -509,12 +574,16 @@ class Spool:
         with self._lock:
             now = time.time()
             found: list[str] = []
-            if self._waiters:
-                since = self._waiting_since or now
-                found.append(
-                    f"spool {self.directory} is full ({self._used()} of {self.max_bytes} "
-                    f"bytes): {self._waiters} writers waiting for {now - since:.0f} s"
-                )
+            since = self._waiting_since or now
+            for memory, waiters in (
+                (False, self._waiters - self._memory_waiters),
+                (True, self._memory_waiters),
+            ):
+                if waiters:
+                    found.append(
+                        f"{self._fullness(memory)}: {waiters} writers waiting for "
+                        f"{now - since:.0f} s"
+                    )
             # A failure nobody has run into again for a while (no writer tried since) is
             # history, not the spool's state.
             recent = now - self._trouble_last < TROUBLE_FORGOTTEN_AFTER
@@ -533,6 +602,7 @@ class Spool:
         s = self.stats()
         self._metrics.spool_batches.set(s["batches"])
         self._metrics.spool_bytes.set(s["bytes"])
+        self._metrics.spool_memory_bytes.set(s["memory_bytes"])
         self._metrics.spool_oldest_age.set(s["oldest_age_seconds"])
         self._metrics.spool_max_bytes.set(self.max_bytes)
 

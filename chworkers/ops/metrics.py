@@ -215,7 +215,15 @@ class Metrics:
 
         # Daemon: spool, dead letters, sources.
         self.spool_bytes = Gauge(
-            "chworkers_spool_bytes", "Bytes of batches waiting in the on-disk spool.", registry=r
+            "chworkers_spool_bytes",
+            "Bytes of batches waiting in the spool (on disk, and in memory for broker pipelines).",
+            registry=r,
+        )
+        self.spool_memory_bytes = Gauge(
+            "chworkers_spool_memory_bytes",
+            "Of chworkers_spool_bytes, those of broker pipelines' batches, kept in memory only "
+            "(capped by [spool] memory_max_bytes).",
+            registry=r,
         )
         self.spool_max_bytes = Gauge(
             "chworkers_spool_max_bytes",
@@ -223,7 +231,9 @@ class Metrics:
             registry=r,
         )
         self.spool_batches = Gauge(
-            "chworkers_spool_batches", "Batches waiting in the on-disk spool.", registry=r
+            "chworkers_spool_batches",
+            "Batches waiting in the spool (on disk, and in memory for broker pipelines).",
+            registry=r,
         )
         self.spool_oldest_age = Gauge(
             "chworkers_spool_oldest_age_seconds",

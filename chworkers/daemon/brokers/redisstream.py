@@ -273,6 +273,7 @@ class RedisSource:
             limits=self.limits,
             retry=True,  # waits until the spool takes it
             token=token,
+            memory=True,  # Redis holds the entries; the manifest rebuilds the batch
         )
         self.rows += batch.rows
 
