@@ -1,7 +1,8 @@
 """The dispatcher: the spool is the queue, memory holds only what is being inserted.
 
 Spooled batches wait on disk. The dispatcher keeps at most ``max_in_flight`` of them in
-memory, submitted to the workers; when one is confirmed it is removed from the spool
+memory, submitted to the workers (and the one being completed: the next insert does not
+wait for the last one's completion); when one is confirmed it is removed from the spool
 and the next is read from disk. A batch whose insert failed stays in the spool and is
 tried again after a backoff that grows per batch (1 s, 2 s, 4 s ... up to
 ``retry_backoff_max``): nothing is ever dropped because ClickHouse was down or a table was
@@ -153,6 +154,9 @@ class Dispatcher:
         self._turn = 0
         self._failures: dict[int, int] = {}
         self._in_flight: dict[int, SpooledBatch] = {}
+        #: The one in-flight batch being completed (inserted; on_done and the spool's
+        #: removal running): its slot is free for the next insert meanwhile.
+        self._completing: int | None = None
         self._stopped = False
         self._sending_since: float | None = None  # while the thread hands a batch over
         self.confirmed = 0
@@ -309,7 +313,11 @@ class Dispatcher:
         attempt failed (a probe), so a shard that is down or hangs cannot take the
         slots, nor the workers, of the others."""
         cap = 1 if shard in self._failing else -(-self.max_in_flight // self.shards)
-        return self._shard_flight[shard] < cap
+        completing = None if self._completing is None else self._in_flight.get(self._completing)
+        flight = self._shard_flight[shard] - (
+            completing is not None and shard_of(completing) == shard
+        )
+        return flight < cap
 
     def _next_locked(self) -> SpooledBatch | None:
         while True:
@@ -328,7 +336,7 @@ class Dispatcher:
             )
 
     def _candidate_locked(self) -> SpooledBatch | None:
-        if self._stopped or len(self._in_flight) >= self.max_in_flight:
+        if self._stopped or self._inserting_locked() >= self.max_in_flight:
             return None
         now = time.monotonic()
         for step in range(self.shards):  # in turn, so that every shard gets its share
@@ -349,7 +357,7 @@ class Dispatcher:
         return None
 
     def _sleep_locked(self) -> float | None:
-        if len(self._in_flight) >= self.max_in_flight:
+        if self._inserting_locked() >= self.max_in_flight:
             return None
         due = [
             retries[0].not_before
@@ -357,6 +365,11 @@ class Dispatcher:
             if retries and self._shard_room_locked(shard)
         ]
         return max(0.01, min(due) - time.monotonic()) if due else None
+
+    def _inserting_locked(self) -> int:
+        """In-flight batches not yet inserted (so at most one more payload is in memory
+        than ``max_in_flight``: the one being completed)."""
+        return len(self._in_flight) - (self._completing in self._in_flight)
 
     def _send(self, batch: SpooledBatch) -> None:
         try:
@@ -385,12 +398,19 @@ class Dispatcher:
     def _complete_loop(self) -> None:
         while (item := self._completions.get()) is not None:
             self._completing_since = time.monotonic()
+            with self._lock:
+                # Completing can wait on a disk (dead letters) or a broker (its ack): the
+                # workers get the next batch meanwhile.
+                self._completing = item[0].seq
+                self._wake.notify()
             try:
                 self._completed(*item)
             except Exception:  # never lose the thread; the batch stays spooled
                 log.exception("completing batch %d failed", item[0].seq)
             finally:
                 self._completing_since = None
+                with self._lock:
+                    self._completing = None
 
     def _completed(self, batch: SpooledBatch, full: SpooledBatch, future: Future[Any]) -> None:
         error = future.exception()

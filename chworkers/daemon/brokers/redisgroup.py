@@ -44,6 +44,10 @@ class StreamGroup:
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
         self._complete = self.client.register_script(redisscripts.COMPLETE)
         self._touch = self.client.register_script(redisscripts.TOUCH)
+        # New entries are read on a connection of their own, so that the next read can
+        # be sent before this one's entries are batched (see read_new()).
+        self._reader: Any = None  # a redis.Connection (its methods are untyped)
+        self._ahead = False  # a read was sent on it and its reply not taken yet
 
     # -- reading ---------------------------------------------------------------------
 
@@ -73,6 +77,60 @@ class StreamGroup:
             block=block_ms,
         )
         return self.messages(reply)
+
+    def read_new(self, count: int, block_ms: int) -> list[Message]:
+        """New entries (``XREADGROUP ... >``), waiting up to ``block_ms`` for some.
+
+        While replies come back full (a backlog), the next read is sent before this one's
+        entries are returned: Redis prepares it while the source batches these, instead
+        of the two taking turns. Entries delivered by a read whose reply is never taken
+        (the daemon stops) stay pending for this consumer, as every unbatched entry does:
+        read again at the next start, or claimed by another daemon."""
+        import redis
+
+        try:
+            reply = None
+            if self._ahead:
+                self._ahead = False
+                reply = self._reader_connection().read_response()
+            if not reply:
+                connection = self._reader_connection()
+                connection.send_command(*self._xreadgroup(count, block_ms))
+                reply = connection.read_response()
+            messages = self.messages(reply)
+            if len(messages) >= count:
+                self._reader_connection().send_command(*self._xreadgroup(count, None))
+                self._ahead = True
+            return messages
+        except redis.RedisError as exc:
+            self._drop_reader()
+            raise self.error(exc) from exc
+
+    def _xreadgroup(self, count: int, block_ms: int | None) -> list[Any]:
+        args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        return [*args, "STREAMS", self.stream, ">"]
+
+    def _reader_connection(self) -> Any:
+        if self._reader is None:
+            pool = self.client.connection_pool
+            try:
+                self._reader = pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants a command's name
+                self._reader = pool.get_connection("XREADGROUP")
+        return self._reader
+
+    def _drop_reader(self) -> None:
+        """Forget the reader connection (after an error its replies cannot be trusted)."""
+        reader, self._reader, self._ahead = self._reader, None, False
+        if reader is not None:
+            reader.disconnect()
+            self.client.connection_pool.release(reader)
+
+    def close(self) -> None:
+        self._drop_reader()
+        self.client.close()
 
     def claim(self, cursor: str, count: int) -> tuple[str, list[Message]]:
         """``XAUTOCLAIM``: entries idle for ``claim_idle`` in any consumer, now this
