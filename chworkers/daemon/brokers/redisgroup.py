@@ -11,6 +11,7 @@ manifests' tokens. The scripts that keep them consistent are in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -19,11 +20,22 @@ from typing import Any
 from chworkers.daemon.brokers import redisscripts
 from chworkers.daemon.brokers.assembly import Message
 from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisahead import Ahead, Reply
 from chworkers.daemon.brokers.redisclient import connect, display_url, entry_order, raw, text
 from chworkers.errors import BrokerError
 
 #: Ids per call of the touch script (its reply and its time in Redis stay small).
 TOUCH_CHUNK = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class SentManifest:
+    """A manifest sent ahead: its reply to come, and what was sent (to run it again
+    when Redis lost its scripts)."""
+
+    reply: Reply
+    keys: list[str]
+    args: list[Any]
 
 
 class StreamGroup:
@@ -44,10 +56,9 @@ class StreamGroup:
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
         self._complete = self.client.register_script(redisscripts.COMPLETE)
         self._touch = self.client.register_script(redisscripts.TOUCH)
-        # New entries are read on a connection of their own, so that the next read can
-        # be sent before this one's entries are batched (see read_new()).
-        self._reader: Any = None  # a redis.Connection (its methods are untyped)
-        self._ahead = False  # a read was sent on it and its reply not taken yet
+        # Reads of new entries and manifests go ahead on a connection of their own.
+        self._ahead = Ahead(self.client)
+        self._next_read: Reply | None = None
 
     # -- reading ---------------------------------------------------------------------
 
@@ -82,29 +93,30 @@ class StreamGroup:
         """New entries (``XREADGROUP ... >``), waiting up to ``block_ms`` for some.
 
         While replies come back full (a backlog), the next read is sent before this one's
-        entries are returned: Redis prepares it while the source batches these, instead
-        of the two taking turns. Entries delivered by a read whose reply is never taken
-        (the daemon stops) stay pending for this consumer, as every unbatched entry does:
-        read again at the next start, or claimed by another daemon."""
+        entries are returned: Redis prepares it while the source batches these. Entries
+        delivered by a read whose reply is never taken (the daemon stops) stay pending for
+        this consumer, as every entry not yet in a manifest does: read again at the next
+        start, or claimed by another daemon."""
         import redis
 
         try:
             reply = None
-            if self._ahead:
-                self._ahead = False
-                reply = self._reader_connection().read_response()
+            if self._next_read is not None:
+                sent, self._next_read = self._next_read, None
+                reply = self._ahead.take(sent)
             if not reply:
-                connection = self._reader_connection()
-                connection.send_command(*self._xreadgroup(count, block_ms))
-                reply = connection.read_response()
+                reply = self._ahead.take(self._ahead.send(*self._xreadgroup(count, block_ms)))
             messages = self.messages(reply)
             if len(messages) >= count:
-                self._reader_connection().send_command(*self._xreadgroup(count, None))
-                self._ahead = True
+                self._next_read = self._ahead.send(*self._xreadgroup(count, None))
             return messages
         except redis.RedisError as exc:
-            self._drop_reader()
+            self._next_read = None
             raise self.error(exc) from exc
+
+    def reading_ahead(self) -> bool:
+        """Whether a read was sent ahead (its entries come without waiting)."""
+        return self._next_read is not None
 
     def _xreadgroup(self, count: int, block_ms: int | None) -> list[Any]:
         args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
@@ -112,24 +124,8 @@ class StreamGroup:
             args += ["BLOCK", block_ms]
         return [*args, "STREAMS", self.stream, ">"]
 
-    def _reader_connection(self) -> Any:
-        if self._reader is None:
-            pool = self.client.connection_pool
-            try:
-                self._reader = pool.get_connection()
-            except TypeError:  # redis-py before 5.3 wants a command's name
-                self._reader = pool.get_connection("XREADGROUP")
-        return self._reader
-
-    def _drop_reader(self) -> None:
-        """Forget the reader connection (after an error its replies cannot be trusted)."""
-        reader, self._reader, self._ahead = self._reader, None, False
-        if reader is not None:
-            reader.disconnect()
-            self.client.connection_pool.release(reader)
-
     def close(self) -> None:
-        self._drop_reader()
+        self._ahead.reset()
         self.client.close()
 
     def claim(self, cursor: str, count: int) -> tuple[str, list[Message]]:
@@ -209,26 +205,42 @@ class StreamGroup:
             self.call(self.client.srem, self.manifests_key, *expired)
         return owners
 
-    def write_manifest(self, token: str, ids: list[str], *, ordered: bool) -> str | None:
-        """Write a batch's manifest if every id is still pending for this consumer; else
-        the first id that is not (claimed by another consumer, or acknowledged).
-        ``ordered``: the ids are in stream order (the lowest first, the highest last)."""
+    def send_manifest(self, token: str, ids: list[str], *, ordered: bool) -> SentManifest:
+        """Send a batch's manifest ahead (:meth:`verdict` says how it went): written if
+        every id is still pending for this consumer. ``ordered``: the ids are in stream
+        order (the lowest first, the highest last)."""
+        import redis
+
         body = json.dumps(
             {"token": token, "ids": ids, "consumer": self.consumer, "created": time.time()}
         )
-        reply = self.call(
-            self._write_manifest,
-            keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
-            args=[
-                self.group,
-                self.consumer,
-                token,
-                body,
-                int(self.options.manifest_ttl * 1000),
-                ids[0] if ordered else min(ids, key=entry_order),
-                ids[-1] if ordered else max(ids, key=entry_order),
-            ],
-        )
+        keys = [self.stream, self.manifests_key, self.manifest_prefix + token]
+        args = [
+            self.group,
+            self.consumer,
+            token,
+            body,
+            int(self.options.manifest_ttl * 1000),
+            ids[0] if ordered else min(ids, key=entry_order),
+            ids[-1] if ordered else max(ids, key=entry_order),
+        ]
+        try:
+            reply = self._ahead.send("EVALSHA", self._write_manifest.sha, len(keys), *keys, *args)
+        except redis.RedisError as exc:
+            raise self.error(exc) from exc
+        return SentManifest(reply, keys, args)
+
+    def verdict(self, sent: SentManifest) -> str | None:
+        """None when the manifest was written; else the first id that is not pending for
+        this consumer any more (claimed by another consumer, or acknowledged)."""
+        import redis
+
+        try:
+            reply = self._ahead.take(sent.reply)
+        except redis.exceptions.NoScriptError:  # Redis restarted: load it, run it now
+            reply = self.call(self._write_manifest, keys=sent.keys, args=sent.args)
+        except redis.RedisError as exc:
+            raise self.error(exc) from exc
         verdict = [text(part) for part in reply]
         return None if verdict[0] == "ok" else verdict[1]
 
@@ -282,4 +294,4 @@ class StreamGroup:
         return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["StreamGroup"]
+__all__ = ["SentManifest", "StreamGroup"]

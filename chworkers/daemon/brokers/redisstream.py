@@ -24,7 +24,7 @@ from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Pois
 from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisclient import entry_order
-from chworkers.daemon.brokers.redisgroup import StreamGroup
+from chworkers.daemon.brokers.redisgroup import SentManifest, StreamGroup
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError, PoisonMessageError
@@ -73,6 +73,8 @@ class RedisSource:
         self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._assembly = Assembly()
         self._claim_cursor = "0-0"
+        #: The batch whose manifest was sent last, until its verdict is taken.
+        self._sent: tuple[str, Assembly, SentManifest] | None = None
 
     # -- the daemon's side ----------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class RedisSource:
         try:
             if self._assembly.ids:
                 self._cut()  # what was read goes in (the batcher takes it or says it closed)
+            self._settle()
         except BrokerError as exc:
             log.warning("source %s: the last batch stays pending in Redis: %s", self.name, exc)
 
@@ -165,6 +168,8 @@ class RedisSource:
         if self._assembly.ids:
             wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
         block_ms = max(1, int(min(wait, 1.0) * 1000))
+        if not self.redis.reading_ahead():
+            self._settle()  # this read may wait: the last batch goes on first
         messages = self.redis.read_new(self.options.fetch_count, block_ms)
         start = 0
         while start < len(messages):
@@ -187,6 +192,7 @@ class RedisSource:
 
     def _claim(self) -> None:
         """Take over entries other consumers left pending for ``claim_idle``."""
+        self._settle()  # the claim must know all of this source's batches
         self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
         present = set(self._assembly.ids)
         messages = [message for message in claimed if message.id not in present]
@@ -247,27 +253,41 @@ class RedisSource:
             token,
             len(ids),
         )
-        self._hand_on(token, ids, batch, write_manifest=False)
+        self._hand_on(token, ids, batch)
 
     def _cut(self) -> None:
+        """Cut the batch and send its manifest; the batch goes on once Redis wrote it
+        (:meth:`_settle`, at the latest before the next cut or before a read that waits),
+        so the source batches the next entries meanwhile."""
         batch, self._assembly = self._assembly, Assembly()
         token = broker_token("redis", self.redis.stream, self.redis.group, batch.ids)
-        self._hand_on(token, batch.ids, batch, write_manifest=True)
+        self._settle()
+        self._sent = (
+            token,
+            batch,
+            self.redis.send_manifest(token, batch.ids, ordered=not batch.mixed),
+        )
 
-    def _hand_on(
-        self, token: str, ids: list[str], batch: Assembly, *, write_manifest: bool
-    ) -> None:
-        if write_manifest:
-            gone = self.redis.write_manifest(token, ids, ordered=not batch.mixed)
-            if gone is not None:
-                log.warning(
-                    "source %s: a batch of %d entries is not inserted: entry %s is not pending "
-                    "for this consumer any more (claimed by another daemon, which inserts it)",
-                    self.name,
-                    len(ids),
-                    gone,
-                )
-                return
+    def _settle(self) -> None:
+        """Take the verdict on the last manifest sent: its batch goes on, or is dropped
+        when one of its entries is no longer this consumer's."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        token, batch, manifest = sent
+        gone = self.redis.verdict(manifest)
+        if gone is not None:
+            log.warning(
+                "source %s: a batch of %d entries is not inserted: entry %s is not pending "
+                "for this consumer any more (claimed by another daemon, which inserts it)",
+                self.name,
+                len(batch.ids),
+                gone,
+            )
+            return
+        self._hand_on(token, batch.ids, batch)
+
+    def _hand_on(self, token: str, ids: list[str], batch: Assembly) -> None:
         with self._lock:
             self._inflight[token] = ids
         if not batch.rows:

@@ -1,0 +1,93 @@
+"""Commands sent ahead on a Redis connection of their own, their replies taken later.
+
+The Redis source's reads and manifest writes go this way (docs/brokers.md, "Measured"):
+the next read is sent while the source batches the entries of the last one, and a batch's
+manifest while it reads and batches the next, so the source and Redis work at the same
+time instead of taking turns, and a round trip is no longer paid per command. Redis
+answers a connection's commands in the order they were sent, so the replies are taken in
+that order: taking one takes (and keeps) those sent before it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+__all__ = ["Ahead", "Reply"]
+
+
+class Reply:
+    """The reply to one command sent ahead: :meth:`Ahead.take` it."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: Exception | None = None
+
+
+class Ahead:
+    """One connection of ``client``'s pool, kept for commands sent ahead."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None  # a redis.Connection (its methods are untyped)
+        self._sent: deque[Reply] = deque()
+
+    def send(self, *args: Any) -> Reply:
+        """Send a command now; raises redis-py's errors (then nothing is outstanding)."""
+        import redis
+
+        try:
+            self._open().send_command(*args)
+        except redis.RedisError:
+            self.reset()
+            raise
+        reply = Reply()
+        self._sent.append(reply)
+        return reply
+
+    def take(self, reply: Reply) -> Any:
+        """``reply``'s value (raised when Redis answered an error), reading the replies
+        sent before it first. A connection that fails fails every reply outstanding."""
+        import redis
+
+        while not reply.done:
+            head = self._sent[0]
+            try:
+                head.value = self._connection.read_response()
+            except redis.ResponseError as exc:  # an error reply: the connection is fine
+                head.error = exc
+            except redis.RedisError:
+                self.reset()
+                raise
+            head.done = True
+            self._sent.popleft()
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def outstanding(self) -> int:
+        return len(self._sent)
+
+    def reset(self) -> None:
+        """Drop the connection (after a failure its replies cannot be trusted): the
+        replies outstanding fail; the next command opens a new one."""
+        import redis
+
+        for reply in self._sent:
+            reply.done, reply.error = True, redis.ConnectionError("the connection was reset")
+        self._sent.clear()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+            self._pool.release(connection)
+
+    def _open(self) -> Any:
+        if self._connection is None:
+            try:
+                self._connection = self._pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants a command's name
+                self._connection = self._pool.get_connection("XREADGROUP")
+        return self._connection
