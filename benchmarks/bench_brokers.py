@@ -154,39 +154,93 @@ def fresh_database(ch: EmbeddedClickHouse, name: str) -> str:
     return name
 
 
-def wait_rows(ch: EmbeddedClickHouse, database: str, total: int, timeout: float = 1800) -> float:
-    """Rows/s from the first row in ClickHouse to the last: start-up (a daemon's is a
-    second or more) is left out, for every path alike."""
+def _proc_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds so far) of every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def tree_cpu(*roots: int) -> float:
+    """CPU seconds used so far by the processes ``roots`` and everything below them."""
+    table = _proc_cpu()
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += table.get(pid, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in table.items() if parent == pid]
+    return total
+
+
+def thread_cpu(tid: int) -> float:
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Measured:
+    """Rows/s from the first row in ClickHouse to the last (start-up, a second or more
+    for a daemon, left out for every path alike), and the CPU seconds every process of
+    the path used meanwhile (the reader, Redis, ClickHouse): on a shared machine the
+    wall-clock rate moves with everybody else's load, the CPU a row costs much less."""
+
+    def __init__(self, rate: float, cpu: float, rows: int) -> None:
+        self.rate, self.cpu, self.rows = rate, cpu, rows
+
+    @property
+    def cpu_per_million(self) -> float:
+        return self.cpu / self.rows * 1e6
+
+
+def wait_rows(
+    ch: EmbeddedClickHouse, database: str, total: int, cpu: Any = None, timeout: float = 1800
+) -> Measured:
     deadline = time.monotonic() + timeout
     first: float | None = None
+    first_rows, first_cpu = 0, 0.0
     while (n := counts(ch, database, "ev")[0]) < total:
         if first is None and n > 0:
             first, first_rows = time.monotonic(), n
+            first_cpu = cpu() if cpu is not None else 0.0
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out: {counts(ch, database, 'ev')} of {total}")
         time.sleep(0.05)
     done = time.monotonic()
+    used = (cpu() if cpu is not None else 0.0) - first_cpu
     if first is None:  # all of it in one go
-        return float("nan")
-    return (total - first_rows) / (done - first)
+        return Measured(float("nan"), float("nan"), total)
+    return Measured((total - first_rows) / (done - first), used, total - first_rows)
 
 
 PIPELINE = {"table": "ev", "format": "JSONEachRow", "max_rows": 50_000, "max_delay": "500ms"}
 
 
-def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) -> float:
+def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) -> Measured:
     db = fresh_database(ch, f"bench_file_{r}")
     pipeline = {"name": "file", "source": "file", "paths": [str(data)], **PIPELINE}
     d = Daemon(
         tmp / f"file-{r}", toml(tmp / f"file-{r}" / "state", f"{ch.url}/{db}", pipeline, None)
     )
     d.start()
-    rate = wait_rows(ch, db, total)
+    assert d.proc is not None and ch.pid is not None
+    daemon, clickhouse = d.proc.pid, ch.pid
+    measured = wait_rows(ch, db, total, lambda: tree_cpu(daemon, clickhouse))
     d.stop()
-    return rate
+    return measured
 
 
-def run_redis(ch: EmbeddedClickHouse, tmp: Path, server: RedisServer, total: int, r: int) -> float:
+def run_redis(
+    ch: EmbeddedClickHouse, tmp: Path, server: RedisServer, total: int, r: int
+) -> Measured:
     db = fresh_database(ch, f"bench_redis_{r}")
     pipeline = {"name": "redis", "source": "redis", **PIPELINE}
     redis = {"url": server.url, "stream": STREAM, "group": f"g{r}", "fetch_count": 10_000}
@@ -194,36 +248,57 @@ def run_redis(ch: EmbeddedClickHouse, tmp: Path, server: RedisServer, total: int
         tmp / f"redis-{r}", toml(tmp / f"redis-{r}" / "state", f"{ch.url}/{db}", pipeline, redis)
     )
     d.start()
-    rate = wait_rows(ch, db, total)
+    assert d.proc is not None and server.proc is not None and ch.pid is not None
+    daemon, redis_pid, clickhouse = d.proc.pid, server.proc.pid, ch.pid
+    measured = wait_rows(ch, db, total, lambda: tree_cpu(daemon, redis_pid, clickhouse))
     d.stop()
-    return rate
+    return measured
 
 
-def run_plain(ch: EmbeddedClickHouse, server: RedisServer, total: int, r: int) -> float:
+def run_plain(ch: EmbeddedClickHouse, server: RedisServer, total: int, r: int) -> Measured:
     """What a user writes by hand: read, insert, acknowledge after the insert."""
     db = fresh_database(ch, f"bench_plain_{r}")
-    redis = server.client()
-    group = f"plain{r}"
-    redis.xgroup_create(STREAM, group, "0")
-    client = clickhouse_connect.get_client(host=ch.host, port=ch.port, database=db)
-    inserted = 0
-    result: list[float] = []
-    watcher = threading.Thread(target=lambda: result.append(wait_rows(ch, db, total)))
-    watcher.start()
-    while inserted < total:
-        reply = redis.xreadgroup(group, "plain", {STREAM: ">"}, count=10_000, block=1000)
-        if not reply:
-            continue
-        entries = reply[0][1]
-        payload = b"".join(fields[b"data"] for _id, fields in entries)
-        client.raw_insert("ev", insert_block=payload, fmt="JSONEachRow")
-        redis.xack(STREAM, group, *[entry_id for entry_id, _f in entries])
-        inserted += payload.count(b"\n")
-    watcher.join()
-    rate = result[0]
-    client.close()
-    redis.close()
-    return rate
+    assert server.proc is not None and ch.pid is not None
+    redis_pid, clickhouse = server.proc.pid, ch.pid
+    result: list[Measured] = []
+    ready = threading.Event()
+    loop_thread: list[int] = []
+    loop_cpu: list[float] = []  # the loop's CPU seconds, once it ended
+
+    def cpu() -> float:
+        try:
+            own = thread_cpu(loop_thread[0])
+        except FileNotFoundError:  # the loop ended
+            own = loop_cpu[0]
+        return tree_cpu(redis_pid, clickhouse) + own
+
+    def loop() -> None:
+        loop_thread.append(threading.get_native_id())
+        redis = server.client()
+        group = f"plain{r}"
+        redis.xgroup_create(STREAM, group, "0")
+        client = clickhouse_connect.get_client(host=ch.host, port=ch.port, database=db)
+        ready.set()
+        inserted = 0
+        while inserted < total:
+            reply = redis.xreadgroup(group, "plain", {STREAM: ">"}, count=10_000, block=1000)
+            if not reply:
+                continue
+            entries = reply[0][1]
+            payload = b"".join(fields[b"data"] for _id, fields in entries)
+            client.raw_insert("ev", insert_block=payload, fmt="JSONEachRow")
+            redis.xack(STREAM, group, *[entry_id for entry_id, _f in entries])
+            inserted += payload.count(b"\n")
+        client.close()
+        redis.close()
+        loop_cpu.append(time.thread_time())
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    ready.wait()
+    result.append(wait_rows(ch, db, total, cpu))
+    worker.join()
+    return result[0]
 
 
 def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
@@ -245,20 +320,39 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
                         min(args.messages, m + 10_000) * args.rows_per_message,
                     )
                 )
-        results: dict[str, list[float]] = {"file source": [], "redis source": [], "plain loop": []}
+        results: dict[str, list[Measured]] = {
+            "file source": [],
+            "redis source": [],
+            "plain loop": [],
+        }
         for r in range(args.rounds):
             results["file source"].append(run_file(ch, tmp, total, data, r))
             results["redis source"].append(run_redis(ch, tmp, server, total, r))
             results["plain loop"].append(run_plain(ch, server, total, r))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()))
-        base = statistics.median(results["file source"])
+            print(
+                f"round {r + 1} (load {os.getloadavg()[0]:.1f}): "
+                + ", ".join(
+                    f"{k} {v[-1].rate:,.0f} rows/s {v[-1].cpu_per_million:.2f} cpu-s/M"
+                    for k, v in results.items()
+                )
+            )
+        rate = {k: statistics.median(m.rate for m in v) for k, v in results.items()}
+        cost = {k: statistics.median(m.cpu_per_million for m in v) for k, v in results.items()}
         print(
-            f"\n{total:,} rows, {args.rows_per_message} per message, medians of {args.rounds} rounds"
+            f"\n{total:,} rows, {args.rows_per_message} per message, medians of {args.rounds} "
+            f"rounds; cpu-s/M: CPU seconds per million rows of every process of the path "
+            f"(reader, Redis, ClickHouse); 2 cores / that: the rate those processes could "
+            f"reach with both cores to themselves"
         )
-        print(f"{'path':<14} {'rows/s':>10} {'vs file':>8}")
-        for name, values in results.items():
-            med = statistics.median(values)
-            print(f"{name:<14} {med:>10,.0f} {med / base:>8.2f}")
+        print(
+            f"{'path':<14} {'rows/s':>10} {'vs file':>8} {'cpu-s/M':>8} {'2 cores':>10} {'vs file':>8}"
+        )
+        for name in results:
+            capacity = 2e6 / cost[name]
+            print(
+                f"{name:<14} {rate[name]:>10,.0f} {rate[name] / rate['file source']:>8.2f} "
+                f"{cost[name]:>8.2f} {capacity:>10,.0f} {cost['file source'] / cost[name]:>8.2f}"
+            )
     finally:
         server.stop()
 
