@@ -377,7 +377,8 @@ class Arbiter:
             self.metrics.queue_capacity.set(self._options.queue_size)
         if self.broker is not None and self._options.connections != before.connections:
             self.broker.resize(self._options.connections)
-        if self._options.workers != before.workers and self._crew is not None:
+        stopped_scaling = before.autoscaling and not self._options.autoscaling
+        if (self._options.workers != before.workers or stopped_scaling) and self._crew:
             # (An unchanged count, as a reload passes, leaves the autoscaled one alone;
             # new autoscaling bounds apply at its next look.)
             self._crew.scale(self._options.initial_workers)
