@@ -80,6 +80,16 @@ class Producer:
         schema = owner.outcomes.schemas.get(table, names)
         if schema is not None:
             return schema
+        whole = None if names is None else owner.outcomes.schemas.get(table, None)
+        if whole is not None and names is not None and set(names) <= set(whole.column_names):
+            # The table's columns are known already (a sharded insert looked them up on the
+            # first shard that answered): no lookup on this insert's shard, which may be down.
+            types = dict(zip(whole.column_names, whole.type_names, strict=True))
+            schema = native.TableSchema(
+                table, tuple(names), tuple(types[n] for n in names), whole.server_tz
+            )
+            owner.outcomes.schemas.put(table, names, schema)
+            return schema
         if owner.in_loop():
             raise ConfigError(
                 f"the columns of {table!r} are not known yet, and a future's callback cannot "
