@@ -187,25 +187,3 @@ def test_supervisor_tasks_go_to_their_shard(
             sup.insert_raw("t", b"", "JSONEachRow", shard=3)
         assert sup.stats().pool is not None and sup.stats().pool.capacity == 2
     assert sorted(r[0] for r in ch_client.query("SELECT x FROM t").result_rows) == [1, 2, 3, 4]
-
-
-def test_a_shard_down_does_not_hold_up_another_shards_inserts(
-    endpoint: EmbeddedClickHouse, dead: str, two_tables: str, ch_client: Client
-) -> None:
-    """Shard 1 is unreachable and its insert keeps retrying (holding a worker and shard
-    1's one connection); shard 0's inserts go through meanwhile, on shard 0's own budget."""
-    with Supervisor(
-        f"{endpoint.url}/{two_tables}",
-        shards=[[endpoint.url], [dead]],
-        workers=2,
-        max_connections=1,
-        start_method="fork",
-        retry={"max_attempts": 60, "initial_backoff": 0.1, "max_backoff": 0.2},
-    ) as sup:
-        stuck = sup.insert("t", [(100,)], ["x"], shard=1)
-        for i in range(5):
-            assert sup.insert("t", [(i,)], ["x"], shard=0).result(30) == 1
-        assert not stuck.done()  # still retrying shard 1 while shard 0 went on
-        stuck.cancel()
-        sup.stop(graceful=False)
-    assert sorted(r[0] for r in ch_client.query("SELECT x FROM t").result_rows) == [0, 1, 2, 3, 4]
