@@ -173,7 +173,7 @@ def test_a_shard_down_mid_ingest_holds_back_only_its_own_rows(
         push(0, 3000)
         wait_for(lambda: running.daemon.totals.rows_inserted == 3000)
         before = [total(ch) for ch in shard_endpoints]
-        proxy.set("refuse")  # shard 2 goes down
+        proxy.set("reset")  # shard 2 goes down (every request reset)
         for start in range(3000, 9000, 1000):
             push(start, start + 1000)
         # The others take their rows while shard 2 is down.
@@ -182,8 +182,12 @@ def test_a_shard_down_mid_ingest_holds_back_only_its_own_rows(
         assert total(c) == before[2]
         backlog = running.daemon.dispatcher.shard_backlog()[2]
         assert backlog > 0
-        health = running.daemon.health()
-        assert any("shard 2" in p.reason and "held back" in p.reason for p in health.problems)
+        wait_for(  # once an attempt into shard 2 failed
+            lambda: any(
+                "shard 2" in p.reason and "held back" in p.reason
+                for p in running.daemon.health().problems
+            )
+        )
         running.daemon._publish_shards()  # as a scrape would
         metrics = samples(running)
         assert metrics[("chworkers_shard_backlog_batches", (("shard", "2"),))] == backlog
@@ -210,7 +214,7 @@ def test_batches_wait_whole_until_a_shard_can_say_the_columns(
         client.close()
     proxies = [FaultProxy((ch.host, ch.port)) for ch in shard_endpoints]
     for proxy in proxies:
-        proxy.set("refuse")
+        proxy.set("reset")
     cfg = shard_config(
         tmp_path / "state", [[p.url] for p in proxies], shard_database, {"source": "http"}
     )

@@ -438,9 +438,12 @@ class Daemon:
                 return False
             self._heartbeat.beat()  # draining is this loop's work, not a hang
             step = 0.5 if remaining is None else min(0.5, remaining)
-            # Held batches first: no batch is spooled any more, so once none is held
-            # they are all with the dispatcher, and its being idle means they are in.
-            if self.tables.held():
+            # Held batches first: no batch is spooled any more, so once none waits to be
+            # split by shard nor for its table, they are all with the dispatcher, and its
+            # being idle means they are in.
+            if self.splitter is not None and self.splitter.waiting():
+                self.splitter.wait_split(step)
+            elif self.tables.held():
                 self.tables.wait(step)
             elif self.dispatcher.wait_idle(step):
                 return True

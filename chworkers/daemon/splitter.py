@@ -73,6 +73,7 @@ class Splitter:
             self._keys = {p.name: k for p in pipelines if (k := p.key) is not None}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)  # a batch was split
         self._waiting: collections.OrderedDict[int, SpooledBatch] = collections.OrderedDict()
         self._columns: dict[str, Sequence[Column]] = {}
         self._bound: dict[tuple[str, str], BoundShardingKey] = {}
@@ -119,6 +120,17 @@ class Splitter:
         with self._lock:
             return len(self._waiting) + (1 if self._splitting else 0)
 
+    def wait_split(self, timeout: float) -> bool:
+        """Up to ``timeout`` for every whole batch to be split (True once none waits)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._waiting or self._splitting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._done.wait(left)
+        return True
+
     def problems(self) -> list[str]:
         """Why batches wait to be split (for health): columns not read, or a key the
         table's columns cannot take."""
@@ -159,6 +171,7 @@ class Splitter:
                     self._splitting = False
                     if done:
                         self._waiting.pop(batch.seq, None)
+                        self._done.notify_all()
                 if done:
                     progressed = True
                 else:
