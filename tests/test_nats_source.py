@@ -262,6 +262,59 @@ def test_a_live_daemon_keeps_its_messages_while_clickhouse_is_down(
     assert count(endpoint, database) == (1000, 1000)
 
 
+class Batches:
+    """A batcher that keeps what it is given (the source alone, without a daemon)."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, int, bool]] = []  # token, rows, rebuilt
+
+    def add(self, table: str, payload: bytes, rows: int, **kw: Any) -> None:
+        broker = kw["meta"]["broker"]
+        assert broker["token"] == kw["token"] and payload.count(b"\n") == rows
+        self.added.append((broker["token"], rows, broker["rebuilt"]))
+
+
+def test_a_message_in_a_manifest_written_meanwhile_goes_with_that_batch(
+    nats_server: NatsServer,
+) -> None:
+    """A daemon that held a message before this one and wrote its manifest late: this
+    daemon's write is refused for that message, which goes with the late batch (rebuilt
+    with its token); the rest of this daemon's batch is written without it."""
+    from chworkers.daemon.brokers.natsstream import NatsSource
+
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 30, 10))
+    batches = Batches()
+    source = NatsSource(
+        name="p",
+        table="ev",
+        format="JSONEachRow",
+        batcher=batches,  # type: ignore[arg-type]
+        options=NatsSourceSettings(url=nats_server.url, stream="ev", ack_wait=10.0),
+        consumer="us",
+        dead_letter=lambda records, token: None,
+    )
+    try:
+        source.link.connect()
+
+        async def other_daemon(client: Any) -> None:
+            pull = await client.jetstream().pull_subscribe_bind("chworkers", "ev")
+            message = (await pull.fetch(1, timeout=5))[0]
+            assert delivery(message.reply) == (1, 1)
+            await message.nak()  # delivered to us next, as if it had died
+
+        nats_server.run(other_daemon)
+        source._fetch()
+        assert sorted(source._assembly.ids) == ["1", "2", "3"] and not batches.added
+        late = Manifest("late-token", [[1, 1]], created=time.time(), by="other")
+        assert source.link.call(source.link.manifests().register(late, 0)) == {}
+        source._submit_all([source._cut()])
+    finally:
+        source.close()
+    ours = broker_token("nats", "ev", "chworkers", ["2", "3"])
+    assert sorted(batches.added) == sorted([("late-token", 10, True), (ours, 20, False)])
+
+
 def test_the_manifests_registry_refuses_a_message_in_two_batches() -> None:
     assert to_ranges([5, 1, 2, 3, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
     registry = Registry()
