@@ -7,7 +7,9 @@ The daemon runs as users run it: ``python -m chworkers run -c FILE`` in a proces
 own (the URL in its environment, not in the file), with its defaults (fsync'd spool,
 dedup tokens), until the file is in. Reported: the rate from the command's start to its
 exit, the steady rate (from ready, ``/readyz`` answering 200, until every line is in
-ClickHouse), the start-up time and CPU, and the stop (from the last line in to the exit).
+ClickHouse), the start-up time and CPU (until ``/readyz``: the daemon accepts data), when
+a first worker is up (``workers_ready`` in ``/readyz``'s body: inserts can start), and
+the stop (from the last line in to the exit).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from chworkers.errors import BenchError
 
 RATE = Metric("rate", "rows/s")  # from the command's start to its exit
 STEADY = Metric("steady", "rows/s")  # from ready to the last line in ClickHouse
-READY = Metric("ready", "s", "lower")
+READY = Metric("ready", "s", "lower")  # until /readyz: the daemon accepts data
+UP = Metric("up", "s", "lower")  # until a first worker is ready: inserts can start
 STOP = Metric("stop", "s", "lower")  # from the last line in ClickHouse to the exit
 #: CPU the daemon and its children (fork server, workers) spent until ready: what the
 #: start-up costs on an idle machine, where a busy one's wall-clock time says little.
@@ -118,13 +121,17 @@ def daemon_environ(url: str, pycache: Path) -> dict[str, str]:
     return out
 
 
-def ready(port: int) -> bool:
+def readyz(port: int) -> tuple[bool, int]:
+    """Whether the daemon's ``/readyz`` says ready (it accepts data), and how many of
+    its workers are ready (0 while none is, or when it does not answer)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
         conn.request("GET", "/readyz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
+        resp = conn.getresponse()
+        body = json.loads(resp.read() or b"{}")
+        return resp.status == 200, int(body.get("workers_ready", 0))
+    except (OSError, ValueError):
+        return False, 0
     finally:
         conn.close()
 
@@ -179,17 +186,22 @@ def run_daemon(
         )
         try:
             up: float | None = None
+            workers_up: float | None = None
             landed: float | None = None
             up_cpu = 0.0
             while proc.poll() is None:
-                if up is None and ready(port):
-                    up = time.monotonic()
-                    up_cpu = tree_cpu(proc.pid) if _PROC.is_dir() else 0.0
+                if workers_up is None:
+                    is_ready, workers = readyz(port)
+                    if up is None and is_ready:
+                        up = time.monotonic()
+                        up_cpu = tree_cpu(proc.pid) if _PROC.is_dir() else 0.0
+                    if up is not None and workers:
+                        workers_up = time.monotonic()
                 if up is not None and data.count(client, table) >= lines:
                     landed = time.monotonic()
                     proc.wait()
                     break
-                time.sleep(_POLL if up is None else _COUNT_POLL)
+                time.sleep(_POLL if workers_up is None else _COUNT_POLL)
             end = time.monotonic()
         finally:
             if proc.poll() is None:
@@ -199,12 +211,14 @@ def run_daemon(
         tail = log_path.read_text(errors="replace")[-2000:]
         raise BenchError(f"chworkers run exited with code {proc.returncode}:\n{tail}")
     up = end if up is None else up  # done before /readyz was seen: too small to tell
+    workers_up = up if workers_up is None else max(up, workers_up)
     landed = end if landed is None else landed
     return {
         "rate": lines / (end - start),
         "steady": lines / max(landed - up, 1e-9),
         "stop": end - landed,
         "ready": up - start,
+        "up": workers_up - start,
         "ready_cpu": up_cpu,
     }
 
@@ -250,7 +264,7 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
             before=lambda: env.table(client, table),
             after=lambda: data.expect(client, table, lines, name),
             target={"steady": 0.8},
-            extra=(READY, READY_CPU, STOP) if _PROC.is_dir() else (READY, STOP),
+            extra=(READY, READY_CPU, UP, STOP) if _PROC.is_dir() else (READY, UP, STOP),
         )
 
     return [

@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.clickhouse.schema import Evolve
-from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.options import NatsSourceSettings, RedisSourceSettings
 from chworkers.daemon.framing import FORMATS
@@ -34,6 +33,11 @@ from chworkers.daemon.mapping import FieldMapper
 from chworkers.errors import ConfigError
 from chworkers.settings import build, same_as, section, setting, validate
 from chworkers.workers.options import TableLimit
+
+if TYPE_CHECKING:
+    # Imported where a key is parsed: it brings numpy, which a daemon without shards
+    # should not load at every start (docs/daemon.md, "Start-up").
+    from chworkers.clickhouse.sharding import ShardingKey
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -188,6 +192,8 @@ class PipelineSettings:
             ) from None
 
     def _check_sharding_key(self, where: str) -> None:
+        from chworkers.clickhouse.sharding import ShardingKey
+
         try:
             key = ShardingKey.parse(self.sharding_key or "")
         except ConfigError as exc:
@@ -199,6 +205,8 @@ class PipelineSettings:
     @property
     def key(self) -> ShardingKey | None:
         """The parsed ``sharding_key`` (None when the pipeline has none)."""
+        from chworkers.clickhouse.sharding import ShardingKey
+
         return None if self.sharding_key is None else ShardingKey.parse(self.sharding_key)
 
     def _check_broker(self, where: str) -> None:

@@ -46,12 +46,11 @@ from chworkers.daemon.partspressure import PartsPressure, parts_state, worst_of
 from chworkers.daemon.pipelines import table_limits
 from chworkers.daemon.shardstats import ShardStats
 from chworkers.daemon.shardtarget import columns_reader, create_table, shard_tables
-from chworkers.daemon.splitter import Splitter
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.tables import ShardTables, Tables
 from chworkers.daemon.totals import Totals
-from chworkers.errors import ChworkersError, WorkerLostError
+from chworkers.errors import ChworkersError, WorkerBootError, WorkerLostError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
 from chworkers.workers.options import SupervisorOptions
@@ -59,6 +58,7 @@ from chworkers.workers.outcomes import is_permanent
 from chworkers.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from chworkers.daemon.splitter import Splitter
     from chworkers.embedded.keeper import Keeper
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Daemon:
         self._stall = Stall(config.settings.health.stall, self._backlog)
         self.embedded: Keeper | None = None
         self._ready = threading.Event()
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         #: Pipelines with schema = "evolve", by name: their batches add missing columns.
         self._evolve = {p.name: p.evolve for p in config.pipelines if p.evolve is not None}
@@ -141,12 +142,13 @@ class Daemon:
             watchdog = Watchdog(notifier, self._healthy)
             watchdog.start()
             stack.callback(watchdog.stop)
-            if not self._wait_for_tables(TABLES_GRACE):
+            if not self._wait_for_tables(TABLES_GRACE) and self._boot_error() is None:
                 log.warning(
                     "ClickHouse is not reachable yet: taking data in and spooling it; tables "
                     "%s are created once it is (batches for them wait in the spool)",
                     ", ".join(self.tables.pending()),
                 )
+            self._stop_if_workers_failed(notifier)
             self._report = self.supervisor.health_checks.watch()
             notifier.ready(self._status())
             self.totals.started = time.monotonic()  # rates count from here, not start-up
@@ -168,7 +170,7 @@ class Daemon:
         """Up to ``timeout`` for the embedded child and the tables; a signal (queued for
         the loop) cuts it short, so a stop during start-up is not delayed."""
         deadline = time.monotonic() + timeout
-        while self._signals.empty() and time.monotonic() < deadline:
+        while self._signals.empty() and time.monotonic() < deadline and not self._boot_error():
             up = self.embedded is None or self.embedded.wait_up(0)
             if up and self.tables.wait(0.2):
                 return True
@@ -232,12 +234,40 @@ class Daemon:
             handle_signals=False,  # the daemon owns signals: it stops intake first
             table_limits=table_limits(self.config.pipelines),
         )
-        self.supervisor.start()
+        # The workers boot (the fork server's imports, their pools) while this thread
+        # opens the spool and the sources: accepting data needs no worker, and batches
+        # wait in the spool and the queue until one is ready. /readyz follows the daemon.
+        self.supervisor.ready_when(self._readiness)
+        self.supervisor.start(wait=False)
         stack.callback(self._stop_supervisor)
         self.metrics = self.supervisor.metrics
         self.metrics_url = self.supervisor.metrics_url
         if self.embedded is not None:
             self.embedded.attach_metrics(self.metrics)
+
+    def _readiness(self) -> str | None:
+        """What ``/readyz`` says besides the supervisor's health: ready from READY=1
+        (the intake open) until the stop begins (the intake closing)."""
+        if self._stopping.is_set():
+            return "stopping: the intake is closed"
+        return None if self._ready.is_set() else "starting"
+
+    def _boot_error(self) -> WorkerBootError | None:
+        """The supervisor's reason for giving up when its workers cannot start (they
+        die while starting, ``max_boot_failures`` in a row): no restart can fix it."""
+        error = self.supervisor.error
+        return error if isinstance(error, WorkerBootError) else None
+
+    def _stop_if_workers_failed(self, notifier: Notifier) -> None:
+        """Stop as for SIGTERM but without waiting for inserts, and raise the boot error
+        (``chworkers run`` exits 4) when the workers cannot start: what was accepted stays
+        spooled for the next start."""
+        error = self._boot_error()
+        if error is None:
+            return
+        log.error("%s; stopping: what was accepted stays in the spool", error)
+        notifier.stopping("stopping: worker processes cannot start")
+        self._shutdown(drain=False)  # raises the error
 
     def _stop_supervisor(self) -> None:
         self.supervisor.stop(graceful=True, timeout=5)
@@ -290,6 +320,10 @@ class Daemon:
         once_serving(self.embedded, self.tables.start)
         stack.callback(self.tables.stop)
         if self.cluster is not None:
+            # Here, not at the top: splitting by key brings numpy, which a daemon
+            # without shards does not load (its start-up, docs/daemon.md).
+            from chworkers.daemon.splitter import Splitter
+
             self.splitter = Splitter(
                 self.config.pipelines,
                 self.cluster,
@@ -384,6 +418,7 @@ class Daemon:
                 return self._shutdown()
             elif self.intake.finite and not self.intake.reading():
                 return self._shutdown(finished=True)
+            self._stop_if_workers_failed(notifier)
             now = time.monotonic()
             if now - last_status >= 1.0:
                 last_status = now
@@ -396,12 +431,13 @@ class Daemon:
                     self.progress.write("\r\x1b[2K" + status)
                     self.progress.flush()
 
-    def _shutdown(self, *, finished: bool = False) -> int:
+    def _shutdown(self, *, finished: bool = False, drain: bool = True) -> int:
         # Bounded whatever the spool and ClickHouse do: sources, the batcher's flush and
         # the drain share graceful_timeout. A source blocked on a full or failing spool
         # is released when the batcher gives up; what was not spooled by then was never
         # acknowledged (HTTP clients got no 202; files are read again from their
         # checkpoint at the next start).
+        self._stopping.set()  # /readyz: 503 from here on
         timeout = None if finished else self.config.settings.supervisor.graceful_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         if deadline is not None:
@@ -411,7 +447,8 @@ class Daemon:
             log.warning("some records were not spooled before the stop (see above)")
         self.intake.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
         self.checkpoints.save_unsaved()  # a last try for positions whose save failed
-        self._drain(_remaining(deadline))
+        if drain:
+            self._drain(_remaining(deadline))
         self.dispatcher.stop()
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
@@ -428,6 +465,9 @@ class Daemon:
                 "another daemon after claim_idle)",
                 in_memory,
             )
+        error = self._boot_error()
+        if error is not None:
+            raise error  # `chworkers run` exits 4: restarting cannot help
         return EXIT_OK
 
     def _drain(self, timeout: float | None) -> bool:
@@ -437,6 +477,8 @@ class Daemon:
             if remaining is not None and remaining <= 0:
                 return False
             self._heartbeat.beat()  # draining is this loop's work, not a hang
+            if self._boot_error() is not None:
+                return False  # no worker will insert what is left: it stays spooled
             step = 0.5 if remaining is None else min(0.5, remaining)
             # Held batches first: no batch is spooled any more, so once none waits to be
             # split by shard nor for its table, they are all with the dispatcher, and its

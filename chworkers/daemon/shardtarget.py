@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.dispatch import shard_of
 from chworkers.daemon.keyfields import Column
-from chworkers.daemon.splitter import Describe
 from chworkers.daemon.tables import ShardTables, Tables
 from chworkers.errors import ChworkersError
 from chworkers.workers.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from chworkers.daemon.splitter import Describe  # brings numpy: only with shards
 
 __all__ = ["columns_reader", "shard_tables"]
 

@@ -33,6 +33,9 @@ class Probes:
         self.metrics = metrics
         self.health = health
         self.refreshers: list[Callable[[], None]] = []
+        #: What readiness waits for besides the supervisor running and healthy: None
+        #: for a ready worker; else a check returning None when ready, or why not.
+        self.gate: Callable[[], str | None] | None = None
 
     def problems(self) -> list[str]:
         """The supervisor's own problems; each means a restart is needed (failing)."""
@@ -83,6 +86,7 @@ class Probes:
         if not report.alive:
             return False, {"reason": report.summary(), **report.as_dict()}
         ready = owner.worker_count("ready")
-        if not ready:
-            return False, {"reason": "no worker ready"}
+        why = (None if ready else "no worker ready") if self.gate is None else self.gate()
+        if why is not None:
+            return False, {"reason": why, "workers_ready": ready}
         return True, {"workers_ready": ready, "queued": len(owner.queue)}

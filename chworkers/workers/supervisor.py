@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import multiprocess
 from prometheus_client import CollectorRegistry
@@ -32,7 +32,6 @@ from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.clickhouse.schema import Evolve
-from chworkers.clickhouse.sharding import ShardingKey
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
 from chworkers.ops.exposition import MetricsEndpoint
@@ -61,11 +60,16 @@ from chworkers.workers.options import (
 )
 from chworkers.workers.probes import Probes
 from chworkers.workers.producer import Producer
-from chworkers.workers.shardinsert import ShardedInserts
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.tablelimits import coerce_limits
 from chworkers.workers.tasks import DeadLetter
 from chworkers.workers.worker import PoolConnector
+
+if TYPE_CHECKING:
+    # Sharded inserts bring numpy: imported when the first one is made, so that a
+    # program without shards (the daemon at every start) does not load it.
+    from chworkers.clickhouse.sharding import ShardingKey
+    from chworkers.workers.shardinsert import ShardedInserts
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +199,13 @@ class Supervisor:
 
     # Lifecycle.
 
-    def start(self) -> Supervisor:
+    def start(self, *, wait: bool = True) -> Supervisor:
         """Start the workers and the HTTP endpoint; returns once the workers are ready.
 
-        Raises :class:`WorkerBootError` when workers die while starting.
+        Raises :class:`WorkerBootError` when workers die while starting. With
+        ``wait=False`` it returns once they are starting: tasks queue until a worker is
+        ready, and a boot failure ends the supervisor later (:attr:`error`,
+        :attr:`state` ``failed``) instead of raising here.
         """
         if self.state != "new":
             raise SupervisorStoppedError(f"a supervisor starts once (this one is {self.state})")
@@ -229,6 +236,8 @@ class Supervisor:
             sys.setswitchinterval(opts.switch_interval)
         self.metrics.build_info.info({"version": __version__})
         self._owner.start(ctx, broker)
+        if not wait:
+            return self
         try:
             self._owner.wait_ready(opts.boot_timeout)
         except BaseException:
@@ -372,6 +381,13 @@ class Supervisor:
         (the daemon does on SIGHUP); workers started later copy them when they start."""
         self._owner.ask(SyncLogLevels())
 
+    def ready_when(self, check: Callable[[], str | None]) -> None:
+        """Make ``/readyz`` answer what ``check`` says instead of waiting for a ready
+        worker: ``check()`` returns None when ready, or why not. The supervisor's own
+        conditions still apply (started, not stopping, its health not failing). The
+        daemon uses it: it accepts data before its workers are up (docs/daemon.md)."""
+        self._probes.gate = check
+
     def add_refresh(self, refresh: Callable[[], None]) -> None:
         """Call ``refresh`` before every scrape of ``/metrics``, to set gauges that describe
         the present (the daemon's spool size and age); it must be quick."""
@@ -450,6 +466,8 @@ class Supervisor:
                 expected="None with a sharding_key",
             )
         if self._shard_inserts is None:
+            from chworkers.workers.shardinsert import ShardedInserts
+
             producer = self._producer
             self._shard_inserts = ShardedInserts(
                 self.cluster,
