@@ -84,6 +84,9 @@ if TYPE_CHECKING:
         ClickHouseError as ClickHouseError,
     )
     from chworkers.errors import (
+        ColumnarFileError as ColumnarFileError,
+    )
+    from chworkers.errors import (
         ConfigError as ConfigError,
     )
     from chworkers.errors import (
@@ -239,6 +242,7 @@ _EXPORTS: dict[str, str] = {
     "Watchdog": "chworkers.ops.systemd",
     # Errors: one tree under ChworkersError
     "ChworkersError": "chworkers.errors",
+    "ColumnarFileError": "chworkers.errors",
     "ConfigError": "chworkers.errors",
     "ClickHouseError": "chworkers.errors",
     "ServerError": "chworkers.errors",

@@ -245,6 +245,16 @@ class PoisonMessageError(ChworkersError):
     error and acknowledged."""
 
 
+class ColumnarFileError(ChworkersError, ValueError):
+    """A Parquet, Arrow or Native file (or some of its rows) that cannot be read as its
+    format says: corrupt, truncated, of another format. The daemon dead-letters it with
+    this error and goes on. Attributes: ``path`` (when known) and ``rows`` (the file's
+    rows at fault, ``"first-end"``, or ``"all"``)."""
+
+    path: str = ""
+    rows: str = "all"
+
+
 class SerializationError(ChworkersError):
     """A task, its batch, arguments or result cannot cross the process boundary.
 

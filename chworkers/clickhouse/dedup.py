@@ -40,6 +40,7 @@ __all__ = [
     "content_token",
     "dedup_window",
     "derive_token",
+    "file_chunk_token",
     "normalize",
     "request_token",
     "shard_token",
@@ -255,6 +256,14 @@ def partition_token(token: str, index: int) -> str:
     """The token of the ``index``-th group of whole partitions of a batch whose token is
     ``token`` (:mod:`chworkers.clickhouse.partitions`): the same batch, the same groups."""
     return f"{token}:p{index}"
+
+
+def file_chunk_token(table: str, identity: str, first_row: int, rows: int) -> str:
+    """The token of rows ``first_row:first_row + rows`` of a columnar file (Parquet, Arrow,
+    Native) whose content identity is ``identity`` (its size and checksums), for
+    ``table``: a replay of the same file cut the same way rebuilds the same tokens."""
+    digest = hashlib.sha256(f"{table}\0{identity}\0{first_row}\0{rows}".encode()).hexdigest()
+    return f"chw-file-{digest[:32]}"
 
 
 def _pandas_chunks(df: Any) -> Iterator[bytes]:

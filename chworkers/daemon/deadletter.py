@@ -71,7 +71,7 @@ class DeadLetters(Middleware):
         self, table: str, rejected: Sequence[Rejected], *, pipeline: str = "", batch: str = ""
     ) -> Path | None:
         """Append rejected records durably (returns once they are on disk)."""
-        entries = [_Entry(r.record, r.error, r.reason) for r in rejected]
+        entries = [_Entry(r.record, r.error, r.reason, not _is_text(r.record)) for r in rejected]
         return self._append(table, entries, pipeline=pipeline, batch=batch)
 
     def write_errors(

@@ -23,6 +23,7 @@ from chworkers.daemon.batcher import Batcher
 from chworkers.daemon.brokers import BROKER_SOURCES
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.columnsource import BadFile, ColumnarFileSource
 from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
 from chworkers.daemon.pipelines import PipelineSettings
@@ -34,7 +35,7 @@ __all__ = ["Intake", "Source"]
 
 log = logging.getLogger(__name__)
 
-Source = StreamSource | FileSource | GeneratorSource | BrokerSource
+Source = StreamSource | FileSource | ColumnarFileSource | GeneratorSource | BrokerSource
 
 
 class Intake:
@@ -52,6 +53,7 @@ class Intake:
         stdin: BinaryIO | None = None,
         on_rows: Callable[[int], None] = lambda rows: None,
         make_broker: Callable[[PipelineSettings, dict[str, Any]], BrokerSource] | None = None,
+        bad_file: BadFile | None = None,
     ) -> None:
         self.batcher = batcher
         self.metrics = metrics
@@ -101,6 +103,16 @@ class Intake:
                         expected="stdin, file, http or generator",
                     )
                 source = self.brokers[p.name] = make_broker(p, common)
+            elif p.source == "file" and p.columnar:
+                source = ColumnarFileSource(
+                    p.paths,
+                    checkpoints=checkpoints,
+                    follow=p.follow,
+                    poll_interval=p.poll_interval,
+                    settle=p.settle,
+                    bad_file=bad_file,
+                    **common,
+                )
             elif p.source == "file":
                 source = FileSource(
                     p.paths,

@@ -28,6 +28,7 @@ from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.clickhouse.schema import Evolve
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.options import NatsSourceSettings, RedisSourceSettings
+from chworkers.daemon.filechunks import COLUMNAR_FORMATS
 from chworkers.daemon.framing import FORMATS
 from chworkers.daemon.mapping import FieldMapper
 from chworkers.errors import ConfigError
@@ -52,12 +53,22 @@ class PipelineSettings:
     )
     table: str = setting("", "Target table, 'table' or 'database.table'.")
     format: str = setting(
-        "JSONEachRow", "Input format: JSONEachRow, CSV, CSVWithNames, TSV or TSVWithNames."
+        "JSONEachRow",
+        "Input format: JSONEachRow, CSV, CSVWithNames, TSV or TSVWithNames; for a file "
+        "source also whole Parquet, Arrow, ArrowStream or Native files (docs/daemon.md).",
     )
     paths: tuple[str, ...] = setting((), "file source: paths or glob patterns to read.")
     follow: bool = setting(False, "file source: keep tailing files (handles rotation).")
     poll_interval: float = setting(
         0.25, "file source: how often to look for new data.", unit="seconds", minimum=0.01
+    )
+    settle: float = setting(
+        1.0,
+        "file source of Parquet, Arrow or Native files: read a file once its size and "
+        "modification time have not changed for this long (files named '.*' are skipped: "
+        "write '.name.parquet', then rename it into place).",
+        unit="seconds",
+        minimum=0,
     )
     generator_count: int = setting(
         100_000, "generator source: rows to make (0: until stopped).", minimum=0
@@ -145,14 +156,16 @@ class PipelineSettings:
                 value=self.table,
                 expected="a table name",
             )
-        if self.format not in FORMATS:
+        if self.format not in FORMATS and self.format not in COLUMNAR_FORMATS:
+            formats = ", ".join((*FORMATS, *COLUMNAR_FORMATS))
             raise ConfigError(
-                f"{where}: format = {self.format!r} is invalid: expected one of "
-                + ", ".join(FORMATS),
+                f"{where}: format = {self.format!r} is invalid: expected one of {formats}",
                 key="format",
                 value=self.format,
-                expected="one of " + ", ".join(FORMATS),
+                expected="one of " + formats,
             )
+        if self.columnar:
+            self._check_columnar(where)
         if self.source == "file" and not self.paths:
             raise ConfigError(
                 f"{where}: a file source needs paths", key="paths", expected="paths or globs"
@@ -190,6 +203,32 @@ class PipelineSettings:
             raise ConfigError(
                 f"{where}: {exc}", key="insert_settings", value=exc.value, expected=exc.expected
             ) from None
+
+    @property
+    def columnar(self) -> bool:
+        """Whether the pipeline reads whole columnar files (Parquet, Arrow, Native)."""
+        return self.format in COLUMNAR_FORMATS
+
+    def _check_columnar(self, where: str) -> None:
+        if self.source != "file":
+            raise ConfigError(
+                f"{where}: format = {self.format!r} is read from whole files: it needs "
+                f"source = 'file', not {self.source!r}",
+                key="source",
+                value=self.source,
+                expected="'file'",
+            )
+        if self.sharding_key is not None:
+            # A chunk would have to be decoded, split by row and encoded again per shard;
+            # route such files with one pipeline per shard's files instead.
+            raise ConfigError(
+                f"{where}: sharding_key is not supported with format = {self.format!r} "
+                "(whole columnar files are not split by row); give each shard its own "
+                "files, or insert into a Distributed table",
+                key="sharding_key",
+                value=self.sharding_key,
+                expected="no sharding_key with a columnar format",
+            )
 
     def _check_sharding_key(self, where: str) -> None:
         from chworkers.clickhouse.sharding import ShardingKey

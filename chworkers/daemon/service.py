@@ -40,6 +40,7 @@ from chworkers.daemon.config import EMBEDDED, Config
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.dispatch import Dispatcher, shard_of
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
+from chworkers.daemon.filechunks import COLUMNAR_FORMATS
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.intake import Intake
 from chworkers.daemon.partspressure import PartsPressure, parts_state, worst_of
@@ -50,6 +51,7 @@ from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.tables import ShardTables, Tables
 from chworkers.daemon.totals import Totals
+from chworkers.daemon.wholebatch import file_letter, insert_whole
 from chworkers.errors import ChworkersError, WorkerBootError, WorkerLostError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
@@ -369,6 +371,7 @@ class Daemon:
             metrics=self.metrics,
             stdin=self.stdin,
             on_rows=self._read,
+            bad_file=file_letter(self.dead_letters),
         )
         # Unwound after the dispatcher stopped: no broker batch completes any more.
         stack.callback(self.intake.close)
@@ -578,6 +581,19 @@ class Daemon:
         if broker is not None and not broker.still_open(batch):
             log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
             return skipped(batch)
+        if batch.format in COLUMNAR_FORMATS:  # one request; rejected: dead-lettered whole
+            return insert_whole(
+                lambda: self.supervisor.insert_raw(
+                    batch.table,
+                    batch.payload,
+                    batch.format,
+                    rows=batch.rows,
+                    settings=batch.settings,
+                    deduplication_token=batch.token,
+                    shard=None if self.cluster is None else shard_of(batch),
+                ),
+                batch,
+            )
         return self.supervisor.insert_raw(
             batch.table,
             batch.payload,

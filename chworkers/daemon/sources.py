@@ -73,6 +73,10 @@ def _same_head(fd: int, head: int, head_len: int, size: int) -> bool:
 
 
 class _Source:
+    #: Whether the source frames records of a line format (the columnar file source
+    #: reads whole files instead).
+    framed = True
+
     def __init__(
         self,
         *,
@@ -98,7 +102,8 @@ class _Source:
         self.on_error = on_error
         self.max_record_bytes = max_record_bytes
         self.rows = 0
-        Framer(format)  # validate the format now, not at the first byte
+        if self.framed:
+            Framer(format)  # validate the format now, not at the first byte
 
     def _add(
         self,

@@ -1,0 +1,64 @@
+"""Batches of a binary format (Parquet, Arrow, Native): inserted whole, dead-lettered whole.
+
+A line-format batch that ClickHouse rejects for its data is bisected down to the
+records at fault (:mod:`chworkers.clickhouse.inserts`); a Parquet or Arrow batch cannot
+be cut between rows without decoding it, so it is sent as one request, and when
+ClickHouse rejects its data (:func:`~chworkers.clickhouse.inserts.is_row_error`: a
+type it cannot convert, a truncated file) the batch goes whole to the dead letters
+(base64, with the error) and leaves the spool: the pipeline goes on with the next
+batch instead of retrying data that can never go in. Any other failure (ClickHouse
+down, a missing table) is the batch's failure as usual: kept and retried.
+
+A file the source cannot read at all goes to the dead letters from the source
+(:func:`file_letter`): its path, the rows at fault and the error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from chworkers.clickhouse.inserts import InsertResult, Rejected, is_row_error
+from chworkers.daemon.batchfile import SpooledBatch
+from chworkers.daemon.deadletter import DeadLetters
+from chworkers.errors import ColumnarFileError, ServerError
+
+__all__ = ["file_letter", "insert_whole"]
+
+
+def insert_whole(send: Callable[[], Future[Any]], batch: SpooledBatch) -> Future[InsertResult]:
+    """Send ``batch`` as one request; its data rejected -> the batch as its one rejected
+    record (the daemon writes it to the dead letters before it leaves the spool)."""
+    out: Future[InsertResult] = Future()
+
+    def done(future: Future[Any]) -> None:
+        error = future.exception()
+        if error is None:
+            written = future.result()
+            if isinstance(written, InsertResult):
+                out.set_result(written)
+            else:
+                rows = written if isinstance(written, int) else batch.rows
+                out.set_result(InsertResult(rows=rows, bytes=None, requests=1))
+        elif is_row_error(error) and isinstance(error, ServerError):
+            rejected = Rejected(record=batch.payload, error=error)
+            out.set_result(InsertResult(rows=0, bytes=None, requests=1, rejected=(rejected,)))
+        else:
+            out.set_exception(error)
+
+    send().add_done_callback(done)
+    return out
+
+
+def file_letter(dead_letters: DeadLetters) -> Callable[[str, str, ColumnarFileError], None]:
+    """The columnar file source's ``bad_file``: a dead letter naming the file and rows."""
+
+    def write(pipeline: str, table: str, error: ColumnarFileError) -> None:
+        record = json.dumps({"file": error.path, "rows": error.rows})
+        dead_letters.write_errors(
+            table, [(record.encode(), error)], reason="unreadable file", pipeline=pipeline
+        )
+
+    return write
