@@ -133,3 +133,24 @@ def test_defaults_and_nulls_that_clickhouse_computes_are_refused() -> None:
         reader.read(b'{"b": 2}')
     with pytest.raises(RecordKeyError, match="NULL sharding key"):
         reader.read(b'{"a": 1, "b": null}')
+
+
+def test_reading_a_batch_at_once_gives_what_reading_each_record_gives() -> None:
+    reader = KeyReader("JSONEachRow", FIELDS, COLUMNS)
+    records = [(r + "\n").encode() for r in JSON_RECORDS]
+
+    def one_by_one(batch: list[bytes]) -> tuple[list[int], list[object]]:
+        ok, values = [], []
+        for i, record in enumerate(batch):
+            try:
+                values.append(reader.read(record))
+            except RecordKeyError:
+                continue
+            ok.append(i)
+        return ok, values
+
+    valid = [r for i, r in enumerate(records) if i in one_by_one(records)[0]]
+    for batch in (records, valid):  # with malformed records (each read alone), without
+        indexes, values, failed = reader.read_all(batch)
+        assert (indexes, values) == one_by_one(batch)
+        assert sorted(indexes + [i for i, _ in failed]) == list(range(len(batch)))

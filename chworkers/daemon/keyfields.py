@@ -24,6 +24,7 @@ field and why: the daemon dead-letters it rather than guess a shard.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -83,6 +84,20 @@ class _Kind:
     @property
     def integer(self) -> bool:
         return self.bits > 0
+
+    @functools.cached_property
+    def lo(self) -> int:
+        """The least value the column holds as it is (strings: none)."""
+        if not self.bits:
+            return 1
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @functools.cached_property
+    def hi(self) -> int:
+        """The greatest value the column holds as it is (strings: none)."""
+        if not self.bits:
+            return 0
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
 
 def column_kind(column: Column) -> _Kind:
@@ -190,19 +205,57 @@ class KeyReader:
 
     # -- JSONEachRow --------------------------------------------------------------------
 
+    def read_all(
+        self, records: Sequence[bytes]
+    ) -> tuple[list[int], list[tuple[int | bytes, ...]], list[tuple[int, RecordKeyError]]]:
+        """:meth:`read` for many records: the indexes and values of those that can be
+        read, and the index and error of each other one. JSONEachRow records are parsed
+        in one call when they can be (a batch's records are whole objects, one a line)."""
+        objects: list[Any] | None = None
+        if self._json and records:
+            try:
+                objects = json.loads(b"[" + b",".join(records) + b"]")
+            except ValueError:
+                objects = None  # a malformed record: each is read alone, to name it
+            if objects is not None and len(objects) != len(records):
+                objects = None
+        indexes: list[int] = []
+        read: list[tuple[int | bytes, ...]] = []
+        failed: list[tuple[int, RecordKeyError]] = []
+        for index, record in enumerate(records):
+            try:
+                if objects is None:
+                    values = self.read(record)
+                else:
+                    values = self._json_values(objects[index], record)
+            except RecordKeyError as exc:
+                failed.append((index, exc))
+                continue
+            indexes.append(index)
+            read.append(values)
+        return indexes, read, failed
+
     def _read_json(self, record: bytes) -> tuple[int | bytes, ...]:
         try:
             obj = json.loads(record)
         except ValueError as exc:
             raise RecordKeyError(f"not a JSON object: {exc}", field=self.fields[0]) from None
-        if not isinstance(obj, dict):
+        return self._json_values(obj, record)
+
+    def _json_values(self, obj: Any, record: bytes) -> tuple[int | bytes, ...]:
+        if type(obj) is not dict:
             raise RecordKeyError(
                 f"not a JSON object but {type(obj).__name__}", field=self.fields[0]
             )
         out: list[int | bytes] = []
         for kind in self.kinds:
             value = obj.get(kind.name, _MISSING)
-            if value is _MISSING or value is None:
+            cls = type(value)
+            if cls is int and kind.lo <= value <= kind.hi:  # the usual case, quickly
+                out.append(value)
+            elif cls is str and kind.bits == 0 and not kind.fixed:
+                out.append(value.encode())
+            elif value is _MISSING or value is None:
                 out.append(self._absent(kind, "absent" if value is _MISSING else "null"))
             elif kind.integer:
                 out.append(self._json_int(kind, value))

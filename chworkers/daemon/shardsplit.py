@@ -61,17 +61,12 @@ def split_records(
         reader = KeyReader(format, key.fields, columns, header=header)
     except RecordKeyError as exc:  # the header lacks the key: no record can be routed
         return Split((), tuple((header + r, exc) for r in records))
-    kept: list[bytes] = []
-    values: list[list[int | bytes]] = [[] for _ in key.fields]
-    for record in records:
-        try:
-            row = reader.read(record)
-        except RecordKeyError as exc:
-            rejected.append((header + record, exc))
-            continue
-        kept.append(record)
-        for column, value in zip(values, row, strict=True):
-            column.append(value)
+    indexes, rows, failed = reader.read_all(records)
+    rejected.extend((header + records[i], exc) for i, exc in failed)
+    kept = [records[i] for i in indexes]
+    values: list[list[int | bytes]] = [list(column) for column in zip(*rows, strict=True)]
+    if not values:
+        values = [[] for _ in key.fields]
     if not kept:
         return Split((), tuple(rejected))
     try:
