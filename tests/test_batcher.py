@@ -45,10 +45,15 @@ def test_cut_by_rows_keeps_bytes_and_meta(tmp_path: Path) -> None:
 def test_cut_by_bytes(tmp_path: Path) -> None:
     got = Collector()
     batcher = Batcher(Spool(tmp_path), got, limits=BatchLimits(max_bytes=100, max_delay=60))
-    batcher.add("t", b"x" * 60 + b"\n", 1, format="CSV")
+    first = batcher.add("t", b"x" * 40 + b"\n", 1, format="CSV")
     assert got.batches == []
-    batcher.add("t", b"y" * 60 + b"\n", 1, format="CSV").wait(5)
-    assert len(got.batches) == 1 and got.batches[0].rows == 2
+    batcher.add("t", b"y" * 58 + b"\n", 1, format="CSV").wait(5)  # 100 bytes: full
+    assert len(got.batches) == 1 and got.batches[0].rows == 2 and first.done()
+    # One more byte than fits: what is open is cut, the record starts the next batch.
+    batcher.add("t", b"z" * 60 + b"\n", 1, format="CSV")
+    batcher.add("t", b"w" * 60 + b"\n", 1, format="CSV")
+    wait_for(lambda: len(got.batches) == 2, timeout=5, what="the open batch cut")
+    assert got.batches[1].payload == b"z" * 60 + b"\n"
     batcher.close()
 
 

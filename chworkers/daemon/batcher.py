@@ -3,7 +3,9 @@
 Sources hand the :class:`Batcher` whole records (already framed, each ending in a
 newline) for a table. The batcher groups them per (pipeline, table, format, settings)
 and cuts a batch when it reaches ``max_rows`` or ``max_bytes``, or when its first record
-is ``max_delay`` old. A cut batch is written to the spool first, and only then are the
+is ``max_delay`` old. A batch never exceeds ``max_rows`` or ``max_bytes`` unless a
+single add does (a pushed request is one add): records that would take the open batch
+past a limit start the next one, and sources add at most a batch's worth at a time. A cut batch is written to the spool first, and only then are the
 producers' :class:`Ticket` s resolved and the batch handed on for inserting: an HTTP
 client is answered, or a file position saved, only once its data is on disk.
 
@@ -97,6 +99,11 @@ class _Buffer:
     abandoned: bool = False
 
 
+def _overflows(buf: _Buffer, rows: int, size: int) -> bool:
+    """Whether ``rows`` records of ``size`` bytes would take ``buf`` past a limit."""
+    return buf.rows + rows > buf.limits.max_rows or buf.size + size > buf.limits.max_bytes
+
+
 class Batcher:
     """Groups records into batches, spools them, and hands each to ``on_batch``."""
 
@@ -177,8 +184,17 @@ class Batcher:
                     "the batcher is closed (the daemon is stopping); no more records are accepted"
                 )
             buf = self._buffers.get(key)
+            early: _Buffer | None = None
+            if buf is not None and buf.rows and _overflows(buf, rows, len(records)):
+                # These records would take the open batch past a limit: cut it as it is,
+                # and they start the next one (a batch exceeds a limit only when one
+                # add alone does; sources add at most a batch's worth at a time).
+                early = self._take(key)
+                buf = None
             if buf is None:
-                limits = self.limits_for(table, limits)
+                limits = limits or self.limits
+                if self.adjust is not None:
+                    limits = self.adjust(table, limits)
                 buf = _Buffer(
                     key,
                     pipeline,
@@ -202,16 +218,11 @@ class Batcher:
                 self._take(key)
         if self.metrics is not None:
             self.metrics.source_rows.labels(source=pipeline or table).inc(rows)
+        if early is not None:
+            self._cut(early)
         if full:
             self._cut(buf)
         return ticket
-
-    def limits_for(self, table: str, limits: BatchLimits | None = None) -> BatchLimits:
-        """The limits a batch of ``table`` started now gets (``limits``, or the batcher's,
-        as ``adjust`` grows them): a caller waiting for its records to be cut waits up to
-        their ``max_delay``."""
-        limits = limits or self.limits
-        return limits if self.adjust is None else self.adjust(table, limits)
 
     def flush(self) -> None:
         """Cut and spool every open batch now; returns once every record added before

@@ -13,6 +13,7 @@ sub-batch, so that each request ClickHouse gets is a complete ``*WithNames`` bod
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, split_records
@@ -144,6 +145,27 @@ def count_lines(records: bytes) -> int:
     """How many records whole newline-ended records of a format without quoted newlines
     (JSONEachRow, TSV) hold, counted as :meth:`Framer.feed` counts them."""
     return records.count(b"\n") - _blank_lines(records)
+
+
+def pieces(
+    records: bytes, format: str, max_rows: int, max_bytes: int
+) -> Iterator[tuple[bytes, int, int]]:
+    """``records`` (whole records, as :meth:`Framer.feed` returns them) cut at record
+    boundaries into pieces of at most ``max_rows`` records and ``max_bytes`` bytes (a
+    record longer than ``max_bytes`` is a piece of its own): ``(piece, rows, end)``,
+    ``end`` being where the piece ends in ``records``. Empty lines count as no record,
+    as in :meth:`Framer.feed` (a piece of only empty lines has 0 rows)."""
+    start = end = rows = 0
+    for record in split_records(records, quoted_newlines=FORMATS[format]):
+        blank = record == b"\n"
+        full = (not blank and rows >= max_rows) or end + len(record) - start > max_bytes
+        if full and end > start:
+            yield records[start:end], rows, end
+            start, rows = end, 0
+        end += len(record)
+        rows += not blank
+    if end > start:
+        yield records[start:end], rows, end
 
 
 def _blank_lines(records: bytes) -> int:

@@ -18,6 +18,7 @@ truncation (``copytruncate``: the file shrank below our offset: read again from 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon.framing import Framer, RecordTooLargeError, read_header
+from chworkers.daemon.framing import Framer, RecordTooLargeError, pieces, read_header
 
 __all__ = [
     "GENERATOR_SCHEMA",
@@ -112,6 +113,21 @@ class _Source:
         meta: Mapping[str, Any] | None = None,
         *,
         header: bytes = b"",
+        position: Callable[[int], Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Add whole records, at most a batch's worth at a time (so that no batch
+        exceeds the pipeline's limits): more are cut at record boundaries, each piece
+        with ``position(end)`` as its meta when given (``end``: where the piece ends in
+        ``records``; a file's position there), else ``meta``."""
+        limits = self.limits or self.batcher.limits
+        if rows <= limits.max_rows and len(records) <= limits.max_bytes:
+            self._add_one(records, rows, meta, header)
+            return
+        for piece, n, end in pieces(records, self.format, limits.max_rows, limits.max_bytes):
+            self._add_one(piece, n, meta if position is None else position(end), header)
+
+    def _add_one(
+        self, records: bytes, rows: int, meta: Mapping[str, Any] | None, header: bytes
     ) -> None:
         if not rows:
             return
@@ -271,11 +287,13 @@ class FileSource(_Source):
             except RecordTooLargeError as exc:
                 self._error(f"{f.path}: {exc}")
                 continue
+            start = f.offset - f.framer.pending_bytes - len(records)  # in the file
             self._add(
                 records,
                 rows,
-                self._meta(f, f.offset - f.framer.pending_bytes),
+                self._meta(f, start + len(records)),
                 header=f.framer.header,
+                position=functools.partial(self._meta_from, f, start),
             )
         if self._stop.is_set() or (progressed and self.follow):
             return progressed  # stopped mid-file: the unfinished record is not a record
@@ -304,6 +322,9 @@ class FileSource(_Source):
             self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
         f.fh.close()
         del self._open[f.path]
+
+    def _meta_from(self, f: _OpenFile, start: int, at: int) -> dict[str, Any]:
+        return self._meta(f, start + at)
 
     def _meta(self, f: _OpenFile, offset: int) -> dict[str, Any]:
         if f.head_len < HEAD_BYTES and offset > f.head_len:
