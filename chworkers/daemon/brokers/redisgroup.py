@@ -114,6 +114,18 @@ class StreamGroup:
             self._next_read = None
             raise self.error(exc) from exc
 
+    def take_ahead(self) -> list[Message]:
+        """The entries of the read sent ahead, if one was (none is sent after it)."""
+        import redis
+
+        sent, self._next_read = self._next_read, None
+        if sent is None:
+            return []
+        try:
+            return self.messages(self._ahead.take(sent))
+        except redis.RedisError as exc:
+            raise self.error(exc) from exc
+
     def reading_ahead(self) -> bool:
         """Whether a read was sent ahead (its entries come without waiting)."""
         return self._next_read is not None

@@ -73,6 +73,8 @@ class RedisSource:
         self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._assembly = Assembly()
         self._claim_cursor = "0-0"
+        #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
+        self._unbatched: list[Message] = []
         #: The batch whose manifest was sent last, until its verdict is taken.
         self._sent: tuple[str, Assembly, SentManifest] | None = None
 
@@ -168,9 +170,12 @@ class RedisSource:
         if self._assembly.ids:
             wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
         block_ms = max(1, int(min(wait, 1.0) * 1000))
-        if not self.redis.reading_ahead():
-            self._settle()  # this read may wait: the last batch goes on first
-        messages = self.redis.read_new(self.options.fetch_count, block_ms)
+        if self._unbatched:
+            messages, self._unbatched = self._unbatched, []
+        else:
+            if not self.redis.reading_ahead():
+                self._settle()  # this read may wait: the last batch goes on first
+            messages = self.redis.read_new(self.options.fetch_count, block_ms)
         start = 0
         while start < len(messages):
             start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
@@ -192,9 +197,13 @@ class RedisSource:
 
     def _claim(self) -> None:
         """Take over entries other consumers left pending for ``claim_idle``."""
-        self._settle()  # the claim must know all of this source's batches
+        # The claim must know every entry this source holds: the batches it sent, and
+        # those of a read sent ahead (idle past claim_idle when the source waited long,
+        # so the claim returns them too).
+        self._settle()
+        self._unbatched += self.redis.take_ahead()
         self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
-        present = set(self._assembly.ids)
+        present = set(self._assembly.ids).union(m.id for m in self._unbatched)
         messages = [message for message in claimed if message.id not in present]
         if messages:
             log.info("source %s: claimed %d idle entries", self.name, len(messages))
