@@ -429,6 +429,10 @@ database = "{shard_database}"
 name = "p"
 table = "ev"
 sharding_key = "n"
+[[pipelines]]
+name = "q"
+table = "ev"
+sharding_key = "sipHash64(nope)"
 """
     )
     result = chworkers("check", "-c", str(conf))
@@ -437,7 +441,9 @@ sharding_key = "n"
     assert "shard 1 (weight 2): 1 replica(s)" in out
     assert "shard 2 (weight 1): 2 replica(s)" in out
     assert f"shard 0 replica {a.url}: answers (version" in out
-    assert "ev exists" in out
+    assert "ev exists (sharding key n fits its columns)" in out
+    assert "ev exists (SHARDING KEY DOES NOT FIT: sharding_key 'sipHash64(nope)'" in out
+    assert "no column 'nope'" in out
     assert f"shard 1 replica {b.url}: answers" in out and "ev MISSING" in out
     assert f"shard 2 replica {down}: DOES NOT ANSWER" in out
     assert result.returncode == 1

@@ -137,6 +137,15 @@ def test_a_sharded_cluster_and_its_weights(tmp_path: Path) -> None:
             "murmurHash3_64 is not supported",
         ),
         (SHARDED.replace("sipHash64(user_id)", "siphash64(user_id)"), "ClickHouse spells it"),
+        (
+            SHARDED + 'source = "redis"\n[pipelines.redis]\nstream = "s"\n',
+            "not supported with source = 'redis'",
+        ),
+        (
+            SHARDED.replace('sharding_key = "sipHash64(user_id)"', "")
+            + 'source = "nats"\n[pipelines.nats]\nstream = "s"\n',
+            "broker pipelines cannot feed a sharded cluster",
+        ),
     ],
 )
 def test_sharding_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -250,3 +250,66 @@ def test_batches_wait_whole_until_a_shard_can_say_the_columns(
             proxy.close()
     assert sum(held(ch, shard_database)[0] for ch in shard_endpoints) == 2000
     assert misplaced(shard_endpoints, shard_database) == [0, 0, 0]
+
+
+@pytest.mark.timeout(240)
+def test_random_batches_go_whole_and_unreadable_keys_to_the_dead_letters(
+    tmp_path: Path, shard_endpoints: tuple[EmbeddedClickHouse, ...], shard_database: str
+) -> None:
+    cfg = shard_config(
+        tmp_path / "state",
+        [[ch.url] for ch in shard_endpoints],
+        shard_database,
+        {"source": "http", "table": "ev", "sharding_key": "id", "max_rows": 100},
+    )
+    cfg["pipelines"].append(
+        {
+            "name": "r",
+            "source": "http",
+            "table": "rnd",
+            "create": "id UInt64",
+            "engine": "MergeTree ORDER BY id",
+            "sharding_key": "random",
+            "max_rows": 100,
+            "max_delay": "100ms",
+        }
+    )
+    running = Running(cfg)
+    port = urlsplit(running.daemon.ingest_url).port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def push(table: str, body: bytes) -> None:
+        conn.request("POST", f"/ingest/{table}", body=body)
+        response = conn.getresponse()
+        assert response.status == 202, response.read()
+        response.read()
+
+    try:
+        for start in range(0, 1000, 100):  # ten batches of 100, each whole to one shard
+            push("rnd", b"".join(b'{"id": %d}\n' % i for i in range(start, start + 100)))
+        bad = b'{"id": "seven", "user": "a"}\n{"id": -1, "user": "b"}\n'
+        push("ev", rows(0, 300) + bad)
+        wait_for(lambda: running.daemon.totals.rows_inserted == 1300)
+        assert running.stop() == 0
+    finally:
+        conn.close()
+    per_shard = []
+    for ch in shard_endpoints:
+        client = make_client(ch, database=shard_database)
+        counts = client.query("SELECT count(), uniqExact(id) FROM rnd").result_rows[0]
+        assert counts[0] == counts[1] and counts[0] % 100 == 0, counts  # whole batches
+        per_shard.append(counts[0])
+        client.close()
+    assert sum(per_shard) == 1000
+    letters = [
+        json.loads(line)
+        for path in (tmp_path / "state" / "dead-letter" / "ev").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(letter["record"] for letter in letters) == sorted(
+        line.decode() for line in bad.splitlines()
+    )
+    assert {letter["reason"] for letter in letters} == {"sharding_key"}
+    messages = " ".join(letter["error"]["message"] for letter in letters)
+    assert "field id = 'seven' is not an integer" in messages
+    assert "negative in an unsigned column" in messages

@@ -315,6 +315,36 @@ def test_a_message_in_a_manifest_written_meanwhile_goes_with_that_batch(
     assert sorted(batches.added) == sorted([("late-token", 10, True), (ours, 20, False)])
 
 
+def test_a_batch_ready_after_its_deadline_is_not_written(nats_server: NatsServer) -> None:
+    """Past ack_wait since its pull (less the margin), a message may be another daemon's
+    already: the batch is neither written nor inserted nor acknowledged (redelivered)."""
+    from chworkers.daemon.brokers.natsstream import NatsSource
+
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 30, 10))
+    batches = Batches()
+    source = NatsSource(
+        name="p",
+        table="ev",
+        format="JSONEachRow",
+        batcher=batches,  # type: ignore[arg-type]
+        options=NatsSourceSettings(url=nats_server.url, stream="ev", ack_wait=10.0),
+        consumer="us",
+        dead_letter=lambda records, token: None,
+    )
+    try:
+        source.link.connect()
+        source._fetch()
+        assert len(source._assembly.ids) == 3
+        source._held.deadline = time.monotonic() + 1.0  # under ack_wait / 8 left
+        source._submit_all([source._cut()])
+        registry = source.link.call(source.link.manifests().load())
+    finally:
+        source.close()
+    assert batches.added == [] and registry.manifests == {}
+    assert nats_server.consumer_state()[:2] == (0, 3)  # delivered, not acknowledged
+
+
 def test_the_manifests_registry_refuses_a_message_in_two_batches() -> None:
     assert to_ranges([5, 1, 2, 3, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
     registry = Registry()

@@ -268,7 +268,8 @@ def _check_shards(cfg: config_module.Config) -> int:
                         lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
                     )
                     if int(exists):
-                        states.append(f"{p.table} exists")
+                        states.append(f"{p.table} exists" + _key_fits(pool, p))
+                        failed = max(failed, int("KEY" in states[-1]))
                     elif p.create:
                         states.append(f"{p.table} missing (`run` creates it)")
                     else:
@@ -281,6 +282,26 @@ def _check_shards(cfg: config_module.Config) -> int:
             finally:
                 pool.close()
     return failed
+
+
+def _key_fits(pool: Any, pipeline: Any) -> str:
+    """Whether the pipeline's sharding key can be read from its table's columns here."""
+    from chworkers.daemon.keyfields import Column, column_kind
+    from chworkers.daemon.shardtarget import table_columns
+
+    key = pipeline.key
+    if key is None or key.is_random:
+        return ""
+    rows = pool.with_connection(lambda c: table_columns(c, pipeline.table))
+    columns = [Column(*row) for row in rows]
+    try:
+        key.bind({c.name: c.type for c in columns})
+        by_name = {c.name: c for c in columns}
+        for field in key.fields:
+            column_kind(by_name[field])
+    except ChworkersError as exc:
+        return f" (SHARDING KEY DOES NOT FIT: {exc})"
+    return f" (sharding key {key.expression} fits its columns)"
 
 
 def _check_files(cfg: config_module.Config) -> int:

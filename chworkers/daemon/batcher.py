@@ -192,9 +192,7 @@ class Batcher:
                 early = self._take(key)
                 buf = None
             if buf is None:
-                limits = limits or self.limits
-                if self.adjust is not None:
-                    limits = self.adjust(table, limits)
+                limits = self.limits_for(table, limits)
                 buf = _Buffer(
                     key,
                     pipeline,
@@ -223,6 +221,13 @@ class Batcher:
         if full:
             self._cut(buf)
         return ticket
+
+    def limits_for(self, table: str, limits: BatchLimits | None = None) -> BatchLimits:
+        """The limits a batch of ``table`` started now gets (``limits``, or the batcher's,
+        as ``adjust`` grows them): a caller waiting for its records to be cut waits up to
+        their ``max_delay``."""
+        limits = limits or self.limits
+        return limits if self.adjust is None else self.adjust(table, limits)
 
     def flush(self) -> None:
         """Cut and spool every open batch now; returns once every record added before

@@ -185,9 +185,10 @@ class IngestServer:
         # All or nothing: the request's records go into one batch together; if the spool
         # has not taken them within spool_timeout they are withdrawn, so a request
         # answered anything but 202 is never spooled later (its retry would double it).
-        # The batch is cut up to max_delay after the request: that wait is the batcher's,
-        # not the spool's, and does not count against spool_timeout.
-        limits = route.limits or self.batcher.limits
+        # The batch is cut up to max_delay after the request (grown while the table is
+        # slowed down for too many parts): that wait is the batcher's, not the spool's,
+        # and does not count against spool_timeout.
+        limits = self.batcher.limits_for(route.table, route.limits)
         wait = self.spool_timeout + (0.0 if token else limits.max_delay)
         try:
             ticket = self.batcher.add(

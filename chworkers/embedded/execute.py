@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 
-from chworkers.embedded import engine, formats, results, sql
+from chworkers.embedded import engine, formats, results, sql, tablerisk
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     QUERY_IS_TOO_LARGE,
@@ -166,7 +166,8 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 after = PREFETCH_ABOVE if req.body.length is None else 0
                 data = engine.prefetch(data, after=after)
             try:
-                engine.insert(conn, insert.statement, insert.fmt, data, stats)
+                check = tablerisk.risks.needs_check(conn, insert.statement)
+                engine.insert(conn, insert.statement, insert.fmt, data, stats, check=check)
             finally:
                 if isinstance(data, Generator):
                     data.close()  # the reader has stopped before anyone drains the body
@@ -186,6 +187,11 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                     "INSERT after its FORMAT clause so it streams",
                 )
         text = bytes(buf)
+        # DDL: a table, view or constraint may be new. Forgotten after it too, so an
+        # insert that asked while it ran does not keep what it saw before.
+        ddl = sql.first_keyword(text) not in _CHANGES_NO_TABLE
+        if ddl:
+            tablerisk.risks.forget()
         ran = True
         try:
             results.answer(ctx.engine.version, conn, req, qr, text, resp, stats, session)
@@ -196,9 +202,16 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             ran = False  # chDB refused the statement: the session is as it was
             raise
         finally:
+            if ddl:
+                tablerisk.risks.forget()
             if session is not None and ran:  # even if the client is gone by now
                 session.statement_ran(text)
 
+
+#: Statements that create, drop or alter no table, view or constraint.
+_CHANGES_NO_TABLE = frozenset(
+    ["SELECT", "WITH", "INSERT", "DESCRIBE", "DESC", "SHOW", "EXISTS", "EXPLAIN", "CHECK"]
+)
 
 #: Statements that change nothing on their chDB connection a later request could see
 #: (CREATE is one unless it makes a temporary table).

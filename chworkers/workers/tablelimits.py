@@ -17,9 +17,9 @@ by rate goes to a worker with nothing else to do when there is one, and then sta
 when it is handed out; when every worker is busy it goes to the least busy one, where
 it may start later, so the table's next insert waits for its result and then
 ``1/max_inserts_per_second`` more: the spacing holds either way, and a table limited by
-rate is not starved by others keeping every worker busy. What is limited is insert tasks: retries of one request within the
-worker's retry policy, and the requests of ``split_bad_rows`` bisection, run within its
-slot. Time spent waiting is observed in ``chworkers_table_limit_wait_seconds{table}``;
+rate is not starved by others keeping every worker busy. What is limited is insert
+tasks: retries of one request within the worker's retry policy, and the requests of
+``split_bad_rows`` bisection, run within its slot. Time spent waiting is observed in ``chworkers_table_limit_wait_seconds{table}``;
 ``chworkers_table_limit_waiting{table}`` counts inserts waiting now.
 """
 

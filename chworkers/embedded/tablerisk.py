@@ -1,0 +1,119 @@
+"""Which tables can make chDB's streaming insert swallow an error.
+
+chDB's streaming insert answers as if it succeeded when the table's sink throws at
+commit (:data:`chworkers.embedded.engine.SWALLOWED_CODES`, and any error of a
+materialized view), so after an insert the endpoint reads ``system.errors``: one more
+chDB query, as costly as the insert itself into a ``Memory`` or ``Null`` table. Only
+some tables can throw those: a MergeTree (too many parts, too many partitions), a table
+with a ``CONSTRAINT``, one with ``Nested`` arrays, one that materialized views read.
+This module tells, per table name, whether an insert into it needs the check, and
+remembers the answer until the next statement that may change a table.
+
+A name with no database is looked up in every database: it is safe only if every table
+of that name is. Anything unknown (a table function, a name not found, a temporary
+table, an engine not listed here) needs the check.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from chworkers.embedded import sql
+from chworkers.embedded.engine import quote_literal, run, sql_bytes
+
+#: Engines whose sink throws none of the swallowed codes on its own.
+_PLAIN_ENGINES = ("Memory", "Null", "Log", "TinyLog", "StripeLog", "Set", "Join")
+
+
+def target(statement: str) -> tuple[str | None, str] | None:
+    """``(database or None, table)`` an ``INSERT INTO [TABLE] [db.]t`` writes, or None."""
+    try:
+        tokens = sql._tokens(sql_bytes(statement), complete=True)
+    except sql.NeedMoreInput:
+        return None
+    words = tokens[:6]
+    i = 0
+    for keyword in ("INSERT", "INTO"):
+        if i >= len(words) or words[i].kind != "word" or words[i].upper != keyword:
+            return None
+        i += 1
+    if i < len(words) and words[i].kind == "word" and words[i].upper == "TABLE":
+        i += 1
+    names: list[str] = []
+    while i < len(words) and words[i].kind in ("word", "quoted"):
+        if words[i].kind == "word" and words[i].upper == "FUNCTION" and not names:
+            return None
+        names.append(_unquote(words[i]))
+        i += 1
+        if i < len(words) and words[i].kind == "punct" and words[i].text == b".":
+            i += 1
+            continue
+        break
+    if len(names) == 1:
+        return None, names[0]
+    if len(names) == 2:
+        return names[0], names[1]
+    return None
+
+
+def _unquote(tok: sql.Token) -> str:
+    text = tok.text.decode("utf-8", "surrogateescape")
+    if tok.kind != "quoted":
+        return text
+    quote = text[0]
+    inner = text[1:-1] if len(text) >= 2 and text[-1] == quote else text[1:]
+    return inner.replace(quote * 2, quote).replace("\\" + quote, quote).replace("\\\\", "\\")
+
+
+class TableRisks:
+    """Per table name: does an insert into it need the swallowed-errors check?"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str | None, str], bool] = {}
+        self._generation = 0
+
+    def forget(self) -> None:
+        """A statement may have changed a table (DDL): ask chDB again next time."""
+        with self._lock:
+            self._known.clear()
+            self._generation += 1
+
+    def needs_check(self, conn: Any, statement: str) -> bool:
+        name = target(statement)
+        if name is None:
+            return True
+        with self._lock:
+            known = self._known.get(name)
+            generation = self._generation
+        if known is not None:
+            return known
+        needs = _ask(conn, *name)
+        with self._lock:
+            if generation == self._generation:
+                self._known[name] = needs
+        return needs
+
+
+def _ask(conn: Any, database: str | None, table: str) -> bool:
+    where = f"name = {quote_literal(table)}"
+    cols = f"table = {quote_literal(table)}"
+    if database is not None:
+        where += f" AND database = {quote_literal(database)}"
+        cols += f" AND database = {quote_literal(database)}"
+    plain = ", ".join(quote_literal(e) for e in _PLAIN_ENGINES)
+    res = run(
+        conn,
+        "SELECT count(), countIf(engine NOT IN (" + plain + ") "
+        "OR notEmpty(dependencies_table) OR position(create_table_query, ' CONSTRAINT ') > 0), "
+        "(SELECT count() FROM system.columns WHERE " + cols + " AND type LIKE 'Array(%' "
+        "AND position(name, '.') > 0) "
+        "FROM system.tables WHERE " + where + " AND NOT is_temporary",
+    )
+    found, risky, nested = (int(v) for v in res.bytes().decode().split())
+    return found == 0 or risky > 0 or nested > 0
+
+
+#: The endpoint's one registry (chDB's tables are the process's).
+risks = TableRisks()

@@ -1,0 +1,82 @@
+"""The swallowed-errors check after a streaming insert, skipped only where it cannot matter.
+
+chDB's streaming insert swallows errors a table's sink or a materialized view throws, so
+the endpoint reads ``system.errors`` after an insert (chworkers/embedded/engine.py). It
+skips that query for a table that cannot throw them (a plain Memory/Null/Log table with
+no view, constraint or Nested arrays) and remembers which tables those are until the
+next DDL statement: a view or constraint added later must bring the check back.
+"""
+
+from __future__ import annotations
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from chworkers.embedded.tablerisk import target
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        ("INSERT INTO t", (None, "t")),
+        ("insert into table db.t (a, b)", ("db", "t")),
+        ("INSERT INTO `my db`.`t``x`", ("my db", "t`x")),
+        ('INSERT INTO "d"."t" SETTINGS async_insert=0', ("d", "t")),
+        ("INSERT INTO /* c */ t", (None, "t")),
+        ("INSERT INTO FUNCTION remote('h', db.t)", None),
+        ("INSERT INTO TABLE FUNCTION file('x.csv')", None),
+        ("SELECT 1", None),
+    ],
+)
+def test_the_insert_target_is_read_from_the_statement(
+    statement: str, expected: tuple[str | None, str] | None
+) -> None:
+    assert target(statement) == expected
+
+
+def _insert(client: Client, table: str, k: int) -> None:
+    client.raw_insert(table, None, b'{"k":%d}\n' % k, fmt="JSONEachRow")
+
+
+def test_a_view_added_to_a_checked_free_table_brings_the_check_back(ch_client: Client) -> None:
+    ch_client.command("CREATE TABLE src (k UInt64) ENGINE = Null")
+    ch_client.command("CREATE TABLE dst (k UInt64) ENGINE = Memory")
+    _insert(ch_client, "src", 42)  # learned: no check needed for src
+    ch_client.command(
+        "CREATE MATERIALIZED VIEW mv TO dst AS "
+        "SELECT k + throwIf(k = 42, 'view refused 42') AS k FROM src"
+    )
+    with pytest.raises(DatabaseError, match="view refused 42"):
+        _insert(ch_client, "src", 42)
+    _insert(ch_client, "src", 7)
+    assert ch_client.query("SELECT k FROM dst").result_columns == [[7]]
+
+
+def test_a_table_made_again_with_a_constraint_is_checked(ch_client: Client) -> None:
+    ch_client.command("CREATE TABLE c (k UInt64) ENGINE = Memory")
+    _insert(ch_client, "c", 9)
+    ch_client.command("DROP TABLE c")
+    ch_client.command(
+        "CREATE TABLE c (k UInt64, CONSTRAINT small CHECK k < 5) ENGINE = MergeTree ORDER BY k"
+    )
+    with pytest.raises(DatabaseError, match="small"):
+        _insert(ch_client, "c", 9)
+    assert ch_client.command("SELECT count() FROM c") == 0
+
+
+def test_a_table_of_the_same_name_elsewhere_keeps_the_check(ch_client: Client) -> None:
+    db = ch_client.command("SELECT currentDatabase()")
+    ch_client.command("CREATE TABLE plain (k UInt64) ENGINE = Memory")
+    _insert(ch_client, "plain", 1)
+    ch_client.command(f"CREATE DATABASE IF NOT EXISTS `{db}_other`")
+    try:
+        ch_client.command(f"CREATE TABLE `{db}_other`.dst (k UInt64) ENGINE = Memory")
+        ch_client.command(
+            f"CREATE MATERIALIZED VIEW `{db}_other`.mv TO `{db}_other`.dst AS "
+            f"SELECT k + throwIf(k = 3, 'refused 3') AS k FROM `{db}`.plain"
+        )
+        with pytest.raises(DatabaseError, match="refused 3"):
+            _insert(ch_client, "plain", 3)
+    finally:
+        ch_client.command(f"DROP DATABASE `{db}_other`")
