@@ -189,16 +189,23 @@ def thread_cpu(tid: int) -> float:
 
 class Measured:
     """Rows/s from the first row in ClickHouse to the last (start-up, a second or more
-    for a daemon, left out for every path alike), and the CPU seconds every process of
-    the path used meanwhile (the reader, Redis, ClickHouse): on a shared machine the
-    wall-clock rate moves with everybody else's load, the CPU a row costs much less."""
+    for a daemon, left out for every path alike), and the CPU seconds the path's
+    processes used meanwhile: the reader's (the daemon and its workers, or the plain
+    loop's thread) with Redis's, and ClickHouse's apart (its background merges come and
+    go with timing). On a shared machine the wall-clock rate moves with everybody else's
+    load; the CPU a row costs much less."""
 
-    def __init__(self, rate: float, cpu: float, rows: int) -> None:
-        self.rate, self.cpu, self.rows = rate, cpu, rows
+    def __init__(self, rate: float, cpu: tuple[float, float], rows: int) -> None:
+        self.rate, self.rows = rate, rows
+        self.reader_cpu, self.clickhouse_cpu = cpu
+
+    @property
+    def reader_per_million(self) -> float:
+        return self.reader_cpu / self.rows * 1e6
 
     @property
     def cpu_per_million(self) -> float:
-        return self.cpu / self.rows * 1e6
+        return (self.reader_cpu + self.clickhouse_cpu) / self.rows * 1e6
 
 
 def wait_rows(
@@ -206,18 +213,19 @@ def wait_rows(
 ) -> Measured:
     deadline = time.monotonic() + timeout
     first: float | None = None
-    first_rows, first_cpu = 0, 0.0
+    first_rows, first_cpu = 0, (0.0, 0.0)
     while (n := counts(ch, database, "ev")[0]) < total:
         if first is None and n > 0:
             first, first_rows = time.monotonic(), n
-            first_cpu = cpu() if cpu is not None else 0.0
+            first_cpu = cpu() if cpu is not None else (0.0, 0.0)
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out: {counts(ch, database, 'ev')} of {total}")
         time.sleep(0.05)
     done = time.monotonic()
-    used = (cpu() if cpu is not None else 0.0) - first_cpu
+    last_cpu = cpu() if cpu is not None else (0.0, 0.0)
+    used = (last_cpu[0] - first_cpu[0], last_cpu[1] - first_cpu[1])
     if first is None:  # all of it in one go
-        return Measured(float("nan"), float("nan"), total)
+        return Measured(float("nan"), (float("nan"), float("nan")), total)
     return Measured((total - first_rows) / (done - first), used, total - first_rows)
 
 
@@ -233,7 +241,7 @@ def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) 
     d.start()
     assert d.proc is not None and ch.pid is not None
     daemon, clickhouse = d.proc.pid, ch.pid
-    measured = wait_rows(ch, db, total, lambda: tree_cpu(daemon, clickhouse))
+    measured = wait_rows(ch, db, total, lambda: (tree_cpu(daemon), tree_cpu(clickhouse)))
     d.stop()
     return measured
 
@@ -250,7 +258,7 @@ def run_redis(
     d.start()
     assert d.proc is not None and server.proc is not None and ch.pid is not None
     daemon, redis_pid, clickhouse = d.proc.pid, server.proc.pid, ch.pid
-    measured = wait_rows(ch, db, total, lambda: tree_cpu(daemon, redis_pid, clickhouse))
+    measured = wait_rows(ch, db, total, lambda: (tree_cpu(daemon, redis_pid), tree_cpu(clickhouse)))
     d.stop()
     return measured
 
@@ -265,12 +273,12 @@ def run_plain(ch: EmbeddedClickHouse, server: RedisServer, total: int, r: int) -
     loop_thread: list[int] = []
     loop_cpu: list[float] = []  # the loop's CPU seconds, once it ended
 
-    def cpu() -> float:
+    def cpu() -> tuple[float, float]:
         try:
             own = thread_cpu(loop_thread[0])
         except FileNotFoundError:  # the loop ended
             own = loop_cpu[0]
-        return tree_cpu(redis_pid, clickhouse) + own
+        return tree_cpu(redis_pid) + own, tree_cpu(clickhouse)
 
     def loop() -> None:
         loop_thread.append(threading.get_native_id())
@@ -332,26 +340,30 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
             print(
                 f"round {r + 1} (load {os.getloadavg()[0]:.1f}): "
                 + ", ".join(
-                    f"{k} {v[-1].rate:,.0f} rows/s {v[-1].cpu_per_million:.2f} cpu-s/M"
+                    f"{k} {v[-1].rate:,.0f} rows/s, {v[-1].reader_per_million:.2f} + "
+                    f"{v[-1].cpu_per_million - v[-1].reader_per_million:.2f} cpu-s/M"
                     for k, v in results.items()
                 )
             )
         rate = {k: statistics.median(m.rate for m in v) for k, v in results.items()}
+        reader = {k: statistics.median(m.reader_per_million for m in v) for k, v in results.items()}
         cost = {k: statistics.median(m.cpu_per_million for m in v) for k, v in results.items()}
         print(
             f"\n{total:,} rows, {args.rows_per_message} per message, medians of {args.rounds} "
-            f"rounds; cpu-s/M: CPU seconds per million rows of every process of the path "
-            f"(reader, Redis, ClickHouse); 2 cores / that: the rate those processes could "
-            f"reach with both cores to themselves"
+            "rounds. reader: CPU seconds per million rows of the reader (the daemon and its "
+            "workers, or the plain loop) and Redis; all: with ClickHouse's; 2 cores: the rate "
+            "all of them could reach with both cores to themselves (2 / all)"
         )
         print(
-            f"{'path':<14} {'rows/s':>10} {'vs file':>8} {'cpu-s/M':>8} {'2 cores':>10} {'vs file':>8}"
+            f"{'path':<14} {'rows/s':>10} {'vs file':>8} {'reader':>7} {'all':>6} "
+            f"{'2 cores':>10} {'vs file':>8}"
         )
         for name in results:
             capacity = 2e6 / cost[name]
             print(
                 f"{name:<14} {rate[name]:>10,.0f} {rate[name] / rate['file source']:>8.2f} "
-                f"{cost[name]:>8.2f} {capacity:>10,.0f} {cost['file source'] / cost[name]:>8.2f}"
+                f"{reader[name]:>7.2f} {cost[name]:>6.2f} {capacity:>10,.0f} "
+                f"{cost['file source'] / cost[name]:>8.2f}"
             )
     finally:
         server.stop()

@@ -87,7 +87,7 @@ def run_nats(ch: EmbeddedClickHouse, tmp: Path, server: NatsServer, total: int, 
     work = tmp / f"nats-{r}"
     d = Daemon(work, nats_toml(work / "state", f"{ch.url}/{db}", pipeline, nats))
     d.start()
-    rate = wait_rows(ch, db, total)
+    rate = wait_rows(ch, db, total).rate
     d.stop()
     return rate
 
@@ -97,7 +97,7 @@ def run_plain(ch: EmbeddedClickHouse, server: NatsServer, total: int, r: int) ->
     db = fresh_database(ch, f"bench_nplain_{r}")
     client = clickhouse_connect.get_client(host=ch.host, port=ch.port, database=db)
     result: list[float] = []
-    watcher = threading.Thread(target=lambda: result.append(wait_rows(ch, db, total)))
+    watcher = threading.Thread(target=lambda: result.append(wait_rows(ch, db, total).rate))
     watcher.start()
 
     async def work(nc: Any) -> None:
@@ -148,7 +148,7 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
                 fh.write(rows(m * args.rows_per_message, end * args.rows_per_message))
         results: dict[str, list[float]] = {"file source": [], "nats source": [], "plain loop": []}
         for r in range(args.rounds):
-            results["file source"].append(run_file(ch, tmp, total, data, r))
+            results["file source"].append(run_file(ch, tmp, total, data, r).rate)
             results["nats source"].append(run_nats(ch, tmp, server, total, r))
             results["plain loop"].append(run_plain(ch, server, total, r))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()))
