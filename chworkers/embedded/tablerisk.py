@@ -11,7 +11,9 @@ remembers the answer until the next statement that may change a table.
 
 A name with no database is looked up in every database: it is safe only if every table
 of that name is. Anything unknown (a table function, a name not found, a temporary
-table, an engine not listed here) needs the check.
+table of the asking connection, an engine not listed here) needs the check. Not seen:
+a temporary table of ANOTHER session that shadows a plain table's name (one made with
+a MergeTree engine could swallow "Too many parts" unchecked).
 """
 
 from __future__ import annotations
@@ -105,11 +107,11 @@ def _ask(conn: Any, database: str | None, table: str) -> bool:
     plain = ", ".join(quote_literal(e) for e in _PLAIN_ENGINES)
     res = run(
         conn,
-        "SELECT count(), countIf(engine NOT IN (" + plain + ") "
+        "SELECT count(), countIf(is_temporary OR engine NOT IN (" + plain + ") "
         "OR notEmpty(dependencies_table) OR position(create_table_query, ' CONSTRAINT ') > 0), "
         "(SELECT count() FROM system.columns WHERE " + cols + " AND type LIKE 'Array(%' "
         "AND position(name, '.') > 0) "
-        "FROM system.tables WHERE " + where + " AND NOT is_temporary",
+        "FROM system.tables WHERE " + where,
     )
     found, risky, nested = (int(v) for v in res.bytes().decode().split())
     return found == 0 or risky > 0 or nested > 0
