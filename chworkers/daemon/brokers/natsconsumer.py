@@ -106,15 +106,21 @@ class Consumer:
         try:
             await asyncio.wait_for(pull.done.wait(), timeout)
         except TimeoutError:
-            # Unanswered (the connection broke?): what it brings later, and what other
-            # pulls bring meanwhile, cannot be told apart; they all count as pulled at
-            # an unknown time for one ack_wait (a batch of them is not written).
+            # Unanswered (the connection broke?): what it brings later cannot be told
+            # from what another pull would bring, so there is none for one ack_wait.
             self._pulls.pop(number, None)
             self._distrust_until = time.monotonic() + self.ack_wait
 
     async def pull(self, count: int, wait: float) -> list[Pulled]:
         """Up to ``count`` messages: those the consumer has at once; when it has none,
         the first to come within ``wait`` seconds."""
+        distrust = self._distrust_until - time.monotonic()
+        if distrust > 0:
+            # A pull went unanswered: no new pull until its messages, if any come, can no
+            # longer be told from theirs (what comes meanwhile counts as late).
+            await asyncio.sleep(min(wait, distrust))
+            pulled, self._buffer = self._buffer, []
+            return pulled
         if not self._buffer:
             await self._request({"batch": count, "no_wait": True}, NO_WAIT_TIMEOUT)
         if not self._buffer and wait > 0:
