@@ -304,7 +304,12 @@ def test_a_message_in_a_manifest_written_meanwhile_goes_with_that_batch(
             await message.nak()  # delivered to us next, as if it had died
 
         nats_server.run(other_daemon)
-        source._fetch()
+
+        def pulled_all() -> bool:  # the nak'd message may come back a moment later
+            source._fetch()
+            return len(source._assembly.ids) == 3
+
+        wait_for(pulled_all, 30, what="the three messages pulled")
         assert sorted(source._assembly.ids) == ["1", "2", "3"] and not batches.added
         late = Manifest("late-token", [[1, 1]], created=time.time(), by="other")
         assert source.link.call(source.link.manifests().register(late, 0)) == {}
@@ -334,8 +339,12 @@ def test_a_batch_ready_after_its_deadline_is_not_written(nats_server: NatsServer
     )
     try:
         source.link.connect()
-        source._fetch()
-        assert len(source._assembly.ids) == 3
+
+        def pulled_all() -> bool:
+            source._fetch()
+            return len(source._assembly.ids) == 3
+
+        wait_for(pulled_all, 30, what="the three messages pulled")
         source._held.deadline = time.monotonic() + 1.0  # under ack_wait / 8 left
         source._submit_all([source._cut()])
         registry = source.link.call(source.link.manifests().load())
