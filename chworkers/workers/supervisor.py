@@ -1,7 +1,8 @@
 """The Supervisor: the public face of the worker processes.
 
 Producers call :meth:`Supervisor.insert`, :meth:`~Supervisor.submit` or
-:meth:`~Supervisor.call` from any thread; each encodes its task to bytes in that thread,
+:meth:`~Supervisor.call` from any thread (those methods are
+:class:`~chworkers.workers.producing.Producing`'s); each encodes its task to bytes in that thread,
 puts it on the bounded queue and gets a :class:`concurrent.futures.Future`. Everything
 else the supervisor has (settings, queue, workers, outcomes) belongs to its owner, the
 :class:`~chworkers.workers.arbiter.Arbiter`, whose loop dispatches tasks and resolves
@@ -15,10 +16,9 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any
 
 import multiprocess
 from prometheus_client import CollectorRegistry
@@ -27,18 +27,16 @@ from chworkers import timeouts
 from chworkers._version import __version__
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.connection import ConnectionConfig
-from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
-from chworkers.clickhouse.schema import Evolve
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
 from chworkers.ops.exposition import MetricsEndpoint
 from chworkers.ops.health import Health, Level, Report
 from chworkers.ops.metrics import Metrics
 from chworkers.timeouts import DEFAULT, Timeout
-from chworkers.workers import forkserver, mainguard, tasks
+from chworkers.workers import forkserver, mainguard
 from chworkers.workers.arbiter import Arbiter
 from chworkers.workers.commands import (
     Reconfigure,
@@ -60,6 +58,7 @@ from chworkers.workers.options import (
 )
 from chworkers.workers.probes import Probes
 from chworkers.workers.producer import Producer
+from chworkers.workers.producing import Producing
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.tablelimits import coerce_limits
 from chworkers.workers.tasks import DeadLetter
@@ -68,7 +67,6 @@ from chworkers.workers.worker import PoolConnector
 if TYPE_CHECKING:
     # Sharded inserts bring numpy: imported when the first one is made, so that a
     # program without shards (the daemon at every start) does not load it.
-    from chworkers.clickhouse.sharding import ShardingKey
     from chworkers.workers.shardinsert import ShardedInserts
 
 log = logging.getLogger(__name__)
@@ -80,10 +78,8 @@ EXIT_WORKER_BOOT = 4
 #: Where workers' ClickHouse is: a URL, a ConnectionConfig or a mapping of its fields.
 ClickHouseTarget = str | ConnectionConfig | Mapping[str, object]
 
-R = TypeVar("R")
 
-
-class Supervisor:
+class Supervisor(Producing):
     """Runs tasks in worker processes that share one bounded ClickHouse connection budget.
 
     ``clickhouse`` is the connection options (URL, ``ConnectionConfig`` or mapping) that
@@ -409,166 +405,6 @@ class Supervisor:
     @property
     def metrics_url(self) -> str | None:
         return f"{self.endpoint.url}/metrics" if self.endpoint is not None else None
-
-    # Producing tasks.
-
-    def insert(
-        self,
-        table: str,
-        rows: object,
-        column_names: Sequence[str] | None = None,
-        *,
-        settings: Mapping[str, object] | None = None,
-        deduplication_token: str | None = None,
-        timeout: Timeout = DEFAULT,
-        shard: int | None = None,
-        sharding_key: str | ShardingKey | None = None,
-    ) -> Future[int]:
-        """Queue an insert of ``rows`` (rows, a mapping of columns, a DataFrame or an Arrow
-        table) into ``table`` (on ``shard``, of a sharded cluster); the future's result is
-        the number of rows written.
-
-        Of a sharded cluster, ``sharding_key`` (``"sipHash64(user_id)"``, a plain integer
-        column, ``"rand()"``; docs/sharding.md) routes each row to the shard a
-        ``Distributed`` table with that key would pick: the batch is cut into one part per
-        shard, each queued as its own task (with a token derived from the given one, its
-        shard in it; else its content's) and confirmed by its shard alone. The future (a
-        :class:`~chworkers.workers.shardinsert.ShardedFuture`, whose ``parts`` are the
-        shards' own futures) resolves to all rows written, or to a
-        :class:`~chworkers.errors.ShardInsertError` naming the shards that failed.
-
-        Rows and columns are encoded to ClickHouse Native here, in the caller's thread
-        (``native_encoding``; the first insert into a table looks its columns up). The
-        deduplication token (derived from the content when not given) is fixed now, so a
-        re-run after a worker crash cannot duplicate rows. Blocks while the queue is
-        full, or raises :class:`QueueFullError` after ``timeout`` seconds (by default the
-        ``queue_timeout`` setting; None: no limit). A malformed batch raises :class:`BatchError`."""
-        if sharding_key is not None:
-            return self._sharded(shard, "insert").insert(
-                table, rows, column_names, settings, deduplication_token, timeout, sharding_key
-            )
-        return self._producer.insert(
-            table, rows, column_names, settings, deduplication_token, timeout, shard
-        )
-
-    def _sharded(self, shard: int | None, where: str) -> ShardedInserts:
-        if self.cluster is None:
-            raise ConfigError(
-                f"{where} by sharding_key needs a sharded cluster: give Supervisor(shards=...)",
-                key="sharding_key",
-                expected="a supervisor over a sharded cluster",
-            )
-        if shard is not None:
-            raise ConfigError(
-                f"{where}: give shard or sharding_key, not both",
-                key="shard",
-                value=shard,
-                expected="None with a sharding_key",
-            )
-        if self._shard_inserts is None:
-            from chworkers.workers.shardinsert import ShardedInserts
-
-            producer = self._producer
-            self._shard_inserts = ShardedInserts(
-                self.cluster,
-                producer.insert,
-                lambda table, shard: producer.lookup_schema(table, None, shard),
-            )
-        return self._shard_inserts
-
-    @overload
-    def insert_raw(
-        self,
-        table: str,
-        data: bytes,
-        fmt: str,
-        *,
-        rows: int | None = None,
-        column_names: Sequence[str] | None = None,
-        settings: Mapping[str, object] | None = None,
-        deduplication_token: str | None = None,
-        timeout: Timeout = DEFAULT,
-        split_bad_rows: Literal[False] = False,
-        shard: int | None = None,
-        evolve_schema: Evolve | None = None,
-    ) -> Future[int]: ...
-
-    @overload
-    def insert_raw(
-        self,
-        table: str,
-        data: bytes,
-        fmt: str,
-        *,
-        rows: int | None = None,
-        column_names: Sequence[str] | None = None,
-        settings: Mapping[str, object] | None = None,
-        deduplication_token: str | None = None,
-        timeout: Timeout = DEFAULT,
-        split_bad_rows: Literal[True],
-        shard: int | None = None,
-        evolve_schema: Evolve | None = None,
-    ) -> Future[InsertResult]: ...
-
-    def insert_raw(
-        self,
-        table: str,
-        data: bytes,
-        fmt: str,
-        *,
-        rows: int | None = None,
-        column_names: Sequence[str] | None = None,
-        settings: Mapping[str, object] | None = None,
-        deduplication_token: str | None = None,
-        timeout: Timeout = DEFAULT,
-        split_bad_rows: bool = False,
-        shard: int | None = None,
-        evolve_schema: Evolve | None = None,
-    ) -> Future[int] | Future[InsertResult]:
-        """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
-        (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
-        same token is byte-identical. ``rows`` (when known) counts the rows when the
-        server reports none. The future's result is the number of rows written. Of a
-        sharded cluster, ``shard`` says which shard the data goes to.
-
-        With ``split_bad_rows`` (line formats: JSONEachRow, CSV, TSV and their
-        ``*WithNames``), rows ClickHouse rejects for their data are bisected out in the
-        worker, within ``split_max_requests`` and ``split_max_seconds``, and the rest is
-        inserted; the future's result is then an :class:`~chworkers.clickhouse.inserts.InsertResult`
-        whose ``rejected`` holds the records left out and why.
-
-        With ``evolve_schema`` (JSONEachRow sent without ``input_format_skip_unknown_fields``),
-        fields the table lacks are added as columns and the insert is sent again
-        (:mod:`chworkers.clickhouse.schema`)."""
-        return self._producer.insert_raw(
-            table,
-            data,
-            fmt,
-            rows,
-            column_names,
-            settings,
-            deduplication_token,
-            timeout,
-            split_bad_rows,
-            shard,
-            evolve_schema,
-        )
-
-    def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
-        """Run ``fn(conn, *args, **kwargs)`` in a worker with a leased connection, retried
-        per the retry policy. ``fn`` may be a lambda or a closure."""
-        return self._producer.call(tasks.SUBMIT, fn, args, kwargs)
-
-    def submit_to(
-        self, shard: int, fn: Callable[..., R], /, *args: object, **kwargs: object
-    ) -> Future[R]:
-        """:meth:`submit` on one ``shard`` of a sharded cluster: ``fn(conn, ...)`` with a
-        connection to one of that shard's replicas."""
-        return self._producer.call(tasks.SUBMIT, fn, args, kwargs, shard)
-
-    def call(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
-        """Run ``fn(*args, **kwargs)`` in a worker, without a connection."""
-        return self._producer.call(tasks.CALL, fn, args, kwargs)
 
     def _loop_exited(self) -> None:
         """On the loop thread, once it ended."""
