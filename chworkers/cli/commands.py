@@ -189,12 +189,22 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     """Reach ClickHouse and say which pipelines' tables exist; 1 when one is missing."""
     from chworkers.clickhouse.pool import ConnectionPool
 
+    options = cfg.settings.clickhouse.pool
     pool = ConnectionPool(
-        conn, dataclasses.replace(cfg.settings.clickhouse.pool, min_connections=0)
+        conn,
+        dataclasses.replace(
+            options,
+            min_connections=0,
+            retry=dataclasses.replace(options.retry, max_attempts=1),  # say it, do not wait
+        ),
     )
     missing = 0
     try:
-        version = pool.with_connection(lambda c: c.command("SELECT version()"))
+        try:
+            version = pool.with_connection(lambda c: c.command("SELECT version()"))
+        except ChworkersError as exc:
+            print(f"clickhouse: {conn.url} DOES NOT ANSWER: {str(exc).splitlines()[0][:200]}")
+            return 1
         print(f"clickhouse: {conn.url} answers (version {version})")
         tables = pool.with_connection(
             lambda c: [row[0] for row in c.query("SHOW TABLES").result_rows]

@@ -1,0 +1,45 @@
+"""`chworkers check` against a ClickHouse that does not answer says so at once.
+
+It used to go through the pool's whole retry policy (8 attempts and up to 5 minutes with
+the example config's settings) before dying with the bare retry error, while the same
+check of a sharded cluster answered "DOES NOT ANSWER" after one attempt per replica.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_check_says_clickhouse_does_not_answer_after_one_attempt(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f"""
+[clickhouse]
+url = "{down}/default"
+[clickhouse.pool.retry]
+max_attempts = 4
+initial_backoff = "50ms"
+max_backoff = "100ms"
+[[pipelines]]
+name = "p"
+table = "ev"
+"""
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "chworkers", "check", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    port = down.rsplit(":", 1)[1]
+    assert f":{port}/default DOES NOT ANSWER: " in result.stdout, result
+    assert "giving up after 1 attempt(s)" in result.stdout
+    assert "Connection refused" in result.stdout
+    assert "4 attempt(s)" not in result.stdout + result.stderr
+    assert result.returncode == 1
