@@ -69,13 +69,16 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def name_of(pid: int) -> str:
+def kind_of(pid: int, daemon: int) -> str:
+    """resource-tracker; forkserver (a child of the daemon the workers fork from); worker."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except OSError:
-        return "?"
-    text = " ".join(c.decode(errors="replace") for c in cmd if c)
-    return text[-60:]
+        return "gone"
+    if b"resource_tracker" in cmd:
+        return "resource-tracker"
+    return "forkserver" if ppid == daemon and b"forkserver" in cmd else "worker"
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
@@ -88,7 +91,9 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     return num / den * 60 if den else 0.0
 
 
-def soak(rows: int, every: float, workers: int, max_rows: int, tmp: Path) -> dict[str, object]:
+def soak(
+    rows: int, every: float, workers: int, max_rows: int, timeout: float, tmp: Path
+) -> dict[str, object]:
     with EmbeddedClickHouse(tmp / "ch") as ch:
         config = f"""
 state_dir = "{tmp / "state"}"
@@ -121,17 +126,20 @@ max_rows = {max_rows}
         samples: list[dict[str, object]] = []
         try:
             while daemon.poll() is None:
+                if time.monotonic() - started > timeout:
+                    print(f"still running after {timeout:.0f} s: stopping the daemon", flush=True)
+                    break
                 time.sleep(every)
                 t = time.monotonic() - started
                 procs = {"daemon": rss_mb(daemon.pid), "endpoint": rss_mb(ch.pid or 0)}
-                for i, pid in enumerate(children(daemon.pid)):
-                    procs[f"child{i} {pid} {name_of(pid)}"] = rss_mb(pid)
+                for pid in children(daemon.pid):
+                    procs[f"{kind_of(pid, daemon.pid)}:{pid}"] = rss_mb(pid)
                 try:
                     count = int(client.command("SELECT count() FROM soak"))  # type: ignore[arg-type]
                 except Exception:  # the table is created by the daemon once it is ready
                     count = 0
                 samples.append({"t": round(t, 1), "rows": count, "rss_mb": procs})
-                line = " ".join(f"{k.split()[0]}={v:.0f}" for k, v in procs.items() if v)
+                line = " ".join(f"{k}={v:.0f}" for k, v in procs.items() if v)
                 print(f"{t:7.1f} s {count:>12,} rows  {line}", flush=True)
         finally:
             if daemon.poll() is None:
@@ -171,7 +179,7 @@ def report(result: dict[str, object]) -> None:
             f"p10 {q[0]:,.0f}, p90 {q[-1]:,.0f}, min {min(rates):,.0f}, max {max(rates):,.0f}"
         )
     names = sorted({k for s in steady for k in s["rss_mb"]})  # type: ignore[attr-defined]
-    print(f"{'process':<70} {'RSS start':>10} {'RSS end':>8} {'MB/min':>7}")
+    print(f"{'process':<26} {'RSS start MB':>12} {'RSS end MB':>10} {'MB/min':>7}")
     for name in names:
         points = [
             (float(s["t"]), float(s["rss_mb"][name]))  # type: ignore[index, arg-type]
@@ -181,7 +189,7 @@ def report(result: dict[str, object]) -> None:
         if not points:
             continue
         print(
-            f"{name:<70} {points[0][1]:10.1f} {points[-1][1]:8.1f} {slope_per_minute(points):7.2f}"
+            f"{name:<26} {points[0][1]:12.1f} {points[-1][1]:10.1f} {slope_per_minute(points):7.2f}"
         )
 
 
@@ -191,10 +199,11 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-rows", type=int, default=100_000, help="the pipeline's max_rows")
+    parser.add_argument("--timeout", type=float, default=1500.0, help="stop the daemon after")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = soak(args.rows, args.every, args.workers, args.max_rows, Path(tmp))
+        result = soak(args.rows, args.every, args.workers, args.max_rows, args.timeout, Path(tmp))
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
