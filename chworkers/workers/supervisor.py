@@ -62,7 +62,7 @@ from chworkers.workers.producing import Producing
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.tablelimits import coerce_limits
 from chworkers.workers.tasks import DeadLetter
-from chworkers.workers.worker import PoolConnector
+from chworkers.workers.workerpool import PoolConnector
 
 if TYPE_CHECKING:
     # Sharded inserts bring numpy: imported when the first one is made, so that a

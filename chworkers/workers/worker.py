@@ -8,9 +8,11 @@ together stay within ``max_connections``), creates the metrics recorder and runs
 middleware's ``after_worker_boot``; only then does the worker report ready.
 
 The loop reads task messages between tasks, runs each task under the middleware hooks
-and sends results back in small batches. It beats a heartbeat in shared memory from the
-thread that runs tasks, so a task stuck for longer than the supervisor's ``hung_timeout``
-shows up as a stale heartbeat and gets the worker replaced.
+(:mod:`chworkers.workers.execute` runs a task; the pool's recipe and hooks are
+:mod:`chworkers.workers.workerpool`'s, re-exported here) and sends results back in small
+batches. It beats a heartbeat in shared memory from the thread that runs tasks, so a
+task stuck for longer than the supervisor's ``hung_timeout`` shows up as a stale
+heartbeat and gets the worker replaced.
 """
 
 from __future__ import annotations
@@ -27,11 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chworkers.clickhouse import schema
-from chworkers.clickhouse.hooks import PoolHooks
-from chworkers.clickhouse.inserts import InsertResult, run_insert
-from chworkers.clickhouse.partitions import partition_keys
-from chworkers.clickhouse.pool import ConnectionPool, PoolOptions
 from chworkers.ops import workerlogs
 from chworkers.pids import alive
 from chworkers.workers import channel, tasks
@@ -44,13 +41,16 @@ from chworkers.workers.context import (
     STARTING,
     STATE,
     STOPPING,
-    Connections,
     Connector,
     TaskInfo,
     WorkerContext,
 )
+from chworkers.workers.execute import execute as execute
+from chworkers.workers.execute import insert as insert
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.recycle import MemoryWatch
+from chworkers.workers.workerpool import PoolConnector as PoolConnector
+from chworkers.workers.workerpool import RecordingHooks as RecordingHooks
 
 log = logging.getLogger(__name__)
 
@@ -317,151 +317,3 @@ class _Loop:
         if self.results or delta is not None:
             self.results_out.send(channel.RESULTS, (self.results, delta))
             self.results = []
-
-
-def execute(worker: WorkerContext, info: TaskInfo, payload: bytes, buffers: Sequence[Any]) -> Any:
-    """Run one task's payload in this worker."""
-    if info.kind == tasks.CALL:
-        fn, args, kwargs, _ = tasks.decode_call(payload, buffers)
-        return fn(*args, **kwargs)
-    connections = worker.connections
-    if connections is None:
-        raise RuntimeError(f"a {info.kind} task needs a ClickHouse connection")
-    retry = worker.settings.get("retry")
-    if info.kind == tasks.SUBMIT:
-        fn, args, kwargs, shard = tasks.decode_call(payload, buffers)
-        info.shard = shard
-        return connections.with_connection(
-            lambda conn: fn(conn, *args, **kwargs), retry=retry, shard=shard
-        )
-    if info.kind == tasks.INSERT:
-        spec = tasks.decode_insert(payload, buffers)
-        info.table, info.rows, info.shard = spec.table, spec.rows, spec.shard
-        return insert(worker, connections, spec, retry)
-    raise ValueError(f"unknown task kind {info.kind!r}")
-
-
-def insert(
-    worker: WorkerContext, connections: Connections, spec: tasks.InsertSpec, retry: Any = None
-) -> InsertResult:
-    """Run an insert task: one request, or (with ``spec.split``) a bisection of the rows
-    ClickHouse rejects (:func:`chworkers.clickhouse.inserts.run_insert`).
-
-    Each request runs on a leased connection under the worker's retry policy, beats the
-    heartbeat first and is timed in ``insert_duration`` when it succeeds.
-    """
-    names = list(spec.column_names) if spec.column_names is not None else None
-
-    def request(conn: Any, data: Any, token: str) -> Any:
-        if spec.form == "raw":
-            return conn.raw_insert(
-                spec.table,
-                data,
-                fmt=spec.fmt,
-                column_names=names,
-                settings=spec.settings,
-                deduplication_token=token,
-            )
-        return conn.insert(
-            spec.table,
-            data,
-            names,
-            column_oriented=spec.form == "columns",
-            settings=spec.settings,
-            deduplication_token=token,
-        )
-
-    def send(data: Any, token: str) -> tuple[int, int] | None:
-        def attempt(conn: Any) -> Any:
-            worker.beat()
-            started = time.monotonic()
-            summary = request(conn, data, token)
-            worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
-            return summary
-
-        summary = connections.with_connection(attempt, retry=retry, shard=spec.shard)
-        reported = getattr(summary, "summary", None)
-        if isinstance(reported, dict) and "written_rows" in reported:
-            return int(summary.written_rows), int(summary.written_bytes())
-        return None
-
-    def partitions(data: bytes) -> tuple[list[str], int]:
-        fmt = spec.fmt or ""
-        return connections.with_connection(  # type: ignore[no-any-return]
-            lambda conn: partition_keys(conn, spec.table, fmt, data, spec.settings),
-            retry=retry,
-            shard=spec.shard,
-        )
-
-    def evolve(data: bytes) -> int:
-        policy = spec.evolve
-        assert policy is not None
-        added = connections.with_connection(
-            lambda conn: schema.evolve(conn, spec.table, data, policy),
-            retry=retry,
-            shard=spec.shard,
-        )
-        return len(added)
-
-    data: Any = spec.data  # split: bytes, or a view of them (a memory file's)
-    if spec.split is not None and not isinstance(data, bytes):
-        data = bytes(data)  # cut into records by bytes methods
-
-    return run_insert(
-        data,
-        spec.token,
-        send,
-        fmt=spec.fmt,
-        budget=spec.split,
-        partitions=partitions if spec.split is not None else None,
-        evolve=evolve if spec.evolve is not None else None,
-    )
-
-
-class RecordingHooks(PoolHooks):
-    """Pool events of a worker, recorded as metric deltas for the supervisor."""
-
-    def __init__(self, worker: WorkerContext) -> None:
-        self.metrics = worker.metrics
-        self.worker = worker
-
-    def on_acquire(self, wait_seconds: float) -> None:
-        self.metrics.observe("pool_acquire_wait", wait_seconds)
-        self.worker.beat()  # waiting for a lease is not hanging
-
-    def on_timeout(self, wait_seconds: float) -> None:
-        self.metrics.observe("pool_acquire_wait", wait_seconds)
-        self.metrics.inc("errors", "pool", "")
-
-    def on_connection_created(self, endpoint: str) -> None:
-        self.metrics.inc("pool_created")
-
-    def on_connection_closed(self, endpoint: str, reason: str) -> None:
-        self.metrics.inc("pool_closed", reason)
-
-    def on_error(self, kind: str, code: int | None) -> None:
-        self.metrics.inc("errors", kind, "" if code is None else str(code))
-
-    def on_retry(self, kind: str, attempt: int, backoff: float) -> None:
-        self.metrics.inc("retries", kind)
-        self.worker.beat()  # retrying is progress, not a hang
-
-    def on_state(self, in_use: int, idle: int, waiting: int, maximum: int) -> None:
-        self.metrics.set("pool_idle", idle)
-
-
-@dataclass
-class PoolConnector:
-    """Pre-fork recipe for a worker's ClickHouse pool; called in the worker after start."""
-
-    connection_options: Any
-    pool_options: PoolOptions
-    lease: Any  # LeaseClient
-
-    def __call__(self, worker: WorkerContext) -> Connections:
-        return ConnectionPool(
-            self.connection_options,
-            self.pool_options,
-            lease=self.lease,
-            hooks=RecordingHooks(worker),
-        )
