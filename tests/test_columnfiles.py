@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chclients import make_client
+from waiting import wait_for
 
 from chworkers.daemon import config
 from chworkers.daemon.filechunks import file_identity, layout, plan
@@ -140,6 +144,60 @@ def test_a_replay_without_checkpoints_is_dropped_by_the_chunk_tokens(
     assert totals(endpoint, target) == exact(6_000)  # ...and dropped by ClickHouse
 
 
+@pytest.mark.timeout(300)
+def test_kill_9_mid_file_then_restart_inserts_every_row_once(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """A Parquet file of 400 row groups, one batch each; the daemon is SIGKILLed mid-file
+    and run again: every row is in ClickHouse exactly once."""
+    n = 200_000
+    write_parquet(tmp_path / "big.parquet", 0, n, 500)
+    target = f"{database}.ev"
+    conf = tmp_path / "chworkers.toml"
+    conf.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[clickhouse]
+url = "{endpoint.url}"
+[metrics]
+port = 0
+[spool]
+fsync = false
+[[pipelines]]
+name = "p"
+source = "file"
+paths = ["{tmp_path / "big.parquet"}"]
+format = "Parquet"
+settle = "0s"
+table = "{target}"
+create = "{SCHEMA}"
+engine = "MergeTree ORDER BY n"
+max_rows = 500
+"""
+    )
+    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
+
+    def inserted() -> int:
+        try:
+            return totals(endpoint, target)[0]
+        except Exception:
+            return 0
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: inserted() >= 20_000 or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert inserted() < n  # killed mid-file
+    again = subprocess.run(cmd, capture_output=True, timeout=240)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert totals(endpoint, target) == exact(n)
+
+
 def test_arrow_file_arrow_stream_and_native_files(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
 ) -> None:
@@ -179,6 +237,7 @@ def test_a_corrupt_file_goes_to_the_dead_letters_and_the_rest_goes_in(
     write_parquet(tmp_path / "a.parquet", 0, 3_000, 1_000)
     good = (tmp_path / "a.parquet").read_bytes()
     (tmp_path / "b.parquet").write_bytes(good[: len(good) // 2])  # truncated mid-write
+    (tmp_path / "d.parquet").write_bytes(b"")  # empty: not a Parquet file either
     # Readable by pyarrow, but its "n" column cannot become a UInt64: ClickHouse refuses it.
     pq.write_table(pa.table({"n": ["x", "y"], "s": ["a", "b"]}), tmp_path / "c.parquet")
     target = f"{database}.ev"
@@ -187,18 +246,49 @@ def test_a_corrupt_file_goes_to_the_dead_letters_and_the_rest_goes_in(
     )
     assert totals(endpoint, target) == exact(3_000)
     found = letters(tmp_path, target)
-    assert len(found) == 2, found
-    unreadable = [e for e in found if e["reason"] == "unreadable file"]
-    assert len(unreadable) == 1
-    assert json.loads(unreadable[0]["record"]) == {
-        "file": str(tmp_path / "b.parquet"),
-        "rows": "all",
-    }
-    assert "not a readable Parquet file" in unreadable[0]["error"]["message"]
+    assert len(found) == 3, found
+    unreadable = sorted(
+        (e for e in found if e["reason"] == "unreadable file"), key=lambda e: e["record"]
+    )
+    assert [json.loads(e["record"]) for e in unreadable] == [
+        {"file": str(tmp_path / "b.parquet"), "rows": "all"},
+        {"file": str(tmp_path / "d.parquet"), "rows": "all"},
+    ]
+    assert all("not a readable Parquet file" in e["error"]["message"] for e in unreadable)
     refused = [e for e in found if e["reason"] == "rejected"]
     assert refused[0]["error"]["code"]  # ClickHouse's error, the batch whole in base64
     assert refused[0]["record_base64"]
     assert daemon.totals.dead_letters == 1
+
+
+def test_a_corrupt_row_group_goes_to_the_dead_letters_by_its_rows(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    path = write_parquet(tmp_path / "a.parquet", 0, 3_000, 1_000)
+    column = pq.ParquetFile(path).metadata.row_group(1).column(1)  # group 1's "s" column
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 20 : start + column.total_compressed_size - 5] = b"\xab" * (
+        column.total_compressed_size - 25
+    )
+    path.write_bytes(bytes(data))
+    target = f"{database}.ev"
+    run_daemon(
+        tmp_path,
+        endpoint.url,
+        [pipeline("pq", target, [path], "Parquet", max_rows=1_000)],
+    )
+    client = make_client(endpoint)
+    try:
+        got = client.query(f"SELECT min(n), max(n), count() FROM {target} WHERE n >= 1000")
+        assert got.result_rows[0] == (2000, 2999, 1000)  # groups 0 and 2 are in
+    finally:
+        client.close()
+    assert totals(endpoint, target)[0] == 2_000
+    (letter,) = letters(tmp_path, target)
+    assert letter["reason"] == "unreadable file"
+    assert json.loads(letter["record"]) == {"file": str(path), "rows": "1000-2000"}
+    assert "row groups 1" in letter["error"]["message"]
 
 
 def test_files_being_written_wait_until_they_settle(tmp_path: Path) -> None:

@@ -111,6 +111,7 @@ class ColumnarFileSource(_Source):
                 if not os.path.basename(path).startswith(".") and os.path.isfile(path):
                     found.add(path)
         self._seen = {p: s for p, s in self._seen.items() if p in found}
+        self._done = {p: d for p, d in self._done.items() if p in found}
         return sorted(found)
 
     def _settled(self, path: str) -> os.stat_result | None:
@@ -126,10 +127,10 @@ class ColumnarFileSource(_Source):
         seen = self._seen.get(path)
         if seen is None or (seen.size, seen.mtime) != (st.st_size, st.st_mtime_ns):
             self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
-            return st if self.settle <= 0 and st.st_size > 0 else None
-        if now - seen.since < self.settle or st.st_size == 0:
-            return None
-        return st
+            return st if self.settle <= 0 else None
+        # Settled, even when empty: an empty file is not a readable one (dead-lettered),
+        # and a run over files that are not followed must come to an end.
+        return st if now - seen.since >= self.settle else None
 
     def _read_file(self, path: str, stop: threading.Event) -> None:
         try:
