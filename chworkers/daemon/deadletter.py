@@ -68,10 +68,17 @@ class DeadLetters(Middleware):
         self._writer: threading.Thread | None = None
 
     def write(
-        self, table: str, rejected: Sequence[Rejected], *, pipeline: str = "", batch: str = ""
+        self,
+        table: str,
+        rejected: Sequence[Rejected],
+        *,
+        pipeline: str = "",
+        batch: str = "",
+        binary: bool = False,
     ) -> Path | None:
-        """Append rejected records durably (returns once they are on disk)."""
-        entries = [_Entry(r.record, r.error, r.reason, not _is_text(r.record)) for r in rejected]
+        """Append rejected records durably (returns once they are on disk); ``binary``:
+        the records are bytes of a binary format (a Parquet batch), kept as base64."""
+        entries = [_Entry(r.record, r.error, r.reason, binary) for r in rejected]
         return self._append(table, entries, pipeline=pipeline, batch=batch)
 
     def write_errors(

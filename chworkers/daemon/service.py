@@ -613,7 +613,11 @@ class Daemon:
     def _confirmed(self, batch: SpooledBatch, result: InsertResult) -> None:
         if result.rejected:
             self.dead_letters.write(
-                batch.table, result.rejected, pipeline=batch.pipeline, batch=batch.token
+                batch.table,
+                result.rejected,
+                pipeline=batch.pipeline,
+                batch=batch.token,
+                binary=batch.format in COLUMNAR_FORMATS,
             )
         broker = broker_of(self._broker_sources(), batch)
         if broker is not None:
