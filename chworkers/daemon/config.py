@@ -146,7 +146,10 @@ class ClickHouseSettings:
         """The connection options for ``url`` (the embedded endpoint's, when running it)."""
         # Of a sharded cluster, the options every shard's connections share (the
         # cluster gives the hosts, shard by shard).
-        cfg = ConnectionConfig.coerce(url or (self.shards[0][0] if self.shards else self.url))
+        target = url or (self.shards[0][0] if self.shards else self.url)
+        if self.shards and "://" not in target:  # a replica as 'a1:8123' (as Cluster takes it)
+            target = f"http://{target}"
+        cfg = ConnectionConfig.coerce(target)
         changes: dict[str, Any] = {
             k: v
             for k, v in (
