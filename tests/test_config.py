@@ -138,6 +138,13 @@ def test_a_sharded_cluster_and_its_weights(tmp_path: Path) -> None:
         ),
         (SHARDED.replace("sipHash64(user_id)", "siphash64(user_id)"), "ClickHouse spells it"),
         (
+            SHARDED.replace(
+                'table = "events"',
+                'table = "events"\nsource = "file"\npaths = ["x.parquet"]\nformat = "Parquet"',
+            ),
+            "sharding_key is not supported with format = 'Parquet'",
+        ),
+        (
             SHARDED + 'source = "redis"\n[pipelines.redis]\nstream = "s"\n',
             "not supported with source = 'redis'",
         ),
