@@ -192,6 +192,7 @@ def test_a_shard_down_mid_ingest_holds_back_only_its_own_rows(
         metrics = samples(running)
         assert metrics[("chworkers_shard_backlog_batches", (("shard", "2"),))] == backlog
         assert metrics[("chworkers_shard_errors_total", (("shard", "2"),))] > 0
+        assert f"shard backlog 0/0/{backlog}" in running.daemon._status()
         proxy.set("pass")  # back: its parts go, each once
         wait_for(lambda: running.daemon.totals.rows_inserted == 9000)
         assert running.stop() == 0

@@ -727,6 +727,8 @@ class Daemon:
             status = self.totals.status(
                 backlog, spool_batches=int(spool["batches"]), spool_bytes=int(spool["bytes"])
             )
+        if self.shard_stats is not None:  # each shard's backlog: "shards 0/12/0"
+            status += f" | {self.shard_stats.status()}"
         return status if report.level is Level.OK else f"{report.summary()} | {status}"
 
     def summary(self) -> str:

@@ -146,8 +146,9 @@ class ShardStats:
         return lines
 
     def status(self) -> str:
-        """A short per-shard backlog for the status line, e.g. ``shards 0/12/0``."""
-        return "shards " + "/".join(str(n) for n in self._backlog())
+        """Each shard's backlog for the status line (``STATUS=``, the terminal's live
+        line), e.g. ``shard backlog 0/12/0``."""
+        return "shard backlog " + "/".join(str(n) for n in self._backlog())
 
     def _probe_loop(self) -> None:
         while not self._stop.is_set():
