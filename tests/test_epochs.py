@@ -81,3 +81,26 @@ def test_timestamp_types(type_name: str, yes: bool) -> None:
 )
 def test_top_level_is_told_apart(line: bytes, expected: bytes) -> None:
     assert rewrite(line, ["ts"]) == expected
+
+
+def test_whole_seconds_in_a_datetime_column_go_as_they_are() -> None:
+    """Plain DateTime reads a JSON number as whole seconds, as meant: a batch of them is
+    not rewritten (the same object), while milliseconds, fractions and negative numbers
+    there, and any number in a DateTime64 column, still are."""
+    data = b'{"ts":1796119200,"n":1}\n{"ts":86399,"n":2}\n'
+    assert rewrite(data, ["ts"], seconds={"ts"}) is data
+    assert rewrite(data, ["ts"]) == (
+        b'{"ts":"2026-12-01T10:00:00Z","n":1}\n{"ts":"1970-01-01T23:59:59Z","n":2}\n'
+    )
+    for number, iso in (
+        (b"1796119200123", b"2026-12-01T10:00:00.123000000Z"),
+        (b"1796119200.5", b"2026-12-01T10:00:00.500000000Z"),
+        (b"1.7961192e9", b"2026-12-01T10:00:00Z"),
+        (b"-1", b"1969-12-31T23:59:59Z"),
+    ):
+        line = b'{"ts":' + number + b"}\n"
+        assert rewrite(line, ["ts"], seconds={"ts"}) == b'{"ts":"' + iso + b'"}\n'
+    both = b'{"ts":1796119200,"t64":1796119200}\n'
+    assert rewrite(both, ["ts", "t64"], seconds={"ts"}) == (
+        b'{"ts":"2026-12-01T10:00:00Z","t64":"2026-12-01T10:00:00Z"}\n'
+    )

@@ -27,7 +27,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 
 from chworkers.clickhouse.dedup import Queries
@@ -35,6 +35,8 @@ from chworkers.clickhouse.dedup import Queries
 __all__ = ["forget", "is_timestamp_type", "prepare", "rewrite", "timestamp_columns", "to_iso"]
 
 _TIMESTAMP = re.compile(r"^(?:Nullable\()?(?:LowCardinality\()?DateTime(?:64)?\b")
+#: Plain DateTime (its time zone or not), which reads a JSON number as whole seconds.
+_WHOLE_SECONDS = re.compile(r"^(?:Nullable\()?(?:LowCardinality\()?DateTime(?:\(|\)|$)")
 _EPOCH = _dt.datetime(1970, 1, 1)
 _UNITS = ((Decimal(10) ** 11, 0), (Decimal(10) ** 14, 3), (Decimal(10) ** 17, 6))
 
@@ -74,21 +76,31 @@ def to_iso(number: str) -> str | None:
     )
 
 
-def _number_pattern(columns: Sequence[str]) -> re.Pattern[bytes]:
-    names = b"|".join(re.escape(json.dumps(c).encode()) for c in columns)
-    return re.compile(rb"(?:" + names + rb")\s*:\s*-?[0-9]")
+def _number_pattern(columns: Sequence[str], seconds: Collection[str] = ()) -> re.Pattern[bytes]:
+    """A number in one of ``columns`` that needs reading by magnitude: any number, but in
+    the ``seconds`` columns (plain ``DateTime``) only one that is not whole seconds
+    (negative, 12 digits or more, a fraction or an exponent): ClickHouse reads whole
+    seconds there as they are meant."""
+    alternatives = []
+    for c in columns:
+        name = re.escape(json.dumps(c).encode())
+        tail = rb"(?:-|[0-9]{12}|[0-9]+[.eE])" if c in seconds else rb"-?[0-9]"
+        alternatives.append(name + rb"\s*:\s*" + tail)
+    return re.compile(b"|".join(alternatives))
 
 
-def rewrite(data: bytes, columns: Sequence[str]) -> bytes:
+def rewrite(data: bytes, columns: Sequence[str], seconds: Collection[str] = ()) -> bytes:
     """``data`` (JSONEachRow records) with the epoch numbers of ``columns`` as ISO strings.
 
     Only top-level fields change (a nested field of the same name is data, not a
     timestamp column); a line that is not a JSON object goes as it is, for ClickHouse to
-    reject with its own reason.
+    reject with its own reason. Whole seconds in the ``seconds`` columns (plain
+    ``DateTime``, which reads them right) do not make a line rewritten: a batch of
+    them goes as it is, found by one scan at C speed instead of 6 us per record.
     """
     if not columns:
         return data
-    pattern = _number_pattern(columns)
+    pattern = _number_pattern(columns, seconds)
     if pattern.search(data) is None:
         return data
     wanted = set(columns)
@@ -207,7 +219,8 @@ def _skip(text: str, i: int) -> int:
 #: ``ALTER TABLE`` while the daemon runs is seen within it).
 COLUMNS_TTL = 60.0
 
-_columns: dict[tuple[str, str, str], tuple[float, tuple[str, ...]]] = {}
+#: (looked up at, timestamp columns, those of them of plain DateTime) by table.
+_columns: dict[tuple[str, str, str], tuple[float, tuple[str, ...], frozenset[str]]] = {}
 _columns_lock = threading.Lock()
 
 
@@ -221,18 +234,23 @@ def prepare(
     is (a server whose own default is best_effort reads the numbers its own way)."""
     if fmt != "JSONEachRow" or not _best_effort(settings):
         return data
-    columns = timestamp_columns(conn, table)
-    return rewrite(data, columns) if columns else data
+    columns, seconds = _lookup(conn, table)
+    return rewrite(data, columns, seconds) if columns else data
 
 
 def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:
     """The names of ``table``'s DateTime/DateTime64 columns (none when it cannot tell)."""
+    return _lookup(conn, table)[0]
+
+
+def _lookup(conn: Queries, table: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """``table``'s timestamp columns, and those of them of plain ``DateTime``."""
     db, _, name = table.rpartition(".")
     key = (conn.endpoint, db or conn.config.database or "", name)
     with _columns_lock:
         cached = _columns.get(key)
     if cached is not None and time.monotonic() - cached[0] < COLUMNS_TTL:
-        return cached[1]
+        return cached[1], cached[2]
     db_expr = "{db:String}" if db else "currentDatabase()"
     try:
         rows = conn.client.query(
@@ -240,12 +258,13 @@ def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:
             parameters={"db": db, "t": name},
         ).result_rows
     except Exception:  # the insert itself reports what is wrong
-        return ()
+        return (), frozenset()
     found = tuple(str(n) for n, t in rows if is_timestamp_type(str(t)))
+    seconds = frozenset(str(n) for n, t in rows if _WHOLE_SECONDS.match(str(t)))
     if rows:
         with _columns_lock:
-            _columns[key] = (time.monotonic(), found)
-    return found
+            _columns[key] = (time.monotonic(), found, seconds)
+    return found, seconds
 
 
 def forget(conn: Queries, table: str) -> None:
