@@ -1,6 +1,7 @@
 """chworkers: reliable, fast ingestion into ClickHouse.
 
-The root is lazy (PEP 562): ``import chworkers`` loads nothing but this file, and each
+The root is lazy (PEP 562): ``import chworkers`` loads nothing but this file (and
+:mod:`chworkers.lazy`, which makes its ``__getattr__``), and each
 public name is imported from the module defining it on first use, so a process that only
 needs one layer (the daemon's command line, a worker's fork server) does not pay for all
 of them. ``_EXPORTS`` below is the one declaration of the public surface; ``__all__`` and
@@ -10,9 +11,10 @@ type checkers and IDEs (tests/test_api.py checks that the two agree).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import TYPE_CHECKING
+
+from chworkers.lazy import lazy_attributes as _lazy_attributes
 
 if TYPE_CHECKING:
     from chworkers._version import __version__ as __version__
@@ -284,19 +286,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
-def _getattr(name: str) -> object:
-    """Import a public name from its defining module on first use, then keep it here."""
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value: object = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_getattr, __dir__ = _lazy_attributes(__name__, _EXPORTS)
 
 
 if not TYPE_CHECKING:

@@ -10,8 +10,9 @@ load the endpoint's machinery into ``chworkers run`` (issue 11's start-up target
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from chworkers.lazy import lazy_attributes as _lazy_attributes
 
 if TYPE_CHECKING:
     from chworkers.embedded.process import EmbeddedClickHouse as EmbeddedClickHouse
@@ -25,18 +26,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
-def _getattr(name: str) -> object:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value: object = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_getattr, __dir__ = _lazy_attributes(__name__, _EXPORTS)
 
 
 if not TYPE_CHECKING:
