@@ -165,14 +165,17 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
 
 
 def manifests_by(server: NatsServer, label: str) -> int:
-    """The highest stream sequence of the batches ``label`` wrote manifests for (0:
-    none), and the consumer's acknowledgement floor is read against it."""
+    """The highest stream sequence of the batches ``label`` wrote manifests for and whose
+    messages are not all acknowledged yet (0: none); the consumer's acknowledgement floor
+    is read against it."""
 
     async def work(client: Any) -> int:
-        kv = await client.jetstream().key_value("chworkers")
-        entry = await kv.get(f"{STREAM}.chworkers")
+        js = client.jetstream()
+        floor = (await js.consumer_info(STREAM, "chworkers")).ack_floor.stream_seq
+        entry = await (await js.key_value("chworkers")).get(f"{STREAM}.chworkers")
         batches = json.loads(entry.value)["batches"].values()
-        return max((b["seqs"][-1][1] for b in batches if b["by"] == label), default=0)
+        ends = [b["seqs"][-1][1] for b in batches if b["by"] == label]
+        return max((end for end in ends if end > floor), default=0)
 
     return server.run(work)
 
