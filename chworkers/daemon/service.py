@@ -144,7 +144,10 @@ class Daemon:
             watchdog = Watchdog(notifier, self._healthy)
             watchdog.start()
             stack.callback(watchdog.stop)
-            if not self._wait_for_tables(TABLES_GRACE) and self._boot_error() is None:
+            # A signal cuts the wait short (then the tables are merely not ready yet):
+            # only a wait that ran out says ClickHouse is not reachable.
+            waited = self._wait_for_tables(TABLES_GRACE)
+            if not waited and self._boot_error() is None and self._signals.empty():
                 log.warning(
                     "ClickHouse is not reachable yet: taking data in and spooling it; tables "
                     "%s are created once it is (batches for them wait in the spool)",
