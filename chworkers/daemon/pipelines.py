@@ -20,6 +20,7 @@ listed by ``chworkers config --defaults`` from this one declaration.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -210,6 +211,15 @@ class PipelineSettings:
         return self.format in COLUMNAR_FORMATS
 
     def _check_columnar(self, where: str) -> None:
+        if self.format != "Native" and importlib.util.find_spec("pyarrow") is None:
+            # Else every file would be "unreadable" and dead-lettered.
+            raise ConfigError(
+                f"{where}: format = {self.format!r} needs pyarrow: "
+                "pip install 'chworkers[columnar]'",
+                key="format",
+                value=self.format,
+                expected="pyarrow installed (or format = 'Native')",
+            )
         if self.source != "file":
             raise ConfigError(
                 f"{where}: format = {self.format!r} is read from whole files: it needs "

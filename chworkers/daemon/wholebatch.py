@@ -3,8 +3,8 @@
 A line-format batch that ClickHouse rejects for its data is bisected down to the
 records at fault (:mod:`chworkers.clickhouse.inserts`); a Parquet or Arrow batch cannot
 be cut between rows without decoding it, so it is sent as one request, and when
-ClickHouse rejects its data (:func:`~chworkers.clickhouse.inserts.is_row_error`: a
-type it cannot convert, a truncated file) the batch goes whole to the dead letters
+ClickHouse rejects its data (:data:`DATA_ERROR_CODES`: a type it cannot convert, a
+page it cannot decompress) the batch goes whole to the dead letters
 (base64, with the error) and leaves the spool: the pipeline goes on with the next
 batch instead of retrying data that can never go in. Any other failure (ClickHouse
 down, a missing table) is the batch's failure as usual: kept and retried.
@@ -20,12 +20,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from chworkers.clickhouse.inserts import InsertResult, Rejected, is_row_error
+from chworkers.clickhouse.inserts import ROW_ERROR_CODES, InsertResult, Rejected
 from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.errors import ColumnarFileError, ServerError
 
-__all__ = ["file_letter", "insert_whole"]
+__all__ = ["DATA_ERROR_CODES", "file_letter", "insert_whole"]
+
+#: ClickHouse refusing a binary batch's data: the text formats' row errors, and a
+#: compressed page it cannot decompress (a corrupt Parquet row group sent whole).
+DATA_ERROR_CODES = ROW_ERROR_CODES | {271}  # CANNOT_DECOMPRESS
 
 
 def insert_whole(send: Callable[[], Future[Any]], batch: SpooledBatch) -> Future[InsertResult]:
@@ -42,7 +46,7 @@ def insert_whole(send: Callable[[], Future[Any]], batch: SpooledBatch) -> Future
             else:
                 rows = written if isinstance(written, int) else batch.rows
                 out.set_result(InsertResult(rows=rows, bytes=None, requests=1))
-        elif is_row_error(error) and isinstance(error, ServerError):
+        elif isinstance(error, ServerError) and error.code in DATA_ERROR_CODES:
             rejected = Rejected(record=batch.payload, error=error)
             out.set_result(InsertResult(rows=0, bytes=None, requests=1, rejected=(rejected,)))
         else:
