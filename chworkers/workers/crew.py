@@ -239,7 +239,10 @@ class Crew:
                         f"{task.description} was running when the supervisor stopped"
                     ),
                 )
-        level = logging.INFO if reason in ("recycled", "stopped") else logging.WARNING
+        # Exits asked for (recycling by count or memory, a rolling restart, a stop) are
+        # routine: the worker said why already; only the unplanned ones warn.
+        planned = ("recycled", "memory", "rolling", "stopped")
+        level = logging.INFO if reason in planned else logging.WARNING
         log.log(
             level,
             "%s (pid %s) exited with code %s: %s; %d task(s) handed back",
