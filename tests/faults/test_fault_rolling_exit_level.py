@@ -25,4 +25,6 @@ def test_the_exits_of_a_rolling_restart_are_not_warnings(
         assert sup.call(sum, [1, 2]).result(30) == 3
     exits = [r for r in caplog.records if "exited with code 0: rolling" in r.getMessage()]
     assert len(exits) == 2, [r.getMessage() for r in caplog.records]
-    assert all(r.levelno == logging.INFO for r in exits), [(r.levelname, r.getMessage()) for r in exits]
+    assert all(r.levelno == logging.INFO for r in exits), [
+        (r.levelname, r.getMessage()) for r in exits
+    ]
