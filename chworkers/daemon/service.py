@@ -1,6 +1,8 @@
 """``chworkers run``: sources -> batches -> spool -> workers -> ClickHouse, exactly once.
 
-The daemon wires the pieces together and owns the process's signals:
+The daemon wires the pieces together and owns the process's signals (its start-up is
+:mod:`chworkers.daemon.daemonstart`'s, its batch handlers :mod:`chworkers.daemon.batchflow`'s,
+the parts they share are declared in :mod:`chworkers.daemon.daemonparts`):
 
 * the intake (:mod:`chworkers.daemon.intake`: sources and the push endpoint) frames
   records and hands them to the :class:`~chworkers.daemon.batcher.Batcher`;
@@ -20,44 +22,25 @@ SIGUSR2 replaces the workers one at a time while ingest goes on (a rolling resta
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from chworkers.clickhouse.cluster import Cluster
-from chworkers.clickhouse.inserts import InsertResult
-from chworkers.daemon.batcher import Batcher
-from chworkers.daemon.brokers.common import BrokerSource
-from chworkers.daemon.brokers.wiring import broker_of, broker_source, skipped
-from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon.config import EMBEDDED, Config
-from chworkers.daemon.deadletter import DeadLetters
-from chworkers.daemon.dispatch import Dispatcher, shard_of
-from chworkers.daemon.embeddedchild import once_serving, start_embedded
-from chworkers.daemon.filechunks import COLUMNAR_FORMATS
+from chworkers.daemon.config import Config
+from chworkers.daemon.daemonstart import DaemonStart
 from chworkers.daemon.ingest import IngestServer
-from chworkers.daemon.intake import Intake
-from chworkers.daemon.partspressure import PartsPressure, parts_state, worst_of
-from chworkers.daemon.pipelines import table_limits
 from chworkers.daemon.shardstats import ShardStats
-from chworkers.daemon.shardtarget import columns_reader, create_table, shard_tables
-from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.daemon.statelock import state_lock
-from chworkers.daemon.tables import ShardTables, Tables
 from chworkers.daemon.totals import Totals
-from chworkers.daemon.wholebatch import file_letter, insert_whole
-from chworkers.errors import ChworkersError, WorkerBootError, WorkerLostError
+from chworkers.errors import ChworkersError, WorkerBootError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
 from chworkers.workers.options import SupervisorOptions
-from chworkers.workers.outcomes import is_permanent
-from chworkers.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from chworkers.daemon.splitter import Splitter
@@ -82,7 +65,7 @@ DISPATCH_STUCK_AFTER = 60.0
 TABLES_GRACE = 15.0
 
 
-class Daemon:
+class Daemon(DaemonStart):
     """One ``chworkers run``. Build it from a :class:`Config`, then call :meth:`run`."""
 
     def __init__(
@@ -199,63 +182,8 @@ class Daemon:
         (thread-safe)."""
         self._signals.put(signal.SIGUSR2)
 
-    # -- startup pieces ----------------------------------------------------------------
-
     def _state_lock(self) -> contextlib.AbstractContextManager[None]:
         return state_lock(self.state_dir)
-
-    def _start_clickhouse(self, stack: contextlib.ExitStack) -> str | None:
-        ch = self.config.settings.clickhouse
-        if self.cluster is not None:
-            self.clickhouse_url = str(self.cluster)
-            return None
-        if ch.url != EMBEDDED:
-            self.clickhouse_url = ch.connection().url
-            return None
-        self.embedded = start_embedded(ch, self.state_dir)
-        stack.callback(self.embedded.stop)
-        self.clickhouse_url = self.embedded.endpoint.url
-        for p in self.config.pipelines:
-            if p.async_insert:
-                log.warning(
-                    "pipeline %s: async_insert = true, but the embedded ClickHouse (chDB) has "
-                    "no asynchronous insert queue: its inserts are written synchronously, one "
-                    "part per batch",
-                    p.name,
-                )
-        return self.clickhouse_url
-
-    def _start_supervisor(self, stack: contextlib.ExitStack, url: str | None) -> None:
-        s = self.config.settings
-        self.supervisor = Supervisor(
-            s.clickhouse.connection(url),
-            shards=self.cluster,
-            pool_options=s.clickhouse.pool,
-            options=s.supervisor,
-            max_connections=s.clickhouse.pool.max_connections,
-            metrics_host=s.metrics.host,
-            metrics_port=s.metrics.port,
-            metrics_limits=s.metrics.limits,
-            handle_signals=False,  # the daemon owns signals: it stops intake first
-            table_limits=table_limits(self.config.pipelines),
-        )
-        # The workers boot (the fork server's imports, their pools) while this thread
-        # opens the spool and the sources: accepting data needs no worker, and batches
-        # wait in the spool and the queue until one is ready. /readyz follows the daemon.
-        self.supervisor.ready_when(self._readiness)
-        self.supervisor.start(wait=False)
-        stack.callback(self._stop_supervisor)
-        self.metrics = self.supervisor.metrics
-        self.metrics_url = self.supervisor.metrics_url
-        if self.embedded is not None:
-            self.embedded.attach_metrics(self.metrics)
-
-    def _readiness(self) -> str | None:
-        """What ``/readyz`` says besides the supervisor's health: ready from READY=1
-        (the intake open) until the stop begins (the intake closing)."""
-        if self._stopping.is_set():
-            return "stopping: the intake is closed"
-        return None if self._ready.is_set() else "starting"
 
     def _boot_error(self) -> WorkerBootError | None:
         """The supervisor's reason for giving up when its workers cannot start (they
@@ -273,123 +201,6 @@ class Daemon:
         log.error("%s; stopping: what was accepted stays in the spool", error)
         notifier.stopping("stopping: worker processes cannot start")
         self._shutdown(drain=False)  # raises the error
-
-    def _stop_supervisor(self) -> None:
-        self.supervisor.stop(graceful=True, timeout=5)
-
-    def _start_pipeline_machinery(self, stack: contextlib.ExitStack) -> None:
-        s = self.config.settings
-        self.spool = Spool(self.state_dir / "spool", s.spool, metrics=self.metrics)
-        stack.callback(self.spool.close)
-        self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
-        self.checkpoints = Checkpoints(self.state_dir / "positions")
-        self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
-        self.parts = PartsPressure(s.parts, metrics=self.metrics)
-        self.dispatcher = Dispatcher(
-            self.spool,
-            self._submit,
-            s.spool,
-            workers=s.supervisor.worker_bounds[1],  # the most it may autoscale to
-            shards=1 if self.cluster is None else len(self.cluster),
-            on_done=self._confirmed,
-            on_failure=self._failed,
-            is_permanent=self._is_permanent,
-            throttle=self.parts,
-        )
-        self.batcher = Batcher(
-            self.spool, self._spooled, metrics=self.metrics, adjust=self.parts.limits
-        )
-        for p in self.config.pipelines:  # series exist at 0 before the first event
-            self.metrics.source_rows.labels(source=p.name)
-            self.metrics.source_errors.labels(source=p.name)
-            self.metrics.dead_letter_rows.labels(table=p.table)
-            self.parts.watch(p.table)
-
-    def _start_tables(self, stack: contextlib.ExitStack) -> None:
-        statements = {
-            p.table: statement
-            for p in self.config.pipelines
-            if (statement := p.create_statement()) is not None
-        }
-        self.tables: Tables | ShardTables
-        if self.cluster is None:
-            self.tables = Tables(
-                statements,
-                lambda statement: self.supervisor.submit(create_table, statement),
-                self.dispatcher.add,
-            )
-        else:
-            self.tables = shard_tables(
-                statements, self.supervisor, len(self.cluster), self.dispatcher.add
-            )
-        once_serving(self.embedded, self.tables.start)
-        stack.callback(self.tables.stop)
-        if self.cluster is not None:
-            # Here, not at the top: splitting by key brings numpy, which a daemon
-            # without shards does not load (its start-up, docs/daemon.md).
-            from chworkers.daemon.splitter import Splitter
-
-            self.splitter = Splitter(
-                self.config.pipelines,
-                self.cluster,
-                self.spool,
-                self.tables.offer,
-                columns_reader(self.supervisor, len(self.cluster)),
-                dead_letters=self.dead_letters,
-            )
-            self.splitter.start()
-            stack.callback(self.splitter.stop)
-            self.shard_stats = ShardStats(
-                self.cluster,
-                self.dispatcher.shard_backlog,
-                scheme="https" if self.cluster.secure else "http",
-                metrics=self.metrics,
-            )
-            self.shard_stats.start()
-            stack.callback(self.shard_stats.stop)
-            self.supervisor.add_refresh(self._publish_shards)
-
-    def _replay(self) -> None:
-        batches = self.spool.recover()
-        self.checkpoints.recover(batches)
-        for batch in batches:
-            self._offer(batch)
-        once_serving(self.embedded, self.dispatcher.start)
-        if batches:
-            log.info("replaying %d spooled batches from the last run", len(batches))
-
-    def _start_intake(self, stack: contextlib.ExitStack) -> None:
-        self.intake = Intake(
-            self.config.pipelines,
-            self.batcher,
-            self.checkpoints,
-            make_broker=lambda p, common: broker_source(
-                p,
-                common,
-                state_dir=self.state_dir,
-                dead_letters=self.dead_letters,
-                metrics=self.metrics,
-            ),
-            http=self.config.settings.http,
-            metrics=self.metrics,
-            stdin=self.stdin,
-            on_rows=self._read,
-            bad_file=file_letter(self.dead_letters),
-        )
-        # Unwound after the dispatcher stopped: no broker batch completes any more.
-        stack.callback(self.intake.close)
-        for source in self.intake.sources:
-            self.supervisor.health_checks.add(f"source {source.name}", source)  # its problems()
-        self.supervisor.add_refresh(self.intake.refresh)
-        self.intake.start()
-        if self.intake.ingest is not None:
-            self.ingest = self.intake.ingest
-            self.ingest_url = self.ingest.url
-            stack.callback(self.ingest.stop)
-
-    def _read(self, rows: int) -> None:
-        with self._lock:
-            self.totals.rows_read += rows
 
     def _install_signals(self, stack: contextlib.ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -557,124 +368,6 @@ class Daemon:
         self.supervisor.sync_log_levels()
         log.info("SIGHUP: log level now %s", level)
 
-    # -- batches -----------------------------------------------------------------------
-
-    def _spooled(self, batch: SpooledBatch) -> None:
-        try:
-            self.checkpoints.commit_batch(batch)
-        except OSError as exc:
-            # The position also rides in the spooled batch (recovered at start); the
-            # batch must be inserted all the same.
-            log.error("could not save the position of batch %d: %s", batch.seq, exc)
-        self._offer(batch)
-
-    def _offer(self, batch: SpooledBatch) -> None:
-        """A spooled batch on its way: split by shard first (a keyed pipeline of a
-        sharded cluster), then to its table (created yet?), then to the dispatcher."""
-        if self.splitter is not None:
-            self.splitter.offer(batch)
-        else:
-            self.tables.offer(batch)
-
-    def _submit(self, batch: SpooledBatch) -> Future[Any]:
-        # The supervisor's one insert task: counted as kind "insert" (rows and bytes as
-        # ClickHouse wrote them, insert_duration per request), rejected rows bisected
-        # out in the worker and returned with the result.
-        broker = broker_of(self._broker_sources(), batch)
-        if broker is not None and not broker.still_open(batch):
-            log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
-            return skipped(batch)
-        if batch.format in COLUMNAR_FORMATS:  # one request; rejected: dead-lettered whole
-            return insert_whole(
-                lambda: self.supervisor.insert_raw(
-                    batch.table,
-                    batch.payload,
-                    batch.format,
-                    rows=batch.rows,
-                    settings=batch.settings,
-                    deduplication_token=batch.token,
-                    shard=None if self.cluster is None else shard_of(batch),
-                ),
-                batch,
-            )
-        return self.supervisor.insert_raw(
-            batch.table,
-            batch.payload,
-            batch.format,
-            rows=batch.rows,
-            settings=batch.settings,
-            deduplication_token=batch.token,
-            split_bad_rows=True,
-            evolve_schema=self._evolve.get(batch.pipeline),
-            shard=None if self.cluster is None else shard_of(batch),
-        )
-
-    def _broker_sources(self) -> dict[str, BrokerSource] | None:
-        intake: Intake | None = getattr(self, "intake", None)  # made after the replay
-        return None if intake is None else intake.brokers
-
-    def _confirmed(self, batch: SpooledBatch, result: InsertResult) -> None:
-        if result.rejected:
-            self.dead_letters.write(
-                batch.table,
-                result.rejected,
-                pipeline=batch.pipeline,
-                batch=batch.token,
-                binary=batch.format in COLUMNAR_FORMATS,
-            )
-        broker = broker_of(self._broker_sources(), batch)
-        if broker is not None:
-            broker.complete(batch)  # acknowledged once inserted; failing: tried again
-        with self._lock:
-            self.totals.rows_inserted += result.rows or 0
-            self.totals.batches += 1
-            self.totals.dead_letters += len(result.rejected)
-        self._stall.progressed()
-        if self.shard_stats is not None:
-            self.shard_stats.confirmed(shard_of(batch), result.rows or 0)
-
-    def _is_permanent(self, error: BaseException) -> bool:
-        """Whether a batch's failure is one only a fix (or SIGHUP) can end: the retry
-        policy's verdict. A worker lost under the batch is not: the daemon's workers only
-        send bytes, so it was killed (by OOM, by an operator), not by the batch."""
-        if isinstance(error, WorkerLostError):
-            return False
-        return is_permanent(error, self.supervisor.retry)
-
-    def _failed(self, batch: SpooledBatch, error: BaseException) -> None:
-        self.parts.failed(batch.table, error)  # TOO_MANY_PARTS: slow the table down
-        self._stall.failed(error)
-        if self.shard_stats is not None:
-            self.shard_stats.failed(shard_of(batch), error)
-        with self._lock:
-            self.totals.failures += 1
-
-    def _check_parts(self) -> None:
-        """Read the parts of the tables due for it, in a worker (never on this loop); on
-        a sharded cluster on every shard, the most crowded one counting."""
-        for table in self.parts.due():
-            try:
-                if self.cluster is None:
-                    future = self.supervisor.submit(parts_state, table)
-                else:
-                    future = worst_of(
-                        [
-                            self.supervisor.submit_to(shard, parts_state, table)
-                            for shard in range(len(self.cluster))
-                        ]
-                    )
-            except ChworkersError as exc:
-                log.debug("cannot check the parts of %s now: %s", table, exc)
-                self.parts.checked(table, None)
-                continue
-            future.add_done_callback(functools.partial(self._parts_checked, table))
-
-    def _parts_checked(self, table: str, future: Future[Any]) -> None:
-        error = future.exception()
-        if error is not None:
-            log.debug("checking the parts of %s failed: %s", table, error)
-        self.parts.checked(table, None if error is not None else future.result())
-
     # -- health and status --------------------------------------------------------------
 
     def _watch_health(self) -> None:
@@ -707,11 +400,6 @@ class Daemon:
         """Batches not confirmed yet: with the dispatcher, or waiting for their table."""
         waiting = 0 if self.splitter is None else self.splitter.waiting()
         return self.dispatcher.backlog() + self.tables.held() + waiting
-
-    def _publish_shards(self) -> None:
-        if self.shard_stats is not None and self.splitter is not None:
-            self.shard_stats.publish()
-            self.metrics.shard_split_waiting.set(self.splitter.waiting())
 
     def health(self) -> Report:
         """The daemon's health now (what ``/healthz`` serves)."""

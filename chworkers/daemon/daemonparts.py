@@ -1,0 +1,74 @@
+"""What a running daemon is made of: its parts, declared once with their types.
+
+:class:`~chworkers.daemon.service.Daemon` builds these (its start-up,
+:class:`~chworkers.daemon.daemonstart.DaemonStart`) and its batch handlers
+(:class:`~chworkers.daemon.batchflow.BatchFlow`) use them; this class only says what
+each is, so that the three modules the daemon is cut into agree on it. The parts made
+at start (from ``supervisor`` on) do not exist before it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from chworkers.clickhouse.cluster import Cluster
+    from chworkers.clickhouse.schema import Evolve
+    from chworkers.daemon.batcher import Batcher
+    from chworkers.daemon.checkpoints import Checkpoints
+    from chworkers.daemon.config import Config
+    from chworkers.daemon.deadletter import DeadLetters
+    from chworkers.daemon.dispatch import Dispatcher
+    from chworkers.daemon.ingest import IngestServer
+    from chworkers.daemon.intake import Intake
+    from chworkers.daemon.partspressure import PartsPressure
+    from chworkers.daemon.shardstats import ShardStats
+    from chworkers.daemon.splitter import Splitter
+    from chworkers.daemon.spool import Spool
+    from chworkers.daemon.tables import ShardTables, Tables
+    from chworkers.daemon.totals import Totals
+    from chworkers.embedded.keeper import Keeper
+    from chworkers.ops.health import Stall
+    from chworkers.ops.metrics import Metrics
+    from chworkers.workers.supervisor import Supervisor
+
+__all__ = ["DaemonParts"]
+
+
+class DaemonParts:
+    """The daemon's parts (see the module's docstring)."""
+
+    # Made with the daemon.
+    config: Config
+    stdin: BinaryIO | None
+    totals: Totals
+    state_dir: Path
+    #: The sharded cluster ClickHouse is (None: one ClickHouse, maybe with replicas).
+    cluster: Cluster | None
+    clickhouse_url: str | None
+    metrics_url: str | None
+    ingest_url: str | None
+    embedded: Keeper | None
+    splitter: Splitter | None
+    shard_stats: ShardStats | None
+    ingest: IngestServer | None
+    _ready: threading.Event
+    _stopping: threading.Event
+    _lock: threading.Lock
+    _stall: Stall
+    #: Pipelines with schema = "evolve", by name: their batches add missing columns.
+    _evolve: dict[str, Evolve]
+
+    # Made at start, in this order.
+    supervisor: Supervisor
+    metrics: Metrics
+    spool: Spool
+    checkpoints: Checkpoints
+    dead_letters: DeadLetters
+    parts: PartsPressure
+    dispatcher: Dispatcher
+    batcher: Batcher
+    tables: Tables | ShardTables
+    intake: Intake
