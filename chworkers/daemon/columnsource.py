@@ -99,7 +99,7 @@ class ColumnarFileSource(_Source):
                 if state is None:
                     waiting = True
                     continue
-                self._read_file(path, stop)
+                self._read_file(path, state, stop)
             if not self.follow and not waiting:
                 return
             stop.wait(self.poll_interval)
@@ -132,11 +132,14 @@ class ColumnarFileSource(_Source):
         # and a run over files that are not followed must come to an end.
         return st if now - seen.since >= self.settle else None
 
-    def _read_file(self, path: str, stop: threading.Event) -> None:
+    def _read_file(self, path: str, st: os.stat_result, stop: threading.Event) -> None:
         try:
             fh = open(path, "rb")  # noqa: SIM115 (closed below; the fd fingerprints it)
         except OSError as exc:
-            self._error(f"cannot open {path}: {exc.strerror}")
+            # Not read in this run (nothing saved: the next start tries it again, or a
+            # change of its size), not at every poll.
+            self._error(f"cannot open {path}: {exc.strerror}; skipped until the next start")
+            self._done[path] = (st.st_dev, st.st_ino, st.st_size)
             return
         with fh:
             st = os.fstat(fh.fileno())

@@ -4,6 +4,7 @@ never ended. Now it is a file like any other: unreadable, dead-lettered, done.""
 
 from __future__ import annotations
 
+import builtins
 import threading
 from pathlib import Path
 
@@ -34,3 +35,42 @@ def test_an_empty_file_is_dead_lettered_and_the_run_ends(tmp_path: Path) -> None
     assert not thread.is_alive(), "the source waited for an empty file for good"
     assert [(e.path, e.rows) for e in bad] == [(str(tmp_path / "empty.parquet"), "all")]
     assert source.files == 1
+
+
+def test_a_file_that_cannot_be_opened_is_not_retried_at_every_poll(tmp_path: Path) -> None:
+    """A followed pipeline tried a file it may not open again at every poll (an error
+    logged and counted 4 times a second, for good); it is now skipped until the next
+    start (nothing saved), or until it changes."""
+    path = tmp_path / "locked.parquet"
+    path.write_bytes(b"PAR1")
+    errors: list[str] = []
+    source = ColumnarFileSource(
+        [str(tmp_path / "*.parquet")],
+        checkpoints=Checkpoints(tmp_path / "positions"),
+        settle=0,
+        poll_interval=0.01,
+        follow=True,
+        name="p",
+        table="ev",
+        format="Parquet",
+        batcher=None,  # type: ignore[arg-type]  # a file never opened reaches no batcher
+        on_error=lambda name, message: errors.append(message),
+    )
+    stop = threading.Event()
+    real_open = open
+
+    def refuse(file: object, *args: object, **kwargs: object) -> object:
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    builtins.open = refuse  # type: ignore[assignment]  # as root, chmod would not refuse
+    try:
+        thread = threading.Thread(target=source.run, args=(stop,), daemon=True)
+        thread.start()
+        thread.join(0.5)  # some 50 polls
+    finally:
+        stop.set()
+        thread.join(10)
+        builtins.open = real_open
+    assert len(errors) == 1 and "Permission denied" in errors[0], errors[:3]
