@@ -393,3 +393,39 @@ def reference_markdown() -> str:
             env_for=lambda key: "CHWORKERS_PIPELINE_<NAME>_" + key.upper().replace(".", "_"),
         )
     )
+
+
+#: What SIGHUP applies to a running daemon (Daemon._reload): the supervisor's reloadable
+#: settings, the connection budget, the retry policy and the log level.
+_RELOADED_PREFIXES = ("clickhouse.pool.max_connections", "clickhouse.pool.retry", "log.level")
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The keys that differ between ``old`` and ``new`` but take effect only when the
+    daemon starts (everything SIGHUP does not apply), e.g. ``["clickhouse.shard_weights",
+    "pipelines.events"]``."""
+    reloaded = {f"supervisor.{name}" for name in SupervisorOptions.reloadable()}
+    changed = [
+        key
+        for key in _differences(old.settings, new.settings, "")
+        if key not in reloaded
+        and not any(key == p or key.startswith(p + ".") for p in _RELOADED_PREFIXES)
+    ]
+    before = {p.name: p for p in old.pipelines}
+    after = {p.name: p for p in new.pipelines}
+    for name in sorted(before.keys() | after.keys()):
+        if before.get(name) != after.get(name):
+            changed.append(f"pipelines.{name}")
+    return changed
+
+
+def _differences(a: Any, b: Any, prefix: str) -> list[str]:
+    if a == b:
+        return []
+    if not (dataclasses.is_dataclass(a) and type(a) is type(b)):
+        return [prefix]
+    keys: list[str] = []
+    for f in dataclasses.fields(a):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        keys += _differences(getattr(a, f.name), getattr(b, f.name), key)
+    return keys

@@ -89,6 +89,7 @@ class Daemon(DaemonStart):
         self.splitter: Splitter | None = None
         self.shard_stats: ShardStats | None = None
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._started_config = config  # what SIGHUP cannot change is compared with it
         self.ingest: IngestServer | None = None
         self._report = Report(Level.OK)
         self._stall = Stall(config.settings.health.stall, self._backlog)
@@ -347,6 +348,14 @@ class Daemon(DaemonStart):
             source=self.config.source,
             overrides=self.config.overrides,
         )
+        fixed = config_module.restart_only_changes(self._started_config, new)
+        if fixed:
+            log.warning(
+                "SIGHUP: %s changed in %s but take effect only on restart; running on "
+                "with the values it started with",
+                ", ".join(fixed),
+                new.source,
+            )
         log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
 
     def _restart_workers(self) -> None:
