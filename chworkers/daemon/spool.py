@@ -8,6 +8,10 @@ sends byte-identical data with the same token and ClickHouse drops what it alrea
 
 A file that is truncated, has a bad CRC or an unreadable header is moved to
 ``quarantine/`` with a log line and a metric, and the daemon goes on.
+
+Here: writing, replacing and removing batches. What the spool finds at start is
+:mod:`chworkers.daemon.spoolrecovery`'s; its room, trouble and gauges are
+:mod:`chworkers.daemon.spoolroom`'s.
 """
 
 from __future__ import annotations
@@ -15,13 +19,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from chworkers.clickhouse.dedup import batch_token
 from chworkers.daemon.batchfile import (
@@ -35,16 +37,15 @@ from chworkers.daemon.batchfile import (
 )
 from chworkers.daemon.memorytier import MemoryTier
 from chworkers.daemon.options import SpoolSettings
-from chworkers.errors import SpoolCorruptError, SpoolFullError, SpoolWriteError
+from chworkers.daemon.spoolrecovery import SpoolRecovery
+from chworkers.daemon.spoolroom import TROUBLE_FORGOTTEN_AFTER as TROUBLE_FORGOTTEN_AFTER
+from chworkers.daemon.spoolroom import Policy
+from chworkers.errors import SpoolCorruptError, SpoolWriteError
 from chworkers.ops.metrics import Metrics
 
 __all__ = ["PartSpec", "Policy", "Reservation", "Spool", "SpooledBatch", "read_batch"]
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^(\d{20})\.batch$")
-
-Policy = Literal["block", "reject", "drop_oldest"]
 
 #: Batch numbers are reserved (and the reservation persisted) this many at a time.
 SEQ_BLOCK = 1024
@@ -53,9 +54,6 @@ SEQ_BLOCK = 1024
 _GIVE_UP_POLL = 0.2
 #: Writers waiting on a full spool are logged at most this often (seconds).
 _LOG_EVERY = 30.0
-#: A write failure is reported by problems() until a write succeeds, or until nobody has
-#: run into it for this long (seconds).
-TROUBLE_FORGOTTEN_AFTER = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +77,7 @@ class PartSpec:
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class Spool:
+class Spool(SpoolRecovery):
     """A directory of batch files with a size cap and a full-spool policy.
 
     ``settings`` are the daemon's ``[spool]`` (its cap, policy and fsync; the defaults
@@ -127,80 +125,6 @@ class Spool:
         self._seq_file = self.directory / "seq"
         self._seq_ceiling = self._load_seq_ceiling()
         self._next_seq = self._seq_ceiling
-
-    # -- startup -------------------------------------------------------------------
-
-    def _load_seq_ceiling(self) -> int:
-        try:
-            return max(1, int(self._seq_file.read_text().strip()))
-        except FileNotFoundError:
-            return 1
-        except ValueError as exc:
-            raise SpoolCorruptError(
-                f"{self._seq_file} is unreadable ({exc}); it must hold the next batch number. "
-                "Set it above the highest number ever used, or move the spool aside",
-                path=str(self._seq_file),
-            ) from exc
-
-    def _load_id(self) -> str:
-        path = self.directory / "spool-id"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            spool_id = uuid.uuid4().hex[:16]
-            write_durably(path, spool_id.encode(), fsync=self.fsync)
-            return spool_id
-
-    def recover(self) -> list[SpooledBatch]:
-        """Scan the directory, quarantine bad files, and return the batches to replay.
-
-        Temporary files are leftovers of writes that never completed (and so were never
-        acknowledged): they are deleted.
-        """
-        batches: list[SpooledBatch] = []
-        for entry in sorted(self.directory.iterdir()):
-            if entry.name.startswith(".tmp-"):
-                entry.unlink(missing_ok=True)
-                continue
-            m = _NAME.match(entry.name)
-            if m is None:
-                continue
-            try:
-                batch = read_batch(entry)
-            except SpoolCorruptError as exc:
-                self._quarantine(entry, str(exc))
-                continue
-            batches.append(batch)
-        present = {batch.seq for batch in batches}
-        uncommitted = [b for b in batches if b.meta.get("group") in present]
-        for batch in uncommitted:  # a split cut short: its whole is split again
-            assert batch.path is not None
-            batch.path.unlink(missing_ok=True)
-        if uncommitted:
-            log.info(
-                "spool %s: removed %d parts of batches whose split was cut short (they are "
-                "split again)",
-                self.directory,
-                len(uncommitted),
-            )
-            batches = [b for b in batches if b.meta.get("group") not in present]
-        with self._lock:
-            for batch in batches:
-                self._sizes[batch.seq] = file_size(batch)
-                self._created[batch.seq] = batch.created
-                self._next_seq = max(self._next_seq, batch.seq + 1)
-        self.publish()
-        if batches:
-            log.info("spool %s: %d batches to replay", self.directory, len(batches))
-        return batches
-
-    def _quarantine(self, path: Path, reason: str) -> None:
-        self.quarantine_dir.mkdir(exist_ok=True)
-        target = self.quarantine_dir / f"{path.name}.{int(time.time())}"
-        os.replace(path, target)
-        log.error("spool: quarantined %s: %s (moved to %s)", path.name, reason, target)
-        if self._metrics is not None:
-            self._metrics.spool_quarantined.inc()
 
     # -- writing -------------------------------------------------------------------
 
@@ -483,49 +407,6 @@ class Spool:
         with self._lock:
             return self._space.wait(timeout)
 
-    def _used(self) -> int:
-        return sum(self._sizes.values()) + self._reserved
-
-    def _must_wait(self, size: int, memory: bool) -> bool:
-        if memory:
-            return self.memory.over(size)
-        return self._used() + size > self.max_bytes and bool(self._sizes)
-
-    def _fullness(self, memory: bool) -> str:
-        if memory:
-            return (
-                f"spool {self.directory}: the memory for broker batches is full "
-                f"({self.memory.used()} of {self.memory.max_bytes} bytes)"
-            )
-        return f"spool {self.directory} is full ({self._used()} of {self.max_bytes} bytes)"
-
-    def _refused(self, size: int, memory: bool = False) -> SpoolFullError:
-        """The error for a batch that does not fit, noted as the spool's trouble
-        (called under the lock)."""
-        message = f"{self._fullness(memory)}: a batch of {size} bytes does not fit" + (
-            "" if memory else f" (policy {self.policy})"
-        )
-        self._note_trouble("full", message)
-        if memory:
-            return SpoolFullError(message, used=self.memory.used(), max_bytes=self.memory.max_bytes)
-        return SpoolFullError(message, used=self._used(), max_bytes=self.max_bytes)
-
-    def _clear_trouble(self) -> None:
-        self._trouble = None
-        self._trouble_reason = ""
-        self._trouble_since = None
-        self._trouble_count = 0
-
-    def _note_trouble(self, reason: str, message: str) -> None:
-        self._trouble = message
-        self._trouble_reason = reason
-        self._trouble_last = time.time()
-        self._trouble_count += 1
-        if self._trouble_since is None:
-            self._trouble_since = time.time()
-        if self._metrics is not None:
-            self._metrics.spool_write_failures.labels(reason=reason).inc()
-
     # -- confirming ----------------------------------------------------------------
 
     def remove(self, batch: SpooledBatch) -> None:
@@ -547,64 +428,6 @@ class Spool:
         with self._lock:
             self._closed = True
             self._space.notify_all()
-
-    # -- observing -----------------------------------------------------------------
-
-    def stats(self) -> dict[str, float]:
-        """Batches and bytes waiting, on disk and in memory (``memory_*``: those in
-        memory only), the age of the oldest, and the caps."""
-        with self._lock:
-            oldest = min(self._created.values(), default=None)
-            kept = self.memory.oldest()
-            if kept is not None:
-                oldest = kept if oldest is None else min(oldest, kept)
-            memory_batches, memory_bytes = self.memory.batches(), self.memory.bytes()
-            return {
-                "batches": len(self._sizes) + memory_batches,
-                "bytes": sum(self._sizes.values()) + memory_bytes,
-                "oldest_age_seconds": 0.0 if oldest is None else max(0.0, time.time() - oldest),
-                "max_bytes": self.max_bytes,
-                "memory_batches": memory_batches,
-                "memory_bytes": memory_bytes,
-                "memory_max_bytes": self.memory.max_bytes,
-            }
-
-    def problems(self) -> list[str]:
-        """Why the spool is not taking batches right now (empty when it is fine)."""
-        with self._lock:
-            now = time.time()
-            found: list[str] = []
-            since = self._waiting_since or now
-            for memory, waiters in (
-                (False, self._waiters - self._memory_waiters),
-                (True, self._memory_waiters),
-            ):
-                if waiters:
-                    found.append(
-                        f"{self._fullness(memory)}: {waiters} writers waiting for "
-                        f"{now - since:.0f} s"
-                    )
-            # A failure nobody has run into again for a while (no writer tried since) is
-            # history, not the spool's state.
-            recent = now - self._trouble_last < TROUBLE_FORGOTTEN_AFTER
-            if self._trouble is not None and self._trouble_since is not None and recent:
-                what = "refusing batches" if self._trouble_reason == "full" else "writes failing"
-                found.append(
-                    f"spool {what} for {now - self._trouble_since:.0f} s "
-                    f"({self._trouble_count} times): {self._trouble}"
-                )
-            return found
-
-    def publish(self) -> None:
-        """Set the spool gauges (size, batches, age of the oldest) to what they are now."""
-        if self._metrics is None:
-            return
-        s = self.stats()
-        self._metrics.spool_batches.set(s["batches"])
-        self._metrics.spool_bytes.set(s["bytes"])
-        self._metrics.spool_memory_bytes.set(s["memory_bytes"])
-        self._metrics.spool_oldest_age.set(s["oldest_age_seconds"])
-        self._metrics.spool_max_bytes.set(self.max_bytes)
 
     def __repr__(self) -> str:
         s = self.stats()

@@ -1,0 +1,108 @@
+"""The spool at start: its identity, its batch numbers, the batches left to replay.
+
+:class:`SpoolRecovery` is the part of :class:`~chworkers.daemon.spool.Spool` that reads
+what a previous run left: the spool's id (part of every batch's deduplication token),
+the persisted ceiling of batch numbers (never repeated, or ClickHouse would drop new
+data as a duplicate), and the batch files, bad ones moved to ``quarantine/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+from chworkers.daemon.batchfile import SpooledBatch, file_size, read_batch, write_durably
+from chworkers.daemon.spoolroom import SpoolRoom
+from chworkers.errors import SpoolCorruptError
+
+__all__ = ["SpoolRecovery"]
+
+#: The spool's logger, as before it was cut into modules (log filters keep working).
+log = logging.getLogger("chworkers.daemon.spool")
+
+_NAME = re.compile(r"^(\d{20})\.batch$")
+
+
+class SpoolRecovery(SpoolRoom):
+    """The spool's start (see the module's docstring)."""
+
+    quarantine_dir: Path
+    fsync: bool
+    _seq_file: Path
+    _next_seq: int
+
+    def _load_seq_ceiling(self) -> int:
+        try:
+            return max(1, int(self._seq_file.read_text().strip()))
+        except FileNotFoundError:
+            return 1
+        except ValueError as exc:
+            raise SpoolCorruptError(
+                f"{self._seq_file} is unreadable ({exc}); it must hold the next batch number. "
+                "Set it above the highest number ever used, or move the spool aside",
+                path=str(self._seq_file),
+            ) from exc
+
+    def _load_id(self) -> str:
+        path = self.directory / "spool-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            spool_id = uuid.uuid4().hex[:16]
+            write_durably(path, spool_id.encode(), fsync=self.fsync)
+            return spool_id
+
+    def recover(self) -> list[SpooledBatch]:
+        """Scan the directory, quarantine bad files, and return the batches to replay.
+
+        Temporary files are leftovers of writes that never completed (and so were never
+        acknowledged): they are deleted.
+        """
+        batches: list[SpooledBatch] = []
+        for entry in sorted(self.directory.iterdir()):
+            if entry.name.startswith(".tmp-"):
+                entry.unlink(missing_ok=True)
+                continue
+            m = _NAME.match(entry.name)
+            if m is None:
+                continue
+            try:
+                batch = read_batch(entry)
+            except SpoolCorruptError as exc:
+                self._quarantine(entry, str(exc))
+                continue
+            batches.append(batch)
+        present = {batch.seq for batch in batches}
+        uncommitted = [b for b in batches if b.meta.get("group") in present]
+        for batch in uncommitted:  # a split cut short: its whole is split again
+            assert batch.path is not None
+            batch.path.unlink(missing_ok=True)
+        if uncommitted:
+            log.info(
+                "spool %s: removed %d parts of batches whose split was cut short (they are "
+                "split again)",
+                self.directory,
+                len(uncommitted),
+            )
+            batches = [b for b in batches if b.meta.get("group") not in present]
+        with self._lock:
+            for batch in batches:
+                self._sizes[batch.seq] = file_size(batch)
+                self._created[batch.seq] = batch.created
+                self._next_seq = max(self._next_seq, batch.seq + 1)
+        self.publish()
+        if batches:
+            log.info("spool %s: %d batches to replay", self.directory, len(batches))
+        return batches
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / f"{path.name}.{int(time.time())}"
+        os.replace(path, target)
+        log.error("spool: quarantined %s: %s (moved to %s)", path.name, reason, target)
+        if self._metrics is not None:
+            self._metrics.spool_quarantined.inc()
