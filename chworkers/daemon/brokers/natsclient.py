@@ -261,7 +261,8 @@ def describe(options: NatsSourceSettings, where: str) -> str:
     async def look() -> str:
         import nats.js.errors
 
-        client = await connect(options, where, name="chworkers check")
+        server = f"{where}: nats {display_url(options.url)}"  # which server did not answer
+        client = await connect(options, server, name="chworkers check")
         try:
             js = client.jetstream()
             try:
