@@ -5,7 +5,8 @@ newline) for a table. The batcher groups them per (pipeline, table, format, sett
 and cuts a batch when it reaches ``max_rows`` or ``max_bytes``, or when its first record
 is ``max_delay`` old. A batch never exceeds ``max_rows`` or ``max_bytes`` unless a
 single add does (a pushed request is one add): records that would take the open batch
-past a limit start the next one, and sources add at most a batch's worth at a time. A cut batch is written to the spool first, and only then are the
+past a limit start the next one, and sources add at most a batch's worth at a time. A
+cut batch is written to the spool first, and only then are the
 producers' :class:`Ticket` s resolved and the batch handed on for inserting: an HTTP
 client is answered, or a file position saved, only once its data is on disk.
 
@@ -26,85 +27,37 @@ add's records depends on how it was added:
 
 :meth:`Batcher.close` is bounded: past its timeout, cuts still waiting for the spool
 give up, their tickets fail, and nothing more is written.
+
+Here: adding records, cutting, the timer, closing. A buffer and the limits are
+:mod:`chworkers.daemon.batchbuffer`'s; a cut batch's way into the spool is
+:mod:`chworkers.daemon.batchspooling`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chworkers.daemon.batchfile import SpooledBatch, batch_overhead
+from chworkers.daemon.batchbuffer import BatchLimits, Buffer, BufferKey, overflows
+from chworkers.daemon.batchfile import SpooledBatch
+from chworkers.daemon.batchspooling import RETRY_INITIAL as RETRY_INITIAL
+from chworkers.daemon.batchspooling import RETRY_MAX as RETRY_MAX
+from chworkers.daemon.batchspooling import BatchSpooling
 from chworkers.daemon.spool import Spool
 from chworkers.daemon.stalls import Stalls
 from chworkers.daemon.ticket import Ticket, TicketState
-from chworkers.errors import BatcherClosedError, SpoolError, SpoolTimeoutError
+from chworkers.errors import BatcherClosedError, SpoolTimeoutError
 from chworkers.ops.metrics import Metrics
-from chworkers.settings import setting, validate
 
 __all__ = ["BatchLimits", "Batcher", "Ticket"]
 
 log = logging.getLogger(__name__)
 
-#: Backoff between attempts to spool a batch the spool refused (seconds).
-RETRY_INITIAL = 0.1
-RETRY_MAX = 2.0
 
-
-@dataclasses.dataclass(frozen=True)
-class BatchLimits:
-    """When to cut a batch: whichever limit is reached first (a pipeline's
-    ``max_rows``, ``max_bytes`` and ``max_delay`` are these declarations)."""
-
-    max_rows: int = setting(100_000, "Cut a batch at this many rows.", minimum=1)
-    max_bytes: int = setting(16 * 1024 * 1024, "Cut a batch at this size.", unit="bytes", minimum=1)
-    max_delay: float = setting(
-        1.0, "Cut a batch when its first record is this old.", unit="seconds", minimum=0.001
-    )
-
-    def __post_init__(self) -> None:
-        validate(self, source="batch limits")
-
-
-_Key = tuple[str, str, str, tuple[tuple[str, str], ...], bytes, str, bool]
-
-
-@dataclasses.dataclass(eq=False)
-class _Buffer:
-    key: _Key
-    pipeline: str
-    table: str
-    format: str
-    settings: Mapping[str, Any]
-    limits: BatchLimits
-    started: float
-    #: ``*WithNames``: the header record every batch of the key starts with.
-    header: bytes = b""
-    #: A deduplication token of the caller's (the batch is the one add that has it).
-    token: str = ""
-    #: Kept in the spool's memory tier, not written to disk (a broker's batch).
-    memory: bool = False
-    tickets: list[Ticket] = dataclasses.field(default_factory=list)
-    rows: int = 0
-    size: int = 0
-    # Batches of one key are spooled in the order they were cut, so that a position
-    # carried by a later batch is never saved before an earlier batch is on disk.
-    after: _Buffer | None = None
-    finished: threading.Event = dataclasses.field(default_factory=threading.Event)
-    #: Records that had to be spooled (retry) were given up on: later cuts of the key
-    #: must not be spooled either, or a later position would be saved past them.
-    abandoned: bool = False
-
-
-def _overflows(buf: _Buffer, rows: int, size: int) -> bool:
-    """Whether ``rows`` records of ``size`` bytes would take ``buf`` past a limit."""
-    return buf.rows + rows > buf.limits.max_rows or buf.size + size > buf.limits.max_bytes
-
-
-class Batcher:
+class Batcher(BatchSpooling):
     """Groups records into batches, spools them, and hands each to ``on_batch``."""
 
     def __init__(
@@ -125,8 +78,8 @@ class Batcher:
         self.adjust = adjust
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._buffers: dict[_Key, _Buffer] = {}
-        self._last_cut: dict[_Key, _Buffer] = {}
+        self._buffers: dict[BufferKey, Buffer] = {}
+        self._last_cut: dict[BufferKey, Buffer] = {}
         self._stalls = Stalls(metrics)
         self._closed = False
         self._give_up_at: float | None = None  # time.monotonic(); None: never
@@ -167,7 +120,7 @@ class Batcher:
         Raises :class:`~chworkers.errors.BatcherClosedError` once closed.
         """
         settings = dict(settings or {})
-        key: _Key = (
+        key: BufferKey = (
             pipeline,
             table,
             format,
@@ -184,8 +137,8 @@ class Batcher:
                     "the batcher is closed (the daemon is stopping); no more records are accepted"
                 )
             buf = self._buffers.get(key)
-            early: _Buffer | None = None
-            if buf is not None and buf.rows and _overflows(buf, rows, len(records)):
+            early: Buffer | None = None
+            if buf is not None and buf.rows and overflows(buf, rows, len(records)):
                 # These records would take the open batch past a limit: cut it as it is,
                 # and they start the next one (a batch exceeds a limit only when one
                 # add alone does; sources add at most a batch's worth at a time).
@@ -193,7 +146,7 @@ class Batcher:
                 buf = None
             if buf is None:
                 limits = self.limits_for(table, limits)
-                buf = _Buffer(
+                buf = Buffer(
                     key,
                     pipeline,
                     table,
@@ -282,9 +235,6 @@ class Batcher:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _giving_up(self) -> bool:
-        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
-
     def _withdraw(self, ticket: Ticket) -> bool:
         with self._lock:
             if ticket.state is TicketState.FAILED:
@@ -311,7 +261,7 @@ class Batcher:
 
     def _run_timer(self) -> None:
         while True:
-            due: list[_Buffer] = []
+            due: list[Buffer] = []
             with self._lock:
                 if self._closed:
                     return
@@ -332,185 +282,9 @@ class Batcher:
                 except Exception:  # the timer must live on: every timed cut depends on it
                     log.exception("the batcher's timer could not cut a batch")
 
-    def _take(self, key: _Key) -> _Buffer:
+    def _take(self, key: BufferKey) -> Buffer:
         """Remove a buffer for cutting (under the lock), chained after the previous cut."""
         buf = self._buffers.pop(key)
         buf.after = self._last_cut.get(key)
         self._last_cut[key] = buf
         return buf
-
-    def _cut(self, buf: _Buffer) -> None:
-        try:
-            if buf.after is not None:
-                buf.after.finished.wait()
-                buf.abandoned = buf.after.abandoned
-                buf.after = None  # no chain of buffers kept alive
-            self._spool(buf)
-        finally:
-            buf.finished.set()
-            with self._lock:
-                # The last cut of a key is kept only while a later one may chain after
-                # it (or to tell it was abandoned): keys can be many (tokens, headers).
-                if self._last_cut.get(buf.key) is buf and not buf.abandoned:
-                    del self._last_cut[buf.key]
-
-    def _spool(self, buf: _Buffer) -> None:
-        """Write the buffer's live records to the spool, retrying as their adds asked."""
-        backoff = RETRY_INITIAL
-        try:
-            while True:
-                live = self._live(buf)
-                if not live:
-                    return
-                try:
-                    batch = self._write(buf, live)
-                except Exception as exc:
-                    if not isinstance(exc, SpoolError):
-                        # A bug, not the disk: still no record is dropped (a source's
-                        # position must not pass them), and it is loud.
-                        log.exception("pipeline %s: spooling a batch failed", buf.pipeline)
-                        exc = SpoolError(f"spooling failed: {type(exc).__name__}: {exc}")
-                    if not self._failed(buf, exc):
-                        return
-                    with self._lock:
-                        rows = sum(t.rows for t in buf.tickets)
-                    self._stalls.refused(id(buf), buf.pipeline, buf.table, rows, exc)
-                    self._sleep(backoff)
-                    backoff = min(RETRY_MAX, backoff * 2)
-                    continue
-                if batch is None:
-                    continue  # everything was withdrawn meanwhile; look again
-                self._stalls.taken(id(buf), batch.rows)
-                try:
-                    self.on_batch(batch)
-                except Exception:
-                    # The batch is safe in the spool and will be replayed on the next start.
-                    log.exception("handing batch %d on failed; it stays in the spool", batch.seq)
-                return
-        finally:
-            self._stalls.clear(id(buf))
-
-    def _live(self, buf: _Buffer) -> list[Ticket]:
-        """The buffer's tickets still to be written; fails those that may not wait any
-        longer (the batcher gave up, or an earlier cut of the key was abandoned)."""
-        with self._lock:
-            buf.tickets = [t for t in buf.tickets if t.state is TicketState.PENDING]
-            if buf.tickets and (self._giving_up() or buf.abandoned):
-                error = BatcherClosedError(
-                    "the batcher stopped before the spool took these records"
-                    + ("" if self._giving_up() else " (an earlier batch was not spooled)")
-                )
-                buf.abandoned = buf.abandoned or any(t.retry for t in buf.tickets)
-                for ticket in buf.tickets:
-                    ticket.resolve(None, error)
-                # Records added without retry were refused to their sender (HTTP 503);
-                # the others were read from a source that is not told "no".
-                rows = sum(t.rows for t in buf.tickets if t.retry)
-                buf.tickets = []
-                if rows:
-                    log.error(
-                        "pipeline %s: %d rows were not spooled before the stop (a file source "
-                        "reads them again from its saved position at the next start; rows "
-                        "from stdin or the generator are lost)",
-                        buf.pipeline or buf.table,
-                        rows,
-                    )
-            return list(buf.tickets)
-
-    def _write(self, buf: _Buffer, live: list[Ticket]) -> SpooledBatch | None:
-        meta: dict[str, Any] = {}
-        for ticket in live:
-            if ticket.meta:
-                _merge(meta, ticket.meta)
-        size = len(buf.header) + sum(len(t.records) for t in live)
-        retrying = any(t.retry for t in live)
-        reservation = self.spool.reserve(
-            size + batch_overhead(buf.table, buf.pipeline, meta),
-            give_up=lambda: self._giving_up() or not self._worth_waiting(live, retrying),
-            on_wait=lambda: self._waiting(buf, live),
-            memory=buf.memory,
-        )
-        with self._lock:  # from here on the records cannot be withdrawn
-            live = [t for t in live if t.state is TicketState.PENDING]
-            for ticket in live:
-                ticket.state = TicketState.WRITING
-        if not live:
-            self.spool.release(reservation)
-            return None
-        meta = {}  # again: only the records that are written
-        for ticket in live:
-            if ticket.meta:
-                _merge(meta, ticket.meta)
-        try:
-            batch = self.spool.write(
-                reservation,
-                buf.table,
-                buf.header + b"".join(t.records for t in live),
-                format=buf.format,
-                rows=sum(t.rows for t in live),
-                settings=buf.settings,
-                pipeline=buf.pipeline,
-                meta=meta,
-                token=buf.token or None,
-            )
-        except BaseException:
-            with self._lock:
-                for ticket in live:
-                    ticket.state = TicketState.PENDING
-            raise
-        with self._lock:
-            for ticket in live:
-                ticket.resolve(batch.seq, None)
-        return batch
-
-    @staticmethod
-    def _worth_waiting(live: list[Ticket], retrying: bool) -> bool:
-        if retrying:
-            return True
-        now = time.monotonic()
-        return any(
-            t.state is TicketState.PENDING and (t.deadline is None or now < t.deadline)
-            for t in live
-        )
-
-    def _failed(self, buf: _Buffer, error: SpoolError) -> bool:
-        """The spool refused the buffer's live records: fail those that may not wait;
-        True if some remain to be retried."""
-        with self._lock:
-            gone = [t for t in buf.tickets if t.state is TicketState.PENDING and not t.retry]
-            for ticket in gone:
-                ticket.resolve(None, error)
-            buf.tickets = [t for t in buf.tickets if t.state is TicketState.PENDING]
-            retry = bool(buf.tickets)
-        if gone:
-            log.warning(
-                "pipeline %s: could not spool %d rows for %s; their senders are told: %s",
-                buf.pipeline or buf.table,
-                sum(t.rows for t in gone),
-                buf.table,
-                error,
-            )
-        return retry
-
-    def _waiting(self, buf: _Buffer, live: list[Ticket]) -> None:
-        """The spool is full and its policy is to wait: the batch waits, producers with it
-        (called from inside the spool's wait, so it only notes the state)."""
-        self._stalls.waiting(id(buf), buf.pipeline, buf.table, sum(t.rows for t in live))
-
-    def _sleep(self, seconds: float) -> None:
-        """Back off, waking early when a batch leaves the spool or the batcher gives up."""
-        deadline = time.monotonic() + seconds
-        while not self._giving_up():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.spool.wait_for_room(min(remaining, 0.2)):
-                return
-
-
-def _merge(into: dict[str, Any], meta: Mapping[str, Any]) -> None:
-    """Later values win; nested mappings (e.g. per-file positions) merge key by key."""
-    for key, value in meta.items():
-        old = into.get(key)
-        if isinstance(old, dict) and isinstance(value, Mapping):
-            old.update(value)
-        else:
-            into[key] = dict(value) if isinstance(value, Mapping) else value
