@@ -22,6 +22,9 @@ turn, and a shard whose last attempt failed gets one batch at a time (its probe)
 one lands, when its waiting batches go at once: a shard that is down or hangs holds back
 only its own batches, never the slots (nor the workers) of the others.
 
+How an insert ends (confirmed, or kept and tried again) is
+:mod:`chworkers.daemon.dispatchresults`'s part of the dispatcher.
+
 The dispatcher is the outermost of the retry layers (see docs/daemon.md, "Retry
 layers"): it retries only whole tasks that the layers below gave up on.
 
@@ -46,8 +49,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from chworkers.backoff import capped_backoff
 from chworkers.daemon.batchfile import SpooledBatch
+from chworkers.daemon.dispatchresults import DispatchResults, HeldBatch, RetryAt
+from chworkers.daemon.dispatchresults import shard_of as shard_of
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.errors import ChworkersError, ServerError, SpoolCorruptError
@@ -73,30 +77,7 @@ class Throttle(Protocol):
         ...
 
 
-@dataclasses.dataclass(order=True)
-class _Retry:
-    not_before: float
-    seq: int
-    batch: SpooledBatch = dataclasses.field(compare=False)
-
-
-@dataclasses.dataclass
-class _Held:
-    """A batch held back by a permanent error."""
-
-    table: str
-    error: BaseException
-    since: float  # wall clock, for people
-    shard: int = 0
-
-
-def shard_of(batch: SpooledBatch) -> int:
-    """The shard of a cluster a spooled batch goes to (its part's; 0 for a batch that
-    was not split: a ClickHouse that is not sharded is one shard)."""
-    return int(batch.meta.get("shard", 0))
-
-
-class Dispatcher:
+class Dispatcher(DispatchResults):
     """Feeds spooled batches to ``submit`` with bounded memory and per-batch backoff.
 
     ``on_done(batch, result)`` runs after a confirmed insert, before the batch leaves the
@@ -135,7 +116,7 @@ class Dispatcher:
         self.is_permanent = is_permanent
         self.throttle = throttle
         self.permanent_backoff = settings.permanent_error_backoff
-        self._held: dict[int, _Held] = {}
+        self._held: dict[int, HeldBatch] = {}
         self._completions: queue.SimpleQueue[
             tuple[SpooledBatch, SpooledBatch, Future[Any]] | None
         ] = queue.SimpleQueue()
@@ -148,7 +129,7 @@ class Dispatcher:
         # Per shard: a shard that is down or slow holds back only its own batches.
         self.shards = max(1, shards)
         self._pending: dict[int, deque[SpooledBatch]] = {i: deque() for i in range(self.shards)}
-        self._retries: dict[int, list[_Retry]] = {i: [] for i in range(self.shards)}
+        self._retries: dict[int, list[RetryAt]] = {i: [] for i in range(self.shards)}
         self._shard_flight = [0] * self.shards
         self._failing: set[int] = set()  # shards whose last attempt failed
         self._turn = 0
@@ -218,7 +199,7 @@ class Dispatcher:
         """
         with self._lock:
             held = list(self._held.values())
-        groups: dict[tuple[str, str], list[_Held]] = {}
+        groups: dict[tuple[str, str], list[HeldBatch]] = {}
         for item in held:
             groups.setdefault((item.table, _describe(item.error)), []).append(item)
         lines = []
@@ -332,7 +313,7 @@ class Dispatcher:
             # Its table is slowed down: the batch waits its turn (not a failed attempt),
             # and batches of other tables go meanwhile.
             heapq.heappush(
-                self._retries[shard_of(batch)], _Retry(time.monotonic() + wait, batch.seq, batch)
+                self._retries[shard_of(batch)], RetryAt(time.monotonic() + wait, batch.seq, batch)
             )
 
     def _candidate_locked(self) -> SpooledBatch | None:
@@ -394,114 +375,6 @@ class Dispatcher:
             return
         # Only a hand-over here: this callback runs on the supervisor's loop thread.
         future.add_done_callback(lambda f: self._completions.put((batch, full, f)))
-
-    def _complete_loop(self) -> None:
-        while (item := self._completions.get()) is not None:
-            self._completing_since = time.monotonic()
-            with self._lock:
-                # Completing can wait on a disk (dead letters) or a broker (its ack): the
-                # workers get the next batch meanwhile.
-                self._completing = item[0].seq
-                self._wake.notify()
-            try:
-                self._completed(*item)
-            except Exception:  # never lose the thread; the batch stays spooled
-                log.exception("completing batch %d failed", item[0].seq)
-            finally:
-                self._completing_since = None
-                with self._lock:
-                    self._completing = None
-
-    def _completed(self, batch: SpooledBatch, full: SpooledBatch, future: Future[Any]) -> None:
-        error = future.exception()
-        if error is not None:
-            permanent = self.is_permanent is not None and self.is_permanent(error)
-            self._failed(batch, error, permanent=permanent)
-            return
-        try:
-            if self.on_done is not None:
-                self.on_done(full, future.result())
-            # A file that cannot be removed is a failed attempt too: tried again soon
-            # (ClickHouse drops it by its token), not left "in flight" for good.
-            self.spool.remove(batch)
-        except Exception as exc:
-            log.exception("completing inserted batch %d failed", batch.seq)
-            self._failed(batch, exc)
-            return
-        self._finish(batch)
-
-    def _finish(self, batch: SpooledBatch) -> None:
-        with self._lock:
-            self._landed_locked(batch)
-            self._failures.pop(batch.seq, None)
-            if shard_of(batch) in self._failing:  # the shard is back: its backlog goes now
-                self._failing.discard(shard_of(batch))
-                self._retry_shard_locked(shard_of(batch))
-            if self._held.pop(batch.seq, None) is not None or self._held:
-                # The table takes inserts again: its other held batches go now too.
-                self._release_locked(batch.table, shard_of(batch))
-            self.confirmed += 1
-            self._wake.notify_all()
-
-    def _retry_shard_locked(self, shard: int) -> None:
-        retries = self._retries[shard]
-        for item in retries:
-            if item.batch.seq not in self._held:
-                item.not_before = 0.0
-        heapq.heapify(retries)
-
-    def _landed_locked(self, batch: SpooledBatch) -> None:
-        """A batch is no longer in flight (under the lock)."""
-        if self._in_flight.pop(batch.seq, None) is not None:
-            self._shard_flight[shard_of(batch)] -= 1
-
-    def _release_locked(self, table: str, shard: int) -> None:
-        held = self._held.items()
-        for seq in [seq for seq, h in held if h.table == table and h.shard == shard]:
-            del self._held[seq]
-        retries = self._retries[shard]
-        for item in retries:
-            if item.batch.table == table:
-                item.not_before = 0.0
-        heapq.heapify(retries)
-
-    def _failed(
-        self, batch: SpooledBatch, error: BaseException, *, permanent: bool = False
-    ) -> None:
-        shard = shard_of(batch)
-        with self._lock:
-            self._landed_locked(batch)
-            if not permanent and self.shards > 1:  # a permanent error is the table's
-                self._failing.add(shard)
-            failures = self._failures.get(batch.seq, 0) + 1
-            self._failures[batch.seq] = failures
-            if permanent:
-                backoff = self.permanent_backoff
-                held = self._held.get(batch.seq)
-                since = held.since if held is not None else time.time()
-                self._held[batch.seq] = _Held(batch.table, error, since, shard)
-            else:
-                backoff = capped_backoff(self.initial_backoff, failures, self.max_backoff)
-                self._held.pop(batch.seq, None)
-            heapq.heappush(
-                self._retries[shard], _Retry(time.monotonic() + backoff, batch.seq, batch)
-            )
-            self._wake.notify_all()
-        log.log(
-            logging.ERROR if permanent else logging.WARNING,
-            "batch %d (%d rows for %s) failed (attempt %d%s), kept in the spool, next try in "
-            "%.3g s%s: %s",
-            batch.seq,
-            batch.rows,
-            batch.table,
-            failures,
-            ", a permanent error" if permanent else "",
-            backoff,
-            " or on SIGHUP" if permanent else "",
-            error,
-        )
-        if self.on_failure is not None:
-            self.on_failure(batch, error)
 
 
 def _describe(error: BaseException) -> str:
