@@ -233,3 +233,64 @@ def test_a_shard_that_is_down_holds_back_only_its_own_batches(
         dispatcher.stop()
         inserter.close()
         proxy.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_next_insert_does_not_wait_for_the_last_ones_completion(
+    tmp_path: Path, endpoint: EmbeddedClickHouse
+) -> None:
+    """A batch being completed (its dead letters written, a broker's acknowledgement:
+    on_done) frees its in-flight slot: with max_in_flight = 1, the next batch is inserted
+    while the first one's completion still waits."""
+    pool = ConnectionPool(endpoint.url, {"max_connections": 1})
+    pool.with_connection(lambda c: c.command("DROP TABLE IF EXISTS next_insert_ev"))
+    pool.with_connection(
+        lambda c: c.command("CREATE TABLE next_insert_ev (n UInt32) ENGINE = MergeTree ORDER BY n")
+    )
+    release = threading.Event()
+    done: list[int] = []
+
+    def submit(batch: SpooledBatch) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(
+            pool.with_connection(
+                lambda c: c.raw_insert(
+                    batch.table, batch.payload, fmt="CSV", deduplication_token=batch.token
+                )
+            )
+        )
+        return future
+
+    def on_done(batch: SpooledBatch, result: Any) -> None:
+        if not done:
+            release.wait(30)  # the first completion waits (a slow broker)
+        done.append(batch.seq)
+
+    spool = Spool(tmp_path / "spool")
+    dispatcher = Dispatcher(spool, submit, SpoolSettings(max_in_flight=1), on_done=on_done)
+    dispatcher.start()
+    try:
+        for start in (0, 10):
+            dispatcher.add(
+                spool.put(
+                    "next_insert_ev",
+                    b"".join(b"%d\n" % i for i in range(start, start + 10)),
+                    format="CSV",
+                    rows=10,
+                )
+            )
+
+        def count() -> int:
+            return int(
+                pool.with_connection(lambda c: c.command("SELECT count() FROM next_insert_ev"))
+            )
+
+        wait_for(lambda: count() == 20, what="the second insert while the first completes")
+        assert not done
+        release.set()
+        assert dispatcher.wait_idle(30) and len(done) == 2
+    finally:
+        release.set()
+        dispatcher.stop()
+        pool.with_connection(lambda c: c.command("DROP TABLE IF EXISTS next_insert_ev"))
+        pool.close()
