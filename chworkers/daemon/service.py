@@ -432,7 +432,9 @@ class Daemon(DaemonStart):
         return status if report.level is Level.OK else f"{report.summary()} | {status}"
 
     def summary(self) -> str:
-        return self.totals.summary(self.state_dir, int(self.spool.stats()["batches"]))
+        stats = self.spool.stats()
+        in_memory = int(stats["memory_batches"])  # a broker's: not on disk
+        return self.totals.summary(self.state_dir, int(stats["batches"]) - in_memory, in_memory)
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -39,8 +39,9 @@ class Totals:
             f"{self.dead_letters} dead letters, {self.failures} failed attempts"
         )
 
-    def summary(self, state_dir: Path, spool_batches: int) -> str:
-        """What ``chworkers run`` prints when it ends."""
+    def summary(self, state_dir: Path, spool_batches: int, broker_batches: int = 0) -> str:
+        """What ``chworkers run`` prints when it ends: ``spool_batches`` on disk, and
+        ``broker_batches`` in the memory tier (not written: left in the broker)."""
         elapsed = time.monotonic() - self.started
         lines = [
             f"inserted {self.rows_inserted:,} rows in {self.batches:,} batches in "
@@ -50,4 +51,9 @@ class Totals:
             f"failed attempts (retried): {self.failures:,}",
             f"spool: {spool_batches} batches left in {state_dir / 'spool'}",
         ]
+        if broker_batches:
+            lines.append(
+                f"broker: {broker_batches} batches not inserted, left pending in the broker "
+                "(not in the spool: rebuilt from their manifests at the next start)"
+            )
         return "\n".join(lines)
