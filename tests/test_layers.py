@@ -285,3 +285,49 @@ def test_a_cycle_is_reported_import_by_import() -> None:
         "import cycle among chworkers.e:",
         "  chworkers.e -> chworkers.e (l.9: import chworkers.e)",
     ]
+
+
+def documented_modules() -> dict[str, set[str]]:
+    """docs/architecture.md's "The modules of each layer": folder (``daemon/``,
+    ``daemon/brokers/``, ``base``, ``settings/``) -> the module names listed for it."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    start = text.index("## The modules of each layer")
+    section = text[start : text.index("\n## ", start + 1)]
+    listed: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        if line.startswith("- base: "):
+            base, _, settings = line.removeprefix("- base: ").partition("; `settings/`: ")
+            listed["base"] = set(re.findall(r"`([\w]+)`", base))
+            listed["settings/"] = set(re.findall(r"`([\w]+)`", settings))
+        elif m := re.match(r"^\s*- `([\w/]+/)`: (.*)$", line):
+            listed[m.group(1)] = set(re.findall(r"`([\w]+)`", m.group(2)))
+    return listed
+
+
+def package_modules() -> dict[str, set[str]]:
+    """The same shape, read from chworkers/ itself."""
+    package = ROOT / "chworkers"
+    found: dict[str, set[str]] = {"base": set()}
+    for path in package.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        folder = path.parent.relative_to(package).as_posix()
+        if folder == ".":
+            if path.name != "__main__.py":
+                found["base"].add(path.stem)
+        else:
+            found.setdefault(folder + "/", set()).add(path.stem)
+    return found
+
+
+def test_architecture_names_every_module_in_its_layer() -> None:
+    documented, actual = documented_modules(), package_modules()
+    problems = []
+    for folder in sorted({*documented, *actual}):
+        listed, present = documented.get(folder, set()), actual.get(folder, set())
+        if listed != present:
+            problems.append(
+                f"{folder}: not in docs/architecture.md: {sorted(present - listed)}; "
+                f"listed there but not in chworkers/: {sorted(listed - present)}"
+            )
+    assert not problems, "\n".join(problems)
