@@ -97,7 +97,7 @@ class ColumnarFileSource(_Source):
                     return
                 state = self._settled(path)
                 if state is None:
-                    waiting = True
+                    waiting = waiting or not self._is_done(path)
                     continue
                 self._read_file(path, state, stop)
             if not self.follow and not waiting:
@@ -113,6 +113,14 @@ class ColumnarFileSource(_Source):
         self._seen = {p: s for p, s in self._seen.items() if p in found}
         self._done = {p: d for p, d in self._done.items() if p in found}
         return sorted(found)
+
+    def _is_done(self, path: str) -> bool:
+        """Whether ``path`` is the very file this run read to its end (or gave up on)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True  # gone: nothing to wait for
+        return self._done.get(path) == (st.st_dev, st.st_ino, st.st_size)
 
     def _settled(self, path: str) -> os.stat_result | None:
         """The file's stat once it has not changed for ``settle`` seconds (else None;

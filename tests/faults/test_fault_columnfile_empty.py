@@ -74,3 +74,36 @@ def test_a_file_that_cannot_be_opened_is_not_retried_at_every_poll(tmp_path: Pat
         thread.join(10)
         builtins.open = real_open
     assert len(errors) == 1 and "Permission denied" in errors[0], errors[:3]
+
+
+def test_a_run_ends_when_files_settle_at_different_times(tmp_path: Path) -> None:
+    """A file already read counted as one still settling, so a run that does not follow
+    never ended once its files had settled in different polls (one still being written
+    when another was read)."""
+    pq_file = tmp_path / "a.parquet"
+    pq_file.write_bytes(b"PAR1 first")
+    bad: list[ColumnarFileError] = []
+    source = ColumnarFileSource(
+        [str(tmp_path / "*.parquet")],
+        checkpoints=Checkpoints(tmp_path / "positions"),
+        settle=0.2,
+        poll_interval=0.01,
+        bad_file=lambda pipeline, table, error: bad.append(error),
+        name="p",
+        table="ev",
+        format="Parquet",
+        batcher=None,  # type: ignore[arg-type]  # unreadable files reach no batcher
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(stop,), daemon=True)
+    thread.start()
+    # b.parquet keeps being written while a.parquet settles and is read
+    with open(tmp_path / "b.parquet", "wb") as fh:
+        for _ in range(40):
+            fh.write(b"x")
+            fh.flush()
+            threading.Event().wait(0.01)
+    thread.join(15)
+    stop.set()
+    assert not thread.is_alive(), "the run never ended"
+    assert sorted(e.path for e in bad) == [str(pq_file), str(tmp_path / "b.parquet")]
