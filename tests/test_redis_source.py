@@ -22,6 +22,7 @@ from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
 from chworkers.daemon.brokers.redisclient import display_url
 from chworkers.daemon.mapping import FieldMapper
+from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError
 
@@ -228,38 +229,44 @@ def test_a_spooled_batch_completed_elsewhere_is_not_inserted_again(
     tmp_path: Path,
     endpoint: EmbeddedClickHouse,
     database: str,
-    fault_proxy: Any,
     redis_server: RedisServer,
 ) -> None:
-    """A daemon stopped with a broker batch in its spool, restarted after another daemon
-    completed that batch (possibly beyond the deduplication window): its manifest is
-    gone, so the replayed batch leaves the spool without an insert."""
+    """Broker batches on disk (spooled by a version before the memory tier) are replayed
+    at start only while their manifest exists: one whose manifest is gone (another daemon
+    completed it, possibly beyond the deduplication window) leaves the spool without an
+    insert; one whose manifest is there is inserted and acknowledged."""
     state = tmp_path / "state"
-    cfg = daemon_config(state, f"{fault_proxy.url}/{database}", redis_pipeline(redis_server))
-    cfg["supervisor"]["graceful_timeout"] = 1.0
+    cfg = daemon_config(state, f"{endpoint.url}/{database}", redis_pipeline(redis_server))
     client = redis_server.client()
-    daemon = Running(cfg)
-    try:
-        fault_proxy.set("refuse")
-        produce(redis_server, "ev", 0, 100, per_entry=10)
-        wait_for(lambda: daemon.daemon.spool.stats()["batches"] >= 1, 30, what="a spooled batch")
-    finally:
-        daemon.stop()
+    client.xgroup_create("ev", "chworkers", "0", mkstream=True)
+    produce(redis_server, "ev", 0, 30, per_entry=10)
+    entries = client.xreadgroup("chworkers", "old", {"ev": ">"}, count=2)
+    ids = [e[0].decode() for e in entries[0][1]]
     prefix = "ev:chworkers:chworkers"
-    tokens = [t.decode() for t in client.smembers(f"{prefix}:manifests")]
-    assert len(tokens) == 1
-    # Another daemon completed it: acknowledged the entries, removed the manifest.
-    ids = [e["message_id"] for e in client.xpending_range("ev", "chworkers", "-", "+", 100)]
-    client.xack("ev", "chworkers", *ids)
-    client.delete(f"{prefix}:manifest:{tokens[0]}")
-    client.srem(f"{prefix}:manifests", tokens[0])
-    fault_proxy.set("pass")
+    spool = Spool(state / "spool")
+    for n, (entry_id, fields) in enumerate(entries[0][1]):
+        token = f"old-{n}"
+        if n == 0:  # this one's manifest is still there: it is inserted
+            body = json.dumps({"token": token, "ids": [entry_id.decode()]})
+            client.set(f"{prefix}:manifest:{token}", body)
+            client.sadd(f"{prefix}:manifests", token)
+        else:  # another daemon completed this one: acknowledged, manifest removed
+            client.xack("ev", "chworkers", entry_id)
+        payload = fields[b"data"]
+        meta = {"broker": {"kind": "redis", "token": token, "ids": [entry_id.decode()]}}
+        spool.put(
+            "ev", payload, format="JSONEachRow", rows=10, pipeline="p", meta=meta, token=token
+        )
+    assert len(ids) == 2
     daemon = Running(cfg)
     try:
         wait_for(lambda: daemon.daemon.spool.stats()["batches"] == 0, 60, what="an empty spool")
+        wait_for(lambda: settled(redis_server), 60, interval=0.5, what="all entries acked")
     finally:
         daemon.stop()
-    assert count(endpoint, database) == (0, 0)
+    # The old batch with a manifest (rows 0-9) and the entry "old" never read (20-29).
+    assert count(endpoint, database) == (20, 20)
+    assert not client.exists(f"{prefix}:manifest:old-0")
 
 
 def test_redis_restarted_mid_ingest_degrades_health_and_loses_nothing(
