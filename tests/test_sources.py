@@ -164,7 +164,12 @@ def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
     for run in range(2):
         p = Pipeline(tmp_path / str(run))
         GeneratorSource(
-            count=2500, chunk_rows=1000, name="gen", table="events", batcher=p.batcher
+            count=2500,
+            chunk_rows=1000,
+            start=1_764_547_200,
+            name="gen",
+            table="events",
+            batcher=p.batcher,
         ).run(threading.Event())
         payloads.append(p.records())
         p.batcher.close()
@@ -172,6 +177,7 @@ def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in payloads[0].splitlines()]
     assert len(rows) == 2500
     assert set(rows[0]) == {"ts", "user_id", "event", "value", "url"}
+    assert [rows[0]["ts"], rows[-1]["ts"]] == [1_764_547_200, 1_764_547_202]
 
 
 def test_generator_rate_is_respected(tmp_path: Path) -> None:

@@ -344,7 +344,9 @@ class GeneratorSource(_Source):
 
     Rows look like ``{"ts": ..., "user_id": ..., "event": ..., "value": ..., "url": ...}``
     (see :data:`GENERATOR_SCHEMA`); ``count`` rows in all (0: until stopped) at about
-    ``rate`` rows a second (0: as fast as possible). The same ``seed`` gives the same rows.
+    ``rate`` rows a second (0: as fast as possible). Their ``ts`` starts at ``start``
+    (epoch seconds; by default an hour before the run starts) and moves a second every
+    1,000 rows. The same ``seed`` and ``start`` give the same rows.
     """
 
     EVENTS = ("view", "click", "purchase", "signup", "logout")
@@ -356,6 +358,7 @@ class GeneratorSource(_Source):
         rate: float = 0.0,
         seed: int = 1,
         chunk_rows: int = 5000,
+        start: int | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("format", "JSONEachRow")
@@ -364,6 +367,7 @@ class GeneratorSource(_Source):
         self.rate = rate
         self.seed = seed
         self.chunk_rows = chunk_rows
+        self.start = start
 
     def run(self, stop: threading.Event) -> None:
         import random
@@ -371,7 +375,7 @@ class GeneratorSource(_Source):
 
         rng = random.Random(self.seed)
         started = time.monotonic()
-        base = int(time.time()) - 3600
+        base = int(time.time()) - 3600 if self.start is None else self.start
         made = 0
         while not stop.is_set() and (self.count == 0 or made < self.count):
             n = self.chunk_rows if self.count == 0 else min(self.chunk_rows, self.count - made)
