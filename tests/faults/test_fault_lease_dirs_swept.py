@@ -11,11 +11,16 @@ too young to judge, stay.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from chworkers.clickhouse.leasedirs import STALE_AFTER, sweep_stale
 
@@ -39,12 +44,24 @@ def _start_broker(env: dict[str, str]) -> tuple[subprocess.Popen[str], Path]:
     return proc, Path(address).parent
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory short enough for the brokers' sockets (pytest's own can be
+    too long: the brokers would then use /tmp, where this test cannot tell its own)."""
+    path = Path(tempfile.mkdtemp(prefix="lds-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _age(path: Path) -> None:
     old = time.time() - STALE_AFTER - 60
     os.utime(path, (old, old))
 
 
-def test_dead_brokers_directories_are_swept_live_and_young_ones_stay(tmp_path: Path) -> None:
+def test_dead_brokers_directories_are_swept_live_and_young_ones_stay(short_tmp: Path) -> None:
+    tmp_path = short_tmp
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     dead, dead_dir = _start_broker(env)
     young, young_dir = _start_broker(env)
