@@ -1,14 +1,19 @@
 """What every broker source shares, whichever broker it reads: what the daemon asks of
-it (:class:`BrokerSource`), how it reports poison (:data:`DeadLetter`), and its pacing
-(:class:`~chworkers.daemon.brokers.trouble.Trouble` is how it says its broker fails)."""
+it (:class:`BrokerSource`), how it reports poison (:data:`DeadLetter`), its pacing, and
+what it is made of (:class:`SourceParts`; :class:`~chworkers.daemon.brokers.trouble.Trouble`
+is how it says its broker fails)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypedDict
 
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.brokers.assembly import Assembler, Assembly
+from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
+from chworkers.ops.metrics import Metrics
 
 #: What a source does with poison: ``(records with their errors, batch token)``.
 DeadLetter = Callable[[Sequence[tuple[bytes, BaseException]], str], None]
@@ -39,4 +44,70 @@ class BrokerSource(Protocol):
         """Why the source is degraded (its broker failing), for the health report."""
 
 
-__all__ = ["GAUGES_EVERY", "RETRY_INITIAL", "RETRY_MAX", "BrokerSource", "DeadLetter"]
+class SourceArgs(TypedDict, total=False):
+    """The keyword arguments every broker source takes besides its broker's options."""
+
+    name: str
+    table: str
+    format: str
+    batcher: Batcher
+    dead_letter: DeadLetter
+    settings: Mapping[str, Any] | None
+    limits: BatchLimits | None
+    transform: Callable[[bytes], bytes] | None
+    metrics: Metrics | None
+    on_error: Callable[[str, str], None] | None
+    max_record_bytes: int
+
+
+class SourceParts:
+    """What a broker source is made of, whichever broker it reads: the pipeline's names
+    and limits, its batcher and dead letters, the assembler that frames entries into
+    records, the batch being assembled, and its health (``trouble``, which the source
+    makes: it names the broker)."""
+
+    trouble: Trouble
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        table: str,
+        format: str,
+        batcher: Batcher,
+        dead_letter: DeadLetter,
+        settings: Mapping[str, Any] | None = None,
+        limits: BatchLimits | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
+        metrics: Metrics | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+        max_record_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.name = name
+        self.table = table
+        self.format = format
+        self.batcher = batcher
+        self.dead_letter = dead_letter
+        self.settings = dict(settings or {})
+        self.limits = limits or BatchLimits()
+        self.metrics = metrics
+        self.on_error = on_error
+        self.assembler = Assembler(format, max_record_bytes=max_record_bytes, transform=transform)
+        self.rows = 0
+        self._lock = threading.Lock()
+        self._assembly = Assembly()
+
+    def problems(self) -> list[str]:
+        """Why the source is degraded (its broker failing), for the health report."""
+        return self.trouble.problems()
+
+
+__all__ = [
+    "GAUGES_EVERY",
+    "RETRY_INITIAL",
+    "RETRY_MAX",
+    "BrokerSource",
+    "DeadLetter",
+    "SourceArgs",
+    "SourceParts",
+]

@@ -16,20 +16,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
-from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
+from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
+from chworkers.daemon.brokers.common import (
+    GAUGES_EVERY,
+    RETRY_INITIAL,
+    RETRY_MAX,
+    SourceArgs,
+    SourceParts,
+)
 from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
 from chworkers.daemon.brokers.natsmanifests import Manifest, to_ranges
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError, PoisonMessageError
-from chworkers.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +58,25 @@ class Held:
         self.deadline = float("inf")
 
 
-class NatsSource:
+class NatsSource(SourceParts):
     """Reads one stream for one pipeline; see the module's docstring."""
 
     def __init__(
         self,
         *,
-        name: str,
-        table: str,
-        format: str,
-        batcher: Batcher,
         options: NatsSourceSettings,
         consumer: str,
-        dead_letter: DeadLetter,
-        settings: Mapping[str, Any] | None = None,
-        limits: BatchLimits | None = None,
-        transform: Callable[[bytes], bytes] | None = None,
-        metrics: Metrics | None = None,
-        on_error: Callable[[str, str], None] | None = None,
-        max_record_bytes: int = 16 * 1024 * 1024,
+        **common: Unpack[SourceArgs],
     ) -> None:
-        self.name = name
-        self.table = table
-        self.format = format
-        self.batcher = batcher
+        super().__init__(**common)
         self.options = options
         self.label = consumer  # this daemon, in the manifests it writes
-        self.dead_letter = dead_letter
-        self.settings = dict(settings or {})
-        self.limits = limits or BatchLimits()
-        self.metrics = metrics
-        self.on_error = on_error
-        self.assembler = Assembler(format, max_record_bytes=max_record_bytes, transform=transform)
-        self.link = NatsLink(options, name, consumer)
-        self.trouble = Trouble(name, self.link.where)
+        self.link = NatsLink(options, self.name, consumer)
+        self.trouble = Trouble(self.name, self.link.where)
         self.stream, self.consumer = options.stream, options.consumer
-        self.rows = 0
-        self._lock = threading.Lock()
         #: token -> acknowledgement subjects of its messages this daemon holds, until
         #: the batch is acknowledged.
         self._inflight: dict[str, list[str]] = {}
-        self._assembly = Assembly()
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
         self._rows_per_message = 1.0
@@ -130,9 +111,6 @@ class NatsSource:
         if late:
             self.link.send(late, ACK)
         self._acked(len(replies) + len(late))
-
-    def problems(self) -> list[str]:
-        return self.trouble.problems()
 
     # -- the source's thread ----------------------------------------------------------------
 

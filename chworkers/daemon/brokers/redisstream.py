@@ -15,63 +15,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
-from chworkers.daemon.brokers.common import GAUGES_EVERY, RETRY_INITIAL, RETRY_MAX, DeadLetter
+from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
+from chworkers.daemon.brokers.common import (
+    GAUGES_EVERY,
+    RETRY_INITIAL,
+    RETRY_MAX,
+    SourceArgs,
+    SourceParts,
+)
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisclient import entry_order
 from chworkers.daemon.brokers.redisgroup import SentManifest, StreamGroup
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError, PoisonMessageError
-from chworkers.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-class RedisSource:
+class RedisSource(SourceParts):
     """Reads one stream for one pipeline; see the module's docstring."""
 
     def __init__(
         self,
         *,
-        name: str,
-        table: str,
-        format: str,
-        batcher: Batcher,
         options: RedisSourceSettings,
         consumer: str,
-        dead_letter: DeadLetter,
-        settings: Mapping[str, Any] | None = None,
-        limits: BatchLimits | None = None,
-        transform: Callable[[bytes], bytes] | None = None,
-        metrics: Metrics | None = None,
-        on_error: Callable[[str, str], None] | None = None,
-        max_record_bytes: int = 16 * 1024 * 1024,
+        **common: Unpack[SourceArgs],
     ) -> None:
-        self.name = name
-        self.table = table
-        self.format = format
-        self.batcher = batcher
+        super().__init__(**common)
         self.options = options
         self.consumer = options.consumer or consumer
-        self.dead_letter = dead_letter
-        self.settings = dict(settings or {})
-        self.limits = limits or BatchLimits()
-        self.metrics = metrics
-        self.on_error = on_error
-        self.assembler = Assembler(format, max_record_bytes=max_record_bytes, transform=transform)
-        self.redis = StreamGroup(options, self.consumer, f"pipeline {name!r}")
-        self.trouble = Trouble(name, f"redis {self.redis.url}")
-        self.rows = 0
-        self._lock = threading.Lock()
+        self.redis = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
+        self.trouble = Trouble(self.name, f"redis {self.redis.url}")
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
         self._unsent: set[str] = set()  # tokens of batches before their first attempt
-        self._assembly = Assembly()
         self._claim_cursor = "0-0"
         #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
         self._unbatched: list[Message] = []
@@ -100,9 +81,6 @@ class RedisSource:
         """ClickHouse confirmed the batch: acknowledge its entries, remove its manifest."""
         broker = batch.meta["broker"]
         self._ack(list(broker["ids"]), str(broker["token"]))
-
-    def problems(self) -> list[str]:
-        return self.trouble.problems()
 
     # -- the source's thread ----------------------------------------------------------------
 
