@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -45,3 +46,26 @@ def install(package: str, *programs: str, lock: Path = LOCK) -> str | None:
             if result.returncode != 0:
                 return f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}"
     return None if installed(*programs) else f"{', '.join(programs)} still missing"
+
+
+class ProgramUnavailable(RuntimeError):
+    """A program the tests need is missing and could not be installed."""
+
+
+def find_program(
+    package: str, program: str, error: type[ProgramUnavailable] = ProgramUnavailable
+) -> str:
+    """The path of ``program``, apt-get installing Debian's ``package`` if it is missing
+    (``error`` when that fails)."""
+    failure = install(package, program)
+    path = shutil.which(program)
+    if path is None:
+        raise error(f"{program} is missing and could not be installed: {failure}")
+    return path
+
+
+def free_port() -> int:
+    """A loopback port free at this moment (for a server the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

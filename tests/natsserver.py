@@ -18,28 +18,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from debpackages import install
+from debpackages import ProgramUnavailable, find_program, free_port
 
 T = TypeVar("T")
 
 
-class NatsUnavailable(RuntimeError):
+class NatsUnavailable(ProgramUnavailable):
     """nats-server is missing and could not be installed."""
 
 
 def find_nats_server() -> str:
     """The path of nats-server, apt-get installing Debian's package if it is missing."""
-    failure = install("nats-server", "nats-server")
-    path = shutil.which("nats-server")
-    if path is None:
-        raise NatsUnavailable(f"nats-server is missing and could not be installed: {failure}")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return find_program("nats-server", "nats-server", NatsUnavailable)
 
 
 class NatsServer:

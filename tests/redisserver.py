@@ -7,34 +7,22 @@ Used by tests/test_redis_source.py, tests/faults/ and benchmarks/bench_brokers.p
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from debpackages import install
+from debpackages import ProgramUnavailable, find_program, free_port
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(ProgramUnavailable):
     """redis-server is missing and could not be installed."""
 
 
 def find_redis_server() -> str:
     """The path of redis-server, apt-get installing Debian's package if it is missing."""
-    failure = install("redis-server", "redis-server")
-    path = shutil.which("redis-server")
-    if path is None:
-        raise RedisUnavailable(f"redis-server is missing and could not be installed: {failure}")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return find_program("redis-server", "redis-server", RedisUnavailable)
 
 
 class RedisServer:
