@@ -5,6 +5,7 @@ asserted: only what was measured, how it was summarized, and what is left behind
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -139,8 +140,13 @@ def test_bench_against_a_url_writes_json_and_drops_its_database(
     families = ["rows", "columnar", "raw", "tasks", "lease"]
     args = ["bench", "--url", endpoint.url, "--database", db, "--json", str(out), *TINY]
     args += ["--tasks", "50", "--lease-trips", "50", "--workers", "2"]  # one supervisor each
+    quieted = [logging.getLogger(n) for n in ("chworkers.workers", "chworkers.embedded")]
+    levels = [logger.level for logger in quieted]
     assert main(args + [a for f in families for a in ("--only", f)]) == 0
     assert db not in databases(endpoint)
+    # It quiets the supervisors' lines while it runs, and gives the levels back: left at
+    # WARNING, a later test of the same process saw no INFO line of the workers' layer.
+    assert [logger.level for logger in quieted] == levels
 
     doc = json.loads(out.read_text())
     assert doc["format"] == report.JSON_FORMAT and doc["options"]["rounds"] == 2

@@ -176,10 +176,12 @@ def _bench(args: argparse.Namespace) -> int:
     results: list[Result] = []
     notes: list[str] = []
     failed: dict[str, str] = {}
-    if "log.level" not in flags.given(args):  # supervisors' start/stop lines would drown it
-        for noisy in ("chworkers.workers", "chworkers.embedded"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
     with contextlib.ExitStack() as outer:
+        if "log.level" not in flags.given(args):  # supervisors' start/stop lines would drown it
+            for noisy in ("chworkers.workers", "chworkers.embedded"):
+                logger = logging.getLogger(noisy)
+                outer.callback(logger.setLevel, logger.level)  # as it was, for the caller
+                logger.setLevel(logging.WARNING)
         if progress is not None:
             outer.callback(progress.clear)
         target = outer.enter_context(open_target(args.url, args.database))

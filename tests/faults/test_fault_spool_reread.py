@@ -55,14 +55,16 @@ def test_a_batch_that_cannot_be_read_back_for_a_moment_is_retried(
     assert batch.path is not None
     aside = batch.path.with_name("aside")
     batch.path.rename(aside)
-    batch.path.mkdir()  # reading it back fails (EISDIR) until it is a file again
+    # Reading it back fails (EISDIR) while it is a link to a directory; putting the file
+    # back is one rename over the link, so no retry can fall between two steps and find
+    # no file at all (which is a batch that is gone, not a read that failed).
+    batch.path.symlink_to(tmp_path, target_is_directory=True)
     dispatcher.start()
     try:
         dispatcher.add(batch)
         wait_for(lambda: bool(failures), timeout=30)
         assert dispatcher.backlog() == 1 and dispatcher.confirmed == 0
-        batch.path.rmdir()
-        aside.rename(batch.path)
+        aside.replace(batch.path)
         assert dispatcher.wait_idle(60)
         assert ch_client.command("SELECT count() FROM ev") == 2
         assert not batch.path.exists()
