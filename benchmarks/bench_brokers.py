@@ -1,22 +1,29 @@
-"""The Redis source measured (issue 13): throughput against the file source and a plain
-consumer loop, and exact counts with several daemons, ``kill -9`` and a Redis restart.
-``--broker nats`` measures the NATS source the same way (benchmarks/natsbench.py).
+"""The broker sources measured (issue 13): throughput against the file source and a plain
+consumer loop, and exact counts with several daemons, ``kill -9``, a broker restart and a
+ClickHouse outage. ``--broker redis`` (the default) or ``--broker nats``: the same runs,
+the same data, the same harness; what differs per broker is a small class below
+(:class:`Redis`, :class:`Nats`).
 
-Everything runs on this machine: a redis-server of its own (tests/redisserver.py, with
-``appendfsync always``), one embedded ClickHouse, and ``chworkers run`` daemons as
-subprocesses. Each message holds ``--rows-per-message`` JSONEachRow rows with a unique id.
+Everything runs on this machine: a broker of its own (tests/redisserver.py with
+``appendfsync always``, or tests/natsserver.py: JetStream on a file store), one embedded
+ClickHouse, and ``chworkers run`` daemons as subprocesses. Each message holds
+``--rows-per-message`` JSONEachRow rows with a unique id.
 
 * ``throughput``: the same rows (a) from a file through the file source, (b) from the
-  stream through the Redis source, (c) through a plain loop (redis-py XREADGROUP ->
-  clickhouse-connect raw insert -> XACK); rows/s from the first row in ClickHouse to the
-  last (start-up left out), medians of interleaved ``--rounds``.
+  stream through the broker source, (c) through a plain loop (redis-py XREADGROUP, or
+  nats-py fetch -> clickhouse-connect raw insert -> XACK / ack each message); rows/s from
+  the first row in ClickHouse to the last (start-up left out), and the CPU seconds the
+  path's processes used meanwhile, medians of interleaved ``--rounds``.
 * ``scale``: ``--daemons`` daemons on one stream, ``--kill-every`` seconds one of them
   killed -9 and restarted at once (same state directory, so the same consumer name),
-  ``--redis-restart`` kills redis-server once mid-ingest, ``--clickhouse-outage S``
+  ``--broker-restart`` kills the broker once mid-ingest, ``--clickhouse-outage S``
   stops ClickHouse for S seconds past half-way; rows sent, rows in ClickHouse,
-  distinct ids, and how long each killed daemon's pending entries took to be acknowledged.
+  distinct ids, and how long after each kill what the killed daemon held was all
+  acknowledged (Redis: its pending entries; NATS: the messages of every batch it had
+  written a manifest for, by the consumer's acknowledgement floor).
 
 Run: ``.venv/bin/python benchmarks/bench_brokers.py throughput --messages 1000000``
+     ``.venv/bin/python benchmarks/bench_brokers.py throughput --broker nats --messages 100000 --rows-per-message 10``
      ``.venv/bin/python benchmarks/bench_brokers.py scale --messages 1000000 --daemons 3 --kill-every 5``
      ``.venv/bin/python benchmarks/bench_brokers.py scale --broker nats --messages 1000000 --kill-every 5``
 """
@@ -35,36 +42,32 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from natsserver import NatsServer
 from redisserver import RedisServer
 
 from chworkers.embedded import EmbeddedClickHouse
 
 SCHEMA = "id UInt64, s String"
 STREAM = "bench"
+SUBJECT = f"{STREAM}.data"  # NATS: the stream takes bench.>
 
 
 def rows(start: int, stop: int) -> bytes:
     return b"".join(b'{"id":%d,"s":"row %d"}\n' % (i, i) for i in range(start, stop))
 
 
-def produce(server: RedisServer, stream: str, messages: int, per: int, start: int = 0) -> None:
-    client = server.client()
-    pipe = client.pipeline(transaction=False)
-    for m in range(start, start + messages):
-        pipe.xadd(stream, {"data": rows(m * per, (m + 1) * per)})
-        if len(pipe) >= 5000:
-            pipe.execute()
-    pipe.execute()
-    client.close()
+def toml(
+    state: Path, url: str, pipeline: dict[str, Any], section: tuple[str, dict[str, Any]] | None
+) -> str:
+    """A daemon's configuration; ``section``: the broker's ``[pipelines.<name>]``."""
 
-
-def toml(state: Path, url: str, pipeline: dict[str, Any], redis: dict[str, Any] | None) -> str:
     def value(v: Any) -> str:
         return (
             json.dumps(v)
@@ -89,8 +92,9 @@ def toml(state: Path, url: str, pipeline: dict[str, Any], redis: dict[str, Any] 
         "[[pipelines]]",
         *(f"{k} = {value(v)}" for k, v in pipeline.items()),
     ]
-    if redis is not None:
-        lines += ["[pipelines.redis]", *(f"{k} = {value(v)}" for k, v in redis.items())]
+    if section is not None:
+        name, options = section
+        lines += [f"[pipelines.{name}]", *(f"{k} = {value(v)}" for k, v in options.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -102,6 +106,13 @@ class Daemon:
         self.config.write_text(config)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    @property
+    def label(self) -> str:
+        """Its consumer name (Redis) or its name in the manifests it writes (NATS)."""
+        from chworkers.daemon.brokers.redisclient import default_consumer
+
+        return default_consumer(str((self.workdir / "state").resolve()))
 
     def start(self) -> None:
         self.starts += 1
@@ -191,9 +202,9 @@ class Measured:
     """Rows/s from the first row in ClickHouse to the last (start-up, a second or more
     for a daemon, left out for every path alike), and the CPU seconds the path's
     processes used meanwhile: the reader's (the daemon and its workers, or the plain
-    loop's thread) with Redis's, and ClickHouse's apart (its background merges come and
-    go with timing). On a shared machine the wall-clock rate moves with everybody else's
-    load; the CPU a row costs much less."""
+    loop's thread) with the broker's, and ClickHouse's apart (its background merges come
+    and go with timing). On a shared machine the wall-clock rate moves with everybody
+    else's load; the CPU a row costs much less."""
 
     def __init__(self, rate: float, cpu: tuple[float, float], rows: int) -> None:
         self.rate, self.rows = rate, rows
@@ -232,6 +243,257 @@ def wait_rows(
 PIPELINE = {"table": "ev", "format": "JSONEachRow", "max_rows": 50_000, "max_delay": "500ms"}
 
 
+# -- the brokers ------------------------------------------------------------------------------
+
+
+class Broker:
+    """What a benchmark needs of a broker; one subclass per broker."""
+
+    name = ""
+    pid: int  # the server's process, whose CPU counts with the reader's
+
+    def stop(self) -> None: ...
+    def restart(self) -> None:
+        """kill -9 the server and start it again."""
+
+    def fill(self, messages: int, per: int) -> None:
+        """Put the messages in the stream before a throughput run."""
+
+    def source(self, r: int) -> dict[str, Any]:
+        """The daemon's ``[pipelines.<broker>]`` for throughput round ``r``."""
+        raise NotImplementedError
+
+    def plain(self, r: int, client: Any, total: int, ready: threading.Event) -> None:
+        """The plain loop of round ``r``: read, insert with ``client``, acknowledge after
+        the insert, until ``total`` rows are in; ``ready`` once it is set up."""
+
+    def scale_source(self, args: argparse.Namespace) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def held_by(self, daemon: Daemon) -> Any:
+        """What the daemon holds not acknowledged (None or empty: nothing), read before
+        it is killed."""
+
+    def released(self, held: Any) -> bool:
+        """Whether all of ``held`` is acknowledged now."""
+        raise NotImplementedError
+
+    def settled(self) -> bool:
+        """Everything delivered and acknowledged."""
+        raise NotImplementedError
+
+
+class Redis(Broker):
+    name = "redis"
+
+    def __init__(self, directory: Path) -> None:
+        self.server = RedisServer(directory)
+        self.server.start()
+        self.client = self.server.client()
+        assert self.server.proc is not None
+        self.pid = self.server.proc.pid
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.server.kill()
+        time.sleep(1)
+        self.server.start()
+        self.client = self.server.client()
+
+    def fill(self, messages: int, per: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for m in range(messages):
+            pipe.xadd(STREAM, {"data": rows(m * per, (m + 1) * per)})
+            if len(pipe) >= 5000:
+                pipe.execute()
+        pipe.execute()
+
+    def source(self, r: int) -> dict[str, Any]:
+        return {"url": self.url, "stream": STREAM, "group": f"g{r}", "fetch_count": 10_000}
+
+    def plain(self, r: int, client: Any, total: int, ready: threading.Event) -> None:
+        redis = self.server.client()
+        group = f"plain{r}"
+        redis.xgroup_create(STREAM, group, "0")
+        ready.set()
+        inserted = 0
+        while inserted < total:
+            reply = redis.xreadgroup(group, "plain", {STREAM: ">"}, count=10_000, block=1000)
+            if not reply:
+                continue
+            entries = reply[0][1]
+            payload = b"".join(fields[b"data"] for _id, fields in entries)
+            client.raw_insert("ev", insert_block=payload, fmt="JSONEachRow")
+            redis.xack(STREAM, group, *[entry_id for entry_id, _f in entries])
+            inserted += payload.count(b"\n")
+        redis.close()
+
+    def scale_source(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "stream": STREAM,
+            "fetch_count": 5000,
+            "claim_idle": args.claim_idle,
+            "claim_interval": 1.0,
+        }
+
+    def held_by(self, daemon: Daemon) -> set[bytes]:
+        entries = self.client.xpending_range(
+            STREAM, "chworkers", "-", "+", count=1_000_000, consumername=daemon.label
+        )
+        return {e["message_id"] for e in entries}
+
+    def released(self, held: set[bytes]) -> bool:
+        def key(entry_id: bytes) -> tuple[int, int]:
+            ms, _, seq = entry_id.partition(b"-")
+            return int(ms), int(seq or 0)
+
+        lo, hi = min(held, key=key), max(held, key=key)
+        entries = self.client.xpending_range(
+            STREAM, "chworkers", lo, hi, count=len(held) * 4 + 10_000
+        )
+        return not held & {e["message_id"] for e in entries}
+
+    def settled(self) -> bool:
+        group = self.client.xinfo_groups(STREAM)[0]
+        return bool(group["pending"] == 0 and group["lag"] == 0)
+
+
+def redis_produce(url: str, messages: int, per: int) -> None:
+    """The scale run's producer (a process of its own): explicit ids, so an XADD sent
+    again after a Redis restart is refused, never doubled."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    done = 0
+    while done < messages:
+        chunk = range(done, min(messages, done + 2000))
+        pipe = client.pipeline(transaction=False)
+        for m in chunk:
+            pipe.xadd(STREAM, {"data": rows(m * per, (m + 1) * per)}, id=f"{m + 1}-1")
+        try:
+            for reply in pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
+                    raise reply
+            done = chunk.stop
+        except redis_py.ConnectionError:
+            time.sleep(0.5)  # redis-server restarting
+
+
+class Nats(Broker):
+    name = "nats"
+
+    def __init__(self, directory: Path) -> None:
+        self.server = NatsServer(directory)
+        self.server.start()
+        self.server.make_stream(STREAM)
+        assert self.server.proc is not None
+        self.pid = self.server.proc.pid
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.server.kill()
+        time.sleep(1)
+        self.server.start()
+
+    def fill(self, messages: int, per: int) -> None:
+        asyncio.run(nats_produce(self.url, messages, per))
+
+    def source(self, r: int) -> dict[str, Any]:
+        return {"url": self.url, "stream": STREAM, "consumer": f"c{r}", "fetch_count": 10_000}
+
+    def plain(self, r: int, client: Any, total: int, ready: threading.Event) -> None:
+        async def work(nc: Any) -> None:
+            from nats.js.api import AckPolicy, ConsumerConfig
+
+            js = nc.jetstream()
+            config = ConsumerConfig(
+                durable_name=f"plain{r}", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1
+            )
+            await js.add_consumer(STREAM, config)
+            pull = await js.pull_subscribe_bind(f"plain{r}", STREAM, pending_msgs_limit=-1)
+            ready.set()
+            inserted = 0
+            while inserted < total:
+                try:
+                    messages = await pull.fetch(10_000, timeout=1)
+                except TimeoutError:
+                    continue
+                payload = b"".join(m.data for m in messages)
+                client.raw_insert("ev", insert_block=payload, fmt="JSONEachRow")
+                for m in messages:
+                    await m.ack()
+                inserted += payload.count(b"\n")
+            await nc.flush()
+
+        self.server.run(work)
+
+    def scale_source(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"url": self.url, "stream": STREAM, "fetch_count": 5000, "ack_wait": args.ack_wait}
+
+    def held_by(self, daemon: Daemon) -> int:
+        """The highest stream sequence of the batches the daemon wrote manifests for whose
+        messages are not all acknowledged yet (0: none): manifests of batches it had
+        completed (the floor passed them) are not counted."""
+        label = daemon.label
+
+        async def work(client: Any) -> int:
+            js = client.jetstream()
+            floor = (await js.consumer_info(STREAM, "chworkers")).ack_floor.stream_seq
+            entry = await (await js.key_value("chworkers")).get(f"{STREAM}.chworkers")
+            batches = json.loads(entry.value)["batches"].values()
+            ends = [b["seqs"][-1][1] for b in batches if b["by"] == label]
+            return max((end for end in ends if end > floor), default=0)
+
+        return self.server.run(work)
+
+    def released(self, held: int) -> bool:
+        async def work(client: Any) -> int:
+            info = await client.jetstream().consumer_info(STREAM, "chworkers")
+            return int(info.ack_floor.stream_seq)
+
+        return self.server.run(work) >= held
+
+    def settled(self) -> bool:
+        return self.server.settled(STREAM)
+
+
+async def nats_produce(url: str, messages: int, per: int) -> None:
+    """Publish the messages through JetStream (each with a message id, so one published
+    again after a server restart is dropped by the stream's duplicate window)."""
+    import nats
+    import nats.errors
+
+    client = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    js = client.jetstream(timeout=30)
+    done = 0
+    while done < messages:
+        chunk = range(done, min(messages, done + 1000))
+        acks = [
+            js.publish(SUBJECT, rows(m * per, (m + 1) * per), headers={"Nats-Msg-Id": str(m)})
+            for m in chunk
+        ]
+        try:
+            await asyncio.gather(*acks)
+            done = chunk.stop
+        except (nats.errors.Error, TimeoutError):
+            await asyncio.sleep(0.5)  # nats-server restarting: publish the chunk again
+    await client.close()
+
+
+BROKERS: dict[str, Callable[[Path], Broker]] = {"redis": Redis, "nats": Nats}
+
+
+# -- throughput -------------------------------------------------------------------------------
+
+
 def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) -> Measured:
     db = fresh_database(ch, f"bench_file_{r}")
     pipeline = {"name": "file", "source": "file", "paths": [str(data)], **PIPELINE}
@@ -246,29 +508,26 @@ def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) 
     return measured
 
 
-def run_redis(
-    ch: EmbeddedClickHouse, tmp: Path, server: RedisServer, total: int, r: int
-) -> Measured:
-    db = fresh_database(ch, f"bench_redis_{r}")
-    pipeline = {"name": "redis", "source": "redis", **PIPELINE}
-    redis = {"url": server.url, "stream": STREAM, "group": f"g{r}", "fetch_count": 10_000}
-    d = Daemon(
-        tmp / f"redis-{r}", toml(tmp / f"redis-{r}" / "state", f"{ch.url}/{db}", pipeline, redis)
-    )
+def run_source(ch: EmbeddedClickHouse, tmp: Path, broker: Broker, total: int, r: int) -> Measured:
+    db = fresh_database(ch, f"bench_{broker.name}_{r}")
+    pipeline = {"name": broker.name, "source": broker.name, **PIPELINE}
+    work = tmp / f"{broker.name}-{r}"
+    config = toml(work / "state", f"{ch.url}/{db}", pipeline, (broker.name, broker.source(r)))
+    d = Daemon(work, config)
     d.start()
-    assert d.proc is not None and server.proc is not None and ch.pid is not None
-    daemon, redis_pid, clickhouse = d.proc.pid, server.proc.pid, ch.pid
-    measured = wait_rows(ch, db, total, lambda: (tree_cpu(daemon, redis_pid), tree_cpu(clickhouse)))
+    assert d.proc is not None and ch.pid is not None
+    daemon, server, clickhouse = d.proc.pid, broker.pid, ch.pid
+    measured = wait_rows(ch, db, total, lambda: (tree_cpu(daemon, server), tree_cpu(clickhouse)))
     d.stop()
     return measured
 
 
-def run_plain(ch: EmbeddedClickHouse, server: RedisServer, total: int, r: int) -> Measured:
-    """What a user writes by hand: read, insert, acknowledge after the insert."""
-    db = fresh_database(ch, f"bench_plain_{r}")
-    assert server.proc is not None and ch.pid is not None
-    redis_pid, clickhouse = server.proc.pid, ch.pid
-    result: list[Measured] = []
+def run_plain(ch: EmbeddedClickHouse, broker: Broker, total: int, r: int) -> Measured:
+    """What a user writes by hand: read, insert, acknowledge after the insert (in a
+    thread of this process, whose CPU is counted with the broker's)."""
+    db = fresh_database(ch, f"bench_plain_{broker.name}_{r}")
+    assert ch.pid is not None
+    server, clickhouse = broker.pid, ch.pid
     ready = threading.Event()
     loop_thread: list[int] = []
     loop_cpu: list[float] = []  # the loop's CPU seconds, once it ended
@@ -278,72 +537,54 @@ def run_plain(ch: EmbeddedClickHouse, server: RedisServer, total: int, r: int) -
             own = thread_cpu(loop_thread[0])
         except FileNotFoundError:  # the loop ended
             own = loop_cpu[0]
-        return tree_cpu(redis_pid) + own, tree_cpu(clickhouse)
+        return tree_cpu(server) + own, tree_cpu(clickhouse)
 
     def loop() -> None:
         loop_thread.append(threading.get_native_id())
-        redis = server.client()
-        group = f"plain{r}"
-        redis.xgroup_create(STREAM, group, "0")
         client = clickhouse_connect.get_client(host=ch.host, port=ch.port, database=db)
-        ready.set()
-        inserted = 0
-        while inserted < total:
-            reply = redis.xreadgroup(group, "plain", {STREAM: ">"}, count=10_000, block=1000)
-            if not reply:
-                continue
-            entries = reply[0][1]
-            payload = b"".join(fields[b"data"] for _id, fields in entries)
-            client.raw_insert("ev", insert_block=payload, fmt="JSONEachRow")
-            redis.xack(STREAM, group, *[entry_id for entry_id, _f in entries])
-            inserted += payload.count(b"\n")
-        client.close()
-        redis.close()
-        loop_cpu.append(time.thread_time())
+        try:
+            broker.plain(r, client, total, ready)
+        finally:
+            client.close()
+            loop_cpu.append(time.thread_time())
+            ready.set()
 
     worker = threading.Thread(target=loop)
     worker.start()
     ready.wait()
-    result.append(wait_rows(ch, db, total, cpu))
+    measured = wait_rows(ch, db, total, cpu)
     worker.join()
-    return result[0]
+    return measured
 
 
 def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
     total = args.messages * args.rows_per_message
-    server = RedisServer(tmp / "redis")
-    server.start()
+    broker = BROKERS[args.broker](tmp / args.broker)
     try:
         t0 = time.monotonic()
-        produce(server, STREAM, args.messages, args.rows_per_message)
+        broker.fill(args.messages, args.rows_per_message)
         print(
             f"produced {args.messages:,} messages ({total:,} rows) in {time.monotonic() - t0:.1f} s"
         )
         data = tmp / "rows.json"
         with open(data, "wb") as fh:
             for m in range(0, args.messages, 10_000):
-                fh.write(
-                    rows(
-                        m * args.rows_per_message,
-                        min(args.messages, m + 10_000) * args.rows_per_message,
-                    )
-                )
-        results: dict[str, list[Measured]] = {
-            "file source": [],
-            "redis source": [],
-            "plain loop": [],
-        }
+                end = min(args.messages, m + 10_000)
+                fh.write(rows(m * args.rows_per_message, end * args.rows_per_message))
+        source = f"{broker.name} source"
+        results: dict[str, list[Measured]] = {"file source": [], source: [], "plain loop": []}
         for r in range(args.rounds):
             results["file source"].append(run_file(ch, tmp, total, data, r))
-            results["redis source"].append(run_redis(ch, tmp, server, total, r))
-            results["plain loop"].append(run_plain(ch, server, total, r))
+            results[source].append(run_source(ch, tmp, broker, total, r))
+            results["plain loop"].append(run_plain(ch, broker, total, r))
             print(
                 f"round {r + 1} (load {os.getloadavg()[0]:.1f}): "
                 + ", ".join(
                     f"{k} {v[-1].rate:,.0f} rows/s, {v[-1].reader_per_million:.2f} + "
                     f"{v[-1].cpu_per_million - v[-1].reader_per_million:.2f} cpu-s/M"
                     for k, v in results.items()
-                )
+                ),
+                flush=True,
             )
         rate = {k: statistics.median(m.rate for m in v) for k, v in results.items()}
         reader = {k: statistics.median(m.reader_per_million for m in v) for k, v in results.items()}
@@ -351,8 +592,8 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
         print(
             f"\n{total:,} rows, {args.rows_per_message} per message, medians of {args.rounds} "
             "rounds. reader: CPU seconds per million rows of the reader (the daemon and its "
-            "workers, or the plain loop) and Redis; all: with ClickHouse's; 2 cores: the rate "
-            "all of them could reach with both cores to themselves (2 / all)"
+            f"workers, or the plain loop) and {broker.name}; all: with ClickHouse's; 2 cores: "
+            "the rate all of them could reach with both cores to themselves (2 / all)"
         )
         print(
             f"{'path':<14} {'rows/s':>10} {'vs file':>8} {'reader':>7} {'all':>6} "
@@ -366,42 +607,24 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
                 f"{cost['file source'] / cost[name]:>8.2f}"
             )
     finally:
-        server.stop()
+        broker.stop()
 
 
-def _key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
-def _still_pending(redis: Any, ids: set[bytes]) -> set[bytes]:
-    lo, hi = min(ids, key=_key), max(ids, key=_key)
-    entries = redis.xpending_range(STREAM, "chworkers", lo, hi, count=len(ids) * 4 + 10_000)
-    return ids & {e["message_id"] for e in entries}
+# -- scale ------------------------------------------------------------------------------------
 
 
 def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
-    from chworkers.daemon.brokers.redisclient import default_consumer
-
     total = args.messages * args.rows_per_message
-    server = RedisServer(tmp / "redis")
-    server.start()
+    broker = BROKERS[args.broker](tmp / args.broker)
     rng = random.Random(args.seed)
-    db = fresh_database(ch, "bench_scale")
-    pipeline = {"name": "redis", "source": "redis", **PIPELINE, "max_rows": 20_000}
-    redis_opts = {
-        "url": server.url,
-        "stream": STREAM,
-        "fetch_count": 5000,
-        "claim_idle": args.claim_idle,
-        "claim_interval": 1.0,
-    }
+    db = fresh_database(ch, f"bench_scale_{broker.name}")
+    pipeline = {"name": broker.name, "source": broker.name, **PIPELINE, "max_rows": 20_000}
+    section = (broker.name, broker.scale_source(args))
     daemons = [
-        Daemon(tmp / f"d{i}", toml(tmp / f"d{i}" / "state", f"{ch.url}/{db}", pipeline, redis_opts))
+        Daemon(tmp / f"d{i}", toml(tmp / f"d{i}" / "state", f"{ch.url}/{db}", pipeline, section))
         for i in range(args.daemons)
     ]
-    redis = server.client()
-    watches: list[tuple[float, set[bytes]]] = []  # a kill's time, its consumer's pending ids
+    watches: list[tuple[float, Any]] = []  # a kill's time, what the killed daemon held
     redelivery: list[float] = []
     kills = 0
     producer = None
@@ -414,8 +637,10 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
                 sys.executable,
                 __file__,
                 "produce",
+                "--broker",
+                broker.name,
                 "--url",
-                server.url,
+                broker.url,
                 "--messages",
                 str(args.messages),
                 "--rows-per-message",
@@ -423,7 +648,7 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
             ]
         )
         next_kill = started + args.kill_every if args.kill_every else float("inf")
-        redis_restarted = not args.redis_restart
+        restarted = not args.broker_restart
         outage_done = not args.clickhouse_outage
         while True:
             now = time.monotonic()
@@ -433,13 +658,10 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
             if now - started > 3600:
                 raise SystemExit(f"timed out with {inserted:,} of {total:,} rows")
             try:
-                if not redis_restarted and inserted > total // 3:
-                    print("killing redis-server (-9) and starting it again")
-                    server.kill()
-                    time.sleep(1)
-                    server.start()
-                    redis = server.client()
-                    redis_restarted = True
+                if not restarted and inserted > total // 3:
+                    print(f"killing the {broker.name} server (-9) and starting it again")
+                    broker.restart()
+                    restarted = True
                 if not outage_done and inserted > total // 2:
                     print(f"ClickHouse down for {args.clickhouse_outage:g} s")
                     ch.kill()
@@ -449,51 +671,46 @@ def scale(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> None:
                     continue
                 if now >= next_kill and inserted < total * 0.9:
                     victim = daemons[rng.randrange(len(daemons))]
-                    consumer = default_consumer(str((victim.workdir / "state").resolve()))
-                    entries = redis.xpending_range(
-                        STREAM, "chworkers", "-", "+", count=1_000_000, consumername=consumer
-                    )
+                    held = broker.held_by(victim)
                     victim.kill9()
                     kills += 1
                     victim.start()
-                    if entries:
-                        watches.append((now, {e["message_id"] for e in entries}))
+                    if held:
+                        watches.append((now, held))
                     next_kill = now + args.kill_every
                 for watch in list(watches):
-                    if not _still_pending(redis, watch[1]):
+                    if broker.released(watch[1]):
                         redelivery.append(time.monotonic() - watch[0])
                         watches.remove(watch)
-            except Exception as exc:  # redis restarting under us
+            except Exception as exc:  # the broker restarting under us
                 print(f"(monitor: {type(exc).__name__}: {exc})")
             time.sleep(0.25)
         elapsed = time.monotonic() - started
-        while True:
-            group = redis.xinfo_groups(STREAM)[0]
-            if group["pending"] == 0 and group["lag"] == 0:
-                break
+        while not broker.settled():
             time.sleep(0.2)
         n, distinct = counts(ch, db, "ev")
         print(
             f"\n{args.daemons} daemons, {args.messages:,} messages ({total:,} rows), "
             f"{kills} kill -9 (every {args.kill_every:g} s), "
-            f"redis-server killed and restarted: {'yes' if args.redis_restart else 'no'}, "
-            f"ClickHouse down for {args.clickhouse_outage:g} s"
+            f"{broker.name} server killed and restarted: {'yes' if args.broker_restart else 'no'}, "
+            f"ClickHouse down for {args.clickhouse_outage:g} s, load {os.getloadavg()[0]:.1f}"
         )
         verdict = "EXACT" if n == distinct == total else "MISMATCH"
         print(f"rows sent {total:,}, in ClickHouse {n:,}, distinct ids {distinct:,}: {verdict}")
         print(f"{total / elapsed:,.0f} rows/s over {elapsed:.1f} s (kills and restarts included)")
         if redelivery:
             print(
-                f"a killed daemon's pending entries all acknowledged after: median "
+                f"what a killed daemon held all acknowledged after: median "
                 f"{statistics.median(redelivery):.1f} s, max {max(redelivery):.1f} s "
-                f"({len(redelivery)} kills that held entries)"
+                f"({len(redelivery)} of {kills} kills held something; "
+                f"{len(watches)} never released)"
             )
     finally:
         if producer is not None and producer.poll() is None:
             producer.kill()
         for d in daemons:
             d.stop()
-        server.stop()
+        broker.stop()
 
 
 def main() -> None:
@@ -502,53 +719,29 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", choices=["throughput", "scale", "produce"])
-    parser.add_argument("--broker", choices=["redis", "nats"], default="redis")
+    parser.add_argument("--broker", choices=sorted(BROKERS), default="redis")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--rows-per-message", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--kill-every", type=float, default=0.0)
-    parser.add_argument("--claim-idle", type=float, default=5.0)
-    parser.add_argument("--redis-restart", action="store_true")
+    parser.add_argument("--claim-idle", type=float, default=5.0, help="redis: claim_idle")
+    parser.add_argument("--ack-wait", type=float, default=5.0, help="nats: ack_wait")
     parser.add_argument(
-        "--broker-restart", action="store_true", help="--broker nats: kill -9 nats-server once"
+        "--broker-restart",
+        "--redis-restart",
+        action="store_true",
+        help="kill -9 the broker's server once, a third of the way in",
     )
-    parser.add_argument("--ack-wait", type=float, default=5.0, help="--broker nats: ack_wait")
     parser.add_argument("--clickhouse-outage", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--url", default="")
+    parser.add_argument("--url", default="", help="produce: the broker's URL")
     args = parser.parse_args()
-    if args.broker == "nats":
-        import natsbench
-
-        if args.mode == "produce":
-            asyncio.run(natsbench.publish(args.url, args.messages, args.rows_per_message))
-            return
-        with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmpdir:
-            tmp = Path(tmpdir)
-            with EmbeddedClickHouse(tmp / "ch") as ch:
-                (natsbench.throughput if args.mode == "throughput" else natsbench.scale)(
-                    args, ch, tmp
-                )
-        return
     if args.mode == "produce":  # the scale run's producer, in a process of its own
-        import redis as redis_py
-
-        client = redis_py.Redis.from_url(args.url)
-        done = 0
-        while done < args.messages:
-            chunk = range(done, min(args.messages, done + 2000))
-            pipe = client.pipeline(transaction=False)
-            for m in chunk:  # explicit ids: an XADD sent again is refused, never doubled
-                data = rows(m * args.rows_per_message, (m + 1) * args.rows_per_message)
-                pipe.xadd(STREAM, {"data": data}, id=f"{m + 1}-1")
-            try:
-                for reply in pipe.execute(raise_on_error=False):
-                    if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
-                        raise reply
-                done = chunk.stop
-            except redis_py.ConnectionError:
-                time.sleep(0.5)  # redis-server restarting
+        if args.broker == "nats":
+            asyncio.run(nats_produce(args.url, args.messages, args.rows_per_message))
+        else:
+            redis_produce(args.url, args.messages, args.rows_per_message)
         return
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmpdir:
         tmp = Path(tmpdir)
