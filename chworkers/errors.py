@@ -167,16 +167,27 @@ class PoolClosedError(PoolError):
 class RetriesExhaustedError(ChworkersError):
     """An operation failed on every attempt the retry policy allowed.
 
-    Attributes: ``attempts`` and ``last_error`` (also the ``__cause__``).
+    Attributes: ``attempts``, ``last_error`` (also the ``__cause__``) and
+    ``maybe_applied``: whether any of the attempts may have reached ClickHouse and been
+    applied (a write sent again is then a replay that ClickHouse may drop by its
+    deduplication token).
     """
 
     attempts: int
     last_error: BaseException | None
+    maybe_applied: bool
 
     def __init__(
-        self, message: str, *, attempts: int = 0, last_error: BaseException | None = None
+        self,
+        message: str,
+        *,
+        attempts: int = 0,
+        last_error: BaseException | None = None,
+        maybe_applied: bool = True,
     ) -> None:
-        super().__init__(message, attempts=attempts, last_error=last_error)
+        super().__init__(
+            message, attempts=attempts, last_error=last_error, maybe_applied=maybe_applied
+        )
 
 
 class EmbeddedError(ChworkersError):

@@ -127,13 +127,19 @@ class InsertResult:
 
     ``rows`` and ``bytes`` are ClickHouse's own counts of what it wrote (its query
     summary: ``written_rows``, ``written_bytes``), summed over the requests; ``None``
-    when the server sent no summary.
+    when the server sent no summary. ClickHouse counts there the rows of blocks it
+    dropped as duplicates of blocks it already had (same deduplication token) as well,
+    and its answer does not say how many it dropped: ``replayed`` is how many of
+    ``rows`` were sent again after an attempt that may have landed (a replay), the
+    rest were new for certain.
     """
 
     rows: int | None
     bytes: int | None
     requests: int
     rejected: tuple[Rejected, ...] = ()
+    #: Of ``rows``, those of replays: new, or dropped by ClickHouse as duplicates.
+    replayed: int = 0
 
 
 #: ``send(records, dedup_token) -> (written rows, written bytes) | None``; raises on failure.

@@ -44,6 +44,7 @@ from chworkers.errors import (
     RetriesExhaustedError,
     ServerError,
     TransportError,
+    WorkerLostError,
 )
 from chworkers.settings import build, setting, validate
 
@@ -81,6 +82,10 @@ RETRYABLE_CODES: Mapping[int, str] = {
 #: these was certainly not applied, so it may be retried even without a deduplication token.
 NOT_APPLIED_CODES = frozenset({164, 202, 203, 242, 252, 285, 373, 439})
 
+#: Codes of requests ClickHouse refused before it read any data: the table, database or
+#: column is unknown, the statement does not parse, the user may not insert.
+REFUSED_CODES = frozenset({16, 47, 60, 62, 81, 192, 193, 194, 497, 516})
+
 #: HTTP statuses retried when the answer carries no ClickHouse code: a proxy or load balancer
 #: in front of ClickHouse (502, 504), an overloaded or starting server (503) and rate
 #: limiting (429, which clickhouse-connect also treats as retryable).
@@ -94,6 +99,24 @@ class Verdict(enum.Enum):
     #: The error is transient but the operation may have been applied and is not idempotent.
     UNSAFE = "unsafe"
     FATAL = "fatal"
+
+
+def maybe_applied(error: BaseException) -> bool:
+    """Whether a write that failed with ``error`` may have been applied all the same, in
+    whole or in part: sent again, it is then a replay, and ClickHouse drops what it
+    already has by the deduplication token (while still counting those rows as written
+    in its summary). False only when the write certainly never reached the table: not
+    sent, refused before any data was read, or failed before ClickHouse was called."""
+    if isinstance(error, RetriesExhaustedError):
+        return bool(getattr(error, "maybe_applied", True))
+    if isinstance(error, TransportError):
+        return bool(error.sent)
+    if isinstance(error, ServerError):
+        return error.code is None or error.code not in NOT_APPLIED_CODES | REFUSED_CODES
+    # A worker lost while running it may have sent it; the caller's own exceptions and
+    # chworkers' other errors (a pool that had no connection, a bad batch) were raised
+    # before any request.
+    return isinstance(error, WorkerLostError) or not isinstance(error, ChworkersError)
 
 
 def error_kind(error: BaseException) -> str:
@@ -295,6 +318,7 @@ class RetryPolicy:
             f"giving up after {attempts} attempt(s) ({why}); last error: {detail}",
             attempts=attempts,
             last_error=error,
+            maybe_applied=maybe_applied(error) or any(maybe_applied(a.error) for a in self.history),
         )
         exc.__cause__ = error
         return exc

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from chworkers.clickhouse.inserts import InsertResult
+from chworkers.clickhouse.retry import maybe_applied
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.brokers.wiring import broker_of, skipped
 from chworkers.daemon.daemonparts import DaemonParts
@@ -62,6 +63,7 @@ class BatchFlow(DaemonParts):
         if broker is not None and not broker.still_open(batch):
             log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
             return skipped(batch)
+        replay = self._is_replay(batch)
         if batch.format in COLUMNAR_FORMATS:  # one request; rejected: dead-lettered whole
             return insert_whole(
                 lambda: self.supervisor.insert_raw(
@@ -72,6 +74,7 @@ class BatchFlow(DaemonParts):
                     settings=batch.settings,
                     deduplication_token=batch.token,
                     shard=None if self.cluster is None else shard_of(batch),
+                    replay=replay,
                 ),
                 batch,
             )
@@ -85,7 +88,17 @@ class BatchFlow(DaemonParts):
             split_bad_rows=True,
             evolve_schema=self._evolve.get(batch.pipeline),
             shard=None if self.cluster is None else shard_of(batch),
+            replay=replay,
         )
+
+    def _is_replay(self, batch: SpooledBatch) -> bool:
+        """Whether ``batch`` may have landed before: recovered from the spool, failed in
+        a way that may have applied it, or rebuilt from a broker's manifest."""
+        with self._lock:
+            if batch.seq in self._replays:
+                return True
+        broker = batch.meta.get("broker")
+        return isinstance(broker, dict) and bool(broker.get("rebuilt"))
 
     def _broker_sources(self) -> dict[str, BrokerSource] | None:
         intake: Intake | None = getattr(self, "intake", None)  # made after the replay
@@ -103,13 +116,20 @@ class BatchFlow(DaemonParts):
         broker = broker_of(self._broker_sources(), batch)
         if broker is not None:
             broker.complete(batch)  # acknowledged once inserted; failing: tried again
+        rows = result.rows or 0
+        # ClickHouse counts a replay's duplicates as written: its rows are shown apart.
+        replayed = rows if self._is_replay(batch) else min(rows, result.replayed)
         with self._lock:
-            self.totals.rows_inserted += result.rows or 0
+            self._replays.discard(batch.seq)
+            self.totals.rows_inserted += rows - replayed
+            if replayed:
+                self.totals.rows_replayed += replayed
+                self.totals.batches_replayed += 1
             self.totals.batches += 1
             self.totals.dead_letters += len(result.rejected)
         self._stall.progressed()
         if self.shard_stats is not None:
-            self.shard_stats.confirmed(shard_of(batch), result.rows or 0)
+            self.shard_stats.confirmed(shard_of(batch), rows - replayed)
 
     def _is_permanent(self, error: BaseException) -> bool:
         """Whether a batch's failure is one only a fix (or SIGHUP) can end: the retry
@@ -126,6 +146,8 @@ class BatchFlow(DaemonParts):
             self.shard_stats.failed(shard_of(batch), error)
         with self._lock:
             self.totals.failures += 1
+            if maybe_applied(error):  # its next attempt is a replay
+                self._replays.add(batch.seq)
 
     def _check_parts(self) -> None:
         """Read the parts of the tables due for it, in a worker (never on this loop); on

@@ -60,6 +60,9 @@ class DaemonParts:
     _stall: Stall
     #: Pipelines with schema = "evolve", by name: their batches add missing columns.
     _evolve: dict[str, Evolve]
+    #: Batches (by seq) an attempt of which may have landed: recovered from the spool at
+    #: start, or failed in a way that may have applied them. Their rows are replays.
+    _replays: set[int]
 
     # Made at start, in this order.
     supervisor: Supervisor

@@ -168,6 +168,8 @@ class DaemonStart(BatchFlow):
     def _replay(self) -> None:
         batches = self.spool.recover()
         self.checkpoints.recover(batches)
+        with self._lock:  # sent before the restart, maybe: replays
+            self._replays.update(batch.seq for batch in batches)
         for batch in batches:
             self._offer(batch)
         once_serving(self.embedded, self.dispatcher.start)

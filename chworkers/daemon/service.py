@@ -99,6 +99,7 @@ class Daemon(DaemonStart):
         self._lock = threading.Lock()
         #: Pipelines with schema = "evolve", by name: their batches add missing columns.
         self._evolve = {p.name: p.evolve for p in config.pipelines if p.evolve is not None}
+        self._replays: set[int] = set()
         self._heartbeat = Heartbeat()
         #: Called with the daemon after the last batch is in, before ClickHouse (if
         #: embedded) stops: the demo queries the result here.

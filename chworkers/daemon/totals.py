@@ -2,6 +2,13 @@
 
 The status line (systemd's ``STATUS=``, the terminal's progress line) and the summary
 ``chworkers run`` prints at the end are written from these counts.
+
+Rows inserted are those of batches sent for the first time (and of requests no earlier
+attempt of which may have landed): new rows, as ``count()`` sees them. The rows of
+replays (a batch recovered from the spool after a restart, or sent again after an
+attempt that may have landed) are counted apart: ClickHouse drops the blocks it already
+has by their deduplication token, yet counts their rows as written, and its answer does
+not say how many it dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chworkers.ops.systemd import format_status
+from chworkers.wording import plural
 
 __all__ = ["Totals"]
 
@@ -22,7 +30,11 @@ class Totals:
     started: float = field(default_factory=time.monotonic)
     rows_read: int = 0
     rows_inserted: int = 0
+    #: Rows of replays (new or dropped as duplicates: ClickHouse does not say which).
+    rows_replayed: int = 0
     batches: int = 0
+    #: Of ``batches``, those with replayed rows.
+    batches_replayed: int = 0
     dead_letters: int = 0
     failures: int = 0
 
@@ -44,16 +56,24 @@ class Totals:
         ``broker_batches`` in the memory tier (not written: left in the broker)."""
         elapsed = time.monotonic() - self.started
         lines = [
-            f"inserted {self.rows_inserted:,} rows in {self.batches:,} batches in "
-            f"{elapsed:.1f} s ({self.rate():,.0f} rows/s)",
+            f"inserted {plural(self.rows_inserted, 'row')} in "
+            f"{plural(self.batches, 'batch')} in {elapsed:.1f} s ({self.rate():,.0f} rows/s)",
             f"dead letters: {self.dead_letters:,}"
             + (f" (in {state_dir / 'dead-letter'})" if self.dead_letters else ""),
             f"failed attempts (retried): {self.failures:,}",
-            f"spool: {spool_batches} batches left in {state_dir / 'spool'}",
+            f"spool: {plural(spool_batches, 'batch')} left in {state_dir / 'spool'}",
         ]
+        if self.batches_replayed:
+            lines.insert(
+                1,
+                f"replayed {plural(self.rows_replayed, 'row')} of "
+                f"{plural(self.batches_replayed, 'batch')} that may have landed before "
+                "(after a restart or a failed attempt): ClickHouse kept only those it did "
+                "not have (by deduplication token); not counted as inserted",
+            )
         if broker_batches:
             lines.append(
-                f"broker: {broker_batches} batches not inserted, left pending in the broker "
+                f"broker: {plural(broker_batches, 'batch')} not inserted, left pending in the broker "
                 "(not in the spool: rebuilt from their manifests at the next start)"
             )
         return "\n".join(lines)

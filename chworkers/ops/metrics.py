@@ -132,7 +132,16 @@ class Metrics:
         )
         self.rows_inserted = Counter(
             "chworkers_rows_inserted_total",
-            "Rows ClickHouse wrote (its summary's written_rows), by table.",
+            "Rows ClickHouse wrote (its summary's written_rows), by table; replays apart "
+            "(rows_replayed).",
+            ["table"],
+            registry=r,
+        )
+        self.rows_replayed = Counter(
+            "chworkers_rows_replayed_total",
+            "Rows sent again after an attempt that may have landed (a restart, a failed "
+            "or lost request), by table: ClickHouse drops those it already has by their "
+            "deduplication token, yet counts them as written. Not in rows_inserted.",
             ["table"],
             registry=r,
         )

@@ -8,6 +8,7 @@ schema evolution (:func:`chworkers.clickhouse.inserts.run_insert`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from chworkers.clickhouse import schema
 from chworkers.clickhouse.inserts import InsertResult, run_insert
 from chworkers.clickhouse.partitions import partition_keys
+from chworkers.clickhouse.retry import maybe_applied
 from chworkers.workers import tasks
 from chworkers.workers.context import Connections, TaskInfo, WorkerContext
 
@@ -73,18 +75,32 @@ def insert(
             deduplication_token=token,
         )
 
+    replayed = 0  # rows of requests an earlier attempt of which may have landed
+
     def send(data: Any, token: str) -> tuple[int, int] | None:
+        nonlocal replayed
+        landed_before = False
+
         def attempt(conn: Any) -> Any:
+            nonlocal landed_before
             worker.beat()
             started = time.monotonic()
-            summary = request(conn, data, token)
+            try:
+                summary = request(conn, data, token)
+            except BaseException as exc:
+                landed_before = landed_before or maybe_applied(exc)
+                raise
             worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
             return summary
 
         summary = connections.with_connection(attempt, retry=retry, shard=spec.shard)
         reported = getattr(summary, "summary", None)
         if isinstance(reported, dict) and "written_rows" in reported:
-            return int(summary.written_rows), int(summary.written_bytes())
+            written = int(summary.written_rows), int(summary.written_bytes())
+            if landed_before:
+                # ClickHouse counts the rows it dropped as duplicates as written too.
+                replayed += written[0]
+            return written
         return None
 
     def partitions(data: bytes) -> tuple[list[str], int]:
@@ -109,7 +125,7 @@ def insert(
     if spec.split is not None and not isinstance(data, bytes):
         data = bytes(data)  # cut into records by bytes methods
 
-    return run_insert(
+    result = run_insert(
         data,
         spec.token,
         send,
@@ -118,3 +134,4 @@ def insert(
         partitions=partitions if spec.split is not None else None,
         evolve=evolve if spec.evolve is not None else None,
     )
+    return dataclasses.replace(result, replayed=replayed) if replayed else result

@@ -137,17 +137,22 @@ class Outcomes:
 
     def _inserted(self, task: Task, result: InsertResult) -> Any:
         """Count a confirmed insert once, in ClickHouse's own terms (its summary's
-        written rows and bytes); returns what the future resolves to."""
+        written rows and bytes), the rows of replays apart (ClickHouse counts the rows it
+        dropped as duplicates as written); returns what the future resolves to."""
         m, table = self.metrics, task.table or ""
         rows = result.rows
         if rows is None:  # no summary from the server: the rows we sent that it took
             rows = max(0, task.rows - len(result.rejected))
-        self._child(m.rows_inserted, table).inc(rows)
+        # Sent before by the caller, or by a worker that died under it: all a replay.
+        replayed = rows if task.replay or task.crashes else min(rows, result.replayed)
+        self._child(m.rows_inserted, table).inc(rows - replayed)
+        if replayed:
+            self._child(m.rows_replayed, table).inc(replayed)
         if result.bytes is not None:
             self._child(m.bytes_inserted, table).inc(result.bytes)
         self._child(m.last_insert, table).set(time.time())
         if task.detailed:
-            return dataclasses.replace(result, rows=rows)
+            return dataclasses.replace(result, rows=rows, replayed=replayed)
         return rows
 
     def _after_task_done(self, task: Task, error: BaseException | None, duration: float) -> None:

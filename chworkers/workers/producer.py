@@ -141,6 +141,7 @@ class Producer:
         split_bad_rows: bool,
         shard: int | None = None,
         evolve: Evolve | None = None,
+        replay: bool = False,
     ) -> Future[Any]:
         self._require_clickhouse("insert_raw")
         check_shard(shard, self.shards, f"insert_raw into {table!r}")
@@ -162,6 +163,7 @@ class Producer:
             split=budget,
             shard=shard,
             evolve=evolve,
+            replay=replay,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future

@@ -120,6 +120,7 @@ class Producing:
         split_bad_rows: Literal[False] = False,
         shard: int | None = None,
         evolve_schema: Evolve | None = None,
+        replay: bool = False,
     ) -> Future[int]: ...
 
     @overload
@@ -137,6 +138,7 @@ class Producing:
         split_bad_rows: Literal[True],
         shard: int | None = None,
         evolve_schema: Evolve | None = None,
+        replay: bool = False,
     ) -> Future[InsertResult]: ...
 
     def insert_raw(
@@ -153,6 +155,7 @@ class Producing:
         split_bad_rows: bool = False,
         shard: int | None = None,
         evolve_schema: Evolve | None = None,
+        replay: bool = False,
     ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
@@ -168,7 +171,12 @@ class Producing:
 
         With ``evolve_schema`` (JSONEachRow sent without ``input_format_skip_unknown_fields``),
         fields the table lacks are added as columns and the insert is sent again
-        (:mod:`chworkers.clickhouse.schema`)."""
+        (:mod:`chworkers.clickhouse.schema`).
+
+        ``replay`` says the caller sent this data under this token before and an attempt
+        may have landed: ClickHouse then drops what it already has, yet counts it as
+        written, so its rows count in ``chworkers_rows_replayed_total``, not in
+        ``chworkers_rows_inserted_total`` (and in the result's ``replayed``)."""
         return self._producer.insert_raw(
             table,
             data,
@@ -181,6 +189,7 @@ class Producing:
             split_bad_rows,
             shard,
             evolve_schema,
+            replay,
         )
 
     def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:

@@ -105,6 +105,9 @@ class Task:
     shard: int | None = None
     #: When it was put on the queue (monotonic; autoscaling reads the oldest's age).
     queued_at: float = 0.0
+    #: An insert the caller sent before (an attempt of it may have landed): all the rows
+    #: ClickHouse says it wrote count as replayed, not as inserted.
+    replay: bool = False
 
     def release(self) -> None:
         """Free the shared-memory copies now that the task is done (else with the task)."""
@@ -161,6 +164,7 @@ def encode_insert(
     split: SplitBudget | None = None,
     shard: int | None = None,
     evolve: Evolve | None = None,
+    replay: bool = False,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
@@ -235,6 +239,7 @@ def encode_insert(
         detailed=split is not None,
         shared=_shared(extra, buffers),
         shard=shard,
+        replay=replay,
     )
 
 

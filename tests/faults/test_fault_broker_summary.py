@@ -43,5 +43,5 @@ def test_a_stop_with_broker_batches_in_memory_says_where_they_are(
         running.stop()
     summary = running.daemon.summary()
     assert "spool: 0 batches left in" in summary, summary
-    assert "broker: 1 batches not inserted, left pending in the broker" in summary, summary
+    assert "broker: 1 batch not inserted, left pending in the broker" in summary, summary
     assert not list((tmp_path / "state" / "spool").glob("*.batch"))

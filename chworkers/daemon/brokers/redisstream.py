@@ -240,7 +240,7 @@ class RedisSource(SourceParts):
             token,
             len(ids),
         )
-        self._hand_on(token, ids, batch)
+        self._hand_on(token, ids, batch, rebuilt=True)
 
     def _cut(self) -> None:
         """Cut the batch and send its manifest; the batch goes on once Redis wrote it
@@ -274,13 +274,16 @@ class RedisSource(SourceParts):
             return
         self._hand_on(token, batch.ids, batch)
 
-    def _hand_on(self, token: str, ids: list[str], batch: Assembly) -> None:
+    def _hand_on(
+        self, token: str, ids: list[str], batch: Assembly, *, rebuilt: bool = False
+    ) -> None:
         with self._lock:
             self._inflight[token] = ids
         if not batch.rows:
             self._ack(ids, token)  # nothing to insert (empty or poison entries only)
             return
-        meta = {"broker": {"kind": "redis", "token": token, "ids": ids}}
+        # Rebuilt: a batch of its manifest, which the daemon that wrote it may have inserted.
+        meta = {"broker": {"kind": "redis", "token": token, "ids": ids, "rebuilt": rebuilt}}
         with self._lock:
             self._unsent.add(token)
         self.batcher.add(
