@@ -277,6 +277,18 @@ def load(
             raise ConfigError(
                 f"config file {source} does not exist", key="config", value=source
             ) from None
+        except OSError as exc:  # a directory, no permission, an I/O error
+            raise ConfigError(
+                f"config file {source} cannot be read: {exc.strerror or exc}",
+                key="config",
+                value=source,
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{source}: not valid TOML: not UTF-8 text (byte {exc.start}: "
+                f"{exc.object[exc.start : exc.start + 1]!r})",
+                source=source,
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}", source=source) from exc
     data = dict(data or {})

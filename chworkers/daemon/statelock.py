@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chworkers import forkguard
-from chworkers.errors import StateDirInUseError
+from chworkers.errors import ConfigError, StateDirInUseError
 
 __all__ = ["state_lock"]
 
@@ -23,9 +23,24 @@ __all__ = ["state_lock"]
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
     """Hold ``state_dir`` for one process (a daemon, or ``check`` starting its endpoint)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "daemon.lock"
-    fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+    except OSError as exc:  # a file in the way, no permission, a read-only file system
+        why = f"{exc.strerror or exc} ({exc.filename or path})"
+        if isinstance(exc, FileExistsError):
+            why = f"{exc.filename or state_dir} is a file, not a directory"
+        elif isinstance(exc, NotADirectoryError):
+            why = "a part of its path is a file, not a directory"
+        raise ConfigError(
+            f"state_dir = {str(state_dir)!r} cannot be used: {why}; "
+            "set state_dir, CHWORKERS_STATE_DIR or --state-dir "
+            "to a directory the daemon can create and write",
+            key="state_dir",
+            value=str(state_dir),
+            expected="a directory the daemon can create and write",
+        ) from exc
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
