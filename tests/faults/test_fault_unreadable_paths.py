@@ -63,13 +63,17 @@ def test_a_config_file_that_is_not_utf8(tmp_path: Path) -> None:
 def test_a_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("")
-    with pytest.raises(ConfigError, match="afile is a file, not a directory") as info:
-        with state_lock(afile):
-            pass
+    with (
+        pytest.raises(ConfigError, match="afile is a file, not a directory") as info,
+        state_lock(afile),
+    ):
+        pass
     assert info.value.key == "state_dir"
-    with pytest.raises(ConfigError, match="a part of its path is a file, not a directory"):
-        with state_lock(afile / "below"):
-            pass
+    with (
+        pytest.raises(ConfigError, match="a part of its path is a file, not a directory"),
+        state_lock(afile / "below"),
+    ):
+        pass
 
 
 @pytest.mark.timeout(120)
