@@ -113,12 +113,14 @@ class Rejected:
 
     ``reason`` is ``"rejected"`` (the record alone failed with ``error``) or
     ``"budget"`` (the bisection's budget ran out while the record was in a sub-batch
-    that failed with ``error``; the record itself may be fine).
+    that failed with ``error``; the record itself may be fine). ``rows`` is how many
+    rows the record holds: 1 for a line, all of a binary batch rejected whole.
     """
 
     record: bytes
     error: ServerError
     reason: str = "rejected"
+    rows: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -126,7 +126,6 @@ class BatchFlow(DaemonParts):
                 self.totals.rows_replayed += replayed
                 self.totals.batches_replayed += 1
             self.totals.batches += 1
-            self.totals.dead_letters += len(result.rejected)
         self._stall.progressed()
         if self.shard_stats is not None:
             self.shard_stats.confirmed(shard_of(batch), rows - replayed)
@@ -174,6 +173,12 @@ class BatchFlow(DaemonParts):
         if error is not None:
             log.debug("checking the parts of %s failed: %s", table, error)
         self.parts.checked(table, None if error is not None else future.result())
+
+    def _dead_lettered(self, rows: int) -> None:
+        """Rows written to the dead letters: rejected rows, a binary batch whole (its
+        rows), an unreadable file's, a broker's poison messages."""
+        with self._lock:
+            self.totals.dead_letters += rows
 
     def _read(self, rows: int) -> None:
         with self._lock:

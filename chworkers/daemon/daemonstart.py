@@ -101,6 +101,7 @@ class DaemonStart(BatchFlow):
         self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
         self.checkpoints = Checkpoints(self.state_dir / "positions")
         self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
+        self.dead_letters.on_rows = self._dead_lettered
         self.parts = PartsPressure(s.parts, metrics=self.metrics)
         self.dispatcher = Dispatcher(
             self.spool,

@@ -27,13 +27,14 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, Rejected, split_records
 from chworkers.daemon.batchfile import fsync_directory
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 from chworkers.workers.middleware import Middleware
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class _Entry:
     error: BaseException
     reason: str
     binary: bool = False  # the record is not text: written as base64
+    rows: int = 1  # rows the record holds (a binary batch dead-lettered whole: all of it)
 
 
 class DeadLetters(Middleware):
@@ -66,6 +68,9 @@ class DeadLetters(Middleware):
         self._lock = threading.Lock()
         self._letters: queue.SimpleQueue[DeadLetter | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        #: Called with the rows of every write (a binary batch dead-lettered whole
+        #: counts its rows, not 1), after they are on disk.
+        self.on_rows: Callable[[int], None] | None = None
 
     def write(
         self,
@@ -78,7 +83,7 @@ class DeadLetters(Middleware):
     ) -> Path | None:
         """Append rejected records durably (returns once they are on disk); ``binary``:
         the records are bytes of a binary format (a Parquet batch), kept as base64."""
-        entries = [_Entry(r.record, r.error, r.reason, binary) for r in rejected]
+        entries = [_Entry(r.record, r.error, r.reason, binary, r.rows) for r in rejected]
         return self._append(table, entries, pipeline=pipeline, batch=batch)
 
     def write_errors(
@@ -89,10 +94,12 @@ class DeadLetters(Middleware):
         reason: str,
         pipeline: str = "",
         batch: str = "",
+        rows: int = 1,
     ) -> Path | None:
-        """Append input that never reached ClickHouse (a broker's poison message), each
-        with the error that stopped it, durably."""
-        entries = [_Entry(r, e, reason, not _is_text(r)) for r, e in records]
+        """Append input that never reached ClickHouse (a broker's poison message, a file
+        that cannot be read), each with the error that stopped it, durably; each record
+        holds ``rows`` rows."""
+        entries = [_Entry(r, e, reason, not _is_text(r), rows) for r, e in records]
         return self._append(table, entries, pipeline=pipeline, batch=batch)
 
     # -- as supervisor middleware --------------------------------------------------------
@@ -152,12 +159,15 @@ class DeadLetters(Middleware):
                 "reason": item.reason,
                 "error": _error(item.error),
             }
+            if item.rows != 1:
+                entry["rows"] = item.rows
             if item.binary:
                 entry["record_base64"] = base64.b64encode(item.record).decode()
             else:
                 entry["record"] = item.record.decode("utf-8", "backslashreplace").rstrip("\n")
             lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
         data = "".join(lines).encode()
+        rows = sum(item.rows for item in entries)
         with self._lock:
             _make_dirs_durably(folder)
             created = not path.exists()
@@ -165,14 +175,16 @@ class DeadLetters(Middleware):
             if created:  # the new name must survive a power cut as well as the data
                 fsync_directory(folder)
         log.warning(
-            "%d rows for %s rejected (first: %s); written to %s",
-            len(entries),
+            "%s for %s rejected (first: %s); written to %s",
+            plural(rows, "row"),
             table,
             (str(entries[0].error).splitlines() or [""])[0][:200],
             path,
         )
         if self._metrics is not None:
-            self._metrics.dead_letter_rows.labels(table=table).inc(len(entries))
+            self._metrics.dead_letter_rows.labels(table=table).inc(rows)
+        if self.on_rows is not None:
+            self.on_rows(rows)
         return path
 
 
@@ -195,8 +207,12 @@ def _entries(letter: DeadLetter) -> list[_Entry]:
         records, binary = _records(spec.form, spec.fmt, spec.data)
     except Exception as exc:  # undecodable: keep at least what it was
         log.warning("dead letter of task %d: cannot read its data: %s", letter.task_id, exc)
-        records, binary = [letter.description.encode()], False
-    return [_Entry(record, letter.error, letter.reason, binary) for record in records]
+        return [
+            _Entry(letter.description.encode(), letter.error, letter.reason, rows=letter.rows or 1)
+        ]
+    # A binary batch is one record: all its rows.
+    rows = max(1, letter.rows) if binary else 1
+    return [_Entry(record, letter.error, letter.reason, binary, rows) for record in records]
 
 
 def _records(form: str, fmt: str | None, data: Any) -> tuple[list[bytes], bool]:

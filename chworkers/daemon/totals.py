@@ -35,6 +35,7 @@ class Totals:
     batches: int = 0
     #: Of ``batches``, those with replayed rows.
     batches_replayed: int = 0
+    #: Rows written to the dead letters (the daemon's DeadLetters counts them).
     dead_letters: int = 0
     failures: int = 0
 

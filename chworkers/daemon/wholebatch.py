@@ -47,7 +47,7 @@ def insert_whole(send: Callable[[], Future[Any]], batch: SpooledBatch) -> Future
                 rows = written if isinstance(written, int) else batch.rows
                 out.set_result(InsertResult(rows=rows, bytes=None, requests=1))
         elif isinstance(error, ServerError) and error.code in DATA_ERROR_CODES:
-            rejected = Rejected(record=batch.payload, error=error)
+            rejected = Rejected(record=batch.payload, error=error, rows=max(1, batch.rows))
             out.set_result(InsertResult(rows=0, bytes=None, requests=1, rejected=(rejected,)))
         else:
             out.set_exception(error)
@@ -62,7 +62,20 @@ def file_letter(dead_letters: DeadLetters) -> Callable[[str, str, ColumnarFileEr
     def write(pipeline: str, table: str, error: ColumnarFileError) -> None:
         record = json.dumps({"file": error.path, "rows": error.rows})
         dead_letters.write_errors(
-            table, [(record.encode(), error)], reason="unreadable file", pipeline=pipeline
+            table,
+            [(record.encode(), error)],
+            reason="unreadable file",
+            pipeline=pipeline,
+            rows=_row_count(error.rows),
         )
 
     return write
+
+
+def _row_count(rows: str) -> int:
+    """How many rows ``"first-end"`` (end excluded) names; 1 when unknown (``"all"``:
+    a file that cannot be read at all is one dead letter)."""
+    first, _, end = rows.partition("-")
+    if first.isdigit() and end.isdigit() and int(end) > int(first):
+        return int(end) - int(first)
+    return 1

@@ -1,7 +1,10 @@
 """A Parquet file whose metadata reads but one of whose row groups is corrupt, small
 enough to be sent whole: ClickHouse refuses it with CANNOT_DECOMPRESS (271), which was
 not taken for a data error, so the batch was held in the spool and retried for good
-instead of going to the dead letters."""
+instead of going to the dead letters.
+
+Dead-lettered whole, the batch counted as one row in the dead letters' counts (the
+summary's "dead letters", ``chworkers_dead_letter_rows_total``): it counts its rows."""
 
 from __future__ import annotations
 
@@ -28,4 +31,8 @@ def test_a_corrupt_file_sent_whole_is_dead_lettered_whole_by_clickhouse(
     assert letter["reason"] == "rejected"
     assert letter["error"]["code"] == 271  # CANNOT_DECOMPRESS: not retried for good
     assert base64.b64decode(letter["record_base64"]) == path.read_bytes()
-    assert daemon.totals.dead_letters == 1 and daemon.totals.failures == 0
+    assert letter["rows"] == 3_000
+    assert daemon.totals.dead_letters == 3_000 and daemon.totals.failures == 0
+    dead = daemon.metrics.dead_letter_rows.labels(table=target)._value.get()
+    assert dead == 3_000
+    assert "dead letters: 3,000 (in " in daemon.summary()
