@@ -14,7 +14,9 @@ closures.
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -72,7 +74,15 @@ def _frozen(view: memoryview) -> bytes:
 def loads(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
     view = memoryview(data)
     if view[0] == _DILL:
-        return dill.loads(view[1:], buffers=buffers)
+        unpickler = dill.Unpickler(io.BytesIO(view[1:]), buffers=buffers)
+        # dill pickles the globals of a function from the main script by reference, to
+        # "the __main__ module", which it looks up in the module it found as __main__
+        # when it was imported. A worker imports dill (in the fork server) before it
+        # imports the program's main module again, so that was the fork server's, and a
+        # lambda using a global of the script (a constant, a function) failed with
+        # NameError. The main module as it is now is the script's.
+        unpickler._main = sys.modules.get("__main__", unpickler._main)
+        return unpickler.load()
     return pickle.loads(view[1:], buffers=buffers)
 
 
