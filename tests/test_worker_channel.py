@@ -16,7 +16,7 @@ from chworkers.workers import channel
 def test_outbox_never_blocks_and_resumes_partial_writes() -> None:
     reader, writer = multiprocess.Pipe(duplex=False)
     outbox = channel.Outbox(writer.fileno())
-    big = bytes(range(256)) * 4096  # 1 MiB: far more than a pipe buffer holds
+    big = bytes(range(256)) * 8192  # 2 MiB: more than a pipe holds, widened or not
     outbox.put(channel.encode(channel.TASKS, [(1, "call", b"x", [pickle.PickleBuffer(big)])]))
     outbox.put(channel.encode(channel.STOP, None))
     assert outbox.flush() is False  # the pipe is full; we were not blocked

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from chworkers.clickhouse.lease import LeaseBroker
@@ -362,7 +362,8 @@ class Crew:
         if pending:
             queue.requeue(pending)
         for h, batch in batches.items():
-            self.procs.send(h, channel.TASKS, [t.wire() for t in batch])
+            for part in _messages(batch):
+                self.procs.send(h, channel.TASKS, [t.wire() for t in part])
 
     def _admit(self, task: Task, best: WorkerHandle, now: float) -> bool:
         """Whether ``task`` may start now on ``best`` (the least busy worker) as its
@@ -436,3 +437,19 @@ def _exit_reason(h: WorkerHandle, booted: bool, exitcode: int | None) -> str:
     if exitcode == 0 and h.leaving is not None:
         return h.leaving  # recycled or stopped, as asked
     return "crashed"  # even if it was about to be recycled
+
+
+def _messages(batch: list[Task]) -> Iterator[list[Task]]:
+    """``batch`` cut into messages of at most a pipe-full of bytes (or one task): a worker
+    starts its first task once that task's message is read, not once the whole batch is."""
+    part: list[Task] = []
+    size = 0
+    for task in batch:
+        piped = task.piped_bytes()
+        if part and size + piped > channel.PIPE_SIZE:
+            yield part
+            part, size = [], 0
+        part.append(task)
+        size += piped
+    if part:
+        yield part

@@ -125,6 +125,14 @@ class Task:
             if shared is not None:
                 shared.close()
 
+    def piped_bytes(self) -> int:
+        """What of it crosses the worker's pipe (not its shared-memory buffers)."""
+        if self.shared is None:
+            return self.nbytes
+        return len(self.payload) + sum(
+            len(b) for b, s in zip(self.buffers, self.shared, strict=True) if s is None
+        )
+
     def wire(self) -> tuple[int, str, bytes, list[pickle.PickleBuffer | sharedbuf.SharedRef]]:
         buffers, shared = self.buffers, self.shared
         if not buffers:

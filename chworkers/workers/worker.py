@@ -255,11 +255,16 @@ class _Loop:
                 return False
 
     def _read_available(self) -> None:
+        """Read the messages that have arrived, up to the first one with tasks: the rest
+        are read before the next task, so a stream of large tasks is not read to its end
+        before the first one runs."""
         try:
             while self.tasks_in.poll(0):
                 kind, body = channel.receive(self.tasks_in)
                 if kind == channel.TASKS:
                     self.local.extend(body)
+                    if self.local:
+                        break
                 elif kind == channel.CONFIGURE:
                     levels = body.pop("log_levels", None)
                     if levels is not None:
