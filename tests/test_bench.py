@@ -241,6 +241,7 @@ def test_bench_on_its_own_embedded_endpoint_leaves_nothing(tmp_path: Path) -> No
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert "chworkers run, workers=1" in out and "ready" in out
+    assert "endpoint_cpu" in out  # the CPU each path costs the embedded endpoint
     assert "(embedded)" in out
     assert _session_processes(proc.pid) == []
     assert list(tmp.iterdir()) == []

@@ -16,7 +16,7 @@ import ssl
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class Target:
     config: ConnectionConfig  # with ``database`` set to the benchmark's
     embedded: bool
     version: str
+    #: the embedded endpoint's process (its CPU can be read); None for a server's URL
+    pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -111,9 +113,11 @@ class RawHttp:
             self._conn = http.client.HTTPConnection(host.host, host.port, timeout=600)
         self._last_used = time.monotonic()
 
-    def post(self, query: str, body: bytes) -> None:
-        """``query`` with ``body`` as its data; raises :class:`BenchError` unless 200."""
+    def post(self, query: str, body: bytes, settings: Mapping[str, object] | None = None) -> None:
+        """``query`` with ``body`` as its data and ``settings`` (ClickHouse settings, in
+        the URL as clickhouse-connect sends them); raises :class:`BenchError` unless 200."""
         params = {"query": query, "database": self.config.database or "default"}
+        params.update({k: str(v) for k, v in (settings or {}).items()})
         headers = {
             "Content-Type": "application/octet-stream",
             "X-ClickHouse-User": self.config.username,
@@ -161,8 +165,9 @@ def open_target(url: str | None, database: str = DEFAULT_DATABASE) -> Iterator[T
             endpoint = EmbeddedClickHouse(tmp / "data", log_path=tmp / "clickhouse.log")
             stack.enter_context(endpoint)
             config, embedded = ConnectionConfig.from_url(endpoint.url), True
+            pid = endpoint.pid
         else:
-            config, embedded = ConnectionConfig.from_url(url), False
+            config, embedded, pid = ConnectionConfig.from_url(url), False, None
             if config.database is not None:
                 raise ConfigError(
                     f"--url names the database {config.database!r}: the benchmark creates "
@@ -177,7 +182,7 @@ def open_target(url: str | None, database: str = DEFAULT_DATABASE) -> Iterator[T
         version = str(admin.command("SELECT version()"))
         _claim(admin, database, config)
         stack.callback(_drop_at_exit, admin, database, embedded)
-        yield Target(replace(config, database=database), embedded, version)
+        yield Target(replace(config, database=database), embedded, version, pid)
 
 
 def _admin_client(config: ConnectionConfig) -> Any:
