@@ -120,15 +120,7 @@ class Batcher(BatchSpooling):
         Raises :class:`~chworkers.errors.BatcherClosedError` once closed.
         """
         settings = dict(settings or {})
-        key: BufferKey = (
-            pipeline,
-            table,
-            format,
-            tuple(sorted((k, str(v)) for k, v in settings.items())),
-            header,
-            token or "",
-            memory,
-        )
+        key = _key(pipeline, table, format, settings, header, token, memory)
         deadline = None if timeout is None else time.monotonic() + timeout
         ticket = Ticket(self._withdraw, records, rows, meta, retry, deadline)
         with self._lock:
@@ -174,6 +166,29 @@ class Batcher(BatchSpooling):
         if full:
             self._cut(buf)
         return ticket
+
+    def room(
+        self,
+        table: str,
+        *,
+        format: str,
+        pipeline: str = "",
+        settings: Mapping[str, Any] | None = None,
+        limits: BatchLimits | None = None,
+        header: bytes = b"",
+    ) -> tuple[int, int, BatchLimits]:
+        """What the batch being gathered for these records (as :meth:`add` would take
+        them) has room for, rows and bytes, and the limits of the batches after it: a
+        source that cuts its records there fills every batch to its limits (the same
+        pieces a client posting ``max_rows`` lines at a time sends)."""
+        key = _key(pipeline, table, format, dict(settings or {}), header, None, False)
+        with self._lock:
+            buf = self._buffers.get(key)
+            if buf is not None:
+                later = buf.limits
+                return later.max_rows - buf.rows, later.max_bytes - buf.size, later
+        later = self.limits_for(table, limits)
+        return later.max_rows, later.max_bytes, later
 
     def limits_for(self, table: str, limits: BatchLimits | None = None) -> BatchLimits:
         """The limits a batch of ``table`` started now gets (``limits``, or the batcher's,
@@ -288,3 +303,17 @@ class Batcher(BatchSpooling):
         buf.after = self._last_cut.get(key)
         self._last_cut[key] = buf
         return buf
+
+
+def _key(
+    pipeline: str,
+    table: str,
+    format: str,
+    settings: Mapping[str, Any],
+    header: bytes,
+    token: str | None,
+    memory: bool,
+) -> BufferKey:
+    """The buffer records go to: batches never mix these."""
+    flat = tuple(sorted((k, str(v)) for k, v in settings.items()))
+    return (pipeline, table, format, flat, header, token or "", memory)

@@ -13,11 +13,14 @@ sub-batch, so that each request ClickHouse gets is a complete ``*WithNames`` bod
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, split_records
 from chworkers.errors import ConfigError
+
+_NEWLINES = re.compile(rb"\n{2,}")
 
 #: Input formats the daemon accepts, and whether a newline may sit inside a quoted field.
 FORMATS: dict[str, bool] = {name: f.quoted_newlines for name, f in LINE_FORMATS.items()}
@@ -69,7 +72,7 @@ class Framer:
         records, self._tail = buf[:end], buf[end:]
         self._check_tail()
         if count < 0:
-            count = records.count(b"\n") - _blank_lines(records)
+            count = count_lines(records)
         if self._wants_header and count:
             records = self._take_header(records)
             count -= 1
@@ -118,7 +121,7 @@ class Framer:
                 return -1, 0
             self._tail_quotes = 0
             head = data[: nl + 1]
-            count = head.count(b"\n") - _blank_lines(head)
+            count = count_lines(head)
             if self._tail and head.startswith(b"\n"):
                 count += 1  # that newline ends the record in the tail
             return len(self._tail) + nl + 1, count
@@ -141,35 +144,133 @@ class Framer:
         return len(self._tail) + end, count
 
 
-def count_lines(records: bytes) -> int:
+def count_lines(records: bytes, start: int = 0, end: int | None = None) -> int:
     """How many records whole newline-ended records of a format without quoted newlines
-    (JSONEachRow, TSV) hold, counted as :meth:`Framer.feed` counts them."""
-    return records.count(b"\n") - _blank_lines(records)
+    (JSONEachRow, TSV) hold (in ``records[start:end]``), counted as :meth:`Framer.feed`
+    counts them."""
+    end = len(records) if end is None else end
+    if start >= end:
+        return 0
+    return records.count(b"\n", start, end) - _blank_lines(records, start, end)
 
 
 def pieces(
-    records: bytes, format: str, max_rows: int, max_bytes: int
+    records: bytes,
+    format: str,
+    max_rows: int,
+    max_bytes: int,
+    *,
+    first: tuple[int, int] | None = None,
 ) -> Iterator[tuple[bytes, int, int]]:
     """``records`` (whole records, as :meth:`Framer.feed` returns them) cut at record
     boundaries into pieces of at most ``max_rows`` records and ``max_bytes`` bytes (a
     record longer than ``max_bytes`` is a piece of its own): ``(piece, rows, end)``,
     ``end`` being where the piece ends in ``records``. Empty lines count as no record,
-    as in :meth:`Framer.feed` (a piece of only empty lines has 0 rows)."""
+    as in :meth:`Framer.feed` (a piece of only empty lines has 0 rows).
+
+    ``first`` (rows, bytes): the first piece holds at most that much instead (the room
+    left in a batch being gathered, so that it is filled to its limits: a first piece
+    that can take nothing is left out)."""
+    if FORMATS[format]:
+        yield from _quoted_pieces(records, format, max_rows, max_bytes, first)
+        return
+    start = 0
+    rows_room, bytes_room = first or (max_rows, max_bytes)
+    while start < len(records):
+        end = _line_end(records, start, rows_room, bytes_room)
+        rows_room, bytes_room = max_rows, max_bytes
+        if end == start:
+            if first is not None:  # the room left takes not even one record
+                first = None
+                continue
+            # One record longer than max_bytes: a piece of its own.
+            end = records.find(b"\n", start) + 1 or len(records)
+        first = None
+        unended = records[end - 1] != 0x0A  # a last record without its newline
+        yield records[start:end], count_lines(records, start, end) + unended, end
+        start = end
+
+
+def _quoted_pieces(
+    records: bytes, format: str, max_rows: int, max_bytes: int, first: tuple[int, int] | None
+) -> Iterator[tuple[bytes, int, int]]:
+    """:func:`pieces` of a format whose records may hold newlines: record by record."""
     start = end = rows = 0
-    for record in split_records(records, quoted_newlines=FORMATS[format]):
+    rows_room, bytes_room = first or (max_rows, max_bytes)
+    for record in split_records(records, quoted_newlines=True):
         blank = record == b"\n"
-        full = (not blank and rows >= max_rows) or end + len(record) - start > max_bytes
-        if full and end > start:
-            yield records[start:end], rows, end
+        full = (not blank and rows >= rows_room) or end + len(record) - start > bytes_room
+        if full and (end > start or first is not None):
+            if end > start:
+                yield records[start:end], rows, end
             start, rows = end, 0
+            rows_room, bytes_room, first = max_rows, max_bytes, None
         end += len(record)
         rows += not blank
     if end > start:
         yield records[start:end], rows, end
 
 
-def _blank_lines(records: bytes) -> int:
-    return records.count(b"\n\n") + (1 if records.startswith(b"\n") else 0)
+def _line_end(records: bytes, start: int, rows: int, size: int) -> int:
+    """Where the longest run of whole lines from ``start`` with at most ``rows`` records
+    (empty lines are none) and ``size`` bytes ends (``start``: not even one line fits)."""
+    if rows <= 0 or size <= 0:
+        return start
+    stop = records.rfind(b"\n", start, min(len(records), start + size)) + 1
+    if stop <= start:
+        return start
+    end = start
+    while end < stop and rows > 0:
+        step = _after_newlines(records, end, rows, stop)
+        rows -= count_lines(records, end, step)  # empty lines take no room: go on
+        end = step
+    while end < stop and records[end] == 0x0A:  # nor do empty lines after the last one
+        end += 1
+    return end
+
+
+def _after_newlines(data: bytes, start: int, n: int, stop: int) -> int:
+    """Just past the ``n``-th newline in ``data[start:stop]`` (``stop``, a line's end,
+    when there are fewer): a count at C speed up to a guess made from the average line
+    length, then a few finds from there (a guess far off narrows the range first)."""
+    lo, lo_count = start, 0  # lo: a line's start, after lo_count newlines
+    hi, hi_count = stop, data.count(b"\n", start, stop)  # likewise
+    if hi_count <= n:
+        return stop
+    while n - lo_count > 64 and hi_count - n > 64:
+        guess = lo + (hi - lo) * (n - lo_count) // (hi_count - lo_count)
+        at = data.rfind(b"\n", lo, guess) + 1
+        if at <= lo or at >= hi:
+            guess = (lo + hi) // 2  # no line ends near the guess: halve instead
+            at = data.rfind(b"\n", lo, guess) + 1
+            if at <= lo:
+                break
+        counted = lo_count + data.count(b"\n", lo, at)
+        if counted <= n:
+            lo, lo_count = at, counted
+        else:
+            hi, hi_count = at, counted
+    if n - lo_count <= hi_count - n:
+        while lo_count < n:
+            lo = data.find(b"\n", lo) + 1
+            lo_count += 1
+        return lo
+    while hi_count > n:
+        hi = data.rfind(b"\n", lo, hi - 1) + 1
+        hi_count -= 1
+    return hi
+
+
+def _blank_lines(records: bytes, start: int = 0, end: int | None = None) -> int:
+    """Empty lines in ``records[start:end]`` (``start`` at a record boundary): a newline
+    right after another, or at ``start``."""
+    end = len(records) if end is None else end
+    if start >= end:
+        return 0
+    pairs = records.count(b"\n\n", start, end)  # counts a run of k newlines k // 2 times
+    if pairs and records.find(b"\n\n\n", start, end) >= 0:
+        pairs = sum(len(run) - 1 for run in _NEWLINES.findall(records, start, end))
+    return pairs + (records[start] == 0x0A)
 
 
 def read_header(fh: BinaryIO, format: str, *, max_record_bytes: int = 16 * 1024 * 1024) -> bytes:

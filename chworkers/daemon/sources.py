@@ -119,11 +119,23 @@ class _Source:
         exceeds the pipeline's limits): more are cut at record boundaries, each piece
         with ``position(end)`` as its meta when given (``end``: where the piece ends in
         ``records``; a file's position there), else ``meta``."""
-        limits = self.limits or self.batcher.limits
-        if rows <= limits.max_rows and len(records) <= limits.max_bytes:
+        rows_room, bytes_room, limits = self.batcher.room(
+            self.table,
+            format=self.format,
+            pipeline=self.name,
+            settings=self.settings,
+            limits=self.limits,
+            header=header,
+        )
+        if rows <= rows_room and len(records) <= bytes_room:
             self._add_one(records, rows, meta, header)
             return
-        for piece, n, end in pieces(records, self.format, limits.max_rows, limits.max_bytes):
+        # Cut where the open batch is full, so that batches hold max_rows records (not
+        # what whole reads happened to fit), and the rest in batch-sized pieces.
+        first = (rows_room, bytes_room)
+        for piece, n, end in pieces(
+            records, self.format, limits.max_rows, limits.max_bytes, first=first
+        ):
             self._add_one(piece, n, meta if position is None else position(end), header)
 
     def _add_one(
