@@ -7,6 +7,13 @@ position and the positions in the spooled batches wins (:meth:`Checkpoints.recov
 so no record is read into the spool twice. A position names a file by its inode and a
 checksum of its first bytes, so a rotated or recreated file is not mistaken for the old
 one. A save that fails is retried every second and reported by :meth:`Checkpoints.problems`.
+
+A file that is gone is forgotten (:meth:`Checkpoints.forget_gone`), so that a daemon
+tailing rotated logs for months does not keep one position per file it ever read: once
+its path has matched none of the source's patterns and not existed for ``forget_after``
+seconds, and no file the source still sees has its inode. Nothing is re-read for it: a
+file that is gone cannot be read, and one that appears later at its path is a new file
+(another inode, or other first bytes), read from its start as it would be anyway.
 """
 
 from __future__ import annotations
@@ -16,12 +23,15 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+import time
+import zlib
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
+from chworkers.wording import plural
 
-__all__ = ["Checkpoints"]
+__all__ = ["HEAD_BYTES", "Checkpoints", "Forgetting", "head_of", "same_head"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,8 @@ class Checkpoints:
         self._lock = threading.Lock()
         self._positions: dict[str, dict[str, dict[str, int]]] = {}
         self._unsaved: dict[str, str] = {}  # pipeline -> why its last save failed
+        #: pipeline -> path -> when (time.monotonic()) its file was first seen gone.
+        self._gone: dict[str, dict[str, float]] = {}
 
     def _path(self, pipeline: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pipeline)
@@ -71,23 +83,76 @@ class Checkpoints:
                 return
             # Saved even when nothing changed if the last save failed: the positions in
             # memory are ahead of the file, and a restart would read those rows again.
-            data = json.dumps(current, sort_keys=True).encode()
-            target = self._path(pipeline)
-            tmp = target.with_suffix(".tmp")
+            self._save_locked(pipeline)
+
+    def forget_gone(
+        self,
+        pipeline: str,
+        present: Collection[str],
+        idents: Mapping[tuple[int, int], str],
+        *,
+        after: float,
+        now: float | None = None,
+    ) -> list[str]:
+        """Forget (and save without) the positions of files gone for ``after`` seconds:
+        their path is not in ``present`` (what the source's patterns match now) and does
+        not exist (ENOENT: a directory that cannot be read is not "gone"), and the file
+        ``idents`` (the ``(dev, ino)`` of the files the source sees -> a path of each)
+        has at their inode, if any, is another file (the inode reused): a file renamed
+        to a name the patterns match is still the source's. Returns the paths forgotten."""
+        saved = self.load(pipeline)
+        now = time.monotonic() if now is None else now
+        missing = set()
+        for path, pos in saved.items():
+            if path in present or not _missing(path):
+                continue
+            at = idents.get((pos["dev"], pos["ino"]))
+            if at is None or not _is_at(at, pos):
+                missing.add(path)
+        with self._lock:
+            # Gone since when: a path back (or a file at it again) starts over.
+            gone = self._gone[pipeline] = {
+                path: self._gone.get(pipeline, {}).get(path, now) for path in missing
+            }
+            due = sorted(path for path, since in gone.items() if now - since >= after)
+            if not due:
+                return []
+            current = self._positions[pipeline]
+            for path in due:
+                del gone[path]
+                current.pop(path, None)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-                fsync_directory(self.directory)  # the rename itself must survive a crash
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                self._unsaved[pipeline] = f"cannot save {target}: {exc.strerror or exc}"
-                raise
-            if self._unsaved.pop(pipeline, None) is not None:
-                log.info("positions of pipeline %s are saved again", pipeline)
+                self._save_locked(pipeline)
+            except OSError as exc:  # save_unsaved tries again; problems() says so
+                log.warning("could not save the positions of pipeline %s: %s", pipeline, exc)
+        log.info(
+            "source %s: forgot the positions of %s gone for %g s or more (first: %s)",
+            pipeline,
+            plural(len(due), "file"),
+            after,
+            due[0],
+        )
+        return due
+
+    def _save_locked(self, pipeline: str) -> None:
+        """Write the pipeline's positions atomically and durably (the lock held)."""
+        data = json.dumps(self._positions[pipeline], sort_keys=True).encode()
+        target = self._path(pipeline)
+        tmp = target.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            fsync_directory(self.directory)  # the rename itself must survive a crash
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            self._unsaved[pipeline] = f"cannot save {target}: {exc.strerror or exc}"
+            raise
+        if self._unsaved.pop(pipeline, None) is not None:
+            log.info("positions of pipeline %s are saved again", pipeline)
 
     def save_unsaved(self) -> None:
         """Try again to save positions whose last save failed (the daemon's loop calls
@@ -116,6 +181,77 @@ class Checkpoints:
         """After a crash: positions in spooled batches may be newer than the saved ones."""
         for batch in batches:
             self.commit_batch(batch)
+
+
+class Forgetting:
+    """A file source's call to :meth:`Checkpoints.forget_gone`, at a bounded rate (every
+    quarter of ``after``, between ``poll_interval`` and a minute); ``after`` 0: never."""
+
+    def __init__(
+        self, checkpoints: Checkpoints, pipeline: str, after: float, poll_interval: float
+    ) -> None:
+        self.checkpoints = checkpoints
+        self.pipeline = pipeline
+        self.after = after
+        self.interval = min(60.0, max(poll_interval, after / 4))
+        self._next = 0.0
+
+    def due(self) -> bool:
+        """Whether a check is due now (a source that must stat its files for it asks)."""
+        return self.after > 0 and time.monotonic() >= self._next
+
+    def check(self, present: Collection[str], idents: Mapping[tuple[int, int], str]) -> list[str]:
+        """Forget the positions of files gone for ``after`` seconds, when a check is due;
+        the paths forgotten."""
+        if not self.due():
+            return []
+        self._next = time.monotonic() + self.interval
+        return self.checkpoints.forget_gone(self.pipeline, present, idents, after=self.after)
+
+
+#: A file is fingerprinted by a checksum of its first bytes, up to this many.
+HEAD_BYTES = 256
+
+
+def head_of(fd: int, length: int = HEAD_BYTES) -> tuple[int, int]:
+    """(crc32, length) of a file's first ``length`` bytes (fewer if it is shorter)."""
+    data = os.pread(fd, length, 0)
+    return zlib.crc32(data), len(data)
+
+
+def same_head(fd: int, head: int, head_len: int, size: int) -> bool:
+    """Does the open file start as the one fingerprinted did? An inode number can be
+    reused by a new file once the old one is deleted; its first bytes tell them apart."""
+    if head_len == 0:
+        return size == 0
+    crc, got = head_of(fd, head_len)
+    return got == head_len and crc == head
+
+
+def _is_at(path: str, pos: Mapping[str, int]) -> bool:
+    """Whether the file at ``path`` is the one ``pos`` was saved for (its inode, and its
+    first bytes where the position has them); False when it cannot be opened."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if (st.st_dev, st.st_ino) != (pos["dev"], pos["ino"]):
+                return False
+            if "head_len" not in pos:
+                return True
+            return same_head(fh.fileno(), pos["head"], pos["head_len"], st.st_size)
+    except OSError:
+        return False
+
+
+def _missing(path: str) -> bool:
+    """Whether nothing exists at ``path`` (ENOENT; not a failure to look, EACCES, EIO)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _same_file(a: Mapping[str, int], b: Mapping[str, int]) -> bool:

@@ -23,6 +23,7 @@ before the unreadable chunk stay inserted, and the source goes on with other fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -32,7 +33,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.checkpoints import Checkpoints, Forgetting
+from chworkers.daemon.checkpoints import head_of as _head
+from chworkers.daemon.checkpoints import same_head as _same_head
 from chworkers.daemon.filechunks import (
     chunk_token,
     file_identity,
@@ -40,7 +43,7 @@ from chworkers.daemon.filechunks import (
     plan,
     read_chunk,
 )
-from chworkers.daemon.sources import _head, _same_head, _Source
+from chworkers.daemon.sources import _Source
 from chworkers.errors import ColumnarFileError
 
 __all__ = ["BadFile", "ColumnarFileSource"]
@@ -74,6 +77,7 @@ class ColumnarFileSource(_Source):
         checkpoints: Checkpoints,
         follow: bool = False,
         poll_interval: float = 0.25,
+        forget_after: float = 3600.0,
         settle: float = 1.0,
         bad_file: BadFile | None = None,
         **kwargs: Any,
@@ -83,6 +87,7 @@ class ColumnarFileSource(_Source):
         self.checkpoints = checkpoints
         self.follow = follow
         self.poll_interval = poll_interval
+        self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
         self.settle = settle
         self.bad_file = bad_file
         self.files = 0  # files read to their end (or dead-lettered)
@@ -112,6 +117,13 @@ class ColumnarFileSource(_Source):
                     found.add(path)
         self._seen = {p: s for p, s in self._seen.items() if p in found}
         self._done = {p: d for p, d in self._done.items() if p in found}
+        if self.forgetting.due():  # files gone for long: their positions go too
+            idents: dict[tuple[int, int], str] = {}
+            for path in found:
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    idents[(st.st_dev, st.st_ino)] = path
+            self.forgetting.check(found, idents)
         return sorted(found)
 
     def _is_done(self, path: str) -> bool:

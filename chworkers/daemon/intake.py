@@ -109,6 +109,7 @@ class Intake:
                     checkpoints=checkpoints,
                     follow=p.follow,
                     poll_interval=p.poll_interval,
+                    forget_after=p.forget_after,
                     settle=p.settle,
                     bad_file=bad_file,
                     **common,
@@ -119,6 +120,7 @@ class Intake:
                     checkpoints=checkpoints,
                     follow=p.follow,
                     poll_interval=p.poll_interval,
+                    forget_after=p.forget_after,
                     **common,
                 )
             else:

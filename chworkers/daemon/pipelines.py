@@ -63,6 +63,14 @@ class PipelineSettings:
     poll_interval: float = setting(
         0.25, "file source: how often to look for new data.", unit="seconds", minimum=0.01
     )
+    forget_after: float = setting(
+        3600.0,
+        "file source: forget the saved position of a file gone this long (deleted, or "
+        "renamed to a name the paths do not match), so the positions file does not grow "
+        "with every rotated file (0: keep them all).",
+        unit="seconds",
+        minimum=0,
+    )
     settle: float = setting(
         1.0,
         "file source of Parquet, Arrow or Native files: read a file once its size and "

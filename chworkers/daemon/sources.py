@@ -23,12 +23,13 @@ import glob
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
+from chworkers.daemon.checkpoints import head_of as _head
+from chworkers.daemon.checkpoints import same_head as _same_head
 from chworkers.daemon.framing import Framer, RecordTooLargeError, pieces, read_header
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
-#: A file is fingerprinted by a checksum of its first bytes, up to this many.
-HEAD_BYTES = 256
 
 
 @dataclasses.dataclass
@@ -56,21 +55,6 @@ class _OpenFile:
     framer: Framer
     head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
     head_len: int = 0
-
-
-def _head(fd: int, length: int = HEAD_BYTES) -> tuple[int, int]:
-    """(crc32, length) of a file's first ``length`` bytes (fewer if it is shorter)."""
-    data = os.pread(fd, length, 0)
-    return zlib.crc32(data), len(data)
-
-
-def _same_head(fd: int, head: int, head_len: int, size: int) -> bool:
-    """Does the open file start as the one fingerprinted did? An inode number can be
-    reused by a new file once the old one is deleted; its first bytes tell them apart."""
-    if head_len == 0:
-        return size == 0
-    crc, got = _head(fd, head_len)
-    return got == head_len and crc == head
 
 
 class _Source:
@@ -201,6 +185,7 @@ class FileSource(_Source):
         checkpoints: Checkpoints,
         follow: bool = False,
         poll_interval: float = 0.25,
+        forget_after: float = 3600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -208,16 +193,18 @@ class FileSource(_Source):
         self.checkpoints = checkpoints
         self.follow = follow
         self.poll_interval = poll_interval
+        self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
         self._open: dict[str, _OpenFile] = {}
+        self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
         # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
         self._finished: dict[tuple[int, int], tuple[int, int]] = {}
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
-        saved = self.checkpoints.load(self.name)
+        self._saved = self.checkpoints.load(self.name)
         while not stop.is_set():
-            self._discover(saved)
+            self._discover()
             progressed = False
             for path in list(self._open):
                 if stop.is_set():
@@ -230,10 +217,13 @@ class FileSource(_Source):
         for f in self._open.values():
             f.fh.close()
 
-    def _discover(self, saved: Mapping[str, Mapping[str, int]]) -> None:
-        seen: set[tuple[int, int]] = {(f.dev, f.ino) for f in self._open.values()}
+    def _discover(self) -> None:
+        # The files the patterns match, by (dev, ino): a path of each.
+        seen: dict[tuple[int, int], str] = {(f.dev, f.ino): f.path for f in self._open.values()}
+        matched: set[str] = set(self._open)
         for pattern in self.patterns:
             for path in sorted(glob.glob(pattern)):
+                matched.add(path)
                 if path in self._open:
                     continue
                 try:
@@ -243,7 +233,7 @@ class FileSource(_Source):
                     continue
                 st = os.fstat(fh.fileno())
                 ident = (st.st_dev, st.st_ino)
-                seen.add(ident)
+                seen[ident] = path
                 finished = self._finished.get(ident)
                 if finished is not None:
                     if _same_head(fh.fileno(), *finished, st.st_size):
@@ -251,19 +241,8 @@ class FileSource(_Source):
                         continue
                     # A new file got the inode of one read before (deleted meanwhile).
                     del self._finished[ident]
-                    saved = {p: pos for p, pos in saved.items() if p != path}
-                pos = saved.get(path)
-                offset = 0
-                if (
-                    pos
-                    and (pos["dev"], pos["ino"]) == ident
-                    and pos["offset"] <= st.st_size
-                    and (
-                        "head_len" not in pos
-                        or _same_head(fh.fileno(), pos["head"], pos["head_len"], st.st_size)
-                    )
-                ):
-                    offset = pos["offset"]
+                    self._saved.pop(path, None)
+                offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
                 fh.seek(offset)
                 head, head_len = _head(fh.fileno())
                 self._open[path] = _OpenFile(
@@ -284,6 +263,26 @@ class FileSource(_Source):
                 log.info("source %s: reading %s from offset %d", self.name, path, offset)
         # Forget files that are gone: a file that reuses their inode later is new.
         self._finished = {k: v for k, v in self._finished.items() if k in seen}
+        forgotten = self.forgetting.check(matched, seen)
+        for path in forgotten:
+            self._saved.pop(path, None)
+
+    def _saved_offset(self, path: str, ident: tuple[int, int], fd: int, size: int) -> int:
+        """Where to resume the file at ``path``: its saved position, when it is that very
+        file (the same inode and first bytes); or the position saved for it under another
+        path (a file rotated to a name the patterns match, read before under its old
+        name); else its start."""
+        candidates = [self._saved.get(path)]
+        candidates += [pos for p, pos in self._saved.items() if p != path and "head_len" in pos]
+        for pos in candidates:
+            if (
+                pos
+                and (pos["dev"], pos["ino"]) == ident
+                and pos["offset"] <= size
+                and ("head_len" not in pos or _same_head(fd, pos["head"], pos["head_len"], size))
+            ):
+                return pos["offset"]
+        return 0
 
     def _read(self, f: _OpenFile) -> bool:
         """Read what is there; at the end, finish, rotate or wait. True if data came."""
