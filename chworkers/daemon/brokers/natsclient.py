@@ -17,9 +17,10 @@ from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
+
+    from chworkers.daemon.brokers.natswire import WireClient
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,16 @@ class Loop:
     def call(self, coro: Coroutine[Any, Any, T], *, where: str, timeout: float = CALL_TIMEOUT) -> T:
         """Run ``coro`` on the loop and wait for it; nats-py's and the socket's errors (and
         a call that takes longer than ``timeout``) become :class:`BrokerError`."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return self.result(self.start(coro), where=where, timeout=timeout)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the loop without waiting for it (:meth:`result` waits)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def result(
+        self, future: concurrent.futures.Future[T], *, where: str, timeout: float = CALL_TIMEOUT
+    ) -> T:
+        """Wait for what :meth:`start` started, its errors translated as :meth:`call`'s."""
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError as exc:
@@ -117,11 +127,11 @@ def tls_context(options: NatsSourceSettings, where: str) -> ssl.SSLContext | Non
     return context
 
 
-async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Client:
+async def connect(options: NatsSourceSettings, where: str, *, name: str) -> WireClient:
     """A connection; once made, it reconnects by itself for ever (the source reports the
     outage meanwhile). Not reaching a server at first raises :class:`BrokerError` with
     why (the caller tries again with a backoff)."""
-    nats = nats_module(where)
+    nats_module(where)
     failures: list[BaseException] = []
     hopeless = asyncio.Event()
 
@@ -154,8 +164,16 @@ async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Clie
         kwargs["tls"] = context
         if options.tls_hostname:
             kwargs["tls_hostname"] = options.tls_hostname
+
     # Bounded here: after some failures (TLS) nats-py keeps trying without end.
-    connecting = asyncio.ensure_future(nats.connect(servers, **kwargs))
+    async def open() -> WireClient:
+        from chworkers.daemon.brokers.natswire import WireClient
+
+        client = WireClient()
+        await client.connect(servers, **kwargs)
+        return client
+
+    connecting = asyncio.ensure_future(open())
     given_up = asyncio.ensure_future(hopeless.wait())
     await asyncio.wait(
         {connecting, given_up}, timeout=CONNECT_TIMEOUT, return_when="FIRST_COMPLETED"
@@ -169,7 +187,7 @@ async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Clie
         cause = failures[-1] if failures else failure
         why = describe_error(cause) if cause is not None else f"no answer in {CONNECT_TIMEOUT} s"
         raise BrokerError(f"{where}: cannot connect: {why}") from cause
-    client: Client = connecting.result()
+    client = connecting.result()
     client.options["max_reconnect_attempts"] = -1
     return client
 

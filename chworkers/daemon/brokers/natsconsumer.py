@@ -22,9 +22,10 @@ from chworkers.daemon.brokers.assembly import Message
 from chworkers.errors import BrokerError
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+
+    from chworkers.daemon.brokers.natswire import WireClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class Consumer:
     """A durable pull consumer of one stream, on a connection of the source's."""
 
     def __init__(
-        self, client: Client, js: JetStreamContext, stream: str, consumer: str, ack_wait: float
+        self, client: WireClient, js: JetStreamContext, stream: str, consumer: str, ack_wait: float
     ) -> None:
         self.client = client
         self.ack_wait = ack_wait
@@ -68,21 +69,23 @@ class Consumer:
         self._distrust_until = 0.0
 
     async def start(self) -> None:
-        await self.client.subscribe(
-            f"{self.inbox}.*", cb=self._arrived, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        await self.client.subscribe_sink(f"{self.inbox}.*", self._delivered, self._status)
 
-    async def _arrived(self, msg: Msg) -> None:
-        if not msg.reply:  # a status, to the pull's own inbox: 404 no messages, 408 expired
-            status = (msg.headers or {}).get("Status", "")
-            if status == "100":
-                return  # an idle heartbeat (not asked for)
-            if status not in ("404", "408"):
-                log.debug("a pull of consumer %s ended: %s", self.consumer, msg.headers)
-            pull = self._pulls.pop(int(msg.subject.rpartition(".")[2]), None)
-            if pull is not None:
-                pull.done.set()
-            return
+    async def _status(self, msg: Msg) -> None:
+        """A status, to the pull's own inbox (404 no messages, 408 expired, ...): the
+        pull is over."""
+        status = (msg.headers or {}).get("Status", "")
+        if status == "100":
+            return  # an idle heartbeat (not asked for)
+        if status not in ("404", "408"):
+            log.debug("a pull of consumer %s ended: %s", self.consumer, msg.headers)
+        pull = self._pulls.pop(int(msg.subject.rpartition(".")[2]), None)
+        if pull is not None:
+            pull.done.set()
+
+    def _delivered(self, reply: str, data: bytes) -> None:
+        """A pulled message (:mod:`~chworkers.daemon.brokers.natswire`'s short way in:
+        called by the parser, for each message, so it only files it)."""
         # A message comes with its stream subject, not the pull's inbox: the server serves
         # pulls in the order they came, so it belongs to the oldest pull still open.
         number = next(iter(self._pulls), None)
@@ -95,7 +98,7 @@ class Consumer:
             if pull.got >= pull.count:
                 del self._pulls[number]
                 pull.done.set()
-        self._buffer.append((msg.reply, msg.data, sent))
+        self._buffer.append((reply, data, sent))
 
     async def _request(self, body: dict[str, Any], timeout: float) -> None:
         number = next(self._numbers)
@@ -132,10 +135,9 @@ class Consumer:
         return pulled
 
     async def send(self, replies: list[str], what: bytes) -> None:
-        """``what`` (an acknowledgement, in progress, terminate) to each delivery."""
-        publish = self.client.publish
-        for reply in replies:
-            await publish(reply, what)
+        """``what`` (an acknowledgement, in progress, terminate) to each delivery, as one
+        write; returns once the server has them (a flush: its PONG follows them)."""
+        await self.client.publish_each(replies, what)
         await self.client.flush(timeout=10)
 
     async def read(self, seqs: list[int]) -> dict[str, Message]:

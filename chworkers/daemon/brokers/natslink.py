@@ -4,6 +4,7 @@ into it, the in-progress notes that keep a live daemon's messages, and the close
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -80,6 +81,14 @@ class NatsLink:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it (:class:`BrokerError` on failure)."""
         return self.loop.call(coro, where=self.where)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the loop without waiting for it (:meth:`result` waits)."""
+        return self.loop.start(coro)
+
+    def result(self, future: concurrent.futures.Future[T]) -> T:
+        """What :meth:`start` started (:class:`BrokerError` on failure)."""
+        return self.loop.result(future, where=self.where)
 
     def wire(self) -> Consumer:
         if not self._ready.wait(CONNECTED_WAIT) or self._consumer is None:

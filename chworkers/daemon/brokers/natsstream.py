@@ -13,6 +13,7 @@ are acknowledged.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from chworkers.daemon.brokers.common import (
     SourceArgs,
     SourceParts,
 )
+from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
 from chworkers.daemon.brokers.natsmanifests import Manifest, to_ranges
 from chworkers.daemon.brokers.options import NatsSourceSettings
@@ -77,18 +79,31 @@ class NatsSource(SourceParts):
         #: token -> acknowledgement subjects of its messages this daemon holds, until
         #: the batch is acknowledged.
         self._inflight: dict[str, list[str]] = {}
+        self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
         self._rows_per_message = 1.0
+        #: The pull sent while the last one's messages are taken in (None: none).
+        self._ahead: concurrent.futures.Future[list[Pulled]] | None = None
         self.link.keep_alive(self._inflight_replies)
 
     # -- the daemon's side ----------------------------------------------------------------
 
     def still_open(self, batch: SpooledBatch) -> bool:
         """Whether the batch's manifest is still there (else all its messages were
-        acknowledged, or it expired): a batch replayed from the spool is inserted only if
-        it is."""
+        acknowledged, or it expired): a batch is tried again only if it is.
+
+        Not asked before the first attempt of a batch this source just made (a read of
+        the manifests' key less per batch): its messages cannot have been redelivered
+        within those moments (their ``ack_wait`` runs, refreshed by in-progress notes),
+        so no other daemon can have completed the batch; and if one had, the token
+        would make ClickHouse drop this insert."""
         token = str(batch.meta["broker"]["token"])
+        if batch.path is None:
+            with self._lock:
+                if token in self._unsent:
+                    self._unsent.discard(token)
+                    return True
         registry = self.link.call(self.link.manifests().load())
         registry.prune(self._floor, time.time(), self.options.manifest_ttl)
         return token in registry.manifests
@@ -100,6 +115,7 @@ class NatsSource(SourceParts):
         broker = batch.meta["broker"]
         token = str(broker["token"])
         with self._lock:
+            self._unsent.discard(token)
             replies = list(self._inflight.get(token, ()))
         if replies:
             self.link.send(replies, ACK)
@@ -135,12 +151,32 @@ class NatsSource(SourceParts):
                 stop.wait(backoff)
                 backoff = min(RETRY_MAX, backoff * 2)
         try:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:  # what the last pull brought goes in too
+                pulled = self.link.result(ahead)
+                if pulled:
+                    self._take_in(pulled)
             if self._assembly.ids:
                 self._submit_all([self._cut()])  # what was read goes in
         except BrokerError as exc:
             log.warning("source %s: the last batch is redelivered later: %s", self.name, exc)
 
     def _fetch(self) -> None:
+        """Pull messages and take them in. While they are framed, their batch's manifest
+        written and the batch handed on, the next pull is on its way (asking for what
+        the consumer has at once): the source does not wait for NATS between batches."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            pulled = self.link.result(ahead)
+        else:
+            pulled = self.link.call(self.link.wire().pull(*self._pull_size()))
+        if not pulled:
+            return
+        self._ahead = self.link.start(self.link.wire().pull(self.options.fetch_count, 0.0))
+        self._take_in(pulled)
+
+    def _pull_size(self) -> tuple[int, float]:
+        """How many messages a pull that may wait asks for, and how long it waits."""
         wait = 1.0
         if self._assembly.ids:
             wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
@@ -150,9 +186,12 @@ class NatsSource(SourceParts):
         # (the deadline below): at most this wait after it, when the pull waits for new
         # messages. Short waits keep that loss small.
         wait = min(wait, 1.0, self.options.ack_wait / 8)
-        pulled = self.link.call(self.link.wire().pull(count, max(0.01, wait)))
-        if not pulled:
-            return
+        return count, max(0.01, wait)
+
+    def _take_in(self, pulled: list[Pulled]) -> None:
+        """Pulled messages into batches: new ones into the batch in the making,
+        redelivered ones with their manifest's batch; the batches cut meanwhile are
+        handed on."""
         deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
         fresh: list[Message] = []
         again: list[Message] = []
@@ -273,6 +312,8 @@ class NatsSource(SourceParts):
             self._acked(len(held))
             return
         meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}}
+        with self._lock:
+            self._unsent.add(token)
         self.batcher.add(
             self.table,
             self.assembler.payload(batch),
@@ -284,6 +325,9 @@ class NatsSource(SourceParts):
             limits=self.limits,
             retry=True,  # waits until the spool takes it
             token=token,
+            # JetStream holds the messages until they are acknowledged and the manifest
+            # rebuilds the batch: no copy on disk (docs/brokers.md, "The local spool").
+            memory=True,
         )
         self.rows += batch.rows
 
