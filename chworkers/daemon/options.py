@@ -32,9 +32,9 @@ class SpoolSettings:
     fsync: bool = setting(True, "fsync every batch (turn off only for throwaway data).")
     memory_max_bytes: int = setting(
         256 * 1024**2,
-        "Most bytes of broker pipelines' batches (source = 'redis') kept in memory instead "
-        "of on disk (the broker holds them durably); beyond it such a source stops fetching "
-        "until ClickHouse takes batches.",
+        "Most bytes of broker pipelines' batches (source = 'redis' or 'nats') kept in memory "
+        "instead of on disk (the broker holds them durably); beyond it such a source stops "
+        "fetching until ClickHouse takes batches.",
         unit="bytes",
         minimum=1024,
     )
