@@ -28,6 +28,12 @@ from chworkers.errors import BrokerError
 TOUCH_CHUNK = 10_000
 
 
+def ids_json(ids: list[str]) -> str:
+    """Stream entry ids as a JSON array (ids are digits and one dash: nothing to escape;
+    a tenth of json.dumps's time, which a batch of 10,000 ids pays three times)."""
+    return '["' + '","'.join(ids) + '"]' if ids else "[]"
+
+
 @dataclasses.dataclass(frozen=True)
 class SentManifest:
     """A manifest sent ahead: its reply to come, and what was sent (to run it again
@@ -223,9 +229,8 @@ class StreamGroup:
         order (the lowest first, the highest last)."""
         import redis
 
-        body = json.dumps(
-            {"token": token, "ids": ids, "consumer": self.consumer, "created": time.time()}
-        )
+        head = json.dumps({"token": token, "consumer": self.consumer, "created": time.time()})
+        body = f'{head[:-1]}, "ids": {ids_json(ids)}}}'
         keys = [self.stream, self.manifests_key, self.manifest_prefix + token]
         args = [
             self.group,
@@ -267,18 +272,25 @@ class StreamGroup:
             self.call(
                 self._complete,
                 keys=[self.stream, self.manifests_key, manifest],
-                args=[self.group, token, json.dumps(ids)],
+                args=[self.group, token, ids_json(ids)],
             )
         )
 
-    def touch(self, ids: list[str]) -> None:
-        """Reset the idle time of those of ``ids`` still pending for this consumer."""
-        for start in range(0, len(ids), TOUCH_CHUNK):
-            self.call(
-                self._touch,
-                keys=[self.stream],
-                args=[self.group, self.consumer, json.dumps(ids[start : start + TOUCH_CHUNK])],
-            )
+    def touch(self, batches: Iterable[list[str]]) -> None:
+        """Reset the idle time of the ids of ``batches`` still pending for this consumer
+        (one script per batch and per ``TOUCH_CHUNK`` ids, all in one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for ids in batches:
+            for start in range(0, len(ids), TOUCH_CHUNK):
+                chunk = ids[start : start + TOUCH_CHUNK]
+                low, high = min(chunk, key=entry_order), max(chunk, key=entry_order)
+                self._touch(
+                    keys=[self.stream],
+                    args=[self.group, self.consumer, low, high, ids_json(chunk)],
+                    client=pipe,
+                )
+        if len(pipe):
+            self.call(pipe.execute)
 
     # -- observing -------------------------------------------------------------------
 
@@ -306,4 +318,4 @@ class StreamGroup:
         return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["SentManifest", "StreamGroup"]
+__all__ = ["SentManifest", "StreamGroup", "ids_json"]

@@ -346,9 +346,9 @@ class RedisSource(SourceParts):
 
     def _refresh_inflight(self) -> None:
         with self._lock:
-            ids = [i for batch in self._inflight.values() for i in batch]
-        if ids:
-            self.redis.touch(ids)
+            batches = list(self._inflight.values())
+        if batches:
+            self.redis.touch(batches)
 
     def _publish_gauges(self) -> None:
         if self.metrics is None:
