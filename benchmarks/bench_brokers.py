@@ -193,6 +193,35 @@ def tree_cpu(*roots: int) -> float:
     return total
 
 
+def threads_cpu(*roots: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of ``roots`` and their children, summed by
+    ``pid/thread name``."""
+    table = _proc_cpu()
+    pids, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in pids:
+            pids.add(pid)
+            todo += [child for child, (parent, _) in table.items() if parent == pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+            key = f"{pid}/{name}"
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def thread_cpu(tid: int) -> float:
     fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -220,7 +249,12 @@ class Measured:
 
 
 def wait_rows(
-    ch: EmbeddedClickHouse, database: str, total: int, cpu: Any = None, timeout: float = 1800
+    ch: EmbeddedClickHouse,
+    database: str,
+    total: int,
+    cpu: Any = None,
+    timeout: float = 1800,
+    on_first: Any = None,
 ) -> Measured:
     deadline = time.monotonic() + timeout
     first: float | None = None
@@ -229,6 +263,8 @@ def wait_rows(
         if first is None and n > 0:
             first, first_rows = time.monotonic(), n
             first_cpu = cpu() if cpu is not None else (0.0, 0.0)
+            if on_first is not None:
+                on_first()
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out: {counts(ch, database, 'ev')} of {total}")
         time.sleep(0.05)
@@ -240,7 +276,17 @@ def wait_rows(
     return Measured((total - first_rows) / (done - first), used, total - first_rows)
 
 
-PIPELINE = {"table": "ev", "format": "JSONEachRow", "max_rows": 50_000, "max_delay": "500ms"}
+PIPELINE: dict[str, Any] = {
+    "table": "ev",
+    "format": "JSONEachRow",
+    "max_rows": 50_000,
+    "max_delay": "500ms",
+}
+
+
+def plain_count(per: int) -> int:
+    """Messages per read of a plain loop: one insert of ``max_rows``, as the daemons'."""
+    return max(1, PIPELINE["max_rows"] // per)
 
 
 # -- the brokers ------------------------------------------------------------------------------
@@ -251,6 +297,7 @@ class Broker:
 
     name = ""
     pid: int  # the server's process, whose CPU counts with the reader's
+    per = 1  # rows per message, set by fill()
 
     def stop(self) -> None: ...
     def restart(self) -> None:
@@ -282,6 +329,11 @@ class Broker:
         """Everything delivered and acknowledged."""
         raise NotImplementedError
 
+    def commands(self, reset: bool = False) -> dict[str, tuple[int, float]]:
+        """The server's calls and microseconds by command since the last reset (only
+        Redis says)."""
+        return {}
+
 
 class Redis(Broker):
     name = "redis"
@@ -304,7 +356,15 @@ class Redis(Broker):
         self.server.start()
         self.client = self.server.client()
 
+    def commands(self, reset: bool = False) -> dict[str, tuple[int, float]]:
+        if reset:
+            self.client.config_resetstat()
+            return {}
+        stats = self.client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in stats.items()}
+
     def fill(self, messages: int, per: int) -> None:
+        self.per = per
         pipe = self.client.pipeline(transaction=False)
         for m in range(messages):
             pipe.xadd(STREAM, {"data": rows(m * per, (m + 1) * per)})
@@ -322,7 +382,9 @@ class Redis(Broker):
         ready.set()
         inserted = 0
         while inserted < total:
-            reply = redis.xreadgroup(group, "plain", {STREAM: ">"}, count=10_000, block=1000)
+            reply = redis.xreadgroup(
+                group, "plain", {STREAM: ">"}, count=plain_count(self.per), block=1000
+            )
             if not reply:
                 continue
             entries = reply[0][1]
@@ -404,6 +466,7 @@ class Nats(Broker):
         self.server.start()
 
     def fill(self, messages: int, per: int) -> None:
+        self.per = per
         asyncio.run(nats_produce(self.url, messages, per))
 
     def source(self, r: int) -> dict[str, Any]:
@@ -423,7 +486,7 @@ class Nats(Broker):
             inserted = 0
             while inserted < total:
                 try:
-                    messages = await pull.fetch(10_000, timeout=1)
+                    messages = await pull.fetch(plain_count(self.per), timeout=1)
                 except TimeoutError:
                     continue
                 payload = b"".join(m.data for m in messages)
@@ -508,7 +571,9 @@ def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) 
     return measured
 
 
-def run_source(ch: EmbeddedClickHouse, tmp: Path, broker: Broker, total: int, r: int) -> Measured:
+def run_source(
+    ch: EmbeddedClickHouse, tmp: Path, broker: Broker, total: int, r: int, profile: str = ""
+) -> Measured:
     db = fresh_database(ch, f"bench_{broker.name}_{r}")
     pipeline = {"name": broker.name, "source": broker.name, **PIPELINE}
     work = tmp / f"{broker.name}-{r}"
@@ -517,7 +582,44 @@ def run_source(ch: EmbeddedClickHouse, tmp: Path, broker: Broker, total: int, r:
     d.start()
     assert d.proc is not None and ch.pid is not None
     daemon, server, clickhouse = d.proc.pid, broker.pid, ch.pid
-    measured = wait_rows(ch, db, total, lambda: (tree_cpu(daemon, server), tree_cpu(clickhouse)))
+    spies: list[subprocess.Popen[bytes]] = []
+    before: dict[str, float] = {}
+
+    def profile_from_now() -> None:
+        """Steady state begins: per-thread CPU and the server's command times from now,
+        and py-spy (in this venv, when installed) samples the daemon and its workers."""
+        before.update(threads_cpu(daemon, server))
+        broker.commands(reset=True)
+        spy = Path(sys.executable).parent / "py-spy"
+        if spy.exists():
+            command = [str(spy), "record", "--pid", str(daemon), "--subprocesses", "--threads"]
+            command += ["--format", "raw", "--rate", "250", "--output", f"{profile}.{r}.txt"]
+            spies.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+
+    measured = wait_rows(
+        ch,
+        db,
+        total,
+        lambda: (tree_cpu(daemon, server), tree_cpu(clickhouse)),
+        on_first=profile_from_now if profile else None,
+    )
+    if profile:
+        used = {k: v - before.get(k, 0.0) for k, v in threads_cpu(daemon, server).items()}
+        print("CPU seconds per million rows by process/thread, from the first row to the last:")
+        for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
+            if cpu > 0:
+                print(f"  {name:<40} {cpu / measured.rows * 1e6:6.3f}")
+        messages = measured.rows / broker.per
+        commands = broker.commands()
+        if commands:
+            print(f"{broker.name} commands (wall time in the server, nested calls counted twice):")
+        for name, (calls, usec) in sorted(commands.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {name:<24} {calls:>7} calls {usec / messages:7.3f} us per message")
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     d.stop()
     return measured
 
@@ -572,11 +674,17 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
                 end = min(args.messages, m + 10_000)
                 fh.write(rows(m * args.rows_per_message, end * args.rows_per_message))
         source = f"{broker.name} source"
-        results: dict[str, list[Measured]] = {"file source": [], source: [], "plain loop": []}
+        paths = {
+            "file source": lambda r: run_file(ch, tmp, total, data, r),
+            source: lambda r: run_source(ch, tmp, broker, total, r, args.profile),
+            "plain loop": lambda r: run_plain(ch, broker, total, r),
+        }
+        wanted = [p.strip() for p in args.paths.split(",")]
+        names = {"file": "file source", "source": source, "plain": "plain loop"}
+        results: dict[str, list[Measured]] = {names[w]: [] for w in names if w in wanted}
         for r in range(args.rounds):
-            results["file source"].append(run_file(ch, tmp, total, data, r))
-            results[source].append(run_source(ch, tmp, broker, total, r))
-            results["plain loop"].append(run_plain(ch, broker, total, r))
+            for name in results:
+                results[name].append(paths[name](r))
             print(
                 f"round {r + 1} (load {os.getloadavg()[0]:.1f}): "
                 + ", ".join(
@@ -599,12 +707,13 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
             f"{'path':<14} {'rows/s':>10} {'vs file':>8} {'reader':>7} {'all':>6} "
             f"{'2 cores':>10} {'vs file':>8}"
         )
+        base = "file source" if "file source" in results else next(iter(results))
         for name in results:
             capacity = 2e6 / cost[name]
             print(
-                f"{name:<14} {rate[name]:>10,.0f} {rate[name] / rate['file source']:>8.2f} "
+                f"{name:<14} {rate[name]:>10,.0f} {rate[name] / rate[base]:>8.2f} "
                 f"{reader[name]:>7.2f} {cost[name]:>6.2f} {capacity:>10,.0f} "
-                f"{cost['file source'] / cost[name]:>8.2f}"
+                f"{cost[base] / cost[name]:>8.2f}"
             )
     finally:
         broker.stop()
@@ -736,6 +845,18 @@ def main() -> None:
     parser.add_argument("--clickhouse-outage", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--url", default="", help="produce: the broker's URL")
+    parser.add_argument(
+        "--paths",
+        default="file,source,plain",
+        help="throughput: which of file, source, plain to run (comma-separated)",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="PREFIX",
+        help="throughput: print the source's CPU per thread and the server's time per "
+        "command at steady state; py-spy (if in this venv) records to PREFIX.<round>.txt",
+    )
     args = parser.parse_args()
     if args.mode == "produce":  # the scale run's producer, in a process of its own
         if args.broker == "nats":
