@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,34 @@ def test_check_reaches_redis_and_describes_the_stream(
     result = check("redis://127.0.0.1:1/0")
     assert result.returncode == 1
     assert "pipeline r: REDIS FAILS: redis redis://127.0.0.1:1/0: ConnectionError" in result.stdout
+
+
+def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    fault_proxy: Any,
+    redis_server: RedisServer,
+) -> None:
+    """While ClickHouse refuses, the daemon reads no more than ``max_batches`` batches of
+    the backlog (the rest stays in the stream for other daemons), and takes the rest
+    once its batches are acknowledged."""
+    produce(redis_server, "ev", 0, 20_000, per_entry=10)
+    pipeline = {**redis_pipeline(redis_server, max_batches=2, fetch_count=50), "max_rows": 1000}
+    fault_proxy.set("refuse")
+    daemon = Running(daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline))
+    client = redis_server.client()
+    try:
+        wait_for(lambda: len(client.keys("ev:chworkers:chworkers:manifest:*")) >= 2, 30)
+        for _ in range(8):  # 2 s: the source waits for room, reads nothing more
+            pending = client.xinfo_groups("ev")[0]["pending"]
+            # two batches of 100 entries, the batch being put together and one read
+            assert pending <= 2 * 100 + 100 + 50, pending
+            time.sleep(0.25)
+        fault_proxy.set("pass")
+        wait_for(lambda: settled(redis_server), 120, interval=0.2, what="all entries acked")
+    finally:
+        fault_proxy.set("pass")
+        daemon.stop()
+        client.close()
+    assert count(endpoint, database) == (20_000, 20_000)

@@ -188,6 +188,7 @@ class DaemonStart(BatchFlow):
                 state_dir=self.state_dir,
                 dead_letters=self.dead_letters,
                 metrics=self.metrics,
+                in_flight=lambda: self.dispatcher.max_in_flight,
             ),
             http=self.config.settings.http,
             metrics=self.metrics,

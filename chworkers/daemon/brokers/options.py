@@ -51,6 +51,14 @@ class RedisSourceSettings:
         "required", "TLS: whether the server's certificate must verify."
     )
     fetch_count: int = setting(1000, "Entries asked for per XREADGROUP.", minimum=1)
+    max_batches: int = setting(
+        0,
+        "Batches this daemon holds from the stream at once, read and not yet acknowledged "
+        "(0: the spool's max_in_flight and 2 more); it reads no more until one is "
+        "acknowledged, so a backlog stays in the stream for the other daemons and the "
+        "entries in flight stay few (fewer to refresh, to scan for claims, to rebuild).",
+        minimum=0,
+    )
     claim_idle: float = setting(
         30.0,
         "Entries pending this long with another consumer (it died or hangs) are claimed "

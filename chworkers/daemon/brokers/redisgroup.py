@@ -95,14 +95,14 @@ class StreamGroup:
         )
         return self.messages(reply)
 
-    def read_new(self, count: int, block_ms: int) -> list[Message]:
+    def read_new(self, count: int, block_ms: int, *, ahead: bool = True) -> list[Message]:
         """New entries (``XREADGROUP ... >``), waiting up to ``block_ms`` for some.
 
         While replies come back full (a backlog), the next read is sent before this one's
         entries are returned: Redis prepares it while the source batches these. Entries
         delivered by a read whose reply is never taken (the daemon stops) stay pending for
         this consumer, as every entry not yet in a manifest does: read again at the next
-        start, or claimed by another daemon."""
+        start, or claimed by another daemon. ``ahead``: whether a next read may be sent."""
         import redis
 
         try:
@@ -113,7 +113,7 @@ class StreamGroup:
             if not reply:
                 reply = self._ahead.take(self._ahead.send(*self._xreadgroup(count, block_ms)))
             messages = self.messages(reply)
-            if len(messages) >= count:
+            if ahead and len(messages) >= count:
                 self._next_read = self._ahead.send(*self._xreadgroup(count, None))
             return messages
         except redis.RedisError as exc:

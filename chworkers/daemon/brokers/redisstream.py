@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
@@ -44,10 +45,15 @@ class RedisSource(SourceParts):
         *,
         options: RedisSourceSettings,
         consumer: str,
+        in_flight: Callable[[], int] | None = None,
         **common: Unpack[SourceArgs],
     ) -> None:
+        """``in_flight``: the spool's ``max_in_flight`` (it changes with the workers), for
+        ``max_batches = 0``."""
         super().__init__(**common)
         self.options = options
+        self._in_flight = in_flight
+        self._room = threading.Condition(self._lock)  # a batch acknowledged
         self.consumer = options.consumer or consumer
         self.redis = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
         self.trouble = Trouble(self.name, f"redis {self.redis.url}")
@@ -107,7 +113,10 @@ class RedisSource(SourceParts):
                 if now >= next_gauges:
                     self._publish_gauges()
                     next_gauges = now + GAUGES_EVERY
-                self._fetch()
+                if self._holding():
+                    self._wait_for_room(stop)
+                else:
+                    self._fetch()
                 if self._assembly.due(self.limits):
                     self._cut()
                 self.trouble.ok()
@@ -143,17 +152,42 @@ class RedisSource(SourceParts):
             self._redelivered(messages)
             last = messages[-1].id
 
+    def max_batches(self) -> int:
+        """How many batches this source holds at most (read, not yet acknowledged)."""
+        if self.options.max_batches:
+            return self.options.max_batches
+        return (self._in_flight() if self._in_flight is not None else 6) + 2
+
+    def _holding(self, more: int = 0) -> bool:
+        """Whether the source holds ``max_batches`` (``more`` counted with them)."""
+        held = more + (self._sent is not None) + len(self._inflight)
+        return held >= self.max_batches()
+
+    def _wait_for_room(self, stop: threading.Event) -> None:
+        """Hold off reading until a batch is acknowledged (at most until the batch being
+        put together is due, and a second: claims and gauges go on meanwhile)."""
+        self._settle()
+        with self._room:
+            if self._holding():
+                self._room.wait(min(1.0, self._until_due()))
+
+    def _until_due(self) -> float:
+        if not self._assembly.ids:
+            return 1.0
+        return max(0.0, self.limits.max_delay - (time.monotonic() - self._assembly.started))
+
     def _fetch(self) -> None:
-        wait = 1.0
-        if self._assembly.ids:
-            wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
-        block_ms = max(1, int(min(wait, 1.0) * 1000))
+        block_ms = max(1, int(min(self._until_due(), 1.0) * 1000))
         if self._unbatched:
             messages, self._unbatched = self._unbatched, []
         else:
             if not self.redis.reading_ahead():
                 self._settle()  # this read may wait: the last batch goes on first
-            messages = self.redis.read_new(self.options.fetch_count, block_ms)
+            # No read ahead when this one's entries may make the batches the source holds
+            # enough: it would deliver entries that then wait, unrefreshed, for room.
+            messages = self.redis.read_new(
+                self.options.fetch_count, block_ms, ahead=not self._holding(more=1)
+            )
         start = 0
         while start < len(messages):
             start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
@@ -330,9 +364,10 @@ class RedisSource(SourceParts):
 
     def _ack(self, ids: list[str], token: str) -> None:
         acked = self.redis.complete(ids, token)
-        with self._lock:
+        with self._room:
             self._inflight.pop(token, None)
             self._unsent.discard(token)
+            self._room.notify_all()
         if self.metrics is not None:
             self.metrics.broker_acked.labels(pipeline=self.name).inc(acked)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,12 @@ def broker_source(
     state_dir: Path,
     dead_letters: DeadLetters,
     metrics: Metrics,
+    in_flight: Callable[[], int] | None = None,
 ) -> BrokerSource:
     """The source of a pipeline whose ``source`` is in ``BROKER_SOURCES`` (the broker's
-    client is imported only by daemons that read from that broker)."""
+    client is imported only by daemons that read from that broker); ``in_flight``: the
+    spool's ``max_in_flight`` as it stands (a Redis source holds that many batches and
+    two more, unless ``max_batches`` says)."""
 
     def dead_letter(records: Sequence[tuple[bytes, BaseException]], token: str) -> None:
         dead_letters.write_errors(
@@ -51,6 +54,7 @@ def broker_source(
     return RedisSource(
         options=pipeline.redis,
         consumer=consumer,
+        in_flight=in_flight,
         dead_letter=dead_letter,
         metrics=metrics,
         **common,
