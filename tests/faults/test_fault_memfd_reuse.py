@@ -15,11 +15,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chworkers.errors import SerializationError
 from chworkers.workers import sharedbuf
+from chworkers.workers.context import TaskInfo, WorkerContext
+from chworkers.workers.middleware import Middleware
 
 pytestmark = pytest.mark.skipif(not sharedbuf.usable(), reason="no shared memory files here")
 
@@ -67,6 +70,53 @@ def test_kept_files_are_bounded_in_bytes_and_time(
     fresh = sharedbuf.SharedBuffer(b"y" * 10)  # idle ones are closed on the way
     fresh.close()
     assert len(pool) <= 1
+
+
+class _DieOnceAfterInsert(Middleware):
+    """Kills the worker right after its first insert landed, before it answers."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def after_task(
+        self,
+        worker: WorkerContext,
+        task: TaskInfo,
+        result: object,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        if task.kind == "insert" and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_workers_large_batch_runs_again_from_its_file(
+    endpoint: Any, database: str, ch_client: Any, tmp_path: Path
+) -> None:
+    from chworkers import Supervisor
+
+    ch_client.command(
+        "CREATE TABLE t (id UInt64, s String) ENGINE = MergeTree ORDER BY id "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
+    rows = 60_000
+    body = b"".join(b'{"id":%d,"s":"%s"}\n' % (i, b"x" * 30) for i in range(rows))
+    assert len(body) > sharedbuf.THRESHOLD
+    marker = tmp_path / "killed"
+    with Supervisor(
+        f"{endpoint.url}/{database}", workers=1, middleware=[_DieOnceAfterInsert(str(marker))]
+    ) as sup:
+        assert sup.insert_raw("t", body, "JSONEachRow", rows=rows).result(120) == rows
+        # Its file is kept now: the next batch is written into it and read intact.
+        second = body.replace(b'"s":"x', b'"s":"y')
+        assert sup.insert_raw("t", second, "JSONEachRow", rows=rows).result(120) == rows
+    assert marker.exists()
+    assert ch_client.command("SELECT count(), uniqExact(id), countIf(s LIKE 'y%') FROM t") == [
+        str(2 * rows),
+        str(rows),
+        str(rows),
+    ]
 
 
 def test_nothing_outlives_a_killed_supervisor(tmp_path: Path) -> None:
