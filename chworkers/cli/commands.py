@@ -186,8 +186,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
-    """Reach ClickHouse and say which pipelines' tables exist; 1 when one is missing."""
+    """Reach ClickHouse and say which pipelines' tables exist; 1 when one is missing
+    (and `run` would not create it, or ClickHouse refuses the pipeline's `create`)."""
     from chworkers.clickhouse.pool import ConnectionPool
+    from chworkers.daemon.tables import refused_create
 
     options = cfg.settings.clickhouse.pool
     pool = ConnectionPool(
@@ -228,6 +230,13 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
                         "rows there again (create it with SETTINGS "
                         "non_replicated_deduplication_window = 1000)"
                     )
+            elif p.create and (
+                refused := pool.with_connection(
+                    lambda c, p=p: refused_create(c, p.create, p.create_statement())  # type: ignore[misc]
+                )
+            ):
+                state = f"MISSING, and ClickHouse refuses its `create`: {refused}"
+                missing += 1
             elif p.create:
                 state = "missing; `run` creates it"
             else:

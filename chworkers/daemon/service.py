@@ -133,11 +133,7 @@ class Daemon(DaemonStart):
             # only a wait that ran out says ClickHouse is not reachable.
             waited = self._wait_for_tables(TABLES_GRACE)
             if not waited and self._boot_error() is None and self._signals.empty():
-                log.warning(
-                    "ClickHouse is not reachable yet: taking data in and spooling it; tables "
-                    "%s are created once it is (batches for them wait in the spool)",
-                    ", ".join(self.tables.pending()),
-                )
+                self._warn_tables_missing()
             self._stop_if_workers_failed(notifier)
             self._report = self.supervisor.health_checks.watch()
             notifier.ready(self._status())
@@ -155,6 +151,25 @@ class Daemon(DaemonStart):
             if self.before_stop is not None:
                 self.before_stop(self)
         return code
+
+    def _warn_tables_missing(self) -> None:
+        """Start-up went on without some tables: say why (an outage, or ClickHouse
+        refusing a pipeline's ``create``, which waiting does not fix)."""
+        refused = self.tables.refused()
+        for table, error in sorted(refused.items()):
+            log.error(
+                "ClickHouse refuses to create table %s (its batches wait in the spool; "
+                "fix the pipeline's create or engine and restart): %s",
+                table,
+                error,
+            )
+        unreachable = [table for table in self.tables.pending() if table not in refused]
+        if unreachable:
+            log.warning(
+                "ClickHouse is not reachable yet: taking data in and spooling it; tables "
+                "%s are created once it is (batches for them wait in the spool)",
+                ", ".join(unreachable),
+            )
 
     def _wait_for_tables(self, timeout: float) -> bool:
         """Up to ``timeout`` for the embedded child and the tables; a signal (queued for

@@ -22,8 +22,9 @@ from typing import Any
 
 from chworkers.backoff import capped_backoff
 from chworkers.daemon.spool import SpooledBatch
+from chworkers.errors import ServerError
 
-__all__ = ["ShardTables", "Tables"]
+__all__ = ["ShardTables", "Tables", "refused_create"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class Tables:
         self._done = threading.Condition(self._lock)
         self._pending = dict(statements)  # table -> statement, not created yet
         self._held: dict[str, list[SpooledBatch]] = {}
-        self._failures: dict[str, tuple[int, float, str]] = {}  # attempts, since, last error
+        #: table -> attempts, since, the last error, whether ClickHouse answered it
+        self._failures: dict[str, tuple[int, float, str, bool]] = {}
         self._stop = threading.Event()
         self._again = threading.Event()  # cut the current backoff short
         self._thread = threading.Thread(target=self._run, name="chworkers-tables", daemon=True)
@@ -121,9 +123,20 @@ class Tables:
             return [
                 f"{self.where}table {table} is not created yet ({attempts} attempts in {now - since:.0f} s, "
                 f"{len(self._held.get(table, ()))} batches wait for it): {error}"
-                for table, (attempts, since, error) in sorted(self._failures.items())
+                for table, (attempts, since, error, _) in sorted(self._failures.items())
                 if table in self._pending
             ]
+
+    def refused(self) -> dict[str, str]:
+        """Tables not created yet because ClickHouse answered the ``CREATE`` with an
+        error (a wrong type, a syntax error, no permission), with that error: unlike an
+        outage, waiting does not fix these."""
+        with self._lock:
+            return {
+                table: f"{self.where}{error}"
+                for table, (_, _, error, answered) in self._failures.items()
+                if answered and table in self._pending
+            }
 
     def _run(self) -> None:
         rounds = 0
@@ -149,9 +162,10 @@ class Tables:
             self._create(statement).result(timeout=self.attempt_timeout)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
+            answered = isinstance(exc, ServerError) or isinstance(exc.__cause__, ServerError)
             with self._lock:
-                attempts, since, _ = self._failures.get(table, (0, time.monotonic(), ""))
-                self._failures[table] = (attempts + 1, since, error)
+                attempts, since, _, _ = self._failures.get(table, (0, time.monotonic(), "", False))
+                self._failures[table] = (attempts + 1, since, error, answered)
                 held = len(self._held.get(table, ()))
             log.warning(
                 "%stable %s cannot be created yet (attempt %d; %d batches wait for it, kept in "
@@ -221,3 +235,27 @@ class ShardTables:
 
     def problems(self) -> list[str]:
         return [line for tables in self.shards for line in tables.problems()]
+
+    def refused(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for tables in self.shards:
+            for table, error in tables.refused().items():
+                out.setdefault(table, error)
+        return out
+
+
+def refused_create(conn: Any, columns: str, statement: str) -> str | None:
+    """Why ClickHouse would refuse a pipeline's ``create`` (``columns``: a wrong type, a
+    bad default or codec; ``statement``: its syntax), asked without creating anything;
+    None when it would not refuse them (the engine's arguments are only checked by the
+    ``CREATE`` itself). ``conn`` is a :class:`~chworkers.clickhouse.connection.Connection`."""
+    literal = "'" + columns.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    try:
+        conn.command(f"DESCRIBE TABLE null({literal})")
+        conn.command(f"EXPLAIN AST {statement}")
+    except ServerError as exc:
+        text = str(exc)
+        detail = (text.partition("DB::Exception: ")[2] or text).splitlines()[0]
+        detail = detail.partition(" (version ")[0].removesuffix(f" ({exc.name})")
+        return f"{exc.name or 'error'} ({exc.code}): {detail[:300]}"
+    return None
