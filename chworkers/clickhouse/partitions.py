@@ -22,6 +22,13 @@ column's expression; a group that is still refused then fails as the whole batch
 The grouping depends only on the batch's bytes (and the table's partition key), so a
 replay makes the same sub-batches with the same tokens
 (:func:`chworkers.clickhouse.dedup.partition_token`).
+
+The refusal must also be whole: ClickHouse cuts an INSERT of more than
+``min_insert_block_size_rows`` rows (about a million by default) into several blocks and
+writes each as it goes, so the blocks before the one refused were in the table already
+(under the batch's token), and the groups then inserted their rows a second time. So a
+request that may be split is sent as one block (:func:`one_block`): refused, it left
+nothing; each group is one block too, under its own token, whatever its size.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "TOO_MANY_PARTITIONS",
     "group_by_partition",
     "is_too_many_partitions",
+    "one_block",
     "partition_keys",
 ]
 
@@ -52,6 +60,23 @@ def is_too_many_partitions(error: BaseException) -> bool:
         and error.code == TOO_MANY_PARTITIONS
         and _MESSAGE in str(error).lower()
     )
+
+
+def one_block(settings: Mapping[str, object] | None, data: bytes) -> dict[str, object]:
+    """``settings`` for an INSERT of the line-format ``data`` that ClickHouse makes into
+    one block (so it lands whole or not at all): its block size limits raised to the
+    request's rows (counted as its newlines, an upper bound) and the byte limit of
+    squashing turned off. Limits above that are kept."""
+    rows = data.count(b"\n") + 1
+    out: dict[str, object] = dict(settings or {})
+    for name in ("max_insert_block_size", "min_insert_block_size_rows"):
+        try:
+            given = int(str(out.get(name, 0)))
+        except ValueError:
+            given = 0
+        out[name] = max(given, rows)
+    out["min_insert_block_size_bytes"] = 0  # rows alone decide: one block at the end
+    return out
 
 
 def group_by_partition(

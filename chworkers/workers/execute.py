@@ -15,7 +15,7 @@ from typing import Any
 
 from chworkers.clickhouse import schema
 from chworkers.clickhouse.inserts import InsertResult, run_insert
-from chworkers.clickhouse.partitions import partition_keys
+from chworkers.clickhouse.partitions import one_block, partition_keys
 from chworkers.clickhouse.retry import maybe_applied
 from chworkers.workers import tasks
 from chworkers.workers.context import Connections, TaskInfo, WorkerContext
@@ -58,12 +58,15 @@ def insert(
 
     def request(conn: Any, data: Any, token: str) -> Any:
         if spec.form == "raw":
+            settings = spec.settings
+            if spec.split is not None:  # may be split by partition: refused whole or not
+                settings = one_block(settings, data)
             return conn.raw_insert(
                 spec.table,
                 data,
                 fmt=spec.fmt,
                 column_names=names,
-                settings=spec.settings,
+                settings=settings,
                 deduplication_token=token,
             )
         return conn.insert(
