@@ -142,7 +142,7 @@ def _print_demo_result(daemon: Any) -> None:
     print(f"\n{DEMO_TABLE} now holds {total:,} rows (state in {daemon.state_dir}):")
     print(f"  {'event':<10} {'rows':>10} {'avg(value)':>11}")
     for event, rows, avg in result.result_rows:
-        print(f"  {event:<10} {rows:>10,} {avg:>11}")
+        print(f"  {event:<10} {rows:>10,} {avg:>11.2f}")
     print(f"metrics were served at {daemon.metrics_url}")
     print()
 
