@@ -9,12 +9,14 @@ import concurrent.futures
 import logging
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.errors import BrokerError, ConfigError
+from chworkers.wording import plural
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -309,7 +311,14 @@ def describe(options: NatsSourceSettings, where: str) -> str:
                 kv, f"{options.stream}.{options.consumer}", ttl=options.manifest_ttl, where=where
             )
             registry = await store.load()
-            return f"{line}; {len(registry.manifests)} manifests in bucket {options.bucket}"
+            # Manifests whose messages are all acknowledged stay in the key until the
+            # next change prunes them (after a pipeline's last batch: until a next one):
+            # count only those of batches still in flight, as the daemons would.
+            registry.prune(consumer.ack_floor.stream_seq, time.time(), options.manifest_ttl)
+            return (
+                f"{line}; {plural(len(registry.manifests), 'manifest')} of batches in "
+                f"flight in bucket {options.bucket}"
+            )
         finally:
             await client.close()
 
