@@ -164,11 +164,17 @@ class ClickHouseSettings:
         return dataclasses.replace(cfg, **changes) if changes else cfg
 
     def embedded_endpoint(
-        self, path: Path, *, port: int | None = None, log_path: Path | None = None
+        self,
+        path: Path,
+        *,
+        port: int | None = None,
+        log_path: Path | None = None,
+        log_level: str = "INFO",
+        log_format: str = "text",
     ) -> EmbeddedClickHouse:
         """The embedded endpoint for ``url = "embedded"`` (not started), requiring the
         configured user and password when one is set (passed in its environment, never
-        in its arguments)."""
+        in its arguments), logging at the daemon's level and in its format."""
         from chworkers.embedded import EmbeddedClickHouse
 
         secured = self.username is not None or self.password is not None
@@ -179,6 +185,8 @@ class ClickHouseSettings:
             user=(self.username or "default") if secured else None,
             password=(self.password or "") if secured else None,
             log_path=log_path,
+            log_level=log_level,
+            log_format=log_format,
             limits=self.embedded.limits,
         )
 

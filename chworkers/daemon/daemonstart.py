@@ -46,7 +46,7 @@ class DaemonStart(BatchFlow):
         if ch.url != EMBEDDED:
             self.clickhouse_url = ch.connection().url
             return None
-        self.embedded = start_embedded(ch, self.state_dir)
+        self.embedded = start_embedded(ch, self.state_dir, self.config.settings.log)
         stack.callback(self.embedded.stop)
         self.clickhouse_url = self.embedded.endpoint.url
         for p in self.config.pipelines:

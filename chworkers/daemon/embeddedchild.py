@@ -18,27 +18,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chworkers.daemon.config import ClickHouseSettings
+from chworkers.ops.logs import LogSettings
 
 if TYPE_CHECKING:
     from chworkers.embedded.keeper import Keeper
 
 __all__ = ["free_port", "once_serving", "start_embedded"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
-def start_embedded(ch: ClickHouseSettings, state_dir: Path) -> Keeper:
-    """Start the embedded ClickHouse child (in the background) and its keeper."""
+def start_embedded(ch: ClickHouseSettings, state_dir: Path, log: LogSettings) -> Keeper:
+    """Start the embedded ClickHouse child (in the background) and its keeper; the child
+    logs (to ``clickhouse.log``) at the daemon's ``[log]`` level and in its format."""
     from chworkers.embedded.keeper import Keeper  # only a daemon that embeds loads chDB
 
     endpoint = ch.embedded_endpoint(
         state_dir / "clickhouse",
         port=ch.embedded.port or free_port(ch.embedded.host),
         log_path=state_dir / "clickhouse.log",
+        log_level=log.level,
+        log_format=log.format,
     )
     keeper = Keeper(endpoint)
     keeper.start()
-    log.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
+    logger.info("embedded ClickHouse at %s (data in %s)", endpoint.url, endpoint.path)
     return keeper
 
 

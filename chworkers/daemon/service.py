@@ -391,6 +391,8 @@ class Daemon(DaemonStart):
             return
         logging.getLogger().setLevel(level)
         self.supervisor.sync_log_levels()
+        if self.embedded is not None:  # the child takes it at its next start
+            self.embedded.endpoint.log_level = level
         log.info("SIGHUP: log level now %s", level)
 
     # -- health and status --------------------------------------------------------------

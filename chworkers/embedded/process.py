@@ -60,6 +60,7 @@ class EmbeddedClickHouse:
         startup_timeout: float = 60.0,
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "INFO",
+        log_format: str = "text",
         exit_with_parent: bool = True,
         limits: HttpLimits | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -71,7 +72,10 @@ class EmbeddedClickHouse:
         self.password = password
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
+        #: The child's log level and format (``--log-level``, ``--log-format``), from its
+        #: next start on when changed.
         self.log_level = log_level
+        self.log_format = log_format
         self.exit_with_parent = exit_with_parent
         self.limits = limits or HttpLimits()
         self.max_sessions = max_sessions
@@ -130,7 +134,8 @@ class EmbeddedClickHouse:
             limits=self.limits,
             max_sessions=self.max_sessions,
         )
-        cmd = [sys.executable, "-m", "chworkers", "--log-level", self.log_level, "embedded"]
+        cmd = [sys.executable, "-m", "chworkers", "--log-level", self.log_level]
+        cmd += ["--log-format", self.log_format, "embedded"]
         cmd += flags.arguments(options)
         env = dict(os.environ)
         env.pop(PASSWORD_ENV, None)
