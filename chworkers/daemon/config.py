@@ -12,6 +12,7 @@ password, the ingest token) come from the environment or from a file
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from chworkers.clickhouse.cluster import Cluster, Shard
 from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pooloptions import PoolOptions
+from chworkers.daemon.envnames import unknown_variables
 from chworkers.daemon.options import HttpSettings, PartsSettings, SpoolSettings
 from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
 from chworkers.errors import ConfigError
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from chworkers.embedded import EmbeddedClickHouse
 
 EMBEDDED = "embedded"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +320,9 @@ def load(
     )
     pipelines = build_pipelines(raw_pipelines, env=env, source=source)
     _check_sharding(settings.clickhouse, pipelines, data.get("clickhouse"), source)
+    names = [p.name for p in pipelines]
+    for var, hint in unknown_variables(env, DaemonSettings, PipelineSettings, names):
+        log.warning("environment variable %s names no setting: ignored (%s)", var, hint)
     # systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several).
     state_dir = Path(
         settings.state_dir or env.get("STATE_DIRECTORY", "").split(":")[0] or "chworkers-state"
