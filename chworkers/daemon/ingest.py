@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from chworkers.daemon import pushbody
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.options import HttpSettings
-from chworkers.errors import BatcherClosedError, HttpRequestError, SpoolError
+from chworkers.errors import BatcherClosedError, ConfigError, HttpRequestError, SpoolError
 from chworkers.http.framing import http_error, plain_response
 from chworkers.http.server import BoundedHandler, BoundedHTTPServer
 from chworkers.http.watch import ByteBudget
@@ -88,18 +88,27 @@ class IngestServer:
             "Handler", (_Handler,), {"ingest": self, "max_body_bytes": http.max_body_bytes}
         )
         busy = json.dumps({"error": "too many connections; retry later"}).encode() + b"\n"
-        self._server = BoundedHTTPServer(
-            (http.host, http.port),
-            handler,
-            self.limits,
-            busy_response=plain_response(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                busy,
-                content_type="application/json",
-                headers={"Retry-After": str(self.limits.retry_after)},
-            ),
-            on_refusal=on_refusal,
-        )
+        try:
+            self._server = BoundedHTTPServer(
+                (http.host, http.port),
+                handler,
+                self.limits,
+                busy_response=plain_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    busy,
+                    content_type="application/json",
+                    headers={"Retry-After": str(self.limits.retry_after)},
+                ),
+                on_refusal=on_refusal,
+            )
+        except OSError as exc:  # the port is taken, the address is not this host's
+            raise ConfigError(
+                f"cannot listen for pushes on {http.host}:{http.port}: {exc.strerror or exc} "
+                "(set [http] host and port; 0 picks a free port)",
+                key="http.port",
+                value=http.port,
+                expected="a free port on http.host",
+            ) from exc
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},

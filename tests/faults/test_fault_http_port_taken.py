@@ -1,0 +1,61 @@
+"""A push port that is taken is a configuration error naming it, not a traceback.
+
+`chworkers run` with `[http] port` held by another process died with a Python traceback
+ending in `OSError: [Errno 98] Address already in use` and exit code 1, which systemd
+restarts in a loop; the metrics port in the same situation was already a clear
+configuration error (exit code 3).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chworkers.embedded import EmbeddedClickHouse
+
+CONF = """
+state_dir = "{state}"
+[clickhouse]
+url = "{url}"
+[supervisor]
+workers = 1
+[metrics]
+port = 0
+[http]
+port = {port}
+[[pipelines]]
+name = "p"
+source = "http"
+table = "ev"
+create = "n UInt64"
+"""
+
+
+@pytest.mark.timeout(120)
+def test_run_with_the_push_port_taken(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "c.toml"
+        conf.write_text(
+            CONF.format(state=tmp_path / "state", url=f"{endpoint.url}/{database}", port=port)
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "chworkers", "run", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=110,
+        )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (
+        f"chworkers: configuration error: cannot listen for pushes on 127.0.0.1:{port}: "
+        "Address already in use"
+    ) in proc.stderr
