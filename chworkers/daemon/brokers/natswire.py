@@ -27,12 +27,97 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 #: What a sink gets: a message's acknowledgement subject and its payload.
 Sink = Callable[[str, bytes], None]
 
 #: The start of a JetStream message's reply subject (statuses have none).
 ACK_PREFIX = b"$JS.ACK."
+
+
+class WireParser(Parser):
+    """nats-py's parser with a short way for whole messages (the module's docstring):
+    a run of ``MSG``/``HMSG`` frames, ``PING``, ``PONG`` and ``+OK`` is parsed here, by
+    position in the buffer, a sink's messages handed to it without an ``await`` each;
+    anything else (``INFO``, ``-ERR``, a malformed line), and a message whose payload
+    the parser was already waiting for, is left to nats-py's parser."""
+
+    nc: WireClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        self.buf.extend(data)
+        if self.state == AWAITING_CONTROL_LINE and not await self._frames():
+            return  # all taken, or the rest of a frame still to come
+        await super().parse()
+
+    async def _frames(self) -> bool:
+        """Take whole frames from the start of the buffer; whether nats-py's parser
+        must take over (an operation this one leaves to it)."""
+        nc = self.nc
+        sinks, subs = nc._sinks, nc._subs
+        data = bytes(self.buf)
+        size = len(data)
+        pos = delivered = delivered_bytes = 0
+        try:
+            while pos < size:
+                end = data.find(b"\r\n", pos)
+                if end < 0:
+                    return False  # the rest of the line is still to come
+                op = data[pos : pos + 4]
+                if op == b"PING" or op == b"PONG" or op == b"+OK\r":
+                    pos = end + 2
+                    if op == b"PING":
+                        await nc._process_ping()
+                    elif op == b"PONG":
+                        await nc._process_pong()
+                    continue
+                frame = control_line(data, pos, end)
+                if frame is None:
+                    return True
+                subject, sid, reply, skip, length = frame
+                start = end + 2
+                stop = start + length
+                if stop + 2 > size:
+                    return False  # the rest of the payload is still to come
+                pos = stop + 2
+                deliver = sinks.get(sid)
+                if deliver is not None and reply.startswith(ACK_PREFIX) and sid in subs:
+                    payload = data[start + skip : stop]
+                    delivered += 1
+                    delivered_bytes += len(payload)
+                    deliver(reply.decode(), payload)
+                else:
+                    headers = data[start : start + skip] if skip else None
+                    await nc._process_msg(sid, subject, reply, data[start + skip : stop], headers)
+            return False
+        finally:
+            del self.buf[:pos]
+            nc.stats["in_msgs"] += delivered
+            nc.stats["in_bytes"] += delivered_bytes
+
+
+def control_line(data: bytes, pos: int, end: int) -> tuple[bytes, int, bytes, int, int] | None:
+    """``(subject, sid, reply, header bytes, total bytes)`` of the ``MSG`` or ``HMSG`` line
+    at ``data[pos:end]``; None for any other operation, or a line that does not parse
+    (nats-py's parser takes those, and says what is wrong)."""
+    op = data[pos : pos + 4]
+    try:
+        if op == b"HMSG":
+            parts = data[pos + 5 : end].split()
+            if len(parts) == 5:
+                return parts[0], int(parts[1]), parts[2], int(parts[3]), int(parts[4])
+            if len(parts) == 4:
+                return parts[0], int(parts[1]), b"", int(parts[2]), int(parts[3])
+        elif op == b"MSG ":
+            parts = data[pos + 4 : end].split()
+            if len(parts) == 4:
+                return parts[0], int(parts[1]), parts[2], 0, int(parts[3])
+            if len(parts) == 3:
+                return parts[0], int(parts[1]), b"", 0, int(parts[2])
+    except ValueError:
+        pass
+    return None
 
 
 class WireClient(Client):
@@ -42,6 +127,7 @@ class WireClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._sinks: dict[int, Sink] = {}
+        self._ps = WireParser(self)
 
     async def subscribe_sink(
         self, subject: str, deliver: Sink, others: Callable[[Msg], Awaitable[None]]
@@ -88,4 +174,4 @@ class WireClient(Client):
             await self._flush_pending()
 
 
-__all__ = ["ACK_PREFIX", "Sink", "WireClient"]
+__all__ = ["ACK_PREFIX", "Sink", "WireClient", "WireParser", "control_line"]
