@@ -516,3 +516,34 @@ def test_check_reaches_nats_and_describes_the_stream(
     result = check("nats://127.0.0.1:1")
     assert result.returncode == 1
     assert "pipeline q: NATS FAILS: " in result.stdout and "cannot connect" in result.stdout
+
+
+def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    fault_proxy: Any,
+    nats_server: NatsServer,
+) -> None:
+    """While ClickHouse refuses, the daemon pulls no more than ``max_batches`` batches of
+    the backlog (the rest stays in the stream for other daemons, and few messages need
+    in-progress notes), and takes the rest once its batches are acknowledged."""
+    nats_server.make_stream()
+    nats_server.publish(rows(0, 20_000, 10))
+    pipeline = {**nats_pipeline(nats_server, max_batches=2, fetch_count=50), "max_rows": 1000}
+    fault_proxy.set("refuse")
+    daemon = Running(daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline))
+    try:
+        wait_for(lambda: nats_server.consumer_state()[2] >= 2, 30, what="two manifests")
+        for _ in range(8):  # 2 s: the source waits for room, pulls nothing more
+            lag, pending, _live = nats_server.consumer_state()
+            # two batches of 100 messages, the batch being put together and a pull or two
+            assert pending <= 2 * 100 + 100 + 2 * 50, pending
+            assert lag >= 2000 - 400, lag
+            time.sleep(0.25)
+        fault_proxy.set("pass")
+        wait_for(nats_server.settled, 120, interval=0.2, what="all messages acked")
+    finally:
+        fault_proxy.set("pass")
+        daemon.stop()
+    assert count(endpoint, database) == (20_000, 20_000)

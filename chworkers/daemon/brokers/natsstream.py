@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
@@ -50,14 +51,20 @@ def delivery(reply: str) -> tuple[int, int]:
 
 class Held:
     """Messages taken for the batch being put together, until its manifest is written:
-    their acknowledgement subjects, and by when the manifest must be written."""
+    the messages and their acknowledgement subjects, in the batch's order (its ids'),
+    and by when the manifest must be written."""
 
-    def __init__(self) -> None:
-        self.messages: dict[str, Message] = {}
-        self.replies: dict[str, str] = {}
+    def __init__(self, deadline: float = float("inf")) -> None:
+        self.messages: list[Message] = []
+        self.replies: list[str] = []
         #: time.monotonic() before which no message here can have been redelivered: the
         #: pull that brought the first was sent ``ack_wait`` before it.
-        self.deadline = float("inf")
+        self.deadline = deadline
+
+    def by_id(self) -> tuple[dict[str, Message], dict[str, str]]:
+        """The messages and their acknowledgement subjects by id."""
+        ids = [m.id for m in self.messages]
+        return dict(zip(ids, self.messages, strict=True)), dict(zip(ids, self.replies, strict=True))
 
 
 class NatsSource(SourceParts):
@@ -68,10 +75,15 @@ class NatsSource(SourceParts):
         *,
         options: NatsSourceSettings,
         consumer: str,
+        in_flight: Callable[[], int] | None = None,
         **common: Unpack[SourceArgs],
     ) -> None:
+        """``in_flight``: the spool's ``max_in_flight`` (it changes with the workers), for
+        ``max_batches = 0``."""
         super().__init__(**common)
         self.options = options
+        self._in_flight = in_flight
+        self._room = threading.Condition(self._lock)  # a batch acknowledged
         self.label = consumer  # this daemon, in the manifests it writes
         self.link = NatsLink(options, self.name, consumer)
         self.trouble = Trouble(self.name, self.link.where)
@@ -124,6 +136,7 @@ class NatsSource(SourceParts):
         with self._lock:
             # Replies added meanwhile (redelivered to us while it was in flight) too.
             late = self._inflight.pop(token, [])[len(replies) :]
+            self._room.notify_all()
         if late:
             self.link.send(late, ACK)
         self._acked(len(replies) + len(late))
@@ -141,7 +154,10 @@ class NatsSource(SourceParts):
                 if now >= next_gauges:
                     self._publish_gauges()
                     next_gauges = now + GAUGES_EVERY
-                self._fetch()
+                if self._holding():
+                    self._wait_for_room(stop)
+                else:
+                    self._fetch()
                 if self._assembly.due(self.limits):
                     self._submit_all([self._cut()])
                 self.trouble.ok()
@@ -172,8 +188,33 @@ class NatsSource(SourceParts):
             pulled = self.link.call(self.link.wire().pull(*self._pull_size()))
         if not pulled:
             return
-        self._ahead = self.link.start(self.link.wire().pull(self.options.fetch_count, 0.0))
+        if not self._holding(more=1):
+            # Not when this pull's messages may make the batches held enough: the next
+            # pull's would then wait for room, their ack_wait running.
+            self._ahead = self.link.start(self.link.wire().pull(self.options.fetch_count, 0.0))
         self._take_in(pulled)
+
+    def max_batches(self) -> int:
+        """How many batches this source holds at most (pulled, not yet acknowledged)."""
+        if self.options.max_batches:
+            return self.options.max_batches
+        return (self._in_flight() if self._in_flight is not None else 6) + 2
+
+    def _holding(self, more: int = 0) -> bool:
+        """Whether the source holds ``max_batches`` (``more`` counted with them)."""
+        with self._lock:
+            held = more + len(self._inflight)
+        return held >= self.max_batches()
+
+    def _wait_for_room(self, stop: threading.Event) -> None:
+        """Pull nothing until a batch is acknowledged (at most until the batch being put
+        together is due, and a second: the gauges go on meanwhile)."""
+        wait = 1.0
+        if self._assembly.ids:
+            wait = self.limits.max_delay - (time.monotonic() - self._assembly.started)
+        with self._room:
+            if len(self._inflight) >= self.max_batches() and not stop.is_set():
+                self._room.wait(max(0.0, min(1.0, wait)))
 
     def _pull_size(self) -> tuple[int, float]:
         """How many messages a pull that may wait asks for, and how long it waits."""
@@ -194,17 +235,23 @@ class NatsSource(SourceParts):
         handed on."""
         deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
         fresh: list[Message] = []
+        fresh_replies: list[str] = []
         again: list[Message] = []
         replies: dict[str, str] = {}
         for reply, data, _sent in pulled:
-            seq, times = delivery(reply)
-            message = Message(str(seq), data, times)
-            replies[message.id] = reply
-            (fresh if times == 1 else again).append(message)
+            # delivery(reply), inlined: this loop runs for every message
+            tokens = reply.split(".")
+            at = 4 if len(tokens) == 9 else 6
+            if tokens[at] == "1":
+                fresh.append(Message(tokens[at + 1], data))
+                fresh_replies.append(reply)
+            else:
+                again.append(Message(tokens[at + 1], data, int(tokens[at])))
+                replies[tokens[at + 1]] = reply
         ready: list[tuple[str, Assembly, list[str], bool]] = []
         if again:
             ready += self._redelivered(again, replies, deadline)
-        ready += self._take(fresh, replies, deadline)
+        ready += self._take(fresh, fresh_replies, deadline)
         if ready and self._assembly.ids:
             # Nothing unwritten is held while the batcher may block (the manifest must be
             # written before ack_wait runs out): the batch in the making goes now too.
@@ -212,9 +259,10 @@ class NatsSource(SourceParts):
         self._submit_all(ready)
 
     def _take(
-        self, messages: list[Message], replies: dict[str, str], deadline: float
+        self, messages: list[Message], replies: list[str], deadline: float
     ) -> list[tuple[str, Assembly, list[str], bool]]:
-        """Add messages to the batch in the making; returns the batches cut meanwhile."""
+        """Add messages (``replies``: their acknowledgement subjects, in their order) to
+        the batch in the making; returns the batches cut meanwhile."""
         ready: list[tuple[str, Assembly, list[str], bool]] = []
         start = 0
         held = self._held
@@ -224,14 +272,18 @@ class NatsSource(SourceParts):
             before = len(self._assembly.ids)
             start_at = start
             start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
-            if poison:
-                self._poison(poison, replies)
             held.deadline = min(held.deadline, deadline)
-            bad = {p.message.id for p in poison}
-            for message in messages[start_at:start]:
-                if message.id not in bad:
-                    held.messages[message.id] = message
-                    held.replies[message.id] = replies[message.id]
+            if poison:
+                by_id = {m.id: r for m, r in zip(messages, replies, strict=True)}
+                self._poison(poison, by_id)
+                bad = {p.message.id for p in poison}
+                for message in messages[start_at:start]:
+                    if message.id not in bad:
+                        held.messages.append(message)
+                        held.replies.append(by_id[message.id])
+            else:
+                held.messages += messages[start_at:start]
+                held.replies += replies[start_at:start]
             if len(self._assembly.ids) > before and self._assembly.rows:
                 self._rows_per_message = max(1.0, self._assembly.rows / len(self._assembly.ids))
             if self._assembly.full(self.limits):
@@ -247,7 +299,7 @@ class NatsSource(SourceParts):
         return self._write_manifest(batch, held)
 
     def _write_manifest(self, batch: Assembly, held: Held) -> tuple[str, Assembly, list[str], bool]:
-        replies = [held.replies[i] for i in batch.ids]
+        replies = held.replies  # in the batch's order
         if not batch.ids:
             return "", batch, [], False
         if not batch.rows:
@@ -278,12 +330,16 @@ class NatsSource(SourceParts):
                 self.name,
                 len(conflicts),
             )
-            taken = [held.messages[str(s)] for s in sorted(conflicts)]
-            ready = self._redelivered(taken, held.replies, held.deadline, count=False)
+            messages, by_id = held.by_id()
+            taken = [messages[str(s)] for s in sorted(conflicts)]
+            ready = self._redelivered(taken, by_id, held.deadline, count=False)
             rest = [i for i in batch.ids if int(i) not in conflicts]
-            again, poison = self.assembler.rebuild(rest, held.messages)
+            again, poison = self.assembler.rebuild(rest, messages)
             assert not poison  # framed once already
-            result = self._write_manifest(again, held)
+            left = Held(held.deadline)
+            left.messages = [messages[i] for i in again.ids]
+            left.replies = [by_id[i] for i in again.ids]
+            result = self._write_manifest(again, left)
             self._submit_all(ready)
             return result
         if time.monotonic() > held.deadline:
@@ -307,6 +363,7 @@ class NatsSource(SourceParts):
         if not batch.rows:  # a rebuilt batch whose messages the stream no longer has
             with self._lock:
                 held = self._inflight.pop(token, [])
+                self._room.notify_all()
             self.link.send(held, ACK)
             self.link.call(self.link.manifests().mark_done(token, self._floor))
             self._acked(len(held))
@@ -373,7 +430,7 @@ class NatsSource(SourceParts):
                 self._inflight.setdefault(token, []).extend(mine)
         if fresh:
             self._assembly.mixed = True
-            ready += self._take(fresh, replies, deadline)
+            ready += self._take(fresh, [replies[m.id] for m in fresh], deadline)
         return ready
 
     def _rebuild(

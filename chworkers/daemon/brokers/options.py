@@ -150,6 +150,14 @@ class NatsSourceSettings:
         minimum=1,
     )
     fetch_count: int = setting(1000, "Messages asked for per pull (fetch batch size).", minimum=1)
+    max_batches: int = setting(
+        0,
+        "Batches this daemon holds from the stream at once, pulled and not yet acknowledged "
+        "(0: the spool's max_in_flight and 2 more); it pulls no more until one is "
+        "acknowledged, so a backlog stays in the stream for the other daemons and the "
+        "messages in flight stay few (fewer in-progress notes, fewer to redeliver).",
+        minimum=0,
+    )
     bucket: str = setting(
         "chworkers",
         "The key-value bucket of the manifests (`run` creates it when missing, one replica, "

@@ -28,7 +28,7 @@ def broker_source(
 ) -> BrokerSource:
     """The source of a pipeline whose ``source`` is in ``BROKER_SOURCES`` (the broker's
     client is imported only by daemons that read from that broker); ``in_flight``: the
-    spool's ``max_in_flight`` as it stands (a Redis source holds that many batches and
+    spool's ``max_in_flight`` as it stands (a broker source holds that many batches and
     two more, unless ``max_batches`` says)."""
 
     def dead_letter(records: Sequence[tuple[bytes, BaseException]], token: str) -> None:
@@ -45,6 +45,7 @@ def broker_source(
         return NatsSource(
             options=pipeline.nats,
             consumer=consumer,
+            in_flight=in_flight,
             dead_letter=dead_letter,
             metrics=metrics,
             **common,
