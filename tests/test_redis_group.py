@@ -1,14 +1,21 @@
 """The Redis source's commands (chworkers/daemon/brokers/redisgroup.py) against a real
-redis-server: what the heartbeat's refresh touches, and what it leaves alone."""
+redis-server: what the heartbeat's refresh touches, and what it leaves alone; and its
+framing of a reply's entries (redisentries.py), which must give the bytes a rebuild from
+the manifest gives."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from redisserver import RedisServer
 
+from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.brokers import redisentries
+from chworkers.daemon.brokers.assembly import Assembler, Assembly
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisgroup import StreamGroup, ids_json
 
@@ -67,3 +74,49 @@ def test_touch_refreshes_only_this_consumers_entries_of_the_batches(
         mine.close()
         theirs.close()
         client.close()
+
+
+ENTRIES = [
+    [b"1-0", [b"data", b'{"n":1}']],  # no final newline
+    [b"1-1", [b"data", b'{"n":2}\n{"n":3}\n']],
+    [b"1-2", [b"data", b'\n{"n":4}\n\n']],  # blank lines are no records
+    [b"1-3", [b"data", b""]],  # nothing: in the batch, no rows
+    [b"1-4", [b"other", b"x"]],  # poison: no data field
+    [b"1-5", [b"other", b"x", b"data", b'{"n":5}']],  # the field not first
+    [b"1-6", None],  # deleted from the stream meanwhile: poison
+    [b"1-7", [b"data", b'{"n":6}\n']],
+]
+
+
+@pytest.mark.parametrize("fmt", ["JSONEachRow", "CSV"])
+def test_entries_frame_as_messages_and_a_rebuild_do(fmt: str) -> None:
+    """Straight from the reply, through Messages (claims) and from a manifest (a rebuild):
+    the same batches, the same bytes, the same poison."""
+    assembler = Assembler(fmt, max_record_bytes=64)
+    entries = [*ENTRIES, [b"1-8", [b"data", b"y" * 100]]]  # over the record limit
+    messages = [redisentries.message(e, b"data") for e in entries]
+    limits = BatchLimits(max_rows=3)
+
+    def batches(extend: Callable[..., tuple[int, list[Any]]], items: list[Any]) -> list[Any]:
+        out, start = [], 0
+        while start < len(items):
+            batch = Assembly()
+            start, bad = extend(batch, items, start)
+            out.append(
+                (batch.ids, batch.rows, assembler.payload(batch), [p.message.id for p in bad])
+            )
+        return out
+
+    raw = batches(
+        lambda b, items, start: redisentries.extend(assembler, b, items, start, limits, b"data"),
+        entries,
+    )
+    assert raw == batches(
+        lambda b, items, start: assembler.extend(b, items, start, limits), messages
+    )
+    assert raw[0][:2] == (["1-0", "1-1"], 3)
+    assert {"1-4", "1-6"} <= {i for batch in raw for i in batch[3]}  # no field, deleted
+    by_id = {m.id: m for m in messages}
+    for ids, rows, payload, _poison in raw:
+        rebuilt, _ = assembler.rebuild(ids, by_id)
+        assert (rebuilt.rows, assembler.payload(rebuilt)) == (rows, payload)

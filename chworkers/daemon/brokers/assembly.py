@@ -76,6 +76,8 @@ class Assembler:
         self.transform = transform
         Framer(format)  # validate the format now
         self._quoted = FORMATS[format]
+        #: Records are whole lines (no quoted newlines): a payload needs no Framer.
+        self.plain = not self._quoted
 
     def frame(self, message: Message) -> tuple[bytes, int]:
         """The message's records and their count; raises :class:`PoisonMessageError`."""

@@ -22,6 +22,7 @@ from chworkers.daemon.brokers.assembly import Message
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisahead import Ahead, Reply
 from chworkers.daemon.brokers.redisclient import connect, display_url, entry_order, raw, text
+from chworkers.daemon.brokers.redisentries import Entry, payload
 from chworkers.errors import BrokerError
 
 #: Ids per call of the touch script (its reply and its time in Redis stay small).
@@ -53,12 +54,12 @@ class StreamGroup:
         self.url = display_url(options.url)
         self.client = connect(options, where)
         # Entries as the parser gives them: redis-py's per-entry dicts cost more than
-        # everything else the source does per entry (see messages()).
+        # everything else the source does per entry (see redisentries.py).
         self.client.set_response_callback("XREADGROUP", raw)
         self.stream, self.group = options.stream, options.group
         prefix = f"{self.stream}:chworkers:{self.group}"
         self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
-        self._field = options.field.encode()
+        self.field = options.field.encode()
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
         self._complete = self.client.register_script(redisscripts.COMPLETE)
         self._touch = self.client.register_script(redisscripts.TOUCH)
@@ -95,8 +96,10 @@ class StreamGroup:
         )
         return self.messages(reply)
 
-    def read_new(self, count: int, block_ms: int, *, ahead: bool = True) -> list[Message]:
-        """New entries (``XREADGROUP ... >``), waiting up to ``block_ms`` for some.
+    def read_new(self, count: int, block_ms: int, *, ahead: bool = True) -> list[Entry]:
+        """New entries (``XREADGROUP ... >``) as hiredis parsed them (framed by
+        :func:`~chworkers.daemon.brokers.redisentries.extend`), waiting up to
+        ``block_ms`` for some.
 
         While replies come back full (a backlog), the next read is sent before this one's
         entries are returned: Redis prepares it while the source batches these. Entries
@@ -112,23 +115,25 @@ class StreamGroup:
                 reply = self._ahead.take(sent)
             if not reply:
                 reply = self._ahead.take(self._ahead.send(*self._xreadgroup(count, block_ms)))
-            messages = self.messages(reply)
-            if ahead and len(messages) >= count:
+            entries: list[Entry] = reply[0][1] if reply else []
+            if ahead and len(entries) >= count:
                 self._next_read = self._ahead.send(*self._xreadgroup(count, None))
-            return messages
+            return entries
         except redis.RedisError as exc:
             self._next_read = None
             raise self.error(exc) from exc
 
-    def take_ahead(self) -> list[Message]:
-        """The entries of the read sent ahead, if one was (none is sent after it)."""
+    def take_ahead(self) -> list[Entry]:
+        """The entries of the read sent ahead, if one was (none is sent after it), as
+        :meth:`read_new` gives them."""
         import redis
 
         sent, self._next_read = self._next_read, None
         if sent is None:
             return []
         try:
-            return self.messages(self._ahead.take(sent))
+            reply = self._ahead.take(sent)
+            return list(reply[0][1]) if reply else []
         except redis.RedisError as exc:
             raise self.error(exc) from exc
 
@@ -186,19 +191,14 @@ class StreamGroup:
     def messages(self, reply: Any) -> list[Message]:
         """Entries of a reply: ``[[stream, [[id, fields], ...]]]`` where ``fields`` is
         a flat list (raw XREADGROUP), a dict (other commands) or None (deleted)."""
-        field = self._field
+        field = self.field
         out: list[Message] = []
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
-                if not fields:
-                    payload = None
-                elif isinstance(fields, dict):
-                    payload = fields.get(field)
-                elif fields[0] == field:
-                    payload = fields[1]
+                if isinstance(fields, dict):
+                    out.append(Message(entry_id.decode(), fields.get(field)))
                 else:
-                    payload = dict(zip(fields[::2], fields[1::2], strict=True)).get(field)
-                out.append(Message(entry_id.decode(), payload))
+                    out.append(Message(entry_id.decode(), payload(fields, field)))
         return out
 
     # -- manifests -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
+from chworkers.daemon.brokers import redisentries
 from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
 from chworkers.daemon.brokers.common import (
     GAUGES_EVERY,
@@ -61,7 +62,7 @@ class RedisSource(SourceParts):
         self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._claim_cursor = "0-0"
         #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
-        self._unbatched: list[Message] = []
+        self._unbatched: list[redisentries.Entry] = []
         #: The batch whose manifest was sent last, until its verdict is taken.
         self._sent: tuple[str, Assembly, SentManifest] | None = None
 
@@ -179,18 +180,20 @@ class RedisSource(SourceParts):
     def _fetch(self) -> None:
         block_ms = max(1, int(min(self._until_due(), 1.0) * 1000))
         if self._unbatched:
-            messages, self._unbatched = self._unbatched, []
+            entries, self._unbatched = self._unbatched, []
         else:
             if not self.redis.reading_ahead():
                 self._settle()  # this read may wait: the last batch goes on first
             # No read ahead when this one's entries may make the batches the source holds
             # enough: it would deliver entries that then wait, unrefreshed, for room.
-            messages = self.redis.read_new(
+            entries = self.redis.read_new(
                 self.options.fetch_count, block_ms, ahead=not self._holding(more=1)
             )
         start = 0
-        while start < len(messages):
-            start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
+        while start < len(entries):
+            start, poison = redisentries.extend(
+                self.assembler, self._assembly, entries, start, self.limits, self.redis.field
+            )
             if poison:
                 self._poison(poison)
             if self._assembly.full(self.limits):
@@ -215,7 +218,7 @@ class RedisSource(SourceParts):
         self._settle()
         self._unbatched += self.redis.take_ahead()
         self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
-        present = set(self._assembly.ids).union(m.id for m in self._unbatched)
+        present = set(self._assembly.ids).union(map(redisentries.entry_id, self._unbatched))
         messages = [message for message in claimed if message.id not in present]
         if messages:
             log.info("source %s: claimed %d idle entries", self.name, len(messages))
