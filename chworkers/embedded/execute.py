@@ -16,8 +16,9 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
+from typing import Any
 
-from chworkers.embedded import engine, formats, results, sql, tablerisk
+from chworkers.embedded import engine, formats, infile, results, sql, tablerisk
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     QUERY_IS_TOO_LARGE,
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 MAX_QUERY_SIZE = 256 << 20
 #: Longest INSERT statement head before its data.
 MAX_INSERT_HEAD = 1 << 20
-#: Insert bodies larger than this (announced, or chunked and seen) are read by a thread
-#: of their own.
+#: Insert data up to this size is read whole and inserted by one query; a body larger
+#: than this (announced, or seen) streams, read by a thread of its own.
 PREFETCH_ABOVE = 1 << 20
 
 
@@ -160,17 +161,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         if insert is not None:
             formats.check_protocol_version(insert.fmt, qr.client_protocol_version)
         if insert is not None and _streams(insert, head, qr):
-            data: Iterator[bytes] = chain([head[insert.data_offset :]], chunks)
-            if req.body.length is None or req.body.length > PREFETCH_ABOVE:
-                # Read the body while chDB parses; a chunked one only once it is large.
-                after = PREFETCH_ABOVE if req.body.length is None else 0
-                data = engine.prefetch(data, after=after)
-            try:
-                check = tablerisk.risks.needs_check(conn, insert.statement)
-                engine.insert(conn, insert.statement, insert.fmt, data, stats, check=check)
-            finally:
-                if isinstance(data, Generator):
-                    data.close()  # the reader has stopped before anyone drains the body
+            _insert(conn, req, insert, head[insert.data_offset :], chunks, stats)
             ctx.stats.inserted(stats.written_rows, stats.written_bytes)
             resp.set_header("X-ClickHouse-Summary", stats.summary())
             resp.set_header("Content-Type", "text/plain; charset=UTF-8")
@@ -234,6 +225,42 @@ _LEAVES_NOTHING = frozenset(
         "RENAME",
     ]
 )
+
+
+def _insert(
+    conn: Any,
+    req: Request,
+    insert: sql.InsertHead,
+    first: bytes,
+    chunks: Iterator[bytes],
+    stats: engine.Stats,
+) -> None:
+    """Insert the data after an INSERT's head: ``first``, then the rest of the body.
+
+    Data that ends within the first MiB is read whole, then inserted by one query
+    (:mod:`chworkers.embedded.infile`); a larger body streams into chDB while the rest
+    is read by a thread of its own.
+    """
+    whole = False
+    data = bytearray(first)
+    if req.body.length is None or req.body.length <= PREFETCH_ABOVE:
+        while len(data) <= PREFETCH_ABOVE:
+            nxt = next(chunks, None)
+            if nxt is None:
+                whole = True
+                break
+            data += nxt
+    if whole and infile.insert(conn, insert.statement, insert.fmt, bytes(data), stats):
+        return
+    rest: Iterator[bytes] = chain([bytes(data)], chunks)
+    if not whole:  # read the body while chDB parses
+        rest = engine.prefetch(rest)
+    try:
+        check = tablerisk.risks.needs_check(conn, insert.statement)
+        engine.insert(conn, insert.statement, insert.fmt, rest, stats, check=check)
+    finally:
+        if isinstance(rest, Generator):
+            rest.close()  # the reader has stopped before anyone drains the body
 
 
 def _done_with(

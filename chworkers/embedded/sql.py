@@ -206,6 +206,67 @@ def parse_insert(buf: bytes, complete: bool) -> InsertHead | None:
             return InsertHead(statement, fmt, _data_start(buf, name.end, complete))
 
 
+def infile_at(statement: bytes) -> int | None:
+    """Where ``FROM INFILE`` goes in an INSERT head (``INSERT INTO t (a, b) SETTINGS ...``).
+
+    ClickHouse takes it after the table (or table function) and its column list and
+    before a SETTINGS clause. None for any other shape (``PARTITION BY`` of a table
+    function, say): such an insert is streamed instead.
+    """
+    try:
+        toks = _tokens(statement, True)
+    except NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return None
+    i = 0
+    for keyword in ("INSERT", "INTO"):
+        if i >= len(toks) or toks[i].kind != "word" or toks[i].upper != keyword:
+            return None
+        i += 1
+    if i < len(toks) and toks[i].kind == "word" and toks[i].upper == "TABLE":
+        i += 1
+    if i < len(toks) and toks[i].kind == "word" and toks[i].upper == "FUNCTION":
+        i += 2  # its name, then its arguments as a group
+        if i >= len(toks) or toks[i].text != b"(":
+            return None
+        i = _after_group(toks, i)
+        if i < 0:
+            return None
+    else:
+        named = i
+        while i < len(toks) and toks[i].kind in ("word", "quoted"):
+            i += 1
+            if i < len(toks) and toks[i].kind == "punct" and toks[i].text == b".":
+                i += 1
+                continue
+            break
+        if i == named:
+            return None
+    if i < len(toks) and toks[i].kind == "punct" and toks[i].text == b"(":
+        i = _after_group(toks, i)  # the column list
+    if i < 0:
+        return None
+    if i == len(toks):
+        return len(statement)
+    if toks[i].kind == "word" and toks[i].upper == "SETTINGS":
+        return toks[i].start
+    return None
+
+
+def _after_group(toks: list[Token], i: int) -> int:
+    """The index after the parenthesised group opening at ``i`` (-1 if it never closes)."""
+    depth = 0
+    for j in range(i, len(toks)):
+        if toks[j].kind != "punct":
+            continue
+        if toks[j].text == b"(":
+            depth += 1
+        elif toks[j].text == b")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return -1
+
+
 def _is_from_infile(buf: bytes, tok: Token, complete: bool) -> bool:
     nxt = _next_token(buf, tok.end, complete)
     return nxt is not None and nxt.upper == "INFILE"
