@@ -8,17 +8,26 @@ row-based ``insert()`` rate through the endpoint and the endpoint's idle RSS.
 
 Every round runs (a) and (b) once each, in a rotating order (interleaved); the ratio
 is of the medians, and the per-round ratios show how much the machine's load moved it.
+Besides the wall clock, the CPU each path spent: (a) the endpoint process's (all its
+threads, from ``/proc/PID/stat``; the client's sending is not in it), (b) this
+process's. On a machine shared with other work the wall clock moves with the load and
+the CPU much less. ``--rows`` takes a comma-separated list (``10000,100000,1000000``):
+each size is a run of its own.
 
-Run: ``.venv/bin/python benchmarks/bench_embedded.py [--rows N] [--repeat K]``
+Run: ``.venv/bin/python benchmarks/bench_embedded.py [--rows N[,N...]] [--repeat K]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
+import os
+import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import clickhouse_connect
@@ -46,6 +55,20 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def http_insert(ch: EmbeddedClickHouse, table: str, body: bytes, encoding: str | None) -> float:
     query = f"INSERT INTO {table} FORMAT Native"
     headers = {"Content-Type": "application/octet-stream"}
@@ -64,9 +87,42 @@ def http_insert(ch: EmbeddedClickHouse, table: str, body: bytes, encoding: str |
     return elapsed
 
 
+class Run:
+    """One payload size: the timings and CPU of every path, round by round."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.wall: dict[str, list[float]] = {"infile": [], "none": [], "lz4": []}
+        self.cpu: dict[str, list[float]] = {"infile": [], "none": [], "lz4": []}
+
+    def report(self, sizes: tuple[int, int]) -> None:
+        print(
+            f"payload: {self.rows:,} rows, {sizes[0] / 1e6:.1f} MB Native "
+            f"({sizes[1] / 1e6:.1f} MB lz4); {len(self.wall['infile'])} rounds, "
+            "interleaved; medians [min-max]"
+        )
+        b, b_cpu = statistics.median(self.wall["infile"]), statistics.median(self.cpu["infile"])
+        print(
+            f"  (b) chDB INSERT FROM INFILE, in-process: {b:.3f} s "
+            f"[{min(self.wall['infile']):.3f}-{max(self.wall['infile']):.3f}]  "
+            f"{self.rows / b / 1e6:.2f} M rows/s  CPU {b_cpu:.3f} s"
+        )
+        for enc in ("none", "lz4"):
+            ts, cpus = self.wall[enc], self.cpu[enc]
+            a, a_cpu = statistics.median(ts), statistics.median(cpus)
+            ratios = sorted(tb / ta for tb, ta in zip(self.wall["infile"], ts, strict=True))
+            print(
+                f"  (a) HTTP insert via endpoint, body {enc:>4}: {a:.3f} s "
+                f"[{min(ts):.3f}-{max(ts):.3f}]  {self.rows / a / 1e6:.2f} M rows/s  "
+                f"ratio a/b (rate) = {b / a:.2f} (per round {ratios[0]:.2f}-{ratios[-1]:.2f}, "
+                f"median {statistics.median(ratios):.2f})  CPU {a_cpu:.3f} s "
+                f"(b/a {b_cpu / a_cpu:.2f})"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", default="1000000", help="rows per payload, comma-separated")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--row-insert-rows", type=int, default=200_000)
     args = parser.parse_args()
@@ -75,81 +131,67 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-embedded-") as tmp:
         tmpdir = Path(tmp)
         direct = _chdb.connect(str(tmpdir / "direct"))
-        payload = direct.query(ROWS_SQL.format(rows=args.rows), "Native").bytes()
-        payload_file = tmpdir / "payload.native"
-        payload_file.write_bytes(payload)
-        compressed = lz4.frame.compress(payload)
-        print(
-            f"payload: {args.rows:,} rows, {len(payload) / 1e6:.1f} MB Native "
-            f"({len(compressed) / 1e6:.1f} MB lz4)"
-        )
-
-        times_b: list[float] = []
-        times_a: dict[str, list[float]] = {"none": [], "lz4": []}
         with EmbeddedClickHouse(tmpdir / "endpoint") as ch:
-            assert ch.pid is not None
+            pid = ch.pid
+            assert pid is not None
             client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
             time.sleep(1.0)
-            idle_rss = rss_mb(ch.pid)
+            idle_rss = rss_mb(pid)
+            for rows in (int(r) for r in args.rows.split(",")):
+                run = Run(rows)
+                payload = direct.query(ROWS_SQL.format(rows=rows), "Native").bytes()
+                payload_file = tmpdir / "payload.native"
+                payload_file.write_bytes(payload)
+                compressed = lz4.frame.compress(payload)
 
-            def direct_insert(i: int) -> None:
-                direct.query(TABLE.format(name=f"b{i}"), "TabSeparated")
-                start = time.perf_counter()
-                direct.query(f"INSERT INTO b{i} FROM INFILE '{payload_file}' FORMAT Native", "TSV")
-                times_b.append(time.perf_counter() - start)
-                counted = direct.query(f"SELECT count() FROM b{i}", "TSV").bytes().strip()
-                assert int(counted) == args.rows, counted
-                direct.query(f"DROP TABLE b{i} SYNC", "TSV")
+                def direct_insert(i: int, run: Run = run, path: Path = payload_file) -> None:
+                    direct.query(TABLE.format(name=f"b{i}"), "TabSeparated")
+                    cpu, start = own_cpu_seconds(), time.perf_counter()
+                    direct.query(f"INSERT INTO b{i} FROM INFILE '{path}' FORMAT Native", "TSV")
+                    run.wall["infile"].append(time.perf_counter() - start)
+                    run.cpu["infile"].append(own_cpu_seconds() - cpu)
+                    counted = direct.query(f"SELECT count() FROM b{i}", "TSV").bytes().strip()
+                    assert int(counted) == run.rows, counted
+                    direct.query(f"DROP TABLE b{i} SYNC", "TSV")
 
-            def endpoint_insert(enc: str, body: bytes, i: int) -> None:
-                table = f"a_{enc}_{i}"
-                client.command(TABLE.format(name=table))
-                times_a[enc].append(http_insert(ch, table, body, None if enc == "none" else enc))
-                assert client.command(f"SELECT count() FROM {table}") == args.rows
-                client.command(f"DROP TABLE {table} SYNC")
+                def endpoint_insert(enc: str, body: bytes, i: int, run: Run = run) -> None:
+                    table = f"a_{enc}_{i}"
+                    client.command(TABLE.format(name=table))
+                    cpu = cpu_seconds(pid)
+                    elapsed = http_insert(ch, table, body, None if enc == "none" else enc)
+                    run.cpu[enc].append(cpu_seconds(pid) - cpu)
+                    run.wall[enc].append(elapsed)
+                    assert client.command(f"SELECT count() FROM {table}") == run.rows
+                    client.command(f"DROP TABLE {table} SYNC")
 
-            # Interleaved, each round in another order: the machine's load changes
-            # from one second to the next, and a path measured only first or last
-            # would get a share of it the others do not.
-            paths = [
-                direct_insert,
-                lambda i: endpoint_insert("none", payload, i),
-                lambda i: endpoint_insert("lz4", compressed, i),
-            ]
-            for i in range(args.repeat):
-                for k in range(len(paths)):
-                    paths[(i + k) % len(paths)](i)
+                # Interleaved, each round in another order: the machine's load changes
+                # from one second to the next, and a path measured only first or last
+                # would get a share of it the others do not.
+                paths: list[Callable[[int], None]] = [
+                    direct_insert,
+                    functools.partial(endpoint_insert, "none", payload),
+                    functools.partial(endpoint_insert, "lz4", compressed),
+                ]
+                for i in range(args.repeat):
+                    for k in range(len(paths)):
+                        paths[(i + k) % len(paths)](i)
+                run.report((len(payload), len(compressed)))
 
             n = args.row_insert_rows
             client.command(TABLE.format(name="rows"))
-            rows = [
+            rows_list = [
                 [i, 1_700_000_000 + i % 86_400, i % 100_000, "view", f"https://e.com/{i}", i / 7]
                 for i in range(n)
             ]
             cols = ["id", "ts", "user_id", "event", "url", "value"]
             start = time.perf_counter()
-            client.insert("rows", rows, column_names=cols)
+            client.insert("rows", rows_list, column_names=cols)
             row_insert = time.perf_counter() - start
             assert client.command("SELECT count() FROM rows") == n
             time.sleep(1.0)
-            idle_rss_after = rss_mb(ch.pid)
+            idle_rss_after = rss_mb(pid)
             client.close()
         direct.close()
-
-    b = statistics.median(times_b)
-    print(f"{args.repeat} rounds, interleaved; medians [min-max]")
-    print(
-        f"(b) chDB INSERT FROM INFILE, in-process: {b:.3f} s [{min(times_b):.3f}-"
-        f"{max(times_b):.3f}]  {args.rows / b / 1e6:.2f} M rows/s"
-    )
-    for enc, ts in times_a.items():
-        a = statistics.median(ts)
-        ratios = sorted(tb / ta for tb, ta in zip(times_b, ts, strict=True))
-        print(
-            f"(a) HTTP insert via endpoint, body {enc:>4}: {a:.3f} s [{min(ts):.3f}-{max(ts):.3f}]"
-            f"  {args.rows / a / 1e6:.2f} M rows/s  ratio a/b (rate) = {b / a:.2f} "
-            f"(per round {ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.2f})"
-        )
     print(
         f"clickhouse-connect row-based insert() of {n:,} rows: {row_insert:.2f} s  "
         f"{n / row_insert:,.0f} rows/s"

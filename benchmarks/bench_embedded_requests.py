@@ -12,7 +12,9 @@ the endpoint process's CPU time (user + system, all its threads, from
 - ``insert-session``: the same in a session (clickhouse-connect's default);
 - ``select``: ``SELECT 1`` through clickhouse-connect, no session;
 - ``direct``: the engine's own share, no endpoint: the same one-row insert through
-  chDB's streaming insert in this process (its own data directory), CPU of this process.
+  chDB's streaming insert in this process (its own data directory), CPU of this process;
+- ``direct-select``: ``SELECT 1`` through chDB in this process, the least a chDB query
+  costs.
 
 ``insert-raw`` minus ``direct`` is what the endpoint adds to an insert. A MergeTree part
 costs most of an insert's CPU, and much of it in the kernel (creating its ten files), so
@@ -118,12 +120,19 @@ def shapes(ch: EmbeddedClickHouse, direct: Any) -> dict[str, Shape]:
 
         return step
 
+    def engine_select(_n: int) -> Callable[[int], None]:
+        def step(_i: int) -> None:
+            direct.query(b"SELECT 1", "TSV")
+
+        return step
+
     return {
         "insert-raw": raw,
         "insert-cc": cc(False),
         "insert-session": cc(True),
         "select": select,
         "direct": engine_only,
+        "direct-select": engine_select,
     }
 
 
@@ -156,7 +165,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in chosen:
                 step = table[name](args.requests)
-                pid = os.getpid() if name == "direct" else ch.pid
+                pid = os.getpid() if name.startswith("direct") else ch.pid
                 cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
                 for i in range(args.requests):
                     step(i)

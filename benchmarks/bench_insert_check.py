@@ -2,7 +2,7 @@
 
 chDB's streaming insert swallows TOO_MANY_PARTS (and a few other codes the sink throws at
 commit), so after each one the endpoint reads their counts in ``system.errors``
-(``chworkers/embedded/engine.py``, ``_ErrorCounts.after``). This measures, in one chDB
+(``chworkers/embedded/engine.py``, ``error_counts`` before and ``swallowed_error`` after). This measures, in one chDB
 process, a streaming insert of ``--rows`` JSONEachRow rows without the check and with it
 (the same function the endpoint runs), and with a ``SELECT 1`` instead (what any query
 costs), in interleaved rounds, and reports the median microseconds per insert of each.
@@ -33,17 +33,17 @@ def main() -> None:
         conn = eng.connect()
         engine.run(conn, "CREATE TABLE t (n UInt64, s String) ENGINE = Memory")
         body = b"".join(b'{"n":%d,"s":"row %d"}\n' % (i, i) for i in range(args.rows))
-        counts = engine._ErrorCounts()
         plain: list[float] = []
         floor: list[float] = []
         checked: list[float] = []
 
         def one(mode: str) -> None:
+            before = engine.error_counts(conn) if mode == "check" else {}
             handle = conn.send_insert(b"INSERT INTO t", "JSONEachRow")
             conn.insert_append(handle, body)
             conn.insert_done(handle)
             if mode == "check":
-                counts.after(conn, counts.before(), int(time.time()))
+                engine.swallowed_error(conn, before, int(time.time()))
             elif mode == "select 1":
                 engine.run(conn, "SELECT 1")
 

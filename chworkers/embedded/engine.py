@@ -346,7 +346,8 @@ def insert(
     reading ``system.errors`` afterwards, for a table that cannot throw what chDB
     swallows (:mod:`chworkers.embedded.tablerisk`).
     """
-    since, before = int(time.time()), _swallowed.before()  # system.errors: whole seconds
+    # system.errors, timed in whole seconds: the counts now, to compare with after.
+    since, before = int(time.time()), (error_counts(conn) if check else {})
     try:
         handle = conn.send_insert(sql_bytes(statement), fmt)
     except RuntimeError as exc:
@@ -366,7 +367,7 @@ def insert(
                 conn.insert_cancel(handle)
             except RuntimeError:
                 log.debug("cancelling a streaming insert failed", exc_info=True)
-    swallowed = _swallowed.after(conn, before, since) if check else None
+    swallowed = swallowed_error(conn, before, since) if check else None
     if swallowed is not None:
         raise swallowed
     stats.written_rows += int(res.rows_written())
@@ -388,64 +389,56 @@ SWALLOWED_CODES = (190, 252, 469)
 _VIEW_ERROR = "while pushing to view"
 
 
-class _ErrorCounts:
-    """The server's error counts as last seen by any insert: those of
-    :data:`SWALLOWED_CODES`, and of any code whose last error a materialized view threw.
+def error_counts(conn: Any) -> dict[int, int]:
+    """The server's count of every error code so far (``system.errors``).
 
-    An insert notes them before it starts (no query: the latest counts any insert saw)
-    and compares them with ``system.errors`` after: its own failure always shows as a
-    higher count of its code with a ``last_error_time`` no older than its start. Errors
-    are server-wide and timed in whole seconds, so another insert's failure while this
-    one ran is taken for this one's too; that errs on the safe side (the client retries
-    an insert that landed, and its deduplication token drops it), while a lost insert
-    answered 200 cannot happen. Counts are kept per code, so an insert is answered with
-    the code whose count it raised, not with another code's error of the same second.
+    An insert reads them before it starts and compares them after it
+    (:func:`swallowed_error`): its own failure always shows as a higher count of its
+    code with a ``last_error_time`` no older than its start. Read fresh each time, not
+    remembered from the last insert: an insert that raised its error itself (a query,
+    :mod:`chworkers.embedded.infile`) moves the counts without looking at them.
     """
+    counts: dict[int, int] = {}
+    for line in run(conn, "SELECT code, value FROM system.errors").bytes().decode().splitlines():
+        code, total = line.split("\t")
+        counts[int(code)] = int(total)
+    return counts
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[int, int] | None = None
 
-    def before(self) -> dict[int, int] | None:
-        with self._lock:
-            return None if self._seen is None else dict(self._seen)
+def swallowed_error(conn: Any, before: dict[int, int], since: int) -> ServerError | None:
+    """The error chDB swallowed during an insert that started at ``since`` with the
+    counts ``before``, or None.
 
-    def after(self, conn: Any, before: dict[int, int] | None, since: int) -> ServerError | None:
-        # The counts alone first: as cheap as any chDB query (the message and the time
-        # cost 5x as much), so an insert that raised nothing pays only this. Of every
-        # code: a view's error can have any.
-        counts: dict[int, int] = {}
-        for line in (
-            run(conn, "SELECT code, value FROM system.errors").bytes().decode().splitlines()
-        ):
-            code, total = line.split("\t")
-            counts[int(code)] = int(total)
-        with self._lock:
-            seen = self._seen if self._seen is not None else {}
-            for code, total in counts.items():
-                seen[code] = max(total, seen.get(code, 0))
-            self._seen = seen
-        rose = [c for c, total in counts.items() if before is None or total > before.get(c, 0)]
-        if not rose:
-            return None
-        res = run(
-            conn,
-            # Numbers and base64 in TabSeparated: the request's own output settings are on
-            # this connection, and none of them changes how these are written.
-            "SELECT code, base64Encode(name), base64Encode(last_error_message), "
-            "toUnixTimestamp(last_error_time) FROM system.errors "
-            f"WHERE code IN ({', '.join(map(str, rose))}) "
-            "ORDER BY last_error_time DESC, code",
-        )
-        for line in res.bytes().decode().splitlines():
-            fields = line.split("\t")
-            if int(fields[3]) < since:
-                continue
-            name, message = (base64.b64decode(f).decode("utf-8", "replace") for f in fields[1:3])
-            if int(fields[0]) not in SWALLOWED_CODES and _VIEW_ERROR not in message:
-                continue  # another query's error (a SELECT's, say): not this insert's
-            return from_chdb(RuntimeError(f"Code: {fields[0]}. DB::Exception: {message}. ({name})"))
+    Those of :data:`SWALLOWED_CODES`, and of any code whose last error a materialized
+    view threw. Errors are server-wide and timed in whole seconds, so another insert's
+    failure while this one ran is taken for this one's too; that errs on the safe side
+    (the client retries an insert that landed, and its deduplication token drops it),
+    while a lost insert answered 200 cannot happen. Counts are compared per code, so an
+    insert is answered with the code whose count it raised, not with another code's
+    error of the same second.
+    """
+    # The counts alone first: as cheap as any chDB query (the message and the time cost
+    # 5x as much), so an insert that raised nothing pays only this. Of every code: a
+    # view's error can have any.
+    counts = error_counts(conn)
+    rose = [c for c, total in counts.items() if total > before.get(c, 0)]
+    if not rose:
         return None
-
-
-_swallowed = _ErrorCounts()
+    res = run(
+        conn,
+        # Numbers and base64 in TabSeparated: the request's own output settings are on
+        # this connection, and none of them changes how these are written.
+        "SELECT code, base64Encode(name), base64Encode(last_error_message), "
+        "toUnixTimestamp(last_error_time) FROM system.errors "
+        f"WHERE code IN ({', '.join(map(str, rose))}) "
+        "ORDER BY last_error_time DESC, code",
+    )
+    for line in res.bytes().decode().splitlines():
+        fields = line.split("\t")
+        if int(fields[3]) < since:
+            continue
+        name, message = (base64.b64decode(f).decode("utf-8", "replace") for f in fields[1:3])
+        if int(fields[0]) not in SWALLOWED_CODES and _VIEW_ERROR not in message:
+            continue  # another query's error (a SELECT's, say): not this insert's
+        return from_chdb(RuntimeError(f"Code: {fields[0]}. DB::Exception: {message}. ({name})"))
+    return None

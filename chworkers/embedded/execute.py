@@ -149,12 +149,13 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 f"CREATE TEMPORARY TABLE {engine.quote_ident(table.name)} ({table.structure}) "
                 "ENGINE = Memory",
             )
-            engine.insert(
+            engine.insert(  # a Memory table of our own: nothing to swallow, no check
                 conn,
                 f"INSERT INTO {engine.quote_ident(table.name)}",
                 table.fmt,
                 [table.data],
                 stats,
+                check=False,
             )
             stats.written_rows = stats.written_bytes = 0
         head, insert, chunks = _statement_head(qr.query_prefix, chunks)
@@ -237,9 +238,10 @@ def _insert(
 ) -> None:
     """Insert the data after an INSERT's head: ``first``, then the rest of the body.
 
-    Data that ends within the first MiB is read whole, then inserted by one query
-    (:mod:`chworkers.embedded.infile`); a larger body streams into chDB while the rest
-    is read by a thread of its own.
+    Data that ends within the first MiB is read whole; into a table whose streaming
+    insert would need the ``system.errors`` check it is inserted by one query instead
+    (:mod:`chworkers.embedded.infile`), which raises those errors itself. A larger body
+    streams into chDB while the rest is read by a thread of its own.
     """
     whole = False
     data = bytearray(first)
@@ -250,13 +252,13 @@ def _insert(
                 whole = True
                 break
             data += nxt
-    if whole and infile.insert(conn, insert.statement, insert.fmt, bytes(data), stats):
+    check = tablerisk.risks.needs_check(conn, insert.statement)
+    if whole and check and infile.insert(conn, insert.statement, insert.fmt, bytes(data), stats):
         return
     rest: Iterator[bytes] = chain([bytes(data)], chunks)
     if not whole:  # read the body while chDB parses
         rest = engine.prefetch(rest)
     try:
-        check = tablerisk.risks.needs_check(conn, insert.statement)
         engine.insert(conn, insert.statement, insert.fmt, rest, stats, check=check)
     finally:
         if isinstance(rest, Generator):
