@@ -1,5 +1,14 @@
 """``Supervisor.insert_raw`` against raw POSTs of the same Native payloads, one request
-shape at a time: for each size, ``rows // size`` requests of ``size`` rows."""
+shape at a time: for each size, ``rows // size`` requests of ``size`` rows (at least
+:data:`MIN_REQUESTS`, so that a large size is not judged by one request a round).
+
+The POSTs are the same requests ``insert_raw`` makes: the same body (not compressed:
+``insert_raw`` sends bytes as given), the settings every chworkers insert carries
+(:func:`~chworkers.clickhouse.insertmode.insert_settings`: synchronous, deduplicated) and
+a deduplication token, over one kept-alive connection. Their tokens are the ones
+``insert_raw`` derives, computed before the timing; ``insert_raw`` derives its own while
+timed (a caller may give one instead).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,8 @@ from collections.abc import Callable
 from chworkers.bench import data
 from chworkers.bench.rows import label, supervisor
 from chworkers.bench.runner import Case, Group, timed
+from chworkers.clickhouse.insertmode import insert_settings
+from chworkers.workers import tasks
 
 #: The payload, made by the server itself (exactly the table's types).
 PAYLOAD_SQL = (
@@ -16,6 +27,10 @@ PAYLOAD_SQL = (
     "toDateTime('2026-01-01 00:00:00') + ((number + {start}) % 86400) AS ts, "
     "(number + {start}) * 0.25 AS value FROM numbers({size})"
 )
+
+#: Requests of each size a round makes at least (``--rows`` divided by a large size would
+#: be one request, a handful of samples per run).
+MIN_REQUESTS = 3
 
 
 class Payloads:
@@ -38,6 +53,12 @@ class Payloads:
         return self.bodies
 
 
+def post_settings(table: str, body: bytes) -> dict[str, object]:
+    """What ``insert_raw(table, body, "Native")`` sends with its body: the settings of a
+    synchronous chworkers insert and the token it derives from the body."""
+    return insert_settings(None, token=tasks.raw_token(table, body, "Native"))
+
+
 def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
     client = env.target.client()
     stack.callback(client.close)
@@ -51,19 +72,33 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
 
     out = []
     for size in env.sizes.raw_sizes:
-        count = max(1, env.sizes.rows // size)
+        count = max(MIN_REQUESTS, env.sizes.rows // size)
         total = count * size
 
-        def before(table: str, size: int = size, count: int = count) -> Callable[[], None]:
+        settings: list[dict[str, object]] = []
+
+        def before(
+            table: str,
+            size: int = size,
+            count: int = count,
+            settings: list[dict[str, object]] = settings,
+        ) -> Callable[[], None]:
             def run() -> None:
-                payloads.get(size, count)
+                bodies = payloads.get(size, count)
+                if table == "raw_post" and not settings:
+                    settings.extend(post_settings("raw_sup", body) for body in bodies)
                 env.table(client, table)
 
             return run
 
-        def posted(size: int = size, count: int = count, total: int = total) -> int:
-            for body in payloads.get(size, count):
-                http.post("INSERT INTO raw_post FORMAT Native", body)
+        def posted(
+            size: int = size,
+            count: int = count,
+            total: int = total,
+            settings: list[dict[str, object]] = settings,
+        ) -> int:
+            for body, params in zip(payloads.get(size, count), settings, strict=True):
+                http.post("INSERT INTO raw_post FORMAT Native", body, params)
             return total
 
         def inserted(size: int = size, count: int = count, total: int = total) -> int:

@@ -231,7 +231,7 @@ def encode_insert(
         payload, buffers = dumps(("raw", pickle.PickleBuffer(data)), what="batch")
         names = tuple(column_names) if column_names is not None else None
     if token is None:
-        token = dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
+        token = _content_token(table, names, fmt, payload, buffers)
     if evolve is not None and fmt != "JSONEachRow":
         raise BatchError(
             f"insert into {table!r}: schema evolution takes JSONEachRow, not {fmt!r}",
@@ -259,6 +259,19 @@ def encode_insert(
         shard=shard,
         replay=replay,
     )
+
+
+def _content_token(
+    table: str, names: tuple[str, ...] | None, fmt: str | None, payload: bytes, buffers: list[bytes]
+) -> str:
+    return dedup.content_token(table, repr((names, fmt)), (payload, *buffers))
+
+
+def raw_token(table: str, data: bytes, fmt: str, column_names: Sequence[str] | None = None) -> str:
+    """The deduplication token ``insert_raw(table, data, fmt)`` derives when not given one."""
+    payload, buffers = dumps(("raw", pickle.PickleBuffer(data)), what="batch")
+    names = tuple(column_names) if column_names is not None else None
+    return _content_token(table, names, fmt, payload, buffers)
 
 
 #: ``native(form, names, data) -> (Native bytes, column names) | None``.
