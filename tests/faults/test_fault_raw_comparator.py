@@ -24,4 +24,3 @@ def test_the_posts_carry_insert_raws_settings_and_token() -> None:
         assert settings[name] == value
     other = raw.post_settings("raw_sup", body + b"\x00")
     assert other["insert_deduplication_token"] != task.token  # one per body
-
