@@ -34,7 +34,6 @@ import secrets
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,36 +120,9 @@ class SharedRef:
                 )
             if self.size == 0:
                 return memoryview(b"")
-            return _mapped(self, fd)[: self.size]
+            return memoryview(mmap.mmap(fd, self.size, prot=mmap.PROT_READ))
         finally:
             os.close(fd)
-
-
-#: The mappings a worker keeps (by supervisor pid and file name), the latest last: the
-#: next batch in a kept file is read through the same pages, without a page fault each.
-_MAPS: OrderedDict[tuple[int, str], mmap.mmap] = OrderedDict()
-_MAPS_KEPT = 2
-_maps_lock = threading.Lock()
-
-
-def _mapped(ref: SharedRef, fd: int) -> memoryview:
-    """The file ``fd`` (checked to be ``ref``'s) mapped whole, from the worker's kept
-    mappings when it has one that covers the batch. A kept mapping holds its file (and
-    its memory) until it is dropped: at most :data:`_MAPS_KEPT` of them. A file is never
-    made smaller, so a kept mapping never reaches past its end."""
-    key = (ref.pid, ref.name)
-    with _maps_lock:
-        kept = _MAPS.get(key)
-        if kept is not None and len(kept) >= ref.size:
-            _MAPS.move_to_end(key)
-            return memoryview(kept)
-    whole = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
-    with _maps_lock:
-        _MAPS[key] = whole
-        _MAPS.move_to_end(key)
-        while len(_MAPS) > _MAPS_KEPT:
-            _MAPS.popitem(last=False)  # unmapped once no view of it is left
-    return memoryview(whole)
 
 
 class _File:

@@ -55,33 +55,6 @@ def test_a_done_tasks_file_carries_the_next_batch(pool: sharedbuf._Pool) -> None
         third.close()
 
 
-def test_a_worker_reads_a_kept_file_through_the_mapping_it_kept(
-    pool: sharedbuf._Pool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sharedbuf, "_MAPS", type(sharedbuf._MAPS)())
-    first = sharedbuf.SharedBuffer(b"a" * sharedbuf.THRESHOLD)
-    assert bytes(first.ref.open()) == b"a" * sharedbuf.THRESHOLD
-    mapped = sharedbuf._MAPS[(first.ref.pid, first.ref.name)]
-    first.close()
-    second = sharedbuf.SharedBuffer(b"b" * 5000)  # the same file, new content
-    try:
-        assert second.ref.name == first.ref.name
-        assert bytes(second.ref.open()) == b"b" * 5000  # through the kept pages
-        assert sharedbuf._MAPS[(second.ref.pid, second.ref.name)] is mapped
-        with pytest.raises(SerializationError, match="its task is done"):
-            first.ref.open()  # the tag is checked before any kept mapping is used
-    finally:
-        second.close()
-    others = [sharedbuf.SharedBuffer(b"c" * 100) for _ in range(3)]
-    try:
-        for other in others:
-            assert bytes(other.ref.open()) == b"c" * 100
-        assert len(sharedbuf._MAPS) == sharedbuf._MAPS_KEPT  # the oldest were dropped
-    finally:
-        for other in others:
-            other.close()
-
-
 def test_kept_files_are_bounded_in_bytes_and_time(
     pool: sharedbuf._Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
