@@ -30,6 +30,7 @@ from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
+from chworkers.workers import sharedbuf
 from chworkers.workers.commands import (
     Command,
     Mailbox,
@@ -268,6 +269,7 @@ class Arbiter:
         if now >= self._next_check:
             self._next_check = now + _CHECK_EVERY
             crew.check(now)
+            sharedbuf.sweep()
             if self._mode is None:
                 crew.autoscaler.look(now, self._options)
         crew.spawn_missing(now)
@@ -288,6 +290,7 @@ class Arbiter:
 
     def _exited(self) -> None:
         self._state = "failed" if self._error is not None else "stopped"
+        sharedbuf.sweep(0.0)  # the memory files its tasks left for later ones
         if self._on_exit is not None:
             try:
                 self._on_exit()

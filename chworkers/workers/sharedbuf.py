@@ -50,7 +50,7 @@ THRESHOLD = 1 << 20
 #: Memory files kept for later batches once their task is done, in bytes (their pages
 #: stay allocated: the supervisor's memory includes them) ...
 POOL_BYTES = 128 << 20
-#: ... and for this many seconds (checked whenever a batch is shared or given back).
+#: ... and for this many seconds (see :func:`sweep`).
 POOL_IDLE = 30.0
 _TAG = 16  # bytes of the tag written after a batch
 
@@ -187,9 +187,17 @@ class _Pool:
         for stale in out:
             stale.close()
 
-    def _expire(self, now: float) -> list[_File]:
+    def sweep(self, idle: float) -> None:
+        """Close the files kept for more than ``idle`` seconds."""
+        with self._lock:
+            stale = self._expire(time.monotonic(), idle)
+        for f in stale:
+            f.close()
+
+    def _expire(self, now: float, idle: float | None = None) -> list[_File]:
         pid = os.getpid()
-        stale = [f for f in self._free if now - f.idle_since > POOL_IDLE or f.pid != pid]
+        idle = POOL_IDLE if idle is None else idle
+        stale = [f for f in self._free if now - f.idle_since > idle or f.pid != pid]
         if stale:
             self._free = [f for f in self._free if f not in stale]
         return stale
@@ -241,6 +249,13 @@ def _give_back(f: _File, size: int) -> None:
         f.close()
         return
     _POOL.give(f)
+
+
+def sweep(idle: float | None = None) -> None:
+    """Close the memory files kept for more than ``idle`` seconds (by default
+    :data:`POOL_IDLE`; 0: all of them). The supervisor's loop calls it now and then, and
+    with 0 when it ends."""
+    _POOL.sweep(POOL_IDLE if idle is None else idle)
 
 
 def share(buffers: Sequence[Any]) -> list[SharedBuffer | None] | None:

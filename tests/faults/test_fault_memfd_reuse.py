@@ -10,6 +10,7 @@ task's batch, must stay bounded, and must not outlive their process.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -70,6 +71,21 @@ def test_kept_files_are_bounded_in_bytes_and_time(
     fresh = sharedbuf.SharedBuffer(b"y" * 10)  # idle ones are closed on the way
     fresh.close()
     assert len(pool) <= 1
+    sharedbuf.sweep()  # as the supervisor's loop does now and then
+    assert len(pool) == 0
+    assert not [fd for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+def test_a_stopped_supervisor_leaves_no_kept_files(pool: sharedbuf._Pool) -> None:
+    from chworkers import Supervisor
+
+    with Supervisor(workers=1, start_method="fork") as sup:
+        assert (
+            sup.call(len, pickle.PickleBuffer(bytes(2 * sharedbuf.THRESHOLD))).result(60)
+            == 2 * sharedbuf.THRESHOLD
+        )
+        assert len(pool) == 1  # kept for a later batch while it runs
+    assert len(pool) == 0
 
 
 class _DieOnceAfterInsert(Middleware):
