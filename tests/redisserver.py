@@ -1,7 +1,8 @@
 """A real redis-server for tests: Debian's package, installed on first use when missing,
 started on a free loopback port with its own data directory, always stopped.
 
-Used by tests/test_redis_source.py, tests/faults/ and benchmarks/bench_brokers.py.
+Used by tests/test_redis_source.py, tests/faults/ and benchmarks/bench_brokers.py;
+:class:`RedisClusterServers` makes three of them a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def find_redis_server() -> str:
 class RedisServer:
     """One redis-server process with AOF (``appendfsync always``) in ``directory``."""
 
-    def __init__(self, directory: Path, *, port: int = 0) -> None:
+    def __init__(self, directory: Path, *, port: int = 0, extra: tuple[str, ...] = ()) -> None:
         self.binary = find_redis_server()
+        self.extra = extra
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -59,6 +61,7 @@ class RedisServer:
                 "",
                 "--daemonize",
                 "no",
+                *self.extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -97,3 +100,71 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+
+class RedisClusterServers:
+    """Three redis-server processes made one Redis Cluster (no replicas): each node
+    serves a third of the hash slots; ``url`` is the first node's (a cluster client
+    finds the others)."""
+
+    def __init__(self, directory: Path, nodes: int = 3) -> None:
+        # The cluster bus on a port of its own: by default it is the client port + 10000,
+        # out of range for the free ports above 55535.
+        self.bus = [free_port() for _ in range(nodes)]
+        self.servers = [
+            RedisServer(
+                directory / f"node{i}",
+                extra=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(self.bus[i]),
+                    "--cluster-node-timeout",
+                    "5000",
+                ),
+            )
+            for i in range(nodes)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        step = 16384 // len(self.servers)
+        clients = [server.client() for server in self.servers]
+        try:
+            for i, client in enumerate(clients):
+                last = 16383 if i == len(clients) - 1 else (i + 1) * step - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+            for server, bus in zip(self.servers[1:], self.bus[1:], strict=True):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+            deadline = time.monotonic() + 30
+            while not all(
+                c.execute_command("CLUSTER", "INFO").decode().count("cluster_state:ok")
+                and int(
+                    c.execute_command("CLUSTER", "INFO")
+                    .decode()
+                    .split("cluster_known_nodes:")[1]
+                    .split()[0]
+                )
+                == len(self.servers)
+                for c in clients
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not come up within 30 s")
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def client(self) -> Any:
+        import redis.cluster
+
+        return redis.cluster.RedisCluster.from_url(self.url, socket_timeout=30)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

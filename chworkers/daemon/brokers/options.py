@@ -26,6 +26,11 @@ class RedisSourceSettings:
         "The Redis server: redis://host:port/db, or rediss:// for TLS.",
     )
     stream: str = setting("", "The stream's key.")
+    cluster: bool = setting(
+        False,
+        "The URL is a node of a Redis Cluster (redis-py's RedisCluster finds the others); "
+        "the keys beside the stream then carry its hash tag, so they sit in its slot.",
+    )
     group: str = setting("chworkers", "The consumer group the daemons share.")
     consumer: str = setting(
         "",

@@ -11,6 +11,7 @@ that order: taking one takes (and keeps) those sent before it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Ahead", "Reply"]
@@ -28,10 +29,12 @@ class Reply:
 
 
 class Ahead:
-    """One connection of ``client``'s pool, kept for commands sent ahead."""
+    """One connection of the pool ``pool()`` gives (asked again after each reset: in a
+    cluster, the stream's node may have changed), kept for commands sent ahead."""
 
-    def __init__(self, client: Any) -> None:
-        self._pool = client.connection_pool
+    def __init__(self, pool: Callable[[], Any]) -> None:
+        self._pools = pool
+        self._pool: Any = None
         self._connection: Any = None  # a redis.Connection (its methods are untyped)
         self._sent: deque[Reply] = deque()
 
@@ -86,6 +89,7 @@ class Ahead:
 
     def _open(self) -> Any:
         if self._connection is None:
+            self._pool = self._pools()
             try:
                 self._connection = self._pool.get_connection()
             except TypeError:  # redis-py before 5.3 wants a command's name

@@ -23,7 +23,9 @@ def default_consumer(state_dir: str) -> str:
 
 
 def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
-    """A redis-py client for the settings (TLS and credentials passed through)."""
+    """A redis-py client for the settings (TLS and credentials passed through): a
+    ``RedisCluster`` with ``cluster = true`` (typed as a Redis: the commands the source
+    sends are the same)."""
     try:
         import redis
     except ImportError as exc:  # an optional extra
@@ -50,6 +52,11 @@ def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
             if getattr(options, key) is not None:
                 kwargs[key] = getattr(options, key)
     try:
+        if options.cluster:
+            import redis.cluster
+
+            cluster: Any = redis.cluster.RedisCluster.from_url(options.url, **kwargs)
+            return cluster  # type: ignore[no-any-return]
         return redis.Redis.from_url(options.url, **kwargs)
     except ValueError as exc:
         raise ConfigError(
@@ -58,6 +65,31 @@ def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
             value=display_url(options.url),
             expected="redis://host:port/db or rediss://...",
         ) from exc
+
+
+def failures() -> tuple[type[Exception], ...]:
+    """What redis-py raises when Redis fails or refuses: its errors, and a cluster
+    client's own (a command it cannot route, a node not in cluster mode)."""
+    import redis.exceptions
+
+    return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+
+def key_prefix(options: RedisSourceSettings) -> str:
+    """Where the keys beside the stream begin: ``<stream>:chworkers:<group>``. In a
+    cluster the scripts' keys must share the stream's hash slot: the stream's name is
+    put in braces (a hash tag: the slot of ``{events}:...`` is the slot of ``events``),
+    unless it has a hash tag of its own, which the keys then share."""
+    stream = options.stream
+    if options.cluster and not has_hash_tag(stream):
+        stream = "{" + stream + "}"
+    return f"{stream}:chworkers:{options.group}"
+
+
+def has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster hashes ``key`` by a ``{tag}`` (a non-empty one)."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
 
 
 def display_url(url: str) -> str:
@@ -87,7 +119,6 @@ def entry_order(entry_id: str) -> tuple[int, int]:
 def describe(options: RedisSourceSettings, where: str) -> str:
     """One line on the stream and its consumer group, for ``chworkers check``; raises
     :class:`BrokerError` when Redis does not answer or refuses."""
-    import redis
 
     client = connect(options, where)
     stream, group = options.stream, options.group
@@ -107,10 +138,21 @@ def describe(options: RedisSourceSettings, where: str) -> str:
             f"stream {stream}: {length} entries; group {group}: {found['consumers']} "
             f"consumers, {found['pending']} pending, lag {found.get('lag')}"
         )
-    except redis.RedisError as exc:
+    except failures() as exc:
         raise BrokerError(f"redis {display_url(options.url)}: {type(exc).__name__}: {exc}") from exc
     finally:
         client.close()
 
 
-__all__ = ["connect", "default_consumer", "describe", "display_url", "entry_order", "raw", "text"]
+__all__ = [
+    "connect",
+    "default_consumer",
+    "describe",
+    "display_url",
+    "entry_order",
+    "failures",
+    "has_hash_tag",
+    "key_prefix",
+    "raw",
+    "text",
+]

@@ -11,6 +11,7 @@ manifests' tokens. The scripts that keep them consistent are in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -21,7 +22,15 @@ from chworkers.daemon.brokers import redisscripts
 from chworkers.daemon.brokers.assembly import Message
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisahead import Ahead, Reply
-from chworkers.daemon.brokers.redisclient import connect, display_url, entry_order, raw, text
+from chworkers.daemon.brokers.redisclient import (
+    connect,
+    display_url,
+    entry_order,
+    failures,
+    key_prefix,
+    raw,
+    text,
+)
 from chworkers.daemon.brokers.redisentries import Entry, payload
 from chworkers.errors import BrokerError
 
@@ -57,15 +66,24 @@ class StreamGroup:
         # everything else the source does per entry (see redisentries.py).
         self.client.set_response_callback("XREADGROUP", raw)
         self.stream, self.group = options.stream, options.group
-        prefix = f"{self.stream}:chworkers:{self.group}"
+        prefix = key_prefix(options)
         self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
         self.field = options.field.encode()
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
         self._complete = self.client.register_script(redisscripts.COMPLETE)
         self._touch = self.client.register_script(redisscripts.TOUCH)
-        # Reads of new entries and manifests go ahead on a connection of their own.
-        self._ahead = Ahead(self.client)
+        # Reads of new entries and manifests go ahead on a connection of their own (in a
+        # cluster, one to the node that serves the stream's slot).
+        self._ahead = Ahead(self._pool)
         self._next_read: Reply | None = None
+
+    def _pool(self) -> Any:
+        """The connection pool of the node that serves the stream."""
+        if not self.options.cluster:
+            return self.client.connection_pool
+        client: Any = self.client  # a RedisCluster
+        node = client.get_node_from_key(self.stream)
+        return client.get_redis_connection(node).connection_pool
 
     # -- reading ---------------------------------------------------------------------
 
@@ -80,7 +98,7 @@ class StreamGroup:
             if "BUSYGROUP" not in str(exc):
                 raise BrokerError(f"redis {self.url}: cannot create the group: {exc}") from exc
             return False
-        except redis.RedisError as exc:
+        except failures() as exc:
             raise self.error(exc) from exc
 
     def read(self, after: str, count: int, block_ms: int | None = None) -> list[Message]:
@@ -106,7 +124,6 @@ class StreamGroup:
         delivered by a read whose reply is never taken (the daemon stops) stay pending for
         this consumer, as every entry not yet in a manifest does: read again at the next
         start, or claimed by another daemon. ``ahead``: whether a next read may be sent."""
-        import redis
 
         try:
             reply = None
@@ -119,14 +136,13 @@ class StreamGroup:
             if ahead and len(entries) >= count:
                 self._next_read = self._ahead.send(*self._xreadgroup(count, None))
             return entries
-        except redis.RedisError as exc:
+        except failures() as exc:
             self._next_read = None
             raise self.error(exc) from exc
 
     def take_ahead(self) -> list[Entry]:
         """The entries of the read sent ahead, if one was (none is sent after it), as
         :meth:`read_new` gives them."""
-        import redis
 
         sent, self._next_read = self._next_read, None
         if sent is None:
@@ -134,7 +150,7 @@ class StreamGroup:
         try:
             reply = self._ahead.take(sent)
             return list(reply[0][1]) if reply else []
-        except redis.RedisError as exc:
+        except failures() as exc:
             raise self.error(exc) from exc
 
     def reading_ahead(self) -> bool:
@@ -227,7 +243,6 @@ class StreamGroup:
         """Send a batch's manifest ahead (:meth:`verdict` says how it went): written if
         every id is still pending for this consumer. ``ordered``: the ids are in stream
         order (the lowest first, the highest last)."""
-        import redis
 
         head = json.dumps({"token": token, "consumer": self.consumer, "created": time.time()})
         body = f'{head[:-1]}, "ids": {ids_json(ids)}}}'
@@ -243,7 +258,7 @@ class StreamGroup:
         ]
         try:
             reply = self._ahead.send("EVALSHA", self._write_manifest.sha, len(keys), *keys, *args)
-        except redis.RedisError as exc:
+        except failures() as exc:
             raise self.error(exc) from exc
         return SentManifest(reply, keys, args)
 
@@ -256,7 +271,7 @@ class StreamGroup:
             reply = self._ahead.take(sent.reply)
         except redis.exceptions.NoScriptError:  # Redis restarted: load it, run it now
             reply = self.call(self._write_manifest, keys=sent.keys, args=sent.args)
-        except redis.RedisError as exc:
+        except failures() as exc:
             raise self.error(exc) from exc
         verdict = [text(part) for part in reply]
         return None if verdict[0] == "ok" else verdict[1]
@@ -267,30 +282,34 @@ class StreamGroup:
     def complete(self, ids: list[str], token: str) -> int:
         """Acknowledge ``ids`` and remove the manifest of ``token`` (none when empty), at
         once; returns how many entries were still pending."""
-        manifest = self.manifest_prefix + token if token else ""
         return int(
             self.call(
                 self._complete,
-                keys=[self.stream, self.manifests_key, manifest],
+                keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
                 args=[self.group, token, ids_json(ids)],
             )
         )
 
     def touch(self, batches: Iterable[list[str]]) -> None:
         """Reset the idle time of the ids of ``batches`` still pending for this consumer
-        (one script per batch and per ``TOUCH_CHUNK`` ids, all in one round trip)."""
-        pipe = self.client.pipeline(transaction=False)
+        (one script per batch and per ``TOUCH_CHUNK`` ids, all in one round trip; one
+        after the other in a cluster, whose pipelines take no scripts)."""
+        calls = []
         for ids in batches:
             for start in range(0, len(ids), TOUCH_CHUNK):
                 chunk = ids[start : start + TOUCH_CHUNK]
                 low, high = min(chunk, key=entry_order), max(chunk, key=entry_order)
-                self._touch(
-                    keys=[self.stream],
-                    args=[self.group, self.consumer, low, high, ids_json(chunk)],
-                    client=pipe,
-                )
-        if len(pipe):
-            self.call(pipe.execute)
+                calls.append([self.group, self.consumer, low, high, ids_json(chunk)])
+        if not calls:
+            return
+        if self.options.cluster:
+            for args in calls:
+                self.call(self._touch, keys=[self.stream], args=args)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for args in calls:
+            self._touch(keys=[self.stream], args=args, client=pipe)
+        self.call(pipe.execute)
 
     # -- observing -------------------------------------------------------------------
 
@@ -307,14 +326,23 @@ class StreamGroup:
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` with redis-py's errors as :class:`BrokerError`."""
-        import redis
 
         try:
             return fn(*args, **kwargs)
-        except redis.RedisError as exc:
+        except failures() as exc:
             raise self.error(exc) from exc
 
     def error(self, exc: Exception) -> BrokerError:
+        """``exc`` as a :class:`BrokerError`. In a cluster, a failure that may mean the
+        stream's slot moved (MOVED, ASK, the cluster down, a node unreachable) drops the
+        connection sent ahead on and has the slots asked again."""
+        import redis.exceptions as errors
+
+        moved = (errors.AskError, errors.ClusterDownError, errors.TryAgainError)
+        if self.options.cluster and isinstance(exc, (*moved, errors.ConnectionError)):
+            self._ahead.reset()
+            with contextlib.suppress(errors.RedisError):  # tried again at the next failure
+                self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
         return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
 
 

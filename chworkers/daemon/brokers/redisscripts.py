@@ -37,7 +37,8 @@ redis.call('SADD', KEYS[2], ARGV[3])
 return {'ok'}
 """
 
-#: KEYS: stream, manifests, manifest (or "" for none). ARGV: group, token, ids (JSON).
+#: KEYS: stream, manifests, manifest. ARGV: group, token ("" for none: no manifest to
+#: remove; the key is then the manifests' prefix, in the stream's slot), ids (JSON).
 #: Acknowledges the ids and removes the manifest, all at once; returns how many entries
 #: were still pending (0 when another daemon acknowledged them first).
 COMPLETE = """
@@ -53,7 +54,7 @@ end
 if #chunk > 0 then
   acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
 end
-if KEYS[3] ~= '' then
+if ARGV[2] ~= '' then
   redis.call('DEL', KEYS[3])
   redis.call('SREM', KEYS[2], ARGV[2])
 end
