@@ -231,7 +231,7 @@ def test_batches_wait_whole_until_a_shard_can_say_the_columns(
         assert running.daemon.splitter is not None
         wait_for(
             lambda: any(
-                "wait to be split by shard" in p.reason for p in running.daemon.health().problems
+                "waiting to be split by shard" in p.reason for p in running.daemon.health().problems
             )
         )
         assert running.daemon.splitter.waiting() == 1

@@ -87,7 +87,7 @@ def test_stall_counts_from_the_last_progress_while_batches_wait() -> None:
     now[0] += 2
     stall.failed(ConnectionError("refused"))
     assert stall.problems() == [
-        "no insert confirmed for 61 s while 5 batches wait; last error: ConnectionError: refused"
+        "no insert confirmed for 61 s with 5 batches waiting; last error: ConnectionError: refused"
     ]
     stall.progressed()
     assert stall.problems() == []

@@ -25,6 +25,7 @@ from chworkers.daemon.config import DaemonSettings
 from chworkers.errors import ChworkersError
 from chworkers.ops import logs
 from chworkers.settings import flags
+from chworkers.wording import plural
 from chworkers.workers import forkserver
 
 DEMO_TABLE = "demo_events"
@@ -150,7 +151,7 @@ def _print_demo_result(daemon: Any) -> None:
 def _check(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config, overrides=flags.given(args))
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
-    print(f"{args.config}: configuration is valid ({len(cfg.pipelines)} pipelines)")
+    print(f"{args.config}: configuration is valid ({plural(len(cfg.pipelines), 'pipeline')})")
     problems = max(_check_files(cfg), _check_brokers(cfg))
     ch = cfg.settings.clickhouse
     if ch.shards:

@@ -21,6 +21,7 @@ from chworkers.daemon.spool import Spool
 from chworkers.daemon.stalls import Stalls
 from chworkers.daemon.ticket import Ticket, TicketState
 from chworkers.errors import BatcherClosedError, SpoolError
+from chworkers.wording import plural
 
 __all__ = ["RETRY_INITIAL", "RETRY_MAX", "BatchSpooling"]
 
@@ -115,11 +116,11 @@ class BatchSpooling:
                 buf.tickets = []
                 if rows:
                     log.error(
-                        "pipeline %s: %d rows were not spooled before the stop (a file source "
+                        "pipeline %s: %s not spooled before the stop (a file source "
                         "reads them again from its saved position at the next start; rows "
                         "from stdin or the generator are lost)",
                         buf.pipeline or buf.table,
-                        rows,
+                        plural(rows, "row"),
                     )
             return list(buf.tickets)
 
@@ -190,9 +191,9 @@ class BatchSpooling:
             retry = bool(buf.tickets)
         if gone:
             log.warning(
-                "pipeline %s: could not spool %d rows for %s; their senders are told: %s",
+                "pipeline %s: could not spool %s for %s; their senders are told: %s",
                 buf.pipeline or buf.table,
-                sum(t.rows for t in gone),
+                plural(sum(t.rows for t in gone), "row"),
                 buf.table,
                 error,
             )

@@ -45,6 +45,7 @@ from chworkers.daemon.filechunks import (
 )
 from chworkers.daemon.sources import _Source
 from chworkers.errors import ColumnarFileError
+from chworkers.wording import plural
 
 __all__ = ["BadFile", "ColumnarFileSource"]
 
@@ -183,7 +184,11 @@ class ColumnarFileSource(_Source):
                 self._finished(path, position)
                 return
             log.info(
-                "source %s: reading %s (%d rows) from row %d", self.name, path, file.rows, start
+                "source %s: reading %s (%s) from row %d",
+                self.name,
+                path,
+                plural(file.rows, "row"),
+                start,
             )
             limits = self.limits or self.batcher.limits
             for chunk in plan(

@@ -27,6 +27,7 @@ from chworkers.daemon.shardtarget import columns_reader, create_table, shard_tab
 from chworkers.daemon.spool import Spool
 from chworkers.daemon.tables import Tables
 from chworkers.daemon.wholebatch import file_letter
+from chworkers.wording import plural
 from chworkers.workers.supervisor import Supervisor
 
 __all__ = ["DaemonStart"]
@@ -175,7 +176,10 @@ class DaemonStart(BatchFlow):
             self._offer(batch)
         once_serving(self.embedded, self.dispatcher.start)
         if batches:
-            log.info("replaying %d spooled batches from the last run", len(batches))
+            log.info(
+                "replaying %s from the last run",
+                plural(len(batches), "spooled batch", "spooled batches"),
+            )
 
     def _start_intake(self, stack: contextlib.ExitStack) -> None:
         self.intake = Intake(

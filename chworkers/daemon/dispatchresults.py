@@ -25,6 +25,7 @@ from typing import Any
 from chworkers.backoff import capped_backoff
 from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.spool import Spool
+from chworkers.wording import plural
 
 __all__ = ["DispatchResults", "HeldBatch", "RetryAt", "shard_of"]
 
@@ -176,10 +177,10 @@ class DispatchResults:
             self._wake.notify_all()
         log.log(
             logging.ERROR if permanent else logging.WARNING,
-            "batch %d (%d rows for %s) failed (attempt %d%s), kept in the spool, next try in "
+            "batch %d (%s for %s) failed (attempt %d%s), kept in the spool, next try in "
             "%.3g s%s: %s",
             batch.seq,
-            batch.rows,
+            plural(batch.rows, "row"),
             batch.table,
             failures,
             ", a permanent error" if permanent else "",

@@ -40,6 +40,7 @@ from chworkers.daemon.totals import Totals
 from chworkers.errors import ChworkersError, WorkerBootError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
+from chworkers.wording import plural
 from chworkers.workers.options import SupervisorOptions
 
 if TYPE_CHECKING:
@@ -140,8 +141,8 @@ class Daemon(DaemonStart):
             self.totals.started = time.monotonic()  # rates count from here, not start-up
             self._ready.set()
             log.info(
-                "chworkers running: %d pipelines, ClickHouse %s, metrics %s%s",
-                len(self.config.pipelines),
+                "chworkers running: %s, ClickHouse %s, metrics %s%s",
+                plural(len(self.config.pipelines), "pipeline"),
                 self.clickhouse_url,
                 self.metrics_url or "off",
                 f", ingest {self.ingest_url}/ingest/<table>" if self.ingest_url else "",
@@ -290,14 +291,15 @@ class Daemon(DaemonStart):
         left, in_memory = int(stats["batches"] - stats["memory_batches"]), stats["memory_batches"]
         if left:
             log.warning(
-                "stopping with %d batches left in the spool; they go first next start", left
+                "stopping with %s left in the spool; they go first next start",
+                plural(left, "batch"),
             )
         if in_memory:
             log.warning(
-                "stopping with %d broker batches not inserted: their entries stay pending in "
+                "stopping with %s not inserted: their entries stay pending in "
                 "the broker, and are rebuilt from their manifests at the next start (or by "
                 "another daemon after claim_idle)",
-                in_memory,
+                plural(int(in_memory), "broker batch", "broker batches"),
             )
         error = self._boot_error()
         if error is not None:

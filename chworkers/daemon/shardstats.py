@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 
 __all__ = ["ShardStats"]
 
@@ -135,8 +136,8 @@ class ShardStats:
                 if state.failing_since is not None and waiting:
                     since = time.strftime("%H:%M:%S", time.gmtime(state.failing_since))
                     lines.append(
-                        f"shard {i} ({', '.join(state.replicas)}): {waiting} batches held back "
-                        f"since {since} UTC ({state.failures} failed attempts; the other shards "
+                        f"shard {i} ({', '.join(state.replicas)}): {plural(waiting, 'batch')} held back "
+                        f"since {since} UTC ({plural(state.failures, 'failed attempt')}; the other shards "
                         f"go on): {state.last_error}"
                     )
                 elif state.up == 0:

@@ -34,6 +34,7 @@ from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.shardsplit import Split, random_part, split_records
 from chworkers.daemon.spool import Spool
 from chworkers.errors import ChworkersError, ConfigError, SpoolCorruptError
+from chworkers.wording import plural
 
 __all__ = ["Splitter"]
 
@@ -138,8 +139,8 @@ class Splitter:
         with self._lock:
             counts = collections.Counter(b.table for b in self._waiting.values())
             return [
-                f"table {table}: {counts[table]} batches wait to be split by shard "
-                f"({attempts} attempts in {now - since:.0f} s): {error}"
+                f"table {table}: {plural(counts[table], 'batch')} waiting to be split by shard "
+                f"({plural(attempts, 'attempt')} in {now - since:.0f} s): {error}"
                 for table, (attempts, since, error) in sorted(self._trouble.items())
                 if counts[table]
             ]

@@ -18,6 +18,7 @@ from pathlib import Path
 from chworkers.daemon.batchfile import SpooledBatch, file_size, read_batch, write_durably
 from chworkers.daemon.spoolroom import SpoolRoom
 from chworkers.errors import SpoolCorruptError
+from chworkers.wording import plural
 
 __all__ = ["SpoolRecovery"]
 
@@ -83,10 +84,9 @@ class SpoolRecovery(SpoolRoom):
             batch.path.unlink(missing_ok=True)
         if uncommitted:
             log.info(
-                "spool %s: removed %d parts of batches whose split was cut short (they are "
-                "split again)",
+                "spool %s: removed %s of batches whose split was cut short (they are split again)",
                 self.directory,
-                len(uncommitted),
+                plural(len(uncommitted), "part"),
             )
             batches = [b for b in batches if b.meta.get("group") not in present]
         with self._lock:
@@ -96,7 +96,7 @@ class SpoolRecovery(SpoolRoom):
                 self._next_seq = max(self._next_seq, batch.seq + 1)
         self.publish()
         if batches:
-            log.info("spool %s: %d batches to replay", self.directory, len(batches))
+            log.info("spool %s: %s to replay", self.directory, plural(len(batches), "batch"))
         return batches
 
     def _quarantine(self, path: Path, reason: str) -> None:

@@ -17,6 +17,7 @@ from typing import Literal
 from chworkers.daemon.memorytier import MemoryTier
 from chworkers.errors import SpoolFullError
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 
 __all__ = ["TROUBLE_FORGOTTEN_AFTER", "Policy", "SpoolRoom"]
 
@@ -134,7 +135,7 @@ class SpoolRoom:
                 what = "refusing batches" if self._trouble_reason == "full" else "writes failing"
                 found.append(
                     f"spool {what} for {now - self._trouble_since:.0f} s "
-                    f"({self._trouble_count} times): {self._trouble}"
+                    f"({plural(self._trouble_count, 'time')}): {self._trouble}"
                 )
             return found
 

@@ -16,6 +16,7 @@ import threading
 import time
 
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 
 __all__ = ["LOG_EVERY", "Stalls"]
 
@@ -70,11 +71,11 @@ class Stalls:
         self._publish()
         if log_now:
             log.warning(
-                "pipeline %s: the spool refused a batch of %d rows (attempt %d, for %.0f s): "
+                "pipeline %s: the spool refused a batch of %s (attempt %d, for %.0f s): "
                 "%s; the source waits and its position stays before these rows until the "
                 "spool takes them",
                 pipeline or table,
-                rows,
+                plural(rows, "row"),
                 attempts,
                 now - since,
                 error,
@@ -86,11 +87,10 @@ class Stalls:
             stall = self._stalls.get(key)
         if stall is not None and stall.attempts:
             log.info(
-                "pipeline %s: the spool took the batch of %d rows after %d failed "
-                "attempts in %.1f s",
+                "pipeline %s: the spool took the batch of %s after %s in %.1f s",
                 stall.pipeline or stall.table,
-                rows,
-                stall.attempts,
+                plural(rows, "row"),
+                plural(stall.attempts, "failed attempt"),
                 time.monotonic() - stall.since,
             )
 
@@ -106,9 +106,9 @@ class Stalls:
         now = time.monotonic()
         with self._lock:
             return [
-                f"pipeline {s.pipeline or s.table}: a batch of {s.rows} rows has waited "
+                f"pipeline {s.pipeline or s.table}: a batch of {plural(s.rows, 'row')} has waited "
                 f"{now - s.since:.0f} s for the spool"
-                + (f" ({s.attempts} failed attempts)" if s.attempts else "")
+                + (f" ({plural(s.attempts, 'failed attempt')})" if s.attempts else "")
                 + f": {s.error}"
                 for s in self._stalls.values()
             ]

@@ -23,6 +23,7 @@ from typing import Any
 from chworkers.backoff import capped_backoff
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import ServerError
+from chworkers.wording import plural
 
 __all__ = ["ShardTables", "Tables", "refused_create"]
 
@@ -121,8 +122,9 @@ class Tables:
         now = time.monotonic()
         with self._lock:
             return [
-                f"{self.where}table {table} is not created yet ({attempts} attempts in {now - since:.0f} s, "
-                f"{len(self._held.get(table, ()))} batches wait for it): {error}"
+                f"{self.where}table {table} is not created yet ({plural(attempts, 'attempt')} in "
+                f"{now - since:.0f} s, {plural(len(self._held.get(table, ())), 'batch')} waiting for "
+                f"it): {error}"
                 for table, (attempts, since, error, _) in sorted(self._failures.items())
                 if table in self._pending
             ]
@@ -168,12 +170,12 @@ class Tables:
                 self._failures[table] = (attempts + 1, since, error, answered)
                 held = len(self._held.get(table, ()))
             log.warning(
-                "%stable %s cannot be created yet (attempt %d; %d batches wait for it, kept in "
+                "%stable %s cannot be created yet (attempt %d; %s waiting for it, kept in "
                 "the spool); trying again: %s",
                 self.where,
                 table,
                 attempts + 1,
-                held,
+                plural(held, "batch"),
                 error,
             )
             return
@@ -188,7 +190,9 @@ class Tables:
             "%stable %s is ready%s",
             self.where,
             table,
-            f"; {len(batches)} held batches go" if batches else "",
+            f"; sending its {plural(len(batches), 'held batch', 'held batches')}"
+            if batches
+            else "",
         )
 
 

@@ -48,8 +48,9 @@ class Totals:
             self.rate(), backlog, spool_batches=spool_batches, spool_bytes=spool_bytes
         )
         return (
-            f"{self.rows_inserted:,} rows inserted, {text}, "
-            f"{self.dead_letters} dead letters, {self.failures} failed attempts"
+            f"{plural(self.rows_inserted, 'row')} inserted, {text}, "
+            f"{plural(self.dead_letters, 'dead letter')}, "
+            f"{plural(self.failures, 'failed attempt')}"
         )
 
     def summary(self, state_dir: Path, spool_batches: int, broker_batches: int = 0) -> str:

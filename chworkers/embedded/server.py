@@ -41,6 +41,7 @@ from chworkers.errors import EmbeddedError
 from chworkers.http.framing import plain_response
 from chworkers.http.limits import HttpLimits
 from chworkers.http.watch import Closer, Deadlines
+from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,9 @@ class EmbeddedServer:
             pending[0][1].join(timeout=0.05)
         if pending:
             log.warning(
-                "%d requests still running after %.0f s; stopping anyway", len(pending), grace
+                "%s still running after %.0f s; stopping anyway",
+                plural(len(pending), "request"),
+                grace,
             )
         self._deadlines.stop()
         self._closer.stop()

@@ -42,6 +42,7 @@ from chworkers.errors import HttpRequestError
 from chworkers.http.framing import body_framing, http_error, plain_response, read_body, too_large
 from chworkers.http.limits import HttpLimits
 from chworkers.http.watch import Closer, Deadlines
+from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         if not admitted:
             self.refusal("busy")
             log.warning(
-                "refusing a connection from %s: %d connections open (max_connections)",
+                "refusing a connection from %s: %s open (max_connections)",
                 client_address[0],
-                self.limits.max_connections,
+                plural(self.limits.max_connections, "connection"),
             )
             self.closer.close(request, self.busy_response)
             return

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 
 __all__ = ["Health", "Level", "Problem", "Report", "Stall"]
 
@@ -209,5 +210,5 @@ class Stall:
             idle, error = now - self._last, self._error
         if idle < self.after:
             return []
-        reason = f"no insert confirmed for {idle:.0f} s while {waiting} batches wait"
+        reason = f"no insert confirmed for {idle:.0f} s with {plural(waiting, 'batch')} waiting"
         return [reason + (f"; last error: {error}" if error else "")]

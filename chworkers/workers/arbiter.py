@@ -436,9 +436,10 @@ class Arbiter:
             self._stop_workers(fast=False)
         elif now >= self._drain_deadline:
             log.warning(
-                "graceful timeout: %d queued and %d running tasks left; terminating",
+                "graceful timeout: %d queued and %d running %s left; terminating",
                 len(self.queue),
                 in_flight,
+                "task" if len(self.queue) + in_flight == 1 else "tasks",
             )
             self._stop_workers(fast=True)
 

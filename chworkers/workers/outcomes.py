@@ -37,6 +37,7 @@ from chworkers.errors import (
     WorkerLostError,
 )
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 from chworkers.workers import tasks
 from chworkers.workers.context import TaskInfo
 from chworkers.workers.middleware import Middleware
@@ -215,7 +216,7 @@ class Outcomes:
                 task.crashes += 1
                 if task.crashes >= self.options().max_task_crashes:
                     error = WorkerLostError(
-                        f"{task.description}: its worker {reason} {task.crashes} times while "
+                        f"{task.description}: its worker {reason} {plural(task.crashes, 'time')} while "
                         "running it; giving up",
                         task_id=task.id,
                         attempts=task.crashes,

@@ -29,6 +29,7 @@ from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.native import TableSchema
 from chworkers.clickhouse.sharding import BoundShardingKey, Indexes, ShardingKey, ShardRouter
 from chworkers.errors import BatchError, ConfigError, ShardInsertError
+from chworkers.wording import plural
 
 __all__ = ["ShardedFuture", "ShardedInserts", "cut", "key_columns"]
 
@@ -88,7 +89,7 @@ class ShardedFuture(Future[int]):
             f"{', '.join(map(str, sorted(failed)))} failed"
             + (
                 f" (shard{'s' if len(confirmed) > 1 else ''} {', '.join(map(str, confirmed))} "
-                f"confirmed {written} rows)"
+                f"confirmed {plural(written, 'row')})"
                 if confirmed
                 else ""
             )

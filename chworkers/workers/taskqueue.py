@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from chworkers.errors import QueueFullError, SupervisorStoppedError
+from chworkers.wording import plural
 from chworkers.workers.tasks import Task
 
 
@@ -66,8 +67,10 @@ class TaskQueue:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise QueueFullError(
-                        f"task queue full ({len(self._items)} tasks, {self.nbytes} bytes; "
-                        f"limits {self.maxsize} tasks, {self.max_bytes} bytes) for {timeout} s",
+                        f"task queue full ({plural(len(self._items), 'task')}, "
+                        f"{plural(self.nbytes, 'byte')}; limits {plural(self.maxsize, 'task')}"
+                        + ("" if self.max_bytes is None else f", {plural(self.max_bytes, 'byte')}")
+                        + f") for {timeout} s",
                         size=len(self._items),
                         nbytes=self.nbytes,
                         timeout=timeout,

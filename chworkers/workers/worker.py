@@ -31,6 +31,7 @@ from typing import Any
 
 from chworkers.ops import workerlogs
 from chworkers.pids import alive
+from chworkers.wording import plural
 from chworkers.workers import channel, tasks
 from chworkers.workers.context import (
     BEAT,
@@ -210,11 +211,11 @@ class _Loop:
             if why is not None:
                 # The tasks it holds but has not started go to other workers.
                 log.warning(
-                    "%s: %s after %d tasks: replacing it (%d task(s) handed back)",
+                    "%s: %s after %s: replacing it (%s handed back)",
                     self.worker.name,
                     why,
-                    self.done,
-                    len(self.local),
+                    plural(self.done, "task"),
+                    plural(len(self.local), "task"),
                 )
                 self._retire("memory")
                 break

@@ -23,6 +23,7 @@ from chworkers.daemon.brokers.natsmanifests import Manifest, to_ranges
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.errors import PoisonMessageError
+from chworkers.wording import plural
 
 #: The source's logger, as before its batching moved here (log filters keep working).
 log = logging.getLogger("chworkers.daemon.brokers.natsstream")
@@ -160,10 +161,10 @@ class NatsBatching(SourceParts):
         margin = self.options.ack_wait / 8
         if time.monotonic() > held.deadline - margin:
             log.warning(
-                "source %s: a batch of %d messages was ready too late to be this daemon's "
+                "source %s: a batch of %s was ready too late to be this daemon's "
                 "(ack_wait = %s s ran out): not inserted, JetStream redelivers its messages",
                 self.name,
-                len(batch.ids),
+                plural(len(batch.ids), "message"),
                 self.options.ack_wait,
             )
             return "", batch, [], False
@@ -175,10 +176,9 @@ class NatsBatching(SourceParts):
             # Some of these messages are in another daemon's manifest (it held them
             # before us and wrote late): they go with that batch, the rest in a new one.
             log.warning(
-                "source %s: %d messages of a batch are in another batch's manifest already; "
-                "they go with it",
+                "source %s: %s of a batch in another batch's manifest already go with it",
                 self.name,
-                len(conflicts),
+                plural(len(conflicts), "message"),
             )
             messages, by_id = held.by_id()
             taken = [messages[str(s)] for s in sorted(conflicts)]
@@ -293,10 +293,10 @@ class NatsBatching(SourceParts):
         missing = len(ids) - len(stored)
         if missing:
             log.warning(
-                "source %s: %d messages of batch %s are no longer in the stream (its "
-                "retention?); the batch is rebuilt without them",
+                "source %s: %s of batch %s no longer in the stream (its retention?); "
+                "the batch is rebuilt without them",
                 self.name,
-                missing,
+                plural(missing, "message"),
                 manifest.token,
             )
         if poison:

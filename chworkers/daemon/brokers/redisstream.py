@@ -34,6 +34,7 @@ from chworkers.daemon.brokers.redisgroup import SentManifest, StreamGroup
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError, PoisonMessageError
+from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,11 @@ class RedisSource(SourceParts):
             messages = self.redis.read(last, self.options.fetch_count)
             if not messages:
                 return
-            log.info("source %s: %d entries pending from before, rebuilt", self.name, len(messages))
+            log.info(
+                "source %s: %s pending from before, rebuilt",
+                self.name,
+                plural(len(messages), "entry"),
+            )
             self._redelivered(messages)
             last = messages[-1].id
 
@@ -221,7 +226,11 @@ class RedisSource(SourceParts):
         present = set(self._assembly.ids).union(map(redisentries.entry_id, self._unbatched))
         messages = [message for message in claimed if message.id not in present]
         if messages:
-            log.info("source %s: claimed %d idle entries", self.name, len(messages))
+            log.info(
+                "source %s: claimed %s",
+                self.name,
+                plural(len(messages), "idle entry", "idle entries"),
+            )
             self._redelivered(messages)
 
     def _redelivered(self, messages: list[Message]) -> None:
