@@ -50,7 +50,9 @@ def test_batches_wait_for_their_table_and_go_in_spool_order(
         assert released == [other]  # no CREATE for that table: never held
         waiting.wait_for(lambda: bool(tables.problems()), timeout=30)
         (problem,) = tables.problems()
-        assert problem.startswith("table ev is not created yet (") and "3 batches waiting" in problem
+        assert (
+            problem.startswith("table ev is not created yet (") and "3 batches waiting" in problem
+        )
         assert tables.held() == 3 and tables.pending() == ["ev"] and not tables.wait(0.1)
         fault_proxy.set("pass")
         tables.retry_now()
