@@ -22,7 +22,7 @@ from typing import Any
 from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
 from chworkers.daemon.config import DaemonSettings
-from chworkers.errors import ChworkersError
+from chworkers.errors import ChworkersError, ConfigError
 from chworkers.ops import logs
 from chworkers.settings import flags
 from chworkers.wording import plural
@@ -102,13 +102,14 @@ def _run(args: argparse.Namespace) -> int:
         cfg = demo_config(args.rows, flags.given(args))
     elif args.config:
         cfg = config_module.load(args.config, overrides=flags.given(args))
-    else:
-        raise ChworkersError(
-            "nothing to run: give a config file (-c FILE) or try --demo; "
-            "`chworkers config --defaults` prints a starting point"
+    else:  # wrong usage of the command line: exit code 2, as argparse's own errors
+        print(
+            "chworkers run: error: nothing to run: give a config file (-c FILE) or try "
+            "--demo; `chworkers config --defaults` prints a starting point",
+            file=sys.stderr,
         )
-    if not cfg.pipelines:
-        raise ChworkersError(f"{cfg.source}: no [[pipelines]] configured; nothing to ingest")
+        return 2
+    _require_pipelines(cfg)
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # flags win: overrides
     # The workers' fork server imports what they need on another core while this process
     # imports the daemon and opens its spool and sources (docs/daemon.md, "Start-up").
@@ -148,8 +149,21 @@ def _print_demo_result(daemon: Any) -> None:
     print()
 
 
+def _require_pipelines(cfg: config_module.Config) -> None:
+    """A daemon's file must declare what to ingest: `run` and `check` refuse it alike."""
+    if not cfg.pipelines:
+        raise ConfigError(
+            f"{cfg.source}: no [[pipelines]] configured; nothing to ingest "
+            "(docs/daemon.md shows how to declare one)",
+            key="pipelines",
+            expected="at least one [[pipelines]] table",
+            source=cfg.source,
+        )
+
+
 def _check(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config, overrides=flags.given(args))
+    _require_pipelines(cfg)
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
     print(f"{args.config}: configuration is valid ({plural(len(cfg.pipelines), 'pipeline')})")
     problems = max(_check_files(cfg), _check_brokers(cfg))
