@@ -50,7 +50,7 @@ def test_run_demo_ingests_reports_and_appends(tmp_path: Path) -> None:
 
 def test_run_without_config_says_what_to_do() -> None:
     result = chworkers("run")
-    assert result.returncode == 1
+    assert result.returncode == 2  # wrong usage (README: exit codes)
     assert "give a config file (-c FILE) or try --demo" in result.stderr
 
 
@@ -131,7 +131,8 @@ def test_check_logs_as_the_log_section_says_unless_a_flag_overrides(
     conf = tmp_path / "c.toml"
     conf.write_text(
         f'[clickhouse]\nurl = "{endpoint.url}/{database}"\n[log]\nlevel = "DEBUG"\n'
-        'format = "json"\n'
+        'format = "json"\n[[pipelines]]\nname = "p"\nsource = "http"\ntable = "ev"\n'
+        'create = "n UInt64"\n'
     )
     result = chworkers("check", "-c", str(conf))
     assert result.returncode == 0, result.stderr
