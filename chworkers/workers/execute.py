@@ -68,6 +68,7 @@ def insert(
                 column_names=names,
                 settings=settings,
                 deduplication_token=token,
+                compress=spec.compress,
             )
         return conn.insert(
             spec.table,

@@ -142,6 +142,7 @@ class Producer:
         shard: int | None = None,
         evolve: Evolve | None = None,
         replay: bool = False,
+        compress: bool = False,
     ) -> Future[Any]:
         self._require_clickhouse("insert_raw")
         check_shard(shard, self.shards, f"insert_raw into {table!r}")
@@ -164,6 +165,7 @@ class Producer:
             shard=shard,
             evolve=evolve,
             replay=replay,
+            compress=compress,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future

@@ -121,6 +121,7 @@ class Producing:
         shard: int | None = None,
         evolve_schema: Evolve | None = None,
         replay: bool = False,
+        compress: bool = False,
     ) -> Future[int]: ...
 
     @overload
@@ -139,6 +140,7 @@ class Producing:
         shard: int | None = None,
         evolve_schema: Evolve | None = None,
         replay: bool = False,
+        compress: bool = False,
     ) -> Future[InsertResult]: ...
 
     def insert_raw(
@@ -156,6 +158,7 @@ class Producing:
         shard: int | None = None,
         evolve_schema: Evolve | None = None,
         replay: bool = False,
+        compress: bool = False,
     ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
@@ -176,7 +179,12 @@ class Producing:
         ``replay`` says the caller sent this data under this token before and an attempt
         may have landed: ClickHouse then drops what it already has, yet counts it as
         written, so its rows count in ``chworkers_rows_replayed_total``, not in
-        ``chworkers_rows_inserted_total`` (and in the result's ``replayed``)."""
+        ``chworkers_rows_inserted_total`` (and in the result's ``replayed``).
+
+        With ``compress``, the worker sends the bytes compressed by its connection's codec
+        (the ``compress`` connection option: lz4 or zstd; as given when that is false or
+        another codec); without it they go as given. The deduplication token is the
+        data's, compressed or not."""
         return self._producer.insert_raw(
             table,
             data,
@@ -190,6 +198,7 @@ class Producing:
             shard,
             evolve_schema,
             replay,
+            compress,
         )
 
     def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:

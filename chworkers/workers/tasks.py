@@ -165,6 +165,8 @@ class InsertSpec:
     shard: int | None = None
     #: Add the columns the table lacks for the batch's fields (JSONEachRow only).
     evolve: Evolve | None = None
+    #: Send the bytes compressed by the connection's codec (its ``compress`` option).
+    compress: bool = False
 
 
 def encode_insert(
@@ -183,6 +185,7 @@ def encode_insert(
     shard: int | None = None,
     evolve: Evolve | None = None,
     replay: bool = False,
+    compress: bool = False,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
@@ -192,7 +195,8 @@ def encode_insert(
     block (returning the block and its column names, or None to keep the pickled
     batch, which the worker then inserts with clickhouse-connect). With ``split``
     (bytes in a line format only), rows ClickHouse rejects are bisected out and the
-    future resolves to the :class:`~chworkers.clickhouse.inserts.InsertResult`.
+    future resolves to the :class:`~chworkers.clickhouse.inserts.InsertResult`. With
+    ``compress``, the worker sends the bytes compressed by its connection's codec.
     """
     if not isinstance(table, str) or not table:
         raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
@@ -239,7 +243,7 @@ def encode_insert(
             reason="schema evolution of a format other than JSONEachRow",
         )
     settings = dict(settings) if settings else None
-    meta = (table, names, settings, token, fmt, split, count, shard, evolve)
+    meta = (table, names, settings, token, fmt, split, count, shard, evolve, compress)
     header, extra = dumps(meta, what="batch")
     body = pickle.dumps((header, payload, len(extra)), protocol=5)
     return Task(
@@ -297,9 +301,11 @@ def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     buffers = sharedbuf.resolve(buffers)
     header, data, split = pickle.loads(payload)
     meta = loads(header, buffers[:split])
-    table, names, settings, token, fmt, budget, count, shard, evolve = meta
+    table, names, settings, token, fmt, budget, count, shard, evolve, compress = meta
     form, data = loads(data, buffers[split:])
-    return InsertSpec(table, form, data, names, settings, token, fmt, budget, count, shard, evolve)
+    return InsertSpec(
+        table, form, data, names, settings, token, fmt, budget, count, shard, evolve, compress
+    )
 
 
 def encode_call(
