@@ -446,6 +446,36 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     return changed
 
 
+def reloaded_config(running: Config, new: Config) -> Config:
+    """The configuration a daemon runs with once SIGHUP applied ``new``: ``running`` with
+    only what SIGHUP applies taken from ``new`` (the supervisor's reloadable settings,
+    the connection budget, the retry policy, the log level), everything that waits for
+    a restart as it was, so that what the daemon reports is what it runs with."""
+    keys = [f"supervisor.{name}" for name in SupervisorOptions.reloadable()]
+    keys += _RELOADED_PREFIXES
+    settings = running.settings
+    for key in keys:
+        settings = _with(settings, key.split("."), _get(new.settings, key.split(".")))
+    return dataclasses.replace(running, settings=settings)
+
+
+def _get(value: Any, path: list[str]) -> Any:
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+def _with(value: Any, path: list[str], leaf: Any) -> Any:
+    """``value`` (nested frozen dataclasses) with the field at ``path`` set to ``leaf``."""
+    if not path:
+        return leaf
+    inner = getattr(value, path[0])
+    changed = _with(inner, path[1:], leaf)
+    if changed is inner or changed == inner:
+        return value
+    return dataclasses.replace(value, **{path[0]: changed})
+
+
 def _differences(a: Any, b: Any, prefix: str) -> list[str]:
     if a == b:
         return []

@@ -344,6 +344,8 @@ class Daemon(DaemonStart):
             return
         try:
             new = config_module.load(self.config.source, overrides=self.config.overrides)
+            # What it will run with: only what SIGHUP applies; the rest waits for a restart.
+            applied = config_module.reloaded_config(self.config, new)
         except ChworkersError as exc:
             log.error("SIGHUP: keeping the running configuration: %s", exc)
             return
@@ -359,13 +361,7 @@ class Daemon(DaemonStart):
         )
         self.dispatcher.resize(s.supervisor.worker_bounds[1])
         self._reload_log_level(s.log.level)
-        self.config = Config(
-            settings=s,
-            pipelines=self.config.pipelines,
-            state_dir=self.state_dir,
-            source=self.config.source,
-            overrides=self.config.overrides,
-        )
+        self.config = applied
         fixed = config_module.restart_only_changes(self._started_config, new)
         if fixed:
             log.warning(

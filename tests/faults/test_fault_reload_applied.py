@@ -1,0 +1,74 @@
+"""After SIGHUP the daemon's settings are what it runs with, not what it refused.
+
+A reload applies only the supervisor's settings, the connection budget, the retry policy
+and the log level; the other changes wait for a restart (and SIGHUP says so). The daemon
+kept the new file's values all the same in ``Daemon.config.settings``, so what it
+reported (and what later reads of its settings, such as the graceful timeout, used) was
+a configuration it was not running.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from daemonthread import Running
+from waiting import wait_for
+
+from chworkers.daemon import config
+from chworkers.embedded import EmbeddedClickHouse
+
+CONF = """
+state_dir = "{state}"
+[clickhouse]
+url = "{url}"
+[clickhouse.pool]
+max_connections = 4
+[supervisor]
+workers = 1
+graceful_timeout = 30
+[metrics]
+port = 0
+[spool]
+max_bytes = "64MiB"
+[http]
+port = 0
+[[pipelines]]
+name = "p"
+source = "http"
+table = "ev"
+create = "n UInt64"
+"""
+
+
+@pytest.mark.timeout(180)
+def test_the_settings_after_sighup_are_the_ones_applied(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.toml"
+    text = CONF.format(state=tmp_path / "state", url=f"{endpoint.url}/{database}")
+    path.write_text(text)
+    caplog.set_level(logging.INFO, logger="chworkers")
+    running = Running(config.load(path, env={}))
+    try:
+        started = running.daemon.config.settings
+        path.write_text(
+            text.replace("workers = 1", "workers = 2")  # applied
+            .replace("max_connections = 4", "max_connections = 6")  # applied
+            .replace("graceful_timeout = 30", "graceful_timeout = 5")  # applied
+            .replace('"64MiB"', '"32MiB"')  # waits for a restart
+            .replace('url = "', 'url = "http://127.0.0.1:1/x" # "')  # waits too
+        )
+        running.daemon.request_reload()
+        wait_for(lambda: "SIGHUP: reloaded" in caplog.text, timeout=60, what="the reload")
+        now = running.daemon.config.settings
+        assert now.supervisor.workers == 2
+        assert now.supervisor.graceful_timeout == 5
+        assert now.clickhouse.pool.max_connections == 6
+        # Refused until a restart: as it started.
+        assert now.spool.max_bytes == started.spool.max_bytes == 64 * 1024 * 1024
+        assert now.clickhouse.url == started.clickhouse.url
+        assert now.spool == started.spool and now.metrics == started.metrics
+    finally:
+        running.stop()
