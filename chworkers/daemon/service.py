@@ -283,7 +283,7 @@ class Daemon(DaemonStart):
         self.intake.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
         self.checkpoints.save_unsaved()  # a last try for positions whose save failed
         if drain:
-            self._drain(_remaining(deadline))
+            self._drain(_remaining(deadline), finished=finished)
         self.dispatcher.stop()
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
@@ -306,7 +306,9 @@ class Daemon(DaemonStart):
             raise error  # `chworkers run` exits 4: restarting cannot help
         return EXIT_OK
 
-    def _drain(self, timeout: float | None) -> bool:
+    def _drain(self, timeout: float | None, *, finished: bool = False) -> bool:
+        """Until every batch is in (True), ``timeout`` passes or a signal says stop;
+        ``finished``: the sources ran out, no signal asked for this stop."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -326,8 +328,15 @@ class Daemon(DaemonStart):
             elif self.dispatcher.wait_idle(step):
                 return True
             with contextlib.suppress(queue.Empty):
-                if self._signals.get_nowait() in (signal.SIGTERM, signal.SIGINT):
-                    log.warning("second signal: stopping now; unfinished batches stay spooled")
+                signum = self._signals.get_nowait()
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    # After the sources ran out this is the first signal, not a second one.
+                    log.warning(
+                        "%s: stopping now; unfinished batches stay spooled",
+                        f"received {signal.Signals(signum).name} while waiting for the last inserts"
+                        if finished
+                        else "second signal",
+                    )
                     return False
 
     def _reload(self) -> None:
