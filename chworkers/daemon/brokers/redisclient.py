@@ -53,18 +53,30 @@ def connect(options: RedisSourceSettings, where: str) -> redis.Redis:
                 kwargs[key] = getattr(options, key)
     try:
         if options.cluster:
-            import redis.cluster
-
-            cluster: Any = redis.cluster.RedisCluster.from_url(options.url, **kwargs)
-            return cluster  # type: ignore[no-any-return]
+            return _cluster(options.url, kwargs)
         return redis.Redis.from_url(options.url, **kwargs)
     except ValueError as exc:
-        raise ConfigError(
-            f"{where}: redis.url = {display_url(options.url)!r} is invalid: {exc}",
-            key="redis.url",
-            value=display_url(options.url),
-            expected="redis://host:port/db or rediss://...",
-        ) from exc
+        raise invalid_url(options, where, exc) from exc
+
+
+def check_url(options: RedisSourceSettings, where: str) -> None:
+    """Raise :class:`ConfigError` now if the URL is not one redis-py takes (a cluster
+    client is made only when the source first talks to Redis)."""
+    import redis.connection
+
+    try:
+        redis.connection.parse_url(options.url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise invalid_url(options, where, exc) from exc
+
+
+def invalid_url(options: RedisSourceSettings, where: str, exc: ValueError) -> ConfigError:
+    return ConfigError(
+        f"{where}: redis.url = {display_url(options.url)!r} is invalid: {exc}",
+        key="redis.url",
+        value=display_url(options.url),
+        expected="redis://host:port/db or rediss://...",
+    )
 
 
 def failures() -> tuple[type[Exception], ...]:
@@ -73,6 +85,19 @@ def failures() -> tuple[type[Exception], ...]:
     import redis.exceptions
 
     return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+
+def _cluster(url: str, kwargs: dict[str, Any]) -> redis.Redis:
+    """A ``RedisCluster``: it asks a node for the cluster's slots as it is made, so an
+    unreachable cluster (or a Redis not in cluster mode) fails here, as a
+    :class:`BrokerError`."""
+    import redis.cluster
+
+    try:
+        cluster: Any = redis.cluster.RedisCluster.from_url(url, **kwargs)
+    except failures() as exc:
+        raise BrokerError(f"redis {display_url(url)}: {type(exc).__name__}: {exc}") from exc
+    return cluster  # type: ignore[no-any-return]
 
 
 def key_prefix(options: RedisSourceSettings) -> str:
@@ -145,6 +170,7 @@ def describe(options: RedisSourceSettings, where: str) -> str:
 
 
 __all__ = [
+    "check_url",
     "connect",
     "default_consumer",
     "describe",
@@ -152,6 +178,7 @@ __all__ = [
     "entry_order",
     "failures",
     "has_hash_tag",
+    "invalid_url",
     "key_prefix",
     "raw",
     "text",

@@ -29,7 +29,7 @@ from chworkers.daemon.brokers.common import (
     SourceParts,
 )
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisclient import entry_order
+from chworkers.daemon.brokers.redisclient import check_url, display_url, entry_order
 from chworkers.daemon.brokers.redisgroup import SentManifest, StreamGroup
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
@@ -57,8 +57,13 @@ class RedisSource(SourceParts):
         self._in_flight = in_flight
         self._room = threading.Condition(self._lock)  # a batch acknowledged
         self.consumer = options.consumer or consumer
-        self.redis = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
-        self.trouble = Trouble(self.name, f"redis {self.redis.url}")
+        self._group: StreamGroup | None = None
+        self._group_lock = threading.Lock()
+        if options.cluster:
+            check_url(options, f"pipeline {self.name!r}")
+        else:  # a plain client connects on first use: made now, only a bad URL fails
+            self._group = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
+        self.trouble = Trouble(self.name, f"redis {display_url(options.url)}")
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
         self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._claim_cursor = "0-0"
@@ -66,6 +71,21 @@ class RedisSource(SourceParts):
         self._unbatched: list[redisentries.Entry] = []
         #: The batch whose manifest was sent last, until its verdict is taken.
         self._sent: tuple[str, Assembly, SentManifest] | None = None
+
+    @property
+    def redis(self) -> StreamGroup:
+        """The stream's group, connected on first use: a cluster client asks a node for
+        the cluster's slots as it is made, and a cluster down when the daemon starts must
+        make the source degraded (:class:`BrokerError`, tried again), not the start fail."""
+        group = self._group
+        if group is None:
+            with self._group_lock:
+                if self._group is None:
+                    self._group = StreamGroup(
+                        self.options, self.consumer, f"pipeline {self.name!r}"
+                    )
+                group = self._group
+        return group
 
     # -- the daemon's side ----------------------------------------------------------------
 
