@@ -309,8 +309,8 @@ def test_workers_build_their_clients_after_start(
 ) -> None:
     for method in ("spawn", "forkserver", "fork"):
         sup = start(sups, endpoint.url, database, workers=1, start_method=method)
-        pid, opened_in = sup.submit(lambda conn: (os.getpid(), conn._pid)).result(60)
-        assert pid != os.getpid() and opened_in == pid
+        pid, opened_here = sup.submit(lambda conn: (os.getpid(), conn.opened_here)).result(60)
+        assert pid != os.getpid() and opened_here
         sup.stop()
 
 

@@ -97,6 +97,40 @@ class Connection:
         client: Client = self._client
         return client
 
+    # -- the lending pool's bookkeeping (the pool asks; it never reaches into fields) --------
+
+    @property
+    def owner(self) -> object | None:
+        """The pool that lends this connection (None: opened by hand)."""
+        return self._owner
+
+    def adopt(self, owner: object, pid: int) -> None:
+        """``owner`` (a pool, living in process ``pid``) lends this connection from now."""
+        self._owner, self._owner_pid = owner, pid
+
+    def owned_by(self, owner: object, pid: int) -> bool:
+        """Whether ``owner`` in process ``pid`` lends it (not its incarnation in the
+        process it was forked from)."""
+        return self._owner is owner and self._owner_pid == pid
+
+    @property
+    def opened_here(self) -> bool:
+        """Whether its sockets were opened by this process (a forked child's copy is not:
+        it must neither use nor close them)."""
+        return self.opened_in(os.getpid())
+
+    def opened_in(self, pid: int) -> bool:
+        """Whether its sockets were opened by process ``pid``."""
+        return self._pid == pid
+
+    def retire(self) -> bool:
+        """Mark it closed for good by its pool; False when it was already (closed by the
+        pool's close(), then released by its user), so it is counted once."""
+        if self._retired:
+            return False
+        self._retired = True
+        return True
+
     def age(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.created_at
 

@@ -7,6 +7,20 @@ layer: the driver would repeat an insert on a reset connection, token or not), a
 HTTP status of an error response kept on the exception for
 :func:`~chworkers.clickhouse.translate.translate_error`. Its "Unexpected Http Driver
 Exception" warning, which says less than the error chworkers logs right after, is filtered.
+
+This module is the one place that goes past clickhouse-connect's public API (checked by
+tests/faults/test_fault_private_fields.py), each time because no public way exists:
+
+* ``client._backend.request``: an insert is sent with ``retryable=True`` whatever the
+  client's settings, and a remotely closed connection is then retried once even with
+  ``http_retries = 0`` and ``query_retries = 0``: the wrapper passes ``retryable=False``;
+* ``client._backend.error_handler``: the error it raises does not keep the response's HTTP
+  status (it is in the message only when ``show_clickhouse_errors`` is on, and never
+  with a ClickHouse code): the wrapper keeps it on the exception;
+* the logger of its private module ``_backend.http_sync``, filtered as said above.
+
+``timeout`` and ``http_retries`` are the client's public properties; the rest of
+chworkers uses the client's public methods only.
 """
 
 from __future__ import annotations

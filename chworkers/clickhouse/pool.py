@@ -160,14 +160,15 @@ class ConnectionPool(PoolBase):
     def release_connection(self, connection: Connection) -> None:
         """Give ``connection`` back; broken or expired connections are closed and replaced."""
         if self.shards is not None:
-            if connection._owner not in self.shards:
+            shard = next((s for s in self.shards if s is connection.owner), None)
+            if shard is None:
                 raise PoolError(f"{connection!r} does not belong to any shard of {self!r}")
-            connection._owner.release_connection(connection)
+            shard.release_connection(connection)
             return
         self._check_fork()
-        if connection._owner is not self:
+        if connection.owner is not self:
             raise PoolError(f"{connection!r} does not belong to {self!r}")
-        if connection._owner_pid != self._pid:
+        if not connection.owned_by(self, self._pid):
             return  # lent before a fork: it belongs to the parent's incarnation of the pool
         now = time.monotonic()
         with self._lock:

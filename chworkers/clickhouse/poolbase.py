@@ -123,7 +123,7 @@ class PoolBase:
                 if is_host_failure(exc):
                     self._hosts.report_failure(host, exc)
                 raise
-            conn._owner, conn._owner_pid = self, self._pid
+            conn.adopt(self, self._pid)
             self._hosts.report_success(host)
             self._hosts.opened(host)
         except BaseException:
@@ -160,11 +160,10 @@ class PoolBase:
 
     def _close(self, conn: Connection, reason: str) -> None:
         with self._lock:
-            if conn._retired:  # e.g. force-closed by close(), then released by its user
+            if not conn.retire():  # e.g. force-closed by close(), then released by its user
                 return
-            conn._retired = True
             self._state.count(self._state.closed_by, reason)
-        if conn._pid == os.getpid():
+        if conn.opened_here:
             self._hosts.closed(conn.host)
         conn.close()
         self._emit("on_connection_closed", conn.endpoint, reason)

@@ -100,7 +100,7 @@ class PoolState:
 
     def expired(self, conn: Connection, now: float) -> str | None:
         """Why ``conn`` must not be used again (a ``closed_by`` reason), or None."""
-        if conn.broken or conn.closed or conn._pid != self.pid:
+        if conn.broken or conn.closed or not conn.opened_in(self.pid):
             return "broken"
         if self.options.max_lifetime is not None and conn.age(now) >= self.options.max_lifetime:
             return "lifetime"
