@@ -56,7 +56,10 @@ class WireParser(Parser):
         must take over (an operation this one leaves to it)."""
         nc = self.nc
         sinks, subs = nc._sinks, nc._subs
-        data = bytes(self.buf)
+        # The buffer as it is now: a reconnection that resets the parser while this one
+        # awaits gives it a new one, which is not this one's to cut.
+        buf = self.buf
+        data = bytes(buf)
         size = len(data)
         pos = delivered = delivered_bytes = 0
         try:
@@ -71,6 +74,8 @@ class WireParser(Parser):
                         await nc._process_ping()
                     elif op == b"PONG":
                         await nc._process_pong()
+                    if self.buf is not buf:
+                        return False  # reset meanwhile: what is left is the old connection's
                     continue
                 frame = control_line(data, pos, end)
                 if frame is None:
@@ -90,9 +95,11 @@ class WireParser(Parser):
                 else:
                     headers = data[start : start + skip] if skip else None
                     await nc._process_msg(sid, subject, reply, data[start + skip : stop], headers)
+                    if self.buf is not buf:
+                        return False
             return False
         finally:
-            del self.buf[:pos]
+            del buf[:pos]
             nc.stats["in_msgs"] += delivered
             nc.stats["in_bytes"] += delivered_bytes
 
