@@ -51,12 +51,22 @@ class Pull:
 
 
 class Consumer:
-    """A durable pull consumer of one stream, on a connection of the source's."""
+    """A durable pull consumer of one stream, on a connection of the source's; its
+    acknowledgements go on a second connection (``acks``), if given."""
 
     def __init__(
-        self, client: WireClient, js: JetStreamContext, stream: str, consumer: str, ack_wait: float
+        self,
+        client: WireClient,
+        js: JetStreamContext,
+        stream: str,
+        consumer: str,
+        ack_wait: float,
+        acks: WireClient | None = None,
     ) -> None:
         self.client = client
+        # nats-server reads each connection in order: a batch's acknowledgements (tens of
+        # thousands of messages to it) would hold up the pulls sent after them.
+        self.acks = acks or client
         self.ack_wait = ack_wait
         self.js = js
         self.stream = stream
@@ -137,8 +147,8 @@ class Consumer:
     async def send(self, replies: list[str], what: bytes) -> None:
         """``what`` (an acknowledgement, in progress, terminate) to each delivery, as one
         write; returns once the server has them (a flush: its PONG follows them)."""
-        await self.client.publish_each(replies, what)
-        await self.client.flush(timeout=10)
+        await self.acks.publish_each(replies, what)
+        await self.acks.flush(timeout=10)
 
     async def read(self, seqs: list[int]) -> dict[str, Message]:
         """Messages read back from the stream by sequence (those it still has)."""
@@ -168,6 +178,8 @@ class Consumer:
     async def close(self) -> None:
         try:
             await self.client.close()
+            if self.acks is not self.client:
+                await self.acks.close()
         except Exception as exc:  # closing a connection that is gone already
             raise BrokerError(f"closing the connection: {exc}") from exc
 

@@ -51,18 +51,23 @@ class NatsLink:
         options = self.options
 
         async def connect() -> tuple[Consumer, ManifestStore]:
-            client = await natsclient.connect(
-                options, self.where, name=f"chworkers {self.label} {self.name}"
-            )
+            name = f"chworkers {self.label} {self.name}"
+            client = await natsclient.connect(options, self.where, name=name)
+            acks = None
             try:
                 js = client.jetstream()
                 await natsclient.stream_ready(js, options, self.where)
                 await natsclient.consumer_ready(js, options, self.where)
                 kv = await natsclient.bucket(js, options)
-                consumer = Consumer(client, js, options.stream, options.consumer, options.ack_wait)
+                acks = await natsclient.connect(options, self.where, name=f"{name} acks")
+                consumer = Consumer(
+                    client, js, options.stream, options.consumer, options.ack_wait, acks
+                )
                 await consumer.start()
             except BaseException:
                 await client.close()
+                if acks is not None:
+                    await acks.close()
                 raise
             key = f"{options.stream}.{options.consumer}"
             store = ManifestStore(kv, key, ttl=options.manifest_ttl, where=f"source {self.name}")
