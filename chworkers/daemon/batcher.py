@@ -46,6 +46,7 @@ from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.batchspooling import RETRY_INITIAL as RETRY_INITIAL
 from chworkers.daemon.batchspooling import RETRY_MAX as RETRY_MAX
 from chworkers.daemon.batchspooling import BatchSpooling
+from chworkers.daemon.extents import Extent
 from chworkers.daemon.spool import Spool
 from chworkers.daemon.stalls import Stalls
 from chworkers.daemon.ticket import Ticket, TicketState
@@ -104,6 +105,7 @@ class Batcher(BatchSpooling):
         header: bytes = b"",
         token: str | None = None,
         memory: bool = False,
+        extent: Extent | None = None,
     ) -> Ticket:
         """Add ``rows`` framed records, which go into one batch together.
 
@@ -117,12 +119,14 @@ class Batcher(BatchSpooling):
         cut at once (a pushed request with an ``Idempotency-Key``).
         ``memory``: the batch goes to the spool's memory tier, not to disk (a broker's
         batch, which the broker holds durably: :mod:`chworkers.daemon.memorytier`).
+        ``extent``: where the records are in the file they were read from; a batch whose
+        records all have one is spooled by reference (:mod:`chworkers.daemon.extents`).
         Raises :class:`~chworkers.errors.BatcherClosedError` once closed.
         """
         settings = dict(settings or {})
         key = _key(pipeline, table, format, settings, header, token, memory)
         deadline = None if timeout is None else time.monotonic() + timeout
-        ticket = Ticket(self._withdraw, records, rows, meta, retry, deadline)
+        ticket = Ticket(self._withdraw, records, rows, meta, retry, deadline, extent)
         with self._lock:
             if self._closed:
                 raise BatcherClosedError(

@@ -6,6 +6,9 @@ all. File layout (little-endian)::
 
     b"CHWSPL01" | header length (u32) | header (JSON) | payload | b"CHWEND" | crc32 (u32)
 
+A batch kept by reference (:mod:`chworkers.daemon.extents`) has an empty payload and
+its extents in the header.
+
 The CRC covers header and payload; :func:`read_batch` verifies all of it and says what
 is wrong with a file that does not pass (:class:`~chworkers.errors.SpoolCorruptError`).
 """
@@ -19,10 +22,12 @@ import os
 import struct
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chworkers.daemon import extents
+from chworkers.daemon.extents import Extent
 from chworkers.errors import SpoolCorruptError, SpoolWriteError
 
 __all__ = [
@@ -56,10 +61,13 @@ class SpooledBatch:
     #: What the source needs to resume after this batch (e.g. a file offset).
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
+    #: The records by reference (:mod:`chworkers.daemon.extents`): where they are in the
+    #: files they were read from; ``payload`` is then empty until the batch is loaded.
+    extents: tuple[Extent, ...] = ()
 
     @property
     def size(self) -> int:
-        return len(self.payload)
+        return len(self.payload) if not self.extents else sum(e.size for e in self.extents)
 
 
 def encode_batch(batch: SpooledBatch) -> bytes:
@@ -75,6 +83,7 @@ def encode_batch(batch: SpooledBatch) -> bytes:
             "pipeline": batch.pipeline,
             "meta": dict(batch.meta),
             "payload_len": len(batch.payload),
+            **({"extents": extents.to_json(batch.extents)} if batch.extents else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -96,6 +105,7 @@ def read_batch(path: Path) -> SpooledBatch:
     try:
         header = json.loads(data[fixed:header_end])
         payload_len = int(header["payload_len"])
+        refs = extents.from_json(header.get("extents") or ())
     except (ValueError, KeyError, TypeError) as exc:
         raise SpoolCorruptError(f"unreadable header: {exc}", path=str(path)) from exc
     payload_end = header_end + payload_len
@@ -122,6 +132,7 @@ def read_batch(path: Path) -> SpooledBatch:
         pipeline=str(header.get("pipeline", "")),
         meta=dict(header.get("meta") or {}),
         path=path,
+        extents=refs,
     )
 
 
@@ -135,9 +146,15 @@ def file_size(batch: SpooledBatch) -> int:
     return len(batch.payload) + 256
 
 
-def batch_overhead(table: str, pipeline: str = "", meta: Mapping[str, Any] | None = None) -> int:
+def batch_overhead(
+    table: str,
+    pipeline: str = "",
+    meta: Mapping[str, Any] | None = None,
+    refs: Sequence[Extent] = (),
+) -> int:
     """An upper bound of the bytes a batch file needs beyond its payload."""
-    return 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
+    size = 512 + len(table) + len(pipeline) + len(json.dumps(dict(meta or {})))
+    return size + (len(json.dumps(extents.to_json(refs))) if refs else 0)
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:

@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from chworkers.daemon import extents
 from chworkers.daemon.batchbuffer import Buffer, BufferKey
 from chworkers.daemon.batchfile import SpooledBatch, batch_overhead
+from chworkers.daemon.extents import Extent
 from chworkers.daemon.spool import Spool
 from chworkers.daemon.stalls import Stalls
 from chworkers.daemon.ticket import Ticket, TicketState
@@ -129,10 +131,11 @@ class BatchSpooling:
         for ticket in live:
             if ticket.meta:
                 _merge(meta, ticket.meta)
-        size = len(buf.header) + sum(len(t.records) for t in live)
+        refs = _references(buf, live)
+        size = 0 if refs else len(buf.header) + sum(len(t.records) for t in live)
         retrying = any(t.retry for t in live)
         reservation = self.spool.reserve(
-            size + batch_overhead(buf.table, buf.pipeline, meta),
+            size + batch_overhead(buf.table, buf.pipeline, meta, refs),
             give_up=lambda: self._giving_up() or not self._worth_waiting(live, retrying),
             on_wait=lambda: self._waiting(buf, live),
             memory=buf.memory,
@@ -148,17 +151,19 @@ class BatchSpooling:
         for ticket in live:
             if ticket.meta:
                 _merge(meta, ticket.meta)
+        refs = _references(buf, live) if refs else ()  # of the records still wanted
         try:
             batch = self.spool.write(
                 reservation,
                 buf.table,
-                buf.header + b"".join(t.records for t in live),
+                b"" if refs else buf.header + b"".join(t.records for t in live),
                 format=buf.format,
                 rows=sum(t.rows for t in live),
                 settings=buf.settings,
                 pipeline=buf.pipeline,
                 meta=meta,
                 token=buf.token or None,
+                refs=refs,
             )
         except BaseException:
             with self._lock:
@@ -221,3 +226,13 @@ def _merge(into: dict[str, Any], meta: Mapping[str, Any]) -> None:
             old.update(value)
         else:
             into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _references(buf: Buffer, live: list[Ticket]) -> tuple[Extent, ...]:
+    """The batch's records by reference, when every one of them has its place in a file
+    (and the batch goes to disk as it is: no header of its own, no caller's token)."""
+    if buf.memory or buf.header or buf.token or not live:
+        return ()
+    if any(t.extent is None for t in live):
+        return ()
+    return extents.merge(t.extent for t in live if t.extent is not None)

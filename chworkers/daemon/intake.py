@@ -121,6 +121,8 @@ class Intake:
                     follow=p.follow,
                     poll_interval=p.poll_interval,
                     forget_after=p.forget_after,
+                    # A batch split by sharding key is read whole from the spool.
+                    by_reference=p.spool_data == "reference" and p.sharding_key is None,
                     **common,
                 )
             else:

@@ -30,6 +30,7 @@ from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
 from chworkers.daemon.checkpoints import same_head as _same_head
+from chworkers.daemon.extents import Extent, make_durable
 from chworkers.daemon.framing import Framer, RecordTooLargeError, pieces, read_header
 
 __all__ = [
@@ -55,6 +56,8 @@ class _OpenFile:
     framer: Framer
     head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
     head_len: int = 0
+    #: Bytes of the file known to be durable (fsync'd since it was opened; -1: cannot be).
+    synced: int = 0
 
 
 class _Source:
@@ -98,11 +101,13 @@ class _Source:
         *,
         header: bytes = b"",
         position: Callable[[int], Mapping[str, Any]] | None = None,
+        locate: Callable[[int, int], Extent | None] | None = None,
     ) -> None:
         """Add whole records, at most a batch's worth at a time (so that no batch
         exceeds the pipeline's limits): more are cut at record boundaries, each piece
         with ``position(end)`` as its meta when given (``end``: where the piece ends in
-        ``records``; a file's position there), else ``meta``."""
+        ``records``; a file's position there), else ``meta``, and with
+        ``locate(start, end)``, where the piece is in its file, when given."""
         rows_room, bytes_room, limits = self.batcher.room(
             self.table,
             format=self.format,
@@ -112,23 +117,33 @@ class _Source:
             header=header,
         )
         if rows <= rows_room and len(records) <= bytes_room:
-            self._add_one(records, rows, meta, header)
+            here = None if locate is None else locate(0, len(records))
+            self._add_one(records, rows, meta, header, here)
             return
         # Cut where the open batch is full, so that batches hold max_rows records (not
         # what whole reads happened to fit), and the rest in batch-sized pieces.
         first = (rows_room, bytes_room)
+        start = 0
         for piece, n, end in pieces(
             records, self.format, limits.max_rows, limits.max_bytes, first=first
         ):
-            self._add_one(piece, n, meta if position is None else position(end), header)
+            at = meta if position is None else position(end)
+            self._add_one(piece, n, at, header, None if locate is None else locate(start, end))
+            start = end
 
     def _add_one(
-        self, records: bytes, rows: int, meta: Mapping[str, Any] | None, header: bytes
+        self,
+        records: bytes,
+        rows: int,
+        meta: Mapping[str, Any] | None,
+        header: bytes,
+        extent: Extent | None = None,
     ) -> None:
         if not rows:
             return
         if self.transform is not None:
             records = self.transform(records)
+            extent = None  # the records are no longer the file's bytes
         self.batcher.add(
             self.table,
             records,
@@ -140,6 +155,7 @@ class _Source:
             limits=self.limits,
             retry=True,  # a source cannot be told "no": it waits until the spool takes them
             header=header,
+            extent=extent,
         )
         self.rows += rows
 
@@ -186,12 +202,16 @@ class FileSource(_Source):
         follow: bool = False,
         poll_interval: float = 0.25,
         forget_after: float = 3600.0,
+        by_reference: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.patterns = tuple(paths)
         self.checkpoints = checkpoints
         self.follow = follow
+        #: Spool batches as references to the file's bytes (:mod:`chworkers.daemon.extents`):
+        #: only for files read once; a followed file may be truncated or rotated away.
+        self.by_reference = by_reference and not follow
         self.poll_interval = poll_interval
         self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
         self._open: dict[str, _OpenFile] = {}
@@ -305,6 +325,7 @@ class FileSource(_Source):
                 self._meta(f, start + len(records)),
                 header=f.framer.header,
                 position=functools.partial(self._meta_from, f, start),
+                locate=functools.partial(self._extent, f, start) if self.by_reference else None,
             )
         if self._stop.is_set() or (progressed and self.follow):
             return progressed  # stopped mid-file: the unfinished record is not a record
@@ -333,6 +354,27 @@ class FileSource(_Source):
             self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
         f.fh.close()
         del self._open[f.path]
+
+    def _extent(self, f: _OpenFile, start: int, begin: int, end: int) -> Extent | None:
+        """Where ``records[begin:end]`` are in the file (``records`` starting at
+        ``start``), once the file's bytes up to there are durable (None: they cannot be
+        made so, and the records are spooled as a copy)."""
+        if f.synced < 0:
+            return None
+        if start + end > f.synced:
+            size = os.fstat(f.fh.fileno()).st_size
+            if not make_durable(f.fh.fileno()):
+                log.info(
+                    "source %s: %s cannot be fsync'd; its batches are spooled as copies",
+                    self.name,
+                    f.path,
+                )
+                f.synced = -1
+            else:
+                f.synced = size
+        if f.synced < start + end:
+            return None
+        return Extent(f.path, f.dev, f.ino, f.head, f.head_len, start + begin, start + end)
 
     def _meta_from(self, f: _OpenFile, start: int, at: int) -> dict[str, Any]:
         return self._meta(f, start + at)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.clickhouse.dedup import batch_token
+from chworkers.daemon import extents
 from chworkers.daemon.batchfile import (
     SpooledBatch,
     batch_overhead,
@@ -35,6 +36,7 @@ from chworkers.daemon.batchfile import (
     read_batch,
     write_durably,
 )
+from chworkers.daemon.extents import Extent
 from chworkers.daemon.memorytier import MemoryTier
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spoolrecovery import SpoolRecovery
@@ -274,11 +276,14 @@ class Spool(SpoolRecovery):
         pipeline: str = "",
         meta: Mapping[str, Any] | None = None,
         token: str | None = None,
+        refs: Sequence[Extent] = (),
     ) -> SpooledBatch:
         """Write a batch into a reservation (which it uses up, whatever happens).
 
         ``token``: the batch's deduplication token when the caller has one (a pushed
         request's ``Idempotency-Key``); by default one made from the batch number.
+        ``refs``: the records are these extents of the files they were read from
+        (``payload`` empty): only those are written (:mod:`chworkers.daemon.extents`).
         A memory reservation's batch is kept in memory, not written."""
         seq = reservation.seq
         try:
@@ -293,6 +298,7 @@ class Spool(SpoolRecovery):
                 settings=dict(settings or {}),
                 pipeline=pipeline,
                 meta=dict(meta or {}),
+                extents=tuple(refs),
             )
             if reservation.memory:
                 return self._keep(reservation, batch)
@@ -395,6 +401,8 @@ class Spool(SpoolRecovery):
             kept = self.memory.get(batch.seq)
         if kept is not None:
             return kept
+        if batch.extents:  # by reference: the records are read from their files
+            return dataclasses.replace(batch, payload=extents.read(batch.extents, seq=batch.seq))
         if batch.path is None:
             raise SpoolCorruptError(
                 f"batch {batch.seq} is neither on disk nor in memory any more",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chworkers import timeouts
+from chworkers.daemon.extents import Extent
 from chworkers.errors import WaitTimeoutError
 
 __all__ = ["Ticket", "TicketState"]
@@ -39,6 +40,7 @@ class Ticket:
         "_withdraw",
         "batch_seq",
         "deadline",
+        "extent",
         "meta",
         "records",
         "retry",
@@ -54,6 +56,7 @@ class Ticket:
         meta: Mapping[str, Any] | None,
         retry: bool,
         deadline: float | None,
+        extent: Extent | None = None,
     ) -> None:
         self._withdraw = withdraw
         # The batcher's, read and changed under its lock: what was added, and where it is.
@@ -62,6 +65,9 @@ class Ticket:
         self.meta = meta
         self.retry = retry
         self.deadline = deadline
+        #: Where the records are in the file they were read from (a file read once):
+        #: a batch of such records only may be spooled by reference.
+        self.extent = extent
         self.state = TicketState.PENDING
         self._done = threading.Event()
         self._error: BaseException | None = None
