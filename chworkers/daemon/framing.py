@@ -64,12 +64,17 @@ class Framer:
         else:
             nl = data.rfind(b"\n")
             end, count = (-1, 0) if nl < 0 else (len(self._tail) + nl + 1, -1)
-        buf = self._tail + data
         if end < 0:
-            self._tail = buf
+            self._tail += data
             self._check_tail()
             return b"", 0
-        records, self._tail = buf[:end], buf[end:]
+        # One copy of the records (none when they are all of ``data``), not two.
+        cut = end - len(self._tail)
+        if not self._tail and cut == len(data):
+            records = data
+        else:
+            records = b"".join((self._tail, memoryview(data)[:cut]))
+        self._tail = data[cut:]
         self._check_tail()
         if count < 0:
             count = count_lines(records)
