@@ -154,7 +154,7 @@ def _require_pipelines(cfg: config_module.Config) -> None:
     if not cfg.pipelines:
         raise ConfigError(
             f"{cfg.source}: no [[pipelines]] configured; nothing to ingest "
-            "(docs/daemon.md shows how to declare one)",
+            "(`chworkers config --defaults` ends with an example; docs/daemon.md has more)",
             key="pipelines",
             expected="at least one [[pipelines]] table",
             source=cfg.source,
