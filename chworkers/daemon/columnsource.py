@@ -43,7 +43,7 @@ from chworkers.daemon.filechunks import (
     plan,
     read_chunk,
 )
-from chworkers.daemon.sources import _Source
+from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.errors import ColumnarFileError
 from chworkers.wording import plural
 
@@ -96,6 +96,7 @@ class ColumnarFileSource(_Source):
         self._done: dict[str, tuple[int, int, int]] = {}  # path -> (dev, ino, size)
 
     def run(self, stop: threading.Event) -> None:
+        warn_if_nothing_matches(self.name, self.patterns, self.follow)
         while not stop.is_set():
             waiting = False
             for path in self._candidates():

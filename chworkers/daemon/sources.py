@@ -23,7 +23,7 @@ import glob
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
@@ -39,6 +39,7 @@ __all__ = [
     "FileSource",
     "GeneratorSource",
     "StreamSource",
+    "warn_if_nothing_matches",
 ]
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,17 @@ class StreamSource(_Source):
         self._add(*framer.finish(), header=framer.header)
 
 
+def warn_if_nothing_matches(name: str, patterns: Sequence[str], follow: bool) -> None:
+    """A one-shot file pipeline whose paths match no file reads nothing: a wrong path
+    would otherwise only show as "inserted 0 rows" (``check`` says so too)."""
+    if not follow and not any(glob.glob(pattern) for pattern in patterns):
+        log.warning(
+            "source %s: no file matches %s: nothing to read (check the paths)",
+            name,
+            ", ".join(patterns),
+        )
+
+
 class FileSource(_Source):
     """Reads files matching glob patterns; with ``follow``, keeps tailing them."""
 
@@ -223,6 +235,7 @@ class FileSource(_Source):
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
         self._saved = self.checkpoints.load(self.name)
+        warn_if_nothing_matches(self.name, self.patterns, self.follow)
         while not stop.is_set():
             self._discover()
             progressed = False
