@@ -184,10 +184,9 @@ class RedisSource(SourceParts):
             return self.options.max_batches
         return (self._in_flight() if self._in_flight is not None else 6) + 2
 
-    def _holding(self, more: int = 0) -> bool:
-        """Whether the source holds ``max_batches`` (``more`` counted with them)."""
-        held = more + (self._sent is not None) + len(self._inflight)
-        return held >= self.max_batches()
+    def _holding(self) -> bool:
+        """Whether the source holds ``max_batches``."""
+        return (self._sent is not None) + len(self._inflight) >= self.max_batches()
 
     def _wait_for_room(self, stop: threading.Event) -> None:
         """Hold off reading until a batch is acknowledged (at most until the batch being
@@ -209,10 +208,11 @@ class RedisSource(SourceParts):
         else:
             if not self.redis.reading_ahead():
                 self._settle()  # this read may wait: the last batch goes on first
-            # No read ahead when this one's entries may make the batches the source holds
-            # enough: it would deliver entries that then wait, unrefreshed, for room.
+            # The next read is sent ahead unless the source holds enough already: so it
+            # holds at most max_batches and one read, and a batch of many reads (few
+            # records per entry) is read with Redis and the source working at once.
             entries = self.redis.read_new(
-                self.options.fetch_count, block_ms, ahead=not self._holding(more=1)
+                self.options.fetch_count, block_ms, ahead=not self._holding()
             )
         start = 0
         while start < len(entries):
