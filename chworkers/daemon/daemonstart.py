@@ -23,10 +23,11 @@ from chworkers.daemon.intake import Intake
 from chworkers.daemon.partspressure import PartsPressure
 from chworkers.daemon.pipelines import table_limits
 from chworkers.daemon.shardstats import ShardStats
-from chworkers.daemon.shardtarget import columns_reader, create_table, shard_tables
+from chworkers.daemon.shardtarget import columns_reader, shard_tables
 from chworkers.daemon.spool import Spool
 from chworkers.daemon.tables import Tables
 from chworkers.daemon.wholebatch import file_letter
+from chworkers.daemon.workertasks import create_table
 from chworkers.wording import plural
 from chworkers.workers.supervisor import Supervisor
 

@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
 
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.options import PartsSettings
+from chworkers.daemon.workertasks import PartsState, parts_state
 from chworkers.errors import ServerError
 from chworkers.ops.metrics import Metrics
 
@@ -47,39 +46,6 @@ log = logging.getLogger(__name__)
 
 #: ClickHouse's TOO_MANY_PARTS.
 TOO_MANY_PARTS = 252
-
-
-@dataclasses.dataclass(frozen=True)
-class PartsState:
-    """A table's parts as read by :func:`parts_state`."""
-
-    #: Most active parts in one partition (0: no part yet).
-    parts: int
-    #: The table's effective ``parts_to_delay_insert`` and ``parts_to_throw_insert``.
-    delay_at: int
-    throw_at: int
-
-
-def parts_state(conn: Any, table: str) -> PartsState:
-    """Read ``table``'s parts pressure (runs in a worker, on a leased connection)."""
-    database, _, name = table.rpartition(".")
-    db = "{db:String}" if database else "currentDatabase()"
-    row = conn.query(
-        "SELECT "
-        "(SELECT max(c) FROM (SELECT count() AS c FROM system.parts "
-        f"WHERE database = {db} AND table = {{name:String}} AND active GROUP BY partition_id)), "
-        f"(SELECT any(engine_full) FROM system.tables WHERE database = {db} "
-        "AND name = {name:String}), "
-        "(SELECT any(value) FROM system.merge_tree_settings WHERE name = 'parts_to_delay_insert'), "
-        "(SELECT any(value) FROM system.merge_tree_settings WHERE name = 'parts_to_throw_insert')",
-        parameters={"db": database, "name": name},
-    ).result_rows[0]
-    parts, engine, delay_default, throw_default = row
-    return PartsState(
-        int(parts or 0),
-        _table_setting(str(engine or ""), "parts_to_delay_insert", int(delay_default)),
-        _table_setting(str(engine or ""), "parts_to_throw_insert", int(throw_default)),
-    )
 
 
 def worst_of(futures: list[Future[PartsState]]) -> Future[PartsState]:
@@ -105,12 +71,6 @@ def worst_of(futures: list[Future[PartsState]]) -> Future[PartsState]:
     for future in futures:
         future.add_done_callback(done)
     return out
-
-
-def _table_setting(engine_full: str, name: str, default: int) -> int:
-    """A MergeTree setting from the table's own ``SETTINGS`` clause, else the server's."""
-    found = re.search(rf"\b{name}\s*=\s*(\d+)", engine_full)
-    return int(found.group(1)) if found else default
 
 
 def is_too_many_parts(error: BaseException | None) -> bool:

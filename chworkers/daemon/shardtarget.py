@@ -16,6 +16,7 @@ from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.dispatch import shard_of
 from chworkers.daemon.keyfields import Column
 from chworkers.daemon.tables import ShardTables, Tables
+from chworkers.daemon.workertasks import create_table, table_columns
 from chworkers.errors import ChworkersError
 from chworkers.workers.supervisor import Supervisor
 
@@ -64,19 +65,3 @@ def columns_reader(supervisor: Supervisor, shards: int) -> Describe:
         )
 
     return describe
-
-
-def create_table(conn: Any, statement: str) -> None:
-    """(In a worker.) Run one ``CREATE TABLE IF NOT EXISTS``."""
-    conn.command(statement, idempotent=True)
-
-
-def table_columns(conn: Any, table: str) -> list[tuple[str, str, str]]:
-    """(In a worker.) ``table``'s columns: name, type and default kind, in order."""
-    database, _, name = table.rpartition(".")
-    where = f"database = '{database}'" if database else "database = currentDatabase()"
-    result = conn.query(
-        f"SELECT name, type, default_kind FROM system.columns WHERE {where} "
-        f"AND table = '{name}' ORDER BY position"
-    )
-    return [tuple(map(str, row)) for row in result.result_rows]  # type: ignore[misc]
