@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from concurrent.futures import Future
 from typing import Any
 
@@ -160,8 +161,18 @@ class Tables:
                 rounds = 0
 
     def _attempt(self, table: str, statement: str) -> None:
+        future = self._create(statement)
+        # Waited for in slices: a stop does not wait out an attempt that ClickHouse being
+        # down stretches to the retry policy's deadline (its outcome no longer matters,
+        # and the daemon's stop is bounded by graceful_timeout).
+        deadline = time.monotonic() + self.attempt_timeout
+        while not futures.wait([future], timeout=0.2).done:
+            if self._stop.is_set():
+                return
+            if time.monotonic() >= deadline:
+                break
         try:
-            self._create(statement).result(timeout=self.attempt_timeout)
+            future.result(timeout=0)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             answered = isinstance(exc, ServerError) or isinstance(exc.__cause__, ServerError)
