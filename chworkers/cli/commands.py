@@ -14,11 +14,11 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from chworkers.cli import demo
 from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
 from chworkers.daemon.config import DaemonSettings
@@ -28,7 +28,6 @@ from chworkers.settings import flags
 from chworkers.wording import plural
 from chworkers.workers import forkserver
 
-DEMO_TABLE = "demo_events"
 #: Tables ``check`` names before it only counts the rest.
 _LISTED = 20
 
@@ -73,33 +72,9 @@ def register(subparsers: Any) -> None:
     cfg.set_defaults(handler=_config)
 
 
-def demo_config(rows: int, overrides: Mapping[str, Any] | None = None) -> config_module.Config:
-    from chworkers.daemon.sources import GENERATOR_SCHEMA
-
-    return config_module.load(
-        overrides=overrides,
-        data={
-            "state_dir": "chworkers-demo",
-            "metrics": {"port": 0},
-            "spool": {"fsync": False},
-            "pipelines": [
-                {
-                    "name": "demo",
-                    "source": "generator",
-                    "generator_count": rows,
-                    "table": DEMO_TABLE,
-                    "create": GENERATOR_SCHEMA,
-                    "engine": "MergeTree ORDER BY (event, ts)",
-                    "max_rows": 50_000,
-                }
-            ],
-        },
-    )
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.demo:
-        cfg = demo_config(args.rows, flags.given(args))
+        cfg = demo.demo_config(args.rows, flags.given(args))
     elif args.config:
         cfg = config_module.load(args.config, overrides=flags.given(args))
     else:  # wrong usage of the command line: exit code 2, as argparse's own errors
@@ -119,34 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     progress = sys.stderr if sys.stderr.isatty() else None
     daemon = Daemon(cfg, progress=progress)
     if args.demo:
-        daemon.before_stop = _print_demo_result
+        daemon.before_stop = demo.print_result
     code = daemon.run()
     print(daemon.summary())
     return code
-
-
-def _print_demo_result(daemon: Any) -> None:
-    from chworkers.clickhouse.pool import ConnectionPool
-
-    pool = ConnectionPool(daemon.clickhouse_url, {"min_connections": 0, "max_connections": 1})
-    try:
-        result = pool.with_connection(
-            lambda c: c.query(
-                f"SELECT event, count() AS rows, round(avg(value), 2) AS avg_value "
-                f"FROM {DEMO_TABLE} GROUP BY event ORDER BY event"
-            )
-        )
-        total = pool.with_connection(
-            lambda c: int(c.query(f"SELECT count() FROM {DEMO_TABLE}").result_rows[0][0])
-        )
-    finally:
-        pool.close()
-    print(f"\n{DEMO_TABLE} now holds {total:,} rows (state in {daemon.state_dir}):")
-    print(f"  {'event':<10} {'rows':>10} {'avg(value)':>11}")
-    for event, rows, avg in result.result_rows:
-        print(f"  {event:<10} {rows:>10,} {avg:>11.2f}")
-    print(f"metrics were served at {daemon.metrics_url}")
-    print()
 
 
 def _require_pipelines(cfg: config_module.Config) -> None:

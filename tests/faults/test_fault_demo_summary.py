@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from chclients import make_client
 
-from chworkers.cli import commands
+from chworkers.cli import demo
 from chworkers.embedded import EmbeddedClickHouse
 
 
@@ -25,11 +25,11 @@ def test_every_average_has_two_decimals(
 ) -> None:
     client = make_client(endpoint, database=database)
     client.command(
-        f"CREATE TABLE {commands.DEMO_TABLE} (event String, value Float64) "
+        f"CREATE TABLE {demo.DEMO_TABLE} (event String, value Float64) "
         "ENGINE = MergeTree ORDER BY event"
     )
     client.insert(
-        commands.DEMO_TABLE,
+        demo.DEMO_TABLE,
         [("click", 49.971), ("click", 49.971), ("view", 49.996), ("view", 50.004), ("x", 7.5)],
         column_names=["event", "value"],
     )
@@ -39,7 +39,7 @@ def test_every_average_has_two_decimals(
         state_dir=tmp_path,
         metrics_url="http://127.0.0.1:1/metrics",
     )
-    commands._print_demo_result(daemon)
+    demo.print_result(daemon)
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in lines if line.startswith("  ") and "rows" not in line}
     assert rows["click"].endswith("  49.97"), lines
