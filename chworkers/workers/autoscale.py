@@ -5,8 +5,9 @@ the worker count, and it answers from what the loop knows:
 
 * **up** by one when the oldest task in the queue has waited ``scale_up_after`` (the
   workers do not keep up: tasks are handed to workers ahead of need, so a task that
-  waits in the queue waits because every worker is full), no worker is booting, the
-  last change is ``scale_up_after`` old, and the machine had CPU to spare over the last
+  waits in the queue waits because every worker is full), no worker is booting nor
+  was at any look of the last while (one just ready has not asked for its connection
+  yet), the last change is ``scale_up_after`` old, and the machine had CPU to spare over the last
   look (at least ``scale_up_min_idle_cpu`` of its CPU time idle, from ``/proc/stat``: a
   worker more on a saturated machine only adds contention), and no look over that
   while (at least a second) saw workers wait for a ClickHouse connection (the
@@ -97,6 +98,7 @@ class Autoscaler:
         self.slack_since: float | None = None
         self.idle_cpu: float | None = None
         self.connection_wait_seen = -1e9  # when a look last saw workers wait for one
+        self.booting_seen = -1e9  # when a look last saw a worker added still booting
 
     def look(self, now: float, options: SupervisorOptions) -> None:
         """Every few turns of the loop: change the count by one when it should."""
@@ -116,6 +118,8 @@ class Autoscaler:
             self._change(min(max(target, low), high), f"bounds now {low}..{high}", now)
             return
         workers = [h for h in pool.workers.values() if h.leaving is None and h.kill_reason is None]
+        if any(h.state == "starting" for h in workers):
+            self.booting_seen = now
         waited = self.queue.oldest_wait(now)
         if waited > 0.0:
             self.slack_since = None
@@ -146,9 +150,13 @@ class Autoscaler:
         waited: float,
         target: int,
     ) -> None:
-        if any(h.state == "starting" for h in workers):
-            return  # the last one added is not serving yet
         if now - self.last_change < options.scale_up_after:
+            return
+        # Not while a worker added is booting, nor for a while after it is ready: whether
+        # workers wait for a connection is only known from looks at workers that all serve
+        # (the one just ready has not asked for its lease yet).
+        window = max(options.scale_up_after, 4 * LOOK_EVERY)
+        if now - self.booting_seen < window:
             return
         idle = self.idle_cpu
         if (
@@ -158,7 +166,7 @@ class Autoscaler:
         ):
             log.debug("autoscale: backlog, but the CPU is %.0f%% idle", idle * 100)
             return
-        if now - self.connection_wait_seen < max(options.scale_up_after, 4 * LOOK_EVERY):
+        if now - self.connection_wait_seen < window:
             log.debug("autoscale: backlog, but workers wait for a connection")
             return
         cpu = f", CPU {idle:.0%} idle" if idle is not None else ""
