@@ -24,14 +24,27 @@ It prints the endpoint's RSS and chDB's MemoryTracking every ``--every`` seconds
 the growth per minute after the first two minutes (a least-squares slope): flat is
 what the endpoint should be.
 
+With ``--inserts SECONDS`` it runs a saturated insert loop instead, as ``chworkers run``
+drives the endpoint (the soak of ``benchmarks/bench_soak.py`` without the daemon):
+``--clients`` threads each send 20,000-row lz4 Native batches, each with its own
+deduplication token, into one MergeTree table that grows all along (merges run as they
+would). Every ``--every`` seconds it prints the endpoint's RSS and threads, chDB's
+MemoryTracking, jemalloc's allocated, resident and retained bytes (``system.jemalloc_stats``),
+the caches' bytes, and the table's active parts, rows and primary-index bytes; then each
+figure's growth per minute after the first fifth of the run, and the RSS once more after
+``SYSTEM JEMALLOC PURGE``. ``--truncate-every N`` empties the table every N inserts, to
+tell growth with the data from growth with time.
+
 Run: ``.venv/bin/python benchmarks/bench_embedded_memory.py [--requests N]``
      ``.venv/bin/python benchmarks/bench_embedded_memory.py --saturate 600``
+     ``.venv/bin/python benchmarks/bench_embedded_memory.py --inserts 600``
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import re
 import tempfile
 import threading
 import time
@@ -194,13 +207,160 @@ def saturate(ch: EmbeddedClickHouse, seconds: float, clients: int, every: float)
     admin.close()
 
 
+INSERT_TABLE = (
+    "CREATE TABLE soak (ts DateTime, user_id UInt64, event LowCardinality(String), "
+    "value Float64, url String) ENGINE = MergeTree ORDER BY (event, ts) "
+    "SETTINGS non_replicated_deduplication_window = 1000"
+)
+INSERT_ROWS = (
+    "SELECT toDateTime(1700000000 + number) AS ts, number % 100000 AS user_id, "
+    "['view', 'click', 'buy'][number % 3 + 1] AS event, number / 7 AS value, "
+    "concat('https://example.com/', toString(number % 10000)) AS url FROM numbers(20000)"
+)
+_JEMALLOC = re.compile(
+    r"Allocated: (\d+), active: (\d+), metadata: (\d+).*?resident: (\d+), "
+    r"mapped: (\d+), retained: (\d+)",
+    re.S,
+)
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_sample(pid: int, admin: Client) -> dict[str, float]:
+    """What holds the endpoint's memory now, in MB (threads, parts and rows as counts)."""
+    metrics = dict(
+        admin.query(
+            "SELECT metric, value FROM system.metrics WHERE metric IN {m:Array(String)}",
+            parameters={"m": ["MemoryTracking", "MMappedFileBytes", *CACHES]},
+        ).result_rows
+    )
+    stats = admin.raw_query("SELECT stats FROM system.jemalloc_stats", fmt="RawBLOB").decode()
+    found = _JEMALLOC.search(stats)
+    allocated, _active, _meta, resident, _mapped, retained = (
+        (int(v) for v in found.groups()) if found else (0,) * 6
+    )
+    parts, rows, index = admin.query(
+        "SELECT count(), sum(rows), sum(primary_key_bytes_in_memory_allocated) "
+        "FROM system.parts WHERE active AND table = 'soak'"
+    ).result_rows[0]
+    return {
+        "rss": rss_mb(pid),
+        "threads": threads(pid),
+        "tracked": float(metrics.get("MemoryTracking", 0)) / 1e6,
+        "je_alloc": allocated / 1e6,
+        "je_resident": resident / 1e6,
+        "je_retained": retained / 1e6,
+        "mmapped": float(metrics.get("MMappedFileBytes", 0)) / 1e6,
+        "caches": sum(float(metrics.get(c, 0)) for c in CACHES) / 1e6,
+        "parts": float(parts),
+        "rows": float(rows or 0),
+        "index": float(index or 0) / 1e6,
+    }
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares growth per minute of ``(seconds, value)`` points."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var * 60 if var else 0.0
+
+
+def inserts(
+    ch: EmbeddedClickHouse, seconds: float, clients: int, every: float, truncate_every: int
+) -> None:
+    """A saturated insert loop for ``seconds``; print what holds the memory as it goes."""
+    assert ch.pid is not None
+    pid = ch.pid
+    admin = clickhouse_connect.get_client(host=ch.host, port=ch.port, autogenerate_session_id=False)
+    admin.command(INSERT_TABLE)
+    payload = lz4.frame.compress(admin.raw_query(INSERT_ROWS, fmt="Native"))
+    stop = threading.Event()
+    counts = [0] * clients
+    failures: list[BaseException] = []
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection(ch.host, ch.port, timeout=120)
+        try:
+            while not stop.is_set():
+                n = counts[i]
+                if truncate_every and i == 0 and n % truncate_every == truncate_every - 1:
+                    _post(conn, "/", b"TRUNCATE TABLE soak")
+                token = f"soak-{i}-{n}"
+                target = "/?" + "&".join(
+                    [
+                        "query=" + quote("INSERT INTO soak FORMAT Native"),
+                        "insert_deduplication_token=" + token,
+                    ]
+                )
+                _post(conn, target, payload, **{"Content-Encoding": "lz4"})
+                counts[i] = n + 1
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+            stop.set()
+        finally:
+            conn.close()
+
+    pool = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    started = time.monotonic()
+    for t in pool:
+        t.start()
+    samples: list[tuple[float, dict[str, float]]] = []
+    names = ["rss", "threads", "tracked", "je_alloc", "je_resident", "je_retained", "mmapped"]
+    names += ["caches", "parts", "rows", "index"]
+    print(f"{'s':>5} {'inserts':>8} " + " ".join(f"{n:>11}" for n in names))
+    try:
+        while not stop.is_set() and time.monotonic() - started < seconds:
+            stop.wait(every)
+            at = time.monotonic() - started
+            sample = memory_sample(pid, admin)
+            samples.append((at, sample))
+            print(
+                f"{at:5.0f} {sum(counts):8d} " + " ".join(f"{sample[n]:11.1f}" for n in names),
+                flush=True,
+            )
+    finally:
+        stop.set()
+        for t in pool:
+            t.join()
+    if failures:
+        raise SystemExit(f"a client failed: {failures[0]!r}")
+    total = sum(counts)
+    print(f"{total} inserts ({total * 20_000:,} rows) in {seconds:.0f} s from {clients} clients")
+    steady = [(t, s) for t, s in samples if t >= seconds / 5] or samples
+    for n in names:
+        first, last = steady[0][1][n], steady[-1][1][n]
+        growth = slope([(t, s[n]) for t, s in steady])
+        print(f"  {n:<12} {first:10.1f} -> {last:10.1f}  {growth:+8.2f} per minute after warm-up")
+    time.sleep(2.0)
+    before = rss_mb(pid)
+    admin.command("SYSTEM JEMALLOC PURGE")
+    time.sleep(1.0)
+    print(f"idle RSS {before:.1f} MB; after SYSTEM JEMALLOC PURGE {rss_mb(pid):.1f} MB")
+    admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="steps per phase")
     parser.add_argument("--saturate", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--clients", type=int, default=4, help="with --saturate")
-    parser.add_argument("--every", type=float, default=10.0, help="with --saturate: seconds")
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--inserts", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--truncate-every", type=int, default=0, help="with --inserts")
     args = parser.parse_args()
+    if args.inserts:
+        with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(Path(tmp) / "data") as ch:
+            inserts(ch, args.inserts, args.clients, args.every, args.truncate_every)
+        return
     if args.saturate:
         with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(Path(tmp) / "data") as ch:
             saturate(ch, args.saturate, args.clients, args.every)
