@@ -19,7 +19,9 @@ the endpoint process's CPU time (user + system, all its threads, from
 ``insert-raw`` minus ``direct`` is what the endpoint adds to an insert. A MergeTree part
 costs most of an insert's CPU, and much of it in the kernel (creating its ten files), so
 it varies with what else the machine does; ``--engine Null`` leaves the part out and
-shows the fixed costs alone.
+shows the fixed costs alone, and ``--engine Checked`` (a Memory table with a
+CONSTRAINT) does the same for a table the endpoint handles as a MergeTree one (one
+that may refuse an insert as it commits).
 
 Every shape runs ``--rounds`` times, interleaved; the table gives the median, min and
 max CPU per request in milliseconds and the requests per second (wall clock, which
@@ -48,12 +50,22 @@ import clickhouse_connect
 from chworkers.embedded import EmbeddedClickHouse
 
 COLUMNS = "(id UInt64, user String, ts DateTime, value Float64)"
-ENGINES = {"MergeTree": "MergeTree ORDER BY id", "Null": "Null", "Memory": "Memory"}
+ENGINES = {
+    "MergeTree": "MergeTree ORDER BY id",
+    "Null": "Null",
+    "Memory": "Memory",
+    # A CONSTRAINT makes the endpoint treat an insert as it treats a MergeTree one (its
+    # table may refuse it at commit), without the part write that dwarfs the rest.
+    "Checked": "Memory",
+}
 ROW = b"1\tu\t2024-01-01 00:00:00\t1.5\n"
 
 
 def table_sql(engine: str) -> str:
-    return f"CREATE TABLE t {COLUMNS} ENGINE = {ENGINES[engine]}"
+    columns = COLUMNS
+    if engine == "Checked":
+        columns = COLUMNS[:-1] + ", CONSTRAINT positive CHECK value > 0)"
+    return f"CREATE TABLE t {columns} ENGINE = {ENGINES[engine]}"
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
