@@ -33,22 +33,26 @@ def run(endpoint: EmbeddedClickHouse, database: str, body: bytes, **params: str)
 @pytest.mark.parametrize(
     ("head", "expected"),
     [
-        ("INSERT INTO t", "INSERT INTO t FROM INFILE '/p' FORMAT TSV"),
+        ("INSERT INTO t", "INSERT INTO t @ FROM INFILE '/p' @ FORMAT TSV"),
         (
             "INSERT INTO TABLE db.t (a, b)",
-            "INSERT INTO TABLE db.t (a, b) FROM INFILE '/p' FORMAT TSV",
+            "INSERT INTO TABLE db.t (a, b) @ FROM INFILE '/p' @ FORMAT TSV",
         ),
         (
             "INSERT INTO `my t` SETTINGS async_insert = 0",
-            "INSERT INTO `my t` FROM INFILE '/p' SETTINGS async_insert = 0 FORMAT TSV",
+            "INSERT INTO `my t` @ FROM INFILE '/p' @ SETTINGS async_insert = 0 @ FORMAT TSV",
         ),
         (
             "INSERT INTO settings SETTINGS a=1",
-            "INSERT INTO settings FROM INFILE '/p' SETTINGS a=1 FORMAT TSV",
+            "INSERT INTO settings @ FROM INFILE '/p' @ SETTINGS a=1 @ FORMAT TSV",
         ),
         (
             "INSERT INTO FUNCTION file('x.tsv', 'TSV', 'a UInt8') (a)",
-            "INSERT INTO FUNCTION file('x.tsv', 'TSV', 'a UInt8') (a) FROM INFILE '/p' FORMAT TSV",
+            "INSERT INTO FUNCTION file('x.tsv', 'TSV', 'a UInt8') (a) @ FROM INFILE '/p' @ FORMAT TSV",
+        ),
+        (
+            "INSERT INTO t -- a comment",
+            "INSERT INTO t -- a comment @ FROM INFILE '/p' @ FORMAT TSV",
         ),
         ("INSERT INTO FUNCTION file('x', 'TSV', 'a UInt8') PARTITION BY a", None),
         ("INSERT INTO (a)", None),
@@ -57,7 +61,7 @@ def run(endpoint: EmbeddedClickHouse, database: str, body: bytes, **params: str)
 )
 def test_where_from_infile_goes(head: str, expected: str | None) -> None:
     got = infile.statement(head, "TSV", "/p")
-    assert got == (None if expected is None else expected.encode())
+    assert got == (None if expected is None else expected.replace(" @ ", "\n").encode())
 
 
 def test_a_format_name_that_needs_quoting_is_streamed() -> None:
@@ -69,6 +73,11 @@ def test_every_shape_of_small_insert_lands(endpoint: EmbeddedClickHouse, databas
     run(endpoint, database, b"INSERT INTO t (b, a) FORMAT TSV\nx\t1\n")
     run(endpoint, database, b"INSERT INTO t SETTINGS max_insert_threads = 1 FORMAT CSV\n2,y\n")
     run(endpoint, database, b"INSERT INTO t VALUES (3, 'z'), (4, 'w')")
+    run(
+        endpoint,
+        database,
+        b"INSERT INTO t -- a comment\nSETTINGS max_threads = 1 -- more\nFORMAT TSV\n0\tc\n",
+    )
     run(endpoint, database, b"3\tv\n", query=f"INSERT INTO {database}.t FORMAT TSV")
     body = lz4.frame.compress(b"5\tc\n")
     status, headers, text = call(

@@ -47,7 +47,8 @@ def statement(head: str, fmt: str, path: str) -> bytes | None:
         return None
     parts = [raw[:at].strip(), f"FROM INFILE {engine.quote_literal(path)}".encode()]
     parts += [raw[at:].strip(), f"FORMAT {fmt}".encode()]
-    return b" ".join(p for p in parts if p)
+    # On lines of their own: the head may end in a ``--`` comment.
+    return b"\n".join(p for p in parts if p)
 
 
 def insert(conn: Any, head: str, fmt: str, data: bytes, stats: engine.Stats) -> bool:
