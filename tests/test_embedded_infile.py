@@ -73,11 +73,6 @@ def test_every_shape_of_small_insert_lands(endpoint: EmbeddedClickHouse, databas
     run(endpoint, database, b"INSERT INTO t (b, a) FORMAT TSV\nx\t1\n")
     run(endpoint, database, b"INSERT INTO t SETTINGS max_insert_threads = 1 FORMAT CSV\n2,y\n")
     run(endpoint, database, b"INSERT INTO t VALUES (3, 'z'), (4, 'w')")
-    run(
-        endpoint,
-        database,
-        b"INSERT INTO t -- a comment\nSETTINGS max_threads = 1 -- more\nFORMAT TSV\n0\tc\n",
-    )
     run(endpoint, database, b"3\tv\n", query=f"INSERT INTO {database}.t FORMAT TSV")
     body = lz4.frame.compress(b"5\tc\n")
     status, headers, text = call(
