@@ -154,7 +154,11 @@ class NatsSource(NatsBatching):
         """How many batches this source holds at most (pulled, not yet acknowledged)."""
         if self.options.max_batches:
             return self.options.max_batches
-        return (self._in_flight() if self._in_flight is not None else 6) + 2
+        # Twice what Redis holds: a pull's messages cost nats-server and the source more
+        # than a read of Redis's, and a source held back waits for a whole pull to be
+        # framed before ClickHouse gets the next batch (0.72x the file source with the
+        # spool's max_in_flight + 2 against 0.83x with this, docs/brokers.md "Measured").
+        return 2 * (self._in_flight() if self._in_flight is not None else 2) + 4
 
     def _holding(self, more: int = 0) -> bool:
         """Whether the source holds ``max_batches`` (``more`` counted with them)."""

@@ -158,7 +158,7 @@ class NatsSourceSettings:
     max_batches: int = setting(
         0,
         "Batches this daemon holds from the stream at once, pulled and not yet acknowledged "
-        "(0: the spool's max_in_flight and 2 more); it pulls no more until one is "
+        "(0: twice the spool's max_in_flight and 4 more); it pulls no more until one is "
         "acknowledged, so a backlog stays in the stream for the other daemons and the "
         "messages in flight stay few (fewer in-progress notes, fewer to redeliver).",
         minimum=0,
