@@ -132,8 +132,8 @@ class InsertResult:
     when the server sent no summary. ClickHouse counts there the rows of blocks it
     dropped as duplicates of blocks it already had (same deduplication token) as well,
     and its answer does not say how many it dropped: ``replayed`` is how many of
-    ``rows`` were sent again after an attempt that may have landed (a replay), the
-    rest were new for certain.
+    ``rows`` belong to a replay its caller declared (``replay=True``: sent, and maybe
+    counted, by an earlier run); the rest are counted as inserted.
     """
 
     rows: int | None

@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from typing import Any
 
 from chworkers.clickhouse.inserts import InsertResult
-from chworkers.clickhouse.retry import maybe_applied
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.brokers.wiring import broker_of, skipped
 from chworkers.daemon.daemonparts import DaemonParts
@@ -92,8 +91,10 @@ class BatchFlow(DaemonParts):
         )
 
     def _is_replay(self, batch: SpooledBatch) -> bool:
-        """Whether ``batch`` may have landed before: recovered from the spool, failed in
-        a way that may have applied it, or rebuilt from a broker's manifest."""
+        """Whether ``batch`` may have landed, and been counted, in another process: it
+        was recovered from the spool at start, or rebuilt from a broker's manifest. A
+        batch this process sent before and saw fail is not: no attempt of it was
+        counted, so its confirmation is its rows' first count, whichever attempt landed."""
         with self._lock:
             if batch.seq in self._replays:
                 return True
@@ -117,8 +118,9 @@ class BatchFlow(DaemonParts):
         if broker is not None:
             broker.complete(batch)  # acknowledged once inserted; failing: tried again
         rows = result.rows or 0
-        # ClickHouse counts a replay's duplicates as written: its rows are shown apart.
-        replayed = rows if self._is_replay(batch) else min(rows, result.replayed)
+        # ClickHouse counts a replay's duplicates as written, and the process that sent it
+        # first may have counted them: its rows are shown apart.
+        replayed = rows if self._is_replay(batch) else 0
         with self._lock:
             self._replays.discard(batch.seq)
             self.totals.rows_inserted += rows - replayed
@@ -145,8 +147,6 @@ class BatchFlow(DaemonParts):
             self.shard_stats.failed(shard_of(batch), error)
         with self._lock:
             self.totals.failures += 1
-            if maybe_applied(error):  # its next attempt is a replay
-                self._replays.add(batch.seq)
 
     def _check_parts(self) -> None:
         """Read the parts of the tables due for it, in a worker (never on this loop); on

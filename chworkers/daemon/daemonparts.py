@@ -60,8 +60,8 @@ class DaemonParts:
     _stall: Stall
     #: Pipelines with schema = "evolve", by name: their batches add missing columns.
     _evolve: dict[str, Evolve]
-    #: Batches (by seq) an attempt of which may have landed: recovered from the spool at
-    #: start, or failed in a way that may have applied them. Their rows are replays.
+    #: Batches (by seq) recovered from the spool at start: an earlier run may have
+    #: inserted and counted them. Their rows are replays.
     _replays: set[int]
 
     # Made at start, in this order.

@@ -3,12 +3,13 @@
 The status line (systemd's ``STATUS=``, the terminal's progress line) and the summary
 ``chworkers run`` prints at the end are written from these counts.
 
-Rows inserted are those of batches sent for the first time (and of requests no earlier
-attempt of which may have landed): new rows, as ``count()`` sees them. The rows of
-replays (a batch recovered from the spool after a restart, or sent again after an
-attempt that may have landed) are counted apart: ClickHouse drops the blocks it already
-has by their deduplication token, yet counts their rows as written, and its answer does
-not say how many it dropped.
+Rows inserted are those of batches this process confirmed and nobody counted before,
+whichever of its attempts landed (a retry after a lost answer included): what it added
+to ``count()``. The rows of replays (a batch recovered from the spool after a restart,
+or rebuilt from a broker's manifest) are counted apart: an earlier run or another daemon
+may have inserted and counted them, ClickHouse drops the blocks it already has by their
+deduplication token yet counts their rows as written, and its answer does not say how
+many it dropped.
 """
 
 from __future__ import annotations

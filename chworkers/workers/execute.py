@@ -8,7 +8,6 @@ schema evolution (:func:`chworkers.clickhouse.inserts.run_insert`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 from chworkers.clickhouse import schema
 from chworkers.clickhouse.inserts import InsertResult, run_insert
 from chworkers.clickhouse.partitions import one_block, partition_keys
-from chworkers.clickhouse.retry import maybe_applied
 from chworkers.workers import tasks
 from chworkers.workers.context import Connections, TaskInfo, WorkerContext
 
@@ -79,32 +77,18 @@ def insert(
             deduplication_token=token,
         )
 
-    replayed = 0  # rows of requests an earlier attempt of which may have landed
-
     def send(data: Any, token: str) -> tuple[int, int] | None:
-        nonlocal replayed
-        landed_before = False
-
         def attempt(conn: Any) -> Any:
-            nonlocal landed_before
             worker.beat()
             started = time.monotonic()
-            try:
-                summary = request(conn, data, token)
-            except BaseException as exc:
-                landed_before = landed_before or maybe_applied(exc)
-                raise
+            summary = request(conn, data, token)
             worker.metrics.observe("insert_duration", time.monotonic() - started, spec.table)
             return summary
 
         summary = connections.with_connection(attempt, retry=retry, shard=spec.shard)
         reported = getattr(summary, "summary", None)
         if isinstance(reported, dict) and "written_rows" in reported:
-            written = int(summary.written_rows), int(summary.written_bytes())
-            if landed_before:
-                # ClickHouse counts the rows it dropped as duplicates as written too.
-                replayed += written[0]
-            return written
+            return int(summary.written_rows), int(summary.written_bytes())
         return None
 
     def partitions(data: bytes) -> tuple[list[str], int]:
@@ -138,4 +122,4 @@ def insert(
         partitions=partitions if spec.split is not None else None,
         evolve=evolve if spec.evolve is not None else None,
     )
-    return dataclasses.replace(result, replayed=replayed) if replayed else result
+    return result

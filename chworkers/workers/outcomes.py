@@ -138,17 +138,21 @@ class Outcomes:
 
     def _inserted(self, task: Task, result: InsertResult) -> Any:
         """Count a confirmed insert once, in ClickHouse's own terms (its summary's
-        written rows and bytes), the rows of replays apart (ClickHouse counts the rows it
-        dropped as duplicates as written); returns what the future resolves to."""
+        written rows and bytes), the rows of a caller's replay apart (ClickHouse counts
+        the rows it dropped as duplicates as written, and the caller may have counted
+        them before); returns what the future resolves to."""
         m, table = self.metrics, task.table or ""
         rows = result.rows
         if rows is None:  # no summary from the server: the rows we sent that it took
             rows = max(0, task.rows - len(result.rejected))
-        # Sent before by the caller, or by a worker that died under it: all a replay.
-        replayed = rows if task.replay or task.crashes else min(rows, result.replayed)
+        # Sent before by the caller, who may have counted it then: all a replay. Our own
+        # retries (a lost answer, a worker that died under it) are not: no attempt of
+        # theirs was counted, so this confirmation is the rows' first count either way.
+        replayed = rows if task.replay else 0
         self._child(m.rows_inserted, table).inc(rows - replayed)
-        if replayed:
-            self._child(m.rows_replayed, table).inc(replayed)
+        # Even by 0: a table's series exists from its first insert, so rate() reads 0
+        # rather than nothing until its first replay.
+        self._child(m.rows_replayed, table).inc(replayed)
         if result.bytes is not None:
             self._child(m.bytes_inserted, table).inc(result.bytes)
         self._child(m.last_insert, table).set(time.time())

@@ -176,10 +176,11 @@ class Producing:
         fields the table lacks are added as columns and the insert is sent again
         (:mod:`chworkers.clickhouse.schema`).
 
-        ``replay`` says the caller sent this data under this token before and an attempt
-        may have landed: ClickHouse then drops what it already has, yet counts it as
+        ``replay`` says the caller sent this data under this token before (and may have
+        counted it then): ClickHouse drops what it already has, yet counts it as
         written, so its rows count in ``chworkers_rows_replayed_total``, not in
-        ``chworkers_rows_inserted_total`` (and in the result's ``replayed``).
+        ``chworkers_rows_inserted_total`` (and in the result's ``replayed``). The
+        worker's own retries of a request are not replays.
 
         With ``compress``, the worker sends the bytes compressed by its connection's codec
         (the ``compress`` connection option: lz4 or zstd; as given when that is false or
