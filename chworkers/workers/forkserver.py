@@ -12,6 +12,13 @@ The server is the one multiprocess keeps per process (the supervisor's ``forkser
 context uses the same), so starting it early changes only when it starts. It inherits
 the environment and the working directory of that moment, as it would later; it exits
 by itself when this process does.
+
+The server starts with the signals a supervisor handles (:data:`~chworkers.workers.
+signals.HANDLED`: SIGTERM, SIGINT, SIGHUP, SIGUSR2) blocked, and so does every worker it
+forks until the worker has set its own dispositions: a signal sent to the whole process
+group (``timeout``, ``kill -TERM -PGID``, ``tini -g``, Ctrl-C) must not kill the server,
+whose death makes every worker it forked look dead to the supervisor (exit code 255).
+The server needs no signal to go: it exits when this process does, whatever killed it.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import multiprocess
-from multiprocess import forkserver
+from multiprocess import forkserver, resource_tracker
 
-__all__ = ["PRELOAD", "start_early"]
+from chworkers.workers.signals import HANDLED, blocked
+
+__all__ = ["PRELOAD", "ensure_running", "start_early"]
 
 #: Modules the fork server imports once, before it forks any worker, so that no worker
 #: imports them itself.
@@ -34,8 +43,18 @@ def start_early(start_method: str) -> bool:
     if start_method != "forkserver":
         return False
     preload(multiprocess.get_context("forkserver"))
-    forkserver.ensure_running()
+    ensure_running()
     return True
+
+
+def ensure_running() -> None:
+    """Start the fork server unless it runs, with the supervisor's signals blocked in it
+    (from any thread: see :func:`~chworkers.workers.signals.blocked`)."""
+    # The server's start starts the resource tracker first, which UNBLOCKS SIGINT and
+    # SIGTERM in this thread once it started (it ignores them itself): start it before.
+    resource_tracker.ensure_running()
+    with blocked(HANDLED):
+        forkserver.ensure_running()
 
 
 def preload(ctx: Any) -> None:

@@ -19,9 +19,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from chworkers.workers import channel
+from multiprocess import resource_tracker
+
+from chworkers.workers import channel, forkserver
 from chworkers.workers.commands import WorkerSnapshot
 from chworkers.workers.context import BEAT, HEARTBEAT_SLOTS
+from chworkers.workers.signals import HANDLED, blocked
 from chworkers.workers.tasks import Task
 from chworkers.workers.worker import WorkerSpec, worker_main
 
@@ -152,7 +155,7 @@ class Processes:
             target=worker_main, args=(spec, tasks_r, results_w, heartbeat), name=name, daemon=True
         )
         try:
-            process.start()
+            _start(process, self.ctx.get_start_method())
         except Exception:
             tasks_r.close(), tasks_w.close(), results_r.close(), results_w.close()
             raise
@@ -198,7 +201,10 @@ class Processes:
         exitcode: int | None = h.process.exitcode
         return exitcode
 
-    def kill(self, h: WorkerHandle, reason: str, signum: int = signal.SIGTERM) -> None:
+    def kill(self, h: WorkerHandle, reason: str, signum: int = signal.SIGKILL) -> None:
+        """Kill a worker now. Workers ignore SIGTERM while their supervisor lives (a
+        SIGTERM to the whole process group must not cut their tasks), so a worker that
+        must go at once gets SIGKILL; one that may finish its task gets ``STOP``."""
         h.kill_reason = h.kill_reason or reason
         h.stop_deadline = h.stop_deadline or time.monotonic() + STOP_GRACE
         with contextlib.suppress(ProcessLookupError, TypeError):
@@ -219,3 +225,17 @@ class Processes:
             self._unregister(fd)
         elif fd not in self._fds:
             self._register(fd, "outbox", h, select.POLLOUT)
+
+
+def _start(process: Any, start_method: str) -> None:
+    """Start a worker process with the supervisor's signals blocked: it inherits the mask
+    and unblocks them once it has set its own dispositions, so a signal sent to the
+    whole process group while it starts cannot kill it (see ``worker_main``)."""
+    # Starting the resource tracker (spawn, forkserver) unblocks SIGINT and SIGTERM in
+    # this thread: start it, and the fork server, before blocking.
+    if start_method == "forkserver":
+        forkserver.ensure_running()
+    elif start_method == "spawn":
+        resource_tracker.ensure_running()
+    with blocked(HANDLED):
+        process.start()

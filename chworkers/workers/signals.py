@@ -8,10 +8,11 @@ be started there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -51,3 +52,15 @@ class SignalInbox:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def blocked(signums: tuple[int, ...]) -> Iterator[None]:
+    """Block ``signums`` in the calling thread meanwhile (a signal sent to the process
+    goes to another thread or waits; it is not lost). A process started meanwhile
+    inherits the mask: workers and the fork server start with :data:`HANDLED` blocked."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from chworkers.ops import workerlogs
@@ -50,6 +51,7 @@ from chworkers.workers.execute import execute as execute
 from chworkers.workers.execute import insert as insert
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.recycle import MemoryWatch
+from chworkers.workers.signals import HANDLED
 from chworkers.workers.workerpool import PoolConnector as PoolConnector
 from chworkers.workers.workerpool import RecordingHooks as RecordingHooks
 
@@ -121,11 +123,7 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
             os.close(fd)
     results = _Sender(results_out)
     workerlogs.install(results.log, spec.name, spec.log_levels, capture_stderr=spec.log_stderr)
-    # The supervisor decides when workers stop: a Ctrl-C or a hangup sent to the whole
-    # process group must not interrupt a task halfway.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a rolling restart is the supervisor's
+    _leave_signals_to_supervisor(spec.parent_pid)
     heartbeat[BEAT] = time.monotonic()
     heartbeat[STATE] = STARTING
     heartbeat[CURRENT] = -1
@@ -147,6 +145,27 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
                 log.exception("%s: before_worker_shutdown failed", worker.name)
         if worker.connections is not None:
             worker.connections.close()
+
+
+def _leave_signals_to_supervisor(parent_pid: int) -> None:
+    """The supervisor decides when workers stop: a SIGTERM, a Ctrl-C or a hangup sent to
+    the whole process group (``timeout``, ``kill -TERM -PGID``, ``tini -g``, a terminal)
+    reaches the supervisor too, which drains and tells its workers when to go; it must
+    not cut a task halfway. A SIGTERM still ends a worker whose supervisor is gone.
+    The fork server starts workers with these signals blocked (see
+    :mod:`chworkers.workers.forkserver`): they are unblocked once handled."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if alive(parent_pid):
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a rolling restart is the supervisor's
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
 def init_process(worker: WorkerContext, spec: WorkerSpec) -> None:
