@@ -137,13 +137,17 @@ def read_batch(path: Path) -> SpooledBatch:
 
 
 def file_size(batch: SpooledBatch) -> int:
-    """The bytes ``batch``'s file takes (an estimate when it has no file)."""
+    """The bytes ``batch`` counts against the spool's cap: its file's size (an estimate
+    when it has no file), and a batch kept by reference also its records' (they wait to
+    be inserted all the same: the cap bounds the backlog, and so the memory and the
+    number of files it takes, as it does for copies)."""
+    referenced = batch.size if batch.extents else 0
     if batch.path is not None:
         try:
-            return batch.path.stat().st_size
+            return batch.path.stat().st_size + referenced
         except OSError:
             pass
-    return len(batch.payload) + 256
+    return len(batch.payload) + 256 + referenced
 
 
 def batch_overhead(

@@ -132,7 +132,8 @@ class BatchSpooling:
             if ticket.meta:
                 _merge(meta, ticket.meta)
         refs = _references(buf, live)
-        size = 0 if refs else len(buf.header) + sum(len(t.records) for t in live)
+        # A batch kept by reference counts its records against the cap as a copy would.
+        size = len(buf.header) + sum(len(t.records) for t in live)
         retrying = any(t.retry for t in live)
         reservation = self.spool.reserve(
             size + batch_overhead(buf.table, buf.pipeline, meta, refs),

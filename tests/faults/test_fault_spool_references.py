@@ -172,3 +172,15 @@ def test_kill_9_mid_ingest_with_references_then_restart_exact_count(tmp_path: Pa
         )
         assert not list(spool.glob("*.batch"))
         client.close()
+
+
+def test_references_count_against_the_spool_cap(tmp_path: Path) -> None:
+    """The cap bounds the backlog of a file read by reference as it does for copies:
+    otherwise a huge file would be spooled whole in seconds, as a million small files
+    and their descriptions in memory."""
+    data = lines(0, 5000)
+    spool, batches = _read(tmp_path, data)
+    assert spool.stats()["bytes"] >= len(data)
+    for batch in batches:
+        spool.remove(batch)
+    assert spool.stats()["bytes"] == 0
