@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver.client import Client
+from daemonthread import lines
+from waiting import wait_for
+
+from chworkers.embedded import EmbeddedClickHouse
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,3 +126,69 @@ def test_group_sigint_drains_too(tmp_path: Path) -> None:
     assert summary["code"] == 0 and summary["failed"] == 0
     assert summary["exits"] == ["stopped", "stopped"]
     assert took < GRACEFUL
+
+
+@pytest.mark.timeout(180)
+def test_daemon_group_sigterm_mid_ingest_exact_count(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, ch_client: Client
+) -> None:
+    """`chworkers run` in its own process group (as under `timeout` or `tini -g`), a
+    SIGTERM to the group while inserts run: a clean drain, no worker crash, and the
+    rest of the file in on the next run, each row once."""
+    n = 200_000
+    (tmp_path / "in.json").write_bytes(lines(0, n))
+    conf = tmp_path / "chworkers.toml"
+    conf.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[clickhouse]
+url = "{endpoint.url}/{database}"
+[supervisor]
+workers = 2
+graceful_timeout = "{GRACEFUL}s"
+[metrics]
+port = 0
+[[pipelines]]
+name = "p"
+source = "file"
+paths = ["{tmp_path / "in.json"}"]
+follow = false
+table = "ev"
+create = "n UInt64, s String"
+engine = "MergeTree ORDER BY n"
+max_rows = 2000
+"""
+    )
+    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
+
+    def inserted() -> int:
+        try:
+            return int(ch_client.command("SELECT count() FROM ev"))  # type: ignore[arg-type]
+        except Exception:
+            return 0
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        wait_for(lambda: inserted() > 0 or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        signalled = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=GRACEFUL + 10)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "crashed" not in stderr, stderr[-3000:]
+    assert took < GRACEFUL
+    assert inserted() < n  # the signal came mid-ingest; the rest waits for the next run
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ch_client.query("SELECT count(), uniqExact(n), sum(n) FROM ev").result_rows[0] == (
+        n,
+        n,
+        sum(range(n)),
+    )
