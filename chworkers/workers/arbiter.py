@@ -415,6 +415,10 @@ class Arbiter:
             self._drain_deadline = time.monotonic() + (math.inf if timeout is None else timeout)
             in_flight = self._crew.in_flight() if self._crew else 0
             log.info("draining: %d queued, %d running", len(self.queue), in_flight)
+            if self._crew is not None:
+                # No fresh workers for a supervisor about to stop (those started already
+                # help drain); a worker that dies meanwhile is still replaced.
+                self._crew.rollout.abandon("the supervisor is stopping")
             return
         self._stop_workers(fast=not graceful or self._mode == "draining")
 
