@@ -26,6 +26,7 @@ from daemonthread import lines
 from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.pids import alive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +193,49 @@ max_rows = 2000
         n,
         sum(range(n)),
     )
+
+
+ORPHAN_APP = r"""
+import os, sys, time
+from chworkers import Supervisor
+
+def stuck(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+def main():
+    sup = Supervisor(workers=1, start_method="forkserver").start()
+    sup.call(stuck, sys.argv[1])
+    time.sleep(600)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_sigterm_still_ends_a_worker_whose_supervisor_is_gone(tmp_path: Path) -> None:
+    """Workers ignore SIGTERM only while their supervisor lives: an orphan stuck in a task
+    (it notices the supervisor's death only between tasks) goes on SIGTERM."""
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_APP)
+    pid_file = tmp_path / "worker.pid"
+    proc = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    worker = 0
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=30)
+        worker = int(pid_file.read_text())
+        os.kill(worker, signal.SIGTERM)  # supervisor alive: ignored
+        time.sleep(0.3)
+        assert alive(worker)
+        proc.kill()
+        proc.wait()
+        os.kill(worker, signal.SIGTERM)
+        wait_for(lambda: not alive(worker), timeout=10, what="the orphan to go on SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if worker and alive(worker):
+            os.kill(worker, signal.SIGKILL)
