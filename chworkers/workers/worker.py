@@ -123,7 +123,7 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
             os.close(fd)
     results = _Sender(results_out)
     workerlogs.install(results.log, spec.name, spec.log_levels, capture_stderr=spec.log_stderr)
-    _leave_signals_to_supervisor(spec.parent_pid)
+    ignored = _leave_signals_to_supervisor(spec.parent_pid)
     heartbeat[BEAT] = time.monotonic()
     heartbeat[STATE] = STARTING
     heartbeat[CURRENT] = -1
@@ -136,7 +136,7 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
         sys.exit(EXIT_BOOT_FAILED)
     results.send(channel.READY, {"pid": worker.pid, "name": worker.name})
     try:
-        _Loop(worker, spec, tasks_in, results, heartbeat).run()
+        _Loop(worker, spec, tasks_in, results, heartbeat, ignored).run()
     finally:
         for middleware in spec.middleware:
             try:
@@ -147,7 +147,15 @@ def worker_main(spec: WorkerSpec, tasks_in: Any, results_out: Any, heartbeat: An
             worker.connections.close()
 
 
-def _leave_signals_to_supervisor(parent_pid: int) -> None:
+class _Ignored:
+    """SIGTERMs a worker ignored since the loop last said so (the handler only counts:
+    logging from a signal handler could deadlock on the result pipe's lock)."""
+
+    def __init__(self) -> None:
+        self.sigterm = 0
+
+
+def _leave_signals_to_supervisor(parent_pid: int) -> _Ignored:
     """The supervisor decides when workers stop: a SIGTERM, a Ctrl-C or a hangup sent to
     the whole process group (``timeout``, ``kill -TERM -PGID``, ``tini -g``, a terminal)
     reaches the supervisor too, which drains and tells its workers when to go; it must
@@ -155,8 +163,11 @@ def _leave_signals_to_supervisor(parent_pid: int) -> None:
     The fork server starts workers with these signals blocked (see
     :mod:`chworkers.workers.forkserver`): they are unblocked once handled."""
 
+    ignored = _Ignored()
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if alive(parent_pid):
+            ignored.sigterm += 1
             return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -166,6 +177,7 @@ def _leave_signals_to_supervisor(parent_pid: int) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a rolling restart is the supervisor's
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+    return ignored
 
 
 def init_process(worker: WorkerContext, spec: WorkerSpec) -> None:
@@ -184,8 +196,10 @@ class _Loop:
         tasks_in: Any,
         results_out: _Sender,
         beat: Any,
+        ignored: _Ignored | None = None,
     ) -> None:
         self.worker = worker
+        self.ignored = ignored or _Ignored()
         self.spec = spec
         self.tasks_in = tasks_in
         self.results_out = results_out
@@ -212,6 +226,7 @@ class _Loop:
         beat = self.beat
         beat[STATE] = IDLE
         while not self.orphaned:
+            self._say_ignored()
             if not self.local:
                 if self.stopping:
                     break
@@ -242,6 +257,16 @@ class _Loop:
         if not self.orphaned:
             self.flush()
 
+    def _say_ignored(self) -> None:
+        if self.ignored.sigterm:
+            self.ignored.sigterm = 0
+            log.info(
+                "%s: SIGTERM left to the supervisor (pid %d), which stops its workers "
+                "(SIGKILL ends this one at once)",
+                self.worker.name,
+                self.spec.parent_pid,
+            )
+
     def _retire(self, reason: str) -> None:
         """Exit after this task, to be replaced (its results first)."""
         self.flush()
@@ -264,6 +289,7 @@ class _Loop:
         spec = self.spec
         while True:
             self.beat[BEAT] = time.monotonic()
+            self._say_ignored()
             try:
                 if self.tasks_in.poll(spec.heartbeat_interval):
                     return True

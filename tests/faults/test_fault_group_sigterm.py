@@ -184,6 +184,7 @@ max_rows = 2000
             proc.wait()
     assert proc.returncode == 0, stderr[-3000:]
     assert "crashed" not in stderr, stderr[-3000:]
+    assert "SIGTERM left to the supervisor" in stderr  # each worker says why it stayed
     assert took < GRACEFUL
     assert inserted() < n  # the signal came mid-ingest; the rest waits for the next run
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
