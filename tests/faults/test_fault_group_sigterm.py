@@ -135,7 +135,8 @@ def test_daemon_group_sigterm_mid_ingest_exact_count(
 ) -> None:
     """`chworkers run` in its own process group (as under `timeout` or `tini -g`), a
     SIGTERM to the group while inserts run: a clean drain, no worker crash, and the
-    rest of the file in on the next run, each row once."""
+    rest of the file in on the next run, each row once. (The drain inserts what was
+    spooled already, which may be the whole file: the rerun may have nothing to do.)"""
     n = 200_000
     (tmp_path / "in.json").write_bytes(lines(0, n))
     conf = tmp_path / "chworkers.toml"
@@ -186,7 +187,6 @@ max_rows = 2000
     assert "crashed" not in stderr, stderr[-3000:]
     assert "SIGTERM left to the supervisor" in stderr  # each worker says why it stayed
     assert took < GRACEFUL
-    assert inserted() < n  # the signal came mid-ingest; the rest waits for the next run
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert ch_client.query("SELECT count(), uniqExact(n), sum(n) FROM ev").result_rows[0] == (
