@@ -36,6 +36,9 @@ def test_first_signal_while_waiting_for_the_last_inserts(
         wait_for(
             lambda: "UNKNOWN_TABLE" in caplog.text, timeout=60, what="the batch held for its table"
         )
+        # The batch can fail before the loop sees the generator done: the signal must come
+        # once the run waits for its last inserts (its stop begun, /readyz 503).
+        wait_for(running.daemon._stopping.is_set, timeout=60, what="the sources to run out")
     finally:
         code = running.stop()
     assert code == 0
