@@ -59,7 +59,9 @@ def test_readyz_follows_the_intake_not_the_workers(
     start = intake.Intake.start
     monkeypatch.setattr(intake.Intake, "start", lambda self: open_intake.wait(60) and start(self))
     drain = Daemon._drain
-    monkeypatch.setattr(Daemon, "_drain", lambda self, t: drained.wait(60) and drain(self, t))
+    monkeypatch.setattr(
+        Daemon, "_drain", lambda self, t, **kw: drained.wait(60) and drain(self, t, **kw)
+    )
     errors: list[BaseException] = []
 
     def run() -> None:
