@@ -315,10 +315,19 @@ class StreamGroup:
 
     def state(self) -> tuple[int, int | None] | None:
         """The group's pending entries and lag (None: Redis does not know it), or None
-        when the group is not there."""
+        when the group is not there.
+
+        Redis counts the group's ``entries-read`` itself, and after a restart it can stay
+        wrong (a lag of 126,705 for a group that had read the whole stream, for minutes):
+        a lag Redis reports for a group whose last delivered entry is the stream's last
+        one is 0."""
         for group in self.call(self.client.xinfo_groups, self.stream):
             if text(group.get("name", b"")) == self.group:
                 lag = group.get("lag")
+                if lag:
+                    stream = self.call(self.client.xinfo_stream, self.stream)
+                    if stream.get("last-generated-id") == group.get("last-delivered-id"):
+                        lag = 0
                 return int(group.get("pending", 0)), None if lag is None else int(lag)
         return None
 
