@@ -196,6 +196,11 @@ class LeaseBroker(LeaseServing):
             return ["the lease broker's thread is gone; no worker can get a connection"]
         return []
 
+    def waiting(self) -> int:
+        """How many requests wait for a lease now (cheap: for a loop to read often)."""
+        with self._lock:
+            return len(self._waiters)
+
     def stats(self) -> LeaseStats:
         with self._lock:
             self._ledger.drop_dead()

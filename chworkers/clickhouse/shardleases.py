@@ -88,6 +88,10 @@ class ShardLeaseBrokers:
             clients=max((s.clients for s in every), default=0),
         )
 
+    def waiting(self) -> int:
+        """How many requests wait for a lease now, over all shards."""
+        return sum(broker.waiting() for broker in self.brokers)
+
     def close(self) -> None:
         for broker in self.brokers:
             broker.close()

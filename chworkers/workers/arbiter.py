@@ -272,6 +272,8 @@ class Arbiter:
             sharedbuf.sweep()
             if self._mode is None:
                 crew.autoscaler.look(now, self._options)
+        if self._mode is None and self._options.autoscaling:
+            crew.autoscaler.notice(now)
         crew.spawn_missing(now)
         crew.rollout.step(now)
         crew.dispatch()

@@ -10,7 +10,8 @@ the worker count, and it answers from what the loop knows:
   yet), the last change is ``scale_up_after`` old, and the machine had CPU to spare over the last
   look (at least ``scale_up_min_idle_cpu`` of its CPU time idle, from ``/proc/stat``: a
   worker more on a saturated machine only adds contention), and no look over that
-  while (at least a second) saw workers wait for a ClickHouse connection (the
+  while (at least a second) saw workers wait for a ClickHouse connection (read at
+  every turn of the loop: a waiter is there only between a release and a grant) (the
   ``max_connections`` budget is the limit then: a worker more would wait too);
 * **down** by one after ``scale_down_after`` during which, at every look, nothing was
   queued and some worker had nothing to do, counted from the last change as well.
@@ -99,6 +100,13 @@ class Autoscaler:
         self.idle_cpu: float | None = None
         self.connection_wait_seen = -1e9  # when a look last saw workers wait for one
         self.booting_seen = -1e9  # when a look last saw a worker added still booting
+
+    def notice(self, now: float) -> None:
+        """At every turn of the loop: whether workers wait for a connection. A waiter is
+        there only between a release and the next grant, which four looks a second can
+        miss for a whole second; the loop turns at every result."""
+        if self.waiting_for_connections():
+            self.connection_wait_seen = now
 
     def look(self, now: float, options: SupervisorOptions) -> None:
         """Every few turns of the loop: change the count by one when it should."""

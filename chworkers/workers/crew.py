@@ -97,7 +97,7 @@ class Crew:
         self.autoscaler = Autoscaler(self, queue, outcomes.metrics, self._waiting_for_connections)
 
     def _waiting_for_connections(self) -> int:
-        return self.broker.stats().waiting if self.broker is not None else 0
+        return self.broker.waiting() if self.broker is not None else 0
 
     @property
     def workers(self) -> dict[str, WorkerHandle]:
