@@ -61,10 +61,11 @@ class PipelineSettings:
     paths: tuple[str, ...] = setting((), "file source: paths or glob patterns to read.")
     follow: bool = setting(False, "file source: keep tailing files (handles rotation).")
     spool_data: Literal["reference", "copy"] = setting(
-        "reference",
-        "file source read once (follow = false), JSONEachRow, CSV or TSV: spool where a "
-        "batch's records are in the file (the file, fsync'd, is their durable copy: leave "
-        "it in place and unchanged until the daemon has inserted it) or a copy of them.",
+        "copy",
+        "file source read once (follow = false), JSONEachRow, CSV or TSV: spool a copy of "
+        "each batch's records, or 'reference': where they are in the file (the file, "
+        "fsync'd, is their durable copy: it must stay in place and unchanged until the "
+        "daemon has inserted it; for bulk loads of files kept, saves a copy per batch).",
     )
     poll_interval: float = setting(
         0.25, "file source: how often to look for new data.", unit="seconds", minimum=0.01

@@ -5,7 +5,7 @@ fsync'd) and read back from it (checksummed again) before it was inserted: for a
 read once that is a second durable copy of bytes already on disk, and on the 2-core
 benchmark machine about 20 ms of the daemon's CPU per 100,000-line batch, taken from
 the ClickHouse it feeds (issue 11, steady state). Such a batch is now spooled as where
-its records are in the file (``spool_data = "reference"``, the default): the spool file
+its records are in the file (``spool_data = "reference"``, opt-in): the spool file
 holds the file's identity and a byte range, the file is fsync'd first, and the records
 are read from the file when the batch is inserted or replayed. A file that changed or
 went away before its batch was inserted fails that batch with a message naming it.
@@ -123,6 +123,7 @@ table = "ev"
 create = "n UInt64, s String"
 engine = "MergeTree ORDER BY n"
 max_rows = 2000
+spool_data = "reference"
 """
     )
     return [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]

@@ -1,0 +1,52 @@
+"""A file read once and removed while ClickHouse is down loses nothing by default.
+
+Spooling a file read once by reference (e2d3c91) was the default: the spool held only
+where each batch's records were in the file. A job that removes or moves files once the
+daemon has read them, while ClickHouse was down, left every spooled batch pointing at a
+file that was gone: the rows were logged as lost. The default is a copy again;
+``spool_data = "reference"`` is the bulk-load setting for files that stay.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from daemonthread import Running, count, daemon_config, lines
+from faultproxy import FaultProxy
+from waiting import wait_for
+
+from chworkers.embedded import EmbeddedClickHouse
+
+
+@pytest.mark.timeout(180)
+def test_a_file_removed_after_it_was_read_is_still_inserted(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    ch_client: Client,
+    fault_proxy: FaultProxy,
+) -> None:
+    ch_client.command(
+        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    data = tmp_path / "in.json"
+    data.write_bytes(lines(0, 5000))
+    fault_proxy.set("reset")  # ClickHouse unreachable: batches wait in the spool
+    cfg = daemon_config(
+        tmp_path / "state",
+        f"{fault_proxy.url}/{database}",
+        {"source": "file", "paths": [str(data)], "max_rows": 1000},
+    )
+    running = Running(cfg)
+    try:
+        wait_for(lambda: running.daemon.spool.stats()["batches"] == 5, timeout=60)
+        data.unlink()  # read, so a cleanup job takes it away
+        time.sleep(0.5)
+        fault_proxy.set("pass")
+        wait_for(lambda: count(endpoint, database) == (5000, 5000), timeout=120)
+    finally:
+        running.stop()
