@@ -96,6 +96,28 @@ class SourceParts:
         self.rows = 0
         self._lock = threading.Lock()
         self._assembly = Assembly()
+        self._unsent: set[str] = set()  # tokens of batches before their first attempt
+
+    def _spool(self, token: str, batch: Assembly, meta: dict[str, Any]) -> None:
+        """Hand a batch to the batcher, kept in the spool's memory, not on disk: the
+        broker holds its messages until they are acknowledged and the manifest rebuilds
+        it (docs/brokers.md, "The local spool")."""
+        with self._lock:
+            self._unsent.add(token)
+        self.batcher.add(
+            self.table,
+            self.assembler.payload(batch),
+            batch.rows,
+            format=self.format,
+            pipeline=self.name,
+            settings=self.settings,
+            meta=meta,
+            limits=self.limits,
+            retry=True,  # waits until the spool takes it
+            token=token,
+            memory=True,
+        )
+        self.rows += batch.rows
 
     def problems(self) -> list[str]:
         """Why the source is degraded (its broker failing), for the health report."""

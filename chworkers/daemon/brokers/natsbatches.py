@@ -77,7 +77,6 @@ class NatsBatching(SourceParts):
         #: the batch is acknowledged.
         self._inflight: dict[str, list[str]] = {}
         self._room = threading.Condition(self._lock)  # a batch acknowledged
-        self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
         self._rows_per_message = 1.0
@@ -218,25 +217,7 @@ class NatsBatching(SourceParts):
             self.link.call(self.link.manifests().mark_done(token, self._floor))
             self._acked(len(held))
             return
-        meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}}
-        with self._lock:
-            self._unsent.add(token)
-        self.batcher.add(
-            self.table,
-            self.assembler.payload(batch),
-            batch.rows,
-            format=self.format,
-            pipeline=self.name,
-            settings=self.settings,
-            meta=meta,
-            limits=self.limits,
-            retry=True,  # waits until the spool takes it
-            token=token,
-            # JetStream holds the messages until they are acknowledged and the manifest
-            # rebuilds the batch: no copy on disk (docs/brokers.md, "The local spool").
-            memory=True,
-        )
-        self.rows += batch.rows
+        self._spool(token, batch, {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}})
 
     # -- redeliveries ---------------------------------------------------------------------
 

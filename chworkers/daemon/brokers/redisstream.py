@@ -65,7 +65,6 @@ class RedisSource(SourceParts):
             self._group = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
         self.trouble = Trouble(self.name, f"redis {display_url(options.url)}")
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
-        self._unsent: set[str] = set()  # tokens of batches before their first attempt
         self._claim_cursor = "0-0"
         #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
         self._unbatched: list[redisentries.Entry] = []
@@ -350,22 +349,7 @@ class RedisSource(SourceParts):
             return
         # Rebuilt: a batch of its manifest, which the daemon that wrote it may have inserted.
         meta = {"broker": {"kind": "redis", "token": token, "ids": ids, "rebuilt": rebuilt}}
-        with self._lock:
-            self._unsent.add(token)
-        self.batcher.add(
-            self.table,
-            self.assembler.payload(batch),
-            batch.rows,
-            format=self.format,
-            pipeline=self.name,
-            settings=self.settings,
-            meta=meta,
-            limits=self.limits,
-            retry=True,  # waits until the spool takes it
-            token=token,
-            memory=True,  # Redis holds the entries; the manifest rebuilds the batch
-        )
-        self.rows += batch.rows
+        self._spool(token, batch, meta)
 
     # -- poison, acknowledgements ----------------------------------------------------------
 
