@@ -2,7 +2,7 @@
 
 chDB's streaming insert swallows TOO_MANY_PARTS (and a few other codes the sink throws at
 commit), so after each one the endpoint reads their counts in ``system.errors``
-(``chworkers/embedded/engine.py``, ``error_counts`` before and ``swallowed_error`` after). This measures, in one chDB
+(``chworkers/embedded/swallowed.py``, ``error_counts`` before and ``swallowed_error`` after). This measures, in one chDB
 process, a streaming insert of ``--rows`` JSONEachRow rows without the check and with it
 (the same function the endpoint runs), and with a ``SELECT 1`` instead (what any query
 costs), in interleaved rounds, and reports the median microseconds per insert of each.
@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 
-from chworkers.embedded import engine
+from chworkers.embedded import engine, queries, swallowed
 
 
 def main() -> None:
@@ -31,21 +31,21 @@ def main() -> None:
 
         eng = engine.Engine(Path(path))
         conn = eng.connect()
-        engine.run(conn, "CREATE TABLE t (n UInt64, s String) ENGINE = Memory")
+        queries.run(conn, "CREATE TABLE t (n UInt64, s String) ENGINE = Memory")
         body = b"".join(b'{"n":%d,"s":"row %d"}\n' % (i, i) for i in range(args.rows))
         plain: list[float] = []
         floor: list[float] = []
         checked: list[float] = []
 
         def one(mode: str) -> None:
-            before = engine.error_counts(conn) if mode == "check" else {}
+            before = swallowed.error_counts(conn) if mode == "check" else {}
             handle = conn.send_insert(b"INSERT INTO t", "JSONEachRow")
             conn.insert_append(handle, body)
             conn.insert_done(handle)
             if mode == "check":
-                engine.swallowed_error(conn, before, int(time.time()))
+                swallowed.swallowed_error(conn, before, int(time.time()))
             elif mode == "select 1":
-                engine.run(conn, "SELECT 1")
+                queries.run(conn, "SELECT 1")
 
         for _ in range(args.rounds):
             for mode, out in (("plain", plain), ("select 1", floor), ("check", checked)):

@@ -1,7 +1,7 @@
 """The swallowed-errors check after a streaming insert, skipped only where it cannot matter.
 
 chDB's streaming insert swallows errors a table's sink or a materialized view throws, so
-the endpoint reads ``system.errors`` after an insert (chworkers/embedded/engine.py). It
+the endpoint reads ``system.errors`` after an insert (chworkers/embedded/swallowed.py). It
 skips that query for a table that cannot throw them (a plain Memory/Null/Log table with
 no view, constraint or Nested arrays) and remembers which tables those are until the
 next DDL statement: a view or constraint added later must bring the check back.

@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from chworkers.embedded import engine, formats, infile, results, sql, tablerisk
+from chworkers.embedded import (
+    engine,
+    formats,
+    infile,
+    queries,
+    results,
+    sql,
+    streaming,
+    summary,
+    tablerisk,
+)
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     QUERY_IS_TOO_LARGE,
@@ -100,9 +110,9 @@ def _connection(ctx: Context, qr: QueryRequest) -> Iterator[Session | PooledConn
             finally:
                 for table in qr.external:  # external data lives for one query
                     try:
-                        engine.run(
+                        queries.run(
                             session.conn,
-                            f"DROP TEMPORARY TABLE IF EXISTS {engine.quote_ident(table.name)}",
+                            f"DROP TEMPORARY TABLE IF EXISTS {queries.quote_ident(table.name)}",
                         )
                     except ServerError:
                         log.debug("dropping external table %s failed", table.name)
@@ -134,7 +144,7 @@ def execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> Non
 
 
 def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> None:
-    stats = engine.Stats(started=time.monotonic())
+    stats = summary.Stats(started=time.monotonic())
     query_id = qr.get("query_id") or str(uuid.uuid4())
     resp.set_header("X-ClickHouse-Query-Id", query_id)
     resp.set_header("X-ClickHouse-Timezone", ctx.engine.timezone)
@@ -144,14 +154,14 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         session = handle if isinstance(handle, Session) else None
         conn = handle.conn
         for table in qr.external:
-            engine.run(
+            queries.run(
                 conn,
-                f"CREATE TEMPORARY TABLE {engine.quote_ident(table.name)} ({table.structure}) "
+                f"CREATE TEMPORARY TABLE {queries.quote_ident(table.name)} ({table.structure}) "
                 "ENGINE = Memory",
             )
-            engine.insert(  # a Memory table of our own: nothing to swallow, no check
+            streaming.insert(  # a Memory table of our own: nothing to swallow, no check
                 conn,
-                f"INSERT INTO {engine.quote_ident(table.name)}",
+                f"INSERT INTO {queries.quote_ident(table.name)}",
                 table.fmt,
                 [table.data],
                 stats,
@@ -234,7 +244,7 @@ def _insert(
     insert: sql.InsertHead,
     first: bytes,
     chunks: Iterator[bytes],
-    stats: engine.Stats,
+    stats: summary.Stats,
 ) -> None:
     """Insert the data after an INSERT's head: ``first``, then the rest of the body.
 
@@ -257,9 +267,9 @@ def _insert(
         return
     rest: Iterator[bytes] = chain([bytes(data)], chunks)
     if not whole:  # read the body while chDB parses
-        rest = engine.prefetch(rest)
+        rest = streaming.prefetch(rest)
     try:
-        engine.insert(conn, insert.statement, insert.fmt, rest, stats, check=check)
+        streaming.insert(conn, insert.statement, insert.fmt, rest, stats, check=check)
     finally:
         if isinstance(rest, Generator):
             rest.close()  # the reader has stopped before anyone drains the body

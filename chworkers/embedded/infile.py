@@ -1,6 +1,6 @@
 """An INSERT whose data is all in memory: one chDB query that reads it from a pipe.
 
-chDB's streaming insert (:func:`chworkers.embedded.engine.insert`) swallows what the
+chDB's streaming insert (:func:`chworkers.embedded.streaming.insert`) swallows what the
 table throws as the insert commits (too many parts, a constraint, a materialized view's
 error), so after it the endpoint reads ``system.errors``: one more chDB query per insert.
 A plain query raises those errors, and ``INSERT ... FROM INFILE`` reads its data from
@@ -13,7 +13,7 @@ afterwards, and no other insert's error of the same second taken for its own. (I
 ``FROM INFILE`` costs about 0.5 ms more than it.)
 
 A body is read whole before the query runs, so one cut short never reaches chDB; a
-larger body is streamed (:func:`chworkers.embedded.engine.insert`), where chDB parses
+larger body is streamed (:func:`chworkers.embedded.streaming.insert`), where chDB parses
 while the rest arrives and the check costs little next to the data.
 """
 
@@ -25,7 +25,8 @@ import os
 import threading
 from typing import Any
 
-from chworkers.embedded import engine, sql
+from chworkers.embedded import queries, sql
+from chworkers.embedded.summary import Stats
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,17 @@ def statement(head: str, fmt: str, path: str) -> bytes | None:
     None if the head has a shape ``FROM INFILE`` cannot be put into, or the format's
     name would need quoting: such an insert is streamed instead.
     """
-    raw = engine.sql_bytes(head)
+    raw = queries.sql_bytes(head)
     at = sql.infile_at(raw)
     if at is None or not fmt.isidentifier():
         return None
-    parts = [raw[:at].strip(), f"FROM INFILE {engine.quote_literal(path)}".encode()]
+    parts = [raw[:at].strip(), f"FROM INFILE {queries.quote_literal(path)}".encode()]
     parts += [raw[at:].strip(), f"FORMAT {fmt}".encode()]
     # On lines of their own: the head may end in a ``--`` comment.
     return b"\n".join(p for p in parts if p)
 
 
-def insert(conn: Any, head: str, fmt: str, data: bytes, stats: engine.Stats) -> bool:
+def insert(conn: Any, head: str, fmt: str, data: bytes, stats: Stats) -> bool:
     """Insert ``data`` (all of the request's, decoded) into ``head`` with one query.
 
     Returns False, having done nothing, if the statement cannot take ``FROM INFILE``;
@@ -78,7 +79,7 @@ def insert(conn: Any, head: str, fmt: str, data: bytes, stats: engine.Stats) -> 
         else:
             os.close(write)
         write = -1  # the writer (or the close above) owns it now
-        res = engine.run(conn, query)
+        res = queries.run(conn, query)
     finally:
         os.close(read)
         if writer is not None:

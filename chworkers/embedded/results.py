@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Generator
 from typing import Any
 
-from chworkers.embedded import engine, formats, sql
+from chworkers.embedded import formats, queries, sql, streaming, summary
 from chworkers.embedded.codecs import Encoder, choose_encoding, encoder_for
 from chworkers.embedded.exceptions import (
     BAD_ARGUMENTS,
@@ -99,7 +99,7 @@ def answer(
     qr: QueryRequest,
     text: bytes,
     resp: Response,
-    stats: engine.Stats,
+    stats: summary.Stats,
     session: Session | None = None,
 ) -> None:
     """Run ``text`` (the whole query, as bytes) and write its result to ``resp``.
@@ -110,7 +110,7 @@ def answer(
         raise clickhouse_error(SYNTAX_ERROR, "Empty query")
     fmt_name = sql.output_format(text) or qr.default_format
     fmt = formats.output_format(fmt_name)
-    kind = engine.classify(conn, text)
+    kind = queries.classify(conn, text)
     if kind.statements > 1:
         raise clickhouse_error(SYNTAX_ERROR, "Syntax error: Multi-statements are not allowed")
     if kind.reads:
@@ -129,7 +129,7 @@ def answer(
     resp.set_header("X-ClickHouse-Exception-Tag", tag)
     blocks: Generator[bytes, None, None] | None = None
     if _streams(session, qr, text, fmt):
-        blocks = engine.stream(conn, text, fmt_name, qr.query_params, stats)
+        blocks = streaming.stream(conn, text, fmt_name, qr.query_params, stats)
     if blocks is None:
         _whole(conn, qr, text, fmt_name, kind, resp, encoder, stats)
         return
@@ -223,7 +223,7 @@ def _spooled(
     pieces: Generator[bytes, None, None],
     resp: Response,
     encoder: Encoder | None,
-    stats: engine.Stats,
+    stats: summary.Stats,
     in_memory: int,
 ) -> None:
     with tempfile.SpooledTemporaryFile(max_size=in_memory) as spool:
@@ -246,13 +246,13 @@ def _whole(
     qr: QueryRequest,
     text: bytes,
     fmt_name: str,
-    kind: engine.Kind,
+    kind: queries.Kind,
     resp: Response,
     encoder: Encoder | None,
-    stats: engine.Stats,
+    stats: summary.Stats,
 ) -> None:
     """Run the statement as one chDB query and send chDB's buffer without copying it."""
-    res = engine.run(conn, text, fmt_name, qr.query_params)
+    res = queries.run(conn, text, fmt_name, qr.query_params)
     stats.add_result(res)
     view = res.get_memview().view()  # chDB's buffer, alive as long as res
     size = len(view)

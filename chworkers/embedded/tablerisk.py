@@ -1,7 +1,7 @@
 """Which tables can make chDB's streaming insert swallow an error.
 
 chDB's streaming insert answers as if it succeeded when the table's sink throws at
-commit (:data:`chworkers.embedded.engine.SWALLOWED_CODES`, and any error of a
+commit (:data:`chworkers.embedded.swallowed.SWALLOWED_CODES`, and any error of a
 materialized view), so after an insert the endpoint reads ``system.errors``: one more
 chDB query, as costly as the insert itself into a ``Memory`` or ``Null`` table. Only
 some tables can throw those: a MergeTree (too many parts, too many partitions), a table
@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 from chworkers.embedded import sql
-from chworkers.embedded.engine import quote_literal, run, sql_bytes
+from chworkers.embedded.queries import quote_literal, run, sql_bytes
 
 #: Engines whose sink throws none of the swallowed codes on its own.
 _PLAIN_ENGINES = ("Memory", "Null", "Log", "TinyLog", "StripeLog", "Set", "Join")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chworkers.embedded.engine import (
+from chworkers.embedded.queries import (
     apply_settings,
     current_database,
     current_settings,
