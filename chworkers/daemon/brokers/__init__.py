@@ -6,7 +6,8 @@ asks of every broker source; :mod:`~chworkers.daemon.brokers.trouble` is what a 
 tells the daemon's health while its broker does not answer;
 :mod:`~chworkers.daemon.brokers.wiring` makes a pipeline's source and asks it about its
 batches. ``source = "redis"``: :mod:`~chworkers.daemon.brokers.redisstream` (the source's
-logic) over :mod:`~chworkers.daemon.brokers.redisgroup` (the commands of a stream's
+logic; its batching in :mod:`~chworkers.daemon.brokers.redisbatches`) over
+:mod:`~chworkers.daemon.brokers.redisgroup` (the commands of a stream's
 consumer group), :mod:`~chworkers.daemon.brokers.redisscripts` (its Lua scripts) and
 :mod:`~chworkers.daemon.brokers.redisclient` (the connection). ``source = "nats"``:
 :mod:`~chworkers.daemon.brokers.natsstream` (the source's logic) over

@@ -1,0 +1,237 @@
+"""How the Redis source's entries become batches (docs/brokers.md, "A batch's life"): new
+entries go into the batch in the making, which is cut at the pipeline's limits, its
+manifest sent beside the stream (the verdict taken once Redis wrote it: the batch goes on
+only if all its entries are still this consumer's) and handed to the batcher with the
+manifest's token; entries claimed from a dead or stuck consumer (``XAUTOCLAIM``) whose
+manifest lives rebuild exactly that batch, the others are batched anew; poison is
+dead-lettered and acknowledged. :class:`~chworkers.daemon.brokers.redisstream.RedisSource`
+reads, and answers the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Unpack
+
+from chworkers.clickhouse.dedup import broker_token
+from chworkers.daemon.brokers import redisentries
+from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
+from chworkers.daemon.brokers.common import SourceArgs, SourceParts
+from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisclient import check_url, display_url, entry_order
+from chworkers.daemon.brokers.redisgroup import SentManifest, StreamGroup
+from chworkers.daemon.brokers.trouble import Trouble
+from chworkers.errors import PoisonMessageError
+from chworkers.wording import plural
+
+#: The source's logger, as before its batching moved here (log filters keep working).
+log = logging.getLogger("chworkers.daemon.brokers.redisstream")
+
+
+class RedisBatching(SourceParts):
+    """The part of :class:`~chworkers.daemon.brokers.redisstream.RedisSource` that makes
+    batches of what it read or claimed (the module's docstring)."""
+
+    def __init__(
+        self, *, options: RedisSourceSettings, consumer: str, **common: Unpack[SourceArgs]
+    ) -> None:
+        super().__init__(**common)
+        self.options = options
+        self._room = threading.Condition(self._lock)  # a batch acknowledged
+        self.consumer = options.consumer or consumer
+        self._group: StreamGroup | None = None
+        self._group_lock = threading.Lock()
+        if options.cluster:
+            check_url(options, f"pipeline {self.name!r}")
+        else:  # a plain client connects on first use: made now, only a bad URL fails
+            self._group = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
+        self.trouble = Trouble(self.name, f"redis {display_url(options.url)}")
+        self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
+        self._claim_cursor = "0-0"
+        #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
+        self._unbatched: list[redisentries.Entry] = []
+        #: The batch whose manifest was sent last, until its verdict is taken.
+        self._sent: tuple[str, Assembly, SentManifest] | None = None
+
+    @property
+    def redis(self) -> StreamGroup:
+        """The stream's group, connected on first use: a cluster client asks a node for
+        the cluster's slots as it is made, and a cluster down when the daemon starts must
+        make the source degraded (:class:`BrokerError`, tried again), not the start fail."""
+        group = self._group
+        if group is None:
+            with self._group_lock:
+                if self._group is None:
+                    self._group = StreamGroup(
+                        self.options, self.consumer, f"pipeline {self.name!r}"
+                    )
+                group = self._group
+        return group
+
+    def _take(self, message: Message, present: set[str]) -> None:
+        """One claimed entry without a manifest: batched anew (unless it is in the batch
+        being put together already: a claim can take back our own idle entries)."""
+        if message.id in present:
+            return
+        present.add(message.id)
+        self._assembly.mixed = True
+        poison = self.assembler.add(self._assembly, message)
+        if poison is not None:
+            self._poison([poison])
+
+    def _claim(self) -> None:
+        """Take over entries other consumers left pending for ``claim_idle``."""
+        # The claim must know every entry this source holds: the batches it sent, and
+        # those of a read sent ahead (idle past claim_idle when the source waited long,
+        # so the claim returns them too).
+        self._settle()
+        self._unbatched += self.redis.take_ahead()
+        self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
+        present = set(self._assembly.ids).union(map(redisentries.entry_id, self._unbatched))
+        messages = [message for message in claimed if message.id not in present]
+        if messages:
+            log.info(
+                "source %s: claimed %s",
+                self.name,
+                plural(len(messages), "idle entry", "idle entries"),
+            )
+            self._redelivered(messages)
+
+    def _redelivered(self, messages: list[Message]) -> None:
+        """Claimed or re-read entries: those of a manifest rebuild exactly its batch;
+        the others are batched anew."""
+        if self.metrics is not None:
+            self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(len(messages))
+        messages = self.redis.with_deliveries(messages)
+        owners = self.redis.live_manifests()
+        fresh: list[Message] = []
+        manifests: dict[str, list[Message]] = {}
+        for message in messages:
+            owner = owners.get(message.id)
+            if owner is None:
+                fresh.append(message)
+            else:
+                manifests.setdefault(owner[0], []).append(message)
+        for token, claimed in manifests.items():
+            with self._lock:
+                if token in self._inflight:
+                    continue  # ours already (our own entries, idle while in flight)
+            self._rebuild(token, owners[claimed[0].id][1], claimed)
+        fresh.sort(key=lambda m: entry_order(m.id))
+        present = set(self._assembly.ids)
+        for message in fresh:
+            if self._too_often(message):
+                continue
+            self._take(message, present)
+            if self._assembly.full(self.limits):
+                self._cut()
+                present = set()
+
+    def _rebuild(self, token: str, ids: list[str], claimed: list[Message]) -> None:
+        stored = self.redis.entries(ids)
+        given_up = {m.id for m in claimed if self._too_often(m, ack=False)}
+        batch, poison = self.assembler.rebuild(
+            ids, {i: m for i, m in stored.items() if i not in given_up}
+        )
+        missing = len(ids) - len(stored)
+        if missing:
+            log.warning(
+                "source %s: %d entries of batch %s are no longer in the stream (trimmed?); "
+                "the batch is rebuilt without them",
+                self.name,
+                missing,
+                token,
+            )
+        if poison:
+            self._dead_letter(poison, token)
+        log.info(
+            "source %s: rebuilding batch %s (%d entries) from its manifest",
+            self.name,
+            token,
+            len(ids),
+        )
+        self._hand_on(token, ids, batch, rebuilt=True)
+
+    def _cut(self) -> None:
+        """Cut the batch and send its manifest; the batch goes on once Redis wrote it
+        (:meth:`_settle`, at the latest before the next cut or before a read that waits),
+        so the source batches the next entries meanwhile."""
+        batch, self._assembly = self._assembly, Assembly()
+        token = broker_token("redis", self.redis.stream, self.redis.group, batch.ids)
+        self._settle()
+        self._sent = (
+            token,
+            batch,
+            self.redis.send_manifest(token, batch.ids, ordered=not batch.mixed),
+        )
+
+    def _settle(self) -> None:
+        """Take the verdict on the last manifest sent: its batch goes on, or is dropped
+        when one of its entries is no longer this consumer's."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        token, batch, manifest = sent
+        gone = self.redis.verdict(manifest)
+        if gone is not None:
+            log.warning(
+                "source %s: a batch of %d entries is not inserted: entry %s is not pending "
+                "for this consumer any more (claimed by another daemon, which inserts it)",
+                self.name,
+                len(batch.ids),
+                gone,
+            )
+            return
+        self._hand_on(token, batch.ids, batch)
+
+    def _hand_on(
+        self, token: str, ids: list[str], batch: Assembly, *, rebuilt: bool = False
+    ) -> None:
+        with self._lock:
+            self._inflight[token] = ids
+        if not batch.rows:
+            self._ack(ids, token)  # nothing to insert (empty or poison entries only)
+            return
+        # Rebuilt: a batch of its manifest, which the daemon that wrote it may have inserted.
+        meta = {"broker": {"kind": "redis", "token": token, "ids": ids, "rebuilt": rebuilt}}
+        self._spool(token, batch, meta)
+
+    # -- poison, acknowledgements ----------------------------------------------------------
+
+    def _too_often(self, message: Message, *, ack: bool = True) -> bool:
+        limit = self.options.max_deliver
+        if not limit or message.deliveries <= limit:
+            return False
+        error = PoisonMessageError(
+            f"message {message.id} was delivered {message.deliveries} times (max_deliver = {limit})"
+        )
+        if ack:
+            self._poison([Poison(message, error)])
+        else:
+            self._dead_letter([Poison(message, error)], "")
+        return True
+
+    def _poison(self, poison: list[Poison]) -> None:
+        """Dead-letter poison entries, then acknowledge them: never redelivered."""
+        self._dead_letter(poison, "")
+        self._ack([p.message.id for p in poison], "")
+
+    def _dead_letter(self, poison: list[Poison], token: str) -> None:
+        for p in poison:
+            log.warning("source %s: %s", self.name, p.error)
+            if self.on_error is not None:
+                self.on_error(self.name, str(p.error))
+        self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
+
+    def _ack(self, ids: list[str], token: str) -> None:
+        acked = self.redis.complete(ids, token)
+        with self._room:
+            self._inflight.pop(token, None)
+            self._unsent.discard(token)
+            self._room.notify_all()
+        if self.metrics is not None:
+            self.metrics.broker_acked.labels(pipeline=self.name).inc(acked)
+
+
+__all__ = ["RedisBatching"]
