@@ -21,7 +21,7 @@ import pytest
 from chworkers.clickhouse.hosts import HostSelector
 from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.config import EmbeddedSettings
+from chworkers.daemon.clickhousesettings import EmbeddedSettings
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.options import HttpSettings, SpoolSettings

@@ -21,6 +21,7 @@ from typing import Any
 from chworkers.cli import demo
 from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
+from chworkers.daemon.clickhousesettings import EMBEDDED
 from chworkers.daemon.config import DaemonSettings
 from chworkers.errors import ChworkersError, ConfigError
 from chworkers.ops import logs
@@ -121,7 +122,7 @@ def _check(args: argparse.Namespace) -> int:
     ch = cfg.settings.clickhouse
     if ch.shards:
         return max(_check_shards(cfg), problems)
-    if ch.url != config_module.EMBEDDED:
+    if ch.url != EMBEDDED:
         return max(_check_clickhouse(cfg, ch.connection()), problems)
     from chworkers.daemon.statelock import state_lock
     from chworkers.errors import StateDirInUseError

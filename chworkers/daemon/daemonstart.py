@@ -15,7 +15,7 @@ from chworkers.daemon.batcher import Batcher
 from chworkers.daemon.batchflow import BatchFlow
 from chworkers.daemon.brokers.wiring import broker_source
 from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon.config import EMBEDDED
+from chworkers.daemon.clickhousesettings import EMBEDDED
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.embeddedchild import once_serving, start_embedded

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chworkers.daemon.config import ClickHouseSettings
+from chworkers.daemon.clickhousesettings import ClickHouseSettings
 from chworkers.ops.logs import LogSettings
 
 if TYPE_CHECKING:

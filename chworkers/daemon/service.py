@@ -341,6 +341,7 @@ class Daemon(DaemonStart):
 
     def _reload(self) -> None:
         from chworkers.daemon import config as config_module
+        from chworkers.daemon import reload
 
         # Batches held back (a permanent error, an outage) get their next try now: the
         # operator may have just fixed the table or the password.
@@ -354,7 +355,7 @@ class Daemon(DaemonStart):
         try:
             new = config_module.load(self.config.source, overrides=self.config.overrides)
             # What it will run with: only what SIGHUP applies; the rest waits for a restart.
-            applied = config_module.reloaded_config(self.config, new)
+            applied = reload.reloaded_config(self.config, new)
         except ChworkersError as exc:
             log.error("SIGHUP: keeping the running configuration: %s", exc)
             return
@@ -371,7 +372,7 @@ class Daemon(DaemonStart):
         self.dispatcher.resize(s.supervisor.worker_bounds[1])
         self._reload_log_level(s.log.level)
         self.config = applied
-        fixed = config_module.restart_only_changes(self._started_config, new)
+        fixed = reload.restart_only_changes(self._started_config, new)
         if fixed:
             log.warning(
                 "SIGHUP: %s changed in %s but take effect only on restart; running on "
