@@ -31,7 +31,7 @@ from pathlib import Path
 
 from chworkers.clickhouse.sharding import ShardingKey, ShardRouter
 from chworkers.daemon.batchfile import read_batch
-from chworkers.daemon.keyfields import Column
+from chworkers.daemon.keycolumns import Column
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.shardsplit import split_records
 from chworkers.daemon.spool import Spool

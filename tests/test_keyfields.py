@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from chworkers.daemon.keyfields import Column, KeyReader
+from chworkers.daemon.keycolumns import Column
+from chworkers.daemon.keyfields import KeyReader
 from chworkers.errors import ConfigError, RecordKeyError
 
 COLUMNS = [

@@ -11,7 +11,7 @@ from chclients import make_client
 
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.sharding import ShardingKey, ShardRouter
-from chworkers.daemon.keyfields import Column
+from chworkers.daemon.keycolumns import Column
 from chworkers.daemon.shardsplit import random_part, split_records
 from chworkers.embedded import EmbeddedClickHouse
 

@@ -272,7 +272,7 @@ def _check_shards(cfg: config_module.Config) -> int:
 
 def _key_fits(pool: Any, pipeline: Any) -> str:
     """Whether the pipeline's sharding key can be read from its table's columns here."""
-    from chworkers.daemon.keyfields import Column, column_kind
+    from chworkers.daemon.keycolumns import Column, column_kind
     from chworkers.daemon.workertasks import table_columns
 
     key = pipeline.key

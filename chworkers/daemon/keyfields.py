@@ -4,9 +4,10 @@ The daemon passes records through to ClickHouse unparsed, but to route a row to 
 shard it must evaluate the pipeline's ``sharding_key`` on the values ClickHouse will
 store, typed by the table's columns: ``sipHash64(user_id)`` hashes the 8 bytes of a
 UInt64 and the bytes of a String differently, and ``{"user_id": 300}`` is 44 in a
-UInt8. :class:`KeyReader` reads only the fields the key names, from JSONEachRow, CSV
-and TSV records (and their ``*WithNames`` forms), the way ClickHouse's input formats
-do with their default settings:
+UInt8 (the key columns: :mod:`chworkers.daemon.keycolumns`). :class:`KeyReader` reads
+only the fields the key names, from JSONEachRow, CSV and TSV records (and their
+``*WithNames`` forms; the text: :mod:`chworkers.daemon.keytext`), the way ClickHouse's
+input formats do with their default settings:
 
 * integers (``Int8`` .. ``UInt256``): JSON numbers, booleans and digit strings, CSV and
   TSV digits, wrapped to the column's width as ClickHouse wraps them; an absent field,
@@ -23,114 +24,20 @@ field and why: the daemon dead-letters it rather than guess a shard.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from chworkers.clickhouse.inserts import LINE_FORMATS
+from chworkers.daemon.keycolumns import NOT_INSERTED, Column, KeyKind, column_kind
+from chworkers.daemon.keytext import chomp, csv_fields, raw_member, tsv_unescape
 from chworkers.errors import ConfigError, RecordKeyError
 
-__all__ = ["Column", "KeyReader", "column_kind"]
+__all__ = ["KeyReader"]
 
-_INT_TYPE = re.compile(r"^(U?)Int(8|16|32|64|128|256)$")
-_FIXED = re.compile(r"^FixedString\((\d+)\)$")
 _DIGITS = re.compile(r"^[+-]?[0-9]+$")
-_HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
-_TSV_ESCAPES = {
-    ord("b"): b"\b",
-    ord("f"): b"\f",
-    ord("r"): b"\r",
-    ord("n"): b"\n",
-    ord("t"): b"\t",
-    ord("0"): b"\0",
-    ord("'"): b"'",
-    ord('"'): b'"',
-    ord("\\"): b"\\",
-    ord("a"): b"\a",
-    ord("v"): b"\v",
-    ord("e"): b"\x1b",
-}
-#: Columns that an insert cannot give a value (computed, or never stored).
-_NOT_INSERTED = frozenset({"MATERIALIZED", "ALIAS", "EPHEMERAL"})
-_DECODER = json.JSONDecoder()
 _MISSING = object()
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    """A table column as ``system.columns`` describes it."""
-
-    name: str
-    type: str
-    #: ``DEFAULT``, ``MATERIALIZED``, ``ALIAS``, ``EPHEMERAL`` or "" (the type's default).
-    default_kind: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Kind:
-    """How one key field's text becomes its value."""
-
-    name: str
-    type: str
-    bits: int = 0  # integers: the width; 0 for strings
-    signed: bool = False
-    fixed: int = 0  # FixedString(N): N
-    nullable: bool = False
-    has_default: bool = False  # a DEFAULT expression fills an absent field
-
-    @property
-    def integer(self) -> bool:
-        return self.bits > 0
-
-    @functools.cached_property
-    def lo(self) -> int:
-        """The least value the column holds as it is (strings: none)."""
-        if not self.bits:
-            return 1
-        return -(1 << (self.bits - 1)) if self.signed else 0
-
-    @functools.cached_property
-    def hi(self) -> int:
-        """The greatest value the column holds as it is (strings: none)."""
-        if not self.bits:
-            return 0
-        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
-
-
-def column_kind(column: Column) -> _Kind:
-    """How a key column's values are read; :class:`ConfigError` for a type the key
-    cannot be read from (the daemon only routes integer and string key columns)."""
-    tp = column.type.strip()
-    nullable = False
-    for wrapper in ("LowCardinality(", "Nullable("):
-        if tp.startswith(wrapper) and tp.endswith(")"):
-            nullable = nullable or wrapper == "Nullable("
-            tp = tp[len(wrapper) : -1].strip()
-    has_default = column.default_kind == "DEFAULT"
-    if (m := _INT_TYPE.match(tp)) is not None:
-        return _Kind(
-            column.name, column.type, int(m.group(2)), not m.group(1), 0, nullable, has_default
-        )
-    if tp == "String":
-        return _Kind(column.name, column.type, nullable=nullable, has_default=has_default)
-    if (m := _FIXED.match(tp)) is not None:
-        return _Kind(
-            column.name,
-            column.type,
-            fixed=int(m.group(1)),
-            nullable=nullable,
-            has_default=has_default,
-        )
-    raise ConfigError(
-        f"column {column.name} is {column.type}: the daemon reads sharding-key fields of "
-        "integer (Int8 .. UInt256) and string (String, FixedString, LowCardinality) columns",
-        key="sharding_key",
-        value=column.type,
-        expected="a key over integer or string columns",
-    )
 
 
 class KeyReader:
@@ -176,7 +83,7 @@ class KeyReader:
                 names = [self._text(raw, None) for raw in self._split(header.rstrip(b"\r\n"))]
                 order = [(n or b"").decode("utf-8", "replace") for n in names]
             else:
-                order = [c.name for c in columns if c.default_kind not in _NOT_INSERTED]
+                order = [c.name for c in columns if c.default_kind not in NOT_INSERTED]
             absent = [f for f in self.fields if f not in order]
             if absent:
                 raise RecordKeyError(
@@ -191,7 +98,7 @@ class KeyReader:
         integer columns, bytes for string columns (a FixedString padded to its size)."""
         if self._json:
             return self._read_json(record)
-        fields = self._split(record.rstrip(b"\r\n") if not self._csv else _chomp(record))
+        fields = self._split(record.rstrip(b"\r\n") if not self._csv else chomp(record))
         out = []
         for kind, position in zip(self.kinds, self._positions, strict=True):
             if position >= len(fields):
@@ -262,10 +169,10 @@ class KeyReader:
             elif isinstance(value, str):
                 out.append(self._sized(kind, value.encode()))
             else:  # ClickHouse keeps a number, bool, object or array as the text written
-                out.append(self._sized(kind, _raw_member(record, kind.name)))
+                out.append(self._sized(kind, raw_member(record, kind.name)))
         return tuple(out)
 
-    def _json_int(self, kind: _Kind, value: Any) -> int:
+    def _json_int(self, kind: KeyKind, value: Any) -> int:
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, int):
@@ -282,9 +189,9 @@ class KeyReader:
     # -- CSV and TSV ---------------------------------------------------------------------
 
     def _split(self, line: bytes) -> list[tuple[bytes, bool]]:
-        return _csv_fields(line) if self._csv else [(f, False) for f in line.split(b"\t")]
+        return csv_fields(line) if self._csv else [(f, False) for f in line.split(b"\t")]
 
-    def _text(self, raw: tuple[bytes, bool], kind: _Kind | None) -> bytes | None:
+    def _text(self, raw: tuple[bytes, bool], kind: KeyKind | None) -> bytes | None:
         """A field's text (None for NULL): CSV unquoted (and trimmed when it was not
         quoted), TSV unescaped."""
         text, quoted = raw
@@ -295,9 +202,9 @@ class KeyReader:
             return None if text == b"\\N" else text
         if text == b"\\N":
             return None
-        return _tsv_unescape(text, kind.name if kind is not None else "header")
+        return tsv_unescape(text, kind.name if kind is not None else "header")
 
-    def _value(self, kind: _Kind, text: bytes | None) -> int | bytes:
+    def _value(self, kind: KeyKind, text: bytes | None) -> int | bytes:
         if text is None:
             return self._absent(kind, "NULL")
         if not kind.integer:
@@ -308,7 +215,7 @@ class KeyReader:
 
     # -- values --------------------------------------------------------------------------
 
-    def _absent(self, kind: _Kind, what: str) -> int | bytes:
+    def _absent(self, kind: KeyKind, what: str) -> int | bytes:
         if kind.nullable and what != "absent":
             raise RecordKeyError(
                 f"field {kind.name} is NULL ({kind.type}): a NULL sharding key has no shard",
@@ -322,7 +229,7 @@ class KeyReader:
             )
         return 0 if kind.integer else self._sized(kind, b"")
 
-    def _int_text(self, kind: _Kind, text: str) -> int:
+    def _int_text(self, kind: KeyKind, text: str) -> int:
         if _DIGITS.match(text) is None:
             raise RecordKeyError(
                 f"field {kind.name} = {text[:80]!r} is not an integer ({kind.type})",
@@ -330,7 +237,7 @@ class KeyReader:
             )
         return self._wrap(kind, int(text), text)
 
-    def _wrap(self, kind: _Kind, value: int, text: str) -> int:
+    def _wrap(self, kind: KeyKind, value: int, text: str) -> int:
         if value < 0 and not kind.signed:
             raise RecordKeyError(
                 f"field {kind.name} = {text[:80]} is negative in an unsigned column ({kind.type})",
@@ -341,7 +248,7 @@ class KeyReader:
             value -= 1 << kind.bits
         return value
 
-    def _sized(self, kind: _Kind, data: bytes) -> bytes:
+    def _sized(self, kind: KeyKind, data: bytes) -> bytes:
         if not kind.fixed:
             return data
         if len(data) > kind.fixed:
@@ -350,98 +257,3 @@ class KeyReader:
                 field=kind.name,
             )
         return data.ljust(kind.fixed, b"\0")
-
-
-def _chomp(record: bytes) -> bytes:
-    """A CSV record without its line end (a quoted field may hold newlines)."""
-    if record.endswith(b"\r\n"):
-        return record[:-2]
-    return record[:-1] if record.endswith(b"\n") else record
-
-
-def _csv_fields(line: bytes) -> list[tuple[bytes, bool]]:
-    """A CSV line's fields (RFC 4180: a quoted field doubles its quotes), each with
-    whether it was quoted."""
-    out: list[tuple[bytes, bool]] = []
-    i, n = 0, len(line)
-    while True:
-        j = i
-        while j < n and line[j] in b" \t":
-            j += 1
-        if j < n and line[j] == 0x22:  # "
-            chunks = []
-            k = j + 1
-            while True:
-                q = line.find(b'"', k)
-                if q < 0:
-                    raise RecordKeyError("a CSV field's quotes are not closed", field="")
-                chunks.append(line[k:q])
-                if q + 1 < n and line[q + 1] == 0x22:
-                    chunks.append(b'"')
-                    k = q + 2
-                    continue
-                break
-            out.append((b"".join(chunks), True))
-            comma = line.find(b",", q + 1)
-            if comma < 0:
-                return out
-            i = comma + 1
-            continue
-        comma = line.find(b",", i)
-        if comma < 0:
-            out.append((line[i:], False))
-            return out
-        out.append((line[i:comma], False))
-        i = comma + 1
-
-
-def _tsv_unescape(text: bytes, name: str) -> bytes:
-    if b"\\" not in text:
-        return text
-    out = bytearray()
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c != 0x5C or i + 1 >= n:
-            out.append(c)
-            i += 1
-            continue
-        e = text[i + 1]
-        if e == ord("x") and _HEX2.fullmatch(text[i + 2 : i + 4]):
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-            continue
-        escaped = _TSV_ESCAPES.get(e)
-        if escaped is None:
-            raise RecordKeyError(
-                f"field {name} has the escape \\{chr(e)}, which chworkers does not read",
-                field=name,
-            )
-        out += escaped
-        i += 2
-    return bytes(out)
-
-
-def _raw_member(record: bytes, name: str) -> bytes:
-    """The text of member ``name`` of the JSON object ``record``, as written."""
-    text = record.decode("utf-8")
-    i = text.index("{") + 1
-    found = ""
-    while True:
-        i = _skip_ws(text, i)
-        key, i = _DECODER.raw_decode(text, i)
-        i = _skip_ws(text, i)
-        i = _skip_ws(text, i + 1)  # past ':'
-        _, end = _DECODER.raw_decode(text, i)
-        if key == name:
-            found = text[i:end]
-        i = _skip_ws(text, end)
-        if text[i] == "}":
-            return found.encode()
-        i += 1  # past ','
-
-
-def _skip_ws(text: str, i: int) -> int:
-    while text[i] in " \t\r\n":
-        i += 1
-    return i

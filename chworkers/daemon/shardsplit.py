@@ -24,7 +24,8 @@ from chworkers.clickhouse.dedup import shard_token
 from chworkers.clickhouse.inserts import LINE_FORMATS
 from chworkers.clickhouse.inserts import split_records as frame
 from chworkers.clickhouse.sharding import BoundShardingKey, ShardRouter
-from chworkers.daemon.keyfields import Column, KeyReader
+from chworkers.daemon.keycolumns import Column
+from chworkers.daemon.keyfields import KeyReader
 from chworkers.daemon.spool import PartSpec
 from chworkers.errors import BatchError, RecordKeyError
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.dispatch import shard_of
-from chworkers.daemon.keyfields import Column
+from chworkers.daemon.keycolumns import Column
 from chworkers.daemon.tables import ShardTables, Tables
 from chworkers.daemon.workertasks import create_table, table_columns
 from chworkers.errors import ChworkersError

@@ -29,7 +29,7 @@ from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.sharding import BoundShardingKey, ShardingKey, ShardRouter
 from chworkers.daemon.batchfile import SpooledBatch, read_batch
 from chworkers.daemon.deadletter import DeadLetters
-from chworkers.daemon.keyfields import Column
+from chworkers.daemon.keycolumns import Column
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.shardsplit import Split, random_part, split_records
 from chworkers.daemon.spool import Spool
