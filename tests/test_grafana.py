@@ -1,6 +1,6 @@
 """grafana/: the dashboard and the Prometheus rules use only metrics chworkers exports.
 
-The names in chworkers/ops/metrics.py are the contract. Here they are taken from what
+The names in chworkers/ops/*metrics.py are the contract. Here they are taken from what
 prometheus_client actually exposes for a fully populated :class:`Metrics` registry
 (``_total``, ``_bucket``, ``_info`` suffixes included), and every metric name in every
 dashboard query and rule expression must be one of them, or a recording rule the rules
