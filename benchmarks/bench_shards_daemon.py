@@ -39,8 +39,8 @@ from typing import Any
 import clickhouse_connect
 
 from chworkers.daemon import config
+from chworkers.daemon.generator import GENERATOR_SCHEMA
 from chworkers.daemon.service import Daemon
-from chworkers.daemon.sources import GENERATOR_SCHEMA
 from chworkers.embedded import EmbeddedClickHouse
 
 ROOT = Path(__file__).resolve().parent.parent

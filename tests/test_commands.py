@@ -17,8 +17,8 @@ from waiting import wait_for
 
 from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
 from chworkers.daemon import config as config_module
+from chworkers.daemon.generator import GENERATOR_SCHEMA
 from chworkers.daemon.service import Daemon
-from chworkers.daemon.sources import GENERATOR_SCHEMA
 from chworkers.daemon.statelock import state_lock
 from chworkers.embedded import EmbeddedClickHouse
 

@@ -11,8 +11,10 @@ import pytest
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.sources import Checkpoints, FileSource, StreamSource
+from chworkers.daemon.sources import StreamSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import ConfigError
 
@@ -158,7 +160,7 @@ def test_bad_format_is_refused_up_front(pipeline: Pipeline) -> None:
 def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
     import json
 
-    from chworkers.daemon.sources import GeneratorSource
+    from chworkers.daemon.generator import GeneratorSource
 
     payloads = []
     for run in range(2):
@@ -181,7 +183,7 @@ def test_generator_is_deterministic_and_counted(tmp_path: Path) -> None:
 
 
 def test_generator_rate_is_respected(tmp_path: Path) -> None:
-    from chworkers.daemon.sources import GeneratorSource
+    from chworkers.daemon.generator import GeneratorSource
 
     p = Pipeline(tmp_path)
     started = time.monotonic()

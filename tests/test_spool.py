@@ -165,7 +165,7 @@ def test_numbers_and_tokens_never_repeat_even_after_the_spool_emptied(tmp_path: 
 
 
 def test_sequence_reservations_survive_many_restarts(tmp_path: Path) -> None:
-    import chworkers.daemon.spool as spool_module
+    import chworkers.daemon.spoolreserve as spool_module
 
     seen: set[int] = set()
     for _ in range(3):

@@ -32,7 +32,7 @@ import pytest
 from test_grafana import BUILTIN_SERIES, dashboard_exprs, metric_names, recorded, rules
 from test_prometheus import PrometheusServer, exported_names, find_prometheus, target
 
-from chworkers.daemon.sources import GENERATOR_SCHEMA
+from chworkers.daemon.generator import GENERATOR_SCHEMA
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,7 @@ DEMO_TABLE = "demo_events"
 def demo_config(rows: int, overrides: Mapping[str, Any] | None = None) -> config_module.Config:
     """The demo's configuration: ``rows`` generated events into the embedded ClickHouse,
     state in ``./chworkers-demo``."""
-    from chworkers.daemon.sources import GENERATOR_SCHEMA
+    from chworkers.daemon.generator import GENERATOR_SCHEMA
 
     return config_module.load(
         overrides=overrides,

@@ -1,7 +1,8 @@
 """The daemon's intake: the sources that read records, and the HTTP push endpoint.
 
 An :class:`Intake` builds what each pipeline's ``source`` says: standard input, files
-and the generator read in a thread each (:mod:`chworkers.daemon.sources`); every
+and the generator read in a thread each (:mod:`chworkers.daemon.sources`,
+:mod:`~chworkers.daemon.filesource`, :mod:`~chworkers.daemon.generator`); every
 ``source = "http"`` pipeline is a route of the one push endpoint
 (:mod:`chworkers.daemon.ingest`). It starts them together, and stops them in order at a
 stop: no new reads, the push endpoint closed to new requests, the threads joined by the
@@ -24,10 +25,12 @@ from chworkers.daemon.brokers import BROKER_SOURCES
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.columnsource import BadFile, ColumnarFileSource
+from chworkers.daemon.filesource import FileSource
+from chworkers.daemon.generator import GeneratorSource
 from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
 from chworkers.daemon.pipelines import PipelineSettings
-from chworkers.daemon.sources import FileSource, GeneratorSource, StreamSource
+from chworkers.daemon.sources import StreamSource
 from chworkers.errors import BatcherClosedError, ConfigError
 from chworkers.ops.metrics import Metrics
 

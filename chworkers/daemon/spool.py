@@ -11,7 +11,8 @@ A file that is truncated, has a bad CRC or an unreadable header is moved to
 
 Here: writing, replacing and removing batches. What the spool finds at start is
 :mod:`chworkers.daemon.spoolrecovery`'s; its room, trouble and gauges are
-:mod:`chworkers.daemon.spoolroom`'s.
+:mod:`chworkers.daemon.spoolroom`'s; reserving room and batch numbers is
+:mod:`chworkers.daemon.spoolreserve`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from chworkers.daemon.batchfile import (
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.memorytier import MemoryTier
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.spoolrecovery import SpoolRecovery
+from chworkers.daemon.spoolreserve import LOG_EVERY, Reservation, SpoolReservations
 from chworkers.daemon.spoolroom import TROUBLE_FORGOTTEN_AFTER as TROUBLE_FORGOTTEN_AFTER
 from chworkers.daemon.spoolroom import Policy
 from chworkers.errors import SpoolCorruptError, SpoolWriteError
@@ -48,24 +49,6 @@ from chworkers.ops.metrics import Metrics
 __all__ = ["PartSpec", "Policy", "Reservation", "Spool", "SpooledBatch", "read_batch"]
 
 log = logging.getLogger(__name__)
-
-#: Batch numbers are reserved (and the reservation persisted) this many at a time.
-SEQ_BLOCK = 1024
-
-#: How often a writer blocked on a full spool checks whether it should give up.
-_GIVE_UP_POLL = 0.2
-#: Writers waiting on a full spool are logged at most this often (seconds).
-_LOG_EVERY = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Reservation:
-    """Space and a batch number held for one batch until it is written or released."""
-
-    seq: int
-    size: int
-    #: For the memory tier (a broker's batch, :mod:`~chworkers.daemon.memorytier`).
-    memory: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +62,7 @@ class PartSpec:
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class Spool(SpoolRecovery):
+class Spool(SpoolReservations):
     """A directory of batch files with a size cap and a full-spool policy.
 
     ``settings`` are the daemon's ``[spool]`` (its cap, policy and fsync; the defaults
@@ -117,7 +100,7 @@ class Spool(SpoolRecovery):
         self._waiters = 0
         self._memory_waiters = 0  # of those, waiting for the memory tier
         self._waiting_since: float | None = None
-        self._waiting_logged = -_LOG_EVERY
+        self._waiting_logged = -LOG_EVERY
         self.directory.mkdir(parents=True, exist_ok=True)
         self.spool_id = self._load_id()
         # Sequence numbers name files and make deduplication tokens, so they must never
@@ -166,103 +149,6 @@ class Spool(SpoolRecovery):
             meta=meta,
             token=token,
         )
-
-    def reserve(
-        self,
-        size: int,
-        *,
-        timeout: float | None = None,
-        give_up: Callable[[], bool] | None = None,
-        on_wait: Callable[[], None] | None = None,
-        memory: bool = False,
-    ) -> Reservation:
-        """Reserve ``size`` bytes and a batch number, waiting for space as the policy says.
-
-        A blocked wait ends with :class:`SpoolFullError` after ``timeout``, when the spool
-        is closed, or as soon as ``give_up()`` says so (checked a few times a second), so a
-        caller whose records were withdrawn meanwhile does not wait for nothing;
-        ``on_wait()`` is called once when the wait begins (under the spool's lock: it
-        must not call the spool). The reservation is :meth:`write` n or :meth:`release` d.
-        ``memory``: for the memory tier, which only ever waits (whatever the policy).
-        """
-        dropped: list[int] = []
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            waiting = False
-            try:
-                while self._must_wait(size, memory):
-                    if memory:
-                        pass  # a broker's batch waits: its entries wait in the broker
-                    elif self.policy == "drop_oldest":
-                        victim = min(self._sizes)
-                        self._sizes.pop(victim)
-                        self._created.pop(victim, None)
-                        dropped.append(victim)
-                        continue
-                    elif self.policy == "reject":
-                        raise self._refused(size)
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if (
-                        (remaining is not None and remaining <= 0)
-                        or self._closed
-                        or (give_up is not None and give_up())
-                    ):
-                        raise self._refused(size, memory)
-                    if not waiting:
-                        waiting = True
-                        self._waiters += 1
-                        self._memory_waiters += memory
-                        if on_wait is not None:
-                            on_wait()
-                        if self._waiting_since is None:
-                            self._waiting_since = time.time()
-                        if time.monotonic() - self._waiting_logged >= _LOG_EVERY:
-                            self._waiting_logged = time.monotonic()
-                            log.warning(
-                                "%s: writers wait for ClickHouse to take batches",
-                                self._fullness(memory),
-                            )
-                    slice_ = _GIVE_UP_POLL if remaining is None else min(remaining, _GIVE_UP_POLL)
-                    self._space.wait(slice_)
-            finally:
-                if waiting:
-                    self._waiters -= 1
-                    self._memory_waiters -= memory
-                    if not self._waiters and self._waiting_since is not None:
-                        log.debug(
-                            "spool %s: writers waited %.1f s for space",
-                            self.directory,
-                            time.time() - self._waiting_since,
-                        )
-                        self._waiting_since = None
-            seq = self._take_seq_locked()
-            if memory:
-                self.memory.reserve(size)
-            else:
-                self._reserved += size
-        for victim in dropped:
-            (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
-            log.warning("spool full: dropped the oldest batch %d (policy drop_oldest)", victim)
-            if self._metrics is not None:
-                self._metrics.spool_dropped.inc()
-        return Reservation(seq, size, memory)
-
-    def _take_seq_locked(self) -> int:
-        """The next batch number (under the lock)."""
-        seq = self._next_seq
-        if seq + 1 >= self._seq_ceiling:
-            # Rare (once per SEQ_BLOCK batches), so done under the lock: numbers must
-            # be durable before they are handed out. If the write fails, the number is
-            # not handed out (it is not covered by the file on disk).
-            ceiling = seq + 1 + SEQ_BLOCK
-            try:
-                write_durably(self._seq_file, str(ceiling).encode(), fsync=self.fsync)
-            except SpoolWriteError as exc:
-                self._note_trouble("io", str(exc))
-                raise
-            self._seq_ceiling = ceiling
-        self._next_seq = seq + 1
-        return seq
 
     def write(
         self,
@@ -385,15 +271,6 @@ class Spool(SpoolRecovery):
         self.publish()
         return batch
 
-    def release(self, reservation: Reservation) -> None:
-        """Give back a reservation that will not be written."""
-        with self._lock:
-            if reservation.memory:
-                self.memory.unreserve(reservation.size)
-            else:
-                self._reserved -= reservation.size
-            self._space.notify_all()
-
     def load(self, batch: SpooledBatch) -> SpooledBatch:
         """The whole batch (its payload too) of a batch's description: from memory, or
         read back from its file (:class:`SpoolCorruptError` when that fails)."""
@@ -409,11 +286,6 @@ class Spool(SpoolRecovery):
                 path=str(self.directory),
             )
         return read_batch(batch.path)
-
-    def wait_for_room(self, timeout: float) -> bool:
-        """Sleep up to ``timeout``; True when woken early because space was freed."""
-        with self._lock:
-            return self._space.wait(timeout)
 
     # -- confirming ----------------------------------------------------------------
 

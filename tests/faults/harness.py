@@ -55,7 +55,7 @@ import clickhouse_connect
 from faultproxy import FaultProxy
 
 from chworkers.daemon import config as config_module
-from chworkers.daemon.sources import GENERATOR_SCHEMA
+from chworkers.daemon.generator import GENERATOR_SCHEMA
 
 #: The table every drill fills; ``id`` is unique per row sent.
 SCHEMA = "id UInt64, src LowCardinality(String), s String"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.framing import Framer, count_lines, pieces
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.sources import FileSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 
 

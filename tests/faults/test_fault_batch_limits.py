@@ -18,9 +18,9 @@ from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.framing import pieces
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.sources import FileSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 
 

@@ -15,8 +15,9 @@ from smalldisk import disk_full, fill, small_filesystem
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.sources import Checkpoints, FileSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.ops.health import Level

@@ -28,8 +28,8 @@ from daemonthread import lines
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.sources import FileSource
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import SpoolCorruptError

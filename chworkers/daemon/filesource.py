@@ -1,0 +1,253 @@
+"""The file source: reads files matching glob patterns, once or tailing them (``follow``).
+
+File sources attach their read position to every add; the position travels inside the
+spooled batch and is committed to the :class:`~chworkers.daemon.checkpoints.Checkpoints`
+store right after the batch is spooled, before it is inserted. After a crash, the newer
+of the saved checkpoint and the positions in the spooled batches wins, so no record is
+read into the spool twice. When the spool cannot take a batch (full, disk full), the
+source waits until it does (the batcher retries): its position never passes records
+that are not in the spool.
+
+``follow`` mode tails growing files like ``tail -F``: it notices rotation (the path now
+names another inode: the old file is finished, the new one read from its start) and
+truncation (``copytruncate``: the file shrank below our offset: read again from 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
+from chworkers.daemon.checkpoints import head_of as _head
+from chworkers.daemon.checkpoints import same_head as _same_head
+from chworkers.daemon.extents import Extent, make_durable
+from chworkers.daemon.framing import Framer, RecordTooLargeError, read_header
+from chworkers.daemon.sources import _Source, warn_if_nothing_matches
+
+__all__ = ["FileSource"]
+
+#: The sources' logger, as before they were cut into modules (log filters keep working).
+log = logging.getLogger("chworkers.daemon.sources")
+
+
+@dataclasses.dataclass
+class _OpenFile:
+    path: str
+    fh: BinaryIO
+    dev: int
+    ino: int
+    offset: int
+    framer: Framer
+    head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
+    head_len: int = 0
+    #: Bytes of the file known to be durable (fsync'd since it was opened; -1: cannot be).
+    synced: int = 0
+
+
+class FileSource(_Source):
+    """Reads files matching glob patterns; with ``follow``, keeps tailing them."""
+
+    def __init__(
+        self,
+        paths: Iterable[str],
+        *,
+        checkpoints: Checkpoints,
+        follow: bool = False,
+        poll_interval: float = 0.25,
+        forget_after: float = 3600.0,
+        by_reference: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.patterns = tuple(paths)
+        self.checkpoints = checkpoints
+        self.follow = follow
+        #: Spool batches as references to the file's bytes (:mod:`chworkers.daemon.extents`):
+        #: only for files read once; a followed file may be truncated or rotated away.
+        self.by_reference = by_reference and not follow
+        self.poll_interval = poll_interval
+        self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
+        self._open: dict[str, _OpenFile] = {}
+        self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
+        # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
+        self._finished: dict[tuple[int, int], tuple[int, int]] = {}
+        self._stop = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._saved = self.checkpoints.load(self.name)
+        warn_if_nothing_matches(self.name, self.patterns, self.follow)
+        while not stop.is_set():
+            self._discover()
+            progressed = False
+            for path in list(self._open):
+                if stop.is_set():
+                    break
+                progressed |= self._read(self._open[path])
+            if not self.follow and not self._open:
+                return
+            if not progressed:
+                stop.wait(self.poll_interval)
+        for f in self._open.values():
+            f.fh.close()
+
+    def _discover(self) -> None:
+        # The files the patterns match, by (dev, ino): a path of each.
+        seen: dict[tuple[int, int], str] = {(f.dev, f.ino): f.path for f in self._open.values()}
+        matched: set[str] = set(self._open)
+        for pattern in self.patterns:
+            for path in sorted(glob.glob(pattern)):
+                matched.add(path)
+                if path in self._open:
+                    continue
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
+                except OSError as exc:
+                    self._error(f"cannot open {path}: {exc.strerror}")
+                    continue
+                st = os.fstat(fh.fileno())
+                ident = (st.st_dev, st.st_ino)
+                seen[ident] = path
+                finished = self._finished.get(ident)
+                if finished is not None:
+                    if _same_head(fh.fileno(), *finished, st.st_size):
+                        fh.close()
+                        continue
+                    # A new file got the inode of one read before (deleted meanwhile).
+                    del self._finished[ident]
+                    self._saved.pop(path, None)
+                offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
+                fh.seek(offset)
+                head, head_len = _head(fh.fileno())
+                self._open[path] = _OpenFile(
+                    path,
+                    fh,
+                    st.st_dev,
+                    st.st_ino,
+                    offset,
+                    Framer(
+                        self.format,
+                        max_record_bytes=self.max_record_bytes,
+                        # Resuming past a *WithNames header: its batches still need it.
+                        header=read_header(fh, self.format) if offset else b"",
+                    ),
+                    head,
+                    head_len,
+                )
+                log.info("source %s: reading %s from offset %d", self.name, path, offset)
+        # Forget files that are gone: a file that reuses their inode later is new.
+        self._finished = {k: v for k, v in self._finished.items() if k in seen}
+        forgotten = self.forgetting.check(matched, seen)
+        for path in forgotten:
+            self._saved.pop(path, None)
+
+    def _saved_offset(self, path: str, ident: tuple[int, int], fd: int, size: int) -> int:
+        """Where to resume the file at ``path``: its saved position, when it is that very
+        file (the same inode and first bytes); or the position saved for it under another
+        path (a file rotated to a name the patterns match, read before under its old
+        name); else its start."""
+        candidates = [self._saved.get(path)]
+        candidates += [pos for p, pos in self._saved.items() if p != path and "head_len" in pos]
+        for pos in candidates:
+            if (
+                pos
+                and (pos["dev"], pos["ino"]) == ident
+                and pos["offset"] <= size
+                and ("head_len" not in pos or _same_head(fd, pos["head"], pos["head_len"], size))
+            ):
+                return pos["offset"]
+        return 0
+
+    def _read(self, f: _OpenFile) -> bool:
+        """Read what is there; at the end, finish, rotate or wait. True if data came."""
+        progressed = False
+        while not self._stop.is_set():
+            chunk = f.fh.read(self.read_size)
+            if not chunk:
+                break
+            progressed = True
+            f.offset += len(chunk)
+            try:
+                records, rows = f.framer.feed(chunk)
+            except RecordTooLargeError as exc:
+                self._error(f"{f.path}: {exc}")
+                continue
+            start = f.offset - f.framer.pending_bytes - len(records)  # in the file
+            self._add(
+                records,
+                rows,
+                self._meta(f, start + len(records)),
+                header=f.framer.header,
+                position=functools.partial(self._meta_from, f, start),
+                locate=functools.partial(self._extent, f, start) if self.by_reference else None,
+            )
+        if self._stop.is_set() or (progressed and self.follow):
+            return progressed  # stopped mid-file: the unfinished record is not a record
+        if not self.follow:
+            self._close(f, finished=True)
+            return progressed
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            log.info("source %s: %s was rotated; finishing the old file", self.name, f.path)
+            self._close(f, finished=True)
+        elif st.st_size < f.offset:
+            log.info("source %s: %s was truncated; reading it from the start", self.name, f.path)
+            f.fh.seek(0)
+            f.offset = 0
+            f.framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+            f.head, f.head_len = _head(f.fh.fileno())
+        return progressed
+
+    def _close(self, f: _OpenFile, *, finished: bool) -> None:
+        records, rows = f.framer.finish()
+        self._add(records, rows, self._meta(f, f.offset), header=f.framer.header)
+        if finished:
+            self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
+        f.fh.close()
+        del self._open[f.path]
+
+    def _extent(self, f: _OpenFile, start: int, begin: int, end: int) -> Extent | None:
+        """Where ``records[begin:end]`` are in the file (``records`` starting at
+        ``start``), once the file's bytes up to there are durable (None: they cannot be
+        made so, and the records are spooled as a copy)."""
+        if f.synced < 0:
+            return None
+        if start + end > f.synced:
+            size = os.fstat(f.fh.fileno()).st_size
+            if not make_durable(f.fh.fileno()):
+                log.info(
+                    "source %s: %s cannot be fsync'd; its batches are spooled as copies",
+                    self.name,
+                    f.path,
+                )
+                f.synced = -1
+            else:
+                f.synced = size
+        if f.synced < start + end:
+            return None
+        return Extent(f.path, f.dev, f.ino, f.head, f.head_len, start + begin, start + end)
+
+    def _meta_from(self, f: _OpenFile, start: int, at: int) -> dict[str, Any]:
+        return self._meta(f, start + at)
+
+    def _meta(self, f: _OpenFile, offset: int) -> dict[str, Any]:
+        if f.head_len < HEAD_BYTES and offset > f.head_len:
+            f.head, f.head_len = _head(f.fh.fileno())  # the file grew: a longer fingerprint
+        position = {
+            "dev": f.dev,
+            "ino": f.ino,
+            "offset": offset,
+            "head": f.head,
+            "head_len": f.head_len,
+        }
+        return {"files": {f.path: position}}
