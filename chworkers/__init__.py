@@ -190,12 +190,12 @@ if TYPE_CHECKING:
     from chworkers.workers.context import (
         WorkerContext as WorkerContext,
     )
+    from chworkers.workers.deadletter import DeadLetter as DeadLetter
     from chworkers.workers.middleware import Middleware as Middleware
     from chworkers.workers.options import SupervisorOptions as SupervisorOptions
     from chworkers.workers.options import TableLimit as TableLimit
     from chworkers.workers.shardinsert import ShardedFuture as ShardedFuture
     from chworkers.workers.supervisor import Supervisor as Supervisor
-    from chworkers.workers.tasks import DeadLetter as DeadLetter
 
 #: Each public name -> the module that defines it, grouped by concept.
 _EXPORTS: dict[str, str] = {
@@ -231,7 +231,7 @@ _EXPORTS: dict[str, str] = {
     "Middleware": "chworkers.workers.middleware",
     "WorkerContext": "chworkers.workers.context",
     "TaskInfo": "chworkers.workers.context",
-    "DeadLetter": "chworkers.workers.tasks",
+    "DeadLetter": "chworkers.workers.deadletter",
     "ShardedFuture": "chworkers.workers.shardinsert",
     # The daemon's dead-letter directory
     "DeadLetters": "chworkers.daemon.deadletter",

@@ -27,8 +27,8 @@ from chworkers.errors import (
     WorkerLostError,
 )
 from chworkers.workers.context import WorkerContext
+from chworkers.workers.deadletter import DeadLetter
 from chworkers.workers.middleware import Middleware
-from chworkers.workers.tasks import DeadLetter
 
 pytestmark = pytest.mark.timeout(60)
 

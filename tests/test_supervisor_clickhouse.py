@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chworkers import EmbeddedClickHouse, Supervisor
 from chworkers.errors import ConfigError, ServerError, TaskError
-from chworkers.workers.tasks import DeadLetter
+from chworkers.workers.deadletter import DeadLetter
 
 pytestmark = pytest.mark.timeout(120)
 

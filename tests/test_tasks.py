@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from chworkers.errors import BatchError, ConfigError, SerializationError, ServerError, TaskError
-from chworkers.workers import channel, tasks
+from chworkers.workers import channel, results, tasks
+from chworkers.workers.deadletter import DeadLetter
 
 
 def _insert(data: Any, column_names: Any = ("a", "b"), token: str | None = None) -> tasks.Task:
@@ -139,33 +140,33 @@ def test_errors_cross_as_task_errors_with_type_and_traceback() -> None:
     try:
         raise ValueError("bad value")
     except ValueError as exc:
-        err = tasks.decode_error(tasks.encode_error(exc))
+        err = results.decode_error(results.encode_error(exc))
     assert isinstance(err, TaskError)
     assert err.error_type == "builtins.ValueError" and "bad value" in str(err)
     assert "raise ValueError" in err.traceback
     assert isinstance(err.__cause__, ValueError)
 
     server = ServerError("no table", code=60, name="UNKNOWN_TABLE")
-    back = tasks.decode_error(tasks.encode_error(server))
+    back = results.decode_error(results.encode_error(server))
     assert type(back) is ServerError and back.code == 60
 
-    odd = tasks.decode_error(tasks.encode_error(_Odd(1, 2)))
+    odd = results.decode_error(results.encode_error(_Odd(1, 2)))
     assert isinstance(odd, TaskError) and odd.error_type.endswith("_Odd") and odd.__cause__ is None
 
 
 def test_results() -> None:
-    assert tasks.decode_result(tasks.encode_result(None)) is None
-    assert tasks.decode_result(tasks.encode_result({"a": [1, 2]})) == {"a": [1, 2]}
-    arr = tasks.decode_result(tasks.encode_result(np.arange(3)))
+    assert results.decode_result(results.encode_result(None)) is None
+    assert results.decode_result(results.encode_result({"a": [1, 2]})) == {"a": [1, 2]}
+    arr = results.decode_result(results.encode_result(np.arange(3)))
     assert list(arr) == [0, 1, 2]
-    bad = tasks.encode_result(i for i in range(2))  # a generator cannot cross
-    err = tasks.decode_error(bad)
+    bad = results.encode_result(i for i in range(2))  # a generator cannot cross
+    err = results.decode_error(bad)
     assert isinstance(err, SerializationError) and err.what == "result"
 
 
 def test_dead_letter_decodes_its_batch() -> None:
     task = _insert([(1, "x")])
-    letter = tasks.DeadLetter(
+    letter = DeadLetter(
         task.id,
         task.kind,
         task.description,

@@ -38,7 +38,7 @@ from chworkers.wording import plural
 from chworkers.workers.middleware import Middleware
 
 if TYPE_CHECKING:
-    from chworkers.workers.tasks import DeadLetter
+    from chworkers.workers.deadletter import DeadLetter
 
 log = logging.getLogger(__name__)
 

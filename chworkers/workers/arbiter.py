@@ -3,7 +3,8 @@
 Modelled on gunicorn's arbiter. :class:`Arbiter` holds everything that changes while a
 supervisor runs: the settings (the one copy of :class:`SupervisorOptions` and the retry
 policy), the task queue and the outcomes, the lease broker, the worker table (in its
-:class:`~chworkers.workers.crew.Crew`), the stop mode and the fatal error. Its loop waits
+:class:`~chworkers.workers.crew.Crew`), the stop mode (its
+:class:`~chworkers.workers.shutdown.Shutdown`) and the fatal error. Its loop waits
 (``poll``) on every worker's result pipe and process sentinel, on the writable task pipes
 and on a wake-up pipe, and then, in order: runs the commands other threads sent, reads
 results, reaps dead workers (re-queueing what they held), kills workers whose heartbeat
@@ -16,7 +17,6 @@ with :meth:`Arbiter.tell` or :meth:`Arbiter.ask`, dispatched by type in one ``ma
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
@@ -50,6 +50,7 @@ from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions, TableLimit
 from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.processes import Processes
+from chworkers.workers.shutdown import Shutdown
 from chworkers.workers.tablelimits import TableLimits
 from chworkers.workers.taskqueue import TaskQueue
 
@@ -84,7 +85,6 @@ class Arbiter:
         self._options = options
         self._retry = retry
         self._state = "new"
-        self._mode: str | None = None  # None, draining, stopping
         self._error: BaseException | None = None
         self.metrics = metrics
         self.middleware = middleware
@@ -92,6 +92,7 @@ class Arbiter:
         self.outcomes = Outcomes(
             metrics, middleware, self.queue, lambda: self._options, lambda: self._retry
         )
+        self._shutdown = Shutdown(self.queue, self.outcomes)
         self.broker: LeaseBroker | ShardLeaseBrokers | None = None
         self.limits = TableLimits(table_limits or {}, metrics)
         self.finished = threading.Event()
@@ -105,7 +106,6 @@ class Arbiter:
         self._crew: Crew | None = None
         self._procs: Processes | None = None
         self._thread: threading.Thread | None = None
-        self._drain_deadline = 0.0
         self._next_check = 0.0
 
     # What other threads may read.
@@ -126,7 +126,7 @@ class Arbiter:
     @property
     def mode(self) -> str | None:
         """None while running normally, then draining, then stopping."""
-        return self._mode
+        return self._shutdown.mode
 
     @property
     def error(self) -> BaseException | None:
@@ -237,14 +237,16 @@ class Arbiter:
         crew = self._crew
         assert crew is not None
         try:
-            while not (self._mode == "stopping" and not crew.workers):
+            while not (self._shutdown.mode == "stopping" and not crew.workers):
                 self._iteration(crew)
         except BaseException as exc:
             log.exception("supervisor loop failed")
             self._error = self._error or exc
             crew.kill_all()
         finally:
-            self._fail_all(self._error or SupervisorStoppedError("the supervisor stopped"))
+            self._shutdown.fail_all(
+                crew, self._error or SupervisorStoppedError("the supervisor stopped")
+            )
             crew.rollout.abandon("the supervisor stopped")
             self._mailbox.refuse()
             self.finished.set()
@@ -270,14 +272,14 @@ class Arbiter:
             self._next_check = now + _CHECK_EVERY
             crew.check(now)
             sharedbuf.sweep()
-            if self._mode is None:
+            if self.mode is None:
                 crew.autoscaler.look(now, self._options)
-        if self._mode is None and self._options.autoscaling:
+        if self.mode is None and self._options.autoscaling:
             crew.autoscaler.notice(now)
         crew.spawn_missing(now)
         crew.rollout.step(now)
         crew.dispatch()
-        self._progress_stop(now)
+        self._shutdown.progress(crew, now)
 
     def _timeout(self, crew: Crew) -> float:
         timeout = _CHECK_EVERY
@@ -315,7 +317,7 @@ class Arbiter:
     def _handle(self, command: Command[Any]) -> object:
         match command:
             case Stop(graceful=graceful, timeout=timeout):
-                self._begin_stop(graceful, timeout)
+                self._shutdown.begin(self._crew, graceful, timeout)
             case Signal(signum=signum):
                 self._on_signal(signum)
             case Reconfigure(changes=changes):
@@ -345,17 +347,17 @@ class Arbiter:
         elif signum == signal.SIGUSR2:
             log.info("%s: restarting the workers one at a time", name)
             self._restart_workers()
-        elif self._mode is None:
+        elif self.mode is None:
             log.info(
                 "%s: draining within %s s, then stopping", name, self._options.graceful_timeout
             )
-            self._begin_stop(True, self._options.graceful_timeout)
+            self._shutdown.begin(self._crew, True, self._options.graceful_timeout)
         else:
             log.info("%s again: stopping now", name)
-            self._begin_stop(False, None)
+            self._shutdown.begin(self._crew, False, None)
 
     def _restart_workers(self) -> Future[int]:
-        if self._crew is None or self._mode is not None:
+        if self._crew is None or self.mode is not None:
             raise SupervisorStoppedError("the supervisor is stopping: no rolling restart")
         return self._crew.rollout.request()
 
@@ -410,56 +412,11 @@ class Arbiter:
 
     # Stopping.
 
-    def _begin_stop(self, graceful: bool, timeout: float | None) -> None:
-        self.queue.close("the supervisor is stopping and accepts no new tasks")
-        if graceful and self._mode is None:
-            self._mode = "draining"
-            self._drain_deadline = time.monotonic() + (math.inf if timeout is None else timeout)
-            in_flight = self._crew.in_flight() if self._crew else 0
-            log.info("draining: %d queued, %d running", len(self.queue), in_flight)
-            if self._crew is not None:
-                # No fresh workers for a supervisor about to stop (those started already
-                # help drain); a worker that dies meanwhile is still replaced.
-                self._crew.rollout.abandon("the supervisor is stopping")
-            return
-        self._stop_workers(fast=not graceful or self._mode == "draining")
-
-    def _stop_workers(self, fast: bool) -> None:
-        self._mode = "stopping"
-        for task in self.queue.clear():
-            self.outcomes.fail(
-                task,
-                SupervisorStoppedError(f"{task.description} was not run: the supervisor stopped"),
-            )
-        if self._crew is not None:
-            self._crew.stop(fast)
-
-    def _progress_stop(self, now: float) -> None:
-        if self._mode != "draining" or self._crew is None:
-            return
-        in_flight = self._crew.in_flight()
-        if not len(self.queue) and not in_flight:
-            self._stop_workers(fast=False)
-        elif now >= self._drain_deadline:
-            log.warning(
-                "graceful timeout: %d queued and %d running %s left; terminating",
-                len(self.queue),
-                in_flight,
-                "task" if len(self.queue) + in_flight == 1 else "tasks",
-            )
-            self._stop_workers(fast=True)
-
     def fatal(self, error: BaseException) -> None:
         """Give up: fail every task and stop the workers (on the loop thread)."""
         log.error("%s", error)
         self._error = self._error or error
         self.queue.close(str(error))
-        self._fail_all(error)
-        self._stop_workers(fast=True)
+        self._shutdown.fail_all(self._crew, error)
+        self._shutdown.stop_workers(self._crew, fast=True)
         self._notify_ready()
-
-    def _fail_all(self, error: BaseException) -> None:
-        for task in self.queue.clear():
-            self.outcomes.fail(task, error)
-        if self._crew is not None:
-            self._crew.fail_held(error)

@@ -3,7 +3,8 @@
 :class:`Crew` starts workers up to the target count (with backoff when they die young,
 giving up instead of crash-looping when they die at boot), reads their messages, reaps
 the dead (re-queueing what they held), kills those whose heartbeat is stale while they
-run a task, retires surplus or recycled ones and hands queued tasks to the least busy.
+run a task, retires surplus or recycled ones and hands queued tasks to the least busy
+(through its :class:`~chworkers.workers.dispatch.Dispatcher`).
 It belongs to the :class:`~chworkers.workers.arbiter.Arbiter`, whose loop thread is the
 only caller of every method here; what it needs of its owner (settings, the stop mode,
 how to give up) it asks through :class:`Owner`.
@@ -17,8 +18,8 @@ import random
 import signal
 import sys
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from chworkers.clickhouse.lease import LeaseBroker
@@ -30,6 +31,7 @@ from chworkers.ops.metrics import Metrics
 from chworkers.workers import channel
 from chworkers.workers.autoscale import Autoscaler
 from chworkers.workers.context import BEAT, BUSY, CURRENT, STATE, Connector
+from chworkers.workers.dispatch import Dispatcher
 from chworkers.workers.mainguard import EXIT_REIMPORTED, reimported_message
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
@@ -38,13 +40,11 @@ from chworkers.workers.processes import STOP_GRACE, Processes, WorkerHandle
 from chworkers.workers.rollout import Rollout
 from chworkers.workers.tablelimits import TableLimits
 from chworkers.workers.taskqueue import TaskQueue
-from chworkers.workers.tasks import Task
 from chworkers.workers.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
 _YOUNG = 1.0  # s: a worker dying sooner counts towards the restart backoff
-_PIPELINE = 0.05  # s of work a worker is sent ahead
 
 
 class Owner(Protocol):
@@ -92,7 +92,7 @@ class Crew:
         self.last_boot_error: str | None = None
         self.young_deaths = 0
         self.next_spawn = 0.0
-        self.task_time = 0.001  # moving average of task run time, sizes prefetch
+        self.dispatcher = Dispatcher(lambda: owner.options, procs, queue, outcomes, limits)
         self.rollout = Rollout(self)
         self.autoscaler = Autoscaler(self, queue, outcomes.metrics, self._waiting_for_connections)
 
@@ -200,7 +200,7 @@ class Crew:
                 self.limits.release(task, now)
                 h.assigned_bytes -= task.nbytes
                 h.done += 1
-                self.task_time += (duration - self.task_time) * 0.05
+                self.dispatcher.observe(duration)
                 self.outcomes.resolve(task, ok, data, duration)
             if delta is not None:
                 h.gauges.update(self.outcomes.apply_delta(delta))
@@ -312,66 +312,10 @@ class Crew:
             if h.ready_at is not None and now - h.ready_at > _YOUNG and self.young_deaths:
                 self.young_deaths = 0
 
-    # Dispatch.
-
-    def _credit(self, h: WorkerHandle, limit: int) -> bool:
-        n = len(h.assigned)
-        if n >= limit or (n and h.assigned_bytes >= self.owner.options.prefetch_bytes):
-            return False
-        return h.max_tasks is None or h.dispatched < h.max_tasks
-
     def dispatch(self) -> None:
-        queue = self.queue
-        if not len(queue) or self.owner.error is not None:
-            return
-        ready = [h for h in self.workers.values() if h.accepts_tasks()]
-        limit = max(2, min(self.owner.options.prefetch, int(_PIPELINE / max(self.task_time, 1e-6))))
-        batches: dict[WorkerHandle, list[Task]] = {}
-        pending: deque[Task] = deque()
-        limits = self.limits
-        now = time.monotonic()
-        if limits and queue.parked:
-            # Held back by their table's limit: the oldest go first once it lets them.
-            for table in queue.parked_tables():
-                pending.extend(queue.unpark(table, limits.room(table, now)))
-        while ready:
-            # The least busy; between equals, the one given least so far: a trickle of
-            # tasks that each find every worker idle is spread, not all sent to the first.
-            best = min(ready, key=lambda h: (len(h.assigned), h.dispatched))
-            if not self._credit(best, limit):
-                ready.remove(best)
-                continue
-            if not pending:
-                # Take what the free credit can absorb in one go (one lock, not one per task).
-                room = sum(max(1, limit - len(h.assigned)) for h in ready)
-                pending.extend(queue.take_many(room))
-                if not pending:
-                    break
-            task = pending.popleft()
-            if limits and not self._admit(task, best, now):
-                continue  # parked until its table's limit lets it start
-            if not self.outcomes.start(task):
-                limits.release(task, now)
-                continue  # cancelled while queued
-            best.assigned[task.id] = task
-            best.assigned_bytes += task.nbytes
-            best.dispatched += 1
-            if best.max_tasks is not None and best.dispatched >= best.max_tasks:
-                best.leaving = "recycled"  # its replacement starts now
-            batches.setdefault(best, []).append(task)
-        if pending:
-            queue.requeue(pending)
-        for h, batch in batches.items():
-            for part in _messages(batch):
-                self.procs.send(h, channel.TASKS, [t.wire() for t in part])
-
-    def _admit(self, task: Task, best: WorkerHandle, now: float) -> bool:
-        """Whether ``task`` may start now on ``best`` (the least busy worker) as its
-        table's limits go; if not, it waits parked."""
-        if self.limits.admit(task, now, idle=not best.assigned):
-            return True
-        self.queue.park(task)
-        return False
+        """Hand queued tasks to the workers that have room for them."""
+        if self.owner.error is None:
+            self.dispatcher.dispatch(self.workers.values())
 
     def configure(self, settings: dict[str, Any]) -> None:
         """Send changed settings to the workers that run (new ones start with them)."""
@@ -437,19 +381,3 @@ def _exit_reason(h: WorkerHandle, booted: bool, exitcode: int | None) -> str:
     if exitcode == 0 and h.leaving is not None:
         return h.leaving  # recycled or stopped, as asked
     return "crashed"  # even if it was about to be recycled
-
-
-def _messages(batch: list[Task]) -> Iterator[list[Task]]:
-    """``batch`` cut into messages of at most a pipe-full of bytes (or one task): a worker
-    starts its first task once that task's message is read, not once the whole batch is."""
-    part: list[Task] = []
-    size = 0
-    for task in batch:
-        piped = task.piped_bytes()
-        if part and size + piped > channel.PIPE_SIZE:
-            yield part
-            part, size = [], 0
-        part.append(task)
-        size += piped
-    if part:
-        yield part

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from chworkers.workers.context import TaskInfo, WorkerContext
-from chworkers.workers.tasks import DeadLetter
+from chworkers.workers.deadletter import DeadLetter
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,14 @@ from chworkers.errors import (
 )
 from chworkers.ops.metrics import Metrics
 from chworkers.wording import plural
-from chworkers.workers import tasks
+from chworkers.workers import results, tasks
 from chworkers.workers.context import TaskInfo
+from chworkers.workers.deadletter import DeadLetter
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
 from chworkers.workers.recorder import MetricsDelta, apply_delta
 from chworkers.workers.taskqueue import TaskQueue
-from chworkers.workers.tasks import DeadLetter, Task
+from chworkers.workers.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,9 @@ class Outcomes:
         error: BaseException | None = None
         value: Any = None
         try:
-            value = tasks.decode_result(data) if ok else None
+            value = results.decode_result(data) if ok else None
             if not ok:
-                error = tasks.decode_error(data)
+                error = results.decode_error(data)
         except Exception as exc:
             error = SerializationError(
                 f"cannot read the result of {task.description}: {exc}",

@@ -7,7 +7,9 @@ puts it on the bounded queue and gets a :class:`concurrent.futures.Future`. Ever
 else the supervisor has (settings, queue, workers, outcomes) belongs to its owner, the
 :class:`~chworkers.workers.arbiter.Arbiter`, whose loop dispatches tasks and resolves
 the futures; the lifecycle methods here (start, stop, drain, scale, reconfigure, stats)
-send it typed commands (:mod:`chworkers.workers.commands`) or wait for it.
+send it typed commands (:mod:`chworkers.workers.commands`) or wait for it. How it is
+watched (health, the metrics endpoint, readiness) is
+:class:`~chworkers.workers.observing.Observing`'s.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError
 from chworkers.ops.exposition import MetricsEndpoint
-from chworkers.ops.health import Health, Level, Report
+from chworkers.ops.health import Health, Level
 from chworkers.ops.metrics import Metrics
 from chworkers.timeouts import DEFAULT, Timeout
 from chworkers.workers import forkserver, mainguard
@@ -49,7 +51,9 @@ from chworkers.workers.commands import (
     SyncLogLevels,
 )
 from chworkers.workers.context import Connector
+from chworkers.workers.deadletter import DeadLetter
 from chworkers.workers.middleware import DeadLetterCallback, Middleware
+from chworkers.workers.observing import Observing
 from chworkers.workers.options import (
     SupervisorOptions,
     TableLimit,
@@ -61,7 +65,6 @@ from chworkers.workers.producer import Producer
 from chworkers.workers.producing import Producing
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.tablelimits import coerce_limits
-from chworkers.workers.tasks import DeadLetter
 from chworkers.workers.workerpool import PoolConnector
 
 if TYPE_CHECKING:
@@ -79,7 +82,7 @@ EXIT_WORKER_BOOT = 4
 ClickHouseTarget = str | ConnectionConfig | Mapping[str, object]
 
 
-class Supervisor(Producing):
+class Supervisor(Producing, Observing):
     """Runs tasks in worker processes that share one bounded ClickHouse connection budget.
 
     ``clickhouse`` is the connection options (URL, ``ConnectionConfig`` or mapping) that
@@ -219,7 +222,7 @@ class Supervisor(Producing):
                 self._signals = SignalInbox(lambda signum: owner.tell(Signal(signum)))
                 self._signals.install()
             if opts.metrics_port is not None:
-                self.endpoint = self._serve_metrics()
+                self.endpoint = self._serve_metrics(opts)
         except BaseException:
             if self._signals is not None:
                 self._signals.restore()
@@ -240,31 +243,6 @@ class Supervisor(Producing):
             self.stop(graceful=False)
             raise
         return self
-
-    def _serve_metrics(self) -> MetricsEndpoint:
-        opts = self.options
-        observer = self.metrics.http_endpoint("metrics")
-        try:
-            endpoint = MetricsEndpoint(
-                self.registry,
-                host=opts.metrics_host,
-                port=opts.metrics_port or 0,
-                limits=opts.metrics_limits,
-                refresh=self._probes.refresh,
-                healthy=self._probes.healthy,
-                ready=self._probes.ready,
-                on_refusal=observer.on_refusal,
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {opts.metrics_host}:{opts.metrics_port}: {exc}",
-                key="metrics_port",
-                value=opts.metrics_port,
-                expected="a free port on metrics_host (0 picks one)",
-            ) from exc
-        observer.connections = lambda: endpoint.connections
-        self.add_refresh(observer.refresh)
-        return endpoint
 
     def __enter__(self) -> Supervisor:
         return self.start()
@@ -376,35 +354,6 @@ class Supervisor(Producing):
         """Copy this process's log levels into the running workers, after changing them
         (the daemon does on SIGHUP); workers started later copy them when they start."""
         self._owner.ask(SyncLogLevels())
-
-    def ready_when(self, check: Callable[[], str | None]) -> None:
-        """Make ``/readyz`` answer what ``check`` says instead of waiting for a ready
-        worker: ``check()`` returns None when ready, or why not. The supervisor's own
-        conditions still apply (started, not stopping, its health not failing). The
-        daemon uses it: it accepts data before its workers are up (docs/daemon.md)."""
-        self._probes.gate = check
-
-    def add_refresh(self, refresh: Callable[[], None]) -> None:
-        """Call ``refresh`` before every scrape of ``/metrics``, to set gauges that describe
-        the present (the daemon's spool size and age); it must be quick."""
-        self._probes.refreshers.append(refresh)
-
-    def health(self) -> Report:
-        """The health report ``/healthz`` serves: the supervisor's own problems (its loop,
-        the lease broker) and those of whatever else was added to :attr:`health_checks`.
-
-        A program embedding the supervisor (the daemon, for its systemd watchdog and
-        ``STATUS=``) asks this, and adds its own components with ``health_checks.add``.
-        """
-        return self.health_checks.check()
-
-    def problems(self) -> list[str]:
-        """The supervisor's own problems; each means a restart is needed (failing)."""
-        return self._probes.problems()
-
-    @property
-    def metrics_url(self) -> str | None:
-        return f"{self.endpoint.url}/metrics" if self.endpoint is not None else None
 
     def _loop_exited(self) -> None:
         """On the loop thread, once it ended."""

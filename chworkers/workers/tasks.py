@@ -1,89 +1,33 @@
 """Tasks as bytes: what a producer hands the supervisor and a worker runs.
 
 A task is encoded once, in the producer's thread, and travels as bytes: the supervisor
-queues, re-queues and dispatches it without looking inside. Batches of rows are pickled
-with protocol 5 (the stdlib C pickler); columnar batches (numpy arrays, pandas, Arrow)
-keep their buffers out of band so they cross the pipe without being copied into the
-pickle. ``benchmarks/bench_supervisor.py`` measures this against Arrow IPC, ClickHouse
-Native and dill: dill is ~15x slower than pickle for rows and only functions need it.
-
-Functions are pickled by reference when they can be (module-level functions); lambdas
-and closures fall back to dill, which pickles them by value, which is why tasks may be
-closures.
+queues, re-queues and dispatches it without looking inside. Its data is pickled as
+:mod:`chworkers.workers.pickling` says (protocol 5 with buffers out of band, dill for
+closures); large buffers go through shared memory (:mod:`chworkers.workers.sharedbuf`).
+What comes back is :mod:`chworkers.workers.results`'; what the dead-letter hook gets,
+:mod:`chworkers.workers.deadletter`'s.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
-import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import dill  # type: ignore[import-untyped]
 
 from chworkers.clickhouse import columnar, dedup
 from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
 from chworkers.clickhouse.schema import Evolve
-from chworkers.errors import (
-    BatchError,
-    ChworkersError,
-    ConfigError,
-    SerializationError,
-    TaskError,
-)
+from chworkers.errors import BatchError, ConfigError
 from chworkers.workers import sharedbuf
+from chworkers.workers.pickling import dumps, loads
 
 _NONE: list[pickle.PickleBuffer | sharedbuf.SharedRef] = []
 
 INSERT = "insert"  # a batch into a table, with a leased connection
 SUBMIT = "submit"  # fn(conn, *args, **kwargs) with a leased connection
 CALL = "call"  # fn(*args, **kwargs), no connection
-
-_PICKLE = 0
-_DILL = 1
-
-
-def dumps(obj: Any, *, what: str) -> tuple[bytes, list[bytes]]:
-    """Pickle ``obj`` (protocol 5, buffers out of band), falling back to dill."""
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        data = bytes([_PICKLE]) + pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        buffers.clear()
-        try:
-            data = bytes([_DILL]) + dill.dumps(obj, protocol=5, buffer_callback=buffers.append)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot serialize the {what} for a worker process: {type(exc).__name__}: {exc}",
-                what=what,
-                error_type=type(exc).__name__,
-            ) from exc
-    # Copy the out-of-band buffers now (the caller may reuse its arrays once we return),
-    # except bytes, which nobody can change.
-    return data, [_frozen(b.raw()) for b in buffers]
-
-
-def _frozen(view: memoryview) -> bytes:
-    return view.obj if type(view.obj) is bytes and view.nbytes == len(view.obj) else view.tobytes()
-
-
-def loads(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
-    view = memoryview(data)
-    if view[0] == _DILL:
-        unpickler = dill.Unpickler(io.BytesIO(view[1:]), buffers=buffers)
-        # dill pickles the globals of a function from the main script by reference, to
-        # "the __main__ module", which it looks up in the module it found as __main__
-        # when it was imported. A worker imports dill (in the fork server) before it
-        # imports the program's main module again, so that was the fork server's, and a
-        # lambda using a global of the script (a constant, a function) failed with
-        # NameError. The main module as it is now is the script's.
-        unpickler._main = sys.modules.get("__main__", unpickler._main)
-        return unpickler.load()
-    return pickle.loads(view[1:], buffers=buffers)
 
 
 @dataclass(eq=False, slots=True)
@@ -346,92 +290,3 @@ def decode_call(
     """The function, its arguments and the shard it runs on (None: not sharded)."""
     fn, args, kwargs, shard = loads(payload, sharedbuf.resolve(buffers))
     return fn, args, kwargs, shard
-
-
-# Results and errors, worker -> supervisor.
-
-
-def encode_result(value: Any) -> bytes:
-    if value is None:
-        return b""
-    try:
-        data, buffers = dumps(value, what="result")
-    except SerializationError as exc:
-        return encode_error(exc)
-    if buffers:  # results are small; keep them in band
-        data = bytes([_PICKLE]) + pickle.dumps(value, protocol=5)
-    return data
-
-
-def decode_result(data: bytes) -> Any:
-    return loads(data) if data else None
-
-
-def as_task_error(exc: BaseException) -> ChworkersError:
-    """What a future resolves to when a task raised ``exc`` in a worker."""
-    if isinstance(exc, ChworkersError):
-        return exc
-    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    err = TaskError(
-        f"{type(exc).__name__}: {exc}",
-        error_type=kind,
-        traceback="".join(traceback.format_exception(exc)),
-    )
-    err.__cause__ = exc
-    return err
-
-
-def encode_error(exc: BaseException) -> bytes:
-    """Pickle the error a task raised; the original rides along as ``__cause__`` when it can."""
-    err = as_task_error(exc)
-    cause = err.__cause__ if err is not exc else None
-    try:
-        return pickle.dumps((err, cause), protocol=5)
-    except Exception:
-        try:
-            return pickle.dumps((err, None), protocol=5)
-        except Exception as inner:  # an error whose context attributes do not pickle
-            plain = TaskError(str(err), error_type=type(err).__name__, traceback=repr(inner))
-            return pickle.dumps((plain, None), protocol=5)
-
-
-def decode_error(data: bytes) -> BaseException:
-    err, cause = pickle.loads(data)
-    if cause is not None:
-        err.__cause__ = cause
-    return err  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A task that failed for good, handed to the dead-letter hook.
-
-    ``reason`` is ``"error"`` (a non-retryable error), ``"crashed"`` or ``"hung"`` (it
-    took its worker down too often). ``batch()`` decodes an insert's data: the rows,
-    columns or DataFrame as given, or (form ``"raw"``) the bytes in format ``fmt``: what
-    ``insert_raw`` was given, the Native block ``insert`` encoded, or the ``ArrowStream``
-    an Arrow batch became (``pyarrow.ipc.open_stream(spec.data).read_all()`` reads it).
-    """
-
-    task_id: int
-    kind: str
-    description: str
-    error: BaseException
-    reason: str
-    table: str | None = None
-    rows: int = 0
-    token: str | None = None
-    payload: bytes = field(default=b"", repr=False)
-    buffers: tuple[bytes, ...] = field(default=(), repr=False)
-
-    def batch(self) -> InsertSpec:
-        """The insert's data, decoded; a :class:`~chworkers.errors.ConfigError` for the
-        letter of a task that was not an insert (``kind`` says which)."""
-        if self.kind != INSERT:
-            raise ConfigError(
-                f"dead letter {self.task_id} is a {self.kind} task, not an insert: it has no batch",
-                key="kind",
-                value=self.kind,
-                expected=INSERT,
-            )
-        return decode_insert(self.payload, self.buffers)

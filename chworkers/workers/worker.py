@@ -33,7 +33,7 @@ from typing import Any
 from chworkers.ops import workerlogs
 from chworkers.pids import alive
 from chworkers.wording import plural
-from chworkers.workers import channel, tasks
+from chworkers.workers import channel
 from chworkers.workers.context import (
     BEAT,
     BUSY,
@@ -51,6 +51,7 @@ from chworkers.workers.execute import execute as execute
 from chworkers.workers.execute import insert as insert
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.recycle import MemoryWatch
+from chworkers.workers.results import encode_error, encode_result
 from chworkers.workers.signals import HANDLED
 from chworkers.workers.workerpool import PoolConnector as PoolConnector
 from chworkers.workers.workerpool import RecordingHooks as RecordingHooks
@@ -349,9 +350,9 @@ class _Loop:
         beat[CURRENT] = -1
         beat[BEAT] = time.monotonic()
         if error is None:
-            self.results.append((task_id, True, tasks.encode_result(result), duration))
+            self.results.append((task_id, True, encode_result(result), duration))
         else:
-            self.results.append((task_id, False, tasks.encode_error(error), duration))
+            self.results.append((task_id, False, encode_error(error), duration))
         if len(self.results) == 1:
             self.first_unsent = started
         if (

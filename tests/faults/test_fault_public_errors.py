@@ -37,6 +37,7 @@ from chworkers import (
 from chworkers.daemon.ticket import Ticket
 from chworkers.ops.systemd import Notifier, Watchdog
 from chworkers.workers import tasks
+from chworkers.workers.deadletter import DeadLetter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +62,7 @@ def test_a_task_function_that_is_not_callable_is_a_config_error() -> None:
 
 
 def test_the_batch_of_a_call_letter_is_a_config_error() -> None:
-    letter = tasks.DeadLetter(
+    letter = DeadLetter(
         task_id=7, kind=tasks.CALL, description="f()", error=ValueError("x"), reason="error"
     )
     with pytest.raises(ConfigError, match="not an insert") as info:

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 import multiprocess
 import pytest
 
-from chworkers.workers import channel, crew, tasks
+from chworkers.workers import channel, dispatch, tasks
 from chworkers.workers.context import HEARTBEAT_SLOTS, WorkerContext
 from chworkers.workers.worker import WorkerSpec, _Loop
 
@@ -44,13 +44,13 @@ def test_a_task_pipe_holds_a_pipe_full_of_tasks() -> None:
 
 def test_a_burst_is_cut_into_messages_of_a_pipe_full() -> None:
     burst = [_task(n, 300_000) for n in range(1, 41)]  # 12 MB
-    parts = list(crew._messages(burst))
+    parts = list(dispatch._messages(burst))
     assert [t.id for part in parts for t in part] == list(range(1, 41))
     assert len(parts) > 1
     for part in parts:
         assert len(part) == 1 or sum(t.piped_bytes() for t in part) <= channel.PIPE_SIZE
     small = [_task(n, 10) for n in range(1, 1001)]
-    assert len(list(crew._messages(small))) == 1  # tiny tasks still go together
+    assert len(list(dispatch._messages(small))) == 1  # tiny tasks still go together
 
 
 def test_the_worker_reads_up_to_the_first_tasks_then_runs_them() -> None:
