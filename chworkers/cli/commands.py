@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import glob
 import json
+import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,7 +25,7 @@ from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
 from chworkers.daemon.clickhousesettings import EMBEDDED
 from chworkers.daemon.config import DaemonSettings
-from chworkers.errors import ChworkersError, ConfigError
+from chworkers.errors import ChworkersError, ConfigError, RetriesExhaustedError
 from chworkers.ops import logs
 from chworkers.settings import flags
 from chworkers.wording import plural
@@ -170,9 +172,10 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     missing = 0
     try:
         try:
-            version = pool.with_connection(lambda c: c.command("SELECT version()"))
+            with _said_by_check():
+                version = pool.with_connection(lambda c: c.command("SELECT version()"))
         except ChworkersError as exc:
-            print(f"clickhouse: {conn.url} DOES NOT ANSWER: {str(exc).splitlines()[0][:200]}")
+            print(f"clickhouse: {conn.url} DOES NOT ANSWER{_why(exc)}")
             return 1
         print(f"clickhouse: {conn.url} answers (version {version})")
         tables = pool.with_connection(
@@ -215,6 +218,35 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     return 1 if missing else 0
 
 
+@contextlib.contextmanager
+def _said_by_check() -> Iterator[None]:
+    """Around the first request to a ClickHouse: the pool's warnings about its failure
+    ("host marked down", "giving up") say again what `check` prints right after, in a
+    line of its own; they are kept for --log-level DEBUG."""
+    logger = logging.getLogger("chworkers.clickhouse")
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _why(exc: ChworkersError) -> str:
+    """Why a ClickHouse did not answer `check`'s one attempt: the error itself, not the
+    retry policy's "giving up after 1 attempt(s)" around it."""
+    if isinstance(exc, RetriesExhaustedError) and exc.last_error is not None:
+        attempts = exc.attempts
+        cause: BaseException = exc.last_error
+        where = f" ({plural(attempts, 'attempt')})"
+    else:
+        cause, where = exc, ""
+    return f"{where}: {str(cause).splitlines()[0][:200]}"
+
+
 def _doubling_views(conn: Any, table: str) -> list[tuple[str, str, str]]:
     """The materialized views fed by ``table`` whose targets do not deduplicate."""
     from chworkers.clickhouse.views import undeduplicated_views
@@ -247,7 +279,8 @@ def _check_shards(cfg: config_module.Config) -> int:
             pool = ConnectionPool(conn, options)
             where = f"  shard {index} replica {redact_url(url)}"
             try:
-                version = pool.with_connection(lambda c: c.command("SELECT version()"))
+                with _said_by_check():
+                    version = pool.with_connection(lambda c: c.command("SELECT version()"))
                 states = []
                 for p in cfg.pipelines:
                     exists = pool.with_connection(
@@ -263,7 +296,7 @@ def _check_shards(cfg: config_module.Config) -> int:
                         failed = 1
                 print(f"{where}: answers (version {version}); " + (", ".join(states) or "-"))
             except ChworkersError as exc:
-                print(f"{where}: DOES NOT ANSWER: {str(exc).splitlines()[0][:200]}")
+                print(f"{where}: DOES NOT ANSWER{_why(exc)}")
                 failed = 1
             finally:
                 pool.close()

@@ -2,8 +2,10 @@
 
 One client per connection, on an HTTP pool of its own (one socket, so a connection is one
 TCP connection the pool can count), with the exact timeouts (clickhouse-connect rounds
-them down to whole seconds), no retries of its own (the retry policy is the one retry
-layer: the driver would repeat an insert on a reset connection, token or not), and the
+them down to whole seconds), no retries of its own nor urllib3's (the retry policy is
+the one retry layer: the driver would repeat an insert on a reset connection, token or
+not, and urllib3 retried a failed connect once, which doubled the wait for a host that
+does not answer and logged a "Retrying (Retry(total=0, ...))" warning each time), and the
 HTTP status of an error response kept on the exception for
 :func:`~chworkers.clickhouse.translate.translate_error`. Its "Unexpected Http Driver
 Exception" warning, which says less than the error chworkers logs right after, is filtered.
@@ -49,11 +51,24 @@ class _DriverDuplicates(logging.Filter):
 logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
 
 
+class _NoRetries(PoolManager):
+    """A pool manager on which urllib3 never retries: clickhouse-connect asks it for one
+    retry per request (``http_retries``, 1 for the requests its constructor sends, before
+    the property can be set), and a connect failure was then tried twice, each time with
+    the whole ``connect_timeout``, behind the retry policy's back. ``retries=False`` also
+    hands a redirect back as it is, and raises urllib3's error itself (no MaxRetryError
+    around it), which :func:`translate_error` reads alike."""
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+        kw["retries"] = False
+        return super().urlopen(method, url, redirect, **kw)
+
+
 def open_client(host: Host, cfg: ConnectionConfig) -> tuple[Client, PoolManager]:
     """A client of ``host`` on a pool manager of its own; the driver's errors as raised
     (the caller translates them)."""
     options = get_pool_manager_options(verify=cfg.verify, maxsize=1, num_pools=1)
-    http = PoolManager(**options)
+    http = _NoRetries(**options)
     try:
         client: Any = clickhouse_connect.get_client(
             host=host.host,
