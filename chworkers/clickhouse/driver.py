@@ -34,7 +34,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.httputil import get_pool_manager_options
-from urllib3 import PoolManager, Timeout
+from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
 
@@ -59,7 +59,9 @@ class _NoRetries(PoolManager):
     hands a redirect back as it is, and raises urllib3's error itself (no MaxRetryError
     around it), which :func:`translate_error` reads alike."""
 
-    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+    def urlopen(  # type: ignore[override]  # PoolManager's own signature, as it declares it
+        self, method: str, url: str, redirect: bool = True, **kw: Any
+    ) -> BaseHTTPResponse:
         kw["retries"] = False
         return super().urlopen(method, url, redirect, **kw)
 

@@ -48,4 +48,3 @@ def test_check_of_a_dead_clickhouse_prints_one_line_and_no_warnings(tmp_path: Pa
     debug = _check(tmp_path, f"http://127.0.0.1:{port}/default", "--log-level", "DEBUG")
     assert "marked down" in debug.stderr
     assert "Retrying (Retry(" not in debug.stderr
-
