@@ -180,7 +180,7 @@ if TYPE_CHECKING:
     from chworkers.ops.systemd import (
         Notifier as Notifier,
     )
-    from chworkers.ops.systemd import (
+    from chworkers.ops.watchdog import (
         Watchdog as Watchdog,
     )
     from chworkers.workers.commands import SupervisorStats as SupervisorStats
@@ -241,7 +241,7 @@ _EXPORTS: dict[str, str] = {
     "Metrics": "chworkers.ops.metrics",
     "HttpLimits": "chworkers.http.limits",
     "Notifier": "chworkers.ops.systemd",
-    "Watchdog": "chworkers.ops.systemd",
+    "Watchdog": "chworkers.ops.watchdog",
     # Errors: one tree under ChworkersError
     "ChworkersError": "chworkers.errors",
     "ColumnarFileError": "chworkers.errors",

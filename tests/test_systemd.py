@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from chworkers.ops import systemd
-from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog, format_status
+from chworkers.ops.statusline import format_status
+from chworkers.ops.systemd import Notifier
+from chworkers.ops.watchdog import Heartbeat, Watchdog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -382,7 +384,7 @@ def test_a_raising_health_check_counts_as_unhealthy(
         return True
 
     watchdog = Watchdog(notifier, check, interval=60)
-    with caplog.at_level(logging.INFO, logger="chworkers.ops.systemd"):
+    with caplog.at_level(logging.INFO, logger="chworkers.ops.watchdog"):
         assert not watchdog.ping_if_healthy()
         assert not watchdog.ping_if_healthy()
         assert watchdog.ping_if_healthy()

@@ -39,7 +39,8 @@ from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.totals import Totals
 from chworkers.errors import ChworkersError, WorkerBootError
 from chworkers.ops.health import Level, Report, Stall
-from chworkers.ops.systemd import Heartbeat, Notifier, Watchdog
+from chworkers.ops.systemd import Notifier
+from chworkers.ops.watchdog import Heartbeat, Watchdog
 from chworkers.wording import plural
 from chworkers.workers.options import SupervisorOptions
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chworkers.ops.systemd import format_status
+from chworkers.ops.statusline import format_status
 from chworkers.wording import plural
 
 __all__ = ["Totals", "per_second"]

@@ -35,7 +35,8 @@ from chworkers import (
     TaskInfo,
 )
 from chworkers.daemon.ticket import Ticket
-from chworkers.ops.systemd import Notifier, Watchdog
+from chworkers.ops.systemd import Notifier
+from chworkers.ops.watchdog import Watchdog
 from chworkers.workers import tasks
 from chworkers.workers.deadletter import DeadLetter
 
