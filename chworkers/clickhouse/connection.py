@@ -22,17 +22,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.compression import get_compressor
 from clickhouse_connect.driver.query import QueryResult
 from clickhouse_connect.driver.summary import QuerySummary
 from urllib3 import PoolManager
 
 from chworkers import timeouts
-from chworkers.clickhouse import dedup, driver, epochs, native, views
-from chworkers.clickhouse.columnar import numpy_columns
+from chworkers.clickhouse import driver, sendinsert
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
-from chworkers.clickhouse.insertmode import insert_settings
-from chworkers.clickhouse.translate import bad_value, translate_error
+from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
     ChworkersError,
     ConfigError,
@@ -147,7 +144,7 @@ class Connection:
         **kwargs: object,
     ) -> QueryResult:
         """Run a query; returns clickhouse-connect's ``QueryResult``. Reads are idempotent."""
-        with self._call(sql, idempotent=True):
+        with self.calling(sql, idempotent=True):
             result: QueryResult = self._client.query(
                 sql, parameters=parameters, settings=_dict(settings), **kwargs
             )
@@ -157,7 +154,7 @@ class Connection:
         self, sql: str, parameters: Parameters = None, settings: Mapping[str, object] | None = None
     ) -> pandas.DataFrame:
         """Run a query and return a pandas DataFrame."""
-        with self._call(sql, idempotent=True):
+        with self.calling(sql, idempotent=True):
             frame: pandas.DataFrame = self._client.query_df(
                 sql, parameters=parameters, settings=_dict(settings)
             )
@@ -167,7 +164,7 @@ class Connection:
         self, sql: str, parameters: Parameters = None, settings: Mapping[str, object] | None = None
     ) -> pyarrow.Table:
         """Run a query and return a pyarrow Table."""
-        with self._call(sql, idempotent=True):
+        with self.calling(sql, idempotent=True):
             table: pyarrow.Table = self._client.query_arrow(
                 sql, parameters=parameters, settings=_dict(settings)
             )
@@ -189,7 +186,7 @@ class Connection:
         """
         if idempotent is None:
             idempotent = bool(_READ_ONLY_RE.match(sql))
-        with self._call(sql, idempotent=idempotent):
+        with self.calling(sql, idempotent=idempotent):
             result: str | int | Sequence[str] | QuerySummary = self._client.command(
                 sql, parameters=parameters, settings=_dict(settings)
             )
@@ -215,80 +212,16 @@ class Connection:
         table and the batch's content), so repeating it after a lost response is harmless
         on tables that deduplicate (see :mod:`chworkers.clickhouse.dedup`).
         """
-        batch = dedup.normalize(data, column_names, column_oriented, table=table)
-        opts = dict(settings or {})
-        token = deduplication_token or opts.get("insert_deduplication_token")
-        if database is None and batch.kind in ("rows", "columns"):
-            # Native first: one encoding serves as the request body and as the content
-            # the token is derived from (hashing bytes is ~100x cheaper than pickling rows).
-            block = native.block(self, table, batch.data, batch.column_names, batch.column_oriented)
-            if block is not None:
-                body, names = block
-                if not token:
-                    token = dedup.content_token(
-                        f"{self.config.database or ''}\0{table}", f"Native\0{names}", (body,)
-                    )
-                try:
-                    return self.raw_insert(
-                        table,
-                        body,
-                        fmt="Native",
-                        column_names=names,
-                        settings=opts,
-                        deduplication_token=str(token),
-                        compress=True,
-                    )
-                except ServerError:
-                    native.forget(self, table)  # the table may have changed under us
-                    raise
-        if not token:
-            token = dedup.derive_token(database or self.config.database, table, batch)
-        opts = insert_settings(
-            {**self.config.settings, **opts},
-            token=str(token),
-            known=self.knows_setting,
-            table=table,
+        return sendinsert.insert_data(
+            self,
+            table,
+            data,
+            column_names,
+            database=database,
+            column_oriented=column_oriented,
+            settings=settings,
+            deduplication_token=deduplication_token,
         )
-        what = f"INSERT INTO {table} ({batch.kind}, token {token})"
-        with self._call(what, idempotent=True):
-            dedup.check_window(self, database, table)
-            views.check(self, database, table)
-            args: dict[str, Any] = {"database": database, "settings": opts}
-            summary: QuerySummary
-            if batch.kind == "pandas":
-                summary = self._client.insert_df(
-                    table, batch.data, column_names=batch.column_names, **args
-                )
-            elif batch.kind == "arrow":
-                summary = self._client.insert_arrow(table, batch.data, **args)
-            elif batch.column_oriented and any(map(_is_datetime64, batch.data)):
-                # clickhouse-connect cannot write datetime64 arrays: convert them by the
-                # column types (the query clickhouse-connect's insert would make anyway).
-                ctx = self._client.create_insert_context(
-                    table, batch.column_names or "*", column_oriented=True, **args
-                )
-                columns, formats = numpy_columns(
-                    ctx.column_names, ctx.column_types, batch.data, table=table
-                )
-                ctx.column_formats.update(formats)
-                ctx.data = columns
-                summary = self._client.data_insert(ctx)
-            else:
-                ctx = self._client.create_insert_context(
-                    table,
-                    batch.column_names or "*",
-                    column_oriented=batch.column_oriented,
-                    data=batch.data,
-                    **args,
-                )
-                try:
-                    summary = self._client.data_insert(ctx)
-                except Exception as exc:
-                    error = bad_value(table, ctx, exc, endpoint=self.endpoint)
-                    if error is None:
-                        raise
-                    raise error from exc
-        return summary
 
     def raw_insert(
         self,
@@ -309,41 +242,16 @@ class Connection:
         codec (its ``compress`` option, lz4 or zstd), as ``insert`` sends rows. Returns
         clickhouse-connect's ``QuerySummary``.
         """
-        # The connection's own settings count as the caller's (async_insert=1 in the DSN
-        # makes its inserts asynchronous, not overridden by the synchronous default).
-        opts = insert_settings(
-            {**self.config.settings, **(settings or {})},
-            token=deduplication_token,
-            known=self.knows_setting,
-            table=table,
+        return sendinsert.insert_bytes(
+            self,
+            table,
+            data,
+            fmt=fmt,
+            column_names=column_names,
+            settings=settings,
+            deduplication_token=deduplication_token,
+            compress=compress,
         )
-        data = epochs.prepare(self, table, bytes(data), fmt, opts) if fmt == "JSONEachRow" else data
-        size = memoryview(data).nbytes
-        what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
-        # clickhouse-connect puts the statement in front of bytes (a copy of the whole
-        # body); a large body goes as it is, the statement in the URL.
-        block: bytes | bytearray | memoryview = memoryview(data) if size >= _BODY_AS_IS else data
-        with self._call(what, idempotent=True):
-            dedup.check_window(self, None, table)
-            views.check(self, None, table)
-            codec = getattr(self._client, "write_compression", None) if compress else None
-            if codec in ("lz4", "zstd"):
-                block = get_compressor(codec).compress_block(block)
-            else:
-                codec = None
-            try:
-                summary: QuerySummary = self._client.raw_insert(
-                    table,
-                    column_names=column_names,
-                    insert_block=block,
-                    settings=opts,
-                    fmt=fmt,
-                    compression=codec,
-                )
-            except Exception:
-                epochs.forget(self, table)  # the table may have changed under us
-                raise
-        return summary
 
     def knows_setting(self, name: str) -> bool:
         """Whether setting ``name`` may be sent: the server has it and this user may change
@@ -415,10 +323,12 @@ class Connection:
             self._open()
 
     @contextmanager
-    def _call(self, sql: str, *, idempotent: bool) -> Iterator[None]:
+    def calling(self, what: str, *, idempotent: bool) -> Iterator[None]:
+        """The context an operation ``what`` (its SQL, or a description) runs in: the
+        client opened in this process, its errors translated, the last use stamped."""
         self._ensure_process()
         try:
-            with self._translating(sql, idempotent=idempotent):
+            with self._translating(what, idempotent=idempotent):
                 yield
         finally:
             self.last_used_at = time.monotonic()
@@ -439,14 +349,6 @@ class Connection:
             ):
                 self.broken = True  # a gateway error: let the pool try another host
             raise err from exc
-
-
-#: Raw insert bodies from this size on are sent without a copy (see ``raw_insert``).
-_BODY_AS_IS = 1 << 20
-
-
-def _is_datetime64(column: Any) -> bool:
-    return getattr(getattr(column, "dtype", None), "kind", None) == "M"
 
 
 def _dict(settings: Mapping[str, object] | None) -> dict[str, Any] | None:
