@@ -384,7 +384,7 @@ def test_a_raising_health_check_counts_as_unhealthy(
         return True
 
     watchdog = Watchdog(notifier, check, interval=60)
-    with caplog.at_level(logging.INFO, logger="chworkers.ops.watchdog"):
+    with caplog.at_level(logging.INFO, logger="chworkers.ops.systemd"):
         assert not watchdog.ping_if_healthy()
         assert not watchdog.ping_if_healthy()
         assert watchdog.ping_if_healthy()

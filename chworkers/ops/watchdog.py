@@ -21,7 +21,8 @@ from types import TracebackType
 from chworkers.errors import ConfigError
 from chworkers.ops.systemd import Notifier
 
-log = logging.getLogger(__name__)
+#: systemd's logger, as before the watchdog had its own module (log filters keep working).
+log = logging.getLogger("chworkers.ops.systemd")
 
 
 class Heartbeat:
