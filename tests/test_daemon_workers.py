@@ -17,7 +17,8 @@ from daemonthread import Running, daemon_config, lines
 from faultproxy import FaultProxy
 
 from chworkers import TableLimit
-from chworkers.daemon.pipelines import PipelineSettings, table_limits
+from chworkers.daemon.pipelinelist import table_limits
+from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.embedded import EmbeddedClickHouse
 
 pytestmark = pytest.mark.timeout(120)

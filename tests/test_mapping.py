@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chworkers.daemon.mapping import FieldMapper
-from chworkers.daemon.pipelines import build_pipelines
+from chworkers.daemon.pipelinelist import build_pipelines
 from chworkers.errors import ConfigError
 
 

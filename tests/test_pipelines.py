@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
+from chworkers.daemon.pipelinelist import build_pipelines
+from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.errors import ConfigError
 
 

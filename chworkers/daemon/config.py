@@ -24,7 +24,8 @@ from typing import Any
 from chworkers.daemon.clickhousesettings import ClickHouseSettings
 from chworkers.daemon.envnames import unknown_variables
 from chworkers.daemon.options import HttpSettings, PartsSettings, SpoolSettings
-from chworkers.daemon.pipelines import PipelineSettings, build_pipelines
+from chworkers.daemon.pipelinelist import build_pipelines
+from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
 from chworkers.ops.logs import LogSettings

@@ -21,7 +21,7 @@ from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
 from chworkers.daemon.intake import Intake
 from chworkers.daemon.partspressure import PartsPressure
-from chworkers.daemon.pipelines import table_limits
+from chworkers.daemon.pipelinelist import table_limits
 from chworkers.daemon.shardstats import ShardStats
 from chworkers.daemon.shardtarget import columns_reader, shard_tables
 from chworkers.daemon.spool import Spool
