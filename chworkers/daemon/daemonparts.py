@@ -2,8 +2,10 @@
 
 :class:`~chworkers.daemon.service.Daemon` builds these (its start-up,
 :class:`~chworkers.daemon.daemonstart.DaemonStart`) and its batch handlers
-(:class:`~chworkers.daemon.batchflow.BatchFlow`) use them; this class only says what
-each is, so that the three modules the daemon is cut into agree on it. The parts made
+(:class:`~chworkers.daemon.batchflow.BatchFlow`), its reloads
+(:class:`~chworkers.daemon.daemonreload.DaemonReload`) and its health
+(:class:`~chworkers.daemon.daemonhealth.DaemonHealth`) use them; this class only says
+what each is, so that the modules the daemon is cut into agree on it. The parts made
 at start (from ``supervisor`` on) do not exist before it.
 """
 
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
     from chworkers.daemon.tables import ShardTables, Tables
     from chworkers.daemon.totals import Totals
     from chworkers.embedded.keeper import Keeper
-    from chworkers.ops.health import Stall
+    from chworkers.ops.health import Report, Stall
     from chworkers.ops.metrics import Metrics
+    from chworkers.ops.watchdog import Heartbeat
     from chworkers.workers.supervisor import Supervisor
 
 __all__ = ["DaemonParts"]
@@ -63,6 +66,13 @@ class DaemonParts:
     #: Batches (by seq) recovered from the spool at start: an earlier run may have
     #: inserted and counted them. Their rows are replays.
     _replays: set[int]
+    #: The configuration the daemon started with: what SIGHUP cannot change is
+    #: compared with it.
+    _started_config: Config
+    #: The daemon's loop beats it every turn (its health: the loop is not stuck).
+    _heartbeat: Heartbeat
+    #: The health report of the last check (the STATUS= line leads with it).
+    _report: Report
 
     # Made at start, in this order.
     supervisor: Supervisor

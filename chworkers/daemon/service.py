@@ -2,7 +2,9 @@
 
 The daemon wires the pieces together and owns the process's signals (its start-up is
 :mod:`chworkers.daemon.daemonstart`'s, its batch handlers :mod:`chworkers.daemon.batchflow`'s,
-the parts they share are declared in :mod:`chworkers.daemon.daemonparts`):
+SIGHUP and SIGUSR2 :mod:`chworkers.daemon.daemonreload`'s, its health and status
+:mod:`chworkers.daemon.daemonhealth`'s, the parts they share are declared in
+:mod:`chworkers.daemon.daemonparts`):
 
 * the intake (:mod:`chworkers.daemon.intake`: sources and the push endpoint) frames
   records and hands them to the :class:`~chworkers.daemon.batcher.Batcher`;
@@ -28,21 +30,21 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.daemon.config import Config
-from chworkers.daemon.daemonstart import DaemonStart
+from chworkers.daemon.daemonhealth import DaemonHealth
+from chworkers.daemon.daemonreload import DaemonReload
 from chworkers.daemon.ingest import IngestServer
 from chworkers.daemon.shardstats import ShardStats
 from chworkers.daemon.statelock import state_lock
 from chworkers.daemon.totals import Totals
-from chworkers.errors import ChworkersError, WorkerBootError
+from chworkers.errors import WorkerBootError
 from chworkers.ops.health import Level, Report, Stall
 from chworkers.ops.systemd import Notifier
 from chworkers.ops.watchdog import Heartbeat, Watchdog
 from chworkers.wording import plural
-from chworkers.workers.options import SupervisorOptions
 
 if TYPE_CHECKING:
     from chworkers.daemon.splitter import Splitter
@@ -57,17 +59,13 @@ EXIT_FAILURE = 1
 #: At a stop, push requests settled by the batcher get this long to be answered.
 ANSWER_WAIT = 5.0
 
-#: The daemon's loop turns every half second; silent this long, it counts as stuck.
-LOOP_STALE_AFTER = 10.0
-#: The dispatcher hands a batch to the workers in moments; this long in one, it is stuck.
-DISPATCH_STUCK_AFTER = 60.0
 #: READY=1 waits this long for the tables (and the embedded child) when ClickHouse
 #: answers slowly (the intake is open meanwhile); past it the daemon is ready anyway and
 #: the tables come later.
 TABLES_GRACE = 15.0
 
 
-class Daemon(DaemonStart):
+class Daemon(DaemonReload, DaemonHealth):
     """One ``chworkers run``. Build it from a :class:`Config`, then call :meth:`run`."""
 
     def __init__(
@@ -339,129 +337,6 @@ class Daemon(DaemonStart):
                         else "second signal",
                     )
                     return False
-
-    def _reload(self) -> None:
-        from chworkers.daemon import config as config_module
-        from chworkers.daemon import reload
-
-        # Batches held back (a permanent error, an outage) get their next try now: the
-        # operator may have just fixed the table or the password.
-        self.dispatcher.retry_now()
-        self.tables.retry_now()
-        if self.splitter is not None:
-            self.splitter.retry_now()
-        if self.config.source == "defaults":
-            log.info("SIGHUP: no config file to reload")
-            return
-        try:
-            new = config_module.load(self.config.source, overrides=self.config.overrides)
-            # What it will run with: only what SIGHUP applies; the rest waits for a restart.
-            applied = reload.reloaded_config(self.config, new)
-        except ChworkersError as exc:
-            log.error("SIGHUP: keeping the running configuration: %s", exc)
-            return
-        s = new.settings
-        changes: dict[str, Any] = {
-            name: getattr(s.supervisor, name)
-            for name in SupervisorOptions.reloadable() - {"max_connections"}
-        }
-        self.supervisor.reconfigure(
-            **changes,
-            max_connections=s.clickhouse.pool.max_connections,
-            retry=s.clickhouse.pool.retry,
-        )
-        self.dispatcher.resize(s.supervisor.worker_bounds[1])
-        self._reload_log_level(s.log.level)
-        self.config = applied
-        fixed = reload.restart_only_changes(self._started_config, new)
-        if fixed:
-            log.warning(
-                "SIGHUP: %s changed in %s but take effect only on restart; running on "
-                "with the values it started with",
-                ", ".join(fixed),
-                new.source,
-            )
-        log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
-
-    def _restart_workers(self) -> None:
-        # Intake and the spool go on; the supervisor replaces one worker at a time.
-        try:
-            self.supervisor.restart_workers(wait=False)
-        except ChworkersError as exc:
-            log.error("SIGUSR2: no rolling restart: %s", exc)
-        else:
-            log.info("SIGUSR2: replacing the workers one at a time")
-
-    def _reload_log_level(self, level: str) -> None:
-        if "log.level" in self.config.overrides:  # the command line wins over the file
-            log.info("SIGHUP: log level stays %s (set by --log-level)", level)
-            return
-        if level == self.config.settings.log.level:
-            return
-        logging.getLogger().setLevel(level)
-        self.supervisor.sync_log_levels()
-        if self.embedded is not None:  # the child takes it at its next start
-            self.embedded.endpoint.log_level = level
-        log.info("SIGHUP: log level now %s", level)
-
-    # -- health and status --------------------------------------------------------------
-
-    def _watch_health(self) -> None:
-        """Register the daemon's components with the supervisor's health (see
-        :mod:`chworkers.ops.health` for what the levels mean)."""
-        health = self.supervisor.health_checks
-        health.add("daemon", self._own_problems, Level.FAILING)
-        health.add("dispatcher", self.dispatcher)  # e.g. permanent insert errors
-        health.add("spool", self.spool)
-        health.add("batcher", self.batcher)
-        health.add("positions", self.checkpoints)  # file positions that could not be saved
-        health.add("inserts", self._stall)
-        health.add("tables", self.tables)
-        if self.splitter is not None and self.shard_stats is not None:
-            health.add("shards", self.shard_stats)  # a shard holding its parts back
-            health.add("split", self.splitter)  # batches waiting for their columns
-        if self.embedded is not None:
-            health.add("embedded ClickHouse", self.embedded)
-
-    def _own_problems(self) -> list[str]:
-        """What a restart fixes: this loop stuck, a source or the dispatcher dead or hung."""
-        out = []
-        if not self._heartbeat.fresh(LOOP_STALE_AFTER):
-            out.append(f"the daemon's loop has not turned for {self._heartbeat.age():.0f} s")
-        out.extend(self.intake.problems())
-        out.extend(self.dispatcher.thread_problems(DISPATCH_STUCK_AFTER))
-        return out
-
-    def _backlog(self) -> int:
-        """Batches not confirmed yet: with the dispatcher, or waiting for their table."""
-        waiting = 0 if self.splitter is None else self.splitter.waiting()
-        return self.dispatcher.backlog() + self.tables.held() + waiting
-
-    def health(self) -> Report:
-        """The daemon's health now (what ``/healthz`` serves)."""
-        return self.supervisor.health()
-
-    def _healthy(self) -> bool:
-        """For systemd's watchdog: ping unless the daemon is failing. A ClickHouse outage
-        is only 'degraded' (restarting would not help), so the pings go on."""
-        return self.supervisor.health().alive
-
-    def _status(self) -> str:
-        spool = self.spool.stats() if hasattr(self, "spool") else {"batches": 0, "bytes": 0}
-        backlog = self._backlog() if hasattr(self, "tables") else 0
-        report = self._report
-        with self._lock:
-            status = self.totals.status(
-                backlog, spool_batches=int(spool["batches"]), spool_bytes=int(spool["bytes"])
-            )
-        if self.shard_stats is not None:  # each shard's backlog: "shards 0/12/0"
-            status += f" | {self.shard_stats.status()}"
-        return status if report.level is Level.OK else f"{report.summary()} | {status}"
-
-    def summary(self) -> str:
-        stats = self.spool.stats()
-        in_memory = int(stats["memory_batches"])  # a broker's: not on disk
-        return self.totals.summary(self.state_dir, int(stats["batches"]) - in_memory, in_memory)
 
 
 def _remaining(deadline: float | None) -> float | None:
