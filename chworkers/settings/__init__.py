@@ -19,7 +19,7 @@ accepts ``"64MiB"``, ``"1GB"``.
 The pieces: :mod:`~chworkers.settings.declare` (declaring, reading declarations back,
 validating), :mod:`~chworkers.settings.values` (parsing one value),
 :mod:`~chworkers.settings.loading` (a section from a file, the environment and flags),
-:mod:`~chworkers.settings.render` (defaults file, docs) and
+:mod:`~chworkers.settings.render` (defaults file, docs, what a reload changed) and
 :mod:`~chworkers.settings.flags` (the command line).
 """
 
@@ -36,7 +36,7 @@ from chworkers.settings.declare import (
     validate,
 )
 from chworkers.settings.loading import build
-from chworkers.settings.render import render_defaults, render_reference
+from chworkers.settings.render import render_changes, render_defaults, render_reference
 from chworkers.settings.values import parse_value
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "env_name",
     "parse_value",
     "reloadable",
+    "render_changes",
     "render_defaults",
     "render_reference",
     "same_as",

@@ -1,8 +1,10 @@
 """What is written from the declarations: ``chworkers config --defaults`` (a commented
-TOML file) and the Markdown reference in docs/configuration.md."""
+TOML file), the Markdown reference in docs/configuration.md, and what a reload changed
+(:func:`render_changes`, for the log)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -78,3 +80,49 @@ def render_reference(cls: type[Any], env_for: Callable[[str], str] | None = None
         type_name = info.type_name.replace("|", "\\|")  # a choice's "a | b" is one cell
         rows.append(f"| `{info.key}` | {type_name} | {default} | `{env}` | {help_text} |")
     return "\n".join(rows) + "\n"
+
+
+def render_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Each setting that differs between two instances of one settings dataclass, as
+    ``"key old -> new"`` in declaration order (subsections by their dotted keys), its
+    value as a person writes it: ``"30 s"``, ``"64 MiB"``, ``none``; a secret only as
+    ``"(secret) changed"``. Fields that are not settings (internal state) are left out."""
+    lines: list[str] = []
+    if before == after:
+        return lines
+    for f in dataclasses.fields(before):
+        if "help" not in f.metadata:
+            continue
+        old, new = getattr(before, f.name), getattr(after, f.name)
+        if old == new:
+            continue
+        key = prefix + f.name
+        if dataclasses.is_dataclass(old) and type(old) is type(new):
+            lines += render_changes(old, new, key + ".")
+        elif f.metadata.get("secret"):
+            lines.append(f"{key} (secret) changed")
+        else:
+            unit = f.metadata.get("unit")
+            lines.append(f"{key} {_shown(old, unit)} -> {_shown(new, unit)}")
+    return lines
+
+
+def _shown(value: Any, unit: str | None) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if unit == "seconds" and isinstance(value, int | float):
+        return f"{value:g} s"
+    if unit == "bytes" and isinstance(value, int):
+        for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if value >= size and value % size == 0:
+                return f"{value // size} {name}"
+        return f"{value} bytes"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | frozenset | list):
+        return _toml(tuple(value) if not isinstance(value, frozenset) else value)
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)

@@ -30,6 +30,7 @@ from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
+from chworkers.settings import render_changes
 from chworkers.workers import sharedbuf
 from chworkers.workers.commands import (
     Command,
@@ -371,7 +372,7 @@ class Arbiter:
             log.exception("reload failed; keeping the current settings")
 
     def _reconfigure(self, changes: Mapping[str, Any]) -> None:
-        before = self._options
+        before, retry_before = self._options, self._retry
         self._options, retry = self._options.reconfigured(changes)
         if retry is not None:
             self._retry = retry
@@ -389,7 +390,13 @@ class Arbiter:
             # (An unchanged count, as a reload passes, leaves the autoscaled one alone;
             # new autoscaling bounds apply at its next look.)
             self._crew.scale(self._options.initial_workers)
-        log.info("settings now: %s", {**changes, **({"retry": retry} if retry else {})})
+        changed = render_changes(before, self._options)
+        if retry is not None:
+            changed += render_changes(retry_before, retry, "retry.")
+        if changed:
+            log.info("settings now: %s", ", ".join(changed))
+        else:
+            log.debug("settings unchanged")
 
     def stats(self) -> SupervisorStats:
         """From any thread: what is known without the loop (no workers, no leases)."""
