@@ -57,3 +57,11 @@ def test_reconfigure_logs_each_change_old_to_new(
         **{**everything, "workers": 2, "graceful_timeout": 5.0, "max_worker_memory": 512 << 20}
     )
     assert _said(caplog) == []  # nothing changed: nothing said at INFO
+
+
+def test_a_changed_secret_is_said_to_have_changed_and_nothing_more() -> None:
+    from chworkers.daemon.options import HttpSettings
+    from chworkers.settings import render_changes
+
+    before, after = HttpSettings(token="hunter2"), HttpSettings(token="s3cret", port=9000)
+    assert render_changes(before, after) == ["port 8124 -> 9000", "token (secret) changed"]
