@@ -155,6 +155,8 @@ class Arbiter:
     def start(self, ctx: Any, broker: LeaseBroker | ShardLeaseBrokers | None) -> None:
         """Start the loop thread (the supervisor started the broker)."""
         self.broker = broker
+        kept = sharedbuf.configure(self._options.kept_memory_files_bytes)
+        log.debug("memory files kept for later tasks: at most %d bytes", kept)
         self._procs = Processes(ctx)
         self._crew = Crew(
             self,
@@ -378,6 +380,8 @@ class Arbiter:
             self._retry = retry
             if self._crew is not None:
                 self._crew.configure({"retry": retry})
+        if "kept_memory_files_bytes" in changes:
+            sharedbuf.configure(self._options.kept_memory_files_bytes)
         if "max_worker_memory" in changes and self._crew is not None:
             self._crew.configure({"max_worker_memory": self._options.max_worker_memory})
         if "queue_size" in changes:

@@ -219,6 +219,18 @@ class SupervisorOptions:
         minimum=1024 * 1024,
         reload=True,
     )
+    kept_memory_files_bytes: int | None = setting(
+        None,
+        "Most bytes of memory files (the shared memory that hands a task's buffer of 1 "
+        "MiB or more to a worker) kept for later tasks once theirs are done, for 30 s: "
+        "they save a large batch its pages' allocation, but they are the supervisor's "
+        "memory, charged to its cgroup (systemd's MemoryMax=) (none: 1/16 of the cgroup's "
+        "memory limit when one is set, at most 128 MiB; 0: keep none).",
+        unit="bytes",
+        minimum=0,
+        reload=True,
+        shown="1/16 of the cgroup's memory limit, at most 128 MiB",
+    )
     max_task_crashes: int = setting(
         2,
         "Times a task may take its worker down (crash or hang) before it fails.",

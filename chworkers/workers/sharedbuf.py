@@ -9,10 +9,13 @@ instead copied once, in the producer's thread, into an anonymous memory file
 file read-only through ``/proc/<pid>/fd/<fd>``.
 
 The file lives as long as the supervisor's task does (re-dispatches after a worker crash
-map it again). Then it is kept for a later batch, up to :data:`POOL_BYTES` of them and
-for :data:`POOL_IDLE` seconds: writing into a fresh file costs its pages' allocation and
-zeroing, about three times the copy itself (a 56 MB batch: ~85 ms instead of ~25 ms on
-the 2-core development machine). Nothing is left behind when the supervisor is killed
+map it again). Then it is kept for a later batch, for :data:`POOL_IDLE` seconds and up
+to a number of bytes that :func:`configure` sets (``[supervisor]
+kept_memory_files_bytes``; by default 1/16 of the cgroup's memory limit, at most
+:data:`POOL_BYTES`): writing into a fresh file costs its pages' allocation and zeroing,
+about three times the copy itself (a 56 MB batch: ~85 ms instead of ~25 ms on the
+2-core development machine), but kept pages are the supervisor's memory, charged to its
+cgroup (under systemd's ``MemoryMax=``, real memory that the OOM killer counts). Nothing is left behind when the supervisor is killed
 (the files are anonymous), and a worker forked while one exists closes its inherited
 copy. A worker checks that the descriptor it opened is the file named in the reference
 (a descriptor number may be reused once a file is closed) and that the tag written after
@@ -40,16 +43,29 @@ from typing import Any
 
 from chworkers import forkguard
 from chworkers.errors import SerializationError
+from chworkers.ops import cgroup
 
-__all__ = ["THRESHOLD", "SharedBuffer", "SharedRef", "resolve", "share"]
+__all__ = [
+    "THRESHOLD",
+    "SharedBuffer",
+    "SharedRef",
+    "configure",
+    "default_keep",
+    "kept_bytes",
+    "kept_limit",
+    "resolve",
+    "share",
+]
 
 log = logging.getLogger(__name__)
 
 #: Buffers from this size on travel through shared memory.
 THRESHOLD = 1 << 20
-#: Memory files kept for later batches once their task is done, in bytes (their pages
-#: stay allocated: the supervisor's memory includes them) ...
+#: Memory files kept for later batches once their task is done: at most this many bytes
+#: by default (their pages stay allocated: the supervisor's memory includes them) ...
 POOL_BYTES = 128 << 20
+#: ... and at most this fraction of the cgroup's memory limit, by default ...
+POOL_SHARE = 16
 #: ... and for this many seconds (see :func:`sweep`).
 POOL_IDLE = 30.0
 _TAG = 16  # bytes of the tag written after a batch
@@ -154,6 +170,29 @@ class _Pool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._free: list[_File] = []
+        self.limit: int | None = None  # bytes kept at most; None: default_keep(), on use
+
+    def current_limit(self) -> int:
+        limit = self.limit
+        if limit is None:
+            self.limit = limit = default_keep()
+        return limit
+
+    def set_limit(self, limit: int) -> None:
+        """Keep at most ``limit`` bytes from now on (the largest kept files beyond it are
+        closed at once)."""
+        with self._lock:
+            self.limit = limit
+            out: list[_File] = []
+            self._free.sort(key=lambda f: f.capacity)
+            while self._free and sum(f.capacity for f in self._free) > limit:
+                out.append(self._free.pop())
+        for f in out:
+            f.close()
+
+    def kept(self) -> int:
+        with self._lock:
+            return sum(f.capacity for f in self._free)
 
     def take(self, size: int) -> _File:
         """The smallest kept file that holds ``size`` bytes, else the largest (it grows:
@@ -174,12 +213,12 @@ class _Pool:
         return found if found is not None else _File()
 
     def give(self, f: _File) -> None:
-        """Keep ``f`` for a later batch, or close it (over :data:`POOL_BYTES`)."""
+        """Keep ``f`` for a later batch, or close it (over the limit)."""
         now = time.monotonic()
         with self._lock:
             out = self._expire(now)
             kept = sum(k.capacity for k in self._free)
-            if f.pid == os.getpid() and not f.closed and kept + f.capacity <= POOL_BYTES:
+            if f.pid == os.getpid() and not f.closed and kept + f.capacity <= self.current_limit():
                 f.idle_since = now
                 self._free.append(f)
             else:
@@ -249,6 +288,33 @@ def _give_back(f: _File, size: int) -> None:
         f.close()
         return
     _POOL.give(f)
+
+
+def default_keep() -> int:
+    """Bytes of memory files kept by default: 1/:data:`POOL_SHARE` of the memory limit
+    of this process's cgroup when one is set, at most :data:`POOL_BYTES`."""
+    limit = cgroup.memory_limit()
+    return POOL_BYTES if limit is None else min(POOL_BYTES, limit // POOL_SHARE)
+
+
+def configure(keep_bytes: int | None) -> int:
+    """Keep at most ``keep_bytes`` of memory files for later batches (None: the
+    default, :func:`default_keep`; 0: none); returns the limit now in force. The limit is
+    the process's: the last supervisor configured sets it for all."""
+    limit = default_keep() if keep_bytes is None else keep_bytes
+    _POOL.set_limit(limit)
+    return limit
+
+
+def kept_bytes() -> int:
+    """Bytes of memory files kept now for later batches."""
+    return _POOL.kept()
+
+
+def kept_limit() -> int:
+    """The most bytes of memory files kept for later batches (what :func:`configure`
+    set, else the default)."""
+    return _POOL.current_limit()
 
 
 def sweep(idle: float | None = None) -> None:

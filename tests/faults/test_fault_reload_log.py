@@ -40,8 +40,7 @@ def test_reconfigure_logs_each_change_old_to_new(
     caplog.set_level(logging.INFO, logger="chworkers.workers")
     options = supervisor.options
     everything = {
-        name: getattr(options, name)
-        for name in type(options).reloadable() - {"max_connections"}
+        name: getattr(options, name) for name in type(options).reloadable() - {"max_connections"}
     }
     # What a SIGHUP passes: every reloadable setting, three of them changed.
     supervisor.reconfigure(
