@@ -60,6 +60,7 @@ class FaultProxy:
             "reset": 0,
             "dropped": 0,
             "unavailable": 0,
+            "request_bytes": 0,  # bytes sent by clients to the server (headers too)
         }
         self._listen()
         self._thread = threading.Thread(target=self._accept_loop, name="faultproxy", daemon=True)
@@ -182,8 +183,9 @@ class FaultProxy:
                         if answering:
                             request, answering = b"", False
                         request += data
-                        if len(request) == len(data):
-                            with self._lock:
+                        with self._lock:
+                            self.counts["request_bytes"] += len(data)
+                            if len(request) == len(data):
                                 self.counts["requests"] += 1
                         if self._take("reset", request):
                             _rst(client)

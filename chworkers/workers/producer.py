@@ -65,6 +65,9 @@ class Producer:
             deduplication_token,
             native=encoder,
             shard=shard,
+            # Encoded here (Native, ArrowStream): sent compressed as the connection says
+            # (its ``compress`` option, lz4 by default), as clickhouse-connect sends rows.
+            compress=True,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future
