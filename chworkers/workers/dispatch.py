@@ -3,7 +3,11 @@
 :class:`Dispatcher` takes tasks off the :class:`~chworkers.workers.taskqueue.TaskQueue`
 and sends them to ready workers, each given up to its credit: a few tasks ahead
 (``prefetch``, sized down to ~50 ms of work by the measured task time, and at most
-``prefetch_bytes``), so a worker finishing a task finds the next one in its pipe. Tasks
+``prefetch_bytes``), so a worker finishing a task finds the next one in its pipe. Until
+a first task has been timed, a worker gets two: a burst of slow tasks queued while the
+first worker is the only one ready is not all sent to it, to run one after the other
+while the workers that start next find nothing left (tasks in a worker's pipe are
+never taken back). Tasks
 whose table is at its insert limit are parked until it lets them start. It belongs to
 the :class:`~chworkers.workers.crew.Crew` and runs on the supervisor's loop thread.
 """
@@ -23,6 +27,8 @@ from chworkers.workers.taskqueue import TaskQueue
 from chworkers.workers.tasks import Task
 
 _PIPELINE = 0.05  # s of work a worker is sent ahead
+_UNTIMED = 2  # tasks a worker is sent ahead before any task was timed
+_WEIGHT = 0.2  # of a new duration in the moving average of task time
 
 
 class Dispatcher:
@@ -41,11 +47,22 @@ class Dispatcher:
         self.queue = queue
         self.outcomes = outcomes
         self.limits = limits
-        self.task_time = 0.001  # moving average of task run time, sizes prefetch
+        #: Moving average of the time tasks run (None: none ran yet); sizes prefetch.
+        self.task_time: float | None = None
 
     def observe(self, duration: float) -> None:
         """A task ran for ``duration`` seconds."""
-        self.task_time += (duration - self.task_time) * 0.05
+        if self.task_time is None:
+            self.task_time = duration
+        else:
+            self.task_time += (duration - self.task_time) * _WEIGHT
+
+    def ahead(self) -> int:
+        """How many tasks one worker may hold now: ~50 ms of work, at most ``prefetch``,
+        at least two (the one it runs and the next)."""
+        if self.task_time is None:
+            return _UNTIMED
+        return max(2, min(self.options().prefetch, int(_PIPELINE / max(self.task_time, 1e-6))))
 
     def _credit(self, h: WorkerHandle, limit: int) -> bool:
         n = len(h.assigned)
@@ -58,7 +75,7 @@ class Dispatcher:
         if not len(queue):
             return
         ready = [h for h in workers if h.accepts_tasks()]
-        limit = max(2, min(self.options().prefetch, int(_PIPELINE / max(self.task_time, 1e-6))))
+        limit = self.ahead()
         batches: dict[WorkerHandle, list[Task]] = {}
         pending: deque[Task] = deque()
         limits = self.limits
