@@ -13,6 +13,7 @@ from typing import Any
 
 from chworkers.daemon.daemonstart import DaemonStart
 from chworkers.errors import ChworkersError
+from chworkers.settings import render_changes
 from chworkers.workers.options import SupervisorOptions
 
 __all__ = ["DaemonReload"]
@@ -56,16 +57,26 @@ class DaemonReload(DaemonStart):
         )
         self.dispatcher.resize(s.supervisor.worker_bounds[1])
         self._reload_log_level(s.log.level)
-        self.config = applied
+        before, self.config = self.config, applied
         fixed = reload.restart_only_changes(self._started_config, new)
         if fixed:
+            # Old -> new where the key is a setting; a pipeline by its name.
+            said = {
+                line.split(" ", 1)[0]: line
+                for line in render_changes(self._started_config.settings, new.settings)
+            }
             log.warning(
-                "SIGHUP: %s changed in %s but take effect only on restart; running on "
-                "with the values it started with",
-                ", ".join(fixed),
+                "SIGHUP: these changes in %s take effect only on restart (running on with "
+                "the values it started with): %s",
                 new.source,
+                ", ".join(said.get(key, key) for key in fixed),
             )
-        log.info("SIGHUP: reloaded %s (workers %d)", new.source, s.supervisor.workers)
+        changed = render_changes(before.settings, applied.settings)
+        log.info(
+            "SIGHUP: reloaded %s: %s",
+            new.source,
+            ", ".join(changed) if changed else "no setting it applies changed",
+        )
 
     def _restart_workers(self) -> None:
         # Intake and the spool go on; the supervisor replaces one worker at a time.

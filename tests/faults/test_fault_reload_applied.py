@@ -62,6 +62,12 @@ def test_the_settings_after_sighup_are_the_ones_applied(
         )
         running.daemon.request_reload()
         wait_for(lambda: "SIGHUP: reloaded" in caplog.text, timeout=60, what="the reload")
+        # Said old -> new, each setting it applied (it logged "(workers 2)" only).
+        said = [r.getMessage() for r in caplog.records if "SIGHUP: reloaded" in r.getMessage()]
+        assert said == [
+            f"SIGHUP: reloaded {path}: clickhouse.pool.max_connections 4 -> 6, "
+            "supervisor.workers 1 -> 2, supervisor.graceful_timeout 30 s -> 5 s"
+        ]
         now = running.daemon.config.settings
         assert now.supervisor.workers == 2
         assert now.supervisor.graceful_timeout == 5

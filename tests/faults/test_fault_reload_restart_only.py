@@ -62,5 +62,5 @@ def test_sighup_names_the_changes_that_wait_for_a_restart(
         r.getMessage() for r in caplog.records if "take effect only on restart" in r.getMessage()
     ]
     assert warned, caplog.text
-    assert "spool.max_bytes, pipelines.p changed in" in warned[0]
+    assert warned[0].endswith(": spool.max_bytes 64 MiB -> 32 MiB, pipelines.p"), warned[0]
     assert "workers" not in warned[0]  # applied by the reload itself
