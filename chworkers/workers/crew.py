@@ -28,6 +28,7 @@ from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 from chworkers.workers import channel
 from chworkers.workers.autoscale import Autoscaler
 from chworkers.workers.context import BEAT, BUSY, CURRENT, STATE, Connector
@@ -128,6 +129,8 @@ class Crew:
     def spawn_missing(self, now: float) -> None:
         if self.owner.mode == "stopping" or self.owner.error is not None:
             return
+        if self.owner.mode == "draining" and not len(self.queue):
+            return  # nothing left for a fresh worker: the supervisor is about to stop
         if now < self.next_spawn:
             return
         extra = self.rollout.extra()  # started beside an old worker it will replace
@@ -239,21 +242,25 @@ class Crew:
                         f"{task.description} was running when the supervisor stopped"
                     ),
                 )
+        # While draining, a worker is replaced only while tasks wait (its own, handed
+        # back, or queued ones): the drain needs them done before its deadline.
+        replaced = mode is None or (mode == "draining" and len(self.queue) > 0)
         # Exits asked for (recycling by count or memory, a rolling restart, a stop) are
         # routine: the worker said why already; only the unplanned ones warn.
         planned = ("recycled", "memory", "rolling", "stopped")
         level = logging.INFO if reason in planned else logging.WARNING
         log.log(
             level,
-            "%s (pid %s) exited with code %s: %s; %d task(s) handed back",
+            "%s (pid %s) exited with code %s: %s; %d task(s) handed back%s",
             h.name,
             h.pid,
             exitcode,
             reason,
             len(held) if mode != "stopping" else 0,
+            _replacement(mode, replaced, len(self.queue)),
         )
-        self.outcomes.worker_exited(h.name, h.pid, reason, replaced=mode is None)
-        if reason in ("boot", "crashed", "hung") and mode is None:
+        self.outcomes.worker_exited(h.name, h.pid, reason, replaced=replaced)
+        if reason in ("boot", "crashed", "hung") and replaced:
             uptime = now - h.spawned_at
             self.young_deaths = self.young_deaths + 1 if uptime < _YOUNG or not booted else 0
             if self.young_deaths:
@@ -381,3 +388,14 @@ def _exit_reason(h: WorkerHandle, booted: bool, exitcode: int | None) -> str:
     if exitcode == 0 and h.leaving is not None:
         return h.leaving  # recycled or stopped, as asked
     return "crashed"  # even if it was about to be recycled
+
+
+def _replacement(mode: str | None, replaced: bool, waiting: int) -> str:
+    """What becomes of an exited worker's place, for its log line."""
+    if mode is None:
+        return ""  # replaced, as always while running
+    if mode == "stopping":
+        return "; not replaced (stopping)"
+    if replaced:
+        return f"; replaced (draining, {plural(waiting, 'task')} {'waits' if waiting == 1 else 'wait'})"
+    return "; not replaced (draining, nothing waits)"
