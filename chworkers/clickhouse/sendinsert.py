@@ -19,7 +19,7 @@ from clickhouse_connect.driver.summary import QuerySummary
 
 from chworkers.clickhouse import dedup, epochs, native, views
 from chworkers.clickhouse.columnar import numpy_columns
-from chworkers.clickhouse.dsn import ConnectionConfig
+from chworkers.clickhouse.dedup import Queries
 from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.clickhouse.translate import bad_value
 from chworkers.errors import ServerError
@@ -30,18 +30,11 @@ __all__ = ["InsertTarget", "insert_bytes", "insert_data"]
 _BODY_AS_IS = 1 << 20
 
 
-class InsertTarget(Protocol):
+class InsertTarget(Queries, Protocol):
     """What an insert needs of its connection
-    (:class:`~chworkers.clickhouse.connection.Connection`, which calls these)."""
-
-    @property
-    def endpoint(self) -> str: ...
-
-    @property
-    def config(self) -> ConnectionConfig: ...
-
-    @property
-    def client(self) -> Any: ...
+    (:class:`~chworkers.clickhouse.connection.Connection`, which calls these): what the
+    deduplication and view checks need (:class:`~chworkers.clickhouse.dedup.Queries`),
+    and these."""
 
     def knows_setting(self, name: str) -> bool: ...
 
