@@ -86,6 +86,27 @@ class RedisServer:
 
         return redis.Redis.from_url(self.url, socket_timeout=30, **kwargs)
 
+    def add_entries(self, bodies: list[bytes], stream: str = "ev") -> None:
+        """One entry per body, as its ``data`` field (tests/brokerfeeds.py makes them)."""
+        client = self.client()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for body in bodies:
+                pipe.xadd(stream, {"data": body})
+            pipe.execute()
+        finally:
+            client.close()
+
+    def settled(self, stream: str = "ev") -> bool:
+        """Nothing pending in the stream's groups, no manifest left beside the stream."""
+        client = self.client()
+        try:
+            groups = client.xinfo_groups(stream)
+            manifests = client.keys(f"{stream}:chworkers:*")
+        finally:
+            client.close()
+        return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not manifests
+
     def kill(self) -> None:
         """SIGKILL (what survives is what was fsync'd)."""
         if self.proc is not None and self.proc.poll() is None:

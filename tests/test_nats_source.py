@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokerfeeds import bodies
 from chclients import make_client
 from daemonthread import Running, count, daemon_config
 from natsserver import NatsServer, NatsUnavailable, make_certificates
@@ -29,15 +30,6 @@ from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import BrokerError, ConfigError
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def rows(start: int, stop: int, per_message: int) -> list[bytes]:
-    return [
-        "".join(
-            f'{{"n":{i},"s":"r{i}"}}\n' for i in range(first, min(stop, first + per_message))
-        ).encode()
-        for first in range(start, stop, per_message)
-    ]
 
 
 def nats_pipeline(server: NatsServer, **nats: Any) -> dict[str, Any]:
@@ -58,13 +50,13 @@ def test_two_daemons_share_a_stream_exactly_once(
 ) -> None:
     url = f"{endpoint.url}/{database}"
     nats_server.make_stream()
-    nats_server.publish(rows(0, 10_000, 25))
+    nats_server.publish(bodies(0, 10_000, 25))
     daemons = [
         Running(daemon_config(tmp_path / name, url, nats_pipeline(nats_server)))
         for name in ("a", "b")
     ]
     try:
-        nats_server.publish(rows(10_000, 20_000, 25))
+        nats_server.publish(bodies(10_000, 20_000, 25))
         wait_for(lambda: count(endpoint, database)[0] >= 20_000, 120, interval=0.2, what="rows")
         wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
         taken = [d.daemon.intake.brokers["p"].rows for d in daemons]
@@ -79,14 +71,14 @@ def test_poison_is_dead_lettered_and_terminated(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
 ) -> None:
     nats_server.make_stream()
-    nats_server.publish(rows(0, 100, 10))
+    nats_server.publish(bodies(0, 100, 10))
     nats_server.publish(
         [
             b'{"n":"not a number","s":"bad"}',  # ClickHouse rejects it
             b"",  # nothing at all: acknowledged with its batch
         ]
     )
-    nats_server.publish(rows(101, 200, 10))
+    nats_server.publish(bodies(101, 200, 10))
     state = tmp_path / "state"
     daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", nats_pipeline(nats_server)))
     try:
@@ -122,7 +114,7 @@ def test_a_message_delivered_too_often_is_dead_lettered_and_terminated(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
 ) -> None:
     nats_server.make_stream()
-    nats_server.publish(rows(0, 10, 10))  # the doomed message, alone in the stream for now
+    nats_server.publish(bodies(0, 10, 10))  # the doomed message, alone in the stream for now
 
     async def crashing(client: Any) -> None:
         """As if daemons had died on the first message 20 times."""
@@ -138,7 +130,7 @@ def test_a_message_delivered_too_often_is_dead_lettered_and_terminated(
             await message.nak()
 
     nats_server.run(crashing)
-    nats_server.publish(rows(10, 30, 10))
+    nats_server.publish(bodies(10, 30, 10))
     state = tmp_path / "state"
     pipeline = nats_pipeline(nats_server, max_deliver=10)
     daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", pipeline))
@@ -160,7 +152,7 @@ def test_a_manifest_left_by_a_dead_daemon_is_rebuilt_with_its_token(
     acknowledgements: the messages are redelivered to the next daemon, which inserts
     exactly that batch with that token (ClickHouse drops it) and acknowledges them."""
     nats_server.make_stream()
-    nats_server.publish(rows(0, 300, 100))
+    nats_server.publish(bodies(0, 300, 100))
 
     async def dead_daemon(client: Any) -> list[tuple[int, bytes]]:
         from nats.js.api import AckPolicy, ConsumerConfig
@@ -221,12 +213,12 @@ def test_nats_restarted_mid_ingest_degrades_health_and_loses_nothing(
         return [p.reason for p in report.problems if p.component == "source p"]
 
     try:
-        nats_server.publish(rows(0, 5000, 50))
+        nats_server.publish(bodies(0, 5000, 50))
         nats_server.kill()  # SIGKILL mid-ingest: JetStream keeps what it had written
         wait_for(lambda: bool(nats_problems()), 30, interval=0.2, what="a degraded source")
         assert "nats nats://127.0.0.1" in nats_problems()[0]
         nats_server.start()
-        nats_server.publish(rows(5000, 10_000, 50))
+        nats_server.publish(bodies(5000, 10_000, 50))
         wait_for(nats_server.settled, 90, interval=0.2, what="all messages acked")
         wait_for(lambda: not nats_problems(), 30, interval=0.2, what="the source healthy")
     finally:
@@ -250,7 +242,7 @@ def test_a_live_daemon_keeps_its_messages_while_clickhouse_is_down(
     )
     try:
         fault_proxy.set("refuse")
-        nats_server.publish(rows(0, 1000, 10))
+        nats_server.publish(bodies(0, 1000, 10))
         wait_for(lambda: nats_server.consumer_state()[:2] == (0, 100), 30, what="all in flight")
         time.sleep(4)  # four times ack_wait
         redelivered = daemon.daemon.metrics.broker_redeliveries.labels(pipeline="p")._value.get()
@@ -283,7 +275,7 @@ def test_a_message_in_a_manifest_written_meanwhile_goes_with_that_batch(
     from chworkers.daemon.brokers.natsstream import NatsSource
 
     nats_server.make_stream()
-    nats_server.publish(rows(0, 30, 10))
+    nats_server.publish(bodies(0, 30, 10))
     batches = Batches()
     source = NatsSource(
         name="p",
@@ -326,7 +318,7 @@ def test_a_batch_ready_after_its_deadline_is_not_written(nats_server: NatsServer
     from chworkers.daemon.brokers.natsstream import NatsSource
 
     nats_server.make_stream()
-    nats_server.publish(rows(0, 30, 10))
+    nats_server.publish(bodies(0, 30, 10))
     batches = Batches()
     source = NatsSource(
         name="p",
@@ -436,7 +428,7 @@ def test_credentials_from_the_environment_and_a_file(
     server.start()
     try:
         server.make_stream()
-        server.publish(rows(0, 100, 10))
+        server.publish(bodies(0, 100, 10))
         url = f"{endpoint.url}/{database}"
         pipeline = nats_pipeline(server, user="ingest")
         pipeline["name"] = "events"
@@ -451,7 +443,7 @@ def test_credentials_from_the_environment_and_a_file(
         secret.write_text("s3cret\n")
         os.chmod(secret, 0o600)
         pipeline["nats"]["password_file"] = str(secret)
-        server.publish(rows(100, 200, 10))
+        server.publish(bodies(100, 200, 10))
         daemon = Running(daemon_config(tmp_path / "b", url, pipeline))
         try:
             wait_for(server.settled, 60, interval=0.2, what="all acked")
@@ -473,7 +465,7 @@ def test_tls_with_the_servers_ca(
     server.start()
     try:
         server.make_stream()
-        server.publish(rows(0, 100, 10))
+        server.publish(bodies(0, 100, 10))
         pipeline = nats_pipeline(server, tls_ca_file=str(ca))
         assert pipeline["nats"]["url"].startswith("tls://")
         daemon = Running(daemon_config(tmp_path / "a", f"{endpoint.url}/{database}", pipeline))
@@ -510,7 +502,7 @@ def test_check_reaches_nats_and_describes_the_stream(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pipeline q: stream ev does not exist (create it" in result.stdout
     nats_server.make_stream()
-    nats_server.publish(rows(0, 10, 5))
+    nats_server.publish(bodies(0, 10, 5))
     result = check(nats_server.url)
     assert "pipeline q: stream ev: 2 messages; consumer chworkers not created yet" in result.stdout
     result = check("nats://127.0.0.1:1")
@@ -529,7 +521,7 @@ def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
     the backlog (the rest stays in the stream for other daemons, and few messages need
     in-progress notes), and takes the rest once its batches are acknowledged."""
     nats_server.make_stream()
-    nats_server.publish(rows(0, 20_000, 10))
+    nats_server.publish(bodies(0, 20_000, 10))
     pipeline = {**nats_pipeline(nats_server, max_batches=2, fetch_count=50), "max_rows": 1000}
     fault_proxy.set("refuse")
     daemon = Running(daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline))

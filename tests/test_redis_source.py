@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokerfeeds import bodies
 from chclients import make_client
 from daemonthread import Running, count, daemon_config
 from redisserver import RedisServer
@@ -30,47 +31,24 @@ from chworkers.errors import ConfigError
 pytestmark = pytest.mark.timeout(300)
 
 
-def produce(server: RedisServer, stream: str, start: int, stop: int, per_entry: int) -> None:
-    client = server.client()
-    pipe = client.pipeline(transaction=False)
-    for first in range(start, stop, per_entry):
-        last = min(stop, first + per_entry)
-        pipe.xadd(
-            stream, {"data": "".join(f'{{"n":{i},"s":"r{i}"}}\n' for i in range(first, last))}
-        )
-    pipe.execute()
-    client.close()
-
-
 def redis_pipeline(server: RedisServer, **redis: Any) -> dict[str, Any]:
     options = {"url": server.url, "stream": "ev", "claim_idle": 1.0, "claim_interval": 0.2}
     return {"source": "redis", "max_rows": 2000, "redis": {**options, **redis}}
-
-
-def settled(server: RedisServer, stream: str = "ev") -> bool:
-    """Nothing pending in the group, no manifest left beside the stream."""
-    client = server.client()
-    try:
-        groups = client.xinfo_groups(stream)
-        manifests = client.keys(f"{stream}:chworkers:*")
-    finally:
-        client.close()
-    return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not manifests
 
 
 def test_two_daemons_share_a_stream_exactly_once(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
 ) -> None:
     url = f"{endpoint.url}/{database}"
-    produce(redis_server, "ev", 0, 10_000, per_entry=25)
+    redis_server.add_entries(bodies(0, 10_000, 25))
     daemons = [
         Running(daemon_config(tmp_path / name, url, redis_pipeline(redis_server)))
         for name in ("a", "b")
     ]
     try:
-        produce(redis_server, "ev", 10_000, 20_000, per_entry=25)
+        redis_server.add_entries(bodies(10_000, 20_000, 25))
         wait_for(lambda: count(endpoint, database)[0] >= 20_000, 120, interval=0.2, what="rows")
-        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+        wait_for(redis_server.settled, 60, interval=0.2, what="all entries acked")
     finally:
         for d in daemons:
             d.stop()
@@ -83,18 +61,18 @@ def test_poison_entries_are_dead_lettered_and_acked(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, redis_server: RedisServer
 ) -> None:
     client = redis_server.client()
-    produce(redis_server, "ev", 0, 100, per_entry=10)
+    redis_server.add_entries(bodies(0, 100, 10))
     client.xadd("ev", {"other": "no data field"})
     client.xadd("ev", {"data": '{"n":"not a number","s":"bad"}'})  # ClickHouse rejects it
     client.xadd("ev", {"data": '{"n":100,"s":"unterminated'})  # a record ClickHouse rejects
     client.xadd("ev", {"data": ""})  # nothing at all: acked with its batch
-    produce(redis_server, "ev", 101, 200, per_entry=10)
+    redis_server.add_entries(bodies(101, 200, 10))
     state = tmp_path / "state"
     daemon = Running(
         daemon_config(state, f"{endpoint.url}/{database}", redis_pipeline(redis_server))
     )
     try:
-        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+        wait_for(redis_server.settled, 60, interval=0.2, what="all entries acked")
     finally:
         daemon.stop()
     assert count(endpoint, database) == (199, 199)
@@ -122,7 +100,7 @@ def test_a_claimed_manifest_is_rebuilt_with_its_token(
     inserts exactly that batch, with that token (ClickHouse drops it if it landed)."""
     client = redis_server.client()
     client.xgroup_create("ev", "chworkers", "0", mkstream=True)
-    produce(redis_server, "ev", 0, 300, per_entry=100)
+    redis_server.add_entries(bodies(0, 300, 100))
     entries = client.xreadgroup("chworkers", "dead", {"ev": ">"}, count=3)[0][1]
     ids = [e[0].decode() for e in entries[:2]]  # the dead consumer's batch: two entries
     token = broker_token("redis", "ev", "chworkers", ids)
@@ -149,7 +127,7 @@ def test_a_claimed_manifest_is_rebuilt_with_its_token(
     url = f"{endpoint.url}/{database}"
     daemon = Running(daemon_config(tmp_path / "state", url, redis_pipeline(redis_server)))
     try:
-        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+        wait_for(redis_server.settled, 60, interval=0.2, what="all entries acked")
     finally:
         daemon.stop()
     assert count(endpoint, database) == (300, 300)
@@ -203,7 +181,7 @@ def test_an_entry_delivered_too_often_is_dead_lettered_and_acked(
 ) -> None:
     client = redis_server.client()
     client.xgroup_create("ev", "chworkers", "0", mkstream=True)
-    produce(redis_server, "ev", 0, 30, per_entry=10)
+    redis_server.add_entries(bodies(0, 30, 10))
     entries = client.xreadgroup("chworkers", "crashing", {"ev": ">"}, count=1)[0][1]
     doomed = entries[0][0]
     # As if daemons had died on it 20 times: delivered 20 times, idle for a minute.
@@ -212,7 +190,7 @@ def test_an_entry_delivered_too_often_is_dead_lettered_and_acked(
     pipeline = redis_pipeline(redis_server, max_deliver=10)
     daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", pipeline))
     try:
-        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+        wait_for(redis_server.settled, 60, interval=0.2, what="all entries acked")
     finally:
         daemon.stop()
     assert count(endpoint, database) == (20, 20)  # the other two entries
@@ -240,7 +218,7 @@ def test_a_spooled_batch_completed_elsewhere_is_not_inserted_again(
     cfg = daemon_config(state, f"{endpoint.url}/{database}", redis_pipeline(redis_server))
     client = redis_server.client()
     client.xgroup_create("ev", "chworkers", "0", mkstream=True)
-    produce(redis_server, "ev", 0, 30, per_entry=10)
+    redis_server.add_entries(bodies(0, 30, 10))
     entries = client.xreadgroup("chworkers", "old", {"ev": ">"}, count=2)
     ids = [e[0].decode() for e in entries[0][1]]
     prefix = "ev:chworkers:chworkers"
@@ -262,7 +240,7 @@ def test_a_spooled_batch_completed_elsewhere_is_not_inserted_again(
     daemon = Running(cfg)
     try:
         wait_for(lambda: daemon.daemon.spool.stats()["batches"] == 0, 60, what="an empty spool")
-        wait_for(lambda: settled(redis_server), 60, interval=0.5, what="all entries acked")
+        wait_for(redis_server.settled, 60, interval=0.5, what="all entries acked")
     finally:
         daemon.stop()
     # The old batch with a manifest (rows 0-9) and the entry "old" never read (20-29).
@@ -281,13 +259,13 @@ def test_redis_restarted_mid_ingest_degrades_health_and_loses_nothing(
         return [p.reason for p in report.problems if p.component == "source p"]
 
     try:
-        produce(redis_server, "ev", 0, 5000, per_entry=50)
+        redis_server.add_entries(bodies(0, 5000, 50))
         redis_server.kill()  # SIGKILL: Redis keeps what it fsync'd (appendfsync always)
         wait_for(lambda: bool(redis_problems()), 30, interval=0.2, what="a degraded source")
         assert "redis redis://127.0.0.1" in redis_problems()[0]
         redis_server.start()
-        produce(redis_server, "ev", 5000, 10_000, per_entry=50)
-        wait_for(lambda: settled(redis_server), 60, interval=0.2, what="all entries acked")
+        redis_server.add_entries(bodies(5000, 10_000, 50))
+        wait_for(redis_server.settled, 60, interval=0.2, what="all entries acked")
         wait_for(lambda: not redis_problems(), 30, interval=0.2, what="the source healthy")
     finally:
         daemon.stop()
@@ -314,7 +292,7 @@ def test_check_reaches_redis_and_describes_the_stream(
     result = check(redis_server.url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pipeline r: stream ev does not exist yet" in result.stdout
-    produce(redis_server, "ev", 0, 10, per_entry=5)
+    redis_server.add_entries(bodies(0, 10, 5))
     result = check(redis_server.url)
     assert "pipeline r: stream ev: 2 entries; group chworkers not created yet" in result.stdout
     result = check("redis://127.0.0.1:1/0")
@@ -332,7 +310,7 @@ def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
     """While ClickHouse refuses, the daemon reads no more than ``max_batches`` batches of
     the backlog (the rest stays in the stream for other daemons), and takes the rest
     once its batches are acknowledged."""
-    produce(redis_server, "ev", 0, 20_000, per_entry=10)
+    redis_server.add_entries(bodies(0, 20_000, 10))
     pipeline = {**redis_pipeline(redis_server, max_batches=2, fetch_count=50), "max_rows": 1000}
     fault_proxy.set("refuse")
     daemon = Running(daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline))
@@ -345,7 +323,7 @@ def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
             assert pending <= 2 * 100 + 100 + 50, pending
             time.sleep(0.25)
         fault_proxy.set("pass")
-        wait_for(lambda: settled(redis_server), 120, interval=0.2, what="all entries acked")
+        wait_for(redis_server.settled, 120, interval=0.2, what="all entries acked")
     finally:
         fault_proxy.set("pass")
         daemon.stop()

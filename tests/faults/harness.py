@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+from brokerfeeds import bodies
 from faultproxy import FaultProxy
 
 from chworkers.daemon import config as config_module
@@ -211,6 +212,17 @@ class ProxiedClickHouse:
         return clickhouse_connect.get_client(
             host=self.endpoint.host, port=self.endpoint.port, database=self.database
         )
+
+    def rows_and_ids(self) -> tuple[int, int]:
+        """Rows in the drill's table and distinct ids among them (equal: exactly once)."""
+        client = self.client()
+        try:
+            rows, distinct = client.query(
+                f"SELECT count(), uniqExact(id) FROM {TABLE}"
+            ).result_rows[0]
+        finally:
+            client.close()
+        return int(rows), int(distinct)
 
     def down(self) -> None:
         """ClickHouse is unreachable: connections refused, open ones cut."""
@@ -541,6 +553,12 @@ def line(i: int, src: str) -> bytes:
     return b'{"id":%d,"src":"%s","s":"row %d of the fault drill"}\n' % (i, src.encode(), i)
 
 
+def broker_bodies(start: int, stop: int, src: str, per: int = 50) -> list[bytes]:
+    """Lines ``start`` .. ``stop - 1`` from ``src``, ``per`` to a Redis entry or NATS
+    message (``RedisServer.add_entries``, ``NatsServer.publish``)."""
+    return bodies(start, stop, per, lambda i: line(i, src))
+
+
 def poison_line(n: int) -> bytes:
     return b'{"id":"%s%d","src":"poison","s":"ClickHouse cannot parse this id"}\n' % (
         POISON_PREFIX.encode(),
@@ -810,6 +828,21 @@ def push_pipeline(**extra: Any) -> dict[str, Any]:
         "engine": "MergeTree ORDER BY id",
         "max_rows": 2000,
         "max_delay": 0.1,
+        **extra,
+    }
+
+
+def broker_pipeline(source: str, broker: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A ``redis`` or ``nats`` pipeline, ``broker`` its section (url, stream, ...)."""
+    return {
+        "name": source,
+        "source": source,
+        "table": TABLE,
+        "create": SCHEMA,
+        "engine": "MergeTree ORDER BY id",
+        "max_rows": 2000,
+        "max_delay": 0.2,
+        source: dict(broker),
         **extra,
     }
 

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
+from harness import (
+    TABLE,
+    DaemonUnderTest,
+    ProxiedClickHouse,
+    base_config,
+    broker_bodies,
+    broker_pipeline,
+    wait_until,
+)
 from natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,16 +44,8 @@ def test_a_killed_daemon_left_no_nats_batch_on_disk_and_rebuilds_them(
 ) -> None:
     target = ProxiedClickHouse(endpoint, database, fault_proxy)
     nats_server.make_stream()
-    pipeline = {
-        "name": "nats",
-        "source": "nats",
-        "table": TABLE,
-        "create": SCHEMA,
-        "engine": "MergeTree ORDER BY id",
-        "max_rows": 1000,
-        "max_delay": 0.2,
-        "nats": {"url": nats_server.url, "stream": "ev", "ack_wait": 2.0},
-    }
+    broker = {"url": nats_server.url, "stream": "ev", "ack_wait": 2.0}
+    pipeline = broker_pipeline("nats", broker, max_rows=1000)
     config = base_config(tmp_path / "state", target.daemon_url, [pipeline])
     daemon = DaemonUnderTest(tmp_path, config, target)
     try:
@@ -57,14 +57,7 @@ def test_a_killed_daemon_left_no_nats_batch_on_disk_and_rebuilds_them(
         finally:
             client.close()
         target.down()
-        nats_server.publish(
-            [
-                "".join(
-                    f'{{"id":{i},"src":"nats","s":"x"}}\n' for i in range(first, first + 50)
-                ).encode()
-                for first in range(0, 5000, 50)
-            ]
-        )
+        nats_server.publish(broker_bodies(0, 5000, "nats"))
         assert wait_until(lambda: nats_server.consumer_state()[2] >= 3, 60, "manifests"), (
             daemon.tail()
         )
@@ -74,14 +67,7 @@ def test_a_killed_daemon_left_no_nats_batch_on_disk_and_rebuilds_them(
         target.up()
         daemon.start()  # the same state directory
         assert wait_until(nats_server.settled, 120, "every message acknowledged"), daemon.tail()
-        client = target.client()
-        try:
-            rows, distinct = client.query(
-                f"SELECT count(), uniqExact(id) FROM {TABLE}"
-            ).result_rows[0]
-        finally:
-            client.close()
-        assert (rows, distinct) == (5000, 5000), daemon.tail()
+        assert target.rows_and_ids() == (5000, 5000), daemon.tail()
         assert "rebuilding batch" in daemon.log(), daemon.tail()
         assert "replaying" not in daemon.log()  # nothing came back from the spool
         daemon.terminate(within=40)

@@ -13,35 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
+from harness import (
+    DaemonUnderTest,
+    ProxiedClickHouse,
+    base_config,
+    broker_bodies,
+    broker_pipeline,
+    wait_until,
+)
 from natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def produce(server: NatsServer, start: int, stop: int, per_message: int = 50) -> None:
-    server.publish(
-        [
-            "".join(
-                f'{{"id":{i},"src":"nats","s":"x"}}\n'
-                for i in range(first, min(stop, first + per_message))
-            ).encode()
-            for first in range(start, stop, per_message)
-        ]
-    )
-
-
 def pipeline(server: NatsServer) -> dict[str, Any]:
-    return {
-        "name": "nats",
-        "source": "nats",
-        "table": TABLE,
-        "create": SCHEMA,
-        "engine": "MergeTree ORDER BY id",
-        "max_rows": 2000,
-        "max_delay": 0.2,
-        "nats": {"url": server.url, "stream": "ev", "ack_wait": 2.0},
-    }
+    return broker_pipeline("nats", {"url": server.url, "stream": "ev", "ack_wait": 2.0})
 
 
 def test_a_killed_daemons_batches_are_redelivered_and_land_once(
@@ -59,7 +45,7 @@ def test_a_killed_daemons_batches_are_redelivered_and_land_once(
     try:
         a.start()
         target.slow(3.0)  # inserts hang: manifests written, batches in flight
-        produce(nats_server, 0, 20_000)
+        nats_server.publish(broker_bodies(0, 20_000, "nats"))
         assert wait_until(lambda: nats_server.consumer_state()[2] >= 3, 60, "manifests written"), (
             a.tail()
         )
@@ -67,16 +53,9 @@ def test_a_killed_daemons_batches_are_redelivered_and_land_once(
         assert nats_server.consumer_state()[1] > 0, "the killed daemon held no messages"
         target.up()
         b.start()
-        produce(nats_server, 20_000, 30_000)
+        nats_server.publish(broker_bodies(20_000, 30_000, "nats"))
         assert wait_until(nats_server.settled, 120, "every message acknowledged"), b.tail()
-        client = target.client()
-        try:
-            rows, distinct = client.query(
-                f"SELECT count(), uniqExact(id) FROM {TABLE}"
-            ).result_rows[0]
-        finally:
-            client.close()
-        assert (rows, distinct) == (30_000, 30_000), b.tail()
+        assert target.rows_and_ids() == (30_000, 30_000), b.tail()
         assert "rebuilding batch" in b.log(), b.tail()
         b.terminate(within=40)
     finally:

@@ -13,33 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
+from harness import (
+    DaemonUnderTest,
+    ProxiedClickHouse,
+    base_config,
+    broker_bodies,
+    broker_pipeline,
+    wait_until,
+)
 from redisserver import RedisServer
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def produce(server: RedisServer, start: int, stop: int, per_entry: int = 50) -> None:
-    client = server.client()
-    pipe = client.pipeline(transaction=False)
-    for first in range(start, stop, per_entry):
-        rows = range(first, min(stop, first + per_entry))
-        pipe.xadd("ev", {"data": "".join(f'{{"id":{i},"src":"redis","s":"x"}}\n' for i in rows)})
-    pipe.execute()
-    client.close()
-
-
 def pipeline(server: RedisServer) -> dict[str, Any]:
-    return {
-        "name": "redis",
-        "source": "redis",
-        "table": TABLE,
-        "create": SCHEMA,
-        "engine": "MergeTree ORDER BY id",
-        "max_rows": 2000,
-        "max_delay": 0.2,
-        "redis": {"url": server.url, "stream": "ev", "claim_idle": 2.0, "claim_interval": 0.3},
-    }
+    broker = {"url": server.url, "stream": "ev", "claim_idle": 2.0, "claim_interval": 0.3}
+    return broker_pipeline("redis", broker)
 
 
 def test_a_killed_daemons_batches_are_claimed_and_land_once(
@@ -58,7 +47,7 @@ def test_a_killed_daemons_batches_are_claimed_and_land_once(
         a.start()
         wait_until(lambda: redis.exists("ev") == 1, 60, "the group")
         target.slow(3.0)  # inserts hang: manifests written, batches in flight
-        produce(redis_server, 0, 20_000)
+        redis_server.add_entries(broker_bodies(0, 20_000, "redis"))
         wait_until(
             lambda: len(redis.keys("ev:chworkers:chworkers:manifest:*")) >= 3, 60, "manifests"
         )
@@ -67,21 +56,9 @@ def test_a_killed_daemons_batches_are_claimed_and_land_once(
         assert pending > 0, "the killed daemon held no entries"
         target.up()
         b.start()
-        produce(redis_server, 20_000, 30_000)
-
-        def settled() -> bool:
-            group = redis.xinfo_groups("ev")[0]
-            return group["pending"] == 0 and group["lag"] == 0 and not redis.keys("ev:chworkers:*")
-
-        assert wait_until(settled, 120, "every entry acknowledged"), b.tail()
-        client = target.client()
-        try:
-            rows, distinct = client.query(
-                f"SELECT count(), uniqExact(id) FROM {TABLE}"
-            ).result_rows[0]
-        finally:
-            client.close()
-        assert (rows, distinct) == (30_000, 30_000), b.tail()
+        redis_server.add_entries(broker_bodies(20_000, 30_000, "redis"))
+        assert wait_until(redis_server.settled, 120, "every entry acknowledged"), b.tail()
+        assert target.rows_and_ids() == (30_000, 30_000), b.tail()
         assert "claimed" in b.log() and "rebuilding batch" in b.log(), b.tail()
         b.terminate(within=40)
     finally:

@@ -14,36 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import SCHEMA, TABLE, DaemonUnderTest, ProxiedClickHouse, base_config, wait_until
+from harness import (
+    TABLE,
+    DaemonUnderTest,
+    ProxiedClickHouse,
+    base_config,
+    broker_bodies,
+    broker_pipeline,
+    wait_until,
+)
 from redisserver import RedisServer
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def produce(server: RedisServer, start: int, stop: int, per_entry: int = 50) -> None:
-    client = server.client()
-    pipe = client.pipeline(transaction=False)
-    for first in range(start, stop, per_entry):
-        rows = range(first, min(stop, first + per_entry))
-        pipe.xadd("ev", {"data": "".join(f'{{"id":{i},"src":"redis","s":"x"}}\n' for i in rows)})
-    pipe.execute()
-    client.close()
 
 
 def test_a_killed_daemon_left_no_broker_batch_on_disk_and_rebuilds_them(
     tmp_path: Path, endpoint: Any, database: str, fault_proxy: Any, redis_server: RedisServer
 ) -> None:
     target = ProxiedClickHouse(endpoint, database, fault_proxy)
-    pipeline = {
-        "name": "redis",
-        "source": "redis",
-        "table": TABLE,
-        "create": SCHEMA,
-        "engine": "MergeTree ORDER BY id",
-        "max_rows": 1000,
-        "max_delay": 0.2,
-        "redis": {"url": redis_server.url, "stream": "ev", "claim_idle": 30.0},
-    }
+    broker = {"url": redis_server.url, "stream": "ev", "claim_idle": 30.0}
+    pipeline = broker_pipeline("redis", broker, max_rows=1000)
     config = base_config(tmp_path / "state", target.daemon_url, [pipeline])
     daemon = DaemonUnderTest(tmp_path, config, target)
     redis = redis_server.client()
@@ -56,7 +46,7 @@ def test_a_killed_daemon_left_no_broker_batch_on_disk_and_rebuilds_them(
         finally:
             client.close()
         target.down()
-        produce(redis_server, 0, 5000)
+        redis_server.add_entries(broker_bodies(0, 5000, "redis"))
         assert wait_until(
             lambda: len(redis.keys("ev:chworkers:chworkers:manifest:*")) >= 3, 60, "manifests"
         ), daemon.tail()
@@ -65,20 +55,8 @@ def test_a_killed_daemon_left_no_broker_batch_on_disk_and_rebuilds_them(
         assert redis.xpending("ev", "chworkers")["pending"] > 0
         target.up()
         daemon.start()  # the same state directory: the same consumer name
-
-        def settled() -> bool:
-            group = redis.xinfo_groups("ev")[0]
-            return group["pending"] == 0 and group["lag"] == 0 and not redis.keys("ev:chworkers:*")
-
-        assert wait_until(settled, 120, "every entry acknowledged"), daemon.tail()
-        client = target.client()
-        try:
-            rows, distinct = client.query(
-                f"SELECT count(), uniqExact(id) FROM {TABLE}"
-            ).result_rows[0]
-        finally:
-            client.close()
-        assert (rows, distinct) == (5000, 5000), daemon.tail()
+        assert wait_until(redis_server.settled, 120, "every entry acknowledged"), daemon.tail()
+        assert target.rows_and_ids() == (5000, 5000), daemon.tail()
         assert "pending from before, rebuilt" in daemon.log(), daemon.tail()
         assert "replaying" not in daemon.log()  # nothing came back from the spool
         daemon.terminate(within=40)
