@@ -7,10 +7,12 @@ that look inside the daemon: its batcher, spool, totals and metrics.)
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+from tomlfile import merge
 
 from chworkers.daemon import config
 from chworkers.daemon.service import Daemon
@@ -74,6 +76,24 @@ def daemon_config(state: Path, url: str, pipeline: dict[str, Any], **spool: Any)
             }
         ],
     }
+
+
+def push_config(
+    state: Path, url: str, *, pipeline: Mapping[str, Any] | None = None, **sections: Any
+) -> dict[str, Any]:
+    """The data of a configuration file for tests of SIGHUP and of the command line: one
+    worker, the metrics and push endpoints on free ports, one push pipeline ``p`` into
+    ``ev`` (``n UInt64``); ``sections`` merged in key by key (``spool={"max_bytes":
+    "64MiB"}``), ``pipeline`` into ``p``. Write it with ``tomlfile.to_toml``."""
+    base: dict[str, Any] = {
+        "state_dir": str(state),
+        "clickhouse": {"url": url},
+        "supervisor": {"workers": 1},
+        "metrics": {"port": 0},
+        "http": {"port": 0},
+    }
+    p = {"name": "p", "source": "http", "table": "ev", "create": "n UInt64", **(pipeline or {})}
+    return {**merge(base, sections), "pipelines": [p]}
 
 
 def count(endpoint: EmbeddedClickHouse, database: str) -> tuple[int, int]:

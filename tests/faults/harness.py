@@ -54,6 +54,7 @@ from typing import Any
 import clickhouse_connect
 from brokerfeeds import bodies
 from faultproxy import FaultProxy
+from tomlfile import merge, to_toml
 
 from chworkers.daemon import config as config_module
 from chworkers.daemon.generator import GENERATOR_SCHEMA
@@ -85,55 +86,6 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: fl
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
-
-
-# -- TOML for the config file -------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
-def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """A TOML document for nested dicts of scalars and lists; ``pipelines`` as [[arrays]]."""
-    out: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    arrays: list[tuple[str, list[Mapping[str, Any]]]] = []
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            arrays.append((key, value))
-        else:
-            out.append(f"{key} = {_toml_value(value)}")
-    for key, value in tables:
-        name = f"{prefix}{key}"
-        out.append(f"\n[{name}]")
-        out.append(to_toml(value, f"{name}.").strip("\n"))
-    for key, items in arrays:
-        for item in items:
-            out.append(f"\n[[{prefix}{key}]]")
-            out.append(to_toml(item, f"{prefix}{key}.").strip("\n"))
-    return "\n".join(line for line in out if line != "") + "\n"
-
-
-def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, nested dicts merged key by key."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
 
 
 # -- processes ----------------------------------------------------------------------------

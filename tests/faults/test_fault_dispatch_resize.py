@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import waiting
-from daemonthread import Running
+from daemonthread import Running, push_config
+from tomlfile import to_toml
 
 from chworkers.daemon import config
 from chworkers.embedded import EmbeddedClickHouse
@@ -16,25 +17,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def toml(state: Path, url: str, workers: int) -> str:
-    return f"""
-state_dir = "{state}"
-[clickhouse]
-url = "{url}"
-[supervisor]
-workers = {workers}
-[metrics]
-port = 0
-[spool]
-fsync = false
-[http]
-port = 0
-[[pipelines]]
-name = "p"
-source = "http"
-table = "ev"
-create = "n UInt64, s String"
-engine = "MergeTree ORDER BY n"
-"""
+    pipeline = {"create": "n UInt64, s String", "engine": "MergeTree ORDER BY n"}
+    data = push_config(
+        state, url, supervisor={"workers": workers}, spool={"fsync": False}, pipeline=pipeline
+    )
+    return to_toml(data)
 
 
 def test_sighup_resizes_the_dispatchers_in_flight_limit(

@@ -14,25 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from daemonthread import push_config
+from tomlfile import to_toml
 
 from chworkers.embedded import EmbeddedClickHouse
-
-CONF = """
-state_dir = "{state}"
-[clickhouse]
-url = "{url}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[http]
-port = {port}
-[[pipelines]]
-name = "p"
-source = "http"
-table = "ev"
-create = "n UInt64"
-"""
 
 
 @pytest.mark.timeout(120)
@@ -44,9 +29,8 @@ def test_run_with_the_push_port_taken(
         taken.listen()
         port = taken.getsockname()[1]
         conf = tmp_path / "c.toml"
-        conf.write_text(
-            CONF.format(state=tmp_path / "state", url=f"{endpoint.url}/{database}", port=port)
-        )
+        url = f"{endpoint.url}/{database}"
+        conf.write_text(to_toml(push_config(tmp_path / "state", url, http={"port": port})))
         proc = subprocess.run(
             [sys.executable, "-m", "chworkers", "run", "-c", str(conf)],
             capture_output=True,

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonthread import Running
+from daemonthread import Running, push_config
+from tomlfile import to_toml
 from waiting import wait_for
 
 from chworkers.daemon import config
@@ -22,24 +23,11 @@ from chworkers.embedded import EmbeddedClickHouse
 
 pytestmark = pytest.mark.timeout(180)
 
-TEXT = """
-state_dir = "{state}"
-[clickhouse]
-url = "{url}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[http]
-port = 0
-[log]
-level = "{level}"
-[[pipelines]]
-name = "push"
-source = "http"
-table = "ev"
-create = "n UInt64"
-"""
+
+def text(tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, level: str) -> str:
+    url = f"{endpoint.url}/{database}"
+    data = push_config(tmp_path / "state", url, log={"level": level}, pipeline={"name": "push"})
+    return to_toml(data)
 
 
 @pytest.fixture
@@ -55,12 +43,11 @@ def test_a_log_level_flag_wins_over_the_file_on_sighup(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, root_level: logging.Logger
 ) -> None:
     conf = tmp_path / "c.toml"
-    fields = {"state": tmp_path / "state", "url": f"{endpoint.url}/{database}"}
-    conf.write_text(TEXT.format(level="INFO", **fields))
+    conf.write_text(text(tmp_path, endpoint, database, "INFO"))
     cfg = config.load(conf, env={}, overrides={"log.level": "INFO"})
     running = Running(cfg)
     try:
-        conf.write_text(TEXT.format(level="DEBUG", **fields))
+        conf.write_text(text(tmp_path, endpoint, database, "DEBUG"))
         running.daemon.request_reload()
         wait_for(lambda: running.daemon.config is not cfg, 60, what="the reload")
         assert root_level.level == logging.INFO
@@ -74,12 +61,11 @@ def test_without_the_flag_sighup_applies_the_files_level(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, root_level: logging.Logger
 ) -> None:
     conf = tmp_path / "c.toml"
-    fields = {"state": tmp_path / "state", "url": f"{endpoint.url}/{database}"}
-    conf.write_text(TEXT.format(level="INFO", **fields))
+    conf.write_text(text(tmp_path, endpoint, database, "INFO"))
     cfg = config.load(conf, env={})
     running = Running(cfg)
     try:
-        conf.write_text(TEXT.format(level="WARNING", **fields))
+        conf.write_text(text(tmp_path, endpoint, database, "WARNING"))
         running.daemon.request_reload()
         wait_for(lambda: running.daemon.config is not cfg, 60, what="the reload")
         assert root_level.level == logging.WARNING

@@ -13,33 +13,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from daemonthread import Running
+from daemonthread import Running, push_config
+from tomlfile import merge, to_toml
 from waiting import wait_for
 
 from chworkers.daemon import config
 from chworkers.embedded import EmbeddedClickHouse
-
-CONF = """
-state_dir = "{state}"
-[clickhouse]
-url = "{url}"
-[clickhouse.pool]
-max_connections = 4
-[supervisor]
-workers = 1
-graceful_timeout = 30
-[metrics]
-port = 0
-[spool]
-max_bytes = "64MiB"
-[http]
-port = 0
-[[pipelines]]
-name = "p"
-source = "http"
-table = "ev"
-create = "n UInt64"
-"""
 
 
 @pytest.mark.timeout(180)
@@ -47,19 +26,27 @@ def test_the_settings_after_sighup_are_the_ones_applied(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "c.toml"
-    text = CONF.format(state=tmp_path / "state", url=f"{endpoint.url}/{database}")
-    path.write_text(text)
+    data = push_config(
+        tmp_path / "state",
+        f"{endpoint.url}/{database}",
+        clickhouse={"pool": {"max_connections": 4}},
+        supervisor={"graceful_timeout": 30},
+        spool={"max_bytes": "64MiB"},
+    )
+    path.write_text(to_toml(data))
     caplog.set_level(logging.INFO, logger="chworkers")
     running = Running(config.load(path, env={}))
     try:
         started = running.daemon.config.settings
-        path.write_text(
-            text.replace("workers = 1", "workers = 2")  # applied
-            .replace("max_connections = 4", "max_connections = 6")  # applied
-            .replace("graceful_timeout = 30", "graceful_timeout = 5")  # applied
-            .replace('"64MiB"', '"32MiB"')  # waits for a restart
-            .replace('url = "', 'url = "http://127.0.0.1:1/x" # "')  # waits too
-        )
+        changes = {
+            "clickhouse": {
+                "pool": {"max_connections": 6},  # applied
+                "url": "http://127.0.0.1:1/x",  # waits for a restart
+            },
+            "supervisor": {"workers": 2, "graceful_timeout": 5},  # applied
+            "spool": {"max_bytes": "32MiB"},  # waits for a restart
+        }
+        path.write_text(to_toml(merge(data, changes)))
         running.daemon.request_reload()
         wait_for(lambda: "SIGHUP: reloaded" in caplog.text, timeout=60, what="the reload")
         # Said old -> new, each setting it applied (it logged "(workers 2)" only).

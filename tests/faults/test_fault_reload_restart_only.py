@@ -11,29 +11,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from daemonthread import Running
+from daemonthread import Running, push_config
+from tomlfile import to_toml
 from waiting import wait_for
 
 from chworkers.daemon import config
 from chworkers.embedded import EmbeddedClickHouse
-
-CONF = """
-state_dir = "{state}"
-[clickhouse]
-url = "{url}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[spool]
-max_bytes = "64MiB"
-[[pipelines]]
-name = "p"
-source = "http"
-table = "ev"
-create = "n UInt64"
-max_delay = "100ms"
-"""
 
 
 @pytest.mark.timeout(180)
@@ -44,16 +27,22 @@ def test_sighup_names_the_changes_that_wait_for_a_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "c.toml"
-    text = CONF.format(state=tmp_path / "state", url=f"{endpoint.url}/{database}")
-    path.write_text(text)
+
+    def write(workers: int, max_bytes: str, max_delay: str) -> None:
+        data = push_config(
+            tmp_path / "state",
+            f"{endpoint.url}/{database}",
+            supervisor={"workers": workers},
+            spool={"max_bytes": max_bytes},
+            pipeline={"max_delay": max_delay},
+        )
+        path.write_text(to_toml(data))
+
+    write(1, "64MiB", "100ms")
     caplog.set_level(logging.INFO, logger="chworkers")
     running = Running(config.load(path, env={}))
     try:
-        path.write_text(
-            text.replace("workers = 1", "workers = 2")
-            .replace('"64MiB"', '"32MiB"')
-            .replace('"100ms"', '"1s"')
-        )
+        write(2, "32MiB", "1s")
         running.daemon.request_reload()
         wait_for(lambda: "SIGHUP: reloaded" in caplog.text, timeout=60, what="the reload")
     finally:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemonthread import Running
+from daemonthread import Running, push_config
+from tomlfile import to_toml
 from waiting import wait_for
 
 from chworkers.cli.main import main
@@ -24,24 +25,6 @@ from chworkers.daemon import config
 from chworkers.daemon.statelock import state_lock
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import ConfigError
-
-CONF = """
-state_dir = "{state}"
-[clickhouse]
-url = "{url}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[http]
-port = 0
-[[pipelines]]
-name = "p"
-source = "http"
-table = "ev"
-create = "n UInt64"
-max_delay = "100ms"
-"""
 
 
 @pytest.mark.parametrize("command", ["run", "check", "config"])
@@ -103,12 +86,13 @@ def test_sighup_with_an_unreadable_config_keeps_running(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "c.toml"
-    text = CONF.format(state=tmp_path / "state", url=f"{endpoint.url}/{database}")
-    path.write_text(text)
+    data = push_config(tmp_path / "state", f"{endpoint.url}/{database}")
+    path.write_text(to_toml(data))
     caplog.set_level(logging.INFO, logger="chworkers")
     running = Running(config.load(path, env={}))
     try:
-        path.write_bytes(text.replace("workers = 1", "workers = 2").encode("utf-16"))
+        data["supervisor"]["workers"] = 2
+        path.write_bytes(to_toml(data).encode("utf-16"))
         running.daemon.request_reload()
         wait_for(
             lambda: "keeping the running configuration" in caplog.text,
@@ -117,7 +101,7 @@ def test_sighup_with_an_unreadable_config_keeps_running(
         )
         assert running.thread.is_alive() and running.error is None, running.error
         assert "not UTF-8 text" in caplog.text
-        path.write_text(text.replace("workers = 1", "workers = 2"))
+        path.write_text(to_toml(data))
         running.daemon.request_reload()
         wait_for(lambda: "SIGHUP: reloaded" in caplog.text, timeout=60, what="the reload")
     finally:
