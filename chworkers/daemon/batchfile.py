@@ -22,7 +22,7 @@ import os
 import struct
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +170,20 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(dir_fd)
 
 
-def write_durably(path: Path, data: bytes, *, fsync: bool = True, undo: bool = False) -> None:
+def write_durably(
+    path: Path,
+    data: bytes,
+    *,
+    fsync: bool = True,
+    undo: bool = False,
+    place: Callable[[Path, Path], bool] | None = None,
+) -> bool:
     """Write ``data`` to ``path`` atomically and durably, or raise
     :class:`SpoolWriteError`. A failure removes the temporary file; with ``undo``, also
     the target when the failure came after the rename (a batch file must not stay
-    when its write is reported failed: a retry would spool its records twice)."""
+    when its write is reported failed: a retry would spool its records twice).
+    ``place(tmp, path)``: renames the written file into place itself, or says False
+    (then nothing is written, and False returned)."""
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
     renamed = False
     try:
@@ -187,7 +196,11 @@ def write_durably(path: Path, data: bytes, *, fsync: bool = True, undo: bool = F
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if place is None:
+            os.replace(tmp, path)
+        elif not place(tmp, path):
+            tmp.unlink(missing_ok=True)
+            return False
         renamed = True
         if fsync:
             fsync_directory(path.parent)
@@ -200,3 +213,4 @@ def write_durably(path: Path, data: bytes, *, fsync: bool = True, undo: bool = F
         raise SpoolWriteError(
             f"cannot write {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
         ) from exc
+    return True

@@ -152,7 +152,10 @@ class BatchSpooling:
         for ticket in live:
             if ticket.meta:
                 _merge(meta, ticket.meta)
-        refs = _references(buf, live) if refs else ()  # of the records still wanted
+        # Of the records still wanted; copied while ClickHouse is in trouble (they wait).
+        refs = _references(buf, live, sampled=True) if refs else ()
+        if refs and not self.spool.takes_references():
+            refs = ()
         try:
             batch = self.spool.write(
                 reservation,
@@ -229,11 +232,14 @@ def _merge(into: dict[str, Any], meta: Mapping[str, Any]) -> None:
             into[key] = dict(value) if isinstance(value, Mapping) else value
 
 
-def _references(buf: Buffer, live: list[Ticket]) -> tuple[Extent, ...]:
+def _references(buf: Buffer, live: list[Ticket], *, sampled: bool = False) -> tuple[Extent, ...]:
     """The batch's records by reference, when every one of them has its place in a file
-    (and the batch goes to disk as it is: no header of its own, no caller's token)."""
+    (and the batch goes to disk as it is: no header of its own, no caller's token);
+    ``sampled``: with the checksums of their samples (:func:`extents.sample_crc`)."""
     if buf.memory or buf.header or buf.token or not live:
         return ()
     if any(t.extent is None for t in live):
         return ()
+    if sampled:
+        return extents.merge_records((t.extent, t.records) for t in live if t.extent)
     return extents.merge(t.extent for t in live if t.extent is not None)

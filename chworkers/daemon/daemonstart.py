@@ -136,6 +136,8 @@ class DaemonStart(BatchFlow):
                 statements,
                 lambda statement: self.supervisor.submit(create_table, statement),
                 self.dispatcher.add,
+                # Batches held for a table wait: those by reference are copied.
+                on_failure=self.spool.in_trouble,
             )
         else:
             self.tables = shard_tables(

@@ -367,10 +367,12 @@ class Dispatcher(DispatchResults):
         try:
             future = self.submit(full)
         except ChworkersError as exc:
+            self.spool.attempt_failed(full)
             self._failed(batch, exc)
             return
         except Exception as exc:  # a bug must cost the batch an attempt, not this thread
             log.exception("submitting batch %d failed unexpectedly", batch.seq)
+            self.spool.attempt_failed(full)
             self._failed(batch, exc)
             return
         # Only a hand-over here: this callback runs on the supervisor's loop thread.

@@ -104,6 +104,9 @@ class DispatchResults:
         error = future.exception()
         if error is not None:
             permanent = self.is_permanent is not None and self.is_permanent(error)
+            # A batch by reference that must wait is copied into the spool (its file may
+            # be truncated meanwhile); ClickHouse's trouble has the others copied too.
+            self.spool.attempt_failed(full, trouble=not permanent)
             self._failed(batch, error, permanent=permanent)
             return
         try:

@@ -30,6 +30,8 @@ from chworkers.daemon.checkpoints import same_head as _same_head
 from chworkers.daemon.extents import Extent, make_durable
 from chworkers.daemon.framing import Framer, RecordTooLargeError, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
+from chworkers.daemon.spoollinks import SpoolLinks
+from chworkers.daemon.ticket import Ticket
 
 __all__ = ["FileSource"]
 
@@ -49,6 +51,10 @@ class _OpenFile:
     head_len: int = 0
     #: Bytes of the file known to be durable (fsync'd since it was opened; -1: cannot be).
     synced: int = 0
+    #: The spool's hard link to the file, which its references name (None: copied).
+    link: str | None = None
+    #: The last records added from it: the link is released once they are spooled.
+    last: Ticket | None = None
 
 
 class FileSource(_Source):
@@ -71,7 +77,10 @@ class FileSource(_Source):
         self.follow = follow
         #: Spool batches as references to the file's bytes (:mod:`chworkers.daemon.extents`):
         #: only for files read once; a followed file may be truncated or rotated away.
+        #: Each file is linked into the spool first (:mod:`chworkers.daemon.spoollinks`);
+        #: one that cannot be is copied.
         self.by_reference = by_reference and not follow
+        self.links: SpoolLinks = self.batcher.spool.links
         self.poll_interval = poll_interval
         self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
         self._open: dict[str, _OpenFile] = {}
@@ -95,7 +104,8 @@ class FileSource(_Source):
                 return
             if not progressed:
                 stop.wait(self.poll_interval)
-        for f in self._open.values():
+        for f in list(self._open.values()):
+            self._release(f)
             f.fh.close()
 
     def _discover(self) -> None:
@@ -126,6 +136,9 @@ class FileSource(_Source):
                 offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
                 fh.seek(offset)
                 head, head_len = _head(fh.fileno())
+                link = None
+                if self.by_reference:
+                    link = self.links.pin(fh.fileno(), path, source=self.name)
                 self._open[path] = _OpenFile(
                     path,
                     fh,
@@ -140,6 +153,7 @@ class FileSource(_Source):
                     ),
                     head,
                     head_len,
+                    link=link,
                 )
                 log.info("source %s: reading %s from offset %d", self.name, path, offset)
         # Forget files that are gone: a file that reuses their inode later is new.
@@ -180,14 +194,16 @@ class FileSource(_Source):
                 self._error(f"{f.path}: {exc}")
                 continue
             start = f.offset - f.framer.pending_bytes - len(records)  # in the file
+            self.last_ticket = None
             self._add(
                 records,
                 rows,
                 self._meta(f, start + len(records)),
                 header=f.framer.header,
                 position=functools.partial(self._meta_from, f, start),
-                locate=functools.partial(self._extent, f, start) if self.by_reference else None,
+                locate=functools.partial(self._extent, f, start) if f.link else None,
             )
+            f.last = self.last_ticket or f.last
         if self._stop.is_set() or (progressed and self.follow):
             return progressed  # stopped mid-file: the unfinished record is not a record
         if not self.follow:
@@ -210,11 +226,21 @@ class FileSource(_Source):
 
     def _close(self, f: _OpenFile, *, finished: bool) -> None:
         records, rows = f.framer.finish()
+        self.last_ticket = None
         self._add(records, rows, self._meta(f, f.offset), header=f.framer.header)
+        f.last = self.last_ticket or f.last
         if finished:
             self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
+        self._release(f)
         f.fh.close()
         del self._open[f.path]
+
+    def _release(self, f: _OpenFile) -> None:
+        """Done with the file: its link goes once the records added from it are spooled
+        (and then as soon as no batch references it)."""
+        if f.link is not None:
+            self.links.release(f.link, None if f.last is None else f.last.done)
+            f.link = None
 
     def _extent(self, f: _OpenFile, start: int, begin: int, end: int) -> Extent | None:
         """Where ``records[begin:end]`` are in the file (``records`` starting at
@@ -233,9 +259,11 @@ class FileSource(_Source):
                 f.synced = -1
             else:
                 f.synced = size
-        if f.synced < start + end:
+        if f.synced < start + end or f.link is None:
             return None
-        return Extent(f.path, f.dev, f.ino, f.head, f.head_len, start + begin, start + end)
+        return Extent(
+            f.link, f.dev, f.ino, f.head, f.head_len, start + begin, start + end, source=f.path
+        )
 
     def _meta_from(self, f: _OpenFile, start: int, at: int) -> dict[str, Any]:
         return self._meta(f, start + at)

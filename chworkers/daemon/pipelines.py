@@ -63,9 +63,10 @@ class PipelineSettings:
     spool_data: Literal["reference", "copy"] = setting(
         "copy",
         "file source read once (follow = false), JSONEachRow, CSV or TSV: spool a copy of "
-        "each batch's records, or 'reference': where they are in the file (the file, "
-        "fsync'd, is their durable copy: it must stay in place and unchanged until the "
-        "daemon has inserted it; for bulk loads of files kept, saves a copy per batch).",
+        "each batch's records, or 'reference': where they are in the file, which the spool "
+        "keeps by a hard link (saves a copy per batch; the file may be removed or renamed "
+        "once read, but not truncated or rewritten in place while its batches wait by "
+        "reference; a batch that has to wait is copied).",
     )
     poll_interval: float = setting(
         0.25, "file source: how often to look for new data.", unit="seconds", minimum=0.01

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.framing import Framer, RecordTooLargeError, pieces
+from chworkers.daemon.ticket import Ticket
 
 __all__ = ["READ_SIZE", "StreamSource", "warn_if_nothing_matches"]
 
@@ -57,6 +58,8 @@ class _Source:
         self.on_error = on_error
         self.max_record_bytes = max_record_bytes
         self.rows = 0
+        #: The last records added (a file source releases a file once they are spooled).
+        self.last_ticket: Ticket | None = None
         if self.framed:
             Framer(format)  # validate the format now, not at the first byte
 
@@ -111,7 +114,7 @@ class _Source:
         if self.transform is not None:
             records = self.transform(records)
             extent = None  # the records are no longer the file's bytes
-        self.batcher.add(
+        self.last_ticket = self.batcher.add(
             self.table,
             records,
             rows,

@@ -12,7 +12,9 @@ A file that is truncated, has a bad CRC or an unreadable header is moved to
 Here: writing, replacing and removing batches. What the spool finds at start is
 :mod:`chworkers.daemon.spoolrecovery`'s; its room, trouble and gauges are
 :mod:`chworkers.daemon.spoolroom`'s; reserving room and batch numbers is
-:mod:`chworkers.daemon.spoolreserve`'s.
+:mod:`chworkers.daemon.spoolreserve`'s; batches by reference (reading them, copying
+them into the spool) are :mod:`chworkers.daemon.spoolrefs`' and their files' links
+:mod:`chworkers.daemon.spoollinks`'.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.clickhouse.dedup import batch_token
-from chworkers.daemon import extents
 from chworkers.daemon.batchfile import (
     SpooledBatch,
     batch_overhead,
@@ -40,7 +41,9 @@ from chworkers.daemon.batchfile import (
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.memorytier import MemoryTier
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.spoolreserve import LOG_EVERY, Reservation, SpoolReservations
+from chworkers.daemon.spoollinks import SpoolLinks
+from chworkers.daemon.spoolrefs import SpoolReferences
+from chworkers.daemon.spoolreserve import LOG_EVERY, Reservation
 from chworkers.daemon.spoolroom import TROUBLE_FORGOTTEN_AFTER as TROUBLE_FORGOTTEN_AFTER
 from chworkers.daemon.spoolroom import Policy
 from chworkers.errors import SpoolCorruptError, SpoolWriteError
@@ -62,7 +65,7 @@ class PartSpec:
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class Spool(SpoolReservations):
+class Spool(SpoolReferences):
     """A directory of batch files with a size cap and a full-spool policy.
 
     ``settings`` are the daemon's ``[spool]`` (its cap, policy and fsync; the defaults
@@ -91,6 +94,9 @@ class Spool(SpoolReservations):
         self.memory = MemoryTier(settings.memory_max_bytes)
         self._next_seq = 1
         self._closed = False
+        self._by_ref: dict[int, tuple[Extent, ...]] = {}
+        self._references_paused = False
+        self._copier: threading.Thread | None = None
         # What keeps batches out right now (full, or the disk failing), for problems().
         self._trouble: str | None = None
         self._trouble_reason = ""
@@ -102,6 +108,7 @@ class Spool(SpoolReservations):
         self._waiting_since: float | None = None
         self._waiting_logged = -LOG_EVERY
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.links = SpoolLinks(self.directory, fsync=self.fsync)
         self.spool_id = self._load_id()
         # Sequence numbers name files and make deduplication tokens, so they must never
         # repeat, not even after every batch was confirmed and the directory is empty:
@@ -198,10 +205,14 @@ class Spool(SpoolReservations):
                 self._space.notify_all()
             raise
         batch = dataclasses.replace(batch, path=path)
+        if batch.extents:
+            self.links.attach(seq, batch.extents)
         with self._lock:
             self._reserved -= reservation.size
             self._sizes[seq] = file_size(batch)
             self._created[seq] = batch.created
+            if batch.extents:
+                self._by_ref[seq] = batch.extents
             self._clear_trouble()
         self.publish()
         return batch
@@ -246,10 +257,12 @@ class Spool(SpoolReservations):
         with self._lock:
             self._sizes.pop(whole.seq, None)
             self._created.pop(whole.seq, None)
+            refs = self._by_ref.pop(whole.seq, ())
             for batch in written:
                 self._sizes[batch.seq] = file_size(batch)
                 self._created[batch.seq] = batch.created
             self._space.notify_all()
+        self.links.detach(whole.seq, refs)
         self.publish()
         return written
 
@@ -279,7 +292,10 @@ class Spool(SpoolReservations):
         if kept is not None:
             return kept
         if batch.extents:  # by reference: the records are read from their files
-            return dataclasses.replace(batch, payload=extents.read(batch.extents, seq=batch.seq))
+            referenced = self._load_reference(batch)
+            if referenced is not None:
+                return referenced
+            # Copied into the spool meanwhile (:meth:`materialize`): read from there.
         if batch.path is None:
             raise SpoolCorruptError(
                 f"batch {batch.seq} is neither on disk nor in memory any more",
@@ -293,8 +309,12 @@ class Spool(SpoolReservations):
         """Forget a batch once ClickHouse confirmed it."""
         with self._lock:
             in_memory = self.memory.pop(batch.seq)
+            # Before the file goes: a copy of it being made meanwhile must not come back.
+            refs = self._by_ref.pop(batch.seq, ())
+            self._references_ok()
         if not in_memory:
             (self.directory / f"{batch.seq:020d}.batch").unlink(missing_ok=True)
+        self.links.detach(batch.seq, refs)
         with self._lock:
             self._sizes.pop(batch.seq, None)
             self._created.pop(batch.seq, None)

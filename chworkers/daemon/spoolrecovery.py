@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch, file_size, read_batch, write_durably
+from chworkers.daemon.extents import Extent
+from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.spoolroom import SpoolRoom
 from chworkers.errors import SpoolCorruptError
 from chworkers.wording import plural
@@ -35,6 +37,8 @@ class SpoolRecovery(SpoolRoom):
     fsync: bool
     _seq_file: Path
     _next_seq: int
+    links: SpoolLinks
+    _by_ref: dict[int, tuple[Extent, ...]]
 
     def _load_seq_ceiling(self) -> int:
         try:
@@ -94,6 +98,10 @@ class SpoolRecovery(SpoolRoom):
                 self._sizes[batch.seq] = file_size(batch)
                 self._created[batch.seq] = batch.created
                 self._next_seq = max(self._next_seq, batch.seq + 1)
+                if batch.extents:
+                    self._by_ref[batch.seq] = batch.extents
+        # The links these batches name are kept; the others are leftovers.
+        self.links.adopt(batches)
         self.publish()
         if batches:
             log.info("spool %s: %s to replay", self.directory, plural(len(batches), "batch"))

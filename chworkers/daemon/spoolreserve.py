@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 
 from chworkers.daemon.batchfile import write_durably
+from chworkers.daemon.extents import Extent
+from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.spoolrecovery import SpoolRecovery
 from chworkers.errors import SpoolWriteError
 
@@ -47,6 +49,8 @@ class SpoolReservations(SpoolRecovery):
     """The spool's reservations (see the module's docstring)."""
 
     _space: threading.Condition
+    links: SpoolLinks
+    _by_ref: dict[int, tuple[Extent, ...]]
     _closed: bool
     _seq_ceiling: int
     _waiting_logged: float
@@ -69,7 +73,7 @@ class SpoolReservations(SpoolRecovery):
         must not call the spool). The reservation is :meth:`write` n or :meth:`release` d.
         ``memory``: for the memory tier, which only ever waits (whatever the policy).
         """
-        dropped: list[int] = []
+        dropped: list[tuple[int, tuple[Extent, ...]]] = []
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             waiting = False
@@ -81,7 +85,7 @@ class SpoolReservations(SpoolRecovery):
                         victim = min(self._sizes)
                         self._sizes.pop(victim)
                         self._created.pop(victim, None)
-                        dropped.append(victim)
+                        dropped.append((victim, self._by_ref.pop(victim, ())))
                         continue
                     elif self.policy == "reject":
                         raise self._refused(size)
@@ -124,8 +128,9 @@ class SpoolReservations(SpoolRecovery):
                 self.memory.reserve(size)
             else:
                 self._reserved += size
-        for victim in dropped:
+        for victim, refs in dropped:
             (self.directory / f"{victim:020d}.batch").unlink(missing_ok=True)
+            self.links.detach(victim, refs)
             log.warning("spool full: dropped the oldest batch %d (policy drop_oldest)", victim)
             if self._metrics is not None:
                 self._metrics.spool_dropped.inc()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from chworkers.daemon.memorytier import MemoryTier
+from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.errors import SpoolFullError
 from chworkers.ops.metrics import Metrics
 from chworkers.wording import plural
@@ -36,6 +37,7 @@ class SpoolRoom:
     max_bytes: int
     policy: Policy
     memory: MemoryTier
+    links: SpoolLinks
     _metrics: Metrics | None
     _lock: threading.Lock
     _sizes: dict[int, int]  # seq -> file size, for every batch on disk
@@ -52,7 +54,7 @@ class SpoolRoom:
     _waiting_since: float | None
 
     def _used(self) -> int:
-        return sum(self._sizes.values()) + self._reserved
+        return sum(self._sizes.values()) + self._reserved + self.links.pinned
 
     def _must_wait(self, size: int, memory: bool) -> bool:
         if memory:
@@ -105,7 +107,8 @@ class SpoolRoom:
             memory_batches, memory_bytes = self.memory.batches(), self.memory.bytes()
             return {
                 "batches": len(self._sizes) + memory_batches,
-                "bytes": sum(self._sizes.values()) + memory_bytes,
+                # With what links hold of files that have no other name any more.
+                "bytes": sum(self._sizes.values()) + self.links.pinned + memory_bytes,
                 "oldest_age_seconds": 0.0 if oldest is None else max(0.0, time.time() - oldest),
                 "max_bytes": self.max_bytes,
                 "memory_batches": memory_batches,
@@ -141,6 +144,7 @@ class SpoolRoom:
 
     def publish(self) -> None:
         """Set the spool gauges (size, batches, age of the oldest) to what they are now."""
+        self.links.refresh()
         if self._metrics is None:
             return
         s = self.stats()

@@ -49,9 +49,12 @@ class Tables:
         max_backoff: float = 10.0,
         attempt_timeout: float = 120.0,
         where: str = "",
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         #: What the tables are on, for messages ("shard 1: "), "" for one ClickHouse.
         self.where = where
+        #: Told of every failed attempt (the spool copies batches that must wait).
+        self.on_failure = on_failure
         self._create = create
         self._release = release
         self.initial_backoff = initial_backoff
@@ -189,6 +192,8 @@ class Tables:
                 plural(held, "batch"),
                 error,
             )
+            if self.on_failure is not None:
+                self.on_failure()
             return
         with self._lock:
             self._pending.pop(table, None)

@@ -1,0 +1,202 @@
+"""Batches spooled by reference: reading them, and copying them into the spool when they
+may have to wait.
+
+A batch spooled by reference (:mod:`chworkers.daemon.extents`) is safe from its file
+being removed or renamed (:mod:`chworkers.daemon.spoollinks` keeps its inode), but not
+from the file being truncated or rewritten in place (``copytruncate``, ``> file``): its
+bytes are then gone. So a reference is meant to cover the short while of a healthy
+insert, not an outage: :class:`SpoolReferences` copies ("materializes") a referenced
+batch into its spool file as soon as an attempt to insert it fails (its records are in
+hand then), and when ClickHouse is in trouble (an attempt failed with an error that is
+not the table's own) it copies every batch still spooled by reference in the
+background and has new batches spooled as copies, until an insert is confirmed again.
+
+The copy replaces the reference's spool file atomically (written aside, fsync'd, renamed
+over it), so a crash leaves one or the other, both with the batch's token; the batch's
+link is dropped once it is copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from chworkers.daemon import extents
+from chworkers.daemon.batchfile import SpooledBatch, encode_batch, read_batch, write_durably
+from chworkers.daemon.extents import Extent
+from chworkers.daemon.spoollinks import SpoolLinks
+from chworkers.daemon.spoolreserve import SpoolReservations
+from chworkers.errors import SpoolCorruptError, SpoolError
+from chworkers.wording import plural
+
+__all__ = ["SpoolReferences"]
+
+#: The spool's logger, as before it was cut into modules (log filters keep working).
+log = logging.getLogger("chworkers.daemon.spool")
+
+
+class SpoolReferences(SpoolReservations):
+    """The spool's batches by reference (see the module's docstring)."""
+
+    links: SpoolLinks
+    #: seq -> its extents, for every batch on disk that is spooled by reference now.
+    _by_ref: dict[int, tuple[Extent, ...]]
+    _references_paused: bool
+    _copier: threading.Thread | None
+
+    def takes_references(self) -> bool:
+        """Whether a new batch may be spooled by reference now (not while ClickHouse is
+        in trouble: its batch would wait)."""
+        return not self._references_paused
+
+    def by_reference(self) -> list[int]:
+        """The batches spooled by reference now (their numbers)."""
+        with self._lock:
+            return sorted(self._by_ref)
+
+    def _load_reference(self, batch: SpooledBatch) -> SpooledBatch | None:
+        """The batch with its records read from their files, while it is spooled by
+        reference (None: it is not, or no longer, so). Records that are gone for good
+        (the file removed without a link, truncated, rewritten) cannot be inserted: the
+        batch file goes to quarantine and :class:`SpoolCorruptError` says why."""
+        with self._lock:
+            refs = self._by_ref.get(batch.seq)
+        if refs is None:
+            return None
+        try:
+            payload = extents.read(refs, seq=batch.seq)
+        except SpoolCorruptError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                raise  # the read failed (EIO, EMFILE), not the batch: worth another try
+            self._lost(batch.seq, str(exc))
+            raise
+        return dataclasses.replace(batch, payload=payload)
+
+    def _lost(self, seq: int, reason: str) -> None:
+        """A batch whose records are gone leaves the spool (kept in quarantine)."""
+        with self._lock:
+            refs = self._by_ref.pop(seq, ())
+            self._sizes.pop(seq, None)
+            self._created.pop(seq, None)
+            self._space.notify_all()
+        path = self.directory / f"{seq:020d}.batch"
+        try:
+            self._quarantine(path, reason)
+        except OSError:
+            path.unlink(missing_ok=True)
+        self.links.detach(seq, refs)
+        self.publish()
+
+    # -- copying -------------------------------------------------------------------
+
+    def attempt_failed(self, batch: SpooledBatch, *, trouble: bool = True) -> None:
+        """An attempt to insert ``batch`` failed: copy it into the spool when it is by
+        reference (with its records when ``batch`` has them). ``trouble``: the failure
+        was ClickHouse's, not the table's: copy every batch still by reference too, and
+        spool new ones as copies until an insert is confirmed."""
+        if trouble:
+            self.in_trouble()
+        self.materialize(batch)
+
+    def in_trouble(self) -> None:
+        """ClickHouse fails inserts (or the creation of a table batches wait for): new
+        batches are spooled as copies until an insert is confirmed, and those spooled
+        by reference are copied in the background."""
+        with self._lock:
+            was = self._references_paused
+            self._references_paused = True
+            copier = None
+            if self._copier is None and self._by_ref and not self._closed:
+                copier = self._copier = threading.Thread(
+                    target=self._copy_all, name="chworkers-spool-copy", daemon=True
+                )
+        if not was:
+            log.info(
+                "spool %s: inserts fail: batches are spooled as copies until one is "
+                "confirmed, and those spooled by reference are copied",
+                self.directory,
+            )
+        if copier is not None:
+            copier.start()
+
+    def _references_ok(self) -> None:
+        """An insert was confirmed: new batches may be spooled by reference again
+        (called under the lock)."""
+        self._references_paused = False
+
+    def materialize(self, batch: SpooledBatch) -> bool:
+        """Copy a batch spooled by reference into its spool file (its records from
+        ``batch.payload`` when it has them, else read from their files); True when this
+        call copied it."""
+        with self._lock:
+            refs = self._by_ref.get(batch.seq)
+        if refs is None:
+            return False
+        path = self.directory / f"{batch.seq:020d}.batch"
+        try:
+            payload = batch.payload or extents.read(refs, seq=batch.seq)
+            copy = dataclasses.replace(batch, payload=payload, extents=(), path=path)
+            done = write_durably(
+                path, encode_batch(copy), fsync=self.fsync, place=self._place(batch.seq)
+            )
+        except SpoolError as exc:
+            # Not copied: it stays by reference (and is inserted from its file, or
+            # found gone when it is loaded).
+            log.warning("spool: cannot copy batch %d spooled by reference: %s", batch.seq, exc)
+            return False
+        if done:
+            self.links.detach(batch.seq, refs)
+            self.publish()
+        return done
+
+    def _place(self, seq: int) -> Callable[[Path, Path], bool]:
+        def place(tmp: Path, path: Path) -> bool:
+            # Under the lock: a batch confirmed (removed) meanwhile must not come back.
+            with self._lock:
+                if seq not in self._by_ref:
+                    return False
+                os.replace(tmp, path)
+                del self._by_ref[seq]
+                self._sizes[seq] = path.stat().st_size
+            return True
+
+        return place
+
+    def _copy_all(self) -> None:
+        """Copy every batch spooled by reference, oldest first, while ClickHouse is in
+        trouble (the copier thread)."""
+        copied = 0
+        try:
+            while True:
+                with self._lock:
+                    if not self._references_paused or not self._by_ref or self._closed:
+                        break
+                    seq = min(self._by_ref)
+                path = self.directory / f"{seq:020d}.batch"
+                try:
+                    described = read_batch(path)
+                except SpoolCorruptError:
+                    with self._lock:
+                        if seq not in self._by_ref:
+                            continue  # confirmed and removed meanwhile
+                    break  # unreadable: the dispatcher finds out what is wrong with it
+                if self.materialize(described):
+                    copied += 1
+                else:
+                    with self._lock:
+                        if seq in self._by_ref:
+                            break  # cannot be copied now; the next failure tries again
+        finally:
+            with self._lock:
+                self._copier = None
+            if copied:
+                log.info(
+                    "spool %s: copied %s spooled by reference (inserts fail)",
+                    self.directory,
+                    plural(copied, "batch"),
+                )

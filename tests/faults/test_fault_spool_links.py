@@ -1,0 +1,217 @@
+"""Batches spooled by reference are safe at every edge of their file's life.
+
+Spooled by reference, a batch was a byte range of its file by name: a job that removed
+the file once the daemon had read it (or logrotate renaming it) while ClickHouse was
+down lost every batch still spooled, which is why reference stopped being the default
+(test_fault_spool_default_copy). Now the spool keeps a hard link to each file it
+references (removed once no batch needs it), falls back to copies where it cannot link,
+counts what a link holds of a removed file against its cap, and copies a referenced
+batch into itself as soon as it has to wait (an attempt failed), so that a file
+truncated in place (copytruncate) during an outage takes nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from daemonthread import Running, count, daemon_config, lines
+from faultproxy import FaultProxy
+from waiting import wait_for
+
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.filesource import FileSource
+from chworkers.daemon.options import SpoolSettings
+from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
+from chworkers.embedded import EmbeddedClickHouse
+
+
+def _read(
+    spool_dir: Path, files: list[Path], *, spool: Spool | None = None
+) -> tuple[Spool, list[SpooledBatch]]:
+    spool = spool or Spool(spool_dir, SpoolSettings(fsync=False))
+    batches: list[SpooledBatch] = []
+    batcher = Batcher(spool, batches.append)
+    FileSource(
+        [str(f) for f in files],
+        checkpoints=Checkpoints(spool_dir.parent / "positions"),
+        name="logs",
+        table="events",
+        format="JSONEachRow",
+        batcher=batcher,
+        limits=BatchLimits(max_rows=1000, max_delay=60),
+        read_size=4096,
+        by_reference=True,
+    ).run(threading.Event())
+    batcher.close()
+    return spool, sorted(batches, key=lambda b: b.seq)
+
+
+def _links(spool: Spool) -> list[str]:
+    spool.links.refresh(force=True)  # the releases due once the last records are spooled
+    folder = spool.directory / "links"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_link_per_file_lives_until_its_batches_are_confirmed(tmp_path: Path) -> None:
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    files[0].write_bytes(lines(0, 2500))
+    files[1].write_bytes(lines(2500, 3000))
+    spool, batches = _read(tmp_path / "spool", files)
+    assert all(b.extents for b in batches)
+    assert all(
+        e.path.startswith(str(spool.directory / "links")) for b in batches for e in b.extents
+    )
+    assert {e.source for b in batches for e in b.extents} == {str(f) for f in files}
+    assert len(_links(spool)) == 2
+    for f in files:
+        f.unlink()  # read: a cleanup job takes them away
+    data = b"".join(spool.load(b).payload for b in batches)
+    assert data == lines(0, 3000)
+    assert [len(b.extents) for b in batches] == [1, 1, 2]  # the last: a's end, all of b
+    for batch in batches[:-1]:
+        spool.remove(batch)
+    assert len(_links(spool)) == 2  # the last batch still needs both
+    spool.remove(batches[-1])
+    assert _links(spool) == []
+
+
+def test_a_restart_keeps_the_links_of_pending_batches_and_removes_leftovers(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "a.json"
+    source.write_bytes(lines(0, 3000))
+    spool, batches = _read(tmp_path / "spool", [source])
+    (spool.directory / "links" / "12-leftover").write_bytes(b"x")  # a crash's leftover
+    spool.remove(batches[0])
+    # Stopped; logrotate renames the file away and creates a new one meanwhile.
+    source.rename(tmp_path / "a.json.1")
+    source.write_bytes(b'{"n":1,"s":"new"}\n')
+    again = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
+    pending = again.recover()
+    assert [b.seq for b in pending] == [b.seq for b in batches[1:]]
+    assert len(_links(again)) == 1
+    assert b"".join(again.load(b).payload for b in pending) == lines(1000, 3000)
+    for batch in pending:
+        again.remove(batch)
+    assert _links(again) == []
+
+
+def test_another_file_system_falls_back_to_copies_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system at /dev/shm")
+    folder = other / f"chw-{os.getpid()}-{tmp_path.name}"
+    folder.mkdir()
+    try:
+        files = [folder / "a.json", folder / "b.json"]
+        files[0].write_bytes(lines(0, 1500))
+        files[1].write_bytes(lines(1500, 3000))
+        with caplog.at_level(logging.WARNING, logger="chworkers.daemon.spoollinks"):
+            spool, batches = _read(tmp_path / "spool", files)
+        assert not any(b.extents for b in batches)
+        assert b"".join(b.payload for b in batches) == lines(0, 3000)
+        warned = [r.getMessage() for r in caplog.records if "cannot link" in r.getMessage()]
+        assert len(warned) == 1 and "another file system" in warned[0], warned
+        assert _links(spool) == []
+    finally:
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+
+
+def test_what_a_link_holds_of_a_removed_file_counts_against_the_cap(tmp_path: Path) -> None:
+    source = tmp_path / "a.json"
+    data = lines(0, 5000)
+    source.write_bytes(data)
+    spool, batches = _read(tmp_path / "spool", [source])
+    for batch in batches[:-1]:
+        spool.remove(batch)
+    referenced = batches[-1].size
+    spool.links.refresh(force=True)
+    assert spool.links.pinned == 0  # the file has its own name: the link holds nothing
+    source.unlink()
+    spool.links.refresh(force=True)
+    assert spool.links.pinned == len(data) - referenced
+    assert spool.stats()["bytes"] >= len(data)
+    spool.remove(batches[-1])
+    assert spool.links.pinned == 0 and spool.stats()["bytes"] == 0
+
+
+def test_a_failed_attempt_copies_its_batch_and_trouble_copies_the_rest(tmp_path: Path) -> None:
+    """copytruncate during an outage: the batches were copied when the first attempt
+    failed, so the truncation takes nothing; new batches are copies until an insert is
+    confirmed."""
+    source = tmp_path / "a.json"
+    source.write_bytes(lines(0, 5000))
+    spool, batches = _read(tmp_path / "spool", [source])
+    assert spool.by_reference() == [b.seq for b in batches]
+    failed = spool.load(batches[0])
+    spool.attempt_failed(failed)  # e.g. connection refused: ClickHouse's trouble
+    wait_for(lambda: spool.by_reference() == [], timeout=30)
+    assert not spool.takes_references()
+    os.truncate(source, 0)  # logrotate copytruncate
+    for batch in batches:
+        on_disk = read_batch(spool.directory / f"{batch.seq:020d}.batch")
+        assert not on_disk.extents and on_disk.token == batch.token
+    assert b"".join(spool.load(b).payload for b in batches) == lines(0, 5000)
+    assert _links(spool) == []
+    spool.remove(batches[0])  # an insert confirmed: ClickHouse is back
+    assert spool.takes_references()
+
+
+def test_a_permanent_error_copies_only_its_own_batch(tmp_path: Path) -> None:
+    source = tmp_path / "a.json"
+    source.write_bytes(lines(0, 3000))
+    spool, batches = _read(tmp_path / "spool", [source])
+    spool.attempt_failed(spool.load(batches[1]), trouble=False)  # e.g. its table is missing
+    assert spool.by_reference() == [batches[0].seq, batches[2].seq]
+    assert spool.takes_references()
+    batch_file = read_batch(spool.directory / f"{batches[1].seq:020d}.batch")
+    assert batch_file.payload == lines(1000, 2000)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("change", ["removed", "copytruncate"])
+def test_a_file_removed_or_truncated_during_an_outage_is_inserted_whole(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    ch_client: Client,
+    fault_proxy: FaultProxy,
+    change: str,
+) -> None:
+    ch_client.command(
+        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    data = tmp_path / "in.json"
+    data.write_bytes(lines(0, 5000))
+    fault_proxy.set("reset")  # ClickHouse unreachable: batches wait in the spool
+    cfg = daemon_config(
+        tmp_path / "state",
+        f"{fault_proxy.url}/{database}",
+        {"source": "file", "paths": [str(data)], "max_rows": 1000, "spool_data": "reference"},
+    )
+    running = Running(cfg)
+    try:
+        spool = running.daemon.spool
+        wait_for(lambda: spool.stats()["batches"] == 5, timeout=60)
+        # The first failed attempt had them all copied into the spool.
+        wait_for(lambda: spool.by_reference() == [], timeout=60)
+        if change == "removed":
+            data.unlink()
+        else:
+            os.truncate(data, 0)
+        fault_proxy.set("pass")
+        wait_for(lambda: count(endpoint, database) == (5000, 5000), timeout=120)
+        wait_for(lambda: _links(spool) == [], timeout=30)
+    finally:
+        running.stop()
