@@ -59,8 +59,9 @@ def wait_for(path: Path, timeout: float = 20.0) -> None:
 
 def block_until(path: str, started: str | None = None) -> int:
     """A task that announces itself, then waits for ``path`` to exist."""
-    if started is not None:
-        Path(started).write_text(str(os.getpid()))
+    if started is not None:  # whole or absent for the test's reader
+        Path(started + ".partial").write_text(str(os.getpid()))
+        os.replace(started + ".partial", started)
     while not os.path.exists(path):
         time.sleep(0.01)
     return os.getpid()
