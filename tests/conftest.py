@@ -14,9 +14,9 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from chclients import make_client, unique_name
@@ -26,6 +26,9 @@ from natsserver import NatsServer, NatsUnavailable
 from redisserver import RedisServer, RedisUnavailable
 
 from chworkers.embedded import EmbeddedClickHouse
+
+if TYPE_CHECKING:
+    from chworkers.workers.supervisor import Supervisor
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +149,25 @@ def fault_proxy(endpoint: EmbeddedClickHouse) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@pytest.fixture
+def make_sup() -> Iterator[Callable[..., Supervisor]]:
+    """Starts a supervisor with the options given (``start_method="fork"`` unless they
+    say otherwise); every one is stopped, not gracefully, after the test."""
+    from chworkers.workers.supervisor import Supervisor
+
+    started: list[Supervisor] = []
+
+    def make(**kw: Any) -> Supervisor:
+        kw.setdefault("start_method", "fork")
+        sup = Supervisor(**kw)
+        started.append(sup)
+        return sup.start()
+
+    yield make
+    for sup in started:
+        sup.stop(graceful=False)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ tests of per-table insert limits (overlaps and spacing measured where inserts ha
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from faultproxy import FaultProxy
 
 from chworkers.workers.context import TaskInfo, WorkerContext
 from chworkers.workers.middleware import Middleware
+from chworkers.workers.supervisor import Supervisor
 
 
 class Windows(Middleware):
@@ -47,6 +49,27 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+def recording(url: str, record: Path, workers: int, table_limits: Mapping[str, Any]) -> Supervisor:
+    """A supervisor (not started) of ``workers`` processes, as many connections, whose
+    every insert's window is appended to ``record``."""
+    return Supervisor(
+        url,
+        workers=workers,
+        max_connections=workers,
+        start_method="fork",
+        middleware=[Windows(str(record))],
+        table_limits=table_limits,
+    )
+
+
+def warm(sup: Supervisor, record: Path, tables: Sequence[str] = ("hot", "cold")) -> None:
+    """One insert into each table, so their columns are known (producers encode at once
+    from then on), and ``record`` started afresh."""
+    for table in tables:
+        sup.insert(table, [[100]], ["n"]).result(60)
+    record.unlink()
 
 
 def slow_tables(fault_proxy: FaultProxy, ch_client: Any, database: str) -> str:

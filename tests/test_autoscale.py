@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,6 @@ def record(n: int, log_path: str, seconds: float) -> int:
     with open(log_path, "a") as fh:
         fh.write(f"{n}\n")
     return os.getpid()
-
-
-@pytest.fixture
-def make_sup() -> Iterator[Any]:
-    started: list[Supervisor] = []
-
-    def make(**kw: Any) -> Supervisor:
-        kw.setdefault("start_method", "fork")
-        sup = Supervisor(**kw)
-        started.append(sup)
-        return sup.start()
-
-    yield make
-    for sup in started:
-        sup.stop(graceful=False)
 
 
 def serving(sup: Supervisor) -> int:

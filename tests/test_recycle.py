@@ -6,14 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import waiting
-
-from chworkers import Supervisor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,21 +32,6 @@ def leak(n: int, log_path: str, mib: int) -> tuple[int, int, int]:
     _LEAKED.append(b"\x01" * (mib * MiB))  # pages written, so resident
     time.sleep(0.005)
     return n, os.getpid(), before
-
-
-@pytest.fixture
-def make_sup() -> Iterator[Any]:
-    started: list[Supervisor] = []
-
-    def make(**kw: Any) -> Supervisor:
-        kw.setdefault("start_method", "fork")
-        sup = Supervisor(**kw)
-        started.append(sup)
-        return sup.start()
-
-    yield make
-    for sup in started:
-        sup.stop(graceful=False)
 
 
 def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,21 +26,6 @@ def record(n: int, log_path: str) -> int:
     with open(log_path, "a") as fh:
         fh.write(f"{n} {os.getpid()}\n")
     return os.getpid()
-
-
-@pytest.fixture
-def make_sup() -> Iterator[Any]:
-    started: list[Supervisor] = []
-
-    def make(**kw: Any) -> Supervisor:
-        kw.setdefault("start_method", "fork")
-        sup = Supervisor(**kw)
-        started.append(sup)
-        return sup.start()
-
-    yield make
-    for sup in started:
-        sup.stop(graceful=False)
 
 
 class Sampler:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
@@ -34,19 +34,14 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def make_sup() -> Iterator[Any]:
-    started: list[Supervisor] = []
+def make_sup(make_sup: Callable[..., Supervisor]) -> Callable[..., Supervisor]:
+    """conftest's, with two workers unless the test says otherwise."""
 
     def make(**kw: Any) -> Supervisor:
         kw.setdefault("workers", 2)
-        kw.setdefault("start_method", "fork")
-        sup = Supervisor(**kw)
-        started.append(sup)
-        return sup.start()
+        return make_sup(**kw)
 
-    yield make
-    for sup in started:
-        sup.stop(graceful=False)
+    return make
 
 
 def wait_for(path: Path, timeout: float = 20.0) -> None:

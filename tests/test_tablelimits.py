@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
-from insertwindows import Windows, most_at_once, slow_tables, windows
+from insertwindows import most_at_once, recording, slow_tables, warm, windows
 
 from chworkers import Supervisor, TableLimit
 from chworkers.errors import ConfigError
@@ -34,17 +34,8 @@ def test_a_hot_table_held_to_one_insert_does_not_delay_the_others(
     slow: str, tmp_path: Path, ch_client: Any
 ) -> None:
     record = tmp_path / "windows"
-    with Supervisor(
-        slow,
-        workers=3,
-        max_connections=3,
-        start_method="fork",
-        middleware=[Windows(str(record))],
-        table_limits={"hot": {"max_concurrent_inserts": 1}},
-    ) as sup:
-        for table in ("hot", "cold"):  # columns looked up: producers encode at once
-            sup.insert(table, [[100]], ["n"]).result(60)
-        record.unlink()
+    with recording(slow, record, 3, {"hot": {"max_concurrent_inserts": 1}}) as sup:
+        warm(sup, record)
         hot = [sup.insert("hot", [[i]], ["n"]) for i in range(8)]
         cold = [sup.insert("cold", [[i]], ["n"]) for i in range(4)]
         assert [f.result(60) for f in hot + cold] == [1] * 12
@@ -75,14 +66,7 @@ def test_a_hot_table_held_to_one_insert_does_not_delay_the_others(
 
 def test_inserts_per_second_are_spaced_across_workers(slow: str, tmp_path: Path) -> None:
     record = tmp_path / "windows"
-    with Supervisor(
-        slow,
-        workers=3,
-        max_connections=3,
-        start_method="fork",
-        middleware=[Windows(str(record))],
-        table_limits={"hot": TableLimit(max_inserts_per_second=4)},
-    ) as sup:
+    with recording(slow, record, 3, {"hot": TableLimit(max_inserts_per_second=4)}) as sup:
         futures = [sup.insert("hot", [[i]], ["n"]) for i in range(6)]
         assert [f.result(60) for f in futures] == [1] * 6
     starts = [start for start, _ in windows(record)["hot"]]

@@ -9,28 +9,14 @@ chworkers" on an idle, fully acknowledged pipeline, which reads as six batches i
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from natsserver import NatsServer, NatsUnavailable
+from natsserver import NatsServer
 
 from chworkers.daemon.brokers.natsclient import describe
 from chworkers.daemon.brokers.natsmanifests import Manifest, ManifestStore
 from chworkers.daemon.brokers.options import NatsSourceSettings
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Any:
-    try:
-        server = NatsServer(tmp_path / "nats")
-    except NatsUnavailable as exc:
-        pytest.skip(str(exc))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.timeout(120)

@@ -6,32 +6,16 @@ WorkerBootError and the old workers go on serving."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chworkers import Supervisor
 from chworkers.errors import WorkerBootError
 from chworkers.workers.context import WorkerContext
 from chworkers.workers.middleware import Middleware
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def make_sup() -> Iterator[Any]:
-    started: list[Supervisor] = []
-
-    def make(**kw: Any) -> Supervisor:
-        sup = Supervisor(start_method="fork", **kw)
-        started.append(sup)
-        return sup.start()
-
-    yield make
-    for sup in started:
-        sup.stop(graceful=False)
 
 
 class BrokenDeploy(Middleware):

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
-from insertwindows import Windows, slow_tables, windows
+from insertwindows import recording, slow_tables, warm, windows
 
-from chworkers import Supervisor, TableLimit
+from chworkers import TableLimit
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,17 +30,8 @@ def test_a_rate_limited_table_is_not_starved_by_busy_workers(slow: str, tmp_path
     # busy workers, and each waits for the previous one's result
     # before its 1/rate: spaced all the same, and not held until cold is done.
     record = tmp_path / "windows"
-    with Supervisor(
-        slow,
-        workers=2,
-        max_connections=2,
-        start_method="fork",
-        middleware=[Windows(str(record))],
-        table_limits={"hot": TableLimit(max_inserts_per_second=5)},
-    ) as sup:
-        for table in ("hot", "cold"):  # columns looked up: producers encode at once
-            sup.insert(table, [[100]], ["n"]).result(60)
-        record.unlink()
+    with recording(slow, record, 2, {"hot": TableLimit(max_inserts_per_second=5)}) as sup:
+        warm(sup, record)
         hot = [sup.insert("hot", [[i]], ["n"]) for i in range(3)]
         cold = [sup.insert("cold", [[i]], ["n"]) for i in range(24)]
         assert [f.result(60) for f in cold + hot] == [1] * 27
