@@ -17,7 +17,8 @@ from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers import redisentries
 from chworkers.daemon.brokers.assembly import Assembler, Assembly
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisgroup import StreamGroup, ids_json
+from chworkers.daemon.brokers.redisgroup import StreamGroup
+from chworkers.daemon.brokers.redismanifests import ids_json
 
 pytestmark = pytest.mark.timeout(120)
 

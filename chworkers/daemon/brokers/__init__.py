@@ -8,7 +8,8 @@ tells the daemon's health while its broker does not answer;
 batches. ``source = "redis"``: :mod:`~chworkers.daemon.brokers.redisstream` (the source's
 logic; its batching in :mod:`~chworkers.daemon.brokers.redisbatches`) over
 :mod:`~chworkers.daemon.brokers.redisgroup` (the commands of a stream's
-consumer group), :mod:`~chworkers.daemon.brokers.redisscripts` (its Lua scripts) and
+consumer group; the manifests' in :mod:`~chworkers.daemon.brokers.redismanifests`),
+:mod:`~chworkers.daemon.brokers.redisscripts` (its Lua scripts) and
 :mod:`~chworkers.daemon.brokers.redisclient` (the connection). ``source = "nats"``:
 :mod:`~chworkers.daemon.brokers.natsstream` (the source's logic) over
 :mod:`~chworkers.daemon.brokers.natsmanifests` (the manifests' key-value key) and

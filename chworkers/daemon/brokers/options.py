@@ -87,6 +87,20 @@ class RedisSourceSettings:
         unit="seconds",
         minimum=1,
     )
+    wait_replicas: int = setting(
+        0,
+        "A batch is inserted only once its manifest reached this many replicas of the "
+        "stream's Redis (WAIT), so a failover to one of them keeps exactly once (0: do "
+        "not wait; replication is asynchronous and a failover can lose the last writes).",
+        minimum=0,
+    )
+    wait_timeout: float = setting(
+        1.0,
+        "How long one WAIT for wait_replicas lasts; a manifest not replicated by then "
+        "makes the source degraded and is written and waited for again.",
+        unit="seconds",
+        minimum=0.001,
+    )
 
     def __post_init__(self) -> None:
         validate(self, source="redis")

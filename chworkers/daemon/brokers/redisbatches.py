@@ -20,9 +20,10 @@ from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
 from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisclient import check_url, display_url, entry_order
-from chworkers.daemon.brokers.redisgroup import SentManifest, StreamGroup
+from chworkers.daemon.brokers.redisgroup import StreamGroup
+from chworkers.daemon.brokers.redismanifests import SentManifest
 from chworkers.daemon.brokers.trouble import Trouble
-from chworkers.errors import PoisonMessageError
+from chworkers.errors import BrokerError, PoisonMessageError
 from chworkers.wording import plural
 
 #: The source's logger, as before its batching moved here (log filters keep working).
@@ -151,20 +152,19 @@ class RedisBatching(SourceParts):
             token,
             len(ids),
         )
+        self.redis.replicate(token)
         self._hand_on(token, ids, batch, rebuilt=True)
 
     def _cut(self) -> None:
         """Cut the batch and send its manifest; the batch goes on once Redis wrote it
         (:meth:`_settle`, at the latest before the next cut or before a read that waits),
         so the source batches the next entries meanwhile."""
+        self._settle()  # first: when it fails, the batch stays in the making
         batch, self._assembly = self._assembly, Assembly()
         token = broker_token("redis", self.redis.stream, self.redis.group, batch.ids)
-        self._settle()
-        self._sent = (
-            token,
-            batch,
-            self.redis.send_manifest(token, batch.ids, ordered=not batch.mixed),
-        )
+        manifest = self.redis.manifest(token, batch.ids, ordered=not batch.mixed)
+        self._sent = (token, batch, manifest)  # if the send fails: sent at the next settle
+        self._sent = (token, batch, self.redis.send(manifest))
 
     def _settle(self) -> None:
         """Take the verdict on the last manifest sent: its batch goes on, or is dropped
@@ -173,7 +173,13 @@ class RedisBatching(SourceParts):
         if sent is None:
             return
         token, batch, manifest = sent
-        gone = self.redis.verdict(manifest)
+        try:
+            gone = self.redis.verdict(manifest)
+        except BrokerError:
+            # Its reply is lost, or its replicas lag: the batch stays, its manifest is
+            # sent again at the next settle (not left pending until a claim finds it).
+            self._sent = (token, batch, manifest.again())
+            raise
         if gone is not None:
             log.warning(
                 "source %s: a batch of %d entries is not inserted: entry %s is not pending "

@@ -1,21 +1,13 @@
 """One Redis Stream's consumer group as the Redis source uses it: every command it sends,
 its replies turned into :class:`~chworkers.daemon.brokers.assembly.Message` s, and every
-redis-py failure into a :class:`~chworkers.errors.BrokerError`.
-
-The keys beside the stream (docs/brokers.md, "A batch's life"):
-``<stream>:chworkers:<group>:manifest:<token>`` holds one batch's manifest (its token and
-ids as JSON, with a TTL) and ``<stream>:chworkers:<group>:manifests`` the set of the live
-manifests' tokens. The scripts that keep them consistent are in
-:mod:`~chworkers.daemon.brokers.redisscripts`.
+redis-py failure into a :class:`~chworkers.errors.BrokerError`. The manifests beside the
+stream, and the errors, are :class:`~chworkers.daemon.brokers.redismanifests.GroupManifests`'
+(its base class); here: the connection, reading, claiming and observing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from chworkers.daemon.brokers import redisscripts
@@ -25,36 +17,17 @@ from chworkers.daemon.brokers.redisahead import Ahead, Reply
 from chworkers.daemon.brokers.redisclient import (
     connect,
     display_url,
-    entry_order,
     failures,
     key_prefix,
     raw,
     text,
 )
 from chworkers.daemon.brokers.redisentries import Entry, payload
+from chworkers.daemon.brokers.redismanifests import GroupManifests
 from chworkers.errors import BrokerError
 
-#: Ids per call of the touch script (its reply and its time in Redis stay small).
-TOUCH_CHUNK = 10_000
 
-
-def ids_json(ids: list[str]) -> str:
-    """Stream entry ids as a JSON array (ids are digits and one dash: nothing to escape;
-    a tenth of json.dumps's time, which a batch of 10,000 ids pays three times)."""
-    return '["' + '","'.join(ids) + '"]' if ids else "[]"
-
-
-@dataclasses.dataclass(frozen=True)
-class SentManifest:
-    """A manifest sent ahead: its reply to come, and what was sent (to run it again
-    when Redis lost its scripts)."""
-
-    reply: Reply
-    keys: list[str]
-    args: list[Any]
-
-
-class StreamGroup:
+class StreamGroup(GroupManifests):
     """The stream ``options.stream`` read by ``consumer`` in ``options.group``."""
 
     def __init__(self, options: RedisSourceSettings, consumer: str, where: str) -> None:
@@ -217,100 +190,6 @@ class StreamGroup:
                     out.append(Message(entry_id.decode(), payload(fields, field)))
         return out
 
-    # -- manifests -------------------------------------------------------------------
-
-    def live_manifests(self) -> dict[str, tuple[str, list[str]]]:
-        """Entry id -> (token, ids) of every manifest beside the stream (few: one per
-        batch in flight in any daemon); forgets tokens whose manifest expired."""
-        tokens = [text(t) for t in self.call(self.client.smembers, self.manifests_key)]
-        if not tokens:
-            return {}
-        bodies = self.call(self.client.mget, [self.manifest_prefix + t for t in tokens])
-        owners: dict[str, tuple[str, list[str]]] = {}
-        expired = []
-        for token, body in zip(tokens, bodies, strict=True):
-            if body is None:
-                expired.append(token)
-                continue
-            ids = [str(i) for i in json.loads(body)["ids"]]
-            for entry_id in ids:
-                owners[entry_id] = (token, ids)
-        if expired:
-            self.call(self.client.srem, self.manifests_key, *expired)
-        return owners
-
-    def send_manifest(self, token: str, ids: list[str], *, ordered: bool) -> SentManifest:
-        """Send a batch's manifest ahead (:meth:`verdict` says how it went): written if
-        every id is still pending for this consumer. ``ordered``: the ids are in stream
-        order (the lowest first, the highest last)."""
-
-        head = json.dumps({"token": token, "consumer": self.consumer, "created": time.time()})
-        body = f'{head[:-1]}, "ids": {ids_json(ids)}}}'
-        keys = [self.stream, self.manifests_key, self.manifest_prefix + token]
-        args = [
-            self.group,
-            self.consumer,
-            token,
-            body,
-            int(self.options.manifest_ttl * 1000),
-            ids[0] if ordered else min(ids, key=entry_order),
-            ids[-1] if ordered else max(ids, key=entry_order),
-        ]
-        try:
-            reply = self._ahead.send("EVALSHA", self._write_manifest.sha, len(keys), *keys, *args)
-        except failures() as exc:
-            raise self.error(exc) from exc
-        return SentManifest(reply, keys, args)
-
-    def verdict(self, sent: SentManifest) -> str | None:
-        """None when the manifest was written; else the first id that is not pending for
-        this consumer any more (claimed by another consumer, or acknowledged)."""
-        import redis
-
-        try:
-            reply = self._ahead.take(sent.reply)
-        except redis.exceptions.NoScriptError:  # Redis restarted: load it, run it now
-            reply = self.call(self._write_manifest, keys=sent.keys, args=sent.args)
-        except failures() as exc:
-            raise self.error(exc) from exc
-        verdict = [text(part) for part in reply]
-        return None if verdict[0] == "ok" else verdict[1]
-
-    def has_manifest(self, token: str) -> bool:
-        return bool(self.call(self.client.exists, self.manifest_prefix + token))
-
-    def complete(self, ids: list[str], token: str) -> int:
-        """Acknowledge ``ids`` and remove the manifest of ``token`` (none when empty), at
-        once; returns how many entries were still pending."""
-        return int(
-            self.call(
-                self._complete,
-                keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
-                args=[self.group, token, ids_json(ids)],
-            )
-        )
-
-    def touch(self, batches: Iterable[list[str]]) -> None:
-        """Reset the idle time of the ids of ``batches`` still pending for this consumer
-        (one script per batch and per ``TOUCH_CHUNK`` ids, all in one round trip; one
-        after the other in a cluster, whose pipelines take no scripts)."""
-        calls = []
-        for ids in batches:
-            for start in range(0, len(ids), TOUCH_CHUNK):
-                chunk = ids[start : start + TOUCH_CHUNK]
-                low, high = min(chunk, key=entry_order), max(chunk, key=entry_order)
-                calls.append([self.group, self.consumer, low, high, ids_json(chunk)])
-        if not calls:
-            return
-        if self.options.cluster:
-            for args in calls:
-                self.call(self._touch, keys=[self.stream], args=args)
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for args in calls:
-            self._touch(keys=[self.stream], args=args, client=pipe)
-        self.call(pipe.execute)
-
     # -- observing -------------------------------------------------------------------
 
     def state(self) -> tuple[int, int | None] | None:
@@ -331,28 +210,5 @@ class StreamGroup:
                 return int(group.get("pending", 0)), None if lag is None else int(lag)
         return None
 
-    # -- errors ----------------------------------------------------------------------
 
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` with redis-py's errors as :class:`BrokerError`."""
-
-        try:
-            return fn(*args, **kwargs)
-        except failures() as exc:
-            raise self.error(exc) from exc
-
-    def error(self, exc: Exception) -> BrokerError:
-        """``exc`` as a :class:`BrokerError`. In a cluster, a failure that may mean the
-        stream's slot moved (MOVED, ASK, the cluster down, a node unreachable) drops the
-        connection sent ahead on and has the slots asked again."""
-        import redis.exceptions as errors
-
-        moved = (errors.AskError, errors.ClusterDownError, errors.TryAgainError)
-        if self.options.cluster and isinstance(exc, (*moved, errors.ConnectionError)):
-            self._ahead.reset()
-            with contextlib.suppress(errors.RedisError):  # tried again at the next failure
-                self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
-        return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
-
-
-__all__ = ["SentManifest", "StreamGroup", "ids_json"]
+__all__ = ["StreamGroup"]

@@ -1,0 +1,85 @@
+"""A batch whose manifest write failed must be sent again, not left to a claim.
+
+When Redis failed between a batch's cut and the verdict on its manifest (a restart, a
+failover, the stream's slot moving in a cluster: ``TRYAGAIN`` during a resharding), the
+source dropped the batch: its entries stayed pending for its own consumer until its own
+claim took them back after ``claim_idle`` (30 s by default), once per failure. The source
+now keeps the batch and sends its manifest again once Redis answers: the script writes
+the same manifest when every entry is still this consumer's (and refuses when another
+daemon claimed one meanwhile, as on the first send).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from redisserver import RedisServer
+
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisstream import RedisSource
+from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.errors import BrokerError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def make_source(tmp_path: Path, server: RedisServer, batches: list[SpooledBatch]) -> RedisSource:
+    return RedisSource(
+        name="ev",
+        table="ev",
+        format="JSONEachRow",
+        batcher=Batcher(Spool(tmp_path / "spool"), batches.append),
+        options=RedisSourceSettings(url=server.url, stream="ev", fetch_count=100, claim_idle=600),
+        consumer="me",
+        dead_letter=lambda records, token: None,
+        limits=BatchLimits(max_rows=1000, max_delay=60),
+    )
+
+
+def fill(server: RedisServer, count: int) -> None:
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        pipe.xadd("ev", {"data": f'{{"n":{i}}}'})
+    pipe.execute()
+    client.close()
+
+
+@pytest.mark.parametrize("when", ["before the cut", "after the cut"])
+def test_a_manifest_lost_to_a_redis_restart_is_sent_again(
+    tmp_path: Path, redis_server: RedisServer, when: str
+) -> None:
+    fill(redis_server, 100)
+    batches: list[SpooledBatch] = []
+    source = make_source(tmp_path, redis_server, batches)
+    try:
+        source._create_group()
+        source._fetch()  # 100 entries, pending for "me": a batch in the making
+        assert len(source._assembly.ids) == 100
+        assert redis_server.proc is not None
+        if when == "before the cut":
+            redis_server.kill()
+        else:  # the script sent, and Redis gone before it ran it
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        with pytest.raises(BrokerError):  # sending to a dead peer may fail only at the verdict
+            source._cut()
+            redis_server.kill()
+            source._settle()
+        assert not batches
+        redis_server.start()  # the same data (AOF): the entries are still pending for "me"
+        source._settle()
+    finally:
+        source.batcher.close(5)
+        source.redis.close()
+    # Handed on at once, with its manifest, not after claim_idle (600 s).
+    assert [len(b.meta["broker"]["ids"]) for b in batches] == [100]
+    client = redis_server.client()
+    try:
+        token = batches[0].meta["broker"]["token"]
+        assert client.exists(f"ev:chworkers:chworkers:manifest:{token}")
+    finally:
+        client.close()
