@@ -61,6 +61,9 @@ class RedisServer:
                 "",
                 "--daemonize",
                 "no",
+                # A replica's first sync at once (the default waits 5 s for more replicas).
+                "--repl-diskless-sync-delay",
+                "0",
                 *self.extra,
             ],
             stdout=log,
@@ -124,14 +127,26 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """Three redis-server processes made one Redis Cluster (no replicas): each node
-    serves a third of the hash slots; ``url`` is the first node's (a cluster client
-    finds the others)."""
+    """Redis Cluster of real redis-server processes: ``nodes`` primaries, each serving
+    an equal share of the hash slots, and one replica for each primary whose index is in
+    ``replicas`` (``servers[nodes:]``, in that order). ``url`` is the first node's (a
+    cluster client finds the others). ``node_timeout`` (ms): how long a primary may be
+    unreachable before its replica takes over."""
 
-    def __init__(self, directory: Path, nodes: int = 3) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nodes: int = 3,
+        *,
+        replicas: tuple[int, ...] = (),
+        node_timeout: int = 5000,
+    ) -> None:
+        self.primaries = nodes
+        self.replica_of = list(replicas)
+        count = nodes + len(replicas)
         # The cluster bus on a port of its own: by default it is the client port + 10000,
         # out of range for the free ports above 55535.
-        self.bus = [free_port() for _ in range(nodes)]
+        self.bus = [free_port() for _ in range(count)]
         self.servers = [
             RedisServer(
                 directory / f"node{i}",
@@ -141,10 +156,10 @@ class RedisClusterServers:
                     "--cluster-port",
                     str(self.bus[i]),
                     "--cluster-node-timeout",
-                    "5000",
+                    str(node_timeout),
                 ),
             )
-            for i in range(nodes)
+            for i in range(count)
         ]
 
     @property
@@ -154,32 +169,110 @@ class RedisClusterServers:
     def start(self) -> None:
         for server in self.servers:
             server.start()
-        step = 16384 // len(self.servers)
+        step = 16384 // self.primaries
         clients = [server.client() for server in self.servers]
         try:
-            for i, client in enumerate(clients):
-                last = 16383 if i == len(clients) - 1 else (i + 1) * step - 1
+            for i, client in enumerate(clients[: self.primaries]):
+                last = 16383 if i == self.primaries - 1 else (i + 1) * step - 1
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
             for server, bus in zip(self.servers[1:], self.bus[1:], strict=True):
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port, bus)
-            deadline = time.monotonic() + 30
-            while not all(
-                c.execute_command("CLUSTER", "INFO").decode().count("cluster_state:ok")
-                and int(
-                    c.execute_command("CLUSTER", "INFO")
-                    .decode()
-                    .split("cluster_known_nodes:")[1]
-                    .split()[0]
+            self._wait(clients, lambda c: self._known(c) == len(self.servers), "met")
+            for offset, primary in enumerate(self.replica_of):
+                replica = clients[self.primaries + offset]
+                # A replica can follow a primary only once it knows it (gossip).
+                self._wait(
+                    [replica],
+                    lambda c, p=primary: (
+                        self.node_id(p).encode() in c.execute_command("CLUSTER", "NODES")
+                    ),
+                    "a replica's primary known",
                 )
-                == len(self.servers)
-                for c in clients
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Redis Cluster did not come up within 30 s")
-                time.sleep(0.1)
+                replica.execute_command("CLUSTER", "REPLICATE", self.node_id(primary))
+            self._wait(
+                clients,
+                lambda c: (
+                    b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                    and self._known(c) == len(self.servers)
+                ),
+                "up",
+            )
+            for offset in range(len(self.replica_of)):
+                self._wait(
+                    [clients[self.primaries + offset]],
+                    lambda c: c.info("replication").get("master_link_status") == "up",
+                    "replicating",
+                )
         finally:
             for client in clients:
                 client.close()
+
+    @staticmethod
+    def _known(client: Any) -> int:
+        info = client.execute_command("CLUSTER", "INFO").decode()
+        return int(info.split("cluster_known_nodes:")[1].split()[0])
+
+    @staticmethod
+    def _wait(clients: list[Any], ready: Any, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not all(ready(c) for c in clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster was not {what} within 30 s")
+            time.sleep(0.1)
+
+    def node_id(self, index: int) -> str:
+        client = self.servers[index].client()
+        try:
+            return str(client.execute_command("CLUSTER", "MYID").decode())
+        finally:
+            client.close()
+
+    def serving(self, key: str) -> int:
+        """The index of the server that serves ``key``'s slot now (asked of a live one)."""
+        import redis.crc
+
+        slot = redis.crc.key_slot(key.encode())
+        ports = {s.port: i for i, s in enumerate(self.servers)}
+        for server in self.servers:
+            if server.proc is None or server.proc.poll() is not None:
+                continue
+            client = server.client()
+            try:
+                for first, last, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if first <= slot <= last:
+                        return ports[int(primary[1])]
+            finally:
+                client.close()
+        raise RuntimeError(f"no live node serves the slot of {key!r}")
+
+    def move_slot(self, key: str, to: int, *, pause: float = 0.0) -> None:
+        """Reshard by hand, as ``redis-cli --cluster reshard`` does: ``key``'s slot
+        migrating from its primary to primary ``to``, its keys moved one by one with
+        ``MIGRATE`` (``pause`` seconds before each: clients meanwhile get ``ASK`` and
+        ``TRYAGAIN``), then the slot given to ``to`` on every primary."""
+        import redis.crc
+
+        slot = redis.crc.key_slot(key.encode())
+        source = self.serving(key)
+        src, dst = self.servers[source].client(), self.servers[to].client()
+        try:
+            src_id, dst_id = self.node_id(source), self.node_id(to)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+                for k in keys:
+                    time.sleep(pause)
+                    src.execute_command("MIGRATE", "127.0.0.1", self.servers[to].port, k, 0, 10_000)
+            for i in range(self.primaries):
+                if self.servers[i].proc is not None and self.servers[i].proc.poll() is None:
+                    client = self.servers[i].client()
+                    try:
+                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                    finally:
+                        client.close()
+        finally:
+            src.close()
+            dst.close()
 
     def client(self) -> Any:
         import redis.cluster
