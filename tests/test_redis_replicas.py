@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokerfeeds import bodies
 from redisserver import RedisServer
 from waiting import wait_for
 
@@ -55,9 +56,7 @@ def pause(server: RedisServer, sig: signal.Signals) -> None:
 def test_a_batch_waits_for_its_manifest_on_the_replica(
     tmp_path: Path, redis_server: RedisServer, replica: RedisServer
 ) -> None:
-    client = redis_server.client()
-    for i in range(100):
-        client.xadd("ev", {"data": f'{{"n":{i}}}'})
+    redis_server.add_entries(bodies(0, 100, 1))
     batches: list[SpooledBatch] = []
     options = RedisSourceSettings(
         url=redis_server.url, stream="ev", fetch_count=100, wait_replicas=1, wait_timeout=2.0
@@ -92,7 +91,6 @@ def test_a_batch_waits_for_its_manifest_on_the_replica(
         assert copy.exists(f"ev:chworkers:chworkers:manifest:{token}")
     finally:
         copy.close()
-        client.close()
 
 
 def test_a_rebuilt_batch_waits_for_its_manifest_on_the_replica(
@@ -104,7 +102,7 @@ def test_a_rebuilt_batch_waits_for_its_manifest_on_the_replica(
     group = StreamGroup(options, "me", "test")
     try:
         group.create()
-        redis_server.client().xadd("ev", {"data": b'{"n":1}'})
+        redis_server.add_entries(bodies(0, 1, 1))
         ids = [m.id for m in group.read(">", 10)]
         assert group.verdict(group.send_manifest("chw-redis-t", ids, ordered=True)) is None
         group.replicate("chw-redis-t")  # the replica has it: at once

@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from brokerfeeds import bodies
 from redisserver import RedisServer
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
@@ -40,20 +41,11 @@ def make_source(tmp_path: Path, server: RedisServer, batches: list[SpooledBatch]
     )
 
 
-def fill(server: RedisServer, count: int) -> None:
-    client = server.client()
-    pipe = client.pipeline(transaction=False)
-    for i in range(count):
-        pipe.xadd("ev", {"data": f'{{"n":{i}}}'})
-    pipe.execute()
-    client.close()
-
-
 @pytest.mark.parametrize("when", ["before the cut", "after the cut"])
 def test_a_manifest_lost_to_a_redis_restart_is_sent_again(
     tmp_path: Path, redis_server: RedisServer, when: str
 ) -> None:
-    fill(redis_server, 100)
+    redis_server.add_entries(bodies(0, 100, 1))
     batches: list[SpooledBatch] = []
     source = make_source(tmp_path, redis_server, batches)
     try:
