@@ -13,8 +13,9 @@ these columns with C-level passes (:mod:`chworkers.clickhouse.nativewriters`):
 * ``UUID`` of ``uuid.UUID`` values, ``FixedString(n)`` of ``str``, ``Bool`` of ``bool``,
   ``Enum8``/``Enum16`` of names, ``Decimal(p, s)`` up to 18 digits of ``Decimal``/``int``;
 * ``LowCardinality(String)`` and ``LowCardinality(Nullable(String))`` of ``str``;
-* ``Nullable(T)`` of any plain T: the null map here, the values by the writers above or,
-  for integers, ``Float64``, ``String`` and the rest, by clickhouse-connect's own.
+* ``Nullable(T)`` of the types above and of integers: the null map here, the values by
+  the writers above (other Nullable columns are clickhouse-connect's, whose null map
+  costs the same).
 
 Every other column (and any column of other value types: ints in a ``DateTime`` column,
 numpy scalars, strings for UUIDs...) is written by clickhouse-connect's serializer for
@@ -74,8 +75,6 @@ class ColumnEncoder:
                     writer = nativewriters.low_card_string
             else:
                 writer = nativewriters.WRITERS.get(str(ctype.base_type))
-                if writer is None and ctype.nullable:
-                    writer = nativewriters.nullable_only
         self.writer = writer
         if writer is not None and not self._agrees():
             log.warning(
@@ -101,12 +100,7 @@ class ColumnEncoder:
             body = writer(ctype, column, ctx)
         except (TypeError, ValueError, ArithmeticError, AttributeError):
             return None
-        if (
-            body is None
-            or not ctype.nullable
-            or ctype.low_card
-            or writer is nativewriters.nullable_only
-        ):
+        if body is None or not ctype.nullable or ctype.low_card:
             return body
         return bytes(map(is_, column, repeat(None))) + body
 
@@ -143,8 +137,8 @@ _PROBES: dict[str, Callable[[Any], list[Any]]] = {
     "UUID": lambda _: [uuid.UUID("01234567-89ab-cdef-fedc-ba9876543210")],
     "FixedString": lambda _: ["a", ""],
     "Bool": lambda _: [True, False],
-    "Enum8": lambda ctype: list(ctype._name_map)[:2],
-    "Enum16": lambda ctype: list(ctype._name_map)[:2],
+    "Enum8": lambda ctype: list(ctype.type_def.keys)[:2],
+    "Enum16": lambda ctype: list(ctype.type_def.keys)[:2],
     "Decimal": lambda _: [Decimal("-1.5"), 7],
     "String": lambda _: ["a", "日本", "a"],
     **{f"{sign}Int{bits}": lambda _: [1, 0] for sign in ("", "U") for bits in (8, 16, 32, 64)},

@@ -6,6 +6,12 @@ when a value is not of the exact type it handles or is out of range: the column 
 to clickhouse-connect's own writer, whose bytes or error it is. Every conversion below is
 clickhouse-connect's, value for value, done by C-level passes (``map`` over builtins,
 ``array``, ``bytes.join``) instead of a Python loop.
+
+Only clickhouse-connect's public API is used: a type's public attributes (``nullable``,
+``byte_size``, ``prec``, ``scale``, ``tzinfo``, ``type_def``: the names and values of an
+Enum) and its public ``write_column_data``; tests/faults/test_fault_nativecols_public.py
+fails when a private name creeps back in, and each writer is checked against the
+installed clickhouse-connect when a column's encoder is made (nativecols ``_agrees``).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from operator import add, attrgetter, floordiv, is_, mul
 from typing import Any
 
 from clickhouse_connect import common as cc_common
+from clickhouse_connect.datatypes.registry import get_from_name
 from clickhouse_connect.driver.insert import InsertContext
 
-__all__ = ["WRITERS", "Writer", "low_card_string", "nullable_only"]
+__all__ = ["WRITERS", "Writer", "low_card_string"]
 
 NoneType = type(None)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -37,6 +44,8 @@ _DATE_FOR_NONE: dict[Any, Any] = {None: _EPOCH_DATE}
 _UUID_FOR_NONE: dict[Any, Any] = {None: _NULL_UUID}
 _DISTINCT_MIN_ROWS, _DISTINCT_SAMPLE = 4096, 1024
 _STRUCT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}  # what clickhouse-connect packs with "<"
+#: Writes a LowCardinality(String) column's dictionary (plain strings, as its own writer).
+_STRING = get_from_name("String")
 
 #: ``writer(ctype, column, ctx) -> bytes`` or None to leave the column to clickhouse-connect.
 Writer = Callable[[Any, Sequence[Any], InsertContext], "bytes | bytearray | None"]
@@ -172,7 +181,8 @@ def _enum(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | Non
     if str not in types or not types <= ({str, NoneType} if ctype.nullable else {str}):
         return None  # codes (or all None) take clickhouse-connect's other path
     code = _code(ctype.byte_size, True)
-    return _packed(code, map(ctype._name_map.get, column, repeat(0)))  # unknown names: 0
+    names = dict(zip(ctype.type_def.keys, ctype.type_def.values, strict=True))
+    return _packed(code, map(names.get, column, repeat(0)))  # unknown names: 0
 
 
 def _decimal(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | None:
@@ -183,7 +193,8 @@ def _decimal(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | 
     # clickhouse-connect's int(Decimal(str(x)) * 10**scale), in a context of the precision.
     with localcontext() as context:
         context.prec = ctype.prec
-        scaled = map(int, map(mul, map(Decimal, map(str, column)), repeat(ctype._mult)))
+        mult = 10**ctype.scale
+        scaled = map(int, map(mul, map(Decimal, map(str, column)), repeat(mult)))
         return _packed(_code(ctype.byte_size, True), list(scaled))
 
 
@@ -194,7 +205,7 @@ def _int(ctype: Any, column: Sequence[Any], _ctx: InsertContext) -> bytes | None
     types = _types(column)
     if int not in types or not types <= {int, NoneType}:
         return None
-    code = _code(ctype.byte_size, ctype._array_type.islower())
+    code = _code(ctype.byte_size, not str(ctype.base_type).startswith("UInt"))
     return _packed(code, map(_ZERO_FOR_NONE.get, column, column))
 
 
@@ -218,7 +229,8 @@ def low_card_string(ctype: Any, column: Sequence[Any], ctx: InsertContext) -> by
     out += (1).to_bytes(8, "little")  # the LowCardinality serialization version
     out += ((1 << 9) | (1 << 10) | ix_type).to_bytes(8, "little")
     out += len(index).to_bytes(8, "little")
-    ctype._write_column_binary(index, out, ctx)
+    # The dictionary's first entry of a Nullable one stands for NULL: written empty.
+    _STRING.write_column_data(["" if v is None else v for v in index], out, ctx)
     out += len(column).to_bytes(8, "little")
     out += keys
     return out
@@ -239,10 +251,3 @@ WRITERS: dict[str, Writer] = {
     **{f"{sign}Int{bits}": _int for sign in ("", "U") for bits in (8, 16, 32, 64)},
 }
 
-
-def nullable_only(ctype: Any, column: Sequence[Any], ctx: InsertContext) -> bytearray:
-    """Nullable(T) of a T with no writer here: the null map here, the values by
-    clickhouse-connect's writer for T (what its ``write_column_data`` does)."""
-    out = bytearray(map(is_, column, repeat(None)))
-    ctype._write_column_binary(column, out, ctx)
-    return out
