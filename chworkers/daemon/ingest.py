@@ -31,11 +31,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from chworkers.daemon import pushbody
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.batchfile import batch_overhead
 from chworkers.daemon.options import HttpSettings
 from chworkers.errors import BatcherClosedError, ConfigError, HttpRequestError, SpoolError
 from chworkers.http.framing import http_error, plain_response
 from chworkers.http.server import BoundedHandler, BoundedHTTPServer
 from chworkers.http.watch import ByteBudget
+from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,7 @@ class IngestServer:
         if rows == 0:
             return {"rows": 0}
         pushbody.check_declared_format(header, records, fmt, route.format)
+        self._check_fits(route, len(header) + len(records), rows)
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
         # All or nothing: the request's records go into one batch together; if the spool
@@ -226,6 +229,21 @@ class IngestServer:
                 headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
             ) from exc
         return {"rows": rows, "batch": batch}
+
+
+    def _check_fits(self, route: Route, size: int, rows: int) -> None:
+        """A 413 for records that no spool could ever take: more than its ``max_bytes``,
+        or than its whole filesystem. A 503 would have its client send them forever."""
+        size += batch_overhead(route.table, route.pipeline)
+        limit, what = self.batcher.spool.capacity()
+        if size > limit:
+            self._server.refusal("too_large")
+            raise http_error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"these {plural(rows, 'row')} take {size:,} bytes in the spool, more than "
+                f"it can ever hold: {what} is {limit:,} bytes; send them in smaller "
+                "requests (nothing of them was kept)",
+            )
 
 
 class _Handler(BoundedHandler):

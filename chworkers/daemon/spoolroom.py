@@ -9,6 +9,7 @@ method that reads the spool's state takes its lock, or says it is called under i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -79,6 +80,23 @@ class SpoolRoom:
         if memory:
             return SpoolFullError(message, used=self.memory.used(), max_bytes=self.memory.max_bytes)
         return SpoolFullError(message, used=self._used(), max_bytes=self.max_bytes)
+
+    def capacity(self) -> tuple[int, str]:
+        """The most bytes one batch on disk could ever take, and what sets that limit:
+        ``max_bytes``, or the spool's whole filesystem when it is smaller (a batch larger
+        than that does not fit even with the disk empty). A push larger than this can
+        never be taken (a 413, not a 503 to retry forever)."""
+        limit, what = self.max_bytes, "the spool's limit ([spool] max_bytes)"
+        try:
+            fs = os.statvfs(self.directory)
+        except OSError:
+            return limit, what
+        # Blocks kept for root are usable by root only.
+        blocks = fs.f_blocks if os.geteuid() == 0 else fs.f_blocks - (fs.f_bfree - fs.f_bavail)
+        disk = blocks * fs.f_frsize
+        if 0 < disk < limit:
+            return disk, f"the whole filesystem of the spool ({self.directory})"
+        return limit, what
 
     def _clear_trouble(self) -> None:
         self._trouble = None
