@@ -136,7 +136,8 @@ def test_bearer_token(tmp_path: Path) -> None:
 
 
 def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
-    h = Harness(tmp_path, max_bytes=2000)
+    # (Each record fits the spool alone: one over max_bytes is a 413, test_fault_push_never_fits.)
+    h = Harness(tmp_path, max_bytes=3000)
     try:
         assert h.post("/ingest/events", b'{"a":"' + b"x" * 1500 + b'"}\n')[0] == 202
         status, payload, headers = h.post("/ingest/events", b'{"a":"' + b"y" * 1500 + b'"}\n')
