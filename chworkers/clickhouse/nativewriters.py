@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal, localcontext
 from itertools import repeat
-from operator import add, attrgetter, floordiv, is_, mul
+from operator import add, attrgetter, floordiv, mul
 from typing import Any
 
 from clickhouse_connect import common as cc_common
@@ -250,4 +250,3 @@ WRITERS: dict[str, Writer] = {
     "Decimal": _decimal,
     **{f"{sign}Int{bits}": _int for sign in ("", "U") for bits in (8, 16, 32, 64)},
 }
-

@@ -230,7 +230,6 @@ class IngestServer:
             ) from exc
         return {"rows": rows, "batch": batch}
 
-
     def _check_fits(self, route: Route, size: int, rows: int) -> None:
         """A 413 for records that no spool could ever take: more than its ``max_bytes``,
         or than its whole filesystem. A 503 would have its client send them forever."""

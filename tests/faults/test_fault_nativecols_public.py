@@ -46,11 +46,12 @@ def _private_uses(path: Path) -> list[str]:
             and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
         ):
             found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
-        elif isinstance(node, ast.ImportFrom) and node.module is not None:
-            if node.module != "__future__" and any(
-                part.startswith("_") for part in node.module.split(".")
-            ):
-                found.append(f"{path.name}:{node.lineno}: from {node.module}")
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module not in (None, "__future__")
+            and any(part.startswith("_") for part in str(node.module).split("."))
+        ):
+            found.append(f"{path.name}:{node.lineno}: from {node.module}")
     return found
 
 
