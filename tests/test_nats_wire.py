@@ -45,7 +45,7 @@ def stream() -> tuple[bytes, list[tuple[Any, ...]]]:
             )
         else:
             out.append(b"MSG ev.data %d %s %d\r\n%s\r\n" % (SINK, reply, len(payload), payload))
-        want.append(("sink", reply.decode(), payload))
+        want.append(("sink", reply, payload))
         if i % 7 == 3:  # a pull's status: to the inbox, no reply, headers only
             head = b"NATS/1.0 404 No Messages\r\n\r\n"
             out.append(b"HMSG _INBOX.x.3 %d %d %d\r\n%s\r\n" % (SINK, len(head), len(head), head))
@@ -53,6 +53,10 @@ def stream() -> tuple[bytes, list[tuple[Any, ...]]]:
         if i % 11 == 5:  # another subscription's message, with a reply
             out.append(b"MSG other.subject %d _INBOX.r.1 5\r\nhello\r\n" % OTHER)
             want.append(("msg", OTHER, b"other.subject", b"_INBOX.r.1", b"hello", None))
+        if i % 17 == 8:  # another subscription's JetStream message, between a run's
+            ack = b"$JS.ACK.ev.d.1.%d.1.1733090000000000000.0" % i
+            out.append(b"MSG ev.data %d %s 2\r\nhi\r\n" % (OTHER, ack))
+            want.append(("msg", OTHER, b"ev.data", ack, b"hi", None))
         if i % 13 == 6:
             out.append(b"+OK\r\n")
         if i == 20:
@@ -65,7 +69,11 @@ class Recorder(WireClient):
         super().__init__()
         self.seen: list[tuple[Any, ...]] = []
         self._subs[SINK] = object()  # type: ignore[assignment]
-        self._sinks[SINK] = lambda reply, data: self.seen.append(("sink", reply, data))
+        self._sinks[SINK] = self._run
+
+    def _run(self, replies: list[bytes], payloads: list[bytes]) -> None:
+        assert len(replies) == len(payloads) > 0
+        self.seen += [("sink", r, p) for r, p in zip(replies, payloads, strict=True)]
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -111,8 +119,8 @@ def test_nats_py_parser_agrees_on_the_stream() -> None:
         async def _process_msg(
             self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
         ) -> None:
-            if reply.startswith(b"$JS.ACK."):
-                seen.append(("sink", reply.decode(), data))
+            if sid == SINK and reply.startswith(b"$JS.ACK."):
+                seen.append(("sink", bytes(reply), data))
             else:
                 seen.append(("msg", sid, subject, reply, data, headers))
 

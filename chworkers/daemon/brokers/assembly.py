@@ -8,13 +8,20 @@ by another daemon is the batch the first daemon built, and its token is the same
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
+import operator
 import time
 from collections.abc import Callable
 
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.framing import FORMATS, Framer, RecordTooLargeError, count_lines
 from chworkers.errors import PoisonMessageError
+
+#: A payload's last byte, and its count of newlines (for runs of payloads, in C).
+_LAST = operator.itemgetter(-1)
+_LINES = operator.methodcaller("count", b"\n")
 
 
 @dataclasses.dataclass(slots=True)
@@ -171,6 +178,53 @@ class Assembler:
             index = len(messages)
         batch.rows, batch.size = rows, size
         return index, poison
+
+    def whole_lines(self, payloads: list[bytes]) -> bool:
+        """Whether :meth:`extend_lines` can take ``payloads`` as they are: whole lines of
+        a format without quoting, none of them empty or with a blank line, each ending
+        in a newline and under ``max_record_bytes`` (what :meth:`extend` checks message
+        by message, for a run of messages at once)."""
+        if self._quoted or not payloads:
+            return False
+        if min(map(len, payloads)) == 0 or max(map(len, payloads)) >= self.max_record_bytes:
+            return False
+        if bytes(map(_LAST, payloads)).count(10) != len(payloads):
+            return False  # one does not end in a newline: extend() adds it
+        joined = b"".join(payloads)
+        return b"\n\n" not in joined and joined[0] != 10
+
+    def extend_lines(
+        self, batch: Assembly, ids: list[str], payloads: list[bytes], limits: BatchLimits
+    ) -> int:
+        """Add messages until ``batch`` is full, as :meth:`extend` does (the message that
+        fills it included), for payloads :meth:`whole_lines` accepted: their records are
+        the payloads as they are, counted and joined once for the run. Returns how many
+        were added."""
+        rows_room = limits.max_rows - batch.rows
+        bytes_room = limits.max_bytes - batch.size
+        if not ids or rows_room <= 0 or bytes_room <= 0:
+            return 0
+        records = b"".join(payloads)
+        rows = records.count(b"\n")
+        taken = len(ids)
+        if rows >= rows_room or len(records) >= bytes_room:
+            # Up to the first message after which the batch is full.
+            taken = 1 + min(
+                bisect.bisect_left(list(itertools.accumulate(map(_LINES, payloads))), rows_room),
+                bisect.bisect_left(list(itertools.accumulate(map(len, payloads))), bytes_room),
+            )
+            if taken < len(ids):
+                records = b"".join(payloads[:taken])
+                rows = records.count(b"\n")
+            else:
+                taken = len(ids)
+        if not batch.ids:
+            batch.started = time.monotonic()
+        batch.ids += ids if taken == len(ids) else ids[:taken]
+        batch.chunks.append(records)
+        batch.rows += rows
+        batch.size += len(records)
+        return taken
 
     def rebuild(
         self, ids: list[str], messages: dict[str, Message]

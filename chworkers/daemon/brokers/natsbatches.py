@@ -30,34 +30,49 @@ log = logging.getLogger("chworkers.daemon.brokers.natsstream")
 
 #: A batch ready to be handed on: (token, batch, acknowledgement subjects, rebuilt); an
 #: empty token when it is not to be inserted.
-Ready = tuple[str, Assembly, list[str], bool]
+Ready = tuple[str, Assembly, list[bytes], bool]
 
 
-def delivery(reply: str) -> tuple[int, int]:
+def delivery(reply: str | bytes) -> tuple[int, int]:
     """``(stream sequence, times delivered)`` from a message's reply subject
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``; with a domain and an
     account hash in the newer form, two tokens later)."""
-    tokens = reply.split(".")
+    tokens = reply.encode().split(b".") if isinstance(reply, str) else reply.split(b".")
     at = 4 if len(tokens) == 9 else 6
     return int(tokens[at + 1]), int(tokens[at])
 
 
+def sequences(replies: list[bytes]) -> tuple[list[str], list[int]]:
+    """The stream sequences of messages (as ids) from their reply subjects, and where
+    the redelivered ones are (:func:`delivery` for a run of them: the loop that runs
+    for every message)."""
+    ids: list[str] = []
+    again: list[int] = []
+    for reply in replies:
+        tokens = reply.split(b".")
+        at = 4 if len(tokens) == 9 else 6
+        if tokens[at] != b"1":
+            again.append(len(ids))
+        ids.append(tokens[at + 1].decode())
+    return ids, again
+
+
 class Held:
-    """Messages taken for the batch being put together, until its manifest is written:
-    the messages and their acknowledgement subjects, in the batch's order (its ids'),
+    """What the batch being put together holds until its manifest is written: its
+    messages' payloads and acknowledgement subjects, in the batch's order (its ids'),
     and by when the manifest must be written."""
 
     def __init__(self, deadline: float = float("inf")) -> None:
-        self.messages: list[Message] = []
-        self.replies: list[str] = []
+        self.payloads: list[bytes] = []
+        self.replies: list[bytes] = []
         #: time.monotonic() before which no message here can have been redelivered: the
         #: pull that brought the first was sent ``ack_wait`` before it.
         self.deadline = deadline
 
-    def by_id(self) -> tuple[dict[str, Message], dict[str, str]]:
-        """The messages and their acknowledgement subjects by id."""
-        ids = [m.id for m in self.messages]
-        return dict(zip(ids, self.messages, strict=True)), dict(zip(ids, self.replies, strict=True))
+    def by_id(self, ids: list[str]) -> tuple[dict[str, Message], dict[str, bytes]]:
+        """The messages and their acknowledgement subjects by id (``ids``: the batch's)."""
+        messages = [Message(i, p) for i, p in zip(ids, self.payloads, strict=True)]
+        return dict(zip(ids, messages, strict=True)), dict(zip(ids, self.replies, strict=True))
 
 
 class NatsBatching(SourceParts):
@@ -75,7 +90,7 @@ class NatsBatching(SourceParts):
         self.stream, self.consumer = options.stream, options.consumer
         #: token -> acknowledgement subjects of its messages this daemon holds, until
         #: the batch is acknowledged.
-        self._inflight: dict[str, list[str]] = {}
+        self._inflight: dict[str, list[bytes]] = {}
         self._room = threading.Condition(self._lock)  # a batch acknowledged
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
@@ -86,60 +101,104 @@ class NatsBatching(SourceParts):
         redelivered ones with their manifest's batch; the batches cut meanwhile are
         handed on."""
         deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
-        fresh: list[Message] = []
-        fresh_replies: list[str] = []
-        again: list[Message] = []
-        replies: dict[str, str] = {}
-        for reply, data, _sent in pulled:
-            # delivery(reply), inlined: this loop runs for every message
-            tokens = reply.split(".")
-            at = 4 if len(tokens) == 9 else 6
-            if tokens[at] == "1":
-                fresh.append(Message(tokens[at + 1], data))
-                fresh_replies.append(reply)
-            else:
-                again.append(Message(tokens[at + 1], data, int(tokens[at])))
-                replies[tokens[at + 1]] = reply
         ready: list[Ready] = []
-        if again:
-            ready += self._redelivered(again, replies, deadline)
-        ready += self._take(fresh, fresh_replies, deadline)
+        for replies, payloads, _sent in pulled:
+            ids, again = sequences(replies)
+            if again:
+                ready += self._mixed(ids, payloads, replies, again, deadline)
+            else:  # all delivered for the first time: the common case
+                ready += self._take(ids, payloads, replies, deadline)
         if ready and self._assembly.ids:
             # Nothing unwritten is held while the batcher may block (the manifest must be
             # written before ack_wait runs out): the batch in the making goes now too.
             ready.append(self._cut())
         self._submit_all(ready)
 
-    def _take(self, messages: list[Message], replies: list[str], deadline: float) -> list[Ready]:
-        """Add messages (``replies``: their acknowledgement subjects, in their order) to
-        the batch in the making; returns the batches cut meanwhile."""
+    def _mixed(
+        self,
+        ids: list[str],
+        payloads: list[bytes],
+        replies: list[bytes],
+        again: list[int],
+        deadline: float,
+    ) -> list[Ready]:
+        """A run with redelivered messages (``again``: where they are)."""
+        redelivered = set(again)
+        fresh = [i for i in range(len(ids)) if i not in redelivered]
+        messages = [Message(ids[i], payloads[i], delivery(replies[i])[1]) for i in again]
+        ready = self._redelivered(messages, {ids[i]: replies[i] for i in again}, deadline)
+        if fresh:
+            ready += self._take(
+                [ids[i] for i in fresh],
+                [payloads[i] for i in fresh],
+                [replies[i] for i in fresh],
+                deadline,
+            )
+        return ready
+
+    def _take(
+        self, ids: list[str], payloads: list[bytes], replies: list[bytes], deadline: float
+    ) -> list[Ready]:
+        """Add messages (``replies``: their acknowledgement subjects) to the batch in the
+        making; returns the batches cut meanwhile."""
+        if not self.assembler.whole_lines(payloads):
+            return self._take_framed(ids, payloads, replies, deadline)
         ready: list[Ready] = []
         start = 0
-        held = self._held
+        while start < len(ids):
+            if not self._assembly.ids:
+                self._held.deadline = deadline
+            whole = start == 0
+            taken = self.assembler.extend_lines(
+                self._assembly,
+                ids if whole else ids[start:],
+                payloads if whole else payloads[start:],
+                self.limits,
+            )
+            held = self._held
+            held.deadline = min(held.deadline, deadline)
+            held.payloads += payloads[start : start + taken]
+            held.replies += replies[start : start + taken]
+            start += taken
+            self._count_rows()
+            if self._assembly.full(self.limits):
+                ready.append(self._cut())
+            elif not taken:
+                break
+        return ready
+
+    def _take_framed(
+        self, ids: list[str], payloads: list[bytes], replies: list[bytes], deadline: float
+    ) -> list[Ready]:
+        """:meth:`_take` for messages that need framing (a format with quotes, a message
+        without its last newline, an empty one, poison)."""
+        messages = [Message(i, p) for i, p in zip(ids, payloads, strict=True)]
+        ready: list[Ready] = []
+        start = 0
         while start < len(messages):
             if not self._assembly.ids:
-                held.deadline = deadline
-            before = len(self._assembly.ids)
+                self._held.deadline = deadline
+            held = self._held
             start_at = start
             start, poison = self.assembler.extend(self._assembly, messages, start, self.limits)
             held.deadline = min(held.deadline, deadline)
+            bad = set()
             if poison:
-                by_id = {m.id: r for m, r in zip(messages, replies, strict=True)}
-                self._poison(poison, by_id)
+                self._poison(poison, dict(zip(ids, replies, strict=True)))
                 bad = {p.message.id for p in poison}
-                for message in messages[start_at:start]:
-                    if message.id not in bad:
-                        held.messages.append(message)
-                        held.replies.append(by_id[message.id])
-            else:
-                held.messages += messages[start_at:start]
-                held.replies += replies[start_at:start]
-            if len(self._assembly.ids) > before and self._assembly.rows:
-                self._rows_per_message = max(1.0, self._assembly.rows / len(self._assembly.ids))
+            for at in range(start_at, start):
+                if ids[at] not in bad:
+                    held.payloads.append(payloads[at])
+                    held.replies.append(replies[at])
+            self._count_rows()
             if self._assembly.full(self.limits):
                 ready.append(self._cut())
-                held = self._held
         return ready
+
+    def _count_rows(self) -> None:
+        """Rows per message so far (a pull asks for what fills the batch in the making)."""
+        if self._assembly.rows:
+            self._rows_per_message = max(1.0, self._assembly.rows / len(self._assembly.ids))
 
     def _cut(self) -> Ready:
         """The batch in the making, its manifest written: ``(token, batch, replies,
@@ -167,8 +226,8 @@ class NatsBatching(SourceParts):
                 self.options.ack_wait,
             )
             return "", batch, [], False
-        seqs = sorted(int(i) for i in batch.ids)
-        token = broker_token("nats", self.stream, self.consumer, [str(s) for s in seqs])
+        seqs = sorted(map(int, batch.ids))
+        token = broker_token("nats", self.stream, self.consumer, list(map(str, seqs)))
         manifest = Manifest(token, to_ranges(seqs), time.time(), self.label)
         conflicts = self.link.call(self.link.manifests().register(manifest, self._floor))
         if conflicts:
@@ -179,14 +238,14 @@ class NatsBatching(SourceParts):
                 self.name,
                 plural(len(conflicts), "message"),
             )
-            messages, by_id = held.by_id()
+            messages, by_id = held.by_id(batch.ids)
             taken = [messages[str(s)] for s in sorted(conflicts)]
             ready = self._redelivered(taken, by_id, held.deadline, count=False)
             rest = [i for i in batch.ids if int(i) not in conflicts]
             again, poison = self.assembler.rebuild(rest, messages)
             assert not poison  # framed once already
             left = Held(held.deadline)
-            left.messages = [messages[i] for i in again.ids]
+            left.payloads = [messages[i].payload or b"" for i in again.ids]
             left.replies = [by_id[i] for i in again.ids]
             result = self._write_manifest(again, left)
             self._submit_all(ready)
@@ -206,7 +265,7 @@ class NatsBatching(SourceParts):
             if token:
                 self._submit(token, batch, replies, rebuilt=rebuilt)
 
-    def _submit(self, token: str, batch: Assembly, replies: list[str], *, rebuilt: bool) -> None:
+    def _submit(self, token: str, batch: Assembly, replies: list[bytes], *, rebuilt: bool) -> None:
         with self._lock:
             self._inflight.setdefault(token, []).extend(replies)
         if not batch.rows:  # a rebuilt batch whose messages the stream no longer has
@@ -224,7 +283,7 @@ class NatsBatching(SourceParts):
     def _redelivered(
         self,
         messages: list[Message],
-        replies: dict[str, str],
+        replies: dict[str, bytes],
         deadline: float,
         *,
         count: bool = True,
@@ -261,7 +320,12 @@ class NatsBatching(SourceParts):
                 self._inflight.setdefault(token, []).extend(mine)
         if fresh:
             self._assembly.mixed = True
-            ready += self._take(fresh, [replies[m.id] for m in fresh], deadline)
+            ready += self._take_framed(
+                [m.id for m in fresh],
+                [m.payload or b"" for m in fresh],
+                [replies[m.id] for m in fresh],
+                deadline,
+            )
         return ready
 
     def _rebuild(self, manifest: Manifest, given_up: set[str]) -> Ready:
@@ -290,7 +354,7 @@ class NatsBatching(SourceParts):
         )
         return manifest.token, batch, [], True
 
-    def _too_often(self, message: Message, replies: dict[str, str]) -> bool:
+    def _too_often(self, message: Message, replies: dict[str, bytes]) -> bool:
         limit = self.options.max_deliver
         if not limit or message.deliveries <= limit:
             return False
@@ -302,7 +366,7 @@ class NatsBatching(SourceParts):
 
     # -- poison, acknowledgements ----------------------------------------------------------
 
-    def _poison(self, poison: list[Poison], replies: dict[str, str]) -> None:
+    def _poison(self, poison: list[Poison], replies: dict[str, bytes]) -> None:
         """Dead-letter poison messages, then terminate them: never redelivered."""
         self._dead_letter(poison, "")
         self.link.send([replies[p.message.id] for p in poison], TERM)
@@ -320,4 +384,4 @@ class NatsBatching(SourceParts):
             self.metrics.broker_acked.labels(pipeline=self.name).inc(count)
 
 
-__all__ = ["Held", "NatsBatching", "Ready", "delivery"]
+__all__ = ["Held", "NatsBatching", "Ready", "delivery", "sequences"]

@@ -34,9 +34,10 @@ READS_AT_ONCE = 64
 #: How long a pull that asks for what is there at once may take to be answered.
 NO_WAIT_TIMEOUT = 10.0
 
-#: A pulled message: (its acknowledgement subject, its payload, time.monotonic() when
-#: the pull that brought it was sent: its ack_wait cannot have started before).
-Pulled = tuple[str, bytes, float]
+#: A run of pulled messages: (their acknowledgement subjects, their payloads, in the
+#: order they came; time.monotonic() when the pull that brought them was sent: their
+#: ack_wait cannot have started before).
+Pulled = tuple[list[bytes], list[bytes], float]
 
 
 class Pull:
@@ -93,22 +94,36 @@ class Consumer:
         if pull is not None:
             pull.done.set()
 
-    def _delivered(self, reply: str, data: bytes) -> None:
-        """A pulled message (:mod:`~chworkers.daemon.brokers.natswire`'s short way in:
-        called by the parser, for each message, so it only files it)."""
+    def _delivered(self, replies: list[bytes], payloads: list[bytes]) -> None:
+        """Pulled messages (:mod:`~chworkers.daemon.brokers.natswire`'s short way in:
+        called by the parser for each run of them, so it only files them)."""
         # A message comes with its stream subject, not the pull's inbox: the server serves
         # pulls in the order they came, so it belongs to the oldest pull still open.
-        number = next(iter(self._pulls), None)
-        sent = 0.0  # unknown: the earliest possible
-        if number is not None:
+        count = len(replies)
+        at = 0
+        trusted = time.monotonic() >= self._distrust_until
+        while at < count:
+            number = next(iter(self._pulls), None)
+            if number is None:
+                # Asked for by no pull still open: the earliest possible (unknown).
+                self._file(replies, payloads, at, count, 0.0)
+                return
             pull = self._pulls[number]
-            if time.monotonic() >= self._distrust_until:
-                sent = pull.sent
-            pull.got += 1
+            take = min(count - at, pull.count - pull.got)
+            self._file(replies, payloads, at, at + take, pull.sent if trusted else 0.0)
+            at += take
+            pull.got += take
             if pull.got >= pull.count:
                 del self._pulls[number]
                 pull.done.set()
-        self._buffer.append((reply, data, sent))
+
+    def _file(
+        self, replies: list[bytes], payloads: list[bytes], start: int, stop: int, sent: float
+    ) -> None:
+        if start == 0 and stop == len(replies):
+            self._buffer.append((replies, payloads, sent))
+        else:
+            self._buffer.append((replies[start:stop], payloads[start:stop], sent))
 
     async def _request(self, body: dict[str, Any], timeout: float) -> None:
         number = next(self._numbers)
@@ -144,7 +159,7 @@ class Consumer:
         pulled, self._buffer = self._buffer, []
         return pulled
 
-    async def send(self, replies: list[str], what: bytes) -> None:
+    async def send(self, replies: list[bytes], what: bytes) -> None:
         """``what`` (an acknowledgement, in progress, terminate) to each delivery, as one
         write; returns once the server has them (a flush: its PONG follows them)."""
         await self.acks.publish_each(replies, what)

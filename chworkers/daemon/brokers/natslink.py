@@ -105,11 +105,11 @@ class NatsLink:
             raise BrokerError(f"source {self.name}: not connected to {self.where} yet")
         return self._store
 
-    def send(self, replies: list[str], what: bytes) -> None:
+    def send(self, replies: list[bytes], what: bytes) -> None:
         if replies:
             self.call(self.wire().send(replies, what))
 
-    def keep_alive(self, inflight: Callable[[], list[str]]) -> None:
+    def keep_alive(self, inflight: Callable[[], list[bytes]]) -> None:
         """Every ``ack_wait / 4``, until :meth:`close`, tell JetStream that the messages
         ``inflight()`` names are still being worked on (from a thread of its own, so a
         source waiting for a full spool keeps them too)."""

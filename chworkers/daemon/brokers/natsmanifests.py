@@ -35,8 +35,11 @@ CHANGE_ATTEMPTS = 200
 
 def to_ranges(seqs: Iterable[int]) -> list[list[int]]:
     """Sequences as sorted, inclusive ``[first, last]`` ranges of consecutive numbers."""
+    values = sorted(set(seqs))
+    if values and values[-1] - values[0] == len(values) - 1:
+        return [[values[0], values[-1]]]  # consecutive: one pull's worth, the usual case
     out: list[list[int]] = []
-    for seq in sorted(set(seqs)):
+    for seq in values:
         if out and out[-1][1] == seq - 1:
             out[-1][1] = seq
         else:
@@ -106,6 +109,27 @@ class Registry:
                 out[seq] = spans[at][2]
         return out
 
+    def overlaps(self, ranges: list[list[int]]) -> dict[int, Manifest]:
+        """:meth:`owners` of the sequences of ``ranges`` (sorted, as a manifest's), found
+        range by range: what a batch's sequences have in common with the manifests
+        costs per range, not per sequence."""
+        spans = sorted(
+            (first, last, m) for m in self.manifests.values() for first, last in m.ranges
+        )
+        ends = [last for _, last, _ in spans]
+        if ends != sorted(ends):  # manifests that share sequences: never written so
+            return self.owners(seq for first, last in ranges for seq in range(first, last + 1))
+        out: dict[int, Manifest] = {}
+        for first, last in ranges:
+            # The spans that end at or after ``first``, until one starts after ``last``.
+            for span_first, span_last, manifest in spans[bisect.bisect_left(ends, first) :]:
+                if span_first > last:
+                    break
+                out.update(
+                    dict.fromkeys(range(max(first, span_first), min(last, span_last) + 1), manifest)
+                )
+        return out
+
     def prune(self, floor: int, now: float, ttl: float) -> list[str]:
         """Forget manifests whose messages are all acknowledged (their last sequence at or
         under ``floor``) or that are older than ``ttl``; returns their tokens."""
@@ -142,7 +166,7 @@ class ManifestStore:
 
         def add(registry: Registry) -> bool:
             conflicts.clear()
-            owners = registry.owners(manifest.seqs())
+            owners = registry.overlaps(manifest.ranges)
             conflicts.update({s: m for s, m in owners.items() if m.token != manifest.token})
             if conflicts or manifest.token in registry.manifests:
                 return False  # refused, or rebuilt: it is there already

@@ -189,7 +189,7 @@ class NatsSource(NatsBatching):
         wait = min(wait, 1.0, self.options.ack_wait / 8)
         return count, max(0.01, wait)
 
-    def _inflight_replies(self) -> list[str]:
+    def _inflight_replies(self) -> list[bytes]:
         with self._lock:
             return [r for batch in self._inflight.values() for r in batch]
 

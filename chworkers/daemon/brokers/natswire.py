@@ -7,14 +7,16 @@ put on the subscription's queue, and a task of the subscription taking it off to
 the callback. For a pulled JetStream message the source needs two things: its reply
 subject (its stream sequence, its delivery count, where to acknowledge it) and its
 payload; a producer's headers (``Nats-Msg-Id``) are of no use to it. Profiled at steady
-state, that road was most of the event loop's time. So a message of a subscription made
-with :meth:`WireClient.subscribe_sink` that has an acknowledgement subject goes straight to the sink's
-function, its headers unread; everything else (the pulls' statuses, other
-subscriptions) takes nats-py's own road.
+state, that road was most of the event loop's time. So the messages of a subscription
+made with :meth:`WireClient.subscribe_sink` that have an acknowledgement subject go
+straight to the sink's function, a run of them (all those of one read) in one call, as
+two lists (acknowledgement subjects as bytes, payloads), their headers unread; their
+control lines are matched by one regular expression each (:data:`SINK_FRAME`).
+Everything else (the pulls' statuses, other subscriptions) takes nats-py's own road.
 
 Acknowledging is the same: nats-py's ``publish`` checks, formats and queues one message
 per call; :meth:`WireClient.publish_each` writes one payload to many subjects as one
-command. Both rest on two methods of nats-py's client that are not its public API
+command, built by one ``join``. Both rest on two methods of nats-py's client that are not its public API
 (``_process_msg``, the parser's way in, and ``_send_command``, publish's way out); both
 have kept their shape through nats-py 2.x, which ``pyproject.toml`` pins, and every NATS
 test goes through them.
@@ -22,6 +24,7 @@ test goes through them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -29,19 +32,29 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
-#: What a sink gets: a message's acknowledgement subject and its payload.
-Sink = Callable[[str, bytes], None]
+#: What a sink gets: a run of messages in the order they came, as their
+#: acknowledgement subjects and their payloads (two lists of the same length).
+Sink = Callable[[list[bytes], list[bytes]], None]
 
 #: The start of a JetStream message's reply subject (statuses have none).
 ACK_PREFIX = b"$JS.ACK."
+
+#: The control line of a JetStream message as nats-server writes it (single spaces):
+#: ``MSG <subject> <sid> <reply> <size>`` or ``HMSG <subject> <sid> <reply> <header
+#: size> <size>``, the reply an acknowledgement subject. Anything else, a line with
+#: other spacing included, takes the general way (:func:`control_line`, nats-py).
+SINK_FRAME = re.compile(
+    rb"(H?)MSG [^ \r\n]+ ([0-9]+) (\$JS\.ACK\.[^ \r\n]+) (?:([0-9]+) )?([0-9]+)\r\n"
+)
 
 
 class WireParser(Parser):
     """nats-py's parser with a short way for whole messages (the module's docstring):
     a run of ``MSG``/``HMSG`` frames, ``PING``, ``PONG`` and ``+OK`` is parsed here, by
-    position in the buffer, a sink's messages handed to it without an ``await`` each;
-    anything else (``INFO``, ``-ERR``, a malformed line), and a message whose payload
-    the parser was already waiting for, is left to nats-py's parser."""
+    position in the buffer, a sink's messages handed to it in runs (one call for all
+    the messages in a read, not an ``await`` each); anything else (``INFO``, ``-ERR``, a
+    malformed line), and a message whose payload the parser was already waiting for, is
+    left to nats-py's parser."""
 
     nc: WireClient
 
@@ -61,9 +74,45 @@ class WireParser(Parser):
         buf = self.buf
         data = bytes(buf)
         size = len(data)
-        pos = delivered = delivered_bytes = 0
+        pos = 0
+        # The run of a sink's messages being collected: handed on before anything else
+        # is processed (in order), and once the buffer is taken.
+        run_sid = -1
+        replies: list[bytes] = []
+        payloads: list[bytes] = []
+        match = SINK_FRAME.match
         try:
             while pos < size:
+                frame = match(data, pos)
+                if frame is not None:
+                    # A JetStream message (a reply subject of $JS.ACK.), the common case.
+                    head, sid_text, reply, header_size, total = frame.groups()
+                    if (header_size is None) == (head == b"H"):
+                        frame = None  # MSG with a header size, HMSG without: malformed
+                    else:
+                        sid = int(sid_text)
+                        if sid != run_sid:
+                            if replies:
+                                self._hand_on(run_sid, replies, payloads)
+                                replies, payloads = [], []
+                            run_sid = sid if sid in sinks and sid in subs else -1
+                        if run_sid >= 0:
+                            start = frame.end()
+                            stop = start + int(total)
+                            if stop + 2 > size:
+                                return False  # the rest of the payload is still to come
+                            pos = stop + 2
+                            replies.append(reply)
+                            payloads.append(
+                                data[start + int(header_size) : stop]
+                                if header_size
+                                else data[start:stop]
+                            )
+                            continue
+                if replies:
+                    self._hand_on(run_sid, replies, payloads)
+                    replies, payloads = [], []
+                run_sid = -1
                 end = data.find(b"\r\n", pos)
                 if end < 0:
                     return False  # the rest of the line is still to come
@@ -77,31 +126,30 @@ class WireParser(Parser):
                     if self.buf is not buf:
                         return False  # reset meanwhile: what is left is the old connection's
                     continue
-                frame = control_line(data, pos, end)
-                if frame is None:
+                parsed = control_line(data, pos, end)
+                if parsed is None:
                     return True
-                subject, sid, reply, skip, length = frame
+                subject, sid, reply, skip, length = parsed
                 start = end + 2
                 stop = start + length
                 if stop + 2 > size:
                     return False  # the rest of the payload is still to come
                 pos = stop + 2
-                deliver = sinks.get(sid)
-                if deliver is not None and reply.startswith(ACK_PREFIX) and sid in subs:
-                    payload = data[start + skip : stop]
-                    delivered += 1
-                    delivered_bytes += len(payload)
-                    deliver(reply.decode(), payload)
-                else:
-                    headers = data[start : start + skip] if skip else None
-                    await nc._process_msg(sid, subject, reply, data[start + skip : stop], headers)
-                    if self.buf is not buf:
-                        return False
+                headers = data[start : start + skip] if skip else None
+                await nc._process_msg(sid, subject, reply, data[start + skip : stop], headers)
+                if self.buf is not buf:
+                    return False
             return False
         finally:
             del buf[:pos]
-            nc.stats["in_msgs"] += delivered
-            nc.stats["in_bytes"] += delivered_bytes
+            if replies:
+                self._hand_on(run_sid, replies, payloads)
+
+    def _hand_on(self, sid: int, replies: list[bytes], payloads: list[bytes]) -> None:
+        nc = self.nc
+        nc.stats["in_msgs"] += len(replies)
+        nc.stats["in_bytes"] += sum(map(len, payloads))
+        nc._sinks[sid](replies, payloads)
 
 
 def control_line(data: bytes, pos: int, end: int) -> tuple[bytes, int, bytes, int, int] | None:
@@ -153,11 +201,11 @@ class WireClient(Client):
         if deliver is not None and reply.startswith(ACK_PREFIX) and sid in self._subs:
             self.stats["in_msgs"] += 1
             self.stats["in_bytes"] += len(data)
-            deliver(reply.decode(), data)
+            deliver([bytes(reply)], [bytes(data)])
             return
         await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
 
-    async def publish_each(self, subjects: list[str], payload: bytes) -> None:
+    async def publish_each(self, subjects: list[bytes], payload: bytes) -> None:
         """``payload`` published to each of ``subjects``, as one command (what
         ``publish`` would check: a closed or draining connection, the buffer of a
         connection that is reconnecting)."""
@@ -168,7 +216,7 @@ class WireClient(Client):
         if self.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
         tail = b" %d\r\n%s\r\n" % (len(payload), payload)
-        command = b"".join([b"PUB " + subject.encode() + tail for subject in subjects])
+        command = b"PUB " + (tail + b"PUB ").join(subjects) + tail
         if not self.is_connected and (
             self._max_pending_size <= 0
             or len(command) + self._pending_data_size > self._max_pending_size

@@ -1,0 +1,109 @@
+"""The JetStream source's ways for runs of messages give what the ways for one message
+at a time give: the records a batch takes from a run (``Assembler.extend_lines`` against
+``Assembler.extend``), the sequences and delivery counts read from a run's reply
+subjects (``sequences`` against ``delivery``), the manifests a batch's ranges overlap
+(``Registry.overlaps`` against ``Registry.owners``) and ``to_ranges``."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
+from chworkers.daemon.brokers.natsbatches import delivery, sequences
+from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, to_ranges
+
+#: A message's payload: 1 to 4 JSON lines, each ending in a newline.
+payloads = st.lists(
+    st.integers(min_value=1, max_value=4).map(
+        lambda n: b"".join(b'{"n":%d}\n' % i for i in range(n))
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads,
+    st.integers(min_value=0, max_value=40),
+    st.integers(min_value=1, max_value=60),
+    st.integers(min_value=1, max_value=600),
+)
+def test_a_run_of_whole_lines_fills_a_batch_as_message_by_message(
+    run: list[bytes], before: int, max_rows: int, max_bytes: int
+) -> None:
+    assembler = Assembler("JSONEachRow")
+    limits = BatchLimits(max_rows=max_rows, max_bytes=max_bytes)
+    ids = [str(100 + i) for i in range(len(run))]
+    one, many = Assembly(), Assembly()
+    for batch in (one, many):  # a batch in the making already holds some rows
+        for i in range(before):
+            assembler.add(batch, Message(f"p{i}", b'{"p":1}\n'))
+    assert assembler.whole_lines(run)
+    stopped, poison = assembler.extend(
+        one, [Message(i, p) for i, p in zip(ids, run, strict=True)], 0, limits
+    )
+    taken = assembler.extend_lines(many, ids, run, limits)
+    assert not poison and taken == stopped
+    assert (many.ids, many.payload(), many.rows, many.size) == (
+        one.ids,
+        one.payload(),
+        one.rows,
+        one.size,
+    )
+
+
+def test_what_a_run_cannot_take_as_it_is_goes_message_by_message() -> None:
+    assembler = Assembler("JSONEachRow", max_record_bytes=100)
+    assert assembler.whole_lines([b"{}\n", b'{"a":1}\n{"a":2}\n'])
+    assert not assembler.whole_lines([])
+    assert not assembler.whole_lines([b"{}\n", b""])  # an empty message
+    assert not assembler.whole_lines([b"{}\n", b"{}"])  # its last newline missing
+    assert not assembler.whole_lines([b"{}\n\n{}\n"])  # a blank line
+    assert not assembler.whole_lines([b"{}\n", b"\n{}\n"])  # one begins with a blank line
+    assert not assembler.whole_lines([b"\n"])
+    assert not assembler.whole_lines([b"x" * 100 + b"\n"])  # over max_record_bytes
+    assert not Assembler("CSV").whole_lines([b"a,b\n"])  # quotes may hold newlines
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 10**9)), min_size=1, max_size=40))
+def test_a_runs_sequences_are_its_reply_subjects(messages: list[tuple[int, int]]) -> None:
+    rng = random.Random(len(messages))
+    replies = []
+    for delivered, seq in messages:
+        if rng.random() < 0.5:
+            replies.append(b"$JS.ACK.ev.c.%d.%d.57.1796154889291426936.9" % (delivered, seq))
+        else:
+            replies.append(
+                b"$JS.ACK.dom.hash.ev.c.%d.%d.57.1796154889291426936.9.r" % (delivered, seq)
+            )
+    ids, again = sequences(replies)
+    assert ids == [str(delivery(r)[0]) for r in replies]
+    assert again == [i for i, r in enumerate(replies) if delivery(r)[1] > 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=200), max_size=80, unique=True),
+    st.lists(st.integers(min_value=1, max_value=210), min_size=1, max_size=60),
+    st.randoms(use_true_random=False),
+)
+def test_a_batchs_ranges_overlap_the_manifests_that_own_its_sequences(
+    held: list[int], batch: list[int], rng: random.Random
+) -> None:
+    registry = Registry()
+    for n in range(4):  # manifests that share no sequence, as the key always holds
+        mine = [seq for seq in held if seq % 4 == n]
+        if mine:
+            registry.manifests[str(n)] = Manifest(str(n), to_ranges(mine))
+    ranges = to_ranges(batch)
+    seqs = [seq for first, last in ranges for seq in range(first, last + 1)]
+    want = {seq: m.token for seq, m in registry.owners(seqs).items()}
+    assert {seq: m.token for seq, m in registry.overlaps(ranges).items()} == want
+    assert seqs == sorted(set(batch))
+    assert to_ranges(range(5, 9)) == [[5, 8]] and to_ranges([9, 7, 8, 8]) == [[7, 9]]
