@@ -7,6 +7,7 @@ subjects (``sequences`` against ``delivery``), the manifests a batch's ranges ov
 from __future__ import annotations
 
 import random
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,3 +108,39 @@ def test_a_batchs_ranges_overlap_the_manifests_that_own_its_sequences(
     assert {seq: m.token for seq, m in registry.overlaps(ranges).items()} == want
     assert seqs == sorted(set(batch))
     assert to_ranges(range(5, 9)) == [[5, 8]] and to_ranges([9, 7, 8, 8]) == [[7, 9]]
+
+
+def test_only_batches_held_for_a_quarter_of_ack_wait_get_in_progress_notes() -> None:
+    """A batch acknowledged soon after its pull (the usual case) costs nats-server no
+    in-progress note; one held longer is noted, then again a quarter of ack_wait after
+    its last note; an acknowledged batch is forgotten."""
+    from chworkers.daemon.brokers.natsstream import NatsSource
+    from chworkers.daemon.brokers.options import NatsSourceSettings
+
+    source = NatsSource(
+        name="p",
+        table="ev",
+        format="JSONEachRow",
+        batcher=None,  # type: ignore[arg-type]
+        options=NatsSourceSettings(url="nats://127.0.0.1:1", stream="ev", ack_wait=8.0),
+        consumer="us",
+        dead_letter=lambda records, token: None,
+    )
+    try:
+        now = time.monotonic()
+        with source._lock:
+            source._hold("old", [b"r1", b"r2"], now - 3.0)
+            source._hold("new", [b"r3"], now - 1.0)
+            source._hold("new", [b"r4"], now - 0.5)  # redelivered to it meanwhile
+        assert source._due() == (["old"], [b"r1", b"r2"])
+        source._noted(["old"], now)
+        assert source._due() == ([], [])
+        with source._lock:
+            source._hold("new", [b"r5"], now - 2.5)  # an older delivery joins it
+        assert source._due() == (["new"], [b"r3", b"r4", b"r5"])
+        source._inflight.pop("new")
+        source._since.pop("new")
+        source._noted(["new"], now)
+        assert "new" not in source._since
+    finally:
+        source.close()

@@ -28,9 +28,10 @@ from chworkers.wording import plural
 #: The source's logger, as before its batching moved here (log filters keep working).
 log = logging.getLogger("chworkers.daemon.brokers.natsstream")
 
-#: A batch ready to be handed on: (token, batch, acknowledgement subjects, rebuilt); an
-#: empty token when it is not to be inserted.
-Ready = tuple[str, Assembly, list[bytes], bool]
+#: A batch ready to be handed on: (token, batch, acknowledgement subjects, rebuilt, and
+#: the time.monotonic() from which their ack_wait runs at the latest); an empty token
+#: when it is not to be inserted.
+Ready = tuple[str, Assembly, list[bytes], bool, float]
 
 
 def delivery(reply: str | bytes) -> tuple[int, int]:
@@ -91,6 +92,9 @@ class NatsBatching(SourceParts):
         #: token -> acknowledgement subjects of its messages this daemon holds, until
         #: the batch is acknowledged.
         self._inflight: dict[str, list[bytes]] = {}
+        #: token -> time.monotonic() since which those messages' ack_wait runs (at the
+        #: latest): their delivery, or the last in-progress note for them.
+        self._since: dict[str, float] = {}
         self._room = threading.Condition(self._lock)  # a batch acknowledged
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
@@ -210,11 +214,11 @@ class NatsBatching(SourceParts):
     def _write_manifest(self, batch: Assembly, held: Held) -> Ready:
         replies = held.replies  # in the batch's order
         if not batch.ids:
-            return "", batch, [], False
+            return "", batch, [], False, 0.0
         if not batch.rows:
             self.link.send(replies, ACK)  # nothing to insert: empty messages
             self._acked(len(replies))
-            return "", batch, [], False
+            return "", batch, [], False, 0.0
         # Room for the manifest's write (compare-and-set, maybe retried) before the deadline.
         margin = self.options.ack_wait / 8
         if time.monotonic() > held.deadline - margin:
@@ -225,7 +229,7 @@ class NatsBatching(SourceParts):
                 plural(len(batch.ids), "message"),
                 self.options.ack_wait,
             )
-            return "", batch, [], False
+            return "", batch, [], False, 0.0
         seqs = sorted(map(int, batch.ids))
         token = broker_token("nats", self.stream, self.consumer, list(map(str, seqs)))
         manifest = Manifest(token, to_ranges(seqs), time.time(), self.label)
@@ -258,25 +262,50 @@ class NatsBatching(SourceParts):
                 self.name,
                 token,
             )
-        return token, batch, replies, False
+        return token, batch, replies, False, held.deadline - self.options.ack_wait
 
     def _submit_all(self, ready: list[Ready]) -> None:
-        for token, batch, replies, rebuilt in ready:
+        for token, batch, replies, rebuilt, since in ready:
             if token:
-                self._submit(token, batch, replies, rebuilt=rebuilt)
+                self._submit(token, batch, replies, since, rebuilt=rebuilt)
 
-    def _submit(self, token: str, batch: Assembly, replies: list[bytes], *, rebuilt: bool) -> None:
+    def _submit(
+        self, token: str, batch: Assembly, replies: list[bytes], since: float, *, rebuilt: bool
+    ) -> None:
         with self._lock:
-            self._inflight.setdefault(token, []).extend(replies)
+            self._hold(token, replies, since)
         if not batch.rows:  # a rebuilt batch whose messages the stream no longer has
             with self._lock:
                 held = self._inflight.pop(token, [])
+                self._since.pop(token, None)
                 self._room.notify_all()
             self.link.send(held, ACK)
             self.link.call(self.link.manifests().mark_done(token, self._floor))
             self._acked(len(held))
             return
         self._spool(token, batch, {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}})
+
+    def _hold(self, token: str, replies: list[bytes], since: float) -> None:
+        """Messages of batch ``token`` held until it is acknowledged (under the lock)."""
+        self._inflight.setdefault(token, []).extend(replies)
+        self._since[token] = min(self._since.get(token, since), since)
+
+    def _due(self) -> tuple[list[str], list[bytes]]:
+        """The batches in flight whose messages need an in-progress note now (their
+        ack_wait has run for a quarter of it), and those messages (the heartbeat's: a
+        batch acknowledged within ``ack_wait / 4`` of its pull, the usual case, costs
+        nats-server no note)."""
+        due_at = time.monotonic() - self.options.ack_wait / 4
+        with self._lock:
+            tokens = [token for token, since in self._since.items() if since <= due_at]
+            return tokens, [r for token in tokens for r in self._inflight.get(token, ())]
+
+    def _noted(self, tokens: list[str], at: float) -> None:
+        """In-progress notes for the batches ``tokens`` were sent at ``at``."""
+        with self._lock:
+            for token in tokens:
+                if token in self._since:
+                    self._since[token] = max(self._since[token], at)
 
     # -- redeliveries ---------------------------------------------------------------------
 
@@ -311,13 +340,14 @@ class NatsBatching(SourceParts):
                 self.link.send(mine, ACK)  # inserted already: nothing to rebuild
                 self._acked(len(mine))
                 continue
+            since = deadline - self.options.ack_wait
             with self._lock:
                 if token in self._inflight:  # ours, in flight: acknowledged with it
-                    self._inflight[token].extend(mine)
+                    self._hold(token, mine, since)
                     continue
             ready.append(self._rebuild(manifest, {m.id for m in messages} - {m.id for m in keep}))
             with self._lock:
-                self._inflight.setdefault(token, []).extend(mine)
+                self._hold(token, mine, since)
         if fresh:
             self._assembly.mixed = True
             ready += self._take_framed(
@@ -352,7 +382,7 @@ class NatsBatching(SourceParts):
             manifest.token,
             len(ids),
         )
-        return manifest.token, batch, [], True
+        return manifest.token, batch, [], True, float("inf")
 
     def _too_often(self, message: Message, replies: dict[str, bytes]) -> bool:
         limit = self.options.max_deliver

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -109,19 +110,31 @@ class NatsLink:
         if replies:
             self.call(self.wire().send(replies, what))
 
-    def keep_alive(self, inflight: Callable[[], list[bytes]]) -> None:
-        """Every ``ack_wait / 4``, until :meth:`close`, tell JetStream that the messages
-        ``inflight()`` names are still being worked on (from a thread of its own, so a
-        source waiting for a full spool keeps them too)."""
+    def keep_alive(
+        self,
+        due: Callable[[], tuple[list[str], list[bytes]]],
+        noted: Callable[[list[str], float], None],
+    ) -> None:
+        """Every ``ack_wait / 8``, until :meth:`close`, tell JetStream that the messages
+        of the batches ``due()`` names are still being worked on (``due`` says which
+        need it: those whose ack_wait has run for a quarter of it), and ``noted(tokens,
+        when)`` once it is sent; from a thread of its own, so a source waiting for a
+        full spool keeps them too."""
 
         def beat() -> None:
-            while not self._closed.wait(self.options.ack_wait / 4):
-                replies = inflight()
-                if replies and self._ready.is_set():
-                    try:
-                        self.send(replies, PROGRESS)
-                    except BrokerError as exc:
-                        log.debug("source %s: in-progress notes failed: %s", self.name, exc)
+            while not self._closed.wait(self.options.ack_wait / 8):
+                if not self._ready.is_set():
+                    continue
+                tokens, replies = due()
+                if not replies:
+                    continue
+                at = time.monotonic()  # the server restarts their ack_wait after this
+                try:
+                    self.send(replies, PROGRESS)
+                except BrokerError as exc:
+                    log.debug("source %s: in-progress notes failed: %s", self.name, exc)
+                else:
+                    noted(tokens, at)
 
         threading.Thread(target=beat, name=f"source-{self.name}-heartbeat", daemon=True).start()
 

@@ -53,7 +53,7 @@ class NatsSource(NatsBatching):
         self._in_flight = in_flight
         #: The pull sent while the last one's messages are taken in (None: none).
         self._ahead: concurrent.futures.Future[list[Pulled]] | None = None
-        self.link.keep_alive(self._inflight_replies)
+        self.link.keep_alive(self._due, self._noted)
 
     # -- the daemon's side ----------------------------------------------------------------
 
@@ -92,6 +92,7 @@ class NatsSource(NatsBatching):
         with self._lock:
             # Replies added meanwhile (redelivered to us while it was in flight) too.
             late = self._inflight.pop(token, [])[len(replies) :]
+            self._since.pop(token, None)
             self._room.notify_all()
         if late:
             self.link.send(late, ACK)
@@ -188,10 +189,6 @@ class NatsSource(NatsBatching):
         # messages. Short waits keep that loss small.
         wait = min(wait, 1.0, self.options.ack_wait / 8)
         return count, max(0.01, wait)
-
-    def _inflight_replies(self) -> list[bytes]:
-        with self._lock:
-            return [r for batch in self._inflight.values() for r in batch]
 
     def close(self) -> None:
         """The daemon stopped: no more in-progress notes, the connection closed (batches
