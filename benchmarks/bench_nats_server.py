@@ -1,0 +1,151 @@
+"""What nats-server itself costs per message on the NATS source's road, by setting
+(docs/brokers.md, "What nats-server costs"): the stream's storage (file or memory), the
+consumer's acknowledgement policy (explicit, as the source needs; none, for
+comparison), and the producer's message-id header.
+
+For each variant: a fresh nats-server (JetStream, its store in a temporary
+directory), ``--messages`` messages of ``--rows-per-message`` JSON lines published,
+then read through a durable pull consumer by the source's own wire
+(:class:`~chworkers.daemon.brokers.natsconsumer.Consumer`: pulls of ``--pull``
+messages, one acknowledgement each on a second connection, as the daemon sends
+them). Printed: nats-server's CPU microseconds per message while the messages are read
+(the publishing left out), and the reader's, medians of ``--rounds`` interleaved rounds.
+
+Run: ``.venv/bin/python benchmarks/bench_nats_server.py --messages 100000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_brokers import rows, tree_cpu
+from natsserver import NatsServer
+
+from chworkers.daemon.brokers.natsclient import connect
+from chworkers.daemon.brokers.natsconsumer import Consumer
+from chworkers.daemon.brokers.natslink import ACK
+from chworkers.daemon.brokers.options import NatsSourceSettings
+
+#: (name, stream storage, acknowledgement policy, the producer's Nats-Msg-Id header)
+VARIANTS = [
+    ("file store, explicit acks, msg-id header (the benchmark's)", "file", "explicit", True),
+    ("file store, explicit acks, no header", "file", "explicit", False),
+    ("memory store, explicit acks, msg-id header", "memory", "explicit", True),
+    ("file store, no acks (AckNone: loses what a crash held)", "file", "none", True),
+]
+
+
+async def publish(url: str, messages: int, per: int, header: bool) -> None:
+    import nats
+
+    client = await nats.connect(url)
+    js = client.jetstream(timeout=30)
+    for start in range(0, messages, 1000):
+        await asyncio.gather(
+            *(
+                js.publish(
+                    "bench.data",
+                    rows(m * per, (m + 1) * per),
+                    headers={"Nats-Msg-Id": str(m)} if header else None,
+                )
+                for m in range(start, min(messages, start + 1000))
+            )
+        )
+    await client.close()
+
+
+async def read(url: str, messages: int, ack: bool, pull: int, pid: int) -> tuple[float, float]:
+    """Read every message (acknowledging each when ``ack``): nats-server's and this
+    thread's CPU seconds meanwhile."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    options = NatsSourceSettings(url=url, stream="bench")
+    client = await connect(options, "bench", name="bench")
+    acks = await connect(options, "bench", name="bench acks")
+    js = client.jetstream()
+    policy = AckPolicy.EXPLICIT if ack else AckPolicy.NONE
+    await js.add_consumer(
+        "bench", ConsumerConfig(durable_name="c", ack_policy=policy, max_ack_pending=-1)
+    )
+    consumer = Consumer(client, js, "bench", "c", 30.0, acks)
+    await consumer.start()
+    server, own = tree_cpu(pid), time.thread_time()
+    got = 0
+    while got < messages:
+        for replies, _payloads, _sent in await consumer.pull(pull, 1.0):
+            got += len(replies)
+            if ack:
+                await consumer.send(replies, ACK)
+    await acks.flush()
+    used = tree_cpu(pid) - server, time.thread_time() - own
+    await consumer.close()
+    return used
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rows-per-message", type=int, default=10)
+    parser.add_argument("--pull", type=int, default=5000, help="messages per pull")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in VARIANTS}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        for r in range(args.rounds):
+            for name, storage, policy, header in VARIANTS:
+                server = NatsServer(Path(tmp) / f"{r}-{storage}-{policy}-{header}")
+                server.start()
+                try:
+
+                    async def make(client: object, storage: str = storage) -> None:
+                        from nats.js.api import StorageType
+
+                        kind = StorageType.FILE if storage == "file" else StorageType.MEMORY
+                        js = client.jetstream()  # type: ignore[attr-defined]
+                        await js.add_stream(name="bench", subjects=["bench.>"], storage=kind)
+
+                    server.run(make)
+                    asyncio.run(publish(server.url, args.messages, args.rows_per_message, header))
+                    assert server.proc is not None
+                    used = asyncio.run(
+                        read(
+                            server.url,
+                            args.messages,
+                            policy == "explicit",
+                            args.pull,
+                            server.proc.pid,
+                        )
+                    )
+                finally:
+                    server.stop()
+                results[name].append(used)
+                print(
+                    f"round {r + 1} (load {os.getloadavg()[0]:.1f}) {name}: nats-server "
+                    f"{used[0] / args.messages * 1e6:.2f} us/message, reader "
+                    f"{used[1] / args.messages * 1e6:.2f}",
+                    flush=True,
+                )
+    print(
+        f"\n{args.messages:,} messages of {args.rows_per_message} rows, pulls of {args.pull}, "
+        f"medians of {args.rounds} rounds: CPU microseconds per message while reading"
+    )
+    print(f"{'variant':<60} {'nats-server':>11} {'reader':>7}")
+    for name, used in results.items():
+        server_us = statistics.median(u[0] for u in used) / args.messages * 1e6
+        reader_us = statistics.median(u[1] for u in used) / args.messages * 1e6
+        print(f"{name:<60} {server_us:>11.2f} {reader_us:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The NATS source's own CPU per message, without ClickHouse: what the daemon spends on
+a message between nats-server and the spool (pulls, parsing, batching, manifests,
+acknowledgements), the number to compare with Redis's ~3 us (docs/brokers.md,
+"Measured").
+
+A real nats-server (JetStream, file store) is filled with ``--messages`` messages of
+``--rows-per-message`` JSON lines; then a :class:`NatsSource` reads them in this
+process, its batcher a stand-in that takes each batch and completes it at once (the
+acknowledgements sent as the daemon sends them once ClickHouse confirmed a batch).
+Printed: this process's CPU microseconds per message (all its threads: the source's,
+its event loop's, the heartbeat's) and nats-server's, from the first batch to the last
+acknowledgement. ``--json`` prints one line for a driver that compares code versions
+(run with ``PYTHONPATH`` at another checkout to measure that code).
+
+Run: ``.venv/bin/python benchmarks/bench_nats_source.py --messages 200000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_brokers import nats_produce, tree_cpu
+from natsserver import NatsServer
+
+
+class Completing:
+    """A batcher that completes every batch as soon as it is given one."""
+
+    def __init__(self) -> None:
+        self.source: Any = None
+        self.rows = 0
+        self.batches = 0
+        self.first = 0.0
+
+    def add(self, table: str, payload: bytes, rows: int, **kw: Any) -> None:
+        if not self.batches:
+            self.first = time.monotonic()
+        self.rows += rows
+        self.batches += 1
+        self.source.complete(Batch(kw["meta"]))
+
+
+class Batch:
+    path = None
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+
+def process_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    from chworkers.daemon.batcher import BatchLimits
+    from chworkers.daemon.brokers.natsstream import NatsSource
+    from chworkers.daemon.brokers.options import NatsSourceSettings
+
+    server = NatsServer(tmp / "nats")
+    server.start()
+    try:
+        server.make_stream("bench")
+        asyncio.run(nats_produce(server.url, args.messages, args.rows_per_message))
+        assert server.proc is not None
+        batcher = Completing()
+        source = NatsSource(
+            name="bench",
+            table="ev",
+            format="JSONEachRow",
+            batcher=batcher,  # type: ignore[arg-type]
+            options=NatsSourceSettings(
+                url=server.url, stream="bench", fetch_count=args.fetch_count
+            ),
+            limits=BatchLimits(max_rows=args.max_rows, max_delay=0.5),
+            consumer="bench",
+            dead_letter=lambda records, token: None,
+        )
+        batcher.source = source
+        stop = threading.Event()
+        thread = threading.Thread(target=source.run, args=(stop,))
+        own, nats = process_cpu(), tree_cpu(server.proc.pid)
+        started = time.monotonic()
+        thread.start()
+        total = args.messages * args.rows_per_message
+        while batcher.rows < total:
+            if time.monotonic() - started > 600:
+                raise SystemExit(f"timed out: {batcher.rows:,} of {total:,} rows")
+            time.sleep(0.02)
+        ended = time.monotonic()
+        used = process_cpu() - own, tree_cpu(server.proc.pid) - nats
+        stop.set()
+        thread.join(30)
+        source.close()
+    finally:
+        server.stop()
+    return {
+        "source_us": used[0] / args.messages * 1e6,
+        "server_us": used[1] / args.messages * 1e6,
+        "messages_per_s": args.messages / (ended - started),
+        "load": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rows-per-message", type=int, default=10)
+    parser.add_argument("--max-rows", type=int, default=50_000)
+    parser.add_argument("--fetch-count", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true", help="one JSON line")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        result = measure(args, Path(tmp))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{args.messages:,} messages of {args.rows_per_message} rows (load "
+        f"{result['load']:.1f}): the source {result['source_us']:.2f} us of CPU per "
+        f"message, nats-server {result['server_us']:.2f}, "
+        f"{result['messages_per_s']:,.0f} messages/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
