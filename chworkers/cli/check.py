@@ -1,0 +1,295 @@
+"""``chworkers check``: validate a configuration file, then reach what it names (the
+ClickHouse or each replica of each shard, with the pipelines' tables; the files a file
+pipeline reads; each broker's stream) and say what was found, one line each. Exits 1
+when something ``run`` could not get past is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import glob
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from chworkers.clickhouse.dsn import redact_url
+from chworkers.daemon import config as config_module
+from chworkers.daemon.clickhousesettings import EMBEDDED
+from chworkers.errors import ChworkersError, ConfigError, RetriesExhaustedError
+from chworkers.ops import logs
+from chworkers.settings import flags
+from chworkers.wording import plural
+
+__all__ = ["check", "require_pipelines"]
+
+#: Tables ``check`` names before it only counts the rest.
+_LISTED = 20
+
+
+def require_pipelines(cfg: config_module.Config) -> None:
+    """A daemon's file must declare what to ingest: `run` and `check` refuse it alike."""
+    if not cfg.pipelines:
+        raise ConfigError(
+            f"{cfg.source}: no [[pipelines]] configured; nothing to ingest "
+            "(`chworkers config --defaults` ends with an example; docs/daemon.md has more)",
+            key="pipelines",
+            expected="at least one [[pipelines]] table",
+            source=cfg.source,
+        )
+
+
+def check(args: argparse.Namespace) -> int:
+    cfg = config_module.load(args.config, overrides=flags.given(args))
+    require_pipelines(cfg)
+    logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
+    print(f"{args.config}: configuration is valid ({plural(len(cfg.pipelines), 'pipeline')})")
+    problems = max(_check_files(cfg), _check_brokers(cfg))
+    ch = cfg.settings.clickhouse
+    if ch.shards:
+        return max(_check_shards(cfg), problems)
+    if ch.url != EMBEDDED:
+        return max(_check_clickhouse(cfg, ch.connection()), problems)
+    from chworkers.daemon.statelock import state_lock
+    from chworkers.errors import StateDirInUseError
+
+    with contextlib.ExitStack() as stack:
+        data = cfg.state_dir / "clickhouse"
+        if data.exists():
+            try:
+                stack.enter_context(state_lock(cfg.state_dir))
+            except StateDirInUseError as exc:
+                print(
+                    f"clickhouse: the embedded endpoint in {cfg.state_dir} belongs to the "
+                    f"running daemon ({exc.holder}); not started again"
+                )
+                return problems
+            log_dir = cfg.state_dir
+        else:  # nothing to look at yet: try a scratch one, leave no state behind
+            print(f"clickhouse: no embedded data in {cfg.state_dir} yet; trying a scratch one")
+            log_dir = data = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="chworkers-check-"))
+            )
+        # Started as `run` starts it (the same credentials), for as long as the check takes.
+        endpoint = ch.embedded_endpoint(data, port=0, log_path=log_dir / "clickhouse.log")
+        endpoint.start()
+        stack.callback(endpoint.close)
+        print(f"clickhouse: the embedded endpoint started (data in {data})")
+        return max(_check_clickhouse(cfg, ch.connection(endpoint.url)), problems)
+
+
+def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
+    """Reach ClickHouse and say which pipelines' tables exist; 1 when one is missing
+    (and `run` would not create it, or ClickHouse refuses the pipeline's `create`)."""
+    from chworkers.clickhouse.pool import ConnectionPool
+    from chworkers.daemon.tables import refused_create
+
+    options = cfg.settings.clickhouse.pool
+    pool = ConnectionPool(
+        conn,
+        dataclasses.replace(
+            options,
+            min_connections=0,
+            retry=dataclasses.replace(options.retry, max_attempts=1),  # say it, do not wait
+        ),
+    )
+    missing = 0
+    try:
+        try:
+            with _said_by_check():
+                version = pool.with_connection(lambda c: c.command("SELECT version()"))
+        except ChworkersError as exc:
+            print(f"clickhouse: {conn.url} DOES NOT ANSWER{_why(exc)}")
+            return 1
+        print(f"clickhouse: {conn.url} answers (version {version})")
+        tables = pool.with_connection(
+            lambda c: [row[0] for row in c.query("SHOW TABLES").result_rows]
+        )
+        shown = ", ".join(tables[:_LISTED]) + (
+            f" and {len(tables) - _LISTED} more" if len(tables) > _LISTED else ""
+        )
+        print(f"clickhouse: {len(tables)} table(s) in {conn.database or 'default'}: {shown or '-'}")
+        for p in cfg.pipelines:
+            exists = pool.with_connection(
+                lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
+            )
+            if int(exists):
+                state = "exists"
+                for view, target, engine in pool.with_connection(
+                    lambda c, t=p.table: _doubling_views(c, t)  # type: ignore[misc]
+                ):
+                    print(
+                        f"pipeline {p.name}: materialized view {view} writes to {target} "
+                        f"({engine}), which does not deduplicate: a replayed batch adds its "
+                        "rows there again (create it with SETTINGS "
+                        "non_replicated_deduplication_window = 1000)"
+                    )
+            elif p.create and (
+                refused := pool.with_connection(
+                    lambda c, p=p: refused_create(c, p.create, p.create_statement())  # type: ignore[misc]
+                )
+            ):
+                state = f"MISSING, and ClickHouse refuses its `create`: {refused}"
+                missing += 1
+            elif p.create:
+                state = "missing; `run` creates it"
+            else:
+                state = "MISSING (create it, or declare `create` in the pipeline)"
+                missing += 1
+            print(f"pipeline {p.name}: table {p.table} {state}")
+    finally:
+        pool.close()
+    return 1 if missing else 0
+
+
+@contextlib.contextmanager
+def _said_by_check() -> Iterator[None]:
+    """Around the first request to a ClickHouse: the pool's warnings about its failure
+    ("host marked down", "giving up") say again what `check` prints right after, in a
+    line of its own; they are kept for --log-level DEBUG."""
+    logger = logging.getLogger("chworkers.clickhouse")
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _why(exc: ChworkersError) -> str:
+    """Why a ClickHouse did not answer `check`'s one attempt: the error itself, not the
+    retry policy's "giving up after 1 attempt(s)" around it."""
+    if isinstance(exc, RetriesExhaustedError) and exc.last_error is not None:
+        attempts = exc.attempts
+        cause: BaseException = exc.last_error
+        where = f" ({plural(attempts, 'attempt')})"
+    else:
+        cause, where = exc, ""
+    return f"{where}: {str(cause).splitlines()[0][:200]}"
+
+
+def _doubling_views(conn: Any, table: str) -> list[tuple[str, str, str]]:
+    """The materialized views fed by ``table`` whose targets do not deduplicate."""
+    from chworkers.clickhouse.views import undeduplicated_views
+
+    database, _, name = table.rpartition(".")
+    database = database or str(conn.command("SELECT currentDatabase()"))
+    try:
+        return list(undeduplicated_views(conn, database, name))
+    except Exception:  # advisory (an older server lacks system.tables.target_table)
+        return []
+
+
+def _check_shards(cfg: config_module.Config) -> int:
+    """Reach every replica of every shard and say which pipelines' tables each has; 1
+    when a replica does not answer or lacks a table that `run` would not create."""
+    from chworkers.clickhouse.pool import ConnectionPool
+
+    ch = cfg.settings.clickhouse
+    options = dataclasses.replace(
+        ch.pool,
+        min_connections=0,
+        retry=dataclasses.replace(ch.pool.retry, max_attempts=1),  # say it, do not wait
+    )
+    weights = ch.shard_weights or (1,) * len(ch.shards)
+    failed = 0
+    for index, (replicas, weight) in enumerate(zip(ch.shards, weights, strict=True)):
+        print(f"shard {index} (weight {weight}): {len(replicas)} replica(s)")
+        for url in replicas:
+            conn = ch.connection(url)
+            pool = ConnectionPool(conn, options)
+            where = f"  shard {index} replica {redact_url(url)}"
+            try:
+                with _said_by_check():
+                    version = pool.with_connection(lambda c: c.command("SELECT version()"))
+                states = []
+                for p in cfg.pipelines:
+                    exists = pool.with_connection(
+                        lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
+                    )
+                    if int(exists):
+                        states.append(f"{p.table} exists" + _key_fits(pool, p))
+                        failed = max(failed, int("KEY" in states[-1]))
+                    elif p.create:
+                        states.append(f"{p.table} missing (`run` creates it)")
+                    else:
+                        states.append(f"{p.table} MISSING")
+                        failed = 1
+                print(f"{where}: answers (version {version}); " + (", ".join(states) or "-"))
+            except ChworkersError as exc:
+                print(f"{where}: DOES NOT ANSWER{_why(exc)}")
+                failed = 1
+            finally:
+                pool.close()
+    return failed
+
+
+def _key_fits(pool: Any, pipeline: Any) -> str:
+    """Whether the pipeline's sharding key can be read from its table's columns here."""
+    from chworkers.daemon.keycolumns import Column, column_kind
+    from chworkers.daemon.workertasks import table_columns
+
+    key = pipeline.key
+    if key is None or key.is_random:
+        return ""
+    rows = pool.with_connection(lambda c: table_columns(c, pipeline.table))
+    columns = [Column(*row) for row in rows]
+    try:
+        key.bind({c.name: c.type for c in columns})
+        by_name = {c.name: c for c in columns}
+        for field in key.fields:
+            column_kind(by_name[field])
+    except ChworkersError as exc:
+        return f" (SHARDING KEY DOES NOT FIT: {exc})"
+    return f" (sharding key {key.expression} fits its columns)"
+
+
+def _check_files(cfg: config_module.Config) -> int:
+    """Say what each file pipeline's paths match; 1 when a one-shot pipeline has nothing
+    to read (a followed one may wait for its files to appear)."""
+    failed = 0
+    for p in cfg.pipelines:
+        if p.source != "file":
+            continue
+        matches = {m for pattern in p.paths for m in glob.glob(pattern) if os.path.isfile(m)}
+        patterns = ", ".join(p.paths)
+        if matches:
+            print(f"pipeline {p.name}: {len(matches)} file(s) match {patterns}")
+        elif p.follow:
+            print(
+                f"pipeline {p.name}: no file matches {patterns} yet (followed: read once they appear)"
+            )
+        else:
+            print(f"pipeline {p.name}: NO FILE matches {patterns}; nothing would be read")
+            failed = 1
+    return failed
+
+
+def _check_brokers(cfg: config_module.Config) -> int:
+    """Reach each broker pipeline's Redis or NATS and describe its stream; 1 when one
+    fails."""
+    from chworkers.errors import BrokerError
+
+    failed = 0
+    for p in cfg.pipelines:
+        where = f"pipeline {p.name!r}"
+        try:
+            if p.source == "redis":
+                from chworkers.daemon.brokers import redisclient
+
+                print(f"pipeline {p.name}: {redisclient.describe(p.redis, where)}")
+            elif p.source == "nats":
+                from chworkers.daemon.brokers import natsclient
+
+                print(f"pipeline {p.name}: {natsclient.describe(p.nats, where)}")
+        except BrokerError as exc:
+            print(f"pipeline {p.name}: {p.source.upper()} FAILS: {exc}")
+            failed = 1
+    return failed
