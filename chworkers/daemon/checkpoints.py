@@ -14,18 +14,24 @@ its path has matched none of the source's patterns and not existed for ``forget_
 seconds, and no file the source still sees has its inode. Nothing is re-read for it: a
 file that is gone cannot be read, and one that appears later at its path is a new file
 (another inode, or other first bytes), read from its start as it would be anyway.
+
+A file the source's patterns no longer fit (its ``paths`` changed) is forgotten the same
+way, ``forget_after`` after the source started without it, though it is still there:
+the source will not read it again, and every save rewrites every position it keeps. A
+pattern put back within that time finds the position; later, the file is a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import os
 import threading
 import time
 import zlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
@@ -93,18 +99,23 @@ class Checkpoints:
         *,
         after: float,
         now: float | None = None,
+        patterns: Sequence[str] = (),
     ) -> list[str]:
         """Forget (and save without) the positions of files gone for ``after`` seconds:
         their path is not in ``present`` (what the source's patterns match now) and does
-        not exist (ENOENT: a directory that cannot be read is not "gone"), and the file
-        ``idents`` (the ``(dev, ino)`` of the files the source sees -> a path of each)
-        has at their inode, if any, is another file (the inode reused): a file renamed
-        to a name the patterns match is still the source's. Returns the paths forgotten."""
+        not exist (ENOENT: a directory that cannot be read is not "gone"), or no longer
+        fits any of ``patterns`` (when given: the source's ``paths`` changed), and the
+        file ``idents`` (the ``(dev, ino)`` of the files the source sees -> a path of
+        each) has at their inode, if any, is another file (the inode reused): a file
+        renamed to a name the patterns match is still the source's. Returns the paths
+        forgotten."""
         saved = self.load(pipeline)
         now = time.monotonic() if now is None else now
         missing = set()
         for path, pos in saved.items():
-            if path in present or not _missing(path):
+            if path in present:
+                continue
+            if not _missing(path) and (not patterns or _fits(path, patterns)):
                 continue
             at = idents.get((pos["dev"], pos["ino"]))
             if at is None or not _is_at(at, pos):
@@ -126,7 +137,8 @@ class Checkpoints:
             except OSError as exc:  # save_unsaved tries again; problems() says so
                 log.warning("could not save the positions of pipeline %s: %s", pipeline, exc)
         log.info(
-            "source %s: forgot the positions of %s gone for %g s or more (first: %s)",
+            "source %s: forgot the positions of %s gone, or no longer in its paths, for "
+            "%g s or more (first: %s)",
             pipeline,
             plural(len(due), "file"),
             after,
@@ -188,10 +200,16 @@ class Forgetting:
     quarter of ``after``, between ``poll_interval`` and a minute); ``after`` 0: never."""
 
     def __init__(
-        self, checkpoints: Checkpoints, pipeline: str, after: float, poll_interval: float
+        self,
+        checkpoints: Checkpoints,
+        pipeline: str,
+        after: float,
+        poll_interval: float,
+        patterns: Sequence[str] = (),
     ) -> None:
         self.checkpoints = checkpoints
         self.pipeline = pipeline
+        self.patterns = tuple(patterns)
         self.after = after
         self.interval = min(60.0, max(poll_interval, after / 4))
         self._next = 0.0
@@ -206,7 +224,9 @@ class Forgetting:
         if not self.due():
             return []
         self._next = time.monotonic() + self.interval
-        return self.checkpoints.forget_gone(self.pipeline, present, idents, after=self.after)
+        return self.checkpoints.forget_gone(
+            self.pipeline, present, idents, after=self.after, patterns=self.patterns
+        )
 
 
 #: A file is fingerprinted by a checksum of its first bytes, up to this many.
@@ -241,6 +261,12 @@ def _is_at(path: str, pos: Mapping[str, int]) -> bool:
             return same_head(fh.fileno(), pos["head"], pos["head_len"], st.st_size)
     except OSError:
         return False
+
+
+def _fits(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a pattern could match ``path`` (fnmatch's ``*`` also matches ``/``: a
+    path is taken for matched rather than forgotten when in doubt)."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
 
 
 def _missing(path: str) -> bool:

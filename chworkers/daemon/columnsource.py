@@ -88,7 +88,9 @@ class ColumnarFileSource(_Source):
         self.checkpoints = checkpoints
         self.follow = follow
         self.poll_interval = poll_interval
-        self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
+        self.forgetting = Forgetting(
+            checkpoints, self.name, forget_after, poll_interval, self.patterns
+        )
         self.settle = settle
         self.bad_file = bad_file
         self.files = 0  # files read to their end (or dead-lettered)

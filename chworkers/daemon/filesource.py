@@ -82,7 +82,9 @@ class FileSource(_Source):
         self.by_reference = by_reference and not follow
         self.links: SpoolLinks = self.batcher.spool.links
         self.poll_interval = poll_interval
-        self.forgetting = Forgetting(checkpoints, self.name, forget_after, poll_interval)
+        self.forgetting = Forgetting(
+            checkpoints, self.name, forget_after, poll_interval, self.patterns
+        )
         self._open: dict[str, _OpenFile] = {}
         self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
         # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).

@@ -74,3 +74,35 @@ def test_files_gone_are_forgotten_and_none_is_read_twice(
         assert running.stop() == 0
     # Nothing was read twice: not app.log.1 (read as app.log before), nor the others.
     assert count(endpoint, database) == (1350, 1350)
+
+
+@pytest.mark.timeout(180)
+def test_a_file_no_longer_in_paths_is_forgotten_though_it_is_still_there(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """Its ``paths`` changed, a source kept the positions of the files it no longer
+    reads until those files were deleted (maybe never): rewritten with every save."""
+    state, data = tmp_path / "state", tmp_path / "in"
+    data.mkdir()
+    url = f"{endpoint.url}/{database}"
+    (data / "old.log").write_bytes(lines(0, 100))
+    (data / "new.log").write_bytes(lines(100, 150))
+
+    def only(name: str) -> dict[str, object]:
+        cfg = config(state, url, data)
+        cfg["pipelines"][0]["paths"] = [str(data / name)]  # type: ignore[index]
+        return cfg
+
+    running = Running(only("old*"))
+    try:
+        waiting.wait_for(lambda: count(endpoint, database)[0] == 100, timeout=60)
+        assert sorted(positions(state)) == [str(data / "old.log")]
+    finally:
+        assert running.stop() == 0
+    running = Running(only("new*"))  # the paths changed; old.log stays where it is
+    try:
+        waiting.wait_for(lambda: count(endpoint, database)[0] == 150, timeout=60)
+        waiting.wait_for(lambda: sorted(positions(state)) == [str(data / "new.log")], timeout=30)
+    finally:
+        assert running.stop() == 0
+    assert (data / "old.log").exists() and count(endpoint, database) == (150, 150)
