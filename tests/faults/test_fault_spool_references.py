@@ -140,7 +140,7 @@ port = 0
 [[pipelines]]
 name = "p"
 source = "file"
-paths = ["{tmp_path / "in.json"}"]
+paths = ["{tmp_path / "in.json"}*"]
 table = "ev"
 create = "n UInt64, s String"
 engine = "MergeTree ORDER BY n"
@@ -186,6 +186,11 @@ def test_kill_9_mid_ingest_with_references_then_restart_exact_count(tmp_path: Pa
                 proc.kill()
         assert inserted() < n
         assert seen and all(b.extents and not b.payload for b in seen)
+        assert all(e.path.startswith(str(spool / "links")) for b in seen for e in b.extents)
+        # logrotate while the daemon is down: renamed (a name the paths match), a new
+        # empty file created. The spooled batches name the spool's link to the old one.
+        os.rename(tmp_path / "in.json", tmp_path / "in.json.1")
+        (tmp_path / "in.json").write_bytes(b"")
         again = subprocess.run(cmd, capture_output=True, timeout=180)
         assert again.returncode == 0, again.stderr.decode()[-3000:]
         assert client.query("SELECT count(), uniqExact(n), sum(n) FROM ev").result_rows[0] == (
@@ -194,6 +199,7 @@ def test_kill_9_mid_ingest_with_references_then_restart_exact_count(tmp_path: Pa
             sum(range(n)),
         )
         assert not list(spool.glob("*.batch"))
+        assert not list((spool / "links").iterdir())  # nothing needs them any more
         client.close()
 
 
