@@ -13,6 +13,7 @@ import multiprocess
 
 from chworkers.bench import data
 from chworkers.bench.runner import Case, Group, Metric, timed
+from chworkers.clickhouse.connection import Connection
 from chworkers.workers.supervisor import Supervisor
 
 # The fork-inherited Pool's state: set before the fork, read in its workers.
@@ -172,4 +173,19 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
     name = f"{label(env, producer)}.submit(make+insert)"
     target = 1.0 if producer == 2 else None
     cases.append(case(name, "made", produced, POOL2, target, sups[producer]))
-    return [Group(f"rows: {total:,} in {sizes.batch:,}-row batches", cases)]
+    return [
+        Group(f"rows: {total:,} in {sizes.batch:,}-row batches", cases, note=sent_as(env, client))
+    ]
+
+
+def sent_as(env: data.Env, client: Any) -> str:
+    """How each path's rows cross to the server: every path is to compress them alike
+    (clickhouse-connect's default, lz4; chworkers' connections as their ``compress``
+    option says, lz4 by default), or the comparison is not of like with like."""
+    conn = Connection(env.target.config)
+    try:
+        ours = conn.client.write_compression or "uncompressed"
+    finally:
+        conn.close()
+    plain = client.write_compression or "uncompressed"
+    return f"rows sent {plain} by clickhouse-connect (plain loop, Pool), {ours} by chworkers"
