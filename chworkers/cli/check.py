@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
@@ -24,6 +24,10 @@ from chworkers.errors import ChworkersError, ConfigError, RetriesExhaustedError
 from chworkers.ops import logs
 from chworkers.settings import flags
 from chworkers.wording import plural
+
+if TYPE_CHECKING:
+    from chworkers.clickhouse.pool import ConnectionPool
+    from chworkers.clickhouse.pooloptions import PoolOptions
 
 __all__ = ["check", "require_pipelines"]
 
@@ -88,20 +92,11 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     from chworkers.clickhouse.pool import ConnectionPool
     from chworkers.daemon.tables import refused_create
 
-    options = cfg.settings.clickhouse.pool
-    pool = ConnectionPool(
-        conn,
-        dataclasses.replace(
-            options,
-            min_connections=0,
-            retry=dataclasses.replace(options.retry, max_attempts=1),  # say it, do not wait
-        ),
-    )
+    pool = ConnectionPool(conn, _one_attempt(cfg.settings.clickhouse.pool))
     missing = 0
     try:
         try:
-            with _said_by_check():
-                version = pool.with_connection(lambda c: c.command("SELECT version()"))
+            version = _version(pool)
         except ChworkersError as exc:
             print(f"clickhouse: {conn.url} DOES NOT ANSWER{_why(exc)}")
             return 1
@@ -114,10 +109,7 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
         )
         print(f"clickhouse: {len(tables)} table(s) in {conn.database or 'default'}: {shown or '-'}")
         for p in cfg.pipelines:
-            exists = pool.with_connection(
-                lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
-            )
-            if int(exists):
+            if _exists(pool, p.table):
                 state = "exists"
                 for view, target, engine in pool.with_connection(
                     lambda c, t=p.table: _doubling_views(c, t)  # type: ignore[misc]
@@ -144,6 +136,25 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     finally:
         pool.close()
     return 1 if missing else 0
+
+
+def _one_attempt(options: PoolOptions) -> PoolOptions:
+    """The pool's options for `check`: no connection opened ahead, one attempt per
+    request (say what is wrong, do not wait for it to pass)."""
+    return dataclasses.replace(
+        options, min_connections=0, retry=dataclasses.replace(options.retry, max_attempts=1)
+    )
+
+
+def _version(pool: ConnectionPool) -> str:
+    """The first request to a ClickHouse: its version (raises what keeps it from answering)."""
+    with _said_by_check():
+        return str(pool.with_connection(lambda c: c.command("SELECT version()")))
+
+
+def _exists(pool: ConnectionPool, table: str) -> bool:
+    answer = pool.with_connection(lambda c: c.command(f"EXISTS TABLE {table}"))
+    return bool(int(str(answer)))  # 0 or 1
 
 
 @contextlib.contextmanager
@@ -193,11 +204,7 @@ def _check_shards(cfg: config_module.Config) -> int:
     from chworkers.clickhouse.pool import ConnectionPool
 
     ch = cfg.settings.clickhouse
-    options = dataclasses.replace(
-        ch.pool,
-        min_connections=0,
-        retry=dataclasses.replace(ch.pool.retry, max_attempts=1),  # say it, do not wait
-    )
+    options = _one_attempt(ch.pool)
     weights = ch.shard_weights or (1,) * len(ch.shards)
     failed = 0
     for index, (replicas, weight) in enumerate(zip(ch.shards, weights, strict=True)):
@@ -207,14 +214,10 @@ def _check_shards(cfg: config_module.Config) -> int:
             pool = ConnectionPool(conn, options)
             where = f"  shard {index} replica {redact_url(url)}"
             try:
-                with _said_by_check():
-                    version = pool.with_connection(lambda c: c.command("SELECT version()"))
+                version = _version(pool)
                 states = []
                 for p in cfg.pipelines:
-                    exists = pool.with_connection(
-                        lambda c, t=p.table: c.command(f"EXISTS TABLE {t}")  # type: ignore[misc]
-                    )
-                    if int(exists):
+                    if _exists(pool, p.table):
                         states.append(f"{p.table} exists" + _key_fits(pool, p))
                         failed = max(failed, int("KEY" in states[-1]))
                     elif p.create:
