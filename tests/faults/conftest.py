@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drilltargets import OwnClickHouse, ProxiedClickHouse
 from faultproxy import FaultProxy
-from harness import Drill, OwnClickHouse, ProxiedClickHouse
+from harness import Drill
 
 SEED_ENV = "CHWORKERS_FAULT_SEED"
 

@@ -4,7 +4,7 @@ Each scenario takes a :class:`~harness.Drill` (a workdir, a ClickHouse target, a
 random generator) and a ``scale`` (1.0: the size the test suite runs; the benchmark may
 run bigger), runs a daemon through its faults, and ends with :meth:`Drill.verify`: rows
 sent == rows in ClickHouse == distinct ids, nothing left in the spool, every poison line
-in the dead letters. A scenario raises :class:`~harness.DrillError` (an AssertionError)
+in the dead letters. A scenario raises :class:`~drillbase.DrillError` (an AssertionError)
 when that does not hold.
 """
 
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from harness import Drill, file_pipeline, push_pipeline, tmpfs, wait_until
+from drillbase import wait_until
+from harness import Drill, file_pipeline, push_pipeline, tmpfs
 
 #: A stopping daemon must be gone within graceful_timeout plus this.
 STOP_SLACK = 10.0

@@ -15,7 +15,8 @@ import urllib.request
 from typing import Any
 
 import pytest
-from harness import Drill, file_pipeline, push_pipeline, wait_until
+from drillbase import wait_until
+from harness import Drill, file_pipeline, push_pipeline
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import Drill, file_pipeline, wait_until
+from drillbase import wait_until
+from harness import Drill, file_pipeline
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import clickhouse_connect
 import pytest
-from harness import process_table, still_running, wait_until
+from drillbase import wait_until
+from drillprocs import process_table, still_running
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import waiting
-from harness import process_table
+from drillprocs import process_table
 
 from chworkers.embedded import EmbeddedClickHouse
 

@@ -13,7 +13,8 @@ import json
 
 import pytest
 import scenarios
-from harness import SCHEMA, TABLE, Drill, DrillError, file_pipeline
+from drillbase import SCHEMA, TABLE, DrillError
+from harness import Drill, file_pipeline
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -17,15 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
-    TABLE,
-    DaemonUnderTest,
-    ProxiedClickHouse,
-    base_config,
-    broker_bodies,
-    broker_pipeline,
-    wait_until,
-)
+from drillbase import TABLE, wait_until
+from drilldaemon import DaemonUnderTest
+from drillfeeds import broker_bodies
+from drilltargets import ProxiedClickHouse
+from harness import base_config, broker_pipeline
 from natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(300)
