@@ -80,7 +80,7 @@ class FileSource(_Source):
         #: Each file is linked into the spool first (:mod:`chworkers.daemon.spoollinks`);
         #: one that cannot be is copied.
         self.by_reference = by_reference and not follow
-        self.links: SpoolLinks = self.batcher.spool.links
+        self.links: SpoolLinks | None = self.batcher.spool.links if self.by_reference else None
         self.poll_interval = poll_interval
         self.forgetting = Forgetting(
             checkpoints, self.name, forget_after, poll_interval, self.patterns
@@ -139,7 +139,7 @@ class FileSource(_Source):
                 fh.seek(offset)
                 head, head_len = _head(fh.fileno())
                 link = None
-                if self.by_reference:
+                if self.links is not None:
                     link = self.links.pin(fh.fileno(), path, source=self.name)
                 self._open[path] = _OpenFile(
                     path,
@@ -240,7 +240,7 @@ class FileSource(_Source):
     def _release(self, f: _OpenFile) -> None:
         """Done with the file: its link goes once the records added from it are spooled
         (and then as soon as no batch references it)."""
-        if f.link is not None:
+        if f.link is not None and self.links is not None:
             self.links.release(f.link, None if f.last is None else f.last.done)
             f.link = None
 

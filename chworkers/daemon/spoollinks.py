@@ -82,7 +82,10 @@ class SpoolLinks:
         name = f"{os.fstat(fd).st_ino}-{uuid.uuid4().hex[:12]}"
         target = self.directory / name
         try:
-            self.directory.mkdir(exist_ok=True)
+            if not self.directory.is_dir():
+                self.directory.mkdir(exist_ok=True)
+                if self.fsync:  # the folder must outlast a crash as its links do
+                    fsync_directory(self.directory.parent)
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
                 # The open file itself, whatever its name names now (linkat() with

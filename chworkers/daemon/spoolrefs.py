@@ -172,25 +172,21 @@ class SpoolReferences(SpoolReservations):
         trouble (the copier thread)."""
         copied = 0
         try:
-            while True:
+            with self._lock:
+                todo = sorted(self._by_ref)
+            for seq in todo:
                 with self._lock:
-                    if not self._references_paused or not self._by_ref or self._closed:
+                    if not self._references_paused or self._closed:
                         break
-                    seq = min(self._by_ref)
-                path = self.directory / f"{seq:020d}.batch"
+                    if seq not in self._by_ref:
+                        continue  # confirmed, or copied by its failed attempt, meanwhile
                 try:
-                    described = read_batch(path)
+                    described = read_batch(self.directory / f"{seq:020d}.batch")
                 except SpoolCorruptError:
-                    with self._lock:
-                        if seq not in self._by_ref:
-                            continue  # confirmed and removed meanwhile
-                    break  # unreadable: the dispatcher finds out what is wrong with it
-                if self.materialize(described):
-                    copied += 1
-                else:
-                    with self._lock:
-                        if seq in self._by_ref:
-                            break  # cannot be copied now; the next failure tries again
+                    continue  # removed meanwhile, or unreadable: the dispatcher finds out
+                # One that cannot be copied (its file changed already) stays by
+                # reference; the others are copied all the same.
+                copied += self.materialize(described)
         finally:
             with self._lock:
                 self._copier = None

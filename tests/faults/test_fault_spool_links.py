@@ -167,6 +167,18 @@ def test_a_failed_attempt_copies_its_batch_and_trouble_copies_the_rest(tmp_path:
     assert spool.takes_references()
 
 
+def test_a_batch_that_cannot_be_copied_holds_back_no_other(tmp_path: Path) -> None:
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    files[0].write_bytes(lines(0, 1000))
+    files[1].write_bytes(lines(1000, 3000))
+    spool, batches = _read(tmp_path / "spool", files)
+    assert [len(b.extents) for b in batches] == [1, 1, 1]
+    os.truncate(files[0], 10)  # the first batch's records are gone already
+    spool.in_trouble()
+    wait_for(lambda: spool.by_reference() == [batches[0].seq], timeout=30)
+    assert b"".join(spool.load(b).payload for b in batches[1:]) == lines(1000, 3000)
+
+
 def test_a_permanent_error_copies_only_its_own_batch(tmp_path: Path) -> None:
     source = tmp_path / "a.json"
     source.write_bytes(lines(0, 3000))
