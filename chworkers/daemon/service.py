@@ -284,6 +284,9 @@ class Daemon(DaemonReload, DaemonHealth):
         if drain:
             self._drain(_remaining(deadline), finished=finished)
         self.dispatcher.stop()
+        # Batches by reference left would need their files unchanged until the next
+        # start: copied while there is time (a second signal stops that too).
+        self.spool.copy_references(stop=lambda: not self._signals.empty())
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
         stats = self.spool.stats()

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,9 @@ __all__ = ["SpoolReferences"]
 
 #: The spool's logger, as before it was cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.spool")
+
+#: How long a stop may spend copying the batches still spooled by reference (seconds).
+COPY_AT_STOP = 10.0
 
 
 class SpoolReferences(SpoolReservations):
@@ -166,6 +170,37 @@ class SpoolReferences(SpoolReservations):
             return True
 
         return place
+
+    def copy_references(
+        self, timeout: float = COPY_AT_STOP, stop: Callable[[], bool] | None = None
+    ) -> int:
+        """At a stop, with the dispatcher stopped: copy the batches still spooled by
+        reference, oldest first, for up to ``timeout`` seconds or until ``stop()`` says
+        so (a second signal), so that their files may change while the daemon is down.
+        The batches left by reference (their number) are logged and returned."""
+        deadline = time.monotonic() + timeout
+        copied = 0
+        for seq in self.by_reference():
+            if time.monotonic() >= deadline or (stop is not None and stop()):
+                break
+            try:
+                described = read_batch(self.directory / f"{seq:020d}.batch")
+            except SpoolCorruptError:
+                continue
+            copied += self.materialize(described)
+        left = len(self.by_reference())
+        if copied or left:
+            log.log(
+                logging.WARNING if left else logging.INFO,
+                "spool %s: copied %s spooled by reference before the stop%s",
+                self.directory,
+                plural(copied, "batch"),
+                f"; {plural(left, 'batch')} left by reference: their files must not be "
+                "truncated or rewritten before the next start"
+                if left
+                else "",
+            )
+        return left
 
     def _copy_all(self) -> None:
         """Copy every batch spooled by reference, oldest first, while ClickHouse is in

@@ -227,3 +227,42 @@ def test_a_file_removed_or_truncated_during_an_outage_is_inserted_whole(
         wait_for(lambda: _links(spool) == [], timeout=30)
     finally:
         running.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_stop_copies_the_batches_left_by_reference(
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    ch_client: Client,
+    fault_proxy: FaultProxy,
+) -> None:
+    """Stopped with batches by reference left (ClickHouse slow to answer), the daemon
+    copies them before it exits: the file may then be truncated before the next start."""
+    ch_client.command(
+        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    data = tmp_path / "in.json"
+    data.write_bytes(lines(0, 5000))
+    fault_proxy.set("delay", delay=60)  # nothing is answered, nothing fails before the stop
+    pipeline = {"source": "file", "paths": [str(data)], "max_rows": 1000, "spool_data": "reference"}
+    cfg = daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline)
+    cfg["supervisor"]["graceful_timeout"] = 1.0
+    running = Running(cfg)
+    try:
+        spool = running.daemon.spool
+        wait_for(lambda: len(spool.by_reference()) == 5, timeout=60)
+    finally:
+        running.stop()
+    batch_files = sorted((tmp_path / "state" / "spool").glob("*.batch"))
+    assert len(batch_files) == 5
+    assert all(not read_batch(p).extents for p in batch_files)
+    assert not list((tmp_path / "state" / "spool" / "links").iterdir())
+    os.truncate(data, 0)  # while the daemon is down
+    fault_proxy.set("pass")
+    running = Running(cfg)
+    try:
+        wait_for(lambda: count(endpoint, database) == (5000, 5000), timeout=120)
+    finally:
+        running.stop()
