@@ -35,11 +35,18 @@ from chworkers.daemon.brokers.natsconsumer import Consumer
 from chworkers.daemon.brokers.natslink import ACK
 from chworkers.daemon.brokers.options import NatsSourceSettings
 
-#: (name, stream storage, acknowledgement policy, the producer's Nats-Msg-Id header)
+#: (name, stream storage, acknowledgements: explicit, memory (explicit, the consumer's
+#: state in memory) or none, the producer's Nats-Msg-Id header)
 VARIANTS = [
     ("file store, explicit acks, msg-id header (the benchmark's)", "file", "explicit", True),
     ("file store, explicit acks, no header", "file", "explicit", False),
     ("memory store, explicit acks, msg-id header", "memory", "explicit", True),
+    (
+        "file store, explicit acks, consumer state in memory (lost on restart)",
+        "file",
+        "memory",
+        True,
+    ),
     ("file store, no acks (AckNone: loses what a crash held)", "file", "none", True),
 ]
 
@@ -63,19 +70,24 @@ async def publish(url: str, messages: int, per: int, header: bool) -> None:
     await client.close()
 
 
-async def read(url: str, messages: int, ack: bool, pull: int, pid: int) -> tuple[float, float]:
-    """Read every message (acknowledging each when ``ack``): nats-server's and this
-    thread's CPU seconds meanwhile."""
+async def read(url: str, messages: int, policy: str, pull: int, pid: int) -> tuple[float, float]:
+    """Read every message (acknowledging each, unless ``policy`` is none; ``memory``:
+    the consumer keeps its state in memory): nats-server's and this thread's CPU
+    seconds meanwhile."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     options = NatsSourceSettings(url=url, stream="bench")
     client = await connect(options, "bench", name="bench")
     acks = await connect(options, "bench", name="bench acks")
     js = client.jetstream()
-    policy = AckPolicy.EXPLICIT if ack else AckPolicy.NONE
-    await js.add_consumer(
-        "bench", ConsumerConfig(durable_name="c", ack_policy=policy, max_ack_pending=-1)
+    ack = policy != "none"
+    config = ConsumerConfig(
+        durable_name="c",
+        ack_policy=AckPolicy.EXPLICIT if ack else AckPolicy.NONE,
+        max_ack_pending=-1,
+        mem_storage=True if policy == "memory" else None,
     )
+    await js.add_consumer("bench", config)
     consumer = Consumer(client, js, "bench", "c", 30.0, acks)
     await consumer.start()
     server, own = tree_cpu(pid), time.thread_time()
@@ -122,7 +134,7 @@ def main() -> None:
                         read(
                             server.url,
                             args.messages,
-                            policy == "explicit",
+                            policy,
                             args.pull,
                             server.proc.pid,
                         )
@@ -140,11 +152,11 @@ def main() -> None:
         f"\n{args.messages:,} messages of {args.rows_per_message} rows, pulls of {args.pull}, "
         f"medians of {args.rounds} rounds: CPU microseconds per message while reading"
     )
-    print(f"{'variant':<60} {'nats-server':>11} {'reader':>7}")
+    print(f"{'variant':<72} {'nats-server':>11} {'reader':>7}")
     for name, used in results.items():
         server_us = statistics.median(u[0] for u in used) / args.messages * 1e6
         reader_us = statistics.median(u[1] for u in used) / args.messages * 1e6
-        print(f"{name:<60} {server_us:>11.2f} {reader_us:>7.2f}")
+        print(f"{name:<72} {server_us:>11.2f} {reader_us:>7.2f}")
 
 
 if __name__ == "__main__":
