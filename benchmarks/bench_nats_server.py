@@ -22,12 +22,16 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_brokers import rows, tree_cpu
+from debpackages import free_port
+from goprofile import top
 from natsserver import NatsServer
 
 from chworkers.daemon.brokers.natsclient import connect
@@ -70,7 +74,9 @@ async def publish(url: str, messages: int, per: int, header: bool) -> None:
     await client.close()
 
 
-async def read(url: str, messages: int, policy: str, pull: int, pid: int) -> tuple[float, float]:
+async def read(
+    url: str, messages: int, policy: str, pull: int, pid: int, profile: tuple[int, float]
+) -> tuple[float, float]:
     """Read every message (acknowledging each, unless ``policy`` is none; ``memory``:
     the consumer keeps its state in memory): nats-server's and this thread's CPU
     seconds meanwhile."""
@@ -91,6 +97,9 @@ async def read(url: str, messages: int, policy: str, pull: int, pid: int) -> tup
     consumer = Consumer(client, js, "bench", "c", 30.0, acks)
     await consumer.start()
     server, own = tree_cpu(pid), time.thread_time()
+    profiling = threading.Thread(target=print_profile, args=profile, daemon=True)
+    if profile[0]:  # nats-server's own profile of the reading (printed once it ends)
+        profiling.start()
     got = 0
     while got < messages:
         for replies, _payloads, _sent in await consumer.pull(pull, 1.0):
@@ -99,8 +108,17 @@ async def read(url: str, messages: int, policy: str, pull: int, pid: int) -> tup
                 await consumer.send(replies, ACK)
     await acks.flush()
     used = tree_cpu(pid) - server, time.thread_time() - own
+    if profile[0]:
+        profiling.join()
     await consumer.close()
     return used
+
+
+def print_profile(port: int, seconds: float) -> None:
+    url = f"http://127.0.0.1:{port}/debug/pprof/profile?seconds={seconds:g}"
+    with urllib.request.urlopen(url, timeout=seconds + 30) as answer:
+        report = top(answer.read())
+    print(f"nats-server's profile of {seconds:g} s of the reading:\n{report}", flush=True)
 
 
 def main() -> None:
@@ -111,12 +129,29 @@ def main() -> None:
     parser.add_argument("--rows-per-message", type=int, default=10)
     parser.add_argument("--pull", type=int, default=5000, help="messages per pull")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--variants", default="", help="which variants, by number from 1 (default: all)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print nats-server's CPU profile of the first SECONDS of each reading "
+        "(its --profile port; give it messages enough to last that long)",
+    )
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in VARIANTS}
+    wanted = {int(v) for v in args.variants.split(",") if v.strip()}
+    variants = [v for n, v in enumerate(VARIANTS, 1) if not wanted or n in wanted]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         for r in range(args.rounds):
-            for name, storage, policy, header in VARIANTS:
-                server = NatsServer(Path(tmp) / f"{r}-{storage}-{policy}-{header}")
+            for name, storage, policy, header in variants:
+                port = free_port() if args.profile else 0
+                server = NatsServer(
+                    Path(tmp) / f"{r}-{storage}-{policy}-{header}",
+                    options=("--profile", str(port)) if port else (),
+                )
                 server.start()
                 try:
 
@@ -137,6 +172,7 @@ def main() -> None:
                             policy,
                             args.pull,
                             server.proc.pid,
+                            (port, args.profile),
                         )
                     )
                 finally:

@@ -43,8 +43,10 @@ class NatsServer:
         port: int = 0,
         auth: tuple[str, str] | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.binary = find_nats_server()
+        self.options = options  # more command-line options (e.g. --profile PORT)
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -73,6 +75,7 @@ class NatsServer:
             command += ["--user", self.auth[0], "--pass", self.auth[1]]
         if self.tls is not None:
             command += ["--tls", "--tlscert", str(self.tls[1]), "--tlskey", str(self.tls[2])]
+        command += self.options
         log = open(self.directory / "nats.log", "ab")  # noqa: SIM115 (the child keeps it)
         self._log_from = log.tell()
         self.proc = subprocess.Popen(
