@@ -21,6 +21,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -90,6 +92,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         batcher.source = source
         stop = threading.Event()
         thread = threading.Thread(target=source.run, args=(stop,))
+        spy = None
+        if args.profile:  # py-spy (in this venv), the threads holding the GIL only
+            command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid"]
+            command += [str(os.getpid()), "--threads", "--gil", "--format", "raw"]
+            spy = subprocess.Popen([*command, "--rate", "250", "--output", args.profile])
+            time.sleep(1)  # py-spy attached
         own, nats = process_cpu(), tree_cpu(server.proc.pid)
         started = time.monotonic()
         thread.start()
@@ -100,6 +108,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             time.sleep(0.02)
         ended = time.monotonic()
         used = process_cpu() - own, tree_cpu(server.proc.pid) - nats
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         stop.set()
         thread.join(30)
         source.close()
@@ -122,6 +133,9 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=50_000)
     parser.add_argument("--fetch-count", type=int, default=10_000)
     parser.add_argument("--json", action="store_true", help="one JSON line")
+    parser.add_argument(
+        "--profile", default="", metavar="FILE", help="py-spy's raw samples of the reading"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         result = measure(args, Path(tmp))
