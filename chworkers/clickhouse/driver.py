@@ -27,6 +27,7 @@ chworkers uses the client's public methods only.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,7 @@ def open_client(host: Host, cfg: ConnectionConfig) -> tuple[Client, PoolManager]
 def _keep_status(handler: Callable[..., None]) -> Callable[..., None]:
     """Wrap clickhouse-connect's HTTP error handler to remember the response's status."""
 
+    @functools.wraps(handler)
     def error_handler(response: Any, *args: Any, **kwargs: Any) -> None:
         try:
             handler(response, *args, **kwargs)
@@ -120,6 +122,7 @@ def _keep_status(handler: Callable[..., None]) -> Callable[..., None]:
 
 
 def _no_driver_retry(request: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(request)
     def no_retry(*args: Any, **kwargs: Any) -> Any:
         kwargs["retryable"] = False
         return request(*args, **kwargs)
