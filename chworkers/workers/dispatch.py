@@ -28,7 +28,7 @@ from chworkers.workers.tasks import Task
 
 _PIPELINE = 0.05  # s of work a worker is sent ahead
 _UNTIMED = 2  # tasks a worker is sent ahead before any task was timed
-_WEIGHT = 0.2  # of a new duration in the moving average of task time
+_WEIGHT = 0.05  # of a new duration in the moving average of task time
 
 
 class Dispatcher:
