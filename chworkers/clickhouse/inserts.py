@@ -145,14 +145,14 @@ class InsertResult:
 
 
 #: ``send(records, dedup_token) -> (written rows, written bytes) | None``; raises on failure.
-Send = Callable[[bytes, str], "tuple[int, int] | None"]
+Send = Callable[[bytes | memoryview, str], "tuple[int, int] | None"]
 
 #: ``partitions(records) -> (each row's partition, max_partitions_per_insert_block)``.
 Partitions = Callable[[bytes], "tuple[list[str], int]"]
 
 
 def run_insert(
-    data: bytes,
+    data: bytes | memoryview,
     token: str,
     send: Send,
     *,
@@ -163,6 +163,9 @@ def run_insert(
     clock: Callable[[], float] = time.monotonic,
 ) -> InsertResult:
     """Insert ``data`` through ``send``; with ``budget``, bisect row errors out.
+
+    ``data`` goes to ``send`` as it is (a view of a memory file is not copied); only a
+    refused batch is copied into bytes, to be cut into records.
 
     ``send`` makes one request (the worker wraps it in its retry policy and beats its
     heartbeat before it). Without a budget, any error propagates. With one, ``fmt``
@@ -189,7 +192,7 @@ def run_insert(
         raise ValueError(f"cannot split {fmt!r} records: not a line-delimited format")
     started = clock()
     line_format = LINE_FORMATS[fmt]
-    records = split_records(data, quoted_newlines=line_format.quoted_newlines)
+    records = split_records(_as_bytes(data), quoted_newlines=line_format.quoted_newlines)
     header = b""
     if line_format.header and records:
         header, records = records[0], records[1:]
@@ -238,12 +241,12 @@ def _evolving(send: Send, evolve: Callable[[bytes], int]) -> Send:
     ``evolve`` added the columns it lacks (none added: the refusal stands, and the
     bisection isolates the records that carry the field)."""
 
-    def sender(data: bytes, token: str) -> tuple[int, int] | None:
+    def sender(data: bytes | memoryview, token: str) -> tuple[int, int] | None:
         for _ in range(EVOLVE_ROUNDS):
             try:
                 return send(data, token)
             except ServerError as exc:
-                if not is_unknown_field(exc) or not evolve(data):
+                if not is_unknown_field(exc) or not evolve(_as_bytes(data)):
                     raise
         return send(data, token)
 
@@ -254,13 +257,14 @@ def _by_partition(send: Send, partitions: Partitions, line_format: LineFormat) -
     """``send``, but a request refused for too many partitions is sent again in groups
     of at most ``max_partitions_per_insert_block`` partitions, each with its own token."""
 
-    def sender(data: bytes, token: str) -> tuple[int, int] | None:
+    def sender(data: bytes | memoryview, token: str) -> tuple[int, int] | None:
         try:
             return send(data, token)
         except ServerError as exc:
             if not is_too_many_partitions(exc):
                 raise
             refused = exc
+        data = _as_bytes(data)
         keys, limit = partitions(data)  # a row error here is the batch's: bisected
         records = split_records(data, quoted_newlines=line_format.quoted_newlines)
         header = b""
@@ -296,6 +300,11 @@ class _Counts:
 
     def result(self, rejected: tuple[Rejected, ...]) -> InsertResult:
         return InsertResult(self.rows, self.bytes, self.requests, rejected)
+
+
+def _as_bytes(data: bytes | memoryview) -> bytes:
+    """``data`` as bytes (a view copied), to be cut by bytes methods."""
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 def split_records(data: bytes, *, quoted_newlines: bool) -> list[bytes]:

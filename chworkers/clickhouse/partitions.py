@@ -62,12 +62,16 @@ def is_too_many_partitions(error: BaseException) -> bool:
     )
 
 
-def one_block(settings: Mapping[str, object] | None, data: bytes) -> dict[str, object]:
+def one_block(
+    settings: Mapping[str, object] | None, data: bytes | bytearray | memoryview
+) -> dict[str, object]:
     """``settings`` for an INSERT of the line-format ``data`` that ClickHouse makes into
     one block (so it lands whole or not at all): its block size limits raised to the
-    request's rows (counted as its newlines, an upper bound) and the byte limit of
-    squashing turned off. Limits above that are kept."""
-    rows = data.count(b"\n") + 1
+    request's rows (counted as its newlines, an upper bound, which bounds any part of
+    ``data`` sent alone too) and the byte limit of squashing turned off. Limits above
+    that are kept."""
+    lines = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    rows = lines.count(b"\n") + 1
     out: dict[str, object] = dict(settings or {})
     for name in ("max_insert_block_size", "min_insert_block_size_rows"):
         try:

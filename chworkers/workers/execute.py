@@ -14,7 +14,7 @@ from typing import Any
 
 from chworkers.clickhouse import schema
 from chworkers.clickhouse.inserts import InsertResult, run_insert
-from chworkers.clickhouse.partitions import one_block, partition_keys
+from chworkers.clickhouse.partitions import partition_keys
 from chworkers.workers import tasks
 from chworkers.workers.context import Connections, TaskInfo, WorkerContext
 
@@ -56,15 +56,14 @@ def insert(
 
     def request(conn: Any, data: Any, token: str) -> Any:
         if spec.form == "raw":
-            settings = spec.settings
-            if spec.split is not None:  # may be split by partition: refused whole or not
-                settings = one_block(settings, data)
+            # One that may be split by partition comes with the settings of one block
+            # (Producer.insert_raw: refused whole or not at all).
             return conn.raw_insert(
                 spec.table,
                 data,
                 fmt=spec.fmt,
                 column_names=names,
-                settings=settings,
+                settings=spec.settings,
                 deduplication_token=token,
                 compress=spec.compress,
             )
@@ -109,10 +108,9 @@ def insert(
         )
         return len(added)
 
-    data: Any = spec.data  # split: bytes, or a view of them (a memory file's)
-    if spec.split is not None and not isinstance(data, bytes):
-        data = bytes(data)  # cut into records by bytes methods
-
+    # Raw: bytes, or a view of them (a memory file's), sent as they are, no copy (cut
+    # into records only if ClickHouse refuses them).
+    data: Any = spec.data
     result = run_insert(
         data,
         spec.token,

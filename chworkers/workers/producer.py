@@ -21,6 +21,7 @@ from typing import Any
 from chworkers import timeouts
 from chworkers.clickhouse import native
 from chworkers.clickhouse.inserts import SplitBudget
+from chworkers.clickhouse.partitions import one_block
 from chworkers.clickhouse.schema import Evolve
 from chworkers.clickhouse.shardpools import check_shard
 from chworkers.errors import ConfigError, QueueFullError, SupervisorStoppedError
@@ -154,6 +155,10 @@ class Producer:
         budget = None
         if split_bad_rows:
             budget = SplitBudget(opts.split_max_requests, opts.split_max_seconds)
+            # May be split by partition: sent as one block, so refused whole or not at
+            # all. Counted here, not in the worker, where the endpoint would wait for
+            # it: the batch's line count bounds every sub-batch's too.
+            settings = one_block(settings, data)
         task = tasks.encode_insert(
             next(self._ids),
             future,
