@@ -18,11 +18,12 @@ import pytest
 from chclients import make_client, unique_name
 
 from chworkers.bench import report
-from chworkers.bench.daemon import daemon_environ
+from chworkers.bench.daemon import PIPELINE, all_confirmed, daemon_environ
 from chworkers.bench.runner import Case, Group, Metric, measure, summarize, timed
 from chworkers.bench.target import MARK
 from chworkers.cli.main import main
 from chworkers.daemon import config as daemon_config
+from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import BenchError
 
@@ -268,3 +269,26 @@ def test_the_daemon_runs_with_compiled_bytecode_and_only_the_url_setting(
     source = Path(daemon_config.__file__).resolve()
     mirror = tmp_path / "pycache" / source.parent.relative_to(source.anchor)
     assert list(mirror.glob("config.*.pyc")), "no bytecode cached for chworkers.daemon.config"
+
+
+def test_the_daemon_is_done_when_its_file_is_read_and_its_spool_empty(tmp_path: Path) -> None:
+    """The benchmark times the daemon's end from its state directory, not by counting
+    the table's rows on the endpoint: done once the saved position is the file's end and
+    no batch is left in the spool."""
+    source = tmp_path / "lines.json"
+    source.write_bytes(b'{"id":1}\n' * 10)
+    state = tmp_path / "state"
+    spool = state / "spool"
+    spool.mkdir(parents=True)
+    size = source.stat().st_size
+    positions = Checkpoints(state / "positions")
+    assert not all_confirmed(state, PIPELINE, source, size)  # nothing read yet
+    st = source.stat()
+    positions.commit(PIPELINE, {str(source): {"dev": st.st_dev, "ino": st.st_ino, "offset": 9}})
+    assert not all_confirmed(state, PIPELINE, source, size)  # read halfway
+    positions.commit(PIPELINE, {str(source): {"dev": st.st_dev, "ino": st.st_ino, "offset": size}})
+    batch = spool / f"{7:020d}.batch"
+    batch.write_bytes(b"")
+    assert not all_confirmed(state, PIPELINE, source, size)  # a batch not confirmed yet
+    batch.unlink()
+    assert all_confirmed(state, PIPELINE, source, size)
