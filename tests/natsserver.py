@@ -8,9 +8,7 @@ Used by tests/test_nats_source.py, tests/faults/ and benchmarks/bench_brokers.py
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from debpackages import ProgramUnavailable, find_program, free_port
+from serverprocess import ServerProcess
 
 T = TypeVar("T")
 
@@ -32,7 +31,7 @@ def find_nats_server() -> str:
     return find_program("nats-server", "nats-server", NatsUnavailable)
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """One nats-server process, JetStream on, its store in ``directory``; optionally with
     a user and password (``auth``)."""
 
@@ -172,21 +171,6 @@ class NatsServer:
         with open(self.directory / "nats.log", "rb") as log:
             log.seek(self._log_from)
             return b"Server is ready" in log.read()
-
-    def kill(self) -> None:
-        """SIGKILL (what survives is what JetStream had written)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:

@@ -7,14 +7,13 @@ Used by tests/test_redis_source.py, tests/faults/ and benchmarks/bench_brokers.p
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from debpackages import ProgramUnavailable, find_program, free_port
+from serverprocess import ServerProcess
 
 
 class RedisUnavailable(ProgramUnavailable):
@@ -26,7 +25,7 @@ def find_redis_server() -> str:
     return find_program("redis-server", "redis-server", RedisUnavailable)
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server process with AOF (``appendfsync always``) in ``directory``."""
 
     def __init__(self, directory: Path, *, port: int = 0, extra: tuple[str, ...] = ()) -> None:
@@ -109,21 +108,6 @@ class RedisServer:
         finally:
             client.close()
         return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not manifests
-
-    def kill(self) -> None:
-        """SIGKILL (what survives is what was fsync'd)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
 
 
 class RedisClusterServers:
