@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from chclients import make_client
+from clirun import run_chworkers
 from waiting import wait_for
 
 from chworkers import ChworkersError, ConnectionConfig, ConnectionPool, ServerError
@@ -23,19 +24,10 @@ from chworkers.daemon.statelock import state_lock
 from chworkers.embedded import EmbeddedClickHouse
 
 
-def chworkers(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chworkers", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.timeout(240)
 def test_run_demo_ingests_reports_and_appends(tmp_path: Path) -> None:
     state = str(tmp_path / "demo")
-    first = chworkers("run", "--demo", "--rows", "20000", "--state-dir", state)
+    first = run_chworkers("run", "--demo", "--rows", "20000", "--state-dir", state)
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
     assert "demo_events now holds 20,000 rows" in out
@@ -43,13 +35,13 @@ def test_run_demo_ingests_reports_and_appends(tmp_path: Path) -> None:
     assert "metrics were served at http://127.0.0.1:" in out
     assert "inserted 20,000 rows in" in out
     assert "spool: 0 batches left" in out
-    again = chworkers("run", "--demo", "--rows", "5000", "--state-dir", state)
+    again = run_chworkers("run", "--demo", "--rows", "5000", "--state-dir", state)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "demo_events now holds 25,000 rows" in again.stdout
 
 
 def test_run_without_config_says_what_to_do() -> None:
-    result = chworkers("run")
+    result = run_chworkers("run")
     assert result.returncode == 2  # wrong usage (README: exit codes)
     assert "give a config file (-c FILE) or try --demo" in result.stderr
 
@@ -58,18 +50,18 @@ def test_bad_config_exits_3_naming_the_key(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text("[spool]\npolicy = 'sometimes'\n")
     for command in ("run", "check"):
-        result = chworkers(command, "-c", str(conf))
+        result = run_chworkers(command, "-c", str(conf))
         assert result.returncode == 3
         assert "spool.policy = 'sometimes' is invalid" in result.stderr
         assert "Traceback" not in result.stderr
 
 
 def test_config_defaults_and_reference() -> None:
-    defaults = chworkers("config", "--defaults")
+    defaults = run_chworkers("config", "--defaults")
     assert defaults.returncode == 0
     assert "[clickhouse.pool.retry]" in defaults.stdout
     assert "# env: CHWORKERS_SPOOL_MAX_BYTES" in defaults.stdout
-    reference = chworkers("config", "--reference")
+    reference = run_chworkers("config", "--reference")
     committed = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     assert reference.stdout == committed
 
@@ -79,7 +71,7 @@ def test_config_shows_effective_settings_without_secrets(tmp_path: Path) -> None
     conf.write_text(
         '[clickhouse]\nurl = "http://h:8123/db"\npassword = "hunter2"\n[http]\ntoken = "t0k"\n'
     )
-    result = chworkers("config", "-c", str(conf))
+    result = run_chworkers("config", "-c", str(conf))
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert shown["settings"]["clickhouse"]["password"] == "***"
@@ -113,7 +105,7 @@ table = "nowhere"
         admin.close()
     with conf.open("a") as f:
         f.write('[[pipelines]]\nname = "viewed"\ntable = "ev"\n')
-    result = chworkers("check", "-c", str(conf))
+    result = run_chworkers("check", "-c", str(conf))
     assert (
         f"pipeline viewed: materialized view {database}.mv writes to {database}.raw "
         "(MergeTree), which does not deduplicate" in result.stdout
@@ -134,11 +126,11 @@ def test_check_logs_as_the_log_section_says_unless_a_flag_overrides(
         'format = "json"\n[[pipelines]]\nname = "p"\nsource = "http"\ntable = "ev"\n'
         'create = "n UInt64"\n'
     )
-    result = chworkers("check", "-c", str(conf))
+    result = run_chworkers("check", "-c", str(conf))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert any(r["level"] == "debug" for r in records)  # clickhouse-connect's requests
-    result = chworkers("--log-level", "INFO", "check", "-c", str(conf), "--log-format", "text")
+    result = run_chworkers("--log-level", "INFO", "check", "-c", str(conf), "--log-format", "text")
     assert result.returncode == 0, result.stderr
     assert not any(line.startswith("{") or " DEBUG " in line for line in result.stderr.splitlines())
 
@@ -148,7 +140,7 @@ def test_config_hides_a_password_in_the_url_and_lists_sets(tmp_path: Path) -> No
     conf.write_text(
         '[clickhouse]\nurl = "http://bob:s3cret@h1:8123,h2:8123/db?password=other&x=1"\n'
     )
-    result = chworkers("config", "-c", str(conf))
+    result = run_chworkers("config", "-c", str(conf))
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout and "other" not in result.stdout
     assert "frozenset" not in result.stdout
@@ -171,7 +163,7 @@ def embedded_config(tmp_path: Path, pipelines: str = "", extra: str = "") -> Pat
 def test_check_starts_the_embedded_endpoint_and_lists_its_tables(tmp_path: Path) -> None:
     pipelines = '[[pipelines]]\nname = "p"\ntable = "ev"\nsource = "generator"\n'
     conf = embedded_config(tmp_path, pipelines, '[clickhouse]\npassword = "pw"\n')
-    fresh = chworkers("check", "-c", str(conf))
+    fresh = run_chworkers("check", "-c", str(conf))
     assert "no embedded data" in fresh.stdout and "answers (version" in fresh.stdout
     assert "table ev MISSING" in fresh.stdout and fresh.returncode == 1
     assert not (tmp_path / "state").exists()  # a check leaves no state behind
@@ -179,12 +171,12 @@ def test_check_starts_the_embedded_endpoint_and_lists_its_tables(tmp_path: Path)
         pool = ConnectionPool(ch.url, {"min_connections": 0, "max_connections": 1})
         pool.with_connection(lambda c: c.command("CREATE TABLE ev (n UInt64) ENGINE Log"))
         pool.close()
-    existing = chworkers("check", "-c", str(conf))
+    existing = run_chworkers("check", "-c", str(conf))
     assert existing.returncode == 0, existing.stdout + existing.stderr
     assert "clickhouse: 1 table(s) in default: ev" in existing.stdout
     assert "pipeline p: table ev exists" in existing.stdout
     with state_lock(tmp_path / "state"):  # a daemon runs on it: leave its endpoint alone
-        busy = chworkers("check", "-c", str(conf))
+        busy = run_chworkers("check", "-c", str(conf))
     assert busy.returncode == 0, busy.stdout + busy.stderr
     assert f"belongs to the running daemon (chworkers pid {os.getpid()})" in busy.stdout
 
@@ -202,7 +194,7 @@ def test_check_says_when_a_file_glob_matches_nothing(tmp_path: Path) -> None:
     )
     conf = embedded_config(tmp_path, files, "[clickhouse.embedded]\nport = 0\n")
     (tmp_path / "state" / "clickhouse").mkdir(parents=True)  # check may start it here
-    result = chworkers("check", "-c", str(conf))
+    result = run_chworkers("check", "-c", str(conf))
     assert f"pipeline found: 1 file(s) match {tmp_path}/*.log" in result.stdout
     assert "pipeline later: no file matches" in result.stdout and "yet" in result.stdout
     assert f"pipeline never: NO FILE matches {tmp_path}/*.csv" in result.stdout
@@ -261,7 +253,7 @@ def test_a_bad_url_is_refused_when_read_without_showing_its_password(tmp_path: P
     conf = tmp_path / "c.toml"
     conf.write_text('[clickhouse]\nurl = "htp://bob:s3cret@h:8123/db"\n')
     for command in ("config", "check"):
-        result = chworkers(command, "-c", str(conf))
+        result = run_chworkers(command, "-c", str(conf))
         assert result.returncode == 3, result.stdout + result.stderr
         assert "clickhouse.url: connection option url: 'htp://bob:***@h:8123/db'" in result.stderr
         assert "s3cret" not in result.stdout + result.stderr
@@ -436,7 +428,7 @@ table = "ev"
 sharding_key = "sipHash64(nope)"
 """
     )
-    result = chworkers("check", "-c", str(conf))
+    result = run_chworkers("check", "-c", str(conf))
     out = result.stdout
     assert "shard 0 (weight 1): 1 replica(s)" in out
     assert "shard 1 (weight 2): 1 replica(s)" in out

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from clirun import run_chworkers
 
 from chworkers.cli.main import build_parser
 from chworkers.daemon import config
@@ -143,12 +142,7 @@ def test_check_and_config_read_the_log_section_and_the_flags(tmp_path: Path) -> 
     conf.write_text('state_dir = "s"\n[log]\nlevel = "WARNING"\nformat = "json"\n')
 
     def effective(*argv: str) -> dict[str, object]:
-        result = subprocess.run(
-            [sys.executable, "-m", "chworkers", *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_chworkers(*argv, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 

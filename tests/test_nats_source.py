@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from brokerfeeds import bodies
 from chclients import make_client
+from clirun import run_chworkers
 from daemonthread import Running, count, daemon_config
 from natsserver import NatsServer, NatsUnavailable, make_certificates
 from waiting import wait_for
@@ -491,12 +491,7 @@ def test_check_reaches_nats_and_describes_the_stream(
             f'source = "nats"\ntable = "ev"\ncreate = "n UInt64"\n[pipelines.nats]\n'
             f'url = "{url}"\nstream = "ev"\n'
         )
-        return subprocess.run(
-            [sys.executable, "-m", "chworkers", "check", "-c", str(conf)],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return run_chworkers("check", "-c", str(conf), timeout=180)
 
     result = check(nats_server.url)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from brokerfeeds import bodies
 from chclients import make_client
+from clirun import run_chworkers
 from daemonthread import Running, count, daemon_config
 from redisserver import RedisServer
 from waiting import wait_for
@@ -282,12 +282,7 @@ def test_check_reaches_redis_and_describes_the_stream(
             f'source = "redis"\ntable = "ev"\ncreate = "n UInt64"\n[pipelines.redis]\n'
             f'url = "{url}"\nstream = "ev"\n'
         )
-        return subprocess.run(
-            [sys.executable, "-m", "chworkers", "check", "-c", str(conf)],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return run_chworkers("check", "-c", str(conf), timeout=180)
 
     result = check(redis_server.url)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
+
+from clirun import run_chworkers
 
 
 def _check(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
     conf = tmp_path / "c.toml"
     conf.write_text(f'[clickhouse]\nurl = "{url}"\n[[pipelines]]\nname = "p"\ntable = "ev"\n')
-    return subprocess.run(
-        [sys.executable, "-m", "chworkers", *flags, "check", "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_chworkers(*flags, "check", "-c", str(conf), timeout=120)
 
 
 def _free_port() -> int:

@@ -8,9 +8,9 @@ check of a sharded cluster answered "DOES NOT ANSWER" after one attempt per repl
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from clirun import run_chworkers
 
 
 def test_check_says_clickhouse_does_not_answer_after_one_attempt(tmp_path: Path) -> None:
@@ -31,12 +31,7 @@ name = "p"
 table = "ev"
 """
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "chworkers", "check", "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_chworkers("check", "-c", str(conf), timeout=120)
     port = down.rsplit(":", 1)[1]
     assert f":{port}/default DOES NOT ANSWER (1 attempt): " in result.stdout, result
     assert "Connection refused" in result.stdout

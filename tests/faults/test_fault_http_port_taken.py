@@ -9,11 +9,10 @@ configuration error (exit code 3).
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import run_chworkers
 from daemonthread import push_config
 from tomlfile import to_toml
 
@@ -31,12 +30,7 @@ def test_run_with_the_push_port_taken(
         conf = tmp_path / "c.toml"
         url = f"{endpoint.url}/{database}"
         conf.write_text(to_toml(push_config(tmp_path / "state", url, http={"port": port})))
-        proc = subprocess.run(
-            [sys.executable, "-m", "chworkers", "run", "-c", str(conf)],
-            capture_output=True,
-            text=True,
-            timeout=110,
-        )
+        proc = run_chworkers("run", "-c", str(conf), timeout=110)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert (

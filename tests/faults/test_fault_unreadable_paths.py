@@ -11,11 +11,10 @@ configuration.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import run_chworkers
 from daemonthread import Running, push_config
 from tomlfile import to_toml
 from waiting import wait_for
@@ -63,13 +62,7 @@ def test_a_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
 def test_run_on_a_state_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
     afile = tmp_path / "state"
     afile.write_text("")
-    proc = subprocess.run(
-        [sys.executable, "-m", "chworkers", "run", "--demo", "--state-dir", str(afile)],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        cwd=tmp_path,
-    )
+    proc = run_chworkers("run", "--demo", "--state-dir", str(afile), timeout=110, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert (

@@ -1,0 +1,21 @@
+"""The ``chworkers`` command line run as a user runs it: ``python -m chworkers ARGS`` in
+a subprocess of this interpreter (so it imports this checkout), its output captured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_chworkers(
+    *args: str, timeout: float = 180, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """What ``chworkers ARGS`` printed and exited with (stdout, stderr as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "chworkers", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
