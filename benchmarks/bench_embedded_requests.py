@@ -16,6 +16,13 @@ the endpoint process's CPU time (user + system, all its threads, from
 - ``direct-select``: ``SELECT 1`` through chDB in this process, the least a chDB query
   costs.
 
+``--code LABEL=DIR`` (repeatable) runs the endpoint shapes against endpoints started from
+other checkouts of the project (``git worktree add --detach DIR REV``; the endpoint runs
+with ``DIR`` first on ``PYTHONPATH``, the client side stays this checkout's), all of them
+in every round, in a rotating order: the same requests, the same machine, interleaved,
+so an old revision's fixed cost and this one's compare directly. Rows then read
+``shape@LABEL``; ``--code here=.`` adds this checkout's.
+
 ``insert-raw`` minus ``direct`` is what the endpoint adds to an insert. A MergeTree part
 costs most of an insert's CPU, and much of it in the kernel (creating its ten files), so
 it varies with what else the machine does; ``--engine Null`` leaves the part out and
@@ -37,10 +44,14 @@ import http.client
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -80,7 +91,51 @@ def cpu_seconds(pid: int) -> float:
 Shape = Callable[[int], Callable[[int], None]]
 
 
-def shapes(ch: EmbeddedClickHouse, direct: Any) -> dict[str, Shape]:
+@dataclass
+class Endpoint:
+    """An endpoint to send requests to: where it listens, and its process."""
+
+    host: str
+    port: int
+    pid: int
+
+
+@contextmanager
+def endpoint_from(code: Path, data: Path) -> Iterator[Endpoint]:
+    """``python -m chworkers embedded`` with ``code`` first on ``PYTHONPATH`` (any
+    revision's checkout: its command line has not changed since the first one)."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])
+    )
+    cmd = [sys.executable, "-m", "chworkers", "embedded", "--path", str(data), "--port", "0"]
+    cmd += ["--exit-with-parent", str(os.getpid())]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=code
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            if not line.startswith("chworkers embedded: serving "):
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-2000:]
+                raise SystemExit(f"the endpoint from {code} did not start:\n{tail}")
+            url = line.split()[3]
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            yield Endpoint(host, int(port), proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+@contextmanager
+def endpoint_here(data: Path) -> Iterator[Endpoint]:
+    with EmbeddedClickHouse(data) as ch:
+        assert ch.pid is not None
+        yield Endpoint(ch.host, ch.port, ch.pid)
+
+
+def endpoint_shapes(ch: Endpoint) -> dict[str, Shape]:
     """Each shape: set up (given the request count), then a step per request."""
 
     def raw(_n: int) -> Callable[[int], None]:
@@ -124,6 +179,17 @@ def shapes(ch: EmbeddedClickHouse, direct: Any) -> dict[str, Shape]:
 
         return step
 
+    return {
+        "insert-raw": raw,
+        "insert-cc": cc(False),
+        "insert-session": cc(True),
+        "select": select,
+    }
+
+
+def direct_shapes(direct: Any) -> dict[str, Shape]:
+    """The engine alone, in this process: the same shape of step."""
+
     def engine_only(_n: int) -> Callable[[int], None]:
         def step(_i: int) -> None:
             handle = direct.send_insert(b"INSERT INTO t", "TSV")
@@ -138,14 +204,7 @@ def shapes(ch: EmbeddedClickHouse, direct: Any) -> dict[str, Shape]:
 
         return step
 
-    return {
-        "insert-raw": raw,
-        "insert-cc": cc(False),
-        "insert-session": cc(True),
-        "select": select,
-        "direct": engine_only,
-        "direct-select": engine_select,
-    }
+    return {"direct": engine_only, "direct-select": engine_select}
 
 
 def main() -> None:
@@ -154,30 +213,53 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shapes", default="", help="comma-separated subset of the shapes")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="MergeTree")
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="instead of this checkout's endpoint, one started from the checkout DIR (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the medians here")
     args = parser.parse_args()
     from chdb import _chdb  # this process's own chDB, for ``direct``
 
+    codes: list[tuple[str, Path | None]] = []
+    for spec in args.code:
+        label, sep, where = spec.partition("=")
+        if not sep or not label or not (Path(where) / "chworkers").is_dir():
+            raise SystemExit(f"--code {spec!r}: expected LABEL=DIR, DIR a checkout of chworkers")
+        codes.append((label, Path(where).resolve()))
+    if not codes:
+        codes.append(("", None))
     results: dict[str, list[tuple[float, float]]] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-requests-") as tmp,
-        EmbeddedClickHouse(Path(tmp) / "data") as ch,
-    ):
-        assert ch.pid is not None
-        admin = clickhouse_connect.get_client(host=ch.host, port=ch.port)
-        admin.command(table_sql(args.engine))
+    with tempfile.TemporaryDirectory(prefix="bench-requests-") as tmp, ExitStack() as stack:
+        steps: dict[str, tuple[Shape, int]] = {}
+        for n, (label, code) in enumerate(codes):
+            data = Path(tmp) / f"data{n}"
+            ch = stack.enter_context(
+                endpoint_here(data) if code is None else endpoint_from(code, data)
+            )
+            admin = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+            admin.command(table_sql(args.engine))
+            admin.close()
+            for name, shape in endpoint_shapes(ch).items():
+                steps[f"{name}@{label}" if label else name] = (shape, ch.pid)
         direct = _chdb.connect(str(Path(tmp) / "direct"))
         direct.query(table_sql(args.engine), "TSV")
-        table = shapes(ch, direct)
-        chosen = [s for s in args.shapes.split(",") if s] or list(table)
+        for name, shape in direct_shapes(direct).items():
+            steps[name] = (shape, os.getpid())
+        wanted = [s for s in args.shapes.split(",") if s]
+        chosen = [n for n in steps if not wanted or n.split("@")[0] in wanted]
         for name in chosen:  # warm up: chDB loads lazily, the first requests cost more
-            step = table[name](50)
+            step = steps[name][0](50)
             for i in range(50):
                 step(i)
-        for _ in range(args.rounds):
-            for name in chosen:
-                step = table[name](args.requests)
-                pid = os.getpid() if name.startswith("direct") else ch.pid
+        for r in range(args.rounds):
+            # A rotating order: no shape always runs right after the same other one.
+            for name in chosen[r % len(chosen) :] + chosen[: r % len(chosen)]:
+                shape, pid = steps[name]
+                step = shape(args.requests)
                 cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
                 for i in range(args.requests):
                     step(i)
@@ -185,7 +267,6 @@ def main() -> None:
                 results.setdefault(name, []).append(
                     (cpu / args.requests * 1e3, args.requests / wall)
                 )
-        admin.close()
         direct.close()
     print(
         f"{args.requests} requests x {args.rounds} rounds, interleaved, {args.engine} table; "
