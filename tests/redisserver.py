@@ -104,7 +104,7 @@ class RedisServer(ServerProcess):
         client = self.client()
         try:
             groups = client.xinfo_groups(stream)
-            manifests = client.keys(f"{stream}:chworkers:*")
+            manifests = client.keys(f"{stream}:chworkers:*:manifest*")
         finally:
             client.close()
         return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not manifests

@@ -59,7 +59,7 @@ def test_the_keys_beside_the_stream_share_its_slot() -> None:
 def settled(client: Any) -> bool:
     groups = client.xinfo_groups("ev")
     return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not client.keys(
-        "{ev}:chworkers:*", target_nodes="all"
+        "{ev}:chworkers:*:manifest*", target_nodes="all"
     )
 
 
@@ -78,7 +78,7 @@ def test_a_daemon_reads_a_stream_of_a_cluster_exactly_once(
     gone = StreamGroup(RedisSourceSettings(**options), "vanished", "test")
     gone.create()
     read = [m.id for m in gone.read(">", 10)]
-    assert gone.verdict(gone.send_manifest("chw-redis-gone", read, ordered=True)) is None
+    assert gone.verdict(gone.send_manifest("chw-redis-gone", read, fresh=True)) is None
     assert client.exists("{ev}:chworkers:chworkers:manifest:chw-redis-gone")
     gone.close()
     client.xadd("ev", {"other": "poison: no data field"})

@@ -113,7 +113,7 @@ def settled(cluster: RedisClusterServers) -> bool:
     client = cluster.client()
     try:
         groups = client.xinfo_groups(STREAM)
-        keys = client.keys("{ev}:chworkers:*", target_nodes="primaries")
+        keys = client.keys("{ev}:chworkers:*:manifest*", target_nodes="primaries")
         return (
             bool(groups)
             and all(g["pending"] == 0 for g in groups)

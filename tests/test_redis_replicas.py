@@ -104,7 +104,7 @@ def test_a_rebuilt_batch_waits_for_its_manifest_on_the_replica(
         group.create()
         redis_server.add_entries(bodies(0, 1, 1))
         ids = [m.id for m in group.read(">", 10)]
-        assert group.verdict(group.send_manifest("chw-redis-t", ids, ordered=True)) is None
+        assert group.verdict(group.send_manifest("chw-redis-t", ids, fresh=True)) is None
         group.replicate("chw-redis-t")  # the replica has it: at once
         pause(replica, signal.SIGSTOP)
         with pytest.raises(BrokerError, match="reached 0 of"):

@@ -29,7 +29,7 @@ def settled(server: RedisServer) -> bool:
     try:
         groups = client.xinfo_groups("ev")
         return all(g["pending"] == 0 and g["lag"] == 0 for g in groups) and not client.keys(
-            "ev:chworkers:*"
+            "ev:chworkers:*:manifest*"
         )
     finally:
         client.close()

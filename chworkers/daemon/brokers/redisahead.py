@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Ahead", "Reply"]
+__all__ = ["Ahead", "Reply", "borrow", "transaction"]
 
 
 class Reply:
@@ -90,8 +90,45 @@ class Ahead:
     def _open(self) -> Any:
         if self._connection is None:
             self._pool = self._pools()
-            try:
-                self._connection = self._pool.get_connection()
-            except TypeError:  # redis-py before 5.3 wants a command's name
-                self._connection = self._pool.get_connection("XREADGROUP")
+            self._connection = borrow(self._pool)
         return self._connection
+
+
+def borrow(pool: Any) -> Any:
+    """A connection of a redis-py connection pool (``pool.release`` it)."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command's name
+        return pool.get_connection("XREADGROUP")
+
+
+def transaction(pool: Any, *commands: tuple[Any, ...]) -> list[Any]:
+    """``commands`` in ``MULTI``/``EXEC`` on a connection of ``pool`` (in a cluster, the
+    pool of the node that serves their keys: one hash slot), sent at once; ``EXEC``'s
+    replies. No script: a script's Lua costs Redis more than its commands do (the
+    acknowledgement of 5,000 ids: about 3 us per id in a script, 1 us in a transaction).
+    Raises the first error Redis answered (``MOVED`` and the like), after reading every
+    reply: the connection stays in step."""
+    import redis
+
+    connection = borrow(pool)
+    try:
+        connection.send_packed_command(
+            connection.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False
+        )
+        replies: list[Any] = []
+        error: redis.ResponseError | None = None
+        for _ in range(len(commands) + 2):
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                error = error or exc
+                replies.append(None)
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+    if error is not None:
+        raise error
+    return list(replies[-1])

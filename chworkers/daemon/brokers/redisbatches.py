@@ -162,7 +162,7 @@ class RedisBatching(SourceParts):
         self._settle()  # first: when it fails, the batch stays in the making
         batch, self._assembly = self._assembly, Assembly()
         token = broker_token("redis", self.redis.stream, self.redis.group, batch.ids)
-        manifest = self.redis.manifest(token, batch.ids, ordered=not batch.mixed)
+        manifest = self.redis.manifest(token, batch.ids, fresh=not batch.mixed)
         self._sent = (token, batch, manifest)  # if the send fails: sent at the next settle
         self._sent = (token, batch, self.redis.send(manifest))
 

@@ -41,22 +41,15 @@ class StreamGroup(GroupManifests):
         self.stream, self.group = options.stream, options.group
         prefix = key_prefix(options)
         self.manifests_key, self.manifest_prefix = f"{prefix}:manifests", f"{prefix}:manifest:"
+        self.consumers_key = f"{prefix}:consumers"
+        self.checks = {}
         self.field = options.field.encode()
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
-        self._complete = self.client.register_script(redisscripts.COMPLETE)
         self._touch = self.client.register_script(redisscripts.TOUCH)
         # Reads of new entries and manifests go ahead on a connection of their own (in a
         # cluster, one to the node that serves the stream's slot).
         self._ahead = Ahead(self._pool)
         self._next_read: Reply | None = None
-
-    def _pool(self) -> Any:
-        """The connection pool of the node that serves the stream."""
-        if not self.options.cluster:
-            return self.client.connection_pool
-        client: Any = self.client  # a RedisCluster
-        node = client.get_node_from_key(self.stream)
-        return client.get_redis_connection(node).connection_pool
 
     # -- reading ---------------------------------------------------------------------
 

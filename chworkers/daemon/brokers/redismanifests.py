@@ -20,12 +20,14 @@ from typing import Any
 
 from chworkers.daemon.brokers import redisscripts
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisahead import Ahead, Reply
+from chworkers.daemon.brokers.redisahead import Ahead, Reply, transaction
 from chworkers.daemon.brokers.redisclient import entry_order, failures, text
 from chworkers.errors import BrokerError
 
 #: Ids per call of the touch script (its reply and its time in Redis stay small).
 TOUCH_CHUNK = 10_000
+#: Ids per XACK of an acknowledgement (all of a batch's in one transaction).
+ACK_CHUNK = 10_000
 
 
 def ids_json(ids: list[str]) -> str:
@@ -62,12 +64,29 @@ class GroupManifests:
     group: str
     manifests_key: str
     manifest_prefix: str
+    consumers_key: str
+    #: How each manifest written was checked: "fresh" (the batch's ends only) or "all".
+    checks: dict[str, int]
     _ahead: Ahead
     _write_manifest: Any  # redis-py Scripts
-    _complete: Any
     _touch: Any
 
+    def _pool(self) -> Any:
+        """The connection pool of the node that serves the stream."""
+        if not self.options.cluster:
+            return self.client.connection_pool
+        node = self.client.get_node_from_key(self.stream)
+        return self.client.get_redis_connection(node).connection_pool
+
     # -- manifests -------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Tell the group's other daemons this consumer's ``claim_idle`` (before it claims
+        anything): the manifests of batches of new entries may then skip looking up each
+        of their ids (``WRITE_MANIFEST`` in redisscripts.py says when, and why it is safe
+        only while every consumer of the group announced itself)."""
+        claim_idle = max(1, int(self.options.claim_idle * 1000))
+        self.call(self.client.hset, self.consumers_key, self.consumer, claim_idle)
 
     def live_manifests(self) -> dict[str, tuple[str, list[str]]]:
         """Entry id -> (token, ids) of every manifest beside the stream (few: one per
@@ -89,26 +108,28 @@ class GroupManifests:
             self.call(self.client.srem, self.manifests_key, *expired)
         return owners
 
-    def send_manifest(self, token: str, ids: list[str], *, ordered: bool) -> SentManifest:
+    def send_manifest(self, token: str, ids: list[str], *, fresh: bool) -> SentManifest:
         """Send a batch's manifest ahead (:meth:`verdict` says how it went): written if
-        every id is still pending for this consumer. ``ordered``: the ids are in stream
-        order (the lowest first, the highest last)."""
-        return self.send(self.manifest(token, ids, ordered=ordered))
+        every id is still pending for this consumer. ``fresh``: the ids are this
+        consumer's reads of new entries, in stream order (the lowest first, the highest
+        last; the script may then skip looking each one up: redisscripts.py)."""
+        return self.send(self.manifest(token, ids, fresh=fresh))
 
-    def manifest(self, token: str, ids: list[str], *, ordered: bool) -> SentManifest:
+    def manifest(self, token: str, ids: list[str], *, fresh: bool) -> SentManifest:
         """A batch's manifest, not sent yet (:meth:`send`, or :meth:`verdict` sends it)."""
 
         head = json.dumps({"token": token, "consumer": self.consumer, "created": time.time()})
         body = f'{head[:-1]}, "ids": {ids_json(ids)}}}'
-        keys = [self.stream, self.manifests_key, self.manifest_prefix + token]
+        keys = [self.stream, self.manifests_key, self.manifest_prefix + token, self.consumers_key]
         args = [
             self.group,
             self.consumer,
             token,
             body,
             int(self.options.manifest_ttl * 1000),
-            ids[0] if ordered else min(ids, key=entry_order),
-            ids[-1] if ordered else max(ids, key=entry_order),
+            ids[0] if fresh else min(ids, key=entry_order),
+            ids[-1] if fresh else max(ids, key=entry_order),
+            "1" if fresh else "0",
         ]
         return SentManifest(None, None, keys, args)
 
@@ -150,6 +171,7 @@ class GroupManifests:
             verdict = [text(part) for part in reply]
             if verdict[0] != "ok":
                 return verdict[1]
+            self.checks[verdict[1]] = self.checks.get(verdict[1], 0) + 1
             if sent.wait is not None:
                 self._replicated(sent.wait)
             return None
@@ -190,13 +212,17 @@ class GroupManifests:
     def complete(self, ids: list[str], token: str) -> int:
         """Acknowledge ``ids`` and remove the manifest of ``token`` (none when empty), at
         once; returns how many entries were still pending."""
-        return int(
-            self.call(
-                self._complete,
-                keys=[self.stream, self.manifests_key, self.manifest_prefix + token],
-                args=[self.group, token, ids_json(ids)],
-            )
-        )
+        commands: list[tuple[Any, ...]] = [
+            ("XACK", self.stream, self.group, *ids[start : start + ACK_CHUNK])
+            for start in range(0, len(ids), ACK_CHUNK)
+        ]
+        if token:
+            commands.append(("DEL", self.manifest_prefix + token))
+            commands.append(("SREM", self.manifests_key, token))
+        if not commands:
+            return 0
+        replies = self.call(transaction, self._pool(), *commands)
+        return sum(int(acked) for acked in replies[: len(replies) - (2 if token else 0)])
 
     def touch(self, batches: Iterable[list[str]]) -> None:
         """Reset the idle time of the ids of ``batches`` still pending for this consumer

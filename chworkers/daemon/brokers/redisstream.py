@@ -126,6 +126,7 @@ class RedisSource(RedisBatching):
                 self.redis.group,
                 self.redis.stream,
             )
+        self.redis.announce()
 
     def _read_own_pending(self) -> None:
         """Entries this consumer had before a restart: rebuilt like claimed ones."""
