@@ -28,7 +28,7 @@ from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
 from chworkers.daemon.checkpoints import same_head as _same_head
 from chworkers.daemon.extents import Extent, make_durable
-from chworkers.daemon.framing import Framer, RecordTooLargeError, read_header
+from chworkers.daemon.framing import Framer, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.ticket import Ticket
@@ -152,6 +152,7 @@ class FileSource(_Source):
                         max_record_bytes=self.max_record_bytes,
                         # Resuming past a *WithNames header: its batches still need it.
                         header=read_header(fh, self.format) if offset else b"",
+                        on_skip=functools.partial(self._skipped, path),
                     ),
                     head,
                     head_len,
@@ -190,11 +191,7 @@ class FileSource(_Source):
                 break
             progressed = True
             f.offset += len(chunk)
-            try:
-                records, rows = f.framer.feed(chunk)
-            except RecordTooLargeError as exc:
-                self._error(f"{f.path}: {exc}")
-                continue
+            records, rows = f.framer.feed(chunk)
             start = f.offset - f.framer.pending_bytes - len(records)  # in the file
             self.last_ticket = None
             self._add(
@@ -222,9 +219,16 @@ class FileSource(_Source):
             log.info("source %s: %s was truncated; reading it from the start", self.name, f.path)
             f.fh.seek(0)
             f.offset = 0
-            f.framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+            f.framer = Framer(
+                self.format,
+                max_record_bytes=self.max_record_bytes,
+                on_skip=functools.partial(self._skipped, f.path),
+            )
             f.head, f.head_len = _head(f.fh.fileno())
         return progressed
+
+    def _skipped(self, path: str, message: str) -> None:
+        self._error(f"{path}: {message}")
 
     def _close(self, f: _OpenFile, *, finished: bool) -> None:
         records, rows = f.framer.finish()

@@ -14,7 +14,7 @@ sub-batch, so that each request ClickHouse gets is a complete ``*WithNames`` bod
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, split_records
@@ -33,11 +33,27 @@ class RecordTooLargeError(ValueError):
     """A record grew past ``max_record_bytes`` without ending."""
 
 
+#: ``on_skip(message)``: a record too long was skipped, to its end.
+OnSkip = Callable[[str], None]
+
+
 class Framer:
-    """Accumulates bytes and returns whole records, keeping the unfinished tail."""
+    """Accumulates bytes and returns whole records, keeping the unfinished tail.
+
+    A record that grows past ``max_record_bytes`` without ending is dropped whole, to its
+    end (the bytes of it still to come are not a record of their own), and said once:
+    to ``on_skip(message)`` when given, while the records around it are returned as
+    usual; else :class:`RecordTooLargeError` is raised (a caller that frames one whole
+    input, and refuses all of it).
+    """
 
     def __init__(
-        self, format: str, *, max_record_bytes: int = 16 * 1024 * 1024, header: bytes = b""
+        self,
+        format: str,
+        *,
+        max_record_bytes: int = 16 * 1024 * 1024,
+        header: bytes = b"",
+        on_skip: OnSkip | None = None,
     ) -> None:
         if format not in FORMATS:
             raise ConfigError(
@@ -54,12 +70,16 @@ class Framer:
         self._quoted = FORMATS[format]
         self._tail = b""
         self._tail_quotes = 0  # quotes in the tail, for CSV
+        self._on_skip = on_skip
+        self._skipping = False  # inside a record too long, dropping it to its end
 
     def feed(self, data: bytes) -> tuple[bytes, int]:
         """Add ``data``; return the whole records completed so far and their count.
 
         Empty lines are not counted as records.
         """
+        if self._skipping and data:
+            data = self._skip(data)
         if not data:
             return b"", 0
         if self._quoted:
@@ -100,6 +120,7 @@ class Framer:
     def finish(self) -> tuple[bytes, int]:
         """End of input: the unterminated last record, given a newline."""
         tail, self._tail, self._tail_quotes = self._tail, b"", 0
+        self._skipping = False  # a record too long up to the end: dropped, said already
         if not tail.strip():
             return b"", 0
         if self._wants_header:  # a header and nothing else
@@ -114,11 +135,31 @@ class Framer:
     def _check_tail(self) -> None:
         if len(self._tail) > self.max_record_bytes:
             size = len(self._tail)
-            self._tail, self._tail_quotes = b"", 0
-            raise RecordTooLargeError(
+            # Dropped to its end: what follows up to there is the same record. (CSV: the
+            # quotes in it stay counted, to tell where it ends.)
+            self._tail, self._skipping = b"", True
+            message = (
                 f"a record of more than {size} bytes without an end "
                 f"(limit {self.max_record_bytes}); it was skipped"
             )
+            if self._on_skip is None:
+                raise RecordTooLargeError(message)
+            self._on_skip(message)
+
+    def _skip(self, data: bytes) -> bytes:
+        """``data`` past the end of the record being dropped (b"": it goes on)."""
+        start = 0
+        while (nl := data.find(b"\n", start)) >= 0:
+            if self._quoted:
+                self._tail_quotes += data.count(b'"', start, nl)
+                if self._tail_quotes % 2:  # a newline inside a quoted field
+                    start = nl + 1
+                    continue
+            self._skipping, self._tail_quotes = False, 0
+            return data[nl + 1 :]
+        if self._quoted:
+            self._tail_quotes += data.count(b'"', start)
+        return b""
 
     def _csv_end(self, data: bytes) -> tuple[int, int]:
         """Offset (in tail + data) just past the last newline outside quotes, or -1,
@@ -150,6 +191,24 @@ class Framer:
             return -1, 0
         self._tail_quotes = data.count(b'"', end)
         return len(self._tail) + end, count
+
+
+def record_over(records: bytes, limit: int, *, quoted: bool) -> int:
+    """The length of the first of ``records`` (whole records) longer than ``limit``
+    bytes, 0 when none is (at once when all of them together are not)."""
+    if len(records) <= limit:
+        return 0
+    if quoted:
+        return next(
+            (len(r) for r in split_records(records, quoted_newlines=True) if len(r) > limit), 0
+        )
+    start = 0
+    while start < len(records):
+        end = records.find(b"\n", start) + 1 or len(records)
+        if end - start > limit:
+            return end - start
+        start = end
+    return 0
 
 
 def count_lines(records: bytes, start: int = 0, end: int | None = None) -> int:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.extents import Extent
-from chworkers.daemon.framing import Framer, RecordTooLargeError, pieces
+from chworkers.daemon.framing import Framer, pieces
 from chworkers.daemon.ticket import Ticket
 
 __all__ = ["READ_SIZE", "StreamSource", "warn_if_nothing_matches"]
@@ -148,16 +148,13 @@ class StreamSource(_Source):
         self.stream = stream
 
     def run(self, stop: threading.Event) -> None:
-        framer = Framer(self.format, max_record_bytes=self.max_record_bytes)
+        framer = Framer(self.format, max_record_bytes=self.max_record_bytes, on_skip=self._error)
         read = getattr(self.stream, "read1", self.stream.read)
         while not stop.is_set():
             chunk = read(self.read_size)
             if not chunk:
                 break
-            try:
-                self._add(*framer.feed(chunk), header=framer.header)
-            except RecordTooLargeError as exc:
-                self._error(str(exc))
+            self._add(*framer.feed(chunk), header=framer.header)
         self._add(*framer.finish(), header=framer.header)
 
 

@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable
 
 from chworkers.daemon.batcher import BatchLimits
-from chworkers.daemon.framing import FORMATS, Framer, RecordTooLargeError, count_lines
+from chworkers.daemon.framing import (
+    FORMATS,
+    Framer,
+    RecordTooLargeError,
+    count_lines,
+    record_over,
+)
 from chworkers.errors import PoisonMessageError
 
 #: A payload's last byte, and its count of newlines (for runs of payloads, in C).
@@ -106,6 +112,12 @@ class Assembler:
         if framer.pending_bytes:
             raise PoisonMessageError(
                 f"message {message.id} ends inside a record (an unclosed quote?)"
+            )
+        # A record that ended in the message is not checked by the framer, only one that
+        # does not end: a message of one giant record would go into memory whole.
+        if longest := record_over(records, self.max_record_bytes, quoted=self._quoted):
+            raise PoisonMessageError(
+                f"message {message.id}: a record of {longest} bytes (limit {self.max_record_bytes})"
             )
         return records, rows
 
