@@ -276,6 +276,20 @@ class DaemonUnderTest:
         ]
         return sum(values) if values else None
 
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        """The status and the report of the daemon's ``/healthz`` (served beside
+        ``/metrics``): 200 while ok or degraded, 503 when failing."""
+        import urllib.error
+        import urllib.request
+
+        url = self.metrics_url
+        assert url is not None, "the daemon has not said where its metrics are"
+        try:
+            with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
     def spool_files(self) -> list[Path]:
         spool = self.state_dir / "spool"
         if not spool.exists():

@@ -9,25 +9,13 @@ everything taken in lands exactly once when ClickHouse comes up.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
-from typing import Any
 
 import pytest
 from drillbase import wait_until
 from harness import Drill, file_pipeline, push_pipeline
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def healthz(url: str | None) -> tuple[int, dict[str, Any]]:
-    assert url is not None
-    try:
-        with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: Drill) -> None:
@@ -47,7 +35,7 @@ def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: 
         assert client.command("EXISTS TABLE ev") == 0
     finally:
         client.close()
-    status, body = healthz(daemon.metrics_url)
+    status, body = daemon.healthz()
     components = {p["component"] for p in body["problems"]}
     assert status == 200 and body["status"] == "degraded", body
     assert "tables" in components and "inserts" in components, body
@@ -63,7 +51,7 @@ def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: 
     drill.settle()
     drill.verify()
     assert drill.count() == 20_000 + 2_000
-    assert healthz(daemon.metrics_url) == (
+    assert daemon.healthz() == (
         200,
         {"status": "ok", "problems": [], "state": "running"},
     )

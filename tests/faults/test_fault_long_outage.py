@@ -10,11 +10,6 @@ health said "degraded" (not failing: restarting would not help) during the outag
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from typing import Any
-
 import pytest
 from drillbase import wait_until
 from harness import Drill, file_pipeline
@@ -22,15 +17,6 @@ from harness import Drill, file_pipeline
 pytestmark = pytest.mark.timeout(300)
 
 FAILURES = 1_100
-
-
-def healthz(url: str | None) -> tuple[int, dict[str, Any]]:
-    assert url is not None
-    try:
-        with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_1100_failed_connects_then_everything_lands_once(drill: Drill) -> None:
@@ -67,7 +53,7 @@ def test_1100_failed_connects_then_everything_lands_once(drill: Drill) -> None:
     assert wait_until(lambda: transport_errors() >= FAILURES, 120, "failures", interval=0.5), (
         drill.fail(f"only {transport_errors()} failed connects")
     )
-    status, body = healthz(daemon.metrics_url)
+    status, body = daemon.healthz()
     assert status == 200 and body["status"] == "degraded", body
     assert any(
         p["component"] == "inserts" and "no insert confirmed" in p["reason"]
@@ -77,5 +63,5 @@ def test_1100_failed_connects_then_everything_lands_once(drill: Drill) -> None:
     drill.proxy.up()
     drill.settle()
     drill.verify()
-    assert wait_until(lambda: healthz(daemon.metrics_url)[1]["status"] == "ok", 30, "ok")
+    assert wait_until(lambda: daemon.healthz()[1]["status"] == "ok", 30, "ok")
     daemon.terminate(within=20)
