@@ -1,17 +1,13 @@
-"""ConnectionPool: the seed API, limits, fairness, recycling, faults, leases, fork."""
+"""ConnectionPool: the seed API, limits, fairness, recycling, retries, resizing, closing
+(faults: test_poolfailover.py; several processes: test_poolprocesses.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
-import multiprocess
 import pytest
 from faultproxy import FaultProxy
 from prometheus_client import CollectorRegistry
@@ -22,7 +18,6 @@ from chworkers import (
     ConnectionPool,
     EmbeddedClickHouse,
     LeaseBroker,
-    LeaseClient,
     MetricsHooks,
     PoolOptions,
 )
@@ -32,7 +27,6 @@ from chworkers.errors import (
     PoolClosedError,
     PoolError,
     PoolTimeoutError,
-    ResponseTimeoutError,
     RetriesExhaustedError,
     ServerError,
 )
@@ -348,223 +342,6 @@ def test_close_waits_for_connections_in_use(url: str) -> None:
     assert not closer.is_alive() and conn.closed
 
 
-# -- faults with endpoints of their own -------------------------------------------------------
-
-
-@pytest.fixture
-def own_endpoints(tmp_path: Path) -> Iterator[Callable[[], EmbeddedClickHouse]]:
-    started: list[EmbeddedClickHouse] = []
-
-    def start() -> EmbeddedClickHouse:
-        ch = EmbeddedClickHouse(tmp_path / f"ch{len(started)}")
-        started.append(ch)
-        return ch.start()
-
-    yield start
-    for ch in started:
-        ch.close()
-
-
-def test_endpoint_killed_and_restarted_mid_run(
-    own_endpoints: Callable[[], EmbeddedClickHouse],
-) -> None:
-    ch = own_endpoints()
-    pool = ConnectionPool(
-        ch.url,
-        {
-            "min_connections": 2,
-            "max_connections": 2,
-            "retry": {
-                "max_attempts": 50,
-                "initial_backoff": 0.05,
-                "max_backoff": 0.3,
-                "deadline": 30,
-            },
-        },
-    )
-    pool.with_connection(
-        lambda c: c.command(
-            "CREATE TABLE t (a Int32) ENGINE = MergeTree ORDER BY a "
-            "SETTINGS non_replicated_deduplication_window = 1000"
-        )
-    )
-    done: list[int] = []
-    errors: list[BaseException] = []
-
-    def writer() -> None:  # 40 distinct batches of 10 rows, one after the other
-        try:
-            for i in range(40):
-                batch = [(i * 10 + j,) for j in range(10)]
-                pool.with_connection(lambda c, b=batch: c.insert("t", b))
-                done.append(i)
-                time.sleep(0.01)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    wait_for(lambda: len(done) >= 5)
-    ch.kill()  # mid-run: the writer's next inserts fail until the endpoint is back
-    time.sleep(0.5)
-    ch.start()
-    thread.join(40)
-    assert errors == [] and done == list(range(40))
-    count, distinct = pool.with_connection(
-        lambda c: c.query("SELECT count(), uniqExact(a) FROM t").result_rows[0]
-    )
-    assert (count, distinct) == (400, 400)  # nothing lost, nothing twice
-    stats = pool.stats()
-    assert stats.retries.get("transport", 0) >= 1
-    assert stats.closed.get("broken", 0) + stats.closed.get("host_down", 0) >= 1
-    pool.close()
-
-
-@pytest.mark.timeout(90)
-def test_failover_between_two_endpoints(own_endpoints: Callable[[], EmbeddedClickHouse]) -> None:
-    a, b = own_endpoints(), own_endpoints()
-    pool = ConnectionPool(
-        f"http://{a.host}:{a.port},{b.host}:{b.port}",
-        {
-            "min_connections": 2,
-            "max_connections": 4,
-            "host_cooldown": 0.3,
-            "retry": {"max_attempts": 5, "initial_backoff": 0.01},
-        },
-    )
-    assert [h["connections"] for h in pool.stats().hosts] == [1, 1]  # spread over both
-    ports = {pool.with_connection(lambda c: c.host.port) for _ in range(4)}
-    assert ports == {a.port, b.port}  # requests are spread too
-    a.kill()
-    for _ in range(20):
-        assert pool.with_connection(lambda c: (c.command("SELECT 1"), c.host.port)) == (1, b.port)
-    hosts = {h["host"]: h for h in pool.stats().hosts}
-    assert hosts[f"{a.host}:{a.port}"]["failures"] >= 1
-    assert hosts[f"{b.host}:{b.port}"]["failures"] == 0
-    a.start()  # comes back on the same port; the housekeeping re-probe notices
-    wait_for(lambda: all(h["up"] and not h["failures"] for h in pool.stats().hosts), timeout=15)
-    pool.close()
-
-
-def _hold_pooled_connection(url: str, lease: LeaseClient, ready: Any) -> None:
-    pool = ConnectionPool(url, {"min_connections": 0, "max_connections": 4}, lease=lease)
-    pool.get_connection()
-    ready.set()
-    time.sleep(60)
-
-
-def _lease_hammer(url: str, lease: LeaseClient, active: Any, peak: Any) -> None:
-    pool = ConnectionPool(
-        url, {"min_connections": 0, "max_connections": 4, "acquire_timeout": 30}, lease=lease
-    )
-
-    def loop() -> None:
-        for _ in range(30):
-            with pool.connection() as conn:
-                with active.get_lock():
-                    active.value += 1
-                    peak.value = max(peak.value, active.value)
-                conn.command("SELECT 1")
-                with active.get_lock():
-                    active.value -= 1
-
-    threads = [threading.Thread(target=loop) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    pool.close()
-
-
-def test_pools_in_several_processes_share_the_leased_capacity(url: str) -> None:
-    ctx = multiprocess.get_context("fork")
-    broker = LeaseBroker(2, context=ctx)
-    broker.start()
-    active, peak = ctx.Value("i", 0), ctx.Value("i", 0)
-    procs = [
-        ctx.Process(target=_lease_hammer, args=(url, broker.client(f"w{i}"), active, peak))
-        for i in range(3)
-    ]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
-        assert peak.value == 2  # 3 processes x 4 threads x local max 4, never above 2
-        assert broker.stats().granted_total == 3 * 4 * 30
-    finally:
-        broker.close()
-
-
-def test_lease_of_a_sigkilled_pool_process_is_reclaimed(url: str) -> None:
-    ctx = multiprocess.get_context("spawn")
-    broker = LeaseBroker(1, context=ctx)
-    broker.start()
-    ready = ctx.Event()
-    p = ctx.Process(target=_hold_pooled_connection, args=(url, broker.client("doomed"), ready))
-    p.start()
-    try:
-        assert ready.wait(30)
-        pool = ConnectionPool(
-            url, {"min_connections": 0, "max_connections": 1}, lease=broker.client("main")
-        )
-        with pytest.raises(PoolTimeoutError):
-            pool.get_connection(timeout=0.1)
-        assert p.pid is not None
-        os.kill(p.pid, signal.SIGKILL)
-        with pool.connection(timeout=5) as conn:  # the dead holder's lease came back
-            assert conn.command("SELECT 1") == 1
-        assert broker.stats().reclaimed_total == 1
-        pool.close()
-    finally:
-        p.kill()
-        p.join()
-        broker.close()
-
-
-def _use_after_fork(pool: ConnectionPool, parent_ids: list[int], out: Any) -> None:
-    value = pool.with_connection(lambda c: (c.command("SELECT 41 + 1"), c.id, c._pid))
-    stats = pool.stats()
-    out.put((value, stats.created, os.getpid(), parent_ids))
-
-
-def test_pool_used_after_fork_rebuilds_itself(url: str) -> None:
-    ctx = multiprocess.get_context("fork")
-    pool = ConnectionPool(url, {"min_connections": 2, "max_connections": 2})
-    parent_ids = [c.id for c in pool._state.idle]
-    out = ctx.Queue()
-    p = ctx.Process(target=_use_after_fork, args=(pool, parent_ids, out))
-    p.start()
-    (answer, conn_id, conn_pid), created, child_pid, _ = out.get(timeout=30)
-    p.join(10)
-    assert answer == 42 and conn_pid == child_pid
-    assert conn_id not in parent_ids  # a new connection, not the parent's socket
-    assert created == 2  # the child filled its own minimum
-    # The parent's connections were not disturbed by the child.
-    for _ in range(4):
-        assert pool.with_connection(lambda c: c.command("SELECT 1")) == 1
-    assert pool.stats().created == 2
-    pool.close()
-
-
-def test_gateway_503_marks_the_host_down_and_fails_over(
-    fault_proxy: FaultProxy, endpoint: EmbeddedClickHouse, database: str
-) -> None:
-    pool = ConnectionPool(
-        f"http://127.0.0.1:{fault_proxy.port},{endpoint.host}:{endpoint.port}/{database}",
-        {"min_connections": 2, "max_connections": 2, "retry": {"initial_backoff": 0.01}},
-    )
-    fault_proxy.set("unavailable")
-    for _ in range(6):
-        assert pool.with_connection(lambda c: c.command("SELECT 1")) == 1
-    hosts = {h["host"]: h for h in pool.stats().hosts}
-    assert hosts[f"127.0.0.1:{fault_proxy.port}"]["failures"] >= 1
-    assert "503" in str(hosts[f"127.0.0.1:{fault_proxy.port}"]["last_error"])
-    assert fault_proxy.counts["unavailable"] >= 1
-    assert pool.stats().retries.get("server", 0) >= 1
-    pool.close()
-
-
 def test_resize_at_run_time(url: str) -> None:
     pool = ConnectionPool(url, {"min_connections": 0, "max_connections": 1, "acquire_timeout": 5})
     first = pool.get_connection()
@@ -582,32 +359,6 @@ def test_resize_at_run_time(url: str) -> None:
     assert pool.stats().idle == 1
     with pytest.raises(ConfigError, match="max_connections"):
         pool.resize(0)
-    pool.close()
-
-
-def test_maybe_applied_is_retried_only_with_a_token(fault_proxy: FaultProxy, database: str) -> None:
-    pool = ConnectionPool(
-        {"url": f"{fault_proxy.url}/{database}", "send_receive_timeout": 0.5},
-        {"min_connections": 1, "max_connections": 2, "retry": {"initial_backoff": 0.01}},
-    )
-    pool.with_connection(
-        lambda c: c.command(
-            "CREATE TABLE t (a Int32) ENGINE = MergeTree ORDER BY a "
-            "SETTINGS non_replicated_deduplication_window = 100"
-        )
-    )
-    # A plain INSERT statement has no token: after a timeout it may have been applied.
-    fault_proxy.set("delay", delay=1.0, times=1, match=b"INSERT")
-    with pytest.raises(ResponseTimeoutError):
-        pool.with_connection(lambda c: c.command("INSERT INTO t VALUES (1)"))
-    assert pool.stats().retries == {}
-    # insert() always carries a token: the same fault is retried, and not duplicated.
-    fault_proxy.set("delay", delay=1.0, times=1, match=b"INSERT")
-    pool.with_connection(lambda c: c.insert("t", [(2,)]))
-    assert pool.stats().retries == {"timeout": 1}
-    time.sleep(0.6)  # let the delayed answers drain
-    rows = pool.with_connection(lambda c: c.query("SELECT a FROM t ORDER BY a").result_rows)
-    assert rows == [(1,), (2,)]  # each applied once: the first by the server despite the timeout
     pool.close()
 
 
