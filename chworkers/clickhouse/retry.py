@@ -52,7 +52,8 @@ from chworkers.settings import build, setting, validate
 #: issue's list; the rest are additions, each a condition that goes away by itself:
 #: 32 (a truncated stream, like 3), 198 (DNS resolution failed), 225 and 999 (Keeper
 #: unavailable), 279 (no replica of a distributed query reachable yet), 373 (a session still
-#: busy with the previous query), 439 (the server's thread pool is full).
+#: busy with the previous query), 439 (the server's thread pool is full), 243 (the disk
+#: is full: merges, TTLs and operators free space, and the batch waits in the spool).
 RETRYABLE_CODES: Mapping[int, str] = {
     3: "UNEXPECTED_END_OF_FILE",
     107: "FILE_DOESNT_EXIST",
@@ -76,6 +77,7 @@ RETRYABLE_CODES: Mapping[int, str] = {
     279: "ALL_CONNECTION_TRIES_FAILED",
     373: "SESSION_IS_LOCKED",
     439: "CANNOT_SCHEDULE_TASK",
+    243: "NOT_ENOUGH_SPACE",
 }
 
 #: Codes that ClickHouse raises before it touches any data: a write failing with one of

@@ -15,8 +15,10 @@ from chworkers.errors import ServerError
 #: "Too many parts" (``parts_to_throw_insert``) and "Too many partitions for single
 #: INSERT block" (``max_partitions_per_insert_block``); SIZES_OF_ARRAYS_DONT_MATCH (190:
 #: the arrays of a ``Nested`` column's rows of different lengths) and VIOLATED_CONSTRAINT
-#: (469: a ``CONSTRAINT ... CHECK``) are raised by the same sink, rows counted as written.
-SWALLOWED_CODES = (190, 252, 469)
+#: (469: a ``CONSTRAINT ... CHECK``) are raised by the same sink, rows counted as written;
+#: so is NOT_ENOUGH_SPACE (243: "Cannot reserve 3.97 MiB, not enough space", the data
+#: directory's disk full when the part is written), which answered 200 for rows it lost.
+SWALLOWED_CODES = (190, 243, 252, 469)
 
 #: What ClickHouse adds to the message of an error a materialized view threw while an
 #: insert pushed its block through it (any code: the view's SELECT, its target's sink).
