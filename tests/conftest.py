@@ -24,6 +24,7 @@ from clickhouse_connect.driver.client import Client
 from faultproxy import FaultProxy
 from natsserver import NatsServer, NatsUnavailable
 from redisserver import RedisServer, RedisUnavailable
+from sdnotify import Receiver
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -149,6 +150,14 @@ def fault_proxy(endpoint: EmbeddedClickHouse) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    """systemd's end of a NOTIFY_SOCKET on a path (tests/sdnotify.py)."""
+    r = Receiver(str(tmp_path / "notify.sock"))
+    yield r
+    r.close()
 
 
 @pytest.fixture
