@@ -393,7 +393,7 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
             metrics=(RATE, STEADY, *cpu_metrics),
             note="issue 11's daemon targets: ready within 0.5 s of start; steady >= 0.8x the "
             "raw POSTs (the target column applies to steady); the daemon's file is read once "
-            'and spooled by reference (spool_data = "reference": the bulk-load setting, the '
-            'default "copy" writes each batch into the spool too)',
+            'and spooled by reference (spool_data = "reference", the default; "copy" '
+            "writes each batch into the spool too)",
         )
     ]

@@ -61,12 +61,12 @@ class PipelineSettings:
     paths: tuple[str, ...] = setting((), "file source: paths or glob patterns to read.")
     follow: bool = setting(False, "file source: keep tailing files (handles rotation).")
     spool_data: Literal["reference", "copy"] = setting(
-        "copy",
-        "file source read once (follow = false), JSONEachRow, CSV or TSV: spool a copy of "
-        "each batch's records, or 'reference': where they are in the file, which the spool "
-        "keeps by a hard link (saves a copy per batch; the file may be removed or renamed "
-        "once read, but not truncated or rewritten in place while its batches wait by "
-        "reference; a batch that has to wait is copied).",
+        "reference",
+        "file source read once (follow = false), JSONEachRow, CSV or TSV: spool where each "
+        "batch's records are in the file, which the spool keeps by a hard link (saves a "
+        "copy per batch; the file may be removed or renamed once read, but not truncated or "
+        "rewritten in place while its batches wait by reference; a batch that has to wait "
+        "is copied), or 'copy' them into the spool.",
     )
     poll_interval: float = setting(
         0.25, "file source: how often to look for new data.", unit="seconds", minimum=0.01

@@ -3,8 +3,9 @@
 Spooling a file read once by reference (e2d3c91) was the default: the spool held only
 where each batch's records were in the file. A job that removes or moves files once the
 daemon has read them, while ClickHouse was down, left every spooled batch pointing at a
-file that was gone: the rows were logged as lost. The default is a copy again;
-``spool_data = "reference"`` is the bulk-load setting for files that stay.
+file that was gone: the rows were logged as lost, and the default became a copy again.
+Reference is the default once more, now that the spool keeps a hard link to each file
+it references and copies the batches that have to wait (test_fault_spool_links).
 """
 
 from __future__ import annotations
