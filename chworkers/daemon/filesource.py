@@ -33,7 +33,12 @@ from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.ticket import Ticket
 
-__all__ = ["FileSource"]
+__all__ = ["REFERENCE_MIN_BYTES", "FileSource"]
+
+#: A file with less than this left to read is copied even by reference: per file, a
+#: reference costs an fsync of the file and a hard link (3-7 ms on the benchmark
+#: machine, benchmarks/bench_spool_refs.py), more than copying so few bytes.
+REFERENCE_MIN_BYTES = 256 * 1024
 
 #: The sources' logger, as before they were cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.sources")
@@ -139,7 +144,7 @@ class FileSource(_Source):
                 fh.seek(offset)
                 head, head_len = _head(fh.fileno())
                 link = None
-                if self.links is not None:
+                if self.links is not None and st.st_size - offset >= REFERENCE_MIN_BYTES:
                     link = self.links.pin(fh.fileno(), path, source=self.name)
                 self._open[path] = _OpenFile(
                     path,

@@ -196,6 +196,8 @@ class Spool(SpoolReferences):
             if reservation.memory:
                 return self._keep(reservation, batch)
             path = self.directory / f"{seq:020d}.batch"
+            if refs:
+                self.links.sync()  # the links it names outlast a crash as it does
             write_durably(path, encode_batch(batch), fsync=self.fsync, undo=True)
         except BaseException as exc:
             with self._lock:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
 from chworkers.daemon.extents import Extent
+from chworkers.errors import SpoolWriteError
 
 __all__ = ["SpoolLinks"]
 
@@ -70,6 +71,7 @@ class SpoolLinks:
         #: Links whose source is done with them once the callable says so.
         self._releasing: list[tuple[str, Callable[[], bool]]] = []
         self._measured = -REFRESH_EVERY
+        self._unsynced = False  # links made since the folder was last fsync'd
         #: Bytes that links whose file has no other name hold beyond the bytes their
         #: batches reference (updated by :meth:`refresh`).
         self.pinned = 0
@@ -100,8 +102,7 @@ class SpoolLinks:
             if (opened.st_dev, opened.st_ino) != (linked.st_dev, linked.st_ino):
                 target.unlink()
                 raise OSError(errno.ENOENT, "the file was replaced while it was opened")
-            if self.fsync:
-                fsync_directory(self.directory)
+            self._unsynced = True  # made durable by sync(), before a batch names it
         except OSError as exc:
             with contextlib.suppress(OSError):
                 target.unlink(missing_ok=True)
@@ -119,6 +120,24 @@ class SpoolLinks:
         with self._lock:
             self._holders[name] = self._holders.get(name, 0) + 1
         return str(target)
+
+    def sync(self) -> None:
+        """Make the links made so far durable (the spool calls this before it writes a
+        batch that names one): one fsync of the folder per batch at most, not one per
+        file, which a load of many small files would pay dearly."""
+        if not self._unsynced:
+            return
+        self._unsynced = False
+        if self.fsync:
+            try:
+                fsync_directory(self.directory)
+            except OSError as exc:
+                self._unsynced = True
+                raise SpoolWriteError(
+                    f"cannot make the spool's links durable: {exc.strerror or exc}",
+                    path=str(self.directory),
+                    errno=exc.errno,
+                ) from exc
 
     def release(self, link: str, after: Callable[[], bool] | None = None) -> None:
         """The source is done with the file (read to its end, or stopped), once

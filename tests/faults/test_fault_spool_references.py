@@ -28,11 +28,18 @@ from daemonthread import lines
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon import filesource
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.errors import SpoolCorruptError
+
+
+@pytest.fixture(autouse=True)
+def _small_files_by_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These files are small: by reference all the same (a real one would be copied)."""
+    monkeypatch.setattr(filesource, "REFERENCE_MIN_BYTES", 0)
 
 
 def _read(
