@@ -50,7 +50,8 @@ REFRESH_EVERY = 1.0
 #: Why a link could not be made, by errno, as the warning says it.
 _WHY = {
     errno.EXDEV: "the spool is on another file system",
-    errno.EPERM: "the file system does not allow hard links here",
+    errno.EPERM: "hard links to it are not allowed: fs.protected_hardlinks and a file "
+    "the daemon does not own and cannot write, or a file system without them",
     errno.EOPNOTSUPP: "the file system has no hard links",
     errno.EMLINK: "the file has too many links",
     errno.ENOENT: "the file was removed before it could be linked",

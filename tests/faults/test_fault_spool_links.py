@@ -23,9 +23,9 @@ from daemonthread import Running, count, daemon_config, lines
 from faultproxy import FaultProxy
 from waiting import wait_for
 
+from chworkers.daemon import filesource
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon import filesource
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch

@@ -26,9 +26,9 @@ import waiting
 from chclients import make_client
 from daemonthread import lines
 
+from chworkers.daemon import filesource
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon import filesource
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
