@@ -22,6 +22,8 @@ with ``DIR`` first on ``PYTHONPATH``, the client side stays this checkout's), al
 in every round, in a rotating order: the same requests, the same machine, interleaved,
 so an old revision's fixed cost and this one's compare directly. Rows then read
 ``shape@LABEL``; ``--code here=.`` adds this checkout's.
+On a machine shared with other disk work, ``TMPDIR=/dev/shm`` puts the data
+directories on tmpfs: a MergeTree part's files then cost the same CPU every round.
 
 ``insert-raw`` minus ``direct`` is what the endpoint adds to an insert. A MergeTree part
 costs most of an insert's CPU, and much of it in the kernel (creating its ten files), so
