@@ -155,6 +155,8 @@ class SpoolReferences(SpoolReservations):
             return False
         if done:
             self.links.detach(batch.seq, refs)
+            if self._metrics is not None:
+                self._metrics.spool_reference_copies.inc()
             self.publish()
         return done
 

@@ -40,7 +40,14 @@ class DaemonMetrics:
         )
         self.spool_quarantined = Counter(
             "chworkers_spool_quarantined_total",
-            "Spool files found truncated or corrupt and moved aside.",
+            "Spool files found truncated or corrupt, or batches by reference whose file "
+            "was truncated or rewritten in place, moved aside.",
+            registry=r,
+        )
+        self.spool_reference_copies = Counter(
+            "chworkers_spool_reference_copies_total",
+            "Batches spooled by reference and then copied into the spool, as they had to "
+            "wait (an insert attempt failed, ClickHouse in trouble, a stop).",
             registry=r,
         )
         self.spool_dropped = Counter(

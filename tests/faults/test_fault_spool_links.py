@@ -21,6 +21,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from daemonthread import Running, count, daemon_config, lines
 from faultproxy import FaultProxy
+from prometheus_client import CollectorRegistry
 from waiting import wait_for
 
 from chworkers.daemon import filesource
@@ -30,6 +31,7 @@ from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.ops.metrics import Metrics
 
 
 @pytest.fixture(autouse=True)
@@ -158,11 +160,15 @@ def test_a_failed_attempt_copies_its_batch_and_trouble_copies_the_rest(tmp_path:
     confirmed."""
     source = tmp_path / "a.json"
     source.write_bytes(lines(0, 5000))
-    spool, batches = _read(tmp_path / "spool", [source])
+    registry = CollectorRegistry()
+    spool_dir = tmp_path / "spool"
+    metered = Spool(spool_dir, SpoolSettings(fsync=False), metrics=Metrics(registry))
+    spool, batches = _read(spool_dir, [source], spool=metered)
     assert spool.by_reference() == [b.seq for b in batches]
     failed = spool.load(batches[0])
     spool.attempt_failed(failed)  # e.g. connection refused: ClickHouse's trouble
     wait_for(lambda: spool.by_reference() == [], timeout=30)
+    assert registry.get_sample_value("chworkers_spool_reference_copies_total") == 5
     assert not spool.takes_references()
     os.truncate(source, 0)  # logrotate copytruncate
     for batch in batches:
