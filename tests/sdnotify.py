@@ -1,12 +1,22 @@
-"""systemd's end of ``NOTIFY_SOCKET`` for tests of the sd_notify protocol: a real
-AF_UNIX datagram socket that receives what a :class:`~chworkers.ops.systemd.Notifier`
-sends, with arrival times (conftest's ``receiver`` fixture binds one)."""
+"""systemd's end of ``NOTIFY_SOCKET`` for tests: a real AF_UNIX datagram socket.
+
+:class:`Receiver` reads what a :class:`~chworkers.ops.systemd.Notifier` sends, one
+datagram at a time or collected with arrival times (conftest's ``receiver`` fixture binds
+one); :class:`NotifySocket` is the socket a whole daemon is given, every message kept
+with its arrival time and its sender's pid (tests of ``chworkers run`` under systemd,
+the fault drills' readiness).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +91,80 @@ def notifier_for(receiver: Receiver, watchdog_usec: int | None = None) -> Notifi
     if watchdog_usec is not None:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     return Notifier.from_environ(env)
+
+
+@dataclass
+class Message:
+    at: float  # time.monotonic() when it arrived
+    pid: int  # the sender's (its credentials), -1 when it passed none
+    fields: dict[str, str]
+
+
+class NotifySocket:
+    """``NOTIFY_SOCKET`` as systemd holds it: every message kept, with the sender's
+    credentials, by a thread until :meth:`close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        size = socket.CMSG_SPACE(struct.calcsize("3i"))
+        while not self._closing:
+            try:
+                data, ancdata, _, _ = self.sock.recvmsg(65536, size)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            pid = -1
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", cdata[: struct.calcsize("3i")])[0]
+            text = data.decode(errors="replace")
+            fields = dict(line.partition("=")[::2] for line in text.split("\n"))
+            with self._lock:
+                self.messages.append(Message(time.monotonic(), pid, fields))
+
+    def snapshot(self) -> list[Message]:
+        with self._lock:
+            return list(self.messages)
+
+    def count(self, line: str) -> int:
+        """Messages that carry ``line`` (``"READY=1"``)."""
+        key, _, value = line.partition("=")
+        return sum(m.fields.get(key) == value for m in self.snapshot())
+
+    def wait_for(
+        self,
+        what: str,
+        match: Callable[[Message], bool],
+        timeout: float,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> Message:
+        """The first message ``match`` accepts; the test fails after ``timeout`` or when
+        the daemon is no longer ``alive``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.snapshot():
+                if match(message):
+                    return message
+            if not alive():
+                pytest.fail(f"the daemon exited before {what}")
+            time.sleep(0.05)
+        pytest.fail(f"no {what} within {timeout} s; got {self.snapshot()}")
+
+    def close(self) -> None:
+        self._closing = True
+        self._thread.join(2)
+        self.sock.close()

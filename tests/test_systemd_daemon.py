@@ -17,18 +17,16 @@ import itertools
 import os
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sdnotify import Message, NotifySocket
 from test_grafana import BUILTIN_SERIES, dashboard_exprs, metric_names, recorded, rules
 from test_prometheus import PrometheusServer, exported_names, find_prometheus, target
 
@@ -40,78 +38,9 @@ WATCHDOG_USEC = 2_000_000  # WatchdogSec=2s: pings every second
 
 
 @dataclass
-class Message:
-    at: float
-    pid: int
-    fields: dict[str, str]
-
-
-@dataclass
-class SystemdSide:
-    """NOTIFY_SOCKET as systemd holds it: datagrams with the sender's credentials."""
-
-    path: Path
-    sock: socket.socket = field(init=False)
-    messages: list[Message] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(str(self.path))
-        self.sock.settimeout(0.1)
-        self._lock = threading.Lock()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        size = socket.CMSG_SPACE(struct.calcsize("3i"))
-        while not self._closing:
-            try:
-                data, ancdata, _, _ = self.sock.recvmsg(65536, size)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            pid = -1
-            for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid = struct.unpack("3i", cdata[: struct.calcsize("3i")])[0]
-            fields = dict(line.partition("=")[::2] for line in data.decode().split("\n"))
-            with self._lock:
-                self.messages.append(Message(time.monotonic(), pid, fields))
-
-    def snapshot(self) -> list[Message]:
-        with self._lock:
-            return list(self.messages)
-
-    def wait_for(
-        self,
-        what: str,
-        match: Callable[[Message], bool],
-        timeout: float,
-        alive: Callable[[], bool] = lambda: True,
-    ) -> Message:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.snapshot():
-                if match(message):
-                    return message
-            if not alive():
-                pytest.fail(f"the daemon exited before {what}")
-            time.sleep(0.05)
-        pytest.fail(f"no {what} within {timeout} s; got {self.snapshot()}")
-
-    def close(self) -> None:
-        self._closing = True
-        self._thread.join(2)
-        self.sock.close()
-
-
-@dataclass
 class RunningDaemon:
     process: subprocess.Popen[bytes]
-    systemd: SystemdSide
+    systemd: NotifySocket
     stderr: Path
     started: float
 
@@ -173,7 +102,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     tmp = tmp_path_factory.mktemp("daemon")
     config = tmp / "chworkers.toml"
     config.write_text(CONFIG.format(state=tmp / "state", schema=GENERATOR_SCHEMA))
-    systemd = SystemdSide(tmp / "notify.sock")
+    systemd = NotifySocket(tmp / "notify.sock")
     stderr = tmp / "stderr.log"
     env = {
         **os.environ,

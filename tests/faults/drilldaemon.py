@@ -12,10 +12,8 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -24,46 +22,10 @@ from typing import Any
 from drillbase import PATIENCE, DrillError, wait_until
 from drillprocs import Proc, descendants, still_running
 from drilltargets import Target
+from sdnotify import NotifySocket
 from tomlfile import to_toml
 
 from chworkers.daemon import config as config_module
-
-
-class NotifySocket:
-    """``NOTIFY_SOCKET`` as systemd holds it: collects the daemon's READY/STOPPING lines."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[str] = []
-        self._lock = threading.Lock()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closing:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append(data.decode(errors="replace"))
-
-    def count(self, line: str) -> int:
-        with self._lock:
-            return sum(line in m.split("\n") for m in self.messages)
-
-    def close(self) -> None:
-        self._closing = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 class DaemonUnderTest:

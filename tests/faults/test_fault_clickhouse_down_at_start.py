@@ -41,7 +41,9 @@ def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: 
     assert "tables" in components and "inserts" in components, body
     assert daemon.running() and daemon.starts == 1
     assert wait_until(  # systemctl status says it too
-        lambda: any(m.startswith("STATUS=degraded: ") for m in list(daemon.notify.messages)),
+        lambda: any(
+            m.fields.get("STATUS", "").startswith("degraded: ") for m in daemon.notify.snapshot()
+        ),
         10,
         "STATUS=",
     )
