@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import logging
 import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chworkers.daemon.brokers.options import NatsSourceSettings
@@ -85,6 +87,33 @@ class Loop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+def credentials(options: NatsSourceSettings, where: str) -> str | None:
+    """The credentials file to log in with (``creds_file``), checked: readable, with a
+    user JWT and an NKey seed in it, and nkeys (which nats-py signs with) installed; a
+    :class:`ConfigError` saying what is wrong otherwise. None: no credentials file."""
+    path = options.creds_file
+    if path is None:
+        return None
+
+    def refused(why: str) -> ConfigError:
+        return ConfigError(
+            f"{where}: nats.creds_file {path}: {why}",
+            key="nats.creds_file",
+            value=path,
+            expected="a NATS credentials file (a user JWT and its NKey seed, as nsc writes it)",
+        )
+
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise refused(f"cannot be read: {exc.strerror or exc}") from exc
+    if "NATS USER JWT" not in text or "NKEY SEED" not in text:
+        raise refused("no user JWT and NKey seed in it")
+    if importlib.util.find_spec("nkeys") is None:  # nats-py signs the server's nonce with it
+        raise refused("logging in with it needs nkeys: pip install 'chworkers[nats]'")
+    return path
 
 
 def is_nats_error(exc: BaseException) -> bool:
@@ -161,6 +190,9 @@ async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Wire
         kwargs["password"] = options.password
     if options.token is not None:
         kwargs["token"] = options.token
+    creds = credentials(options, where)
+    if creds is not None:
+        kwargs["user_credentials"] = creds
     context = tls_context(options, where)
     if context is not None:
         kwargs["tls"] = context
@@ -334,6 +366,7 @@ __all__ = [
     "bucket",
     "connect",
     "consumer_ready",
+    "credentials",
     "describe",
     "display_url",
     "is_nats_error",
