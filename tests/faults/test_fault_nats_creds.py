@@ -18,7 +18,7 @@ pytest.importorskip("nkeys")
 from natsjwt import operator_mode
 from natsserver import NatsServer
 
-from chworkers.daemon.brokers.natsclient import credentials, describe
+from chworkers.daemon.brokers.natsclient import describe
 from chworkers.daemon.brokers.natsstream import NatsSource
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.errors import ConfigError
@@ -53,6 +53,8 @@ def test_a_credentials_file_logs_in_to_a_server_in_operator_mode(tmp_path: Path)
 
 
 def test_a_credentials_file_that_cannot_be_used_is_refused_at_start(tmp_path: Path) -> None:
+    from chworkers.daemon.brokers.natsclient import credentials
+
     missing = tmp_path / "missing.creds"
     options = NatsSourceSettings(url="nats://127.0.0.1:1", stream="ev", creds_file=str(missing))
     with pytest.raises(ConfigError) as caught:
