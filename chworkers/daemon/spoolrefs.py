@@ -77,14 +77,18 @@ class SpoolReferences(SpoolReservations):
             cause = exc.__cause__
             if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
                 raise  # the read failed (EIO, EMFILE), not the batch: worth another try
-            self._lost(batch.seq, str(exc))
+            if not self._lost(batch.seq, str(exc)):
+                return None  # copied into the spool meanwhile (its link went with it)
             raise
         return dataclasses.replace(batch, payload=payload)
 
-    def _lost(self, seq: int, reason: str) -> None:
-        """A batch whose records are gone leaves the spool (kept in quarantine)."""
+    def _lost(self, seq: int, reason: str) -> bool:
+        """A batch whose records are gone leaves the spool (kept in quarantine); False
+        when it is no longer by reference (copied, or confirmed, meanwhile)."""
         with self._lock:
-            refs = self._by_ref.pop(seq, ())
+            refs = self._by_ref.pop(seq, None)
+            if refs is None:
+                return False
             self._sizes.pop(seq, None)
             self._created.pop(seq, None)
             self._space.notify_all()
@@ -95,6 +99,7 @@ class SpoolReferences(SpoolReservations):
             path.unlink(missing_ok=True)
         self.links.detach(seq, refs)
         self.publish()
+        return True
 
     # -- copying -------------------------------------------------------------------
 
@@ -149,6 +154,9 @@ class SpoolReferences(SpoolReservations):
                 path, encode_batch(copy), fsync=self.fsync, place=self._place(batch.seq)
             )
         except SpoolError as exc:
+            with self._lock:
+                if batch.seq not in self._by_ref:
+                    return False  # confirmed meanwhile: its link went with it
             # Not copied: it stays by reference (and is inserted from its file, or
             # found gone when it is loaded).
             log.warning("spool: cannot copy batch %d spooled by reference: %s", batch.seq, exc)

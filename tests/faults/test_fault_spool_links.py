@@ -24,9 +24,10 @@ from faultproxy import FaultProxy
 from prometheus_client import CollectorRegistry
 from waiting import wait_for
 
-from chworkers.daemon import filesource
+from chworkers.daemon import filesource, spoolrefs
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.extents import Extent
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
@@ -296,3 +297,26 @@ def test_a_small_file_is_copied_a_large_one_referenced(
     assert [len(b.extents) for b in batches] == [0, 1, 1, 1, 1]
     assert {e.source for b in batches for e in b.extents} == {str(large)}
     assert b"".join(spool.load(b).payload for b in batches) == lines(0, 4100)
+
+
+def test_a_batch_copied_while_it_is_read_from_its_link_is_read_from_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copier copies a batch (and drops its link) between the dispatcher taking its
+    references and opening the link: the link is gone, the records are not. The batch
+    was taken for lost and its copy moved to quarantine."""
+    source = tmp_path / "a.json"
+    source.write_bytes(lines(0, 1000))
+    spool, batches = _read(tmp_path / "spool", [source])
+    [batch] = batches
+    real_read = spoolrefs.extents.read
+
+    def copied_first(refs: tuple[Extent, ...], *, seq: int) -> bytes:
+        monkeypatch.setattr(spoolrefs.extents, "read", real_read)
+        assert spool.materialize(batch)  # the copier, at the worst moment
+        return real_read(refs, seq=seq)  # the link is gone now
+
+    monkeypatch.setattr(spoolrefs.extents, "read", copied_first)
+    assert spool.load(batch).payload == lines(0, 1000)
+    assert spool.stats()["batches"] == 1
+    assert not (spool.directory / "quarantine").exists()
