@@ -170,8 +170,8 @@ def _read_one(extent: Extent, seq: int) -> bytes:
         fd = os.open(extent.path, os.O_RDONLY)
     except FileNotFoundError as exc:
         raise SpoolCorruptError(
-            f"{where} cannot be inserted: the file is gone (a file read once must stay "
-            "until the daemon has inserted it)",
+            f"{where} cannot be inserted: the file is gone"
+            + (" (and so is the spool's link to it)" if extent.source else ""),
             path=extent.source or extent.path,
         ) from exc
     except OSError as exc:
@@ -190,8 +190,9 @@ def _read_one(extent: Extent, seq: int) -> bytes:
         if not same:
             raise SpoolCorruptError(
                 f"{where} cannot be inserted: the file was replaced, truncated or rewritten "
-                "since they were read (a file read once must stay as it is until the daemon "
-                "has inserted it)",
+                "since they were read (a file read once must not be truncated or rewritten "
+                "in place until the daemon has inserted it; spool_data = 'copy' is for such "
+                "files)",
                 path=extent.source or extent.path,
             )
         data = os.pread(fd, extent.size, extent.start)
