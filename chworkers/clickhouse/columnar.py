@@ -21,17 +21,32 @@ from typing import Any
 
 from chworkers.errors import BatchError
 
-__all__ = ["ARROW_FORMAT", "arrow_stream", "numpy_columns"]
+__all__ = ["ARROW_FORMAT", "arrow_compression", "arrow_stream", "numpy_columns"]
 
 #: The ClickHouse format Arrow batches are sent in.
 ARROW_FORMAT = "ArrowStream"
 
 
+def arrow_compression(compress: bool | str) -> str | None:
+    """The codec an Arrow stream's buffers are compressed with for a connection whose
+    ``compress`` option is ``compress``: lz4 for true (clickhouse-connect's first
+    choice), lz4 or zstd as named; None for false or a codec Arrow IPC does not have."""
+    if compress is True:
+        return "lz4"
+    return compress if compress in ("lz4", "zstd") else None
+
+
 def arrow_stream(
-    data: Any, column_names: Sequence[str] | None, *, table: str = ""
+    data: Any,
+    column_names: Sequence[str] | None,
+    *,
+    table: str = "",
+    compression: str | None = None,
 ) -> tuple[Any, list[str]]:
     """``data`` (a pyarrow Table or RecordBatch) as one Arrow IPC stream, and the columns
     it fills: ``column_names`` (renaming the Arrow columns, in order) or the Arrow names.
+    With ``compression`` (``lz4`` or ``zstd``) its buffers are compressed inside the
+    stream, as clickhouse-connect's ``insert_arrow`` sends them.
 
     Returns a ``pyarrow.Buffer`` (read-only, supports the buffer protocol).
     """
@@ -49,8 +64,11 @@ def arrow_stream(
         if given != names:
             data = data.rename_columns(given)
             names = given
+    options = None
+    if compression is not None:
+        options = pa.ipc.IpcWriteOptions(compression=pa.Codec(compression=compression))
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
+    with pa.ipc.new_stream(sink, data.schema, options=options) as writer:
         writer.write(data)
     return sink.getvalue(), names
 

@@ -34,9 +34,18 @@ log = logging.getLogger(__name__)
 
 
 class Producer:
-    def __init__(self, owner: Arbiter, *, clickhouse: bool, shards: int | None = None) -> None:
+    def __init__(
+        self,
+        owner: Arbiter,
+        *,
+        clickhouse: bool,
+        shards: int | None = None,
+        arrow_compression: str | None = None,
+    ) -> None:
         self.owner = owner
         self.clickhouse = clickhouse
+        #: The codec of Arrow batches' buffers (the connection's ``compress``).
+        self.arrow_compression = arrow_compression
         #: How many shards ClickHouse has (None: not sharded).
         self.shards = shards
         self._ids = itertools.count(1)
@@ -69,6 +78,7 @@ class Producer:
             # Encoded here (Native, ArrowStream): sent compressed as the connection says
             # (its ``compress`` option, lz4 by default), as clickhouse-connect sends rows.
             compress=True,
+            arrow_compression=self.arrow_compression,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future

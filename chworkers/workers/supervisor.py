@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from chworkers import timeouts
 from chworkers._version import __version__
 from chworkers.clickhouse.cluster import Cluster
+from chworkers.clickhouse.columnar import arrow_compression
 from chworkers.clickhouse.connection import ConnectionConfig
 from chworkers.clickhouse.lease import LeaseBroker
 from chworkers.clickhouse.pool import PoolOptions
@@ -128,11 +129,13 @@ class Supervisor(Producing, Observing):
         #: The sharded cluster ClickHouse is (None: not sharded).
         self.cluster: Cluster | None = None
         self.pool_options = worker_pool_options(pool_options, retry, opts.connections)
+        arrow_codec: str | None = None
         if clickhouse is not None:
             # A bad URL fails here, not in every worker.
             config = ConnectionConfig.coerce(clickhouse)
             check_hung_timeout(config, opts)
             self.cluster = config.shards
+            arrow_codec = arrow_compression(config.compress)
         self.middleware: list[Middleware] = list(middleware)
         if dead_letter is not None:
             self.middleware.append(DeadLetterCallback(dead_letter))
@@ -157,6 +160,7 @@ class Supervisor(Producing, Observing):
             self._owner,
             clickhouse=clickhouse is not None,
             shards=None if self.cluster is None else len(self.cluster),
+            arrow_compression=arrow_codec,
         )
         self._shard_inserts: ShardedInserts | None = None
         self._signals: SignalInbox | None = None

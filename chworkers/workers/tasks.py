@@ -130,6 +130,7 @@ def encode_insert(
     evolve: Evolve | None = None,
     replay: bool = False,
     compress: bool = False,
+    arrow_compression: str | None = None,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
@@ -140,7 +141,10 @@ def encode_insert(
     batch, which the worker then inserts with clickhouse-connect). With ``split``
     (bytes in a line format only), rows ClickHouse rejects are bisected out and the
     future resolves to the :class:`~chworkers.clickhouse.inserts.InsertResult`. With
-    ``compress``, the worker sends the bytes compressed by its connection's codec.
+    ``compress``, the worker sends the bytes compressed by its connection's codec; an
+    Arrow batch's buffers are compressed inside its stream instead, with
+    ``arrow_compression`` (lz4 or zstd; None: not at all), as clickhouse-connect's
+    ``insert_arrow`` sends them.
     """
     if not isinstance(table, str) or not table:
         raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
@@ -157,8 +161,11 @@ def encode_insert(
         form, count, names, data = prepare_batch(table, data, column_names)
         encoded: tuple[bytes | memoryview, Sequence[str], str] | None = None
         if form == "arrow":  # as Arrow, with only its own rows' buffers
-            stream, arrow_names = columnar.arrow_stream(data, names, table=table)
+            stream, arrow_names = columnar.arrow_stream(
+                data, names, table=table, compression=arrow_compression
+            )
             encoded = memoryview(stream), arrow_names, columnar.ARROW_FORMAT
+            compress = False  # compressed inside the stream, if at all
         elif native is not None and form in ("rows", "columns", "pandas"):
             block = native(form, names, data)
             encoded = None if block is None else (block[0], block[1], "Native")

@@ -68,3 +68,38 @@ def test_insert_sends_rows_compressed_like_clickhouse_connect(
         str(5 * ROWS),
         str(4 * ROWS),
     ]
+
+
+def test_arrow_batches_are_compressed_inside_their_stream(
+    fault_proxy: Any, database: str, ch_client: Any
+) -> None:
+    import pyarrow as pa
+
+    ch_client.command(
+        "CREATE TABLE t (id UInt64, user String, value Float64) ENGINE = MergeTree ORDER BY id"
+    )
+    names = ("id", "user", "value")
+
+    def batch(offset: int) -> Any:
+        rows = _rows(offset)
+        return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+
+    url = f"{fault_proxy.url}/{database}"
+    plain = Connection(url)  # clickhouse-connect's insert_arrow, through the same proxy
+    try:
+        baseline = _sent(
+            fault_proxy,
+            lambda: plain.client.insert_arrow("t", batch(0), settings={"insert_deduplicate": 0}),
+        )
+    finally:
+        plain.close()
+    with Supervisor(url, workers=1) as sup:
+        lz4 = _sent(fault_proxy, lambda: sup.insert("t", batch(ROWS)).result(60))
+    with Supervisor(f"{url}?compress=false", workers=1) as sup:
+        as_is = _sent(fault_proxy, lambda: sup.insert("t", batch(2 * ROWS)).result(60))
+    assert lz4 < 1.15 * baseline, (lz4, baseline)
+    assert as_is > 2 * lz4, (as_is, lz4)
+    assert ch_client.command("SELECT count(), uniqExact(id) FROM t") == [
+        str(3 * ROWS),
+        str(3 * ROWS),
+    ]
