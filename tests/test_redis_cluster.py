@@ -96,6 +96,7 @@ def test_a_daemon_reads_a_stream_of_a_cluster_exactly_once(
         wait_for(lambda: settled(client), 120, interval=0.2, what="all entries acked")
         line = describe(RedisSourceSettings(**options), "test")  # `chworkers check`
         assert "group chworkers: 2 consumers, 0 pending" in line, line  # the vanished one too
+        assert "; 1 consumer not announced (vanished: " in line, line
     finally:
         daemon.stop()
         client.close()

@@ -20,6 +20,7 @@ from brokerfeeds import bodies
 from redisserver import RedisServer
 
 from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisclient import describe
 from chworkers.daemon.brokers.redisgroup import StreamGroup
 
 pytestmark = pytest.mark.timeout(60)
@@ -118,3 +119,21 @@ def test_the_lowest_entry_claimed_again_by_its_own_consumer(
         client.close()
     assert group.verdict(group.send_manifest("t", ids, fresh=True)) == ids[50]
     assert group.checks == {}
+
+
+def test_check_names_the_consumers_that_hold_the_shortcut_off(
+    group: StreamGroup, redis_server: RedisServer
+) -> None:
+    """A consumer that once read the group stays in it until deleted: `chworkers check`
+    says which ones keep every manifest looked up whole, so an operator can see why."""
+    options = RedisSourceSettings(url=redis_server.url, stream="ev")
+    read(group, 10)
+    line = describe(options, "test")
+    assert line.endswith("group chworkers: 1 consumer, 10 pending, lag 90"), line
+    client = redis_server.client()
+    try:
+        client.xreadgroup("chworkers", "by-hand", {"ev": ">"}, count=1)
+    finally:
+        client.close()
+    line = describe(options, "test")
+    assert "2 consumers, 11 pending, lag 89; 1 consumer not announced (by-hand: " in line, line

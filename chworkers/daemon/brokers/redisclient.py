@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.errors import BrokerError, ConfigError
+from chworkers.wording import plural
 
 if TYPE_CHECKING:
     import redis
@@ -159,14 +160,31 @@ def describe(options: RedisSourceSettings, where: str) -> str:
                 f"stream {stream}: {length} entries; group {group} not created yet "
                 f"(`run` creates it, from {options.start_id!r})"
             )
-        return (
-            f"stream {stream}: {length} entries; group {group}: {found['consumers']} "
-            f"consumers, {found['pending']} pending, lag {found.get('lag')}"
+        line = (
+            f"stream {stream}: {length} entries; group {group}: "
+            f"{plural(found['consumers'], 'consumer')}, {found['pending']} pending, "
+            f"lag {found.get('lag')}"
         )
+        return line + unannounced(client, options)
     except failures() as exc:
         raise BrokerError(f"redis {display_url(options.url)}: {type(exc).__name__}: {exc}") from exc
     finally:
         client.close()
+
+
+def unannounced(client: Any, options: RedisSourceSettings) -> str:
+    """What ``check`` says of the group's consumers that did not announce their
+    ``claim_idle`` (docs/brokers.md, "The manifest's check"): "" when none."""
+    names = {text(c["name"]) for c in client.xinfo_consumers(options.stream, options.group)}
+    names -= {text(n) for n in client.hkeys(f"{key_prefix(options)}:consumers")}
+    if not names:
+        return ""
+    shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    return (
+        f"; {plural(len(names), 'consumer')} not announced ({shown}: a daemon of an older version, "
+        "or another client): every manifest looks its ids up one by one until they are "
+        "gone (XGROUP DELCONSUMER once they hold nothing)"
+    )
 
 
 __all__ = [
@@ -182,4 +200,5 @@ __all__ = [
     "key_prefix",
     "raw",
     "text",
+    "unannounced",
 ]
