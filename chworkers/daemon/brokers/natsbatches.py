@@ -101,44 +101,42 @@ class NatsBatching(SourceParts):
         self._rows_per_message = 1.0
 
     def _take_in(self, pulled: list[Pulled]) -> None:
-        """Pulled messages into batches: new ones into the batch in the making,
-        redelivered ones with their manifest's batch; the batches cut meanwhile are
-        handed on."""
+        """Pulled messages into batches: new ones into the batch in the making, then
+        redelivered ones with their manifest's batch (all those of the pull at once: one
+        read of the manifests); the batches cut meanwhile are handed on."""
         deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
-        ready: list[Ready] = []
+        runs: list[tuple[list[str], list[bytes], list[bytes]]] = []
+        again: list[Message] = []
+        again_replies: dict[str, bytes] = {}
         for replies, payloads, _sent in pulled:
-            ids, again = sequences(replies)
-            if again:
-                ready += self._mixed(ids, payloads, replies, again, deadline)
-            else:  # all delivered for the first time: the common case
+            ids, redelivered = sequences(replies)
+            if not redelivered:  # all delivered for the first time: the common case
+                runs.append((ids, payloads, replies))
+                continue
+            for i in redelivered:
+                again.append(Message(ids[i], payloads[i], delivery(replies[i])[1]))
+                again_replies[ids[i]] = replies[i]
+            skip = set(redelivered)
+            fresh = [i for i in range(len(ids)) if i not in skip]
+            runs.append(
+                ([ids[i] for i in fresh], [payloads[i] for i in fresh], [replies[i] for i in fresh])
+            )
+        ready: list[Ready] = []
+        for ids, payloads, replies in runs:
+            if ids:
                 ready += self._take(ids, payloads, replies, deadline)
+        if again:  # after the new ones: their batches go before any rebuild's reads
+            if ready:
+                if self._assembly.ids:
+                    ready.append(self._cut())
+                self._submit_all(ready)
+                ready = []
+            ready += self._redelivered(again, again_replies, deadline)
         if ready and self._assembly.ids:
             # Nothing unwritten is held while the batcher may block (the manifest must be
             # written before ack_wait runs out): the batch in the making goes now too.
             ready.append(self._cut())
         self._submit_all(ready)
-
-    def _mixed(
-        self,
-        ids: list[str],
-        payloads: list[bytes],
-        replies: list[bytes],
-        again: list[int],
-        deadline: float,
-    ) -> list[Ready]:
-        """A run with redelivered messages (``again``: where they are)."""
-        redelivered = set(again)
-        fresh = [i for i in range(len(ids)) if i not in redelivered]
-        messages = [Message(ids[i], payloads[i], delivery(replies[i])[1]) for i in again]
-        ready = self._redelivered(messages, {ids[i]: replies[i] for i in again}, deadline)
-        if fresh:
-            ready += self._take(
-                [ids[i] for i in fresh],
-                [payloads[i] for i in fresh],
-                [replies[i] for i in fresh],
-                deadline,
-            )
-        return ready
 
     def _take(
         self, ids: list[str], payloads: list[bytes], replies: list[bytes], deadline: float
@@ -334,20 +332,18 @@ class NatsBatching(SourceParts):
             else:
                 groups.setdefault(owner.token, (owner, []))[1].append(message)
         ready: list[Ready] = []
+        rebuild: list[Manifest] = []
         for token, (manifest, held) in groups.items():
             mine = [replies[m.id] for m in held]
             if manifest.done:
                 self.link.send(mine, ACK)  # inserted already: nothing to rebuild
                 self._acked(len(mine))
                 continue
-            since = deadline - self.options.ack_wait
             with self._lock:
-                if token in self._inflight:  # ours, in flight: acknowledged with it
-                    self._hold(token, mine, since)
-                    continue
-            ready.append(self._rebuild(manifest, {m.id for m in messages} - {m.id for m in keep}))
-            with self._lock:
-                self._hold(token, mine, since)
+                if token not in self._inflight:  # else ours, in flight: acknowledged with it
+                    rebuild.append(manifest)
+                # Held from now: in-progress notes keep them while the batch is rebuilt.
+                self._hold(token, mine, deadline - self.options.ack_wait)
         if fresh:
             self._assembly.mixed = True
             ready += self._take_framed(
@@ -356,6 +352,17 @@ class NatsBatching(SourceParts):
                 [replies[m.id] for m in fresh],
                 deadline,
             )
+        if rebuild:
+            # A rebuild reads its batch back from the stream message by message (seconds
+            # for a large one): what is ready and the batch in the making go first, their
+            # manifests written while their ack_wait runs (else they would be too late,
+            # not inserted and redelivered, again and again after an outage).
+            if self._assembly.ids:
+                ready.append(self._cut())
+            self._submit_all(ready)
+            ready = []
+            given_up = {m.id for m in messages} - {m.id for m in keep}
+            ready += [self._rebuild(manifest, given_up) for manifest in rebuild]
         return ready
 
     def _rebuild(self, manifest: Manifest, given_up: set[str]) -> Ready:
