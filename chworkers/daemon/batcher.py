@@ -35,6 +35,7 @@ Here: adding records, cutting, the timer, closing. A buffer and the limits are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -57,6 +58,9 @@ __all__ = ["BatchLimits", "Batcher", "Ticket"]
 
 log = logging.getLogger(__name__)
 
+#: A batch is at most this fraction (1/n) of what the spool can ever hold.
+CAPACITY_SHARE = 4
+
 
 class Batcher(BatchSpooling):
     """Groups records into batches, spools them, and hands each to ``on_batch``."""
@@ -77,6 +81,9 @@ class Batcher(BatchSpooling):
         #: ``adjust(table, limits)``: the limits a new batch of ``table`` gets now (the
         #: daemon grows them while the table's merges fall behind).
         self.adjust = adjust
+        capacity, self._largest_why = spool.capacity()
+        self._largest = max(1, capacity // CAPACITY_SHARE)
+        self._largest_said = 0  # the largest max_bytes cut down so far (warned once)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._buffers: dict[BufferKey, Buffer] = {}
@@ -197,9 +204,25 @@ class Batcher(BatchSpooling):
     def limits_for(self, table: str, limits: BatchLimits | None = None) -> BatchLimits:
         """The limits a batch of ``table`` started now gets (``limits``, or the batcher's,
         as ``adjust`` grows them): a caller waiting for its records to be cut waits up to
-        their ``max_delay``."""
+        their ``max_delay``. Batches are cut at :data:`CAPACITY_SHARE` of what the spool
+        can ever hold at most: a batch larger than its whole disk waited for room that
+        never came, and the source behind it with it."""
         limits = limits or self.limits
-        return limits if self.adjust is None else self.adjust(table, limits)
+        limits = limits if self.adjust is None else self.adjust(table, limits)
+        if limits.max_bytes <= self._largest:
+            return limits
+        if self._largest_said < limits.max_bytes:
+            self._largest_said = limits.max_bytes
+            log.warning(
+                "batches of %s are cut at %d bytes instead of %d: the spool can never hold "
+                "more than %d (%s), and a batch must fit beside others",
+                table,
+                self._largest,
+                limits.max_bytes,
+                self._largest * CAPACITY_SHARE,
+                self._largest_why,
+            )
+        return dataclasses.replace(limits, max_bytes=self._largest)
 
     def flush(self) -> None:
         """Cut and spool every open batch now; returns once every record added before
