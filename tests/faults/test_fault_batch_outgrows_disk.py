@@ -56,6 +56,6 @@ def test_stdin_larger_than_the_spool_disk_goes_through_in_batches_that_fit(
             batcher.close(timeout=5)  # gives up on a batch that never fits
             reading.join(10)
         assert not wedged, "the source waited for a batch the disk can never hold"
-        assert sum(taken) == n
+        assert sum(taken) == n, "rows never spooled: a batch larger than the disk waits forever"
         assert max(taken) < n
         assert "are cut at 1048576 bytes instead of 16777216" in caplog.text
