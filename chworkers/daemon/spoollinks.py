@@ -112,7 +112,8 @@ class SpoolLinks:
                 self._logged.add((source, why))
                 log.warning(
                     "source %s: cannot link %s into the spool (%s): its batches are spooled "
-                    "as copies (logged once per source and reason)",
+                    'as copies (logged once per source and reason; spool_data = "copy" '
+                    "copies without trying)",
                     source,
                     path,
                     why,
