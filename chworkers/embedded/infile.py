@@ -15,6 +15,11 @@ afterwards, and no other insert's error of the same second taken for its own. (I
 A body is read whole before the query runs, so one cut short never reaches chDB; a
 larger body is streamed (:func:`chworkers.embedded.streaming.insert`), where chDB parses
 while the rest arrives and the check costs little next to the data.
+
+An lz4 body goes the same way still compressed (:func:`insert_lz4`): chDB decompresses
+it for a fraction of what python-lz4 costs, and the body streams into the pipe as it
+arrives, in whole LZ4 blocks (:mod:`chworkers.embedded.lz4frames`), so one cut short
+makes chDB's reader fail rather than end.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from chworkers.embedded import queries, sql
+from chworkers.embedded.lz4frames import Lz4Frames
 from chworkers.embedded.summary import Stats
+from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +44,9 @@ _PIPE_DEFAULT = 1 << 16
 _PIPE_MAX = 1 << 20
 
 
-def statement(head: str, fmt: str, path: str) -> bytes | None:
-    """``head`` (``INSERT INTO t (a, b) SETTINGS ...``) reading ``fmt`` data from ``path``.
+def statement(head: str, fmt: str, path: str, compression: str | None = None) -> bytes | None:
+    """``head`` (``INSERT INTO t (a, b) SETTINGS ...``) reading ``fmt`` data from ``path``
+    (compressed with ``compression``, chDB's name for it).
 
     None if the head has a shape ``FROM INFILE`` cannot be put into, or the format's
     name would need quoting: such an insert is streamed instead.
@@ -46,8 +55,10 @@ def statement(head: str, fmt: str, path: str) -> bytes | None:
     at = sql.infile_at(raw)
     if at is None or not fmt.isidentifier():
         return None
-    parts = [raw[:at].strip(), f"FROM INFILE {queries.quote_literal(path)}".encode()]
-    parts += [raw[at:].strip(), f"FORMAT {fmt}".encode()]
+    source = f"FROM INFILE {queries.quote_literal(path)}"
+    if compression is not None:
+        source += f" COMPRESSION {queries.quote_literal(compression)}"
+    parts = [raw[:at].strip(), source.encode(), raw[at:].strip(), f"FORMAT {fmt}".encode()]
     # On lines of their own: the head may end in a ``--`` comment.
     return b"\n".join(p for p in parts if p)
 
@@ -119,3 +130,83 @@ def _write_rest(fd: int, data: bytes, done: int) -> None:
         log.debug("chDB stopped reading an insert's pipe", exc_info=True)
     finally:
         os.close(fd)
+
+
+def insert_lz4(conn: Any, head: str, fmt: str, body: Iterator[bytes], stats: Stats) -> bool:
+    """Insert an lz4 ``body`` (the request's data as it arrives, still compressed) into
+    ``head`` with one query that decompresses it itself.
+
+    A thread writes the body into a pipe, whole LZ4 blocks only, while chDB reads it; a
+    body that is cut short or is no LZ4 ends in bytes chDB's reader fails on, so the
+    query inserts nothing and the body's own error is raised. Returns False, having read
+    nothing, if the statement cannot take ``FROM INFILE``.
+    """
+    read, write = os.pipe()
+    writer: threading.Thread | None = None
+    failed: list[BaseException] = []
+    try:
+        query = statement(head, fmt, f"/proc/self/fd/{read}", "lz4")
+        if query is None:
+            return False
+        try:
+            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, _PIPE_MAX)
+        except OSError:  # the user's pipe budget is spent: a small pipe works too
+            log.debug("could not grow an insert's pipe", exc_info=True)
+        writer = threading.Thread(
+            target=_write_frames,
+            args=(write, body, failed),
+            name="chworkers-embedded-infile",
+            daemon=True,
+        )
+        writer.start()
+        write = -1  # the writer owns it now
+        try:
+            res = queries.run(conn, query)
+        except ServerError:
+            if writer is not None:
+                os.close(read)  # a writer still writing stops (EPIPE)
+                read = -1
+                writer.join()
+            if failed:  # chDB failed because the body did: say why the body did
+                raise failed[0] from None
+            raise
+    finally:
+        if read >= 0:
+            os.close(read)
+        if writer is not None:
+            writer.join()
+        if write >= 0:
+            os.close(write)
+    if failed:  # pragma: no cover - the poison makes the query fail
+        raise failed[0]
+    stats.written_rows += int(res.rows_written())
+    stats.written_bytes += int(res.bytes_written())
+    return True
+
+
+def _write_frames(fd: int, body: Iterator[bytes], failed: list[BaseException]) -> None:
+    frames = Lz4Frames()
+    try:
+        while True:
+            try:
+                chunk = next(body, None)
+                if chunk is None:
+                    frames.finish()
+                    return
+                view = frames.feed(chunk)
+            except Exception as exc:  # the body broke (cut short, not LZ4): make chDB fail
+                failed.append(exc)
+                _write_all(fd, memoryview(frames.poison()))
+                return
+            _write_all(fd, view)
+            view.release()
+    except OSError:  # chDB stopped reading (it refused the data); the query says why
+        log.debug("chDB stopped reading an insert's pipe", exc_info=True)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
