@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
-from chworkers.daemon.brokers.natsbatches import delivery, sequences
 from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, to_ranges
+from chworkers.daemon.brokers.natsreplies import delivery, sequences
 
 #: A message's payload: 1 to 4 JSON lines, each ending in a newline.
 payloads = st.lists(

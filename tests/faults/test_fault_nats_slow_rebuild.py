@@ -24,8 +24,8 @@ from waiting import wait_for
 
 from chworkers.clickhouse.dedup import broker_token
 from chworkers.daemon.batcher import BatchLimits
-from chworkers.daemon.brokers.natsbatches import delivery
 from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, to_ranges
+from chworkers.daemon.brokers.natsreplies import delivery
 from chworkers.daemon.brokers.natsstream import NatsSource
 from chworkers.daemon.brokers.options import NatsSourceSettings
 

@@ -20,6 +20,7 @@ from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
 from chworkers.daemon.brokers.natsmanifests import Manifest, to_ranges
+from chworkers.daemon.brokers.natsreplies import delivery, sequences
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.errors import PoisonMessageError
@@ -32,30 +33,6 @@ log = logging.getLogger("chworkers.daemon.brokers.natsstream")
 #: the time.monotonic() from which their ack_wait runs at the latest); an empty token
 #: when it is not to be inserted.
 Ready = tuple[str, Assembly, list[bytes], bool, float]
-
-
-def delivery(reply: str | bytes) -> tuple[int, int]:
-    """``(stream sequence, times delivered)`` from a message's reply subject
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``; with a domain and an
-    account hash in the newer form, two tokens later)."""
-    tokens = reply.encode().split(b".") if isinstance(reply, str) else reply.split(b".")
-    at = 4 if len(tokens) == 9 else 6
-    return int(tokens[at + 1]), int(tokens[at])
-
-
-def sequences(replies: list[bytes]) -> tuple[list[str], list[int]]:
-    """The stream sequences of messages (as ids) from their reply subjects, and where
-    the redelivered ones are (:func:`delivery` for a run of them: the loop that runs
-    for every message)."""
-    ids: list[str] = []
-    again: list[int] = []
-    for reply in replies:
-        tokens = reply.split(b".")
-        at = 4 if len(tokens) == 9 else 6
-        if tokens[at] != b"1":
-            again.append(len(ids))
-        ids.append(tokens[at + 1].decode())
-    return ids, again
 
 
 class Held:
@@ -288,23 +265,6 @@ class NatsBatching(SourceParts):
         self._inflight.setdefault(token, []).extend(replies)
         self._since[token] = min(self._since.get(token, since), since)
 
-    def _due(self) -> tuple[list[str], list[bytes]]:
-        """The batches in flight whose messages need an in-progress note now (their
-        ack_wait has run for a quarter of it), and those messages (the heartbeat's: a
-        batch acknowledged within ``ack_wait / 4`` of its pull, the usual case, costs
-        nats-server no note)."""
-        due_at = time.monotonic() - self.options.ack_wait / 4
-        with self._lock:
-            tokens = [token for token, since in self._since.items() if since <= due_at]
-            return tokens, [r for token in tokens for r in self._inflight.get(token, ())]
-
-    def _noted(self, tokens: list[str], at: float) -> None:
-        """In-progress notes for the batches ``tokens`` were sent at ``at``."""
-        with self._lock:
-            for token in tokens:
-                if token in self._since:
-                    self._since[token] = max(self._since[token], at)
-
     # -- redeliveries ---------------------------------------------------------------------
 
     def _redelivered(
@@ -421,4 +381,4 @@ class NatsBatching(SourceParts):
             self.metrics.broker_acked.labels(pipeline=self.name).inc(count)
 
 
-__all__ = ["Held", "NatsBatching", "Ready", "delivery", "sequences"]
+__all__ = ["Held", "NatsBatching", "Ready"]

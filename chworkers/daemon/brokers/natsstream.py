@@ -26,9 +26,10 @@ from chworkers.daemon.brokers.common import (
     RETRY_MAX,
     SourceArgs,
 )
-from chworkers.daemon.brokers.natsbatches import NatsBatching, delivery
+from chworkers.daemon.brokers.natsbatches import NatsBatching
 from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK
+from chworkers.daemon.brokers.natsreplies import delivery
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError
@@ -189,6 +190,23 @@ class NatsSource(NatsBatching):
         # messages. Short waits keep that loss small.
         wait = min(wait, 1.0, self.options.ack_wait / 8)
         return count, max(0.01, wait)
+
+    def _due(self) -> tuple[list[str], list[bytes]]:
+        """The batches in flight whose messages need an in-progress note now (their
+        ack_wait has run for a quarter of it), and those messages (the heartbeat's: a
+        batch acknowledged within ``ack_wait / 4`` of its pull, the usual case, costs
+        nats-server no note)."""
+        due_at = time.monotonic() - self.options.ack_wait / 4
+        with self._lock:
+            tokens = [token for token, since in self._since.items() if since <= due_at]
+            return tokens, [r for token in tokens for r in self._inflight.get(token, ())]
+
+    def _noted(self, tokens: list[str], at: float) -> None:
+        """In-progress notes for the batches ``tokens`` were sent at ``at``."""
+        with self._lock:
+            for token in tokens:
+                if token in self._since:
+                    self._since[token] = max(self._since[token], at)
 
     def close(self) -> None:
         """The daemon stopped: no more in-progress notes, the connection closed (batches
