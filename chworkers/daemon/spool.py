@@ -228,6 +228,7 @@ class Spool(SpoolReferences):
         parts (:meth:`recover`) and the whole is split again, the same way. The parts
         take the whole's place, not more of the cap (they may pass it for a moment)."""
         written: list[SpooledBatch] = []
+        refs: tuple[Extent, ...] = ()
         try:
             for part in parts:
                 with self._lock:
@@ -247,11 +248,16 @@ class Spool(SpoolReferences):
                 path = self.directory / f"{seq:020d}.batch"
                 write_durably(path, encode_batch(batch), fsync=self.fsync, undo=True)
                 written.append(dataclasses.replace(batch, path=path))
+            with self._lock:  # before its file goes: a copy being made must not bring it back
+                refs = self._by_ref.pop(whole.seq, ())
             self._unlink_durably(whole.seq)
         except BaseException as exc:
             for batch in written:  # not committed: the whole stays, to be split again
                 if batch.path is not None:
                     batch.path.unlink(missing_ok=True)
+            if refs:
+                with self._lock:
+                    self._by_ref[whole.seq] = refs
             if isinstance(exc, SpoolWriteError):
                 with self._lock:
                     self._note_trouble("io", str(exc))
@@ -259,7 +265,6 @@ class Spool(SpoolReferences):
         with self._lock:
             self._sizes.pop(whole.seq, None)
             self._created.pop(whole.seq, None)
-            refs = self._by_ref.pop(whole.seq, ())
             for batch in written:
                 self._sizes[batch.seq] = file_size(batch)
                 self._created[batch.seq] = batch.created
