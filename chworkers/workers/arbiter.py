@@ -30,7 +30,6 @@ from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
-from chworkers.settings import render_changes
 from chworkers.workers import sharedbuf
 from chworkers.workers.commands import (
     Command,
@@ -51,6 +50,7 @@ from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions, TableLimit
 from chworkers.workers.outcomes import Outcomes
 from chworkers.workers.processes import Processes
+from chworkers.workers.reconfiguring import Reconfiguring
 from chworkers.workers.shutdown import Shutdown
 from chworkers.workers.tablelimits import TableLimits
 from chworkers.workers.taskqueue import TaskQueue
@@ -62,7 +62,7 @@ R = TypeVar("R")
 _CHECK_EVERY = 0.1  # s between heartbeat checks
 
 
-class Arbiter:
+class Arbiter(Reconfiguring):
     """Owns a supervisor's state; its loop thread is the only code that changes it.
 
     ``connector(name)`` builds a worker's connections recipe (None: no ClickHouse);
@@ -363,44 +363,6 @@ class Arbiter:
         if self._crew is None or self.mode is not None:
             raise SupervisorStoppedError("the supervisor is stopping: no rolling restart")
         return self._crew.rollout.request()
-
-    def _reload(self) -> None:
-        if self._on_reload is None:
-            log.info("no on_reload callback: nothing to reload")
-            return
-        try:
-            self._reconfigure(dict(self._on_reload()))
-        except Exception:
-            log.exception("reload failed; keeping the current settings")
-
-    def _reconfigure(self, changes: Mapping[str, Any]) -> None:
-        before, retry_before = self._options, self._retry
-        self._options, retry = self._options.reconfigured(changes)
-        if retry is not None:
-            self._retry = retry
-            if self._crew is not None:
-                self._crew.configure({"retry": retry})
-        if "kept_memory_files_bytes" in changes:
-            sharedbuf.configure(self._options.kept_memory_files_bytes)
-        if "max_worker_memory" in changes and self._crew is not None:
-            self._crew.configure({"max_worker_memory": self._options.max_worker_memory})
-        if "queue_size" in changes:
-            self.queue.resize(self._options.queue_size)
-            self.metrics.queue_capacity.set(self._options.queue_size)
-        if self.broker is not None and self._options.connections != before.connections:
-            self.broker.resize(self._options.connections)
-        stopped_scaling = before.autoscaling and not self._options.autoscaling
-        if (self._options.workers != before.workers or stopped_scaling) and self._crew:
-            # (An unchanged count, as a reload passes, leaves the autoscaled one alone;
-            # new autoscaling bounds apply at its next look.)
-            self._crew.scale(self._options.initial_workers)
-        changed = render_changes(before, self._options)
-        if retry is not None:
-            changed += render_changes(retry_before, retry, "retry.")
-        if changed:
-            log.info("settings now: %s", ", ".join(changed))
-        else:
-            log.debug("settings unchanged")
 
     def stats(self) -> SupervisorStats:
         """From any thread: what is known without the loop (no workers, no leases)."""

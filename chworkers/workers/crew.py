@@ -28,11 +28,11 @@ from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import SupervisorStoppedError, WorkerBootError
 from chworkers.ops import workerlogs
 from chworkers.ops.metrics import Metrics
-from chworkers.wording import plural
 from chworkers.workers import channel
 from chworkers.workers.autoscale import Autoscaler
 from chworkers.workers.context import BEAT, BUSY, CURRENT, STATE, Connector
 from chworkers.workers.dispatch import Dispatcher
+from chworkers.workers.exits import exit_reason, replacement
 from chworkers.workers.mainguard import EXIT_REIMPORTED, reimported_message
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
@@ -226,7 +226,7 @@ class Crew:
         if self.broker is not None:
             self.broker.reclaim(h.name)
         booted = h.state != "starting"
-        reason = _exit_reason(h, booted, exitcode)
+        reason = exit_reason(h, booted, exitcode)
         mode = self.owner.mode
         running = int(h.heartbeat[CURRENT])
         held = list(h.assigned.values())
@@ -257,7 +257,7 @@ class Crew:
             exitcode,
             reason,
             len(held) if mode != "stopping" else 0,
-            _replacement(mode, replaced, len(self.queue)),
+            replacement(mode, replaced, len(self.queue)),
         )
         self.outcomes.worker_exited(h.name, h.pid, reason, replaced=replaced)
         if reason in ("boot", "crashed", "hung") and replaced:
@@ -378,24 +378,3 @@ class Crew:
             self.procs.kill(h, "stopped")
             h.process.join(1.0)
             self.reap(h)
-
-
-def _exit_reason(h: WorkerHandle, booted: bool, exitcode: int | None) -> str:
-    if h.kill_reason is not None:
-        return h.kill_reason
-    if not booted:
-        return "boot"
-    if exitcode == 0 and h.leaving is not None:
-        return h.leaving  # recycled or stopped, as asked
-    return "crashed"  # even if it was about to be recycled
-
-
-def _replacement(mode: str | None, replaced: bool, waiting: int) -> str:
-    """What becomes of an exited worker's place, for its log line."""
-    if mode is None:
-        return ""  # replaced, as always while running
-    if mode == "stopping":
-        return "; not replaced (stopping)"
-    if replaced:
-        return f"; replaced (draining, {plural(waiting, 'task')} {'waits' if waiting == 1 else 'wait'})"
-    return "; not replaced (draining, nothing waits)"

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from chworkers.clickhouse.dsn import ConnectionConfig
-from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
@@ -358,47 +356,3 @@ class SupervisorOptions:
         if base is None:
             return cls(**fields)
         return dataclasses.replace(base, **fields)
-
-
-def worker_pool_options(
-    given: PoolOptions | Mapping[str, object] | None,
-    retry: RetryPolicy | Mapping[str, object] | None,
-    connections: int,
-) -> PoolOptions:
-    """Each worker's pool: the supervisor's connection budget, the retry policy.
-
-    Worker pools open connections only when a task needs one, under a lease: a pool
-    minimum would open connections (a request each) at boot without one, and all
-    workers together must stay within ``max_connections`` requests in flight.
-    """
-    options = PoolOptions.coerce(given)
-    if isinstance(given, Mapping):
-        for key, why in (
-            ("max_connections", "is the supervisor's budget: give Supervisor(max_connections=N)"),
-            ("min_connections", "must be 0: workers open connections under a lease, on demand"),
-        ):
-            if given.get(key):
-                raise ConfigError(
-                    f"pool_options: {key} {why}",
-                    key=f"pool_options.{key}",
-                    value=given[key],
-                    expected="not set",
-                )
-    policy = RetryPolicy.coerce(retry) if retry is not None else options.retry
-    return dataclasses.replace(
-        options, max_connections=connections, min_connections=0, retry=policy
-    )
-
-
-def check_hung_timeout(config: ConnectionConfig, options: SupervisorOptions) -> None:
-    """Warn when one legitimate request may outlast ``hung_timeout``: the worker would
-    be killed as hung in the middle of a slow but healthy insert."""
-    longest = config.connect_timeout + config.send_receive_timeout
-    if options.hung_timeout <= longest:
-        log.warning(
-            "hung_timeout (%g s) is not above connect_timeout + send_receive_timeout "
-            "(%g s): a worker waiting on one slow request would be killed as hung; raise "
-            "hung_timeout or lower send_receive_timeout",
-            options.hung_timeout,
-            longest,
-        )

@@ -55,18 +55,13 @@ from chworkers.workers.context import Connector
 from chworkers.workers.deadletter import DeadLetter
 from chworkers.workers.middleware import DeadLetterCallback, Middleware
 from chworkers.workers.observing import Observing
-from chworkers.workers.options import (
-    SupervisorOptions,
-    TableLimit,
-    check_hung_timeout,
-    worker_pool_options,
-)
+from chworkers.workers.options import SupervisorOptions, TableLimit
 from chworkers.workers.probes import Probes
 from chworkers.workers.producer import Producer
 from chworkers.workers.producing import Producing
 from chworkers.workers.signals import SignalInbox
 from chworkers.workers.tablelimits import coerce_limits
-from chworkers.workers.workerpool import PoolConnector
+from chworkers.workers.workerpool import PoolConnector, check_hung_timeout, worker_pool_options
 
 if TYPE_CHECKING:
     # Sharded inserts bring numpy: imported when the first one is made, so that a
