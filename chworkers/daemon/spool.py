@@ -274,16 +274,33 @@ class Spool(SpoolReferences):
         return written
 
     def _unlink_durably(self, seq: int) -> None:
+        """Remove batch ``seq``'s file: the commit of its split. Once the file is gone
+        the split is done whatever follows (its parts are durable): a directory that
+        cannot be fsync'd is a warning, not a failure, whose rollback would remove the
+        parts too and leave the batch nowhere. A crash may then bring the whole back
+        beside its parts, which the next start resolves (:meth:`recover`)."""
+        path = self.directory / f"{seq:020d}.batch"
         try:
-            (self.directory / f"{seq:020d}.batch").unlink(missing_ok=True)
-            if self.fsync:
-                fsync_directory(self.directory)
+            path.unlink(missing_ok=True)
         except OSError as exc:
             raise SpoolWriteError(
                 f"cannot remove batch {seq} from {self.directory}: {exc.strerror or exc}",
                 path=str(self.directory),
                 errno=exc.errno,
             ) from exc
+        if not self.fsync:
+            return
+        try:
+            fsync_directory(self.directory)
+        except OSError as exc:
+            log.warning(
+                "spool %s: batch %d was split, but the removal of its file cannot be made "
+                "durable (%s): after a crash it may be split again (its parts go by the "
+                "same tokens)",
+                self.directory,
+                seq,
+                exc.strerror or exc,
+            )
 
     def _keep(self, reservation: Reservation, batch: SpooledBatch) -> SpooledBatch:
         with self._lock:

@@ -1,8 +1,9 @@
-"""A batch spooled by reference, copied into the spool while it is being split, does
-not come back.
+"""Splitting a batch into its shards' parts commits by removing the whole's file:
+nothing that happens around that removal doubles or loses the batch.
 
-Splitting a batch into its shards' parts (:meth:`Spool.replace`) commits by removing the
-whole's file; it forgot that the whole was spooled by reference only after that. The
+A batch spooled by reference, copied into the spool while it is being split, does not
+come back: :meth:`Spool.replace` forgot that the whole was spooled by reference only
+after removing its file. The
 copier (ClickHouse in trouble: every batch by reference is copied into the spool) could
 copy the whole in between: its copy was renamed into the place just emptied and stayed
 there, counted nowhere, its records on disk until the next start, which took the parts
@@ -11,6 +12,7 @@ it found gone for inserted and split the whole again: its records were sent twic
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
@@ -18,11 +20,12 @@ import pytest
 from daemonthread import lines
 
 from chworkers.daemon import filesource
+from chworkers.daemon import spool as spool_module
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.spool import PartSpec, Spool, SpooledBatch
+from chworkers.daemon.spool import PartSpec, Spool, SpooledBatch, read_batch
 
 
 class CopiedWhileSplit(Spool):
@@ -80,3 +83,32 @@ def test_a_copy_made_while_a_batch_is_split_does_not_bring_the_whole_back(
     # The next start finds nothing to insert again.
     again = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
     assert again.recover() == []
+
+
+def test_a_split_whose_removal_cannot_be_fsynced_keeps_its_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole's file removed, the spool's folder then failing its fsync (EIO): the
+    split was rolled back by removing its parts, with the whole already gone: the batch
+    was nowhere, its records lost. Now the split stands, with a warning."""
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=True))
+    whole = spool.put("events", lines(0, 100), format="JSONEachRow", rows=100)
+    half = whole.payload.index(b"\n", len(whole.payload) // 2) + 1
+
+    def eio(directory: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "fsync_directory", eio)  # the folder's fsync, not the parts'
+    parts = spool.replace(
+        whole,
+        [
+            PartSpec(whole.payload[:half], 50, f"{whole.token}:0", {"shard": 0}),
+            PartSpec(whole.payload[half:], 50, f"{whole.token}:1", {"shard": 1}),
+        ],
+    )
+    assert b"".join(read_batch(p.path).payload for p in parts if p.path) == whole.payload
+    assert not (spool.directory / f"{whole.seq:020d}.batch").exists()
+    assert "may be split again" in caplog.text
+    assert sorted(b.seq for b in Spool(tmp_path / "spool", SpoolSettings()).recover()) == [
+        p.seq for p in parts
+    ]
