@@ -63,12 +63,16 @@ def test_a_body_of_many_frames_lands_whole(
     assert count(endpoint, database) == b"%d\t%d\n" % (rows, expected)
 
 
-@pytest.mark.parametrize("engine", ["MergeTree", "Memory"])
+@pytest.mark.parametrize(
+    ("engine", "lines"), [("MergeTree", 20_000), ("MergeTree", None), ("Memory", None)]
+)
 def test_a_body_cut_short_inserts_nothing_wherever_it_stops(
-    endpoint: EmbeddedClickHouse, database: str, engine: str
+    endpoint: EmbeddedClickHouse, database: str, engine: str, lines: int | None
 ) -> None:
+    """A small body is read whole before chDB sees it; a large one streams to chDB."""
     make_table(endpoint, database, engine)
-    parts = frames(ROWS, 4)
+    parts = frames(b"".join(ROWS.splitlines(keepends=True)[:lines]), 4)
+    assert (len(b"".join(parts)) > 1 << 20) == (lines is None)
     body = b"".join(parts)
     target = q(database, query="INSERT INTO t FORMAT TSV")
     # At a frame's end, within a frame's blocks, within a frame's header.

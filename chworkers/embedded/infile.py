@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 from chworkers.embedded import queries, sql
@@ -63,8 +64,11 @@ def statement(head: str, fmt: str, path: str, compression: str | None = None) ->
     return b"\n".join(p for p in parts if p)
 
 
-def insert(conn: Any, head: str, fmt: str, data: bytes, stats: Stats) -> bool:
-    """Insert ``data`` (all of the request's, decoded) into ``head`` with one query.
+def insert(
+    conn: Any, head: str, fmt: str, data: bytes, stats: Stats, compression: str | None = None
+) -> bool:
+    """Insert ``data`` (all of the request's, decoded or in ``compression``) into ``head``
+    with one query.
 
     Returns False, having done nothing, if the statement cannot take ``FROM INFILE``;
     raises ServerError for anything chDB refuses, including what the table throws as
@@ -73,7 +77,7 @@ def insert(conn: Any, head: str, fmt: str, data: bytes, stats: Stats) -> bool:
     read, write = os.pipe()
     writer: threading.Thread | None = None
     try:
-        query = statement(head, fmt, f"/proc/self/fd/{read}")
+        query = statement(head, fmt, f"/proc/self/fd/{read}", compression)
         if query is None:
             return False
         left = _fill(write, data)
@@ -136,11 +140,28 @@ def insert_lz4(conn: Any, head: str, fmt: str, body: Iterator[bytes], stats: Sta
     """Insert an lz4 ``body`` (the request's data as it arrives, still compressed) into
     ``head`` with one query that decompresses it itself.
 
-    A thread writes the body into a pipe, whole LZ4 blocks only, while chDB reads it; a
-    body that is cut short or is no LZ4 ends in bytes chDB's reader fails on, so the
-    query inserts nothing and the body's own error is raised. Returns False, having read
-    nothing, if the statement cannot take ``FROM INFILE``.
+    A body that ends within the first MiB is read and checked whole first, so one that
+    is cut short or is no LZ4 never reaches chDB. A larger one is written into the pipe
+    by a thread, whole LZ4 blocks only, while chDB reads it; if it is cut short or turns
+    out no LZ4, it ends in bytes chDB's reader fails on, so the query inserts nothing and
+    the body's own error is raised. Returns False, having read nothing, if the statement
+    cannot take ``FROM INFILE``.
     """
+    if statement(head, fmt, "/dev/null", "lz4") is None:
+        return False
+    start = bytearray()
+    while len(start) <= _PIPE_MAX:
+        chunk = next(body, None)
+        if chunk is None:
+            frames = Lz4Frames()
+            frames.feed(bytes(start)).release()
+            frames.finish()
+            return insert(conn, head, fmt, bytes(start), stats, "lz4")
+        start += chunk
+    return _insert_streamed(conn, head, fmt, chain([bytes(start)], body), stats)
+
+
+def _insert_streamed(conn: Any, head: str, fmt: str, body: Iterator[bytes], stats: Stats) -> bool:
     read, write = os.pipe()
     writer: threading.Thread | None = None
     failed: list[BaseException] = []
