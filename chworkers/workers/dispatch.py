@@ -7,9 +7,9 @@ and sends them to ready workers, each given up to its credit: a few tasks ahead
 a first task has been timed, a worker gets two: a burst of slow tasks queued while the
 first worker is the only one ready is not all sent to it, to run one after the other
 while the workers that start next find nothing left (tasks in a worker's pipe are
-never taken back). Tasks
-whose table is at its insert limit are parked until it lets them start. It belongs to
-the :class:`~chworkers.workers.crew.Crew` and runs on the supervisor's loop thread.
+never taken back). Tasks whose table is at its insert limit are parked until it lets
+them start. It belongs to the :class:`~chworkers.workers.crew.Crew` and runs on the
+supervisor's loop thread.
 """
 
 from __future__ import annotations
