@@ -37,6 +37,8 @@ from chworkers.daemon.checkpoints import Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
 from chworkers.daemon.checkpoints import same_head as _same_head
 from chworkers.daemon.filechunks import (
+    Chunk,
+    FileLayout,
     chunk_token,
     file_identity,
     layout,
@@ -199,6 +201,11 @@ class ColumnarFileSource(_Source):
             ):
                 if stop.is_set():
                     return
+                too_large = self._never_fits(path, file, chunk)
+                if too_large is not None:
+                    self._dead_letter(too_large)
+                    self._commit(path, position, chunk.end_row)
+                    continue
                 try:
                     payload = read_chunk(path, self.format, chunk)
                 except (ColumnarFileError, OSError) as exc:
@@ -221,6 +228,26 @@ class ColumnarFileSource(_Source):
                 )
                 self.rows += chunk.rows
             self._finished(path, position)
+
+    def _never_fits(self, path: str, file: FileLayout, chunk: Chunk) -> ColumnarFileError | None:
+        """The error for a chunk larger than the spool can ever hold (its ``max_bytes``,
+        or its whole filesystem), before it is read into memory: it would wait for room
+        forever, and the pipeline behind it."""
+        size = file.size if chunk.whole else sum(file.units[i][1] for i in chunk.units)
+        limit, what = self.batcher.spool.capacity()
+        if size <= limit:
+            return None
+        how = (
+            "split the file"
+            if not file.units
+            else f"write it with smaller {'row groups' if self.format == 'Parquet' else 'record batches'}"
+        )
+        return ColumnarFileError(
+            f"{size:,} bytes in one piece, more than the spool can ever hold ({what}: "
+            f"{limit:,} bytes); {how}",
+            path=path,
+            rows=f"{chunk.first_row}-{chunk.end_row}",
+        )
 
     def _saved_rows(self, path: str, position: Mapping[str, int], fd: int) -> int:
         """Rows of this very file already spooled (0 for a new or another file)."""
