@@ -265,6 +265,12 @@ def _check_files(cfg: config_module.Config) -> int:
         patterns = ", ".join(p.paths)
         if matches:
             print(f"pipeline {p.name}: {len(matches)} file(s) match {patterns}")
+            apart = _apart_from_spool(cfg.state_dir / "spool", matches)
+            if apart and not p.follow and p.spool_data == "reference":
+                print(
+                    f"pipeline {p.name}: {len(apart)} of them on another file system than "
+                    f"the spool: spooled as copies, not by reference (e.g. {min(apart)})"
+                )
         elif p.follow:
             print(
                 f"pipeline {p.name}: no file matches {patterns} yet (followed: read once they appear)"
@@ -273,6 +279,24 @@ def _check_files(cfg: config_module.Config) -> int:
             print(f"pipeline {p.name}: NO FILE matches {patterns}; nothing would be read")
             failed = 1
     return failed
+
+
+def _apart_from_spool(spool: Path, files: set[str]) -> list[str]:
+    """The files a hard link from the spool cannot reach: on another file system than
+    the spool (or its nearest folder that exists yet)."""
+    where = spool
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        device = os.stat(where).st_dev
+    except OSError:
+        return []
+    apart = []
+    for path in files:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_dev != device:
+                apart.append(path)
+    return apart
 
 
 def _check_brokers(cfg: config_module.Config) -> int:
