@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Ahead", "Reply", "borrow", "transaction"]
+__all__ = ["Ahead", "Reply", "borrow", "pack", "transaction"]
 
 
 class Reply:
@@ -102,6 +102,17 @@ def borrow(pool: Any) -> Any:
         return pool.get_connection("XREADGROUP")
 
 
+def pack(connection: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """Commands in Redis's protocol, for ``connection.send_packed_command``: packed by
+    hiredis when it is there, in a quarter of the time redis-py's packing takes around it
+    (that was most of what an acknowledgement of 5,000 ids cost the daemon)."""
+    try:
+        import hiredis
+    except ImportError:  # the source works without it (slower: redisentries.py)
+        return connection.pack_commands(commands)
+    return [b"".join(hiredis.pack_command(command) for command in commands)]
+
+
 def transaction(pool: Any, *commands: tuple[Any, ...]) -> list[Any]:
     """``commands`` in ``MULTI``/``EXEC`` on a connection of ``pool`` (in a cluster, the
     pool of the node that serves their keys: one hash slot), sent at once; ``EXEC``'s
@@ -114,7 +125,7 @@ def transaction(pool: Any, *commands: tuple[Any, ...]) -> list[Any]:
     connection = borrow(pool)
     try:
         connection.send_packed_command(
-            connection.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False
+            pack(connection, [("MULTI",), *commands, ("EXEC",)]), check_health=False
         )
         replies: list[Any] = []
         error: redis.ResponseError | None = None
