@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from chworkers.clickhouse.dsn import ConnectionConfig, redact_url
+from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.errors import BenchError, ConfigError
+from chworkers.settings import redact_url
 
 #: The comment a database created by the benchmark carries; only such a database is
 #: ever dropped (a run killed half-way leaves one, and the next run takes it over).

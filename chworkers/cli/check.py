@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
 from chworkers.daemon.clickhousesettings import EMBEDDED
 from chworkers.errors import ChworkersError, ConfigError, RetriesExhaustedError
 from chworkers.ops import logs
-from chworkers.settings import flags
+from chworkers.settings import flags, redact_url
 from chworkers.wording import plural
 
 if TYPE_CHECKING:

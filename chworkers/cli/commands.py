@@ -17,11 +17,10 @@ from typing import Any
 from chworkers.cli import demo
 from chworkers.cli.check import check as check_command
 from chworkers.cli.check import require_pipelines
-from chworkers.clickhouse.dsn import redact_url
 from chworkers.daemon import config as config_module
 from chworkers.daemon.config import DaemonSettings
 from chworkers.ops import logs
-from chworkers.settings import flags
+from chworkers.settings import flags, redact_urls
 from chworkers.workers import forkserver
 
 
@@ -125,10 +124,8 @@ def _shown(settings: Any) -> dict[str, Any]:
             out[f.name] = _shown(value)
         elif f.metadata.get("secret") and value:
             out[f.name] = "***"
-        elif f.name == "url" and isinstance(value, str):
-            out[f.name] = redact_url(value)
         else:
-            out[f.name] = _plain(value)
+            out[f.name] = _plain(redact_urls(value))
     return out
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from chworkers.clickhouse.hostaddr import Host, parse_host
 from chworkers.errors import ConfigError
+from chworkers.settings import redact_url
 
 __all__ = ["Cluster", "Shard"]
 
@@ -252,7 +253,7 @@ def _replica(where: str, value: object) -> tuple[Host, bool | None]:
     if "@" in text or "/" in text or "?" in text or "," in text:
         raise _fail(
             where,
-            value,
+            redact_url(value),  # the message is printed and logged
             "a replica URL like http://host:8123",
             " (a replica names only scheme, host and port; user, password, database and "
             "options are the connection's and apply to every shard)",

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.hostaddr import Host, parse_host
 from chworkers.errors import ConfigError
-from chworkers.settings import setting, validate
+from chworkers.settings import redact_url, setting, validate
 
 __all__ = ["ConnectionConfig", "Host"]
 
@@ -46,25 +46,6 @@ def _fail(key: str, value: Any, expected: str, why: str = "") -> ConfigError:
         value=value,
         expected=expected,
     )
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the user info or a ``password`` option) as ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    rest, qsep, query = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user, has_pw, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hosts}" if has_pw else netloc
-    if query:
-        query = "&".join(
-            f"{part.partition('=')[0]}=***" if part.partition("=")[0] == "password" else part
-            for part in query.split("&")
-        )
-    return f"{scheme}{sep}{netloc}{slash}{path}{qsep}{query}"
 
 
 def _bool(key: str, value: Any) -> bool:

@@ -13,7 +13,7 @@ from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.errors import ConfigError
 from chworkers.http.limits import HttpLimits
-from chworkers.settings import same_as, section, setting
+from chworkers.settings import redact_url, same_as, section, setting
 
 if TYPE_CHECKING:
     from chworkers.embedded import EmbeddedClickHouse
@@ -90,7 +90,7 @@ class ClickHouseSettings:
     def _check_shards(self) -> None:
         if self.url != EMBEDDED:
             raise ConfigError(
-                f"clickhouse: url = {self.url!r} and shards are both set; they are "
+                f"clickhouse: url = {redact_url(self.url)!r} and shards are both set; they are "
                 "exclusive: url is one ClickHouse (its hosts replicas of one another), "
                 "shards a sharded cluster (each shard's replicas in its own list)",
                 key="shards",

@@ -36,7 +36,13 @@ from chworkers.settings.declare import (
     validate,
 )
 from chworkers.settings.loading import build
-from chworkers.settings.render import render_changes, render_defaults, render_reference
+from chworkers.settings.render import (
+    redact_url,
+    redact_urls,
+    render_changes,
+    render_defaults,
+    render_reference,
+)
 from chworkers.settings.values import parse_value
 
 __all__ = [
@@ -46,6 +52,8 @@ __all__ = [
     "describe",
     "env_name",
     "parse_value",
+    "redact_url",
+    "redact_urls",
     "reloadable",
     "render_changes",
     "render_defaults",

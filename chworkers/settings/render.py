@@ -1,6 +1,6 @@
 """What is written from the declarations: ``chworkers config --defaults`` (a commented
 TOML file), the Markdown reference in docs/configuration.md, and what a reload changed
-(:func:`render_changes`, for the log)."""
+(:func:`render_changes`, for the log; a password in a URL as ``***``, :func:`redact_url`)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def render_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
     """Each setting that differs between two instances of one settings dataclass, as
     ``"key old -> new"`` in declaration order (subsections by their dotted keys), its
     value as a person writes it: ``"30 s"``, ``"64 MiB"``, ``none``; a secret only as
-    ``"(secret) changed"``. Fields that are not settings (internal state) are left out."""
+    ``"(secret) changed"``, the password of a URL as ``***``. Fields that are not settings (internal state) are left out."""
     lines: list[str] = []
     if before == after:
         return lines
@@ -103,8 +103,22 @@ def render_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
             lines.append(f"{key} (secret) changed")
         else:
             unit = f.metadata.get("unit")
-            lines.append(f"{key} {_shown(old, unit)} -> {_shown(new, unit)}")
+            shown_old, shown_new = (_shown(redact_urls(v), unit) for v in (old, new))
+            if shown_old == shown_new:  # only a password in a URL changed
+                lines.append(f"{key} {shown_new} (a password in it changed)")
+            else:
+                lines.append(f"{key} {shown_old} -> {shown_new}")
     return lines
+
+
+def redact_urls(value: Any) -> Any:
+    """A setting's value (a string, or a list of them) with the password of each URL in
+    it as ``***`` (``clickhouse.url``): what is logged or printed must not carry it."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, tuple | list):
+        return type(value)(redact_urls(v) for v in value)
+    return value
 
 
 def _shown(value: Any, unit: str | None) -> str:
@@ -126,3 +140,22 @@ def _shown(value: Any, unit: str | None) -> str:
     if isinstance(value, str):
         return repr(value)
     return str(value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user info or a ``password`` option) as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    rest, qsep, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, has_pw, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if has_pw else netloc
+    if query:
+        query = "&".join(
+            f"{part.partition('=')[0]}=***" if part.partition("=")[0] == "password" else part
+            for part in query.split("&")
+        )
+    return f"{scheme}{sep}{netloc}{slash}{path}{qsep}{query}"
