@@ -197,7 +197,9 @@ class FileSource(_Source):
             progressed = True
             f.offset += len(chunk)
             records, rows = f.framer.feed(chunk)
-            start = f.offset - f.framer.pending_bytes - len(records)  # in the file
+            # Where the records start in the file: before what the framer holds, and
+            # before the start of a record too long that it dropped.
+            start = f.offset - f.framer.pending_bytes - f.framer.dropped_bytes - len(records)
             self.last_ticket = None
             self._add(
                 records,

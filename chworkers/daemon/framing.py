@@ -72,12 +72,17 @@ class Framer:
         self._tail_quotes = 0  # quotes in the tail, for CSV
         self._on_skip = on_skip
         self._skipping = False  # inside a record too long, dropping it to its end
+        #: Bytes of the last :meth:`feed` after the records it returned that were
+        #: dropped (the start of a record too long), so not :attr:`pending_bytes`
+        #: either: where the records end in the input is its end less both.
+        self.dropped_bytes = 0
 
     def feed(self, data: bytes) -> tuple[bytes, int]:
         """Add ``data``; return the whole records completed so far and their count.
 
         Empty lines are not counted as records.
         """
+        self.dropped_bytes = 0
         if self._skipping and data:
             data = self._skip(data)
         if not data:
@@ -138,6 +143,7 @@ class Framer:
             # Dropped to its end: what follows up to there is the same record. (CSV: the
             # quotes in it stay counted, to tell where it ends.)
             self._tail, self._skipping = b"", True
+            self.dropped_bytes = size
             message = (
                 f"a record of more than {size} bytes without an end "
                 f"(limit {self.max_record_bytes}); it was skipped"
