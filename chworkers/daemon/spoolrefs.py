@@ -40,7 +40,7 @@ __all__ = ["SpoolReferences"]
 log = logging.getLogger("chworkers.daemon.spool")
 
 #: How long a stop may spend copying the batches still spooled by reference (seconds).
-COPY_AT_STOP = 10.0
+COPY_AT_STOP = 5.0
 
 
 class SpoolReferences(SpoolReservations):
