@@ -104,7 +104,7 @@ class StreamGroup(GroupManifests):
             return entries
         except failures() as exc:
             self._next_read = None
-            raise self.error(exc) from exc
+            raise self.error(exc, ahead=True) from exc
 
     def take_ahead(self) -> list[Entry]:
         """The entries of the read sent ahead, if one was (none is sent after it), as
@@ -117,7 +117,7 @@ class StreamGroup(GroupManifests):
             reply = self._ahead.take(sent)
             return list(reply[0][1]) if reply else []
         except failures() as exc:
-            raise self.error(exc) from exc
+            raise self.error(exc, ahead=True) from exc
 
     def reading_ahead(self) -> bool:
         """Whether a read was sent ahead (its entries come without waiting)."""

@@ -144,7 +144,7 @@ class GroupManifests:
                 timeout = max(1, int(self.options.wait_timeout * 1000))
                 wait = self._ahead.send("WAIT", self.options.wait_replicas, timeout)
         except failures() as exc:
-            raise self.error(exc) from exc
+            raise self.error(exc, ahead=True) from exc
         return dataclasses.replace(manifest, reply=reply, wait=wait)
 
     def verdict(self, sent: SentManifest) -> str | None:
@@ -176,7 +176,7 @@ class GroupManifests:
                 self._replicated(sent.wait)
             return None
         except failures() as exc:
-            raise self.error(exc) from exc
+            raise self.error(exc, ahead=True) from exc
 
     def _replicated(self, wait: Reply) -> None:
         """Raise :class:`BrokerError` unless ``WAIT`` says ``wait_replicas`` replicas have
@@ -204,7 +204,7 @@ class GroupManifests:
             self._ahead.take(touched)  # MOVED and the like: then WAIT says nothing
             self._replicated(waited)
         except failures() as exc:
-            raise self.error(exc) from exc
+            raise self.error(exc, ahead=True) from exc
 
     def has_manifest(self, token: str) -> bool:
         return bool(self.call(self.client.exists, self.manifest_prefix + token))
@@ -255,15 +255,20 @@ class GroupManifests:
         except failures() as exc:
             raise self.error(exc) from exc
 
-    def error(self, exc: Exception) -> BrokerError:
+    def error(self, exc: Exception, *, ahead: bool = False) -> BrokerError:
         """``exc`` as a :class:`BrokerError`. In a cluster, a failure that may mean the
-        stream's slot moved (MOVED, ASK, the cluster down, a node unreachable) drops the
-        connection sent ahead on and has the slots asked again."""
+        stream's slot moved (MOVED, ASK, the cluster down, a node unreachable) has the
+        slots asked again, and, when it came from the connection sent ahead on
+        (``ahead``: the source's own thread, the only one that uses it), drops that
+        connection. The daemon's other threads (acknowledgements, the heartbeat, the
+        checks before a retry) never touch it: dropped under the source's feet, it lost the
+        replies outstanding on it, or failed the source's thread outright."""
         import redis.exceptions as errors
 
         moved = (errors.AskError, errors.ClusterDownError, errors.TryAgainError)
         if self.options.cluster and isinstance(exc, (*moved, errors.ConnectionError)):
-            self._ahead.reset()
+            if ahead:
+                self._ahead.reset()
             with contextlib.suppress(errors.RedisError):  # tried again at the next failure
                 self.client.nodes_manager.initialize()
         return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")
