@@ -5,10 +5,11 @@ fsync'd) and read back from it (checksummed again) before it was inserted: for a
 read once that is a second durable copy of bytes already on disk, and on the 2-core
 benchmark machine about 20 ms of the daemon's CPU per 100,000-line batch, taken from
 the ClickHouse it feeds (issue 11, steady state). Such a batch is now spooled as where
-its records are in the file (``spool_data = "reference"``, opt-in): the spool file
-holds the file's identity and a byte range, the file is fsync'd first, and the records
-are read from the file when the batch is inserted or replayed. A file that changed or
-went away before its batch was inserted fails that batch with a message naming it.
+its records are in the file (``spool_data = "reference"``, the default): the spool
+file holds a byte range of the spool's hard link to the file, the file is fsync'd
+first, and the records are read from it when the batch is inserted or replayed. A file
+removed or renamed meanwhile is read through the link; one truncated or rewritten in
+place fails its batch with a message naming it (test_fault_spool_links has the rest).
 """
 
 from __future__ import annotations
