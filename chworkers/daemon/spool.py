@@ -250,7 +250,7 @@ class Spool(SpoolReferences):
                 written.append(dataclasses.replace(batch, path=path))
             with self._lock:  # before its file goes: a copy being made must not bring it back
                 refs = self._by_ref.pop(whole.seq, ())
-            self._unlink_durably(whole.seq)
+            durable = self._unlink_durably(whole.seq)
         except BaseException as exc:
             for batch in written:  # not committed: the whole stays, to be split again
                 if batch.path is not None:
@@ -269,16 +269,17 @@ class Spool(SpoolReferences):
                 self._sizes[batch.seq] = file_size(batch)
                 self._created[batch.seq] = batch.created
             self._space.notify_all()
-        self.links.detach(whole.seq, refs)
+        if durable:  # else a crash may bring the whole back, which needs its links:
+            self.links.detach(whole.seq, refs)  # they go at the next start then
         self.publish()
         return written
 
-    def _unlink_durably(self, seq: int) -> None:
+    def _unlink_durably(self, seq: int) -> bool:
         """Remove batch ``seq``'s file: the commit of its split. Once the file is gone
         the split is done whatever follows (its parts are durable): a directory that
         cannot be fsync'd is a warning, not a failure, whose rollback would remove the
         parts too and leave the batch nowhere. A crash may then bring the whole back
-        beside its parts, which the next start resolves (:meth:`recover`)."""
+        beside its parts, which the next start resolves (:meth:`recover`): False then."""
         path = self.directory / f"{seq:020d}.batch"
         try:
             path.unlink(missing_ok=True)
@@ -289,7 +290,7 @@ class Spool(SpoolReferences):
                 errno=exc.errno,
             ) from exc
         if not self.fsync:
-            return
+            return True
         try:
             fsync_directory(self.directory)
         except OSError as exc:
@@ -301,6 +302,8 @@ class Spool(SpoolReferences):
                 seq,
                 exc.strerror or exc,
             )
+            return False
+        return True
 
     def _keep(self, reservation: Reservation, batch: SpooledBatch) -> SpooledBatch:
         with self._lock:

@@ -34,19 +34,17 @@ class CopiedWhileSplit(Spool):
     whole: SpooledBatch | None = None
     copied: bool | None = None
 
-    def _unlink_durably(self, seq: int) -> None:
-        super()._unlink_durably(seq)
+    def _unlink_durably(self, seq: int) -> bool:
+        durable = super()._unlink_durably(seq)
         if self.whole is not None and seq == self.whole.seq:
             self.copied = self.materialize(self.whole)
+        return durable
 
 
-def test_a_copy_made_while_a_batch_is_split_does_not_bring_the_whole_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(filesource, "REFERENCE_MIN_BYTES", 0)  # small, by reference all the same
+def _by_reference(spool: Spool, tmp_path: Path) -> SpooledBatch:
+    """A batch of 100 rows spooled by reference (its file's link in the spool)."""
     source = tmp_path / "a.json"
     source.write_bytes(lines(0, 100))
-    spool = CopiedWhileSplit(tmp_path / "spool", SpoolSettings(fsync=False))
     batches: list[SpooledBatch] = []
     batcher = Batcher(spool, batches.append)
     FileSource(
@@ -62,7 +60,15 @@ def test_a_copy_made_while_a_batch_is_split_does_not_bring_the_whole_back(
     batcher.close()
     [batch] = batches
     assert spool.by_reference() == [batch.seq]
-    spool.whole = whole = spool.load(batch)
+    return spool.load(batch)
+
+
+def test_a_copy_made_while_a_batch_is_split_does_not_bring_the_whole_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filesource, "REFERENCE_MIN_BYTES", 0)  # small, by reference all the same
+    spool = CopiedWhileSplit(tmp_path / "spool", SpoolSettings(fsync=False))
+    spool.whole = whole = _by_reference(spool, tmp_path)
     half = whole.payload.index(b"\n", len(whole.payload) // 2) + 1
     parts = spool.replace(
         whole,
@@ -112,3 +118,38 @@ def test_a_split_whose_removal_cannot_be_fsynced_keeps_its_parts(
     assert sorted(b.seq for b in Spool(tmp_path / "spool", SpoolSettings()).recover()) == [
         p.seq for p in parts
     ]
+
+
+def test_a_split_whose_removal_cannot_be_fsynced_keeps_the_links_until_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the whole's removal is durable a crash may bring it back, by reference: the
+    link it names must still be there then (it was removed at once: the whole came back
+    naming nothing, was quarantined, and its parts, taken for a split cut short, were
+    removed: its rows lost)."""
+    monkeypatch.setattr(filesource, "REFERENCE_MIN_BYTES", 0)
+    spool = Spool(tmp_path / "spool", SpoolSettings(fsync=True))
+    whole = _by_reference(spool, tmp_path)
+    half = whole.payload.index(b"\n", len(whole.payload) // 2) + 1
+
+    def eio(directory: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "fsync_directory", eio)
+    parts = spool.replace(
+        whole,
+        [
+            PartSpec(whole.payload[:half], 50, f"{whole.token}:0", {"shard": 0}),
+            PartSpec(whole.payload[half:], 50, f"{whole.token}:1", {"shard": 1}),
+        ],
+    )
+    monkeypatch.undo()
+    linked = {e.path for e in whole.extents}
+    spool.links.refresh(force=True)
+    assert all(Path(path).exists() for path in linked)
+    for part in parts:
+        spool.remove(part)
+    assert all(Path(path).exists() for path in linked)
+    # The next start finds no batch naming them: they go then.
+    assert Spool(tmp_path / "spool", SpoolSettings()).recover() == []
+    assert not any(Path(path).exists() for path in linked)
