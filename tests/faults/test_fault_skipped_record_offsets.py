@@ -12,18 +12,15 @@ read the rest of it as a record of its own).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 from daemonthread import lines
+from readbyref import read_by_reference
 
 from chworkers.daemon import filesource
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
-from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.spool import Spool
 
 
 def test_records_before_a_dropped_record_are_referenced_where_they_are(
@@ -35,28 +32,19 @@ def test_records_before_a_dropped_record_are_referenced_where_they_are(
     source = tmp_path / "a.json"
     source.write_bytes(before + giant + after)
     spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
-    batches: list[SpooledBatch] = []
     errors: list[str] = []
-    batcher = Batcher(spool, batches.append)
-    FileSource(
-        [str(source)],
-        checkpoints=Checkpoints(tmp_path / "positions"),
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=batcher,
-        limits=BatchLimits(max_rows=20, max_delay=60),  # a batch before it, one after
+    batches = read_by_reference(
+        spool,
+        [source],
+        tmp_path / "positions",
+        max_rows=20,  # a batch before it, one after
         read_size=4096,  # one read: the records before it and 3.5 KiB of the giant one
         max_record_bytes=1000,
         on_error=lambda name, message: errors.append(message),
-        by_reference=True,
-    ).run(threading.Event())
-    batcher.close()
+    )
     assert len(errors) == 1 and "skipped" in errors[0], errors
     assert batches and all(b.extents for b in batches)
-    assert b"".join(spool.load(b).payload for b in sorted(batches, key=lambda b: b.seq)) == (
-        before + after
-    )
+    assert b"".join(spool.load(b).payload for b in batches) == (before + after)
     # The position saved with the records before it is where the giant record starts.
-    first = min(batches, key=lambda b: b.seq)
+    first = batches[0]
     assert first.meta["files"][str(source)]["offset"] == len(before)

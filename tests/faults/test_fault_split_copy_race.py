@@ -13,17 +13,14 @@ it found gone for inserted and split the whole again: its records were sent twic
 from __future__ import annotations
 
 import errno
-import threading
 from pathlib import Path
 
 import pytest
 from daemonthread import lines
+from readbyref import read_by_reference
 
 from chworkers.daemon import filesource
 from chworkers.daemon import spool as spool_module
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import PartSpec, Spool, SpooledBatch, read_batch
 
@@ -45,19 +42,7 @@ def _by_reference(spool: Spool, tmp_path: Path) -> SpooledBatch:
     """A batch of 100 rows spooled by reference (its file's link in the spool)."""
     source = tmp_path / "a.json"
     source.write_bytes(lines(0, 100))
-    batches: list[SpooledBatch] = []
-    batcher = Batcher(spool, batches.append)
-    FileSource(
-        [str(source)],
-        checkpoints=Checkpoints(tmp_path / "positions"),
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=batcher,
-        limits=BatchLimits(max_rows=1000, max_delay=60),
-        by_reference=True,
-    ).run(threading.Event())
-    batcher.close()
+    batches = read_by_reference(spool, [source], tmp_path / "positions")
     [batch] = batches
     assert spool.by_reference() == [batch.seq]
     return spool.load(batch)
