@@ -89,6 +89,7 @@ class Daemon(DaemonReload, DaemonHealth):
         self.splitter: Splitter | None = None
         self.shard_stats: ShardStats | None = None
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._stop_again = False  # a second SIGTERM/SIGINT came while stopping
         self._started_config = config  # what SIGHUP cannot change is compared with it
         self.ingest: IngestServer | None = None
         self._report = Report(Level.OK)
@@ -286,7 +287,7 @@ class Daemon(DaemonReload, DaemonHealth):
         self.dispatcher.stop()
         # Batches by reference left would need their files unchanged until the next
         # start: copied while there is time (a second signal stops that too).
-        self.spool.copy_references(stop=lambda: not self._signals.empty())
+        self.spool.copy_references(stop=self._stop_signalled)
         if self.progress is not None:
             self.progress.write("\r\x1b[2K")
         stats = self.spool.stats()
@@ -340,6 +341,20 @@ class Daemon(DaemonReload, DaemonHealth):
                         else "second signal",
                     )
                     return False
+
+    def _stop_signalled(self) -> bool:
+        """Whether SIGTERM or SIGINT came while stopping (a second signal: stop at
+        once). Others (SIGHUP: logrotate's ``systemctl reload``; SIGUSR2) are taken and
+        ignored: they must not cut the stop's work short."""
+        while True:
+            try:
+                signum = self._signals.get_nowait()
+            except queue.Empty:
+                return self._stop_again
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop_again = True
+            else:
+                log.info("received %s while stopping: ignored", signal.Signals(signum).name)
 
 
 def _remaining(deadline: float | None) -> float | None:
