@@ -38,7 +38,7 @@ from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
 from chworkers.daemon.extents import Extent
-from chworkers.errors import SpoolWriteError
+from chworkers.errors import SpoolError, SpoolWriteError
 
 __all__ = ["SpoolLinks"]
 
@@ -203,6 +203,12 @@ class SpoolLinks:
             names = [entry.name for entry in self.directory.iterdir()]
         except FileNotFoundError:
             names = []
+        except OSError as exc:  # not a folder, not readable: the spool cannot start
+            raise SpoolError(
+                f"cannot read the spool's links folder {self.directory}: "
+                f"{exc.strerror or exc} (it holds the files of batches spooled by "
+                "reference: a folder the daemon's user can read and write)"
+            ) from exc
         for name in names:
             if name not in wanted:
                 self._remove(name)
