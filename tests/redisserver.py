@@ -234,29 +234,53 @@ class RedisClusterServers:
         migrating from its primary to primary ``to``, its keys moved one by one with
         ``MIGRATE`` (``pause`` seconds before each: clients meanwhile get ``ASK`` and
         ``TRYAGAIN``), then the slot given to ``to`` on every primary."""
+        source = self.serving(key)
+        self.begin_move(key, to)
+        self.end_move(key, source, to, pause=pause)
+
+    def begin_move(self, key: str, to: int) -> None:
+        """``key``'s slot marked migrating to primary ``to`` (its keys not moved yet)."""
         import redis.crc
 
-        slot = redis.crc.key_slot(key.encode())
-        source = self.serving(key)
+        slot, source = redis.crc.key_slot(key.encode()), self.serving(key)
         src, dst = self.servers[source].client(), self.servers[to].client()
         try:
-            src_id, dst_id = self.node_id(source), self.node_id(to)
-            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
-                for k in keys:
-                    time.sleep(pause)
-                    src.execute_command("MIGRATE", "127.0.0.1", self.servers[to].port, k, 0, 10_000)
-            for i in range(self.primaries):
-                if self.servers[i].proc is not None and self.servers[i].proc.poll() is None:
-                    client = self.servers[i].client()
-                    try:
-                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-                    finally:
-                        client.close()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(to))
         finally:
             src.close()
             dst.close()
+
+    def migrate(self, keys: list[bytes], source: int, to: int) -> None:
+        src = self.servers[source].client()
+        try:
+            for k in keys:
+                src.execute_command("MIGRATE", "127.0.0.1", self.servers[to].port, k, 0, 10_000)
+        finally:
+            src.close()
+
+    def end_move(self, key: str, source: int, to: int, *, pause: float = 0.0) -> None:
+        """The rest of ``key``'s slot's keys moved from ``source`` to ``to``, one by one
+        (``pause`` seconds before each), then the slot given to ``to`` everywhere."""
+        import redis.crc
+
+        slot = redis.crc.key_slot(key.encode())
+        src = self.servers[source].client()
+        try:
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+                for k in keys:
+                    time.sleep(pause)
+                    self.migrate([k], source, to)
+        finally:
+            src.close()
+        to_id = self.node_id(to)
+        for i in range(self.primaries):
+            if self.servers[i].proc is not None and self.servers[i].proc.poll() is None:
+                client = self.servers[i].client()
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+                finally:
+                    client.close()
 
     def client(self) -> Any:
         import redis.cluster

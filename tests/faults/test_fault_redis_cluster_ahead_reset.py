@@ -65,3 +65,39 @@ def test_an_acknowledgement_meeting_moved_keeps_the_read_sent_ahead(
         assert len(ahead) == 100 and entry_order(ahead[0][0].decode()) > entry_order(ids[-1])
     finally:
         group.close()
+
+
+def test_a_manifest_meeting_tryagain_keeps_the_read_sent_after_it(
+    cluster: RedisClusterServers,
+) -> None:
+    """TRYAGAIN (a script whose keys are half migrated) leaves the connection in step and
+    pointed at the right node: the read sent after the manifest was served, and its
+    reply (entries now pending for this consumer) must not be dropped with the
+    connection."""
+    client = cluster.client()
+    try:
+        for body in bodies(0, 300, 1):
+            client.xadd("ev", {"data": body})
+    finally:
+        client.close()
+    group = StreamGroup(
+        RedisSourceSettings(url=cluster.url, stream="ev", cluster=True), "me", "test"
+    )
+    source = cluster.serving("ev")
+    target = (source + 1) % cluster.primaries
+    try:
+        group.create()
+        group.announce()  # a key beside the stream, in its slot
+        first = group.read_new(100, 100)  # a full reply: the next read is sent ahead
+        ids = [entry[0].decode() for entry in first]
+        cluster.begin_move("ev", target)
+        cluster.migrate([group.consumers_key.encode()], source, target)
+        sent = group.send_manifest("t", ids, fresh=True)  # TRYAGAIN: a key has moved
+        second = group.read_new(100, 100)  # the read ahead taken, the next sent after M
+        assert len(second) == 100 and group.reading_ahead()
+        with pytest.raises(BrokerError, match="TryAgainError"):
+            group.verdict(sent)
+        assert len(group.take_ahead()) == 100
+        cluster.end_move("ev", source, target)
+    finally:
+        group.close()

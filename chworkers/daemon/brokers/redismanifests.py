@@ -267,7 +267,9 @@ class GroupManifests:
 
         moved = (errors.AskError, errors.ClusterDownError, errors.TryAgainError)
         if self.options.cluster and isinstance(exc, (*moved, errors.ConnectionError)):
-            if ahead:
+            # TRYAGAIN (a script's keys half migrated) leaves the connection in step and
+            # on the node that still serves the stream: the replies after it are good.
+            if ahead and not isinstance(exc, errors.TryAgainError):
                 self._ahead.reset()
             with contextlib.suppress(errors.RedisError):  # tried again at the next failure
                 self.client.nodes_manager.initialize()
