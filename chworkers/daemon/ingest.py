@@ -191,9 +191,9 @@ class IngestServer:
         if rows == 0:
             return {"rows": 0}
         pushbody.check_declared_format(header, records, fmt, route.format)
-        self._check_fits(route, len(header) + len(records), rows)
         if route.transform is not None and fmt == "JSONEachRow":
             records = route.transform(records)
+        self._check_fits(route, len(header) + len(records), rows)  # as they are spooled
         # All or nothing: the request's records go into one batch together; if the spool
         # has not taken them within spool_timeout they are withdrawn, so a request
         # answered anything but 202 is never spooled later (its retry would double it).
