@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from chworkers.clickhouse.epochs import is_timestamp_type, pieces, rewrite, to_iso
+from chworkers.clickhouse.epochs import is_timestamp_type, rewrite, to_iso
 
 
 @pytest.mark.parametrize(
@@ -106,49 +104,3 @@ def test_whole_seconds_in_a_datetime_column_go_as_they_are() -> None:
     assert rewrite(both, ["ts", "t64"], seconds={"ts"}) == (
         b'{"ts":"2026-12-01T10:00:00Z","t64":"2026-12-01T10:00:00Z"}\n'
     )
-
-
-def _records(rng: random.Random, count: int) -> bytes:
-    """JSON lines of every shape :func:`rewrite` tells apart, \r\n and blank lines too."""
-    shapes = [
-        b'{"ts":1796119200,"n":1}',
-        b'{"ts":1796119200123,"n":2}',
-        b'{"ts": -1.5 , "t64":1796119200}',
-        b'{"o":{"ts":1},"ts":2}',
-        b'{"ts":"2026-12-01T10:00:00Z"}',
-        b"not json",
-        b"",
-        b'{"t64":1796119200123456}',
-    ]
-    ends = [b"\n", b"\r\n", b"\n\n"]
-    return b"".join(rng.choice(shapes) + rng.choice(ends) for _ in range(count))
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_pieces_join_to_the_rewrite_of_the_whole(seed: int) -> None:
-    """Streamed in pieces (cut after a newline, any size), the body is byte for byte
-    what the whole batch's rewrite is, with or without a newline at its end."""
-    rng = random.Random(seed)
-    data = _records(rng, rng.randrange(1, 400)) + rng.choice([b"", b'{"ts":5}', b'{"ts":"x"}'])
-    for columns, seconds in ((["ts"], {"ts"}), (["ts", "t64"], {"ts"}), (["t64"], set())):
-        whole = rewrite(data, columns, seconds)
-        for size in (1, 7, 64, rng.randrange(1, len(data) + 2), len(data) + 10):
-            got = list(pieces(data, columns, seconds, size=size))
-            assert b"".join(got) == whole
-            assert all(got), "no empty piece (an empty chunk ends a chunked body)"
-            # every piece but the last ends a line; none is cut shorter than asked
-            for piece in got[:-1]:
-                assert bytes(piece).endswith(b"\n") and len(piece) >= min(size, len(data))
-
-
-def test_a_piece_without_numbers_is_a_view_of_the_batch() -> None:
-    """Pieces that need no rewrite are slices of the caller's buffer: no copy."""
-    plain = b'{"ts":1796119200,"n":1}\n' * 100
-    millis = b'{"ts":1796119200123,"n":1}\n'
-    data = plain + millis + plain
-    got = list(pieces(memoryview(data), ["ts"], {"ts"}, size=len(plain)))
-    assert [type(p) for p in got] == [memoryview, bytes, memoryview]
-    assert got[0] == plain
-    assert bytes(got[1]).startswith(b'{"ts":"2026-12-01T10:00:00.123000000Z","n":1}\n')
-    assert b"".join(got) == rewrite(data, ["ts"], {"ts"})
-    assert b"".join(pieces(b"", ["ts"])) == b""

@@ -32,17 +32,7 @@ from decimal import Decimal, InvalidOperation
 
 from chworkers.clickhouse.dedup import Queries
 
-__all__ = [
-    "PIECE",
-    "forget",
-    "is_timestamp_type",
-    "pieces",
-    "prepare",
-    "prepare_pieces",
-    "rewrite",
-    "timestamp_columns",
-    "to_iso",
-]
+__all__ = ["forget", "is_timestamp_type", "prepare", "rewrite", "timestamp_columns", "to_iso"]
 
 _TIMESTAMP = re.compile(r"^(?:Nullable\()?(?:LowCardinality\()?DateTime(?:64)?\b")
 #: Plain DateTime (its time zone or not), which reads a JSON number as whole seconds.
@@ -122,45 +112,6 @@ def rewrite(data: bytes, columns: Sequence[str], seconds: Collection[str] = ()) 
     for line in data.splitlines(keepends=True):
         out.append(_fast_line(line, numbers, wanted) if pattern.search(line) else line)
     return b"".join(out)
-
-
-#: A large body is scanned and sent in pieces of about this size (:func:`pieces`).
-PIECE = 1 << 20
-_NEWLINE = re.compile(b"\n")
-
-
-def pieces(
-    data: bytes | memoryview,
-    columns: Sequence[str],
-    seconds: Collection[str] = (),
-    size: int = PIECE,
-) -> Iterator[bytes | memoryview]:
-    """:func:`rewrite` of ``data``, in pieces of about ``size`` bytes cut after a newline,
-    each scanned (and rewritten, when it holds such a number) only when it is asked for.
-
-    Sent as a streamed request body, ClickHouse parses a piece while the next one is
-    scanned, where a whole-body scan before the request left it idle (about 8 ms per
-    100,000 records). A piece without such a number is a view of ``data``, no copy.
-    Joined, the pieces are ``rewrite(data)`` byte for byte: it works line by line, and
-    a cut after a newline is a line boundary."""
-    view = memoryview(data)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    pattern = _number_pattern(columns, seconds)
-    start, end = 0, view.nbytes
-    while start < end:
-        stop = start + max(1, size)
-        if stop >= end:
-            stop = end
-        else:
-            newline = _NEWLINE.search(view, stop - 1)
-            stop = end if newline is None else newline.end()
-        piece = view[start:stop]
-        if pattern.search(piece) is None:
-            yield piece
-        else:
-            yield rewrite(bytes(piece), columns, seconds)
-        start = stop
 
 
 def _field_number(column: str) -> re.Pattern[bytes]:
@@ -288,21 +239,6 @@ def prepare(
         return data
     columns, seconds = _lookup(conn, table)
     return rewrite(data, columns, seconds) if columns else data
-
-
-def prepare_pieces(
-    conn: Queries,
-    table: str,
-    data: bytes | memoryview,
-    settings: Mapping[str, object],
-) -> Iterator[bytes | memoryview] | None:
-    """:func:`prepare` for a large JSONEachRow body sent streamed: its :func:`pieces`,
-    or None when nothing in it is rewritten (no ``best_effort``, or a table without
-    timestamp columns): it then goes as it is, unscanned."""
-    if not _best_effort(settings):
-        return None
-    columns, seconds = _lookup(conn, table)
-    return pieces(data, columns, seconds) if columns else None
 
 
 def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ connection's codec when asked. Every insert carries an ``insert_deduplication_to
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -149,26 +149,18 @@ def insert_bytes(
         known=conn.knows_setting,
         table=table,
     )
+    data = epochs.prepare(conn, table, bytes(data), fmt, opts) if fmt == "JSONEachRow" else data
     size = memoryview(data).nbytes
     what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
     # clickhouse-connect puts the statement in front of bytes (a copy of the whole
-    # body); a large body goes as it is, the statement in the URL. A large JSONEachRow
-    # body that may need its epoch numbers rewritten streams in pieces, each scanned
-    # just before it goes, while ClickHouse parses the ones before it.
-    block: bytes | bytearray | memoryview | Iterator[bytes | memoryview] | None = None
-    if fmt == "JSONEachRow" and size >= _BODY_AS_IS and not compress:
-        block = epochs.prepare_pieces(conn, table, data, opts)
-    elif fmt == "JSONEachRow":
-        data = epochs.prepare(conn, table, bytes(data), fmt, opts)
-        size = len(data)
-    if block is None:
-        block = memoryview(data) if size >= _BODY_AS_IS else data
+    # body); a large body goes as it is, the statement in the URL.
+    block: bytes | bytearray | memoryview = memoryview(data) if size >= _BODY_AS_IS else data
     with conn.calling(what, idempotent=True):
         client = conn.client
         dedup.check_window(conn, None, table)
         views.check(conn, None, table)
         codec = getattr(client, "write_compression", None) if compress else None
-        if codec in ("lz4", "zstd") and not isinstance(block, Iterator):
+        if codec in ("lz4", "zstd"):
             block = get_compressor(codec).compress_block(block)
         else:
             codec = None
