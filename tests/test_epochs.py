@@ -104,3 +104,13 @@ def test_whole_seconds_in_a_datetime_column_go_as_they_are() -> None:
     assert rewrite(both, ["ts", "t64"], seconds={"ts"}) == (
         b'{"ts":"2026-12-01T10:00:00Z","t64":"2026-12-01T10:00:00Z"}\n'
     )
+
+
+def test_a_view_is_scanned_in_place_and_copied_only_when_rewritten() -> None:
+    """A worker's batch is a view of its memory file: a batch without such numbers goes
+    as that view (no copy); one with some is rewritten as bytes would be."""
+    plain = b'{"ts":1796119200,"n":1}\n' * 50
+    view = memoryview(plain)
+    assert rewrite(view, ["ts"], {"ts"}) is view
+    millis = plain + b'{"ts":1796119200123,"n":2}\n'
+    assert rewrite(memoryview(millis), ["ts"], {"ts"}) == rewrite(millis, ["ts"], {"ts"})

@@ -92,7 +92,9 @@ def _number_pattern(columns: Sequence[str], seconds: Collection[str] = ()) -> re
     return re.compile(b"|".join(alternatives))
 
 
-def rewrite(data: bytes, columns: Sequence[str], seconds: Collection[str] = ()) -> bytes:
+def rewrite(
+    data: bytes | memoryview, columns: Sequence[str], seconds: Collection[str] = ()
+) -> bytes | memoryview:
     """``data`` (JSONEachRow records) with the epoch numbers of ``columns`` as ISO strings.
 
     Only top-level fields change (a nested field of the same name is data, not a
@@ -105,7 +107,9 @@ def rewrite(data: bytes, columns: Sequence[str], seconds: Collection[str] = ()) 
         return data
     pattern = _number_pattern(columns, seconds)
     if pattern.search(data) is None:
-        return data
+        return data  # a view stays a view: no copy
+    if not isinstance(data, bytes):
+        data = bytes(data)
     wanted = set(columns)
     numbers = {c: _field_number(c) for c in columns}
     out: list[bytes] = []
@@ -228,8 +232,8 @@ _columns_lock = threading.Lock()
 
 
 def prepare(
-    conn: Queries, table: str, data: bytes, fmt: str, settings: Mapping[str, object]
-) -> bytes:
+    conn: Queries, table: str, data: bytes | memoryview, fmt: str, settings: Mapping[str, object]
+) -> bytes | memoryview:
     """What ``Connection.raw_insert`` sends: JSONEachRow records of an insert whose settings
     say ``date_time_input_format = best_effort`` get :func:`rewrite` for the table's
     timestamp columns (looked up per table and process every :data:`COLUMNS_TTL` s, and

@@ -149,7 +149,8 @@ def insert_bytes(
         known=conn.knows_setting,
         table=table,
     )
-    data = epochs.prepare(conn, table, bytes(data), fmt, opts) if fmt == "JSONEachRow" else data
+    # A view (a worker's memory file) is scanned in place, copied only when rewritten.
+    data = epochs.prepare(conn, table, data, fmt, opts) if fmt == "JSONEachRow" else data
     size = memoryview(data).nbytes
     what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
     # clickhouse-connect puts the statement in front of bytes (a copy of the whole

@@ -1,12 +1,11 @@
-"""Workers killed while they stream a batch from its memory file: every row once.
+"""Workers killed while they send a batch from its memory file: every row once.
 
-A daemon batch of 1 MiB or more goes from the worker's memory file as a chunked request
-of pieces scanned (and rewritten, for epoch milliseconds) as they are sent, no longer a
-copy checked whole before the request (issue 11, one worker). A worker SIGKILLed halfway
-through such a body leaves the server a truncated request (nothing of it may land), one
-killed while it waits for the answer leaves a batch that may have landed: either way the
-batch is sent again under its token, by a new worker, from the spool. The rows all land
-once, with the timestamps they meant.
+A daemon batch goes from the worker's memory file as it is (a view, no copy; it is
+scanned for epoch numbers in place and copied only when rewritten), no longer copied out
+first (issue 11, one worker). A worker SIGKILLed while it sends such a batch, or while
+it waits for the answer, leaves a batch that may have landed: it is sent again under its
+token, by a new worker, from the spool. The rows all land once, with the timestamps
+they meant.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ T = 1_796_119_200  # 2026-12-01T10:00:00Z
 def _lines() -> bytes:
     out = []
     for i in range(ROWS):
-        if i % 500 == 7:  # milliseconds: the piece holding it is rewritten
+        if i % 500 == 7:  # milliseconds: the batch holding it is rewritten
             out.append(
                 b'{"n":%d,"ts":%d,"t64":%d,"pad":"%s"}\n' % (i, T + i, T * 1000 + i, b"y" * 80)
             )
@@ -55,7 +54,7 @@ def _workers() -> list[int]:
     ]
 
 
-def test_workers_killed_mid_stream_leave_every_row_once(
+def test_workers_killed_mid_request_leave_every_row_once(
     tmp_path: Path, fault_proxy: FaultProxy, database: str, ch_client: Any
 ) -> None:
     source = tmp_path / "in.json"
@@ -103,4 +102,4 @@ def test_workers_killed_mid_stream_leave_every_row_once(
     ).result_rows[0]
     assert (count, distinct) == (ROWS, ROWS)
     assert seconds == ROWS  # whole seconds, sent as they were
-    assert millis == ROWS // 500  # milliseconds read by magnitude, in the rewritten pieces
+    assert millis == ROWS // 500  # milliseconds read by magnitude, in the rewritten batches
