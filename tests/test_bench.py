@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -224,13 +225,21 @@ def _session_processes(sid: int) -> list[str]:
 SMALL = ("--daemon-lines", "2000", "--batch", "1000", "--workers", "1")
 
 
-def test_bench_on_its_own_embedded_endpoint_leaves_nothing(tmp_path: Path) -> None:
+def test_bench_on_its_own_embedded_endpoint_leaves_nothing() -> None:
     """The default: the command starts the embedded endpoint and stops it; the daemon
     family runs ``chworkers run`` in processes of its own. Afterwards no process of its
     session is left, and its temporary directories are gone."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    # A short TMPDIR of its own: the daemons' fork server binds a Unix socket under it,
+    # and pytest's tmp_path (its numbered directory grows) can pass AF_UNIX's 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="chwb-", dir="/tmp"))
     env: Mapping[str, str] = {**os.environ, "TMPDIR": str(tmp)}
+    try:
+        _run_bench_and_check(env, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_bench_and_check(env: Mapping[str, str], tmp: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "chworkers", "bench", "--only", "daemon", "--rounds", "1", *SMALL],
         stdout=subprocess.PIPE,
