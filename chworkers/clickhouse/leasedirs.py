@@ -22,12 +22,16 @@ import threading
 import time
 from collections.abc import Iterable
 
+from chworkers.sockdir import MAX_SOCKET_PATH, candidates, short_parent
+
+__all__ = ["MAX_SOCKET_PATH", "PREFIX", "SOCKET_NAME", "private_dir", "sweep_stale"]
+
 log = logging.getLogger(__name__)
 
 PREFIX = "chworkers-lease-"
 SOCKET_NAME = "broker.sock"
-#: Longest Unix socket path (sun_path less its terminating NUL, on Linux).
-MAX_SOCKET_PATH = 107
+#: What the socket's path adds to its parent: "/chworkers-lease-XXXXXXXX/broker.sock".
+SOCKET_ROOM = len(f"/{PREFIX}XXXXXXXX/{SOCKET_NAME}")
 #: A directory younger than this is never swept: its broker may be between making it
 #: and listening on its socket.
 STALE_AFTER = 60.0
@@ -38,29 +42,26 @@ _sweep_lock = threading.Lock()
 
 def private_dir() -> str:
     """A new 0700 directory for the socket and the slot file: in the temporary directory
-    ($TMPDIR), or in /tmp when the socket's path there would be too long to bind. Once
-    per process, dead brokers' directories are swept first (:func:`sweep_stale`)."""
+    ($TMPDIR), or in the first short enough directory of
+    :func:`chworkers.sockdir.candidates` when the socket's path there would be too long
+    to bind (:class:`~chworkers.errors.ConfigError` when there is none). Once per
+    process, dead brokers' directories are swept first (:func:`sweep_stale`)."""
     global _swept
     with _sweep_lock:
         if not _swept:
             _swept = True
             sweep_stale()
-    path = tempfile.mkdtemp(prefix=PREFIX)
-    if len(os.fsencode(os.path.join(path, SOCKET_NAME))) <= MAX_SOCKET_PATH:
-        return path
-    os.rmdir(path)
-    log.debug("lease socket: %s is too long a path, using /tmp", path)
-    return tempfile.mkdtemp(prefix=PREFIX, dir="/tmp")
+    return tempfile.mkdtemp(prefix=PREFIX, dir=short_parent(SOCKET_ROOM, "lease broker"))
 
 
 def sweep_stale(parents: Iterable[str] | None = None) -> int:
-    """Remove the directories dead brokers of this user left in ``parents`` (the
-    temporary directory and /tmp, where :func:`private_dir` makes them); returns how
-    many. Never raises: a sweep that fails leaves files."""
+    """Remove the directories dead brokers of this user left in ``parents`` (by default
+    every directory :func:`private_dir` may make them in); returns how many. Never
+    raises: a sweep that fails leaves files."""
     now = time.time()
     removed = 0
     if parents is None:
-        parents = (tempfile.gettempdir(), "/tmp")
+        parents = candidates()
     for parent in dict.fromkeys(parents):
         try:
             entries = list(os.scandir(parent))

@@ -19,15 +19,25 @@ forks until the worker has set its own dispositions: a signal sent to the whole 
 group (``timeout``, ``kill -TERM -PGID``, ``tini -g``, Ctrl-C) must not kill the server,
 whose death makes every worker it forked look dead to the supervisor (exit code 255).
 The server needs no signal to go: it exits when this process does, whatever killed it.
+
+The server listens on a Unix socket in multiprocess's temporary directory, made in
+``$TMPDIR``; when that path would be too long for a Unix socket (107 bytes), the
+directory is made in a short one instead (:func:`chworkers.sockdir.short_parent`), so a
+long ``$TMPDIR`` never stops a worker from starting.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
 from typing import Any
 
 import multiprocess
-from multiprocess import forkserver, resource_tracker
+from multiprocess import forkserver, resource_tracker, util
 
+from chworkers.errors import ConfigError
+from chworkers.sockdir import MAX_SOCKET_PATH, short_parent
 from chworkers.workers.signals import HANDLED, blocked
 
 __all__ = ["PRELOAD", "ensure_running", "start_early"]
@@ -35,6 +45,12 @@ __all__ = ["PRELOAD", "ensure_running", "start_early"]
 #: Modules the fork server imports once, before it forks any worker, so that no worker
 #: imports them itself.
 PRELOAD = ("chworkers.workers.worker",)
+
+#: What the server's socket path adds to a parent directory:
+#: multiprocess's "/pymp-XXXXXXXX" and its "/listener-XXXXXXXX".
+SOCKET_ROOM = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+_temp_dir_lock = threading.Lock()
 
 
 def start_early(start_method: str) -> bool:
@@ -53,8 +69,38 @@ def ensure_running() -> None:
     # The server's start starts the resource tracker first, which UNBLOCKS SIGINT and
     # SIGTERM in this thread once it started (it ignores them itself): start it before.
     resource_tracker.ensure_running()
+    short_temp_dir()
     with blocked(HANDLED):
         forkserver.ensure_running()
+
+
+def short_temp_dir() -> str:
+    """multiprocess's temporary directory of this process (where the server's socket
+    goes), made in a directory short enough for that socket when ``$TMPDIR`` is not;
+    raises :class:`ConfigError` when no directory is."""
+    with _temp_dir_lock:
+        parent = short_parent(SOCKET_ROOM, "fork server")
+        if parent == tempfile.gettempdir():
+            made: str = util.get_temp_dir()
+        else:
+            # multiprocess makes its directory (once per process) under tempfile's
+            # temporary directory: point that at the short one meanwhile.
+            saved = tempfile.tempdir
+            tempfile.tempdir = parent
+            try:
+                made = util.get_temp_dir()
+            finally:
+                tempfile.tempdir = saved
+    if len(os.fsencode(made)) + len("/listener-XXXXXXXX") > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"fork server: multiprocess's temporary directory {made} (made before the "
+            f"fork server started) is too long a path for a Unix socket "
+            f"({MAX_SOCKET_PATH} bytes at most); set TMPDIR to a shorter directory",
+            key="TMPDIR",
+            value=tempfile.gettempdir(),
+            source="environment",
+        )
+    return made
 
 
 def preload(ctx: Any) -> None:
