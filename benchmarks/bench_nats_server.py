@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_brokers import rows, tree_cpu
+from brokerharness import rows, tree_cpu
 from debpackages import free_port
 from goprofile import top
 from natsserver import NatsServer

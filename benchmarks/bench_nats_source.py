@@ -32,7 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_brokers import nats_produce, tree_cpu
+from brokerharness import tree_cpu
+from brokerservers import nats_produce
 from natsserver import NatsServer
 
 

@@ -1,0 +1,252 @@
+"""The harness of benchmarks/bench_brokers.py: the rows, a daemon as a subprocess with its
+configuration, ClickHouse counts, the CPU seconds of process trees and threads from /proc,
+and a run's rate from the first row in ClickHouse to the last."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+
+from chworkers.embedded import EmbeddedClickHouse
+
+SCHEMA = "id UInt64, s String"
+STREAM = "bench"
+SUBJECT = f"{STREAM}.data"  # NATS: the stream takes bench.>
+
+
+def rows(start: int, stop: int) -> bytes:
+    return b"".join(b'{"id":%d,"s":"row %d"}\n' % (i, i) for i in range(start, stop))
+
+
+def toml(
+    state: Path, url: str, pipeline: dict[str, Any], section: tuple[str, dict[str, Any]] | None
+) -> str:
+    """A daemon's configuration; ``section``: the broker's ``[pipelines.<name>]``."""
+
+    def value(v: Any) -> str:
+        return (
+            json.dumps(v)
+            if isinstance(v, str | list)
+            else repr(v).lower()
+            if isinstance(v, bool)
+            else repr(v)
+        )
+
+    lines = [
+        f"state_dir = {json.dumps(str(state))}",
+        "[clickhouse]",
+        f"url = {json.dumps(url)}",
+        "[supervisor]",
+        "workers = 1",
+        "[metrics]",
+        "port = 0",
+        "[http]",
+        "port = 0",
+        "[spool]",
+        "retry_backoff_max = 1.0",
+        "[[pipelines]]",
+        *(f"{k} = {value(v)}" for k, v in pipeline.items()),
+    ]
+    if section is not None:
+        name, options = section
+        lines += [f"[pipelines.{name}]", *(f"{k} = {value(v)}" for k, v in options.items())]
+    return "\n".join(lines) + "\n"
+
+
+class Daemon:
+    def __init__(self, workdir: Path, config: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.config = workdir / "chworkers.toml"
+        self.config.write_text(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def label(self) -> str:
+        """Its consumer name (Redis) or its name in the manifests it writes (NATS)."""
+        from chworkers.daemon.brokers.redisclient import default_consumer
+
+        return default_consumer(str((self.workdir / "state").resolve()))
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.workdir / f"daemon-{self.starts}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chworkers", "run", "-c", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        time.sleep(0.3)  # its workers see their parent gone and exit
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+
+
+def counts(ch: EmbeddedClickHouse, database: str, table: str) -> tuple[int, int]:
+    client = clickhouse_connect.get_client(host=ch.host, port=ch.port, database=database)
+    try:
+        if not client.command(f"EXISTS TABLE {table}"):
+            return 0, 0
+        row = client.query(f"SELECT count(), uniqExact(id) FROM {table}").result_rows[0]
+        return int(row[0]), int(row[1])
+    finally:
+        client.close()
+
+
+def fresh_database(ch: EmbeddedClickHouse, name: str) -> str:
+    client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+    client.command(f"DROP DATABASE IF EXISTS {name} SYNC")
+    client.command(f"CREATE DATABASE {name}")
+    client.command(
+        f"CREATE TABLE {name}.ev ({SCHEMA}) ENGINE = MergeTree ORDER BY id "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    client.close()
+    return name
+
+
+def _proc_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds so far) of every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def tree_cpu(*roots: int) -> float:
+    """CPU seconds used so far by the processes ``roots`` and everything below them."""
+    table = _proc_cpu()
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += table.get(pid, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in table.items() if parent == pid]
+    return total
+
+
+def threads_cpu(*roots: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of ``roots`` and their children, summed by
+    ``pid/thread name``."""
+    table = _proc_cpu()
+    pids, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in pids:
+            pids.add(pid)
+            todo += [child for child, (parent, _) in table.items() if parent == pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+            key = f"{pid}/{name}"
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def thread_cpu(tid: int) -> float:
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Measured:
+    """Rows/s from the first row in ClickHouse to the last (start-up, a second or more
+    for a daemon, left out for every path alike), and the CPU seconds the path's
+    processes used meanwhile: the reader's (the daemon and its workers, or the plain
+    loop's thread) with the broker's, and ClickHouse's apart (its background merges come
+    and go with timing). On a shared machine the wall-clock rate moves with everybody
+    else's load; the CPU a row costs much less."""
+
+    def __init__(self, rate: float, cpu: tuple[float, float], rows: int) -> None:
+        self.rate, self.rows = rate, rows
+        self.reader_cpu, self.clickhouse_cpu = cpu
+
+    @property
+    def reader_per_million(self) -> float:
+        return self.reader_cpu / self.rows * 1e6
+
+    @property
+    def cpu_per_million(self) -> float:
+        return (self.reader_cpu + self.clickhouse_cpu) / self.rows * 1e6
+
+
+def wait_rows(
+    ch: EmbeddedClickHouse,
+    database: str,
+    total: int,
+    cpu: Any = None,
+    timeout: float = 1800,
+    on_first: Any = None,
+) -> Measured:
+    deadline = time.monotonic() + timeout
+    first: float | None = None
+    first_rows, first_cpu = 0, (0.0, 0.0)
+    while (n := counts(ch, database, "ev")[0]) < total:
+        if first is None and n > 0:
+            first, first_rows = time.monotonic(), n
+            first_cpu = cpu() if cpu is not None else (0.0, 0.0)
+            if on_first is not None:
+                on_first()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {counts(ch, database, 'ev')} of {total}")
+        time.sleep(0.05)
+    done = time.monotonic()
+    last_cpu = cpu() if cpu is not None else (0.0, 0.0)
+    used = (last_cpu[0] - first_cpu[0], last_cpu[1] - first_cpu[1])
+    if first is None:  # all of it in one go
+        return Measured(float("nan"), (float("nan"), float("nan")), total)
+    return Measured((total - first_rows) / (done - first), used, total - first_rows)
+
+
+PIPELINE: dict[str, Any] = {
+    "table": "ev",
+    "format": "JSONEachRow",
+    "max_rows": 50_000,
+    "max_delay": "500ms",
+}
+
+
+def plain_count(per: int) -> int:
+    """Messages per read of a plain loop: one insert of ``max_rows``, as the daemons'."""
+    return max(1, PIPELINE["max_rows"] // per)
