@@ -5,15 +5,17 @@ is how it says its broker fails)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers.assembly import Assembler, Assembly
+from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
 from chworkers.daemon.brokers.trouble import Trouble
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.ops.metrics import Metrics
+from chworkers.wording import plural
 
 #: What a source does with poison: ``(records with their errors, batch token)``.
 DeadLetter = Callable[[Sequence[tuple[bytes, BaseException]], str], None]
@@ -67,6 +69,8 @@ class SourceParts:
     makes: it names the broker)."""
 
     trouble: Trouble
+    #: Where the source logs (each broker's source module names its logger).
+    log: ClassVar[logging.Logger] = logging.getLogger(__name__)
 
     def __init__(
         self,
@@ -118,6 +122,50 @@ class SourceParts:
             memory=True,
         )
         self.rows += batch.rows
+
+    def _rebuilt(
+        self,
+        token: str,
+        ids: list[str],
+        stored: Mapping[str, Message],
+        given_up: set[str],
+        *,
+        unit: str,
+        gone: str,
+    ) -> Assembly:
+        """The batch of manifest ``token`` rebuilt from what the broker still has of its
+        ``ids`` (``stored``; those ``given_up`` left out): a warning says how many of them
+        (``unit``s) are no longer in the stream (``gone``: why, likely), the poison among
+        them goes to the dead letters."""
+        batch, poison = self.assembler.rebuild(
+            ids, {i: m for i, m in stored.items() if i not in given_up}
+        )
+        missing = len(ids) - len(stored)
+        if missing:
+            self.log.warning(
+                "source %s: %s of batch %s no longer in the stream (%s); "
+                "the batch is rebuilt without them",
+                self.name,
+                plural(missing, unit),
+                token,
+                gone,
+            )
+        if poison:
+            self._dead_letter(poison, token)
+        self.log.info(
+            "source %s: rebuilding batch %s (%s) from its manifest",
+            self.name,
+            token,
+            plural(len(ids), unit),
+        )
+        return batch
+
+    def _dead_letter(self, poison: list[Poison], token: str) -> None:
+        for p in poison:
+            self.log.warning("source %s: %s", self.name, p.error)
+            if self.on_error is not None:
+                self.on_error(self.name, str(p.error))
+        self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
 
     def problems(self) -> list[str]:
         """Why the source is degraded (its broker failing), for the health report."""

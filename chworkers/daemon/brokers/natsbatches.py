@@ -57,6 +57,8 @@ class NatsBatching(SourceParts):
     """The part of :class:`~chworkers.daemon.brokers.natsstream.NatsSource` that makes
     batches of what it pulled (the module's docstring)."""
 
+    log = log
+
     def __init__(
         self, *, options: NatsSourceSettings, consumer: str, **common: Unpack[SourceArgs]
     ) -> None:
@@ -329,25 +331,8 @@ class NatsBatching(SourceParts):
         seqs = manifest.seqs()
         stored = self.link.call(self.link.wire().read(seqs))
         ids = [str(s) for s in seqs]
-        batch, poison = self.assembler.rebuild(
-            ids, {i: m for i, m in stored.items() if i not in given_up}
-        )
-        missing = len(ids) - len(stored)
-        if missing:
-            log.warning(
-                "source %s: %s of batch %s no longer in the stream (its retention?); "
-                "the batch is rebuilt without them",
-                self.name,
-                plural(missing, "message"),
-                manifest.token,
-            )
-        if poison:
-            self._dead_letter(poison, manifest.token)
-        log.info(
-            "source %s: rebuilding batch %s (%d messages) from its manifest",
-            self.name,
-            manifest.token,
-            len(ids),
+        batch = self._rebuilt(
+            manifest.token, ids, stored, given_up, unit="message", gone="its retention?"
         )
         return manifest.token, batch, [], True, float("inf")
 
@@ -368,13 +353,6 @@ class NatsBatching(SourceParts):
         self._dead_letter(poison, "")
         self.link.send([replies[p.message.id] for p in poison], TERM)
         self._acked(len(poison))
-
-    def _dead_letter(self, poison: list[Poison], token: str) -> None:
-        for p in poison:
-            log.warning("source %s: %s", self.name, p.error)
-            if self.on_error is not None:
-                self.on_error(self.name, str(p.error))
-        self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
 
     def _acked(self, count: int) -> None:
         if self.metrics is not None and count:

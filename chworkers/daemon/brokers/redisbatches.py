@@ -34,6 +34,8 @@ class RedisBatching(SourceParts):
     """The part of :class:`~chworkers.daemon.brokers.redisstream.RedisSource` that makes
     batches of what it read or claimed (the module's docstring)."""
 
+    log = log
+
     def __init__(
         self, *, options: RedisSourceSettings, consumer: str, **common: Unpack[SourceArgs]
     ) -> None:
@@ -132,26 +134,7 @@ class RedisBatching(SourceParts):
     def _rebuild(self, token: str, ids: list[str], claimed: list[Message]) -> None:
         stored = self.redis.entries(ids)
         given_up = {m.id for m in claimed if self._too_often(m, ack=False)}
-        batch, poison = self.assembler.rebuild(
-            ids, {i: m for i, m in stored.items() if i not in given_up}
-        )
-        missing = len(ids) - len(stored)
-        if missing:
-            log.warning(
-                "source %s: %d entries of batch %s are no longer in the stream (trimmed?); "
-                "the batch is rebuilt without them",
-                self.name,
-                missing,
-                token,
-            )
-        if poison:
-            self._dead_letter(poison, token)
-        log.info(
-            "source %s: rebuilding batch %s (%d entries) from its manifest",
-            self.name,
-            token,
-            len(ids),
-        )
+        batch = self._rebuilt(token, ids, stored, given_up, unit="entry", gone="trimmed?")
         self.redis.replicate(token)
         self._hand_on(token, ids, batch, rebuilt=True)
 
@@ -222,13 +205,6 @@ class RedisBatching(SourceParts):
         """Dead-letter poison entries, then acknowledge them: never redelivered."""
         self._dead_letter(poison, "")
         self._ack([p.message.id for p in poison], "")
-
-    def _dead_letter(self, poison: list[Poison], token: str) -> None:
-        for p in poison:
-            log.warning("source %s: %s", self.name, p.error)
-            if self.on_error is not None:
-                self.on_error(self.name, str(p.error))
-        self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
 
     def _ack(self, ids: list[str], token: str) -> None:
         acked = self.redis.complete(ids, token)
