@@ -128,11 +128,13 @@ def test_a_header_without_the_key_rejects_every_record() -> None:
 
 def test_a_random_key_sends_the_batch_whole_to_one_shard_by_weight() -> None:
     router = ShardRouter((1, 3))
-    rng = random.Random(1)
     shards = [
-        random_part(b"x\n", rows=1, token="t", router=router, rng=rng).meta["shard"]
-        for _ in range(400)
+        random_part(b"x\n", rows=1, token=f"t{i}", router=router).meta["shard"] for i in range(400)
     ]
     assert 60 < shards.count(0) < 140  # a quarter, by weight
-    part = random_part(b"a\nb\n", rows=2, token="t", router=router, rng=rng)
+    part = random_part(b"a\nb\n", rows=2, token="t", router=router)
     assert part.payload == b"a\nb\n" and part.token == f"t@shard{part.meta['shard']}"
+    # The same batch (its token) goes to the same shard when it is split again.
+    assert {
+        random_part(b"x\n", rows=1, token="t", router=router).meta["shard"] for _ in range(20)
+    } == {part.meta["shard"]}

@@ -26,6 +26,7 @@ refuses a Nullable key.
 
 from __future__ import annotations
 
+import hashlib
 import random as _random
 import re
 from collections.abc import Mapping, Sequence
@@ -390,6 +391,12 @@ class ShardRouter:
         """A shard for a whole batch under a random key, in proportion to the weights."""
         slot = (rng or _random).randrange(self.total_weight)
         return int(self.slots[slot])
+
+    def token_shard(self, token: str) -> int:
+        """The shard, by weight, of a whole batch under a random key, from its token: a
+        batch sent again (or rebuilt from a broker's manifest) goes where it went."""
+        digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
+        return int(self.slots[int.from_bytes(digest, "little") % self.total_weight])
 
 
 def shard_indexes(keys: U64 | Sequence[int], cluster: Cluster | Sequence[int]) -> list[int]:

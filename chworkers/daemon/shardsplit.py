@@ -11,13 +11,12 @@ made again after a crash inserts nothing twice. A record whose key cannot be rea
 comes back in ``rejected`` with the reason, for the dead letters.
 
 Under a random key (``rand()``) the batch goes whole to one shard, picked by weight
-(:func:`random_part`).
+from its token, the same when the batch is split again (:func:`random_part`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Sequence
 
 from chworkers.clickhouse.dedup import shard_token
@@ -96,9 +95,9 @@ def split_records(
     return Split(tuple(parts), tuple(rejected))
 
 
-def random_part(
-    payload: bytes, *, rows: int, token: str, router: ShardRouter, rng: random.Random | None = None
-) -> PartSpec:
-    """The whole batch as one part for a shard picked at random, by weight."""
-    shard = router.random_shard(rng)
+def random_part(payload: bytes, *, rows: int, token: str, router: ShardRouter) -> PartSpec:
+    """The whole batch as one part for a shard picked by weight from its token, so that
+    the same batch goes to the same shard when it is split again (a broker's batch
+    rebuilt from its manifest after a crash)."""
+    shard = router.token_shard(token)
     return PartSpec(payload, rows, shard_token(token, shard), {"shard": shard})

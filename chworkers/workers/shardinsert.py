@@ -16,7 +16,6 @@ to the rows written once every part is done, or to a
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -136,9 +135,7 @@ class ShardedInserts:
             return future
         if key.is_random:  # the whole batch to one shard, the same one for the same batch
             token = token if token is not None else dedup.derive_token(None, table, batch)
-            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
-            slot = int.from_bytes(digest, "little") % self.router.total_weight
-            shard = int(self.router.slots[slot])
+            shard = self.router.token_shard(token)
             part = self._insert(
                 table,
                 batch.data,
