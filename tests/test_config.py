@@ -145,19 +145,23 @@ def test_a_sharded_cluster_and_its_weights(tmp_path: Path) -> None:
             "sharding_key is not supported with format = 'Parquet'",
         ),
         (
-            SHARDED + 'source = "redis"\n[pipelines.redis]\nstream = "s"\n',
-            "not supported with source = 'redis'",
-        ),
-        (
             SHARDED.replace('sharding_key = "sipHash64(user_id)"', "")
             + 'source = "nats"\n[pipelines.nats]\nstream = "s"\n',
-            "broker pipelines cannot feed a sharded cluster",
+            "has no sharding_key",
         ),
     ],
 )
 def test_sharding_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config.load(write(tmp_path, text), env={})
+
+
+@pytest.mark.parametrize("broker", ["redis", "nats"])
+def test_a_broker_pipeline_feeds_a_sharded_cluster_by_key(tmp_path: Path, broker: str) -> None:
+    text = SHARDED + f'source = "{broker}"\n[pipelines.{broker}]\nstream = "s"\n'
+    loaded = config.load(write(tmp_path, text), env={})
+    assert loaded.pipelines[0].source == broker
+    assert loaded.pipelines[0].sharding_key == "sipHash64(user_id)"
 
 
 def test_one_shard_needs_no_sharding_key(tmp_path: Path) -> None:

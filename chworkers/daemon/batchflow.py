@@ -62,6 +62,8 @@ class BatchFlow(DaemonParts):
         if broker is not None and not broker.still_open(batch):
             log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
             return skipped(batch)
+        if broker is not None and not batch.rows and not batch.payload:
+            return skipped(batch)  # a split broker batch's records all dead-lettered
         replay = self._is_replay(batch)
         if batch.format in COLUMNAR_FORMATS:  # one request; rejected: dead-lettered whole
             return insert_whole(
@@ -116,7 +118,12 @@ class BatchFlow(DaemonParts):
             )
         broker = broker_of(self._broker_sources(), batch)
         if broker is not None:
-            broker.complete(batch)  # acknowledged once inserted; failing: tried again
+            # Acknowledged once inserted (a batch split by shard: once all its parts
+            # are); failing, the batch is tried again, and its acknowledgement with it.
+            whole = self.broker_groups.confirmed(batch)
+            if whole is not None:
+                broker.complete(whole)
+                self.broker_groups.acknowledged(whole)
         rows = result.rows or 0
         # ClickHouse counts a replay's duplicates as written, and the process that sent it
         # first may have counted them: its rows are shown apart.

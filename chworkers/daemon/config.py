@@ -203,16 +203,6 @@ def _check_sharding(
     if len(ch.shards) < 2:
         return  # one shard (or one url): every row goes there, whatever the key says
     for p in pipelines:
-        if p.sharding_key is None and p.source in ("redis", "nats"):
-            raise ConfigError(
-                f"{source}: pipeline {p.name!r} reads a {p.source} broker, and clickhouse."
-                f"shards has {len(ch.shards)} shards: broker pipelines cannot feed a sharded "
-                "cluster yet (their batches are not split by shard; docs/sharding.md)",
-                key=f"pipelines.{p.name}.source",
-                value=p.source,
-                expected="one shard, or a file, stdin, http or generator source",
-                source=source,
-            )
         if p.sharding_key is None:
             raise ConfigError(
                 f"{source}: pipeline {p.name!r} has no sharding_key, and clickhouse.shards "

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from chworkers.clickhouse.cluster import Cluster
     from chworkers.clickhouse.schema import Evolve
     from chworkers.daemon.batcher import Batcher
+    from chworkers.daemon.brokergroups import BrokerGroups
     from chworkers.daemon.checkpoints import Checkpoints
     from chworkers.daemon.config import Config
     from chworkers.daemon.deadletter import DeadLetters
@@ -55,6 +56,8 @@ class DaemonParts:
     ingest_url: str | None
     embedded: Keeper | None
     splitter: Splitter | None
+    #: Broker batches split by shard: acknowledged once every part is confirmed.
+    broker_groups: BrokerGroups
     shard_stats: ShardStats | None
     ingest: IngestServer | None
     _ready: threading.Event

@@ -157,6 +157,7 @@ class DaemonStart(BatchFlow):
                 self.tables.offer,
                 columns_reader(self.supervisor, len(self.cluster)),
                 dead_letters=self.dead_letters,
+                on_split=self.broker_groups.split,
             )
             self.splitter.start()
             stack.callback(self.splitter.stop)
@@ -195,7 +196,11 @@ class DaemonStart(BatchFlow):
                 state_dir=self.state_dir,
                 dead_letters=self.dead_letters,
                 metrics=self.metrics,
-                in_flight=lambda: self.dispatcher.max_in_flight,
+                # Split batches that wait only for a shard that is down do not hold the
+                # source back: the other shards go on (docs/sharding.md).
+                in_flight=lambda: (
+                    self.dispatcher.max_in_flight + self.broker_groups.held_back(p.name)
+                ),
             ),
             http=self.config.settings.http,
             metrics=self.metrics,

@@ -48,6 +48,17 @@ class MemoryTier:
         self._batches[batch.seq] = batch
         self._sizes[batch.seq] = size
 
+    def swap(self, seq: int, parts: list[SpooledBatch]) -> None:
+        """Keep ``parts`` instead of batch ``seq`` (split by shard), in its bytes: each
+        part its payload and a share of the whole's overhead (its meta: the broker's
+        ids, which the parts share)."""
+        size = self._sizes.pop(seq, 0)
+        whole = self._batches.pop(seq)
+        overhead = max(0, size - len(whole.payload)) // max(1, len(parts))
+        for part in parts:
+            self._batches[part.seq] = part
+            self._sizes[part.seq] = len(part.payload) + overhead
+
     def get(self, seq: int) -> SpooledBatch | None:
         return self._batches.get(seq)
 

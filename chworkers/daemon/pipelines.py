@@ -266,15 +266,6 @@ class PipelineSettings:
                 f"{where}: {exc}", key="sharding_key", value=exc.value, expected=exc.expected
             ) from None
         del key  # parsed again where it is used: a frozen setting holds the text
-        if self.source in ("redis", "nats"):
-            raise ConfigError(
-                f"{where}: sharding_key is not supported with source = {self.source!r}: a "
-                "broker's batches are acknowledged whole and kept in the spool's memory "
-                "tier, not split by shard (docs/sharding.md)",
-                key="sharding_key",
-                value=self.sharding_key,
-                expected="a file, stdin, http or generator source",
-            )
 
     @property
     def key(self) -> ShardingKey | None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from chworkers.clickhouse.cluster import Cluster
+from chworkers.daemon.brokergroups import BrokerGroups
 from chworkers.daemon.config import Config
 from chworkers.daemon.daemonhealth import DaemonHealth
 from chworkers.daemon.daemonreload import DaemonReload
@@ -87,6 +88,7 @@ class Daemon(DaemonReload, DaemonHealth):
         #: The sharded cluster ClickHouse is (None: one ClickHouse, maybe with replicas).
         self.cluster: Cluster | None = ch.cluster() if ch.shards else None
         self.splitter: Splitter | None = None
+        self.broker_groups = BrokerGroups()
         self.shard_stats: ShardStats | None = None
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stop_again = False  # a second SIGTERM/SIGINT came while stopping

@@ -9,6 +9,12 @@ batch in the spool by one part per shard (:meth:`~chworkers.daemon.spool.Spool.r
 cannot be read go to the dead letters. Each part then goes on to be inserted into its
 shard alone, so a shard that is down holds back only its own parts.
 
+A broker's batch (kept in the spool's memory tier, not on disk) is split there the same
+way; it is acknowledged to its broker once all its parts are confirmed
+(:mod:`chworkers.daemon.brokergroups`, told of each split through ``on_split``), and a
+batch all of whose records were dead-lettered becomes one empty part, confirmed without
+an insert, so that its messages are acknowledged all the same.
+
 Until the columns are known (ClickHouse unreachable, the table not created yet) whole
 batches wait here, on disk, and :meth:`Splitter.problems` says why; intake goes on.
 Batches of pipelines without a key, parts already split (replayed after a restart), and
@@ -26,13 +32,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from chworkers.backoff import capped_backoff
 from chworkers.clickhouse.cluster import Cluster
+from chworkers.clickhouse.dedup import shard_token
 from chworkers.clickhouse.sharding import BoundShardingKey, ShardingKey, ShardRouter
-from chworkers.daemon.batchfile import SpooledBatch, read_batch
+from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.keycolumns import Column
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.shardsplit import Split, random_part, split_records
-from chworkers.daemon.spool import Spool
+from chworkers.daemon.spool import PartSpec, Spool
 from chworkers.errors import ChworkersError, ConfigError, SpoolCorruptError
 from chworkers.wording import plural
 
@@ -195,9 +202,8 @@ class Splitter:
         if bound is None and not key.is_random:
             return False
         try:
-            assert batch.path is not None
-            full = read_batch(batch.path)
-        except (SpoolCorruptError, AssertionError) as exc:
+            full = self.spool.load(batch)  # from its file, or the memory tier (a broker's)
+        except SpoolCorruptError as exc:
             cause = exc.__cause__
             if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
                 log.warning("batch %d cannot be read for its split yet: %s", batch.seq, exc)
@@ -225,8 +231,13 @@ class Splitter:
                 pipeline=full.pipeline,
                 batch=full.token,
             )
+        specs = split.parts
+        if not specs and "broker" in full.meta:
+            # Nothing to insert, yet its messages are acknowledged only by a confirmed
+            # batch: an empty part, which the dispatcher confirms without an insert.
+            specs = (PartSpec(b"", 0, shard_token(full.token, 0), {"shard": 0}),)
         try:
-            parts = self.spool.replace(full, split.parts)
+            parts = self.spool.replace(full, specs)
         except ChworkersError as exc:
             log.warning("batch %d: its parts cannot be spooled yet: %s", batch.seq, exc)
             return False

@@ -226,25 +226,27 @@ class Spool(SpoolReferences):
         (the whole's number) in its meta; then the whole's file is removed, and that
         removal is the commit: a start that finds the whole still there removes its
         parts (:meth:`recover`) and the whole is split again, the same way. The parts
-        take the whole's place, not more of the cap (they may pass it for a moment)."""
+        take the whole's place, not more of the cap (they may pass it for a moment).
+
+        A batch of the memory tier (a broker's) is replaced there: there is nothing to
+        commit, since a daemon that stops loses its parts as it would the whole, and
+        the broker's manifest rebuilds the whole, split again the same way."""
+        kept: list[SpooledBatch] | None = None
+        with self._lock:
+            if self.memory.get(whole.seq) is not None:
+                kept = [self._part(whole, part, self._take_seq_locked()) for part in parts]
+                self.memory.swap(whole.seq, kept)
+                self._space.notify_all()
+        if kept is not None:
+            self.publish()
+            return kept
         written: list[SpooledBatch] = []
         refs: tuple[Extent, ...] = ()
         try:
             for part in parts:
                 with self._lock:
                     seq = self._take_seq_locked()
-                batch = SpooledBatch(
-                    seq=seq,
-                    table=whole.table,
-                    format=whole.format,
-                    rows=part.rows,
-                    token=part.token,
-                    created=whole.created,
-                    payload=part.payload,
-                    settings=dict(whole.settings),
-                    pipeline=whole.pipeline,
-                    meta={**whole.meta, **part.meta, "group": whole.seq},
-                )
+                batch = self._part(whole, part, seq)
                 path = self.directory / f"{seq:020d}.batch"
                 write_durably(path, encode_batch(batch), fsync=self.fsync, undo=True)
                 written.append(dataclasses.replace(batch, path=path))
@@ -273,6 +275,22 @@ class Spool(SpoolReferences):
             self.links.detach(whole.seq, refs)  # they go at the next start then
         self.publish()
         return written
+
+    @staticmethod
+    def _part(whole: SpooledBatch, part: PartSpec, seq: int) -> SpooledBatch:
+        """Batch ``seq``: ``part`` of ``whole``, with the whole's number as its ``group``."""
+        return SpooledBatch(
+            seq=seq,
+            table=whole.table,
+            format=whole.format,
+            rows=part.rows,
+            token=part.token,
+            created=whole.created,
+            payload=part.payload,
+            settings=dict(whole.settings),
+            pipeline=whole.pipeline,
+            meta={**whole.meta, **part.meta, "group": whole.seq},
+        )
 
     def _unlink_durably(self, seq: int) -> bool:
         """Remove batch ``seq``'s file: the commit of its split. Once the file is gone

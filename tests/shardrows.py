@@ -1,0 +1,109 @@
+"""Three embedded endpoints as the shards of a broker pipeline's cluster (tests of
+docs/sharding.md with source = "redis" / "nats"): the daemon's configuration, the
+broker's entries, and what each shard holds, checked by ClickHouse's own evaluation of
+the sharding key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from brokerfeeds import bodies
+from chclients import make_client
+from natsserver import NatsServer
+from redisserver import RedisServer
+
+from chworkers.embedded import EmbeddedClickHouse
+
+WEIGHTS = [1, 2, 1]
+KEY = "sipHash64(s)"
+
+
+def sharded_config(
+    state: Path, shards: list[str], database: str, broker: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "state_dir": str(state),
+        "clickhouse": {
+            "shards": [[url] for url in shards],
+            "shard_weights": WEIGHTS,
+            "database": database,
+            "pool": {
+                "max_connections": 2,
+                "host_cooldown": 0.2,
+                "retry": {"initial_backoff": 0.05, "max_backoff": 0.2, "deadline": 2},
+            },
+        },
+        "supervisor": {"workers": 3},
+        "metrics": {"port": 0},
+        "spool": {"fsync": False, "retry_backoff_max": 0.5},
+        "http": {"port": 0},
+        "pipelines": [
+            {
+                "name": "p",
+                "source": broker,
+                "table": "ev",
+                "create": "n UInt64, s String",
+                "engine": "MergeTree ORDER BY n",
+                "max_rows": 1000,
+                "max_delay": 0.1,
+                "sharding_key": KEY,
+                broker: options,
+            }
+        ],
+    }
+
+
+class Broker:
+    """The test's broker, whichever it is: entries in, and whether all are acknowledged."""
+
+    def __init__(self, kind: str, server: RedisServer | NatsServer) -> None:
+        self.kind, self.server = kind, server
+        if isinstance(server, NatsServer):
+            server.make_stream()
+
+    def options(self) -> dict[str, Any]:
+        if self.kind == "redis":
+            return {
+                "url": self.server.url,
+                "stream": "ev",
+                "claim_idle": 2.0,
+                "claim_interval": 0.2,
+            }
+        return {"url": self.server.url, "stream": "ev", "ack_wait": 2.0}
+
+    def add(self, start: int, stop: int) -> None:
+        records = bodies(start, stop, 20)
+        if isinstance(self.server, RedisServer):
+            self.server.add_entries(records)
+        else:
+            self.server.publish(records)
+
+    def settled(self) -> bool:
+        return self.server.settled()
+
+    def unacknowledged(self) -> int:
+        """Entries delivered and not acknowledged."""
+        if isinstance(self.server, RedisServer):
+            client = self.server.client()
+            try:
+                return int(client.xpending("ev", "chworkers")["pending"])
+            finally:
+                client.close()
+        return self.server.consumer_state()[1]
+
+
+def held(shards: tuple[EmbeddedClickHouse, ...], index: int, database: str) -> tuple[int, int, int]:
+    """Shard ``index``'s rows, distinct n, and rows a Distributed table would NOT have
+    sent it (ClickHouse evaluating the key)."""
+    start = sum(WEIGHTS[:index])
+    client = make_client(shards[index], database=database)
+    try:
+        if not int(client.command("EXISTS TABLE ev")):
+            return 0, 0, 0
+        return client.query(  # type: ignore[no-any-return]
+            f"SELECT count(), uniqExact(n), countIf({KEY} % {sum(WEIGHTS)} NOT BETWEEN "
+            f"{start} AND {start + WEIGHTS[index] - 1}) FROM ev"
+        ).result_rows[0]
+    finally:
+        client.close()
