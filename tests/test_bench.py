@@ -20,6 +20,7 @@ from chclients import make_client, unique_name
 
 from chworkers.bench import report
 from chworkers.bench.daemon import PIPELINE, all_confirmed, daemon_environ
+from chworkers.bench.raw import answer_times
 from chworkers.bench.runner import Case, Group, Metric, measure, summarize, timed
 from chworkers.bench.target import MARK
 from chworkers.cli.main import main
@@ -50,6 +51,14 @@ def test_summary_pairs_rounds_and_takes_medians() -> None:
         {"a": [{"p50": 10.0}], "b": [{"p50": 15.0}]},
     )[1]
     assert slow.ratio == 1.5 and slow.meets_target is True  # lower is better: <= 2x
+
+
+def test_raw_answer_times_are_first_and_median_step() -> None:
+    # Answers at 0.5 s, then 0.1, 0.3 and 0.1 s apart (out of order: sorted first).
+    times = answer_times(10.0, [10.6, 10.5, 11.0, 10.9])
+    assert times == pytest.approx({"first": 500.0, "step": 100.0})
+    with pytest.raises(BenchError, match="two answers"):
+        answer_times(10.0, [10.5])
 
 
 def test_measure_interleaves_real_inserts(ch_client: Any) -> None:
@@ -167,6 +176,15 @@ def test_bench_against_a_url_writes_json_and_drops_its_database(
     sup2 = next(r for r in doc["results"] if r["path"] == "Supervisor(workers=2).insert(rows)")
     assert sup2["versus"] == "plain clickhouse-connect loop" and sup2["target"] == 1.2
     assert sup2["meets_target"] == (sup2["ratio"] >= 1.2)
+    raw = [r for r in doc["results"] if r["group"].startswith("raw")]
+    # Each raw round says when its first request was answered and what each further
+    # one took, on both sides, so a slow round shows where it lost its time.
+    assert {(r["metric"], r["unit"], r["better"]) for r in raw} >= {
+        ("rate", "rows/s", "higher"),
+        ("first", "ms", "lower"),
+        ("step", "ms", "lower"),
+    }
+    assert all(r["min"] > 0 for r in raw if r["metric"] in ("first", "step"))
     spread = [r for r in doc["results"] if r["metric"] == "spread"]
     assert {r["path"] for r in spread} >= {"Supervisor(workers=2).insert(rows)"}
     assert all(r["min"] >= 1.0 and r["ratio"] is None for r in spread)  # most / fewest

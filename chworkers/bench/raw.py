@@ -8,12 +8,26 @@ The POSTs are the same requests ``insert_raw`` makes: the same body (not compres
 a deduplication token, over one kept-alive connection. Their tokens are the ones
 ``insert_raw`` derives, computed before the timing; ``insert_raw`` derives its own while
 timed (a caller may give one instead).
+
+Both sides get the same conditions: each case inserts into a table created for it just
+before and dropped right after its count is checked, so that no background merge of one
+case's parts runs while the other case is timed (chDB merges a table's fresh parts soon
+after they are written, and a merge left over from the case before took CPU from the
+endpoint under whichever case came next). Besides the rate, each round records when
+every request was answered: ``first`` (from the start to the first answer: for
+``insert_raw`` the token's hash, the copy into shared memory, the dispatch and the first
+POST, which nothing overlaps) and ``step`` (the median time between two answers after
+it: what each further request costs once the pipeline is full), which say on which side
+and where a slow round lost its time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +37,7 @@ from chworkers.bench.daemon import CPU, ENDPOINT_CPU, per_100k, process_cpu, tre
 from chworkers.bench.rows import label, supervisor
 from chworkers.bench.runner import ROWS_PER_S, Case, Group, Metric
 from chworkers.clickhouse.insertmode import insert_settings
+from chworkers.errors import BenchError
 from chworkers.workers import tasks
 
 #: The payload, made by the server itself (exactly the table's types).
@@ -31,6 +46,11 @@ PAYLOAD_SQL = (
     "toDateTime('2026-01-01 00:00:00') + ((number + {start}) % 86400) AS ts, "
     "(number + {start}) * 0.25 AS value FROM numbers({size})"
 )
+
+#: From the round's start to the first request's answer.
+FIRST = Metric("first", "ms", "lower")
+#: The median time between two answers after the first.
+STEP = Metric("step", "ms", "lower")
 
 #: Requests of each size a round makes at least (``--rows`` divided by a large size would
 #: be one request, a handful of samples per run).
@@ -63,11 +83,15 @@ def post_settings(table: str, body: bytes) -> dict[str, object]:
     return insert_settings(None, token=tasks.raw_token(table, body, "Native"))
 
 
-def measured(amount: Callable[[], int], endpoint: int | None) -> Callable[[], Mapping[str, float]]:
-    """A case's ``run`` from a function that does the work and returns its rows: the rate,
-    and (Linux) the CPU per 100k rows of the path's processes (this one, and the
-    supervisor's fork server and worker: the benchmark's process tree without the
-    endpoint) and of the embedded endpoint. The CPU is read before and after the timing."""
+def measured(
+    amount: Callable[[list[float]], int], endpoint: int | None
+) -> Callable[[], Mapping[str, float]]:
+    """A case's ``run`` from a function that does the work, appending the time
+    (``time.perf_counter``) each request was answered to the list it is given, and
+    returns its rows: the rate, ``first`` and ``step`` (see the module's doc), and (Linux)
+    the CPU per 100k rows of the path's processes (this one, and the supervisor's fork
+    server and worker: the benchmark's process tree without the endpoint) and of the
+    embedded endpoint. The CPU is read before and after the timing."""
     proc = Path("/proc").is_dir()
 
     def cpu() -> tuple[float, float]:
@@ -77,12 +101,13 @@ def measured(amount: Callable[[], int], endpoint: int | None) -> Callable[[], Ma
         return tree_cpu(os.getpid()) - server, server  # the embedded endpoint is a child
 
     def run() -> Mapping[str, float]:
+        answers: list[float] = []
         before = cpu()
         start = time.perf_counter()
-        done = amount()
+        done = amount(answers)
         elapsed = time.perf_counter() - start
         after = cpu()
-        out = {"rate": done / max(elapsed, 1e-9)}
+        out = {"rate": done / max(elapsed, 1e-9), **answer_times(start, answers)}
         if proc:
             out["cpu"] = per_100k(after[0] - before[0], done)
             if endpoint is not None:
@@ -90,6 +115,16 @@ def measured(amount: Callable[[], int], endpoint: int | None) -> Callable[[], Ma
         return out
 
     return run
+
+
+def answer_times(start: float, answers: list[float]) -> dict[str, float]:
+    """``first`` and ``step`` in ms from the round's ``start`` and its requests' answer
+    times (at least two)."""
+    if len(answers) < 2:
+        raise BenchError(f"a raw round needs two answers or more to time, not {len(answers)}")
+    ordered = sorted(answers)
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
+    return {"first": (ordered[0] - start) * 1e3, "step": statistics.median(gaps) * 1e3}
 
 
 def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
@@ -101,10 +136,14 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
     payloads = Payloads(client)
 
     def check(table: str, total: int, path: str) -> Callable[[], None]:
-        return lambda: data.expect(client, table, total, path)
+        def run() -> None:
+            data.expect(client, table, total, path)
+            env.target.drop_table(client, table)  # its merges end with it
+
+        return run
 
     endpoint = env.target.pid
-    metrics: tuple[Metric, ...] = (ROWS_PER_S,)
+    metrics: tuple[Metric, ...] = (ROWS_PER_S, FIRST, STEP)
     if Path("/proc").is_dir():
         metrics += (CPU,) if endpoint is None else (CPU, ENDPOINT_CPU)
     out = []
@@ -129,6 +168,7 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
             return run
 
         def posted(
+            answers: list[float],
             size: int = size,
             count: int = count,
             total: int = total,
@@ -136,14 +176,27 @@ def groups(env: data.Env, stack: contextlib.ExitStack) -> list[Group]:
         ) -> int:
             for body, params in zip(payloads.get(size, count), settings, strict=True):
                 http.post("INSERT INTO raw_post FORMAT Native", body, params)
+                answers.append(time.perf_counter())
             return total
 
-        def inserted(size: int = size, count: int = count, total: int = total) -> int:
-            futures = [
-                sup.insert_raw("raw_sup", body, "Native", rows=size)
-                for body in payloads.get(size, count)
-            ]
-            return sum(int(f.result()) for f in futures)
+        def inserted(
+            answers: list[float], size: int = size, count: int = count, total: int = total
+        ) -> int:
+            futures = []
+            answered = threading.Semaphore(0)
+
+            def answer(_: object) -> None:  # on the supervisor's loop, as the answer arrives
+                answers.append(time.perf_counter())
+                answered.release()
+
+            for body in payloads.get(size, count):
+                future = sup.insert_raw("raw_sup", body, "Native", rows=size)
+                future.add_done_callback(answer)
+                futures.append(future)
+            rows = sum(int(f.result()) for f in futures)
+            for _ in futures:  # a future's result is out before its callbacks have run
+                answered.acquire()
+            return rows
 
         out.append(
             Group(

@@ -3,13 +3,15 @@
 A :class:`Group` is a set of :class:`Case` objects measured against each other (the
 first is the baseline unless a case names another). Every round runs each case once, in
 an order rotated from round to round, so that a slow spell of a shared machine falls on
-all of them alike; the first round is a warm-up and is not counted. A case measures
+all of them alike; the first round is a warm-up and is not counted. Python's garbage is
+collected before each case, outside its measurement. A case measures
 itself (its ``run`` returns one value per metric); its ``before`` and ``after`` (a fresh
 table, a count check) run outside the measurement.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -137,6 +139,8 @@ def measure(group: Group, rounds: int, progress: Progress | None = None) -> list
 def _one(group: Group, case: Case) -> Mapping[str, float]:
     if case.before is not None:
         case.before()
+    # The garbage of the cases before is collected now, not while this one is timed.
+    gc.collect()
     try:
         value = case.run()
     except ChworkersError as exc:

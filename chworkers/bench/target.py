@@ -91,8 +91,13 @@ class Target:
         return RawHttp(self.config)
 
     def create_table(self, client: Any, name: str, columns: str) -> None:
-        client.command(f"DROP TABLE IF EXISTS {name} SYNC")
+        self.drop_table(client, name)
         client.command(f"CREATE TABLE {name} ({columns}) ENGINE = {ENGINE}")
+
+    def drop_table(self, client: Any, name: str) -> None:
+        """Drop table ``name`` of the benchmark's database, and with it any merge of its
+        parts still running."""
+        client.command(f"DROP TABLE IF EXISTS {name} SYNC")
 
 
 class RawHttp:
