@@ -1,23 +1,17 @@
 """Asynchronous inserts per pipeline (``async_insert = true``) and from Python.
 
-What the embedded engine can show, and what it cannot: chDB has no asynchronous insert
-queue (ClickHouse creates it in the server program only; ``executeQuery`` then runs an
-``async_insert=1`` insert synchronously, "asynchronous insert queue is not configured"),
-so an insert here is written at once, as its own part, whatever it says. These tests
-check what chworkers sends, read back by ClickHouse itself (a materialized view records
-``getSetting(...)`` of each insert it sees), that errors come back (the insert waits) and
-that a configuration asking for fire-and-forget is refused; the server-side batching
-and its deduplication are ClickHouse's and are not exercised here.
+What chworkers sends, read back by ClickHouse itself (a materialized view records
+``getSetting(...)`` of each insert it sees: with the embedded endpoint's queue, the
+flush's, which runs with the settings its clients sent), that errors come back to the
+client (the insert waits for its flush), that a replay is dropped, and that a
+configuration asking for fire-and-forget is refused. The queue itself (batching,
+per-entry errors and deduplication, timeouts) is tested in test_embedded_async_queue.py.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import pytest
 from clickhouse_connect.driver.client import Client
-from daemonthread import Running
 
 from chworkers import Supervisor
 from chworkers.daemon import config
@@ -70,6 +64,16 @@ def test_an_async_pipeline_waits_and_deduplicates(
         ).result(60)
         assert [r.record for r in result.rejected] == [b'{"k":"not a number"}\n']
         assert seen(recorded) == {("true", "true", "true", "false")}
+        replay = sup.insert_raw(  # the same batch again (a lost answer): dropped
+            "ev",
+            b'{"k":1}\n{"k":"not a number"}\n{"k":2}\n',
+            "JSONEachRow",
+            settings=asynchronous,
+            deduplication_token="a1",
+            split_bad_rows=True,
+        ).result(60)
+        assert len(replay.rejected) == 1
+        assert recorded.command("SELECT count() FROM ev") == 2
         recorded.command("TRUNCATE TABLE seen")
         sup.insert_raw("ev", b'{"k":3}\n', "JSONEachRow", settings=synchronous).result(60)
         assert seen(recorded) == {("false", "true", "false", "true")}  # wait: the default
@@ -107,31 +111,3 @@ def test_fire_and_forget_is_refused_when_the_config_is_read() -> None:
             env={},
         )
     assert "pipeline 'a'" in str(caught.value)
-
-
-def test_the_embedded_engine_says_it_inserts_synchronously(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    (tmp_path / "in.json").write_bytes(b'{"k":1}\n')
-    with caplog.at_level(logging.WARNING, logger="chworkers.daemon.service"):
-        running = Running(
-            {
-                "state_dir": str(tmp_path / "state"),
-                "supervisor": {"workers": 1},
-                "metrics": {"port": 0},
-                "spool": {"fsync": False},
-                "pipelines": [
-                    {
-                        "name": "a",
-                        "source": "file",
-                        "paths": [str(tmp_path / "in.json")],
-                        "table": "ev",
-                        "create": "k UInt64",
-                        "async_insert": True,
-                    }
-                ],
-            }
-        )
-        running.thread.join(120)
-    assert running.code == 0 and running.error is None
-    assert any("no asynchronous insert queue" in r.getMessage() for r in caplog.records)

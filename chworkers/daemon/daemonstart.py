@@ -51,14 +51,6 @@ class DaemonStart(BatchFlow):
         self.embedded = start_embedded(ch, self.state_dir, self.config.settings.log)
         stack.callback(self.embedded.stop)
         self.clickhouse_url = self.embedded.endpoint.url
-        for p in self.config.pipelines:
-            if p.async_insert:
-                log.warning(
-                    "pipeline %s: async_insert = true, but the embedded ClickHouse (chDB) has "
-                    "no asynchronous insert queue: its inserts are written synchronously, one "
-                    "part per batch",
-                    p.name,
-                )
         return self.clickhouse_url
 
     def _start_supervisor(self, stack: contextlib.ExitStack, url: str | None) -> None:

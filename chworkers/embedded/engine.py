@@ -59,6 +59,14 @@ class Engine:
             conn = _chdb().connect(str(self.path))
         except RuntimeError as exc:
             raise from_chdb(exc) from None
+        try:
+            # The endpoint's default profile: an INSERT is queued only when it asks
+            # (ClickHouse 26.2+ servers default to 1, and queue every INSERT that does not
+            # say async_insert=0); see chworkers/embedded/asyncinsert.py.
+            conn.query(b"SET async_insert = 0", "TabSeparated")
+        except RuntimeError as exc:
+            close_quietly(conn)
+            raise from_chdb(exc) from None
         if self.on_connect is not None:
             self.on_connect()
         return conn

@@ -19,16 +19,19 @@ from itertools import chain
 from typing import Any
 
 from chworkers.embedded import (
+    asyncinsert,
     engine,
     formats,
     infile,
     queries,
+    request,
     results,
     sql,
     streaming,
     summary,
     tablerisk,
 )
+from chworkers.embedded.asyncqueue import AsyncInsertQueue
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
     QUERY_IS_TOO_LARGE,
@@ -46,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Largest query text (the statement, not an INSERT's data) the endpoint reads.
 MAX_QUERY_SIZE = 256 << 20
-#: Longest INSERT statement head before its data.
-MAX_INSERT_HEAD = 1 << 20
 #: Insert data up to this size is read whole and inserted by one query; a body larger
 #: than this (announced, or seen) streams, read by a thread of its own.
 PREFETCH_ABOVE = 1 << 20
@@ -64,6 +65,8 @@ class Context:
     stats: EndpointStats = field(default_factory=EndpointStats)
     running: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The asynchronous insert queue (None: every insert is written at once).
+    inserts: AsyncInsertQueue | None = None
 
     @contextmanager
     def query_id(self, query_id: str) -> Iterator[None]:
@@ -169,17 +172,26 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             )
             stats.written_rows = stats.written_bytes = 0
         compressed = _lz4_insert(conn, req, qr)
+        if compressed is not None and _queued(ctx, handle, qr, compressed):
+            compressed = None  # decoded here, then queued
         if compressed is not None:
             formats.check_protocol_version(compressed.fmt, qr.client_protocol_version)
             statement, fmt = compressed.statement, compressed.fmt
             if infile.insert_lz4(conn, statement, fmt, _raw_chunks(req), stats):
                 _inserted(ctx, handle, qr, resp, stats)
                 return
-        head, insert, chunks = _statement_head(qr.query_prefix, chunks)
+        head, insert, chunks = request.statement_head(qr.query_prefix, chunks)
         if insert is not None:
             formats.check_protocol_version(insert.fmt, qr.client_protocol_version)
+        first = head[insert.data_offset :] if insert is not None else b""
+        if ctx.inserts is not None and insert is not None and _queued(ctx, handle, qr, insert):
+            rest = asyncinsert.push(ctx.inserts, handle, insert, first, chunks, stats, query_id)
+            if rest is None:
+                _inserted(ctx, handle, qr, resp, stats)
+                return
+            first, chunks = b"", rest  # too much data: written synchronously
         if insert is not None and _streams(insert, head, qr):
-            _insert(conn, req, insert, head[insert.data_offset :], chunks, stats)
+            _insert(conn, req, insert, first, chunks, stats)
             _inserted(ctx, handle, qr, resp, stats)
             return
         buf = bytearray(head)
@@ -192,6 +204,11 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                     "INSERT after its FORMAT clause so it streams",
                 )
         text = bytes(buf)
+        flushed = asyncinsert.flush_targets(text) if ctx.inserts is not None else None
+        if ctx.inserts is not None and flushed is not None:
+            asyncinsert.flush(ctx.inserts, qr.database or queries.current_database(conn), flushed)
+            _inserted(ctx, handle, qr, resp, stats)
+            return
         # DDL: a table, view or constraint may be new. Forgotten after it too, so an
         # insert that asked while it ran does not keep what it saw before.
         ddl = sql.first_keyword(text) not in _CHANGES_NO_TABLE
@@ -293,6 +310,12 @@ def _inserted(
     _done_with(handle, qr, b"INSERT", resp)
 
 
+def _queued(
+    ctx: Context, handle: Session | PooledConnection, qr: QueryRequest, insert: sql.InsertHead
+) -> bool:
+    return ctx.inserts is not None and asyncinsert.wanted(handle, qr, insert)
+
+
 def _lz4_insert(conn: Any, req: Request, qr: QueryRequest) -> sql.InsertHead | None:
     """The INSERT's head if its lz4 body is best handed to chDB still compressed.
 
@@ -353,47 +376,3 @@ def _streams(insert: sql.InsertHead, head: bytes, qr: QueryRequest) -> bool:
     if not qr.query_params:
         return True
     return insert.fmt.lower() != "values" and b"{" not in head[: insert.data_offset]
-
-
-def _statement_head(
-    prefix: bytes, chunks: Iterator[bytes]
-) -> tuple[bytes, sql.InsertHead | None, Iterator[bytes]]:
-    """Read until an INSERT's data start is known.
-
-    Returns the bytes read so far (statement and maybe some data), the INSERT's head
-    (None if the text is no INSERT with inline data) and the rest of the body.
-    """
-    buf = bytearray(prefix)
-    done = False
-
-    def more() -> bool:
-        nonlocal done
-        nxt = next(chunks, None)
-        if nxt is None:
-            done = True
-            return False
-        buf.extend(nxt)
-        return True
-
-    while True:  # is it an INSERT at all? (comments may come first)
-        try:
-            if sql.first_keyword(bytes(buf), complete=done) != "INSERT":
-                return bytes(buf), None, chunks
-            break
-        except sql.NeedMoreInput:
-            if len(buf) > MAX_INSERT_HEAD:
-                return bytes(buf), None, chunks  # the engine will say what is wrong
-            more()
-    while True:
-        try:
-            head = sql.parse_insert(bytes(buf), complete=done)
-        except sql.NeedMoreInput:
-            if len(buf) > MAX_INSERT_HEAD and not done:
-                raise clickhouse_error(
-                    QUERY_IS_TOO_LARGE,
-                    f"No FORMAT or VALUES clause within the first {MAX_INSERT_HEAD} bytes "
-                    "of the INSERT statement",
-                ) from None
-            more()
-            continue
-        return bytes(buf), head, chunks

@@ -13,12 +13,15 @@ import base64
 import binascii
 import email.parser
 import email.policy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from chworkers.embedded import sql
 from chworkers.embedded.exceptions import (
     BAD_ARGUMENTS,
     NOT_IMPLEMENTED,
+    QUERY_IS_TOO_LARGE,
     UNKNOWN_ROLE,
     clickhouse_error,
 )
@@ -46,6 +49,8 @@ RESERVED = frozenset(
         "stacktrace",
     ]
 )
+#: Longest INSERT statement head before its data.
+MAX_INSERT_HEAD = 1 << 20
 #: Largest form or multipart body (they are parsed whole).
 MAX_FORM_BODY = 1 << 30
 
@@ -238,3 +243,47 @@ def _parse_multipart(req: Request, body: bytes, qr: QueryRequest) -> None:
             )
         fmt = qr.params.get(f"{name}_format") or "TabSeparated"
         qr.external.append(ExternalTable(name, structure, fmt, data))
+
+
+def statement_head(
+    prefix: bytes, chunks: Iterator[bytes]
+) -> tuple[bytes, sql.InsertHead | None, Iterator[bytes]]:
+    """Read until an INSERT's data start is known.
+
+    Returns the bytes read so far (statement and maybe some data), the INSERT's head
+    (None if the text is no INSERT with inline data) and the rest of the body.
+    """
+    buf = bytearray(prefix)
+    done = False
+
+    def more() -> bool:
+        nonlocal done
+        nxt = next(chunks, None)
+        if nxt is None:
+            done = True
+            return False
+        buf.extend(nxt)
+        return True
+
+    while True:  # is it an INSERT at all? (comments may come first)
+        try:
+            if sql.first_keyword(bytes(buf), complete=done) != "INSERT":
+                return bytes(buf), None, chunks
+            break
+        except sql.NeedMoreInput:
+            if len(buf) > MAX_INSERT_HEAD:
+                return bytes(buf), None, chunks  # the engine will say what is wrong
+            more()
+    while True:
+        try:
+            head = sql.parse_insert(bytes(buf), complete=done)
+        except sql.NeedMoreInput:
+            if len(buf) > MAX_INSERT_HEAD and not done:
+                raise clickhouse_error(
+                    QUERY_IS_TOO_LARGE,
+                    f"No FORMAT or VALUES clause within the first {MAX_INSERT_HEAD} bytes "
+                    "of the INSERT statement",
+                ) from None
+            more()
+            continue
+        return bytes(buf), head, chunks

@@ -25,6 +25,9 @@ import threading
 import time
 from pathlib import Path
 
+from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asyncflush import Flusher
+from chworkers.embedded.asyncqueue import AsyncInsertQueue
 from chworkers.embedded.engine import Engine
 from chworkers.embedded.exceptions import (
     TOO_MANY_SIMULTANEOUS_QUERIES,
@@ -73,6 +76,7 @@ class EmbeddedServer:
         self._engine: Engine | None = None
         self._sessions: Sessions | None = None
         self._pool: ConnectionPool | None = None
+        self._inserts: AsyncInsertQueue | None = None
         self._listener: socket.socket | None = None
         self._connections: dict[Connection, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -131,7 +135,10 @@ class EmbeddedServer:
         assert self._pool is not None
         stats = EndpointStats()
         self._engine.on_connect = stats.chdb_connection_opened
+        dedup = AsyncDedup(self.path / "chworkers_async_dedup")
+        self._inserts = AsyncInsertQueue(Flusher(self._engine, dedup))
         ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname(), stats)
+        ctx.inserts = self._inserts
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -227,6 +234,8 @@ class EmbeddedServer:
                 plural(len(pending), "request"),
                 grace,
             )
+        if self._inserts is not None:  # as a server: what waits is flushed
+            self._inserts.close(flush=True)
         self._deadlines.stop()
         self._closer.stop()
         if self._sessions is not None:

@@ -322,3 +322,38 @@ def output_format(query: bytes) -> str | None:
             if _FORMAT_AT_END.match(name):
                 found = name
     return found
+
+
+def settings_clause(statement: bytes) -> dict[str, str]:
+    """The ``name = value`` pairs of a statement's top-level SETTINGS clause (string
+    values unquoted, others as written); empty if it has none."""
+    try:
+        toks = _tokens(statement, True)
+    except NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return {}
+    out: dict[str, str] = {}
+    depth = 0
+    start = None
+    for i, tok in enumerate(toks):
+        if tok.kind == "punct" and tok.text in (b"(", b"["):
+            depth += 1
+        elif tok.kind == "punct" and tok.text in (b")", b"]"):
+            depth -= 1
+        elif depth == 0 and tok.kind == "word" and tok.upper == "SETTINGS":
+            start = i + 1
+    if start is None:
+        return out
+    i = start
+    while i + 2 < len(toks) + 0 and toks[i + 1].text == b"=":
+        name = toks[i].text.decode("utf-8", "replace").strip('`"')
+        value = toks[i + 2]
+        text = value.text.decode("utf-8", "surrogateescape")
+        if value.kind == "string":
+            text = text[1:-1].replace("\\'", "'").replace("''", "'").replace("\\\\", "\\")
+        out[name] = text
+        i += 3
+        if i < len(toks) and toks[i].text == b",":
+            i += 1
+        else:
+            break
+    return out

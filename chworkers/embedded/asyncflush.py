@@ -1,0 +1,172 @@
+"""Writing one batch of asynchronous inserts into its table: one insert, one part.
+
+As ClickHouse's ``processData``: each entry's data is parsed on its own, so an entry
+that does not parse fails alone (its client gets its error) and the others go on; the
+entries whose block id the table has seen lately, or that repeat one of this flush,
+are dropped (:mod:`chworkers.embedded.asyncdedup`); what is left is written by one
+insert, whose error (a constraint, too many parts, a view's) is every remaining entry's.
+
+chDB has no way to insert several parsed blocks as one, so each entry is parsed into a
+temporary ``Memory`` table of the target's structure (``CREATE TEMPORARY TABLE ... AS
+target``: its defaults computed as the target would), and the flush is
+``INSERT INTO target (cols) SELECT cols FROM that table``: one plain query (it raises
+what the table throws), with the query's deduplication off (the entries were
+deduplicated one by one; two flushes of equal rows are not duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from chworkers.embedded import queries, sql, streaming, tablerisk
+from chworkers.embedded.asyncdedup import AsyncDedup, window
+from chworkers.embedded.asyncqueue import Entry, Key, Limits
+from chworkers.embedded.engine import Engine, close_quietly
+from chworkers.embedded.exceptions import clickhouse_error
+from chworkers.embedded.queries import quote_ident, quote_literal
+from chworkers.embedded.summary import Stats
+from chworkers.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TABLE = (60, "UNKNOWN_TABLE")
+
+#: Settings of a key that are the entries' own, or the endpoint's business. The rest
+#: (``async_insert`` too: it does nothing to an ``INSERT ... SELECT``) are in effect for
+#: the flush, so the table's materialized views see the settings the clients sent.
+_NOT_FOR_FLUSH = frozenset(["insert_deduplication_token", "readonly", "database"])
+#: The flush's own insert must not deduplicate: its entries were, one by one.
+_FLUSH_SETTINGS = {
+    "insert_deduplicate": "0",
+    "deduplicate_insert": "disable",
+    "deduplicate_insert_select": "disable",
+}
+
+
+def split(statement: str) -> tuple[str, str | None, str]:
+    """``INSERT INTO t (a, b) SETTINGS x = 1`` as ``("INSERT INTO t (a, b)", "a, b",
+    "SETTINGS x = 1")``: the target, its column list's inside (None without one) and the
+    SETTINGS clause ('' without one)."""
+    raw = queries.sql_bytes(statement)
+    at = sql.infile_at(raw)
+    if at is None:
+        raise ValueError(f"not an INSERT into a table: {statement!r}")
+    head, clause = raw[:at].strip(), raw[at:].strip()
+    columns = None
+    toks = sql._tokens(head, True)
+    if toks and toks[-1].kind == "punct" and toks[-1].text == b")":
+        depth = 0
+        for tok in reversed(toks):
+            if tok.kind == "punct" and tok.text == b")":
+                depth += 1
+            elif tok.kind == "punct" and tok.text == b"(":
+                depth -= 1
+                if depth == 0:
+                    columns = head[tok.end : toks[-1].start].decode("utf-8", "surrogateescape")
+                    break
+    return (
+        head.decode("utf-8", "surrogateescape"),
+        columns,
+        clause.decode("utf-8", "surrogateescape"),
+    )
+
+
+def qualified(database: str, statement: str) -> tuple[str, str]:
+    """The (database, table) an INSERT statement writes, its database resolved."""
+    target = tablerisk.target(statement)
+    if target is None:
+        raise ValueError(f"not an INSERT into a table: {statement!r}")
+    return target[0] or database or "default", target[1]
+
+
+def table_exists(conn: Any, database: str, table: str) -> bool:
+    res = queries.run(
+        conn,
+        "SELECT count() FROM system.tables WHERE database = "
+        f"{quote_literal(database)} AND name = {quote_literal(table)}",
+    )
+    return int(res.bytes().strip() or b"0") > 0
+
+
+def unknown_table(database: str, table: str) -> ServerError:
+    return clickhouse_error(UNKNOWN_TABLE, f"Table {database}.{table} does not exist")
+
+
+class Flusher:
+    """Writes batches, each on a chDB connection of its own.
+
+    A connection of its own, closed after: the key's settings (a ``compatibility`` among
+    them changes hundreds) are put in effect as they were for the clients, and no other
+    request ever finds them on its connection.
+    """
+
+    def __init__(self, engine: Engine, dedup: AsyncDedup) -> None:
+        self.engine = engine
+        self.dedup = dedup
+
+    def __call__(self, key: Key, limits: Limits, entries: list[Entry]) -> None:
+        conn = self.engine.connect()
+        try:
+            settings = {n: v for n, v in key.settings if n not in _NOT_FOR_FLUSH}
+            settings.update(_FLUSH_SETTINGS)
+            if key.database:
+                queries.run(conn, f"USE {quote_ident(key.database)}")
+            queries.apply_settings(conn, settings)
+            self._write(conn, key, limits, entries)
+        finally:
+            close_quietly(conn)
+
+    def _write(self, conn: Any, key: Key, limits: Limits, entries: list[Entry]) -> None:
+        database, table = qualified(key.database, key.statement)
+        head, columns, clause = split(key.statement)
+        storage, size = self._dedup_target(conn, database, table) if limits.deduplicate else ("", 0)
+        tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
+        queries.run(
+            conn,
+            f"CREATE TEMPORARY TABLE {tmp} AS {quote_ident(database)}.{quote_ident(table)} "
+            "ENGINE = Memory",
+        )
+        cols = f" ({columns})" if columns is not None else ""
+        kept: list[tuple[Entry, str, Stats]] = []
+        in_flush: set[str] = set()
+        for entry in entries:
+            block_id = entry.block_id(key.fmt)
+            if size and (block_id in in_flush or self.dedup.seen(storage, size, block_id)):
+                log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
+                entry.finish()
+                continue
+            stats = Stats()
+            try:
+                streaming.insert(
+                    conn,
+                    f"INSERT INTO {tmp}{cols} {clause}",
+                    key.fmt,
+                    [entry.data],
+                    stats,
+                    check=False,
+                )
+            except ServerError as err:  # this entry's data only
+                entry.fail(err)
+                continue
+            in_flush.add(block_id)
+            kept.append((entry, block_id, stats))
+        if any(s.written_rows for _, _, s in kept):
+            select = f"SELECT {columns if columns is not None else '*'} FROM {tmp}"
+            queries.run(conn, f"{head} {clause} {select}")
+            self.dedup.record(storage, size, [b for _, b, _ in kept])
+        for entry, _, stats in kept:
+            entry.finish(stats.written_rows, stats.written_bytes)
+
+    def _dedup_target(self, conn: Any, database: str, table: str) -> tuple[str, int]:
+        res = queries.run(
+            conn,
+            "SELECT engine, engine_full, data_paths[1] FROM system.tables WHERE database = "
+            f"{quote_literal(database)} AND name = {quote_literal(table)}",
+        )
+        line = res.bytes().decode("utf-8", "replace").rstrip("\n")
+        if not line:
+            raise unknown_table(database, table)
+        engine, engine_full, path = ([*line.split("\t"), "", "", ""])[:3]
+        return path or f"{database}.{table}", window(engine, engine_full)

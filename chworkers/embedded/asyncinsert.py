@@ -1,0 +1,182 @@
+"""Asynchronous inserts at the HTTP interface: which INSERTs are queued, and queuing one.
+
+As ClickHouse's ``executeQuery``: an INSERT whose data follows it (``FORMAT X`` or
+``VALUES``) into a table, with ``async_insert`` true (in its SETTINGS clause, the URL, or
+its session's ``SET``), is pushed into the queue (:mod:`chworkers.embedded.asyncqueue`)
+instead of being written. Its data is read whole first, up to
+``async_insert_max_data_size``: a larger body is inserted synchronously, as there. With
+``wait_for_async_insert`` (the default) the client is answered once its entry is flushed
+(with its own error, or ``written_rows`` of its own rows), within
+``wait_for_async_insert_timeout``; without it, at once.
+
+An INSERT that does not ask costs one dictionary lookup more: the endpoint's
+connections start with ``async_insert = 0`` (:mod:`chworkers.embedded.engine`), and the
+value is read from chDB only once per connection, or after a session's ``SET``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import chain
+from typing import Any
+
+from chworkers.embedded import asyncflush, queries, sql, tablerisk
+from chworkers.embedded.asyncqueue import AsyncInsertQueue, Entry, Key, Limits
+from chworkers.embedded.queries import quote_literal
+from chworkers.embedded.request import QueryRequest
+from chworkers.embedded.summary import Stats
+from chworkers.embedded.tracked import TrackedConnection
+
+_TRUE = frozenset(["1", "true", "yes", "on"])
+
+#: What the queue needs to know of an insert's settings.
+_READ = (
+    "async_insert_busy_timeout_max_ms",
+    "async_insert_busy_timeout_min_ms",
+    "async_insert_use_adaptive_busy_timeout",
+    "async_insert_busy_timeout_increase_rate",
+    "async_insert_busy_timeout_decrease_rate",
+    "async_insert_max_data_size",
+    "async_insert_max_query_number",
+    "async_insert_deduplicate",
+    "deduplicate_insert",
+    "insert_deduplication_token",
+    "wait_for_async_insert",
+    "wait_for_async_insert_timeout",
+)
+#: Settings that do not separate entries (ClickHouse's ``settings_to_skip``).
+_NOT_IN_KEY = frozenset(["insert_deduplication_token", "log_comment"])
+
+
+def _true(value: str) -> bool:
+    return value.strip().strip("'").lower() in _TRUE
+
+
+def wanted(handle: TrackedConnection, qr: QueryRequest, insert: sql.InsertHead) -> bool:
+    """Whether the INSERT goes to the queue."""
+    value = None
+    if "async_insert" in insert.statement:  # a SETTINGS clause may say
+        value = sql.settings_clause(queries.sql_bytes(insert.statement)).get("async_insert")
+    if value is None:
+        value = qr.settings.get("async_insert")
+    if value is None:
+        value = handle.own_settings(["async_insert"])["async_insert"]
+    if not _true(value):
+        return False
+    if qr.query_params and insert.fmt.lower() == "values":
+        return False  # parameters in the rows: written synchronously
+    return tablerisk.target(insert.statement) is not None  # not a table function
+
+
+def push(
+    queue: AsyncInsertQueue,
+    handle: TrackedConnection,
+    insert: sql.InsertHead,
+    first: bytes,
+    chunks: Iterator[bytes],
+    stats: Stats,
+    query_id: str,
+) -> Iterator[bytes] | None:
+    """Queue the insert (and wait for its flush if it says so).
+
+    Returns None when it is done, or, when its data is larger than
+    ``async_insert_max_data_size``, the whole data (what was read, then the rest) for a
+    synchronous insert.
+    """
+    database, effective, changed = _settings(handle.conn, insert.statement)
+    limits = _limits(effective)
+    data = bytearray(first)
+    for chunk in chunks:
+        data += chunk
+        if len(data) > limits.max_data_size:
+            return chain([bytes(data)], chunks)
+    key = Key(
+        database=database,
+        statement=insert.statement,
+        fmt=insert.fmt,
+        settings=tuple(sorted((n, v) for n, v in changed.items() if n not in _NOT_IN_KEY)),
+    )
+    entry = Entry(bytes(data), effective.get("insert_deduplication_token", ""), query_id)
+    queue.push(key, limits, entry)
+    if _true(effective.get("wait_for_async_insert", "1")):
+        entry.wait(float(effective.get("wait_for_async_insert_timeout", "120") or 120))
+        stats.written_rows += entry.rows
+        stats.written_bytes += entry.nbytes
+    return None
+
+
+def _settings(conn: Any, statement: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The connection's database, the insert's values of the queue's settings, and
+    every setting changed for it (the SETTINGS clause included); raises UNKNOWN_TABLE
+    for a table that does not exist, as ClickHouse refuses it before queuing."""
+    _, _, clause = asyncflush.split(statement)
+    target = tablerisk.target(statement)
+    assert target is not None
+    db = quote_literal(target[0]) if target[0] else "currentDatabase()"
+    names = ", ".join(quote_literal(n) for n in ("async_insert", *_READ))
+    res = queries.run(
+        conn,
+        f"SELECT name, value, changed, currentDatabase(), (SELECT count() FROM system.tables "
+        f"WHERE database = {db} AND name = {quote_literal(target[1])}) "
+        f"FROM system.settings WHERE changed OR name IN ({names}) {clause}",
+        "JSONCompactEachRow",
+    )
+    rows = [json.loads(line) for line in res.bytes().splitlines() if line]
+    effective = {str(r[0]): str(r[1]) for r in rows}
+    changed = {str(r[0]): str(r[1]) for r in rows if int(r[2])}
+    database = str(rows[0][3]) if rows else "default"
+    if rows and not int(rows[0][4]):
+        raise asyncflush.unknown_table(target[0] or database, target[1])
+    return database, effective, changed
+
+
+def _limits(s: dict[str, str]) -> Limits:
+    mode = s.get("deduplicate_insert", "enable").strip("'").lower()
+    if mode == "backward_compatible_choice":
+        dedup = _true(s.get("async_insert_deduplicate", "0"))
+    else:
+        dedup = mode != "disable"
+    return Limits(
+        busy_max_ms=int(float(s.get("async_insert_busy_timeout_max_ms", "200"))),
+        busy_min_ms=int(float(s.get("async_insert_busy_timeout_min_ms", "50"))),
+        adaptive=_true(s.get("async_insert_use_adaptive_busy_timeout", "1")),
+        increase_rate=float(s.get("async_insert_busy_timeout_increase_rate", "0.2")),
+        decrease_rate=float(s.get("async_insert_busy_timeout_decrease_rate", "0.2")),
+        max_data_size=int(s.get("async_insert_max_data_size", str(10 << 20))),
+        max_query_number=int(s.get("async_insert_max_query_number", "450")),
+        deduplicate=dedup,
+    )
+
+
+def flush_targets(text: bytes) -> list[tuple[str | None, str]] | None:
+    """For ``SYSTEM FLUSH ASYNC INSERT QUEUE [db.t, ...]``, its tables (empty: all);
+    None for any other statement."""
+    try:
+        toks = sql._tokens(text, True)
+    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return None
+    words = [t.upper for t in toks[:5]]
+    if words != ["SYSTEM", "FLUSH", "ASYNC", "INSERT", "QUEUE"]:
+        return None
+    tables: list[tuple[str | None, str]] = []
+    names: list[str] = []
+    for tok in [*toks[5:], sql.Token("punct", 0, 0, b",")]:
+        if tok.kind in ("word", "quoted"):
+            names.append(tablerisk._unquote(tok))
+        elif tok.text == b"," and names:
+            tables.append((names[0], names[1]) if len(names) > 1 else (None, names[0]))
+            names = []
+    return tables
+
+
+def flush(queue: AsyncInsertQueue, database: str, tables: list[tuple[str | None, str]]) -> None:
+    """Flush the queue's entries into ``tables`` (all if empty) and wait for them."""
+    wanted_tables = {(db or database, t) for db, t in tables}
+
+    def chosen(key: Key) -> bool:
+        return (
+            not wanted_tables or asyncflush.qualified(key.database, key.statement) in wanted_tables
+        )
+
+    queue.flush_all(chosen)
