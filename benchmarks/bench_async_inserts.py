@@ -14,11 +14,10 @@ sent to the last one confirmed, the parts the inserts made (merges stopped, so e
 insert that wrote a part shows), and the producers' wait per batch (p50/p99: for
 ``client``, from handing a batch over to its rows being confirmed).
 
-By default this runs on a fresh embedded ClickHouse (chDB), which has no asynchronous
-insert queue: there an ``async_insert = 1`` insert runs synchronously (ClickHouse's
-``executeQuery``: "asynchronous insert queue is not configured"), so ``async`` measures
-many small synchronous inserts, one part each. ``--url http://host:8123/db`` measures
-a ClickHouse server, where the queue batches them.
+By default this runs on a fresh embedded ClickHouse, whose asynchronous insert queue
+(``chworkers/embedded/asyncqueue.py``, as the server's) batches the ``async`` inserts
+with ClickHouse's default flush settings (adaptive busy timeout 50-200 ms).
+``--url http://host:8123/db`` measures a ClickHouse server.
 
 Run: ``flock /work/coord/bench.lock .venv/bin/python benchmarks/bench_async_inserts.py``
 """
@@ -187,7 +186,7 @@ def main() -> int:
     total = args.producers * args.inserts * args.rows
     print(
         f"{args.producers} producers x {args.inserts} inserts x {args.rows} rows = {total} rows"
-        f" ({'embedded chDB: no async queue' if args.url is None else args.url}),"
+        f" ({'embedded endpoint' if args.url is None else args.url}),"
         f" medians of {args.rounds} rounds"
     )
     print(f"{'mode':8} {'rows/s':>10} {'parts':>6} {'wait p50 ms':>12} {'wait p99 ms':>12}")
