@@ -27,14 +27,20 @@ class RuntimeMetrics:
         self.worker_restarts = Counter(
             "chworkers_worker_restarts_total",
             "Workers replaced, by reason (crashed, hung, recycled after max_tasks_per_worker, "
-            "memory over max_worker_memory, rolling restart).",
+            "memory over max_worker_memory, rolling restart, forkserver: the fork server "
+            "that started them died).",
             ["reason"],
             registry=r,
         )
         # Known label values exist from the start, at 0, so that increase() sees the
         # first restart instead of only the series appearing.
-        for reason in ("crashed", "hung", "recycled", "memory", "rolling"):
+        for reason in ("crashed", "hung", "recycled", "memory", "rolling", "forkserver"):
             self.worker_restarts.labels(reason=reason)
+        self.fork_server_restarts = Counter(
+            "chworkers_fork_server_restarts_total",
+            "Fork servers (start method forkserver) found dead and started again.",
+            registry=r,
+        )
         self.table_limit_wait = Histogram(
             "chworkers_table_limit_wait_seconds",
             "Time an insert into a table with limits (max_concurrent_inserts, "

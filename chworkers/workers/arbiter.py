@@ -157,7 +157,9 @@ class Arbiter(Reconfiguring):
         self.broker = broker
         kept = sharedbuf.configure(self._options.kept_memory_files_bytes)
         log.debug("memory files kept for later tasks: at most %d bytes", kept)
-        self._procs = Processes(ctx)
+        self._procs = Processes(
+            ctx, on_server_restart=lambda _: self.outcomes.metrics.fork_server_restarts.inc()
+        )
         self._crew = Crew(
             self,
             self._procs,

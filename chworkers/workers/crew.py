@@ -220,6 +220,14 @@ class Crew:
     # Reaping and checking.
 
     def reap(self, h: WorkerHandle) -> None:
+        server_end = self.procs.lost_server(h)
+        if server_end is not None and h.kill_reason is None:
+            # Its fork server died, and with it the only news of its exit: it may run
+            # on, unseen, holding a task handed back below. It goes for sure (its pid was
+            # a grandchild of this process a moment ago), and is replaced without
+            # counting as a crash or a boot failure: the next start gets a new server.
+            log.warning("%s (pid %s): its fork server %s; killing it", h.name, h.pid, server_end)
+            self.procs.kill(h, "forkserver")
         self.read(h)  # results it sent before dying are results, not lost tasks
         exitcode = self.procs.remove(h)
         now = time.monotonic()

@@ -24,13 +24,24 @@ The server listens on a Unix socket in multiprocess's temporary directory, made 
 ``$TMPDIR``; when that path would be too long for a Unix socket (107 bytes), the
 directory is made in a short one instead (:func:`chworkers.sockdir.short_parent`), so a
 long ``$TMPDIR`` never stops a worker from starting.
+
+A daemon runs for months; its fork server may die meanwhile (the OOM killer, a stray
+``kill``). :func:`ensure_running`, called before each worker starts, then starts a new
+one, logs it and returns a :class:`Restart` for the supervisor to count. The workers the
+dead server forked lose the pipe their exit status came through (multiprocess reports
+them gone with code 255 while they may still run): the supervisor tells them by
+:func:`ended` and replaces them (:mod:`chworkers.workers.crew`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import tempfile
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import multiprocess
@@ -40,7 +51,9 @@ from chworkers.errors import ConfigError
 from chworkers.sockdir import MAX_SOCKET_PATH, short_parent
 from chworkers.workers.signals import HANDLED, blocked
 
-__all__ = ["PRELOAD", "ensure_running", "start_early"]
+__all__ = ["PRELOAD", "Restart", "ended", "ensure_running", "server_pid", "start_early"]
+
+log = logging.getLogger(__name__)
 
 #: Modules the fork server imports once, before it forks any worker, so that no worker
 #: imports them itself.
@@ -51,6 +64,20 @@ PRELOAD = ("chworkers.workers.worker",)
 SOCKET_ROOM = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
 _temp_dir_lock = threading.Lock()
+_server_lock = threading.Lock()
+#: How the servers this process replaced ended, by pid (the last few): their workers
+#: are reaped after the new server started, when the old one can no longer be waited for.
+_replaced: dict[int, str] = {}
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A fork server found gone and replaced: ``old_pid``, how it ``ended`` (``was killed by
+    SIGKILL``, ``exited with code 1``), and the new one's ``new_pid``."""
+
+    old_pid: int
+    ended: str
+    new_pid: int | None
 
 
 def start_early(start_method: str) -> bool:
@@ -63,15 +90,82 @@ def start_early(start_method: str) -> bool:
     return True
 
 
-def ensure_running() -> None:
+def ensure_running() -> Restart | None:
     """Start the fork server unless it runs, with the supervisor's signals blocked in it
-    (from any thread: see :func:`~chworkers.workers.signals.blocked`)."""
+    (from any thread: see :func:`~chworkers.workers.signals.blocked`); returns the
+    :class:`Restart` when it replaced one that had died (logged as a warning)."""
     # The server's start starts the resource tracker first, which UNBLOCKS SIGINT and
     # SIGTERM in this thread once it started (it ignores them itself): start it before.
     resource_tracker.ensure_running()
     short_temp_dir()
-    with blocked(HANDLED):
-        forkserver.ensure_running()
+    with _server_lock:
+        old = server_pid()
+        how = ended(old) if old is not None else None
+        if how == REAPED:
+            _forget()  # multiprocess's own check (waitpid) would raise ChildProcessError
+        with blocked(HANDLED):
+            forkserver.ensure_running()
+        new = server_pid()
+    if old is None or (how is None and new == old):
+        return None
+    restart = Restart(old, how or "ended", new)
+    _replaced[old] = restart.ended
+    while len(_replaced) > 16:
+        del _replaced[next(iter(_replaced))]
+    log.warning(
+        "the workers' fork server (pid %d) %s; started a new one (pid %s)",
+        restart.old_pid,
+        restart.ended,
+        restart.new_pid,
+    )
+    return restart
+
+
+#: How :func:`ended` says a server ended that another part of this process reaped (a
+#: ``waitpid(-1)``, SIGCHLD ignored): its exit status is gone.
+REAPED = "ended (reaped elsewhere: its exit status is unknown)"
+
+
+def server_pid() -> int | None:
+    """The pid of this process's fork server (None before it first starts)."""
+    pid: int | None = forkserver._forkserver._forkserver_pid
+    return pid
+
+
+def ended(pid: int, wait: float = 0.0) -> str | None:
+    """How the fork server ``pid`` (a child of this process) ended (``was killed by
+    SIGKILL``, ``exited with code 1``, :data:`REAPED`), or None while it runs (after
+    waiting up to ``wait`` seconds for it to end). Does not reap it: multiprocess does,
+    when it starts the next one."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return _replaced.get(pid, REAPED)
+        if info is not None and info.si_pid != 0:
+            break
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
+    if info.si_code == os.CLD_EXITED:
+        return f"exited with code {info.si_status}"
+    try:
+        name = signal.Signals(info.si_status).name
+    except ValueError:
+        name = f"signal {info.si_status}"
+    return f"was killed by {name}"
+
+
+def _forget() -> None:
+    """Make multiprocess forget a server that is gone and already reaped."""
+    server = forkserver._forkserver
+    with server._lock:
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+        server._forkserver_pid = None
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
 
 
 def short_temp_dir() -> str:

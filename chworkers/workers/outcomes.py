@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 #: Why a worker was replaced (``chworkers_worker_restarts_total``'s reason): it died,
 #: hung, ran ``max_tasks_per_worker`` tasks, went over ``max_worker_memory``, or was
 #: replaced by a rolling restart.
-RESTART_REASONS = ("crashed", "hung", "recycled", "memory", "rolling")
+RESTART_REASONS = ("crashed", "hung", "recycled", "memory", "rolling", "forkserver")
 
 
 class Outcomes:

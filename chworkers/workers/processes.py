@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 _READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 STOP_GRACE = 5.0  # s a stopping worker gets before SIGKILL
+#: The exit code multiprocess gives a forkserver worker whose status pipe broke.
+LOST_STATUS = 255
+#: How long a worker's exit with LOST_STATUS waits for its fork server to be seen dead.
+SERVER_DEATH_WAIT = 1.0
 
 #: Builds a worker's configuration from its name and the descriptors a forked child
 #: must close.
@@ -69,6 +73,12 @@ class WorkerHandle:
         self.stop_deadline: float | None = None
         self.boot_error: str | None = None
         self.gauges: dict[str, float] = {}
+        #: The fork server that forked it (start method ``forkserver``), else None.
+        self.server_pid: int | None = None
+        #: A pidfd of the process, where the kernel has them: a signal through it
+        #: reaches this process, never another that took its pid once it was reaped
+        #: (under forkserver it is not this process's child: its pid may be reused at once).
+        self.pidfd: int | None = None
 
     def public_state(self) -> str:
         if self.state == "starting":
@@ -94,8 +104,11 @@ class WorkerHandle:
 class Processes:
     """The table of worker processes and the descriptors the loop polls."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(
+        self, ctx: Any, on_server_restart: Callable[[forkserver.Restart], None] | None = None
+    ) -> None:
         self.ctx = ctx
+        self.on_server_restart = on_server_restart
         self.table: dict[str, WorkerHandle] = {}
         self._seq = 0
         self._poller = select.poll()
@@ -155,7 +168,7 @@ class Processes:
             target=worker_main, args=(spec, tasks_r, results_w, heartbeat), name=name, daemon=True
         )
         try:
-            _start(process, self.ctx.get_start_method())
+            restarts = _start(process, self.ctx.get_start_method())
         except Exception:
             tasks_r.close(), tasks_w.close(), results_r.close(), results_w.close()
             raise
@@ -164,6 +177,13 @@ class Processes:
         outbox = channel.Outbox(os.dup(tasks_w.fileno()))
         tasks_w.close()
         h = WorkerHandle(name, process, outbox, results_r, heartbeat, spec.max_tasks)
+        if self.ctx.get_start_method() == "forkserver":
+            h.server_pid = forkserver.server_pid()
+        with contextlib.suppress(OSError, AttributeError):  # gone already; an old kernel
+            h.pidfd = os.pidfd_open(process.pid)
+        for restart in restarts:
+            if self.on_server_restart is not None:
+                self.on_server_restart(restart)
         self.table[name] = h
         self._register(results_r.fileno(), "results", h, _READ)
         self._register(process.sentinel, "sentinel", h, _READ)
@@ -176,6 +196,7 @@ class Processes:
         fds = [self._wake_r, self._wake_w]
         for h in self.table.values():
             fds += [h.outbox.fileno(), h.results.fileno()]
+            fds += [h.pidfd] if h.pidfd is not None else []
         return fds
 
     def messages(self, h: WorkerHandle) -> Iterator[tuple[str, Any]]:
@@ -189,6 +210,15 @@ class Processes:
         except (EOFError, OSError):
             self._unregister(conn.fileno())
 
+    def lost_server(self, h: WorkerHandle) -> str | None:
+        """How the fork server that forked ``h`` ended, when it did (the worker's exit
+        status went with it: multiprocess says 255 whether it exited or not); else None.
+        Call it once ``h``'s sentinel is ready."""
+        if h.server_pid is None or h.process.exitcode != LOST_STATUS:
+            return None
+        # The server's pipes close as it dies, a moment before it can be waited for.
+        return forkserver.ended(h.server_pid, wait=SERVER_DEATH_WAIT)
+
     def remove(self, h: WorkerHandle) -> int | None:
         """Forget a worker that exited (or is about to); returns its exit code."""
         h.process.join(0.5)
@@ -197,6 +227,9 @@ class Processes:
         self._unregister(h.outbox.fileno())
         h.results.close()
         os.close(h.outbox.fileno())
+        if h.pidfd is not None:
+            os.close(h.pidfd)
+            h.pidfd = None
         del self.table[h.name]
         exitcode: int | None = h.process.exitcode
         return exitcode
@@ -208,7 +241,10 @@ class Processes:
         h.kill_reason = h.kill_reason or reason
         h.stop_deadline = h.stop_deadline or time.monotonic() + STOP_GRACE
         with contextlib.suppress(ProcessLookupError, TypeError):
-            os.kill(h.pid or 0, signum)
+            if h.pidfd is not None:
+                signal.pidfd_send_signal(h.pidfd, signum)
+            else:
+                os.kill(h.pid or 0, signum)
 
     def send(self, h: WorkerHandle, kind: str, body: Any) -> None:
         h.outbox.put(channel.encode(kind, body))
@@ -227,15 +263,30 @@ class Processes:
             self._register(fd, "outbox", h, select.POLLOUT)
 
 
-def _start(process: Any, start_method: str) -> None:
+def _start(process: Any, start_method: str) -> list[forkserver.Restart]:
     """Start a worker process with the supervisor's signals blocked: it inherits the mask
     and unblocks them once it has set its own dispositions, so a signal sent to the
-    whole process group while it starts cannot kill it (see ``worker_main``)."""
+    whole process group while it starts cannot kill it (see ``worker_main``). Returns
+    the fork servers found dead and replaced meanwhile."""
     # Starting the resource tracker (spawn, forkserver) unblocks SIGINT and SIGTERM in
     # this thread: start it, and the fork server, before blocking.
+    restarts: list[forkserver.Restart] = []
     if start_method == "forkserver":
-        forkserver.ensure_running()
+        restart = forkserver.ensure_running()
+        restarts += [restart] if restart is not None else []
     elif start_method == "spawn":
         resource_tracker.ensure_running()
-    with blocked(HANDLED):
-        process.start()
+    try:
+        with blocked(HANDLED):
+            process.start()
+    except (OSError, EOFError):
+        # The fork server died between the check and the request (its socket refused,
+        # or it never sent the pid): start a new one and try once more.
+        pid = forkserver.server_pid() if start_method == "forkserver" else None
+        if pid is None or forkserver.ended(pid) is None:
+            raise
+        restart = forkserver.ensure_running()
+        restarts += [restart] if restart is not None else []
+        with blocked(HANDLED):
+            process.start()
+    return restarts
