@@ -175,13 +175,6 @@ def test_the_streams_slot_migrates_mid_ingest(
     assert count(endpoint, database) == (ENTRIES * PER_ENTRY, ENTRIES * PER_ENTRY)
 
 
-@pytest.mark.xfail(
-    reason="known defect, open: in CI at 03:13 on 2 Dec 2026 (load from the suite) one "
-    "entry of 10 rows was inserted twice across the failover (20,010 rows, 20,000 "
-    "distinct ids); passes when run alone. Exactly once across a Redis Cluster failover "
-    "is not yet guaranteed: see docs/brokers.md",
-    strict=False,
-)
 def test_the_streams_primary_fails_over_to_its_replica(
     tmp_path: Path,
     endpoint: EmbeddedClickHouse,

@@ -37,6 +37,9 @@ class Ahead:
         self._pool: Any = None
         self._connection: Any = None  # a redis.Connection (its methods are untyped)
         self._sent: deque[Reply] = deque()
+        #: Connections opened so far: a reply on a later one than a command's may come
+        #: from a Redis that lost what that command did (a failover, a restart).
+        self.opened = 0
 
     def send(self, *args: Any) -> Reply:
         """Send a command now; raises redis-py's errors (then nothing is outstanding)."""
@@ -91,6 +94,7 @@ class Ahead:
         if self._connection is None:
             self._pool = self._pools()
             self._connection = borrow(self._pool)
+            self.opened += 1
         return self._connection
 
 

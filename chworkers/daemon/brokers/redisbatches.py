@@ -56,6 +56,10 @@ class RedisBatching(SourceParts):
         self._unbatched: list[redisentries.Entry] = []
         #: The batch whose manifest was sent last, until its verdict is taken.
         self._sent: tuple[str, Assembly, SentManifest] | None = None
+        #: The reads' connection last seen (:meth:`_new_only`), and while reads on it may
+        #: deliver again entries this source holds: up to which id.
+        self._connection = 0
+        self._recheck_to: str | None = None
 
     @property
     def redis(self) -> StreamGroup:
@@ -83,13 +87,61 @@ class RedisBatching(SourceParts):
         if poison is not None:
             self._poison([poison])
 
+    def _held(self) -> set[str]:
+        """The ids of every entry this source holds: in the batch in the making, read and
+        not batched yet, in the batch whose manifest was sent, in flight."""
+        with self._lock:
+            held = {i for ids in self._inflight.values() for i in ids}
+        held.update(self._assembly.ids)
+        held.update(map(redisentries.entry_id, self._unbatched))
+        if self._sent is not None:
+            held.update(self._sent[1].ids)
+        return held
+
+    def _new_only(self, entries: list[redisentries.Entry]) -> list[redisentries.Entry]:
+        """The entries of a read of new ones (``XREADGROUP ... >``) less those this source
+        holds already.
+
+        A Redis that lost its last writes (a failover to a replica that had not had them
+        yet, a restart) may have lost the delivery of entries it had sent this consumer:
+        they are new to the group again, and a read delivers them once more. Batched
+        beside the copy the source holds, their rows would be inserted twice (the
+        manifest's check cannot tell: every id is pending for this consumer again). Only
+        the reads on a new connection can (Redis loses writes only with the connections
+        that saw them), and only until one of them passes the highest id held when it was
+        opened: reads of new entries come in the stream's order."""
+        connection = self.redis.connection()
+        if connection != self._connection:
+            self._connection = connection
+            held = self._held()
+            self._recheck_to = max(held, key=entry_order) if held else None
+        if self._recheck_to is None or not entries:
+            return entries
+        held = self._held()
+        kept = [entry for entry in entries if redisentries.entry_id(entry) not in held]
+        if len(kept) < len(entries):
+            log.warning(
+                "source %s: Redis delivered %s again (it lost their first delivery: a "
+                "failover, or a restart that lost its last writes); batched once",
+                self.name,
+                plural(len(entries) - len(kept), "entry", "entries"),
+            )
+            if self.metrics is not None:
+                self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(
+                    len(entries) - len(kept)
+                )
+        last = redisentries.entry_id(entries[-1])
+        if entry_order(last) > entry_order(self._recheck_to):
+            self._recheck_to = None
+        return kept
+
     def _claim(self) -> None:
         """Take over entries other consumers left pending for ``claim_idle``."""
         # The claim must know every entry this source holds: the batches it sent, and
         # those of a read sent ahead (idle past claim_idle when the source waited long,
         # so the claim returns them too).
         self._settle()
-        self._unbatched += self.redis.take_ahead()
+        self._unbatched += self._new_only(self.redis.take_ahead())
         self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
         present = set(self._assembly.ids).union(map(redisentries.entry_id, self._unbatched))
         messages = [message for message in claimed if message.id not in present]

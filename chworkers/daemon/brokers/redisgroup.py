@@ -119,6 +119,12 @@ class StreamGroup(GroupManifests):
         except failures() as exc:
             raise self.error(exc, ahead=True) from exc
 
+    def connection(self) -> int:
+        """Which connection the reads go on (1 for the first, one more after each
+        failure): reads on a later connection than an entry's delivery may deliver it
+        again, when the Redis they reach lost that delivery (a failover, a restart)."""
+        return self._ahead.opened
+
     def reading_ahead(self) -> bool:
         """Whether a read was sent ahead (its entries come without waiting)."""
         return self._next_read is not None

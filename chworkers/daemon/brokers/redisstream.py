@@ -176,8 +176,8 @@ class RedisSource(RedisBatching):
             # The next read is sent ahead unless the source holds enough already: so it
             # holds at most max_batches and one read, and a batch of many reads (few
             # records per entry) is read with Redis and the source working at once.
-            entries = self.redis.read_new(
-                self.options.fetch_count, block_ms, ahead=not self._holding()
+            entries = self._new_only(
+                self.redis.read_new(self.options.fetch_count, block_ms, ahead=not self._holding())
             )
         start = 0
         while start < len(entries):
