@@ -16,7 +16,8 @@ from chworkers.workers.supervisor import Supervisor
 
 
 class Windows(Middleware):
-    """Appends ``table start end`` (monotonic, shared by all processes) per insert."""
+    """Appends ``table start end`` (monotonic, shared by all processes) per insert;
+    ``table@shard`` for an insert into a shard of a cluster."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -31,7 +32,8 @@ class Windows(Middleware):
     ) -> None:
         end = time.monotonic()
         with open(self.path, "a") as fh:
-            fh.write(f"{task.table} {end - duration!r} {end!r}\n")
+            where = task.table if task.shard is None else f"{task.table}@{task.shard}"
+            fh.write(f"{where} {end - duration!r} {end!r}\n")
 
 
 def windows(path: Path) -> dict[str, list[tuple[float, float]]]:
@@ -51,9 +53,11 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return peak
 
 
-def recording(url: str, record: Path, workers: int, table_limits: Mapping[str, Any]) -> Supervisor:
+def recording(
+    url: str, record: Path, workers: int, table_limits: Mapping[str, Any], **kw: Any
+) -> Supervisor:
     """A supervisor (not started) of ``workers`` processes, as many connections, whose
-    every insert's window is appended to ``record``."""
+    every insert's window is appended to ``record`` (``kw``: more of its arguments)."""
     return Supervisor(
         url,
         workers=workers,
@@ -61,6 +65,7 @@ def recording(url: str, record: Path, workers: int, table_limits: Mapping[str, A
         start_method="fork",
         middleware=[Windows(str(record))],
         table_limits=table_limits,
+        **kw,
     )
 
 

@@ -17,7 +17,7 @@ import pytest
 from faultproxy import FaultProxy
 from insertwindows import most_at_once, recording, slow_tables, warm, windows
 
-from chworkers import Supervisor, TableLimit
+from chworkers import Cluster, Supervisor, TableLimit
 from chworkers.errors import ConfigError
 from chworkers.workers.context import TaskInfo, WorkerContext
 from chworkers.workers.middleware import Middleware
@@ -62,6 +62,35 @@ def test_a_hot_table_held_to_one_insert_does_not_delay_the_others(
     assert waiting == 9
     assert ch_client.query("SELECT count() FROM hot").result_rows[0][0] == 9
     assert ch_client.query("SELECT count() FROM cold").result_rows[0][0] == 5
+
+
+def test_on_a_sharded_cluster_the_limits_hold_per_table_and_shard(
+    slow: str, tmp_path: Path, fault_proxy: FaultProxy, database: str
+) -> None:
+    """Each shard is a server of its own: one insert at a time into hot on each shard,
+    the two shards' inserts side by side (the same endpoint behind two proxies)."""
+    other = FaultProxy(fault_proxy.target)
+    other.set("delay", delay=0.15)
+    cluster = Cluster.parse([[f"127.0.0.1:{fault_proxy.port}"], [f"127.0.0.1:{other.port}"]])
+    record = tmp_path / "windows"
+    limits = {"hot": {"max_concurrent_inserts": 1, "max_inserts_per_second": 20}}
+    try:
+        with recording(slow, record, 4, limits, shards=cluster) as sup:
+            for shard in (0, 1):
+                sup.insert("hot", [[100]], ["n"], shard=shard).result(60)
+            record.unlink()
+            futures = [sup.insert("hot", [[i]], ["n"], shard=i % 2) for i in range(12)]
+            assert [f.result(60) for f in futures] == [1] * 12
+            stats = sup.stats().table_limits["hot"]
+    finally:
+        other.close()
+    spans = windows(record)
+    assert most_at_once(spans["hot@0"]) == most_at_once(spans["hot@1"]) == 1
+    assert most_at_once(spans["hot@0"] + spans["hot@1"]) == 2  # not one for the table
+    for shard in ("hot@0", "hot@1"):  # 20 a second: 0.05 s apart on each shard
+        starts = [start for start, _ in spans[shard]]
+        assert min(b - a for a, b in itertools.pairwise(starts)) > 0.04
+    assert stats["peak"] == 1 and stats["running"] == 0
 
 
 def test_inserts_per_second_are_spaced_across_workers(slow: str, tmp_path: Path) -> None:

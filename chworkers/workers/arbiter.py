@@ -292,7 +292,7 @@ class Arbiter(Reconfiguring):
             timeout = min(timeout, max(0.0, crew.next_spawn - time.monotonic()))
         if self.limits and self.queue.parked:
             now = time.monotonic()
-            wake = self.limits.next_wakeup(self.queue.parked_tables(), now)
+            wake = self.limits.next_wakeup(self.queue.parked_lanes(), now)
             if wake is not None:
                 timeout = min(timeout, max(0.0, wake - now))
         return timeout

@@ -102,9 +102,9 @@ class TableLimitSnapshot(TypedDict):
 
     max_concurrent_inserts: int | None
     max_inserts_per_second: float | None
-    running: int  # inserts holding a slot now
-    waiting: int  # inserts held back now
-    peak: int  # most inserts running at once so far
+    running: int  # inserts holding a slot now (on all shards)
+    waiting: int  # inserts held back now (on all shards)
+    peak: int  # most inserts running at once so far (into one shard)
 
 
 @dataclass(frozen=True)

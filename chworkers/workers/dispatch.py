@@ -82,8 +82,8 @@ class Dispatcher:
         now = time.monotonic()
         if limits and queue.parked:
             # Held back by their table's limit: the oldest go first once it lets them.
-            for table in queue.parked_tables():
-                pending.extend(queue.unpark(table, limits.room(table, now)))
+            for lane in queue.parked_lanes():
+                pending.extend(queue.unpark(lane, limits.room(lane, now)))
         while ready:
             # The least busy; between equals, the one given least so far: a trickle of
             # tasks that each find every worker idle is spread, not all sent to the first.

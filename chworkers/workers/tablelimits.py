@@ -3,7 +3,11 @@
 ClickHouse advises about one insert per second per table, and concurrent inserts into
 one table multiply its parts. ``table_limits={"events": TableLimit(max_concurrent_inserts=2,
 max_inserts_per_second=1)}`` (a pipeline's settings under the daemon) holds every insert
-into ``events``, whichever worker runs it, to both.
+into ``events``, whichever worker runs it, to both. On a sharded cluster the limits hold
+per table *and shard*: each shard is a server of its own, with its own parts and merges,
+which is what ClickHouse's advice is about, so ``max_concurrent_inserts=2`` lets two
+inserts run on each shard at once, and ``max_inserts_per_second=1`` one insert per second
+into each shard's table.
 
 The supervisor's loop is the one place that hands tasks to workers, so it is where the
 limits are kept, in :class:`TableLimits`, a ledger only the loop touches: an insert is
@@ -20,7 +24,7 @@ it may start later, so the table's next insert waits for its result and then
 rate is not starved by others keeping every worker busy. What is limited is insert
 tasks: retries of one request within the worker's retry policy, and the requests of
 ``split_bad_rows`` bisection, run within its slot. Time spent waiting is observed in ``chworkers_table_limit_wait_seconds{table}``;
-``chworkers_table_limit_waiting{table}`` counts inserts waiting now.
+``chworkers_table_limit_waiting{table}`` counts inserts waiting now (on all shards).
 """
 
 from __future__ import annotations
@@ -32,22 +36,41 @@ from chworkers.errors import ConfigError
 from chworkers.ops.metrics import Metrics
 from chworkers.workers.commands import TableLimitSnapshot
 from chworkers.workers.options import TableLimit
-from chworkers.workers.tasks import INSERT, Task
+from chworkers.workers.tasks import INSERT, Lane, Task
 
 log = logging.getLogger(__name__)
 
 
-class _Table:
-    __slots__ = ("awaiting", "limit", "next_start", "peak", "running")
+class _Lane:
+    """One table's inserts on one shard (the one lane of a table that is not sharded)."""
 
-    def __init__(self, limit: TableLimit) -> None:
-        self.limit = limit
+    __slots__ = ("awaiting", "next_start", "peak", "running")
+
+    def __init__(self) -> None:
         self.running = 0
         self.next_start = 0.0
         self.peak = 0  # most inserts running at once so far (stats, tests)
         #: A rate-limited insert sent to a busy worker: when it starts is unknown, so
         #: the next one waits for its result (then 1/rate more).
         self.awaiting: int | None = None
+
+
+class _Table:
+    __slots__ = ("lanes", "limit")
+
+    def __init__(self, limit: TableLimit) -> None:
+        self.limit = limit
+        self.lanes: dict[int | None, _Lane] = {}  # by shard
+
+    def lane(self, shard: int | None) -> _Lane:
+        found = self.lanes.get(shard)
+        if found is None:
+            found = self.lanes[shard] = _Lane()
+        return found
+
+    @property
+    def running(self) -> int:
+        return sum(lane.running for lane in self.lanes.values())
 
 
 class TableLimits:
@@ -57,7 +80,7 @@ class TableLimits:
         self.metrics = metrics
         self.tables: dict[str, _Table] = {}
         self._parked_at: dict[int, float] = {}  # task id -> when it was first held back
-        self._holding: dict[int, str] = {}  # task id -> the table whose slot it holds
+        self._holding: dict[int, Lane] = {}  # task id -> the lane whose slot it holds
         self.set(limits)
 
     def __bool__(self) -> bool:
@@ -89,17 +112,18 @@ class TableLimits:
             return None
         return self.tables.get(task.table)
 
-    def room(self, table: str, now: float) -> int:
-        """How many of ``table``'s inserts may start now."""
+    def room(self, lane: Lane, now: float) -> int:
+        """How many of a table's inserts into a shard (``lane``) may start now."""
+        table, shard = lane
         entry = self.tables.get(table)
         if entry is None:
             return 1 << 30  # its limit was lifted: all of them
-        limit = entry.limit
+        limit, state = entry.limit, entry.lane(shard)
         n = 1 << 30
         if limit.max_concurrent_inserts is not None:
-            n = max(0, limit.max_concurrent_inserts - entry.running)
+            n = max(0, limit.max_concurrent_inserts - state.running)
         if limit.max_inserts_per_second is not None:
-            n = min(n, 1 if now >= entry.next_start and entry.awaiting is None else 0)
+            n = min(n, 1 if now >= state.next_start and state.awaiting is None else 0)
         return n
 
     def admit(self, task: Task, now: float, *, idle: bool = True) -> bool:
@@ -110,51 +134,54 @@ class TableLimits:
             if self._parked_at:  # held back, then its limit was lifted
                 self._parked_at.pop(task.id, None)
             return True
-        if not self.room(task.table or "", now):
+        if not self.room(task.lane, now):
             self._parked_at.setdefault(task.id, now)
             return False
-        entry.running += 1
-        self._holding[task.id] = task.table or ""
-        entry.peak = max(entry.peak, entry.running)
+        state = entry.lane(task.shard)
+        state.running += 1
+        self._holding[task.id] = task.lane
+        state.peak = max(state.peak, state.running)
         rate = entry.limit.max_inserts_per_second
         if rate is not None:
-            entry.next_start = max(now, entry.next_start) + 1.0 / rate
+            state.next_start = max(now, state.next_start) + 1.0 / rate
             if not idle:
-                entry.awaiting = task.id
+                state.awaiting = task.id
         waited = now - self._parked_at.pop(task.id, now)
         self.metrics.table_limit_wait.labels(task.table).observe(waited)
         return True
 
     def release(self, task: Task, now: float) -> None:
         """``task``'s insert ended (its result, or its worker's death): its slot is free."""
-        table = self._holding.pop(task.id, None)
-        if table is None:
+        lane = self._holding.pop(task.id, None)
+        if lane is None:
             return
-        entry = self.tables.get(table)
+        entry = self.tables.get(lane[0])
         if entry is None:
             return
-        entry.running = max(0, entry.running - 1)
-        if entry.awaiting == task.id:
-            entry.awaiting = None
+        state = entry.lane(lane[1])
+        state.running = max(0, state.running - 1)
+        if state.awaiting == task.id:
+            state.awaiting = None
             rate = entry.limit.max_inserts_per_second
             if rate is not None:  # it started before now: the next one 1/rate after
-                entry.next_start = max(entry.next_start, now + 1.0 / rate)
+                state.next_start = max(state.next_start, now + 1.0 / rate)
 
-    def next_wakeup(self, parked: list[str], now: float) -> float | None:
-        """When the loop must look again for a ``parked`` table that waits on time
-        alone (its next start); tables waiting on a slot or on an insert's result are
-        woken by that result, and must not make the loop spin until it comes."""
+    def next_wakeup(self, parked: list[Lane], now: float) -> float | None:
+        """When the loop must look again for a ``parked`` table (on a shard) that waits
+        on time alone (its next start); those waiting on a slot or on an insert's result
+        are woken by that result, and must not make the loop spin until it comes."""
         times = []
-        for table in parked:
+        for table, shard in parked:
             entry = self.tables.get(table)
             if entry is None or entry.limit.max_inserts_per_second is None:
                 continue
-            if entry.awaiting is not None or entry.next_start <= now:
+            state = entry.lane(shard)
+            if state.awaiting is not None or state.next_start <= now:
                 continue
             most = entry.limit.max_concurrent_inserts
-            if most is not None and entry.running >= most:
+            if most is not None and state.running >= most:
                 continue
-            times.append(entry.next_start)
+            times.append(state.next_start)
         return min(times) if times else None
 
     def publish(self, parked: Mapping[str, int]) -> None:
@@ -168,7 +195,7 @@ class TableLimits:
                 "max_inserts_per_second": entry.limit.max_inserts_per_second,
                 "running": entry.running,
                 "waiting": parked.get(table, 0),
-                "peak": entry.peak,
+                "peak": max((lane.peak for lane in entry.lanes.values()), default=0),
             }
             for table, entry in self.tables.items()
         }

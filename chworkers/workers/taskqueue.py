@@ -7,9 +7,10 @@ or raises :class:`QueueFullError` when its timeout runs out. Tasks a dead worker
 go back to the front, past the bound: they were admitted once already.
 
 Inserts into a table held back by its limits (:mod:`chworkers.workers.tablelimits`) wait
-apart, *parked* by table, so that they never stand in front of other tables' tasks nor
-fill the queue the others share: a table has up to ``maxsize`` tasks parked, beyond
-which only its own producers block. They still count as queued (``len``, draining).
+apart, *parked* by table (and shard, of a sharded cluster: limits are per shard), so that
+they never stand in front of other tables' tasks nor fill the queue the others share: a
+table has up to ``maxsize`` tasks parked per shard, beyond which only its own producers
+block. They still count as queued (``len``, draining).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 from chworkers.errors import QueueFullError, SupervisorStoppedError
 from chworkers.wording import plural
-from chworkers.workers.tasks import Task
+from chworkers.workers.tasks import Lane, Task
 
 
 class TaskQueue:
@@ -33,7 +34,7 @@ class TaskQueue:
         self._on_put = on_put
         self._closed: str | None = None
         self.nbytes = 0
-        self._parked: dict[str, deque[Task]] = {}
+        self._parked: dict[Lane, deque[Task]] = {}
         self.parked = 0
 
     def __len__(self) -> int:
@@ -47,7 +48,7 @@ class TaskQueue:
 
     def _full(self, task: Task) -> bool:
         if task.table is not None and self._parked:
-            parked = self._parked.get(task.table)
+            parked = self._parked.get(task.lane)
             if parked is not None and len(parked) >= self.maxsize:
                 return True  # its table waits on its limit: only its producers wait
         if not self._items:
@@ -118,32 +119,37 @@ class TaskQueue:
         """Hold back a task its table's limit does not let start yet (the loop only)."""
         assert task.table is not None
         with self._cond:
-            parked = self._parked.setdefault(task.table, deque())
+            parked = self._parked.setdefault(task.lane, deque())
             if parked and task.id < parked[0].id:
                 parked.appendleft(task)  # taken out to start, then held back again
             else:
                 parked.append(task)
             self.parked += 1
 
-    def parked_tables(self) -> list[str]:
+    def parked_lanes(self) -> list[Lane]:
+        """The tables (on their shards) with tasks parked."""
         return list(self._parked)
 
-    def unpark(self, table: str, n: int) -> list[Task]:
-        """Up to ``n`` of ``table``'s parked tasks, oldest first (the loop only)."""
+    def unpark(self, lane: Lane, n: int) -> list[Task]:
+        """Up to ``n`` of ``lane``'s parked tasks, oldest first (the loop only)."""
         with self._cond:
-            parked = self._parked.get(table)
+            parked = self._parked.get(lane)
             if not parked:
                 return []
             taken = [parked.popleft() for _ in range(min(n, len(parked)))]
             if not parked:
-                del self._parked[table]
+                del self._parked[lane]
             self.parked -= len(taken)
             self._cond.notify_all()  # a producer of that table may be waiting
             return taken
 
     def parked_by_table(self) -> dict[str, int]:
+        """Tasks parked per table, on all its shards."""
+        counts: dict[str, int] = {}
         with self._cond:
-            return {table: len(tasks) for table, tasks in self._parked.items()}
+            for (table, _), tasks in self._parked.items():
+                counts[table] = counts.get(table, 0) + len(tasks)
+        return counts
 
     def close(self, reason: str) -> None:
         """Refuse new tasks from now on (queued ones stay)."""

@@ -30,6 +30,10 @@ SUBMIT = "submit"  # fn(conn, *args, **kwargs) with a leased connection
 CALL = "call"  # fn(*args, **kwargs), no connection
 
 
+#: A table on a shard of a cluster (None: not sharded): what table limits are kept per.
+Lane = tuple[str, int | None]
+
+
 @dataclass(eq=False, slots=True)
 class Task:
     """A task in the supervisor: its bytes, its future and its bookkeeping."""
@@ -62,6 +66,12 @@ class Task:
     #: An insert the caller sent before (an attempt of it may have landed): all the rows
     #: ClickHouse says it wrote count as replayed, not as inserted.
     replay: bool = False
+
+    @property
+    def lane(self) -> Lane:
+        """Where its table's insert limits apply: its table on its shard (each shard of a
+        sharded cluster is a server of its own; the shard is None when not sharded)."""
+        return (self.table or "", self.shard)
 
     def release(self) -> None:
         """Free the shared-memory copies now that the task is done (else with the task)."""
