@@ -93,6 +93,39 @@ def test_on_a_sharded_cluster_the_limits_hold_per_table_and_shard(
     assert stats["peak"] == 1 and stats["running"] == 0
 
 
+def test_a_shard_that_is_down_holds_at_most_its_limit_of_workers(
+    tmp_path: Path, fault_proxy: FaultProxy, ch_client: Any, database: str
+) -> None:
+    """Under Supervisor alone an insert into a dead shard holds its worker while it
+    retries; with max_concurrent_inserts per table and shard, the dead shard's inserts
+    hold only that many workers, the rest wait parked, and the other shard's go on
+    (docs/sharding.md, "A shard that is down")."""
+    ch_client.command("CREATE TABLE hot (n UInt64) ENGINE = MergeTree ORDER BY n")
+    dead = FaultProxy(fault_proxy.target)
+    cluster = Cluster.parse([[f"127.0.0.1:{fault_proxy.port}"], [f"127.0.0.1:{dead.port}"]])
+    url = f"http://127.0.0.1:{fault_proxy.port}/{database}"
+    retry = {"max_attempts": 1000, "initial_backoff": 0.05, "max_backoff": 0.2, "deadline": 6}
+    record = tmp_path / "windows"
+    try:
+        with recording(
+            url, record, 3, {"hot": {"max_concurrent_inserts": 1}}, shards=cluster, retry=retry
+        ) as sup:
+            for shard in (0, 1):
+                sup.insert("hot", [[100]], ["n"], shard=shard).result(60)
+            dead.set("reset")
+            down = [sup.insert("hot", [[i]], ["n"], shard=1) for i in range(3)]
+            up = [sup.insert("hot", [[i]], ["n"], shard=0) for i in range(6)]
+            assert [f.result(60) for f in up] == [1] * 6
+            # Shard 0's inserts all went while the first into shard 1 still retried.
+            assert not any(f.done() for f in down)
+            assert sup.stats().table_limits["hot"]["waiting"] == 2  # parked, no worker
+            dead.set("pass")
+            assert [f.result(60) for f in down] == [1] * 3
+    finally:
+        dead.close()
+    assert ch_client.query("SELECT count() FROM hot").result_rows[0][0] == 11
+
+
 def test_inserts_per_second_are_spaced_across_workers(slow: str, tmp_path: Path) -> None:
     record = tmp_path / "windows"
     with recording(slow, record, 3, {"hot": TableLimit(max_inserts_per_second=4)}) as sup:

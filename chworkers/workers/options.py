@@ -35,14 +35,15 @@ class TableLimit:
     max_concurrent_inserts: int | None = setting(
         None,
         "Inserts into the table that may run at once, across all workers (none: no "
-        "limit); the rest wait in the supervisor while other tables' inserts go on.",
+        "limit; on a sharded cluster, into each shard's table); the rest wait in the "
+        "supervisor while other tables' inserts go on.",
         minimum=1,
     )
     max_inserts_per_second: float | None = setting(
         None,
         "Inserts into the table handed to workers per second, across all workers: "
         "consecutive ones start at least 1/this apart (none: no limit; ClickHouse advises "
-        "about 1 per table).",
+        "about 1 per table; on a sharded cluster, per shard).",
         minimum=0.001,
     )
 
