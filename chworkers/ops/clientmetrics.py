@@ -120,8 +120,8 @@ class ClientMetrics:
         )
         self.rows_inserted = Counter(
             "chworkers_rows_inserted_total",
-            "Rows ClickHouse wrote (its summary's written_rows), by table; replays apart "
-            "(rows_replayed).",
+            "Rows inserted into the table (those sent that ClickHouse took; not what its "
+            "materialized views wrote), by table; replays apart (rows_replayed).",
             ["table"],
             registry=r,
         )

@@ -138,14 +138,24 @@ class Outcomes:
         self.finish(task, value, None)
 
     def _inserted(self, task: Task, result: InsertResult) -> Any:
-        """Count a confirmed insert once, in ClickHouse's own terms (its summary's
-        written rows and bytes), the rows of a caller's replay apart (ClickHouse counts
-        the rows it dropped as duplicates as written, and the caller may have counted
-        them before); returns what the future resolves to."""
+        """Count a confirmed insert once, the rows of a caller's replay apart
+        (ClickHouse counts the rows it dropped as duplicates as written, and the caller
+        may have counted them before); returns what the future resolves to.
+
+        Rows are the table's: those sent that ClickHouse took, when the task knows how
+        many it sent. ClickHouse's summary (``written_rows``) also counts what the
+        table's materialized views wrote into their targets (ClickHouse issue 18237), so
+        it is only used when the task does not know its rows, or when ClickHouse wrote
+        fewer (``input_format_allow_errors_num`` skipped some). Bytes are ClickHouse's
+        ``written_bytes``, views included: it says no more.
+        """
         m, table = self.metrics, task.table or ""
         rows = result.rows
-        if rows is None:  # no summary from the server: the rows we sent that it took
-            rows = max(0, task.rows - len(result.rejected))
+        if task.rows > 0:  # the rows we sent that it took; 0: a raw insert of unknown rows
+            taken = max(0, task.rows - sum(r.rows for r in result.rejected))
+            rows = taken if rows is None else min(rows, taken)
+        elif rows is None:
+            rows = 0
         # Sent before by the caller, who may have counted it then: all a replay. Our own
         # retries (a lost answer, a worker that died under it) are not: no attempt of
         # theirs was counted, so this confirmation is the rows' first count either way.
