@@ -182,6 +182,23 @@ def test_system_flush_async_insert_queue(ch_client: Client) -> None:
     assert count(ch_client, table) == 2
 
 
+def test_system_asynchronous_inserts_shows_what_waits(ch_client: Client) -> None:
+    table = make_table(ch_client)
+    settings = {**GATHER, "async_insert_busy_timeout_max_ms": 60000, "wait_for_async_insert": 0}
+    for keys in ((1, 2), (3,)):
+        ch_client.raw_insert(table, None, jsonl(*keys), settings=settings, fmt="JSONEachRow")
+    query = (
+        "SELECT table, format, total_bytes, length(entries.query_id), first_update <= now64() "
+        f"FROM system.asynchronous_inserts WHERE database = currentDatabase() AND table = '{table}'"
+    )
+    assert ch_client.query(query).result_rows == [
+        (table, "JSONEachRow", len(jsonl(1, 2, 3)), 2, True)
+    ]
+    ch_client.command("SYSTEM FLUSH ASYNC INSERT QUEUE")
+    assert ch_client.query(query).result_rows == []
+    assert count(ch_client, table) == 3
+
+
 def test_too_much_data_is_written_synchronously(ch_client: Client) -> None:
     table = make_table(ch_client)
     settings = {

@@ -152,6 +152,8 @@ def _limits(s: dict[str, str]) -> Limits:
 def flush_targets(text: bytes) -> list[tuple[str | None, str]] | None:
     """For ``SYSTEM FLUSH ASYNC INSERT QUEUE [db.t, ...]``, its tables (empty: all);
     None for any other statement."""
+    if sql.first_keyword(text) != "SYSTEM":
+        return None
     try:
         toks = sql._tokens(text, True)
     except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
@@ -180,3 +182,63 @@ def flush(queue: AsyncInsertQueue, database: str, tables: list[tuple[str | None,
         )
 
     queue.flush_all(chosen)
+
+
+_QUEUE_STRUCTURE = (
+    "query String, database String, table String, format String, first_update_us UInt64, "
+    "total_bytes UInt64, `entries.query_id` Array(String), `entries.bytes` Array(UInt64)"
+)
+
+
+def with_queue_table(queue: AsyncInsertQueue, text: bytes) -> bytes:
+    """``text`` with ``system.asynchronous_inserts`` replaced by what the queue holds.
+
+    chDB's own table is always empty (it has no queue); the endpoint's entries take its
+    place, in its columns, as a subquery over the ``format`` table function.
+    """
+    if b"asynchronous_inserts" not in text:
+        return text
+    try:
+        toks = sql._tokens(text, True)
+    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return text
+    spans = [
+        (toks[i].start, toks[i + 2].end)
+        for i in range(len(toks) - 2)
+        if tablerisk._unquote(toks[i]).lower() == "system"
+        and toks[i].kind in ("word", "quoted")
+        and toks[i + 1].text == b"."
+        and toks[i + 2].kind in ("word", "quoted")
+        and tablerisk._unquote(toks[i + 2]) == "asynchronous_inserts"
+    ]
+    if not spans:
+        return text
+    rows = []
+    for key, entries, first in queue.pending():
+        database, table = asyncflush.qualified(key.database, key.statement)
+        rows.append(
+            json.dumps(
+                {
+                    "query": f"{key.statement} FORMAT {key.fmt}",
+                    "database": database,
+                    "table": table,
+                    "format": key.fmt,
+                    "first_update_us": int(first * 1_000_000),
+                    "total_bytes": sum(len(e.data) for e in entries),
+                    "entries.query_id": [e.query_id for e in entries],
+                    "entries.bytes": [len(e.data) for e in entries],
+                }
+            )
+        )
+    table_sql = (
+        "(SELECT query, database, table, format, "
+        "fromUnixTimestamp64Micro(first_update_us) AS first_update, total_bytes, "
+        "`entries.query_id`, `entries.bytes` FROM format(JSONEachRow, "
+        f"{quote_literal(_QUEUE_STRUCTURE)}, {quote_literal(chr(10).join(rows))}))"
+    ).encode()
+    out = bytearray()
+    at = 0
+    for start, end in spans:
+        out += text[at:start] + table_sql
+        at = end
+    return bytes(out + text[at:])

@@ -204,11 +204,14 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                     "INSERT after its FORMAT clause so it streams",
                 )
         text = bytes(buf)
-        flushed = asyncinsert.flush_targets(text) if ctx.inserts is not None else None
-        if ctx.inserts is not None and flushed is not None:
-            asyncinsert.flush(ctx.inserts, qr.database or queries.current_database(conn), flushed)
-            _inserted(ctx, handle, qr, resp, stats)
-            return
+        if ctx.inserts is not None:
+            flushed = asyncinsert.flush_targets(text)
+            if flushed is not None:
+                database = qr.database or queries.current_database(conn)
+                asyncinsert.flush(ctx.inserts, database, flushed)
+                _inserted(ctx, handle, qr, resp, stats)
+                return
+            text = asyncinsert.with_queue_table(ctx.inserts, text)
         # DDL: a table, view or constraint may be new. Forgotten after it too, so an
         # insert that asked while it ran does not keep what it saw before.
         ddl = sql.first_keyword(text) not in _CHANGES_NO_TABLE
