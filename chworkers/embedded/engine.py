@@ -25,6 +25,11 @@ from chworkers.errors import EmbeddedError
 log = logging.getLogger(__name__)
 
 
+#: What every connection of the endpoint starts with (its default profile): known, so
+#: a tracked connection does not ask chDB for them.
+CONNECTION_SETTINGS = {"async_insert": "0"}
+
+
 def _chdb() -> Any:
     from chdb import _chdb as native  # imported late: loading chDB costs ~100 MB
 
@@ -63,7 +68,7 @@ class Engine:
             # The endpoint's default profile: an INSERT is queued only when it asks
             # (ClickHouse 26.2+ servers default to 1, and queue every INSERT that does not
             # say async_insert=0); see chworkers/embedded/asyncinsert.py.
-            conn.query(b"SET async_insert = 0", "TabSeparated")
+            conn.query(b"SET async_insert = 0", "TabSeparated")  # = CONNECTION_SETTINGS
         except RuntimeError as exc:
             close_quietly(conn)
             raise from_chdb(exc) from None

@@ -19,7 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from chworkers.embedded.engine import Engine, close_quietly
+from chworkers.embedded.engine import CONNECTION_SETTINGS, Engine, close_quietly
 from chworkers.embedded.tracked import TrackedConnection
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ class ConnectionPool:
         with self._lock:
             pooled = self._idle.pop() if self._idle else None
         if pooled is None:
-            pooled = PooledConnection(conn=self._engine.connect())
+            pooled = PooledConnection(
+                conn=self._engine.connect(), baseline=dict(CONNECTION_SETTINGS)
+            )
         pooled.uses += 1
         pooled.reusable = False
         return pooled

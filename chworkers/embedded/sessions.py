@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from chworkers.embedded.engine import Engine, close_quietly
+from chworkers.embedded.engine import CONNECTION_SETTINGS, Engine, close_quietly
 from chworkers.embedded.exceptions import (
     INVALID_SESSION_TIMEOUT,
     SESSION_IS_LOCKED,
@@ -131,7 +131,13 @@ class Sessions:
                 raise clickhouse_error(
                     SESSION_IS_LOCKED, f"Session {session_id} is locked by a concurrent client"
                 )
-            session = Session(session_id=session_id, conn=conn, timeout=timeout, busy=True)
+            session = Session(
+                session_id=session_id,
+                conn=conn,
+                timeout=timeout,
+                busy=True,
+                baseline=dict(CONNECTION_SETTINGS),
+            )
             self._sessions[session_id] = session
             return session
 
