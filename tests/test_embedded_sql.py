@@ -86,3 +86,19 @@ def test_first_keyword() -> None:
 )
 def test_assigned_settings(text: bytes, names: set[str]) -> None:
     assert sql.assigned_settings(text) == names
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (b"INSERT INTO t", {}),
+        (b"INSERT INTO t (a) SETTINGS async_insert=1", {"async_insert": "1"}),
+        (
+            b"INSERT INTO t SETTINGS async_insert = 1, log_comment = 'it''s', x = true",
+            {"async_insert": "1", "log_comment": "it's", "x": "true"},
+        ),
+        (b"INSERT INTO t (a) SELECT 1 SETTINGS max_threads = 2", {"max_threads": "2"}),
+    ],
+)
+def test_settings_clause(statement: bytes, expected: dict[str, str]) -> None:
+    assert sql.settings_clause(statement) == expected

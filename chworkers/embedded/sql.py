@@ -344,7 +344,7 @@ def settings_clause(statement: bytes) -> dict[str, str]:
     if start is None:
         return out
     i = start
-    while i + 2 < len(toks) + 0 and toks[i + 1].text == b"=":
+    while i + 2 < len(toks) and toks[i + 1].text == b"=":
         name = toks[i].text.decode("utf-8", "replace").strip('`"')
         value = toks[i + 2]
         text = value.text.decode("utf-8", "surrogateescape")
