@@ -42,6 +42,7 @@ from chworkers.daemon.extents import Extent
 from chworkers.daemon.memorytier import MemoryTier
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spoollinks import SpoolLinks
+from chworkers.daemon.spoolrecovery import unusable
 from chworkers.daemon.spoolrefs import SpoolReferences
 from chworkers.daemon.spoolreserve import LOG_EVERY, Reservation
 from chworkers.daemon.spoolroom import TROUBLE_FORGOTTEN_AFTER as TROUBLE_FORGOTTEN_AFTER
@@ -107,7 +108,10 @@ class Spool(SpoolReferences):
         self._memory_waiters = 0  # of those, waiting for the memory tier
         self._waiting_since: float | None = None
         self._waiting_logged = -LOG_EVERY
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unusable(self.directory, exc, "create") from exc
         self.links = SpoolLinks(self.directory, fsync=self.fsync)
         self.spool_id = self._load_id()
         # Sequence numbers name files and make deduplication tokens, so they must never

@@ -19,15 +19,27 @@ from chworkers.daemon.batchfile import SpooledBatch, file_size, read_batch, writ
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.spoolroom import SpoolRoom
-from chworkers.errors import SpoolCorruptError
+from chworkers.errors import SpoolCorruptError, SpoolError
 from chworkers.wording import plural
 
-__all__ = ["SpoolRecovery"]
+__all__ = ["SpoolRecovery", "unusable"]
 
 #: The spool's logger, as before it was cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.spool")
 
 _NAME = re.compile(r"^(\d{20})\.batch$")
+
+
+def unusable(directory: Path, exc: OSError, doing: str) -> SpoolError:
+    """The error of a spool whose directory the daemon cannot use (not its user's, not a
+    folder, a read-only or failing disk): what, where, and what to do."""
+    where = exc.filename or directory
+    return SpoolError(
+        f"cannot {doing} the spool directory {directory}: {exc.strerror or exc} ({where}); "
+        "the daemon's user must be able to read and write it and everything in it "
+        "(fix its owner or mode, e.g. chown -R, or set state_dir to another directory)",
+        path=str(where),
+    )
 
 
 class SpoolRecovery(SpoolRoom):
@@ -45,6 +57,8 @@ class SpoolRecovery(SpoolRoom):
             return max(1, int(self._seq_file.read_text().strip()))
         except FileNotFoundError:
             return 1
+        except OSError as exc:
+            raise unusable(self.directory, exc, "read") from exc
         except ValueError as exc:
             raise SpoolCorruptError(
                 f"{self._seq_file} is unreadable ({exc}); it must hold the next batch number. "
@@ -58,8 +72,13 @@ class SpoolRecovery(SpoolRoom):
             return path.read_text().strip()
         except FileNotFoundError:
             spool_id = uuid.uuid4().hex[:16]
+        except OSError as exc:
+            raise unusable(self.directory, exc, "read") from exc
+        try:
             write_durably(path, spool_id.encode(), fsync=self.fsync)
-            return spool_id
+        except OSError as exc:
+            raise unusable(self.directory, exc, "write in") from exc
+        return spool_id
 
     def recover(self) -> list[SpooledBatch]:
         """Scan the directory, quarantine bad files, and return the batches to replay.
@@ -68,17 +87,24 @@ class SpoolRecovery(SpoolRoom):
         acknowledged): they are deleted.
         """
         batches: list[SpooledBatch] = []
-        for entry in sorted(self.directory.iterdir()):
-            if entry.name.startswith(".tmp-"):
-                entry.unlink(missing_ok=True)
-                continue
+        try:
+            entries = sorted(self.directory.iterdir())
+            for entry in entries:
+                if entry.name.startswith(".tmp-"):
+                    entry.unlink(missing_ok=True)
+        except OSError as exc:
+            raise unusable(self.directory, exc, "read") from exc
+        for entry in entries:
             m = _NAME.match(entry.name)
             if m is None:
                 continue
             try:
                 batch = read_batch(entry)
             except SpoolCorruptError as exc:
-                self._quarantine(entry, str(exc))
+                try:
+                    self._quarantine(entry, str(exc))
+                except OSError as moving:
+                    raise unusable(self.directory, moving, "quarantine a bad file in") from moving
                 continue
             batches.append(batch)
         present = {batch.seq for batch in batches}

@@ -141,26 +141,45 @@ class SpoolReferences(SpoolReservations):
     def materialize(self, batch: SpooledBatch) -> bool:
         """Copy a batch spooled by reference into its spool file (its records from
         ``batch.payload`` when it has them, else read from their files); True when this
-        call copied it."""
+        call copied it (durably: until then it stays by reference, its files linked)."""
         with self._lock:
             refs = self._by_ref.get(batch.seq)
         if refs is None:
             return False
         path = self.directory / f"{batch.seq:020d}.batch"
+        placed: list[bool] = []
         try:
             payload = batch.payload or extents.read(refs, seq=batch.seq)
             copy = dataclasses.replace(batch, payload=payload, extents=(), path=path)
             done = write_durably(
-                path, encode_batch(copy), fsync=self.fsync, place=self._place(batch.seq)
+                path, encode_batch(copy), fsync=self.fsync, place=self._place(batch.seq, placed)
             )
         except SpoolError as exc:
             with self._lock:
                 if batch.seq not in self._by_ref:
                     return False  # confirmed meanwhile: its link went with it
+            if placed:
+                # The copy replaced the batch's file, but the folder's fsync failed: a
+                # crash may still bring back the file by reference, whose records must
+                # then be where it says. So it stays by reference, its files linked,
+                # until a copy is durable (the next copy, or its confirmation).
+                log.warning(
+                    "spool: batch %d copied into the spool, but not durably (%s): it "
+                    "stays by reference, its files kept, until it is copied again or "
+                    "confirmed",
+                    batch.seq,
+                    exc,
+                )
+                return False
             # Not copied: it stays by reference (and is inserted from its file, or
             # found gone when it is loaded).
             log.warning("spool: cannot copy batch %d spooled by reference: %s", batch.seq, exc)
             return False
+        if not done:
+            return False
+        with self._lock:
+            # Confirmed meanwhile: its removal detached its links already.
+            done = self._by_ref.pop(batch.seq, None) is not None
         if done:
             self.links.detach(batch.seq, refs)
             if self._metrics is not None:
@@ -168,15 +187,15 @@ class SpoolReferences(SpoolReservations):
             self.publish()
         return done
 
-    def _place(self, seq: int) -> Callable[[Path, Path], bool]:
+    def _place(self, seq: int, placed: list[bool]) -> Callable[[Path, Path], bool]:
         def place(tmp: Path, path: Path) -> bool:
             # Under the lock: a batch confirmed (removed) meanwhile must not come back.
             with self._lock:
                 if seq not in self._by_ref:
                     return False
                 os.replace(tmp, path)
-                del self._by_ref[seq]
                 self._sizes[seq] = path.stat().st_size
+            placed.append(True)
             return True
 
         return place
