@@ -50,6 +50,9 @@ class RedisSource(RedisBatching):
         ``max_batches = 0``."""
         super().__init__(options=options, consumer=consumer, **common)
         self._in_flight = in_flight
+        #: Tokens of batches :meth:`still_open` found without a manifest: not inserted,
+        #: and their entries not acknowledged either (:meth:`complete`).
+        self._gone: set[str] = set()
 
     # -- the daemon's side ----------------------------------------------------------------
 
@@ -67,12 +70,36 @@ class RedisSource(RedisBatching):
                 if token in self._unsent:
                     self._unsent.discard(token)
                     return True
-        return self.redis.has_manifest(token)
+        if self.redis.has_manifest(token):
+            return True
+        with self._lock:
+            self._gone.add(token)
+        return False
 
     def complete(self, batch: SpooledBatch) -> None:
-        """ClickHouse confirmed the batch: acknowledge its entries, remove its manifest."""
+        """ClickHouse confirmed the batch: acknowledge its entries, remove its manifest.
+
+        A batch not inserted because its manifest was gone (:meth:`still_open`) is only
+        forgotten: another daemon that completed it acknowledged its entries; a manifest
+        that expired, or that a failover lost, leaves them pending, to be claimed after
+        ``claim_idle`` and batched anew (acknowledged here, they would be lost)."""
         broker = batch.meta["broker"]
-        self._ack(list(broker["ids"]), str(broker["token"]))
+        token = str(broker["token"])
+        with self._room:
+            if token in self._gone:
+                self._gone.discard(token)
+                self._inflight.pop(token, None)
+                self._unsent.discard(token)
+                self._room.notify_all()
+                log.info(
+                    "source %s: batch %s was not inserted (its manifest is gone); its "
+                    "entries are not acknowledged: still pending, they are claimed and "
+                    "batched anew",
+                    self.name,
+                    token,
+                )
+                return
+        self._ack(list(broker["ids"]), token)
 
     # -- the source's thread ----------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""A batch not inserted because its manifest is gone must not acknowledge its entries.
+
+Before a batch is tried again, the daemon checks that its manifest still exists; a batch
+whose manifest is gone is not inserted. The daemon then completed it as if inserted, and
+the source acknowledged its entries. That is right when another daemon completed the
+batch (its entries are acknowledged already), but a manifest can also be gone while its
+entries were never inserted: it expired (``manifest_ttl``), or a failover lost it
+(``wait_replicas = 0``). Their entries were acknowledged without ever reaching
+ClickHouse: lost. Now such a batch is only forgotten; its entries stay pending, are
+claimed after ``claim_idle`` and batched anew.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from brokerfeeds import bodies
+from redisserver import RedisServer
+
+from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisstream import RedisSource
+from chworkers.daemon.spool import Spool, SpooledBatch
+
+pytestmark = pytest.mark.timeout(120)
+
+CLAIM_IDLE = 0.5
+
+
+def pending(server: RedisServer) -> int:
+    client = server.client()
+    try:
+        return int(client.xpending("ev", "chworkers")["pending"])
+    finally:
+        client.close()
+
+
+def test_a_batch_whose_manifest_is_gone_leaves_its_entries_pending(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    redis_server.add_entries(bodies(0, 100, 1))
+    batches: list[SpooledBatch] = []
+    source = RedisSource(
+        name="ev",
+        table="ev",
+        format="JSONEachRow",
+        batcher=Batcher(Spool(tmp_path / "spool"), batches.append),
+        options=RedisSourceSettings(
+            url=redis_server.url, stream="ev", fetch_count=1000, claim_idle=CLAIM_IDLE
+        ),
+        consumer="me",
+        dead_letter=lambda records, token: None,
+        limits=BatchLimits(max_rows=1000, max_delay=60),
+    )
+    try:
+        source._create_group()
+        source._fetch()
+        source._cut()
+        source._settle()
+        [first] = batches
+        token = first.meta["broker"]["token"]
+        assert source.still_open(first)  # the first attempt: not looked up
+        client = redis_server.client()
+        try:  # the manifest expires (or a failover loses it) before the next attempt
+            assert client.delete(f"ev:chworkers:chworkers:manifest:{token}") == 1
+        finally:
+            client.close()
+        assert not source.still_open(first)  # not inserted again ...
+        source.complete(first)  # ... and completed, as the daemon does with it
+        assert pending(redis_server) == 100  # not acknowledged: nothing lost
+        assert not source._holding() and token not in source._inflight
+        time.sleep(CLAIM_IDLE * 1.5)
+        source._claim()  # no manifest: batched anew
+        source._cut()
+        source._settle()
+    finally:
+        source.batcher.close(5)
+        source.redis.close()
+    assert len(batches) == 2
+    again = batches[1].meta["broker"]
+    assert sorted(again["ids"]) == sorted(first.meta["broker"]["ids"])
+    assert batches[1].rows == 100
