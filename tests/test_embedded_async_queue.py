@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,20 +254,3 @@ def test_an_unknown_table_is_refused_before_queuing(ch_client: Client) -> None:
             settings={"async_insert": 1, "wait_for_async_insert": 0},
             fmt="JSONEachRow",
         )
-
-
-def test_a_stop_flushes_and_a_crash_loses_the_queue(tmp_path: Path) -> None:
-    with EmbeddedClickHouse(tmp_path / "data") as ch:
-        client = make_client(ch)
-        table = make_table(client)
-        later = {**GATHER, "async_insert_busy_timeout_max_ms": 60000, "wait_for_async_insert": 0}
-        client.raw_insert(table, None, jsonl(1), settings=later, fmt="JSONEachRow")
-        ch.stop()  # SIGTERM: the queue is flushed first
-        ch.restart()
-        client = make_client(ch)
-        assert count(client, table) == 1
-        client.raw_insert(table, None, jsonl(2), settings=later, fmt="JSONEachRow")
-        ch.kill()  # SIGKILL: what waited in memory is gone, as on a server
-        ch.restart()
-        client = make_client(ch)
-        assert count(client, table) == 1

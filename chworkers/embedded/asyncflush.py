@@ -17,6 +17,7 @@ deduplicated one by one; two flushes of equal rows are not duplicates).
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -105,6 +106,14 @@ class Flusher:
     def __init__(self, engine: Engine, dedup: AsyncDedup) -> None:
         self.engine = engine
         self.dedup = dedup
+        self._lock = threading.Lock()
+        self._tables: dict[tuple[str, str], threading.Lock] = {}
+
+    def _table_lock(self, database: str, table: str) -> threading.Lock:
+        """One flush at a time into a table: its entries' ids are checked and recorded
+        around its write, as ClickHouse commits a part with its block ids."""
+        with self._lock:
+            return self._tables.setdefault((database, table), threading.Lock())
 
     def __call__(self, key: Key, limits: Limits, entries: list[Entry]) -> None:
         conn = self.engine.connect()
@@ -120,6 +129,18 @@ class Flusher:
 
     def _write(self, conn: Any, key: Key, limits: Limits, entries: list[Entry]) -> None:
         database, table = qualified(key.database, key.statement)
+        with self._table_lock(database, table):
+            self._write_locked(conn, key, limits, entries, database, table)
+
+    def _write_locked(
+        self,
+        conn: Any,
+        key: Key,
+        limits: Limits,
+        entries: list[Entry],
+        database: str,
+        table: str,
+    ) -> None:
         head, columns, clause = split(key.statement)
         storage, size = self._dedup_target(conn, database, table) if limits.deduplicate else ("", 0)
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
