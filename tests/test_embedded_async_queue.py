@@ -87,8 +87,12 @@ def test_many_small_inserts_become_few_parts(
         )
         return int(summary.written_rows)
 
+    before = endpoint.stats()
     written = concurrently(*(lambda i=i: insert(i) for i in range(12)))
+    after = endpoint.stats()
     assert written == [5] * 12  # each client's own rows
+    assert after["async_inserts_total"] - before["async_inserts_total"] == 12
+    assert after["async_flushes_total"] - before["async_flushes_total"] <= 3
     assert count(ch_client, table) == 60
     assert parts(ch_client, table) <= 3  # one per flush; 12 when each insert wrote its own
 

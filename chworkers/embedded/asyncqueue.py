@@ -126,8 +126,16 @@ Flush = Callable[[Key, Limits, list[Entry]], None]
 class AsyncInsertQueue:
     """Pending batches by key; one thread watches deadlines, a pool flushes."""
 
-    def __init__(self, flush: Flush, threads: int = 4) -> None:
+    def __init__(
+        self,
+        flush: Flush,
+        threads: int = 4,
+        on_push: Callable[[], None] | None = None,
+        on_flush: Callable[[], None] | None = None,
+    ) -> None:
         self._flush = flush
+        self._on_push = on_push
+        self._on_flush = on_flush
         self._cond = threading.Condition()
         self._batches: dict[Key, _Batch] = {}
         self._busy_timeout_ms: int | None = None
@@ -179,6 +187,8 @@ class AsyncInsertQueue:
             self._last_insert = now
             self._busy_timeout_ms = timeout_ms
             self._cond.notify()
+        if self._on_push is not None:
+            self._on_push()
         if full is not None:
             self._submit(full)
 
@@ -249,6 +259,8 @@ class AsyncInsertQueue:
             with self._cond:
                 self.flushes_total += 1
                 self._flush_times = (self._flush_times[1], time.monotonic())
+            if self._on_flush is not None:
+                self._on_flush()
             batch.flushed.set()
 
     def flush_all(self, tables: Callable[[Key], bool] | None = None) -> None:

@@ -136,7 +136,9 @@ class EmbeddedServer:
         stats = EndpointStats()
         self._engine.on_connect = stats.chdb_connection_opened
         dedup = AsyncDedup(self.path / "chworkers_async_dedup")
-        self._inserts = AsyncInsertQueue(Flusher(self._engine, dedup))
+        self._inserts = AsyncInsertQueue(
+            Flusher(self._engine, dedup), on_push=stats.async_queued, on_flush=stats.async_flushed
+        )
         ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname(), stats)
         ctx.inserts = self._inserts
         sel = selectors.DefaultSelector()

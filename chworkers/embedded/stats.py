@@ -30,6 +30,8 @@ class EndpointStats:
     connections_refused_total: int = 0
     timeouts_total: int = 0
     chdb_connections_opened_total: int = 0
+    async_inserts_total: int = 0
+    async_flushes_total: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def request_started(self) -> None:
@@ -67,6 +69,16 @@ class EndpointStats:
         """A chDB connection opened (for a session, or the pool had none idle)."""
         with self._lock:
             self.chdb_connections_opened_total += 1
+
+    def async_queued(self) -> None:
+        """An insert went into the asynchronous insert queue."""
+        with self._lock:
+            self.async_inserts_total += 1
+
+    def async_flushed(self) -> None:
+        """A batch of the asynchronous insert queue was written (or failed)."""
+        with self._lock:
+            self.async_flushes_total += 1
 
     def inserted(self, rows: int, nbytes: int) -> None:
         with self._lock:
