@@ -107,7 +107,9 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
             f" and {len(tables) - _LISTED} more" if len(tables) > _LISTED else ""
         )
         print(f"clickhouse: {len(tables)} table(s) in {conn.database or 'default'}: {shown or '-'}")
+        makers = _makers(cfg)
         for p in cfg.pipelines:
+            maker = makers.get(p.table)
             if _exists(pool, p.table):
                 state = "exists"
                 for view, target, engine in pool.with_connection(
@@ -119,15 +121,15 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
                         "rows there again (create it with SETTINGS "
                         "non_replicated_deduplication_window = 1000)"
                     )
-            elif p.create and (
+            elif maker is not None and (
                 refused := pool.with_connection(
-                    lambda c, p=p: refused_create(c, p.create, p.create_statement())  # type: ignore[misc]
+                    lambda c, m=maker: refused_create(c, m.create, m.create_statement())  # type: ignore[misc]
                 )
             ):
-                state = f"MISSING, and ClickHouse refuses its `create`: {refused}"
+                state = f"MISSING, and ClickHouse refuses {_whose(maker, p)}`create`: {refused}"
                 missing += 1
-            elif p.create:
-                state = "missing; `run` creates it"
+            elif maker is not None:
+                state = f"missing; `run` creates it{_by(maker, p)}"
             else:
                 state = "MISSING (create it, or declare `create` in the pipeline)"
                 missing += 1
@@ -135,6 +137,20 @@ def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:
     finally:
         pool.close()
     return 1 if missing else 0
+
+
+def _makers(cfg: config_module.Config) -> dict[str, Any]:
+    """The pipeline whose `create` makes each table, as `run` picks it (the last one
+    that declares one): a pipeline without `create` may feed a table another creates."""
+    return {p.table: p for p in cfg.pipelines if p.create}
+
+
+def _whose(maker: Any, pipeline: Any) -> str:
+    return "its " if maker is pipeline else f"pipeline {maker.name}'s "
+
+
+def _by(maker: Any, pipeline: Any) -> str:
+    return "" if maker is pipeline else f" (pipeline {maker.name}'s `create`)"
 
 
 def _one_attempt(options: PoolOptions) -> PoolOptions:
@@ -205,6 +221,7 @@ def _check_shards(cfg: config_module.Config) -> int:
     ch = cfg.settings.clickhouse
     options = _one_attempt(ch.pool)
     weights = ch.shard_weights or (1,) * len(ch.shards)
+    makers = _makers(cfg)
     failed = 0
     for index, (replicas, weight) in enumerate(zip(ch.shards, weights, strict=True)):
         print(f"shard {index} (weight {weight}): {len(replicas)} replica(s)")
@@ -216,11 +233,14 @@ def _check_shards(cfg: config_module.Config) -> int:
                 version = _version(pool)
                 states = []
                 for p in cfg.pipelines:
+                    maker = makers.get(p.table)
                     if _exists(pool, p.table):
                         states.append(f"{p.table} exists" + _key_fits(pool, p))
                         failed = max(failed, int("KEY" in states[-1]))
-                    elif p.create:
-                        states.append(f"{p.table} missing (`run` creates it)")
+                    elif maker is not None:
+                        state, ok = _to_create(pool, p, maker)
+                        states.append(f"{p.table} {state}")
+                        failed = max(failed, int(not ok))
                     else:
                         states.append(f"{p.table} MISSING")
                         failed = 1
@@ -233,15 +253,37 @@ def _check_shards(cfg: config_module.Config) -> int:
     return failed
 
 
-def _key_fits(pool: Any, pipeline: Any) -> str:
-    """Whether the pipeline's sharding key can be read from its table's columns here."""
+def _to_create(pool: Any, pipeline: Any, maker: Any) -> tuple[str, bool]:
+    """A table missing here that `run` creates (by ``maker``'s `create`): whether
+    ClickHouse takes that `create`, and whether ``pipeline``'s sharding key fits the
+    columns it declares; the state to print, and whether `run` can get past it."""
+    from chworkers.daemon.tables import refused_create
+
+    refused = pool.with_connection(
+        lambda c: refused_create(c, maker.create, maker.create_statement())
+    )
+    if refused:
+        return (
+            f"MISSING, and ClickHouse refuses {_whose(maker, pipeline)}`create`: {refused}",
+            False,
+        )
+    fits = _key_fits(pool, pipeline, declared=maker.create)
+    return f"missing (`run` creates it){_by(maker, pipeline)}{fits}", "KEY" not in fits
+
+
+def _key_fits(pool: Any, pipeline: Any, declared: str | None = None) -> str:
+    """Whether the pipeline's sharding key can be read from its table's columns here
+    (or, with ``declared``, from the columns of a `create` that would make the table)."""
     from chworkers.daemon.keycolumns import Column, column_kind
     from chworkers.daemon.workertasks import table_columns
 
     key = pipeline.key
     if key is None or key.is_random:
         return ""
-    rows = pool.with_connection(lambda c: table_columns(c, pipeline.table))
+    if declared is None:
+        rows = pool.with_connection(lambda c: table_columns(c, pipeline.table))
+    else:
+        rows = pool.with_connection(lambda c: _declared_columns(c, declared))
     columns = [Column(*row) for row in rows]
     try:
         key.bind({c.name: c.type for c in columns})
@@ -251,6 +293,14 @@ def _key_fits(pool: Any, pipeline: Any) -> str:
     except ChworkersError as exc:
         return f" (SHARDING KEY DOES NOT FIT: {exc})"
     return f" (sharding key {key.expression} fits its columns)"
+
+
+def _declared_columns(conn: Any, columns: str) -> list[tuple[str, str, str]]:
+    """The columns a `create` declares (name, type, default kind), as ClickHouse reads
+    them, without creating anything."""
+    literal = "'" + columns.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    result = conn.query(f"DESCRIBE TABLE null({literal})")
+    return [(str(row[0]), str(row[1]), str(row[2])) for row in result.result_rows]
 
 
 def _check_files(cfg: config_module.Config) -> int:
