@@ -244,13 +244,15 @@ class _Loop:
                 break
             why = self.memory.over(self.worker.settings.get("max_worker_memory"), duration)
             if why is not None:
-                # The tasks it holds but has not started go to other workers.
+                # The tasks it holds but has not started go to other workers. How many
+                # is the supervisor's to say (its exit line): some may still be in the
+                # pipe, unread here.
                 log.warning(
-                    "%s: %s after %s: replacing it (%s handed back)",
+                    "%s: %s after %s: replacing it (the tasks it was sent but has not "
+                    "started go to other workers)",
                     self.worker.name,
                     why,
                     plural(self.done, "task"),
-                    plural(len(self.local), "task"),
                 )
                 self._retire("memory")
                 break
