@@ -100,6 +100,7 @@ class Autoscaler:
         self.idle_cpu: float | None = None
         self.connection_wait_seen = -1e9  # when a look last saw workers wait for one
         self.booting_seen = -1e9  # when a look last saw a worker added still booting
+        self.held: str | None = None  # why a backlog gets no worker, once said
 
     def notice(self, now: float) -> None:
         """At every turn of the loop: whether workers wait for a connection. A waiter is
@@ -129,6 +130,8 @@ class Autoscaler:
         if any(h.state == "starting" for h in workers):
             self.booting_seen = now
         waited = self.queue.oldest_wait(now)
+        if waited < options.scale_up_after:
+            self.held = None  # the backlog is gone: a new one is said anew
         if waited > 0.0:
             self.slack_since = None
         elif any(h.state == "ready" and not h.assigned for h in workers):
@@ -172,10 +175,20 @@ class Autoscaler:
             and idle is not None
             and (idle < options.scale_up_min_idle_cpu)
         ):
-            log.debug("autoscale: backlog, but the CPU is %.0f%% idle", idle * 100)
+            self._hold(
+                "cpu",
+                waited,
+                f"the CPU was {idle:.0%} idle, below scale_up_min_idle_cpu "
+                f"({options.scale_up_min_idle_cpu:.0%}): a worker more would only contend",
+            )
             return
         if now - self.connection_wait_seen < window:
-            log.debug("autoscale: backlog, but workers wait for a connection")
+            self._hold(
+                "connections",
+                waited,
+                "workers wait for a ClickHouse connection: max_connections is the limit, "
+                "not the workers",
+            )
             return
         cpu = f", CPU {idle:.0%} idle" if idle is not None else ""
         self._change(
@@ -184,7 +197,21 @@ class Autoscaler:
             now,
         )
 
+    def _hold(self, reason: str, waited: float, why: str) -> None:
+        """A backlog the count stays below ``max_workers`` for: said once per backlog
+        and reason (at every look it would flood the log; at DEBUG nobody saw it)."""
+        if reason == self.held:
+            return
+        self.held = reason
+        log.info(
+            "autoscale: tasks wait (the oldest %.1f s, %d queued) but no worker is added: %s",
+            waited,
+            len(self.queue),
+            why,
+        )
+
     def _change(self, n: int, why: str, now: float) -> None:
+        self.held = None
         before = self.pool.target
         if n == before:
             return
