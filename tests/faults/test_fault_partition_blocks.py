@@ -62,7 +62,12 @@ def test_a_multi_block_batch_split_by_partition_lands_exactly_once_and_replays_t
         "ORDER BY n SETTINGS non_replicated_deduplication_window = 1000"
     )
     state = tmp_path / "state"
-    payload = b"".join(b'{"n":%d,"s":"r%d"}\n' % (k, i) for i, k in enumerate(KEYS))
+    # Over a MiB, so the endpoint streams it into chDB, which writes block by block (a
+    # smaller body goes in as one query, whose refusal leaves nothing: the duplicates
+    # this test is about could not happen).
+    pad = b"x" * 200
+    payload = b"".join(b'{"n":%d,"s":"r%d%s"}\n' % (k, i, pad) for i, k in enumerate(KEYS))
+    assert len(payload) > 1 << 20
     settings = dict(setting.split("=") for setting in SMALL_BLOCKS)  # the batch's, as spooled
     Spool(state / "spool", SpoolSettings(fsync=False)).put(
         "ev", payload, format="JSONEachRow", rows=len(KEYS), pipeline="p", settings=settings
