@@ -20,6 +20,7 @@ from typing import Any
 
 from chworkers import timeouts
 from chworkers.clickhouse import native
+from chworkers.clickhouse.insertmode import is_async
 from chworkers.clickhouse.inserts import SplitBudget
 from chworkers.clickhouse.partitions import one_block
 from chworkers.clickhouse.schema import Evolve
@@ -167,8 +168,12 @@ class Producer:
             budget = SplitBudget(opts.split_max_requests, opts.split_max_seconds)
             # May be split by partition: sent as one block, so refused whole or not at
             # all. Counted here, not in the worker, where the endpoint would wait for
-            # it: the batch's line count bounds every sub-batch's too.
-            settings = one_block(settings, data)
+            # it: the batch's line count bounds every sub-batch's too. Not for an
+            # asynchronous insert: the server writes a flush as one block anyway, and a
+            # block size of the batch's own would keep it from sharing a flush with any
+            # batch of another size (the server keys its queue by every setting).
+            if not is_async(settings):
+                settings = one_block(settings, data)
         task = tasks.encode_insert(
             next(self._ids),
             future,
