@@ -95,6 +95,15 @@ def unknown_table(database: str, table: str) -> ServerError:
     return clickhouse_error(UNKNOWN_TABLE, f"Table {database}.{table} does not exist")
 
 
+def _one_block(rows: int) -> dict[str, str]:
+    return {
+        "max_insert_block_size": str(rows),
+        "min_insert_block_size_rows": str(rows),
+        "min_insert_block_size_bytes": "0",
+        "max_block_size": str(max(rows, 1)),
+    }
+
+
 class Flusher:
     """Writes batches, each on a chDB connection of its own.
 
@@ -173,7 +182,11 @@ class Flusher:
                 continue
             in_flush.add(block_id)
             kept.append((entry, block_id, stats))
-        if any(s.written_rows for _, _, s in kept):
+        rows = sum(s.written_rows for _, _, s in kept)
+        if rows:
+            # One block, as the server writes a flush's one chunk: one part per
+            # partition, and refused whole (too many partitions) or written whole.
+            queries.apply_settings(conn, _one_block(rows))
             select = f"SELECT {columns if columns is not None else '*'} FROM {tmp}"
             queries.run(conn, f"{head} {clause} {select}")
             self.dedup.record(storage, size, [b for _, b, _ in kept])
