@@ -82,16 +82,28 @@ class Rollout:
         future: Future[int] = Future()
         known = set(self.pending) | {self.old, self.fresh}
         names = [name for name, h in self.crew.workers.items() if _active(h) and name not in known]
-        if not self.running:
+        joining = self.running
+        if not joining:
             self.replaced = self.failures = 0
             self.started_at = time.monotonic()
         self.pending.extend(names)
         self.waiters.append(future)
-        log.info(
-            "rolling restart: replacing %d worker(s) one at a time (%s)",
-            len(self.pending) + (self.old is not None),
-            ", ".join(self.pending),
-        )
+        # The one being replaced counts, and is named, with those still to go.
+        left = ([self.old] if self.old is not None else []) + list(self.pending)
+        if joining:
+            log.info(
+                "rolling restart: asked again while one runs: %d worker(s) still to replace "
+                "(%s), %d of them started since it began",
+                len(left),
+                ", ".join(left) or "-",
+                len(names),
+            )
+        else:
+            log.info(
+                "rolling restart: replacing %d worker(s) one at a time (%s)",
+                len(left),
+                ", ".join(left),
+            )
         return future
 
     def step(self, now: float) -> None:
