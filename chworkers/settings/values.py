@@ -102,15 +102,25 @@ def _parse_value(tp: Any, meta: Mapping[str, Any], raw: Any, key: str, source: s
             return _raise(key, raw, expected, source)
         lo, hi = meta.get("minimum"), meta.get("maximum")
         if lo is not None and value < lo:
-            return _raise(key, raw, f"a value >= {lo:g}", source)
+            return _raise(key, raw, f"a value >= {_bound(lo, unit)}", source)
         if hi is not None and value > hi:
-            return _raise(key, raw, f"a value <= {hi:g}", source)
+            return _raise(key, raw, f"a value <= {_bound(hi, unit)}", source)
         return value
     if tp is str:
         if not isinstance(raw, str):
             return _raise(key, raw, "a string", source)
         return raw
     raise TypeError(f"unsupported setting type {tp!r} for {key}")
+
+
+def _bound(bound: float, unit: str | None) -> str:
+    """A setting's bound as a person reads it: 1048576 (1 MiB), never 1.04858e+06."""
+    exact = str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+    if unit == "bytes" and float(bound).is_integer():
+        for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if bound >= size and bound % size == 0:
+                return f"{exact} ({int(bound) // size} {name})"
+    return exact
 
 
 def plural(item: Any) -> str:
