@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.batchfile import batch_overhead
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.framing import Framer, pieces
 from chworkers.daemon.ticket import Ticket
@@ -26,6 +27,9 @@ __all__ = ["READ_SIZE", "StreamSource", "warn_if_nothing_matches"]
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+#: Room kept in a batch file for what rides along with a batch of one record (a file's
+#: path and position), beyond :func:`~chworkers.daemon.batchfile.batch_overhead`.
+META_ROOM = 1024
 
 
 class _Source:
@@ -57,11 +61,33 @@ class _Source:
         self.settings = dict(settings or {})
         self.on_error = on_error
         self.max_record_bytes = max_record_bytes
+        if self.framed:
+            self.max_record_bytes = self._fitting(max_record_bytes)
         self.rows = 0
         #: The last records added (a file source releases a file once they are spooled).
         self.last_ticket: Ticket | None = None
         if self.framed:
             Framer(format)  # validate the format now, not at the first byte
+
+    def _fitting(self, limit: int) -> int:
+        """The longest record this source takes: ``limit``, or less when the spool could
+        never hold a batch of one so long. A longer record is skipped to its end, as a
+        push of it is refused (413): the spool never takes a batch larger than it can
+        ever hold, empty or not (docs/daemon.md, "The spool's limit")."""
+        capacity, what = self.batcher.spool.capacity()
+        room = capacity - batch_overhead(self.table, self.name) - META_ROOM
+        if room >= limit:
+            return limit
+        room = max(1, room)
+        log.warning(
+            "source %s: records longer than %d bytes will be skipped: the spool can never "
+            "hold more than %d (%s)",
+            self.name,
+            room,
+            capacity,
+            what,
+        )
+        return room
 
     def _add(
         self,
@@ -97,8 +123,17 @@ class _Source:
         for piece, n, end in pieces(
             records, self.format, limits.max_rows, limits.max_bytes, first=first
         ):
-            at = meta if position is None else position(end)
-            self._add_one(piece, n, at, header, None if locate is None else locate(start, end))
+            if n == 1 and len(piece) > self.max_record_bytes:
+                # One record longer than any batch the spool can hold (a longer one
+                # than a read is skipped by the framer): a push of it is a 413.
+                self._error(
+                    f"a record of {len(piece)} bytes (limit {self.max_record_bytes}); "
+                    "it was skipped"
+                )
+            else:
+                at = meta if position is None else position(end)
+                here = None if locate is None else locate(start, end)
+                self._add_one(piece, n, at, header, here)
             start = end
 
     def _add_one(
