@@ -3,9 +3,12 @@
 The supervisor's loop asks :class:`Autoscaler` a few times a second whether to change
 the worker count, and it answers from what the loop knows:
 
-* **up** by one when the oldest task in the queue has waited ``scale_up_after`` (the
+* **up** by one when tasks have waited in the queue for ``scale_up_after``: the oldest
+  one has waited that long, or every look over that while saw tasks queued (the
   workers do not keep up: tasks are handed to workers ahead of need, so a task that
-  waits in the queue waits because every worker is full), no worker is booting nor
+  waits in the queue waits because every worker is full; a feeder that keeps only a
+  few tasks queued, such as the daemon's dispatcher with its backlog in the spool,
+  keeps each task there briefly, but never lets the queue empty), no worker is booting nor
   was at any look of the last while (one just ready has not asked for its connection
   yet), the last change is ``scale_up_after`` old, and the machine had CPU to spare over the last
   look (at least ``scale_up_min_idle_cpu`` of its CPU time idle, from ``/proc/stat``: a
@@ -101,6 +104,8 @@ class Autoscaler:
         self.connection_wait_seen = -1e9  # when a look last saw workers wait for one
         self.booting_seen = -1e9  # when a look last saw a worker added still booting
         self.held: str | None = None  # why a backlog gets no worker, once said
+        #: Since when every look saw tasks queued (None: the last look saw none).
+        self.queued_since: float | None = None
 
     def notice(self, now: float) -> None:
         """At every turn of the loop: whether workers wait for a connection. A waiter is
@@ -130,7 +135,14 @@ class Autoscaler:
         if any(h.state == "starting" for h in workers):
             self.booting_seen = now
         waited = self.queue.oldest_wait(now)
-        if waited < options.scale_up_after:
+        if waited > 0.0:  # queued since the front task came, at least
+            start = now - waited
+            since = self.queued_since
+            self.queued_since = start if since is None else min(since, start)
+        else:
+            self.queued_since = None
+        backlog = 0.0 if self.queued_since is None else now - self.queued_since
+        if backlog < options.scale_up_after:
             self.held = None  # the backlog is gone: a new one is said anew
         if waited > 0.0:
             self.slack_since = None
@@ -139,8 +151,8 @@ class Autoscaler:
                 self.slack_since = now
         else:
             self.slack_since = None
-        if waited >= options.scale_up_after and target < high:
-            self._maybe_up(now, options, workers, waited, target)
+        if backlog >= options.scale_up_after and target < high:
+            self._maybe_up(now, options, workers, backlog, waited, target)
         elif (
             self.slack_since is not None
             and target > low
@@ -158,6 +170,7 @@ class Autoscaler:
         now: float,
         options: SupervisorOptions,
         workers: list[WorkerHandle],
+        backlog: float,
         waited: float,
         target: int,
     ) -> None:
@@ -177,6 +190,7 @@ class Autoscaler:
         ):
             self._hold(
                 "cpu",
+                backlog,
                 waited,
                 f"the CPU was {idle:.0%} idle, below scale_up_min_idle_cpu "
                 f"({options.scale_up_min_idle_cpu:.0%}): a worker more would only contend",
@@ -185,30 +199,29 @@ class Autoscaler:
         if now - self.connection_wait_seen < window:
             self._hold(
                 "connections",
+                backlog,
                 waited,
                 "workers wait for a ClickHouse connection: max_connections is the limit, "
                 "not the workers",
             )
             return
         cpu = f", CPU {idle:.0%} idle" if idle is not None else ""
-        self._change(
-            target + 1,
-            f"the oldest queued task waited {waited:.1f} s ({len(self.queue)} queued{cpu})",
-            now,
+        self._change(target + 1, f"{self._queued(backlog, waited)}{cpu})", now)
+
+    def _queued(self, backlog: float, waited: float) -> str:
+        """What the queue showed, for the log (without its closing parenthesis)."""
+        return (
+            f"tasks queued for {backlog:.1f} s (the oldest waited {waited:.1f} s, "
+            f"{len(self.queue)} queued"
         )
 
-    def _hold(self, reason: str, waited: float, why: str) -> None:
+    def _hold(self, reason: str, backlog: float, waited: float, why: str) -> None:
         """A backlog the count stays below ``max_workers`` for: said once per backlog
         and reason (at every look it would flood the log; at DEBUG nobody saw it)."""
         if reason == self.held:
             return
         self.held = reason
-        log.info(
-            "autoscale: tasks wait (the oldest %.1f s, %d queued) but no worker is added: %s",
-            waited,
-            len(self.queue),
-            why,
-        )
+        log.info("autoscale: %s) but no worker is added: %s", self._queued(backlog, waited), why)
 
     def _change(self, n: int, why: str, now: float) -> None:
         self.held = None
