@@ -29,6 +29,7 @@ from urllib3 import PoolManager
 from chworkers import timeouts
 from chworkers.clickhouse import driver, sendinsert
 from chworkers.clickhouse.dsn import ConnectionConfig, Host
+from chworkers.clickhouse.epochs import TimestampColumns
 from chworkers.clickhouse.translate import translate_error
 from chworkers.errors import (
     ChworkersError,
@@ -233,13 +234,16 @@ class Connection:
         settings: Mapping[str, object] | None = None,
         deduplication_token: str,
         compress: bool = False,
+        timestamps_checked: TimestampColumns | None = None,
     ) -> QuerySummary:
         """Insert bytes already in ClickHouse format ``fmt`` (JSONEachRow, CSV, Native...).
 
         This is how the daemon inserts spooled batches: the bytes are sent as they are, so
         a replay is byte-identical, and ``deduplication_token`` (required here) makes the
         replay harmless. With ``compress`` they travel compressed by the connection's
-        codec (its ``compress`` option, lz4 or zstd), as ``insert`` sends rows. Returns
+        codec (its ``compress`` option, lz4 or zstd), as ``insert`` sends rows.
+        ``timestamps_checked``: the caller found no epoch number to rewrite in the bytes
+        for these timestamp columns (:func:`chworkers.clickhouse.epochs.prepare`). Returns
         clickhouse-connect's ``QuerySummary``.
         """
         return sendinsert.insert_bytes(
@@ -251,6 +255,7 @@ class Connection:
             settings=settings,
             deduplication_token=deduplication_token,
             compress=compress,
+            timestamps_checked=timestamps_checked,
         )
 
     def knows_setting(self, name: str) -> bool:

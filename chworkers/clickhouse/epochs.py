@@ -18,6 +18,11 @@ microseconds below 10^17, nanoseconds beyond; fractions are kept to the nanoseco
 (exact decimal arithmetic, no float rounding). Records without such a number go as they
 are, byte for byte; a batch without any is not even split into lines. A number out of
 the range of a date (years 1 to 9999) is left alone, for ClickHouse to reject.
+
+Whether a batch needs the rewrite at all is one scan of its bytes (:func:`needs_rewrite`),
+which the caller of an insert may do ahead of the worker, off the request's path: an
+insert that says it was checked against the same :class:`TimestampColumns` the worker
+finds for its table (``prepare(..., checked=...)``) goes without the worker's own scan.
 """
 
 from __future__ import annotations
@@ -28,17 +33,38 @@ import re
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from chworkers.clickhouse.dedup import Queries
 
-__all__ = ["forget", "is_timestamp_type", "prepare", "rewrite", "timestamp_columns", "to_iso"]
+__all__ = [
+    "TimestampColumns",
+    "forget",
+    "is_timestamp_type",
+    "needs_rewrite",
+    "prepare",
+    "rewrite",
+    "rewrites",
+    "table_timestamps",
+    "timestamp_columns",
+    "to_iso",
+]
 
 _TIMESTAMP = re.compile(r"^(?:Nullable\()?(?:LowCardinality\()?DateTime(?:64)?\b")
 #: Plain DateTime (its time zone or not), which reads a JSON number as whole seconds.
 _WHOLE_SECONDS = re.compile(r"^(?:Nullable\()?(?:LowCardinality\()?DateTime(?:\(|\)|$)")
 _EPOCH = _dt.datetime(1970, 1, 1)
 _UNITS = ((Decimal(10) ** 11, 0), (Decimal(10) ** 14, 3), (Decimal(10) ** 17, 6))
+
+
+@dataclass(frozen=True)
+class TimestampColumns:
+    """A table's timestamp columns (top-level DateTime/DateTime64, Nullable or not) and
+    those of them of plain ``DateTime`` (which read whole epoch seconds right)."""
+
+    columns: tuple[str, ...] = ()
+    seconds: frozenset[str] = frozenset()
 
 
 def is_timestamp_type(type_name: str) -> bool:
@@ -116,6 +142,15 @@ def rewrite(
     for line in data.splitlines(keepends=True):
         out.append(_fast_line(line, numbers, wanted) if pattern.search(line) else line)
     return b"".join(out)
+
+
+def needs_rewrite(data: bytes | memoryview, timestamps: TimestampColumns) -> bool:
+    """Whether :func:`rewrite` may change ``data`` for these columns: False means it
+    holds no epoch number to rewrite (nor does any run of its whole records), so it goes
+    byte for byte. One scan at C speed, about 8 ms per 100,000 records."""
+    if not timestamps.columns:
+        return False
+    return _number_pattern(timestamps.columns, timestamps.seconds).search(data) is not None
 
 
 def _field_number(column: str) -> re.Pattern[bytes]:
@@ -232,22 +267,41 @@ _columns_lock = threading.Lock()
 
 
 def prepare(
-    conn: Queries, table: str, data: bytes | memoryview, fmt: str, settings: Mapping[str, object]
+    conn: Queries,
+    table: str,
+    data: bytes | memoryview,
+    fmt: str,
+    settings: Mapping[str, object],
+    checked: TimestampColumns | None = None,
 ) -> bytes | memoryview:
     """What ``Connection.raw_insert`` sends: JSONEachRow records of an insert whose settings
     say ``date_time_input_format = best_effort`` get :func:`rewrite` for the table's
     timestamp columns (looked up per table and process every :data:`COLUMNS_TTL` s, and
     after a failed insert); anything else goes as it
-    is (a server whose own default is best_effort reads the numbers its own way)."""
+    is (a server whose own default is best_effort reads the numbers its own way).
+
+    ``checked``: the caller found with :func:`needs_rewrite` that ``data`` needs no
+    rewrite for these columns. When they are the ones looked up here, ``data`` goes as
+    it is without a second scan; when they are not (the table changed, or the caller's
+    lookup is older), it is scanned here as usual."""
     if fmt != "JSONEachRow" or not _best_effort(settings):
         return data
     columns, seconds = _lookup(conn, table)
+    if checked is not None and checked == TimestampColumns(columns, seconds):
+        return data
     return rewrite(data, columns, seconds) if columns else data
 
 
 def timestamp_columns(conn: Queries, table: str) -> tuple[str, ...]:
     """The names of ``table``'s DateTime/DateTime64 columns (none when it cannot tell)."""
     return _lookup(conn, table)[0]
+
+
+def table_timestamps(conn: Queries, table: str) -> TimestampColumns:
+    """``table``'s timestamp columns as :func:`prepare` finds them on this connection's
+    server (the same per-process lookup: a caller that checks batches ahead with
+    :func:`needs_rewrite` asks a worker for it)."""
+    return TimestampColumns(*_lookup(conn, table))
 
 
 def _lookup(conn: Queries, table: str) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -279,6 +333,12 @@ def forget(conn: Queries, table: str) -> None:
     db, _, name = table.rpartition(".")
     with _columns_lock:
         _columns.pop((conn.endpoint, db or conn.config.database or "", name), None)
+
+
+def rewrites(fmt: str | None, settings: Mapping[str, object] | None) -> bool:
+    """Whether :func:`prepare` looks for epoch numbers in an insert of ``fmt`` with these
+    settings (JSONEachRow read with ``date_time_input_format = best_effort``)."""
+    return fmt == "JSONEachRow" and _best_effort(settings or {})
 
 
 def _best_effort(settings: Mapping[str, object]) -> bool:

@@ -139,6 +139,7 @@ def insert_bytes(
     settings: Mapping[str, object] | None,
     deduplication_token: str,
     compress: bool,
+    timestamps_checked: epochs.TimestampColumns | None = None,
 ) -> QuerySummary:
     """``Connection.raw_insert``: bytes in format ``fmt``, sent as they are."""
     # The connection's own settings count as the caller's (async_insert=1 in the DSN
@@ -149,8 +150,10 @@ def insert_bytes(
         known=conn.knows_setting,
         table=table,
     )
-    # A view (a worker's memory file) is scanned in place, copied only when rewritten.
-    data = epochs.prepare(conn, table, data, fmt, opts) if fmt == "JSONEachRow" else data
+    # A view (a worker's memory file) is scanned in place, copied only when rewritten;
+    # not even scanned when the caller did that ahead for the same timestamp columns.
+    if fmt == "JSONEachRow":
+        data = epochs.prepare(conn, table, data, fmt, opts, timestamps_checked)
     size = memoryview(data).nbytes
     what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
     # clickhouse-connect puts the statement in front of bytes (a copy of the whole

@@ -79,6 +79,13 @@ class BatchFlow(DaemonParts):
                 ),
                 batch,
             )
+        # Looked for epoch numbers here, ahead of the worker (not on a sharded cluster,
+        # whose shards' columns a worker's lookup would not tell apart).
+        checked = None
+        if self.cluster is None:
+            checked = self.epoch_check.check(
+                batch.table, batch.format, batch.settings, batch.payload
+            )
         return self.supervisor.insert_raw(
             batch.table,
             batch.payload,
@@ -90,6 +97,7 @@ class BatchFlow(DaemonParts):
             evolve_schema=self._evolve.get(batch.pipeline),
             shard=None if self.cluster is None else shard_of(batch),
             replay=replay,
+            timestamps_checked=checked,
         )
 
     def _is_replay(self, batch: SpooledBatch) -> bool:

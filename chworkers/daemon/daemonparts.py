@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from chworkers.daemon.config import Config
     from chworkers.daemon.deadletter import DeadLetters
     from chworkers.daemon.dispatch import Dispatcher
+    from chworkers.daemon.epochcheck import EpochCheck
     from chworkers.daemon.ingest import IngestServer
     from chworkers.daemon.intake import Intake
     from chworkers.daemon.partspressure import PartsPressure
@@ -84,6 +85,8 @@ class DaemonParts:
     checkpoints: Checkpoints
     dead_letters: DeadLetters
     parts: PartsPressure
+    #: Batches checked for epoch numbers ahead of their worker.
+    epoch_check: EpochCheck
     dispatcher: Dispatcher
     batcher: Batcher
     tables: Tables | ShardTables

@@ -19,6 +19,7 @@ from chworkers.daemon.clickhousesettings import EMBEDDED
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.dispatch import Dispatcher
 from chworkers.daemon.embeddedchild import once_serving, start_embedded
+from chworkers.daemon.epochcheck import EpochCheck
 from chworkers.daemon.intake import Intake
 from chworkers.daemon.partspressure import PartsPressure
 from chworkers.daemon.pipelinelist import table_limits
@@ -27,7 +28,7 @@ from chworkers.daemon.shardtarget import columns_reader, shard_tables
 from chworkers.daemon.spool import Spool
 from chworkers.daemon.tables import Tables
 from chworkers.daemon.wholebatch import file_letter
-from chworkers.daemon.workertasks import create_table
+from chworkers.daemon.workertasks import create_table, timestamp_columns
 from chworkers.wording import plural
 from chworkers.workers.supervisor import Supervisor
 
@@ -97,6 +98,9 @@ class DaemonStart(BatchFlow):
         self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
         self.dead_letters.on_rows = self._dead_lettered
         self.parts = PartsPressure(s.parts, metrics=self.metrics)
+        self.epoch_check = EpochCheck(
+            lambda table: self.supervisor.submit(timestamp_columns, table)
+        )
         self.dispatcher = Dispatcher(
             self.spool,
             self._submit,

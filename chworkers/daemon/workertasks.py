@@ -13,7 +13,9 @@ import dataclasses
 import re
 from typing import Any
 
-__all__ = ["PartsState", "create_table", "parts_state", "table_columns"]
+from chworkers.clickhouse.epochs import TimestampColumns, table_timestamps
+
+__all__ = ["PartsState", "create_table", "parts_state", "table_columns", "timestamp_columns"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,3 +71,10 @@ def table_columns(conn: Any, table: str) -> list[tuple[str, str, str]]:
         f"AND table = '{name}' ORDER BY position"
     )
     return [tuple(map(str, row)) for row in result.result_rows]  # type: ignore[misc]
+
+
+def timestamp_columns(conn: Any, table: str) -> TimestampColumns:
+    """(In a worker.) ``table``'s timestamp columns, as this worker's inserts find them
+    (:func:`chworkers.clickhouse.epochs.table_timestamps`): what the daemon checks its
+    batches against (:mod:`chworkers.daemon.epochcheck`)."""
+    return table_timestamps(conn, table)

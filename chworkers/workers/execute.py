@@ -66,6 +66,7 @@ def insert(
                 settings=spec.settings,
                 deduplication_token=token,
                 compress=spec.compress,
+                timestamps_checked=spec.timestamps_checked,
             )
         return conn.insert(
             spec.table,

@@ -20,6 +20,7 @@ from typing import Any
 
 from chworkers import timeouts
 from chworkers.clickhouse import native
+from chworkers.clickhouse.epochs import TimestampColumns
 from chworkers.clickhouse.insertmode import is_async
 from chworkers.clickhouse.inserts import SplitBudget
 from chworkers.clickhouse.partitions import one_block
@@ -158,6 +159,7 @@ class Producer:
         evolve: Evolve | None = None,
         replay: bool = False,
         compress: bool = False,
+        timestamps_checked: TimestampColumns | None = None,
     ) -> Future[Any]:
         self._require_clickhouse("insert_raw")
         check_shard(shard, self.shards, f"insert_raw into {table!r}")
@@ -189,6 +191,7 @@ class Producer:
             evolve=evolve,
             replay=replay,
             compress=compress,
+            timestamps_checked=timestamps_checked,
         )
         self._put(task, timeouts.resolve(timeout, opts.queue_timeout))
         return future

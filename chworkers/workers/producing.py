@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from chworkers.clickhouse.cluster import Cluster
+from chworkers.clickhouse.epochs import TimestampColumns
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.clickhouse.schema import Evolve
 from chworkers.errors import ConfigError
@@ -122,6 +123,7 @@ class Producing:
         evolve_schema: Evolve | None = None,
         replay: bool = False,
         compress: bool = False,
+        timestamps_checked: TimestampColumns | None = None,
     ) -> Future[int]: ...
 
     @overload
@@ -141,6 +143,7 @@ class Producing:
         evolve_schema: Evolve | None = None,
         replay: bool = False,
         compress: bool = False,
+        timestamps_checked: TimestampColumns | None = None,
     ) -> Future[InsertResult]: ...
 
     def insert_raw(
@@ -159,6 +162,7 @@ class Producing:
         evolve_schema: Evolve | None = None,
         replay: bool = False,
         compress: bool = False,
+        timestamps_checked: TimestampColumns | None = None,
     ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
@@ -185,7 +189,16 @@ class Producing:
         With ``compress``, the worker sends the bytes compressed by its connection's codec
         (the ``compress`` connection option: lz4 or zstd; as given when that is false or
         another codec); without it they go as given. The deduplication token is the
-        data's, compressed or not."""
+        data's, compressed or not.
+
+        ``timestamps_checked`` (JSONEachRow read with ``date_time_input_format =
+        best_effort``): the caller already found, with
+        :func:`chworkers.clickhouse.epochs.needs_rewrite`, that ``data`` holds no epoch
+        number to rewrite for these timestamp columns (a worker's
+        :func:`~chworkers.clickhouse.epochs.table_timestamps` of the table). The worker
+        then sends it without scanning it again, when the columns it finds for the table
+        are the same; otherwise it scans as usual. The daemon checks its batches so, ahead
+        of the worker, so that ClickHouse does not wait for the scan."""
         return self._producer.insert_raw(
             table,
             data,
@@ -200,6 +213,7 @@ class Producing:
             evolve_schema,
             replay,
             compress,
+            timestamps_checked,
         )
 
     def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chworkers.clickhouse import columnar, dedup
+from chworkers.clickhouse.epochs import TimestampColumns
 from chworkers.clickhouse.inserts import LINE_FORMATS, SplitBudget
 from chworkers.clickhouse.schema import Evolve
 from chworkers.errors import BatchError, ConfigError
@@ -121,6 +122,9 @@ class InsertSpec:
     evolve: Evolve | None = None
     #: Send the bytes compressed by the connection's codec (its ``compress`` option).
     compress: bool = False
+    #: Raw JSONEachRow found by the caller to hold no epoch number to rewrite for these
+    #: timestamp columns (the worker skips its scan when it finds the same).
+    timestamps_checked: TimestampColumns | None = None
 
 
 def encode_insert(
@@ -141,6 +145,7 @@ def encode_insert(
     replay: bool = False,
     compress: bool = False,
     arrow_compression: str | None = None,
+    timestamps_checked: TimestampColumns | None = None,
 ) -> Task:
     """Encode an insert of ``data``; with ``fmt``, ``data`` is bytes already in that
     ClickHouse format (Native, JSONEachRow, CSV...) and ``rows`` says how many rows.
@@ -154,7 +159,9 @@ def encode_insert(
     ``compress``, the worker sends the bytes compressed by its connection's codec; an
     Arrow batch's buffers are compressed inside its stream instead, with
     ``arrow_compression`` (lz4 or zstd; None: not at all), as clickhouse-connect's
-    ``insert_arrow`` sends them.
+    ``insert_arrow`` sends them. ``timestamps_checked``: raw JSONEachRow ``data`` holds no
+    epoch number to rewrite for these timestamp columns
+    (:func:`chworkers.clickhouse.epochs.needs_rewrite`).
     """
     if not isinstance(table, str) or not table:
         raise BatchError(f"insert: table must be a non-empty name, not {table!r}", table=table)
@@ -204,7 +211,8 @@ def encode_insert(
             reason="schema evolution of a format other than JSONEachRow",
         )
     settings = dict(settings) if settings else None
-    meta = (table, names, settings, token, fmt, split, count, shard, evolve, compress)
+    checked = timestamps_checked if fmt is not None else None
+    meta = (table, names, settings, token, fmt, split, count, shard, evolve, compress, checked)
     header, extra = dumps(meta, what="batch")
     body = pickle.dumps((header, payload, len(extra)), protocol=5)
     return Task(
@@ -262,10 +270,22 @@ def decode_insert(payload: bytes, buffers: Sequence[Any]) -> InsertSpec:
     buffers = sharedbuf.resolve(buffers)
     header, data, split = pickle.loads(payload)
     meta = loads(header, buffers[:split])
-    table, names, settings, token, fmt, budget, count, shard, evolve, compress = meta
+    table, names, settings, token, fmt, budget, count, shard, evolve, compress, checked = meta
     form, data = loads(data, buffers[split:])
     return InsertSpec(
-        table, form, data, names, settings, token, fmt, budget, count, shard, evolve, compress
+        table,
+        form,
+        data,
+        names,
+        settings,
+        token,
+        fmt,
+        budget,
+        count,
+        shard,
+        evolve,
+        compress,
+        checked,
     )
 
 
