@@ -51,6 +51,7 @@ def check(args: argparse.Namespace) -> int:
     require_pipelines(cfg)
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
     print(f"{args.config}: configuration is valid ({plural(len(cfg.pipelines), 'pipeline')})")
+    _check_push_limit(cfg)
     problems = max(_check_files(cfg), _check_brokers(cfg))
     ch = cfg.settings.clickhouse
     if ch.shards:
@@ -83,6 +84,27 @@ def check(args: argparse.Namespace) -> int:
         stack.callback(endpoint.close)
         print(f"clickhouse: the embedded endpoint started (data in {data})")
         return max(_check_clickhouse(cfg, ch.connection(endpoint.url)), problems)
+
+
+def _check_push_limit(cfg: config_module.Config) -> None:
+    """Warn when a push that ``http.max_body_bytes`` lets in could never be spooled: it
+    would be read whole, then refused 413 by the spool."""
+    from chworkers.daemon.batchfile import batch_overhead
+    from chworkers.daemon.spoolroom import capacity_of
+
+    pushed = [p for p in cfg.pipelines if p.source == "http"]
+    if not pushed:
+        return
+    limit = cfg.settings.http.max_body_bytes
+    capacity, what = capacity_of(cfg.state_dir / "spool", cfg.settings.spool.max_bytes)
+    fits = capacity - max(batch_overhead(p.table, p.name) for p in pushed)
+    if limit > fits:
+        print(
+            f"http: WARNING: max_body_bytes = {limit:,} is more than the spool can ever hold: "
+            f"{what} is {capacity:,} bytes, so a push of more than about {max(fits, 0):,} "
+            "bytes is read whole, then answered 413; set http.max_body_bytes to at most "
+            f"{max(fits, 0):,}, or give the spool more room"
+        )
 
 
 def _check_clickhouse(cfg: config_module.Config, conn: Any) -> int:

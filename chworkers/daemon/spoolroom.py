@@ -21,7 +21,7 @@ from chworkers.errors import SpoolFullError
 from chworkers.ops.metrics import Metrics
 from chworkers.wording import plural
 
-__all__ = ["TROUBLE_FORGOTTEN_AFTER", "Policy", "SpoolRoom"]
+__all__ = ["TROUBLE_FORGOTTEN_AFTER", "Policy", "SpoolRoom", "capacity_of"]
 
 #: What a full spool does with a batch that does not fit (``[spool] policy``).
 Policy = Literal["block", "reject", "drop_oldest"]
@@ -86,17 +86,7 @@ class SpoolRoom:
         ``max_bytes``, or the spool's whole filesystem when it is smaller (a batch larger
         than that does not fit even with the disk empty). A push larger than this can
         never be taken (a 413, not a 503 to retry forever)."""
-        limit, what = self.max_bytes, "the spool's limit ([spool] max_bytes)"
-        try:
-            fs = os.statvfs(self.directory)
-        except OSError:
-            return limit, what
-        # Blocks kept for root are usable by root only.
-        blocks = fs.f_blocks if os.geteuid() == 0 else fs.f_blocks - (fs.f_bfree - fs.f_bavail)
-        disk = blocks * fs.f_frsize
-        if 0 < disk < limit:
-            return disk, f"the whole filesystem of the spool ({self.directory})"
-        return limit, what
+        return capacity_of(self.directory, self.max_bytes)
 
     def _clear_trouble(self) -> None:
         self._trouble = None
@@ -171,3 +161,23 @@ class SpoolRoom:
         self._metrics.spool_memory_bytes.set(s["memory_bytes"])
         self._metrics.spool_oldest_age.set(s["oldest_age_seconds"])
         self._metrics.spool_max_bytes.set(self.max_bytes)
+
+
+def capacity_of(directory: Path, max_bytes: int) -> tuple[int, str]:
+    """What a spool in ``directory`` with this ``max_bytes`` can ever hold, and what sets
+    that limit (:meth:`SpoolRoom.capacity`); the directory need not exist yet (its
+    nearest existing parent's filesystem is measured)."""
+    limit, what = max_bytes, "the spool's limit ([spool] max_bytes)"
+    where = directory
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    try:
+        fs = os.statvfs(where)
+    except OSError:
+        return limit, what
+    # Blocks kept for root are usable by root only.
+    blocks = fs.f_blocks if os.geteuid() == 0 else fs.f_blocks - (fs.f_bfree - fs.f_bavail)
+    disk = blocks * fs.f_frsize
+    if 0 < disk < limit:
+        return disk, f"the whole filesystem of the spool ({directory})"
+    return limit, what
