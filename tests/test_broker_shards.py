@@ -104,6 +104,16 @@ def test_a_shard_down_holds_back_only_its_parts_and_their_batches_stay_pending(
             time.sleep(3)
             redelivered = running.daemon.metrics.broker_redeliveries.labels(pipeline="p")
             assert redelivered._value.get() == 0
+            # Its parts are counted in the shard's backlog, and health names the shard.
+            problems = [p.reason for p in running.daemon.health().problems]
+            assert any("shard 2" in p and "held back" in p for p in problems), problems
+            # Every entry read and shards 0 and 1 done: only shard 2's parts are left.
+            wait_for(lambda: running.daemon.dispatcher.shard_backlog()[:2] == [0, 0], 60)
+            running.daemon._publish_shards()  # as a scrape would
+            registry = running.daemon.metrics.registry
+            backlog = registry.get_sample_value("chworkers_shard_backlog_batches", {"shard": "2"})
+            assert backlog is not None and backlog > 0
+            assert registry.get_sample_value("chworkers_shard_backlog_batches", {"shard": "0"}) == 0
             proxy.set("pass")  # back: its parts go, and the batches are acknowledged
             wait_for(broker.settled, 120, interval=0.2, what="all entries acknowledged")
             wait_for(lambda: running.daemon.totals.rows_inserted == 8000, 60, what="rows")
