@@ -16,7 +16,11 @@ shards, shard 2 behind a TCP proxy that resets every request for ``--outage`` se
 from ``--outage / 2`` seconds into the ingest (give ``--rows`` enough for the ingest to
 outlast it); the rows/s the other two shards took before and during the
 outage, and the check that after it every row is in exactly once (each shard's count
-equal to what the split gave it, and the total).
+equal to what the split gave it, and the total). With ``--source redis`` the outage run
+reads the rows from a Redis Stream instead (a redis-server started here, the rows written
+to it first, 100 to an entry), each broker batch split by shard in memory and
+acknowledged once all its parts are confirmed; the daemon is stopped once every row is in
+and every entry acknowledged.
 
 The endpoints share the machine's cores with the workers and the daemon: the figures
 compare the paths on one machine, they are not a cluster's throughput. Figures (1M rows,
@@ -46,11 +50,19 @@ from chworkers.embedded import EmbeddedClickHouse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from faultproxy import FaultProxy  # noqa: E402
+from redisserver import RedisServer  # noqa: E402
 
 KEY = "sipHash64(user_id)"
 
 
-def cfg(state: Path, target: dict[str, Any], rows: int, workers: int, key: bool) -> config.Config:
+def cfg(
+    state: Path,
+    target: dict[str, Any],
+    rows: int,
+    workers: int,
+    key: bool,
+    redis: str | None = None,
+) -> config.Config:
     pipeline: dict[str, Any] = {
         "name": "gen",
         "source": "generator",
@@ -62,6 +74,9 @@ def cfg(state: Path, target: dict[str, Any], rows: int, workers: int, key: bool)
     }
     if key:
         pipeline["sharding_key"] = KEY
+    if redis is not None:
+        del pipeline["generator_count"]
+        pipeline.update(source="redis", max_rows=20_000, redis={"url": redis, "stream": "ev"})
     return config.load(
         data={
             "state_dir": str(state),
@@ -128,12 +143,41 @@ def throughput(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Na
         )
 
 
+def fill_redis(tmp: Path, rows: int) -> Any:
+    """A redis-server with ``rows`` rows of the generator's table in stream ``ev``."""
+    server = RedisServer(tmp / "redis")
+    server.start()
+    per = 100
+    for start in range(0, rows, 100_000):
+        server.add_entries(
+            [
+                b"".join(
+                    b'{"ts":%d,"user_id":%d,"event":"e%d","value":%d.5,"url":"/p/%d"}\n'
+                    % (1_700_000_000 + i, (i * 7919) % 1_000_003, i % 7, i, i)
+                    for i in range(first, min(rows, first + per))
+                )
+                for first in range(start, min(rows, start + 100_000), per)
+            ]
+        )
+    return server
+
+
 def outage(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Namespace) -> None:
     empty(endpoints)
     a, b, c = endpoints
     proxy = FaultProxy((c.host, c.port))
     shards = [[a.url], [b.url], [proxy.url]]
-    daemon = Daemon(cfg(tmp / "state-outage", {"shards": shards}, args.rows, args.workers, True))
+    redis = fill_redis(tmp, args.rows) if args.source == "redis" else None
+    daemon = Daemon(
+        cfg(
+            tmp / "state-outage",
+            {"shards": shards},
+            args.rows,
+            args.workers,
+            True,
+            redis=None if redis is None else redis.url,
+        )
+    )
     done = threading.Event()
     thread = threading.Thread(target=lambda: (daemon.run(), done.set()))
     thread.start()
@@ -144,7 +188,8 @@ def outage(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Namesp
 
     try:
         t0 = time.monotonic()
-        while time.monotonic() - t0 < args.outage / 2 and not done.is_set():
+        at = args.outage / 2 if args.outage_at is None else args.outage_at
+        while time.monotonic() - t0 < at and not done.is_set():
             samples.append((time.monotonic(), others()))
             time.sleep(1)
         proxy.set("reset")  # every request to shard 2 reset: it is down
@@ -156,10 +201,20 @@ def outage(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Namesp
         up_at = time.monotonic()
         proxy.set("pass")
         print(f"shard 2 back at {up_at - t0:.1f} s")
+        if redis is not None:  # a broker source runs until stopped: once all is in
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and not (
+                sum(count(ch) for ch in endpoints) >= args.rows and redis.settled()
+            ):
+                time.sleep(1)
+            print(f"all in and acknowledged at {time.monotonic() - t0:.1f} s")
+            daemon.request_stop()
         done.wait(600)
     finally:
         thread.join(60)
         proxy.close()
+        if redis is not None:
+            redis.stop()
     before = [s for s in samples if s[0] < down_at]
     during = [s for s in samples if down_at <= s[0] <= up_at]
 
@@ -183,6 +238,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--outage", type=float, default=20.0, help="seconds shard 2 is down")
     parser.add_argument("--skip-outage", action="store_true")
+    parser.add_argument(
+        "--source", choices=("generator", "redis"), default="generator", help="of the outage run"
+    )
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--outage-at", type=float, default=None, help="seconds into the ingest (--outage / 2)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chw-shards-daemon-") as tmp_name:
         tmp = Path(tmp_name)
@@ -191,7 +253,8 @@ def main() -> None:
             for ch in endpoints:
                 ch.start()
             print(f"{args.rows:,} generated rows, {args.workers} workers, key {KEY}\n")
-            throughput(endpoints, tmp, args)
+            if not args.skip_throughput:
+                throughput(endpoints, tmp, args)
             if not args.skip_outage:
                 print()
                 outage(endpoints, tmp, args)
