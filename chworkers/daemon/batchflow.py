@@ -132,6 +132,8 @@ class BatchFlow(DaemonParts):
             if whole is not None:
                 broker.complete(whole)
                 self.broker_groups.acknowledged(whole)
+            else:  # the batch waits for its other parts, and counts no more: read on
+                broker.more_room()
         rows = result.rows or 0
         # ClickHouse counts a replay's duplicates as written, and the process that sent it
         # first may have counted them: its rows are shown apart.

@@ -45,6 +45,10 @@ class BrokerSource(Protocol):
     def problems(self) -> list[str]:
         """Why the source is degraded (its broker failing), for the health report."""
 
+    def more_room(self) -> None:
+        """The source may hold more batches now than when it last looked (its default
+        ``max_batches`` grew): wake its thread if it waits for room."""
+
 
 class SourceArgs(TypedDict, total=False):
     """The keyword arguments every broker source takes besides its broker's options."""
@@ -69,6 +73,9 @@ class SourceParts:
     makes: it names the broker)."""
 
     trouble: Trouble
+    #: Notified when a batch is acknowledged, or the source may hold more (the source
+    #: makes it, on its lock).
+    _room: threading.Condition
     #: Where the source logs (each broker's source module names its logger).
     log: ClassVar[logging.Logger] = logging.getLogger(__name__)
 
@@ -170,6 +177,13 @@ class SourceParts:
     def problems(self) -> list[str]:
         """Why the source is degraded (its broker failing), for the health report."""
         return self.trouble.problems()
+
+    def more_room(self) -> None:
+        """The source may hold more batches now (a batch split by shard waits only for a
+        shard that is down, and no longer counts against the default ``max_batches``:
+        docs/sharding.md): its thread, if it waits for room, reads on at once."""
+        with self._room:
+            self._room.notify_all()
 
 
 __all__ = [
