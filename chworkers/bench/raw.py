@@ -12,9 +12,9 @@ timed (a caller may give one instead).
 Both sides get the same conditions: each case inserts into a table created for it just
 before and dropped right after its count is checked, so that no background merge of one
 case's parts runs while the other case is timed (chDB merges a table's fresh parts soon
-after they are written, and a merge left over from the case before took CPU from the
-endpoint under whichever case came next). Besides the rate, each round records when
-every request was answered: ``first`` (from the start to the first answer: for
+after they are written: after 20 inserts of 100k rows one was still running, and would
+take CPU from the endpoint under whichever case came next). Besides the rate, each round
+records when every request was answered: ``first`` (from the start to the first answer: for
 ``insert_raw`` the token's hash, the copy into shared memory, the dispatch and the first
 POST, which nothing overlaps) and ``step`` (the median time between two answers after
 it: what each further request costs once the pipeline is full), which say on which side
