@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from typing import Any
 
 from chworkers.clickhouse import epochs
@@ -70,6 +71,15 @@ def is_unknown_field(error: BaseException) -> bool:
 def quote_identifier(name: str) -> str:
     """``name`` as a ClickHouse identifier, whatever its characters."""
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _shown_name(name: str) -> str:
+    """A column's name for the log: quoted, as in the ALTER, unless a plain identifier
+    (in "user id Nullable(String)" the name would not be told from its type)."""
+    return name if _PLAIN_NAME.fullmatch(name) else quote_identifier(name)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _table_sql(table: str) -> tuple[str, str, str]:
@@ -172,16 +182,18 @@ def evolve(conn: Any, table: str, data: bytes, policy: Evolve) -> list[str]:
     fields = new_fields(data, columns)
     if not fields:
         return []
-    added = []
+    added: list[str] = []
+    shown: list[str] = []
     for field, type_ in infer_types(conn, fields, policy).items():
         conn.command(
             f"ALTER TABLE {sql} ADD COLUMN IF NOT EXISTS {quote_identifier(field)} {type_}",
             idempotent=True,
         )
         added.append(f"{field} {type_}")
+        shown.append(f"{_shown_name(field)} {type_}")
     if added:
         # What this process knows of the table's columns (its timestamp columns, whose
         # epoch numbers are rewritten) is looked up again: a new column may be one.
         epochs.forget(conn, table)
-        log.info("table %s: added columns %s", table, ", ".join(added))
+        log.info("table %s: added columns %s", table, ", ".join(shown))
     return added
