@@ -80,7 +80,13 @@ def run_file(ch: EmbeddedClickHouse, tmp: Path, total: int, data: Path, r: int) 
 
 
 def run_source(
-    ch: EmbeddedClickHouse, tmp: Path, broker: Broker, total: int, r: int, profile: str = ""
+    ch: EmbeddedClickHouse,
+    tmp: Path,
+    broker: Broker,
+    total: int,
+    r: int,
+    profile: str = "",
+    spy_too: bool = False,
 ) -> Measured:
     db = fresh_database(ch, f"bench_{broker.name}_{r}")
     pipeline = {"name": broker.name, "source": broker.name, **PIPELINE}
@@ -93,33 +99,46 @@ def run_source(
     spies: list[subprocess.Popen[bytes]] = []
     before: dict[str, float] = {}
 
-    def profile_from_now() -> None:
-        """Steady state begins: per-thread CPU and the server's command times from now,
-        and py-spy (in this venv, when installed) samples the daemon and its workers."""
+    if profile:
+        # The source's CPU from its first read (its group or consumer made) to the last
+        # row, divided by all the rows: counted from the first row in ClickHouse (as the
+        # rate is), the batches read ahead before it (up to max_batches) would be left out.
+        deadline = time.monotonic() + 120
+        while not broker.reading(r):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the {broker.name} source did not start reading")
+            time.sleep(0.01)
         before.update(threads_cpu(daemon, server))
         broker.commands(reset=True)
+
+    def spy_from_now() -> None:
+        """Steady state begins: py-spy (in this venv) samples the daemon and its workers,
+        the threads holding the GIL."""
         spy = Path(sys.executable).parent / "py-spy"
-        if spy.exists():
-            command = [str(spy), "record", "--pid", str(daemon), "--subprocesses", "--threads"]
-            command += ["--format", "raw", "--rate", "250", "--output", f"{profile}.{r}.txt"]
-            spies.append(
-                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
+        command = [str(spy), "record", "--pid", str(daemon), "--subprocesses", "--threads"]
+        command += ["--gil", "--format", "raw", "--rate", "250"]
+        command += ["--output", f"{profile}.{r}.txt"]
+        spies.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
 
     measured = wait_rows(
         ch,
         db,
         total,
         lambda: (tree_cpu(daemon, server), tree_cpu(clickhouse)),
-        on_first=profile_from_now if profile else None,
+        on_first=spy_from_now if profile and spy_too else None,
     )
     if profile:
         used = {k: v - before.get(k, 0.0) for k, v in threads_cpu(daemon, server).items()}
-        print("CPU seconds per million rows by process/thread, from the first row to the last:")
+        print(
+            "CPU seconds per million rows by process/thread, from the source's first read "
+            "to the last row (a worker's start-up included):"
+        )
         for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
             if cpu > 0:
-                print(f"  {name:<40} {cpu / measured.rows * 1e6:6.3f}")
-        messages = measured.rows / broker.per
+                print(f"  {name:<40} {cpu / total * 1e6:6.3f}")
+        messages = total / broker.per
         commands = broker.commands()
         if commands:
             print(f"{broker.name} commands (wall time in the server, nested calls counted twice):")
@@ -184,7 +203,7 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
         source = f"{broker.name} source"
         paths = {
             "file source": lambda r: run_file(ch, tmp, total, data, r),
-            source: lambda r: run_source(ch, tmp, broker, total, r, args.profile),
+            source: lambda r: run_source(ch, tmp, broker, total, r, args.profile, args.py_spy),
             "plain loop": lambda r: run_plain(ch, broker, total, r),
         }
         wanted = [p.strip() for p in args.paths.split(",")]
@@ -363,7 +382,13 @@ def main() -> None:
         default="",
         metavar="PREFIX",
         help="throughput: print the source's CPU per thread and the server's time per "
-        "command at steady state; py-spy (if in this venv) records to PREFIX.<round>.txt",
+        "command at steady state",
+    )
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="with --profile: py-spy (in this venv) records the daemon's threads holding the "
+        "GIL to PREFIX.<round>.txt (it slows the daemon: not for the figures)",
     )
     args = parser.parse_args()
     if args.mode == "produce":  # the scale run's producer, in a process of its own

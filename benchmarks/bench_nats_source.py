@@ -28,42 +28,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import tree_cpu
+from brokerharness import Completing, process_cpu, tree_cpu
 from brokerservers import nats_produce
 from natsserver import NatsServer
-
-
-class Completing:
-    """A batcher that completes every batch as soon as it is given one."""
-
-    def __init__(self) -> None:
-        self.source: Any = None
-        self.rows = 0
-        self.batches = 0
-        self.first = 0.0
-
-    def add(self, table: str, payload: bytes, rows: int, **kw: Any) -> None:
-        if not self.batches:
-            self.first = time.monotonic()
-        self.rows += rows
-        self.batches += 1
-        self.source.complete(Batch(kw["meta"]))
-
-
-class Batch:
-    path = None
-
-    def __init__(self, meta: dict[str, Any]) -> None:
-        self.meta = meta
-
-
-def process_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:

@@ -42,6 +42,11 @@ class Broker:
         """The plain loop of round ``r``: read, insert with ``client``, acknowledge after
         the insert, until ``total`` rows are in; ``ready`` once it is set up."""
 
+    def reading(self, r: int) -> bool:
+        """Whether the source of throughput round ``r`` began reading (its group or
+        consumer is there)."""
+        raise NotImplementedError
+
     def scale_source(self, args: argparse.Namespace) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -102,6 +107,12 @@ class Redis(Broker):
 
     def source(self, r: int) -> dict[str, Any]:
         return {"url": self.url, "stream": STREAM, "group": f"g{r}", "fetch_count": 10_000}
+
+    def reading(self, r: int) -> bool:
+        if not self.client.exists(STREAM):
+            return False
+        names = {f"g{r}", f"g{r}".encode()}
+        return any(g["name"] in names for g in self.client.xinfo_groups(STREAM))
 
     def plain(self, r: int, client: Any, total: int, ready: threading.Event) -> None:
         redis = self.server.client()
@@ -202,6 +213,18 @@ class Nats(Broker):
 
     def source(self, r: int) -> dict[str, Any]:
         return {"url": self.url, "stream": STREAM, "consumer": f"c{r}", "fetch_count": 10_000}
+
+    def reading(self, r: int) -> bool:
+        async def work(client: Any) -> bool:
+            import nats.js.errors
+
+            try:
+                await client.jetstream().consumer_info(STREAM, f"c{r}")
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        return self.server.run(work)
 
     def plain(self, r: int, client: Any, total: int, ready: threading.Event) -> None:
         async def work(nc: Any) -> None:

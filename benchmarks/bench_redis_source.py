@@ -1,0 +1,123 @@
+"""The Redis source's own CPU per entry, without ClickHouse: what the daemon spends on an
+entry between redis-server and the spool (reads, framing, batching, manifests,
+acknowledgements), as benchmarks/bench_nats_source.py measures the NATS source's.
+
+A real redis-server (tests/redisserver.py, ``appendfsync always``, as bench_brokers.py's)
+is filled with ``--messages`` entries of ``--rows-per-message`` JSON lines; then a
+:class:`RedisSource` reads them in this process, its batcher a stand-in that takes each
+batch and completes it at once (the entries acknowledged and the manifest removed as the
+daemon does once ClickHouse confirmed a batch). Printed: this process's CPU microseconds
+per entry (all its threads: the source's and the heartbeat's) and redis-server's, from
+the start of the reading to the last acknowledgement. ``--json`` prints one line for a
+driver that compares code versions (run with ``PYTHONPATH`` at another checkout to
+measure that code); ``--cprofile FILE`` keeps cProfile's statistics of the source's
+thread (which slow it: the CPU figures of such a run do not count).
+
+Run: ``.venv/bin/python benchmarks/bench_redis_source.py --messages 200000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from brokerharness import STREAM, Completing, process_cpu, tree_cpu
+from brokerservers import Redis
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    from chworkers.daemon.batcher import BatchLimits
+    from chworkers.daemon.brokers.options import RedisSourceSettings
+    from chworkers.daemon.brokers.redisstream import RedisSource
+
+    broker = Redis(tmp / "redis")
+    try:
+        broker.fill(args.messages, args.rows_per_message)
+        batcher = Completing()
+        source = RedisSource(
+            name="bench",
+            table="ev",
+            format="JSONEachRow",
+            batcher=batcher,  # type: ignore[arg-type]
+            options=RedisSourceSettings(
+                url=broker.url, stream=STREAM, fetch_count=args.fetch_count
+            ),
+            limits=BatchLimits(max_rows=args.max_rows, max_delay=0.5),
+            consumer="bench",
+            dead_letter=lambda records, token: None,
+        )
+        batcher.source = source
+        stop = threading.Event()
+        profile = cProfile.Profile() if args.cprofile else None
+
+        def run() -> None:
+            if profile is not None:
+                profile.enable()
+            try:
+                source.run(stop)
+            finally:
+                if profile is not None:
+                    profile.disable()
+
+        thread = threading.Thread(target=run)
+        own, server = process_cpu(), tree_cpu(broker.pid)
+        started = time.monotonic()
+        thread.start()
+        total = args.messages * args.rows_per_message
+        while batcher.rows < total:
+            if time.monotonic() - started > 600:
+                raise SystemExit(f"timed out: {batcher.rows:,} of {total:,} rows")
+            time.sleep(0.02)
+        ended = time.monotonic()
+        used = process_cpu() - own, tree_cpu(broker.pid) - server
+        stop.set()
+        thread.join(30)
+        if profile is not None:
+            profile.dump_stats(args.cprofile)
+    finally:
+        broker.stop()
+    return {
+        "source_us": used[0] / args.messages * 1e6,
+        "server_us": used[1] / args.messages * 1e6,
+        "entries_per_s": args.messages / (ended - started),
+        "load": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rows-per-message", type=int, default=10)
+    parser.add_argument("--max-rows", type=int, default=50_000)
+    parser.add_argument("--fetch-count", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true", help="one JSON line")
+    parser.add_argument(
+        "--cprofile", default="", metavar="FILE", help="cProfile's stats of the source's thread"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        result = measure(args, Path(tmp))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{args.messages:,} entries of {args.rows_per_message} rows (load "
+        f"{result['load']:.1f}): the source {result['source_us']:.2f} us of CPU per "
+        f"entry, redis-server {result['server_us']:.2f}, "
+        f"{result['entries_per_s']:,.0f} entries/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
