@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redisserver import RedisServer
 
 from chworkers.daemon.batcher import BatchLimits
@@ -121,3 +123,58 @@ def test_entries_frame_as_messages_and_a_rebuild_do(fmt: str) -> None:
     for ids, rows, payload, _poison in raw:
         rebuilt, _ = assembler.rebuild(ids, by_id)
         assert (rebuilt.rows, assembler.payload(rebuilt)) == (rows, payload)
+
+
+#: An entry's records: 1 to 4 JSON lines, now and then without the last newline or with
+#: a blank line (those go one by one), or in a field not first (the general way).
+entry_fields = st.tuples(
+    st.integers(min_value=1, max_value=4),
+    st.sampled_from(["whole", "whole", "whole", "no final newline", "blank line", "other"]),
+).map(
+    lambda spec: (
+        [b"other", b"x", b"data", b'{"n":0}\n']
+        if spec[1] == "other"
+        else [
+            b"data",
+            b"".join(b'{"n":%d}\n' % i for i in range(spec[0]))[
+                : -1 if spec[1] == "no final newline" else None
+            ]
+            + (b"\n" if spec[1] == "blank line" else b""),
+        ]
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(entry_fields, min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=1, max_value=30),
+    st.integers(min_value=1, max_value=400),
+)
+def test_entries_taken_in_runs_make_the_batches_messages_make(
+    fields: list[list[bytes]], run: int, max_rows: int, max_bytes: int
+) -> None:
+    """Runs of whole-line entries (cut at ``RUN`` entries, here a few) give the batches,
+    bytes and row counts that the same entries give one message at a time."""
+    assembler = Assembler("JSONEachRow")
+    limits = BatchLimits(max_rows=max_rows, max_bytes=max_bytes)
+    entries = [[b"1-%d" % i, f] for i, f in enumerate(fields)]
+    messages = [redisentries.message(e, b"data") for e in entries]
+
+    def batches(extend: Callable[[Assembly, int], tuple[int, list[Any]]]) -> list[Any]:
+        out, start = [], 0
+        while start < len(entries):
+            batch = Assembly()
+            while start < len(entries) and not batch.full(limits):
+                start, bad = extend(batch, start)
+                assert not bad
+            out.append((batch.ids, batch.rows, batch.size, assembler.payload(batch)))
+        return out
+
+    default, redisentries.RUN = redisentries.RUN, run
+    try:
+        raw = batches(lambda b, s: redisentries.extend(assembler, b, entries, s, limits, b"data"))
+    finally:
+        redisentries.RUN = default
+    assert raw == batches(lambda b, s: assembler.extend(b, messages, s, limits))

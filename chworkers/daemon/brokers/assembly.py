@@ -25,9 +25,8 @@ from chworkers.daemon.framing import (
 )
 from chworkers.errors import PoisonMessageError
 
-#: A payload's last byte, and its count of newlines (for runs of payloads, in C).
+#: A payload's last byte (for runs of payloads, in C).
 _LAST = operator.itemgetter(-1)
-_LINES = operator.methodcaller("count", b"\n")
 
 
 @dataclasses.dataclass(slots=True)
@@ -196,38 +195,53 @@ class Assembler:
         a format without quoting, none of them empty or with a blank line, each ending
         in a newline and under ``max_record_bytes`` (what :meth:`extend` checks message
         by message, for a run of messages at once)."""
+        return self.lines(payloads) is not None
+
+    def lines(self, payloads: list[bytes]) -> bytes | None:
+        """The records of ``payloads`` joined, when :meth:`whole_lines` holds (else None):
+        for :meth:`extend_lines`, which then need not join them again."""
         if self._quoted or not payloads:
-            return False
-        if min(map(len, payloads)) == 0 or max(map(len, payloads)) >= self.max_record_bytes:
-            return False
+            return None
+        lengths = list(map(len, payloads))
+        if min(lengths) == 0 or max(lengths) >= self.max_record_bytes:
+            return None
         if bytes(map(_LAST, payloads)).count(10) != len(payloads):
-            return False  # one does not end in a newline: extend() adds it
+            return None  # one does not end in a newline: extend() adds it
         joined = b"".join(payloads)
-        return b"\n\n" not in joined and joined[0] != 10
+        if b"\n\n" in joined or joined[0] == 10:
+            return None
+        return joined
 
     def extend_lines(
-        self, batch: Assembly, ids: list[str], payloads: list[bytes], limits: BatchLimits
+        self,
+        batch: Assembly,
+        ids: list[str],
+        payloads: list[bytes],
+        limits: BatchLimits,
+        records: bytes | None = None,
     ) -> int:
         """Add messages until ``batch`` is full, as :meth:`extend` does (the message that
         fills it included), for payloads :meth:`whole_lines` accepted: their records are
-        the payloads as they are, counted and joined once for the run. Returns how many
-        were added."""
+        the payloads as they are, counted and joined once for the run (``records``: that
+        join, when :meth:`lines` made it already). Returns how many were added."""
         rows_room = limits.max_rows - batch.rows
         bytes_room = limits.max_bytes - batch.size
         if not ids or rows_room <= 0 or bytes_room <= 0:
             return 0
-        records = b"".join(payloads)
+        if records is None:
+            records = b"".join(payloads)
         rows = records.count(b"\n")
         taken = len(ids)
         if rows >= rows_room or len(records) >= bytes_room:
             # Up to the first message after which the batch is full.
+            ends = list(itertools.accumulate(map(len, payloads)))
             taken = 1 + min(
-                bisect.bisect_left(list(itertools.accumulate(map(_LINES, payloads))), rows_room),
-                bisect.bisect_left(list(itertools.accumulate(map(len, payloads))), bytes_room),
+                _filling(records, payloads, ends, rows, rows_room),
+                bisect.bisect_left(ends, bytes_room),
             )
             if taken < len(ids):
-                records = b"".join(payloads[:taken])
-                rows = records.count(b"\n")
+                rows = records.count(b"\n", 0, ends[taken - 1])
+                records = records[: ends[taken - 1]]
             else:
                 taken = len(ids)
         if not batch.ids:
@@ -252,6 +266,25 @@ class Assembler:
             if bad is not None:
                 poison.append(bad)
         return batch, poison
+
+
+def _filling(records: bytes, payloads: list[bytes], ends: list[int], rows: int, room: int) -> int:
+    """The index of the payload whose lines bring the lines of ``payloads`` (joined:
+    ``records``, ``rows`` lines in all; ``ends``: where each payload ends in them) to
+    ``room``, or ``len(payloads)`` if they all fall short. Guessed from the lines per
+    payload on average, then counted: one count of the bytes up to the guess, and one per
+    payload the guess was off by (none when the payloads hold as many lines each)."""
+    if rows < room:
+        return len(payloads)
+    index = min(len(payloads) - 1, max(0, -(-room * len(payloads) // rows) - 1))
+    lines = records.count(b"\n", 0, ends[index])  # through payloads[index]
+    while lines < room:
+        index += 1
+        lines += payloads[index].count(b"\n")
+    while index > 0 and lines - (last := payloads[index].count(b"\n")) >= room:
+        lines -= last
+        index -= 1
+    return index
 
 
 __all__ = ["Assembler", "Assembly", "Message", "Poison"]

@@ -9,10 +9,18 @@ way, as a :class:`~chworkers.daemon.brokers.assembly.Message` through
 :meth:`Assembler.add <chworkers.daemon.brokers.assembly.Assembler.add>`, which frames it
 the same way (a batch's bytes must not depend on which path an entry took: a rebuilt
 batch takes the general one). No object per entry, no second list of them.
+
+Entries that are all common ones whose payloads end in a newline (what a producer of
+whole lines writes) are taken in runs of up to :data:`RUN`, as the NATS source takes its
+pulls: checked, joined and counted once, their ids decoded at once
+(:meth:`Assembler.extend_lines <chworkers.daemon.brokers.assembly.Assembler.extend_lines>`),
+no Python loop over them (0.7 against 1.0 us per entry of 10 JSON rows, framing and
+joining included).
 """
 
 from __future__ import annotations
 
+import operator
 import time
 from typing import Any
 
@@ -23,7 +31,16 @@ from chworkers.daemon.framing import count_lines
 #: An entry as hiredis parsed it: ``[id, [name, value, ...] | None]``.
 Entry = Any
 
-__all__ = ["Entry", "entry_id", "extend", "message", "payload"]
+#: Entries taken as one run at most: a run is read several times (checked, joined,
+#: counted), fastest while it stays in the CPU's cache (~0.3 MB at 10 JSON rows per
+#: entry; runs of a whole 10,000-entry reply were slower than the loop over entries).
+RUN = 1024
+
+#: An entry's id or fields; a field list's first name or value (in C, over a run).
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+
+__all__ = ["RUN", "Entry", "entry_id", "extend", "message", "payload"]
 
 
 def payload(fields: list[bytes] | None, field: bytes) -> bytes | None:
@@ -53,6 +70,10 @@ def extend(
 ) -> tuple[int, list[Poison]]:
     """Add ``entries[start:]`` to ``batch`` until it is full; returns where it stopped and
     the poison met on the way (not in the batch: dead-lettered and acknowledged)."""
+    run = _run(assembler, entries, start, field)
+    if run is not None:
+        ids, payloads, records = run
+        return start + assembler.extend_lines(batch, ids, payloads, limits, records), []
     poison: list[Poison] = []
     ids, chunks = batch.ids, batch.chunks
     rows, size = batch.rows, batch.size
@@ -84,3 +105,28 @@ def extend(
             poison.append(bad)
     batch.rows, batch.size = rows, size
     return index, poison
+
+
+def _run(
+    assembler: Assembler, entries: list[Entry], start: int, field: bytes
+) -> tuple[list[str], list[bytes], bytes] | None:
+    """The ids, payloads and joined records of the next :data:`RUN` entries from
+    ``start`` when every one is the common entry (the records' field first) and their
+    payloads are whole lines as they are (:meth:`Assembler.lines`); else None: they go
+    one by one."""
+    if not assembler.plain or start >= len(entries):
+        return None
+    run = entries[start : start + RUN]
+    try:
+        fields = list(map(_SECOND, run))
+        if set(map(_FIRST, fields)) != {field}:
+            return None
+        payloads = list(map(_SECOND, fields))
+    except (TypeError, IndexError):  # an entry deleted meanwhile (None), no fields
+        return None
+    records = assembler.lines(payloads)
+    if records is None:
+        return None
+    # Entry ids are digits and a dash: decoded at once, split where they were joined.
+    ids = b" ".join(map(_FIRST, run)).decode().split(" ")
+    return ids, payloads, records
