@@ -21,6 +21,7 @@ import glob
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
@@ -39,6 +40,10 @@ __all__ = ["REFERENCE_MIN_BYTES", "FileSource"]
 #: reference costs an fsync of the file and a hard link (3-7 ms on the benchmark
 #: machine, benchmarks/bench_spool_refs.py), more than copying so few bytes.
 REFERENCE_MIN_BYTES = 256 * 1024
+
+#: Most files a one-shot source holds open at once; the others matched wait their turn,
+#: in order (a backfill of many thousand files must not run out of descriptors).
+MAX_OPEN_FILES = 32
 
 #: The sources' logger, as before they were cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.sources")
@@ -91,6 +96,8 @@ class FileSource(_Source):
             checkpoints, self.name, forget_after, poll_interval, self.patterns
         )
         self._open: dict[str, _OpenFile] = {}
+        #: Files matched, not opened yet (one-shot: at most MAX_OPEN_FILES are open).
+        self._pending: deque[str] = deque()
         self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
         # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
         self._finished: dict[tuple[int, int], tuple[int, int]] = {}
@@ -107,7 +114,7 @@ class FileSource(_Source):
                 if stop.is_set():
                     break
                 progressed |= self._read(self._open[path])
-            if not self.follow and not self._open:
+            if not self.follow and not self._open and not self._pending:
                 return
             if not progressed:
                 stop.wait(self.poll_interval)
@@ -116,59 +123,79 @@ class FileSource(_Source):
             f.fh.close()
 
     def _discover(self) -> None:
+        """Match the patterns again and open the files found (one-shot: those waiting
+        their turn first, without matching again, up to :data:`MAX_OPEN_FILES` open)."""
+        if not self.follow and self._pending:
+            self._open_pending({})
+            return
         # The files the patterns match, by (dev, ino): a path of each.
         seen: dict[tuple[int, int], str] = {(f.dev, f.ino): f.path for f in self._open.values()}
         matched: set[str] = set(self._open)
         for pattern in self.patterns:
             for path in sorted(glob.glob(pattern)):
+                if path not in matched:
+                    self._pending.append(path)
                 matched.add(path)
-                if path in self._open:
-                    continue
-                try:
-                    fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
-                except OSError as exc:
-                    self._error(f"cannot open {path}: {exc.strerror}")
-                    continue
-                st = os.fstat(fh.fileno())
-                ident = (st.st_dev, st.st_ino)
-                seen[ident] = path
-                finished = self._finished.get(ident)
-                if finished is not None:
-                    if _same_head(fh.fileno(), *finished, st.st_size):
-                        fh.close()
-                        continue
-                    # A new file got the inode of one read before (deleted meanwhile).
-                    del self._finished[ident]
-                    self._saved.pop(path, None)
-                offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
-                fh.seek(offset)
-                head, head_len = _head(fh.fileno())
-                link = None
-                if self.links is not None and st.st_size - offset >= REFERENCE_MIN_BYTES:
-                    link = self.links.pin(fh.fileno(), path, source=self.name)
-                self._open[path] = _OpenFile(
-                    path,
-                    fh,
-                    st.st_dev,
-                    st.st_ino,
-                    offset,
-                    Framer(
-                        self.format,
-                        max_record_bytes=self.max_record_bytes,
-                        # Resuming past a *WithNames header: its batches still need it.
-                        header=read_header(fh, self.format) if offset else b"",
-                        on_skip=functools.partial(self._skipped, path),
-                    ),
-                    head,
-                    head_len,
-                    link=link,
-                )
-                log.info("source %s: reading %s from offset %d", self.name, path, offset)
+        self._open_pending(seen)
+        for path in self._pending:  # waiting their turn: there all the same
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            seen[(st.st_dev, st.st_ino)] = path
         # Forget files that are gone: a file that reuses their inode later is new.
         self._finished = {k: v for k, v in self._finished.items() if k in seen}
         forgotten = self.forgetting.check(matched, seen)
         for path in forgotten:
             self._saved.pop(path, None)
+
+    def _open_pending(self, seen: dict[tuple[int, int], str]) -> None:
+        """Open the files waiting, in order, while there is room (``seen``: their
+        identities are added to it)."""
+        while self._pending and (self.follow or len(self._open) < MAX_OPEN_FILES):
+            path = self._pending.popleft()
+            if path in self._open:
+                continue
+            try:
+                fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
+            except OSError as exc:
+                self._error(f"cannot open {path}: {exc.strerror}")
+                continue
+            st = os.fstat(fh.fileno())
+            ident = (st.st_dev, st.st_ino)
+            seen[ident] = path
+            finished = self._finished.get(ident)
+            if finished is not None:
+                if _same_head(fh.fileno(), *finished, st.st_size):
+                    fh.close()
+                    continue
+                # A new file got the inode of one read before (deleted meanwhile).
+                del self._finished[ident]
+                self._saved.pop(path, None)
+            offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
+            fh.seek(offset)
+            head, head_len = _head(fh.fileno())
+            link = None
+            if self.links is not None and st.st_size - offset >= REFERENCE_MIN_BYTES:
+                link = self.links.pin(fh.fileno(), path, source=self.name)
+            self._open[path] = _OpenFile(
+                path,
+                fh,
+                st.st_dev,
+                st.st_ino,
+                offset,
+                Framer(
+                    self.format,
+                    max_record_bytes=self.max_record_bytes,
+                    # Resuming past a *WithNames header: its batches still need it.
+                    header=read_header(fh, self.format) if offset else b"",
+                    on_skip=functools.partial(self._skipped, path),
+                ),
+                head,
+                head_len,
+                link=link,
+            )
+            log.info("source %s: reading %s from offset %d", self.name, path, offset)
 
     def _saved_offset(self, path: str, ident: tuple[int, int], fd: int, size: int) -> int:
         """Where to resume the file at ``path``: its saved position, when it is that very
