@@ -40,3 +40,19 @@ def test_the_command_line_loads_only_what_its_commands_need_up_front() -> None:
         "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_daemons_process_does_not_import_clickhouse_connect() -> None:
+    """The daemon's process never opens a ClickHouse connection (its workers do): its
+    modules, the supervisor's included, load no clickhouse-connect nor urllib3, which were
+    about a third of its start-up imports (the fork server imports them for the workers).
+    """
+    code = (
+        "import sys, chworkers.daemon.service, chworkers.workers.supervisor\n"
+        "import chworkers.workers.forkserver as fs\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "                ('clickhouse_connect', 'urllib3'))\n"
+        "assert not loaded, loaded\n"
+        "assert 'chworkers.clickhouse.pool' in fs.PRELOAD\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

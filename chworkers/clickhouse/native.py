@@ -13,6 +13,10 @@ supervisor caches them; a ClickHouse error on a Native insert drops the cache en
 a changed table is looked up again. A batch the serializer rejects (a string in a number
 column, say) falls back to the pickled rows, so the worker reports the same error a
 plain insert would.
+
+clickhouse-connect (and the encoders built on it) is imported on the first encoding, not
+with this module: the daemon's process never encodes rows, and importing it there took
+about a third of the daemon's start-up imports.
 """
 
 from __future__ import annotations
@@ -23,14 +27,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clickhouse_connect.driver.binding import quote_identifier
-from clickhouse_connect.driver.insert import InsertContext
-from clickhouse_connect.driver.transform import NativeTransform
-
-from chworkers.clickhouse import nativecols
 from chworkers.clickhouse.columnar import numpy_columns
+
+if TYPE_CHECKING:
+    from chworkers.clickhouse import nativecols
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ def encode(
     ``datetime64`` columns by :func:`~chworkers.clickhouse.columnar.numpy_columns`), or
     None when it cannot be encoded (a value the serializer rejects, rows of the wrong width; with
     ``widths_checked`` the caller has checked every row against the schema's columns)."""
+    from chworkers.clickhouse import nativecols
+
     try:
         encoders = _encoders(schema.column_names, schema.type_names)
         if _is_dataframe(data):
@@ -94,6 +98,10 @@ def _dataframe(
     schema: TableSchema, encoders: Sequence[nativecols.ColumnEncoder], df: Any
 ) -> bytes | None:
     """A DataFrame by clickhouse-connect's own serializer: the bytes ``insert_df`` sends."""
+    from clickhouse_connect.driver.binding import quote_identifier
+    from clickhouse_connect.driver.insert import InsertContext
+    from clickhouse_connect.driver.transform import NativeTransform
+
     if len(df.columns) != len(schema.column_names):
         return None
     ctx = InsertContext(
@@ -117,6 +125,8 @@ def _dataframe(
 def _encoders(
     names: tuple[str, ...], type_names: tuple[str, ...]
 ) -> tuple[nativecols.ColumnEncoder, ...]:
+    from chworkers.clickhouse import nativecols
+
     return tuple(map(nativecols.ColumnEncoder, names, type_names))
 
 

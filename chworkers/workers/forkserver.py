@@ -56,8 +56,10 @@ __all__ = ["PRELOAD", "Restart", "ended", "ensure_running", "server_pid", "start
 log = logging.getLogger(__name__)
 
 #: Modules the fork server imports once, before it forks any worker, so that no worker
-#: imports them itself.
-PRELOAD = ("chworkers.workers.worker",)
+#: imports them itself: the worker's loop, and its ClickHouse pool with clickhouse-connect
+#: (which the worker's module imports only when its pool is made, so that the
+#: supervisor's process, the daemon's among them, need not import it at all).
+PRELOAD = ("chworkers.workers.worker", "chworkers.clickhouse.pool")
 
 #: What the server's socket path adds to a parent directory:
 #: multiprocess's "/pymp-XXXXXXXX" and its "/listener-XXXXXXXX".

@@ -29,9 +29,9 @@ from chworkers import timeouts
 from chworkers._version import __version__
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.clickhouse.columnar import arrow_compression
-from chworkers.clickhouse.connection import ConnectionConfig
+from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.lease import LeaseBroker
-from chworkers.clickhouse.pool import PoolOptions
+from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.clickhouse.shardleases import ShardLeaseBrokers
 from chworkers.errors import ConfigError, SupervisorStoppedError, WaitTimeoutError

@@ -18,7 +18,7 @@ from typing import Any
 
 from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.clickhouse.hooks import PoolHooks
-from chworkers.clickhouse.pool import ConnectionPool, PoolOptions
+from chworkers.clickhouse.pooloptions import PoolOptions
 from chworkers.clickhouse.retry import RetryPolicy
 from chworkers.errors import ConfigError
 from chworkers.workers.context import Connections, WorkerContext
@@ -71,6 +71,10 @@ class PoolConnector:
     lease: Any  # LeaseClient
 
     def __call__(self, worker: WorkerContext) -> Connections:
+        # Here, in the worker: the supervisor's process (the daemon's) never opens a
+        # connection, nor imports clickhouse-connect for one.
+        from chworkers.clickhouse.pool import ConnectionPool
+
         return ConnectionPool(
             self.connection_options,
             self.pool_options,
