@@ -16,6 +16,7 @@ deduplicated one by one; two flushes of equal rows are not duplicates).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -150,8 +151,10 @@ class Flusher:
         database: str,
         table: str,
     ) -> None:
-        head, columns, clause = split(key.statement)
-        storage, size = self._dedup_target(conn, database, table) if limits.deduplicate else ("", 0)
+        _, columns, clause = split(key.statement)
+        storage, size, stored = self._target(conn, database, table)
+        if not limits.deduplicate:
+            size = 0
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
         queries.run(
             conn,
@@ -187,20 +190,35 @@ class Flusher:
             # One block, as the server writes a flush's one chunk: one part per
             # partition, and refused whole (too many partitions) or written whole.
             queries.apply_settings(conn, _one_block(rows))
-            select = f"SELECT {columns if columns is not None else '*'} FROM {tmp}"
-            queries.run(conn, f"{head} {clause} {select}")
+            # The temporary table computed every default as the target would (from
+            # the columns each entry sent, EPHEMERAL ones included): its stored
+            # columns go into the target's as they are.
+            names = ", ".join(quote_ident(c) for c in stored)
+            target = f"{quote_ident(database)}.{quote_ident(table)}"
+            queries.run(conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}")
             self.dedup.record(storage, size, [b for _, b, _ in kept])
         for entry, _, stats in kept:
             entry.finish(stats.written_rows, stats.written_bytes)
 
-    def _dedup_target(self, conn: Any, database: str, table: str) -> tuple[str, int]:
+    def _target(self, conn: Any, database: str, table: str) -> tuple[str, int, list[str]]:
+        """The table's storage directory, deduplication window and stored columns
+        (those an insert may give: not MATERIALIZED, ALIAS or EPHEMERAL)."""
         res = queries.run(
             conn,
-            "SELECT engine, engine_full, data_paths[1] FROM system.tables WHERE database = "
-            f"{quote_literal(database)} AND name = {quote_literal(table)}",
+            "SELECT engine, engine_full, data_paths[1], (SELECT groupArray(name) FROM "
+            "(SELECT name FROM system.columns WHERE database = {db:String} AND "
+            "table = {t:String} AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', "
+            "'EPHEMERAL') ORDER BY position)) FROM system.tables WHERE database = "
+            "{db:String} AND name = {t:String}",
+            "JSONCompactEachRow",
+            {"db": database, "t": table},
         )
-        line = res.bytes().decode("utf-8", "replace").rstrip("\n")
+        line = res.bytes().strip()
         if not line:
             raise unknown_table(database, table)
-        engine, engine_full, path = ([*line.split("\t"), "", "", ""])[:3]
-        return path or f"{database}.{table}", window(engine, engine_full)
+        engine, engine_full, path, stored = json.loads(line.splitlines()[0])
+        return (
+            str(path) or f"{database}.{table}",
+            window(str(engine), str(engine_full)),
+            [str(c) for c in stored],
+        )

@@ -4,6 +4,10 @@
   once, holding an insert with the same deduplication token each: both checked the
   table's recent ids before either had written its part, and both were written. A
   table's flushes now take turns, so the second finds the first's id.
+* A flush copied the entries' columns from its temporary table into the target by the
+  INSERT's own column list: an INSERT naming an EPHEMERAL column failed at the flush
+  (nothing stores it to select). The target's stored columns are copied now, their
+  defaults computed from what each insert sent.
 * A SIGTERM writes what waits before the endpoint stops; a SIGKILL loses it, as a
   server's crash does, and a client's retry of the unanswered insert lands once.
 """
@@ -54,6 +58,24 @@ def test_one_token_in_two_batches_flushed_at_once_is_written_once(ch_client: Cli
             ch_client.raw_insert(table, None, rows, settings=settings, fmt="JSONEachRow")
         ch_client.command(f"SYSTEM FLUSH ASYNC INSERT QUEUE {table}")
         assert count(ch_client, table) == 20_000 * (round_ + 1)
+
+
+def test_defaults_materialized_and_ephemeral_columns_as_the_table_computes_them(
+    ch_client: Client,
+) -> None:
+    table = unique_name("aqf")
+    ch_client.command(
+        f"CREATE TABLE {table} (k UInt64, raw String EPHEMERAL, n UInt64 DEFAULT length(raw), "
+        "s String DEFAULT 'dflt', twice UInt64 MATERIALIZED k * 2, "
+        "half ALIAS k / 2) ENGINE = MergeTree ORDER BY k"
+    )
+    settings = {"async_insert": 1, "async_insert_busy_timeout_max_ms": 50}
+    ch_client.command(f"INSERT INTO {table} (k, raw) VALUES (4, 'abc')", settings=settings)
+    ch_client.raw_insert(
+        table, None, b'{"k":6,"s":"given"}\n', settings=settings, fmt="JSONEachRow"
+    )
+    rows = ch_client.query(f"SELECT k, n, s, twice, half FROM {table} ORDER BY k").result_rows
+    assert rows == [(4, 3, "dflt", 8, 2.0), (6, 0, "given", 12, 3.0)]
 
 
 def test_a_stop_flushes_and_a_crash_loses_the_queue(tmp_path: Path) -> None:
