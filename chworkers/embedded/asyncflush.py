@@ -118,6 +118,7 @@ class Flusher:
         self.dedup = dedup
         self._lock = threading.Lock()
         self._tables: dict[tuple[str, str], threading.Lock] = {}
+        self._targets: dict[tuple[str, str], tuple[int, str, int]] = {}
 
     def _table_lock(self, database: str, table: str) -> threading.Lock:
         """One flush at a time into a table: its entries' ids are checked and recorded
@@ -132,6 +133,8 @@ class Flusher:
             settings.update(_FLUSH_SETTINGS)
             if key.database:
                 queries.run(conn, f"USE {quote_ident(key.database)}")
+            for statement in key.session_sets:
+                queries.run(conn, statement)
             queries.apply_settings(conn, settings)
             self._write(conn, key, limits, entries)
         finally:
@@ -152,15 +155,14 @@ class Flusher:
         table: str,
     ) -> None:
         _, columns, clause = split(key.statement)
-        storage, size, stored = self._target(conn, database, table)
-        if not limits.deduplicate:
-            size = 0
+        storage, size = self._target(conn, database, table) if limits.deduplicate else ("", 0)
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
         queries.run(
             conn,
             f"CREATE TEMPORARY TABLE {tmp} AS {quote_ident(database)}.{quote_ident(table)} "
             "ENGINE = Memory",
         )
+        stored = _stored_columns(conn, tmp)
         cols = f" ({columns})" if columns is not None else ""
         kept: list[tuple[Entry, str, Stats]] = []
         in_flush: set[str] = set()
@@ -200,25 +202,36 @@ class Flusher:
         for entry, _, stats in kept:
             entry.finish(stats.written_rows, stats.written_bytes)
 
-    def _target(self, conn: Any, database: str, table: str) -> tuple[str, int, list[str]]:
-        """The table's storage directory, deduplication window and stored columns
-        (those an insert may give: not MATERIALIZED, ALIAS or EPHEMERAL)."""
+    def _target(self, conn: Any, database: str, table: str) -> tuple[str, int]:
+        """The table's storage directory and deduplication window, kept until a
+        statement may have changed a table (a ``system.tables`` query that reads
+        ``engine_full`` costs several chDB queries)."""
+        generation = tablerisk.risks.generation
+        with self._lock:
+            known = self._targets.get((database, table))
+        if known is not None and known[0] == generation:
+            return known[1], known[2]
         res = queries.run(
             conn,
-            "SELECT engine, engine_full, data_paths[1], (SELECT groupArray(name) FROM "
-            "(SELECT name FROM system.columns WHERE database = {db:String} AND "
-            "table = {t:String} AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', "
-            "'EPHEMERAL') ORDER BY position)) FROM system.tables WHERE database = "
-            "{db:String} AND name = {t:String}",
+            "SELECT engine, engine_full, data_paths[1] FROM system.tables "
+            "WHERE database = {db:String} AND name = {t:String}",
             "JSONCompactEachRow",
             {"db": database, "t": table},
         )
         line = res.bytes().strip()
         if not line:
             raise unknown_table(database, table)
-        engine, engine_full, path, stored = json.loads(line.splitlines()[0])
-        return (
-            str(path) or f"{database}.{table}",
-            window(str(engine), str(engine_full)),
-            [str(c) for c in stored],
-        )
+        engine, engine_full, path = json.loads(line.splitlines()[0])
+        storage = str(path) or f"{database}.{table}"
+        size = window(str(engine), str(engine_full))
+        with self._lock:
+            self._targets[(database, table)] = (generation, storage, size)
+        return storage, size
+
+
+def _stored_columns(conn: Any, tmp: str) -> list[str]:
+    """The columns an insert may give (not MATERIALIZED, ALIAS or EPHEMERAL) of the
+    temporary table, made just now as the target is."""
+    res = queries.run(conn, f"DESCRIBE TABLE {tmp}", "JSONCompactEachRow")
+    rows = [json.loads(line) for line in res.bytes().splitlines() if line.strip()]
+    return [str(r[0]) for r in rows if str(r[2]) not in ("MATERIALIZED", "ALIAS", "EPHEMERAL")]

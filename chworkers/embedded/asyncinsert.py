@@ -19,11 +19,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from itertools import chain
-from typing import Any
 
 from chworkers.embedded import asyncflush, queries, sql, tablerisk
 from chworkers.embedded.asyncqueue import AsyncInsertQueue, Entry, Key, Limits
-from chworkers.embedded.queries import quote_literal
+from chworkers.embedded.queries import quote_ident, quote_literal
 from chworkers.embedded.request import QueryRequest
 from chworkers.embedded.summary import Stats
 from chworkers.embedded.tracked import TrackedConnection
@@ -72,6 +71,7 @@ def wanted(handle: TrackedConnection, qr: QueryRequest, insert: sql.InsertHead) 
 def push(
     queue: AsyncInsertQueue,
     handle: TrackedConnection,
+    qr: QueryRequest,
     insert: sql.InsertHead,
     first: bytes,
     chunks: Iterator[bytes],
@@ -84,8 +84,13 @@ def push(
     ``async_insert_max_data_size``, the whole data (what was read, then the rest) for a
     synchronous insert.
     """
-    database, effective, changed = _settings(handle.conn, insert.statement)
+    clause = sql.settings_clause(queries.sql_bytes(insert.statement))
+    explicit = {**qr.settings, **clause}
+    # The connection's own values of the rest: read from chDB once per connection (a
+    # session's, again after its next SET), not once per insert.
+    effective = {**handle.own_settings([n for n in _READ if n not in explicit]), **explicit}
     limits = _limits(effective)
+    database = _database(handle, qr, insert.statement)
     data = bytearray(first)
     for chunk in chunks:
         data += chunk
@@ -95,7 +100,8 @@ def push(
         database=database,
         statement=insert.statement,
         fmt=insert.fmt,
-        settings=tuple(sorted((n, v) for n, v in changed.items() if n not in _NOT_IN_KEY)),
+        settings=tuple(sorted((n, v) for n, v in qr.settings.items() if n not in _NOT_IN_KEY)),
+        session_sets=tuple(handle.sets),
     )
     entry = Entry(bytes(data), effective.get("insert_deduplication_token", ""), query_id)
     queue.push(key, limits, entry)
@@ -106,29 +112,30 @@ def push(
     return None
 
 
-def _settings(conn: Any, statement: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """The connection's database, the insert's values of the queue's settings, and
-    every setting changed for it (the SETTINGS clause included); raises UNKNOWN_TABLE
-    for a table that does not exist, as ClickHouse refuses it before queuing."""
-    _, _, clause = asyncflush.split(statement)
+#: Tables known to exist, per generation of table facts (:mod:`chworkers.embedded.tablerisk`).
+_existing: set[tuple[int, str, str]] = set()
+
+
+def _database(handle: TrackedConnection, qr: QueryRequest, statement: str) -> str:
+    """The database the insert's unqualified names are in; raises UNKNOWN_TABLE for a
+    table that does not exist, as ClickHouse refuses it before queuing."""
     target = tablerisk.target(statement)
     assert target is not None
-    db = quote_literal(target[0]) if target[0] else "currentDatabase()"
-    names = ", ".join(quote_literal(n) for n in ("async_insert", *_READ))
-    res = queries.run(
-        conn,
-        f"SELECT name, value, changed, currentDatabase(), (SELECT count() FROM system.tables "
-        f"WHERE database = {db} AND name = {quote_literal(target[1])}) "
-        f"FROM system.settings WHERE changed OR name IN ({names}) {clause}",
-        "JSONCompactEachRow",
-    )
-    rows = [json.loads(line) for line in res.bytes().splitlines() if line]
-    effective = {str(r[0]): str(r[1]) for r in rows}
-    changed = {str(r[0]): str(r[1]) for r in rows if int(r[2])}
-    database = str(rows[0][3]) if rows else "default"
-    if rows and not int(rows[0][4]):
-        raise asyncflush.unknown_table(target[0] or database, target[1])
-    return database, effective, changed
+    database = qr.database or handle.database_override
+    if database is None:  # the connection's own (a session may have said USE)
+        database = handle.base_database or queries.current_database(handle.conn)
+    table_db = target[0] or database
+    generation = tablerisk.risks.generation
+    if (generation, table_db, target[1]) not in _existing:
+        res = queries.run(
+            handle.conn, f"EXISTS TABLE {quote_ident(table_db)}.{quote_ident(target[1])}"
+        )
+        if res.bytes().strip() != b"1":
+            raise asyncflush.unknown_table(table_db, target[1])
+        if len(_existing) > 10_000:
+            _existing.clear()
+        _existing.add((generation, table_db, target[1]))
+    return database
 
 
 def _limits(s: dict[str, str]) -> Limits:

@@ -35,12 +35,18 @@ TIMEOUT_EXCEEDED = (159, "TIMEOUT_EXCEEDED")
 
 @dataclass(frozen=True)
 class Key:
-    """What entries must share to be flushed as one insert."""
+    """What entries must share to be flushed as one insert: ClickHouse keys them by the
+    statement and every setting changed for it, here the request's own (its URL's, its
+    SETTINGS clause's and its session's SETs), not the values a connection reused from
+    earlier requests was set back to."""
 
     database: str
     statement: str
     fmt: str
+    #: The request's URL settings (the statement holds its SETTINGS clause).
     settings: tuple[tuple[str, str], ...]
+    #: A session's SET statements, in order (they are its settings too).
+    session_sets: tuple[bytes, ...] = ()
 
     @property
     def settings_dict(self) -> dict[str, str]:

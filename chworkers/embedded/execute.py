@@ -185,7 +185,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             formats.check_protocol_version(insert.fmt, qr.client_protocol_version)
         first = head[insert.data_offset :] if insert is not None else b""
         if ctx.inserts is not None and insert is not None and _queued(ctx, handle, qr, insert):
-            rest = asyncinsert.push(ctx.inserts, handle, insert, first, chunks, stats, query_id)
+            rest = asyncinsert.push(ctx.inserts, handle, qr, insert, first, chunks, stats, query_id)
             if rest is None:
                 _inserted(ctx, handle, qr, resp, stats)
                 return

@@ -82,6 +82,13 @@ class TableRisks:
             self._known.clear()
             self._generation += 1
 
+    @property
+    def generation(self) -> int:
+        """Counts :meth:`forget` calls: what was learnt of a table under an older
+        generation may be stale (other caches of table facts compare it)."""
+        with self._lock:
+            return self._generation
+
     def needs_check(self, conn: Any, statement: str) -> bool:
         name = target(statement)
         if name is None:

@@ -38,6 +38,9 @@ class TrackedConnection:
     overrides: dict[str, str] = field(default_factory=dict)
     base_database: str | None = None
     database_override: str | None = None
+    #: The SET statements run on the connection (a session's), in order: an
+    #: asynchronous insert's flush runs them on a connection of its own.
+    sets: list[bytes] = field(default_factory=list)
 
     def prepare(self, database: str | None, settings: dict[str, str]) -> None:
         """Put the request's database and settings in effect, undoing the last ones."""
@@ -86,6 +89,7 @@ class TrackedConnection:
         """
         keyword = first_keyword(text)
         if keyword == "SET":
+            self.sets.append(text)
             assigned = assigned_settings(text)
             back = {n: self.baseline[n] for n in self.overrides if n not in assigned}
             self.baseline = {}
