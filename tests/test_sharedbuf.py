@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future
 from typing import Any
 
@@ -131,3 +132,37 @@ def test_without_memory_files_large_buffers_take_the_pipe(monkeypatch: pytest.Mo
     frames = channel.encode(channel.TASKS, [task.wire()])
     _, [(_, _, payload, buffers)] = channel.decode(frames[0], frames[1:])
     assert bytes(tasks.decode_insert(payload, buffers).data) == big
+
+
+def test_a_large_body_is_copied_while_it_is_hashed_with_the_same_result() -> None:
+    body = os.urandom(tasks.SHARE_ALONGSIDE + 7)
+    task = tasks.encode_insert(1, Future(), "t", body, None, None, None, fmt="Native", rows=3)
+    assert task.token == tasks.raw_token("t", body, "Native")  # what a caller can derive
+    assert task.shared is not None
+    _, [(_, _, payload, buffers)] = channel.decode(
+        *_split(channel.encode(channel.TASKS, [task.wire()]))
+    )
+    assert bytes(tasks.decode_insert(payload, buffers).data) == body
+    task.release()
+    # A token given by the caller: nothing to hash, the copy is made as before.
+    given = tasks.encode_insert(2, Future(), "t", body, None, None, "tok", fmt="Native", rows=3)
+    assert given.token == "tok" and given.shared is not None
+    given.release()
+
+
+def test_a_task_that_fails_to_encode_gives_its_memory_files_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sharedbuf, "_POOL", sharedbuf._Pool())  # none kept from before
+    body = os.urandom(tasks.SHARE_ALONGSIDE)
+
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise TypeError("not this one")
+
+    with pytest.raises(SerializationError):  # the settings are pickled after the copy began
+        tasks.encode_insert(
+            1, Future(), "t", body, None, {"x": Unpicklable()}, None, fmt="Native", rows=1
+        )
+    assert len(sharedbuf._POOL) == 1  # the copy's file is back, ready for the next batch
+    assert not [t for t in threading.enumerate() if t.name == "chworkers-share"]
