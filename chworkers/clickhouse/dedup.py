@@ -33,6 +33,7 @@ from chworkers.clickhouse.dsn import ConnectionConfig
 from chworkers.errors import BatchError, TransportError
 
 __all__ = [
+    "KEYED_TOKEN",
     "Batch",
     "batch_token",
     "broker_token",
@@ -224,12 +225,16 @@ def batch_token(spool_id: str, seq: int) -> str:
     return f"chw-{spool_id}-{seq}"
 
 
+#: How the token of a request with an ``Idempotency-Key`` begins.
+KEYED_TOKEN = "chw-key-"
+
+
 def request_token(table: str, key: str) -> str:
     """The token of a pushed request that carries an ``Idempotency-Key``: the client's key
     (hashed: any text, a fixed length) for the table, whichever daemon or spool takes it,
     so that a request sent again after a lost answer is dropped by ClickHouse."""
     digest = hashlib.sha256(f"{table}\0{key}".encode()).hexdigest()[:32]
-    return f"chw-key-{digest}"
+    return f"{KEYED_TOKEN}{digest}"
 
 
 def broker_token(broker: str, stream: str, group: str, ids: Sequence[str]) -> str:

@@ -15,6 +15,7 @@ import logging
 from concurrent.futures import Future
 from typing import Any
 
+from chworkers.clickhouse.dedup import KEYED_TOKEN
 from chworkers.clickhouse.inserts import InsertResult
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.brokers.wiring import broker_of, skipped
@@ -29,6 +30,10 @@ from chworkers.errors import ChworkersError, WorkerLostError
 from chworkers.workers.outcomes import is_permanent
 
 __all__ = ["BatchFlow"]
+
+#: Keyed pushes remembered (their token, and the batch that first carried it), to count
+#: one sent again within the run as a replay; the oldest are forgotten past this many.
+KEYED_KEPT = 100_000
 
 #: The daemon's logger, as before it was cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.service")
@@ -101,13 +106,21 @@ class BatchFlow(DaemonParts):
         )
 
     def _is_replay(self, batch: SpooledBatch) -> bool:
-        """Whether ``batch`` may have landed, and been counted, in another process: it
-        was recovered from the spool at start, or rebuilt from a broker's manifest. A
-        batch this process sent before and saw fail is not: no attempt of it was
-        counted, so its confirmation is its rows' first count, whichever attempt landed."""
+        """Whether ``batch`` may have landed, and been counted, before: it was recovered
+        from the spool at start, rebuilt from a broker's manifest, or is a push sent
+        again with an ``Idempotency-Key`` this run took already (another batch, the same
+        token: ClickHouse drops it). A batch this process sent before and saw fail is
+        not: no attempt of it was counted, so its confirmation is its rows' first count,
+        whichever attempt landed."""
         with self._lock:
             if batch.seq in self._replays:
                 return True
+            if batch.token.startswith(KEYED_TOKEN):
+                first = self._keyed.setdefault(batch.token, batch.seq)
+                if len(self._keyed) > KEYED_KEPT:
+                    del self._keyed[next(iter(self._keyed))]
+                if first != batch.seq:
+                    return True
         broker = batch.meta.get("broker")
         return isinstance(broker, dict) and bool(broker.get("rebuilt"))
 

@@ -70,6 +70,9 @@ class DaemonParts:
     #: Batches (by seq) recovered from the spool at start: an earlier run may have
     #: inserted and counted them. Their rows are replays.
     _replays: set[int]
+    #: Tokens of keyed pushes (Idempotency-Key) sent this run -> the batch that first
+    #: carried each: another batch with one is the same request sent again.
+    _keyed: dict[str, int]
     #: The configuration the daemon started with: what SIGHUP cannot change is
     #: compared with it.
     _started_config: Config
