@@ -51,7 +51,15 @@ from chworkers.errors import ConfigError
 from chworkers.sockdir import MAX_SOCKET_PATH, short_parent
 from chworkers.workers.signals import HANDLED, blocked
 
-__all__ = ["PRELOAD", "Restart", "ended", "ensure_running", "server_pid", "start_early"]
+__all__ = [
+    "PRELOAD",
+    "Restart",
+    "ended",
+    "ensure_running",
+    "ensure_tracker",
+    "server_pid",
+    "start_early",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +106,7 @@ def ensure_running() -> Restart | None:
     :class:`Restart` when it replaced one that had died (logged as a warning)."""
     # The server's start starts the resource tracker first, which UNBLOCKS SIGINT and
     # SIGTERM in this thread once it started (it ignores them itself): start it before.
-    resource_tracker.ensure_running()
+    ensure_tracker()
     short_temp_dir()
     with _server_lock:
         old = server_pid()
@@ -121,6 +129,19 @@ def ensure_running() -> Restart | None:
         restart.new_pid,
     )
     return restart
+
+
+def ensure_tracker() -> None:
+    """Start multiprocess's resource tracker unless it runs, with the supervisor's
+    signals blocked in it. The tracker ignores SIGINT and SIGTERM itself, but not SIGHUP
+    and SIGUSR2: sent to the whole process group (``systemctl kill --signal=SIGUSR2``
+    without ``--kill-whom=main``, ``kill -USR2 -PGID``), they killed it, and multiprocess
+    warned "resource_tracker: process died unexpectedly, relaunching. Some resources
+    might leak." It unblocks SIGINT and SIGTERM once started (in it, and in this
+    thread); the others stay blocked in it, and :func:`blocked` restores this thread's
+    mask."""
+    with blocked(HANDLED):
+        resource_tracker.ensure_running()
 
 
 #: How :func:`ended` says a server ended that another part of this process reaped (a

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from multiprocess import resource_tracker
-
 from chworkers.workers import channel, forkserver
 from chworkers.workers.commands import WorkerSnapshot
 from chworkers.workers.context import BEAT, HEARTBEAT_SLOTS
@@ -275,7 +273,7 @@ def _start(process: Any, start_method: str) -> list[forkserver.Restart]:
         restart = forkserver.ensure_running()
         restarts += [restart] if restart is not None else []
     elif start_method == "spawn":
-        resource_tracker.ensure_running()
+        forkserver.ensure_tracker()
     try:
         with blocked(HANDLED):
             process.start()
