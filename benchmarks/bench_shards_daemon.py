@@ -215,7 +215,8 @@ def outage(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Namesp
         proxy.close()
         if redis is not None:
             redis.stop()
-    before = [s for s in samples if s[0] < down_at]
+    # From the first rows in: the daemon's start-up (workers, tables) is not ingest.
+    before = [s for s in samples if s[0] < down_at and s[1] > 0]
     during = [s for s in samples if down_at <= s[0] <= up_at]
 
     def rate(points: list[tuple[float, int]]) -> float:
