@@ -26,7 +26,8 @@ The endpoints share the machine's cores with the workers and the daemon: the fig
 compare the paths on one machine, they are not a cluster's throughput. Figures (1M rows,
 2 rounds, 20 s outage, load 3.5-13.6): 1 shard 28,508 rows/s, 3 shards by key 16,009
 rows/s; shards 0 and 1 took 12,199 rows/s before the outage and 22,749 during it; all
-1,000,000 rows exactly once after (docs/sharding.md).
+1,000,000 rows exactly once after (docs/sharding.md). With ``--source redis`` (session 7,
+load 11 to 36): see docs/sharding.md, "Broker sources".
 """
 
 from __future__ import annotations
