@@ -223,15 +223,37 @@ HEADER = """\
 PIPELINE_EXAMPLE = """\
 # [[pipelines]]
 # name = "events"
-# source = "http"          # stdin | file | http | generator
+# source = "http"          # stdin | file | http | generator | redis | nats
 # table = "events"
 # format = "JSONEachRow"
 """
 
+PIPELINE_KEYS = """\
+# Every key a pipeline takes, with its default: uncomment a [[pipelines]] table and the
+# keys you need ('# key = ...'; '## ' lines explain them). [pipelines.redis] and
+# [pipelines.nats] belong to the [[pipelines]] table above them.
+"""
+
 
 def defaults_toml() -> str:
-    """What ``chworkers config --defaults`` prints."""
-    return render_defaults(DaemonSettings, header=HEADER) + "\n" + PIPELINE_EXAMPLE
+    """What ``chworkers config --defaults`` prints: the daemon's settings, an example
+    pipeline, and every pipeline key commented out (it is a list of tables: a default
+    pipeline would be one)."""
+    keys = render_defaults(
+        PipelineSettings,
+        table="pipelines",
+        env_for=lambda key: "CHWORKERS_PIPELINE_<NAME>_" + key.upper().replace(".", "_"),
+        commented=True,
+    )
+    return (
+        render_defaults(DaemonSettings, header=HEADER)
+        + "\n"
+        + PIPELINE_EXAMPLE
+        + "\n"
+        + PIPELINE_KEYS
+        + keys
+        + "\n"
+    )
 
 
 def reference_markdown() -> str:

@@ -12,18 +12,35 @@ from chworkers.settings.declare import describe, env_name, hints_of, is_section,
 
 
 def render_defaults(
-    cls: type[Any], prefix: str = "", *, header: str = "", exclude: frozenset[str] = frozenset()
+    cls: type[Any],
+    prefix: str = "",
+    *,
+    header: str = "",
+    exclude: frozenset[str] = frozenset(),
+    env_for: Callable[[str], str] | None = None,
+    table: str | None = None,
+    commented: bool = False,
 ) -> str:
-    """A commented TOML file with every default, derived from the declarations."""
+    """A commented TOML file with every default, derived from the declarations.
+
+    ``env_for(key)`` names a key's environment variable (default: the daemon's own,
+    ``CHWORKERS_<KEY>``; keys are given without ``table``); ``table`` is the TOML table
+    the keys go in when it is not ``prefix``'s (``pipelines``: one of ``[[pipelines]]``).
+    ``commented``: tables and keys are commented out too (``# key = default``), and the
+    explanations then start with ``## `` so that they are not taken for keys.
+    """
     lines: list[str] = [header] if header else []
     hints = hints_of(cls)
     plain = [f for f in settings_fields(cls, exclude) if not is_section(hints[f.name])]
-    if plain and prefix:
-        lines.append(f"[{prefix.rstrip('.')}]")
+    name_of = env_for or env_name
+    say, off = ("## ", "# ") if commented else ("# ", "")
+    if plain and (prefix or table):
+        name = table or prefix.rstrip(".")
+        lines.append(f"{off}[[{name}]]" if commented and "." not in name else f"{off}[{name}]")
     for f in plain:
         key = prefix + f.name
-        lines.append(f"# {f.metadata.get('help', '')}")
-        lines.append(f"# env: {env_name(key)}")
+        lines.append(f"{say}{f.metadata.get('help', '')}")
+        lines.append(f"{say}env: {name_of(key)}")
         default = f.default
         if f.metadata.get("secret"):
             lines.append(f'# {f.name} = ...   (or {f.name}_file = "/path/to/secret")')
@@ -32,15 +49,19 @@ def render_defaults(
         elif default is None:
             lines.append(f"# {f.name} =")
         else:
-            lines.append(f"{f.name} = {_toml(default)}")
+            lines.append(f"{off}{f.name} = {_toml(default)}")
         lines.append("")
     for f in settings_fields(cls, exclude):
         if is_section(hints[f.name]):
+            inner = table + "." + f.name if table else None
             lines.append(
                 render_defaults(
                     hints[f.name],
                     prefix + f.name + ".",
                     exclude=f.metadata.get("exclude", frozenset()),
+                    env_for=env_for,
+                    table=inner,
+                    commented=commented,
                 )
             )
     return "\n".join(lines)
