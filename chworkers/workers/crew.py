@@ -32,7 +32,7 @@ from chworkers.workers import channel
 from chworkers.workers.autoscale import Autoscaler
 from chworkers.workers.context import BEAT, BUSY, CURRENT, STATE, Connector
 from chworkers.workers.dispatch import Dispatcher
-from chworkers.workers.exits import exit_reason, replacement
+from chworkers.workers.exits import died_unsaid, exit_reason, replacement
 from chworkers.workers.mainguard import EXIT_REIMPORTED, reimported_message
 from chworkers.workers.middleware import Middleware
 from chworkers.workers.options import SupervisorOptions
@@ -287,14 +287,14 @@ class Crew:
             and reason == "boot"
             and self.rollout.boot_failed(
                 h.name,
-                h.boot_error or f"exit code {exitcode}",
+                h.boot_error or died_unsaid(exitcode),
                 self.owner.options.max_boot_failures,
             )
         ):
             pass  # a rolling restart's fresh worker: the old ones go on serving
         elif not booted and reason == "boot":
             self.boot_failures += 1
-            self.last_boot_error = h.boot_error or f"exit code {exitcode}"
+            self.last_boot_error = h.boot_error or died_unsaid(exitcode)
             if self.boot_failures >= self.owner.options.max_boot_failures:
                 self.owner.fatal(
                     WorkerBootError(

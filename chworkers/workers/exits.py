@@ -7,7 +7,7 @@ from __future__ import annotations
 from chworkers.wording import plural
 from chworkers.workers.processes import WorkerHandle
 
-__all__ = ["exit_reason", "replacement"]
+__all__ = ["died_unsaid", "exit_reason", "replacement"]
 
 
 def exit_reason(h: WorkerHandle, booted: bool, exitcode: int | None) -> str:
@@ -31,3 +31,18 @@ def replacement(mode: str | None, replaced: bool, waiting: int) -> str:
     if replaced:
         return f"; replaced (draining, {plural(waiting, 'task')} {'waits' if waiting == 1 else 'wait'})"
     return "; not replaced (draining, nothing waits)"
+
+
+def died_unsaid(exitcode: int | None) -> str:
+    """Why a worker that died while starting, without saying why, died: only its exit
+    code is known. Said as what the code means and where to look: what fails before a
+    worker can report is what the process imports as it starts (the main module again
+    under ``spawn`` and ``forkserver``, a module a task pickled by reference needs), and
+    Python printed its traceback on the worker's stderr."""
+    if exitcode is not None and exitcode < 0:
+        return f"killed by signal {-exitcode} while starting, before it could say why"
+    return (
+        f"exit code {exitcode} before it could say why: a module it imports as it starts "
+        "(the main module, under spawn or forkserver) may have failed; its traceback is "
+        "on stderr"
+    )
