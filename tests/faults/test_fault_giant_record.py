@@ -11,12 +11,11 @@ into memory whole (the framer checked only a record still open at the end of a r
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import clickhouse_connect
 import pytest
+from clirun import run_chworkers
 
 from chworkers.daemon.brokers.assembly import Assembler, Message
 from chworkers.daemon.framing import Framer
@@ -81,16 +80,13 @@ table = "ev"
 create = "n UInt64, s String"
 """
     )
-    small = b"".join(b'{"n":%d,"s":"ok"}\n' % i for i in range(1000))
-    giant = b'{"n":99999,"s":"' + b"x" * (LIMIT + 3 * 1024 * 1024) + b'"}\n'
-    result = subprocess.run(
-        [sys.executable, "-m", "chworkers", "run", "-c", str(conf)],
-        input=small + giant + small.replace(b'"ok"', b'"after"'),
-        capture_output=True,
-        timeout=150,
+    small = "".join(f'{{"n":{i},"s":"ok"}}\n' for i in range(1000))
+    giant = '{"n":99999,"s":"' + "x" * (LIMIT + 3 * 1024 * 1024) + '"}\n'
+    result = run_chworkers(
+        "run", "-c", str(conf), input=small + giant + small.replace('"ok"', '"after"'), timeout=150
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    stderr = result.stderr.decode()
+    stderr = result.stderr
     assert stderr.count("it was skipped") == 1, stderr[-3000:]
     client = clickhouse_connect.get_client(host=endpoint.host, port=endpoint.port)
     try:
