@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from daemonthread import Running, count, daemon_config, lines
+from daemonthread import Running, count
 from faultproxy import FaultProxy
+from readbyref import file_behind_an_outage
 from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
@@ -30,18 +31,8 @@ def test_a_file_removed_after_it_was_read_is_still_inserted(
     ch_client: Client,
     fault_proxy: FaultProxy,
 ) -> None:
-    ch_client.command(
-        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
-        "SETTINGS non_replicated_deduplication_window = 1000"
-    )
-    data = tmp_path / "in.json"
-    data.write_bytes(lines(0, 5000))
-    fault_proxy.set("reset")  # ClickHouse unreachable: batches wait in the spool
-    cfg = daemon_config(
-        tmp_path / "state",
-        f"{fault_proxy.url}/{database}",
-        {"source": "file", "paths": [str(data)], "max_rows": 1000},
-    )
+    # ClickHouse unreachable: batches wait in the spool.
+    data, cfg = file_behind_an_outage(tmp_path, database, ch_client, fault_proxy)
     running = Running(cfg)
     try:
         wait_for(lambda: running.daemon.spool.stats()["batches"] == 5, timeout=60)

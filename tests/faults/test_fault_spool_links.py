@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from daemonthread import Running, count, daemon_config, lines
+from daemonthread import Running, count, lines
 from faultproxy import FaultProxy
 from prometheus_client import CollectorRegistry
+from readbyref import file_behind_an_outage, read_by_reference
 from waiting import wait_for
 
 from chworkers.daemon import filesource, spoolrefs
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.extents import Extent
-from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.embedded import EmbeddedClickHouse
@@ -45,21 +42,7 @@ def _read(
     spool_dir: Path, files: list[Path], *, spool: Spool | None = None
 ) -> tuple[Spool, list[SpooledBatch]]:
     spool = spool or Spool(spool_dir, SpoolSettings(fsync=False))
-    batches: list[SpooledBatch] = []
-    batcher = Batcher(spool, batches.append)
-    FileSource(
-        [str(f) for f in files],
-        checkpoints=Checkpoints(spool_dir.parent / "positions"),
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=batcher,
-        limits=BatchLimits(max_rows=1000, max_delay=60),
-        read_size=4096,
-        by_reference=True,
-    ).run(threading.Event())
-    batcher.close()
-    return spool, sorted(batches, key=lambda b: b.seq)
+    return spool, read_by_reference(spool, files, spool_dir.parent / "positions", read_size=4096)
 
 
 def _links(spool: Spool) -> list[str]:
@@ -214,18 +197,9 @@ def test_a_file_removed_or_truncated_during_an_outage_is_inserted_whole(
     fault_proxy: FaultProxy,
     change: str,
 ) -> None:
-    ch_client.command(
-        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
-        "SETTINGS non_replicated_deduplication_window = 1000"
-    )
-    data = tmp_path / "in.json"
-    data.write_bytes(lines(0, 5000))
-    fault_proxy.set("reset")  # ClickHouse unreachable: batches wait in the spool
-    cfg = daemon_config(
-        tmp_path / "state",
-        f"{fault_proxy.url}/{database}",
-        {"source": "file", "paths": [str(data)], "max_rows": 1000, "spool_data": "reference"},
-    )
+    # ClickHouse unreachable: batches wait in the spool.
+    data, cfg = file_behind_an_outage(tmp_path, database, ch_client, fault_proxy)
+    cfg["pipelines"][0]["spool_data"] = "reference"
     running = Running(cfg)
     try:
         spool = running.daemon.spool
@@ -253,15 +227,11 @@ def test_a_stop_copies_the_batches_left_by_reference(
 ) -> None:
     """Stopped with batches by reference left (ClickHouse slow to answer), the daemon
     copies them before it exits: the file may then be truncated before the next start."""
-    ch_client.command(
-        "CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n "
-        "SETTINGS non_replicated_deduplication_window = 1000"
+    # Nothing is answered, nothing fails before the stop.
+    data, cfg = file_behind_an_outage(
+        tmp_path, database, ch_client, fault_proxy, mode="delay", delay=60
     )
-    data = tmp_path / "in.json"
-    data.write_bytes(lines(0, 5000))
-    fault_proxy.set("delay", delay=60)  # nothing is answered, nothing fails before the stop
-    pipeline = {"source": "file", "paths": [str(data)], "max_rows": 1000, "spool_data": "reference"}
-    cfg = daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline)
+    cfg["pipelines"][0]["spool_data"] = "reference"
     cfg["supervisor"]["graceful_timeout"] = 1.0
     running = Running(cfg)
     try:

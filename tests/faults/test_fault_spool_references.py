@@ -19,18 +19,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import waiting
 from chclients import make_client
 from daemonthread import lines
+from readbyref import read_by_reference
 
 from chworkers.daemon import filesource
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.checkpoints import Checkpoints
-from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
 from chworkers.embedded import EmbeddedClickHouse
@@ -48,27 +45,15 @@ def _read(
 ) -> tuple[Spool, list[SpooledBatch]]:
     (tmp_path / "a.json").write_bytes(data)
     spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
-    batches: list[SpooledBatch] = []
-    batcher = Batcher(spool, batches.append)
-    stop = threading.Event()
-    source = FileSource(
-        [str(tmp_path / "a.json")],
-        checkpoints=Checkpoints(tmp_path / "positions"),
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=batcher,
-        limits=BatchLimits(max_rows=1000, max_delay=60),
+    batches = read_by_reference(
+        spool,
+        [tmp_path / "a.json"],
+        tmp_path / "positions",
         read_size=4096,
-        follow=follow,
-        by_reference=True,
+        follow_for=1.0 if follow else None,  # tails until stopped: once all of it is in
         transform=(lambda records: records) if rename else None,
     )
-    if follow:  # tails until stopped: stop once all of it is in
-        threading.Timer(1.0, stop.set).start()
-    source.run(stop)
-    batcher.close()
-    return spool, sorted(batches, key=lambda b: b.seq)
+    return spool, batches
 
 
 def test_a_file_read_once_is_spooled_by_reference(tmp_path: Path) -> None:
