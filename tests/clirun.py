@@ -4,10 +4,14 @@ a subprocess of this interpreter (so it imports this checkout), its output captu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from waiting import wait_for
 
 
 def run_chworkers(
@@ -28,3 +32,47 @@ def run_chworkers(
         env=None if env is None else {**os.environ, **env},
         input=input,
     )
+
+
+def run_until_signalled(
+    *args: str,
+    ready: Callable[[subprocess.Popen[str]], bool],
+    signum: int = signal.SIGTERM,
+    group: bool = False,
+    ready_timeout: float = 120,
+    timeout: float = 60,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``chworkers ARGS`` started (``group``: in a process group of its own, which the
+    signal goes to as a whole, as from ``timeout`` or ``kill -TERM -PGID``), sent
+    ``signum`` once ``ready(process)`` holds; what it printed and exited with, and how
+    long it took to exit after the signal. Fails when it exits before it is ready, and
+    kills it (its group) when it outlives ``timeout``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chworkers", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=group,
+    )
+    try:
+        wait_for(
+            lambda: ready(proc) or proc.poll() is not None,
+            timeout=ready_timeout,
+            what="chworkers to be ready for the signal",
+        )
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        signalled = time.monotonic()
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        out, err = proc.communicate(timeout=timeout)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), took

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from clirun import run_chworkers, run_until_signalled
 from daemonthread import lines
 from waiting import wait_for
 
@@ -161,33 +162,22 @@ engine = "MergeTree ORDER BY n"
 max_rows = 2000
 """
     )
-    cmd = [sys.executable, "-m", "chworkers", "run", "-c", str(conf)]
 
-    def inserted() -> int:
+    def inserted(proc: object) -> bool:
         try:
-            return int(ch_client.command("SELECT count() FROM ev"))  # type: ignore[arg-type]
+            return int(ch_client.command("SELECT count() FROM ev")) > 0  # type: ignore[arg-type]
         except Exception:
-            return 0
+            return False
 
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    result, took = run_until_signalled(
+        "run", "-c", str(conf), ready=inserted, group=True, timeout=GRACEFUL + 10
     )
-    try:
-        wait_for(lambda: inserted() > 0 or proc.poll() is not None, timeout=120)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        signalled = time.monotonic()
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=GRACEFUL + 10)
-        took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    stderr = result.stderr
+    assert result.returncode == 0, stderr[-3000:]
     assert "crashed" not in stderr, stderr[-3000:]
     assert "SIGTERM left to the supervisor" in stderr  # each worker says why it stayed
     assert took < GRACEFUL
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    again = run_chworkers("run", "-c", str(conf), timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert ch_client.query("SELECT count(), uniqExact(n), sum(n) FROM ev").result_rows[0] == (
         n,

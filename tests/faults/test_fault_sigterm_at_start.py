@@ -7,14 +7,10 @@ with -15 halfway: nothing was lost, but the exit said "killed", not "stopped".
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
+from clirun import run_until_signalled
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,25 +35,14 @@ table = "ev"
 create = "id UInt64"
 """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chworkers", "run", "-c", str(tmp_path / "c.toml")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        lock = tmp_path / "state" / "daemon.lock"
+    lock = tmp_path / "state" / "daemon.lock"
+    result, took = run_until_signalled(
+        "run",
+        "-c",
+        str(tmp_path / "c.toml"),
         # The lock names the daemon once it holds the state directory: it is starting.
-        wait_for(
-            lambda: lock.exists() and f"pid {proc.pid}" in lock.read_text(),
-            timeout=60,
-            what="the daemon to take its state directory",
-        )
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    assert time.monotonic() - started < 60
+        ready=lambda proc: lock.exists() and f"pid {proc.pid}" in lock.read_text(),
+        ready_timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert took < 60
