@@ -6,46 +6,22 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+
+def decades(first: float, last: float) -> tuple[float, ...]:
+    """Histogram buckets 1, 2.5 and 5 times each power of ten, from ``first`` (a power of
+    ten) to ``last`` (one of those steps), both included."""
+    out: list[float] = []
+    power = first
+    while power <= last:
+        out += [round(power * step, 12) for step in (1.0, 2.5, 5.0) if power * step <= last]
+        power = round(power * 10, 12)
+    return tuple(out)
+
+
 #: Buckets for request and task latencies, in seconds (1 ms .. 2 min).
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-)
+LATENCY_BUCKETS = (*decades(0.001, 10.0), 30.0, 60.0, 120.0)
 #: Buckets for waiting on a pooled connection, in seconds (50 us .. 30 s).
-ACQUIRE_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+ACQUIRE_BUCKETS = (0.00005, *decades(0.0001, 10.0), 30.0)
 
 
 class ClientMetrics:
