@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from chclients import make_client
+from clirun import run_chworkers
 from daemonthread import Running
 from faultproxy import FaultProxy
-from shardrows import Broker, held, sharded_config
+from redisserver import RedisServer
+from shardrows import KEY, Broker, held, sharded_config
 from waiting import wait_for
 
 from chworkers.daemon.brokergroups import BrokerGroups
@@ -167,3 +170,38 @@ def test_a_split_broker_batch_is_acknowledged_after_its_last_part() -> None:
     groups.acknowledged(done)
     assert groups.held_back("p") == 0
     assert groups.confirmed(whole) is whole  # a batch that was not split: itself
+
+
+def test_check_reports_the_broker_and_every_shard(
+    tmp_path: Path,
+    shard_endpoints: tuple[EmbeddedClickHouse, ...],
+    shard_database: str,
+    redis_server: RedisServer,
+) -> None:
+    for ch in shard_endpoints:
+        client = make_client(ch, database=shard_database)
+        client.command("CREATE TABLE ev (n UInt64, s String) ENGINE = MergeTree ORDER BY n")
+        client.close()
+    redis_server.add_entries([b'{"n":1,"s":"a"}\n'])
+    shards = ", ".join(f'["{ch.url}"]' for ch in shard_endpoints)
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f"""
+[clickhouse]
+shards = [{shards}]
+database = "{shard_database}"
+[[pipelines]]
+name = "p"
+table = "ev"
+source = "redis"
+sharding_key = "{KEY}"
+[pipelines.redis]
+url = "{redis_server.url}"
+stream = "ev"
+"""
+    )
+    result = run_chworkers("check", "-c", str(conf))
+    out = result.stdout
+    assert "pipeline p: stream ev: 1 entries" in out, out + result.stderr
+    assert out.count(f"ev exists (sharding key {KEY} fits its columns)") == 3, out
+    assert result.returncode == 0, out + result.stderr
