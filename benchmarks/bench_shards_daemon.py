@@ -106,6 +106,19 @@ def count(ch: EmbeddedClickHouse) -> int:
         client.close()
 
 
+def misplaced(endpoints: list[EmbeddedClickHouse]) -> list[int]:
+    """Per shard, its rows whose key ClickHouse evaluates to another shard (weights 1)."""
+    out = []
+    for index, ch in enumerate(endpoints):
+        client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+        try:
+            query = f"SELECT count() FROM ev WHERE {KEY} % {len(endpoints)} != {index}"
+            out.append(int(client.command(query)))
+        finally:
+            client.close()
+    return out
+
+
 def empty(endpoints: list[EmbeddedClickHouse]) -> None:
     for ch in endpoints:
         client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
@@ -135,6 +148,8 @@ def throughput(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Na
             elapsed = run_once(cfg(state, target, args.rows, args.workers, key))
             held = [count(ch) for ch in endpoints]
             assert sum(held) == args.rows, held
+            if key:
+                assert misplaced(endpoints) == [0, 0, 0]
             results[name].append(args.rows / elapsed)
             print(f"  round {r + 1} {name:<16} {args.rows / elapsed:>10,.0f} rows/s  {held}")
     print()
@@ -228,8 +243,18 @@ def outage(endpoints: list[EmbeddedClickHouse], tmp: Path, args: argparse.Namesp
     held = [count(ch) for ch in endpoints]
     print(f"shards 0+1 before the outage: {rate(before):>10,.0f} rows/s")
     print(f"shards 0+1 during the outage: {rate(during):>10,.0f} rows/s")
-    print(f"after: shards hold {held}, total {sum(held):,} of {args.rows:,}")
+    wrong = misplaced(endpoints)
+    print(f"after: shards hold {held}, total {sum(held):,} of {args.rows:,}; misplaced {wrong}")
     assert sum(held) == args.rows, "rows lost or doubled"
+    assert wrong == [0, 0, 0], "rows on a shard their key does not give"
+    if redis is not None:  # each row's url is its own: no row twice
+        distinct = 0
+        for ch in endpoints:
+            client = clickhouse_connect.get_client(host=ch.host, port=ch.port)
+            distinct += int(client.command("SELECT uniqExact(url) FROM ev"))
+            client.close()
+        print(f"distinct rows: {distinct:,}")
+        assert distinct == args.rows, "a row twice"
     assert daemon.totals.rows_inserted == args.rows
 
 
