@@ -183,6 +183,8 @@ class Flusher:
                     check=False,
                 )
             except ServerError as err:  # this entry's data only
+                # Logged as ClickHouse does: a client that did not wait sees it only here.
+                log.warning("asynchronous insert %s failed: %s", entry.query_id, err.message)
                 entry.fail(err)
                 continue
             in_flush.add(block_id)

@@ -254,6 +254,12 @@ class AsyncInsertQueue:
         try:
             self._flush(batch.key, batch.limits, batch.entries)
         except ServerError as err:
+            log.warning(
+                "flushing %d asynchronous inserts into %s failed: %s",
+                len(batch.entries),
+                batch.key.statement,
+                err.message,
+            )
             for entry in batch.entries:
                 entry.fail(err)
         except Exception as exc:  # a bug: every waiting client still gets an answer
