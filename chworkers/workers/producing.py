@@ -166,9 +166,11 @@ class Producing:
     ) -> Future[int] | Future[InsertResult]:
         """Queue an insert of ``data``, bytes already in ClickHouse format ``fmt``
         (``Native``, ``JSONEachRow``, ``CSV``...), sent as they are: a replay with the
-        same token is byte-identical. ``rows`` (when known) counts the rows when the
-        server reports none. The future's result is the number of rows written. Of a
-        sharded cluster, ``shard`` says which shard the data goes to.
+        same token is byte-identical. ``rows`` (when known) is how many rows ``data``
+        holds: the future's result, the number of rows written, is then those less the
+        ones rejected (or ClickHouse's count when it wrote fewer); without it,
+        ClickHouse's count, which also holds the rows the table's materialized views
+        wrote. Of a sharded cluster, ``shard`` says which shard the data goes to.
 
         With ``split_bad_rows`` (line formats: JSONEachRow, CSV, TSV and their
         ``*WithNames``), rows ClickHouse rejects for their data are bisected out in the
