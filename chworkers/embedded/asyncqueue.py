@@ -148,6 +148,7 @@ class AsyncInsertQueue:
         self._last_insert: float | None = None
         self._flush_times: tuple[float | None, float | None] = (None, None)
         self._closed = False
+        self._running: set[_Batch] = set()
         self.flushes_total = 0
         self.entries_total = 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chworkers-async-flush")
@@ -245,6 +246,8 @@ class AsyncInsertQueue:
                 self._submit(batch)
 
     def _submit(self, batch: _Batch) -> None:
+        with self._cond:
+            self._running.add(batch)
         try:
             self._pool.submit(self._run, batch)
         except RuntimeError:  # the pool is shut down: run it here
@@ -273,6 +276,8 @@ class AsyncInsertQueue:
                 self._flush_times = (self._flush_times[1], time.monotonic())
             if self._on_flush is not None:
                 self._on_flush()
+            with self._cond:
+                self._running.discard(batch)
             batch.flushed.set()
 
     def flush_all(self, tables: Callable[[Key], bool] | None = None) -> None:
@@ -282,9 +287,11 @@ class AsyncInsertQueue:
             chosen = [b for b in self._batches.values() if tables is None or tables(b.key)]
             for batch in chosen:
                 del self._batches[batch.key]
+            # As ClickHouse's flushAll, which waits for every flush under way too.
+            running = list(self._running) if tables is None else []
         for batch in chosen:
             self._submit(batch)
-        for batch in chosen:
+        for batch in chosen + running:
             batch.flushed.wait()
 
     def close(self, flush: bool = True) -> None:
