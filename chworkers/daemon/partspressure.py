@@ -80,7 +80,9 @@ def is_too_many_parts(error: BaseException | None) -> bool:
     while error is not None and seen < 5:
         if isinstance(error, ServerError) and error.code == TOO_MANY_PARTS:
             return "partitions for single insert block" not in str(error).lower()
-        error = getattr(error, "last_error", None) or error.__cause__
+        # A worker's boot failure carries its last error as text, not as an error.
+        wrapped = getattr(error, "last_error", None)
+        error = wrapped if isinstance(wrapped, BaseException) else error.__cause__
         seen += 1
     return False
 
