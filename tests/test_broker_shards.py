@@ -12,6 +12,7 @@ stay pending in the broker, while the other shards take theirs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -205,3 +206,48 @@ stream = "ev"
     assert "pipeline p: stream ev: 1 entries" in out, out + result.stderr
     assert out.count(f"ev exists (sharding key {KEY} fits its columns)") == 3, out
     assert result.returncode == 0, out + result.stderr
+
+
+@pytest.mark.parametrize("key", ["n", "random"])
+def test_unreadable_keys_are_dead_lettered_and_random_batches_go_whole(
+    tmp_path: Path,
+    shard_endpoints: tuple[EmbeddedClickHouse, ...],
+    shard_database: str,
+    redis_server: RedisServer,
+    key: str,
+) -> None:
+    """Under key ``n`` a batch whose every record has an unreadable key is acknowledged
+    with nothing inserted (its records in the dead letters); under ``random`` each batch
+    goes whole to one shard, picked by weight from its token."""
+    broker = Broker("redis", redis_server)
+    bad = [b'{"n":"seven","s":"x"}\n{"n":-1,"s":"y"}\n'] * 5
+    redis_server.add_entries(bad if key == "n" else [])
+    cfg = sharded_config(
+        tmp_path / "state",
+        [ch.url for ch in shard_endpoints],
+        shard_database,
+        "redis",
+        broker.options(),
+    )
+    cfg["pipelines"][0].update(sharding_key=key, max_rows=200)
+    running = Running(cfg)
+    try:
+        wait_for(broker.settled, 60, interval=0.2, what="the bad entries acknowledged")
+        broker.add(0, 3000)
+        wait_for(lambda: running.daemon.totals.rows_inserted >= 3000, 120, what="rows")
+        wait_for(broker.settled, 60, interval=0.2, what="all entries acknowledged")
+    finally:
+        running.stop()
+    counts = [held(shard_endpoints, i, shard_database) for i in range(3)]
+    assert sum(n for n, _, _ in counts) == 3000
+    assert all(n == distinct for n, distinct, _ in counts), counts
+    letters = [
+        json.loads(line)
+        for path in (tmp_path / "state" / "dead-letter").rglob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    if key == "n":
+        assert len(letters) == 10 and {x["reason"] for x in letters} == {"sharding_key"}
+    else:
+        assert letters == []
+        assert sum(1 for n, _, _ in counts if n) >= 2, counts  # 15 batches or more, spread
