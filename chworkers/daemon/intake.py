@@ -93,6 +93,7 @@ class Intake:
                 "on_error": self.source_error,
                 "limits": p.limits,
                 "transform": p.mapper,
+                "max_record_bytes": p.max_record_bytes,
             }
             source: Source
             if p.source == "stdin":

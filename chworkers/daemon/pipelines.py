@@ -105,6 +105,15 @@ class PipelineSettings:
     max_rows: int = same_as(BatchLimits, "max_rows")
     max_bytes: int = same_as(BatchLimits, "max_bytes")
     max_delay: float = same_as(BatchLimits, "max_delay")
+    max_record_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Longest record of a file, stdin or broker source (up to this much is held while "
+        "one is read); a longer one is skipped to its end, with a warning (a broker "
+        "message holding one is dead-lettered). Lowered to what the spool can ever hold "
+        "when that is less.",
+        unit="bytes",
+        minimum=1024,
+    )
     unknown_fields: Literal["ignore", "reject"] = setting(
         "ignore",
         "Fields the table lacks: ignore them, or reject the row (dead letter); with "

@@ -16,10 +16,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
+from chworkers.clickhouse.inserts import split_records
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.batchfile import batch_overhead
 from chworkers.daemon.extents import Extent
-from chworkers.daemon.framing import Framer, pieces
+from chworkers.daemon.framing import FORMATS, Framer, pieces, record_over
 from chworkers.daemon.ticket import Ticket
 
 __all__ = ["READ_SIZE", "StreamSource", "warn_if_nothing_matches"]
@@ -68,6 +69,7 @@ class _Source:
         self.last_ticket: Ticket | None = None
         if self.framed:
             Framer(format)  # validate the format now, not at the first byte
+            self._quoted = FORMATS[format]
 
     def _fitting(self, limit: int) -> int:
         """The longest record this source takes: ``limit``, or less when the spool could
@@ -103,7 +105,12 @@ class _Source:
         exceeds the pipeline's limits): more are cut at record boundaries, each piece
         with ``position(end)`` as its meta when given (``end``: where the piece ends in
         ``records``; a file's position there), else ``meta``, and with
-        ``locate(start, end)``, where the piece is in its file, when given."""
+        ``locate(start, end)``, where the piece is in its file, when given. Records
+        longer than :attr:`max_record_bytes` are skipped, each said (the framer skips
+        those that outgrow a read; these came whole within one)."""
+        if self.framed and record_over(records, self.max_record_bytes, quoted=self._quoted):
+            self._add_around_long(records, meta, header, position, locate)
+            return
         rows_room, bytes_room, limits = self.batcher.room(
             self.table,
             format=self.format,
@@ -123,18 +130,52 @@ class _Source:
         for piece, n, end in pieces(
             records, self.format, limits.max_rows, limits.max_bytes, first=first
         ):
-            if n == 1 and len(piece) > self.max_record_bytes:
-                # One record longer than any batch the spool can hold (a longer one
-                # than a read is skipped by the framer): a push of it is a 413.
-                self._error(
-                    f"a record of {len(piece)} bytes (limit {self.max_record_bytes}); "
-                    "it was skipped"
-                )
-            else:
-                at = meta if position is None else position(end)
-                here = None if locate is None else locate(start, end)
-                self._add_one(piece, n, at, header, here)
+            at = meta if position is None else position(end)
+            self._add_one(piece, n, at, header, None if locate is None else locate(start, end))
             start = end
+
+    def _add_around_long(
+        self,
+        records: bytes,
+        meta: Mapping[str, Any] | None,
+        header: bytes,
+        position: Callable[[int], Mapping[str, Any]] | None,
+        locate: Callable[[int, int], Extent | None] | None,
+    ) -> None:
+        """:meth:`_add` of the records between those too long, which are skipped."""
+        limit = self.max_record_bytes
+        start = end = 0
+        for record in split_records(records, quoted_newlines=self._quoted):
+            if len(record) <= limit:
+                end += len(record)
+                continue
+            self._add_range(records, start, end, meta, header, position, locate)
+            self._error(f"a record of {len(record)} bytes (limit {limit}); it was skipped")
+            start = end = end + len(record)
+        self._add_range(records, start, end, meta, header, position, locate)
+
+    def _add_range(
+        self,
+        records: bytes,
+        start: int,
+        end: int,
+        meta: Mapping[str, Any] | None,
+        header: bytes,
+        position: Callable[[int], Mapping[str, Any]] | None,
+        locate: Callable[[int, int], Extent | None] | None,
+    ) -> None:
+        part = records[start:end]
+        rows = sum(1 for r in split_records(part, quoted_newlines=self._quoted) if r.strip())
+        if not rows:
+            return
+        self._add(
+            part,
+            rows,
+            meta,
+            header=header,
+            position=None if position is None else lambda at: position(start + at),
+            locate=None if locate is None else lambda b, e: locate(start + b, start + e),
+        )
 
     def _add_one(
         self,
