@@ -142,8 +142,18 @@ class RedisBatching(SourceParts):
         # so the claim returns them too).
         self._settle()
         self._unbatched += self._new_only(self.redis.take_ahead())
+        # The batches in flight as the claim runs: their entries are this source's even
+        # when the claim returns them (idle: the heartbeat did not touch them yet) and
+        # their manifest is gone by the time it is looked up (the batch completed
+        # meanwhile, or a failover lost the manifest): never batched anew here.
+        with self._lock:
+            inflight = list(self._inflight.values())
         self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
+        if not claimed:
+            return
         present = set(self._assembly.ids).union(map(redisentries.entry_id, self._unbatched))
+        for ids in inflight:
+            present.update(ids)
         messages = [message for message in claimed if message.id not in present]
         if messages:
             log.info(
