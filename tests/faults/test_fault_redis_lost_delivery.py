@@ -24,6 +24,7 @@ from redisserver import RedisServer
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisgroup import StreamGroup
 from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.errors import BrokerError
@@ -112,3 +113,23 @@ def test_entries_delivered_again_after_redis_lost_their_delivery_are_batched_onc
     ids = [i for batch in batches for i in batch.meta["broker"]["ids"]]
     assert len(ids) == 200 and len(set(ids)) == 200
     assert sum(batch.rows for batch in batches) == 200
+
+
+def test_a_connection_redis_py_opened_again_by_itself_counts_as_new(
+    redis_server: RedisServer,
+) -> None:
+    """redis-py connects a closed connection again at its next command, unasked (a pool
+    that disconnects the connections in use closes the reads' one too): the reads after
+    it may meet a Redis that lost deliveries as well, so the source must see a new
+    connection there too."""
+    redis_server.add_entries(bodies(0, 10, 1))
+    group = StreamGroup(RedisSourceSettings(url=redis_server.url, stream="ev"), "me", "test")
+    try:
+        group.create()
+        assert len(group.read_new(100, 100)) == 10
+        first = group.connection()
+        group.client.connection_pool.disconnect(inuse_connections=True)
+        assert group.read_new(100, 100) == []  # reconnected: no error to see
+        assert group.connection() > first
+    finally:
+        group.close()

@@ -87,6 +87,7 @@ class Ahead:
         self._sent.clear()
         connection, self._connection = self._connection, None
         if connection is not None:
+            connection.deregister_connect_callback(self._reconnected)
             connection.disconnect()
             self._pool.release(connection)
 
@@ -95,7 +96,13 @@ class Ahead:
             self._pool = self._pools()
             self._connection = borrow(self._pool)
             self.opened += 1
+            # redis-py connects a connection again by itself when something closed it
+            # between two commands (a pool disconnecting the connections in use).
+            self._connection.register_connect_callback(self._reconnected)
         return self._connection
+
+    def _reconnected(self, connection: Any) -> None:
+        self.opened += 1
 
 
 def borrow(pool: Any) -> Any:
