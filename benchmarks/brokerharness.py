@@ -128,10 +128,8 @@ def fresh_database(ch: EmbeddedClickHouse, name: str) -> str:
     return name
 
 
-def _proc_cpu() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds so far) of every process, with those of its
-    children that ended and were waited for (else a worker or helper process that ends
-    during a run takes its CPU with it, and a path's CPU can even come out negative)."""
+def _proc_cpu() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, CPU seconds so far, start time) of every process."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for entry in os.listdir("/proc"):
@@ -140,23 +138,32 @@ def _proc_cpu() -> dict[int, tuple[int, float]]:
                 fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            used = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-            out[int(entry)] = (int(fields[1]), used / tick)
+            used = (int(fields[11]) + int(fields[12])) / tick
+            out[int(entry)] = (int(fields[1]), used, int(fields[19]))
     return out
 
 
+#: Per tree (its roots): (pid, start time) -> the CPU seconds it had when last seen.
+_SEEN: dict[tuple[int, ...], dict[tuple[int, int], float]] = {}
+
+
 def tree_cpu(*roots: int) -> float:
-    """CPU seconds used so far by the processes ``roots`` and everything below them."""
+    """CPU seconds used so far by the processes ``roots`` and everything below them, with
+    those that ended since an earlier call for the same roots (as they were then: call it
+    often, as :func:`wait_rows` does). Else a worker that ends during a run takes its CPU
+    out of the sum (a parent's count of its children's CPU misses those reaped by another,
+    or not at all), and a path's CPU can come out negative."""
     table = _proc_cpu()
-    total, todo, seen = 0.0, list(roots), set()
+    seen = _SEEN.setdefault(roots, {})
+    todo, walked = list(roots), set()
     while todo:
         pid = todo.pop()
-        if pid in seen:
+        if pid in walked or pid not in table:
             continue
-        seen.add(pid)
-        total += table.get(pid, (0, 0.0))[1]
-        todo += [child for child, (parent, _) in table.items() if parent == pid]
-    return total
+        walked.add(pid)
+        seen[pid, table[pid][2]] = table[pid][1]
+        todo += [child for child, (parent, _, _) in table.items() if parent == pid]
+    return sum(seen.values())
 
 
 def threads_cpu(*roots: int) -> dict[str, float]:
@@ -168,7 +175,7 @@ def threads_cpu(*roots: int) -> dict[str, float]:
         pid = todo.pop()
         if pid not in pids:
             pids.add(pid)
-            todo += [child for child, (parent, _) in table.items() if parent == pid]
+            todo += [child for child, (parent, _, _) in table.items() if parent == pid]
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in pids:
@@ -231,6 +238,8 @@ def wait_rows(
             first_cpu = cpu() if cpu is not None else (0.0, 0.0)
             if on_first is not None:
                 on_first()
+        elif first is not None and cpu is not None:
+            cpu()  # the processes seen meanwhile, with their CPU (tree_cpu)
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out: {counts(ch, database, 'ev')} of {total}")
         time.sleep(0.05)
