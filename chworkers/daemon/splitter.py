@@ -16,7 +16,7 @@ batch all of whose records were dead-lettered becomes one empty part, confirmed 
 an insert, so that its messages are acknowledged all the same.
 
 Until the columns are known (ClickHouse unreachable, the table not created yet) whole
-batches wait here, on disk, and :meth:`Splitter.problems` says why; intake goes on.
+batches wait here, on disk (a broker's in memory), and :meth:`Splitter.problems` says why; intake goes on.
 Batches of pipelines without a key, parts already split (replayed after a restart), and
 everything when the cluster has one shard, pass straight through.
 """
