@@ -6,7 +6,7 @@ Summaries, status lines, log lines and errors say how many of something there ar
 
 from __future__ import annotations
 
-__all__ = ["plural"]
+__all__ = ["article", "plural"]
 
 #: Nouns whose plural is not the noun plus "s".
 _IRREGULAR = {"batch": "batches", "entry": "entries", "process": "processes", "child": "children"}
@@ -22,3 +22,8 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
         or (noun + "es" if noun.endswith(("s", "sh", "ch", "x")) else noun + "s")
     )
     return f"{count:,} {many}"
+
+
+def article(noun: str) -> str:
+    """``noun`` with its indefinite article: "an int", "a str" (by its first letter)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

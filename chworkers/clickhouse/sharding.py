@@ -50,6 +50,7 @@ from chworkers.clickhouse.keyhash import (
     xxhash64_ints,
 )
 from chworkers.errors import BatchError, ConfigError
+from chworkers.wording import article
 
 #: A one-dimensional array of shard indexes or row positions.
 Indexes = np.ndarray[tuple[int], np.dtype[np.intp]]
@@ -311,7 +312,7 @@ def _int_bits(
     """The values as UInt64 bits (signed ones sign-extended), range-checked."""
     for i, v in enumerate(values):
         if type(v) is not int and not isinstance(v, int | np.integer):
-            why = "is NULL" if v is None else f"is a {type(v).__name__}, not an integer"
+            why = "is NULL" if v is None else f"is {article(type(v).__name__)}, not an integer"
             raise _bad(field, type_name, i, v, why)
     bits = 8 * width
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
@@ -339,7 +340,7 @@ def _byte_values(
         elif isinstance(v, bytes | bytearray | memoryview):
             b = bytes(v)
         else:
-            why = "is NULL" if v is None else f"is a {type(v).__name__}, not a string"
+            why = "is NULL" if v is None else f"is {article(type(v).__name__)}, not a string"
             raise _bad(field, type_name, i, v, why)
         if kind[0] == "fixed":
             if len(b) > size:

@@ -54,8 +54,12 @@ def per_shard(value: object, shards: int, what: str) -> list[Any]:
     return [value] * shards
 
 
-def check_shard(shard: int | None, shards: int | None, where: str) -> int | None:
-    """``shard`` checked against a pool of ``shards`` shards (None: not sharded)."""
+def check_shard(
+    shard: int | None, shards: int | None, where: str, *, by_key: bool = False
+) -> int | None:
+    """``shard`` checked against a pool of ``shards`` shards (None: not sharded);
+    ``by_key``: the call could route its rows by a ``sharding_key`` instead, and a
+    missing shard says so."""
     if shards is None:
         if shard is not None:
             raise ConfigError(
@@ -68,7 +72,8 @@ def check_shard(shard: int | None, shards: int | None, where: str) -> int | None
         return None
     if shard is None:
         raise ConfigError(
-            f"{where}: the pool has {shards} shards; say which one (shard=0..{shards - 1})",
+            f"{where}: the pool has {shards} shards; say which one (shard=0..{shards - 1})"
+            + (", or route the rows by key (sharding_key='sipHash64(user_id)')" if by_key else ""),
             key="shard",
             value=shard,
             expected=f"a shard index from 0 to {shards - 1}",

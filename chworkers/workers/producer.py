@@ -63,7 +63,7 @@ class Producer:
         shard: int | None = None,
     ) -> Future[Any]:
         self._require_clickhouse("insert")
-        check_shard(shard, self.shards, f"insert into {table!r}")
+        check_shard(shard, self.shards, f"insert into {table!r}", by_key=True)
         opts = self.owner.options
         future: Future[Any] = Future()
         encoder = partial(self._native, table, shard) if opts.native_encoding else None
