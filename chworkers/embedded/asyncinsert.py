@@ -9,9 +9,9 @@ instead of being written. Its data is read whole first, up to
 (with its own error, or ``written_rows`` of its own rows), within
 ``wait_for_async_insert_timeout``; without it, at once.
 
-An INSERT that does not ask costs one dictionary lookup more: the endpoint's
-connections start with ``async_insert = 0`` (:mod:`chworkers.embedded.engine`), and the
-value is read from chDB only once per connection, or after a session's ``SET``.
+An INSERT that does not ask costs a dictionary lookup more: the endpoint's
+connections start with ``async_insert = 0`` (:mod:`chworkers.embedded.engine`), known
+without asking chDB; a session's value is read once after each of its ``SET``s.
 """
 
 from __future__ import annotations
