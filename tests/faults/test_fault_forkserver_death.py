@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from daemonthread import daemon_config
 from drillprocs import descendants
+from tomlfile import to_toml
 from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
@@ -119,24 +121,16 @@ def test_daemon_kill9_of_the_fork_server_then_a_worker_crash_exact_rows(
     the new server forked: both replaced, the run ends with code 0, every row once."""
     n = 8000
     conf = tmp_path / "chworkers.toml"
+    pipeline = {
+        "source": "generator",
+        "generator_count": n,
+        "generator_rate": 1000,
+        "create": "ts DateTime, user_id UInt64, event String, value Float64, url String",
+        "engine": "MergeTree ORDER BY ts",
+        "max_rows": 200,
+    }
     conf.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-[clickhouse]
-url = "{endpoint.url}/{database}"
-[supervisor]
-workers = 2
-[metrics]
-port = 0
-[[pipelines]]
-name = "gen"
-source = "generator"
-generator_count = {n}
-generator_rate = 1000
-table = "ev"
-create = "ts DateTime, user_id UInt64, event String, value Float64, url String"
-max_rows = 200
-"""
+        to_toml(daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", pipeline))
     )
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:

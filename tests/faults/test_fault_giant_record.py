@@ -16,6 +16,8 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 from clirun import run_chworkers
+from daemonthread import daemon_config
+from tomlfile import to_toml
 
 from chworkers.daemon.brokers.assembly import Assembler, Message
 from chworkers.daemon.framing import Framer
@@ -64,22 +66,9 @@ def test_stdin_with_a_giant_line_inserts_the_others_and_nothing_of_it(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
 ) -> None:
     conf = tmp_path / "c.toml"
-    conf.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-[clickhouse]
-url = "{endpoint.url}/{database}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[[pipelines]]
-name = "in"
-source = "stdin"
-table = "ev"
-create = "n UInt64, s String"
-"""
-    )
+    cfg = daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", {"source": "stdin"})
+    cfg["supervisor"]["workers"] = 1
+    conf.write_text(to_toml(cfg))
     small = "".join(f'{{"n":{i},"s":"ok"}}\n' for i in range(1000))
     giant = '{"n":99999,"s":"' + "x" * (LIMIT + 3 * 1024 * 1024) + '"}\n'
     result = run_chworkers(

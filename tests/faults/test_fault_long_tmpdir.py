@@ -21,6 +21,8 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 from clirun import run_chworkers
+from daemonthread import daemon_config
+from tomlfile import to_toml
 
 from chworkers import sockdir
 from chworkers.embedded import EmbeddedClickHouse
@@ -43,21 +45,9 @@ def test_run_with_a_long_tmpdir_inserts_everything(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
 ) -> None:
     conf = tmp_path / "c.toml"
+    pipeline = {"source": "stdin", "create": "n UInt64", "engine": "MergeTree ORDER BY n"}
     conf.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-[clickhouse]
-url = "{endpoint.url}/{database}"
-[supervisor]
-workers = 2
-[metrics]
-port = 0
-[[pipelines]]
-name = "in"
-source = "stdin"
-table = "ev"
-create = "n UInt64"
-"""
+        to_toml(daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", pipeline))
     )
     tmp = long_tmpdir(tmp_path)
     lines = "".join(f'{{"n":{i}}}\n' for i in range(500))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from daemonthread import daemon_config
+from tomlfile import to_toml
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -37,25 +39,10 @@ def test_more_files_than_descriptors_are_all_read_once(
     for i in range(FILES):
         (data / f"f{i:04d}.json").write_text(f'{{"n":{2 * i}}}\n{{"n":{2 * i + 1}}}\n')
     conf = tmp_path / "c.toml"
-    conf.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-[clickhouse]
-url = "{endpoint.url}/{database}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[[pipelines]]
-name = "backfill"
-source = "file"
-paths = ["{data}/*.json"]
-follow = false
-table = "ev"
-create = "n UInt64"
-max_rows = 100
-"""
-    )
+    pipeline = {"source": "file", "paths": [f"{data}/*.json"], "follow": False, "max_rows": 100}
+    cfg = daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", pipeline)
+    cfg["supervisor"]["workers"] = 1
+    conf.write_text(to_toml(cfg))
     result = subprocess.run(
         [sys.executable, "-m", "chworkers", "run", "-c", str(conf)],
         capture_output=True,
@@ -69,5 +56,5 @@ max_rows = 100
     assert ch_client.query("SELECT count(), uniqExact(n), sum(n) FROM ev").result_rows == [
         (n, n, n * (n - 1) // 2)
     ]
-    positions = tmp_path / "state" / "positions" / "backfill.json"
+    positions = tmp_path / "state" / "positions" / "p.json"
     assert positions.exists()

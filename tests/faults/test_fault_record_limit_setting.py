@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 from clirun import run_chworkers
+from daemonthread import daemon_config
+from tomlfile import to_toml
 
 from chworkers.embedded import EmbeddedClickHouse
 
@@ -22,22 +24,9 @@ def test_a_pipeline_with_a_lower_record_limit_skips_longer_records(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, ch_client: Client
 ) -> None:
     conf = tmp_path / "c.toml"
+    pipeline = {"source": "stdin", "max_record_bytes": "2KiB"}
     conf.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-[clickhouse]
-url = "{endpoint.url}/{database}"
-[supervisor]
-workers = 1
-[metrics]
-port = 0
-[[pipelines]]
-name = "in"
-source = "stdin"
-table = "ev"
-create = "n UInt64, s String"
-max_record_bytes = "2KiB"
-"""
+        to_toml(daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", pipeline))
     )
     small = "".join(f'{{"n":{i},"s":"ok"}}\n' for i in range(100))
     long = '{"n":-1,"s":"' + "x" * 5000 + '"}\n'
