@@ -17,6 +17,7 @@ from tomlfile import merge
 from chworkers.daemon import config
 from chworkers.daemon.service import Daemon
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.ops.metrics import Metrics
 
 
 class Running:
@@ -103,3 +104,13 @@ def count(endpoint: EmbeddedClickHouse, database: str) -> tuple[int, int]:
         return int(row[0]), int(row[1])
     finally:
         client.close()
+
+
+def metric_total(metrics: Metrics, name: str) -> float:
+    """The sum of a metric's samples named ``name`` over all their labels."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )

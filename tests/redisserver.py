@@ -99,6 +99,14 @@ class RedisServer(ServerProcess):
         finally:
             client.close()
 
+    def pending(self, stream: str = "ev", group: str = "chworkers") -> int:
+        """Entries of ``stream`` delivered to ``group`` and not acknowledged yet."""
+        client = self.client()
+        try:
+            return int(client.xpending(stream, group)["pending"])
+        finally:
+            client.close()
+
     def settled(self, stream: str = "ev") -> bool:
         """Nothing pending in the stream's groups, no manifest left beside the stream."""
         client = self.client()

@@ -19,13 +19,16 @@ WEIGHTS = [1, 2, 1]
 KEY = "sipHash64(s)"
 
 
-def sharded_config(
-    state: Path, shards: list[str], database: str, broker: str, options: dict[str, Any]
+def cluster_config(
+    state: Path, shards: list[list[str]], database: str, pipeline: dict[str, Any]
 ) -> dict[str, Any]:
+    """A daemon's configuration for a cluster of ``shards`` weighted by :data:`WEIGHTS`
+    (quick to give up on a shard that is down), with one pipeline ``p`` into table
+    ``ev`` whose other keys are ``pipeline``'s."""
     return {
         "state_dir": str(state),
         "clickhouse": {
-            "shards": [[url] for url in shards],
+            "shards": shards,
             "shard_weights": WEIGHTS,
             "database": database,
             "pool": {
@@ -38,20 +41,27 @@ def sharded_config(
         "metrics": {"port": 0},
         "spool": {"fsync": False, "retry_backoff_max": 0.5},
         "http": {"port": 0},
-        "pipelines": [
-            {
-                "name": "p",
-                "source": broker,
-                "table": "ev",
-                "create": "n UInt64, s String",
-                "engine": "MergeTree ORDER BY n",
-                "max_rows": 1000,
-                "max_delay": 0.1,
-                "sharding_key": KEY,
-                broker: options,
-            }
-        ],
+        "pipelines": [{"name": "p", "table": "ev", **pipeline}],
     }
+
+
+def sharded_config(
+    state: Path, shards: list[str], database: str, broker: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    return cluster_config(
+        state,
+        [[url] for url in shards],
+        database,
+        {
+            "source": broker,
+            "create": "n UInt64, s String",
+            "engine": "MergeTree ORDER BY n",
+            "max_rows": 1000,
+            "max_delay": 0.1,
+            "sharding_key": KEY,
+            broker: options,
+        },
+    )
 
 
 class Broker:
@@ -85,11 +95,7 @@ class Broker:
     def unacknowledged(self) -> int:
         """Entries delivered and not acknowledged."""
         if isinstance(self.server, RedisServer):
-            client = self.server.client()
-            try:
-                return int(client.xpending("ev", "chworkers")["pending"])
-            finally:
-                client.close()
+            return self.server.pending()
         return self.server.consumer_state()[1]
 
 

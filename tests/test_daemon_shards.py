@@ -20,47 +20,31 @@ import waiting
 from chclients import make_client
 from daemonthread import Running
 from faultproxy import FaultProxy
+from shardrows import WEIGHTS, cluster_config
 
 from chworkers.embedded import EmbeddedClickHouse
 
 wait_for = functools.partial(waiting.wait_for, timeout=90.0, interval=0.1)
 
-WEIGHTS = [1, 2, 1]
 KEY = "sipHash64(user)"
 
 
 def shard_config(
     state: Path, shards: list[list[str]], database: str, pipeline: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
-        "state_dir": str(state),
-        "clickhouse": {
-            "shards": shards,
-            "shard_weights": WEIGHTS,
-            "database": database,
-            "pool": {
-                "max_connections": 2,
-                "host_cooldown": 0.2,
-                "retry": {"initial_backoff": 0.05, "max_backoff": 0.2, "deadline": 2},
-            },
+    return cluster_config(
+        state,
+        shards,
+        database,
+        {
+            "create": "id UInt64, user String",
+            "engine": "MergeTree ORDER BY id",
+            "max_delay": "100ms",
+            "max_rows": 2_000,
+            "sharding_key": KEY,
+            **pipeline,
         },
-        "supervisor": {"workers": 3},
-        "metrics": {"port": 0},
-        "spool": {"fsync": False, "retry_backoff_max": 0.5},
-        "http": {"port": 0},
-        "pipelines": [
-            {
-                "name": "p",
-                "table": "ev",
-                "create": "id UInt64, user String",
-                "engine": "MergeTree ORDER BY id",
-                "max_delay": "100ms",
-                "max_rows": 2_000,
-                "sharding_key": KEY,
-                **pipeline,
-            }
-        ],
-    }
+    )
 
 
 def rows(start: int, stop: int) -> bytes:

@@ -15,20 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemonthread import Running, count, daemon_config, lines
+from daemonthread import Running, count, daemon_config, lines, metric_total
 from waiting import wait_for
 
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.ops.metrics import Metrics
-
-
-def metric(metrics: Metrics, name: str) -> float:
-    return sum(
-        sample.value
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    )
 
 
 def push(url: str, body: bytes, key: str) -> int:
@@ -59,5 +49,5 @@ def test_a_keyed_push_sent_again_counts_once_as_inserted(
     assert daemon.totals.rows_replayed == 2000
     assert daemon.totals.batches_replayed == 2
     assert "inserted 1,500 rows in 4 batches" in daemon.summary(), daemon.summary()
-    assert metric(daemon.metrics, "chworkers_rows_inserted_total") == 1500
-    assert metric(daemon.metrics, "chworkers_rows_replayed_total") == 2000
+    assert metric_total(daemon.metrics, "chworkers_rows_inserted_total") == 1500
+    assert metric_total(daemon.metrics, "chworkers_rows_replayed_total") == 2000

@@ -31,14 +31,6 @@ pytestmark = pytest.mark.timeout(120)
 CLAIM_IDLE = 0.5
 
 
-def pending(server: RedisServer) -> int:
-    client = server.client()
-    try:
-        return int(client.xpending("ev", "chworkers")["pending"])
-    finally:
-        client.close()
-
-
 def test_a_claim_leaves_the_entries_of_a_batch_in_flight_to_it(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -72,7 +64,7 @@ def test_a_claim_leaves_the_entries_of_a_batch_in_flight_to_it(
         source._claim()
         assert not source._assembly.ids  # not batched a second time
         source.complete(batch)  # inserted: its acknowledgement covers them
-        assert pending(redis_server) == 0
+        assert redis_server.pending() == 0
     finally:
         source.batcher.close(5)
         source.redis.close()

@@ -68,14 +68,6 @@ class LosesWrites:
         self.server.start()
 
 
-def pending(server: RedisServer) -> int:
-    client = server.client()
-    try:
-        return int(client.xpending("ev", "chworkers")["pending"])
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("where", ["the batch in the making", "a read not batched yet"])
 def test_entries_delivered_again_after_redis_lost_their_delivery_are_batched_once(
     tmp_path: Path, redis_server: RedisServer, where: str
@@ -100,11 +92,11 @@ def test_entries_delivered_again_after_redis_lost_their_delivery_are_batched_onc
                 source._fetch()
             except BrokerError:
                 continue  # the connection to the killed Redis; the next fetch reconnects
-            if pending(redis_server) == 200 and not (
+            if redis_server.pending() == 200 and not (
                 source.redis.reading_ahead() or source._unbatched
             ):
                 break
-        assert pending(redis_server) == 200
+        assert redis_server.pending() == 200
         source._cut()
         source._settle()
     finally:

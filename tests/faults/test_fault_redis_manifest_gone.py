@@ -29,14 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 CLAIM_IDLE = 0.5
 
 
-def pending(server: RedisServer) -> int:
-    client = server.client()
-    try:
-        return int(client.xpending("ev", "chworkers")["pending"])
-    finally:
-        client.close()
-
-
 def test_a_batch_whose_manifest_is_gone_leaves_its_entries_pending(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -69,7 +61,7 @@ def test_a_batch_whose_manifest_is_gone_leaves_its_entries_pending(
             client.close()
         assert not source.still_open(first)  # not inserted again ...
         source.complete(first)  # ... and completed, as the daemon does with it
-        assert pending(redis_server) == 100  # not acknowledged: nothing lost
+        assert redis_server.pending() == 100  # not acknowledged: nothing lost
         assert not source._holding() and token not in source._inflight
         time.sleep(CLAIM_IDLE * 1.5)
         source._claim()  # no manifest: batched anew

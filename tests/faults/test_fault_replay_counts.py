@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from daemonthread import count, daemon_config, lines
+from daemonthread import count, daemon_config, lines, metric_total
 from faultproxy import FaultProxy
 
 from chworkers import ConnectionPool
@@ -24,17 +24,6 @@ from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.service import Daemon
 from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
-from chworkers.ops.metrics import Metrics
-
-
-def metric(metrics: Metrics, name: str) -> float:
-    """The sum of a counter's samples over its labels."""
-    return sum(
-        sample.value
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    )
 
 
 def run_stdin(state: Path, url: str, data: Path) -> Daemon:
@@ -82,8 +71,8 @@ def test_a_recovered_batch_clickhouse_already_had_is_not_counted_as_inserted(
     summary = daemon.summary()
     assert "inserted 2,000 rows in " in summary, summary
     assert "replayed 300 rows of 1 batch that may have landed before" in summary, summary
-    assert metric(daemon.metrics, "chworkers_rows_inserted_total") == 2000
-    assert metric(daemon.metrics, "chworkers_rows_replayed_total") == 300
+    assert metric_total(daemon.metrics, "chworkers_rows_inserted_total") == 2000
+    assert metric_total(daemon.metrics, "chworkers_rows_replayed_total") == 300
 
 
 @pytest.mark.timeout(120)
@@ -103,5 +92,5 @@ def test_a_request_sent_again_after_a_lost_answer_counts_once_as_inserted(
     assert count(endpoint, database) == (500, 500)
     assert daemon.totals.rows_inserted == 500
     assert daemon.totals.rows_replayed == 0
-    assert metric(daemon.metrics, "chworkers_rows_inserted_total") == 500
-    assert metric(daemon.metrics, "chworkers_rows_replayed_total") == 0
+    assert metric_total(daemon.metrics, "chworkers_rows_inserted_total") == 500
+    assert metric_total(daemon.metrics, "chworkers_rows_replayed_total") == 0
