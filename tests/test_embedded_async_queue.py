@@ -258,3 +258,20 @@ def test_an_unknown_table_is_refused_before_queuing(ch_client: Client) -> None:
             settings={"async_insert": 1, "wait_for_async_insert": 0},
             fmt="JSONEachRow",
         )
+
+
+def test_a_table_that_says_async_insert_queues_every_insert(ch_client: Client) -> None:
+    table = unique_name("aq")
+    ch_client.command(
+        f"CREATE TABLE {table} (k UInt64) ENGINE = MergeTree ORDER BY k SETTINGS async_insert = 1"
+    )
+    later = {
+        "async_insert": 0,  # the table's setting wins, as on a server
+        "async_insert_use_adaptive_busy_timeout": 0,
+        "async_insert_busy_timeout_max_ms": 60000,
+        "wait_for_async_insert": 0,
+    }
+    ch_client.raw_insert(table, None, jsonl(1), settings=later, fmt="JSONEachRow")
+    assert count(ch_client, table) == 0
+    ch_client.command(f"SYSTEM FLUSH ASYNC INSERT QUEUE {table}")
+    assert count(ch_client, table) == 1

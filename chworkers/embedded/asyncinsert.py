@@ -61,7 +61,7 @@ def wanted(handle: TrackedConnection, qr: QueryRequest, insert: sql.InsertHead) 
         value = qr.settings.get("async_insert")
     if value is None:
         value = handle.own_settings(["async_insert"])["async_insert"]
-    if not _true(value):
+    if not _true(value) and not tablerisk.risks.queues(handle.conn, insert.statement):
         return False
     if qr.query_params and insert.fmt.lower() == "values":
         return False  # parameters in the rows: written synchronously

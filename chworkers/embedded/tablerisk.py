@@ -18,6 +18,7 @@ a MergeTree engine could swallow "Too many parts" unchecked).
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -28,6 +29,7 @@ from chworkers.embedded.queries import quote_literal, run, sql_bytes
 _PLAIN_ENGINES = ("Memory", "Null", "Log", "TinyLog", "StripeLog", "Set", "Join")
 
 
+@functools.lru_cache(maxsize=1024)
 def target(statement: str) -> tuple[str | None, str] | None:
     """``(database or None, table)`` an ``INSERT INTO [TABLE] [db.]t`` writes, or None."""
     try:
@@ -73,7 +75,8 @@ class TableRisks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: dict[tuple[str | None, str], bool] = {}
+        #: Per table name: (needs the check, the table queues its inserts).
+        self._known: dict[tuple[str | None, str], tuple[bool, bool]] = {}
         self._generation = 0
 
     def forget(self) -> None:
@@ -91,21 +94,30 @@ class TableRisks:
 
     def needs_check(self, conn: Any, statement: str) -> bool:
         name = target(statement)
-        if name is None:
-            return True
+        return True if name is None else self._facts(conn, name)[0]
+
+    def queues(self, conn: Any, statement: str) -> bool:
+        """Whether the table says ``SETTINGS async_insert = 1`` (MergeTree): its inserts
+        go to the asynchronous insert queue whatever their own settings, as ClickHouse's
+        ``areAsynchronousInsertsEnabled``. A name without a database: any table of that
+        name that says so."""
+        name = target(statement)
+        return False if name is None else self._facts(conn, name)[1]
+
+    def _facts(self, conn: Any, name: tuple[str | None, str]) -> tuple[bool, bool]:
         with self._lock:
             known = self._known.get(name)
             generation = self._generation
         if known is not None:
             return known
-        needs = _ask(conn, *name)
+        facts = _ask(conn, *name)
         with self._lock:
             if generation == self._generation:
-                self._known[name] = needs
-        return needs
+                self._known[name] = facts
+        return facts
 
 
-def _ask(conn: Any, database: str | None, table: str) -> bool:
+def _ask(conn: Any, database: str | None, table: str) -> tuple[bool, bool]:
     where = f"name = {quote_literal(table)}"
     cols = f"table = {quote_literal(table)}"
     if database is not None:
@@ -116,12 +128,13 @@ def _ask(conn: Any, database: str | None, table: str) -> bool:
         conn,
         "SELECT count(), countIf(is_temporary OR engine NOT IN (" + plain + ") "
         "OR notEmpty(dependencies_table) OR position(create_table_query, ' CONSTRAINT ') > 0), "
+        "countIf(match(create_table_query, '[ ,]async_insert = (1|true)([ ,]|$)')), "
         "(SELECT count() FROM system.columns WHERE " + cols + " AND type LIKE 'Array(%' "
         "AND position(name, '.') > 0) "
         "FROM system.tables WHERE " + where,
     )
-    found, risky, nested = (int(v) for v in res.bytes().decode().split())
-    return found == 0 or risky > 0 or nested > 0
+    found, risky, queued, nested = (int(v) for v in res.bytes().decode().split())
+    return found == 0 or risky > 0 or nested > 0, queued > 0
 
 
 #: The endpoint's one registry (chDB's tables are the process's).
