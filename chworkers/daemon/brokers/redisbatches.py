@@ -228,7 +228,8 @@ class RedisBatching(SourceParts):
         if gone is not None:
             log.warning(
                 "source %s: a batch of %d entries is not inserted: entry %s is not pending "
-                "for this consumer any more (claimed by another daemon, which inserts it)",
+                "for this consumer any more (claimed by another daemon, which inserts it; "
+                "or a failover lost its delivery: it is read again)",
                 self.name,
                 len(batch.ids),
                 gone,
