@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
+from redissources import redis_source
 from waiting import wait_for
 
-from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisgroup import StreamGroup
-from chworkers.daemon.brokers.redisstream import RedisSource
-from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,18 +57,8 @@ def test_a_batch_waits_for_its_manifest_on_the_replica(
 ) -> None:
     redis_server.add_entries(bodies(0, 100, 1))
     batches: list[SpooledBatch] = []
-    options = RedisSourceSettings(
-        url=redis_server.url, stream="ev", fetch_count=100, wait_replicas=1, wait_timeout=2.0
-    )
-    source = RedisSource(
-        name="ev",
-        table="ev",
-        format="JSONEachRow",
-        batcher=Batcher(Spool(tmp_path / "spool"), batches.append),
-        options=options,
-        consumer="me",
-        dead_letter=lambda records, token: None,
-        limits=BatchLimits(max_rows=1000, max_delay=60),
+    source = redis_source(
+        tmp_path, redis_server.url, batches, fetch_count=100, wait_replicas=1, wait_timeout=2.0
     )
     try:
         source._create_group()

@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
+from redissources import redis_source
 
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisstream import RedisSource
-from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.spool import SpooledBatch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,17 +34,8 @@ def test_a_claim_leaves_the_entries_of_a_batch_in_flight_to_it(
 ) -> None:
     redis_server.add_entries(bodies(0, 100, 1))
     batches: list[SpooledBatch] = []
-    source = RedisSource(
-        name="ev",
-        table="ev",
-        format="JSONEachRow",
-        batcher=Batcher(Spool(tmp_path / "spool"), batches.append),
-        options=RedisSourceSettings(
-            url=redis_server.url, stream="ev", fetch_count=1000, claim_idle=CLAIM_IDLE
-        ),
-        consumer="me",
-        dead_letter=lambda records, token: None,
-        limits=BatchLimits(max_rows=1000, max_delay=60),
+    source = redis_source(
+        tmp_path, redis_server.url, batches, fetch_count=1000, claim_idle=CLAIM_IDLE
     )
     try:
         source._create_group()

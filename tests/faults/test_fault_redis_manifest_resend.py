@@ -18,27 +18,17 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
+from redissources import redis_source
 
-from chworkers.daemon.batcher import Batcher, BatchLimits
-from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisstream import RedisSource
-from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def make_source(tmp_path: Path, server: RedisServer, batches: list[SpooledBatch]) -> RedisSource:
-    return RedisSource(
-        name="ev",
-        table="ev",
-        format="JSONEachRow",
-        batcher=Batcher(Spool(tmp_path / "spool"), batches.append),
-        options=RedisSourceSettings(url=server.url, stream="ev", fetch_count=100, claim_idle=600),
-        consumer="me",
-        dead_letter=lambda records, token: None,
-        limits=BatchLimits(max_rows=1000, max_delay=60),
-    )
+    return redis_source(tmp_path, server.url, batches, fetch_count=100, claim_idle=600)
 
 
 @pytest.mark.parametrize("when", ["before the cut", "after the cut"])
