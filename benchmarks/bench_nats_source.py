@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import Completing, process_cpu, tree_cpu
+from brokerharness import Completing, process_cpu, source_bench, tree_cpu
 from brokerservers import nats_produce
 from natsserver import NatsServer
 
@@ -96,28 +94,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--rows-per-message", type=int, default=10)
-    parser.add_argument("--max-rows", type=int, default=50_000)
-    parser.add_argument("--fetch-count", type=int, default=10_000)
-    parser.add_argument("--json", action="store_true", help="one JSON line")
-    parser.add_argument(
-        "--profile", default="", metavar="FILE", help="py-spy's raw samples of the reading"
-    )
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        result = measure(args, Path(tmp))
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
-        f"{args.messages:,} messages of {args.rows_per_message} rows (load "
-        f"{result['load']:.1f}): the source {result['source_us']:.2f} us of CPU per "
-        f"message, nats-server {result['server_us']:.2f}, "
-        f"{result['messages_per_s']:,.0f} messages/s"
+    source_bench(
+        __doc__,
+        measure,
+        unit=("message", "messages"),
+        server="nats-server",
+        profile=("--profile", "py-spy's raw samples of the reading"),
     )
 
 

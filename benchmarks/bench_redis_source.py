@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import STREAM, Completing, process_cpu, tree_cpu
+from brokerharness import STREAM, Completing, process_cpu, source_bench, tree_cpu
 from brokerservers import Redis
 
 
@@ -94,28 +92,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--rows-per-message", type=int, default=10)
-    parser.add_argument("--max-rows", type=int, default=50_000)
-    parser.add_argument("--fetch-count", type=int, default=10_000)
-    parser.add_argument("--json", action="store_true", help="one JSON line")
-    parser.add_argument(
-        "--cprofile", default="", metavar="FILE", help="cProfile's stats of the source's thread"
-    )
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        result = measure(args, Path(tmp))
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
-        f"{args.messages:,} entries of {args.rows_per_message} rows (load "
-        f"{result['load']:.1f}): the source {result['source_us']:.2f} us of CPU per "
-        f"entry, redis-server {result['server_us']:.2f}, "
-        f"{result['entries_per_s']:,.0f} entries/s"
+    source_bench(
+        __doc__,
+        measure,
+        unit=("entry", "entries"),
+        server="redis-server",
+        profile=("--cprofile", "cProfile's stats of the source's thread"),
     )
 
 

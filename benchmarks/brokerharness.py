@@ -4,12 +4,15 @@ and a run's rate from the first row in ClickHouse to the last."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +297,40 @@ class Batch:
 def process_cpu() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def source_bench(
+    doc: str | None,
+    measure: Callable[[argparse.Namespace, Path], dict[str, float]],
+    *,
+    unit: tuple[str, str],
+    server: str,
+    profile: tuple[str, str],
+) -> None:
+    """The command line of a broker source's own CPU benchmark (bench_redis_source.py,
+    bench_nats_source.py): its options, ``measure(args, a temporary directory)``, and what
+    it prints (one line, or the result as JSON with ``--json``). ``unit``: what the broker
+    holds, one and many (``entry``, ``entries``: the result's rate is ``entries_per_s``);
+    ``server``: the broker's process; ``profile``: the profiling option and its help."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rows-per-message", type=int, default=10)
+    parser.add_argument("--max-rows", type=int, default=50_000)
+    parser.add_argument("--fetch-count", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true", help="one JSON line")
+    parser.add_argument(profile[0], default="", metavar="FILE", help=profile[1])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        result = measure(args, Path(tmp))
+    if args.json:
+        print(json.dumps(result))
+        return
+    one, many = unit
+    print(
+        f"{args.messages:,} {many} of {args.rows_per_message} rows (load "
+        f"{result['load']:.1f}): the source {result['source_us']:.2f} us of CPU per "
+        f"{one}, {server} {result['server_us']:.2f}, "
+        f"{result[f'{many}_per_s']:,.0f} {many}/s"
+    )
