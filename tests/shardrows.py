@@ -113,3 +113,16 @@ def held(shards: tuple[EmbeddedClickHouse, ...], index: int, database: str) -> t
         ).result_rows[0]
     finally:
         client.close()
+
+
+def each_row_once(
+    shards: tuple[EmbeddedClickHouse, ...], database: str, total: int, *, on_its_shard: bool = True
+) -> list[tuple[int, int, int]]:
+    """What each shard holds (:func:`held`), checked: ``total`` rows in all, none twice
+    on a shard, and (``on_its_shard``) each on the shard its key picks."""
+    counts = [held(shards, i, database) for i in range(len(shards))]
+    assert sum(n for n, _, _ in counts) == total, counts
+    assert all(n == distinct for n, distinct, _ in counts), counts  # no duplicates
+    if on_its_shard:
+        assert [wrong for _, _, wrong in counts] == [0] * len(shards), counts
+    return counts

@@ -22,7 +22,7 @@ from clirun import run_chworkers
 from daemonthread import Running
 from faultproxy import FaultProxy
 from redisserver import RedisServer
-from shardrows import KEY, Broker, held, sharded_config
+from shardrows import KEY, Broker, each_row_once, held, sharded_config
 from waiting import wait_for
 
 from chworkers.daemon.brokergroups import BrokerGroups
@@ -59,10 +59,7 @@ def test_a_broker_batch_is_split_by_key_over_three_shards_exactly_once(
         wait_for(broker.settled, 60, interval=0.2, what="all entries acknowledged")
     finally:
         running.stop()
-    counts = [held(shard_endpoints, i, shard_database) for i in range(3)]
-    assert sum(n for n, _, _ in counts) == 12_000
-    assert all(n == distinct for n, distinct, _ in counts), counts  # no duplicates
-    assert [wrong for _, _, wrong in counts] == [0, 0, 0]  # each row on its key's shard
+    counts = each_row_once(shard_endpoints, shard_database, 12_000)
     assert counts[1][0] > counts[0][0] and counts[1][0] > counts[2][0]  # by weight
     assert running.daemon.broker_groups.held_back("p") == 0
 
@@ -125,10 +122,7 @@ def test_a_shard_down_holds_back_only_its_parts_and_their_batches_stay_pending(
             running.stop()
     finally:
         proxy.close()
-    counts = [held(shard_endpoints, i, shard_database) for i in range(3)]
-    assert sum(n for n, _, _ in counts) == 8000
-    assert all(n == distinct for n, distinct, _ in counts), counts
-    assert [wrong for _, _, wrong in counts] == [0, 0, 0]
+    each_row_once(shard_endpoints, shard_database, 8000)
 
 
 def test_a_memory_batch_is_replaced_by_its_parts_in_memory(tmp_path: Path) -> None:
@@ -238,9 +232,7 @@ def test_unreadable_keys_are_dead_lettered_and_random_batches_go_whole(
         wait_for(broker.settled, 60, interval=0.2, what="all entries acknowledged")
     finally:
         running.stop()
-    counts = [held(shard_endpoints, i, shard_database) for i in range(3)]
-    assert sum(n for n, _, _ in counts) == 3000
-    assert all(n == distinct for n, distinct, _ in counts), counts
+    counts = each_row_once(shard_endpoints, shard_database, 3000, on_its_shard=False)
     letters = [
         json.loads(line)
         for path in (tmp_path / "state" / "dead-letter").rglob("*.jsonl")
