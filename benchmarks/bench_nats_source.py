@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import Completing, process_cpu, source_bench, tree_cpu
+from brokerharness import Completing, per_message, process_cpu, source_bench, tree_cpu
 from brokerservers import nats_produce
 from natsserver import NatsServer
 
@@ -70,12 +70,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         own, nats = process_cpu(), tree_cpu(server.proc.pid)
         started = time.monotonic()
         thread.start()
-        total = args.messages * args.rows_per_message
-        while batcher.rows < total:
-            if time.monotonic() - started > 600:
-                raise SystemExit(f"timed out: {batcher.rows:,} of {total:,} rows")
-            time.sleep(0.02)
-        ended = time.monotonic()
+        ended = batcher.until_rows(args.messages * args.rows_per_message, started)
         used = process_cpu() - own, tree_cpu(server.proc.pid) - nats
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -85,12 +80,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         source.close()
     finally:
         server.stop()
-    return {
-        "source_us": used[0] / args.messages * 1e6,
-        "server_us": used[1] / args.messages * 1e6,
-        "messages_per_s": args.messages / (ended - started),
-        "load": os.getloadavg()[0],
-    }
+    return per_message(args, used, ended - started, "messages")
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import STREAM, Completing, process_cpu, source_bench, tree_cpu
+from brokerharness import STREAM, Completing, per_message, process_cpu, source_bench, tree_cpu
 from brokerservers import Redis
 
 
@@ -70,12 +69,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         own, server = process_cpu(), tree_cpu(broker.pid)
         started = time.monotonic()
         thread.start()
-        total = args.messages * args.rows_per_message
-        while batcher.rows < total:
-            if time.monotonic() - started > 600:
-                raise SystemExit(f"timed out: {batcher.rows:,} of {total:,} rows")
-            time.sleep(0.02)
-        ended = time.monotonic()
+        ended = batcher.until_rows(args.messages * args.rows_per_message, started)
         used = process_cpu() - own, tree_cpu(broker.pid) - server
         stop.set()
         thread.join(30)
@@ -83,12 +77,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             profile.dump_stats(args.cprofile)
     finally:
         broker.stop()
-    return {
-        "source_us": used[0] / args.messages * 1e6,
-        "server_us": used[1] / args.messages * 1e6,
-        "entries_per_s": args.messages / (ended - started),
-        "load": os.getloadavg()[0],
-    }
+    return per_message(args, used, ended - started, "entries")
 
 
 def main() -> None:

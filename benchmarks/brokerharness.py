@@ -286,6 +286,29 @@ class Completing:
         self.batches += 1
         self.source.complete(Batch(kw["meta"]))
 
+    def until_rows(self, total: int, since: float, timeout: float = 600) -> float:
+        """Wait until it was given ``total`` rows (a SystemExit ``timeout`` seconds after
+        ``since``, a ``time.monotonic()``); returns when."""
+        while self.rows < total:
+            if time.monotonic() - since > timeout:
+                raise SystemExit(f"timed out: {self.rows:,} of {total:,} rows")
+            time.sleep(0.02)
+        return time.monotonic()
+
+
+def per_message(
+    args: argparse.Namespace, used: tuple[float, float], seconds: float, many: str
+) -> dict[str, float]:
+    """A source benchmark's result (:func:`source_bench`): the CPU ``used`` by this
+    process and by the broker's per message, in microseconds, and messages (``many``)
+    per second over ``seconds``, with the load average."""
+    return {
+        "source_us": used[0] / args.messages * 1e6,
+        "server_us": used[1] / args.messages * 1e6,
+        f"{many}_per_s": args.messages / seconds,
+        "load": os.getloadavg()[0],
+    }
+
 
 class Batch:
     path = None
