@@ -107,6 +107,14 @@ class RedisServer(ServerProcess):
         finally:
             client.close()
 
+    def delete(self, key: str) -> int:
+        """Delete ``key`` (as a failover or an expiry loses it); how many keys went."""
+        client = self.client()
+        try:
+            return int(client.delete(key))
+        finally:
+            client.close()
+
     def settled(self, stream: str = "ev") -> bool:
         """Nothing pending in the stream's groups, no manifest left beside the stream."""
         client = self.client()

@@ -29,3 +29,19 @@ def redis_source(
         dead_letter=lambda records, token: None,
         limits=BatchLimits(max_rows=1000, max_delay=60),
     )
+
+
+def manifest_key(token: str) -> str:
+    """The key of a batch's manifest, as :func:`redis_source`'s source writes it."""
+    return f"ev:chworkers:chworkers:manifest:{token}"
+
+
+def first_batch(source: RedisSource, batches: list[SpooledBatch]) -> SpooledBatch:
+    """The source's first batch: its group made, its entries read, the batch cut and its
+    manifest settled; handed on (in flight), not completed."""
+    source._create_group()
+    source._fetch()
+    source._cut()
+    source._settle()
+    [batch] = batches
+    return batch

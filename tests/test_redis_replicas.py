@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
-from redissources import redis_source
+from redissources import manifest_key, redis_source
 from waiting import wait_for
 
 from chworkers.daemon.brokers.options import RedisSourceSettings
@@ -77,7 +77,7 @@ def test_a_batch_waits_for_its_manifest_on_the_replica(
     token = batches[0].meta["broker"]["token"]
     copy = replica.client()
     try:
-        assert copy.exists(f"ev:chworkers:chworkers:manifest:{token}")
+        assert copy.exists(manifest_key(token))
     finally:
         copy.close()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
-from redissources import redis_source
+from redissources import first_batch, manifest_key, redis_source
 
 from chworkers.daemon.spool import SpooledBatch
 
@@ -38,17 +38,10 @@ def test_a_claim_leaves_the_entries_of_a_batch_in_flight_to_it(
         tmp_path, redis_server.url, batches, fetch_count=1000, claim_idle=CLAIM_IDLE
     )
     try:
-        source._create_group()
-        source._fetch()
-        source._cut()
-        source._settle()
-        [batch] = batches  # in flight: handed on, not completed yet
+        batch = first_batch(source, batches)  # in flight: handed on, not completed yet
         token = batch.meta["broker"]["token"]
-        client = redis_server.client()
-        try:  # its manifest lost (a failover with wait_replicas = 0)
-            assert client.delete(f"ev:chworkers:chworkers:manifest:{token}") == 1
-        finally:
-            client.close()
+        # Its manifest lost (a failover with wait_replicas = 0).
+        assert redis_server.delete(manifest_key(token)) == 1
         time.sleep(CLAIM_IDLE * 1.5)  # its entries idle: the claim returns them
         source._claim()
         assert not source._assembly.ids  # not batched a second time

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
-from redissources import redis_source
+from redissources import first_batch, manifest_key, redis_source
 
 from chworkers.daemon.spool import SpooledBatch
 
@@ -36,18 +36,11 @@ def test_a_batch_whose_manifest_is_gone_leaves_its_entries_pending(
         tmp_path, redis_server.url, batches, fetch_count=1000, claim_idle=CLAIM_IDLE
     )
     try:
-        source._create_group()
-        source._fetch()
-        source._cut()
-        source._settle()
-        [first] = batches
+        first = first_batch(source, batches)
         token = first.meta["broker"]["token"]
         assert source.still_open(first)  # the first attempt: not looked up
-        client = redis_server.client()
-        try:  # the manifest expires (or a failover loses it) before the next attempt
-            assert client.delete(f"ev:chworkers:chworkers:manifest:{token}") == 1
-        finally:
-            client.close()
+        # The manifest expires (or a failover loses it) before the next attempt.
+        assert redis_server.delete(manifest_key(token)) == 1
         assert not source.still_open(first)  # not inserted again ...
         source.complete(first)  # ... and completed, as the daemon does with it
         assert redis_server.pending() == 100  # not acknowledged: nothing lost

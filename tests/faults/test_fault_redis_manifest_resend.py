@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from brokerfeeds import bodies
 from redisserver import RedisServer
-from redissources import redis_source
+from redissources import manifest_key, redis_source
 
 from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.spool import SpooledBatch
@@ -62,6 +62,6 @@ def test_a_manifest_lost_to_a_redis_restart_is_sent_again(
     client = redis_server.client()
     try:
         token = batches[0].meta["broker"]["token"]
-        assert client.exists(f"ev:chworkers:chworkers:manifest:{token}")
+        assert client.exists(manifest_key(token))
     finally:
         client.close()
