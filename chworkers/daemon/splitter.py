@@ -89,6 +89,10 @@ class Splitter:
         self._trouble: dict[str, tuple[int, float, str]] = {}
         self._splitting = False
         self._stopped = False
+        #: Whole batches whose unreadable records are in the dead letters already, while
+        #: their parts wait to be spooled (the splitter's thread only): a split tried
+        #: again does not write them again.
+        self._lettered: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="chworkers-split", daemon=True)
 
     def __repr__(self) -> str:
@@ -223,7 +227,7 @@ class Splitter:
                 columns=self._columns[batch.table],
                 router=self.router,
             )
-        if split.rejected and self._dead_letters is not None:
+        if split.rejected and self._dead_letters is not None and batch.seq not in self._lettered:
             self._dead_letters.write_errors(
                 full.table,
                 list(split.rejected),
@@ -231,6 +235,7 @@ class Splitter:
                 pipeline=full.pipeline,
                 batch=full.token,
             )
+            self._lettered.add(batch.seq)
         specs = split.parts
         if not specs and "broker" in full.meta:
             # Nothing to insert, yet its messages are acknowledged only by a confirmed
@@ -240,7 +245,8 @@ class Splitter:
             parts = self.spool.replace(full, specs)
         except ChworkersError as exc:
             log.warning("batch %d: its parts cannot be spooled yet: %s", batch.seq, exc)
-            return False
+            return False  # tried again later: its dead letters are written already
+        self._lettered.discard(batch.seq)
         if self._on_split is not None:
             self._on_split(full, parts)
         for part in parts:
