@@ -260,7 +260,10 @@ class NatsBatching(SourceParts):
             self.link.call(self.link.manifests().mark_done(token, self._floor))
             self._acked(len(held))
             return
-        self._spool(token, batch, {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt}})
+        # Its sequences: to write its manifest again if it expired (NatsSource.still_open).
+        seqs = to_ranges(map(int, batch.ids))
+        meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt, "seqs": seqs}}
+        self._spool(token, batch, meta)
 
     def _hold(self, token: str, replies: list[bytes], since: float) -> None:
         """Messages of batch ``token`` held until it is acknowledged (under the lock)."""

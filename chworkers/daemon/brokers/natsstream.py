@@ -29,10 +29,12 @@ from chworkers.daemon.brokers.common import (
 from chworkers.daemon.brokers.natsbatches import NatsBatching
 from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK
+from chworkers.daemon.brokers.natsmanifests import Manifest
 from chworkers.daemon.brokers.natsreplies import delivery
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError
+from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,20 @@ class NatsSource(NatsBatching):
         self._in_flight = in_flight
         #: The pull sent while the last one's messages are taken in (None: none).
         self._ahead: concurrent.futures.Future[list[Pulled]] | None = None
+        #: Tokens of batches :meth:`still_open` found without a manifest: not inserted,
+        #: and their messages not acknowledged either (:meth:`complete`).
+        self._gone: set[str] = set()
         self.link.keep_alive(self._due, self._noted)
 
     # -- the daemon's side ----------------------------------------------------------------
 
     def still_open(self, batch: SpooledBatch) -> bool:
         """Whether the batch's manifest is still there (else all its messages were
-        acknowledged, or it expired): a batch is tried again only if it is.
+        acknowledged): a batch is tried again only if it is. A manifest that expired
+        (``manifest_ttl``: the batch waited longer, ClickHouse down) while this daemon
+        holds the batch's messages is written again, with the same token, unless one of
+        its messages is in another manifest now (:meth:`complete` then leaves them to
+        be redelivered).
 
         Not asked before the first attempt of a batch this source just made (a read of
         the manifests' key less per batch): its messages cannot have been redelivered
@@ -75,14 +84,71 @@ class NatsSource(NatsBatching):
                     return True
         registry = self.link.call(self.link.manifests().load())
         registry.prune(self._floor, time.time(), self.options.manifest_ttl)
-        return token in registry.manifests
+        if token in registry.manifests:
+            return True
+        if self._renewed(batch):
+            return True
+        with self._lock:
+            self._gone.add(token)
+        return False
+
+    def _renewed(self, batch: SpooledBatch) -> bool:
+        """Write the manifest of ``batch`` again, if it expired while this daemon holds
+        its messages (not all acknowledged, none in another manifest); whether it did."""
+        broker = batch.meta["broker"]
+        token = str(broker["token"])
+        ranges = [list(r) for r in broker.get("seqs", ())]
+        with self._lock:
+            held = token in self._inflight
+        if not ranges or not held or ranges[-1][1] <= self._floor:
+            return False  # all acknowledged: completed (another daemon rebuilt it)
+        manifest = Manifest(token, ranges, time.time(), self.label)
+        conflicts = self.link.call(self.link.manifests().register(manifest, self._floor))
+        if conflicts:
+            log.warning(
+                "source %s: the manifest of batch %s expired (manifest_ttl = %s s) and "
+                "%s of it are in another batch's manifest now: not inserted here, its "
+                "messages are redelivered (at least once)",
+                self.name,
+                token,
+                self.options.manifest_ttl,
+                plural(len(conflicts), "message"),
+            )
+            return False
+        log.warning(
+            "source %s: the manifest of batch %s expired while the batch waited "
+            "(manifest_ttl = %s s); written again, the batch keeps its token",
+            self.name,
+            token,
+            self.options.manifest_ttl,
+        )
+        return True
 
     def complete(self, batch: SpooledBatch) -> None:
         """ClickHouse confirmed the batch: acknowledge the messages this daemon holds; a
         rebuilt batch's manifest is marked done, so its other messages are acknowledged by
-        whoever receives them."""
+        whoever receives them.
+
+        A batch not inserted because its manifest was gone and could not be written again
+        (:meth:`still_open`) is only forgotten: its messages are not acknowledged (no
+        more in-progress notes either), so JetStream redelivers them after ``ack_wait``
+        and they are batched anew; acknowledged here, they would be lost."""
         broker = batch.meta["broker"]
         token = str(broker["token"])
+        with self._room:
+            if token in self._gone:
+                self._gone.discard(token)
+                self._inflight.pop(token, None)
+                self._since.pop(token, None)
+                self._unsent.discard(token)
+                self._room.notify_all()
+                log.info(
+                    "source %s: batch %s was not inserted (its manifest is gone); its "
+                    "messages are not acknowledged: they are redelivered and batched anew",
+                    self.name,
+                    token,
+                )
+                return
         with self._lock:
             self._unsent.discard(token)
             replies = list(self._inflight.get(token, ()))

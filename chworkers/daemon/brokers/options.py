@@ -82,8 +82,10 @@ class RedisSourceSettings:
     )
     manifest_ttl: float = setting(
         7 * DAY,
-        "How long a batch's manifest is kept in Redis if its batch is never acknowledged; "
-        "after it, its entries are batched anew (at least once).",
+        "How long a batch's manifest is kept in Redis once no daemon holds its batch (a "
+        "live daemon refreshes the manifests of the batches it holds, however long "
+        "ClickHouse is down); after it, its entries are batched anew, with a new token "
+        "(at least once: an attempt that failed may have landed).",
         unit="seconds",
         minimum=1,
     )
@@ -184,8 +186,10 @@ class NatsSourceSettings:
     )
     manifest_ttl: float = setting(
         7 * DAY,
-        "How long a batch's manifest is kept if its batch is never acknowledged; after it, "
-        "its messages are batched anew (at least once).",
+        "How long a batch's manifest is kept once no daemon holds its batch (a live "
+        "daemon writes again the manifest of a batch it held longer, ClickHouse down); "
+        "after it, its messages are batched anew, with a new token (at least once: an "
+        "attempt that failed may have landed).",
         unit="seconds",
         minimum=1,
     )

@@ -206,6 +206,20 @@ class GroupManifests:
         except failures() as exc:
             raise self.error(exc, ahead=True) from exc
 
+    def refresh(self, tokens: Iterable[str]) -> None:
+        """Give the manifests of ``tokens`` (batches this daemon holds) ``manifest_ttl``
+        anew, in one round trip: a batch held longer than that (ClickHouse down for long)
+        keeps its manifest, so it is inserted with its token, exactly once. A manifest
+        gone meanwhile (its batch completed) stays gone: ``PEXPIRE`` makes no key."""
+        keys = [self.manifest_prefix + token for token in tokens]
+        if not keys:
+            return
+        ttl = int(self.options.manifest_ttl * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pexpire(key, ttl)
+        self.call(pipe.execute)
+
     def has_manifest(self, token: str) -> bool:
         return bool(self.call(self.client.exists, self.manifest_prefix + token))
 

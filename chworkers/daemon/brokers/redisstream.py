@@ -217,8 +217,10 @@ class RedisSource(RedisBatching):
                 self._cut()
 
     def _heartbeat(self, stop: threading.Event) -> None:
-        """Refresh the in-flight entries' idle time every ``claim_idle / 4``."""
-        while not stop.wait(self.options.claim_idle / 4):
+        """Refresh the in-flight entries' idle time and their manifests' TTL every
+        quarter of ``claim_idle`` (or of ``manifest_ttl``, when shorter)."""
+        every = min(self.options.claim_idle, self.options.manifest_ttl) / 4
+        while not stop.wait(every):
             try:
                 self._refresh_inflight()
             except BrokerError as exc:
@@ -226,9 +228,10 @@ class RedisSource(RedisBatching):
 
     def _refresh_inflight(self) -> None:
         with self._lock:
-            batches = list(self._inflight.values())
-        if batches:
-            self.redis.touch(batches)
+            inflight = dict(self._inflight)
+        if inflight:
+            self.redis.touch(inflight.values())
+            self.redis.refresh(inflight)
 
     def _publish_gauges(self) -> None:
         if self.metrics is None:
