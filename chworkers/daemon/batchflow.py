@@ -34,6 +34,10 @@ __all__ = ["BatchFlow"]
 #: Keyed pushes remembered (their token, and the batch that first carried it), to count
 #: one sent again within the run as a replay; the oldest are forgotten past this many.
 KEYED_KEPT = 100_000
+#: Batches whose dead letters were written, remembered: a batch completed again after a
+#: failure later in its completion (its acknowledgement to a broker, the removal of its
+#: file) is inserted again, its rows rejected again, and must not write them twice.
+LETTERED_KEPT = 10_000
 
 #: The daemon's logger, as before it was cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.service")
@@ -129,7 +133,9 @@ class BatchFlow(DaemonParts):
         return None if intake is None else intake.brokers
 
     def _confirmed(self, batch: SpooledBatch, result: InsertResult) -> None:
-        if result.rejected:
+        with self._lock:
+            lettered = batch.seq in self._lettered
+        if result.rejected and not lettered:
             self.dead_letters.write(
                 batch.table,
                 result.rejected,
@@ -137,6 +143,10 @@ class BatchFlow(DaemonParts):
                 batch=batch.token,
                 binary=batch.format in COLUMNAR_FORMATS,
             )
+            with self._lock:  # seqs are never reused: the oldest are forgotten
+                self._lettered[batch.seq] = None
+                if len(self._lettered) > LETTERED_KEPT:
+                    del self._lettered[next(iter(self._lettered))]
         broker = broker_of(self._broker_sources(), batch)
         if broker is not None:
             # Acknowledged once inserted (a batch split by shard: once all its parts

@@ -73,6 +73,10 @@ class DaemonParts:
     #: Tokens of keyed pushes (Idempotency-Key) sent this run -> the batch that first
     #: carried each: another batch with one is the same request sent again.
     _keyed: dict[str, int]
+    #: Batches (by seq, the last LETTERED_KEPT) whose rejected rows are in the dead
+    #: letters: confirmed again (its completion failed after they were written, so it
+    #: was inserted again), a batch does not write them again.
+    _lettered: dict[int, None]
     #: The configuration the daemon started with: what SIGHUP cannot change is
     #: compared with it.
     _started_config: Config
