@@ -26,7 +26,9 @@ from chworkers.errors import ServerError
 def test_a_batch_completed_twice_writes_its_dead_letters_once(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
 ) -> None:
-    running = Running(daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", {}))
+    running = Running(
+        daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", {"source": "http"})
+    )
     try:
         daemon = running.daemon
         batch = SpooledBatch(7, "ev", "JSONEachRow", 2, "tok", 0.0, b"", pipeline="p")
