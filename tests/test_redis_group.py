@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from redisserver import RedisServer
 
 from chworkers.daemon.batcher import BatchLimits
-from chworkers.daemon.brokers import redisentries
+from chworkers.daemon.brokers import assembly, redisentries
 from chworkers.daemon.brokers.assembly import Assembler, Assembly
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisgroup import StreamGroup
@@ -172,9 +172,9 @@ def test_entries_taken_in_runs_make_the_batches_messages_make(
             out.append((batch.ids, batch.rows, batch.size, assembler.payload(batch)))
         return out
 
-    default, redisentries.RUN = redisentries.RUN, run
+    default, assembly.RUN = assembly.RUN, run
     try:
         raw = batches(lambda b, s: redisentries.extend(assembler, b, entries, s, limits, b"data"))
     finally:
-        redisentries.RUN = default
+        assembly.RUN = default
     assert raw == batches(lambda b, s: assembler.extend(b, messages, s, limits))

@@ -28,6 +28,12 @@ from chworkers.errors import PoisonMessageError
 #: A payload's last byte (for runs of payloads, in C).
 _LAST = operator.itemgetter(-1)
 
+#: Messages taken as one run at most (:meth:`Assembler.extend_lines`): a run is read
+#: several times (checked, joined, counted), fastest while it stays in the CPU's cache
+#: (~0.3 MB at 10 JSON rows per message; runs of 10,000 messages were slower than the
+#: loop over messages).
+RUN = 1024
+
 
 @dataclasses.dataclass(slots=True)
 class Message:
@@ -287,4 +293,4 @@ def _filling(records: bytes, payloads: list[bytes], ends: list[int], rows: int, 
     return index
 
 
-__all__ = ["Assembler", "Assembly", "Message", "Poison"]
+__all__ = ["RUN", "Assembler", "Assembly", "Message", "Poison"]

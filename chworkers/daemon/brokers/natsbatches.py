@@ -15,7 +15,7 @@ import time
 from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
-from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
+from chworkers.daemon.brokers.assembly import RUN, Assembly, Message, Poison
 from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
@@ -121,9 +121,28 @@ class NatsBatching(SourceParts):
         self, ids: list[str], payloads: list[bytes], replies: list[bytes], deadline: float
     ) -> list[Ready]:
         """Add messages (``replies``: their acknowledgement subjects) to the batch in the
-        making; returns the batches cut meanwhile."""
-        if not self.assembler.whole_lines(payloads):
-            return self._take_framed(ids, payloads, replies, deadline)
+        making, in runs of up to :data:`~chworkers.daemon.brokers.assembly.RUN` (a run is
+        read several times: fastest while it stays in the CPU's cache); returns the
+        batches cut meanwhile."""
+        ready: list[Ready] = []
+        for first in range(0, len(ids), RUN):
+            run = slice(first, first + RUN)
+            records = self.assembler.lines(payloads[run])
+            if records is None:
+                ready += self._take_framed(ids[run], payloads[run], replies[run], deadline)
+            else:
+                ready += self._take_lines(ids[run], payloads[run], replies[run], records, deadline)
+        return ready
+
+    def _take_lines(
+        self,
+        ids: list[str],
+        payloads: list[bytes],
+        replies: list[bytes],
+        records: bytes,
+        deadline: float,
+    ) -> list[Ready]:
+        """:meth:`_take` for a run of whole lines (``records``: their payloads joined)."""
         ready: list[Ready] = []
         start = 0
         while start < len(ids):
@@ -135,6 +154,7 @@ class NatsBatching(SourceParts):
                 ids if whole else ids[start:],
                 payloads if whole else payloads[start:],
                 self.limits,
+                records if whole else None,
             )
             held = self._held
             held.deadline = min(held.deadline, deadline)

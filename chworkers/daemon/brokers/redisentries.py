@@ -11,8 +11,9 @@ the same way (a batch's bytes must not depend on which path an entry took: a reb
 batch takes the general one). No object per entry, no second list of them.
 
 Entries that are all common ones whose payloads end in a newline (what a producer of
-whole lines writes) are taken in runs of up to :data:`RUN`, as the NATS source takes its
-pulls: checked, joined and counted once, their ids decoded at once
+whole lines writes) are taken in runs of up to
+:data:`~chworkers.daemon.brokers.assembly.RUN`, as the NATS source takes its pulls:
+checked, joined and counted once, their ids decoded at once
 (:meth:`Assembler.extend_lines <chworkers.daemon.brokers.assembly.Assembler.extend_lines>`),
 no Python loop over them (0.7 against 1.0 us per entry of 10 JSON rows, framing and
 joining included).
@@ -25,22 +26,18 @@ import time
 from typing import Any
 
 from chworkers.daemon.batcher import BatchLimits
+from chworkers.daemon.brokers import assembly
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message, Poison
 from chworkers.daemon.framing import count_lines
 
 #: An entry as hiredis parsed it: ``[id, [name, value, ...] | None]``.
 Entry = Any
 
-#: Entries taken as one run at most: a run is read several times (checked, joined,
-#: counted), fastest while it stays in the CPU's cache (~0.3 MB at 10 JSON rows per
-#: entry; runs of a whole 10,000-entry reply were slower than the loop over entries).
-RUN = 1024
-
 #: An entry's id or fields; a field list's first name or value (in C, over a run).
 _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 
-__all__ = ["RUN", "Entry", "entry_id", "extend", "message", "payload"]
+__all__ = ["Entry", "entry_id", "extend", "message", "payload"]
 
 
 def payload(fields: list[bytes] | None, field: bytes) -> bytes | None:
@@ -110,13 +107,13 @@ def extend(
 def _run(
     assembler: Assembler, entries: list[Entry], start: int, field: bytes
 ) -> tuple[list[str], list[bytes], bytes] | None:
-    """The ids, payloads and joined records of the next :data:`RUN` entries from
+    """The ids, payloads and joined records of the next ``assembly.RUN`` entries from
     ``start`` when every one is the common entry (the records' field first) and their
     payloads are whole lines as they are (:meth:`Assembler.lines`); else None: they go
     one by one."""
     if not assembler.plain or start >= len(entries):
         return None
-    run = entries[start : start + RUN]
+    run = entries[start : start + assembly.RUN]
     try:
         fields = list(map(_SECOND, run))
         if set(map(_FIRST, fields)) != {field}:
