@@ -22,7 +22,7 @@ import pytest
 from brokerfeeds import bodies
 from natsserver import NatsServer
 from redisserver import RedisServer
-from redissources import redis_source
+from redissources import first_batch, manifest_key, redis_source
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
@@ -61,6 +61,34 @@ def test_redis_keeps_the_manifest_of_a_batch_held_past_manifest_ttl(
         source.redis.close()
     assert redis_server.pending() == 0
     assert len(batches) == 1 and batches[0].rows == 100
+
+
+def test_redis_writes_again_a_manifest_gone_while_its_entries_are_held(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The heartbeat could not refresh it (Redis unreachable as long), or a failover lost
+    it: the entries are all still this consumer's, so the manifest is written again and
+    the batch keeps its token (an attempt that timed out and landed is dropped by it)."""
+    redis_server.add_entries(bodies(0, 100, 1))
+    batches: list[SpooledBatch] = []
+    source = redis_source(tmp_path, redis_server.url, batches, claim_idle=30.0)
+    try:
+        batch = first_batch(source, batches)
+        token = batch.meta["broker"]["token"]
+        assert source.still_open(batch)  # the first attempt (fails: ClickHouse is down)
+        assert redis_server.delete(manifest_key(token)) == 1
+        assert source.still_open(batch)  # tried again with its token, not skipped
+        client = redis_server.client()
+        try:
+            assert client.exists(manifest_key(token)) == 1
+        finally:
+            client.close()
+        source.complete(batch)  # inserted: acknowledged
+    finally:
+        source.batcher.close(5)
+        source.redis.close()
+    assert redis_server.pending() == 0
+    assert len(batches) == 1
 
 
 class Collected:

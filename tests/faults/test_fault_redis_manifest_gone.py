@@ -7,7 +7,9 @@ batch (its entries are acknowledged already), but a manifest can also be gone wh
 entries were never inserted: it expired (``manifest_ttl``), or a failover lost it
 (``wait_replicas = 0``). Their entries were acknowledged without ever reaching
 ClickHouse: lost. Now such a batch is only forgotten; its entries stay pending, are
-claimed after ``claim_idle`` and batched anew.
+claimed after ``claim_idle`` and batched anew. (A manifest gone while every entry is
+still this consumer's is written again: test_fault_broker_manifest_ttl.py; here one
+entry was claimed by another consumer meanwhile.)
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ def test_a_batch_whose_manifest_is_gone_leaves_its_entries_pending(
         first = first_batch(source, batches)
         token = first.meta["broker"]["token"]
         assert source.still_open(first)  # the first attempt: not looked up
-        # The manifest expires (or a failover loses it) before the next attempt.
+        # The manifest expires (or a failover loses it) before the next attempt, and one
+        # of its entries is another consumer's now: the manifest cannot be written again.
         assert redis_server.delete(manifest_key(token)) == 1
+        client = redis_server.client()
+        try:
+            entry = first.meta["broker"]["ids"][0]
+            assert client.xclaim("ev", "chworkers", "other", 0, [entry], justid=True)
+        finally:
+            client.close()
         assert not source.still_open(first)  # not inserted again ...
         source.complete(first)  # ... and completed, as the daemon does with it
         assert redis_server.pending() == 100  # not acknowledged: nothing lost

@@ -220,6 +220,32 @@ class GroupManifests:
             pipe.pexpire(key, ttl)
         self.call(pipe.execute)
 
+    def rewrite(self, token: str, ids: list[str]) -> bool:
+        """Write again the manifest of a batch this consumer holds whose manifest is gone
+        (it expired, or a failover lost it), before the batch's next attempt: by the
+        same script as its first write, so only if every id is still pending for this
+        consumer (none claimed by another, none acknowledged), and then on
+        ``wait_replicas`` replicas (``WAIT`` after it, on the same connection). Whether
+        it was written."""
+        sent = self.manifest(token, ids, fresh=False)
+        node = self.client
+        if self.options.cluster:
+            node = self.client.get_redis_connection(self.client.get_node_from_key(self.stream))
+        pipe = node.pipeline(transaction=False)
+        self._write_manifest(keys=sent.keys, args=sent.args, client=pipe)
+        wanted = self.options.wait_replicas
+        if wanted:
+            pipe.execute_command("WAIT", wanted, max(1, int(self.options.wait_timeout * 1000)))
+        replies = self.call(pipe.execute)
+        if text(replies[0][0]) != "ok":
+            return False
+        if wanted and int(replies[1]) < wanted:
+            raise BrokerError(
+                f"redis {self.url}: a manifest written again reached {int(replies[1])} of "
+                f"wait_replicas = {wanted} replicas within {self.options.wait_timeout:g} s"
+            )
+        return True
+
     def has_manifest(self, token: str) -> bool:
         return bool(self.call(self.client.exists, self.manifest_prefix + token))
 

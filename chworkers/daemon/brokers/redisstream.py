@@ -59,6 +59,9 @@ class RedisSource(RedisBatching):
     def still_open(self, batch: SpooledBatch) -> bool:
         """Whether the batch's manifest is still there (else another daemon completed it,
         or it expired): a batch is tried again, or replayed from the spool, only if it is.
+        A manifest gone while every entry of the batch is still this consumer's (it
+        expired while the heartbeat could not refresh it, or a failover lost it) is
+        written again, with the same token.
 
         Not asked before the first attempt of a batch this source just made (one round
         trip less per batch): no other daemon can have completed it within those moments
@@ -71,6 +74,19 @@ class RedisSource(RedisBatching):
                     self._unsent.discard(token)
                     return True
         if self.redis.has_manifest(token):
+            return True
+        with self._lock:
+            held = token in self._inflight
+        ids = [str(i) for i in batch.meta["broker"]["ids"]]
+        if held and self.redis.rewrite(token, ids):
+            log.warning(
+                "source %s: the manifest of batch %s was gone (expired, manifest_ttl = %s s, "
+                "or lost in a failover) while its entries are still this consumer's; "
+                "written again, the batch keeps its token",
+                self.name,
+                token,
+                self.options.manifest_ttl,
+            )
             return True
         with self._lock:
             self._gone.add(token)
