@@ -113,11 +113,12 @@ class BatchFlow(DaemonParts):
         """Whether ``batch`` may have landed, and been counted, before: it was recovered
         from the spool at start, rebuilt from a broker's manifest, or is a push sent
         again with an ``Idempotency-Key`` this run took already (another batch, the same
-        token: ClickHouse drops it). A batch this process sent before and saw fail is
-        not: no attempt of it was counted, so its confirmation is its rows' first count,
-        whichever attempt landed."""
+        token: ClickHouse drops it), or was confirmed and counted already (its file
+        could not be removed then, so it is sent again). A batch this process sent before
+        and saw fail is not: no attempt of it was counted, so its confirmation is its
+        rows' first count, whichever attempt landed."""
         with self._lock:
-            if batch.seq in self._replays:
+            if batch.seq in self._replays or batch.seq in self._counted:
                 return True
             if batch.token.startswith(KEYED_TOKEN):
                 first = self._keyed.setdefault(batch.token, batch.seq)
@@ -168,6 +169,9 @@ class BatchFlow(DaemonParts):
                 self.totals.rows_replayed += replayed
                 self.totals.batches_replayed += 1
             self.totals.batches += 1
+            self._counted[batch.seq] = None  # seqs are never reused: the oldest forgotten
+            if len(self._counted) > LETTERED_KEPT:
+                del self._counted[next(iter(self._counted))]
         self._stall.progressed()
         if self.shard_stats is not None:
             self.shard_stats.confirmed(shard_of(batch), rows - replayed)

@@ -77,6 +77,9 @@ class DaemonParts:
     #: letters: confirmed again (its completion failed after they were written, so it
     #: was inserted again), a batch does not write them again.
     _lettered: dict[int, None]
+    #: Batches (by seq, the last LETTERED_KEPT) whose rows were counted: completed again
+    #: (its file's removal failed, so it was inserted again), a batch is a replay.
+    _counted: dict[int, None]
     #: The configuration the daemon started with: what SIGHUP cannot change is
     #: compared with it.
     _started_config: Config

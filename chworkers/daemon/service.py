@@ -105,6 +105,7 @@ class Daemon(DaemonReload, DaemonHealth):
         self._replays: set[int] = set()
         self._keyed: dict[str, int] = {}
         self._lettered: dict[int, None] = {}
+        self._counted: dict[int, None] = {}
         self._heartbeat = Heartbeat()
         #: Called with the daemon after the last batch is in, before ClickHouse (if
         #: embedded) stops: the demo queries the result here.

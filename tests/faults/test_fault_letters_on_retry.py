@@ -48,3 +48,22 @@ def test_a_batch_completed_twice_writes_its_dead_letters_once(
         for line in path.read_text().splitlines()
     ]
     assert [letter["batch"] for letter in letters] == ["tok", "tok2"], letters
+
+
+def test_a_batch_completed_twice_counts_its_rows_once_as_inserted(
+    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """Its file could not be removed after its rows were counted: sent again, ClickHouse
+    drops them by their token yet says it wrote them; they count as replayed, not as
+    inserted a second time (the summary said 'inserted 4 rows' for 2)."""
+    url = f"{endpoint.url}/{database}"
+    running = Running(daemon_config(tmp_path / "state", url, {"source": "http"}))
+    try:
+        daemon = running.daemon
+        batch = SpooledBatch(7, "ev", "JSONEachRow", 2, "tok", 0.0, b"", pipeline="p")
+        daemon._confirmed(batch, InsertResult(2, 10, 1))
+        assert daemon._is_replay(batch)  # its next attempt is sent as a replay
+        daemon._confirmed(batch, InsertResult(2, 10, 1))
+        assert (daemon.totals.rows_inserted, daemon.totals.rows_replayed) == (2, 2)
+    finally:
+        running.stop()
