@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 from chworkers.clickhouse import epochs
 from chworkers.clickhouse.epochs import TimestampColumns
@@ -93,6 +93,9 @@ class EpochCheck:
         return None if known is None else known[1]
 
     def _answered(self, table: str, future: Future[TimestampColumns]) -> None:
+        if future.cancelled():  # exception() would raise CancelledError: a failed lookup
+            self._failed(table, CancelledError("the lookup was cancelled"))
+            return
         error = future.exception()
         if error is not None:
             self._failed(table, error)
