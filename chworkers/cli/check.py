@@ -52,6 +52,8 @@ def check(args: argparse.Namespace) -> int:
     logs.configure(cfg.settings.log.level, cfg.settings.log.format)  # as `run` will
     print(f"{args.config}: configuration is valid ({plural(len(cfg.pipelines), 'pipeline')})")
     _check_push_limit(cfg)
+    for warning in config_module.ignored_sharding_keys(cfg):
+        print(f"{cfg.source}: WARNING: {warning}")
     problems = max(_check_files(cfg), _check_brokers(cfg))
     ch = cfg.settings.clickhouse
     if ch.shards:

@@ -214,6 +214,22 @@ def _check_sharding(
             )
 
 
+def ignored_sharding_keys(cfg: Config) -> list[str]:
+    """What to warn about a ``sharding_key`` with no sharded cluster to route to
+    (``[clickhouse]`` has a ``url``, no ``shards``): the key is ignored, every row goes to
+    the one ClickHouse. Accepted (a config may be shared with a sharded deployment), but
+    said at start and by ``chworkers check``, so a forgotten ``shards`` is noticed."""
+    if cfg.settings.clickhouse.shards:
+        return []
+    return [
+        f"pipeline {p.name!r} has sharding_key = {p.sharding_key!r}, but [clickhouse] has "
+        "a single url and no shards: the key is ignored and every row goes to that one "
+        "ClickHouse (set clickhouse.shards to route rows by the key, or drop sharding_key)"
+        for p in cfg.pipelines
+        if p.sharding_key is not None
+    ]
+
+
 HEADER = """\
 # chworkers configuration: every setting with its default.
 # Each key can be overridden by the environment variable named under it.

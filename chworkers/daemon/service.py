@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 
 from chworkers.clickhouse.cluster import Cluster
 from chworkers.daemon.brokergroups import BrokerGroups
-from chworkers.daemon.config import Config
+from chworkers.daemon.config import Config, ignored_sharding_keys
 from chworkers.daemon.daemonhealth import DaemonHealth
 from chworkers.daemon.daemonreload import DaemonReload
 from chworkers.daemon.ingest import IngestServer
@@ -119,6 +119,8 @@ class Daemon(DaemonReload, DaemonHealth):
             # First: a SIGTERM while starting (systemd's stop, a deploy) is queued for the
             # loop, which then drains, instead of killing the daemon halfway up.
             self._install_signals(stack)
+            for warning in ignored_sharding_keys(self.config):
+                log.warning("%s", warning)
             stack.enter_context(self._state_lock())
             notifier = Notifier.from_environ()
             stack.callback(notifier.close)
