@@ -69,7 +69,13 @@ class BatchFlow(DaemonParts):
         # out in the worker and returned with the result.
         broker = broker_of(self._broker_sources(), batch)
         if broker is not None and not broker.still_open(batch):
-            log.info("batch %d was completed by another daemon (its manifest is gone)", batch.seq)
+            log.info(
+                "batch %d not inserted here: its manifest is gone (another daemon completed "
+                "it, or it expired or was lost and its records are another consumer's now); "
+                "its records are not acknowledged here: those not completed elsewhere stay "
+                "with the broker, to be batched anew",
+                batch.seq,
+            )
             return skipped(batch)
         if broker is not None and not batch.rows and not batch.payload:
             return skipped(batch)  # a split broker batch's records all dead-lettered
