@@ -59,7 +59,9 @@ def test_check_is_quiet_without_a_sharding_key(tmp_path: Path) -> None:
 def test_the_daemon_warns_at_start(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     text = _conf(tmp_path, _closed_port(), 'sharding_key = "user"')
-    conf.write_text(text.replace("[clickhouse]", "[http]\nport = 0\n[metrics]\nport = 0\n[clickhouse]"))
+    conf.write_text(
+        text.replace("[clickhouse]", "[http]\nport = 0\n[metrics]\nport = 0\n[clickhouse]")
+    )
     spool = tmp_path / "state" / "spool"  # made after the warning: it was said by then
     result, _ = run_until_signalled("run", "-c", str(conf), ready=lambda _: spool.exists())
     warned = [line for line in result.stderr.splitlines() if "the key is ignored" in line]
