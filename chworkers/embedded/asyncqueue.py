@@ -274,11 +274,15 @@ class AsyncInsertQueue:
             with self._cond:
                 self.flushes_total += 1
                 self._flush_times = (self._flush_times[1], time.monotonic())
-            if self._on_flush is not None:
-                self._on_flush()
-            with self._cond:
-                self._running.discard(batch)
-            batch.flushed.set()
+            try:
+                if self._on_flush is not None:
+                    self._on_flush()
+            except Exception:  # a bug in the callback: flush_all must still return
+                log.exception("the asynchronous insert queue's on_flush callback failed")
+            finally:
+                with self._cond:
+                    self._running.discard(batch)
+                batch.flushed.set()
 
     def flush_all(self, tables: Callable[[Key], bool] | None = None) -> None:
         """Flush the batches (of the keys ``tables`` accepts) now and wait for them
