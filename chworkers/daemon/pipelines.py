@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from chworkers.clickhouse.sharding import ShardingKey
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+#: A whole statement or an engine clause where ``create`` takes the columns only.
+_STATEMENT = re.compile(r"^CREATE\s+(TABLE|OR\s+REPLACE|TEMPORARY)\b|\bENGINE\s*=", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,8 @@ class PipelineSettings:
     )
     create: str | None = setting(
         None,
-        "Create the table if missing, with these columns ('ts DateTime, user String').",
+        "Create the table if missing, with these columns ('ts DateTime, user String'): the "
+        "columns only, not a CREATE statement; the engine goes in engine.",
     )
     engine: str = setting(
         "MergeTree ORDER BY tuple()",
@@ -215,6 +218,8 @@ class PipelineSettings:
             )
         if self.sharding_key is not None:
             self._check_sharding_key(where)
+        if self.create is not None:
+            self._check_create(where)
         for item in self.insert_settings:
             if "=" not in item:
                 raise ConfigError(
@@ -229,6 +234,20 @@ class PipelineSettings:
             raise ConfigError(
                 f"{where}: {exc}", key="insert_settings", value=exc.value, expected=exc.expected
             ) from None
+
+    def _check_create(self, where: str) -> None:
+        # A whole statement here would be wrapped in our own and refused by ClickHouse at
+        # every attempt, the batches waiting in the spool: say so now, at the config.
+        text = self.create.strip() if self.create else ""
+        if not text or _STATEMENT.search(text):
+            raise ConfigError(
+                f"{where}: create = {self.create!r} must be the table's columns only "
+                "('ts DateTime, user String'); the engine goes in engine = "
+                f"(now {self.engine!r}) and the daemon writes the CREATE TABLE statement",
+                key="create",
+                value=self.create,
+                expected="a column list such as 'ts DateTime, user String'",
+            )
 
     @property
     def columnar(self) -> bool:
