@@ -24,6 +24,14 @@ DeadLetter = Callable[[Sequence[tuple[bytes, BaseException]], str], None]
 RETRY_INITIAL, RETRY_MAX = 0.1, 5.0
 #: How often the lag and pending gauges are refreshed (seconds).
 GAUGES_EVERY = 2.0
+#: Poison messages whose dead letters were written, remembered by id: one whose
+#: acknowledgement failed (the broker down meanwhile) is delivered again, and is then
+#: only acknowledged, not dead-lettered twice. The oldest are forgotten past this many.
+LETTERED_KEPT = 10_000
+
+
+def _lettered_key(poison: Poison) -> tuple[str, int]:
+    return poison.message.id, hash(poison.message.payload)
 
 
 class BrokerSource(Protocol):
@@ -108,6 +116,10 @@ class SourceParts:
         self._lock = threading.Lock()
         self._assembly = Assembly()
         self._unsent: set[str] = set()  # tokens of batches before their first attempt
+        #: The poison dead-lettered (:data:`LETTERED_KEPT`), oldest first, by id and
+        #: payload (a stream made anew may use an id again, for another message).
+        self._lettered: dict[tuple[str, int], None] = {}
+        self._lettered_lock = threading.Lock()  # its own: callers may hold ``_lock``
 
     def _spool(self, token: str, batch: Assembly, meta: dict[str, Any]) -> None:
         """Hand a batch to the batcher, kept in the spool's memory, not on disk: the
@@ -168,11 +180,30 @@ class SourceParts:
         return batch
 
     def _dead_letter(self, poison: list[Poison], token: str) -> None:
+        """Write the dead letters of ``poison``, except those written already (a message
+        delivered again because its acknowledgement failed: only acknowledged now)."""
+        with self._lettered_lock:
+            again = {p.message.id for p in poison if _lettered_key(p) in self._lettered}
+        if again:
+            self.log.debug(
+                "source %s: %s dead-lettered already (%s), acknowledged only",
+                self.name,
+                plural(len(again), "poison message"),
+                ", ".join(sorted(again)[:5]),
+            )
+            poison = [p for p in poison if p.message.id not in again]
+            if not poison:
+                return
         for p in poison:
             self.log.warning("source %s: %s", self.name, p.error)
             if self.on_error is not None:
                 self.on_error(self.name, str(p.error))
         self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
+        with self._lettered_lock:  # written: remembered, the oldest forgotten
+            for p in poison:
+                self._lettered[_lettered_key(p)] = None
+            while len(self._lettered) > LETTERED_KEPT:
+                del self._lettered[next(iter(self._lettered))]
 
     def problems(self) -> list[str]:
         """Why the source is degraded (its broker failing), for the health report."""
@@ -188,6 +219,7 @@ class SourceParts:
 
 __all__ = [
     "GAUGES_EVERY",
+    "LETTERED_KEPT",
     "RETRY_INITIAL",
     "RETRY_MAX",
     "BrokerSource",
