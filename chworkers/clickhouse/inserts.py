@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from chworkers.clickhouse import dedup
 from chworkers.clickhouse.partitions import group_by_partition, is_too_many_partitions
+from chworkers.clickhouse.presplit import Learning
 from chworkers.clickhouse.schema import is_unknown_field
 from chworkers.errors import ServerError
 
@@ -159,6 +160,7 @@ def run_insert(
     fmt: str | None = None,
     budget: SplitBudget | None = None,
     partitions: Partitions | None = None,
+    learning: Learning | None = None,
     evolve: Callable[[bytes], int] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> InsertResult:
@@ -171,14 +173,16 @@ def run_insert(
     heartbeat before it). Without a budget, any error propagates. With one, ``fmt``
     must be one of :data:`LINE_FORMATS`. With ``partitions`` (a line format too), a
     request refused for spanning too many partitions is sent again as groups of whole
-    partitions (:mod:`chworkers.clickhouse.partitions`). With ``evolve`` (JSONEachRow), a
+    partitions (:mod:`chworkers.clickhouse.partitions`); with ``learning`` too, a table
+    that refused one is grouped before sending from then on
+    (:mod:`chworkers.clickhouse.presplit`). With ``evolve`` (JSONEachRow), a
     request refused for a field the table lacks is sent again once ``evolve(records)``
     added columns (:mod:`chworkers.clickhouse.schema`).
     """
     if evolve is not None:
         send = _evolving(send, evolve)
     if partitions is not None and fmt in LINE_FORMATS:
-        send = _by_partition(send, partitions, LINE_FORMATS[fmt])
+        send = _by_partition(send, partitions, LINE_FORMATS[fmt], learning or Learning(""))
     counts = _Counts()
     try:
         counts.add(send(data, token))
@@ -253,18 +257,15 @@ def _evolving(send: Send, evolve: Callable[[bytes], int]) -> Send:
     return sender
 
 
-def _by_partition(send: Send, partitions: Partitions, line_format: LineFormat) -> Send:
+def _by_partition(
+    send: Send, partitions: Partitions, line_format: LineFormat, learning: Learning
+) -> Send:
     """``send``, but a request refused for too many partitions is sent again in groups
-    of at most ``max_partitions_per_insert_block`` partitions, each with its own token."""
+    of at most ``max_partitions_per_insert_block`` partitions, each with its own token;
+    and once a table refused one (``learning``), its requests are grouped before they
+    are sent, the same way (:mod:`chworkers.clickhouse.presplit`)."""
 
-    def sender(data: bytes | memoryview, token: str) -> tuple[int, int] | None:
-        try:
-            return send(data, token)
-        except ServerError as exc:
-            if not is_too_many_partitions(exc):
-                raise
-            refused = exc
-        data = _as_bytes(data)
+    def grouped(data: bytes) -> tuple[bytes, list[list[bytes]]] | None:
         keys, limit = partitions(data)  # a row error here is the batch's: bisected
         records = split_records(data, quoted_newlines=line_format.quoted_newlines)
         header = b""
@@ -272,14 +273,39 @@ def _by_partition(send: Send, partitions: Partitions, line_format: LineFormat) -
             header, records = records[0], records[1:]
         records = [r for r in records if r.strip()]
         if len(keys) != len(records) or limit < 1:
-            raise refused
-        groups = group_by_partition(records, keys, limit)
-        if len(groups) < 2:
-            raise refused  # it would be refused again as it is
+            return None
+        return header, group_by_partition(records, keys, limit)
+
+    def each(header: bytes, groups: list[list[bytes]], token: str) -> tuple[int, int] | None:
         counts = _Counts()
         for index, group in enumerate(groups):
             counts.add(send(header + b"".join(group), dedup.partition_token(token, index)))
         return None if counts.rows is None or counts.bytes is None else (counts.rows, counts.bytes)
+
+    def sender(data: bytes | memoryview, token: str) -> tuple[int, int] | None:
+        tables, key = learning.tables, learning.key
+        evaluated = False
+        if key and tables.spans(key):
+            split = grouped(_as_bytes(data))
+            evaluated = True
+            if split is not None and len(split[1]) > 1:
+                tables.spanned(key)
+                learning.counted("presplit")
+                return each(*split, token)
+            tables.fitted(key)  # one group: sent as it is, with its own token
+        try:
+            return send(data, token)
+        except ServerError as exc:
+            if not is_too_many_partitions(exc):
+                raise
+            refused = exc
+        if key:
+            tables.spanned(key)
+        split = None if evaluated else grouped(_as_bytes(data))
+        if split is None or len(split[1]) < 2:
+            raise refused  # it would be refused again as it is
+        learning.counted("refused")
+        return each(*split, token)
 
     return sender
 

@@ -15,7 +15,8 @@ format with the table's insertable columns as its structure and the insert's set
 (``SELECT toString(<partition key>) FROM _batch``). That is exact (the same parser, the
 same functions, the same time zone as the insert) where a Python re-implementation of
 ClickHouse expressions would not be, and cheap: it runs only for a batch that was
-refused, reads it once, and returns a short string per row. A partition key that reads
+refused, or of a table that refused one lately (:mod:`chworkers.clickhouse.presplit`),
+reads it once, and returns a short string per row. A partition key that reads
 a ``DEFAULT`` column the records omit is evaluated on the type's default instead of the
 column's expression; a group that is still refused then fails as the whole batch did.
 

@@ -109,6 +109,15 @@ class ClientMetrics:
             ["table"],
             registry=r,
         )
+        self.partition_splits = Counter(
+            "chworkers_partition_splits_total",
+            "Batches inserted as groups of whole partitions (more partitions than "
+            "max_partitions_per_insert_block), by table and how: refused (sent whole, "
+            "refused by ClickHouse, then split) or presplit (split before sending, the "
+            "table having refused one lately).",
+            ["table", "how"],
+            registry=r,
+        )
         self.bytes_inserted = Counter(
             "chworkers_bytes_inserted_total",
             "Bytes ClickHouse wrote (its summary's written_bytes, uncompressed), by table.",

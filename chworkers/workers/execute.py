@@ -15,6 +15,7 @@ from typing import Any
 from chworkers.clickhouse import schema
 from chworkers.clickhouse.inserts import InsertResult, run_insert
 from chworkers.clickhouse.partitions import partition_keys
+from chworkers.clickhouse.presplit import Learning
 from chworkers.workers import tasks
 from chworkers.workers.context import Connections, TaskInfo, WorkerContext
 
@@ -119,6 +120,13 @@ def insert(
         fmt=spec.fmt,
         budget=spec.split,
         partitions=partitions if spec.split is not None else None,
+        learning=Learning(
+            # The table (of its shard) and the limit it is given: another limit, another
+            # verdict.
+            f"{spec.table}@{spec.shard}"
+            f"/{(spec.settings or {}).get('max_partitions_per_insert_block', '')}",
+            counted=lambda how: worker.metrics.inc("partition_splits", spec.table, how),
+        ),
         evolve=evolve if spec.evolve is not None else None,
     )
     return result

@@ -32,7 +32,7 @@ class MetricsRecorder:
     __slots__ = ("counters", "gauges", "observations")
 
     #: Instruments a worker may record into (attribute names of :class:`Metrics`).
-    COUNTERS = frozenset({"errors", "retries", "pool_created", "pool_closed"})
+    COUNTERS = frozenset({"errors", "retries", "pool_created", "pool_closed", "partition_splits"})
     HISTOGRAMS = frozenset({"pool_acquire_wait", "insert_duration"})
     GAUGES = frozenset({"pool_idle", "memory"})
 
