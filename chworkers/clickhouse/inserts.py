@@ -286,13 +286,21 @@ def _by_partition(
         tables, key = learning.tables, learning.key
         evaluated = False
         if key and tables.spans(key):
-            split = grouped(_as_bytes(data))
-            evaluated = True
+            try:
+                split = grouped(_as_bytes(data))
+                evaluated = True
+            except ServerError:
+                # Refused (a bad row, a field the table lacks yet): sent as it is, as
+                # without the table learnt, so the insert's own error decides (a column
+                # added, rows bisected); refused for too many partitions, it is
+                # evaluated again below.
+                split = None
             if split is not None and len(split[1]) > 1:
                 tables.spanned(key)
                 learning.counted("presplit")
                 return each(*split, token)
-            tables.fitted(key)  # one group: sent as it is, with its own token
+            if evaluated:
+                tables.fitted(key)  # one group: sent as it is, with its own token
         try:
             return send(data, token)
         except ServerError as exc:
