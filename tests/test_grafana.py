@@ -258,6 +258,7 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap() -> None:
         ("chworkers_table_active_parts", "active parts per partition"),
         ("chworkers_parts_batch_factor", "slowed tables"),
         ("chworkers_too_many_parts_total", "TOO_MANY_PARTS refusals"),
+        ("chworkers_partition_splits_total", "batches split by partition"),
         ("sum by (state) (chworkers_workers", "workers by state"),
         ("chworkers_worker_restarts_total", "restarts"),
         ("chworkers_worker_memory_bytes", "worker memory"),

@@ -170,6 +170,7 @@ class BusyDaemon:
             m.table_parts_delay_at.labels(table).set(1000)
             m.parts_factor.labels(table).set(rnd.choice((1, 2, 4)))
             m.too_many_parts.labels(table).inc(rnd.randint(0, 1))
+            m.partition_splits.labels(table, "presplit").inc(rnd.randint(0, 2))
             m.parts_slowdowns.labels(table).inc(rnd.randint(0, 1))
         m.tasks.labels("insert", "success").inc(2)
         m.tasks.labels("insert", "failure").inc(rnd.randint(0, 1))
