@@ -11,7 +11,9 @@ The sources of their own: files (:mod:`chworkers.daemon.filesource`), the genera
 from __future__ import annotations
 
 import glob
+import io
 import logging
+import select
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -24,6 +26,9 @@ from chworkers.daemon.framing import FORMATS, Framer, pieces, record_over
 from chworkers.daemon.ticket import Ticket
 
 __all__ = ["READ_SIZE", "StreamSource", "warn_if_nothing_matches"]
+
+#: How often (ms) a source waiting on an open, silent stream looks whether to stop.
+_STOP_LOOK_MS = 200
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +230,39 @@ class StreamSource(_Source):
 
     def run(self, stop: threading.Event) -> None:
         framer = Framer(self.format, max_record_bytes=self.max_record_bytes, on_skip=self._error)
-        read = getattr(self.stream, "read1", self.stream.read)
+        read = self._reader(stop)
         while not stop.is_set():
             chunk = read(self.read_size)
+            if chunk is None:
+                continue  # nothing came within the look: see whether the daemon stops
             if not chunk:
                 break
             self._add(*framer.feed(chunk), header=framer.header)
         self._add(*framer.finish(), header=framer.header)
+
+    def _reader(self, stop: threading.Event) -> Callable[[int], bytes | None]:
+        """How to read the stream so that a stop is seen while no data comes.
+
+        A pipe or terminal that stays open with nothing in it blocked ``read`` for good: a
+        SIGTERM then waited out the whole graceful timeout, and the interpreter died at exit
+        ("could not acquire lock for <stdin>": a daemon thread inside the buffered reader).
+        So a stream with a file descriptor is read only once ``poll`` says a read will not
+        block (data, the end, or an error), looking at ``stop`` in between.
+        """
+        read1: Callable[[int], bytes] = getattr(self.stream, "read1", self.stream.read)
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return read1  # an in-memory stream never waits
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+
+        def read(size: int) -> bytes | None:
+            if not poller.poll(_STOP_LOOK_MS) or stop.is_set():
+                return None
+            return read1(size)
+
+        return read
 
 
 def warn_if_nothing_matches(name: str, patterns: Sequence[str], follow: bool) -> None:
