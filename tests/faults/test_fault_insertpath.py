@@ -70,7 +70,9 @@ def test_daemon_batches_are_insert_tasks_timed_and_counted_once(
     assert batches >= 1
     # Counted as inserts (not as ``submit`` calls), each request timed.
     assert sample(daemon, "chworkers_tasks_total", kind="insert", outcome="success") == batches
-    assert sample(daemon, "chworkers_tasks_total", kind="submit", outcome="success") == 1  # DDL
+    # Two submits: the table's DDL, and the look-up of its timestamp columns for the
+    # dispatcher's epoch check (chworkers/daemon/epochcheck.py), once per table.
+    assert sample(daemon, "chworkers_tasks_total", kind="submit", outcome="success") == 2
     assert sample(daemon, "chworkers_insert_duration_seconds_count", table="ev") == batches
     # Rows once, as ClickHouse wrote them; bytes as ClickHouse wrote them (not the
     # payload's size, which is what the daemon used to add on top).
