@@ -7,6 +7,8 @@ position and the positions in the spooled batches wins (:meth:`Checkpoints.recov
 so no record is read into the spool twice. A position names a file by its inode and a
 checksum of its first bytes, so a rotated or recreated file is not mistaken for the old
 one. A save that fails is retried every second and reported by :meth:`Checkpoints.problems`.
+A save writes only what changed, to the pipeline's journal
+(:mod:`~chworkers.daemon.positionsfile`: a snapshot and a journal of changes).
 
 A file that is gone is forgotten (:meth:`Checkpoints.forget_gone`), so that a daemon
 tailing rotated logs for months does not keep one position per file it ever read: once
@@ -17,15 +19,14 @@ file that is gone cannot be read, and one that appears later at its path is a ne
 
 A file the source's patterns no longer fit (its ``paths`` changed) is forgotten the same
 way, ``forget_after`` after the source started without it, though it is still there:
-the source will not read it again, and every save rewrites every position it keeps. A
-pattern put back within that time finds the position; later, the file is a new one.
+the source will not read it again, and the snapshot carries its position at every
+compaction. A pattern put back within that time finds the position; later, the file is a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import threading
@@ -34,7 +35,8 @@ import zlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
+from chworkers.daemon.batchfile import SpooledBatch
+from chworkers.daemon.positionsfile import Position, PositionsFile
 from chworkers.wording import plural
 
 __all__ = ["HEAD_BYTES", "Checkpoints", "Forgetting", "head_of", "same_head"]
@@ -43,53 +45,53 @@ log = logging.getLogger(__name__)
 
 
 class Checkpoints:
-    """Where each pipeline's file sources are, saved atomically; offsets only grow."""
+    """Where each pipeline's file sources are, saved durably; offsets only grow."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._positions: dict[str, dict[str, dict[str, int]]] = {}
+        self._positions: dict[str, dict[str, Position]] = {}
+        self._files: dict[str, PositionsFile] = {}
         self._unsaved: dict[str, str] = {}  # pipeline -> why its last save failed
         #: pipeline -> path -> when (time.monotonic()) its file was first seen gone.
         self._gone: dict[str, dict[str, float]] = {}
 
-    def _path(self, pipeline: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pipeline)
-        return self.directory / f"{safe}.json"
+    def _loaded(self, pipeline: str) -> dict[str, Position]:
+        """The pipeline's positions in memory, read from disk the first time (the lock
+        held)."""
+        if pipeline not in self._positions:
+            self._files[pipeline] = PositionsFile(self.directory, pipeline)
+            self._positions[pipeline] = self._files[pipeline].read()
+        return self._positions[pipeline]
 
     def load(self, pipeline: str) -> dict[str, dict[str, int]]:
-        """``{path: {"dev", "ino", "offset"}}`` for the pipeline (empty if none)."""
+        """``{path: {"dev", "ino", "offset", ...}}`` for the pipeline (empty if none)."""
         with self._lock:
-            if pipeline not in self._positions:
-                try:
-                    data = json.loads(self._path(pipeline).read_text())
-                    self._positions[pipeline] = {
-                        str(p): {k: int(v) for k, v in pos.items()} for p, pos in data.items()
-                    }
-                except FileNotFoundError:
-                    self._positions[pipeline] = {}
-                except (ValueError, AttributeError) as exc:
-                    log.error("checkpoint %s is unreadable (%s); starting over", pipeline, exc)
-                    self._positions[pipeline] = {}
-            return {p: dict(pos) for p, pos in self._positions[pipeline].items()}
+            return {p: dict(pos) for p, pos in self._loaded(pipeline).items()}
+
+    def position(self, pipeline: str, path: str) -> dict[str, int] | None:
+        """The position saved for one file of the pipeline (None if none)."""
+        with self._lock:
+            pos = self._loaded(pipeline).get(path)
+            return None if pos is None else dict(pos)
 
     def commit(self, pipeline: str, files: Mapping[str, Mapping[str, int]]) -> None:
-        """Merge positions (a later offset on the same inode wins) and save durably."""
-        self.load(pipeline)
+        """Merge positions (a later offset on the same inode wins) and save durably: what
+        changed is appended to the pipeline's journal (:mod:`~chworkers.daemon.positionsfile`)."""
         with self._lock:
-            current = self._positions[pipeline]
-            changed = False
+            current = self._loaded(pipeline)
+            changes: dict[str, Position | None] = {}
             for path, pos in files.items():
                 old = current.get(path)
                 if old is None or not _same_file(old, pos) or pos["offset"] > old["offset"]:
-                    current[path] = dict(pos)
-                    changed = True
-            if not changed and pipeline not in self._unsaved:
+                    current[path] = changes[path] = dict(pos)
+            if not changes and pipeline not in self._unsaved:
                 return
             # Saved even when nothing changed if the last save failed: the positions in
-            # memory are ahead of the file, and a restart would read those rows again.
-            self._save_locked(pipeline)
+            # memory are ahead of the file, and a restart would read those rows again
+            # (a save after a failed one writes them all).
+            self._save_locked(pipeline, changes)
 
     def forget_gone(
         self,
@@ -109,7 +111,7 @@ class Checkpoints:
         each) has at their inode, if any, is another file (the inode reused): a file
         renamed to a name the patterns match is still the source's. Returns the paths
         forgotten."""
-        saved = self.load(pipeline)
+        saved = self.load(pipeline)  # a copy: files are looked at without the lock
         now = time.monotonic() if now is None else now
         missing = set()
         for path, pos in saved.items():
@@ -133,7 +135,7 @@ class Checkpoints:
                 del gone[path]
                 current.pop(path, None)
             try:
-                self._save_locked(pipeline)
+                self._save_locked(pipeline, dict.fromkeys(due))
             except OSError as exc:  # save_unsaved tries again; problems() says so
                 log.warning("could not save the positions of pipeline %s: %s", pipeline, exc)
         log.info(
@@ -146,22 +148,13 @@ class Checkpoints:
         )
         return due
 
-    def _save_locked(self, pipeline: str) -> None:
-        """Write the pipeline's positions atomically and durably (the lock held)."""
-        data = json.dumps(self._positions[pipeline], sort_keys=True).encode()
-        target = self._path(pipeline)
-        tmp = target.with_suffix(".tmp")
+    def _save_locked(self, pipeline: str, changes: Mapping[str, Position | None]) -> None:
+        """Make the pipeline's changed positions durable (the lock held)."""
+        file = self._files[pipeline]
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            fsync_directory(self.directory)  # the rename itself must survive a crash
+            file.save(changes, self._positions[pipeline])
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            self._unsaved[pipeline] = f"cannot save {target}: {exc.strerror or exc}"
+            self._unsaved[pipeline] = f"cannot save {file.snapshot}: {exc.strerror or exc}"
             raise
         if self._unsaved.pop(pipeline, None) is not None:
             log.info("positions of pipeline %s are saved again", pipeline)
@@ -174,6 +167,16 @@ class Checkpoints:
         for pipeline in pipelines:
             with contextlib.suppress(OSError):  # still failing: problems() says so
                 self.commit(pipeline, {})
+
+    def close(self) -> None:
+        """Compact each pipeline's journal into its snapshot (the daemon stops: the
+        snapshot alone then holds every position) and close the journals."""
+        with self._lock:
+            for pipeline, file in self._files.items():
+                try:
+                    file.close(self._positions[pipeline])
+                except OSError as exc:  # the journal still holds them: nothing is lost
+                    log.warning("could not compact the positions of %s: %s", pipeline, exc)
 
     def problems(self) -> list[str]:
         """Pipelines whose latest positions could not be saved (empty when all are)."""

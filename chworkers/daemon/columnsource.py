@@ -251,7 +251,7 @@ class ColumnarFileSource(_Source):
 
     def _saved_rows(self, path: str, position: Mapping[str, int], fd: int) -> int:
         """Rows of this very file already spooled (0 for a new or another file)."""
-        saved = self.checkpoints.load(self.name).get(path)
+        saved = self.checkpoints.position(self.name, path)
         if (
             saved
             and (saved["dev"], saved["ino"]) == (position["dev"], position["ino"])

@@ -289,6 +289,7 @@ class Daemon(DaemonReload, DaemonHealth):
             log.warning("some records were not spooled before the stop (see above)")
         self.intake.wait_answered(ANSWER_WAIT)  # each request hears its 202 or 503
         self.checkpoints.save_unsaved()  # a last try for positions whose save failed
+        self.checkpoints.close()  # the snapshot alone holds them all (an upgrade back reads it)
         if drain:
             self._drain(_remaining(deadline), finished=finished)
         self.dispatcher.stop()

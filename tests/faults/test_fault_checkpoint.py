@@ -3,7 +3,6 @@ read (issue 9, items 13 and 15)."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -141,7 +140,7 @@ def test_a_position_is_saved_with_its_directory(
     checkpoints.commit("p", {"/var/log/a": {"dev": 1, "ino": 2, "offset": 3}})
     assert (directory.st_dev, directory.st_ino) in synced
     assert checkpoints.load("p") == {"/var/log/a": {"dev": 1, "ino": 2, "offset": 3}}
-    assert sorted(p.name for p in (tmp_path / "positions").iterdir()) == ["p.json"]
+    assert sorted(p.name for p in (tmp_path / "positions").iterdir()) == ["p.journal", "p.json"]
 
 
 def test_a_position_that_could_not_be_saved_is_saved_later(tmp_path: Path) -> None:
@@ -156,7 +155,10 @@ def test_a_position_that_could_not_be_saved_is_saved_later(tmp_path: Path) -> No
         with disk_full(tmp_path / "small", tmpfs=tmpfs), pytest.raises(OSError):
             checkpoints.commit("p", later)
         assert checkpoints.problems() and "not saved" in checkpoints.problems()[0]
-        assert [p.name for p in (tmp_path / "small" / "positions").iterdir()] == ["p.json"]
+        assert sorted(p.name for p in (tmp_path / "small" / "positions").iterdir()) == [
+            "p.journal",
+            "p.json",
+        ]
         checkpoints.save_unsaved()  # what the daemon's loop does every second
         assert checkpoints.problems() == []
         assert Checkpoints(tmp_path / "small" / "positions").load("p") == later
@@ -192,7 +194,7 @@ def test_health_says_when_positions_cannot_be_saved(
             assert running.daemon.health().level == Level.DEGRADED
             filler.unlink()  # room again: saved within a second or so
             wait_for(lambda: not positions_problem(), timeout=30, interval=0.1)
-            saved = json.loads((state / "positions" / "p.json").read_text())
+            saved = Checkpoints(state / "positions").load("p")  # snapshot + journal
             assert saved[str(logs / "a.json")]["offset"] == (logs / "a.json").stat().st_size
             assert running.stop() == 0
         finally:

@@ -10,7 +10,6 @@ first bytes now.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,12 +17,12 @@ import pytest
 import waiting
 from daemonthread import Running, count, daemon_config, lines
 
+from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.embedded import EmbeddedClickHouse
 
 
 def positions(state: Path) -> dict[str, dict[str, int]]:
-    path = state / "positions" / "p.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return Checkpoints(state / "positions").load("p")  # the snapshot and its journal
 
 
 def config(state: Path, url: str, data: Path) -> dict[str, object]:

@@ -3,7 +3,6 @@ number is handed out twice (issue 9, item 2)."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from smalldisk import disk_full, small_filesystem
 from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
+from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
 from chworkers.embedded import EmbeddedClickHouse
@@ -112,7 +112,7 @@ def test_file_source_waits_for_a_full_spool_and_loses_nothing(
             # The source waits instead of reading on past what the spool refused, and its
             # saved position stays before those rows.
             assert metrics.source_rows.labels(source="p")._value.get() < n
-            positions = json.loads((state / "positions" / "p.json").read_text())
+            positions = Checkpoints(state / "positions").load("p")
             assert positions[str(data / "app.json")]["offset"] < size
             problems = running.daemon.batcher.problems()
             assert problems and "pipeline p" in problems[0], problems
@@ -129,7 +129,7 @@ def test_file_source_waits_for_a_full_spool_and_loses_nothing(
             if running.thread.is_alive():
                 running.stop()
         assert count(endpoint, database) == (n, n)
-        positions = json.loads((state / "positions" / "p.json").read_text())
+        positions = Checkpoints(state / "positions").load("p")
         assert positions[str(data / "app.json")]["offset"] == size
         assert running.daemon.batcher.problems() == []
         assert not [p.name for p in (state / "spool").iterdir() if p.name.endswith(".batch")]
