@@ -167,6 +167,9 @@ if TYPE_CHECKING:
         TransportError as TransportError,
     )
     from chworkers.errors import (
+        UnusablePathError as UnusablePathError,
+    )
+    from chworkers.errors import (
         WaitTimeoutError as WaitTimeoutError,
     )
     from chworkers.errors import (
@@ -246,6 +249,7 @@ _EXPORTS: dict[str, str] = {
     "ChworkersError": "chworkers.errors",
     "ColumnarFileError": "chworkers.errors",
     "ConfigError": "chworkers.errors",
+    "UnusablePathError": "chworkers.errors",
     "ClickHouseError": "chworkers.errors",
     "ServerError": "chworkers.errors",
     "TransportError": "chworkers.errors",

@@ -68,6 +68,33 @@ class ConfigError(ChworkersError, ValueError):
         super().__init__(message, key=key, value=value, expected=expected, source=source)
 
 
+class UnusablePathError(ConfigError):
+    """A file or directory the daemon needs to start cannot be used by its user: its
+    state directory, spool, positions or dead-letter folder, a TLS or credentials file
+    its configuration names (missing, unreadable, not writable, a file where a folder
+    belongs, a read-only file system). A configuration error like any other (``chworkers
+    run`` exits 3, which systemd does not restart): starting again cannot fix it.
+
+    Attributes: ``path`` (the file or directory at fault) besides ``key`` (the setting
+    that leads there) and the rest of :class:`ConfigError`'s.
+    """
+
+    path: str
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        key: str | None = None,
+        value: object = None,
+        expected: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message, key=key, value=value, expected=expected, source=source)
+        self.path = path
+
+
 class ClickHouseError(ChworkersError):
     """Talking to ClickHouse failed.
 

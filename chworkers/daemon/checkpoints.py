@@ -37,6 +37,7 @@ from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch
 from chworkers.daemon.positionsfile import Position, PositionsFile
+from chworkers.daemon.statepaths import writable_dir
 from chworkers.wording import plural
 
 __all__ = ["HEAD_BYTES", "Checkpoints", "Forgetting", "head_of", "same_head"]
@@ -49,7 +50,9 @@ class Checkpoints:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Saves that cannot succeed would re-read files after every restart: refused
+        # now (UnusablePathError, exit code 3), not one failed save at a time.
+        writable_dir(self.directory, "positions directory")
         self._lock = threading.Lock()
         self._positions: dict[str, dict[str, Position]] = {}
         self._files: dict[str, PositionsFile] = {}

@@ -96,6 +96,7 @@ class DaemonStart(BatchFlow):
         self.supervisor.add_refresh(self.spool.publish)  # its age grows with no event
         self.checkpoints = Checkpoints(self.state_dir / "positions")
         self.dead_letters = DeadLetters(self.state_dir / "dead-letter", metrics=self.metrics)
+        self.dead_letters.ready()  # one that cannot be written stops the start (exit 3)
         self.dead_letters.on_rows = self._dead_lettered
         self.parts = PartsPressure(s.parts, metrics=self.metrics)
         self.epoch_check = EpochCheck(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, Rejected, split_records
 from chworkers.daemon.batchfile import fsync_directory
+from chworkers.daemon.statepaths import probe_writable, unusable
 from chworkers.ops.metrics import Metrics
 from chworkers.wording import plural
 from chworkers.workers.middleware import Middleware
@@ -71,6 +72,21 @@ class DeadLetters(Middleware):
         #: Called with the rows of every write (a binary batch dead-lettered whole
         #: counts its rows, not 1), after they are on disk.
         self.on_rows: Callable[[int], None] | None = None
+
+    def ready(self) -> None:
+        """Create the directory and check that letters can be written in it and in each
+        table's folder already there, now rather than at the first letter (the daemon
+        calls this as it starts): :class:`~chworkers.errors.UnusablePathError` otherwise."""
+        with self._lock:
+            what = "dead-letter directory"
+            try:
+                _make_dirs_durably(self.directory)
+                folders = [p for p in self.directory.iterdir() if p.is_dir()]
+            except OSError as exc:
+                raise unusable(what, self.directory, exc, "create") from exc
+            probe_writable(self.directory, what)
+            for folder in folders:
+                probe_writable(folder, what)
 
     def write(
         self,

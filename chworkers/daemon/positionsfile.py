@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from chworkers.daemon.batchfile import fsync_directory
+from chworkers.daemon.statepaths import unusable
 
 __all__ = ["COMPACT_MIN_BYTES", "Position", "PositionsFile", "journal_record"]
 
@@ -80,10 +81,14 @@ class PositionsFile:
         # The journal first: read while a daemon compacts, an old journal over a newer
         # snapshot changes nothing, while an emptied journal over the older snapshot
         # would lose what it held.
+        # One the daemon's user cannot read (another user's) is refused: starting over
+        # would read the pipeline's files again (UnusablePathError, exit code 3).
         try:
             journal = self.journal.read_bytes()
         except FileNotFoundError:
             journal = b""
+        except OSError as exc:
+            raise unusable("positions file", self.journal, exc, "read") from exc
         positions: dict[str, Position] = {}
         try:
             data = json.loads(self.snapshot.read_bytes())
@@ -92,6 +97,8 @@ class PositionsFile:
             pass
         except (ValueError, AttributeError, TypeError) as exc:
             log.error("checkpoint %s is unreadable (%s); starting over", self.pipeline, exc)
+        except OSError as exc:
+            raise unusable("positions file", self.snapshot, exc, "read") from exc
         at = 0
         while at < len(journal):
             end = journal.find(b"\n", at)

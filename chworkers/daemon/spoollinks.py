@@ -38,7 +38,8 @@ from pathlib import Path
 
 from chworkers.daemon.batchfile import SpooledBatch, fsync_directory
 from chworkers.daemon.extents import Extent
-from chworkers.errors import SpoolError, SpoolWriteError
+from chworkers.daemon.statepaths import unusable
+from chworkers.errors import SpoolWriteError
 
 __all__ = ["SpoolLinks"]
 
@@ -204,11 +205,7 @@ class SpoolLinks:
         except FileNotFoundError:
             names = []
         except OSError as exc:  # not a folder, not readable: the spool cannot start
-            raise SpoolError(
-                f"cannot read the spool's links folder {self.directory}: "
-                f"{exc.strerror or exc} (it holds the files of batches spooled by "
-                "reference: a folder the daemon's user can read and write)"
-            ) from exc
+            raise unusable("spool's links folder", self.directory, exc, "read") from exc
         for name in names:
             if name not in wanted:
                 self._remove(name)

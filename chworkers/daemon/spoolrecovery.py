@@ -15,11 +15,12 @@ import time
 import uuid
 from pathlib import Path
 
+from chworkers.daemon import statepaths
 from chworkers.daemon.batchfile import SpooledBatch, file_size, read_batch, write_durably
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.spoolroom import SpoolRoom
-from chworkers.errors import SpoolCorruptError, SpoolError
+from chworkers.errors import SpoolCorruptError, UnusablePathError
 from chworkers.wording import plural
 
 __all__ = ["SpoolRecovery", "unusable"]
@@ -30,16 +31,11 @@ log = logging.getLogger("chworkers.daemon.spool")
 _NAME = re.compile(r"^(\d{20})\.batch$")
 
 
-def unusable(directory: Path, exc: OSError, doing: str) -> SpoolError:
+def unusable(directory: Path, exc: OSError, doing: str) -> UnusablePathError:
     """The error of a spool whose directory the daemon cannot use (not its user's, not a
-    folder, a read-only or failing disk): what, where, and what to do."""
-    where = exc.filename or directory
-    return SpoolError(
-        f"cannot {doing} the spool directory {directory}: {exc.strerror or exc} ({where}); "
-        "the daemon's user must be able to read and write it and everything in it "
-        "(fix its owner or mode, e.g. chown -R, or set state_dir to another directory)",
-        path=str(where),
-    )
+    folder, a read-only or failing disk): what, where, and what to do. A configuration
+    error (exit code 3): restarting cannot fix it."""
+    return statepaths.unusable("spool directory", directory, exc, doing)
 
 
 class SpoolRecovery(SpoolRoom):
@@ -59,11 +55,13 @@ class SpoolRecovery(SpoolRoom):
             return 1
         except OSError as exc:
             raise unusable(self.directory, exc, "read") from exc
-        except ValueError as exc:
-            raise SpoolCorruptError(
+        except ValueError as exc:  # a restart would not mend it: exit code 3
+            raise UnusablePathError(
                 f"{self._seq_file} is unreadable ({exc}); it must hold the next batch number. "
                 "Set it above the highest number ever used, or move the spool aside",
                 path=str(self._seq_file),
+                key="state_dir",
+                expected="the spool's next batch number",
             ) from exc
 
     def _load_id(self) -> str:

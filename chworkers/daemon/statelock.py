@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chworkers import forkguard
-from chworkers.errors import ConfigError, StateDirInUseError
+from chworkers.errors import StateDirInUseError, UnusablePathError
 
 __all__ = ["state_lock"]
 
@@ -33,13 +33,14 @@ def state_lock(state_dir: Path) -> Iterator[None]:
             why = f"{exc.filename or state_dir} is a file, not a directory"
         elif isinstance(exc, NotADirectoryError):
             why = "a part of its path is a file, not a directory"
-        raise ConfigError(
+        raise UnusablePathError(
             f"state_dir = {str(state_dir)!r} cannot be used: {why}; "
             "set state_dir, CHWORKERS_STATE_DIR or --state-dir "
             "to a directory the daemon can create and write",
             key="state_dir",
             value=str(state_dir),
             expected="a directory the daemon can create and write",
+            path=str(exc.filename or state_dir),
         ) from exc
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

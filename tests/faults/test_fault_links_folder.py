@@ -15,12 +15,14 @@ import pytest
 
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool
-from chworkers.errors import SpoolError
+from chworkers.errors import UnusablePathError
 
 
-def test_a_links_file_in_place_of_the_folder_is_a_spool_error(tmp_path: Path) -> None:
+def test_a_links_file_in_place_of_the_folder_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "spool").mkdir()
     (tmp_path / "spool" / "links").write_text("not a folder")
     spool = Spool(tmp_path / "spool", SpoolSettings(fsync=False))
-    with pytest.raises(SpoolError, match=r"cannot read the spool's links folder .*links"):
+    with pytest.raises(
+        UnusablePathError, match=r"cannot read the spool's links folder .*links: a file is in"
+    ):
         spool.recover()

@@ -1,10 +1,12 @@
-"""A spool directory the daemon's user cannot read is a clear SpoolError, not an OSError.
+"""A spool directory the daemon's user cannot read is a clear error, not an OSError.
 
 A state directory left by a run as another user (root, say, before the service's own
 user took over) made the next start fail with a bare ``PermissionError`` traceback from
-the spool's scan (``recover()``) or its set-up. Now a :class:`SpoolError` names the
+the spool's scan (``recover()``) or its set-up. Now an error names the
 directory, the system's reason, and what to do (fix its owner or mode, or set
-``state_dir`` elsewhere): ``chworkers run`` prints it on one line and exits with code 1.
+``state_dir`` elsewhere): ``chworkers run`` prints it on one line and exits with code 3
+(an :class:`UnusablePathError`, a configuration error, since session 8: see
+test_fault_startup_exit_codes.py).
 
 Root reads everything: each check runs in a forked child that has dropped to ``nobody``
 (its effective uid), as a service user would be.
@@ -78,7 +80,7 @@ def _spool_of_root(shared_dir: Path, mode: int) -> Path:
 def test_a_spool_that_cannot_be_listed_is_a_clear_error(shared_dir: Path) -> None:
     directory = _spool_of_root(shared_dir, 0o733)  # others may enter, not list
     said = as_nobody(lambda: Spool(directory, SpoolSettings(fsync=False)).recover())
-    assert said.startswith("SpoolError: cannot read the spool directory"), said
+    assert said.startswith("UnusablePathError: cannot read the spool directory"), said
     assert str(directory) in said
     assert "Permission denied" in said
     assert "chown" in said and "state_dir" in said
@@ -87,6 +89,6 @@ def test_a_spool_that_cannot_be_listed_is_a_clear_error(shared_dir: Path) -> Non
 def test_a_spool_that_cannot_be_entered_is_a_clear_error(shared_dir: Path) -> None:
     directory = _spool_of_root(shared_dir, 0o700)
     said = as_nobody(lambda: Spool(directory, SpoolSettings(fsync=False)).recover())
-    assert said.startswith("SpoolError: cannot "), said
+    assert said.startswith("UnusablePathError: cannot "), said
     assert str(directory) in said
     assert "Permission denied" in said

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chworkers.daemon.brokers.options import NatsSourceSettings
+from chworkers.daemon.brokers.tlsfiles import tls_files_context
 from chworkers.errors import BrokerError, ConfigError
 from chworkers.wording import plural
 
@@ -140,22 +141,17 @@ def display_url(url: str) -> str:
 
 
 def tls_context(options: NatsSourceSettings, where: str) -> ssl.SSLContext | None:
-    """The TLS context for the settings (None: plain, unless the URL says tls://)."""
+    """The TLS context for the settings (None: plain, unless the URL says tls://); its
+    files that cannot be used are a :class:`ConfigError` naming the setting."""
     wants = options.url.startswith("tls://") or options.tls_ca_file or options.tls_cert_file
     if not wants:
         return None
-    try:
-        context = ssl.create_default_context(cafile=options.tls_ca_file)
-        if options.tls_cert_file:
-            context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"{where}: the NATS TLS files cannot be loaded: {exc}",
-            key="nats.tls_ca_file",
-            value=options.tls_ca_file,
-            expected="readable PEM files",
-        ) from exc
-    return context
+    return tls_files_context(
+        ca=("nats.tls_ca_file", options.tls_ca_file),
+        cert=("nats.tls_cert_file", options.tls_cert_file),
+        key=("nats.tls_key_file", options.tls_key_file),
+        where=where,
+    )
 
 
 async def connect(options: NatsSourceSettings, where: str, *, name: str) -> WireClient:

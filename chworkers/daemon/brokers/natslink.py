@@ -33,6 +33,7 @@ class NatsLink:
     def __init__(self, options: NatsSourceSettings, name: str, label: str) -> None:
         natsclient.nats_module(f"pipeline {name!r}")  # installed, or a clear error now
         natsclient.credentials(options, f"pipeline {name!r}")  # the same for creds_file
+        natsclient.tls_context(options, f"pipeline {name!r}")  # and for the TLS files
         self.options = options
         self.name = name
         self.label = label

@@ -19,7 +19,7 @@ from chworkers.daemon.brokers import redisentries
 from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
 from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisclient import check_url, display_url, entry_order
+from chworkers.daemon.brokers.redisclient import check_files, check_url, display_url, entry_order
 from chworkers.daemon.brokers.redisgroup import StreamGroup
 from chworkers.daemon.brokers.redismanifests import SentManifest
 from chworkers.daemon.brokers.trouble import Trouble
@@ -45,6 +45,7 @@ class RedisBatching(SourceParts):
         self.consumer = options.consumer or consumer
         self._group: StreamGroup | None = None
         self._group_lock = threading.Lock()
+        check_files(options, f"pipeline {self.name!r}")  # a file it cannot use: now
         if options.cluster:
             check_url(options, f"pipeline {self.name!r}")
         else:  # a plain client connects on first use: made now, only a bad URL fails

@@ -9,6 +9,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.tlsfiles import tls_files_context
 from chworkers.errors import BrokerError, ConfigError
 from chworkers.wording import plural
 
@@ -69,6 +70,19 @@ def check_url(options: RedisSourceSettings, where: str) -> None:
         redis.connection.parse_url(options.url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise invalid_url(options, where, exc) from exc
+
+
+def check_files(options: RedisSourceSettings, where: str) -> None:
+    """Raise :class:`ConfigError` now if the password file or a TLS file cannot be used
+    (redis-py would read them at each connection attempt, in the background)."""
+    options.secret(where)
+    if options.url.startswith("rediss://"):
+        tls_files_context(
+            ca=("redis.ssl_ca_certs", options.ssl_ca_certs),
+            cert=("redis.ssl_certfile", options.ssl_certfile),
+            key=("redis.ssl_keyfile", options.ssl_keyfile),
+            where=where,
+        )
 
 
 def invalid_url(options: RedisSourceSettings, where: str, exc: ValueError) -> ConfigError:
