@@ -27,8 +27,10 @@ from clirun import run_chworkers
 from tomlfile import to_toml
 
 from chworkers.daemon.brokers.natsclient import tls_context
+from chworkers.daemon.brokers.natsstream import NatsSource
 from chworkers.daemon.brokers.options import NatsSourceSettings, RedisSourceSettings
 from chworkers.daemon.brokers.redisclient import check_files
+from chworkers.daemon.brokers.redisstream import RedisSource
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.errors import ConfigError, UnusablePathError
@@ -177,3 +179,33 @@ def test_redis_tls_and_password_files_are_checked_when_the_source_is_made(
     )
     with pytest.raises(ConfigError, match="Redis password file"):
         check_files(secret, "pipeline 'p'")
+
+
+def test_broker_sources_refuse_their_files_when_made(tmp_path: Path) -> None:
+    """Not at the first connection, in the background: as the daemon starts."""
+    missing = str(tmp_path / "ca.pem")
+    nats = NatsSourceSettings(url="tls://127.0.0.1:1", stream="ev", tls_ca_file=missing)
+    with pytest.raises(UnusablePathError, match=r"pipeline 'p': nats\.tls_ca_file"):
+        NatsSource(
+            name="p",
+            table="ev",
+            format="JSONEachRow",
+            batcher=None,  # type: ignore[arg-type]
+            options=nats,
+            consumer="us",
+            dead_letter=lambda records, token: None,
+        )
+    for cluster in (False, True):  # a cluster's client is made only at first use
+        redis = RedisSourceSettings(
+            url="rediss://127.0.0.1:1", stream="ev", cluster=cluster, ssl_certfile=missing
+        )
+        with pytest.raises(UnusablePathError, match=r"pipeline 'p': redis\.ssl_certfile"):
+            RedisSource(
+                name="p",
+                table="ev",
+                format="JSONEachRow",
+                batcher=None,  # type: ignore[arg-type]
+                options=redis,
+                consumer="us",
+                dead_letter=lambda records, token: None,
+            )
