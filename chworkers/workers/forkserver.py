@@ -74,9 +74,14 @@ PRELOAD = ("chworkers.workers.worker", "chworkers.clickhouse.pool")
 SOCKET_ROOM = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
 _temp_dir_lock = threading.Lock()
-_server_lock = threading.Lock()
+#: Held while a server is checked, reaped and replaced, and while :data:`_replaced` is
+#: written or read (reentrant: :func:`ensure_running` asks :func:`ended` under it).
+_server_lock = threading.RLock()
 #: How the servers this process replaced ended, by pid (the last few): their workers
 #: are reaped after the new server started, when the old one can no longer be waited for.
+#: Written under :data:`_server_lock` before it is released after the reap, so a reader
+#: that finds the server reaped (under the lock too) finds how it ended, never "reaped
+#: elsewhere" for a server this process replaced.
 _replaced: dict[int, str] = {}
 
 
@@ -114,14 +119,14 @@ def ensure_running() -> Restart | None:
         if how == REAPED:
             _forget()  # multiprocess's own check (waitpid) would raise ChildProcessError
         with blocked(HANDLED):
-            forkserver.ensure_running()
+            forkserver.ensure_running()  # reaps a server that ended
         new = server_pid()
-    if old is None or (how is None and new == old):
-        return None
-    restart = Restart(old, how or "ended", new)
-    _replaced[old] = restart.ended
-    while len(_replaced) > 16:
-        del _replaced[next(iter(_replaced))]
+        if old is None or (how is None and new == old):
+            return None
+        restart = Restart(old, how or "ended", new)
+        _replaced[old] = restart.ended
+        while len(_replaced) > 16:
+            del _replaced[next(iter(_replaced))]
     log.warning(
         "the workers' fork server (pid %d) %s; started a new one (pid %s)",
         restart.old_pid,
@@ -164,8 +169,9 @@ def ended(pid: int, wait: float = 0.0) -> str | None:
     while True:
         try:
             info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return _replaced.get(pid, REAPED)
+        except ChildProcessError:  # reaped: by ensure_running (which wrote how) or not
+            with _server_lock:
+                return _replaced.get(pid, REAPED)
         if info is not None and info.si_pid != 0:
             break
         if time.monotonic() >= deadline:
