@@ -384,5 +384,5 @@ class Crew:
         """The loop failed: kill every worker now and reap it."""
         for h in list(self.workers.values()):
             self.procs.kill(h, "stopped")
-            h.process.join(1.0)
+            self.procs.wait_exit(h, 1.0)  # its status unread: reap tells a lost server
             self.reap(h)

@@ -10,11 +10,14 @@ loop thread, except :meth:`Processes.wake`, which any thread may call.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import signal
+import termios
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -32,7 +35,8 @@ _READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 STOP_GRACE = 5.0  # s a stopping worker gets before SIGKILL
 #: The exit code multiprocess gives a forkserver worker whose status pipe broke.
 LOST_STATUS = 255
-#: How long a worker's exit with LOST_STATUS waits for its fork server to be seen dead.
+#: How long a worker whose fork server died waits for the server to be seen dead (to
+#: say how it ended): its pipes close a moment before it can be waited for.
 SERVER_DEATH_WAIT = 1.0
 
 #: Builds a worker's configuration from its name and the descriptors a forked child
@@ -211,11 +215,27 @@ class Processes:
     def lost_server(self, h: WorkerHandle) -> str | None:
         """How the fork server that forked ``h`` ended, when it did (the worker's exit
         status went with it: multiprocess says 255 whether it exited or not); else None.
-        Call it once ``h``'s sentinel is ready."""
-        if h.server_pid is None or h.process.exitcode != LOST_STATUS:
+        Call it once ``h``'s sentinel is ready, before anything reads its exit code.
+
+        The sentinel is the pipe the server writes the worker's exit status down, then
+        closes: a status in it is the worker's own (a real 255 included), answered at
+        once; a pipe closed with nothing in it is the server gone."""
+        if h.server_pid is None:
             return None
+        sent = status_sent(h.process.sentinel)  # before exitcode reads it
+        if sent is None or h.process.exitcode != LOST_STATUS:
+            return None
+        if sent:
+            return None  # the server said 255: the worker's own exit code
         # The server's pipes close as it dies, a moment before it can be waited for.
-        return forkserver.ended(h.server_pid, wait=SERVER_DEATH_WAIT)
+        return forkserver.ended(h.server_pid, wait=SERVER_DEATH_WAIT) or "ended"
+
+    def wait_exit(self, h: WorkerHandle, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``h``'s sentinel to be ready, without
+        reading its exit status (:meth:`lost_server` needs it unread)."""
+        poller = select.poll()
+        poller.register(h.process.sentinel, _READ)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
 
     def remove(self, h: WorkerHandle) -> int | None:
         """Forget a worker that exited (or is about to); returns its exit code."""
@@ -259,6 +279,21 @@ class Processes:
             self._unregister(fd)
         elif fd not in self._fds:
             self._register(fd, "outbox", h, select.POLLOUT)
+
+
+def status_sent(fd: int) -> bool | None:
+    """Whether a forkserver worker's sentinel ``fd`` holds its exit status (True), is
+    closed with nothing in it (False: the fork server died), or is not ready yet (None)."""
+    poller = select.poll()
+    poller.register(fd, _READ)
+    if not poller.poll(0):
+        return None
+    pending = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, pending)
+    except OSError:
+        return None
+    return pending[0] > 0
 
 
 def _start(process: Any, start_method: str) -> list[forkserver.Restart]:
