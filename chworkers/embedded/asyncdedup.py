@@ -47,8 +47,12 @@ def window(engine: str, engine_full: str) -> int:
 
 
 class _TableIds:
+    """One table's recent ids and its file; its own lock, so one table's fsync never
+    holds up another table's flush."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()
         self.ids: deque[str] = deque()
         self.known: dict[str, int] = {}
         self.lines = 0
@@ -73,7 +77,12 @@ class _TableIds:
 
 
 class AsyncDedup:
-    """The block ids of recent asynchronous entries, per table, kept on disk."""
+    """The block ids of recent asynchronous entries, per table, kept on disk.
+
+    A lock per table (its ids and its file): flushes into different tables check and
+    record in parallel, each waiting only for its own table's fsync. The dictionary of
+    tables has a lock of its own, held only to find or add a table.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -81,19 +90,20 @@ class AsyncDedup:
         self._lock = threading.Lock()
 
     def _table(self, storage: str) -> _TableIds:
-        table = self._tables.get(storage)
-        if table is None:
-            name = re.sub(r"[^A-Za-z0-9_.-]", "_", storage.rstrip("/").rsplit("/", 1)[-1])
-            table = _TableIds(self.directory / f"{name or 'table'}.log")
-            self._tables[storage] = table
-        return table
+        with self._lock:
+            table = self._tables.get(storage)
+            if table is None:
+                name = re.sub(r"[^A-Za-z0-9_.-]", "_", storage.rstrip("/").rsplit("/", 1)[-1])
+                table = _TableIds(self.directory / f"{name or 'table'}.log")
+                self._tables[storage] = table
+            return table
 
     def seen(self, storage: str, size: int, block_id: str) -> bool:
         """Whether the table (its storage directory) has had ``block_id`` lately."""
         if size <= 0:
             return False
-        with self._lock:
-            table = self._table(storage)
+        table = self._table(storage)
+        with table.lock:
             table.trim(size)
             return block_id in table.known
 
@@ -101,8 +111,8 @@ class AsyncDedup:
         """Remember ``block_ids`` (a flush's part is written); durable when this returns."""
         if size <= 0 or not block_ids:
             return
-        with self._lock:
-            table = self._table(storage)
+        table = self._table(storage)
+        with table.lock:
             for block_id in block_ids:
                 table._add(block_id)
             table.trim(size)
