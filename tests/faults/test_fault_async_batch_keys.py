@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from waiting import wait_for
 
 from chworkers import Supervisor
 from chworkers.daemon.pipelines import PipelineSettings
@@ -49,6 +50,11 @@ def test_batches_of_different_sizes_share_a_flush(
         ]
         for future in futures:
             future.result(60)
+        # The flush is counted once it has answered its clients (just after they hear).
+        wait_for(
+            lambda: endpoint.stats()["async_flushes_total"] > before["async_flushes_total"],
+            timeout=30,
+        )
         after = endpoint.stats()
     assert ch_client.command("SELECT count() FROM ev") == sum(sizes)
     assert after["async_inserts_total"] - before["async_inserts_total"] == len(sizes)
