@@ -7,18 +7,22 @@ or a hash of its data) and drops, before the part is written, the entries whose 
 table has seen within its deduplication window, and the repeats within the flush
 (``DeduplicationInfo`` in ``src/Interpreters/InsertDeduplication.cpp``).
 
-chDB's engine cannot be asked for that, so the endpoint keeps the ids itself, per table
-(by the table's storage directory, so a table dropped and created again starts afresh),
-in ``<data>/chworkers_async_dedup/<dir>.log``: the last ``non_replicated_deduplication_window``
-ids, appended and fsync'd after each flush's part is written. A table that does not
-deduplicate (window 0, a Memory table, ...) keeps none, as in ClickHouse. These ids are
-apart from the table's own log: a synchronous insert's token does not drop an
-asynchronous entry with the same token, nor the reverse (the way Replicated tables kept
-``blocks`` and ``async_blocks`` apart before 26.x unified them).
+chDB's engine cannot be asked for that, so the endpoint keeps the entries' ids itself,
+per table, in ``chworkers_async_dedup.log`` inside the table's own data directory: they
+go with the table as its block ids do (``DROP TABLE``/``DATABASE`` removes them with the
+directory, ``RENAME`` keeps them, ``TRUNCATE`` resets them: :meth:`AsyncDedup.reset`).
+The last ``non_replicated_deduplication_window`` ids are kept; a table that does not
+deduplicate (window 0, a Memory table, ...) keeps none, as in ClickHouse. An entry's
+token has the id chDB gives a synchronous insert with that token
+(:mod:`chworkers.embedded.blockids`), so the two paths name a token alike.
 
-The one window: the endpoint killed after a flush's part is written and before its ids
-are (the fsync of a few lines), those entries are not known; their clients got no
-answer, and their retries land a second time.
+A flush's ids and its part are one step: the ids are written (fsync'd) with a pending
+mark naming the flush *before* its part, whose insert carries the flush's own
+deduplication token, and a commit (or abort) mark after. A flush left pending by a
+crash is resolved when its table is next used: its ids count if chDB's own log of the
+table holds the flush's token (the part was committed; the engine logs a block id
+before the part is renamed into place, and :mod:`chworkers.embedded.deduplog` drops
+the entries of parts that never were), and are forgotten otherwise.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ import os
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+
+from chworkers.embedded import blockids
 
 log = logging.getLogger(__name__)
 
+#: The ids' file, in the table's data directory.
+FILE_NAME = "chworkers_async_dedup.log"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _WINDOW = re.compile(r"\bnon_replicated_deduplication_window\s*=\s*(\d+)")
-_REPLICATED_ASYNC_WINDOW = 10000  # replicated_deduplication_window_for_async_inserts
+_REPLICATED_ASYNC_WINDOW = 10000  # replicated_deduplication_window (unified ids, 26.x)
 
 
 def window(engine: str, engine_full: str) -> int:
@@ -50,19 +60,58 @@ class _TableIds:
     """One table's recent ids and its file; its own lock, so one table's fsync never
     holds up another table's flush."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, table_dir: Path | None, size: int) -> None:
         self.path = path
         self.lock = threading.Lock()
         self.ids: deque[str] = deque()
         self.known: dict[str, int] = {}
         self.lines = 0
+        #: The flush between :meth:`AsyncDedup.begin` and its commit or abort.
+        self.flushing: str | None = None
+        #: Flushes a crash left pending, resolved on load: the file needs a rewrite.
+        self.resolved = 0
         if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                if line:
-                    self._add(line)
-                    self.lines += 1
+            self._load(table_dir, size)
 
-    def _add(self, block_id: str) -> None:
+    def _load(self, table_dir: Path | None, size: int) -> None:
+        pending: dict[str, list[str]] = {}
+        for line in self.path.read_text(errors="replace").splitlines():
+            if not line:
+                continue
+            self.lines += 1
+            fields = line.split("\t")
+            if len(fields) == 3 and fields[0] == "P":
+                pending.setdefault(fields[1], []).append(fields[2])
+            elif len(fields) == 2 and fields[0] == "C":
+                for block_id in pending.pop(fields[1], []):
+                    self.add(block_id)
+            elif len(fields) == 2 and fields[0] == "A":
+                pending.pop(fields[1], None)
+            else:  # an id recorded whole (a rewrite, or the file of session 7)
+                self.add(line)
+        if not pending:
+            return
+        live = blockids.live_hashes(table_dir, size) if table_dir is not None else set()
+        for flush, block_ids in pending.items():
+            if flush in live:
+                log.warning(
+                    "%s: a flush of %d asynchronous inserts was written before the endpoint "
+                    "stopped, its ids were not marked: they count (retries are dropped)",
+                    self.path,
+                    len(block_ids),
+                )
+                for block_id in block_ids:
+                    self.add(block_id)
+            else:
+                log.warning(
+                    "%s: a flush of %d asynchronous inserts was never written (the endpoint "
+                    "stopped first): its ids are forgotten, so retries land",
+                    self.path,
+                    len(block_ids),
+                )
+            self.resolved += 1
+
+    def add(self, block_id: str) -> None:
         self.ids.append(block_id)
         self.known[block_id] = self.known.get(block_id, 0) + 1
 
@@ -75,13 +124,35 @@ class _TableIds:
             else:
                 del self.known[old]
 
+    def append(self, lines: list[str], sync: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as out:
+            out.write("".join(f"{line}\n" for line in lines))
+            out.flush()
+            if sync:
+                os.fsync(out.fileno())
+        self.lines += len(lines)
+
+    def rewrite(self) -> None:
+        """The file as the ids in memory (no pending flush), atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as out:
+            out.write("".join(f"{b}\n" for b in self.ids))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        self.lines = len(self.ids)
+
 
 class AsyncDedup:
     """The block ids of recent asynchronous entries, per table, kept on disk.
 
-    A lock per table (its ids and its file): flushes into different tables check and
-    record in parallel, each waiting only for its own table's fsync. The dictionary of
-    tables has a lock of its own, held only to find or add a table.
+    ``storage`` is the table's data directory (``data_paths[1]``); a table without one
+    keeps its file in ``directory``. A lock per table (its ids and its file): flushes
+    into different tables check and record in parallel, each waiting only for its own
+    table's fsync. The dictionary of tables has a lock of its own, held only to find,
+    load or drop a table.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -89,48 +160,114 @@ class AsyncDedup:
         self._tables: dict[str, _TableIds] = {}
         self._lock = threading.Lock()
 
-    def _table(self, storage: str) -> _TableIds:
+    def _path(self, storage: str) -> tuple[Path, Path | None]:
+        table_dir = Path(storage)
+        if table_dir.is_absolute() and table_dir.is_dir():
+            return table_dir / FILE_NAME, table_dir
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", storage.rstrip("/").rsplit("/", 1)[-1])
+        return self.directory / f"{name or 'table'}.log", None
+
+    def _table(self, storage: str, size: int) -> _TableIds:
         with self._lock:
             table = self._tables.get(storage)
             if table is None:
-                name = re.sub(r"[^A-Za-z0-9_.-]", "_", storage.rstrip("/").rsplit("/", 1)[-1])
-                table = _TableIds(self.directory / f"{name or 'table'}.log")
+                path, table_dir = self._path(storage)
+                table = _TableIds(path, table_dir, size)
+                if table.resolved:
+                    table.trim(size)
+                    table.rewrite()
                 self._tables[storage] = table
             return table
+
+    def tables(self) -> int:
+        """How many tables' ids are in memory."""
+        with self._lock:
+            return len(self._tables)
 
     def seen(self, storage: str, size: int, block_id: str) -> bool:
         """Whether the table (its storage directory) has had ``block_id`` lately."""
         if size <= 0:
             return False
-        table = self._table(storage)
+        table = self._table(storage, size)
         with table.lock:
             table.trim(size)
             return block_id in table.known
 
-    def record(self, storage: str, size: int, block_ids: list[str]) -> None:
-        """Remember ``block_ids`` (a flush's part is written); durable when this returns."""
+    def begin(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
+        """Before a flush's part is written: its ids, pending under ``flush`` (the hash
+        of its insert's deduplication token); on disk when this returns."""
         if size <= 0 or not block_ids:
             return
-        table = self._table(storage)
+        table = self._table(storage, size)
         with table.lock:
-            for block_id in block_ids:
-                table._add(block_id)
-            table.trim(size)
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if table.lines + len(block_ids) > 2 * size + 100:
-                self._rewrite(table)
-            else:
-                with open(table.path, "a") as out:
-                    out.write("".join(f"{b}\n" for b in block_ids))
-                    out.flush()
-                    os.fsync(out.fileno())
-                table.lines += len(block_ids)
+            table.append([f"P\t{flush}\t{b}" for b in block_ids], sync=True)
+            table.flushing = flush
 
-    def _rewrite(self, table: _TableIds) -> None:
-        tmp = table.path.with_name(table.path.name + ".tmp")
-        with open(tmp, "w") as out:
-            out.write("".join(f"{b}\n" for b in table.ids))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, table.path)
-        table.lines = len(table.ids)
+    def commit(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
+        """The flush's part is written: its ids count from now on."""
+        if size <= 0 or not block_ids:
+            return
+        table = self._table(storage, size)
+        with table.lock:
+            table.flushing = None
+            for block_id in block_ids:
+                table.add(block_id)
+            table.trim(size)
+            if table.lines + 1 > 2 * size + 100:
+                table.rewrite()
+            else:
+                # Not fsync'd: lost, the flush is resolved from chDB's log at start.
+                table.append([f"C\t{flush}"], sync=False)
+
+    def abort(self, storage: str, size: int, flush: str) -> None:
+        """The flush's insert failed: its pending ids never count."""
+        if size <= 0:
+            return
+        table = self._table(storage, size)
+        with table.lock:
+            if table.flushing == flush:
+                table.flushing = None
+                table.append([f"A\t{flush}"], sync=False)
+
+    def reset(self, storage: str) -> None:
+        """Forget the table's ids (it was truncated: its block ids went with its parts)."""
+        with self._lock:
+            table = self._tables.pop(storage, None)
+            path, _ = self._path(storage)
+        if table is not None:
+            with table.lock:
+                path.unlink(missing_ok=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def forget(self, keep: Callable[[str], bool]) -> int:
+        """Drop from memory the tables ``keep`` refuses (tables dropped: their files go
+        with their directories) unless a flush is using them; how many."""
+        dropped = 0
+        with self._lock:
+            for storage in list(self._tables):
+                table = self._tables[storage]
+                if keep(storage) or table.flushing is not None or table.lock.locked():
+                    continue
+                del self._tables[storage]
+                dropped += 1
+        return dropped
+
+    def migrate(self, store: Path) -> int:
+        """At start: move the files session 7 kept for every table in ``directory``
+        (named by the table's UUID) into their tables' directories under ``store``, and
+        delete those of tables dropped since (the disk leak); how many were deleted."""
+        deleted = 0
+        if not self.directory.is_dir():
+            return 0
+        for old in sorted(self.directory.glob("*.log")):
+            name = old.stem
+            if not _UUID.match(name):
+                continue  # a table without a UUID directory: its file stays here
+            table_dir = store / name[:3] / name
+            if table_dir.is_dir() and not (table_dir / FILE_NAME).exists():
+                os.replace(old, table_dir / FILE_NAME)
+            else:
+                old.unlink()
+                deleted += 1
+        return deleted

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
-from chworkers.embedded import queries, sql, streaming, tablerisk
+from chworkers.embedded import blockids, queries, sql, streaming, tablerisk
 from chworkers.embedded.asyncdedup import AsyncDedup, window
 from chworkers.embedded.asyncqueue import Entry, Key, Limits
 from chworkers.embedded.engine import Engine, close_quietly
@@ -39,12 +42,23 @@ UNKNOWN_TABLE = (60, "UNKNOWN_TABLE")
 #: (``async_insert`` too: it does nothing to an ``INSERT ... SELECT``) are in effect for
 #: the flush, so the table's materialized views see the settings the clients sent.
 _NOT_FOR_FLUSH = frozenset(["insert_deduplication_token", "readonly", "database"])
-#: The flush's own insert must not deduplicate: its entries were, one by one.
+#: The flush's own insert must not deduplicate against other inserts: its entries were,
+#: one by one. Into a table that keeps ids it carries a token of its own (unique), so
+#: chDB's log records the flush's part: what tells, after a crash, whether it was written.
 _FLUSH_SETTINGS = {
     "insert_deduplicate": "0",
     "deduplicate_insert": "disable",
     "deduplicate_insert_select": "disable",
 }
+_FLUSH_SETTINGS_LOGGED = {
+    "insert_deduplicate": "1",
+    "deduplicate_insert": "enable",
+    "deduplicate_insert_select": "enable_even_for_bad_queries",
+}
+#: A test hook, off by default: set to 1 in the endpoint's environment, the process
+#: kills itself (SIGKILL) right after a flush's part is written, before its ids are
+#: marked committed (tests/faults/test_fault_async_dedup_crash.py).
+CRASH_AFTER_PART_ENV = "CHWORKERS_EMBEDDED_TEST_CRASH_AFTER_FLUSH_PART"
 
 
 def split(statement: str) -> tuple[str, str | None, str]:
@@ -164,11 +178,22 @@ class Flusher:
         )
         stored = _stored_columns(conn, tmp)
         cols = f" ({columns})" if columns is not None else ""
+        # Synchronous inserts' tokens, as chDB's log of the table holds them now: an
+        # entry with one of them is a duplicate too (one block-id store, as ClickHouse).
+        synced = (
+            blockids.live_hashes(Path(storage), size)
+            if size and any(e.token for e in entries) and Path(storage).is_absolute()
+            else set()
+        )
         kept: list[tuple[Entry, str, Stats]] = []
         in_flush: set[str] = set()
         for entry in entries:
             block_id = entry.block_id(key.fmt)
-            if size and (block_id in in_flush or self.dedup.seen(storage, size, block_id)):
+            if size and (
+                block_id in in_flush
+                or (entry.token and block_id in synced)
+                or self.dedup.seen(storage, size, block_id)
+            ):
                 log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
                 entry.finish()
                 continue
@@ -191,16 +216,31 @@ class Flusher:
             kept.append((entry, block_id, stats))
         rows = sum(s.written_rows for _, _, s in kept)
         if rows:
+            ids = [b for _, b, _ in kept]
             # One block, as the server writes a flush's one chunk: one part per
             # partition, and refused whole (too many partitions) or written whole.
-            queries.apply_settings(conn, _one_block(rows))
+            settings = _one_block(rows)
+            token = f"chworkers-async-flush-{uuid.uuid4()}"
+            flush = blockids.token_hash(token)
+            if size:
+                settings.update(_FLUSH_SETTINGS_LOGGED, insert_deduplication_token=token)
+                self.dedup.begin(storage, size, flush, ids)
+            queries.apply_settings(conn, settings)
             # The temporary table computed every default as the target would (from
             # the columns each entry sent, EPHEMERAL ones included): its stored
             # columns go into the target's as they are.
             names = ", ".join(quote_ident(c) for c in stored)
             target = f"{quote_ident(database)}.{quote_ident(table)}"
-            queries.run(conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}")
-            self.dedup.record(storage, size, [b for _, b, _ in kept])
+            try:
+                queries.run(
+                    conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}"
+                )
+            except BaseException:
+                self.dedup.abort(storage, size, flush)
+                raise
+            if os.environ.get(CRASH_AFTER_PART_ENV) == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.dedup.commit(storage, size, flush, ids)
         for entry, _, stats in kept:
             entry.finish(stats.written_rows, stats.written_bytes)
 

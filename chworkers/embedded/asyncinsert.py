@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from itertools import chain
+from typing import Any
 
 from chworkers.embedded import asyncflush, queries, sql, tablerisk
+from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asyncqueue import AsyncInsertQueue, Entry, Key, Limits
 from chworkers.embedded.queries import quote_ident, quote_literal
 from chworkers.embedded.request import QueryRequest
@@ -189,6 +191,63 @@ def flush(queue: AsyncInsertQueue, database: str, tables: list[tuple[str | None,
         )
 
     queue.flush_all(chosen)
+
+
+def truncated(text: bytes) -> tuple[str | None, str] | None:
+    """``(database or None, table)`` a ``TRUNCATE [TEMPORARY] [TABLE] [IF EXISTS]
+    [db.]t`` empties, or None for any other statement."""
+    if sql.first_keyword(text) != "TRUNCATE":
+        return None
+    try:
+        toks = sql._tokens(text, True)
+    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return None
+    i = 1
+    for optional in ("TEMPORARY", "TABLE", "IF", "EXISTS"):
+        if i < len(toks) and toks[i].kind == "word" and toks[i].upper == optional:
+            i += 1
+    if i < len(toks) and toks[i].kind == "word" and toks[i].upper in ("DATABASE", "ALL"):
+        return None
+    names: list[str] = []
+    while i < len(toks) and toks[i].kind in ("word", "quoted"):
+        names.append(tablerisk._unquote(toks[i]))
+        i += 1
+        if i < len(toks) and toks[i].text == b".":
+            i += 1
+            continue
+        break
+    if len(names) == 1:
+        return None, names[0]
+    if len(names) == 2:
+        return names[0], names[1]
+    return None
+
+
+def after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -> None:
+    """After a statement that ran: a ``TRUNCATE`` forgets the table's asynchronous
+    entries' ids (its block ids went with its parts, as chDB's own log drops them); a
+    ``DROP`` or ``DETACH`` lets go of the ids of tables no longer there (their files go
+    with their directories, or wait in them to be attached again)."""
+    word = sql.first_keyword(text)
+    if word == "TRUNCATE":
+        target = truncated(text)
+        if target is None:
+            return
+        db = target[0] or database or queries.current_database(conn)
+        res = queries.run(
+            conn,
+            "SELECT data_paths[1] FROM system.tables WHERE database = {db:String} "
+            "AND name = {t:String}",
+            "TSVRaw",
+            {"db": db, "t": target[1]},
+        )
+        for line in res.bytes().decode("utf-8", "surrogateescape").splitlines():
+            if line:
+                dedup.reset(line)
+    elif word in ("DROP", "DETACH") and dedup.tables():
+        res = queries.run(conn, "SELECT arrayJoin(data_paths) FROM system.tables", "TSVRaw")
+        alive = set(res.bytes().decode("utf-8", "surrogateescape").splitlines())
+        dedup.forget(lambda storage: storage in alive)
 
 
 _QUEUE_STRUCTURE = (

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from chworkers.embedded import blockids
 from chworkers.embedded.exceptions import clickhouse_error
 from chworkers.errors import ServerError
 
@@ -81,11 +82,10 @@ class Entry:
     _done: threading.Event = field(default_factory=threading.Event)
 
     def block_id(self, fmt: str) -> str:
-        """What deduplicates the entry: its token, else a hash of its data."""
+        """What deduplicates the entry: its token (hashed as chDB names a synchronous
+        insert's token in the table's log), else a hash of its data."""
         if self.token:
-            return (
-                "token:" + hashlib.sha256(self.token.encode("utf-8", "surrogateescape")).hexdigest()
-            )
+            return blockids.token_hash(self.token)
         return "data:" + hashlib.sha256(fmt.encode() + b"\0" + self.data).hexdigest()
 
     @property

@@ -31,6 +31,7 @@ from chworkers.embedded import (
     summary,
     tablerisk,
 )
+from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asyncqueue import AsyncInsertQueue
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
@@ -67,6 +68,8 @@ class Context:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The asynchronous insert queue (None: every insert is written at once).
     inserts: AsyncInsertQueue | None = None
+    #: Its entries' block ids, per table (DDL resets or lets go of a table's).
+    dedup: AsyncDedup | None = None
 
     @contextmanager
     def query_id(self, query_id: str) -> Iterator[None]:
@@ -220,6 +223,8 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         ran = True
         try:
             results.answer(ctx.engine.version, conn, req, qr, text, resp, stats, session)
+            if ddl and ctx.dedup is not None:
+                asyncinsert.after_ddl(ctx.dedup, conn, qr.database, text)
             if insert is not None:
                 ctx.stats.inserted(stats.written_rows, stats.written_bytes)
             _done_with(handle, qr, text, resp)

@@ -136,11 +136,15 @@ class EmbeddedServer:
         stats = EndpointStats()
         self._engine.on_connect = stats.chdb_connection_opened
         dedup = AsyncDedup(self.path / "chworkers_async_dedup")
+        dropped = dedup.migrate(self.path / "store")
+        if dropped:
+            log.info("deleted the asynchronous inserts' ids of %d dropped tables", dropped)
         self._inserts = AsyncInsertQueue(
             Flusher(self._engine, dedup), on_push=stats.async_queued, on_flush=stats.async_flushed
         )
         ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname(), stats)
         ctx.inserts = self._inserts
+        ctx.dedup = dedup
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")

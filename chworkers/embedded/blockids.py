@@ -1,0 +1,116 @@
+"""The block ids chDB's engine gives inserts, and the ones a table's log holds now.
+
+ClickHouse (26.x) gives every inserted block one "unified" id, the same for a
+synchronous insert and an asynchronous entry (``DeduplicationInfo::getBlockUnifiedHash``
+in ``src/Interpreters/InsertDeduplication.cpp``): with an ``insert_deduplication_token``
+it is ``SipHash128("user-token-<token>:source-id-<root>:source-number-<n>")``, the block
+number ``n`` 0 for the first (usually only) block of an insert and always 0 for an
+asynchronous entry; the block id in the table's log is ``<partition id>_<lo>_<hi>`` of
+that hash. In chDB the root is ``empty``: a synchronous insert with token ``abc`` is
+logged as ``all_2999675849321409816_16143690475548020418`` (the test checks it against
+the engine). :func:`token_hash` computes the ``<lo>_<hi>`` part, so the endpoint's
+asynchronous entries and chDB's synchronous inserts name a token alike.
+
+A non-replicated MergeTree table keeps its ids in ``deduplication_logs/`` under its data
+directory: lines ``1<TAB>part<TAB>block id`` when a part is added, ``2<TAB>...`` when
+it is dropped (``TRUNCATE``, ``DROP PARTITION``), the last ``window`` added ones kept
+(``MergeTreeDeduplicationLog``). :func:`live_hashes` reads them as the engine has them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_MASK = (1 << 64) - 1
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _MASK
+
+
+def sip_hash128(data: bytes) -> tuple[int, int]:
+    """ClickHouse's ``SipHash`` (keys 0) ``get128()``: its two 64-bit halves.
+
+    SipHash-2-4, finished as ClickHouse's non-reference 128-bit variant (``v2 ^= 0xff``,
+    halves ``v0 ^ v1`` and ``v2 ^ v3``), as ``sipHash128()`` in SQL.
+    """
+    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
+    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
+
+    def rounds(n: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(n):
+            v0 = (v0 + v1) & _MASK
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _MASK
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _MASK
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _MASK
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    full = len(data) - len(data) % 8
+    for at in range(0, full, 8):
+        word = int.from_bytes(data[at : at + 8], "little")
+        v3 ^= word
+        rounds(2)
+        v0 ^= word
+    last = int.from_bytes(data[full:], "little") | ((len(data) & 0xFF) << 56)
+    v3 ^= last
+    rounds(2)
+    v0 ^= last
+    v2 ^= 0xFF
+    rounds(4)
+    return v0 ^ v1, v2 ^ v3
+
+
+def token_hash(token: str) -> str:
+    """``<lo>_<hi>`` of the block id an insert with ``token`` gets (its first block)."""
+    text = f"user-token-{token}:source-id-empty:source-number-0"
+    lo, hi = sip_hash128(text.encode("utf-8", "surrogateescape"))
+    return f"{lo}_{hi}"
+
+
+def _hash_of(block_id: str) -> str:
+    """``<lo>_<hi>`` of a logged block id ``<partition>_<lo>_<hi>``."""
+    parts = block_id.rsplit("_", 2)
+    return f"{parts[1]}_{parts[2]}" if len(parts) == 3 else block_id
+
+
+def live_hashes(table_dir: Path, window: int) -> set[str]:
+    """The ``<lo>_<hi>`` of the block ids chDB's log of the table holds now: added, not
+    dropped since, the last ``window`` (any partition). Empty if it keeps none."""
+    logs = table_dir / "deduplication_logs"
+    try:
+        files = list(logs.glob("deduplication_log_*.txt"))
+    except OSError:
+        return set()
+
+    def number(path: Path) -> int:
+        tail = path.stem.rsplit("_", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    live: OrderedDict[str, None] = OrderedDict()
+    for path in sorted(files, key=number):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:  # rotated away while we read: what is left still counts
+            continue
+        for line in text.splitlines():
+            fields = line.split("\t")
+            if len(fields) < 3:
+                continue  # a line the engine is still writing
+            if fields[0] == "1":
+                live[fields[2]] = None
+                live.move_to_end(fields[2])
+                while len(live) > window > 0:
+                    live.popitem(last=False)
+            elif fields[0] == "2":
+                live.pop(fields[2], None)
+    return {_hash_of(block_id) for block_id in live}
