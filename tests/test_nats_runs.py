@@ -2,7 +2,8 @@
 at a time give: the records a batch takes from a run (``Assembler.extend_lines`` against
 ``Assembler.extend``), the sequences and delivery counts read from a run's reply
 subjects (``sequences`` against ``delivery``), the manifests a batch's ranges overlap
-(``Registry.overlaps`` against ``Registry.owners``) and ``to_ranges``."""
+(``Registry.overlaps`` against ``Registry.owners``), ``to_ranges``, and a batch's ids in
+the token's order with their ranges (``in_order`` against sorting and ``to_ranges``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from chworkers.daemon.batcher import BatchLimits
 from chworkers.daemon.brokers.assembly import Assembler, Assembly, Message
-from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, to_ranges
+from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, in_order, to_ranges
 from chworkers.daemon.brokers.natsreplies import delivery, sequences
 
 #: A message's payload: 1 to 4 JSON lines, each ending in a newline.
@@ -86,6 +87,41 @@ def test_a_runs_sequences_are_its_reply_subjects(messages: list[tuple[int, int]]
     ids, again = sequences(replies)
     assert ids == [str(delivery(r)[0]) for r in replies]
     assert again == [i for i, r in enumerate(replies) if delivery(r)[1] > 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=10**12),
+    st.integers(min_value=1, max_value=300),
+    st.sampled_from(["ascending", "shuffled", "gap", "duplicate", "zero", "plus"]),
+    st.randoms(use_true_random=False),
+)
+def test_a_batchs_ids_in_the_tokens_order_are_the_sorted_sequences(
+    first: int, count: int, shape: str, rng: random.Random
+) -> None:
+    """The token and the manifest take what sorting the ids as numbers gives, written
+    as ``str`` writes them, whatever order or spelling the ids came in."""
+    seqs = list(range(first, first + count))
+    if shape == "shuffled":
+        rng.shuffle(seqs)
+    elif shape == "gap":
+        seqs[rng.randrange(count)] += count + 5
+    elif shape == "duplicate":
+        seqs.append(seqs[rng.randrange(count)])
+    ids = [str(seq) for seq in seqs]
+    if shape == "zero":  # one spelled with a leading zero (no server writes that)
+        at = rng.randrange(count)
+        ids[at] = "0" + ids[at]
+    elif shape == "plus":
+        at = rng.randrange(count)
+        ids[at] = "+" + ids[at]
+    ordered = sorted(map(int, ids))
+    assert in_order(ids) == (list(map(str, ordered)), to_ranges(ordered))
+    for near in (9, 99, 999_999, 10**12 - 1):  # counts of digits that change on the way
+        ids = [str(seq) for seq in range(near - count // 2, near + count)]
+        ordered = list(map(int, ids))
+        if ordered[0] > 0:
+            assert in_order(ids) == (ids, to_ranges(ordered))
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,7 +19,7 @@ from chworkers.daemon.brokers.assembly import RUN, Assembly, Message, Poison
 from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
-from chworkers.daemon.brokers.natsmanifests import Manifest, to_ranges
+from chworkers.daemon.brokers.natsmanifests import Manifest, in_order
 from chworkers.daemon.brokers.natsreplies import delivery, sequences
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
@@ -227,9 +227,9 @@ class NatsBatching(SourceParts):
                 self.options.ack_wait,
             )
             return "", batch, [], False, 0.0
-        seqs = sorted(map(int, batch.ids))
-        token = broker_token("nats", self.stream, self.consumer, list(map(str, seqs)))
-        manifest = Manifest(token, to_ranges(seqs), time.time(), self.label)
+        ids, ranges = in_order(batch.ids)
+        token = broker_token("nats", self.stream, self.consumer, ids)
+        manifest = Manifest(token, ranges, time.time(), self.label)
         conflicts = self.link.call(self.link.manifests().register(manifest, self._floor))
         if conflicts:
             # Some of these messages are in another daemon's manifest (it held them
@@ -281,7 +281,7 @@ class NatsBatching(SourceParts):
             self._acked(len(held))
             return
         # Its sequences: to write its manifest again if it expired (NatsSource.still_open).
-        seqs = to_ranges(map(int, batch.ids))
+        seqs = in_order(batch.ids)[1]
         meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt, "seqs": seqs}}
         self._spool(token, batch, meta)
 

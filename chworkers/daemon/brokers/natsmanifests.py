@@ -47,6 +47,37 @@ def to_ranges(seqs: Iterable[int]) -> list[list[int]]:
     return out
 
 
+def in_order(ids: list[str]) -> tuple[list[str], list[list[int]]]:
+    """A batch's ids (stream sequences) as its token takes them, ascending and written
+    as ``str(seq)`` writes them, and their :func:`to_ranges`. The usual batch, one
+    pull's new messages in the order they came, already is: its ids are kept, and its
+    one range found, without a string or a set made per message."""
+    seqs = list(map(int, ids))
+    if seqs:
+        first, last = seqs[0], seqs[-1]
+        if (
+            first > 0
+            and last - first == len(seqs) - 1
+            and seqs == sorted(seqs)
+            # Each id as str() writes it (no sign, no leading zero): none is longer.
+            and sum(map(len, ids)) == _digits(first, last)
+        ):
+            return ids, [[first, last]]
+    ordered = sorted(seqs)
+    return list(map(str, ordered)), to_ranges(ordered)
+
+
+def _digits(first: int, last: int) -> int:
+    """How many decimal digits the numbers ``first`` to ``last`` (positive) have in all."""
+    total, low = 0, first
+    while low <= last:
+        width = len(str(low))
+        high = min(last, 10**width - 1)
+        total += (high - low + 1) * width
+        low = high + 1
+    return total
+
+
 @dataclasses.dataclass
 class Manifest:
     """One batch: its token, its stream sequences, when it was written and by whom, and
@@ -213,4 +244,4 @@ class ManifestStore:
         )
 
 
-__all__ = ["Manifest", "ManifestStore", "Registry", "to_ranges"]
+__all__ = ["Manifest", "ManifestStore", "Registry", "in_order", "to_ranges"]
