@@ -61,6 +61,27 @@ def stream() -> tuple[bytes, list[tuple[Any, ...]]]:
             out.append(b"+OK\r\n")
         if i == 20:
             out.append(b'INFO {"server_id":"x","max_payload":1048576}\r\n')
+    # Long runs, as a pull brings them: with headers of different sizes, payloads that
+    # hold a CRLF and what looks like a control line (framed by the sizes, not by
+    # lines), then without headers, a PING between them.
+    for i in range(60):
+        payload = b'{"run":%d}\n' % i
+        if i % 9 == 4:
+            fake = b"$JS.ACK.ev.c.1.999.999.1733090000000000000.0"
+            payload += b"x\r\nHMSG ev.data %d %s 1 3\r\n\r\nz\r\n" % (SINK, fake)
+        reply = b"$JS.ACK.ev.c.1.%d.%d.1733090000000000000.%d" % (100 + i, 100 + i, 60 - i)
+        if i < 40:
+            head = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % (b"m" * (i % 5 + 1))
+            out.append(
+                b"HMSG ev.data %d %s %d %d\r\n%s%s\r\n"
+                % (SINK, reply, len(head), len(head) + len(payload), head, payload)
+            )
+        else:
+            out.append(b"MSG ev.data %d %s %d\r\n%s\r\n" % (SINK, reply, len(payload), payload))
+        want.append(("sink", reply, payload))
+        if i == 50:
+            out.append(b"PING\r\n")
+            want.append(("ping",))
     return b"".join(out), want
 
 
@@ -87,6 +108,9 @@ class Recorder(WireClient):
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         self.seen.append(("info",))
 
+    async def _process_ping(self) -> None:
+        self.seen.append(("ping",))
+
 
 def feed(parser: Parser, data: bytes, cuts: list[int]) -> None:
     async def run() -> None:
@@ -100,7 +124,7 @@ def feed(parser: Parser, data: bytes, cuts: list[int]) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=4000), max_size=60))
+@given(st.lists(st.integers(min_value=0, max_value=9000), max_size=60))
 def test_any_cut_of_the_reads_gives_what_nats_py_gives(cuts: list[int]) -> None:
     data, want = stream()
     client = Recorder()
@@ -128,6 +152,9 @@ def test_nats_py_parser_agrees_on_the_stream() -> None:
             self, info: dict[str, Any], initial_connection: bool = False
         ) -> None:
             pass
+
+        async def _process_ping(self) -> None:
+            seen.append(("ping",))
 
     feed(Parser(Plain()), data, [])
     assert seen == want

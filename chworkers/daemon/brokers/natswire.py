@@ -14,6 +14,15 @@ two lists (acknowledgement subjects as bytes, payloads), their headers unread; t
 control lines are matched by one regular expression each (:data:`SINK_FRAME`).
 Everything else (the pulls' statuses, other subscriptions) takes nats-py's own road.
 
+A read holds hundreds of such messages in a row, all alike (one subscription, with
+headers or without), so a run of them is taken by a loop of its own first
+(:func:`take_run`): one regular expression made for that subscription and kind of line
+(:func:`run_frame`: three groups, no check of the kind per message), the payload sliced
+out where the sizes say, nothing else per message (0.65 to 0.75 of the time of the
+general loop, measured on a read of 10-row messages). The general loop, after it, takes
+what is not such a run: statuses, ``PING``, other subscriptions, a message split
+between reads.
+
 Acknowledging is the same: nats-py's ``publish`` checks, formats and queues one message
 per call; :meth:`WireClient.publish_each` writes one payload to many subjects as one
 command, built by one ``join``. Both rest on two methods of nats-py's client that are not its public API
@@ -24,8 +33,9 @@ test goes through them.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 
 import nats.errors
 from nats.aio.client import Client
@@ -83,6 +93,12 @@ class WireParser(Parser):
         match = SINK_FRAME.match
         try:
             while pos < size:
+                if not replies:  # (else the loop's run of the same sink goes on)
+                    taken = take_run(data, pos, sinks, subs)
+                    if taken is not None:
+                        sid, pos, run_replies, run_payloads = taken
+                        self._hand_on(sid, run_replies, run_payloads)
+                        continue
                 frame = match(data, pos)
                 if frame is not None:
                     # A JetStream message (a reply subject of $JS.ACK.), the common case.
@@ -150,6 +166,73 @@ class WireParser(Parser):
         nc.stats["in_msgs"] += len(replies)
         nc.stats["in_bytes"] += sum(map(len, payloads))
         nc._sinks[sid](replies, payloads)
+
+
+def take_run(
+    data: bytes, pos: int, sinks: Container[int], subs: Container[int]
+) -> tuple[int, int, list[bytes], list[bytes]] | None:
+    """The run of a sink's JetStream messages at ``data[pos:]`` (the module's
+    docstring): ``(sid, where the run ends, their acknowledgement subjects, their
+    payloads)``; None when the message at ``pos`` is not one, or not whole.
+
+    The first message's control line says which subscription and whether the messages
+    have headers; the run goes on while the next control line is of the same kind (one
+    regular expression made for it, :func:`run_frame`) and its message is whole. Each
+    message is taken where the one before it ended, by the sizes nats-server wrote."""
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    first = data[pos:end].split(b" ")
+    fields = len(first)
+    if not (
+        (fields == 6 and first[0] == b"HMSG") or (fields == 5 and first[0] == b"MSG")
+    ) or not first[3].startswith(ACK_PREFIX):
+        return None
+    try:
+        sid = int(first[2])
+    except ValueError:
+        return None
+    if sid not in sinks or sid not in subs:
+        return None
+    match = run_frame(first[2], fields == 6)
+    size = len(data)
+    replies: list[bytes] = []
+    payloads: list[bytes] = []
+    reply_to, payload_to = replies.append, payloads.append
+    if fields == 6:
+        while (frame := match(data, pos)) is not None:
+            reply, header_size, total = frame.groups()
+            start = frame.end()
+            stop = start + int(total)
+            if stop + 2 > size:
+                break  # the rest of it is still to come
+            reply_to(reply)
+            payload_to(data[start + int(header_size) : stop])
+            pos = stop + 2
+    else:
+        while (frame := match(data, pos)) is not None:
+            reply, total = frame.groups()
+            start = frame.end()
+            stop = start + int(total)
+            if stop + 2 > size:
+                break
+            reply_to(reply)
+            payload_to(data[start:stop])
+            pos = stop + 2
+    if not replies:
+        return None
+    return sid, pos, replies, payloads
+
+
+@functools.lru_cache(maxsize=64)
+def run_frame(sid: bytes, headers: bool) -> Callable[[bytes, int], re.Match[bytes] | None]:
+    """The ``match`` of the control line of a JetStream message to subscription ``sid``
+    (as nats-server writes it), with headers or without: its groups are the reply
+    subject, the header size (with headers) and the total size."""
+    sizes = rb"([0-9]+) ([0-9]+)" if headers else rb"([0-9]+)"
+    head = b"HMSG" if headers else b"MSG"
+    pattern = head + rb" [^ \r\n]+ " + re.escape(sid) + rb" (\$JS\.ACK\.[^ \r\n]+) " + sizes
+    return re.compile(pattern + rb"\r\n").match
 
 
 def control_line(data: bytes, pos: int, end: int) -> tuple[bytes, int, bytes, int, int] | None:
@@ -229,4 +312,4 @@ class WireClient(Client):
             await self._flush_pending()
 
 
-__all__ = ["ACK_PREFIX", "Sink", "WireClient", "WireParser", "control_line"]
+__all__ = ["ACK_PREFIX", "Sink", "WireClient", "WireParser", "control_line", "take_run"]
