@@ -348,9 +348,13 @@ class Crew:
             if h.leaving is None and h.kill_reason is None and h.name != extra
         ]
         surplus = len(active) - n
-        for h in sorted(active, key=lambda h: (h.state == "ready", len(h.assigned)))[
-            : max(0, surplus)
-        ]:
+        # Those a rolling restart has still to replace go first: they are going anyway,
+        # and a fresh worker booting for one is handed to the next (rollout.py).
+        replacing = self.rollout.to_replace()
+        for h in sorted(
+            active,
+            key=lambda h: (h.name not in replacing, h.state == "ready", len(h.assigned)),
+        )[: max(0, surplus)]:
             self.retire(h, "stopped")
 
     def retire(self, h: WorkerHandle, reason: str) -> None:

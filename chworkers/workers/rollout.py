@@ -12,6 +12,9 @@ never more than ``workers + 1`` processes plus the one draining.
 It belongs to the :class:`~chworkers.workers.crew.Crew` and runs on the supervisor's
 loop: :meth:`Rollout.step` is called on every turn. A worker that dies or is recycled
 while it waits its turn is simply not replaced again (its replacement is already new);
+one that leaves while its fresh successor boots (a scale-down retires the workers still
+to replace first) hands that successor to the next old worker, so a rolling restart and
+a scale-down at once start no worker more than the new count needs;
 a fresh worker that dies at boot is started again (after the crew's restart backoff),
 and after ``max_boot_failures`` of them in a row the rollout is abandoned with a
 :class:`WorkerBootError` while the old workers go on serving: a deploy that breaks
@@ -75,6 +78,13 @@ class Rollout:
         """The fresh worker started beside the old ones: not part of ``workers`` yet."""
         h = self.crew.workers.get(self.fresh or "")
         return h.name if h is not None and h.leaving is None and h.kill_reason is None else None
+
+    def to_replace(self) -> set[str]:
+        """The old workers this rollout has still to replace (the current one included):
+        those a scale-down retires first, since they are going anyway."""
+        if not self.running:
+            return set()
+        return set(self.pending) | ({self.old} if self.old is not None else set())
 
     def request(self) -> Future[int]:
         """Replace the workers that run now; the future's result is how many were
@@ -173,12 +183,16 @@ class Rollout:
 
     def _swap(self, fresh: WorkerHandle) -> None:
         table = self.crew.workers
-        old = table.get(self.old or "")
         self.fresh = None
         self.failures = 0
-        if old is None or not _active(old):
-            # The old one left meanwhile (crashed, recycled, scaled down) and the crew
-            # replaced it: the fresh one is one too many.
+        # The old one may have left meanwhile (a scale-down retired it, it crashed or was
+        # recycled): the fresh one replaces the next old one instead, rather than being
+        # one too many while yet another is started for that one.
+        self.old = self._next_old(table)
+        old = table.get(self.old or "")
+        if old is None:
+            # None left to replace: the fresh one is one too many (the crew had already
+            # replaced the one that crashed), so the count is brought back to the target.
             self.old = None
             self.crew.scale(self.crew.target)
             return
