@@ -75,6 +75,13 @@ def test_a_scale_down_during_a_rolling_restart_boots_no_extra_worker(
         lambda: any(w["state"] == "stopping" for w in sup.stats().workers), timeout=30
     )
     (tmp_path / "hold").unlink()
+    # The fresh worker ready, the busy old ones still busy: one of the three is retired.
+    waiting.wait_for(
+        lambda: (
+            sum(w["state"] == "stopping" and w["pid"] != first for w in sup.stats().workers) == 1
+        ),
+        timeout=30,
+    )
     for pid in old:
         (tmp_path / "go" / str(pid)).write_text("")
     restarted.join(60)
