@@ -215,16 +215,28 @@ def _check_sharding(
 
 
 def ignored_sharding_keys(cfg: Config) -> list[str]:
-    """What to warn about a ``sharding_key`` with no sharded cluster to route to
-    (``[clickhouse]`` has a ``url``, no ``shards``): the key is ignored, every row goes to
-    the one ClickHouse. Accepted (a config may be shared with a sharded deployment), but
-    said at start and by ``chworkers check``, so a forgotten ``shards`` is noticed."""
-    if cfg.settings.clickhouse.shards:
+    """What to warn about a ``sharding_key`` with no sharded cluster to route to: a
+    single ``url``, or ``shards`` with one shard. The key is ignored, every row goes to
+    the one ClickHouse (or shard). Accepted (a config may be shared with a sharded
+    deployment), but said at start and by ``chworkers check``, so a forgotten ``shards``
+    (or a shard left out of it) is noticed."""
+    shards = cfg.settings.clickhouse.shards
+    if len(shards) >= 2:
         return []
+    if shards:
+        where = (
+            "clickhouse.shards has one shard: the key is ignored and every row goes to "
+            "that shard (list the cluster's other shards in clickhouse.shards to route "
+            "rows by the key, or drop sharding_key)"
+        )
+    else:
+        where = (
+            "[clickhouse] has a single url and no shards: the key is ignored and every "
+            "row goes to that one ClickHouse (set clickhouse.shards to route rows by the "
+            "key, or drop sharding_key)"
+        )
     return [
-        f"pipeline {p.name!r} has sharding_key = {p.sharding_key!r}, but [clickhouse] has "
-        "a single url and no shards: the key is ignored and every row goes to that one "
-        "ClickHouse (set clickhouse.shards to route rows by the key, or drop sharding_key)"
+        f"pipeline {p.name!r} has sharding_key = {p.sharding_key!r}, but {where}"
         for p in cfg.pipelines
         if p.sharding_key is not None
     ]
