@@ -16,27 +16,26 @@ deduplicated one by one; two flushes of equal rows are not duplicates).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from chworkers.embedded import blockids, queries, sql, streaming, tablerisk
-from chworkers.embedded.asyncdedup import AsyncDedup, window
+from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asynclog import AsyncInsertLog, Row
 from chworkers.embedded.asyncqueue import Entry, Key, Limits
+from chworkers.embedded.asynctarget import Targets
 from chworkers.embedded.engine import Engine, close_quietly
-from chworkers.embedded.exceptions import clickhouse_error
 from chworkers.embedded.queries import quote_ident, quote_literal
 from chworkers.embedded.summary import Stats
 from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
-
-UNKNOWN_TABLE = (60, "UNKNOWN_TABLE")
 
 #: Settings of a key that are the entries' own, or the endpoint's business. The rest
 #: (``async_insert`` too: it does nothing to an ``INSERT ... SELECT``) are in effect for
@@ -106,10 +105,6 @@ def table_exists(conn: Any, database: str, table: str) -> bool:
     return int(res.bytes().strip() or b"0") > 0
 
 
-def unknown_table(database: str, table: str) -> ServerError:
-    return clickhouse_error(UNKNOWN_TABLE, f"Table {database}.{table} does not exist")
-
-
 def _one_block(rows: int) -> dict[str, str]:
     return {
         "max_insert_block_size": str(rows),
@@ -127,12 +122,15 @@ class Flusher:
     request ever finds them on its connection.
     """
 
-    def __init__(self, engine: Engine, dedup: AsyncDedup) -> None:
+    def __init__(
+        self, engine: Engine, dedup: AsyncDedup, insert_log: AsyncInsertLog | None = None
+    ) -> None:
         self.engine = engine
         self.dedup = dedup
+        self.insert_log = insert_log
         self._lock = threading.Lock()
         self._tables: dict[tuple[str, str], threading.Lock] = {}
-        self._targets: dict[tuple[str, str], tuple[int, str, int]] = {}
+        self._targets = Targets()
 
     def _table_lock(self, database: str, table: str) -> threading.Lock:
         """One flush at a time into a table: its entries' ids are checked and recorded
@@ -141,6 +139,8 @@ class Flusher:
             return self._tables.setdefault((database, table), threading.Lock())
 
     def __call__(self, key: Key, limits: Limits, entries: list[Entry]) -> None:
+        flush_id = str(uuid.uuid4())
+        rows: list[Row] = []  # system.asynchronous_insert_log's, one per entry
         conn = self.engine.connect()
         try:
             settings = {n: v for n, v in key.settings if n not in _NOT_FOR_FLUSH}
@@ -150,14 +150,28 @@ class Flusher:
             for statement in key.session_sets:
                 queries.run(conn, statement)
             queries.apply_settings(conn, settings)
-            self._write(conn, key, limits, entries)
+            self._write(conn, key, limits, entries, flush_id, rows)
+        except ServerError as err:
+            if not rows:  # failed before any entry was parsed: every one's error
+                rows = [_row(key, e, 0, "FlushError", err.message) for e in entries]
+            raise
         finally:
             close_quietly(conn)
+            if self.insert_log is not None and rows:
+                self.insert_log.add(rows, time.time(), flush_id)
 
-    def _write(self, conn: Any, key: Key, limits: Limits, entries: list[Entry]) -> None:
+    def _write(
+        self,
+        conn: Any,
+        key: Key,
+        limits: Limits,
+        entries: list[Entry],
+        flush_id: str,
+        rows: list[Row],
+    ) -> None:
         database, table = qualified(key.database, key.statement)
         with self._table_lock(database, table):
-            self._write_locked(conn, key, limits, entries, database, table)
+            self._write_locked(conn, key, limits, entries, database, table, flush_id, rows)
 
     def _write_locked(
         self,
@@ -167,16 +181,15 @@ class Flusher:
         entries: list[Entry],
         database: str,
         table: str,
+        flush_id: str,
+        log_rows: list[Row],
     ) -> None:
         _, columns, clause = split(key.statement)
-        storage, size = self._target(conn, database, table) if limits.deduplicate else ("", 0)
+        facts = self._targets.get(conn, database, table)
+        storage, size = (facts.storage, facts.window) if limits.deduplicate else ("", 0)
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
-        queries.run(
-            conn,
-            f"CREATE TEMPORARY TABLE {tmp} AS {quote_ident(database)}.{quote_ident(table)} "
-            "ENGINE = Memory",
-        )
-        stored = _stored_columns(conn, tmp)
+        check = facts.create_staging(conn, tmp)
+        stored = facts.stored
         cols = f" ({columns})" if columns is not None else ""
         # Synchronous inserts' tokens, as chDB's log of the table holds them now: an
         # entry with one of them is a duplicate too (one block-id store, as ClickHouse).
@@ -195,6 +208,8 @@ class Flusher:
                 or self.dedup.seen(storage, size, block_id)
             ):
                 log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
+                # Logged Ok, as the server does (its sink drops the rows); not parsed here.
+                log_rows.append(_row(key, entry, 0))
                 entry.finish()
                 continue
             stats = Stats()
@@ -205,75 +220,93 @@ class Flusher:
                     key.fmt,
                     [entry.data],
                     stats,
-                    check=False,
+                    check=check,
                 )
             except ServerError as err:  # this entry's data only
                 # Logged as ClickHouse does: a client that did not wait sees it only here.
                 log.warning("asynchronous insert %s failed: %s", entry.query_id, err.message)
+                log_rows.append(_row(key, entry, 0, "ParsingError", err.message))
                 entry.fail(err)
                 continue
             in_flush.add(block_id)
             kept.append((entry, block_id, stats))
         rows = sum(s.written_rows for _, _, s in kept)
-        if rows:
-            ids = [b for _, b, _ in kept]
-            # One block, as the server writes a flush's one chunk: one part per
-            # partition, and refused whole (too many partitions) or written whole.
-            settings = _one_block(rows)
-            token = f"chworkers-async-flush-{uuid.uuid4()}"
-            flush = blockids.token_hash(token)
-            if size:
-                settings.update(_FLUSH_SETTINGS_LOGGED, insert_deduplication_token=token)
-                self.dedup.begin(storage, size, flush, ids)
-            queries.apply_settings(conn, settings)
-            # The temporary table computed every default as the target would (from
-            # the columns each entry sent, EPHEMERAL ones included): its stored
-            # columns go into the target's as they are.
-            names = ", ".join(quote_ident(c) for c in stored)
-            target = f"{quote_ident(database)}.{quote_ident(table)}"
-            try:
-                queries.run(
-                    conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}"
+        try:
+            if rows:
+                self._insert(
+                    conn,
+                    key,
+                    database,
+                    table,
+                    tmp,
+                    stored,
+                    clause,
+                    storage,
+                    size,
+                    flush_id,
+                    rows,
+                    [b for _, b, _ in kept],
                 )
-            except BaseException:
-                self.dedup.abort(storage, size, flush)
-                raise
-            if os.environ.get(CRASH_AFTER_PART_ENV) == "1":
-                os.kill(os.getpid(), signal.SIGKILL)
-            self.dedup.commit(storage, size, flush, ids)
+        except ServerError as err:
+            log_rows.extend(
+                _row(key, e, s.written_rows, "FlushError", err.message) for e, _, s in kept
+            )
+            raise
+        log_rows.extend(_row(key, e, s.written_rows) for e, _, s in kept)
         for entry, _, stats in kept:
             entry.finish(stats.written_rows, stats.written_bytes)
 
-    def _target(self, conn: Any, database: str, table: str) -> tuple[str, int]:
-        """The table's storage directory and deduplication window, kept until a
-        statement may have changed a table (a ``system.tables`` query that reads
-        ``engine_full`` costs several chDB queries)."""
-        generation = tablerisk.risks.generation
-        with self._lock:
-            known = self._targets.get((database, table))
-        if known is not None and known[0] == generation:
-            return known[1], known[2]
-        res = queries.run(
-            conn,
-            "SELECT engine, engine_full, data_paths[1] FROM system.tables "
-            "WHERE database = {db:String} AND name = {t:String}",
-            "JSONCompactEachRow",
-            {"db": database, "t": table},
-        )
-        line = res.bytes().strip()
-        if not line:
-            raise unknown_table(database, table)
-        engine, engine_full, path = json.loads(line.splitlines()[0])
-        storage = str(path) or f"{database}.{table}"
-        size = window(str(engine), str(engine_full))
-        with self._lock:
-            self._targets[(database, table)] = (generation, storage, size)
-        return storage, size
+    def _insert(
+        self,
+        conn: Any,
+        key: Key,
+        database: str,
+        table: str,
+        tmp: str,
+        stored: list[str],
+        clause: str,
+        storage: str,
+        size: int,
+        flush_id: str,
+        rows: int,
+        ids: list[str],
+    ) -> None:
+        """The flush's one insert, its entries' ids recorded around it."""
+        # One block, as the server writes a flush's one chunk: one part per
+        # partition, and refused whole (too many partitions) or written whole.
+        settings = _one_block(rows)
+        token = f"chworkers-async-flush-{flush_id}"
+        flush = blockids.token_hash(token)
+        if size:
+            settings.update(_FLUSH_SETTINGS_LOGGED, insert_deduplication_token=token)
+            self.dedup.begin(storage, size, flush, ids)
+        queries.apply_settings(conn, settings)
+        # The temporary table computed every default as the target would (from
+        # the columns each entry sent, EPHEMERAL ones included): its stored
+        # columns go into the target's as they are.
+        names = ", ".join(quote_ident(c) for c in stored)
+        target = f"{quote_ident(database)}.{quote_ident(table)}"
+        try:
+            queries.run(conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}")
+        except BaseException:
+            self.dedup.abort(storage, size, flush)
+            raise
+        if os.environ.get(CRASH_AFTER_PART_ENV) == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.dedup.commit(storage, size, flush, ids)
 
 
-def _stored_columns(conn: Any, tmp: str) -> list[str]:
-    """The columns an insert may give (not MATERIALIZED, ALIAS or EPHEMERAL) of the
-    temporary table, made just now as the target is."""
-    res = queries.run(conn, f"DESCRIBE TABLE {tmp}", "JSONCompactEachRow")
-    rows = [json.loads(line) for line in res.bytes().splitlines() if line.strip()]
-    return [str(r[0]) for r in rows if str(r[2]) not in ("MATERIALIZED", "ALIAS", "EPHEMERAL")]
+def _row(key: Key, entry: Entry, rows: int, status: str = "Ok", exception: str = "") -> Row:
+    database, table = qualified(key.database, key.statement)
+    return Row(
+        created=entry.created,
+        query=f"{key.statement} FORMAT {key.fmt}",
+        database=database,
+        table=table,
+        fmt=key.fmt,
+        query_id=entry.query_id,
+        nbytes=entry.size,
+        rows=rows,
+        status=status,
+        exception=exception,
+    )

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
-from chworkers.embedded import asyncflush, queries, sql, tablerisk
+from chworkers.embedded import asyncflush, asynctarget, queries, sql, tablerisk
 from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asyncqueue import AsyncInsertQueue, Entry, Key, Limits
 from chworkers.embedded.queries import quote_ident, quote_literal
@@ -133,7 +133,7 @@ def _database(handle: TrackedConnection, qr: QueryRequest, statement: str) -> st
             handle.conn, f"EXISTS TABLE {quote_ident(table_db)}.{quote_ident(target[1])}"
         )
         if res.bytes().strip() != b"1":
-            raise asyncflush.unknown_table(table_db, target[1])
+            raise asynctarget.unknown_table(table_db, target[1])
         if len(_existing) > 10_000:
             _existing.clear()
         _existing.add((generation, table_db, target[1]))
@@ -179,6 +179,17 @@ def flush_targets(text: bytes) -> list[tuple[str | None, str]] | None:
             tables.append((names[0], names[1]) if len(names) > 1 else (None, names[0]))
             names = []
     return tables
+
+
+def flushes_logs(text: bytes) -> bool:
+    """Whether the statement is ``SYSTEM FLUSH LOGS [...]``."""
+    if sql.first_keyword(text) != "SYSTEM":
+        return False
+    try:
+        toks = sql._tokens(text, True)
+    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return False
+    return [t.upper for t in toks[:3]] == ["SYSTEM", "FLUSH", "LOGS"]
 
 
 def flush(queue: AsyncInsertQueue, database: str, tables: list[tuple[str | None, str]]) -> None:

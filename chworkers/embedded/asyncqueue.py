@@ -79,7 +79,12 @@ class Entry:
     rows: int = 0
     nbytes: int = 0
     error: ServerError | None = None
+    #: The data's length (the data itself is let go once the entry is finished).
+    size: int = 0
     _done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.data)
 
     def block_id(self, fmt: str) -> str:
         """What deduplicates the entry: its token (hashed as chDB names a synchronous

@@ -32,6 +32,7 @@ from chworkers.embedded import (
     tablerisk,
 )
 from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asynclog import AsyncInsertLog
 from chworkers.embedded.asyncqueue import AsyncInsertQueue
 from chworkers.embedded.codecs import decoder_for
 from chworkers.embedded.exceptions import (
@@ -70,6 +71,8 @@ class Context:
     inserts: AsyncInsertQueue | None = None
     #: Its entries' block ids, per table (DDL resets or lets go of a table's).
     dedup: AsyncDedup | None = None
+    #: ``system.asynchronous_insert_log``'s rows waiting (written at SYSTEM FLUSH LOGS).
+    insert_log: AsyncInsertLog | None = None
 
     @contextmanager
     def query_id(self, query_id: str) -> Iterator[None]:
@@ -215,6 +218,8 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 _inserted(ctx, handle, qr, resp, stats)
                 return
             text = asyncinsert.with_queue_table(ctx.inserts, text)
+        if ctx.insert_log is not None and asyncinsert.flushes_logs(text):
+            ctx.insert_log.flush()  # then chDB flushes its own
         # DDL: a table, view or constraint may be new. Forgotten after it too, so an
         # insert that asked while it ran does not keep what it saw before.
         ddl = sql.first_keyword(text) not in _CHANGES_NO_TABLE

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asyncflush import Flusher
+from chworkers.embedded.asynclog import AsyncInsertLog
 from chworkers.embedded.asyncqueue import AsyncInsertQueue
 from chworkers.embedded.engine import Engine
 from chworkers.embedded.exceptions import (
@@ -77,6 +78,7 @@ class EmbeddedServer:
         self._sessions: Sessions | None = None
         self._pool: ConnectionPool | None = None
         self._inserts: AsyncInsertQueue | None = None
+        self._insert_log: AsyncInsertLog | None = None
         self._listener: socket.socket | None = None
         self._connections: dict[Connection, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -139,12 +141,17 @@ class EmbeddedServer:
         dropped = dedup.migrate(self.path / "store")
         if dropped:
             log.info("deleted the asynchronous inserts' ids of %d dropped tables", dropped)
+        self._insert_log = AsyncInsertLog(self._engine, self.path)
+        self._insert_log.start()
         self._inserts = AsyncInsertQueue(
-            Flusher(self._engine, dedup), on_push=stats.async_queued, on_flush=stats.async_flushed
+            Flusher(self._engine, dedup, self._insert_log),
+            on_push=stats.async_queued,
+            on_flush=stats.async_flushed,
         )
         ctx = Context(self._engine, self._sessions, self._pool, socket.gethostname(), stats)
         ctx.inserts = self._inserts
         ctx.dedup = dedup
+        ctx.insert_log = self._insert_log
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -242,6 +249,8 @@ class EmbeddedServer:
             )
         if self._inserts is not None:  # as a server: what waits is flushed
             self._inserts.close(flush=True)
+        if self._insert_log is not None:  # and the log of what was
+            self._insert_log.close()
         self._deadlines.stop()
         self._closer.stop()
         if self._sessions is not None:
