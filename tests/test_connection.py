@@ -155,13 +155,15 @@ def test_rows_go_as_native_compressed_as_configured(
     with Connection(f"{endpoint.url}/{database}?compress={compress}") as c:
         c.command("CREATE TABLE c (a Int32, b String, t DateTime) ENGINE = MergeTree ORDER BY a")
         sent: list[object] = []
-        raw_insert = c.client.raw_insert
+        sender = c.raw_sender
+        assert sender is not None  # the request goes past clickhouse-connect's raw_insert
+        send = sender.send
 
         def spy(*args: object, **kwargs: object) -> object:
             sent.append(kwargs.get("compression"))
-            return raw_insert(*args, **kwargs)
+            return send(*args, **kwargs)  # type: ignore[arg-type]
 
-        c.client.raw_insert = spy
+        sender.send = spy  # type: ignore[method-assign]
         when = dt.datetime(2024, 5, 6, 7, 8, 9)
         rows = [(i, f"r{i}" * (i % 7), when + dt.timedelta(seconds=i)) for i in range(5000)]
         assert c.insert("c", rows, ["a", "b", "t"]).written_rows == 5000

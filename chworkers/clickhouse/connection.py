@@ -82,6 +82,7 @@ class Connection:
         self._pid = -1
         self._client: Any = None  # clickhouse-connect's client, with its hooks replaced
         self._http: PoolManager | None = None
+        self._raw: driver.RawInsert | None = None
         self._open()
 
     def __repr__(self) -> str:
@@ -94,6 +95,14 @@ class Connection:
         self._ensure_process()
         client: Client = self._client
         return client
+
+    @property
+    def raw_sender(self) -> driver.RawInsert | None:
+        """What sends this connection's raw inserts without clickhouse-connect's
+        per-request machinery (None: its ``raw_insert`` does); its exceptions are NOT
+        translated (use it inside :meth:`calling`)."""
+        self._ensure_process()
+        return self._raw
 
     # -- the lending pool's bookkeeping (the pool asks; it never reaches into fields) --------
 
@@ -317,6 +326,7 @@ class Connection:
     def _open(self) -> None:
         with self._translating("connect", idempotent=True):
             self._client, self._http = driver.open_client(self.host, self.config)
+        self._raw = driver.RawInsert.of(self._client, self._http)
         self._pid = os.getpid()
 
     def _ensure_process(self) -> None:
@@ -324,7 +334,7 @@ class Connection:
             raise ConnectionLostError(f"{self!r} is closed", endpoint=self.endpoint, sent=False)
         if self._pid != os.getpid():
             # Opened in another process (we were forked): never share its sockets.
-            self._http = None
+            self._http = self._raw = None
             self._open()
 
     @contextmanager

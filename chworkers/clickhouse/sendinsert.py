@@ -20,6 +20,7 @@ from clickhouse_connect.driver.summary import QuerySummary
 from chworkers.clickhouse import dedup, epochs, native, views
 from chworkers.clickhouse.columnar import numpy_columns
 from chworkers.clickhouse.dedup import Queries
+from chworkers.clickhouse.driver import RawInsert
 from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.clickhouse.translate import bad_value
 from chworkers.errors import ServerError
@@ -37,6 +38,9 @@ class InsertTarget(Queries, Protocol):
     and these."""
 
     def knows_setting(self, name: str) -> bool: ...
+
+    @property
+    def raw_sender(self) -> RawInsert | None: ...
 
     def calling(self, what: str, *, idempotent: bool) -> AbstractContextManager[None]: ...
 
@@ -156,11 +160,10 @@ def insert_bytes(
         data = epochs.prepare(conn, table, data, fmt, opts, timestamps_checked)
     size = memoryview(data).nbytes
     what = f"INSERT INTO {table} FORMAT {fmt} ({size} bytes, token {deduplication_token})"
-    # clickhouse-connect puts the statement in front of bytes (a copy of the whole
-    # body); a large body goes as it is, the statement in the URL.
-    block: bytes | bytearray | memoryview = memoryview(data) if size >= _BODY_AS_IS else data
+    block: bytes | bytearray | memoryview = data
     with conn.calling(what, idempotent=True):
         client = conn.client
+        sender = conn.raw_sender
         dedup.check_window(conn, None, table)
         views.check(conn, None, table)
         codec = getattr(client, "write_compression", None) if compress else None
@@ -169,14 +172,24 @@ def insert_bytes(
         else:
             codec = None
         try:
-            summary: QuerySummary = client.raw_insert(
-                table,
-                column_names=column_names,
-                insert_block=block,
-                settings=opts,
-                fmt=fmt,
-                compression=codec,
-            )
+            summary: QuerySummary
+            if sender is not None:  # the body as it is, the statement in the URL
+                summary = sender.send(
+                    table, column_names, block, fmt=fmt, settings=opts, compression=codec
+                )
+            else:
+                # clickhouse-connect puts the statement in front of bytes (a copy of
+                # the whole body); a large body goes as it is, the statement in the URL.
+                if size >= _BODY_AS_IS and not codec:
+                    block = memoryview(block)
+                summary = client.raw_insert(
+                    table,
+                    column_names=column_names,
+                    insert_block=block,
+                    settings=opts,
+                    fmt=fmt,
+                    compression=codec,
+                )
         except Exception:
             epochs.forget(conn, table)  # the table may have changed under us
             raise
