@@ -280,7 +280,10 @@ class BrokerError(ChworkersError):
 class PoisonMessageError(ChworkersError):
     """A broker message that can never be inserted (no payload field, a record too
     large, an unfinished record, delivered too often); it is dead-lettered with this
-    error and acknowledged."""
+    error and acknowledged. ``message_id``: the message's id in its stream, once its
+    source dead-letters it (its dead letter is written once by it, across restarts)."""
+
+    message_id: str = ""
 
 
 class ColumnarFileError(ChworkersError, ValueError):

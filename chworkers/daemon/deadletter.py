@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, Rejected, split_records
 from chworkers.daemon.batchfile import fsync_directory
+from chworkers.daemon.letterkeys import LetterKeys
 from chworkers.daemon.statepaths import probe_writable, unusable
 from chworkers.ops.metrics import Metrics
 from chworkers.wording import plural
@@ -54,6 +55,7 @@ class _Entry:
     reason: str
     binary: bool = False  # the record is not text: written as base64
     rows: int = 1  # rows the record holds (a binary batch dead-lettered whole: all of it)
+    key: str | None = None  # written once by this key, across restarts (letterkeys.py)
 
 
 class DeadLetters(Middleware):
@@ -72,6 +74,7 @@ class DeadLetters(Middleware):
         #: Called with the rows of every write (a binary batch dead-lettered whole
         #: counts its rows, not 1), after they are on disk.
         self.on_rows: Callable[[int], None] | None = None
+        self._keys = LetterKeys(self.directory)  # the keyed letters written, by key
 
     def ready(self) -> None:
         """Create the directory and check that letters can be written in it and in each
@@ -87,6 +90,10 @@ class DeadLetters(Middleware):
             probe_writable(self.directory, what)
             for folder in folders:
                 probe_writable(folder, what)
+            try:
+                self._keys.load()  # the keyed letters written: checked, and the index compacted
+            except OSError as exc:
+                raise unusable(what, self._keys.path, exc, "read") from exc
 
     def write(
         self,
@@ -111,11 +118,18 @@ class DeadLetters(Middleware):
         pipeline: str = "",
         batch: str = "",
         rows: int = 1,
+        keys: Sequence[str | None] | None = None,
     ) -> Path | None:
         """Append input that never reached ClickHouse (a broker's poison message, a file
         that cannot be read), each with the error that stopped it, durably; each record
-        holds ``rows`` rows."""
-        entries = [_Entry(r, e, reason, not _is_text(r), rows) for r, e in records]
+        holds ``rows`` rows. ``keys`` (one per record, or None): a record whose key was
+        written before, in this run or an earlier one, is not written again
+        (:mod:`~chworkers.daemon.letterkeys`); None when nothing was written."""
+        given = list(keys) if keys is not None else [None] * len(records)
+        entries = [
+            _Entry(r, e, reason, not _is_text(r), rows, key)
+            for (r, e), key in zip(records, given, strict=True)
+        ]
         return self._append(table, entries, pipeline=pipeline, batch=batch)
 
     # -- as supervisor middleware --------------------------------------------------------
@@ -156,40 +170,45 @@ class DeadLetters(Middleware):
 
     # -- the file --------------------------------------------------------------------------
 
+    def _unwritten(self, entries: Sequence[_Entry]) -> Sequence[_Entry]:
+        """``entries`` but the keyed ones written already (the lock held)."""
+        keys = [item.key for item in entries if item.key is not None]
+        again = self._keys.written(keys) if keys else set()
+        if not again:
+            return entries
+        log.info(
+            "%s written already (a message delivered again after a restart), not again: %s",
+            plural(len(again), "dead letter"),
+            ", ".join(sorted(again)[:5]),
+        )
+        return [item for item in entries if item.key not in again]
+
     def _append(
         self, table: str, entries: Sequence[_Entry], *, pipeline: str = "", batch: str = ""
     ) -> Path | None:
-        if not entries:
-            return None
         now = time.time()
         folder = self.directory / _safe(table)
         path = folder / (time.strftime("%Y-%m-%d", time.gmtime(now)) + ".jsonl")
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        lines = []
-        for item in entries:
-            entry: dict[str, Any] = {
-                "time": stamp,
-                "table": table,
-                "pipeline": pipeline,
-                "batch": batch,
-                "reason": item.reason,
-                "error": _error(item.error),
-            }
-            if item.rows != 1:
-                entry["rows"] = item.rows
-            if item.binary:
-                entry["record_base64"] = base64.b64encode(item.record).decode()
-            else:
-                entry["record"] = item.record.decode("utf-8", "backslashreplace").rstrip("\n")
-            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
-        data = "".join(lines).encode()
-        rows = sum(item.rows for item in entries)
         with self._lock:
+            entries = self._unwritten(entries)
+            if not entries:
+                return None
+            data = "".join(
+                _line(item, stamp=stamp, table=table, pipeline=pipeline, batch=batch)
+                for item in entries
+            ).encode()
+            keys = [item.key for item in entries if item.key is not None]
             _make_dirs_durably(folder)
             created = not path.exists()
+            if keys:  # where they go, first: a start checks that they got there
+                self._keys.intend(path, 0 if created else path.stat().st_size, len(entries), keys)
             _append_whole(path, data)
             if created:  # the new name must survive a power cut as well as the data
                 fsync_directory(folder)
+            if keys:
+                self._keys.done(keys)
+        rows = sum(item.rows for item in entries)
         log.warning(
             "%s for %s rejected (first: %s); written to %s",
             plural(rows, "row"),
@@ -202,6 +221,26 @@ class DeadLetters(Middleware):
         if self.on_rows is not None:
             self.on_rows(rows)
         return path
+
+
+def _line(item: _Entry, *, stamp: str, table: str, pipeline: str, batch: str) -> str:
+    entry: dict[str, Any] = {
+        "time": stamp,
+        "table": table,
+        "pipeline": pipeline,
+        "batch": batch,
+        "reason": item.reason,
+        "error": _error(item.error),
+    }
+    if item.key is not None:
+        entry["key"] = item.key
+    if item.rows != 1:
+        entry["rows"] = item.rows
+    if item.binary:
+        entry["record_base64"] = base64.b64encode(item.record).decode()
+    else:
+        entry["record"] = item.record.decode("utf-8", "backslashreplace").rstrip("\n")
+    return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
 def _error(error: BaseException) -> dict[str, Any]:

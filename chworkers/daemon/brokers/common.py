@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypedDict
 
@@ -32,6 +33,16 @@ LETTERED_KEPT = 10_000
 
 def _lettered_key(poison: Poison) -> tuple[str, int]:
     return poison.message.id, hash(poison.message.payload)
+
+
+def letter_key(source: str, record: bytes, error: BaseException) -> str | None:
+    """The key a poison message's dead letter is written once by, across restarts
+    (:mod:`~chworkers.daemon.letterkeys`): its source, its id, a checksum of its payload
+    (a stream made anew may use an id again, for another message). None: not a message's."""
+    message_id = getattr(error, "message_id", "")
+    if not message_id:
+        return None
+    return f"{source}:{message_id}:{zlib.crc32(record):08x}"
 
 
 class BrokerSource(Protocol):
@@ -195,6 +206,7 @@ class SourceParts:
             if not poison:
                 return
         for p in poison:
+            p.error.message_id = p.message.id  # the dead letter's key (letter_key)
             self.log.warning("source %s: %s", self.name, p.error)
             if self.on_error is not None:
                 self.on_error(self.name, str(p.error))
@@ -226,4 +238,5 @@ __all__ = [
     "DeadLetter",
     "SourceArgs",
     "SourceParts",
+    "letter_key",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.clickhouse.inserts import InsertResult
-from chworkers.daemon.brokers.common import BrokerSource
+from chworkers.daemon.brokers.common import BrokerSource, DeadLetter, letter_key
 from chworkers.daemon.brokers.redisclient import default_consumer
 from chworkers.daemon.deadletter import DeadLetters
 from chworkers.daemon.pipelines import PipelineSettings
@@ -31,11 +31,7 @@ def broker_source(
     spool's ``max_in_flight`` as it stands (a broker source holds that many batches and
     two more, unless ``max_batches`` says)."""
 
-    def dead_letter(records: Sequence[tuple[bytes, BaseException]], token: str) -> None:
-        dead_letters.write_errors(
-            pipeline.table, records, reason="poison", pipeline=pipeline.name, batch=token
-        )
-
+    dead_letter = poison_letters(dead_letters, pipeline.name, pipeline.table)
     for name in ("lag", "pending", "redeliveries", "acked"):  # series exist at 0
         getattr(metrics, f"broker_{name}").labels(pipeline=pipeline.name)
     consumer = default_consumer(str(Path(state_dir).resolve()))
@@ -62,6 +58,24 @@ def broker_source(
     )
 
 
+def poison_letters(dead_letters: DeadLetters, pipeline: str, table: str) -> DeadLetter:
+    """How source ``pipeline`` dead-letters its poison: into ``dead_letters``, each
+    message's letter once by its key, even when a restart comes between the letter and
+    the message's acknowledgement (the message delivered again)."""
+
+    def dead_letter(records: Sequence[tuple[bytes, BaseException]], token: str) -> None:
+        dead_letters.write_errors(
+            table,
+            records,
+            reason="poison",
+            pipeline=pipeline,
+            batch=token,
+            keys=[letter_key(pipeline, record, error) for record, error in records],
+        )
+
+    return dead_letter
+
+
 def skipped(batch: SpooledBatch) -> Future[Any]:
     """The outcome of a broker batch whose manifest is gone: nothing inserted, done."""
     future: Future[Any] = Future()
@@ -82,4 +96,4 @@ def broker_of(sources: dict[str, BrokerSource] | None, batch: SpooledBatch) -> B
     return sources.get(batch.pipeline)
 
 
-__all__ = ["broker_of", "broker_source", "skipped"]
+__all__ = ["broker_of", "broker_source", "poison_letters", "skipped"]
