@@ -9,21 +9,24 @@ source waits until it does (the batcher retries): its position never passes reco
 that are not in the spool.
 
 ``follow`` mode tails growing files like ``tail -F``: it notices rotation (the path now
-names another inode: the old file is finished, the new one read from its start) and
-truncation (``copytruncate``: the file shrank below our offset: read again from 0).
+names another inode: the old file is finished, the new one read from its start; a file
+renamed to a name the patterns match is followed there, not read again) and truncation
+(``copytruncate``: the file shrank below our offset: read again from 0). At most
+``max_open_files`` are open at once: the others are closed and reopened by path and
+identity when they grow (:mod:`chworkers.daemon.tailing`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import Any
 
 from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
@@ -32,7 +35,7 @@ from chworkers.daemon.extents import Extent, make_durable
 from chworkers.daemon.framing import Framer, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.daemon.spoollinks import SpoolLinks
-from chworkers.daemon.ticket import Ticket
+from chworkers.daemon.tailing import OpenFile, Parked, Tailing
 
 __all__ = ["REFERENCE_MIN_BYTES", "FileSource"]
 
@@ -42,32 +45,15 @@ __all__ = ["REFERENCE_MIN_BYTES", "FileSource"]
 REFERENCE_MIN_BYTES = 256 * 1024
 
 #: Most files a one-shot source holds open at once; the others matched wait their turn,
-#: in order (a backfill of many thousand files must not run out of descriptors).
+#: in order (a backfill of many thousand files must not run out of descriptors). A
+#: followed source holds up to its ``max_open_files``.
 MAX_OPEN_FILES = 32
 
 #: The sources' logger, as before they were cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.sources")
 
 
-@dataclasses.dataclass
-class _OpenFile:
-    path: str
-    fh: BinaryIO
-    dev: int
-    ino: int
-    offset: int
-    framer: Framer
-    head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
-    head_len: int = 0
-    #: Bytes of the file known to be durable (fsync'd since it was opened; -1: cannot be).
-    synced: int = 0
-    #: The spool's hard link to the file, which its references name (None: copied).
-    link: str | None = None
-    #: The last records added from it: the link is released once they are spooled.
-    last: Ticket | None = None
-
-
-class FileSource(_Source):
+class FileSource(_Source, Tailing):
     """Reads files matching glob patterns; with ``follow``, keeps tailing them."""
 
     def __init__(
@@ -79,6 +65,8 @@ class FileSource(_Source):
         poll_interval: float = 0.25,
         forget_after: float = 3600.0,
         by_reference: bool = False,
+        max_open_files: int = 256,
+        close_idle_after: float = 300.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,9 +83,17 @@ class FileSource(_Source):
         self.forgetting = Forgetting(
             checkpoints, self.name, forget_after, poll_interval, self.patterns
         )
-        self._open: dict[str, _OpenFile] = {}
-        #: Files matched, not opened yet (one-shot: at most MAX_OPEN_FILES are open).
+        self.max_open_files = max_open_files if follow else min(MAX_OPEN_FILES, max_open_files)
+        self.close_idle_after = close_idle_after
+        self._open: dict[str, OpenFile] = {}
+        #: Followed files closed for a descriptor, by path (:mod:`chworkers.daemon.tailing`).
+        self._parked: dict[str, Parked] = {}
+        #: Files waiting for a descriptor, in order: matched and not opened yet, or parked
+        #: and grown (at most ``max_open_files`` are open).
         self._pending: deque[str] = deque()
+        self._queued: set[str] = set()  # the paths in _pending
+        #: The positions at start by file identity (None: to be indexed again).
+        self._by_ident: dict[tuple[int, int], list[tuple[str, dict[str, int]]]] | None = None
         self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
         # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
         self._finished: dict[tuple[int, int], tuple[int, int]] = {}
@@ -109,11 +105,13 @@ class FileSource(_Source):
         warn_if_nothing_matches(self.name, self.patterns, self.follow)
         while not stop.is_set():
             self._discover()
-            progressed = False
-            for path in list(self._open):
-                if stop.is_set():
-                    break
-                progressed |= self._read(self._open[path])
+            progressed = self._read_open()
+            while self.follow and self._pending and not stop.is_set():
+                # More files want reading than may be open: round after round, the
+                # files read close for the next ones, before the patterns are matched again.
+                self._make_room()
+                self._open_pending(self._identities())
+                progressed |= self._read_open()
             if not self.follow and not self._open and not self._pending:
                 return
             if not progressed:
@@ -122,22 +120,47 @@ class FileSource(_Source):
             self._release(f)
             f.fh.close()
 
+    def _read_open(self) -> bool:
+        """Read each open file to its end; True if data came."""
+        progressed = False
+        for path in list(self._open):
+            if self._stop.is_set():
+                break
+            progressed |= self._read(self._open[path])
+        return progressed
+
+    def _identities(self) -> dict[tuple[int, int], str]:
+        """The files open or parked, by (dev, ino): the path of each."""
+        seen = {(f.dev, f.ino): f.path for f in self._open.values()}
+        seen.update({(p.dev, p.ino): p.path for p in self._parked.values()})
+        return seen
+
     def _discover(self) -> None:
         """Match the patterns again and open the files found (one-shot: those waiting
-        their turn first, without matching again, up to :data:`MAX_OPEN_FILES` open)."""
+        their turn first, without matching again, up to :data:`MAX_OPEN_FILES` open;
+        followed: parked files that grew too, closing others to make room)."""
         if not self.follow and self._pending:
             self._open_pending({})
             return
         # The files the patterns match, by (dev, ino): a path of each.
-        seen: dict[tuple[int, int], str] = {(f.dev, f.ino): f.path for f in self._open.values()}
-        matched: set[str] = set(self._open)
+        seen = self._identities()
+        matched: set[str] = set(self._open) | set(self._parked)
+        fresh = []
         for pattern in self.patterns:
             for path in sorted(glob.glob(pattern)):
-                if path not in matched:
-                    self._pending.append(path)
+                if path not in matched and path not in self._queued:
+                    fresh.append(path)
                 matched.add(path)
+        if self.follow:
+            fresh = self._renamed(fresh, seen)
+        for path in fresh:
+            self._queue(path)
+        if self.follow:
+            self._tend()
         self._open_pending(seen)
         for path in self._pending:  # waiting their turn: there all the same
+            if path in self._parked:
+                continue  # in seen already
             try:
                 st = os.stat(path)
             except OSError:
@@ -148,13 +171,19 @@ class FileSource(_Source):
         forgotten = self.forgetting.check(matched, seen)
         for path in forgotten:
             self._saved.pop(path, None)
+            self._by_ident = None
 
     def _open_pending(self, seen: dict[tuple[int, int], str]) -> None:
         """Open the files waiting, in order, while there is room (``seen``: their
         identities are added to it)."""
-        while self._pending and (self.follow or len(self._open) < MAX_OPEN_FILES):
+        while self._pending and len(self._open) < self.max_open_files:
             path = self._pending.popleft()
+            self._queued.discard(path)
             if path in self._open:
+                continue
+            parked = self._parked.pop(path, None)
+            if parked is not None:
+                self._unpark(parked)
                 continue
             try:
                 fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
@@ -163,6 +192,9 @@ class FileSource(_Source):
                 continue
             st = os.fstat(fh.fileno())
             ident = (st.st_dev, st.st_ino)
+            if seen.get(ident, path) != path:
+                fh.close()  # followed already under another name
+                continue
             seen[ident] = path
             finished = self._finished.get(ident)
             if finished is not None:
@@ -178,7 +210,7 @@ class FileSource(_Source):
             link = None
             if self.links is not None and st.st_size - offset >= REFERENCE_MIN_BYTES:
                 link = self.links.pin(fh.fileno(), path, source=self.name)
-            self._open[path] = _OpenFile(
+            self._open[path] = OpenFile(
                 path,
                 fh,
                 st.st_dev,
@@ -194,6 +226,7 @@ class FileSource(_Source):
                 head,
                 head_len,
                 link=link,
+                grew_at=time.monotonic(),
             )
             log.info("source %s: reading %s from offset %d", self.name, path, offset)
 
@@ -202,8 +235,15 @@ class FileSource(_Source):
         file (the same inode and first bytes); or the position saved for it under another
         path (a file rotated to a name the patterns match, read before under its old
         name); else its start."""
-        candidates = [self._saved.get(path)]
-        candidates += [pos for p, pos in self._saved.items() if p != path and "head_len" in pos]
+        if self._by_ident is None:
+            self._by_ident = {}
+            for saved_path, saved in self._saved.items():
+                key = (saved["dev"], saved["ino"])
+                self._by_ident.setdefault(key, []).append((saved_path, saved))
+        candidates: list[dict[str, int] | None] = [self._saved.get(path)]
+        candidates += [
+            pos for p, pos in self._by_ident.get(ident, ()) if p != path and "head_len" in pos
+        ]
         for pos in candidates:
             if (
                 pos
@@ -214,7 +254,7 @@ class FileSource(_Source):
                 return pos["offset"]
         return 0
 
-    def _read(self, f: _OpenFile) -> bool:
+    def _read(self, f: OpenFile) -> bool:
         """Read what is there; at the end, finish, rotate or wait. True if data came."""
         progressed = False
         while not self._stop.is_set():
@@ -222,6 +262,7 @@ class FileSource(_Source):
             if not chunk:
                 break
             progressed = True
+            f.grew_at = time.monotonic()
             f.offset += len(chunk)
             records, rows = f.framer.feed(chunk)
             # Where the records start in the file: before what the framer holds, and
@@ -251,20 +292,11 @@ class FileSource(_Source):
             self._close(f, finished=True)
         elif st.st_size < f.offset:
             log.info("source %s: %s was truncated; reading it from the start", self.name, f.path)
+            self._restart(f)
             f.fh.seek(0)
-            f.offset = 0
-            f.framer = Framer(
-                self.format,
-                max_record_bytes=self.max_record_bytes,
-                on_skip=functools.partial(self._skipped, f.path),
-            )
-            f.head, f.head_len = _head(f.fh.fileno())
         return progressed
 
-    def _skipped(self, path: str, message: str) -> None:
-        self._error(f"{path}: {message}")
-
-    def _close(self, f: _OpenFile, *, finished: bool) -> None:
+    def _close(self, f: OpenFile, *, finished: bool) -> None:
         records, rows = f.framer.finish()
         self.last_ticket = None
         self._add(records, rows, self._meta(f, f.offset), header=f.framer.header)
@@ -275,14 +307,14 @@ class FileSource(_Source):
         f.fh.close()
         del self._open[f.path]
 
-    def _release(self, f: _OpenFile) -> None:
+    def _release(self, f: OpenFile) -> None:
         """Done with the file: its link goes once the records added from it are spooled
         (and then as soon as no batch references it)."""
         if f.link is not None and self.links is not None:
             self.links.release(f.link, None if f.last is None else f.last.done)
             f.link = None
 
-    def _extent(self, f: _OpenFile, start: int, begin: int, end: int) -> Extent | None:
+    def _extent(self, f: OpenFile, start: int, begin: int, end: int) -> Extent | None:
         """Where ``records[begin:end]`` are in the file (``records`` starting at
         ``start``), once the file's bytes up to there are durable (None: they cannot be
         made so, and the records are spooled as a copy)."""
@@ -305,10 +337,10 @@ class FileSource(_Source):
             f.link, f.dev, f.ino, f.head, f.head_len, start + begin, start + end, source=f.path
         )
 
-    def _meta_from(self, f: _OpenFile, start: int, at: int) -> dict[str, Any]:
+    def _meta_from(self, f: OpenFile, start: int, at: int) -> dict[str, Any]:
         return self._meta(f, start + at)
 
-    def _meta(self, f: _OpenFile, offset: int) -> dict[str, Any]:
+    def _meta(self, f: OpenFile, offset: int) -> dict[str, Any]:
         if f.head_len < HEAD_BYTES and offset > f.head_len:
             f.head, f.head_len = _head(f.fh.fileno())  # the file grew: a longer fingerprint
         position = {

@@ -81,6 +81,19 @@ class PipelineSettings:
         unit="seconds",
         minimum=0,
     )
+    max_open_files: int = setting(
+        256,
+        "file source with follow: most files held open at once; the others are closed "
+        "and reopened where they were when they grow (read once: at most 32, or this).",
+        minimum=1,
+    )
+    close_idle_after: float = setting(
+        300.0,
+        "file source with follow: close a file that has not grown for this long (reopened "
+        "when it grows; 0: only to keep within max_open_files).",
+        unit="seconds",
+        minimum=0,
+    )
     settle: float = setting(
         1.0,
         "file source of Parquet, Arrow or Native files: read a file once its size and "

@@ -1,0 +1,323 @@
+"""Tailing more files than may be open: which followed files to close, and finding them again.
+
+A file source that follows a glob of many files (``follow = true``) keeps at most
+``max_open_files`` of them open. A file is closed (*parked*: its path, identity, offset
+and the framer holding its unfinished record stay in memory) once it has not grown for
+``close_idle_after``, or, when files that want reading outnumber the free descriptors,
+the open files that grew least recently (all of them read to their end then) make room.
+Parked files are looked at with a ``stat`` each poll, by path and identity (device and
+inode; the first bytes when reopened):
+
+- grown at the same inode: reopened where it was, the same framer: no line is lost or
+  repeated, a line half written when it was closed included.
+- shrunk below the offset, or its first bytes other (``copytruncate``, ``> file``): read
+  again from its start, as an open file is.
+- renamed to a name the patterns match (``app.log`` to ``app.log.1``): it is the same
+  file under its new name (:meth:`Tailing._renamed`; an open file too), neither finished
+  nor read again.
+- the path names another file or none (rotated away, deleted): the old inode is looked
+  for in the path's directory (:func:`find_moved`); found, what it holds past the offset
+  is read and the file finished; not found, it was deleted: it ends where it was read
+  to (a last line without its newline, held by the framer, counts as a line, as at the
+  end of any file). What was written to it and not read yet when it was deleted (at
+  most a ``poll_interval``'s worth, or what it gained while waiting its turn for a
+  descriptor) cannot be read: a deleted file's bytes go with its last descriptor, and
+  none was open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
+
+from chworkers.daemon.checkpoints import head_of, same_head
+from chworkers.daemon.framing import Framer
+from chworkers.daemon.ticket import Ticket
+
+__all__ = ["Change", "OpenFile", "Parked", "Tailing", "change_of", "find_moved", "to_park"]
+
+#: The sources' logger, as before they were cut into modules (log filters keep working).
+log = logging.getLogger("chworkers.daemon.sources")
+
+
+@dataclasses.dataclass
+class OpenFile:
+    """A file a file source has open, and where it is in it."""
+
+    path: str
+    fh: BinaryIO
+    dev: int
+    ino: int
+    offset: int
+    framer: Framer
+    head: int = 0  # crc32 of the file's first head_len bytes: tells a reused inode apart
+    head_len: int = 0
+    #: Bytes of the file known to be durable (fsync'd since it was opened; -1: cannot be).
+    synced: int = 0
+    #: The spool's hard link to the file, which its references name (None: copied).
+    link: str | None = None
+    #: The last records added from it: the link is released once they are spooled.
+    last: Ticket | None = None
+    #: When (time.monotonic()) it was opened or last grew: idle files are closed first.
+    grew_at: float = 0.0
+
+
+@dataclasses.dataclass
+class Parked:
+    """A followed file closed to save a descriptor: where it was, to reopen it there."""
+
+    path: str
+    dev: int
+    ino: int
+    offset: int
+    framer: Framer
+    head: int
+    head_len: int
+    #: Where it is now when its path names another file (rotated away; None: its path).
+    at: str | None = None
+
+
+class Change(enum.Enum):
+    """What became of a parked file since it was closed."""
+
+    NONE = "none"  # the same file, the same size
+    GREW = "grew"  # the same file, another size (grown, or truncated: reopening tells)
+    ELSEWHERE = "elsewhere"  # its path names another file or none
+    UNKNOWN = "unknown"  # its path cannot be looked at now (EACCES, EIO): left as it is
+
+
+def change_of(parked: Parked) -> Change:
+    """Look at a parked file's path (one ``stat``, no descriptor)."""
+    try:
+        st = os.stat(parked.path)
+    except FileNotFoundError:
+        return Change.ELSEWHERE
+    except OSError:
+        return Change.UNKNOWN
+    if (st.st_dev, st.st_ino) != (parked.dev, parked.ino):
+        return Change.ELSEWHERE
+    return Change.NONE if st.st_size == parked.offset else Change.GREW
+
+
+def find_moved(path: str, dev: int, ino: int) -> str | None:
+    """Where the file once at ``path`` (device ``dev``, inode ``ino``) is now, when it
+    was renamed within the same directory (logrotate's ``rename``, ``olddir`` aside);
+    None when it is not there (deleted, or moved elsewhere)."""
+    directory = os.path.dirname(path) or "."
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.inode() != ino:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_dev == dev and entry.is_file(follow_symlinks=False):
+                    return entry.path
+    except OSError:
+        return None
+    return None
+
+
+def to_park(
+    grew_at: Mapping[str, float],
+    *,
+    wanting: int,
+    limit: int,
+    idle_after: float,
+    now: float,
+) -> list[str]:
+    """The open files to close now: those idle for ``idle_after`` seconds (0: never for
+    idleness), then, while ``wanting`` files wait for a descriptor beyond the ``limit``,
+    the ones that grew least recently. ``grew_at``: the open files' last growth (a
+    monotonic time), each read to its end."""
+    park = [p for p, at in grew_at.items() if idle_after > 0 and now - at >= idle_after]
+    idle = set(park)
+    left = sorted((at, p) for p, at in grew_at.items() if p not in idle)
+    short = len(left) + wanting - limit
+    park += [p for _, p in left[: max(0, short)]]
+    return park
+
+
+class Tailing:
+    """A followed file source's bookkeeping of open and parked files (the part of
+    :class:`~chworkers.daemon.filesource.FileSource` that runs with ``follow``)."""
+
+    name: str
+    format: str
+    max_record_bytes: int
+    max_open_files: int
+    close_idle_after: float
+    _open: dict[str, OpenFile]
+    _parked: dict[str, Parked]
+    _pending: deque[str]
+    _queued: set[str]
+    _error: Callable[[str], None]
+    _add: Callable[..., None]
+
+    def _queue(self, path: str) -> None:
+        if path not in self._queued:
+            self._queued.add(path)
+            self._pending.append(path)
+
+    def _renamed(self, fresh: list[str], seen: dict[tuple[int, int], str]) -> list[str]:
+        """Of the paths newly matched, those of new files: a file followed already that
+        is now at one of them (renamed to a name the patterns match: ``app.log`` to
+        ``app.log.1``) is followed there, neither finished nor read again."""
+        new = []
+        for path in fresh:
+            try:
+                st = os.stat(path)
+            except OSError:
+                new.append(path)  # opening it says what is wrong
+                continue
+            ident = (st.st_dev, st.st_ino)
+            old = seen.get(ident)
+            if old is None:
+                new.append(path)
+                continue
+            if _names(old, ident):
+                continue  # a second name (a hard link) of a file followed already
+            if old in self._open:
+                f = self._open[path] = self._open.pop(old)
+                f.path = path
+            else:
+                parked = self._parked[path] = self._parked.pop(old)
+                parked.path = path
+            if old in self._queued:  # whatever is at the old path now is another file
+                self._queued.discard(old)
+                self._pending = deque(p for p in self._pending if p != old)
+            seen[ident] = path
+            log.info("source %s: %s was renamed to %s; following it there", self.name, old, path)
+        return new
+
+    def _tend(self) -> None:
+        """Followed files: queue the parked ones that grew (or are elsewhere now), and
+        make room for those waiting."""
+        for path, parked in list(self._parked.items()):
+            if path in self._queued:
+                continue
+            change = change_of(parked)
+            if change is Change.GREW:
+                self._queue(path)
+            elif change is Change.ELSEWHERE:
+                parked.at = find_moved(path, parked.dev, parked.ino)
+                if parked.at is None:
+                    del self._parked[path]
+                    self._deleted(parked)
+                else:
+                    self._queue(path)  # what it holds past the offset is read, then it ends
+        self._make_room()
+
+    def _deleted(self, parked: Parked) -> None:
+        """A parked file was deleted: it ends where it was read to (its last record
+        without its newline, held by the framer, is one, as at the end of any file)."""
+        log.info(
+            "source %s: %s was deleted while closed (read to offset %d)",
+            self.name,
+            parked.path,
+            parked.offset,
+        )
+        records, rows = parked.framer.finish()
+        if records:
+            position = {
+                "dev": parked.dev,
+                "ino": parked.ino,
+                "offset": parked.offset,
+                "head": parked.head,
+                "head_len": parked.head_len,
+            }
+            self._add(
+                records, rows, {"files": {parked.path: position}}, header=parked.framer.header
+            )
+
+    def _make_room(self) -> None:
+        """Close the followed files idle for ``close_idle_after``, and as many more as
+        files wait for a descriptor beyond ``max_open_files`` (those that grew least
+        recently: each was read to its end)."""
+        grew_at = {path: f.grew_at for path, f in self._open.items()}
+        for path in to_park(
+            grew_at,
+            wanting=len(self._pending),
+            limit=self.max_open_files,
+            idle_after=self.close_idle_after,
+            now=time.monotonic(),
+        ):
+            self._park(self._open[path])
+
+    def _park(self, f: OpenFile) -> None:
+        """Close a followed file read to its end, keeping where it was (and its framer,
+        with the record it holds unfinished) to reopen it there (a followed file is never
+        spooled by reference: there is no link to release)."""
+        f.fh.close()
+        del self._open[f.path]
+        self._parked[f.path] = Parked(f.path, f.dev, f.ino, f.offset, f.framer, f.head, f.head_len)
+
+    def _unpark(self, parked: Parked) -> None:
+        """Reopen a parked file where it was (from its start when it was truncated or
+        rewritten meanwhile; at its new name when it was rotated away)."""
+        try:
+            fh = open(parked.at or parked.path, "rb")  # noqa: SIM115 (kept open while tailing)
+        except OSError as exc:
+            self._parked[parked.path] = parked  # looked at again at the next poll
+            if not isinstance(exc, FileNotFoundError):
+                self._error(f"cannot open {parked.at or parked.path}: {exc.strerror}")
+            return
+        st = os.fstat(fh.fileno())
+        if (st.st_dev, st.st_ino) != (parked.dev, parked.ino):
+            fh.close()  # replaced between the look and the open: the next poll tells
+            parked.at = None
+            self._parked[parked.path] = parked
+            return
+        f = OpenFile(
+            parked.path,
+            fh,
+            parked.dev,
+            parked.ino,
+            parked.offset,
+            parked.framer,
+            parked.head,
+            parked.head_len,
+            grew_at=time.monotonic(),
+        )
+        if st.st_size < parked.offset or (
+            parked.head_len and not same_head(fh.fileno(), parked.head, parked.head_len, st.st_size)
+        ):
+            log.info(
+                "source %s: %s was truncated or rewritten while closed; reading it from the start",
+                self.name,
+                parked.path,
+            )
+            self._restart(f)
+        fh.seek(f.offset)
+        self._open[parked.path] = f
+
+    def _restart(self, f: OpenFile) -> None:
+        """Read a truncated file again from its start (what the framer held is gone)."""
+        f.offset = 0
+        f.framer = Framer(
+            self.format,
+            max_record_bytes=self.max_record_bytes,
+            on_skip=functools.partial(self._skipped, f.path),
+        )
+        f.head, f.head_len = head_of(f.fh.fileno())
+
+    def _skipped(self, path: str, message: str) -> None:
+        self._error(f"{path}: {message}")
+
+
+def _names(path: str, ident: tuple[int, int]) -> bool:
+    """Whether ``path`` is (still) a name of the file ``ident``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
