@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from chclients import unique_name
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from chworkers.embedded import blockids
 from chworkers.embedded.asyncdedup import FILE_NAME, AsyncDedup
@@ -84,6 +85,34 @@ def test_a_synchronous_insert_s_token_drops_an_asynchronous_entry(ch_client: Cli
     ch_client.insert(table, [[3]], settings={"insert_deduplication_token": "t3"})
     ch_client.command(f"TRUNCATE TABLE {table}")
     assert async_insert(ch_client, table, 3, "t3") == 1
+
+
+def test_an_asynchronous_entry_s_token_drops_a_synchronous_insert(ch_client: Client) -> None:
+    table = make_table(ch_client)
+    assert async_insert(ch_client, table, 1, "a1") == 1
+    # clickhouse-connect's insert (Native, lz4) and a raw JSONEachRow one, same token.
+    summary = ch_client.insert(table, [[5]], settings={"insert_deduplication_token": "a1"})
+    assert int(summary.written_rows) == 1  # parsed, as chDB answers its own duplicates
+    ch_client.raw_insert(
+        table, None, b'{"k":6}\n', settings={"insert_deduplication_token": "a1"}, fmt="JSONEachRow"
+    )
+    assert count(ch_client, table) == 1
+    with pytest.raises(DatabaseError):  # still parsed: bad data is an error
+        ch_client.raw_insert(
+            table,
+            None,
+            b'{"k":"x"}\n',
+            settings={"insert_deduplication_token": "a1"},
+            fmt="JSONEachRow",
+        )
+    off = {"insert_deduplication_token": "a1", "deduplicate_insert": "disable"}
+    ch_client.insert(table, [[7]], settings=off)  # deduplication off: written
+    ch_client.insert(table, [[8]], settings={"insert_deduplication_token": "a2"})
+    assert sorted(r[0] for r in ch_client.query(f"SELECT k FROM {table}").result_rows) == [
+        1,
+        7,
+        8,
+    ]
 
 
 def test_the_ids_go_with_the_table(ch_client: Client) -> None:

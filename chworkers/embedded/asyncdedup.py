@@ -159,6 +159,23 @@ class AsyncDedup:
         self.directory = directory
         self._tables: dict[str, _TableIds] = {}
         self._lock = threading.Lock()
+        #: The files of ids there are (by path): only an insert into one of their tables
+        #: can repeat an asynchronous entry's token.
+        self._with_ids: set[str] = set()
+
+    def scan(self, store: Path) -> int:
+        """At start: which tables under ``store`` have ids; how many."""
+        found = {str(path) for path in store.glob(f"*/*/{FILE_NAME}")}
+        found.update(str(path) for path in self.directory.glob("*.log"))
+        with self._lock:
+            self._with_ids.update(found)
+        return len(found)
+
+    def has_ids(self, storage: str | None = None) -> bool:
+        """Whether the table (any table, without ``storage``) has ids."""
+        path = None if storage is None else str(self._path(storage)[0])
+        with self._lock:
+            return bool(self._with_ids) if path is None else path in self._with_ids
 
     def _path(self, storage: str) -> tuple[Path, Path | None]:
         table_dir = Path(storage)
@@ -208,6 +225,8 @@ class AsyncDedup:
         if size <= 0 or not block_ids:
             return
         table = self._table(storage, size)
+        with self._lock:
+            self._with_ids.add(str(table.path))
         with table.lock:
             table.flushing = None
             for block_id in block_ids:
@@ -234,6 +253,7 @@ class AsyncDedup:
         with self._lock:
             table = self._tables.pop(storage, None)
             path, _ = self._path(storage)
+            self._with_ids.discard(str(path))
         if table is not None:
             with table.lock:
                 path.unlink(missing_ok=True)
@@ -251,6 +271,7 @@ class AsyncDedup:
                     continue
                 del self._tables[storage]
                 dropped += 1
+            self._with_ids = {path for path in self._with_ids if os.path.exists(path)}
         return dropped
 
     def migrate(self, store: Path) -> int:

@@ -29,7 +29,7 @@ from chworkers.embedded import blockids, queries, sql, streaming, tablerisk
 from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asynclog import AsyncInsertLog, Row
 from chworkers.embedded.asyncqueue import Entry, Key, Limits
-from chworkers.embedded.asynctarget import Targets
+from chworkers.embedded.asynctarget import targets
 from chworkers.embedded.engine import Engine, close_quietly
 from chworkers.embedded.queries import quote_ident, quote_literal
 from chworkers.embedded.summary import Stats
@@ -130,7 +130,6 @@ class Flusher:
         self.insert_log = insert_log
         self._lock = threading.Lock()
         self._tables: dict[tuple[str, str], threading.Lock] = {}
-        self._targets = Targets()
 
     def _table_lock(self, database: str, table: str) -> threading.Lock:
         """One flush at a time into a table: its entries' ids are checked and recorded
@@ -185,7 +184,7 @@ class Flusher:
         log_rows: list[Row],
     ) -> None:
         _, columns, clause = split(key.statement)
-        facts = self._targets.get(conn, database, table)
+        facts = targets.get(conn, database, table)
         storage, size = (facts.storage, facts.window) if limits.deduplicate else ("", 0)
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
         check = facts.create_staging(conn, tmp)

@@ -131,3 +131,7 @@ class Targets:
                 self._known.clear()
             self._known[(database, table)] = (generation, target)
         return target
+
+
+#: The endpoint's one registry (chDB's tables are the process's).
+targets = Targets()

@@ -20,6 +20,7 @@ from typing import Any
 
 from chworkers.embedded import (
     asyncinsert,
+    crossdedup,
     engine,
     formats,
     infile,
@@ -178,8 +179,11 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             )
             stats.written_rows = stats.written_bytes = 0
         compressed = _lz4_insert(conn, req, qr)
-        if compressed is not None and _queued(ctx, handle, qr, compressed):
-            compressed = None  # decoded here, then queued
+        if compressed is not None and (
+            _queued(ctx, handle, qr, compressed)
+            or crossdedup.duplicate(ctx.dedup, handle, qr, compressed)
+        ):
+            compressed = None  # decoded here, then queued (or dropped)
         if compressed is not None:
             formats.check_protocol_version(compressed.fmt, qr.client_protocol_version)
             statement, fmt = compressed.statement, compressed.fmt
@@ -196,6 +200,10 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 _inserted(ctx, handle, qr, resp, stats)
                 return
             first, chunks = b"", rest  # too much data: written synchronously
+        elif insert is not None and crossdedup.duplicate(ctx.dedup, handle, qr, insert):
+            crossdedup.drop(conn, insert, first, chunks, stats)
+            _inserted(ctx, handle, qr, resp, stats)
+            return
         if insert is not None and _streams(insert, head, qr):
             _insert(conn, req, insert, first, chunks, stats)
             _inserted(ctx, handle, qr, resp, stats)

@@ -139,6 +139,7 @@ class EmbeddedServer:
         self._engine.on_connect = stats.chdb_connection_opened
         dedup = AsyncDedup(self.path / "chworkers_async_dedup")
         dropped = dedup.migrate(self.path / "store")
+        dedup.scan(self.path / "store")
         if dropped:
             log.info("deleted the asynchronous inserts' ids of %d dropped tables", dropped)
         self._insert_log = AsyncInsertLog(self._engine, self.path)
