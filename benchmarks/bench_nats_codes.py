@@ -9,7 +9,9 @@ reads the whole stream through a durable consumer of its own with a
 :class:`~chworkers.daemon.brokers.natsstream.NatsSource`, its batcher a stand-in that
 completes every batch at once, as ``bench_nats_source.py`` does. Printed: per round and
 version, that process's CPU microseconds per message (all its threads, start-up left
-out) and nats-server's over the same time; then the medians.
+out, and by thread: ``source`` frames and batches, ``source-bench-nats`` is the event
+loop that parses the reads and writes the acknowledgements) and nats-server's over the
+same time; then the medians.
 
 Run (under the bench lock):
 ``flock /work/coord/bench.lock .venv/bin/python benchmarks/bench_nats_codes.py
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import Completing, process_cpu, tree_cpu
+from brokerharness import Completing, process_cpu, thread_cpu, tree_cpu
 from brokerservers import nats_produce
 from natsserver import NatsServer
 
@@ -58,12 +62,26 @@ def read_once(args: argparse.Namespace) -> None:
     )
     batcher.source = source
     stop = threading.Event()
-    thread = threading.Thread(target=source.run, args=(stop,))
+    thread = threading.Thread(target=source.run, args=(stop,), name="source")
+    spy = None
+    if args.profile:  # py-spy (in this venv), the threads holding the GIL only
+        command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid"]
+        command += [str(os.getpid()), "--threads", "--gil", "--format", "raw"]
+        spy = subprocess.Popen([*command, "--rate", "250", "--output", args.profile])
+        time.sleep(1)  # py-spy attached
+    before = by_thread()
     own, nats = process_cpu(), tree_cpu(args.server_pid)
     started = time.monotonic()
     thread.start()
     ended = batcher.until_rows(args.messages * args.rows_per_message, started)
     used = process_cpu() - own, tree_cpu(args.server_pid) - nats
+    threads = {
+        name: (cpu - before.get(name, 0.0)) / args.messages * 1e6
+        for name, cpu in by_thread().items()
+    }
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     stop.set()
     thread.join(30)
     source.close()
@@ -73,9 +91,20 @@ def read_once(args: argparse.Namespace) -> None:
                 "source_us": used[0] / args.messages * 1e6,
                 "server_us": used[1] / args.messages * 1e6,
                 "messages_per_s": args.messages / (ended - started),
+                "threads_us": {name: us for name, us in threads.items() if us > 0},
             }
         )
     )
+
+
+def by_thread() -> dict[str, float]:
+    """CPU seconds so far of each of this process's Python threads, by name."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread.native_id is not None:
+            with contextlib.suppress(FileNotFoundError):  # it ended
+                out[thread.name] = thread_cpu(thread.native_id)
+    return out
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -100,6 +129,8 @@ def compare(args: argparse.Namespace) -> None:
                     command += ["--rows-per-message", str(args.rows_per_message)]
                     command += ["--max-rows", str(args.max_rows)]
                     command += ["--fetch-count", str(args.fetch_count)]
+                    if args.profile:
+                        command += ["--profile", f"{args.profile}.{name}.{r + 1}.txt"]
                     environment = {**os.environ, "PYTHONPATH": str(Path(directory).resolve())}
                     out = subprocess.run(
                         command, env=environment, capture_output=True, check=True, cwd=tmp
@@ -110,7 +141,9 @@ def compare(args: argparse.Namespace) -> None:
                     print(
                         f"round {r + 1} {name} (load {result['load']:.1f}): the source "
                         f"{result['source_us']:.2f} us of CPU per message, nats-server "
-                        f"{result['server_us']:.2f}, {result['messages_per_s']:,.0f} messages/s",
+                        f"{result['server_us']:.2f}, {result['messages_per_s']:,.0f} messages/s; "
+                        "by thread: "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in result["threads_us"].items()),
                         flush=True,
                     )
         finally:
@@ -136,6 +169,13 @@ def main() -> None:
     parser.add_argument("--rows-per-message", type=int, default=10)
     parser.add_argument("--max-rows", type=int, default=50_000)
     parser.add_argument("--fetch-count", type=int, default=10_000)
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="PREFIX",
+        help="py-spy (in this venv) records each read's threads holding the GIL to "
+        "PREFIX.<code>.<round>.txt (it slows the reads: not for the figures)",
+    )
     parser.add_argument("--read", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--consumer", help=argparse.SUPPRESS)
