@@ -166,3 +166,37 @@ def test_a_malformed_line_is_nats_pys_error() -> None:
     client = Recorder()
     with pytest.raises(nats.errors.ProtocolError):
         feed(client._ps, b"MSG ev.data x $JS.ACK.a 3\r\nabc\r\nBOGUS\r\n", [])
+
+
+def test_the_sources_connections_read_wide(nats_server: Any) -> None:
+    """A connection reads up to READ_SIZE at a time (nats-py's own reads are of 32 KiB):
+    a message larger than nats-py's read arrives whole, in fewer reads."""
+    from chworkers.daemon.brokers.natswire import READ_SIZE, WideTransport
+
+    async def run() -> tuple[int, list[int]]:
+        client = WireClient()
+        await client.connect(nats_server.url)
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        sizes: list[int] = []
+        parse = client._ps.parse
+
+        async def counted(data: bytes = b"") -> None:
+            sizes.append(len(data))
+            await parse(data)
+
+        client._ps.parse = counted  # type: ignore[method-assign]
+        try:
+            assert type(client._transport) is WideTransport
+
+            async def take(msg: Any) -> None:
+                await got.put(msg.data)
+
+            await client.subscribe("wide", cb=take)
+            await client.publish("wide", b"x" * (READ_SIZE // 2))
+            return len(await asyncio.wait_for(got.get(), 10)), sizes
+        finally:
+            await client.close()
+
+    size, reads = asyncio.run(run())
+    assert size == READ_SIZE // 2
+    assert max(reads) > 32 * 1024

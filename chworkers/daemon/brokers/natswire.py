@@ -36,15 +36,20 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Awaitable, Callable, Container
+from urllib.parse import ParseResult
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.transport import TcpTransport, Transport
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 #: What a sink gets: a run of messages in the order they came, as their
 #: acknowledgement subjects and their payloads (two lists of the same length).
 Sink = Callable[[list[bytes], list[bytes]], None]
+
+#: How much one read of the socket takes at most (:class:`WideTransport`).
+READ_SIZE = 256 * 1024
 
 #: The start of a JetStream message's reply subject (statuses have none).
 ACK_PREFIX = b"$JS.ACK."
@@ -258,14 +263,42 @@ def control_line(data: bytes, pos: int, end: int) -> tuple[bytes, int, bytes, in
     return None
 
 
+class WideTransport(TcpTransport):
+    """nats-py's TCP transport, reading up to :data:`READ_SIZE` at a time (nats-py reads
+    32 KiB, and its stream reader stops taking from the socket past 64 KiB): a pull's
+    messages come in reads of a few hundred, each read one turn of the event loop, one
+    copy into the parser's buffer and one run (:func:`take_run`)."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    async def connect(self, uri: ParseResult, buffer_size: int, connect_timeout: int) -> None:
+        await super().connect(uri, max(buffer_size, READ_SIZE), connect_timeout)
+
+    async def read(self, buffer_size: int) -> bytes:
+        data: bytes = await super().read(max(buffer_size, READ_SIZE))
+        return data
+
+
 class WireClient(Client):
     """nats-py's client, and :meth:`sink` / :meth:`publish_each` (the module's
-    docstring)."""
+    docstring); its TCP connections are :class:`WideTransport`'s."""
 
     def __init__(self) -> None:
         super().__init__()
         self._sinks: dict[int, Sink] = {}
         self._ps = WireParser(self)
+
+    @property
+    def _transport(self) -> Transport | None:
+        return self._wire_transport
+
+    @_transport.setter
+    def _transport(self, transport: Transport | None) -> None:
+        # nats-py makes its TcpTransport when it first connects (a WebSocket's stays).
+        if type(transport) is TcpTransport:
+            transport = WideTransport()
+        self._wire_transport = transport
 
     async def subscribe_sink(
         self, subject: str, deliver: Sink, others: Callable[[Msg], Awaitable[None]]
@@ -312,4 +345,13 @@ class WireClient(Client):
             await self._flush_pending()
 
 
-__all__ = ["ACK_PREFIX", "Sink", "WireClient", "WireParser", "control_line", "take_run"]
+__all__ = [
+    "ACK_PREFIX",
+    "READ_SIZE",
+    "Sink",
+    "WideTransport",
+    "WireClient",
+    "WireParser",
+    "control_line",
+    "take_run",
+]
