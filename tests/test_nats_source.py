@@ -398,6 +398,23 @@ def test_manifests_are_written_by_compare_and_set(nats_server: NatsServer) -> No
         # The acknowledgement floor passed "a": the next write removes it.
         assert await stores[4].register(manifest("z", 500, 501), floor=10) == {}
         assert "a" not in (await stores[0].load()).manifests
+        # A store starts a change from what it wrote last; others wrote since: its
+        # write is refused and made on what they wrote (their manifests kept, a batch
+        # that overlaps one of them refused).
+        assert await stores[5].register(manifest("s", 600, 605), floor=10) == {}
+        assert await stores[6].register(manifest("v", 700, 701), floor=10) == {}
+        refused = await stores[5].register(manifest("u", 700, 703), floor=10)
+        assert {seq: m.token for seq, m in refused.items()} == {700: "v", 701: "v"}
+        assert await stores[5].register(manifest("w", 800, 801), floor=10) == {}
+        assert {"s", "v", "w", "z"} <= set((await stores[0].load()).manifests)
+        # A change found not needed on what a store wrote last is checked on the key:
+        # "q" is not in what store 5 wrote last, another store wrote it since.
+        assert await stores[7].register(manifest("q", 900, 901), floor=10) == {}
+        await stores[5].mark_done("q", floor=10)
+        await stores[6].mark_done("s", floor=10)
+        await stores[5].mark_done("s", floor=10)  # done already: nothing written
+        final = (await stores[0].load()).manifests
+        assert final["q"].done and final["s"].done and not final["w"].done
 
     nats_server.run(work)
 

@@ -7,7 +7,9 @@ sequences it holds (as ranges). A change reads the key and its revision, checks,
 writes it back with that revision expected; a daemon that changed it in between makes the
 write fail, and the change is made again on what that daemon wrote. That is what makes
 the check of :meth:`ManifestStore.register` and its write one step, as the Redis
-source's Lua script does: no sequence is ever in two manifests.
+source's Lua script does: no sequence is ever in two manifests. (A store's next change
+starts from what it wrote last, one read of the key less per batch: the expected
+revision refuses that just the same when another daemon wrote since.)
 
 A manifest is removed once the consumer's acknowledgement floor (every message up to it
 acknowledged) passes its last sequence, or when older than ``manifest_ttl``.
@@ -180,6 +182,10 @@ class ManifestStore:
         self.key = key
         self.ttl = ttl
         self.where = where
+        #: The key's value as this store last wrote it, with its revision: the next
+        #: change starts from it instead of reading the key (the compare-and-set refuses
+        #: it if another daemon wrote since). Taken by the change that uses it.
+        self._written: Registry | None = None
 
     async def load(self) -> Registry:
         import nats.js.errors
@@ -221,19 +227,33 @@ class ManifestStore:
         await self._change(done, floor)
 
     async def _change(self, change: Callable[[Registry], bool], floor: int) -> Registry:
+        """Make ``change`` to the key's value, by compare-and-set: the change is made on
+        the value as read (or as this store last wrote it, which the write's expected
+        revision checks), and made again on the new value when another daemon wrote
+        first. A change found not to be needed (``change`` returns False: refused, or
+        made already) is so on the value read from the key, never on the remembered one.
+        """
         import nats.js.errors
 
-        for _ in range(CHANGE_ATTEMPTS):
-            registry = await self.load()
+        attempts = 0
+        while attempts < CHANGE_ATTEMPTS:
+            remembered, self._written = self._written, None
+            registry = remembered if remembered is not None else await self.load()
             registry.prune(floor, time.time(), self.ttl)
             if not change(registry):
+                if remembered is not None:
+                    continue  # decided on what the key held: read it
                 return registry
+            attempts += 1
             value = registry.encode()
             try:
                 if registry.revision == 0:
-                    await self.kv.create(self.key, value)
+                    registry.revision = await self.kv.create(self.key, value)
                 else:
-                    await self.kv.update(self.key, value, last=registry.revision)
+                    registry.revision = await self.kv.update(
+                        self.key, value, last=registry.revision
+                    )
+                self._written = registry
                 return registry
             except nats.js.errors.KeyWrongLastSequenceError:
                 # Another daemon changed it first: read what it wrote and try again.
