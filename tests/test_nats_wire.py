@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.protocol.parser import Parser
 
+from chworkers.daemon.brokers.natsreplies import Sequences, sequences
 from chworkers.daemon.brokers.natswire import WireClient
 
 SINK, OTHER = 7, 9
@@ -69,7 +70,8 @@ def stream() -> tuple[bytes, list[tuple[Any, ...]]]:
         if i % 9 == 4:
             fake = b"$JS.ACK.ev.c.1.999.999.1733090000000000000.0"
             payload += b"x\r\nHMSG ev.data %d %s 1 3\r\n\r\nz\r\n" % (SINK, fake)
-        reply = b"$JS.ACK.ev.c.1.%d.%d.1733090000000000000.%d" % (100 + i, 100 + i, 60 - i)
+        times = 1 + (i % 7 == 2)  # some redelivered
+        reply = b"$JS.ACK.ev.c.%d.%d.%d.1733090000000000000.%d" % (times, 100 + i, 100 + i, 60 - i)
         if i < 40:
             head = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % (b"m" * (i % 5 + 1))
             out.append(
@@ -89,11 +91,15 @@ class Recorder(WireClient):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[Any, ...]] = []
+        self.runs = 0  # runs that the parser read the sequences of
         self._subs[SINK] = object()  # type: ignore[assignment]
         self._sinks[SINK] = self._run
 
-    def _run(self, replies: list[bytes], payloads: list[bytes]) -> None:
+    def _run(self, replies: list[bytes], payloads: list[bytes], seqs: Sequences | None) -> None:
         assert len(replies) == len(payloads) > 0
+        if seqs is not None:  # read by the parser: what the subjects say
+            assert seqs == sequences(replies)
+            self.runs += 1
         self.seen += [("sink", r, p) for r, p in zip(replies, payloads, strict=True)]
 
     async def _process_msg(
@@ -132,6 +138,7 @@ def test_any_cut_of_the_reads_gives_what_nats_py_gives(cuts: list[int]) -> None:
     assert [s for s in client.seen if s[0] != "info"] == want
     assert ("info",) in client.seen  # handed to nats-py's parser, and parsed on
     assert client._ps.buf == bytearray()
+    assert client.runs > 0
 
 
 def test_nats_py_parser_agrees_on_the_stream() -> None:

@@ -83,12 +83,12 @@ class NatsBatching(SourceParts):
         """Pulled messages into batches: new ones into the batch in the making, then
         redelivered ones with their manifest's batch (all those of the pull at once: one
         read of the manifests); the batches cut meanwhile are handed on."""
-        deadline = min(sent for _, _, sent in pulled) + self.options.ack_wait
+        deadline = min(sent for _, _, sent, _ in pulled) + self.options.ack_wait
         runs: list[tuple[list[str], list[bytes], list[bytes]]] = []
         again: list[Message] = []
         again_replies: dict[str, bytes] = {}
-        for replies, payloads, _sent in pulled:
-            ids, redelivered = sequences(replies)
+        for replies, payloads, _sent, seqs in pulled:
+            ids, redelivered = seqs if seqs is not None else sequences(replies)
             if not redelivered:  # all delivered for the first time: the common case
                 runs.append((ids, payloads, replies))
                 continue

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from chworkers.daemon.brokers.assembly import Message
+from chworkers.daemon.brokers.natsreplies import Sequences
 from chworkers.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -36,8 +37,9 @@ NO_WAIT_TIMEOUT = 10.0
 
 #: A run of pulled messages: (their acknowledgement subjects, their payloads, in the
 #: order they came; time.monotonic() when the pull that brought them was sent: their
-#: ack_wait cannot have started before).
-Pulled = tuple[list[bytes], list[bytes], float]
+#: ack_wait cannot have started before; what their subjects say when the parser read it,
+#: else None).
+Pulled = tuple[list[bytes], list[bytes], float, Sequences | None]
 
 
 class Pull:
@@ -94,7 +96,9 @@ class Consumer:
         if pull is not None:
             pull.done.set()
 
-    def _delivered(self, replies: list[bytes], payloads: list[bytes]) -> None:
+    def _delivered(
+        self, replies: list[bytes], payloads: list[bytes], seqs: Sequences | None
+    ) -> None:
         """Pulled messages (:mod:`~chworkers.daemon.brokers.natswire`'s short way in:
         called by the parser for each run of them, so it only files them)."""
         # A message comes with its stream subject, not the pull's inbox: the server serves
@@ -106,11 +110,11 @@ class Consumer:
             number = next(iter(self._pulls), None)
             if number is None:
                 # Asked for by no pull still open: the earliest possible (unknown).
-                self._file(replies, payloads, at, count, 0.0)
+                self._file(replies, payloads, seqs, at, count, 0.0)
                 return
             pull = self._pulls[number]
             take = min(count - at, pull.count - pull.got)
-            self._file(replies, payloads, at, at + take, pull.sent if trusted else 0.0)
+            self._file(replies, payloads, seqs, at, at + take, pull.sent if trusted else 0.0)
             at += take
             pull.got += take
             if pull.got >= pull.count:
@@ -118,12 +122,21 @@ class Consumer:
                 pull.done.set()
 
     def _file(
-        self, replies: list[bytes], payloads: list[bytes], start: int, stop: int, sent: float
+        self,
+        replies: list[bytes],
+        payloads: list[bytes],
+        seqs: Sequences | None,
+        start: int,
+        stop: int,
+        sent: float,
     ) -> None:
         if start == 0 and stop == len(replies):
-            self._buffer.append((replies, payloads, sent))
-        else:
-            self._buffer.append((replies[start:stop], payloads[start:stop], sent))
+            self._buffer.append((replies, payloads, sent, seqs))
+            return
+        if seqs is not None:
+            ids, again = seqs
+            seqs = ids[start:stop], [i - start for i in again if start <= i < stop]
+        self._buffer.append((replies[start:stop], payloads[start:stop], sent, seqs))
 
     async def _request(self, body: dict[str, Any], timeout: float) -> None:
         number = next(self._numbers)

@@ -6,6 +6,10 @@ as it came (bytes)."""
 
 from __future__ import annotations
 
+#: A run of messages' stream sequences (as ids) and where the redelivered ones are (their
+#: indexes): what :func:`sequences` says of their reply subjects.
+Sequences = tuple[list[str], list[int]]
+
 
 def delivery(reply: str | bytes) -> tuple[int, int]:
     """``(stream sequence, times delivered)`` from a message's reply subject
@@ -16,7 +20,7 @@ def delivery(reply: str | bytes) -> tuple[int, int]:
     return int(tokens[at + 1]), int(tokens[at])
 
 
-def sequences(replies: list[bytes]) -> tuple[list[str], list[int]]:
+def sequences(replies: list[bytes]) -> Sequences:
     """The stream sequences of messages (as ids) from their reply subjects, and where
     the redelivered ones are (:func:`delivery` for a run of them: the loop that runs
     for every message)."""
@@ -31,4 +35,13 @@ def sequences(replies: list[bytes]) -> tuple[list[str], list[int]]:
     return ids, again
 
 
-__all__ = ["delivery", "sequences"]
+def read_sequences(seqs: list[bytes], delivered: list[bytes]) -> Sequences:
+    """:func:`sequences` of a run whose reply subjects' stream sequences and delivery
+    counts were read already (by the parser: ``natswire.take_run``)."""
+    ids = b" ".join(seqs).decode().split(" ") if seqs else []
+    if delivered.count(b"1") == len(delivered):
+        return ids, []
+    return ids, [i for i, times in enumerate(delivered) if times != b"1"]
+
+
+__all__ = ["Sequences", "delivery", "read_sequences", "sequences"]

@@ -14,14 +14,15 @@ two lists (acknowledgement subjects as bytes, payloads), their headers unread; t
 control lines are matched by one regular expression each (:data:`SINK_FRAME`).
 Everything else (the pulls' statuses, other subscriptions) takes nats-py's own road.
 
-A read holds hundreds of such messages in a row, all alike (one subscription, with
-headers or without), so a run of them is taken by a loop of its own first
-(:func:`take_run`): one regular expression made for that subscription and kind of line
-(:func:`run_frame`: three groups, no check of the kind per message), the payload sliced
-out where the sizes say, nothing else per message (0.65 to 0.75 of the time of the
-general loop, measured on a read of 10-row messages). The general loop, after it, takes
-what is not such a run: statuses, ``PING``, other subscriptions, a message split
-between reads.
+A read holds hundreds of such messages in a row, all alike (one subject and
+subscription, one stream and consumer, with headers or without), so a run of them is
+taken by a loop of its own first (:func:`take_run`): one regular expression made for
+that kind of line (:func:`run_frame`), literal where the messages are alike, which also
+reads each acknowledgement subject's delivery count and stream sequence (what the source
+would otherwise split each subject for), the payload sliced out where the sizes say,
+nothing else per message. The general loop, after it, takes what is not such a run:
+statuses, ``PING``, other subscriptions, a message split between reads, subjects of the
+long form.
 
 Acknowledging is the same: nats-py's ``publish`` checks, formats and queues one message
 per call; :meth:`WireClient.publish_each` writes one payload to many subjects as one
@@ -44,9 +45,13 @@ from nats.aio.msg import Msg
 from nats.aio.transport import TcpTransport, Transport
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
+from chworkers.daemon.brokers.natsreplies import Sequences, read_sequences
+
 #: What a sink gets: a run of messages in the order they came, as their
-#: acknowledgement subjects and their payloads (two lists of the same length).
-Sink = Callable[[list[bytes], list[bytes]], None]
+#: acknowledgement subjects and their payloads (two lists of the same length), and what
+#: their subjects say (stream sequences, redeliveries) when the parser read it already
+#: (None: read it from the subjects, ``natsreplies.sequences``).
+Sink = Callable[[list[bytes], list[bytes], Sequences | None], None]
 
 #: How much one read of the socket takes at most (:class:`WideTransport`).
 READ_SIZE = 256 * 1024
@@ -101,8 +106,8 @@ class WireParser(Parser):
                 if not replies:  # (else the loop's run of the same sink goes on)
                     taken = take_run(data, pos, sinks, subs)
                     if taken is not None:
-                        sid, pos, run_replies, run_payloads = taken
-                        self._hand_on(sid, run_replies, run_payloads)
+                        sid, pos, run_replies, run_payloads, run_seqs = taken
+                        self._hand_on(sid, run_replies, run_payloads, run_seqs)
                         continue
                 frame = match(data, pos)
                 if frame is not None:
@@ -166,24 +171,33 @@ class WireParser(Parser):
             if replies:
                 self._hand_on(run_sid, replies, payloads)
 
-    def _hand_on(self, sid: int, replies: list[bytes], payloads: list[bytes]) -> None:
+    def _hand_on(
+        self,
+        sid: int,
+        replies: list[bytes],
+        payloads: list[bytes],
+        seqs: Sequences | None = None,
+    ) -> None:
         nc = self.nc
         nc.stats["in_msgs"] += len(replies)
         nc.stats["in_bytes"] += sum(map(len, payloads))
-        nc._sinks[sid](replies, payloads)
+        nc._sinks[sid](replies, payloads, seqs)
 
 
 def take_run(
     data: bytes, pos: int, sinks: Container[int], subs: Container[int]
-) -> tuple[int, int, list[bytes], list[bytes]] | None:
+) -> tuple[int, int, list[bytes], list[bytes], Sequences] | None:
     """The run of a sink's JetStream messages at ``data[pos:]`` (the module's
     docstring): ``(sid, where the run ends, their acknowledgement subjects, their
-    payloads)``; None when the message at ``pos`` is not one, or not whole.
+    payloads, what their subjects say)``; None when the message at ``pos`` is not one
+    (or its acknowledgement subject is not of the short form), or not whole.
 
-    The first message's control line says which subscription and whether the messages
-    have headers; the run goes on while the next control line is of the same kind (one
-    regular expression made for it, :func:`run_frame`) and its message is whole. Each
-    message is taken where the one before it ended, by the sizes nats-server wrote."""
+    The first message's control line gives the run's kind: its subject, subscription,
+    stream and consumer, with headers or without; the run goes on while the next control
+    line is of the same kind (one regular expression made for it, :func:`run_frame`,
+    that also reads each subject's delivery count and stream sequence) and its message
+    is whole. Each message is taken where the one before it ended, by the sizes
+    nats-server wrote."""
     end = data.find(b"\r\n", pos)
     if end < 0:
         return None
@@ -193,51 +207,56 @@ def take_run(
         (fields == 6 and first[0] == b"HMSG") or (fields == 5 and first[0] == b"MSG")
     ) or not first[3].startswith(ACK_PREFIX):
         return None
+    reply = first[3].split(b".")
+    if len(reply) != 9:
+        return None  # the long form (a domain): the general loop
     try:
         sid = int(first[2])
     except ValueError:
         return None
     if sid not in sinks or sid not in subs:
         return None
-    match = run_frame(first[2], fields == 6)
+    match = run_frame(first[1], first[2], reply[2], reply[3], fields == 6)
     size = len(data)
     replies: list[bytes] = []
     payloads: list[bytes] = []
+    seqs: list[bytes] = []
+    delivered: list[bytes] = []
     reply_to, payload_to = replies.append, payloads.append
-    if fields == 6:
-        while (frame := match(data, pos)) is not None:
-            reply, header_size, total = frame.groups()
-            start = frame.end()
-            stop = start + int(total)
-            if stop + 2 > size:
-                break  # the rest of it is still to come
-            reply_to(reply)
-            payload_to(data[start + int(header_size) : stop])
-            pos = stop + 2
-    else:
-        while (frame := match(data, pos)) is not None:
-            reply, total = frame.groups()
-            start = frame.end()
-            stop = start + int(total)
-            if stop + 2 > size:
-                break
-            reply_to(reply)
-            payload_to(data[start:stop])
-            pos = stop + 2
+    seq_to, delivered_to = seqs.append, delivered.append
+    while (frame := match(data, pos)) is not None:
+        reply_subject, times, seq, header_size, total = frame.groups()
+        start = frame.end()
+        stop = start + int(total)
+        if stop + 2 > size:
+            break  # the rest of it is still to come
+        reply_to(reply_subject)
+        payload_to(data[start + int(header_size) : stop] if header_size else data[start:stop])
+        seq_to(seq)
+        delivered_to(times)
+        pos = stop + 2
     if not replies:
         return None
-    return sid, pos, replies, payloads
+    return sid, pos, replies, payloads, read_sequences(seqs, delivered)
 
 
 @functools.lru_cache(maxsize=64)
-def run_frame(sid: bytes, headers: bool) -> Callable[[bytes, int], re.Match[bytes] | None]:
-    """The ``match`` of the control line of a JetStream message to subscription ``sid``
-    (as nats-server writes it), with headers or without: its groups are the reply
-    subject, the header size (with headers) and the total size."""
-    sizes = rb"([0-9]+) ([0-9]+)" if headers else rb"([0-9]+)"
-    head = b"HMSG" if headers else b"MSG"
-    pattern = head + rb" [^ \r\n]+ " + re.escape(sid) + rb" (\$JS\.ACK\.[^ \r\n]+) " + sizes
-    return re.compile(pattern + rb"\r\n").match
+def run_frame(
+    subject: bytes, sid: bytes, stream: bytes, consumer: bytes, headers: bool
+) -> Callable[[bytes, int], re.Match[bytes] | None]:
+    """The ``match`` of the control line of a JetStream message on ``subject`` to
+    subscription ``sid``, from ``stream`` through ``consumer`` (an acknowledgement
+    subject of the short form: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
+    <consumer seq>.<timestamp>.<pending>``), with headers or without, as nats-server
+    writes it. Its groups: the acknowledgement subject, its delivery count, its stream
+    sequence, the header size (empty without headers) and the total size. Literal
+    where the run's messages are alike: faster to match than classes of characters."""
+    numbers = rb"([0-9]+)\.([0-9]+)\.[0-9]+\.[0-9]+\.[0-9]+"
+    reply = rb"(\$JS\.ACK\." + re.escape(stream) + rb"\." + re.escape(consumer) + rb"\." + numbers
+    sizes = rb"([0-9]+) ([0-9]+)" if headers else rb"()([0-9]+)"
+    head = b"HMSG " if headers else b"MSG "
+    line = head + re.escape(subject) + b" " + re.escape(sid) + b" " + reply + rb") " + sizes
+    return re.compile(line + rb"\r\n").match
 
 
 def control_line(data: bytes, pos: int, end: int) -> tuple[bytes, int, bytes, int, int] | None:
@@ -317,7 +336,7 @@ class WireClient(Client):
         if deliver is not None and reply.startswith(ACK_PREFIX) and sid in self._subs:
             self.stats["in_msgs"] += 1
             self.stats["in_bytes"] += len(data)
-            deliver([bytes(reply)], [bytes(data)])
+            deliver([bytes(reply)], [bytes(data)], None)
             return
         await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
 
