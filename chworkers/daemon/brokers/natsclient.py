@@ -86,8 +86,12 @@ class Loop:
             raise
 
     def close(self) -> None:
+        """Stop the loop and close it (its selector and the socket pair it wakes up
+        through: left open, each source closed leaked them until collected)."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():  # else still running: it cannot be closed
+            self.loop.close()
 
 
 def credentials(options: NatsSourceSettings, where: str) -> str | None:
