@@ -5,7 +5,8 @@ Each flush of a table that deduplicates appends its entries' block ids to that t
 file and fsyncs it (``chworkers/embedded/asyncdedup.py``). Two measurements:
 
 * ``record``: ``--tables`` threads, each recording one id at a time into its own table
-  (``AsyncDedup.record``, what every flush does once its part is written) for
+  (what every flush does around its part: ``AsyncDedup.record`` in session 7's code,
+  ``begin`` and ``commit`` since) for
   ``--seconds``: the ids recorded per second, all tables together. With one lock for
   all tables, each table's fsync waits for every other's.
 * ``endpoint``: an embedded endpoint; ``--tables`` MergeTree tables with a
@@ -49,7 +50,12 @@ def measure_record(tables: int, seconds: float) -> float:
             start.wait()
             n = 0
             while time.monotonic() < stop:
-                dedup.record(storage, 1000, [f"id-{i}-{n}"])
+                ids = [f"id-{i}-{n}"]
+                if hasattr(dedup, "record"):  # session 7's code: after the part
+                    dedup.record(storage, 1000, ids)
+                else:  # pending before the part (fsync'd), committed after
+                    dedup.begin(storage, 1000, f"flush-{n}", ids)
+                    dedup.commit(storage, 1000, f"flush-{n}", ids)
                 n += 1
             counts[i] = n
 
