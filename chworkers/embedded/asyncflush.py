@@ -29,9 +29,9 @@ from chworkers.embedded import blockids, queries, sql, streaming, tablerisk
 from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asynclog import AsyncInsertLog, Row
 from chworkers.embedded.asyncqueue import Entry, Key, Limits
-from chworkers.embedded.asynctarget import targets
+from chworkers.embedded.asynctarget import Target, targets
 from chworkers.embedded.engine import Engine, close_quietly
-from chworkers.embedded.queries import quote_ident, quote_literal
+from chworkers.embedded.queries import quote_ident
 from chworkers.embedded.summary import Stats
 from chworkers.errors import ServerError
 
@@ -94,15 +94,6 @@ def qualified(database: str, statement: str) -> tuple[str, str]:
     if target is None:
         raise ValueError(f"not an INSERT into a table: {statement!r}")
     return target[0] or database or "default", target[1]
-
-
-def table_exists(conn: Any, database: str, table: str) -> bool:
-    res = queries.run(
-        conn,
-        "SELECT count() FROM system.tables WHERE database = "
-        f"{quote_literal(database)} AND name = {quote_literal(table)}",
-    )
-    return int(res.bytes().strip() or b"0") > 0
 
 
 def _one_block(rows: int) -> dict[str, str]:
@@ -188,7 +179,6 @@ class Flusher:
         storage, size = (facts.storage, facts.window) if limits.deduplicate else ("", 0)
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
         check = facts.create_staging(conn, tmp)
-        stored = facts.stored
         cols = f" ({columns})" if columns is not None else ""
         # Synchronous inserts' tokens, as chDB's log of the table holds them now: an
         # entry with one of them is a duplicate too (one block-id store, as ClickHouse).
@@ -232,20 +222,8 @@ class Flusher:
         rows = sum(s.written_rows for _, _, s in kept)
         try:
             if rows:
-                self._insert(
-                    conn,
-                    key,
-                    database,
-                    table,
-                    tmp,
-                    stored,
-                    clause,
-                    storage,
-                    size,
-                    flush_id,
-                    rows,
-                    [b for _, b, _ in kept],
-                )
+                ids = [b for _, b, _ in kept]
+                self._insert(conn, facts, size, tmp, clause, flush_id, rows, ids)
         except ServerError as err:
             log_rows.extend(
                 _row(key, e, s.written_rows, "FlushError", err.message) for e, _, s in kept
@@ -258,14 +236,10 @@ class Flusher:
     def _insert(
         self,
         conn: Any,
-        key: Key,
-        database: str,
-        table: str,
-        tmp: str,
-        stored: list[str],
-        clause: str,
-        storage: str,
+        facts: Target,
         size: int,
+        tmp: str,
+        clause: str,
         flush_id: str,
         rows: int,
         ids: list[str],
@@ -278,21 +252,21 @@ class Flusher:
         flush = blockids.token_hash(token)
         if size:
             settings.update(_FLUSH_SETTINGS_LOGGED, insert_deduplication_token=token)
-            self.dedup.begin(storage, size, flush, ids)
+            self.dedup.begin(facts.storage, size, flush, ids)
         queries.apply_settings(conn, settings)
         # The temporary table computed every default as the target would (from
         # the columns each entry sent, EPHEMERAL ones included): its stored
         # columns go into the target's as they are.
-        names = ", ".join(quote_ident(c) for c in stored)
-        target = f"{quote_ident(database)}.{quote_ident(table)}"
+        names = ", ".join(quote_ident(c) for c in facts.stored)
+        target = f"{quote_ident(facts.database)}.{quote_ident(facts.table)}"
         try:
             queries.run(conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}")
         except BaseException:
-            self.dedup.abort(storage, size, flush)
+            self.dedup.abort(facts.storage, size, flush)
             raise
         if os.environ.get(CRASH_AFTER_PART_ENV) == "1":
             os.kill(os.getpid(), signal.SIGKILL)
-        self.dedup.commit(storage, size, flush, ids)
+        self.dedup.commit(facts.storage, size, flush, ids)
 
 
 def _row(key: Key, entry: Entry, rows: int, status: str = "Ok", exception: str = "") -> Row:
