@@ -234,13 +234,51 @@ def truncated(text: bytes) -> tuple[str | None, str] | None:
     return None
 
 
+def truncated_tables_of(text: bytes) -> str | None:
+    """The database a ``TRUNCATE [ALL] TABLES FROM [IF EXISTS] db ...`` empties tables of,
+    or None for any other statement."""
+    if sql.first_keyword(text) != "TRUNCATE":
+        return None
+    try:
+        toks = sql._tokens(text, True)
+    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return None
+
+    def word(i: int, *words: str) -> bool:
+        return i < len(toks) and toks[i].kind == "word" and toks[i].upper in words
+
+    i = 2 if word(1, "ALL") else 1
+    if not (word(i, "TABLES") and word(i + 1, "FROM")):
+        return None
+    i += 2
+    if word(i, "IF") and word(i + 1, "EXISTS"):
+        i += 2
+    if i < len(toks) and toks[i].kind in ("word", "quoted"):
+        return tablerisk._unquote(toks[i])
+    return None
+
+
 def after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -> None:
     """After a statement that ran: a ``TRUNCATE`` forgets the table's asynchronous
-    entries' ids (its block ids went with its parts, as chDB's own log drops them); a
-    ``DROP`` or ``DETACH`` lets go of the ids of tables no longer there (their files go
-    with their directories, or wait in them to be attached again)."""
+    entries' ids (its block ids went with its parts, as chDB's own log drops them), and
+    ``TRUNCATE ALL TABLES FROM db`` those of each table of ``db`` left without a part
+    (whatever its ``LIKE`` chose: a table with no part has no block id left); a ``DROP``
+    or ``DETACH`` lets go of the ids of tables no longer there (their files go with their
+    directories, or wait in them to be attached again)."""
     word = sql.first_keyword(text)
-    if word == "TRUNCATE":
+    emptied = truncated_tables_of(text) if word == "TRUNCATE" else None
+    if emptied is not None:
+        res = queries.run(
+            conn,
+            "SELECT data_paths[1] FROM system.tables WHERE database = {db:String} AND name "
+            "NOT IN (SELECT table FROM system.parts WHERE database = {db:String} AND active)",
+            "TSVRaw",
+            {"db": emptied},
+        )
+        for line in res.bytes().decode("utf-8", "surrogateescape").splitlines():
+            if line:
+                dedup.reset(line)
+    elif word == "TRUNCATE":
         target = truncated(text)
         if target is None:
             return
