@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -79,6 +78,39 @@ def test_touch_refreshes_only_this_consumers_entries_of_the_batches(
         client.close()
 
 
+def framed(
+    assembler: Assembler, entries: list[Any], limits: BatchLimits
+) -> list[tuple[list[str], int, int, bytes, list[str]]]:
+    """The batches the source makes of a reply's entries (redisentries.pieces, then
+    extend piece by piece, cut when full): ids, rows, size, bytes, poison met."""
+    out: list[tuple[list[str], int, int, bytes, list[str]]] = []
+    batch, bad = Assembly(), []
+    for piece in redisentries.pieces(assembler, entries, b"data"):
+        rest: redisentries.Piece | None = piece
+        while rest is not None:
+            rest, poison = redisentries.extend(assembler, batch, rest, limits, b"data")
+            bad += [p.message.id for p in poison]
+            if batch.full(limits):
+                out.append((batch.ids, batch.rows, batch.size, assembler.payload(batch), bad))
+                batch, bad = Assembly(), []
+    if batch.ids or bad:
+        out.append((batch.ids, batch.rows, batch.size, assembler.payload(batch), bad))
+    return out
+
+
+def one_by_one(
+    assembler: Assembler, messages: list[Any], limits: BatchLimits
+) -> list[tuple[list[str], int, int, bytes, list[str]]]:
+    """The batches the same entries make as messages (claims), one at a time."""
+    out, start = [], 0
+    while start < len(messages):
+        batch = Assembly()
+        start, bad = assembler.extend(batch, messages, start, limits)
+        ids = [p.message.id for p in bad]
+        out.append((batch.ids, batch.rows, batch.size, assembler.payload(batch), ids))
+    return out
+
+
 ENTRIES = [
     [b"1-0", [b"data", b'{"n":1}']],  # no final newline
     [b"1-1", [b"data", b'{"n":2}\n{"n":3}\n']],
@@ -99,28 +131,12 @@ def test_entries_frame_as_messages_and_a_rebuild_do(fmt: str) -> None:
     entries = [*ENTRIES, [b"1-8", [b"data", b"y" * 100]]]  # over the record limit
     messages = [redisentries.message(e, b"data") for e in entries]
     limits = BatchLimits(max_rows=3)
-
-    def batches(extend: Callable[..., tuple[int, list[Any]]], items: list[Any]) -> list[Any]:
-        out, start = [], 0
-        while start < len(items):
-            batch = Assembly()
-            start, bad = extend(batch, items, start)
-            out.append(
-                (batch.ids, batch.rows, assembler.payload(batch), [p.message.id for p in bad])
-            )
-        return out
-
-    raw = batches(
-        lambda b, items, start: redisentries.extend(assembler, b, items, start, limits, b"data"),
-        entries,
-    )
-    assert raw == batches(
-        lambda b, items, start: assembler.extend(b, items, start, limits), messages
-    )
+    raw = framed(assembler, entries, limits)
+    assert raw == one_by_one(assembler, messages, limits)
     assert raw[0][:2] == (["1-0", "1-1"], 3)
-    assert {"1-4", "1-6"} <= {i for batch in raw for i in batch[3]}  # no field, deleted
+    assert {"1-4", "1-6"} <= {i for batch in raw for i in batch[4]}  # no field, deleted
     by_id = {m.id: m for m in messages}
-    for ids, rows, payload, _poison in raw:
+    for ids, rows, _size, payload, _poison in raw:
         rebuilt, _ = assembler.rebuild(ids, by_id)
         assert (rebuilt.rows, assembler.payload(rebuilt)) == (rows, payload)
 
@@ -161,20 +177,10 @@ def test_entries_taken_in_runs_make_the_batches_messages_make(
     limits = BatchLimits(max_rows=max_rows, max_bytes=max_bytes)
     entries = [[b"1-%d" % i, f] for i, f in enumerate(fields)]
     messages = [redisentries.message(e, b"data") for e in entries]
-
-    def batches(extend: Callable[[Assembly, int], tuple[int, list[Any]]]) -> list[Any]:
-        out, start = [], 0
-        while start < len(entries):
-            batch = Assembly()
-            while start < len(entries) and not batch.full(limits):
-                start, bad = extend(batch, start)
-                assert not bad
-            out.append((batch.ids, batch.rows, batch.size, assembler.payload(batch)))
-        return out
-
     default, assembly.RUN = assembly.RUN, run
     try:
-        raw = batches(lambda b, s: redisentries.extend(assembler, b, entries, s, limits, b"data"))
+        raw = framed(assembler, entries, limits)
     finally:
         assembly.RUN = default
-    assert raw == batches(lambda b, s: assembler.extend(b, messages, s, limits))
+    assert raw == one_by_one(assembler, messages, limits)
+    assert all(not poison for *_, poison in raw)

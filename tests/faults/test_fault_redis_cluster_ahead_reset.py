@@ -53,7 +53,7 @@ def test_an_acknowledgement_meeting_moved_keeps_the_read_sent_ahead(
     )
     try:
         group.create()
-        first = group.read_new(100, 100)  # a full reply: the next read is sent ahead
+        first = group.read_new(100, 100, list)  # a full reply: the next read is sent ahead
         assert len(first) == 100 and group.reading_ahead()
         cluster.move_slot("ev", (cluster.serving("ev") + 1) % cluster.primaries)
         ids = [entry[0].decode() for entry in first]
@@ -88,12 +88,12 @@ def test_a_manifest_meeting_tryagain_keeps_the_read_sent_after_it(
     try:
         group.create()
         group.announce()  # a key beside the stream, in its slot
-        first = group.read_new(100, 100)  # a full reply: the next read is sent ahead
+        first = group.read_new(100, 100, list)  # a full reply: the next read is sent ahead
         ids = [entry[0].decode() for entry in first]
         cluster.begin_move("ev", target)
         cluster.migrate([group.consumers_key.encode()], source, target)
         sent = group.send_manifest("t", ids, fresh=True)  # TRYAGAIN: a key has moved
-        second = group.read_new(100, 100)  # the read ahead taken, the next sent after M
+        second = group.read_new(100, 100, list)  # the read ahead taken, the next sent after M
         assert len(second) == 100 and group.reading_ahead()
         with pytest.raises(BrokerError, match="TryAgainError"):
             group.verdict(sent)

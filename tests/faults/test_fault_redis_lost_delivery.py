@@ -23,6 +23,7 @@ from brokerfeeds import bodies
 from redisserver import RedisServer
 from redissources import redis_source
 
+from chworkers.daemon.brokers import redisentries
 from chworkers.daemon.brokers.options import RedisSourceSettings
 from chworkers.daemon.brokers.redisgroup import StreamGroup
 from chworkers.daemon.brokers.redisstream import RedisSource
@@ -74,7 +75,7 @@ def test_entries_delivered_again_after_redis_lost_their_delivery_are_batched_onc
         assert len(source._assembly.ids) == 100 and source.redis.reading_ahead()
         if where == "a read not batched yet":
             source._claim()  # a claim takes the read sent ahead's entries, to batch later
-            assert len(source._unbatched) == 100
+            assert sum(len(redisentries.piece_ids(p)) for p in source._unbatched) == 100
         redis.fail_over()  # both deliveries lost
         for _ in range(20):  # the reads after the failover deliver all 200 again
             try:
@@ -107,10 +108,10 @@ def test_a_connection_redis_py_opened_again_by_itself_counts_as_new(
     group = StreamGroup(RedisSourceSettings(url=redis_server.url, stream="ev"), "me", "test")
     try:
         group.create()
-        assert len(group.read_new(100, 100)) == 10
+        assert len(group.read_new(100, 100, list)) == 10
         first = group.connection()
         group.client.connection_pool.disconnect(inuse_connections=True)
-        assert group.read_new(100, 100) == []  # reconnected: no error to see
+        assert group.read_new(100, 100, list) == []  # reconnected: no error to see
         assert group.connection() > first
     finally:
         group.close()

@@ -10,22 +10,29 @@ that order: taking one takes (and keeps) those sent before it.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from chworkers import gcpause
 
 __all__ = ["Ahead", "Reply", "borrow", "pack", "transaction"]
 
 
 class Reply:
-    """The reply to one command sent ahead: :meth:`Ahead.take` it."""
+    """The reply to one command sent ahead: :meth:`Ahead.take` it. ``then``: what its
+    value is made into as soon as it is read (whoever reads it), with the collector
+    paused (chworkers/gcpause.py): a reply of many entries becomes what the source keeps
+    of it, its lists freed before anything traverses them."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "then", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, then: Callable[[Any], Any] | None = None) -> None:
         self.done = False
         self.value: Any = None
         self.error: Exception | None = None
+        self.then = then
 
 
 class Ahead:
@@ -41,8 +48,9 @@ class Ahead:
         #: from a Redis that lost what that command did (a failover, a restart).
         self.opened = 0
 
-    def send(self, *args: Any) -> Reply:
-        """Send a command now; raises redis-py's errors (then nothing is outstanding)."""
+    def send(self, *args: Any, then: Callable[[Any], Any] | None = None) -> Reply:
+        """Send a command now; raises redis-py's errors (then nothing is outstanding).
+        ``then``: see :class:`Reply`."""
         import redis
 
         try:
@@ -50,7 +58,7 @@ class Ahead:
         except redis.RedisError:
             self.reset()
             raise
-        reply = Reply()
+        reply = Reply(then)
         self._sent.append(reply)
         return reply
 
@@ -61,18 +69,40 @@ class Ahead:
 
         while not reply.done:
             head = self._sent[0]
-            try:
-                head.value = self._connection.read_response()
-            except redis.ResponseError as exc:  # an error reply: the connection is fine
-                head.error = exc
-            except redis.RedisError:
-                self.reset()
-                raise
+            with gcpause.paused() if head.then is not None else contextlib.nullcontext():
+                try:
+                    head.value = self._connection.read_response()
+                except redis.ResponseError as exc:  # an error reply: the connection is fine
+                    head.error = exc
+                except redis.RedisError:
+                    self.reset()
+                    raise
+                if head.then is not None and head.error is None:
+                    try:
+                        head.value = head.then(head.value)
+                    except Exception as exc:  # the connection is in step: this reply failed
+                        head.error = exc
             head.done = True
             self._sent.popleft()
         if reply.error is not None:
             raise reply.error
         return reply.value
+
+    def wait(self, reply: Reply, timeout: float) -> None:
+        """Take the replies sent before ``reply``, then wait up to ``timeout`` seconds
+        (and the connection's socket timeout) for the first bytes of ``reply``: what
+        :meth:`take` then waits for is the rest of it, on its way."""
+        import redis
+
+        while self._sent and self._sent[0] is not reply:
+            self.take(self._sent[0])
+        if reply.done:
+            return
+        try:
+            self._connection.can_read(timeout + (self._connection.socket_timeout or 0))
+        except redis.RedisError:
+            self.reset()
+            raise
 
     def outstanding(self) -> int:
         return len(self._sent)

@@ -54,7 +54,7 @@ class RedisBatching(SourceParts):
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
         self._claim_cursor = "0-0"
         #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
-        self._unbatched: list[redisentries.Entry] = []
+        self._unbatched: list[redisentries.Piece] = []
         #: The batch whose manifest was sent last, until its verdict is taken.
         self._sent: tuple[str, Assembly, SentManifest] | None = None
         #: The reads' connection last seen (:meth:`_new_only`), and while reads on it may
@@ -94,10 +94,16 @@ class RedisBatching(SourceParts):
         with self._lock:
             held = {i for ids in self._inflight.values() for i in ids}
         held.update(self._assembly.ids)
-        held.update(map(redisentries.entry_id, self._unbatched))
+        for piece in self._unbatched:
+            held.update(redisentries.piece_ids(piece))
         if self._sent is not None:
             held.update(self._sent[1].ids)
         return held
+
+    def _pieces(self, entries: list[redisentries.Entry]) -> list[redisentries.Piece]:
+        """A read's entries as the source keeps them until it batches them: those it does
+        not hold already (:meth:`_new_only`), in pieces (:func:`redisentries.pieces`)."""
+        return redisentries.pieces(self.assembler, self._new_only(entries), self.redis.field)
 
     def _new_only(self, entries: list[redisentries.Entry]) -> list[redisentries.Entry]:
         """The entries of a read of new ones (``XREADGROUP ... >``) less those this source
@@ -142,7 +148,7 @@ class RedisBatching(SourceParts):
         # those of a read sent ahead (idle past claim_idle when the source waited long,
         # so the claim returns them too).
         self._settle()
-        self._unbatched += self._new_only(self.redis.take_ahead())
+        self._unbatched += self.redis.take_ahead() or []
         # The batches in flight as the claim runs: their entries are this source's even
         # when the claim returns them (idle: the heartbeat did not touch them yet) and
         # their manifest is gone by the time it is looked up (the batch completed
@@ -152,7 +158,9 @@ class RedisBatching(SourceParts):
         self._claim_cursor, claimed = self.redis.claim(self._claim_cursor, self.options.fetch_count)
         if not claimed:
             return
-        present = set(self._assembly.ids).union(map(redisentries.entry_id, self._unbatched))
+        present = set(self._assembly.ids)
+        for piece in self._unbatched:
+            present.update(redisentries.piece_ids(piece))
         for ids in inflight:
             present.update(ids)
         messages = [message for message in claimed if message.id not in present]
@@ -215,12 +223,15 @@ class RedisBatching(SourceParts):
     def _settle(self) -> None:
         """Take the verdict on the last manifest sent: its batch goes on, or is dropped
         when one of its entries is no longer this consumer's."""
-        sent, self._sent = self._sent, None
+        sent = self._sent
         if sent is None:
             return
         token, batch, manifest = sent
         try:
+            # The batch stays in ``_sent`` meanwhile: the reply of a read sent ahead may
+            # come first, and the entries it delivers are checked against those held.
             gone = self.redis.verdict(manifest)
+            self._sent = None
         except BrokerError:
             # Its reply is lost, or its replicas lag: the batch stays, its manifest is
             # sent again at the next settle (not left pending until a claim finds it).

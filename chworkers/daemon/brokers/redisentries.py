@@ -17,10 +17,16 @@ checked, joined and counted once, their ids decoded at once
 (:meth:`Assembler.extend_lines <chworkers.daemon.brokers.assembly.Assembler.extend_lines>`),
 no Python loop over them (0.7 against 1.0 us per entry of 10 JSON rows, framing and
 joining included).
+
+A reply is cut into :func:`pieces` as soon as it is read, with the garbage collector
+paused (chworkers/gcpause.py): a :class:`Run` keeps no list per entry, so the reply's
+lists (two per entry) are freed before a collection could traverse them; the pieces then
+go into batches (:func:`extend`) with the collector on, the batches cut in between.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import time
 from typing import Any
@@ -37,7 +43,17 @@ Entry = Any
 _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 
-__all__ = ["Entry", "entry_id", "extend", "message", "payload"]
+__all__ = [
+    "Entry",
+    "Piece",
+    "Run",
+    "entry_id",
+    "extend",
+    "message",
+    "payload",
+    "piece_ids",
+    "pieces",
+]
 
 
 def payload(fields: list[bytes] | None, field: bytes) -> bytes | None:
@@ -57,28 +73,72 @@ def entry_id(entry: Entry) -> str:
     return str(entry[0].decode())
 
 
+@dataclasses.dataclass(slots=True)
+class Run:
+    """Common entries in a row whose payloads are whole lines: their ids, payloads and
+    the payloads joined (:meth:`Assembler.lines
+    <chworkers.daemon.brokers.assembly.Assembler.lines>`)."""
+
+    ids: list[str]
+    payloads: list[bytes]
+    records: bytes
+
+
+#: A reply's entries ready for batches: a :class:`Run`, or entries framed one by one.
+Piece = Run | list[Entry]
+
+
+def pieces(assembler: Assembler, entries: list[Entry], field: bytes) -> list[Piece]:
+    """A reply's entries cut in pieces of up to :data:`~chworkers.daemon.brokers.assembly.RUN`
+    (a :class:`Run` when they are all the common entry of whole lines, else the entries
+    as they came). Done while the collector is paused (chworkers/gcpause.py): a run holds
+    no list per entry, so the reply's lists are freed before anything traverses them."""
+    out: list[Piece] = []
+    for start in range(0, len(entries), assembly.RUN):
+        run = _run(assembler, entries, start, field)
+        out.append(entries[start : start + assembly.RUN] if run is None else run)
+    return out
+
+
+def piece_ids(piece: Piece) -> list[str]:
+    """The ids of a piece's entries."""
+    return piece.ids if isinstance(piece, Run) else list(map(entry_id, piece))
+
+
 def extend(
+    assembler: Assembler, batch: Assembly, piece: Piece, limits: BatchLimits, field: bytes
+) -> tuple[Piece | None, list[Poison]]:
+    """Add ``piece`` to ``batch`` until it is full; returns what is left of the piece
+    (None: nothing) and the poison met on the way (not in the batch: dead-lettered and
+    acknowledged)."""
+    if isinstance(piece, Run):
+        size = batch.size
+        taken = assembler.extend_lines(batch, piece.ids, piece.payloads, limits, piece.records)
+        if taken >= len(piece.ids):
+            return None, []
+        rest = piece.records[batch.size - size :]
+        return Run(piece.ids[taken:], piece.payloads[taken:], rest), []
+    index, poison = _extend(assembler, batch, piece, limits, field)
+    return (piece[index:] if index < len(piece) else None), poison
+
+
+def _extend(
     assembler: Assembler,
     batch: Assembly,
     entries: list[Entry],
-    start: int,
     limits: BatchLimits,
     field: bytes,
 ) -> tuple[int, list[Poison]]:
-    """Add ``entries[start:]`` to ``batch`` until it is full; returns where it stopped and
-    the poison met on the way (not in the batch: dead-lettered and acknowledged)."""
-    run = _run(assembler, entries, start, field)
-    if run is not None:
-        ids, payloads, records = run
-        return start + assembler.extend_lines(batch, ids, payloads, limits, records), []
+    """Add ``entries`` one by one to ``batch`` until it is full; returns where it stopped
+    and the poison met on the way."""
     poison: list[Poison] = []
     ids, chunks = batch.ids, batch.chunks
     rows, size = batch.rows, batch.size
     max_rows, max_bytes = limits.max_rows, limits.max_bytes
     plain, limit = assembler.plain, assembler.max_record_bytes
-    if not ids and start < len(entries):
+    if not ids and entries:
         batch.started = time.monotonic()
-    index, end = start, len(entries)
+    index, end = 0, len(entries)
     while index < end and rows < max_rows and size < max_bytes:
         raw_id, fields = entries[index]
         index += 1
@@ -104,9 +164,7 @@ def extend(
     return index, poison
 
 
-def _run(
-    assembler: Assembler, entries: list[Entry], start: int, field: bytes
-) -> tuple[list[str], list[bytes], bytes] | None:
+def _run(assembler: Assembler, entries: list[Entry], start: int, field: bytes) -> Run | None:
     """The ids, payloads and joined records of the next ``assembly.RUN`` entries from
     ``start`` when every one is the common entry (the records' field first) and their
     payloads are whole lines as they are (:meth:`Assembler.lines`); else None: they go
@@ -126,4 +184,4 @@ def _run(
         return None
     # Entry ids are digits and a dash: decoded at once, split where they were joined.
     ids = b" ".join(map(_FIRST, run)).decode().split(" ")
-    return ids, payloads, records
+    return Run(ids, payloads, records)

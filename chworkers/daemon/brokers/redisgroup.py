@@ -7,8 +7,8 @@ stream, and the errors, are :class:`~chworkers.daemon.brokers.redismanifests.Gro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from chworkers.daemon.brokers import redisscripts
 from chworkers.daemon.brokers.assembly import Message
@@ -25,6 +25,9 @@ from chworkers.daemon.brokers.redisclient import (
 from chworkers.daemon.brokers.redisentries import Entry, payload
 from chworkers.daemon.brokers.redismanifests import GroupManifests
 from chworkers.errors import BrokerError
+
+#: What a read's entries are framed into (:meth:`StreamGroup.read_new`).
+T = TypeVar("T")
 
 
 class StreamGroup(GroupManifests):
@@ -80,42 +83,56 @@ class StreamGroup(GroupManifests):
         )
         return self.messages(reply)
 
-    def read_new(self, count: int, block_ms: int, *, ahead: bool = True) -> list[Entry]:
-        """New entries (``XREADGROUP ... >``) as hiredis parsed them (framed by
-        :func:`~chworkers.daemon.brokers.redisentries.extend`), waiting up to
-        ``block_ms`` for some.
+    def read_new(
+        self, count: int, block_ms: int, frame: Callable[[list[Entry]], T], *, ahead: bool = True
+    ) -> T:
+        """New entries (``XREADGROUP ... >``) as hiredis parsed them, waiting up to
+        ``block_ms`` for some, made into what the source keeps of them by ``frame``
+        (:meth:`~chworkers.daemon.brokers.redisbatches.RedisBatching._pieces`): its result.
 
         While replies come back full (a backlog), the next read is sent before this one's
-        entries are returned: Redis prepares it while the source batches these. Entries
+        entries are framed: Redis prepares it while the source batches these. Entries
         delivered by a read whose reply is never taken (the daemon stops) stay pending for
         this consumer, as every entry not yet in a manifest does: read again at the next
-        start, or claimed by another daemon. ``ahead``: whether a next read may be sent."""
+        start, or claimed by another daemon. ``ahead``: whether a next read may be sent.
+
+        ``frame`` runs as soon as a reply is read (the reply of a read sent ahead may be
+        read before a manifest's), with the collector paused: the reply's lists, one per
+        entry, are freed before anything traverses them (chworkers/gcpause.py). A read
+        that waits for new entries waits before the pause."""
+
+        def then(reply: Any) -> tuple[int, T]:
+            entries: list[Entry] = reply[0][1] if reply else []
+            return len(entries), frame(entries)
 
         try:
-            reply = None
-            if self._next_read is not None:
-                sent, self._next_read = self._next_read, None
-                reply = self._ahead.take(sent)
-            if not reply:
-                reply = self._ahead.take(self._ahead.send(*self._xreadgroup(count, block_ms)))
-            entries: list[Entry] = reply[0][1] if reply else []
-            if ahead and len(entries) >= count:
-                self._next_read = self._ahead.send(*self._xreadgroup(count, None))
-            return entries
+            sent, self._next_read = self._next_read, None
+            while True:
+                waited = sent is None
+                if sent is None:  # a read that may wait (BLOCK): for its first bytes
+                    sent = self._ahead.send(*self._xreadgroup(count, block_ms), then=then)
+                    self._ahead.wait(sent, block_ms / 1000)
+                delivered, framed = self._ahead.take(sent)
+                if delivered or waited:
+                    if ahead and delivered >= count:
+                        self._next_read = self._ahead.send(
+                            *self._xreadgroup(count, None), then=then
+                        )
+                    return framed  # type: ignore[no-any-return]
+                sent = None  # the read sent ahead found nothing new: one that waits
         except failures() as exc:
             self._next_read = None
             raise self.error(exc, ahead=True) from exc
 
-    def take_ahead(self) -> list[Entry]:
-        """The entries of the read sent ahead, if one was (none is sent after it), as
-        :meth:`read_new` gives them."""
+    def take_ahead(self) -> Any:
+        """What the ``frame`` of :meth:`read_new` made of the read sent ahead, if one was
+        (none is sent after it); None if none was."""
 
         sent, self._next_read = self._next_read, None
         if sent is None:
-            return []
+            return None
         try:
-            reply = self._ahead.take(sent)
-            return list(reply[0][1]) if reply else []
+            return self._ahead.take(sent)[1]
         except failures() as exc:
             raise self.error(exc, ahead=True) from exc
 

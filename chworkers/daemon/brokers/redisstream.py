@@ -212,25 +212,26 @@ class RedisSource(RedisBatching):
     def _fetch(self) -> None:
         block_ms = max(1, int(min(self._until_due(), 1.0) * 1000))
         if self._unbatched:
-            entries, self._unbatched = self._unbatched, []
+            pieces, self._unbatched = self._unbatched, []
         else:
             if not self.redis.reading_ahead():
                 self._settle()  # this read may wait: the last batch goes on first
             # The next read is sent ahead unless the source holds enough already: so it
             # holds at most max_batches and one read, and a batch of many reads (few
             # records per entry) is read with Redis and the source working at once.
-            entries = self._new_only(
-                self.redis.read_new(self.options.fetch_count, block_ms, ahead=not self._holding())
+            pieces = self.redis.read_new(
+                self.options.fetch_count, block_ms, self._pieces, ahead=not self._holding()
             )
-        start = 0
-        while start < len(entries):
-            start, poison = redisentries.extend(
-                self.assembler, self._assembly, entries, start, self.limits, self.redis.field
-            )
-            if poison:
-                self._poison(poison)
-            if self._assembly.full(self.limits):
-                self._cut()
+        for piece in pieces:
+            rest: redisentries.Piece | None = piece
+            while rest is not None:
+                rest, poison = redisentries.extend(
+                    self.assembler, self._assembly, rest, self.limits, self.redis.field
+                )
+                if poison:
+                    self._poison(poison)
+                if self._assembly.full(self.limits):
+                    self._cut()
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Refresh the in-flight entries' idle time and their manifests' TTL every
