@@ -29,6 +29,10 @@ from chworkers.wording import plural
 #: The source's logger, as before its batching moved here (log filters keep working).
 log = logging.getLogger("chworkers.daemon.brokers.natsstream")
 
+#: Ranges of manifests just written kept for their batches' submission at most (one
+#: lost to an error between the two is forgotten with the oldest).
+RANGES_KEPT = 64
+
 #: A batch ready to be handed on: (token, batch, acknowledgement subjects, rebuilt, and
 #: the time.monotonic() from which their ack_wait runs at the latest); an empty token
 #: when it is not to be inserted.
@@ -78,6 +82,9 @@ class NatsBatching(SourceParts):
         self._held = Held()
         self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
         self._rows_per_message = 1.0
+        #: token -> the ranges of the manifest just written for a batch this source
+        #: made (its ids': found once, for the manifest and the batch's meta).
+        self._ranges: dict[str, list[list[int]]] = {}
 
     def _take_in(self, pulled: list[Pulled]) -> None:
         """Pulled messages into batches: new ones into the batch in the making, then
@@ -259,6 +266,9 @@ class NatsBatching(SourceParts):
                 self.name,
                 token,
             )
+        self._ranges[token] = ranges
+        if len(self._ranges) > RANGES_KEPT:  # a batch lost before it was submitted
+            del self._ranges[next(iter(self._ranges))]
         return token, batch, replies, False, held.deadline - self.options.ack_wait
 
     def _submit_all(self, ready: list[Ready]) -> None:
@@ -281,7 +291,7 @@ class NatsBatching(SourceParts):
             self._acked(len(held))
             return
         # Its sequences: to write its manifest again if it expired (NatsSource.still_open).
-        seqs = in_order(batch.ids)[1]
+        seqs = self._ranges.pop(token, None) or in_order(batch.ids)[1]
         meta = {"broker": {"kind": "nats", "token": token, "rebuilt": rebuilt, "seqs": seqs}}
         self._spool(token, batch, meta)
 
