@@ -94,7 +94,7 @@ def push(
     limits = _limits(effective)
     database = _database(handle, qr, insert.statement)
     data = bytearray(first)
-    for chunk in chunks:
+    for chunk in chain([b""], chunks):  # the first piece may be too large already
         data += chunk
         if len(data) > limits.max_data_size:
             return chain([bytes(data)], chunks)
