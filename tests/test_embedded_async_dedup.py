@@ -105,6 +105,10 @@ def test_an_asynchronous_entry_s_token_drops_a_synchronous_insert(ch_client: Cli
             settings={"insert_deduplication_token": "a1"},
             fmt="JSONEachRow",
         )
+    # Queued, but too large for the queue: written synchronously, and dropped the same.
+    big = {**FAST, "insert_deduplication_token": "a1", "async_insert_max_data_size": 4}
+    ch_client.raw_insert(table, None, b'{"k":9}\n', settings=big, fmt="JSONEachRow")
+    assert count(ch_client, table) == 1
     off = {"insert_deduplication_token": "a1", "deduplicate_insert": "disable"}
     ch_client.insert(table, [[7]], settings=off)  # deduplication off: written
     ch_client.insert(table, [[8]], settings={"insert_deduplication_token": "a2"})

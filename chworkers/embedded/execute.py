@@ -200,7 +200,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 _inserted(ctx, handle, qr, resp, stats)
                 return
             first, chunks = b"", rest  # too much data: written synchronously
-        elif insert is not None and crossdedup.duplicate(ctx.dedup, handle, qr, insert):
+        if insert is not None and crossdedup.duplicate(ctx.dedup, handle, qr, insert):
             crossdedup.drop(conn, insert, first, chunks, stats)
             _inserted(ctx, handle, qr, resp, stats)
             return
