@@ -61,6 +61,36 @@ def test_a_forked_child_does_not_keep_the_files() -> None:
     buf.close()
 
 
+def test_a_kept_file_takes_the_next_batch_through_its_mapping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = sharedbuf._Pool()
+    monkeypatch.setattr(sharedbuf, "_POOL", pool)
+    first = sharedbuf.SharedBuffer(b"a" * 5000)
+    old = first.ref
+    first.close()  # kept, and mapped here
+    (kept,) = pool._free
+    assert kept._maps and len(kept._maps[0]) == 5000 + sharedbuf._TAG
+    second = sharedbuf.SharedBuffer(b"b" * 3000)  # copied into the mapped pages
+    assert second.ref.name == old.name
+    with pytest.raises(SerializationError, match="its task is done"):
+        old.open()
+    assert bytes(second.ref.open()) == b"b" * 3000
+    pid = os.fork()
+    if pid == 0:  # the child unmaps the kept pages as it closes the files
+        with open("/proc/self/maps") as maps:
+            os._exit(0 if old.name not in maps.read() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    second.close()
+    third = sharedbuf.SharedBuffer(b"c" * 9000)  # larger: written, then mapped again
+    assert bytes(third.ref.open()) == b"c" * 9000
+    third.close()
+    assert len(pool._free[0]._maps[0]) == 9000 + sharedbuf._TAG
+    pool.sweep(0)
+    assert not kept._maps and kept.closed
+
+
 def test_tasks_carry_references_to_large_buffers_and_workers_decode_them() -> None:
     body = os.urandom(3 * sharedbuf.THRESHOLD)
     task = tasks.encode_insert(1, Future(), "t", body, None, None, None, fmt="Native", rows=5)
