@@ -21,6 +21,7 @@ from chworkers.daemon.framing import (
     Framer,
     RecordTooLargeError,
     count_lines,
+    has_blank_line,
     record_over,
 )
 from chworkers.errors import PoisonMessageError
@@ -214,7 +215,7 @@ class Assembler:
         if bytes(map(_LAST, payloads)).count(10) != len(payloads):
             return None  # one does not end in a newline: extend() adds it
         joined = b"".join(payloads)
-        if b"\n\n" in joined or joined[0] == 10:
+        if has_blank_line(joined):
             return None
         return joined
 
