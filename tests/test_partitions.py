@@ -16,6 +16,7 @@ from chworkers.clickhouse.inserts import SplitBudget, run_insert
 from chworkers.clickhouse.partitions import (
     group_by_partition,
     is_too_many_partitions,
+    one_block,
     partition_keys,
 )
 from chworkers.clickhouse.retry import RetryPolicy, Verdict
@@ -112,6 +113,38 @@ def test_a_batch_across_many_partitions_is_split_by_partition(
     run_insert(payload, "tok", send, fmt="JSONEachRow", budget=SplitBudget(), partitions=partitions)
     assert [t for _, t in sent] == ["tok", *(partition_token("tok", i) for i in range(3))]
     assert ch_client.command("SELECT count() FROM ev") == 1000
+
+
+@pytest.mark.parametrize("fmt", ["TSV", "JSONEachRow"])
+def test_a_batch_that_may_be_split_is_written_as_one_block(
+    pool: ConnectionPool, ch_client: Client, fmt: str
+) -> None:
+    """The tightest rows a line format has (a digit and its newline, the last one without
+    it) still land as one block, with the caller's smaller block sizes raised and a
+    larger one kept: refused, nothing of the batch would be in the table. Over a MiB, so
+    that the endpoint streams the body into chDB, which writes block by block."""
+    ch_client.command("CREATE TABLE blocks (n UInt16) ENGINE = MergeTree ORDER BY tuple()")
+    ch_client.command("SYSTEM STOP MERGES blocks")
+    rows = [b"1" if fmt == "TSV" else b"{}"] * 700_000
+    body = b"\n".join(rows)  # the last row ends the body
+    assert len(body) > 1 << 20
+    small = {
+        "max_insert_block_size": 100_000,
+        "min_insert_block_size_rows": 100_000,
+        "min_insert_block_size_bytes": 0,
+    }
+    settings = one_block(small, body)
+    assert one_block({"max_insert_block_size": 10**9}, body)["max_insert_block_size"] == 10**9
+    with pool.connection() as conn:
+        conn.raw_insert("blocks", body, fmt=fmt, settings=settings, deduplication_token="b1")
+        # Without them, the same rows under the caller's block sizes are many blocks.
+        conn.raw_insert("blocks", body, fmt=fmt, settings=small, deduplication_token="b2")
+    parts = ch_client.query(
+        "SELECT rows FROM system.parts WHERE database = currentDatabase() AND table = 'blocks' "
+        "AND active ORDER BY min_block_number"
+    ).result_rows
+    assert parts[0] == (700_000,)
+    assert len(parts) > 2 and sum(r for (r,) in parts[1:]) == 700_000
 
 
 def test_partition_keys_follow_the_table_and_its_format(

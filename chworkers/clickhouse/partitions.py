@@ -67,12 +67,17 @@ def one_block(
     settings: Mapping[str, object] | None, data: bytes | bytearray | memoryview
 ) -> dict[str, object]:
     """``settings`` for an INSERT of the line-format ``data`` that ClickHouse makes into
-    one block (so it lands whole or not at all): its block size limits raised to the
-    request's rows (counted as its newlines, an upper bound, which bounds any part of
-    ``data`` sent alone too) and the byte limit of squashing turned off. Limits above
-    that are kept."""
-    lines = data if isinstance(data, (bytes, bytearray)) else bytes(data)
-    rows = lines.count(b"\n") + 1
+    one block (so it lands whole or not at all): its block size limits raised to a bound
+    of the request's rows and the byte limit of squashing turned off. Limits above that
+    are kept.
+
+    The bound is the body's length plus one: a row of a line format takes a byte at
+    least (its newline), so no body holds more rows, and it bounds any part of ``data``
+    sent alone too. It is known without reading the body (counting its newlines cost
+    the daemon 2-3 ms of CPU per 100,000 lines, taken from the server's parsing on a
+    machine they share), and ClickHouse makes the same one block of it as of the exact
+    count: a limit above the rows there are changes nothing."""
+    rows = memoryview(data).nbytes + 1
     out: dict[str, object] = dict(settings or {})
     for name in ("max_insert_block_size", "min_insert_block_size_rows"):
         try:

@@ -169,8 +169,7 @@ class Producer:
         if split_bad_rows:
             budget = SplitBudget(opts.split_max_requests, opts.split_max_seconds)
             # May be split by partition: sent as one block, so refused whole or not at
-            # all. Counted here, not in the worker, where the endpoint would wait for
-            # it: the batch's line count bounds every sub-batch's too. Not for an
+            # all (its length bounds its rows, and every sub-batch's). Not for an
             # asynchronous insert: the server writes a flush as one block anyway, and a
             # block size of the batch's own would keep it from sharing a flush with any
             # batch of another size (the server keys its queue by every setting).
