@@ -2,14 +2,14 @@
 
 As a server: one row per asynchronous insert, written at its flush (visible after
 ``SYSTEM FLUSH LOGS``), with its own rows, bytes and status (``Ok``, ``ParsingError``,
-``FlushError``) and the flush's time and query id; kept across a restart.
+``FlushError``) and the flush's time and query id. Kept across a restart:
+tests/faults/test_fault_async_queue.py (a stop and a start) checks it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,20 +91,3 @@ def test_a_failed_flush_is_every_insert_s_flush_error(ch_client: Client) -> None
         )
     rows = logged(ch_client, table)
     assert [(r[1], r[2], r[4]) for r in rows] == [("FlushError", 2, True)]
-
-
-def test_the_log_is_kept_across_a_restart(tmp_path: Path) -> None:
-    with EmbeddedClickHouse(tmp_path / "data") as ch:
-        client = make_client(ch)
-        client.command("CREATE TABLE t (k UInt64) ENGINE = MergeTree ORDER BY k")
-        settings = {**GATHER, "async_insert_busy_timeout_max_ms": 20, "query_id": "t-kept"}
-        client.raw_insert("t", None, b'{"k":1}\n', settings=settings, fmt="JSONEachRow")
-        ch.stop()  # writes what waits
-        ch.restart()
-        client = make_client(ch)
-        assert (
-            client.command(
-                "SELECT status FROM system.asynchronous_insert_log WHERE query_id = 't-kept'"
-            )
-            == "Ok"
-        )

@@ -8,8 +8,9 @@
   INSERT's own column list: an INSERT naming an EPHEMERAL column failed at the flush
   (nothing stores it to select). The target's stored columns are copied now, their
   defaults computed from what each insert sent.
-* A SIGTERM writes what waits before the endpoint stops; a SIGKILL loses it, as a
-  server's crash does, and a client's retry of the unanswered insert lands once.
+* A SIGTERM writes what waits before the endpoint stops (and its
+  ``system.asynchronous_insert_log`` rows, there after the restart); a SIGKILL loses
+  it, as a server's crash does, and a client's retry of the unanswered insert lands once.
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ def test_a_stop_flushes_and_a_crash_loses_the_queue(tmp_path: Path) -> None:
         ch.restart()
         client = make_client(ch)
         assert count(client, table) == 1
+        # And its system.asynchronous_insert_log row, written at the stop, attached again.
+        logged = client.command(
+            f"SELECT status FROM system.asynchronous_insert_log WHERE table = '{table}'"
+        )
+        assert logged == "Ok"
         client.raw_insert(table, None, b'{"k":2}\n', settings=LATER, fmt="JSONEachRow")
         # A client waiting for its insert's flush when the endpoint dies gets no answer.
         waited = {**LATER, "wait_for_async_insert": 1, "insert_deduplication_token": "r"}
