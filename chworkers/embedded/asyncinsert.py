@@ -17,6 +17,7 @@ without asking chDB; a session's value is read once after each of its ``SET``s.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any
@@ -28,6 +29,9 @@ from chworkers.embedded.queries import quote_ident, quote_literal
 from chworkers.embedded.request import QueryRequest
 from chworkers.embedded.summary import Stats
 from chworkers.embedded.tracked import TrackedConnection
+from chworkers.errors import ServerError
+
+log = logging.getLogger(__name__)
 
 _TRUE = frozenset(["1", "true", "yes", "on"])
 
@@ -264,7 +268,18 @@ def after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -
     ``TRUNCATE ALL TABLES FROM db`` those of each table of ``db`` left without a part
     (whatever its ``LIKE`` chose: a table with no part has no block id left); a ``DROP``
     or ``DETACH`` lets go of the ids of tables no longer there (their files go with their
-    directories, or wait in them to be attached again)."""
+    directories, or wait in them to be attached again).
+
+    The statement ran: a failure here is logged, never the statement's answer (the ids
+    stay as they were; a file of a dropped table goes with its directory anyway).
+    """
+    try:
+        _after_ddl(dedup, conn, database, text)
+    except ServerError as err:
+        log.warning("the asynchronous inserts' ids after %r: %s", text[:200], err.message)
+
+
+def _after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -> None:
     word = sql.first_keyword(text)
     emptied = truncated_tables_of(text) if word == "TRUNCATE" else None
     if emptied is not None:
