@@ -200,6 +200,8 @@ class BusyDaemon:
         m.spool_dropped.inc(rnd.randint(0, 1))
         m.source_rows.labels("http").inc(1000)
         m.source_errors.labels("http").inc(rnd.randint(0, 1))
+        m.source_files.labels("logs", "open").set(rnd.randint(0, 256))
+        m.source_files.labels("logs", "closed").set(rnd.randint(0, 2000))
         m.broker_lag.labels("orders").set(rnd.randint(0, 500))
         m.broker_pending.labels("orders").set(rnd.randint(0, 50))
         m.broker_acked.labels("orders").inc(rnd.randint(50, 100))

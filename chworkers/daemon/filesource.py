@@ -36,6 +36,7 @@ from chworkers.daemon.framing import Framer, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.tailing import OpenFile, Parked, Tailing
+from chworkers.ops.daemonmetrics import DaemonMetrics
 
 __all__ = ["REFERENCE_MIN_BYTES", "FileSource"]
 
@@ -67,6 +68,7 @@ class FileSource(_Source, Tailing):
         by_reference: bool = False,
         max_open_files: int = 256,
         close_idle_after: float = 300.0,
+        metrics: DaemonMetrics | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +87,15 @@ class FileSource(_Source, Tailing):
         )
         self.max_open_files = max_open_files if follow else min(MAX_OPEN_FILES, max_open_files)
         self.close_idle_after = close_idle_after
+        #: Its files open and closed (chworkers_source_files), set at each poll.
+        self._files_gauges = (
+            None
+            if metrics is None
+            else (
+                metrics.source_files.labels(source=self.name, state="open"),
+                metrics.source_files.labels(source=self.name, state="closed"),
+            )
+        )
         self._open: dict[str, OpenFile] = {}
         #: Followed files closed for a descriptor, by path (:mod:`chworkers.daemon.tailing`).
         self._parked: dict[str, Parked] = {}
@@ -113,6 +124,7 @@ class FileSource(_Source, Tailing):
                 self._open_pending(self._identities())
                 progressed |= self._read_open()
             if not self.follow and not self._open and not self._pending:
+                self._count_files()  # none left
                 return
             if not progressed:
                 stop.wait(self.poll_interval)
@@ -172,6 +184,15 @@ class FileSource(_Source, Tailing):
         for path in forgotten:
             self._saved.pop(path, None)
             self._by_ident = None
+        self._count_files()
+
+    def _count_files(self) -> None:
+        """chworkers_source_files: the files open, and those closed (parked, or matched
+        and waiting for a descriptor)."""
+        if self._files_gauges is not None:
+            waiting = sum(1 for path in self._pending if path not in self._parked)
+            self._files_gauges[0].set(len(self._open))
+            self._files_gauges[1].set(len(self._parked) + waiting)
 
     def _open_pending(self, seen: dict[tuple[int, int], str]) -> None:
         """Open the files waiting, in order, while there is room (``seen``: their

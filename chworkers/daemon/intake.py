@@ -127,6 +127,7 @@ class Intake:
                     forget_after=p.forget_after,
                     max_open_files=p.max_open_files,
                     close_idle_after=p.close_idle_after,
+                    metrics=self.metrics,
                     # A batch split by sharding key is read whole from the spool.
                     by_reference=p.spool_data == "reference" and p.sharding_key is None,
                     **common,

@@ -121,6 +121,14 @@ class DaemonMetrics:
             ["source"],
             registry=r,
         )
+        self.source_files = Gauge(
+            "chworkers_source_files",
+            "Files a file source is reading, by state: open (holding a descriptor) or closed "
+            "(a followed file idle for close_idle_after, or waiting for one of its "
+            "max_open_files descriptors; reopened where it was when it grows).",
+            ["source", "state"],
+            registry=r,
+        )
         # A sharded cluster ([clickhouse] shards): the daemon's parts, by shard index.
         self.shard_rows = Counter(
             "chworkers_shard_rows_total",

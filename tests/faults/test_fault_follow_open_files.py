@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 from daemonthread import daemon_config
+from prometheus_client import CollectorRegistry
 from tomlfile import to_toml
 from waiting import wait_for
 
@@ -37,6 +38,7 @@ from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
 from chworkers.embedded import EmbeddedClickHouse
+from chworkers.ops.metrics import Metrics
 
 
 def line(n: int) -> bytes:
@@ -99,6 +101,7 @@ def test_followed_files_beyond_the_limit_lose_and_repeat_nothing(
     files = [data / f"f{i:02d}.log" for i in range(12)]
     for i, f in enumerate(files):
         f.write_bytes(line(i))
+    metrics = Metrics(CollectorRegistry())
     source = FileSource(
         [str(data / "*.log")],
         checkpoints=pipeline.checkpoints,
@@ -110,7 +113,12 @@ def test_followed_files_beyond_the_limit_lose_and_repeat_nothing(
         follow=True,
         max_open_files=3,
         close_idle_after=0.05,
+        metrics=metrics,
     )
+
+    def counted(state: str) -> float:
+        return float(metrics.source_files.labels(source="logs", state=state)._value.get())
+
     stop = threading.Event()
     most = [0]
 
@@ -164,6 +172,8 @@ def test_followed_files_beyond_the_limit_lose_and_repeat_nothing(
         wait_for(lambda: pipeline.numbers() == sorted(expected), timeout=20)
         time.sleep(0.2)
         assert pipeline.numbers() == sorted(expected)  # nothing twice, late or not
+        # Followed: f00 (the new one), f01-old, f02, f05-f11; all idle, all closed.
+        wait_for(lambda: (counted("open"), counted("closed")) == (0, 10), timeout=20)
     finally:
         stop.set()
         for thread in threads:
