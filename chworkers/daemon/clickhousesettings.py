@@ -62,6 +62,14 @@ class ClickHouseSettings:
     send_receive_timeout: float | None = same_as(
         ConnectionConfig, "send_receive_timeout", unless="the URL's send_receive_timeout"
     )
+    startup_wait: float = setting(
+        15.0,
+        "How long start-up waits for the pipelines' tables (and the embedded ClickHouse) "
+        "before it reports ready (READY=1) all the same; the intake is open meanwhile, and "
+        "tables not made by then are created once ClickHouse answers.",
+        unit="seconds",
+        minimum=0,
+    )
     pool: PoolOptions = section(PoolOptions, "The connection pool shared by all workers.")
     embedded: EmbeddedSettings = section(EmbeddedSettings, "The embedded endpoint.")
 

@@ -60,11 +60,6 @@ EXIT_FAILURE = 1
 #: At a stop, push requests settled by the batcher get this long to be answered.
 ANSWER_WAIT = 5.0
 
-#: READY=1 waits this long for the tables (and the embedded child) when ClickHouse
-#: answers slowly (the intake is open meanwhile); past it the daemon is ready anyway and
-#: the tables come later.
-TABLES_GRACE = 15.0
-
 
 class Daemon(DaemonReload, DaemonHealth):
     """One ``chworkers run``. Build it from a :class:`Config`, then call :meth:`run`."""
@@ -137,9 +132,12 @@ class Daemon(DaemonReload, DaemonHealth):
             watchdog = Watchdog(notifier, self._healthy)
             watchdog.start()
             stack.callback(watchdog.stop)
-            # A signal cuts the wait short (then the tables are merely not ready yet):
-            # only a wait that ran out says ClickHouse is not reachable.
-            waited = self._wait_for_tables(TABLES_GRACE)
+            # READY=1 waits up to startup_wait for the tables (and the embedded child)
+            # when ClickHouse answers slowly (the intake is open meanwhile); past it the
+            # daemon is ready anyway and the tables come later. A signal cuts the wait
+            # short (then the tables are merely not ready yet): only a wait that ran out
+            # says ClickHouse is not reachable.
+            waited = self._wait_for_tables(self.config.settings.clickhouse.startup_wait)
             if not waited and self._boot_error() is None and self._signals.empty():
                 self._warn_tables_missing()
             self._stop_if_workers_failed(notifier)

@@ -15,7 +15,7 @@ import pytest
 from daemonthread import Running, daemon_config
 
 from chworkers.cli.main import main
-from chworkers.daemon import config, service
+from chworkers.daemon import config
 from chworkers.embedded import EmbeddedClickHouse
 
 CONF = """
@@ -74,11 +74,10 @@ def test_run_says_clickhouse_refuses_the_create_not_that_it_is_unreachable(
     endpoint: EmbeddedClickHouse,
     database: str,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(service, "TABLES_GRACE", 3.0)
     caplog.set_level(logging.INFO, logger="chworkers")
     data = daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", {"source": "http"})
+    data["clickhouse"]["startup_wait"] = 3.0
     data["pipelines"][0]["create"] = "n UInt64, s Strin"
     running = Running(config.load(data=data, env={}))
     try:

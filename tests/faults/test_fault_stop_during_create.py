@@ -20,14 +20,13 @@ import pytest
 from daemonthread import Running, daemon_config
 from waiting import wait_for
 
-from chworkers.daemon import config, service
+from chworkers.daemon import config
 
 
 @pytest.mark.timeout(240)
 def test_stop_with_clickhouse_down_does_not_wait_for_the_create(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(service, "TABLES_GRACE", 1.0)
     with socket.socket() as closed:  # a port nobody listens on: ClickHouse is down
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -40,6 +39,7 @@ def test_stop_with_clickhouse_down_does_not_wait_for_the_create(
         "deadline": 200,
     }
     data["supervisor"]["graceful_timeout"] = 2
+    data["clickhouse"]["startup_wait"] = 1.0
     running = Running(config.load(data=data, env={}))
     wait_for(lambda: running.daemon.tables.pending() == ["ev"], timeout=30, what="tables")
     time.sleep(1)  # the create attempt is under way, retrying
