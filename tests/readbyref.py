@@ -71,4 +71,5 @@ def file_behind_an_outage(
         f"{fault_proxy.url}/{database}",
         {"source": "file", "paths": [str(data)], "max_rows": 1000},
     )
+    cfg["clickhouse"]["startup_wait"] = 1.0  # ClickHouse is down: ready after 1 s, not 15
     return data, cfg

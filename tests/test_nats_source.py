@@ -536,7 +536,9 @@ def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
     nats_server.publish(bodies(0, 20_000, 10))
     pipeline = {**nats_pipeline(nats_server, max_batches=2, fetch_count=50), "max_rows": 1000}
     fault_proxy.set("refuse")
-    daemon = Running(daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline))
+    cfg = daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline)
+    cfg["clickhouse"]["startup_wait"] = 1.0  # ClickHouse is down: ready after 1 s, not 15
+    daemon = Running(cfg)
     try:
         wait_for(lambda: nats_server.consumer_state()[2] >= 2, 30, what="two manifests")
         for _ in range(8):  # 2 s: the source waits for room, pulls nothing more

@@ -308,7 +308,9 @@ def test_a_daemon_holds_at_most_max_batches_of_a_backlog(
     redis_server.add_entries(bodies(0, 20_000, 10))
     pipeline = {**redis_pipeline(redis_server, max_batches=2, fetch_count=50), "max_rows": 1000}
     fault_proxy.set("refuse")
-    daemon = Running(daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline))
+    cfg = daemon_config(tmp_path / "state", f"{fault_proxy.url}/{database}", pipeline)
+    cfg["clickhouse"]["startup_wait"] = 1.0  # ClickHouse is down: ready after 1 s, not 15
+    daemon = Running(cfg)
     client = redis_server.client()
     try:
         wait_for(lambda: len(client.keys("ev:chworkers:chworkers:manifest:*")) >= 2, 30)

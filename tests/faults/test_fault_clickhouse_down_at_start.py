@@ -23,7 +23,8 @@ def test_intake_opens_while_clickhouse_is_down_and_everything_lands_once(drill: 
     feed = drill.file_feed(20_000, chunk=1000, pause=0.02)
     daemon = drill.make_daemon(
         [file_pipeline(feed), push_pipeline(table="ev")],
-        {"health": {"stall": 1.0}},
+        # READY=1 comes after startup_wait (2 s here, 15 by default) with ClickHouse down.
+        {"health": {"stall": 1.0}, "clickhouse": {"startup_wait": 2.0}},
     )
     daemon.start()  # READY=1 with ClickHouse down: the intake is open
     push = drill.push_clients(clients=2, requests=10, rows=100).start()
