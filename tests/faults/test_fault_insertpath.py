@@ -100,7 +100,14 @@ def test_a_batch_whose_rows_all_fail_reaches_the_dead_letters_without_a_hung_wor
         database,
         max_rows=rows,
         unknown_fields="reject",
-        supervisor={"workers": 1, "hung_timeout": 2.0, "max_task_crashes": 1},
+        # A budget of 300 requests: still several times hung_timeout of bisecting (10 ms a
+        # request would be fast for this endpoint), at a third of the default's cost.
+        supervisor={
+            "workers": 1,
+            "hung_timeout": 2.0,
+            "max_task_crashes": 1,
+            "split_max_requests": 300,
+        },
     )
     daemon = Daemon(cfg)
     assert daemon.run() == 0
@@ -108,7 +115,7 @@ def test_a_batch_whose_rows_all_fail_reaches_the_dead_letters_without_a_hung_wor
     assert len(letters) == rows
     assert sorted(json.loads(e["record"])["n"] for e in letters) == list(range(rows))
     assert {e["error"]["code"] for e in letters} == {117}
-    # The default budget (1000 requests) ran out: most records were not isolated.
+    # The budget (300 requests) ran out: most records were not isolated.
     reasons = {e["reason"] for e in letters}
     assert reasons == {"rejected", "budget"}
     assert daemon.supervisor.stats().restarts.get("hung", 0) == 0
