@@ -155,14 +155,16 @@ class FileSource(_Source, Tailing):
             self._open_pending({})
             return
         # The files the patterns match, by (dev, ino): a path of each.
-        seen = self._identities()
         matched: set[str] = set(self._open) | set(self._parked)
+        found = [path for pattern in self.patterns for path in sorted(glob.glob(pattern))]
+        if self.follow:
+            self._moved_along(found)  # before the files' names are taken as they were
+        seen = self._identities()
         fresh = []
-        for pattern in self.patterns:
-            for path in sorted(glob.glob(pattern)):
-                if path not in matched and path not in self._queued:
-                    fresh.append(path)
-                matched.add(path)
+        for path in dict.fromkeys(found):  # (a path two patterns match: once)
+            if path not in self._open and path not in self._parked and path not in self._queued:
+                fresh.append(path)
+            matched.add(path)
         if self.follow:
             fresh = self._renamed(fresh, seen)
         for path in fresh:

@@ -32,6 +32,7 @@ import enum
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -160,13 +161,76 @@ class Tailing:
     _parked: dict[str, Parked]
     _pending: deque[str]
     _queued: set[str]
+    _stop: threading.Event
     _error: Callable[[str], None]
     _add: Callable[..., None]
+    _read: Callable[[OpenFile], bool]
 
     def _queue(self, path: str) -> None:
         if path not in self._queued:
             self._queued.add(path)
             self._pending.append(path)
+
+    def _moved_along(self, matched: list[str]) -> None:
+        """Followed files renamed to names the patterns match that other followed files
+        had (logrotate's numbered rotation: ``app.log.1`` to ``app.log.2``, then
+        ``app.log`` to ``app.log.1``) are followed at their new names, all at once (one
+        ``stat`` per path matched); one whose name a renamed file takes and that is gone
+        from the patterns (deleted, ``rotate``'s oldest) is read to its end and finished
+        first."""
+        held = {path: (f.dev, f.ino) for path, f in self._open.items()}
+        held.update({path: (p.dev, p.ino) for path, p in self._parked.items()})
+        now: dict[str, tuple[int, int]] = {}
+        where: dict[tuple[int, int], str] = {}
+        for path in matched:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            now[path] = (st.st_dev, st.st_ino)
+            where.setdefault(now[path], path)
+        moves = {
+            old: where[ident]
+            for old, ident in held.items()
+            if now.get(old) != ident and where.get(ident, old) != old
+        }
+        for new in set(moves.values()) - set(moves):
+            if not self._finish_displaced(new):
+                moves = {old: to for old, to in moves.items() if to != new}  # next poll
+        files: dict[str, OpenFile | Parked] = {
+            old: self._open.pop(old) if old in self._open else self._parked.pop(old)
+            for old in moves
+        }
+        for old, new in moves.items():
+            file = files[old]
+            file.path = new
+            if isinstance(file, OpenFile):
+                self._open[new] = file
+            else:
+                file.at = None
+                self._parked[new] = file
+            if old in self._queued:  # whatever is at the old path now is another file
+                self._queued.discard(old)
+                self._pending = deque(p for p in self._pending if p != old)
+            log.info("source %s: %s was renamed to %s; following it there", self.name, old, new)
+
+    def _finish_displaced(self, path: str) -> bool:
+        """Read the followed file at ``path``, which another followed file's name now
+        names, to its end and finish it (it was deleted or renamed out of the patterns);
+        False if it could not be now."""
+        parked = self._parked.pop(path, None)
+        if parked is not None:
+            parked.at = find_moved(path, parked.dev, parked.ino)
+            if parked.at is None:
+                self._deleted(parked)
+                return True
+            self._unpark(parked)  # at its new name; parked again if it cannot be opened
+        f = self._open.get(path)
+        for _ in range(8):  # each round reads to the end; the last finds the path taken
+            if f is None or self._open.get(path) is not f or self._stop.is_set():
+                break
+            self._read(f)
+        return path not in self._open and path not in self._parked
 
     def _renamed(self, fresh: list[str], seen: dict[tuple[int, int], str]) -> list[str]:
         """Of the paths newly matched, those of new files: a file followed already that
