@@ -63,7 +63,8 @@ class _TableIds:
     def __init__(self, path: Path, table_dir: Path | None, size: int) -> None:
         self.path = path
         self.lock = threading.Lock()
-        self.ids: deque[str] = deque()
+        #: (block id, the flush that wrote it: '' if not known), oldest first.
+        self.ids: deque[tuple[str, str]] = deque()
         self.known: dict[str, int] = {}
         self.lines = 0
         #: The flush between :meth:`AsyncDedup.begin` and its commit or abort.
@@ -84,7 +85,7 @@ class _TableIds:
                 pending.setdefault(fields[1], []).append(fields[2])
             elif len(fields) == 2 and fields[0] == "C":
                 for block_id in pending.pop(fields[1], []):
-                    self.add(block_id)
+                    self.add(block_id, fields[1])
             elif len(fields) == 2 and fields[0] == "A":
                 pending.pop(fields[1], None)
             else:  # an id recorded whole (a rewrite, or the file of session 7)
@@ -101,7 +102,7 @@ class _TableIds:
                     len(block_ids),
                 )
                 for block_id in block_ids:
-                    self.add(block_id)
+                    self.add(block_id, flush)
             else:
                 log.warning(
                     "%s: a flush of %d asynchronous inserts was never written (the endpoint "
@@ -111,13 +112,13 @@ class _TableIds:
                 )
             self.resolved += 1
 
-    def add(self, block_id: str) -> None:
-        self.ids.append(block_id)
+    def add(self, block_id: str, flush: str = "") -> None:
+        self.ids.append((block_id, flush))
         self.known[block_id] = self.known.get(block_id, 0) + 1
 
     def trim(self, size: int) -> None:
         while len(self.ids) > size:
-            old = self.ids.popleft()
+            old, _ = self.ids.popleft()
             left = self.known[old] - 1
             if left:
                 self.known[old] = left
@@ -134,15 +135,36 @@ class _TableIds:
         self.lines += len(lines)
 
     def rewrite(self) -> None:
-        """The file as the ids in memory (no pending flush), atomically."""
+        """The file as the ids in memory (no pending flush), atomically; each flush's
+        ids still marked with it (:meth:`AsyncDedup.release_dropped` needs it)."""
+        lines: list[str] = []
+        last = ""
+        for block_id, flush in self.ids:
+            if last and flush != last:
+                lines.append(f"C\t{last}")
+            lines.append(f"P\t{flush}\t{block_id}" if flush else block_id)
+            last = flush
+        if last:
+            lines.append(f"C\t{last}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as out:
-            out.write("".join(f"{b}\n" for b in self.ids))
+            out.write("".join(f"{line}\n" for line in lines))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
-        self.lines = len(self.ids)
+        self.lines = len(lines)
+
+    def drop_flushes(self, gone: set[str]) -> int:
+        """Forget the ids the flushes ``gone`` wrote; how many."""
+        kept = [(b, f) for b, f in self.ids if not f or f not in gone]
+        dropped = len(self.ids) - len(kept)
+        if dropped:
+            self.ids = deque()
+            self.known = {}
+            for block_id, flush in kept:
+                self.add(block_id, flush)
+        return dropped
 
 
 class AsyncDedup:
@@ -230,9 +252,9 @@ class AsyncDedup:
         with table.lock:
             table.flushing = None
             for block_id in block_ids:
-                table.add(block_id)
+                table.add(block_id, flush)
             table.trim(size)
-            if table.lines + 1 > 2 * size + 100:
+            if table.lines + 1 > 3 * size + 100:
                 table.rewrite()
             else:
                 # Not fsync'd: lost, the flush is resolved from chDB's log at start.
@@ -247,6 +269,23 @@ class AsyncDedup:
             if table.flushing == flush:
                 table.flushing = None
                 table.append([f"A\t{flush}"], sync=False)
+
+    def release_dropped(self, storage: str, size: int) -> int:
+        """Forget the ids of flushes whose parts were all dropped since (``ALTER TABLE
+        ... DROP PARTITION`` and the like: chDB's log of the table forgets the dropped
+        parts' block ids, the flushes' own among them); how many."""
+        table_dir = Path(storage)
+        if size <= 0 or not table_dir.is_absolute() or not self.has_ids(storage):
+            return 0
+        gone = blockids.dropped_hashes(table_dir)
+        if not gone:
+            return 0
+        table = self._table(storage, size)
+        with table.lock:
+            dropped = table.drop_flushes(gone)
+            if dropped:
+                table.rewrite()
+        return dropped
 
     def reset(self, storage: str) -> None:
         """Forget the table's ids (it was truncated: its block ids went with its parts)."""

@@ -23,7 +23,7 @@ from itertools import chain
 from typing import Any
 
 from chworkers.embedded import asyncflush, asynctarget, queries, sql, tablerisk
-from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asyncdedup import AsyncDedup, window
 from chworkers.embedded.asyncqueue import AsyncInsertQueue, Entry, Key, Limits
 from chworkers.embedded.queries import quote_ident, quote_literal
 from chworkers.embedded.request import QueryRequest
@@ -238,6 +238,34 @@ def truncated(text: bytes) -> tuple[str | None, str] | None:
     return None
 
 
+def altered_parts(text: bytes) -> tuple[str | None, str] | None:
+    """``(database or None, table)`` of an ``ALTER TABLE [IF EXISTS] [db.]t`` that may
+    drop parts (its text names a PARTITION or PART), or None."""
+    if sql.first_keyword(text) != "ALTER" or b"PART" not in text.upper():
+        return None
+    try:
+        toks = sql._tokens(text, True)
+    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
+        return None
+    i = 1
+    for optional in ("TABLE", "IF", "EXISTS"):
+        if i < len(toks) and toks[i].kind == "word" and toks[i].upper == optional:
+            i += 1
+    names: list[str] = []
+    while i < len(toks) and toks[i].kind in ("word", "quoted"):
+        names.append(tablerisk._unquote(toks[i]))
+        i += 1
+        if i < len(toks) and toks[i].text == b".":
+            i += 1
+            continue
+        break
+    if len(names) == 1:
+        return None, names[0]
+    if len(names) == 2:
+        return names[0], names[1]
+    return None
+
+
 def truncated_tables_of(text: bytes) -> str | None:
     """The database a ``TRUNCATE [ALL] TABLES FROM [IF EXISTS] db ...`` empties tables of,
     or None for any other statement."""
@@ -268,7 +296,8 @@ def after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -
     ``TRUNCATE ALL TABLES FROM db`` those of each table of ``db`` left without a part
     (whatever its ``LIKE`` chose: a table with no part has no block id left); a ``DROP``
     or ``DETACH`` lets go of the ids of tables no longer there (their files go with their
-    directories, or wait in them to be attached again).
+    directories, or wait in them to be attached again); an ``ALTER`` that drops parts
+    (``DROP PARTITION``...) forgets the ids of the flushes whose parts are all gone.
 
     The statement ran: a failure here is logged, never the statement's answer (the ids
     stay as they were; a file of a dropped table goes with its directory anyway).
@@ -308,6 +337,22 @@ def _after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) 
         for line in res.bytes().decode("utf-8", "surrogateescape").splitlines():
             if line:
                 dedup.reset(line)
+    elif word == "ALTER" and dedup.has_ids():
+        target = altered_parts(text)
+        if target is None:
+            return
+        db = target[0] or database or queries.current_database(conn)
+        res = queries.run(
+            conn,
+            "SELECT data_paths[1], engine, engine_full FROM system.tables "
+            "WHERE database = {db:String} AND name = {t:String}",
+            "JSONCompactEachRow",
+            {"db": db, "t": target[1]},
+        )
+        for line in res.bytes().splitlines():
+            if line.strip():
+                storage, engine, engine_full = json.loads(line)
+                dedup.release_dropped(str(storage), window(str(engine), str(engine_full)))
     elif word in ("DROP", "DETACH") and dedup.tables():
         res = queries.run(conn, "SELECT arrayJoin(data_paths) FROM system.tables", "TSVRaw")
         alive = set(res.bytes().decode("utf-8", "surrogateescape").splitlines())

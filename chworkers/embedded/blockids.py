@@ -83,20 +83,20 @@ def _hash_of(block_id: str) -> str:
     return f"{parts[1]}_{parts[2]}" if len(parts) == 3 else block_id
 
 
-def live_hashes(table_dir: Path, window: int) -> set[str]:
-    """The ``<lo>_<hi>`` of the block ids chDB's log of the table holds now: added, not
-    dropped since, the last ``window`` (any partition). Empty if it keeps none."""
+def _records(table_dir: Path) -> list[tuple[str, str]]:
+    """``(op, block id)`` of chDB's log of the table, oldest first (op ``1`` added,
+    ``2`` dropped); empty if it keeps none."""
     logs = table_dir / "deduplication_logs"
     try:
         files = list(logs.glob("deduplication_log_*.txt"))
     except OSError:
-        return set()
+        return []
 
     def number(path: Path) -> int:
         tail = path.stem.rsplit("_", 1)[-1]
         return int(tail) if tail.isdigit() else -1
 
-    live: OrderedDict[str, None] = OrderedDict()
+    records = []
     for path in sorted(files, key=number):
         try:
             text = path.read_text(errors="replace")
@@ -104,13 +104,36 @@ def live_hashes(table_dir: Path, window: int) -> set[str]:
             continue
         for line in text.splitlines():
             fields = line.split("\t")
-            if len(fields) < 3:
-                continue  # a line the engine is still writing
-            if fields[0] == "1":
-                live[fields[2]] = None
-                live.move_to_end(fields[2])
-                while len(live) > window > 0:
-                    live.popitem(last=False)
-            elif fields[0] == "2":
-                live.pop(fields[2], None)
+            if len(fields) >= 3 and fields[0] in ("1", "2"):
+                records.append((fields[0], fields[2]))  # a shorter line: being written
+    return records
+
+
+def live_hashes(table_dir: Path, window: int) -> set[str]:
+    """The ``<lo>_<hi>`` of the block ids chDB's log of the table holds now: added, not
+    dropped since, the last ``window`` (any partition). Empty if it keeps none."""
+    live: OrderedDict[str, None] = OrderedDict()
+    for op, block_id in _records(table_dir):
+        if op == "1":
+            live[block_id] = None
+            live.move_to_end(block_id)
+            while len(live) > window > 0:
+                live.popitem(last=False)
+        else:
+            live.pop(block_id, None)
     return {_hash_of(block_id) for block_id in live}
+
+
+def dropped_hashes(table_dir: Path) -> set[str]:
+    """The ``<lo>_<hi>`` whose every block id in chDB's log of the table was dropped
+    (a part of it was, and none is left): the inserts whose parts are all gone."""
+    records = _records(table_dir)
+    live: dict[str, None] = {}
+    dropped: set[str] = set()
+    for op, block_id in records:
+        if op == "1":
+            live[block_id] = None
+        elif op == "2" and block_id in live:
+            del live[block_id]
+            dropped.add(_hash_of(block_id))
+    return dropped - {_hash_of(b) for b in live}
