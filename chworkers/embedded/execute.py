@@ -19,6 +19,7 @@ from itertools import chain
 from typing import Any
 
 from chworkers.embedded import (
+    asyncddl,
     asyncinsert,
     crossdedup,
     engine,
@@ -237,7 +238,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         try:
             results.answer(ctx.engine.version, conn, req, qr, text, resp, stats, session)
             if ddl and ctx.dedup is not None:
-                asyncinsert.after_ddl(ctx.dedup, conn, qr.database, text)
+                asyncddl.after_ddl(ctx.dedup, conn, qr.database, text)
             if insert is not None:
                 ctx.stats.inserted(stats.written_rows, stats.written_bytes)
             _done_with(handle, qr, text, resp)
