@@ -137,21 +137,6 @@ def test_the_ids_go_with_the_table(ch_client: Client) -> None:
     assert async_insert(ch_client, renamed, 1, "a") == 1
 
 
-def test_a_dropped_partition_takes_its_inserts_ids(ch_client: Client) -> None:
-    table = unique_name("ad")
-    ch_client.command(
-        f"CREATE TABLE {table} (k UInt64) ENGINE = MergeTree ORDER BY k PARTITION BY k % 2 "
-        "SETTINGS non_replicated_deduplication_window = 100"
-    )
-    assert async_insert(ch_client, table, 1, "odd") == 1
-    assert async_insert(ch_client, table, 2, "even") == 1
-    ch_client.command(f"ALTER TABLE {table} DROP PARTITION 1")
-    # As chDB's own log forgets the dropped parts' ids: a re-send of "odd" lands again.
-    assert async_insert(ch_client, table, 1, "odd") == 1
-    assert async_insert(ch_client, table, 2, "even") == 0
-    assert sorted(r[0] for r in ch_client.query(f"SELECT k FROM {table}").result_rows) == [1, 2]
-
-
 def test_a_dropped_database_takes_its_tables_ids(ch_client: Client) -> None:
     db = unique_name("add")
     ch_client.command(f"CREATE DATABASE {db}")
