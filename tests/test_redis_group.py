@@ -142,17 +142,21 @@ def test_entries_frame_as_messages_and_a_rebuild_do(fmt: str) -> None:
 
 
 #: An entry's records: 1 to 4 JSON lines, now and then without the last newline or with
-#: a blank line (those go one by one), or in a field not first (the general way).
+#: a blank line (those go one by one), or in a field not first (the general way); lines
+#: of 8 bytes, the first one of 40 in a "long line" entry (over a small record limit).
 entry_fields = st.tuples(
     st.integers(min_value=1, max_value=4),
-    st.sampled_from(["whole", "whole", "whole", "no final newline", "blank line", "other"]),
+    st.sampled_from(
+        ["whole", "whole", "whole", "no final newline", "blank line", "other", "long line"]
+    ),
 ).map(
     lambda spec: (
         [b"other", b"x", b"data", b'{"n":0}\n']
         if spec[1] == "other"
         else [
             b"data",
-            b"".join(b'{"n":%d}\n' % i for i in range(spec[0]))[
+            (b'{"n":0,"s":"' + b"x" * 25 + b'"}\n' if spec[1] == "long line" else b"")
+            + b"".join(b'{"n":%d}\n' % i for i in range(spec[0]))[
                 : -1 if spec[1] == "no final newline" else None
             ]
             + (b"\n" if spec[1] == "blank line" else b""),
@@ -167,13 +171,16 @@ entry_fields = st.tuples(
     st.integers(min_value=1, max_value=5),
     st.integers(min_value=1, max_value=30),
     st.integers(min_value=1, max_value=400),
+    st.sampled_from([16 * 1024 * 1024, 17, 33]),
 )
 def test_entries_taken_in_runs_make_the_batches_messages_make(
-    fields: list[list[bytes]], run: int, max_rows: int, max_bytes: int
+    fields: list[list[bytes]], run: int, max_rows: int, max_bytes: int, max_record: int
 ) -> None:
     """Runs of whole-line entries (cut at ``RUN`` entries, here a few) give the batches,
-    bytes and row counts that the same entries give one message at a time."""
-    assembler = Assembler("JSONEachRow")
+    bytes and row counts that the same entries give one message at a time; with a small
+    ``max_record_bytes``, the same poison too (a record of 40 bytes over 17 or 33, an
+    entry of 8-byte lines over them)."""
+    assembler = Assembler("JSONEachRow", max_record_bytes=max_record)
     limits = BatchLimits(max_rows=max_rows, max_bytes=max_bytes)
     entries = [[b"1-%d" % i, f] for i, f in enumerate(fields)]
     messages = [redisentries.message(e, b"data") for e in entries]
@@ -183,4 +190,5 @@ def test_entries_taken_in_runs_make_the_batches_messages_make(
     finally:
         assembly.RUN = default
     assert raw == one_by_one(assembler, messages, limits)
-    assert all(not poison for *_, poison in raw)
+    if max_record > 1000:
+        assert all(not poison for *_, poison in raw)

@@ -209,12 +209,15 @@ class Assembler:
         for :meth:`extend_lines`, which then need not join them again."""
         if self._quoted or not payloads:
             return None
-        lengths = list(map(len, payloads))
-        if min(lengths) == 0 or max(lengths) >= self.max_record_bytes:
+        try:
+            if bytes(map(_LAST, payloads)).count(10) != len(payloads):
+                return None  # one does not end in a newline: extend() adds it
+        except IndexError:  # an empty one
             return None
-        if bytes(map(_LAST, payloads)).count(10) != len(payloads):
-            return None  # one does not end in a newline: extend() adds it
         joined = b"".join(payloads)
+        limit = self.max_record_bytes
+        if len(joined) >= limit and max(map(len, payloads)) >= limit:
+            return None  # (each is shorter than the limit when they all are together)
         if has_blank_line(joined):
             return None
         return joined
