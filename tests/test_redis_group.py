@@ -192,3 +192,30 @@ def test_entries_taken_in_runs_make_the_batches_messages_make(
     assert raw == one_by_one(assembler, messages, limits)
     if max_record > 1000:
         assert all(not poison for *_, poison in raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=40),
+    st.booleans(),
+    st.integers(min_value=1, max_value=30),
+    st.integers(min_value=1, max_value=400),
+)
+def test_a_run_of_entries_without_their_last_newline_makes_the_batches_messages_make(
+    lines: list[int], ended: bool, max_rows: int, max_bytes: int
+) -> None:
+    """Entries none of which ends in a newline (one record each, or lines joined without
+    the last newline) are one run too, a newline added after each, and fill batches
+    (cut inside the run) as they do one at a time."""
+    assembler = Assembler("JSONEachRow")
+    limits = BatchLimits(max_rows=max_rows, max_bytes=max_bytes)
+    entries = [
+        [
+            b"1-%d" % i,
+            [b"data", b"".join(b'{"n":%d}\n' % j for j in range(n))[: None if ended else -1]],
+        ]
+        for i, n in enumerate(lines)
+    ]
+    assert isinstance(redisentries.pieces(assembler, entries, b"data")[0], redisentries.Run)
+    messages = [redisentries.message(e, b"data") for e in entries]
+    assert framed(assembler, entries, limits) == one_by_one(assembler, messages, limits)

@@ -204,17 +204,24 @@ class Assembler:
         by message, for a run of messages at once)."""
         return self.lines(payloads) is not None
 
-    def lines(self, payloads: list[bytes]) -> bytes | None:
+    def lines(self, payloads: list[bytes], *, unended: bool = False) -> bytes | None:
         """The records of ``payloads`` joined, when :meth:`whole_lines` holds (else None):
-        for :meth:`extend_lines`, which then need not join them again."""
+        for :meth:`extend_lines`, which then need not join them again. ``unended``:
+        payloads none of which ends in a newline are taken too, a newline after each (as
+        :meth:`extend` gives each one: a producer that writes one record per message, or
+        lines joined without the last newline)."""
         if self._quoted or not payloads:
             return None
         try:
-            if bytes(map(_LAST, payloads)).count(10) != len(payloads):
-                return None  # one does not end in a newline: extend() adds it
+            ended = bytes(map(_LAST, payloads)).count(10)
         except IndexError:  # an empty one
             return None
-        joined = b"".join(payloads)
+        if ended == len(payloads):
+            joined = b"".join(payloads)
+        elif unended and not ended:
+            joined = b"\n".join(payloads) + b"\n"
+        else:
+            return None  # some end in a newline and some not: extend() adds the missing
         limit = self.max_record_bytes
         if len(joined) >= limit and max(map(len, payloads)) >= limit:
             return None  # (each is shorter than the limit when they all are together)
@@ -233,20 +240,24 @@ class Assembler:
         """Add messages until ``batch`` is full, as :meth:`extend` does (the message that
         fills it included), for payloads :meth:`whole_lines` accepted: their records are
         the payloads as they are, counted and joined once for the run (``records``: that
-        join, when :meth:`lines` made it already). Returns how many were added."""
+        join, when :meth:`lines` made it already; payloads that do not end in a newline,
+        which ``lines(unended=True)`` took, get one each). Returns how many were added."""
         rows_room = limits.max_rows - batch.rows
         bytes_room = limits.max_bytes - batch.size
         if not ids or rows_room <= 0 or bytes_room <= 0:
             return 0
+        gap = int(payloads[-1][-1] != 10)  # the newline after each payload: added, or not
         if records is None:
-            records = b"".join(payloads)
+            records = b"\n".join(payloads) + b"\n" if gap else b"".join(payloads)
         rows = records.count(b"\n")
         taken = len(ids)
         if rows >= rows_room or len(records) >= bytes_room:
             # Up to the first message after which the batch is full.
             ends = list(itertools.accumulate(map(len, payloads)))
+            if gap:
+                ends = list(map(operator.add, ends, range(1, len(ends) + 1)))
             taken = 1 + min(
-                _filling(records, payloads, ends, rows, rows_room),
+                _filling(records, payloads, ends, rows, rows_room, gap),
                 bisect.bisect_left(ends, bytes_room),
             )
             if taken < len(ids):
@@ -278,20 +289,23 @@ class Assembler:
         return batch, poison
 
 
-def _filling(records: bytes, payloads: list[bytes], ends: list[int], rows: int, room: int) -> int:
+def _filling(
+    records: bytes, payloads: list[bytes], ends: list[int], rows: int, room: int, gap: int
+) -> int:
     """The index of the payload whose lines bring the lines of ``payloads`` (joined:
-    ``records``, ``rows`` lines in all; ``ends``: where each payload ends in them) to
-    ``room``, or ``len(payloads)`` if they all fall short. Guessed from the lines per
-    payload on average, then counted: one count of the bytes up to the guess, and one per
-    payload the guess was off by (none when the payloads hold as many lines each)."""
+    ``records``, ``rows`` lines in all; ``ends``: where each payload ends in them; ``gap``:
+    1 when a newline was added after each) to ``room``, or ``len(payloads)`` if they all
+    fall short. Guessed from the lines per payload on average, then counted: one count of
+    the bytes up to the guess, and one per payload the guess was off by (none when the
+    payloads hold as many lines each)."""
     if rows < room:
         return len(payloads)
     index = min(len(payloads) - 1, max(0, -(-room * len(payloads) // rows) - 1))
     lines = records.count(b"\n", 0, ends[index])  # through payloads[index]
     while lines < room:
         index += 1
-        lines += payloads[index].count(b"\n")
-    while index > 0 and lines - (last := payloads[index].count(b"\n")) >= room:
+        lines += payloads[index].count(b"\n") + gap
+    while index > 0 and lines - (last := payloads[index].count(b"\n") + gap) >= room:
         lines -= last
         index -= 1
     return index

@@ -179,7 +179,7 @@ def _run(assembler: Assembler, entries: list[Entry], start: int, field: bytes) -
         payloads = list(map(_SECOND, fields))
     except (TypeError, IndexError):  # an entry deleted meanwhile (None), no fields
         return None
-    records = assembler.lines(payloads)
+    records = assembler.lines(payloads, unended=True)
     if records is None:
         return None
     # Entry ids are digits and a dash: decoded at once, split where they were joined.
