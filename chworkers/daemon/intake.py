@@ -25,12 +25,13 @@ from chworkers.daemon.brokers import BROKER_SOURCES
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.columnsource import BadFile, ColumnarFileSource
-from chworkers.daemon.filesource import FileSource
+from chworkers.daemon.filesource import MAX_OPEN_FILES, FileSource
 from chworkers.daemon.generator import GeneratorSource
 from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.sources import StreamSource
+from chworkers.daemon.tailing import fit_open_files
 from chworkers.errors import BatcherClosedError, ConfigError
 from chworkers.ops.metrics import Metrics
 
@@ -73,6 +74,13 @@ class Intake:
         self._threads: list[threading.Thread] = []
         self._failures: dict[str, str] = {}
         self._lock = threading.Lock()
+        open_files = fit_open_files(
+            {
+                p.name: p.max_open_files if p.follow else min(MAX_OPEN_FILES, p.max_open_files)
+                for p in pipelines
+                if p.source == "file" and not p.columnar
+            }
+        )
         for p in pipelines:
             self._endless |= (
                 (p.source == "file" and p.follow)
@@ -125,7 +133,7 @@ class Intake:
                     follow=p.follow,
                     poll_interval=p.poll_interval,
                     forget_after=p.forget_after,
-                    max_open_files=p.max_open_files,
+                    max_open_files=open_files[p.name],
                     close_idle_after=p.close_idle_after,
                     metrics=self.metrics,
                     # A batch split by sharding key is read whole from the spool.

@@ -32,6 +32,7 @@ import enum
 import functools
 import logging
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -42,10 +43,25 @@ from chworkers.daemon.checkpoints import head_of, same_head
 from chworkers.daemon.framing import Framer
 from chworkers.daemon.ticket import Ticket
 
-__all__ = ["Change", "OpenFile", "Parked", "Tailing", "change_of", "find_moved", "to_park"]
+__all__ = [
+    "RESERVED_DESCRIPTORS",
+    "Change",
+    "OpenFile",
+    "Parked",
+    "Tailing",
+    "change_of",
+    "find_moved",
+    "fit_open_files",
+    "to_park",
+]
 
 #: The sources' logger, as before they were cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.sources")
+
+#: Descriptors left to the daemon's own use (spool and dead-letter files, sockets, pipes
+#: to its workers, ClickHouse connections) when the file sources' ``max_open_files`` are
+#: fitted within its ``ulimit -n`` (:func:`fit_open_files`).
+RESERVED_DESCRIPTORS = 64
 
 
 @dataclasses.dataclass
@@ -146,6 +162,31 @@ def to_park(
     short = len(left) + wanting - limit
     park += [p for _, p in left[: max(0, short)]]
     return park
+
+
+def fit_open_files(wanted: Mapping[str, int], soft_limit: int | None = None) -> dict[str, int]:
+    """Each file source's ``max_open_files`` (``wanted``, by pipeline), lowered in
+    proportion when together they would leave the daemon fewer than
+    :data:`RESERVED_DESCRIPTORS` of its soft ``RLIMIT_NOFILE`` (``soft_limit``; read from
+    the process when None), with a warning: better files taking turns than opens that
+    fail with "Too many open files" and take the daemon's own descriptors with them."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    total = sum(wanted.values())
+    if soft_limit == resource.RLIM_INFINITY or total + RESERVED_DESCRIPTORS <= soft_limit:
+        return dict(wanted)
+    room = max(len(wanted), soft_limit - RESERVED_DESCRIPTORS)
+    fitted = {name: max(1, n * room // total) for name, n in wanted.items()}
+    log.warning(
+        "file sources: max_open_files add up to %d, more than ulimit -n (%d) leaves them "
+        "beside the daemon's own %d descriptors; lowered to %s (raise LimitNOFILE or "
+        "ulimit -n, or lower max_open_files)",
+        total,
+        soft_limit,
+        RESERVED_DESCRIPTORS,
+        ", ".join(f"{name}: {n}" for name, n in fitted.items()),
+    )
+    return fitted
 
 
 class Tailing:

@@ -37,6 +37,7 @@ from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
+from chworkers.daemon.tailing import RESERVED_DESCRIPTORS, fit_open_files
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.ops.metrics import Metrics
 
@@ -236,9 +237,8 @@ def test_a_daemon_follows_more_files_than_it_may_open(
         "paths": [f"{data}/*.log"],
         "follow": True,
         "poll_interval": "50ms",
-        "max_open_files": 64,
         "close_idle_after": "1s",
-    }
+    }  # max_open_files left at 256: as many as the daemon may open, with its own
     cfg = daemon_config(tmp_path / "state", f"{endpoint.url}/{database}", pipeline)
     cfg["supervisor"]["workers"] = 1
     conf.write_text(to_toml(cfg))
@@ -270,7 +270,19 @@ def test_a_daemon_follows_more_files_than_it_may_open(
             proc.wait()
     text = log.read_text()
     assert "Too many open files" not in text, text[-3000:]
+    assert f"lowered to p: {NOFILE - RESERVED_DESCRIPTORS}" in text, text[-3000:]
     n = 2 * FILES
     assert ch_client.query("SELECT count(), uniqExact(n), sum(n) FROM ev").result_rows == [
         (n, n, n * (n - 1) // 2)
     ]
+
+
+def test_max_open_files_are_fitted_within_ulimit(caplog: pytest.LogCaptureFixture) -> None:
+    """Four tailed pipelines at the default 256 under systemd's default 1,024: more than
+    the daemon may open with its own descriptors; each gets its share, and it is said."""
+    wanted = {f"p{i}": 256 for i in range(4)}
+    fitted = fit_open_files(wanted, soft_limit=1024)
+    assert fitted == dict.fromkeys(wanted, (1024 - RESERVED_DESCRIPTORS) // 4)
+    assert "raise LimitNOFILE" in caplog.text
+    assert fit_open_files({"p": 256, "q": 32}, soft_limit=65536) == {"p": 256, "q": 32}
+    assert fit_open_files({"p": 256}, soft_limit=10) == {"p": 1}
