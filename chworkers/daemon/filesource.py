@@ -31,11 +31,12 @@ from typing import Any
 from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
 from chworkers.daemon.checkpoints import same_head as _same_head
+from chworkers.daemon.closedfiles import Parked
 from chworkers.daemon.extents import Extent, make_durable
 from chworkers.daemon.framing import Framer, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.daemon.spoollinks import SpoolLinks
-from chworkers.daemon.tailing import OpenFile, Parked, Tailing
+from chworkers.daemon.tailing import OpenFile, Tailing
 from chworkers.ops.daemonmetrics import DaemonMetrics
 
 __all__ = ["REFERENCE_MIN_BYTES", "FileSource"]

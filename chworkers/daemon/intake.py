@@ -24,6 +24,7 @@ from chworkers.daemon.batcher import Batcher
 from chworkers.daemon.brokers import BROKER_SOURCES
 from chworkers.daemon.brokers.common import BrokerSource
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.closedfiles import fit_open_files
 from chworkers.daemon.columnsource import BadFile, ColumnarFileSource
 from chworkers.daemon.filesource import MAX_OPEN_FILES, FileSource
 from chworkers.daemon.generator import GeneratorSource
@@ -31,7 +32,6 @@ from chworkers.daemon.ingest import IngestServer, Route
 from chworkers.daemon.options import HttpSettings
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.daemon.sources import StreamSource
-from chworkers.daemon.tailing import fit_open_files
 from chworkers.errors import BatcherClosedError, ConfigError
 from chworkers.ops.metrics import Metrics
 

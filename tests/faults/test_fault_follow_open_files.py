@@ -34,10 +34,10 @@ from waiting import wait_for
 
 from chworkers.daemon.batcher import Batcher, BatchLimits
 from chworkers.daemon.checkpoints import Checkpoints
+from chworkers.daemon.closedfiles import RESERVED_DESCRIPTORS, fit_open_files
 from chworkers.daemon.filesource import FileSource
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch
-from chworkers.daemon.tailing import RESERVED_DESCRIPTORS, fit_open_files
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.ops.metrics import Metrics
 
