@@ -8,17 +8,22 @@ per save, appended and fsync'd before the save returns, so a save costs what cha
 
     <crc32 of the JSON, 8 hex digits> {"<path>": {position} or null (forgotten), ...}
 
+The journal's first line names the snapshot it follows, ``base <crc32> <size>`` of the
+snapshot's bytes: a journal found beside another snapshot is not applied (see below).
 The positions are the snapshot with the journal's records applied in order. A record
 that is not whole or whose checksum does not match (a save torn by a crash, a power
 loss) ends the journal: it and anything after it are ignored (only a save that never
 returned can be torn, so no position confirmed to a caller is lost).
 
 When the journal grows past the snapshot's size (and :data:`COMPACT_MIN_BYTES`) the
-positions are written as a new snapshot and the journal is emptied: a save's cost stays
-proportional to what changed, amortized. The snapshot is durable before the journal is
-emptied; a crash between the two replays the old journal over the new snapshot, which
-changes nothing (each record sets a position to what the snapshot already holds). The
-first save of a process compacts too (a torn record left by a crash is dropped then,
+positions are written as a new snapshot and the journal is emptied (its first line
+naming the new snapshot): a save's cost stays proportional to what changed, amortized.
+The snapshot is durable before the journal is emptied; after a crash between the two the
+old journal names the old snapshot and is not applied over the new one, which holds all
+it held. So is a journal left by a crash when an earlier version, which knows only the
+snapshot, then ran and wrote it anew: applied, its records would set positions back to
+where they were before that run, and lines read since would be read twice. The first
+save of a process compacts too (a torn record left by a crash is dropped then,
 never appended after), as does a save after one that failed (a write that ran out of
 room may have left part of a record behind), and :meth:`PositionsFile.close`.
 """
@@ -90,8 +95,10 @@ class PositionsFile:
         except OSError as exc:
             raise unusable("positions file", self.journal, exc, "read") from exc
         positions: dict[str, Position] = {}
+        snapshot = b""
         try:
-            data = json.loads(self.snapshot.read_bytes())
+            snapshot = self.snapshot.read_bytes()
+            data = json.loads(snapshot)
             positions = {str(p): _position(pos) for p, pos in data.items()}
         except FileNotFoundError:
             pass
@@ -100,6 +107,17 @@ class PositionsFile:
         except OSError as exc:
             raise unusable("positions file", self.snapshot, exc, "read") from exc
         at = 0
+        if journal.startswith(_BASE):
+            end = journal.find(b"\n")
+            if end < 0 or journal[:end] != _base_line(snapshot)[:-1]:
+                log.warning(
+                    "positions journal %s follows another snapshot than %s (a crash during "
+                    "its compaction, or an earlier version ran since): not applied",
+                    self.journal,
+                    self.snapshot.name,
+                )
+                return positions
+            at = end + 1
         while at < len(journal):
             end = journal.find(b"\n", at)
             changes = None if end < 0 else _changes(journal[at:end])
@@ -158,6 +176,10 @@ class PositionsFile:
             os.replace(tmp, self.snapshot)
             fsync_directory(self.directory)  # the rename (and a new journal) survive a crash
             os.ftruncate(self._fd, 0)  # only once the snapshot holds what it held
+            base = _base_line(data)
+            view = memoryview(base)
+            while view:
+                view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
         except OSError:
             with contextlib.suppress(OSError):
@@ -165,8 +187,8 @@ class PositionsFile:
             self._drop_journal()
             raise
         self._snapshot_bytes = len(data)
-        self._journal_bytes = 0
-        return len(data)
+        self._journal_bytes = 0  # (records: its first line is not one)
+        return len(data) + len(base)
 
     def close(self, positions: Mapping[str, Mapping[str, int]]) -> None:
         """Compact what the journal holds (so the snapshot alone is complete, as an
@@ -180,6 +202,14 @@ class PositionsFile:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+_BASE = b"base "
+
+
+def _base_line(snapshot: bytes) -> bytes:
+    """The journal's first line: which snapshot its records follow."""
+    return b"%s%08x %d\n" % (_BASE, zlib.crc32(snapshot), len(snapshot))
 
 
 def _position(pos: Mapping[str, object]) -> Position:

@@ -151,6 +151,8 @@ def test_a_position_that_could_not_be_saved_is_saved_later(tmp_path: Path) -> No
         checkpoints = Checkpoints(tmp_path / "small" / "positions")
         first = {"/var/log/a": {"dev": 1, "ino": 2, "offset": 10}}
         later = {"/var/log/a": {"dev": 1, "ino": 2, "offset": 20}}
+        # More than the journal's first block has room for (its first line is there).
+        later |= {f"/var/log/b{i:03d}": {"dev": 1, "ino": 3 + i, "offset": 5} for i in range(99)}
         checkpoints.commit("p", first)
         with disk_full(tmp_path / "small", tmpfs=tmpfs), pytest.raises(OSError):
             checkpoints.commit("p", later)
