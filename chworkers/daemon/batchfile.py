@@ -37,6 +37,7 @@ __all__ = [
     "file_size",
     "fsync_directory",
     "read_batch",
+    "write_all",
     "write_durably",
 ]
 
@@ -161,6 +162,13 @@ def batch_overhead(
     return size + (len(json.dumps(extents.to_json(refs))) if refs else 0)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """Make a rename or a new file in ``directory`` durable."""
     dir_fd = os.open(directory, os.O_RDONLY)
@@ -189,9 +197,7 @@ def write_durably(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if fsync:
                 os.fsync(fd)
         finally:

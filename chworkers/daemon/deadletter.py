@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chworkers.clickhouse.inserts import LINE_FORMATS, Rejected, split_records
-from chworkers.daemon.batchfile import fsync_directory
+from chworkers.daemon.batchfile import fsync_directory, write_all
 from chworkers.daemon.letterkeys import LetterKeys
 from chworkers.daemon.statepaths import probe_writable, unusable
 from chworkers.ops.metrics import Metrics
@@ -323,9 +323,7 @@ def _append_whole(path: Path, data: bytes) -> None:
     try:
         start = os.fstat(fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         except OSError:
             with contextlib.suppress(OSError):

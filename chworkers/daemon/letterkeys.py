@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from chworkers.daemon.batchfile import fsync_directory
+from chworkers.daemon.batchfile import fsync_directory, write_all
 
 __all__ = ["INDEX_NAME", "KEPT", "LetterKeys"]
 
@@ -126,9 +126,7 @@ class LetterKeys:
         data = (json.dumps({"keys": list(self._keys)}) + "\n").encode() if self._keys else b""
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -163,9 +161,7 @@ def _append_durably(path: Path, data: bytes) -> None:
     created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

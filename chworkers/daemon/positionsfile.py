@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from chworkers.daemon.batchfile import fsync_directory
+from chworkers.daemon.batchfile import fsync_directory, write_all
 from chworkers.daemon.statepaths import unusable
 
 __all__ = ["COMPACT_MIN_BYTES", "Position", "PositionsFile", "journal_record"]
@@ -152,9 +152,7 @@ class PositionsFile:
         ):
             return self.compact(positions)
         try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, record)
             os.fdatasync(self._fd)
         except OSError:
             self._drop_journal()  # part of the record may be there: compact next time
@@ -177,9 +175,7 @@ class PositionsFile:
             fsync_directory(self.directory)  # the rename (and a new journal) survive a crash
             os.ftruncate(self._fd, 0)  # only once the snapshot holds what it held
             base = _base_line(data)
-            view = memoryview(base)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, base)
             os.fsync(self._fd)
         except OSError:
             with contextlib.suppress(OSError):
