@@ -40,6 +40,13 @@ def own_endpoint(tmp_path: Path) -> Iterator[EmbeddedClickHouse]:
     ch.close()
 
 
+@pytest.fixture
+def db_url(endpoint: EmbeddedClickHouse, database: str) -> str:
+    """The session's endpoint, the test's own database: for every test but the one that
+    kills its ClickHouse (which starts its own, ``own_endpoint``)."""
+    return f"{endpoint.url}/{database}"
+
+
 def query(url: str, sql: str) -> Any:
     pool = ConnectionPool(url, {"min_connections": 0, "max_connections": 1})
     try:
@@ -82,28 +89,22 @@ wait_for = functools.partial(waiting.wait_for, timeout=60.0, interval=0.1)
 
 
 @pytest.mark.timeout(300)
-def test_million_lines_through_stdin_exact_count_and_checksum(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
-) -> None:
+def test_million_lines_through_stdin_exact_count_and_checksum(tmp_path: Path, db_url: str) -> None:
     data = tmp_path / "in.json"
     data.write_bytes(lines(0, 1_000_000))
-    cfg = make_config(tmp_path, own_endpoint.url, [pipeline(source="stdin", max_rows=100_000)])
+    cfg = make_config(tmp_path, db_url, [pipeline(source="stdin", max_rows=100_000)])
     with open(data, "rb") as stdin:
         daemon = Daemon(cfg, stdin=stdin)
         assert daemon.run() == 0
     assert daemon.totals.rows_inserted == 1_000_000
-    count, total, distinct = query(
-        own_endpoint.url, "SELECT count(), sum(n), uniqExact(n) FROM ev"
-    )[0]
+    count, total, distinct = query(db_url, "SELECT count(), sum(n), uniqExact(n) FROM ev")[0]
     assert (count, total, distinct) == (1_000_000, sum(range(1_000_000)), 1_000_000)
     assert not list((tmp_path / "state" / "spool").glob("*.batch"))
 
 
 @pytest.mark.timeout(180)
-def test_http_push_from_eight_clients_exact_count(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
-) -> None:
-    cfg = make_config(tmp_path, own_endpoint.url, [pipeline(source="http")])
+def test_http_push_from_eight_clients_exact_count(tmp_path: Path, db_url: str) -> None:
+    cfg = make_config(tmp_path, db_url, [pipeline(source="http")])
     running = Running(cfg)
     port = urlsplit(running.daemon.ingest_url).port
 
@@ -126,7 +127,7 @@ def test_http_push_from_eight_clients_exact_count(
     wait_for(lambda: running.daemon.totals.rows_inserted == 8000)
     metrics = scrape(running.daemon.metrics_url)
     assert running.stop() == 0
-    assert query(own_endpoint.url, "SELECT count(), uniqExact(n) FROM ev")[0] == (8000, 8000)
+    assert query(db_url, "SELECT count(), uniqExact(n) FROM ev")[0] == (8000, 8000)
     assert metrics[("chworkers_source_rows_total", (("source", "p"),))] == 8000
     assert metrics[("chworkers_rows_inserted_total", (("table", "ev"),))] == 8000
     assert metrics[("chworkers_dead_letter_rows_total", (("table", "ev"),))] == 0
@@ -150,21 +151,19 @@ def scrape(url: str | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 
 @pytest.mark.timeout(180)
-def test_malformed_and_mistyped_rows_go_to_dead_letters(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
-) -> None:
+def test_malformed_and_mistyped_rows_go_to_dead_letters(tmp_path: Path, db_url: str) -> None:
     good = lines(0, 1000).splitlines(keepends=True)
     bad = [b'{"n":"not a number","s":"x"}\n', b'{"n":5,"s":\n', b'{"n":-1,"s":"neg"}\n']
     payload = b"".join(good[:500] + bad + good[500:])
     (tmp_path / "in.json").write_bytes(payload)
     cfg = make_config(
         tmp_path,
-        own_endpoint.url,
+        db_url,
         [pipeline(source="file", paths=[str(tmp_path / "in.json")], max_rows=100_000)],
     )
     daemon = Daemon(cfg)
     assert daemon.run() == 0
-    assert query(own_endpoint.url, "SELECT count() FROM ev")[0][0] == 1000
+    assert query(db_url, "SELECT count() FROM ev")[0][0] == 1000
     letters = [
         json.loads(line)
         for path in (tmp_path / "state" / "dead-letter" / "ev").glob("*.jsonl")
@@ -212,7 +211,7 @@ def test_endpoint_down_mid_ingest_spools_and_recovers(
 
 
 def test_corrupt_spool_file_is_quarantined_and_the_rest_replayed(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
+    tmp_path: Path, db_url: str
 ) -> None:
     spool = Spool(tmp_path / "state" / "spool", SpoolSettings(fsync=False))
     ok = spool.put("ev", lines(0, 10), format="JSONEachRow", rows=10)
@@ -222,12 +221,12 @@ def test_corrupt_spool_file_is_quarantined_and_the_rest_replayed(
     (tmp_path / "empty.json").write_bytes(b"")
     cfg = make_config(
         tmp_path,
-        own_endpoint.url,
+        db_url,
         [pipeline(source="file", paths=[str(tmp_path / "empty.json")])],
     )
     daemon = Daemon(cfg)
     assert daemon.run() == 0
-    assert query(own_endpoint.url, "SELECT count(), max(n) FROM ev")[0] == (10, 9)
+    assert query(db_url, "SELECT count(), max(n) FROM ev")[0] == (10, 9)
     quarantined = list((tmp_path / "state" / "spool" / "quarantine").iterdir())
     assert [p.name.split(".batch")[0] for p in quarantined] == [f"{broken.seq:020d}"]
     assert ok.seq != broken.seq
@@ -283,19 +282,15 @@ def rerun_to_completion(cmd: list[str]) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_kill_9_mid_ingest_then_restart_exact_count(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
-) -> None:
+def test_kill_9_mid_ingest_then_restart_exact_count(tmp_path: Path, db_url: str) -> None:
     """A followed log file keeps growing; the daemon is SIGKILLed while lines are being
     appended and read; after a restart every line is in ClickHouse exactly once."""
     n, first = 300_000, 100_000
-    cmd = file_pipeline_toml(
-        tmp_path, first, f'[clickhouse]\nurl = "{own_endpoint.url}"', follow=True
-    )
+    cmd = file_pipeline_toml(tmp_path, first, f'[clickhouse]\nurl = "{db_url}"', follow=True)
 
     def inserted() -> int:
         try:
-            return int(query(own_endpoint.url, "SELECT count() FROM ev")[0][0])
+            return int(query(db_url, "SELECT count() FROM ev")[0][0])
         except Exception:
             return 0
 
@@ -327,7 +322,7 @@ def test_kill_9_mid_ingest_then_restart_exact_count(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert query(own_endpoint.url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
+    assert query(db_url, "SELECT count(), uniqExact(n), sum(n) FROM ev")[0] == (
         n,
         n,
         sum(range(n)),
@@ -411,15 +406,13 @@ create = "{SCHEMA}"
         receiver.close()
 
 
-def test_fields_are_renamed_to_columns_before_insert(
-    tmp_path: Path, own_endpoint: EmbeddedClickHouse
-) -> None:
+def test_fields_are_renamed_to_columns_before_insert(tmp_path: Path, db_url: str) -> None:
     (tmp_path / "in.json").write_bytes(
         b"".join(b'{"id":%d,"label":"row %d","extra":true}\n' % (i, i) for i in range(100))
     )
     cfg = make_config(
         tmp_path,
-        own_endpoint.url,
+        db_url,
         [
             pipeline(
                 source="file",
@@ -429,7 +422,7 @@ def test_fields_are_renamed_to_columns_before_insert(
         ],
     )
     assert Daemon(cfg).run() == 0
-    assert query(own_endpoint.url, "SELECT count(), sum(n), max(s) FROM ev")[0] == (
+    assert query(db_url, "SELECT count(), sum(n), max(s) FROM ev")[0] == (
         100,
         sum(range(100)),
         "row 99",
