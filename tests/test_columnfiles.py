@@ -87,9 +87,9 @@ def test_a_replay_without_checkpoints_is_dropped_by_the_chunk_tokens(
 def test_kill_9_mid_file_then_restart_inserts_every_row_once(
     tmp_path: Path, endpoint: EmbeddedClickHouse, database: str
 ) -> None:
-    """A Parquet file of 400 row groups, one batch each; the daemon is SIGKILLed mid-file
+    """A Parquet file of 200 row groups, one batch each; the daemon is SIGKILLed mid-file
     and run again: every row is in ClickHouse exactly once."""
-    n = 200_000
+    n = 100_000
     write_parquet(tmp_path / "big.parquet", 0, n, 500)
     target = f"{database}.ev"
     conf = tmp_path / "chworkers.toml"
