@@ -56,14 +56,16 @@ class Change(enum.Enum):
     UNKNOWN = "unknown"  # its path cannot be looked at now (EACCES, EIO): left as it is
 
 
-def change_of(parked: Parked) -> Change:
-    """Look at a parked file's path (one ``stat``, no descriptor)."""
-    try:
-        st = os.stat(parked.path)
-    except FileNotFoundError:
-        return Change.ELSEWHERE
-    except OSError:
-        return Change.UNKNOWN
+def change_of(parked: Parked, st: os.stat_result | None = None) -> Change:
+    """Look at a parked file's path (one ``stat``, no descriptor; ``st``: its ``stat``
+    made already this poll)."""
+    if st is None:
+        try:
+            st = os.stat(parked.path)
+        except FileNotFoundError:
+            return Change.ELSEWHERE
+        except OSError:
+            return Change.UNKNOWN
     if (st.st_dev, st.st_ino) != (parked.dev, parked.ino):
         return Change.ELSEWHERE
     return Change.NONE if st.st_size == parked.offset else Change.GREW

@@ -158,8 +158,7 @@ class FileSource(_Source, Tailing):
         # The files the patterns match, by (dev, ino): a path of each.
         matched: set[str] = set(self._open) | set(self._parked)
         found = [path for pattern in self.patterns for path in sorted(glob.glob(pattern))]
-        if self.follow:
-            self._moved_along(found)  # before the files' names are taken as they were
+        stats = self._moved_along(found) if self.follow else {}  # before names are taken
         seen = self._identities()
         fresh = []
         for path in dict.fromkeys(found):  # (a path two patterns match: once)
@@ -171,7 +170,7 @@ class FileSource(_Source, Tailing):
         for path in fresh:
             self._queue(path)
         if self.follow:
-            self._tend()
+            self._tend(stats)
         self._open_pending(seen)
         for path in self._pending:  # waiting their turn: there all the same
             if path in self._parked:

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from chworkers.daemon.checkpoints import head_of, same_head
@@ -93,20 +93,21 @@ class Tailing:
             self._queued.add(path)
             self._pending.append(path)
 
-    def _moved_along(self, matched: list[str]) -> None:
+    def _moved_along(self, matched: list[str]) -> dict[str, os.stat_result]:
         """Followed files renamed to names the patterns match that other followed files
         had (logrotate's numbered rotation: ``app.log.1`` to ``app.log.2``, then
         ``app.log`` to ``app.log.1``) are followed at their new names, all at once (one
         ``stat`` per path matched); one whose name a renamed file takes and that is gone
         from the patterns (deleted, ``rotate``'s oldest) is read to its end and finished
-        first."""
+        first. The paths' ``stat`` (for :meth:`_tend`)."""
         held = {path: (f.dev, f.ino) for path, f in self._open.items()}
         held.update({path: (p.dev, p.ino) for path, p in self._parked.items()})
+        stats: dict[str, os.stat_result] = {}
         now: dict[str, tuple[int, int]] = {}
         where: dict[tuple[int, int], str] = {}
         for path in matched:
             try:
-                st = os.stat(path)
+                stats[path] = st = os.stat(path)
             except OSError:
                 continue
             now[path] = (st.st_dev, st.st_ino)
@@ -135,6 +136,7 @@ class Tailing:
                 self._queued.discard(old)
                 self._pending = deque(p for p in self._pending if p != old)
             log.info("source %s: %s was renamed to %s; following it there", self.name, old, new)
+        return stats
 
     def _finish_displaced(self, path: str) -> bool:
         """Read the followed file at ``path``, which another followed file's name now
@@ -185,13 +187,13 @@ class Tailing:
             log.info("source %s: %s was renamed to %s; following it there", self.name, old, path)
         return new
 
-    def _tend(self) -> None:
+    def _tend(self, stats: Mapping[str, os.stat_result]) -> None:
         """Followed files: queue the parked ones that grew (or are elsewhere now), and
-        make room for those waiting."""
+        make room for those waiting (``stats``: the paths matched, looked at already)."""
         for path, parked in list(self._parked.items()):
             if path in self._queued:
                 continue
-            change = change_of(parked)
+            change = change_of(parked, stats.get(path))
             if change is Change.GREW:
                 self._queue(path)
             elif change is Change.ELSEWHERE:
