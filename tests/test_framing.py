@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chworkers.daemon.framing import Framer, RecordTooLargeError
+from chworkers.daemon.framing import Framer, RecordTooLargeError, pieces
 from chworkers.errors import ConfigError
 
 
@@ -61,6 +61,37 @@ def test_json_lines_survive_any_chunking(objs: list[dict[str, int]], cuts: list[
     framed, count = frame_all(Framer("JSONEachRow"), split(data, cuts))
     assert framed == data
     assert count == len(objs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(
+        st.sampled_from([b"", b"{}", b'{"a":1}', b"x" * 40]), min_size=1, max_size=400
+    ),
+    ended=st.booleans(),
+    max_rows=st.integers(min_value=1, max_value=300),
+    max_bytes=st.integers(min_value=1, max_value=20_000),
+    first=st.none() | st.tuples(st.integers(0, 300), st.integers(0, 20_000)),
+)
+def test_pieces_count_their_records_and_keep_the_limits(
+    lines: list[bytes],
+    ended: bool,
+    max_rows: int,
+    max_bytes: int,
+    first: tuple[int, int] | None,
+) -> None:
+    """Long runs of lines (which the cut finds by counting up to a guess) with empty
+    lines among them: each piece's count is its non-empty lines, and the pieces are the
+    records in order, within the limits (a longer record alone)."""
+    records = b"\n".join(lines) + (b"\n" if ended else b"")
+    out = list(pieces(records, "JSONEachRow", max_rows, max_bytes, first=first))
+    assert b"".join(p for p, _, _ in out) == records
+    assert [end for _, _, end in out] == list(itertools.accumulate(len(p) for p, _, _ in out))
+    for i, (piece, rows, _) in enumerate(out):
+        assert rows == sum(1 for line in piece.split(b"\n") if line)
+        # The first piece fills the room given (left out when it takes nothing).
+        rooms = [(max_rows, max_bytes)] + ([first] if i == 0 and first is not None else [])
+        assert any(rows <= r and len(piece) <= b for r, b in rooms) or rows <= 1
 
 
 def test_partial_record_is_held_back() -> None:

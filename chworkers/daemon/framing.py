@@ -250,7 +250,7 @@ def pieces(
     start = 0
     rows_room, bytes_room = first or (max_rows, max_bytes)
     while start < len(records):
-        end = _line_end(records, start, rows_room, bytes_room)
+        end, rows = _line_end(records, start, rows_room, bytes_room)
         rows_room, bytes_room = max_rows, max_bytes
         if end == start:
             if first is not None:  # the room left takes not even one record
@@ -258,9 +258,10 @@ def pieces(
                 continue
             # One record longer than max_bytes: a piece of its own.
             end = records.find(b"\n", start) + 1 or len(records)
+            unended = records[end - 1] != 0x0A  # a last record without its newline
+            rows = count_lines(records, start, end) + unended
         first = None
-        unended = records[end - 1] != 0x0A  # a last record without its newline
-        yield records[start:end], count_lines(records, start, end) + unended, end
+        yield records[start:end], rows, end
         start = end
 
 
@@ -284,32 +285,37 @@ def _quoted_pieces(
         yield records[start:end], rows, end
 
 
-def _line_end(records: bytes, start: int, rows: int, size: int) -> int:
+def _line_end(records: bytes, start: int, rows: int, size: int) -> tuple[int, int]:
     """Where the longest run of whole lines from ``start`` with at most ``rows`` records
-    (empty lines are none) and ``size`` bytes ends (``start``: not even one line fits)."""
+    (empty lines are none) and ``size`` bytes ends (``start``: not even one line fits),
+    and the records in it (counted once here: :func:`count_lines` of consecutive
+    ranges add up, an empty line at a range's start being one)."""
     if rows <= 0 or size <= 0:
-        return start
+        return start, 0
     stop = records.rfind(b"\n", start, min(len(records), start + size)) + 1
     if stop <= start:
-        return start
+        return start, 0
     end = start
-    while end < stop and rows > 0:
-        step = _after_newlines(records, end, rows, stop)
-        rows -= count_lines(records, end, step)  # empty lines take no room: go on
+    taken = 0
+    while end < stop and taken < rows:
+        step, newlines = _after_newlines(records, end, rows - taken, stop)
+        # Empty lines take no room: go on.
+        taken += newlines - _blank_lines(records, end, step)
         end = step
     while end < stop and records[end] == 0x0A:  # nor do empty lines after the last one
         end += 1
-    return end
+    return end, taken
 
 
-def _after_newlines(data: bytes, start: int, n: int, stop: int) -> int:
+def _after_newlines(data: bytes, start: int, n: int, stop: int) -> tuple[int, int]:
     """Just past the ``n``-th newline in ``data[start:stop]`` (``stop``, a line's end,
-    when there are fewer): a count at C speed up to a guess made from the average line
-    length, then a few finds from there (a guess far off narrows the range first)."""
+    when there are fewer), and the newlines up to there: a count at C speed up to a
+    guess made from the average line length, then a few finds from there (a guess far
+    off narrows the range first)."""
     lo, lo_count = start, 0  # lo: a line's start, after lo_count newlines
     hi, hi_count = stop, data.count(b"\n", start, stop)  # likewise
     if hi_count <= n:
-        return stop
+        return stop, hi_count
     while n - lo_count > 64 and hi_count - n > 64:
         guess = lo + (hi - lo) * (n - lo_count) // (hi_count - lo_count)
         at = data.rfind(b"\n", lo, guess) + 1
@@ -327,11 +333,11 @@ def _after_newlines(data: bytes, start: int, n: int, stop: int) -> int:
         while lo_count < n:
             lo = data.find(b"\n", lo) + 1
             lo_count += 1
-        return lo
+        return lo, n
     while hi_count > n:
         hi = data.rfind(b"\n", lo, hi - 1) + 1
         hi_count -= 1
-    return hi
+    return hi, n
 
 
 def has_blank_line(records: bytes) -> bool:
