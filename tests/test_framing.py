@@ -65,9 +65,7 @@ def test_json_lines_survive_any_chunking(objs: list[dict[str, int]], cuts: list[
 
 @settings(max_examples=150, deadline=None)
 @given(
-    lines=st.lists(
-        st.sampled_from([b"", b"{}", b'{"a":1}', b"x" * 40]), min_size=1, max_size=400
-    ),
+    lines=st.lists(st.sampled_from([b"", b"{}", b'{"a":1}', b"x" * 40]), min_size=1, max_size=400),
     ended=st.booleans(),
     max_rows=st.integers(min_value=1, max_value=300),
     max_bytes=st.integers(min_value=1, max_value=20_000),
