@@ -7,7 +7,8 @@ it again and again: each round, each ``--code NAME=DIR`` in turn, a process with
 ``PYTHONPATH=DIR`` (a checkout whose ``chworkers`` is that version; ``.`` for this one)
 reads the whole stream through a durable consumer of its own with a
 :class:`~chworkers.daemon.brokers.natsstream.NatsSource`, its batcher a stand-in that
-completes every batch at once, as ``bench_nats_source.py`` does. Printed: per round and
+completes every batch at once, as ``bench_nats_source.py`` does (``--hold N``: once N
+more were given to it, as the spool holds batches while ClickHouse inserts them). Printed: per round and
 version, that process's CPU microseconds per message (all its threads, start-up left
 out, and by thread: ``source`` frames and batches, ``source-bench-nats`` is the event
 loop that parses the reads and writes the acknowledgements) and nats-server's over the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -33,12 +35,39 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokerharness import Completing, process_cpu, thread_cpu, tree_cpu
+from brokerharness import Batch, Completing, process_cpu, thread_cpu, tree_cpu
 from brokerservers import nats_produce
 from natsserver import NatsServer
+
+
+class Holding(Completing):
+    """A batcher that completes each batch once ``hold`` more were given to it (0: at
+    once), as the daemon's spool holds batches while ClickHouse inserts them: their
+    messages are pending in the consumer meanwhile, which nats-server's work per
+    message depends on."""
+
+    def __init__(self, hold: int) -> None:
+        super().__init__()
+        self.hold = hold
+        self.held: collections.deque[Batch] = collections.deque()
+
+    def add(self, table: str, payload: bytes, rows: int, **kw: Any) -> None:
+        if not self.batches:
+            self.first = time.monotonic()
+        self.held.append(Batch(kw["meta"]))
+        while len(self.held) > self.hold:
+            self.source.complete(self.held.popleft())
+        self.rows += rows
+        self.batches += 1
+
+    def release(self) -> None:
+        """Complete the batches still held (all rows were given)."""
+        while self.held:
+            self.source.complete(self.held.popleft())
 
 
 def read_once(args: argparse.Namespace) -> None:
@@ -47,7 +76,7 @@ def read_once(args: argparse.Namespace) -> None:
     from chworkers.daemon.brokers.natsstream import NatsSource
     from chworkers.daemon.brokers.options import NatsSourceSettings
 
-    batcher = Completing()
+    batcher = Holding(int(args.hold))
     source = NatsSource(
         name="bench",
         table="ev",
@@ -74,6 +103,7 @@ def read_once(args: argparse.Namespace) -> None:
     started = time.monotonic()
     thread.start()
     ended = batcher.until_rows(args.messages * args.rows_per_message, started)
+    batcher.release()  # their acknowledgements counted too
     used = process_cpu() - own, tree_cpu(args.server_pid) - nats
     threads = {
         name: (cpu - before.get(name, 0.0)) / args.messages * 1e6
@@ -108,9 +138,15 @@ def by_thread() -> dict[str, float]:
 
 
 def compare(args: argparse.Namespace) -> None:
-    codes = [code.split("=", 1) for code in args.code]
-    if not codes or any(len(code) != 2 for code in codes):
+    pairs = [code.split("=", 1) for code in args.code]
+    if not pairs or any(len(code) != 2 for code in pairs):
         raise SystemExit("--code NAME=DIR, at least once")
+    holds = [int(h) for h in args.hold.split(",")]
+    codes = [
+        (name if len(holds) == 1 else f"{name}/hold{hold}", directory, hold)
+        for name, directory in pairs
+        for hold in holds
+    ]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         server = NatsServer(Path(tmp) / "nats")
         server.start()
@@ -120,11 +156,12 @@ def compare(args: argparse.Namespace) -> None:
             t0 = time.monotonic()
             asyncio.run(nats_produce(server.url, args.messages, args.rows_per_message))
             print(f"filled {args.messages:,} messages in {time.monotonic() - t0:.1f} s", flush=True)
-            results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in codes}
+            results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in codes}
             for r in range(args.rounds):
-                for name, directory in codes:
+                for index, (name, directory, hold) in enumerate(codes):
                     command = [sys.executable, __file__, "--read", "--url", server.url]
-                    command += ["--consumer", f"bench{r}{name}", "--server-pid"]
+                    command += ["--consumer", f"bench{r}x{index}"]
+                    command += ["--hold", str(hold), "--server-pid"]
                     command += [str(server.proc.pid), "--messages", str(args.messages)]
                     command += ["--rows-per-message", str(args.rows_per_message)]
                     command += ["--max-rows", str(args.max_rows)]
@@ -169,6 +206,13 @@ def main() -> None:
     parser.add_argument("--rows-per-message", type=int, default=10)
     parser.add_argument("--max-rows", type=int, default=50_000)
     parser.add_argument("--fetch-count", type=int, default=10_000)
+    parser.add_argument(
+        "--hold",
+        default="0",
+        metavar="N[,N...]",
+        help="batches the stand-in batcher holds before it completes one (as the spool "
+        "does while ClickHouse inserts); several: each read with each",
+    )
     parser.add_argument(
         "--profile",
         default="",
