@@ -201,8 +201,13 @@ class DeadLetters(Middleware):
             keys = [item.key for item in entries if item.key is not None]
             _make_dirs_durably(folder)
             created = not path.exists()
+            at = 0 if created else path.stat().st_size
+            if at and not _ends_a_line(path, at):
+                # A line torn by a crash or power loss mid-append: the letters start on a
+                # line of their own, not glued to it (no reader could parse the first).
+                data, at = b"\n" + data, at + 1
             if keys:  # where they go, first: a start checks that they got there
-                self._keys.intend(path, 0 if created else path.stat().st_size, len(entries), keys)
+                self._keys.intend(path, at, len(entries), keys)
             _append_whole(path, data)
             if created:  # the new name must survive a power cut as well as the data
                 fsync_directory(folder)
@@ -313,6 +318,13 @@ def _make_dirs_durably(folder: Path) -> None:
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
         fsync_directory(directory.parent)
+
+
+def _ends_a_line(path: Path, size: int) -> bool:
+    """Whether the file of ``size`` bytes ends with a newline."""
+    with path.open("rb") as fh:
+        fh.seek(size - 1)
+        return fh.read(1) == b"\n"
 
 
 def _append_whole(path: Path, data: bytes) -> None:
