@@ -158,6 +158,9 @@ if TYPE_CHECKING:
         StateDirInUseError as StateDirInUseError,
     )
     from chworkers.errors import (
+        StatePathError as StatePathError,
+    )
+    from chworkers.errors import (
         SupervisorStoppedError as SupervisorStoppedError,
     )
     from chworkers.errors import (
@@ -277,6 +280,7 @@ _EXPORTS: dict[str, str] = {
     "SpoolTimeoutError": "chworkers.errors",
     "BatcherClosedError": "chworkers.errors",
     "StateDirInUseError": "chworkers.errors",
+    "StatePathError": "chworkers.errors",
     "HttpRequestError": "chworkers.errors",
     "BrokerError": "chworkers.errors",
     "PoisonMessageError": "chworkers.errors",

@@ -221,6 +221,16 @@ class EmbeddedError(ChworkersError):
     """The embedded ClickHouse endpoint could not start or stopped unexpectedly."""
 
 
+class StatePathError(ChworkersError):
+    """A file or directory the daemon needs to start failed for a reason that may pass
+    by itself: the disk or the user's quota full, an I/O error, a network file system
+    not answering (``path`` names it). Not a configuration error: ``chworkers run`` exits
+    1, which systemd restarts, so the daemon comes back once it passes (a permanent
+    reason is an :class:`UnusablePathError`, exit 3)."""
+
+    path: str
+
+
 class StateDirInUseError(ChworkersError):
     """Another process (``holder`` says which) holds the daemon's state directory."""
 

@@ -20,7 +20,7 @@ from chworkers.daemon.batchfile import SpooledBatch, file_size, read_batch, writ
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.spoolroom import SpoolRoom
-from chworkers.errors import SpoolCorruptError, UnusablePathError
+from chworkers.errors import SpoolCorruptError, StatePathError, UnusablePathError
 from chworkers.wording import plural
 
 __all__ = ["SpoolRecovery", "unusable"]
@@ -31,7 +31,7 @@ log = logging.getLogger("chworkers.daemon.spool")
 _NAME = re.compile(r"^(\d{20})\.batch$")
 
 
-def unusable(directory: Path, exc: OSError, doing: str) -> UnusablePathError:
+def unusable(directory: Path, exc: OSError, doing: str) -> UnusablePathError | StatePathError:
     """The error of a spool whose directory the daemon cannot use (not its user's, not a
     folder, a read-only or failing disk): what, where, and what to do. A configuration
     error (exit code 3): restarting cannot fix it."""

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chworkers import forkguard
-from chworkers.errors import StateDirInUseError, UnusablePathError
+from chworkers.daemon.statepaths import passing
+from chworkers.errors import StateDirInUseError, StatePathError, UnusablePathError
 
 __all__ = ["state_lock"]
 
@@ -29,6 +30,12 @@ def state_lock(state_dir: Path) -> Iterator[None]:
         fh = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
     except OSError as exc:  # a file in the way, no permission, a read-only file system
         why = f"{exc.strerror or exc} ({exc.filename or path})"
+        if passing(exc):  # the disk full, an I/O error: tried again at the next start
+            raise StatePathError(
+                f"state_dir = {str(state_dir)!r} cannot be used now: {why}; the start is "
+                "given up and tried again (exit code 1, restarted by systemd)",
+                path=str(exc.filename or state_dir),
+            ) from exc
         if isinstance(exc, FileExistsError):
             why = f"{exc.filename or state_dir} is a file, not a directory"
         elif isinstance(exc, NotADirectoryError):

@@ -6,18 +6,38 @@ system, a file in its place) would fail later, a batch, a save or a letter at a 
 and no restart would fix it. So each is made ready as the daemon starts, and one that
 cannot be is an :class:`~chworkers.errors.UnusablePathError` naming it, the system's
 reason and what to do: ``chworkers run`` exits 3, which systemd does not restart
-(docs/daemon.md, "Exit codes").
+(docs/daemon.md, "Exit codes"). A reason that may pass by itself (the disk full, an I/O
+error: :func:`passing`) is a :class:`~chworkers.errors.StatePathError` instead: exit 1,
+restarted, so the daemon comes back once there is room again.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-from chworkers.errors import UnusablePathError
+from chworkers.errors import StatePathError, UnusablePathError
 
-__all__ = ["probe_writable", "unusable", "writable_dir"]
+__all__ = ["passing", "probe_writable", "unusable", "writable_dir"]
+
+#: Errors that may pass without anybody changing the configuration, a path's owner or
+#: its mode: room freed, a disk or a network file system answering again.
+_PASSING = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ENOMEM,
+        errno.ENFILE,
+        errno.EBUSY,
+    }
+)
 
 #: What to do about any of them.
 _FIX = (
@@ -26,11 +46,24 @@ _FIX = (
 )
 
 
-def unusable(what: str, path: Path, exc: OSError, doing: str) -> UnusablePathError:
+def passing(exc: OSError) -> bool:
+    """Whether ``exc`` may pass by itself (the disk full, an I/O error), so that a start
+    it stopped is tried again, rather than a path to fix."""
+    return exc.errno in _PASSING
+
+
+def unusable(what: str, path: Path, exc: OSError, doing: str) -> UnusablePathError | StatePathError:
     """The error of ``what`` (``"spool directory"``, ``"positions file"``...) at ``path``
     that the daemon cannot ``doing`` (``"read"``, ``"create"``...): what, where, why and
-    what to do."""
+    what to do; a :class:`StatePathError` when the reason may pass (:func:`passing`)."""
     where = exc.filename or path
+    if passing(exc):
+        return StatePathError(
+            f"cannot {doing} the {what} {path}: {exc.strerror or exc} ({where}); this may "
+            "pass (room freed on the disk, the disk or file system answering again): the "
+            "start is given up and tried again (exit code 1, restarted by systemd)",
+            path=str(where),
+        )
     if isinstance(exc, FileExistsError) or (
         isinstance(exc, NotADirectoryError) and Path(where) == path
     ):
