@@ -158,11 +158,12 @@ class RawInsert:
     and errors, but with one request and no retry wrapper in between. Make it with
     :meth:`of`, which says None for a client it does not know how to follow."""
 
-    def __init__(self, client: Client, backend: Any, http: PoolManager) -> None:
+    def __init__(self, client: Client, backend: object, http: PoolManager) -> None:
         self._client: Any = client  # its timeout, set by open_client
-        self._backend = backend
+        private: Any = backend  # the client's private HTTP backend (see of())
+        self._backend = private
         self._http = http
-        url = parse_url(backend._base_url)
+        url = parse_url(private._base_url)
         self._scheme, self._host, self._port = url.scheme or "http", url.host, url.port
         self._path = url.path or "/"
         self._pool: HTTPConnectionPool | None = None
