@@ -126,7 +126,9 @@ def _database(handle: TrackedConnection, qr: QueryRequest, statement: str) -> st
     assert target is not None
     database = qr.database or handle.database_override
     if database is None:  # the connection's own (a session may have said USE)
-        database = handle.base_database or queries.current_database(handle.conn)
+        if handle.base_database is None:  # asked once per connection (until its next USE)
+            handle.base_database = queries.current_database(handle.conn)
+        database = handle.base_database
     table_db = target[0] or database
     generation = tablerisk.risks.generation
     if (generation, table_db, target[1]) not in _existing:

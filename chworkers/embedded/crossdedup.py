@@ -62,7 +62,9 @@ def duplicate(
         return False
     database = name[0] or qr.database or handle.database_override
     if database is None:
-        database = handle.base_database or queries.current_database(handle.conn)
+        if handle.base_database is None:  # asked once per connection (until its next USE)
+            handle.base_database = queries.current_database(handle.conn)
+        database = handle.base_database
     try:
         facts = targets.get(handle.conn, database, name[1])
     except ServerError:  # no such table: chDB's own insert says so
