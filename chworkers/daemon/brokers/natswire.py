@@ -14,8 +14,8 @@ two lists (acknowledgement subjects as bytes, payloads), their headers unread; t
 control lines are matched by one regular expression each (:data:`SINK_FRAME`).
 Everything else (the pulls' statuses, other subscriptions) takes nats-py's own road.
 
-A read holds hundreds of such messages in a row, all alike (one subject and
-subscription, one stream and consumer, with headers or without), so a run of them is
+A read holds hundreds of such messages in a row, all alike (one subscription, one
+stream and consumer, with headers or without), so a run of them is
 taken by a loop of its own first (:func:`take_run`): one regular expression made for
 that kind of line (:func:`run_frame`), literal where the messages are alike, which also
 reads each acknowledgement subject's delivery count and stream sequence (what the source
@@ -192,8 +192,8 @@ def take_run(
     payloads, what their subjects say)``; None when the message at ``pos`` is not one
     (or its acknowledgement subject is not of the short form), or not whole.
 
-    The first message's control line gives the run's kind: its subject, subscription,
-    stream and consumer, with headers or without; the run goes on while the next control
+    The first message's control line gives the run's kind: its subscription, stream and
+    consumer, with headers or without; the run goes on while the next control
     line is of the same kind (one regular expression made for it, :func:`run_frame`,
     that also reads each subject's delivery count and stream sequence) and its message
     is whole. Each message is taken where the one before it ended, by the sizes
@@ -216,7 +216,7 @@ def take_run(
         return None
     if sid not in sinks or sid not in subs:
         return None
-    match = run_frame(first[1], first[2], reply[2], reply[3], fields == 6)
+    match = run_frame(first[2], reply[2], reply[3], fields == 6)
     size = len(data)
     replies: list[bytes] = []
     payloads: list[bytes] = []
@@ -242,20 +242,21 @@ def take_run(
 
 @functools.lru_cache(maxsize=64)
 def run_frame(
-    subject: bytes, sid: bytes, stream: bytes, consumer: bytes, headers: bool
+    sid: bytes, stream: bytes, consumer: bytes, headers: bool
 ) -> Callable[[bytes, int], re.Match[bytes] | None]:
-    """The ``match`` of the control line of a JetStream message on ``subject`` to
-    subscription ``sid``, from ``stream`` through ``consumer`` (an acknowledgement
-    subject of the short form: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
-    <consumer seq>.<timestamp>.<pending>``), with headers or without, as nats-server
-    writes it. Its groups: the acknowledgement subject, its delivery count, its stream
-    sequence, the header size (empty without headers) and the total size. Literal
-    where the run's messages are alike: faster to match than classes of characters."""
+    """The ``match`` of the control line of a JetStream message to subscription ``sid``,
+    from ``stream`` through ``consumer`` (an acknowledgement subject of the short form:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<timestamp>.
+    <pending>``), with headers or without, as nats-server writes it. Its groups: the
+    acknowledgement subject, its delivery count, its stream sequence, the header size
+    (empty without headers) and the total size. Literal where every message of the
+    subscription is alike (faster to match than classes of characters); the subject is
+    any (a stream's messages may each have their own: one expression for them all)."""
     numbers = rb"([0-9]+)\.([0-9]+)\.[0-9]+\.[0-9]+\.[0-9]+"
     reply = rb"(\$JS\.ACK\." + re.escape(stream) + rb"\." + re.escape(consumer) + rb"\." + numbers
     sizes = rb"([0-9]+) ([0-9]+)" if headers else rb"()([0-9]+)"
     head = b"HMSG " if headers else b"MSG "
-    line = head + re.escape(subject) + b" " + re.escape(sid) + b" " + reply + rb") " + sizes
+    line = head + rb"[^ \r\n]+ " + re.escape(sid) + b" " + reply + rb") " + sizes
     return re.compile(line + rb"\r\n").match
 
 
