@@ -90,10 +90,15 @@ class DeadLetters(Middleware):
             probe_writable(self.directory, what)
             for folder in folders:
                 probe_writable(folder, what)
+            index = "dead letters' key index"
             try:
-                self._keys.load()  # the keyed letters written: checked, and the index compacted
+                self._keys.read()  # the keyed letters written, checked against the letters
             except OSError as exc:
-                raise unusable(what, self._keys.path, exc, "read") from exc
+                raise unusable(index, self._keys.path, exc, "read") from exc
+            try:
+                self._keys.compact()  # the index rewritten with the verified keys only
+            except OSError as exc:
+                raise unusable(index, self._keys.path, exc, "rewrite") from exc
 
     def write(
         self,

@@ -51,6 +51,7 @@ class LetterKeys:
         self._keys: dict[str, None] = {}  # oldest first
         self._loaded = False
         self._appended = 0  # keys appended since the index was last rewritten
+        self._stale = False  # the index read holds lines that a rewrite drops
 
     def __repr__(self) -> str:
         return f"<LetterKeys {self.path}: {len(self._keys)} keys, {self._appended} appended>"
@@ -87,6 +88,11 @@ class LetterKeys:
     def load(self) -> None:
         """Read the index, check its last writes against the letter files and rewrite it
         (once; the first call of the others does it too)."""
+        self.read()
+        self.compact()
+
+    def read(self) -> None:
+        """Read the index and check its last writes against the letter files (once)."""
         if self._loaded:
             return
         try:
@@ -117,7 +123,12 @@ class LetterKeys:
                 self.path,
             )
         self._loaded = True
-        if text:
+        self._stale = bool(text)
+
+    def compact(self) -> None:
+        """Rewrite the index read by :meth:`read` with its verified keys only, if it has
+        lines to drop (once)."""
+        if self._stale:
             self._rewrite()
 
     def _rewrite(self) -> None:
@@ -133,6 +144,7 @@ class LetterKeys:
         os.replace(tmp, self.path)
         fsync_directory(self.directory)
         self._appended = 0
+        self._stale = False
 
 
 def _on_disk(letter_file: Path, at: object, lines: object, keys: Sequence[str]) -> bool:
