@@ -283,7 +283,11 @@ class FileSource(_Source, Tailing):
         while not self._stop.is_set():
             chunk = f.fh.read(self.read_size)
             if not chunk:
+                f.at_end = True
                 break
+            if f.at_end and self.follow and self._rewritten(f):
+                continue  # read again from its start
+            f.at_end = False
             progressed = True
             f.grew_at = time.monotonic()
             f.offset += len(chunk)
@@ -318,6 +322,23 @@ class FileSource(_Source, Tailing):
             self._restart(f)
             f.fh.seek(0)
         return progressed
+
+    def _rewritten(self, f: OpenFile) -> bool:
+        """Whether a followed file that grows again after its end was reached was
+        truncated and written past where it was read to meanwhile (``copytruncate`` while
+        its writer goes on, between two polls): its first bytes are not the ones read. It
+        is then read again from its start, as a file found shorter is; reading on from
+        the old offset would skip the new lines before it and cut one in two."""
+        if f.head_len == 0 or _same_head(f.fh.fileno(), f.head, f.head_len, f.offset):
+            return False
+        log.info(
+            "source %s: %s was truncated and written again; reading it from the start",
+            self.name,
+            f.path,
+        )
+        self._restart(f)
+        f.fh.seek(0)
+        return True
 
     def _close(self, f: OpenFile, *, finished: bool) -> None:
         records, rows = f.framer.finish()

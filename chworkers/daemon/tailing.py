@@ -68,6 +68,8 @@ class OpenFile:
     last: Ticket | None = None
     #: When (time.monotonic()) it was opened or last grew: idle files are closed first.
     grew_at: float = 0.0
+    #: Its end was reached: data read after it is checked to follow the same first bytes.
+    at_end: bool = False
 
 
 class Tailing:
