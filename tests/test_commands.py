@@ -361,10 +361,10 @@ max_delay = "100ms"
             what="the reload",
         )
         _push(port, b'{"n":2}\n')
-        # clickhouse-connect logs each insert's response at DEBUG, in the worker.
+        # The worker logs each insert it sends at DEBUG (chworkers.clickhouse.driver).
         wait_for(
             lambda: any(
-                " DEBUG clickhouse_connect." in line and " worker-" in line
+                " DEBUG chworkers.clickhouse.driver" in line and " worker-" in line
                 for line in log_file.read_text().splitlines()
             ),
             60,

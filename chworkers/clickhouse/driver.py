@@ -65,6 +65,8 @@ class _DriverDuplicates(logging.Filter):
 
 logging.getLogger("clickhouse_connect.driver._backend.http_sync").addFilter(_DriverDuplicates())
 
+logger = logging.getLogger(__name__)
+
 
 class _NoRetries(PoolManager):
     """A pool manager on which urllib3 never retries: clickhouse-connect asks it for one
@@ -241,6 +243,15 @@ class RawInsert:
                 except ValueError:
                     summary = {}
             summary["query_id"] = response.headers.get("X-ClickHouse-Query-Id", "")
+            if logger.isEnabledFor(logging.DEBUG):  # as clickhouse-connect logs its requests
+                logger.debug(
+                    "INSERT INTO %s FORMAT %s: %d bytes sent, %s rows written, query_id %s",
+                    table,
+                    fmt,
+                    len(memoryview(body).cast("B")),
+                    summary.get("written_rows", "?"),
+                    summary["query_id"] or "-",
+                )
             return QuerySummary(summary)
         backend.error_handler(response, status in _RETRYABLE_STATUSES)
         raise AssertionError("clickhouse-connect's error handler returned")  # pragma: no cover
