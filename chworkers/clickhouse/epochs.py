@@ -109,7 +109,7 @@ def _number_pattern(columns: Sequence[str], seconds: Collection[str] = ()) -> re
     seconds there as they are meant."""
     alternatives = []
     for c in columns:
-        name = re.escape(json.dumps(c).encode())
+        name = _key(c)
         # Whole seconds: a number that is not 1 to 11 digits ending there. Possessive,
         # and the usual case refused by one lookahead, so that the one scan of a batch
         # costs about 8 ms per 100,000 records (as alternatives that backtrack: 18).
@@ -153,11 +153,20 @@ def needs_rewrite(data: bytes | memoryview, timestamps: TimestampColumns) -> boo
     return _number_pattern(timestamps.columns, timestamps.seconds).search(data) is not None
 
 
+def _key(column: str) -> bytes:
+    """A pattern of ``column``'s name as a JSON key: as written by encoders that keep
+    non-ASCII characters (UTF-8, what most of them write) and by those that escape them
+    (``\\uXXXX``, Python's default); one form for an ASCII name."""
+    forms = dict.fromkeys(
+        re.escape(json.dumps(column, ensure_ascii=ascii).encode()) for ascii in (False, True)
+    )
+    return forms.popitem()[0] if len(forms) == 1 else b"(?:" + b"|".join(forms) + b")"
+
+
 def _field_number(column: str) -> re.Pattern[bytes]:
     """``"column": <JSON number>``, the number in group 1."""
     return re.compile(
-        re.escape(json.dumps(column).encode())
-        + rb"\s*:\s*(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
+        _key(column) + rb"\s*:\s*(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
     )
 
 
