@@ -17,7 +17,8 @@ inode; the first bytes when reopened):
   nor read again.
 - the path names another file or none (rotated away, deleted): the old inode is looked
   for in the path's directory (:func:`~chworkers.daemon.closedfiles.find_moved`); found,
-  what it holds past the offset is read and the file finished; not found, it was
+  what it holds past the offset is read and the file finished; not found, or found
+  holding other first bytes (another file took the freed inode), it was
   deleted: it ends where it was read to (a last line without its newline, held by the
   framer, counts as a line, as at the end of any file). What was written to it and not
   read yet when it was deleted (at most a ``poll_interval``'s worth, or what it gained
@@ -267,6 +268,17 @@ class Tailing:
             parked.at = None
             self._parked[parked.path] = parked
             return
+        if parked.at is not None and not _same_file(fh.fileno(), parked, st.st_size):
+            # Found by its inode at another name, but that is another file: the inode
+            # was freed and taken (logrotate deleting the oldest, then copying or
+            # creating). Reading it would read a file the paths do not name, or read
+            # twice one they do.
+            fh.close()
+            log.info(
+                "source %s: %s is gone (its inode is %s's now)", self.name, parked.path, parked.at
+            )
+            self._deleted(parked)
+            return
         f = OpenFile(
             parked.path,
             fh,
@@ -302,6 +314,14 @@ class Tailing:
 
     def _skipped(self, path: str, message: str) -> None:
         self._error(f"{path}: {message}")
+
+
+def _same_file(fd: int, parked: Parked, size: int) -> bool:
+    """Whether the file open at ``fd`` (the parked file's inode) is still the parked
+    file: as long as where it was read to, and starting with the same bytes."""
+    if size < parked.offset:
+        return False
+    return not parked.head_len or same_head(fd, parked.head, parked.head_len, size)
 
 
 def _names(path: str, ident: tuple[int, int]) -> bool:
