@@ -14,6 +14,7 @@ def test_synchronous_by_default_with_the_views_deduplicated() -> None:
         "insert_deduplicate": 1,
         "deduplicate_blocks_in_dependent_materialized_views": 1,
         "insert_deduplication_token": "t",
+        "send_progress_in_http_headers": 0,
     }
 
 
@@ -25,6 +26,7 @@ def test_asynchronous_waits_and_deduplicates_without_the_views_setting() -> None
         "async_insert_deduplicate": 1,
         "insert_deduplicate": 1,
         "insert_deduplication_token": "t",
+        "send_progress_in_http_headers": 0,
     }
 
 
@@ -54,9 +56,17 @@ def test_defaults_the_server_lacks_are_left_out_but_not_the_callers() -> None:
         "max_insert_threads": 2,
         "insert_deduplicate": 1,
         "insert_deduplication_token": "t",
+        "send_progress_in_http_headers": 0,
     }
 
 
 def test_fire_and_forget_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"insert into db\.ev: wait_for_async_insert = 0"):
         insert_settings({"async_insert": 1, "wait_for_async_insert": 0}, token="t", table="db.ev")
+
+
+def test_progress_headers_are_off_even_when_the_caller_asks() -> None:
+    out = insert_settings({"send_progress_in_http_headers": 1}, token="t")
+    assert out["send_progress_in_http_headers"] == 0
+    fixed = insert_settings(None, token="t", known=lambda n: n != "send_progress_in_http_headers")
+    assert "send_progress_in_http_headers" not in fixed

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -149,6 +150,10 @@ def _no_driver_retry(request: Callable[..., Any]) -> Callable[..., Any]:
 #: The response header of a ClickHouse error (also sent with a 200 when the query failed
 #: after the headers went out).
 EXCEPTION_HEADER = "X-ClickHouse-Exception-Code"
+#: An exception a server wrote into the body of a 200 (its progress headers had sent the
+#: status already): since 25.11 inside an ``__exception__`` marker block, before that
+#: the bare ``Code: NNN. DB::Exception: ...``. A successful INSERT's body is empty.
+_EXCEPTION_IN_BODY = re.compile(rb"__exception__|Code: \d+\. DB::Exception:")
 #: Statuses clickhouse-connect calls retryable: its error then says it was retried.
 _RETRYABLE_STATUSES = (429, 503, 504)
 
@@ -235,6 +240,10 @@ class RawInsert:
                 response.close()
                 response.release_conn()
                 raise ProtocolError("Connection closed before the HTTP response headers completed")
+            if response.data and _EXCEPTION_IN_BODY.search(response.data):
+                # Failed after a 200 went out: the error handler reads the code from the
+                # body's message; never a confirmed insert.
+                backend.error_handler(response, False)
             reported = response.headers.get("X-ClickHouse-Summary")
             summary: dict[str, Any] = {}
             if reported:

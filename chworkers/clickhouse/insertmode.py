@@ -94,4 +94,9 @@ def insert_settings(
         if name not in out and known(name):
             out[name] = value
     out["insert_deduplication_token"] = token
+    # No progress headers, whoever asked (clickhouse-connect does on every request): the
+    # first one sends a 200 status, and an insert failing after it has its exception
+    # only in the body, which would count as a success (a batch leaving the spool).
+    if known("send_progress_in_http_headers"):
+        out["send_progress_in_http_headers"] = 0
     return out

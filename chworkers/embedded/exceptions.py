@@ -141,3 +141,16 @@ def from_chdb(exc: BaseException) -> ServerError:
 def response_body(err: ServerError, version: str) -> bytes:
     """The error body ClickHouse sends: the message, its version, a newline."""
     return f"{err.message} (version {version})\n".encode("utf-8", "replace")
+
+
+def exception_block(message: bytes, tag: str) -> bytes:
+    """The tagged block ClickHouse (25.11+) writes into a body whose 200 status went out
+    already, around ``message`` (:func:`response_body`); ``tag`` is the response's
+    ``X-ClickHouse-Exception-Tag``."""
+    return (
+        b"__exception__\r\n"
+        + tag.encode()
+        + b"\r\n"
+        + message
+        + f"{len(message)} {tag}\r\n__exception__\r\n".encode()
+    )

@@ -25,6 +25,7 @@ from chworkers.embedded import (
     engine,
     formats,
     infile,
+    progress,
     queries,
     request,
     results,
@@ -206,7 +207,13 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
             _inserted(ctx, handle, qr, resp, stats)
             return
         if insert is not None and _streams(insert, head, qr):
-            _insert(conn, req, insert, first, chunks, stats)
+            try:
+                _insert(conn, req, insert, first, chunks, stats)
+            except ServerError as err:  # a 200 already, if progress headers went out
+                if not progress.headers_went_out(qr, stats.started):
+                    raise
+                progress.answer_failure(ctx.engine.version, resp, err, stats)
+                return
             _inserted(ctx, handle, qr, resp, stats)
             return
         buf = bytearray(head)

@@ -26,6 +26,7 @@ from chworkers.embedded.exceptions import (
     BAD_ARGUMENTS,
     SYNTAX_ERROR,
     clickhouse_error,
+    exception_block,
     response_body,
 )
 from chworkers.embedded.protocol import READ_CHUNK, Request, Response
@@ -171,14 +172,7 @@ def answer(
     except ServerError as err:
         message = response_body(err, version)
         log.debug("query %s failed mid-stream: %s", qr.get("query_id"), err)
-        block = (
-            b"__exception__\r\n"
-            + tag.encode()
-            + b"\r\n"
-            + message
-            + f"{len(message)} {tag}\r\n__exception__\r\n".encode()
-        )
-        writer.write(block)
+        writer.write(exception_block(message, tag))
         resp.failed = True
     finally:
         pieces.close()
