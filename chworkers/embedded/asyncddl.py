@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from chworkers.embedded import queries, sql, tablerisk
+from chworkers.embedded import queries, sql
 from chworkers.embedded.asyncdedup import AsyncDedup, window
 from chworkers.errors import ServerError
 
@@ -33,19 +33,7 @@ def truncated(text: bytes) -> tuple[str | None, str] | None:
             i += 1
     if i < len(toks) and toks[i].kind == "word" and toks[i].upper in ("DATABASE", "ALL"):
         return None
-    names: list[str] = []
-    while i < len(toks) and toks[i].kind in ("word", "quoted"):
-        names.append(tablerisk._unquote(toks[i]))
-        i += 1
-        if i < len(toks) and toks[i].text == b".":
-            i += 1
-            continue
-        break
-    if len(names) == 1:
-        return None, names[0]
-    if len(names) == 2:
-        return names[0], names[1]
-    return None
+    return sql.table_name(toks, i)
 
 
 def altered_parts(text: bytes) -> tuple[str | None, str] | None:
@@ -61,19 +49,7 @@ def altered_parts(text: bytes) -> tuple[str | None, str] | None:
     for optional in ("TABLE", "IF", "EXISTS"):
         if i < len(toks) and toks[i].kind == "word" and toks[i].upper == optional:
             i += 1
-    names: list[str] = []
-    while i < len(toks) and toks[i].kind in ("word", "quoted"):
-        names.append(tablerisk._unquote(toks[i]))
-        i += 1
-        if i < len(toks) and toks[i].text == b".":
-            i += 1
-            continue
-        break
-    if len(names) == 1:
-        return None, names[0]
-    if len(names) == 2:
-        return names[0], names[1]
-    return None
+    return sql.table_name(toks, i)
 
 
 def truncated_tables_of(text: bytes) -> str | None:
@@ -96,7 +72,7 @@ def truncated_tables_of(text: bytes) -> str | None:
     if word(i, "IF") and word(i + 1, "EXISTS"):
         i += 2
     if i < len(toks) and toks[i].kind in ("word", "quoted"):
-        return tablerisk._unquote(toks[i])
+        return sql.unquote(toks[i])
     return None
 
 

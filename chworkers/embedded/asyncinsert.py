@@ -177,7 +177,7 @@ def flush_targets(text: bytes) -> list[tuple[str | None, str]] | None:
     names: list[str] = []
     for tok in [*toks[5:], sql.Token("punct", 0, 0, b",")]:
         if tok.kind in ("word", "quoted"):
-            names.append(tablerisk._unquote(tok))
+            names.append(sql.unquote(tok))
         elif tok.text == b"," and names:
             tables.append((names[0], names[1]) if len(names) > 1 else (None, names[0]))
             names = []
@@ -228,11 +228,11 @@ def with_queue_table(queue: AsyncInsertQueue, text: bytes) -> bytes:
     spans = [
         (toks[i].start, toks[i + 2].end)
         for i in range(len(toks) - 2)
-        if tablerisk._unquote(toks[i]).lower() == "system"
+        if sql.unquote(toks[i]).lower() == "system"
         and toks[i].kind in ("word", "quoted")
         and toks[i + 1].text == b"."
         and toks[i + 2].kind in ("word", "quoted")
-        and tablerisk._unquote(toks[i + 2]) == "asynchronous_inserts"
+        and sql.unquote(toks[i + 2]) == "asynchronous_inserts"
     ]
     if not spans:
         return text

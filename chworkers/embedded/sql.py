@@ -357,3 +357,32 @@ def settings_clause(statement: bytes) -> dict[str, str]:
         else:
             break
     return out
+
+
+def unquote(tok: Token) -> str:
+    """The name a word or quoted-identifier token stands for (its quotes and their
+    escapes removed)."""
+    text = tok.text.decode("utf-8", "surrogateescape")
+    if tok.kind != "quoted":
+        return text
+    quote = text[0]
+    inner = text[1:-1] if len(text) >= 2 and text[-1] == quote else text[1:]
+    return inner.replace(quote * 2, quote).replace("\\" + quote, quote).replace("\\\\", "\\")
+
+
+def table_name(toks: list[Token], i: int) -> tuple[str | None, str] | None:
+    """``(database or None, table)`` of the ``[db.]t`` that starts at ``toks[i]``, or
+    None when no name (or one of more than two parts) is there."""
+    names: list[str] = []
+    while i < len(toks) and toks[i].kind in ("word", "quoted"):
+        names.append(unquote(toks[i]))
+        i += 1
+        if i < len(toks) and toks[i].text == b".":
+            i += 1
+            continue
+        break
+    if len(names) == 1:
+        return None, names[0]
+    if len(names) == 2:
+        return names[0], names[1]
+    return None

@@ -44,30 +44,9 @@ def target(statement: str) -> tuple[str | None, str] | None:
         i += 1
     if i < len(words) and words[i].kind == "word" and words[i].upper == "TABLE":
         i += 1
-    names: list[str] = []
-    while i < len(words) and words[i].kind in ("word", "quoted"):
-        if words[i].kind == "word" and words[i].upper == "FUNCTION" and not names:
-            return None
-        names.append(_unquote(words[i]))
-        i += 1
-        if i < len(words) and words[i].kind == "punct" and words[i].text == b".":
-            i += 1
-            continue
-        break
-    if len(names) == 1:
-        return None, names[0]
-    if len(names) == 2:
-        return names[0], names[1]
-    return None
-
-
-def _unquote(tok: sql.Token) -> str:
-    text = tok.text.decode("utf-8", "surrogateescape")
-    if tok.kind != "quoted":
-        return text
-    quote = text[0]
-    inner = text[1:-1] if len(text) >= 2 and text[-1] == quote else text[1:]
-    return inner.replace(quote * 2, quote).replace("\\" + quote, quote).replace("\\\\", "\\")
+    if i < len(words) and words[i].kind == "word" and words[i].upper == "FUNCTION":
+        return None
+    return sql.table_name(words, i)
 
 
 class TableRisks:
