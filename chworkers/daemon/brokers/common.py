@@ -31,14 +31,24 @@ GAUGES_EVERY = 2.0
 LETTERED_KEPT = 10_000
 
 
-def _lettered_key(poison: Poison) -> tuple[str, int]:
-    return poison.message.id, hash(poison.message.payload)
+def _lettered_key(poison: Poison, incarnation: str) -> tuple[str, int]:
+    return _message_id(poison.message.id, incarnation), hash(poison.message.payload)
+
+
+def _message_id(message_id: str, incarnation: str) -> str:
+    return f"{incarnation}/{message_id}" if incarnation else message_id
 
 
 def letter_key(source: str, record: bytes, error: BaseException) -> str | None:
     """The key a poison message's dead letter is written once by, across restarts
-    (:mod:`~chworkers.daemon.letterkeys`): its source, its id, a checksum of its payload
-    (a stream made anew may use an id again, for another message). None: not a message's."""
+    (:mod:`~chworkers.daemon.letterkeys`): its source, its id, a checksum of its payload.
+    A stream deleted and made again numbers its messages from 1 again: a NATS message's
+    id is prefixed by its stream's creation time (:meth:`SourceParts._incarnation`), so
+    another message with the same sequence and payload is lettered too. A Redis entry's
+    id is its arrival time in milliseconds and a sequence: a stream made anew reuses one
+    only for an entry added in the same millisecond as the earlier one with the same
+    payload (or with ids given by the producer), and that is not told apart. None: not
+    a message's."""
     message_id = getattr(error, "message_id", "")
     if not message_id:
         return None
@@ -190,11 +200,19 @@ class SourceParts:
         )
         return batch
 
+    def _incarnation(self) -> str:
+        """What tells the stream read now from an earlier one of the same name whose
+        message ids were the same ("": the ids say it already)."""
+        return ""
+
     def _dead_letter(self, poison: list[Poison], token: str) -> None:
         """Write the dead letters of ``poison``, except those written already (a message
         delivered again because its acknowledgement failed: only acknowledged now)."""
+        incarnation = self._incarnation()
         with self._lettered_lock:
-            again = {p.message.id for p in poison if _lettered_key(p) in self._lettered}
+            again = {
+                p.message.id for p in poison if _lettered_key(p, incarnation) in self._lettered
+            }
         if again:
             self.log.debug(
                 "source %s: %s dead-lettered already (%s), acknowledged only",
@@ -206,14 +224,15 @@ class SourceParts:
             if not poison:
                 return
         for p in poison:
-            p.error.message_id = p.message.id  # the dead letter's key (letter_key)
+            # the dead letter's key (letter_key)
+            p.error.message_id = _message_id(p.message.id, incarnation)
             self.log.warning("source %s: %s", self.name, p.error)
             if self.on_error is not None:
                 self.on_error(self.name, str(p.error))
         self.dead_letter([(p.message.payload or b"", p.error) for p in poison], token)
         with self._lettered_lock:  # written: remembered, the oldest forgotten
             for p in poison:
-                self._lettered[_lettered_key(p)] = None
+                self._lettered[_lettered_key(p, incarnation)] = None
             while len(self._lettered) > LETTERED_KEPT:
                 del self._lettered[next(iter(self._lettered))]
 

@@ -226,14 +226,16 @@ async def connect(options: NatsSourceSettings, where: str, *, name: str) -> Wire
     return client
 
 
-async def stream_ready(js: JetStreamContext, options: NatsSourceSettings, where: str) -> None:
-    """The stream exists (created with ``subjects`` when missing and asked to)."""
+async def stream_ready(js: JetStreamContext, options: NatsSourceSettings, where: str) -> str:
+    """The stream exists (created with ``subjects`` when missing and asked to); returns
+    when it was created (ISO 8601, "" if the server does not say): what tells this
+    stream from one deleted and made again under its name, whose sequence numbers
+    start over."""
     import nats.js.api
     import nats.js.errors
 
     try:
-        await js.stream_info(options.stream)
-        return
+        return _created(await js.stream_info(options.stream))
     except nats.js.errors.NotFoundError:
         if not options.subjects:
             raise BrokerError(
@@ -249,7 +251,13 @@ async def stream_ready(js: JetStreamContext, options: NatsSourceSettings, where:
         await js.add_stream(config)
         log.info("%s: created stream %s on %s", where, options.stream, ", ".join(options.subjects))
     except nats.js.errors.BadRequestError:
-        await js.stream_info(options.stream)  # another daemon created it first
+        pass  # another daemon created it first
+    return _created(await js.stream_info(options.stream))
+
+
+def _created(info: Any) -> str:
+    created = getattr(info, "created", None)
+    return created.isoformat() if created is not None else ""
 
 
 async def consumer_ready(js: JetStreamContext, options: NatsSourceSettings, where: str) -> None:

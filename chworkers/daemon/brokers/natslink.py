@@ -41,6 +41,9 @@ class NatsLink:
         self.where = f"nats {self.url}"
         self.loop = natsclient.Loop(f"source-{name}-nats")
         self._consumer: Consumer | None = None
+        #: When the stream was created (natsclient.stream_ready): a stream made again
+        #: under its name numbers its messages from 1 again.
+        self.incarnation = ""
         self._store: ManifestStore | None = None
         self._ready = threading.Event()
         self._closed = threading.Event()
@@ -59,7 +62,7 @@ class NatsLink:
             acks = None
             try:
                 js = client.jetstream()
-                await natsclient.stream_ready(js, options, self.where)
+                self.incarnation = await natsclient.stream_ready(js, options, self.where)
                 await natsclient.consumer_ready(js, options, self.where)
                 kv = await natsclient.bucket(js, options)
                 acks = await natsclient.connect(options, self.where, name=f"{name} acks")

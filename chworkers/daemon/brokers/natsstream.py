@@ -63,6 +63,9 @@ class NatsSource(NatsBatching):
 
     # -- the daemon's side ----------------------------------------------------------------
 
+    def _incarnation(self) -> str:
+        return self.link.incarnation  # the stream's creation time
+
     def still_open(self, batch: SpooledBatch) -> bool:
         """Whether the batch's manifest is still there (else all its messages were
         acknowledged): a batch is tried again only if it is. A manifest that expired
