@@ -51,6 +51,11 @@ REFERENCE_MIN_BYTES = 256 * 1024
 #: followed source holds up to its ``max_open_files``.
 MAX_OPEN_FILES = 32
 
+#: How long a finished file no matched path names is remembered, in seconds: one renamed
+#: along a chain of matched names (logrotate) is at none of them for a moment, between
+#: the listing of the paths and their stat, and is not gone.
+FINISHED_GRACE = 10.0
+
 #: The sources' logger, as before they were cut into modules (log filters keep working).
 log = logging.getLogger("chworkers.daemon.sources")
 
@@ -109,6 +114,8 @@ class FileSource(_Source, Tailing):
         self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
         # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
         self._finished: dict[tuple[int, int], tuple[int, int]] = {}
+        #: The finished files that no matched path named at the last match: since when.
+        self._unseen: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -180,13 +187,26 @@ class FileSource(_Source, Tailing):
             except OSError:
                 continue
             seen[(st.st_dev, st.st_ino)] = path
-        # Forget files that are gone: a file that reuses their inode later is new.
-        self._finished = {k: v for k, v in self._finished.items() if k in seen}
+        self._forget_finished(seen)
         forgotten = self.forgetting.check(matched, seen)
         for path in forgotten:
             self._saved.pop(path, None)
             self._by_ident = None
         self._count_files()
+
+    def _forget_finished(self, seen: dict[tuple[int, int], str]) -> None:
+        """Forget the finished files that are gone (a file that reuses the inode later is
+        new): those no matched path has named for :data:`FINISHED_GRACE`. Forgotten at
+        once, a file renamed to a matched name while the paths were looked at (its old
+        name listed, its new one not yet) was read again from its start at the next
+        match: every line of it twice."""
+        now = time.monotonic()
+        for ident in list(self._finished):
+            if ident in seen:
+                self._unseen.pop(ident, None)
+            elif now - self._unseen.setdefault(ident, now) >= FINISHED_GRACE:
+                del self._finished[ident]
+                del self._unseen[ident]
 
     def _count_files(self) -> None:
         """chworkers_source_files: the files open, and those closed (parked, or matched
@@ -226,6 +246,7 @@ class FileSource(_Source, Tailing):
                     continue
                 # A new file got the inode of one read before (deleted meanwhile).
                 del self._finished[ident]
+                self._unseen.pop(ident, None)
                 self._saved.pop(path, None)
             offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
             fh.seek(offset)
@@ -347,6 +368,7 @@ class FileSource(_Source, Tailing):
         f.last = self.last_ticket or f.last
         if finished:
             self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
+            self._unseen.pop((f.dev, f.ino), None)
         self._release(f)
         f.fh.close()
         del self._open[f.path]
