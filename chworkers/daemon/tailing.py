@@ -302,6 +302,23 @@ class Tailing:
         fh.seek(f.offset)
         self._open[parked.path] = f
 
+    def _rewritten(self, f: OpenFile) -> bool:
+        """Whether a followed file that grows again after its end was reached was
+        truncated and written past where it was read to meanwhile (``copytruncate`` while
+        its writer goes on, between two polls): its first bytes are not the ones read. It
+        is then read again from its start, as a file found shorter is; reading on from
+        the old offset would skip the new lines before it and cut one in two."""
+        if f.head_len == 0 or same_head(f.fh.fileno(), f.head, f.head_len, f.offset):
+            return False
+        log.info(
+            "source %s: %s was truncated and written again; reading it from the start",
+            self.name,
+            f.path,
+        )
+        self._restart(f)
+        f.fh.seek(0)
+        return True
+
     def _restart(self, f: OpenFile) -> None:
         """Read a truncated file again from its start (what the framer held is gone)."""
         f.offset = 0
