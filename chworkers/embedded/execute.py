@@ -189,7 +189,14 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
         if compressed is not None:
             formats.check_protocol_version(compressed.fmt, qr.client_protocol_version)
             statement, fmt = compressed.statement, compressed.fmt
-            if infile.insert_lz4(conn, statement, fmt, _raw_chunks(req), stats):
+            try:
+                done = infile.insert_lz4(conn, statement, fmt, _raw_chunks(req), stats)
+            except ServerError as err:  # a 200 already, if progress headers went out
+                if not progress.headers_went_out(qr, stats.started):
+                    raise
+                progress.answer_failure(ctx.engine.version, resp, err, stats)
+                return
+            if done:
                 _inserted(ctx, handle, qr, resp, stats)
                 return
         head, insert, chunks = request.statement_head(qr.query_prefix, chunks)

@@ -88,3 +88,34 @@ def test_an_exception_in_a_200_body_is_a_failure(endpoint: EmbeddedClickHouse, t
         assert isinstance(error, ServerError) and error.code == 27, error
     finally:
         conn.close()
+
+
+def test_a_late_failure_of_clickhouse_connects_insert_raises(
+    endpoint: EmbeddedClickHouse, database: str
+) -> None:
+    """``Connection.insert`` (clickhouse-connect's Native insert, lz4) the same way: a
+    CONSTRAINT the last row breaks fails the insert after the progress interval."""
+    table = f"{database}.{unique_name('ck')}"
+    admin = make_client(endpoint)
+    admin.command(
+        f"CREATE TABLE {table} (id UInt64, CONSTRAINT small CHECK id < {GOOD_ROWS}) "
+        "ENGINE = MergeTree ORDER BY id"
+    )
+    admin.close()
+    conn = Connection(endpoint.url)
+    try:
+        with pytest.raises(ServerError) as caught:
+            conn.insert(
+                table,
+                [[i] for i in range(GOOD_ROWS + 1)],
+                column_names=["id"],
+                settings={"http_headers_progress_interval_ms": 1},
+            )
+        assert caught.value.code == 469, caught.value
+    finally:
+        conn.close()
+    admin = make_client(endpoint)
+    try:
+        assert admin.command(f"SELECT count() FROM {table}") == 0
+    finally:
+        admin.close()
