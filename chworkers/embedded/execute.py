@@ -25,6 +25,7 @@ from chworkers.embedded import (
     engine,
     formats,
     infile,
+    pool,
     progress,
     queries,
     request,
@@ -255,7 +256,7 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
                 asyncddl.after_ddl(ctx.dedup, conn, qr.database, text)
             if insert is not None:
                 ctx.stats.inserted(stats.written_rows, stats.written_bytes)
-            _done_with(handle, qr, text, resp)
+            pool.done_with(handle, qr, text, resp)
         except ServerError:
             ran = False  # chDB refused the statement: the session is as it was
             raise
@@ -269,28 +270,6 @@ def _execute(ctx: Context, req: Request, qr: QueryRequest, resp: Response) -> No
 #: Statements that create, drop or alter no table, view or constraint.
 _CHANGES_NO_TABLE = frozenset(
     ["SELECT", "WITH", "INSERT", "DESCRIBE", "DESC", "SHOW", "EXISTS", "EXPLAIN", "CHECK"]
-)
-
-#: Statements that change nothing on their chDB connection a later request could see
-#: (CREATE is one unless it makes a temporary table).
-_LEAVES_NOTHING = frozenset(
-    [
-        "SELECT",
-        "WITH",
-        "INSERT",
-        "DESCRIBE",
-        "DESC",
-        "SHOW",
-        "EXISTS",
-        "EXPLAIN",
-        "CHECK",
-        "CREATE",
-        "DROP",
-        "ALTER",
-        "TRUNCATE",
-        "OPTIMIZE",
-        "RENAME",
-    ]
 )
 
 
@@ -343,7 +322,7 @@ def _inserted(
     resp.set_header("X-ClickHouse-Summary", stats.summary())
     resp.set_header("Content-Type", "text/plain; charset=UTF-8")
     resp.send_whole(b"")
-    _done_with(handle, qr, b"INSERT", resp)
+    pool.done_with(handle, qr, b"INSERT", resp)
 
 
 def _queued(
@@ -384,22 +363,6 @@ def _raw_chunks(req: Request) -> Iterator[bytes]:
         if not raw:
             return
         yield raw
-
-
-def _done_with(
-    handle: Session | PooledConnection, qr: QueryRequest, text: bytes, resp: Response
-) -> None:
-    """A request without a session succeeded: may its connection serve the next one?
-
-    Not after a SET, USE, a temporary table (external data makes some), a result cut
-    off by an error, or anything not known to leave the connection as it was.
-    """
-    if not isinstance(handle, PooledConnection) or qr.external or resp.failed:
-        return
-    keyword = sql.first_keyword(text)
-    if keyword == "CREATE" and b"TEMPORARY" in text.upper():
-        return
-    handle.reusable = keyword in _LEAVES_NOTHING
 
 
 def _streams(insert: sql.InsertHead, head: bytes, qr: QueryRequest) -> bool:

@@ -18,9 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from chworkers.embedded import sql
 from chworkers.embedded.engine import CONNECTION_SETTINGS, Engine, close_quietly
 from chworkers.embedded.tracked import TrackedConnection
+
+if TYPE_CHECKING:
+    from chworkers.embedded.protocol import Response
+    from chworkers.embedded.request import QueryRequest
+    from chworkers.embedded.sessions import Session
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +86,42 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for pooled in idle:
             close_quietly(pooled.conn)
+
+
+#: Statements that change nothing on their chDB connection a later request could see
+#: (CREATE is one unless it makes a temporary table).
+LEAVES_NOTHING = frozenset(
+    [
+        "SELECT",
+        "WITH",
+        "INSERT",
+        "DESCRIBE",
+        "DESC",
+        "SHOW",
+        "EXISTS",
+        "EXPLAIN",
+        "CHECK",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "TRUNCATE",
+        "OPTIMIZE",
+        "RENAME",
+    ]
+)
+
+
+def done_with(
+    handle: Session | PooledConnection, qr: QueryRequest, text: bytes, resp: Response
+) -> None:
+    """A request without a session succeeded: may its connection serve the next one?
+
+    Not after a SET, USE, a temporary table (external data makes some), a result cut
+    off by an error, or anything not known to leave the connection as it was.
+    """
+    if not isinstance(handle, PooledConnection) or qr.external or resp.failed:
+        return
+    keyword = sql.first_keyword(text)
+    if keyword == "CREATE" and b"TEMPORARY" in text.upper():
+        return
+    handle.reusable = keyword in LEAVES_NOTHING
