@@ -46,6 +46,10 @@ _FIX = (
 )
 
 
+#: What to do about a file where a directory belongs (its owner and mode are not it).
+_FIX_IN_THE_WAY = "move or remove that file, or set state_dir to another directory"
+
+
 def passing(exc: OSError) -> bool:
     """Whether ``exc`` may pass by itself (the disk full, an I/O error), so that a start
     it stopped is tried again, rather than a path to fix."""
@@ -68,12 +72,14 @@ def unusable(what: str, path: Path, exc: OSError, doing: str) -> UnusablePathErr
         isinstance(exc, NotADirectoryError) and Path(where) == path
     ):
         why = "a file is in the way (a directory belongs there)"
+        fix = _FIX_IN_THE_WAY
     elif isinstance(exc, NotADirectoryError):
         why = "a part of its path is a file, not a directory"
+        fix = _FIX_IN_THE_WAY
     else:
-        why = exc.strerror or str(exc)
+        why, fix = exc.strerror or str(exc), _FIX
     return UnusablePathError(
-        f"cannot {doing} the {what} {path}: {why} ({where}); {_FIX}",
+        f"cannot {doing} the {what} {path}: {why} ({where}); {fix}",
         path=str(where),
         key="state_dir",
         expected="a directory the daemon's user can read and write",
