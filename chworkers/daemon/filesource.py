@@ -231,6 +231,10 @@ class FileSource(_Source, Tailing):
             try:
                 fh = open(path, "rb")  # noqa: SIM115 (kept open while tailing)
             except OSError as exc:
+                if self.follow and isinstance(exc, FileNotFoundError):
+                    # Gone since it was matched (logrotate's passing .N+1): no error.
+                    log.info("source %s: %s is gone before its turn to be read", self.name, path)
+                    continue
                 self._error(f"cannot open {path}: {exc.strerror}")
                 continue
             st = os.fstat(fh.fileno())
