@@ -17,6 +17,11 @@ seconds, and no file the source still sees has its inode. Nothing is re-read for
 file that is gone cannot be read, and one that appears later at its path is a new file
 (another inode, or other first bytes), read from its start as it would be anyway.
 
+A file whose path another file takes (a log rotated by rename: ``app.log`` is now
+``app.log.1``, and a new ``app.log`` is read) keeps its position under a key of its own
+(``app.log#moved:<dev>:<ino>``), where a restart finds it by its inode under its new
+name; it is forgotten as any file gone, once no file the source sees has its inode.
+
 A file the source's patterns no longer fit (its ``paths`` changed) is forgotten the same
 way, ``forget_after`` after the source started without it, though it is still there:
 the source will not read it again, and the snapshot carries its position at every
@@ -87,7 +92,16 @@ class Checkpoints:
             changes: dict[str, Position | None] = {}
             for path, pos in files.items():
                 old = current.get(path)
-                if old is None or not _same_file(old, pos) or pos["offset"] > old["offset"]:
+                if old is not None and not _same_file(old, pos):
+                    # Another file took the path (rotation by rename: app.log is now
+                    # app.log.1). The old one keeps its position under a key of its
+                    # own, found by its inode at a restart, forgotten once gone.
+                    aside = _aside_key(path, old)
+                    kept = current.get(aside)
+                    if kept is None or old["offset"] > kept["offset"]:
+                        current[aside] = changes[aside] = old
+                    old = None
+                if old is None or pos["offset"] > old["offset"]:
                     current[path] = changes[path] = dict(pos)
             if not changes and pipeline not in self._unsaved:
                 return
@@ -267,6 +281,13 @@ def _is_at(path: str, pos: Mapping[str, int]) -> bool:
             return same_head(fh.fileno(), pos["head"], pos["head_len"], st.st_size)
     except OSError:
         return False
+
+
+def _aside_key(path: str, pos: Mapping[str, int]) -> str:
+    """The key a file's position is kept under once another file took its path: no
+    file is at it (:meth:`Checkpoints.forget_gone` forgets it once no file the source
+    sees has its inode); a source finds it by the inode (``_saved_offset``)."""
+    return f"{path}#moved:{pos['dev']}:{pos['ino']}"
 
 
 def _fits(path: str, patterns: Sequence[str]) -> bool:
