@@ -18,8 +18,6 @@ from pathlib import Path
 
 from test_fault_follow_open_files import Pipeline, line
 
-from chworkers.daemon.filesource import FileSource
-
 
 def test_a_finished_file_briefly_at_no_matched_name_is_not_read_again(tmp_path: Path) -> None:
     data = tmp_path / "logs"
@@ -27,16 +25,7 @@ def test_a_finished_file_briefly_at_no_matched_name_is_not_read_again(tmp_path: 
     pipeline = Pipeline(tmp_path)
     log, one, two = data / "app.log", data / "app.log.1", data / "app.log.2"
     log.write_bytes(b"".join(line(n) for n in range(5)))
-    source = FileSource(
-        [str(data / "app.log*")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
-    )
+    source = pipeline.follow([str(data / "app.log*")])
     source._stop = threading.Event()
     try:
         source._discover()

@@ -21,8 +21,6 @@ from pathlib import Path
 from test_fault_follow_open_files import Pipeline, line, open_in
 from waiting import wait_for
 
-from chworkers.daemon.filesource import FileSource
-
 
 def test_a_parked_files_inode_taken_by_another_file_is_not_read(tmp_path: Path) -> None:
     data = tmp_path / "logs"
@@ -30,15 +28,8 @@ def test_a_parked_files_inode_taken_by_another_file_is_not_read(tmp_path: Path) 
     pipeline = Pipeline(tmp_path)
     log = data / "app-a.log"
     log.write_bytes(b"".join(line(n) for n in range(5)))
-    source = FileSource(
+    source = pipeline.follow(
         [str(data / "app-*.log")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
         close_idle_after=0.05,
     )
     stop = threading.Event()

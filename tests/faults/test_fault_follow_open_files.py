@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -59,6 +60,21 @@ class Pipeline:
     def on_batch(self, batch: SpooledBatch) -> None:
         self.checkpoints.commit_batch(batch)
         self.batches.append(batch)
+
+    def follow(self, paths: list[str], **options: Any) -> FileSource:
+        """A source following ``paths`` into this pipeline (polled every 10 ms unless
+        ``options`` say otherwise)."""
+        settings: dict[str, Any] = {"poll_interval": 0.01, **options}
+        return FileSource(
+            paths,
+            checkpoints=self.checkpoints,
+            name="logs",
+            table="events",
+            format="JSONEachRow",
+            batcher=self.batcher,
+            follow=True,
+            **settings,
+        )
 
     def numbers(self) -> list[int]:
         self.batcher.flush()
@@ -103,15 +119,8 @@ def test_followed_files_beyond_the_limit_lose_and_repeat_nothing(
     for i, f in enumerate(files):
         f.write_bytes(line(i))
     metrics = Metrics(CollectorRegistry())
-    source = FileSource(
+    source = pipeline.follow(
         [str(data / "*.log")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
         max_open_files=3,
         close_idle_after=0.05,
         metrics=metrics,
@@ -187,16 +196,7 @@ def test_an_open_file_renamed_to_a_matched_name_is_not_read_again(
 ) -> None:
     log = tmp_path / "app.log"
     log.write_bytes(line(0) + line(1))
-    source = FileSource(
-        [str(tmp_path / "app.log*")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
-    )
+    source = pipeline.follow([str(tmp_path / "app.log*")])
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(stop,))
     thread.start()

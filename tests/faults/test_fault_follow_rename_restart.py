@@ -18,20 +18,9 @@ from pathlib import Path
 from test_fault_follow_open_files import Pipeline, line
 from waiting import wait_for
 
-from chworkers.daemon.filesource import FileSource
-
 
 def _run(data: Path, pipeline: Pipeline, body: Callable[[], None]) -> None:
-    source = FileSource(
-        [str(data / "app.log*")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
-    )
+    source = pipeline.follow([str(data / "app.log*")])
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(stop,))
     thread.start()

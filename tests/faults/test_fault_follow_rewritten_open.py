@@ -18,8 +18,6 @@ from pathlib import Path
 from test_fault_follow_open_files import Pipeline, line
 from waiting import wait_for
 
-from chworkers.daemon.filesource import FileSource
-
 
 def records(pipeline: Pipeline) -> list[bytes]:
     pipeline.batcher.flush()
@@ -33,15 +31,9 @@ def test_truncated_and_regrown_between_polls_is_read_from_its_start(tmp_path: Pa
     pipeline = Pipeline(tmp_path)
     log = data / "app.log"
     log.write_bytes(b"".join(line(n) for n in range(10)))
-    source = FileSource(
+    source = pipeline.follow(
         [str(log)],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
         poll_interval=2.0,  # the truncation and the new lines fall between two polls
-        follow=True,
     )
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(stop,))

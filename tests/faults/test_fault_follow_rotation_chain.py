@@ -20,8 +20,6 @@ from pathlib import Path
 from test_fault_follow_open_files import Pipeline, line
 from waiting import wait_for
 
-from chworkers.daemon.filesource import FileSource
-
 
 def test_numbered_rotation_follows_each_file_to_its_new_name(tmp_path: Path) -> None:
     data = tmp_path / "logs"
@@ -30,16 +28,7 @@ def test_numbered_rotation_follows_each_file_to_its_new_name(tmp_path: Path) -> 
     log, one, two = data / "app.log", data / "app.log.1", data / "app.log.2"
     one.write_bytes(line(0))
     log.write_bytes(line(1))
-    source = FileSource(
-        [str(data / "app.log*")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
-    )
+    source = pipeline.follow([str(data / "app.log*")])
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(stop,))
     thread.start()

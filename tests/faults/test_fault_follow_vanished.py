@@ -14,8 +14,6 @@ from pathlib import Path
 
 from test_fault_follow_open_files import Pipeline, line
 
-from chworkers.daemon.filesource import FileSource
-
 
 def test_a_followed_file_gone_before_its_turn_is_no_error(tmp_path: Path) -> None:
     data = tmp_path / "logs"
@@ -24,15 +22,8 @@ def test_a_followed_file_gone_before_its_turn_is_no_error(tmp_path: Path) -> Non
     (data / "a.log").write_bytes(line(0))
     (data / "b.log").write_bytes(line(1))
     errors: list[str] = []
-    source = FileSource(
+    source = pipeline.follow(
         [str(data / "*.log")],
-        checkpoints=pipeline.checkpoints,
-        name="logs",
-        table="events",
-        format="JSONEachRow",
-        batcher=pipeline.batcher,
-        poll_interval=0.01,
-        follow=True,
         max_open_files=1,
         close_idle_after=0,
         on_error=lambda name, message: errors.append(message),
