@@ -94,35 +94,35 @@ def after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -
         log.warning("the asynchronous inserts' ids after %r: %s", text[:200], err.message)
 
 
+def _reset_tables(dedup: AsyncDedup, conn: Any, where: str, params: dict[str, str]) -> None:
+    """Reset the ids of the tables ``where`` (a condition on ``system.tables``) selects."""
+    res = queries.run(
+        conn, f"SELECT data_paths[1] FROM system.tables WHERE {where}", "TSVRaw", params
+    )
+    for line in res.bytes().decode("utf-8", "surrogateescape").splitlines():
+        if line:
+            dedup.reset(line)
+
+
 def _after_ddl(dedup: AsyncDedup, conn: Any, database: str | None, text: bytes) -> None:
     word = sql.first_keyword(text)
     emptied = truncated_tables_of(text) if word == "TRUNCATE" else None
     if emptied is not None:
-        res = queries.run(
+        _reset_tables(
+            dedup,
             conn,
-            "SELECT data_paths[1] FROM system.tables WHERE database = {db:String} AND name "
-            "NOT IN (SELECT table FROM system.parts WHERE database = {db:String} AND active)",
-            "TSVRaw",
+            "database = {db:String} AND name NOT IN "
+            "(SELECT table FROM system.parts WHERE database = {db:String} AND active)",
             {"db": emptied},
         )
-        for line in res.bytes().decode("utf-8", "surrogateescape").splitlines():
-            if line:
-                dedup.reset(line)
     elif word == "TRUNCATE":
         target = truncated(text)
         if target is None:
             return
         db = target[0] or database or queries.current_database(conn)
-        res = queries.run(
-            conn,
-            "SELECT data_paths[1] FROM system.tables WHERE database = {db:String} "
-            "AND name = {t:String}",
-            "TSVRaw",
-            {"db": db, "t": target[1]},
+        _reset_tables(
+            dedup, conn, "database = {db:String} AND name = {t:String}", {"db": db, "t": target[1]}
         )
-        for line in res.bytes().decode("utf-8", "surrogateescape").splitlines():
-            if line:
-                dedup.reset(line)
     elif word == "ALTER" and dedup.has_ids():
         target = altered_parts(text)
         if target is None:
