@@ -23,10 +23,7 @@ def truncated(text: bytes) -> tuple[str | None, str] | None:
     [db.]t`` empties, or None for any other statement."""
     if sql.first_keyword(text) != "TRUNCATE":
         return None
-    try:
-        toks = sql._tokens(text, True)
-    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
-        return None
+    toks = sql.tokens(text)
     i = 1
     for optional in ("TEMPORARY", "TABLE", "IF", "EXISTS"):
         if i < len(toks) and toks[i].kind == "word" and toks[i].upper == optional:
@@ -41,10 +38,7 @@ def altered_parts(text: bytes) -> tuple[str | None, str] | None:
     drop parts (its text names a PARTITION or PART), or None."""
     if sql.first_keyword(text) != "ALTER" or b"PART" not in text.upper():
         return None
-    try:
-        toks = sql._tokens(text, True)
-    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
-        return None
+    toks = sql.tokens(text)
     i = 1
     for optional in ("TABLE", "IF", "EXISTS"):
         if i < len(toks) and toks[i].kind == "word" and toks[i].upper == optional:
@@ -57,10 +51,7 @@ def truncated_tables_of(text: bytes) -> str | None:
     or None for any other statement."""
     if sql.first_keyword(text) != "TRUNCATE":
         return None
-    try:
-        toks = sql._tokens(text, True)
-    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
-        return None
+    toks = sql.tokens(text)
 
     def word(i: int, *words: str) -> bool:
         return i < len(toks) and toks[i].kind == "word" and toks[i].upper in words

@@ -70,7 +70,7 @@ def split(statement: str) -> tuple[str, str | None, str]:
         raise ValueError(f"not an INSERT into a table: {statement!r}")
     head, clause = raw[:at].strip(), raw[at:].strip()
     columns = None
-    toks = sql._tokens(head, True)
+    toks = sql.tokens(head)
     if toks and toks[-1].kind == "punct" and toks[-1].text == b")":
         depth = 0
         for tok in reversed(toks):

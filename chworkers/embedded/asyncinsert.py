@@ -166,10 +166,7 @@ def flush_targets(text: bytes) -> list[tuple[str | None, str]] | None:
     None for any other statement."""
     if sql.first_keyword(text) != "SYSTEM":
         return None
-    try:
-        toks = sql._tokens(text, True)
-    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
-        return None
+    toks = sql.tokens(text)
     words = [t.upper for t in toks[:5]]
     if words != ["SYSTEM", "FLUSH", "ASYNC", "INSERT", "QUEUE"]:
         return None
@@ -188,10 +185,7 @@ def flushes_logs(text: bytes) -> bool:
     """Whether the statement is ``SYSTEM FLUSH LOGS [...]``."""
     if sql.first_keyword(text) != "SYSTEM":
         return False
-    try:
-        toks = sql._tokens(text, True)
-    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
-        return False
+    toks = sql.tokens(text)
     return [t.upper for t in toks[:3]] == ["SYSTEM", "FLUSH", "LOGS"]
 
 
@@ -221,10 +215,7 @@ def with_queue_table(queue: AsyncInsertQueue, text: bytes) -> bytes:
     """
     if b"asynchronous_inserts" not in text:
         return text
-    try:
-        toks = sql._tokens(text, True)
-    except sql.NeedMoreInput:  # pragma: no cover - complete=True never asks for more
-        return text
+    toks = sql.tokens(text)
     spans = [
         (toks[i].start, toks[i + 2].end)
         for i in range(len(toks) - 2)

@@ -126,6 +126,11 @@ def _tokens(buf: bytes, complete: bool, start: int = 0) -> list[Token]:
         pos = tok.end
 
 
+def tokens(text: bytes) -> list[Token]:
+    """Every token of a complete statement (its end is its end: never NeedMoreInput)."""
+    return _tokens(text, True)
+
+
 @dataclass(frozen=True)
 class InsertHead:
     """An ``INSERT`` whose data follows the statement.
