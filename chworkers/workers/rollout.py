@@ -63,6 +63,8 @@ class Rollout:
         self.crew = crew
         self.pending: deque[str] = deque()  # old workers still to replace, in order
         self.fresh: str | None = None  # the worker started for the current step
+        #: The workers this rollout started: a request joining it does not replace them.
+        self.started: set[str] = set()
         self.old: str | None = None  # the old worker it replaces
         self.draining: str | None = None  # the old worker told to stop, until gone
         self.replaced = 0
@@ -90,7 +92,9 @@ class Rollout:
         """Replace the workers that run now; the future's result is how many were
         replaced (when all are)."""
         future: Future[int] = Future()
-        known = set(self.pending) | {self.old, self.fresh}
+        if not self.running:
+            self.started.clear()  # a new rollout: every worker that runs now is old
+        known = set(self.pending) | {self.old, self.fresh} | self.started
         names = [name for name, h in self.crew.workers.items() if _active(h) and name not in known]
         joining = self.running
         if not joining:
@@ -99,7 +103,11 @@ class Rollout:
         self.pending.extend(names)
         self.waiters.append(future)
         # The one being replaced counts, and is named, with those still to go.
-        left = ([self.old] if self.old is not None else []) + list(self.pending)
+        # The one being replaced: the old worker of this step, or, once its fresh
+        # worker is ready, the old one finishing its tasks (named either way: which
+        # of the two it is depends only on how fast the fresh worker booted).
+        current = [n for n in (self.old, self.draining) if n is not None and n in self.crew.workers]
+        left = current + list(self.pending)
         if joining:
             log.info(
                 "rolling restart: asked again while one runs: %d worker(s) still to replace "
@@ -144,6 +152,7 @@ class Rollout:
         fresh = crew.spawn()
         if fresh is not None:
             self.fresh = fresh.name
+            self.started.add(fresh.name)
 
     def _next_old(self, table: dict[str, WorkerHandle]) -> str | None:
         if self.old is not None and self.old in table and _active(table[self.old]):
