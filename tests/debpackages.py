@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+import chworkers.freeport
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 LOCK = Path(tempfile.gettempdir()) / "chworkers-tests-apt.lock"
@@ -65,7 +66,6 @@ def find_program(
 
 
 def free_port() -> int:
-    """A loopback port free at this moment (for a server the tests start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free at this moment (for a server the tests start), outside the
+    range the kernel gives outgoing connections (chworkers.freeport says why)."""
+    return chworkers.freeport.free_port("127.0.0.1")

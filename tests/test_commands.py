@@ -377,11 +377,9 @@ max_delay = "100ms"
 
 
 def _free_port() -> int:
-    import socket
+    from chworkers.freeport import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port("127.0.0.1")
 
 
 def _push(port: int, body: bytes) -> None:

@@ -19,7 +19,6 @@ import json
 import random
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -39,6 +38,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from test_grafana import BUILTIN_SERIES, dashboard_exprs, metric_names, recorded, rules
 
+import chworkers.freeport
 from chworkers import EmbeddedClickHouse, Supervisor, __version__
 from chworkers.errors import ServerError
 from chworkers.ops.metrics import Metrics
@@ -129,10 +129,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return chworkers.freeport.free_port("127.0.0.1")
 
 
 class BusyDaemon:

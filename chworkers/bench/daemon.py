@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from chworkers.clickhouse.insertmode import insert_settings
 from chworkers.daemon.checkpoints import Checkpoints
 from chworkers.daemon.pipelines import PipelineSettings
 from chworkers.errors import BenchError
+from chworkers.freeport import free_port
 
 RATE = Metric("rate", "rows/s")  # from the command's start to its exit
 STEADY = Metric("steady", "rows/s")  # from ready to the last line in ClickHouse
@@ -102,13 +102,6 @@ def pipeline_settings(source: Path, table: str, batch: int) -> dict[str, Any]:
     return PipelineSettings(
         name="bench", source="file", paths=(str(source),), table=table, max_rows=batch
     ).settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def config_text(

@@ -3,7 +3,7 @@
 :func:`start_embedded` starts the embedded endpoint (:mod:`chworkers.embedded`) as a
 child on the state directory, watched and restarted by its
 :class:`~chworkers.embedded.keeper.Keeper`. Its port is fixed before the first start
-(:func:`free_port` when none is configured), so the workers' URL is known at once and
+(:func:`~chworkers.freeport.free_port` when none is configured), so the workers' URL is known at once and
 stays valid across restarts of the child. :func:`once_serving` runs what would only
 knock on a closed port (the dispatcher, the table creator) once the child serves.
 """
@@ -11,19 +11,19 @@ knock on a closed port (the dispatcher, the table creator) once the child serves
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chworkers.daemon.clickhousesettings import ClickHouseSettings
+from chworkers.freeport import free_port
 from chworkers.ops.logs import LogSettings
 
 if TYPE_CHECKING:
     from chworkers.embedded.keeper import Keeper
 
-__all__ = ["free_port", "once_serving", "start_embedded"]
+__all__ = ["once_serving", "start_embedded"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,3 @@ def once_serving(keeper: Keeper | None, start: Callable[[], None]) -> None:
         start()
 
     threading.Thread(target=when_up, name="chworkers-await-clickhouse", daemon=True).start()
-
-
-def free_port(host: str) -> int:
-    """A port nobody listens on now, for the embedded child's first start."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
