@@ -11,8 +11,9 @@ that very port while the server was down: Linux may give such a connection the p
 it connects to, and it then talks to itself (TCP simultaneous open).
 
 :func:`free_port` therefore picks, at random, a port outside the ephemeral range that
-nothing listens on now; only when the range leaves no room (a tuned kernel) does it
-fall back to port 0.
+nothing listens on now, and :func:`bind_free` binds a server's socket to one (the
+embedded endpoint asked for port 0); only when the range leaves no room (a tuned
+kernel) do they fall back to port 0.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import socket
 from pathlib import Path
 
-__all__ = ["free_port"]
+__all__ = ["bind_free", "free_port"]
 
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST = 10000  # below: well-known and registered services more often listen
@@ -45,25 +46,24 @@ def _candidates() -> list[range]:
     return [span for span in spans if len(span) > 0]
 
 
-def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
-    with socket.socket(family) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing listens on now, outside the ephemeral range."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind_free(sock: socket.socket, host: str) -> int:
+    """Bind ``sock`` on ``host`` to a free port outside the ephemeral range (port 0
+    when none is found) and answer the port: for a server that binds at once."""
     spans = _candidates()
     weights = [len(span) for span in spans]
     for _ in range(_TRIES if spans else 0):
-        span = random.choices(spans, weights)[0]
-        port = random.choice(span)
-        if _bindable(family, host, port):
-            return port
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = random.choice(random.choices(spans, weights)[0])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    sock.bind((host, 0))
+    return int(sock.getsockname()[1])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on now, outside the ephemeral range: for
+    a server started later (another process)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        return bind_free(sock, host)

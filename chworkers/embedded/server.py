@@ -42,6 +42,7 @@ from chworkers.embedded.pool import ConnectionPool
 from chworkers.embedded.sessions import Sessions
 from chworkers.embedded.stats import EndpointStats
 from chworkers.errors import EmbeddedError
+from chworkers.freeport import bind_free
 from chworkers.http.framing import plain_response
 from chworkers.http.limits import HttpLimits
 from chworkers.http.watch import Closer, Deadlines
@@ -98,7 +99,10 @@ class EmbeddedServer:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, self.port))
+            if self.port:
+                listener.bind((self.host, self.port))
+            else:  # a port no client is given while the endpoint is down and restarted
+                bind_free(listener, self.host)
             listener.listen(self.limits.backlog)
         except OSError as exc:
             self._engine.close()

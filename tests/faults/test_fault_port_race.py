@@ -55,3 +55,17 @@ def test_a_kernel_without_room_outside_the_range_falls_back_to_port_0(
     assert 1024 <= port <= 65535
     with socket.socket() as server:
         server.bind(("127.0.0.1", port))
+
+
+def test_the_embedded_endpoint_asked_for_any_port_listens_outside_the_range(
+    tmp_path: Path,
+) -> None:
+    """Restarted on its port while clients knock on it, the endpoint must find it free."""
+    from chworkers.embedded import EmbeddedClickHouse
+
+    with EmbeddedClickHouse(tmp_path / "ch", port=0) as endpoint:
+        assert endpoint.port not in ephemeral()
+        first = endpoint.port
+        endpoint.stop()
+        endpoint.start()  # later starts keep the port
+        assert endpoint.port == first
