@@ -26,7 +26,13 @@ class EmbeddedSettings:
     """The embedded ClickHouse endpoint the daemon starts when ``url = "embedded"``."""
 
     host: str = setting("127.0.0.1", "Address the embedded endpoint listens on.")
-    port: int = setting(0, "Its port (0: any free port).", minimum=0, maximum=65535)
+    port: int = setting(
+        0,
+        "Its port (0: a free port outside the kernel's range for outgoing connections, kept "
+        "across restarts of the child).",
+        minimum=0,
+        maximum=65535,
+    )
     limits: HttpLimits = section(
         HttpLimits, "Connections, timeouts and the listen backlog of the embedded endpoint."
     )
