@@ -27,6 +27,7 @@ the entries of parts that never were), and are forgotten otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -44,6 +45,17 @@ FILE_NAME = "chworkers_async_dedup.log"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _WINDOW = re.compile(r"\bnon_replicated_deduplication_window\s*=\s*(\d+)")
 _REPLICATED_ASYNC_WINDOW = 10000  # replicated_deduplication_window (unified ids, 26.x)
+#: How session 7's endpoint named an entry: ``token:`` and the SHA-256 of its token, or
+#: ``data:`` and the SHA-256 of its format, a NUL and its bytes.
+_LEGACY = ("token:", "data:")
+
+
+def legacy_id(token: str, fmt: str, data: bytes) -> str:
+    """The id session 7's endpoint recorded for an entry (its files hold these, one a
+    line): what an entry is also looked up by in a table whose ids have some."""
+    if token:
+        return "token:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+    return "data:" + hashlib.sha256(fmt.encode() + b"\0" + data).hexdigest()
 
 
 def window(engine: str, engine_full: str) -> int:
@@ -66,6 +78,8 @@ class _TableIds:
         #: (block id, the flush that wrote it: '' if not known), oldest first.
         self.ids: deque[tuple[str, str]] = deque()
         self.known: dict[str, int] = {}
+        #: How many of ``ids`` are session 7's (:func:`legacy_id`).
+        self.legacy = 0
         self.lines = 0
         #: The flush between :meth:`AsyncDedup.begin` and its commit or abort.
         self.flushing: str | None = None
@@ -115,10 +129,14 @@ class _TableIds:
     def add(self, block_id: str, flush: str = "") -> None:
         self.ids.append((block_id, flush))
         self.known[block_id] = self.known.get(block_id, 0) + 1
+        if block_id.startswith(_LEGACY):
+            self.legacy += 1
 
     def trim(self, size: int) -> None:
         while len(self.ids) > size:
             old, _ = self.ids.popleft()
+            if old.startswith(_LEGACY):
+                self.legacy -= 1
             left = self.known[old] - 1
             if left:
                 self.known[old] = left
@@ -162,6 +180,7 @@ class _TableIds:
         if dropped:
             self.ids = deque()
             self.known = {}
+            self.legacy = 0
             for block_id, flush in kept:
                 self.add(block_id, flush)
         return dropped
@@ -223,14 +242,24 @@ class AsyncDedup:
         with self._lock:
             return len(self._tables)
 
-    def seen(self, storage: str, size: int, block_id: str) -> bool:
-        """Whether the table (its storage directory) has had ``block_id`` lately."""
+    def seen(
+        self,
+        storage: str,
+        size: int,
+        block_id: str,
+        legacy: Callable[[], str] | None = None,
+    ) -> bool:
+        """Whether the table (its storage directory) has had ``block_id`` lately, or
+        ``legacy()`` (the entry's :func:`legacy_id`, computed only if the table still
+        has ids session 7 recorded: an upgraded endpoint drops what it already had)."""
         if size <= 0:
             return False
         table = self._table(storage, size)
         with table.lock:
             table.trim(size)
-            return block_id in table.known
+            if block_id in table.known:
+                return True
+            return bool(table.legacy) and legacy is not None and legacy() in table.known
 
     def begin(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
         """Before a flush's part is written: its ids, pending under ``flush`` (the hash

@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ class Flusher:
             if size and (
                 block_id in in_flush
                 or (entry.token and block_id in synced)
-                or self.dedup.seen(storage, size, block_id)
+                or self.dedup.seen(storage, size, block_id, partial(entry.legacy_id, key.fmt))
             ):
                 log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
                 # Logged Ok, as the server does (its sink drops the rows); not parsed here.

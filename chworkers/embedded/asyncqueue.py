@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from chworkers.embedded import blockids
+from chworkers.embedded import asyncdedup, blockids
 from chworkers.embedded.exceptions import clickhouse_error
 from chworkers.errors import ServerError
 
@@ -92,6 +92,10 @@ class Entry:
         if self.token:
             return blockids.token_hash(self.token)
         return "data:" + hashlib.sha256(fmt.encode() + b"\0" + self.data).hexdigest()
+
+    def legacy_id(self, fmt: str) -> str:
+        """The id session 7's endpoint recorded for such an entry."""
+        return asyncdedup.legacy_id(self.token, fmt, self.data)
 
     @property
     def finished(self) -> bool:

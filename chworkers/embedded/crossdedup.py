@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from itertools import chain
 from typing import Any
 
 from chworkers.embedded import asyncflush, blockids, queries, sql, streaming, tablerisk
-from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asyncdedup import AsyncDedup, legacy_id
 from chworkers.embedded.asynctarget import targets
 from chworkers.embedded.queries import quote_ident
 from chworkers.embedded.request import QueryRequest
@@ -71,7 +72,12 @@ def duplicate(
         return False
     if not facts.window or not dedup.has_ids(facts.storage):
         return False
-    return dedup.seen(facts.storage, facts.window, blockids.token_hash(token))
+    return dedup.seen(
+        facts.storage,
+        facts.window,
+        blockids.token_hash(token),
+        partial(legacy_id, token, "", b""),
+    )
 
 
 def drop(
