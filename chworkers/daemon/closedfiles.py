@@ -20,6 +20,7 @@ __all__ = [
     "change_of",
     "find_moved",
     "fit_open_files",
+    "raise_open_files_limit",
     "to_park",
 ]
 
@@ -30,6 +31,10 @@ log = logging.getLogger("chworkers.daemon.sources")
 #: to its workers, ClickHouse connections) when the file sources' ``max_open_files`` are
 #: fitted within its ``ulimit -n`` (:func:`fit_open_files`).
 RESERVED_DESCRIPTORS = 64
+
+#: The most a daemon raises its soft ``RLIMIT_NOFILE`` to when its hard limit is
+#: unlimited (Linux's default ``fs.nr_open``).
+NOFILE_CEILING = 1 << 20
 
 
 @dataclasses.dataclass
@@ -112,14 +117,34 @@ def to_park(
     return park
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` (``ulimit -n``) to its hard one
+    (``ulimit -Hn``, systemd's ``LimitNOFILE=``), as a daemon that polls rather than
+    ``select()``s may: systemd's default soft limit is 1,024 under a hard one of 524,288,
+    and the soft one alone would make file sources take turns for descriptors. The soft
+    limit then (as it was when the system refuses)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.info("could not raise the open files limit (ulimit -n %d) to %d: %s", soft, target, exc)
+        return soft
+    log.info("open files limit (ulimit -n) raised from %d to %d, the hard limit", soft, target)
+    return target
+
+
 def fit_open_files(wanted: Mapping[str, int], soft_limit: int | None = None) -> dict[str, int]:
     """Each file source's ``max_open_files`` (``wanted``, by pipeline), lowered in
     proportion when together they would leave the daemon fewer than
-    :data:`RESERVED_DESCRIPTORS` of its soft ``RLIMIT_NOFILE`` (``soft_limit``; read from
-    the process when None), with a warning: better files taking turns than opens that
-    fail with "Too many open files" and take the daemon's own descriptors with them."""
+    :data:`RESERVED_DESCRIPTORS` of its soft ``RLIMIT_NOFILE`` (``soft_limit``; when None,
+    the process's, raised to its hard limit first: :func:`raise_open_files_limit`), with
+    a warning: better files taking turns than opens that fail with "Too many open files"
+    and take the daemon's own descriptors with them."""
     if soft_limit is None:
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        soft_limit = raise_open_files_limit()
     total = sum(wanted.values())
     if soft_limit == resource.RLIM_INFINITY or total + RESERVED_DESCRIPTORS <= soft_limit:
         return dict(wanted)
@@ -128,7 +153,7 @@ def fit_open_files(wanted: Mapping[str, int], soft_limit: int | None = None) -> 
     log.warning(
         "file sources: max_open_files add up to %d, more than ulimit -n (%d) leaves them "
         "beside the daemon's own %d descriptors; lowered to %s (raise LimitNOFILE or "
-        "ulimit -n, or lower max_open_files)",
+        "the hard ulimit -n, or lower max_open_files)",
         total,
         soft_limit,
         RESERVED_DESCRIPTORS,
