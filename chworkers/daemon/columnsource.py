@@ -88,6 +88,7 @@ class ColumnarFileSource(_Source):
         super().__init__(**kwargs)
         self.patterns = tuple(paths)
         self.checkpoints = checkpoints
+        checkpoints.load(self.name)  # at start: a positions file it cannot use stops it
         self.follow = follow
         self.poll_interval = poll_interval
         self.forgetting = Forgetting(

@@ -117,6 +117,9 @@ class FileSource(_Source, Tailing):
         #: The finished files that no matched path named at the last match: since when.
         self._unseen: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
+        # Read now, as the daemon starts: a positions file that cannot be used stops the
+        # start (exit code 3), not this source's thread once the daemon runs.
+        checkpoints.load(self.name)
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop

@@ -40,8 +40,9 @@ from pathlib import Path
 
 from chworkers.daemon.batchfile import fsync_directory, write_all
 from chworkers.daemon.statepaths import unusable
+from chworkers.errors import UnusablePathError
 
-__all__ = ["COMPACT_MIN_BYTES", "Position", "PositionsFile", "journal_record"]
+__all__ = ["COMPACT_MIN_BYTES", "Position", "PositionsFile", "damaged", "journal_record"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class PositionsFile:
         except FileNotFoundError:
             pass
         except (ValueError, AttributeError, TypeError) as exc:
-            log.error("checkpoint %s is unreadable (%s); starting over", self.pipeline, exc)
+            raise damaged(self.snapshot, self.pipeline, exc) from exc
         except OSError as exc:
             raise unusable("positions file", self.snapshot, exc, "read") from exc
         at = 0
@@ -201,6 +202,24 @@ class PositionsFile:
 
 
 _BASE = b"base "
+
+
+def damaged(snapshot: Path, pipeline: str, exc: Exception) -> UnusablePathError:
+    """The error of a snapshot that is not a positions snapshot (damaged on disk, edited
+    by hand; a save never leaves one half written: it is renamed into place once whole
+    and fsync'd). Starting without it would read every file of the pipeline again from
+    its start, every row inserted twice: the start is refused (exit code 3), and the
+    message says how to go on."""
+    return UnusablePathError(
+        f"the positions file {snapshot} of pipeline {pipeline!r} is damaged ({exc}): "
+        "started without it, the daemon would read every file of the pipeline again from "
+        "its start and insert its rows twice. Restore it from a backup; or, to read every "
+        f"file of the pipeline again from its start, move it away (and its journal, "
+        f"{snapshot.with_suffix('.journal').name}, which follows it)",
+        path=str(snapshot),
+        key="state_dir",
+        expected="the positions snapshot chworkers wrote (a JSON object: {path: position})",
+    )
 
 
 def _base_line(snapshot: bytes) -> bytes:
