@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chworkers.embedded import deduplog
+from chworkers.embedded import deduplog, swallowed
 from chworkers.embedded.exceptions import from_chdb
-from chworkers.errors import EmbeddedError
+from chworkers.errors import EmbeddedError, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class Engine:
         self.timezone: str = timezone
         #: Called for every connection opened (the endpoint counts them).
         self.on_connect: Callable[[], None] | None = None
+        # Asked at the first check that needs it (rarely: an error raised while a
+        # streaming insert ran), not at every start.
+        swallowed.probe_with(self._insert_ids_probe)
 
     def connect(self) -> Any:
         """A fresh connection (its own session context)."""
@@ -75,6 +78,21 @@ class Engine:
         if self.on_connect is not None:
             self.on_connect()
         return conn
+
+    def _insert_ids_probe(self) -> bool:
+        """:func:`chworkers.embedded.swallowed.learn_insert_ids`, on two connections of
+        its own."""
+        opened: list[Any] = []
+        try:
+            opened.append(self.connect())
+            opened.append(self.connect())
+            return swallowed.learn_insert_ids(opened[1], opened[0])
+        except ServerError:
+            log.warning("could not tell whether chDB keeps an insert's query id", exc_info=True)
+            return False
+        finally:
+            for conn in opened:
+                close_quietly(conn)
 
     def close(self) -> None:
         self._primary.close()

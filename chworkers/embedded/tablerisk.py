@@ -1,13 +1,16 @@
 """Which tables can make chDB's streaming insert swallow an error.
 
-chDB's streaming insert answers as if it succeeded when the table's sink throws at
-commit (:data:`chworkers.embedded.swallowed.SWALLOWED_CODES`, and any error of a
-materialized view), so after an insert the endpoint reads ``system.errors``: one more
-chDB query, as costly as the insert itself into a ``Memory`` or ``Null`` table. Only
-some tables can throw those: a MergeTree (too many parts, too many partitions), a table
-with a ``CONSTRAINT``, one with ``Nested`` arrays, one that materialized views read.
-This module tells, per table name, whether an insert into it needs the check, and
-remembers the answer until the next statement that may change a table.
+chDB's streaming insert answers as if it succeeded when the table's sink chain throws
+after the data is parsed (:mod:`chworkers.embedded.swallowed`), so after an insert the
+endpoint reads ``system.errors``: one more chDB query, as costly as the insert itself
+into a ``Memory`` or ``Null`` table. Only some tables can throw there: a MergeTree (too
+many parts, too many partitions, its keys' expressions), a table with a ``CONSTRAINT``,
+one with ``Nested`` arrays, one that materialized views read, and one with a column
+whose ``DEFAULT``, ``MATERIALIZED`` or ``EPHEMERAL`` expression is computed as the
+insert is written (unless it is a constant or ``now()`` and the like, which cannot
+throw: ClickHouse checks a constant against the column's type at CREATE). This module
+tells, per table name, whether an insert into it needs the check, and remembers the
+answer until the next statement that may change a table.
 
 A name with no database is looked up in every database: it is safe only if every table
 of that name is. Anything unknown (a table function, a name not found, a temporary
@@ -27,6 +30,21 @@ from chworkers.embedded.queries import quote_literal, run, sql_bytes
 
 #: Engines whose sink throws none of the swallowed codes on its own.
 _PLAIN_ENGINES = ("Memory", "Null", "Log", "TinyLog", "StripeLog", "Set", "Join")
+
+#: Column expressions computed as an insert is written (an ``ALIAS`` is computed when read).
+_COMPUTED_KINDS = ("DEFAULT", "MATERIALIZED", "EPHEMERAL")
+
+_STRING = r"'([^'\\]|\\.)*'"
+#: A column expression (as ``system.columns`` shows it) that cannot throw: a constant,
+#: ``now()``, a random or a new UUID, the type's default (an ``EPHEMERAL`` column's).
+HARMLESS_EXPRESSION = (
+    r"^("
+    r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?|" + _STRING + r"|NULL|true|false|\[\]|"
+    r"(now|today|yesterday|rand|rand32|rand64|randCanonical|generateUUIDv4|generateUUIDv7)"
+    r"\(\)|now(64)?\(([0-9]+(, *)?)?(" + _STRING + r")?\)|"
+    r"defaultValueOfTypeName\(" + _STRING + r"\)"
+    r")$"
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -103,17 +121,25 @@ def _ask(conn: Any, database: str | None, table: str) -> tuple[bool, bool]:
         where += f" AND database = {quote_literal(database)}"
         cols += f" AND database = {quote_literal(database)}"
     plain = ", ".join(quote_literal(e) for e in _PLAIN_ENGINES)
+    computed = ", ".join(quote_literal(k) for k in _COMPUTED_KINDS)
     res = run(
         conn,
         "SELECT count(), countIf(is_temporary OR engine NOT IN (" + plain + ") "
         "OR notEmpty(dependencies_table) OR position(create_table_query, ' CONSTRAINT ') > 0), "
         "countIf(match(create_table_query, '[ ,]async_insert = (1|true)([ ,]|$)')), "
-        "(SELECT count() FROM system.columns WHERE " + cols + " AND type LIKE 'Array(%' "
-        "AND position(name, '.') > 0) "
-        "FROM system.tables WHERE " + where,
+        # Nested arrays, and expressions that may throw.
+        "(SELECT countIf(type LIKE 'Array(%' AND position(name, '.') > 0) "
+        "+ countIf(default_kind IN ("
+        + computed
+        + ") AND NOT match(default_expression, "
+        + quote_literal(HARMLESS_EXPRESSION)
+        + ")) FROM system.columns WHERE "
+        + cols
+        + ") FROM system.tables WHERE "
+        + where,
     )
-    found, risky, queued, nested = (int(v) for v in res.bytes().decode().split())
-    return found == 0 or risky > 0 or nested > 0, queued > 0
+    found, risky, queued, columns = (int(v) for v in res.bytes().decode().split())
+    return found == 0 or risky > 0 or columns > 0, queued > 0
 
 
 #: The endpoint's one registry (chDB's tables are the process's).
