@@ -224,11 +224,11 @@ class SupervisorOptions:
         "MiB or more to a worker) kept for later tasks once theirs are done, for 30 s: "
         "they save a large batch its pages' allocation, but they are the supervisor's "
         "memory, charged to its cgroup (systemd's MemoryMax=) (none: 1/16 of the cgroup's "
-        "memory limit when one is set, at most 128 MiB; 0: keep none).",
+        "memory limit when one is set, at most 256 MiB; 0: keep none).",
         unit="bytes",
         minimum=0,
         reload=True,
-        shown="1/16 of the cgroup's memory limit, at most 128 MiB",
+        shown="1/16 of the cgroup's memory limit, at most 256 MiB",
     )
     max_task_crashes: int = setting(
         2,
