@@ -22,7 +22,11 @@ deduplication token, and a commit (or abort) mark after. A flush left pending by
 crash is resolved when its table is next used: its ids count if chDB's own log of the
 table holds the flush's token (the part was committed; the engine logs a block id
 before the part is renamed into place, and :mod:`chworkers.embedded.deduplog` drops
-the entries of parts that never were), and are forgotten otherwise.
+the entries of parts that never were), and are forgotten otherwise. A flush into
+several partitions (a part each, committed one by one) keeps its rows beside its ids
+until its last part (:func:`flush_file`): left pending with them, it is *unfinished*,
+its ids count, and :mod:`chworkers.embedded.asynccomplete` writes the partitions it
+had not.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: The ids' file, in the table's data directory.
 FILE_NAME = "chworkers_async_dedup.log"
+#: A flush's rows, kept beside it until its parts are all written (see :func:`flush_file`).
+_FLUSH_FILE = "chworkers_async_flush_{}.native"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _WINDOW = re.compile(r"\bnon_replicated_deduplication_window\s*=\s*(\d+)")
 _REPLICATED_ASYNC_WINDOW = 10000  # replicated_deduplication_window (unified ids, 26.x)
@@ -56,6 +62,28 @@ def legacy_id(token: str, fmt: str, data: bytes) -> str:
     if token:
         return "token:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
     return "data:" + hashlib.sha256(fmt.encode() + b"\0" + data).hexdigest()
+
+
+def flush_token(flush_id: str) -> str:
+    """The deduplication token of the flush ``flush_id``'s insert (its hash, in chDB's
+    log of the table, names the flush's parts)."""
+    return f"chworkers-async-flush-{flush_id}"
+
+
+def flush_file(table_dir: Path, flush_id: str) -> Path:
+    """Where a flush into several partitions keeps its rows (``Native``, as chDB wrote
+    them) from before its first part until its last: a flush killed between its parts
+    is completed from it at the next start, with its token (:func:`flush_token`)."""
+    return table_dir / _FLUSH_FILE.format(flush_id)
+
+
+def flush_files(table_dir: Path) -> dict[str, Path]:
+    """The flush files in a table's directory, by flush (its token's hash)."""
+    prefix, suffix = _FLUSH_FILE.split("{}")
+    return {
+        blockids.token_hash(flush_token(path.name[len(prefix) : -len(suffix)])): path
+        for path in table_dir.glob(_FLUSH_FILE.format("*"))
+    }
 
 
 def window(engine: str, engine_full: str) -> int:
@@ -85,6 +113,13 @@ class _TableIds:
         self.flushing: str | None = None
         #: Flushes a crash left pending, resolved on load: the file needs a rewrite.
         self.resolved = 0
+        #: Flushes whose parts are not all written yet, their rows in a flush file
+        #: (:func:`flush_file`): their ids count, and stay pending on disk until
+        #: :meth:`AsyncDedup.commit`.
+        self.unfinished: set[str] = set()
+        #: The flush files there are (:func:`flush_file`), by flush.
+        self.files: dict[str, Path] = {}
+        self.table_dir = table_dir
         if path.exists():
             self._load(table_dir, size)
 
@@ -107,7 +142,20 @@ class _TableIds:
         if not pending:
             return
         live = blockids.live_hashes(table_dir, size) if table_dir is not None else set()
+        files = flush_files(table_dir) if table_dir is not None else {}
         for flush, block_ids in pending.items():
+            if flush in files:
+                self.files[flush] = files[flush]
+                log.warning(
+                    "%s: a flush of %d asynchronous inserts into several partitions was "
+                    "stopped before its last part: it is completed from its rows",
+                    self.path,
+                    len(block_ids),
+                )
+                for block_id in block_ids:
+                    self.add(block_id, flush)
+                self.unfinished.add(flush)
+                continue
             if flush in live:
                 log.warning(
                     "%s: a flush of %d asynchronous inserts was written before the endpoint "
@@ -158,11 +206,11 @@ class _TableIds:
         lines: list[str] = []
         last = ""
         for block_id, flush in self.ids:
-            if last and flush != last:
+            if last and flush != last and last not in self.unfinished:
                 lines.append(f"C\t{last}")
             lines.append(f"P\t{flush}\t{block_id}" if flush else block_id)
             last = flush
-        if last:
+        if last and last not in self.unfinished:
             lines.append(f"C\t{last}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -261,18 +309,47 @@ class AsyncDedup:
                 return True
             return bool(table.legacy) and legacy is not None and legacy() in table.known
 
-    def begin(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
+    def begin(
+        self,
+        storage: str,
+        size: int,
+        flush: str,
+        block_ids: list[str],
+        rows: tuple[str, bytes] | None = None,
+    ) -> None:
         """Before a flush's part is written: its ids, pending under ``flush`` (the hash
-        of its insert's deduplication token); on disk when this returns."""
+        of its insert's deduplication token), and before them ``rows`` (a flush into
+        several partitions: its id and its rows in ``Native``, see :func:`flush_file`);
+        on disk when this returns."""
         if size <= 0 or not block_ids:
             return
         table = self._table(storage, size)
         with table.lock:
+            if rows is not None and table.table_dir is not None:
+                path = flush_file(table.table_dir, rows[0])
+                _write_synced(path, rows[1])
+                table.files[flush] = path
             table.append([f"P\t{flush}\t{b}" for b in block_ids], sync=True)
             table.flushing = flush
 
-    def commit(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
-        """The flush's part is written: its ids count from now on."""
+    def unfinished(self, storage: str, size: int) -> list[tuple[str, Path]]:
+        """The table's flushes whose parts are not all written (their ids count), and
+        their flush files."""
+        if size <= 0:
+            return []
+        table = self._table(storage, size)
+        with table.lock:
+            return sorted((f, table.files[f]) for f in table.unfinished if f in table.files)
+
+    def has_rows(self, storage: str, size: int, flush: str) -> bool:
+        """Whether the flush kept its rows (it writes several partitions)."""
+        table = self._table(storage, size)
+        with table.lock:
+            return flush in table.files
+
+    def unfinish(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
+        """The flush's insert failed after some of its parts: its ids count from now on,
+        and it stays pending on disk (with its rows) until it is completed."""
         if size <= 0 or not block_ids:
             return
         table = self._table(storage, size)
@@ -280,14 +357,32 @@ class AsyncDedup:
             self._with_ids.add(str(table.path))
         with table.lock:
             table.flushing = None
-            for block_id in block_ids:
-                table.add(block_id, flush)
+            if flush not in table.unfinished:
+                table.unfinished.add(flush)
+                for block_id in block_ids:
+                    table.add(block_id, flush)
+
+    def commit(self, storage: str, size: int, flush: str, block_ids: list[str]) -> None:
+        """The flush's parts are written: its ids count from now on."""
+        if size <= 0:
+            return
+        table = self._table(storage, size)
+        with self._lock:
+            self._with_ids.add(str(table.path))
+        with table.lock:
+            table.flushing = None
+            if flush in table.unfinished:  # its ids were counted already
+                table.unfinished.discard(flush)
+            else:
+                for block_id in block_ids:
+                    table.add(block_id, flush)
             table.trim(size)
             if table.lines + 1 > 3 * size + 100:
                 table.rewrite()
             else:
                 # Not fsync'd: lost, the flush is resolved from chDB's log at start.
                 table.append([f"C\t{flush}"], sync=False)
+            _unlink(table.files.pop(flush, None))
 
     def abort(self, storage: str, size: int, flush: str) -> None:
         """The flush's insert failed: its pending ids never count."""
@@ -298,6 +393,7 @@ class AsyncDedup:
             if table.flushing == flush:
                 table.flushing = None
                 table.append([f"A\t{flush}"], sync=False)
+                _unlink(table.files.pop(flush, None))
 
     def release_dropped(self, storage: str, size: int) -> int:
         """Forget the ids of flushes whose parts were all dropped since (``ALTER TABLE
@@ -327,6 +423,10 @@ class AsyncDedup:
                 path.unlink(missing_ok=True)
         else:
             path.unlink(missing_ok=True)
+        table_dir = Path(storage)
+        if table_dir.is_absolute():  # an unfinished flush's rows went with the rest
+            for rows in flush_files(table_dir).values():
+                rows.unlink(missing_ok=True)
 
     def forget(self, keep: Callable[[str], bool]) -> int:
         """Drop from memory the tables ``keep`` refuses (tables dropped: their files go
@@ -360,3 +460,18 @@ class AsyncDedup:
                 old.unlink()
                 deleted += 1
         return deleted
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` (whole, fsync'd) or does not exist."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _unlink(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.embedded import blockids, queries, sql, streaming, tablerisk
-from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asynccomplete import (
+    LOGGED_SETTINGS,
+    complete_unfinished,
+    one_block,
+    rows_to_keep,
+    test_hook,
+)
+from chworkers.embedded.asyncdedup import AsyncDedup, flush_token
 from chworkers.embedded.asynclog import AsyncInsertLog, Row
 from chworkers.embedded.asyncqueue import Entry, Key, Limits
 from chworkers.embedded.asynctarget import Target, targets
@@ -49,11 +56,6 @@ _FLUSH_SETTINGS = {
     "insert_deduplicate": "0",
     "deduplicate_insert": "disable",
     "deduplicate_insert_select": "disable",
-}
-_FLUSH_SETTINGS_LOGGED = {
-    "insert_deduplicate": "1",
-    "deduplicate_insert": "enable",
-    "deduplicate_insert_select": "enable_even_for_bad_queries",
 }
 #: A test hook, off by default: set to 1 in the endpoint's environment, the process
 #: kills itself (SIGKILL) right after a flush's part is written, before its ids are
@@ -95,15 +97,6 @@ def qualified(database: str, statement: str) -> tuple[str, str]:
     if target is None:
         raise ValueError(f"not an INSERT into a table: {statement!r}")
     return target[0] or database or "default", target[1]
-
-
-def _one_block(rows: int) -> dict[str, str]:
-    return {
-        "max_insert_block_size": str(rows),
-        "min_insert_block_size_rows": str(rows),
-        "min_insert_block_size_bytes": "0",
-        "max_block_size": str(max(rows, 1)),
-    }
 
 
 class Flusher:
@@ -178,6 +171,8 @@ class Flusher:
         _, columns, clause = split(key.statement)
         facts = targets.get(conn, database, table)
         storage, size = (facts.storage, facts.window) if limits.deduplicate else ("", 0)
+        if facts.window:  # a flush a failure left unfinished: completed first
+            complete_unfinished(conn, self.dedup, facts)
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
         check = facts.create_staging(conn, tmp)
         cols = f" ({columns})" if columns is not None else ""
@@ -248,26 +243,67 @@ class Flusher:
         """The flush's one insert, its entries' ids recorded around it."""
         # One block, as the server writes a flush's one chunk: one part per
         # partition, and refused whole (too many partitions) or written whole.
-        settings = _one_block(rows)
-        token = f"chworkers-async-flush-{flush_id}"
+        settings = one_block(rows)
+        token = flush_token(flush_id)
         flush = blockids.token_hash(token)
-        if size:
-            settings.update(_FLUSH_SETTINGS_LOGGED, insert_deduplication_token=token)
-            self.dedup.begin(facts.storage, size, flush, ids)
-        queries.apply_settings(conn, settings)
         # The temporary table computed every default as the target would (from
         # the columns each entry sent, EPHEMERAL ones included): its stored
         # columns go into the target's as they are.
         names = ", ".join(quote_ident(c) for c in facts.stored)
         target = f"{quote_ident(facts.database)}.{quote_ident(facts.table)}"
+        insert = f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}"
+        if size:
+            settings.update(LOGGED_SETTINGS, insert_deduplication_token=token)
+        queries.apply_settings(conn, settings)
+        if size:
+            kept = rows_to_keep(conn, facts, tmp, flush_id)
+            self.dedup.begin(facts.storage, size, flush, ids, kept)
+            test_hook(facts.storage)
         try:
-            queries.run(conn, f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}")
+            queries.run(conn, insert)
+        except ServerError as err:
+            if size and flush in _live(facts, size):
+                self._written_in_part(conn, facts, size, flush, ids, err)
+            else:
+                self.dedup.abort(facts.storage, size, flush)
+            raise
         except BaseException:
             self.dedup.abort(facts.storage, size, flush)
             raise
         if os.environ.get(CRASH_AFTER_PART_ENV) == "1":
             os.kill(os.getpid(), signal.SIGKILL)
         self.dedup.commit(facts.storage, size, flush, ids)
+
+    def _written_in_part(
+        self,
+        conn: Any,
+        facts: Target,
+        size: int,
+        flush: str,
+        ids: list[str],
+        err: ServerError,
+    ) -> None:
+        """The flush's insert failed after some of its parts (a part per partition,
+        committed one by one, or a materialized view after them): its ids count, its
+        clients get ``err`` and their retries are dropped, and the partitions not
+        written are written now from its rows (or at the next flush, or start)."""
+        log.warning(
+            "%s.%s: a flush of asynchronous inserts failed after writing (some of) its "
+            "parts, its inserts count as written: %s",
+            facts.database,
+            facts.table,
+            err.message,
+        )
+        if not self.dedup.has_rows(facts.storage, size, flush):  # one part: it is there
+            self.dedup.commit(facts.storage, size, flush, ids)
+            return
+        self.dedup.unfinish(facts.storage, size, flush, ids)
+        complete_unfinished(conn, self.dedup, facts)
+
+
+def _live(facts: Target, size: int) -> set[str]:
+    table_dir = Path(facts.storage)
+    return blockids.live_hashes(table_dir, size) if table_dir.is_absolute() else set()
 
 
 def _row(key: Key, entry: Entry, rows: int, status: str = "Ok", exception: str = "") -> Row:

@@ -61,6 +61,8 @@ class Target:
     #: How many recent block ids it keeps (0: it does not deduplicate).
     window: int
     columns: tuple[Column, ...]
+    #: Its ``PARTITION BY`` expression ('' without one: one partition).
+    partition_key: str = ""
 
     @property
     def stored(self) -> list[str]:
@@ -104,7 +106,7 @@ class Targets:
             return known[1]
         res = queries.run(
             conn,
-            "SELECT engine, engine_full, data_paths[1] FROM system.tables "
+            "SELECT engine, engine_full, data_paths[1], partition_key FROM system.tables "
             "WHERE database = {db:String} AND name = {t:String}",
             "JSONCompactEachRow",
             {"db": database, "t": table},
@@ -112,7 +114,7 @@ class Targets:
         line = res.bytes().strip()
         if not line:
             raise unknown_table(database, table)
-        engine, engine_full, path = json.loads(line.splitlines()[0])
+        engine, engine_full, path, partition_key = json.loads(line.splitlines()[0])
         res = queries.run(
             conn,
             f"DESCRIBE TABLE {quote_ident(database)}.{quote_ident(table)}",
@@ -125,6 +127,7 @@ class Targets:
             storage=str(path) or f"{database}.{table}",
             window=window(str(engine), str(engine_full)),
             columns=tuple(Column(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in described),
+            partition_key=str(partition_key or ""),
         )
         with self._lock:
             if len(self._known) > 10_000:

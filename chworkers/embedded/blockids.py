@@ -124,6 +124,23 @@ def live_hashes(table_dir: Path, window: int) -> set[str]:
     return {_hash_of(block_id) for block_id in live}
 
 
+def live_partitions(table_dir: Path, window: int, hash_: str) -> set[str]:
+    """The partitions whose block id ``<partition>_<hash_>`` chDB's log of the table
+    holds now (added, not dropped since, within the last ``window``): those an insert
+    with that hash wrote."""
+    live: OrderedDict[str, None] = OrderedDict()
+    for op, block_id in _records(table_dir):
+        if op == "1":
+            live[block_id] = None
+            live.move_to_end(block_id)
+            while len(live) > window > 0:
+                live.popitem(last=False)
+        else:
+            live.pop(block_id, None)
+    suffix = "_" + hash_
+    return {b[: -len(suffix)] for b in live if b.endswith(suffix)}
+
+
 def dropped_hashes(table_dir: Path) -> set[str]:
     """The ``<lo>_<hi>`` whose every block id in chDB's log of the table was dropped
     (a part of it was, and none is left): the inserts whose parts are all gone."""

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from chworkers.embedded.asynccomplete import complete_at_start
 from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asyncflush import Flusher
 from chworkers.embedded.asynclog import AsyncInsertLog
@@ -144,6 +145,9 @@ class EmbeddedServer:
         dedup = AsyncDedup(self.path / "chworkers_async_dedup")
         dropped = dedup.migrate(self.path / "store")
         dedup.scan(self.path / "store")
+        completed = complete_at_start(self._engine, dedup)
+        if completed:
+            log.warning("completed %d unfinished flushes of asynchronous inserts", completed)
         if dropped:
             log.info("deleted the asynchronous inserts' ids of %d dropped tables", dropped)
         self._insert_log = AsyncInsertLog(self._engine, self.path)
