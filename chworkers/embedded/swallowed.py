@@ -167,5 +167,16 @@ def swallowed_error(conn: Any, before: dict[int, int], since: int) -> ServerErro
         if not (ours and ids) and foreign:
             continue
         name, message = (base64.b64decode(f).decode("utf-8", "replace") for f in fields[1:3])
+        if not (ours and ids):  # say so: the message may be another query's
+            message += f" ({_unsure(rose[code], ids)}, so it is not answered as written)"
         return from_chdb(RuntimeError(f"Code: {code}. DB::Exception: {message}. ({name})"))
     return None
+
+
+def _unsure(times: int, ids: bool) -> str:
+    if not ids:
+        return "raised while this INSERT ran; chDB does not tell which query raised it"
+    return (
+        f"raised {times} times while this INSERT ran, the last by another query; this "
+        "INSERT's own failure may be among them"
+    )
