@@ -40,7 +40,9 @@ from chworkers.daemon.brokers.natslink import ACK
 from chworkers.daemon.brokers.options import NatsSourceSettings
 
 #: (name, stream storage, acknowledgements: explicit, memory (explicit, the consumer's
-#: state in memory) or none, the producer's Nats-Msg-Id header)
+#: state in memory), none, all (AckAll: the last message of each pull acknowledged,
+#: which acknowledges every message before it) or empty (explicit, each acknowledgement
+#: an empty message instead of ``+ACK``), the producer's Nats-Msg-Id header)
 VARIANTS = [
     ("file store, explicit acks, msg-id header (the benchmark's)", "file", "explicit", True),
     ("file store, explicit acks, no header", "file", "explicit", False),
@@ -52,6 +54,8 @@ VARIANTS = [
         True,
     ),
     ("file store, no acks (AckNone: loses what a crash held)", "file", "none", True),
+    ("file store, AckAll: one ack per pull (unsafe with several daemons)", "file", "all", True),
+    ("file store, explicit acks with an empty payload", "file", "empty", True),
 ]
 
 
@@ -78,8 +82,9 @@ async def read(
     url: str, messages: int, policy: str, pull: int, pid: int, profile: tuple[int, float]
 ) -> tuple[float, float]:
     """Read every message (acknowledging each, unless ``policy`` is none; ``memory``:
-    the consumer keeps its state in memory): nats-server's and this thread's CPU
-    seconds meanwhile."""
+    the consumer keeps its state in memory; ``all``: only each pull's last message,
+    with AckAll; ``empty``: each with an empty payload): nats-server's and this thread's
+    CPU seconds meanwhile."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     options = NatsSourceSettings(url=url, stream="bench")
@@ -87,9 +92,10 @@ async def read(
     acks = await connect(options, "bench", name="bench acks")
     js = client.jetstream()
     ack = policy != "none"
+    kind = {"none": AckPolicy.NONE, "all": AckPolicy.ALL}.get(policy, AckPolicy.EXPLICIT)
     config = ConsumerConfig(
         durable_name="c",
-        ack_policy=AckPolicy.EXPLICIT if ack else AckPolicy.NONE,
+        ack_policy=kind,
         max_ack_pending=-1,
         mem_storage=True if policy == "memory" else None,
     )
@@ -102,10 +108,15 @@ async def read(
         profiling.start()
     got = 0
     while got < messages:
-        for replies, _payloads, _sent in await consumer.pull(pull, 1.0):
+        runs = await consumer.pull(pull, 1.0)
+        for replies, _payloads, _sent, _seqs in runs:
             got += len(replies)
+            if policy == "all":
+                continue
             if ack:
-                await consumer.send(replies, ACK)
+                await consumer.send(replies, b"" if policy == "empty" else ACK)
+        if policy == "all" and runs:
+            await consumer.send([runs[-1][0][-1]], ACK)
     await acks.flush()
     used = tree_cpu(pid) - server, time.thread_time() - own
     if profile[0]:
@@ -130,6 +141,12 @@ def main() -> None:
     parser.add_argument("--pull", type=int, default=5000, help="messages per pull")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--gogc",
+        default="",
+        help="nats-server's GOGC (Go's garbage collector: collect when the heap grew by "
+        "this percentage; 100 by default), for every variant",
+    )
+    parser.add_argument(
         "--variants", default="", help="which variants, by number from 1 (default: all)"
     )
     parser.add_argument(
@@ -141,6 +158,8 @@ def main() -> None:
         "(its --profile port; give it messages enough to last that long)",
     )
     args = parser.parse_args()
+    if args.gogc:
+        os.environ["GOGC"] = args.gogc  # the servers' processes inherit it
     wanted = {int(v) for v in args.variants.split(",") if v.strip()}
     variants = [v for n, v in enumerate(VARIANTS, 1) if not wanted or n in wanted]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
