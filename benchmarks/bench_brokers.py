@@ -87,11 +87,19 @@ def run_source(
     r: int,
     profile: str = "",
     spy_too: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> Measured:
-    db = fresh_database(ch, f"bench_{broker.name}_{r}")
+    """``extra``: more of the source's settings (its consumer named apart)."""
+    label = "_".join(f"{k}_{v}" for k, v in (extra or {}).items())
+    db = fresh_database(
+        ch, f"bench_{broker.name}_{label}_{r}" if label else f"bench_{broker.name}_{r}"
+    )
     pipeline = {"name": broker.name, "source": broker.name, **PIPELINE}
-    work = tmp / f"{broker.name}-{r}"
-    config = toml(work / "state", f"{ch.url}/{db}", pipeline, (broker.name, broker.source(r)))
+    work = tmp / f"{broker.name}-{label}-{r}"
+    options = broker.source(r)
+    if extra:
+        options = {**options, **extra, "consumer": f"{options['consumer']}-{label}"}
+    config = toml(work / "state", f"{ch.url}/{db}", pipeline, (broker.name, options))
     d = Daemon(work, config)
     d.start()
     assert d.proc is not None and ch.pid is not None
@@ -104,7 +112,7 @@ def run_source(
         # row, divided by all the rows: counted from the first row in ClickHouse (as the
         # rate is), the batches read ahead before it (up to max_batches) would be left out.
         deadline = time.monotonic() + 120
-        while not broker.reading(r):
+        while not broker.reading(r, f"-{label}" if label else ""):
             if time.monotonic() > deadline:
                 raise SystemExit(f"the {broker.name} source did not start reading")
             time.sleep(0.01)
@@ -205,9 +213,18 @@ def throughput(args: argparse.Namespace, ch: EmbeddedClickHouse, tmp: Path) -> N
             "file source": lambda r: run_file(ch, tmp, total, data, r),
             source: lambda r: run_source(ch, tmp, broker, total, r, args.profile, args.py_spy),
             "plain loop": lambda r: run_plain(ch, broker, total, r),
+            # The NATS source with ack_policy = "all" (one +ACK per settled prefix).
+            "ackall source": lambda r: run_source(
+                ch, tmp, broker, total, r, args.profile, args.py_spy, {"ack_policy": "all"}
+            ),
         }
         wanted = [p.strip() for p in args.paths.split(",")]
-        names = {"file": "file source", "source": source, "plain": "plain loop"}
+        names = {
+            "file": "file source",
+            "source": source,
+            "ackall": "ackall source",
+            "plain": "plain loop",
+        }
         results: dict[str, list[Measured]] = {names[w]: [] for w in names if w in wanted}
         for r in range(args.rounds):
             for name in results:
@@ -364,6 +381,12 @@ def main() -> None:
     parser.add_argument("--claim-idle", type=float, default=5.0, help="redis: claim_idle")
     parser.add_argument("--ack-wait", type=float, default=5.0, help="nats: ack_wait")
     parser.add_argument(
+        "--ack-policy",
+        choices=("explicit", "all"),
+        default="explicit",
+        help="nats scale: ack_policy",
+    )
+    parser.add_argument(
         "--broker-restart",
         "--redis-restart",
         action="store_true",
@@ -375,7 +398,8 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         default="file,source,plain",
-        help="throughput: which of file, source, plain to run (comma-separated)",
+        help="throughput: which of file, source, plain, ackall (nats: the source with "
+        "ack_policy = all) to run (comma-separated)",
     )
     parser.add_argument(
         "--profile",

@@ -42,9 +42,10 @@ class Broker:
         """The plain loop of round ``r``: read, insert with ``client``, acknowledge after
         the insert, until ``total`` rows are in; ``ready`` once it is set up."""
 
-    def reading(self, r: int) -> bool:
+    def reading(self, r: int, suffix: str = "") -> bool:
         """Whether the source of throughput round ``r`` began reading (its group or
-        consumer is there)."""
+        consumer is there; ``suffix``: after the consumer's name, for a source with
+        other settings)."""
         raise NotImplementedError
 
     def scale_source(self, args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class Redis(Broker):
     def source(self, r: int) -> dict[str, Any]:
         return {"url": self.url, "stream": STREAM, "group": f"g{r}", "fetch_count": 10_000}
 
-    def reading(self, r: int) -> bool:
+    def reading(self, r: int, suffix: str = "") -> bool:
         if not self.client.exists(STREAM):
             return False
         names = {f"g{r}", f"g{r}".encode()}
@@ -214,12 +215,12 @@ class Nats(Broker):
     def source(self, r: int) -> dict[str, Any]:
         return {"url": self.url, "stream": STREAM, "consumer": f"c{r}", "fetch_count": 10_000}
 
-    def reading(self, r: int) -> bool:
+    def reading(self, r: int, suffix: str = "") -> bool:
         async def work(client: Any) -> bool:
             import nats.js.errors
 
             try:
-                await client.jetstream().consumer_info(STREAM, f"c{r}")
+                await client.jetstream().consumer_info(STREAM, f"c{r}{suffix}")
             except nats.js.errors.NotFoundError:
                 return False
             return True
@@ -253,7 +254,13 @@ class Nats(Broker):
         self.server.run(work)
 
     def scale_source(self, args: argparse.Namespace) -> dict[str, Any]:
-        return {"url": self.url, "stream": STREAM, "fetch_count": 5000, "ack_wait": args.ack_wait}
+        return {
+            "url": self.url,
+            "stream": STREAM,
+            "fetch_count": 5000,
+            "ack_wait": args.ack_wait,
+            "ack_policy": args.ack_policy,
+        }
 
     def held_by(self, daemon: Daemon) -> int:
         """The highest stream sequence of the batches the daemon wrote manifests for whose
