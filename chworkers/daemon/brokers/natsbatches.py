@@ -19,7 +19,8 @@ from chworkers.daemon.brokers.assembly import RUN, Assembly, Message, Poison
 from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.natsconsumer import Pulled
 from chworkers.daemon.brokers.natslink import ACK, TERM, NatsLink
-from chworkers.daemon.brokers.natsmanifests import Manifest, in_order
+from chworkers.daemon.brokers.natsmanifests import Manifest, Registry, in_order
+from chworkers.daemon.brokers.natsprefix import SettledAcks
 from chworkers.daemon.brokers.natsreplies import delivery, sequences
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.brokers.trouble import Trouble
@@ -85,6 +86,10 @@ class NatsBatching(SourceParts):
         #: token -> the ranges of the manifest just written for a batch this source
         #: made (its ids': found once, for the manifest and the batch's meta).
         self._ranges: dict[str, list[list[int]]] = {}
+        #: ack_policy = "all": messages are acknowledged as a settled prefix
+        #: (natsprefix.py), never one by one; poison is settled, not terminated.
+        self._all = options.ack_policy == "all"
+        self._settled = SettledAcks(f"source {self.name}")
 
     def _take_in(self, pulled: list[Pulled]) -> None:
         """Pulled messages into batches: new ones into the batch in the making, then
@@ -219,9 +224,12 @@ class NatsBatching(SourceParts):
         replies = held.replies  # in the batch's order
         if not batch.ids:
             return "", batch, [], False, 0.0
-        if not batch.rows:
-            self.link.send(replies, ACK)  # nothing to insert: empty messages
-            self._acked(len(replies))
+        if not batch.rows:  # nothing to insert: empty messages
+            if self._all:
+                self._settle(batch.ids, replies)
+            else:
+                self.link.send(replies, ACK)
+                self._acked(len(replies))
             return "", batch, [], False, 0.0
         # Room for the manifest's write (compare-and-set, maybe retried) before the deadline.
         margin = self.options.ack_wait / 8
@@ -236,7 +244,8 @@ class NatsBatching(SourceParts):
             return "", batch, [], False, 0.0
         ids, ranges = in_order(batch.ids)
         token = broker_token("nats", self.stream, self.consumer, ids)
-        manifest = Manifest(token, ranges, time.time(), self.label)
+        acks = end_acks(batch.ids, replies, ranges) if self._all else []
+        manifest = Manifest(token, ranges, time.time(), self.label, acks=acks)
         conflicts = self.link.call(self.link.manifests().register(manifest, self._floor))
         if conflicts:
             # Some of these messages are in another daemon's manifest (it held them
@@ -286,8 +295,11 @@ class NatsBatching(SourceParts):
                 held = self._inflight.pop(token, [])
                 self._since.pop(token, None)
                 self._room.notify_all()
-            self.link.send(held, ACK)
-            self.link.call(self.link.manifests().mark_done(token, self._floor))
+            if not self._all:
+                self.link.send(held, ACK)
+            registry = self.link.call(self.link.manifests().mark_done(token, self._floor))
+            if self._all:
+                self._advance(registry)
             self._acked(len(held))
             return
         # Its sequences: to write its manifest again if it expired (NatsSource.still_open).
@@ -315,9 +327,15 @@ class NatsBatching(SourceParts):
         done); the others are batched anew. Returns the batches to submit."""
         if count and self.metrics is not None:
             self.metrics.broker_redeliveries.labels(pipeline=self.name).inc(len(messages))
-        keep = [m for m in messages if not self._too_often(m, replies)]
         registry = self.link.call(self.link.manifests().load())
-        owners = registry.owners(int(m.id) for m in keep)
+        owners = registry.owners(int(m.id) for m in messages)
+        # Settled messages come back until the prefix passes them (ack_policy = "all"):
+        # their deliveries are no reason to give up on them.
+        settled = {
+            m.id for m in messages if self._all and getattr(owners.get(int(m.id)), "done", False)
+        }
+        keep = [m for m in messages if m.id in settled or not self._too_often(m, replies)]
+        again: dict[int, str] = {}  # settled messages' fresh acknowledgement subjects
         fresh: list[Message] = []
         groups: dict[str, tuple[Manifest, list[Message]]] = {}
         for message in keep:
@@ -330,6 +348,9 @@ class NatsBatching(SourceParts):
         rebuild: list[Manifest] = []
         for token, (manifest, held) in groups.items():
             mine = [replies[m.id] for m in held]
+            if manifest.done and self._all:
+                again.update((int(m.id), replies[m.id].decode()) for m in held)
+                continue
             if manifest.done:
                 self.link.send(mine, ACK)  # inserted already: nothing to rebuild
                 self._acked(len(mine))
@@ -339,6 +360,9 @@ class NatsBatching(SourceParts):
                     rebuild.append(manifest)
                 # Held from now: in-progress notes keep them while the batch is rebuilt.
                 self._hold(token, mine, deadline - self.options.ack_wait)
+        if again:  # inserted already: acknowledged with the prefix they are in
+            self._advance(registry, again)
+            self._acked(len(again))
         if fresh:
             self._assembly.mixed = True
             ready += self._take_framed(
@@ -382,14 +406,47 @@ class NatsBatching(SourceParts):
     # -- poison, acknowledgements ----------------------------------------------------------
 
     def _poison(self, poison: list[Poison], replies: dict[str, bytes]) -> None:
-        """Dead-letter poison messages, then terminate them: never redelivered."""
+        """Dead-letter poison messages, then terminate them: never redelivered (with
+        ``ack_policy = "all"`` a +TERM would acknowledge every message before it too:
+        they are settled instead, and acknowledged with the prefix)."""
         self._dead_letter(poison, "")
+        if self._all:
+            ids = [p.message.id for p in poison]
+            self._settle(ids, [replies[i] for i in ids])
+            return
         self.link.send([replies[p.message.id] for p in poison], TERM)
         self._acked(len(poison))
+
+    # -- ack_policy = "all" ------------------------------------------------------------------
+
+    def _advance(self, registry: Registry, fresh: dict[int, str] | None = None) -> None:
+        """Acknowledge the settled prefix of ``registry`` (natsprefix.py)."""
+        floor = self.link.call(self._settled.advance(self.link.wire(), registry, fresh))
+        self._floor = max(self._floor, floor)
+
+    def _settle(self, ids: list[str], replies: list[bytes]) -> None:
+        """Messages that go into no insert (dead-lettered, empty), written as a done
+        manifest of their own: settled, acknowledged with the prefix."""
+        ordered, ranges = in_order(ids)
+        token = broker_token("nats-settled", self.stream, self.consumer, ordered)
+        manifest = Manifest(
+            token, ranges, time.time(), self.label, acks=end_acks(ids, replies, ranges)
+        )
+        self._advance(self.link.call(self.link.manifests().settle(manifest, self._floor)))
+        self._acked(len(ids))
 
     def _acked(self, count: int) -> None:
         if self.metrics is not None and count:
             self.metrics.broker_acked.labels(pipeline=self.name).inc(count)
 
 
-__all__ = ["Held", "NatsBatching", "Ready"]
+def end_acks(ids: list[str], replies: list[bytes], ranges: list[list[int]]) -> list[str]:
+    """The acknowledgement subject of each range's last message (``ids`` and
+    ``replies``: a batch's messages, in the same order)."""
+    if len(ranges) == 1 and ids and ids[-1] == str(ranges[0][1]):
+        return [replies[-1].decode()]  # one pull's messages in order: the usual batch
+    at = dict(zip(ids, replies, strict=True))
+    return [at[str(last)].decode() if str(last) in at else "" for _, last in ranges]
+
+
+__all__ = ["Held", "NatsBatching", "Ready", "end_acks"]

@@ -268,7 +268,8 @@ async def consumer_ready(js: JetStreamContext, options: NatsSourceSettings, wher
     api = nats.js.api
     config = api.ConsumerConfig(
         durable_name=options.consumer,
-        ack_policy=api.AckPolicy.EXPLICIT,
+        # "all": one +ACK acknowledges every message up to it (natsprefix.py).
+        ack_policy=api.AckPolicy.ALL if options.ack_policy == "all" else api.AckPolicy.EXPLICIT,
         ack_wait=options.ack_wait,
         # The daemon dead-letters and terminates a message delivered too often itself
         # (with its reason in the dead letters): the server never gives up silently.
@@ -281,10 +282,16 @@ async def consumer_ready(js: JetStreamContext, options: NatsSourceSettings, wher
     )
     try:
         await js.add_consumer(options.stream, config)
-    except nats.js.errors.BadRequestError as exc:
+    except nats.js.errors.APIError as exc:  # a bad request, or a change it refuses
+        hint = ""
+        if "ack policy" in str(getattr(exc, "description", "")):
+            hint = (
+                f" (the consumer exists with another acknowledgement policy than "
+                f'ack_policy = "{options.ack_policy}": name a new consumer for this one)'
+            )
         raise BrokerError(
             f"{where}: cannot create or update consumer {options.consumer} on stream "
-            f"{options.stream}: {describe_error(exc)}"
+            f"{options.stream}: {describe_error(exc)}{hint}"
         ) from exc
 
 

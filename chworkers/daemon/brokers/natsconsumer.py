@@ -65,8 +65,10 @@ class Consumer:
         consumer: str,
         ack_wait: float,
         acks: WireClient | None = None,
+        filter_subject: str = "",
     ) -> None:
         self.client = client
+        self.filter_subject = filter_subject
         # nats-server reads each connection in order: a batch's acknowledgements (tens of
         # thousands of messages to it) would hold up the pulls sent after them.
         self.acks = acks or client
@@ -195,6 +197,29 @@ class Consumer:
                     raise message
                 out[str(seq)] = Message(str(seq), message.data or b"")
         return out
+
+    async def floor(self) -> int:
+        """The consumer's acknowledgement floor: every message up to this stream
+        sequence is acknowledged."""
+        return (await self.state())[2]
+
+    async def next_eligible(self, seq: int) -> int:
+        """The stream sequence of the first message at or after ``seq`` that this
+        consumer delivers (on its filter subject), 0 when the stream has none."""
+        import nats.js.errors
+
+        try:
+            message = await self.js.get_msg(
+                self.stream, seq=seq, subject=self.filter_subject or ">", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(message.seq or 0)
+
+    async def ack_all(self, reply: bytes) -> None:
+        """One ``+ACK`` that acknowledges every message up to ``reply``'s (the
+        consumer's policy is AckAll), once the server has it."""
+        await self.send([reply], b"+ACK")
 
     async def state(self) -> tuple[int, int, int]:
         """(messages not delivered yet, delivered and not acknowledged, the

@@ -67,7 +67,13 @@ class NatsLink:
                 kv = await natsclient.bucket(js, options)
                 acks = await natsclient.connect(options, self.where, name=f"{name} acks")
                 consumer = Consumer(
-                    client, js, options.stream, options.consumer, options.ack_wait, acks
+                    client,
+                    js,
+                    options.stream,
+                    options.consumer,
+                    options.ack_wait,
+                    acks,
+                    options.filter_subject,
                 )
                 await consumer.start()
             except BaseException:

@@ -84,13 +84,18 @@ def _digits(first: int, last: int) -> int:
 class Manifest:
     """One batch: its token, its stream sequences, when it was written and by whom, and
     whether a daemon that rebuilt it saw its insert confirmed (``done``: its messages may
-    be acknowledged by whoever receives them)."""
+    be acknowledged by whoever receives them; with ``ack_policy = "all"`` every batch is
+    marked so once inserted, and its messages are *settled*). ``acks``: the
+    acknowledgement subject of each range's last message ("" when unknown), with
+    ``ack_policy = "all"``: any daemon acknowledges everything up to the end of a range
+    by one ``+ACK`` to it (:mod:`~chworkers.daemon.brokers.natsprefix`)."""
 
     token: str
     ranges: list[list[int]]
     created: float = 0.0
     by: str = ""
     done: bool = False
+    acks: list[str] = dataclasses.field(default_factory=list)
 
     def seqs(self) -> list[int]:
         return [seq for first, last in self.ranges for seq in range(first, last + 1)]
@@ -100,7 +105,10 @@ class Manifest:
         return self.ranges[-1][1] if self.ranges else 0
 
     def body(self) -> dict[str, Any]:
-        return {"seqs": self.ranges, "created": self.created, "by": self.by, "done": self.done}
+        body = {"seqs": self.ranges, "created": self.created, "by": self.by, "done": self.done}
+        if self.acks:
+            body["acks"] = self.acks
+        return body
 
 
 @dataclasses.dataclass
@@ -120,6 +128,7 @@ class Registry:
                 float(body.get("created", 0)),
                 str(body.get("by", "")),
                 bool(body.get("done", False)),
+                [str(a) for a in body.get("acks", ())],
             )
             for token, body in data.get("batches", {}).items()
         }
@@ -213,9 +222,11 @@ class ManifestStore:
         await self._change(add, floor)
         return conflicts
 
-    async def mark_done(self, token: str, floor: int) -> None:
-        """A rebuilt batch's insert was confirmed: its other messages, wherever they are
-        redelivered, are acknowledged without another insert."""
+    async def mark_done(self, token: str, floor: int) -> Registry:
+        """A rebuilt batch's insert was confirmed (with ``ack_policy = "all"``, any
+        batch's): its other messages, wherever they are redelivered, are acknowledged
+        without another insert. Returns the key's value as written (or as read, when the
+        manifest was gone or done already)."""
 
         def done(registry: Registry) -> bool:
             manifest = registry.manifests.get(token)
@@ -224,7 +235,29 @@ class ManifestStore:
             manifest.done = True
             return True
 
-        await self._change(done, floor)
+        return await self._change(done, floor)
+
+    async def settle(self, manifest: Manifest, floor: int) -> Registry:
+        """Write ``manifest`` marked done (messages that go into no insert: poison
+        dead-lettered, empty messages), with ``ack_policy = "all"``: they count as
+        settled. Sequences another manifest holds already are left to it."""
+        manifest.done = True
+
+        def add(registry: Registry) -> bool:
+            taken = registry.overlaps(manifest.ranges)
+            if manifest.token in registry.manifests:
+                return False
+            if taken:
+                seqs = [s for s in manifest.seqs() if s not in taken]
+                if not seqs:
+                    return False
+                ends = dict(zip((r[1] for r in manifest.ranges), manifest.acks, strict=False))
+                manifest.ranges = to_ranges(seqs)
+                manifest.acks = [ends.get(last, "") for _, last in manifest.ranges]
+            registry.manifests[manifest.token] = manifest
+            return True
+
+        return await self._change(add, floor)
 
     async def _change(self, change: Callable[[Registry], bool], floor: int) -> Registry:
         """Make ``change`` to the key's value, by compare-and-set: the change is made on

@@ -152,6 +152,9 @@ class NatsSource(NatsBatching):
                     token,
                 )
                 return
+        if self._all:
+            self._complete_settled(batch)
+            return
         with self._lock:
             self._unsent.discard(token)
             replies = list(self._inflight.get(token, ()))
@@ -167,6 +170,28 @@ class NatsSource(NatsBatching):
         if late:
             self.link.send(late, ACK)
         self._acked(len(replies) + len(late))
+
+    def _complete_settled(self, batch: SpooledBatch) -> None:
+        """:meth:`complete` with ``ack_policy = "all"``: the batch's manifest marked
+        done (its messages settled), and the settled prefix acknowledged. A manifest
+        gone meanwhile (its batch waited past ``manifest_ttl`` and was not written
+        again) is written again, done: its messages would else be batched anew."""
+        broker = batch.meta["broker"]
+        token = str(broker["token"])
+        ranges = [list(r) for r in broker.get("seqs", ())]
+        with self._lock:
+            self._unsent.discard(token)
+        store = self.link.manifests()
+        registry = self.link.call(store.mark_done(token, self._floor))
+        if token not in registry.manifests and ranges and ranges[-1][1] > self._floor:
+            manifest = Manifest(token, ranges, time.time(), self.label)
+            registry = self.link.call(store.settle(manifest, self._floor))
+        self._advance(registry)
+        with self._lock:
+            held = self._inflight.pop(token, [])
+            self._since.pop(token, None)
+            self._room.notify_all()
+        self._acked(len(held))
 
     # -- the source's thread ----------------------------------------------------------------
 

@@ -164,6 +164,13 @@ class NatsSourceSettings:
         "dead-lettered and terminated (0: never).",
         minimum=0,
     )
+    ack_policy: Literal["explicit", "all"] = setting(
+        "explicit",
+        "How messages are acknowledged: one +ACK each (explicit), or one +ACK for every "
+        "message up to a sequence once all of them are inserted (all: JetStream's AckAll, "
+        "about half of nats-server's CPU per message; a consumer made with one policy "
+        "cannot change to the other).",
+    )
     max_ack_pending: int = setting(
         1_000_000,
         "The consumer's bound on messages delivered and not acknowledged, over all daemons: "
