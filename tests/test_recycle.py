@@ -4,7 +4,9 @@ task that leaks on purpose."""
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import waiting
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 2**20
-_LEAKED: list[bytes] = []
+_LEAKED: list[mmap.mmap] = []
 
 
 def rss() -> int:
@@ -25,18 +27,46 @@ def rss() -> int:
 
 def leak(n: int, log_path: str, mib: int) -> tuple[int, int, int]:
     """Record that task ``n`` ran (once per run, in a shared file), then keep ``mib``
-    MiB for good; returns (task, pid, RSS before it leaked)."""
+    MiB for good; returns (task, pid, RSS before it leaked).
+
+    The MiB are pages of an anonymous mapping of their own, each written: new resident
+    memory whatever malloc holds. A ``bytes`` of 10 MiB comes from malloc, which can hand
+    out memory freed but resident in the process the worker was forked from (glibc keeps
+    up to twice its mmap threshold free in an arena, and the threshold rises to the
+    largest block freed, up to 32 MiB; a worker's thread is given one of the arenas of
+    that process's threads gone): such a leak left the RSS as it was, a worker ran up to
+    6 where the test counted on 3, and a full run saw 4 workers for the 24 tasks."""
     before = rss()
     with open(log_path, "a") as fh:
         fh.write(f"{n} {os.getpid()}\n")
-    _LEAKED.append(b"\x01" * (mib * MiB))  # pages written, so resident
+    pages = mmap.mmap(-1, mib * MiB)
+    for offset in range(0, len(pages), mmap.PAGESIZE):
+        pages[offset] = 1
+    _LEAKED.append(pages)
     time.sleep(0.005)
     return n, os.getpid(), before
+
+
+def leave_freed_heap() -> None:
+    """Leave this process's heap as a process that has run other tests may: a thread,
+    gone, left 40 MiB freed but still resident in its malloc arena, which a worker forked
+    from here inherits and whose thread that runs tasks may be given."""
+
+    def allocate() -> None:
+        large = bytearray(30 * MiB)  # malloc's mmap threshold rises to it once freed
+        del large
+        blocks = [bytearray(10 * MiB) for _ in range(4)]  # from the arena's heap now
+        del blocks
+
+    thread = threading.Thread(target=allocate)
+    thread.start()
+    thread.join()
 
 
 def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(
     make_sup: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    leave_freed_heap()
     sup = make_sup(workers=2)
     # A fresh worker's RSS (forked from this test process), then room for ~3 leaks.
     fresh = max(sup.call(rss).result(20) for _ in range(4))
