@@ -3,6 +3,7 @@ up and down, the worker count following within its bounds, every task run once."
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -78,13 +79,31 @@ def test_the_worker_count_follows_the_load_up_and_down(make_sup: Any, tmp_path: 
     assert len(sup.stats().workers) == 1
 
 
-def test_no_scaling_up_without_cpu_to_spare(make_sup: Any, tmp_path: Path) -> None:
-    # No machine is ever more than 100% idle: this asks for CPU that is never there.
-    sup = make_sup(workers=1, max_workers=3, scale_up_after=0.1, scale_up_min_idle_cpu=1.0)
-    futures = [sup.call(time.sleep, 0.05) for _ in range(30)]
-    for f in futures:
-        f.result(30)
+def spin(seconds: float) -> int:
+    """Keep a CPU busy for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return os.getpid()
+
+
+def test_no_scaling_up_without_cpu_to_spare(
+    make_sup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker keeps one CPU busy, so the machine is at most 1 - 1/cores idle: below
+    # what this asks, half a CPU more, whatever else runs. (Asking for 1.0 is no such
+    # test: an idle machine is 100% idle over a look, which is "at least 1.0".)
+    cores = os.cpu_count() or 1
+    sup = make_sup(
+        workers=1, max_workers=3, scale_up_after=0.1, scale_up_min_idle_cpu=1 - 0.5 / cores
+    )
+    with caplog.at_level(logging.INFO, logger="chworkers"):
+        # 3 s of backlog: past the second after the worker is ready that no look adds one.
+        futures = [sup.call(spin, 0.1) for _ in range(30)]
+        assert len({f.result(30) for f in futures}) == 1
     assert sup.registry.get_sample_value("chworkers_worker_scaling_total", {"direction": "up"}) == 0
+    # The backlog was seen, and the CPU is what held the worker count.
+    assert "below scale_up_min_idle_cpu" in caplog.text, caplog.text
 
 
 def test_bounds() -> None:

@@ -125,7 +125,8 @@ class SupervisorOptions:
     scale_up_min_idle_cpu: float = setting(
         0.1,
         "Autoscaling: add a worker only while at least this fraction of the machine's CPU "
-        "time was idle over the last look (0: whatever the CPU).",
+        "time was idle over the last look (0: whatever the CPU; 1: only after a look at an "
+        "entirely idle machine).",
         minimum=0,
         maximum=1,
         reload=True,
