@@ -158,21 +158,23 @@ def test_only_batches_held_for_a_quarter_of_ack_wait_get_in_progress_notes() -> 
         table="ev",
         format="JSONEachRow",
         batcher=None,  # type: ignore[arg-type]
-        options=NatsSourceSettings(url="nats://127.0.0.1:1", stream="ev", ack_wait=8.0),
+        # A quarter of it is 100 s: the test may stall 99 s anywhere (it read the time
+        # once; _due reads it again), not 1 s as with 8 s under load.
+        options=NatsSourceSettings(url="nats://127.0.0.1:1", stream="ev", ack_wait=400.0),
         consumer="us",
         dead_letter=lambda records, token: None,
     )
     try:
         now = time.monotonic()
         with source._lock:
-            source._hold("old", [b"r1", b"r2"], now - 3.0)
+            source._hold("old", [b"r1", b"r2"], now - 300.0)
             source._hold("new", [b"r3"], now - 1.0)
             source._hold("new", [b"r4"], now - 0.5)  # redelivered to it meanwhile
         assert source._due() == (["old"], [b"r1", b"r2"])
         source._noted(["old"], now)
         assert source._due() == ([], [])
         with source._lock:
-            source._hold("new", [b"r5"], now - 2.5)  # an older delivery joins it
+            source._hold("new", [b"r5"], now - 250.0)  # an older delivery joins it
         assert source._due() == (["new"], [b"r3", b"r4", b"r5"])
         source._inflight.pop("new")
         source._since.pop("new")
