@@ -82,7 +82,11 @@ class Target:
         columns = ", ".join(c.definition() for c in self.columns)
         try:
             queries.run(conn, f"CREATE TEMPORARY TABLE {tmp} ({columns}) ENGINE = Memory")
-            return self.nested
+            # A column expression that throws, computed in the staging table, is
+            # swallowed as much as Nested arrays of different lengths.
+            return self.nested or any(
+                tablerisk.may_throw(c.kind, c.expression) for c in self.columns
+            )
         except ServerError:
             # A column chDB describes in a way it does not read back: made as the
             # target, constraints and all, each entry checked on its own.

@@ -22,6 +22,7 @@ a MergeTree engine could swallow "Too many parts" unchecked).
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from typing import Any
 
@@ -45,6 +46,14 @@ HARMLESS_EXPRESSION = (
     r"defaultValueOfTypeName\(" + _STRING + r"\)"
     r")$"
 )
+_HARMLESS = re.compile(HARMLESS_EXPRESSION)
+
+
+def may_throw(kind: str, expression: str) -> bool:
+    """Whether a column (``default_kind`` and ``default_expression`` as ``system.columns``
+    and ``DESCRIBE`` show them) is computed, as an insert is written, by an expression
+    that may throw."""
+    return kind in _COMPUTED_KINDS and _HARMLESS.match(expression) is None
 
 
 @functools.lru_cache(maxsize=1024)
