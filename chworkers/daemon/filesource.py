@@ -31,12 +31,13 @@ from typing import Any
 from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
 from chworkers.daemon.checkpoints import same_head as _same_head
-from chworkers.daemon.closedfiles import Parked
+from chworkers.daemon.closedfiles import Change, Parked, change_of
 from chworkers.daemon.extents import Extent, make_durable
 from chworkers.daemon.framing import Framer, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
 from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.daemon.tailing import OpenFile, Tailing
+from chworkers.daemon.tailingwatch import FileWatch
 from chworkers.ops.daemonmetrics import DaemonMetrics
 
 __all__ = ["REFERENCE_MIN_BYTES", "FileSource"]
@@ -117,6 +118,16 @@ class FileSource(_Source, Tailing):
         #: The finished files that no matched path named at the last match: since when.
         self._unseen: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
+        #: Followed: what changed since the last poll (:mod:`~chworkers.daemon.tailingwatch`;
+        #: None: every poll matches the patterns again), made by :meth:`run`.
+        self._watch: FileWatch | None = None
+        #: The open files a poll found written to, or opened (None: all of them).
+        self._reading: set[str] | None = None
+        #: The open files whose last read brought data: read again at the next poll, to
+        #: look at their path at their end (rotated, truncated), events or not.
+        self._unsettled: set[str] = set()
+        #: The followed paths that are symbolic links, at the last full poll.
+        self._links: list[str] = []
         # Read now, as the daemon starts: a positions file that cannot be used stops the
         # start (exit code 3), not this source's thread once the daemon runs.
         checkpoints.load(self.name)
@@ -125,6 +136,16 @@ class FileSource(_Source, Tailing):
         self._stop = stop
         self._saved = self.checkpoints.load(self.name)
         warn_if_nothing_matches(self.name, self.patterns, self.follow)
+        if self.follow:
+            self._watch = FileWatch(self.name, self.patterns)
+        try:
+            self._poll(stop)
+        finally:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
+    def _poll(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self._discover()
             progressed = self._read_open()
@@ -144,12 +165,21 @@ class FileSource(_Source, Tailing):
             f.fh.close()
 
     def _read_open(self) -> bool:
-        """Read each open file to its end; True if data came."""
+        """Read each open file to its end (after a quiet poll, those written to or
+        opened); True if data came."""
         progressed = False
+        reading, self._reading = self._reading, None
         for path in list(self._open):
             if self._stop.is_set():
                 break
-            progressed |= self._read(self._open[path])
+            if reading is not None and path not in reading and path not in self._unsettled:
+                continue
+            if self._read(self._open[path]):
+                progressed = True
+                self._unsettled.add(path)
+            else:
+                self._unsettled.discard(path)
+        self._unsettled.intersection_update(self._open)  # (closed since)
         return progressed
 
     def _identities(self) -> dict[tuple[int, int], str]:
@@ -165,6 +195,12 @@ class FileSource(_Source, Tailing):
         if not self.follow and self._pending:
             self._open_pending({})
             return
+        if self._watch is not None:
+            changes = self._watch.changes()
+            if not changes.full and not self.forgetting.due():
+                self._look_at(changes.written)
+                return
+        self._reading = None
         # The files the patterns match, by (dev, ino): a path of each.
         matched: set[str] = set(self._open) | set(self._parked)
         found = [path for pattern in self.patterns for path in sorted(glob.glob(pattern))]
@@ -195,6 +231,35 @@ class FileSource(_Source, Tailing):
         for path in forgotten:
             self._saved.pop(path, None)
             self._by_ident = None
+        if self._watch is not None:
+            self._watch.watched(self._links)
+        self._count_files()
+
+    def _look_at(self, written: set[str]) -> None:
+        """A quiet poll: only files were written to since the last one (no name the
+        patterns may match came or went). The followed files written to alone are looked
+        at: an open one is read, a closed one reopened if it grew; a matched file not
+        followed (finished, or that could not be opened) makes the next poll a full one."""
+        assert self._watch is not None
+        reading = set()
+        for path in written:
+            if path in self._open:
+                reading.add(path)
+            elif path in self._parked:
+                if path not in self._queued:
+                    change = change_of(self._parked[path])
+                    if change is Change.GREW:
+                        self._queue(path)
+                    elif change is Change.ELSEWHERE:
+                        self._watch.again()  # its rename's event comes next
+            elif path not in self._queued and self._watch.may_match(path):
+                self._watch.again()
+        self._make_room()
+        if self._pending:
+            before = set(self._open)
+            self._open_pending(self._identities())
+            reading.update(path for path in self._open if path not in before)
+        self._reading = reading
         self._count_files()
 
     def _forget_finished(self, seen: dict[tuple[int, int], str]) -> None:
@@ -345,10 +410,12 @@ class FileSource(_Source, Tailing):
         if st is None or (st.st_dev, st.st_ino) != (f.dev, f.ino):
             log.info("source %s: %s was rotated; finishing the old file", self.name, f.path)
             self._close(f, finished=True)
+            self._again()  # the new file at its path: opened at the next poll
         elif st.st_size < f.offset:
             log.info("source %s: %s was truncated; reading it from the start", self.name, f.path)
             self._restart(f)
             f.fh.seek(0)
+            self._again()  # read at the next poll, from its start
         return progressed
 
     def _close(self, f: OpenFile, *, finished: bool) -> None:

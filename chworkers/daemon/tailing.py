@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -41,6 +42,7 @@ from typing import BinaryIO
 from chworkers.daemon.checkpoints import head_of, same_head
 from chworkers.daemon.closedfiles import Change, Parked, change_of, find_moved, to_park
 from chworkers.daemon.framing import Framer
+from chworkers.daemon.tailingwatch import FileWatch
 from chworkers.daemon.ticket import Ticket
 
 __all__ = ["OpenFile", "Tailing"]
@@ -86,10 +88,18 @@ class Tailing:
     _parked: dict[str, Parked]
     _pending: deque[str]
     _queued: set[str]
+    _links: list[str]
+    _watch: FileWatch | None
     _stop: threading.Event
     _error: Callable[[str], None]
     _add: Callable[..., None]
     _read: Callable[[OpenFile], bool]
+
+    def _again(self) -> None:
+        """Make the next poll a full one (what it must look at again is not only what
+        is written to from now on)."""
+        if self._watch is not None:
+            self._watch.again()
 
     def _queue(self, path: str) -> None:
         if path not in self._queued:
@@ -102,17 +112,23 @@ class Tailing:
         ``app.log`` to ``app.log.1``) are followed at their new names, all at once (one
         ``stat`` per path matched); one whose name a renamed file takes and that is gone
         from the patterns (deleted, ``rotate``'s oldest) is read to its end and finished
-        first. The paths' ``stat`` (for :meth:`_tend`)."""
+        first. The paths' ``stat`` (for :meth:`_tend`); those that are symbolic links in
+        ``_links``."""
         held = {path: (f.dev, f.ino) for path, f in self._open.items()}
         held.update({path: (p.dev, p.ino) for path, p in self._parked.items()})
         stats: dict[str, os.stat_result] = {}
         now: dict[str, tuple[int, int]] = {}
         where: dict[tuple[int, int], str] = {}
+        self._links = []
         for path in matched:
             try:
-                stats[path] = st = os.stat(path)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    self._links.append(path)
+                    st = os.stat(path)
             except OSError:
                 continue
+            stats[path] = st
             now[path] = (st.st_dev, st.st_ino)
             where.setdefault(now[path], path)
         moves = {
@@ -123,6 +139,7 @@ class Tailing:
         for new in set(moves.values()) - set(moves):
             if not self._finish_displaced(new):
                 moves = {old: to for old, to in moves.items() if to != new}  # next poll
+                self._again()
         files: dict[str, OpenFile | Parked] = {
             old: self._open.pop(old) if old in self._open else self._parked.pop(old)
             for old in moves
@@ -259,12 +276,14 @@ class Tailing:
             fh = open(parked.at or parked.path, "rb")  # noqa: SIM115 (kept open while tailing)
         except OSError as exc:
             self._parked[parked.path] = parked  # looked at again at the next poll
+            self._again()
             if not isinstance(exc, FileNotFoundError):
                 self._error(f"cannot open {parked.at or parked.path}: {exc.strerror}")
             return
         st = os.fstat(fh.fileno())
         if (st.st_dev, st.st_ino) != (parked.dev, parked.ino):
             fh.close()  # replaced between the look and the open: the next poll tells
+            self._again()
             parked.at = None
             self._parked[parked.path] = parked
             return
