@@ -176,42 +176,50 @@ class Flusher:
         tmp = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
         check = facts.create_staging(conn, tmp)
         cols = f" ({columns})" if columns is not None else ""
-        # Synchronous inserts' tokens, as chDB's log of the table holds them now: an
-        # entry with one of them is a duplicate too (one block-id store, as ClickHouse).
+        # An entry without a token is named by its parsed block's data hash, as chDB
+        # names a synchronous insert's, when the endpoint can compute it (its columns
+        # all of fixed width): parsed alone into a table of its own first.
+        hashed = _hashed_columns(facts, columns) if size else None
+        stage = None
+        if hashed is not None and not all(e.token for e in entries):
+            stage = quote_ident(f"_chworkers_entry_{uuid.uuid4().hex}")
+            facts.create_staging(conn, stage)
+        # Synchronous inserts' ids, as chDB's log of the table holds them now: an entry
+        # with one of them is a duplicate too (one block-id store, as ClickHouse).
         synced = (
             blockids.live_hashes(Path(storage), size)
-            if size and any(e.token for e in entries) and Path(storage).is_absolute()
+            if size
+            and (stage is not None or any(e.token for e in entries))
+            and Path(storage).is_absolute()
             else set()
         )
+        stored = ", ".join(quote_ident(c) for c in facts.stored)
         kept: list[tuple[Entry, str, Stats]] = []
         in_flush: set[str] = set()
         for entry in entries:
-            block_id = entry.block_id(key.fmt)
-            if size and (
-                block_id in in_flush
-                or (entry.token and block_id in synced)
-                or self.dedup.seen(storage, size, block_id, partial(entry.legacy_id, key.fmt))
-            ):
+            stats: Stats | None
+            if stage is not None and hashed is not None and not entry.token:
+                stats = _parse(conn, key, stage, cols, clause, entry, check, log_rows)
+                if stats is None:
+                    continue
+                block_id = _data_block_id(conn, stage, hashed)
+                dup = self._duplicate(entry, key.fmt, storage, size, block_id, in_flush, synced)
+                if not dup:
+                    queries.run(conn, f"INSERT INTO {tmp} ({stored}) SELECT {stored} FROM {stage}")
+                queries.run(conn, f"TRUNCATE TABLE {stage}")
+            else:
+                block_id = entry.block_id(key.fmt)
+                dup = self._duplicate(entry, key.fmt, storage, size, block_id, in_flush, synced)
+                stats = (
+                    None if dup else _parse(conn, key, tmp, cols, clause, entry, check, log_rows)
+                )
+                if not dup and stats is None:
+                    continue
+            if dup or stats is None:
                 log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
-                # Logged Ok, as the server does (its sink drops the rows); not parsed here.
+                # Logged Ok, as the server does (its sink drops the rows).
                 log_rows.append(_row(key, entry, 0))
                 entry.finish()
-                continue
-            stats = Stats()
-            try:
-                streaming.insert(
-                    conn,
-                    f"INSERT INTO {tmp}{cols} {clause}",
-                    key.fmt,
-                    [entry.data],
-                    stats,
-                    check=check,
-                )
-            except ServerError as err:  # this entry's data only
-                # Logged as ClickHouse does: a client that did not wait sees it only here.
-                log.warning("asynchronous insert %s failed: %s", entry.query_id, err.message)
-                log_rows.append(_row(key, entry, 0, "ParsingError", err.message))
-                entry.fail(err)
                 continue
             in_flush.add(block_id)
             kept.append((entry, block_id, stats))
@@ -228,6 +236,24 @@ class Flusher:
         log_rows.extend(_row(key, e, s.written_rows) for e, _, s in kept)
         for entry, _, stats in kept:
             entry.finish(stats.written_rows, stats.written_bytes)
+
+    def _duplicate(
+        self,
+        entry: Entry,
+        fmt: str,
+        storage: str,
+        size: int,
+        block_id: str,
+        in_flush: set[str],
+        synced: set[str],
+    ) -> bool:
+        """Whether the entry repeats one of this flush, a synchronous insert chDB's log
+        of the table holds, or an asynchronous one the table had lately."""
+        return bool(size) and (
+            block_id in in_flush
+            or block_id in synced
+            or self.dedup.seen(storage, size, block_id, partial(entry.legacy_id, fmt))
+        )
 
     def _insert(
         self,
@@ -299,6 +325,61 @@ class Flusher:
             return
         self.dedup.unfinish(facts.storage, size, flush, ids)
         complete_unfinished(conn, self.dedup, facts)
+
+
+def _parse(
+    conn: Any,
+    key: Key,
+    into: str,
+    cols: str,
+    clause: str,
+    entry: Entry,
+    check: bool,
+    log_rows: list[Row],
+) -> Stats | None:
+    """Parse the entry's data into the staging table ``into``; None if it does not
+    parse (the entry failed with its error)."""
+    stats = Stats()
+    try:
+        statement = f"INSERT INTO {into}{cols} {clause}"
+        streaming.insert(conn, statement, key.fmt, [entry.data], stats, check=check)
+    except ServerError as err:  # this entry's data only
+        # Logged as ClickHouse does: a client that did not wait sees it only here.
+        log.warning("asynchronous insert %s failed: %s", entry.query_id, err.message)
+        log_rows.append(_row(key, entry, 0, "ParsingError", err.message))
+        entry.fail(err)
+        return None
+    return stats
+
+
+def _hashed_columns(facts: Target, columns: str | None) -> list[tuple[str, int]] | None:
+    """The (quoted name, width) of an entry's block's columns (its column list's, else
+    every column an insert may give, in order) if all are of fixed width (see
+    :func:`chworkers.embedded.blockids.fixed_width`); None otherwise."""
+    types = {c.name: c.type for c in facts.columns}
+    if columns is None:
+        names = facts.stored
+    else:
+        toks = sql.tokens(columns.encode("utf-8", "surrogateescape"))
+        words = [t for t in toks[0::2] if t.kind in ("word", "quoted")]
+        commas = toks[1::2]
+        if len(words) != len(toks[0::2]) or any(t.text != b"," for t in commas):
+            return None
+        names = [sql.unquote(t) for t in words]
+    out = []
+    for name in names:
+        width = blockids.fixed_width(types.get(name, ""))
+        if width is None:
+            return None
+        out.append((quote_ident(name), width))
+    return out or None
+
+
+def _data_block_id(conn: Any, table: str, columns: list[tuple[str, int]]) -> str:
+    """The block id of ``table``'s rows (one entry's), as chDB names a synchronous
+    insert of them without a token."""
+    raw = bytes.fromhex(queries.run(conn, blockids.data_hash_sql(table, columns)).bytes().decode())
+    return blockids.data_hash(int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little"))
 
 
 def _live(facts: Target, size: int) -> set[str]:

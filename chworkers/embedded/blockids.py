@@ -77,6 +77,49 @@ def token_hash(token: str) -> str:
     return f"{lo}_{hi}"
 
 
+def data_hash(lo: int, hi: int) -> str:
+    """``<lo>_<hi>`` of the block id an insert without a token gets, from its block's
+    data hash (``SipHash128`` of its columns' values, column by column, see
+    :func:`data_hash_sql`): ``user-token-`` gives way to ``<lo>_<hi>`` of that hash."""
+    text = f"{lo}_{hi}:source-id-empty:source-number-0"
+    a, b = sip_hash128(text.encode())
+    return f"{a}_{b}"
+
+
+_WIDTHS = {
+    "UInt8": 1, "Int8": 1, "Bool": 1, "Enum8": 1,
+    "UInt16": 2, "Int16": 2, "Date": 2, "Enum16": 2,
+    "UInt32": 4, "Int32": 4, "Float32": 4, "Date32": 4, "DateTime": 4, "Decimal32": 4,
+    "UInt64": 8, "Int64": 8, "Float64": 8, "DateTime64": 8, "Decimal64": 8,
+    "UInt128": 16, "Int128": 16, "Decimal128": 16,
+    "UInt256": 32, "Int256": 32, "Decimal256": 32,
+}  # fmt: skip
+
+
+def fixed_width(type_: str) -> int | None:
+    """How many bytes a value of ``type_`` is in a column (its data hashed as they
+    are), or None for a type whose hash the endpoint does not reproduce (String,
+    Nullable, Array, LowCardinality, ...)."""
+    name, _, args = type_.partition("(")
+    if name == "Decimal":
+        precision = int(args.split(",")[0]) if args.split(",")[0].strip().isdigit() else 0
+        return next((w for p, w in ((9, 4), (18, 8), (38, 16), (76, 32)) if precision <= p), None)
+    return _WIDTHS.get(name)
+
+
+def data_hash_sql(table: str, columns: list[tuple[str, int]]) -> str:
+    """A query of ``table``'s rows' data hash as ClickHouse computes a block's
+    (``DeduplicationInfo::calculateDataHashes``: each column's
+    ``updateHashWithValueRange`` into one ``SipHash``, a fixed-width column's values
+    being its bytes), in ``hex``: ``columns`` are (quoted name, width), in the block's
+    order."""
+    parts = ", ".join(
+        f"unhex(arrayStringConcat(groupArray(hex(reinterpret({name}, 'FixedString({width})')))))"
+        for name, width in columns
+    )
+    return f"SELECT hex(sipHash128(concat({parts}, ''))) FROM {table} SETTINGS max_threads = 1"
+
+
 def _hash_of(block_id: str) -> str:
     """``<lo>_<hi>`` of a logged block id ``<partition>_<lo>_<hi>``."""
     parts = block_id.rsplit("_", 2)
