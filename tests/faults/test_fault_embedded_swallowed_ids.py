@@ -8,7 +8,9 @@ second: an insert whose column expression threw was answered 200 with its rows l
 and one that landed was failed for another insert's error. It now goes by the query id
 each error names (chDB's connection keeps its insert's for the next queries): its own
 error of any code is found, another query's alone is not taken for it, and its own
-hidden behind a later one of the same code is answered (the safe side), saying so.
+hidden behind a later one of the same code is answered (the safe side), saying so. On a
+chDB that would not keep the id (the probe says so), every error of the insert's time is
+taken for its own.
 
 Real chDB in a child process (chDB starts threads a later ``fork()`` of the test process
 should not inherit), driven through the endpoint's own ``Engine`` and check, with a
@@ -66,6 +68,15 @@ _SCRIPT = textwrap.dedent(
         "fine, syntax errors": case(b"1\\n", ["SELECT 1 +", "SELECT 1 +"]),
         "rows": mine.query(b"SELECT count() FROM m", "TSV").bytes().decode().strip(),
     }))
+    # A chDB that would not keep the insert's query id (as the probe would find): the
+    # check cannot tell, and takes every error of the insert's time for its own.
+    swallowed.probe_with(lambda: False)
+    print(json.dumps({
+        "ids": swallowed.insert_ids_known(),
+        "ours": case(b"7\\n", []),
+        "fine, another query's error": case(b"1\\n", [other_395]),
+        "fine, syntax errors": case(b"1\\n", ["SELECT 1 +"]),
+    }))
     """
 )
 
@@ -81,7 +92,7 @@ def test_an_inserts_error_is_told_by_its_query_id(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got, unknown = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
     assert got["ids"] is True  # this chDB keeps its insert's query id
     # Its own error, whatever its code, with its own message.
     assert got["ours"][0] == 395 and "mine" in got["ours"][1], got
@@ -96,3 +107,9 @@ def test_an_inserts_error_is_told_by_its_query_id(tmp_path: Path) -> None:
         assert code == 395, got
         assert "the last by another query" in message and "not answered as written" in message
     assert got["rows"] == "3"  # the three fine inserts
+    # Without the ids: the safe side for every code but those raised before running.
+    assert unknown["ids"] is False
+    assert unknown["ours"][0] == 395 and "mine" in unknown["ours"][1], unknown
+    code, message = unknown["fine, another query's error"]
+    assert code == 395 and "does not tell which query" in message, unknown
+    assert unknown["fine, syntax errors"] is None, unknown
