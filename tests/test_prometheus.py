@@ -198,6 +198,7 @@ class BusyDaemon:
         m.source_rows.labels("http").inc(1000)
         m.source_errors.labels("http").inc(rnd.randint(0, 1))
         m.source_files.labels("logs", "open").set(rnd.randint(0, 256))
+        m.source_reopens.labels("logs").inc(rnd.randint(1, 50))
         m.source_files.labels("logs", "closed").set(rnd.randint(0, 2000))
         m.broker_lag.labels("orders").set(rnd.randint(0, 500))
         m.broker_pending.labels("orders").set(rnd.randint(0, 50))

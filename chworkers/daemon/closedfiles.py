@@ -10,17 +10,20 @@ import logging
 import os
 import resource
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from chworkers.daemon.framing import Framer
 
 __all__ = [
     "RESERVED_DESCRIPTORS",
     "Change",
+    "Finished",
     "Parked",
     "change_of",
     "find_moved",
     "fit_open_files",
     "raise_open_files_limit",
+    "still_finished",
     "to_park",
 ]
 
@@ -50,6 +53,22 @@ class Parked:
     head_len: int
     #: Where it is now when its path names another file (rotated away; None: its path).
     at: str | None = None
+
+
+class Finished(NamedTuple):
+    """A file a source read to its end and is done with (rotated away, or read once)."""
+
+    head: int  # its fingerprint: the crc32 of its first head_len bytes
+    head_len: int
+    end: int  # where it was read to
+    mtime_ns: int  # its modification time then
+
+
+def still_finished(finished: Finished, st: os.stat_result) -> bool:
+    """Whether a finished file, by its ``stat`` (at the same inode), is as it was when
+    finished: not written to since (the same size and modification time), and so need
+    not be opened (a new file that took the inode of a deleted one is written to)."""
+    return st.st_size == finished.end and st.st_mtime_ns == finished.mtime_ns
 
 
 class Change(enum.Enum):

@@ -31,7 +31,7 @@ from typing import Any
 from chworkers.daemon.checkpoints import HEAD_BYTES, Checkpoints, Forgetting
 from chworkers.daemon.checkpoints import head_of as _head
 from chworkers.daemon.checkpoints import same_head as _same_head
-from chworkers.daemon.closedfiles import Change, Parked, change_of
+from chworkers.daemon.closedfiles import Change, Finished, Parked, change_of
 from chworkers.daemon.extents import Extent, make_durable
 from chworkers.daemon.framing import Framer, read_header
 from chworkers.daemon.sources import _Source, warn_if_nothing_matches
@@ -103,6 +103,8 @@ class FileSource(_Source, Tailing):
                 metrics.source_files.labels(source=self.name, state="closed"),
             )
         )
+        #: chworkers_source_reopens_total: parked files reopened (None: not counted).
+        self._reopens = None if metrics is None else metrics.source_reopens.labels(self.name)
         self._open: dict[str, OpenFile] = {}
         #: Followed files closed for a descriptor, by path (:mod:`chworkers.daemon.tailing`).
         self._parked: dict[str, Parked] = {}
@@ -113,8 +115,8 @@ class FileSource(_Source, Tailing):
         #: The positions at start by file identity (None: to be indexed again).
         self._by_ident: dict[tuple[int, int], list[tuple[str, dict[str, int]]]] | None = None
         self._saved: dict[str, dict[str, int]] = {}  # the positions at start, less forgotten
-        # Files read to the end, by (dev, ino): their fingerprint (head crc, head length).
-        self._finished: dict[tuple[int, int], tuple[int, int]] = {}
+        #: Files read to the end, by (dev, ino): their fingerprint, and where they ended.
+        self._finished: dict[tuple[int, int], Finished] = {}
         #: The finished files that no matched path named at the last match: since when.
         self._unseen: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
@@ -312,15 +314,26 @@ class FileSource(_Source, Tailing):
                 continue
             seen[ident] = path
             finished = self._finished.get(ident)
+            resume = None
             if finished is not None:
-                if _same_head(fh.fileno(), *finished, st.st_size):
+                same = _same_head(fh.fileno(), finished.head, finished.head_len, st.st_size)
+                if same and (st.st_size <= finished.end or not self.follow):
                     fh.close()
                     continue
-                # A new file got the inode of one read before (deleted meanwhile).
                 del self._finished[ident]
                 self._unseen.pop(ident, None)
-                self._saved.pop(path, None)
-            offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
+                if same:
+                    # Written to after it was finished, at a name the patterns match (its
+                    # writer went on after a rename): read on from where it ended.
+                    resume = finished.end
+                    log.info("source %s: %s grew after it was finished", self.name, path)
+                else:
+                    # A new file got the inode of one read before (deleted meanwhile).
+                    self._saved.pop(path, None)
+            if resume is not None:
+                offset = resume
+            else:
+                offset = self._saved_offset(path, ident, fh.fileno(), st.st_size)
             fh.seek(offset)
             head, head_len = _head(fh.fileno())
             link = None
@@ -424,7 +437,9 @@ class FileSource(_Source, Tailing):
         self._add(records, rows, self._meta(f, f.offset), header=f.framer.header)
         f.last = self.last_ticket or f.last
         if finished:
-            self._finished[(f.dev, f.ino)] = _head(f.fh.fileno())
+            self._finished[(f.dev, f.ino)] = Finished(
+                *_head(f.fh.fileno()), f.offset, os.fstat(f.fh.fileno()).st_mtime_ns
+            )
             self._unseen.pop((f.dev, f.ino), None)
         self._release(f)
         f.fh.close()

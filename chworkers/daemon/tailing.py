@@ -39,8 +39,18 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
+from prometheus_client import Counter
+
 from chworkers.daemon.checkpoints import head_of, same_head
-from chworkers.daemon.closedfiles import Change, Parked, change_of, find_moved, to_park
+from chworkers.daemon.closedfiles import (
+    Change,
+    Finished,
+    Parked,
+    change_of,
+    find_moved,
+    still_finished,
+    to_park,
+)
 from chworkers.daemon.framing import Framer
 from chworkers.daemon.tailingwatch import FileWatch
 from chworkers.daemon.ticket import Ticket
@@ -90,6 +100,8 @@ class Tailing:
     _queued: set[str]
     _links: list[str]
     _watch: FileWatch | None
+    _reopens: Counter | None
+    _finished: dict[tuple[int, int], Finished]
     _stop: threading.Event
     _error: Callable[[str], None]
     _add: Callable[..., None]
@@ -179,7 +191,8 @@ class Tailing:
     def _renamed(self, fresh: list[str], seen: dict[tuple[int, int], str]) -> list[str]:
         """Of the paths newly matched, those of new files: a file followed already that
         is now at one of them (renamed to a name the patterns match: ``app.log`` to
-        ``app.log.1``) is followed there, neither finished nor read again."""
+        ``app.log.1``) is followed there, neither finished nor read again; a file finished
+        that was not written to since is skipped, not opened to be found finished."""
         new = []
         for path in fresh:
             try:
@@ -188,6 +201,10 @@ class Tailing:
                 new.append(path)  # opening it says what is wrong
                 continue
             ident = (st.st_dev, st.st_ino)
+            finished = self._finished.get(ident)
+            if finished is not None and still_finished(finished, st):
+                seen.setdefault(ident, path)  # (not gone: it is not forgotten)
+                continue  # not opened again to be found finished
             old = seen.get(ident)
             if old is None:
                 new.append(path)
@@ -280,6 +297,8 @@ class Tailing:
             if not isinstance(exc, FileNotFoundError):
                 self._error(f"cannot open {parked.at or parked.path}: {exc.strerror}")
             return
+        if self._reopens is not None:
+            self._reopens.inc()
         st = os.fstat(fh.fileno())
         if (st.st_dev, st.st_ino) != (parked.dev, parked.ino):
             fh.close()  # replaced between the look and the open: the next poll tells

@@ -129,6 +129,14 @@ class DaemonMetrics:
             ["source", "state"],
             registry=r,
         )
+        self.source_reopens = Counter(
+            "chworkers_source_reopens_total",
+            "Followed files a file source reopened, by source name: closed (idle for "
+            "close_idle_after, or to make room within max_open_files) and grown since; "
+            "each costs an open and a read of the file's first bytes.",
+            ["source"],
+            registry=r,
+        )
         # A sharded cluster ([clickhouse] shards): the daemon's parts, by shard index.
         self.shard_rows = Counter(
             "chworkers_shard_rows_total",
