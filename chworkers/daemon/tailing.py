@@ -149,9 +149,17 @@ class Tailing:
             if now.get(old) != ident and where.get(ident, old) != old
         }
         for new in set(moves.values()) - set(moves):
-            if not self._finish_displaced(new):
-                moves = {old: to for old, to in moves.items() if to != new}  # next poll
-                self._again()
+            self._finish_displaced(new)
+        while True:
+            # A name still taken by a file that does not move (one displaced that could
+            # not be finished now, or one whose own move waits) waits for the next poll,
+            # and so does the move into it: moved now, it would drop the file there.
+            staying = (self._open.keys() | self._parked.keys()) - moves.keys()
+            waiting = {old for old, to in moves.items() if to in staying}
+            if not waiting:
+                break
+            moves = {old: to for old, to in moves.items() if old not in waiting}
+            self._again()
         files: dict[str, OpenFile | Parked] = {
             old: self._open.pop(old) if old in self._open else self._parked.pop(old)
             for old in moves
@@ -170,23 +178,22 @@ class Tailing:
             log.info("source %s: %s was renamed to %s; following it there", self.name, old, new)
         return stats
 
-    def _finish_displaced(self, path: str) -> bool:
+    def _finish_displaced(self, path: str) -> None:
         """Read the followed file at ``path``, which another followed file's name now
         names, to its end and finish it (it was deleted or renamed out of the patterns);
-        False if it could not be now."""
+        still followed at ``path`` if it could not be now."""
         parked = self._parked.pop(path, None)
         if parked is not None:
             parked.at = find_moved(path, parked.dev, parked.ino)
             if parked.at is None:
                 self._deleted(parked)
-                return True
+                return
             self._unpark(parked)  # at its new name; parked again if it cannot be opened
         f = self._open.get(path)
         for _ in range(8):  # each round reads to the end; the last finds the path taken
             if f is None or self._open.get(path) is not f or self._stop.is_set():
                 break
             self._read(f)
-        return path not in self._open and path not in self._parked
 
     def _renamed(self, fresh: list[str], seen: dict[tuple[int, int], str]) -> list[str]:
         """Of the paths newly matched, those of new files: a file followed already that
