@@ -55,6 +55,7 @@ def test_redis_keeps_the_manifest_of_a_batch_held_past_manifest_ttl(
         time.sleep(TTL * 2.5)  # held past manifest_ttl, as in an outage
         assert source.still_open(batch)  # tried again with its token, not skipped
         source.complete(batch)  # inserted: acknowledged
+        assert source.wait_acked(10)  # by its thread, soon after
     finally:
         stop.set()
         source.batcher.close(5)
@@ -84,6 +85,7 @@ def test_redis_writes_again_a_manifest_gone_while_its_entries_are_held(
         finally:
             client.close()
         source.complete(batch)  # inserted: acknowledged
+        assert source.wait_acked(10)  # by its thread, soon after
     finally:
         source.batcher.close(5)
         source.redis.close()

@@ -46,6 +46,7 @@ def test_a_claim_leaves_the_entries_of_a_batch_in_flight_to_it(
         source._claim()
         assert not source._assembly.ids  # not batched a second time
         source.complete(batch)  # inserted: its acknowledgement covers them
+        assert source.wait_acked(10)  # by its thread, soon after
         assert redis_server.pending() == 0
     finally:
         source.batcher.close(5)

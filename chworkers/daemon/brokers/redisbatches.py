@@ -19,6 +19,7 @@ from chworkers.daemon.brokers import redisentries
 from chworkers.daemon.brokers.assembly import Assembly, Message, Poison
 from chworkers.daemon.brokers.common import SourceArgs, SourceParts
 from chworkers.daemon.brokers.options import RedisSourceSettings
+from chworkers.daemon.brokers.redisacks import Acknowledger
 from chworkers.daemon.brokers.redisclient import check_files, check_url, display_url, entry_order
 from chworkers.daemon.brokers.redisgroup import StreamGroup
 from chworkers.daemon.brokers.redismanifests import SentManifest
@@ -51,6 +52,13 @@ class RedisBatching(SourceParts):
         else:  # a plain client connects on first use: made now, only a bad URL fails
             self._group = StreamGroup(options, self.consumer, f"pipeline {self.name!r}")
         self.trouble = Trouble(self.name, f"redis {display_url(options.url)}")
+        #: Acknowledges inserted batches in a thread of its own (redisacks.py).
+        self._acks = Acknowledger(
+            self.name,
+            lambda batches: self.redis.complete_many(batches),
+            self._acked,
+            Trouble(self.name, f"redis {display_url(options.url)}"),
+        )
         self._inflight: dict[str, list[str]] = {}  # token -> ids, until acknowledged
         self._claim_cursor = "0-0"
         #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
@@ -282,10 +290,16 @@ class RedisBatching(SourceParts):
         self._ack([p.message.id for p in poison], "")
 
     def _ack(self, ids: list[str], token: str) -> None:
-        acked = self.redis.complete(ids, token)
+        """Acknowledge now, in this thread (poison, a batch with nothing to insert);
+        inserted batches are acknowledged by :attr:`_acks`' thread."""
+        self._acked([token], self.redis.complete(ids, token))
+
+    def _acked(self, tokens: list[str], acked: int) -> None:
+        """Redis took the acknowledgement of the batches ``tokens``: no longer held."""
         with self._room:
-            self._inflight.pop(token, None)
-            self._unsent.discard(token)
+            for token in tokens:
+                self._inflight.pop(token, None)
+                self._unsent.discard(token)
             self._room.notify_all()
         if self.metrics is not None:
             self.metrics.broker_acked.labels(pipeline=self.name).inc(acked)

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from chworkers.daemon.brokers import redisscripts
@@ -252,17 +252,26 @@ class GroupManifests:
     def complete(self, ids: list[str], token: str) -> int:
         """Acknowledge ``ids`` and remove the manifest of ``token`` (none when empty), at
         once; returns how many entries were still pending."""
+        return self.complete_many([(ids, token)])
+
+    def complete_many(self, batches: Sequence[tuple[list[str], str]]) -> int:
+        """:meth:`complete` for several batches ``(ids, token)`` in one transaction (one
+        round trip, one fsync of Redis's log); returns how many entries were still
+        pending."""
+        ids = [i for batch_ids, _token in batches for i in batch_ids]
+        tokens = [token for _ids, token in batches if token]
         commands: list[tuple[Any, ...]] = [
             ("XACK", self.stream, self.group, *ids[start : start + ACK_CHUNK])
             for start in range(0, len(ids), ACK_CHUNK)
         ]
-        if token:
-            commands.append(("DEL", self.manifest_prefix + token))
-            commands.append(("SREM", self.manifests_key, token))
+        acks = len(commands)
+        if tokens:
+            commands.append(("DEL", *(self.manifest_prefix + token for token in tokens)))
+            commands.append(("SREM", self.manifests_key, *tokens))
         if not commands:
             return 0
         replies = self.call(transaction, self._pool(), *commands)
-        return sum(int(acked) for acked in replies[: len(replies) - (2 if token else 0)])
+        return sum(int(acked) for acked in replies[:acks])
 
     def touch(self, batches: Iterable[list[str]]) -> None:
         """Reset the idle time of the ids of ``batches`` still pending for this consumer

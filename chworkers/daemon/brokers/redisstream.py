@@ -34,6 +34,9 @@ from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
 
+#: Seconds a stopping daemon waits for the acknowledgements still queued.
+ACK_CLOSE_WAIT = 5.0
+
 
 class RedisSource(RedisBatching):
     """Reads one stream for one pipeline; see the module's docstring."""
@@ -115,7 +118,33 @@ class RedisSource(RedisBatching):
                     token,
                 )
                 return
-        self._ack(list(broker["ids"]), token)
+        # Sent by the acknowledging thread (with those of the batches confirmed
+        # meanwhile): the completion thread takes the next inserted batch at once. The
+        # batch stays held (its entries and manifest refreshed) until Redis took it.
+        self._acks.add(list(broker["ids"]), token)
+
+    def wait_acked(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds for every batch completed to be acknowledged."""
+        return self._acks.wait(timeout)
+
+    def close(self) -> None:
+        """The daemon is done with its batches (it stopped): up to ``ACK_CLOSE_WAIT``
+        seconds for the acknowledgements still queued. What Redis did not take stays
+        pending with its manifest: rebuilt at the next start, or by another daemon after
+        ``claim_idle``, with the same token (ClickHouse drops it as a duplicate)."""
+        left = self._acks.close(ACK_CLOSE_WAIT)
+        if left:
+            log.warning(
+                "source %s: %s inserted and not acknowledged (Redis did not answer): their "
+                "entries stay pending with their manifests, rebuilt at the next start (or "
+                "by another daemon after claim_idle) and dropped by ClickHouse as duplicates",
+                self.name,
+                plural(left, "batch", "batches"),
+            )
+
+    def problems(self) -> list[str]:
+        """Why the source is degraded: its reads or its acknowledgements failing."""
+        return self.trouble.problems() + self._acks.trouble.problems()
 
     # -- the source's thread ----------------------------------------------------------------
 
@@ -262,4 +291,4 @@ class RedisSource(RedisBatching):
             self.metrics.broker_lag.labels(pipeline=self.name).set(lag)
 
 
-__all__ = ["RedisSource"]
+__all__ = ["ACK_CLOSE_WAIT", "RedisSource"]
