@@ -113,7 +113,9 @@ class SettledAcks:
             eligible = await consumer.next_eligible(prefix.gap)
             if eligible == prefix.gap:
                 break  # a message the consumer delivers: not settled yet
-            end = prefix.gap_end if not eligible else min(prefix.gap_end, eligible - 1)
+            # None at or after it: this one is gone (only it: a server that does not
+            # know next_by_subj answers for this sequence alone).
+            end = prefix.gap if not eligible else min(prefix.gap_end, eligible - 1)
             log.debug("%s: sequences %d to %d are never delivered", self.where, prefix.gap, end)
             self._skips.append([prefix.gap, end])
             prefix = settled_prefix(registry, floor, self._skips, fresh or {})
