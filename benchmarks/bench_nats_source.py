@@ -52,7 +52,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             format="JSONEachRow",
             batcher=batcher,  # type: ignore[arg-type]
             options=NatsSourceSettings(
-                url=server.url, stream="bench", fetch_count=args.fetch_count
+                url=server.url,
+                stream="bench",
+                fetch_count=args.fetch_count,
+                ack_policy=args.ack_policy,
             ),
             limits=BatchLimits(max_rows=args.max_rows, max_delay=0.5),
             consumer="bench",
@@ -90,6 +93,12 @@ def main() -> None:
         unit=("message", "messages"),
         server="nats-server",
         profile=("--profile", "py-spy's raw samples of the reading"),
+        options=(
+            (
+                "--ack-policy",
+                {"choices": ("explicit", "all"), "default": "explicit", "help": "ack_policy"},
+            ),
+        ),
     )
 
 

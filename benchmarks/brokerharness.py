@@ -329,12 +329,14 @@ def source_bench(
     unit: tuple[str, str],
     server: str,
     profile: tuple[str, str],
+    options: tuple[tuple[str, dict[str, Any]], ...] = (),
 ) -> None:
     """The command line of a broker source's own CPU benchmark (bench_redis_source.py,
     bench_nats_source.py): its options, ``measure(args, a temporary directory)``, and what
     it prints (one line, or the result as JSON with ``--json``). ``unit``: what the broker
     holds, one and many (``entry``, ``entries``: the result's rate is ``entries_per_s``);
-    ``server``: the broker's process; ``profile``: the profiling option and its help."""
+    ``server``: the broker's process; ``profile``: the profiling option and its help;
+    ``options``: more options of this broker's (argparse's flag and keywords)."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -344,6 +346,8 @@ def source_bench(
     parser.add_argument("--fetch-count", type=int, default=10_000)
     parser.add_argument("--json", action="store_true", help="one JSON line")
     parser.add_argument(profile[0], default="", metavar="FILE", help=profile[1])
+    for flag, keywords in options:
+        parser.add_argument(flag, **keywords)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         result = measure(args, Path(tmp))
