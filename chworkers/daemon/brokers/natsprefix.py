@@ -56,8 +56,9 @@ def settled_prefix(
 ) -> Prefix:
     """The prefix of the stream settled above ``floor`` (the consumer's acknowledgement
     floor): done manifests' ranges and ``skips`` (sequences never delivered), taken in
-    order while they join, up to a manifest not done or a gap in every manifest; ``fresh``: acknowledgement subjects of redelivered messages by
-    stream sequence (newer than a manifest's, preferred at the same sequence)."""
+    order while they join, up to a manifest not done or a gap in every manifest.
+    ``fresh``: acknowledgement subjects of redelivered messages by stream sequence
+    (newer than a manifest's, preferred at the same sequence)."""
     spans: list[tuple[int, int, bool, str]] = [
         (first, last, m.done, ack)
         for m in registry.manifests.values()
