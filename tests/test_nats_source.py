@@ -110,9 +110,16 @@ def test_a_record_over_the_limit_is_poison_terminated_at_once(
     assert redelivered == 0  # terminated: JetStream never offered it again
 
 
+@pytest.mark.parametrize("policy", ["explicit", "all"])
 def test_a_message_delivered_too_often_is_dead_lettered_and_terminated(
-    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    nats_server: NatsServer,
+    policy: str,
 ) -> None:
+    """(With ack_policy = "all": dead-lettered and settled, acknowledged with the
+    prefix.)"""
     nats_server.make_stream()
     nats_server.publish(bodies(0, 10, 10))  # the doomed message, alone in the stream for now
 
@@ -121,7 +128,8 @@ def test_a_message_delivered_too_often_is_dead_lettered_and_terminated(
         from nats.js.api import AckPolicy, ConsumerConfig
 
         js = client.jetstream()
-        config = ConsumerConfig(durable_name="chworkers", ack_policy=AckPolicy.EXPLICIT)
+        acks = AckPolicy.ALL if policy == "all" else AckPolicy.EXPLICIT
+        config = ConsumerConfig(durable_name="chworkers", ack_policy=acks)
         await js.add_consumer("ev", config)
         pull = await js.pull_subscribe_bind("chworkers", "ev")
         for _ in range(20):
@@ -132,7 +140,7 @@ def test_a_message_delivered_too_often_is_dead_lettered_and_terminated(
     nats_server.run(crashing)
     nats_server.publish(bodies(10, 30, 10))
     state = tmp_path / "state"
-    pipeline = nats_pipeline(nats_server, max_deliver=10)
+    pipeline = nats_pipeline(nats_server, max_deliver=10, ack_policy=policy)
     daemon = Running(daemon_config(state, f"{endpoint.url}/{database}", pipeline))
     try:
         wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
@@ -201,12 +209,18 @@ def test_a_manifest_left_by_a_dead_daemon_is_rebuilt_with_its_token(
     assert count(endpoint, database) == (300, 300)
 
 
+@pytest.mark.parametrize("policy", ["explicit", "all"])
 def test_nats_restarted_mid_ingest_degrades_health_and_loses_nothing(
-    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, nats_server: NatsServer
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    nats_server: NatsServer,
+    policy: str,
 ) -> None:
     nats_server.make_stream()
     url = f"{endpoint.url}/{database}"
-    daemon = Running(daemon_config(tmp_path / "state", url, nats_pipeline(nats_server)))
+    pipeline = nats_pipeline(nats_server, ack_policy=policy)
+    daemon = Running(daemon_config(tmp_path / "state", url, pipeline))
 
     def nats_problems() -> list[str]:
         report = daemon.daemon.health()
@@ -226,20 +240,21 @@ def test_nats_restarted_mid_ingest_degrades_health_and_loses_nothing(
     assert count(endpoint, database) == (10_000, 10_000)
 
 
+@pytest.mark.parametrize("policy", ["explicit", "all"])
 def test_a_live_daemon_keeps_its_messages_while_clickhouse_is_down(
     tmp_path: Path,
     endpoint: EmbeddedClickHouse,
     database: str,
     fault_proxy: Any,
     nats_server: NatsServer,
+    policy: str,
 ) -> None:
     """In-progress notes every ack_wait / 4: JetStream redelivers nothing of a daemon that
     waits for ClickHouse, however long (no delivery counted towards max_deliver)."""
     nats_server.make_stream()
     url = f"{fault_proxy.url}/{database}"
-    daemon = Running(
-        daemon_config(tmp_path / "state", url, nats_pipeline(nats_server, ack_wait=1.0))
-    )
+    pipeline = nats_pipeline(nats_server, ack_wait=1.0, ack_policy=policy)
+    daemon = Running(daemon_config(tmp_path / "state", url, pipeline))
     try:
         fault_proxy.set("refuse")
         nats_server.publish(bodies(0, 1000, 10))
