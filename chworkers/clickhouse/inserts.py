@@ -61,6 +61,7 @@ ROW_ERROR_CODES = frozenset(
         190,  # SIZES_OF_ARRAYS_DONT_MATCH (a Nested column's arrays)
         349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
         376,  # CANNOT_PARSE_UUID
+        395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a column's throwIf the row trips)
         441,  # CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
         467,  # CANNOT_PARSE_BOOL
         469,  # VIOLATED_CONSTRAINT (a CONSTRAINT ... CHECK the row fails)
