@@ -128,6 +128,8 @@ class FileSource(_Source, Tailing):
         #: The open files whose last read brought data: read again at the next poll, to
         #: look at their path at their end (rotated, truncated), events or not.
         self._unsettled: set[str] = set()
+        #: Files closed with what was written to them unread: looked at at the next poll.
+        self._recheck: set[str] = set()
         #: The followed paths that are symbolic links, at the last full poll.
         self._links: list[str] = []
         # Read now, as the daemon starts: a positions file that cannot be used stops the
@@ -203,6 +205,7 @@ class FileSource(_Source, Tailing):
                 self._look_at(changes.written)
                 return
         self._reading = None
+        self._recheck.clear()  # every closed file is looked at
         # The files the patterns match, by (dev, ino): a path of each.
         matched: set[str] = set(self._open) | set(self._parked)
         found = [path for pattern in self.patterns for path in sorted(glob.glob(pattern))]
@@ -244,6 +247,8 @@ class FileSource(_Source, Tailing):
         followed (finished, or that could not be opened) makes the next poll a full one."""
         assert self._watch is not None
         reading = set()
+        written |= self._recheck
+        self._recheck.clear()
         for path in written:
             if path in self._open:
                 reading.add(path)

@@ -102,6 +102,7 @@ class Tailing:
     _watch: FileWatch | None
     _reopens: Counter | None
     _finished: dict[tuple[int, int], Finished]
+    _recheck: set[str]
     _stop: threading.Event
     _error: Callable[[str], None]
     _add: Callable[..., None]
@@ -288,7 +289,11 @@ class Tailing:
     def _park(self, f: OpenFile) -> None:
         """Close a followed file read to its end, keeping where it was (and its framer,
         with the record it holds unfinished) to reopen it there (a followed file is never
-        spooled by reference: there is no link to release)."""
+        spooled by reference: there is no link to release). One written to since it was
+        read (closed to make room before its turn to be read came) is looked at again at
+        the next poll: its write's event was taken already, and no other may come."""
+        if os.fstat(f.fh.fileno()).st_size != f.offset:
+            self._recheck.add(f.path)
         f.fh.close()
         del self._open[f.path]
         self._parked[f.path] = Parked(f.path, f.dev, f.ino, f.offset, f.framer, f.head, f.head_len)

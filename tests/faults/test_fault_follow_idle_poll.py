@@ -118,3 +118,25 @@ def test_a_followed_link_is_read_when_its_target_is_written(
     os.rename(target, pods / "0.log.1")
     target.write_bytes(line(2))
     wait_for(lambda: pipeline.numbers() == [0, 1, 2], timeout=5)
+
+
+def test_files_written_while_others_wait_for_a_descriptor_are_all_read_at_once(
+    running: tuple[Pipeline, list[Running]], tmp_path: Path
+) -> None:
+    """Every file written to at once, more than may be open: the open ones closed to make
+    room for the closed ones before they were read were left closed with their new line
+    until the next full poll (10 s), no event left to tell they grew."""
+    pipeline, started = running
+    data = tmp_path / "logs"
+    data.mkdir()
+    files = [data / f"f{i}.log" for i in range(8)]
+    for i, f in enumerate(files):
+        f.write_bytes(line(i))
+    run = _start(pipeline, started, [f"{data}/*.log"], max_open_files=4)
+    wait_for(lambda: pipeline.numbers() == list(range(8)), timeout=10)
+    wait_for(lambda: len(run.source._parked) == 4, timeout=10)
+    time.sleep(0.3)  # the full polls after the start are done
+    for i, f in enumerate(files, start=8):
+        with open(f, "ab") as fh:
+            fh.write(line(i))
+    wait_for(lambda: pipeline.numbers() == list(range(16)), timeout=5)
