@@ -27,9 +27,9 @@ from chworkers.daemon.brokers.common import (
     SourceArgs,
 )
 from chworkers.daemon.brokers.natsbatches import NatsBatching
-from chworkers.daemon.brokers.natsconsumer import Pulled
+from chworkers.daemon.brokers.natsconsumer import Consumer, Pulled
 from chworkers.daemon.brokers.natslink import ACK
-from chworkers.daemon.brokers.natsmanifests import Manifest
+from chworkers.daemon.brokers.natsmanifests import Manifest, ManifestStore
 from chworkers.daemon.brokers.natsreplies import delivery
 from chworkers.daemon.brokers.options import NatsSourceSettings
 from chworkers.daemon.spool import SpooledBatch
@@ -37,6 +37,9 @@ from chworkers.errors import BrokerError
 from chworkers.wording import plural
 
 log = logging.getLogger(__name__)
+
+#: How long a stop waits for inserted batches to be marked done (ack_policy = "all").
+SETTLE_ON_CLOSE = 5.0
 
 
 class NatsSource(NatsBatching):
@@ -59,6 +62,8 @@ class NatsSource(NatsBatching):
         #: Tokens of batches :meth:`still_open` found without a manifest: not inserted,
         #: and their messages not acknowledged either (:meth:`complete`).
         self._gone: set[str] = set()
+        #: ack_policy = "all": batches inserted being marked done (:meth:`complete`).
+        self._settling: set[concurrent.futures.Future[int]] = set()
         self.link.keep_alive(self._due, self._noted)
 
     # -- the daemon's side ----------------------------------------------------------------
@@ -173,25 +178,56 @@ class NatsSource(NatsBatching):
 
     def _complete_settled(self, batch: SpooledBatch) -> None:
         """:meth:`complete` with ``ack_policy = "all"``: the batch's manifest marked
-        done (its messages settled), and the settled prefix acknowledged. A manifest
-        gone meanwhile (its batch waited past ``manifest_ttl`` and was not written
-        again) is written again, done: its messages would else be batched anew."""
+        done (its messages settled), and the settled prefix acknowledged, on the event
+        loop while the daemon goes on (three or four round trips to NATS that the
+        daemon's completion of the next batches would otherwise wait for). Should that
+        fail (NATS down), the messages are not acknowledged: they are redelivered after
+        ``ack_wait`` and the batch rebuilt with its token (ClickHouse drops it), as
+        after a daemon killed between the insert and the acknowledgement."""
         broker = batch.meta["broker"]
         token = str(broker["token"])
         ranges = [list(r) for r in broker.get("seqs", ())]
+        store, consumer = self.link.manifests(), self.link.wire()
         with self._lock:
             self._unsent.discard(token)
-        store = self.link.manifests()
-        registry = self.link.call(store.mark_done(token, self._floor))
-        if token not in registry.manifests and ranges and ranges[-1][1] > self._floor:
-            manifest = Manifest(token, ranges, time.time(), self.label)
-            registry = self.link.call(store.settle(manifest, self._floor))
-        self._advance(registry)
-        with self._lock:
             held = self._inflight.pop(token, [])
             self._since.pop(token, None)
             self._room.notify_all()
+        future = self.link.start(self._settle_batch(store, consumer, token, ranges))
+        with self._lock:
+            self._settling.add(future)
+        future.add_done_callback(self._batch_settled)
         self._acked(len(held))
+
+    async def _settle_batch(
+        self, store: ManifestStore, consumer: Consumer, token: str, ranges: list[list[int]]
+    ) -> int:
+        """Mark batch ``token``'s manifest done and acknowledge the settled prefix;
+        returns the consumer's floor. A manifest gone meanwhile (its batch waited past
+        ``manifest_ttl`` and was not written again) is written again, done: its
+        messages would else be batched anew."""
+        floor = self._floor
+        registry = await store.mark_done(token, floor)
+        if token not in registry.manifests and ranges and ranges[-1][1] > floor:
+            manifest = Manifest(token, ranges, time.time(), self.label)
+            registry = await store.settle(manifest, floor)
+        return await self._settled.advance(consumer, registry)
+
+    def _batch_settled(self, future: concurrent.futures.Future[int]) -> None:
+        with self._lock:
+            self._settling.discard(future)
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.warning(
+                "source %s: a batch inserted could not be marked done (%s): its messages "
+                "are redelivered after ack_wait and its batch rebuilt with its token",
+                self.name,
+                error,
+            )
+            return
+        self._floor = max(self._floor, future.result())
 
     # -- the source's thread ----------------------------------------------------------------
 
@@ -304,7 +340,12 @@ class NatsSource(NatsBatching):
 
     def close(self) -> None:
         """The daemon stopped: no more in-progress notes, the connection closed (batches
-        still in flight are redelivered after ack_wait, or replayed from the spool)."""
+        still in flight are redelivered after ack_wait, or replayed from the spool).
+        Batches inserted and being marked done get a few seconds to be."""
+        with self._lock:
+            settling = list(self._settling)
+        if settling:
+            concurrent.futures.wait(settling, timeout=SETTLE_ON_CLOSE)
         self.link.close()
 
     def _publish_gauges(self) -> None:
