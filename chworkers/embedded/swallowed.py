@@ -10,8 +10,8 @@ different lengths (190), a MergeTree's "Too many parts" and "Too many partitions
 single INSERT block" (252, twice per insert), its disk full as the part is written (243),
 a MergeTree key's expression, and any error of a materialized view the insert pushes
 its block through. chDB's insert writes nothing of a block stream that failed: the
-rows before the failing one are not in the table either (200,000 rows and more, Memory
-and MergeTree alike).
+rows before the failing one are not in the table either (300,000 and 3,000,000 rows,
+the last one throwing, Memory and MergeTree alike).
 
 Every such error still counts in ``system.errors`` with the query id of the query that
 threw it, and chDB's connection keeps the insert's query id for the queries it runs
