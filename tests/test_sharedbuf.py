@@ -70,7 +70,7 @@ def test_a_kept_file_takes_the_next_batch_through_its_mapping(
     old = first.ref
     first.close()  # kept, and mapped here
     (kept,) = pool._free
-    assert kept._maps and len(kept._maps[0]) == 5000 + sharedbuf._TAG
+    assert kept._maps and len(kept._maps[0]) == 5000 + sharedbuf._TAG + sharedbuf._MARK
     second = sharedbuf.SharedBuffer(b"b" * 3000)  # copied into the mapped pages
     assert second.ref.name == old.name
     with pytest.raises(SerializationError, match="its task is done"):
@@ -86,7 +86,7 @@ def test_a_kept_file_takes_the_next_batch_through_its_mapping(
     third = sharedbuf.SharedBuffer(b"c" * 9000)  # larger: written, then mapped again
     assert bytes(third.ref.open()) == b"c" * 9000
     third.close()
-    assert len(pool._free[0]._maps[0]) == 9000 + sharedbuf._TAG
+    assert len(pool._free[0]._maps[0]) == 9000 + sharedbuf._TAG + sharedbuf._MARK
     pool.sweep(0)
     assert not kept._maps and kept.closed
 

@@ -27,6 +27,7 @@ returns None and the buffer goes through the pipe as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
@@ -49,6 +50,7 @@ __all__ = [
     "THRESHOLD",
     "SharedBuffer",
     "SharedRef",
+    "SharedView",
     "configure",
     "default_keep",
     "kept_bytes",
@@ -72,6 +74,7 @@ POOL_SHARE = 16
 #: ... and for this many seconds (see :func:`sweep`).
 POOL_IDLE = 30.0
 _TAG = 16  # bytes of the tag written after a batch
+_MARK = 1  # and then of the mark that it was sent in part (see SharedView)
 
 _PR_GET_DUMPABLE = 3
 _ids = itertools.count(1)
@@ -114,10 +117,13 @@ class SharedRef:
     tag: bytes = b""
 
     def open(self) -> memoryview:
-        """The buffer, mapped read-only; :class:`SerializationError` when it cannot be."""
+        """The buffer, mapped read-only (a view of a :class:`SharedView`, through which it
+        can also be sent from the file itself); :class:`SerializationError` when it cannot
+        be."""
         path = f"/proc/{self.pid}/fd/{self.fd}"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Writable only for SharedView.spoil's mark, past the buffer and its tag.
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise SerializationError(
                 f"cannot open the task's shared buffer {path}: {exc}",
@@ -138,10 +144,68 @@ class SharedRef:
                     error_type="stale",
                 )
             if self.size == 0:
+                os.close(fd)
                 return memoryview(b"")
-            return memoryview(mmap.mmap(fd, self.size, prot=mmap.PROT_READ))
-        finally:
+            return memoryview(SharedView.of(fd, self.size, self.size + len(self.tag)))
+        except BaseException:
             os.close(fd)
+            raise
+
+
+class SharedView(mmap.mmap):
+    """A task's shared buffer as a worker maps it (read-only), with its file: a sender may
+    hand the kernel the file instead of the mapped pages (``socket.sendfile``: the pages
+    are neither faulted into the worker nor copied by it).
+
+    Such a send passes the pages themselves, not a copy of them: until the server has
+    read them, a socket still refers to them, and a request that did not end in a whole
+    answer (a timeout, a reset, a killed worker) can leave one that does, its bytes read
+    by the server later (on one host, a socket's unread data is those very pages). Then
+    the file must never carry another batch. So a file sent this way is marked first
+    (:meth:`sending`, a byte past the buffer and its tag) and unmarked only by a whole
+    answer to a send that no failed one preceded, by this worker or another
+    (:meth:`sent`); the supervisor closes a file it finds marked instead of keeping it
+    for a later batch (:func:`_give_back`). Whatever fails in between (the worker's
+    death included) leaves the mark: the cost is a fresh file, never a batch's bytes
+    changed under a request still in flight."""
+
+    _fd: int
+    _mark: int
+    _clean: bool | None
+
+    @classmethod
+    def of(cls, fd: int, size: int, mark: int) -> SharedView:
+        """``size`` bytes of the file ``fd`` (owned from now on: closed with the view),
+        marked at offset ``mark`` while sent from the file."""
+        view = cls(fd, size, prot=mmap.PROT_READ)
+        view._fd, view._mark, view._clean = fd, mark, None
+        weakref.finalize(view, os.close, fd)
+        return view
+
+    def fileno(self) -> int:
+        """The file's descriptor (its first ``len(self)`` bytes are the buffer)."""
+        return self._fd
+
+    def sending(self) -> bool:
+        """Mark the file before it is sent from; False when it cannot be marked (then
+        send the mapped bytes instead: a copy, which nothing can change)."""
+        try:
+            if self._clean is None:  # its first send here: marked already if one failed
+                self._clean = os.pread(self._fd, 1, self._mark) == b"\0"
+            os.pwrite(self._fd, b"\1", self._mark)
+        except OSError as exc:
+            log.debug("shared buffer not sent from its file: %s", exc)
+            return False
+        return True
+
+    def sent(self, whole: bool) -> None:
+        """After a send from the file: ``whole`` when it ended in the server's whole
+        answer (so the server has read every byte of it)."""
+        if not whole:
+            self._clean = False
+        elif self._clean:
+            with contextlib.suppress(OSError):  # still marked: only a fresh file then
+                os.pwrite(self._fd, b"\0", self._mark)
 
 
 class _File:
@@ -319,10 +383,10 @@ class SharedBuffer:
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         size = len(view)
-        f = _POOL.take(size + _TAG)
+        f = _POOL.take(size + _TAG + _MARK)
         tag = secrets.token_bytes(_TAG)
         try:
-            f.write(view, tag)
+            f.write(view, tag + bytes(_MARK))
         except BaseException:
             f.close()
             raise
@@ -337,12 +401,18 @@ class SharedBuffer:
 
 
 def _give_back(f: _File, size: int) -> None:
-    """The task is done: wipe its tag (a reference to it no longer maps) and keep the file."""
+    """The task is done: wipe its tag (a reference to it no longer maps) and keep the file,
+    unless a worker marked it as sent in part (see :class:`SharedView`): then a socket
+    may still refer to its pages, and it is closed instead."""
     if f.closed or f.pid != os.getpid():
         return  # closed in a forked child
     try:
-        os.pwrite(f.fd, bytes(_TAG), size)
+        marked = os.pread(f.fd, _MARK, size + _TAG) != bytes(_MARK)
+        if not marked:
+            os.pwrite(f.fd, bytes(_TAG), size)
     except OSError:
+        marked = True
+    if marked:
         f.close()
         return
     _POOL.give(f)
