@@ -180,10 +180,12 @@ class SpoolReferences(SpoolReservations):
         with self._lock:
             # Confirmed meanwhile: its removal detached its links already.
             done = self._by_ref.pop(batch.seq, None) is not None
+            if done and self._metrics is not None:
+                # Counted as it leaves the batches by reference, not after its links
+                # are gone: whoever sees it copied (by_reference) sees it counted.
+                self._metrics.spool_reference_copies.inc()
         if done:
             self.links.detach(batch.seq, refs)
-            if self._metrics is not None:
-                self._metrics.spool_reference_copies.inc()
             self.publish()
         return done
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -28,6 +30,7 @@ from chworkers.daemon import filesource, spoolrefs
 from chworkers.daemon.extents import Extent
 from chworkers.daemon.options import SpoolSettings
 from chworkers.daemon.spool import Spool, SpooledBatch, read_batch
+from chworkers.daemon.spoollinks import SpoolLinks
 from chworkers.embedded import EmbeddedClickHouse
 from chworkers.ops.metrics import Metrics
 
@@ -162,6 +165,42 @@ def test_a_failed_attempt_copies_its_batch_and_trouble_copies_the_rest(tmp_path:
     assert _links(spool) == []
     spool.remove(batches[0])  # an insert confirmed: ClickHouse is back
     assert spool.takes_references()
+
+
+def test_a_batch_seen_copied_is_counted_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chworkers_spool_reference_copies_total moves with the batches by reference: the
+    copy was counted after its links were removed, so the test above, waiting for no
+    batch by reference, read 4 copies of 5 (3 runs in 100 at load 10). Removing links
+    made slow here, as a loaded disk does, shows that window every time."""
+    detach = SpoolLinks.detach
+
+    def slow_detach(self: SpoolLinks, seq: int, refs: Any) -> None:
+        time.sleep(0.2)
+        detach(self, seq, refs)
+
+    monkeypatch.setattr(SpoolLinks, "detach", slow_detach)
+    source = tmp_path / "a.json"
+    source.write_bytes(lines(0, 3000))
+    registry = CollectorRegistry()
+    spool_dir = tmp_path / "spool"
+    metered = Spool(spool_dir, SpoolSettings(fsync=False), metrics=Metrics(registry))
+    spool, batches = _read(spool_dir, [source], spool=metered)
+    assert len(spool.by_reference()) == len(batches) == 3
+    spool.in_trouble()  # the copier copies them, in its thread
+    # (batches by reference, then the copies counted): one seen copied is counted.
+    seen: list[tuple[int, float]] = []
+
+    def all_copied() -> bool:
+        left = len(spool.by_reference())
+        copies = registry.get_sample_value("chworkers_spool_reference_copies_total") or 0
+        seen.append((left, copies))
+        return left == 0
+
+    wait_for(all_copied, timeout=30, what="every batch copied")
+    assert all(copies >= 3 - left for left, copies in seen), seen
+    assert seen[-1] == (0, 3)
 
 
 def test_a_batch_that_cannot_be_copied_holds_back_no_other(tmp_path: Path) -> None:
