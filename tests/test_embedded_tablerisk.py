@@ -3,7 +3,7 @@
 chDB's streaming insert swallows errors a table's sink or a materialized view throws, so
 the endpoint reads ``system.errors`` after an insert (chworkers/embedded/swallowed.py). It
 skips that query for a table that cannot throw them (a plain Memory/Null/Log table with
-no view, constraint or Nested arrays) and remembers which tables those are until the
+no view, constraint, Nested arrays or column expression that may throw) and remembers which tables those are until the
 next DDL statement: a view or constraint added later must bring the check back.
 """
 
@@ -13,7 +13,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from chworkers.embedded.tablerisk import target
+from chworkers.embedded.tablerisk import may_throw, target
 
 
 @pytest.mark.parametrize(
@@ -51,6 +51,42 @@ def test_a_view_added_to_a_checked_free_table_brings_the_check_back(ch_client: C
         _insert(ch_client, "src", 42)
     _insert(ch_client, "src", 7)
     assert ch_client.query("SELECT k FROM dst").result_columns == [[7]]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expression", "throws"),
+    [
+        ("", "", False),
+        ("ALIAS", "throwIf(k > 5)", False),  # computed when read, not when written
+        ("DEFAULT", "throwIf(k > 5, 'no')", True),
+        ("MATERIALIZED", "toUInt8(s)", True),
+        ("EPHEMERAL", "throwIf(k > 5)", True),
+        ("DEFAULT", "k", True),  # a column's value converted to another type may throw
+        ("DEFAULT", "'a' || toString(throwIf(k > 5))", True),
+        ("DEFAULT", "'a', throwIf(1), 'b'", True),
+        ("DEFAULT", "0", False),
+        ("DEFAULT", "-1.5e3", False),
+        ("DEFAULT", "'it\\'s'", False),
+        ("DEFAULT", "NULL", False),
+        ("DEFAULT", "[]", False),
+        ("DEFAULT", "now()", False),
+        ("DEFAULT", "now64(3, 'UTC')", False),
+        ("DEFAULT", "generateUUIDv4()", False),
+        ("EPHEMERAL", "defaultValueOfTypeName('UInt8')", False),
+    ],
+)
+def test_which_column_expressions_may_throw(kind: str, expression: str, throws: bool) -> None:
+    assert may_throw(kind, expression) is throws
+
+
+def test_an_expression_column_added_later_brings_the_check_back(ch_client: Client) -> None:
+    ch_client.command("CREATE TABLE e (k UInt64) ENGINE = Memory")
+    _insert(ch_client, "e", 9)  # learned: no check needed for e
+    ch_client.command("ALTER TABLE e ADD COLUMN v UInt8 MATERIALIZED throwIf(k = 9, 'no 9')")
+    with pytest.raises(DatabaseError, match="no 9"):
+        _insert(ch_client, "e", 9)
+    _insert(ch_client, "e", 7)
+    assert ch_client.query("SELECT k FROM e ORDER BY k").result_columns == [[7, 9]]
 
 
 def test_a_table_made_again_with_a_constraint_is_checked(ch_client: Client) -> None:
