@@ -82,11 +82,10 @@ def counts(data: bytes | memoryview, byte: int, start: int, end: int) -> tuple[i
         return None
     np = _numpy
     assert np is not None
-    found = view == byte
-    occurrences = int(np.count_nonzero(found))
-    if occurrences < 2:
-        return occurrences, 0
-    return occurrences, int(np.count_nonzero(found[1:] & found[:-1]))
+    # Where it is, then which of those follow one another: on the few positions, not
+    # a second pass over the bytes (an AND of two shifted views cost 3x as much).
+    at = np.flatnonzero(view == byte)
+    return len(at), int(np.count_nonzero(np.diff(at) == 1))
 
 
 def nth(
