@@ -122,8 +122,10 @@ class SharedRef:
         be."""
         path = f"/proc/{self.pid}/fd/{self.fd}"
         try:
-            # Writable only for SharedView.spoil's mark, past the buffer and its tag.
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:  # writable for SharedView's mark only (past the buffer and its tag)
+                fd, marks = os.open(path, os.O_RDWR | os.O_CLOEXEC), True
+            except PermissionError:  # then it is never sent from the file
+                fd, marks = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
         except OSError as exc:
             raise SerializationError(
                 f"cannot open the task's shared buffer {path}: {exc}",
@@ -146,7 +148,8 @@ class SharedRef:
             if self.size == 0:
                 os.close(fd)
                 return memoryview(b"")
-            return memoryview(SharedView.of(fd, self.size, self.size + len(self.tag)))
+            mark = self.size + len(self.tag) if marks else None
+            return memoryview(SharedView.of(fd, self.size, mark))
         except BaseException:
             os.close(fd)
             raise
@@ -170,13 +173,14 @@ class SharedView(mmap.mmap):
     changed under a request still in flight."""
 
     _fd: int
-    _mark: int
+    _mark: int | None
     _clean: bool | None
 
     @classmethod
-    def of(cls, fd: int, size: int, mark: int) -> SharedView:
+    def of(cls, fd: int, size: int, mark: int | None) -> SharedView:
         """``size`` bytes of the file ``fd`` (owned from now on: closed with the view),
-        marked at offset ``mark`` while sent from the file."""
+        marked at offset ``mark`` while sent from the file (None: ``fd`` is read-only,
+        and the file is never sent from)."""
         view = cls(fd, size, prot=mmap.PROT_READ)
         view._fd, view._mark, view._clean = fd, mark, None
         weakref.finalize(view, os.close, fd)
@@ -189,6 +193,8 @@ class SharedView(mmap.mmap):
     def sending(self) -> bool:
         """Mark the file before it is sent from; False when it cannot be marked (then
         send the mapped bytes instead: a copy, which nothing can change)."""
+        if self._mark is None:
+            return False
         try:
             if self._clean is None:  # its first send here: marked already if one failed
                 self._clean = os.pread(self._fd, 1, self._mark) == b"\0"
@@ -203,7 +209,7 @@ class SharedView(mmap.mmap):
         answer (so the server has read every byte of it)."""
         if not whole:
             self._clean = False
-        elif self._clean:
+        elif self._clean and self._mark is not None:
             with contextlib.suppress(OSError):  # still marked: only a fresh file then
                 os.pwrite(self._fd, b"\0", self._mark)
 
