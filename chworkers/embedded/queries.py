@@ -13,6 +13,18 @@ from chworkers.embedded.exceptions import UNKNOWN_SETTING, clickhouse_error, fro
 
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: The SETTINGS clause of a query the endpoint runs for itself on a request's connection,
+#: where the request's settings are in effect: none of them may cut what it reads short
+#: (``limit``, ``offset``, ``additional_result_filter``; ``limit = 1`` made the check for
+#: swallowed errors miss the insert's) or refuse it (``max_result_rows``,
+#: ``max_columns_to_read``: an insert refused, or answered an error after it landed).
+OWN_QUERY_SETTINGS = (
+    " SETTINGS limit = 0, offset = 0, max_result_rows = 0, max_result_bytes = 0, "
+    "max_rows_to_read = 0, max_bytes_to_read = 0, max_columns_to_read = 0, "
+    "max_temporary_columns = 0, max_temporary_non_const_columns = 0, max_execution_time = 0, "
+    "additional_result_filter = '', additional_table_filters = {}"
+)
+
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

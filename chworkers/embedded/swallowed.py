@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chworkers.embedded.exceptions import from_chdb
-from chworkers.embedded.queries import run
+from chworkers.embedded.queries import OWN_QUERY_SETTINGS, run
 from chworkers.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def error_counts(conn: Any) -> dict[int, int]:
     :mod:`chworkers.embedded.infile`) moves the counts without looking at them.
     """
     counts: dict[int, int] = {}
-    for line in run(conn, "SELECT code, value FROM system.errors").bytes().decode().splitlines():
+    res = run(conn, "SELECT code, value FROM system.errors" + OWN_QUERY_SETTINGS)
+    for line in res.bytes().decode().splitlines():
         code, total = line.split("\t")
         counts[int(code)] = int(total)
     return counts
@@ -156,7 +157,7 @@ def swallowed_error(conn: Any, before: dict[int, int], since: int) -> ServerErro
         "SELECT code, base64Encode(name), base64Encode(last_error_message), "
         "toUnixTimestamp(last_error_time), query_id = queryID() FROM system.errors "
         f"WHERE code IN ({', '.join(map(str, rose))}) "
-        "ORDER BY query_id = queryID() DESC, last_error_time DESC, code",
+        "ORDER BY query_id = queryID() DESC, last_error_time DESC, code" + OWN_QUERY_SETTINGS,
     )
     ids = insert_ids_known()
     for line in res.bytes().decode().splitlines():

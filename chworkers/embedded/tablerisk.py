@@ -27,7 +27,7 @@ import threading
 from typing import Any
 
 from chworkers.embedded import sql
-from chworkers.embedded.queries import quote_literal, run, sql_bytes
+from chworkers.embedded.queries import OWN_QUERY_SETTINGS, quote_literal, run, sql_bytes
 
 #: Engines whose sink throws none of the swallowed codes on its own.
 _PLAIN_ENGINES = ("Memory", "Null", "Log", "TinyLog", "StripeLog", "Set", "Join")
@@ -145,7 +145,8 @@ def _ask(conn: Any, database: str | None, table: str) -> tuple[bool, bool]:
         + ")) FROM system.columns WHERE "
         + cols
         + ") FROM system.tables WHERE "
-        + where,
+        + where
+        + OWN_QUERY_SETTINGS,
     )
     found, risky, queued, columns = (int(v) for v in res.bytes().decode().split())
     return found == 0 or risky > 0 or columns > 0, queued > 0
