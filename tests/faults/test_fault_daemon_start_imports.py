@@ -1,4 +1,5 @@
-"""``chworkers run`` without shards does not import numpy (nor pandas, pyarrow).
+"""``chworkers run`` without shards does not import numpy (nor pandas, pyarrow) to start (once
+ready it does, on a thread of its own, to count records: chworkers/vectorscan.py).
 
 Sharding (issue 14) brought ``chworkers.clickhouse.sharding`` into the daemon's
 configuration, its supervisor and its service, and with it numpy: about 0.15 s of CPU
