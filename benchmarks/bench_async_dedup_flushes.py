@@ -12,7 +12,11 @@ file and fsyncs it (``chworkers/embedded/asyncdedup.py``). Two measurements:
 * ``endpoint``: an embedded endpoint; ``--tables`` MergeTree tables with a
   deduplication window, one client thread each sending one-row asynchronous inserts
   (``wait_for_async_insert = 1``, a fixed 1 ms busy timeout, so about one flush per
-  insert) for ``--seconds``: the flushes per second (``async_flushes_total``).
+  insert) for ``--seconds``: the flushes per second (``async_flushes_total``), and
+  the endpoint process's CPU time per flush (user + system, from ``/proc``: what a
+  loaded machine does not blur as much). ``--rows`` rows per insert, and with
+  ``--partitions N`` the tables are ``PARTITION BY k % N`` (each insert's rows spread
+  over them: a flush into several partitions keeps its rows until its last part).
 
 ``--code LABEL=DIR`` (repeatable; DIR a checkout of chworkers, e.g. a ``git worktree
 add --detach`` of an older commit) runs each measurement with that code first on the
@@ -67,7 +71,14 @@ def measure_record(tables: int, seconds: float) -> float:
         return sum(counts) / seconds
 
 
-def measure_endpoint(tables: int, seconds: float) -> float:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_endpoint(
+    tables: int, seconds: float, rows: int = 1, partitions: int = 0
+) -> tuple[float, float]:
     from clickhouse_connect import get_client
 
     from chworkers import EmbeddedClickHouse
@@ -81,8 +92,9 @@ def measure_endpoint(tables: int, seconds: float) -> float:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedClickHouse(Path(tmp) / "data") as ch:
         admin = get_client(host=ch.host, port=ch.port)
         for i in range(tables):
+            by = f"PARTITION BY k % {partitions} " if partitions else ""
             admin.command(
-                f"CREATE TABLE t{i} (k UInt64) ENGINE = MergeTree ORDER BY k "
+                f"CREATE TABLE t{i} (k UInt64) ENGINE = MergeTree {by}ORDER BY k "
                 "SETTINGS non_replicated_deduplication_window = 1000"
             )
         clients = [get_client(host=ch.host, port=ch.port) for _ in range(tables)]
@@ -93,29 +105,36 @@ def measure_endpoint(tables: int, seconds: float) -> float:
             start.wait()
             n = 0
             while time.monotonic() < stop[0]:
-                clients[i].raw_insert(
-                    f"t{i}", None, b'{"k":%d}\n' % n, settings=settings, fmt="JSONEachRow"
-                )
+                body = b"".join(b'{"k":%d}\n' % (n * rows + r) for r in range(rows))
+                clients[i].raw_insert(f"t{i}", None, body, settings=settings, fmt="JSONEachRow")
                 n += 1
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(tables)]
         for t in threads:
             t.start()
+        assert ch.pid is not None
         before = ch.stats()["async_flushes_total"]
+        cpu = _cpu_seconds(ch.pid)
         stop[0] = time.monotonic() + seconds
         started = time.monotonic()
         start.wait()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
-        return (ch.stats()["async_flushes_total"] - before) / elapsed
+        flushes = ch.stats()["async_flushes_total"] - before
+        return flushes / elapsed, (_cpu_seconds(ch.pid) - cpu) / max(flushes, 1)
 
 
-def one(mode: str, tables: int, seconds: float) -> None:
+def one(mode: str, tables: int, seconds: float, rows: int, partitions: int) -> None:
     import chworkers
 
-    rate = (measure_record if mode == "record" else measure_endpoint)(tables, seconds)
-    print(json.dumps({"rate": rate, "code": str(Path(chworkers.__file__).parent.parent)}))
+    cpu = 0.0
+    if mode == "record":
+        rate = measure_record(tables, seconds)
+    else:
+        rate, cpu = measure_endpoint(tables, seconds, rows, partitions)
+    code = str(Path(chworkers.__file__).parent.parent)
+    print(json.dumps({"rate": rate, "cpu": cpu, "code": code}))
 
 
 def main() -> None:
@@ -124,14 +143,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default="record,endpoint")
+    parser.add_argument("--rows", type=int, default=1, help="rows per insert (endpoint)")
+    parser.add_argument("--partitions", type=int, default=0, help="PARTITION BY k %% N")
     parser.add_argument("--code", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one(args.one, args.tables, args.seconds)
+        one(args.one, args.tables, args.seconds, args.rows, args.partitions)
         return
     codes = [spec.split("=", 1) for spec in args.code] or [["here", "."]]
     results: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     for round_ in range(args.rounds):
         order = codes[round_ % len(codes) :] + codes[: round_ % len(codes)]
         for mode in args.modes.split(","):
@@ -150,6 +172,10 @@ def main() -> None:
                         str(args.tables),
                         "--seconds",
                         str(args.seconds),
+                        "--rows",
+                        str(args.rows),
+                        "--partitions",
+                        str(args.partitions),
                     ],
                     env=env,
                     cwd=code,
@@ -161,6 +187,7 @@ def main() -> None:
                 if Path(got["code"]).resolve() != Path(code):
                     raise SystemExit(f"{label}: ran {got['code']}, not {code}")
                 results.setdefault((mode, label), []).append(got["rate"])
+                cpus.setdefault((mode, label), []).append(got.get("cpu", 0.0))
     print(
         f"{args.tables} tables, {args.seconds:g} s each, medians of {args.rounds} rounds "
         f"(load average {os.getloadavg()[0]:.1f}):"
@@ -168,7 +195,12 @@ def main() -> None:
     for (mode, label), rates in results.items():
         unit = "ids recorded/s" if mode == "record" else "flushes/s"
         spread = ", ".join(f"{r:.0f}" for r in rates)
-        print(f"  {mode:8} {label:10} {statistics.median(rates):8.0f} {unit}  ({spread})")
+        line = f"  {mode:8} {label:10} {statistics.median(rates):8.0f} {unit}  ({spread})"
+        if mode == "endpoint":
+            ms = [c * 1000 for c in cpus[(mode, label)]]
+            each = ", ".join(f"{c:.2f}" for c in ms)
+            line += f"; endpoint CPU {statistics.median(ms):.2f} ms/flush ({each})"
+        print(line)
 
 
 if __name__ == "__main__":

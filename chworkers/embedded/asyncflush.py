@@ -16,6 +16,8 @@ deduplicated one by one; two flushes of equal rows are not duplicates).
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import signal
@@ -178,51 +180,50 @@ class Flusher:
         cols = f" ({columns})" if columns is not None else ""
         # An entry without a token is named by its parsed block's data hash, as chDB
         # names a synchronous insert's, when the endpoint can compute it (its columns
-        # all of fixed width): parsed alone into a table of its own first.
+        # all of fixed width): computed for all of them at once, once they are parsed.
         hashed = _hashed_columns(facts, columns) if size else None
-        stage = None
-        if hashed is not None and not all(e.token for e in entries):
-            stage = quote_ident(f"_chworkers_entry_{uuid.uuid4().hex}")
-            facts.create_staging(conn, stage)
+        by_data = hashed is not None and not all(e.token for e in entries)
         # Synchronous inserts' ids, as chDB's log of the table holds them now: an entry
         # with one of them is a duplicate too (one block-id store, as ClickHouse).
         synced = (
             blockids.live_hashes(Path(storage), size)
-            if size
-            and (stage is not None or any(e.token for e in entries))
-            and Path(storage).is_absolute()
+            if size and (by_data or any(e.token for e in entries)) and Path(storage).is_absolute()
             else set()
         )
-        stored = ", ".join(quote_ident(c) for c in facts.stored)
         kept: list[tuple[Entry, str, Stats]] = []
         in_flush: set[str] = set()
+        parsed: list[tuple[Entry, Stats]] = []  # in the staging table, in order
         for entry in entries:
-            stats: Stats | None
-            if stage is not None and hashed is not None and not entry.token:
-                stats = _parse(conn, key, stage, cols, clause, entry, check, log_rows)
-                if stats is None:
-                    continue
-                block_id = _data_block_id(conn, stage, hashed)
-                dup = self._duplicate(entry, key.fmt, storage, size, block_id, in_flush, synced)
-                if not dup:
-                    queries.run(conn, f"INSERT INTO {tmp} ({stored}) SELECT {stored} FROM {stage}")
-                queries.run(conn, f"TRUNCATE TABLE {stage}")
-            else:
+            if not (by_data and not entry.token):
                 block_id = entry.block_id(key.fmt)
-                dup = self._duplicate(entry, key.fmt, storage, size, block_id, in_flush, synced)
-                stats = (
-                    None if dup else _parse(conn, key, tmp, cols, clause, entry, check, log_rows)
-                )
-                if not dup and stats is None:
+                if self._duplicate(entry, key.fmt, storage, size, block_id, in_flush, synced):
+                    _dropped(key, entry, log_rows)
                     continue
-            if dup or stats is None:
-                log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
-                # Logged Ok, as the server does (its sink drops the rows).
-                log_rows.append(_row(key, entry, 0))
-                entry.finish()
+            stats = _parse(conn, key, tmp, cols, clause, entry, check, log_rows)
+            if stats is None:
                 continue
-            in_flush.add(block_id)
-            kept.append((entry, block_id, stats))
+            parsed.append((entry, stats))
+            if not (by_data and not entry.token):
+                in_flush.add(block_id)
+                kept.append((entry, block_id, stats))
+        if by_data and hashed is not None:
+            dropped: list[tuple[int, int]] = []  # row ranges of the staging table
+            ids = _data_block_ids(conn, tmp, hashed, [s.written_rows for _, s in parsed])
+            at = 0
+            for (entry, stats), block_id in zip(parsed, ids, strict=True):
+                first, at = at, at + stats.written_rows
+                if entry.token:
+                    continue
+                if not block_id:  # no rows: nothing to name
+                    block_id = entry.block_id(key.fmt)
+                if self._duplicate(entry, key.fmt, storage, size, block_id, in_flush, synced):
+                    _dropped(key, entry, log_rows)
+                    dropped.append((first, at))
+                    continue
+                in_flush.add(block_id)
+                kept.append((entry, block_id, stats))
+            if dropped:
+                tmp = _without(conn, facts, tmp, dropped)
         rows = sum(s.written_rows for _, _, s in kept)
         try:
             if rows:
@@ -352,6 +353,29 @@ def _parse(
     return stats
 
 
+def _dropped(key: Key, entry: Entry, log_rows: list[Row]) -> None:
+    log.debug("asynchronous insert %s dropped as a duplicate", entry.query_id)
+    # Logged Ok, as the server does (its sink drops the rows).
+    log_rows.append(_row(key, entry, 0))
+    entry.finish()
+
+
+def _without(conn: Any, facts: Target, tmp: str, ranges: list[tuple[int, int]]) -> str:
+    """A staging table of ``tmp``'s rows but those of ``ranges`` (row numbers, end
+    excluded): the entries found to be duplicates once parsed."""
+    out = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
+    facts.create_staging(conn, out)
+    stored = ", ".join(quote_ident(c) for c in facts.stored)
+    skip = " OR ".join(f"(_rn >= {a} AND _rn < {b})" for a, b in ranges)
+    queries.run(
+        conn,
+        f"INSERT INTO {out} ({stored}) SELECT {stored} FROM "
+        f"(SELECT {stored}, rowNumberInAllBlocks() AS _rn FROM {tmp}) WHERE NOT ({skip}) "
+        "SETTINGS max_threads = 1",
+    )
+    return out
+
+
 def _hashed_columns(facts: Target, columns: str | None) -> list[tuple[str, int]] | None:
     """The (quoted name, width) of an entry's block's columns (its column list's, else
     every column an insert may give, in order) if all are of fixed width (see
@@ -375,11 +399,23 @@ def _hashed_columns(facts: Target, columns: str | None) -> list[tuple[str, int]]
     return out or None
 
 
-def _data_block_id(conn: Any, table: str, columns: list[tuple[str, int]]) -> str:
-    """The block id of ``table``'s rows (one entry's), as chDB names a synchronous
-    insert of them without a token."""
-    raw = bytes.fromhex(queries.run(conn, blockids.data_hash_sql(table, columns)).bytes().decode())
-    return blockids.data_hash(int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little"))
+def _data_block_ids(
+    conn: Any, table: str, columns: list[tuple[str, int]], counts: list[int]
+) -> list[str]:
+    """The block id of each entry's rows (``counts`` of them, in order, the staging
+    table's rows), as chDB names a synchronous insert of them without a token; '' for
+    an entry without rows."""
+    ends = list(itertools.accumulate(counts))
+    if not ends or not ends[-1]:
+        return [""] * len(counts)
+    res = queries.run(conn, blockids.data_hashes_sql(table, columns, ends), "JSONCompactEachRow")
+    found = {}
+    for line in res.bytes().splitlines():
+        index, digest = json.loads(line)
+        raw = bytes.fromhex(digest)
+        lo, hi = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+        found[int(index)] = blockids.data_hash(lo, hi)
+    return [found.get(i, "") if counts[i] else "" for i in range(len(counts))]
 
 
 def _live(facts: Target, size: int) -> set[str]:

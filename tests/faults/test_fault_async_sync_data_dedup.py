@@ -12,7 +12,9 @@ test compares with chDB's own log), and dropped if chDB's log of the table has i
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chclients import unique_name
@@ -91,3 +93,38 @@ def test_an_entry_s_id_is_the_one_chdb_logs_for_the_same_data(ch_client: Client)
     }
     assert len(chdbs) == 1  # one hash, its partitions' ids
     assert chdbs <= set(ours)
+
+
+def test_in_one_flush_only_the_repeated_entries_are_dropped(
+    ch_client: Client, client_factory: Any
+) -> None:
+    admin = ch_client
+    table = make_table(admin)
+    admin.raw_insert(table, SENT, BODY, fmt="JSONEachRow")  # synchronous: 2 rows
+    new = BODY.replace(b'"k":1', b'"k":5').replace(b'"k":2', b'"k":6')
+    bodies = [BODY, new, new, BODY.replace(b'"k":1', b'"k":9')]
+    slow = {**FAST, "async_insert_busy_timeout_max_ms": 1500}
+    written: list[int] = [-1] * len(bodies)
+
+    def send(n: int) -> None:
+        summary = client_factory().raw_insert(
+            table, SENT, bodies[n], settings=slow, fmt="JSONEachRow"
+        )
+        written[n] = int(summary.written_rows)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    admin.command("SYSTEM FLUSH LOGS")
+    flushes = admin.command(
+        "SELECT uniqExact(flush_query_id) FROM system.asynchronous_insert_log "
+        f"WHERE table = '{table}'"
+    )
+    assert flushes == 1  # one flush: the repeats' rows left out of its staging table
+    assert sorted(written) == [0, 0, 2, 2]  # the synchronous repeat, one of the two news
+    assert written[0] == 0
+    assert admin.command(f"SELECT count() FROM {table}") == 6
+    keys = admin.query(f"SELECT k FROM {table} ORDER BY k").result_columns[0]
+    assert keys == [1, 2, 2, 5, 6, 9]
