@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from chworkers.embedded import queries
-from chworkers.embedded.asyncdedup import AsyncDedup, flush_files, flush_token
+from chworkers.embedded.asyncdedup import AsyncDedup
+from chworkers.embedded.asyncrows import flush_files, flush_token
 from chworkers.embedded.asynctarget import Target, targets
 from chworkers.embedded.blockids import live_partitions
 from chworkers.embedded.engine import Engine, close_quietly

@@ -41,13 +41,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chworkers.embedded import blockids
+from chworkers.embedded.asyncrows import flush_file, flush_files, write_synced
 
 log = logging.getLogger(__name__)
 
 #: The ids' file, in the table's data directory.
 FILE_NAME = "chworkers_async_dedup.log"
-#: A flush's rows, kept beside it until its parts are all written (see :func:`flush_file`).
-_FLUSH_FILE = "chworkers_async_flush_{}.native"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _WINDOW = re.compile(r"\bnon_replicated_deduplication_window\s*=\s*(\d+)")
 _REPLICATED_ASYNC_WINDOW = 10000  # replicated_deduplication_window (unified ids, 26.x)
@@ -62,28 +61,6 @@ def legacy_id(token: str, fmt: str, data: bytes) -> str:
     if token:
         return "token:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
     return "data:" + hashlib.sha256(fmt.encode() + b"\0" + data).hexdigest()
-
-
-def flush_token(flush_id: str) -> str:
-    """The deduplication token of the flush ``flush_id``'s insert (its hash, in chDB's
-    log of the table, names the flush's parts)."""
-    return f"chworkers-async-flush-{flush_id}"
-
-
-def flush_file(table_dir: Path, flush_id: str) -> Path:
-    """Where a flush into several partitions keeps its rows (``Native``, as chDB wrote
-    them) from before its first part until its last: a flush killed between its parts
-    is completed from it at the next start, with its token (:func:`flush_token`)."""
-    return table_dir / _FLUSH_FILE.format(flush_id)
-
-
-def flush_files(table_dir: Path) -> dict[str, Path]:
-    """The flush files in a table's directory, by flush (its token's hash)."""
-    prefix, suffix = _FLUSH_FILE.split("{}")
-    return {
-        blockids.token_hash(flush_token(path.name[len(prefix) : -len(suffix)])): path
-        for path in table_dir.glob(_FLUSH_FILE.format("*"))
-    }
 
 
 def window(engine: str, engine_full: str) -> int:
@@ -327,7 +304,7 @@ class AsyncDedup:
         with table.lock:
             if rows is not None and table.table_dir is not None:
                 path = flush_file(table.table_dir, rows[0])
-                _write_synced(path, rows[1])
+                write_synced(path, rows[1])
                 table.files[flush] = path
             table.append([f"P\t{flush}\t{b}" for b in block_ids], sync=True)
             table.flushing = flush
@@ -460,16 +437,6 @@ class AsyncDedup:
                 old.unlink()
                 deleted += 1
         return deleted
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` (whole, fsync'd) or does not exist."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 def _unlink(path: Path | None) -> None:

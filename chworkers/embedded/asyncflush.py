@@ -16,8 +16,6 @@ deduplicated one by one; two flushes of equal rows are not duplicates).
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import os
 import signal
@@ -36,9 +34,11 @@ from chworkers.embedded.asynccomplete import (
     rows_to_keep,
     test_hook,
 )
-from chworkers.embedded.asyncdedup import AsyncDedup, flush_token
+from chworkers.embedded.asyncdataids import data_block_ids, hashed_columns, without
+from chworkers.embedded.asyncdedup import AsyncDedup
 from chworkers.embedded.asynclog import AsyncInsertLog, Row
 from chworkers.embedded.asyncqueue import Entry, Key, Limits
+from chworkers.embedded.asyncrows import flush_token
 from chworkers.embedded.asynctarget import Target, targets
 from chworkers.embedded.engine import Engine, close_quietly
 from chworkers.embedded.queries import quote_ident
@@ -181,7 +181,7 @@ class Flusher:
         # An entry without a token is named by its parsed block's data hash, as chDB
         # names a synchronous insert's, when the endpoint can compute it (its columns
         # all of fixed width): computed for all of them at once, once they are parsed.
-        hashed = _hashed_columns(facts, columns) if size else None
+        hashed = hashed_columns(facts, columns) if size else None
         by_data = hashed is not None and not all(e.token for e in entries)
         # Synchronous inserts' ids, as chDB's log of the table holds them now: an entry
         # with one of them is a duplicate too (one block-id store, as ClickHouse).
@@ -208,7 +208,7 @@ class Flusher:
                 kept.append((entry, block_id, stats))
         if by_data and hashed is not None:
             dropped: list[tuple[int, int]] = []  # row ranges of the staging table
-            ids = _data_block_ids(conn, tmp, hashed, [s.written_rows for _, s in parsed])
+            ids = data_block_ids(conn, tmp, hashed, [s.written_rows for _, s in parsed])
             at = 0
             for (entry, stats), block_id in zip(parsed, ids, strict=True):
                 first, at = at, at + stats.written_rows
@@ -223,7 +223,7 @@ class Flusher:
                 in_flush.add(block_id)
                 kept.append((entry, block_id, stats))
             if dropped:
-                tmp = _without(conn, facts, tmp, dropped)
+                tmp = without(conn, facts, tmp, dropped)
         rows = sum(s.written_rows for _, _, s in kept)
         try:
             if rows:
@@ -358,64 +358,6 @@ def _dropped(key: Key, entry: Entry, log_rows: list[Row]) -> None:
     # Logged Ok, as the server does (its sink drops the rows).
     log_rows.append(_row(key, entry, 0))
     entry.finish()
-
-
-def _without(conn: Any, facts: Target, tmp: str, ranges: list[tuple[int, int]]) -> str:
-    """A staging table of ``tmp``'s rows but those of ``ranges`` (row numbers, end
-    excluded): the entries found to be duplicates once parsed."""
-    out = quote_ident(f"_chworkers_async_{uuid.uuid4().hex}")
-    facts.create_staging(conn, out)
-    stored = ", ".join(quote_ident(c) for c in facts.stored)
-    skip = " OR ".join(f"(_rn >= {a} AND _rn < {b})" for a, b in ranges)
-    queries.run(
-        conn,
-        f"INSERT INTO {out} ({stored}) SELECT {stored} FROM "
-        f"(SELECT {stored}, rowNumberInAllBlocks() AS _rn FROM {tmp}) WHERE NOT ({skip}) "
-        "SETTINGS max_threads = 1",
-    )
-    return out
-
-
-def _hashed_columns(facts: Target, columns: str | None) -> list[tuple[str, int]] | None:
-    """The (quoted name, width) of an entry's block's columns (its column list's, else
-    every column an insert may give, in order) if all are of fixed width (see
-    :func:`chworkers.embedded.blockids.fixed_width`); None otherwise."""
-    types = {c.name: c.type for c in facts.columns}
-    if columns is None:
-        names = facts.stored
-    else:
-        toks = sql.tokens(columns.encode("utf-8", "surrogateescape"))
-        words = [t for t in toks[0::2] if t.kind in ("word", "quoted")]
-        commas = toks[1::2]
-        if len(words) != len(toks[0::2]) or any(t.text != b"," for t in commas):
-            return None
-        names = [sql.unquote(t) for t in words]
-    out = []
-    for name in names:
-        width = blockids.fixed_width(types.get(name, ""))
-        if width is None:
-            return None
-        out.append((quote_ident(name), width))
-    return out or None
-
-
-def _data_block_ids(
-    conn: Any, table: str, columns: list[tuple[str, int]], counts: list[int]
-) -> list[str]:
-    """The block id of each entry's rows (``counts`` of them, in order, the staging
-    table's rows), as chDB names a synchronous insert of them without a token; '' for
-    an entry without rows."""
-    ends = list(itertools.accumulate(counts))
-    if not ends or not ends[-1]:
-        return [""] * len(counts)
-    res = queries.run(conn, blockids.data_hashes_sql(table, columns, ends), "JSONCompactEachRow")
-    found = {}
-    for line in res.bytes().splitlines():
-        index, digest = json.loads(line)
-        raw = bytes.fromhex(digest)
-        lo, hi = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
-        found[int(index)] = blockids.data_hash(lo, hi)
-    return [found.get(i, "") if counts[i] else "" for i in range(len(counts))]
 
 
 def _live(facts: Target, size: int) -> set[str]:
