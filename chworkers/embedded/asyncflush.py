@@ -93,6 +93,40 @@ def split(statement: str) -> tuple[str, str | None, str]:
     )
 
 
+#: Settings the flush's insert sets itself, which a SETTINGS clause of the clients'
+#: statement would override (a token there named the flush's parts after the client's,
+#: and a crashed flush was then taken for one never written).
+_OWN = frozenset(
+    ["insert_deduplication_token", "insert_deduplicate", "deduplicate_insert", *_FLUSH_SETTINGS]
+)
+
+
+def flush_clause(clause: str) -> str:
+    """The statement's SETTINGS clause for the flush's insert: without the settings the
+    flush sets itself (its token and its deduplication)."""
+    raw = clause.encode("utf-8", "surrogateescape")
+    toks = sql.tokens(raw)
+    if not toks or toks[0].upper != "SETTINGS":
+        return clause
+    items: list[list[sql.Token]] = [[]]
+    depth = 0
+    for tok in toks[1:]:
+        if tok.kind == "punct" and tok.text in (b"(", b"["):
+            depth += 1
+        elif tok.kind == "punct" and tok.text in (b")", b"]"):
+            depth -= 1
+        elif depth == 0 and tok.kind == "punct" and tok.text == b",":
+            items.append([])
+            continue
+        items[-1].append(tok)
+    kept = [
+        raw[item[0].start : item[-1].end].decode("utf-8", "surrogateescape")
+        for item in items
+        if item and sql.unquote(item[0]) not in _OWN
+    ]
+    return "SETTINGS " + ", ".join(kept) if kept else ""
+
+
 def qualified(database: str, statement: str) -> tuple[str, str]:
     """The (database, table) an INSERT statement writes, its database resolved."""
     target = tablerisk.target(statement)
@@ -278,7 +312,7 @@ class Flusher:
         # columns go into the target's as they are.
         names = ", ".join(quote_ident(c) for c in facts.stored)
         target = f"{quote_ident(facts.database)}.{quote_ident(facts.table)}"
-        insert = f"INSERT INTO {target} ({names}) {clause} SELECT {names} FROM {tmp}"
+        insert = f"INSERT INTO {target} ({names}) {flush_clause(clause)} SELECT {names} FROM {tmp}"
         if size:
             settings.update(LOGGED_SETTINGS, insert_deduplication_token=token)
         queries.apply_settings(conn, settings)

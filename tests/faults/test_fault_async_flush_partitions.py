@@ -47,14 +47,24 @@ def body(client: int) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
-def send_all(ch: EmbeddedClickHouse) -> list[BaseException | int]:
-    """Each client's insert, with its token, in one flush; what each got."""
+def send_all(ch: EmbeddedClickHouse, clause: bool = False) -> list[BaseException | int]:
+    """Each client's insert, with its token (in the URL, or the statement's SETTINGS
+    clause), in one flush; what each got."""
     results: list[BaseException | int] = [0] * CLIENTS
 
     def send(n: int) -> None:
         client = make_client(ch)
-        settings = {**SETTINGS, "insert_deduplication_token": f"client-{n}"}
+        token = f"client-{n}"
         try:
+            if clause:
+                statement = (
+                    f"INSERT INTO t SETTINGS insert_deduplication_token = '{token}' "
+                    "FORMAT JSONEachRow"
+                )
+                client.command(statement, data=body(n), settings=SETTINGS)
+                results[n] = -1  # answered (its written rows are not in a command's)
+                return
+            settings = {**SETTINGS, "insert_deduplication_token": token}
             summary = client.raw_insert("t", None, body(n), settings=settings, fmt="JSONEachRow")
             results[n] = int(summary.written_rows)
         except BaseException as exc:
@@ -78,9 +88,12 @@ def parts_on_disk(data: Path) -> int:
     )
 
 
-@pytest.mark.parametrize("point", ["between-parts", "before-insert"])
+@pytest.mark.parametrize(
+    ("point", "clause"),
+    [("between-parts", False), ("before-insert", False), ("between-parts", True)],
+)
 def test_a_flush_killed_between_its_parts_is_completed_at_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str, clause: bool
 ) -> None:
     data = tmp_path / "data"
     monkeypatch.setenv(KILL_FLUSH_ENV, point)
@@ -92,7 +105,7 @@ def test_a_flush_killed_between_its_parts_is_completed_at_the_next_start(
             f"PARTITION BY k % {PARTITIONS} ORDER BY k "
             "SETTINGS non_replicated_deduplication_window = 100"
         )
-        results = send_all(ch)
+        results = send_all(ch, clause)
         # No client got an answer: the endpoint is gone.
         assert all(isinstance(r, ClickHouseError) for r in results), results
         written = parts_on_disk(data)
@@ -103,10 +116,14 @@ def test_a_flush_killed_between_its_parts_is_completed_at_the_next_start(
         ch.restart()
         client = make_client(ch)
         total = CLIENTS * ROWS
+        # The flush, whole (with the tokens in their statements the clients' inserts
+        # are keyed apart: one of them was being flushed, the others were lost).
+        flushed = ROWS if clause else total
+        assert client.command("SELECT count() FROM t") == flushed
+        assert client.command("SELECT uniqExact(k) FROM t") == flushed
+        assert client.command("SELECT uniqExact(_partition_id) FROM t") == PARTITIONS
+        # The clients' retries, same tokens: the flushed ones dropped, the rest land.
+        assert send_all(ch, clause) == [-1 if clause else 0] * CLIENTS
         assert client.command("SELECT count() FROM t") == total
         assert client.command("SELECT uniqExact(k) FROM t") == total
-        assert client.command("SELECT uniqExact(_partition_id) FROM t") == PARTITIONS
-        # The clients' retries, same tokens: dropped.
-        assert send_all(ch) == [0] * CLIENTS
-        assert client.command("SELECT count() FROM t") == total
         assert not list((data / "store").glob("*/*/chworkers_async_flush_*"))
