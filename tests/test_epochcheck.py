@@ -7,6 +7,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chworkers import Supervisor
 from chworkers.clickhouse import epochs
@@ -127,3 +129,43 @@ def test_a_worker_trusts_a_check_only_for_the_columns_it_finds(
             ).result(30)
     rows = ch_client.query("SELECT n, toUnixTimestamp(ts) FROM ev ORDER BY n").result_rows
     assert rows == [(1, 2**32 - 1), (2, 1_796_119_200), (3, 1_796_119_200)]
+
+
+_KEYS = [b'"ts"', b'"a"', b'"\xc3\xb6"', b'"\\u00f6"', b'"x"', b"ts", b""]
+_SEPARATORS = [b":", b": ", b" :", b"\t:\n", b":  ", b"", b","]
+_VALUES = [
+    b"7",
+    b"1796119200",
+    b"12345678901",
+    b"123456789012",
+    b"1796119200123",
+    b"-5",
+    b"-",
+    b"1.5",
+    b"1e3",
+    b"17E3",
+    b'"2026-12-01"',
+    b"null",
+    b"",
+    b"0.25",
+]
+_ENDS = [b",", b"}", b"}\n", b"", b" ", b".", b"e", b"x"]
+_fields = st.tuples(*(st.sampled_from(c) for c in (_KEYS, _SEPARATORS, _VALUES, _ENDS)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    fields=st.lists(_fields.map(b"".join), max_size=12),
+    columns=st.lists(st.sampled_from(["ts", "a", "ö"]), min_size=1, max_size=3, unique=True),
+    whole=st.sets(st.sampled_from(["ts", "a", "ö"])),
+)
+def test_needs_rewrite_finds_what_the_full_pattern_finds(
+    fields: list[bytes], columns: list[str], whole: set[str]
+) -> None:
+    """Keys, separators (spaced or not), numbers and what ends them: the compact first
+    pass, then the full pattern from where it found something, answers as the full
+    pattern over the whole batch."""
+    data = b"".join(fields)
+    seconds = frozenset(whole & set(columns))
+    full = epochs._number_pattern(columns, seconds).search(data) is not None
+    assert needs_rewrite(data, TimestampColumns(tuple(columns), seconds)) is full

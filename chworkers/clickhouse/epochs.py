@@ -147,10 +147,35 @@ def rewrite(
 def needs_rewrite(data: bytes | memoryview, timestamps: TimestampColumns) -> bool:
     """Whether :func:`rewrite` may change ``data`` for these columns: False means it
     holds no epoch number to rewrite (nor does any run of its whole records), so it goes
-    byte for byte. One scan at C speed, about 8 ms per 100,000 records."""
+    byte for byte. One scan at C speed, about 7 ms per 100,000 records.
+
+    The scan is :func:`_compact_pattern`'s, which finds at least where the full
+    pattern would and, on records written without whitespace, only that; from the first
+    place it finds the full pattern decides (at once, on a number to rewrite)."""
     if not timestamps.columns:
         return False
-    return _number_pattern(timestamps.columns, timestamps.seconds).search(data) is not None
+    columns, seconds = timestamps.columns, timestamps.seconds
+    found = _compact_pattern(columns, seconds).search(data)
+    if found is None:
+        return False
+    return _number_pattern(columns, seconds).search(data, found.start()) is not None
+
+
+def _compact_pattern(columns: Sequence[str], seconds: Collection[str] = ()) -> re.Pattern[bytes]:
+    """Where :func:`_number_pattern` may match, read the way most records are written:
+    a column's key, a colon and a number it matches with nothing between them (``-``,
+    or digits that it does not read as whole seconds in the ``seconds`` columns); or a
+    key followed by whitespace, or by a colon and whitespace (which the full pattern
+    then reads). A key followed at once by its colon and a number is the common case,
+    and its number is told from one position, where the full pattern's lookaheads cost
+    ~16% more per record."""
+    alternatives = []
+    for c in columns:
+        # A number of whole seconds: 1 to 11 digits followed by anything but a digit, a
+        # point or an exponent (not the end of the batch); anything else is a match.
+        number = rb"[0-9]{1,11}+(?:[0-9.eE]|\Z)|-" if c in seconds else rb"-?[0-9]"
+        alternatives.append(_key(c) + rb"(?::(?:" + number + rb"|\s)|\s)")
+    return re.compile(b"|".join(alternatives))
 
 
 def _key(column: str) -> bytes:
