@@ -9,6 +9,7 @@ batch, rebuilt from the stream; poison is dead-lettered and terminated.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -33,6 +34,13 @@ log = logging.getLogger("chworkers.daemon.brokers.natsstream")
 #: Ranges of manifests just written kept for their batches' submission at most (one
 #: lost to an error between the two is forgotten with the oldest).
 RANGES_KEPT = 64
+
+#: How long after it was read the consumer's acknowledgement floor may remove manifests.
+#: nats-server writes the consumer's state to its file store a moment after it changes
+#: (at most every 100 ms); one killed meanwhile starts again from the state it wrote
+#: last, its floor lower: the messages in between are delivered again and must find
+#: their manifests, else they would be batched anew and inserted twice.
+FLOOR_AGE = 10.0
 
 #: A batch ready to be handed on: (token, batch, acknowledgement subjects, rebuilt, and
 #: the time.monotonic() from which their ack_wait runs at the latest); an empty token
@@ -81,7 +89,10 @@ class NatsBatching(SourceParts):
         self._since: dict[str, float] = {}
         self._room = threading.Condition(self._lock)  # a batch acknowledged
         self._held = Held()
-        self._floor = 0  # the consumer's acknowledgement floor (a stream sequence)
+        #: The consumer's acknowledgement floor (a stream sequence) as read at least
+        #: FLOOR_AGE ago (:meth:`_seen_floor`): what removes manifests.
+        self._floor = 0
+        self._floors: collections.deque[tuple[float, int]] = collections.deque()
         self._rows_per_message = 1.0
         #: token -> the ranges of the manifest just written for a batch this source
         #: made (its ids': found once, for the manifest and the batch's meta).
@@ -421,8 +432,7 @@ class NatsBatching(SourceParts):
 
     def _advance(self, registry: Registry, fresh: dict[int, str] | None = None) -> None:
         """Acknowledge the settled prefix of ``registry`` (natsprefix.py)."""
-        floor = self.link.call(self._settled.advance(self.link.wire(), registry, fresh))
-        self._floor = max(self._floor, floor)
+        self._seen_floor(self.link.call(self._settled.advance(self.link.wire(), registry, fresh)))
 
     def _settle(self, ids: list[str], replies: list[bytes]) -> None:
         """Messages that go into no insert (dead-lettered, empty), written as a done
@@ -434,6 +444,27 @@ class NatsBatching(SourceParts):
         )
         self._advance(self.link.call(self.link.manifests().settle(manifest, self._floor)))
         self._acked(len(ids))
+
+    def _seen_floor(self, floor: int) -> None:
+        """The consumer's floor as just read from nats-server: taken as the floor that
+        removes manifests once :data:`FLOOR_AGE` has passed. A floor lower than one read
+        before is nats-server's state lost (killed before it wrote it): those read
+        before are forgotten, and the manifests above the lower one kept."""
+        now = time.monotonic()
+        with self._lock:
+            if (self._floors and floor < self._floors[-1][1]) or floor < self._floor:
+                log.warning(
+                    "source %s: the consumer's acknowledgement floor went back to %d "
+                    "(nats-server restarted without its latest state): the messages above "
+                    "it are delivered again, and go with their batches' manifests",
+                    self.name,
+                    floor,
+                )
+                self._floors.clear()
+                self._floor = min(self._floor, floor)
+            self._floors.append((now, floor))
+            while self._floors and self._floors[0][0] <= now - FLOOR_AGE:
+                self._floor = max(self._floor, self._floors.popleft()[1])
 
     def _acked(self, count: int) -> None:
         if self.metrics is not None and count:

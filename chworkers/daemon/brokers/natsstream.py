@@ -227,7 +227,7 @@ class NatsSource(NatsBatching):
                 error,
             )
             return
-        self._floor = max(self._floor, future.result())
+        self._seen_floor(future.result())
 
     # -- the source's thread ----------------------------------------------------------------
 
@@ -350,7 +350,7 @@ class NatsSource(NatsBatching):
 
     def _publish_gauges(self) -> None:
         lag, pending, floor = self.link.call(self.link.wire().state())
-        self._floor = max(self._floor, floor)
+        self._seen_floor(floor)
         if self.metrics is not None:
             self.metrics.broker_pending.labels(pipeline=self.name).set(pending)
             self.metrics.broker_lag.labels(pipeline=self.name).set(lag)
