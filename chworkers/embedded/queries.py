@@ -9,21 +9,50 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chworkers.embedded.exceptions import UNKNOWN_SETTING, clickhouse_error, from_chdb
+from chworkers.embedded.exceptions import (
+    BAD_ARGUMENTS,
+    UNKNOWN_SETTING,
+    clickhouse_error,
+    from_chdb,
+)
 
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: What a query the endpoint runs for itself on a request's connection sets for itself
+#: (:func:`own_query_settings`).
+_OWN_SETTINGS = {
+    "limit": "0",
+    "offset": "0",
+    "max_result_rows": "0",
+    "max_result_bytes": "0",
+    "max_rows_to_read": "0",
+    "max_bytes_to_read": "0",
+    "max_columns_to_read": "0",
+    "max_temporary_columns": "0",
+    "max_temporary_non_const_columns": "0",
+    "max_execution_time": "0",
+    "additional_result_filter": "''",
+    "additional_table_filters": "{}",
+}
+
+
+def own_query_settings(reading: Iterable[str] = ()) -> str:
+    """The SETTINGS clause of a query the endpoint runs for itself (see
+    :data:`OWN_QUERY_SETTINGS`), without the settings whose values it reads with
+    ``getSetting`` (``reading``): a SETTINGS clause changes what those return."""
+    skip = set(reading)
+    own = [f"{n} = {v}" for n, v in _OWN_SETTINGS.items() if n not in skip]
+    return " SETTINGS " + ", ".join(own) if own else ""
+
+
 #: The SETTINGS clause of a query the endpoint runs for itself on a request's connection,
-#: where the request's settings are in effect: none of them may cut what it reads short
-#: (``limit``, ``offset``, ``additional_result_filter``; ``limit = 1`` made the check for
-#: swallowed errors miss the insert's) or refuse it (``max_result_rows``,
-#: ``max_columns_to_read``: an insert refused, or answered an error after it landed).
-OWN_QUERY_SETTINGS = (
-    " SETTINGS limit = 0, offset = 0, max_result_rows = 0, max_result_bytes = 0, "
-    "max_rows_to_read = 0, max_bytes_to_read = 0, max_columns_to_read = 0, "
-    "max_temporary_columns = 0, max_temporary_non_const_columns = 0, max_execution_time = 0, "
-    "additional_result_filter = '', additional_table_filters = {}"
-)
+#: where the request's settings (a session's ``SET`` too) are in effect: none of them may
+#: cut what it reads short (``limit``, ``offset``, ``additional_result_filter``;
+#: ``limit = 1`` made the check for swallowed errors miss the insert's, ``offset = 1``
+#: made every later request of the session an internal error) or refuse it
+#: (``max_result_rows``, ``max_columns_to_read``: an insert refused, or answered an
+#: error after it landed).
+OWN_QUERY_SETTINGS = own_query_settings()
 
 
 def quote_literal(value: str) -> str:
@@ -79,13 +108,20 @@ def current_settings(conn: Any, names: Iterable[str]) -> dict[str, str]:
         return {}
     # getSetting() is ~5x cheaper than a system.settings lookup.
     exprs = ", ".join(f"toString(getSetting({quote_literal(n)}))" for n in wanted)
-    res = run(conn, f"SELECT [{exprs}]", "JSONCompactEachRow")
+    res = run(conn, f"SELECT [{exprs}]" + own_query_settings(wanted), "JSONCompactEachRow")
+    if not res.bytes().strip():  # wanted has limit or offset, and its value cut the row
+        raise clickhouse_error(
+            BAD_ARGUMENTS,
+            f"cannot read the current values of {', '.join(wanted)}: "
+            "the connection's limit or offset leaves no row",
+        )
     values = json.loads(res.bytes())[0]
     return {n: str(v) for n, v in zip(wanted, values, strict=True)}
 
 
 def current_database(conn: Any) -> str:
-    return str(run(conn, "SELECT currentDatabase()").bytes().decode().rstrip("\n"))
+    res = run(conn, "SELECT currentDatabase()" + OWN_QUERY_SETTINGS)
+    return str(res.bytes().decode().rstrip("\n"))
 
 
 def quote_ident(name: str) -> str:

@@ -12,6 +12,7 @@ their SETTINGS clause that none of those apply to them.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -51,3 +52,22 @@ def test_a_requests_settings_do_not_change_the_check(
     assert client.command("SELECT count() FROM s") == 0
     client.raw_insert("s", None, body, fmt="TSV", settings=settings)
     assert client.command("SELECT count() FROM s") == ROWS
+
+
+@pytest.mark.parametrize("setting", ["offset = 1", "limit = 0, offset = 5", "max_result_rows = 0"])
+def test_a_sessions_offset_does_not_break_its_later_requests(
+    client_factory: Callable[..., Client], setting: str
+) -> None:
+    """The endpoint reads the session's current database and settings for itself: a
+    session's ``SET offset = 1`` made every later request that carried a setting an
+    internal error (``JSONDecodeError``)."""
+    client = client_factory(session_id=f"offset-{uuid.uuid4()}")
+    client.command("CREATE TABLE so (x UInt8) ENGINE = Memory")
+    client.command(f"SET {setting}")
+    # As a server: the offset applies to the SELECT's own rows.
+    rows = client.query("SELECT number FROM numbers(3)", settings={"max_threads": 2})
+    expected = [0, 1, 2][1 if "offset = 1" in setting else 5 if "offset = 5" in setting else 0 :]
+    assert [r[0] for r in rows.result_rows] == expected
+    client.raw_insert("so", None, b"1\n2\n", fmt="TSV", settings={"max_block_size": 1000})
+    client.command("SET offset = 0")
+    assert client.command("SELECT sum(x) FROM so") == 3
