@@ -250,16 +250,20 @@ def test_a_live_daemon_keeps_its_messages_while_clickhouse_is_down(
     policy: str,
 ) -> None:
     """In-progress notes every ack_wait / 4: JetStream redelivers nothing of a daemon that
-    waits for ClickHouse, however long (no delivery counted towards max_deliver)."""
+    waits for ClickHouse, however long (no delivery counted towards max_deliver).
+
+    ack_wait is 2 s, held for twice that: a note comes 0.25-0.33 s after the last at
+    ack_wait 1 s and load 13, so a daemon whose threads stalled 0.7 s (load 25-30, the
+    daemon in the test's process) had messages redelivered; 1.4 s now."""
     nats_server.make_stream()
     url = f"{fault_proxy.url}/{database}"
-    pipeline = nats_pipeline(nats_server, ack_wait=1.0, ack_policy=policy)
+    pipeline = nats_pipeline(nats_server, ack_wait=2.0, ack_policy=policy)
     daemon = Running(daemon_config(tmp_path / "state", url, pipeline))
     try:
         fault_proxy.set("refuse")
         nats_server.publish(bodies(0, 1000, 10))
         wait_for(lambda: nats_server.consumer_state()[:2] == (0, 100), 30, what="all in flight")
-        time.sleep(4)  # four times ack_wait
+        time.sleep(4)  # twice ack_wait: without notes, every message redelivered
         redelivered = daemon.daemon.metrics.broker_redeliveries.labels(pipeline="p")._value.get()
         fault_proxy.set("pass")
         wait_for(nats_server.settled, 60, interval=0.2, what="all messages acked")
