@@ -130,6 +130,8 @@ def test_a_batch_whose_request_failed_mid_flight_is_not_overwritten_by_the_next(
     failed = sup.insert_raw("t", first, "Native", deduplication_token="batch-1")
     with pytest.raises(Exception, match=r"(?i)time"):
         failed.result(60)
+    # Sent from its file (the worker marked it) and left in doubt: closed, not kept.
+    assert sharedbuf.kept_bytes() == 0
     # The caller goes on with its next batch while the first request is still on its
     # way (its last bytes unread), and will send the first again.
     assert sup.insert_raw("t", second, "Native", deduplication_token="batch-2").result(60)
