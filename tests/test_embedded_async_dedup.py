@@ -201,3 +201,29 @@ def test_session_7_files_move_into_their_tables_or_go(tmp_path: Path) -> None:
     assert AsyncDedup(old).migrate(store) == 1
     assert (store / alive[:3] / alive / FILE_NAME).read_text() == "id\n"
     assert sorted(p.name for p in old.iterdir()) == ["not_a_uuid.log"]
+
+
+def test_live_hashes_read_incrementally_match_a_whole_read(tmp_path: Path) -> None:
+    logs = tmp_path / "deduplication_logs"
+    logs.mkdir()
+    first = logs / "deduplication_log_1.txt"
+
+    def whole() -> set[str]:
+        return blockids._live_from(blockids._records(tmp_path), 3)
+
+    first.write_text("1\tall_1_1_0\tall_1_1\n1\tall_2_2_0\tall_2_2\n")
+    assert blockids.live_hashes(tmp_path, 3) == whole() == {"1_1", "2_2"}
+    with open(first, "a") as out:  # appended, the last line still being written
+        out.write("2\tall_1_1_0\tall_1_1\n1\tall_3_3_0\tall_3_")
+    assert blockids.live_hashes(tmp_path, 3) == {"2_2"}
+    with open(first, "a") as out:
+        out.write("3\n")
+    assert blockids.live_hashes(tmp_path, 3) == whole() == {"2_2", "3_3"}
+    # Rotated: a new file, then the old one deleted.
+    (logs / "deduplication_log_2.txt").write_text("1\tall_4_4_0\tall_4_4\n1\tall_5_5_0\tall_5_5\n")
+    assert blockids.live_hashes(tmp_path, 3) == whole() == {"3_3", "4_4", "5_5"}
+    first.unlink()
+    assert blockids.live_hashes(tmp_path, 3) == whole() == {"4_4", "5_5"}
+    # Rewritten shorter (the repair at start): read again whole.
+    (logs / "deduplication_log_2.txt").write_text("1\tall_4_4_0\tall_4_4\n")
+    assert blockids.live_hashes(tmp_path, 3) == whole() == {"4_4"}

@@ -20,6 +20,7 @@ it is dropped (``TRUNCATE``, ``DROP PARTITION``), the last ``window`` added ones
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -138,6 +139,11 @@ def _hash_of(block_id: str) -> str:
     return f"{parts[1]}_{parts[2]}" if len(parts) == 3 else block_id
 
 
+def _number(path: Path) -> int:
+    tail = path.stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
 def _records(table_dir: Path) -> list[tuple[str, str]]:
     """``(op, block id)`` of chDB's log of the table, oldest first (op ``1`` added,
     ``2`` dropped); empty if it keeps none."""
@@ -147,12 +153,8 @@ def _records(table_dir: Path) -> list[tuple[str, str]]:
     except OSError:
         return []
 
-    def number(path: Path) -> int:
-        tail = path.stem.rsplit("_", 1)[-1]
-        return int(tail) if tail.isdigit() else -1
-
     records = []
-    for path in sorted(files, key=number):
+    for path in sorted(files, key=_number):
         try:
             text = path.read_text(errors="replace")
         except OSError:  # rotated away while we read: what is left still counts
@@ -164,19 +166,80 @@ def _records(table_dir: Path) -> list[tuple[str, str]]:
     return records
 
 
+class _Live:
+    """chDB's log of one table as read so far: the live block ids, and how many bytes
+    of each of its files (by name, in order) were read (whole lines)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.read: dict[str, int] = {}
+        self.live: OrderedDict[str, None] = OrderedDict()
+
+
+_live: dict[Path, _Live] = {}
+_live_lock = threading.Lock()
+
+
 def live_hashes(table_dir: Path, window: int) -> set[str]:
     """The ``<lo>_<hi>`` of the block ids chDB's log of the table holds now: added, not
-    dropped since, the last ``window`` (any partition). Empty if it keeps none."""
+    dropped since, the last ``window`` (any partition). Empty if it keeps none.
+
+    Read incrementally: what the files gained since the last call (a flush reads it
+    each time, and the log holds up to ``window`` lines); read again whole once a file
+    was rotated away or rewritten."""
+    try:
+        files = sorted(
+            (table_dir / "deduplication_logs").glob("deduplication_log_*.txt"), key=_number
+        )
+        sizes = [(path, path.stat().st_size) for path in files]
+    except OSError:  # rotated away meanwhile: read it all next time
+        with _live_lock:
+            _live.pop(table_dir, None)
+        return _live_from(_records(table_dir), window)
+    with _live_lock:
+        state = _live.get(table_dir)
+        names = [path.name for path, _ in sizes]
+        if (
+            state is None
+            or state.window != window
+            or list(state.read) != names[: len(state.read)]
+            or any(size < state.read.get(path.name, 0) for path, size in sizes)
+        ):
+            state = _Live(window)
+        for path, size in sizes:
+            start = state.read.get(path.name, 0)
+            if size > start:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(size - start)
+                whole = data[: data.rfind(b"\n") + 1]  # a last line being written waits
+                for line in whole.decode(errors="replace").splitlines():
+                    fields = line.split("\t")
+                    if len(fields) >= 3 and fields[0] in ("1", "2"):
+                        _apply(state.live, fields[0], fields[2], window)
+                start += len(whole)
+            state.read[path.name] = start
+        if len(_live) > 10_000:
+            _live.clear()
+        _live[table_dir] = state
+        return {_hash_of(block_id) for block_id in state.live}
+
+
+def _live_from(records: list[tuple[str, str]], window: int) -> set[str]:
     live: OrderedDict[str, None] = OrderedDict()
-    for op, block_id in _records(table_dir):
-        if op == "1":
-            live[block_id] = None
-            live.move_to_end(block_id)
-            while len(live) > window > 0:
-                live.popitem(last=False)
-        else:
-            live.pop(block_id, None)
+    for op, block_id in records:
+        _apply(live, op, block_id, window)
     return {_hash_of(block_id) for block_id in live}
+
+
+def _apply(live: OrderedDict[str, None], op: str, block_id: str, window: int) -> None:
+    if op == "1":
+        live[block_id] = None
+        live.move_to_end(block_id)
+        while len(live) > window > 0:
+            live.popitem(last=False)
+    else:
+        live.pop(block_id, None)
 
 
 def live_partitions(table_dir: Path, window: int, hash_: str) -> set[str]:
