@@ -103,7 +103,12 @@ def test_in_one_flush_only_the_repeated_entries_are_dropped(
     admin.raw_insert(table, SENT, BODY, fmt="JSONEachRow")  # synchronous: 2 rows
     new = BODY.replace(b'"k":1', b'"k":5').replace(b'"k":2', b'"k":6')
     bodies = [BODY, new, new, BODY.replace(b'"k":1', b'"k":9')]
-    slow = {**FAST, "async_insert_busy_timeout_max_ms": 1500}
+    # One flush, of the four: it starts when the fourth arrives.
+    slow = {
+        **FAST,
+        "async_insert_busy_timeout_max_ms": 60_000,
+        "async_insert_max_query_number": len(bodies),
+    }
     written: list[int] = [-1] * len(bodies)
 
     def send(n: int) -> None:
