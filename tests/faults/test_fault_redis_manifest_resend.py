@@ -35,11 +35,14 @@ def make_source(tmp_path: Path, server: RedisServer, batches: list[SpooledBatch]
 def test_a_manifest_lost_to_a_redis_restart_is_sent_again(
     tmp_path: Path, redis_server: RedisServer, when: str
 ) -> None:
-    redis_server.add_entries(bodies(0, 100, 1))
+    redis_server.add_entries(bodies(0, 200, 1))
     batches: list[SpooledBatch] = []
     source = make_source(tmp_path, redis_server, batches)
     try:
         source._create_group()
+        source._fetch()  # a first batch: the manifests' connection is open
+        source._cut()
+        source._settle()
         source._fetch()  # 100 entries, pending for "me": a batch in the making
         assert len(source._assembly.ids) == 100
         assert redis_server.proc is not None
@@ -51,17 +54,17 @@ def test_a_manifest_lost_to_a_redis_restart_is_sent_again(
             source._cut()
             redis_server.kill()
             source._settle()
-        assert not batches
+        assert len(batches) == 1
         redis_server.start()  # the same data (AOF): the entries are still pending for "me"
         source._settle()
     finally:
         source.batcher.close(5)
         source.redis.close()
     # Handed on at once, with its manifest, not after claim_idle (600 s).
-    assert [len(b.meta["broker"]["ids"]) for b in batches] == [100]
+    assert [len(b.meta["broker"]["ids"]) for b in batches] == [100, 100]
     client = redis_server.client()
     try:
-        token = batches[0].meta["broker"]["token"]
+        token = batches[1].meta["broker"]["token"]
         assert client.exists(manifest_key(token))
     finally:
         client.close()

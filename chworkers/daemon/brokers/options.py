@@ -59,7 +59,8 @@ class RedisSourceSettings:
     max_batches: int = setting(
         0,
         "Batches this daemon holds from the stream at once, read and not yet acknowledged "
-        "(0: the spool's max_in_flight and 2 more); it reads no more until one is "
+        "(0: the spool's max_in_flight and 4 more: 2 whose manifests are on their way, 2 "
+        "whose acknowledgements are); it reads no more until one is "
         "acknowledged, so a backlog stays in the stream for the other daemons and the "
         "entries in flight stay few (fewer to refresh, to scan for claims, to rebuild).",
         minimum=0,

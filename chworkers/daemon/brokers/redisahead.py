@@ -1,9 +1,10 @@
 """Commands sent ahead on a Redis connection of their own, their replies taken later.
 
-The Redis source's reads and manifest writes go this way (docs/brokers.md, "Measured"):
-the next read is sent while the source batches the entries of the last one, and a batch's
-manifest while it reads and batches the next, so the source and Redis work at the same
-time instead of taking turns, and a round trip is no longer paid per command. Redis
+The Redis source's reads and manifest writes go this way, each on a connection of its
+own (docs/brokers.md, "Measured"): the next read is sent as the reply of the last one
+comes in, before the source frames its entries, and a batch's manifest while the source
+batches the next ones, so the source and Redis work at the same time instead of taking
+turns, and a round trip is no longer paid per command. Redis
 answers a connection's commands in the order they were sent, so the replies are taken in
 that order: taking one takes (and keeps) those sent before it.
 """
@@ -77,13 +78,15 @@ class Ahead:
                 except redis.RedisError:
                     self.reset()
                     raise
+                # Read whole: no longer outstanding, whatever ``then`` does (it may send
+                # the next command, and a failure of that send resets the connection).
+                self._sent.popleft()
                 if head.then is not None and head.error is None:
                     try:
                         head.value = head.then(head.value)
                     except Exception as exc:  # the connection is in step: this reply failed
                         head.error = exc
             head.done = True
-            self._sent.popleft()
         if reply.error is not None:
             raise reply.error
         return reply.value

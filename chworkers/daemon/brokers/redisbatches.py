@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from typing import Unpack
 
 from chworkers.clickhouse.dedup import broker_token
@@ -29,6 +30,10 @@ from chworkers.wording import plural
 
 #: The source's logger, as before its batching moved here (log filters keep working).
 log = logging.getLogger("chworkers.daemon.brokers.redisstream")
+
+#: Manifests sent whose verdict is not taken yet, at most: a read of ``fetch_count``
+#: entries often makes two batches or more, whose manifests then go to Redis together.
+MANIFESTS_AHEAD = 2
 
 
 class RedisBatching(SourceParts):
@@ -63,8 +68,8 @@ class RedisBatching(SourceParts):
         self._claim_cursor = "0-0"
         #: Entries read and not batched yet (a claim took the reply of a read sent ahead).
         self._unbatched: list[redisentries.Piece] = []
-        #: The batch whose manifest was sent last, until its verdict is taken.
-        self._sent: tuple[str, Assembly, SentManifest] | None = None
+        #: Batches whose manifest was sent, oldest first, until their verdict is taken.
+        self._sent: deque[tuple[str, Assembly, SentManifest]] = deque()
         #: The reads' connection last seen (:meth:`_new_only`), and while reads on it may
         #: deliver again entries this source holds: up to which id.
         self._connection = 0
@@ -104,8 +109,8 @@ class RedisBatching(SourceParts):
         held.update(self._assembly.ids)
         for piece in self._unbatched:
             held.update(redisentries.piece_ids(piece))
-        if self._sent is not None:
-            held.update(self._sent[1].ids)
+        for _token, batch, _manifest in self._sent:
+            held.update(batch.ids)
         return held
 
     def _pieces(self, entries: list[redisentries.Entry]) -> list[redisentries.Piece]:
@@ -219,31 +224,35 @@ class RedisBatching(SourceParts):
 
     def _cut(self) -> None:
         """Cut the batch and send its manifest; the batch goes on once Redis wrote it
-        (:meth:`_settle`, at the latest before the next cut or before a read that waits),
-        so the source batches the next entries meanwhile."""
-        self._settle()  # first: when it fails, the batch stays in the making
+        (:meth:`_settle`: when ``MANIFESTS_AHEAD`` are sent and not settled yet, the
+        oldest first; all of them before a read that waits), so the source batches the
+        next entries meanwhile, and Redis writes the manifests of a read's batches
+        together (one fsync of its log for all)."""
+        if len(self._sent) >= MANIFESTS_AHEAD:
+            self._settle(1)  # first: when it fails, the batch stays in the making
         batch, self._assembly = self._assembly, Assembly()
         token = broker_token("redis", self.redis.stream, self.redis.group, batch.ids)
         manifest = self.redis.manifest(token, batch.ids, fresh=not batch.mixed)
-        self._sent = (token, batch, manifest)  # if the send fails: sent at the next settle
-        self._sent = (token, batch, self.redis.send(manifest))
+        self._sent.append((token, batch, manifest))  # if the send fails: sent at its settle
+        self._sent[-1] = (token, batch, self.redis.send(manifest))
 
-    def _settle(self) -> None:
-        """Take the verdict on the last manifest sent: its batch goes on, or is dropped
-        when one of its entries is no longer this consumer's."""
-        sent = self._sent
-        if sent is None:
-            return
-        token, batch, manifest = sent
+    def _settle(self, most: int | None = None) -> None:
+        """Take the verdicts on the manifests sent (``most``: on that many, the oldest
+        first), in order: each batch goes on, or is dropped when one of its entries is no
+        longer this consumer's."""
+        for _ in range(len(self._sent) if most is None else min(most, len(self._sent))):
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        token, batch, manifest = self._sent[0]
         try:
-            # The batch stays in ``_sent`` meanwhile: the reply of a read sent ahead may
-            # come first, and the entries it delivers are checked against those held.
             gone = self.redis.verdict(manifest)
-            self._sent = None
+            self._sent.popleft()
         except BrokerError:
-            # Its reply is lost, or its replicas lag: the batch stays, its manifest is
-            # sent again at the next settle (not left pending until a claim finds it).
-            self._sent = (token, batch, manifest.again())
+            # Its reply is lost, or its replicas lag (and the replies of the manifests
+            # sent after it, on the same connection, may be lost too): each batch stays,
+            # its manifest sent again at its settle (not left pending until a claim).
+            self._sent = deque((t, b, m.again()) for t, b, m in self._sent)
             raise
         if gone is not None:
             log.warning(
@@ -305,4 +314,4 @@ class RedisBatching(SourceParts):
             self.metrics.broker_acked.labels(pipeline=self.name).inc(acked)
 
 
-__all__ = ["RedisBatching"]
+__all__ = ["MANIFESTS_AHEAD", "RedisBatching"]

@@ -7,6 +7,8 @@ stream, and the errors, are :class:`~chworkers.daemon.brokers.redismanifests.Gro
 
 from __future__ import annotations
 
+import contextlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -49,10 +51,15 @@ class StreamGroup(GroupManifests):
         self.field = options.field.encode()
         self._write_manifest = self.client.register_script(redisscripts.WRITE_MANIFEST)
         self._touch = self.client.register_script(redisscripts.TOUCH)
-        # Reads of new entries and manifests go ahead on a connection of their own (in a
-        # cluster, one to the node that serves the stream's slot).
+        # Reads of new entries go ahead on a connection of their own, and manifests on
+        # another (in a cluster, to the node that serves the stream's slot): a batch's
+        # verdict does not wait behind a read sent after its manifest, nor a read behind
+        # manifests.
         self._ahead = Ahead(self._pool)
-        self._next_read: Reply | None = None
+        self._writes = Ahead(self._pool)
+        #: Reads sent ahead, oldest first, not returned by :meth:`read_new` yet.
+        self._reads: deque[Reply] = deque()
+        self._chain = True  # whether a full reply sends the next read (not while claiming)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -84,17 +91,24 @@ class StreamGroup(GroupManifests):
         return self.messages(reply)
 
     def read_new(
-        self, count: int, block_ms: int, frame: Callable[[list[Entry]], T], *, ahead: bool = True
+        self,
+        count: int,
+        block_ms: int,
+        frame: Callable[[list[Entry]], T],
+        *,
+        ahead: Callable[[], bool] = lambda: True,
     ) -> T:
         """New entries (``XREADGROUP ... >``) as hiredis parsed them, waiting up to
         ``block_ms`` for some, made into what the source keeps of them by ``frame``
         (:meth:`~chworkers.daemon.brokers.redisbatches.RedisBatching._pieces`): its result.
 
-        While replies come back full (a backlog), the next read is sent before this one's
-        entries are framed: Redis prepares it while the source batches these. Entries
-        delivered by a read whose reply is never taken (the daemon stops) stay pending for
-        this consumer, as every entry not yet in a manifest does: read again at the next
-        start, or claimed by another daemon. ``ahead``: whether a next read may be sent.
+        While replies come back full (a backlog), the next read is sent as soon as a
+        reply is read, before its entries are framed: Redis prepares the next one while
+        the source frames and batches these (at most two reads are sent ahead and not
+        returned yet). Entries delivered by a read whose reply is never taken (the
+        daemon stops) stay pending for this consumer, as every entry not yet in a
+        manifest does: read again at the next start, or claimed by another daemon.
+        ``ahead``: whether a next read may be sent now (asked as a full reply is read).
 
         ``frame`` runs as soon as a reply is read (the reply of a read sent ahead may be
         read before a manifest's), with the collector paused: the reply's lists, one per
@@ -103,38 +117,47 @@ class StreamGroup(GroupManifests):
 
         def then(reply: Any) -> tuple[int, T]:
             entries: list[Entry] = reply[0][1] if reply else []
+            if len(entries) >= count and self._chain and len(self._reads) <= 1 and ahead():
+                self._read_ahead(count, then)
             return len(entries), frame(entries)
 
         try:
-            sent, self._next_read = self._next_read, None
             while True:
-                waited = sent is None
-                if sent is None:  # a read that may wait (BLOCK): for its first bytes
+                waited = not self._reads
+                if waited:  # a read that may wait (BLOCK): for its first bytes
                     sent = self._ahead.send(*self._xreadgroup(count, block_ms), then=then)
                     self._ahead.wait(sent, block_ms / 1000)
+                else:
+                    sent = self._reads.popleft()
                 delivered, framed = self._ahead.take(sent)
                 if delivered or waited:
-                    if ahead and delivered >= count:
-                        self._next_read = self._ahead.send(
-                            *self._xreadgroup(count, None), then=then
-                        )
                     return framed  # type: ignore[no-any-return]
-                sent = None  # the read sent ahead found nothing new: one that waits
+                # the read sent ahead found nothing new: one that waits
         except failures() as exc:
-            self._next_read = None
-            raise self.error(exc, ahead=True) from exc
+            self._reads = deque(r for r in self._reads if not (r.done and r.error))
+            raise self.error(exc, ahead=self._ahead) from exc
+
+    def _read_ahead(self, count: int, then: Callable[[Any], Any]) -> None:
+        """Send the next read now (from a reply's ``then``): if that fails, the
+        connection is reset and nothing is sent ahead; the next read opens a new one."""
+        with contextlib.suppress(*failures()):
+            self._reads.append(self._ahead.send(*self._xreadgroup(count, None), then=then))
 
     def take_ahead(self) -> Any:
-        """What the ``frame`` of :meth:`read_new` made of the read sent ahead, if one was
-        (none is sent after it); None if none was."""
-
-        sent, self._next_read = self._next_read, None
-        if sent is None:
+        """What the ``frame`` of :meth:`read_new` made of the reads sent ahead (joined),
+        none sent after them; None if none was."""
+        if not self._reads:
             return None
+        taken: list[Any] = []
+        self._chain = False
         try:
-            return self._ahead.take(sent)[1]
+            while self._reads:
+                taken.append(self._ahead.take(self._reads.popleft())[1])
         except failures() as exc:
-            raise self.error(exc, ahead=True) from exc
+            raise self.error(exc, ahead=self._ahead) from exc
+        finally:
+            self._chain = True
+        return taken[0] if len(taken) == 1 else [piece for pieces in taken for piece in pieces]
 
     def connection(self) -> int:
         """Which connection the reads go on (1 for the first, one more after each
@@ -144,7 +167,7 @@ class StreamGroup(GroupManifests):
 
     def reading_ahead(self) -> bool:
         """Whether a read was sent ahead (its entries come without waiting)."""
-        return self._next_read is not None
+        return bool(self._reads)
 
     def _xreadgroup(self, count: int, block_ms: int | None) -> list[Any]:
         args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
@@ -154,6 +177,7 @@ class StreamGroup(GroupManifests):
 
     def close(self) -> None:
         self._ahead.reset()
+        self._writes.reset()
         self.client.close()
 
     def claim(self, cursor: str, count: int) -> tuple[str, list[Message]]:

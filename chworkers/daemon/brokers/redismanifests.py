@@ -67,7 +67,8 @@ class GroupManifests:
     consumers_key: str
     #: How each manifest written was checked: "fresh" (the batch's ends only) or "all".
     checks: dict[str, int]
-    _ahead: Ahead
+    #: The connection manifests are sent ahead on (the source's thread alone uses it).
+    _writes: Ahead
     _write_manifest: Any  # redis-py Scripts
     _touch: Any
 
@@ -138,13 +139,13 @@ class GroupManifests:
         on the same connection (``WAIT`` waits for that connection's writes)."""
         try:
             sha, keys = self._write_manifest.sha, manifest.keys
-            reply = self._ahead.send("EVALSHA", sha, len(keys), *keys, *manifest.args)
+            reply = self._writes.send("EVALSHA", sha, len(keys), *keys, *manifest.args)
             wait = None
             if self.options.wait_replicas:
                 timeout = max(1, int(self.options.wait_timeout * 1000))
-                wait = self._ahead.send("WAIT", self.options.wait_replicas, timeout)
+                wait = self._writes.send("WAIT", self.options.wait_replicas, timeout)
         except failures() as exc:
-            raise self.error(exc, ahead=True) from exc
+            raise self.error(exc, ahead=self._writes) from exc
         return dataclasses.replace(manifest, reply=reply, wait=wait)
 
     def verdict(self, sent: SentManifest) -> str | None:
@@ -162,12 +163,12 @@ class GroupManifests:
                 sent = self.send(sent)
             assert sent.reply is not None
             try:
-                reply = self._ahead.take(sent.reply)
+                reply = self._writes.take(sent.reply)
             except redis.exceptions.NoScriptError:  # Redis restarted: load it, send again
                 self.client.script_load(redisscripts.WRITE_MANIFEST)
                 sent = self.send(sent)
                 assert sent.reply is not None
-                reply = self._ahead.take(sent.reply)
+                reply = self._writes.take(sent.reply)
             verdict = [text(part) for part in reply]
             if verdict[0] != "ok":
                 return verdict[1]
@@ -176,12 +177,12 @@ class GroupManifests:
                 self._replicated(sent.wait)
             return None
         except failures() as exc:
-            raise self.error(exc, ahead=True) from exc
+            raise self.error(exc, ahead=self._writes) from exc
 
     def _replicated(self, wait: Reply) -> None:
         """Raise :class:`BrokerError` unless ``WAIT`` says ``wait_replicas`` replicas have
         this connection's writes."""
-        replicas = int(self._ahead.take(wait))
+        replicas = int(self._writes.take(wait))
         wanted = self.options.wait_replicas
         if replicas < wanted:
             raise BrokerError(
@@ -199,12 +200,12 @@ class GroupManifests:
         ttl = int(self.options.manifest_ttl * 1000)
         timeout = max(1, int(self.options.wait_timeout * 1000))
         try:
-            touched = self._ahead.send("PEXPIRE", self.manifest_prefix + token, ttl)
-            waited = self._ahead.send("WAIT", self.options.wait_replicas, timeout)
-            self._ahead.take(touched)  # MOVED and the like: then WAIT says nothing
+            touched = self._writes.send("PEXPIRE", self.manifest_prefix + token, ttl)
+            waited = self._writes.send("WAIT", self.options.wait_replicas, timeout)
+            self._writes.take(touched)  # MOVED and the like: then WAIT says nothing
             self._replicated(waited)
         except failures() as exc:
-            raise self.error(exc, ahead=True) from exc
+            raise self.error(exc, ahead=self._writes) from exc
 
     def refresh(self, tokens: Iterable[str]) -> None:
         """Give the manifests of ``tokens`` (batches this daemon holds) ``manifest_ttl``
@@ -304,22 +305,23 @@ class GroupManifests:
         except failures() as exc:
             raise self.error(exc) from exc
 
-    def error(self, exc: Exception, *, ahead: bool = False) -> BrokerError:
+    def error(self, exc: Exception, *, ahead: Ahead | None = None) -> BrokerError:
         """``exc`` as a :class:`BrokerError`. In a cluster, a failure that may mean the
         stream's slot moved (MOVED, ASK, the cluster down, a node unreachable) has the
-        slots asked again, and, when it came from the connection sent ahead on
-        (``ahead``: the source's own thread, the only one that uses it), drops that
-        connection. The daemon's other threads (acknowledgements, the heartbeat, the
-        checks before a retry) never touch it: dropped under the source's feet, it lost the
-        replies outstanding on it, or failed the source's thread outright."""
+        slots asked again, and, when it came from a connection sent ahead on (``ahead``:
+        the reads' or the manifests'; the source's own thread is the only one that uses
+        them), drops that connection. The daemon's other threads (acknowledgements, the
+        heartbeat, the checks before a retry) never touch them: dropped under the
+        source's feet, one lost the replies outstanding on it, or failed the source's
+        thread outright."""
         import redis.exceptions as errors
 
         moved = (errors.AskError, errors.ClusterDownError, errors.TryAgainError)
         if self.options.cluster and isinstance(exc, (*moved, errors.ConnectionError)):
             # TRYAGAIN (a script's keys half migrated) leaves the connection in step and
             # on the node that still serves the stream: the replies after it are good.
-            if ahead and not isinstance(exc, errors.TryAgainError):
-                self._ahead.reset()
+            if ahead is not None and not isinstance(exc, errors.TryAgainError):
+                ahead.reset()
             with contextlib.suppress(errors.RedisError):  # tried again at the next failure
                 self.client.nodes_manager.initialize()
         return BrokerError(f"redis {self.url}: {type(exc).__name__}: {exc}")

@@ -27,7 +27,7 @@ from chworkers.daemon.brokers.common import (
     SourceArgs,
 )
 from chworkers.daemon.brokers.options import RedisSourceSettings
-from chworkers.daemon.brokers.redisbatches import RedisBatching
+from chworkers.daemon.brokers.redisbatches import MANIFESTS_AHEAD, RedisBatching
 from chworkers.daemon.spool import SpooledBatch
 from chworkers.errors import BrokerError
 from chworkers.wording import plural
@@ -219,11 +219,17 @@ class RedisSource(RedisBatching):
         """How many batches this source holds at most (read, not yet acknowledged)."""
         if self.options.max_batches:
             return self.options.max_batches
-        return (self._in_flight() if self._in_flight is not None else 6) + 2
+        # Every insert slot busy, and beside them the batches whose manifests are on
+        # their way (MANIFESTS_AHEAD) and those inserted whose acknowledgements are.
+        return (self._in_flight() if self._in_flight is not None else 6) + 2 + MANIFESTS_AHEAD
 
     def _holding(self) -> bool:
         """Whether the source holds ``max_batches``."""
-        return (self._sent is not None) + len(self._inflight) >= self.max_batches()
+        return len(self._sent) + len(self._inflight) >= self.max_batches()
+
+    def _may_read_ahead(self) -> bool:
+        """Whether a read may be sent ahead (asked as a full reply comes in)."""
+        return not self._holding()
 
     def _wait_for_room(self, stop: threading.Event) -> None:
         """Hold off reading until a batch is acknowledged (at most until the batch being
@@ -244,12 +250,12 @@ class RedisSource(RedisBatching):
             pieces, self._unbatched = self._unbatched, []
         else:
             if not self.redis.reading_ahead():
-                self._settle()  # this read may wait: the last batch goes on first
-            # The next read is sent ahead unless the source holds enough already: so it
-            # holds at most max_batches and one read, and a batch of many reads (few
-            # records per entry) is read with Redis and the source working at once.
+                self._settle()  # this read may wait: the last batches go on first
+            # A full reply sends the next read as it comes in, unless the source holds
+            # enough already: so it holds at most max_batches and two reads, and Redis
+            # prepares a read while the source frames the last one and batches it.
             pieces = self.redis.read_new(
-                self.options.fetch_count, block_ms, self._pieces, ahead=not self._holding()
+                self.options.fetch_count, block_ms, self._pieces, ahead=self._may_read_ahead
             )
         for piece in pieces:
             rest: redisentries.Piece | None = piece
