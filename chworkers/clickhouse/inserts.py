@@ -58,6 +58,7 @@ ROW_ERROR_CODES = frozenset(
         117,  # INCORRECT_DATA (e.g. an unknown JSON field)
         130,  # CANNOT_READ_ARRAY_FROM_TEXT
         131,  # TOO_LARGE_STRING_SIZE
+        153,  # ILLEGAL_DIVISION (a column's expression divides by the row's zero)
         190,  # SIZES_OF_ARRAYS_DONT_MATCH (a Nested column's arrays)
         349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
         376,  # CANNOT_PARSE_UUID

@@ -25,8 +25,23 @@ from chworkers.embedded import EmbeddedClickHouse
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("expression", "code", "message"),
+    [
+        ("v UInt8 MATERIALIZED throwIf(n = 42, 'no 42')", 395, "no 42"),
+        # A division by a row's value: ILLEGAL_DIVISION (153) is the row's, as 395 is.
+        ("v Int64 MATERIALIZED intDiv(100, toInt64(n) - 42)", 153, "Division by zero"),
+    ],
+    ids=["throwIf", "intDiv"],
+)
 def test_a_row_tripping_throwif_is_dead_lettered_and_the_rest_inserted(
-    tmp_path: Path, endpoint: EmbeddedClickHouse, database: str, ch_client: Client
+    tmp_path: Path,
+    endpoint: EmbeddedClickHouse,
+    database: str,
+    ch_client: Client,
+    expression: str,
+    code: int,
+    message: str,
 ) -> None:
     rows = 100
     (tmp_path / "in.data").write_bytes(b"".join(b'{"n":%d,"s":"row"}\n' % i for i in range(rows)))
@@ -35,7 +50,7 @@ def test_a_row_tripping_throwif_is_dead_lettered_and_the_rest_inserted(
         endpoint,
         database,
         max_rows=rows,
-        create="n UInt64, s String, v UInt8 MATERIALIZED throwIf(n = 42, 'no 42')",
+        create=f"n UInt64, s String, {expression}",
         supervisor={"workers": 1},
     )
     daemon = Daemon(cfg)
@@ -52,5 +67,5 @@ def test_a_row_tripping_throwif_is_dead_lettered_and_the_rest_inserted(
     assert ch_client.query("SELECT count(), countIf(n = 42) FROM ev").result_rows == [(rows - 1, 0)]
     letters = dead_letters(tmp_path)
     assert [json.loads(e["record"])["n"] for e in letters] == [42]
-    assert letters[0]["error"]["code"] == 395 and "no 42" in letters[0]["error"]["message"]
+    assert letters[0]["error"]["code"] == code and message in letters[0]["error"]["message"]
     assert daemon.spool.stats()["batches"] == 0
