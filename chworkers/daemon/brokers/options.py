@@ -170,7 +170,8 @@ class NatsSourceSettings:
         "How messages are acknowledged: one +ACK each (explicit), or one +ACK for every "
         "message up to a sequence once all of them are inserted (all: JetStream's AckAll, "
         "about half of nats-server's CPU per message; a consumer made with one policy "
-        "cannot change to the other).",
+        "cannot change to the other; see docs/brokers.md for where it fails: a floor held "
+        "back long, with many small batches, fills the manifests' key).",
     )
     max_ack_pending: int = setting(
         1_000_000,
