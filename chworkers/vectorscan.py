@@ -21,7 +21,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MIN_BYTES", "counts", "load_in_background", "loaded", "module", "nth", "positions"]
+__all__ = ["MIN_BYTES", "counts", "load_in_background", "loaded", "module", "nth"]
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +103,3 @@ def nth(
     if len(at) <= n:
         return end, len(at)
     return start + int(at[n - 1]) + 1, n
-
-
-def positions(data: bytes | memoryview, needle: bytes) -> Any | None:
-    """Where ``needle`` (2 bytes or more) starts in ``data``, every occurrence
-    (overlapping ones too), as a numpy array in no particular order; None when numpy is
-    not loaded (yet) or ``data`` is short. Its first 4 bytes (2 for a shorter needle)
-    are compared as one word at each of the 4 (2) alignments, the rest checked at those
-    candidates only."""
-    np = _numpy
-    size, width = len(data), (4 if len(needle) >= 4 else 2)
-    if np is None or size < MIN_BYTES or len(needle) < 2:
-        return None
-    dtype = np.dtype("<u4" if width == 4 else "<u2")
-    word = int.from_bytes(needle[:width], "little")
-    found = [
-        np.flatnonzero(np.frombuffer(data, dtype, (size - at) // width, at) == word) * width + at
-        for at in range(width)
-    ]
-    starts = np.concatenate(found)
-    starts = starts[starts <= size - len(needle)]
-    view = np.frombuffer(data, np.uint8)
-    for i in range(width, len(needle)):
-        starts = starts[view[starts + i] == needle[i]]
-    return starts
