@@ -248,13 +248,7 @@ def live_partitions(table_dir: Path, window: int, hash_: str) -> set[str]:
     with that hash wrote."""
     live: OrderedDict[str, None] = OrderedDict()
     for op, block_id in _records(table_dir):
-        if op == "1":
-            live[block_id] = None
-            live.move_to_end(block_id)
-            while len(live) > window > 0:
-                live.popitem(last=False)
-        else:
-            live.pop(block_id, None)
+        _apply(live, op, block_id, window)
     suffix = "_" + hash_
     return {b[: -len(suffix)] for b in live if b.endswith(suffix)}
 
