@@ -28,6 +28,7 @@ from typing import Any
 
 from chworkers.daemon import extents
 from chworkers.daemon.extents import Extent
+from chworkers.durable import fsync_directory
 from chworkers.errors import SpoolCorruptError, SpoolWriteError
 
 __all__ = [
@@ -167,15 +168,6 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Make a rename or a new file in ``directory`` durable."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_durably(

@@ -40,8 +40,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from chworkers.durable import replace_synced
 from chworkers.embedded import blockids
-from chworkers.embedded.asyncrows import flush_file, flush_files, write_synced
+from chworkers.embedded.asyncrows import flush_file, flush_files
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,7 @@ class _TableIds:
         if last and last not in self.unfinished:
             lines.append(f"C\t{last}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as out:
-            out.write("".join(f"{line}\n" for line in lines))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        replace_synced(self.path, "".join(f"{line}\n" for line in lines).encode())
         self.lines = len(lines)
 
     def drop_flushes(self, gone: set[str]) -> int:
@@ -304,7 +300,7 @@ class AsyncDedup:
         with table.lock:
             if rows is not None and table.table_dir is not None:
                 path = flush_file(table.table_dir, rows[0])
-                write_synced(path, rows[1])
+                replace_synced(path, rows[1])
                 table.files[flush] = path
             table.append([f"P\t{flush}\t{b}" for b in block_ids], sync=True)
             table.flushing = flush

@@ -5,7 +5,6 @@ gave them."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from chworkers.embedded import blockids
@@ -34,13 +33,3 @@ def flush_files(table_dir: Path) -> dict[str, Path]:
         blockids.token_hash(flush_token(path.name[len(prefix) : -len(suffix)])): path
         for path in table_dir.glob(_FLUSH_FILE.format("*"))
     }
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` (whole, fsync'd) or does not exist."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)

@@ -18,9 +18,10 @@ is left exactly as it is.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
+
+from chworkers.durable import replace_synced
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,7 @@ def repair_table(table_dir: Path) -> int:
                     continue
             kept.append(line)
         if len(kept) != len(lines):
-            tmp = path.with_name(path.name + ".repair")
-            with open(tmp, "w") as out:
-                out.writelines(kept)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
+            replace_synced(path, "".join(kept).encode(), suffix=".repair")
     return dropped
 
 
