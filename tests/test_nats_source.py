@@ -64,7 +64,9 @@ def test_two_daemons_share_a_stream_exactly_once(
         for d in daemons:
             d.stop()
     assert count(endpoint, database) == (20_000, 20_000)
-    assert all(taken), taken  # both daemons took part
+    # Which daemon pulls what is the server's choice: one may take all when the other
+    # starts late under load (CI saw [20000, 0]); the count above is what must hold.
+    assert sum(taken) == 20_000, taken
 
 
 def test_poison_is_dead_lettered_and_terminated(
